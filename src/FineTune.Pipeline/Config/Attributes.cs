@@ -1,0 +1,16 @@
+namespace FineTune.Pipeline.Config;
+
+/// <summary>A list-valued key that also accepts one string, split at commas (LLaMA-Factory writes <c>lora_target: q_proj,v_proj</c>).</summary>
+[AttributeUsage(AttributeTargets.Property)]
+public sealed class ScalarOrListAttribute : Attribute;
+
+/// <summary>A setting that does not change a stage's result (where it runs), so it stays out of the fingerprint.</summary>
+[AttributeUsage(AttributeTargets.Property)]
+public sealed class NotFingerprintedAttribute : Attribute;
+
+/// <summary>Overrides the snake_case spelling of a key or enum value.</summary>
+[AttributeUsage(AttributeTargets.Property | AttributeTargets.Field)]
+public sealed class YamlNameAttribute(string name) : Attribute
+{
+    public string Name { get; } = name;
+}

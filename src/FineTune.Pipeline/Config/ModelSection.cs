@@ -1,0 +1,52 @@
+using System.ComponentModel;
+using System.ComponentModel.DataAnnotations;
+
+namespace FineTune.Pipeline.Config;
+
+/// <summary>The <c>model</c> block: the base model's source.</summary>
+public sealed record ModelSection
+{
+    /// <summary>Literal value of <see cref="Source"/> that makes FineTune generate the model (see <see cref="Scratch"/>).</summary>
+    public const string ScratchSource = "scratch";
+
+    [Required, Description("hf://org/name[@revision] (Hugging Face Hub), a local model directory (relative to the pipeline file), or 'scratch' (a small model FineTune generates).")]
+    public string Source { get; init; } = "";
+
+    [Description("Size and seed of the generated model when source is 'scratch'.")]
+    public ScratchConfig? Scratch { get; init; }
+
+    public bool IsScratch => Source == ScratchSource;
+
+    public bool IsHub => Source.StartsWith("hf://", StringComparison.Ordinal);
+}
+
+public enum ScratchArchitecture { Llama, Qwen2, Qwen3 }
+
+/// <summary>A tiny model generated in Hugging Face format (config.json, model.safetensors, tokenizer.json).</summary>
+public sealed record ScratchConfig
+{
+    [Description("Architecture written into config.json.")]
+    public ScratchArchitecture Architecture { get; init; } = ScratchArchitecture.Qwen3;
+
+    [Range(1, 1 << 20)] public int HiddenSize { get; init; } = 64;
+    [Range(1, 1 << 22)] public int IntermediateSize { get; init; } = 128;
+    [Range(1, 1024)] public int NumHiddenLayers { get; init; } = 2;
+    [Range(1, 1024)] public int NumAttentionHeads { get; init; } = 4;
+    [Range(1, 1024)] public int NumKeyValueHeads { get; init; } = 2;
+    [Range(1, 4096)] public int HeadDim { get; init; } = 16;
+
+    [Range(1, 1 << 24), Description("Vocabulary size; default: the tokenizer's size (max id + 1).")]
+    public int? VocabSize { get; init; }
+
+    [Range(1, 1 << 24)] public int MaxPositionEmbeddings { get; init; } = 2048;
+
+    [Range(1.0, 1e9)] public double RopeTheta { get; init; } = 1_000_000;
+
+    public bool TieWordEmbeddings { get; init; } = true;
+
+    [Range(0, int.MaxValue), Description("Seed of the random weights.")]
+    public int Seed { get; init; } = 0;
+
+    [Description("Path to a tokenizer.json (relative to the pipeline file); default: a byte-level BPE of the 256 byte tokens plus the chat special tokens.")]
+    public string? Tokenizer { get; init; }
+}

@@ -1,0 +1,87 @@
+using System.ComponentModel;
+using System.ComponentModel.DataAnnotations;
+
+namespace FineTune.Pipeline.Config;
+
+public enum FinetuningType { Lora, Freeze, Full }
+
+public enum LrSchedulerType { Linear, Cosine, Constant, ConstantWithWarmup }
+
+/// <summary><c>stages.train</c>: LLaMA-Factory's finetuning and Hugging Face training arguments.</summary>
+public sealed record TrainConfig
+{
+    /// <summary>Pattern shared by train.device and eval.device.</summary>
+    public const string DevicePattern = @"^(auto|cpu|cuda(:[0-9]+)?)$";
+
+    [RegularExpression(DevicePattern), NotFingerprinted, Description("auto (CUDA when present), cpu, cuda or cuda:N. Not part of the fingerprint: where a stage runs does not change what it means.")]
+    public string Device { get; init; } = "auto";
+
+    public FinetuningType FinetuningType { get; init; } = FinetuningType.Lora;
+
+    [Range(1, 65536)] public int LoraRank { get; init; } = 8;
+
+    [Range(0.0, 1e6), Description("LoRA scale numerator; default lora_rank * 2.")]
+    public double? LoraAlpha { get; init; }
+
+    [Range(0.0, 1.0, MaximumIsExclusive = true)] public double LoraDropout { get; init; } = 0.0;
+
+    [ScalarOrList, Description("Modules that get LoRA adapters: 'all' (every linear layer but the output head) or names such as q_proj, v_proj.")]
+    public IReadOnlyList<string> LoraTarget { get; init; } = ["all"];
+
+    [Description("Rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r.")]
+    public bool UseRslora { get; init; }
+
+    [Range(0.0, 1e6), Description("LoRA+ learning-rate ratio of B over A.")]
+    public double? LoraplusLrRatio { get; init; }
+
+    [ScalarOrList, Description("Modules trained fully besides the adapters (e.g. embed_tokens, lm_head).")]
+    public IReadOnlyList<string>? AdditionalTarget { get; init; }
+
+    [Range(-4096, 4096), Description("freeze: train the last n layers (negative: the first -n).")]
+    public int FreezeTrainableLayers { get; init; } = 2;
+
+    [ScalarOrList, Description("freeze: modules trained inside the trainable layers ('all' or names such as mlp, self_attn).")]
+    public IReadOnlyList<string> FreezeTrainableModules { get; init; } = ["all"];
+
+    [Range(0.0, 10.0, MinimumIsExclusive = true)] public double LearningRate { get; init; } = 5e-5;
+    [Range(0.0, 1e6)] public double NumTrainEpochs { get; init; } = 3.0;
+
+    [Range(-1, int.MaxValue), Description("Total optimizer steps; -1: use num_train_epochs.")]
+    public int MaxSteps { get; init; } = -1;
+
+    [Range(1, 65536)] public int PerDeviceTrainBatchSize { get; init; } = 8;
+    [Range(1, 65536)] public int GradientAccumulationSteps { get; init; } = 1;
+    public LrSchedulerType LrSchedulerType { get; init; } = LrSchedulerType.Linear;
+    [Range(0, int.MaxValue)] public int WarmupSteps { get; init; } = 0;
+    [Range(0.0, 1.0)] public double WarmupRatio { get; init; } = 0.0;
+    [Range(0.0, 10.0)] public double WeightDecay { get; init; } = 0.0;
+    [Range(0.0, 1.0, MaximumIsExclusive = true)] public double AdamBeta1 { get; init; } = 0.9;
+    [Range(0.0, 1.0, MaximumIsExclusive = true)] public double AdamBeta2 { get; init; } = 0.999;
+    [Range(0.0, 1.0, MinimumIsExclusive = true)] public double AdamEpsilon { get; init; } = 1e-8;
+
+    [Range(0.0, 1e9), Description("Clip the global gradient norm to this value; 0 disables clipping.")]
+    public double MaxGradNorm { get; init; } = 1.0;
+
+    [Range(0.0, 1e6), Description("NEFTune noise on the embeddings.")]
+    public double? NeftuneNoiseAlpha { get; init; }
+
+    [Range(0, int.MaxValue)] public int Seed { get; init; } = 42;
+    [Range(1, int.MaxValue)] public int LoggingSteps { get; init; } = 10;
+    [Range(1, int.MaxValue)] public int SaveSteps { get; init; } = 500;
+    [Range(1, int.MaxValue)] public int? SaveTotalLimit { get; init; }
+
+    [Range(1, int.MaxValue), Description("Evaluate on the validation split every n steps (needs split.val_size > 0).")]
+    public int? EvalSteps { get; init; }
+
+    [Description("Write training_loss.png (and eval loss) into the output.")]
+    public bool PlotLoss { get; init; }
+
+    [Description("Recompute activations per layer in the backward pass to save memory.")]
+    public bool GradientCheckpointing { get; init; } = true;
+
+    [Description("Checkpoint directory to resume from (relative to the pipeline file).")]
+    public string? ResumeFromCheckpoint { get; init; }
+
+    /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>
+    public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
+}

@@ -1,0 +1,89 @@
+using FineTune.Pipeline.Config;
+
+namespace FineTune.Pipeline;
+
+/// <summary>The seven stages, in pipeline order.</summary>
+public enum StageKind { Download, Register, Split, Train, Eval, Merge, Export }
+
+/// <summary>
+/// Runs one kind of stage. One instance per kind is registered in <see cref="StageRegistry"/>;
+/// the engine decides whether it runs (fingerprint) and where its output goes (cache).
+/// </summary>
+public interface IStageExecutor
+{
+    StageKind Kind { get; }
+
+    /// <summary>
+    /// Files or directories outside the cache whose content enters the fingerprint (dataset files, a local
+    /// model directory, a tokenizer.json). Only their content is hashed, never their paths. Called before
+    /// <see cref="Execute"/>; <see cref="StageContext.OutputDirectory"/> is empty at that point.
+    /// A path that does not exist is reported as a user error by the engine.
+    /// </summary>
+    IReadOnlyList<string> ExternalInputs(StageContext ctx);
+
+    /// <summary>
+    /// Writes the stage's output into <see cref="StageContext.OutputDirectory"/> (an empty temporary
+    /// directory that the engine renames into the content-addressed cache on success; on an exception or a
+    /// kill nothing becomes visible). Returns metrics recorded in pipeline.lock.
+    /// Throw <see cref="PipelineUserException"/> for errors the user can fix.
+    /// </summary>
+    StageResult Execute(StageContext ctx);
+}
+
+/// <param name="Pipeline">The validated pipeline file, defaults applied.</param>
+/// <param name="PipelineDirectory">Absolute directory of the pipeline file; relative paths in it resolve against this.</param>
+/// <param name="UpstreamOutputs">Output directory (read-only, in the cache) of every stage this one depends on (see <see cref="StageGraph"/>).</param>
+/// <param name="OutputDirectory">Empty directory to write the output into ("" during <see cref="IStageExecutor.ExternalInputs"/>).</param>
+/// <param name="Progress">Progress bars and info lines (console, MSBuild log or nothing).</param>
+/// <param name="Cancellation">Set on Ctrl+C; stop soon and throw <see cref="OperationCanceledException"/>.</param>
+/// <param name="WorkDirectory">Persistent scratch directory of this stage kind under .finetune/work (kept across runs,
+/// e.g. partial downloads for resume); not part of the output.</param>
+public sealed record StageContext(
+    PipelineDefinition Pipeline,
+    string PipelineDirectory,
+    IReadOnlyDictionary<StageKind, string> UpstreamOutputs,
+    string OutputDirectory,
+    IStageProgress Progress,
+    CancellationToken Cancellation,
+    string WorkDirectory = "")
+{
+    /// <summary>Resolves a path written in the pipeline file (relative to it) to an absolute path.</summary>
+    public string ResolvePath(string path) => Path.GetFullPath(Path.Combine(PipelineDirectory, path));
+}
+
+/// <param name="Metrics">Numbers recorded in pipeline.lock and shown by `finetune status` (e.g. train_loss, eval_loss, samples).</param>
+/// <param name="Notes">Short lines shown after the stage ran (e.g. "resolved main → 3f2a…").</param>
+public sealed record StageResult(IReadOnlyDictionary<string, double> Metrics, IReadOnlyList<string> Notes)
+{
+    public static StageResult Empty { get; } = new(new Dictionary<string, double>(), []);
+}
+
+/// <summary>Where a stage reports progress: the CLI draws Spectre.Console bars, MSBuild logs lines, tests ignore it.</summary>
+public interface IStageProgress
+{
+    IProgressTask Start(string description, double total);
+    void Info(string line);
+}
+
+public interface IProgressTask : IDisposable
+{
+    void Increment(double by);
+    void SetDescription(string description);
+}
+
+/// <summary>Progress sink that drops everything.</summary>
+public sealed class NullStageProgress : IStageProgress
+{
+    public IProgressTask Start(string description, double total) => new NullTask();
+    public void Info(string line) { }
+
+    private sealed class NullTask : IProgressTask
+    {
+        public void Increment(double by) { }
+        public void SetDescription(string description) { }
+        public void Dispose() { }
+    }
+}
+
+/// <summary>An error the user can fix (bad pipeline value, missing file, gated model): printed without a stack trace, exit code 2.</summary>
+public class PipelineUserException(string message, Exception? inner = null) : Exception(message, inner);
