@@ -1,0 +1,341 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace FineTune.Models;
+
+/// <summary>The decoder-only architectures FineTune reads and trains.</summary>
+public enum ModelArchitecture { Llama, Qwen2, Qwen3, Mistral }
+
+/// <summary>
+/// RoPE scaling as Hugging Face writes it under <c>rope_scaling</c> (transformers 4.x) or
+/// <c>rope_parameters</c> (transformers 5.x). <see cref="Type"/> is linear | dynamic | yarn | llama3.
+/// </summary>
+public sealed record RopeScaling
+{
+    public required string Type { get; init; }
+    public double Factor { get; init; } = 1.0;
+    /// <summary>yarn, llama3 and dynamic: the context length the model was pre-trained with.</summary>
+    public int? OriginalMaxPositionEmbeddings { get; init; }
+    /// <summary>llama3: wavelengths above original/low_freq_factor are divided by the factor.</summary>
+    public double? LowFreqFactor { get; init; }
+    /// <summary>llama3: wavelengths below original/high_freq_factor are kept.</summary>
+    public double? HighFreqFactor { get; init; }
+    /// <summary>yarn: the ramp's fast and slow boundaries (HF defaults 32 and 1).</summary>
+    public double? BetaFast { get; init; }
+    public double? BetaSlow { get; init; }
+    /// <summary>yarn: the attention temperature; HF's default is 0.1·ln(factor)+1.</summary>
+    public double? AttentionFactor { get; init; }
+
+    public static readonly IReadOnlyList<string> KnownTypes = ["linear", "dynamic", "yarn", "llama3"];
+}
+
+/// <summary>
+/// A Hugging Face <c>config.json</c> for llama, qwen2, qwen3 and mistral models, with the defaults
+/// that transformers applies when a key is absent. Keys FineTune does not model are kept in
+/// <see cref="Extra"/> so that <see cref="Save"/> writes them back.
+/// </summary>
+public sealed record ModelConfig
+{
+    public required ModelArchitecture Architecture { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumHiddenLayers { get; init; }
+    public required int NumAttentionHeads { get; init; }
+    public required int NumKeyValueHeads { get; init; }
+    public required int HeadDim { get; init; }
+    public required int VocabSize { get; init; }
+    public double RmsNormEps { get; init; } = 1e-6;
+    public double RopeTheta { get; init; } = 10000.0;
+    public RopeScaling? RopeScaling { get; init; }
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>Bias on q/k/v (and, for llama's attention_bias, o) projections. Qwen2 always has q/k/v biases.</summary>
+    public bool AttentionBias { get; init; }
+    /// <summary>llama's mlp_bias: biases on gate/up/down.</summary>
+    public bool MlpBias { get; init; }
+    public int MaxPositionEmbeddings { get; init; } = 2048;
+    public string HiddenAct { get; init; } = "silu";
+    public int? BosTokenId { get; init; }
+    /// <summary>All end-of-sequence ids (config.json may hold one id or a list).</summary>
+    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+    public int? PadTokenId { get; init; }
+    /// <summary>bfloat16 | float16 | float32 (torch_dtype, or dtype in transformers 5).</summary>
+    public string TorchDtype { get; init; } = "float32";
+    public double InitializerRange { get; init; } = 0.02;
+    /// <summary>Keys of config.json that FineTune does not interpret, written back by <see cref="Save"/>.</summary>
+    public IReadOnlyDictionary<string, JsonNode?> Extra { get; init; } = new Dictionary<string, JsonNode?>();
+
+    public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
+
+    /// <summary>Qwen3's per-head RMSNorm on queries and keys (q_norm, k_norm).</summary>
+    public bool HasQkNorm => Architecture == ModelArchitecture.Qwen3;
+
+    /// <summary>HF's model_type string: llama, qwen2, qwen3, mistral.</summary>
+    public string ModelType => ModelTypeOf(Architecture);
+
+    /// <summary>HF's class name in "architectures", e.g. Qwen3ForCausalLM.</summary>
+    public string ArchitectureClassName => Architecture switch
+    {
+        ModelArchitecture.Llama => "LlamaForCausalLM",
+        ModelArchitecture.Qwen2 => "Qwen2ForCausalLM",
+        ModelArchitecture.Qwen3 => "Qwen3ForCausalLM",
+        ModelArchitecture.Mistral => "MistralForCausalLM",
+        _ => throw new ArgumentOutOfRangeException(nameof(Architecture)),
+    };
+
+    public static string ModelTypeOf(ModelArchitecture architecture) => architecture switch
+    {
+        ModelArchitecture.Llama => "llama",
+        ModelArchitecture.Qwen2 => "qwen2",
+        ModelArchitecture.Qwen3 => "qwen3",
+        ModelArchitecture.Mistral => "mistral",
+        _ => throw new ArgumentOutOfRangeException(nameof(architecture)),
+    };
+
+    /// <summary>Parses llama | qwen2 | qwen3 | mistral (case-insensitive); null when unknown.</summary>
+    public static ModelArchitecture? ParseArchitecture(string modelType) => modelType.ToLowerInvariant() switch
+    {
+        "llama" => ModelArchitecture.Llama,
+        "qwen2" => ModelArchitecture.Qwen2,
+        "qwen3" => ModelArchitecture.Qwen3,
+        "mistral" => ModelArchitecture.Mistral,
+        _ => null,
+    };
+
+    /// <summary>Reads config.json from a file or from a model directory.</summary>
+    public static ModelConfig Load(string path)
+    {
+        var file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
+        if (!File.Exists(file))
+            throw new ModelFormatException(file, "config.json not found; a Hugging Face model directory needs one (download the model again or point to the right directory).");
+        JsonNode? root;
+        try
+        {
+            root = JsonNode.Parse(File.ReadAllText(file), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = true });
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFormatException(file, $"invalid JSON at line {e.LineNumber + 1}: {e.Message}", e);
+        }
+        if (root is not JsonObject obj)
+            throw new ModelFormatException(file, "expected a JSON object at the top level.");
+        return FromJson(obj, file);
+    }
+
+    /// <summary>Interprets a parsed config.json; <paramref name="file"/> is used in error messages.</summary>
+    public static ModelConfig FromJson(JsonObject obj, string file)
+    {
+        var reader = new ConfigReader(obj, file);
+        var modelType = reader.String("model_type");
+        if (modelType is null)
+            throw new ModelFormatException(file, "missing \"model_type\"; FineTune supports llama, qwen2, qwen3 and mistral models.");
+        var arch = ParseArchitecture(modelType)
+            ?? throw new ModelFormatException(file, $"unsupported architecture \"{modelType}\" (model_type); FineTune supports llama, qwen2, qwen3 and mistral models.");
+
+        int hidden = reader.RequiredInt("hidden_size");
+        int heads = reader.RequiredInt("num_attention_heads");
+        int layers = reader.RequiredInt("num_hidden_layers");
+        int intermediate = reader.RequiredInt("intermediate_size");
+        int kvHeads = reader.Int("num_key_value_heads") ?? heads;
+        // transformers: Qwen3Config defaults head_dim to 128; the others use hidden_size / num_attention_heads.
+        int headDim = reader.Int("head_dim") ?? (arch == ModelArchitecture.Qwen3 ? 128 : hidden / heads);
+        if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0)
+            throw new ModelFormatException(file, $"num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kvHeads}).");
+        if (reader.Int("head_dim") is null && arch != ModelArchitecture.Qwen3 && hidden % heads != 0)
+            throw new ModelFormatException(file, $"hidden_size ({hidden}) is not divisible by num_attention_heads ({heads}); set head_dim.");
+
+        // transformers 5 moved rope_theta and rope_scaling into rope_parameters; read both layouts.
+        var ropeParams = obj["rope_parameters"] as JsonObject;
+        double ropeTheta = reader.Double("rope_theta")
+            ?? (ropeParams is not null ? new ConfigReader(ropeParams, file).Double("rope_theta") : null)
+            ?? 10000.0;
+        var scalingObj = obj["rope_scaling"] as JsonObject ?? ropeParams;
+        var scaling = scalingObj is null ? null : ParseRopeScaling(scalingObj, file);
+
+        // Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases.
+        bool attentionBias = arch switch
+        {
+            ModelArchitecture.Qwen2 => true,
+            ModelArchitecture.Mistral => false,
+            _ => reader.Bool("attention_bias") ?? false,
+        };
+
+        var known = new HashSet<string>(StringComparer.Ordinal)
+        {
+            "model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps",
+            "rope_theta", "rope_scaling", "rope_parameters", "tie_word_embeddings", "attention_bias", "mlp_bias",
+            "max_position_embeddings", "hidden_act", "bos_token_id", "eos_token_id", "pad_token_id",
+            "torch_dtype", "dtype", "initializer_range",
+        };
+        var extra = new SortedDictionary<string, JsonNode?>(StringComparer.Ordinal);
+        foreach (var (key, value) in obj)
+            if (!known.Contains(key))
+                extra[key] = value?.DeepClone();
+
+        return new ModelConfig
+        {
+            Architecture = arch,
+            HiddenSize = hidden,
+            IntermediateSize = intermediate,
+            NumHiddenLayers = layers,
+            NumAttentionHeads = heads,
+            NumKeyValueHeads = kvHeads,
+            HeadDim = headDim,
+            VocabSize = reader.Int("vocab_size") ?? (arch is ModelArchitecture.Qwen2 or ModelArchitecture.Qwen3 ? 151936 : 32000),
+            RmsNormEps = reader.Double("rms_norm_eps") ?? 1e-6,
+            RopeTheta = ropeTheta,
+            RopeScaling = scaling,
+            TieWordEmbeddings = reader.Bool("tie_word_embeddings") ?? false,
+            AttentionBias = attentionBias,
+            MlpBias = arch == ModelArchitecture.Llama && (reader.Bool("mlp_bias") ?? false),
+            MaxPositionEmbeddings = reader.Int("max_position_embeddings") ?? arch switch
+            {
+                ModelArchitecture.Llama => 2048,
+                ModelArchitecture.Mistral => 131072,
+                _ => 32768,
+            },
+            HiddenAct = reader.String("hidden_act") ?? "silu",
+            BosTokenId = reader.Int("bos_token_id"),
+            EosTokenIds = reader.IntOrList("eos_token_id"),
+            PadTokenId = reader.Int("pad_token_id"),
+            TorchDtype = reader.String("torch_dtype") ?? reader.String("dtype") ?? "float32",
+            InitializerRange = reader.Double("initializer_range") ?? 0.02,
+            Extra = extra,
+        };
+    }
+
+    private static RopeScaling? ParseRopeScaling(JsonObject o, string file)
+    {
+        var r = new ConfigReader(o, file);
+        var type = r.String("rope_type") ?? r.String("type");
+        if (type is null or "default")
+            return null;
+        if (!RopeScaling.KnownTypes.Contains(type))
+            throw new ModelFormatException(file, $"unsupported rope_scaling type \"{type}\"; FineTune supports linear, dynamic, yarn and llama3.");
+        return new RopeScaling
+        {
+            Type = type,
+            Factor = r.Double("factor") ?? 1.0,
+            OriginalMaxPositionEmbeddings = r.Int("original_max_position_embeddings"),
+            LowFreqFactor = r.Double("low_freq_factor"),
+            HighFreqFactor = r.Double("high_freq_factor"),
+            BetaFast = r.Double("beta_fast"),
+            BetaSlow = r.Double("beta_slow"),
+            AttentionFactor = r.Double("attention_factor"),
+        };
+    }
+
+    /// <summary>The config as HF's JSON object (keys sorted, like transformers writes them).</summary>
+    public JsonObject ToJson()
+    {
+        var entries = new SortedDictionary<string, JsonNode?>(StringComparer.Ordinal);
+        foreach (var (k, v) in Extra)
+            entries[k] = v?.DeepClone();
+        entries["architectures"] = new JsonArray(ArchitectureClassName);
+        entries["model_type"] = ModelType;
+        entries["hidden_size"] = HiddenSize;
+        entries["intermediate_size"] = IntermediateSize;
+        entries["num_hidden_layers"] = NumHiddenLayers;
+        entries["num_attention_heads"] = NumAttentionHeads;
+        entries["num_key_value_heads"] = NumKeyValueHeads;
+        entries["head_dim"] = HeadDim;
+        entries["vocab_size"] = VocabSize;
+        entries["rms_norm_eps"] = RmsNormEps;
+        entries["rope_theta"] = RopeTheta;
+        entries["rope_scaling"] = RopeScaling is null ? null : RopeScalingJson(RopeScaling);
+        entries["tie_word_embeddings"] = TieWordEmbeddings;
+        if (Architecture is ModelArchitecture.Llama or ModelArchitecture.Qwen3)
+            entries["attention_bias"] = AttentionBias;
+        if (Architecture == ModelArchitecture.Llama)
+            entries["mlp_bias"] = MlpBias;
+        entries["max_position_embeddings"] = MaxPositionEmbeddings;
+        entries["hidden_act"] = HiddenAct;
+        entries["bos_token_id"] = BosTokenId;
+        entries["eos_token_id"] = EosTokenIds.Count switch
+        {
+            0 => null,
+            1 => JsonValue.Create(EosTokenIds[0]),
+            _ => new JsonArray(EosTokenIds.Select(i => (JsonNode?)JsonValue.Create(i)).ToArray()),
+        };
+        if (PadTokenId is not null)
+            entries["pad_token_id"] = PadTokenId;
+        entries["torch_dtype"] = TorchDtype;
+        entries["initializer_range"] = InitializerRange;
+        var obj = new JsonObject();
+        foreach (var (k, v) in entries)
+            obj[k] = v;
+        return obj;
+    }
+
+    private static JsonObject RopeScalingJson(RopeScaling s)
+    {
+        var o = new JsonObject { ["rope_type"] = s.Type, ["factor"] = s.Factor };
+        if (s.OriginalMaxPositionEmbeddings is { } omp) o["original_max_position_embeddings"] = omp;
+        if (s.LowFreqFactor is { } lf) o["low_freq_factor"] = lf;
+        if (s.HighFreqFactor is { } hf) o["high_freq_factor"] = hf;
+        if (s.BetaFast is { } bf) o["beta_fast"] = bf;
+        if (s.BetaSlow is { } bs) o["beta_slow"] = bs;
+        if (s.AttentionFactor is { } af) o["attention_factor"] = af;
+        return o;
+    }
+
+    /// <summary>Writes config.json (to a file path or into a directory), atomically.</summary>
+    public void Save(string path)
+    {
+        var file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
+        AtomicFile.WriteAllText(file, ToJsonString());
+    }
+
+    /// <summary>The JSON text Save writes: two-space indent, sorted keys, a final newline.</summary>
+    public string ToJsonString() =>
+        ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+
+    /// <summary>Reads typed values from a config object, with errors naming the file and key.</summary>
+    private sealed class ConfigReader(JsonObject obj, string file)
+    {
+        public string? String(string key) => obj[key] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<string>(out var s) => s,
+            var other => throw Wrong(key, "a string", other),
+        };
+
+        public int? Int(string key) => obj[key] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<long>(out var l) && l is >= int.MinValue and <= int.MaxValue => (int)l,
+            JsonValue v when v.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) <= int.MaxValue => (int)d,
+            var other => throw Wrong(key, "an integer", other),
+        };
+
+        public int RequiredInt(string key) =>
+            Int(key) ?? throw new ModelFormatException(file, $"missing \"{key}\" (an integer); every {obj["model_type"]} config.json must set it.");
+
+        public double? Double(string key) => obj[key] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<double>(out var d) => d,
+            var other => throw Wrong(key, "a number", other),
+        };
+
+        public bool? Bool(string key) => obj[key] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<bool>(out var b) => b,
+            var other => throw Wrong(key, "true or false", other),
+        };
+
+        public IReadOnlyList<int> IntOrList(string key) => obj[key] switch
+        {
+            null => [],
+            JsonArray a => a.Select((n, i) => n is JsonValue v && v.TryGetValue<long>(out var l) ? (int)l
+                : throw Wrong($"{key}[{i}]", "an integer", n)).ToArray(),
+            _ => [Int(key)!.Value],
+        };
+
+        private ModelFormatException Wrong(string key, string expected, JsonNode? got) =>
+            new(file, $"\"{key}\" must be {expected}, got {got?.ToJsonString() ?? "null"}.");
+    }
+}
