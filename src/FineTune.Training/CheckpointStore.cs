@@ -1,0 +1,127 @@
+using System.Globalization;
+
+namespace FineTune.Training;
+
+/// <summary>
+/// The <c>checkpoint-&lt;step&gt;/</c> directories of one output directory. A checkpoint is written
+/// into a hidden temporary directory beside them and renamed into place only when every file is
+/// flushed, so a process killed mid-write leaves at most a stray temporary directory (removed on
+/// the next start) and every <c>checkpoint-N</c> that exists is complete.
+/// </summary>
+public sealed class CheckpointStore
+{
+    public const string Prefix = "checkpoint-";
+    const string TempPrefix = ".tmp-checkpoint-";
+
+    public string OutputDirectory { get; }
+
+    public CheckpointStore(string outputDirectory)
+    {
+        OutputDirectory = Path.GetFullPath(outputDirectory);
+        Directory.CreateDirectory(OutputDirectory);
+    }
+
+    /// <summary>Removes temporary directories left by a writer that died before its rename.</summary>
+    public int RemoveIncomplete()
+    {
+        int removed = 0;
+        foreach (var dir in Directory.EnumerateDirectories(OutputDirectory, TempPrefix + "*"))
+        {
+            Directory.Delete(dir, recursive: true);
+            removed++;
+        }
+        return removed;
+    }
+
+    /// <summary>Complete checkpoints, oldest step first.</summary>
+    public IReadOnlyList<(int Step, string Path)> List() =>
+        Directory.EnumerateDirectories(OutputDirectory, Prefix + "*")
+            .Select(d => (Ok: TryParseStep(Path.GetFileName(d), out int s), Step: s, Path: d))
+            .Where(t => t.Ok)
+            .OrderBy(t => t.Step)
+            .Select(t => (t.Step, t.Path))
+            .ToList();
+
+    public string? Latest() => List() is { Count: > 0 } all ? all[^1].Path : null;
+
+    public static bool TryParseStep(string directoryName, out int step)
+    {
+        step = 0;
+        return directoryName.StartsWith(Prefix, StringComparison.Ordinal)
+            && int.TryParse(directoryName.AsSpan(Prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out step);
+    }
+
+    /// <summary>
+    /// Writes <c>checkpoint-&lt;step&gt;</c>: <paramref name="writeContents"/> fills a temporary
+    /// directory, then it is renamed into place. Afterwards the oldest checkpoints beyond
+    /// <paramref name="saveTotalLimit"/> (when positive) are deleted. If the writer throws, the
+    /// temporary directory is removed and existing checkpoints are untouched.
+    /// </summary>
+    public string Save(int step, Action<string> writeContents, int saveTotalLimit = 0)
+    {
+        string final = Path.Combine(OutputDirectory, Prefix + step.ToString(CultureInfo.InvariantCulture));
+        string temp = Path.Combine(OutputDirectory, $"{TempPrefix}{step}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temp);
+        try
+        {
+            writeContents(temp);
+            FlushTree(temp);
+        }
+        catch
+        {
+            Directory.Delete(temp, recursive: true);
+            throw;
+        }
+        if (Directory.Exists(final))
+        {
+            // Same step saved again (a resumed run re-reaching it): swap, never leave the step missing a complete copy.
+            string old = Path.Combine(OutputDirectory, $"{TempPrefix}old-{step}-{Guid.NewGuid():N}");
+            Directory.Move(final, old);
+            Directory.Move(temp, final);
+            Directory.Delete(old, recursive: true);
+        }
+        else
+        {
+            Directory.Move(temp, final);
+        }
+        if (saveTotalLimit > 0) Rotate(saveTotalLimit);
+        return final;
+    }
+
+    /// <summary>Deletes the oldest checkpoints so that at most <paramref name="limit"/> remain.</summary>
+    public void Rotate(int limit)
+    {
+        var all = List();
+        for (int i = 0; i < all.Count - limit; i++) Directory.Delete(all[i].Path, recursive: true);
+    }
+
+    /// <summary>
+    /// Resolves <c>resume_from_checkpoint</c>: "true" means the latest checkpoint here (an error when
+    /// there is none), "false"/empty means none, anything else is a checkpoint directory path.
+    /// </summary>
+    public string? Resolve(string? resumeFromCheckpoint)
+    {
+        if (string.IsNullOrWhiteSpace(resumeFromCheckpoint) || resumeFromCheckpoint.Equals("false", StringComparison.OrdinalIgnoreCase))
+            return null;
+        if (resumeFromCheckpoint.Equals("true", StringComparison.OrdinalIgnoreCase))
+            return Latest() ?? throw new TrainingException(
+                $"resume_from_checkpoint: true, but {OutputDirectory} holds no {Prefix}<step> directory. Remove the option to start fresh.");
+        string path = Path.GetFullPath(resumeFromCheckpoint);
+        if (!File.Exists(Path.Combine(path, TrainerState.FileName)))
+            throw new TrainingException(
+                $"resume_from_checkpoint: '{resumeFromCheckpoint}' is not a checkpoint directory (no {TrainerState.FileName} in {path}). Point it at a {Prefix}<step> directory or use true for the latest.");
+        return path;
+    }
+
+    static void FlushTree(string dir)
+    {
+        foreach (var file in Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories))
+        {
+            using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+            fs.Flush(flushToDisk: true);
+        }
+    }
+}
+
+/// <summary>A training failure the user can act on (bad option, diverged loss); the message says what to do.</summary>
+public sealed class TrainingException(string message, Exception? inner = null) : Exception(message, inner);
