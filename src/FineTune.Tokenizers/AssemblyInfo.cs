@@ -1,1 +1,3 @@
-namespace FineTune.Tokenizers;
+using System.Runtime.CompilerServices;
+
+[assembly: InternalsVisibleTo("FineTune.Tokenizers.Tests")]
