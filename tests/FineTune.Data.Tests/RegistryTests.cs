@@ -1,0 +1,141 @@
+using System.Text.Json;
+using FineTune.Data.Registry;
+
+namespace FineTune.Data.Tests;
+
+public sealed class RegistryTests
+{
+    [Fact]
+    public void BundledRegistryListsTheFourBundledDatasets()
+    {
+        var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
+        Assert.Equal(["alpaca_mini", "identity", "roleplay_mini", "tool_calls_mini"], registry.Entries.Keys.Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void EntryWithoutColumnsGetsLlamaFactoryDefaults()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """{"d": {"file_name": "d.json"}}""");
+        var entry = DatasetRegistry.Load(path).Get("d");
+        Assert.Equal(DatasetFormatting.Alpaca, entry.Formatting);
+        Assert.Equal(("instruction", "input", "output", "conversations"), (entry.Columns.Prompt, entry.Columns.Query, entry.Columns.Response, entry.Columns.Messages));
+        Assert.Null(entry.Columns.System);
+        Assert.Equal(("from", "value", "human", "gpt"), (entry.Tags.RoleTag, entry.Tags.ContentTag, entry.Tags.UserTag, entry.Tags.AssistantTag));
+    }
+
+    [Fact]
+    public void NamedColumnsReplaceDefaultsAndOthersStay()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """{"d": {"file_name": "d.json", "columns": {"prompt": "q", "system": "sys"}}}""");
+        var c = DatasetRegistry.Load(path).Get("d").Columns;
+        Assert.Equal(("q", "input", "output", "sys"), (c.Prompt, c.Query, c.Response, c.System));
+    }
+
+    [Fact]
+    public void TagsAreReadForShareGptOnly()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """
+            {"s": {"file_name": "s.json", "formatting": "sharegpt", "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
+             "a": {"file_name": "a.json", "tags": {"role_tag": "role"}}}
+            """);
+        var registry = DatasetRegistry.Load(path);
+        Assert.Equal(("role", "content", "user", "assistant", "system"), (registry.Get("s").Tags.RoleTag, registry.Get("s").Tags.ContentTag, registry.Get("s").Tags.UserTag, registry.Get("s").Tags.AssistantTag, registry.Get("s").Tags.SystemTag));
+        Assert.Equal("from", registry.Get("a").Tags.RoleTag);
+    }
+
+    [Fact]
+    public void UnknownFormattingNamesDatasetAndValue()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """{"d": {"file_name": "d.json", "formatting": "openai_chat"}}""");
+        var e = Assert.Throws<DatasetException>(() => DatasetRegistry.Load(path));
+        Assert.Equal($"{path}: dataset 'd': unknown formatting 'openai_chat'; expected 'alpaca' or 'sharegpt'.", e.Message);
+    }
+
+    [Fact]
+    public void UnknownDatasetNameListsRegisteredNames()
+    {
+        var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
+        var e = Assert.Throws<DatasetException>(() => registry.Get("idenity"));
+        Assert.Contains("no dataset named 'idenity'. Registered: alpaca_mini, identity, roleplay_mini, tool_calls_mini.", e.Message);
+    }
+
+    [Fact]
+    public void UnknownKeysSuchAsFileSha1AreIgnored()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """{"d": {"file_name": "d.json", "file_sha1": "abc"}}""");
+        Assert.Equal("d.json", DatasetRegistry.Load(path).Get("d").FileName);
+    }
+
+    [Fact]
+    public void FolderResolvesToItsDataFilesSorted()
+    {
+        using var tmp = new TempDir();
+        tmp.Write("parts/b.jsonl", "");
+        tmp.Write("parts/a.json", "[]");
+        tmp.Write("parts/readme.md", "");
+        var path = tmp.Write("dataset_info.json", """{"d": {"file_name": "parts"}}""");
+        var registry = DatasetRegistry.Load(path);
+        Assert.Equal(["a.json", "b.jsonl"], registry.ResolveFiles(registry.Get("d")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void HubOnlyEntryExplainsThatFilesAreLocal()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """{"d": {"hf_hub_url": "org/ds"}}""");
+        var registry = DatasetRegistry.Load(path);
+        var e = Assert.Throws<DatasetException>(() => registry.ResolveFiles(registry.Get("d")));
+        Assert.Contains("names a hub dataset ('org/ds'); FineTune reads local files only", e.Message);
+    }
+
+    [Fact]
+    public void SchemaDeclaresExactlyTheKeysTheParserReads()
+    {
+        using var schema = JsonDocument.Parse(File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "schemas", "dataset_info.schema.json")));
+        var defs = schema.RootElement.GetProperty("definitions");
+        string[] Keys(string def) => defs.GetProperty(def).GetProperty("properties").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal).ToArray();
+        Assert.Equal(DatasetRegistry.EntryKeys.Order(StringComparer.Ordinal), Keys("entry"));
+        Assert.Equal(DatasetRegistry.ColumnKeys.Order(StringComparer.Ordinal), Keys("columns"));
+        Assert.Equal(DatasetRegistry.TagKeys.Order(StringComparer.Ordinal), Keys("tags"));
+        Assert.Equal(DatasetRegistry.FormattingNames, defs.GetProperty("entry").GetProperty("properties").GetProperty("formatting").GetProperty("enum").EnumerateArray().Select(e => e.GetString()));
+    }
+
+    [Fact]
+    public void SchemaDefaultsEqualTheRecordDefaults()
+    {
+        using var schema = JsonDocument.Parse(File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "schemas", "dataset_info.schema.json")));
+        var defs = schema.RootElement.GetProperty("definitions");
+        string? Default(string def, string key)
+        {
+            var d = defs.GetProperty(def).GetProperty("properties").GetProperty(key).GetProperty("default");
+            return d.ValueKind == JsonValueKind.Null ? null : d.GetString();
+        }
+        var c = new DatasetColumns();
+        Assert.Equal([c.Prompt, c.Query, c.Response, c.History, c.Messages, c.System, c.Tools, c.Images, c.Chosen, c.Rejected, c.KtoTag],
+            DatasetRegistry.ColumnKeys.Select(k => Default("columns", k)));
+        var t = new DatasetTags();
+        Assert.Equal([t.RoleTag, t.ContentTag, t.UserTag, t.AssistantTag, t.ObservationTag, t.FunctionTag, t.SystemTag],
+            DatasetRegistry.TagKeys.Select(k => Default("tags", k)));
+    }
+
+    [Fact]
+    public async Task BundledRegistryValidatesAgainstTheSchema()
+    {
+        var schema = await NJsonSchema.JsonSchema.FromFileAsync(Path.Combine(TestPaths.RepoRoot, "schemas", "dataset_info.schema.json"));
+        var errors = schema.Validate(File.ReadAllText(Path.Combine(TestPaths.DataDir, "dataset_info.json")));
+        Assert.Empty(errors);
+    }
+
+    [Fact]
+    public async Task SchemaRejectsAnUnknownColumnKey()
+    {
+        var schema = await NJsonSchema.JsonSchema.FromFileAsync(Path.Combine(TestPaths.RepoRoot, "schemas", "dataset_info.schema.json"));
+        var errors = schema.Validate("""{"d": {"file_name": "d.json", "columns": {"promt": "q"}}}""");
+        Assert.Single(errors);
+    }
+}
