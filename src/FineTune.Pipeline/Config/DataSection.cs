@@ -5,7 +5,7 @@ namespace FineTune.Pipeline.Config;
 /// <summary>The <c>data</c> block (LLaMA-Factory's dataset arguments).</summary>
 public sealed record DataSection
 {
-    [Description("Directory holding dataset_info.json, relative to the pipeline file; default: the nearest 'data' directory with a dataset_info.json found walking up from the pipeline file.")]
+    [NotFingerprinted, Description("Directory holding dataset_info.json, relative to the pipeline file (its files enter fingerprints by content, not path); default: the nearest 'data' directory with a dataset_info.json found walking up from the pipeline file.")]
     public string? DatasetDir { get; init; }
 
     [ScalarOrList, Description("Names of datasets in dataset_info.json (a list, or a comma-separated string).")]

@@ -47,6 +47,6 @@ public sealed record ScratchConfig
     [Range(0, int.MaxValue), Description("Seed of the random weights.")]
     public int Seed { get; init; } = 0;
 
-    [Description("Path to a tokenizer.json (relative to the pipeline file); default: a byte-level BPE of the 256 byte tokens plus the chat special tokens.")]
+    [NotFingerprinted, Description("Path to a tokenizer.json (relative to the pipeline file); default: a byte-level BPE of the 256 byte tokens plus the chat special tokens. Its content, not its path, enters the fingerprint.")]
     public string? Tokenizer { get; init; }
 }

@@ -79,7 +79,7 @@ public sealed record TrainConfig
     [Description("Recompute activations per layer in the backward pass to save memory.")]
     public bool GradientCheckpointing { get; init; } = true;
 
-    [Description("Checkpoint directory to resume from (relative to the pipeline file).")]
+    [NotFingerprinted, Description("Checkpoint directory to resume from (relative to the pipeline file; its content, not its path, enters the fingerprint).")]
     public string? ResumeFromCheckpoint { get; init; }
 
     /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>

@@ -1,0 +1,89 @@
+using System.CommandLine;
+using FineTune.Pipeline;
+using FineTune.Pipeline.Engine;
+using FineTune.Pipeline.Validation;
+using Spectre.Console;
+
+namespace FineTune.Cli.Commands;
+
+/// <summary>Pieces shared by the commands: the pipeline argument, error handling, output.</summary>
+public static class CliSupport
+{
+    public const int ExitUserError = 2;
+    public const int ExitFailure = 1;
+
+    public static Argument<string> PipelineArgument() => new("pipeline")
+    {
+        Description = "The pipeline.yaml, or the directory that holds it (default: the current directory).",
+        DefaultValueFactory = _ => ".",
+    };
+
+    /// <summary>Runs a command body; user errors become one message per line on stderr and exit code 2, never a stack trace.</summary>
+    public static int Guard(Func<CancellationToken, int> body)
+    {
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            return body(cts.Token);
+        }
+        catch (PipelineValidationException e)
+        {
+            foreach (var error in e.Errors)
+                Console.Error.WriteLine($"{error.File}:{error.Line}:{error.Column}: error: {error.JsonPath}: {error.Message}");
+            Console.Error.WriteLine($"{e.Errors.Count} error(s).");
+            return ExitUserError;
+        }
+        catch (PipelineUserException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return ExitUserError;
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("cancelled; nothing half-written was kept.");
+            return 130;
+        }
+        catch (StageFailedException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            if (Environment.GetEnvironmentVariable("FINETUNE_DEBUG") == "1")
+                Console.Error.WriteLine(e.InnerException);
+            else
+                Console.Error.WriteLine("(set FINETUNE_DEBUG=1 for the stack trace)");
+            return ExitFailure;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    public static string StateText(StageState s) => s switch
+    {
+        StageState.UpToDate => "[green]up to date[/]",
+        StageState.Ran => "[blue]ran[/]",
+        StageState.Stale => "[yellow]stale[/]",
+        StageState.NoExecutor => "[grey]no executor yet[/]",
+        StageState.Blocked => "[grey]blocked[/]",
+        _ => s.ToString(),
+    };
+
+    public static string Seconds(double s) => s < 1 ? $"{s * 1000:0} ms" : s < 120 ? $"{s:0.0} s" : $"{s / 60:0.0} min";
+
+    public static string Metrics(IReadOnlyDictionary<string, double>? m) =>
+        m is null || m.Count == 0 ? "" : string.Join(", ", m.OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(4)
+            .Select(kv => $"{kv.Key}={kv.Value.ToString("G4", System.Globalization.CultureInfo.InvariantCulture)}"));
+
+    public static void PrintMissingExecutors(RunReport report)
+    {
+        var missing = report.Stages.Where(s => s.State == StageState.NoExecutor).Select(s => StageNames.Of(s.Kind)).ToArray();
+        var blocked = report.Stages.Where(s => s.State == StageState.Blocked).Select(s => StageNames.Of(s.Kind)).ToArray();
+        if (missing.Length == 0) return;
+        AnsiConsole.MarkupLine($"[yellow]note:[/] no executor yet for: {string.Join(", ", missing)}" +
+            (blocked.Length > 0 ? $"; not run because they need those: {string.Join(", ", blocked)}" : "") + ".");
+    }
+
+    public static LoadedPipeline Load(string pipeline) => PipelineLoader.Load(pipeline);
+}

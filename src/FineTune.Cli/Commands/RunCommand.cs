@@ -1,0 +1,66 @@
+using System.CommandLine;
+using FineTune.Pipeline;
+using FineTune.Pipeline.Engine;
+using Spectre.Console;
+
+namespace FineTune.Cli.Commands;
+
+/// <summary>`finetune run`: bring the pipeline up to date, running only stages whose fingerprint changed.</summary>
+public sealed class RunCommand : ICliCommand
+{
+    public Command Create()
+    {
+        var pipeline = CliSupport.PipelineArgument();
+        var stage = new Option<string?>("--stage", "-s") { Description = "Stop after this stage (download, register, split, train, eval, merge, export); runs the stages it needs." };
+        var force = new Option<bool>("--force", "-f") { Description = "Re-run even if up to date (all stages, or only --stage when given)." };
+        var dryRun = new Option<bool>("--dry-run", "-n") { Description = "Show what would run; run nothing." };
+        var verify = new Option<bool>("--verify") { Description = "Re-hash every cached file instead of trusting the size+mtime index." };
+        var lockTimeout = new Option<int>("--lock-timeout") { Description = "Seconds to wait for another run of the same pipeline.", DefaultValueFactory = _ => 3600 };
+        var command = new Command("run", "Run the pipeline: stages whose inputs changed run, the others are reused from .finetune/.")
+        {
+            pipeline, stage, force, dryRun, verify, lockTimeout,
+        };
+        command.SetAction(r => CliSupport.Guard(ct =>
+        {
+            var loaded = CliSupport.Load(r.GetValue(pipeline)!);
+            var options = new RunOptions
+            {
+                Stage = ParseStage(r.GetValue(stage)),
+                Force = r.GetValue(force),
+                DryRun = r.GetValue(dryRun),
+                Verify = r.GetValue(verify),
+                LockTimeout = TimeSpan.FromSeconds(r.GetValue(lockTimeout)),
+                OnInfo = line => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(line)}[/]"),
+                OnStageStart = (k, why) => AnsiConsole.MarkupLine($"[blue]▶ {StageNames.Of(k)}[/] [grey]({Markup.Escape(why)})[/]"),
+                OnStageDone = o => AnsiConsole.MarkupLine(Line(o)),
+            };
+            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(loaded.Definition.Name)}[/] [grey]{Markup.Escape(loaded.FilePath)}[/]{(options.DryRun ? " [yellow](dry run)[/]" : "")}");
+            var report = ConsoleStageProgress.Run(progress => PipelineRunner.CreateDefault().Run(loaded, options, progress, ct));
+            CliSupport.PrintMissingExecutors(report);
+            AnsiConsole.MarkupLine($"[grey]FineTune overhead {CliSupport.Seconds(report.OverheadSeconds)}, {report.BytesHashed / 1e6:0.#} MB hashed{(report.LockChanged ? ", pipeline.lock updated" : "")}[/]");
+            return 0;
+        }));
+        return command;
+    }
+
+    public static StageKind? ParseStage(string? name)
+    {
+        if (name is null) return null;
+        if (StageGraph.TryParse(name, out var kind)) return kind;
+        var names = StageGraph.Order.Select(StageNames.Of).ToArray();
+        var suggestion = FineTune.Pipeline.Validation.DidYouMean.Suggest(name, names);
+        throw new PipelineUserException($"--stage {name}: no such stage; expected one of {string.Join(", ", names)}" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?"));
+    }
+
+    private static string Line(StageOutcome o)
+    {
+        var name = $"{StageNames.Of(o.Kind),-9}";
+        return o.State switch
+        {
+            StageState.Ran => $"  [blue]{name}[/] ran ({CliSupport.Seconds(o.Seconds)}) [grey]{Markup.Escape(CliSupport.Metrics(o.Metrics))}[/]",
+            StageState.UpToDate => $"  [green]{name}[/] {Markup.Escape(o.Reason)}",
+            StageState.Stale => $"  [yellow]{name}[/] would run: {Markup.Escape(o.Reason)}",
+            _ => $"  [grey]{name} {Markup.Escape(o.Reason)}[/]",
+        };
+    }
+}

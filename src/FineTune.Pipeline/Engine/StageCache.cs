@@ -1,0 +1,133 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace FineTune.Pipeline.Engine;
+
+/// <summary>What a cache entry holds besides the files: written last, inside the temp dir, before the rename.</summary>
+public sealed record CacheManifest(
+    string Kind,
+    string Fingerprint,
+    string OutputHash,
+    IReadOnlyList<FileHash> Files,
+    IReadOnlyDictionary<string, double> Metrics,
+    IReadOnlyList<string> Notes,
+    double Seconds);
+
+/// <summary>Result of checking a cache entry against its manifest.</summary>
+public sealed record CacheCheck(bool Valid, string? Problem, CacheManifest? Manifest)
+{
+    public static CacheCheck Missing { get; } = new(false, "no cached output", null);
+}
+
+/// <summary>
+/// The .finetune/ directory beside a pipeline: <c>cache/&lt;fingerprint&gt;/{out/, manifest.json}</c> holds finished
+/// outputs keyed by fingerprint; <c>tmp/</c> the outputs being written (renamed into cache/ only when complete);
+/// <c>work/&lt;stage&gt;/</c> persistent scratch (partial downloads); <c>index.json</c> the hash index; <c>run.lock</c>
+/// the inter-process lock.
+/// </summary>
+public sealed class StageCache(string root)
+{
+    public const string DirectoryName = ".finetune";
+
+    private static readonly JsonSerializerOptions ManifestJson = new()
+    {
+        WriteIndented = true,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    public string Root { get; } = Path.GetFullPath(root);
+    public string CacheRoot => Path.Combine(Root, "cache");
+    public string TempRoot => Path.Combine(Root, "tmp");
+    public string IndexPath => Path.Combine(Root, "index.json");
+
+    public static StageCache Beside(string pipelineDirectory) => new(Path.Combine(pipelineDirectory, DirectoryName));
+
+    public string EntryDirectory(string fingerprint) => Path.Combine(CacheRoot, fingerprint);
+    public string OutputDirectory(string fingerprint) => Path.Combine(EntryDirectory(fingerprint), "out");
+    public string WorkDirectory(StageKind kind) => Path.Combine(Root, "work", StageNames.Of(kind));
+
+    /// <summary>Checks that the entry's files are exactly those of its manifest, with the same hashes.</summary>
+    public CacheCheck Check(string fingerprint, ContentHasher hasher)
+    {
+        var entry = EntryDirectory(fingerprint);
+        var manifestPath = Path.Combine(entry, "manifest.json");
+        if (!File.Exists(manifestPath)) return CacheCheck.Missing;
+        CacheManifest? manifest;
+        try { manifest = JsonSerializer.Deserialize<CacheManifest>(File.ReadAllText(manifestPath), ManifestJson); }
+        catch (JsonException) { manifest = null; }
+        if (manifest is null || manifest.Fingerprint != fingerprint)
+            return new CacheCheck(false, "cache manifest is damaged", null);
+        var outDir = OutputDirectory(fingerprint);
+        if (!Directory.Exists(outDir)) return new CacheCheck(false, "cached output directory is missing", manifest);
+        var actual = hasher.HashTree(outDir);
+        var expected = manifest.Files.ToDictionary(f => f.Path, StringComparer.Ordinal);
+        foreach (var f in actual)
+        {
+            if (!expected.TryGetValue(f.Path, out var e))
+                return new CacheCheck(false, $"cached output has an unexpected file {f.Path}", manifest);
+            if (e.Sha256 != f.Sha256 || e.Size != f.Size)
+                return new CacheCheck(false, $"cached file {f.Path} was modified (sha256 {f.Sha256[..12]}…, expected {e.Sha256[..12]}…)", manifest);
+        }
+        if (actual.Count != expected.Count)
+        {
+            var missing = expected.Keys.Except(actual.Select(a => a.Path)).First();
+            return new CacheCheck(false, $"cached file {missing} is missing", manifest);
+        }
+        if (ContentHasher.TreeHash(actual) != manifest.OutputHash)
+            return new CacheCheck(false, "cached output hash does not match its manifest", manifest);
+        return new CacheCheck(true, null, manifest);
+    }
+
+    /// <summary>A fresh empty directory under tmp/ for a stage to write into (the "out" subdirectory is the output).</summary>
+    public string CreateTemp(StageKind kind)
+    {
+        var dir = Path.Combine(TempRoot, $"{StageNames.Of(kind)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(Path.Combine(dir, "out"));
+        return dir;
+    }
+
+    /// <summary>Hashes a finished temp output, writes its manifest and renames it into cache/ (replacing a damaged entry).</summary>
+    public CacheManifest Commit(string tempDir, StageKind kind, string fingerprint, StageResult result, double seconds, ContentHasher hasher)
+    {
+        var files = hasher.HashTree(Path.Combine(tempDir, "out"));
+        var manifest = new CacheManifest(StageNames.Of(kind), fingerprint, ContentHasher.TreeHash(files), files,
+            new SortedDictionary<string, double>(result.Metrics.ToDictionary(), StringComparer.Ordinal), result.Notes, Math.Round(seconds, 3));
+        File.WriteAllText(Path.Combine(tempDir, "manifest.json"), JsonSerializer.Serialize(manifest, ManifestJson));
+        var entry = EntryDirectory(fingerprint);
+        Directory.CreateDirectory(CacheRoot);
+        if (Directory.Exists(entry))
+            Remove(entry);
+        Directory.Move(tempDir, entry);
+        // The renamed files keep size and mtime: record their hashes under the final paths instead of re-reading them.
+        var outDir = OutputDirectory(fingerprint);
+        foreach (var f in files)
+            hasher.Remember(Path.Combine(outDir, f.Path), f.Sha256);
+        hasher.Forget(tempDir);
+        return manifest;
+    }
+
+    /// <summary>Deletes a directory by first renaming it out of sight, so a crash mid-delete leaves no half entry in cache/.</summary>
+    public void Remove(string dir)
+    {
+        if (!Directory.Exists(dir)) return;
+        Directory.CreateDirectory(TempRoot);
+        var trash = Path.Combine(TempRoot, "trash-" + Guid.NewGuid().ToString("N"));
+        Directory.Move(dir, trash);
+        Directory.Delete(trash, recursive: true);
+    }
+
+    /// <summary>Removes leftovers of killed runs (call only while holding the run lock).</summary>
+    public void SweepTemp()
+    {
+        if (!Directory.Exists(TempRoot)) return;
+        foreach (var d in Directory.EnumerateDirectories(TempRoot))
+            try { Directory.Delete(d, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    public IEnumerable<string> Fingerprints() =>
+        Directory.Exists(CacheRoot) ? Directory.EnumerateDirectories(CacheRoot).Select(Path.GetFileName).OfType<string>() : [];
+
+    internal static JsonNode? MetricsNode(IReadOnlyDictionary<string, double> metrics) =>
+        new JsonObject(metrics.OrderBy(m => m.Key, StringComparer.Ordinal)
+            .Select(m => KeyValuePair.Create(m.Key, double.IsFinite(m.Value) ? (JsonNode?)JsonValue.Create(m.Value) : null)));
+}

@@ -1,0 +1,71 @@
+using System.Text.Json.Nodes;
+using FineTune.Pipeline.Config;
+
+namespace FineTune.Pipeline.Engine;
+
+/// <summary>
+/// A stage's identity: SHA-256 over the canonical JSON of {kind, format version, resolved parameters (the stage's
+/// block plus the top-level settings it reads), upstream output hashes, external input content hashes}.
+/// Two runs with equal fingerprints produce interchangeable outputs.
+/// </summary>
+public sealed record StageFingerprint(
+    StageKind Kind,
+    JsonObject Parameters,
+    IReadOnlyDictionary<StageKind, string> Upstream,
+    IReadOnlyList<(string Name, string Hash)> Inputs)
+{
+    /// <summary>Bump when the meaning of a stage's output changes for the same parameters (a format or algorithm change).</summary>
+    public const int FormatVersion = 1;
+
+    public string Hash => ContentHasher.Sha256Hex(CanonicalJson.Serialize(Document()));
+
+    /// <summary>The hashed document. Input names (paths) are left out: only their content hashes count.</summary>
+    public JsonObject Document() => new()
+    {
+        ["kind"] = Engine.StageNames.Of(Kind),
+        ["format"] = FormatVersion,
+        ["params"] = Parameters.DeepClone(),
+        ["upstream"] = new JsonObject(Upstream.OrderBy(u => u.Key)
+            .Select(u => KeyValuePair.Create(Engine.StageNames.Of(u.Key), (JsonNode?)JsonValue.Create(u.Value)))),
+        ["inputs"] = new JsonArray(Inputs.Select(i => (JsonNode?)JsonValue.Create(i.Hash)).ToArray()),
+    };
+
+    /// <summary>
+    /// The resolved settings a stage reads: its own block and the top-level keys it uses. Paths stay out
+    /// (a local model directory is fingerprinted by content through <see cref="IStageExecutor.ExternalInputs"/>).
+    /// </summary>
+    public static JsonObject ParametersOf(StageKind kind, PipelineDefinition p)
+    {
+        var block = p.Stages.For(kind) ?? throw new InvalidOperationException($"stage {kind} is not in the pipeline");
+        var result = new JsonObject { [Engine.StageNames.Of(kind)] = CanonicalJson.FromRecord(block) };
+        switch (kind)
+        {
+            case StageKind.Download:
+                result["model"] = new JsonObject
+                {
+                    ["source"] = p.Model.IsScratch || p.Model.IsHub ? p.Model.Source : "local",
+                    ["scratch"] = p.Model.Scratch is null ? null : CanonicalJson.FromRecord(p.Model.Scratch),
+                };
+                break;
+            case StageKind.Register:
+                result["data"] = new JsonObject
+                {
+                    ["dataset"] = CanonicalJson.Value(p.Data.Dataset),
+                    ["placeholders"] = CanonicalJson.Value(p.Data.Placeholders),
+                };
+                break;
+            case StageKind.Split:
+            case StageKind.Eval:
+            case StageKind.Export:
+                // split renders the chat template; eval generates with it; export writes it into the Modelfile.
+                result["data"] = new JsonObject { ["template"] = p.Data.Template };
+                break;
+        }
+        return result;
+    }
+}
+
+public static class StageNames
+{
+    public static string Of(StageKind kind) => StageGraph.Name(kind);
+}

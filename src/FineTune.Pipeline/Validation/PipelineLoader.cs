@@ -1,0 +1,341 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using FineTune.Pipeline.Config;
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace FineTune.Pipeline.Validation;
+
+/// <summary>A pipeline file read, validated and bound to <see cref="PipelineDefinition"/>.</summary>
+/// <param name="FilePath">Absolute path of pipeline.yaml.</param>
+/// <param name="Positions">JSON path (<c>$.stages.train.lora_rank</c>) → line and column of the value in the file.</param>
+public sealed record LoadedPipeline(
+    PipelineDefinition Definition,
+    string FilePath,
+    IReadOnlyDictionary<string, (int Line, int Column)> Positions)
+{
+    public string Directory => Path.GetDirectoryName(FilePath)!;
+
+    /// <summary>The stages present in the file, in pipeline order.</summary>
+    public IReadOnlyList<StageKind> Stages => StageGraph.Order.Where(k => Definition.Stages.For(k) is not null).ToArray();
+}
+
+/// <summary>
+/// Reads pipeline.yaml with YamlDotNet's node model (which keeps line/column), checks every key against the
+/// configuration records (<see cref="ConfigModel"/>) and reports all errors at once.
+/// </summary>
+public static class PipelineLoader
+{
+    public const string DefaultFileName = "pipeline.yaml";
+
+    /// <summary>Accepts the pipeline file or its directory (which must hold pipeline.yaml or pipeline.yml).</summary>
+    public static string ResolvePipelineFile(string fileOrDirectory)
+    {
+        var full = Path.GetFullPath(fileOrDirectory);
+        if (System.IO.Directory.Exists(full))
+        {
+            foreach (var name in new[] { DefaultFileName, "pipeline.yml" })
+                if (File.Exists(Path.Combine(full, name)))
+                    return Path.Combine(full, name);
+            throw new PipelineUserException($"{fileOrDirectory}: no pipeline.yaml in this directory; pass the pipeline file or a directory holding pipeline.yaml.");
+        }
+        if (File.Exists(full))
+            return full;
+        throw new PipelineUserException($"{fileOrDirectory}: no such file or directory; pass a pipeline.yaml or the directory holding it.");
+    }
+
+    public static LoadedPipeline Load(string fileOrDirectory)
+    {
+        var file = ResolvePipelineFile(fileOrDirectory);
+        return Parse(File.ReadAllText(file), file);
+    }
+
+    /// <summary>Parses pipeline text; <paramref name="filePath"/> names the file in messages and anchors relative paths.</summary>
+    public static LoadedPipeline Parse(string yaml, string filePath)
+    {
+        filePath = Path.GetFullPath(filePath);
+        var binder = new Binder(filePath);
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(new StringReader(yaml));
+        }
+        catch (YamlException e)
+        {
+            var message = e.InnerException is not null ? e.InnerException.Message : e.Message;
+            // YamlDotNet prefixes messages with "(Lin: .., Col: ..) - (..): "; the location is printed our way instead.
+            message = Regex.Replace(message, @"^\(Lin: \d+, Ck: \d+, Chr: \d+\) - \(Lin: \d+, Ck: \d+, Chr: \d+\): ", "");
+            throw new PipelineValidationException([new PipelineError(filePath, (int)e.Start.Line, (int)e.Start.Column, "$", "YAML syntax: " + message)]);
+        }
+
+        if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
+        {
+            var node = stream.Documents.Count == 0 ? null : stream.Documents[0].RootNode;
+            throw new PipelineValidationException([new PipelineError(filePath, node is null ? 1 : (int)node.Start.Line,
+                node is null ? 1 : (int)node.Start.Column, "$", "expected a mapping with keys name, model, data, stages")]);
+        }
+
+        var definition = (PipelineDefinition)binder.BindObject(root, typeof(PipelineDefinition), "$");
+        definition = SemanticChecks.Apply(definition, binder);
+        if (binder.Errors.Count > 0)
+            throw new PipelineValidationException(binder.Errors.OrderBy(e => e.Line).ThenBy(e => e.Column).ToArray());
+        return new LoadedPipeline(definition, filePath, binder.Positions);
+    }
+
+    /// <summary>Walks the YAML nodes against the record types, collecting errors instead of stopping at the first.</summary>
+    internal sealed class Binder(string filePath)
+    {
+        public List<PipelineError> Errors { get; } = [];
+        public Dictionary<string, (int Line, int Column)> Positions { get; } = new(StringComparer.Ordinal);
+        public string FilePath { get; } = filePath;
+
+        public void Error(YamlNode node, string path, string message) =>
+            Errors.Add(new PipelineError(FilePath, (int)node.Start.Line, (int)node.Start.Column, path, message));
+
+        public void Error(string path, string message)
+        {
+            // The closest located ancestor: a missing key is reported at its parent mapping.
+            var p = path;
+            while (!Positions.ContainsKey(p) && p.Contains('.'))
+                p = p[..p.LastIndexOfAny(['.', '['])];
+            var (line, col) = Positions.GetValueOrDefault(p, (1, 1));
+            Errors.Add(new PipelineError(FilePath, line, col, path, message));
+        }
+
+        public object BindObject(YamlMappingNode map, Type type, string path)
+        {
+            Positions[path] = ((int)map.Start.Line, (int)map.Start.Column);
+            var instance = Activator.CreateInstance(type)!;
+            var keys = ConfigModel.Keys(type);
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var (keyNode, valueNode) in map.Children)
+            {
+                if (keyNode is not YamlScalarNode { Value: { } keyName })
+                {
+                    Error(keyNode, path, "keys must be plain strings");
+                    continue;
+                }
+                var key = keys.FirstOrDefault(k => k.Name == keyName);
+                var childPath = $"{path}.{keyName}";
+                if (key is null)
+                {
+                    Error(keyNode, childPath, UnknownKeyMessage(keyName, keys, path));
+                    continue;
+                }
+                if (!seen.Add(keyName))
+                {
+                    Error(keyNode, childPath, $"duplicate key '{keyName}'");
+                    continue;
+                }
+                Positions[childPath] = ((int)valueNode.Start.Line, (int)valueNode.Start.Column);
+                if (BindValue(valueNode, key, childPath, out var value))
+                    key.Property.SetValue(instance, value);
+            }
+            foreach (var key in keys.Where(k => k.Required && !seen.Contains(k.Name)))
+                Error(map, $"{path}.{key.Name}", $"missing required key '{key.Name}'" + (key.Description is null ? "" : $" ({key.Description})"));
+            return instance;
+        }
+
+        private static string UnknownKeyMessage(string keyName, IReadOnlyList<ConfigKey> keys, string path)
+        {
+            var names = keys.Select(k => k.Name).ToArray();
+            var suggestion = DidYouMean.Suggest(keyName, names);
+            var where = path == "$" ? "at the top level" : $"in {path[2..]}";
+            return suggestion is not null
+                ? $"unknown key '{keyName}' {where}; did you mean '{suggestion}'?"
+                : $"unknown key '{keyName}' {where}; expected one of: {string.Join(", ", names)}";
+        }
+
+        private static bool IsNull(YamlNode node) =>
+            node is YamlScalarNode { Style: ScalarStyle.Plain or ScalarStyle.Any, Value: null or "" or "~" or "null" or "Null" or "NULL" };
+
+        private static string Describe(YamlNode node) => node switch
+        {
+            YamlScalarNode s => $"'{s.Value}'",
+            YamlMappingNode => "a mapping",
+            YamlSequenceNode => "a list",
+            _ => "an alias",
+        };
+
+        private bool BindValue(YamlNode node, ConfigKey key, string path, out object? value)
+        {
+            value = null;
+            if (IsNull(node))
+            {
+                if (key.Kind == ValueKind.Object)
+                {
+                    // `merge:` with nothing after it: the block is present with all defaults.
+                    value = Activator.CreateInstance(key.ObjectType!);
+                    Positions[path] = ((int)node.Start.Line, (int)node.Start.Column);
+                    return true;
+                }
+                if (key.Nullable)
+                    return true;
+                Error(node, path, $"expected {Expected(key)}, got null");
+                return false;
+            }
+            switch (key.Kind)
+            {
+                case ValueKind.Object:
+                    if (node is not YamlMappingNode map) { Error(node, path, $"expected a mapping, got {Describe(node)}"); return false; }
+                    value = BindObject(map, key.ObjectType!, path);
+                    return true;
+                case ValueKind.StringList or ValueKind.EnumList:
+                    return BindList(node, key, path, out value);
+                case ValueKind.StringMap:
+                    return BindMap(node, path, out value);
+                default:
+                    if (node is not YamlScalarNode scalar) { Error(node, path, $"expected {Expected(key)}, got {Describe(node)}"); return false; }
+                    return BindScalar(scalar, key, key.Kind, path, out value);
+            }
+        }
+
+        private bool BindList(YamlNode node, ConfigKey key, string path, out object? value)
+        {
+            value = null;
+            var items = new List<(YamlNode Node, string Text)>();
+            if (node is YamlSequenceNode seq)
+            {
+                var ok = true;
+                foreach (var item in seq.Children)
+                {
+                    if (item is YamlScalarNode { Value: { } v } && !IsNull(item)) items.Add((item, v));
+                    else { Error(item, $"{path}[{items.Count}]", $"expected a string, got {Describe(item)}"); ok = false; }
+                }
+                if (!ok) return false;
+            }
+            else if (node is YamlScalarNode { Value: { } text } && key.ScalarOrList)
+            {
+                foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                    items.Add((node, part));
+            }
+            else
+            {
+                Error(node, path, $"expected {Expected(key)}, got {Describe(node)}");
+                return false;
+            }
+
+            if (key.Kind == ValueKind.StringList)
+            {
+                value = items.Select(i => i.Text).ToArray();
+                return true;
+            }
+            var list = Array.CreateInstance(key.EnumType!, items.Count);
+            var good = true;
+            for (var i = 0; i < items.Count; i++)
+            {
+                var parsed = ConfigModel.ParseEnum(key.EnumType!, items[i].Text);
+                if (parsed is null) { Error(items[i].Node, $"{path}[{i}]", EnumMessage(key, items[i].Text)); good = false; }
+                else list.SetValue(parsed, i);
+            }
+            value = list;
+            return good;
+        }
+
+        private bool BindMap(YamlNode node, string path, out object? value)
+        {
+            value = null;
+            if (node is not YamlMappingNode map) { Error(node, path, $"expected a mapping of strings, got {Describe(node)}"); return false; }
+            var dict = new Dictionary<string, string>(StringComparer.Ordinal);
+            var ok = true;
+            foreach (var (k, v) in map.Children)
+            {
+                if (k is YamlScalarNode { Value: { } ks } && v is YamlScalarNode { Value: { } vs })
+                    dict[ks] = vs;
+                else { Error(v, $"{path}.{(k as YamlScalarNode)?.Value}", $"expected a string, got {Describe(v)}"); ok = false; }
+            }
+            value = dict;
+            return ok;
+        }
+
+        private static string EnumMessage(ConfigKey key, string text)
+        {
+            var names = key.EnumNames;
+            var suggestion = DidYouMean.Suggest(text, names);
+            return $"expected one of {string.Join(", ", names)}, got '{text}'" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?");
+        }
+
+        private bool BindScalar(YamlScalarNode node, ConfigKey key, ValueKind kind, string path, out object? value)
+        {
+            value = null;
+            var text = node.Value ?? "";
+            switch (kind)
+            {
+                case ValueKind.String:
+                    if (key.Pattern is not null && !Regex.IsMatch(text, key.Pattern))
+                    {
+                        Error(node, path, $"'{text}' does not match {PatternHint(key)}");
+                        return false;
+                    }
+                    value = text;
+                    return true;
+                case ValueKind.Boolean:
+                    if (text is "true" or "True" or "TRUE") { value = true; return true; }
+                    if (text is "false" or "False" or "FALSE") { value = false; return true; }
+                    Error(node, path, $"expected true or false, got '{text}'");
+                    return false;
+                case ValueKind.Integer:
+                    if (!long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var l))
+                    {
+                        Error(node, path, $"expected {Expected(key)}, got '{text}'");
+                        return false;
+                    }
+                    if (!InRange(key, l)) { Error(node, path, $"{text} is out of range: expected {Expected(key)}"); return false; }
+                    value = (int)l;
+                    return true;
+                case ValueKind.Number:
+                    if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) || !double.IsFinite(d))
+                    {
+                        Error(node, path, $"expected {Expected(key)}, got '{text}'");
+                        return false;
+                    }
+                    if (!InRange(key, d)) { Error(node, path, $"{text} is out of range: expected {Expected(key)}"); return false; }
+                    value = d;
+                    return true;
+                case ValueKind.Enum:
+                    value = ConfigModel.ParseEnum(key.EnumType!, text);
+                    if (value is null) { Error(node, path, EnumMessage(key, text)); return false; }
+                    return true;
+                default:
+                    throw new InvalidOperationException(kind.ToString());
+            }
+        }
+
+        private static string PatternHint(ConfigKey key) =>
+            key.Pattern == TrainConfig.DevicePattern ? "auto, cpu, cuda or cuda:N" : $"the pattern {key.Pattern}";
+
+        private static bool InRange(ConfigKey key, double v)
+        {
+            if (key.Range is not { } r) return true;
+            var min = Convert.ToDouble(r.Minimum, CultureInfo.InvariantCulture);
+            var max = Convert.ToDouble(r.Maximum, CultureInfo.InvariantCulture);
+            return (r.MinimumIsExclusive ? v > min : v >= min) && (r.MaximumIsExclusive ? v < max : v <= max);
+        }
+
+        /// <summary>"an integer in [1, 65536]", "a number in (0, 10]", "one of lora, freeze, full".</summary>
+        public static string Expected(ConfigKey key)
+        {
+            var noun = key.Kind switch
+            {
+                ValueKind.Integer => "an integer",
+                ValueKind.Number => "a number",
+                ValueKind.Boolean => "true or false",
+                ValueKind.String => key.Pattern is null ? "a string" : PatternHint(key),
+                ValueKind.Enum => "one of " + string.Join(", ", key.EnumNames),
+                ValueKind.StringList => key.ScalarOrList ? "a list of strings or a comma-separated string" : "a list of strings",
+                ValueKind.EnumList => "a list of " + string.Join(" | ", key.EnumNames),
+                ValueKind.StringMap => "a mapping of strings",
+                _ => "a mapping",
+            };
+            if (key.Range is not { } r) return noun;
+            var min = Convert.ToDouble(r.Minimum, CultureInfo.InvariantCulture);
+            var max = Convert.ToDouble(r.Maximum, CultureInfo.InvariantCulture);
+            var unboundedMax = max >= int.MaxValue;
+            if (unboundedMax)
+                return $"{noun} {(r.MinimumIsExclusive ? ">" : "≥")} {Fmt(min)}";
+            return $"{noun} in {(r.MinimumIsExclusive ? "(" : "[")}{Fmt(min)}, {Fmt(max)}{(r.MaximumIsExclusive ? ")" : "]")}";
+        }
+
+        private static string Fmt(double v) => v.ToString("G", CultureInfo.InvariantCulture);
+    }
+}

@@ -1,0 +1,117 @@
+using System.Globalization;
+using FineTune.Pipeline.Config;
+using NJsonSchema;
+
+namespace FineTune.Pipeline.Validation;
+
+/// <summary>
+/// Generates schemas/pipeline.schema.json from the configuration records (<see cref="ConfigModel"/>), so the
+/// schema editors use and the C# binder cannot disagree. Regenerate with <c>finetune schema -o schemas/pipeline.schema.json</c>.
+/// </summary>
+public static class PipelineSchema
+{
+    public const string SchemaId = "https://finetune.dev/schemas/pipeline.schema.json";
+
+    public static JsonSchema Generate()
+    {
+        var root = ObjectSchema(typeof(PipelineDefinition), new JsonSchema());
+        root.Title = "FineTune pipeline";
+        return root;
+    }
+
+    /// <summary>The schema as the checked-in file holds it (LF line endings, trailing newline).</summary>
+    public static string GenerateJson()
+    {
+        // NJsonSchema 10 writes draft-04 headers; the document uses draft-07 keywords (numeric exclusiveMinimum).
+        var json = Generate().ToJson().Replace("\r\n", "\n");
+        json = json.Replace("\"$schema\": \"http://json-schema.org/draft-04/schema#\",", $"\"$schema\": \"http://json-schema.org/draft-07/schema#\",\n  \"$id\": \"{SchemaId}\",");
+        return json + "\n";
+    }
+
+    private static JsonSchema ObjectSchema(Type type, JsonSchema schema)
+    {
+        schema.Type = JsonObjectType.Object;
+        schema.AllowAdditionalProperties = false;
+        schema.Description ??= ConfigModel.Keys(type).Count == 0 ? null : TypeDescription(type);
+        var defaults = Activator.CreateInstance(type)!;
+        foreach (var key in ConfigModel.Keys(type))
+        {
+            var p = new JsonSchemaProperty { Description = key.Description };
+            Fill(p, key, key.Property.GetValue(defaults));
+            schema.Properties[key.Name] = p;
+            if (key.Required)
+                schema.RequiredProperties.Add(key.Name);
+        }
+        return schema;
+    }
+
+    private static string? TypeDescription(Type type) =>
+        (type.GetCustomAttributes(typeof(System.ComponentModel.DescriptionAttribute), false).FirstOrDefault()
+            as System.ComponentModel.DescriptionAttribute)?.Description;
+
+    private static void Fill(JsonSchemaProperty p, ConfigKey key, object? defaultValue)
+    {
+        switch (key.Kind)
+        {
+            case ValueKind.Object:
+                ObjectSchema(key.ObjectType!, p);
+                // An empty block (`merge:`) is YAML null and means "present, all defaults".
+                p.Type = key.Required ? JsonObjectType.Object : JsonObjectType.Object | JsonObjectType.Null;
+                return;
+            case ValueKind.String:
+                p.Type = JsonObjectType.String;
+                p.Pattern = key.Pattern;
+                break;
+            case ValueKind.Integer:
+                p.Type = JsonObjectType.Integer;
+                break;
+            case ValueKind.Number:
+                p.Type = JsonObjectType.Number;
+                break;
+            case ValueKind.Boolean:
+                p.Type = JsonObjectType.Boolean;
+                break;
+            case ValueKind.Enum:
+                p.Type = JsonObjectType.String;
+                foreach (var n in key.EnumNames) p.Enumeration.Add(n);
+                break;
+            case ValueKind.StringList:
+                p.Type = key.ScalarOrList ? JsonObjectType.Array | JsonObjectType.String : JsonObjectType.Array;
+                p.Item = new JsonSchema { Type = JsonObjectType.String };
+                break;
+            case ValueKind.EnumList:
+                p.Type = JsonObjectType.Array;
+                var item = new JsonSchema { Type = JsonObjectType.String };
+                foreach (var n in key.EnumNames) item.Enumeration.Add(n);
+                p.Item = item;
+                break;
+            case ValueKind.StringMap:
+                p.Type = JsonObjectType.Object;
+                p.AdditionalPropertiesSchema = new JsonSchema { Type = JsonObjectType.String };
+                break;
+        }
+        if (key.Nullable)
+            p.Type |= JsonObjectType.Null;
+        if (key.Range is { } r)
+        {
+            var min = Convert.ToDecimal(Convert.ToDouble(r.Minimum, CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
+            var maxD = Convert.ToDouble(r.Maximum, CultureInfo.InvariantCulture);
+            if (r.MinimumIsExclusive) p.ExclusiveMinimum = min; else p.Minimum = min;
+            if (maxD < int.MaxValue)
+            {
+                var max = Convert.ToDecimal(maxD, CultureInfo.InvariantCulture);
+                if (r.MaximumIsExclusive) p.ExclusiveMaximum = max; else p.Maximum = max;
+            }
+        }
+        p.Default = key.Required ? null : defaultValue switch
+        {
+            null => null,
+            Enum e => ConfigModel.EnumName(e),
+            IReadOnlyList<string> l => l.ToArray(),
+            System.Collections.IEnumerable l when defaultValue is not string => l.Cast<object>().Select(o => o is Enum e2 ? ConfigModel.EnumName(e2) : o).ToArray(),
+            _ => defaultValue,
+        };
+        if (p.Default is System.Collections.ICollection { Count: 0 } && key.Kind == ValueKind.StringMap)
+            p.Default = null;
+    }
+}
