@@ -1,0 +1,132 @@
+namespace FineTune.Engine;
+
+/// <summary>
+/// Shape of one attention call. Q is [Batch, QueryLen, QueryHeads, HeadDim]; K and V are
+/// [Batch, KvCapacity, KvHeads, HeadDim] of which the first KeyLen positions per sequence are used.
+/// Query i sits at key position (KeyLen - QueryLen + i), so training uses QueryLen == KeyLen and
+/// decoding with a KV cache uses QueryLen ≪ KeyLen. Segment ids are [Batch, KvCapacity]:
+/// a query attends to keys at or before its own position that carry the same segment id, and
+/// segments are contiguous runs (packed sequences; padding has a segment of its own).
+/// </summary>
+public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen, int KvCapacity, int QueryHeads, int KvHeads, int HeadDim)
+{
+    public static AttentionShape Training(int batch, int seqLen, int queryHeads, int kvHeads, int headDim) =>
+        new(batch, seqLen, seqLen, seqLen, queryHeads, kvHeads, headDim);
+
+    /// <summary>Softmax scale 1/sqrt(head_dim).</summary>
+    public float Scale => 1f / MathF.Sqrt(HeadDim);
+}
+
+/// <summary>Hyper-parameters of one decoupled AdamW update (Loshchilov &amp; Hutter; as torch.optim.AdamW).</summary>
+public readonly record struct AdamWStep(float LearningRate, float Beta1, float Beta2, float Epsilon, float WeightDecay, int Step,
+    float GradScale = 1f, float MaxGradNorm = 0f);
+
+/// <summary>
+/// The operations the transformer needs, each with its backward, on one device. The model code drives
+/// every backend through this interface alone, so CPU and CUDA run the same model. Operations are
+/// enqueued in order on the backend's stream; only <see cref="Download(Tensor, Span{float})"/> and
+/// <see cref="Synchronize"/> wait for the device. Unless a method says "accumulates", it overwrites its output.
+/// Tensors of dtype <see cref="ComputeDType"/> hold activations and frozen weights; trainable weights keep an
+/// F32 master copy, gradients and optimizer state are F32; token ids, labels and positions are I32.
+/// </summary>
+public interface IBackend : IDisposable
+{
+    /// <summary>"cpu" or "cuda:N".</summary>
+    string Name { get; }
+
+    /// <summary>Dtype of activations and frozen weights: F32 on CPU, BF16 on CUDA.</summary>
+    DType ComputeDType { get; }
+
+    /// <summary>A zero-filled buffer of <paramref name="byteLength"/> bytes, to be carved into tensors.</summary>
+    DeviceBuffer AllocateBuffer(long byteLength);
+
+    // ---- host transfers (the only places where host memory meets the device) ----
+    void Upload(Tensor dst, ReadOnlySpan<float> src);
+    void Upload(Tensor dst, ReadOnlySpan<int> src);
+    void Download(Tensor src, Span<float> dst);
+    void Download(Tensor src, Span<int> dst);
+    void Synchronize();
+
+    // ---- elementwise ----
+    void Zero(Tensor x);
+    /// <summary>dst = src, converting dtype (F32 ↔ BF16).</summary>
+    void Copy(Tensor dst, Tensor src);
+    /// <summary>y += alpha·x.</summary>
+    void Add(Tensor y, Tensor x, float alpha = 1f);
+    /// <summary>x *= s.</summary>
+    void Scale(Tensor x, float s);
+
+    // ---- matrix products ----
+    /// <summary>
+    /// C = alpha·op(A)·op(B) (+ C when <paramref name="accumulate"/>), each tensor seen as [Rows, Cols];
+    /// op(A) is [M,K] (A is [K,M] when transA), op(B) is [K,N] (B is [N,K] when transB), C is [M,N].
+    /// A linear layer y = x·Wᵀ is MatMul(y, x, false, W, true).
+    /// </summary>
+    void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false);
+    /// <summary>y[r, :] += bias for every row r.</summary>
+    void AddBias(Tensor y, Tensor bias);
+    /// <summary>Accumulates dbias += Σ_r dy[r, :].</summary>
+    void BiasBackward(Tensor dbias, Tensor dy);
+
+    // ---- embedding ----
+    /// <summary>out[i, :] = table[ids[i], :].</summary>
+    void Embedding(Tensor output, Tensor table, Tensor ids);
+    /// <summary>Accumulates dtable[ids[i], :] += dout[i, :].</summary>
+    void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids);
+
+    // ---- RMSNorm: y = x / sqrt(mean(x²) + eps) · w, rows of width w.Length; statistics in F32 ----
+    void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps);
+    /// <summary>
+    /// Accumulates dx += ∂L/∂x and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
+    /// with rstd from the forward: dx = rstd·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·rstd.
+    /// </summary>
+    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd);
+
+    // ---- rotary position embedding (rotate-half convention of HF transformers), in place ----
+    /// <summary>
+    /// x is [N, heads·headDim]; for each token n at position p = positions[n] and pair i &lt; headDim/2:
+    /// (x_i, x_{i+h}) ← (x_i·cos − x_{i+h}·sin, x_{i+h}·cos + x_i·sin) with cos/sin = table[p, i] ([maxPos, headDim/2], F32).
+    /// <paramref name="inverse"/> rotates by −θ, which is the backward of the forward rotation.
+    /// </summary>
+    void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse);
+
+    // ---- causal grouped-query attention with segment masks ----
+    /// <summary>
+    /// output [Batch, QueryLen, QueryHeads·HeadDim]; lse [Batch, QueryHeads, QueryLen] (F32) holds the
+    /// log-sum-exp of each softmax row for the backward. Query head h reads KV head h / (QueryHeads/KvHeads).
+    /// </summary>
+    void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape);
+    /// <summary>Writes dq, dk, dv (QueryLen == KeyLen == KvCapacity) from dout and the forward's output and lse.</summary>
+    void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape);
+
+    // ---- SwiGLU: h = silu(gate) ⊙ up ----
+    void SwiGlu(Tensor h, Tensor gate, Tensor up);
+    /// <summary>Writes dgate and dup from dh.</summary>
+    void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up);
+
+    // ---- loss ----
+    /// <summary>
+    /// Softmax cross-entropy over rows of <paramref name="logits"/> [N, V] with I32 <paramref name="labels"/> [N]
+    /// (-100 = ignored). Accumulates lossSum[0] += Σ −log p[label] (F32 scalar). The logits are used as scratch;
+    /// when <paramref name="computeGrad"/> they end as gradScale·(softmax − onehot) (zero rows for ignored labels).
+    /// </summary>
+    void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad);
+
+    // ---- randomness (counter-based, so the same seed reproduces the same mask on any backend) ----
+    /// <summary>y = x ⊙ mask / (1 − p), mask_i = [u(seed, i) ≥ p]. The backward is the same call on dy.</summary>
+    void Dropout(Tensor y, Tensor x, float p, ulong seed);
+    /// <summary>x += magnitude·u, u uniform in [−1, 1) from (seed, i) (NEFTune).</summary>
+    void AddUniformNoise(Tensor x, float magnitude, ulong seed);
+
+    // ---- optimizer ----
+    /// <summary>Accumulates acc[0] += Σ x² (F32 scalar) — the squared gradient norm.</summary>
+    void SumOfSquares(Tensor x, Tensor acc);
+    /// <summary>
+    /// One AdamW update of the F32 master <paramref name="param"/> from <paramref name="grad"/> (scaled by
+    /// step.GradScale, and further by min(1, MaxGradNorm/(‖g‖+1e-6)) with ‖g‖² = gradNormSquared[0] when
+    /// MaxGradNorm &gt; 0, so clipping needs no host round trip). Writes the updated weight also into
+    /// <paramref name="computeCopy"/> (e.g. the BF16 weight the forward reads) when given.
+    /// </summary>
+    void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step);
+}

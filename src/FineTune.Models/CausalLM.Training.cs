@@ -1,0 +1,337 @@
+using FineTune.Engine;
+
+namespace FineTune.Models;
+
+public sealed partial class CausalLM
+{
+    private int[] _hostRows = [];
+    private int[] _hostLabels = [];
+    private readonly float[] _hostLoss = new float[1];
+
+    /// <summary>
+    /// Forward and backward of one micro-batch: accumulates lossScale·∂(Σ token losses)/∂θ into every
+    /// trainable gradient (pass 1/labelled-tokens-of-the-step for a mean) and returns the summed loss.
+    /// </summary>
+    public LossResult ForwardBackward(TokenBatch batch, float lossScale = 1f)
+    {
+        int m = Prepare(batch, training: true);
+        int n = batch.TokenCount;
+        var acts = _acts!;
+        ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)RandomCounter++);
+        EmbedTokens(n, batch.SeqLen, seed, training: true);
+        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
+        for (int l = 0; l < _layers.Length; l++)
+            LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+        double loss = Head(n, m, lossScale, grad: true);
+        for (int l = _layers.Length - 1; l >= LowestBackwardLayer; l--)
+        {
+            var a = LayerActs(l);
+            if (Setup.GradientCheckpointing && l != _layers.Length - 1)
+                LayerForward(_layers[l], a, acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+            LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
+        }
+        if (_embed.Grad is { } eg) Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
+        return new LossResult(loss, m);
+    }
+
+    /// <summary>Forward only (evaluation): the summed loss over labelled tokens, no dropout, no gradients.</summary>
+    public LossResult Forward(TokenBatch batch)
+    {
+        int m = Prepare(batch, training: false);
+        int n = batch.TokenCount;
+        RunForward(batch, n);
+        return new LossResult(Head(n, m, 1f, grad: false), m);
+    }
+
+    /// <summary>Logits [tokens, vocab] of every position (tests and small models; generation uses the KV cache).</summary>
+    public float[] ForwardLogits(TokenBatch batch)
+    {
+        Prepare(batch, training: false);
+        int n = batch.TokenCount, v = Spec.VocabSize;
+        RunForward(batch, n);
+        var acts = _acts!;
+        Backend.RmsNorm(Rows(acts.LnF, n), Head1(acts.RstdF, n), Rows(acts.Residual[^1], n), _finalNorm.Value, (float)Spec.RmsNormEps);
+        var result = new float[(long)n * v];
+        for (int r0 = 0; r0 < n; r0 += acts.ChunkRows)
+        {
+            int cr = Math.Min(acts.ChunkRows, n - r0);
+            var logits = acts.Logits.View(0, [cr, v]);
+            Backend.MatMul(logits, acts.LnF.View((long)r0 * Spec.HiddenSize, [cr, Spec.HiddenSize]), false, HeadWeight.Value, true);
+            Backend.Download(logits, result.AsSpan(r0 * v, cr * v));
+        }
+        return result;
+    }
+
+    private void RunForward(TokenBatch batch, int n)
+    {
+        var acts = _acts!;
+        EmbedTokens(n, batch.SeqLen, 0, training: false);
+        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
+        for (int l = 0; l < _layers.Length; l++)
+            LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, 0, training: false);
+    }
+
+    private Parameter HeadWeight => _lmHead ?? _embed;
+
+    private LayerActivations LayerActs(int l) => _acts!.Layers[_acts.Layers.Length == 1 ? 0 : l];
+
+    private static Tensor Rows(Tensor t, int n) => t.View(0, [n, t.Cols]);
+    private static Tensor Head1(Tensor t, long count) => t.View(0, [checked((int)count)]);
+
+    /// <summary>Validates and uploads a batch; returns the number of labelled positions.</summary>
+    private int Prepare(TokenBatch batch, bool training)
+    {
+        batch.Validate();
+        int n = batch.TokenCount;
+        if (_acts is null || _acts.Capacity < n || (training && !_acts.Training))
+        {
+            int capacity = Math.Max(n, _acts?.Capacity ?? 0);
+            _acts?.Dispose();
+            _acts = null;
+            _acts = new ModelActivations(Backend, Spec, _layers, Setup.GradientCheckpointing, training,
+                capacity, Math.Max(1, Setup.LogitsChunkRows));
+        }
+        int maxPos = 0;
+        foreach (int p in batch.PositionIds)
+        {
+            if (p < 0) throw new ArgumentException($"negative position id {p} in the batch");
+            maxPos = Math.Max(maxPos, p);
+        }
+        EnsureRope(maxPos + 1);
+        var acts = _acts;
+        Backend.Upload(Head1(acts.Ids, n), batch.InputIds);
+        Backend.Upload(Head1(acts.Labels, n), batch.Labels);
+        Backend.Upload(Head1(acts.Positions, n), batch.PositionIds);
+        Backend.Upload(Head1(acts.Segments, n), batch.SegmentIds);
+        // Only labelled rows reach the LM head: gather them (prompt tokens cost no vocabulary-sized work).
+        if (_hostRows.Length < n) { _hostRows = new int[n]; _hostLabels = new int[n]; }
+        int m = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int label = batch.Labels[i];
+            if (label == -100) continue;
+            if ((uint)label >= (uint)Spec.VocabSize) throw new ArgumentException($"label {label} at position {i} is outside the vocabulary of {Spec.VocabSize}");
+            _hostRows[m] = i;
+            _hostLabels[m] = label;
+            m++;
+        }
+        if (m > 0)
+        {
+            Backend.Upload(Head1(acts.CompactRows, m), _hostRows.AsSpan(0, m));
+            Backend.Upload(Head1(acts.CompactLabels, m), _hostLabels.AsSpan(0, m));
+        }
+        return m;
+    }
+
+    private void EnsureRope(int positions)
+    {
+        bool dynamic = Spec.RopeScaling?.Type == "dynamic" && positions > Spec.MaxPositionEmbeddings;
+        if (positions <= _ropeLength && !dynamic) return;
+        int length = dynamic ? positions : Math.Max(positions, Math.Min(Math.Max(256, _ropeLength * 2), Math.Max(positions, Spec.MaxPositionEmbeddings)));
+        if (dynamic && length == _ropeLength) return;
+        int half = Spec.HeadDim / 2;
+        var cos = new float[(long)length * half];
+        var sin = new float[(long)length * half];
+        RopeTables.Compute(Spec, length, cos, sin);
+        _rope?.Dispose();
+        var b = new TensorArena.Builder();
+        int hc = b.Add("rope_cos", DType.F32, length, half), hs = b.Add("rope_sin", DType.F32, length, half);
+        _rope = b.Build(Backend);
+        _cos = _rope[hc];
+        _sin = _rope[hs];
+        Backend.Upload(_cos, cos);
+        Backend.Upload(_sin, sin);
+        _ropeLength = length;
+    }
+
+    private void EmbedTokens(int n, int seqLen, ulong seed, bool training)
+    {
+        var acts = _acts!;
+        var x = Rows(acts.Residual[0], n);
+        Backend.Embedding(x, _embed.Value, Head1(acts.Ids, n));
+        if (training && Setup.NeftuneNoiseAlpha is { } alpha && alpha > 0)
+            Backend.AddUniformNoise(x, (float)(alpha / Math.Sqrt((double)seqLen * Spec.HiddenSize)), Seeds.Mix(seed, 0xE0E0));
+    }
+
+    private static ulong LinearSeed(ulong seed, int layer, int linear) => Seeds.Mix(seed, (ulong)(layer * 8 + linear + 1));
+
+    private void LayerForward(DecoderLayer L, LayerActivations a, Tensor xFull, Tensor yFull, int n, AttentionShape shape, ulong seed, bool training)
+    {
+        var B = Backend;
+        float eps = (float)Spec.RmsNormEps;
+        var acts = _acts!;
+        var x = Rows(xFull, n);
+        var pos = Head1(acts.Positions, n);
+        var ln1 = Rows(a.Ln1, n);
+        B.RmsNorm(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps);
+        var q = Rows(a.Q, n);
+        var k = Rows(a.K, n);
+        var v = Rows(a.V, n);
+        if (Spec.QkNorm)
+        {
+            var qPre = Rows(a.QPre!, n);
+            var kPre = Rows(a.KPre!, n);
+            LinearForward(L.Q, qPre, ln1, a.LoraXa[0], n, LinearSeed(seed, L.Index, 0), training);
+            LinearForward(L.K, kPre, ln1, a.LoraXa[1], n, LinearSeed(seed, L.Index, 1), training);
+            B.RmsNorm(q, Head1(a.QRstd!, (long)n * Spec.NumHeads), qPre, L.QNorm!.Value, eps);
+            B.RmsNorm(k, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps);
+        }
+        else
+        {
+            LinearForward(L.Q, q, ln1, a.LoraXa[0], n, LinearSeed(seed, L.Index, 0), training);
+            LinearForward(L.K, k, ln1, a.LoraXa[1], n, LinearSeed(seed, L.Index, 1), training);
+        }
+        LinearForward(L.V, v, ln1, a.LoraXa[2], n, LinearSeed(seed, L.Index, 2), training);
+        B.Rope(q, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
+        B.Rope(k, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
+        var att = Rows(a.Att, n);
+        B.Attention(att, Head1(a.Lse, (long)n * Spec.NumHeads), q, k, v, Head1(acts.Segments, n), shape);
+        var resMid = Rows(a.ResMid, n);
+        LinearForward(L.O, resMid, att, a.LoraXa[3], n, LinearSeed(seed, L.Index, 3), training);
+        B.Add(resMid, x);
+        var ln2 = Rows(a.Ln2, n);
+        B.RmsNorm(ln2, Head1(a.Rstd2, n), resMid, L.PostAttentionNorm.Value, eps);
+        var gate = Rows(a.Gate, n);
+        var up = Rows(a.Up, n);
+        var act = Rows(a.Act, n);
+        LinearForward(L.Gate, gate, ln2, a.LoraXa[4], n, LinearSeed(seed, L.Index, 4), training);
+        LinearForward(L.Up, up, ln2, a.LoraXa[5], n, LinearSeed(seed, L.Index, 5), training);
+        B.SwiGlu(act, gate, up);
+        var y = Rows(yFull, n);
+        LinearForward(L.Down, y, act, a.LoraXa[6], n, LinearSeed(seed, L.Index, 6), training);
+        B.Add(y, resMid);
+    }
+
+    private void LayerBackward(DecoderLayer L, LayerActivations a, Tensor xFull, int n, AttentionShape shape, ulong seed)
+    {
+        var B = Backend;
+        var acts = _acts!;
+        var dres = Rows(acts.Dres, n);
+        var x = Rows(xFull, n);
+        var pos = Head1(acts.Positions, n);
+        var dln = Rows(acts.Dln, n);
+        // MLP: y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)), ln2 = rmsnorm(resMid)
+        var dact = Rows(acts.Dact, n);
+        LinearBackward(L.Down, dact, false, dres, Rows(a.Act, n), a.LoraXa[6], n, LinearSeed(seed, L.Index, 6));
+        var dgate = Rows(acts.Dgate, n);
+        var dup = Rows(acts.Dup, n);
+        B.SwiGluBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
+        var ln2 = Rows(a.Ln2, n);
+        LinearBackward(L.Gate, dln, false, dgate, ln2, a.LoraXa[4], n, LinearSeed(seed, L.Index, 4));
+        LinearBackward(L.Up, dln, true, dup, ln2, a.LoraXa[5], n, LinearSeed(seed, L.Index, 5));
+        B.RmsNormBackward(dres, L.PostAttentionNorm.Grad, dln, Rows(a.ResMid, n), L.PostAttentionNorm.Value, Head1(a.Rstd2, n));
+        // Attention: resMid = x + o(attn(rope(q), rope(k), v)), q/k/v = proj(ln1), ln1 = rmsnorm(x)
+        var datt = Rows(acts.Datt, n);
+        LinearBackward(L.O, datt, false, dres, Rows(a.Att, n), a.LoraXa[3], n, LinearSeed(seed, L.Index, 3));
+        var dq = Rows(acts.Dq, n);
+        var dk = Rows(acts.Dk, n);
+        var dv = Rows(acts.Dv, n);
+        B.AttentionBackward(dq, dk, dv, datt, Rows(a.Att, n), Head1(a.Lse, (long)n * Spec.NumHeads),
+            Rows(a.Q, n), Rows(a.K, n), Rows(a.V, n), Head1(acts.Segments, n), shape);
+        B.Rope(dq, pos, _cos!, _sin!, Spec.HeadDim, inverse: true);
+        B.Rope(dk, pos, _cos!, _sin!, Spec.HeadDim, inverse: true);
+        if (Spec.QkNorm)
+        {
+            var dqPre = Rows(acts.DqPre!, n);
+            var dkPre = Rows(acts.DkPre!, n);
+            B.Zero(dqPre);
+            B.Zero(dkPre);
+            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads));
+            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads));
+            dq = dqPre;
+            dk = dkPre;
+        }
+        var ln1 = Rows(a.Ln1, n);
+        LinearBackward(L.Q, dln, false, dq, ln1, a.LoraXa[0], n, LinearSeed(seed, L.Index, 0));
+        LinearBackward(L.K, dln, true, dk, ln1, a.LoraXa[1], n, LinearSeed(seed, L.Index, 1));
+        LinearBackward(L.V, dln, true, dv, ln1, a.LoraXa[2], n, LinearSeed(seed, L.Index, 2));
+        B.RmsNormBackward(dres, L.InputNorm.Grad, dln, x, L.InputNorm.Value, Head1(a.Rstd1, n));
+    }
+
+    // y = x·Wᵀ + b + scale·(drop(x)·Aᵀ)·Bᵀ; xa = drop(x)·Aᵀ is kept for the backward.
+    private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training)
+    {
+        var B = Backend;
+        B.MatMul(y, x, false, lin.Weight.Value, true);
+        if (lin.Bias is { } bias) B.AddBias(y, bias.Value);
+        if (lin.Lora is not { } lora) return;
+        var xin = x;
+        if (training && lora.Dropout > 0)
+        {
+            xin = _acts!.DropScratch.View(0, [n, lin.In]);
+            B.Dropout(xin, x, lora.Dropout, seed);
+        }
+        var xa = Rows(xaFull!, n);
+        B.MatMul(xa, xin, false, lora.A.Value, true);
+        B.MatMul(y, xa, false, lora.B.Value, true, lora.Scale, accumulate: true);
+    }
+
+    // dx (+)= dy·W + drop'(scale·dy·B·A); dW += dyᵀ·x; db += Σ dy; dB += scale·dyᵀ·xa; dA += (scale·dy·B)ᵀ·drop(x).
+    private void LinearBackward(LoraLinear lin, Tensor dx, bool accumulateDx, Tensor dy, Tensor x, Tensor? xaFull, int n, ulong seed)
+    {
+        var B = Backend;
+        B.MatMul(dx, dy, false, lin.Weight.Value, false, 1f, accumulateDx);
+        if (lin.Weight.Grad is { } dw) B.MatMul(dw, dy, true, x, false, 1f, accumulate: true);
+        if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dy);
+        if (lin.Lora is not { } lora) return;
+        var xa = Rows(xaFull!, n);
+        B.MatMul(lora.B.Grad!, dy, true, xa, false, lora.Scale, accumulate: true);
+        var dxa = _acts!.Dxa.View(0, [n, lora.Rank]);
+        B.MatMul(dxa, dy, false, lora.B.Value, false, lora.Scale);
+        if (lora.Dropout > 0)
+        {
+            var drop = _acts.DropScratch.View(0, [n, lin.In]);
+            B.Dropout(drop, x, lora.Dropout, seed);
+            B.MatMul(lora.A.Grad!, dxa, true, drop, false, 1f, accumulate: true);
+            B.MatMul(drop, dxa, false, lora.A.Value, false);
+            B.Dropout(drop, drop, lora.Dropout, seed);
+            B.Add(dx, drop);
+        }
+        else
+        {
+            B.MatMul(lora.A.Grad!, dxa, true, x, false, 1f, accumulate: true);
+            B.MatMul(dx, dxa, false, lora.A.Value, false, 1f, accumulate: true);
+        }
+    }
+
+    /// <summary>Final norm, LM head and cross-entropy over labelled rows, chunk by chunk; with grad, leaves ∂/∂res_L in Dres.</summary>
+    private double Head(int n, int m, float lossScale, bool grad)
+    {
+        var B = Backend;
+        var acts = _acts!;
+        int c = Spec.HiddenSize, v = Spec.VocabSize;
+        var last = Rows(acts.Residual[^1], n);
+        var lnf = Rows(acts.LnF, n);
+        var rstd = Head1(acts.RstdF, n);
+        B.RmsNorm(lnf, rstd, last, _finalNorm.Value, (float)Spec.RmsNormEps);
+        B.Zero(acts.LossSum);
+        var w = HeadWeight;
+        if (m > 0)
+        {
+            var rows = Head1(acts.CompactRows, m);
+            B.Embedding(acts.Hc.View(0, [m, c]), lnf, rows);
+            for (int r0 = 0; r0 < m; r0 += acts.ChunkRows)
+            {
+                int cr = Math.Min(acts.ChunkRows, m - r0);
+                var logits = acts.Logits.View(0, [cr, v]);
+                var h = acts.Hc.View((long)r0 * c, [cr, c]);
+                B.MatMul(logits, h, false, w.Value, true);
+                B.CrossEntropy(logits, acts.CompactLabels.View(r0, [cr]), acts.LossSum, lossScale, grad);
+                if (!grad) continue;
+                B.MatMul(acts.Dhc.View((long)r0 * c, [cr, c]), logits, false, w.Value, false);
+                if (w.Grad is { } dw) B.MatMul(dw, logits, true, h, false, 1f, accumulate: true);
+            }
+        }
+        if (grad)
+        {
+            var dln = Rows(acts.Dln, n);
+            B.Zero(dln);
+            if (m > 0) B.EmbeddingBackward(dln, acts.Dhc.View(0, [m, c]), Head1(acts.CompactRows, m));
+            var dres = Rows(acts.Dres, n);
+            B.Zero(dres);
+            B.RmsNormBackward(dres, _finalNorm.Grad, dln, last, _finalNorm.Value, rstd);
+        }
+        B.Download(acts.LossSum, _hostLoss);
+        return _hostLoss[0];
+    }
+}

@@ -1,0 +1,211 @@
+using FineTune.Engine;
+
+namespace FineTune.Models;
+
+/// <summary>
+/// A decoder-only transformer (llama, mistral, qwen2, qwen3) on one backend, with explicit forward and
+/// backward per layer (llm.c style) and the parameters the <see cref="TrainingSetup"/> makes trainable.
+/// Weights live in one arena; activations in another, sized for the largest batch seen.
+/// Not thread-safe: one caller drives it.
+/// </summary>
+public sealed partial class CausalLM : IDisposable
+{
+    private readonly TensorArena _weights;
+    private readonly Parameter _embed;
+    private readonly Parameter _finalNorm;
+    private readonly Parameter? _lmHead;
+    private readonly DecoderLayer[] _layers;
+    private readonly List<Parameter> _allParameters;
+    private readonly List<TrainableParameter> _trainable;
+    private readonly Tensor _gradNormSquared;
+    private ModelActivations? _acts;
+    private TensorArena? _rope;
+    private Tensor? _cos, _sin;
+    private int _ropeLength;
+
+    private CausalLM(TransformerSpec spec, IBackend backend, TrainingSetup setup, IWeightSource weights)
+    {
+        Spec = spec;
+        Backend = backend;
+        Setup = setup;
+        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        _allParameters = [];
+        Parameter P(string name, ParameterRole role, params int[] shape)
+        {
+            var p = new Parameter(name, shape, role);
+            _allParameters.Add(p);
+            return p;
+        }
+        LoraLinear L(string prefix, string shortName, int outDim, int inDim, bool bias) =>
+            new($"{prefix}.{shortName}", shortName, P($"{prefix}.{shortName}.weight", ParameterRole.Weight, outDim, inDim),
+                bias ? P($"{prefix}.{shortName}.bias", ParameterRole.Bias, outDim) : null);
+
+        _embed = P("model.embed_tokens.weight", ParameterRole.Embedding, spec.VocabSize, c);
+        _layers = new DecoderLayer[spec.NumLayers];
+        for (int l = 0; l < spec.NumLayers; l++)
+        {
+            string pre = $"model.layers.{l}";
+            _layers[l] = new DecoderLayer
+            {
+                Index = l,
+                InputNorm = P($"{pre}.input_layernorm.weight", ParameterRole.Norm, c),
+                Q = L($"{pre}.self_attn", "q_proj", qd, c, spec.QkvBias),
+                K = L($"{pre}.self_attn", "k_proj", kvd, c, spec.QkvBias),
+                V = L($"{pre}.self_attn", "v_proj", kvd, c, spec.QkvBias),
+                QNorm = spec.QkNorm ? P($"{pre}.self_attn.q_norm.weight", ParameterRole.Norm, spec.HeadDim) : null,
+                KNorm = spec.QkNorm ? P($"{pre}.self_attn.k_norm.weight", ParameterRole.Norm, spec.HeadDim) : null,
+                O = L($"{pre}.self_attn", "o_proj", c, qd, spec.OutputBias),
+                PostAttentionNorm = P($"{pre}.post_attention_layernorm.weight", ParameterRole.Norm, c),
+                Gate = L($"{pre}.mlp", "gate_proj", inter, c, false),
+                Up = L($"{pre}.mlp", "up_proj", inter, c, false),
+                Down = L($"{pre}.mlp", "down_proj", c, inter, false),
+            };
+        }
+        _finalNorm = P("model.norm.weight", ParameterRole.Norm, c);
+        _lmHead = spec.TieWordEmbeddings ? null : P("lm_head.weight", ParameterRole.Weight, spec.VocabSize, c);
+
+        var trainableNames = TrainableSelection.Select(spec, setup, _allParameters.Select(p => p.Name).ToList(), out var loraModules);
+        foreach (var layer in _layers)
+            foreach (var lin in layer.Linears)
+                if (loraModules.Contains(lin.ShortName))
+                {
+                    var a = P($"{lin.Module}.lora_A.weight", ParameterRole.LoraA, setup.LoraRank, lin.In);
+                    var b = P($"{lin.Module}.lora_B.weight", ParameterRole.LoraB, lin.Out, setup.LoraRank);
+                    lin.Lora = new LoraAdapter(a, b, setup.LoraScale, (float)setup.LoraDropout);
+                    trainableNames.Add(a.Name);
+                    trainableNames.Add(b.Name);
+                }
+
+        // One arena: values (compute dtype), then per trainable parameter master (unless F32 compute), grad, m, v.
+        var builder = new TensorArena.Builder();
+        var handles = new Dictionary<Parameter, (int Value, int Master, int Grad, int M, int V)>();
+        bool separateMaster = backend.ComputeDType != DType.F32;
+        foreach (var p in _allParameters)
+        {
+            int value = builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            int master = -1, grad = -1, m = -1, v = -1;
+            if (trainableNames.Contains(p.Name))
+            {
+                master = separateMaster ? builder.Add(p.Name + ".master", DType.F32, p.Shape) : value;
+                grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
+                m = builder.Add(p.Name + ".exp_avg", DType.F32, p.Shape);
+                v = builder.Add(p.Name + ".exp_avg_sq", DType.F32, p.Shape);
+            }
+            handles[p] = (value, master, grad, m, v);
+        }
+        int normHandle = builder.Add("grad_norm_squared", DType.F32, 1);
+        _weights = builder.Build(backend);
+        _gradNormSquared = _weights[normHandle];
+
+        _trainable = [];
+        bool peftNames = setup.FinetuningType == FinetuningType.Lora;
+        foreach (var p in _allParameters)
+        {
+            var hd = handles[p];
+            p.Value = _weights[hd.Value];
+            if (hd.Grad < 0) continue;
+            string saved = peftNames ? "base_model.model." + p.Name : p.Name;
+            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, _weights[hd.Master], _weights[hd.Grad], _weights[hd.M], _weights[hd.V]);
+            _trainable.Add(p.Trainable);
+        }
+
+        LoadWeights(weights);
+        LowestBackwardLayer = ComputeLowestBackwardLayer();
+    }
+
+    /// <summary>Builds the model from a spec and a weight source (a checkpoint or <see cref="RandomWeights"/>).</summary>
+    public static CausalLM Create(TransformerSpec spec, IBackend backend, TrainingSetup setup, IWeightSource weights) =>
+        new(spec, backend, setup, weights);
+
+    public TransformerSpec Spec { get; }
+    public IBackend Backend { get; }
+    public TrainingSetup Setup { get; }
+
+    /// <summary>Parameters the optimizer updates, in model order (PEFT/HF names).</summary>
+    public IReadOnlyList<TrainableParameter> TrainableParameters => _trainable;
+
+    /// <summary>
+    /// Counts training forwards; LoRA dropout and NEFTune noise are seeded by (seed, counter, module), so a
+    /// checkpoint saves this value and a resumed run restores it to continue bit-identically.
+    /// </summary>
+    public long RandomCounter { get; set; }
+
+    /// <summary>Bytes of weights, gradients and optimizer state; bytes of activations for the current capacity.</summary>
+    public long WeightBytes => _weights.ByteLength;
+    public long ActivationBytes => _acts?.ByteLength ?? 0;
+
+    /// <summary>Layers below this one need no backward (nothing trainable there or below).</summary>
+    internal int LowestBackwardLayer { get; }
+
+    private int ComputeLowestBackwardLayer()
+    {
+        if (_embed.IsTrainable) return 0;
+        for (int l = 0; l < _layers.Length; l++)
+            if (_layers[l].HasTrainable) return l;
+        return _layers.Length;
+    }
+
+    private void LoadWeights(IWeightSource source)
+    {
+        var host = Array.Empty<float>();
+        foreach (var p in _allParameters)
+        {
+            if ((int)p.Length > host.Length) host = new float[p.Length];
+            var span = host.AsSpan(0, (int)p.Length);
+            if (p.Role == ParameterRole.LoraA)
+            {
+                // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name.
+                float bound = 1f / MathF.Sqrt(p.Shape[1]);
+                ulong s = Seeds.Mix((ulong)Setup.Seed, Seeds.Hash(p.Name));
+                for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
+            }
+            else if (p.Role == ParameterRole.LoraB) span.Clear();
+            else source.Read(p.Name, p.Shape, span);
+            Backend.Upload(p.Value, span);
+            if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);
+        }
+    }
+
+    /// <summary>Zeroes every trainable gradient.</summary>
+    public void ZeroGrad()
+    {
+        foreach (var t in _trainable) Backend.Zero(t.Grad);
+    }
+
+    /// <summary>Σ‖grad‖² over trainable parameters, left on the device (F32 scalar) for AdamW's clipping.</summary>
+    public Tensor GradNormSquared()
+    {
+        Backend.Zero(_gradNormSquared);
+        foreach (var t in _trainable) Backend.SumOfSquares(t.Grad, _gradNormSquared);
+        return _gradNormSquared;
+    }
+
+    /// <summary>Host copy of a parameter's current value by HF name (tests, merging, export).</summary>
+    public float[] ReadParameter(string hfName)
+    {
+        var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
+            ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
+        var host = new float[p.Length];
+        Backend.Download(p.Trainable?.Master ?? p.Value, host);
+        return host;
+    }
+
+    /// <summary>Overwrites a parameter (value and master) from host values, by HF name.</summary>
+    public void WriteParameter(string hfName, ReadOnlySpan<float> values)
+    {
+        var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
+            ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
+        Backend.Upload(p.Value, values);
+        if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, values);
+    }
+
+    /// <summary>HF names of every parameter, base weights and LoRA tensors, in model order.</summary>
+    public IReadOnlyList<string> ParameterNames => _allParameters.Select(p => p.Name).ToList();
+
+    public void Dispose()
+    {
+        _acts?.Dispose();
+        _rope?.Dispose();
+        _weights.Dispose();
+    }
+}

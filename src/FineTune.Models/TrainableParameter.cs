@@ -1,0 +1,47 @@
+using FineTune.Engine;
+
+namespace FineTune.Models;
+
+public enum ParameterRole { Weight, Bias, Norm, Embedding, LoraA, LoraB }
+
+/// <summary>
+/// A parameter the optimizer updates. <see cref="Name"/> is the name it is saved under: PEFT's adapter key
+/// (base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight) for LoRA and modules_to_save, the HF key
+/// (model.layers.0.mlp.down_proj.weight) for full and freeze. <see cref="Value"/> is what the forward reads
+/// (compute dtype); <see cref="Master"/> is the F32 copy AdamW updates (the same tensor when the compute dtype is F32).
+/// <see cref="Grad"/>, <see cref="M"/>, <see cref="V"/> are F32 and zero at start.
+/// </summary>
+public sealed class TrainableParameter
+{
+    internal TrainableParameter(string name, string hfName, int[] shape, ParameterRole role, Tensor value, Tensor master, Tensor grad, Tensor m, Tensor v)
+    {
+        Name = name;
+        HfName = hfName;
+        Shape = shape;
+        Role = role;
+        Value = value;
+        Master = master;
+        Grad = grad;
+        M = m;
+        V = v;
+    }
+
+    public string Name { get; }
+    /// <summary>Name of the module weight in the HF model (LoRA: the adapted module's weight name + lora_A/lora_B).</summary>
+    public string HfName { get; }
+    public IReadOnlyList<int> Shape { get; }
+    public ParameterRole Role { get; }
+    public Tensor Value { get; }
+    public Tensor Master { get; }
+    public Tensor Grad { get; }
+    public Tensor M { get; }
+    public Tensor V { get; }
+    public long Length => Value.Length;
+
+    /// <summary>HF Trainer's rule: no weight decay on biases and normalisation weights.</summary>
+    public bool WeightDecay => Role is not (ParameterRole.Bias or ParameterRole.Norm);
+
+    /// <summary>One AdamW update (backend op); gradNormSquared feeds clipping when step.MaxGradNorm &gt; 0.</summary>
+    public void Step(AdamWStep step, Tensor? gradNormSquared = null) =>
+        Value.Backend.AdamW(Master, Grad, M, V, ReferenceEquals(Value, Master) ? null : Value, gradNormSquared, step);
+}

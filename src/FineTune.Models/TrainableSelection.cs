@@ -1,0 +1,72 @@
+namespace FineTune.Models;
+
+/// <summary>Which base parameters train and which linear modules get LoRA, by LLaMA-Factory's rules.</summary>
+internal static class TrainableSelection
+{
+    public static readonly string[] LinearModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    private static readonly string[] LayerModules = ["self_attn", "mlp", "input_layernorm", "post_attention_layernorm"];
+
+    /// <summary>Module path of a parameter name: everything before the last '.'.</summary>
+    private static string ModuleOf(string parameter) => parameter[..parameter.LastIndexOf('.')];
+
+    /// <summary>True when the module path ends with the dotted component sequence <paramref name="target"/>.</summary>
+    private static bool ModuleMatches(string parameter, string target)
+    {
+        string module = ModuleOf(parameter);
+        return module == target || module.EndsWith("." + target, StringComparison.Ordinal);
+    }
+
+    public static HashSet<string> Select(TransformerSpec spec, TrainingSetup setup, IReadOnlyList<string> parameters, out HashSet<string> loraModules)
+    {
+        var trainable = new HashSet<string>(StringComparer.Ordinal);
+        loraModules = new HashSet<string>(StringComparer.Ordinal);
+        switch (setup.FinetuningType)
+        {
+            case FinetuningType.Full:
+                trainable.UnionWith(parameters);
+                break;
+            case FinetuningType.Lora:
+                if (setup.LoraRank <= 0) throw new ArgumentException($"lora_rank must be positive, got {setup.LoraRank}");
+                foreach (string t in setup.LoraTarget)
+                {
+                    if (t == "all") loraModules.UnionWith(LinearModules);
+                    else if (LinearModules.Contains(t)) loraModules.Add(t);
+                    else throw new ArgumentException($"lora_target '{t}' names no linear module of a {spec.Architecture} model; use 'all' or some of {string.Join(", ", LinearModules)}");
+                }
+                AddModules(setup.AdditionalTarget, parameters, trainable, "additional_target");
+                break;
+            case FinetuningType.Freeze:
+                {
+                    int n = spec.NumLayers, k = setup.FreezeTrainableLayers;
+                    var ids = k > 0 ? Enumerable.Range(Math.Max(0, n - k), Math.Min(k, n)) : Enumerable.Range(0, Math.Min(-k, n));
+                    var patterns = new List<string>();
+                    foreach (int id in ids)
+                    {
+                        foreach (string m in setup.FreezeTrainableModules)
+                        {
+                            if (m == "all") patterns.Add($".{id}.");
+                            else if (LayerModules.Contains(m) || LinearModules.Contains(m) || m is "q_norm" or "k_norm") patterns.Add($".{id}.{m}");
+                            else throw new ArgumentException($"freeze_trainable_modules '{m}' names no module of a decoder layer; use 'all' or some of {string.Join(", ", LayerModules)}");
+                        }
+                    }
+                    foreach (string p in parameters)
+                        if (p.StartsWith("model.layers.", StringComparison.Ordinal) && patterns.Any(pat => p.Contains(pat, StringComparison.Ordinal)))
+                            trainable.Add(p);
+                    AddModules(setup.FreezeExtraModules, parameters, trainable, "freeze_extra_modules");
+                    break;
+                }
+        }
+        return trainable;
+    }
+
+    private static void AddModules(IReadOnlyList<string> modules, IReadOnlyList<string> parameters, HashSet<string> trainable, string option)
+    {
+        foreach (string m in modules)
+        {
+            var hits = parameters.Where(p => ModuleMatches(p, m)).ToList();
+            if (hits.Count == 0)
+                throw new ArgumentException($"{option} '{m}' matches no module of the model (tied embeddings have no lm_head); use names such as embed_tokens, norm or lm_head");
+            trainable.UnionWith(hits);
+        }
+    }
+}

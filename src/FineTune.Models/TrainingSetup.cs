@@ -1,0 +1,40 @@
+namespace FineTune.Models;
+
+public enum FinetuningType { Lora, Freeze, Full }
+
+/// <summary>
+/// Which parameters train and how, with LLaMA-Factory's meanings:
+/// lora_target "all" = every linear layer but the output head; freeze_trainable_layers n &gt; 0 trains the
+/// last n layers, n &lt; 0 the first −n; freeze_trainable_modules "all" or names under a layer such as
+/// mlp, self_attn, input_layernorm (freeze_extra_modules adds embed_tokens, norm, lm_head…);
+/// additional_target are modules trained fully beside the adapters (PEFT modules_to_save).
+/// </summary>
+public sealed record TrainingSetup
+{
+    public FinetuningType FinetuningType { get; init; } = FinetuningType.Lora;
+    public int LoraRank { get; init; } = 8;
+    /// <summary>Default: twice the rank (LLaMA-Factory).</summary>
+    public double? LoraAlpha { get; init; }
+    public double LoraDropout { get; init; }
+    public IReadOnlyList<string> LoraTarget { get; init; } = ["all"];
+    public bool UseRslora { get; init; }
+    public IReadOnlyList<string> AdditionalTarget { get; init; } = [];
+    public int FreezeTrainableLayers { get; init; } = 2;
+    public IReadOnlyList<string> FreezeTrainableModules { get; init; } = ["all"];
+    public IReadOnlyList<string> FreezeExtraModules { get; init; } = [];
+    public bool GradientCheckpointing { get; init; }
+    /// <summary>NEFTune: uniform noise of magnitude alpha/sqrt(seq_len·hidden) on the embeddings while training.</summary>
+    public double? NeftuneNoiseAlpha { get; init; }
+    /// <summary>Seeds LoRA initialisation, LoRA dropout and NEFTune noise.</summary>
+    public int Seed { get; init; } = 42;
+    /// <summary>Rows of logits materialised at once by the fused LM head + cross-entropy.</summary>
+    public int LogitsChunkRows { get; init; } = 256;
+
+    public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
+
+    /// <summary>alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
+    public float LoraScale => (float)(UseRslora ? ResolvedLoraAlpha / Math.Sqrt(LoraRank) : ResolvedLoraAlpha / LoraRank);
+
+    /// <summary>Inference only: nothing trains, no gradients or optimizer state are allocated.</summary>
+    public static TrainingSetup Inference { get; } = new() { FinetuningType = FinetuningType.Freeze, FreezeTrainableLayers = 0, FreezeTrainableModules = [] };
+}

@@ -1,0 +1,66 @@
+namespace FineTune.Models;
+
+/// <summary>rope_scaling of config.json: type default|linear|dynamic|yarn|llama3 and its parameters.</summary>
+public sealed record RopeScalingSpec(
+    string Type,
+    double Factor = 1.0,
+    int? OriginalMaxPositionEmbeddings = null,
+    double LowFreqFactor = 1.0,
+    double HighFreqFactor = 4.0,
+    double BetaFast = 32.0,
+    double BetaSlow = 1.0,
+    double? AttentionFactor = null);
+
+/// <summary>
+/// The dimensions and variants of a decoder-only transformer the engine runs (llama, mistral, qwen2, qwen3).
+/// Architecture differences: qwen2 has biases on q/k/v; qwen3 normalises q and k per head (RMSNorm over
+/// head_dim) before RoPE; llama/qwen3 add biases on q/k/v/o when attention_bias is set.
+/// </summary>
+public sealed record TransformerSpec
+{
+    public required string Architecture { get; init; }
+    public required int VocabSize { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public int? HeadDimOverride { get; init; }
+    public double RmsNormEps { get; init; } = 1e-6;
+    public double RopeTheta { get; init; } = 10000.0;
+    public RopeScalingSpec? RopeScaling { get; init; }
+    public int MaxPositionEmbeddings { get; init; } = 2048;
+    public bool TieWordEmbeddings { get; init; }
+    public bool QkvBias { get; init; }
+    public bool OutputBias { get; init; }
+    public bool QkNorm { get; init; }
+    public int? BosTokenId { get; init; }
+    public int? EosTokenId { get; init; }
+
+    public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
+    public int QDim => NumHeads * HeadDim;
+    public int KvDim => NumKvHeads * HeadDim;
+
+    /// <summary>Architecture flags from HF config.json fields: model_type and attention_bias.</summary>
+    public static (bool QkvBias, bool OutputBias, bool QkNorm) Variant(string architecture, bool attentionBias) =>
+        architecture switch
+        {
+            "qwen2" => (true, false, false),
+            "qwen3" => (attentionBias, attentionBias, true),
+            "llama" or "mistral" => (attentionBias, attentionBias, false),
+            _ => throw new NotSupportedException($"architecture '{architecture}' is not supported; use llama, mistral, qwen2 or qwen3"),
+        };
+
+    /// <summary>Number of weights (tied embeddings counted once).</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            long c = HiddenSize, layer = c * QDim + 2 * c * KvDim + QDim * c + 3 * c * IntermediateSize + 2 * c;
+            if (QkvBias) layer += QDim + 2 * KvDim;
+            if (OutputBias) layer += c;
+            if (QkNorm) layer += 2 * HeadDim;
+            return VocabSize * c * (TieWordEmbeddings ? 1 : 2) + NumLayers * layer + c;
+        }
+    }
+}
