@@ -51,6 +51,40 @@ public sealed record TransformerSpec
             _ => throw new NotSupportedException($"architecture '{architecture}' is not supported; use llama, mistral, qwen2 or qwen3"),
         };
 
+    /// <summary>The engine's view of a parsed HF config.json.</summary>
+    public static TransformerSpec FromConfig(ModelConfig config)
+    {
+        if (config.MlpBias) throw new NotSupportedException("config.json sets mlp_bias: true; FineTune's engine supports MLPs without biases only");
+        if (config.HiddenAct is not ("silu" or "swish"))
+            throw new NotSupportedException($"config.json sets hidden_act '{config.HiddenAct}'; FineTune's engine supports SwiGLU (silu) MLPs only");
+        var (qkvBias, outputBias, qkNorm) = Variant(config.ModelType, config.AttentionBias);
+        RopeScalingSpec? rope = config.RopeScaling is { } r && r.Type != "default"
+            ? new RopeScalingSpec(r.Type, r.Factor, r.OriginalMaxPositionEmbeddings, r.LowFreqFactor ?? 1.0, r.HighFreqFactor ?? 4.0,
+                r.BetaFast ?? 32.0, r.BetaSlow ?? 1.0, r.AttentionFactor)
+            : null;
+        return new TransformerSpec
+        {
+            Architecture = config.ModelType,
+            VocabSize = config.VocabSize,
+            HiddenSize = config.HiddenSize,
+            IntermediateSize = config.IntermediateSize,
+            NumLayers = config.NumHiddenLayers,
+            NumHeads = config.NumAttentionHeads,
+            NumKvHeads = config.NumKeyValueHeads,
+            HeadDimOverride = config.HeadDim,
+            RmsNormEps = config.RmsNormEps,
+            RopeTheta = config.RopeTheta,
+            RopeScaling = rope,
+            MaxPositionEmbeddings = config.MaxPositionEmbeddings,
+            TieWordEmbeddings = config.TieWordEmbeddings,
+            QkvBias = qkvBias,
+            OutputBias = outputBias,
+            QkNorm = qkNorm,
+            BosTokenId = config.BosTokenId,
+            EosTokenId = config.EosTokenId,
+        };
+    }
+
     /// <summary>Number of weights (tied embeddings counted once).</summary>
     public long ParameterCount
     {

@@ -1,0 +1,197 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FineTune.Engine;
+
+namespace FineTune.Models;
+
+public sealed partial class CausalLM
+{
+    /// <summary>Files a model directory carries beside its weights; <see cref="SaveModel"/> copies them along.</summary>
+    private static readonly string[] CompanionFiles =
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json"];
+
+    /// <summary>The parsed config.json when the model came from a directory.</summary>
+    public ModelConfig? Config { get; private set; }
+
+    /// <summary>The directory the base model was loaded from, if any.</summary>
+    public string? ModelDirectory { get; private set; }
+
+    /// <summary>
+    /// Loads an HF model directory (config.json + safetensors) onto <paramref name="backend"/>. With
+    /// <paramref name="adapterDirectory"/>, a PEFT LoRA adapter is applied unmerged (its rank, alpha, targets and
+    /// rsLoRA flag override <paramref name="setup"/>'s LoRA settings).
+    /// </summary>
+    public static CausalLM Load(string modelDirectory, IBackend backend, TrainingSetup setup, string? adapterDirectory = null)
+    {
+        var config = ModelConfig.Load(Path.Combine(modelDirectory, "config.json"));
+        var spec = TransformerSpec.FromConfig(config);
+        AdapterFile? adapter = adapterDirectory is null ? null : AdapterFile.Read(adapterDirectory);
+        if (adapter is not null) setup = adapter.Apply(setup);
+        using var reader = SafetensorsReader.Open(modelDirectory);
+        var model = new CausalLM(spec, backend, setup, new SafetensorsWeights(reader, modelDirectory))
+        {
+            Config = config,
+            ModelDirectory = Path.GetFullPath(modelDirectory),
+        };
+        if (adapter is not null) model.LoadAdapterWeights(adapter);
+        return model;
+    }
+
+    private void LoadAdapterWeights(AdapterFile adapter)
+    {
+        using var reader = SafetensorsReader.Open(Path.Combine(adapter.Directory, AdapterFile.WeightsName));
+        foreach (var p in _allParameters.Where(p => p.Role is ParameterRole.LoraA or ParameterRole.LoraB))
+        {
+            string key = "base_model.model." + p.Name;
+            if (!reader.Contains(key))
+                throw new ModelFormatException(Path.Combine(adapter.Directory, AdapterFile.WeightsName),
+                    $"tensor \"{key}\" is missing; the adapter's target_modules do not match its weights.");
+            var values = new float[p.Length];
+            new SafetensorsWeights(reader, adapter.Directory).Read(key, p.Shape, values);
+            WriteParameter(p.Name, values);
+        }
+        foreach (string module in adapter.ModulesToSave)
+            foreach (var p in _allParameters.Where(p => p.Name.StartsWith(module + ".", StringComparison.Ordinal) || p.Name.Contains("." + module + ".", StringComparison.Ordinal)))
+            {
+                string key = "base_model.model." + p.Name;
+                if (!reader.Contains(key)) continue;
+                var values = new float[p.Length];
+                new SafetensorsWeights(reader, adapter.Directory).Read(key, p.Shape, values);
+                WriteParameter(p.Name, values);
+            }
+    }
+
+    /// <summary>
+    /// Writes a PEFT adapter directory: adapter_model.safetensors (F32; keys such as
+    /// base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight with A [r, in] and B [out, r], plus
+    /// modules_to_save tensors) and adapter_config.json with LoraConfig's keys.
+    /// </summary>
+    public void SaveAdapter(string directory, string? baseModelNameOrPath = null)
+    {
+        if (Setup.FinetuningType != FinetuningType.Lora) throw new InvalidOperationException($"SaveAdapter needs finetuning_type lora; this model trains with {Setup.FinetuningType}: use SaveModel");
+        Directory.CreateDirectory(directory);
+        var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
+        foreach (var t in _trainable)
+        {
+            var values = new float[t.Length];
+            Backend.Download(t.Master, values);
+            writer.Add(t.Name, values, t.Shape.Select(x => (long)x).ToArray());
+        }
+        writer.Save(Path.Combine(directory, AdapterFile.WeightsName));
+        var targets = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).Select(l => l.ShortName).Distinct().Order(StringComparer.Ordinal).ToList();
+        var config = new JsonObject
+        {
+            ["alpha_pattern"] = new JsonObject(),
+            ["auto_mapping"] = null,
+            ["base_model_name_or_path"] = baseModelNameOrPath ?? ModelDirectory,
+            ["bias"] = "none",
+            ["fan_in_fan_out"] = false,
+            ["inference_mode"] = true,
+            ["init_lora_weights"] = true,
+            ["layers_pattern"] = null,
+            ["layers_to_transform"] = null,
+            ["loftq_config"] = new JsonObject(),
+            ["lora_alpha"] = Setup.ResolvedLoraAlpha,
+            ["lora_bias"] = false,
+            ["lora_dropout"] = Setup.LoraDropout,
+            ["megatron_config"] = null,
+            ["megatron_core"] = "megatron.core",
+            ["modules_to_save"] = Setup.AdditionalTarget.Count == 0 ? null : new JsonArray(Setup.AdditionalTarget.Select(x => (JsonNode?)x).ToArray()),
+            ["peft_type"] = "LORA",
+            ["r"] = Setup.LoraRank,
+            ["rank_pattern"] = new JsonObject(),
+            ["revision"] = null,
+            ["target_modules"] = new JsonArray(targets.Select(x => (JsonNode?)x).ToArray()),
+            ["task_type"] = "CAUSAL_LM",
+            ["use_dora"] = false,
+            ["use_rslora"] = Setup.UseRslora,
+        };
+        AtomicFile.WriteAllText(Path.Combine(directory, AdapterFile.ConfigName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    /// <summary>
+    /// Writes a complete HF model directory (config.json, model.safetensors in the config's torch_dtype, and the
+    /// tokenizer/generation files of the source directory). LoRA adapters are folded in: W + scale·B·A.
+    /// </summary>
+    public void SaveModel(string directory, SafetensorsDType? dtype = null)
+    {
+        var config = Config ?? throw new InvalidOperationException("SaveModel needs a model loaded from a directory (its config.json)");
+        Directory.CreateDirectory(directory);
+        var storeAs = dtype ?? SafetensorsDTypes.FromTorchDtype(config.TorchDtype) ?? SafetensorsDType.F32;
+        var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
+        var loraOf = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).ToDictionary(l => l.Weight.Name, l => l.Lora!);
+        foreach (var p in _allParameters.Where(p => p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB)))
+        {
+            float[] values = ReadParameter(p.Name);
+            if (loraOf.TryGetValue(p.Name, out var lora)) FoldLora(values, lora);
+            writer.Add(p.Name, values, p.Shape.Select(x => (long)x).ToArray(), storeAs);
+        }
+        writer.Save(Path.Combine(directory, "model.safetensors"));
+        (config with { TorchDtype = storeAs.ToTorchDtype() }).Save(Path.Combine(directory, "config.json"));
+        if (ModelDirectory is not null && Path.GetFullPath(directory) != ModelDirectory)
+            foreach (string f in CompanionFiles)
+            {
+                string src = Path.Combine(ModelDirectory, f);
+                if (File.Exists(src)) AtomicFile.WriteAllBytes(Path.Combine(directory, f), File.ReadAllBytes(src));
+            }
+    }
+
+    /// <summary>W[o, i] += scale · Σ_r B[o, r]·A[r, i] in double.</summary>
+    private void FoldLora(float[] w, LoraAdapter lora)
+    {
+        float[] a = ReadParameter(lora.A.Name), b = ReadParameter(lora.B.Name);
+        int r = lora.Rank, outDim = lora.B.Shape[0], inDim = lora.A.Shape[1];
+        for (int o = 0; o < outDim; o++)
+            for (int i = 0; i < inDim; i++)
+            {
+                double s = 0;
+                for (int k = 0; k < r; k++) s += (double)b[o * r + k] * a[k * inDim + i];
+                w[(long)o * inDim + i] += (float)(lora.Scale * s);
+            }
+    }
+}
+
+/// <summary>A PEFT LoRA adapter directory's config (adapter_config.json).</summary>
+public sealed record AdapterFile(string Directory, int Rank, double Alpha, IReadOnlyList<string> TargetModules, bool UseRslora, IReadOnlyList<string> ModulesToSave)
+{
+    public const string ConfigName = "adapter_config.json";
+    public const string WeightsName = "adapter_model.safetensors";
+
+    public static AdapterFile Read(string directory)
+    {
+        string path = Path.Combine(directory, ConfigName);
+        if (!File.Exists(path)) throw new ModelFormatException(path, "adapter_config.json not found; an adapter directory holds adapter_config.json and adapter_model.safetensors as PEFT writes them.");
+        JsonObject obj;
+        try { obj = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new JsonException("not an object"); }
+        catch (JsonException e) { throw new ModelFormatException(path, $"invalid JSON: {e.Message}"); }
+        string peftType = obj["peft_type"]?.GetValue<string>() ?? "";
+        if (peftType != "LORA") throw new ModelFormatException(path, $"peft_type is '{peftType}'; FineTune applies LORA adapters only.");
+        int r = obj["r"]?.GetValue<int>() ?? throw new ModelFormatException(path, "key 'r' (the LoRA rank) is missing.");
+        double alpha = obj["lora_alpha"]?.GetValue<double>() ?? r;
+        var targets = obj["target_modules"] switch
+        {
+            JsonArray arr => arr.Select(x => x!.GetValue<string>()).ToList(),
+            JsonValue v => [v.GetValue<string>()],
+            _ => throw new ModelFormatException(path, "target_modules is missing."),
+        };
+        var modules = obj["modules_to_save"] is JsonArray m ? m.Select(x => x!.GetValue<string>()).ToList() : [];
+        return new AdapterFile(directory, r, alpha, targets, obj["use_rslora"]?.GetValue<bool>() ?? false, modules);
+    }
+
+    /// <summary>The setup with this adapter's LoRA shape (targets expanded from module names).</summary>
+    public TrainingSetup Apply(TrainingSetup setup)
+    {
+        var known = TrainableSelection.LinearModules;
+        var targets = TargetModules.Where(t => known.Contains(t)).ToList();
+        if (targets.Count == 0) throw new ModelFormatException(Path.Combine(Directory, ConfigName), $"target_modules [{string.Join(", ", TargetModules)}] name none of {string.Join(", ", known)}.");
+        return setup with
+        {
+            FinetuningType = FinetuningType.Lora,
+            LoraRank = Rank,
+            LoraAlpha = Alpha,
+            LoraTarget = targets,
+            UseRslora = UseRslora,
+            AdditionalTarget = ModulesToSave,
+        };
+    }
+}

@@ -1,0 +1,82 @@
+namespace FineTune.Models.Tests;
+
+/// <summary>Whole-model gradients against central finite differences of the summed loss, per flavour.</summary>
+public sealed class ModelGradientTests
+{
+    /// <summary>
+    /// Compares analytic gradients of up to <paramref name="perParameter"/> coordinates of every trainable
+    /// parameter with (L(θ+h) − L(θ−h))/2h, as one vector: ‖g − ĝ‖/‖ĝ‖.
+    /// </summary>
+    private static double CheckGradients(CausalLM model, TokenBatch batch, int perParameter = 3, float h = 1e-2f)
+    {
+        model.ZeroGrad();
+        model.ForwardBackward(batch);
+        var analytic = new List<float>();
+        var numeric = new List<double>();
+        var rng = new Random(7);
+        foreach (var p in model.TrainableParameters)
+        {
+            float[] g = TinyModels.Grad(model, p);
+            float[] value = model.ReadParameter(p.HfName);
+            for (int s = 0; s < Math.Min(perParameter, value.Length); s++)
+            {
+                int i = rng.Next(value.Length);
+                float keep = value[i];
+                value[i] = keep + h; model.WriteParameter(p.HfName, value);
+                double plus = model.Forward(batch).SumLoss;
+                value[i] = keep - h; model.WriteParameter(p.HfName, value);
+                double minus = model.Forward(batch).SumLoss;
+                value[i] = keep; model.WriteParameter(p.HfName, value);
+                analytic.Add(g[i]);
+                numeric.Add((plus - minus) / (2.0 * h));
+            }
+        }
+        double num = 0, den = 0;
+        for (int i = 0; i < analytic.Count; i++)
+        {
+            num += (analytic[i] - numeric[i]) * (analytic[i] - numeric[i]);
+            den += numeric[i] * numeric[i];
+        }
+        Assert.True(den > 1e-6, "gradients are all zero: the check would prove nothing");
+        return Math.Sqrt(num / den);
+    }
+
+    [Theory]
+    [InlineData("llama", false, null)]
+    [InlineData("llama", true, null)]
+    [InlineData("mistral", false, null)]
+    [InlineData("qwen2", false, null)]
+    [InlineData("qwen3", true, 8)]
+    [InlineData("qwen3", false, null)]
+    public void LoraGradientsMatchFiniteDifferencesOnPackedBatch(string architecture, bool tied, int? headDim)
+    {
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 4 };
+        using var model = TinyModels.Create(TinyModels.Spec(architecture, tied, headDim), setup);
+        TinyModels.RandomizeLoraB(model, 3);
+        Assert.Equal(2 * 7 * 2, model.TrainableParameters.Count);
+        double err = CheckGradients(model, TinyModels.PackedBatch());
+        Assert.True(err < 1e-3, $"relative error {err}");
+    }
+
+    [Theory]
+    [InlineData("qwen2", false)]
+    [InlineData("qwen3", true)]
+    public void FullFinetuningGradientsMatchFiniteDifferencesForEveryParameterKind(string architecture, bool tied)
+    {
+        var setup = new TrainingSetup { FinetuningType = FinetuningType.Full };
+        using var model = TinyModels.Create(TinyModels.Spec(architecture, tied), setup);
+        double err = CheckGradients(model, TinyModels.PackedBatch(), perParameter: 2);
+        Assert.True(err < 1e-3, $"relative error {err}");
+    }
+
+    [Fact]
+    public void RsLoraWithAdditionalTargetGradientsMatchFiniteDifferences()
+    {
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 3, UseRslora = true, LoraTarget = ["q_proj", "down_proj"], AdditionalTarget = ["norm"] };
+        using var model = TinyModels.Create(TinyModels.Spec("llama", false), setup);
+        TinyModels.RandomizeLoraB(model, 5);
+        Assert.Contains(model.TrainableParameters, p => p.Name == "base_model.model.model.norm.weight");
+        double err = CheckGradients(model, TinyModels.PackedBatch());
+        Assert.True(err < 1e-3, $"relative error {err}");
+    }
+}
