@@ -1,0 +1,248 @@
+using FineTune.Data.Templates;
+using FineTune.Tokenizers;
+
+namespace FineTune.Data.Preprocessing;
+
+public enum PreprocessStage { Sft, Pt }
+
+/// <summary>LLaMA-Factory's data arguments that shape samples.</summary>
+public sealed record PreprocessOptions
+{
+    public PreprocessStage Stage { get; init; } = PreprocessStage.Sft;
+    public int CutoffLen { get; init; } = 2048;
+    public bool TrainOnPrompt { get; init; }
+    /// <summary>Train on the last turn only; earlier turns are kept as context (truncation keeps the last turns first).</summary>
+    public bool MaskHistory { get; init; }
+    public bool Packing { get; init; }
+    /// <summary>Packing without attention across packed sequences: SequenceLengths keep each sequence's length.</summary>
+    public bool NeatPacking { get; init; }
+}
+
+/// <summary>The result of preprocessing: samples plus counts for the dataset header and the stage report.</summary>
+public sealed record PreprocessResult(IReadOnlyList<TokenizedSample> Samples, TokenizedDatasetStats Stats);
+
+/// <summary>
+/// Conversations → token ids and labels, as LLaMA-Factory's supervised and pretrain processors build them:
+/// each turn's prompt is masked (-100) unless train_on_prompt, each answer (with the template's end-of-turn
+/// text or EOS) is trained; cutoff_len shortens turns with <see cref="InferSeqLen"/>; packing fills
+/// cutoff_len blocks greedily (largest sequence that fits first).
+/// </summary>
+public sealed class Preprocessor
+{
+    private readonly Tokenizer _tokenizer;
+    private readonly ChatTemplate _template;
+    private readonly PreprocessOptions _options;
+
+    public Preprocessor(Tokenizer tokenizer, ChatTemplate template, PreprocessOptions options)
+    {
+        if (options.CutoffLen < 1) throw new DatasetException($"cutoff_len must be at least 1, got {options.CutoffLen}.");
+        _tokenizer = tokenizer;
+        _template = template;
+        _options = options;
+        EosId = ResolveEos(tokenizer, template);
+        PadId = tokenizer.PadTokenId ?? EosId;
+    }
+
+    /// <summary>The id that ends answers and texts: the template's stop word when it replaces EOS, else the tokenizer's EOS.</summary>
+    public int EosId { get; }
+    public int PadId { get; }
+
+    private static int ResolveEos(Tokenizer tokenizer, ChatTemplate template)
+    {
+        if (template.EosToken is { } stop)
+            return tokenizer.TokenToId(stop) ?? throw new DatasetException(
+                $"Chat template '{template.Name}' ends answers with '{stop}', which the tokenizer's vocabulary lacks. Choose a template that matches the model (e.g. 'default' or 'empty').");
+        return tokenizer.EosTokenId ?? tokenizer.TokenToId("<|endoftext|>") ?? throw new DatasetException(
+            "The tokenizer names no EOS token (tokenizer_config.json eos_token) and has no <|endoftext|>; FineTune needs one to end each answer.");
+    }
+
+    /// <summary>
+    /// LLaMA-Factory's <c>infer_seqlen</c>: how much of a (source, target) pair fits into <paramref name="cutoffLen"/>.
+    /// A short target (under half) is kept whole and the source cut; else a short source is kept and the target
+    /// cut; else both shrink in proportion, target = floor(cutoff · target / (source + target)).
+    /// </summary>
+    public static (int Source, int Target) InferSeqLen(int sourceLen, int targetLen, int cutoffLen)
+    {
+        int maxTarget;
+        if (targetLen * 2 < cutoffLen) maxTarget = cutoffLen;
+        else if (sourceLen * 2 < cutoffLen) maxTarget = cutoffLen - sourceLen;
+        else maxTarget = (int)(cutoffLen * ((double)targetLen / (sourceLen + targetLen)));
+        var newTarget = Math.Min(maxTarget, targetLen);
+        var maxSource = Math.Max(cutoffLen - newTarget, 0);
+        return (Math.Min(maxSource, sourceLen), newTarget);
+    }
+
+    /// <summary>Token ids of template pieces, each text piece encoded on its own.</summary>
+    public int[] Encode(IEnumerable<TemplatePiece> pieces)
+    {
+        var ids = new List<int>();
+        foreach (var p in pieces)
+        {
+            switch (p.Kind)
+            {
+                case PieceKind.Text when p.Text.Length > 0: ids.AddRange(_tokenizer.Encode(p.Text)); break;
+                case PieceKind.Bos when _tokenizer.BosTokenId is { } bos: ids.Add(bos); break;
+                case PieceKind.Eos: ids.Add(EosId); break;
+                case PieceKind.Token:
+                    ids.Add(_tokenizer.TokenToId(p.Text) ?? throw new DatasetException($"Chat template '{_template.Name}' uses token '{p.Text}', which the tokenizer lacks."));
+                    break;
+            }
+        }
+        return ids.ToArray();
+    }
+
+    /// <summary>One supervised conversation: ids, labels and whether cutoff_len shortened it.</summary>
+    public (int[] InputIds, int[] Labels, bool Truncated) EncodeSupervised(Conversation conversation)
+    {
+        if (conversation.Chosen is not null)
+            throw new DatasetException($"{conversation.Source}: a ranking (preference) sample cannot train with stage sft; use its dataset for DPO/RM or drop ranking: true.");
+        var turns = _template.Apply(conversation).Select(t => (Source: Encode(t.Prompt), Target: Encode(t.Answer))).ToList();
+        if (_options.MaskHistory) turns.Reverse(); // the last turns get the budget first
+        var cutoff = _options.CutoffLen;
+        var total = 0;
+        var truncated = false;
+        var parts = new List<(int[] Ids, int[] Labels)>();
+        for (var i = 0; i < turns.Count; i++)
+        {
+            if (total >= cutoff) { truncated = true; break; }
+            var (source, target) = turns[i];
+            var (sourceLen, targetLen) = InferSeqLen(source.Length, target.Length, cutoff - total);
+            truncated |= sourceLen < source.Length || targetLen < target.Length;
+            total += sourceLen + targetLen;
+            var ids = new int[sourceLen + targetLen];
+            var labels = new int[ids.Length];
+            source.AsSpan(0, sourceLen).CopyTo(ids);
+            target.AsSpan(0, targetLen).CopyTo(ids.AsSpan(sourceLen));
+            if (_options.TrainOnPrompt) source.AsSpan(0, sourceLen).CopyTo(labels);
+            else labels.AsSpan(0, sourceLen).Fill(TokenizedSample.IgnoreIndex);
+            if (_options.MaskHistory && i != 0) labels.AsSpan(sourceLen).Fill(TokenizedSample.IgnoreIndex);
+            else target.AsSpan(0, targetLen).CopyTo(labels.AsSpan(sourceLen));
+            parts.Add((ids, labels));
+        }
+        if (_options.MaskHistory) parts.Reverse();
+        return ([.. parts.SelectMany(p => p.Ids)], [.. parts.SelectMany(p => p.Labels)], truncated);
+    }
+
+    /// <summary>All conversations → samples (packed when asked) with counts.</summary>
+    public PreprocessResult Process(IEnumerable<Conversation> conversations, long droppedUpstream = 0)
+    {
+        var sequences = new List<(int[] Ids, int[] Labels)>();
+        long truncated = 0, dropped = droppedUpstream;
+        foreach (var c in conversations)
+        {
+            if (_options.Stage == PreprocessStage.Pt)
+            {
+                var text = string.Concat(c.Messages.Where(m => m.Role == ChatRole.User).Select(m => m.Content));
+                int[] ids = [.. _tokenizer.Encode(text), EosId];
+                if (!_options.Packing && ids.Length > _options.CutoffLen) { ids = ids[.._options.CutoffLen]; truncated++; }
+                sequences.Add((ids, ids));
+                continue;
+            }
+            var (inputIds, labels, wasTruncated) = EncodeSupervised(c);
+            if (wasTruncated) truncated++;
+            if (!labels.Any(l => l != TokenizedSample.IgnoreIndex)) { dropped++; continue; }
+            sequences.Add((inputIds, labels));
+        }
+
+        IReadOnlyList<TokenizedSample> samples;
+        if (!_options.Packing) samples = sequences.Select(s => TokenizedSample.Single(s.Ids, s.Labels)).ToList();
+        else if (_options.Stage == PreprocessStage.Pt) samples = PackText(sequences);
+        else samples = PackSupervised(sequences);
+
+        long tokens = 0, trained = 0;
+        foreach (var s in samples)
+        {
+            tokens += s.InputIds.Length;
+            foreach (var l in s.Labels) if (l != TokenizedSample.IgnoreIndex) trained++;
+        }
+        return new PreprocessResult(samples, new TokenizedDatasetStats
+        {
+            Samples = samples.Count, Tokens = tokens, TrainedTokens = trained, Truncated = truncated, Dropped = dropped,
+            Packed = _options.Packing, NeatPacking = _options.Packing && _options.NeatPacking,
+        });
+    }
+
+    /// <summary>
+    /// LLaMA-Factory's greedy knapsack: sort lengths ascending, then fill each pack by repeatedly taking the
+    /// largest sequence that still fits. Without neat_packing a pack is one sequence (attention crosses the joins).
+    /// </summary>
+    private List<TokenizedSample> PackSupervised(List<(int[] Ids, int[] Labels)> sequences)
+    {
+        var byLength = new Dictionary<int, Stack<int>>();
+        var lengths = new List<int>(sequences.Count);
+        for (var i = 0; i < sequences.Count; i++)
+        {
+            var len = sequences[i].Ids.Length;
+            if (!byLength.TryGetValue(len, out var stack)) byLength[len] = stack = new Stack<int>();
+            stack.Push(i);
+            lengths.Add(len);
+        }
+        lengths.Sort();
+        var packs = new List<TokenizedSample>();
+        while (lengths.Count > 0)
+        {
+            var remaining = _options.CutoffLen;
+            var members = new List<int>();
+            while (true)
+            {
+                // Largest length <= remaining: upper bound of remaining, minus one.
+                var index = UpperBound(lengths, remaining) - 1;
+                if (index < 0) break;
+                remaining -= lengths[index];
+                members.Add(byLength[lengths[index]].Pop());
+                lengths.RemoveAt(index);
+            }
+            packs.Add(Join(members.Select(m => sequences[m]).ToList()));
+        }
+        return packs;
+    }
+
+    /// <summary>Plain text: all sequences concatenated and cut into cutoff_len blocks (the last block may be shorter).</summary>
+    private List<TokenizedSample> PackText(List<(int[] Ids, int[] Labels)> sequences)
+    {
+        var blocks = new List<TokenizedSample>();
+        var ids = new List<int>();
+        var lengths = new List<int>();
+        var cutoff = _options.CutoffLen;
+        foreach (var (seq, _) in sequences)
+        {
+            var at = 0;
+            while (at < seq.Length)
+            {
+                var take = Math.Min(cutoff - ids.Count, seq.Length - at);
+                ids.AddRange(seq.AsSpan(at, take));
+                lengths.Add(take);
+                at += take;
+                if (ids.Count == cutoff) Flush();
+            }
+        }
+        if (ids.Count > 0) Flush();
+        return blocks;
+
+        void Flush()
+        {
+            int[] block = [.. ids];
+            blocks.Add(new TokenizedSample(block, block, _options.NeatPacking ? [.. lengths] : [block.Length]));
+            ids.Clear();
+            lengths.Clear();
+        }
+    }
+
+    private TokenizedSample Join(List<(int[] Ids, int[] Labels)> members)
+    {
+        int[] ids = [.. members.SelectMany(m => m.Ids)];
+        int[] labels = [.. members.SelectMany(m => m.Labels)];
+        return new TokenizedSample(ids, labels, _options.NeatPacking ? [.. members.Select(m => m.Ids.Length)] : [ids.Length]);
+    }
+
+    private static int UpperBound(List<int> sorted, int value)
+    {
+        int lo = 0, hi = sorted.Count;
+        while (lo < hi)
+        {
+            var mid = (lo + hi) >>> 1;
+            if (sorted[mid] <= value) lo = mid + 1; else hi = mid;
+        }
+        return lo;
+    }
+}
