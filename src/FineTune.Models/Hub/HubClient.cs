@@ -1,0 +1,381 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace FineTune.Models.Hub;
+
+/// <summary>Where and how to reach the hub; <see cref="FromEnvironment"/> reads HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE.</summary>
+public sealed record HubOptions
+{
+    public const string DefaultEndpoint = "https://huggingface.co";
+
+    public string Endpoint { get; init; } = DefaultEndpoint;
+    /// <summary>Sent as "Authorization: Bearer …" to the hub (not to the CDN it redirects to).</summary>
+    public string? Token { get; init; }
+    /// <summary>Use only what an earlier run downloaded; never touch the network.</summary>
+    public bool Offline { get; init; }
+    public int MaxParallelDownloads { get; init; } = 4;
+    /// <summary>Attempts per file when a connection breaks; each retry resumes where the last one stopped.</summary>
+    public int MaxAttempts { get; init; } = 4;
+    public TimeSpan RetryDelay { get; init; } = TimeSpan.FromSeconds(1);
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    public static HubOptions FromEnvironment(Func<string, string?>? getVariable = null)
+    {
+        getVariable ??= Environment.GetEnvironmentVariable;
+        var endpoint = getVariable("HF_ENDPOINT");
+        var token = getVariable("HF_TOKEN") ?? getVariable("HUGGING_FACE_HUB_TOKEN");
+        var offline = getVariable("HF_HUB_OFFLINE");
+        return new HubOptions
+        {
+            Endpoint = string.IsNullOrWhiteSpace(endpoint) ? DefaultEndpoint : endpoint.TrimEnd('/'),
+            Token = string.IsNullOrWhiteSpace(token) ? null : token.Trim(),
+            Offline = offline is not null && offline.Trim().ToUpperInvariant() is "1" or "ON" or "YES" or "TRUE",
+        };
+    }
+}
+
+/// <summary>How much of one file is on disk (reported as bytes arrive, from several files at once).</summary>
+public readonly record struct HubDownloadProgress(string File, long BytesDone, long? Size);
+
+/// <summary>
+/// A client of the Hugging Face Hub HTTP API: resolves a revision to a commit
+/// (<c>GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true</c>: "sha" and "siblings" with
+/// rfilename, size, blobId and lfs.sha256), downloads files in parallel from
+/// <c>{endpoint}/{repo}/resolve/{commit}/{path}</c>, resumes partial files with HTTP Range and verifies
+/// size and hash (LFS SHA-256, or the git blob SHA-1 for small files) before a file counts as downloaded.
+/// </summary>
+public sealed class HubClient : IDisposable
+{
+    private readonly HttpClient _http;
+    private readonly HubOptions _options;
+
+    public HubClient(HubOptions options, HttpMessageHandler? handler = null)
+    {
+        _options = options;
+        _http = handler is null ? new HttpClient(new SocketsHttpHandler { AutomaticDecompression = DecompressionMethods.None }) : new HttpClient(handler, disposeHandler: false);
+        _http.Timeout = Timeout.InfiniteTimeSpan; // per-request timeouts below; a large file may take hours
+        _http.DefaultRequestHeaders.UserAgent.Add(new ProductInfoHeaderValue("FineTune", "1.0"));
+    }
+
+    public HubOptions Options => _options;
+
+    public void Dispose() => _http.Dispose();
+
+    /// <summary>Resolves a revision to a commit and lists its files.</summary>
+    public async Task<HubSnapshot> ResolveAsync(HubModelReference model, CancellationToken cancellation = default)
+    {
+        if (_options.Offline)
+            throw new HubException(HubErrorKind.Offline, $"{model}: HF_HUB_OFFLINE is set, so the hub is not asked; use {nameof(DownloadAsync)} with a store that holds an earlier download, or unset HF_HUB_OFFLINE.");
+        var url = $"{_options.Endpoint}/api/models/{EscapeRepo(model.RepoId)}/revision/{Uri.EscapeDataString(model.Revision)}?blobs=true";
+        using var request = new HttpRequestMessage(HttpMethod.Get, url);
+        AddAuth(request);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        cts.CancelAfter(_options.Timeout);
+        HttpResponseMessage response;
+        try
+        {
+            response = await _http.SendAsync(request, cts.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException || (e is OperationCanceledException && !cancellation.IsCancellationRequested))
+        {
+            throw new HubException(HubErrorKind.Network, $"{model}: cannot reach {_options.Endpoint} ({e.Message}); check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use a model downloaded before.", e);
+        }
+        using (response)
+        {
+            if (!response.IsSuccessStatusCode)
+                throw StatusError(model, response, file: null);
+            JsonObject body;
+            try
+            {
+                body = JsonNode.Parse(await response.Content.ReadAsStringAsync(cts.Token).ConfigureAwait(false)) as JsonObject
+                    ?? throw new JsonException("not an object");
+            }
+            catch (JsonException e)
+            {
+                throw new HubException(HubErrorKind.Server, $"{model}: {url} did not answer with the model's JSON ({e.Message}); check HF_ENDPOINT.", e);
+            }
+            var sha = body["sha"]?.GetValue<string>()
+                ?? throw new HubException(HubErrorKind.Server, $"{model}: the hub's answer has no commit \"sha\"; check HF_ENDPOINT.");
+            var files = new List<HubFile>();
+            foreach (var s in body["siblings"] as JsonArray ?? [])
+            {
+                if (s is not JsonObject o || o["rfilename"]?.GetValue<string>() is not { } path)
+                    continue;
+                var lfs = o["lfs"] as JsonObject;
+                files.Add(new HubFile(
+                    path,
+                    lfs?["size"]?.GetValue<long>() ?? o["size"]?.GetValue<long>(),
+                    lfs?["sha256"]?.GetValue<string>()?.ToLowerInvariant(),
+                    lfs is null ? o["blobId"]?.GetValue<string>()?.ToLowerInvariant() : null));
+            }
+            return new HubSnapshot(model.RepoId, sha, files);
+        }
+    }
+
+    /// <summary>
+    /// Makes <paramref name="destination"/> hold the model's files (those <paramref name="include"/> accepts):
+    /// resolves the revision (or, offline, reads the store), downloads missing blobs into the store in
+    /// parallel, verifies them, and links or copies them into place. Returns the snapshot and its manifest
+    /// path in the store.
+    /// </summary>
+    public async Task<(HubSnapshot Snapshot, string Manifest)> DownloadAsync(
+        HubModelReference model, HubStore store, string destination, Func<string, bool>? include = null,
+        IProgress<HubDownloadProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        var snapshot = await SnapshotAsync(model, store, cancellation).ConfigureAwait(false);
+        var manifest = store.SnapshotManifestPath(snapshot.RepoId, snapshot.Commit);
+        var wanted = snapshot.Files.Where(f => (include ?? GlobPattern.Matcher(null))(f.Path)).ToArray();
+        if (wanted.Length == 0)
+            throw new HubException(HubErrorKind.NotFound, $"{model}: no file of commit {snapshot.Commit} matches the allow patterns; the repository lists {string.Join(", ", snapshot.Files.Take(8).Select(f => f.Path))}.");
+        if (!_options.Offline)
+            await FetchAsync(snapshot, wanted, store, progress, cancellation).ConfigureAwait(false);
+        store.Materialize(snapshot, wanted, destination);
+        return (snapshot, manifest);
+    }
+
+    /// <summary>
+    /// The snapshot of a revision: from the store when offline or when the revision is a commit already
+    /// seen; otherwise from the hub (and recorded in the store).
+    /// </summary>
+    public async Task<HubSnapshot> SnapshotAsync(HubModelReference model, HubStore store, CancellationToken cancellation = default)
+    {
+        if (_options.Offline || model.RevisionIsCommit)
+        {
+            var stored = store.Load(model.RepoId, model.Revision);
+            if (stored is not null)
+                return stored;
+            if (_options.Offline)
+                throw new HubException(HubErrorKind.Offline, $"{model}: HF_HUB_OFFLINE is set and this model was never downloaded here (nothing in {store.RepoDirectory(model.RepoId)}); unset HF_HUB_OFFLINE and run once with network access.");
+        }
+        var snapshot = await ResolveAsync(model, cancellation).ConfigureAwait(false);
+        store.Save(snapshot, model.Revision);
+        return snapshot;
+    }
+
+    /// <summary>Downloads and verifies every file whose blob is not in the store yet.</summary>
+    public async Task FetchAsync(HubSnapshot snapshot, IReadOnlyList<HubFile> files, HubStore store,
+        IProgress<HubDownloadProgress>? progress, CancellationToken cancellation)
+    {
+        var missing = files.Where(f => !File.Exists(store.BlobPath(snapshot.RepoId, snapshot.Commit, f))).ToArray();
+        if (missing.Length == 0)
+            return;
+        CheckFreeSpace(snapshot, missing, store);
+        using var gate = new SemaphoreSlim(Math.Max(1, _options.MaxParallelDownloads));
+        var tasks = missing.Select(async f =>
+        {
+            await gate.WaitAsync(cancellation).ConfigureAwait(false);
+            try
+            {
+                await FetchFileAsync(snapshot, f, store.BlobPath(snapshot.RepoId, snapshot.Commit, f), progress, cancellation).ConfigureAwait(false);
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }).ToArray();
+        try
+        {
+            await Task.WhenAll(tasks).ConfigureAwait(false);
+        }
+        catch
+        {
+            // Report the first hub error (not an aggregate); the others' partial files stay for resume.
+            var first = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).FirstOrDefault();
+            if (first is not null)
+                throw first;
+            throw;
+        }
+    }
+
+    private static void CheckFreeSpace(HubSnapshot snapshot, IReadOnlyList<HubFile> files, HubStore store)
+    {
+        long needed = 0;
+        foreach (var f in files)
+        {
+            var partial = HubStore.IncompletePath(store.BlobPath(snapshot.RepoId, snapshot.Commit, f));
+            needed += Math.Max(0, (f.Size ?? 0) - (File.Exists(partial) ? new FileInfo(partial).Length : 0));
+        }
+        Directory.CreateDirectory(store.Root);
+        long free;
+        try
+        {
+            free = new DriveInfo(store.Root).AvailableFreeSpace;
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
+        {
+            return; // the drive cannot be queried; the write itself will report a full disk
+        }
+        if (needed > free)
+            throw new HubException(HubErrorKind.DiskFull, $"{HubModelReference.Scheme}{snapshot.RepoId}: {needed:N0} bytes to download but only {free:N0} free under {store.Root}; free {needed - free:N0} bytes (or move the .finetune cache) and run again.");
+    }
+
+    private async Task FetchFileAsync(HubSnapshot snapshot, HubFile file, string blobPath, IProgress<HubDownloadProgress>? progress, CancellationToken cancellation)
+    {
+        var partial = HubStore.IncompletePath(blobPath);
+        Directory.CreateDirectory(Path.GetDirectoryName(blobPath)!);
+        var url = $"{_options.Endpoint}/{EscapeRepo(snapshot.RepoId)}/resolve/{snapshot.Commit}/{string.Join('/', file.Path.Split('/').Select(Uri.EscapeDataString))}";
+        var label = $"{HubModelReference.Scheme}{snapshot.RepoId}: {file.Path}";
+        for (int attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await DownloadOnceAsync(url, file, partial, label, progress, cancellation).ConfigureAwait(false);
+                break;
+            }
+            catch (Exception e) when (IsTransient(e, cancellation))
+            {
+                long kept = File.Exists(partial) ? new FileInfo(partial).Length : 0;
+                if (attempt >= _options.MaxAttempts)
+                    throw new HubException(HubErrorKind.Network, $"{label}: download failed after {attempt} attempts ({e.Message}); {kept:N0} bytes are kept in {partial} and the next run resumes from there.", e);
+                await Task.Delay(_options.RetryDelay * attempt, cancellation).ConfigureAwait(false);
+            }
+        }
+        Verify(file, partial, label);
+        File.Move(partial, blobPath, overwrite: true);
+    }
+
+    private static bool IsTransient(Exception e, CancellationToken cancellation) => e switch
+    {
+        HubException { Kind: HubErrorKind.Network or HubErrorKind.Server } => true,
+        HubException => false,
+        HttpRequestException or HttpIOException => true,
+        IOException io => !IsDiskFull(io),
+        OperationCanceledException => !cancellation.IsCancellationRequested,
+        _ => false,
+    };
+
+    private async Task DownloadOnceAsync(string url, HubFile file, string partial, string label, IProgress<HubDownloadProgress>? progress, CancellationToken cancellation)
+    {
+        long have = File.Exists(partial) ? new FileInfo(partial).Length : 0;
+        if (file.Size is { } size && have >= size)
+        {
+            if (have == size)
+                return; // complete; verification decides
+            File.Delete(partial); // longer than the file can be: start again
+            have = 0;
+        }
+        using var request = new HttpRequestMessage(HttpMethod.Get, url);
+        AddAuth(request);
+        if (have > 0)
+            request.Headers.Range = new RangeHeaderValue(have, null);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        cts.CancelAfter(_options.Timeout);
+        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token).ConfigureAwait(false);
+        if (response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable && have > 0)
+            return; // the server has nothing past what we hold: complete
+        if ((int)response.StatusCode >= 500)
+            throw new HubException(HubErrorKind.Server, $"{label}: the hub answered {(int)response.StatusCode} {response.ReasonPhrase}.");
+        if (!response.IsSuccessStatusCode)
+            throw StatusError(new HubModelReference("", ""), response, label);
+        bool append = have > 0 && response.StatusCode == HttpStatusCode.PartialContent;
+        if (append && response.Content.Headers.ContentRange?.From is { } from && from != have)
+            append = false; // a range we did not ask for: restart the file
+        cts.CancelAfter(Timeout.InfiniteTimeSpan);
+        await using var body = await response.Content.ReadAsStreamAsync(cancellation).ConfigureAwait(false);
+        await using var output = new FileStream(partial, append ? FileMode.Append : FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true);
+        long done = append ? have : 0;
+        progress?.Report(new HubDownloadProgress(file.Path, done, file.Size));
+        var buffer = new byte[1 << 16];
+        while (true)
+        {
+            // A stalled connection counts as broken after the timeout.
+            using var readCts = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+            readCts.CancelAfter(_options.Timeout);
+            int n = await body.ReadAsync(buffer, readCts.Token).ConfigureAwait(false);
+            if (n == 0)
+                break;
+            try
+            {
+                await output.WriteAsync(buffer.AsMemory(0, n), cancellation).ConfigureAwait(false);
+            }
+            catch (IOException e) when (IsDiskFull(e))
+            {
+                throw new HubException(HubErrorKind.DiskFull, $"{label}: the disk is full while writing {partial}; free space and run again (the partial download is kept and resumes).", e);
+            }
+            done += n;
+            progress?.Report(new HubDownloadProgress(file.Path, done, file.Size));
+        }
+        if (response.Content.Headers.ContentLength is { } expected && output.Length - (append ? have : 0) < expected)
+            throw new IOException($"connection closed after {output.Length - (append ? have : 0)} of {expected} bytes");
+    }
+
+    private static bool IsDiskFull(IOException e) =>
+        e.HResult == 28 /* ENOSPC */ || (e.HResult & 0xFFFF) == 112 /* ERROR_DISK_FULL */ || (e.HResult & 0xFFFF) == 39 /* ERROR_HANDLE_DISK_FULL */;
+
+    /// <summary>Checks size and hash; a mismatch removes the file, so the next run downloads it afresh.</summary>
+    private static void Verify(HubFile file, string path, string label)
+    {
+        long length = new FileInfo(path).Length;
+        if (file.Size is { } size && length != size)
+        {
+            File.Delete(path);
+            throw new HubException(HubErrorKind.Integrity, $"{label}: downloaded {length:N0} bytes but the hub lists {size:N0}; the file was removed, run again to download it afresh.");
+        }
+        string? expected = file.Sha256;
+        string? actual = null;
+        string what = "sha256";
+        if (expected is not null)
+        {
+            using var s = File.OpenRead(path);
+            actual = Convert.ToHexStringLower(SHA256.HashData(s));
+        }
+        else if (file.BlobId is not null)
+        {
+            expected = file.BlobId;
+            what = "git blob id";
+            actual = GitBlobId(path);
+        }
+        if (expected is not null && actual != expected)
+        {
+            File.Delete(path);
+            throw new HubException(HubErrorKind.Integrity, $"{label}: {what} is {actual} but the hub lists {expected}; the file was removed, run again to download it afresh (a proxy or mirror may be altering files).");
+        }
+    }
+
+    /// <summary>git's object id of a file: SHA-1 over "blob {length}\0" followed by the content.</summary>
+    public static string GitBlobId(string path)
+    {
+        using var sha1 = IncrementalHash.CreateHash(HashAlgorithmName.SHA1);
+        var length = new FileInfo(path).Length;
+        sha1.AppendData(Encoding.ASCII.GetBytes($"blob {length}\0"));
+        using var s = File.OpenRead(path);
+        var buffer = new byte[1 << 16];
+        int n;
+        while ((n = s.Read(buffer)) > 0)
+            sha1.AppendData(buffer, 0, n);
+        return Convert.ToHexStringLower(sha1.GetHashAndReset());
+    }
+
+    private void AddAuth(HttpRequestMessage request)
+    {
+        if (_options.Token is not null)
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _options.Token);
+    }
+
+    private static string EscapeRepo(string repoId) => string.Join('/', repoId.Split('/').Select(Uri.EscapeDataString));
+
+    private HubException StatusError(HubModelReference model, HttpResponseMessage response, string? file)
+    {
+        var code = response.Headers.TryGetValues("X-Error-Code", out var v) ? v.FirstOrDefault() : null;
+        var who = file ?? model.ToString();
+        var page = $"{_options.Endpoint}/{(file is null ? model.RepoId : "")}".TrimEnd('/');
+        int status = (int)response.StatusCode;
+        var tokenState = _options.Token is null ? "HF_TOKEN is not set" : "HF_TOKEN is set";
+        if (code == "GatedRepo" || status == 403)
+            return new HubException(HubErrorKind.Gated, $"{who}: {status} — the repository is gated; accept its licence on {page} with your account and set HF_TOKEN to a read token of that account ({tokenState}).");
+        if (status == 401)
+            return new HubException(HubErrorKind.Unauthorized, $"{who}: 401 — the repository does not exist or needs authentication ({tokenState}); check the name, set HF_TOKEN to a token with access, and for gated models accept the licence on {page}.");
+        if (status == 404)
+            return new HubException(HubErrorKind.NotFound, code switch
+            {
+                "RevisionNotFound" => $"{who}: 404 — revision \"{model.Revision}\" not found; use a branch, tag or commit that exists in {model.RepoId}.",
+                "EntryNotFound" => $"{who}: 404 — the file is not in this commit; download again to refresh the file list.",
+                _ => $"{who}: 404 — repository or revision not found on {_options.Endpoint}; check the name and revision (and HF_ENDPOINT for mirrors).",
+            });
+        return new HubException(status >= 500 ? HubErrorKind.Server : HubErrorKind.Network, $"{who}: the hub answered {status} {response.ReasonPhrase}; try again later or check HF_ENDPOINT.");
+    }
+}
