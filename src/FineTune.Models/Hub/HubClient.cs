@@ -127,14 +127,27 @@ public sealed class HubClient : IDisposable
         IProgress<HubDownloadProgress>? progress = null, CancellationToken cancellation = default)
     {
         var snapshot = await SnapshotAsync(model, store, cancellation).ConfigureAwait(false);
-        var manifest = store.SnapshotManifestPath(snapshot.RepoId, snapshot.Commit);
+        await DownloadAsync(snapshot, store, destination, include, progress, cancellation).ConfigureAwait(false);
+        return (snapshot, store.SnapshotManifestPath(snapshot.RepoId, snapshot.Commit));
+    }
+
+    /// <summary>The files of a resolved snapshot that <paramref name="include"/> accepts (default: <see cref="GlobPattern.DefaultModelPatterns"/>).</summary>
+    public static IReadOnlyList<HubFile> Select(HubSnapshot snapshot, Func<string, bool>? include)
+    {
         var wanted = snapshot.Files.Where(f => (include ?? GlobPattern.Matcher(null))(f.Path)).ToArray();
         if (wanted.Length == 0)
-            throw new HubException(HubErrorKind.NotFound, $"{model}: no file of commit {snapshot.Commit} matches the allow patterns; the repository lists {string.Join(", ", snapshot.Files.Take(8).Select(f => f.Path))}.");
+            throw new HubException(HubErrorKind.NotFound, $"{HubModelReference.Scheme}{snapshot.RepoId}: no file of commit {snapshot.Commit} matches the allow patterns; the repository lists {string.Join(", ", snapshot.Files.Take(8).Select(f => f.Path))}.");
+        return wanted;
+    }
+
+    /// <summary>Downloads (unless offline) and places the selected files of an already resolved snapshot.</summary>
+    public async Task DownloadAsync(HubSnapshot snapshot, HubStore store, string destination, Func<string, bool>? include = null,
+        IProgress<HubDownloadProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        var wanted = Select(snapshot, include);
         if (!_options.Offline)
             await FetchAsync(snapshot, wanted, store, progress, cancellation).ConfigureAwait(false);
         store.Materialize(snapshot, wanted, destination);
-        return (snapshot, manifest);
     }
 
     /// <summary>

@@ -8,7 +8,7 @@ public static class StageRegistry
 {
     public static IReadOnlyList<IStageExecutor> CreateDefault() =>
     [
-        // new DownloadStage(),   // formats
+        new DownloadStage(),      // formats
         // new RegisterStage(),   // data
         // new SplitStage(),      // data
         // new TrainStage(),      // training
