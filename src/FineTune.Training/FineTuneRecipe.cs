@@ -1,0 +1,272 @@
+using System.Diagnostics;
+using System.Text.Json;
+using FineTune.Engine;
+using FineTune.Models;
+
+namespace FineTune.Training;
+
+/// <summary>
+/// The training loop, top to bottom (torchtune's recipe style): set up the schedule and the checkpoint
+/// directory, restore a checkpoint when asked, then for every optimizer step run forward+backward over
+/// the step's micro-batches, clip and apply AdamW, log, evaluate and checkpoint; finally save the
+/// adapter (LoRA) or model (full/freeze), the trainer log, the loss curve and train_results.json.
+/// </summary>
+public static class FineTuneRecipe
+{
+    public const string OptimizerFile = "optimizer.safetensors";
+    public const string SchedulerFile = "scheduler.json";
+    public const string RngFile = "rng_state.json";
+    public const string TrainResultsFile = "train_results.json";
+
+    /// <param name="checkpointWriteHook">Test hook called inside a checkpoint write, after the files are
+    /// written and before the directory is renamed into place (throw from it to simulate a crash).</param>
+    public static TrainResult Train(CausalLM model, TrainingArguments args, DataLoader train, DataLoader? eval,
+        ITrainingMonitor monitor, CancellationToken cancellation = default, Action<string>? checkpointWriteHook = null)
+    {
+        // ---- setup: steps, schedule, directories ----
+        int accumulation = args.GradientAccumulationSteps;
+        if (accumulation < 1) throw new TrainingException($"gradient_accumulation_steps must be at least 1, got {accumulation}.");
+        int stepsPerEpoch = train.StepsPerEpoch(accumulation);
+        int maxSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
+        if (maxSteps <= 0)
+            throw new TrainingException($"Nothing to train: max_steps {args.MaxSteps} and num_train_epochs {args.NumTrainEpochs} give 0 steps. Set one of them above 0.");
+        int warmup = LearningRateSchedule.ResolveWarmupSteps(args.WarmupSteps, args.WarmupRatio, maxSteps);
+        var schedule = new LearningRateSchedule(args.LrSchedulerType, args.LearningRate, warmup, maxSteps);
+        bool isLora = model.Setup.FinetuningType == FinetuningType.Lora;
+
+        Directory.CreateDirectory(args.OutputDirectory);
+        var store = new CheckpointStore(args.ResolvedCheckpointDirectory);
+        store.RemoveIncomplete();
+        var log = new TrainerLog(args.OutputDirectory);
+
+        int step = 0;
+        long totalTokens = 0;
+        double lossSum = 0, elapsedBefore = 0;
+        train.Position = new DataPosition(0, 0);
+        string? resumedFrom = store.Resolve(args.ResumeFromCheckpoint);
+        if (resumedFrom is not null)
+        {
+            var state = LoadCheckpoint(model, resumedFrom, args.Seed, maxSteps);
+            step = state.GlobalStep;
+            totalTokens = state.TotalTokens;
+            lossSum = state.TrainLossSum;
+            elapsedBefore = state.ElapsedSeconds;
+            train.Position = new DataPosition(state.DataEpoch, state.DataMicroBatch);
+            model.RandomCounter = state.RandomCounter;
+            log.Reset(TrainerLog.Read(Path.Combine(resumedFrom, TrainerLog.FileName)));
+            monitor.Info($"Resumed from {resumedFrom} at step {step}.");
+        }
+        else
+        {
+            log.Reset([]);
+        }
+
+        monitor.Started(step, maxSteps);
+        monitor.Info($"{train.SampleCount} samples, {stepsPerEpoch} steps per epoch, {maxSteps} steps, warmup {warmup}, " +
+                     $"{model.TrainableParameters.Sum(p => p.Length):N0} trainable parameters.");
+        var clock = Stopwatch.StartNew();
+        double lossSinceLog = 0, lastLogTime = 0;
+        int stepsSinceLog = 0;
+        long tokensSinceLog = 0;
+        double? lastLoggedLoss = null, lastEvalLoss = null;
+        var gradNormHost = new float[1];
+
+        // ---- the loop: one iteration per optimizer step ----
+        while (step < maxSteps)
+        {
+            cancellation.ThrowIfCancellationRequested();
+
+            // Forward and backward over the step's micro-batches; gradients add up in the trainable parameters.
+            // The step's loss is the mean over every labelled token of the step (not the mean of micro-batch
+            // means), so each backward is scaled by 1 / (labelled tokens of the whole step) and accumulating
+            // k micro-batches equals one batch k times as large.
+            var microBatches = train.NextStep(accumulation, out long stepTokens);
+            long labelled = microBatches.Sum(b => (long)b.LabelCount);
+            float lossScale = labelled == 0 ? 0f : 1f / labelled;
+            model.ZeroGrad();
+            double sumLoss = 0;
+            foreach (var batch in microBatches) sumLoss += model.ForwardBackward(batch, lossScale).SumLoss;
+            double loss = labelled == 0 ? 0 : sumLoss / labelled;
+            Tensor gradNormSquared = model.GradNormSquared();
+            model.Backend.Download(gradNormSquared, gradNormHost);
+            double gradNorm = Math.Sqrt(gradNormHost[0]);
+            if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
+                throw new TrainingException(
+                    $"Training diverged at step {step + 1}: loss {loss}, gradient norm {gradNorm}. " +
+                    $"The last good checkpoint is {store.Latest() ?? "none (no checkpoint was saved yet)"}. " +
+                    $"Lower learning_rate (now {args.LearningRate}), keep max_grad_norm > 0, or check the data for empty or broken samples.");
+
+            // AdamW with clipping folded in (the backend scales by min(1, max_grad_norm / ‖g‖)); LoRA+ gives B a larger rate.
+            double lr = schedule.LearningRate(step);
+            foreach (var p in model.TrainableParameters)
+            {
+                double paramLr = args.LoraplusLrRatio is { } ratio && p.Role == ParameterRole.LoraB ? lr * ratio : lr;
+                p.Step(new AdamWStep((float)paramLr, (float)args.AdamBeta1, (float)args.AdamBeta2, (float)args.AdamEpsilon,
+                    p.WeightDecay ? (float)args.WeightDecay : 0f, step + 1, 1f, (float)args.MaxGradNorm), gradNormSquared);
+            }
+            step++;
+            totalTokens += stepTokens;
+            lossSum += loss;
+            lossSinceLog += loss;
+            stepsSinceLog++;
+            tokensSinceLog += stepTokens;
+            monitor.Stepped(step);
+
+            double elapsed = elapsedBefore + clock.Elapsed.TotalSeconds;
+            double epoch = (double)step / stepsPerEpoch;
+            // LLaMA-Factory's timing: remaining = (total − current) · elapsed / current.
+            string elapsedText = TrainerLogEntry.FormatDuration(elapsed);
+            string remainingText = TrainerLogEntry.FormatDuration((maxSteps - step) * elapsed / step);
+
+            if (step % args.LoggingSteps == 0 || step == maxSteps)
+            {
+                double now = clock.Elapsed.TotalSeconds;
+                double tokensPerSecond = now > lastLogTime ? tokensSinceLog / (now - lastLogTime) : 0;
+                double meanLoss = lossSinceLog / stepsSinceLog;
+                // lr is logged as HF does: the rate of the next update (the scheduler has already stepped).
+                double nextLr = schedule.LearningRate(step);
+                log.Append(new TrainerLogEntry(step, maxSteps, Math.Round(meanLoss, 4), null, nextLr, Math.Round(epoch, 4),
+                    TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText,
+                    GradNorm: gradNorm, Throughput: Math.Round(tokensPerSecond, 2), TotalTokens: totalTokens));
+                monitor.Logged(new StepReport(step, maxSteps, meanLoss, nextLr, gradNorm, tokensPerSecond, epoch, elapsedText, remainingText));
+                lastLoggedLoss = meanLoss;
+                lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; lastLogTime = now;
+            }
+
+            if (eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
+            {
+                lastEvalLoss = EvaluateLoss(model, eval, cancellation).MeanLoss;
+                log.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
+                    TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText));
+                monitor.Info($"step {step}: eval_loss {lastEvalLoss.Value:F4}");
+            }
+
+            if (step % args.SaveSteps == 0)
+            {
+                var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
+                    lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup);
+                string path = store.Save(step, dir =>
+                {
+                    SaveCheckpoint(model, dir, state, schedule, log.Path);
+                    checkpointWriteHook?.Invoke(dir);
+                }, args.SaveTotalLimit ?? 0);
+                monitor.Info($"Saved {path}");
+            }
+
+            if (args.StopAfterStep == step)
+                return new TrainResult(step, maxSteps, epoch, lossSum / step, lastLoggedLoss, lastEvalLoss,
+                    elapsedBefore + clock.Elapsed.TotalSeconds, totalTokens, train.SampleCount, Stopped: true, resumedFrom);
+        }
+
+        // ---- final output: adapter or model, results, loss curve ----
+        if (isLora) model.SaveAdapter(args.OutputDirectory); else model.SaveModel(args.OutputDirectory);
+        double runtime = elapsedBefore + clock.Elapsed.TotalSeconds;
+        var result = new TrainResult(step, maxSteps, (double)step / stepsPerEpoch, step == 0 ? 0 : lossSum / step, lastLoggedLoss,
+            lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom);
+        WriteTrainResults(args.OutputDirectory, result);
+        if (args.PlotLoss) LossPlot.Write(args.OutputDirectory, log.ReadAll());
+        return result;
+    }
+
+    /// <summary>Summed loss and labelled-token count over one pass of <paramref name="data"/> (no gradients).</summary>
+    public static LossResult EvaluateLoss(CausalLM model, DataLoader data, CancellationToken cancellation = default)
+    {
+        double sum = 0;
+        int count = 0;
+        foreach (var batch in data.Sequential())
+        {
+            cancellation.ThrowIfCancellationRequested();
+            var r = model.Forward(batch);
+            sum += r.SumLoss;
+            count += r.TokenCount;
+        }
+        return new LossResult(sum, count);
+    }
+
+    /// <summary>train_results.json with the Hugging Face Trainer's keys.</summary>
+    public static void WriteTrainResults(string directory, TrainResult r)
+    {
+        var results = new SortedDictionary<string, double>
+        {
+            ["epoch"] = r.Epoch,
+            ["train_loss"] = r.TrainLoss,
+            ["train_runtime"] = Math.Round(r.RuntimeSeconds, 4),
+            ["train_samples_per_second"] = r.RuntimeSeconds > 0 ? Math.Round(r.TrainSamples * r.Epoch / r.RuntimeSeconds, 3) : 0,
+            ["train_steps_per_second"] = r.RuntimeSeconds > 0 ? Math.Round(r.GlobalStep / r.RuntimeSeconds, 3) : 0,
+            ["train_tokens_per_second"] = r.RuntimeSeconds > 0 ? Math.Round(r.TotalTokens / r.RuntimeSeconds, 2) : 0,
+            ["global_step"] = r.GlobalStep,
+        };
+        string path = Path.Combine(directory, TrainResultsFile);
+        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true }));
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    // ---- checkpoints ----
+
+    /// <summary>
+    /// Everything a resumed run needs: the adapter (or model) a user can load as is; the F32 master weights and
+    /// AdamW moments (<c>optimizer.safetensors</c>: name, name.exp_avg, name.exp_avg_sq); the schedule; the random
+    /// counter; the data position and counters (<c>trainer_state.json</c>); the trainer log so far.
+    /// </summary>
+    static void SaveCheckpoint(CausalLM model, string dir, TrainerState state, LearningRateSchedule schedule, string logPath)
+    {
+        if (model.Setup.FinetuningType == FinetuningType.Lora) model.SaveAdapter(dir); else model.SaveModel(dir);
+        var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "finetune-optimizer", ["step"] = state.GlobalStep.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        foreach (var p in model.TrainableParameters)
+        {
+            var shape = p.Shape.Select(d => (long)d).ToArray();
+            var host = new float[p.Length];
+            model.Backend.Download(p.Master, host);
+            writer.Add(p.Name, host, shape);
+            model.Backend.Download(p.M, host);
+            writer.Add(p.Name + ".exp_avg", host, shape);
+            model.Backend.Download(p.V, host);
+            writer.Add(p.Name + ".exp_avg_sq", host, shape);
+        }
+        writer.Save(Path.Combine(dir, OptimizerFile));
+        File.WriteAllText(Path.Combine(dir, SchedulerFile), JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["lr_scheduler_type"] = schedule.Type.ToString(),
+            ["base_lr"] = schedule.BaseLearningRate,
+            ["warmup_steps"] = schedule.WarmupSteps,
+            ["total_steps"] = schedule.TotalSteps,
+            ["last_step"] = state.GlobalStep,
+            ["next_lr"] = schedule.LearningRate(state.GlobalStep),
+        }));
+        File.WriteAllText(Path.Combine(dir, RngFile), JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["seed"] = state.Seed,
+            ["random_counter"] = state.RandomCounter,
+        }));
+        state.Save(dir);
+        if (File.Exists(logPath)) File.Copy(logPath, Path.Combine(dir, TrainerLog.FileName));
+    }
+
+    static TrainerState LoadCheckpoint(CausalLM model, string dir, ulong seed, int maxSteps)
+    {
+        var state = TrainerState.Load(dir);
+        if (state.Seed != seed)
+            throw new TrainingException($"{dir} was written by a run with seed {state.Seed}, this run has seed {seed}; resume with the same seed or start fresh.");
+        if (state.MaxSteps != maxSteps)
+            throw new TrainingException($"{dir} was written by a run of {state.MaxSteps} steps, this run has {maxSteps}; the schedule would differ. Keep max_steps/num_train_epochs/batch sizes unchanged to resume.");
+        string optimizerPath = Path.Combine(dir, OptimizerFile);
+        if (!File.Exists(optimizerPath))
+            throw new TrainingException($"{optimizerPath} is missing; the checkpoint is incomplete — resume from an earlier one.");
+        using var reader = SafetensorsReader.Open(optimizerPath);
+        foreach (var p in model.TrainableParameters)
+        {
+            foreach (var (suffix, tensor) in new[] { ("", p.Master), (".exp_avg", p.M), (".exp_avg_sq", p.V) })
+            {
+                string name = p.Name + suffix;
+                if (!reader.Contains(name))
+                    throw new TrainingException($"{optimizerPath} has no tensor '{name}'; the checkpoint belongs to a different model or finetuning setup.");
+                var host = reader.ReadAsFloat32(name);
+                if (host.Length != p.Length)
+                    throw new TrainingException($"{optimizerPath}: tensor '{name}' has {host.Length} values, the model expects {p.Length}; the checkpoint belongs to a different model or LoRA rank.");
+                model.Backend.Upload(tensor, host);
+            }
+            if (!ReferenceEquals(p.Value, p.Master)) model.Backend.Copy(p.Value, p.Master);
+        }
+        return state;
+    }
+}

@@ -1,0 +1,171 @@
+using FineTune.Engine.Cpu;
+using FineTune.Models;
+using FineTune.Training;
+
+namespace FineTune.Training.Tests;
+
+/// <summary>The training loop on a tiny qwen3-style model with random weights on the CPU backend.</summary>
+public sealed class FineTuneRecipeTests : IDisposable
+{
+    readonly string _root = Directory.CreateTempSubdirectory("ft-recipe-").FullName;
+    readonly List<IDisposable> _owned = [];
+
+    public void Dispose()
+    {
+        foreach (var d in _owned) d.Dispose();
+        Directory.Delete(_root, recursive: true);
+    }
+
+    static readonly TransformerSpec Spec = new()
+    {
+        Architecture = "qwen3", VocabSize = 48, HiddenSize = 32, IntermediateSize = 64, NumLayers = 2,
+        NumHeads = 4, NumKvHeads = 2, HeadDimOverride = 8, QkNorm = true, TieWordEmbeddings = true, RopeTheta = 10000,
+    };
+
+    CausalLM Model(TrainingSetup? setup = null)
+    {
+        var backend = new CpuBackend(threads: 1);
+        var model = CausalLM.Create(Spec, backend, setup ?? new TrainingSetup { LoraRank = 4, LoraAlpha = 8, Seed = 5 }, new RandomWeights(11, std: 0.3f));
+        _owned.Add(model);
+        _owned.Add(backend);
+        return model;
+    }
+
+    // 10 samples: a 2-token prompt (labels −100) and a response that repeats a per-sample pattern.
+    static LoaderSample Sample(int i)
+    {
+        int len = 6 + i % 4;
+        var ids = new int[len];
+        for (int t = 0; t < len; t++) ids[t] = t < 2 ? 1 + i : 10 + (i * 3 + t) % 30;
+        var labels = ids.Select((x, t) => t < 2 ? -100 : x).ToArray();
+        return new LoaderSample(ids, labels, [len]);
+    }
+
+    static DataLoader Loader(int batch = 2) => new(10, Sample, batch, seed: 9, shuffle: true, padTokenId: 0);
+
+    TrainingArguments Args(string name, int maxSteps = 8) => new()
+    {
+        OutputDirectory = Path.Combine(_root, name),
+        LearningRate = 1e-2, MaxSteps = maxSteps, LoggingSteps = 1, SaveSteps = 1000, Seed = 9,
+        LrSchedulerType = LrSchedulerType.Cosine, WarmupSteps = 1,
+    };
+
+    static byte[] Optimizer(string checkpointDir) => File.ReadAllBytes(Path.Combine(checkpointDir, FineTuneRecipe.OptimizerFile));
+
+    static float[] AllTrainable(CausalLM m)
+    {
+        var all = new List<float>();
+        foreach (var p in m.TrainableParameters)
+        {
+            var host = new float[p.Length];
+            m.Backend.Download(p.Master, host);
+            all.AddRange(host);
+        }
+        return [.. all];
+    }
+
+    [Fact]
+    public void Loss_falls_on_a_learnable_pattern()
+    {
+        FineTuneRecipe.Train(Model(), Args("fall", 30) with { LearningRate = 5e-2 }, Loader(), null, ITrainingMonitor.Silent);
+        var log = TrainerLog.Read(Path.Combine(_root, "fall", TrainerLog.FileName));
+        Assert.Equal(30, log.Count);
+        Assert.True(log[^1].Loss < log[0].Loss * 0.7, string.Join(" ", log.Select(e => $"{e.Loss}/{e.GradNorm:G3}/{e.LearningRate:G3}")));
+    }
+
+    [Fact]
+    public void Same_seed_gives_bit_identical_weights()
+    {
+        var a = Model();
+        FineTuneRecipe.Train(a, Args("a"), Loader(), null, ITrainingMonitor.Silent);
+        var b = Model();
+        FineTuneRecipe.Train(b, Args("b"), Loader(), null, ITrainingMonitor.Silent);
+        Assert.Equal(AllTrainable(a), AllTrainable(b));
+    }
+
+    [Fact]
+    public void Resumed_run_equals_uninterrupted_run_bit_for_bit()
+    {
+        var setup = new TrainingSetup { LoraRank = 4, LoraAlpha = 8, Seed = 5, LoraDropout = 0.1, NeftuneNoiseAlpha = 5 };
+        var whole = Model(setup);
+        FineTuneRecipe.Train(whole, Args("whole") with { SaveSteps = 3 }, Loader(), null, ITrainingMonitor.Silent);
+
+        var args = Args("parts") with { SaveSteps = 3 };
+        var first = FineTuneRecipe.Train(Model(setup), args with { StopAfterStep = 4 }, Loader(), null, ITrainingMonitor.Silent);
+        Assert.True(first.Stopped);
+        var resumedModel = Model(setup);
+        var second = FineTuneRecipe.Train(resumedModel, args with { ResumeFromCheckpoint = "true" }, Loader(), null, ITrainingMonitor.Silent);
+
+        Assert.EndsWith("checkpoint-3", second.ResumedFrom);
+        Assert.Equal(AllTrainable(whole), AllTrainable(resumedModel));
+        Assert.Equal(Optimizer(Path.Combine(_root, "whole", "checkpoint-6")), Optimizer(Path.Combine(_root, "parts", "checkpoint-6")));
+        Assert.Equal(
+            TrainerLog.Read(Path.Combine(_root, "whole", TrainerLog.FileName)).Select(e => e.Loss),
+            TrainerLog.Read(Path.Combine(_root, "parts", TrainerLog.FileName)).Select(e => e.Loss));
+    }
+
+    [Fact]
+    public void Crash_during_checkpoint_write_keeps_the_previous_checkpoint_usable()
+    {
+        var whole = Model();
+        FineTuneRecipe.Train(whole, Args("whole"), Loader(), null, ITrainingMonitor.Silent);
+
+        var args = Args("crash") with { SaveSteps = 2 };
+        Assert.Throws<IOException>(() => FineTuneRecipe.Train(Model(), args, Loader(), null, ITrainingMonitor.Silent,
+            checkpointWriteHook: dir => { if (dir.Contains("-4-")) throw new IOException("killed while writing checkpoint-4"); }));
+        var store = new CheckpointStore(args.OutputDirectory);
+        Assert.Equal([2], store.List().Select(c => c.Step));
+
+        var resumed = Model();
+        FineTuneRecipe.Train(resumed, args with { ResumeFromCheckpoint = "true" }, Loader(), null, ITrainingMonitor.Silent);
+        Assert.Equal(AllTrainable(whole), AllTrainable(resumed));
+    }
+
+    [Fact]
+    public void Accumulating_two_micro_batches_matches_one_batch_twice_as_large()
+    {
+        var big = FineTuneRecipe.Train(Model(), Args("big", 1) with { GradientAccumulationSteps = 1 }, Loader(batch: 4), null, ITrainingMonitor.Silent);
+        var acc = FineTuneRecipe.Train(Model(), Args("acc", 1) with { GradientAccumulationSteps = 2 }, Loader(batch: 2), null, ITrainingMonitor.Silent);
+        Assert.Equal(big.TrainLoss, acc.TrainLoss, tolerance: 1e-5);
+    }
+
+    [Fact]
+    public void Loraplus_ratio_scales_the_first_update_of_B()
+    {
+        static float MaxAbsB(CausalLM m) => m.TrainableParameters.Where(p => p.Role == ParameterRole.LoraB)
+            .Max(p => { var h = new float[p.Length]; m.Backend.Download(p.Master, h); return h.Max(MathF.Abs); });
+        var plain = Model();
+        FineTuneRecipe.Train(plain, Args("plain", 1) with { WarmupSteps = 0, LearningRate = 1e-3 }, Loader(), null, ITrainingMonitor.Silent);
+        var plus = Model();
+        FineTuneRecipe.Train(plus, Args("plus", 1) with { WarmupSteps = 0, LearningRate = 1e-3, LoraplusLrRatio = 16 }, Loader(), null, ITrainingMonitor.Silent);
+        // Adam's first update moves every weight by ≈ lr (B starts at zero), so the ratio shows directly.
+        Assert.Equal(16.0, MaxAbsB(plus) / MaxAbsB(plain), 2);
+    }
+
+    [Fact]
+    public void Nan_loss_stops_with_the_step_and_a_hint()
+    {
+        var model = Model();
+        string frozen = model.ParameterNames.First(n => n.EndsWith("mlp.down_proj.weight", StringComparison.Ordinal));
+        model.WriteParameter(frozen, Enumerable.Repeat(float.NaN, model.ReadParameter(frozen).Length).ToArray());
+        var e = Assert.Throws<TrainingException>(() => FineTuneRecipe.Train(model, Args("nan"), Loader(), null, ITrainingMonitor.Silent));
+        Assert.Contains("step 1", e.Message);
+        Assert.Contains("learning_rate", e.Message);
+    }
+
+    [Fact]
+    public void Outputs_include_log_plot_results_checkpoints_within_the_limit_and_eval_lines()
+    {
+        var args = Args("out") with { SaveSteps = 2, SaveTotalLimit = 2, EvalSteps = 4, PlotLoss = true };
+        var result = FineTuneRecipe.Train(Model(), args, Loader(), Loader(batch: 4), ITrainingMonitor.Silent);
+        string dir = args.OutputDirectory;
+        Assert.Equal([6, 8], new CheckpointStore(dir).List().Select(c => c.Step));
+        var log = TrainerLog.Read(Path.Combine(dir, TrainerLog.FileName));
+        Assert.Equal([4, 8], log.Where(e => e.EvalLoss is not null).Select(e => e.CurrentSteps));
+        Assert.True(File.Exists(Path.Combine(dir, "training_loss.svg")));
+        Assert.True(File.Exists(Path.Combine(dir, "training_eval_loss.svg")));
+        Assert.True(File.Exists(Path.Combine(dir, FineTuneRecipe.TrainResultsFile)));
+        Assert.True(File.Exists(Path.Combine(dir, "adapter_model.safetensors")));
+        Assert.Equal(8, result.GlobalStep);
+    }
+}
