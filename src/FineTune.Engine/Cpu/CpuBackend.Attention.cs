@@ -3,6 +3,9 @@ using System.Numerics.Tensors;
 
 namespace FineTune.Engine.Cpu;
 
+// Attention works on one (batch, head) at a time with K and V transposed into [HeadDim, keys] scratch, so every
+// inner loop runs along keys — long contiguous vectors even when head_dim is small: scores s = Σ_d q_d·Kᵀ[d, :],
+// outputs o_d = p·Vᵀ[d, :]. Tasks never share outputs, and each sums in a fixed order.
 public sealed unsafe partial class CpuBackend
 {
     private static void CheckAttention(Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
@@ -14,57 +17,70 @@ public sealed unsafe partial class CpuBackend
         if (s.KeyLen > s.KvCapacity || s.QueryLen > s.KeyLen) throw new ArgumentException($"invalid attention shape {s}");
     }
 
-    /// <summary>First key position of the segment that holds key position p (segments are contiguous).</summary>
-    private static int SegmentStart(int* seg, int p)
+    /// <summary>starts[p] = first key position of the segment holding key p (segments are contiguous runs).</summary>
+    private static void SegmentStarts(int* seg, int length, Span<int> starts)
     {
-        int id = seg[p];
-        int j = p;
-        while (j > 0 && seg[j - 1] == id) j--;
-        return j;
+        for (int p = 0; p < length; p++) starts[p] = p > 0 && seg[p] == seg[p - 1] ? starts[p - 1] : p;
     }
 
-    // Row by row: s_j = scale·q·k_j over allowed j, lse = log Σ exp(s_j), o = Σ softmax(s)_j v_j.
+    /// <summary>Copies keys [0, len) of one KV head from [.., KvCapacity, KvHeads, D] into [D, len].</summary>
+    private static void Transpose(float* src, int stride, int len, int d, Span<float> dst)
+    {
+        for (int j = 0; j < len; j++)
+        {
+            float* row = src + (long)j * stride;
+            for (int c = 0; c < d; c++) dst[c * len + j] = row[c];
+        }
+    }
+
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
     {
         CheckAttention(q, k, v, segmentIds, s);
         float* po = F(output), pl = F(lse), pq = F(q), pk = F(k), pv = F(v);
         int* pseg = I(segmentIds);
-        int d = s.HeadDim, hq = s.QueryHeads, hkv = s.KvHeads, group = hq / hkv;
+        int d = s.HeadDim, hq = s.QueryHeads, hkv = s.KvHeads, group = hq / hkv, len = s.KeyLen;
         float scale = s.Scale;
         For(s.Batch * hq, bh =>
         {
             int b = bh / hq, h = bh % hq, kh = h / group;
-            float[] scoresArr = ArrayPool<float>.Shared.Rent(s.KeyLen);
+            float[] buf = ArrayPool<float>.Shared.Rent(2 * d * len + len);
+            int[] startBuf = ArrayPool<int>.Shared.Rent(len);
             try
             {
-                int* seg = pseg + (long)b * s.KvCapacity;
+                var kt = buf.AsSpan(0, d * len);
+                var vt = buf.AsSpan(d * len, d * len);
+                var starts = startBuf.AsSpan(0, len);
+                long kvBase = ((long)b * s.KvCapacity * hkv + kh) * d;
+                Transpose(pk + kvBase, hkv * d, len, d, kt);
+                Transpose(pv + kvBase, hkv * d, len, d, vt);
+                SegmentStarts(pseg + (long)b * s.KvCapacity, len, starts);
                 for (int i = 0; i < s.QueryLen; i++)
                 {
-                    int p = s.KeyLen - s.QueryLen + i;
-                    int start = SegmentStart(seg, p);
-                    var qi = new ReadOnlySpan<float>(pq + (((long)b * s.QueryLen + i) * hq + h) * d, d);
-                    var oi = new Span<float>(po + (((long)b * s.QueryLen + i) * hq + h) * d, d);
-                    int count = p - start + 1;
-                    var scores = new Span<float>(scoresArr, 0, count);
-                    for (int j = start; j <= p; j++)
-                        scores[j - start] = scale * TensorPrimitives.Dot(qi, new ReadOnlySpan<float>(pk + (((long)b * s.KvCapacity + j) * hkv + kh) * d, d));
+                    int p = len - s.QueryLen + i, start = starts[p], count = p - start + 1;
+                    float* qi = pq + (((long)b * s.QueryLen + i) * hq + h) * d;
+                    float* oi = po + (((long)b * s.QueryLen + i) * hq + h) * d;
+                    var scores = buf.AsSpan(2 * d * len, count);
+                    scores.Clear();
+                    for (int c = 0; c < d; c++) TensorPrimitives.MultiplyAdd(kt.Slice(c * len + start, count), qi[c] * scale, scores, scores);
                     float max = TensorPrimitives.Max(scores);
                     TensorPrimitives.Subtract(scores, max, scores);
                     TensorPrimitives.Exp(scores, scores);
                     float sum = TensorPrimitives.Sum(scores);
                     pl[((long)b * hq + h) * s.QueryLen + i] = max + MathF.Log(sum);
-                    oi.Clear();
                     float inv = 1f / sum;
-                    for (int j = start; j <= p; j++)
-                        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(pv + (((long)b * s.KvCapacity + j) * hkv + kh) * d, d), scores[j - start] * inv, oi, oi);
+                    for (int c = 0; c < d; c++) oi[c] = TensorPrimitives.Dot(scores, vt.Slice(c * len + start, count)) * inv;
                 }
             }
-            finally { ArrayPool<float>.Shared.Return(scoresArr); }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(buf);
+                ArrayPool<int>.Shared.Return(startBuf);
+            }
         });
     }
 
-    // With P = exp(s − lse), dP_j = dO·v_j, D = dO·O, dS = P⊙(dP − D):
-    // dq_i = scale·Σ_j dS_ij k_j, dk_j = scale·Σ_i dS_ij q_i, dv_j = Σ_i P_ij dO_i.
+    // With P = exp(s − lse), dP_j = dO·v_j, D = dO·O, dS = P⊙(dP − D)·scale:
+    // dq_i = Σ_j dS_ij k_j, dk_j = Σ_i dS_ij q_i, dv_j = Σ_i P_ij dO_i.
     // One task owns a (batch, KV head) pair and every query head of its group, so no two tasks write the same dk/dv.
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
         Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
@@ -78,39 +94,70 @@ public sealed unsafe partial class CpuBackend
         For(s.Batch * hkv, bkh =>
         {
             int b = bkh / hkv, kh = bkh % hkv;
-            int* seg = pseg + (long)b * t;
-            for (int j = 0; j < t; j++)
+            float[] buf = ArrayPool<float>.Shared.Rent(4 * d * t + 2 * t);
+            int[] startBuf = ArrayPool<int>.Shared.Rent(t);
+            try
             {
-                new Span<float>(pdk + (((long)b * t + j) * hkv + kh) * d, d).Clear();
-                new Span<float>(pdv + (((long)b * t + j) * hkv + kh) * d, d).Clear();
-            }
-            for (int h = kh * group; h < (kh + 1) * group; h++)
+                var kt = buf.AsSpan(0, d * t);
+                var vt = buf.AsSpan(d * t, d * t);
+                var dkt = buf.AsSpan(2 * d * t, d * t);
+                var dvt = buf.AsSpan(3 * d * t, d * t);
+                dkt.Clear();
+                dvt.Clear();
+                var starts = startBuf.AsSpan(0, t);
+                long kvBase = ((long)b * t * hkv + kh) * d;
+                Transpose(pk + kvBase, hkv * d, t, d, kt);
+                Transpose(pv + kvBase, hkv * d, t, d, vt);
+                SegmentStarts(pseg + (long)b * t, t, starts);
+                for (int h = kh * group; h < (kh + 1) * group; h++)
                 {
                     for (int i = 0; i < t; i++)
                     {
+                        int start = starts[i], count = i - start + 1;
                         long qOff = (((long)b * t + i) * hq + h) * d;
-                        var qi = new ReadOnlySpan<float>(pq + qOff, d);
-                        var doi = new ReadOnlySpan<float>(pdo + qOff, d);
-                        var dqi = new Span<float>(pdq + qOff, d);
-                        dqi.Clear();
-                        float dsum = TensorPrimitives.Dot(doi, new ReadOnlySpan<float>(po + qOff, d));
+                        float* qi = pq + qOff, doi = pdo + qOff, dqi = pdq + qOff;
+                        float dsum = TensorPrimitives.Dot(new ReadOnlySpan<float>(doi, d), new ReadOnlySpan<float>(po + qOff, d));
                         float l = pl[((long)b * hq + h) * t + i];
-                        int start = SegmentStart(seg, i);
-                        for (int j = start; j <= i; j++)
+                        var pRow = buf.AsSpan(4 * d * t, count);
+                        var dpRow = buf.AsSpan(4 * d * t + t, count);
+                        pRow.Clear();
+                        dpRow.Clear();
+                        for (int c = 0; c < d; c++)
                         {
-                            long kOff = (((long)b * t + j) * hkv + kh) * d;
-                            var kj = new ReadOnlySpan<float>(pk + kOff, d);
-                            float p = MathF.Exp(scale * TensorPrimitives.Dot(qi, kj) - l);
-                            float dp = TensorPrimitives.Dot(doi, new ReadOnlySpan<float>(pv + kOff, d));
-                            float ds = p * (dp - dsum) * scale;
-                            var dvj = new Span<float>(pdv + kOff, d);
-                            TensorPrimitives.MultiplyAdd(doi, p, dvj, dvj);
-                            TensorPrimitives.MultiplyAdd(kj, ds, dqi, dqi);
-                            var dkj = new Span<float>(pdk + kOff, d);
-                            TensorPrimitives.MultiplyAdd(qi, ds, dkj, dkj);
+                            TensorPrimitives.MultiplyAdd(kt.Slice(c * t + start, count), qi[c] * scale, pRow, pRow);
+                            TensorPrimitives.MultiplyAdd(vt.Slice(c * t + start, count), doi[c], dpRow, dpRow);
+                        }
+                        TensorPrimitives.Subtract(pRow, l, pRow);
+                        TensorPrimitives.Exp(pRow, pRow);
+                        // dpRow ← dS = P ⊙ (dP − D) · scale
+                        TensorPrimitives.Subtract(dpRow, dsum, dpRow);
+                        TensorPrimitives.Multiply(dpRow, pRow, dpRow);
+                        TensorPrimitives.Multiply(dpRow, scale, dpRow);
+                        for (int c = 0; c < d; c++)
+                        {
+                            var dvRow = dvt.Slice(c * t + start, count);
+                            TensorPrimitives.MultiplyAdd(pRow, doi[c], dvRow, dvRow);
+                            var dkRow = dkt.Slice(c * t + start, count);
+                            TensorPrimitives.MultiplyAdd(dpRow, qi[c], dkRow, dkRow);
+                            dqi[c] = TensorPrimitives.Dot(dpRow, kt.Slice(c * t + start, count));
                         }
                     }
                 }
+                for (int j = 0; j < t; j++)
+                {
+                    float* dkj = pdk + kvBase + (long)j * hkv * d, dvj = pdv + kvBase + (long)j * hkv * d;
+                    for (int c = 0; c < d; c++)
+                    {
+                        dkj[c] = dkt[c * t + j];
+                        dvj[c] = dvt[c * t + j];
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(buf);
+                ArrayPool<int>.Shared.Return(startBuf);
+            }
         });
     }
 }

@@ -1,0 +1,64 @@
+using System.Diagnostics;
+
+namespace FineTune.Engine;
+
+/// <summary>
+/// A backend decorator that times every operation (synchronising the device after each, so the numbers are
+/// per-operation wall times, not overlap). For profiling only: where a training step spends its time.
+/// </summary>
+public sealed class ProfilingBackend(IBackend inner) : IBackend
+{
+    private readonly IBackend _inner = inner;
+    private readonly Dictionary<string, (long Calls, long Ticks)> _stats = [];
+
+    public string Name => _inner.Name;
+    public DType ComputeDType => _inner.ComputeDType;
+    public IBackend Inner => _inner;
+
+    /// <summary>Per operation: calls and total milliseconds, most expensive first.</summary>
+    public IReadOnlyList<(string Op, long Calls, double Ms)> Report() =>
+        _stats.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ticks * 1000.0 / Stopwatch.Frequency)).OrderByDescending(x => x.Item3).ToList();
+
+    public void Reset() => _stats.Clear();
+
+    private long Begin() => Stopwatch.GetTimestamp();
+
+    private void End(string op, long start)
+    {
+        _inner.Synchronize();
+        long ticks = Stopwatch.GetTimestamp() - start;
+        _stats.TryGetValue(op, out var s);
+        _stats[op] = (s.Calls + 1, s.Ticks + ticks);
+    }
+
+    public void Dispose() => _inner.Dispose();
+
+    public DeviceBuffer AllocateBuffer(long byteLength) => _inner.AllocateBuffer(byteLength);
+    public void Upload(Tensor dst, ReadOnlySpan<float> src) { var t = Begin(); _inner.Upload(dst, src); End("Upload", t); }
+    public void Upload(Tensor dst, ReadOnlySpan<int> src) { var t = Begin(); _inner.Upload(dst, src); End("Upload", t); }
+    public void Download(Tensor src, Span<float> dst) { var t = Begin(); _inner.Download(src, dst); End("Download", t); }
+    public void Download(Tensor src, Span<int> dst) { var t = Begin(); _inner.Download(src, dst); End("Download", t); }
+    public void Synchronize() { var t = Begin(); _inner.Synchronize(); End("Synchronize", t); }
+    public void Zero(Tensor x) { var t = Begin(); _inner.Zero(x); End("Zero", t); }
+    public void Copy(Tensor dst, Tensor src) { var t = Begin(); _inner.Copy(dst, src); End("Copy", t); }
+    public void Add(Tensor y, Tensor x, float alpha = 1f) { var t = Begin(); _inner.Add(y, x, alpha); End("Add", t); }
+    public void Scale(Tensor x, float s) { var t = Begin(); _inner.Scale(x, s); End("Scale", t); }
+    public void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false) { var t = Begin(); _inner.MatMul(c, a, transA, b, transB, alpha, accumulate); End("MatMul", t); }
+    public void AddBias(Tensor y, Tensor bias) { var t = Begin(); _inner.AddBias(y, bias); End("AddBias", t); }
+    public void BiasBackward(Tensor dbias, Tensor dy) { var t = Begin(); _inner.BiasBackward(dbias, dy); End("BiasBackward", t); }
+    public void Embedding(Tensor output, Tensor table, Tensor ids) { var t = Begin(); _inner.Embedding(output, table, ids); End("Embedding", t); }
+    public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) { var t = Begin(); _inner.EmbeddingBackward(dtable, doutput, ids); End("EmbeddingBackward", t); }
+    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps) { var t = Begin(); _inner.RmsNorm(y, rstd, x, weight, eps); End("RmsNorm", t); }
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) { var t = Begin(); _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd); End("RmsNormBackward", t); }
+    public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) { var t = Begin(); _inner.Rope(x, positions, cos, sin, headDim, inverse); End("Rope", t); }
+    public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.Attention(output, lse, q, k, v, segmentIds, shape); End("Attention", t); }
+    public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.AttentionBackward(dq, dk, dv, doutput, output, lse, q, k, v, segmentIds, shape); End("AttentionBackward", t); }
+    public void SwiGlu(Tensor h, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGlu(h, gate, up); End("SwiGlu", t); }
+    public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGluBackward(dgate, dup, dh, gate, up); End("SwiGluBackward", t); }
+    public void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) { var t = Begin(); _inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad); End("CrossEntropy", t); }
+    public void Dropout(Tensor y, Tensor x, float p, ulong seed) { var t = Begin(); _inner.Dropout(y, x, p, seed); End("Dropout", t); }
+    public void AddUniformNoise(Tensor x, float magnitude, ulong seed) { var t = Begin(); _inner.AddUniformNoise(x, magnitude, seed); End("AddUniformNoise", t); }
+    public void SumOfSquares(Tensor x, Tensor acc) { var t = Begin(); _inner.SumOfSquares(x, acc); End("SumOfSquares", t); }
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW(param, grad, m, v, computeCopy, gradNormSquared, step); End("AdamW", t); }
+}
