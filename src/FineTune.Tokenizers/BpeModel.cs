@@ -38,14 +38,19 @@ internal sealed class BpeModel
         }
         int prefixLength = options.ContinuingSubwordPrefix?.Length ?? 0;
         _merges = new Dictionary<long, (int, int)>(merges.Count);
+        Span<char> joined = stackalloc char[256];
         for (int rank = 0; rank < merges.Count; rank++)
         {
             var (a, b) = merges[rank];
-            if (!vocab.TryGetValue(a, out int ia) || !vocab.TryGetValue(b, out int ib))
+            if (!_vocabBySpan.TryGetValue(a, out int ia) || !_vocabBySpan.TryGetValue(b, out int ib))
                 throw new TokenizerFormatException(source, $"model.merges[{rank}] (\"{a}\" \"{b}\") uses a token that is not in model.vocab.");
-            string merged = a + (prefixLength > 0 && b.Length >= prefixLength ? b[prefixLength..] : b);
-            if (!vocab.TryGetValue(merged, out int id))
-                throw new TokenizerFormatException(source, $"model.merges[{rank}] (\"{a}\" \"{b}\") produces \"{merged}\", which is not in model.vocab.");
+            var right = prefixLength > 0 && b.Length >= prefixLength ? b.AsSpan(prefixLength) : b.AsSpan();
+            int length = a.Length + right.Length;
+            Span<char> merged = length <= joined.Length ? joined[..length] : new char[length];
+            a.AsSpan().CopyTo(merged);
+            right.CopyTo(merged[a.Length..]);
+            if (!_vocabBySpan.TryGetValue(merged, out int id))
+                throw new TokenizerFormatException(source, $"model.merges[{rank}] (\"{a}\" \"{b}\") produces \"{merged.ToString()}\", which is not in model.vocab.");
             // A repeated pair keeps its last rank, as HF's map does.
             _merges[Key(ia, ib)] = (rank, id);
         }

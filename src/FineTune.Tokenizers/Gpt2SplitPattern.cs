@@ -26,6 +26,9 @@ internal sealed class Gpt2SplitPattern
 
     public static Gpt2SplitPattern ForByteLevel { get; } = new(true, int.MaxValue);
 
+    /// <summary>Length of the match starting at <paramref name="i"/>, or 0 when none starts there.</summary>
+    public int MatchAt(ReadOnlySpan<char> s, int i) => _gpt2 ? MatchGpt2(s, i) : MatchLlama3(s, i);
+
     /// <summary>Appends the (start, end) of every match, left to right, non-overlapping.</summary>
     public void FindMatches(ReadOnlySpan<char> s, List<(int Start, int End)> matches)
     {

@@ -149,6 +149,8 @@ internal sealed class DotNetRegexMatcher(Regex regex) : ISplitMatcher
 
 internal sealed class Gpt2Matcher(Gpt2SplitPattern pattern) : ISplitMatcher
 {
+    public Gpt2SplitPattern Pattern => pattern;
+
     public void FindMatches(ReadOnlySpan<char> s, List<(int Start, int End)> matches) => pattern.FindMatches(s, matches);
 }
 
@@ -169,6 +171,10 @@ internal sealed class CharMatcher(Func<Rune, bool> predicate) : ISplitMatcher
 
 internal sealed class SplitPreTokenizer(ISplitMatcher matcher, SplitBehavior behavior, bool invert) : IPreTokenizer
 {
+    /// <summary>The GPT-2-family pattern when this step only isolates its matches (streamable).</summary>
+    public Gpt2SplitPattern? IsolatingGpt2Pattern =>
+        matcher is Gpt2Matcher g && behavior == SplitBehavior.Isolated && !invert ? g.Pattern : null;
+
     public void PreTokenize(List<Piece> pieces, List<Piece> scratch) => SplitSupport.SplitAll(pieces, scratch, matcher, behavior, invert);
 }
 
@@ -179,6 +185,9 @@ internal sealed class SplitPreTokenizer(ISplitMatcher matcher, SplitBehavior beh
 /// </summary>
 internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : IPreTokenizer
 {
+    public bool AddPrefixSpace => addPrefixSpace;
+    public bool UseRegex => useRegex;
+
     public bool MapsBytes { get; set; } = true;
 
     public void PreTokenize(List<Piece> pieces, List<Piece> scratch)

@@ -19,10 +19,12 @@ public sealed class Tokenizer
     private readonly string?[] _idToToken;
     private readonly bool[] _isSpecial;
     private readonly Dictionary<string, int> _addedByContent = new(StringComparer.Ordinal);
+    private readonly Gpt2SplitPattern? _streamingSplit;
 
     internal Tokenizer(INormalizer? normalizer, IPreTokenizer? preTokenizer, BpeModel model,
-        IPostProcessor? postProcessor, IDecoder? decoder, AddedVocabulary added)
+        IPostProcessor? postProcessor, IDecoder? decoder, AddedVocabulary added, Gpt2SplitPattern? streamingSplit)
     {
+        _streamingSplit = streamingSplit;
         _normalizer = normalizer;
         _preTokenizer = preTokenizer;
         _model = model;
@@ -138,6 +140,23 @@ public sealed class Tokenizer
 
     private void Tokenize(ReadOnlyMemory<char> run, bool atStart, List<Piece> pieces, List<Piece> scratch, List<int> ids)
     {
+        if (_streamingSplit is { } pattern)
+        {
+            // Same pieces as Split(Isolated) + ByteLevel, without materialising them.
+            var span = run.Span;
+            int i = 0, gap = 0;
+            while (i < span.Length)
+            {
+                int length = pattern.MatchAt(span, i);
+                if (length == 0) { i += char.IsHighSurrogate(span[i]) && i + 1 < span.Length && char.IsLowSurrogate(span[i + 1]) ? 2 : 1; continue; }
+                if (gap < i) _model.Tokenize(span[gap..i], ids);
+                _model.Tokenize(span.Slice(i, length), ids);
+                i += length;
+                gap = i;
+            }
+            if (gap < span.Length) _model.Tokenize(span[gap..], ids);
+            return;
+        }
         if (_preTokenizer == null)
         {
             _model.Tokenize(run.Span, ids);

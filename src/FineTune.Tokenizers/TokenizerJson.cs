@@ -15,25 +15,100 @@ internal sealed class TokenizerJson
     {
         if (!File.Exists(path))
             throw new TokenizerFormatException(path, "file not found; pass a tokenizer.json or a model directory that contains one.");
-        JsonDocument doc;
+        var reader = new TokenizerJson(path);
+        byte[] bytes = File.ReadAllBytes(path);
         try
         {
-            using var stream = File.OpenRead(path);
-            doc = JsonDocument.Parse(stream, new JsonDocumentOptions { MaxDepth = 256 });
+            return reader.Build(bytes);
         }
         catch (JsonException e)
         {
             throw new TokenizerFormatException(path, $"invalid JSON at line {e.LineNumber + 1}, byte {e.BytePositionInLine}: {e.Message}", e);
         }
-        using (doc) return new TokenizerJson(path).Build(doc.RootElement);
+    }
+
+    // The model's vocab and merges (most of the file) are streamed straight into their tables; the
+    // small sections are parsed as DOM elements.
+    private Tokenizer Build(byte[] utf8)
+    {
+        var reader = new Utf8JsonReader(utf8, new JsonReaderOptions { MaxDepth = 256 });
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            throw Error("$", "expected a JSON object (a Hugging Face tokenizer.json).");
+        var sections = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+        RawModel? rawModel = null;
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            string name = reader.GetString()!;
+            reader.Read();
+            if (name == "model" && reader.TokenType == JsonTokenType.StartObject) rawModel = ReadModel(ref reader);
+            else using (var doc = JsonDocument.ParseValue(ref reader)) sections[name] = doc.RootElement.Clone();
+        }
+        var root = JsonSerializer.SerializeToElement(sections);
+        return Build(root, rawModel ?? throw Error("model", "missing; only BPE models are supported."));
+    }
+
+    private sealed class RawModel
+    {
+        public Dictionary<string, int>? Vocab;
+        public List<(string, string)> Merges = new();
+        public Dictionary<string, JsonElement> Options = new(StringComparer.Ordinal);
+    }
+
+    private RawModel ReadModel(ref Utf8JsonReader reader)
+    {
+        var model = new RawModel();
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            string name = reader.GetString()!;
+            reader.Read();
+            if (name == "vocab" && reader.TokenType == JsonTokenType.StartObject)
+            {
+                var vocab = new Dictionary<string, int>(1 << 16, StringComparer.Ordinal);
+                while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+                {
+                    string token = reader.GetString()!;
+                    reader.Read();
+                    if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt32(out int id))
+                        throw Error($"model.vocab[\"{token}\"]", "id is not an integer.");
+                    vocab[token] = id;
+                }
+                model.Vocab = vocab;
+            }
+            else if (name == "merges" && reader.TokenType == JsonTokenType.StartArray)
+            {
+                int k = 0;
+                while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                {
+                    if (reader.TokenType == JsonTokenType.String)
+                    {
+                        string s = reader.GetString()!;
+                        int space = s.IndexOf(' ');
+                        if (space <= 0 || space == s.Length - 1 || s.IndexOf(' ', space + 1) >= 0)
+                            throw Error($"model.merges[{k}]", $"\"{s}\" is not two tokens separated by one space.");
+                        model.Merges.Add((s[..space], s[(space + 1)..]));
+                    }
+                    else if (reader.TokenType == JsonTokenType.StartArray)
+                    {
+                        string? a = reader.Read() && reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
+                        string? b = reader.Read() && reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
+                        if (a == null || b == null || !reader.Read() || reader.TokenType != JsonTokenType.EndArray)
+                            throw Error($"model.merges[{k}]", "expected [\"a\", \"b\"].");
+                        model.Merges.Add((a, b));
+                    }
+                    else throw Error($"model.merges[{k}]", "expected \"a b\" or [\"a\", \"b\"].");
+                    k++;
+                }
+            }
+            else using (var doc = JsonDocument.ParseValue(ref reader)) model.Options[name] = doc.RootElement.Clone();
+        }
+        return model;
     }
 
     private TokenizerFormatException Error(string where, string problem) =>
         new(_path, $"{where}: {problem}");
 
-    private Tokenizer Build(JsonElement root)
+    private Tokenizer Build(JsonElement root, RawModel rawModel)
     {
-        if (root.ValueKind != JsonValueKind.Object) throw Error("$", "expected a JSON object (a Hugging Face tokenizer.json).");
         var normalizer = Optional(root, "normalizer") is { } n ? Normalizer(n, "normalizer") : null;
         var addedTokens = new List<AddedToken>();
         if (Optional(root, "added_tokens") is { ValueKind: JsonValueKind.Array } added)
@@ -48,7 +123,7 @@ internal sealed class TokenizerJson
                     Bool(t, "rstrip", false), Bool(t, "normalized", !Bool(t, "special", false))));
             }
         }
-        var model = Model(Optional(root, "model") ?? throw Error("model", "missing; only BPE models are supported."));
+        var model = Model(rawModel);
         IPreTokenizer? pre = Optional(root, "pre_tokenizer") is { } p ? PreTokenizer(p, "pre_tokenizer") : null;
         // ByteLevel as the last step: the model maps bytes while it builds symbols (no per-piece strings).
         var lastStep = pre is SequencePreTokenizer seq && seq.Steps.Count > 0 ? seq.Steps[^1] : pre;
@@ -57,9 +132,20 @@ internal sealed class TokenizerJson
             byteLevel.MapsBytes = false;
             model.ByteLevelInput = true;
         }
+        var streaming = StreamingPattern(pre);
         var post = Optional(root, "post_processor") is { } pp ? PostProcessor(pp, "post_processor", model, addedTokens) : null;
         var decoder = Optional(root, "decoder") is { } d ? Decoder(d, "decoder") : null;
-        return new Tokenizer(normalizer, pre, model, post, decoder, new AddedVocabulary(addedTokens, normalizer));
+        return new Tokenizer(normalizer, pre, model, post, decoder, new AddedVocabulary(addedTokens, normalizer), streaming);
+    }
+
+    // The common shapes Split(GPT-2 family, Isolated) + ByteLevel and ByteLevel(use_regex) alone,
+    // without prefix spaces, can stream matches straight into the model.
+    private static Gpt2SplitPattern? StreamingPattern(IPreTokenizer? pre)
+    {
+        if (pre is ByteLevelPreTokenizer { MapsBytes: false, AddPrefixSpace: false, UseRegex: true }) return Gpt2SplitPattern.ForByteLevel;
+        if (pre is SequencePreTokenizer { Steps: [SplitPreTokenizer split, ByteLevelPreTokenizer { MapsBytes: false, AddPrefixSpace: false, UseRegex: false }] })
+            return split.IsolatingGpt2Pattern;
+        return null;
     }
 
     private static JsonElement? Optional(JsonElement e, string name) =>
@@ -77,42 +163,18 @@ internal sealed class TokenizerJson
     private string Type(JsonElement e, string where) =>
         Str(e, "type", where) ?? throw Error(where, "missing \"type\".");
 
-    private BpeModel Model(JsonElement m)
+    private BpeModel Model(RawModel raw)
     {
+        var m = JsonSerializer.SerializeToElement(raw.Options);
         string type = Str(m, "type", "model") ?? "BPE";
         if (type != "BPE") throw Error("model.type", $"\"{type}\" is not supported; FineTune reads BPE tokenizers (GPT-2, Llama, Qwen, Mistral families).");
         if (Optional(m, "dropout") is { ValueKind: JsonValueKind.Number } drop && drop.GetDouble() != 0)
             throw Error("model.dropout", "BPE dropout is random at encode time; set it to null for a deterministic tokenizer.");
-        var vocabElement = Optional(m, "vocab") ?? throw Error("model.vocab", "missing.");
-        var vocab = new Dictionary<string, int>(vocabElement.EnumerateObject().Count(), StringComparer.Ordinal);
-        foreach (var entry in vocabElement.EnumerateObject())
-            vocab[entry.Name] = entry.Value.TryGetInt32(out int id) ? id : throw Error($"model.vocab[\"{entry.Name}\"]", "id is not an integer.");
-        var merges = new List<(string, string)>();
-        if (Optional(m, "merges") is { ValueKind: JsonValueKind.Array } mergeArray)
-        {
-            int k = 0;
-            foreach (var merge in mergeArray.EnumerateArray())
-            {
-                if (merge.ValueKind == JsonValueKind.String)
-                {
-                    var s = merge.GetString()!;
-                    int space = s.IndexOf(' ');
-                    if (space <= 0 || space == s.Length - 1 || s.IndexOf(' ', space + 1) >= 0)
-                        throw Error($"model.merges[{k}]", $"\"{s}\" is not two tokens separated by one space.");
-                    merges.Add((s[..space], s[(space + 1)..]));
-                }
-                else if (merge.ValueKind == JsonValueKind.Array && merge.GetArrayLength() == 2)
-                {
-                    merges.Add((merge[0].GetString()!, merge[1].GetString()!));
-                }
-                else throw Error($"model.merges[{k}]", "expected \"a b\" or [\"a\", \"b\"].");
-                k++;
-            }
-        }
+        var vocab = raw.Vocab ?? throw Error("model.vocab", "missing.");
         var options = new BpeOptions(
             Str(m, "unk_token", "model"), Bool(m, "fuse_unk", false), Bool(m, "byte_fallback", false),
             Bool(m, "ignore_merges", false), Str(m, "continuing_subword_prefix", "model"), Str(m, "end_of_word_suffix", "model"));
-        return new BpeModel(vocab, merges, options, _path);
+        return new BpeModel(vocab, raw.Merges, options, _path);
     }
 
     private INormalizer Normalizer(JsonElement e, string where)

@@ -78,11 +78,39 @@ internal static class UnicodeNormalization
     {
         bool compat = form is NormalizationForm.FormKC or NormalizationForm.FormKD;
         bool compose = form is NormalizationForm.FormC or NormalizationForm.FormKC;
-        if (IsQuickNormalized(text, compat)) return text;
+        int touched = NextTouched(text, 0, compat);
+        if (touched < 0) return text;
         var t = Data.Value;
+        // Only runs of chars that may change are rewritten. A run starts at the untouched code point
+        // before it (a starter that may compose with what follows) and ends before the next untouched
+        // one, which can neither compose with nor reorder across anything before it.
+        var sb = new StringBuilder(text.Length + 16);
+        var cps = new List<int>();
+        int pos = 0;
+        while (touched >= 0)
+        {
+            int start = touched;
+            if (start > pos) start -= start >= 2 && char.IsLowSurrogate(text[start - 1]) && char.IsHighSurrogate(text[start - 2]) ? 2 : 1;
+            int end = touched;
+            while (end < text.Length)
+            {
+                int w = char.IsHighSurrogate(text[end]) && end + 1 < text.Length && char.IsLowSurrogate(text[end + 1]) ? 2 : 1;
+                if (end > touched && !IsTouched(t, text, end, w, compat)) break;
+                end += w;
+            }
+            sb.Append(text, pos, start - pos);
+            NormalizeRun(t, text.AsSpan(start, end - start), compat, compose, cps, sb);
+            pos = end;
+            touched = NextTouched(text, end, compat);
+        }
+        sb.Append(text, pos, text.Length - pos);
+        return sb.ToString();
+    }
 
-        var cps = new List<int>(text.Length + 8);
-        foreach (var rune in text.EnumerateRunes()) Decompose(t, rune.Value, compat, cps);
+    private static void NormalizeRun(Tables t, ReadOnlySpan<char> run, bool compat, bool compose, List<int> cps, StringBuilder output)
+    {
+        cps.Clear();
+        foreach (var rune in run.EnumerateRunes()) Decompose(t, rune.Value, compat, cps);
         // Canonical ordering: stable sort of each run of non-starters by combining class.
         for (int i = 1; i < cps.Count; i++)
         {
@@ -92,22 +120,34 @@ internal static class UnicodeNormalization
             while (j > 0 && Ccc(t, cps[j - 1]) > c) { (cps[j - 1], cps[j]) = (cps[j], cps[j - 1]); j--; }
         }
         if (compose) ComposeInPlace(t, cps);
-        var sb = new StringBuilder(cps.Count + 4);
-        foreach (int cp in cps) sb.Append(char.ConvertFromUtf32(cp));
-        return sb.ToString();
+        foreach (int cp in cps) output.Append(new Rune(cp));
     }
 
-    private static bool IsQuickNormalized(string text, bool compat)
+    private static bool IsTouched(Tables t, string text, int i, int width, bool compat)
     {
-        var t = (Tables?)null;
-        foreach (char c in text)
+        if (width == 2)
         {
+            int cp = char.ConvertToUtf32(text[i], text[i + 1]);
+            return compat ? t.AstralCompatTouch.Contains(cp) : t.AstralCanonicalTouch.Contains(cp);
+        }
+        char c = text[i];
+        if (char.IsSurrogate(c)) return false; // a lone surrogate is left as it is
+        return compat ? t.BmpCompatTouch[c] : t.BmpCanonicalTouch[c];
+    }
+
+    private static int NextTouched(string text, int from, bool compat)
+    {
+        Tables? t = null;
+        for (int i = from; i < text.Length; i++)
+        {
+            char c = text[i];
             if (c < 0x80) continue;
             t ??= Data.Value;
-            if (char.IsSurrogate(c)) return false;
-            if (compat ? t.BmpCompatTouch[c] : t.BmpCanonicalTouch[c]) return false;
+            int w = char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]) ? 2 : 1;
+            if (IsTouched(t, text, i, w, compat)) return i;
+            i += w - 1;
         }
-        return true;
+        return -1;
     }
 
     private static int Ccc(Tables t, int cp) => t.Ccc.TryGetValue(cp, out byte c) ? c : 0;
