@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 
 namespace FineTune.Tokenizers;
@@ -138,17 +137,5 @@ internal sealed class AddedVocabulary
         return IsWordChar(r);
     }
 
-    // Regex \w in Rust's regex crate: alphabetic, marks, decimal digits, connector punctuation, joiners.
-    private static bool IsWordChar(Rune r)
-    {
-        if (r.Value is 0x200C or 0x200D) return true;
-        return Rune.GetUnicodeCategory(r) switch
-        {
-            UnicodeCategory.UppercaseLetter or UnicodeCategory.LowercaseLetter or UnicodeCategory.TitlecaseLetter
-                or UnicodeCategory.ModifierLetter or UnicodeCategory.OtherLetter or UnicodeCategory.LetterNumber
-                or UnicodeCategory.NonSpacingMark or UnicodeCategory.SpacingCombiningMark or UnicodeCategory.EnclosingMark
-                or UnicodeCategory.DecimalDigitNumber or UnicodeCategory.ConnectorPunctuation => true,
-            _ => false,
-        };
-    }
+    private static bool IsWordChar(Rune r) => WordChars.IsWordChar(r);
 }

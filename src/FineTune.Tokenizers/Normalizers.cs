@@ -14,9 +14,22 @@ internal sealed class UnicodeFormNormalizer(NormalizationForm form) : INormalize
     public string Normalize(string text) => UnicodeNormalization.Normalize(text, form);
 }
 
+/// <summary>
+/// Rust's per-char <c>char::to_lowercase</c>: the simple lowercase mapping, except U+0130 (İ) which
+/// lowers to "i" + U+0307; no context rules (Σ always becomes σ).
+/// </summary>
 internal sealed class LowercaseNormalizer : INormalizer
 {
-    public string Normalize(string text) => text.ToLowerInvariant();
+    public string Normalize(string text)
+    {
+        var sb = new StringBuilder(text.Length);
+        foreach (var rune in text.EnumerateRunes())
+        {
+            if (rune.Value == 0x130) sb.Append("i\u0307");
+            else sb.Append(Rune.ToLowerInvariant(rune));
+        }
+        return sb.ToString();
+    }
 }
 
 /// <summary>Strips Unicode whitespace on the left and/or right.</summary>

@@ -154,6 +154,52 @@ internal sealed class Gpt2Matcher(Gpt2SplitPattern pattern) : ISplitMatcher
     public void FindMatches(ReadOnlySpan<char> s, List<(int Start, int End)> matches) => pattern.FindMatches(s, matches);
 }
 
+/// <summary>
+/// <c>\w+|[^\w\s]+</c> with Rust's Unicode <c>\w</c> (letters, all marks, decimal digits, letter numbers,
+/// connector punctuation, joiners); .NET's <c>\w</c> lacks spacing marks such as Devanagari vowel signs.
+/// </summary>
+internal sealed class WordOrSymbolRunMatcher : ISplitMatcher
+{
+    public void FindMatches(ReadOnlySpan<char> s, List<(int Start, int End)> matches)
+    {
+        int i = 0;
+        while (i < s.Length)
+        {
+            Rune.DecodeFromUtf16(s[i..], out var r, out int w);
+            if (Rune.IsWhiteSpace(r)) { i += w; continue; }
+            bool word = WordChars.IsWordChar(r);
+            int j = i + w;
+            while (j < s.Length)
+            {
+                Rune.DecodeFromUtf16(s[j..], out var next, out int wn);
+                if (Rune.IsWhiteSpace(next) || WordChars.IsWordChar(next) != word) break;
+                j += wn;
+            }
+            matches.Add((i, j));
+            i = j;
+        }
+    }
+}
+
+internal static class WordChars
+{
+    // Regex \w in Rust's regex crate: alphabetic, marks, decimal digits, connector punctuation, joiners.
+    public static bool IsWordChar(Rune r)
+    {
+        if (r.Value is 0x200C or 0x200D) return true;
+        return Rune.GetUnicodeCategory(r) switch
+        {
+            System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.LowercaseLetter
+                or System.Globalization.UnicodeCategory.TitlecaseLetter or System.Globalization.UnicodeCategory.ModifierLetter
+                or System.Globalization.UnicodeCategory.OtherLetter or System.Globalization.UnicodeCategory.LetterNumber
+                or System.Globalization.UnicodeCategory.NonSpacingMark or System.Globalization.UnicodeCategory.SpacingCombiningMark
+                or System.Globalization.UnicodeCategory.EnclosingMark or System.Globalization.UnicodeCategory.DecimalDigitNumber
+                or System.Globalization.UnicodeCategory.ConnectorPunctuation => true,
+            _ => false,
+        };
+    }
+}
+
 /// <summary>Each char satisfying a predicate is one match (HF's <c>split(|c| …)</c>).</summary>
 internal sealed class CharMatcher(Func<Rune, bool> predicate) : ISplitMatcher
 {
@@ -246,9 +292,8 @@ internal sealed class SequencePreTokenizer(IReadOnlyList<IPreTokenizer> steps) :
 
 internal static class StandardPreTokenizers
 {
-    // HF Whitespace: \w+|[^\w\s]+ kept, the rest (whitespace) dropped.
-    public static IPreTokenizer Whitespace() => new SplitPreTokenizer(
-        new DotNetRegexMatcher(new Regex(@"\w+|[^\w\s]+", RegexOptions.CultureInvariant)), SplitBehavior.Isolated, true);
+    // HF Whitespace: the matches of \w+|[^\w\s]+ are kept (inverted), everything between them dropped.
+    public static IPreTokenizer Whitespace() => new SplitPreTokenizer(new WordOrSymbolRunMatcher(), SplitBehavior.Removed, true);
 
     public static IPreTokenizer WhitespaceSplit() => new SplitPreTokenizer(new CharMatcher(Rune.IsWhiteSpace), SplitBehavior.Removed, false);
 

@@ -124,6 +124,7 @@ internal sealed class TokenizerJson
             }
         }
         var model = Model(rawModel);
+        addedTokens = AssignAddedTokenIds(addedTokens, model);
         IPreTokenizer? pre = Optional(root, "pre_tokenizer") is { } p ? PreTokenizer(p, "pre_tokenizer") : null;
         // ByteLevel as the last step: the model maps bytes while it builds symbols (no per-piece strings).
         var lastStep = pre is SequencePreTokenizer seq && seq.Steps.Count > 0 ? seq.Steps[^1] : pre;
@@ -136,6 +137,34 @@ internal sealed class TokenizerJson
         var post = Optional(root, "post_processor") is { } pp ? PostProcessor(pp, "post_processor", model, addedTokens) : null;
         var decoder = Optional(root, "decoder") is { } d ? Decoder(d, "decoder") : null;
         return new Tokenizer(normalizer, pre, model, post, decoder, new AddedVocabulary(addedTokens, normalizer), streaming);
+    }
+
+    /// <summary>
+    /// HF ignores the ids written in added_tokens and re-adds the tokens in file order: a content already
+    /// known (an earlier added token, then the model vocab) keeps that id; a new one gets the model's
+    /// vocab count, or one past the largest added id once that is beyond the model vocab. A repeated
+    /// content keeps its first id and takes the later flags.
+    /// </summary>
+    private static List<AddedToken> AssignAddedTokenIds(List<AddedToken> fromFile, BpeModel model)
+    {
+        int vocabCount = model.Vocab.Count;
+        var byContent = new Dictionary<string, int>(StringComparer.Ordinal);
+        var byId = new Dictionary<int, AddedToken>();
+        var order = new List<int>();
+        int? max = null;
+        foreach (var token in fromFile)
+        {
+            if (token.Content.Length == 0) continue;
+            int id;
+            if (byContent.TryGetValue(token.Content, out int known)) id = known;
+            else if (model.Vocab.TryGetValue(token.Content, out int inVocab)) id = inVocab;
+            else id = max is int m && (m >= vocabCount || vocabCount == 0) ? m + 1 : vocabCount;
+            byContent[token.Content] = id;
+            if (!byId.ContainsKey(id)) order.Add(id);
+            byId[id] = token with { Id = id };
+            max = max is int mm ? Math.Max(mm, id) : id;
+        }
+        return order.Select(id => byId[id]).ToList();
     }
 
     // The common shapes Split(GPT-2 family, Isolated) + ByteLevel and ByteLevel(use_regex) alone,

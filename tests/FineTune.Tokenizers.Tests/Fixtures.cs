@@ -38,7 +38,11 @@ internal static class Fixtures
     public sealed record Reference(int[][] Ids, int[][] IdsWithSpecial, string[] Decoded, string[] DecodedWithSpecial, string[] DecodedWithSpecialSkip);
 
     /// <summary>Encodes and decodes <paramref name="texts"/> with HF tokenizers by running tests/fixtures/hf-reference.js.</summary>
-    public static Reference RunHfReference(string tokenizerJson, IReadOnlyList<string> texts)
+    public static Reference RunHfReference(string tokenizerJson, IReadOnlyList<string> texts) =>
+        RunHfReference([(tokenizerJson, texts)])[0];
+
+    /// <summary>Several tokenizer files in one node process.</summary>
+    public static Reference[] RunHfReference(IReadOnlyList<(string TokenizerJson, IReadOnlyList<string> Texts)> jobs)
     {
         Require(Path.Combine("node_modules", "@anush008", "tokenizers", "package.json"));
         var psi = new ProcessStartInfo("node", [Path.Combine(FixturesDir, "hf-reference.js")])
@@ -52,14 +56,18 @@ internal static class Fixtures
         };
         using var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start node");
         var stderr = process.StandardError.ReadToEndAsync();
-        process.StandardInput.Write(JsonSerializer.Serialize(new { tokenizer = tokenizerJson, texts }));
+        process.StandardInput.Write(JsonSerializer.Serialize(new { jobs = jobs.Select(j => new { tokenizer = j.TokenizerJson, texts = j.Texts }) }));
         process.StandardInput.Close();
         string stdout = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
         if (process.ExitCode != 0)
             throw new InvalidOperationException($"hf-reference.js failed ({process.ExitCode}): {stderr.Result}");
         using var doc = JsonDocument.Parse(stdout);
-        var root = doc.RootElement;
+        return doc.RootElement.GetProperty("results").EnumerateArray().Select(ReadReference).ToArray();
+    }
+
+    private static Reference ReadReference(JsonElement root)
+    {
         int[][] Ids(string name) => root.GetProperty(name).EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
         string[] Strings(string name) => root.GetProperty(name).EnumerateArray().Select(x => x.GetString()!).ToArray();
         return new Reference(Ids("ids"), Ids("idsWithSpecial"), Strings("decoded"), Strings("decodedWithSpecial"), Strings("decodedWithSpecialSkip"));

@@ -64,6 +64,13 @@ internal static class TextSet
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>",
             "<think>\n\n</think>\n\nThe answer.",
             "almost special <|im_start and <|endoftext |> and <<|im_end|>>",
+            // added-token flags (used by the variants): lstrip/rstrip, single_word, normalized
+            "say <tool> now,  <tool>  x<tool>y and <tool>",
+            "hello world, ahello, hello_x, Hello hello! HELLO-hello",
+            "first [SEP] second[sep]third [Sep]",
+            // casing and synthetic-model words
+            "ΟΔΟΣ ΚΑΙ ΛΟΓΟΣ, İstanbul, ǅ titlecase, ß straße",
+            "abc cab a b c abcabc ab ba bc cabc",
             // punctuation-heavy
             "Wait... what?!?! (yes) [no] {maybe} — “quotes” ‘single’ «guillemets» …",
             "email@example.com #hashtag @mention $100 50% a*b=c ~tilde` ^caret | pipe \\ backslash",
