@@ -52,6 +52,8 @@ public sealed record StageFingerprint(
                 {
                     ["dataset"] = CanonicalJson.Value(p.Data.Dataset),
                     ["placeholders"] = CanonicalJson.Value(p.Data.Placeholders),
+                    // register checks records for what split will train: answers for sft, text only for pt.
+                    ["stage"] = p.Stages.Split?.Stage == TrainingStage.Pt ? "pt" : "sft",
                 };
                 break;
             case StageKind.Split:

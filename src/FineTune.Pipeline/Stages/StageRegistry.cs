@@ -9,8 +9,8 @@ public static class StageRegistry
     public static IReadOnlyList<IStageExecutor> CreateDefault() =>
     [
         new DownloadStage(),      // formats
-        // new RegisterStage(),   // data
-        // new SplitStage(),      // data
+        new RegisterStage(),      // data
+        new SplitStage(),         // data
         // new TrainStage(),      // training
         // new EvalStage(),       // training
         // new MergeStage(),      // formats

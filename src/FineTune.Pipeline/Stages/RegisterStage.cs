@@ -1,0 +1,99 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FineTune.Data;
+using FineTune.Data.Reading;
+using FineTune.Data.Registry;
+using FineTune.Pipeline.Config;
+
+namespace FineTune.Pipeline;
+
+/// <summary>
+/// register: reads the datasets that <c>data.dataset</c> names from dataset_info.json, checks every record,
+/// fills <c>data.placeholders</c>, and writes the normalised conversations (<c>conversations.jsonl</c>) plus
+/// a report (<c>register.json</c>). Bad records stop the stage with located errors unless skip_invalid.
+/// </summary>
+public sealed class RegisterStage : IStageExecutor
+{
+    /// <summary>Seed of num_samples sampling; fixed so that the output depends on the data and the pipeline only.</summary>
+    public const int SampleSeed = 42;
+
+    public StageKind Kind => StageKind.Register;
+
+    public IReadOnlyList<string> ExternalInputs(StageContext ctx) => Guard(() =>
+    {
+        var registry = LoadRegistry(ctx);
+        var inputs = new List<string> { registry.RegistryPath };
+        foreach (var name in ctx.Pipeline.Data.Dataset)
+            inputs.AddRange(registry.ResolveFiles(registry.Get(name)));
+        return inputs.Distinct(StringComparer.Ordinal).ToList();
+    });
+
+    public StageResult Execute(StageContext ctx) => Guard(() =>
+    {
+        var config = ctx.Pipeline.Stages.Register ?? new RegisterConfig();
+        var registry = LoadRegistry(ctx);
+        var options = new DatasetLoadOptions
+        {
+            Purpose = ctx.Pipeline.Stages.Split?.Stage == TrainingStage.Pt ? DatasetPurpose.Pretrain : DatasetPurpose.Sft,
+            SkipInvalid = config.SkipInvalid,
+            MaxSamples = config.MaxSamples,
+            Placeholders = ctx.Pipeline.Data.Placeholders,
+            Seed = SampleSeed,
+        };
+        var all = new List<Conversation>();
+        var report = new JsonArray();
+        var notes = new List<string>();
+        long dropped = 0;
+        using (var task = ctx.Progress.Start("register", ctx.Pipeline.Data.Dataset.Count))
+        {
+            foreach (var name in ctx.Pipeline.Data.Dataset)
+            {
+                ctx.Cancellation.ThrowIfCancellationRequested();
+                task.SetDescription($"register {name}");
+                var loaded = DatasetLoader.Load(registry, name, options);
+                all.AddRange(loaded.Conversations);
+                dropped += loaded.Dropped;
+                report.Add(new JsonObject
+                {
+                    ["dataset"] = name,
+                    ["files"] = new JsonArray(loaded.Files.Select(f => (JsonNode?)Path.GetRelativePath(registry.Directory, f)).ToArray()),
+                    ["records_read"] = loaded.RecordsRead,
+                    ["samples"] = loaded.Conversations.Count,
+                    ["dropped"] = loaded.Dropped,
+                    ["dropped_examples"] = new JsonArray(loaded.DroppedProblems.Select(p => (JsonNode?)p.ToString()).ToArray()),
+                });
+                notes.Add($"{name}: {loaded.Conversations.Count} samples" + (loaded.Dropped > 0 ? $", {loaded.Dropped} invalid records dropped (first: {loaded.DroppedProblems[0]})" : ""));
+                task.Increment(1);
+            }
+        }
+        ConversationFile.Write(Path.Combine(ctx.OutputDirectory, "conversations.jsonl"), all);
+        var doc = new JsonObject { ["registry"] = Path.GetFileName(registry.RegistryPath), ["samples"] = all.Count, ["dropped"] = dropped, ["datasets"] = report };
+        File.WriteAllText(Path.Combine(ctx.OutputDirectory, "register.json"), doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        return new StageResult(new Dictionary<string, double>
+        {
+            ["samples"] = all.Count,
+            ["dropped"] = dropped,
+            ["datasets"] = ctx.Pipeline.Data.Dataset.Count,
+        }, notes);
+    });
+
+    public static DatasetRegistry LoadRegistry(StageContext ctx) =>
+        DatasetRegistry.Load(Path.Combine(ctx.Pipeline.Data.ResolveDatasetDir(ctx.PipelineDirectory), "dataset_info.json"));
+
+    /// <summary>Data errors are the user's to fix: they surface as <see cref="PipelineUserException"/> with the located message.</summary>
+    internal static T Guard<T>(Func<T> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (DatasetException e)
+        {
+            throw new PipelineUserException(e.Message, e);
+        }
+        catch (FineTune.Tokenizers.TokenizerFormatException e)
+        {
+            throw new PipelineUserException(e.Message, e);
+        }
+    }
+}

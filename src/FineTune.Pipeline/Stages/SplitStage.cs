@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FineTune.Data;
+using FineTune.Data.Preprocessing;
+using FineTune.Data.Templates;
+using FineTune.Pipeline.Config;
+using FineTune.Tokenizers;
+
+namespace FineTune.Pipeline;
+
+/// <summary>
+/// split: splits the registered conversations into train/val (by sample, before packing), applies the chat
+/// template, tokenizes with the downloaded model's tokenizer and writes <c>train.ftds</c>, <c>val.ftds</c>,
+/// <c>stats.json</c> and <c>template.json</c>.
+/// </summary>
+public sealed class SplitStage : IStageExecutor
+{
+    public StageKind Kind => StageKind.Split;
+
+    public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
+
+    public StageResult Execute(StageContext ctx) => RegisterStage.Guard(() =>
+    {
+        var config = ctx.Pipeline.Stages.Split ?? new SplitConfig();
+        var conversations = ConversationFile.Read(Path.Combine(ctx.UpstreamOutputs[StageKind.Register], "conversations.jsonl"));
+        var modelDir = ctx.UpstreamOutputs[StageKind.Download];
+        var tokenizer = Tokenizer.FromDirectory(modelDir);
+        var templateName = ctx.Pipeline.Data.Template ?? "empty";
+        var template = ChatTemplate.Get(templateName, config.EnableThinking);
+        var options = Options(config);
+        var preprocessor = new Preprocessor(tokenizer, template, options);
+
+        var (train, val) = TrainValSplit.Split(conversations, config.ValSize, config.Seed);
+        var watch = Stopwatch.StartNew();
+        PreprocessResult trainResult, valResult;
+        using (var task = ctx.Progress.Start("tokenize", 2))
+        {
+            task.SetDescription($"tokenize {train.Count} train samples");
+            trainResult = preprocessor.Process(train);
+            task.Increment(1);
+            ctx.Cancellation.ThrowIfCancellationRequested();
+            task.SetDescription($"tokenize {val.Count} val samples");
+            valResult = preprocessor.Process(val);
+            task.Increment(1);
+        }
+        var seconds = watch.Elapsed.TotalSeconds;
+        var trainHash = TokenizedDataset.Write(Path.Combine(ctx.OutputDirectory, "train.ftds"), trainResult.Samples, trainResult.Stats);
+        var valHash = TokenizedDataset.Write(Path.Combine(ctx.OutputDirectory, "val.ftds"), valResult.Samples, valResult.Stats);
+
+        var indented = new JsonSerializerOptions { WriteIndented = true };
+        var stats = new JsonObject
+        {
+            ["source_samples"] = conversations.Count,
+            ["train"] = StatsJson(trainResult.Stats, trainHash, train.Count),
+            ["val"] = StatsJson(valResult.Stats, valHash, val.Count),
+            ["preprocess_seconds"] = Math.Round(seconds, 4),
+            ["samples_per_second"] = seconds > 0 ? Math.Round(conversations.Count / seconds, 1) : 0,
+        };
+        File.WriteAllText(Path.Combine(ctx.OutputDirectory, "stats.json"), stats.ToJsonString(indented) + "\n");
+        var tokenizerJson = Path.Combine(modelDir, "tokenizer.json");
+        var templateDoc = new JsonObject
+        {
+            ["template"] = template.Name,
+            ["enable_thinking"] = template.EnableThinking,
+            ["stage"] = options.Stage == PreprocessStage.Pt ? "pt" : "sft",
+            ["cutoff_len"] = options.CutoffLen,
+            ["packing"] = options.Packing,
+            ["neat_packing"] = options.NeatPacking,
+            ["stop_words"] = new JsonArray(template.StopWords.Select(s => (JsonNode?)s).ToArray()),
+            ["default_system"] = template.DefaultSystem,
+            ["tokenizer"] = new JsonObject
+            {
+                ["file"] = "tokenizer.json",
+                ["sha256"] = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(tokenizerJson))),
+                ["vocab_size"] = tokenizer.VocabSize,
+                ["bos_token_id"] = tokenizer.BosTokenId,
+                ["eos_token_id"] = preprocessor.EosId,
+                ["pad_token_id"] = preprocessor.PadId,
+            },
+        };
+        File.WriteAllText(Path.Combine(ctx.OutputDirectory, "template.json"), templateDoc.ToJsonString(indented) + "\n");
+
+        var notes = new List<string>
+        {
+            $"template {template.Name}: {train.Count} train / {val.Count} val samples, {trainResult.Stats.Tokens} train tokens ({trainResult.Stats.TrainedTokens} trained), {conversations.Count / Math.Max(seconds, 1e-9):0} samples/s",
+        };
+        if (trainResult.Stats.Truncated + valResult.Stats.Truncated > 0)
+            notes.Add($"{trainResult.Stats.Truncated + valResult.Stats.Truncated} samples truncated to cutoff_len {options.CutoffLen}");
+        if (trainResult.Stats.Dropped + valResult.Stats.Dropped > 0)
+            notes.Add($"{trainResult.Stats.Dropped + valResult.Stats.Dropped} samples dropped: nothing left to train after truncation");
+        return new StageResult(new Dictionary<string, double>
+        {
+            ["train_samples"] = trainResult.Stats.Samples,
+            ["val_samples"] = valResult.Stats.Samples,
+            ["train_tokens"] = trainResult.Stats.Tokens,
+            ["trained_tokens"] = trainResult.Stats.TrainedTokens,
+            ["truncated"] = trainResult.Stats.Truncated + valResult.Stats.Truncated,
+            ["dropped"] = trainResult.Stats.Dropped + valResult.Stats.Dropped,
+        }, notes);
+    });
+
+    public static PreprocessOptions Options(SplitConfig config) => new()
+    {
+        Stage = config.Stage == TrainingStage.Pt ? PreprocessStage.Pt : PreprocessStage.Sft,
+        CutoffLen = config.CutoffLen,
+        TrainOnPrompt = config.TrainOnPrompt,
+        MaskHistory = config.MaskHistory,
+        Packing = config.ResolvedPacking || config.NeatPacking,
+        NeatPacking = config.NeatPacking,
+    };
+
+    private static JsonObject StatsJson(TokenizedDatasetStats s, string hash, int sourceSamples) => new()
+    {
+        ["source_samples"] = sourceSamples,
+        ["samples"] = s.Samples,
+        ["tokens"] = s.Tokens,
+        ["trained_tokens"] = s.TrainedTokens,
+        ["truncated"] = s.Truncated,
+        ["dropped"] = s.Dropped,
+        ["content_hash"] = hash,
+    };
+}
