@@ -7,7 +7,13 @@ public static class DidYouMean
     {
         string? best = null;
         var bestDistance = int.MaxValue;
-        foreach (var c in candidates)
+        var list = candidates.ToList();
+        // A key that extends a known one ("evaluate" for "eval") is almost always that key.
+        var prefix = list.Where(c => c.Length >= 3 && input.Length >= 3 &&
+                (input.StartsWith(c, StringComparison.OrdinalIgnoreCase) || c.StartsWith(input, StringComparison.OrdinalIgnoreCase)))
+            .OrderBy(c => Math.Abs(c.Length - input.Length)).FirstOrDefault();
+        if (prefix is not null) return prefix;
+        foreach (var c in list)
         {
             var d = Distance(input.ToLowerInvariant(), c.ToLowerInvariant());
             if (d < bestDistance) { best = c; bestDistance = d; }

@@ -1,0 +1,42 @@
+using System.Diagnostics;
+
+namespace FineTune.Pipeline.Tests;
+
+/// <summary>The `finetune` executable as users run it.</summary>
+public sealed class CliTests
+{
+    private static (int Code, string Out, string Err) Finetune(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "finetune.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["NO_COLOR"] = "1";
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr);
+    }
+
+    [Fact]
+    public void ValidateReportsAllErrorsWithoutStackTraceAndExitsTwo()
+    {
+        using var dir = new TempDir();
+        var file = TestPipelines.Write(dir, TestPipelines.Full.Replace("learning_rate: 0.005", "learning_rate: fast").Replace("template: qwen3", "templat: qwen3"));
+        var (code, _, err) = Finetune("validate", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal(
+            $"{file}:7:3: error: $.data.template: stage split with stage: sft needs data.template (e.g. qwen3, chatml, llama3)\n" +
+            $"{file}:9:3: error: $.data.templat: unknown key 'templat' in data; did you mean 'template'?\n" +
+            $"{file}:17:20: error: $.stages.train.learning_rate: expected a number in (0, 10], got 'fast'\n" +
+            "3 error(s).\n", err);
+    }
+
+    [Fact]
+    public void MissingPipelineIsAUserError()
+    {
+        var (code, _, err) = Finetune("status", "/nonexistent/pipe");
+        Assert.Equal(2, code);
+        Assert.Equal("error: /nonexistent/pipe: no such file or directory; pass a pipeline.yaml or the directory holding it.\n", err);
+    }
+}

@@ -1,0 +1,100 @@
+using System.Text;
+using FineTune.Pipeline.Config;
+
+namespace FineTune.Pipeline.Tests;
+
+/// <summary>A temporary directory removed after the test.</summary>
+public sealed class TempDir : IDisposable
+{
+    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "ft-pipe-" + Guid.NewGuid().ToString("N")[..12]);
+
+    public TempDir() => Directory.CreateDirectory(Path);
+
+    public string File(string relative, string text)
+    {
+        var full = System.IO.Path.Combine(Path, relative);
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
+        System.IO.File.WriteAllText(full, text);
+        return full;
+    }
+
+    public void Dispose()
+    {
+        try { Directory.Delete(Path, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}
+
+/// <summary>
+/// A fake executor for engine tests: writes out.txt = its kind, its fingerprinted parameters and the content of its
+/// upstream outputs, so any change upstream changes its output bytes. Counts executions in a file (works across processes).
+/// </summary>
+public sealed class FakeStage(StageKind kind, string counterFile, Func<StageContext, IReadOnlyList<string>>? inputs = null,
+    Action<StageContext>? during = null) : IStageExecutor
+{
+    public StageKind Kind { get; } = kind;
+
+    public IReadOnlyList<string> ExternalInputs(StageContext ctx) => inputs?.Invoke(ctx) ?? [];
+
+    public StageResult Execute(StageContext ctx)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine(StageGraph.Name(Kind));
+        sb.AppendLine(Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(Kind, ctx.Pipeline)));
+        foreach (var (up, dir) in ctx.UpstreamOutputs.OrderBy(u => u.Key))
+            sb.Append(up).Append(": ").AppendLine(File.ReadAllText(Path.Combine(dir, "out.txt")));
+        foreach (var input in ExternalInputs(ctx))
+            sb.AppendLine(File.ReadAllText(Path.Combine(ctx.PipelineDirectory, input)));
+        File.WriteAllText(Path.Combine(ctx.OutputDirectory, "out.txt"), sb.ToString());
+        during?.Invoke(ctx);
+        lock (typeof(FakeStage))
+            File.AppendAllText(counterFile, StageGraph.Name(Kind) + "\n");
+        return new StageResult(new Dictionary<string, double> { ["bytes"] = sb.Length }, []);
+    }
+
+    /// <summary>One fake per stage kind; register reads data/identity.json.</summary>
+    public static IReadOnlyList<IStageExecutor> All(string counterFile, Action<StageContext>? trainDuring = null) =>
+        StageGraph.Order.Select(k => (IStageExecutor)new FakeStage(k, counterFile,
+            k == StageKind.Register ? _ => ["data/identity.json"] : null,
+            k == StageKind.Train ? trainDuring : null)).ToArray();
+
+    public static string[] Runs(string counterFile) =>
+        File.Exists(counterFile) ? File.ReadAllLines(counterFile) : [];
+}
+
+public static class TestPipelines
+{
+    public const string Full = """
+        name: fake
+        model:
+          source: scratch
+          scratch:
+            hidden_size: 32
+        data:
+          dataset_dir: data
+          dataset: [identity]
+          template: qwen3
+          placeholders: {name: Bot, author: Team}
+        stages:
+          download: {}
+          register: {}
+          split:
+            val_size: 0.1
+          train:
+            learning_rate: 0.005
+            max_steps: 10
+          eval:
+            max_new_tokens: 16
+          merge:
+          export:
+            formats: [hf]
+        """;
+
+    /// <summary>Writes pipeline.yaml and a small data directory; returns the pipeline file.</summary>
+    public static string Write(TempDir dir, string yaml = Full)
+    {
+        dir.File("data/dataset_info.json", """{"identity": {"file_name": "identity.json"}}""");
+        if (!File.Exists(Path.Combine(dir.Path, "data/identity.json")))
+            dir.File("data/identity.json", """[{"instruction": "hi", "input": "", "output": "I am {{name}}"}]""");
+        return dir.File("pipeline.yaml", yaml);
+    }
+}
