@@ -1,3 +1,4 @@
+using FineTune.Models.Tests;
 using System.Diagnostics;
 
 namespace FineTune.Pipeline.Tests;

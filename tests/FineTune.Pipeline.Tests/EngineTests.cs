@@ -1,3 +1,4 @@
+using FineTune.Models.Tests;
 using FineTune.Pipeline.Engine;
 using FineTune.Pipeline.Validation;
 

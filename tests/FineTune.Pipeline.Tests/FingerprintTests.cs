@@ -1,3 +1,4 @@
+using FineTune.Models.Tests;
 using FineTune.Pipeline.Engine;
 using FineTune.Pipeline.Validation;
 
@@ -50,8 +51,8 @@ public sealed class FingerprintTests
     public void TreeHashCoversNamesSizesAndContent()
     {
         using var dir = new TempDir();
-        dir.File("m/a.txt", "one");
-        dir.File("m/sub/b.txt", "two");
+        dir.Write("m/a.txt", "one");
+        dir.Write("m/sub/b.txt", "two");
         var hasher = new ContentHasher(null);
         var files = hasher.HashTree(Path.Combine(dir.Path, "m"));
         Assert.Equal(["a.txt", "sub/b.txt"], files.Select(f => f.Path));
@@ -63,7 +64,7 @@ public sealed class FingerprintTests
     public void HashIndexSkipsUnchangedFilesAndRehashesChangedOnes()
     {
         using var dir = new TempDir();
-        var file = dir.File("big.bin", new string('x', 10_000));
+        var file = dir.Write("big.bin", new string('x', 10_000));
         var index = Path.Combine(dir.Path, "index.json");
         var h1 = new ContentHasher(index);
         var first = h1.HashFile(file);

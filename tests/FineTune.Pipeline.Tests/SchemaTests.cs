@@ -1,3 +1,4 @@
+using FineTune.Models.Tests;
 using FineTune.Pipeline.Validation;
 using NJsonSchema;
 using System.Globalization;

@@ -1,28 +1,8 @@
 using System.Text;
+using FineTune.Models.Tests;
 using FineTune.Pipeline.Config;
 
 namespace FineTune.Pipeline.Tests;
-
-/// <summary>A temporary directory removed after the test.</summary>
-public sealed class TempDir : IDisposable
-{
-    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "ft-pipe-" + Guid.NewGuid().ToString("N")[..12]);
-
-    public TempDir() => Directory.CreateDirectory(Path);
-
-    public string File(string relative, string text)
-    {
-        var full = System.IO.Path.Combine(Path, relative);
-        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
-        System.IO.File.WriteAllText(full, text);
-        return full;
-    }
-
-    public void Dispose()
-    {
-        try { Directory.Delete(Path, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
-}
 
 /// <summary>
 /// A fake executor for engine tests: writes out.txt = its kind, its fingerprinted parameters and the content of its
@@ -92,9 +72,9 @@ public static class TestPipelines
     /// <summary>Writes pipeline.yaml and a small data directory; returns the pipeline file.</summary>
     public static string Write(TempDir dir, string yaml = Full)
     {
-        dir.File("data/dataset_info.json", """{"identity": {"file_name": "identity.json"}}""");
+        dir.Write("data/dataset_info.json", """{"identity": {"file_name": "identity.json"}}""");
         if (!File.Exists(Path.Combine(dir.Path, "data/identity.json")))
-            dir.File("data/identity.json", """[{"instruction": "hi", "input": "", "output": "I am {{name}}"}]""");
-        return dir.File("pipeline.yaml", yaml);
+            dir.Write("data/identity.json", """[{"instruction": "hi", "input": "", "output": "I am {{name}}"}]""");
+        return dir.Write("pipeline.yaml", yaml);
     }
 }
