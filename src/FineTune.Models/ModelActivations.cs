@@ -29,7 +29,7 @@ internal sealed class ModelActivations : IDisposable
     public Tensor LnF, RstdF, Hc, Dhc, Logits, LossSum;
     public Tensor Ids, Labels, Positions, Segments, CompactRows, CompactLabels;
 
-    public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows)
+    public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows, int? residuals = null)
     {
         Capacity = capacity;
         ChunkRows = chunkRows;
@@ -39,7 +39,8 @@ internal sealed class ModelActivations : IDisposable
         var h = new Dictionary<string, int>();
         int Add(string name, DType dt, params int[] shape) => h[name] = b.Add(name, dt, shape);
 
-        for (int l = 0; l <= spec.NumLayers; l++) Add($"res{l}", f, n, c);
+        int residualCount = residuals ?? spec.NumLayers + 1;
+        for (int l = 0; l < residualCount; l++) Add($"res{l}", f, n, c);
         int sets = checkpointing ? 1 : spec.NumLayers;
         int maxRank = 1, maxIn = 1;
         for (int s = 0; s < sets; s++)
@@ -84,7 +85,7 @@ internal sealed class ModelActivations : IDisposable
 
         Tensor T(string name) => _arena[h[name]];
         Tensor? O(string name) => h.TryGetValue(name, out int i) ? _arena[i] : null;
-        Residual = Enumerable.Range(0, spec.NumLayers + 1).Select(l => T($"res{l}")).ToArray();
+        Residual = Enumerable.Range(0, residualCount).Select(l => T($"res{l}")).ToArray();
         Layers = new LayerActivations[sets];
         for (int s = 0; s < sets; s++)
         {
