@@ -1,0 +1,83 @@
+using System.CommandLine;
+using System.Text.Json;
+using FineTune.Engine;
+using FineTune.Models;
+using FineTune.Pipeline;
+
+namespace FineTune.Cli.Commands;
+
+/// <summary>
+/// `finetune forward`: one forward (and, with --grads, backward) pass of a model, optionally with a PEFT
+/// adapter, on given token ids. Writes logits, the mean loss and the trainable gradients to a safetensors file
+/// so that another implementation (transformers + peft, tests/device/hf_equality.py) can be compared with
+/// FineTune on exactly the same weights and tokens.
+/// </summary>
+public sealed class ForwardCommand : ICliCommand
+{
+    public Command Create()
+    {
+        var model = new Option<string>("--model") { Description = "HF model directory.", Required = true };
+        var adapter = new Option<string?>("--adapter") { Description = "PEFT LoRA adapter directory, applied unmerged." };
+        var tokens = new Option<string>("--tokens") { Description = "JSON file with a list of token-id lists (one row each; rows are right-padded).", Required = true };
+        var output = new Option<string>("--out") { Description = "Output .safetensors: logits [rows, seq, vocab], loss [1], and with --grads one gradient per trainable tensor.", Required = true };
+        var device = new Option<string>("--device") { Description = "cpu, auto, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
+        var grads = new Option<bool>("--grads") { Description = "Also run the backward pass and write the gradients of the adapter's tensors (loss = mean over labelled tokens)." };
+        var command = new Command("forward", "Run one forward/backward pass on given tokens and write logits, loss and LoRA gradients (for equality checks against transformers/peft).")
+        {
+            model, adapter, tokens, output, device, grads,
+        };
+        command.SetAction(r => CliSupport.Guard(_ =>
+        {
+            string tokensPath = r.GetValue(tokens)!;
+            int[][] rows = ReadRows(tokensPath);
+            int seqLen = rows.Max(x => x.Length);
+            var batch = TokenBatch.FromSequences(rows, seqLen);
+            bool wantGrads = r.GetValue(grads);
+            string? adapterDir = r.GetValue(adapter);
+            if (wantGrads && adapterDir is null)
+                throw new PipelineUserException("--grads needs --adapter: the gradients written are those of the adapter's LoRA tensors.");
+
+            using var backend = Backends.Create(r.GetValue(device)!, null);
+            var setup = adapterDir is null ? TrainingSetup.Inference : new TrainingSetup { LoraDropout = 0 };
+            using var lm = CausalLM.Load(r.GetValue(model)!, backend, setup, adapterDir);
+            float[] logits = lm.ForwardLogits(batch);
+            var loss = lm.Forward(batch);
+
+            var writer = new SafetensorsWriter();
+            writer.Add("logits", logits, [rows.Length, seqLen, lm.Spec.VocabSize]);
+            writer.Add("loss", [(float)loss.MeanLoss], [1]);
+            if (wantGrads)
+            {
+                lm.ZeroGrad();
+                lm.ForwardBackward(batch, 1f / batch.LabelCount);
+                foreach (var p in lm.TrainableParameters)
+                {
+                    var g = new float[p.Length];
+                    backend.Download(p.Grad, g);
+                    writer.Add("grad." + p.Name, g, p.Shape.Select(d => (long)d).ToArray());
+                }
+            }
+            writer.Save(r.GetValue(output)!);
+            Console.WriteLine(JsonSerializer.Serialize(new { rows = rows.Length, seq_len = seqLen, loss = loss.MeanLoss, labelled_tokens = loss.TokenCount, gradients = wantGrads ? lm.TrainableParameters.Count : 0 }));
+            return 0;
+        }));
+        return command;
+    }
+
+    private static int[][] ReadRows(string path)
+    {
+        if (!File.Exists(path)) throw new PipelineUserException($"{path}: file not found; --tokens takes a JSON file such as [[1, 2, 3], [4, 5]].");
+        int[][]? rows;
+        try
+        {
+            rows = JsonSerializer.Deserialize<int[][]>(File.ReadAllText(path));
+        }
+        catch (JsonException e)
+        {
+            throw new PipelineUserException($"{path}:{e.LineNumber + 1}: not a JSON list of token-id lists ({e.Message}).");
+        }
+        if (rows is null || rows.Length == 0 || rows.Any(x => x is null || x.Length < 2))
+            throw new PipelineUserException($"{path}: expected at least one row of two or more token ids, as in [[1, 2, 3]].");
+        return rows;
+    }
+}
