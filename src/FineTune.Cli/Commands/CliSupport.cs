@@ -40,6 +40,12 @@ public static class CliSupport
             Console.Error.WriteLine($"error: {e.Message}");
             return ExitUserError;
         }
+        catch (Exception e) when (IsUserError(e))
+        {
+            // Errors a user can cause in the lower layers carry a located, actionable message of their own.
+            Console.Error.WriteLine($"error: {e.Message}");
+            return ExitUserError;
+        }
         catch (OperationCanceledException)
         {
             Console.Error.WriteLine("cancelled; nothing half-written was kept.");
@@ -59,6 +65,9 @@ public static class CliSupport
             Console.CancelKeyPress -= onCancel;
         }
     }
+
+    private static bool IsUserError(Exception e) => e is FineTune.Models.ModelFormatException or FineTune.Models.Hub.HubException
+        or FineTune.Data.DatasetException or FineTune.Tokenizers.TokenizerFormatException or FineTune.Training.TrainingException;
 
     public static string StateText(StageState s) => s switch
     {
