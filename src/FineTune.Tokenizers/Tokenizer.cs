@@ -104,7 +104,12 @@ public sealed class Tokenizer
     public int[][] EncodeBatch(IReadOnlyList<string> texts, bool addSpecialTokens = false)
     {
         var result = new int[texts.Count][];
-        Parallel.For(0, texts.Count, i => result[i] = Encode(texts[i], addSpecialTokens));
+        // Ranges rather than single items: most texts are short, and per-item scheduling would dominate.
+        int chunk = Math.Max(1, Math.Min(256, texts.Count / (Environment.ProcessorCount * 4)));
+        Parallel.ForEach(System.Collections.Concurrent.Partitioner.Create(0, texts.Count, chunk), range =>
+        {
+            for (int i = range.Item1; i < range.Item2; i++) result[i] = Encode(texts[i], addSpecialTokens);
+        });
         return result;
     }
 
