@@ -155,3 +155,17 @@ public sealed class PreprocessorTests
         Assert.Equal([.. Enumerable.Repeat(X, prompt.Length), .. answer], labels);
     }
 }
+
+public sealed class SamplePreviewTests
+{
+    [Fact]
+    public void SegmentsSplitWhereTrainingSwitchesAndJoinToTheText()
+    {
+        var tokenizer = Tokenizer.FromDirectory(Path.Combine(AppContext.BaseDirectory, "Fixtures", "scratch-tokenizer"));
+        var (ids, labels, _) = new Preprocessor(tokenizer, ChatTemplate.Get("chatml"), new PreprocessOptions()).EncodeSupervised(
+            new Conversation("t", "", "", [new(ChatRole.User, "Hi"), new(ChatRole.Assistant, "Yo")]));
+        var segments = SamplePreview.Segments(tokenizer, ids, labels);
+        Assert.Equal([("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", false, 19), ("Yo<|im_end|>\n", true, 4)],
+            segments.Select(s => (s.Text, s.Trained, s.Tokens)));
+    }
+}
