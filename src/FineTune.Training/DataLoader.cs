@@ -157,3 +157,19 @@ public sealed class DataLoader
         return new TokenBatch(b, seqLen, ids, labels, positions, segments);
     }
 }
+
+/// <summary>Loaders over the split stage's tokenized files.</summary>
+public static class TokenizedDatasetLoader
+{
+    /// <summary>A loader over <paramref name="dataset"/> (at most <paramref name="maxSamples"/> samples, the first ones).</summary>
+    public static DataLoader Create(FineTune.Data.Preprocessing.TokenizedDataset dataset, int batchSize, ulong seed, bool shuffle,
+        int padTokenId, int? maxSamples = null)
+    {
+        int count = maxSamples is int m ? Math.Min(m, dataset.Count) : dataset.Count;
+        if (count == 0)
+            throw new TrainingException($"{dataset.Path} holds no samples; check the dataset and the split stage's cutoff_len/val_size.");
+        return new DataLoader(count,
+            i => new LoaderSample(dataset.InputIds(i).ToArray(), dataset.Labels(i).ToArray(), dataset.SequenceLengths(i).ToArray()),
+            batchSize, seed, shuffle, padTokenId);
+    }
+}

@@ -11,8 +11,8 @@ public static class StageRegistry
         new DownloadStage(),      // formats
         new RegisterStage(),      // data
         new SplitStage(),         // data
-        // new TrainStage(),      // training
-        // new EvalStage(),       // training
+        new TrainStage(),         // training
+        new EvalStage(),          // training
         // new MergeStage(),      // formats
         // new ExportStage(),     // formats
     ];

@@ -1,0 +1,131 @@
+using System.Diagnostics;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using FineTune.Data.Preprocessing;
+using FineTune.Models;
+using FineTune.Pipeline.Config;
+using FineTune.Tokenizers;
+using FineTune.Training;
+using FineTune.Training.Evaluation;
+using FineTune.Training.Metrics;
+
+namespace FineTune.Pipeline;
+
+/// <summary>
+/// The eval stage: loss and perplexity of the trained model (base + adapter, or the full model train wrote) on the
+/// split stage's <c>val.ftds</c> → <c>eval_results.json</c>. With <c>predict_with_generate</c> it also completes every
+/// validation prompt → <c>generated_predictions.jsonl</c> (prompt, label, predict) and scores the answers
+/// (BLEU-4, ROUGE-1/2/L, as LLaMA-Factory reports them) → <c>predict_results.json</c>. All numbers go into the lock file.
+/// </summary>
+public sealed class EvalStage : IStageExecutor
+{
+    public StageKind Kind => StageKind.Eval;
+
+    public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
+
+    public StageResult Execute(StageContext ctx)
+    {
+        var cfg = ctx.Pipeline.Stages.Eval ?? new EvalConfig();
+        string modelDir = ctx.UpstreamOutputs[StageKind.Download];
+        string splitDir = ctx.UpstreamOutputs[StageKind.Split];
+        string trainDir = ctx.UpstreamOutputs[StageKind.Train];
+        string valPath = Path.Combine(splitDir, "val.ftds");
+        if (!File.Exists(valPath))
+            throw new PipelineUserException($"The eval stage needs validation data but {splitDir} has no val.ftds; set stages.split.val_size above 0.");
+        var info = SplitTemplateInfo.Read(splitDir);
+
+        using var backend = StageBackends.Create(cfg.Device, "eval");
+        bool isAdapter = File.Exists(Path.Combine(trainDir, AdapterFile.ConfigName));
+        using var model = TrainStage.Guard(() => isAdapter
+            ? CausalLM.Load(modelDir, backend, TrainingSetup.Inference, adapterDirectory: trainDir)
+            : CausalLM.Load(trainDir, backend, TrainingSetup.Inference), trainDir);
+        using var valSet = TrainStage.Guard(() => TokenizedDataset.Open(valPath), valPath);
+        if (valSet.Count == 0)
+            throw new PipelineUserException($"{valPath} holds no samples; set stages.split.val_size above 0 (or add data) to evaluate.");
+
+        // ---- loss and perplexity ----
+        var clock = Stopwatch.StartNew();
+        var loader = TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceEvalBatchSize, seed: 0, shuffle: false, info.PadOrDefault, cfg.MaxSamples);
+        LossResult loss;
+        using (var task = ctx.Progress.Start("eval loss", 1))
+        {
+            loss = TrainStage.Guard(() => FineTuneRecipe.EvaluateLoss(model, loader, ctx.Cancellation), valPath);
+            task.Increment(1);
+        }
+        double evalLoss = loss.MeanLoss;
+        var metrics = new Dictionary<string, double>
+        {
+            ["eval_loss"] = Math.Round(evalLoss, 6),
+            ["perplexity"] = Math.Round(Math.Exp(evalLoss), 6),
+            ["eval_samples"] = loader.SampleCount,
+            ["eval_tokens"] = loss.TokenCount,
+            ["eval_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4),
+        };
+        WriteJson(Path.Combine(ctx.OutputDirectory, "eval_results.json"), new SortedDictionary<string, double>(metrics));
+        var notes = new List<string> { $"eval_loss {evalLoss:F4}, perplexity {Math.Exp(evalLoss):F3} over {loss.TokenCount} tokens of {loader.SampleCount} samples" };
+
+        // ---- generation and BLEU/ROUGE ----
+        if (cfg.PredictWithGenerate)
+        {
+            var predict = Predict(ctx, cfg, model, valSet, loader.SampleCount, modelDir, info);
+            foreach (var (k, v) in predict) metrics[k] = v;
+            notes.Add($"predict: bleu-4 {predict["predict_bleu-4"]:F2}, rouge-1 {predict["predict_rouge-1"]:F2}, rouge-2 {predict["predict_rouge-2"]:F2}, rouge-l {predict["predict_rouge-l"]:F2} over {predict["predict_samples"]} answers");
+        }
+        return new StageResult(metrics, notes);
+    }
+
+    static Dictionary<string, double> Predict(StageContext ctx, EvalConfig cfg, CausalLM model, TokenizedDataset valSet, int sampleCount,
+        string modelDir, SplitTemplateInfo info)
+    {
+        var tokenizer = Tokenizer.FromDirectory(modelDir);
+        var stop = new HashSet<int>();
+        if (info.EosTokenId is int eos) stop.Add(eos);
+        if (tokenizer.EosTokenId is int teos) stop.Add(teos);
+        foreach (var word in info.StopWords) if (tokenizer.TokenToId(word) is int id) stop.Add(id);
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = cfg.MaxNewTokens, DoSample = cfg.DoSample, Temperature = cfg.Temperature, TopP = cfg.TopP,
+            TopK = cfg.TopK, RepetitionPenalty = cfg.RepetitionPenalty, StopTokenIds = stop,
+        };
+
+        var prompts = Enumerable.Range(0, sampleCount)
+            .SelectMany(i => PredictionSet.FromSample(valSet.InputIds(i).ToArray(), valSet.Labels(i).ToArray(), valSet.SequenceLengths(i).ToArray()))
+            .ToList();
+        var labels = new List<string>();
+        var predictions = new List<string>();
+        var clock = Stopwatch.StartNew();
+        string jsonlPath = Path.Combine(ctx.OutputDirectory, "generated_predictions.jsonl");
+        var jsonOptions = new JsonSerializerOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        using (var writer = new StreamWriter(jsonlPath))
+        using (var task = ctx.Progress.Start("predict", prompts.Count))
+        {
+            for (int i = 0; i < prompts.Count; i++)
+            {
+                ctx.Cancellation.ThrowIfCancellationRequested();
+                // Each prompt gets its own seed so that sampling does not depend on the order of the others.
+                var generated = RecomputeDecoder.Generate(model, prompts[i].PromptIds, options with { Seed = (ulong)i });
+                string prompt = tokenizer.Decode(prompts[i].PromptIds, skipSpecialTokens: false);
+                string label = tokenizer.Decode(prompts[i].LabelIds, skipSpecialTokens: true).Trim();
+                string predict = tokenizer.Decode(generated, skipSpecialTokens: true).Trim();
+                labels.Add(label);
+                predictions.Add(predict);
+                writer.Write(JsonSerializer.Serialize(new Dictionary<string, string> { ["prompt"] = prompt, ["label"] = label, ["predict"] = predict }, jsonOptions));
+                writer.Write('\n');
+                task.Increment(1);
+            }
+        }
+        double seconds = clock.Elapsed.TotalSeconds;
+        var scores = GenerationMetrics.Compute(labels, predictions);
+        var results = new Dictionary<string, double>(scores.ToDictionary())
+        {
+            ["predict_samples"] = prompts.Count,
+            ["predict_runtime"] = Math.Round(seconds, 4),
+            ["predict_samples_per_second"] = seconds > 0 ? Math.Round(prompts.Count / seconds, 3) : 0,
+        };
+        WriteJson(Path.Combine(ctx.OutputDirectory, "predict_results.json"), new SortedDictionary<string, double>(results));
+        return results;
+    }
+
+    static void WriteJson(string path, object value) =>
+        File.WriteAllText(path, JsonSerializer.Serialize(value, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+}

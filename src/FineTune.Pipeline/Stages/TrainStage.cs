@@ -1,0 +1,171 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using FineTune.Data.Preprocessing;
+using FineTune.Models;
+using FineTune.Pipeline.Config;
+using FineTune.Training;
+
+namespace FineTune.Pipeline;
+
+/// <summary>
+/// The train stage: fine-tunes the downloaded model on the split stage's <c>train.ftds</c> (evaluating on
+/// <c>val.ftds</c> every eval_steps) with <see cref="FineTuneRecipe"/>. Output: the PEFT adapter (lora) or an HF
+/// model directory (full/freeze), trainer_log.jsonl, training_loss.svg (plot_loss) and train_results.json.
+/// Checkpoints live in the stage's work directory (one folder per model + data + parameters), so a killed
+/// run can continue with <c>resume_from_checkpoint: true</c>.
+/// </summary>
+public sealed class TrainStage : IStageExecutor
+{
+    public StageKind Kind => StageKind.Train;
+
+    public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
+
+    public StageResult Execute(StageContext ctx)
+    {
+        var cfg = ctx.Pipeline.Stages.Train ?? new TrainConfig();
+        string modelDir = ctx.UpstreamOutputs[StageKind.Download];
+        string splitDir = ctx.UpstreamOutputs[StageKind.Split];
+        string trainPath = Path.Combine(splitDir, "train.ftds"), valPath = Path.Combine(splitDir, "val.ftds");
+        if (!File.Exists(trainPath))
+            throw new PipelineUserException($"The split stage's output {splitDir} has no train.ftds; re-run the split stage.");
+
+        var setup = new TrainingSetup
+        {
+            FinetuningType = cfg.FinetuningType switch
+            {
+                Config.FinetuningType.Full => Models.FinetuningType.Full,
+                Config.FinetuningType.Freeze => Models.FinetuningType.Freeze,
+                _ => Models.FinetuningType.Lora,
+            },
+            LoraRank = cfg.LoraRank,
+            LoraAlpha = cfg.ResolvedLoraAlpha,
+            LoraDropout = cfg.LoraDropout,
+            LoraTarget = cfg.LoraTarget,
+            UseRslora = cfg.UseRslora,
+            AdditionalTarget = cfg.AdditionalTarget ?? [],
+            FreezeTrainableLayers = cfg.FreezeTrainableLayers,
+            FreezeTrainableModules = cfg.FreezeTrainableModules,
+            GradientCheckpointing = cfg.GradientCheckpointing,
+            NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
+            Seed = cfg.Seed,
+        };
+        var args = new TrainingArguments
+        {
+            OutputDirectory = ctx.OutputDirectory,
+            CheckpointDirectory = CheckpointDirectory(ctx, cfg),
+            LearningRate = cfg.LearningRate,
+            NumTrainEpochs = cfg.NumTrainEpochs,
+            MaxSteps = cfg.MaxSteps,
+            GradientAccumulationSteps = cfg.GradientAccumulationSteps,
+            LrSchedulerType = cfg.LrSchedulerType switch
+            {
+                Config.LrSchedulerType.Cosine => Training.LrSchedulerType.Cosine,
+                Config.LrSchedulerType.Constant => Training.LrSchedulerType.Constant,
+                Config.LrSchedulerType.ConstantWithWarmup => Training.LrSchedulerType.ConstantWithWarmup,
+                _ => Training.LrSchedulerType.Linear,
+            },
+            WarmupSteps = cfg.WarmupSteps,
+            WarmupRatio = cfg.WarmupRatio,
+            WeightDecay = cfg.WeightDecay,
+            AdamBeta1 = cfg.AdamBeta1,
+            AdamBeta2 = cfg.AdamBeta2,
+            AdamEpsilon = cfg.AdamEpsilon,
+            MaxGradNorm = cfg.MaxGradNorm,
+            LoraplusLrRatio = cfg.LoraplusLrRatio,
+            LoggingSteps = cfg.LoggingSteps,
+            SaveSteps = cfg.SaveSteps,
+            SaveTotalLimit = cfg.SaveTotalLimit,
+            EvalSteps = cfg.EvalSteps,
+            PlotLoss = cfg.PlotLoss,
+            ResumeFromCheckpoint = ResolveResume(ctx, cfg.ResumeFromCheckpoint),
+            Seed = (ulong)cfg.Seed,
+        };
+
+        using var backend = StageBackends.Create(cfg.Device, "train");
+        using var model = Guard(() => CausalLM.Load(modelDir, backend, setup), modelDir);
+        int pad = SplitTemplateInfo.Read(splitDir).PadOrDefault;
+        using var trainSet = Guard(() => TokenizedDataset.Open(trainPath), trainPath);
+        using var valSet = cfg.EvalSteps is not null && File.Exists(valPath) ? Guard(() => TokenizedDataset.Open(valPath), valPath) : null;
+        if (cfg.EvalSteps is not null && (valSet is null || valSet.Count == 0))
+            throw new PipelineUserException($"stages.train.eval_steps is set but {valPath} holds no validation samples; set stages.split.val_size above 0 or remove eval_steps.");
+
+        TrainResult result;
+        using (var monitor = new ProgressMonitor(ctx.Progress))
+        {
+            result = Guard(() => FineTuneRecipe.Train(model, args,
+                TokenizedDatasetLoader.Create(trainSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: true, pad),
+                valSet is null ? null : TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: false, pad),
+                monitor, ctx.Cancellation), ctx.OutputDirectory);
+        }
+
+        var metrics = new Dictionary<string, double>
+        {
+            ["train_loss"] = result.TrainLoss,
+            ["global_step"] = result.GlobalStep,
+            ["epoch"] = result.Epoch,
+            ["train_runtime"] = Math.Round(result.RuntimeSeconds, 3),
+            ["train_tokens_per_second"] = result.RuntimeSeconds > 0 ? Math.Round(result.TotalTokens / result.RuntimeSeconds, 1) : 0,
+            ["trainable_parameters"] = model.TrainableParameters.Sum(p => p.Length),
+        };
+        if (result.LastLoss is double last) metrics["loss"] = Math.Round(last, 4);
+        if (result.EvalLoss is double ev) metrics["eval_loss"] = Math.Round(ev, 4);
+        var notes = new List<string>
+        {
+            $"{result.GlobalStep} steps in {result.RuntimeSeconds:F1} s, final logged loss {result.LastLoss:F4}, train_loss {result.TrainLoss:F4}",
+            $"checkpoints: {args.CheckpointDirectory}",
+        };
+        if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
+        return new StageResult(metrics, notes);
+    }
+
+    /// <summary>
+    /// One checkpoint folder per (model, data, train parameters): the upstream outputs are content-addressed, so their
+    /// directory names stand for their content; device and resume_from_checkpoint do not change the run.
+    /// </summary>
+    static string CheckpointDirectory(StageContext ctx, TrainConfig cfg)
+    {
+        string work = string.IsNullOrEmpty(ctx.WorkDirectory) ? Path.Combine(ctx.PipelineDirectory, ".finetune", "work", "train") : ctx.WorkDirectory;
+        string key = JsonSerializer.Serialize(cfg with { Device = "", ResumeFromCheckpoint = null })
+            + "|" + Path.GetFileName(ctx.UpstreamOutputs[StageKind.Download].TrimEnd(Path.DirectorySeparatorChar))
+            + "|" + Path.GetFileName(ctx.UpstreamOutputs[StageKind.Split].TrimEnd(Path.DirectorySeparatorChar));
+        string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)))[..16];
+        return Path.Combine(work, "checkpoints", hash);
+    }
+
+    /// <summary>"true"/"false" pass through; a path is resolved against the pipeline file.</summary>
+    static string? ResolveResume(StageContext ctx, string? value) =>
+        value is null || value.Equals("true", StringComparison.OrdinalIgnoreCase) || value.Equals("false", StringComparison.OrdinalIgnoreCase)
+            ? value
+            : ctx.ResolvePath(value);
+
+    /// <summary>Turns the training layer's and the model files' user errors into pipeline errors (printed without a stack trace).</summary>
+    internal static T Guard<T>(Func<T> action, string where)
+    {
+        try { return action(); }
+        catch (TrainingException e) { throw new PipelineUserException(e.Message, e); }
+        catch (ModelFormatException e) { throw new PipelineUserException($"{where}: {e.Message}", e); }
+        catch (InvalidDataException e) { throw new PipelineUserException($"{where}: {e.Message}", e); }
+    }
+
+    /// <summary>Shows training on the pipeline's progress display: one bar over the steps, described by the last log line.</summary>
+    internal sealed class ProgressMonitor(IStageProgress progress) : ITrainingMonitor, IDisposable
+    {
+        IProgressTask? _task;
+
+        public void Started(int startStep, int maxSteps)
+        {
+            _task = progress.Start("train", maxSteps);
+            if (startStep > 0) _task.Increment(startStep);
+        }
+
+        public void Stepped(int step) => _task?.Increment(1);
+
+        public void Logged(StepReport r) => _task?.SetDescription(
+            $"train loss {r.Loss:F4} lr {r.LearningRate:0.##E+0} grad {r.GradNorm:F2} {r.TokensPerSecond:F0} tok/s ETA {r.RemainingTime}");
+
+        public void Info(string line) => progress.Info(line);
+
+        public void Dispose() => _task?.Dispose();
+    }
+}

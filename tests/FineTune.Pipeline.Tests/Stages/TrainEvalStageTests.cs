@@ -1,0 +1,129 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FineTune.Data.Preprocessing;
+using FineTune.Models;
+using FineTune.Models.Tests;
+using FineTune.Pipeline.Config;
+using FineTune.Tokenizers;
+using FineTune.Training;
+
+namespace FineTune.Pipeline.Tests.Stages;
+
+/// <summary>Train and eval stages on a real scratch model directory and real tokenized split files.</summary>
+public sealed class TrainEvalStageTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+    public void Dispose() => _dir.Dispose();
+
+    private static readonly (string Q, string A)[] Pairs =
+    [
+        ("hi", "Hello, I am Tiny."), ("who are you?", "I am Tiny."), ("name?", "Tiny."), ("hello", "Hi, I am Tiny."),
+        ("what are you?", "A tiny model."), ("creator?", "The FineTune team."), ("hey", "Hey, Tiny here."), ("ok?", "Yes."),
+        ("your name", "Tiny."), ("help", "I am Tiny, ask away."),
+    ];
+
+    /// <summary>A 1-layer scratch qwen3 model and a split directory (8 train / 2 val conversations, qwen-style turns).</summary>
+    private (string Model, string Split) Upstream()
+    {
+        string model = _dir.File("model"), split = Directory.CreateDirectory(_dir.File("split")).FullName;
+        ScratchModel.Generate(new ScratchModelSpec
+        {
+            HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 16,
+            InitializerRange = 0.5, Seed = 3,
+        }, model);
+        var tok = Tokenizer.FromDirectory(model);
+        int end = tok.TokenToId("<|im_end|>")!.Value;
+        TokenizedSample Encode((string Q, string A) p)
+        {
+            var prompt = tok.Encode($"<|im_start|>user\n{p.Q}<|im_end|>\n<|im_start|>assistant\n");
+            var answer = tok.Encode(p.A).Append(end).ToArray();
+            var ids = prompt.Concat(answer).ToArray();
+            return TokenizedSample.Single(ids, ids.Select((t, i) => i < prompt.Length ? -100 : t).ToArray());
+        }
+        TokenizedDataset.Write(Path.Combine(split, "train.ftds"), Pairs.Take(8).Select(Encode));
+        TokenizedDataset.Write(Path.Combine(split, "val.ftds"), Pairs.Skip(8).Select(Encode));
+        File.WriteAllText(Path.Combine(split, "template.json"), new JsonObject
+        {
+            ["template"] = "qwen", ["stop_words"] = new JsonArray("<|im_end|>"),
+            ["tokenizer"] = new JsonObject { ["eos_token_id"] = end, ["pad_token_id"] = end },
+        }.ToJsonString());
+        return (model, split);
+    }
+
+    private StageContext Context(StagesSection stages, Dictionary<StageKind, string> upstream, string output) =>
+        new(new PipelineDefinition { Name = "t", Model = new ModelSection { Source = "scratch" }, Stages = stages },
+            _dir.Path, upstream, Directory.CreateDirectory(output).FullName, new NullStageProgress(), CancellationToken.None, _dir.File("work/train"));
+
+    private static TrainConfig Train => new()
+    {
+        Device = "cpu", LoraRank = 4, LearningRate = 2e-2, MaxSteps = 24, PerDeviceTrainBatchSize = 4, LoggingSteps = 4,
+        LrSchedulerType = Config.LrSchedulerType.Cosine, WarmupSteps = 2, SaveSteps = 12, PlotLoss = true, Seed = 1,
+    };
+
+    private (string Model, string Split, string Train, StageResult Result) RunTrain()
+    {
+        var (model, split) = Upstream();
+        var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split };
+        string output = _dir.File("train-out");
+        var result = new TrainStage().Execute(Context(new StagesSection { Train = Train }, up, output));
+        return (model, split, output, result);
+    }
+
+    [Fact]
+    public void Train_writes_the_adapter_logs_curve_and_results_and_reports_metrics()
+    {
+        var (_, _, output, result) = RunTrain();
+        foreach (var f in new[] { "adapter_config.json", "adapter_model.safetensors", "trainer_log.jsonl", "training_loss.svg", "train_results.json" })
+            Assert.True(File.Exists(Path.Combine(output, f)), f);
+        var log = TrainerLog.Read(Path.Combine(output, TrainerLog.FileName));
+        Assert.Equal([4, 8, 12, 16, 20, 24], log.Select(e => e.CurrentSteps));
+        Assert.True(log[^1].Loss < log[0].Loss, $"loss {log[0].Loss} → {log[^1].Loss}");
+        Assert.Equal(24, result.Metrics["global_step"]);
+        Assert.Equal(log[^1].Loss, result.Metrics["loss"]);
+        Assert.Empty(Directory.GetDirectories(output, "checkpoint-*"));
+        Assert.Single(Directory.GetDirectories(_dir.File("work/train/checkpoints")));
+    }
+
+    [Fact]
+    public void Eval_reports_loss_perplexity_and_generation_scores()
+    {
+        var (model, split, train, _) = RunTrain();
+        var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split, [StageKind.Train] = train };
+        string output = _dir.File("eval-out");
+        var eval = new EvalConfig { Device = "cpu", PredictWithGenerate = true, MaxNewTokens = 8, DoSample = false };
+        var result = new EvalStage().Execute(Context(new StagesSection { Train = Train, Eval = eval }, up, output));
+
+        Assert.Equal(Math.Exp(result.Metrics["eval_loss"]), result.Metrics["perplexity"], tolerance: 1e-3);
+        Assert.Equal(2, result.Metrics["eval_samples"]);
+        var lines = File.ReadAllLines(Path.Combine(output, "generated_predictions.jsonl"));
+        Assert.Equal(2, lines.Length);
+        var first = JsonNode.Parse(lines[0])!.AsObject();
+        Assert.Equal("Tiny.", first["label"]!.GetValue<string>());
+        Assert.EndsWith("<|im_start|>assistant\n", first["prompt"]!.GetValue<string>());
+        var predict = JsonSerializer.Deserialize<Dictionary<string, double>>(File.ReadAllText(Path.Combine(output, "predict_results.json")))!;
+        Assert.Equal(result.Metrics["predict_bleu-4"], predict["predict_bleu-4"]);
+        Assert.InRange(predict["predict_rouge-l"], 0, 100);
+        Assert.True(File.Exists(Path.Combine(output, "eval_results.json")));
+    }
+
+    [Fact]
+    public void Cuda_device_without_a_cuda_backend_is_a_user_error()
+    {
+        var (model, split) = Upstream();
+        var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split };
+        var e = Assert.Throws<PipelineUserException>(() =>
+            new TrainStage().Execute(Context(new StagesSection { Train = Train with { Device = "cuda" } }, up, _dir.File("o"))));
+        Assert.StartsWith("stages.train.device: 'cuda'", e.Message);
+    }
+
+    [Fact]
+    public void Eval_steps_without_validation_data_is_a_user_error()
+    {
+        var (model, split) = Upstream();
+        File.Delete(Path.Combine(split, "val.ftds"));
+        var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split };
+        var e = Assert.Throws<PipelineUserException>(() =>
+            new TrainStage().Execute(Context(new StagesSection { Train = Train with { EvalSteps = 4 } }, up, _dir.File("o"))));
+        Assert.Contains("val_size", e.Message);
+    }
+}
