@@ -85,7 +85,7 @@ public sealed class EvalStage : IStageExecutor
         var options = new GenerationOptions
         {
             MaxNewTokens = cfg.MaxNewTokens, DoSample = cfg.DoSample, Temperature = cfg.Temperature, TopP = cfg.TopP,
-            TopK = cfg.TopK, RepetitionPenalty = cfg.RepetitionPenalty, StopTokenIds = stop,
+            TopK = cfg.TopK, RepetitionPenalty = cfg.RepetitionPenalty, EosTokenIds = [.. stop.Order()], Seed = 0,
         };
 
         var prompts = Enumerable.Range(0, sampleCount)
@@ -99,19 +99,23 @@ public sealed class EvalStage : IStageExecutor
         using (var writer = new StreamWriter(jsonlPath))
         using (var task = ctx.Progress.Start("predict", prompts.Count))
         {
-            for (int i = 0; i < prompts.Count; i++)
+            // Batches of per_device_eval_batch_size prompts (left-padded by the engine's KV-cache generator).
+            for (int start = 0; start < prompts.Count; start += cfg.PerDeviceEvalBatchSize)
             {
                 ctx.Cancellation.ThrowIfCancellationRequested();
-                // Each prompt gets its own seed so that sampling does not depend on the order of the others.
-                var generated = RecomputeDecoder.Generate(model, prompts[i].PromptIds, options with { Seed = (ulong)i });
-                string prompt = tokenizer.Decode(prompts[i].PromptIds, skipSpecialTokens: false);
-                string label = tokenizer.Decode(prompts[i].LabelIds, skipSpecialTokens: true).Trim();
-                string predict = tokenizer.Decode(generated, skipSpecialTokens: true).Trim();
-                labels.Add(label);
-                predictions.Add(predict);
-                writer.Write(JsonSerializer.Serialize(new Dictionary<string, string> { ["prompt"] = prompt, ["label"] = label, ["predict"] = predict }, jsonOptions));
-                writer.Write('\n');
-                task.Increment(1);
+                var batch = prompts.Skip(start).Take(cfg.PerDeviceEvalBatchSize).ToList();
+                var generated = TrainStage.Guard(() => model.Generate(batch.Select(p => p.PromptIds).ToList(), options with { Seed = start }), "predict");
+                for (int i = 0; i < batch.Count; i++)
+                {
+                    string prompt = tokenizer.Decode(batch[i].PromptIds, skipSpecialTokens: false);
+                    string label = tokenizer.Decode(batch[i].LabelIds, skipSpecialTokens: true).Trim();
+                    string predict = tokenizer.Decode(generated[i].Tokens, skipSpecialTokens: true).Trim();
+                    labels.Add(label);
+                    predictions.Add(predict);
+                    writer.Write(JsonSerializer.Serialize(new Dictionary<string, string> { ["prompt"] = prompt, ["label"] = label, ["predict"] = predict }, jsonOptions));
+                    writer.Write('\n');
+                }
+                task.Increment(batch.Count);
             }
         }
         double seconds = clock.Elapsed.TotalSeconds;
