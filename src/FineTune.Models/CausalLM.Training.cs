@@ -43,6 +43,23 @@ public sealed partial class CausalLM
         return new LossResult(Head(n, m, 1f, grad: false), m);
     }
 
+    /// <summary>
+    /// The summed loss of the training forward (LoRA dropout and NEFTune noise as ForwardBackward draws them at
+    /// <paramref name="randomCounter"/>), without gradients: finite-difference checks of the stochastic path.
+    /// </summary>
+    internal double TrainingLoss(TokenBatch batch, long randomCounter)
+    {
+        int m = Prepare(batch, training: true);
+        int n = batch.TokenCount;
+        var acts = _acts!;
+        ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)randomCounter);
+        EmbedTokens(n, batch.SeqLen, seed, training: true);
+        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
+        for (int l = 0; l < _layers.Length; l++)
+            LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+        return Head(n, m, 1f, grad: false);
+    }
+
     /// <summary>Logits [tokens, vocab] of every position (tests and small models; generation uses the KV cache).</summary>
     public float[] ForwardLogits(TokenBatch batch)
     {
