@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Makes the artifacts tests/device/hf_equality.py compares (runs here, on any machine with .NET; CPU backend):
+# for each flavour a scratch model, a LoRA adapter trained for a few steps (so B is not zero), the merged model,
+# and FineTune's own logits / loss / LoRA gradients on fixed random tokens (`finetune forward`).
+#   tests/device/make_artifacts.sh <out_dir>
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+dotnet build "$root/src/FineTune.Cli" -c Release -v q -nologo >/dev/null
+ft() { dotnet "$root/src/FineTune.Cli/bin/Release/net10.0/finetune.dll" "$@"; }
+stage_dir() { python3 -c "import json,sys; l=json.load(open(sys.argv[1]+'/pipeline.lock')); print(sys.argv[1]+'/.finetune/cache/'+l['stages'][sys.argv[2]]['fingerprint']+'/out')" "$1" "$2"; }
+
+for spec in "llama:llama:false" "qwen2:qwen2:true" "qwen3:qwen3:false"; do
+  IFS=: read -r flavour arch tied <<<"$spec"
+  work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
+  cat >"$work/pipeline.yaml" <<YAML
+name: equality-$flavour
+model:
+  source: scratch
+  scratch: {architecture: $arch, hidden_size: 64, intermediate_size: 160, num_hidden_layers: 2, num_attention_heads: 4,
+            num_key_value_heads: 2, head_dim: 16, tie_word_embeddings: $tied, seed: 7}
+data: {dataset_dir: $root/data, dataset: [identity], template: qwen, placeholders: {name: Eq, author: FineTune}}
+stages:
+  download: {}
+  register: {}
+  split: {val_size: 0.1, seed: 1, cutoff_len: 128}
+  train: {device: cpu, finetuning_type: lora, lora_rank: 4, lora_alpha: 8, lora_target: all, learning_rate: 1.0e-2,
+          max_steps: 20, per_device_train_batch_size: 4, lr_scheduler_type: constant, logging_steps: 5, seed: 3}
+  merge: {export_dtype: float32}
+YAML
+  ft run "$work" >/dev/null
+  cp -r "$(stage_dir "$work" download)" "$out/$flavour/base"
+  cp -r "$(stage_dir "$work" train)" "$out/$flavour/adapter"
+  cp -r "$(stage_dir "$work" merge)" "$out/$flavour/merged"
+  rm -rf "$work"
+  python3 -c "import json,random; r=random.Random(11); json.dump([[r.randrange(3,259) for _ in range(n)] for n in (24,17)], open('$out/$flavour/tokens.json','w'))"
+  ft forward --model "$out/$flavour/base" --tokens "$out/$flavour/tokens.json" --out "$out/$flavour/ft_base.safetensors"
+  ft forward --model "$out/$flavour/base" --adapter "$out/$flavour/adapter" --grads --tokens "$out/$flavour/tokens.json" --out "$out/$flavour/ft_adapter.safetensors"
+done
+du -sh "$out"
