@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 dotnet build "$root/src/FineTune.Cli" -c Release -v q -nologo >/dev/null
 ft() { dotnet "$root/src/FineTune.Cli/bin/Release/net10.0/finetune.dll" "$@"; }
-stage_dir() { python3 -c "import json,sys; l=json.load(open(sys.argv[1]+'/pipeline.lock')); print(sys.argv[1]+'/.finetune/cache/'+l['stages'][sys.argv[2]]['fingerprint']+'/out')" "$1" "$2"; }
+stage_dir() { ft path "$1" --stage "$2"; }
 
 for spec in "llama:llama:false" "qwen2:qwen2:true" "qwen3:qwen3:false"; do
   IFS=: read -r flavour arch tied <<<"$spec"
