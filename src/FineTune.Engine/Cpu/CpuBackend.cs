@@ -289,6 +289,7 @@ public sealed unsafe partial class CpuBackend : IBackend
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step)
     {
         SameLength(param, grad); SameLength(param, m); SameLength(param, v);
+        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"AdamW steps count from 1 (bias correction 1 − β^t), got {step.Step}");
         float* pp = F(param), pg = F(grad), pm = F(m), pv = F(v);
         float* pc = computeCopy is null ? null : F(computeCopy);
         float scale = step.GradScale;
