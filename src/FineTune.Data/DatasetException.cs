@@ -39,7 +39,7 @@ public sealed class DatasetValidationException : DatasetException
             (total > problems.Count ? $" (first {problems.Count} listed)" : "") + ":",
         };
         lines.AddRange(problems.Select(p => "  " + p));
-        lines.Add("Fix these records, or set `skip_invalid: true` in the pipeline's data block to drop and count them.");
+        lines.Add("Fix these records, or set `skip_invalid: true` under stages.register to drop and count them.");
         return string.Join('\n', lines);
     }
 }
