@@ -47,7 +47,10 @@ public sealed record RunOptions
 
 /// <param name="OverheadSeconds">Wall time of the run minus the stages' own execution: FineTune's bookkeeping.</param>
 /// <param name="BytesHashed">Bytes read for hashing (0 when the hash index covered everything).</param>
-public sealed record RunReport(IReadOnlyList<StageOutcome> Stages, double OverheadSeconds, long BytesHashed, bool LockChanged)
+/// <param name="InputFiles">Every file the stages' external inputs cover (absolute paths): what MSBuild's quick
+/// up-to-date check must watch besides the pipeline file.</param>
+public sealed record RunReport(IReadOnlyList<StageOutcome> Stages, double OverheadSeconds, long BytesHashed, bool LockChanged,
+    IReadOnlyList<string> InputFiles)
 {
     public IReadOnlyList<StageOutcome> MissingExecutors => Stages.Where(s => s.State is StageState.NoExecutor or StageState.Blocked).ToArray();
 }
@@ -112,6 +115,7 @@ public sealed class PipelineRunner
         var outputHashes = new Dictionary<StageKind, string>();
         var stageSeconds = 0.0;
         var lockChanged = false;
+        var inputFiles = new SortedSet<string>(StringComparer.Ordinal);
 
         try
         {
@@ -135,7 +139,8 @@ public sealed class PipelineRunner
             lockChanged |= pruned.WriteIfChanged(lockPath);
         }
 
-        return new RunReport(plan.Select(k => outcomes[k]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds, hasher.BytesHashed, lockChanged);
+        return new RunReport(plan.Select(k => outcomes[k]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds, hasher.BytesHashed, lockChanged,
+            inputFiles.ToArray());
 
         StageOutcome Resolve(StageKind kind)
         {
@@ -160,6 +165,8 @@ public sealed class PipelineRunner
                 if (!File.Exists(full) && !Directory.Exists(full))
                     throw new PipelineUserException($"{p.FilePath}: stage {name} reads '{input}', which does not exist.");
                 inputs.Add((Path.GetRelativePath(p.Directory, full).Replace('\\', '/'), hasher.HashPath(full)));
+                if (Directory.Exists(full)) inputFiles.UnionWith(Directory.EnumerateFiles(full, "*", SearchOption.AllDirectories));
+                else inputFiles.Add(full);
             }
             var fp = new StageFingerprint(kind, StageFingerprint.ParametersOf(kind, p.Definition),
                 StageGraph.Upstream(kind).ToDictionary(u => u, u => outputHashes[u]), inputs);
