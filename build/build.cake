@@ -1,11 +1,56 @@
+// FineTune's Cake front end. `./build.sh` (no arguments) runs Demo: build, then the example pipeline.
+//   ./build.sh --target=Test
+//   ./build.sh --target=Split --pipeline=pipelines/identity      (one task per stage: runs it and what it needs)
+//   ./build.sh --target=Demo --force=true
+// Stage tasks and Demo call the `finetune` CLI, i.e. the same stage engine as `dotnet build pipelines/<name>`.
+// Cake starts in build/; every path below is relative to the repository root.
+Context.Environment.WorkingDirectory = MakeAbsolute(Directory(".."));
+
 var target = Argument("target", "Demo");
 var configuration = Argument("configuration", "Release");
+var pipeline = Argument("pipeline", "pipelines/identity");
+var force = Argument("force", false);
+
+var cli = $"src/FineTune.Cli/bin/{configuration}/net10.0/finetune.dll";
+
+void Finetune(string arguments)
+{
+    var exit = StartProcess("dotnet", new ProcessSettings
+    {
+        Arguments = $"\"{cli}\" {arguments}",
+        WorkingDirectory = Context.Environment.WorkingDirectory,
+    });
+    if (exit != 0)
+        throw new CakeException(exit, $"finetune {arguments} exited with {exit}");
+}
 
 Task("Restore").Does(() => DotNetRestore("FineTune.sln"));
+
 Task("Build").IsDependentOn("Restore").Does(() =>
     DotNetBuild("FineTune.sln", new DotNetBuildSettings { Configuration = configuration, NoRestore = true }));
+
 Task("Test").IsDependentOn("Build").Does(() =>
     DotNetTest("FineTune.sln", new DotNetTestSettings { Configuration = configuration, NoBuild = true }));
-Task("Demo").IsDependentOn("Build");
+
+foreach (var stage in new[] { "download", "register", "split", "train", "eval", "merge", "export" })
+{
+    var name = char.ToUpperInvariant(stage[0]) + stage.Substring(1);
+    Task(name)
+        .Description($"Run the {stage} stage of --pipeline (and the stages it needs).")
+        .IsDependentOn("Build")
+        .Does(() => Finetune($"run \"{pipeline}\" --stage {stage}{(force ? " --force" : "")}"));
+}
+
+Task("Demo")
+    .Description("Build, validate and run the example pipeline, then show its status.")
+    .IsDependentOn("Build")
+    .Does(() =>
+    {
+        Finetune($"validate \"{pipeline}\"");
+        Finetune($"run \"{pipeline}\"{(force ? " --force" : "")}");
+        Finetune($"status \"{pipeline}\"");
+    });
+
 Task("CI").IsDependentOn("Test").IsDependentOn("Demo");
+
 RunTarget(target);
