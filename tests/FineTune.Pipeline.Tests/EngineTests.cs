@@ -225,7 +225,7 @@ public sealed class EngineTests : IDisposable
         var locked = LockFile.Read(Path.Combine(_dir.Path, "pipeline.lock")).Stages[StageKind.Register];
         Assert.Equal(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(_dir.Path, "data/identity.json")))),
             locked.Inputs["data/identity.json"]);
-        Assert.Equal("""{"data":{"dataset":["identity"],"placeholders":{"author":"Team","name":"Bot"}},"register":{"max_samples":null,"skip_invalid":false}}""",
+        Assert.Equal("""{"data":{"dataset":["identity"],"placeholders":{"author":"Team","name":"Bot"},"stage":"sft"},"register":{"max_samples":null,"skip_invalid":false}}""",
             CanonicalJson.Serialize(locked.Parameters));
         Assert.True(locked.Metrics["bytes"] > 0);
         Assert.Equal(64, locked.OutputHash.Length);
