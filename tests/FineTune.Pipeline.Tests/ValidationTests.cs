@@ -134,7 +134,7 @@ public sealed class ValidationTests
         var p = PipelineLoader.Load(Path.Combine(RepoRoot.Path, "pipelines", "identity"));
         Assert.Equal("identity", p.Definition.Name);
         Assert.Equal(7, p.Stages.Count);
-        Assert.Equal(16, p.Definition.Model.Scratch!.HeadDim);
+        Assert.Equal(Config.ScratchArchitecture.Qwen3, p.Definition.Model.Scratch!.Architecture);
     }
 }
 
