@@ -13,7 +13,7 @@ public static class StageRegistry
         new SplitStage(),         // data
         new TrainStage(),         // training
         new EvalStage(),          // training
-        // new MergeStage(),      // formats
+        new MergeStage(),         // formats
         // new ExportStage(),     // formats
     ];
 }

@@ -1,0 +1,233 @@
+using System.Numerics.Tensors;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+
+namespace FineTune.Models;
+
+/// <summary>What a merge did: how many weights received a LoRA update, which were replaced, the output type.</summary>
+public sealed record LoraMergeResult(int MergedWeights, int ReplacedWeights, int Tensors, double Scale, SafetensorsDType? OutputDType, IReadOnlyList<string> Files);
+
+/// <summary>
+/// Folds a PEFT LoRA adapter into its base model, file to file: for every adapted linear
+/// W' = W + s·B·A with s = lora_alpha / r (lora_alpha / √r with use_rslora; rank_pattern and alpha_pattern
+/// override r and alpha per module as PEFT does), for an adapted embedding E' = E + s·(B·A)ᵀ, and
+/// modules_to_save tensors replace the base tensors. The result is a complete HF model directory in the
+/// base model's dtype (or <c>outputDType</c>): config.json, tokenizer and generation files copied, weights
+/// streamed one tensor at a time (memory stays at the size of the largest tensor).
+/// </summary>
+public static partial class LoraMerge
+{
+    /// <summary>Files of a model directory other than weights that a merged model keeps.</summary>
+    public static readonly IReadOnlyList<string> CompanionFiles =
+    [
+        "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+    ];
+
+    private const string Prefix = "base_model.model.";
+
+    /// <summary>Copies a model directory (weights re-encoded when <paramref name="outputDType"/> is set): a merge without adapter.</summary>
+    public static LoraMergeResult CopyModel(string modelDir, string outputDir, SafetensorsDType? outputDType = null, long maxShardBytes = 5L << 30) =>
+        Merge(modelDir, null, outputDir, outputDType, maxShardBytes);
+
+    public static LoraMergeResult Merge(string baseModelDir, string? adapterDir, string outputDir,
+        SafetensorsDType? outputDType = null, long maxShardBytes = 5L << 30)
+    {
+        var baseConfig = ModelConfig.Load(baseModelDir);
+        using var baseWeights = SafetensorsReader.Open(baseModelDir);
+        if (adapterDir is null)
+            return Write(baseModelDir, baseConfig, baseWeights, null, "", new(), new(), null, outputDir, outputDType, maxShardBytes);
+        var adapterConfigPath = Path.Combine(adapterDir, "adapter_config.json");
+        var adapter = AdapterSettings.Read(adapterConfigPath);
+        var adapterWeightsPath = Path.Combine(adapterDir, "adapter_model.safetensors");
+        if (!File.Exists(adapterWeightsPath))
+            throw new ModelFormatException(adapterWeightsPath, "adapter weights not found; a PEFT adapter directory holds adapter_model.safetensors next to adapter_config.json.");
+        using var adapterWeights = SafetensorsReader.Open(adapterWeightsPath);
+
+        // Sort the adapter's tensors into LoRA pairs per module and replacements.
+        var pairs = new Dictionary<string, (string? A, string? B, bool Embedding)>(StringComparer.Ordinal);
+        var replacements = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var name in adapterWeights.Tensors.Keys)
+        {
+            if (!name.StartsWith(Prefix, StringComparison.Ordinal))
+                throw new ModelFormatException(adapterWeightsPath, $"tensor \"{name}\" does not start with \"{Prefix}\"; not a PEFT causal-LM adapter.");
+            var inner = name[Prefix.Length..];
+            var m = LoraName().Match(inner);
+            if (m.Success)
+            {
+                var module = m.Groups["module"].Value;
+                bool embedding = m.Groups["kind"].Value.StartsWith("lora_embedding", StringComparison.Ordinal);
+                var entry = pairs.GetValueOrDefault(module);
+                if (m.Groups["kind"].Value.EndsWith('A')) entry.A = name; else entry.B = name;
+                entry.Embedding = embedding;
+                pairs[module] = entry;
+                continue;
+            }
+            // modules_to_save: PEFT saves the trained copy under the module's own name.
+            var target = inner.Replace(".modules_to_save.default", "", StringComparison.Ordinal);
+            if (!baseWeights.Contains(target))
+                throw new ModelFormatException(adapterWeightsPath, $"tensor \"{name}\" replaces \"{target}\", which the base model {baseModelDir} does not have; the adapter was trained on another model.");
+            replacements[target] = name;
+        }
+
+        var updates = new Dictionary<string, (string A, string B, bool Embedding, double Scale)>(StringComparer.Ordinal);
+        foreach (var (module, (a, b, embedding)) in pairs)
+        {
+            if (a is null || b is null)
+                throw new ModelFormatException(adapterWeightsPath, $"module \"{module}\" has {(a is null ? "lora_B but no lora_A" : "lora_A but no lora_B")}; the adapter file is incomplete.");
+            var weightName = module + ".weight";
+            if (!baseWeights.Contains(weightName))
+                throw new ModelFormatException(adapterWeightsPath, $"tensor \"{a}\" adapts \"{weightName}\", which the base model {baseModelDir} does not have; the adapter was trained on another model.");
+            var w = baseWeights.Get(weightName);
+            var ai = adapterWeights.Get(a);
+            var bi = adapterWeights.Get(b);
+            int rank = (int)ai.Shape[0];
+            // linear: A [r, in], B [out, r], W [out, in]; embedding: A [r, vocab], B [dim, r], E [vocab, dim]
+            long rows = embedding ? w.Shape[1] : w.Shape[0], cols = embedding ? w.Shape[0] : w.Shape[1];
+            if (w.Shape.Count != 2 || ai.Shape.Count != 2 || bi.Shape.Count != 2 || ai.Shape[1] != cols || bi.Shape[0] != rows || bi.Shape[1] != rank)
+                throw new ModelFormatException(adapterWeightsPath, $"shapes do not fit: \"{a}\" [{string.Join(", ", ai.Shape)}], \"{b}\" [{string.Join(", ", bi.Shape)}], base \"{weightName}\" [{string.Join(", ", w.Shape)}]; the adapter was trained on another model.");
+            updates[weightName] = (a, b, embedding, adapter.ScaleFor(module, rank));
+        }
+
+        return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes);
+    }
+
+    private static LoraMergeResult Write(string baseModelDir, ModelConfig baseConfig, SafetensorsReader baseWeights,
+        SafetensorsReader? adapterWeightsOrNull, string adapterWeightsPath,
+        Dictionary<string, (string A, string B, bool Embedding, double Scale)> updates, Dictionary<string, string> replacements,
+        AdapterSettings? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes)
+    {
+        Directory.CreateDirectory(outputDir);
+        var writer = new SafetensorsWriter();
+        foreach (var info in baseWeights.Tensors.Values)
+        {
+            var name = info.Name;
+            bool isFloat = info.DType is SafetensorsDType.F32 or SafetensorsDType.BF16 or SafetensorsDType.F16 or SafetensorsDType.F64;
+            var dtype = isFloat && outputDType is { } forced ? forced : info.DType;
+            if (!isFloat && (updates.ContainsKey(name) || replacements.ContainsKey(name)))
+                throw new ModelFormatException(info.FilePath, $"tensor \"{name}\" is {info.DType.HeaderName()}; only floating-point weights can be merged.");
+            if (!updates.ContainsKey(name) && !replacements.ContainsKey(name) && dtype == info.DType)
+            {
+                writer.AddDeferred(name, dtype, info.Shape, span => baseWeights.GetBytes(name).CopyTo(span));
+                continue;
+            }
+            writer.AddDeferred(name, dtype == SafetensorsDType.F64 ? SafetensorsDType.F32 : dtype, info.Shape, span =>
+            {
+                var adapterWeights = adapterWeightsOrNull!;
+                float[] values;
+                if (replacements.TryGetValue(name, out var replacement))
+                {
+                    var r = adapterWeights.Get(replacement);
+                    if (!r.Shape.SequenceEqual(info.Shape))
+                        throw new ModelFormatException(adapterWeightsPath, $"tensor \"{replacement}\" has shape [{string.Join(", ", r.Shape)}] but \"{name}\" is [{string.Join(", ", info.Shape)}].");
+                    values = adapterWeights.ReadAsFloat32(replacement);
+                }
+                else
+                    values = baseWeights.ReadAsFloat32(name);
+                if (updates.TryGetValue(name, out var u))
+                    AddLoraDelta(values, info.Shape, adapterWeights.ReadAsFloat32(u.A), adapterWeights.ReadAsFloat32(u.B), (int)adapterWeights.Get(u.A).Shape[0], (float)u.Scale, u.Embedding);
+                FloatConversions.Encode(values, dtype == SafetensorsDType.F64 ? SafetensorsDType.F32 : dtype, span);
+            });
+        }
+        var files = writer.SaveSharded(outputDir, maxShardBytes).ToList();
+
+        var torchDtype = outputDType?.ToTorchDtype() ?? baseConfig.TorchDtype;
+        (baseConfig with { TorchDtype = torchDtype }).Save(Path.Combine(outputDir, "config.json"));
+        files.Add("config.json");
+        foreach (var f in CompanionFiles)
+        {
+            var src = Path.Combine(baseModelDir, f);
+            if (File.Exists(src))
+            {
+                AtomicFile.WriteAllBytes(Path.Combine(outputDir, f), File.ReadAllBytes(src));
+                files.Add(f);
+            }
+        }
+        double anyScale = updates.Count > 0 ? updates.Values.First().Scale : adapter?.ScaleFor("", adapter.Rank) ?? 0;
+        return new LoraMergeResult(updates.Count, replacements.Count, baseWeights.Tensors.Count, anyScale, outputDType, files);
+    }
+
+    /// <summary>
+    /// linear: W[o, i] += s · Σ_k B[o, k]·A[k, i]; embedding: E[v, d] += s · Σ_k B[d, k]·A[k, v].
+    /// Rows are independent, so they run in parallel; each row is a sum of r scaled rows of A (SIMD).
+    /// </summary>
+    public static void AddLoraDelta(float[] w, IReadOnlyList<long> shape, float[] a, float[] b, int rank, float scale, bool embedding)
+    {
+        int rows = (int)shape[0], cols = (int)shape[1];
+        if (!embedding)
+        {
+            Parallel.For(0, rows, o =>
+            {
+                var row = w.AsSpan(o * cols, cols);
+                for (int k = 0; k < rank; k++)
+                {
+                    float coef = scale * b[o * rank + k];
+                    if (coef != 0f)
+                        TensorPrimitives.MultiplyAdd(a.AsSpan(k * cols, cols), coef, row, row);
+                }
+            });
+            return;
+        }
+        // E is [vocab, dim]; A is [r, vocab], B is [dim, r].
+        Parallel.For(0, rows, v =>
+        {
+            var row = w.AsSpan(v * cols, cols);
+            for (int d = 0; d < cols; d++)
+            {
+                float s = 0;
+                for (int k = 0; k < rank; k++)
+                    s += b[d * rank + k] * a[k * rows + v];
+                row[d] += scale * s;
+            }
+        });
+    }
+
+    [GeneratedRegex(@"^(?<module>.+)\.(?<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[A-Za-z0-9_]+)?(\.weight)?$")]
+    private static partial Regex LoraName();
+
+    /// <summary>The adapter_config.json keys a merge needs.</summary>
+    private sealed record AdapterSettings(int Rank, double Alpha, bool UseRslora, IReadOnlyDictionary<string, int> RankPattern, IReadOnlyDictionary<string, double> AlphaPattern, string Path)
+    {
+        public static AdapterSettings Read(string path)
+        {
+            if (!File.Exists(path))
+                throw new ModelFormatException(path, "adapter_config.json not found; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors.");
+            JsonObject o;
+            try
+            {
+                o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("not an object");
+            }
+            catch (JsonException e)
+            {
+                throw new ModelFormatException(path, $"invalid JSON: {e.Message}", e);
+            }
+            var type = o["peft_type"]?.GetValue<string>();
+            if (type is not null && type != "LORA")
+                throw new ModelFormatException(path, $"peft_type is \"{type}\"; FineTune merges LORA adapters only.");
+            if (o["fan_in_fan_out"]?.GetValue<bool>() == true)
+                throw new ModelFormatException(path, "fan_in_fan_out is true (GPT-2 style Conv1D weights); FineTune merges adapters of llama/qwen/mistral linear layers only.");
+            if (o["use_dora"]?.GetValue<bool>() == true)
+                throw new ModelFormatException(path, "use_dora is true; FineTune merges plain LoRA adapters, not DoRA.");
+            int r = o["r"]?.GetValue<int>() ?? throw new ModelFormatException(path, "\"r\" (the LoRA rank) is missing.");
+            double alpha = o["lora_alpha"]?.GetValue<double>() ?? 8;
+            var rp = (o["rank_pattern"] as JsonObject ?? []).ToDictionary(p => p.Key, p => p.Value!.GetValue<int>());
+            var ap = (o["alpha_pattern"] as JsonObject ?? []).ToDictionary(p => p.Key, p => p.Value!.GetValue<double>());
+            return new AdapterSettings(r, alpha, o["use_rslora"]?.GetValue<bool>() ?? false, rp, ap, path);
+        }
+
+        /// <summary>s = alpha / r, or alpha / √r with rsLoRA; PEFT's patterns match a module name ending in the key.</summary>
+        public double ScaleFor(string module, int storedRank)
+        {
+            int r = Rank;
+            double alpha = Alpha;
+            foreach (var (key, value) in RankPattern)
+                if (Regex.IsMatch(module, $"(^|\\.){key}$")) { r = value; break; }
+            foreach (var (key, value) in AlphaPattern)
+                if (Regex.IsMatch(module, $"(^|\\.){key}$")) { alpha = value; break; }
+            if (module.Length > 0 && r != storedRank)
+                throw new ModelFormatException(Path, $"module \"{module}\": lora_A has rank {storedRank} but the config says r = {r}; the adapter files do not belong together.");
+            return UseRslora ? alpha / Math.Sqrt(r) : alpha / r;
+        }
+    }
+}
