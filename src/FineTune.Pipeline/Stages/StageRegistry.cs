@@ -14,6 +14,6 @@ public static class StageRegistry
         new TrainStage(),         // training
         new EvalStage(),          // training
         new MergeStage(),         // formats
-        // new ExportStage(),     // formats
+        new ExportStage(),        // formats
     ];
 }

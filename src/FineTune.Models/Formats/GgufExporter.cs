@@ -1,0 +1,302 @@
+using System.Text.Json.Nodes;
+
+namespace FineTune.Models;
+
+/// <summary>What an export wrote.</summary>
+public sealed record GgufExportResult(string Path, string Architecture, int Tensors, long Bytes, IReadOnlyDictionary<GgufTensorType, int> TensorTypes, IReadOnlyList<string> Notes);
+
+/// <summary>
+/// Converts a Hugging Face model directory (llama, mistral, qwen2, qwen3) into one GGUF v3 file that
+/// llama.cpp and Ollama load: llama.cpp's architecture names and tensor names, its metadata keys, the
+/// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges, special ids),
+/// and llama's Q/K row permutation (llama.cpp rotates interleaved pairs for the llama architecture, HF
+/// rotates halves; qwen2/qwen3 use the halves layout in llama.cpp too, so they are written as they are).
+/// 1-D tensors (norms, biases) stay F32; 2-D tensors use the requested type (Q8_0 falls back to F16 for a
+/// tensor whose rows are not a multiple of 32).
+/// </summary>
+public static class GgufExporter
+{
+    /// <summary>llama.cpp's token types.</summary>
+    public const int TokenNormal = 1, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5;
+
+    /// <summary>llama.cpp's llama_ftype of a file whose matrices are of <paramref name="type"/>.</summary>
+    public static uint FileType(GgufTensorType type) => type switch
+    {
+        GgufTensorType.F32 => 0,
+        GgufTensorType.F16 => 1,
+        GgufTensorType.Q8_0 => 7,
+        GgufTensorType.BF16 => 32,
+        _ => throw new ArgumentOutOfRangeException(nameof(type)),
+    };
+
+    /// <summary>llama.cpp's architecture name: mistral models load as llama.</summary>
+    public static string ArchitectureName(ModelArchitecture a) => a switch
+    {
+        ModelArchitecture.Llama or ModelArchitecture.Mistral => "llama",
+        ModelArchitecture.Qwen2 => "qwen2",
+        ModelArchitecture.Qwen3 => "qwen3",
+        _ => throw new ArgumentOutOfRangeException(nameof(a)),
+    };
+
+    private static readonly (string Hf, string Gguf)[] LayerNames =
+    [
+        ("input_layernorm", "attn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("self_attn.q_norm", "attn_q_norm"),
+        ("self_attn.k_norm", "attn_k_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+    ];
+
+    /// <summary>HF tensor name → llama.cpp's (token_embd, blk.N.attn_q, output_norm, output …); null when unknown.</summary>
+    public static string? TensorName(string hf)
+    {
+        switch (hf)
+        {
+            case "model.embed_tokens.weight": return "token_embd.weight";
+            case "model.norm.weight": return "output_norm.weight";
+            case "lm_head.weight": return "output.weight";
+        }
+        const string layers = "model.layers.";
+        if (!hf.StartsWith(layers, StringComparison.Ordinal))
+            return null;
+        int dot = hf.IndexOf('.', layers.Length);
+        if (dot < 0 || !int.TryParse(hf.AsSpan(layers.Length, dot - layers.Length), out int layer))
+            return null;
+        var rest = hf[(dot + 1)..];
+        foreach (var (h, g) in LayerNames)
+            if (rest.StartsWith(h + ".", StringComparison.Ordinal) && rest[(h.Length + 1)..] is "weight" or "bias")
+                return $"blk.{layer}.{g}.{rest[(h.Length + 1)..]}";
+        return null;
+    }
+
+    /// <summary>
+    /// Reorders the rows of each head from HF's halves layout [x₀ … x_{d/2−1}, y₀ … y_{d/2−1}] into
+    /// llama.cpp's interleaved pairs [x₀, y₀, x₁, y₁, …]: new row h·d + 2i + j ← old row h·d + j·d/2 + i.
+    /// Works for weights [heads·d, in] and biases [heads·d] (cols = 1).
+    /// </summary>
+    public static float[] PermuteForInterleavedRope(ReadOnlySpan<float> w, int heads, int cols)
+    {
+        int rows = w.Length / cols, d = rows / heads, half = d / 2;
+        if (rows % heads != 0 || d % 2 != 0)
+            throw new ArgumentException($"{rows} rows do not split into {heads} heads of even size");
+        var result = new float[w.Length];
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < half; i++)
+                for (int j = 0; j < 2; j++)
+                    w.Slice((h * d + j * half + i) * cols, cols).CopyTo(result.AsSpan((h * d + 2 * i + j) * cols, cols));
+        return result;
+    }
+
+    public static GgufExportResult Export(string modelDir, string outputPath, GgufTensorType type, string? modelName = null)
+    {
+        if (type is not (GgufTensorType.F16 or GgufTensorType.BF16 or GgufTensorType.Q8_0 or GgufTensorType.F32))
+            throw new ArgumentOutOfRangeException(nameof(type));
+        var config = ModelConfig.Load(modelDir);
+        var arch = ArchitectureName(config.Architecture);
+        var notes = new List<string>();
+        var w = new GgufWriter();
+        w.Add("general.architecture", arch);
+        w.Add("general.type", "model");
+        w.Add("general.name", modelName ?? new DirectoryInfo(modelDir).Name);
+        w.Add("general.file_type", FileType(type));
+        w.Add("general.quantization_version", 2u);
+        w.Add($"{arch}.vocab_size", (uint)config.VocabSize);
+        w.Add($"{arch}.context_length", (uint)config.MaxPositionEmbeddings);
+        w.Add($"{arch}.embedding_length", (uint)config.HiddenSize);
+        w.Add($"{arch}.block_count", (uint)config.NumHiddenLayers);
+        w.Add($"{arch}.feed_forward_length", (uint)config.IntermediateSize);
+        w.Add($"{arch}.attention.head_count", (uint)config.NumAttentionHeads);
+        w.Add($"{arch}.attention.head_count_kv", (uint)config.NumKeyValueHeads);
+        w.Add($"{arch}.attention.key_length", (uint)config.HeadDim);
+        w.Add($"{arch}.attention.value_length", (uint)config.HeadDim);
+        w.Add($"{arch}.rope.dimension_count", (uint)config.HeadDim);
+        w.Add($"{arch}.rope.freq_base", (float)config.RopeTheta);
+        w.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)config.RmsNormEps);
+        float[]? ropeFreqs = null;
+        switch (config.RopeScaling)
+        {
+            case { Type: "linear" } s:
+                w.Add($"{arch}.rope.scaling.type", "linear");
+                w.Add($"{arch}.rope.scaling.factor", (float)s.Factor);
+                break;
+            case { Type: "yarn" } s:
+                w.Add($"{arch}.rope.scaling.type", "yarn");
+                w.Add($"{arch}.rope.scaling.factor", (float)s.Factor);
+                if (s.OriginalMaxPositionEmbeddings is { } omp)
+                    w.Add($"{arch}.rope.scaling.original_context_length", (uint)omp);
+                break;
+            case { Type: "llama3" } s:
+                ropeFreqs = Llama3RopeFactors(config, s);
+                break;
+            case { Type: "dynamic" }:
+                notes.Add("rope_scaling dynamic has no GGUF equivalent; the file uses unscaled RoPE (set the context in the runtime)");
+                break;
+        }
+        AddTokenizer(w, modelDir, config, notes);
+
+        using var reader = SafetensorsReader.Open(modelDir);
+        var counts = new Dictionary<GgufTensorType, int>();
+        int tensors = 0;
+        if (ropeFreqs is not null)
+        {
+            var freqs = ropeFreqs;
+            w.AddTensor("rope_freqs.weight", [freqs.Length], GgufTensorType.F32, span => FloatConversions.Encode(freqs, SafetensorsDType.F32, span));
+            Count(counts, GgufTensorType.F32);
+            tensors++;
+        }
+        foreach (var info in reader.Tensors.Values.OrderBy(t => t.Name, TensorNameComparer.Instance))
+        {
+            var ggufName = TensorName(info.Name)
+                ?? throw new ModelFormatException(info.FilePath, $"tensor \"{info.Name}\" has no GGUF name; FineTune exports llama, mistral, qwen2 and qwen3 decoder weights only.");
+            var name = info.Name;
+            var shape = info.Shape;
+            var tensorType = shape.Count <= 1 ? GgufTensorType.F32 : type;
+            if (tensorType == GgufTensorType.Q8_0 && shape[^1] % Q8_0.BlockSize != 0)
+            {
+                tensorType = GgufTensorType.F16;
+                notes.Add($"{ggufName}: rows of {shape[^1]} are not a multiple of 32, written as F16");
+            }
+            int? permuteHeads = arch == "llama" && name.Contains(".self_attn.q_proj.", StringComparison.Ordinal) ? config.NumAttentionHeads
+                : arch == "llama" && name.Contains(".self_attn.k_proj.", StringComparison.Ordinal) ? config.NumKeyValueHeads
+                : null;
+            var tt = tensorType;
+            w.AddTensor(ggufName, shape, tensorType, span =>
+            {
+                var values = reader.ReadAsFloat32(name);
+                if (permuteHeads is { } heads)
+                    values = PermuteForInterleavedRope(values, heads, shape.Count == 2 ? (int)shape[1] : 1);
+                Encode(values, tt, span);
+            });
+            Count(counts, tensorType);
+            tensors++;
+        }
+        w.Save(outputPath);
+        return new GgufExportResult(outputPath, arch, tensors, new FileInfo(outputPath).Length, counts, notes);
+    }
+
+    private static void Count(Dictionary<GgufTensorType, int> counts, GgufTensorType t) => counts[t] = counts.GetValueOrDefault(t) + 1;
+
+    private static void Encode(float[] values, GgufTensorType type, Span<byte> destination)
+    {
+        switch (type)
+        {
+            case GgufTensorType.F32: FloatConversions.Encode(values, SafetensorsDType.F32, destination); break;
+            case GgufTensorType.F16: FloatConversions.Encode(values, SafetensorsDType.F16, destination); break;
+            case GgufTensorType.BF16: FloatConversions.Encode(values, SafetensorsDType.BF16, destination); break;
+            case GgufTensorType.Q8_0: Q8_0.Quantize(values, destination); break;
+        }
+    }
+
+    /// <summary>
+    /// llama3 rope scaling as a per-frequency divisor tensor (rope_freqs): wavelengths shorter than
+    /// original/high_freq_factor keep 1, longer than original/low_freq_factor get the factor, and the band
+    /// between blends smoothly: 1 / ((1 − s)/factor + s) with s = (original/λ − low)/(high − low).
+    /// </summary>
+    public static float[] Llama3RopeFactors(ModelConfig c, RopeScaling s)
+    {
+        double factor = s.Factor, low = s.LowFreqFactor ?? 1, high = s.HighFreqFactor ?? 4;
+        double original = s.OriginalMaxPositionEmbeddings ?? 8192;
+        double lowWavelen = original / low, highWavelen = original / high;
+        var result = new float[c.HeadDim / 2];
+        for (int i = 0; i < result.Length; i++)
+        {
+            double freq = 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / c.HeadDim);
+            double wavelen = 2 * Math.PI / freq;
+            double f;
+            if (wavelen < highWavelen) f = 1;
+            else if (wavelen > lowWavelen) f = factor;
+            else
+            {
+                double smooth = (original / wavelen - low) / (high - low);
+                f = 1 / ((1 - smooth) / factor + smooth);
+            }
+            result[i] = (float)f;
+        }
+        return result;
+    }
+
+    private static void AddTokenizer(GgufWriter w, string modelDir, ModelConfig config, List<string> notes)
+    {
+        var tokPath = Path.Combine(modelDir, "tokenizer.json");
+        var tok = HfTokenizerFile.Load(tokPath);
+        var root = tok.Root.ToJsonString();
+        if (tok.ModelType != "BPE" || !root.Contains("\"ByteLevel\"", StringComparison.Ordinal))
+            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType} without ByteLevel; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen) only.");
+        if (tok.VocabSize > config.VocabSize)
+            throw new ModelFormatException(tokPath, $"the tokenizer has {tok.VocabSize} tokens but the model's embedding only {config.VocabSize} rows.");
+        var tokens = new string[config.VocabSize];
+        var types = new int[config.VocabSize];
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            var t = i < tok.Tokens.Count ? tok.Tokens[i] : null;
+            tokens[i] = t?.Content ?? $"[PAD{i}]";
+            types[i] = t is null ? TokenUnused : !t.Added ? TokenNormal : t.Special ? TokenControl : TokenUserDefined;
+        }
+        w.Add("tokenizer.ggml.model", "gpt2");
+        w.Add("tokenizer.ggml.pre", PreTokenizerName(tok.Root));
+        w.Add("tokenizer.ggml.tokens", tokens);
+        w.Add("tokenizer.ggml.token_type", types);
+        w.Add("tokenizer.ggml.merges", tok.Merges);
+
+        var tcPath = Path.Combine(modelDir, "tokenizer_config.json");
+        var tc = File.Exists(tcPath) ? JsonNode.Parse(File.ReadAllText(tcPath)) as JsonObject : null;
+        int? Id(string key) => TokenContent(tc?[key]) is { } s ? tok.IdOf(s) : null;
+        var bos = Id("bos_token") ?? config.BosTokenId;
+        var eos = Id("eos_token") ?? config.EosTokenId;
+        var pad = Id("pad_token") ?? config.PadTokenId;
+        if (bos is { } b) w.Add("tokenizer.ggml.bos_token_id", (uint)b);
+        if (eos is { } e) w.Add("tokenizer.ggml.eos_token_id", (uint)e);
+        if (pad is { } p) w.Add("tokenizer.ggml.padding_token_id", (uint)p);
+        w.Add("tokenizer.ggml.add_bos_token", tc?["add_bos_token"] is JsonValue ab && ab.TryGetValue<bool>(out var addBos) && addBos);
+        var template = ChatTemplateOf(modelDir);
+        if (template is not null)
+            w.Add("tokenizer.chat_template", template);
+        else
+            notes.Add("no chat template in tokenizer_config.json; the GGUF carries none");
+    }
+
+    /// <summary>The Jinja chat template of a model directory (tokenizer_config.json or chat_template.jinja).</summary>
+    public static string? ChatTemplateOf(string modelDir)
+    {
+        var jinja = Path.Combine(modelDir, "chat_template.jinja");
+        if (File.Exists(jinja))
+            return File.ReadAllText(jinja);
+        var tcPath = Path.Combine(modelDir, "tokenizer_config.json");
+        if (!File.Exists(tcPath) || JsonNode.Parse(File.ReadAllText(tcPath)) is not JsonObject tc)
+            return null;
+        return tc["chat_template"] switch
+        {
+            JsonValue v when v.TryGetValue<string>(out var s) => s,
+            JsonArray named => named.OfType<JsonObject>().FirstOrDefault(o => o["name"]?.GetValue<string>() == "default")?["template"]?.GetValue<string>(),
+            _ => null,
+        };
+    }
+
+    private static string? TokenContent(JsonNode? n) => n switch
+    {
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        JsonObject o => o["content"]?.GetValue<string>(),
+        _ => null,
+    };
+
+    /// <summary>
+    /// llama.cpp's pre-tokenizer name from the split regex: Llama 3 groups digits by up to three
+    /// ("\p{N}{1,3}") → llama-bpe; Qwen2 splits single digits with case-insensitive contractions → qwen2;
+    /// a plain ByteLevel pre-tokenizer uses GPT-2's regex → gpt-2.
+    /// </summary>
+    public static string PreTokenizerName(JsonObject tokenizerJson)
+    {
+        var pre = tokenizerJson["pre_tokenizer"]?.ToJsonString() ?? "";
+        if (pre.Contains(@"\\p{N}{1,3}", StringComparison.Ordinal))
+            return "llama-bpe";
+        if (pre.Contains("(?i:'s|'t|'re|'ve|'m|'ll|'d)", StringComparison.Ordinal))
+            return "qwen2";
+        return "gpt-2";
+    }
+}

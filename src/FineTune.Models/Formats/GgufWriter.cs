@@ -1,0 +1,210 @@
+using System.Text;
+
+namespace FineTune.Models;
+
+/// <summary>ggml tensor types FineTune writes (values as in ggml's enum).</summary>
+public enum GgufTensorType : uint { F32 = 0, F16 = 1, Q8_0 = 8, BF16 = 30 }
+
+/// <summary>GGUF metadata value types (values as in the GGUF specification).</summary>
+public enum GgufValueType : uint
+{
+    UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7,
+    String = 8, Array = 9, UInt64 = 10, Int64 = 11, Float64 = 12,
+}
+
+/// <summary>
+/// Writes GGUF v3: "GGUF", version 3, tensor count (u64), metadata count (u64), the metadata key/values
+/// (strings are u64 length + UTF-8), the tensor infos (name, dims innermost first, ggml type, offset),
+/// padding to the alignment, then each tensor's data at an aligned offset. Little-endian throughout.
+/// </summary>
+public sealed class GgufWriter
+{
+    public const uint Version = 3;
+    private readonly List<(string Key, GgufValueType Type, object Value)> _metadata = [];
+    private readonly List<Tensor> _tensors = [];
+
+    public GgufWriter(uint alignment = 32)
+    {
+        if (alignment == 0 || (alignment & (alignment - 1)) != 0)
+            throw new ArgumentOutOfRangeException(nameof(alignment), "alignment must be a power of two");
+        Alignment = alignment;
+    }
+
+    public uint Alignment { get; }
+
+    public IReadOnlyList<string> Keys => _metadata.Select(m => m.Key).ToArray();
+
+    private void Put(string key, GgufValueType type, object value)
+    {
+        if (_metadata.Any(m => m.Key == key))
+            throw new ArgumentException($"metadata key \"{key}\" was added twice", nameof(key));
+        _metadata.Add((key, type, value));
+    }
+
+    public void Add(string key, string value) => Put(key, GgufValueType.String, value);
+    public void Add(string key, uint value) => Put(key, GgufValueType.UInt32, value);
+    public void Add(string key, int value) => Put(key, GgufValueType.Int32, value);
+    public void Add(string key, float value) => Put(key, GgufValueType.Float32, value);
+    public void Add(string key, bool value) => Put(key, GgufValueType.Bool, value);
+    public void Add(string key, IReadOnlyList<string> values) => Put(key, GgufValueType.Array, (GgufValueType.String, (object)values));
+    public void Add(string key, IReadOnlyList<int> values) => Put(key, GgufValueType.Array, (GgufValueType.Int32, (object)values));
+    public void Add(string key, IReadOnlyList<float> values) => Put(key, GgufValueType.Array, (GgufValueType.Float32, (object)values));
+
+    /// <summary>
+    /// Adds a tensor; <paramref name="shape"/> is in PyTorch order (outermost first) and is written reversed,
+    /// as ggml counts dimensions from the innermost. <paramref name="fill"/> writes the encoded bytes.
+    /// </summary>
+    public void AddTensor(string name, IReadOnlyList<long> shape, GgufTensorType type, Action<Span<byte>> fill)
+    {
+        if (_tensors.Any(t => t.Name == name))
+            throw new ArgumentException($"tensor \"{name}\" was added twice", nameof(name));
+        _tensors.Add(new Tensor(name, shape.ToArray(), type, ByteSize(shape, type), fill));
+    }
+
+    /// <summary>Bytes of a tensor: Q8_0 stores blocks of 32 values as an f16 scale and 32 int8 (34 bytes).</summary>
+    public static long ByteSize(IReadOnlyList<long> shape, GgufTensorType type)
+    {
+        long n = shape.Aggregate(1L, (a, b) => a * b);
+        return type switch
+        {
+            GgufTensorType.F32 => n * 4,
+            GgufTensorType.F16 or GgufTensorType.BF16 => n * 2,
+            GgufTensorType.Q8_0 => shape[^1] % Q8_0.BlockSize == 0
+                ? n / Q8_0.BlockSize * Q8_0.BlockBytes
+                : throw new ArgumentException($"Q8_0 needs the innermost dimension to be a multiple of {Q8_0.BlockSize}, got {shape[^1]}"),
+            _ => throw new ArgumentOutOfRangeException(nameof(type)),
+        };
+    }
+
+    public void Save(string path) => AtomicFile.Write(path, Write);
+
+    public void Write(Stream stream)
+    {
+        using var w = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
+        w.Write(0x46554747u); // "GGUF"
+        w.Write(Version);
+        w.Write((ulong)_tensors.Count);
+        w.Write((ulong)_metadata.Count);
+        foreach (var (key, type, value) in _metadata)
+        {
+            WriteString(w, key);
+            w.Write((uint)type);
+            WriteValue(w, type, value);
+        }
+        long offset = 0;
+        var offsets = new long[_tensors.Count];
+        for (int i = 0; i < _tensors.Count; i++)
+        {
+            var t = _tensors[i];
+            WriteString(w, t.Name);
+            w.Write((uint)t.Shape.Length);
+            for (int d = t.Shape.Length - 1; d >= 0; d--)
+                w.Write((ulong)t.Shape[d]);
+            w.Write((uint)t.Type);
+            w.Write((ulong)offset);
+            offsets[i] = offset;
+            offset = Align(offset + t.Bytes);
+        }
+        w.Flush();
+        Pad(stream, stream.Position);
+        long dataStart = stream.Position;
+        for (int i = 0; i < _tensors.Count; i++)
+        {
+            var t = _tensors[i];
+            var buffer = new byte[t.Bytes];
+            t.Fill(buffer);
+            stream.Write(buffer);
+            Pad(stream, stream.Position - dataStart);
+        }
+    }
+
+    private long Align(long x) => (x + Alignment - 1) / Alignment * Alignment;
+
+    private void Pad(Stream s, long position)
+    {
+        long pad = Align(position) - position;
+        for (long i = 0; i < pad; i++)
+            s.WriteByte(0);
+    }
+
+    private static void WriteString(BinaryWriter w, string s)
+    {
+        var bytes = Encoding.UTF8.GetBytes(s);
+        w.Write((ulong)bytes.Length);
+        w.Write(bytes);
+    }
+
+    private static void WriteValue(BinaryWriter w, GgufValueType type, object value)
+    {
+        switch (type)
+        {
+            case GgufValueType.String: WriteString(w, (string)value); break;
+            case GgufValueType.UInt32: w.Write((uint)value); break;
+            case GgufValueType.Int32: w.Write((int)value); break;
+            case GgufValueType.Float32: w.Write((float)value); break;
+            case GgufValueType.Bool: w.Write((byte)((bool)value ? 1 : 0)); break;
+            case GgufValueType.Array:
+                var (elem, items) = ((GgufValueType, object))value;
+                w.Write((uint)elem);
+                switch (items)
+                {
+                    case IReadOnlyList<string> strings:
+                        w.Write((ulong)strings.Count);
+                        foreach (var s in strings) WriteString(w, s);
+                        break;
+                    case IReadOnlyList<int> ints:
+                        w.Write((ulong)ints.Count);
+                        foreach (var i in ints) w.Write(i);
+                        break;
+                    case IReadOnlyList<float> floats:
+                        w.Write((ulong)floats.Count);
+                        foreach (var f in floats) w.Write(f);
+                        break;
+                }
+                break;
+            default: throw new ArgumentOutOfRangeException(nameof(type));
+        }
+    }
+
+    private sealed record Tensor(string Name, long[] Shape, GgufTensorType Type, long Bytes, Action<Span<byte>> Fill);
+}
+
+/// <summary>
+/// ggml's Q8_0: blocks of 32 values stored as d (f16) followed by 32 signed bytes q, value ≈ d·q, with
+/// d = max|x| / 127 and q = round(x / d) (round half away from zero, as C's roundf).
+/// </summary>
+public static class Q8_0
+{
+    public const int BlockSize = 32;
+    public const int BlockBytes = 2 + BlockSize;
+
+    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
+    {
+        if (x.Length % BlockSize != 0)
+            throw new ArgumentException($"Q8_0 quantizes whole blocks of {BlockSize} values; got {x.Length}", nameof(x));
+        for (int b = 0; b < x.Length / BlockSize; b++)
+        {
+            var block = x.Slice(b * BlockSize, BlockSize);
+            float amax = 0;
+            foreach (var v in block)
+                amax = Math.Max(amax, Math.Abs(v));
+            float d = amax / 127f;
+            float id = d != 0 ? 1f / d : 0f;
+            var outBlock = destination.Slice(b * BlockBytes, BlockBytes);
+            BitConverter.TryWriteBytes(outBlock, (Half)d);
+            for (int i = 0; i < BlockSize; i++)
+                outBlock[2 + i] = (byte)(sbyte)MathF.Round(block[i] * id, MidpointRounding.AwayFromZero);
+        }
+    }
+
+    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
+    {
+        for (int b = 0; b < destination.Length / BlockSize; b++)
+        {
+            var block = source.Slice(b * BlockBytes, BlockBytes);
+            float d = (float)BitConverter.ToHalf(block);
+            for (int i = 0; i < BlockSize; i++)
+                destination[b * BlockSize + i] = d * (sbyte)block[2 + i];
+        }
+    }
+}
