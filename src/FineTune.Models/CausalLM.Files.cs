@@ -79,6 +79,10 @@ public sealed partial class CausalLM
         }
         writer.Save(Path.Combine(directory, AdapterFile.WeightsName));
         var targets = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).Select(l => l.ShortName).Distinct().Order(StringComparer.Ordinal).ToList();
+        // PEFT matches modules_to_save by plain suffix ("norm" would also wrap every q_norm and input_layernorm),
+        // so the config names the full paths of the modules that were trained: model.norm, lm_head, ...
+        var modulesToSave = _trainable.Where(t => t.Role is not (ParameterRole.LoraA or ParameterRole.LoraB))
+            .Select(t => t.HfName[..t.HfName.LastIndexOf('.')]).Distinct().Order(StringComparer.Ordinal).ToList();
         var config = new JsonObject
         {
             ["alpha_pattern"] = new JsonObject(),
@@ -96,7 +100,7 @@ public sealed partial class CausalLM
             ["lora_dropout"] = Setup.LoraDropout,
             ["megatron_config"] = null,
             ["megatron_core"] = "megatron.core",
-            ["modules_to_save"] = Setup.AdditionalTarget.Count == 0 ? null : new JsonArray(Setup.AdditionalTarget.Select(x => (JsonNode?)x).ToArray()),
+            ["modules_to_save"] = modulesToSave.Count == 0 ? null : new JsonArray(modulesToSave.Select(x => (JsonNode?)x).ToArray()),
             ["peft_type"] = "LORA",
             ["r"] = Setup.LoraRank,
             ["rank_pattern"] = new JsonObject(),

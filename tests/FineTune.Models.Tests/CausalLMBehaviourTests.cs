@@ -129,6 +129,32 @@ public sealed class CausalLMBehaviourTests
     }
 
     [Fact]
+    public void SavedAdapterNamesModulesToSaveByFullPathSoPeftWrapsOnlyWhatTrained()
+    {
+        using var dir = new TempDir();
+        string modelDir = Path.Combine(dir.Path, "base");
+        ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 32, IntermediateSize = 48, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 8, Seed = 4 }, modelDir);
+        var setup = new TrainingSetup { LoraRank = 2, LoraTarget = ["q_proj"], AdditionalTarget = ["norm"] };
+        using var model = CausalLM.Load(modelDir, new CpuBackend(2), setup);
+        TinyModels.RandomizeLoraB(model, 5);
+        var norm = model.ReadParameter("model.norm.weight");
+        for (int i = 0; i < norm.Length; i++) norm[i] = 1f + 0.01f * i;
+        model.WriteParameter("model.norm.weight", norm);
+        var batch = new TokenBatch(1, 4, [11, 22, 33, 44], [22, 33, 44, -100], [0, 1, 2, 3], [0, 0, 0, 0]);
+        float[] logits = model.ForwardLogits(batch);
+        string adapterDir = Path.Combine(dir.Path, "adapter");
+        model.SaveAdapter(adapterDir);
+
+        // "norm" alone would make PEFT (suffix match) also wrap q_norm, k_norm and every layernorm.
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(adapterDir, "adapter_config.json")))!;
+        Assert.Equal(["model.norm"], config["modules_to_save"]!.AsArray().Select(x => (string)x!).ToArray());
+        using (var reader = SafetensorsReader.Open(Path.Combine(adapterDir, "adapter_model.safetensors")))
+            Assert.Equal(norm, reader.ReadAsFloat32("base_model.model.model.norm.weight"));
+        using var reloaded = CausalLM.Load(modelDir, new CpuBackend(2), TrainingSetup.Inference, adapterDir);
+        Assert.Equal(logits, reloaded.ForwardLogits(batch));
+    }
+
+    [Fact]
     public void SavedModelFoldsLoraIntoWeightsWithSameLogits()
     {
         using var dir = new TempDir();

@@ -98,7 +98,13 @@ def main():
         d = os.path.join(root, flavour)
         if not os.path.isfile(os.path.join(d, "tokens.json")):
             continue
-        r = check_flavour(d)
+        try:
+            r = check_flavour(d)
+        except Exception as e:  # one flavour's failure must not hide the others' results
+            print(f"{flavour:14s} FAIL {type(e).__name__}: {e}", flush=True)
+            results[flavour] = {"error": f"{type(e).__name__}: {e}"}
+            failed = True
+            continue
         results[flavour] = r
         bad = [k for k in ("b_logits_rel", "c_logits_rel", "d_grad_rel_max", "m_logits_rel") if not r[k] <= BOUND]
         bad += [k for k in ("b_loss_abs", "c_loss_abs") if not r[k] <= 1e-4]
