@@ -1,0 +1,87 @@
+namespace FineTune.Engine.Cuda;
+
+public sealed partial class CudaBackend
+{
+    const int AttentionRowsPerBlock = 8; // ROWS_PER_BLOCK in attention.cu
+    const int MaxHeadDim = 256;          // MAX_D in attention.cu
+
+    static void CheckAttention(Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
+    {
+        if (s.QueryHeads % s.KvHeads != 0) throw new ArgumentException($"{s.QueryHeads} query heads are not a multiple of {s.KvHeads} KV heads");
+        if (s.HeadDim > MaxHeadDim) throw new ArgumentException($"head_dim {s.HeadDim} exceeds the CUDA attention kernel's limit of {MaxHeadDim}");
+        if (q.Length != (long)s.Batch * s.QueryLen * s.QueryHeads * s.HeadDim) throw new ArgumentException($"q {q} does not match {s}");
+        if (k.Length < (long)s.Batch * s.KvCapacity * s.KvHeads * s.HeadDim || v.Length != k.Length) throw new ArgumentException($"k/v {k} {v} do not match {s}");
+        if (segmentIds.Length < (long)s.Batch * s.KvCapacity) throw new ArgumentException($"segment ids {segmentIds} do not match {s}");
+        if (s.KeyLen > s.KvCapacity || s.QueryLen > s.KeyLen) throw new ArgumentException($"invalid attention shape {s}");
+        Need(segmentIds, DType.I32);
+    }
+
+    /// <summary>Off: always the simple kernels (the device checks compare both paths).</summary>
+    public bool UseFlashAttention { get; set; } = true;
+
+    bool Flash(int headDim, params Tensor[] tensors) =>
+        UseFlashAttention && headDim is 64 or 128 && tensors.All(t => t.DType == DType.BF16);
+
+    // Dynamic shared memory of flash_backward_dkv: K, V tiles [64][D+8], Q, dO tiles [32][D+8], Qᵀ, dOᵀ [D][40], 3×32 floats.
+    static int DkvSharedBytes(int d) => 2 * 64 * (d + 8) * 2 + 2 * 32 * (d + 8) * 2 + 2 * d * 40 * 2 + 3 * 32 * 4;
+    readonly HashSet<nint> _sharedRaised = [];
+
+    public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
+    {
+        CheckAttention(q, k, v, segmentIds, s);
+        Need(lse, DType.F32);
+        if (s.Batch == 0 || s.QueryLen == 0) return;
+        if (Flash(s.HeadDim, output, q, k, v))
+        {
+            Launch("flash_attention.cu", $"flash_forward_d{s.HeadDim}", ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128,
+                [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale]);
+            return;
+        }
+        var grid = ((s.QueryLen + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, s.QueryHeads, s.Batch);
+        Launch("attention.cu", "attention_forward", grid, AttentionRowsPerBlock * 32,
+        [
+            P(output), Dt(output), P(lse), P(q), Dt(q), P(k), Dt(k), P(v), Dt(v), P(segmentIds),
+            s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+        ]);
+    }
+
+    public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
+    {
+        CheckAttention(q, k, v, segmentIds, s);
+        Need(lse, DType.F32);
+        if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity) throw new ArgumentException($"attention backward needs QueryLen == KeyLen == KvCapacity: {s}");
+        if (s.Batch == 0 || s.QueryLen == 0) return;
+        int t = s.QueryLen, rows = s.Batch * t * s.QueryHeads;
+        ulong delta = _dev.Allocate((long)rows * sizeof(float));
+        try
+        {
+            Launch("attention.cu", "attention_backward_delta", ((rows + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, 1, 1), AttentionRowsPerBlock * 32,
+                [delta, P(doutput), Dt(doutput), P(output), Dt(output), s.Batch, t, s.QueryHeads, s.HeadDim]);
+            if (Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
+            {
+                Launch("flash_attention.cu", $"flash_backward_dq_d{s.HeadDim}", ((t + 63) / 64, s.QueryHeads, s.Batch), 128,
+                    [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale]);
+                var fn = _dev.Function("flash_attention.cu", $"flash_backward_dkv_d{s.HeadDim}");
+                int smem = DkvSharedBytes(s.HeadDim);
+                if (smem > 48 * 1024 && _sharedRaised.Add(fn)) _dev.SetDynamicSharedMemory(fn, smem);
+                _dev.Launch(fn, ((t + 63) / 64, s.KvHeads, s.Batch), (128, 1, 1), smem,
+                    [P(dk), P(dv), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
+                    "flash_backward_dkv");
+                return;
+            }
+            int blocks = (t + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock;
+            Launch("attention.cu", "attention_backward_dq", (blocks, s.QueryHeads, s.Batch), AttentionRowsPerBlock * 32,
+            [
+                P(dq), Dt(dq), P(doutput), Dt(doutput), P(lse), delta, P(q), Dt(q), P(k), Dt(k), P(v), Dt(v), P(segmentIds),
+                t, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+            ]);
+            Launch("attention.cu", "attention_backward_dkv", (blocks, s.KvHeads, s.Batch), AttentionRowsPerBlock * 32,
+            [
+                P(dk), Dt(dk), P(dv), Dt(dv), P(doutput), Dt(doutput), P(lse), delta, P(q), Dt(q), P(k), Dt(k), P(v), Dt(v),
+                P(segmentIds), t, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+            ]);
+        }
+        finally { _dev.Free(delta); }
+    }
+}

@@ -1,0 +1,273 @@
+namespace FineTune.Engine.Cuda;
+
+/// <summary>
+/// The CUDA backend: BF16 activations and frozen weights, F32 statistics, gradients, masters and optimizer
+/// state; every matrix product through cuBLASLt with fp32 accumulation; the rest as NVRTC-compiled kernels
+/// (Cuda/Kernels/*.cu). Everything is queued on one stream; only downloads and <see cref="Synchronize"/> wait.
+/// Kernels take a dtype code per tensor (0 F32, 1 BF16), so any mix of F32 and BF16 tensors is accepted.
+/// </summary>
+public sealed partial class CudaBackend : IBackend
+{
+    const int Threads = 256;
+    readonly CudaDevice _dev;
+    readonly int _maxBlocks;
+
+    public CudaBackend(int ordinal = 0, KernelCache? cache = null)
+    {
+        _dev = CudaDevice.Open(ordinal, cache);
+        _maxBlocks = _dev.Info.Multiprocessors * 16;
+    }
+
+    public string Name => $"cuda:{_dev.Info.Ordinal}";
+    public DType ComputeDType => DType.BF16;
+    public CudaDevice Device => _dev;
+    public CudaDeviceInfo Info => _dev.Info;
+
+    public DeviceBuffer AllocateBuffer(long byteLength) => new CudaBuffer(this, _dev, byteLength);
+
+    public void Dispose() => _dev.Dispose();
+
+    // ---- helpers ----
+    ulong P(Tensor t)
+    {
+        if (t.Buffer is not CudaBuffer b || !ReferenceEquals(t.Backend, this))
+            throw new ArgumentException($"tensor '{t.Name}' does not belong to this CUDA backend");
+        return b.Pointer + (ulong)(t.Offset * t.DType.ByteSize());
+    }
+
+    static int Dt(Tensor t) => t.DType switch
+    {
+        DType.F32 => 0,
+        DType.BF16 => 1,
+        _ => throw new ArgumentException($"tensor '{t.Name}' is {t.DType}; this operation takes F32 or BF16"),
+    };
+
+    static void Need(Tensor t, DType dtype)
+    {
+        if (t.DType != dtype) throw new ArgumentException($"tensor '{t.Name}' is {t.DType}, expected {dtype}");
+    }
+
+    static void SameLength(Tensor a, Tensor b)
+    {
+        if (a.Length != b.Length) throw new ArgumentException($"length mismatch: {a} vs {b}");
+    }
+
+    int Blocks(long n) => (int)Math.Clamp((n + Threads - 1) / Threads, 1, _maxBlocks);
+
+    void Launch(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args, int sharedBytes = 0) =>
+        _dev.Launch(_dev.Function(program, kernel), grid, (block, 1, 1), sharedBytes, args, kernel);
+
+    void LaunchFlat(string program, string kernel, long n, ReadOnlySpan<KernelArg> args)
+    {
+        if (n == 0) return;
+        Launch(program, kernel, (Blocks(n), 1, 1), Threads, args);
+    }
+
+    // ---- transfers ----
+    public void Upload(Tensor dst, ReadOnlySpan<float> src)
+    {
+        if (src.Length != dst.Length) throw new ArgumentException($"upload of {src.Length} values into {dst}");
+        switch (dst.DType)
+        {
+            case DType.F32: _dev.CopyToDevice(P(dst), src); break;
+            case DType.BF16:
+                var tmp = new ushort[src.Length];
+                Bf16.FromFloat(src, tmp);
+                _dev.CopyToDevice<ushort>(P(dst), tmp);
+                break;
+            default: throw new ArgumentException($"cannot upload floats into {dst}");
+        }
+    }
+
+    public void Upload(Tensor dst, ReadOnlySpan<int> src)
+    {
+        if (src.Length != dst.Length) throw new ArgumentException($"upload of {src.Length} values into {dst}");
+        Need(dst, DType.I32);
+        _dev.CopyToDevice(P(dst), src);
+    }
+
+    public void Download(Tensor src, Span<float> dst)
+    {
+        if (dst.Length != src.Length) throw new ArgumentException($"download of {src} into {dst.Length} values");
+        switch (src.DType)
+        {
+            case DType.F32: _dev.CopyToHost(dst, P(src)); break;
+            case DType.BF16:
+                var tmp = new ushort[dst.Length];
+                _dev.CopyToHost<ushort>(tmp, P(src));
+                Bf16.ToFloat(tmp, dst);
+                break;
+            default: throw new ArgumentException($"cannot download {src} as floats");
+        }
+    }
+
+    public void Download(Tensor src, Span<int> dst)
+    {
+        if (dst.Length != src.Length) throw new ArgumentException($"download of {src} into {dst.Length} values");
+        Need(src, DType.I32);
+        _dev.CopyToHost(dst, P(src));
+    }
+
+    public void Synchronize() => _dev.Synchronize();
+
+    // ---- elementwise ----
+    public void Zero(Tensor x) => _dev.Zero(P(x), x.Length * x.DType.ByteSize());
+
+    public void Copy(Tensor dst, Tensor src)
+    {
+        SameLength(dst, src);
+        if (dst.DType == src.DType) { _dev.CopyDeviceToDevice(P(dst), P(src), src.Length * src.DType.ByteSize()); return; }
+        LaunchFlat("elementwise.cu", "ft_copy", src.Length, [P(dst), Dt(dst), P(src), Dt(src), src.Length]);
+    }
+
+    public void Add(Tensor y, Tensor x, float alpha = 1f)
+    {
+        SameLength(y, x);
+        LaunchFlat("elementwise.cu", "ft_add", y.Length, [P(y), Dt(y), P(x), Dt(x), alpha, y.Length]);
+    }
+
+    public void Scale(Tensor x, float s) => LaunchFlat("elementwise.cu", "ft_scale", x.Length, [P(x), Dt(x), s, x.Length]);
+
+    public void AddBias(Tensor y, Tensor bias)
+    {
+        int cols = checked((int)bias.Length);
+        if (y.Length % cols != 0) throw new ArgumentException($"bias {bias} does not divide {y}");
+        LaunchFlat("elementwise.cu", "ft_add_bias", y.Length, [P(y), Dt(y), P(bias), Dt(bias), y.Length, cols]);
+    }
+
+    public void BiasBackward(Tensor dbias, Tensor dy)
+    {
+        int cols = checked((int)dbias.Length);
+        int rows = checked((int)(dy.Length / cols));
+        Launch("elementwise.cu", "ft_bias_backward", ((cols + Threads - 1) / Threads, 1, 1), Threads,
+            [P(dbias), Dt(dbias), P(dy), Dt(dy), rows, cols]);
+    }
+
+    // ---- embedding ----
+    public void Embedding(Tensor output, Tensor table, Tensor ids)
+    {
+        Need(ids, DType.I32);
+        int cols = table.Cols;
+        long n = ids.Length;
+        if (output.Length != n * cols) throw new ArgumentException($"embedding output {output} does not hold {n}×{cols}");
+        LaunchFlat("embedding.cu", "embedding_forward", n * cols, [P(output), Dt(output), P(table), Dt(table), P(ids), n, cols, table.Rows]);
+    }
+
+    public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids)
+    {
+        Need(ids, DType.I32);
+        int cols = dtable.Cols;
+        long n = ids.Length;
+        LaunchFlat("embedding.cu", "embedding_backward", n * cols, [P(dtable), Dt(dtable), P(doutput), Dt(doutput), P(ids), n, cols, dtable.Rows]);
+    }
+
+    // ---- RMSNorm ----
+    const int RowsPerBlock = Threads / 32;
+
+    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps)
+    {
+        int c = checked((int)weight.Length);
+        int rows = checked((int)(x.Length / c));
+        SameLength(y, x); Need(rstd, DType.F32);
+        if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
+        if (rows == 0) return;
+        Launch("rmsnorm.cu", "rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+            [P(y), Dt(y), P(rstd), P(x), Dt(x), P(weight), Dt(weight), rows, c, eps]);
+    }
+
+    /// <summary>resid = a + b and y = RMSNorm(resid) in one pass (the pre-norm of the next sub-layer).</summary>
+    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps)
+    {
+        int c = checked((int)weight.Length);
+        int rows = checked((int)(a.Length / c));
+        SameLength(resid, a); SameLength(b, a); SameLength(y, a); Need(rstd, DType.F32);
+        if (rows == 0) return;
+        Launch("rmsnorm.cu", "residual_rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+            [P(resid), Dt(resid), P(y), Dt(y), P(rstd), P(a), Dt(a), P(b), Dt(b), P(weight), Dt(weight), rows, c, eps]);
+    }
+
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd)
+    {
+        int c = checked((int)weight.Length);
+        int rows = checked((int)(x.Length / c));
+        SameLength(dx, x); SameLength(dy, x); Need(rstd, DType.F32);
+        if (rows == 0) return;
+        Launch("rmsnorm.cu", "rmsnorm_backward_dx", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+            [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c]);
+        if (dweight is not null)
+            Launch("rmsnorm.cu", "rmsnorm_backward_dw", ((c + Threads - 1) / Threads, 1, 1), Threads,
+                [P(dweight), Dt(dweight), P(dy), Dt(dy), P(x), Dt(x), P(rstd), rows, c]);
+    }
+
+    // ---- RoPE ----
+    public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse)
+    {
+        Need(positions, DType.I32); Need(cos, DType.F32); Need(sin, DType.F32);
+        int half = headDim / 2;
+        int n = checked((int)positions.Length);
+        if (n == 0) return;
+        int width = checked((int)(x.Length / n));
+        int heads = width / headDim;
+        if (cos.Cols != half || sin.Cols != half) throw new ArgumentException($"rope tables {cos}/{sin} must have headDim/2 = {half} columns");
+        LaunchFlat("rope.cu", "rope_apply", (long)n * heads * half,
+            [P(x), Dt(x), P(positions), P(cos), P(sin), n, heads, headDim, cos.Rows, inverse ? -1f : 1f]);
+    }
+
+    // ---- SwiGLU ----
+    public void SwiGlu(Tensor h, Tensor gate, Tensor up)
+    {
+        SameLength(h, gate); SameLength(h, up);
+        LaunchFlat("swiglu.cu", "swiglu_forward", h.Length, [P(h), Dt(h), P(gate), Dt(gate), P(up), Dt(up), h.Length]);
+    }
+
+    public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up)
+    {
+        SameLength(dgate, dh); SameLength(dup, dh); SameLength(gate, dh); SameLength(up, dh);
+        LaunchFlat("swiglu.cu", "swiglu_backward", dh.Length,
+            [P(dgate), Dt(dgate), P(dup), Dt(dup), P(dh), Dt(dh), P(gate), Dt(gate), P(up), Dt(up), dh.Length]);
+    }
+
+    // ---- loss ----
+    public void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad)
+    {
+        Need(labels, DType.I32); Need(lossSum, DType.F32);
+        int v = logits.Cols, n = logits.Rows;
+        if (labels.Length != n) throw new ArgumentException($"labels {labels} do not match logits {logits}");
+        if (n == 0) return;
+        Launch("cross_entropy.cu", "cross_entropy", (n, 1, 1), 512,
+            [P(logits), Dt(logits), P(labels), P(lossSum), n, v, gradScale, computeGrad ? 1 : 0]);
+    }
+
+    // ---- randomness ----
+    public void Dropout(Tensor y, Tensor x, float p, ulong seed)
+    {
+        SameLength(y, x);
+        LaunchFlat("elementwise.cu", "ft_dropout", y.Length, [P(y), Dt(y), P(x), Dt(x), p, (KernelArg)seed, y.Length]);
+    }
+
+    public void AddUniformNoise(Tensor x, float magnitude, ulong seed) =>
+        LaunchFlat("elementwise.cu", "ft_uniform_noise", x.Length, [P(x), Dt(x), magnitude, (KernelArg)seed, x.Length]);
+
+    // ---- optimizer ----
+    public void SumOfSquares(Tensor x, Tensor acc)
+    {
+        Need(acc, DType.F32);
+        LaunchFlat("adamw.cu", "sum_of_squares", x.Length, [P(x), Dt(x), x.Length, P(acc)]);
+    }
+
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step)
+    {
+        SameLength(param, grad); SameLength(param, m); SameLength(param, v);
+        Need(param, DType.F32); Need(grad, DType.F32); Need(m, DType.F32); Need(v, DType.F32);
+        if (computeCopy is not null) SameLength(param, computeCopy);
+        // Bias corrections in float, exactly as the CPU backend computes them.
+        float bc1 = 1f - MathF.Pow(step.Beta1, step.Step);
+        float bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(step.Beta2, step.Step));
+        LaunchFlat("adamw.cu", "adamw_step", param.Length,
+        [
+            P(param), P(grad), P(m), P(v), computeCopy is null ? 0UL : P(computeCopy), computeCopy is null ? 0 : Dt(computeCopy),
+            gradNormSquared is null ? 0UL : P(gradNormSquared), param.Length, step.LearningRate, step.Beta1, step.Beta2, step.Epsilon,
+            step.WeightDecay, bc1, bc2Sqrt, step.GradScale, step.MaxGradNorm,
+        ]);
+    }
+}

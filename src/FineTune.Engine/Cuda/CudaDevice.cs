@@ -1,0 +1,216 @@
+using System.Diagnostics;
+
+namespace FineTune.Engine.Cuda;
+
+/// <summary>What <see cref="CudaDevice"/> found on open: the GPU, its architecture and the libraries it loaded.</summary>
+public sealed record CudaDeviceInfo(int Ordinal, string Name, int ComputeMajor, int ComputeMinor, int Multiprocessors,
+    long TotalMemoryBytes, int DriverVersion, string DriverLibrary)
+{
+    public string Architecture => $"sm_{ComputeMajor}{ComputeMinor}";
+}
+
+/// <summary>
+/// One GPU: its primary context, one non-blocking stream that every operation is queued on, the caching
+/// allocator, the kernel modules (compiled by NVRTC on first use, cached on disk by source hash) and cuBLASLt.
+/// Not thread-safe: a training step drives it from one thread.
+/// </summary>
+public sealed unsafe class CudaDevice : IDisposable
+{
+    readonly CudaDriver _driver;
+    readonly int _device;
+    readonly nint _context;
+    readonly KernelSources _sources;
+    readonly KernelCache _cache;
+    readonly Dictionary<string, nint> _modules = new(StringComparer.Ordinal);
+    readonly Dictionary<(string, string), nint> _functions = new();
+    Nvrtc? _nvrtc;
+    CublasLt? _blas;
+    ulong _blasWorkspace;
+    bool _disposed;
+
+    public CudaDeviceInfo Info { get; }
+    public nint Stream { get; }
+    public CachingAllocator Allocator { get; }
+    /// <summary>Seconds spent in NVRTC (cache misses) and module loads since open.</summary>
+    public double CompileSeconds { get; private set; }
+    public int KernelsCompiled { get; private set; }
+    public int KernelsFromCache { get; private set; }
+
+    public const long CublasWorkspaceBytes = 32L << 20;
+
+    CudaDevice(CudaDriver driver, int ordinal, KernelSources sources, KernelCache cache)
+    {
+        _driver = driver;
+        int count = driver.DeviceCount;
+        if (ordinal < 0 || ordinal >= count)
+            throw new CudaUnavailableException($"device cuda:{ordinal} does not exist: the driver reports {count} GPU(s) (cuda:0..cuda:{count - 1})");
+        _device = driver.DeviceGet(ordinal);
+        _context = driver.PrimaryContextRetain(_device);
+        driver.SetCurrent(_context);
+        Stream = driver.StreamCreate();
+        Info = new CudaDeviceInfo(ordinal, driver.DeviceName(_device),
+            driver.Attribute(_device, CudaDriver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+            driver.Attribute(_device, CudaDriver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+            driver.Attribute(_device, CudaDriver.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+            driver.TotalMemory(_device), driver.DriverVersion, driver.LibraryName);
+        Allocator = new CachingAllocator(new DriverMemory(driver));
+        _sources = sources;
+        _cache = cache;
+    }
+
+    /// <summary>Opens GPU <paramref name="ordinal"/>; throws <see cref="CudaUnavailableException"/> without a driver or GPU.</summary>
+    public static CudaDevice Open(int ordinal = 0, KernelCache? cache = null) =>
+        new(CudaDriver.Load(), ordinal, KernelSources.Embedded(), cache ?? new KernelCache(KernelCache.DefaultDirectory()));
+
+    sealed class DriverMemory(CudaDriver driver) : IRawDeviceMemory
+    {
+        public bool TryAllocate(long bytes, out ulong pointer)
+        {
+            int rc = driver.TryMemAlloc(bytes, out pointer);
+            if (rc == CudaDriver.CUDA_ERROR_OUT_OF_MEMORY) return false;
+            driver.Check(rc, $"cuMemAlloc({bytes} bytes)");
+            return true;
+        }
+        public void Free(ulong pointer) => driver.Check(driver.TryFree(pointer), "cuMemFree");
+        public (long Free, long Total) MemoryInfo() => driver.MemInfo();
+    }
+
+    internal CublasLt Blas
+    {
+        get
+        {
+            if (_blas is null)
+            {
+                _blasWorkspace = Allocator.Allocate(CublasWorkspaceBytes);
+                _blas = CublasLt.Load(_blasWorkspace, CublasWorkspaceBytes);
+            }
+            return _blas;
+        }
+    }
+
+    public string? NvrtcLibrary => _nvrtc?.LibraryName;
+    public string? CublasLtLibrary => _blas?.LibraryName;
+
+    /// <summary>NVRTC options: the device's own architecture, fast but IEEE-correct division and sqrt kept.</summary>
+    public IReadOnlyList<string> CompileOptions =>
+        [$"--gpu-architecture=sm_{Info.ComputeMajor}{Info.ComputeMinor}", "--std=c++17", "-default-device"];
+
+    /// <summary>Kernel <paramref name="function"/> of program <paramref name="program"/> (e.g. "rmsnorm.cu").</summary>
+    public nint Function(string program, string function)
+    {
+        if (_functions.TryGetValue((program, function), out var f)) return f;
+        if (!_modules.TryGetValue(program, out var module)) _modules[program] = module = LoadModule(program);
+        f = _driver.ModuleGetFunction(module, function);
+        _functions[(program, function)] = f;
+        return f;
+    }
+
+    nint LoadModule(string program)
+    {
+        var sw = Stopwatch.StartNew();
+        _nvrtc ??= Nvrtc.Load();
+        var options = CompileOptions;
+        var fingerprint = _sources.Fingerprint(program, options, $"{_nvrtc.LibraryName} {_nvrtc.Version.Major}.{_nvrtc.Version.Minor}");
+        var cubin = _cache.GetOrCompile(fingerprint, () => _nvrtc.CompileToCubin(program, _sources.Source(program), _sources.Headers, options), out bool compiled);
+        if (compiled) KernelsCompiled++; else KernelsFromCache++;
+        var module = _driver.ModuleLoadData(cubin);
+        CompileSeconds += sw.Elapsed.TotalSeconds;
+        return module;
+    }
+
+    /// <summary>Raises a kernel's dynamic shared memory limit above the default 48 KiB.</summary>
+    public void SetDynamicSharedMemory(nint function, int bytes) =>
+        _driver.FuncSetAttribute(function, CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
+
+    public int MaxSharedMemoryPerBlock => _driver.Attribute(_device, CudaDriver.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
+
+    /// <summary>
+    /// Queues a kernel. Each argument occupies an 8-byte slot; the driver reads as many bytes as the kernel's
+    /// parameter has (4 for int/float, 8 for pointers), and x86-64/arm64 are little-endian.
+    /// </summary>
+    public void Launch(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
+    {
+        var values = stackalloc ulong[args.Length];
+        var ptrs = stackalloc void*[args.Length];
+        for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
+        int rc = _driver.LaunchKernel(function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
+            (uint)sharedBytes, Stream, ptrs);
+        if (rc != 0)
+            throw new CudaException($"launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
+    }
+
+    public void Synchronize() => _driver.StreamSynchronize(Stream);
+
+    public ulong Allocate(long bytes) => Allocator.Allocate(bytes);
+    public void Free(ulong pointer) => Allocator.Free(pointer);
+
+    public void CopyToDevice<T>(ulong dst, ReadOnlySpan<T> src) where T : unmanaged
+    {
+        fixed (T* p = src) _driver.CopyHtoD(dst, p, (long)src.Length * sizeof(T), Stream);
+    }
+
+    /// <summary>Copies device memory to the host; waits for the stream (the host needs the data now).</summary>
+    public void CopyToHost<T>(Span<T> dst, ulong src) where T : unmanaged
+    {
+        fixed (T* p = dst)
+        {
+            _driver.CopyDtoH(p, src, (long)dst.Length * sizeof(T), Stream);
+            _driver.StreamSynchronize(Stream);
+        }
+    }
+
+    public void CopyDeviceToDevice(ulong dst, ulong src, long bytes) => _driver.CopyDtoD(dst, src, bytes, Stream);
+    public void Zero(ulong dst, long bytes) => _driver.MemsetD8(dst, 0, bytes, Stream);
+    public void Fill32(ulong dst, uint bits, long count) => _driver.MemsetD32(dst, bits, count, Stream);
+
+    public (long Free, long Total) MemoryInfo() => _driver.MemInfo();
+
+    /// <summary>A pair of events around queued work; <see cref="GpuTimer.StopMs"/> waits and returns device milliseconds.</summary>
+    public GpuTimer StartTimer() => new(_driver, Stream);
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try { _driver.StreamSynchronize(Stream); } catch (CudaException) { /* a failed kernel left the context broken; still release */ }
+        _blas?.Dispose();
+        Allocator.Dispose();
+        foreach (var m in _modules.Values) { try { _driver.ModuleUnload(m); } catch (CudaException) { } }
+        try { _driver.StreamDestroy(Stream); } catch (CudaException) { }
+        try { _driver.PrimaryContextRelease(_device); } catch (CudaException) { }
+    }
+}
+
+/// <summary>One kernel argument as raw bits: a device pointer, an int or a float.</summary>
+public readonly struct KernelArg
+{
+    public ulong Bits { get; }
+    KernelArg(ulong bits) => Bits = bits;
+    public static implicit operator KernelArg(ulong devicePointer) => new(devicePointer);
+    public static implicit operator KernelArg(int value) => new((uint)value);
+    public static implicit operator KernelArg(float value) => new(BitConverter.SingleToUInt32Bits(value));
+    public static implicit operator KernelArg(long value) => new((ulong)value);
+}
+
+/// <summary>Device-side timing with CUDA events.</summary>
+public sealed class GpuTimer : IDisposable
+{
+    readonly CudaDriver _driver;
+    readonly nint _stream, _start, _end;
+
+    internal GpuTimer(CudaDriver driver, nint stream)
+    {
+        _driver = driver; _stream = stream;
+        _start = driver.EventCreate(); _end = driver.EventCreate();
+        driver.EventRecord(_start, stream);
+    }
+
+    public double StopMs()
+    {
+        _driver.EventRecord(_end, _stream);
+        _driver.EventSynchronize(_end);
+        return _driver.EventElapsedMs(_start, _end);
+    }
+
+    public void Dispose() { _driver.EventDestroy(_start); _driver.EventDestroy(_end); }
+}

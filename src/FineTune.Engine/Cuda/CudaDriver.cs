@@ -1,0 +1,194 @@
+using System.Runtime.InteropServices;
+
+namespace FineTune.Engine.Cuda;
+
+/// <summary>
+/// The CUDA driver API (libcuda.so.1) through function pointers resolved at load time, so a machine
+/// without the driver fails with <see cref="CudaUnavailableException"/> instead of a missing-library crash.
+/// Every call goes through <see cref="Check"/>, which puts the driver's own error name and string in the exception.
+/// </summary>
+internal sealed unsafe class CudaDriver
+{
+    public const int CUDA_SUCCESS = 0;
+    public const int CUDA_ERROR_OUT_OF_MEMORY = 2;
+    public const int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+    public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+    public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+    public const int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
+    public const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+
+    public static readonly string[] LibraryNames = OperatingSystem.IsWindows() ? ["nvcuda.dll"] : ["libcuda.so.1", "libcuda.so"];
+
+    readonly NativeLibraryProbe _lib;
+    public string LibraryName => _lib.LoadedName;
+
+    readonly delegate* unmanaged<uint, int> _cuInit;
+    readonly delegate* unmanaged<int*, int> _cuDriverGetVersion;
+    readonly delegate* unmanaged<int*, int> _cuDeviceGetCount;
+    readonly delegate* unmanaged<int*, int, int> _cuDeviceGet;
+    readonly delegate* unmanaged<byte*, int, int, int> _cuDeviceGetName;
+    readonly delegate* unmanaged<int*, int, int, int> _cuDeviceGetAttribute;
+    readonly delegate* unmanaged<nuint*, int, int> _cuDeviceTotalMem;
+    readonly delegate* unmanaged<nint*, int, int> _cuDevicePrimaryCtxRetain;
+    readonly delegate* unmanaged<int, int> _cuDevicePrimaryCtxRelease;
+    readonly delegate* unmanaged<nint, int> _cuCtxSetCurrent;
+    readonly delegate* unmanaged<int> _cuCtxSynchronize;
+    readonly delegate* unmanaged<nint*, uint, int> _cuStreamCreate;
+    readonly delegate* unmanaged<nint, int> _cuStreamDestroy;
+    readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
+    readonly delegate* unmanaged<ulong*, nuint, int> _cuMemAlloc;
+    readonly delegate* unmanaged<ulong, int> _cuMemFree;
+    readonly delegate* unmanaged<nuint*, nuint*, int> _cuMemGetInfo;
+    readonly delegate* unmanaged<ulong, void*, nuint, nint, int> _cuMemcpyHtoDAsync;
+    readonly delegate* unmanaged<void*, ulong, nuint, nint, int> _cuMemcpyDtoHAsync;
+    readonly delegate* unmanaged<ulong, ulong, nuint, nint, int> _cuMemcpyDtoDAsync;
+    readonly delegate* unmanaged<ulong, byte, nuint, nint, int> _cuMemsetD8Async;
+    readonly delegate* unmanaged<ulong, uint, nuint, nint, int> _cuMemsetD32Async;
+    readonly delegate* unmanaged<nint*, void*, int> _cuModuleLoadData;
+    readonly delegate* unmanaged<nint, int> _cuModuleUnload;
+    readonly delegate* unmanaged<nint*, nint, byte*, int> _cuModuleGetFunction;
+    readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
+    readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
+    readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
+    readonly delegate* unmanaged<nint, nint, int> _cuEventRecord;
+    readonly delegate* unmanaged<nint, int> _cuEventSynchronize;
+    readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
+    readonly delegate* unmanaged<nint, int> _cuEventDestroy;
+    readonly delegate* unmanaged<int, byte**, int> _cuGetErrorString;
+    readonly delegate* unmanaged<int, byte**, int> _cuGetErrorName;
+
+    CudaDriver(NativeLibraryProbe lib)
+    {
+        _lib = lib;
+        _cuInit = (delegate* unmanaged<uint, int>)lib.Export("cuInit");
+        _cuDriverGetVersion = (delegate* unmanaged<int*, int>)lib.Export("cuDriverGetVersion");
+        _cuDeviceGetCount = (delegate* unmanaged<int*, int>)lib.Export("cuDeviceGetCount");
+        _cuDeviceGet = (delegate* unmanaged<int*, int, int>)lib.Export("cuDeviceGet");
+        _cuDeviceGetName = (delegate* unmanaged<byte*, int, int, int>)lib.Export("cuDeviceGetName");
+        _cuDeviceGetAttribute = (delegate* unmanaged<int*, int, int, int>)lib.Export("cuDeviceGetAttribute");
+        _cuDeviceTotalMem = (delegate* unmanaged<nuint*, int, int>)lib.Export("cuDeviceTotalMem_v2");
+        _cuDevicePrimaryCtxRetain = (delegate* unmanaged<nint*, int, int>)lib.Export("cuDevicePrimaryCtxRetain");
+        _cuDevicePrimaryCtxRelease = (delegate* unmanaged<int, int>)lib.Export("cuDevicePrimaryCtxRelease_v2");
+        _cuCtxSetCurrent = (delegate* unmanaged<nint, int>)lib.Export("cuCtxSetCurrent");
+        _cuCtxSynchronize = (delegate* unmanaged<int>)lib.Export("cuCtxSynchronize");
+        _cuStreamCreate = (delegate* unmanaged<nint*, uint, int>)lib.Export("cuStreamCreate");
+        _cuStreamDestroy = (delegate* unmanaged<nint, int>)lib.Export("cuStreamDestroy_v2");
+        _cuStreamSynchronize = (delegate* unmanaged<nint, int>)lib.Export("cuStreamSynchronize");
+        _cuMemAlloc = (delegate* unmanaged<ulong*, nuint, int>)lib.Export("cuMemAlloc_v2");
+        _cuMemFree = (delegate* unmanaged<ulong, int>)lib.Export("cuMemFree_v2");
+        _cuMemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)lib.Export("cuMemGetInfo_v2");
+        _cuMemcpyHtoDAsync = (delegate* unmanaged<ulong, void*, nuint, nint, int>)lib.Export("cuMemcpyHtoDAsync_v2");
+        _cuMemcpyDtoHAsync = (delegate* unmanaged<void*, ulong, nuint, nint, int>)lib.Export("cuMemcpyDtoHAsync_v2");
+        _cuMemcpyDtoDAsync = (delegate* unmanaged<ulong, ulong, nuint, nint, int>)lib.Export("cuMemcpyDtoDAsync_v2");
+        _cuMemsetD8Async = (delegate* unmanaged<ulong, byte, nuint, nint, int>)lib.Export("cuMemsetD8Async");
+        _cuMemsetD32Async = (delegate* unmanaged<ulong, uint, nuint, nint, int>)lib.Export("cuMemsetD32Async");
+        _cuModuleLoadData = (delegate* unmanaged<nint*, void*, int>)lib.Export("cuModuleLoadData");
+        _cuModuleUnload = (delegate* unmanaged<nint, int>)lib.Export("cuModuleUnload");
+        _cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)lib.Export("cuModuleGetFunction");
+        _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)lib.Export("cuFuncSetAttribute");
+        _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)lib.Export("cuLaunchKernel");
+        _cuEventCreate = (delegate* unmanaged<nint*, uint, int>)lib.Export("cuEventCreate");
+        _cuEventRecord = (delegate* unmanaged<nint, nint, int>)lib.Export("cuEventRecord");
+        _cuEventSynchronize = (delegate* unmanaged<nint, int>)lib.Export("cuEventSynchronize");
+        // CUDA 12.8 added cuEventElapsedTime_v2; older drivers only have the plain name.
+        var elapsed = lib.TryExport("cuEventElapsedTime_v2");
+        _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(elapsed != 0 ? elapsed : lib.Export("cuEventElapsedTime"));
+        _cuEventDestroy = (delegate* unmanaged<nint, int>)lib.Export("cuEventDestroy_v2");
+        _cuGetErrorString = (delegate* unmanaged<int, byte**, int>)lib.Export("cuGetErrorString");
+        _cuGetErrorName = (delegate* unmanaged<int, byte**, int>)lib.Export("cuGetErrorName");
+    }
+
+    /// <summary>Loads libcuda and runs cuInit; throws <see cref="CudaUnavailableException"/> when there is no driver or no device.</summary>
+    public static CudaDriver Load() => Load(LibraryNames);
+
+    internal static CudaDriver Load(IEnumerable<string> libraryNames)
+    {
+        var lib = NativeLibraryProbe.TryLoad(libraryNames, out var tried)
+            ?? throw new CudaUnavailableException($"no CUDA driver: none of [{tried}] could be loaded");
+        var d = new CudaDriver(lib);
+        int rc = d._cuInit(0);
+        if (rc != CUDA_SUCCESS) throw new CudaUnavailableException($"cuInit failed: {d.Describe(rc)}");
+        int n;
+        rc = d._cuDeviceGetCount(&n);
+        if (rc != CUDA_SUCCESS) throw new CudaUnavailableException($"cuDeviceGetCount failed: {d.Describe(rc)}");
+        if (n == 0) throw new CudaUnavailableException("the CUDA driver reports no GPU");
+        return d;
+    }
+
+    public string Describe(int rc)
+    {
+        byte* name = null, text = null;
+        _cuGetErrorName(rc, &name);
+        _cuGetErrorString(rc, &text);
+        var n = name != null ? Marshal.PtrToStringUTF8((nint)name) : null;
+        var t = text != null ? Marshal.PtrToStringUTF8((nint)text) : null;
+        return $"{n ?? "CUDA_ERROR"} ({rc}): {t ?? "unknown error"}";
+    }
+
+    public void Check(int rc, string call)
+    {
+        if (rc != CUDA_SUCCESS) throw new CudaException($"{call} failed: {Describe(rc)}");
+    }
+
+    public int DriverVersion { get { int v; Check(_cuDriverGetVersion(&v), "cuDriverGetVersion"); return v; } }
+    public int DeviceCount { get { int n; Check(_cuDeviceGetCount(&n), "cuDeviceGetCount"); return n; } }
+
+    public int DeviceGet(int ordinal) { int d; Check(_cuDeviceGet(&d, ordinal), "cuDeviceGet"); return d; }
+
+    public string DeviceName(int device)
+    {
+        var buf = stackalloc byte[256];
+        Check(_cuDeviceGetName(buf, 256, device), "cuDeviceGetName");
+        return Marshal.PtrToStringUTF8((nint)buf) ?? "";
+    }
+
+    public int Attribute(int device, int attribute) { int v; Check(_cuDeviceGetAttribute(&v, attribute, device), "cuDeviceGetAttribute"); return v; }
+    public long TotalMemory(int device) { nuint b; Check(_cuDeviceTotalMem(&b, device), "cuDeviceTotalMem"); return (long)b; }
+    public nint PrimaryContextRetain(int device) { nint c; Check(_cuDevicePrimaryCtxRetain(&c, device), "cuDevicePrimaryCtxRetain"); return c; }
+    public void PrimaryContextRelease(int device) => Check(_cuDevicePrimaryCtxRelease(device), "cuDevicePrimaryCtxRelease");
+    public void SetCurrent(nint ctx) => Check(_cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+    public void ContextSynchronize() => Check(_cuCtxSynchronize(), "cuCtxSynchronize");
+    public nint StreamCreate() { nint s; Check(_cuStreamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate"); return s; }
+    public void StreamDestroy(nint s) => Check(_cuStreamDestroy(s), "cuStreamDestroy");
+    public void StreamSynchronize(nint s) => Check(_cuStreamSynchronize(s), "cuStreamSynchronize");
+
+    /// <summary>Raw allocation; returns the CUresult so the caching allocator can react to out-of-memory.</summary>
+    public int TryMemAlloc(long bytes, out ulong ptr) { ulong p; int rc = _cuMemAlloc(&p, (nuint)bytes); ptr = p; return rc; }
+    public void MemFree(ulong ptr) => Check(_cuMemFree(ptr), "cuMemFree");
+    public int TryFree(ulong ptr) => _cuMemFree(ptr);
+    public (long Free, long Total) MemInfo() { nuint f, t; Check(_cuMemGetInfo(&f, &t), "cuMemGetInfo"); return ((long)f, (long)t); }
+
+    public void CopyHtoD(ulong dst, void* src, long bytes, nint stream) => Check(_cuMemcpyHtoDAsync(dst, src, (nuint)bytes, stream), "cuMemcpyHtoDAsync");
+    public void CopyDtoH(void* dst, ulong src, long bytes, nint stream) => Check(_cuMemcpyDtoHAsync(dst, src, (nuint)bytes, stream), "cuMemcpyDtoHAsync");
+    public void CopyDtoD(ulong dst, ulong src, long bytes, nint stream) => Check(_cuMemcpyDtoDAsync(dst, src, (nuint)bytes, stream), "cuMemcpyDtoDAsync");
+    public void MemsetD8(ulong dst, byte value, long count, nint stream) => Check(_cuMemsetD8Async(dst, value, (nuint)count, stream), "cuMemsetD8Async");
+    public void MemsetD32(ulong dst, uint value, long count, nint stream) => Check(_cuMemsetD32Async(dst, value, (nuint)count, stream), "cuMemsetD32Async");
+
+    public nint ModuleLoadData(byte[] image)
+    {
+        nint m;
+        fixed (byte* p = image) Check(_cuModuleLoadData(&m, p), "cuModuleLoadData");
+        return m;
+    }
+
+    public void ModuleUnload(nint module) => Check(_cuModuleUnload(module), "cuModuleUnload");
+
+    public nint ModuleGetFunction(nint module, string name)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(name + "\0");
+        nint f;
+        fixed (byte* p = bytes) Check(_cuModuleGetFunction(&f, module, p), $"cuModuleGetFunction('{name}')");
+        return f;
+    }
+
+    public void FuncSetAttribute(nint f, int attribute, int value) => Check(_cuFuncSetAttribute(f, attribute, value), "cuFuncSetAttribute");
+
+    public int LaunchKernel(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args) =>
+        _cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, args, null);
+
+    public nint EventCreate() { nint e; Check(_cuEventCreate(&e, 0), "cuEventCreate"); return e; }
+    public void EventRecord(nint e, nint stream) => Check(_cuEventRecord(e, stream), "cuEventRecord");
+    public void EventSynchronize(nint e) => Check(_cuEventSynchronize(e), "cuEventSynchronize");
+    public float EventElapsedMs(nint start, nint end) { float ms; Check(_cuEventElapsedTime(&ms, start, end), "cuEventElapsedTime"); return ms; }
+    public void EventDestroy(nint e) => Check(_cuEventDestroy(e), "cuEventDestroy");
+}

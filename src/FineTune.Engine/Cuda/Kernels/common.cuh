@@ -1,0 +1,74 @@
+// Shared helpers for FineTune's kernels. Self-contained (no CUDA headers), so NVRTC needs no include path.
+// Tensors reach a kernel as a raw pointer plus a dtype code that matches FineTune.Engine.DType:
+//   0 = F32, 1 = BF16, 2 = I32.
+// Every load widens to float and every store rounds from float, so arithmetic is fp32 whatever the storage.
+#pragma once
+
+#define FT_F32 0
+#define FT_BF16 1
+#define FULL_MASK 0xffffffffu
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+typedef long long i64;
+
+__device__ __forceinline__ float bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+
+// Round to nearest even, as torch's .to(torch.bfloat16).
+__device__ __forceinline__ unsigned short f32_to_bf16(float f)
+{
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+__device__ __forceinline__ float ld(const void* p, i64 i, int dt)
+{
+    return dt == FT_BF16 ? bf16_to_f32(((const unsigned short*)p)[i]) : ((const float*)p)[i];
+}
+
+__device__ __forceinline__ void st(void* p, i64 i, float v, int dt)
+{
+    if (dt == FT_BF16) ((unsigned short*)p)[i] = f32_to_bf16(v);
+    else ((float*)p)[i] = v;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v)
+{
+    __shared__ float partial[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v)
+{
+    __shared__ float partial[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)

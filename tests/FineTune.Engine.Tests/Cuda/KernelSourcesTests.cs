@@ -1,0 +1,58 @@
+using System.Security.Cryptography;
+using System.Text;
+using FineTune.Engine.Cuda;
+
+namespace FineTune.Engine.Tests.Cuda;
+
+public sealed class KernelSourcesTests
+{
+    [Fact]
+    public void Every_operation_kernel_is_embedded_as_its_own_program()
+    {
+        var programs = KernelSources.Embedded().Programs.ToArray();
+        Assert.Equal(["adamw.cu", "attention.cu", "cross_entropy.cu", "elementwise.cu", "embedding.cu", "rmsnorm.cu", "rope.cu", "swiglu.cu"],
+            programs.Where(p => !p.StartsWith("flash", StringComparison.Ordinal)).ToArray());
+    }
+
+    [Fact]
+    public void The_shared_header_is_offered_to_every_program_and_each_program_includes_it()
+    {
+        var s = KernelSources.Embedded();
+        Assert.Contains("common.cuh", s.Headers.Keys);
+        Assert.Contains("cvt.rn.bf16.f32", s.Headers["common.cuh"]);
+        foreach (var p in s.Programs) Assert.Contains("#include \"common.cuh\"", s.Source(p));
+    }
+
+    [Fact]
+    public void Each_program_declares_its_kernels_extern_C_so_the_driver_finds_them_by_name()
+    {
+        var s = KernelSources.Embedded();
+        Assert.Contains("extern \"C\" __global__ void rmsnorm_forward(", s.Source("rmsnorm.cu"));
+        Assert.Contains("extern \"C\" __global__ void attention_backward_dkv(", s.Source("attention.cu"));
+        Assert.Contains("extern \"C\" __global__ void adamw_step(", s.Source("adamw.cu"));
+    }
+
+    static KernelSources Tiny(string body, string header = "#pragma once\n") =>
+        new(new Dictionary<string, string> { ["a.cu"] = body, ["common.cuh"] = header });
+
+    [Fact]
+    public void The_fingerprint_is_the_SHA256_of_program_headers_options_and_compiler()
+    {
+        var s = Tiny("k");
+        string expected = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(
+            "program\0a.cu\0k\0header\0common.cuh\0#pragma once\n\0option\0--gpu-architecture=sm_90\0compiler\0nvrtc 13.0")));
+        Assert.Equal(expected, s.Fingerprint("a.cu", ["--gpu-architecture=sm_90"], "nvrtc 13.0"));
+    }
+
+    [Fact]
+    public void Changing_the_source_a_header_the_architecture_or_the_compiler_changes_the_fingerprint()
+    {
+        string[] opts = ["--gpu-architecture=sm_90"];
+        string baseFp = Tiny("k").Fingerprint("a.cu", opts, "13.0");
+        Assert.NotEqual(baseFp, Tiny("k2").Fingerprint("a.cu", opts, "13.0"));
+        Assert.NotEqual(baseFp, Tiny("k", "#pragma once\n//x").Fingerprint("a.cu", opts, "13.0"));
+        Assert.NotEqual(baseFp, Tiny("k").Fingerprint("a.cu", ["--gpu-architecture=sm_80"], "13.0"));
+        Assert.NotEqual(baseFp, Tiny("k").Fingerprint("a.cu", opts, "12.8"));
+        Assert.Equal(baseFp, Tiny("k").Fingerprint("a.cu", opts, "13.0"));
+    }
+}

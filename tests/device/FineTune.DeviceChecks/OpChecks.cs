@@ -1,0 +1,407 @@
+using System.Diagnostics;
+using FineTune.Engine;
+using FineTune.Engine.Cpu;
+using FineTune.Engine.Cuda;
+
+namespace FineTune.DeviceChecks;
+
+/// <summary>One comparison: relative error ‖gpu − cpu‖ / ‖cpu‖ of one output.</summary>
+public sealed record CheckRow(string Op, string Path, string Output, long Elements, double RelError, double Tolerance, bool Pass, double GpuMs);
+
+/// <summary>
+/// Runs every backend operation on the CPU backend (the reference, F32) and on the CUDA backend with the same
+/// random inputs. F32 path: every CUDA tensor F32, tolerance 1e-4. BF16 path: activations and weights BF16 on
+/// the GPU, the CPU fed the same BF16-rounded values in F32, tolerance 1e-2.
+/// </summary>
+public static class OpChecks
+{
+    sealed class Ctx(CpuBackend cpu, CudaBackend gpu, DType act, string path, double tol, List<CheckRow> rows)
+    {
+        public readonly CpuBackend Cpu = cpu;
+        public readonly CudaBackend Gpu = gpu;
+        public readonly DType Act = act;
+        public readonly string Path = path;
+        public readonly double Tol = tol;
+        public readonly List<CheckRow> Rows = rows;
+        public readonly Random Rng = new(1234);
+        public readonly List<DeviceBuffer> Buffers = [];
+
+        public float[] Rand(long n, float scale = 1f)
+        {
+            var a = new float[n];
+            for (long i = 0; i < n; i++) a[i] = (float)(Rng.NextDouble() * 2 - 1) * scale;
+            return a;
+        }
+
+        Tensor Alloc(IBackend b, DType t, int[] shape)
+        {
+            long n = 1; foreach (var d in shape) n *= d;
+            var buf = b.AllocateBuffer(Math.Max(1, n) * t.ByteSize());
+            Buffers.Add(buf);
+            return new Tensor(buf, 0, t, shape);
+        }
+
+        /// <summary>The same values in both backends; GPU dtype <paramref name="gpuType"/> (null = the path's activation dtype).</summary>
+        public (Tensor Cpu, Tensor Gpu) Pair(float[] values, int[] shape, DType? gpuType = null)
+        {
+            var t = gpuType ?? Act;
+            var v = t == DType.BF16 ? values.Select(x => Bf16.ToFloat(Bf16.FromFloat(x))).ToArray() : values;
+            var c = Alloc(Cpu, DType.F32, shape);
+            var g = Alloc(Gpu, t, shape);
+            Cpu.Upload(c, v);
+            Gpu.Upload(g, v);
+            return (c, g);
+        }
+
+        public (Tensor Cpu, Tensor Gpu) IntPair(int[] values, int[] shape)
+        {
+            var c = Alloc(Cpu, DType.I32, shape);
+            var g = Alloc(Gpu, DType.I32, shape);
+            Cpu.Upload(c, values);
+            Gpu.Upload(g, values);
+            return (c, g);
+        }
+
+        public (Tensor Cpu, Tensor Gpu) Zeros(int[] shape, DType? gpuType = null) => Pair(new float[shape.Aggregate(1L, (a, b) => a * b)], shape, gpuType);
+
+        public void Compare(string op, string output, (Tensor Cpu, Tensor Gpu) t, double gpuMs, double? tol = null)
+        {
+            var a = new float[t.Cpu.Length];
+            var b = new float[t.Gpu.Length];
+            Cpu.Download(t.Cpu, a);
+            Gpu.Download(t.Gpu, b);
+            double num = 0, den = 0;
+            bool finite = true;
+            for (int i = 0; i < a.Length; i++)
+            {
+                if (!float.IsFinite(b[i])) finite = false;
+                double d = (double)b[i] - a[i];
+                num += d * d; den += (double)a[i] * a[i];
+            }
+            double rel = den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
+            if (!finite) rel = double.NaN;
+            double limit = tol ?? Tol;
+            var row = new CheckRow(op, Path, output, a.Length, rel, limit, finite && rel <= limit, gpuMs);
+            Rows.Add(row);
+            Console.WriteLine($"{(row.Pass ? "ok  " : "FAIL")} {Path,-5} {op,-44} {output,-12} n={a.Length,-9} rel={rel:E2} (tol {limit:E0}) gpu {gpuMs:F3} ms");
+        }
+
+        /// <summary>Mean device time of 5 runs (the work must not change its own inputs).</summary>
+        public double TimeRepeat(Action gpuWork)
+        {
+            Gpu.Synchronize();
+            using var timer = Gpu.Device.StartTimer();
+            for (int i = 0; i < 5; i++) gpuWork();
+            return timer.StopMs() / 5;
+        }
+
+        public double Time(Action gpuWork)
+        {
+            Gpu.Synchronize();
+            using var timer = Gpu.Device.StartTimer();
+            gpuWork();
+            return timer.StopMs();
+        }
+    }
+
+    public static List<CheckRow> Run()
+    {
+        var rows = new List<CheckRow>();
+        using var cpu = new CpuBackend();
+        using var gpu = new CudaBackend(0);
+        var info = gpu.Info;
+        Console.WriteLine($"GPU: {info.Name} ({info.Architecture}, {info.Multiprocessors} SMs, {info.TotalMemoryBytes / (1 << 30)} GiB), driver {info.DriverVersion}");
+        var sw = Stopwatch.StartNew();
+        foreach (var (act, path, tol) in new[] { (DType.F32, "f32", 1e-4), (DType.BF16, "bf16", 1e-2) })
+        {
+            var ctx = new Ctx(cpu, gpu, act, path, tol, rows);
+            RunAll(ctx);
+            foreach (var b in ctx.Buffers) b.Dispose();
+        }
+        Console.WriteLine($"NVRTC {gpu.Device.NvrtcLibrary}, cuBLASLt {gpu.Device.CublasLtLibrary}; kernels compiled {gpu.Device.KernelsCompiled}, from cache {gpu.Device.KernelsFromCache}, {gpu.Device.CompileSeconds:F2} s compiling/loading");
+
+        // Steady state: the same op sequence again must not call cuMemAlloc (caching allocator).
+        var before = gpu.Device.Allocator.Stats;
+        var again = new Ctx(cpu, gpu, DType.BF16, "bf16", 1e-2, []);
+        RunAll(again, quiet: true);
+        foreach (var b in again.Buffers) b.Dispose();
+        var after = gpu.Device.Allocator.Stats;
+        bool steady = after.RawAllocations == before.RawAllocations;
+        rows.Add(new CheckRow("allocator steady state", "bf16", "cuMemAlloc calls", after.RawAllocations - before.RawAllocations, 0, 0, steady, 0));
+        Console.WriteLine($"{(steady ? "ok  " : "FAIL")} allocator: second pass made {after.RawAllocations - before.RawAllocations} cuMemAlloc calls (total {after.RawAllocations}); peak in use {after.PeakInUseBytes / 1048576.0:F1} MiB");
+        int failed = rows.Count(r => !r.Pass);
+        Console.WriteLine($"op checks: {rows.Count - failed} passed, {failed} failed ({sw.Elapsed.TotalSeconds:F1} s)");
+        return rows;
+    }
+
+    static void RunAll(Ctx c, bool quiet = false)
+    {
+        var sink = quiet ? new List<CheckRow>() : null;
+        var target = sink is null ? c : new Ctx(c.Cpu, c.Gpu, c.Act, c.Path, c.Tol, sink);
+        if (sink is not null) { Elementwise(target); MatMuls(target); Norms(target); Attention(target); Loss(target); Optimizer(target); c.Buffers.AddRange(target.Buffers); return; }
+        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Loss(c); Optimizer(c);
+    }
+
+    static void Elementwise(Ctx c)
+    {
+        int n = 100_003;
+        var x = c.Pair(c.Rand(n), [n]);
+        var y = c.Pair(c.Rand(n), [n]);
+        double ms = c.Time(() => c.Gpu.Add(y.Gpu, x.Gpu, 0.75f));
+        c.Cpu.Add(y.Cpu, x.Cpu, 0.75f);
+        c.Compare("add", "y", y, ms);
+        ms = c.Time(() => c.Gpu.Scale(y.Gpu, -1.5f));
+        c.Cpu.Scale(y.Cpu, -1.5f);
+        c.Compare("scale", "x", y, ms);
+
+        // Copy with conversion: F32 → path dtype → F32.
+        var src = c.Pair(c.Rand(n), [n], DType.F32);
+        var mid = c.Zeros([n]);
+        var back = c.Zeros([n], DType.F32);
+        ms = c.Time(() => { c.Gpu.Copy(mid.Gpu, src.Gpu); c.Gpu.Copy(back.Gpu, mid.Gpu); });
+        c.Cpu.Copy(back.Cpu, src.Cpu);
+        c.Compare("copy/cast", "dst", back, ms);
+
+        int rows = 257, cols = 96;
+        var yb = c.Pair(c.Rand(rows * cols), [rows, cols]);
+        var bias = c.Pair(c.Rand(cols), [cols]);
+        ms = c.Time(() => c.Gpu.AddBias(yb.Gpu, bias.Gpu));
+        c.Cpu.AddBias(yb.Cpu, bias.Cpu);
+        c.Compare("add_bias", "y", yb, ms);
+        var db = c.Pair(c.Rand(cols), [cols], DType.F32);
+        ms = c.Time(() => c.Gpu.BiasBackward(db.Gpu, yb.Gpu));
+        c.Cpu.BiasBackward(db.Cpu, yb.Cpu);
+        c.Compare("bias_backward", "dbias", db, ms);
+
+        int vocab = 311, tokens = 203, dim = 64;
+        var table = c.Pair(c.Rand(vocab * dim), [vocab, dim]);
+        var ids = Enumerable.Range(0, tokens).Select(i => c.Rng.Next(vocab)).ToArray();
+        ids[5] = ids[9] = ids[17]; // repeated ids must add up in the backward
+        var idt = c.IntPair(ids, [tokens]);
+        var emb = c.Zeros([tokens, dim]);
+        ms = c.Time(() => c.Gpu.Embedding(emb.Gpu, table.Gpu, idt.Gpu));
+        c.Cpu.Embedding(emb.Cpu, table.Cpu, idt.Cpu);
+        c.Compare("embedding", "out", emb, ms);
+        var demb = c.Pair(c.Rand(tokens * dim), [tokens, dim]);
+        var dtable = c.Zeros([vocab, dim], DType.F32);
+        ms = c.Time(() => c.Gpu.EmbeddingBackward(dtable.Gpu, demb.Gpu, idt.Gpu));
+        c.Cpu.EmbeddingBackward(dtable.Cpu, demb.Cpu, idt.Cpu);
+        c.Compare("embedding_backward", "dtable", dtable, ms);
+        if (c.Act == DType.BF16)
+        {
+            var dtb = c.Zeros([vocab, dim]);
+            ms = c.Time(() => c.Gpu.EmbeddingBackward(dtb.Gpu, demb.Gpu, idt.Gpu));
+            c.Cpu.EmbeddingBackward(dtb.Cpu, demb.Cpu, idt.Cpu);
+            c.Compare("embedding_backward", "dtable bf16", dtb, ms);
+        }
+
+        int m = 4099;
+        var g = c.Pair(c.Rand(m, 4f), [m]);
+        var u = c.Pair(c.Rand(m, 2f), [m]);
+        var h = c.Zeros([m]);
+        ms = c.Time(() => c.Gpu.SwiGlu(h.Gpu, g.Gpu, u.Gpu));
+        c.Cpu.SwiGlu(h.Cpu, g.Cpu, u.Cpu);
+        c.Compare("swiglu", "h", h, ms);
+        var dh = c.Pair(c.Rand(m), [m]);
+        var dg = c.Zeros([m]); var du = c.Zeros([m]);
+        ms = c.Time(() => c.Gpu.SwiGluBackward(dg.Gpu, du.Gpu, dh.Gpu, g.Gpu, u.Gpu));
+        c.Cpu.SwiGluBackward(dg.Cpu, du.Cpu, dh.Cpu, g.Cpu, u.Cpu);
+        c.Compare("swiglu_backward", "dgate", dg, ms);
+        c.Compare("swiglu_backward", "dup", du, ms);
+
+        // Counter-based randomness: the same seed gives the same mask on both backends (bit-exact in F32).
+        var dx = c.Pair(c.Rand(m), [m]);
+        var dy = c.Zeros([m]);
+        ms = c.Time(() => c.Gpu.Dropout(dy.Gpu, dx.Gpu, 0.1f, 42));
+        c.Cpu.Dropout(dy.Cpu, dx.Cpu, 0.1f, 42);
+        c.Compare("dropout", "y", dy, ms);
+        ms = c.Time(() => c.Gpu.AddUniformNoise(dx.Gpu, 0.05f, 7));
+        c.Cpu.AddUniformNoise(dx.Cpu, 0.05f, 7);
+        c.Compare("uniform_noise", "x", dx, ms);
+    }
+
+    static void MatMuls(Ctx c)
+    {
+        int m = 133, n = 96, k = 200;
+        foreach (var (ta, tb) in new[] { (false, true), (false, false), (true, false), (true, true) })
+        {
+            var a = c.Pair(c.Rand(m * k), ta ? [k, m] : [m, k]);
+            var b = c.Pair(c.Rand(k * n), tb ? [n, k] : [k, n]);
+            // Output F32 (gradients) and, on the BF16 path, BF16 (activations).
+            foreach (var outType in c.Act == DType.BF16 ? new[] { DType.F32, DType.BF16 } : new[] { DType.F32 })
+            {
+                var cc = c.Pair(c.Rand(m * n), [m, n], outType);
+                double ms = c.Time(() => c.Gpu.MatMul(cc.Gpu, a.Gpu, ta, b.Gpu, tb, 0.5f, accumulate: true));
+                c.Cpu.MatMul(cc.Cpu, a.Cpu, ta, b.Cpu, tb, 0.5f, accumulate: true);
+                c.Compare($"matmul T{(ta ? 1 : 0)}{(tb ? 1 : 0)} acc ->{outType}", "c", cc, ms);
+            }
+        }
+        // Mixed operands: an F32 master against BF16 activations (rounded to BF16 on the GPU).
+        if (c.Act == DType.BF16)
+        {
+            var x = c.Pair(c.Rand(m * k), [m, k]);
+            var wv = c.Rand(n * k).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray();
+            var w = c.Pair(wv, [n, k], DType.F32);
+            var y = c.Zeros([m, n], DType.F32);
+            double ms = c.Time(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true));
+            c.Cpu.MatMul(y.Cpu, x.Cpu, false, w.Cpu, true);
+            c.Compare("matmul mixed f32·bf16", "c", y, ms);
+        }
+        {
+            var x = c.Pair(c.Rand(m * k), [m, k]);
+            var w = c.Pair(c.Rand(n * k), [n, k]);
+            var bias = c.Pair(c.Rand(n), [n]);
+            var y = c.Zeros([m, n]);
+            double ms = c.Time(() => c.Gpu.LinearWithBias(y.Gpu, x.Gpu, w.Gpu, bias.Gpu));
+            c.Cpu.MatMul(y.Cpu, x.Cpu, false, w.Cpu, true);
+            c.Cpu.AddBias(y.Cpu, bias.Cpu);
+            c.Compare("linear+bias epilogue", "y", y, ms);
+        }
+    }
+
+    static void Norms(Ctx c)
+    {
+        int rows = 67, cols = 320;
+        var x = c.Pair(c.Rand(rows * cols, 3f), [rows, cols]);
+        var w = c.Pair(c.Rand(cols), [cols]);
+        var y = c.Zeros([rows, cols]);
+        var rstd = c.Zeros([rows], DType.F32);
+        double ms = c.Time(() => c.Gpu.RmsNorm(y.Gpu, rstd.Gpu, x.Gpu, w.Gpu, 1e-6f));
+        c.Cpu.RmsNorm(y.Cpu, rstd.Cpu, x.Cpu, w.Cpu, 1e-6f);
+        c.Compare("rmsnorm", "y", y, ms);
+        c.Compare("rmsnorm", "rstd", rstd, ms);
+        var dy = c.Pair(c.Rand(rows * cols), [rows, cols]);
+        var dx = c.Pair(c.Rand(rows * cols), [rows, cols]); // accumulates into existing values
+        var dw = c.Pair(c.Rand(cols), [cols], DType.F32);
+        ms = c.Time(() => c.Gpu.RmsNormBackward(dx.Gpu, dw.Gpu, dy.Gpu, x.Gpu, w.Gpu, rstd.Gpu));
+        c.Cpu.RmsNormBackward(dx.Cpu, dw.Cpu, dy.Cpu, x.Cpu, w.Cpu, rstd.Cpu);
+        c.Compare("rmsnorm_backward", "dx", dx, ms);
+        c.Compare("rmsnorm_backward", "dweight", dw, ms);
+
+        // Fused residual + norm against add-then-norm on the CPU.
+        var a = c.Pair(c.Rand(rows * cols), [rows, cols]);
+        var b = c.Pair(c.Rand(rows * cols), [rows, cols]);
+        var resid = c.Zeros([rows, cols]);
+        var y2 = c.Zeros([rows, cols]);
+        var r2 = c.Zeros([rows], DType.F32);
+        ms = c.Time(() => c.Gpu.ResidualRmsNorm(resid.Gpu, y2.Gpu, r2.Gpu, a.Gpu, b.Gpu, w.Gpu, 1e-5f));
+        c.Cpu.Copy(resid.Cpu, a.Cpu);
+        c.Cpu.Add(resid.Cpu, b.Cpu);
+        c.Cpu.RmsNorm(y2.Cpu, r2.Cpu, resid.Cpu, w.Cpu, 1e-5f);
+        c.Compare("residual_rmsnorm (fused)", "resid", resid, ms);
+        c.Compare("residual_rmsnorm (fused)", "y", y2, ms);
+
+        // RoPE with a real table (theta 1e6), positions restarting per packed sequence.
+        int tokens = 50, heads = 3, headDim = 64, half = headDim / 2, maxPos = 64;
+        var cos = new float[maxPos * half]; var sin = new float[maxPos * half];
+        for (int p = 0; p < maxPos; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double ang = p * Math.Pow(1e6, -2.0 * i / headDim);
+                cos[p * half + i] = (float)Math.Cos(ang); sin[p * half + i] = (float)Math.Sin(ang);
+            }
+        var cosT = c.Pair(cos, [maxPos, half], DType.F32);
+        var sinT = c.Pair(sin, [maxPos, half], DType.F32);
+        var pos = c.IntPair(Enumerable.Range(0, tokens).Select(t => t < 30 ? t : t - 30).ToArray(), [tokens]);
+        var q = c.Pair(c.Rand(tokens * heads * headDim), [tokens, heads * headDim]);
+        ms = c.Time(() => c.Gpu.Rope(q.Gpu, pos.Gpu, cosT.Gpu, sinT.Gpu, headDim, false));
+        c.Cpu.Rope(q.Cpu, pos.Cpu, cosT.Cpu, sinT.Cpu, headDim, false);
+        c.Compare("rope", "x", q, ms);
+        ms = c.Time(() => c.Gpu.Rope(q.Gpu, pos.Gpu, cosT.Gpu, sinT.Gpu, headDim, true));
+        c.Cpu.Rope(q.Cpu, pos.Cpu, cosT.Cpu, sinT.Cpu, headDim, true);
+        c.Compare("rope inverse", "x", q, ms);
+    }
+
+    static void Attention(Ctx c)
+    {
+        var shapes = new List<(int B, int T, int Hq, int Hkv, int D)> { (2, 77, 4, 2, 64), (1, 130, 2, 1, 128), (2, 300, 8, 2, 128) };
+        if (c.Act == DType.BF16) shapes.Add((1, 2048, 16, 8, 128));
+        foreach (bool flash in c.Act == DType.BF16 ? new[] { true, false } : new[] { false })
+            foreach (var (batch, t, hq, hkv, d) in shapes)
+            {
+                if (!flash && t > 1000) continue;
+                c.Gpu.UseFlashAttention = flash;
+                var s = AttentionShape.Training(batch, t, hq, hkv, d);
+                var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+                var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
+                var v = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
+                // Packed: sequence 0 has segments of 30, 40 and the rest (padding); others one segment each.
+                var seg = new int[batch * t];
+                for (int b = 0; b < batch; b++)
+                    for (int i = 0; i < t; i++) seg[b * t + i] = b == 0 && t < 1000 ? (i < 30 ? 0 : i < 70 ? 1 : 2) : 0;
+                var segT = c.IntPair(seg, [batch, t]);
+                var o = c.Zeros([batch * t, hq * d]);
+                var lse = c.Zeros([batch, hq, t], DType.F32);
+                string tag = $"{(flash ? "flash" : "simple")} B{batch} T{t} H{hq}/{hkv} D{d}";
+                c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s); // warm-up (compile, load)
+                double ms = c.TimeRepeat(() => c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
+                c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+                c.Compare($"attention {tag}", "out", o, ms);
+                c.Compare($"attention {tag}", "lse", lse, ms);
+                var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+                var dq = c.Zeros([batch * t, hq * d]); var dk = c.Zeros([batch * t, hkv * d]); var dv = c.Zeros([batch * t, hkv * d]);
+                c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+                ms = c.TimeRepeat(() => c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
+                c.Cpu.AttentionBackward(dq.Cpu, dk.Cpu, dv.Cpu, dout.Cpu, o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+                c.Compare($"attention_backward {tag}", "dq", dq, ms);
+                c.Compare($"attention_backward {tag}", "dk", dk, ms);
+                c.Compare($"attention_backward {tag}", "dv", dv, ms);
+            }
+        // Decoding shape: 3 new queries against 20 cached keys in a cache of 32.
+        foreach (bool flash in c.Act == DType.BF16 ? new[] { true, false } : new[] { false })
+        {
+            c.Gpu.UseFlashAttention = flash;
+            int batch = 2, ql = 3, kl = 20, cap = 32, hq = 4, hkv = 1, d = 64;
+            var s = new AttentionShape(batch, ql, kl, cap, hq, hkv, d);
+            var q = c.Pair(c.Rand(batch * ql * hq * d), [batch * ql, hq * d]);
+            var k = c.Pair(c.Rand(batch * cap * hkv * d), [batch * cap, hkv * d]);
+            var v = c.Pair(c.Rand(batch * cap * hkv * d), [batch * cap, hkv * d]);
+            var segT = c.IntPair(new int[batch * cap], [batch, cap]);
+            var o = c.Zeros([batch * ql, hq * d]);
+            var lse = c.Zeros([batch, hq, ql], DType.F32);
+            double ms = c.Time(() => c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
+            c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+            c.Compare($"attention kv-cache {(flash ? "flash" : "simple")} Q3 K20/32", "out", o, ms);
+            c.Compare($"attention kv-cache {(flash ? "flash" : "simple")} Q3 K20/32", "lse", lse, ms);
+        }
+        c.Gpu.UseFlashAttention = true;
+    }
+
+    static void Loss(Ctx c)
+    {
+        int n = 37, vocab = 5003;
+        var labels = Enumerable.Range(0, n).Select(i => i % 7 == 3 ? -100 : c.Rng.Next(vocab)).ToArray();
+        var lab = c.IntPair(labels, [n]);
+        // Logits live in F32 on both paths' GPU side here (the model computes them with an F32 output GEMM).
+        foreach (var lt in c.Act == DType.BF16 ? new[] { DType.F32, DType.BF16 } : new[] { DType.F32 })
+        {
+            var logits = c.Pair(c.Rand(n * vocab, 8f), [n, vocab], lt);
+            var loss = c.Zeros([1], DType.F32);
+            double ms = c.Time(() => c.Gpu.CrossEntropy(logits.Gpu, lab.Gpu, loss.Gpu, 1f / 31, true));
+            c.Cpu.CrossEntropy(logits.Cpu, lab.Cpu, loss.Cpu, 1f / 31, true);
+            c.Compare($"cross_entropy logits {lt}", "loss", loss, ms);
+            c.Compare($"cross_entropy logits {lt}", "dlogits", logits, ms);
+        }
+    }
+
+    static void Optimizer(Ctx c)
+    {
+        int n = 10_007;
+        var g = c.Pair(c.Rand(n, 3f), [n], DType.F32);
+        var acc = c.Pair([0.25f], [1], DType.F32);
+        double ms = c.Time(() => c.Gpu.SumOfSquares(g.Gpu, acc.Gpu));
+        c.Cpu.SumOfSquares(g.Cpu, acc.Cpu);
+        c.Compare("sum_of_squares", "acc", acc, ms);
+        var p = c.Pair(c.Rand(n), [n], DType.F32);
+        var m = c.Pair(c.Rand(n, 0.01f), [n], DType.F32);
+        var v = c.Pair(c.Rand(n, 0.01f).Select(Math.Abs).ToArray(), [n], DType.F32);
+        var copy = c.Zeros([n]);
+        var step = new AdamWStep(1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 3, GradScale: 0.5f, MaxGradNorm: 1f);
+        ms = c.Time(() => c.Gpu.AdamW(p.Gpu, g.Gpu, m.Gpu, v.Gpu, copy.Gpu, acc.Gpu, step));
+        c.Cpu.AdamW(p.Cpu, g.Cpu, m.Cpu, v.Cpu, copy.Cpu, acc.Cpu, step);
+        c.Compare("adamw (clipped)", "param", p, ms);
+        c.Compare("adamw (clipped)", "m", m, ms);
+        c.Compare("adamw (clipped)", "v", v, ms);
+        c.Compare("adamw (clipped)", "copy", copy, ms);
+    }
+}

@@ -1,0 +1,32 @@
+using System.Text.Json;
+using FineTune.DeviceChecks;
+using FineTune.Engine.Cuda;
+
+// Usage:
+//   FineTune.DeviceChecks compile [sm_90]      compile every kernel with NVRTC (no GPU needed)
+//   FineTune.DeviceChecks ops [outDir]         CUDA vs CPU backend, op by op, F32 and BF16 paths
+// Exit code 1 when any check exceeds its tolerance.
+var cmd = args.Length > 0 ? args[0] : "ops";
+var outDir = Environment.GetEnvironmentVariable("OUT") ?? ".";
+switch (cmd)
+{
+    case "compile":
+    {
+        var arch = args.Length > 1 ? args[1] : "sm_90";
+        var (lib, ver, results) = KernelCompiler.CompileAll(arch);
+        Console.WriteLine($"NVRTC {ver} ({lib}) for {arch}:");
+        foreach (var r in results) Console.WriteLine($"  {r.Program,-20} {r.CubinBytes,8} B  {r.Seconds:F2} s");
+        return 0;
+    }
+    case "ops":
+    {
+        if (args.Length > 1) outDir = args[1];
+        var rows = OpChecks.Run();
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "ops.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        return rows.All(r => r.Pass) ? 0 : 1;
+    }
+    default:
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile or ops");
+        return 2;
+}
