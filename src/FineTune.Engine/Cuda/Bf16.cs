@@ -18,6 +18,24 @@ public static class Bf16
         for (int i = 0; i < src.Length; i++) dst[i] = FromFloat(src[i]);
     }
 
+    /// <summary>Converts in 1 Mi-element chunks over all cores (a 7B model's weights are billions of values).</summary>
+    public static unsafe void FromFloatParallel(ReadOnlySpan<float> src, Span<ushort> dst)
+    {
+        const int Chunk = 1 << 20;
+        if (src.Length <= Chunk) { FromFloat(src, dst); return; }
+        int chunks = (src.Length + Chunk - 1) / Chunk;
+        fixed (float* ps = src)
+        fixed (ushort* pd = dst)
+        {
+            float* s = ps; ushort* d = pd; int n = src.Length;
+            Parallel.For(0, chunks, c =>
+            {
+                int start = c * Chunk, len = Math.Min(Chunk, n - start);
+                FromFloat(new ReadOnlySpan<float>(s + start, len), new Span<ushort>(d + start, len));
+            });
+        }
+    }
+
     public static void ToFloat(ReadOnlySpan<ushort> src, Span<float> dst)
     {
         for (int i = 0; i < src.Length; i++) dst[i] = ToFloat(src[i]);

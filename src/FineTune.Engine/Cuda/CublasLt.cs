@@ -25,7 +25,7 @@ internal sealed unsafe class CublasLt : IDisposable
     const int CUDA_R_32F = 0, CUDA_R_16BF = 14;
     const int DESC_SCALE_TYPE = 1, DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8, DESC_BIAS_DATA_TYPE = 26;
     const int LAYOUT_BATCH_COUNT = 5, LAYOUT_STRIDED_BATCH_OFFSET = 6;
-    const int PREF_MAX_WORKSPACE_BYTES = 1;
+    const int PREF_MAX_WORKSPACE_BYTES = 1, PREF_MIN_ALIGNMENT_A = 5, PREF_MIN_ALIGNMENT_B = 6, PREF_MIN_ALIGNMENT_C = 7, PREF_MIN_ALIGNMENT_D = 8;
     const int EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4;
 
     [StructLayout(LayoutKind.Sequential)]
@@ -62,7 +62,11 @@ internal sealed unsafe class CublasLt : IDisposable
     public string LibraryName => _lib.LoadedName;
 
     readonly record struct PlanKey(bool TransA, bool TransB, int M, int N, int K, int Lda, int Ldb, int Ldc,
-        GpuDType AB, GpuDType C, int Batch, long StrideA, long StrideB, long StrideC, GemmEpilogue Epilogue);
+        GpuDType AB, GpuDType C, int Batch, long StrideA, long StrideB, long StrideC, GemmEpilogue Epilogue,
+        uint AlignA, uint AlignB, uint AlignC);
+
+    /// <summary>Largest power of two (at most 256) dividing the address: views into arenas need not be 256-aligned.</summary>
+    static uint Alignment(ulong p) => p == 0 ? 256u : (uint)Math.Min(256UL, p & (~p + 1));
 
     sealed class Plan
     {
@@ -121,7 +125,8 @@ internal sealed unsafe class CublasLt : IDisposable
         float alpha, float beta, nint stream, int batch = 1, long strideA = 0, long strideB = 0, long strideC = 0,
         ulong bias = 0, GemmEpilogue epilogue = GemmEpilogue.None)
     {
-        var key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldc, abType, cType, batch, strideA, strideB, strideC, epilogue);
+        var key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldc, abType, cType, batch, strideA, strideB, strideC, epilogue,
+            Alignment(a), Alignment(b), Alignment(c));
         if (!_plans.TryGetValue(key, out var plan)) _plans[key] = plan = CreatePlan(key);
         if (epilogue == GemmEpilogue.Bias)
             Check(_descSet(plan.Desc, DESC_BIAS_POINTER, &bias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
@@ -160,6 +165,12 @@ internal sealed unsafe class CublasLt : IDisposable
         {
             ulong ws = (ulong)_workspaceBytes;
             Check(_prefSet(pref, PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
+            // cuBLASLt's first operand is our B (see the class comment).
+            uint alA = key.AlignB, alB = key.AlignA, alC = key.AlignC;
+            Check(_prefSet(pref, PREF_MIN_ALIGNMENT_A, &alA, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_A)");
+            Check(_prefSet(pref, PREF_MIN_ALIGNMENT_B, &alB, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_B)");
+            Check(_prefSet(pref, PREF_MIN_ALIGNMENT_C, &alC, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_C)");
+            Check(_prefSet(pref, PREF_MIN_ALIGNMENT_D, &alC, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_D)");
             HeuristicResult r;
             int returned = 0;
             Check(_heuristic(_handle, desc, p.LayoutB, p.LayoutA, p.LayoutC, p.LayoutC, pref, 1, &r, &returned), "cublasLtMatmulAlgoGetHeuristic");

@@ -17,7 +17,7 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>Off: always the simple kernels (the device checks compare both paths).</summary>
-    public bool UseFlashAttention { get; set; } = true;
+    public bool UseFlashAttention { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_ATTENTION") != "0";
 
     bool Flash(int headDim, params Tensor[] tensors) =>
         UseFlashAttention && headDim is 64 or 128 && tensors.All(t => t.DType == DType.BF16);
@@ -68,6 +68,7 @@ public sealed partial class CudaBackend
                 _dev.Launch(fn, ((t + 63) / 64, s.KvHeads, s.Batch), (128, 1, 1), smem,
                     [P(dk), P(dv), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
                     "flash_backward_dkv");
+                if (_dev.Profiling) _dev.Mark("flash_backward_dkv");
                 return;
             }
             int blocks = (t + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock;

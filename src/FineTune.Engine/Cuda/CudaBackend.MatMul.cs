@@ -33,6 +33,7 @@ public sealed partial class CudaBackend
             _dev.Blas.Gemm(transA, transB, m, n, k, pa, a.Cols, pb, b.Cols, P(c), c.Cols,
                 abType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
                 alpha, accumulate ? 1f : 0f, _dev.Stream);
+            if (_dev.Profiling) _dev.Mark(k <= 64 || n <= 64 ? "gemm (lora, rank-sized)" : "gemm");
         }
         finally
         {

@@ -12,14 +12,17 @@ public sealed partial class CudaBackend : IBackend
     readonly CudaDevice _dev;
     readonly int _maxBlocks;
 
-    public CudaBackend(int ordinal = 0, KernelCache? cache = null)
+    /// <param name="computeDType">BF16 (training) or F32 (exact checks against the CPU backend).</param>
+    public CudaBackend(int ordinal = 0, KernelCache? cache = null, DType computeDType = DType.BF16)
     {
+        if (computeDType is not (DType.BF16 or DType.F32)) throw new ArgumentException($"compute dtype must be BF16 or F32, not {computeDType}");
         _dev = CudaDevice.Open(ordinal, cache);
         _maxBlocks = _dev.Info.Multiprocessors * 16;
+        ComputeDType = computeDType;
     }
 
     public string Name => $"cuda:{_dev.Info.Ordinal}";
-    public DType ComputeDType => DType.BF16;
+    public DType ComputeDType { get; }
     public CudaDevice Device => _dev;
     public CudaDeviceInfo Info => _dev.Info;
 
@@ -54,8 +57,11 @@ public sealed partial class CudaBackend : IBackend
 
     int Blocks(long n) => (int)Math.Clamp((n + Threads - 1) / Threads, 1, _maxBlocks);
 
-    void Launch(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args, int sharedBytes = 0) =>
+    void Launch(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args, int sharedBytes = 0)
+    {
         _dev.Launch(_dev.Function(program, kernel), grid, (block, 1, 1), sharedBytes, args, kernel);
+        if (_dev.Profiling) _dev.Mark(kernel);
+    }
 
     void LaunchFlat(string program, string kernel, long n, ReadOnlySpan<KernelArg> args)
     {
@@ -72,7 +78,7 @@ public sealed partial class CudaBackend : IBackend
             case DType.F32: _dev.CopyToDevice(P(dst), src); break;
             case DType.BF16:
                 var tmp = new ushort[src.Length];
-                Bf16.FromFloat(src, tmp);
+                Bf16.FromFloatParallel(src, tmp);
                 _dev.CopyToDevice<ushort>(P(dst), tmp);
                 break;
             default: throw new ArgumentException($"cannot upload floats into {dst}");
@@ -111,12 +117,21 @@ public sealed partial class CudaBackend : IBackend
     public void Synchronize() => _dev.Synchronize();
 
     // ---- elementwise ----
-    public void Zero(Tensor x) => _dev.Zero(P(x), x.Length * x.DType.ByteSize());
+    public void Zero(Tensor x)
+    {
+        _dev.Zero(P(x), x.Length * x.DType.ByteSize());
+        if (_dev.Profiling) _dev.Mark("memset");
+    }
 
     public void Copy(Tensor dst, Tensor src)
     {
         SameLength(dst, src);
-        if (dst.DType == src.DType) { _dev.CopyDeviceToDevice(P(dst), P(src), src.Length * src.DType.ByteSize()); return; }
+        if (dst.DType == src.DType)
+        {
+            _dev.CopyDeviceToDevice(P(dst), P(src), src.Length * src.DType.ByteSize());
+            if (_dev.Profiling) _dev.Mark("memcpy");
+            return;
+        }
         LaunchFlat("elementwise.cu", "ft_copy", src.Length, [P(dst), Dt(dst), P(src), Dt(src), src.Length]);
     }
 

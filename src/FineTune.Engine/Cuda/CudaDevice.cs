@@ -168,9 +168,57 @@ public sealed unsafe class CudaDevice : IDisposable
     /// <summary>A pair of events around queued work; <see cref="GpuTimer.StopMs"/> waits and returns device milliseconds.</summary>
     public GpuTimer StartTimer() => new(_driver, Stream);
 
+    // ---- per-operation device timing (profiling) ----
+    readonly List<nint> _eventPool = [];
+    readonly List<(nint Event, string Op)> _marks = [];
+    nint _markStart;
+
+    /// <summary>Starts attributing device time to operations: each <see cref="Mark"/> closes the span since the previous one.</summary>
+    public void BeginProfile()
+    {
+        _marks.Clear();
+        _markStart = NextEvent(0);
+        _driver.EventRecord(_markStart, Stream);
+    }
+
+    public bool Profiling => _markStart != 0;
+
+    /// <summary>Records that the work queued since the previous mark belongs to <paramref name="op"/>.</summary>
+    public void Mark(string op)
+    {
+        if (_markStart == 0) return;
+        var e = NextEvent(_marks.Count + 1);
+        _driver.EventRecord(e, Stream);
+        _marks.Add((e, op));
+    }
+
+    /// <summary>Waits, then returns device milliseconds per operation name since <see cref="BeginProfile"/>.</summary>
+    public Dictionary<string, double> EndProfile()
+    {
+        var result = new Dictionary<string, double>(StringComparer.Ordinal);
+        if (_markStart == 0) return result;
+        _driver.StreamSynchronize(Stream);
+        nint prev = _markStart;
+        foreach (var (e, op) in _marks)
+        {
+            result[op] = result.GetValueOrDefault(op) + _driver.EventElapsedMs(prev, e);
+            prev = e;
+        }
+        _marks.Clear();
+        _markStart = 0;
+        return result;
+    }
+
+    nint NextEvent(int index)
+    {
+        while (_eventPool.Count <= index) _eventPool.Add(_driver.EventCreate());
+        return _eventPool[index];
+    }
+
     public void Dispose()
     {
         if (_disposed) return;
+        foreach (var e in _eventPool) { try { _driver.EventDestroy(e); } catch (CudaException) { } }
         _disposed = true;
         try { _driver.StreamSynchronize(Stream); } catch (CudaException) { /* a failed kernel left the context broken; still release */ }
         _blas?.Dispose();

@@ -5,6 +5,8 @@ using FineTune.Engine.Cuda;
 // Usage:
 //   FineTune.DeviceChecks compile [sm_90]      compile every kernel with NVRTC (no GPU needed)
 //   FineTune.DeviceChecks ops [outDir]         CUDA vs CPU backend, op by op, F32 and BF16 paths
+//   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
+//   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 // Exit code 1 when any check exceeds its tolerance.
 var cmd = args.Length > 0 ? args[0] : "ops";
 var outDir = Environment.GetEnvironmentVariable("OUT") ?? ".";
@@ -25,6 +27,21 @@ switch (cmd)
         Directory.CreateDirectory(outDir);
         File.WriteAllText(Path.Combine(outDir, "ops.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
         return rows.All(r => r.Pass) ? 0 : 1;
+    }
+    case "models":
+    {
+        if (args.Length > 1) outDir = args[1];
+        var rows = ModelChecks.Run();
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "models.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        int failed = rows.Count(r => !r.Pass);
+        Console.WriteLine($"model checks: {rows.Count - failed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
+    case "bench":
+    {
+        bool profile = args.Contains("--profile");
+        return Bench.RunAll(args.Skip(1).Where(a => a != "--profile").ToArray(), profile);
     }
     default:
         Console.Error.WriteLine($"unknown command '{cmd}': use compile or ops");

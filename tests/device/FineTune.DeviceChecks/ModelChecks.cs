@@ -1,0 +1,145 @@
+using FineTune.Engine;
+using FineTune.Engine.Cpu;
+using FineTune.Engine.Cuda;
+using FineTune.Models;
+
+namespace FineTune.DeviceChecks;
+
+/// <summary>
+/// Whole models of each flavour on the CUDA backend against the CPU backend, same weights, same LoRA adapters,
+/// same packed batch: summed loss, logits, every LoRA gradient, and the LoRA weights after three AdamW steps.
+/// "f32": the CUDA backend with F32 activations (tolerance 1e-4); "bf16": the training configuration (1e-2).
+/// </summary>
+public static class ModelChecks
+{
+    static TransformerSpec Spec(string arch, bool tied)
+    {
+        var (qkvBias, outputBias, qkNorm) = TransformerSpec.Variant(arch, attentionBias: false);
+        return new TransformerSpec
+        {
+            Architecture = arch, VocabSize = 512, HiddenSize = 256, IntermediateSize = 384, NumLayers = 2,
+            NumHeads = 4, NumKvHeads = 2, RopeTheta = 10000, MaxPositionEmbeddings = 256, TieWordEmbeddings = tied,
+            QkvBias = qkvBias, OutputBias = outputBias, QkNorm = qkNorm, RmsNormEps = 1e-6,
+        };
+    }
+
+    /// <summary>Row 0 packs sequences of 40 and 50 tokens plus padding; row 1 holds one sequence of 96.</summary>
+    static TokenBatch Batch(int vocab)
+    {
+        const int s = 96;
+        var rng = new Random(7);
+        var ids = new int[2 * s]; var labels = new int[2 * s]; var pos = new int[2 * s]; var seg = new int[2 * s];
+        for (int r = 0; r < 2; r++)
+            for (int t = 0; t < s; t++)
+            {
+                int i = r * s + t;
+                ids[i] = rng.Next(vocab);
+                (seg[i], pos[i]) = r == 1 ? (0, t) : t < 40 ? (0, t) : t < 90 ? (1, t - 40) : (2, t - 90);
+            }
+        for (int i = 0; i < 2 * s; i++)
+        {
+            bool lastOfSegment = i + 1 == 2 * s || seg[i + 1] != seg[i] || (i + 1) % s == 0;
+            bool padding = i < s && seg[i] == 2;
+            bool prompt = pos[i] < 5; // the first tokens of each sequence are "prompt": no loss
+            labels[i] = lastOfSegment || padding || prompt ? -100 : ids[i + 1];
+        }
+        return new TokenBatch(2, s, ids, labels, pos, seg);
+    }
+
+    static void RandomizeLoraB(CausalLM model)
+    {
+        var r = new Random(11);
+        foreach (var p in model.TrainableParameters.Where(p => p.Role == ParameterRole.LoraB))
+        {
+            var v = new float[p.Length];
+            for (int i = 0; i < v.Length; i++) v[i] = (float)(r.NextDouble() - 0.5) * 0.2f;
+            model.WriteParameter(p.HfName, v);
+        }
+    }
+
+    static float[] Grad(CausalLM m, TrainableParameter p)
+    {
+        var g = new float[p.Length];
+        m.Backend.Download(p.Grad, g);
+        return g;
+    }
+
+    static double Rel(float[] a, float[] reference)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            if (!float.IsFinite(a[i])) return double.NaN;
+            double d = (double)a[i] - reference[i];
+            num += d * d; den += (double)reference[i] * reference[i];
+        }
+        return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
+    }
+
+    public static List<CheckRow> Run()
+    {
+        var rows = new List<CheckRow>();
+        void Add(string op, string path, string output, long n, double rel, double tol)
+        {
+            var row = new CheckRow(op, path, output, n, rel, tol, rel <= tol, 0);
+            rows.Add(row);
+            Console.WriteLine($"{(row.Pass ? "ok  " : "FAIL")} {path,-5} {op,-44} {output,-12} n={n,-9} rel={rel:E2} (tol {tol:E0})");
+        }
+        using var cpu = new CpuBackend();
+        using var gpuF32 = new CudaBackend(0, computeDType: DType.F32);
+        using var gpuBf16 = new CudaBackend(0);
+        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false) })
+        {
+            var spec = Spec(arch, tied);
+            var batch = Batch(spec.VocabSize);
+            foreach (var (gpu, path, tol, ckpt) in new[] { (gpuF32, "f32", 1e-4, false), (gpuBf16, "bf16", 1e-2, false), (gpuBf16, "bf16", 1e-2, true) })
+            {
+                string name = $"{arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}";
+                var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, GradientCheckpointing = ckpt };
+                using var refModel = CausalLM.Create(spec, cpu, setup with { GradientCheckpointing = false }, new RandomWeights(3, 0.1f));
+                using var model = CausalLM.Create(spec, gpu, setup, new RandomWeights(3, 0.1f));
+                RandomizeLoraB(refModel);
+                RandomizeLoraB(model);
+
+                var refLogits = refModel.ForwardLogits(batch);
+                var logits = model.ForwardLogits(batch);
+                Add($"model {name}", path, "logits", logits.Length, Rel(logits, refLogits), tol);
+
+                refModel.ZeroGrad(); model.ZeroGrad();
+                var refLoss = refModel.ForwardBackward(batch, 1f / batch.LabelCount);
+                var loss = model.ForwardBackward(batch, 1f / batch.LabelCount);
+                Add($"model {name}", path, "loss", 1, Math.Abs(loss.SumLoss - refLoss.SumLoss) / Math.Abs(refLoss.SumLoss), tol);
+                var all = new List<float>(); var allRef = new List<float>();
+                double worst = 0; string worstName = "";
+                foreach (var (p, rp) in model.TrainableParameters.Zip(refModel.TrainableParameters))
+                {
+                    var g = Grad(model, p); var rg = Grad(refModel, rp);
+                    all.AddRange(g); allRef.AddRange(rg);
+                    double e = Rel(g, rg);
+                    if (!(e <= worst)) { worst = e; worstName = p.HfName; }
+                }
+                Add($"model {name}", path, "lora grads", all.Count, Rel([.. all], [.. allRef]), tol);
+                Console.WriteLine($"       worst single tensor: {worstName} rel={worst:E2}");
+
+                // Three optimizer steps from identical adapters: the LoRA weights stay together.
+                var step = new AdamWStep(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, MaxGradNorm: 1f);
+                for (int s = 1; s <= 3; s++)
+                {
+                    foreach (var m in new[] { model, refModel })
+                    {
+                        if (s > 1) { m.ZeroGrad(); m.ForwardBackward(batch, 1f / batch.LabelCount); }
+                        var norm = m.GradNormSquared();
+                        foreach (var p in m.TrainableParameters) p.Step(step with { Step = s }, norm);
+                    }
+                }
+                var w = new List<float>(); var wr = new List<float>();
+                foreach (var (p, rp) in model.TrainableParameters.Zip(refModel.TrainableParameters))
+                {
+                    w.AddRange(model.ReadParameter(p.HfName)); wr.AddRange(refModel.ReadParameter(rp.HfName));
+                }
+                Add($"model {name}", path, "lora after 3 steps", w.Count, Rel([.. w], [.. wr]), tol);
+            }
+        }
+        return rows;
+    }
+}
