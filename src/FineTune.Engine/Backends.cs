@@ -1,15 +1,12 @@
-using FineTune.Engine.Cpu;
-
 namespace FineTune.Engine;
 
-/// <summary>Creates a backend from a device string: cpu (the managed backend) or auto (the best one present).</summary>
+/// <summary>
+/// Creates a backend from a device string: cpu (the managed backend), cuda / cuda:N (an NVIDIA GPU), or auto
+/// (GPU 0 when a CUDA driver and GPU are present, else the CPU with a one-line <paramref name="notice"/>).
+/// See <see cref="BackendFactory"/>.
+/// </summary>
 public static class Backends
 {
-    public static IBackend Create(string device, int? cpuThreads = null) => device switch
-    {
-        "cpu" or "auto" => new CpuBackend(cpuThreads),
-        _ when device.StartsWith("cuda", StringComparison.Ordinal) =>
-            throw new NotSupportedException($"device '{device}': this build of FineTune has no CUDA backend yet; use device: cpu"),
-        _ => throw new ArgumentException($"unknown device '{device}'; use auto, cpu, cuda or cuda:N"),
-    };
+    public static IBackend Create(string device, int? cpuThreads = null, Action<string>? notice = null) =>
+        BackendFactory.Create(device, notice, cpuThreads);
 }

@@ -20,16 +20,28 @@ public sealed class RandomWeights(int seed, float std = 0.02f) : IWeightSource
 {
     public bool Contains(string name) => true;
 
-    public void Read(string name, ReadOnlySpan<int> shape, Span<float> destination)
+    public unsafe void Read(string name, ReadOnlySpan<int> shape, Span<float> destination)
     {
         ulong s = Seeds.Mix((ulong)seed, Seeds.Hash(name));
         bool norm = name.EndsWith("norm.weight", StringComparison.Ordinal);
-        for (int i = 0; i < destination.Length; i++)
+        int n = destination.Length;
+        float sd = std;
+        // Each value depends on (seed, name, index) only, so filling chunks on all cores gives the same bytes
+        // (a 7B shape has billions of values).
+        fixed (float* p = destination)
         {
-            // Box–Muller from two counter-based uniforms.
-            double u1 = 1.0 - Seeds.Uniform(s, 2L * i), u2 = Seeds.Uniform(s, 2L * i + 1);
-            double z = Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
-            destination[i] = norm ? 1f + 0.1f * (float)z : std * (float)z;
+            float* d = p;
+            Parallel.For(0, (n + 65535) / 65536, c =>
+            {
+                int end = Math.Min(n, (c + 1) * 65536);
+                for (int i = c * 65536; i < end; i++)
+                {
+                    // Box–Muller from two counter-based uniforms.
+                    double u1 = 1.0 - Seeds.Uniform(s, 2L * i), u2 = Seeds.Uniform(s, 2L * i + 1);
+                    double z = Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
+                    d[i] = norm ? 1f + 0.1f * (float)z : sd * (float)z;
+                }
+            });
         }
     }
 }

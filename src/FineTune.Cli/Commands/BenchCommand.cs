@@ -28,7 +28,8 @@ public sealed class BenchCommand : ICliCommand
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
-            using var raw = Backends.Create(r.GetValue(device)!, r.GetValue(threads));
+            using var raw = Backends.Create(r.GetValue(device)!, r.GetValue(threads), Console.Error.WriteLine);
+            var cuda = raw as FineTune.Engine.Cuda.CudaBackend;
             var profiler = r.GetValue(profile) ? new ProfilingBackend(raw) : null;
             IBackend backend = profiler ?? raw;
             int size = r.GetValue(matmul);
@@ -37,11 +38,16 @@ public sealed class BenchCommand : ICliCommand
                 var mm = EngineBenchmark.MatMul(backend, size, size, size, Math.Max(3, (int)(2e10 / (2.0 * size * size * size))));
                 Console.WriteLine(JsonSerializer.Serialize(new { bench = "matmul", threads = Threads(backend), mm.Device, mm.M, mm.N, mm.K, mm.Ms, mm.Gflops }, Json));
             }
+            cuda?.Device.Allocator.ResetPeaks();
             var t = EngineBenchmark.TrainSteps(backend, r.GetValue(shape)!, r.GetValue(batch), r.GetValue(seq), r.GetValue(rank), r.GetValue(checkpointing), r.GetValue(steps));
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 bench = "train_step", threads = Threads(backend), t.Device, t.Shape, t.Batch, t.SeqLen, t.LoraRank, t.GradientCheckpointing, t.Steps,
                 t.StepMs, t.TokensPerSecond, t.CpuSecondsPerStep, t.Parameters, t.TrainableParameters, t.ModelGflopPerToken, t.AchievedGflops,
+                // GPU only: peak device memory in use (caching allocator) and MFU against the H100's 989.4 dense bf16 TFLOP/s.
+                peak_device_gib = cuda is null ? (double?)null : Math.Round(cuda.Device.Allocator.Stats.PeakInUseBytes / (double)(1L << 30), 2),
+                mfu = cuda is null ? (double?)null : Math.Round(t.AchievedGflops / 989_400, 3),
+                gpu = cuda?.Info.Name,
             }, Json));
             if (profiler is not null)
                 foreach (var (op, calls, ms) in profiler.Report())

@@ -46,6 +46,12 @@ public static class CliSupport
             Console.Error.WriteLine($"error: {e.Message}");
             return ExitUserError;
         }
+        catch (FineTune.Engine.Cuda.CudaException e)
+        {
+            // No driver/GPU for device: cuda, out of device memory (with the numbers and what to lower), a failed launch.
+            Console.Error.WriteLine($"error: {e.Message}");
+            return ExitFailure;
+        }
         catch (OperationCanceledException)
         {
             Console.Error.WriteLine("cancelled; nothing half-written was kept.");
