@@ -10,8 +10,8 @@
 //   A (16×16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
 //   B (16×8, col):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
 //   C (16×8, f32):  c0 = (g, 2t), c1 = (g, 2t+1), c2 = (g+8, 2t), c3 = (g+8, 2t+1)
-// Every B operand is read from an "n-major" shared tile Bn[n][k] (k contiguous), so a fragment register is one
-// 32-bit load; where the math needs the other orientation the tile is stored transposed while loading it.
+// Tiles sit in shared memory row-major as they are in global memory ([key or query][dim]); fragments are read with
+// ldmatrix (x4: four 8×8 matrices per instruction), with .trans where the product needs the other orientation.
 #include "common.cuh"
 
 typedef unsigned short bf16_t;
@@ -32,15 +32,6 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
 
 __device__ __forceinline__ unsigned ld32(const bf16_t* p) { return *(const unsigned*)p; }
 
-// A fragment of rows [r0, r0+16) and columns [k0, k0+16) of a row-major bf16 tile with row stride `stride`.
-__device__ __forceinline__ void load_a(unsigned* a, const bf16_t* base, int stride, int r0, int k0, int g, int t)
-{
-    a[0] = ld32(base + (r0 + g) * stride + k0 + 2 * t);
-    a[1] = ld32(base + (r0 + g + 8) * stride + k0 + 2 * t);
-    a[2] = ld32(base + (r0 + g) * stride + k0 + 8 + 2 * t);
-    a[3] = ld32(base + (r0 + g + 8) * stride + k0 + 8 + 2 * t);
-}
-
 // Accumulators of two adjacent n-tiles (16 columns) as the A operand of the next product.
 __device__ __forceinline__ void acc_to_a(unsigned* a, const float* c0, const float* c1)
 {
@@ -48,6 +39,58 @@ __device__ __forceinline__ void acc_to_a(unsigned* a, const float* c0, const flo
     a[1] = pack_bf16(c0[2], c0[3]);
     a[2] = pack_bf16(c1[0], c1[1]);
     a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+__device__ __forceinline__ unsigned smem_addr(const void* p)
+{
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    return (unsigned)s;
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16_t* p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const bf16_t* p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+
+// A fragment (rows r0..r0+15, k0..k0+15) of a row-major tile.
+__device__ __forceinline__ void frag_a(unsigned* a, const bf16_t* tile, int stride, int r0, int k0, int lane)
+{
+    ldsm_x4(a, tile + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + k0 + (lane >> 4) * 8);
+}
+
+// B fragments of two adjacent n-tiles (n0..n0+15) × (k0..k0+15) from a tile stored [n][k] (rows are n):
+// b[0], b[1] for n-tile n0; b[2], b[3] for n-tile n0+8.
+__device__ __forceinline__ void frag_b_nk(unsigned* b, const bf16_t* tile, int stride, int n0, int k0, int lane)
+{
+    ldsm_x4(b, tile + (n0 + (lane & 7) + (lane >> 4) * 8) * stride + k0 + ((lane >> 3) & 1) * 8);
+}
+
+// The same from a tile stored [k][n] (rows are k), transposed by ldmatrix.
+__device__ __forceinline__ void frag_b_kn(unsigned* b, const bf16_t* tile, int stride, int n0, int k0, int lane)
+{
+    ldsm_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + n0 + (lane >> 4) * 8);
+}
+
+// Copies rows [r0, r0+rows) of a [.., heads, D] bf16 tensor (head h) into a row-major shared tile, 16 bytes a thread.
+template <int D>
+__device__ __forceinline__ void load_tile(bf16_t* tile, int stride, const bf16_t* src, i64 row_base, int r0, int rows, int limit,
+                                          int heads, int h)
+{
+    for (int idx = threadIdx.x; idx < rows * (D / 8); idx += blockDim.x)
+    {
+        int rr = idx / (D / 8), c8 = (idx % (D / 8)) * 8, r = r0 + rr;
+        uint4 val = make_uint4(0u, 0u, 0u, 0u);
+        if (r < limit) val = *(const uint4*)(src + ((row_base + r) * heads + h) * D + c8);
+        *(uint4*)(tile + rr * stride + c8) = val;
+    }
 }
 
 __device__ __forceinline__ int seg_start(const int* seg, int p)
@@ -75,7 +118,8 @@ __device__ __forceinline__ int seg_end(const int* seg, int p, int len)
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64.
+// Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64. The last row
+// blocks (most keys under the causal mask) are scheduled first.
 // ---------------------------------------------------------------------------------------------------------
 #define FWD_BM 64
 #define FWD_BN 64
@@ -84,13 +128,14 @@ template <int D>
 __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
                               int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
 {
-    __shared__ __align__(16) bf16_t Ks[FWD_BN][D + 8];
-    __shared__ __align__(16) bf16_t Vt[D][FWD_BN + 8];
+    __shared__ __align__(16) bf16_t Ks[FWD_BN * (D + 8)];
+    __shared__ __align__(16) bf16_t Vs[FWD_BN * (D + 8)];
     __shared__ int segk[FWD_BN];
+    const int SD = D + 8;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
     const int off = KL - QL;
-    const int row0 = blockIdx.x * FWD_BM;
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * FWD_BM;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
     const int* seg = seg_ids + (i64)b * kv_cap;
     const int p_lo = off + r_lo, p_hi = off + r_hi;
@@ -118,35 +163,28 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
     const int last_row = min(QL - 1, row0 + FWD_BM - 1);
     const int start = seg_start(seg, off + row0) & ~(FWD_BN - 1);
     const int p_last = off + last_row;
+    const i64 kv_row_base = (i64)b * kv_cap;
     for (int j0 = start; j0 <= p_last; j0 += FWD_BN)
     {
         __syncthreads();
-        for (int idx = tid; idx < FWD_BN * D / 2; idx += blockDim.x)
-        {
-            int jj = idx / (D / 2), d2 = (idx % (D / 2)) * 2, j = j0 + jj;
-            unsigned kv = 0u, vv = 0u;
-            if (j < KL)
-            {
-                i64 src = (((i64)b * kv_cap + j) * Hkv + kh) * D + d2;
-                kv = ld32(k + src);
-                vv = ld32(v + src);
-            }
-            *(unsigned*)&Ks[jj][d2] = kv;
-            Vt[d2][jj] = (bf16_t)(vv & 0xffffu);
-            Vt[d2 + 1][jj] = (bf16_t)(vv >> 16);
-        }
+        load_tile<D>(Ks, SD, k, kv_row_base, j0, FWD_BN, KL, Hkv, kh);
+        load_tile<D>(Vs, SD, v, kv_row_base, j0, FWD_BN, KL, Hkv, kh);
         if (tid < FWD_BN) segk[tid] = j0 + tid < KL ? seg[j0 + tid] : -2;
         __syncthreads();
 
         float s[FWD_BN / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; nt++)
-        {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int nt = 0; nt < FWD_BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                mma16816(s[nt], qa[kk], ld32(&Ks[nt * 8 + g][kk * 16 + 2 * t]), ld32(&Ks[nt * 8 + g][kk * 16 + 8 + 2 * t]));
-        }
+        for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+            for (int np = 0; np < FWD_BN / 16; np++)
+            {
+                unsigned bb[4];
+                frag_b_nk(bb, Ks, SD, np * 16, kk * 16, lane);
+                mma16816(s[2 * np], qa[kk], bb[0], bb[1]);
+                mma16816(s[2 * np + 1], qa[kk], bb[2], bb[3]);
+            }
         float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < FWD_BN / 8; nt++)
@@ -187,8 +225,13 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
             unsigned pa[4];
             acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int d = 0; d < D / 8; d++)
-                mma16816(o[d], pa, ld32(&Vt[d * 8 + g][kk * 16 + 2 * t]), ld32(&Vt[d * 8 + g][kk * 16 + 8 + 2 * t]));
+            for (int dp = 0; dp < D / 16; dp++)
+            {
+                unsigned bb[4];
+                frag_b_kn(bb, Vs, SD, dp * 16, kk * 16, lane);
+                mma16816(o[2 * dp], pa, bb[0], bb[1]);
+                mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
+            }
         }
     }
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
@@ -231,13 +274,13 @@ template <int D>
 __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,
                                   const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale)
 {
-    __shared__ __align__(16) bf16_t Ks[DQ_BN][D + 8];
-    __shared__ __align__(16) bf16_t Vs[DQ_BN][D + 8];
-    __shared__ __align__(16) bf16_t Kt[D][DQ_BN + 8];
+    __shared__ __align__(16) bf16_t Ks[DQ_BN * (D + 8)];
+    __shared__ __align__(16) bf16_t Vs[DQ_BN * (D + 8)];
     __shared__ int segk[DQ_BN];
+    const int SD = D + 8;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
-    const int row0 = blockIdx.x * DQ_BM;
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * DQ_BM;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
     const int sid_lo = r_lo < T ? seg[r_lo] : -3, sid_hi = r_hi < T ? seg[r_hi] : -3;
@@ -266,24 +309,12 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
 
     const int last_row = min(T - 1, row0 + DQ_BM - 1);
     const int start = seg_start(seg, row0) & ~(DQ_BN - 1);
+    const i64 kv_row_base = (i64)b * T;
     for (int j0 = start; j0 <= last_row; j0 += DQ_BN)
     {
         __syncthreads();
-        for (int idx = tid; idx < DQ_BN * D / 2; idx += blockDim.x)
-        {
-            int jj = idx / (D / 2), d2 = (idx % (D / 2)) * 2, j = j0 + jj;
-            unsigned kv = 0u, vv = 0u;
-            if (j < T)
-            {
-                i64 src = (((i64)b * T + j) * Hkv + kh) * D + d2;
-                kv = ld32(k + src);
-                vv = ld32(v + src);
-            }
-            *(unsigned*)&Ks[jj][d2] = kv;
-            *(unsigned*)&Vs[jj][d2] = vv;
-            Kt[d2][jj] = (bf16_t)(kv & 0xffffu);
-            Kt[d2 + 1][jj] = (bf16_t)(kv >> 16);
-        }
+        load_tile<D>(Ks, SD, k, kv_row_base, j0, DQ_BN, T, Hkv, kh);
+        load_tile<D>(Vs, SD, v, kv_row_base, j0, DQ_BN, T, Hkv, kh);
         if (tid < DQ_BN) segk[tid] = j0 + tid < T ? seg[j0 + tid] : -2;
         __syncthreads();
 
@@ -293,12 +324,22 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
         {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
             dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+        }
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
+        for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+            for (int np = 0; np < DQ_BN / 16; np++)
             {
-                mma16816(s[nt], qa[kk], ld32(&Ks[nt * 8 + g][kk * 16 + 2 * t]), ld32(&Ks[nt * 8 + g][kk * 16 + 8 + 2 * t]));
-                mma16816(dp[nt], da[kk], ld32(&Vs[nt * 8 + g][kk * 16 + 2 * t]), ld32(&Vs[nt * 8 + g][kk * 16 + 8 + 2 * t]));
+                unsigned bk[4], bv[4];
+                frag_b_nk(bk, Ks, SD, np * 16, kk * 16, lane);
+                frag_b_nk(bv, Vs, SD, np * 16, kk * 16, lane);
+                mma16816(s[2 * np], qa[kk], bk[0], bk[1]);
+                mma16816(s[2 * np + 1], qa[kk], bk[2], bk[3]);
+                mma16816(dp[2 * np], da[kk], bv[0], bv[1]);
+                mma16816(dp[2 * np + 1], da[kk], bv[2], bv[3]);
             }
+#pragma unroll
+        for (int nt = 0; nt < DQ_BN / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
             {
@@ -308,15 +349,19 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
                 float p = ok ? exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi)) : 0.0f;
                 s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
             }
-        }
 #pragma unroll
         for (int kk = 0; kk < DQ_BN / 16; kk++)
         {
             unsigned a[4];
             acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int d = 0; d < D / 8; d++)
-                mma16816(acc[d], a, ld32(&Kt[d * 8 + g][kk * 16 + 2 * t]), ld32(&Kt[d * 8 + g][kk * 16 + 8 + 2 * t]));
+            for (int dp2 = 0; dp2 < D / 16; dp2++)
+            {
+                unsigned bb[4];
+                frag_b_kn(bb, Ks, SD, dp2 * 16, kk * 16, lane);
+                mma16816(acc[2 * dp2], a, bb[0], bb[1]);
+                mma16816(acc[2 * dp2 + 1], a, bb[2], bb[3]);
+            }
         }
     }
     if (r_lo < T)
@@ -342,50 +387,41 @@ extern "C" __global__ void __launch_bounds__(128) flash_backward_dq_d128(bf16_t*
 { flash_backward_dq<128>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
 
 // ---------------------------------------------------------------------------------------------------------
-// Backward, dK and dV. Block: 4 warps × 16 key rows = 64 keys of one (batch, KV head); query tiles of 32,
-// for every query head of the group. Transposed products: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ,
-// dV = Σ Pᵀ·dO, dK = scale·Σ dSᵀ·Q. Dynamic shared memory (over 48 KiB for head_dim 128).
+// Backward, dK and dV. Block: 4 warps × 16 key rows = 64 keys of one (batch, query head); query tiles of 32.
+// Transposed products: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV_h = Pᵀ·dO, dK_h = scale·dSᵀ·Q. With grouped-query attention
+// each query head's share goes to F32 partials [B, T, Hq, D] that flash_dkv_reduce sums over the group (one
+// block per query head keeps the GPU full and the sums deterministic); without grouping it is written directly.
+// Dynamic shared memory (over 48 KiB for head_dim 128).
 // ---------------------------------------------------------------------------------------------------------
 #define KV_BN 64
 #define KV_BM 32
 
 template <int D>
-__device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,
-                                   const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale)
+__device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part, const bf16_t* dout, const float* lse,
+                                   const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
+                                   int T, int Hq, int Hkv, float scale)
 {
     extern __shared__ __align__(16) unsigned char smem[];
-    const int SD = D + 8, SQ = KV_BM + 8;
+    const int SD = D + 8;
     bf16_t* Ks = (bf16_t*)smem;                 // [KV_BN][SD]
     bf16_t* Vs = Ks + KV_BN * SD;               // [KV_BN][SD]
     bf16_t* Qs = Vs + KV_BN * SD;               // [KV_BM][SD]
     bf16_t* Ds = Qs + KV_BM * SD;               // [KV_BM][SD]  (dO)
-    bf16_t* Qt = Ds + KV_BM * SD;               // [D][SQ]
-    bf16_t* Dt = Qt + D * SQ;                   // [D][SQ]      (dOᵀ)
-    float* lse_s = (float*)(Dt + D * SQ);       // [KV_BM], log2 units
+    float* lse_s = (float*)(Ds + KV_BM * SD);   // [KV_BM], log2 units
     float* del_s = lse_s + KV_BM;               // [KV_BM]
     int* segq = (int*)(del_s + KV_BM);          // [KV_BM]
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
+    const int h = blockIdx.y, b = blockIdx.z, group = Hq / Hkv, kh = h / group;
     const int j0 = blockIdx.x * KV_BN;
     const int j_lo = j0 + warp * 16 + g, j_hi = j_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
     const int sid_lo = j_lo < T ? seg[j_lo] : -3, sid_hi = j_hi < T ? seg[j_hi] : -3;
     const float sl2 = scale * LOG2E;
+    const i64 row_base = (i64)b * T;
 
-    for (int idx = tid; idx < KV_BN * D / 2; idx += blockDim.x)
-    {
-        int jj = idx / (D / 2), d2 = (idx % (D / 2)) * 2, j = j0 + jj;
-        unsigned kv = 0u, vv = 0u;
-        if (j < T)
-        {
-            i64 src = (((i64)b * T + j) * Hkv + kh) * D + d2;
-            kv = ld32(k + src);
-            vv = ld32(v + src);
-        }
-        *(unsigned*)&Ks[jj * SD + d2] = kv;
-        *(unsigned*)&Vs[jj * SD + d2] = vv;
-    }
+    load_tile<D>(Ks, SD, k, row_base, j0, KV_BN, T, Hkv, kh);
+    load_tile<D>(Vs, SD, v, row_base, j0, KV_BN, T, Hkv, kh);
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
     for (int d = 0; d < D / 8; d++)
@@ -395,113 +431,131 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, const bf16_t* dout, c
     }
     const int last_key = min(T - 1, j0 + KV_BN - 1);
     const int q_end = seg_end(seg, last_key, T);
-
-    for (int h = kh * group; h < (kh + 1) * group; h++)
+    const float* lse_h = lse + ((i64)b * Hq + h) * T;
+    const float* delta_h = delta + ((i64)b * Hq + h) * T;
+    for (int i0 = j0; i0 < q_end; i0 += KV_BM)
     {
-        const float* lse_h = lse + ((i64)b * Hq + h) * T;
-        const float* delta_h = delta + ((i64)b * Hq + h) * T;
-        for (int i0 = j0; i0 < q_end; i0 += KV_BM)
+        __syncthreads();
+        load_tile<D>(Qs, SD, q, row_base, i0, KV_BM, T, Hq, h);
+        load_tile<D>(Ds, SD, dout, row_base, i0, KV_BM, T, Hq, h);
+        if (tid < KV_BM)
         {
-            __syncthreads();
-            for (int idx = tid; idx < KV_BM * D / 2; idx += blockDim.x)
-            {
-                int ii = idx / (D / 2), d2 = (idx % (D / 2)) * 2, i = i0 + ii;
-                unsigned qv = 0u, dv2 = 0u;
-                if (i < T)
-                {
-                    i64 src = (((i64)b * T + i) * Hq + h) * D + d2;
-                    qv = ld32(q + src);
-                    dv2 = ld32(dout + src);
-                }
-                *(unsigned*)&Qs[ii * SD + d2] = qv;
-                *(unsigned*)&Ds[ii * SD + d2] = dv2;
-                Qt[d2 * SQ + ii] = (bf16_t)(qv & 0xffffu);
-                Qt[(d2 + 1) * SQ + ii] = (bf16_t)(qv >> 16);
-                Dt[d2 * SQ + ii] = (bf16_t)(dv2 & 0xffffu);
-                Dt[(d2 + 1) * SQ + ii] = (bf16_t)(dv2 >> 16);
-            }
-            if (tid < KV_BM)
-            {
-                int i = i0 + tid;
-                lse_s[tid] = i < T ? lse_h[i] * LOG2E : 0.0f;
-                del_s[tid] = i < T ? delta_h[i] : 0.0f;
-                segq[tid] = i < T ? seg[i] : -2;
-            }
-            __syncthreads();
+            int i = i0 + tid;
+            lse_s[tid] = i < T ? lse_h[i] * LOG2E : 0.0f;
+            del_s[tid] = i < T ? delta_h[i] : 0.0f;
+            segq[tid] = i < T ? seg[i] : -2;
+        }
+        __syncthreads();
 
-            float s[KV_BM / 8][4], dp[KV_BM / 8][4];
+        float s[KV_BM / 8][4], dp[KV_BM / 8][4];
 #pragma unroll
-            for (int nt = 0; nt < KV_BM / 8; nt++)
+        for (int nt = 0; nt < KV_BM / 8; nt++)
+        {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+        {
+            unsigned ka[4], va[4];
+            frag_a(ka, Ks, SD, warp * 16, kk * 16, lane);
+            frag_a(va, Vs, SD, warp * 16, kk * 16, lane);
+#pragma unroll
+            for (int np = 0; np < KV_BM / 16; np++)
             {
-                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-                dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+                unsigned bq[4], bd[4];
+                frag_b_nk(bq, Qs, SD, np * 16, kk * 16, lane);
+                frag_b_nk(bd, Ds, SD, np * 16, kk * 16, lane);
+                mma16816(s[2 * np], ka, bq[0], bq[1]);
+                mma16816(s[2 * np + 1], ka, bq[2], bq[3]);
+                mma16816(dp[2 * np], va, bd[0], bd[1]);
+                mma16816(dp[2 * np + 1], va, bd[2], bd[3]);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < KV_BM / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
+                bool lo = e < 2;
+                bool ok = lo ? (i >= j_lo && segq[col] == sid_lo) : (i >= j_hi && segq[col] == sid_hi);
+                float p = ok ? exp2f(s[nt][e] * sl2 - lse_s[col]) : 0.0f;
+                s[nt][e] = p;
+                dp[nt][e] = p * (dp[nt][e] - del_s[col]);
             }
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
+        for (int kk = 0; kk < KV_BM / 16; kk++)
+        {
+            unsigned pa[4], da[4];
+            acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+            acc_to_a(da, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+            for (int dp2 = 0; dp2 < D / 16; dp2++)
             {
-                unsigned ka[4], va[4];
-                load_a(ka, Ks, SD, warp * 16, kk * 16, g, t);
-                load_a(va, Vs, SD, warp * 16, kk * 16, g, t);
-#pragma unroll
-                for (int nt = 0; nt < KV_BM / 8; nt++)
-                {
-                    mma16816(s[nt], ka, ld32(&Qs[(nt * 8 + g) * SD + kk * 16 + 2 * t]), ld32(&Qs[(nt * 8 + g) * SD + kk * 16 + 8 + 2 * t]));
-                    mma16816(dp[nt], va, ld32(&Ds[(nt * 8 + g) * SD + kk * 16 + 2 * t]), ld32(&Ds[(nt * 8 + g) * SD + kk * 16 + 8 + 2 * t]));
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < KV_BM / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                {
-                    int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
-                    bool lo = e < 2;
-                    bool ok = lo ? (i >= j_lo && segq[col] == sid_lo) : (i >= j_hi && segq[col] == sid_hi);
-                    float p = ok ? exp2f(s[nt][e] * sl2 - lse_s[col]) : 0.0f;
-                    s[nt][e] = p;
-                    dp[nt][e] = p * (dp[nt][e] - del_s[col]);
-                }
-#pragma unroll
-            for (int kk = 0; kk < KV_BM / 16; kk++)
-            {
-                unsigned pa[4], da[4];
-                acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-                acc_to_a(da, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-                for (int d = 0; d < D / 8; d++)
-                {
-                    mma16816(dva[d], pa, ld32(&Dt[(d * 8 + g) * SQ + kk * 16 + 2 * t]), ld32(&Dt[(d * 8 + g) * SQ + kk * 16 + 8 + 2 * t]));
-                    mma16816(dka[d], da, ld32(&Qt[(d * 8 + g) * SQ + kk * 16 + 2 * t]), ld32(&Qt[(d * 8 + g) * SQ + kk * 16 + 8 + 2 * t]));
-                }
+                unsigned bd[4], bq[4];
+                frag_b_kn(bd, Ds, SD, dp2 * 16, kk * 16, lane);
+                frag_b_kn(bq, Qs, SD, dp2 * 16, kk * 16, lane);
+                mma16816(dva[2 * dp2], pa, bd[0], bd[1]);
+                mma16816(dva[2 * dp2 + 1], pa, bd[2], bd[3]);
+                mma16816(dka[2 * dp2], da, bq[0], bq[1]);
+                mma16816(dka[2 * dp2 + 1], da, bq[2], bq[3]);
             }
         }
     }
-    if (j_lo < T)
-    {
-        i64 o = (((i64)b * T + j_lo) * Hkv + kh) * D;
 #pragma unroll
-        for (int d = 0; d < D / 8; d++)
+    for (int half = 0; half < 2; half++)
+    {
+        int j = half == 0 ? j_lo : j_hi;
+        if (j >= T) continue;
+        int e0 = half * 2;
+        if (dk_part != nullptr)
         {
-            *(unsigned*)(dk + o + d * 8 + 2 * t) = pack_bf16(dka[d][0] * scale, dka[d][1] * scale);
-            *(unsigned*)(dv + o + d * 8 + 2 * t) = pack_bf16(dva[d][0], dva[d][1]);
+            i64 o = (((i64)b * T + j) * Hq + h) * D;
+#pragma unroll
+            for (int d = 0; d < D / 8; d++)
+            {
+                *(float2*)(dk_part + o + d * 8 + 2 * t) = make_float2(dka[d][e0] * scale, dka[d][e0 + 1] * scale);
+                *(float2*)(dv_part + o + d * 8 + 2 * t) = make_float2(dva[d][e0], dva[d][e0 + 1]);
+            }
         }
-    }
-    if (j_hi < T)
-    {
-        i64 o = (((i64)b * T + j_hi) * Hkv + kh) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++)
+        else
         {
-            *(unsigned*)(dk + o + d * 8 + 2 * t) = pack_bf16(dka[d][2] * scale, dka[d][3] * scale);
-            *(unsigned*)(dv + o + d * 8 + 2 * t) = pack_bf16(dva[d][2], dva[d][3]);
+            i64 o = (((i64)b * T + j) * Hkv + kh) * D;
+#pragma unroll
+            for (int d = 0; d < D / 8; d++)
+            {
+                *(unsigned*)(dk + o + d * 8 + 2 * t) = pack_bf16(dka[d][e0] * scale, dka[d][e0 + 1] * scale);
+                *(unsigned*)(dv + o + d * 8 + 2 * t) = pack_bf16(dva[d][e0], dva[d][e0 + 1]);
+            }
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) flash_backward_dkv_d64(bf16_t* dk, bf16_t* dv, const bf16_t* dout, const float* lse,
-    const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
-{ flash_backward_dkv<64>(dk, dv, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+extern "C" __global__ void __launch_bounds__(128) flash_backward_dkv_d64(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part,
+    const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg,
+    int T, int Hq, int Hkv, float scale)
+{ flash_backward_dkv<64>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
 
-extern "C" __global__ void __launch_bounds__(128) flash_backward_dkv_d128(bf16_t* dk, bf16_t* dv, const bf16_t* dout, const float* lse,
-    const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
-{ flash_backward_dkv<128>(dk, dv, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+extern "C" __global__ void __launch_bounds__(128) flash_backward_dkv_d128(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part,
+    const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg,
+    int T, int Hq, int Hkv, float scale)
+{ flash_backward_dkv<128>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+
+// dk[b, j, kh, :] = Σ_{h in group kh} dk_part[b, j, h, :] (and dv), rounded to bf16 once.
+extern "C" __global__ void flash_dkv_reduce(bf16_t* dk, bf16_t* dv, const float* dk_part, const float* dv_part, i64 rows, int Hq, int Hkv, int D)
+{
+    int group = Hq / Hkv;
+    GRID_STRIDE(e, rows * Hkv * D)
+    {
+        int d = (int)(e % D);
+        i64 rk = e / D;             // (b·T + j)·Hkv + kh
+        int kh = (int)(rk % Hkv);
+        i64 row = rk / Hkv;
+        i64 src = (row * Hq + (i64)kh * group) * D + d;
+        float a = 0.0f, c = 0.0f;
+        for (int gi = 0; gi < group; gi++) { a += dk_part[src + (i64)gi * D]; c += dv_part[src + (i64)gi * D]; }
+        dk[e] = f32_to_bf16(a);
+        dv[e] = f32_to_bf16(c);
+    }
+}

@@ -1,0 +1,509 @@
+// First version, kept as a fallback (FINETUNE_FLASH_V1=1): 32-bit shared loads, transposed tile stores,
+// dK/dV blocks per KV head. flash_attention.cu is the current version.
+// Flash attention on tensor cores (mma.sync m16n8k16, bf16 operands, fp32 accumulators), forward and backward,
+// for BF16 q/k/v and head_dim 64 or 128. Causal, grouped-query, segment-masked exactly like attention.cu, whose
+// simple kernels remain the reference and the fallback (F32 tensors, other head sizes).
+// Scores live only in registers: S = QKᵀ for a 16-row slice per warp and a tile of keys, an online softmax
+// (FlashAttention-2), then P·V with P re-packed from the accumulator layout straight into an A operand.
+// Backward without atomics: one kernel walks key tiles per query slice for dQ, another walks query tiles per
+// key slice for dK and dV (summing the query heads of its KV group), both recomputing P from the saved lse.
+//
+// Fragment layouts of mma.m16n8k16 (g = lane/4, t = lane%4):
+//   A (16×16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B (16×8, col):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
+//   C (16×8, f32):  c0 = (g, 2t), c1 = (g, 2t+1), c2 = (g+8, 2t), c3 = (g+8, 2t+1)
+// Every B operand is read from an "n-major" shared tile Bn[n][k] (k contiguous), so a fragment register is one
+// 32-bit load; where the math needs the other orientation the tile is stored transposed while loading it.
+#include "common.cuh"
+
+typedef unsigned short bf16_t;
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+__device__ __forceinline__ unsigned ld32(const bf16_t* p) { return *(const unsigned*)p; }
+
+// A fragment of rows [r0, r0+16) and columns [k0, k0+16) of a row-major bf16 tile with row stride `stride`.
+__device__ __forceinline__ void load_a(unsigned* a, const bf16_t* base, int stride, int r0, int k0, int g, int t)
+{
+    a[0] = ld32(base + (r0 + g) * stride + k0 + 2 * t);
+    a[1] = ld32(base + (r0 + g + 8) * stride + k0 + 2 * t);
+    a[2] = ld32(base + (r0 + g) * stride + k0 + 8 + 2 * t);
+    a[3] = ld32(base + (r0 + g + 8) * stride + k0 + 8 + 2 * t);
+}
+
+// Accumulators of two adjacent n-tiles (16 columns) as the A operand of the next product.
+__device__ __forceinline__ void acc_to_a(unsigned* a, const float* c0, const float* c1)
+{
+    a[0] = pack_bf16(c0[0], c0[1]);
+    a[1] = pack_bf16(c0[2], c0[3]);
+    a[2] = pack_bf16(c1[0], c1[1]);
+    a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+__device__ __forceinline__ int seg_start(const int* seg, int p)
+{
+    int id = seg[p], lane = threadIdx.x & 31;
+    for (int base = p; base >= 0; base -= 32)
+    {
+        int j = base - lane;
+        unsigned diff = __ballot_sync(FULL_MASK, j >= 0 && seg[j] != id);
+        if (diff) return base - (__ffs(diff) - 1) + 1;
+    }
+    return 0;
+}
+
+__device__ __forceinline__ int seg_end(const int* seg, int p, int len)
+{
+    int id = seg[p], lane = threadIdx.x & 31;
+    for (int base = p; base < len; base += 32)
+    {
+        int j = base + lane;
+        unsigned stop = __ballot_sync(FULL_MASK, j >= len || seg[j] != id);
+        if (stop) return base + (__ffs(stop) - 1);
+    }
+    return len;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64.
+// ---------------------------------------------------------------------------------------------------------
+#define FWD_BM 64
+#define FWD_BN 64
+
+template <int D>
+__device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
+                              int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+{
+    __shared__ __align__(16) bf16_t Ks[FWD_BN][D + 8];
+    __shared__ __align__(16) bf16_t Vt[D][FWD_BN + 8];
+    __shared__ int segk[FWD_BN];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
+    const int off = KL - QL;
+    const int row0 = blockIdx.x * FWD_BM;
+    const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
+    const int* seg = seg_ids + (i64)b * kv_cap;
+    const int p_lo = off + r_lo, p_hi = off + r_hi;
+    const int sid_lo = r_lo < QL ? seg[p_lo] : -3, sid_hi = r_hi < QL ? seg[p_hi] : -3;
+    const float sl2 = scale * LOG2E;
+
+    unsigned qa[D / 16][4];
+    {
+        const bf16_t* qlo = q + (((i64)b * QL + r_lo) * Hq + h) * D;
+        const bf16_t* qhi = q + (((i64)b * QL + r_hi) * Hq + h) * D;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+        {
+            qa[kk][0] = r_lo < QL ? ld32(qlo + kk * 16 + 2 * t) : 0u;
+            qa[kk][1] = r_hi < QL ? ld32(qhi + kk * 16 + 2 * t) : 0u;
+            qa[kk][2] = r_lo < QL ? ld32(qlo + kk * 16 + 8 + 2 * t) : 0u;
+            qa[kk][3] = r_hi < QL ? ld32(qhi + kk * 16 + 8 + 2 * t) : 0u;
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int d = 0; d < D / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+
+    const int last_row = min(QL - 1, row0 + FWD_BM - 1);
+    const int start = seg_start(seg, off + row0) & ~(FWD_BN - 1);
+    const int p_last = off + last_row;
+    for (int j0 = start; j0 <= p_last; j0 += FWD_BN)
+    {
+        __syncthreads();
+        for (int idx = tid; idx < FWD_BN * D / 2; idx += blockDim.x)
+        {
+            int jj = idx / (D / 2), d2 = (idx % (D / 2)) * 2, j = j0 + jj;
+            unsigned kv = 0u, vv = 0u;
+            if (j < KL)
+            {
+                i64 src = (((i64)b * kv_cap + j) * Hkv + kh) * D + d2;
+                kv = ld32(k + src);
+                vv = ld32(v + src);
+            }
+            *(unsigned*)&Ks[jj][d2] = kv;
+            Vt[d2][jj] = (bf16_t)(vv & 0xffffu);
+            Vt[d2 + 1][jj] = (bf16_t)(vv >> 16);
+        }
+        if (tid < FWD_BN) segk[tid] = j0 + tid < KL ? seg[j0 + tid] : -2;
+        __syncthreads();
+
+        float s[FWD_BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; nt++)
+        {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                mma16816(s[nt], qa[kk], ld32(&Ks[nt * 8 + g][kk * 16 + 2 * t]), ld32(&Ks[nt * 8 + g][kk * 16 + 8 + 2 * t]));
+        }
+        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
+                bool lo = e < 2;
+                bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
+                float val = ok ? s[nt][e] * sl2 : -INFINITY;
+                s[nt][e] = val;
+                if (lo) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 2));
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        float ref_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, ref_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+        float c_lo = exp2f(m_lo - ref_lo), c_hi = exp2f(m_hi - ref_hi);
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; nt++)
+        {
+            s[nt][0] = exp2f(s[nt][0] - ref_lo); s[nt][1] = exp2f(s[nt][1] - ref_lo);
+            s[nt][2] = exp2f(s[nt][2] - ref_hi); s[nt][3] = exp2f(s[nt][3] - ref_hi);
+            sum_lo += s[nt][0] + s[nt][1];
+            sum_hi += s[nt][2] + s[nt][3];
+        }
+        l_lo = l_lo * c_lo + sum_lo;
+        l_hi = l_hi * c_hi + sum_hi;
+        m_lo = mn_lo; m_hi = mn_hi;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) { o[d][0] *= c_lo; o[d][1] *= c_lo; o[d][2] *= c_hi; o[d][3] *= c_hi; }
+#pragma unroll
+        for (int kk = 0; kk < FWD_BN / 16; kk++)
+        {
+            unsigned pa[4];
+            acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int d = 0; d < D / 8; d++)
+                mma16816(o[d], pa, ld32(&Vt[d * 8 + g][kk * 16 + 2 * t]), ld32(&Vt[d * 8 + g][kk * 16 + 8 + 2 * t]));
+        }
+    }
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 1);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 2);
+    float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
+    if (r_lo < QL)
+    {
+        bf16_t* dst = out + (((i64)b * QL + r_lo) * Hq + h) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][0] * inv_lo, o[d][1] * inv_lo);
+        if (t == 0) lse[((i64)b * Hq + h) * QL + r_lo] = (m_lo + log2f(l_lo)) * LN2;
+    }
+    if (r_hi < QL)
+    {
+        bf16_t* dst = out + (((i64)b * QL + r_hi) * Hq + h) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][2] * inv_hi, o[d][3] * inv_hi);
+        if (t == 0) lse[((i64)b * Hq + h) * QL + r_hi] = (m_hi + log2f(l_hi)) * LN2;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_v1_forward_d64(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
+    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+{ flash_forward<64>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+
+extern "C" __global__ void __launch_bounds__(128) flash_v1_forward_d128(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
+    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+{ flash_forward<128>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward, dQ. Block: 4 warps × 16 query rows; key tiles of 32. Needs lse and delta = rowsum(dO ⊙ O).
+// P = exp(scale·QKᵀ − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − delta), dQ = scale·dS·K.
+// ---------------------------------------------------------------------------------------------------------
+#define DQ_BM 64
+#define DQ_BN 32
+
+template <int D>
+__device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,
+                                  const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale)
+{
+    __shared__ __align__(16) bf16_t Ks[DQ_BN][D + 8];
+    __shared__ __align__(16) bf16_t Vs[DQ_BN][D + 8];
+    __shared__ __align__(16) bf16_t Kt[D][DQ_BN + 8];
+    __shared__ int segk[DQ_BN];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
+    const int row0 = blockIdx.x * DQ_BM;
+    const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
+    const int* seg = seg_ids + (i64)b * T;
+    const int sid_lo = r_lo < T ? seg[r_lo] : -3, sid_hi = r_hi < T ? seg[r_hi] : -3;
+    const float sl2 = scale * LOG2E;
+    const float* lse_h = lse + ((i64)b * Hq + h) * T;
+    const float* delta_h = delta + ((i64)b * Hq + h) * T;
+    const float l2_lo = r_lo < T ? lse_h[r_lo] * LOG2E : 0.0f, l2_hi = r_hi < T ? lse_h[r_hi] * LOG2E : 0.0f;
+    const float dl_lo = r_lo < T ? delta_h[r_lo] : 0.0f, dl_hi = r_hi < T ? delta_h[r_hi] : 0.0f;
+
+    unsigned qa[D / 16][4], da[D / 16][4];
+    {
+        i64 olo = (((i64)b * T + r_lo) * Hq + h) * D, ohi = (((i64)b * T + r_hi) * Hq + h) * D;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+        {
+            int c0 = kk * 16 + 2 * t, c1 = c0 + 8;
+            qa[kk][0] = r_lo < T ? ld32(q + olo + c0) : 0u;  qa[kk][1] = r_hi < T ? ld32(q + ohi + c0) : 0u;
+            qa[kk][2] = r_lo < T ? ld32(q + olo + c1) : 0u;  qa[kk][3] = r_hi < T ? ld32(q + ohi + c1) : 0u;
+            da[kk][0] = r_lo < T ? ld32(dout + olo + c0) : 0u; da[kk][1] = r_hi < T ? ld32(dout + ohi + c0) : 0u;
+            da[kk][2] = r_lo < T ? ld32(dout + olo + c1) : 0u; da[kk][3] = r_hi < T ? ld32(dout + ohi + c1) : 0u;
+        }
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int d = 0; d < D / 8; d++) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+
+    const int last_row = min(T - 1, row0 + DQ_BM - 1);
+    const int start = seg_start(seg, row0) & ~(DQ_BN - 1);
+    for (int j0 = start; j0 <= last_row; j0 += DQ_BN)
+    {
+        __syncthreads();
+        for (int idx = tid; idx < DQ_BN * D / 2; idx += blockDim.x)
+        {
+            int jj = idx / (D / 2), d2 = (idx % (D / 2)) * 2, j = j0 + jj;
+            unsigned kv = 0u, vv = 0u;
+            if (j < T)
+            {
+                i64 src = (((i64)b * T + j) * Hkv + kh) * D + d2;
+                kv = ld32(k + src);
+                vv = ld32(v + src);
+            }
+            *(unsigned*)&Ks[jj][d2] = kv;
+            *(unsigned*)&Vs[jj][d2] = vv;
+            Kt[d2][jj] = (bf16_t)(kv & 0xffffu);
+            Kt[d2 + 1][jj] = (bf16_t)(kv >> 16);
+        }
+        if (tid < DQ_BN) segk[tid] = j0 + tid < T ? seg[j0 + tid] : -2;
+        __syncthreads();
+
+        float s[DQ_BN / 8][4], dp[DQ_BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < DQ_BN / 8; nt++)
+        {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+            {
+                mma16816(s[nt], qa[kk], ld32(&Ks[nt * 8 + g][kk * 16 + 2 * t]), ld32(&Ks[nt * 8 + g][kk * 16 + 8 + 2 * t]));
+                mma16816(dp[nt], da[kk], ld32(&Vs[nt * 8 + g][kk * 16 + 2 * t]), ld32(&Vs[nt * 8 + g][kk * 16 + 8 + 2 * t]));
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
+                bool lo = e < 2;
+                bool ok = lo ? (j <= r_lo && segk[col] == sid_lo) : (j <= r_hi && segk[col] == sid_hi);
+                float p = ok ? exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi)) : 0.0f;
+                s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < DQ_BN / 16; kk++)
+        {
+            unsigned a[4];
+            acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int d = 0; d < D / 8; d++)
+                mma16816(acc[d], a, ld32(&Kt[d * 8 + g][kk * 16 + 2 * t]), ld32(&Kt[d * 8 + g][kk * 16 + 8 + 2 * t]));
+        }
+    }
+    if (r_lo < T)
+    {
+        bf16_t* dst = dq + (((i64)b * T + r_lo) * Hq + h) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(acc[d][0] * scale, acc[d][1] * scale);
+    }
+    if (r_hi < T)
+    {
+        bf16_t* dst = dq + (((i64)b * T + r_hi) * Hq + h) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(acc[d][2] * scale, acc[d][3] * scale);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_v1_backward_dq_d64(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta,
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
+{ flash_backward_dq<64>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+
+extern "C" __global__ void __launch_bounds__(128) flash_v1_backward_dq_d128(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta,
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
+{ flash_backward_dq<128>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward, dK and dV. Block: 4 warps × 16 key rows = 64 keys of one (batch, KV head); query tiles of 32,
+// for every query head of the group. Transposed products: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ,
+// dV = Σ Pᵀ·dO, dK = scale·Σ dSᵀ·Q. Dynamic shared memory (over 48 KiB for head_dim 128).
+// ---------------------------------------------------------------------------------------------------------
+#define KV_BN 64
+#define KV_BM 32
+
+template <int D>
+__device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,
+                                   const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale)
+{
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int SD = D + 8, SQ = KV_BM + 8;
+    bf16_t* Ks = (bf16_t*)smem;                 // [KV_BN][SD]
+    bf16_t* Vs = Ks + KV_BN * SD;               // [KV_BN][SD]
+    bf16_t* Qs = Vs + KV_BN * SD;               // [KV_BM][SD]
+    bf16_t* Ds = Qs + KV_BM * SD;               // [KV_BM][SD]  (dO)
+    bf16_t* Qt = Ds + KV_BM * SD;               // [D][SQ]
+    bf16_t* Dt = Qt + D * SQ;                   // [D][SQ]      (dOᵀ)
+    float* lse_s = (float*)(Dt + D * SQ);       // [KV_BM], log2 units
+    float* del_s = lse_s + KV_BM;               // [KV_BM]
+    int* segq = (int*)(del_s + KV_BM);          // [KV_BM]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
+    const int j0 = blockIdx.x * KV_BN;
+    const int j_lo = j0 + warp * 16 + g, j_hi = j_lo + 8;
+    const int* seg = seg_ids + (i64)b * T;
+    const int sid_lo = j_lo < T ? seg[j_lo] : -3, sid_hi = j_hi < T ? seg[j_hi] : -3;
+    const float sl2 = scale * LOG2E;
+
+    for (int idx = tid; idx < KV_BN * D / 2; idx += blockDim.x)
+    {
+        int jj = idx / (D / 2), d2 = (idx % (D / 2)) * 2, j = j0 + jj;
+        unsigned kv = 0u, vv = 0u;
+        if (j < T)
+        {
+            i64 src = (((i64)b * T + j) * Hkv + kh) * D + d2;
+            kv = ld32(k + src);
+            vv = ld32(v + src);
+        }
+        *(unsigned*)&Ks[jj * SD + d2] = kv;
+        *(unsigned*)&Vs[jj * SD + d2] = vv;
+    }
+    float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+    for (int d = 0; d < D / 8; d++)
+    {
+        dka[d][0] = dka[d][1] = dka[d][2] = dka[d][3] = 0.0f;
+        dva[d][0] = dva[d][1] = dva[d][2] = dva[d][3] = 0.0f;
+    }
+    const int last_key = min(T - 1, j0 + KV_BN - 1);
+    const int q_end = seg_end(seg, last_key, T);
+
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+    {
+        const float* lse_h = lse + ((i64)b * Hq + h) * T;
+        const float* delta_h = delta + ((i64)b * Hq + h) * T;
+        for (int i0 = j0; i0 < q_end; i0 += KV_BM)
+        {
+            __syncthreads();
+            for (int idx = tid; idx < KV_BM * D / 2; idx += blockDim.x)
+            {
+                int ii = idx / (D / 2), d2 = (idx % (D / 2)) * 2, i = i0 + ii;
+                unsigned qv = 0u, dv2 = 0u;
+                if (i < T)
+                {
+                    i64 src = (((i64)b * T + i) * Hq + h) * D + d2;
+                    qv = ld32(q + src);
+                    dv2 = ld32(dout + src);
+                }
+                *(unsigned*)&Qs[ii * SD + d2] = qv;
+                *(unsigned*)&Ds[ii * SD + d2] = dv2;
+                Qt[d2 * SQ + ii] = (bf16_t)(qv & 0xffffu);
+                Qt[(d2 + 1) * SQ + ii] = (bf16_t)(qv >> 16);
+                Dt[d2 * SQ + ii] = (bf16_t)(dv2 & 0xffffu);
+                Dt[(d2 + 1) * SQ + ii] = (bf16_t)(dv2 >> 16);
+            }
+            if (tid < KV_BM)
+            {
+                int i = i0 + tid;
+                lse_s[tid] = i < T ? lse_h[i] * LOG2E : 0.0f;
+                del_s[tid] = i < T ? delta_h[i] : 0.0f;
+                segq[tid] = i < T ? seg[i] : -2;
+            }
+            __syncthreads();
+
+            float s[KV_BM / 8][4], dp[KV_BM / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < KV_BM / 8; nt++)
+            {
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+                dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+            }
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+            {
+                unsigned ka[4], va[4];
+                load_a(ka, Ks, SD, warp * 16, kk * 16, g, t);
+                load_a(va, Vs, SD, warp * 16, kk * 16, g, t);
+#pragma unroll
+                for (int nt = 0; nt < KV_BM / 8; nt++)
+                {
+                    mma16816(s[nt], ka, ld32(&Qs[(nt * 8 + g) * SD + kk * 16 + 2 * t]), ld32(&Qs[(nt * 8 + g) * SD + kk * 16 + 8 + 2 * t]));
+                    mma16816(dp[nt], va, ld32(&Ds[(nt * 8 + g) * SD + kk * 16 + 2 * t]), ld32(&Ds[(nt * 8 + g) * SD + kk * 16 + 8 + 2 * t]));
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < KV_BM / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
+                    bool lo = e < 2;
+                    bool ok = lo ? (i >= j_lo && segq[col] == sid_lo) : (i >= j_hi && segq[col] == sid_hi);
+                    float p = ok ? exp2f(s[nt][e] * sl2 - lse_s[col]) : 0.0f;
+                    s[nt][e] = p;
+                    dp[nt][e] = p * (dp[nt][e] - del_s[col]);
+                }
+#pragma unroll
+            for (int kk = 0; kk < KV_BM / 16; kk++)
+            {
+                unsigned pa[4], da[4];
+                acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+                acc_to_a(da, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+                for (int d = 0; d < D / 8; d++)
+                {
+                    mma16816(dva[d], pa, ld32(&Dt[(d * 8 + g) * SQ + kk * 16 + 2 * t]), ld32(&Dt[(d * 8 + g) * SQ + kk * 16 + 8 + 2 * t]));
+                    mma16816(dka[d], da, ld32(&Qt[(d * 8 + g) * SQ + kk * 16 + 2 * t]), ld32(&Qt[(d * 8 + g) * SQ + kk * 16 + 8 + 2 * t]));
+                }
+            }
+        }
+    }
+    if (j_lo < T)
+    {
+        i64 o = (((i64)b * T + j_lo) * Hkv + kh) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++)
+        {
+            *(unsigned*)(dk + o + d * 8 + 2 * t) = pack_bf16(dka[d][0] * scale, dka[d][1] * scale);
+            *(unsigned*)(dv + o + d * 8 + 2 * t) = pack_bf16(dva[d][0], dva[d][1]);
+        }
+    }
+    if (j_hi < T)
+    {
+        i64 o = (((i64)b * T + j_hi) * Hkv + kh) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++)
+        {
+            *(unsigned*)(dk + o + d * 8 + 2 * t) = pack_bf16(dka[d][2] * scale, dka[d][3] * scale);
+            *(unsigned*)(dv + o + d * 8 + 2 * t) = pack_bf16(dva[d][2], dva[d][3]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_v1_backward_dkv_d64(bf16_t* dk, bf16_t* dv, const bf16_t* dout, const float* lse,
+    const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
+{ flash_backward_dkv<64>(dk, dv, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+
+extern "C" __global__ void __launch_bounds__(128) flash_v1_backward_dkv_d128(bf16_t* dk, bf16_t* dv, const bf16_t* dout, const float* lse,
+    const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
+{ flash_backward_dkv<128>(dk, dv, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
