@@ -22,6 +22,9 @@ public sealed partial class CudaBackend
     /// <summary>The first flash kernels (flash_attention_v1.cu), selected with FINETUNE_FLASH_V1=1.</summary>
     public bool UseFlashV1 { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_V1") == "1";
 
+    /// <summary>The forward with cp.async double-buffered K/V tiles; FINETUNE_FLASH_PIPELINE=0 selects the single-stage one.</summary>
+    public bool UseFlashPipeline { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_PIPELINE") != "0";
+
     bool Flash(int headDim, params Tensor[] tensors) =>
         UseFlashAttention && headDim is 64 or 128 && tensors.All(t => t.DType == DType.BF16);
 
@@ -40,6 +43,18 @@ public sealed partial class CudaBackend
             {
                 Launch("flash_attention_v1.cu", $"flash_v1_forward_d{s.HeadDim}", ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128,
                     [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale]);
+                return;
+            }
+            if (UseFlashPipeline)
+            {
+                // Two stages of K and V tiles [64][D+8] plus two rows of 64 segment ids.
+                int smem = 2 * 2 * 64 * (s.HeadDim + 8) * 2 + 2 * 64 * 4;
+                var fp = _dev.Function("flash_attention.cu", $"flash_forward_pipe_d{s.HeadDim}");
+                if (smem > 48 * 1024 && _sharedRaised.Add(fp)) _dev.SetDynamicSharedMemory(fp, smem);
+                _dev.Launch(fp, ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), (128, 1, 1), smem,
+                    [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale],
+                    "flash_forward_pipe");
+                if (_dev.Profiling) _dev.Mark($"flash_forward_pipe_d{s.HeadDim}");
                 return;
             }
             Launch("flash_attention.cu", $"flash_forward_d{s.HeadDim}", ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128,

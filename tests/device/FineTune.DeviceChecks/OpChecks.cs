@@ -316,11 +316,15 @@ public static class OpChecks
     {
         var shapes = new List<(int B, int T, int Hq, int Hkv, int D)> { (2, 77, 4, 2, 64), (1, 130, 2, 1, 128), (2, 300, 8, 2, 128) };
         if (c.Act == DType.BF16) shapes.Add((1, 2048, 16, 8, 128));
-        foreach (bool flash in c.Act == DType.BF16 ? new[] { true, false } : new[] { false })
+        var variants = c.Act == DType.BF16
+            ? new[] { ("flash", true, true), ("flash-1stage", true, false), ("simple", false, true) }
+            : new[] { ("simple", false, true) };
+        foreach (var (variant, flash, pipeline) in variants)
             foreach (var (batch, t, hq, hkv, d) in shapes)
             {
                 if (!flash && t > 1000) continue;
                 c.Gpu.UseFlashAttention = flash;
+                c.Gpu.UseFlashPipeline = pipeline;
                 var s = AttentionShape.Training(batch, t, hq, hkv, d);
                 var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
                 var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
@@ -332,7 +336,7 @@ public static class OpChecks
                 var segT = c.IntPair(seg, [batch, t]);
                 var o = c.Zeros([batch * t, hq * d]);
                 var lse = c.Zeros([batch, hq, t], DType.F32);
-                string tag = $"{(flash ? "flash" : "simple")} B{batch} T{t} H{hq}/{hkv} D{d}";
+                string tag = $"{variant} B{batch} T{t} H{hq}/{hkv} D{d}";
                 c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s); // warm-up (compile, load)
                 double ms = c.TimeRepeat(() => c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
                 c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
@@ -365,6 +369,7 @@ public static class OpChecks
             c.Compare($"attention kv-cache {(flash ? "flash" : "simple")} Q3 K20/32", "lse", lse, ms);
         }
         c.Gpu.UseFlashAttention = true;
+        c.Gpu.UseFlashPipeline = true;
     }
 
     static void Loss(Ctx c)

@@ -263,6 +263,182 @@ extern "C" __global__ void __launch_bounds__(128) flash_forward_d128(bf16_t* out
     const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
 { flash_forward<128>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
 
+// Forward with the next K/V tile copied by cp.async while the current one is multiplied (two shared-memory
+// stages, dynamic shared memory). Same math and layout as flash_forward; FINETUNE_FLASH_PIPELINE=0 selects that one.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+template <int D>
+__device__ __forceinline__ void issue_tile(bf16_t* tile, int stride, const bf16_t* src, i64 row_base, int r0, int rows, int limit, int heads, int h)
+{
+    for (int idx = threadIdx.x; idx < rows * (D / 8); idx += blockDim.x)
+    {
+        int rr = idx / (D / 8), c8 = (idx % (D / 8)) * 8, r = r0 + rr;
+        bool ok = r < limit;
+        cp_async16(tile + rr * stride + c8, ok ? src + ((row_base + r) * heads + h) * D + c8 : src, ok);
+    }
+}
+
+template <int D>
+__device__ void flash_forward_pipe(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
+                                   int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+{
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int SD = D + 8;
+    bf16_t* KsBase = (bf16_t*)smem;                      // [2][FWD_BN][SD]
+    bf16_t* VsBase = KsBase + 2 * FWD_BN * SD;            // [2][FWD_BN][SD]
+    int* segkBase = (int*)(VsBase + 2 * FWD_BN * SD);     // [2][FWD_BN]
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
+    const int off = KL - QL;
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * FWD_BM;
+    const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
+    const int* seg = seg_ids + (i64)b * kv_cap;
+    const int p_lo = off + r_lo, p_hi = off + r_hi;
+    const int sid_lo = r_lo < QL ? seg[p_lo] : -3, sid_hi = r_hi < QL ? seg[p_hi] : -3;
+    const float sl2 = scale * LOG2E;
+    const int last_row = min(QL - 1, row0 + FWD_BM - 1);
+    const int start = seg_start(seg, off + row0) & ~(FWD_BN - 1);
+    const int p_last = off + last_row;
+    const i64 kv_row_base = (i64)b * kv_cap;
+
+    issue_tile<D>(KsBase, SD, k, kv_row_base, start, FWD_BN, KL, Hkv, kh);
+    issue_tile<D>(VsBase, SD, v, kv_row_base, start, FWD_BN, KL, Hkv, kh);
+    cp_async_commit();
+    if (tid < FWD_BN) segkBase[tid] = start + tid < KL ? seg[start + tid] : -2;
+
+    unsigned qa[D / 16][4];
+    {
+        const bf16_t* qlo = q + (((i64)b * QL + r_lo) * Hq + h) * D;
+        const bf16_t* qhi = q + (((i64)b * QL + r_hi) * Hq + h) * D;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+        {
+            qa[kk][0] = r_lo < QL ? ld32(qlo + kk * 16 + 2 * t) : 0u;
+            qa[kk][1] = r_hi < QL ? ld32(qhi + kk * 16 + 2 * t) : 0u;
+            qa[kk][2] = r_lo < QL ? ld32(qlo + kk * 16 + 8 + 2 * t) : 0u;
+            qa[kk][3] = r_hi < QL ? ld32(qhi + kk * 16 + 8 + 2 * t) : 0u;
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int d = 0; d < D / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+
+    int it = 0;
+    for (int j0 = start; j0 <= p_last; j0 += FWD_BN, it++)
+    {
+        const int cur = it & 1, nxt = cur ^ 1;
+        const int jn = j0 + FWD_BN;
+        if (jn <= p_last)
+        {
+            issue_tile<D>(KsBase + nxt * FWD_BN * SD, SD, k, kv_row_base, jn, FWD_BN, KL, Hkv, kh);
+            issue_tile<D>(VsBase + nxt * FWD_BN * SD, SD, v, kv_row_base, jn, FWD_BN, KL, Hkv, kh);
+            if (tid < FWD_BN) segkBase[nxt * FWD_BN + tid] = jn + tid < KL ? seg[jn + tid] : -2;
+        }
+        cp_async_commit();
+        cp_async_wait1();
+        __syncthreads();
+        const bf16_t* Ks = KsBase + cur * FWD_BN * SD;
+        const bf16_t* Vs = VsBase + cur * FWD_BN * SD;
+        const int* segk = segkBase + cur * FWD_BN;
+
+        float s[FWD_BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+            for (int np = 0; np < FWD_BN / 16; np++)
+            {
+                unsigned bb[4];
+                frag_b_nk(bb, Ks, SD, np * 16, kk * 16, lane);
+                mma16816(s[2 * np], qa[kk], bb[0], bb[1]);
+                mma16816(s[2 * np + 1], qa[kk], bb[2], bb[3]);
+            }
+        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
+                bool lo = e < 2;
+                bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
+                float val = ok ? s[nt][e] * sl2 : -INFINITY;
+                s[nt][e] = val;
+                if (lo) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 2));
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        float ref_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, ref_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+        float c_lo = exp2f(m_lo - ref_lo), c_hi = exp2f(m_hi - ref_hi);
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < FWD_BN / 8; nt++)
+        {
+            s[nt][0] = exp2f(s[nt][0] - ref_lo); s[nt][1] = exp2f(s[nt][1] - ref_lo);
+            s[nt][2] = exp2f(s[nt][2] - ref_hi); s[nt][3] = exp2f(s[nt][3] - ref_hi);
+            sum_lo += s[nt][0] + s[nt][1];
+            sum_hi += s[nt][2] + s[nt][3];
+        }
+        l_lo = l_lo * c_lo + sum_lo;
+        l_hi = l_hi * c_hi + sum_hi;
+        m_lo = mn_lo; m_hi = mn_hi;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) { o[d][0] *= c_lo; o[d][1] *= c_lo; o[d][2] *= c_hi; o[d][3] *= c_hi; }
+#pragma unroll
+        for (int kk = 0; kk < FWD_BN / 16; kk++)
+        {
+            unsigned pa[4];
+            acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++)
+            {
+                unsigned bb[4];
+                frag_b_kn(bb, Vs, SD, dp * 16, kk * 16, lane);
+                mma16816(o[2 * dp], pa, bb[0], bb[1]);
+                mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
+            }
+        }
+        __syncthreads(); // every warp is done with stage `cur` before the next iteration refills it
+    }
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 1);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 2);
+    float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
+    if (r_lo < QL)
+    {
+        bf16_t* dst = out + (((i64)b * QL + r_lo) * Hq + h) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][0] * inv_lo, o[d][1] * inv_lo);
+        if (t == 0) lse[((i64)b * Hq + h) * QL + r_lo] = (m_lo + log2f(l_lo)) * LN2;
+    }
+    if (r_hi < QL)
+    {
+        bf16_t* dst = out + (((i64)b * QL + r_hi) * Hq + h) * D;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][2] * inv_hi, o[d][3] * inv_hi);
+        if (t == 0) lse[((i64)b * Hq + h) * QL + r_hi] = (m_hi + log2f(l_hi)) * LN2;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_forward_pipe_d64(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
+    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+{ flash_forward_pipe<64>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+
+extern "C" __global__ void __launch_bounds__(128) flash_forward_pipe_d128(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
+    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+{ flash_forward_pipe<128>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+
 // ---------------------------------------------------------------------------------------------------------
 // Backward, dQ. Block: 4 warps × 16 query rows; key tiles of 32. Needs lse and delta = rowsum(dO ⊙ O).
 // P = exp(scale·QKᵀ − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − delta), dQ = scale·dS·K.
