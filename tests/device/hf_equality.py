@@ -72,11 +72,12 @@ def check_flavour(d):
     loss_p.backward()
     worst, n = 0.0, 0
     for name, p in peft_model.named_parameters():
-        if p.grad is None or "lora_" not in name:
+        if p.grad is None or ("lora_" not in name and "modules_to_save" not in name):
             continue
-        key = "grad." + name.replace("base_model.model.", "", 1).replace(".default", "")
+        # FineTune names trainable tensors by their PEFT adapter key (modules_to_save without the wrapper's segment)
+        key = "grad." + name.replace(".modules_to_save.default", "").replace(".default", "")
         if key not in ft_ad:
-            raise SystemExit(f"{d}: FineTune wrote no gradient for {name} (looked for {key})")
+            raise KeyError(f"{d}: FineTune wrote no gradient for {name} (looked for {key})")
         worst = max(worst, rel(ft_ad[key], p.grad.float()))
         n += 1
     res["d_grad_rel_max"] = worst
