@@ -11,9 +11,10 @@ public static class StageBackends
         {
             return Backends.Create(device.Trim().ToLowerInvariant());
         }
-        catch (Exception e) when (e is NotSupportedException or ArgumentException)
+        catch (Exception e) when (e is NotSupportedException or ArgumentException or FineTune.Engine.Cuda.CudaException)
         {
-            throw new PipelineUserException($"stages.{stage}.device: '{device}' — {e.Message}.", e);
+            // No driver, no such GPU, or a device string the factory does not know: the pipeline's device: key is the fix.
+            throw new PipelineUserException($"stages.{stage}.device: '{device}' — {e.Message.TrimEnd('.')}.", e);
         }
     }
 }
