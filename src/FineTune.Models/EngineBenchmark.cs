@@ -1,49 +1,72 @@
 using System.Diagnostics;
 using FineTune.Engine;
+using FineTune.Engine.Cuda;
 
 namespace FineTune.Models;
 
-/// <summary>Result of timing LoRA SFT steps (forward + backward + AdamW) on random weights of a named shape.</summary>
+/// <summary>
+/// Result of timing LoRA SFT steps (forward + backward + clipped AdamW) on random weights of a named shape.
+/// PeakDeviceGib, SteadyStateMallocs, Gpu and ProfileMs are set on CUDA only.
+/// </summary>
 public sealed record TrainStepBenchmark(string Device, string Shape, int Batch, int SeqLen, int LoraRank, bool GradientCheckpointing,
-    int Steps, double StepMs, double TokensPerSecond, double CpuSecondsPerStep, long Parameters, long TrainableParameters, double ModelGflopPerToken, double AchievedGflops);
+    int Steps, double StepMs, double TokensPerSecond, double CpuSecondsPerStep, long Parameters, long TrainableParameters,
+    double ModelGflopPerToken, double AchievedGflops, double Loss, double? PeakDeviceGib, long? SteadyStateMallocs, string? Gpu,
+    IReadOnlyDictionary<string, double>? ProfileMs);
 
 /// <summary>Result of timing one matrix product C[M,N] = A[M,K]·B[N,K]ᵀ.</summary>
 public sealed record MatMulBenchmark(string Device, int M, int N, int K, int Repeats, double Ms, double Gflops);
 
-/// <summary>Synthetic benchmarks of the engine: shapes of real models, random weights, random tokens.</summary>
+/// <summary>
+/// Synthetic benchmarks of the engine: shapes of real models, random weights, random tokens. The training step uses
+/// the settings of the peer script (../shared/bench/hf_peft_bench.py: HF transformers + PEFT): LoRA r (α = 2r, no
+/// dropout) on q,k,v,o,gate,up,down, bf16 weights with fp32 adapters on a GPU, AdamW (lr 1e-4, weight decay 0.01,
+/// clipping at 1.0), mean loss over labels = input ids shifted by one; 3 warm-up steps, then the timed ones.
+/// </summary>
 public static class EngineBenchmark
 {
-    private static TransformerSpec Shape(string arch, int vocab, int hidden, int inter, int layers, int heads, int kv, int headDim, bool tied, double theta = 1e6) =>
-        new()
-        {
-            Architecture = arch, VocabSize = vocab, HiddenSize = hidden, IntermediateSize = inter, NumLayers = layers,
-            NumHeads = heads, NumKvHeads = kv, HeadDimOverride = headDim, TieWordEmbeddings = tied, RopeTheta = theta,
-            MaxPositionEmbeddings = 32768, QkvBias = arch == "qwen2", QkNorm = arch == "qwen3",
-        };
+    /// <summary>Dense bf16 tensor-core peak of an H100/H200 SXM (TFLOP/s), the MFU denominator on CUDA.</summary>
+    public const double GpuPeakTflops = 989.4;
 
-    /// <summary>Named shapes: the demo's scratch model, a small one, and real models' dimensions.</summary>
+    /// <summary>Named shapes: the demo's scratch model, a small one, and real models' configurations.</summary>
     public static IReadOnlyDictionary<string, TransformerSpec> Shapes { get; } = new Dictionary<string, TransformerSpec>
     {
-        ["tiny"] = Shape("qwen3", 512, 64, 128, 2, 4, 2, 16, true),
-        ["small"] = Shape("qwen3", 32000, 256, 768, 4, 8, 4, 32, true),
-        ["qwen3-0.6b"] = Shape("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, true),
-        ["qwen2.5-0.5b"] = Shape("qwen2", 151936, 896, 4864, 24, 14, 2, 64, true),
-        ["qwen2.5-7b"] = Shape("qwen2", 152064, 3584, 18944, 28, 28, 4, 128, false),
-        ["llama3-8b"] = Shape("llama", 128256, 4096, 14336, 32, 32, 8, 128, false, 500000),
+        ["tiny"] = new() { Architecture = "qwen3", VocabSize = 512, HiddenSize = 64, IntermediateSize = 128, NumLayers = 2, NumHeads = 4,
+            NumKvHeads = 2, HeadDimOverride = 16, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true },
+        ["small"] = new() { Architecture = "qwen3", VocabSize = 32000, HiddenSize = 256, IntermediateSize = 768, NumLayers = 4, NumHeads = 8,
+            NumKvHeads = 4, HeadDimOverride = 32, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true },
+        ["qwen3-0.6b"] = new() { Architecture = "qwen3", VocabSize = 151936, HiddenSize = 1024, IntermediateSize = 3072, NumLayers = 28,
+            NumHeads = 16, NumKvHeads = 8, HeadDimOverride = 128, TieWordEmbeddings = true, RopeTheta = 1e6, RmsNormEps = 1e-6,
+            MaxPositionEmbeddings = 40960, QkNorm = true },
+        ["qwen2.5-0.5b"] = new() { Architecture = "qwen2", VocabSize = 151936, HiddenSize = 896, IntermediateSize = 4864, NumLayers = 24,
+            NumHeads = 14, NumKvHeads = 2, TieWordEmbeddings = true, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
+        ["qwen2.5-7b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 3584, IntermediateSize = 18944, NumLayers = 28,
+            NumHeads = 28, NumKvHeads = 4, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
+        ["llama3-8b"] = new() { Architecture = "llama", VocabSize = 128256, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32,
+            NumHeads = 32, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 5e5, RmsNormEps = 1e-5, MaxPositionEmbeddings = 8192 },
     };
 
     public static TransformerSpec ShapeOf(string name) => Shapes.TryGetValue(name, out var s) ? s
         : throw new ArgumentException($"unknown shape '{name}'; choose one of {string.Join(", ", Shapes.Keys)}");
 
     /// <summary>
-    /// Times <paramref name="steps"/> LoRA steps (rank r on all seven projections, AdamW) after one warm-up step.
-    /// Model FLOPs per token: 6·(matmul weights) + 6·(attention: 2·T·d per layer and head, causal half) — forward 2, backward 4.
+    /// Times <paramref name="steps"/> LoRA steps after <paramref name="warmup"/> untimed ones. With
+    /// <paramref name="profile"/> on CUDA, one more step is run with device-event timing per operation.
     /// </summary>
-    public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, bool checkpointing, int steps, int seed = 0)
+    public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, bool checkpointing,
+        int steps, int warmup = 3, bool profile = false, int seed = 0)
     {
         var spec = ShapeOf(shape);
-        var setup = new TrainingSetup { LoraRank = loraRank, GradientCheckpointing = checkpointing, Seed = seed };
-        using var model = CausalLM.Create(spec, backend, setup, new RandomWeights(seed, 0.02f));
+        if (steps < 1) throw new ArgumentException($"steps must be at least 1 (got {steps})");
+        if (seqLen < 2 || batch < 1) throw new ArgumentException($"batch must be at least 1 and seq at least 2 (got {batch}×{seqLen})");
+        var cuda = (backend is ProfilingBackend pb ? pb.Inner : backend) as CudaBackend;
+        if (cuda is not null)
+        {
+            cuda.Synchronize();
+            cuda.Device.Allocator.EmptyCache();
+            cuda.Device.Allocator.ResetPeaks();
+        }
+        var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, GradientCheckpointing = checkpointing, Seed = seed };
+        using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
         int n = batch * seqLen;
         var ids = new int[n];
@@ -51,37 +74,58 @@ public static class EngineBenchmark
         var seg = new int[n];
         for (int i = 0; i < n; i++) { ids[i] = rng.Next(spec.VocabSize); pos[i] = i % seqLen; }
         var labels = new int[n];
-        for (int i = 0; i < n; i++) labels[i] = (i + 1) % seqLen == 0 ? -100 : ids[i + 1];
+        for (int i = 0; i < n; i++) labels[i] = pos[i] == seqLen - 1 ? -100 : ids[i + 1];
         var tb = new TokenBatch(batch, seqLen, ids, labels, pos, seg);
-        var adam = new AdamWStep(1e-4f, 0.9f, 0.999f, 1e-8f, 0f, 1, 1f / n, 1f);
-        void Step(int s)
+        var adam = new AdamWStep(1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, 0, MaxGradNorm: 1f);
+        int stepNo = 0;
+        double Step()
         {
             model.ZeroGrad();
-            model.ForwardBackward(tb, 1f);
+            var loss = model.ForwardBackward(tb, 1f / tb.LabelCount);
             var norm = model.GradNormSquared();
-            foreach (var p in model.TrainableParameters) p.Step(adam with { Step = s }, norm);
-            backend.Synchronize();
+            stepNo++;
+            foreach (var p in model.TrainableParameters) p.Step(adam with { Step = stepNo, WeightDecay = p.WeightDecay ? 0.01f : 0f }, norm);
+            return loss.MeanLoss;
         }
-        Step(1);
+        for (int i = 0; i < warmup; i++) Step();
+        backend.Synchronize();
+        long mallocs = cuda?.Device.Allocator.Stats.RawAllocations ?? 0;
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
-        for (int s = 0; s < steps; s++) Step(s + 2);
+        double lastLoss = 0;
+        for (int s = 0; s < steps; s++) lastLoss = Step();
+        backend.Synchronize();
         double seconds = sw.Elapsed.TotalSeconds;
         double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+        Dictionary<string, double>? prof = null;
+        if (profile && cuda is not null)
+        {
+            cuda.Device.BeginProfile();
+            Step();
+            prof = cuda.Device.EndProfile().OrderByDescending(kv => kv.Value).ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 2));
+        }
         double flopPerToken = ModelFlopsPerToken(spec, seqLen);
         double tokensPerSecond = n * steps / seconds;
+        var stats = cuda?.Device.Allocator.Stats;
         return new TrainStepBenchmark(backend.Name, shape, batch, seqLen, loraRank, checkpointing, steps, seconds * 1000 / steps,
-            tokensPerSecond, cpuSeconds / steps, spec.ParameterCount, model.TrainableParameters.Sum(p => p.Length), flopPerToken / 1e9, flopPerToken * tokensPerSecond / 1e9);
+            tokensPerSecond, cpuSeconds / steps, spec.ParameterCount, model.TrainableParameters.Sum(p => p.Length), flopPerToken / 1e9,
+            flopPerToken * tokensPerSecond / 1e9, lastLoss,
+            stats is null ? null : Math.Round(stats.PeakInUseBytes / (double)(1L << 30), 2),
+            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof);
     }
 
-    /// <summary>6·N_matmul + 6·(layers·heads·head_dim·T) — the usual estimate (attention counted causally: T/2 keys on average, ×2 for QK and PV).</summary>
+    /// <summary>
+    /// Model FLOPs per trained token of a LoRA step (the MFU convention, recomputation not counted): the frozen linears
+    /// and the LM head cost 2N forward and 2N for the input gradient (no weight gradient), attention 2·T·d per layer
+    /// and head forward (4·T·d causally halved) and twice that backward. qwen2.5-7b at T=2048: 29.5 GFLOP.
+    /// </summary>
     public static double ModelFlopsPerToken(TransformerSpec s, int seqLen)
     {
         double c = s.HiddenSize;
-        double perLayer = c * s.QDim + 2 * c * s.KvDim + s.QDim * c + 3 * c * s.IntermediateSize;
-        double matmul = s.NumLayers * perLayer + (double)s.VocabSize * c;
-        double attention = (double)s.NumLayers * s.NumHeads * s.HeadDim * seqLen; // 2·(T/2)·d·2 per head
-        return 6 * matmul + 6 * attention;
+        double linear = s.NumLayers * (2 * c * s.QDim + 2 * c * s.KvDim + 3 * c * s.IntermediateSize);
+        double head = (double)s.VocabSize * c;
+        double attention = 2.0 * seqLen * s.HeadDim * s.NumHeads * s.NumLayers;
+        return 4 * linear + 4 * head + 3 * attention;
     }
 
     /// <summary>Times C = A·Bᵀ (a linear layer's forward) of the given size.</summary>

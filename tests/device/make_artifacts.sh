@@ -3,22 +3,30 @@
 # for each flavour a scratch model, a LoRA adapter trained for a few steps (so B is not zero), the merged model,
 # and FineTune's own logits / loss / LoRA gradients on fixed random tokens (`finetune forward`).
 #   tests/device/make_artifacts.sh <out_dir>
+# With FINETUNE=<a published finetune binary> it uses that instead of building (the GPU machine has no .NET SDK).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
-dotnet build "$root/src/FineTune.Cli" -c Release -v q -nologo >/dev/null
-ft() { dotnet "$root/src/FineTune.Cli/bin/Release/net10.0/finetune.dll" "$@"; }
+if [ -n "${FINETUNE:-}" ]; then
+  bin=$(realpath "$FINETUNE"); ft() { "$bin" "$@"; }
+else
+  dotnet build "$root/src/FineTune.Cli" -c Release -v q -nologo >/dev/null
+  ft() { dotnet "$root/src/FineTune.Cli/bin/Release/net10.0/finetune.dll" "$@"; }
+fi
 stage_dir() { ft path "$1" --stage "$2"; }
 
-for spec in "llama:llama:false" "qwen2:qwen2:true" "qwen3:qwen3:false"; do
-  IFS=: read -r flavour arch tied <<<"$spec"
+# flavour:architecture:tied:hidden:intermediate:head_dim -- the h256 ones have head_dim 64, so that on a GPU they
+# take the flash-attention kernels (the bf16 comparison (e) in hf_equality.py).
+for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qwen3:false:64:160:16" \
+            "llama-h256:llama:false:256:512:64" "qwen2-h256:qwen2:true:256:512:64" "qwen3-h256:qwen3:false:256:512:64"; do
+  IFS=: read -r flavour arch tied hidden inter head_dim <<<"$spec"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
   cat >"$work/pipeline.yaml" <<YAML
 name: equality-$flavour
 model:
   source: scratch
-  scratch: {architecture: $arch, hidden_size: 64, intermediate_size: 160, num_hidden_layers: 2, num_attention_heads: 4,
-            num_key_value_heads: 2, head_dim: 16, tie_word_embeddings: $tied, seed: 7}
+  scratch: {architecture: $arch, hidden_size: $hidden, intermediate_size: $inter, num_hidden_layers: 2, num_attention_heads: 4,
+            num_key_value_heads: 2, head_dim: $head_dim, tie_word_embeddings: $tied, seed: 7}
 data: {dataset_dir: $root/data, dataset: [identity], template: qwen, placeholders: {name: Eq, author: FineTune}}
 stages:
   download: {}

@@ -17,20 +17,21 @@ public sealed class BenchCommand : ICliCommand
         var batch = new Option<int>("--batch") { Description = "Micro-batch size.", DefaultValueFactory = _ => 8 };
         var seq = new Option<int>("--seq") { Description = "Sequence length.", DefaultValueFactory = _ => 256 };
         var rank = new Option<int>("--lora-rank") { Description = "LoRA rank on all seven projections.", DefaultValueFactory = _ => 8 };
-        var steps = new Option<int>("--steps") { Description = "Timed steps (after one warm-up step).", DefaultValueFactory = _ => 5 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps.", DefaultValueFactory = _ => 10 };
+        var warmup = new Option<int>("--warmup") { Description = "Untimed steps before them.", DefaultValueFactory = _ => 3 };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "Recompute activations per layer in the backward." };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)." };
-        var profile = new Option<bool>("--profile") { Description = "Also print time per backend operation (synchronises after each)." };
+        var profile = new Option<bool>("--profile") { Description = "Also print time per operation: on CUDA device time per kernel (one more step, timed with events); on the CPU wall time per backend call." };
         var matmul = new Option<int>("--matmul-size") { Description = "Square size of the matrix product benchmark (0 skips it).", DefaultValueFactory = _ => 1024 };
         var command = new Command("bench", "Measure training tokens/s of a model shape and the matrix multiply's GFLOP/s (JSON lines).")
         {
-            device, shape, batch, seq, rank, steps, checkpointing, threads, matmul, profile,
+            device, shape, batch, seq, rank, steps, warmup, checkpointing, threads, matmul, profile,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
             using var raw = Backends.Create(r.GetValue(device)!, r.GetValue(threads), Console.Error.WriteLine);
             var cuda = raw as FineTune.Engine.Cuda.CudaBackend;
-            var profiler = r.GetValue(profile) ? new ProfilingBackend(raw) : null;
+            var profiler = r.GetValue(profile) && cuda is null ? new ProfilingBackend(raw) : null;
             IBackend backend = profiler ?? raw;
             int size = r.GetValue(matmul);
             if (size > 0)
@@ -38,20 +39,24 @@ public sealed class BenchCommand : ICliCommand
                 var mm = EngineBenchmark.MatMul(backend, size, size, size, Math.Max(3, (int)(2e10 / (2.0 * size * size * size))));
                 Console.WriteLine(JsonSerializer.Serialize(new { bench = "matmul", threads = Threads(backend), mm.Device, mm.M, mm.N, mm.K, mm.Ms, mm.Gflops }, Json));
             }
-            cuda?.Device.Allocator.ResetPeaks();
-            var t = EngineBenchmark.TrainSteps(backend, r.GetValue(shape)!, r.GetValue(batch), r.GetValue(seq), r.GetValue(rank), r.GetValue(checkpointing), r.GetValue(steps));
+            int timed = r.GetValue(steps), warm = r.GetValue(warmup);
+            var t = EngineBenchmark.TrainSteps(backend, r.GetValue(shape)!, r.GetValue(batch), r.GetValue(seq), r.GetValue(rank),
+                r.GetValue(checkpointing), timed, warm, profile: r.GetValue(profile));
+            // The keys tests/device/bench_table.py joins with the peer's (shape, batch, seq, grad_ckpt, tokens_per_s, peak_gib).
             Console.WriteLine(JsonSerializer.Serialize(new
             {
-                bench = "train_step", threads = Threads(backend), t.Device, t.Shape, t.Batch, t.SeqLen, t.LoraRank, t.GradientCheckpointing, t.Steps,
-                t.StepMs, t.TokensPerSecond, t.CpuSecondsPerStep, t.Parameters, t.TrainableParameters, t.ModelGflopPerToken, t.AchievedGflops,
-                // GPU only: peak device memory in use (caching allocator) and MFU against the H100's 989.4 dense bf16 TFLOP/s.
-                peak_device_gib = cuda is null ? (double?)null : Math.Round(cuda.Device.Allocator.Stats.PeakInUseBytes / (double)(1L << 30), 2),
-                mfu = cuda is null ? (double?)null : Math.Round(t.AchievedGflops / 989_400, 3),
-                gpu = cuda?.Info.Name,
+                bench = "train_step", engine = "finetune", threads = Threads(backend), t.Device, t.Shape, t.Batch, seq = t.SeqLen,
+                lora_rank = t.LoraRank, grad_ckpt = t.GradientCheckpointing, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
+                tokens_per_s = Math.Round(t.TokensPerSecond), cpu_seconds_per_step = Math.Round(t.CpuSecondsPerStep, 3), t.Parameters,
+                t.TrainableParameters, model_gflop_per_token = Math.Round(t.ModelGflopPerToken, 4), achieved_gflops = Math.Round(t.AchievedGflops, 1),
+                loss = Math.Round(t.Loss, 4), peak_gib = t.PeakDeviceGib,
+                // MFU against the dense bf16 peak of an H100/H200 (GPU only).
+                mfu = cuda is null ? (double?)null : Math.Round(t.AchievedGflops / 1000 / EngineBenchmark.GpuPeakTflops, 3),
+                steady_state_mallocs = t.SteadyStateMallocs, gpu = t.Gpu, profile_ms = t.ProfileMs,
             }, Json));
             if (profiler is not null)
                 foreach (var (op, calls, ms) in profiler.Report())
-                    Console.WriteLine(JsonSerializer.Serialize(new { bench = "op", op, calls, ms_per_step = ms / (r.GetValue(steps) + 1) }, Json));
+                    Console.WriteLine(JsonSerializer.Serialize(new { bench = "op", op, calls, ms_per_step = ms / (timed + warm) }, Json));
             return 0;
         }));
         return command;

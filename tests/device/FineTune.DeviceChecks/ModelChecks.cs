@@ -9,6 +9,8 @@ namespace FineTune.DeviceChecks;
 /// Whole models of each flavour on the CUDA backend against the CPU backend, same weights, same LoRA adapters,
 /// same packed batch: summed loss, logits, every LoRA gradient, and the LoRA weights after three AdamW steps.
 /// "f32": the CUDA backend with F32 activations (tolerance 1e-4); "bf16": the training configuration (1e-2).
+/// "bf16 weights": every weight, LoRA A and B included, is a bf16 value for both backends (a bf16 checkpoint, as real
+/// models ship), so what differs is the arithmetic alone: bf16 activations on the GPU, fp32 on the CPU.
 /// </summary>
 public static class ModelChecks
 {
@@ -57,6 +59,28 @@ public static class ModelChecks
         }
     }
 
+    /// <summary>The wrapped source's values rounded to the nearest bf16 (what loading a bf16 checkpoint gives).</summary>
+    sealed class Bf16Weights(IWeightSource inner) : IWeightSource
+    {
+        public bool Contains(string name) => inner.Contains(name);
+
+        public void Read(string name, ReadOnlySpan<int> shape, Span<float> destination)
+        {
+            inner.Read(name, shape, destination);
+            for (int i = 0; i < destination.Length; i++) destination[i] = Bf16.ToFloat(Bf16.FromFloat(destination[i]));
+        }
+    }
+
+    static void RoundTrainable(CausalLM model)
+    {
+        foreach (var p in model.TrainableParameters)
+        {
+            var v = model.ReadParameter(p.HfName);
+            for (int i = 0; i < v.Length; i++) v[i] = Bf16.ToFloat(Bf16.FromFloat(v[i]));
+            model.WriteParameter(p.HfName, v);
+        }
+    }
+
     static float[] Grad(CausalLM m, TrainableParameter p)
     {
         var g = new float[p.Length];
@@ -92,17 +116,23 @@ public static class ModelChecks
         {
             var spec = Spec(arch, tied);
             var batch = Batch(spec.VocabSize);
-            var runs = new List<(CudaBackend, string, double, bool, bool)> { (gpuF32, "f32", 1e-4, false, true), (gpuBf16, "bf16", 1e-2, false, true), (gpuBf16, "bf16", 1e-2, true, true) };
-            if (arch == "llama") runs.Add((gpuBf16, "bf16", 1e-2, false, false)); // the simple fp32-softmax attention kernels: is the error flash's?
-            foreach (var (gpu, path, tol, ckpt, flash) in runs)
+            var runs = new List<(CudaBackend, string, double, bool, bool, bool)>
+            {
+                (gpuF32, "f32", 1e-4, false, true, false), (gpuBf16, "bf16", 1e-2, false, true, false), (gpuBf16, "bf16", 1e-2, true, true, false),
+                (gpuBf16, "bf16", 1e-2, false, true, true), (gpuBf16, "bf16", 1e-2, true, true, true),
+            };
+            if (arch == "llama") runs.Add((gpuBf16, "bf16", 1e-2, false, false, true)); // the simple fp32-softmax attention kernels: is the error flash's?
+            foreach (var (gpu, path, tol, ckpt, flash, bf16Weights) in runs)
             {
                 gpu.UseFlashAttention = flash;
-                string name = $"{arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}{(flash ? "" : " simple-attn")}";
+                string name = $"{arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}{(flash ? "" : " simple-attn")}{(bf16Weights ? " bf16-weights" : "")}";
                 var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, GradientCheckpointing = ckpt };
-                using var refModel = CausalLM.Create(spec, cpu, setup with { GradientCheckpointing = false }, new RandomWeights(3, 0.1f));
-                using var model = CausalLM.Create(spec, gpu, setup, new RandomWeights(3, 0.1f));
+                IWeightSource Weights() => bf16Weights ? new Bf16Weights(new RandomWeights(3, 0.1f)) : new RandomWeights(3, 0.1f);
+                using var refModel = CausalLM.Create(spec, cpu, setup with { GradientCheckpointing = false }, Weights());
+                using var model = CausalLM.Create(spec, gpu, setup, Weights());
                 RandomizeLoraB(refModel);
                 RandomizeLoraB(model);
+                if (bf16Weights) { RoundTrainable(refModel); RoundTrainable(model); }
 
                 var refLogits = refModel.ForwardLogits(batch);
                 var logits = model.ForwardLogits(batch);
