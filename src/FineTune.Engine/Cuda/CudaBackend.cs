@@ -55,6 +55,21 @@ public sealed partial class CudaBackend : IBackend
         if (a.Length != b.Length) throw new ArgumentException($"length mismatch: {a} vs {b}");
     }
 
+    /// <summary>
+    /// True when every tensor is BF16 with a 16-byte aligned start and a multiple of 8 elements (and, for row
+    /// kernels, <paramref name="cols"/> a multiple of 8): the *_v8 kernels then move eight values per load.
+    /// </summary>
+    bool V8(int cols, params ReadOnlySpan<Tensor> tensors)
+    {
+        if ((cols & 7) != 0 || _scalarOnly) return false;
+        foreach (var t in tensors)
+            if (t.DType != DType.BF16 || (t.Length & 7) != 0 || (P(t) & 15) != 0) return false;
+        return true;
+    }
+
+    /// <summary>FINETUNE_VECTOR_KERNELS=0 keeps every operation on the scalar (any-dtype) kernels.</summary>
+    readonly bool _scalarOnly = Environment.GetEnvironmentVariable("FINETUNE_VECTOR_KERNELS") == "0";
+
     int Blocks(long n) => (int)Math.Clamp((n + Threads - 1) / Threads, 1, _maxBlocks);
 
     void Launch(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args, int sharedBytes = 0)
@@ -138,7 +153,8 @@ public sealed partial class CudaBackend : IBackend
     public void Add(Tensor y, Tensor x, float alpha = 1f)
     {
         SameLength(y, x);
-        LaunchFlat("elementwise.cu", "ft_add", y.Length, [P(y), Dt(y), P(x), Dt(x), alpha, y.Length]);
+        if (V8(8, y, x)) LaunchFlat("elementwise.cu", "ft_add_v8", y.Length / 8, [P(y), P(x), alpha, y.Length / 8]);
+        else LaunchFlat("elementwise.cu", "ft_add", y.Length, [P(y), Dt(y), P(x), Dt(x), alpha, y.Length]);
     }
 
     public void Scale(Tensor x, float s) => LaunchFlat("elementwise.cu", "ft_scale", x.Length, [P(x), Dt(x), s, x.Length]);
@@ -186,8 +202,12 @@ public sealed partial class CudaBackend : IBackend
         SameLength(y, x); Need(rstd, DType.F32);
         if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
         if (rows == 0) return;
-        Launch("rmsnorm.cu", "rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-            [P(y), Dt(y), P(rstd), P(x), Dt(x), P(weight), Dt(weight), rows, c, eps]);
+        if (V8(c, y, x, weight))
+            Launch("rmsnorm.cu", "rmsnorm_forward_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(y), P(rstd), P(x), P(weight), rows, c, eps]);
+        else
+            Launch("rmsnorm.cu", "rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(y), Dt(y), P(rstd), P(x), Dt(x), P(weight), Dt(weight), rows, c, eps]);
     }
 
     /// <summary>resid = a + b and y = RMSNorm(resid) in one pass (the pre-norm of the next sub-layer).</summary>
@@ -197,8 +217,12 @@ public sealed partial class CudaBackend : IBackend
         int rows = checked((int)(a.Length / c));
         SameLength(resid, a); SameLength(b, a); SameLength(y, a); Need(rstd, DType.F32);
         if (rows == 0) return;
-        Launch("rmsnorm.cu", "residual_rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-            [P(resid), Dt(resid), P(y), Dt(y), P(rstd), P(a), Dt(a), P(b), Dt(b), P(weight), Dt(weight), rows, c, eps]);
+        if (V8(c, resid, y, a, b, weight))
+            Launch("rmsnorm.cu", "residual_rmsnorm_forward_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(resid), P(y), P(rstd), P(a), P(b), P(weight), rows, c, eps]);
+        else
+            Launch("rmsnorm.cu", "residual_rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(resid), Dt(resid), P(y), Dt(y), P(rstd), P(a), Dt(a), P(b), Dt(b), P(weight), Dt(weight), rows, c, eps]);
     }
 
     public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd)
@@ -207,8 +231,12 @@ public sealed partial class CudaBackend : IBackend
         int rows = checked((int)(x.Length / c));
         SameLength(dx, x); SameLength(dy, x); Need(rstd, DType.F32);
         if (rows == 0) return;
-        Launch("rmsnorm.cu", "rmsnorm_backward_dx", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-            [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c]);
+        if (V8(c, dx, dy, x, weight))
+            Launch("rmsnorm.cu", "rmsnorm_backward_dx_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(dx), P(dy), P(x), P(weight), P(rstd), rows, c]);
+        else
+            Launch("rmsnorm.cu", "rmsnorm_backward_dx", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c]);
         if (dweight is not null)
             Launch("rmsnorm.cu", "rmsnorm_backward_dw", ((c + Threads - 1) / Threads, 1, 1), Threads,
                 [P(dweight), Dt(dweight), P(dy), Dt(dy), P(x), Dt(x), P(rstd), rows, c]);
@@ -232,14 +260,18 @@ public sealed partial class CudaBackend : IBackend
     public void SwiGlu(Tensor h, Tensor gate, Tensor up)
     {
         SameLength(h, gate); SameLength(h, up);
-        LaunchFlat("swiglu.cu", "swiglu_forward", h.Length, [P(h), Dt(h), P(gate), Dt(gate), P(up), Dt(up), h.Length]);
+        if (V8(8, h, gate, up)) LaunchFlat("swiglu.cu", "swiglu_forward_v8", h.Length / 8, [P(h), P(gate), P(up), h.Length / 8]);
+        else LaunchFlat("swiglu.cu", "swiglu_forward", h.Length, [P(h), Dt(h), P(gate), Dt(gate), P(up), Dt(up), h.Length]);
     }
 
     public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up)
     {
         SameLength(dgate, dh); SameLength(dup, dh); SameLength(gate, dh); SameLength(up, dh);
-        LaunchFlat("swiglu.cu", "swiglu_backward", dh.Length,
-            [P(dgate), Dt(dgate), P(dup), Dt(dup), P(dh), Dt(dh), P(gate), Dt(gate), P(up), Dt(up), dh.Length]);
+        if (V8(8, dgate, dup, dh, gate, up))
+            LaunchFlat("swiglu.cu", "swiglu_backward_v8", dh.Length / 8, [P(dgate), P(dup), P(dh), P(gate), P(up), dh.Length / 8]);
+        else
+            LaunchFlat("swiglu.cu", "swiglu_backward", dh.Length,
+                [P(dgate), Dt(dgate), P(dup), Dt(dup), P(dh), Dt(dh), P(gate), Dt(gate), P(up), Dt(up), dh.Length]);
     }
 
     // ---- loss ----

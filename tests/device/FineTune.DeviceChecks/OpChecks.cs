@@ -150,6 +150,11 @@ public static class OpChecks
         double ms = c.Time(() => c.Gpu.Add(y.Gpu, x.Gpu, 0.75f));
         c.Cpu.Add(y.Cpu, x.Cpu, 0.75f);
         c.Compare("add", "y", y, ms);
+        var x8 = c.Pair(c.Rand(100_000), [100_000]);
+        var y8 = c.Pair(c.Rand(100_000), [100_000]);
+        ms = c.Time(() => c.Gpu.Add(y8.Gpu, x8.Gpu, -0.5f));
+        c.Cpu.Add(y8.Cpu, x8.Cpu, -0.5f);
+        c.Compare("add (v8)", "y", y8, ms);
         ms = c.Time(() => c.Gpu.Scale(y.Gpu, -1.5f));
         c.Cpu.Scale(y.Cpu, -1.5f);
         c.Compare("scale", "x", y, ms);
@@ -195,19 +200,31 @@ public static class OpChecks
             c.Compare("embedding_backward", "dtable bf16", dtb, ms);
         }
 
-        int m = 4099;
+        foreach (int m in new[] { 4099, 4096 }) SwiGluChecks(c, m);
+        DropoutChecks(c, 4099);
+    }
+
+    static void SwiGluChecks(Ctx c, int m)
+    {
+        string tag = m % 8 == 0 ? " (v8)" : "";
+        double ms;
         var g = c.Pair(c.Rand(m, 4f), [m]);
         var u = c.Pair(c.Rand(m, 2f), [m]);
         var h = c.Zeros([m]);
         ms = c.Time(() => c.Gpu.SwiGlu(h.Gpu, g.Gpu, u.Gpu));
         c.Cpu.SwiGlu(h.Cpu, g.Cpu, u.Cpu);
-        c.Compare("swiglu", "h", h, ms);
+        c.Compare("swiglu" + tag, "h", h, ms);
         var dh = c.Pair(c.Rand(m), [m]);
         var dg = c.Zeros([m]); var du = c.Zeros([m]);
         ms = c.Time(() => c.Gpu.SwiGluBackward(dg.Gpu, du.Gpu, dh.Gpu, g.Gpu, u.Gpu));
         c.Cpu.SwiGluBackward(dg.Cpu, du.Cpu, dh.Cpu, g.Cpu, u.Cpu);
-        c.Compare("swiglu_backward", "dgate", dg, ms);
-        c.Compare("swiglu_backward", "dup", du, ms);
+        c.Compare("swiglu_backward" + tag, "dgate", dg, ms);
+        c.Compare("swiglu_backward" + tag, "dup", du, ms);
+    }
+
+    static void DropoutChecks(Ctx c, int m)
+    {
+        double ms;
 
         // Counter-based randomness: the same seed gives the same mask on both backends (bit-exact in F32).
         var dx = c.Pair(c.Rand(m), [m]);
@@ -261,22 +278,29 @@ public static class OpChecks
 
     static void Norms(Ctx c)
     {
-        int rows = 67, cols = 320;
+        // 320 columns take the bf16 v8 kernels on the BF16 path; 100 columns the scalar ones.
+        NormsOf(c, 67, 320, "");
+        NormsOf(c, 5, 100, " (cols 100)");
+        RopeChecks(c);
+    }
+
+    static void NormsOf(Ctx c, int rows, int cols, string tag)
+    {
         var x = c.Pair(c.Rand(rows * cols, 3f), [rows, cols]);
         var w = c.Pair(c.Rand(cols), [cols]);
         var y = c.Zeros([rows, cols]);
         var rstd = c.Zeros([rows], DType.F32);
         double ms = c.Time(() => c.Gpu.RmsNorm(y.Gpu, rstd.Gpu, x.Gpu, w.Gpu, 1e-6f));
         c.Cpu.RmsNorm(y.Cpu, rstd.Cpu, x.Cpu, w.Cpu, 1e-6f);
-        c.Compare("rmsnorm", "y", y, ms);
-        c.Compare("rmsnorm", "rstd", rstd, ms);
+        c.Compare("rmsnorm" + tag, "y", y, ms);
+        c.Compare("rmsnorm" + tag, "rstd", rstd, ms);
         var dy = c.Pair(c.Rand(rows * cols), [rows, cols]);
         var dx = c.Pair(c.Rand(rows * cols), [rows, cols]); // accumulates into existing values
         var dw = c.Pair(c.Rand(cols), [cols], DType.F32);
         ms = c.Time(() => c.Gpu.RmsNormBackward(dx.Gpu, dw.Gpu, dy.Gpu, x.Gpu, w.Gpu, rstd.Gpu));
         c.Cpu.RmsNormBackward(dx.Cpu, dw.Cpu, dy.Cpu, x.Cpu, w.Cpu, rstd.Cpu);
-        c.Compare("rmsnorm_backward", "dx", dx, ms);
-        c.Compare("rmsnorm_backward", "dweight", dw, ms);
+        c.Compare("rmsnorm_backward" + tag, "dx", dx, ms);
+        c.Compare("rmsnorm_backward" + tag, "dweight", dw, ms);
 
         // Fused residual + norm against add-then-norm on the CPU.
         var a = c.Pair(c.Rand(rows * cols), [rows, cols]);
@@ -288,9 +312,14 @@ public static class OpChecks
         c.Cpu.Copy(resid.Cpu, a.Cpu);
         c.Cpu.Add(resid.Cpu, b.Cpu);
         c.Cpu.RmsNorm(y2.Cpu, r2.Cpu, resid.Cpu, w.Cpu, 1e-5f);
-        c.Compare("residual_rmsnorm (fused)", "resid", resid, ms);
-        c.Compare("residual_rmsnorm (fused)", "y", y2, ms);
+        c.Compare("residual_rmsnorm (fused)" + tag, "resid", resid, ms);
+        c.Compare("residual_rmsnorm (fused)" + tag, "y", y2, ms);
 
+    }
+
+    static void RopeChecks(Ctx c)
+    {
+        double ms;
         // RoPE with a real table (theta 1e6), positions restarting per packed sequence.
         int tokens = 50, heads = 3, headDim = 64, half = headDim / 2, maxPos = 64;
         var cos = new float[maxPos * half]; var sin = new float[maxPos * half];

@@ -72,3 +72,20 @@ __device__ __forceinline__ float block_max(float v)
 }
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// Eight bf16 values in one 16-byte load/store (the vectorised fast paths: all operands bf16, 16-byte aligned,
+// lengths multiples of 8). The arithmetic per element is the scalar kernels' own: widen, fp32, round to nearest even.
+__device__ __forceinline__ void unpack8(uint4 v, float* f)
+{
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) { f[2 * i] = __uint_as_float(w[i] << 16); f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); }
+}
+
+__device__ __forceinline__ uint4 pack8(const float* f)
+{
+    unsigned w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) w[i] = (unsigned)f32_to_bf16(f[2 * i]) | ((unsigned)f32_to_bf16(f[2 * i + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}

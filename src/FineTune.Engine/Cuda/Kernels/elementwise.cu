@@ -57,3 +57,16 @@ extern "C" __global__ void ft_uniform_noise(void* x, int dt, float magnitude, un
 {
     GRID_STRIDE(i, n) st(x, i, ld(x, i, dt) + magnitude * (2.0f * uniform01(seed, i) - 1.0f), dt);
 }
+
+// y += alpha·x, bf16 fast path (n8 = n / 8).
+extern "C" __global__ void ft_add_v8(uint4* y, const uint4* x, float alpha, i64 n8)
+{
+    GRID_STRIDE(i, n8)
+    {
+        float a[8], b[8];
+        unpack8(y[i], a); unpack8(x[i], b);
+#pragma unroll
+        for (int j = 0; j < 8; j++) a[j] = a[j] + alpha * b[j];
+        y[i] = pack8(a);
+    }
+}

@@ -70,3 +70,89 @@ extern "C" __global__ void rmsnorm_backward_dw(void* dw, int dt_dw, const void* 
     for (int r = 0; r < rows; r++) acc += ld(dy, (i64)r * cols + c, dt_dy) * ld(x, (i64)r * cols + c, dt_x) * rstd[r];
     st(dw, c, ld(dw, c, dt_dw) + acc, dt_dw);
 }
+
+// bf16 fast paths: one warp per row, eight columns per lane and step (cols multiple of 8, rows 16-byte aligned).
+extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4* x, const uint4* w, int rows, int cols, float eps)
+{
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    int c8 = cols >> 3;
+    const uint4* xr = x + (i64)row * c8;
+    float ss = 0.0f;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float v[8]; unpack8(xr[c], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += v[j] * v[j];
+    }
+    ss = warp_sum(ss);
+    float inv = rsqrtf(ss / cols + eps);
+    if (lane == 0) rstd[row] = inv;
+    uint4* yr = y + (i64)row * c8;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float v[8], g[8]; unpack8(xr[c], v); unpack8(w[c], g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * g[j];
+        yr[c] = pack8(v);
+    }
+}
+
+extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, float* rstd, const uint4* a, const uint4* b, const uint4* w,
+                                                       int rows, int cols, float eps)
+{
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    int c8 = cols >> 3;
+    i64 base = (i64)row * c8;
+    float ss = 0.0f;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float u[8], v[8]; unpack8(a[base + c], u); unpack8(b[base + c], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) u[j] += v[j];
+        uint4 packed = pack8(u);
+        resid[base + c] = packed;
+        unpack8(packed, u); // normalise what was stored, as an unfused add then norm would
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += u[j] * u[j];
+    }
+    ss = warp_sum(ss);
+    float inv = rsqrtf(ss / cols + eps);
+    if (lane == 0) rstd[row] = inv;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float v[8], g[8]; unpack8(resid[base + c], v); unpack8(w[c], g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * g[j];
+        y[base + c] = pack8(v);
+    }
+}
+
+extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, const uint4* x, const uint4* w, const float* rstd, int rows, int cols)
+{
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    int c8 = cols >> 3;
+    i64 base = (i64)row * c8;
+    float inv = rstd[row];
+    float dot = 0.0f;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float d[8], g[8], v[8]; unpack8(dy[base + c], d); unpack8(w[c], g); unpack8(x[base + c], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) dot += d[j] * g[j] * v[j];
+    }
+    dot = warp_sum(dot);
+    float k = inv * inv * inv * dot / cols;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float d[8], g[8], v[8], o[8]; unpack8(dy[base + c], d); unpack8(w[c], g); unpack8(x[base + c], v); unpack8(dx[base + c], o);
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = o[j] + inv * (d[j] * g[j]) - k * v[j];
+        dx[base + c] = pack8(o);
+    }
+}
