@@ -125,3 +125,11 @@ public sealed class CheckpointStore
 
 /// <summary>A training failure the user can act on (bad option, diverged loss); the message says what to do.</summary>
 public sealed class TrainingException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>Training was cancelled (Ctrl-C) after a completed step, which was saved as a checkpoint first.</summary>
+public sealed class TrainingCancelledException(int step, int maxSteps, string checkpoint)
+    : OperationCanceledException($"stopped after step {step} of {maxSteps}; saved {checkpoint}. Run again with resume_from_checkpoint: true to continue from it.")
+{
+    public int Step { get; } = step;
+    public string Checkpoint { get; } = checkpoint;
+}

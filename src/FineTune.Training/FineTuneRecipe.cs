@@ -135,13 +135,14 @@ public static class FineTuneRecipe
 
             if (eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
             {
-                lastEvalLoss = EvaluateLoss(model, eval, cancellation).MeanLoss;
+                // Not cancellable half-way: a Ctrl-C during evaluation stops right after it, with the step saved.
+                lastEvalLoss = EvaluateLoss(model, eval, CancellationToken.None).MeanLoss;
                 log.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
                     TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText));
                 monitor.Info($"step {step}: eval_loss {lastEvalLoss.Value:F4}");
             }
 
-            if (step % args.SaveSteps == 0)
+            string SaveHere()
             {
                 var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
                     lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup);
@@ -151,7 +152,16 @@ public static class FineTuneRecipe
                     checkpointWriteHook?.Invoke(dir);
                 }, args.SaveTotalLimit ?? 0);
                 monitor.Info($"Saved {path}");
+                return path;
             }
+
+            bool saved = step % args.SaveSteps == 0;
+            string? savedPath = saved ? SaveHere() : null;
+
+            // Ctrl-C (or a cancelled token) stops after the step in flight: its update is kept in a checkpoint,
+            // so `resume_from_checkpoint: true` continues exactly where it stopped.
+            if (cancellation.IsCancellationRequested && step < maxSteps)
+                throw new TrainingCancelledException(step, maxSteps, savedPath ?? SaveHere());
 
             if (args.StopAfterStep == step)
                 return new TrainResult(step, maxSteps, epoch, lossSum / step, lastLoggedLoss, lastEvalLoss,

@@ -104,6 +104,36 @@ public sealed class FineTuneRecipeTests : IDisposable
             TrainerLog.Read(Path.Combine(_root, "parts", TrainerLog.FileName)).Select(e => e.Loss));
     }
 
+    /// <summary>Cancels the token once step <paramref name="at"/> has completed (what Ctrl-C does to the CLI's token).</summary>
+    sealed class CancelAt(int at, CancellationTokenSource cts) : ITrainingMonitor
+    {
+        public void Started(int startStep, int maxSteps) { }
+        public void Stepped(int step) { if (step == at) cts.Cancel(); }
+        public void Logged(StepReport report) { }
+        public void Info(string line) { }
+    }
+
+    [Fact]
+    public void Cancelling_stops_after_the_step_saves_it_and_resume_equals_the_uninterrupted_run()
+    {
+        var whole = Model();
+        FineTuneRecipe.Train(whole, Args("whole"), Loader(), null, ITrainingMonitor.Silent);
+
+        var args = Args("cancel"); // SaveSteps 1000: the only checkpoint is the one cancellation writes
+        using var cts = new CancellationTokenSource();
+        var e = Assert.Throws<TrainingCancelledException>(() =>
+            FineTuneRecipe.Train(Model(), args, Loader(), null, new CancelAt(3, cts), cts.Token));
+        Assert.Equal(3, e.Step);
+        Assert.EndsWith("checkpoint-3", e.Checkpoint);
+        Assert.Contains("resume_from_checkpoint: true", e.Message);
+        Assert.Equal([3], new CheckpointStore(args.OutputDirectory).List().Select(c => c.Step));
+
+        var resumed = Model();
+        var r = FineTuneRecipe.Train(resumed, args with { ResumeFromCheckpoint = "true" }, Loader(), null, ITrainingMonitor.Silent);
+        Assert.EndsWith("checkpoint-3", r.ResumedFrom);
+        Assert.Equal(AllTrainable(whole), AllTrainable(resumed));
+    }
+
     [Fact]
     public void Crash_during_checkpoint_write_keeps_the_previous_checkpoint_usable()
     {

@@ -52,9 +52,11 @@ public static class CliSupport
             Console.Error.WriteLine($"error: {e.Message}");
             return ExitFailure;
         }
-        catch (OperationCanceledException)
+        catch (Exception e) when (Cancelled(e) is { } oce)
         {
-            Console.Error.WriteLine("cancelled; nothing half-written was kept.");
+            // A training run says where its checkpoint is; other stages keep nothing half-written.
+            Console.Error.WriteLine(oce is FineTune.Training.TrainingCancelledException t
+                ? $"cancelled: {t.Message}" : "cancelled; nothing half-written was kept.");
             return 130;
         }
         catch (StageFailedException e)
@@ -70,6 +72,14 @@ public static class CliSupport
         {
             Console.CancelKeyPress -= onCancel;
         }
+    }
+
+    /// <summary>The cancellation behind <paramref name="e"/>, also when a stage runner wrapped it.</summary>
+    private static OperationCanceledException? Cancelled(Exception? e)
+    {
+        for (; e is not null; e = e.InnerException)
+            if (e is OperationCanceledException oce) return oce;
+        return null;
     }
 
     private static bool IsUserError(Exception e) => e is FineTune.Models.ModelFormatException or FineTune.Models.Hub.HubException
