@@ -19,18 +19,30 @@ public sealed partial class CudaBackend
     /// <summary>Off: always the simple kernels (the device checks compare both paths).</summary>
     public bool UseFlashAttention { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_ATTENTION") != "0";
 
-    /// <summary>The first flash kernels (flash_attention_v1.cu), selected with FINETUNE_FLASH_V1=1.</summary>
-    public bool UseFlashV1 { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_V1") == "1";
-
-    /// <summary>The forward with cp.async double-buffered K/V tiles; FINETUNE_FLASH_PIPELINE=0 selects the single-stage one.</summary>
-    public bool UseFlashPipeline { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_PIPELINE") != "0";
+    /// <summary>
+    /// The forward with double-buffered K/V tiles (FINETUNE_FLASH_PIPELINE=1). Off by default: the single-stage forward,
+    /// whose cp.async copies of a whole tile are all in flight at once with two blocks per multiprocessor, measured faster
+    /// on an H100 at every bench shape (docs/cuda.md).
+    /// </summary>
+    public bool UseFlashPipeline { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_PIPELINE") == "1";
 
     bool Flash(int headDim, params Tensor[] tensors) =>
         UseFlashAttention && headDim is 64 or 128 && tensors.All(t => t.DType == DType.BF16);
 
-    // Dynamic shared memory of flash_backward_dkv: K, V tiles [64][D+8], Q, dO tiles [32][D+8], 3×32 floats.
-    static int DkvSharedBytes(int d) => 2 * 64 * (d + 8) * 2 + 2 * 32 * (d + 8) * 2 + 3 * 32 * 4;
+    /// <summary>Tile shapes of the flash backward kernels; null takes <see cref="FlashBackwardTiles.Default"/>.</summary>
+    public FlashBackwardTiles? FlashTiles { get; set; }
+
     readonly HashSet<nint> _sharedRaised = [];
+
+    // Launches a flash kernel with dynamic shared memory (raising the 48 KiB default once per kernel where needed);
+    // `mark` names it in the profile.
+    void LaunchFlash(string kernel, (int, int, int) grid, int threads, int sharedBytes, ReadOnlySpan<KernelArg> args, string mark)
+    {
+        var fn = _dev.Function("flash_attention.cu", kernel);
+        if (sharedBytes > 48 * 1024 && _sharedRaised.Add(fn)) _dev.SetDynamicSharedMemory(fn, sharedBytes);
+        _dev.Launch(fn, grid, (threads, 1, 1), sharedBytes, args, kernel);
+        if (_dev.Profiling) _dev.Mark(mark);
+    }
 
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
     {
@@ -39,26 +51,12 @@ public sealed partial class CudaBackend
         if (s.Batch == 0 || s.QueryLen == 0) return;
         if (Flash(s.HeadDim, output, q, k, v))
         {
-            if (UseFlashV1)
-            {
-                Launch("flash_attention_v1.cu", $"flash_v1_forward_d{s.HeadDim}", ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128,
-                    [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale]);
-                return;
-            }
-            if (UseFlashPipeline)
-            {
-                // Two stages of K and V tiles [64][D+8] plus two rows of 64 segment ids.
-                int smem = 2 * 2 * 64 * (s.HeadDim + 8) * 2 + 2 * 64 * 4;
-                var fp = _dev.Function("flash_attention.cu", $"flash_forward_pipe_d{s.HeadDim}");
-                if (smem > 48 * 1024 && _sharedRaised.Add(fp)) _dev.SetDynamicSharedMemory(fp, smem);
-                _dev.Launch(fp, ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), (128, 1, 1), smem,
-                    [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale],
-                    "flash_forward_pipe");
-                if (_dev.Profiling) _dev.Mark($"flash_forward_pipe_d{s.HeadDim}");
-                return;
-            }
-            Launch("flash_attention.cu", $"flash_forward_d{s.HeadDim}", ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128,
-                [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale]);
+            // Per stage: K and V tiles [64][D+8] and 64 segment ids.
+            int stages = UseFlashPipeline ? 2 : 1;
+            string kernel = UseFlashPipeline ? $"flash_forward_pipe_d{s.HeadDim}" : $"flash_forward_d{s.HeadDim}";
+            LaunchFlash(kernel, ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128, stages * (2 * 64 * (s.HeadDim + 8) * 2 + 64 * 4),
+                [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale],
+                kernel);
             return;
         }
         var grid = ((s.QueryLen + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, s.QueryHeads, s.Batch);
@@ -82,38 +80,24 @@ public sealed partial class CudaBackend
         {
             Launch("attention.cu", "attention_backward_delta", ((rows + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, 1, 1), AttentionRowsPerBlock * 32,
                 [delta, P(doutput), Dt(doutput), P(output), Dt(output), s.Batch, t, s.QueryHeads, s.HeadDim]);
-            if (Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v) && UseFlashV1)
-            {
-                Launch("flash_attention_v1.cu", $"flash_v1_backward_dq_d{s.HeadDim}", ((t + 63) / 64, s.QueryHeads, s.Batch), 128,
-                    [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale]);
-                var fn1 = _dev.Function("flash_attention_v1.cu", $"flash_v1_backward_dkv_d{s.HeadDim}");
-                int smem1 = 2 * 64 * (s.HeadDim + 8) * 2 + 2 * 32 * (s.HeadDim + 8) * 2 + 2 * s.HeadDim * 40 * 2 + 3 * 32 * 4;
-                if (smem1 > 48 * 1024 && _sharedRaised.Add(fn1)) _dev.SetDynamicSharedMemory(fn1, smem1);
-                _dev.Launch(fn1, ((t + 63) / 64, s.KvHeads, s.Batch), (128, 1, 1), smem1,
-                    [P(dk), P(dv), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
-                    "flash_v1_backward_dkv");
-                if (_dev.Profiling) _dev.Mark("flash_v1_backward_dkv");
-                return;
-            }
             if (Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
             {
-                Launch("flash_attention.cu", $"flash_backward_dq_d{s.HeadDim}", ((t + 63) / 64, s.QueryHeads, s.Batch), 128,
-                    [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale]);
-                var fn = _dev.Function("flash_attention.cu", $"flash_backward_dkv_d{s.HeadDim}");
-                int smem = DkvSharedBytes(s.HeadDim);
-                if (smem > 48 * 1024 && _sharedRaised.Add(fn)) _dev.SetDynamicSharedMemory(fn, smem);
+                var tiles = FlashTiles ?? FlashBackwardTiles.Default;
+                int d = s.HeadDim, dqRows = 16 * tiles.DqWarps, dkvKeys = 16 * tiles.DkvWarps;
+                LaunchFlash(tiles.DqKernel(d), ((t + dqRows - 1) / dqRows, s.QueryHeads, s.Batch), 32 * tiles.DqWarps, tiles.DqSharedBytes(d),
+                    [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
+                    $"flash_backward_dq_d{d}");
                 // Grouped-query: per-query-head F32 partials, summed over each group afterwards (deterministic).
                 bool grouped = s.QueryHeads != s.KvHeads;
                 long partLen = grouped ? (long)s.Batch * t * s.QueryHeads * s.HeadDim : 0;
                 ulong dkPart = grouped ? _dev.Allocate(partLen * 4) : 0, dvPart = grouped ? _dev.Allocate(partLen * 4) : 0;
                 try
                 {
-                    _dev.Launch(fn, ((t + 63) / 64, s.QueryHeads, s.Batch), (128, 1, 1), smem,
+                    LaunchFlash(tiles.DkvKernel(d), ((t + dkvKeys - 1) / dkvKeys, s.QueryHeads, s.Batch), 32 * tiles.DkvWarps, tiles.DkvSharedBytes(d),
                         [P(dk), P(dv), dkPart, dvPart, P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
                         "flash_backward_dkv");
                     if (grouped)
                     {
-                        if (_dev.Profiling) _dev.Mark("flash_backward_dkv");
                         long tokenRows = (long)s.Batch * t;
                         LaunchFlat("flash_attention.cu", "flash_dkv_reduce", tokenRows * s.KvHeads * s.HeadDim,
                             [P(dk), P(dv), dkPart, dvPart, tokenRows, s.QueryHeads, s.KvHeads, s.HeadDim]);
@@ -123,7 +107,6 @@ public sealed partial class CudaBackend
                 {
                     if (grouped) { _dev.Free(dkPart); _dev.Free(dvPart); }
                 }
-                if (_dev.Profiling) _dev.Mark("flash_backward_dkv");
                 return;
             }
             int blocks = (t + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock;

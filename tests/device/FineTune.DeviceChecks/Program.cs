@@ -7,6 +7,7 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks ops [outDir]         CUDA vs CPU backend, op by op, F32 and BF16 paths
 //   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
+//   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
 // Exit code 1 when any check exceeds its tolerance.
 var cmd = args.Length > 0 ? args[0] : "ops";
 var outDir = Environment.GetEnvironmentVariable("OUT") ?? ".";
@@ -43,7 +44,9 @@ switch (cmd)
         bool profile = args.Contains("--profile");
         return Bench.RunAll(args.Skip(1).Where(a => a != "--profile").ToArray(), profile);
     }
+    case "flashbench":
+        return FlashBench.Run();
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile or ops");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, models, bench or flashbench");
         return 2;
 }

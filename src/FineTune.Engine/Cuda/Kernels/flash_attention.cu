@@ -3,8 +3,10 @@
 // simple kernels remain the reference and the fallback (F32 tensors, other head sizes).
 // Scores live only in registers: S = QKᵀ for a 16-row slice per warp and a tile of keys, an online softmax
 // (FlashAttention-2), then P·V with P re-packed from the accumulator layout straight into an A operand.
-// Backward without atomics: one kernel walks key tiles per query slice for dQ, another walks query tiles per
-// key slice for dK and dV (summing the query heads of its KV group), both recomputing P from the saved lse.
+// Backward without atomics (bit-reproducible): one kernel walks key tiles per query slice for dQ, another walks
+// query tiles per key slice for dK and dV (F32 partials per query head, summed over the KV group by a third),
+// both recomputing P from the saved lse. Every streamed tile arrives by cp.async; the backward kernels
+// double-buffer theirs. Tile shapes are template parameters; the instantiated ones are listed after each kernel.
 //
 // Fragment layouts of mma.m16n8k16 (g = lane/4, t = lane%4):
 //   A (16×16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
@@ -79,20 +81,6 @@ __device__ __forceinline__ void frag_b_kn(unsigned* b, const bf16_t* tile, int s
     ldsm_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + n0 + (lane >> 4) * 8);
 }
 
-// Copies rows [r0, r0+rows) of a [.., heads, D] bf16 tensor (head h) into a row-major shared tile, 16 bytes a thread.
-template <int D>
-__device__ __forceinline__ void load_tile(bf16_t* tile, int stride, const bf16_t* src, i64 row_base, int r0, int rows, int limit,
-                                          int heads, int h)
-{
-    for (int idx = threadIdx.x; idx < rows * (D / 8); idx += blockDim.x)
-    {
-        int rr = idx / (D / 8), c8 = (idx % (D / 8)) * 8, r = r0 + rr;
-        uint4 val = make_uint4(0u, 0u, 0u, 0u);
-        if (r < limit) val = *(const uint4*)(src + ((row_base + r) * heads + h) * D + c8);
-        *(uint4*)(tile + rr * stride + c8) = val;
-    }
-}
-
 __device__ __forceinline__ int seg_start(const int* seg, int p)
 {
     int id = seg[p], lane = threadIdx.x & 31;
@@ -118,180 +106,101 @@ __device__ __forceinline__ int seg_end(const int* seg, int p, int len)
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64. The last row
-// blocks (most keys under the causal mask) are scheduled first.
+// Tile movement shared by every kernel: cp.async copies global → shared (16 bytes per copy for bf16 rows, 4 for
+// per-row floats and segment ids), zero-filled past the end, so a partial tile needs no second code path.
+// The streamed operand of each kernel (K/V in the forward and dQ, Q/dO/lse/delta in dK/dV) goes through
+// STAGES shared-memory buffers: with 2, tile n+1 is in flight while tile n is multiplied.
 // ---------------------------------------------------------------------------------------------------------
-#define FWD_BM 64
-#define FWD_BN 64
-
-template <int D>
-__device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
-                              int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
-{
-    __shared__ __align__(16) bf16_t Ks[FWD_BN * (D + 8)];
-    __shared__ __align__(16) bf16_t Vs[FWD_BN * (D + 8)];
-    __shared__ int segk[FWD_BN];
-    const int SD = D + 8;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
-    const int off = KL - QL;
-    const int row0 = (gridDim.x - 1 - blockIdx.x) * FWD_BM;
-    const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
-    const int* seg = seg_ids + (i64)b * kv_cap;
-    const int p_lo = off + r_lo, p_hi = off + r_hi;
-    const int sid_lo = r_lo < QL ? seg[p_lo] : -3, sid_hi = r_hi < QL ? seg[p_hi] : -3;
-    const float sl2 = scale * LOG2E;
-
-    unsigned qa[D / 16][4];
-    {
-        const bf16_t* qlo = q + (((i64)b * QL + r_lo) * Hq + h) * D;
-        const bf16_t* qhi = q + (((i64)b * QL + r_hi) * Hq + h) * D;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-        {
-            qa[kk][0] = r_lo < QL ? ld32(qlo + kk * 16 + 2 * t) : 0u;
-            qa[kk][1] = r_hi < QL ? ld32(qhi + kk * 16 + 2 * t) : 0u;
-            qa[kk][2] = r_lo < QL ? ld32(qlo + kk * 16 + 8 + 2 * t) : 0u;
-            qa[kk][3] = r_hi < QL ? ld32(qhi + kk * 16 + 8 + 2 * t) : 0u;
-        }
-    }
-    float o[D / 8][4];
-#pragma unroll
-    for (int d = 0; d < D / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
-
-    const int last_row = min(QL - 1, row0 + FWD_BM - 1);
-    const int start = seg_start(seg, off + row0) & ~(FWD_BN - 1);
-    const int p_last = off + last_row;
-    const i64 kv_row_base = (i64)b * kv_cap;
-    for (int j0 = start; j0 <= p_last; j0 += FWD_BN)
-    {
-        __syncthreads();
-        load_tile<D>(Ks, SD, k, kv_row_base, j0, FWD_BN, KL, Hkv, kh);
-        load_tile<D>(Vs, SD, v, kv_row_base, j0, FWD_BN, KL, Hkv, kh);
-        if (tid < FWD_BN) segk[tid] = j0 + tid < KL ? seg[j0 + tid] : -2;
-        __syncthreads();
-
-        float s[FWD_BN / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-#pragma unroll
-            for (int np = 0; np < FWD_BN / 16; np++)
-            {
-                unsigned bb[4];
-                frag_b_nk(bb, Ks, SD, np * 16, kk * 16, lane);
-                mma16816(s[2 * np], qa[kk], bb[0], bb[1]);
-                mma16816(s[2 * np + 1], qa[kk], bb[2], bb[3]);
-            }
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
-                bool lo = e < 2;
-                bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
-                float val = ok ? s[nt][e] * sl2 : -INFINITY;
-                s[nt][e] = val;
-                if (lo) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
-            }
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 2));
-        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-        float ref_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, ref_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
-        float c_lo = exp2f(m_lo - ref_lo), c_hi = exp2f(m_hi - ref_hi);
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; nt++)
-        {
-            s[nt][0] = exp2f(s[nt][0] - ref_lo); s[nt][1] = exp2f(s[nt][1] - ref_lo);
-            s[nt][2] = exp2f(s[nt][2] - ref_hi); s[nt][3] = exp2f(s[nt][3] - ref_hi);
-            sum_lo += s[nt][0] + s[nt][1];
-            sum_hi += s[nt][2] + s[nt][3];
-        }
-        l_lo = l_lo * c_lo + sum_lo;
-        l_hi = l_hi * c_hi + sum_hi;
-        m_lo = mn_lo; m_hi = mn_hi;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) { o[d][0] *= c_lo; o[d][1] *= c_lo; o[d][2] *= c_hi; o[d][3] *= c_hi; }
-#pragma unroll
-        for (int kk = 0; kk < FWD_BN / 16; kk++)
-        {
-            unsigned pa[4];
-            acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++)
-            {
-                unsigned bb[4];
-                frag_b_kn(bb, Vs, SD, dp * 16, kk * 16, lane);
-                mma16816(o[2 * dp], pa, bb[0], bb[1]);
-                mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
-            }
-        }
-    }
-    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
-    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
-    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 1);
-    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 2);
-    float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
-    if (r_lo < QL)
-    {
-        bf16_t* dst = out + (((i64)b * QL + r_lo) * Hq + h) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][0] * inv_lo, o[d][1] * inv_lo);
-        if (t == 0) lse[((i64)b * Hq + h) * QL + r_lo] = (m_lo + log2f(l_lo)) * LN2;
-    }
-    if (r_hi < QL)
-    {
-        bf16_t* dst = out + (((i64)b * QL + r_hi) * Hq + h) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][2] * inv_hi, o[d][3] * inv_hi);
-        if (t == 0) lse[((i64)b * Hq + h) * QL + r_hi] = (m_hi + log2f(l_hi)) * LN2;
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(128) flash_forward_d64(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
-    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
-{ flash_forward<64>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
-
-extern "C" __global__ void __launch_bounds__(128) flash_forward_d128(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
-    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
-{ flash_forward<128>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
-
-// Forward with the next K/V tile copied by cp.async while the current one is multiplied (two shared-memory
-// stages, dynamic shared memory). Same math and layout as flash_forward; FINETUNE_FLASH_PIPELINE=0 selects that one.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-
-template <int D>
-__device__ __forceinline__ void issue_tile(bf16_t* tile, int stride, const bf16_t* src, i64 row_base, int r0, int rows, int limit, int heads, int h)
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid)
 {
-    for (int idx = threadIdx.x; idx < rows * (D / 8); idx += blockDim.x)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// Rows [r0, r0+ROWS) of a [rows, heads, D] bf16 tensor (head h, rows counted from row_base) into a row-major
+// shared tile with row stride D+8 (the pad keeps ldmatrix conflict-free); rows at or past `limit` become zeros.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void cp_tile(bf16_t* tile, const bf16_t* src, i64 row_base, int r0, int limit, int heads, int h)
+{
+    constexpr int CHUNKS = D / 8, N = ROWS * CHUNKS;
+    for (int idx = threadIdx.x; idx < N; idx += THREADS)
     {
-        int rr = idx / (D / 8), c8 = (idx % (D / 8)) * 8, r = r0 + rr;
+        int rr = idx / CHUNKS, c8 = (idx % CHUNKS) * 8, r = r0 + rr;
         bool ok = r < limit;
-        cp_async16(tile + rr * stride + c8, ok ? src + ((row_base + r) * heads + h) * D + c8 : src, ok);
+        cp_async16(tile + rr * (D + 8) + c8, ok ? src + ((row_base + r) * heads + h) * D + c8 : src, ok);
     }
 }
 
+// ROWS consecutive 32-bit values src[r0 ..] (lse, delta, segment ids) into shared memory; past `limit` zeros.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void cp_row32(void* dst, const void* src, int r0, int limit)
+{
+    for (int i = threadIdx.x; i < ROWS; i += THREADS)
+    {
+        bool ok = r0 + i < limit;
+        cp_async4((unsigned*)dst + i, ok ? (const unsigned*)src + r0 + i : (const unsigned*)src, ok);
+    }
+}
+
+// A fragments (k = 0..D) of one warp's 16 rows read straight from global memory: rows `lo` and `lo + 8` of the
+// fragment layout; a null row (past the end) gives zeros.
 template <int D>
-__device__ void flash_forward_pipe(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
-                                   int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+__device__ __forceinline__ void ld_rows_a(unsigned (*a)[4], const bf16_t* lo, const bf16_t* hi, int t)
+{
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+    {
+        int c0 = kk * 16 + 2 * t, c1 = c0 + 8;
+        a[kk][0] = lo ? ld32(lo + c0) : 0u;
+        a[kk][1] = hi ? ld32(hi + c0) : 0u;
+        a[kk][2] = lo ? ld32(lo + c1) : 0u;
+        a[kk][3] = hi ? ld32(hi + c1) : 0u;
+    }
+}
+
+// Accumulator rows `lo` and `lo + 8` (D columns) times f_lo / f_hi, rounded to bf16; a null row is skipped.
+template <int D>
+__device__ __forceinline__ void st_rows_bf16(bf16_t* lo, bf16_t* hi, const float (*c)[4], float f_lo, float f_hi, int t)
+{
+#pragma unroll
+    for (int d = 0; d < D / 8; d++)
+    {
+        if (lo) *(unsigned*)(lo + d * 8 + 2 * t) = pack_bf16(c[d][0] * f_lo, c[d][1] * f_lo);
+        if (hi) *(unsigned*)(hi + d * 8 + 2 * t) = pack_bf16(c[d][2] * f_hi, c[d][3] * f_hi);
+    }
+}
+
+template <int N>
+__device__ __forceinline__ void zero_acc(float (*c)[4])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.0f;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64 through STAGES
+// shared buffers (1: the default, the whole tile's copies in flight at once, two blocks per multiprocessor;
+// 2: double buffering, FINETUNE_FLASH_PIPELINE=1, measured slower on an H100). The last row blocks (most keys
+// under the causal mask) are scheduled first. Dynamic shared memory: STAGES × (K, V tiles + 64 segment ids).
+// ---------------------------------------------------------------------------------------------------------
+#define FWD_BM 64
+#define FWD_BN 64
+
+template <int D, int STAGES>
+__device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
+                              int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
 {
     extern __shared__ __align__(16) unsigned char smem[];
-    const int SD = D + 8;
-    bf16_t* KsBase = (bf16_t*)smem;                      // [2][FWD_BN][SD]
-    bf16_t* VsBase = KsBase + 2 * FWD_BN * SD;            // [2][FWD_BN][SD]
-    int* segkBase = (int*)(VsBase + 2 * FWD_BN * SD);     // [2][FWD_BN]
+    constexpr int SD = D + 8, THREADS = 128;
+    bf16_t* KsBase = (bf16_t*)smem;                          // [STAGES][FWD_BN][SD]
+    bf16_t* VsBase = KsBase + STAGES * FWD_BN * SD;          // [STAGES][FWD_BN][SD]
+    int* segkBase = (int*)(VsBase + STAGES * FWD_BN * SD);   // [STAGES][FWD_BN]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
     const int off = KL - QL;
@@ -305,51 +214,45 @@ __device__ void flash_forward_pipe(bf16_t* out, float* lse, const bf16_t* q, con
     const int start = seg_start(seg, off + row0) & ~(FWD_BN - 1);
     const int p_last = off + last_row;
     const i64 kv_row_base = (i64)b * kv_cap;
-
-    issue_tile<D>(KsBase, SD, k, kv_row_base, start, FWD_BN, KL, Hkv, kh);
-    issue_tile<D>(VsBase, SD, v, kv_row_base, start, FWD_BN, KL, Hkv, kh);
-    cp_async_commit();
-    if (tid < FWD_BN) segkBase[tid] = start + tid < KL ? seg[start + tid] : -2;
+    // Keys past KL are zero-filled with segment id 0; the causal test (j <= p, p < KL) masks them.
+    auto issue = [&](int stage, int j)
+    {
+        cp_tile<D, FWD_BN, THREADS>(KsBase + stage * FWD_BN * SD, k, kv_row_base, j, KL, Hkv, kh);
+        cp_tile<D, FWD_BN, THREADS>(VsBase + stage * FWD_BN * SD, v, kv_row_base, j, KL, Hkv, kh);
+        cp_row32<FWD_BN, THREADS>(segkBase + stage * FWD_BN, seg, j, KL);
+    };
+    if (STAGES == 2) { issue(0, start); cp_async_commit(); }
 
     unsigned qa[D / 16][4];
-    {
-        const bf16_t* qlo = q + (((i64)b * QL + r_lo) * Hq + h) * D;
-        const bf16_t* qhi = q + (((i64)b * QL + r_hi) * Hq + h) * D;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-        {
-            qa[kk][0] = r_lo < QL ? ld32(qlo + kk * 16 + 2 * t) : 0u;
-            qa[kk][1] = r_hi < QL ? ld32(qhi + kk * 16 + 2 * t) : 0u;
-            qa[kk][2] = r_lo < QL ? ld32(qlo + kk * 16 + 8 + 2 * t) : 0u;
-            qa[kk][3] = r_hi < QL ? ld32(qhi + kk * 16 + 8 + 2 * t) : 0u;
-        }
-    }
+    ld_rows_a<D>(qa, r_lo < QL ? q + (((i64)b * QL + r_lo) * Hq + h) * D : nullptr,
+                 r_hi < QL ? q + (((i64)b * QL + r_hi) * Hq + h) * D : nullptr, t);
     float o[D / 8][4];
-#pragma unroll
-    for (int d = 0; d < D / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    zero_acc<D / 8>(o);
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
 
     int it = 0;
     for (int j0 = start; j0 <= p_last; j0 += FWD_BN, it++)
     {
-        const int cur = it & 1, nxt = cur ^ 1;
-        const int jn = j0 + FWD_BN;
-        if (jn <= p_last)
+        const int cur = STAGES == 2 ? (it & 1) : 0;
+        if (STAGES == 2)
         {
-            issue_tile<D>(KsBase + nxt * FWD_BN * SD, SD, k, kv_row_base, jn, FWD_BN, KL, Hkv, kh);
-            issue_tile<D>(VsBase + nxt * FWD_BN * SD, SD, v, kv_row_base, jn, FWD_BN, KL, Hkv, kh);
-            if (tid < FWD_BN) segkBase[nxt * FWD_BN + tid] = jn + tid < KL ? seg[jn + tid] : -2;
+            if (j0 + FWD_BN <= p_last) issue(cur ^ 1, j0 + FWD_BN);
+            cp_async_commit();
+            cp_async_wait<1>();
         }
-        cp_async_commit();
-        cp_async_wait1();
+        else
+        {
+            issue(0, j0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        }
         __syncthreads();
         const bf16_t* Ks = KsBase + cur * FWD_BN * SD;
         const bf16_t* Vs = VsBase + cur * FWD_BN * SD;
         const int* segk = segkBase + cur * FWD_BN;
 
         float s[FWD_BN / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        zero_acc<FWD_BN / 8>(s);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
 #pragma unroll
@@ -408,103 +311,98 @@ __device__ void flash_forward_pipe(bf16_t* out, float* lse, const bf16_t* q, con
                 mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
             }
         }
-        __syncthreads(); // every warp is done with stage `cur` before the next iteration refills it
+        __syncthreads(); // every warp is done with stage `cur` before it is refilled
     }
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
     l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 1);
     l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 2);
     float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
-    if (r_lo < QL)
-    {
-        bf16_t* dst = out + (((i64)b * QL + r_lo) * Hq + h) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][0] * inv_lo, o[d][1] * inv_lo);
-        if (t == 0) lse[((i64)b * Hq + h) * QL + r_lo] = (m_lo + log2f(l_lo)) * LN2;
-    }
-    if (r_hi < QL)
-    {
-        bf16_t* dst = out + (((i64)b * QL + r_hi) * Hq + h) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(o[d][2] * inv_hi, o[d][3] * inv_hi);
-        if (t == 0) lse[((i64)b * Hq + h) * QL + r_hi] = (m_hi + log2f(l_hi)) * LN2;
-    }
+    st_rows_bf16<D>(r_lo < QL ? out + (((i64)b * QL + r_lo) * Hq + h) * D : nullptr,
+                    r_hi < QL ? out + (((i64)b * QL + r_hi) * Hq + h) * D : nullptr, o, inv_lo, inv_hi, t);
+    if (t == 0 && r_lo < QL) lse[((i64)b * Hq + h) * QL + r_lo] = (m_lo + log2f(l_lo)) * LN2;
+    if (t == 0 && r_hi < QL) lse[((i64)b * Hq + h) * QL + r_hi] = (m_hi + log2f(l_hi)) * LN2;
 }
 
-extern "C" __global__ void __launch_bounds__(128) flash_forward_pipe_d64(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
-    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
-{ flash_forward_pipe<64>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
-
-extern "C" __global__ void __launch_bounds__(128) flash_forward_pipe_d128(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v,
-    const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
-{ flash_forward_pipe<128>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+// MINB: blocks per multiprocessor to fit in registers (3 for the pipelined ones: 12 warps, 3 × 70 KiB shared at head_dim 128).
+#define FLASH_FORWARD(NAME, D, STAGES, MINB)                                                                                \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(bf16_t* out, float* lse, const bf16_t* q,               \
+        const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)      \
+    { flash_forward<D, STAGES>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+FLASH_FORWARD(flash_forward_d64, 64, 1, 1)
+FLASH_FORWARD(flash_forward_d128, 128, 1, 1)
+FLASH_FORWARD(flash_forward_pipe_d64, 64, 2, 3)
+FLASH_FORWARD(flash_forward_pipe_d128, 128, 2, 3)
 
 // ---------------------------------------------------------------------------------------------------------
-// Backward, dQ. Block: 4 warps × 16 query rows; key tiles of 32. Needs lse and delta = rowsum(dO ⊙ O).
+// Backward, dQ. Block: WARPS warps × 16 query rows of one (batch, head); key tiles of BN, double-buffered by
+// cp.async. Needs lse and delta = rowsum(dO ⊙ O).
 // P = exp(scale·QKᵀ − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − delta), dQ = scale·dS·K.
+// A key tile wholly below the diagonal and inside the block's segment skips the mask (block-uniform test:
+// segments are contiguous runs, so seg[j0] == seg[last row] puts everything between in one segment).
+// Dynamic shared memory: 2 × (K, V tiles [BN][D+8] + BN segment ids).
 // ---------------------------------------------------------------------------------------------------------
-#define DQ_BM 64
-#define DQ_BN 32
-
-template <int D>
+template <int D, int WARPS, int BN>
 __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,
                                   const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale)
 {
-    __shared__ __align__(16) bf16_t Ks[DQ_BN * (D + 8)];
-    __shared__ __align__(16) bf16_t Vs[DQ_BN * (D + 8)];
-    __shared__ int segk[DQ_BN];
-    const int SD = D + 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int SD = D + 8, BM = WARPS * 16, THREADS = WARPS * 32;
+    bf16_t* KsBase = (bf16_t*)smem;                      // [2][BN][SD]
+    bf16_t* VsBase = KsBase + 2 * BN * SD;               // [2][BN][SD]
+    int* segkBase = (int*)(VsBase + 2 * BN * SD);        // [2][BN]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
-    const int row0 = (gridDim.x - 1 - blockIdx.x) * DQ_BM;
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
-    const int sid_lo = r_lo < T ? seg[r_lo] : -3, sid_hi = r_hi < T ? seg[r_hi] : -3;
+    const int last_row = min(T - 1, row0 + BM - 1);
+    const int start = seg_start(seg, row0) & ~(BN - 1);
+    const i64 kv_row_base = (i64)b * T;
+    // Keys past T are zero-filled with segment id 0; the causal test (j <= r < T) masks them.
+    auto issue = [&](int stage, int j)
+    {
+        cp_tile<D, BN, THREADS>(KsBase + stage * BN * SD, k, kv_row_base, j, T, Hkv, kh);
+        cp_tile<D, BN, THREADS>(VsBase + stage * BN * SD, v, kv_row_base, j, T, Hkv, kh);
+        cp_row32<BN, THREADS>(segkBase + stage * BN, seg, j, T);
+    };
+    issue(0, start);
+    cp_async_commit();
+
+    const int sid_lo = r_lo < T ? seg[r_lo] : -3, sid_hi = r_hi < T ? seg[r_hi] : -3, sid_last = seg[last_row];
     const float sl2 = scale * LOG2E;
     const float* lse_h = lse + ((i64)b * Hq + h) * T;
     const float* delta_h = delta + ((i64)b * Hq + h) * T;
     const float l2_lo = r_lo < T ? lse_h[r_lo] * LOG2E : 0.0f, l2_hi = r_hi < T ? lse_h[r_hi] * LOG2E : 0.0f;
     const float dl_lo = r_lo < T ? delta_h[r_lo] : 0.0f, dl_hi = r_hi < T ? delta_h[r_hi] : 0.0f;
-
     unsigned qa[D / 16][4], da[D / 16][4];
     {
         i64 olo = (((i64)b * T + r_lo) * Hq + h) * D, ohi = (((i64)b * T + r_hi) * Hq + h) * D;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-        {
-            int c0 = kk * 16 + 2 * t, c1 = c0 + 8;
-            qa[kk][0] = r_lo < T ? ld32(q + olo + c0) : 0u;  qa[kk][1] = r_hi < T ? ld32(q + ohi + c0) : 0u;
-            qa[kk][2] = r_lo < T ? ld32(q + olo + c1) : 0u;  qa[kk][3] = r_hi < T ? ld32(q + ohi + c1) : 0u;
-            da[kk][0] = r_lo < T ? ld32(dout + olo + c0) : 0u; da[kk][1] = r_hi < T ? ld32(dout + ohi + c0) : 0u;
-            da[kk][2] = r_lo < T ? ld32(dout + olo + c1) : 0u; da[kk][3] = r_hi < T ? ld32(dout + ohi + c1) : 0u;
-        }
+        ld_rows_a<D>(qa, r_lo < T ? q + olo : nullptr, r_hi < T ? q + ohi : nullptr, t);
+        ld_rows_a<D>(da, r_lo < T ? dout + olo : nullptr, r_hi < T ? dout + ohi : nullptr, t);
     }
     float acc[D / 8][4];
-#pragma unroll
-    for (int d = 0; d < D / 8; d++) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+    zero_acc<D / 8>(acc);
 
-    const int last_row = min(T - 1, row0 + DQ_BM - 1);
-    const int start = seg_start(seg, row0) & ~(DQ_BN - 1);
-    const i64 kv_row_base = (i64)b * T;
-    for (int j0 = start; j0 <= last_row; j0 += DQ_BN)
+    int it = 0;
+    for (int j0 = start; j0 <= last_row; j0 += BN, it++)
     {
+        const int cur = it & 1;
+        if (j0 + BN <= last_row) issue(cur ^ 1, j0 + BN);
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
-        load_tile<D>(Ks, SD, k, kv_row_base, j0, DQ_BN, T, Hkv, kh);
-        load_tile<D>(Vs, SD, v, kv_row_base, j0, DQ_BN, T, Hkv, kh);
-        if (tid < DQ_BN) segk[tid] = j0 + tid < T ? seg[j0 + tid] : -2;
-        __syncthreads();
+        const bf16_t* Ks = KsBase + cur * BN * SD;
+        const bf16_t* Vs = VsBase + cur * BN * SD;
+        const int* segk = segkBase + cur * BN;
 
-        float s[DQ_BN / 8][4], dp[DQ_BN / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < DQ_BN / 8; nt++)
-        {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
-        }
+        float s[BN / 8][4], dp[BN / 8][4];
+        zero_acc<BN / 8>(s);
+        zero_acc<BN / 8>(dp);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
 #pragma unroll
-            for (int np = 0; np < DQ_BN / 16; np++)
+            for (int np = 0; np < BN / 16; np++)
             {
                 unsigned bk[4], bv[4];
                 frag_b_nk(bk, Ks, SD, np * 16, kk * 16, lane);
@@ -514,19 +412,34 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
                 mma16816(dp[2 * np], da[kk], bv[0], bv[1]);
                 mma16816(dp[2 * np + 1], da[kk], bv[2], bv[3]);
             }
+        if (j0 + BN - 1 <= row0 && segk[0] == sid_last)
+        {
 #pragma unroll
-        for (int nt = 0; nt < DQ_BN / 8; nt++)
+            for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
-                bool lo = e < 2;
-                bool ok = lo ? (j <= r_lo && segk[col] == sid_lo) : (j <= r_hi && segk[col] == sid_hi);
-                float p = ok ? exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi)) : 0.0f;
-                s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
-            }
+                for (int e = 0; e < 4; e++)
+                {
+                    bool lo = e < 2;
+                    float p = exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi));
+                    s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
+                }
+        }
+        else
+        {
 #pragma unroll
-        for (int kk = 0; kk < DQ_BN / 16; kk++)
+            for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
+                    bool lo = e < 2;
+                    bool ok = lo ? (j <= r_lo && segk[col] == sid_lo) : (j <= r_hi && segk[col] == sid_hi);
+                    float p = ok ? exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi)) : 0.0f;
+                    s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
+                }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++)
         {
             unsigned a[4];
             acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
@@ -539,105 +452,123 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
                 mma16816(acc[2 * dp2 + 1], a, bb[2], bb[3]);
             }
         }
+        __syncthreads(); // every warp is done with stage `cur` before it is refilled
     }
-    if (r_lo < T)
-    {
-        bf16_t* dst = dq + (((i64)b * T + r_lo) * Hq + h) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(acc[d][0] * scale, acc[d][1] * scale);
-    }
-    if (r_hi < T)
-    {
-        bf16_t* dst = dq + (((i64)b * T + r_hi) * Hq + h) * D;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) *(unsigned*)(dst + d * 8 + 2 * t) = pack_bf16(acc[d][2] * scale, acc[d][3] * scale);
-    }
+    i64 olo = (((i64)b * T + r_lo) * Hq + h) * D, ohi = (((i64)b * T + r_hi) * Hq + h) * D;
+    st_rows_bf16<D>(r_lo < T ? dq + olo : nullptr, r_hi < T ? dq + ohi : nullptr, acc, scale, scale, t);
 }
 
-extern "C" __global__ void __launch_bounds__(128) flash_backward_dq_d64(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta,
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
-{ flash_backward_dq<64>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
-
-extern "C" __global__ void __launch_bounds__(128) flash_backward_dq_d128(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta,
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)
-{ flash_backward_dq<128>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+// flash_backward_dq_d<D>_w<warps>_n<key tile>
+#define FLASH_DQ(D, W, BN)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(W * 32) flash_backward_dq_d##D##_w##W##_n##BN(bf16_t* dq,              \
+        const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
+        const int* seg, int T, int Hq, int Hkv, float scale)                                                                \
+    { flash_backward_dq<D, W, BN>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+FLASH_DQ(64, 4, 32)
+FLASH_DQ(64, 4, 64)
+FLASH_DQ(128, 4, 32)
+FLASH_DQ(128, 4, 64)
 
 // ---------------------------------------------------------------------------------------------------------
-// Backward, dK and dV. Block: 4 warps × 16 key rows = 64 keys of one (batch, query head); query tiles of 32.
-// Transposed products: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV_h = Pᵀ·dO, dK_h = scale·dSᵀ·Q. With grouped-query attention
-// each query head's share goes to F32 partials [B, T, Hq, D] that flash_dkv_reduce sums over the group (one
-// block per query head keeps the GPU full and the sums deterministic); without grouping it is written directly.
-// Dynamic shared memory (over 48 KiB for head_dim 128).
+// Backward, dK and dV. Block: WARPS warps × 16 key rows of one (batch, query head); query tiles of BM (Q, dO,
+// lse, delta, segment ids) double-buffered by cp.async. Transposed products: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ,
+// dV_h = Pᵀ·dO, dK_h = scale·dSᵀ·Q. With grouped-query attention each query head's share goes to F32
+// partials [B, T, Hq, D] that flash_dkv_reduce sums over the group (one block per query head keeps the GPU full
+// and the sums deterministic); without grouping it is written directly. For head_dim 64 the warp's K and V
+// fragments stay in registers. Dynamic shared memory: K, V [16·WARPS][D+8] + 2 × (Q, dO [BM][D+8] + 3·BM words).
 // ---------------------------------------------------------------------------------------------------------
-#define KV_BN 64
-#define KV_BM 32
-
-template <int D>
+template <int D, int WARPS, int BM>
 __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part, const bf16_t* dout, const float* lse,
                                    const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
                                    int T, int Hq, int Hkv, float scale)
 {
     extern __shared__ __align__(16) unsigned char smem[];
-    const int SD = D + 8;
-    bf16_t* Ks = (bf16_t*)smem;                 // [KV_BN][SD]
-    bf16_t* Vs = Ks + KV_BN * SD;               // [KV_BN][SD]
-    bf16_t* Qs = Vs + KV_BN * SD;               // [KV_BM][SD]
-    bf16_t* Ds = Qs + KV_BM * SD;               // [KV_BM][SD]  (dO)
-    float* lse_s = (float*)(Ds + KV_BM * SD);   // [KV_BM], log2 units
-    float* del_s = lse_s + KV_BM;               // [KV_BM]
-    int* segq = (int*)(del_s + KV_BM);          // [KV_BM]
+    constexpr int SD = D + 8, BN = WARPS * 16, THREADS = WARPS * 32;
+    constexpr bool KV_REGS = D <= 64;
+    bf16_t* Ks = (bf16_t*)smem;                       // [BN][SD]
+    bf16_t* Vs = Ks + BN * SD;                        // [BN][SD]
+    bf16_t* QsBase = Vs + BN * SD;                    // [2][BM][SD]
+    bf16_t* DsBase = QsBase + 2 * BM * SD;            // [2][BM][SD]  (dO)
+    float* lseBase = (float*)(DsBase + 2 * BM * SD);  // [2][BM]  (natural log)
+    float* delBase = lseBase + 2 * BM;                // [2][BM]
+    int* segqBase = (int*)(delBase + 2 * BM);         // [2][BM]
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, group = Hq / Hkv, kh = h / group;
-    const int j0 = blockIdx.x * KV_BN;
+    const int j0 = blockIdx.x * BN;
     const int j_lo = j0 + warp * 16 + g, j_hi = j_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
-    const int sid_lo = j_lo < T ? seg[j_lo] : -3, sid_hi = j_hi < T ? seg[j_hi] : -3;
-    const float sl2 = scale * LOG2E;
     const i64 row_base = (i64)b * T;
-
-    load_tile<D>(Ks, SD, k, row_base, j0, KV_BN, T, Hkv, kh);
-    load_tile<D>(Vs, SD, v, row_base, j0, KV_BN, T, Hkv, kh);
-    float dka[D / 8][4], dva[D / 8][4];
-#pragma unroll
-    for (int d = 0; d < D / 8; d++)
-    {
-        dka[d][0] = dka[d][1] = dka[d][2] = dka[d][3] = 0.0f;
-        dva[d][0] = dva[d][1] = dva[d][2] = dva[d][3] = 0.0f;
-    }
-    const int last_key = min(T - 1, j0 + KV_BN - 1);
-    const int q_end = seg_end(seg, last_key, T);
     const float* lse_h = lse + ((i64)b * Hq + h) * T;
     const float* delta_h = delta + ((i64)b * Hq + h) * T;
-    for (int i0 = j0; i0 < q_end; i0 += KV_BM)
+    // Queries past T are zero-filled (Q, dO, lse, delta, segment id 0); `i < q_end` masks them.
+    auto issue = [&](int stage, int i)
     {
-        __syncthreads();
-        load_tile<D>(Qs, SD, q, row_base, i0, KV_BM, T, Hq, h);
-        load_tile<D>(Ds, SD, dout, row_base, i0, KV_BM, T, Hq, h);
-        if (tid < KV_BM)
-        {
-            int i = i0 + tid;
-            lse_s[tid] = i < T ? lse_h[i] * LOG2E : 0.0f;
-            del_s[tid] = i < T ? delta_h[i] : 0.0f;
-            segq[tid] = i < T ? seg[i] : -2;
-        }
-        __syncthreads();
+        cp_tile<D, BM, THREADS>(QsBase + stage * BM * SD, q, row_base, i, T, Hq, h);
+        cp_tile<D, BM, THREADS>(DsBase + stage * BM * SD, dout, row_base, i, T, Hq, h);
+        cp_row32<BM, THREADS>(lseBase + stage * BM, lse_h, i, T);
+        cp_row32<BM, THREADS>(delBase + stage * BM, delta_h, i, T);
+        cp_row32<BM, THREADS>(segqBase + stage * BM, seg, i, T);
+    };
+    cp_tile<D, BN, THREADS>(Ks, k, row_base, j0, T, Hkv, kh);
+    cp_tile<D, BN, THREADS>(Vs, v, row_base, j0, T, Hkv, kh);
+    issue(0, j0);
+    cp_async_commit();
 
-        float s[KV_BM / 8][4], dp[KV_BM / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < KV_BM / 8; nt++)
+    const int sid_lo = j_lo < T ? seg[j_lo] : -3, sid_hi = j_hi < T ? seg[j_hi] : -3, sid_first = seg[j0];
+    const float sl2 = scale * LOG2E;
+    const int last_key = min(T - 1, j0 + BN - 1);
+    const int q_end = seg_end(seg, last_key, T);
+    float dka[D / 8][4], dva[D / 8][4];
+    zero_acc<D / 8>(dka);
+    zero_acc<D / 8>(dva);
+    unsigned kreg[KV_REGS ? D / 16 : 1][4], vreg[KV_REGS ? D / 16 : 1][4];
+
+    int it = 0;
+    for (int i0 = j0; i0 < q_end; i0 += BM, it++)
+    {
+        const int cur = it & 1;
+        if (i0 + BM < q_end) issue(cur ^ 1, i0 + BM);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        if constexpr (KV_REGS)
         {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+            if (it == 0)
+            {
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++)
+                {
+                    frag_a(kreg[kk], Ks, SD, warp * 16, kk * 16, lane);
+                    frag_a(vreg[kk], Vs, SD, warp * 16, kk * 16, lane);
+                }
+            }
         }
+        const bf16_t* Qs = QsBase + cur * BM * SD;
+        const bf16_t* Ds = DsBase + cur * BM * SD;
+        const float* lse_s = lseBase + cur * BM;
+        const float* del_s = delBase + cur * BM;
+        const int* segq = segqBase + cur * BM;
+
+        float s[BM / 8][4], dp[BM / 8][4];
+        zero_acc<BM / 8>(s);
+        zero_acc<BM / 8>(dp);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
         {
             unsigned ka[4], va[4];
-            frag_a(ka, Ks, SD, warp * 16, kk * 16, lane);
-            frag_a(va, Vs, SD, warp * 16, kk * 16, lane);
+            if constexpr (KV_REGS)
+            {
 #pragma unroll
-            for (int np = 0; np < KV_BM / 16; np++)
+                for (int r = 0; r < 4; r++) { ka[r] = kreg[kk][r]; va[r] = vreg[kk][r]; }
+            }
+            else
+            {
+                frag_a(ka, Ks, SD, warp * 16, kk * 16, lane);
+                frag_a(va, Vs, SD, warp * 16, kk * 16, lane);
+            }
+#pragma unroll
+            for (int np = 0; np < BM / 16; np++)
             {
                 unsigned bq[4], bd[4];
                 frag_b_nk(bq, Qs, SD, np * 16, kk * 16, lane);
@@ -648,20 +579,37 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
                 mma16816(dp[2 * np + 1], va, bd[2], bd[3]);
             }
         }
+        // Whole tile visible: every query at or after every key of the block, all valid, one segment.
+        if (i0 >= j0 + BN - 1 && i0 + BM <= q_end && segq[BM - 1] == sid_first)
+        {
 #pragma unroll
-        for (int nt = 0; nt < KV_BM / 8; nt++)
+            for (int nt = 0; nt < BM / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
-                bool lo = e < 2;
-                bool ok = lo ? (i >= j_lo && segq[col] == sid_lo) : (i >= j_hi && segq[col] == sid_hi);
-                float p = ok ? exp2f(s[nt][e] * sl2 - lse_s[col]) : 0.0f;
-                s[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - del_s[col]);
-            }
+                for (int e = 0; e < 4; e++)
+                {
+                    int col = nt * 8 + 2 * t + (e & 1);
+                    float p = exp2f(s[nt][e] * sl2 - lse_s[col] * LOG2E);
+                    s[nt][e] = p;
+                    dp[nt][e] = p * (dp[nt][e] - del_s[col]);
+                }
+        }
+        else
+        {
 #pragma unroll
-        for (int kk = 0; kk < KV_BM / 16; kk++)
+            for (int nt = 0; nt < BM / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
+                    bool lo = e < 2;
+                    bool ok = i < q_end && (lo ? (i >= j_lo && segq[col] == sid_lo) : (i >= j_hi && segq[col] == sid_hi));
+                    float p = ok ? exp2f(s[nt][e] * sl2 - lse_s[col] * LOG2E) : 0.0f;
+                    s[nt][e] = p;
+                    dp[nt][e] = p * (dp[nt][e] - del_s[col]);
+                }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++)
         {
             unsigned pa[4], da[4];
             acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
@@ -678,6 +626,7 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
                 mma16816(dka[2 * dp2 + 1], da, bq[2], bq[3]);
             }
         }
+        __syncthreads(); // every warp is done with stage `cur` before it is refilled
     }
 #pragma unroll
     for (int half = 0; half < 2; half++)
@@ -708,15 +657,16 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) flash_backward_dkv_d64(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part,
-    const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg,
-    int T, int Hq, int Hkv, float scale)
-{ flash_backward_dkv<64>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
-
-extern "C" __global__ void __launch_bounds__(128) flash_backward_dkv_d128(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part,
-    const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg,
-    int T, int Hq, int Hkv, float scale)
-{ flash_backward_dkv<128>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+// flash_backward_dkv_d<D>_w<warps>_m<query tile>
+#define FLASH_DKV(D, W, BM)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(W * 32) flash_backward_dkv_d##D##_w##W##_m##BM(bf16_t* dk, bf16_t* dv, \
+        float* dk_part, float* dv_part, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,         \
+        const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)                             \
+    { flash_backward_dkv<D, W, BM>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+FLASH_DKV(64, 4, 32)
+FLASH_DKV(64, 4, 64)
+FLASH_DKV(128, 4, 32)
+FLASH_DKV(128, 4, 64)
 
 // dk[b, j, kh, :] = Σ_{h in group kh} dk_part[b, j, h, :] (and dv), rounded to bf16 once.
 extern "C" __global__ void flash_dkv_reduce(bf16_t* dk, bf16_t* dv, const float* dk_part, const float* dv_part, i64 rows, int Hq, int Hkv, int D)
