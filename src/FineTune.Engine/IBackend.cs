@@ -77,6 +77,11 @@ public interface IBackend : IDisposable
     // ---- RMSNorm: y = x / sqrt(mean(x²) + eps) · w, rows of width w.Length; statistics in F32 ----
     void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps);
     /// <summary>
+    /// resid = a + b, then y = RMSNorm(resid) of the sum as stored (rounded to resid's dtype), in one pass: the
+    /// residual add and the next sub-layer's pre-norm fused. resid may be the same tensor as a or b; y may not.
+    /// </summary>
+    void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps);
+    /// <summary>
     /// Accumulates dx += ∂L/∂x and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
     /// with rstd from the forward: dx = rstd·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·rstd.
     /// </summary>

@@ -242,17 +242,11 @@ public sealed partial class CausalLM
         {
             var qPre = Rows(a.QPre!, tokens);
             var kPre = Rows(a.KPre!, tokens);
-            LinearForward(L.Q, qPre, ln1, a.LoraXa[0], tokens, 0, false);
-            LinearForward(L.K, kPre, ln1, a.LoraXa[1], tokens, 0, false);
+            SetForward(L, 0, [qPre, kPre, v], ln1, a, tokens, 0, false);
             B.RmsNorm(q, Head1(a.QRstd!, (long)tokens * Spec.NumHeads), qPre, L.QNorm!.Value, eps);
             B.RmsNorm(k, Head1(a.KRstd!, (long)tokens * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps);
         }
-        else
-        {
-            LinearForward(L.Q, q, ln1, a.LoraXa[0], tokens, 0, false);
-            LinearForward(L.K, k, ln1, a.LoraXa[1], tokens, 0, false);
-        }
-        LinearForward(L.V, v, ln1, a.LoraXa[2], tokens, 0, false);
+        else SetForward(L, 0, [q, k, v], ln1, a, tokens, 0, false);
         B.Rope(q, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
         B.Rope(k, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
         int kvd = Spec.KvDim, capacity = shape.KvCapacity;
@@ -264,17 +258,15 @@ public sealed partial class CausalLM
         var att = Rows(a.Att, tokens);
         B.Attention(att, Head1(a.Lse, (long)tokens * Spec.NumHeads), q, kCache, vCache, segments, shape);
         var resMid = Rows(a.ResMid, tokens);
-        LinearForward(L.O, resMid, att, a.LoraXa[3], tokens, 0, false);
-        B.Add(resMid, x);
+        SetForward(L, 1, [resMid], att, a, tokens, 0, false);
         var ln2 = Rows(a.Ln2, tokens);
-        B.RmsNorm(ln2, Head1(a.Rstd2, tokens), resMid, L.PostAttentionNorm.Value, eps);
+        B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, tokens), resMid, x, L.PostAttentionNorm.Value, eps);
         var gate = Rows(a.Gate, tokens);
         var up = Rows(a.Up, tokens);
         var act = Rows(a.Act, tokens);
-        LinearForward(L.Gate, gate, ln2, a.LoraXa[4], tokens, 0, false);
-        LinearForward(L.Up, up, ln2, a.LoraXa[5], tokens, 0, false);
+        SetForward(L, 2, [gate, up], ln2, a, tokens, 0, false);
         B.SwiGlu(act, gate, up);
-        LinearForward(L.Down, y, act, a.LoraXa[6], tokens, 0, false);
+        SetForward(L, 3, [y], act, a, tokens, 0, false);
         B.Add(y, resMid);
     }
 }

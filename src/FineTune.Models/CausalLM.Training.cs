@@ -188,34 +188,27 @@ public sealed partial class CausalLM
         {
             var qPre = Rows(a.QPre!, n);
             var kPre = Rows(a.KPre!, n);
-            LinearForward(L.Q, qPre, ln1, a.LoraXa[0], n, LinearSeed(seed, L.Index, 0), training);
-            LinearForward(L.K, kPre, ln1, a.LoraXa[1], n, LinearSeed(seed, L.Index, 1), training);
+            SetForward(L, 0, [qPre, kPre, v], ln1, a, n, seed, training);
             B.RmsNorm(q, Head1(a.QRstd!, (long)n * Spec.NumHeads), qPre, L.QNorm!.Value, eps);
             B.RmsNorm(k, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps);
         }
-        else
-        {
-            LinearForward(L.Q, q, ln1, a.LoraXa[0], n, LinearSeed(seed, L.Index, 0), training);
-            LinearForward(L.K, k, ln1, a.LoraXa[1], n, LinearSeed(seed, L.Index, 1), training);
-        }
-        LinearForward(L.V, v, ln1, a.LoraXa[2], n, LinearSeed(seed, L.Index, 2), training);
+        else SetForward(L, 0, [q, k, v], ln1, a, n, seed, training);
         B.Rope(q, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
         B.Rope(k, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
         var att = Rows(a.Att, n);
         B.Attention(att, Head1(a.Lse, (long)n * Spec.NumHeads), q, k, v, Head1(acts.Segments, n), shape);
         var resMid = Rows(a.ResMid, n);
-        LinearForward(L.O, resMid, att, a.LoraXa[3], n, LinearSeed(seed, L.Index, 3), training);
-        B.Add(resMid, x);
+        SetForward(L, 1, [resMid], att, a, n, seed, training);
+        // resMid = x + o(att) and ln2 = rmsnorm(resMid) in one pass.
         var ln2 = Rows(a.Ln2, n);
-        B.RmsNorm(ln2, Head1(a.Rstd2, n), resMid, L.PostAttentionNorm.Value, eps);
+        B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, eps);
         var gate = Rows(a.Gate, n);
         var up = Rows(a.Up, n);
         var act = Rows(a.Act, n);
-        LinearForward(L.Gate, gate, ln2, a.LoraXa[4], n, LinearSeed(seed, L.Index, 4), training);
-        LinearForward(L.Up, up, ln2, a.LoraXa[5], n, LinearSeed(seed, L.Index, 5), training);
+        SetForward(L, 2, [gate, up], ln2, a, n, seed, training);
         B.SwiGlu(act, gate, up);
         var y = Rows(yFull, n);
-        LinearForward(L.Down, y, act, a.LoraXa[6], n, LinearSeed(seed, L.Index, 6), training);
+        SetForward(L, 3, [y], act, a, n, seed, training);
         B.Add(y, resMid);
     }
 
@@ -229,17 +222,16 @@ public sealed partial class CausalLM
         var dln = Rows(acts.Dln, n);
         // MLP: y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)), ln2 = rmsnorm(resMid)
         var dact = Rows(acts.Dact, n);
-        LinearBackward(L.Down, dact, false, dres, Rows(a.Act, n), a.LoraXa[6], n, LinearSeed(seed, L.Index, 6));
+        SetBackward(L, 3, dact, [dres], Rows(a.Act, n), a, n, seed);
         var dgate = Rows(acts.Dgate, n);
         var dup = Rows(acts.Dup, n);
         B.SwiGluBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
         var ln2 = Rows(a.Ln2, n);
-        LinearBackward(L.Gate, dln, false, dgate, ln2, a.LoraXa[4], n, LinearSeed(seed, L.Index, 4));
-        LinearBackward(L.Up, dln, true, dup, ln2, a.LoraXa[5], n, LinearSeed(seed, L.Index, 5));
+        SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
         B.RmsNormBackward(dres, L.PostAttentionNorm.Grad, dln, Rows(a.ResMid, n), L.PostAttentionNorm.Value, Head1(a.Rstd2, n));
         // Attention: resMid = x + o(attn(rope(q), rope(k), v)), q/k/v = proj(ln1), ln1 = rmsnorm(x)
         var datt = Rows(acts.Datt, n);
-        LinearBackward(L.O, datt, false, dres, Rows(a.Att, n), a.LoraXa[3], n, LinearSeed(seed, L.Index, 3));
+        SetBackward(L, 1, datt, [dres], Rows(a.Att, n), a, n, seed);
         var dq = Rows(acts.Dq, n);
         var dk = Rows(acts.Dk, n);
         var dv = Rows(acts.Dv, n);
@@ -259,10 +251,79 @@ public sealed partial class CausalLM
             dk = dkPre;
         }
         var ln1 = Rows(a.Ln1, n);
-        LinearBackward(L.Q, dln, false, dq, ln1, a.LoraXa[0], n, LinearSeed(seed, L.Index, 0));
-        LinearBackward(L.K, dln, true, dk, ln1, a.LoraXa[1], n, LinearSeed(seed, L.Index, 1));
-        LinearBackward(L.V, dln, true, dv, ln1, a.LoraXa[2], n, LinearSeed(seed, L.Index, 2));
+        SetBackward(L, 0, dln, [dq, dk, dv], ln1, a, n, seed);
         B.RmsNormBackward(dres, L.InputNorm.Grad, dln, x, L.InputNorm.Value, Head1(a.Rstd1, n));
+    }
+
+    /// <summary>
+    /// The linears of input set <paramref name="set"/> of layer L (<see cref="DecoderLayer.InputSets"/>), all reading x,
+    /// writing ys in set order. Grouped LoRA: xaᵀ = A_group·xᵀ for every adapter of the set in one product (one pass
+    /// over x), then per linear y = scale·xa·Bᵀ (a skinny product that writes y without reading it) and y += x·Wᵀ (the
+    /// big product does the accumulating, where reading C is nearly free), then the bias.
+    /// </summary>
+    private void SetForward(DecoderLayer L, int set, Tensor[] ys, Tensor x, LayerActivations a, int n, ulong seed, bool training)
+    {
+        var lins = L.InputSets[set];
+        int first = DecoderLayer.FirstLinearOfSet[set];
+        if (L.LoraGroups[set] is not { } group || !GroupedLora(training))
+        {
+            for (int j = 0; j < lins.Length; j++)
+                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j), training);
+            return;
+        }
+        var B = Backend;
+        int r = group.Rank;
+        var xaT = a.LoraXaT[set]!.View(0, [group.Rows, n]);
+        B.MatMul(xaT, group.A, false, x, true);
+        for (int j = 0; j < lins.Length; j++)
+        {
+            var lin = lins[j];
+            if (lin.Lora is { } lora)
+            {
+                var xaTj = xaT.View((long)group.IndexOf(lin) * r * n, [r, n]);
+                B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
+                B.MatMul(ys[j], x, false, lin.Weight.Value, true, 1f, accumulate: true);
+            }
+            else B.MatMul(ys[j], x, false, lin.Weight.Value, true);
+            if (lin.Bias is { } bias) B.AddBias(ys[j], bias.Value);
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="SetForward"/>: writes dx (the set's linears all read x, so their input gradients sum).
+    /// Grouped LoRA: per adapter dB += scale·dyᵀ·xa and dxaᵀ = scale·Bᵀ·dyᵀ into a stacked [g·r, n] scratch, then one
+    /// dA_group += dxaᵀ·x and one dx = dxa·A_group (writes dx), then every dx += dy·W with the big product accumulating.
+    /// </summary>
+    private void SetBackward(DecoderLayer L, int set, Tensor dx, Tensor[] dys, Tensor x, LayerActivations a, int n, ulong seed)
+    {
+        var lins = L.InputSets[set];
+        int first = DecoderLayer.FirstLinearOfSet[set];
+        if (L.LoraGroups[set] is not { } group || !GroupedLora(training: true))
+        {
+            for (int j = 0; j < lins.Length; j++)
+                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j));
+            return;
+        }
+        var B = Backend;
+        int r = group.Rank;
+        var xaT = a.LoraXaT[set]!.View(0, [group.Rows, n]);
+        var dxaT = _acts!.Dxa.View(0, [group.Rows, n]);
+        for (int j = 0; j < lins.Length; j++)
+        {
+            if (lins[j].Lora is not { } lora) continue;
+            long block = (long)group.IndexOf(lins[j]) * r * n;
+            B.MatMul(lora.B.Grad!, dys[j], true, xaT.View(block, [r, n]), true, lora.Scale, accumulate: true);
+            B.MatMul(dxaT.View(block, [r, n]), lora.B.Value, true, dys[j], true, lora.Scale);
+        }
+        B.MatMul(group.AGrad!, dxaT, false, x, false, 1f, accumulate: true);
+        B.MatMul(dx, dxaT, true, group.A, false);
+        for (int j = 0; j < lins.Length; j++)
+        {
+            var lin = lins[j];
+            B.MatMul(dx, dys[j], false, lin.Weight.Value, false, 1f, accumulate: true);
+            if (lin.Weight.Grad is { } dw) B.MatMul(dw, dys[j], true, x, false, 1f, accumulate: true);
+            if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dys[j]);
+        }
     }
 
     // y = x·Wᵀ + b + scale·(drop(x)·Aᵀ)·Bᵀ; xa = drop(x)·Aᵀ is kept for the backward.

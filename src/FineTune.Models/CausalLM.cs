@@ -76,36 +76,76 @@ public sealed partial class CausalLM : IDisposable
                     trainableNames.Add(b.Name);
                 }
 
-        // One arena: values (compute dtype), then per trainable parameter master (unless F32 compute), grad, m, v.
+        // Adapters of linears that share an input form a group whose A values and A grads are one stacked tensor each.
+        var stackedA = new Dictionary<Parameter, (LoraGroup Group, int Index)>();
+        foreach (var layer in _layers)
+            for (int s = 0; s < DecoderLayer.InputSetCount; s++)
+            {
+                var adapted = layer.InputSets[s].Where(l => l.Lora is not null).ToArray();
+                if (adapted.Length == 0) continue;
+                var group = new LoraGroup(adapted, setup.LoraRank);
+                layer.LoraGroups[s] = group;
+                for (int j = 0; j < adapted.Length; j++) stackedA[adapted[j].Lora!.A] = (group, j);
+            }
+
+        // One arena: values (compute dtype), then per trainable parameter master (unless F32 compute), grad, m, v;
+        // a stacked LoRA A has its value and grad in its group's tensors and only master, m, v of its own.
         var builder = new TensorArena.Builder();
-        var handles = new Dictionary<Parameter, (int Value, int Master, int Grad, int M, int V)>();
+        var groupHandles = new Dictionary<LoraGroup, (int Value, int Grad)>();
+        foreach (var layer in _layers)
+            for (int s = 0; s < DecoderLayer.InputSetCount; s++)
+                if (layer.LoraGroups[s] is { } g)
+                {
+                    string name = $"model.layers.{layer.Index}.lora_A.{string.Join('+', g.Linears.Select(l => l.ShortName))}";
+                    groupHandles[g] = (builder.Add(name, backend.ComputeDType, g.Rows, g.In),
+                        trainableNames.Contains(g.Linears[0].Lora!.A.Name) ? builder.Add(name + ".grad", DType.F32, g.Rows, g.In) : -1);
+                }
+        var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
         foreach (var p in _allParameters)
         {
-            int value = builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
+            int value = stacked ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
             int master = -1, grad = -1, m = -1, v = -1;
-            if (trainableNames.Contains(p.Name))
+            if (trainable)
             {
-                master = separateMaster ? builder.Add(p.Name + ".master", DType.F32, p.Shape) : value;
-                grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
+                if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
+                if (!stacked) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
                 m = builder.Add(p.Name + ".exp_avg", DType.F32, p.Shape);
                 v = builder.Add(p.Name + ".exp_avg_sq", DType.F32, p.Shape);
             }
-            handles[p] = (value, master, grad, m, v);
+            handles[p] = (trainable, value, master, grad, m, v);
         }
         int normHandle = builder.Add("grad_norm_squared", DType.F32, 1);
         _weights = builder.Build(backend);
         _gradNormSquared = _weights[normHandle];
+        foreach (var (g, gh) in groupHandles)
+        {
+            g.A = _weights[gh.Value];
+            g.AGrad = gh.Grad >= 0 ? _weights[gh.Grad] : null;
+        }
 
         _trainable = [];
         bool peftNames = setup.FinetuningType == FinetuningType.Lora;
         foreach (var p in _allParameters)
         {
             var hd = handles[p];
-            p.Value = _weights[hd.Value];
-            if (hd.Grad < 0) continue;
+            Tensor? grad = null;
+            if (stackedA.TryGetValue(p, out var sa))
+            {
+                long offset = (long)sa.Index * sa.Group.Rank * sa.Group.In;
+                p.Value = sa.Group.A.View(offset, p.Shape, p.Name);
+                if (sa.Group.AGrad is { } ag) grad = ag.View(offset, p.Shape, p.Name + ".grad");
+            }
+            else
+            {
+                p.Value = _weights[hd.Value];
+                if (hd.Grad >= 0) grad = _weights[hd.Grad];
+            }
+            if (!hd.Trainable) continue;
             string saved = peftNames ? "base_model.model." + p.Name : p.Name;
-            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, _weights[hd.Master], _weights[hd.Grad], _weights[hd.M], _weights[hd.V]);
+            var master = separateMaster ? _weights[hd.Master] : p.Value;
+            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!, _weights[hd.M], _weights[hd.V]);
             _trainable.Add(p.Trainable);
         }
 
@@ -129,6 +169,21 @@ public sealed partial class CausalLM : IDisposable
     /// checkpoint saves this value and a resumed run restores it to continue bit-identically.
     /// </summary>
     public long RandomCounter { get; set; }
+
+    /// <summary>
+    /// Forces LoRA through one linear at a time (x·Aᵀ per adapter, LoRA term added into y) even where the grouped
+    /// path applies: tests compare the two paths on the same weights.
+    /// </summary>
+    internal bool PerLinearLora { get; set; }
+
+    /// <summary>The decoder layers (tests inspect the LoRA groups).</summary>
+    internal IReadOnlyList<DecoderLayer> Layers => _layers;
+
+    /// <summary>
+    /// Whether LoRA runs grouped (stacked A per input set): always, unless forced per linear or the pass is a
+    /// training pass with dropout, where each linear sees its own mask of x.
+    /// </summary>
+    private bool GroupedLora(bool training) => !PerLinearLora && !(training && Setup.LoraDropout > 0);
 
     /// <summary>Bytes of weights, gradients and optimizer state; bytes of activations for the current capacity.</summary>
     public long WeightBytes => _weights.ByteLength;

@@ -8,7 +8,15 @@ internal sealed class LayerActivations
     public Tensor Ln1 = null!, Rstd1 = null!, Q = null!, K = null!, V = null!, Att = null!, Lse = null!;
     public Tensor? QPre, KPre, QRstd, KRstd;
     public Tensor ResMid = null!, Ln2 = null!, Rstd2 = null!, Gate = null!, Up = null!, Act = null!;
-    /// <summary>x·Aᵀ of each LoRA linear, indexed like <see cref="DecoderLayer.Linears"/> (null without LoRA).</summary>
+    /// <summary>
+    /// Per input set with LoRA (<see cref="DecoderLayer.InputSets"/>), storage for the group's xa: the grouped path
+    /// views it as xaᵀ [g·r, tokens] (adapter j's block [r, tokens] at j·r·tokens).
+    /// </summary>
+    public Tensor?[] LoraXaT = new Tensor?[DecoderLayer.InputSetCount];
+    /// <summary>
+    /// The per-linear path's x·Aᵀ [capacity, r] of each LoRA linear, indexed like <see cref="DecoderLayer.Linears"/>
+    /// (null without LoRA): views of the same storage, adapter j's at j·r·capacity.
+    /// </summary>
     public Tensor?[] LoraXa = new Tensor?[7];
 }
 
@@ -42,7 +50,7 @@ internal sealed class ModelActivations : IDisposable
         int residualCount = residuals ?? spec.NumLayers + 1;
         for (int l = 0; l < residualCount; l++) Add($"res{l}", f, n, c);
         int sets = checkpointing ? 1 : spec.NumLayers;
-        int maxRank = 1, maxIn = 1;
+        int maxRows = 1, maxIn = 1;
         for (int s = 0; s < sets; s++)
         {
             Add($"{s}.ln1", f, n, c); Add($"{s}.rstd1", DType.F32, n);
@@ -55,28 +63,22 @@ internal sealed class ModelActivations : IDisposable
             Add($"{s}.att", f, n, qd); Add($"{s}.lse", DType.F32, n * spec.NumHeads);
             Add($"{s}.resmid", f, n, c); Add($"{s}.ln2", f, n, c); Add($"{s}.rstd2", DType.F32, n);
             Add($"{s}.gate", f, n, inter); Add($"{s}.up", f, n, inter); Add($"{s}.act", f, n, inter);
-            var lin = layers[s].Linears.ToArray();
-            for (int j = 0; j < lin.Length; j++)
-            {
-                if (lin[j].Lora is { } lora)
-                {
-                    Add($"{s}.xa{j}", f, n, lora.Rank);
-                }
-            }
+            for (int g = 0; g < DecoderLayer.InputSetCount; g++)
+                if (layers[s].LoraGroups[g] is { } group) Add($"{s}.xa{g}", f, group.Rows, n);
         }
         foreach (var layer in layers)
+        {
+            foreach (var group in layer.LoraGroups)
+                if (group is not null) maxRows = Math.Max(maxRows, group.Rows);
             foreach (var lin in layer.Linears)
-                if (lin.Lora is { } lora)
-                {
-                    maxRank = Math.Max(maxRank, lora.Rank);
-                    if (lora.Dropout > 0) maxIn = Math.Max(maxIn, lin.In);
-                }
+                if (lin.Lora is { Dropout: > 0 }) maxIn = Math.Max(maxIn, lin.In);
+        }
         if (training)
         {
             Add("dres", f, n, c); Add("dln", f, n, c); Add("dq", f, n, qd); Add("dk", f, n, kvd); Add("dv", f, n, kvd);
             if (spec.QkNorm) { Add("dqpre", f, n, qd); Add("dkpre", f, n, kvd); }
             Add("datt", f, n, qd); Add("dgate", f, n, inter); Add("dup", f, n, inter); Add("dact", f, n, inter);
-            Add("dxa", f, n, maxRank); Add("drop", f, n, maxIn);
+            Add("dxa", f, maxRows, n); Add("drop", f, n, maxIn);
         }
         Add("lnf", f, n, c); Add("rstdf", DType.F32, n); Add("hc", f, n, c); Add("dhc", f, training ? n : 1, c);
         Add("logits", f, chunkRows, spec.VocabSize); Add("loss", DType.F32, 1);
@@ -96,7 +98,15 @@ internal sealed class ModelActivations : IDisposable
                 Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
                 Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = T($"{s}.act"),
             };
-            for (int j = 0; j < 7; j++) a.LoraXa[j] = O($"{s}.xa{j}");
+            var linears = layers[s].Linears.ToArray();
+            for (int g = 0; g < DecoderLayer.InputSetCount; g++)
+            {
+                if (layers[s].LoraGroups[g] is not { } group) continue;
+                var store = T($"{s}.xa{g}");
+                a.LoraXaT[g] = store;
+                for (int j = 0; j < group.Linears.Length; j++)
+                    a.LoraXa[Array.IndexOf(linears, group.Linears[j])] = store.View((long)j * group.Rank * n, [n, group.Rank]);
+            }
             Layers[s] = a;
         }
         Tensor Opt(string name) => O(name) ?? T("hc");

@@ -38,8 +38,33 @@ internal sealed class LoraLinear(string module, string shortName, Parameter weig
     public bool HasTrainable => Weight.IsTrainable || (Bias?.IsTrainable ?? false) || Lora is not null;
 }
 
+/// <summary>
+/// The LoRA adapters of linears that read the same input (q,k,v read ln1; gate,up read ln2; o and down alone),
+/// all of rank r. Their A matrices are stacked row-wise in one tensor [g·r, in] and each adapter's A value and
+/// gradient are views of its r rows, so the forward computes xaᵀ = A·xᵀ for the whole group in one product
+/// (one pass over x) and the backward accumulates dA and dx for the group in one product each.
+/// </summary>
+internal sealed class LoraGroup(LoraLinear[] linears, int rank)
+{
+    /// <summary>The adapted linears of the group, in layer order; linear j owns rows [j·r, (j+1)·r).</summary>
+    public LoraLinear[] Linears { get; } = linears;
+    public int Rank { get; } = rank;
+    public int Rows => Linears.Length * Rank;
+    public int In => Linears[0].In;
+    /// <summary>Stacked A values [g·r, in] in the compute dtype.</summary>
+    public Tensor A { get; set; } = null!;
+    /// <summary>Stacked A gradients [g·r, in], F32 (null when A does not train).</summary>
+    public Tensor? AGrad { get; set; }
+    public int IndexOf(LoraLinear linear) => Array.IndexOf(Linears, linear);
+}
+
 internal sealed class DecoderLayer
 {
+    /// <summary>Index in <see cref="Linears"/> of each input set's first linear (see <see cref="InputSets"/>).</summary>
+    public static readonly int[] FirstLinearOfSet = [0, 3, 4, 6];
+    public const int InputSetCount = 4;
+    private LoraLinear[][]? _inputSets;
+
     public required int Index { get; init; }
     public required Parameter InputNorm { get; init; }
     public required Parameter PostAttentionNorm { get; init; }
@@ -54,6 +79,12 @@ internal sealed class DecoderLayer
     public required LoraLinear Down { get; init; }
 
     public IEnumerable<LoraLinear> Linears => [Q, K, V, O, Gate, Up, Down];
+
+    /// <summary>Linears that read the same input: [q, k, v] (ln1), [o] (attention), [gate, up] (ln2), [down] (SwiGLU).</summary>
+    public LoraLinear[][] InputSets => _inputSets ??= [[Q, K, V], [O], [Gate, Up], [Down]];
+
+    /// <summary>Per input set, the group of its LoRA adapters (null where none of its linears is targeted).</summary>
+    public LoraGroup?[] LoraGroups { get; } = new LoraGroup?[InputSetCount];
 
     public IEnumerable<Parameter> Parameters
     {

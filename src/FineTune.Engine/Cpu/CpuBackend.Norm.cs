@@ -27,6 +27,32 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    // resid = a + b, then RMSNorm of resid; per row, so the sum is still in cache when the norm reads it.
+    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps)
+    {
+        int c = (int)weight.Length;
+        int rows = (int)(a.Length / c);
+        SameLength(resid, a); SameLength(b, a); SameLength(y, a);
+        if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
+        float* pres = F(resid), py = F(y), pa = F(a), pb = F(b), pw = F(weight), pr = F(rstd);
+        ForRange(rows, Math.Max(1, 8192 / c), (s, e) =>
+        {
+            var w = new ReadOnlySpan<float>(pw, c);
+            for (int r = s; r < e; r++)
+            {
+                long at = (long)r * c;
+                var rr = new Span<float>(pres + at, c);
+                var yr = new Span<float>(py + at, c);
+                // Exact overlap of resid with a or b is allowed by TensorPrimitives (element i is read before written).
+                TensorPrimitives.Add(new ReadOnlySpan<float>(pa + at, c), new ReadOnlySpan<float>(pb + at, c), rr);
+                float inv = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(rr) / c + eps);
+                pr[r] = inv;
+                TensorPrimitives.Multiply(rr, inv, yr);
+                TensorPrimitives.Multiply(yr, w, yr);
+            }
+        });
+    }
+
     // x̂ = x·rstd, g = w⊙dy: dx += rstd·(g − x̂·mean(g⊙x̂)); dw += Σ_rows dy⊙x̂.
     public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd)
     {

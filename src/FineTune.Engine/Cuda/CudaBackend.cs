@@ -216,6 +216,7 @@ public sealed partial class CudaBackend : IBackend
         int c = checked((int)weight.Length);
         int rows = checked((int)(a.Length / c));
         SameLength(resid, a); SameLength(b, a); SameLength(y, a); Need(rstd, DType.F32);
+        if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
         if (rows == 0) return;
         if (V8(c, resid, y, a, b, weight))
             Launch("rmsnorm.cu", "residual_rmsnorm_forward_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
