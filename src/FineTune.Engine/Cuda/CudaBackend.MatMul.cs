@@ -33,7 +33,8 @@ public sealed partial class CudaBackend
             _dev.Blas.Gemm(transA, transB, m, n, k, pa, a.Cols, pb, b.Cols, P(c), c.Cols,
                 abType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
                 alpha, accumulate ? 1f : 0f, _dev.Stream);
-            if (_dev.Profiling) _dev.Mark(k <= 64 || n <= 64 ? "gemm (lora, rank-sized)" : "gemm");
+            // Rank-sized: r (or g·r for a grouped LoRA product, up to 3r) is one of the three dimensions.
+            if (_dev.Profiling) _dev.Mark(Math.Min(m, Math.Min(n, k)) <= 64 ? "gemm (lora, rank-sized)" : "gemm");
         }
         finally
         {
