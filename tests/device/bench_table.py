@@ -25,11 +25,12 @@ def main():
     ours, peer = load(sys.argv[1]), load(sys.argv[2])
     print("| shape | batch×seq | grad ckpt | FineTune tok/s | HF+PEFT tok/s | ratio | FineTune peak GiB | HF peak GiB | MFU | floor |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for k, r in ours.items():
-        p = peer.get(k, {})
+    for k in list(ours) + [k for k in peer if k not in ours]:
+        r, p = ours.get(k, {}), peer.get(k, {})
         shape, b, s, ckpt = k
-        if r.get("oom") or p.get("oom") or "tokens_per_s" not in p:
-            print(f"| {shape} | {b}×{s} | {'on' if ckpt else 'off'} | {r.get('tokens_per_s', 'OOM')} | {p.get('tokens_per_s', 'OOM/none')} | – | | | | |")
+        if "tokens_per_s" not in r or "tokens_per_s" not in p:
+            # a row one side could not run (out of memory, or a failed run: see its log)
+            print(f"| {shape} | {b}×{s} | {'on' if ckpt else 'off'} | {r.get('tokens_per_s', 'no result')} | {p.get('tokens_per_s', 'no result')} | – | | | | |")
             continue
         ratio = r["tokens_per_s"] / p["tokens_per_s"]
         floor = ratio >= 1 and r["peak_gib"] <= p["peak_gib"]
