@@ -125,7 +125,7 @@ def bf16_errors(d, rows0, ref_model):
     """(e): the peer's own bf16 error and FineTune's CUDA bf16 error, both against the fp32 peft reference, averaged over
     BF16_BATCHES token batches (the first is tokens.json; a single batch's gradient error swings with its conditioning)."""
     dev = "cuda"
-    base = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), torch_dtype=torch.bfloat16, attn_implementation="sdpa").to(dev)
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), torch_dtype=torch.bfloat16, attn_implementation=os.environ.get("HF_ATTN", "sdpa")).to(dev)
     model = PeftModel.from_pretrained(base, os.path.join(d, "adapter"), is_trainable=True)  # adapter kept fp32 (autocast_adapter_dtype)
     model.eval()
     vocab = base.config.vocab_size
