@@ -55,8 +55,8 @@ public sealed class SplitStage : IStageExecutor
             ["source_samples"] = conversations.Count,
             ["train"] = StatsJson(trainResult.Stats, trainHash, train.Count),
             ["val"] = StatsJson(valResult.Stats, valHash, val.Count),
-            ["preprocess_seconds"] = Math.Round(seconds, 4),
-            ["samples_per_second"] = seconds > 0 ? Math.Round(conversations.Count / seconds, 1) : 0,
+            // No timings here: the output must be a function of the inputs (its hash feeds every downstream
+            // fingerprint). Throughput goes to the stage's notes and `finetune data bench`.
         };
         File.WriteAllText(Path.Combine(ctx.OutputDirectory, "stats.json"), stats.ToJsonString(indented) + "\n");
         var tokenizerJson = Path.Combine(modelDir, "tokenizer.json");
