@@ -11,6 +11,18 @@ namespace FineTune.Training;
 public sealed class CheckpointStore
 {
     public const string Prefix = "checkpoint-";
+
+    /// <summary>Written when the run these checkpoints belong to has finished (its result is the stage output).</summary>
+    public const string FinishedMarker = "run_finished.json";
+
+    public void MarkFinished(int step, int maxSteps)
+    {
+        string path = Path.Combine(OutputDirectory, FinishedMarker), tmp = path + ".tmp";
+        File.WriteAllText(tmp, $"{{\"global_step\": {step}, \"max_steps\": {maxSteps}}}\n");
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    public bool IsFinished => File.Exists(Path.Combine(OutputDirectory, FinishedMarker));
     const string TempPrefix = ".tmp-checkpoint-";
 
     public string OutputDirectory { get; }

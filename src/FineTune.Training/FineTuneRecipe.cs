@@ -175,6 +175,10 @@ public static class FineTuneRecipe
             lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom);
         WriteTrainResults(args.OutputDirectory, result);
         if (args.PlotLoss) LossPlot.Write(args.OutputDirectory, log.ReadAll());
+        // Checkpoints kept apart from the output (a pipeline's work directory) only serve to resume this run: mark the
+        // run finished so `finetune clean` may free them.
+        if (!string.Equals(Path.GetFullPath(args.ResolvedCheckpointDirectory), Path.GetFullPath(args.OutputDirectory), StringComparison.Ordinal))
+            store.MarkFinished(step, maxSteps);
         return result;
     }
 

@@ -35,6 +35,29 @@ public sealed class EngineTests : IDisposable
     }
 
     [Fact]
+    public void CleanFreesFinishedTrainingRunsCheckpointsAndKeepsAnInterruptedOnes()
+    {
+        Run();
+        var runs = Path.Combine(StageCache.Beside(_dir.Path).WorkDirectory(StageKind.Train), "checkpoints");
+        var finished = Path.Combine(runs, "aaaa", "checkpoint-4");
+        var interrupted = Path.Combine(runs, "bbbb", "checkpoint-2");
+        Directory.CreateDirectory(finished);
+        Directory.CreateDirectory(interrupted);
+        File.WriteAllBytes(Path.Combine(finished, "adapter_model.safetensors"), new byte[1000]);
+        File.WriteAllBytes(Path.Combine(interrupted, "adapter_model.safetensors"), new byte[700]);
+        new FineTune.Training.CheckpointStore(Path.Combine(runs, "aaaa")).MarkFinished(4, 4);
+
+        var report = CacheCleaner.Clean(PipelineLoader.Load(_file), all: false, TimeSpan.FromSeconds(5));
+
+        Assert.Equal(1, report.FinishedRunsRemoved);
+        Assert.False(Directory.Exists(Path.Combine(runs, "aaaa")));
+        Assert.True(File.Exists(Path.Combine(interrupted, "adapter_model.safetensors")));
+        Assert.Equal(0, report.EntriesRemoved); // every cached output is in pipeline.lock
+        Assert.True(report.BytesFreed >= 1000, $"freed {report.BytesFreed} bytes");
+        Assert.Equal(StageState.UpToDate, States(Status())["train"]);
+    }
+
+    [Fact]
     public void FirstRunRunsEveryStageInOrder()
     {
         var report = Run();

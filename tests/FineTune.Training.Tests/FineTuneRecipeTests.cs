@@ -135,6 +135,25 @@ public sealed class FineTuneRecipeTests : IDisposable
     }
 
     [Fact]
+    public void Checkpoints_kept_apart_from_the_output_are_marked_finished_only_when_the_run_ends()
+    {
+        var checkpoints = Path.Combine(_root, "work", "run1");
+        var args = Args("apart") with { SaveSteps = 2, CheckpointDirectory = checkpoints };
+        using var cts = new CancellationTokenSource();
+        Assert.Throws<TrainingCancelledException>(() => FineTuneRecipe.Train(Model(), args, Loader(), null, new CancelAt(3, cts), cts.Token));
+        var store = new CheckpointStore(checkpoints);
+        Assert.Equal([2, 3], store.List().Select(c => c.Step));
+        Assert.False(store.IsFinished);
+
+        FineTuneRecipe.Train(Model(), args with { ResumeFromCheckpoint = "true" }, Loader(), null, ITrainingMonitor.Silent);
+        Assert.True(store.IsFinished);
+        Assert.Equal("{\"global_step\": 8, \"max_steps\": 8}\n", File.ReadAllText(Path.Combine(checkpoints, CheckpointStore.FinishedMarker)));
+        // Where checkpoints and output share a directory (standalone use) nothing extra is written into the output.
+        FineTuneRecipe.Train(Model(), Args("together"), Loader(), null, ITrainingMonitor.Silent);
+        Assert.False(File.Exists(Path.Combine(_root, "together", CheckpointStore.FinishedMarker)));
+    }
+
+    [Fact]
     public void Crash_during_checkpoint_write_keeps_the_previous_checkpoint_usable()
     {
         var whole = Model();

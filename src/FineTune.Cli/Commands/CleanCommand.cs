@@ -11,12 +11,12 @@ public sealed class CleanCommand : ICliCommand
     {
         var pipeline = CliSupport.PipelineArgument();
         var all = new Option<bool>("--all") { Description = "Remove every cached output, including the ones pipeline.lock references." };
-        var command = new Command("clean", "Remove cached stage outputs not referenced by pipeline.lock (or all with --all).") { pipeline, all };
+        var command = new Command("clean", "Remove cached stage outputs not referenced by pipeline.lock and finished training runs' checkpoints (or everything with --all).") { pipeline, all };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
             var loaded = CliSupport.Load(r.GetValue(pipeline)!);
             var report = CacheCleaner.Clean(loaded, r.GetValue(all), TimeSpan.FromSeconds(5));
-            AnsiConsole.MarkupLine($"removed {report.EntriesRemoved} cached output(s), {report.BytesFreed / 1e6:0.##} MB; kept {report.EntriesKept}.");
+            AnsiConsole.MarkupLine($"removed {report.EntriesRemoved} cached output(s) and the checkpoints of {report.FinishedRunsRemoved} finished training run(s), {report.BytesFreed / 1e6:0.##} MB; kept {report.EntriesKept}.");
             return 0;
         }));
         return command;

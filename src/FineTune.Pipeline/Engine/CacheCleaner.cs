@@ -1,8 +1,12 @@
 namespace FineTune.Pipeline.Engine;
 
-public sealed record CleanReport(int EntriesRemoved, long BytesFreed, int EntriesKept);
+public sealed record CleanReport(int EntriesRemoved, long BytesFreed, int EntriesKept, int FinishedRunsRemoved = 0);
 
-/// <summary>`finetune clean`: drops cache entries that pipeline.lock does not reference (or the whole .finetune/).</summary>
+/// <summary>
+/// `finetune clean`: drops cache entries that pipeline.lock does not reference and the checkpoints of training runs that
+/// finished (their result is a cache entry; an interrupted run's checkpoints stay for resume_from_checkpoint), or with
+/// --all the whole .finetune/.
+/// </summary>
 public static class CacheCleaner
 {
     public static CleanReport Clean(Validation.LoadedPipeline p, bool all, TimeSpan lockTimeout)
@@ -23,6 +27,16 @@ public static class CacheCleaner
                 removed++;
             }
             cache.SweepTemp();
+            int finished = 0;
+            var runs = Path.Combine(cache.WorkDirectory(StageKind.Train), "checkpoints");
+            if (!all && Directory.Exists(runs))
+                foreach (var run in Directory.EnumerateDirectories(runs).ToList())
+                {
+                    if (!new FineTune.Training.CheckpointStore(run).IsFinished) continue;
+                    bytes += new DirectoryInfo(run).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
+                    Directory.Delete(run, recursive: true);
+                    finished++;
+                }
             if (all)
             {
                 foreach (var d in Directory.EnumerateDirectories(cache.Root))
@@ -36,7 +50,7 @@ public static class CacheCleaner
                 hasher.Prune();
                 hasher.Save();
             }
-            return new CleanReport(removed, bytes, kept);
+            return new CleanReport(removed, bytes, kept, finished);
         }
     }
 }
