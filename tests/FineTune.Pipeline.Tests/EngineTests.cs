@@ -34,6 +34,47 @@ public sealed class EngineTests : IDisposable
         File.WriteAllText(_file, text.Replace(from, to));
     }
 
+    /// <summary>A train stage whose log differs on every run (a new GUID, a wall time), like HF's trainer_log.jsonl.</summary>
+    private sealed class TrainWithLog(IStageExecutor inner) : IStageExecutor
+    {
+        public StageKind Kind => inner.Kind;
+        public IReadOnlyList<string> ExternalInputs(StageContext ctx) => inner.ExternalInputs(ctx);
+        public StageResult Execute(StageContext ctx)
+        {
+            var r = inner.Execute(ctx);
+            File.WriteAllText(Path.Combine(ctx.OutputDirectory, "log.jsonl"), Guid.NewGuid().ToString());
+            var metrics = r.Metrics.ToDictionary();
+            metrics["train_runtime"] = Random.Shared.NextDouble();
+            return new StageResult(metrics, r.Notes, ["log.jsonl"]);
+        }
+    }
+
+    private IReadOnlyList<IStageExecutor> WithTrainLog() =>
+        FakeStage.All(_counter).Select(e => e.Kind == StageKind.Train ? new TrainWithLog(e) : e).ToArray();
+
+    [Fact]
+    public void ReportsAndTimingsOfARerunChangeNeitherTheLockNorDownstreamStages()
+    {
+        Run(executors: WithTrainLog());
+        var lockPath = Path.Combine(_dir.Path, LockFile.FileName);
+        var before = File.ReadAllText(lockPath);
+        Assert.Contains("\"reports\": [\n        \"log.jsonl\"\n      ]", before);
+        Assert.DoesNotContain("train_runtime", before);
+
+        var report = Run(new RunOptions { Force = true, Stage = StageKind.Train }, WithTrainLog());
+        Assert.Equal(StageState.Ran, report.Stages.Single(s => s.Kind == StageKind.Train).State);
+        Assert.Equal(before, File.ReadAllText(lockPath));
+        // Downstream stages see the same train output hash: nothing after train runs again.
+        File.Delete(_counter);
+        Run(executors: WithTrainLog());
+        Assert.Empty(FakeStage.Runs(_counter));
+
+        // The report is still part of what the cache checks: editing it is tampering.
+        var trainOut = report.Stages.Single(s => s.Kind == StageKind.Train).OutputDirectory!;
+        File.WriteAllText(Path.Combine(trainOut, "log.jsonl"), "edited");
+        Assert.Equal(StageState.Stale, States(new PipelineRunner(WithTrainLog()).Status(PipelineLoader.Load(_file)))["train"]);
+    }
+
     [Fact]
     public void CleanFreesFinishedTrainingRunsCheckpointsAndKeepsAnInterruptedOnes()
     {

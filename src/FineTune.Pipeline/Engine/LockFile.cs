@@ -4,7 +4,9 @@ namespace FineTune.Pipeline.Engine;
 
 /// <summary>What pipeline.lock records for one stage: enough to say whether it is up to date and, if not, why.</summary>
 /// <param name="Inputs">External inputs: path relative to the pipeline directory → content hash (paths only explain; they are not fingerprinted).</param>
-/// <param name="Files">Output files: relative path → SHA-256.</param>
+/// <param name="Files">Output files that make up the result: relative path → SHA-256.</param>
+/// <param name="Reports">Output files that report the run (logs, timings): named, not hashed, since they differ run to run.</param>
+/// <param name="Metrics">The stage's metrics without timings (those are shown by `finetune status`, not locked).</param>
 public sealed record LockedStage(
     string Fingerprint,
     JsonObject Parameters,
@@ -12,7 +14,8 @@ public sealed record LockedStage(
     IReadOnlyDictionary<string, string> Inputs,
     string OutputHash,
     IReadOnlyDictionary<string, string> Files,
-    IReadOnlyDictionary<string, double> Metrics);
+    IReadOnlyDictionary<string, double> Metrics,
+    IReadOnlyList<string>? Reports = null);
 
 /// <summary>
 /// pipeline.lock beside the pipeline (committed to git): per stage its fingerprint, the parameters and input hashes
@@ -50,7 +53,8 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
                     Strings(s["files"]),
                     (s["metrics"] as JsonObject ?? new JsonObject())
                         .Where(kv => kv.Value is JsonValue)
-                        .ToDictionary(kv => kv.Key, kv => (double)kv.Value!));
+                        .ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
+                    s["reports"] is JsonArray reports ? reports.Select(r => (string?)r).OfType<string>().ToList() : null);
             }
         return new LockFile(stages);
     }
@@ -74,6 +78,8 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
                 ["files"] = Map(s.Files),
                 ["metrics"] = StageCache.MetricsNode(s.Metrics),
             };
+            if (s.Reports is { Count: > 0 } reports)
+                stages[StageNames.Of(kind)]!["reports"] = new JsonArray(reports.Order(StringComparer.Ordinal).Select(r => (JsonNode?)JsonValue.Create(r)).ToArray());
         }
         var root = new JsonObject { ["version"] = Version, ["stages"] = stages };
         // Stages in pipeline order, everything inside sorted: the bytes depend only on content.

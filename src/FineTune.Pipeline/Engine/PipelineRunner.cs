@@ -225,8 +225,9 @@ public sealed class PipelineRunner
                 fp.Upstream.ToDictionary(u => StageNames.Of(u.Key), u => u.Value),
                 fp.Inputs.GroupBy(i => i.Name).ToDictionary(g => g.Key, g => g.First().Hash),
                 m.OutputHash,
-                m.Files.ToDictionary(f => f.Path, f => f.Sha256),
-                m.Metrics));
+                m.ResultFiles.ToDictionary(f => f.Path, f => f.Sha256),
+                m.Metrics.Where(kv => !StageResult.IsTiming(kv.Key)).ToDictionary(),
+                m.Reports ?? []));
             lockChanged |= lockFile.WriteIfChanged(lockPath);
         }
 

@@ -11,7 +11,13 @@ public sealed record CacheManifest(
     IReadOnlyList<FileHash> Files,
     IReadOnlyDictionary<string, double> Metrics,
     IReadOnlyList<string> Notes,
-    double Seconds);
+    double Seconds,
+    IReadOnlyList<string>? Reports = null)
+{
+    /// <summary>The files that make up the result (everything but the reports).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public IEnumerable<FileHash> ResultFiles => Reports is { Count: > 0 } r ? Files.Where(f => !r.Contains(f.Path)) : Files;
+}
 
 /// <summary>Result of checking a cache entry against its manifest.</summary>
 public sealed record CacheCheck(bool Valid, string? Problem, CacheManifest? Manifest)
@@ -73,7 +79,8 @@ public sealed class StageCache(string root)
             var missing = expected.Keys.Except(actual.Select(a => a.Path)).First();
             return new CacheCheck(false, $"cached file {missing} is missing", manifest);
         }
-        if (ContentHasher.TreeHash(actual) != manifest.OutputHash)
+        var reports = manifest.Reports ?? [];
+        if (ContentHasher.TreeHash(actual.Where(f => !reports.Contains(f.Path))) != manifest.OutputHash)
             return new CacheCheck(false, "cached output hash does not match its manifest", manifest);
         return new CacheCheck(true, null, manifest);
     }
@@ -90,8 +97,10 @@ public sealed class StageCache(string root)
     public CacheManifest Commit(string tempDir, StageKind kind, string fingerprint, StageResult result, double seconds, ContentHasher hasher)
     {
         var files = hasher.HashTree(Path.Combine(tempDir, "out"));
-        var manifest = new CacheManifest(StageNames.Of(kind), fingerprint, ContentHasher.TreeHash(files), files,
-            new SortedDictionary<string, double>(result.Metrics.ToDictionary(), StringComparer.Ordinal), result.Notes, Math.Round(seconds, 3));
+        var reports = (result.Reports ?? []).Where(r => files.Any(f => f.Path == r)).Order(StringComparer.Ordinal).ToList();
+        var manifest = new CacheManifest(StageNames.Of(kind), fingerprint, ContentHasher.TreeHash(files.Where(f => !reports.Contains(f.Path))), files,
+            new SortedDictionary<string, double>(result.Metrics.ToDictionary(), StringComparer.Ordinal), result.Notes, Math.Round(seconds, 3),
+            reports.Count > 0 ? reports : null);
         File.WriteAllText(Path.Combine(tempDir, "manifest.json"), JsonSerializer.Serialize(manifest, ManifestJson));
         var entry = EntryDirectory(fingerprint);
         Directory.CreateDirectory(CacheRoot);

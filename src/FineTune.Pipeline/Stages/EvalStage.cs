@@ -71,7 +71,8 @@ public sealed class EvalStage : IStageExecutor
             foreach (var (k, v) in predict) metrics[k] = v;
             notes.Add($"predict: bleu-4 {predict["predict_bleu-4"]:F2}, rouge-1 {predict["predict_rouge-1"]:F2}, rouge-2 {predict["predict_rouge-2"]:F2}, rouge-l {predict["predict_rouge-l"]:F2} over {predict["predict_samples"]} answers");
         }
-        return new StageResult(metrics, notes);
+        // eval/predict_results.json carry runtimes (as HF writes them): reports; generated_predictions.jsonl is the result.
+        return new StageResult(metrics, notes, ["eval_results.json", "predict_results.json"]);
     }
 
     static Dictionary<string, double> Predict(StageContext ctx, EvalConfig cfg, CausalLM model, TokenizedDataset valSet, int sampleCount,

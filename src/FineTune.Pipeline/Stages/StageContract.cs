@@ -53,9 +53,18 @@ public sealed record StageContext(
 
 /// <param name="Metrics">Numbers recorded in pipeline.lock and shown by `finetune status` (e.g. train_loss, eval_loss, samples).</param>
 /// <param name="Notes">Short lines shown after the stage ran (e.g. "resolved main → 3f2a…").</param>
-public sealed record StageResult(IReadOnlyDictionary<string, double> Metrics, IReadOnlyList<string> Notes)
+/// <param name="Reports">Output files that report how this run went (logs, timings: HF's trainer_log.jsonl,
+/// *_results.json with their runtimes). They are cached and checked like every file, but the output hash that
+/// downstream fingerprints and pipeline.lock record covers the other files only, so a rerun that produces the same
+/// weights leaves both unchanged.</param>
+public sealed record StageResult(IReadOnlyDictionary<string, double> Metrics, IReadOnlyList<string> Notes, IReadOnlyList<string>? Reports = null)
 {
     public static StageResult Empty { get; } = new(new Dictionary<string, double>(), []);
+
+    /// <summary>Metrics that measure the run rather than the result (wall time, throughput): shown, not locked.</summary>
+    public static bool IsTiming(string metric) =>
+        metric.EndsWith("_runtime", StringComparison.Ordinal) || metric.EndsWith("_per_second", StringComparison.Ordinal)
+        || metric.EndsWith("_seconds", StringComparison.Ordinal) || metric == "seconds";
 }
 
 /// <summary>Where a stage reports progress: the CLI draws Spectre.Console bars, MSBuild logs lines, tests ignore it.</summary>

@@ -116,7 +116,8 @@ public sealed class TrainStage : IStageExecutor
             $"checkpoints: {args.CheckpointDirectory}",
         };
         if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
-        return new StageResult(metrics, notes);
+        // The log and train_results.json carry wall times and throughput: reports, not part of the result's hash.
+        return new StageResult(metrics, notes, ["trainer_log.jsonl", "train_results.json"]);
     }
 
     /// <summary>
