@@ -148,7 +148,7 @@ public static class FineTuneRecipe
                     lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup);
                 string path = store.Save(step, dir =>
                 {
-                    SaveCheckpoint(model, dir, state, schedule, log.Path);
+                    SaveCheckpoint(model, dir, state, schedule, log.Path, args.BaseModelNameOrPath);
                     checkpointWriteHook?.Invoke(dir);
                 }, args.SaveTotalLimit ?? 0);
                 monitor.Info($"Saved {path}");
@@ -169,7 +169,7 @@ public static class FineTuneRecipe
         }
 
         // ---- final output: adapter or model, results, loss curve ----
-        if (isLora) model.SaveAdapter(args.OutputDirectory); else model.SaveModel(args.OutputDirectory);
+        if (isLora) model.SaveAdapter(args.OutputDirectory, args.BaseModelNameOrPath); else model.SaveModel(args.OutputDirectory);
         double runtime = elapsedBefore + clock.Elapsed.TotalSeconds;
         var result = new TrainResult(step, maxSteps, (double)step / stepsPerEpoch, step == 0 ? 0 : lossSum / step, lastLoggedLoss,
             lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom);
@@ -222,9 +222,9 @@ public static class FineTuneRecipe
     /// AdamW moments (<c>optimizer.safetensors</c>: name, name.exp_avg, name.exp_avg_sq); the schedule; the random
     /// counter; the data position and counters (<c>trainer_state.json</c>); the trainer log so far.
     /// </summary>
-    static void SaveCheckpoint(CausalLM model, string dir, TrainerState state, LearningRateSchedule schedule, string logPath)
+    static void SaveCheckpoint(CausalLM model, string dir, TrainerState state, LearningRateSchedule schedule, string logPath, string? baseModel = null)
     {
-        if (model.Setup.FinetuningType == FinetuningType.Lora) model.SaveAdapter(dir); else model.SaveModel(dir);
+        if (model.Setup.FinetuningType == FinetuningType.Lora) model.SaveAdapter(dir, baseModel); else model.SaveModel(dir);
         var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "finetune-optimizer", ["step"] = state.GlobalStep.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         foreach (var p in model.TrainableParameters)
         {

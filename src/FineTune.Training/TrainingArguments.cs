@@ -11,6 +11,12 @@ public sealed record TrainingArguments
     /// <summary>Where checkpoint-&lt;step&gt; directories go; default: <see cref="OutputDirectory"/>.</summary>
     public string? CheckpointDirectory { get; init; }
 
+    /// <summary>
+    /// What adapter_config.json names as base_model_name_or_path (LLaMA-Factory writes the model as the user gave it:
+    /// a hub id or a path); default: the directory the model was loaded from.
+    /// </summary>
+    public string? BaseModelNameOrPath { get; init; }
+
     public double LearningRate { get; init; } = 5e-5;
     public double NumTrainEpochs { get; init; } = 3.0;
     /// <summary>Total optimizer steps; ≤ 0: ⌈num_train_epochs · steps per epoch⌉.</summary>

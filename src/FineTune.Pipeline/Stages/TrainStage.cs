@@ -79,6 +79,9 @@ public sealed class TrainStage : IStageExecutor
             EvalSteps = cfg.EvalSteps,
             PlotLoss = cfg.PlotLoss,
             ResumeFromCheckpoint = ResolveResume(ctx, cfg.ResumeFromCheckpoint),
+            // The model as the pipeline names it, not the cache path it was loaded from: the adapter's bytes (and so the
+            // stage's output hash and pipeline.lock) must not depend on where the checkout lives.
+            BaseModelNameOrPath = BaseModelName(ctx.Pipeline.Model),
             Seed = (ulong)cfg.Seed,
         };
 
@@ -119,6 +122,10 @@ public sealed class TrainStage : IStageExecutor
         // The log and train_results.json carry wall times and throughput: reports, not part of the result's hash.
         return new StageResult(metrics, notes, ["trainer_log.jsonl", "train_results.json"]);
     }
+
+    /// <summary>hf://org/name@rev → org/name (as PEFT and LLaMA-Factory write it); a local source as written; scratch → "scratch".</summary>
+    public static string BaseModelName(Config.ModelSection model) =>
+        model.IsHub ? Models.Hub.HubModelReference.Parse(model.Source).RepoId : model.Source;
 
     /// <summary>
     /// One checkpoint folder per (model, data, train parameters): the upstream outputs are content-addressed, so their

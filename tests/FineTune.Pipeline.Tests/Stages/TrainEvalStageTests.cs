@@ -81,8 +81,22 @@ public sealed class TrainEvalStageTests : IDisposable
         Assert.Equal(24, result.Metrics["global_step"]);
         Assert.Equal(log[^1].Loss, result.Metrics["loss"]);
         Assert.Empty(Directory.GetDirectories(output, "checkpoint-*"));
-        Assert.Single(Directory.GetDirectories(_dir.File("work/train/checkpoints")));
+        var run = Assert.Single(Directory.GetDirectories(_dir.File("work/train/checkpoints")));
+        Assert.True(new CheckpointStore(run).IsFinished);
+        // The adapter names the model as the pipeline does, never the cache path it was loaded from, so its bytes do
+        // not depend on where the checkout lives (pipeline.lock records their hash).
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "adapter_config.json")))!;
+        Assert.Equal("scratch", (string?)config["base_model_name_or_path"]);
+        Assert.Equal(["train_results.json", "trainer_log.jsonl"], result.Reports!.Order(StringComparer.Ordinal));
     }
+
+    [Theory]
+    [InlineData("hf://Qwen/Qwen3-0.6B@a1b2c3", "Qwen/Qwen3-0.6B")]
+    [InlineData("hf://meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B")]
+    [InlineData("models/base", "models/base")]
+    [InlineData("scratch", "scratch")]
+    public void Adapter_base_model_is_the_source_as_the_pipeline_names_it(string source, string expected) =>
+        Assert.Equal(expected, TrainStage.BaseModelName(new ModelSection { Source = source }));
 
     [Fact]
     public void Eval_reports_loss_perplexity_and_generation_scores()
