@@ -232,23 +232,7 @@ public sealed partial class CausalLM
         Tensor segments, int past, int n, AttentionShape shape)
     {
         var B = Backend;
-        float eps = (float)Spec.RmsNormEps;
-        var ln1 = Rows(a.Ln1, tokens);
-        B.RmsNorm(ln1, Head1(a.Rstd1, tokens), x, L.InputNorm.Value, eps);
-        var q = Rows(a.Q, tokens);
-        var k = Rows(a.K, tokens);
-        var v = Rows(a.V, tokens);
-        if (Spec.QkNorm)
-        {
-            var qPre = Rows(a.QPre!, tokens);
-            var kPre = Rows(a.KPre!, tokens);
-            SetForward(L, 0, [qPre, kPre, v], ln1, a, tokens, 0, false);
-            B.RmsNorm(q, Head1(a.QRstd!, (long)tokens * Spec.NumHeads), qPre, L.QNorm!.Value, eps);
-            B.RmsNorm(k, Head1(a.KRstd!, (long)tokens * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps);
-        }
-        else SetForward(L, 0, [q, k, v], ln1, a, tokens, 0, false);
-        B.Rope(q, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
-        B.Rope(k, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
+        var (q, k, v) = AttentionInputs(L, a, x, pos, tokens, 0, false);
         int kvd = Spec.KvDim, capacity = shape.KvCapacity;
         for (int r = 0; r < shape.Batch; r++)
         {
@@ -257,16 +241,6 @@ public sealed partial class CausalLM
         }
         var att = Rows(a.Att, tokens);
         B.Attention(att, Head1(a.Lse, (long)tokens * Spec.NumHeads), q, kCache, vCache, segments, shape);
-        var resMid = Rows(a.ResMid, tokens);
-        SetForward(L, 1, [resMid], att, a, tokens, 0, false);
-        var ln2 = Rows(a.Ln2, tokens);
-        B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, tokens), resMid, x, L.PostAttentionNorm.Value, eps);
-        var gate = Rows(a.Gate, tokens);
-        var up = Rows(a.Up, tokens);
-        var act = Rows(a.Act, tokens);
-        SetForward(L, 2, [gate, up], ln2, a, tokens, 0, false);
-        B.SwiGlu(act, gate, up);
-        SetForward(L, 3, [y], act, a, tokens, 0, false);
-        B.Add(y, resMid);
+        LayerTail(L, a, x, att, y, tokens, 0, false);
     }
 }

@@ -174,11 +174,19 @@ public sealed partial class CausalLM
 
     private void LayerForward(DecoderLayer L, LayerActivations a, Tensor xFull, Tensor yFull, int n, AttentionShape shape, ulong seed, bool training)
     {
-        var B = Backend;
-        float eps = (float)Spec.RmsNormEps;
         var acts = _acts!;
         var x = Rows(xFull, n);
-        var pos = Head1(acts.Positions, n);
+        var (q, k, v) = AttentionInputs(L, a, x, Head1(acts.Positions, n), n, seed, training);
+        var att = Rows(a.Att, n);
+        Backend.Attention(att, Head1(a.Lse, (long)n * Spec.NumHeads), q, k, v, Head1(acts.Segments, n), shape);
+        LayerTail(L, a, x, att, Rows(yFull, n), n, seed, training);
+    }
+
+    /// <summary>ln1 = rmsnorm(x); q, k, v = projections of ln1 (q/k normed for qwen3), RoPE applied to q and k.</summary>
+    private (Tensor Q, Tensor K, Tensor V) AttentionInputs(DecoderLayer L, LayerActivations a, Tensor x, Tensor pos, int n, ulong seed, bool training)
+    {
+        var B = Backend;
+        float eps = (float)Spec.RmsNormEps;
         var ln1 = Rows(a.Ln1, n);
         B.RmsNorm(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps);
         var q = Rows(a.Q, n);
@@ -195,19 +203,23 @@ public sealed partial class CausalLM
         else SetForward(L, 0, [q, k, v], ln1, a, n, seed, training);
         B.Rope(q, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
         B.Rope(k, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
-        var att = Rows(a.Att, n);
-        B.Attention(att, Head1(a.Lse, (long)n * Spec.NumHeads), q, k, v, Head1(acts.Segments, n), shape);
+        return (q, k, v);
+    }
+
+    /// <summary>After attention: resMid = x + o(att), ln2 = rmsnorm(resMid), y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)).</summary>
+    private void LayerTail(DecoderLayer L, LayerActivations a, Tensor x, Tensor att, Tensor y, int n, ulong seed, bool training)
+    {
+        var B = Backend;
         var resMid = Rows(a.ResMid, n);
         SetForward(L, 1, [resMid], att, a, n, seed, training);
         // resMid = x + o(att) and ln2 = rmsnorm(resMid) in one pass.
         var ln2 = Rows(a.Ln2, n);
-        B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, eps);
+        B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, (float)Spec.RmsNormEps);
         var gate = Rows(a.Gate, n);
         var up = Rows(a.Up, n);
         var act = Rows(a.Act, n);
         SetForward(L, 2, [gate, up], ln2, a, n, seed, training);
         B.SwiGlu(act, gate, up);
-        var y = Rows(yFull, n);
         SetForward(L, 3, [y], act, a, n, seed, training);
         B.Add(y, resMid);
     }

@@ -10,34 +10,6 @@
 #define MAX_D 256
 #define MAX_E (MAX_D / 32)
 
-// First position of the contiguous segment holding position p, found 32 positions at a time with a ballot.
-__device__ __forceinline__ int segment_start(const int* seg, int p)
-{
-    int id = seg[p], lane = threadIdx.x & 31;
-    for (int base = p; base >= 0; base -= 32)
-    {
-        int j = base - lane;
-        unsigned diff = __ballot_sync(FULL_MASK, j >= 0 && seg[j] != id);
-        if (diff) return base - (__ffs(diff) - 1) + 1;
-    }
-    return 0;
-}
-
-// One past the last position of the segment holding p (positions < len).
-__device__ __forceinline__ int segment_end(const int* seg, int p, int len)
-{
-    int id = seg[p], lane = threadIdx.x & 31;
-    for (int base = p; base < len; base += 32)
-    {
-        int j = base + lane;
-        unsigned diff = __ballot_sync(FULL_MASK, j < len && seg[j] != id);
-        unsigned out = __ballot_sync(FULL_MASK, j >= len);
-        unsigned stop = diff | out;
-        if (stop) return base + (__ffs(stop) - 1);
-    }
-    return len;
-}
-
 extern "C" __global__ void attention_forward(void* out, int dt_o, float* lse, const void* q, int dt_q, const void* k, int dt_k,
                                              const void* v, int dt_v, const int* seg_ids,
                                              int QL, int KL, int kv_cap, int Hq, int Hkv, int D, float scale)

@@ -89,3 +89,31 @@ __device__ __forceinline__ uint4 pack8(const float* f)
     for (int i = 0; i < 4; i++) w[i] = (unsigned)f32_to_bf16(f[2 * i]) | ((unsigned)f32_to_bf16(f[2 * i + 1]) << 16);
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
+
+// Packed sequences: segment ids mark which sequence each position belongs to (contiguous runs). Both helpers are
+// called by a whole warp (ballots over 32 positions at a time) and return the same value in every lane.
+// First position of the segment holding position p.
+__device__ __forceinline__ int segment_start(const int* seg, int p)
+{
+    int id = seg[p], lane = threadIdx.x & 31;
+    for (int base = p; base >= 0; base -= 32)
+    {
+        int j = base - lane;
+        unsigned diff = __ballot_sync(FULL_MASK, j >= 0 && seg[j] != id);
+        if (diff) return base - (__ffs(diff) - 1) + 1;
+    }
+    return 0;
+}
+
+// One past the last position of the segment holding p (positions < len).
+__device__ __forceinline__ int segment_end(const int* seg, int p, int len)
+{
+    int id = seg[p], lane = threadIdx.x & 31;
+    for (int base = p; base < len; base += 32)
+    {
+        int j = base + lane;
+        unsigned stop = __ballot_sync(FULL_MASK, j >= len || seg[j] != id);
+        if (stop) return base + (__ffs(stop) - 1);
+    }
+    return len;
+}

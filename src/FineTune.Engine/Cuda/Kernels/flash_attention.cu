@@ -81,30 +81,6 @@ __device__ __forceinline__ void frag_b_kn(unsigned* b, const bf16_t* tile, int s
     ldsm_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + n0 + (lane >> 4) * 8);
 }
 
-__device__ __forceinline__ int seg_start(const int* seg, int p)
-{
-    int id = seg[p], lane = threadIdx.x & 31;
-    for (int base = p; base >= 0; base -= 32)
-    {
-        int j = base - lane;
-        unsigned diff = __ballot_sync(FULL_MASK, j >= 0 && seg[j] != id);
-        if (diff) return base - (__ffs(diff) - 1) + 1;
-    }
-    return 0;
-}
-
-__device__ __forceinline__ int seg_end(const int* seg, int p, int len)
-{
-    int id = seg[p], lane = threadIdx.x & 31;
-    for (int base = p; base < len; base += 32)
-    {
-        int j = base + lane;
-        unsigned stop = __ballot_sync(FULL_MASK, j >= len || seg[j] != id);
-        if (stop) return base + (__ffs(stop) - 1);
-    }
-    return len;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Tile movement shared by every kernel: cp.async copies global → shared (16 bytes per copy for bf16 rows, 4 for
 // per-row floats and segment ids), zero-filled past the end, so a partial tile needs no second code path.
@@ -211,7 +187,7 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
     const int sid_lo = r_lo < QL ? seg[p_lo] : -3, sid_hi = r_hi < QL ? seg[p_hi] : -3;
     const float sl2 = scale * LOG2E;
     const int last_row = min(QL - 1, row0 + FWD_BM - 1);
-    const int start = seg_start(seg, off + row0) & ~(FWD_BN - 1);
+    const int start = segment_start(seg, off + row0) & ~(FWD_BN - 1);
     const int p_last = off + last_row;
     const i64 kv_row_base = (i64)b * kv_cap;
     // Keys past KL are zero-filled with segment id 0; the causal test (j <= p, p < KL) masks them.
@@ -357,7 +333,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
     const int last_row = min(T - 1, row0 + BM - 1);
-    const int start = seg_start(seg, row0) & ~(BN - 1);
+    const int start = segment_start(seg, row0) & ~(BN - 1);
     const i64 kv_row_base = (i64)b * T;
     // Keys past T are zero-filled with segment id 0; the causal test (j <= r < T) masks them.
     auto issue = [&](int stage, int j)
@@ -518,7 +494,7 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
     const int sid_lo = j_lo < T ? seg[j_lo] : -3, sid_hi = j_hi < T ? seg[j_hi] : -3, sid_first = seg[j0];
     const float sl2 = scale * LOG2E;
     const int last_key = min(T - 1, j0 + BN - 1);
-    const int q_end = seg_end(seg, last_key, T);
+    const int q_end = segment_end(seg, last_key, T);
     float dka[D / 8][4], dva[D / 8][4];
     zero_acc<D / 8>(dka);
     zero_acc<D / 8>(dva);
