@@ -34,6 +34,25 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void DamagedLockIsNoCrash_StatusIgnoresItAndCleanRefusesIt()
+    {
+        using var dir = new TempDir();
+        TestPipelines.Write(dir);
+        var lockPath = dir.Write("pipeline.lock", """{"version": 1, "stages": {"download": {"fingerprint": 5}}}""");
+
+        var (code, stdout, err) = Finetune("status", dir.Path);
+        Assert.Equal(0, code);
+        Assert.Equal("", err);
+        Assert.Contains("damaged", stdout); // the reason column says "no record to compare with (pipeline.lock is damaged and ignored)"
+
+        Directory.CreateDirectory(dir.File(".finetune"));
+        (code, _, err) = Finetune("clean", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal($"error: {lockPath}: \"stages.download.fingerprint\" is a number, expected a string; clean decides from the lock what to keep, " +
+            "so it removed nothing: restore the lock (`git checkout pipeline.lock`) or run the pipeline to rewrite it, then clean again.\n", err);
+    }
+
+    [Fact]
     public void MissingPipelineIsAUserError()
     {
         var (code, _, err) = Finetune("status", "/nonexistent/pipe");

@@ -1,9 +1,6 @@
 using System.Net;
 using System.Net.Http.Headers;
-using System.Security.Cryptography;
-using System.Text;
 using System.Text.Json;
-using System.Text.Json.Nodes;
 
 namespace FineTune.Models.Hub;
 
@@ -46,7 +43,9 @@ public readonly record struct HubDownloadProgress(string File, long BytesDone, l
 /// (<c>GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true</c>: "sha" and "siblings" with
 /// rfilename, size, blobId and lfs.sha256), downloads files in parallel from
 /// <c>{endpoint}/{repo}/resolve/{commit}/{path}</c>, resumes partial files with HTTP Range and verifies
-/// size and hash (LFS SHA-256, or the git blob SHA-1 for small files) before a file counts as downloaded.
+/// size and hash (LFS SHA-256, or the git blob SHA-1 for small files) before a file counts as downloaded; a stored
+/// blob is checked again before it is placed, and a listing that is malformed or names a path outside the repository
+/// is refused.
 /// </summary>
 public sealed class HubClient : IDisposable
 {
@@ -88,31 +87,19 @@ public sealed class HubClient : IDisposable
         {
             if (!response.IsSuccessStatusCode)
                 throw StatusError(model, response, file: null);
-            JsonObject body;
+            var text = await response.Content.ReadAsStringAsync(cts.Token).ConfigureAwait(false);
+            JsonDocument body;
             try
             {
-                body = JsonNode.Parse(await response.Content.ReadAsStringAsync(cts.Token).ConfigureAwait(false)) as JsonObject
-                    ?? throw new JsonException("not an object");
+                body = JsonDocument.Parse(text);
             }
             catch (JsonException e)
             {
                 throw new HubException(HubErrorKind.Server, $"{model}: {url} did not answer with the model's JSON ({e.Message}); check HF_ENDPOINT.", e);
             }
-            var sha = body["sha"]?.GetValue<string>()
-                ?? throw new HubException(HubErrorKind.Server, $"{model}: the hub's answer has no commit \"sha\"; check HF_ENDPOINT.");
-            var files = new List<HubFile>();
-            foreach (var s in body["siblings"] as JsonArray ?? [])
-            {
-                if (s is not JsonObject o || o["rfilename"]?.GetValue<string>() is not { } path)
-                    continue;
-                var lfs = o["lfs"] as JsonObject;
-                files.Add(new HubFile(
-                    path,
-                    lfs?["size"]?.GetValue<long>() ?? o["size"]?.GetValue<long>(),
-                    lfs?["sha256"]?.GetValue<string>()?.ToLowerInvariant(),
-                    lfs is null ? o["blobId"]?.GetValue<string>()?.ToLowerInvariant() : null));
-            }
-            return new HubSnapshot(model.RepoId, sha, files);
+            using (body)
+                return HubListing.FromHubAnswer(body.RootElement, model.RepoId, problem =>
+                    new HubException(HubErrorKind.Server, $"{model}: {url}: {problem}; the hub's listing is malformed, check HF_ENDPOINT."));
         }
     }
 
@@ -140,25 +127,55 @@ public sealed class HubClient : IDisposable
         return wanted;
     }
 
-    /// <summary>Downloads (unless offline) and places the selected files of an already resolved snapshot.</summary>
+    /// <summary>
+    /// Downloads (unless offline) and places the selected files of an already resolved snapshot. Every stored blob is
+    /// checked against the hub's hash before it is placed: one changed on disk is fetched again (offline: removed and
+    /// reported).
+    /// </summary>
     public async Task DownloadAsync(HubSnapshot snapshot, HubStore store, string destination, Func<string, bool>? include = null,
         IProgress<HubDownloadProgress>? progress = null, CancellationToken cancellation = default)
     {
         var wanted = Select(snapshot, include);
-        if (!_options.Offline)
+        if (_options.Offline)
+            CheckOffline(snapshot, wanted, store);
+        else
             await FetchAsync(snapshot, wanted, store, progress, cancellation).ConfigureAwait(false);
         store.Materialize(snapshot, wanted, destination);
     }
 
+    private static void CheckOffline(HubSnapshot snapshot, IReadOnlyList<HubFile> files, HubStore store)
+    {
+        foreach (var f in files)
+        {
+            var check = store.Check(snapshot.RepoId, snapshot.Commit, f);
+            var label = $"{HubModelReference.Scheme}{snapshot.RepoId}: {f.Path}";
+            if (check.State == BlobState.Missing)
+                throw new HubException(HubErrorKind.Offline, $"{label} (commit {snapshot.Commit}) is not downloaded yet ({check.BlobPath} is missing or incomplete); run with network access (unset HF_HUB_OFFLINE) to fetch it.");
+            if (check.State == BlobState.Damaged)
+            {
+                HubStore.Discard(check.BlobPath);
+                throw new HubException(HubErrorKind.Integrity, $"{label}: the stored copy {check.BlobPath} {check.Problem} (it was changed on disk); it was removed: unset HF_HUB_OFFLINE and run with network access to fetch it again.");
+            }
+        }
+    }
+
     /// <summary>
     /// The snapshot of a revision: from the store when offline or when the revision is a commit already
-    /// seen; otherwise from the hub (and recorded in the store).
+    /// seen; otherwise from the hub (and recorded in the store). Online, a damaged stored listing is fetched again.
     /// </summary>
     public async Task<HubSnapshot> SnapshotAsync(HubModelReference model, HubStore store, CancellationToken cancellation = default)
     {
         if (_options.Offline || model.RevisionIsCommit)
         {
-            var stored = store.Load(model.RepoId, model.Revision);
+            HubSnapshot? stored;
+            try
+            {
+                stored = store.Load(model.RepoId, model.Revision);
+            }
+            catch (HubException) when (!_options.Offline)
+            {
+                stored = null; // damaged: the hub's answer replaces it
+            }
             if (stored is not null)
                 return stored;
             if (_options.Offline)
@@ -169,12 +186,24 @@ public sealed class HubClient : IDisposable
         return snapshot;
     }
 
-    /// <summary>Downloads and verifies every file whose blob is not in the store yet.</summary>
+    /// <summary>
+    /// Downloads and verifies every file whose blob is not in the store, or is there but no longer holds what the hub
+    /// lists (a damaged blob is deleted first).
+    /// </summary>
     public async Task FetchAsync(HubSnapshot snapshot, IReadOnlyList<HubFile> files, HubStore store,
         IProgress<HubDownloadProgress>? progress, CancellationToken cancellation)
     {
-        var missing = files.Where(f => !File.Exists(store.BlobPath(snapshot.RepoId, snapshot.Commit, f))).ToArray();
-        if (missing.Length == 0)
+        var missing = new List<HubFile>();
+        foreach (var f in files)
+        {
+            var check = store.Check(snapshot.RepoId, snapshot.Commit, f);
+            if (check.State == BlobState.Intact)
+                continue;
+            if (File.Exists(check.BlobPath))
+                HubStore.Discard(check.BlobPath);
+            missing.Add(f);
+        }
+        if (missing.Count == 0)
             return;
         CheckFreeSpace(snapshot, missing, store);
         using var gate = new SemaphoreSlim(Math.Max(1, _options.MaxParallelDownloads));
@@ -247,8 +276,12 @@ public sealed class HubClient : IDisposable
                 await Task.Delay(_options.RetryDelay * attempt, cancellation).ConfigureAwait(false);
             }
         }
-        Verify(file, partial, label);
+        var unlisted = Verify(file, partial, label);
+        long length = new FileInfo(partial).Length;
         File.Move(partial, blobPath, overwrite: true);
+        if (unlisted is not null)
+            HubStore.MarkCompleted(blobPath, unlisted, length); // after the rename: a blob without its marker never counts
+
     }
 
     private static bool IsTransient(Exception e, CancellationToken cancellation) => e switch
@@ -261,6 +294,12 @@ public sealed class HubClient : IDisposable
         _ => false,
     };
 
+    /// <summary>
+    /// One request that adds to (or restarts) the partial file. Returns only when the partial file is whole by a length
+    /// the hub gave — the listed size, the Content-Length of a full answer or the total of a Content-Range — so a
+    /// transfer cut short, even one whose body ended cleanly, is never taken as complete; otherwise it throws an
+    /// <see cref="IOException"/> and the next attempt resumes (or, where the hub will not resume, starts again).
+    /// </summary>
     private async Task DownloadOnceAsync(string url, HubFile file, string partial, string label, IProgress<HubDownloadProgress>? progress, CancellationToken cancellation)
     {
         long have = File.Exists(partial) ? new FileInfo(partial).Length : 0;
@@ -279,19 +318,42 @@ public sealed class HubClient : IDisposable
         cts.CancelAfter(_options.Timeout);
         using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token).ConfigureAwait(false);
         if (response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable && have > 0)
-            return; // the server has nothing past what we hold: complete
+        {
+            // "Nothing past byte {have}" means complete only if the hub's total says the file ends there.
+            var ends = response.Content.Headers.ContentRange?.Length;
+            if (ends == have)
+                return;
+            File.Delete(partial);
+            throw new IOException(ends is { } total
+                ? $"the hub will not resume at byte {have:N0} of {total:N0}; the partial file was dropped and the download starts again"
+                : $"the hub will not resume at byte {have:N0} and gives no length to tell whether the file ends there; the partial file was dropped and the download starts again");
+        }
         if ((int)response.StatusCode >= 500)
             throw new HubException(HubErrorKind.Server, $"{label}: the hub answered {(int)response.StatusCode} {response.ReasonPhrase}.");
         if (!response.IsSuccessStatusCode)
             throw StatusError(new HubModelReference("", ""), response, label);
         bool append = have > 0 && response.StatusCode == HttpStatusCode.PartialContent;
-        if (append && response.Content.Headers.ContentRange?.From is { } from && from != have)
-            append = false; // a range we did not ask for: restart the file
+        var range = response.Content.Headers.ContentRange;
+        if (response.StatusCode == HttpStatusCode.PartialContent && range?.From != (append ? have : 0))
+        {
+            File.Delete(partial); // a range we did not ask for: its bytes cannot be placed
+            throw new IOException($"the hub answered bytes from {range?.From?.ToString("N0") ?? "?"} to a request from byte {have:N0}; the download starts again");
+        }
+        // The whole file's length as this answer states it.
+        long? stated = response.StatusCode == HttpStatusCode.PartialContent
+            ? range!.Length ?? (response.Content.Headers.ContentLength + have)
+            : response.Content.Headers.ContentLength;
+        if (file.Size is { } listed && stated is { } served && served != listed)
+        {
+            File.Delete(partial);
+            throw new HubException(HubErrorKind.Integrity, $"{label}: the hub lists {listed:N0} bytes but serves {served:N0}; the partial file was removed, run again to download it afresh (a proxy or mirror may be altering files).");
+        }
+        long? whole = file.Size ?? stated;
         cts.CancelAfter(Timeout.InfiniteTimeSpan);
         await using var body = await response.Content.ReadAsStreamAsync(cancellation).ConfigureAwait(false);
         await using var output = new FileStream(partial, append ? FileMode.Append : FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true);
         long done = append ? have : 0;
-        progress?.Report(new HubDownloadProgress(file.Path, done, file.Size));
+        progress?.Report(new HubDownloadProgress(file.Path, done, whole));
         var buffer = new byte[1 << 16];
         while (true)
         {
@@ -310,17 +372,29 @@ public sealed class HubClient : IDisposable
                 throw new HubException(HubErrorKind.DiskFull, $"{label}: the disk is full while writing {partial}; free space and run again (the partial download is kept and resumes).", e);
             }
             done += n;
-            progress?.Report(new HubDownloadProgress(file.Path, done, file.Size));
+            progress?.Report(new HubDownloadProgress(file.Path, done, whole));
         }
-        if (response.Content.Headers.ContentLength is { } expected && output.Length - (append ? have : 0) < expected)
-            throw new IOException($"connection closed after {output.Length - (append ? have : 0)} of {expected} bytes");
+        await output.FlushAsync(cancellation).ConfigureAwait(false);
+        if (whole is null)
+            throw new IOException($"the answer ended after {done:N0} bytes without a length to check that against (no Content-Length, and the listing gives no size); asking for what follows");
+        if (done < whole)
+            throw new IOException($"connection closed after {done:N0} of {whole:N0} bytes");
+        if (done > whole)
+        {
+            output.Close();
+            File.Delete(partial);
+            throw new HubException(HubErrorKind.Integrity, $"{label}: received {done:N0} bytes but the hub said {whole:N0}; the partial file was removed, run again to download it afresh.");
+        }
     }
 
     private static bool IsDiskFull(IOException e) =>
         e.HResult == 28 /* ENOSPC */ || (e.HResult & 0xFFFF) == 112 /* ERROR_DISK_FULL */ || (e.HResult & 0xFFFF) == 39 /* ERROR_HANDLE_DISK_FULL */;
 
-    /// <summary>Checks size and hash; a mismatch removes the file, so the next run downloads it afresh.</summary>
-    private static void Verify(HubFile file, string path, string label)
+    /// <summary>
+    /// Checks size and hash; a mismatch removes the file, so the next run downloads it afresh. Returns the file's
+    /// SHA-256 when the hub lists no hash (it becomes the completed-download marker), else null.
+    /// </summary>
+    private static string? Verify(HubFile file, string path, string label)
     {
         long length = new FileInfo(path).Length;
         if (file.Size is { } size && length != size)
@@ -328,39 +402,17 @@ public sealed class HubClient : IDisposable
             File.Delete(path);
             throw new HubException(HubErrorKind.Integrity, $"{label}: downloaded {length:N0} bytes but the hub lists {size:N0}; the file was removed, run again to download it afresh.");
         }
-        string? expected = file.Sha256;
-        string? actual = null;
-        string what = "sha256";
-        if (expected is not null)
-        {
-            using var s = File.OpenRead(path);
-            actual = Convert.ToHexStringLower(SHA256.HashData(s));
-        }
-        else if (file.BlobId is not null)
-        {
-            expected = file.BlobId;
-            what = "git blob id";
-            actual = GitBlobId(path);
-        }
-        if (expected is not null && actual != expected)
+        if (file.Sha256 is null && file.BlobId is null)
+            return HubStore.Sha256Of(path);
+        var (what, expected, actual) = file.Sha256 is { } sha
+            ? ("sha256", sha, HubStore.Sha256Of(path))
+            : ("git blob id", file.BlobId!, HubStore.GitBlobId(path));
+        if (actual != expected)
         {
             File.Delete(path);
             throw new HubException(HubErrorKind.Integrity, $"{label}: {what} is {actual} but the hub lists {expected}; the file was removed, run again to download it afresh (a proxy or mirror may be altering files).");
         }
-    }
-
-    /// <summary>git's object id of a file: SHA-1 over "blob {length}\0" followed by the content.</summary>
-    public static string GitBlobId(string path)
-    {
-        using var sha1 = IncrementalHash.CreateHash(HashAlgorithmName.SHA1);
-        var length = new FileInfo(path).Length;
-        sha1.AppendData(Encoding.ASCII.GetBytes($"blob {length}\0"));
-        using var s = File.OpenRead(path);
-        var buffer = new byte[1 << 16];
-        int n;
-        while ((n = s.Read(buffer)) > 0)
-            sha1.AppendData(buffer, 0, n);
-        return Convert.ToHexStringLower(sha1.GetHashAndReset());
+        return null;
     }
 
     private void AddAuth(HttpRequestMessage request)

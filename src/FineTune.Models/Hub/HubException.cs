@@ -10,13 +10,13 @@ public enum HubErrorKind
     NotFound,
     /// <summary>The endpoint could not be reached or the connection broke; partial files are kept for resume.</summary>
     Network,
-    /// <summary>A downloaded file does not match the size or hash the hub lists; it was removed.</summary>
+    /// <summary>A downloaded or stored file does not match the size or hash the hub lists (it was removed), or a stored listing is damaged.</summary>
     Integrity,
     /// <summary>Not enough disk space; partial files are kept.</summary>
     DiskFull,
     /// <summary>HF_HUB_OFFLINE is set and the model was never downloaded here.</summary>
     Offline,
-    /// <summary>Any other answer of the hub (5xx, malformed JSON).</summary>
+    /// <summary>Any other answer of the hub (5xx, malformed JSON, a listing with wrong types or paths outside the repository).</summary>
     Server,
 }
 

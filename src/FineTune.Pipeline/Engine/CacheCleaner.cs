@@ -15,7 +15,7 @@ public static class CacheCleaner
         if (!Directory.Exists(cache.Root)) return new CleanReport(0, 0, 0);
         using (RunLock.Acquire(cache.Root, lockTimeout, null, CancellationToken.None))
         {
-            var keep = all ? [] : LockFile.Read(LockFile.PathBeside(p.FilePath)).Stages.Values.Select(s => s.Fingerprint).ToHashSet();
+            var keep = all ? [] : ReadLock(p).Stages.Values.Select(s => s.Fingerprint).ToHashSet();
             int removed = 0, kept = 0;
             long bytes = 0;
             foreach (var fp in cache.Fingerprints().ToList())
@@ -51,6 +51,20 @@ public static class CacheCleaner
                 hasher.Save();
             }
             return new CleanReport(removed, bytes, kept, finished);
+        }
+    }
+
+    /// <summary>The lock that says what to keep; a damaged one stops clean before it removes anything.</summary>
+    private static LockFile ReadLock(Validation.LoadedPipeline p)
+    {
+        try
+        {
+            return LockFile.Read(LockFile.PathBeside(p.FilePath));
+        }
+        catch (LockFileDamagedException e)
+        {
+            throw new PipelineUserException($"{e.LockPath}: {e.Problem}; clean decides from the lock what to keep, so it removed nothing: " +
+                $"restore the lock (`git checkout {LockFile.FileName}`) or run the pipeline to rewrite it, then clean again.", e);
         }
     }
 }

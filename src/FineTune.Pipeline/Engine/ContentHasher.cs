@@ -116,9 +116,11 @@ public sealed class ContentHasher
         try
         {
             var doc = JsonSerializer.Deserialize<Dictionary<string, string[]>>(File.ReadAllText(path));
+            // An entry that is not [size, mtime, sha256] is dropped: the file is hashed again.
             foreach (var (k, v) in doc ?? [])
-                if (v.Length == 3 && long.TryParse(v[0], out var size) && long.TryParse(v[1], out var mtime))
-                    index[k] = new IndexEntry(size, mtime, v[2]);
+                if (v is [var size, var mtime, { Length: 64 } sha] && long.TryParse(size, out var s) && long.TryParse(mtime, out var m)
+                    && sha.All(char.IsAsciiHexDigitLower))
+                    index[k] = new IndexEntry(s, m, sha);
         }
         catch (JsonException)
         {
@@ -128,14 +130,57 @@ public sealed class ContentHasher
     }
 }
 
-/// <summary>Write to a temporary sibling, then rename over the target: readers see the old or the new file, never half.</summary>
+/// <summary>
+/// Write to a temporary sibling <c>{file}.{pid}.{guid}.tmp</c>, then rename over the target: readers see the old or the
+/// new file, never half. A writer killed in between leaves its temp file; <see cref="SweepStale"/> removes those.
+/// </summary>
 public static class AtomicFile
 {
     public static void WriteAllText(string path, string text)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         var tmp = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-        File.WriteAllText(tmp, text, new UTF8Encoding(false));
-        File.Move(tmp, path, overwrite: true);
+        try
+        {
+            File.WriteAllText(tmp, text, new UTF8Encoding(false));
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    /// <summary>Deletes the temp files of <paramref name="path"/> whose writer process no longer runs.</summary>
+    public static void SweepStale(string path)
+    {
+        var full = Path.GetFullPath(path);
+        var dir = Path.GetDirectoryName(full)!;
+        if (!Directory.Exists(dir)) return;
+        var prefix = Path.GetFileName(full) + ".";
+        foreach (var tmp in Directory.EnumerateFiles(dir, prefix + "*.tmp"))
+        {
+            var middle = Path.GetFileName(tmp)[prefix.Length..^".tmp".Length].Split('.'); // {pid}.{guid}
+            if (middle is not [var pid, { Length: 32 }] || !int.TryParse(pid, out var id) || IsRunning(id)) continue;
+            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var _ = System.Diagnostics.Process.GetProcessById(pid);
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            return false; // no such process
+        }
+        catch (InvalidOperationException)
+        {
+            return false;
+        }
     }
 }

@@ -2,6 +2,15 @@ using System.Text.Json.Nodes;
 
 namespace FineTune.Pipeline.Engine;
 
+/// <summary>pipeline.lock cannot be read as FineTune writes it (cut short, a merge conflict, a value of the wrong type).</summary>
+public sealed class LockFileDamagedException(string path, string problem)
+    : PipelineUserException($"{path}: {problem}; restore it (`git checkout {LockFile.FileName}`) or delete it, then run again.")
+{
+    public string LockPath { get; } = path;
+    /// <summary>What is wrong, with the field's JSON path: "\"stages.train.fingerprint\" is a number, expected a string".</summary>
+    public string Problem { get; } = problem;
+}
+
 /// <summary>What pipeline.lock records for one stage: enough to say whether it is up to date and, if not, why.</summary>
 /// <param name="Inputs">External inputs: path relative to the pipeline directory → content hash (paths only explain; they are not fingerprinted).</param>
 /// <param name="Files">Output files that make up the result: relative path → SHA-256.</param>
@@ -31,6 +40,11 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
 
     public static string PathBeside(string pipelineFile) => Path.Combine(Path.GetDirectoryName(pipelineFile)!, FileName);
 
+    /// <summary>
+    /// Reads the lock; a missing file is <see cref="Empty"/>. Every field is checked against what <see cref="Serialize"/>
+    /// writes, so a truncated file, a merge conflict or a value of the wrong type is a <see cref="LockFileDamagedException"/>
+    /// naming the file and the field — never a crash. Entries of stage names this version does not know are skipped.
+    /// </summary>
     public static LockFile Read(string path)
     {
         if (!File.Exists(path)) return Empty;
@@ -38,29 +52,113 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
         try { root = JsonNode.Parse(File.ReadAllText(path)); }
         catch (System.Text.Json.JsonException e)
         {
-            throw new PipelineUserException($"{path}: not valid JSON ({e.Message}); delete it or restore it from git (`git checkout {FileName}`), then run again.");
+            throw new LockFileDamagedException(path, $"not valid JSON ({e.Message})");
         }
+        try
+        {
+            return Read(new Reader(path), root);
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
+        {
+            // What the field checks do not foresee (a key written twice): still a damaged file, not a crash.
+            throw new LockFileDamagedException(path, $"not what FineTune writes ({e.Message})");
+        }
+    }
+
+    private static LockFile Read(Reader r, JsonNode? root)
+    {
+        var top = r.Object(root, "");
+        var version = r.Required(top, "", "version");
+        if (version is not JsonValue v || v.GetValueKind() != System.Text.Json.JsonValueKind.Number)
+            throw r.Wrong("version", version, $"the number {Version}");
+        if (!v.TryGetValue<int>(out var number) || number != Version)
+            throw r.Fail($"\"version\" is {version.ToJsonString()}, expected {Version} (the lock format this FineTune reads and writes)");
         var stages = new Dictionary<StageKind, LockedStage>();
-        if (root?["stages"] is JsonObject obj)
-            foreach (var (name, node) in obj)
-            {
-                if (!StageGraph.TryParse(name, out var kind) || node is not JsonObject s) continue;
-                stages[kind] = new LockedStage(
-                    (string?)s["fingerprint"] ?? "",
-                    s["params"] as JsonObject ?? new JsonObject(),
-                    Strings(s["upstream"]), Strings(s["inputs"]),
-                    (string?)s["output_hash"] ?? "",
-                    Strings(s["files"]),
-                    (s["metrics"] as JsonObject ?? new JsonObject())
-                        .Where(kv => kv.Value is JsonValue)
-                        .ToDictionary(kv => kv.Key, kv => (double)kv.Value!),
-                    s["reports"] is JsonArray reports ? reports.Select(r => (string?)r).OfType<string>().ToList() : null);
-            }
+        foreach (var (name, node) in r.Object(r.Required(top, "", "stages"), "stages"))
+        {
+            if (!StageGraph.TryParse(name, out var kind)) continue;
+            var at = $"stages.{name}";
+            var s = r.Object(node, at);
+            stages[kind] = new LockedStage(
+                r.String(s, at, "fingerprint"),
+                (JsonObject)r.Object(r.Required(s, at, "params"), at + ".params").DeepClone(),
+                r.Strings(s, at, "upstream"), r.Strings(s, at, "inputs"),
+                r.String(s, at, "output_hash"),
+                r.Strings(s, at, "files"),
+                r.Metrics(s, at, "metrics"),
+                r.OptionalStringList(s, at, "reports"));
+        }
         return new LockFile(stages);
     }
 
-    private static Dictionary<string, string> Strings(JsonNode? node) =>
-        node is JsonObject o ? o.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => (string)kv.Value!) : [];
+    /// <summary>Field-by-field reading with the JSON path of whatever is wrong.</summary>
+    private sealed class Reader(string path)
+    {
+        private static string Kind(JsonNode? n) => n switch
+        {
+            null => "null",
+            JsonObject => "an object",
+            JsonArray => "an array",
+            JsonValue v => v.GetValueKind() switch
+            {
+                System.Text.Json.JsonValueKind.String => "a string",
+                System.Text.Json.JsonValueKind.Number => "a number",
+                System.Text.Json.JsonValueKind.True or System.Text.Json.JsonValueKind.False => "a boolean",
+                _ => "null",
+            },
+            _ => "unknown",
+        };
+
+        public LockFileDamagedException Fail(string problem) => new(path, problem);
+
+        public LockFileDamagedException Wrong(string field, JsonNode? n, string expected) =>
+            new(path, field.Length == 0 ? $"the document is {Kind(n)}, expected {expected}" : $"\"{field}\" is {Kind(n)}, expected {expected}");
+
+        public JsonNode Required(JsonObject o, string at, string name)
+        {
+            var field = at.Length == 0 ? name : $"{at}.{name}";
+            return o.TryGetPropertyValue(name, out var n) && n is not null ? n : throw new LockFileDamagedException(path, $"\"{field}\" is missing");
+        }
+
+        public JsonObject Object(JsonNode? n, string field) => n as JsonObject ?? throw Wrong(field, n, "an object");
+
+        private static bool IsString(JsonNode? n) => n is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.String;
+
+        public string String(JsonObject o, string at, string name)
+        {
+            var n = Required(o, at, name);
+            return IsString(n) ? n.GetValue<string>() : throw Wrong($"{at}.{name}", n, "a string");
+        }
+
+        public Dictionary<string, string> Strings(JsonObject o, string at, string name)
+        {
+            var map = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var (key, n) in Object(Required(o, at, name), $"{at}.{name}"))
+                map[key] = IsString(n) ? n!.GetValue<string>() : throw Wrong($"{at}.{name}.{key}", n, "a string");
+            return map;
+        }
+
+        /// <summary>Numbers; null stands for a value that was not finite (NaN, ∞) and is left out.</summary>
+        public Dictionary<string, double> Metrics(JsonObject o, string at, string name)
+        {
+            var map = new Dictionary<string, double>(StringComparer.Ordinal);
+            foreach (var (key, n) in Object(Required(o, at, name), $"{at}.{name}"))
+            {
+                if (n is null) continue;
+                if (n is not JsonValue v || v.GetValueKind() != System.Text.Json.JsonValueKind.Number || !v.TryGetValue<double>(out var d) || !double.IsFinite(d))
+                    throw Wrong($"{at}.{name}.{key}", n, "a number");
+                map[key] = d;
+            }
+            return map;
+        }
+
+        public List<string>? OptionalStringList(JsonObject o, string at, string name)
+        {
+            if (!o.TryGetPropertyValue(name, out var n) || n is null) return null;
+            if (n is not JsonArray a) throw Wrong($"{at}.{name}", n, "an array of strings");
+            return a.Select((item, i) => IsString(item) ? item!.GetValue<string>() : throw Wrong($"{at}.{name}[{i}]", item, "a string")).ToList();
+        }
+    }
 
     public string Serialize()
     {
@@ -95,6 +193,7 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
     {
         var text = Serialize();
         if (File.Exists(path) && File.ReadAllText(path) == text) return false;
+        AtomicFile.SweepStale(path);
         AtomicFile.WriteAllText(path, text);
         return true;
     }

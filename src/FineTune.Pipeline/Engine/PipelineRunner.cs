@@ -108,9 +108,12 @@ public sealed class PipelineRunner
 
         using var runLock = options.DryRun ? null : RunLock.Acquire(cache.Root, options.LockTimeout, options.OnInfo, ct);
         if (runLock is not null)
+        {
             cache.SweepTemp();
+            AtomicFile.SweepStale(lockPath);
+        }
         var hasher = new ContentHasher(cache.IndexPath, trustIndex: !options.Verify);
-        var lockFile = LockFile.Read(lockPath);
+        var (lockFile, lockDamage) = ReadLock(lockPath, options);
         var outcomes = new Dictionary<StageKind, StageOutcome>();
         var outputHashes = new Dictionary<StageKind, string>();
         var stageSeconds = 0.0;
@@ -172,6 +175,8 @@ public sealed class PipelineRunner
                 StageGraph.Upstream(kind).ToDictionary(u => u, u => outputHashes[u]), inputs);
             var fingerprint = fp.Hash;
             var check = cache.Check(fingerprint, hasher);
+            if (check.Damaged && !options.DryRun)
+                options.OnInfo?.Invoke($"{cache.ManifestPath(fingerprint)}: {check.Problem} and rebuilt.");
             var forced = options.Force && (options.Stage is null || options.Stage == kind);
 
             if (check.Valid && !forced)
@@ -234,7 +239,7 @@ public sealed class PipelineRunner
         string Explain(StageKind kind, StageFingerprint fp, string fingerprint, CacheCheck check)
         {
             if (!lockFile.Stages.TryGetValue(kind, out var locked))
-                return "never ran (not in pipeline.lock)";
+                return lockDamage is null ? "never ran (not in pipeline.lock)" : $"no record to compare with ({LockFile.FileName} is damaged and ignored)";
             if (locked.Fingerprint == fingerprint)
                 return check.Problem ?? "cached output missing";
             var reasons = new List<string>();
@@ -251,6 +256,25 @@ public sealed class PipelineRunner
             if (reasons.Count == 0)
                 reasons.Add("FineTune's stage format changed");
             return string.Join("; ", reasons);
+        }
+    }
+
+    /// <summary>
+    /// The lock, or — when it is damaged — an empty one and a one-line note: a run rewrites the lock from what it finds
+    /// and produces, so a damaged lock costs its record of stages this run does not reach, never the run.
+    /// </summary>
+    private static (LockFile Lock, string? Damage) ReadLock(string lockPath, RunOptions options)
+    {
+        try
+        {
+            return (LockFile.Read(lockPath), null);
+        }
+        catch (LockFileDamagedException e)
+        {
+            options.OnInfo?.Invoke(options.DryRun
+                ? $"{e.LockPath}: {e.Problem}; the damaged lock is ignored (the next run rewrites it)."
+                : $"{e.LockPath}: {e.Problem}; the damaged lock is ignored and rewritten from this run.");
+            return (LockFile.Empty, e.Problem);
         }
     }
 

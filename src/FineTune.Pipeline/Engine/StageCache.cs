@@ -20,7 +20,8 @@ public sealed record CacheManifest(
 }
 
 /// <summary>Result of checking a cache entry against its manifest.</summary>
-public sealed record CacheCheck(bool Valid, string? Problem, CacheManifest? Manifest)
+/// <param name="Damaged">The manifest itself cannot be read as FineTune writes it: the entry counts as absent.</param>
+public sealed record CacheCheck(bool Valid, string? Problem, CacheManifest? Manifest, bool Damaged = false)
 {
     public static CacheCheck Missing { get; } = new(false, "no cached output", null);
 }
@@ -52,27 +53,32 @@ public sealed class StageCache(string root)
     public string OutputDirectory(string fingerprint) => Path.Combine(EntryDirectory(fingerprint), "out");
     public string WorkDirectory(StageKind kind) => Path.Combine(Root, "work", StageNames.Of(kind));
 
-    /// <summary>Checks that the entry's files are exactly those of its manifest, with the same hashes.</summary>
+    public string ManifestPath(string fingerprint) => Path.Combine(EntryDirectory(fingerprint), "manifest.json");
+
+    /// <summary>
+    /// Checks that the entry's files are exactly those of its manifest, with the same hashes. A manifest that is not
+    /// what <see cref="Commit"/> writes (cut short, a field missing or of the wrong type) makes the entry count as
+    /// absent (<see cref="CacheCheck.Damaged"/>), so the stage is rebuilt and its commit replaces the entry.
+    /// </summary>
     public CacheCheck Check(string fingerprint, ContentHasher hasher)
     {
-        var entry = EntryDirectory(fingerprint);
-        var manifestPath = Path.Combine(entry, "manifest.json");
+        var manifestPath = ManifestPath(fingerprint);
         if (!File.Exists(manifestPath)) return CacheCheck.Missing;
-        CacheManifest? manifest;
-        try { manifest = JsonSerializer.Deserialize<CacheManifest>(File.ReadAllText(manifestPath), ManifestJson); }
-        catch (JsonException) { manifest = null; }
-        if (manifest is null || manifest.Fingerprint != fingerprint)
-            return new CacheCheck(false, "cache manifest is damaged", null);
+        var (manifest, damage) = ReadManifest(manifestPath, fingerprint);
+        if (manifest is null)
+            return new CacheCheck(false, $"cache manifest is damaged ({damage}); treated as absent", null, Damaged: true);
         var outDir = OutputDirectory(fingerprint);
         if (!Directory.Exists(outDir)) return new CacheCheck(false, "cached output directory is missing", manifest);
         var actual = hasher.HashTree(outDir);
-        var expected = manifest.Files.ToDictionary(f => f.Path, StringComparer.Ordinal);
+        var expected = new Dictionary<string, FileHash>(StringComparer.Ordinal);
+        foreach (var f in manifest.Files)
+            expected[f.Path] = f;
         foreach (var f in actual)
         {
             if (!expected.TryGetValue(f.Path, out var e))
                 return new CacheCheck(false, $"cached output has an unexpected file {f.Path}", manifest);
             if (e.Sha256 != f.Sha256 || e.Size != f.Size)
-                return new CacheCheck(false, $"cached file {f.Path} was modified (sha256 {f.Sha256[..12]}…, expected {e.Sha256[..12]}…)", manifest);
+                return new CacheCheck(false, $"cached file {f.Path} was modified (sha256 {Short(f.Sha256)}…, expected {Short(e.Sha256)}…)", manifest);
         }
         if (actual.Count != expected.Count)
         {
@@ -83,6 +89,44 @@ public sealed class StageCache(string root)
         if (ContentHasher.TreeHash(actual.Where(f => !reports.Contains(f.Path))) != manifest.OutputHash)
             return new CacheCheck(false, "cached output hash does not match its manifest", manifest);
         return new CacheCheck(true, null, manifest);
+    }
+
+    private static string Short(string sha256) => sha256.Length > 12 ? sha256[..12] : sha256;
+
+    /// <summary>The manifest, or null and what is wrong with it.</summary>
+    private static (CacheManifest? Manifest, string? Damage) ReadManifest(string path, string fingerprint)
+    {
+        CacheManifest? m;
+        try
+        {
+            m = JsonSerializer.Deserialize<CacheManifest>(File.ReadAllText(path), ManifestJson);
+        }
+        catch (JsonException e)
+        {
+            return (null, $"not what FineTune writes, at {e.Path ?? "$"} line {(e.LineNumber ?? 0) + 1}");
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or ArgumentException or FormatException)
+        {
+            return (null, $"not what FineTune writes ({e.Message})");
+        }
+        // The deserializer leaves a missing field null (or 0): each one FineTune always writes must be there.
+        string? damage = m switch
+        {
+            null => "it is null",
+            { Kind: null } => Missing(nameof(m.Kind)),
+            { Fingerprint: null } => Missing(nameof(m.Fingerprint)),
+            { OutputHash: null } => Missing(nameof(m.OutputHash)),
+            { Files: null } => Missing(nameof(m.Files)),
+            { Metrics: null } => Missing(nameof(m.Metrics)),
+            { Notes: null } => Missing(nameof(m.Notes)),
+            _ when m.Fingerprint != fingerprint => $"\"{nameof(m.Fingerprint)}\" is not this entry's",
+            _ when m.Files.Any(f => f is null || f.Path is null || f.Sha256 is null) => $"an entry of \"{nameof(m.Files)}\" lacks its Path or Sha256",
+            _ when m.Notes.Any(n => n is null) || (m.Reports?.Any(r => r is null) ?? false) => "a note or report name is null",
+            _ => null,
+        };
+        return damage is null ? (m, null) : (null, damage);
+
+        static string Missing(string field) => $"\"{field}\" is missing";
     }
 
     /// <summary>A fresh empty directory under tmp/ for a stage to write into (the "out" subdirectory is the output).</summary>
@@ -125,9 +169,10 @@ public sealed class StageCache(string root)
         Directory.Delete(trash, recursive: true);
     }
 
-    /// <summary>Removes leftovers of killed runs (call only while holding the run lock).</summary>
+    /// <summary>Removes leftovers of killed runs: tmp/ and the temp files of the hash index (call only while holding the run lock).</summary>
     public void SweepTemp()
     {
+        AtomicFile.SweepStale(IndexPath);
         if (!Directory.Exists(TempRoot)) return;
         foreach (var d in Directory.EnumerateDirectories(TempRoot))
             try { Directory.Delete(d, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }

@@ -8,7 +8,9 @@ namespace FineTune.Pipeline;
 /// download: the base model as a Hugging Face model directory in the cache, from one of
 /// <c>scratch</c> (generated from model.scratch), a local directory (copied), or <c>hf://org/name[@rev]</c>
 /// (downloaded). A hub model's fingerprint input is its snapshot manifest (resolved commit + every file's
-/// size and hash), so a branch that moves re-runs the stage and a pinned commit never does.
+/// size and hash), so a branch that moves re-runs the stage and a pinned commit never does. The output's files are
+/// hard links to the store's blobs, so a rebuild (after the cached output was edited in place) re-checks every blob
+/// against the listed hash and fetches a changed one again rather than linking it back.
 /// </summary>
 public sealed class DownloadStage(Func<string, string?>? environment = null, HttpMessageHandler? httpHandler = null) : IStageExecutor
 {
@@ -49,7 +51,7 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
             var store = Store(ctx);
             // The snapshot ExternalInputs fingerprinted (recorded in the store), so a branch that moves
             // between fingerprinting and downloading cannot slip another commit in.
-            var snapshot = store.Load(reference.RepoId, reference.Revision)
+            var snapshot = Run(() => store.Load(reference.RepoId, reference.Revision), reference.ToString())
                 ?? Run(() => client.SnapshotAsync(reference, store, ctx.Cancellation).GetAwaiter().GetResult(), reference.ToString());
             var include = GlobPattern.Matcher(ctx.Pipeline.Stages.Download?.AllowPatterns);
             var files = Run(() => HubClient.Select(snapshot, include), reference.ToString());

@@ -44,6 +44,18 @@ public sealed class LoopbackHub : IDisposable
     /// <summary>Files served with one byte flipped (the API still lists the true hash).</summary>
     public ConcurrentDictionary<string, bool> Corrupt { get; } = new();
 
+    /// <summary>Repositories whose listing gives only file names: no size, no blobId, no lfs (as some mirrors answer).</summary>
+    public ConcurrentDictionary<string, bool> BareListing { get; } = new();
+
+    /// <summary>repo id → the raw body the revision API answers instead of the real listing (malformed answers).</summary>
+    public ConcurrentDictionary<string, string> ListingBody { get; } = new();
+
+    /// <summary>Answer every Range request with 416 (as a server that cannot serve ranges of this file).</summary>
+    public bool RefuseRanges { get; set; }
+
+    /// <summary>file path → how many more responses to send chunked, without Content-Length, ending cleanly after half the bytes.</summary>
+    public ConcurrentDictionary<string, int> CutCleanly { get; } = new();
+
     public void Add(Repo repo) => _repos[repo.Id] = repo;
 
     public static string Sha256(byte[] b) => Convert.ToHexStringLower(SHA256.HashData(b));
@@ -102,6 +114,12 @@ public sealed class LoopbackHub : IDisposable
         }
         if (!Authorized(repo, auth, res))
             return;
+        if (ListingBody.TryGetValue(repo.Id, out var raw))
+        {
+            res.ContentType = "application/json";
+            Finish(res, 200, raw);
+            return;
+        }
         if (parts[3] != "main" && parts[3] != repo.Commit)
         {
             res.Headers["X-Error-Code"] = "RevisionNotFound";
@@ -111,7 +129,13 @@ public sealed class LoopbackHub : IDisposable
         var siblings = new JsonArray();
         foreach (var (name, bytes) in repo.Files.OrderBy(p => p.Key, StringComparer.Ordinal))
         {
-            var s = new JsonObject { ["rfilename"] = name, ["size"] = bytes.Length };
+            var s = new JsonObject { ["rfilename"] = name };
+            if (BareListing.ContainsKey(repo.Id))
+            {
+                siblings.Add(s);
+                continue;
+            }
+            s["size"] = bytes.Length;
             if (repo.LfsFiles.Contains(name))
             {
                 s["blobId"] = GitBlobId(Encoding.ASCII.GetBytes("pointer"));
@@ -152,7 +176,7 @@ public sealed class LoopbackHub : IDisposable
         long from = 0;
         if (range is not null && range.StartsWith("bytes=", StringComparison.Ordinal) && range.EndsWith('-'))
             from = long.Parse(range["bytes=".Length..^1]);
-        if (from >= content.Length && from > 0)
+        if ((from >= content.Length && from > 0) || (RefuseRanges && range is not null))
         {
             res.Headers["Content-Range"] = $"bytes */{content.Length}";
             Finish(res, 416, "");
@@ -162,8 +186,15 @@ public sealed class LoopbackHub : IDisposable
         if (from > 0)
             res.Headers["Content-Range"] = $"bytes {from}-{content.Length - 1}/{content.Length}";
         res.Headers["ETag"] = $"\"{Sha256(repo.Files[parts[4]])}\"";
-        res.ContentLength64 = content.Length - from;
         var slice = content.AsSpan((int)from).ToArray();
+        if (CutCleanly.TryGetValue(parts[4], out var cuts) && cuts > 0 && CutCleanly.TryUpdate(parts[4], cuts - 1, cuts))
+        {
+            res.SendChunked = true; // no Content-Length: the body's end is the chunked terminator, sent after half the bytes
+            res.OutputStream.Write(slice, 0, slice.Length / 2);
+            res.Close();
+            return;
+        }
+        res.ContentLength64 = slice.Length;
         bool drop = DropMidFile.TryGetValue(parts[4], out var left) && left > 0 && DropMidFile.TryUpdate(parts[4], left - 1, left);
         if (drop)
         {
