@@ -39,7 +39,9 @@ internal static class InputFile
             var target = new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true)?.FullName;
             return new Problem(target is null ? $"is {what}, not a regular file" : $"links to {target}, {what}, not a regular file", false);
         }
-        var length = new FileInfo(path).Length;
+        // FileInfo describes a link itself (its length is that of the target's name), so measure what it points to.
+        var info = new FileInfo(path);
+        var length = (info.LinkTarget is null ? info : info.ResolveLinkTarget(returnFinalTarget: true) as FileInfo ?? info).Length;
         return length > maxBytes ? new Problem($"{length} bytes, more than the {Size(maxBytes)} limit for {limitFor}", true) : null;
     }
 

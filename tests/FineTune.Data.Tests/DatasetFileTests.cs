@@ -108,4 +108,27 @@ public sealed class DatasetFileTests
         var e = Assert.Throws<DatasetException>(() => DatasetLoader.Load(registry, "d", new DatasetLoadOptions()));
         Assert.StartsWith($"{link}: dataset 'd': links to /dev/zero, a character device, not a regular file;", e.Message);
     }
+    [Fact]
+    public void LinkToAFileAboveTheLimitIsMeasuredByItsTarget()
+    {
+        using var tmp = new TempDir();
+        var target = Path.Combine(tmp.Path, "big.bin");
+        using (var f = File.Create(target)) f.SetLength(RecordReader.MaxFileBytes + 1);
+        var link = Path.Combine(tmp.Path, "a.jsonl");
+        File.CreateSymbolicLink(link, target);
+        var registry = Registry(tmp, """{"file_name": "a.jsonl"}""");
+        var e = Assert.Throws<DatasetException>(() => registry.ResolveFiles(registry.Get("d")));
+        Assert.StartsWith($"{link}: dataset 'd': 1073741825 bytes, more than the 1 GiB limit for one dataset file;", e.Message);
+    }
+
+    [Fact]
+    public void NamedPipeIsRejectedInsteadOfBlocking()
+    {
+        using var tmp = new TempDir();
+        var fifo = Path.Combine(tmp.Path, "a.jsonl");
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", [fifo])) mkfifo.WaitForExit();
+        var registry = Registry(tmp, """{"file_name": "a.jsonl"}""");
+        var e = Assert.Throws<DatasetException>(() => registry.ResolveFiles(registry.Get("d")));
+        Assert.Equal($"{fifo}: dataset 'd': is a named pipe (FIFO), not a regular file; point file_name at a regular .json, .jsonl or .csv file.", e.Message);
+    }
 }
