@@ -150,6 +150,18 @@ public sealed class ValidationTests
     }
 
     [Fact]
+    public void ABadKeyInsideABlockKeepsTheRulesAboutTheBlock()
+    {
+        var yaml = TestPipelines.Full.Replace("  split:\n    val_size: 0.1\n", "").Replace("    max_steps: 10", "    max_steps: ten");
+        Assert.Equal(
+        [
+            "$.stages.train: stage train needs stage split: add a 'split:' block to stages",
+            "$.stages.train.max_steps: expected an integer ≥ -1, got 'ten'",
+            "$.stages.eval: stage eval needs stage split: add a 'split:' block to stages",
+        ], Errors(yaml).Select(e => $"{e.JsonPath}: {e.Message}"));
+    }
+
+    [Fact]
     public void UnknownEnumInAListNamesItsIndex()
     {
         var error = Assert.Single(Errors(TestPipelines.Full.Replace("    formats: [hf]", "    formats: [hf, hf, ggfu]")));

@@ -150,14 +150,16 @@ public static class PipelineLoader
         public Dictionary<string, (int Line, int Column)> Positions { get; } = new(StringComparer.Ordinal);
         public string FilePath { get; } = filePath;
 
+        /// <summary>Paths whose value had an error and kept its default.</summary>
+        private HashSet<string> Unbound { get; } = new(StringComparer.Ordinal);
+
         public void Error(YamlNode node, string path, string message) =>
             Errors.Add(new PipelineError(FilePath, (int)node.Start.Line, (int)node.Start.Column, path, message));
 
         public void Error(string path, string message)
         {
             // A value that failed to bind was left at its default; a rule about it would only repeat that error.
-            if (Errors.Any(e => e.JsonPath == path || e.JsonPath.StartsWith(path + ".", StringComparison.Ordinal) || e.JsonPath.StartsWith(path + "[", StringComparison.Ordinal)))
-                return;
+            if (Unbound.Contains(path)) return;
             // The closest located ancestor: a missing key is reported at its parent mapping.
             var p = path;
             while (!Positions.ContainsKey(p) && p.Contains('.'))
@@ -194,6 +196,8 @@ public static class PipelineLoader
                 Positions[childPath] = ((int)valueNode.Start.Line, (int)valueNode.Start.Column);
                 if (BindValue(valueNode, key, childPath, out var value))
                     key.Property.SetValue(instance, value);
+                else
+                    Unbound.Add(childPath);
             }
             foreach (var key in keys.Where(k => k.Required && !seen.Contains(k.Name)))
                 Error(map, $"{path}.{key.Name}", $"missing required key '{key.Name}'" + (key.Description is null ? "" : $" ({key.Description})"));
