@@ -32,7 +32,7 @@ public sealed class DatasetLoaderTests
     public void BundledDatasetsAllLoadWithoutProblems()
     {
         var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
-        var counts = registry.Entries.Keys.Order(StringComparer.Ordinal).Select(n => DatasetLoader.Load(registry, n, Sft).Conversations.Count);
+        var counts = registry.Names.Order(StringComparer.Ordinal).Select(n => DatasetLoader.Load(registry, n, Sft).Conversations.Count);
         Assert.Equal([16, 30, 8, 3], counts);
     }
 

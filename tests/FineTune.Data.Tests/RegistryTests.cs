@@ -9,7 +9,7 @@ public sealed class RegistryTests
     public void BundledRegistryListsTheFourBundledDatasets()
     {
         var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
-        Assert.Equal(["alpaca_mini", "identity", "roleplay_mini", "tool_calls_mini"], registry.Entries.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(["alpaca_mini", "identity", "roleplay_mini", "tool_calls_mini"], registry.Names.Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -51,8 +51,66 @@ public sealed class RegistryTests
     {
         using var tmp = new TempDir();
         var path = tmp.Write("dataset_info.json", """{"d": {"file_name": "d.json", "formatting": "openai_chat"}}""");
+        var e = Assert.Throws<DatasetException>(() => DatasetRegistry.Load(path).Get("d"));
+        Assert.Equal($"{path}: dataset 'd', key 'formatting': unknown formatting 'openai_chat'; expected 'alpaca' or 'sharegpt'.", e.Message);
+    }
+
+    [Fact]
+    public void BadEntryFailsOnlyWhenItIsUsed()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", """
+            {"good": {"file_name": "g.json"},
+             "bad": {"file_name": "b.json", "num_samples": -3}}
+            """);
+        var registry = DatasetRegistry.Load(path);
+        Assert.Equal("g.json", registry.Get("good").FileName);
+        Assert.Equal(["good", "bad"], registry.Names);
+        var e = Assert.Throws<DatasetException>(() => registry.Get("bad"));
+        Assert.Equal($"{path}: dataset 'bad', key 'num_samples': expected a positive integer, got -3.", e.Message);
+    }
+
+    [Theory]
+    [InlineData("""{"file_name": 7}""", "key 'file_name': expected a string, got 7.")]
+    [InlineData("""{"file_name": "b.json", "columns": ["prompt"]}""", "key 'columns': expected an object mapping column roles to column names, got [\"prompt\"].")]
+    [InlineData("""{"file_name": "b.json", "columns": {"prompt": 1}}""", "key 'columns.prompt': expected a string (a column name), got 1.")]
+    [InlineData("""{"file_name": "b.json", "formatting": "sharegpt", "tags": {"role_tag": false}}""", "key 'tags.role_tag': expected a string, got false.")]
+    [InlineData("""{"file_name": "b.json", "ranking": "yes"}""", "key 'ranking': expected true or false, got \"yes\".")]
+    [InlineData("""["b.json"]""", "expected an object with file_name (or a hub URL), formatting, columns, …, got [\"b.json\"].")]
+    public void EntryErrorsNameTheRegistryTheEntryAndTheKey(string entry, string message)
+    {
+        using var tmp = new TempDir();
+        var path = tmp.Write("dataset_info.json", "{\"good\": {\"file_name\": \"g.json\"}, \"bad\": " + entry + "}");
+        var registry = DatasetRegistry.Load(path);
+        var e = Assert.Throws<DatasetException>(() => registry.Get("bad"));
+        Assert.Equal($"{path}: dataset 'bad'" + (message.StartsWith("key", StringComparison.Ordinal) ? ", " : ": ") + message, e.Message);
+    }
+
+    [Fact]
+    public void RegistryWithUtf8ByteOrderMarkIsRead()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.WriteBytes("dataset_info.json", [0xEF, 0xBB, 0xBF, .. """{"d": {"file_name": "d.json"}}"""u8]);
+        Assert.Equal("d.json", DatasetRegistry.Load(path).Get("d").FileName);
+    }
+
+    [Fact]
+    public void RegistryInLatin1IsReportedWithItsByteOffset()
+    {
+        using var tmp = new TempDir();
+        var path = tmp.WriteBytes("dataset_info.json", System.Text.Encoding.Latin1.GetBytes("{\"caf\u00e9\": {\"file_name\": \"d.json\"}}"));
         var e = Assert.Throws<DatasetException>(() => DatasetRegistry.Load(path));
-        Assert.Equal($"{path}: dataset 'd': unknown formatting 'openai_chat'; expected 'alpaca' or 'sharegpt'.", e.Message);
+        Assert.Equal($"{path}: byte 0xE9 at offset 5 (line 1, column 6) is not UTF-8: save the file as UTF-8 (e.g. iconv -f windows-1252 -t utf-8).", e.Message);
+    }
+
+    [Fact]
+    public void RegistryLinkedToDevZeroIsRejectedBeforeReading()
+    {
+        using var tmp = new TempDir();
+        var link = Path.Combine(tmp.Path, "dataset_info.json");
+        File.CreateSymbolicLink(link, "/dev/zero");
+        var e = Assert.Throws<DatasetException>(() => DatasetRegistry.Load(link));
+        Assert.Equal($"{link}: links to /dev/zero, a character device, not a regular file; dataset_info.json must be a regular JSON file.", e.Message);
     }
 
     [Fact]

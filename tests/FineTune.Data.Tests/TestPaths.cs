@@ -29,6 +29,14 @@ internal sealed class TempDir : IDisposable
         return full;
     }
 
+    public string WriteBytes(string name, byte[] bytes)
+    {
+        var full = System.IO.Path.Combine(Path, name);
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
+        File.WriteAllBytes(full, bytes);
+        return full;
+    }
+
     public void Dispose()
     {
         try { Directory.Delete(Path, true); } catch (IOException) { }

@@ -59,4 +59,51 @@ public sealed class CliTests
         Assert.Equal(2, code);
         Assert.Equal("error: /nonexistent/pipe: no such file or directory; pass a pipeline.yaml or the directory holding it.\n", err);
     }
+    [Fact]
+    public void DeeplyNestedPipelineIsAUserErrorNotAStackOverflow()
+    {
+        using var dir = new TempDir();
+        var file = TestPipelines.Write(dir, "name: x\nmodel: " + new string('[', 100_000) + new string(']', 100_000) + "\n");
+        var (code, _, err) = Finetune("validate", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal($"{file}:2:71: error: $: YAML nested deeper than 64 levels; a pipeline needs 4 (flatten the value here)\n1 error(s).\n", err);
+    }
+
+    [Fact]
+    public void WrongTypesInEveryTopLevelBlockAreLocatedErrors()
+    {
+        using var dir = new TempDir();
+        var file = TestPipelines.Write(dir, "name: [1]\nmodel: 5\ndata: [identity]\nstages: text\n");
+        var (code, _, err) = Finetune("validate", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal(
+            $"{file}:1:7: error: $.name: expected a string matching the pattern ^[A-Za-z0-9][A-Za-z0-9._-]*$, got a list\n" +
+            $"{file}:2:8: error: $.model: expected a mapping, got '5'\n" +
+            $"{file}:3:7: error: $.data: expected a mapping, got a list\n" +
+            $"{file}:4:9: error: $.stages: expected a mapping, got 'text'\n" +
+            "4 error(s).\n", err);
+    }
+
+    [Fact]
+    public void TruncatedPipelineIsALocatedSyntaxError()
+    {
+        using var dir = new TempDir();
+        var file = TestPipelines.Write(dir, TestPipelines.Full[..TestPipelines.Full.IndexOf("placeholders: {name: Bot", StringComparison.Ordinal)] + "placeholders: {name: Bo");
+        var (code, _, err) = Finetune("validate", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Equal($"{file}:11:1: error: $: YAML syntax: While parsing a flow mapping, did not find expected ',' or '}}'.\n1 error(s).\n", err);
+    }
+
+    [Fact]
+    public void DatasetThatIsNotUtf8StopsRegisterWithALocatedErrorAndExitTwo()
+    {
+        using var dir = new TempDir();
+        var data = dir.Write("data/identity.json", "");
+        File.WriteAllBytes(data, System.Text.Encoding.Latin1.GetBytes("[{\"instruction\": \"hi\", \"input\": \"\", \"output\": \"I am caf\u00e9\"}]"));
+        TestPipelines.Write(dir);
+        var (code, _, err) = Finetune("run", dir.Path, "--stage", "register");
+        Assert.Equal(2, code);
+        Assert.Contains($"{data}: record 1 (line 1): byte 0xE9 at offset 55 (line 1, column 56) is not UTF-8: save the file as UTF-8", err);
+        Assert.DoesNotContain("   at ", err);
+    }
 }

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Text;
 using System.Text.Json;
+using FineTune.IO;
 
 namespace FineTune.Data.Reading;
 
@@ -13,21 +14,42 @@ public sealed record RecordFile(string File, IReadOnlyList<RawRecord> Records, I
 /// <summary>
 /// Reads .json (an array, or JSON lines), .jsonl and .csv files into JSON records. Invalid JSON is reported with
 /// its line and column; in JSON-lines files one bad line is one bad record, in an array the file is unreadable.
+/// Text must be UTF-8 (a byte order mark is fine): a byte that is not is reported with its record, line and offset.
 /// </summary>
 public static class RecordReader
 {
+    /// <summary>The most FineTune reads from one dataset file (it holds the whole file in memory); larger data is split
+    /// into several files of one folder, which <c>file_name</c> may name.</summary>
+    public const long MaxFileBytes = 1L << 30;
+
+    internal const string LimitFor = "one dataset file";
+
     private static readonly JsonDocumentOptions Options = new() { AllowTrailingCommas = false, CommentHandling = JsonCommentHandling.Disallow };
 
     public static RecordFile Read(string path)
     {
-        var bytes = File.ReadAllBytes(path);
-        var body = bytes.AsSpan();
-        if (body.StartsWith("\uFEFF"u8)) body = body[3..];
+        var bytes = InputFile.ReadAllBytes(path, MaxFileBytes, LimitFor, p => new DatasetException($"{path}: {p.Text}; {Advice(p)}"));
+        var start = bytes.Length - InputFile.WithoutByteOrderMark(bytes).Length;
         var ext = Path.GetExtension(path).ToLowerInvariant();
-        if (ext == ".csv") return ReadCsv(path, Encoding.UTF8.GetString(body));
-        var first = FirstNonWhitespace(body);
-        return ext == ".json" && first == (byte)'[' ? ReadArray(path, body.ToArray()) : ReadLines(path, body.ToArray());
+        // In JSON lines a line that is not UTF-8 is one bad record (found below); UTF-16 (bad < 0), an array or a CSV
+        // table with such a byte cannot be read at all.
+        if (InputFile.Utf8Problem(bytes, out var bad) is { } encoding && (bad < 0 || !IsJsonLines(ext, bytes, start)))
+        {
+            var (record, line) = bad < 0 ? (0, (int?)null) : ext == ".csv" ? CsvRecordAt(bytes, start, bad) : ArrayRecordAt(bytes, start, bad);
+            return new RecordFile(path, [], [new DataProblem(path, record, line, "", encoding)], true);
+        }
+        if (ext == ".csv") return ReadCsv(path, Encoding.UTF8.GetString(bytes, start, bytes.Length - start));
+        return IsJsonLines(ext, bytes, start) ? ReadLines(path, bytes, start) : ReadArray(path, bytes.AsMemory(start));
     }
+
+    /// <summary>The advice that goes with a file that cannot be read at all.</summary>
+    internal static string Advice(InputFile.Problem p) => p.TooLarge
+        ? "split it into several files in one folder and set file_name to the folder."
+        : "point file_name at a regular .json, .jsonl or .csv file.";
+
+    /// <summary>A .json file is an array when its first token is '['; otherwise, like .jsonl, one record per line.</summary>
+    private static bool IsJsonLines(string ext, byte[] bytes, int start) =>
+        ext != ".csv" && !(ext == ".json" && FirstNonWhitespace(bytes.AsSpan(start)) == (byte)'[');
 
     private static int FirstNonWhitespace(ReadOnlySpan<byte> span)
     {
@@ -36,7 +58,35 @@ public static class RecordReader
         return -1;
     }
 
-    private static RecordFile ReadArray(string path, byte[] bytes)
+    /// <summary>The 1-based array element that holds byte <paramref name="offset"/> (0 before the first), and its line.</summary>
+    private static (int Record, int? Line) ArrayRecordAt(byte[] bytes, int start, int offset)
+    {
+        // The bytes before the bad one are valid UTF-8: read their tokens as an unfinished document.
+        var reader = new Utf8JsonReader(bytes.AsSpan(start, offset - start), isFinalBlock: false, state: default);
+        var record = 0;
+        try
+        {
+            while (reader.Read())
+                if (reader.CurrentDepth == 1 && reader.TokenType is not (JsonTokenType.EndObject or JsonTokenType.EndArray)) record++;
+        }
+        catch (JsonException)
+        {
+            // Invalid JSON before the bad byte: the count so far still places it.
+        }
+        return (record, InputFile.LineAndColumn(bytes, offset).Line);
+    }
+
+    /// <summary>The CSV row (1-based after the header, 0 for the header) that holds byte <paramref name="offset"/>, and its line.</summary>
+    private static (int Record, int? Line) CsvRecordAt(byte[] bytes, int start, int offset)
+    {
+        var before = Encoding.UTF8.GetString(bytes, start, offset - start);
+        var rows = ParseCsv(before);
+        // ParseCsv counts an unfinished last row; a bad byte right after a line break starts a row of its own.
+        var row = before.Length == 0 || before[^1] == '\n' ? rows.Count : rows.Count - 1;
+        return (row, InputFile.LineAndColumn(bytes, offset).Line);
+    }
+
+    private static RecordFile ReadArray(string path, ReadOnlyMemory<byte> bytes)
     {
         JsonElement root;
         try
@@ -50,7 +100,7 @@ public static class RecordReader
                 $"invalid JSON at line {(e.LineNumber ?? 0) + 1}, column {(e.BytePositionInLine ?? 0) + 1}: {Registry.DatasetRegistry.FirstSentence(e.Message)}");
             return new RecordFile(path, [], [problem], true);
         }
-        var lines = ElementStartLines(bytes);
+        var lines = ElementStartLines(bytes.Span);
         var records = new List<RawRecord>(root.GetArrayLength());
         var i = 0;
         foreach (var element in root.EnumerateArray())
@@ -62,7 +112,7 @@ public static class RecordReader
     }
 
     /// <summary>1-based line of each top-level array element's first token.</summary>
-    private static List<int> ElementStartLines(byte[] bytes)
+    private static List<int> ElementStartLines(ReadOnlySpan<byte> bytes)
     {
         var starts = new List<int>();
         var reader = new Utf8JsonReader(bytes, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Skip });
@@ -72,7 +122,7 @@ public static class RecordReader
         {
             if (reader.CurrentDepth != 1 || reader.TokenType is JsonTokenType.EndObject or JsonTokenType.EndArray) continue;
             var at = reader.TokenStartIndex;
-            line += bytes.AsSpan((int)scanned, (int)(at - scanned)).Count((byte)'\n');
+            line += bytes.Slice((int)scanned, (int)(at - scanned)).Count((byte)'\n');
             scanned = at;
             starts.Add(line);
             if (reader.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray) reader.Skip();
@@ -80,21 +130,29 @@ public static class RecordReader
         return starts;
     }
 
-    private static RecordFile ReadLines(string path, byte[] bytes)
+    /// <summary>One record per non-blank line; <paramref name="start"/> skips a byte order mark (offsets stay the file's).</summary>
+    private static RecordFile ReadLines(string path, byte[] bytes, int start)
     {
         var records = new List<RawRecord>();
         var problems = new List<DataProblem>();
-        var span = bytes.AsSpan();
+        var offset = start;
         var lineNumber = 0;
         var number = 0;
-        while (span.Length > 0)
+        while (offset < bytes.Length)
         {
             lineNumber++;
-            var nl = span.IndexOf((byte)'\n');
-            var lineBytes = nl < 0 ? span : span[..nl];
-            span = nl < 0 ? default : span[(nl + 1)..];
+            var rest = bytes.AsSpan(offset);
+            var nl = rest.IndexOf((byte)'\n');
+            var lineBytes = nl < 0 ? rest : rest[..nl];
+            var lineStart = offset;
+            offset += nl < 0 ? rest.Length : nl + 1;
             if (FirstNonWhitespace(lineBytes) < 0) continue;
             number++;
+            if (InputFile.FirstInvalidUtf8(lineBytes) is var bad and >= 0)
+            {
+                problems.Add(new DataProblem(path, number, lineNumber, "", InputFile.InvalidByteMessage(bytes, lineStart + bad)));
+                continue;
+            }
             try
             {
                 using var doc = JsonDocument.Parse(lineBytes.ToArray(), Options);

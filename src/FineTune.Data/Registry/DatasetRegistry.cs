@@ -1,4 +1,6 @@
 using System.Text.Json;
+using FineTune.Data.Reading;
+using FineTune.IO;
 
 namespace FineTune.Data.Registry;
 
@@ -23,25 +25,43 @@ public sealed class DatasetRegistry
     /// <summary>Values of <c>formatting</c>.</summary>
     public static readonly IReadOnlyList<string> FormattingNames = ["alpaca", "sharegpt"];
 
-    private DatasetRegistry(string path, IReadOnlyDictionary<string, DatasetEntry> entries)
+    /// <summary>The most FineTune reads of a dataset_info.json (LLaMA-Factory's own, with some 100 entries, is 20 KB).</summary>
+    public const long MaxRegistryBytes = 16L << 20;
+
+    private readonly Dictionary<string, JsonElement> _descriptions;
+    private readonly Dictionary<string, DatasetEntry> _entries = new(StringComparer.Ordinal);
+
+    private DatasetRegistry(string path, IReadOnlyList<string> names, Dictionary<string, JsonElement> descriptions)
     {
         RegistryPath = path;
-        Entries = entries;
+        Names = names;
+        _descriptions = descriptions;
     }
 
     public string RegistryPath { get; }
     public string Directory => Path.GetDirectoryName(RegistryPath)!;
-    public IReadOnlyDictionary<string, DatasetEntry> Entries { get; }
 
+    /// <summary>The registered dataset names, in file order.</summary>
+    public IReadOnlyList<string> Names { get; }
+
+    /// <summary>
+    /// Reads the registry as JSON; each entry is interpreted when <see cref="Get"/> asks for it, so a bad entry fails
+    /// only the pipelines that use it, as in LLaMA-Factory.
+    /// </summary>
     public static DatasetRegistry Load(string path)
     {
         var full = Path.GetFullPath(path);
-        if (!File.Exists(full))
+        if (!File.Exists(full) && !System.IO.Directory.Exists(full))
             throw new DatasetException($"{full}: dataset registry not found. Create a dataset_info.json (see docs/data.md) or point `data.dataset_dir` at the folder holding one.");
+        var bytes = InputFile.ReadAllBytes(full, MaxRegistryBytes, "dataset_info.json", p => new DatasetException($"{full}: {p.Text}; " +
+            (p.TooLarge ? "dataset_info.json describes datasets; the records belong in the files it names." : "dataset_info.json must be a regular JSON file.")));
+        if (InputFile.Utf8Problem(bytes, out _) is { } encoding)
+            throw new DatasetException($"{full}: {encoding}.");
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(full), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            doc = JsonDocument.Parse(bytes.AsMemory(bytes.Length - InputFile.WithoutByteOrderMark(bytes).Length),
+                new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
         }
         catch (JsonException e)
         {
@@ -51,33 +71,45 @@ public sealed class DatasetRegistry
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new DatasetException($"{full}: expected a JSON object mapping dataset names to descriptions, found {doc.RootElement.ValueKind}.");
-            var entries = new Dictionary<string, DatasetEntry>(StringComparer.Ordinal);
+            var names = new List<string>();
+            var descriptions = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
             foreach (var property in doc.RootElement.EnumerateObject())
-                entries[property.Name] = ParseEntry(full, property.Name, property.Value);
-            return new DatasetRegistry(full, entries);
+            {
+                // A name given twice: the later description wins, as Python's json.load has it.
+                if (!descriptions.ContainsKey(property.Name)) names.Add(property.Name);
+                descriptions[property.Name] = property.Value.Clone();
+            }
+            return new DatasetRegistry(full, names, descriptions);
         }
     }
 
+    /// <summary>Interprets one entry; errors name the file, the dataset and the key.</summary>
     public static DatasetEntry ParseEntry(string file, string name, JsonElement value)
     {
+        DatasetException Bad(string key, string message) => new($"{file}: dataset '{name}', key '{key}': {message}");
         if (value.ValueKind != JsonValueKind.Object)
-            throw new DatasetException($"{file}: dataset '{name}': expected an object, found {value.ValueKind}.");
+            throw new DatasetException($"{file}: dataset '{name}': expected an object with file_name (or a hub URL), formatting, columns, …, got {Show(value)}.");
         var formattingText = OptionalString(file, name, value, "formatting") ?? "alpaca";
         var formatting = formattingText switch
         {
             "alpaca" => DatasetFormatting.Alpaca,
             "sharegpt" => DatasetFormatting.ShareGpt,
-            _ => throw new DatasetException($"{file}: dataset '{name}': unknown formatting '{formattingText}'; expected 'alpaca' or 'sharegpt'."),
+            _ => throw Bad("formatting", $"unknown formatting '{formattingText}'; expected 'alpaca' or 'sharegpt'."),
         };
         var columns = new DatasetColumns();
-        if (value.TryGetProperty("columns", out var c) && c.ValueKind == JsonValueKind.Object)
+        if (Present(value, "columns") is { } c)
         {
+            if (c.ValueKind != JsonValueKind.Object)
+                throw Bad("columns", $"expected an object mapping column roles to column names, got {Show(c)}.");
             foreach (var key in c.EnumerateObject())
                 if (!ColumnKeys.Contains(key.Name))
-                    throw new DatasetException($"{file}: dataset '{name}': unknown column key '{key.Name}'; expected one of {string.Join(", ", ColumnKeys)}.");
+                    throw Bad($"columns.{key.Name}", $"unknown column key; expected one of {string.Join(", ", ColumnKeys)}.");
             // A named column replaces the default; an unnamed one keeps it (LLaMA-Factory's set_attr).
             string? Col(string key, string? fallback) =>
-                c.TryGetProperty(key, out var v) ? (v.ValueKind == JsonValueKind.String ? v.GetString() : v.ValueKind == JsonValueKind.Null ? null : throw new DatasetException($"{file}: dataset '{name}': columns.{key} must be a string.")) : fallback;
+                !c.TryGetProperty(key, out var v) ? fallback
+                : v.ValueKind == JsonValueKind.String ? v.GetString()
+                : v.ValueKind == JsonValueKind.Null ? null
+                : throw Bad($"columns.{key}", $"expected a string (a column name), got {Show(v)}.");
             columns = new DatasetColumns
             {
                 Prompt = Col("prompt", columns.Prompt), Query = Col("query", columns.Query), Response = Col("response", columns.Response),
@@ -88,12 +120,17 @@ public sealed class DatasetRegistry
         }
         var tags = new DatasetTags();
         // Tags apply to sharegpt only, as in LLaMA-Factory's parser.
-        if (formatting == DatasetFormatting.ShareGpt && value.TryGetProperty("tags", out var t) && t.ValueKind == JsonValueKind.Object)
+        if (formatting == DatasetFormatting.ShareGpt && Present(value, "tags") is { } t)
         {
+            if (t.ValueKind != JsonValueKind.Object)
+                throw Bad("tags", $"expected an object mapping tag names to values, got {Show(t)}.");
             foreach (var key in t.EnumerateObject())
                 if (!TagKeys.Contains(key.Name))
-                    throw new DatasetException($"{file}: dataset '{name}': unknown tag key '{key.Name}'; expected one of {string.Join(", ", TagKeys)}.");
-            string Tag(string key, string fallback) => t.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString()! : fallback;
+                    throw Bad($"tags.{key.Name}", $"unknown tag key; expected one of {string.Join(", ", TagKeys)}.");
+            string Tag(string key, string fallback) =>
+                !t.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null ? fallback
+                : v.ValueKind == JsonValueKind.String ? v.GetString()!
+                : throw Bad($"tags.{key}", $"expected a string, got {Show(v)}.");
             tags = new DatasetTags
             {
                 RoleTag = Tag("role_tag", tags.RoleTag), ContentTag = Tag("content_tag", tags.ContentTag), UserTag = Tag("user_tag", tags.UserTag),
@@ -102,13 +139,19 @@ public sealed class DatasetRegistry
             };
         }
         int? numSamples = null;
-        if (value.TryGetProperty("num_samples", out var ns) && ns.ValueKind != JsonValueKind.Null)
+        if (Present(value, "num_samples") is { } ns)
         {
             if (ns.ValueKind != JsonValueKind.Number || !ns.TryGetInt32(out var n) || n <= 0)
-                throw new DatasetException($"{file}: dataset '{name}': num_samples must be a positive integer.");
+                throw Bad("num_samples", $"expected a positive integer, got {Show(ns)}.");
             numSamples = n;
         }
-        var ranking = value.TryGetProperty("ranking", out var r) && r.ValueKind == JsonValueKind.True;
+        var ranking = Present(value, "ranking") switch
+        {
+            null => false,
+            { ValueKind: JsonValueKind.True } => true,
+            { ValueKind: JsonValueKind.False } => false,
+            var other => throw Bad("ranking", $"expected true or false, got {Show(other.Value)}."),
+        };
         return new DatasetEntry
         {
             Name = name,
@@ -127,11 +170,13 @@ public sealed class DatasetRegistry
         };
     }
 
-    /// <summary>The entry for <paramref name="name"/>, or an error listing the registered names.</summary>
+    /// <summary>The entry for <paramref name="name"/>, or an error listing the registered names (or what is wrong with the entry).</summary>
     public DatasetEntry Get(string name)
     {
-        if (Entries.TryGetValue(name, out var entry)) return entry;
-        throw new DatasetException($"{RegistryPath}: no dataset named '{name}'. Registered: {string.Join(", ", Entries.Keys.Order(StringComparer.Ordinal))}. Add an entry to dataset_info.json or fix the name in the pipeline.");
+        if (_entries.TryGetValue(name, out var entry)) return entry;
+        if (!_descriptions.TryGetValue(name, out var description))
+            throw new DatasetException($"{RegistryPath}: no dataset named '{name}'. Registered: {string.Join(", ", Names.Order(StringComparer.Ordinal))}. Add an entry to dataset_info.json or fix the name in the pipeline.");
+        return _entries[name] = ParseEntry(RegistryPath, name, description);
     }
 
     /// <summary>The local files an entry reads: its file, or every .json/.jsonl/.csv file of its folder (sorted).</summary>
@@ -150,12 +195,20 @@ public sealed class DatasetRegistry
             var files = System.IO.Directory.GetFiles(path).Where(IsSupported).Order(StringComparer.Ordinal).ToList();
             if (files.Count == 0)
                 throw new DatasetException($"{path}: folder of dataset '{entry.Name}' holds no .json, .jsonl or .csv files.");
+            foreach (var file in files)
+                if (InputFile.Check(file, RecordReader.MaxFileBytes, RecordReader.LimitFor) is { } p)
+                    throw new DatasetException($"{file}: dataset '{entry.Name}': {p.Text}; " + (p.TooLarge
+                        ? "split it into several files of the folder."
+                        : "remove it from the folder, or replace it with a regular file."));
             return files;
         }
         if (!File.Exists(path))
             throw new DatasetException($"{path}: file of dataset '{entry.Name}' not found (file_name '{entry.FileName}' in {RegistryPath}).");
         if (!IsSupported(path))
             throw new DatasetException($"{path}: dataset '{entry.Name}': unsupported file type '{Path.GetExtension(path)}'; use .json (array or lines), .jsonl or .csv.");
+        // Checked before anything reads or hashes the file: a link to /dev/zero would never end.
+        if (InputFile.Check(path, RecordReader.MaxFileBytes, RecordReader.LimitFor) is { } problem)
+            throw new DatasetException($"{path}: dataset '{entry.Name}': {problem.Text}; {RecordReader.Advice(problem)}");
         return [path];
     }
 
@@ -163,10 +216,21 @@ public sealed class DatasetRegistry
 
     private static string? OptionalString(string file, string name, JsonElement obj, string key)
     {
-        if (!obj.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (Present(obj, key) is not { } v) return null;
         if (v.ValueKind != JsonValueKind.String)
-            throw new DatasetException($"{file}: dataset '{name}': {key} must be a string, found {v.ValueKind}.");
+            throw new DatasetException($"{file}: dataset '{name}', key '{key}': expected a string, got {Show(v)}.");
         return v.GetString();
+    }
+
+    /// <summary>The value of <paramref name="key"/> unless it is absent or null (null means "not set", as in Python).</summary>
+    private static JsonElement? Present(JsonElement obj, string key) =>
+        obj.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
+
+    /// <summary>A value as written, shortened for a message.</summary>
+    private static string Show(JsonElement v)
+    {
+        var text = v.GetRawText();
+        return text.Length <= 60 ? text : text[..57] + "…";
     }
 
     internal static string FirstSentence(string message)

@@ -103,23 +103,16 @@ public sealed record ModelConfig
         _ => null,
     };
 
+    /// <summary>The most FineTune reads of a config.json (they hold sizes and names, a few KB).</summary>
+    public const long MaxConfigBytes = 16L << 20;
+
     /// <summary>Reads config.json from a file or from a model directory.</summary>
     public static ModelConfig Load(string path)
     {
         var file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
         if (!File.Exists(file))
             throw new ModelFormatException(file, "config.json not found; a Hugging Face model directory needs one (download the model again or point to the right directory).");
-        JsonNode? root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllText(file), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = true });
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(file, $"invalid JSON at line {e.LineNumber + 1}: {e.Message}", e);
-        }
-        if (root is not JsonObject obj)
-            throw new ModelFormatException(file, "expected a JSON object at the top level.");
+        var obj = JsonInput.ReadObject(file, MaxConfigBytes, "config.json must be a regular JSON file (download the model again).");
         return FromJson(obj, file);
     }
 
@@ -133,25 +126,52 @@ public sealed record ModelConfig
         var arch = ParseArchitecture(modelType)
             ?? throw new ModelFormatException(file, $"unsupported architecture \"{modelType}\" (model_type); FineTune supports llama, qwen2, qwen3 and mistral models.");
 
-        int hidden = reader.RequiredInt("hidden_size");
-        int heads = reader.RequiredInt("num_attention_heads");
-        int layers = reader.RequiredInt("num_hidden_layers");
-        int intermediate = reader.RequiredInt("intermediate_size");
-        int kvHeads = reader.Int("num_key_value_heads") ?? heads;
-        // transformers: Qwen3Config defaults head_dim to 128; the others use hidden_size / num_attention_heads.
-        int headDim = reader.Int("head_dim") ?? (arch == ModelArchitecture.Qwen3 ? 128 : hidden / heads);
-        if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0)
-            throw new ModelFormatException(file, $"num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kvHeads}).");
-        if (reader.Int("head_dim") is null && arch != ModelArchitecture.Qwen3 && hidden % heads != 0)
-            throw new ModelFormatException(file, $"hidden_size ({hidden}) is not divisible by num_attention_heads ({heads}); set head_dim.");
+        // Bounds well above every released model: a value outside them is a broken or hostile file, which would
+        // otherwise pass download and fail in training with a negative dimension or an allocation of petabytes.
+        int hidden = reader.Range("hidden_size", reader.RequiredInt("hidden_size"), 1, MaxHiddenSize);
+        int heads = reader.Range("num_attention_heads", reader.RequiredInt("num_attention_heads"), 1, MaxHeads);
+        int layers = reader.Range("num_hidden_layers", reader.RequiredInt("num_hidden_layers"), 1, MaxLayers);
+        int intermediate = reader.Range("intermediate_size", reader.RequiredInt("intermediate_size"), 1, MaxIntermediateSize);
+        int kvHeads = reader.Range("num_key_value_heads", reader.Int("num_key_value_heads") ?? heads, 1, MaxHeads);
+        if (heads % kvHeads != 0)
+            throw new ModelFormatException(file, $"\"num_key_value_heads\" ({kvHeads}) must divide \"num_attention_heads\" ({heads}): each key/value head serves a whole group of query heads.");
+        int headDim;
+        if (reader.Int("head_dim") is { } hd)
+        {
+            headDim = reader.Range("head_dim", hd, 2, MaxHeadDim);
+            if (headDim % 2 != 0)
+                throw new ModelFormatException(file, $"\"head_dim\" must be even (RoPE rotates pairs of dimensions), got {headDim}.");
+        }
+        else if (arch == ModelArchitecture.Qwen3)
+            headDim = 128; // transformers: Qwen3Config defaults head_dim to 128; the others use hidden_size / num_attention_heads.
+        else
+        {
+            if (hidden % heads != 0)
+                throw new ModelFormatException(file, $"\"hidden_size\" ({hidden}) is not divisible by \"num_attention_heads\" ({heads}); set \"head_dim\".");
+            headDim = hidden / heads;
+            if (headDim % 2 != 0)
+                throw new ModelFormatException(file, $"the head dimension \"hidden_size\" / \"num_attention_heads\" = {headDim} must be even (RoPE rotates pairs of dimensions); set \"head_dim\".");
+        }
+        int vocab = reader.Range("vocab_size", reader.Int("vocab_size") ?? (arch is ModelArchitecture.Qwen2 or ModelArchitecture.Qwen3 ? 151936 : 32000), 1, MaxVocabSize);
+        int maxPositions = reader.Range("max_position_embeddings", reader.Int("max_position_embeddings") ?? arch switch
+        {
+            ModelArchitecture.Llama => 2048,
+            ModelArchitecture.Mistral => 131072,
+            _ => 32768,
+        }, 1, MaxPositions);
 
         // transformers 5 moved rope_theta and rope_scaling into rope_parameters; read both layouts.
         var ropeParams = obj["rope_parameters"] as JsonObject;
-        double ropeTheta = reader.Double("rope_theta")
-            ?? (ropeParams is not null ? new ConfigReader(ropeParams, file).Double("rope_theta") : null)
-            ?? 10000.0;
-        var scalingObj = obj["rope_scaling"] as JsonObject ?? ropeParams;
-        var scaling = scalingObj is null ? null : ParseRopeScaling(scalingObj, file);
+        var ropeParamsReader = ropeParams is null ? null : new ConfigReader(ropeParams, file, "rope_parameters.");
+        double ropeTheta = reader.Double("rope_theta") is { } rt ? reader.Range("rope_theta", rt, 1, false, MaxRopeTheta, true, "(1, 1e+12]")
+            : ropeParamsReader?.Double("rope_theta") is { } rpt ? ropeParamsReader.Range("rope_theta", rpt, 1, false, MaxRopeTheta, true, "(1, 1e+12]")
+            : 10000.0;
+        var scalingObj = obj["rope_scaling"] as JsonObject;
+        var scaling = scalingObj is not null ? ParseRopeScaling(scalingObj, file, "rope_scaling.")
+            : ropeParams is not null ? ParseRopeScaling(ropeParams, file, "rope_parameters.")
+            : null;
+        double rmsNormEps = reader.Double("rms_norm_eps") is { } eps ? reader.Range("rms_norm_eps", eps, 0, false, 1, false, "(0, 1)") : 1e-6;
+        double initializerRange = reader.Double("initializer_range") is { } ir ? reader.Range("initializer_range", ir, 0, true, 1, true, "[0, 1]") : 0.02;
 
         // Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases.
         bool attentionBias = arch switch
@@ -183,49 +203,57 @@ public sealed record ModelConfig
             NumAttentionHeads = heads,
             NumKeyValueHeads = kvHeads,
             HeadDim = headDim,
-            VocabSize = reader.Int("vocab_size") ?? (arch is ModelArchitecture.Qwen2 or ModelArchitecture.Qwen3 ? 151936 : 32000),
-            RmsNormEps = reader.Double("rms_norm_eps") ?? 1e-6,
+            VocabSize = vocab,
+            RmsNormEps = rmsNormEps,
             RopeTheta = ropeTheta,
             RopeScaling = scaling,
             TieWordEmbeddings = reader.Bool("tie_word_embeddings") ?? false,
             AttentionBias = attentionBias,
             MlpBias = arch == ModelArchitecture.Llama && (reader.Bool("mlp_bias") ?? false),
-            MaxPositionEmbeddings = reader.Int("max_position_embeddings") ?? arch switch
-            {
-                ModelArchitecture.Llama => 2048,
-                ModelArchitecture.Mistral => 131072,
-                _ => 32768,
-            },
+            MaxPositionEmbeddings = maxPositions,
             HiddenAct = reader.String("hidden_act") ?? "silu",
             BosTokenId = reader.Int("bos_token_id"),
             EosTokenIds = reader.IntOrList("eos_token_id"),
             PadTokenId = reader.Int("pad_token_id"),
             TorchDtype = reader.String("torch_dtype") ?? reader.String("dtype") ?? "float32",
-            InitializerRange = reader.Double("initializer_range") ?? 0.02,
+            InitializerRange = initializerRange,
             Extra = extra,
         };
     }
 
-    private static RopeScaling? ParseRopeScaling(JsonObject o, string file)
+    private static RopeScaling? ParseRopeScaling(JsonObject o, string file, string prefix)
     {
-        var r = new ConfigReader(o, file);
+        var r = new ConfigReader(o, file, prefix);
         var type = r.String("rope_type") ?? r.String("type");
         if (type is null or "default")
             return null;
         if (!RopeScaling.KnownTypes.Contains(type))
             throw new ModelFormatException(file, $"unsupported rope_scaling type \"{type}\"; FineTune supports linear, dynamic, yarn and llama3.");
-        return new RopeScaling
+        double? Positive(string key) => r.Double(key) is { } v ? r.Range(key, v, 0, false, MaxRopeFactor, true, "(0, 1e+06]") : null;
+        var scaling = new RopeScaling
         {
             Type = type,
-            Factor = r.Double("factor") ?? 1.0,
-            OriginalMaxPositionEmbeddings = r.Int("original_max_position_embeddings"),
-            LowFreqFactor = r.Double("low_freq_factor"),
-            HighFreqFactor = r.Double("high_freq_factor"),
-            BetaFast = r.Double("beta_fast"),
-            BetaSlow = r.Double("beta_slow"),
-            AttentionFactor = r.Double("attention_factor"),
+            Factor = Positive("factor") ?? 1.0,
+            OriginalMaxPositionEmbeddings = r.Int("original_max_position_embeddings") is { } omp ? r.Range("original_max_position_embeddings", omp, 1, MaxPositions) : null,
+            LowFreqFactor = Positive("low_freq_factor"),
+            HighFreqFactor = Positive("high_freq_factor"),
+            BetaFast = Positive("beta_fast"),
+            BetaSlow = Positive("beta_slow"),
+            AttentionFactor = Positive("attention_factor"),
         };
+        // The engine's defaults (TransformerSpec.FromConfig): llama3 divides by high - low, yarn ramps from beta_slow to beta_fast.
+        if (type == "llama3" && (scaling.HighFreqFactor ?? 4.0) <= (scaling.LowFreqFactor ?? 1.0))
+            throw new ModelFormatException(file, $"\"{prefix}high_freq_factor\" ({Show(scaling.HighFreqFactor ?? 4.0)}) must be larger than \"{prefix}low_freq_factor\" ({Show(scaling.LowFreqFactor ?? 1.0)}).");
+        if (type == "yarn" && (scaling.BetaFast ?? 32.0) <= (scaling.BetaSlow ?? 1.0))
+            throw new ModelFormatException(file, $"\"{prefix}beta_fast\" ({Show(scaling.BetaFast ?? 32.0)}) must be larger than \"{prefix}beta_slow\" ({Show(scaling.BetaSlow ?? 1.0)}).");
+        return scaling;
     }
+
+    private const int MaxHiddenSize = 65536, MaxHeads = 1024, MaxLayers = 1024, MaxIntermediateSize = 262144, MaxHeadDim = 1024;
+    private const int MaxVocabSize = 1 << 22, MaxPositions = 1 << 24;
+    private const double MaxRopeTheta = 1e12, MaxRopeFactor = 1e6;
+
+    private static string Show(double v) => v.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>The config as HF's JSON object (keys sorted, like transformers writes them).</summary>
     public JsonObject ToJson()
@@ -293,8 +321,16 @@ public sealed record ModelConfig
         ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
 
     /// <summary>Reads typed values from a config object, with errors naming the file and key.</summary>
-    private sealed class ConfigReader(JsonObject obj, string file)
+    private sealed class ConfigReader(JsonObject obj, string file, string prefix = "")
     {
+        /// <summary><paramref name="value"/> if it lies in [min, max], else an error naming the key, the value and the range.</summary>
+        public int Range(string key, int value, int min, int max) => value >= min && value <= max ? value
+            : throw new ModelFormatException(file, $"\"{prefix}{key}\" must be an integer in [{min}, {max}], got {value}.");
+
+        public double Range(string key, double value, double min, bool minInclusive, double max, bool maxInclusive, string range) =>
+            double.IsFinite(value) && (minInclusive ? value >= min : value > min) && (maxInclusive ? value <= max : value < max) ? value
+            : throw new ModelFormatException(file, $"\"{prefix}{key}\" must be a number in {range}, got {Show(value)}.");
+
         public string? String(string key) => obj[key] switch
         {
             null => null,
@@ -336,6 +372,6 @@ public sealed record ModelConfig
         };
 
         private ModelFormatException Wrong(string key, string expected, JsonNode? got) =>
-            new(file, $"\"{key}\" must be {expected}, got {got?.ToJsonString() ?? "null"}.");
+            new(file, $"\"{prefix}{key}\" must be {expected}, got {got?.ToJsonString() ?? "null"}.");
     }
 }

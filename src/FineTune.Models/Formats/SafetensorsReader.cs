@@ -24,6 +24,8 @@ public sealed unsafe class SafetensorsReader : IDisposable
     public const string IndexFileName = "model.safetensors.index.json";
     /// <summary>The same bound the reference implementation puts on the header (100 MB).</summary>
     private const long MaxHeaderBytes = 100_000_000;
+    /// <summary>An index maps tensor names to shard names; the largest models' are a few hundred KB.</summary>
+    private const long MaxIndexBytes = 64L << 20;
 
     private readonly List<MappedFile> _files = [];
     private readonly Dictionary<string, SafetensorsTensorInfo> _tensors = new(StringComparer.Ordinal);
@@ -82,16 +84,7 @@ public sealed unsafe class SafetensorsReader : IDisposable
 
     private void OpenIndex(string indexPath)
     {
-        JsonObject index;
-        try
-        {
-            index = JsonNode.Parse(File.ReadAllText(indexPath)) as JsonObject
-                ?? throw new ModelFormatException(indexPath, "expected a JSON object with \"weight_map\".");
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(indexPath, $"invalid JSON at line {e.LineNumber + 1}: {e.Message}", e);
-        }
+        var index = JsonInput.ReadObject(indexPath, MaxIndexBytes, "the index must be a regular JSON file (download the model again).");
         if (index["weight_map"] is not JsonObject map)
             throw new ModelFormatException(indexPath, "missing \"weight_map\" (tensor name → shard file).");
         var dir = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
@@ -117,7 +110,11 @@ public sealed unsafe class SafetensorsReader : IDisposable
 
     private void AddFile(string path, HashSet<string>? expected)
     {
-        var length = new FileInfo(path).Length;
+        if (FineTune.IO.InputFile.Check(path, long.MaxValue, "a safetensors file") is { } problem)
+            throw new ModelFormatException(path, $"{problem.Text}; weights must be regular .safetensors files (download the model again).");
+        var file = new FileInfo(path);
+        // A link (as in a Hugging Face cache) has its own length; the data is the target's.
+        var length = (file.LinkTarget is null ? file : file.ResolveLinkTarget(returnFinalTarget: true) as FileInfo ?? file).Length;
         if (length < 8)
             throw new ModelFormatException(path, $"file is {length} bytes, too short for a safetensors header; the file is truncated or not safetensors.");
         var mmf = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
@@ -142,17 +139,9 @@ public sealed unsafe class SafetensorsReader : IDisposable
             throw new ModelFormatException(path, $"header length {headerLen} does not fit the file ({length} bytes); the file is truncated or not safetensors.");
         var dataStart = 8 + (long)headerLen;
         var dataLength = length - dataStart;
-        JsonObject header;
-        try
-        {
-            header = JsonNode.Parse(new ReadOnlySpan<byte>(basePtr + 8, (int)headerLen)) as JsonObject
-                ?? throw new ModelFormatException(path, "header is not a JSON object.");
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(path, $"header is not valid JSON: {e.Message}", e);
-        }
+        var header = JsonInput.ParseObject(new ReadOnlySpan<byte>(basePtr + 8, (int)headerLen), path);
 
+        var entries = new List<SafetensorsTensorInfo>();
         foreach (var (name, node) in header)
         {
             if (name == "__metadata__")
@@ -169,12 +158,14 @@ public sealed unsafe class SafetensorsReader : IDisposable
                 continue;
             }
             var info = ParseEntry(path, name, node, dataStart, dataLength);
+            entries.Add(info);
             if (expected is not null && !expected.Contains(name))
                 continue; // a tensor the index does not map to this shard: the index decides
             if (!_tensors.TryAdd(name, info))
                 throw new ModelFormatException(path, $"tensor \"{name}\" also appears in {_tensors[name].FilePath}; a model must name each tensor once.");
             _fileOf[name] = mapped;
         }
+        CheckNoOverlap(path, entries, dataStart);
         if (expected is not null)
             foreach (var name in expected.Order(StringComparer.Ordinal))
                 if (!_tensors.ContainsKey(name))
@@ -199,13 +190,36 @@ public sealed unsafe class SafetensorsReader : IDisposable
             || offs[0] is not JsonValue b0 || !b0.TryGetValue<long>(out var begin)
             || offs[1] is not JsonValue e0 || !e0.TryGetValue<long>(out var end))
             throw new ModelFormatException(path, $"tensor \"{name}\": data_offsets must be [begin, end].");
-        long elements = shape.Aggregate(1L, (a, b) => a * b);
-        long expectedBytes = elements * dtype.Value.ElementSize();
+        long expectedBytes;
+        try
+        {
+            expectedBytes = checked(shape.Aggregate(1L, (a, b) => a * b) * dtype.Value.ElementSize());
+        }
+        catch (OverflowException)
+        {
+            // Unchecked, 2^32 · 2^32 elements wrap to 0 and match data_offsets [0, 0].
+            throw new ModelFormatException(path, $"tensor \"{name}\": shape [{string.Join(", ", shape)}] of {dtype.Value.HeaderName()} needs more than 2^63 bytes; the header is corrupt.");
+        }
         if (begin < 0 || end < begin || end > dataLength)
             throw new ModelFormatException(path, $"tensor \"{name}\": data_offsets [{begin}, {end}] lie outside the {dataLength} data bytes; the file is truncated.");
         if (end - begin != expectedBytes)
             throw new ModelFormatException(path, $"tensor \"{name}\": {end - begin} bytes stored but shape [{string.Join(", ", shape)}] of {dtype.Value.HeaderName()} needs {expectedBytes}.");
         return new SafetensorsTensorInfo(name, dtype.Value, shape, path, dataStart + begin, end - begin);
+    }
+
+    /// <summary>Two tensors must not share bytes (the reference implementation lays them end to end); empty ones take none.</summary>
+    private static void CheckNoOverlap(string path, IEnumerable<SafetensorsTensorInfo> entries, long dataStart)
+    {
+        var spans = entries.Where(t => t.ByteLength > 0)
+            .OrderBy(t => t.DataOffset).ThenBy(t => t.Name, StringComparer.Ordinal)
+            .ToList();
+        for (var i = 1; i < spans.Count; i++)
+        {
+            var (before, after) = (spans[i - 1], spans[i]);
+            if (after.DataOffset < before.DataOffset + before.ByteLength)
+                throw new ModelFormatException(path, $"tensor \"{after.Name}\": data_offsets [{after.DataOffset - dataStart}, {after.DataOffset - dataStart + after.ByteLength}] " +
+                    $"overlap those of tensor \"{before.Name}\" [{before.DataOffset - dataStart}, {before.DataOffset - dataStart + before.ByteLength}]; the file is corrupt (download it again).");
+        }
     }
 
     public bool Contains(string name) => _tensors.ContainsKey(name);

@@ -1,7 +1,10 @@
 using System.Globalization;
+using System.Text;
 using System.Text.RegularExpressions;
+using FineTune.IO;
 using FineTune.Pipeline.Config;
 using YamlDotNet.Core;
+using YamlDotNet.Core.Events;
 using YamlDotNet.RepresentationModel;
 
 namespace FineTune.Pipeline.Validation;
@@ -44,10 +47,23 @@ public static class PipelineLoader
         throw new PipelineUserException($"{fileOrDirectory}: no such file or directory; pass a pipeline.yaml or the directory holding it.");
     }
 
+    /// <summary>The most FineTune reads of a pipeline file; a pipeline names its data and models (a few KB).</summary>
+    public const long MaxPipelineBytes = 1L << 20;
+
+    /// <summary>How deep YAML may nest: a pipeline needs 4 levels; YamlDotNet builds nodes recursively, so 100,000 would overflow the stack.</summary>
+    public const int MaxDepth = 64;
+
     public static LoadedPipeline Load(string fileOrDirectory)
     {
         var file = ResolvePipelineFile(fileOrDirectory);
-        return Parse(File.ReadAllText(file), file);
+        var bytes = InputFile.ReadAllBytes(file, MaxPipelineBytes, "pipeline.yaml", p => new PipelineUserException($"{file}: {p.Text}; " +
+            (p.TooLarge ? "a pipeline names its data and models, it does not hold them." : "pipeline.yaml must be a regular text file.")));
+        if (InputFile.Utf8Problem(bytes, out var bad) is { } encoding)
+        {
+            var (line, column) = bad < 0 ? (1, 1) : InputFile.LineAndColumn(bytes, bad);
+            throw new PipelineValidationException([new PipelineError(file, line, column, "$", encoding)]);
+        }
+        return Parse(Encoding.UTF8.GetString(InputFile.WithoutByteOrderMark(bytes)), file);
     }
 
     /// <summary>Parses pipeline text; <paramref name="filePath"/> names the file in messages and anchors relative paths.</summary>
@@ -56,16 +72,32 @@ public static class PipelineLoader
         filePath = Path.GetFullPath(filePath);
         var binder = new Binder(filePath);
         var stream = new YamlStream();
+        var scanner = new Scanner(new StringReader(yaml));
+        var parser = new DepthLimitedParser(new Parser(scanner), MaxDepth);
         try
         {
-            stream.Load(new StringReader(yaml));
+            stream.Load(parser);
+        }
+        // YamlDotNet 16 lets two malformed inputs escape as bare exceptions instead of a YamlException:
+        catch (InvalidOperationException e) when (e.Source == "YamlDotNet")
+        {
+            // a plain scalar at column 1 inside a flow collection ("a: [\nb: 1"): the scanner stops at it.
+            throw SyntaxError(filePath, scanner.CurrentPosition, "a '[' or '{' above is not closed (or its items are not indented)");
+        }
+        catch (ArgumentException e) when (e.Source == "YamlDotNet")
+        {
+            // an empty key with a mapping on the same line ("model:\n : source: x"): the node model rejects the event.
+            throw SyntaxError(filePath, parser.Current?.Start ?? scanner.CurrentPosition, "unexpected mapping here; write a key before ':' and a nested mapping on its own indented lines");
         }
         catch (YamlException e)
         {
             var message = e.InnerException is not null ? e.InnerException.Message : e.Message;
             // YamlDotNet prefixes messages with "(Lin: .., Col: ..) - (..): "; the location is printed our way instead.
             message = Regex.Replace(message, @"^\(Lin: \d+, Ck: \d+, Chr: \d+\) - \(Lin: \d+, Ck: \d+, Chr: \d+\): ", "");
-            throw new PipelineValidationException([new PipelineError(filePath, (int)e.Start.Line, (int)e.Start.Column, "$", "YAML syntax: " + message)]);
+            // Some scanner errors (a tab as indentation) carry no mark; the scanner stands where it stopped.
+            var at = e.Start.Equals(Mark.Empty) ? scanner.CurrentPosition : e.Start;
+            throw new PipelineValidationException([new PipelineError(filePath, (int)at.Line, (int)at.Column, "$",
+                e is NestingTooDeepException ? message : "YAML syntax: " + message)]);
         }
 
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
@@ -77,9 +109,38 @@ public static class PipelineLoader
 
         var definition = (PipelineDefinition)binder.BindObject(root, typeof(PipelineDefinition), "$");
         definition = SemanticChecks.Apply(definition, binder);
+        DatasetChecks.Apply(definition, binder);
         if (binder.Errors.Count > 0)
             throw new PipelineValidationException(binder.Errors.OrderBy(e => e.Line).ThenBy(e => e.Column).ToArray());
         return new LoadedPipeline(definition, filePath, binder.Positions);
+    }
+
+    private static PipelineValidationException SyntaxError(string file, Mark at, string message) =>
+        new([new PipelineError(file, (int)at.Line, (int)at.Column, "$", "YAML syntax: " + message)]);
+
+    private sealed class NestingTooDeepException(Mark start, Mark end, string message) : YamlException(start, end, message);
+
+    /// <summary>Passes YamlDotNet's events through and stops at the first collection nested deeper than the limit.</summary>
+    private sealed class DepthLimitedParser(IParser inner, int maxDepth) : IParser
+    {
+        private int _depth;
+
+        public ParsingEvent? Current => inner.Current;
+
+        public bool MoveNext()
+        {
+            if (!inner.MoveNext()) return false;
+            switch (inner.Current)
+            {
+                case MappingStart or SequenceStart when ++_depth > maxDepth:
+                    throw new NestingTooDeepException(inner.Current.Start, inner.Current.End,
+                        $"YAML nested deeper than {maxDepth} levels; a pipeline needs 4 (flatten the value here)");
+                case MappingEnd or SequenceEnd:
+                    _depth--;
+                    break;
+            }
+            return true;
+        }
     }
 
     /// <summary>Walks the YAML nodes against the record types, collecting errors instead of stopping at the first.</summary>
@@ -89,11 +150,16 @@ public static class PipelineLoader
         public Dictionary<string, (int Line, int Column)> Positions { get; } = new(StringComparer.Ordinal);
         public string FilePath { get; } = filePath;
 
+        /// <summary>Paths whose value had an error and kept its default.</summary>
+        private HashSet<string> Unbound { get; } = new(StringComparer.Ordinal);
+
         public void Error(YamlNode node, string path, string message) =>
             Errors.Add(new PipelineError(FilePath, (int)node.Start.Line, (int)node.Start.Column, path, message));
 
         public void Error(string path, string message)
         {
+            // A value that failed to bind was left at its default; a rule about it would only repeat that error.
+            if (Unbound.Contains(path)) return;
             // The closest located ancestor: a missing key is reported at its parent mapping.
             var p = path;
             while (!Positions.ContainsKey(p) && p.Contains('.'))
@@ -130,6 +196,8 @@ public static class PipelineLoader
                 Positions[childPath] = ((int)valueNode.Start.Line, (int)valueNode.Start.Column);
                 if (BindValue(valueNode, key, childPath, out var value))
                     key.Property.SetValue(instance, value);
+                else
+                    Unbound.Add(childPath);
             }
             foreach (var key in keys.Where(k => k.Required && !seen.Contains(k.Name)))
                 Error(map, $"{path}.{key.Name}", $"missing required key '{key.Name}'" + (key.Description is null ? "" : $" ({key.Description})"));
@@ -197,17 +265,23 @@ public static class PipelineLoader
             if (node is YamlSequenceNode seq)
             {
                 var ok = true;
-                foreach (var item in seq.Children)
+                for (var i = 0; i < seq.Children.Count; i++)
                 {
+                    var item = seq.Children[i];
+                    // Each item is located, so that rules about it (an unknown dataset name) point at its line.
+                    Positions[$"{path}[{i}]"] = ((int)item.Start.Line, (int)item.Start.Column);
                     if (item is YamlScalarNode { Value: { } v } && !IsNull(item)) items.Add((item, v));
-                    else { Error(item, $"{path}[{items.Count}]", $"expected a string, got {Describe(item)}"); ok = false; }
+                    else { Error(item, $"{path}[{i}]", $"expected a string, got {Describe(item)}"); ok = false; }
                 }
                 if (!ok) return false;
             }
             else if (node is YamlScalarNode { Value: { } text } && key.ScalarOrList)
             {
                 foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    Positions[$"{path}[{items.Count}]"] = ((int)node.Start.Line, (int)node.Start.Column);
                     items.Add((node, part));
+                }
             }
             else
             {
@@ -320,7 +394,7 @@ public static class PipelineLoader
                 ValueKind.Integer => "an integer",
                 ValueKind.Number => "a number",
                 ValueKind.Boolean => "true or false",
-                ValueKind.String => key.Pattern is null ? "a string" : PatternHint(key),
+                ValueKind.String => key.Pattern is null ? "a string" : key.Pattern == TrainConfig.DevicePattern ? PatternHint(key) : "a string matching " + PatternHint(key),
                 ValueKind.Enum => "one of " + string.Join(", ", key.EnumNames),
                 ValueKind.StringList => key.ScalarOrList ? "a list of strings or a comma-separated string" : "a list of strings",
                 ValueKind.EnumList => "a list of " + string.Join(" | ", key.EnumNames),

@@ -11,13 +11,15 @@ public sealed class LoraMergeTests(ITestOutputHelper output) : IDisposable
 
     private const string Q = "model.layers.0.self_attn.q_proj";
 
-    /// <summary>A minimal "model": config.json and a few named tensors (the merge reads names and shapes only).</summary>
+    /// <summary>A minimal "model": config.json and a few named tensors (the merge reads names and shapes only). hidden_size 3
+    /// keeps the shapes non-square; head_dim 2 is set because 3 / 1 heads would be an odd head dimension, which config.json
+    /// may not have (RoPE rotates pairs).</summary>
     private string Base(SafetensorsDType dtype = SafetensorsDType.F32, Action<SafetensorsWriter>? extra = null)
     {
         var dir = Directory.CreateDirectory(_dir.File("base")).FullName;
         File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
             {"model_type": "llama", "hidden_size": 3, "intermediate_size": 4, "num_hidden_layers": 1,
-             "num_attention_heads": 1, "vocab_size": 4, "torch_dtype": "{{dtype.ToTorchDtype()}}"}
+             "num_attention_heads": 1, "head_dim": 2, "vocab_size": 4, "torch_dtype": "{{dtype.ToTorchDtype()}}"}
             """);
         File.WriteAllText(Path.Combine(dir, "tokenizer.json"), "{}");
         var w = new SafetensorsWriter();

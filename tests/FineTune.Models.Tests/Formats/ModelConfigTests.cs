@@ -133,4 +133,98 @@ public sealed class ModelConfigTests : IDisposable
         Assert.StartsWith("{\n  \"architectures\": [\n    \"Qwen2ForCausalLM\"\n  ],\n  \"bos_token_id\": 151643,\n", text);
         Assert.EndsWith("\"vocab_size\": 151936\n}\n", text);
     }
+    private const string Llama = """
+        {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+         "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 1000, "max_position_embeddings": 4096,
+         "rope_theta": 500000.0, "rms_norm_eps": 1e-05}
+        """;
+
+    /// <summary>The llama config above with one key set to <paramref name="json"/>.</summary>
+    private string LlamaWith(string key, string json)
+    {
+        var o = System.Text.Json.Nodes.JsonNode.Parse(Llama)!.AsObject();
+        o[key] = System.Text.Json.Nodes.JsonNode.Parse(json);
+        return _dir.Write("config.json", o.ToJsonString());
+    }
+
+    [Theory]
+    [InlineData("hidden_size", "-128", "\"hidden_size\" must be an integer in [1, 65536], got -128.")]
+    [InlineData("hidden_size", "0", "\"hidden_size\" must be an integer in [1, 65536], got 0.")]
+    [InlineData("hidden_size", "1000000", "\"hidden_size\" must be an integer in [1, 65536], got 1000000.")]
+    [InlineData("num_hidden_layers", "-2", "\"num_hidden_layers\" must be an integer in [1, 1024], got -2.")]
+    [InlineData("num_attention_heads", "0", "\"num_attention_heads\" must be an integer in [1, 1024], got 0.")]
+    [InlineData("num_key_value_heads", "-4", "\"num_key_value_heads\" must be an integer in [1, 1024], got -4.")]
+    [InlineData("num_key_value_heads", "3", "\"num_key_value_heads\" (3) must divide \"num_attention_heads\" (8): each key/value head serves a whole group of query heads.")]
+    [InlineData("num_key_value_heads", "16", "\"num_key_value_heads\" (16) must divide \"num_attention_heads\" (8): each key/value head serves a whole group of query heads.")]
+    [InlineData("head_dim", "-16", "\"head_dim\" must be an integer in [2, 1024], got -16.")]
+    [InlineData("head_dim", "15", "\"head_dim\" must be even (RoPE rotates pairs of dimensions), got 15.")]
+    [InlineData("vocab_size", "-1000", "\"vocab_size\" must be an integer in [1, 4194304], got -1000.")]
+    [InlineData("vocab_size", "2000000000", "\"vocab_size\" must be an integer in [1, 4194304], got 2000000000.")]
+    [InlineData("intermediate_size", "-256", "\"intermediate_size\" must be an integer in [1, 262144], got -256.")]
+    [InlineData("max_position_embeddings", "-1", "\"max_position_embeddings\" must be an integer in [1, 16777216], got -1.")]
+    [InlineData("rope_theta", "-10000", "\"rope_theta\" must be a number in (1, 1e+12], got -10000.")]
+    [InlineData("rope_theta", "0", "\"rope_theta\" must be a number in (1, 1e+12], got 0.")]
+    [InlineData("rms_norm_eps", "0", "\"rms_norm_eps\" must be a number in (0, 1), got 0.")]
+    [InlineData("rms_norm_eps", "-1e-6", "\"rms_norm_eps\" must be a number in (0, 1), got -1E-06.")]
+    [InlineData("initializer_range", "-0.02", "\"initializer_range\" must be a number in [0, 1], got -0.02.")]
+    public void Absurd_size_names_the_key_the_value_and_the_range(string key, string value, string message)
+    {
+        var path = LlamaWith(key, value);
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(path));
+        Assert.Equal($"{path}: {message}", e.Message);
+    }
+
+    [Fact]
+    public void Hidden_size_not_divisible_by_heads_without_head_dim_is_rejected()
+    {
+        var path = LlamaWith("hidden_size", "100");
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(path));
+        Assert.Equal($"{path}: \"hidden_size\" (100) is not divisible by \"num_attention_heads\" (8); set \"head_dim\".", e.Message);
+    }
+
+    [Theory]
+    [InlineData("""{"rope_type": "linear", "factor": -2.0}""", "\"rope_scaling.factor\" must be a number in (0, 1e+06], got -2.")]
+    [InlineData("""{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0}""", "\"rope_scaling.original_max_position_embeddings\" must be an integer in [1, 16777216], got 0.")]
+    [InlineData("""{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}""", "\"rope_scaling.high_freq_factor\" (4) must be larger than \"rope_scaling.low_freq_factor\" (4).")]
+    [InlineData("""{"rope_type": "yarn", "factor": 4.0, "beta_fast": 1.0, "beta_slow": 32.0}""", "\"rope_scaling.beta_fast\" (1) must be larger than \"rope_scaling.beta_slow\" (32).")]
+    public void Absurd_rope_scaling_names_the_key(string scaling, string message)
+    {
+        var path = LlamaWith("rope_scaling", scaling);
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(path));
+        Assert.Equal($"{path}: {message}", e.Message);
+    }
+
+    [Fact]
+    public void Duplicate_key_is_a_format_error_not_a_crash()
+    {
+        var path = _dir.Write("config.json", Llama.Replace("\"vocab_size\": 1000", "\"vocab_size\": 1000, \"vocab_size\": 2000"));
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(path));
+        Assert.Equal($"{path}: key \"vocab_size\" appears twice; keep one.", e.Message);
+    }
+
+    [Fact]
+    public void Config_linked_to_dev_zero_is_rejected_before_reading()
+    {
+        var link = _dir.File("config.json");
+        File.CreateSymbolicLink(link, "/dev/zero");
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(_dir.Path));
+        Assert.Equal($"{link}: links to /dev/zero, a character device, not a regular file; config.json must be a regular JSON file (download the model again).", e.Message);
+    }
+
+    [Fact]
+    public void Config_that_is_not_utf8_names_the_offset()
+    {
+        var path = _dir.File("config.json");
+        File.WriteAllBytes(path, System.Text.Encoding.Latin1.GetBytes(Llama.Replace("\"llama\",", "\"llama\", \"_name_or_path\": \"caf\u00e9\",")));
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(path));
+        Assert.StartsWith($"{path}: byte 0xE9 at offset 45 (line 1, column 46) is not UTF-8: save the file as UTF-8", e.Message);
+    }
+
+    [Fact]
+    public void Config_with_byte_order_mark_is_read()
+    {
+        var path = _dir.File("config.json");
+        File.WriteAllBytes(path, [0xEF, 0xBB, 0xBF, .. System.Text.Encoding.UTF8.GetBytes(Llama)]);
+        Assert.Equal(128, ModelConfig.Load(path).HiddenSize);
+    }
 }

@@ -196,4 +196,92 @@ public sealed class SafetensorsTests : IDisposable
         w.Save(_dir.File("m.safetensors"));
         Assert.Equal(new[] { "m.safetensors" }, Directory.GetFiles(_dir.Path).Select(Path.GetFileName).ToArray());
     }
+    /// <summary>A safetensors file as written by hand: u64 header length, the header text, <paramref name="dataBytes"/> zero bytes.</summary>
+    private string RawFile(string header, int dataBytes, byte[]? headerBytes = null)
+    {
+        var json = headerBytes ?? Encoding.UTF8.GetBytes(header);
+        var bytes = new byte[8 + json.Length + dataBytes];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, (ulong)json.Length);
+        json.CopyTo(bytes, 8);
+        var path = _dir.File("m.safetensors");
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
+
+    private ModelFormatException Rejected(string header, int dataBytes)
+    {
+        var path = RawFile(header, dataBytes);
+        return Assert.Throws<ModelFormatException>(() => SafetensorsReader.Open(path));
+    }
+
+    [Fact]
+    public void Overlapping_tensors_are_rejected_with_both_names()
+    {
+        var e = Rejected("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""", 12);
+        Assert.Equal($"{_dir.File("m.safetensors")}: tensor \"b\": data_offsets [4, 12] overlap those of tensor \"a\" [0, 8]; the file is corrupt (download it again).", e.Message);
+    }
+
+    [Fact]
+    public void Shape_whose_element_count_overflows_is_rejected()
+    {
+        // 2^32 · 2^32 elements wrap to 0 in 64 bits, which matched data_offsets [0, 0] before the check.
+        var e = Rejected("""{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}""", 0);
+        Assert.Equal($"{_dir.File("m.safetensors")}: tensor \"a\": shape [4294967296, 4294967296] of F32 needs more than 2^63 bytes; the header is corrupt.", e.Message);
+    }
+
+    [Fact]
+    public void Tensor_named_twice_in_one_header_is_a_format_error()
+    {
+        var e = Rejected("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""", 8);
+        Assert.Equal($"{_dir.File("m.safetensors")}: key \"a\" appears twice; keep one.", e.Message);
+    }
+
+    [Fact]
+    public void Header_that_is_not_utf8_names_the_offset()
+    {
+        var header = Encoding.Latin1.GetBytes("""{"café":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""");
+        var path = RawFile("", 4, header);
+        var e = Assert.Throws<ModelFormatException>(() => SafetensorsReader.Open(path));
+        Assert.StartsWith($"{path}: byte 0xE9 at offset 5 (line 1, column 6) is not UTF-8:", e.Message);
+    }
+
+    [Theory]
+    [InlineData("""{"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}}""", 4, "tensor \"a\": unknown dtype \"F12\".")]
+    [InlineData("""{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}""", 4, "tensor \"a\": shape[0] must be a non-negative integer.")]
+    [InlineData("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}""", 4, "tensor \"a\": 4 bytes stored but shape [2] of F32 needs 8.")]
+    [InlineData("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", 4, "tensor \"a\": data_offsets [0, 8] lie outside the 4 data bytes; the file is truncated.")]
+    [InlineData("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}""", 4, "tensor \"a\": data_offsets [-4, 0] lie outside the 4 data bytes; the file is truncated.")]
+    public void Malformed_header_entry_names_the_file_and_tensor(string header, int dataBytes, string message)
+    {
+        var e = Rejected(header, dataBytes);
+        Assert.Equal($"{_dir.File("m.safetensors")}: {message}", e.Message);
+    }
+
+    [Fact]
+    public void Absurd_header_length_is_rejected()
+    {
+        var path = _dir.File("m.safetensors");
+        var bytes = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, ulong.MaxValue);
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<ModelFormatException>(() => SafetensorsReader.Open(path));
+        Assert.Equal($"{path}: header length 18446744073709551615 does not fit the file (16 bytes); the file is truncated or not safetensors.", e.Message);
+    }
+
+    [Fact]
+    public void Weights_linked_to_dev_zero_are_rejected()
+    {
+        var link = _dir.File("model.safetensors");
+        File.CreateSymbolicLink(link, "/dev/zero");
+        var e = Assert.Throws<ModelFormatException>(() => SafetensorsReader.Open(_dir.Path));
+        Assert.Equal($"{link}: links to /dev/zero, a character device, not a regular file; weights must be regular .safetensors files (download the model again).", e.Message);
+    }
+
+    [Fact]
+    public void Index_with_a_repeated_tensor_is_a_format_error()
+    {
+        var index = _dir.Write("model.safetensors.index.json", """{"weight_map": {"w": "a.safetensors", "w": "b.safetensors"}}""");
+        var e = Assert.Throws<ModelFormatException>(() => SafetensorsReader.Open(_dir.Path));
+        Assert.Equal($"{index}: key \"weight_map.w\" appears twice; keep one.", e.Message);
+    }
 }
