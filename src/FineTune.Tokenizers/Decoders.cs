@@ -1,5 +1,4 @@
 using System.Text;
-using System.Text.RegularExpressions;
 
 namespace FineTune.Tokenizers;
 
@@ -125,9 +124,4 @@ internal sealed class SequenceDecoder(IReadOnlyList<IDecoder> steps) : IDecoder
         foreach (var step in steps) tokens = step.DecodeChain(tokens);
         return tokens;
     }
-}
-
-internal static class RegexPatterns
-{
-    public static Regex Create(string pattern) => new(pattern, RegexOptions.CultureInvariant);
 }

@@ -51,8 +51,9 @@ internal sealed class Gpt2SplitPattern
         return (a, b) is ('r', 'e') or ('v', 'e') or ('l', 'l') ? 3 : 0;
     }
 
-    // Only ASCII letters fold: Oniguruma does not fold U+017F (long s) onto 's' in this pattern.
-    private static char Fold(char c, bool ignoreCase) => ignoreCase && c is >= 'A' and <= 'Z' ? (char)(c | 0x20) : c;
+    // Oniguruma's case folding of the contraction letters: ASCII, and U+017F LONG S, which folds to 's'
+    // (no other character folds onto s, t, r, e, v, m, l or d).
+    private static char Fold(char c, bool ignoreCase) => !ignoreCase ? c : c is >= 'A' and <= 'Z' ? (char)(c | 0x20) : c == '\u017F' ? 's' : c;
 
     private static int RunOf(ReadOnlySpan<char> s, int i, byte cls)
     {

@@ -134,11 +134,10 @@ internal sealed class LiteralMatcher(string literal) : ISplitMatcher
 }
 
 /// <summary>
-/// A general regex through .NET's engine. .NET classifies UTF-16 units, so for patterns other than
-/// the GPT-2 family (which have exact hand-written matchers) characters outside the BMP may split
-/// differently from Oniguruma.
+/// A general split regex: the tokenizer.json pattern translated by <see cref="OnigurumaRegex"/> so that
+/// .NET's engine matches whole code points as Oniguruma does (the GPT-2 family has faster hand-written matchers).
 /// </summary>
-internal sealed class DotNetRegexMatcher(Regex regex) : ISplitMatcher
+internal sealed class RegexMatcher(Regex regex) : ISplitMatcher
 {
     public void FindMatches(ReadOnlySpan<char> s, List<(int Start, int End)> matches)
     {
@@ -184,9 +183,12 @@ internal sealed class WordOrSymbolRunMatcher : ISplitMatcher
 internal static class WordChars
 {
     // Regex \w in Rust's regex crate: alphabetic, marks, decimal digits, connector punctuation, joiners.
+    // Alphabetic is the letters, letter numbers and Other_Alphabetic: marks, and the circled and
+    // squared Latin letters (category So) below.
     public static bool IsWordChar(Rune r)
     {
-        if (r.Value is 0x200C or 0x200D) return true;
+        if (r.Value is 0x200C or 0x200D or (>= 0x24B6 and <= 0x24E9) or (>= 0x1F130 and <= 0x1F149)
+            or (>= 0x1F150 and <= 0x1F169) or (>= 0x1F170 and <= 0x1F189)) return true;
         return Rune.GetUnicodeCategory(r) switch
         {
             System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.LowercaseLetter
@@ -297,8 +299,11 @@ internal static class StandardPreTokenizers
 
     public static IPreTokenizer WhitespaceSplit() => new SplitPreTokenizer(new CharMatcher(Rune.IsWhiteSpace), SplitBehavior.Removed, false);
 
+    // HF splits on Rust's char::is_numeric: every number category (Nd, Nl, No), not only ASCII digits.
     public static IPreTokenizer Digits(bool individual) => new SplitPreTokenizer(
-        new CharMatcher(static r => r.Value is >= '0' and <= '9'), individual ? SplitBehavior.Isolated : SplitBehavior.Contiguous, false);
+        new CharMatcher(static r => Rune.GetUnicodeCategory(r) is System.Globalization.UnicodeCategory.DecimalDigitNumber
+            or System.Globalization.UnicodeCategory.LetterNumber or System.Globalization.UnicodeCategory.OtherNumber),
+        individual ? SplitBehavior.Isolated : SplitBehavior.Contiguous, false);
 
     public static IPreTokenizer Punctuation(SplitBehavior behavior) => new SplitPreTokenizer(new CharMatcher(IsPunctuation), behavior, false);
 

@@ -113,6 +113,14 @@ public sealed class Tokenizer
         return result;
     }
 
+    /// <summary>The pre-tokenizer's pieces of raw <paramref name="text"/> (no added tokens, no normalizer), as HF's <c>pre_tokenize_str</c>.</summary>
+    internal IReadOnlyList<string> PreTokenize(string text)
+    {
+        var pieces = new List<Piece> { new(text.AsMemory(), true) };
+        _preTokenizer?.PreTokenize(pieces, new List<Piece>());
+        return pieces.Select(p => p.Text.ToString()).ToList();
+    }
+
     private void EncodeInto(string text, List<int> ids)
     {
         var pieces = new List<Piece>();

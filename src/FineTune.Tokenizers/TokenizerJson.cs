@@ -243,8 +243,12 @@ internal sealed class TokenizerJson
 
     private Regex CompileRegex(string pattern, string where)
     {
-        try { return RegexPatterns.Create(pattern); }
-        catch (ArgumentException ex) { throw Error(where, $"regex \"{pattern}\" is not supported by .NET: {ex.Message}"); }
+        try { return OnigurumaRegex.Create(pattern); }
+        catch (RegexSyntaxException ex)
+        {
+            throw Error(where, $"regex \"{pattern}\" at offset {ex.Offset}: {ex.Message}; FineTune runs Oniguruma's syntax (HF tokenizers' regex engine) without this construct.");
+        }
+        catch (ArgumentException ex) { throw Error(where, $"regex \"{pattern}\" is not supported: {ex.Message}"); }
     }
 
     private IPreTokenizer PreTokenizer(JsonElement e, string where)
@@ -260,7 +264,7 @@ internal sealed class TokenizerJson
                 ISplitMatcher matcher;
                 if (Str(pattern, "String", where) is { } literal) matcher = new LiteralMatcher(literal);
                 else if (Str(pattern, "Regex", where) is { } regex)
-                    matcher = Gpt2SplitPattern.TryCreate(regex) is { } fast ? new Gpt2Matcher(fast) : new DotNetRegexMatcher(CompileRegex(regex, $"{where}.pattern"));
+                    matcher = Gpt2SplitPattern.TryCreate(regex) is { } fast ? new Gpt2Matcher(fast) : new RegexMatcher(CompileRegex(regex, $"{where}.pattern"));
                 else throw Error($"{where}.pattern", "expected {\"String\": …} or {\"Regex\": …}.");
                 return new SplitPreTokenizer(matcher, Behavior(e, where, SplitBehavior.Isolated), Bool(e, "invert", false));
             }

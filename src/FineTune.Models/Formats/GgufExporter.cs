@@ -225,9 +225,10 @@ public static class GgufExporter
     {
         var tokPath = Path.Combine(modelDir, "tokenizer.json");
         var tok = HfTokenizerFile.Load(tokPath);
-        var root = tok.Root.ToJsonString();
-        if (tok.ModelType != "BPE" || !root.Contains("\"ByteLevel\"", StringComparison.Ordinal))
-            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType} without ByteLevel; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen) only.");
+        if (tok.ModelType != "BPE")
+            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType}; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, DeepSeek, …) only.");
+        var pre = GgufPreTokenizer.Detect(tokPath, tok.Root);
+        notes.AddRange(pre.Notes);
         if (tok.VocabSize > config.VocabSize)
             throw new ModelFormatException(tokPath, $"the tokenizer has {tok.VocabSize} tokens but the model's embedding only {config.VocabSize} rows.");
         var tokens = new string[config.VocabSize];
@@ -239,7 +240,7 @@ public static class GgufExporter
             types[i] = t is null ? TokenUnused : !t.Added ? TokenNormal : t.Special ? TokenControl : TokenUserDefined;
         }
         w.Add("tokenizer.ggml.model", "gpt2");
-        w.Add("tokenizer.ggml.pre", PreTokenizerName(tok.Root));
+        w.Add("tokenizer.ggml.pre", pre.Name);
         w.Add("tokenizer.ggml.tokens", tokens);
         w.Add("tokenizer.ggml.token_type", types);
         w.Add("tokenizer.ggml.merges", tok.Merges);
@@ -284,19 +285,4 @@ public static class GgufExporter
         JsonObject o => o["content"]?.GetValue<string>(),
         _ => null,
     };
-
-    /// <summary>
-    /// llama.cpp's pre-tokenizer name from the split regex: Llama 3 groups digits by up to three
-    /// ("\p{N}{1,3}") → llama-bpe; Qwen2 splits single digits with case-insensitive contractions → qwen2;
-    /// a plain ByteLevel pre-tokenizer uses GPT-2's regex → gpt-2.
-    /// </summary>
-    public static string PreTokenizerName(JsonObject tokenizerJson)
-    {
-        var pre = tokenizerJson["pre_tokenizer"]?.ToJsonString() ?? "";
-        if (pre.Contains(@"\\p{N}{1,3}", StringComparison.Ordinal))
-            return "llama-bpe";
-        if (pre.Contains("(?i:'s|'t|'re|'ve|'m|'ll|'d)", StringComparison.Ordinal))
-            return "qwen2";
-        return "gpt-2";
-    }
 }
