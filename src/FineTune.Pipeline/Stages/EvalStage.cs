@@ -35,7 +35,7 @@ public sealed class EvalStage : IStageExecutor
         var info = SplitTemplateInfo.Read(splitDir);
 
         using var backend = StageBackends.Create(cfg.Device, "eval");
-        bool isAdapter = File.Exists(Path.Combine(trainDir, AdapterFile.ConfigName));
+        bool isAdapter = File.Exists(Path.Combine(trainDir, AdapterConfig.FileName));
         using var model = TrainStage.Guard(() => isAdapter
             ? CausalLM.Load(modelDir, backend, TrainingSetup.Inference, adapterDirectory: trainDir)
             : CausalLM.Load(trainDir, backend, TrainingSetup.Inference), trainDir);
