@@ -53,6 +53,10 @@ public sealed class FineTuneRun : MsTask, ICancelableTask
         }
 
         var name = loaded.Definition.Name;
+        // MSBuild cancels the task on Ctrl-C; SIGTERM (timeout, CI runners, docker stop) reaches a task that runs in the
+        // build's own process only through this registration, and then stops training the same way: the step in
+        // flight is saved as a checkpoint. (A task in an out-of-process node does not receive the signal.)
+        using var onTerminate = OnSigterm(Cancel);
         try
         {
             StageKind? stage = null;
@@ -104,10 +108,29 @@ public sealed class FineTuneRun : MsTask, ICancelableTask
             Log.LogMessage(MessageImportance.Low, "{0}", e.InnerException);
             return false;
         }
-        catch (OperationCanceledException)
+        catch (OperationCanceledException e)
         {
-            Log.LogWarning("{0}: cancelled; nothing half-written was kept", name);
+            if (e is FineTune.Training.TrainingCancelledException t)
+                Log.LogWarning("{0}: cancelled: {1}", name, t.Message);
+            else
+                Log.LogWarning("{0}: cancelled; nothing half-written was kept", name);
             return false;
+        }
+    }
+
+    private static IDisposable? OnSigterm(Action stop)
+    {
+        try
+        {
+            return System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, context =>
+            {
+                context.Cancel = true;
+                stop();
+            });
+        }
+        catch (PlatformNotSupportedException)
+        {
+            return null;
         }
     }
 

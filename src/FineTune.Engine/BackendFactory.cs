@@ -30,11 +30,15 @@ public enum DeviceKind { Auto, Cpu, Cuda }
 
 /// <summary>
 /// Creates the backend a <c>device:</c> setting names. <c>auto</c> takes GPU 0 when a CUDA driver and GPU are
-/// present and otherwise the CPU backend, reporting why in one line; <c>cuda[:N]</c> insists on the GPU (a run
+/// present and otherwise the CPU backend, reporting why in one line (once per process); <c>cuda[:N]</c> insists on the GPU (a run
 /// sized for a GPU would crawl on the CPU) and fails with the driver's reason.
 /// </summary>
 public static class BackendFactory
 {
+    // Why auto fell back (no driver, no GPU) is a fact about this process: the notice is given once, however many stages
+    // or commands of the process resolve auto (train then eval in one run), so a log shows it once.
+    private static int _autoFallbackNoticed;
+
     public static IBackend Create(string? device, Action<string>? notice = null, int? cpuThreads = null) =>
         Create(DeviceSpec.Parse(device), notice, cpuThreads);
 
@@ -54,7 +58,8 @@ public static class BackendFactory
                 try { return new CudaBackend(0); }
                 catch (CudaUnavailableException e)
                 {
-                    notice?.Invoke($"device: auto → cpu ({e.Message})");
+                    if (notice is not null && Interlocked.Exchange(ref _autoFallbackNoticed, 1) == 0)
+                        notice($"device: auto → cpu ({e.Message})");
                     return new CpuBackend(cpuThreads);
                 }
         }

@@ -25,7 +25,7 @@ public sealed partial class CausalLM
     {
         var config = ModelConfig.Load(Path.Combine(modelDirectory, "config.json"));
         var spec = TransformerSpec.FromConfig(config);
-        AdapterFile? adapter = adapterDirectory is null ? null : AdapterFile.Read(adapterDirectory);
+        AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
         if (adapter is not null) setup = adapter.Apply(setup);
         using var reader = SafetensorsReader.Open(modelDirectory);
         var model = new CausalLM(spec, backend, setup, new SafetensorsWeights(reader, modelDirectory))
@@ -37,14 +37,14 @@ public sealed partial class CausalLM
         return model;
     }
 
-    private void LoadAdapterWeights(AdapterFile adapter)
+    private void LoadAdapterWeights(AdapterConfig adapter)
     {
-        using var reader = SafetensorsReader.Open(Path.Combine(adapter.Directory, AdapterFile.WeightsName));
+        using var reader = SafetensorsReader.Open(Path.Combine(adapter.Directory, AdapterConfig.WeightsName));
         foreach (var p in _allParameters.Where(p => p.Role is ParameterRole.LoraA or ParameterRole.LoraB))
         {
             string key = "base_model.model." + p.Name;
             if (!reader.Contains(key))
-                throw new ModelFormatException(Path.Combine(adapter.Directory, AdapterFile.WeightsName),
+                throw new ModelFormatException(Path.Combine(adapter.Directory, AdapterConfig.WeightsName),
                     $"tensor \"{key}\" is missing; the adapter's target_modules do not match its weights.");
             var values = new float[p.Length];
             new SafetensorsWeights(reader, adapter.Directory).Read(key, p.Shape, values);
@@ -77,7 +77,7 @@ public sealed partial class CausalLM
             Backend.Download(t.Master, values);
             writer.Add(t.Name, values, t.Shape.Select(x => (long)x).ToArray());
         }
-        writer.Save(Path.Combine(directory, AdapterFile.WeightsName));
+        writer.Save(Path.Combine(directory, AdapterConfig.WeightsName));
         var targets = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).Select(l => l.ShortName).Distinct().Order(StringComparer.Ordinal).ToList();
         // PEFT matches modules_to_save by plain suffix ("norm" would also wrap every q_norm and input_layernorm),
         // so the config names the full paths of the modules that were trained: model.norm, lm_head, ...
@@ -85,7 +85,7 @@ public sealed partial class CausalLM
             .Select(t => t.HfName[..t.HfName.LastIndexOf('.')]).Distinct().Order(StringComparer.Ordinal).ToList();
         var config = new JsonObject
         {
-            ["alpha_pattern"] = new JsonObject(),
+            ["alpha_pattern"] = new JsonObject(Setup.LoraAlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
             ["auto_mapping"] = null,
             ["base_model_name_or_path"] = baseModelNameOrPath ?? ModelDirectory,
             ["bias"] = "none",
@@ -103,14 +103,14 @@ public sealed partial class CausalLM
             ["modules_to_save"] = modulesToSave.Count == 0 ? null : new JsonArray(modulesToSave.Select(x => (JsonNode?)x).ToArray()),
             ["peft_type"] = "LORA",
             ["r"] = Setup.LoraRank,
-            ["rank_pattern"] = new JsonObject(),
+            ["rank_pattern"] = new JsonObject(Setup.LoraRankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
             ["revision"] = null,
             ["target_modules"] = new JsonArray(targets.Select(x => (JsonNode?)x).ToArray()),
             ["task_type"] = "CAUSAL_LM",
             ["use_dora"] = false,
             ["use_rslora"] = Setup.UseRslora,
         };
-        AtomicFile.WriteAllText(Path.Combine(directory, AdapterFile.ConfigName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(directory, AdapterConfig.FileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
     /// <summary>
@@ -152,50 +152,5 @@ public sealed partial class CausalLM
                 for (int k = 0; k < r; k++) s += (double)b[o * r + k] * a[k * inDim + i];
                 w[(long)o * inDim + i] += (float)(lora.Scale * s);
             }
-    }
-}
-
-/// <summary>A PEFT LoRA adapter directory's config (adapter_config.json).</summary>
-public sealed record AdapterFile(string Directory, int Rank, double Alpha, IReadOnlyList<string> TargetModules, bool UseRslora, IReadOnlyList<string> ModulesToSave)
-{
-    public const string ConfigName = "adapter_config.json";
-    public const string WeightsName = "adapter_model.safetensors";
-
-    public static AdapterFile Read(string directory)
-    {
-        string path = Path.Combine(directory, ConfigName);
-        if (!File.Exists(path)) throw new ModelFormatException(path, "adapter_config.json not found; an adapter directory holds adapter_config.json and adapter_model.safetensors as PEFT writes them.");
-        JsonObject obj;
-        try { obj = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new JsonException("not an object"); }
-        catch (JsonException e) { throw new ModelFormatException(path, $"invalid JSON: {e.Message}"); }
-        string peftType = obj["peft_type"]?.GetValue<string>() ?? "";
-        if (peftType != "LORA") throw new ModelFormatException(path, $"peft_type is '{peftType}'; FineTune applies LORA adapters only.");
-        int r = obj["r"]?.GetValue<int>() ?? throw new ModelFormatException(path, "key 'r' (the LoRA rank) is missing.");
-        double alpha = obj["lora_alpha"]?.GetValue<double>() ?? r;
-        var targets = obj["target_modules"] switch
-        {
-            JsonArray arr => arr.Select(x => x!.GetValue<string>()).ToList(),
-            JsonValue v => [v.GetValue<string>()],
-            _ => throw new ModelFormatException(path, "target_modules is missing."),
-        };
-        var modules = obj["modules_to_save"] is JsonArray m ? m.Select(x => x!.GetValue<string>()).ToList() : [];
-        return new AdapterFile(directory, r, alpha, targets, obj["use_rslora"]?.GetValue<bool>() ?? false, modules);
-    }
-
-    /// <summary>The setup with this adapter's LoRA shape (targets expanded from module names).</summary>
-    public TrainingSetup Apply(TrainingSetup setup)
-    {
-        var known = TrainableSelection.LinearModules;
-        var targets = TargetModules.Where(t => known.Contains(t)).ToList();
-        if (targets.Count == 0) throw new ModelFormatException(Path.Combine(Directory, ConfigName), $"target_modules [{string.Join(", ", TargetModules)}] name none of {string.Join(", ", known)}.");
-        return setup with
-        {
-            FinetuningType = FinetuningType.Lora,
-            LoraRank = Rank,
-            LoraAlpha = Alpha,
-            LoraTarget = targets,
-            UseRslora = UseRslora,
-            AdditionalTarget = ModulesToSave,
-        };
     }
 }

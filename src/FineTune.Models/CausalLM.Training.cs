@@ -284,7 +284,6 @@ public sealed partial class CausalLM
             return;
         }
         var B = Backend;
-        int r = group.Rank;
         var xaT = a.LoraXaT[set]!.View(0, [group.Rows, n]);
         B.MatMul(xaT, group.A, false, x, true);
         for (int j = 0; j < lins.Length; j++)
@@ -292,7 +291,7 @@ public sealed partial class CausalLM
             var lin = lins[j];
             if (lin.Lora is { } lora)
             {
-                var xaTj = xaT.View((long)group.IndexOf(lin) * r * n, [r, n]);
+                var xaTj = xaT.View((long)group.RowOffset(group.IndexOf(lin)) * n, [lora.Rank, n]);
                 B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
                 B.MatMul(ys[j], x, false, lin.Weight.Value, true, 1f, accumulate: true);
             }
@@ -317,13 +316,13 @@ public sealed partial class CausalLM
             return;
         }
         var B = Backend;
-        int r = group.Rank;
         var xaT = a.LoraXaT[set]!.View(0, [group.Rows, n]);
         var dxaT = _acts!.Dxa.View(0, [group.Rows, n]);
         for (int j = 0; j < lins.Length; j++)
         {
             if (lins[j].Lora is not { } lora) continue;
-            long block = (long)group.IndexOf(lins[j]) * r * n;
+            int r = lora.Rank;
+            long block = (long)group.RowOffset(group.IndexOf(lins[j])) * n;
             B.MatMul(lora.B.Grad!, dys[j], true, xaT.View(block, [r, n]), true, lora.Scale, accumulate: true);
             B.MatMul(dxaT.View(block, [r, n]), lora.B.Value, true, dys[j], true, lora.Scale);
         }

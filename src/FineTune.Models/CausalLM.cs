@@ -69,9 +69,11 @@ public sealed partial class CausalLM : IDisposable
             foreach (var lin in layer.Linears)
                 if (loraModules.Contains(lin.ShortName))
                 {
-                    var a = P($"{lin.Module}.lora_A.weight", ParameterRole.LoraA, setup.LoraRank, lin.In);
-                    var b = P($"{lin.Module}.lora_B.weight", ParameterRole.LoraB, lin.Out, setup.LoraRank);
-                    lin.Lora = new LoraAdapter(a, b, setup.LoraScale, (float)setup.LoraDropout);
+                    int rank = setup.LoraRankFor(lin.Module);
+                    if (rank <= 0) throw new ArgumentException($"{lin.Module}: the LoRA rank must be positive, got {rank}");
+                    var a = P($"{lin.Module}.lora_A.weight", ParameterRole.LoraA, rank, lin.In);
+                    var b = P($"{lin.Module}.lora_B.weight", ParameterRole.LoraB, lin.Out, rank);
+                    lin.Lora = new LoraAdapter(a, b, (float)setup.LoraScaleFor(lin.Module), (float)setup.LoraDropout);
                     trainableNames.Add(a.Name);
                     trainableNames.Add(b.Name);
                 }
@@ -83,7 +85,7 @@ public sealed partial class CausalLM : IDisposable
             {
                 var adapted = layer.InputSets[s].Where(l => l.Lora is not null).ToArray();
                 if (adapted.Length == 0) continue;
-                var group = new LoraGroup(adapted, setup.LoraRank);
+                var group = new LoraGroup(adapted);
                 layer.LoraGroups[s] = group;
                 for (int j = 0; j < adapted.Length; j++) stackedA[adapted[j].Lora!.A] = (group, j);
             }
@@ -133,7 +135,7 @@ public sealed partial class CausalLM : IDisposable
             Tensor? grad = null;
             if (stackedA.TryGetValue(p, out var sa))
             {
-                long offset = (long)sa.Index * sa.Group.Rank * sa.Group.In;
+                long offset = (long)sa.Group.RowOffset(sa.Index) * sa.Group.In;
                 p.Value = sa.Group.A.View(offset, p.Shape, p.Name);
                 if (sa.Group.AGrad is { } ag) grad = ag.View(offset, p.Shape, p.Name + ".grad");
             }

@@ -105,7 +105,7 @@ internal sealed class ModelActivations : IDisposable
                 var store = T($"{s}.xa{g}");
                 a.LoraXaT[g] = store;
                 for (int j = 0; j < group.Linears.Length; j++)
-                    a.LoraXa[Array.IndexOf(linears, group.Linears[j])] = store.View((long)j * group.Rank * n, [n, group.Rank]);
+                    a.LoraXa[Array.IndexOf(linears, group.Linears[j])] = store.View((long)group.RowOffset(j) * n, [n, group.Linears[j].Lora!.Rank]);
             }
             Layers[s] = a;
         }

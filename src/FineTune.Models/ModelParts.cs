@@ -39,23 +39,37 @@ internal sealed class LoraLinear(string module, string shortName, Parameter weig
 }
 
 /// <summary>
-/// The LoRA adapters of linears that read the same input (q,k,v read ln1; gate,up read ln2; o and down alone),
-/// all of rank r. Their A matrices are stacked row-wise in one tensor [g·r, in] and each adapter's A value and
-/// gradient are views of its r rows, so the forward computes xaᵀ = A·xᵀ for the whole group in one product
-/// (one pass over x) and the backward accumulates dA and dx for the group in one product each.
+/// The LoRA adapters of linears that read the same input (q,k,v read ln1; gate,up read ln2; o and down alone).
+/// Their A matrices are stacked row-wise in one tensor [Σ r, in] and each adapter's A value and gradient are views of
+/// its own r rows (ranks may differ per module, as PEFT's rank_pattern allows), so the forward computes xaᵀ = A·xᵀ for
+/// the whole group in one product (one pass over x) and the backward accumulates dA and dx for the group in one product each.
 /// </summary>
-internal sealed class LoraGroup(LoraLinear[] linears, int rank)
+internal sealed class LoraGroup
 {
-    /// <summary>The adapted linears of the group, in layer order; linear j owns rows [j·r, (j+1)·r).</summary>
-    public LoraLinear[] Linears { get; } = linears;
-    public int Rank { get; } = rank;
-    public int Rows => Linears.Length * Rank;
+    private readonly int[] _rowOffsets;
+
+    public LoraGroup(LoraLinear[] linears)
+    {
+        Linears = linears;
+        _rowOffsets = new int[linears.Length];
+        for (int j = 0; j < linears.Length; j++)
+        {
+            _rowOffsets[j] = Rows;
+            Rows += linears[j].Lora!.Rank;
+        }
+    }
+
+    /// <summary>The adapted linears of the group, in layer order; linear j owns rows [RowOffset(j), RowOffset(j) + r_j).</summary>
+    public LoraLinear[] Linears { get; }
+    public int Rows { get; }
     public int In => Linears[0].In;
-    /// <summary>Stacked A values [g·r, in] in the compute dtype.</summary>
+    /// <summary>Stacked A values [Σ r, in] in the compute dtype.</summary>
     public Tensor A { get; set; } = null!;
-    /// <summary>Stacked A gradients [g·r, in], F32 (null when A does not train).</summary>
+    /// <summary>Stacked A gradients [Σ r, in], F32 (null when A does not train).</summary>
     public Tensor? AGrad { get; set; }
     public int IndexOf(LoraLinear linear) => Array.IndexOf(Linears, linear);
+    /// <summary>First row of linear <paramref name="index"/>'s adapter in the stacked A.</summary>
+    public int RowOffset(int index) => _rowOffsets[index];
 }
 
 internal sealed class DecoderLayer

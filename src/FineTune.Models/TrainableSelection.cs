@@ -3,19 +3,12 @@ namespace FineTune.Models;
 /// <summary>Which base parameters train and which linear modules get LoRA, by LLaMA-Factory's rules.</summary>
 internal static class TrainableSelection
 {
-    public static readonly string[] LinearModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-    private static readonly string[] LayerModules = ["self_attn", "mlp", "input_layernorm", "post_attention_layernorm"];
+    private static IReadOnlyList<string> LinearModules => TrainableModules.LinearModules;
 
-    /// <summary>Module path of a parameter name: everything before the last '.'.</summary>
-    private static string ModuleOf(string parameter) => parameter[..parameter.LastIndexOf('.')];
-
-    /// <summary>True when the module path ends with the dotted component sequence <paramref name="target"/>.</summary>
-    private static bool ModuleMatches(string parameter, string target)
-    {
-        string module = ModuleOf(parameter);
-        return module == target || module.EndsWith("." + target, StringComparison.Ordinal);
-    }
-
+    /// <summary>
+    /// The trainable parameter names and LoRA modules. Names that resolve to nothing throw here as a last guard; front ends
+    /// report them earlier, located, through <see cref="TrainableModules.Check"/>.
+    /// </summary>
     public static HashSet<string> Select(TransformerSpec spec, TrainingSetup setup, IReadOnlyList<string> parameters, out HashSet<string> loraModules)
     {
         var trainable = new HashSet<string>(StringComparer.Ordinal);
@@ -45,8 +38,8 @@ internal static class TrainableSelection
                         foreach (string m in setup.FreezeTrainableModules)
                         {
                             if (m == "all") patterns.Add($".{id}.");
-                            else if (LayerModules.Contains(m) || LinearModules.Contains(m) || m is "q_norm" or "k_norm") patterns.Add($".{id}.{m}");
-                            else throw new ArgumentException($"freeze_trainable_modules '{m}' names no module of a decoder layer; use 'all' or some of {string.Join(", ", LayerModules)}");
+                            else if (TrainableModules.DecoderLayerModules(spec).Contains(m)) patterns.Add($".{id}.{m}");
+                            else throw new ArgumentException($"freeze_trainable_modules '{m}' names no module of a decoder layer; use 'all' or some of {string.Join(", ", TrainableModules.DecoderLayerModules(spec))}");
                         }
                     }
                     foreach (string p in parameters)
@@ -63,7 +56,7 @@ internal static class TrainableSelection
     {
         foreach (string m in modules)
         {
-            var hits = parameters.Where(p => ModuleMatches(p, m)).ToList();
+            var hits = parameters.Where(p => TrainableModules.ModuleMatches(p, m)).ToList();
             if (hits.Count == 0)
                 throw new ArgumentException($"{option} '{m}' matches no module of the model (tied embeddings have no lm_head); use names such as embed_tokens, norm or lm_head");
             trainable.UnionWith(hits);

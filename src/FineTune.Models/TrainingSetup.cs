@@ -32,8 +32,21 @@ public sealed record TrainingSetup
 
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 
-    /// <summary>alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
-    public float LoraScale => (float)(UseRslora ? ResolvedLoraAlpha / Math.Sqrt(LoraRank) : ResolvedLoraAlpha / LoraRank);
+    /// <summary>
+    /// PEFT's rank_pattern: (pattern, rank) pairs tried in order against a module's full name
+    /// (<c>model.layers.0.self_attn.v_proj</c>); the first that matches it or a dotted suffix of it wins over <see cref="LoraRank"/>.
+    /// </summary>
+    public IReadOnlyList<KeyValuePair<string, int>> LoraRankPattern { get; init; } = [];
+
+    /// <summary>PEFT's alpha_pattern, matched as <see cref="LoraRankPattern"/>, overriding <see cref="ResolvedLoraAlpha"/>.</summary>
+    public IReadOnlyList<KeyValuePair<string, double>> LoraAlphaPattern { get; init; } = [];
+
+    public int LoraRankFor(string module) => PeftPattern.Lookup(LoraRankPattern, module) ?? LoraRank;
+
+    public double LoraAlphaFor(string module) => PeftPattern.Lookup(LoraAlphaPattern, module) ?? ResolvedLoraAlpha;
+
+    /// <summary>alpha/r, or alpha/√r with rsLoRA, with the module's own rank and alpha (PEFT's LoraLayer.scaling).</summary>
+    public double LoraScaleFor(string module) => PeftPattern.Scale(LoraAlphaFor(module), LoraRankFor(module), UseRslora);
 
     /// <summary>Inference only: nothing trains, no gradients or optimizer state are allocated.</summary>
     public static TrainingSetup Inference { get; } = new() { FinetuningType = FinetuningType.Freeze, FreezeTrainableLayers = 0, FreezeTrainableModules = [] };

@@ -23,6 +23,9 @@ public sealed class CheckpointStore
     }
 
     public bool IsFinished => File.Exists(Path.Combine(OutputDirectory, FinishedMarker));
+
+    /// <summary>A run starts here again (a forced re-run of the same model, data and parameters): its checkpoints are needed until it finishes.</summary>
+    public void MarkUnfinished() => File.Delete(Path.Combine(OutputDirectory, FinishedMarker));
     const string TempPrefix = ".tmp-checkpoint-";
 
     public string OutputDirectory { get; }
@@ -108,22 +111,25 @@ public sealed class CheckpointStore
     }
 
     /// <summary>
-    /// Resolves <c>resume_from_checkpoint</c>: "true" means the latest checkpoint here (an error when
-    /// there is none), "false"/empty means none, anything else is a checkpoint directory path.
+    /// Resolves <c>resume_from_checkpoint</c>: "true" means the latest checkpoint here if there is one (Hugging Face's
+    /// meaning; null when there is none yet), "false"/empty means none, anything else is a checkpoint directory path,
+    /// which must exist.
     /// </summary>
     public string? Resolve(string? resumeFromCheckpoint)
     {
         if (string.IsNullOrWhiteSpace(resumeFromCheckpoint) || resumeFromCheckpoint.Equals("false", StringComparison.OrdinalIgnoreCase))
             return null;
-        if (resumeFromCheckpoint.Equals("true", StringComparison.OrdinalIgnoreCase))
-            return Latest() ?? throw new TrainingException(
-                $"resume_from_checkpoint: true, but {OutputDirectory} holds no {Prefix}<step> directory. Remove the option to start fresh.");
+        if (IsLatest(resumeFromCheckpoint))
+            return Latest();
         string path = Path.GetFullPath(resumeFromCheckpoint);
         if (!File.Exists(Path.Combine(path, TrainerState.FileName)))
             throw new TrainingException(
                 $"resume_from_checkpoint: '{resumeFromCheckpoint}' is not a checkpoint directory (no {TrainerState.FileName} in {path}). Point it at a {Prefix}<step> directory or use true for the latest.");
         return path;
     }
+
+    /// <summary>resume_from_checkpoint: true — the latest checkpoint, if any.</summary>
+    public static bool IsLatest(string? resumeFromCheckpoint) => resumeFromCheckpoint?.Equals("true", StringComparison.OrdinalIgnoreCase) == true;
 
     static void FlushTree(string dir)
     {

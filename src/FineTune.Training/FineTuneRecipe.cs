@@ -37,13 +37,17 @@ public static class FineTuneRecipe
         Directory.CreateDirectory(args.OutputDirectory);
         var store = new CheckpointStore(args.ResolvedCheckpointDirectory);
         store.RemoveIncomplete();
+        // Checkpoints kept apart from the output (a pipeline's work directory) only serve to resume this run; they are
+        // marked finished at the end so that `finetune clean` may free them, and unmarked while a run is in progress.
+        bool checkpointsApart = !string.Equals(Path.GetFullPath(args.ResolvedCheckpointDirectory), Path.GetFullPath(args.OutputDirectory), StringComparison.Ordinal);
+        if (checkpointsApart) store.MarkUnfinished();
         var log = new TrainerLog(args.OutputDirectory);
 
         int step = 0;
         long totalTokens = 0;
         double lossSum = 0, elapsedBefore = 0;
         train.Position = new DataPosition(0, 0);
-        string? resumedFrom = store.Resolve(args.ResumeFromCheckpoint);
+        string? resumedFrom = ResolveResume(store, args, monitor);
         if (resumedFrom is not null)
         {
             var state = LoadCheckpoint(model, resumedFrom, args.Seed, maxSteps);
@@ -145,7 +149,7 @@ public static class FineTuneRecipe
             string SaveHere()
             {
                 var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
-                    lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup);
+                    lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup, args.TrainedFrom);
                 string path = store.Save(step, dir =>
                 {
                     SaveCheckpoint(model, dir, state, schedule, log.Path, args.BaseModelNameOrPath);
@@ -175,11 +179,53 @@ public static class FineTuneRecipe
             lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom);
         WriteTrainResults(args.OutputDirectory, result);
         if (args.PlotLoss) LossPlot.Write(args.OutputDirectory, log.ReadAll());
-        // Checkpoints kept apart from the output (a pipeline's work directory) only serve to resume this run: mark the
-        // run finished so `finetune clean` may free them.
-        if (!string.Equals(Path.GetFullPath(args.ResolvedCheckpointDirectory), Path.GetFullPath(args.OutputDirectory), StringComparison.Ordinal))
-            store.MarkFinished(step, maxSteps);
+        if (checkpointsApart) store.MarkFinished(step, maxSteps);
         return result;
+    }
+
+    /// <summary>
+    /// resume_from_checkpoint: <c>true</c> resumes the latest checkpoint of this run if there is one, else starts fresh and
+    /// says so in one line (a run killed before its first checkpoint needs no edit); a path resumes that checkpoint, which
+    /// must exist. A checkpoint trained from another model, data or parameters (<see cref="TrainingArguments.TrainedFrom"/>)
+    /// is never resumed: with <c>true</c> the run starts fresh and says why, an explicit path is an error.
+    /// </summary>
+    static string? ResolveResume(CheckpointStore store, TrainingArguments args, ITrainingMonitor monitor)
+    {
+        string? checkpoint = store.Resolve(args.ResumeFromCheckpoint);
+        bool latest = CheckpointStore.IsLatest(args.ResumeFromCheckpoint);
+        if (latest && checkpoint is null)
+        {
+            monitor.Info($"resume_from_checkpoint: true, but this run has no checkpoint yet ({store.OutputDirectory} holds no {CheckpointStore.Prefix}<step>); starting fresh.");
+            return null;
+        }
+        if (checkpoint is null || TrainedFromDifference(TrainerState.Load(checkpoint).TrainedFrom, args.TrainedFrom) is not { } difference)
+            return checkpoint;
+        if (!latest)
+            throw new TrainingException($"resume_from_checkpoint: {checkpoint} was trained from {difference}; " +
+                "resume from a checkpoint of this run, or remove resume_from_checkpoint to start fresh.");
+        monitor.Info($"resume_from_checkpoint: true, but {checkpoint} was trained from {difference}; starting fresh.");
+        return null;
+    }
+
+    /// <summary>"another base model (model 1f2e…, this run 9a8b…)" for the entries that differ; null when none does (or one side has no record).</summary>
+    static string? TrainedFromDifference(IReadOnlyDictionary<string, string>? saved, IReadOnlyDictionary<string, string>? now)
+    {
+        if (saved is null || now is null) return null;
+        var differing = now.Keys.Union(saved.Keys).Order(StringComparer.Ordinal)
+            .Where(k => saved.GetValueOrDefault(k) != now.GetValueOrDefault(k)).ToList();
+        // model and data first: what a user changed most likely.
+        differing = [.. differing.OrderBy(k => k switch { "model" => 0, "data" => 1, _ => 2 })];
+        if (differing.Count == 0) return null;
+        static string What(string key) => key switch
+        {
+            "model" => "another base model",
+            "data" => "other data",
+            "parameters" => "other train parameters",
+            _ => $"another {key}",
+        };
+        static string Short(string? value) => value is null ? "none" : value.Length > 16 ? value[..12] + "…" : value;
+        return string.Join(" and ", differing.Select(What)) + " ("
+            + string.Join("; ", differing.Select(k => $"{k} {Short(saved.GetValueOrDefault(k))}, this run {Short(now.GetValueOrDefault(k))}")) + ")";
     }
 
     /// <summary>Summed loss and labelled-token count over one pass of <paramref name="data"/> (no gradients).</summary>

@@ -11,6 +11,9 @@ namespace FineTune.Training;
 /// </summary>
 public static class LossPlot
 {
+    public const string TrainFile = "training_loss.svg";
+    public const string EvalFile = "training_eval_loss.svg";
+
     /// <summary>
     /// LLaMA-Factory's <c>smooth</c>: an exponential moving average s₀ = x₀, sᵢ = w·sᵢ₋₁ + (1−w)·xᵢ whose
     /// weight grows with the number of points N through a sigmoid: w = 1.8 · (1 / (1 + e^(−0.05·N)) − 0.5).
@@ -35,10 +38,10 @@ public static class LossPlot
         var written = new List<string>();
         var train = log.Where(e => e.Loss is not null).Select(e => (e.CurrentSteps, e.Loss!.Value)).ToList();
         var eval = log.Where(e => e.EvalLoss is not null).Select(e => (e.CurrentSteps, e.EvalLoss!.Value)).ToList();
-        foreach (var (key, points) in new[] { ("loss", train), ("eval_loss", eval) })
+        foreach (var (key, file, points) in new[] { ("loss", TrainFile, train), ("eval_loss", EvalFile, eval) })
         {
             if (points.Count == 0) continue;
-            string path = Path.Combine(directory, $"training_{key}.svg");
+            string path = Path.Combine(directory, file);
             string tmp = path + ".tmp";
             File.WriteAllText(tmp, Render(points, $"training {key}", key));
             File.Move(tmp, path, overwrite: true);

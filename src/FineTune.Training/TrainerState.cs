@@ -5,8 +5,9 @@ namespace FineTune.Training;
 
 /// <summary>
 /// Where a run stands, saved as <c>trainer_state.json</c> in every checkpoint: the step, the data
-/// position (epoch and the next micro-batch within it), the RNG state and counters. Restoring it
-/// with the saved weights, optimizer moments and trainer log continues the run exactly.
+/// position (epoch and the next micro-batch within it), the RNG state and counters, and what the run trains from
+/// (<see cref="TrainingArguments.TrainedFrom"/>). Restoring it with the saved weights, optimizer moments and trainer log
+/// continues the run exactly.
 /// </summary>
 public sealed record TrainerState(
     [property: JsonPropertyName("global_step")] int GlobalStep,
@@ -21,7 +22,8 @@ public sealed record TrainerState(
     [property: JsonPropertyName("elapsed_seconds")] double ElapsedSeconds,
     [property: JsonPropertyName("learning_rate")] double LearningRate,
     [property: JsonPropertyName("lr_scheduler")] string LrScheduler,
-    [property: JsonPropertyName("warmup_steps")] int WarmupSteps)
+    [property: JsonPropertyName("warmup_steps")] int WarmupSteps,
+    [property: JsonPropertyName("trained_from")] IReadOnlyDictionary<string, string>? TrainedFrom = null)
 {
     public const string FileName = "trainer_state.json";
 

@@ -38,8 +38,16 @@ public sealed record TrainingArguments
     public int? SaveTotalLimit { get; init; }
     public int? EvalSteps { get; init; }
     public bool PlotLoss { get; init; }
-    /// <summary>A checkpoint directory, "true" for the latest one in the checkpoint directory, or null.</summary>
+    /// <summary>
+    /// A checkpoint directory, "true" for the latest one in the checkpoint directory if there is one (else a fresh start,
+    /// said in one line), or null.
+    /// </summary>
     public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>
+    /// What this run trains from (e.g. model, data and parameters → their content hashes), saved in every checkpoint's
+    /// trainer_state.json; a checkpoint whose record differs is never resumed. Null: not recorded, not checked.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? TrainedFrom { get; init; }
     public ulong Seed { get; init; } = 42;
     /// <summary>Test hook: stop (as if killed) right after this step and its checkpoint, without the final save.</summary>
     public int? StopAfterStep { get; init; }

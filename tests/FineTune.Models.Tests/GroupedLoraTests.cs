@@ -67,6 +67,33 @@ public sealed class GroupedLoraTests
     }
 
     [Fact]
+    public void RanksAndScalesPerModuleStackBlocksOfTheirOwnHeight()
+    {
+        // PEFT's rank_pattern / alpha_pattern (what an adapter_config.json may carry): k_proj rank 5, v_proj rank 1 and
+        // alpha 4 in every layer, layer 1's q_proj rank 2; the rest rank 3, alpha 6.
+        var setup = new TrainingSetup
+        {
+            LoraRank = 3, LoraAlpha = 6,
+            LoraRankPattern = [new("k_proj", 5), new("v_proj", 1), new("model.layers.1.self_attn.q_proj", 2)],
+            LoraAlphaPattern = [new("v_proj", 4.0)],
+        };
+        using var model = TinyModels.Create(TinyModels.Spec("qwen3", true), setup);
+        TinyModels.RandomizeLoraB(model, 5);
+        var qkv = model.Layers[1].LoraGroups[0]!;
+        Assert.Equal([2 + 5 + 1, 16], qkv.A.Shape.ToArray());
+        Assert.Equal([0, 2, 7], Enumerable.Range(0, 3).Select(qkv.RowOffset));
+        Assert.Equal([3, 5, 1], model.Layers[0].LoraGroups[0]!.Linears.Select(l => l.Lora!.Rank));
+        Assert.Equal([6f / 3, 6f / 5, 4f / 1], model.Layers[0].LoraGroups[0]!.Linears.Select(l => l.Lora!.Scale));
+
+        var batch = TinyModels.PackedBatch();
+        var perLinear = RunPath(model, batch, perLinear: true);
+        var grouped = RunPath(model, batch, perLinear: false);
+        Assert.InRange(RelativeDifference(grouped.Logits, perLinear.Logits), 0, 1e-5);
+        foreach (var p in model.TrainableParameters)
+            Assert.True(RelativeDifference(grouped.Grads[p.Name], perLinear.Grads[p.Name]) <= 1e-5, p.Name);
+    }
+
+    [Fact]
     public void GroupsStackTheTargetedLinearsThatShareAnInput()
     {
         var setup = new TrainingSetup { LoraRank = 2, LoraTarget = ["q_proj", "v_proj", "o_proj", "up_proj"] };

@@ -6,13 +6,18 @@ namespace FineTune.Pipeline.Tests;
 /// <summary>The `finetune` executable as users run it.</summary>
 public sealed class CliTests
 {
-    private static (int Code, string Out, string Err) Finetune(params string[] args)
+    private static Process Start(params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "finetune.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["NO_COLOR"] = "1";
-        using var p = Process.Start(psi)!;
+        return Process.Start(psi)!;
+    }
+
+    private static (int Code, string Out, string Err) Finetune(params string[] args)
+    {
+        using var p = Start(args);
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEnd();
         p.WaitForExit();
@@ -105,5 +110,88 @@ public sealed class CliTests
         Assert.Equal(2, code);
         Assert.Contains($"{data}: record 1 (line 1): byte 0xE9 at offset 55 (line 1, column 56) is not UTF-8: save the file as UTF-8", err);
         Assert.DoesNotContain("   at ", err);
+
+    [Fact]
+    public void ValidateChecksLoraTargetAgainstTheModelsModules()
+    {
+        using var dir = new TempDir();
+        var file = ResumeTests.WritePipeline(dir, ResumeTests.Yaml.Replace("train: {device: cpu,", "train: {lora_target: q_prj, device: cpu,"));
+        var (code, _, err) = Finetune("validate", dir.Path);
+        Assert.Equal(2, code);
+        int line = Array.FindIndex(File.ReadAllLines(file), l => l.Contains("q_prj")) + 1;
+        int col = File.ReadAllLines(file)[line - 1].IndexOf("q_prj", StringComparison.Ordinal) + 1;
+        Assert.Equal($"{file}:{line}:{col}: error: $.stages.train.lora_target[0]: 'q_prj' is not a linear module of this qwen3 model; did you mean 'q_proj'? " +
+            "(expected all, or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)\n1 error(s).\n", err);
+    }
+
+    /// <summary>What `timeout`, CI runners and `docker stop` send.</summary>
+    private static void Sigterm(Process p)
+    {
+        using var kill = Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!;
+        kill.WaitForExit();
+        Assert.Equal(0, kill.ExitCode);
+    }
+
+    [Fact]
+    public async Task SigtermDuringTrainingSavesTheStepAsACheckpointLikeCtrlC()
+    {
+        using var dir = new TempDir();
+        ResumeTests.WritePipeline(dir, ResumeTests.Yaml.Replace("max_steps: 6", "max_steps: 100000").Replace("save_steps: 2", "save_steps: 100000"));
+        using var p = Start("run", dir.Path);
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        // Wait until the train stage has logged a step (logging_steps: 1) into its output in .finetune/tmp.
+        var tmp = Path.Combine(dir.Path, ".finetune", "tmp");
+        var clock = Stopwatch.StartNew();
+        while (!(Directory.Exists(tmp) && Directory.EnumerateFiles(tmp, "trainer_log.jsonl", SearchOption.AllDirectories).Any(f => new FileInfo(f).Length > 0)))
+        {
+            if (p.HasExited) Assert.Fail("finetune exited before training: " + await stderr);
+            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(2), "training never started");
+            await Task.Delay(20);
+        }
+        Sigterm(p);
+        await Task.WhenAny(p.WaitForExitAsync(), Task.Delay(TimeSpan.FromMinutes(2)));
+        if (!p.HasExited)
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail("finetune was still running 2 minutes after SIGTERM");
+        }
+
+        var err = await stderr;
+        Assert.Equal(143, p.ExitCode);
+        var m = System.Text.RegularExpressions.Regex.Match(err,
+            @"^cancelled: stopped after step (\d+) of 100000; saved (.*checkpoint-\1)\. Run again with resume_from_checkpoint: true to continue from it\.$",
+            System.Text.RegularExpressions.RegexOptions.Multiline);
+        Assert.True(m.Success, err + await stdout);
+        var checkpoint = m.Groups[2].Value;
+        Assert.Equal(int.Parse(m.Groups[1].Value), FineTune.Training.TrainerState.Load(checkpoint).GlobalStep);
+        Assert.Equal([Path.GetFileName(checkpoint)], Directory.GetDirectories(Path.GetDirectoryName(checkpoint)!).Select(Path.GetFileName));
+        // Nothing half-written became a cached output.
+        Assert.Empty(Directory.EnumerateDirectories(tmp));
+    }
+
+    [Fact]
+    public void DeviceAutoOnAMachineWithoutCudaSaysSoOncePerProcess()
+    {
+        using var dir = new TempDir();
+        ResumeTests.WritePipeline(dir, ResumeTests.Yaml.Replace("train: {device: cpu,", "train: {device: auto,").Replace("val_size: 0,", "val_size: 1,")
+            + "\n  eval: {device: auto, predict_with_generate: false}\n");
+        var (code, stdout, stderr) = Finetune("run", dir.Path);
+        Assert.True(code == 0, stderr);
+        // train and eval each resolve auto; the notice comes once.
+        Assert.Single((stdout + stderr).Split('\n'), l => l.Contains("device: auto → cpu (", StringComparison.Ordinal));
+
+        var model = dir.File("model");
+        FineTune.Models.ScratchModel.Generate(new FineTune.Models.ScratchModelSpec
+        {
+            HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 16,
+        }, model);
+        var chat = Finetune("chat", "--model", model, "--prompt", "hi", "--max-new-tokens", "2", "--device", "auto");
+        Assert.True(chat.Code == 0, chat.Err);
+        Assert.Single(chat.Err.Split('\n'), l => l.StartsWith("device: auto → cpu (", StringComparison.Ordinal));
+        var forwardTokens = dir.Write("tokens.json", "[[1, 2, 3]]");
+        var forward = Finetune("forward", "--model", model, "--tokens", forwardTokens, "--out", dir.File("f.safetensors"), "--device", "auto");
+        Assert.True(forward.Code == 0, forward.Err);
+        Assert.Single(forward.Err.Split('\n'), l => l.StartsWith("device: auto → cpu (", StringComparison.Ordinal));
     }
 }

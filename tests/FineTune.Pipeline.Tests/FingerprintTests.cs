@@ -38,6 +38,24 @@ public sealed class FingerprintTests
     }
 
     [Fact]
+    public void KeysThatOnlyChangeLogsPlotsAndCheckpointsStayOutOfTheTrainFingerprint()
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        using var c = new TempDir();
+        var plain = Load(a, TestPipelines.Full);
+        var reporting = Load(b, TestPipelines.Full.Replace("max_steps: 10",
+            "max_steps: 10\n    save_steps: 7\n    logging_steps: 3\n    save_total_limit: 2\n    plot_loss: true"));
+        Assert.Equal(Fingerprint(plain, StageKind.Train), Fingerprint(reporting, StageKind.Train));
+        var train = StageFingerprint.ParametersOf(StageKind.Train, reporting.Definition)["train"]!.AsObject();
+        foreach (var key in new[] { "save_steps", "logging_steps", "save_total_limit", "plot_loss", "device", "resume_from_checkpoint" })
+            Assert.False(train.ContainsKey(key), key);
+        // A key that changes what is trained still does.
+        var reseeded = Load(c, TestPipelines.Full.Replace("max_steps: 10", "max_steps: 10\n    seed: 7"));
+        Assert.NotEqual(Fingerprint(plain, StageKind.Train), Fingerprint(reseeded, StageKind.Train));
+    }
+
+    [Fact]
     public void InputPathsDoNotEnterTheFingerprintOnlyContent()
     {
         var fp1 = new StageFingerprint(StageKind.Register, [], new Dictionary<StageKind, string>(), [("data/a.json", "abc")]).Hash;

@@ -134,6 +134,61 @@ public sealed class FineTuneRecipeTests : IDisposable
         Assert.Equal(AllTrainable(whole), AllTrainable(resumed));
     }
 
+    /// <summary>Keeps the info lines the loop reports.</summary>
+    sealed class InfoLines : ITrainingMonitor
+    {
+        public List<string> Lines { get; } = [];
+        public void Started(int startStep, int maxSteps) { }
+        public void Stepped(int step) { }
+        public void Logged(StepReport report) { }
+        public void Info(string line) => Lines.Add(line);
+    }
+
+    [Fact]
+    public void Resume_true_without_a_checkpoint_starts_fresh_with_a_one_line_notice()
+    {
+        var whole = Model();
+        FineTuneRecipe.Train(whole, Args("reference"), Loader(), null, ITrainingMonitor.Silent);
+
+        var args = Args("fresh") with { ResumeFromCheckpoint = "true" };
+        var info = new InfoLines();
+        var fresh = Model();
+        var r = FineTuneRecipe.Train(fresh, args, Loader(), null, info);
+        Assert.Null(r.ResumedFrom);
+        Assert.Equal(8, r.GlobalStep);
+        Assert.Equal(AllTrainable(whole), AllTrainable(fresh));
+        Assert.Equal($"resume_from_checkpoint: true, but this run has no checkpoint yet ({args.OutputDirectory} holds no checkpoint-<step>); starting fresh.",
+            info.Lines[0]);
+    }
+
+    [Fact]
+    public void A_checkpoint_records_what_it_was_trained_from_and_is_not_resumed_by_another_model_or_data()
+    {
+        var checkpoints = Path.Combine(_root, "work", "shared");
+        var from = new Dictionary<string, string> { ["model"] = "m1", ["data"] = "d1", ["parameters"] = "p1" };
+        var args = Args("from") with { CheckpointDirectory = checkpoints, TrainedFrom = from };
+        using var cts = new CancellationTokenSource();
+        var stopped = Assert.Throws<TrainingCancelledException>(() => FineTuneRecipe.Train(Model(), args, Loader(), null, new CancelAt(3, cts), cts.Token));
+        Assert.Equal(from, TrainerState.Load(stopped.Checkpoint).TrainedFrom);
+
+        // The latest checkpoint was trained on other data: never resumed, said in one line, the run starts fresh.
+        var info = new InfoLines();
+        var other = FineTuneRecipe.Train(Model(), args with
+        {
+            ResumeFromCheckpoint = "true", TrainedFrom = new Dictionary<string, string>(from) { ["data"] = "d2" },
+        }, Loader(), null, info);
+        Assert.Null(other.ResumedFrom);
+        Assert.Equal($"resume_from_checkpoint: true, but {stopped.Checkpoint} was trained from other data (data d1, this run d2); starting fresh.", info.Lines[0]);
+
+        // An explicit path to another model's checkpoint is refused.
+        var e = Assert.Throws<TrainingException>(() => FineTuneRecipe.Train(Model(), args with
+        {
+            ResumeFromCheckpoint = stopped.Checkpoint, TrainedFrom = new Dictionary<string, string>(from) { ["model"] = "m2" },
+        }, Loader(), null, ITrainingMonitor.Silent));
+        Assert.Equal($"resume_from_checkpoint: {stopped.Checkpoint} was trained from another base model (model m1, this run m2); " +
+            "resume from a checkpoint of this run, or remove resume_from_checkpoint to start fresh.", e.Message);
+    }
+
     [Fact]
     public void Checkpoints_kept_apart_from_the_output_are_marked_finished_only_when_the_run_ends()
     {
@@ -148,6 +203,10 @@ public sealed class FineTuneRecipeTests : IDisposable
         FineTuneRecipe.Train(Model(), args with { ResumeFromCheckpoint = "true" }, Loader(), null, ITrainingMonitor.Silent);
         Assert.True(store.IsFinished);
         Assert.Equal("{\"global_step\": 8, \"max_steps\": 8}\n", File.ReadAllText(Path.Combine(checkpoints, CheckpointStore.FinishedMarker)));
+        // The same run started again (a forced re-run) and interrupted: its checkpoints are needed again.
+        using var again = new CancellationTokenSource();
+        Assert.Throws<TrainingCancelledException>(() => FineTuneRecipe.Train(Model(), args, Loader(), null, new CancelAt(2, again), again.Token));
+        Assert.False(store.IsFinished);
         // Where checkpoints and output share a directory (standalone use) nothing extra is written into the output.
         FineTuneRecipe.Train(Model(), Args("together"), Loader(), null, ITrainingMonitor.Silent);
         Assert.False(File.Exists(Path.Combine(_root, "together", CheckpointStore.FinishedMarker)));

@@ -43,7 +43,7 @@ public sealed class ChatCommand : ICliCommand
                 var config = ModelConfig.Load(Path.Combine(dir, "config.json"));
                 string templateName = r.GetValue(template) ?? DefaultTemplate(config.ModelType);
                 var chatTemplate = ChatTemplate.Get(templateName, enableThinking: r.GetValue(thinking));
-                using var backend = Backends.Create(r.GetValue(device)!);
+                using var backend = Backends.Create(r.GetValue(device)!, notice: Console.Error.WriteLine);
                 using var lm = CausalLM.Load(dir, backend, TrainingSetup.Inference, r.GetValue(adapter));
                 var options = new GenerationOptions
                 {

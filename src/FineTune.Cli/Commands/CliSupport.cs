@@ -18,12 +18,26 @@ public static class CliSupport
         DefaultValueFactory = _ => ".",
     };
 
-    /// <summary>Runs a command body; user errors become one message per line on stderr and exit code 2, never a stack trace.</summary>
-    public static int Guard(Func<CancellationToken, int> body)
+    /// <summary>
+    /// Runs a command body; user errors become one message per line on stderr and exit code 2, never a stack trace.
+    /// Ctrl-C (SIGINT) cancels the body's token instead of killing the process, and so does SIGTERM (what <c>timeout</c>,
+    /// CI runners and <c>docker stop</c> send) for a body that honours the token (<paramref name="stopOnSigterm"/>; any
+    /// other keeps the default, which ends the process at once): training stops after the step in flight and saves it as
+    /// a checkpoint. The exit code is then 128 + the signal number, as a shell reports a process the signal stopped: 130
+    /// or 143.
+    /// </summary>
+    public static int Guard(Func<CancellationToken, int> body, bool stopOnSigterm = false)
     {
         using var cts = new CancellationTokenSource();
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
+        int signal = 0;
+        void Stop(int number)
+        {
+            Interlocked.CompareExchange(ref signal, number, 0);
+            cts.Cancel();
+        }
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; Stop(2); };
         Console.CancelKeyPress += onCancel;
+        using var onTerminate = stopOnSigterm ? OnSigterm(() => Stop(15)) : null;
         try
         {
             return body(cts.Token);
@@ -57,7 +71,7 @@ public static class CliSupport
             // A training run says where its checkpoint is; other stages keep nothing half-written.
             Console.Error.WriteLine(oce is FineTune.Training.TrainingCancelledException t
                 ? $"cancelled: {t.Message}" : "cancelled; nothing half-written was kept.");
-            return 130;
+            return 128 + (Volatile.Read(ref signal) is > 0 and var n ? n : 2);
         }
         catch (StageFailedException e)
         {
@@ -71,6 +85,23 @@ public static class CliSupport
         finally
         {
             Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    /// <summary>Handles SIGTERM with <paramref name="stop"/> (the default would end the process at once); null where the platform has none.</summary>
+    public static IDisposable? OnSigterm(Action stop)
+    {
+        try
+        {
+            return System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, context =>
+            {
+                context.Cancel = true;
+                stop();
+            });
+        }
+        catch (PlatformNotSupportedException)
+        {
+            return null;
         }
     }
 

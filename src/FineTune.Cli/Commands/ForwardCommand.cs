@@ -37,7 +37,7 @@ public sealed class ForwardCommand : ICliCommand
             if (wantGrads && adapterDir is null)
                 throw new PipelineUserException("--grads needs --adapter: the gradients written are those of the adapter's LoRA tensors.");
 
-            using var backend = Backends.Create(r.GetValue(device)!, null);
+            using var backend = Backends.Create(r.GetValue(device)!, notice: Console.Error.WriteLine);
             var setup = adapterDir is null ? TrainingSetup.Inference : new TrainingSetup { LoraDropout = 0 };
             using var lm = CausalLM.Load(r.GetValue(model)!, backend, setup, adapterDir);
             float[] logits = lm.ForwardLogits(batch);

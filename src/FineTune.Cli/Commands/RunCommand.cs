@@ -39,7 +39,7 @@ public sealed class RunCommand : ICliCommand
             CliSupport.PrintMissingExecutors(report);
             AnsiConsole.MarkupLine($"[grey]FineTune overhead {CliSupport.Seconds(report.OverheadSeconds)}, {report.BytesHashed / 1e6:0.#} MB hashed{(report.LockChanged ? ", pipeline.lock updated" : "")}[/]");
             return 0;
-        }));
+        }, stopOnSigterm: true));
         return command;
     }
 

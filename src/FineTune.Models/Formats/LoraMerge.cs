@@ -38,9 +38,8 @@ public static partial class LoraMerge
         using var baseWeights = SafetensorsReader.Open(baseModelDir);
         if (adapterDir is null)
             return Write(baseModelDir, baseConfig, baseWeights, null, "", new(), new(), null, outputDir, outputDType, maxShardBytes);
-        var adapterConfigPath = Path.Combine(adapterDir, "adapter_config.json");
-        var adapter = AdapterSettings.Read(adapterConfigPath);
-        var adapterWeightsPath = Path.Combine(adapterDir, "adapter_model.safetensors");
+        var adapter = AdapterConfig.Read(adapterDir);
+        var adapterWeightsPath = Path.Combine(adapterDir, AdapterConfig.WeightsName);
         if (!File.Exists(adapterWeightsPath))
             throw new ModelFormatException(adapterWeightsPath, "adapter weights not found; a PEFT adapter directory holds adapter_model.safetensors next to adapter_config.json.");
         using var adapterWeights = SafetensorsReader.Open(adapterWeightsPath);
@@ -87,7 +86,9 @@ public static partial class LoraMerge
             long rows = embedding ? w.Shape[1] : w.Shape[0], cols = embedding ? w.Shape[0] : w.Shape[1];
             if (w.Shape.Count != 2 || ai.Shape.Count != 2 || bi.Shape.Count != 2 || ai.Shape[1] != cols || bi.Shape[0] != rows || bi.Shape[1] != rank)
                 throw new ModelFormatException(adapterWeightsPath, $"shapes do not fit: \"{a}\" [{string.Join(", ", ai.Shape)}], \"{b}\" [{string.Join(", ", bi.Shape)}], base \"{weightName}\" [{string.Join(", ", w.Shape)}]; the adapter was trained on another model.");
-            updates[weightName] = (a, b, embedding, adapter.ScaleFor(module, rank));
+            if (adapter.RankFor(module) != rank)
+                throw new ModelFormatException(adapter.FilePath, $"module \"{module}\": lora_A has rank {rank} but the config says r = {adapter.RankFor(module)}; the adapter files do not belong together.");
+            updates[weightName] = (a, b, embedding, adapter.ScaleFor(module));
         }
 
         return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes);
@@ -96,7 +97,7 @@ public static partial class LoraMerge
     private static LoraMergeResult Write(string baseModelDir, ModelConfig baseConfig, SafetensorsReader baseWeights,
         SafetensorsReader? adapterWeightsOrNull, string adapterWeightsPath,
         Dictionary<string, (string A, string B, bool Embedding, double Scale)> updates, Dictionary<string, string> replacements,
-        AdapterSettings? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes)
+        AdapterConfig? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes)
     {
         Directory.CreateDirectory(outputDir);
         var writer = new SafetensorsWriter();
@@ -144,7 +145,8 @@ public static partial class LoraMerge
                 files.Add(f);
             }
         }
-        double anyScale = updates.Count > 0 ? updates.Values.First().Scale : adapter?.ScaleFor("", adapter.Rank) ?? 0;
+        double anyScale = updates.Count > 0 ? updates.Values.First().Scale
+            : adapter is null ? 0 : PeftPattern.Scale(adapter.Alpha, adapter.Rank, adapter.UseRslora);
         return new LoraMergeResult(updates.Count, replacements.Count, baseWeights.Tensors.Count, anyScale, outputDType, files);
     }
 
@@ -185,49 +187,4 @@ public static partial class LoraMerge
 
     [GeneratedRegex(@"^(?<module>.+)\.(?<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[A-Za-z0-9_]+)?(\.weight)?$")]
     private static partial Regex LoraName();
-
-    /// <summary>The adapter_config.json keys a merge needs.</summary>
-    private sealed record AdapterSettings(int Rank, double Alpha, bool UseRslora, IReadOnlyDictionary<string, int> RankPattern, IReadOnlyDictionary<string, double> AlphaPattern, string Path)
-    {
-        public static AdapterSettings Read(string path)
-        {
-            if (!File.Exists(path))
-                throw new ModelFormatException(path, "adapter_config.json not found; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors.");
-            JsonObject o;
-            try
-            {
-                o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("not an object");
-            }
-            catch (JsonException e)
-            {
-                throw new ModelFormatException(path, $"invalid JSON: {e.Message}", e);
-            }
-            var type = o["peft_type"]?.GetValue<string>();
-            if (type is not null && type != "LORA")
-                throw new ModelFormatException(path, $"peft_type is \"{type}\"; FineTune merges LORA adapters only.");
-            if (o["fan_in_fan_out"]?.GetValue<bool>() == true)
-                throw new ModelFormatException(path, "fan_in_fan_out is true (GPT-2 style Conv1D weights); FineTune merges adapters of llama/qwen/mistral linear layers only.");
-            if (o["use_dora"]?.GetValue<bool>() == true)
-                throw new ModelFormatException(path, "use_dora is true; FineTune merges plain LoRA adapters, not DoRA.");
-            int r = o["r"]?.GetValue<int>() ?? throw new ModelFormatException(path, "\"r\" (the LoRA rank) is missing.");
-            double alpha = o["lora_alpha"]?.GetValue<double>() ?? 8;
-            var rp = (o["rank_pattern"] as JsonObject ?? []).ToDictionary(p => p.Key, p => p.Value!.GetValue<int>());
-            var ap = (o["alpha_pattern"] as JsonObject ?? []).ToDictionary(p => p.Key, p => p.Value!.GetValue<double>());
-            return new AdapterSettings(r, alpha, o["use_rslora"]?.GetValue<bool>() ?? false, rp, ap, path);
-        }
-
-        /// <summary>s = alpha / r, or alpha / √r with rsLoRA; PEFT's patterns match a module name ending in the key.</summary>
-        public double ScaleFor(string module, int storedRank)
-        {
-            int r = Rank;
-            double alpha = Alpha;
-            foreach (var (key, value) in RankPattern)
-                if (Regex.IsMatch(module, $"(^|\\.){key}$")) { r = value; break; }
-            foreach (var (key, value) in AlphaPattern)
-                if (Regex.IsMatch(module, $"(^|\\.){key}$")) { alpha = value; break; }
-            if (module.Length > 0 && r != storedRank)
-                throw new ModelFormatException(Path, $"module \"{module}\": lora_A has rank {storedRank} but the config says r = {r}; the adapter files do not belong together.");
-            return UseRslora ? alpha / Math.Sqrt(r) : alpha / r;
-        }
-    }
 }

@@ -4,7 +4,11 @@ namespace FineTune.Pipeline.Config;
 [AttributeUsage(AttributeTargets.Property)]
 public sealed class ScalarOrListAttribute : Attribute;
 
-/// <summary>A setting that does not change a stage's result (where it runs), so it stays out of the fingerprint.</summary>
+/// <summary>
+/// A setting that does not change a stage's result — where it runs (device), how an interrupted run continues
+/// (resume_from_checkpoint), or only what a run logs, plots and keeps on the side (logging_steps, plot_loss, save_steps,
+/// save_total_limit) — so it stays out of the fingerprint and the lock file: changing it re-runs nothing.
+/// </summary>
 [AttributeUsage(AttributeTargets.Property)]
 public sealed class NotFingerprintedAttribute : Attribute;
 

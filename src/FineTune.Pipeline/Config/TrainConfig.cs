@@ -43,6 +43,9 @@ public sealed record TrainConfig
     [ScalarOrList, Description("freeze: modules trained inside the trainable layers ('all' or names such as mlp, self_attn).")]
     public IReadOnlyList<string> FreezeTrainableModules { get; init; } = ["all"];
 
+    [ScalarOrList, Description("freeze: modules trained besides the trainable layers (e.g. embed_tokens, norm, lm_head).")]
+    public IReadOnlyList<string>? FreezeExtraModules { get; init; }
+
     [Range(0.0, 10.0, MinimumIsExclusive = true)] public double LearningRate { get; init; } = 5e-5;
     [Range(0.0, 1e6)] public double NumTrainEpochs { get; init; } = 3.0;
 
@@ -66,20 +69,27 @@ public sealed record TrainConfig
     public double? NeftuneNoiseAlpha { get; init; }
 
     [Range(0, int.MaxValue)] public int Seed { get; init; } = 42;
-    [Range(1, int.MaxValue)] public int LoggingSteps { get; init; } = 10;
-    [Range(1, int.MaxValue)] public int SaveSteps { get; init; } = 500;
-    [Range(1, int.MaxValue)] public int? SaveTotalLimit { get; init; }
+    // What a run logs, plots and keeps on the side does not change the adapter it trains: these keys stay out of the
+    // fingerprint (changing them re-runs nothing) and out of the checkpoint folder's key (a run resumes across them).
+    [Range(1, int.MaxValue), NotFingerprinted, Description("A trainer_log.jsonl line and a progress update every n steps. Not part of the fingerprint.")]
+    public int LoggingSteps { get; init; } = 10;
+
+    [Range(1, int.MaxValue), NotFingerprinted, Description("Save a checkpoint every n steps (in .finetune/work, for resume_from_checkpoint). Not part of the fingerprint.")]
+    public int SaveSteps { get; init; } = 500;
+
+    [Range(1, int.MaxValue), NotFingerprinted, Description("Keep only the newest n checkpoints. Not part of the fingerprint.")]
+    public int? SaveTotalLimit { get; init; }
 
     [Range(1, int.MaxValue), Description("Evaluate on the validation split every n steps (needs split.val_size > 0).")]
     public int? EvalSteps { get; init; }
 
-    [Description("Write training_loss.png (and eval loss) into the output.")]
+    [NotFingerprinted, Description("Write training_loss.svg (and training_eval_loss.svg) into the output, as reports. Not part of the fingerprint: an up-to-date stage keeps the plots of the run that made it.")]
     public bool PlotLoss { get; init; }
 
     [Description("Recompute activations per layer in the backward pass to save memory.")]
     public bool GradientCheckpointing { get; init; } = true;
 
-    [NotFingerprinted, Description("Checkpoint directory to resume from (relative to the pipeline file; its content, not its path, enters the fingerprint).")]
+    [NotFingerprinted, Description("true: continue from the latest checkpoint of this run (same model, data and train parameters) if there is one, else start fresh; or a checkpoint directory (relative to the pipeline file). Not part of the fingerprint: a resumed run ends as the uninterrupted one would.")]
     public string? ResumeFromCheckpoint { get; init; }
 
     /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>

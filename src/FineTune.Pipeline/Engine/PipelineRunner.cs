@@ -160,7 +160,8 @@ public sealed class PipelineRunner
             }
 
             var upstreamDirs = StageGraph.Upstream(kind).ToDictionary(u => u, u => outcomes[u].OutputDirectory!);
-            var ctx = new StageContext(p.Definition, p.Directory, upstreamDirs, "", progress, ct, cache.WorkDirectory(kind));
+            var upstreamHashes = StageGraph.Upstream(kind).ToDictionary(u => u, u => outputHashes[u]);
+            var ctx = new StageContext(p.Definition, p.Directory, upstreamDirs, "", progress, ct, cache.WorkDirectory(kind), upstreamHashes);
             var inputs = new List<(string Name, string Hash)>();
             foreach (var input in executor.ExternalInputs(ctx))
             {
@@ -171,8 +172,7 @@ public sealed class PipelineRunner
                 if (Directory.Exists(full)) inputFiles.UnionWith(Directory.EnumerateFiles(full, "*", SearchOption.AllDirectories));
                 else inputFiles.Add(full);
             }
-            var fp = new StageFingerprint(kind, StageFingerprint.ParametersOf(kind, p.Definition),
-                StageGraph.Upstream(kind).ToDictionary(u => u, u => outputHashes[u]), inputs);
+            var fp = new StageFingerprint(kind, StageFingerprint.ParametersOf(kind, p.Definition), upstreamHashes, inputs);
             var fingerprint = fp.Hash;
             var check = cache.Check(fingerprint, hasher);
             if (check.Damaged && !options.DryRun)
@@ -191,6 +191,8 @@ public sealed class PipelineRunner
             }
 
             var why = forced ? "forced" : Explain(kind, fp, fingerprint, check);
+            if (executor.Resumable(ctx) is { } resumable)
+                why += "; " + resumable;
             if (options.DryRun)
                 return new StageOutcome(kind, StageState.Stale, why, fingerprint);
 
@@ -209,6 +211,8 @@ public sealed class PipelineRunner
                 throw e switch
                 {
                     OperationCanceledException => e,
+                    // Keys a stage could only check once it ran (against the downloaded model): located like load-time errors.
+                    PipelineKeyException k => new PipelineValidationException(k.Errors.Select(x => p.ErrorAt(x.JsonPath, x.Message)).ToArray()),
                     PipelineUserException => new PipelineUserException($"stage {name}: {e.Message}", e),
                     _ => new StageFailedException(kind, e),
                 };

@@ -34,8 +34,8 @@ public sealed class EvalStage : IStageExecutor
             throw new PipelineUserException($"The eval stage needs validation data but {splitDir} has no val.ftds; set stages.split.val_size above 0.");
         var info = SplitTemplateInfo.Read(splitDir);
 
-        using var backend = StageBackends.Create(cfg.Device, "eval");
-        bool isAdapter = File.Exists(Path.Combine(trainDir, AdapterFile.ConfigName));
+        using var backend = StageBackends.Create(cfg.Device, "eval", ctx.Progress.Info);
+        bool isAdapter = File.Exists(Path.Combine(trainDir, AdapterConfig.FileName));
         using var model = TrainStage.Guard(() => isAdapter
             ? CausalLM.Load(modelDir, backend, TrainingSetup.Inference, adapterDirectory: trainDir)
             : CausalLM.Load(trainDir, backend, TrainingSetup.Inference), trainDir);

@@ -32,7 +32,7 @@ public sealed class MergeStage : IStageExecutor
         try
         {
             using var task = ctx.Progress.Start("merge", 1);
-            if (File.Exists(Path.Combine(trainDir, "adapter_config.json")))
+            if (File.Exists(Path.Combine(trainDir, AdapterConfig.FileName)))
             {
                 result = LoraMerge.Merge(baseDir, trainDir, ctx.OutputDirectory, dtype);
                 notes.Add($"folded LoRA into {result.MergedWeights} weights (scale {result.Scale:G4}){(result.ReplacedWeights > 0 ? $", replaced {result.ReplacedWeights} trained modules" : "")}");

@@ -28,6 +28,12 @@ public interface IStageExecutor
     /// Throw <see cref="PipelineUserException"/> for errors the user can fix.
     /// </summary>
     StageResult Execute(StageContext ctx);
+
+    /// <summary>
+    /// What an interrupted run of this stage left to continue from, for the reason `finetune status` and a dry run show
+    /// ("checkpoint-3 (step 3 of 8) can be resumed: …"); null when there is nothing. Reads only, writes nothing.
+    /// </summary>
+    string? Resumable(StageContext ctx) => null;
 }
 
 /// <param name="Pipeline">The validated pipeline file, defaults applied.</param>
@@ -38,6 +44,8 @@ public interface IStageExecutor
 /// <param name="Cancellation">Set on Ctrl+C; stop soon and throw <see cref="OperationCanceledException"/>.</param>
 /// <param name="WorkDirectory">Persistent scratch directory of this stage kind under .finetune/work (kept across runs,
 /// e.g. partial downloads for resume); not part of the output.</param>
+/// <param name="UpstreamHashes">Output hash (content) of every upstream stage, as its fingerprint records it; null when
+/// the stage is run outside the engine (tests), where a stage that needs them hashes the upstream directories itself.</param>
 public sealed record StageContext(
     PipelineDefinition Pipeline,
     string PipelineDirectory,
@@ -45,7 +53,8 @@ public sealed record StageContext(
     string OutputDirectory,
     IStageProgress Progress,
     CancellationToken Cancellation,
-    string WorkDirectory = "")
+    string WorkDirectory = "",
+    IReadOnlyDictionary<StageKind, string>? UpstreamHashes = null)
 {
     /// <summary>Resolves a path written in the pipeline file (relative to it) to an absolute path.</summary>
     public string ResolvePath(string path) => Path.GetFullPath(Path.Combine(PipelineDirectory, path));
@@ -96,3 +105,14 @@ public sealed class NullStageProgress : IStageProgress
 
 /// <summary>An error the user can fix (bad pipeline value, missing file, gated model): printed without a stack trace, exit code 2.</summary>
 public class PipelineUserException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>
+/// Values of pipeline keys that a stage found wrong only once it could look (a module name checked against the downloaded
+/// model): the engine locates each key in the pipeline file and reports them as validation errors (file:line:col).
+/// </summary>
+/// <param name="Errors">JSON path of each key (<c>$.stages.train.lora_target[1]</c>) and what is wrong with it.</param>
+public sealed class PipelineKeyException(IReadOnlyList<(string JsonPath, string Message)> errors)
+    : PipelineUserException(string.Join(Environment.NewLine, errors.Select(e => $"{e.JsonPath[2..]}: {e.Message}")))
+{
+    public IReadOnlyList<(string JsonPath, string Message)> Errors { get; } = errors;
+}

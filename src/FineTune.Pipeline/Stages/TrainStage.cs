@@ -1,9 +1,7 @@
-using System.Security.Cryptography;
-using System.Text;
-using System.Text.Json;
 using FineTune.Data.Preprocessing;
 using FineTune.Models;
 using FineTune.Pipeline.Config;
+using FineTune.Pipeline.Validation;
 using FineTune.Training;
 
 namespace FineTune.Pipeline;
@@ -11,9 +9,10 @@ namespace FineTune.Pipeline;
 /// <summary>
 /// The train stage: fine-tunes the downloaded model on the split stage's <c>train.ftds</c> (evaluating on
 /// <c>val.ftds</c> every eval_steps) with <see cref="FineTuneRecipe"/>. Output: the PEFT adapter (lora) or an HF
-/// model directory (full/freeze), trainer_log.jsonl, training_loss.svg (plot_loss) and train_results.json.
-/// Checkpoints live in the stage's work directory (one folder per model + data + parameters), so a killed
-/// run can continue with <c>resume_from_checkpoint: true</c>.
+/// model directory (full/freeze); reports trainer_log.jsonl, training_loss.svg (plot_loss) and train_results.json.
+/// Checkpoints live in the stage's work directory, one folder per run keyed by the stage's fingerprint (the content
+/// hashes of the model and the split data, and the train parameters that change what is trained), so a killed run can
+/// continue with <c>resume_from_checkpoint: true</c> and a run of another model or data never picks its checkpoints up.
 /// </summary>
 public sealed class TrainStage : IStageExecutor
 {
@@ -30,30 +29,22 @@ public sealed class TrainStage : IStageExecutor
         if (!File.Exists(trainPath))
             throw new PipelineUserException($"The split stage's output {splitDir} has no train.ftds; re-run the split stage.");
 
-        var setup = new TrainingSetup
-        {
-            FinetuningType = cfg.FinetuningType switch
-            {
-                Config.FinetuningType.Full => Models.FinetuningType.Full,
-                Config.FinetuningType.Freeze => Models.FinetuningType.Freeze,
-                _ => Models.FinetuningType.Lora,
-            },
-            LoraRank = cfg.LoraRank,
-            LoraAlpha = cfg.ResolvedLoraAlpha,
-            LoraDropout = cfg.LoraDropout,
-            LoraTarget = cfg.LoraTarget,
-            UseRslora = cfg.UseRslora,
-            AdditionalTarget = cfg.AdditionalTarget ?? [],
-            FreezeTrainableLayers = cfg.FreezeTrainableLayers,
-            FreezeTrainableModules = cfg.FreezeTrainableModules,
-            GradientCheckpointing = cfg.GradientCheckpointing,
-            NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
-            Seed = cfg.Seed,
-        };
+        // Module names are checked against the downloaded model before anything is loaded or trained.
+        if (SpecOf(modelDir) is { } spec && ModuleNameChecks.Check(cfg, spec) is { Count: > 0 } wrong)
+            throw new PipelineKeyException(wrong);
+
+        var setup = Setup(cfg);
+        var upstream = UpstreamHashes(ctx);
         var args = new TrainingArguments
         {
             OutputDirectory = ctx.OutputDirectory,
-            CheckpointDirectory = CheckpointDirectory(ctx, cfg),
+            CheckpointDirectory = CheckpointDirectory(ctx),
+            TrainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
+            {
+                ["model"] = upstream[StageKind.Download],
+                ["data"] = upstream[StageKind.Split],
+                ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(StageKind.Train, ctx.Pipeline))),
+            },
             LearningRate = cfg.LearningRate,
             NumTrainEpochs = cfg.NumTrainEpochs,
             MaxSteps = cfg.MaxSteps,
@@ -85,7 +76,7 @@ public sealed class TrainStage : IStageExecutor
             Seed = (ulong)cfg.Seed,
         };
 
-        using var backend = StageBackends.Create(cfg.Device, "train");
+        using var backend = StageBackends.Create(cfg.Device, "train", ctx.Progress.Info);
         using var model = Guard(() => CausalLM.Load(modelDir, backend, setup), modelDir);
         int pad = SplitTemplateInfo.Read(splitDir).PadOrDefault;
         using var trainSet = Guard(() => TokenizedDataset.Open(trainPath), trainPath);
@@ -119,8 +110,55 @@ public sealed class TrainStage : IStageExecutor
             $"checkpoints: {args.CheckpointDirectory}",
         };
         if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
-        // The log and train_results.json carry wall times and throughput: reports, not part of the result's hash.
-        return new StageResult(metrics, notes, ["trainer_log.jsonl", "train_results.json"]);
+        // The log and train_results.json carry wall times and throughput, the loss plots draw the log (logging_steps,
+        // plot_loss): reports, not part of the result's hash, so the keys that shape them need not be fingerprinted.
+        return new StageResult(metrics, notes, [TrainerLog.FileName, FineTuneRecipe.TrainResultsFile, LossPlot.TrainFile, LossPlot.EvalFile]);
+    }
+
+    /// <summary>The engine's training setup for a train block: the one mapping from config keys to the model's settings.</summary>
+    public static TrainingSetup Setup(TrainConfig cfg) => new()
+    {
+        FinetuningType = cfg.FinetuningType switch
+        {
+            Config.FinetuningType.Full => Models.FinetuningType.Full,
+            Config.FinetuningType.Freeze => Models.FinetuningType.Freeze,
+            _ => Models.FinetuningType.Lora,
+        },
+        LoraRank = cfg.LoraRank,
+        LoraAlpha = cfg.ResolvedLoraAlpha,
+        LoraDropout = cfg.LoraDropout,
+        LoraTarget = cfg.LoraTarget,
+        UseRslora = cfg.UseRslora,
+        AdditionalTarget = cfg.AdditionalTarget ?? [],
+        FreezeTrainableLayers = cfg.FreezeTrainableLayers,
+        FreezeTrainableModules = cfg.FreezeTrainableModules,
+        FreezeExtraModules = cfg.FreezeExtraModules ?? [],
+        GradientCheckpointing = cfg.GradientCheckpointing,
+        NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
+        Seed = cfg.Seed,
+    };
+
+    /// <summary>"checkpoint-3 (step 3 of 8) can be resumed: …" when this run (its fingerprint's folder) was interrupted.</summary>
+    public string? Resumable(StageContext ctx)
+    {
+        string dir = CheckpointDirectory(ctx);
+        if (!Directory.Exists(dir)) return null;
+        var store = new CheckpointStore(dir);
+        if (store.IsFinished || store.Latest() is not { } latest) return null;
+        TrainerState state;
+        try { state = TrainerState.Load(latest); }
+        catch (TrainingException) { return null; }
+        string what = $"{Path.GetFileName(latest)} (step {state.GlobalStep} of {state.MaxSteps})";
+        return CheckpointStore.IsLatest(ctx.Pipeline.Stages.Train?.ResumeFromCheckpoint)
+            ? $"will resume from {what} ({latest})"
+            : $"{what} can be resumed: set resume_from_checkpoint: true ({latest})";
+    }
+
+    /// <summary>The model's shape from its config.json; null where the engine cannot read it (CausalLM.Load then says why).</summary>
+    static TransformerSpec? SpecOf(string modelDir)
+    {
+        try { return TransformerSpec.FromConfig(ModelConfig.Load(modelDir)); }
+        catch (Exception e) when (e is ModelFormatException or NotSupportedException) { return null; }
     }
 
     /// <summary>hf://org/name@rev → org/name (as PEFT and LLaMA-Factory write it); a local source as written; scratch → "scratch".</summary>
@@ -128,18 +166,22 @@ public sealed class TrainStage : IStageExecutor
         model.IsHub ? Models.Hub.HubModelReference.Parse(model.Source).RepoId : model.Source;
 
     /// <summary>
-    /// One checkpoint folder per (model, data, train parameters): the upstream outputs are content-addressed, so their
-    /// directory names stand for their content; device and resume_from_checkpoint do not change the run.
+    /// <c>checkpoints/&lt;first 16 hex digits of the stage's fingerprint&gt;</c>: one folder per run, keyed by what the
+    /// fingerprint covers — the content hashes of the downloaded model and the split data and the fingerprinted train
+    /// parameters. The keys kept out of it (device, resume_from_checkpoint, logging_steps, save_steps, save_total_limit,
+    /// plot_loss) do not change what is trained, so an interrupted run resumes across a change of them.
     /// </summary>
-    static string CheckpointDirectory(StageContext ctx, TrainConfig cfg)
+    static string CheckpointDirectory(StageContext ctx)
     {
         string work = string.IsNullOrEmpty(ctx.WorkDirectory) ? Path.Combine(ctx.PipelineDirectory, ".finetune", "work", "train") : ctx.WorkDirectory;
-        string key = JsonSerializer.Serialize(cfg with { Device = "", ResumeFromCheckpoint = null })
-            + "|" + Path.GetFileName(ctx.UpstreamOutputs[StageKind.Download].TrimEnd(Path.DirectorySeparatorChar))
-            + "|" + Path.GetFileName(ctx.UpstreamOutputs[StageKind.Split].TrimEnd(Path.DirectorySeparatorChar));
-        string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)))[..16];
-        return Path.Combine(work, "checkpoints", hash);
+        var fingerprint = new Engine.StageFingerprint(StageKind.Train, Engine.StageFingerprint.ParametersOf(StageKind.Train, ctx.Pipeline),
+            UpstreamHashes(ctx), []);
+        return Path.Combine(work, "checkpoints", fingerprint.Hash[..16]);
     }
+
+    /// <summary>The upstream output hashes the engine passed, or (a stage run on its own) the content hash of each upstream directory.</summary>
+    static IReadOnlyDictionary<StageKind, string> UpstreamHashes(StageContext ctx) =>
+        ctx.UpstreamHashes ?? ctx.UpstreamOutputs.ToDictionary(u => u.Key, u => Engine.ContentHasher.TreeHash(new Engine.ContentHasher(null).HashTree(u.Value)));
 
     /// <summary>"true"/"false" pass through; a path is resolved against the pipeline file.</summary>
     static string? ResolveResume(StageContext ctx, string? value) =>

@@ -21,6 +21,16 @@ public sealed record LoadedPipeline(
 
     /// <summary>The stages present in the file, in pipeline order.</summary>
     public IReadOnlyList<StageKind> Stages => StageGraph.Order.Where(k => Definition.Stages.For(k) is not null).ToArray();
+
+    /// <summary>An error about the key at <paramref name="jsonPath"/>, located at it or its closest located ancestor.</summary>
+    public PipelineError ErrorAt(string jsonPath, string message)
+    {
+        var p = jsonPath;
+        while (!Positions.ContainsKey(p) && p.Contains('.'))
+            p = p[..p.LastIndexOfAny(['.', '['])];
+        var (line, col) = Positions.GetValueOrDefault(p, (1, 1));
+        return new PipelineError(FilePath, line, col, jsonPath, message);
+    }
 }
 
 /// <summary>

@@ -63,6 +63,7 @@ internal static partial class SemanticChecks
                 if (stages.For(up) is null)
                     b.Error($"$.stages.{StageGraph.Name(kind)}", $"stage {StageGraph.Name(kind)} needs stage {StageGraph.Name(up)}: add a '{StageGraph.Name(up)}:' block to stages");
         }
+        ModuleNameChecks.Apply(def, b);
         return def;
     }
 }

@@ -87,7 +87,29 @@ public sealed class TrainEvalStageTests : IDisposable
         // not depend on where the checkout lives (pipeline.lock records their hash).
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "adapter_config.json")))!;
         Assert.Equal("scratch", (string?)config["base_model_name_or_path"]);
-        Assert.Equal(["train_results.json", "trainer_log.jsonl"], result.Reports!.Order(StringComparer.Ordinal));
+        Assert.Equal(["train_results.json", "trainer_log.jsonl", "training_eval_loss.svg", "training_loss.svg"], result.Reports!.Order(StringComparer.Ordinal));
+    }
+
+    /// <summary>The files of a train output that the output hash (and so pipeline.lock and downstream stages) covers.</summary>
+    private static Dictionary<string, string> ResultFiles(string output, StageResult result) =>
+        Directory.GetFiles(output).Select(Path.GetFileName).OfType<string>()
+            .Where(f => !(result.Reports ?? []).Contains(f))
+            .ToDictionary(f => f, f => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(output, f)))));
+
+    [Fact]
+    public void Logging_plotting_and_checkpoint_keys_change_report_files_only()
+    {
+        var (model, split) = Upstream();
+        var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split };
+        var first = new TrainStage().Execute(Context(new StagesSection { Train = Train }, up, _dir.File("a")));
+        var second = new TrainStage().Execute(Context(new StagesSection
+        {
+            Train = Train with { LoggingSteps = 5, PlotLoss = false, SaveSteps = 7, SaveTotalLimit = 1 },
+        }, up, _dir.File("b")));
+        var a = ResultFiles(_dir.File("a"), first);
+        Assert.Equal(["adapter_config.json", "adapter_model.safetensors"], a.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(a, ResultFiles(_dir.File("b"), second));
+        Assert.NotEqual(File.ReadAllBytes(_dir.File("a/trainer_log.jsonl")), File.ReadAllBytes(_dir.File("b/trainer_log.jsonl")));
     }
 
     [Theory]
@@ -130,6 +152,18 @@ public sealed class TrainEvalStageTests : IDisposable
             new TrainStage().Execute(Context(new StagesSection { Train = Train with { Device = "cuda" } }, up, _dir.File("o"))));
         Assert.StartsWith("stages.train.device: 'cuda' — device: cuda:0 was asked for, but no CUDA driver", e.Message);
         Assert.EndsWith("Use device: auto or cpu to train on the CPU.", e.Message);
+    }
+
+    [Fact]
+    public void An_unknown_lora_target_stops_before_training_with_the_key_named()
+    {
+        var (model, split) = Upstream();
+        var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split };
+        var e = Assert.ThrowsAny<PipelineUserException>(() =>
+            new TrainStage().Execute(Context(new StagesSection { Train = Train with { LoraTarget = ["q_proj", "q_prj"] } }, up, _dir.File("o"))));
+        Assert.Equal("stages.train.lora_target[1]: 'q_prj' is not a linear module of this qwen3 model; did you mean 'q_proj'? " +
+            "(expected all, or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", e.Message);
+        Assert.False(Directory.Exists(_dir.File("work/train/checkpoints")));
     }
 
     [Fact]

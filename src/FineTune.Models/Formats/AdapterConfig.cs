@@ -1,0 +1,164 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+
+namespace FineTune.Models;
+
+/// <summary>
+/// A PEFT LoRA adapter directory's <c>adapter_config.json</c>: the one reader behind chat, eval and forward (the adapter
+/// applied unmerged, <see cref="CausalLM.Load"/>) and merge (<see cref="LoraMerge"/>), so all of them build the same model.
+/// Missing keys take PEFT's <c>LoraConfig</c> defaults (r = 8, lora_alpha = 8, lora_dropout = 0, use_rslora = false, no
+/// patterns). Settings FineTune cannot apply (DoRA, trained biases, Conv1D weights, some layers only, …) are refused with
+/// the file named, rather than giving a model that silently differs from the one PEFT builds.
+/// </summary>
+/// <param name="RankPattern">rank_pattern in file order (PEFT tries the keys in order; see <see cref="PeftPattern"/>).</param>
+public sealed record AdapterConfig(
+    string Directory,
+    int Rank,
+    double Alpha,
+    double LoraDropout,
+    bool UseRslora,
+    IReadOnlyList<string> TargetModules,
+    IReadOnlyList<string> ModulesToSave,
+    IReadOnlyList<KeyValuePair<string, int>> RankPattern,
+    IReadOnlyList<KeyValuePair<string, double>> AlphaPattern)
+{
+    public const string FileName = "adapter_config.json";
+    public const string WeightsName = "adapter_model.safetensors";
+
+    /// <summary>PEFT's LoraConfig defaults.</summary>
+    public const int DefaultRank = 8;
+    public const double DefaultAlpha = 8;
+
+    public string FilePath => Path.Combine(Directory, FileName);
+
+    public int RankFor(string module) => PeftPattern.Lookup(RankPattern, module) ?? Rank;
+
+    public double AlphaFor(string module) => PeftPattern.Lookup(AlphaPattern, module) ?? Alpha;
+
+    /// <summary>PEFT's scaling of <paramref name="module"/> (its full name, e.g. <c>model.layers.0.self_attn.v_proj</c>).</summary>
+    public double ScaleFor(string module) => PeftPattern.Scale(AlphaFor(module), RankFor(module), UseRslora);
+
+    public static AdapterConfig Read(string directory)
+    {
+        string path = Path.Combine(directory, FileName);
+        if (!File.Exists(path))
+            throw new ModelFormatException(path, "adapter_config.json not found; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors.");
+        JsonObject o;
+        try
+        {
+            o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("not a JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFormatException(path, $"invalid JSON: {e.Message}", e);
+        }
+        var keys = new Keys(o, path);
+
+        string peftType = keys.String("peft_type") ?? "LORA";
+        if (peftType != "LORA") keys.Refuse($"peft_type is '{peftType}': FineTune applies LORA adapters only");
+        if (keys.Bool("use_dora") == true) keys.Refuse("use_dora is true: DoRA adapters are not supported; FineTune applies plain LoRA adapters");
+        if (keys.Bool("fan_in_fan_out") == true)
+            keys.Refuse("fan_in_fan_out is true (GPT-2 style Conv1D weights): FineTune applies adapters of llama/qwen/mistral linear layers only");
+        if (keys.String("bias") is { } bias && bias != "none")
+            keys.Refuse($"bias is '{bias}': FineTune applies adapters with bias 'none' only (no trained biases)");
+        if (keys.Bool("lora_bias") == true) keys.Refuse("lora_bias is true: FineTune applies adapters without a lora_B bias only");
+        if (keys.IsSet("layers_to_transform"))
+            keys.Refuse("layers_to_transform is set: FineTune applies adapters on every layer of their target_modules only");
+        if (keys.IsSet("exclude_modules"))
+            keys.Refuse("exclude_modules is set: FineTune applies adapters on every module their target_modules name");
+        if (keys.IsSet("target_parameters")) keys.Refuse("target_parameters is set: FineTune applies adapters of linear modules only");
+        if (keys.IsSet("trainable_token_indices")) keys.Refuse("trainable_token_indices is set: FineTune applies adapters without trainable tokens");
+
+        int rank = keys.Int("r") ?? DefaultRank;
+        if (rank <= 0) keys.Refuse($"r is {rank}: the LoRA rank must be positive");
+        var targets = o["target_modules"] switch
+        {
+            JsonArray => keys.Strings("target_modules"),
+            // PEFT saves "all-linear" resolved into names, but accepts it as written; any other string is a regular expression.
+            JsonValue v when v.GetValueKind() == JsonValueKind.String && v.GetValue<string>() == "all-linear" => [.. TrainableModules.LinearModules],
+            JsonValue v when v.GetValueKind() == JsonValueKind.String =>
+                throw keys.Error($"target_modules is the regular expression '{v.GetValue<string>()}': FineTune reads a list of module names"),
+            _ => throw keys.Error("target_modules is missing: PEFT writes the list of adapted module names there"),
+        };
+        return new AdapterConfig(directory, rank, keys.Number("lora_alpha") ?? DefaultAlpha, keys.Number("lora_dropout") ?? 0,
+            keys.Bool("use_rslora") ?? false, targets, keys.Strings("modules_to_save"),
+            keys.Pattern("rank_pattern", n => n.GetValue<int>()).Select(p => p.Value > 0 ? p : throw keys.Error($"rank_pattern '{p.Key}' is {p.Value}: the LoRA rank must be positive")).ToList(),
+            keys.Pattern("alpha_pattern", n => n.GetValue<double>()));
+    }
+
+    /// <summary>
+    /// <paramref name="setup"/> with this adapter's LoRA shape, to build the model the adapter's weights load into. Every
+    /// target must be a linear module of the engine's transformer: an adapter on embeddings or the output head can only
+    /// be merged (merge folds those in).
+    /// </summary>
+    public TrainingSetup Apply(TrainingSetup setup)
+    {
+        var others = TargetModules.Where(t => !TrainableModules.LinearModules.Contains(t)).ToList();
+        if (others.Count > 0)
+            throw new ModelFormatException(FilePath, $"target_modules names {string.Join(", ", others.Select(t => $"'{t}'"))}, which FineTune cannot apply unmerged " +
+                $"(it applies adapters on {string.Join(", ", TrainableModules.LinearModules)}); merge the adapter into the model and use the merged model instead.");
+        return setup with
+        {
+            FinetuningType = FinetuningType.Lora,
+            LoraRank = Rank,
+            LoraAlpha = Alpha,
+            LoraTarget = TargetModules,
+            UseRslora = UseRslora,
+            AdditionalTarget = ModulesToSave,
+            LoraRankPattern = RankPattern,
+            LoraAlphaPattern = AlphaPattern,
+        };
+    }
+
+    /// <summary>Typed access to the keys, every type error reported with the file.</summary>
+    private sealed class Keys(JsonObject o, string path)
+    {
+        public ModelFormatException Error(string message) => new(path, message + ".");
+
+        public void Refuse(string message) => throw Error(message);
+
+        public bool IsSet(string key) => o[key] switch
+        {
+            null => false,
+            JsonArray a => a.Count > 0,
+            JsonObject m => m.Count > 0,
+            _ => true,
+        };
+
+        private T Get<T>(string key, Func<JsonNode, T> read, string expected)
+        {
+            try { return read(o[key]!); }
+            catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException)
+            {
+                throw new ModelFormatException(path, $"key '{key}' is {o[key]!.ToJsonString()}; expected {expected}.", e);
+            }
+        }
+
+        public string? String(string key) => o[key] is null ? null : Get(key, n => n.GetValue<string>(), "a string");
+        public bool? Bool(string key) => o[key] is null ? null : Get(key, n => n.GetValue<bool>(), "true or false");
+        public int? Int(string key) => o[key] is null ? null : Get(key, n => n.GetValue<int>(), "an integer");
+        public double? Number(string key) => o[key] is null ? null : Get(key, n => n.GetValue<double>(), "a number");
+
+        public IReadOnlyList<string> Strings(string key) => o[key] switch
+        {
+            null => [],
+            JsonArray a => Get(key, _ => a.Select(x => x!.GetValue<string>()).ToList(), "a list of module names"),
+            _ => Get<IReadOnlyList<string>>(key, n => [n.GetValue<string>()], "a list of module names"),
+        };
+
+        public IReadOnlyList<KeyValuePair<string, T>> Pattern<T>(string key, Func<JsonNode, T> read) where T : struct
+        {
+            if (o[key] is null) return [];
+            if (o[key] is not JsonObject map) throw Error($"{key} is {o[key]!.ToJsonString()}; expected a mapping of module patterns");
+            var result = new List<KeyValuePair<string, T>>();
+            foreach (var (pattern, value) in map)
+            {
+                try { _ = new Regex(pattern); }
+                catch (ArgumentException e) { throw new ModelFormatException(path, $"{key} key '{pattern}' is not a valid regular expression ({e.Message}).", e); }
+                result.Add(KeyValuePair.Create(pattern, Get(key, _ => read(value!), $"a number for each pattern (at '{pattern}')")));
+            }
+            return result;
+        }
+    }
+}
