@@ -110,6 +110,7 @@ public sealed class CliTests
         Assert.Equal(2, code);
         Assert.Contains($"{data}: record 1 (line 1): byte 0xE9 at offset 55 (line 1, column 56) is not UTF-8: save the file as UTF-8", err);
         Assert.DoesNotContain("   at ", err);
+    }
 
     [Fact]
     public void ValidateChecksLoraTargetAgainstTheModelsModules()
