@@ -80,6 +80,17 @@ public sealed class ValidationTests
     }
 
     [Fact]
+    public void ScratchSizesThatConfigJsonWouldRefuseAreRejectedAtValidate()
+    {
+        // A scratch model that validates must also load: the bounds are config.json's (ModelConfig), not looser ones.
+        var errors = Errors(TestPipelines.Full.Replace("    hidden_size: 32", "    hidden_size: 100000\n    head_dim: 15"));
+        Assert.Equal(
+            ["$.model.scratch.hidden_size: 100000 is out of range: expected an integer in [1, 65536]",
+             "$.model.scratch.head_dim: head_dim must be even (RoPE rotates pairs of dimensions), got 15"],
+            errors.Select(e => $"{e.JsonPath}: {e.Message}").ToArray());
+    }
+
+    [Fact]
     public void FractionalValSizeAboveOneIsRejected()
     {
         var error = Assert.Single(Errors(TestPipelines.Full.Replace("val_size: 0.1", "val_size: 2.5")));

@@ -28,14 +28,15 @@ public sealed record ScratchConfig
     [Description("Architecture written into config.json.")]
     public ScratchArchitecture Architecture { get; init; } = ScratchArchitecture.Qwen3;
 
-    [Range(1, 1 << 20)] public int HiddenSize { get; init; } = 64;
-    [Range(1, 1 << 22)] public int IntermediateSize { get; init; } = 128;
+    // The same bounds as ModelConfig's config.json check, so a scratch model that validates also loads.
+    [Range(1, 65536)] public int HiddenSize { get; init; } = 64;
+    [Range(1, 262144)] public int IntermediateSize { get; init; } = 128;
     [Range(1, 1024)] public int NumHiddenLayers { get; init; } = 2;
     [Range(1, 1024)] public int NumAttentionHeads { get; init; } = 4;
     [Range(1, 1024)] public int NumKeyValueHeads { get; init; } = 2;
-    [Range(1, 4096)] public int HeadDim { get; init; } = 16;
+    [Range(2, 1024)] public int HeadDim { get; init; } = 16;
 
-    [Range(1, 1 << 24), Description("Vocabulary size; default: the tokenizer's size (max id + 1).")]
+    [Range(1, 1 << 22), Description("Vocabulary size; default: the tokenizer's size (max id + 1).")]
     public int? VocabSize { get; init; }
 
     [Range(1, 1 << 24)] public int MaxPositionEmbeddings { get; init; } = 2048;

@@ -34,6 +34,8 @@ internal static partial class SemanticChecks
         {
             if (s.NumAttentionHeads % s.NumKeyValueHeads != 0)
                 b.Error("$.model.scratch.num_key_value_heads", $"num_attention_heads ({s.NumAttentionHeads}) must be a multiple of num_key_value_heads ({s.NumKeyValueHeads})");
+            if (s.HeadDim % 2 != 0)
+                b.Error("$.model.scratch.head_dim", $"head_dim must be even (RoPE rotates pairs of dimensions), got {s.HeadDim}");
             if (s.Tokenizer is not null && !File.Exists(Path.Combine(dir, s.Tokenizer)))
                 b.Error("$.model.scratch.tokenizer", $"tokenizer file '{s.Tokenizer}' does not exist (relative to {Path.GetFileName(b.FilePath)})");
         }
