@@ -16,16 +16,20 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class TrainStage : IStageExecutor
 {
-    public StageKind Kind => StageKind.Train;
+    /// <summary>Reads the model and the tokenized split.</summary>
+    public static StageDescription Description { get; } = new(StageKind.Train, [StageKind.Download, StageKind.Split], s => s.Train,
+        null, () => new TrainStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 
     public StageResult Execute(StageContext ctx)
     {
         var cfg = ctx.Pipeline.Stages.Train ?? new TrainConfig();
-        string modelDir = ctx.UpstreamOutputs[StageKind.Download];
-        string splitDir = ctx.UpstreamOutputs[StageKind.Split];
-        string trainPath = Path.Combine(splitDir, "train.ftds"), valPath = Path.Combine(splitDir, "val.ftds");
+        string modelDir = ModelOutput.Of(ctx).Directory;
+        var split = SplitOutput.Of(ctx);
+        string splitDir = split.Directory, trainPath = split.Train, valPath = split.Val;
         if (!File.Exists(trainPath))
             throw new PipelineUserException($"The split stage's output {splitDir} has no train.ftds; re-run the split stage.");
 
@@ -218,4 +222,18 @@ public sealed class TrainStage : IStageExecutor
 
         public void Dispose() => _task?.Dispose();
     }
+}
+
+/// <summary>What the train stage writes: a PEFT adapter (lora) or an HF model directory (full, freeze).</summary>
+public sealed record TrainOutput(string Directory)
+{
+    /// <summary>A LoRA run's output: adapter_config.json beside the adapter weights, to be loaded over the base model.</summary>
+    public bool IsAdapter => File.Exists(Path.Combine(Directory, AdapterConfig.FileName));
+    /// <summary>A full or freeze run's output: a complete HF model directory.</summary>
+    public bool IsModel => File.Exists(Path.Combine(Directory, "config.json"));
+
+    public static TrainOutput Of(StageContext ctx) => new(ctx.UpstreamOutputs[StageKind.Train]);
+
+    public static TrainOutput? Find(StageContext ctx) =>
+        ctx.UpstreamOutputs.TryGetValue(StageKind.Train, out var dir) ? new(dir) : null;
 }
