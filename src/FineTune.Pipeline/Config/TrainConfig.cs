@@ -1,11 +1,12 @@
 using System.ComponentModel;
 using System.ComponentModel.DataAnnotations;
+using FineTune.Models;
+using FineTune.Training;
 
 namespace FineTune.Pipeline.Config;
 
-public enum FinetuningType { Lora, Freeze, Full }
-
-public enum LrSchedulerType { Linear, Cosine, Constant, ConstantWithWarmup }
+// finetuning_type and lr_scheduler_type take the engine's own enums (Models.FinetuningType, Training.LrSchedulerType):
+// one list of values for the binder, the schema and the engine, so none can gain a value the others lack.
 
 /// <summary>
 /// What a train stage optimises, LLaMA-Factory's <c>stage</c>: pt (next-token loss on plain text), sft (loss on the answers
