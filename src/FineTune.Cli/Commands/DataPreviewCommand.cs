@@ -114,7 +114,7 @@ public sealed class DataPreviewCommand : ICliCommand
             return report.Stages.Single(s => s.Kind == kind).OutputDirectory
                    ?? throw new PipelineUserException($"stage {StageNames.Of(kind)} has no output; run `finetune run {path} --stage {StageNames.Of(kind)}`.");
         }
-        var conversations = ConversationFile.Read(Path.Combine(Output(StageKind.Register), "conversations.jsonl"));
+        var conversations = ConversationFile.Read(new RegisterOutput(Output(StageKind.Register)).Conversations);
         Tokenizer tokenizer;
         try
         {

@@ -14,15 +14,5 @@ public sealed record StagesSection
     [Description("Write deployable formats (HF safetensors, GGUF + Ollama Modelfile).")] public ExportConfig? Export { get; init; }
 
     /// <summary>The block of one stage, or null when the pipeline omits it.</summary>
-    public object? For(StageKind kind) => kind switch
-    {
-        StageKind.Download => Download,
-        StageKind.Register => Register,
-        StageKind.Split => Split,
-        StageKind.Train => Train,
-        StageKind.Eval => Eval,
-        StageKind.Merge => Merge,
-        StageKind.Export => Export,
-        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
-    };
+    public object? For(StageKind kind) => StageTable.Of(kind).Block(this);
 }

@@ -1,11 +1,18 @@
 using System.ComponentModel;
 using System.ComponentModel.DataAnnotations;
+using FineTune.Models;
+using FineTune.Training;
 
 namespace FineTune.Pipeline.Config;
 
-public enum FinetuningType { Lora, Freeze, Full }
+// finetuning_type and lr_scheduler_type take the engine's own enums (Models.FinetuningType, Training.LrSchedulerType):
+// one list of values for the binder, the schema and the engine, so none can gain a value the others lack.
 
-public enum LrSchedulerType { Linear, Cosine, Constant, ConstantWithWarmup }
+/// <summary>
+/// What a train stage optimises, LLaMA-Factory's <c>stage</c>: pt (next-token loss on plain text), sft (loss on the answers
+/// of chat samples), dpo and rm (preference pairs: chosen over rejected), kto (answers tagged desirable or undesirable).
+/// </summary>
+public enum TrainingObjective { Pt, Sft, Dpo, Kto, Rm }
 
 /// <summary><c>stages.train</c>: LLaMA-Factory's finetuning and Hugging Face training arguments.</summary>
 public sealed record TrainConfig
@@ -15,6 +22,18 @@ public sealed record TrainConfig
 
     [RegularExpression(DevicePattern), NotFingerprinted, Description("auto (CUDA when present), cpu, cuda or cuda:N. Not part of the fingerprint: where a stage runs does not change what it means.")]
     public string Device { get; init; } = "auto";
+
+    // Kept out of the block's fingerprint because it enters it resolved: pt and sft decide what the split stage
+    // tokenizes (the loader writes the objective onto stages.split.stage, whose output train's fingerprint covers), so a
+    // pipeline that moves `stage: sft` from split to train keeps its fingerprints and lock.
+    [NotFingerprinted, Description("Training objective, as LLaMA-Factory's stage: pt, sft, dpo, kto or rm. Default: stages.split.stage (the older place for pt/sft), else sft. dpo and rm need ranking datasets (ranking: true), kto a kto_tag column.")]
+    public TrainingObjective? Stage { get; init; }
+
+    /// <summary>The objective after the loader resolved it (never null on a loaded pipeline).</summary>
+    public TrainingObjective Objective => Stage ?? TrainingObjective.Sft;
+
+    /// <summary>Objectives that train on preference data and not on plain answers.</summary>
+    public bool IsPreference => Objective is TrainingObjective.Dpo or TrainingObjective.Kto or TrainingObjective.Rm;
 
     public FinetuningType FinetuningType { get; init; } = FinetuningType.Lora;
 

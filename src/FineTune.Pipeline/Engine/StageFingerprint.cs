@@ -38,31 +38,9 @@ public sealed record StageFingerprint(
     {
         var block = p.Stages.For(kind) ?? throw new InvalidOperationException($"stage {kind} is not in the pipeline");
         var result = new JsonObject { [Engine.StageNames.Of(kind)] = CanonicalJson.FromRecord(block) };
-        switch (kind)
-        {
-            case StageKind.Download:
-                result["model"] = new JsonObject
-                {
-                    ["source"] = p.Model.IsScratch || p.Model.IsHub ? p.Model.Source : "local",
-                    ["scratch"] = p.Model.Scratch is null ? null : CanonicalJson.FromRecord(p.Model.Scratch),
-                };
-                break;
-            case StageKind.Register:
-                result["data"] = new JsonObject
-                {
-                    ["dataset"] = CanonicalJson.Value(p.Data.Dataset),
-                    ["placeholders"] = CanonicalJson.Value(p.Data.Placeholders),
-                    // register checks records for what split will train: answers for sft, text only for pt.
-                    ["stage"] = p.Stages.Split?.Stage == TrainingStage.Pt ? "pt" : "sft",
-                };
-                break;
-            case StageKind.Split:
-            case StageKind.Eval:
-            case StageKind.Export:
-                // split renders the chat template; eval generates with it; export writes it into the Modelfile.
-                result["data"] = new JsonObject { ["template"] = p.Data.Template };
-                break;
-        }
+        if (StageTable.Of(kind).Settings is { } settings)
+            foreach (var (key, value) in settings(p))
+                result[key] = value?.DeepClone();
         return result;
     }
 }

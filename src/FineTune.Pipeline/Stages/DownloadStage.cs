@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using FineTune.Models;
 using FineTune.Models.Hub;
 using FineTune.Pipeline.Config;
@@ -14,7 +15,18 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class DownloadStage(Func<string, string?>? environment = null, HttpMessageHandler? httpHandler = null) : IStageExecutor
 {
-    public StageKind Kind => StageKind.Download;
+    /// <summary>Reads no stage; its fingerprint covers where the model comes from (a local directory by content, see ExternalInputs).</summary>
+    public static StageDescription Description { get; } = new(StageKind.Download, [], s => s.Download,
+        p => new()
+    {
+        ["model"] = new JsonObject
+        {
+            ["source"] = p.Model.IsScratch || p.Model.IsHub ? p.Model.Source : "local",
+            ["scratch"] = p.Model.Scratch is null ? null : Engine.CanonicalJson.FromRecord(p.Model.Scratch),
+        },
+    }, () => new DownloadStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx)
     {
@@ -182,4 +194,14 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
 
         public void Dispose() => task.Dispose();
     }
+}
+
+/// <summary>What the download stage writes: an HF model directory (config.json, safetensors, tokenizer files).</summary>
+public sealed record ModelOutput(string Directory)
+{
+    public static ModelOutput Of(StageContext ctx) => new(ctx.UpstreamOutputs[StageKind.Download]);
+
+    /// <summary>The base model when the stage reads one; null otherwise.</summary>
+    public static ModelOutput? Find(StageContext ctx) =>
+        ctx.UpstreamOutputs.TryGetValue(StageKind.Download, out var dir) ? new(dir) : null;
 }

@@ -19,23 +19,27 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class EvalStage : IStageExecutor
 {
-    public StageKind Kind => StageKind.Eval;
+    /// <summary>Reads the model, the split (val.ftds) and what train produced; generates with the chat template.</summary>
+    public static StageDescription Description { get; } = new(StageKind.Eval, [StageKind.Download, StageKind.Split, StageKind.Train], s => s.Eval,
+        StageDescription.TemplateSetting, () => new EvalStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 
     public StageResult Execute(StageContext ctx)
     {
         var cfg = ctx.Pipeline.Stages.Eval ?? new EvalConfig();
-        string modelDir = ctx.UpstreamOutputs[StageKind.Download];
-        string splitDir = ctx.UpstreamOutputs[StageKind.Split];
-        string trainDir = ctx.UpstreamOutputs[StageKind.Train];
-        string valPath = Path.Combine(splitDir, "val.ftds");
+        string modelDir = ModelOutput.Of(ctx).Directory;
+        var split = SplitOutput.Of(ctx);
+        var train = TrainOutput.Of(ctx);
+        string splitDir = split.Directory, trainDir = train.Directory, valPath = split.Val;
         if (!File.Exists(valPath))
             throw new PipelineUserException($"The eval stage needs validation data but {splitDir} has no val.ftds; set stages.split.val_size above 0.");
         var info = SplitTemplateInfo.Read(splitDir);
 
         using var backend = StageBackends.Create(cfg.Device, "eval", ctx.Progress.Info);
-        bool isAdapter = File.Exists(Path.Combine(trainDir, AdapterConfig.FileName));
+        bool isAdapter = train.IsAdapter;
         using var model = TrainStage.Guard(() => isAdapter
             ? CausalLM.Load(modelDir, backend, TrainingSetup.Inference, adapterDirectory: trainDir)
             : CausalLM.Load(trainDir, backend, TrainingSetup.Inference), trainDir);

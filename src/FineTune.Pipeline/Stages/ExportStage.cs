@@ -12,7 +12,11 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class ExportStage : IStageExecutor
 {
-    public StageKind Kind => StageKind.Export;
+    /// <summary>Reads the merged model; writes the chat template into the Modelfile.</summary>
+    public static StageDescription Description { get; } = new(StageKind.Export, [StageKind.Merge], s => s.Export,
+        StageDescription.TemplateSetting, () => new ExportStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 

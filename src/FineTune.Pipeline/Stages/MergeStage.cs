@@ -10,16 +10,21 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class MergeStage : IStageExecutor
 {
-    public StageKind Kind => StageKind.Merge;
+    /// <summary>Reads the base model and what train produced.</summary>
+    public static StageDescription Description { get; } = new(StageKind.Merge, [StageKind.Download, StageKind.Train], s => s.Merge,
+        null, () => new MergeStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 
     public StageResult Execute(StageContext ctx)
     {
-        if (!ctx.UpstreamOutputs.TryGetValue(StageKind.Download, out var baseDir))
+        if (ModelOutput.Find(ctx)?.Directory is not { } baseDir)
             throw new PipelineUserException("stages.merge needs the download stage (the base model); add a stages.download block.");
-        if (!ctx.UpstreamOutputs.TryGetValue(StageKind.Train, out var trainDir))
+        if (TrainOutput.Find(ctx) is not { } train)
             throw new PipelineUserException("stages.merge needs the train stage's output; add a stages.train block or remove stages.merge.");
+        string trainDir = train.Directory;
         var dtype = (ctx.Pipeline.Stages.Merge ?? new MergeConfig()).ExportDtype switch
         {
             ExportDtype.Bfloat16 => SafetensorsDType.BF16,
@@ -32,12 +37,12 @@ public sealed class MergeStage : IStageExecutor
         try
         {
             using var task = ctx.Progress.Start("merge", 1);
-            if (File.Exists(Path.Combine(trainDir, AdapterConfig.FileName)))
+            if (train.IsAdapter)
             {
                 result = LoraMerge.Merge(baseDir, trainDir, ctx.OutputDirectory, dtype);
                 notes.Add($"folded LoRA into {result.MergedWeights} weights (scale {result.Scale:G4}){(result.ReplacedWeights > 0 ? $", replaced {result.ReplacedWeights} trained modules" : "")}");
             }
-            else if (File.Exists(Path.Combine(trainDir, "config.json")))
+            else if (train.IsModel)
             {
                 result = LoraMerge.CopyModel(trainDir, ctx.OutputDirectory, dtype);
                 // A full/freeze run's directory may lack the tokenizer; the base model has it.

@@ -17,7 +17,20 @@ public sealed class RegisterStage : IStageExecutor
     /// <summary>Seed of num_samples sampling; fixed so that the output depends on the data and the pipeline only.</summary>
     public const int SampleSeed = 42;
 
-    public StageKind Kind => StageKind.Register;
+    /// <summary>Reads no stage; its fingerprint covers the datasets, their placeholders and what the records must hold (sft or pt).</summary>
+    public static StageDescription Description { get; } = new(StageKind.Register, [], s => s.Register,
+        p => new()
+    {
+        ["data"] = new JsonObject
+        {
+            ["dataset"] = Engine.CanonicalJson.Value(p.Data.Dataset),
+            ["placeholders"] = Engine.CanonicalJson.Value(p.Data.Placeholders),
+            // register checks records for what split will train: answers for sft, text only for pt.
+            ["stage"] = p.Stages.Split?.Stage == TrainingStage.Pt ? "pt" : "sft",
+        },
+    }, () => new RegisterStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => Guard(() =>
     {
@@ -66,7 +79,7 @@ public sealed class RegisterStage : IStageExecutor
                 task.Increment(1);
             }
         }
-        ConversationFile.Write(Path.Combine(ctx.OutputDirectory, "conversations.jsonl"), all);
+        ConversationFile.Write(new RegisterOutput(ctx.OutputDirectory).Conversations, all);
         var doc = new JsonObject { ["registry"] = Path.GetFileName(registry.RegistryPath), ["samples"] = all.Count, ["dropped"] = dropped, ["datasets"] = report };
         File.WriteAllText(Path.Combine(ctx.OutputDirectory, "register.json"), doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         return new StageResult(new Dictionary<string, double>
@@ -96,4 +109,13 @@ public sealed class RegisterStage : IStageExecutor
             throw new PipelineUserException(e.Message, e);
         }
     }
+}
+
+/// <summary>What the register stage writes, as its reader (split) addresses it.</summary>
+public sealed record RegisterOutput(string Directory)
+{
+    /// <summary>The normalised samples of every dataset, placeholders filled in.</summary>
+    public string Conversations => Path.Combine(Directory, "conversations.jsonl");
+
+    public static RegisterOutput Of(StageContext ctx) => new(ctx.UpstreamOutputs[StageKind.Register]);
 }

@@ -17,15 +17,20 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class SplitStage : IStageExecutor
 {
-    public StageKind Kind => StageKind.Split;
+    /// <summary>Reads the model (its tokenizer) and the registered samples; renders the chat template.</summary>
+    public static StageDescription Description { get; } = new(StageKind.Split, [StageKind.Download, StageKind.Register], s => s.Split,
+        StageDescription.TemplateSetting, () => new SplitStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 
     public StageResult Execute(StageContext ctx) => RegisterStage.Guard(() =>
     {
         var config = ctx.Pipeline.Stages.Split ?? new SplitConfig();
-        var conversations = ConversationFile.Read(Path.Combine(ctx.UpstreamOutputs[StageKind.Register], "conversations.jsonl"));
-        var modelDir = ctx.UpstreamOutputs[StageKind.Download];
+        var conversations = ConversationFile.Read(RegisterOutput.Of(ctx).Conversations);
+        var modelDir = ModelOutput.Of(ctx).Directory;
+        var output = new SplitOutput(ctx.OutputDirectory);
         var tokenizer = Tokenizer.FromDirectory(modelDir);
         var templateName = ctx.Pipeline.Data.Template ?? "empty";
         var template = ChatTemplate.Get(templateName, config.EnableThinking);
@@ -46,8 +51,8 @@ public sealed class SplitStage : IStageExecutor
             task.Increment(1);
         }
         var seconds = watch.Elapsed.TotalSeconds;
-        var trainHash = TokenizedDataset.Write(Path.Combine(ctx.OutputDirectory, "train.ftds"), trainResult.Samples, trainResult.Stats);
-        var valHash = TokenizedDataset.Write(Path.Combine(ctx.OutputDirectory, "val.ftds"), valResult.Samples, valResult.Stats);
+        var trainHash = TokenizedDataset.Write(output.Train, trainResult.Samples, trainResult.Stats);
+        var valHash = TokenizedDataset.Write(output.Val, valResult.Samples, valResult.Stats);
 
         var indented = new JsonSerializerOptions { WriteIndented = true };
         var stats = new JsonObject
@@ -80,7 +85,7 @@ public sealed class SplitStage : IStageExecutor
                 ["pad_token_id"] = preprocessor.PadId,
             },
         };
-        File.WriteAllText(Path.Combine(ctx.OutputDirectory, "template.json"), templateDoc.ToJsonString(indented) + "\n");
+        File.WriteAllText(output.Template, templateDoc.ToJsonString(indented) + "\n");
 
         var notes = new List<string>
         {
@@ -121,4 +126,17 @@ public sealed class SplitStage : IStageExecutor
         ["dropped"] = s.Dropped,
         ["content_hash"] = hash,
     };
+}
+
+/// <summary>What the split stage writes, as its readers (train, eval) address it.</summary>
+public sealed record SplitOutput(string Directory)
+{
+    /// <summary>Tokenized training samples (<see cref="TokenizedDataset"/>).</summary>
+    public string Train => Path.Combine(Directory, "train.ftds");
+    /// <summary>Tokenized validation samples; empty when val_size is 0.</summary>
+    public string Val => Path.Combine(Directory, "val.ftds");
+    /// <summary>The template and its special token ids (<see cref="SplitTemplateInfo"/>).</summary>
+    public string Template => Path.Combine(Directory, "template.json");
+
+    public static SplitOutput Of(StageContext ctx) => new(ctx.UpstreamOutputs[StageKind.Split]);
 }

@@ -7,7 +7,7 @@ internal sealed record SplitTemplateInfo(string Template, int? EosTokenId, int? 
 {
     public static SplitTemplateInfo Read(string splitDirectory)
     {
-        string path = Path.Combine(splitDirectory, "template.json");
+        string path = new SplitOutput(splitDirectory).Template;
         if (!File.Exists(path)) return new SplitTemplateInfo("", null, null, []);
         try
         {

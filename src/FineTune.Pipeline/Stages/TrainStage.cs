@@ -16,16 +16,20 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class TrainStage : IStageExecutor
 {
-    public StageKind Kind => StageKind.Train;
+    /// <summary>Reads the model and the tokenized split.</summary>
+    public static StageDescription Description { get; } = new(StageKind.Train, [StageKind.Download, StageKind.Split], s => s.Train,
+        null, () => new TrainStage());
+
+    public StageKind Kind => Description.Kind;
 
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 
     public StageResult Execute(StageContext ctx)
     {
         var cfg = ctx.Pipeline.Stages.Train ?? new TrainConfig();
-        string modelDir = ctx.UpstreamOutputs[StageKind.Download];
-        string splitDir = ctx.UpstreamOutputs[StageKind.Split];
-        string trainPath = Path.Combine(splitDir, "train.ftds"), valPath = Path.Combine(splitDir, "val.ftds");
+        string modelDir = ModelOutput.Of(ctx).Directory;
+        var split = SplitOutput.Of(ctx);
+        string splitDir = split.Directory, trainPath = split.Train, valPath = split.Val;
         if (!File.Exists(trainPath))
             throw new PipelineUserException($"The split stage's output {splitDir} has no train.ftds; re-run the split stage.");
 
@@ -35,9 +39,8 @@ public sealed class TrainStage : IStageExecutor
 
         var setup = Setup(cfg);
         var upstream = UpstreamHashes(ctx);
-        var args = new TrainingArguments
+        var args = Arguments(cfg, ctx.OutputDirectory) with
         {
-            OutputDirectory = ctx.OutputDirectory,
             CheckpointDirectory = CheckpointDirectory(ctx),
             TrainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
             {
@@ -45,35 +48,10 @@ public sealed class TrainStage : IStageExecutor
                 ["data"] = upstream[StageKind.Split],
                 ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(StageKind.Train, ctx.Pipeline))),
             },
-            LearningRate = cfg.LearningRate,
-            NumTrainEpochs = cfg.NumTrainEpochs,
-            MaxSteps = cfg.MaxSteps,
-            GradientAccumulationSteps = cfg.GradientAccumulationSteps,
-            LrSchedulerType = cfg.LrSchedulerType switch
-            {
-                Config.LrSchedulerType.Cosine => Training.LrSchedulerType.Cosine,
-                Config.LrSchedulerType.Constant => Training.LrSchedulerType.Constant,
-                Config.LrSchedulerType.ConstantWithWarmup => Training.LrSchedulerType.ConstantWithWarmup,
-                _ => Training.LrSchedulerType.Linear,
-            },
-            WarmupSteps = cfg.WarmupSteps,
-            WarmupRatio = cfg.WarmupRatio,
-            WeightDecay = cfg.WeightDecay,
-            AdamBeta1 = cfg.AdamBeta1,
-            AdamBeta2 = cfg.AdamBeta2,
-            AdamEpsilon = cfg.AdamEpsilon,
-            MaxGradNorm = cfg.MaxGradNorm,
-            LoraplusLrRatio = cfg.LoraplusLrRatio,
-            LoggingSteps = cfg.LoggingSteps,
-            SaveSteps = cfg.SaveSteps,
-            SaveTotalLimit = cfg.SaveTotalLimit,
-            EvalSteps = cfg.EvalSteps,
-            PlotLoss = cfg.PlotLoss,
             ResumeFromCheckpoint = ResolveResume(ctx, cfg.ResumeFromCheckpoint),
             // The model as the pipeline names it, not the cache path it was loaded from: the adapter's bytes (and so the
             // stage's output hash and pipeline.lock) must not depend on where the checkout lives.
             BaseModelNameOrPath = BaseModelName(ctx.Pipeline.Model),
-            Seed = (ulong)cfg.Seed,
         };
 
         using var backend = StageBackends.Create(cfg.Device, "train", ctx.Progress.Info);
@@ -115,15 +93,40 @@ public sealed class TrainStage : IStageExecutor
         return new StageResult(metrics, notes, [TrainerLog.FileName, FineTuneRecipe.TrainResultsFile, LossPlot.TrainFile, LossPlot.EvalFile]);
     }
 
+    /// <summary>
+    /// The training loop's arguments for a train block: with <see cref="Setup"/>, the one mapping from config keys to the
+    /// engine (keys of the same name carry over; TrainMappingTests checks that every key of the block reaches one of them).
+    /// What depends on where the stage runs (checkpoint folder, resume path, provenance) the stage adds.
+    /// </summary>
+    public static TrainingArguments Arguments(TrainConfig cfg, string outputDirectory) => new()
+    {
+        OutputDirectory = outputDirectory,
+        LearningRate = cfg.LearningRate,
+        NumTrainEpochs = cfg.NumTrainEpochs,
+        MaxSteps = cfg.MaxSteps,
+        GradientAccumulationSteps = cfg.GradientAccumulationSteps,
+        LrSchedulerType = cfg.LrSchedulerType,
+        WarmupSteps = cfg.WarmupSteps,
+        WarmupRatio = cfg.WarmupRatio,
+        WeightDecay = cfg.WeightDecay,
+        AdamBeta1 = cfg.AdamBeta1,
+        AdamBeta2 = cfg.AdamBeta2,
+        AdamEpsilon = cfg.AdamEpsilon,
+        MaxGradNorm = cfg.MaxGradNorm,
+        LoraplusLrRatio = cfg.LoraplusLrRatio,
+        LoggingSteps = cfg.LoggingSteps,
+        SaveSteps = cfg.SaveSteps,
+        SaveTotalLimit = cfg.SaveTotalLimit,
+        EvalSteps = cfg.EvalSteps,
+        PlotLoss = cfg.PlotLoss,
+        ResumeFromCheckpoint = cfg.ResumeFromCheckpoint,
+        Seed = (ulong)cfg.Seed,
+    };
+
     /// <summary>The engine's training setup for a train block: the one mapping from config keys to the model's settings.</summary>
     public static TrainingSetup Setup(TrainConfig cfg) => new()
     {
-        FinetuningType = cfg.FinetuningType switch
-        {
-            Config.FinetuningType.Full => Models.FinetuningType.Full,
-            Config.FinetuningType.Freeze => Models.FinetuningType.Freeze,
-            _ => Models.FinetuningType.Lora,
-        },
+        FinetuningType = cfg.FinetuningType,
         LoraRank = cfg.LoraRank,
         LoraAlpha = cfg.ResolvedLoraAlpha,
         LoraDropout = cfg.LoraDropout,
@@ -218,4 +221,18 @@ public sealed class TrainStage : IStageExecutor
 
         public void Dispose() => _task?.Dispose();
     }
+}
+
+/// <summary>What the train stage writes: a PEFT adapter (lora) or an HF model directory (full, freeze).</summary>
+public sealed record TrainOutput(string Directory)
+{
+    /// <summary>A LoRA run's output: adapter_config.json beside the adapter weights, to be loaded over the base model.</summary>
+    public bool IsAdapter => File.Exists(Path.Combine(Directory, AdapterConfig.FileName));
+    /// <summary>A full or freeze run's output: a complete HF model directory.</summary>
+    public bool IsModel => File.Exists(Path.Combine(Directory, "config.json"));
+
+    public static TrainOutput Of(StageContext ctx) => new(ctx.UpstreamOutputs[StageKind.Train]);
+
+    public static TrainOutput? Find(StageContext ctx) =>
+        ctx.UpstreamOutputs.TryGetValue(StageKind.Train, out var dir) ? new(dir) : null;
 }

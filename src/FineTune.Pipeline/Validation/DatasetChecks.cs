@@ -40,7 +40,15 @@ internal static class DatasetChecks
             }
             try
             {
-                registry.Get(name);
+                var entry = registry.Get(name);
+                if (DataProblem(def.Stages.Train, entry) is { } problem)
+                {
+                    var has = def.Stages.Train!.Objective == TrainingObjective.Kto ? "has no columns.kto_tag"
+                        : entry.Ranking ? "is a ranking dataset (ranking: true)" : "has no ranking: true";
+                    // At the objective where the pipeline writes one, else at the dataset that does not fit the default (sft).
+                    var at = b.Positions.ContainsKey("$.stages.train.stage") ? "$.stages.train.stage" : $"$.data.dataset[{i}]";
+                    b.Error(at, $"{problem}, but dataset '{name}' in {shown} {has}; name datasets that fit the objective in data.dataset");
+                }
             }
             catch (DatasetException e)
             {
@@ -48,4 +56,18 @@ internal static class DatasetChecks
             }
         }
     }
+
+    /// <summary>What an objective needs of each dataset it trains on (LLaMA-Factory's rules): null when the entry fits.</summary>
+    private static string? DataProblem(TrainConfig? train, DatasetEntry entry) => train?.Objective switch
+    {
+        TrainingObjective.Dpo or TrainingObjective.Rm when !entry.Ranking =>
+            $"stage {Describe(train.Objective)} trains on preference pairs (chosen and rejected answers)",
+        TrainingObjective.Kto when entry.Columns.KtoTag is null =>
+            "stage kto trains on answers tagged desirable or undesirable and needs a kto_tag column",
+        TrainingObjective.Pt or TrainingObjective.Sft when entry.Ranking =>
+            $"stage {Describe(train.Objective)} trains on single answers, not preference pairs",
+        _ => null,
+    };
+
+    private static string Describe(TrainingObjective o) => o.ToString().ToLowerInvariant();
 }

@@ -9,6 +9,34 @@ internal static partial class SemanticChecks
     [GeneratedRegex(@"^hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+(@[A-Za-z0-9._/-]+)?$")]
     private static partial Regex HubSource();
 
+    /// <summary>
+    /// The training objective in one place: stages.train.stage (LLaMA-Factory's key) or, when it is absent, the older
+    /// stages.split.stage. pt/sft are written onto both blocks, since split tokenizes for them and register checks the
+    /// records for them; a pipeline that sets both differently is told which to keep.
+    /// </summary>
+    private static PipelineDefinition ResolveObjective(PipelineDefinition def, PipelineLoader.Binder b)
+    {
+        var stages = def.Stages;
+        if (stages.Train is not { } train) return def;
+        if (train.Stage is not { } objective)
+            return def with { Stages = stages with { Train = train with { Stage = stages.Split?.Stage == TrainingStage.Pt ? TrainingObjective.Pt : TrainingObjective.Sft } } };
+        if (objective is not (TrainingObjective.Pt or TrainingObjective.Sft))
+        {
+            b.Error("$.stages.train.stage", $"stage {Name(objective)} is not trained by this FineTune yet: it trains pt and sft (preference objectives are being added)");
+            return def;
+        }
+        var wanted = objective == TrainingObjective.Pt ? TrainingStage.Pt : TrainingStage.Sft;
+        if (stages.Split is not { } split) return def;
+        if (split.Stage != wanted && b.Positions.ContainsKey("$.stages.split.stage"))
+        {
+            b.Error("$.stages.train.stage", $"stage {Name(objective)} contradicts stages.split.stage: {Name(split.Stage)}; keep one (stages.train.stage is LLaMA-Factory's place, stages.split.stage the older one)");
+            return def;
+        }
+        return def with { Stages = stages with { Split = split with { Stage = wanted } } };
+    }
+
+    private static string Name(Enum value) => value.ToString().ToLowerInvariant();
+
     public static PipelineDefinition Apply(PipelineDefinition def, PipelineLoader.Binder b)
     {
         var dir = Path.GetDirectoryName(b.FilePath)!;
@@ -43,6 +71,7 @@ internal static partial class SemanticChecks
         if (def.Data.DatasetDir is { } dd && !Directory.Exists(Path.Combine(dir, dd)))
             b.Error("$.data.dataset_dir", $"dataset directory '{dd}' does not exist (relative to {Path.GetFileName(b.FilePath)})");
 
+        def = ResolveObjective(def, b);
         var stages = def.Stages;
         if (stages.Register is not null && def.Data.Dataset.Count == 0)
             b.Error("$.data.dataset", "stage register needs at least one dataset name in data.dataset");

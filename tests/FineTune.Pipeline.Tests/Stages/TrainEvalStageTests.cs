@@ -57,7 +57,7 @@ public sealed class TrainEvalStageTests : IDisposable
     private static TrainConfig Train => new()
     {
         Device = "cpu", LoraRank = 4, LearningRate = 2e-2, MaxSteps = 24, PerDeviceTrainBatchSize = 4, LoggingSteps = 4,
-        LrSchedulerType = Config.LrSchedulerType.Cosine, WarmupSteps = 2, SaveSteps = 12, PlotLoss = true, Seed = 1,
+        LrSchedulerType = Training.LrSchedulerType.Cosine, WarmupSteps = 2, SaveSteps = 12, PlotLoss = true, Seed = 1,
     };
 
     private (string Model, string Split, string Train, StageResult Result) RunTrain()

@@ -1,0 +1,57 @@
+using System.Reflection;
+using System.Text.Json;
+using FineTune.Models;
+using FineTune.Pipeline.Config;
+using FineTune.Training;
+
+namespace FineTune.Pipeline.Tests;
+
+/// <summary>stages.train maps onto the engine (TrainingSetup, TrainingArguments) through TrainStage.Setup/Arguments only.</summary>
+public sealed class TrainMappingTests
+{
+    /// <summary>Keys that are no engine setting: they choose the backend, the data loader's batch, or the objective.</summary>
+    private static readonly string[] NotEngineSettings =
+        [nameof(TrainConfig.Device), nameof(TrainConfig.PerDeviceTrainBatchSize), nameof(TrainConfig.Stage)];
+
+    /// <summary>A value of the property's type that differs from its default (and from other keys' values).</summary>
+    private static object Changed(PropertyInfo p, object? current, int salt)
+    {
+        var t = Nullable.GetUnderlyingType(p.PropertyType) ?? p.PropertyType;
+        if (t == typeof(int)) return (current is int i ? i : 0) + 3 + salt;
+        if (t == typeof(double)) return (current is double d ? d : 0) + 0.125 + salt / 1024.0;
+        if (t == typeof(bool)) return !(current is true);
+        if (t == typeof(string)) return $"value{salt}";
+        if (t.IsEnum) return Enum.GetValues(t).Cast<object>().Last(v => !v.Equals(current));
+        if (t == typeof(IReadOnlyList<string>)) return new[] { $"module{salt}" };
+        throw new InvalidOperationException($"no changed value for {p.Name} ({t})");
+    }
+
+    [Fact]
+    public void EveryTrainKeyReachesTheEngineSettingOfItsName()
+    {
+        var cfg = new TrainConfig();
+        var keys = typeof(TrainConfig).GetProperties().Where(p => p.CanWrite && !NotEngineSettings.Contains(p.Name)).ToArray();
+        var salt = 0;
+        foreach (var p in keys)
+            p.SetValue(cfg, Changed(p, p.GetValue(cfg), salt++));
+
+        var setup = TrainStage.Setup(cfg);
+        var args = TrainStage.Arguments(cfg, "out");
+        foreach (var p in keys)
+        {
+            object? value;
+            if (typeof(TrainingSetup).GetProperty(p.Name) is { } s) value = s.GetValue(setup);
+            else if (typeof(TrainingArguments).GetProperty(p.Name) is { } a) value = a.GetValue(args);
+            else { Assert.Fail($"stages.train key {p.Name} reaches no engine setting of that name"); return; }
+            Assert.True(JsonSerializer.Serialize(p.GetValue(cfg)) == JsonSerializer.Serialize(value), $"{p.Name}: {JsonSerializer.Serialize(p.GetValue(cfg))} in stages.train, {JsonSerializer.Serialize(value)} in the engine");
+        }
+        Assert.Equal(["module" + Array.FindIndex(keys, k => k.Name == nameof(TrainConfig.FreezeExtraModules))], setup.FreezeExtraModules);
+    }
+
+    [Fact]
+    public void FinetuningTypeAndSchedulerAreTheEnginesOwnValues()
+    {
+        Assert.Equal(typeof(FinetuningType), typeof(TrainConfig).GetProperty(nameof(TrainConfig.FinetuningType))!.PropertyType);
+        Assert.Equal(typeof(LrSchedulerType), typeof(TrainConfig).GetProperty(nameof(TrainConfig.LrSchedulerType))!.PropertyType);
+    }
+}
