@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace FineTune.Models;
 
 // ggml's 32-value block formats, each as quantize_row_*_ref writes it. The f16 scale comes first; Q4_0 and Q5_0
@@ -12,6 +14,7 @@ public static class Q4_0
     public const int BlockSize = 32;
     public const int BlockBytes = 2 + BlockSize / 2;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q4_0");
@@ -35,6 +38,7 @@ public static class Q4_0
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)
@@ -60,6 +64,7 @@ public static class Q5_0
     public const int BlockSize = 32;
     public const int BlockBytes = 2 + 4 + BlockSize / 2;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q5_0");
@@ -86,6 +91,7 @@ public static class Q5_0
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)
@@ -113,6 +119,7 @@ public static class Q5_1
     public const int BlockSize = 32;
     public const int BlockBytes = 2 + 2 + 4 + BlockSize / 2;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q5_1");
@@ -143,6 +150,7 @@ public static class Q5_1
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)
@@ -170,6 +178,7 @@ public static class Q8_0
     public const int BlockSize = 32;
     public const int BlockBytes = 2 + BlockSize;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q8_0");
@@ -188,6 +197,7 @@ public static class Q8_0
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace FineTune.Models;
 
 // ggml's K-quants: super-blocks of 256 values split into 16 or 8 sub-blocks whose scales (and mins) are themselves
@@ -14,6 +16,7 @@ public static class Q2_K
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 16 + 64 + 2 + 2;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q2_K");
@@ -76,6 +79,7 @@ public static class Q2_K
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)
@@ -110,6 +114,7 @@ public static class Q3_K
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 32 + 64 + 12 + 2;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q3_K");
@@ -184,6 +189,7 @@ public static class Q3_K
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         Span<int> scales = stackalloc int[16];
@@ -226,6 +232,7 @@ public static class Q3_K
 internal static class KQuantScales
 {
     /// <summary>Fits the 8 sub-blocks (make_qkx2_quants with weights √(mean x²) + |x|) and packs d, dmin and the scales.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void FitAndPack(ReadOnlySpan<float> v, Span<byte> y, int nmax, float rmin, float rdelta, int nstep, Span<byte> L)
     {
         Span<byte> laux = stackalloc byte[32];
@@ -269,6 +276,7 @@ internal static class KQuantScales
     }
 
     /// <summary>Re-quantizes each sub-block against its stored scale and min: q = nearest((x + dmin·m) / (d·sc)).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Requantize(ReadOnlySpan<float> v, ReadOnlySpan<byte> y, int nmax, Span<byte> L)
     {
         float dAll = GgmlQuants.ReadFp16(y), dminAll = GgmlQuants.ReadFp16(y[2..]);
@@ -294,6 +302,7 @@ public static class Q4_K
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 2 + 2 + 12 + 128;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q4_K");
@@ -311,6 +320,7 @@ public static class Q4_K
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)
@@ -341,6 +351,7 @@ public static class Q5_K
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 2 + 2 + 12 + 32 + 128;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q5_K");
@@ -371,6 +382,7 @@ public static class Q5_K
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)
@@ -403,6 +415,7 @@ public static class Q6_K
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 128 + 64 + 16 + 2;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
     {
         GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q6_K");
@@ -451,6 +464,7 @@ public static class Q6_K
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
     {
         for (int b = 0; b < destination.Length / BlockSize; b++)

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace FineTune.Models;
 
 /// <summary>
@@ -135,6 +137,7 @@ public static class GgmlQuants
     /// ggml's nearest_int: adding 1.5·2²³ puts the rounded integer in the low mantissa bits (round half to even,
     /// valid for |x| ≤ 2²²).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static int NearestInt(float x)
     {
         float v = x + 12582912f;
@@ -168,6 +171,7 @@ public static class GgmlQuants
     /// the error by x² and tries 18 scales around nmax/max, keeping the one that maximises (Σw·x·l)²/Σw·l², i.e.
     /// the least weighted squared error. Returns the scale.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQxQuants(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
     {
         float max = 0, amax = 0;
@@ -221,6 +225,7 @@ public static class GgmlQuants
     /// make_q3_quants with rmse: levels −nmax … nmax−1 from nmax/max, then up to 5 passes of coordinate descent that
     /// move one level at a time while (Σw·x·l)²/Σw·l² grows (w = x²). L holds the levels + nmax; returns the scale.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQ3Quants(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
     {
         float max = 0, amax = 0;
@@ -283,6 +288,7 @@ public static class GgmlQuants
     /// those levels and keeps the fit with the least weighted error (|·| when useMad, else squared). Returns the
     /// scale; <paramref name="theMin"/> receives −min.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQkx2Quants(int n, int nmax, ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> L,
         out float theMin, Span<byte> Laux, float rmin, float rdelta, int nstep, bool useMad)
     {
