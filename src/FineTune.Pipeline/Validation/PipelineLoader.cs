@@ -206,8 +206,11 @@ public static class PipelineLoader
             }
             else if (node is YamlScalarNode { Value: { } text } && key.ScalarOrList)
             {
-                foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                    items.Add((node, part));
+                if (key.Kind == ValueKind.EnumList)
+                    items.Add((node, text));
+                else
+                    foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                        items.Add((node, part));
             }
             else
             {
@@ -225,7 +228,7 @@ public static class PipelineLoader
             for (var i = 0; i < items.Count; i++)
             {
                 var parsed = ConfigModel.ParseEnum(key.EnumType!, items[i].Text);
-                if (parsed is null) { Error(items[i].Node, $"{path}[{i}]", EnumMessage(key, items[i].Text)); good = false; }
+                if (parsed is null) { Error(items[i].Node, node is YamlSequenceNode ? $"{path}[{i}]" : path, EnumMessage(key, items[i].Text)); good = false; }
                 else list.SetValue(parsed, i);
             }
             value = list;
@@ -323,7 +326,7 @@ public static class PipelineLoader
                 ValueKind.String => key.Pattern is null ? "a string" : PatternHint(key),
                 ValueKind.Enum => "one of " + string.Join(", ", key.EnumNames),
                 ValueKind.StringList => key.ScalarOrList ? "a list of strings or a comma-separated string" : "a list of strings",
-                ValueKind.EnumList => "a list of " + string.Join(" | ", key.EnumNames),
+                ValueKind.EnumList => (key.ScalarOrList ? "one of, or a list of, " : "a list of ") + string.Join(" | ", key.EnumNames),
                 ValueKind.StringMap => "a mapping of strings",
                 _ => "a mapping",
             };
