@@ -24,6 +24,32 @@ public sealed class FingerprintTests
     }
 
     [Fact]
+    public void OneGgufTypeIsFingerprintedAsTheScalarItUsedToBe()
+    {
+        // gguf_type became a list; one type keeps the canonical form (and the lock files) of the scalar key.
+        using var a = new TempDir();
+        using var b = new TempDir();
+        using var c = new TempDir();
+        var scalar = Load(a, TestPipelines.Full.Replace("formats: [hf]", "formats: [hf, gguf]\n    gguf_type: q8_0"));
+        var list = Load(b, TestPipelines.Full.Replace("formats: [hf]", "formats: [hf, gguf]\n    gguf_type: [q8_0]"));
+        var two = Load(c, TestPipelines.Full.Replace("formats: [hf]", "formats: [hf, gguf]\n    gguf_type: [q4_k_m, q8_0]"));
+        Assert.Equal("""{"data":{"template":"qwen3"},"export":{"export_size":5,"formats":["hf","gguf"],"gguf_type":"q8_0","system":null}}""",
+            CanonicalJson.Serialize(StageFingerprint.ParametersOf(StageKind.Export, scalar.Definition)));
+        Assert.Equal(Fingerprint(scalar, StageKind.Export), Fingerprint(list, StageKind.Export));
+        Assert.Equal("""{"data":{"template":"qwen3"},"export":{"export_size":5,"formats":["hf","gguf"],"gguf_type":["q4_k_m","q8_0"],"system":null}}""",
+            CanonicalJson.Serialize(StageFingerprint.ParametersOf(StageKind.Export, two.Definition)));
+    }
+
+    [Fact]
+    public void DefaultGgufTypeIsF16AsBefore()
+    {
+        using var dir = new TempDir();
+        var p = Load(dir, TestPipelines.Full);
+        Assert.Equal("""{"data":{"template":"qwen3"},"export":{"export_size":5,"formats":["hf"],"gguf_type":"f16","system":null}}""",
+            CanonicalJson.Serialize(StageFingerprint.ParametersOf(StageKind.Export, p.Definition)));
+    }
+
+    [Fact]
     public void SpellingOfEqualValuesDoesNotMatter()
     {
         using var a = new TempDir();

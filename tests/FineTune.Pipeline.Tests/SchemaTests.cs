@@ -48,6 +48,16 @@ public sealed class SchemaTests
         Assert.Equal(["$.stages.train.lerning_rate", "$.stages.train.lora_rank"], loaderErrors.Select(e => e.JsonPath));
     }
 
+    [Fact]
+    public async Task SchemaTakesOneGgufTypeOrAListOfThem()
+    {
+        string With(string value) => TestPipelines.Full.Replace("formats: [hf]", "formats: [gguf]\n    gguf_type: " + value);
+        Assert.Empty(await ValidateWithSchema(With("q4_k_m")));
+        Assert.Empty(await ValidateWithSchema(With("[q4_k_m, q8_0, f16]")));
+        Assert.NotEmpty(await ValidateWithSchema(With("q4_km")));
+        Assert.NotEmpty(await ValidateWithSchema(With("[q4_k_m, q9]")));
+    }
+
     /// <summary>YAML 1.2 core schema: plain scalars that look like null/bool/number become those; the rest strings.</summary>
     private static JsonNode? ToJson(YamlNode node) => node switch
     {

@@ -49,6 +49,23 @@ public sealed class ValidationTests
     }
 
     [Fact]
+    public void MisspelledGgufTypeIsLocatedWithASuggestion()
+    {
+        var error = Assert.Single(Errors(TestPipelines.Full.Replace("formats: [hf]", "formats: [gguf]\n    gguf_type: q4_km")));
+        Assert.Equal("$.stages.export.gguf_type", error.JsonPath);
+        Assert.Equal("expected one of f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q5_0, q4_0, q3_k_m, q2_k, f32, got 'q4_km'; did you mean 'q4_k_m'?", error.Message);
+        Assert.Equal((24, 16), (error.Line, error.Column));
+    }
+
+    [Fact]
+    public void WrongGgufTypeInAListIsLocatedAtItsItem()
+    {
+        var error = Assert.Single(Errors(TestPipelines.Full.Replace("formats: [hf]", "formats: [gguf]\n    gguf_type: [q8_0, q6_km]")));
+        Assert.Equal("$.stages.export.gguf_type[1]", error.JsonPath);
+        Assert.Equal("expected one of f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q5_0, q4_0, q3_k_m, q2_k, f32, got 'q6_km'; did you mean 'q6_k'?", error.Message);
+    }
+
+    [Fact]
     public void UnknownTopLevelKeyWithoutCloseMatchListsTheAllowedKeys()
     {
         var error = Assert.Single(Errors(TestPipelines.Full + "\nextras: 1\n"));

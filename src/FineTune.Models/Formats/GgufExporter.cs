@@ -11,23 +11,13 @@ public sealed record GgufExportResult(string Path, string Architecture, int Tens
 /// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges, special ids),
 /// and llama's Q/K row permutation (llama.cpp rotates interleaved pairs for the llama architecture, HF
 /// rotates halves; qwen2/qwen3 use the halves layout in llama.cpp too, so they are written as they are).
-/// 1-D tensors (norms, biases) stay F32; 2-D tensors use the requested type (Q8_0 falls back to F16 for a
-/// tensor whose rows are not a multiple of 32).
+/// The file type picks each tensor's type as llama-quantize does (<see cref="GgufTypeMix"/>): 1-D tensors (norms,
+/// biases) stay F32, matrices take the mix's type, quantized with ggml's reference quantizers (<see cref="GgmlQuants"/>).
 /// </summary>
 public static class GgufExporter
 {
     /// <summary>llama.cpp's token types.</summary>
     public const int TokenNormal = 1, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5;
-
-    /// <summary>llama.cpp's llama_ftype of a file whose matrices are of <paramref name="type"/>.</summary>
-    public static uint FileType(GgufTensorType type) => type switch
-    {
-        GgufTensorType.F32 => 0,
-        GgufTensorType.F16 => 1,
-        GgufTensorType.Q8_0 => 7,
-        GgufTensorType.BF16 => 32,
-        _ => throw new ArgumentOutOfRangeException(nameof(type)),
-    };
 
     /// <summary>llama.cpp's architecture name: mistral models load as llama.</summary>
     public static string ArchitectureName(ModelArchitecture a) => a switch
@@ -93,10 +83,19 @@ public static class GgufExporter
         return result;
     }
 
-    public static GgufExportResult Export(string modelDir, string outputPath, GgufTensorType type, string? modelName = null)
+    /// <summary>Exports with every matrix in <paramref name="type"/> (F32, F16, BF16 or Q8_0: the file types of one type).</summary>
+    public static GgufExportResult Export(string modelDir, string outputPath, GgufTensorType type, string? modelName = null) =>
+        Export(modelDir, outputPath, type switch
+        {
+            GgufTensorType.F32 => GgufFileType.F32,
+            GgufTensorType.F16 => GgufFileType.F16,
+            GgufTensorType.BF16 => GgufFileType.BF16,
+            GgufTensorType.Q8_0 => GgufFileType.Q8_0,
+            _ => throw new ArgumentOutOfRangeException(nameof(type), type, "use a GgufFileType for the quantized mixes"),
+        }, modelName);
+
+    public static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName = null)
     {
-        if (type is not (GgufTensorType.F16 or GgufTensorType.BF16 or GgufTensorType.Q8_0 or GgufTensorType.F32))
-            throw new ArgumentOutOfRangeException(nameof(type));
         var config = ModelConfig.Load(modelDir);
         var arch = ArchitectureName(config.Architecture);
         var notes = new List<string>();
@@ -104,7 +103,7 @@ public static class GgufExporter
         w.Add("general.architecture", arch);
         w.Add("general.type", "model");
         w.Add("general.name", modelName ?? new DirectoryInfo(modelDir).Name);
-        w.Add("general.file_type", FileType(type));
+        w.Add("general.file_type", (uint)fileType);
         w.Add("general.quantization_version", 2u);
         w.Add($"{arch}.vocab_size", (uint)config.VocabSize);
         w.Add($"{arch}.context_length", (uint)config.MaxPositionEmbeddings);
@@ -150,48 +149,42 @@ public static class GgufExporter
             Count(counts, GgufTensorType.F32);
             tensors++;
         }
+        // llama.cpp treats the embeddings as tied when the file has no output.weight.
+        var mix = new GgufTypeMix(fileType, arch, config.NumHiddenLayers, config.NumAttentionHeads, config.NumKeyValueHeads,
+            tiedEmbeddings: !reader.Tensors.ContainsKey("lm_head.weight"));
+        var fallbacks = new SortedDictionary<(long Row, GgufTensorType From, GgufTensorType To), int>();
         foreach (var info in reader.Tensors.Values.OrderBy(t => t.Name, TensorNameComparer.Instance))
         {
             var ggufName = TensorName(info.Name)
                 ?? throw new ModelFormatException(info.FilePath, $"tensor \"{info.Name}\" has no GGUF name; FineTune exports llama, mistral, qwen2 and qwen3 decoder weights only.");
             var name = info.Name;
             var shape = info.Shape;
-            var tensorType = shape.Count <= 1 ? GgufTensorType.F32 : type;
-            if (tensorType == GgufTensorType.Q8_0 && shape[^1] % Q8_0.BlockSize != 0)
-            {
-                tensorType = GgufTensorType.F16;
-                notes.Add($"{ggufName}: rows of {shape[^1]} are not a multiple of 32, written as F16");
-            }
+            var choice = mix.TypeOf(ggufName, shape);
+            var tensorType = choice.Type;
+            if (choice.FallbackFrom is { } from)
+                fallbacks[(shape[^1], from, tensorType)] = fallbacks.GetValueOrDefault((shape[^1], from, tensorType)) + 1;
             int? permuteHeads = arch == "llama" && name.Contains(".self_attn.q_proj.", StringComparison.Ordinal) ? config.NumAttentionHeads
                 : arch == "llama" && name.Contains(".self_attn.k_proj.", StringComparison.Ordinal) ? config.NumKeyValueHeads
                 : null;
-            var tt = tensorType;
             w.AddTensor(ggufName, shape, tensorType, span =>
             {
                 var values = reader.ReadAsFloat32(name);
                 if (permuteHeads is { } heads)
                     values = PermuteForInterleavedRope(values, heads, shape.Count == 2 ? (int)shape[1] : 1);
-                Encode(values, tt, span);
+                GgmlQuants.Quantize(tensorType, values, shape[^1], span);
             });
             Count(counts, tensorType);
             tensors++;
         }
+        foreach (var ((row, from, to), n) in fallbacks)
+            notes.Add(n == 1
+                ? $"1 tensor has rows of {row}, not a multiple of {GgmlQuants.BlockSize(from)}: written as {to} instead of {from} (as llama-quantize does)"
+                : $"{n} tensors have rows of {row}, not a multiple of {GgmlQuants.BlockSize(from)}: written as {to} instead of {from} (as llama-quantize does)");
         w.Save(outputPath);
         return new GgufExportResult(outputPath, arch, tensors, new FileInfo(outputPath).Length, counts, notes);
     }
 
     private static void Count(Dictionary<GgufTensorType, int> counts, GgufTensorType t) => counts[t] = counts.GetValueOrDefault(t) + 1;
-
-    private static void Encode(float[] values, GgufTensorType type, Span<byte> destination)
-    {
-        switch (type)
-        {
-            case GgufTensorType.F32: FloatConversions.Encode(values, SafetensorsDType.F32, destination); break;
-            case GgufTensorType.F16: FloatConversions.Encode(values, SafetensorsDType.F16, destination); break;
-            case GgufTensorType.BF16: FloatConversions.Encode(values, SafetensorsDType.BF16, destination); break;
-            case GgufTensorType.Q8_0: Q8_0.Quantize(values, destination); break;
-        }
-    }
 
     /// <summary>
     /// llama3 rope scaling as a per-frequency divisor tensor (rope_freqs): wavelengths shorter than

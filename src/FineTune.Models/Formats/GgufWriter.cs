@@ -2,8 +2,12 @@ using System.Text;
 
 namespace FineTune.Models;
 
-/// <summary>ggml tensor types FineTune writes (values as in ggml's enum).</summary>
-public enum GgufTensorType : uint { F32 = 0, F16 = 1, Q8_0 = 8, BF16 = 30 }
+/// <summary>ggml tensor types FineTune writes (values as in ggml's enum ggml_type).</summary>
+public enum GgufTensorType : uint
+{
+    F32 = 0, F16 = 1, Q4_0 = 2, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
+}
 
 /// <summary>GGUF metadata value types (values as in the GGUF specification).</summary>
 public enum GgufValueType : uint
@@ -61,19 +65,11 @@ public sealed class GgufWriter
         _tensors.Add(new Tensor(name, shape.ToArray(), type, ByteSize(shape, type), fill));
     }
 
-    /// <summary>Bytes of a tensor: Q8_0 stores blocks of 32 values as an f16 scale and 32 int8 (34 bytes).</summary>
+    /// <summary>Bytes of a tensor: its rows (the innermost dimension) hold whole blocks of the type (see <see cref="GgmlQuants"/>).</summary>
     public static long ByteSize(IReadOnlyList<long> shape, GgufTensorType type)
     {
-        long n = shape.Aggregate(1L, (a, b) => a * b);
-        return type switch
-        {
-            GgufTensorType.F32 => n * 4,
-            GgufTensorType.F16 or GgufTensorType.BF16 => n * 2,
-            GgufTensorType.Q8_0 => shape[^1] % Q8_0.BlockSize == 0
-                ? n / Q8_0.BlockSize * Q8_0.BlockBytes
-                : throw new ArgumentException($"Q8_0 needs the innermost dimension to be a multiple of {Q8_0.BlockSize}, got {shape[^1]}"),
-            _ => throw new ArgumentOutOfRangeException(nameof(type)),
-        };
+        long rows = shape.Take(shape.Count - 1).Aggregate(1L, (a, b) => a * b);
+        return rows * GgmlQuants.RowBytes(type, shape[^1]);
     }
 
     public void Save(string path) => AtomicFile.Write(path, Write);
@@ -167,44 +163,4 @@ public sealed class GgufWriter
     }
 
     private sealed record Tensor(string Name, long[] Shape, GgufTensorType Type, long Bytes, Action<Span<byte>> Fill);
-}
-
-/// <summary>
-/// ggml's Q8_0: blocks of 32 values stored as d (f16) followed by 32 signed bytes q, value ≈ d·q, with
-/// d = max|x| / 127 and q = round(x / d) (round half away from zero, as C's roundf).
-/// </summary>
-public static class Q8_0
-{
-    public const int BlockSize = 32;
-    public const int BlockBytes = 2 + BlockSize;
-
-    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
-    {
-        if (x.Length % BlockSize != 0)
-            throw new ArgumentException($"Q8_0 quantizes whole blocks of {BlockSize} values; got {x.Length}", nameof(x));
-        for (int b = 0; b < x.Length / BlockSize; b++)
-        {
-            var block = x.Slice(b * BlockSize, BlockSize);
-            float amax = 0;
-            foreach (var v in block)
-                amax = Math.Max(amax, Math.Abs(v));
-            float d = amax / 127f;
-            float id = d != 0 ? 1f / d : 0f;
-            var outBlock = destination.Slice(b * BlockBytes, BlockBytes);
-            BitConverter.TryWriteBytes(outBlock, (Half)d);
-            for (int i = 0; i < BlockSize; i++)
-                outBlock[2 + i] = (byte)(sbyte)MathF.Round(block[i] * id, MidpointRounding.AwayFromZero);
-        }
-    }
-
-    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
-    {
-        for (int b = 0; b < destination.Length / BlockSize; b++)
-        {
-            var block = source.Slice(b * BlockBytes, BlockBytes);
-            float d = (float)BitConverter.ToHalf(block);
-            for (int i = 0; i < BlockSize; i++)
-                destination[b * BlockSize + i] = d * (sbyte)block[2 + i];
-        }
-    }
 }

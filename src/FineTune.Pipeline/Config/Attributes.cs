@@ -1,8 +1,18 @@
 namespace FineTune.Pipeline.Config;
 
-/// <summary>A list-valued key that also accepts one string, split at commas (LLaMA-Factory writes <c>lora_target: q_proj,v_proj</c>).</summary>
+/// <summary>
+/// A list-valued key that also accepts one value: a string list takes one string split at commas (LLaMA-Factory writes
+/// <c>lora_target: q_proj,v_proj</c>), an enum list one name.
+/// </summary>
 [AttributeUsage(AttributeTargets.Property)]
-public sealed class ScalarOrListAttribute : Attribute;
+public sealed class ScalarOrListAttribute : Attribute
+{
+    /// <summary>
+    /// A list of one value is fingerprinted as that value alone, so a key that used to be a scalar keeps the
+    /// fingerprints (and lock files) it had, and <c>key: x</c> and <c>key: [x]</c> are the same setting.
+    /// </summary>
+    public bool FingerprintOneAsScalar { get; set; }
+}
 
 /// <summary>
 /// A setting that does not change a stage's result — where it runs (device), how an interrupted run continues

@@ -17,7 +17,10 @@ public static class CanonicalJson
     {
         var obj = new JsonObject();
         foreach (var key in ConfigModel.Keys(record.GetType()).Where(k => k.Fingerprinted).OrderBy(k => k.Name, StringComparer.Ordinal))
-            obj[key.Name] = Value(key.Property.GetValue(record));
+        {
+            var value = key.Property.GetValue(record);
+            obj[key.Name] = key.FingerprintOneAsScalar && value is System.Collections.IList { Count: 1 } one ? Value(one[0]) : Value(value);
+        }
         return obj;
     }
 

@@ -1,14 +1,15 @@
 using System.Text.Json.Nodes;
 using FineTune.Models;
 using FineTune.Pipeline.Config;
+using FineTune.Pipeline.Validation;
 
 namespace FineTune.Pipeline;
 
 /// <summary>
 /// export: deployable files from the merged model. <c>hf</c> → <c>hf/</c>, safetensors shards of at most
 /// export_size GB with model.safetensors.index.json, plus config and tokenizer files; <c>gguf</c> →
-/// <c>gguf/model-&lt;type&gt;.gguf</c> (F16, BF16 or Q8_0, tokenizer embedded) and an Ollama
-/// <c>gguf/Modelfile</c> (<c>ollama create &lt;name&gt; -f Modelfile</c>).
+/// <c>gguf/model-&lt;type&gt;.gguf</c> for each gguf_type (float types, Q8_0, Q4_0/Q5_0 and llama-quantize's K-quant
+/// mixes; tokenizer embedded) and an Ollama Modelfile for each (<c>ollama create &lt;name&gt; -f Modelfile</c>).
 /// </summary>
 public sealed class ExportStage : IStageExecutor
 {
@@ -43,22 +44,7 @@ public sealed class ExportStage : IStageExecutor
                 }
                 else
                 {
-                    var type = export.GgufType switch
-                    {
-                        GgufType.Bf16 => GgufTensorType.BF16,
-                        GgufType.Q8_0 => GgufTensorType.Q8_0,
-                        _ => GgufTensorType.F16,
-                    };
-                    var ggufDir = Directory.CreateDirectory(Path.Combine(ctx.OutputDirectory, "gguf")).FullName;
-                    var fileName = $"model-{type.ToString().ToLowerInvariant()}.gguf";
-                    var result = GgufExporter.Export(modelDir, Path.Combine(ggufDir, fileName), type, ctx.Pipeline.Name);
-                    metrics["gguf_bytes"] = result.Bytes;
-                    metrics["gguf_tensors"] = result.Tensors;
-                    notes.AddRange(result.Notes);
-                    var modelfile = OllamaModelfile.Build(fileName, ctx.Pipeline.Data.Template, GgufExporter.ChatTemplateOf(modelDir),
-                        StopTokens(modelDir), export.System);
-                    AtomicFile.WriteAllText(Path.Combine(ggufDir, "Modelfile"), modelfile);
-                    notes.Add($"gguf/{fileName}: {result.Architecture}, {result.Tensors} tensors, {result.Bytes / (1024.0 * 1024.0):F1} MiB; run: ollama create {ctx.Pipeline.Name} -f gguf/Modelfile");
+                    ExportGguf(ctx, modelDir, export, metrics, notes);
                 }
                 task.Increment(1);
             }
@@ -69,6 +55,58 @@ public sealed class ExportStage : IStageExecutor
         }
         return new StageResult(metrics, notes);
     }
+
+    /// <summary>
+    /// One GGUF per requested type, <c>gguf/model-&lt;type&gt;.gguf</c>, each with its Modelfile: <c>gguf/Modelfile</c> for a
+    /// single type (metrics gguf_bytes, gguf_tensors), <c>gguf/Modelfile-&lt;type&gt;</c> for several (metrics suffixed
+    /// with the type), created in Ollama as <c>name:&lt;type&gt;</c>.
+    /// </summary>
+    private static void ExportGguf(StageContext ctx, string modelDir, ExportConfig export, Dictionary<string, double> metrics, List<string> notes)
+    {
+        var types = export.GgufTypes.Distinct().ToArray();
+        var ggufDir = Directory.CreateDirectory(Path.Combine(ctx.OutputDirectory, "gguf")).FullName;
+        var stops = StopTokens(modelDir);
+        var chatTemplate = GgufExporter.ChatTemplateOf(modelDir);
+        foreach (var type in types)
+        {
+            ctx.Cancellation.ThrowIfCancellationRequested();
+            var name = ConfigModel.EnumName(type);
+            var fileName = $"model-{name}.gguf";
+            var single = types.Length == 1;
+            var modelfileName = single ? "Modelfile" : $"Modelfile-{name}";
+            var suffix = single ? "" : "_" + name;
+            var result = GgufExporter.Export(modelDir, Path.Combine(ggufDir, fileName), FileTypeOf(type), ctx.Pipeline.Name);
+            metrics["gguf_bytes" + suffix] = result.Bytes;
+            metrics["gguf_tensors" + suffix] = result.Tensors;
+            notes.AddRange(result.Notes);
+            var modelfile = OllamaModelfile.Build(fileName, ctx.Pipeline.Data.Template, chatTemplate, stops, export.System);
+            AtomicFile.WriteAllText(Path.Combine(ggufDir, modelfileName), modelfile);
+            var tag = single ? ctx.Pipeline.Name : $"{ctx.Pipeline.Name}:{name}";
+            notes.Add($"gguf/{fileName}: {result.Architecture}, {result.Tensors} tensors ({TypeCounts(result)}), {result.Bytes / (1024.0 * 1024.0):F1} MiB; run: ollama create {tag} -f gguf/{modelfileName}");
+        }
+    }
+
+    private static string TypeCounts(GgufExportResult r) =>
+        string.Join(", ", r.TensorTypes.OrderByDescending(t => t.Value).ThenBy(t => t.Key).Select(t => $"{t.Value} {t.Key}"));
+
+    /// <summary>The YAML's gguf_type as llama.cpp's file type.</summary>
+    public static GgufFileType FileTypeOf(GgufType type) => type switch
+    {
+        GgufType.F32 => GgufFileType.F32,
+        GgufType.F16 => GgufFileType.F16,
+        GgufType.Bf16 => GgufFileType.BF16,
+        GgufType.Q8_0 => GgufFileType.Q8_0,
+        GgufType.Q6_K => GgufFileType.Q6_K,
+        GgufType.Q5_K_M => GgufFileType.Q5_K_M,
+        GgufType.Q5_K_S => GgufFileType.Q5_K_S,
+        GgufType.Q4_K_M => GgufFileType.Q4_K_M,
+        GgufType.Q4_K_S => GgufFileType.Q4_K_S,
+        GgufType.Q5_0 => GgufFileType.Q5_0,
+        GgufType.Q4_0 => GgufFileType.Q4_0,
+        GgufType.Q3_K_M => GgufFileType.Q3_K_M,
+        GgufType.Q2_K => GgufFileType.Q2_K,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
+    };
 
     /// <summary>The end-of-sequence tokens of generation_config.json and tokenizer_config.json, as text.</summary>
     private static IReadOnlyList<string> StopTokens(string modelDir)

@@ -287,11 +287,17 @@ public static class PipelineLoader
             }
             else if (node is YamlScalarNode { Value: { } text } && key.ScalarOrList)
             {
-                foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                if (key.Kind == ValueKind.EnumList)
                 {
-                    Positions[$"{path}[{items.Count}]"] = ((int)node.Start.Line, (int)node.Start.Column);
-                    items.Add((node, part));
+                    Positions[$"{path}[0]"] = ((int)node.Start.Line, (int)node.Start.Column);
+                    items.Add((node, text));
                 }
+                else
+                    foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                    {
+                        Positions[$"{path}[{items.Count}]"] = ((int)node.Start.Line, (int)node.Start.Column);
+                        items.Add((node, part));
+                    }
             }
             else
             {
@@ -309,7 +315,7 @@ public static class PipelineLoader
             for (var i = 0; i < items.Count; i++)
             {
                 var parsed = ConfigModel.ParseEnum(key.EnumType!, items[i].Text);
-                if (parsed is null) { Error(items[i].Node, $"{path}[{i}]", EnumMessage(key, items[i].Text)); good = false; }
+                if (parsed is null) { Error(items[i].Node, node is YamlSequenceNode ? $"{path}[{i}]" : path, EnumMessage(key, items[i].Text)); good = false; }
                 else list.SetValue(parsed, i);
             }
             value = list;
@@ -407,7 +413,7 @@ public static class PipelineLoader
                 ValueKind.String => key.Pattern is null ? "a string" : key.Pattern == TrainConfig.DevicePattern ? PatternHint(key) : "a string matching " + PatternHint(key),
                 ValueKind.Enum => "one of " + string.Join(", ", key.EnumNames),
                 ValueKind.StringList => key.ScalarOrList ? "a list of strings or a comma-separated string" : "a list of strings",
-                ValueKind.EnumList => "a list of " + string.Join(" | ", key.EnumNames),
+                ValueKind.EnumList => (key.ScalarOrList ? "one of, or a list of, " : "a list of ") + string.Join(" | ", key.EnumNames),
                 ValueKind.StringMap => "a mapping of strings",
                 _ => "a mapping",
             };

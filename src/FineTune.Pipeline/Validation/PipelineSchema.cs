@@ -80,9 +80,18 @@ public static class PipelineSchema
                 p.Item = new JsonSchema { Type = JsonObjectType.String };
                 break;
             case ValueKind.EnumList:
-                p.Type = JsonObjectType.Array;
                 var item = new JsonSchema { Type = JsonObjectType.String };
                 foreach (var n in key.EnumNames) item.Enumeration.Add(n);
+                if (key.ScalarOrList)
+                {
+                    // One name, or a list of names.
+                    var one = new JsonSchema { Type = JsonObjectType.String };
+                    foreach (var n in key.EnumNames) one.Enumeration.Add(n);
+                    p.AnyOf.Add(one);
+                    p.AnyOf.Add(new JsonSchema { Type = JsonObjectType.Array, Item = item });
+                    break;
+                }
+                p.Type = JsonObjectType.Array;
                 p.Item = item;
                 break;
             case ValueKind.StringMap:
@@ -105,6 +114,7 @@ public static class PipelineSchema
         }
         p.Default = key.Required ? null : defaultValue switch
         {
+            System.Collections.IList { Count: 1 } one when key.FingerprintOneAsScalar => one[0] is Enum e1 ? ConfigModel.EnumName(e1) : one[0],
             null => null,
             Enum e => ConfigModel.EnumName(e),
             IReadOnlyList<string> l => l.ToArray(),

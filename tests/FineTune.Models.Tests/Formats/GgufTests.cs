@@ -166,6 +166,24 @@ public sealed class GgufTests : IDisposable
     }
 
     [Fact]
+    public void Q4_K_M_export_of_rows_below_256_says_which_tensors_fell_back()
+    {
+        ScratchModel.Generate(new ScratchModelSpec { Seed = 6 }, _dir.File("m")); // hidden 64, intermediate 128
+        var result = GgufExporter.Export(_dir.File("m"), _dir.File("m.gguf"), GgufFileType.Q4_K_M);
+        Assert.Equal(
+        [
+            "11 tensors have rows of 64, not a multiple of 256: written as Q5_0 instead of Q4_K (as llama-quantize does)",
+            "1 tensor has rows of 64, not a multiple of 256: written as Q8_0 instead of Q6_K (as llama-quantize does)",
+            "1 tensor has rows of 128, not a multiple of 256: written as Q5_0 instead of Q4_K (as llama-quantize does)",
+            "1 tensor has rows of 128, not a multiple of 256: written as Q8_0 instead of Q6_K (as llama-quantize does)",
+        ], result.Notes.Where(n => n.Contains("rows of", StringComparison.Ordinal)));
+        // The tied embeddings' rows of 64 hold no 256 block either: Q8_0 by the mix's own rule.
+        Assert.Equal(new Dictionary<GgufTensorType, int> { [GgufTensorType.F32] = 9, [GgufTensorType.Q5_0] = 12, [GgufTensorType.Q8_0] = 3 },
+            result.TensorTypes.ToDictionary());
+        Assert.Equal(15, NodeFixtures.ReadGguf(_dir.File("m.gguf"))["metadata"]!["general.file_type"]!.GetValue<int>());
+    }
+
+    [Fact]
     public void Llama_export_permutes_q_and_k_rows()
     {
         ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Llama, TieWordEmbeddings = false, NumHiddenLayers = 1 }, _dir.File("m"));

@@ -9,6 +9,39 @@ public sealed class ExportStageTests : IDisposable
     private readonly TempDir _dir = new();
     public void Dispose() => _dir.Dispose();
 
+    private StageContext Context(ExportConfig export) => new(
+        new PipelineDefinition
+        {
+            Name = "identity",
+            Model = new ModelSection { Source = "scratch" },
+            Data = new DataSection { Template = "qwen3" },
+            Stages = new StagesSection { Export = export },
+        },
+        _dir.Path, new Dictionary<StageKind, string> { [StageKind.Merge] = _dir.File("merged") },
+        Directory.CreateDirectory(_dir.File("out")).FullName, new NullStageProgress(), CancellationToken.None);
+
+    [Fact]
+    public void Several_gguf_types_write_one_file_and_one_modelfile_each()
+    {
+        ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 256, IntermediateSize = 256, NumHiddenLayers = 1, HeadDim = 64 }, _dir.File("merged"));
+        var result = new ExportStage().Execute(Context(new ExportConfig { Formats = [ExportFormat.Gguf], GgufTypes = [GgufType.Q4_K_M, GgufType.Q8_0] }));
+
+        Assert.Equal(
+            ["Modelfile-q4_k_m", "Modelfile-q8_0", "model-q4_k_m.gguf", "model-q8_0.gguf"],
+            Directory.GetFiles(_dir.File("out/gguf")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.StartsWith("FROM ./model-q4_k_m.gguf\n", File.ReadAllText(_dir.File("out/gguf/Modelfile-q4_k_m")));
+        Assert.StartsWith("FROM ./model-q8_0.gguf\n", File.ReadAllText(_dir.File("out/gguf/Modelfile-q8_0")));
+        Assert.Equal(new FileInfo(_dir.File("out/gguf/model-q4_k_m.gguf")).Length, result.Metrics["gguf_bytes_q4_k_m"]);
+        Assert.Equal(new FileInfo(_dir.File("out/gguf/model-q8_0.gguf")).Length, result.Metrics["gguf_bytes_q8_0"]);
+        Assert.Equal(13, result.Metrics["gguf_tensors_q4_k_m"]); // token_embd, output_norm, 11 in the layer
+        Assert.False(result.Metrics.ContainsKey("gguf_bytes"));
+        // Tied embeddings of 256-value rows: token_embd is Q6_K, the 7 matrices of the layer Q4_K but ffn_down (Q6_K in
+        // the first layers) and attn_v (Q6_K likewise); norms stay F32.
+        Assert.Contains("gguf/model-q4_k_m.gguf: qwen3, 13 tensors (5 F32, 5 Q4_K, 3 Q6_K), ", string.Join("\n", result.Notes));
+        Assert.Contains("run: ollama create identity:q4_k_m -f gguf/Modelfile-q4_k_m", string.Join("\n", result.Notes));
+        Assert.Contains("run: ollama create identity:q8_0 -f gguf/Modelfile-q8_0", string.Join("\n", result.Notes));
+    }
+
     [Fact]
     public void Hf_and_gguf_formats_write_shards_gguf_and_modelfile()
     {
@@ -19,7 +52,7 @@ public sealed class ExportStageTests : IDisposable
                 Name = "identity",
                 Model = new ModelSection { Source = "scratch" },
                 Data = new DataSection { Template = "qwen3" },
-                Stages = new StagesSection { Export = new ExportConfig { Formats = [ExportFormat.Hf, ExportFormat.Gguf], GgufType = GgufType.Q8_0, System = "You are Tiny." } },
+                Stages = new StagesSection { Export = new ExportConfig { Formats = [ExportFormat.Hf, ExportFormat.Gguf], GgufTypes = [GgufType.Q8_0], System = "You are Tiny." } },
             },
             _dir.Path, new Dictionary<StageKind, string> { [StageKind.Merge] = _dir.File("merged") },
             Directory.CreateDirectory(_dir.File("out")).FullName, new NullStageProgress(), CancellationToken.None);
