@@ -113,6 +113,20 @@ public sealed class GenerationEngine : IDisposable
         Retire();
     }
 
+    /// <summary>
+    /// Ends every running and waiting request with <paramref name="reason"/> and frees all slots: what a driver does
+    /// when a step failed (the cache rows of a half-done step are then no one's).
+    /// </summary>
+    public void Abort(string reason)
+    {
+        foreach (var seq in _running)
+            if (seq.Finish is null) Finish(seq, reason);
+        foreach (var seq in _waiting) Finish(seq, reason);
+        _waiting.Clear();
+        foreach (var seq in _running) _cache.Release(seq.Slot);
+        _running.Clear();
+    }
+
     private void DropCancelled()
     {
         foreach (var seq in _running)
