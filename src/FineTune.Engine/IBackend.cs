@@ -17,6 +17,19 @@ public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen
     public float Scale => 1f / MathF.Sqrt(HeadDim);
 }
 
+/// <summary>
+/// Shape of attention over a slot-based KV cache (generation). Q is [Tokens, QueryHeads·HeadDim]; the caches are
+/// [Slots·Capacity, KvHeads·HeadDim], slot s holding its sequence's keys at rows s·Capacity + position. Token t belongs
+/// to slot slots[t] at position positions[t] and attends to that slot's keys 0 … positions[t] (its own key included,
+/// so the caller writes the step's K/V into the cache first). Tokens of one step may come from any slots in any mix of
+/// prompt chunks and single decode tokens.
+/// </summary>
+public readonly record struct CachedAttentionShape(int Tokens, int Slots, int Capacity, int QueryHeads, int KvHeads, int HeadDim)
+{
+    /// <summary>Softmax scale 1/sqrt(head_dim).</summary>
+    public float Scale => 1f / MathF.Sqrt(HeadDim);
+}
+
 /// <summary>Hyper-parameters of one decoupled AdamW update (Loshchilov &amp; Hutter; as torch.optim.AdamW).</summary>
 public readonly record struct AdamWStep(float LearningRate, float Beta1, float Beta2, float Epsilon, float WeightDecay, int Step,
     float GradScale = 1f, float MaxGradNorm = 0f);
@@ -104,6 +117,17 @@ public interface IBackend : IDisposable
     /// <summary>Writes dq, dk, dv (QueryLen == KeyLen == KvCapacity) from dout and the forward's output and lse.</summary>
     void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
         Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape);
+
+    // ---- generation: the slot-based KV cache and greedy picking ----
+    /// <summary>dst[rows[i], :] = src[i, :] (the inverse of <see cref="Embedding"/>; rows must be distinct).</summary>
+    void ScatterRows(Tensor dst, Tensor src, Tensor rows);
+    /// <summary>
+    /// output [Tokens, QueryHeads·HeadDim] = softmax(q·kᵀ·scale)·v over each token's slot keys 0 … positions[t]
+    /// (see <see cref="CachedAttentionShape"/>). Query head h reads KV head h / (QueryHeads/KvHeads). Forward only.
+    /// </summary>
+    void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor slots, Tensor positions, CachedAttentionShape shape);
+    /// <summary>output[r] = the index of the largest value of row r of x [rows, cols] (I32); ties go to the lowest index.</summary>
+    void ArgMax(Tensor x, Tensor output);
 
     // ---- SwiGLU: h = silu(gate) ⊙ up ----
     void SwiGlu(Tensor h, Tensor gate, Tensor up);

@@ -1,4 +1,5 @@
 using FineTune.Engine;
+using FineTune.Models.Generation;
 
 namespace FineTune.Models;
 
@@ -20,227 +21,144 @@ public sealed record GenerationOptions
     public int Seed { get; init; }
     /// <summary>Generation stops for a sequence when it produces one of these ids (the id is not returned).</summary>
     public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+
+    /// <summary>Greedy without a repetition penalty: the pick is the argmax of the raw logits (done on the device).</summary>
+    internal bool PlainGreedy => !DoSample && RepetitionPenalty == 1.0;
 }
 
-/// <summary>Tokens produced for one prompt and why generation stopped ("eos", "stop" from the callback, or "length").</summary>
+/// <summary>Tokens produced for one prompt and why generation stopped ("eos", "stop" from the callback, "length", or "cancelled").</summary>
 public sealed record GeneratedSequence(int[] Tokens, string FinishReason);
 
 public sealed partial class CausalLM
 {
     /// <summary>
-    /// Autoregressive decoding with a per-layer KV cache preallocated for prompt + max_new_tokens. Prompts of
-    /// different lengths are left-padded (padding is a segment of its own, so it is never attended).
-    /// <paramref name="onToken"/>(row, token) streams each new token and returns false to stop that row
-    /// (stop words). Uses the unmerged LoRA adapter when the model has one; never dropout.
+    /// Decodes a batch of prompts together on the <see cref="GenerationEngine"/> (KV cache per sequence, one prefill
+    /// pass, batched decode steps). <paramref name="onToken"/>(row, token) streams each new token and returns false to
+    /// stop that row (stop words). Uses the unmerged LoRA adapter when the model has one; never dropout. The batch keeps
+    /// HF generate()'s shape: one random generator seeded with options.Seed draws for the rows in row order, and a row
+    /// that has finished stays in the decode step until every row has, so results do not depend on when rows finish.
     /// </summary>
     public IReadOnlyList<GeneratedSequence> Generate(IReadOnlyList<int[]> prompts, GenerationOptions options, Func<int, int, bool>? onToken = null)
     {
         if (prompts.Count == 0) return [];
         if (prompts.Any(p => p.Length == 0)) throw new ArgumentException("every prompt needs at least one token");
-        int b = prompts.Count, promptLen = prompts.Max(p => p.Length), capacity = promptLen + Math.Max(0, options.MaxNewTokens);
-        using var cache = new KvCache(this, b, capacity, b * promptLen);
-        var results = new List<int>[b];
-        var finish = new string?[b];
-        var seen = new HashSet<int>[b];
-        for (int r = 0; r < b; r++)
+        int b = prompts.Count, promptLen = prompts.Max(p => p.Length);
+        var engineOptions = new GenerationEngineOptions
         {
-            results[r] = [];
-            seen[r] = [.. prompts[r]];
-        }
+            MaxSequences = b,
+            MaxModelLength = promptLen + Math.Max(1, options.MaxNewTokens),
+            MaxBatchTokens = Math.Max(b, prompts.Sum(p => p.Length)),
+            KeepFinishedRows = true,
+        };
+        using var engine = new GenerationEngine(this, engineOptions);
         var rng = new Random(options.Seed);
-        var logits = new float[(long)b * Spec.VocabSize];
-        // Prefill: left-padded prompts, pad segment 0, real tokens segment 1; positions count real tokens only.
-        var ids = new int[b * promptLen];
-        var pos = new int[b * promptLen];
+        var results = new GeneratedSequence?[b];
         for (int r = 0; r < b; r++)
         {
-            int pad = promptLen - prompts[r].Length;
-            for (int t = 0; t < promptLen; t++)
+            int row = r;
+            engine.Add(new GenerationRequest(prompts[r], options)
             {
-                ids[r * promptLen + t] = t < pad ? 0 : prompts[r][t - pad];
-                pos[r * promptLen + t] = Math.Max(0, t - pad);
-                cache.Segments[r * capacity + t] = t < pad ? 0 : 1;
-            }
+                Random = rng,
+                OnToken = onToken is null ? null : token => onToken(row, token),
+                OnFinished = s => results[row] = s,
+            });
         }
-        cache.Step(ids, pos, promptLen, logits);
-        var next = new int[b];
-        var nextPos = new int[b];
-        for (int step = 0; step < options.MaxNewTokens; step++)
-        {
-            bool any = false;
-            for (int r = 0; r < b; r++)
-            {
-                if (finish[r] is not null) { next[r] = 0; continue; }
-                int token = Pick(logits.AsSpan(r * Spec.VocabSize, Spec.VocabSize), seen[r], options, rng);
-                if (options.EosTokenIds.Contains(token)) { finish[r] = "eos"; continue; }
-                results[r].Add(token);
-                seen[r].Add(token);
-                next[r] = token;
-                if (onToken is not null && !onToken(r, token)) { finish[r] = "stop"; continue; }
-                any = true;
-            }
-            if (!any || step == options.MaxNewTokens - 1) break;
-            for (int r = 0; r < b; r++)
-            {
-                nextPos[r] = prompts[r].Length + step;
-                cache.Segments[r * capacity + cache.Length] = 1;
-            }
-            cache.Step(next, nextPos, 1, logits);
-        }
-        return Enumerable.Range(0, b).Select(r => new GeneratedSequence([.. results[r]], finish[r] ?? "length")).ToList();
+        engine.RunToCompletion();
+        return results.Select(s => s!).ToList();
     }
 
     /// <summary>HF's processors in order: repetition penalty, then greedy argmax or temperature → top-k → top-p → sample.</summary>
-    public static int Pick(Span<float> logits, IReadOnlySet<int> seen, GenerationOptions o, Random rng)
-    {
-        if (o.RepetitionPenalty != 1.0)
-            foreach (int id in seen)
-            {
-                if ((uint)id >= (uint)logits.Length) continue;
-                logits[id] = logits[id] < 0 ? (float)(logits[id] * o.RepetitionPenalty) : (float)(logits[id] / o.RepetitionPenalty);
-            }
-        if (!o.DoSample)
-        {
-            int best = 0;
-            for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
-            return best;
-        }
-        if (o.Temperature <= 0) throw new ArgumentException($"temperature must be positive when sampling, got {o.Temperature}");
-        int v = logits.Length;
-        var order = new int[v];
-        for (int i = 0; i < v; i++) order[i] = i;
-        float[] scaled = new float[v];
-        for (int i = 0; i < v; i++) scaled[i] = (float)(logits[i] / o.Temperature);
-        // Stable sort by descending logit (ties keep the lower id first), so a seed reproduces the same draw.
-        Array.Sort(order, (x, y) => scaled[y].CompareTo(scaled[x]) is var c && c != 0 ? c : x.CompareTo(y));
-        int keep = o.TopK > 0 ? Math.Min(o.TopK, v) : v;
-        double max = scaled[order[0]];
-        var probs = new double[keep];
-        double sum = 0;
-        for (int i = 0; i < keep; i++) sum += probs[i] = Math.Exp(scaled[order[i]] - max);
-        if (o.TopP < 1.0)
-        {
-            // Smallest prefix whose mass reaches top_p (at least one token).
-            double acc = 0;
-            int cut = keep;
-            for (int i = 0; i < keep; i++)
-            {
-                acc += probs[i] / sum;
-                if (acc >= o.TopP) { cut = i + 1; break; }
-            }
-            keep = Math.Max(1, cut);
-            sum = 0;
-            for (int i = 0; i < keep; i++) sum += probs[i];
-        }
-        double u = rng.NextDouble() * sum;
-        for (int i = 0; i < keep; i++)
-        {
-            u -= probs[i];
-            if (u < 0) return order[i];
-        }
-        return order[keep - 1];
-    }
+    public static int Pick(Span<float> logits, IReadOnlySet<int> seen, GenerationOptions o, Random rng) =>
+        TokenSampler.Pick(logits, seen, o, rng);
 
     /// <summary>
-    /// Per-layer K and V of every generated position, [batch, capacity, kv_heads·head_dim], and the segment ids of
-    /// the cached positions; activations for the widest step (the prompt) come from an inference arena.
+    /// One engine step through the model: the step's tokens (prompt chunks and decode tokens of any slots, grouped by
+    /// adapter) are embedded, each layer writes their K/V into the cache and attends over each token's slot, and the
+    /// rows in <see cref="StepBatch.LogitRows"/> get final norm and LM head. Returns the logits tensor [rows, vocab].
     /// </summary>
-    private sealed class KvCache : IDisposable
-    {
-        private readonly CausalLM _m;
-        private readonly TensorArena _arena;
-        private readonly ModelActivations _acts;
-        private readonly Tensor[] _k, _v;
-        private readonly Tensor _segments;
-        private readonly int _batch, _capacity;
-
-        public KvCache(CausalLM model, int batch, int capacity, int maxStepTokens)
-        {
-            _m = model;
-            _batch = batch;
-            _capacity = capacity;
-            var s = model.Spec;
-            var builder = new TensorArena.Builder();
-            var hk = new int[s.NumLayers];
-            var hv = new int[s.NumLayers];
-            for (int l = 0; l < s.NumLayers; l++)
-            {
-                hk[l] = builder.Add($"k{l}", model.Backend.ComputeDType, batch * capacity, s.KvDim);
-                hv[l] = builder.Add($"v{l}", model.Backend.ComputeDType, batch * capacity, s.KvDim);
-            }
-            int hs = builder.Add("segments", DType.I32, batch * capacity);
-            _arena = builder.Build(model.Backend);
-            _k = hk.Select(h => _arena[h]).ToArray();
-            _v = hv.Select(h => _arena[h]).ToArray();
-            _segments = _arena[hs];
-            Segments = new int[batch * capacity];
-            _acts = new ModelActivations(model.Backend, s, model._layers, checkpointing: true, training: false,
-                Math.Max(batch, maxStepTokens), batch, residuals: 2);
-        }
-
-        /// <summary>Host copy of the cache's segment ids, uploaded at each step.</summary>
-        public int[] Segments { get; }
-
-        /// <summary>Positions filled so far (the same for every row).</summary>
-        public int Length { get; private set; }
-
-        /// <summary>Runs n new tokens per row through the model, appends their K/V, and writes the last token's logits per row.</summary>
-        public void Step(int[] ids, int[] positions, int n, float[] logits)
-        {
-            var m = _m;
-            var B = m.Backend;
-            var s = m.Spec;
-            if (Length + n > _capacity) throw new InvalidOperationException($"KV cache of {_capacity} positions is full");
-            int tokens = _batch * n, c = s.HiddenSize;
-            m.EnsureRope(positions.Max() + 1);
-            B.Upload(_acts.Ids.View(0, [tokens]), ids);
-            B.Upload(_acts.Positions.View(0, [tokens]), positions);
-            B.Upload(_segments, Segments);
-            var x = _acts.Residual[0].View(0, [tokens, c]);
-            var y = _acts.Residual[1].View(0, [tokens, c]);
-            B.Embedding(x, m._embed.Value, _acts.Ids.View(0, [tokens]));
-            var shape = new AttentionShape(_batch, n, Length + n, _capacity, s.NumHeads, s.NumKvHeads, s.HeadDim);
-            var a = _acts.Layers[0];
-            for (int l = 0; l < s.NumLayers; l++)
-            {
-                m.DecodeLayer(m._layers[l], a, x, y, tokens, _acts.Positions.View(0, [tokens]), _k[l], _v[l], _segments, Length, n, shape);
-                (x, y) = (y, x);
-            }
-            // x holds the last layer's output; gather each row's last token, norm, and project to logits.
-            var rows = new int[_batch];
-            for (int r = 0; r < _batch; r++) rows[r] = r * n + n - 1;
-            B.Upload(_acts.CompactRows.View(0, [_batch]), rows);
-            var last = _acts.Hc.View(0, [_batch, c]);
-            B.Embedding(last, x, _acts.CompactRows.View(0, [_batch]));
-            var normed = _acts.LnF.View(0, [_batch, c]);
-            B.RmsNorm(normed, _acts.RstdF.View(0, [_batch]), last, m._finalNorm.Value, (float)s.RmsNormEps);
-            var lg = _acts.Logits.View(0, [_batch, s.VocabSize]);
-            B.MatMul(lg, normed, false, m.HeadWeight.Value, true);
-            B.Download(lg, logits);
-            Length += n;
-        }
-
-        public void Dispose()
-        {
-            _acts.Dispose();
-            _arena.Dispose();
-        }
-    }
-
-    /// <summary>One layer for new tokens: like the training forward, but K/V go into the cache and attention reads all cached positions.</summary>
-    private void DecodeLayer(DecoderLayer L, LayerActivations a, Tensor x, Tensor y, int tokens, Tensor pos, Tensor kCache, Tensor vCache,
-        Tensor segments, int past, int n, AttentionShape shape)
+    internal Tensor ForwardStep(StepBatch step, KvCacheSlots cache, ModelActivations acts, AdapterBank? bank)
     {
         var B = Backend;
-        var (q, k, v) = AttentionInputs(L, a, x, pos, tokens, 0, false);
-        int kvd = Spec.KvDim, capacity = shape.KvCapacity;
-        for (int r = 0; r < shape.Batch; r++)
+        var s = Spec;
+        int n = step.Tokens, c = s.HiddenSize, rows = step.LogitRows.Length;
+        EnsureRope(step.MaxPosition + 1);
+        var ids = acts.Ids.View(0, [n]);
+        var pos = acts.Positions.View(0, [n]);
+        B.Upload(ids, step.Ids);
+        B.Upload(pos, step.Positions);
+        B.Upload(cache.TokenSlots.View(0, [n]), step.Slots);
+        B.Upload(cache.TokenRows.View(0, [n]), step.CacheRows);
+        var x = acts.Residual[0].View(0, [n, c]);
+        var y = acts.Residual[1].View(0, [n, c]);
+        foreach (var g in step.TokenGroups)
+            B.Embedding(x.SliceRows(g.Start, g.Count), bank?.Embedding(g.Adapter) ?? _embed.Value, ids.View(g.Start, [g.Count]));
+        var shape = new CachedAttentionShape(n, cache.Slots, cache.Capacity, s.NumHeads, s.NumKvHeads, s.HeadDim);
+        var a = acts.Layers[0];
+        _stepLora = bank is null ? null : new StepLora(bank, step.TokenGroups);
+        try
         {
-            B.Copy(kCache.View(((long)r * capacity + past) * kvd, [n, kvd]), k.View((long)r * n * kvd, [n, kvd]));
-            B.Copy(vCache.View(((long)r * capacity + past) * kvd, [n, kvd]), v.View((long)r * n * kvd, [n, kvd]));
+            for (int l = 0; l < s.NumLayers; l++)
+            {
+                var (q, k, v) = AttentionInputs(_layers[l], a, x, pos, n, 0, false);
+                B.ScatterRows(cache.K[l], k, cache.TokenRows.View(0, [n]));
+                B.ScatterRows(cache.V[l], v, cache.TokenRows.View(0, [n]));
+                var att = Rows(a.Att, n);
+                B.CachedAttention(att, q, cache.K[l], cache.V[l], cache.TokenSlots.View(0, [n]), pos, shape);
+                LayerTail(_layers[l], a, x, att, y, n, 0, false);
+                (x, y) = (y, x);
+            }
         }
-        var att = Rows(a.Att, tokens);
-        B.Attention(att, Head1(a.Lse, (long)tokens * Spec.NumHeads), q, kCache, vCache, segments, shape);
-        LayerTail(L, a, x, att, y, tokens, 0, false);
+        finally { _stepLora = null; }
+        // x holds the last layer's output; gather the rows that need logits, norm, and project.
+        B.Upload(acts.CompactRows.View(0, [rows]), step.LogitRows);
+        var last = acts.Hc.View(0, [rows, c]);
+        B.Embedding(last, x, acts.CompactRows.View(0, [rows]));
+        var normed = acts.LnF.View(0, [rows, c]);
+        var logits = acts.Logits.View(0, [rows, s.VocabSize]);
+        foreach (var g in step.LogitGroups)
+        {
+            B.RmsNorm(normed.SliceRows(g.Start, g.Count), acts.RstdF.View(g.Start, [g.Count]), last.SliceRows(g.Start, g.Count),
+                bank?.FinalNorm(g.Adapter) ?? _finalNorm.Value, (float)s.RmsNormEps);
+            B.MatMul(logits.SliceRows(g.Start, g.Count), normed.SliceRows(g.Start, g.Count), false, bank?.Head(g.Adapter) ?? HeadWeight.Value, true);
+        }
+        return logits;
+    }
+
+    /// <summary>Activations for engine steps of up to <paramref name="tokens"/> tokens and <paramref name="logitRows"/> logit rows.</summary>
+    internal ModelActivations CreateStepActivations(int tokens, int logitRows) =>
+        new(Backend, Spec, _layers, checkpointing: true, training: false, Math.Max(tokens, logitRows), logitRows, residuals: 2);
+
+    /// <summary>The decoder layers' linears, for adapters loaded beside the model.</summary>
+    internal IReadOnlyList<DecoderLayer> DecoderLayers => _layers;
+
+    internal Tensor EmbeddingWeight => _embed.Value;
+    internal Tensor FinalNormWeight => _finalNorm.Value;
+    internal Tensor LmHeadWeight => HeadWeight.Value;
+    internal bool HasOwnLora => _layers.Any(l => l.Linears.Any(x => x.Lora is not null));
+
+    /// <summary>
+    /// The named adapters of the step in flight (null outside <see cref="ForwardStep"/>): SetForward adds each token
+    /// group's LoRA term after the set's base products. Set and cleared by ForwardStep, which one thread drives.
+    /// </summary>
+    private StepLora? _stepLora;
+
+    /// <summary>The per-group LoRA terms of named adapters: y_g += scale·(x_g·Aᵀ)·Bᵀ for each group's adapter.</summary>
+    private sealed class StepLora(AdapterBank bank, IReadOnlyList<RowGroup> groups)
+    {
+        public void Apply(DecoderLayer layer, int set, Tensor[] ys, Tensor x)
+        {
+            var lins = layer.InputSets[set];
+            foreach (var g in groups)
+            {
+                if (g.Adapter == 0) continue;
+                for (int j = 0; j < lins.Length; j++)
+                {
+                    if (bank.Lora(g.Adapter, lins[j]) is not { } lora) continue;
+                    var xa = bank.Scratch.View(0, [g.Count, lora.Rank]);
+                    bank.Backend.MatMul(xa, x.SliceRows(g.Start, g.Count), false, lora.A, true);
+                    bank.Backend.MatMul(ys[j].SliceRows(g.Start, g.Count), xa, false, lora.B, true, lora.Scale, accumulate: true);
+                }
+            }
+        }
     }
 }

@@ -281,6 +281,7 @@ public sealed partial class CausalLM
         {
             for (int j = 0; j < lins.Length; j++)
                 LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j), training);
+            _stepLora?.Apply(L, set, ys, x);
             return;
         }
         var B = Backend;
@@ -298,6 +299,7 @@ public sealed partial class CausalLM
             else B.MatMul(ys[j], x, false, lin.Weight.Value, true);
             if (lin.Bias is { } bias) B.AddBias(ys[j], bias.Value);
         }
+        _stepLora?.Apply(L, set, ys, x);
     }
 
     /// <summary>

@@ -90,7 +90,8 @@ public sealed class ChatCommand : ICliCommand
         return command;
     }
 
-    private static string DefaultTemplate(string modelType) => modelType switch
+    /// <summary>The chat template an architecture uses when none is named (`chat` and `serve`).</summary>
+    internal static string DefaultTemplate(string modelType) => modelType switch
     {
         "qwen3" => "qwen3",
         "qwen2" => "qwen",

@@ -153,8 +153,8 @@ public static class OpChecks
     {
         var sink = quiet ? new List<CheckRow>() : null;
         var target = sink is null ? c : new Ctx(c.Cpu, c.Gpu, c.Act, c.Path, c.Tol, sink);
-        if (sink is not null) { Elementwise(target); MatMuls(target); Norms(target); Attention(target); Loss(target); Optimizer(target); c.Buffers.AddRange(target.Buffers); return; }
-        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Loss(c); Optimizer(c);
+        if (sink is not null) { Elementwise(target); MatMuls(target); Norms(target); Attention(target); Generation(target); Loss(target); Optimizer(target); c.Buffers.AddRange(target.Buffers); return; }
+        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Generation(c); Loss(c); Optimizer(c);
     }
 
     static void Elementwise(Ctx c)
@@ -354,6 +354,54 @@ public static class OpChecks
         ms = c.Time(() => c.Gpu.Rope(q.Gpu, pos.Gpu, cosT.Gpu, sinT.Gpu, headDim, true));
         c.Cpu.Rope(q.Cpu, pos.Cpu, cosT.Cpu, sinT.Cpu, headDim, true);
         c.Compare("rope inverse", "x", q, ms);
+    }
+
+    /// <summary>
+    /// The generation engine's operations: K/V rows scattered into a slot cache, attention of a step that mixes a prompt
+    /// chunk and decode tokens of several slots (GQA, head_dim 64 and 128), and the greedy argmax over a vocabulary row.
+    /// </summary>
+    static void Generation(Ctx c)
+    {
+        foreach (var (hq, hkv, d) in new[] { (4, 2, 64), (16, 8, 128) })
+        {
+            int slots = 3, cap = 300, kvd = hkv * d;
+            // Slot 2: positions 0..259 (a chunk of 260 after nothing); slot 0: one decode token at 40; slot 1: at 299.
+            var tokenSlots = Enumerable.Repeat(2, 260).Concat([0, 1]).ToArray();
+            var tokenPos = Enumerable.Range(0, 260).Concat([40, 299]).ToArray();
+            int n = tokenSlots.Length;
+            var kc = c.Pair(c.Rand(slots * cap * kvd), [slots * cap, kvd]);
+            var vc = c.Pair(c.Rand(slots * cap * kvd), [slots * cap, kvd]);
+            var k = c.Pair(c.Rand(n * kvd), [n, kvd]);
+            var v = c.Pair(c.Rand(n * kvd), [n, kvd]);
+            var rows = c.IntPair(tokenSlots.Select((s, i) => s * cap + tokenPos[i]).ToArray(), [n]);
+            string tag = $"T{n} H{hq}/{hkv} D{d}";
+            double ms = c.Time(() => { c.Gpu.ScatterRows(kc.Gpu, k.Gpu, rows.Gpu); c.Gpu.ScatterRows(vc.Gpu, v.Gpu, rows.Gpu); });
+            c.Cpu.ScatterRows(kc.Cpu, k.Cpu, rows.Cpu);
+            c.Cpu.ScatterRows(vc.Cpu, v.Cpu, rows.Cpu);
+            c.Compare($"scatter_rows {tag}", "k_cache", kc, ms);
+            c.Compare($"scatter_rows {tag}", "v_cache", vc, ms);
+            var q = c.Pair(c.Rand(n * hq * d), [n, hq * d]);
+            var o = c.Zeros([n, hq * d]);
+            var sl = c.IntPair(tokenSlots, [n]);
+            var ps = c.IntPair(tokenPos, [n]);
+            var shape = new CachedAttentionShape(n, slots, cap, hq, hkv, d);
+            c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, shape);
+            ms = c.TimeRepeat(() => c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, shape));
+            c.Cpu.CachedAttention(o.Cpu, q.Cpu, kc.Cpu, vc.Cpu, sl.Cpu, ps.Cpu, shape);
+            c.Compare($"cached_attention {tag}", "out", o, ms);
+        }
+        int rowsN = 5, vocab = 151936;
+        var logits = c.Rand(rowsN * vocab);
+        logits[3 * vocab + 7] = logits[3 * vocab + 9] = 100f; // a tie: the lower index wins
+        var x = c.Pair(logits, [rowsN, vocab], DType.F32); // F32 on both: bf16 rounding would tie values the CPU tells apart
+        var picks = c.IntPair(new int[rowsN], [rowsN]);
+        double t = c.TimeRepeat(() => c.Gpu.ArgMax(x.Gpu, picks.Gpu));
+        c.Cpu.ArgMax(x.Cpu, picks.Cpu);
+        var a = new int[rowsN];
+        var b = new int[rowsN];
+        c.Cpu.Download(picks.Cpu, a);
+        c.Gpu.Download(picks.Gpu, b);
+        c.Check($"argmax {rowsN}x{vocab}", "indices", a.SequenceEqual(b) && b[3] == 7, t);
     }
 
     static void Attention(Ctx c)

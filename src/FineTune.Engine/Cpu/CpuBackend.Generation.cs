@@ -1,0 +1,91 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+
+namespace FineTune.Engine.Cpu;
+
+// The decode-path operations: rows into the slot-based KV cache, attention that reads each token's slot, and the
+// greedy pick. Attention does per (run, head) what the packed-sequence Attention does per (batch, head): K and V of
+// the slot transposed into [HeadDim, keys] scratch once, then every query of the run along contiguous key vectors,
+// in the same order of operations, so a sequence decoded through the cache scores its keys as the training
+// forward's attention does.
+public sealed unsafe partial class CpuBackend
+{
+    public void ScatterRows(Tensor dst, Tensor src, Tensor rows)
+    {
+        int cols = src.Cols, n = (int)rows.Length;
+        if (dst.Cols != cols || src.Rows != n) throw new ArgumentException($"scatter of {src} by {rows} into {dst}: shapes do not agree");
+        float* pd = F(dst), ps = F(src);
+        int* pr = I(rows);
+        for (int i = 0; i < n; i++)
+        {
+            int r = pr[i];
+            if ((uint)r >= (uint)dst.Rows) throw new ArgumentOutOfRangeException(nameof(rows), $"row {r} at {i} is outside {dst}");
+            new ReadOnlySpan<float>(ps + (long)i * cols, cols).CopyTo(new Span<float>(pd + (long)r * cols, cols));
+        }
+    }
+
+    public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor slots, Tensor positions, CachedAttentionShape s)
+    {
+        if (s.QueryHeads % s.KvHeads != 0) throw new ArgumentException($"{s.QueryHeads} query heads are not a multiple of {s.KvHeads} KV heads");
+        if (q.Length != (long)s.Tokens * s.QueryHeads * s.HeadDim || output.Length != q.Length) throw new ArgumentException($"q {q} / output {output} do not match {s}");
+        if (kCache.Length != (long)s.Slots * s.Capacity * s.KvHeads * s.HeadDim || vCache.Length != kCache.Length) throw new ArgumentException($"caches {kCache} {vCache} do not match {s}");
+        if (slots.Length < s.Tokens || positions.Length < s.Tokens) throw new ArgumentException($"slots {slots} / positions {positions} do not match {s}");
+        float* po = F(output), pq = F(q), pk = F(kCache), pv = F(vCache);
+        int* ps = I(slots), pp = I(positions);
+        // Runs: consecutive tokens of one slot at consecutive positions (a prompt chunk, or one decode token).
+        var runStart = new List<int>();
+        for (int t = 0; t < s.Tokens; t++)
+        {
+            if ((uint)ps[t] >= (uint)s.Slots || (uint)pp[t] >= (uint)s.Capacity)
+                throw new ArgumentOutOfRangeException(nameof(slots), $"token {t}: slot {ps[t]} position {pp[t]} is outside {s}");
+            if (t == 0 || ps[t] != ps[t - 1] || pp[t] != pp[t - 1] + 1) runStart.Add(t);
+        }
+        runStart.Add(s.Tokens);
+        int d = s.HeadDim, hq = s.QueryHeads, hkv = s.KvHeads, group = hq / hkv, runs = runStart.Count - 1;
+        float scale = s.Scale;
+        For(runs * hq, rh =>
+        {
+            int run = rh / hq, h = rh % hq, kh = h / group;
+            int t0 = runStart[run], t1 = runStart[run + 1], slot = ps[t0], len = pp[t1 - 1] + 1;
+            float[] buf = ArrayPool<float>.Shared.Rent(2 * d * len + len);
+            try
+            {
+                var kt = buf.AsSpan(0, d * len);
+                var vt = buf.AsSpan(d * len, d * len);
+                long kvBase = ((long)slot * s.Capacity * hkv + kh) * d;
+                Transpose(pk + kvBase, hkv * d, len, d, kt);
+                Transpose(pv + kvBase, hkv * d, len, d, vt);
+                for (int t = t0; t < t1; t++)
+                {
+                    int count = pp[t] + 1;
+                    float* qi = pq + ((long)t * hq + h) * d;
+                    float* oi = po + ((long)t * hq + h) * d;
+                    var scores = buf.AsSpan(2 * d * len, count);
+                    scores.Clear();
+                    for (int c = 0; c < d; c++) TensorPrimitives.MultiplyAdd(kt.Slice(c * len, count), qi[c] * scale, scores, scores);
+                    float max = TensorPrimitives.Max(scores);
+                    TensorPrimitives.Subtract(scores, max, scores);
+                    TensorPrimitives.Exp(scores, scores);
+                    float inv = 1f / TensorPrimitives.Sum(scores);
+                    for (int c = 0; c < d; c++) oi[c] = TensorPrimitives.Dot(scores, vt.Slice(c * len, count)) * inv;
+                }
+            }
+            finally { ArrayPool<float>.Shared.Return(buf); }
+        });
+    }
+
+    public void ArgMax(Tensor x, Tensor output)
+    {
+        int rows = x.Rows, cols = x.Cols;
+        if (output.Length != rows) throw new ArgumentException($"argmax of {x} into {output}: one output per row");
+        float* px = F(x);
+        int* po = I(output);
+        for (int r = 0; r < rows; r++)
+        {
+            float* row = px + (long)r * cols;
+            int best = 0;
+            for (int i = 1; i < cols; i++) if (row[i] > row[best]) best = i;
+            po[r] = best;
+        }
+    }
+}

@@ -1,0 +1,71 @@
+using FineTune.Engine.Cpu;
+
+namespace FineTune.Engine.Tests;
+
+/// <summary>The CPU backend's generation operations against the packed-sequence attention they stand in for.</summary>
+public sealed class GenerationOpsTests
+{
+    [Fact]
+    public void CachedAttentionOverSlotsEqualsPackedAttentionOfEachSequence()
+    {
+        var b = new CpuBackend(2);
+        int hq = 4, hkv = 2, d = 8, kvd = hkv * d, cap = 12, slots = 3;
+        // Two sequences of 7 and 5 tokens in slots 2 and 0; the step holds the last 3 tokens of the first (a chunk) and the
+        // last token of the second (a decode), the earlier keys already in the cache.
+        int[] lens = [7, 5], slotOf = [2, 0];
+        var q = new List<float[]>();
+        var k = new List<float[]>();
+        var v = new List<float[]>();
+        for (int s = 0; s < 2; s++)
+        {
+            q.Add(TestTensors.Random(lens[s] * hq * d, 10 + s));
+            k.Add(TestTensors.Random(lens[s] * kvd, 20 + s));
+            v.Add(TestTensors.Random(lens[s] * kvd, 30 + s));
+        }
+        var kc = new float[slots * cap * kvd];
+        var vc = new float[slots * cap * kvd];
+        for (int s = 0; s < 2; s++)
+        {
+            Array.Copy(k[s], 0, kc, slotOf[s] * cap * kvd, lens[s] * kvd);
+            Array.Copy(v[s], 0, vc, slotOf[s] * cap * kvd, lens[s] * kvd);
+        }
+        (int Seq, int Pos)[] tokens = [(0, 4), (0, 5), (0, 6), (1, 4)];
+        var qs = tokens.SelectMany(t => q[t.Seq].Skip(t.Pos * hq * d).Take(hq * d)).ToArray();
+        var output = b.F32(new float[qs.Length], tokens.Length, hq * d);
+        b.CachedAttention(output, b.F32(qs, tokens.Length, hq * d), b.F32(kc, slots * cap, kvd), b.F32(vc, slots * cap, kvd),
+            b.I32(tokens.Select(t => slotOf[t.Seq]).ToArray(), tokens.Length), b.I32(tokens.Select(t => t.Pos).ToArray(), tokens.Length),
+            new CachedAttentionShape(tokens.Length, slots, cap, hq, hkv, d));
+        var got = b.Read(output);
+        for (int s = 0; s < 2; s++)
+        {
+            int n = lens[s];
+            var o = b.F32(new float[n * hq * d], n, hq * d);
+            b.Attention(o, b.F32(new float[n * hq], n * hq), b.F32(q[s], n, hq * d), b.F32(k[s], n, kvd), b.F32(v[s], n, kvd),
+                b.I32(new int[n], n), AttentionShape.Training(1, n, hq, hkv, d));
+            var want = b.Read(o);
+            for (int t = 0; t < tokens.Length; t++)
+                if (tokens[t].Seq == s)
+                    Assert.Equal(want.Skip(tokens[t].Pos * hq * d).Take(hq * d), got.Skip(t * hq * d).Take(hq * d));
+        }
+    }
+
+    [Fact]
+    public void ScatterRowsWritesEachRowWhereItsIndexSays()
+    {
+        var b = new CpuBackend(1);
+        var dst = b.F32(new float[8], 4, 2);
+        b.ScatterRows(dst, b.F32([1, 2, 3, 4], 2, 2), b.I32([3, 0], 2));
+        Assert.Equal([3f, 4, 0, 0, 0, 0, 1, 2], b.Read(dst));
+    }
+
+    [Fact]
+    public void ArgMaxTakesTheFirstOfEqualMaxima()
+    {
+        var b = new CpuBackend(1);
+        var picks = b.I32(new int[2], 2);
+        b.ArgMax(b.F32([1, 5, 5, 2, -1, float.NaN, -0.5f, -0.5f], 2, 4), picks);
+        var host = new int[2];
+        b.Download(picks, host);
+        Assert.Equal([1, 2], host);
+    }
+}
