@@ -50,6 +50,13 @@ public interface IBackend : IDisposable
     /// <summary>Dtype of activations and frozen weights: F32 on CPU, BF16 on CUDA.</summary>
     DType ComputeDType { get; }
 
+    /// <summary>
+    /// Makes this backend usable from the calling thread. A CUDA context is current per thread, so a thread other than
+    /// the one that opened the device (a server's scheduler thread) calls this before its first operation; the CPU
+    /// backend needs nothing.
+    /// </summary>
+    void BindToCurrentThread() { }
+
     /// <summary>A zero-filled buffer of <paramref name="byteLength"/> bytes, to be carved into tensors.</summary>
     DeviceBuffer AllocateBuffer(long byteLength);
 

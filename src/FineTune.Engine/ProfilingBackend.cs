@@ -13,6 +13,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
 
     public string Name => _inner.Name;
     public DType ComputeDType => _inner.ComputeDType;
+    public void BindToCurrentThread() => _inner.BindToCurrentThread();
     public IBackend Inner => _inner;
 
     /// <summary>Per operation: calls and total milliseconds, most expensive first.</summary>

@@ -81,6 +81,8 @@ internal sealed class InferenceScheduler : IDisposable
 
     private void Loop()
     {
+        // The model was loaded on the main thread; a CUDA context is current per thread (CUDA_ERROR_INVALID_CONTEXT otherwise).
+        _engine.Model.Backend.BindToCurrentThread();
         while (true)
         {
             while (_submitted.TryDequeue(out var r))

@@ -24,6 +24,8 @@ public sealed partial class CudaBackend : IBackend
     public string Name => $"cuda:{_dev.Info.Ordinal}";
     public DType ComputeDType { get; }
     public CudaDevice Device => _dev;
+
+    public void BindToCurrentThread() => _dev.MakeCurrent();
     public CudaDeviceInfo Info => _dev.Info;
 
     public DeviceBuffer AllocateBuffer(long byteLength) => new CudaBuffer(this, _dev, byteLength);

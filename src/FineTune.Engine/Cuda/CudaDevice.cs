@@ -38,6 +38,9 @@ public sealed unsafe class CudaDevice : IDisposable
 
     public const long CublasWorkspaceBytes = 32L << 20;
 
+    /// <summary>Makes this device's context current on the calling thread (contexts are per thread in the driver API).</summary>
+    public void MakeCurrent() => _driver.SetCurrent(_context);
+
     CudaDevice(CudaDriver driver, int ordinal, KernelSources sources, KernelCache cache)
     {
         _driver = driver;
