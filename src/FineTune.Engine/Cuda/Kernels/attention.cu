@@ -4,11 +4,11 @@
 // Layouts: q [B, QL, Hq, D]; k, v [B, KvCap, Hkv, D]; out like q; lse [B, Hq, QL] (F32); seg [B, KvCap] (I32).
 // Query i sits at key position p = KL − QL + i and attends to keys j ≤ p with seg[j] == seg[p].
 // Query head h reads KV head h / (Hq / Hkv).
-#include "common.cuh"
+#include "attention_row.cuh"
 
 #define ROWS_PER_BLOCK 8
-#define MAX_D 256
-#define MAX_E (MAX_D / 32)
+#define MAX_D ATTENTION_MAX_D
+#define MAX_E ATTENTION_MAX_E
 
 extern "C" __global__ void attention_forward(void* out, int dt_o, float* lse, const void* q, int dt_q, const void* k, int dt_k,
                                              const void* v, int dt_v, const int* seg_ids,
@@ -25,38 +25,9 @@ extern "C" __global__ void attention_forward(void* out, int dt_o, float* lse, co
     i64 qrow = (((i64)b * QL + i) * Hq + h) * D;
     for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     __syncwarp();
-    float acc[MAX_E];
-#pragma unroll
-    for (int e = 0; e < MAX_E; e++) acc[e] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
     i64 kstride = (i64)Hkv * D, kbase = (i64)b * kv_cap * kstride + (i64)kh * D;
-    for (int j0 = start; j0 <= p; j0 += 32)
-    {
-        int j = j0 + lane;
-        float s = -INFINITY;
-        if (j <= p)
-        {
-            s = 0.0f;
-            i64 krow = kbase + j * kstride;
-            for (int d = 0; d < D; d++) s += qs[warp][d] * ld(k, krow + d, dt_k);
-        }
-        float mn = fmaxf(m, warp_max(s));
-        float corr = expf(m - mn);
-        float pj = j <= p ? expf(s - mn) : 0.0f;
-        l = l * corr + warp_sum(pj);
-#pragma unroll
-        for (int e = 0; e < MAX_E; e++) acc[e] *= corr;
-        int count = min(32, p - j0 + 1);
-        for (int jj = 0; jj < count; jj++)
-        {
-            float pjj = __shfl_sync(FULL_MASK, pj, jj);
-            i64 vrow = kbase + (i64)(j0 + jj) * kstride;
-#pragma unroll
-            for (int e = 0; e < MAX_E; e++)
-                if (lane + 32 * e < D) acc[e] += pjj * ld(v, vrow + lane + 32 * e, dt_v);
-        }
-        m = mn;
-    }
+    float acc[MAX_E], m, l;
+    attention_row(qs[warp], k, dt_k, v, dt_v, kbase, kstride, start, p, D, lane, acc, m, l);
     float inv = 1.0f / l;
 #pragma unroll
     for (int e = 0; e < MAX_E; e++)

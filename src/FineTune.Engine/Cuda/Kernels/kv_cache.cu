@@ -1,12 +1,12 @@
 // Generation over a slot-based KV cache: the step's K/V rows scattered into the cache, then attention of each
 // token over its slot's keys 0 … position (one warp per (token, query head), keys 32 at a time with an online
-// softmax, as attention_forward in attention.cu).
+// softmax: attention_row.cuh, shared with attention.cu).
 // Layouts: q, out [T, Hq, D]; k_cache, v_cache [slots · cap, Hkv, D]; slots, positions [T] (I32).
-#include "common.cuh"
+#include "attention_row.cuh"
 
 #define ROWS_PER_BLOCK 8
-#define MAX_D 256
-#define MAX_E (MAX_D / 32)
+#define MAX_D ATTENTION_MAX_D
+#define MAX_E ATTENTION_MAX_E
 
 // dst[rows[i], :] = src[i, :].
 extern "C" __global__ void scatter_rows(void* dst, int dt_d, const void* src, int dt_s, const int* rows, i64 n, int cols)
@@ -32,38 +32,9 @@ extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const v
     i64 qrow = ((i64)t * Hq + h) * D;
     for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     __syncwarp();
-    float acc[MAX_E];
-#pragma unroll
-    for (int e = 0; e < MAX_E; e++) acc[e] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
     i64 kstride = (i64)Hkv * D, kbase = (i64)slots[t] * cap * kstride + (i64)kh * D;
-    for (int j0 = 0; j0 <= p; j0 += 32)
-    {
-        int j = j0 + lane;
-        float s = -INFINITY;
-        if (j <= p)
-        {
-            s = 0.0f;
-            i64 krow = kbase + j * kstride;
-            for (int d = 0; d < D; d++) s += qs[warp][d] * ld(k, krow + d, dt_k);
-        }
-        float mn = fmaxf(m, warp_max(s));
-        float corr = expf(m - mn);
-        float pj = j <= p ? expf(s - mn) : 0.0f;
-        l = l * corr + warp_sum(pj);
-#pragma unroll
-        for (int e = 0; e < MAX_E; e++) acc[e] *= corr;
-        int count = min(32, p - j0 + 1);
-        for (int jj = 0; jj < count; jj++)
-        {
-            float pjj = __shfl_sync(FULL_MASK, pj, jj);
-            i64 vrow = kbase + (i64)(j0 + jj) * kstride;
-#pragma unroll
-            for (int e = 0; e < MAX_E; e++)
-                if (lane + 32 * e < D) acc[e] += pjj * ld(v, vrow + lane + 32 * e, dt_v);
-        }
-        m = mn;
-    }
+    float acc[MAX_E], m, l;
+    attention_row(qs[warp], k, dt_k, v, dt_v, kbase, kstride, 0, p, D, lane, acc, m, l);
     float inv = 1.0f / l;
 #pragma unroll
     for (int e = 0; e < MAX_E; e++)
