@@ -1,6 +1,5 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
 
 namespace FineTune.Models;
 
@@ -53,7 +52,7 @@ public sealed record AdapterConfig(
         {
             throw new ModelFormatException(path, $"invalid JSON: {e.Message}", e);
         }
-        var keys = new Keys(o, path);
+        var keys = new ConfigReader(o, path);
 
         string peftType = keys.String("peft_type") ?? "LORA";
         if (peftType != "LORA") keys.Refuse($"peft_type is '{peftType}': FineTune applies LORA adapters only");
@@ -81,10 +80,10 @@ public sealed record AdapterConfig(
                 throw keys.Error($"target_modules is the regular expression '{v.GetValue<string>()}': FineTune reads a list of module names"),
             _ => throw keys.Error("target_modules is missing: PEFT writes the list of adapted module names there"),
         };
-        return new AdapterConfig(directory, rank, keys.Number("lora_alpha") ?? DefaultAlpha, keys.Number("lora_dropout") ?? 0,
+        return new AdapterConfig(directory, rank, keys.Double("lora_alpha") ?? DefaultAlpha, keys.Double("lora_dropout") ?? 0,
             keys.Bool("use_rslora") ?? false, targets, keys.Strings("modules_to_save"),
-            keys.Pattern("rank_pattern", n => n.GetValue<int>()).Select(p => p.Value > 0 ? p : throw keys.Error($"rank_pattern '{p.Key}' is {p.Value}: the LoRA rank must be positive")).ToList(),
-            keys.Pattern("alpha_pattern", n => n.GetValue<double>()));
+            keys.Pattern("rank_pattern", (r, k) => r.Int(k)).Select(p => p.Value > 0 ? p : throw keys.Error($"rank_pattern '{p.Key}' is {p.Value}: the LoRA rank must be positive")).ToList(),
+            keys.Pattern("alpha_pattern", (r, k) => r.Double(k)));
     }
 
     /// <summary>
@@ -109,56 +108,5 @@ public sealed record AdapterConfig(
             LoraRankPattern = RankPattern,
             LoraAlphaPattern = AlphaPattern,
         };
-    }
-
-    /// <summary>Typed access to the keys, every type error reported with the file.</summary>
-    private sealed class Keys(JsonObject o, string path)
-    {
-        public ModelFormatException Error(string message) => new(path, message + ".");
-
-        public void Refuse(string message) => throw Error(message);
-
-        public bool IsSet(string key) => o[key] switch
-        {
-            null => false,
-            JsonArray a => a.Count > 0,
-            JsonObject m => m.Count > 0,
-            _ => true,
-        };
-
-        private T Get<T>(string key, Func<JsonNode, T> read, string expected)
-        {
-            try { return read(o[key]!); }
-            catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException)
-            {
-                throw new ModelFormatException(path, $"key '{key}' is {o[key]!.ToJsonString()}; expected {expected}.", e);
-            }
-        }
-
-        public string? String(string key) => o[key] is null ? null : Get(key, n => n.GetValue<string>(), "a string");
-        public bool? Bool(string key) => o[key] is null ? null : Get(key, n => n.GetValue<bool>(), "true or false");
-        public int? Int(string key) => o[key] is null ? null : Get(key, n => n.GetValue<int>(), "an integer");
-        public double? Number(string key) => o[key] is null ? null : Get(key, n => n.GetValue<double>(), "a number");
-
-        public IReadOnlyList<string> Strings(string key) => o[key] switch
-        {
-            null => [],
-            JsonArray a => Get(key, _ => a.Select(x => x!.GetValue<string>()).ToList(), "a list of module names"),
-            _ => Get<IReadOnlyList<string>>(key, n => [n.GetValue<string>()], "a list of module names"),
-        };
-
-        public IReadOnlyList<KeyValuePair<string, T>> Pattern<T>(string key, Func<JsonNode, T> read) where T : struct
-        {
-            if (o[key] is null) return [];
-            if (o[key] is not JsonObject map) throw Error($"{key} is {o[key]!.ToJsonString()}; expected a mapping of module patterns");
-            var result = new List<KeyValuePair<string, T>>();
-            foreach (var (pattern, value) in map)
-            {
-                try { _ = new Regex(pattern); }
-                catch (ArgumentException e) { throw new ModelFormatException(path, $"{key} key '{pattern}' is not a valid regular expression ({e.Message}).", e); }
-                result.Add(KeyValuePair.Create(pattern, Get(key, _ => read(value!), $"a number for each pattern (at '{pattern}')")));
-            }
-            return result;
-        }
     }
 }

@@ -137,6 +137,19 @@ public sealed class AdapterConfigTests : IDisposable
         Assert.False(Directory.Exists(_dir.File("never")));
     }
 
+    [Theory]
+    [InlineData(", \"r\": \"four\"", "\"r\" must be an integer, got \"four\"")]
+    [InlineData(", \"r\": 4, \"lora_alpha\": true", "\"lora_alpha\" must be a number, got true")]
+    [InlineData(", \"r\": 4, \"rank_pattern\": {\"v_proj\": \"2\"}", "\"rank_pattern.v_proj\" must be an integer, got \"2\"")]
+    [InlineData(", \"r\": 4, \"alpha_pattern\": [2]", "\"alpha_pattern\" must be a mapping of module patterns, got [2]")]
+    [InlineData(", \"r\": 4, \"rank_pattern\": {\"(v_proj\": 2}", "\"rank_pattern\" key '(v_proj' is not a valid regular expression")]
+    public void Wrongly_typed_keys_are_refused_as_config_json_keys_are(string configKeys, string message)
+    {
+        var adapter = Adapter("typed", configKeys);
+        var e = Assert.Throws<ModelFormatException>(() => AdapterConfig.Read(adapter));
+        Assert.StartsWith($"{Path.Combine(adapter, "adapter_config.json")}: {message}", e.Message);
+    }
+
     [Fact]
     public void Another_peft_type_is_refused_naming_the_file()
     {
