@@ -219,12 +219,19 @@ public sealed class Preprocessor
         };
     }
 
-    /// <summary>All conversations → samples (packed when asked) with counts.</summary>
-    public PreprocessResult Process(IEnumerable<Conversation> conversations, long droppedUpstream = 0)
+    /// <summary>
+    /// All conversations → samples (packed when asked) with counts. The kind of samples is the data's
+    /// (<see cref="KindOf"/>); pass <paramref name="kind"/> (the kind of the whole registered set) so that an empty
+    /// validation split is still written as a paired or KTO file.
+    /// </summary>
+    public PreprocessResult Process(IEnumerable<Conversation> conversations, long droppedUpstream = 0, SampleKind? kind = null)
     {
         var list = conversations as IReadOnlyList<Conversation> ?? conversations.ToList();
-        if (_options.Stage == PreprocessStage.Sft && KindOf(list) is var kind and not SampleKind.Supervised)
-            return ProcessTwoSequence(list, kind, droppedUpstream);
+        var listKind = KindOf(list);
+        if (kind is { } expected && list.Count > 0 && listKind != expected)
+            throw new ArgumentException($"samples are {listKind}, the caller expects {expected}", nameof(kind));
+        if (_options.Stage == PreprocessStage.Sft && (kind ?? listKind) is var twoSequence and not SampleKind.Supervised)
+            return ProcessTwoSequence(list, twoSequence, droppedUpstream);
         var sequences = new List<(int[] Ids, int[] Labels)>();
         long truncated = 0, dropped = droppedUpstream;
         foreach (var c in list)
