@@ -167,3 +167,32 @@ public sealed class PreferencePreprocessingTests
         Assert.Equal("qa:a.json#2: not a preference pair (no chosen/rejected answers); register its dataset with ranking: true.", e.Message);
     }
 }
+
+public sealed class PreferencePreviewTests
+{
+    private static readonly Tokenizer Scratch = Tokenizer.FromDirectory(Path.Combine(AppContext.BaseDirectory, "Fixtures", "scratch-tokenizer"));
+    private static readonly Preprocessor Chatml = new(Scratch, ChatTemplate.Get("chatml"), new PreprocessOptions());
+
+    private static IEnumerable<(string, bool)> Shown(PreviewSequence s) => SamplePreview.Segments(Scratch, s.InputIds, s.Labels).Select(x => (x.Text, x.Trained));
+
+    [Fact]
+    public void PairPreviewShowsChosenThenRejectedWithTheirMasks()
+    {
+        var pair = new Conversation("pref:p.json#1", "", "", [new(ChatRole.User, "Hi")], new(ChatRole.Assistant, "Yo"), new(ChatRole.Assistant, "No"));
+        var sequences = SamplePreview.Sequences(Chatml, PreprocessStage.Sft, pair, null);
+        Assert.Equal(["chosen", "rejected"], sequences.Select(s => s.Title));
+        const string prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+        Assert.Equal([(prompt, false), ("Yo<|im_end|>\n", true)], Shown(sequences[0]));
+        Assert.Equal([(prompt, false), ("No<|im_end|>\n", true)], Shown(sequences[1]));
+    }
+
+    [Fact]
+    public void KtoPreviewShowsTheTagAndTheKlSequenceOfThePreviousCompletion()
+    {
+        var first = new Conversation("kto:k.json#1", "", "", [new(ChatRole.User, "A"), new(ChatRole.Assistant, "B")], KtoTag: true);
+        var second = new Conversation("kto:k.json#2", "", "", [new(ChatRole.User, "C"), new(ChatRole.Assistant, "D")], KtoTag: false);
+        var sequences = SamplePreview.Sequences(Chatml, PreprocessStage.Sft, second, first);
+        Assert.Equal(["kto_tag false (undesirable)", "KL: its prompt, the completion of kto:k.json#1"], sequences.Select(s => s.Title));
+        Assert.Equal([("<|im_start|>user\nC<|im_end|>\n<|im_start|>assistant\n", false), ("B<|im_end|>\n", true)], Shown(sequences[1]));
+    }
+}
