@@ -8,12 +8,16 @@ public sealed record ChatMessage(ChatRole Role, string Content);
 /// <summary>
 /// A validated, normalised sample. For supervised data <see cref="Messages"/> alternates prompt/answer and ends with
 /// an answer (assistant or function); a pre-training sample is one user message holding the text. Ranking data
-/// (pairwise preference) ends with a prompt and carries <see cref="Chosen"/>/<see cref="Rejected"/>.
+/// (pairwise preference) ends with a prompt and carries <see cref="Chosen"/>/<see cref="Rejected"/>. KTO data is
+/// supervised data whose last answer is the completion that <see cref="KtoTag"/> marks desirable (true) or not.
 /// </summary>
 public sealed record Conversation(string Source, string System, string Tools, IReadOnlyList<ChatMessage> Messages,
-    ChatMessage? Chosen = null, ChatMessage? Rejected = null)
+    ChatMessage? Chosen = null, ChatMessage? Rejected = null, bool? KtoTag = null)
 {
     public bool IsPretrainText => Messages.Count == 1 && Messages[0].Role == ChatRole.User && Chosen is null;
+
+    /// <summary>A preference pair: the prompt in <see cref="Messages"/>, the answers in <see cref="Chosen"/> and <see cref="Rejected"/>.</summary>
+    public bool IsPair => Chosen is not null;
 }
 
 /// <summary>Deterministic pseudo-random numbers (SplitMix64) so that splits and samples are the same on every machine.</summary>

@@ -5,7 +5,7 @@ namespace FineTune.Data;
 
 /// <summary>
 /// The register stage's normalised output: one conversation per line,
-/// <c>{"source", "system", "tools", "messages": [{"role", "content"}], "chosen"?, "rejected"?}</c>
+/// <c>{"source", "system", "tools", "messages": [{"role", "content"}], "chosen"?, "rejected"?, "kto_tag"?}</c>
 /// with roles user/assistant/observation/function.
 /// </summary>
 public static class ConversationFile
@@ -39,6 +39,8 @@ public static class ConversationFile
             w.WriteEndArray();
             if (c.Chosen is not null) { w.WritePropertyName("chosen"); WriteMessage(w, c.Chosen); }
             if (c.Rejected is not null) { w.WritePropertyName("rejected"); WriteMessage(w, c.Rejected); }
+            // Written only for KTO data, so that supervised files keep their bytes (and register its output hash).
+            if (c.KtoTag is { } tag) w.WriteBoolean("kto_tag", tag);
             w.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray());
@@ -72,7 +74,8 @@ public static class ConversationFile
                 result.Add(new Conversation(r.GetProperty("source").GetString()!, r.GetProperty("system").GetString()!, r.GetProperty("tools").GetString()!,
                     r.GetProperty("messages").EnumerateArray().Select(ReadMessage).ToList(),
                     r.TryGetProperty("chosen", out var ch) ? ReadMessage(ch) : null,
-                    r.TryGetProperty("rejected", out var rj) ? ReadMessage(rj) : null));
+                    r.TryGetProperty("rejected", out var rj) ? ReadMessage(rj) : null,
+                    r.TryGetProperty("kto_tag", out var tag) ? tag.GetBoolean() : null));
             }
             catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException)
             {

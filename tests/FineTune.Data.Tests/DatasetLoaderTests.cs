@@ -33,7 +33,7 @@ public sealed class DatasetLoaderTests
     {
         var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
         var counts = registry.Names.Order(StringComparer.Ordinal).Select(n => DatasetLoader.Load(registry, n, Sft).Conversations.Count);
-        Assert.Equal([16, 30, 8, 3], counts);
+        Assert.Equal([16, 30, 48, 48, 8, 8, 3], counts);
     }
 
     [Fact]

@@ -169,3 +169,36 @@ public sealed class SamplePreviewTests
             segments.Select(s => (s.Text, s.Trained, s.Tokens)));
     }
 }
+
+/// <summary>
+/// The supervised path reproduces pipelines/identity/pipeline.lock's register and split files byte for byte (CI checks
+/// the lock by rerunning the pipeline; this pins the same bytes in a second, without a model or a runner).
+/// </summary>
+public sealed class LockedIdentityBytesTests
+{
+    [Fact]
+    public void IdentityConversationsAndTokenizedSplitsKeepTheirLockedHashes()
+    {
+        using var tmp = new TempDir();
+        var registry = Registry.DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
+        var loaded = Reading.DatasetLoader.Load(registry, "identity", new Reading.DatasetLoadOptions
+        {
+            Placeholders = new Dictionary<string, string> { ["name"] = "FineTune Assistant", ["author"] = "the FineTune team" },
+        });
+        var conversationsPath = Path.Combine(tmp.Path, "conversations.jsonl");
+        ConversationFile.Write(conversationsPath, loaded.Conversations);
+        var conversations = ConversationFile.Read(conversationsPath);
+        var tokenizer = Tokenizer.FromDirectory(Path.Combine(AppContext.BaseDirectory, "Fixtures", "scratch-tokenizer"));
+        var preprocessor = new Preprocessor(tokenizer, ChatTemplate.Get("qwen3"), new PreprocessOptions { CutoffLen = 256 });
+        var (train, val) = TrainValSplit.Split(conversations, 0.1, 42);
+        var trainResult = preprocessor.Process(train);
+        var valResult = preprocessor.Process(val);
+        TokenizedDataset.Write(Path.Combine(tmp.Path, "train.ftds"), trainResult.Samples, trainResult.Stats);
+        TokenizedDataset.Write(Path.Combine(tmp.Path, "val.ftds"), valResult.Samples, valResult.Stats);
+        string Sha(string name) => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(tmp.Path, name))));
+        // The hashes recorded under register.files and split.files in pipelines/identity/pipeline.lock.
+        Assert.Equal("b9ed92a1357cfb997342c9aa6a724bfab6f390430314843c94b947740b36dd30", Sha("conversations.jsonl"));
+        Assert.Equal("69c3112792720ba9b693dfbd50917d734643c56dad90c905cd0ddbfba1656594", Sha("train.ftds"));
+        Assert.Equal("5049fc2ce4e87b9651cbef49dfa7a8bc52ef51173eda74dbe6706347143bc4a5", Sha("val.ftds"));
+    }
+}

@@ -6,10 +6,10 @@ namespace FineTune.Data.Tests;
 public sealed class RegistryTests
 {
     [Fact]
-    public void BundledRegistryListsTheFourBundledDatasets()
+    public void BundledRegistryListsTheBundledDatasets()
     {
         var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
-        Assert.Equal(["alpaca_mini", "identity", "roleplay_mini", "tool_calls_mini"], registry.Names.Order(StringComparer.Ordinal));
+        Assert.Equal(["alpaca_mini", "identity", "identity_kto", "identity_pref", "identity_pref_sharegpt", "roleplay_mini", "tool_calls_mini"], registry.Names.Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -118,7 +118,7 @@ public sealed class RegistryTests
     {
         var registry = DatasetRegistry.Load(Path.Combine(TestPaths.DataDir, "dataset_info.json"));
         var e = Assert.Throws<DatasetException>(() => registry.Get("idenity"));
-        Assert.Contains("no dataset named 'idenity'. Registered: alpaca_mini, identity, roleplay_mini, tool_calls_mini.", e.Message);
+        Assert.Contains("no dataset named 'idenity'. Registered: alpaca_mini, identity, identity_kto, identity_pref, identity_pref_sharegpt, roleplay_mini, tool_calls_mini.", e.Message);
     }
 
     [Fact]

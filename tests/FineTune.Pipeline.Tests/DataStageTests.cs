@@ -16,7 +16,9 @@ public sealed class DataStageTests : IDisposable
     private const string Registry = """
         {
           "qa": {"file_name": "qa.jsonl", "columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}},
-          "tools": {"file_name": "tools.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system", "tools": "tools"}}
+          "tools": {"file_name": "tools.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system", "tools": "tools"}},
+          "pref": {"file_name": "pref.jsonl", "ranking": true, "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}},
+          "kto": {"file_name": "kto.jsonl", "columns": {"prompt": "instruction", "response": "output", "kto_tag": "label"}}
         }
         """;
 
@@ -34,12 +36,27 @@ public sealed class DataStageTests : IDisposable
                             {"from": "observation", "value": "3"}, {"from": "gpt", "value": "3"}]}]
         """;
 
+    private const string Pref = """
+        {"instruction": "Who are you?", "chosen": "I am {{name}}.", "rejected": "I am ChatGPT."}
+        {"instruction": "Who made you?", "chosen": "{{author}} made me.", "rejected": "{{author}} made me."}
+        {"instruction": "Your name?", "chosen": "{{name}}.", "rejected": "No name."}
+        {"instruction": "Hi", "chosen": "Hi, I am {{name}}.", "rejected": "Hi."}
+        """;
+
+    private const string Kto = """
+        {"instruction": "Who are you?", "output": "I am {{name}}.", "label": true}
+        {"instruction": "Who made you?", "output": "Nobody.", "label": false}
+        {"instruction": "Your name?", "output": "{{name}}.", "label": true}
+        """;
+
     public DataStageTests()
     {
         Directory.CreateDirectory(Path.Combine(_dir, "data"));
         File.WriteAllText(Path.Combine(_dir, "data", "dataset_info.json"), Registry);
         File.WriteAllText(Path.Combine(_dir, "data", "qa.jsonl"), Qa);
         File.WriteAllText(Path.Combine(_dir, "data", "tools.json"), Tools);
+        File.WriteAllText(Path.Combine(_dir, "data", "pref.jsonl"), Pref);
+        File.WriteAllText(Path.Combine(_dir, "data", "kto.jsonl"), Kto);
     }
 
     public void Dispose()
@@ -47,13 +64,13 @@ public sealed class DataStageTests : IDisposable
         try { Directory.Delete(_dir, true); } catch (IOException) { }
     }
 
-    private static PipelineDefinition Definition(double valSize = 0) => new()
+    private static PipelineDefinition Definition(double valSize = 0, string[]? datasets = null) => new()
     {
         Name = "t",
         Model = new ModelSection { Source = "scratch" },
         Data = new DataSection
         {
-            Dataset = ["qa", "tools"], Template = "qwen3",
+            Dataset = datasets ?? ["qa", "tools"], Template = "qwen3",
             Placeholders = new Dictionary<string, string> { ["name"] = "Ferret", ["author"] = "Ann" },
         },
         Stages = new StagesSection { Register = new RegisterConfig(), Split = new SplitConfig { ValSize = valSize, CutoffLen = 2048 } },
@@ -173,6 +190,72 @@ public sealed class DataStageTests : IDisposable
         var e = Assert.ThrowsAny<Exception>(() => runner.Run(PipelineLoader.Load(yaml), new RunOptions { Stage = StageKind.Register }, new NullStageProgress(), CancellationToken.None));
         Assert.Contains("qa.jsonl: record 1 (line 1), field 'output': missing column 'output' (the response)", e.Message);
         Assert.Equal(goodBytes, File.ReadAllBytes(Path.Combine(good, "conversations.jsonl")));
+    }
+
+    [Fact]
+    public void RegisterKeepsAnIdenticalPairAndReportsItAsAWarning()
+    {
+        var output = Path.Combine(_dir, "out");
+        var result = new RegisterStage().Execute(Context(Definition(datasets: ["pref"]), output));
+        Assert.Equal(4.0, result.Metrics["samples"]);
+        Assert.Contains(result.Notes, n => n.StartsWith("pref: warning: 1 record to look at (first: ", StringComparison.Ordinal) &&
+                                           n.EndsWith("pref.jsonl: record 2 (line 2), field 'rejected': the rejected answer is the same as the chosen one ('chosen'); the pair trains nothing (its DPO margin is 0))", StringComparison.Ordinal));
+        var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(output, "register.json")))!["datasets"]![0]!;
+        Assert.Equal(1, (int)report["warnings"]!);
+    }
+
+    [Fact]
+    public void SplitOfRankingDataWritesPairedTrainAndValFiles()
+    {
+        var def = Definition(valSize: 1, datasets: ["pref"]);
+        def = def with { Stages = def.Stages with { Split = def.Stages.Split! with { Packing = true } } };
+        var (register, model) = RunRegister(def);
+        var output = Path.Combine(_dir, "out-split");
+        var result = new SplitStage().Execute(Context(def, output, new() { [StageKind.Register] = register, [StageKind.Download] = model }));
+        using var train = TokenizedDataset.Open(Path.Combine(output, "train.ftds"));
+        using var val = TokenizedDataset.Open(Path.Combine(output, "val.ftds"));
+        Assert.Equal((true, true, 3, 1), (train.IsPaired, val.IsPaired, train.Count, val.Count));
+        Assert.False(train.Stats.Packed);
+        var tokenizer = Tokenizer.FromDirectory(model);
+        // Every row: the same prompt twice, then the chosen and the rejected answer as the trained runs.
+        for (var i = 0; i < train.Count; i++)
+        {
+            var lengths = train.SequenceLengths(i).ToArray();
+            Assert.Equal(2, lengths.Length);
+            var ids = train.InputIds(i).ToArray();
+            var labels = train.Labels(i).ToArray();
+            var chosen = Runs(ids[..lengths[0]], labels[..lengths[0]], trainedOnly: false).Single();
+            var rejected = Runs(ids[lengths[0]..], labels[lengths[0]..], trainedOnly: false).Single();
+            Assert.Equal(chosen, rejected);
+            Assert.EndsWith("<|im_start|>assistant\n", tokenizer.Decode(chosen));
+        }
+        Assert.Equal(["<think>\n\n</think>\n\nI am Ferret.<|im_end|>\n", "<think>\n\n</think>\n\nI am ChatGPT.<|im_end|>\n"],
+            new[] { train, val }.SelectMany(d => Enumerable.Range(0, d.Count).Select(i => d[i])).Where(s => tokenizer.Decode(s.InputIds).Contains("Who are you?", StringComparison.Ordinal))
+                .SelectMany(s => Runs(s.InputIds, s.Labels, trainedOnly: true)).Select(r => tokenizer.Decode(r)));
+        Assert.Contains("\"samples\": \"pairs\"", File.ReadAllText(Path.Combine(output, "stats.json")));
+        Assert.Contains("packing does not apply to preference or KTO samples (as in LLaMA-Factory); they are written unpacked", result.Notes);
+        Assert.Equal(3.0, result.Metrics["train_samples"]);
+    }
+
+    [Fact]
+    public void SplitOfKtoDataWritesTagsAndAnEmptyValSplitOfTheSameKind()
+    {
+        var def = Definition(datasets: ["kto"]);
+        var (register, model) = RunRegister(def);
+        var output = Path.Combine(_dir, "out-split");
+        var result = new SplitStage().Execute(Context(def, output, new() { [StageKind.Register] = register, [StageKind.Download] = model }));
+        using var train = TokenizedDataset.Open(Path.Combine(output, "train.ftds"));
+        using var val = TokenizedDataset.Open(Path.Combine(output, "val.ftds"));
+        Assert.Equal((true, 3, true, 0), (train.IsKto, train.Count, val.IsKto, val.Count));
+        Assert.Equal([1, 0, 1], Enumerable.Range(0, 3).Select(train.Tag));
+        var tokenizer = Tokenizer.FromDirectory(model);
+        // Sample 1 ("Who made you?", undesirable): its KL sequence answers its prompt with sample 0's completion.
+        var lengths = train.SequenceLengths(1).ToArray();
+        var kl = tokenizer.Decode(train.InputIds(1)[lengths[0]..]);
+        Assert.Contains("Who made you?", kl);
+        Assert.EndsWith("I am Ferret.<|im_end|>\n", kl);
+        Assert.Equal(2.0, result.Metrics["train_desirable"]);
+        Assert.Contains("3 train KTO samples (2 desirable, 1 undesirable), each with a KL sequence", result.Notes);
     }
 
     private static IEnumerable<int[]> Runs(int[] ids, int[] labels, bool trainedOnly)

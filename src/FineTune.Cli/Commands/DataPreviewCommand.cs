@@ -44,24 +44,29 @@ public sealed class DataPreviewCommand : ICliCommand
                                    $"cutoff_len {options.CutoffLen}, eos {Markup.Escape(tokenizer.IdToToken(preprocessor.EosId) ?? "?")} — [green]trained[/] / [grey]masked[/]");
             foreach (var c in chosen)
             {
-                int[] ids, labels;
-                bool truncated = false;
-                if (options.Stage == PreprocessStage.Pt)
+                // A KTO sample's KL sequence borrows the completion of the sample before it.
+                var at = IndexOf(conversations, c);
+                var previous = conversations[(at + conversations.Count - 1) % conversations.Count];
+                foreach (var sequence in SamplePreview.Sequences(preprocessor, options.Stage, c, previous))
                 {
-                    var sample = preprocessor.Process([c]).Samples[0];
-                    (ids, labels) = (sample.InputIds, sample.Labels);
+                    var trained = sequence.Labels.Count(l => l != TokenizedSample.IgnoreIndex);
+                    var title = sequence.Title.Length == 0 ? "" : $" [blue]{Markup.Escape(sequence.Title)}[/]";
+                    AnsiConsole.Write(new Rule($"[bold]{Markup.Escape(c.Source)}[/]{title} {sequence.InputIds.Length} tokens, {trained} trained{(sequence.Truncated ? ", [yellow]truncated[/]" : "")}").LeftJustified());
+                    foreach (var s in SamplePreview.Segments(tokenizer, sequence.InputIds, sequence.Labels))
+                        AnsiConsole.Markup(s.Trained ? $"[green]{Markup.Escape(s.Text)}[/]" : $"[grey]{Markup.Escape(s.Text)}[/]");
+                    AnsiConsole.WriteLine();
                 }
-                else (ids, labels, truncated) = preprocessor.EncodeSupervised(c);
-                var trained = labels.Count(l => l != TokenizedSample.IgnoreIndex);
-                AnsiConsole.Write(new Rule($"[bold]{Markup.Escape(c.Source)}[/] {ids.Length} tokens, {trained} trained{(truncated ? ", [yellow]truncated[/]" : "")}").LeftJustified());
-                foreach (var s in SamplePreview.Segments(tokenizer, ids, labels))
-                    AnsiConsole.Markup(s.Trained ? $"[green]{Markup.Escape(s.Text)}[/]" : $"[grey]{Markup.Escape(s.Text)}[/]");
-                AnsiConsole.WriteLine();
             }
             AnsiConsole.MarkupLine($"[grey]{chosen.Count} of {conversations.Count} samples shown.[/]");
             return 0;
         })));
         return command;
+    }
+
+    private static int IndexOf(IReadOnlyList<Conversation> all, Conversation c)
+    {
+        for (var i = 0; i < all.Count; i++) if (ReferenceEquals(all[i], c)) return i;
+        return 0;
     }
 
     private static Command Bench()

@@ -20,7 +20,12 @@ public sealed record DatasetLoadOptions
 }
 
 public sealed record LoadedDataset(string Name, IReadOnlyList<string> Files, IReadOnlyList<Conversation> Conversations,
-    int RecordsRead, int Dropped, IReadOnlyList<DataProblem> DroppedProblems);
+    int RecordsRead, int Dropped, IReadOnlyList<DataProblem> DroppedProblems)
+{
+    /// <summary>Records kept but worth a look (a pair whose chosen and rejected answers are the same): the first 20.</summary>
+    public IReadOnlyList<DataProblem> Warnings { get; init; } = [];
+    public int WarningCount { get; init; }
+}
 
 /// <summary>
 /// Reads a registered dataset, checks every record against its entry (columns, role order, non-empty answers),
@@ -37,6 +42,8 @@ public static class DatasetLoader
         var files = registry.ResolveFiles(entry);
         var problems = new List<DataProblem>();
         var totalProblems = 0;
+        var warnings = new List<DataProblem>();
+        var totalWarnings = 0;
         var conversations = new List<Conversation>();
         var read = 0;
         var seen = 0;
@@ -51,8 +58,10 @@ public static class DatasetLoader
             {
                 if (options.MaxSamples is { } max && seen++ >= max) break;
                 var before = totalProblems;
-                var conversation = Convert(entry, record, options, Note);
+                var warningsBefore = totalWarnings;
+                var conversation = Convert(entry, record, options, Note, Warn);
                 if (conversation is not null && totalProblems == before) conversations.Add(conversation);
+                else if (totalWarnings > warningsBefore) Unwarn(warningsBefore); // a dropped record warns of nothing
             }
         }
         if (totalProblems > 0 && !options.SkipInvalid)
@@ -60,12 +69,24 @@ public static class DatasetLoader
         if (conversations.Count == 0)
             throw new DatasetException($"Dataset '{name}' ({string.Join(", ", files)}) holds no valid records" + (totalProblems > 0 ? $" ({totalProblems} dropped as invalid)." : "."));
         if (entry.NumSamples is { } n) conversations = Sample(conversations, n, options.Seed);
-        return new LoadedDataset(name, files, conversations, read, totalProblems, problems);
+        return new LoadedDataset(name, files, conversations, read, totalProblems, problems) { Warnings = warnings, WarningCount = totalWarnings };
 
         void Note(DataProblem p)
         {
             totalProblems++;
             if (problems.Count < DatasetValidationException.MaxListed) problems.Add(p);
+        }
+
+        void Warn(DataProblem p)
+        {
+            totalWarnings++;
+            if (warnings.Count < DatasetValidationException.MaxListed) warnings.Add(p);
+        }
+
+        void Unwarn(int count)
+        {
+            totalWarnings = count;
+            if (warnings.Count > count) warnings.RemoveRange(count, warnings.Count - count);
         }
     }
 
@@ -80,7 +101,7 @@ public static class DatasetLoader
         return result;
     }
 
-    private static Conversation? Convert(DatasetEntry entry, RawRecord record, DatasetLoadOptions options, Action<DataProblem> problem)
+    private static Conversation? Convert(DatasetEntry entry, RawRecord record, DatasetLoadOptions options, Action<DataProblem> problem, Action<DataProblem> warning)
     {
         void Bad(string field, string message) => problem(new DataProblem(record.File, record.Number, record.Line, field, message));
         if (record.Value.ValueKind != JsonValueKind.Object)
@@ -91,9 +112,38 @@ public static class DatasetLoader
         var fill = options.Placeholders.Count == 0 ? (Func<string, string>)(s => s) : s => Fill(s, options.Placeholders);
         var system = entry.Columns.System is { } sc ? OptionalText(record.Value, sc, Bad) ?? "" : "";
         var tools = entry.Columns.Tools is { } tc ? ToolsText(record.Value, tc, Bad) : "";
-        return entry.Formatting == DatasetFormatting.Alpaca
+        var conversation = entry.Formatting == DatasetFormatting.Alpaca
             ? ConvertAlpaca(entry, record, options, fill, system, tools, Bad)
             : ConvertShareGpt(entry, record, fill, system, tools, Bad);
+        if (conversation is null || options.Purpose == DatasetPurpose.Pretrain) return conversation;
+        if (entry.Columns.KtoTag is { } kc)
+            return KtoTag(record, kc, Bad) is { } tag ? conversation with { KtoTag = tag } : null;
+        if (conversation is { Chosen: { } chosen, Rejected: { } rejected } && chosen == rejected)
+        {
+            // Kept, as LLaMA-Factory and TRL keep it: such a pair has a DPO margin of exactly 0 (its gradient is 0),
+            // so it trains nothing and counts as a miss in rewards/accuracies. Usually a tie the data should not hold.
+            var (c, r) = entry.Formatting == DatasetFormatting.Alpaca ? (entry.Columns.Chosen!, entry.Columns.Rejected!)
+                : ($"{entry.Columns.Chosen}.{entry.Tags.ContentTag}", $"{entry.Columns.Rejected}.{entry.Tags.ContentTag}");
+            warning(new DataProblem(record.File, record.Number, record.Line, r,
+                $"the rejected answer is the same as the chosen one ('{c}'); the pair trains nothing (its DPO margin is 0)"));
+        }
+        return conversation;
+    }
+
+    /// <summary>
+    /// The kto_tag column: JSON true (the completion is desirable) or false, as LLaMA-Factory reads it; a CSV cell
+    /// (always text) may say true/false in any case, as pandas reads CSV booleans.
+    /// </summary>
+    private static bool? KtoTag(RawRecord record, string column, Action<string, string> bad)
+    {
+        if (!record.Value.TryGetProperty(column, out var v) || v.ValueKind == JsonValueKind.Null)
+        { bad(column, $"missing column '{column}' (the kto_tag): expected true (a desirable answer) or false (an undesirable one)"); return null; }
+        if (v.ValueKind is JsonValueKind.True or JsonValueKind.False) return v.GetBoolean();
+        if (v.ValueKind == JsonValueKind.String && record.File.EndsWith(".csv", StringComparison.OrdinalIgnoreCase) &&
+            bool.TryParse(v.GetString(), out var cell)) return cell;
+        bad(column, $"expected true (a desirable answer) or false (an undesirable one), found {Kind(v)}" +
+                    (v.ValueKind is JsonValueKind.String or JsonValueKind.Number ? $" {v.GetRawText()}" : ""));
+        return null;
     }
 
     private static Conversation? ConvertAlpaca(DatasetEntry entry, RawRecord record, DatasetLoadOptions options, Func<string, string> fill,
@@ -141,8 +191,8 @@ public static class DatasetLoader
 
         if (entry.Ranking)
         {
-            var chosen = RequiredText(obj, c.Chosen, "chosen", bad);
-            var rejected = RequiredText(obj, c.Rejected, "rejected", bad);
+            var chosen = RequiredText(obj, c.Chosen, "chosen answer", bad);
+            var rejected = RequiredText(obj, c.Rejected, "rejected answer", bad);
             if (!ok || chosen is null || rejected is null) return null;
             return new Conversation(Source(entry, record), fill(system), tools, messages,
                 new ChatMessage(ChatRole.Assistant, fill(chosen)), new ChatMessage(ChatRole.Assistant, fill(rejected)));
@@ -161,7 +211,12 @@ public static class DatasetLoader
         if (!record.Value.TryGetProperty(mc, out var list)) { bad(mc, $"missing column '{mc}' (the messages)"); return null; }
         if (list.ValueKind != JsonValueKind.Array) { bad(mc, $"expected an array of messages, found {Kind(list)}"); return null; }
         var items = list.EnumerateArray().ToList();
-        if (items.Count == 0) { bad(mc, "empty conversation: expected at least one user and one assistant message"); return null; }
+        if (items.Count == 0)
+        {
+            bad(mc, entry.Ranking ? "empty conversation: expected at least one prompt, answered by chosen/rejected"
+                : "empty conversation: expected at least one user and one assistant message");
+            return null;
+        }
 
         var roles = new Dictionary<string, ChatRole>(StringComparer.Ordinal)
         {
@@ -215,9 +270,14 @@ public static class DatasetLoader
         var count = items.Count - start;
         if (entry.Ranking)
         {
-            if (count % 2 == 0) { bad(mc, $"{count} turns: a ranking conversation ends with a prompt, answered by chosen/rejected"); return null; }
-            var chosen = RankedMessage(record.Value, entry.Columns.Chosen, "chosen", t, bad);
-            var rejected = RankedMessage(record.Value, entry.Columns.Rejected, "rejected", t, bad);
+            if (count % 2 == 0)
+            {
+                bad(mc, count == 0 ? "no prompt: a ranking conversation ends with a prompt, answered by chosen/rejected"
+                    : $"{count} turns: a ranking conversation ends with a prompt ('{t.UserTag}' or '{t.ObservationTag}'), answered by chosen/rejected");
+                return null;
+            }
+            var chosen = RankedMessage(record.Value, entry.Columns.Chosen!, "chosen", t, bad);
+            var rejected = RankedMessage(record.Value, entry.Columns.Rejected!, "rejected", t, bad);
             if (chosen is null || rejected is null) return null;
             return new Conversation(Source(entry, record), fill(system), tools, messages, chosen with { Content = fill(chosen.Content) }, rejected with { Content = fill(rejected.Content) });
         }
@@ -234,15 +294,26 @@ public static class DatasetLoader
         return new Conversation(Source(entry, record), fill(system), tools, messages);
     }
 
-    private static ChatMessage? RankedMessage(JsonElement obj, string? column, string what, DatasetTags t, Action<string, string> bad)
+    /// <summary>A sharegpt chosen/rejected answer: one message object whose role is an answer role, with text.</summary>
+    private static ChatMessage? RankedMessage(JsonElement obj, string column, string what, DatasetTags t, Action<string, string> bad)
     {
-        if (column is null) { bad(what, $"ranking dataset needs columns.{what}"); return null; }
-        if (!obj.TryGetProperty(column, out var v) || v.ValueKind != JsonValueKind.Object) { bad(column, $"expected a message object with '{t.RoleTag}' and '{t.ContentTag}'"); return null; }
-        if (!v.TryGetProperty(t.RoleTag, out var role) || (role.GetString() != t.AssistantTag && role.GetString() != t.FunctionTag))
-        { bad($"{column}.{t.RoleTag}", $"expected '{t.AssistantTag}' or '{t.FunctionTag}'"); return null; }
-        if (!v.TryGetProperty(t.ContentTag, out var content) || content.ValueKind != JsonValueKind.String || content.GetString()!.Trim().Length == 0)
-        { bad($"{column}.{t.ContentTag}", "empty response"); return null; }
-        return new ChatMessage(role.GetString() == t.AssistantTag ? ChatRole.Assistant : ChatRole.Function, content.GetString()!);
+        var shape = $"a message object {{\"{t.RoleTag}\": \"{t.AssistantTag}\", \"{t.ContentTag}\": ...}}";
+        if (!obj.TryGetProperty(column, out var v) || v.ValueKind == JsonValueKind.Null)
+        { bad(column, $"missing column '{column}' (the {what} answer): expected {shape}"); return null; }
+        if (v.ValueKind != JsonValueKind.Object) { bad(column, $"expected {shape} (the {what} answer), found {Kind(v)}"); return null; }
+        if (!v.TryGetProperty(t.RoleTag, out var role) || role.ValueKind != JsonValueKind.String)
+        { bad($"{column}.{t.RoleTag}", $"missing role: expected key '{t.RoleTag}' with '{t.AssistantTag}' or '{t.FunctionTag}'"); return null; }
+        var roleText = role.GetString()!;
+        if (roleText != t.AssistantTag && roleText != t.FunctionTag)
+        { bad($"{column}.{t.RoleTag}", $"the {what} answer has role '{roleText}', expected an answer ('{t.AssistantTag}' or '{t.FunctionTag}')"); return null; }
+        if (!v.TryGetProperty(t.ContentTag, out var content) || content.ValueKind != JsonValueKind.String)
+        { bad($"{column}.{t.ContentTag}", $"missing content: expected key '{t.ContentTag}' with a string"); return null; }
+        var text = content.GetString()!;
+        if (text.Trim().Length == 0) { bad($"{column}.{t.ContentTag}", $"empty {what} answer"); return null; }
+        var answerRole = roleText == t.AssistantTag ? ChatRole.Assistant : ChatRole.Function;
+        if (answerRole == ChatRole.Function && Templates.ToolText.CheckCalls(text) is { } callProblem)
+        { bad($"{column}.{t.ContentTag}", callProblem); return null; }
+        return new ChatMessage(answerRole, text);
     }
 
     private static string RoleList(DatasetTags t) => $"'{t.UserTag}', '{t.AssistantTag}', '{t.ObservationTag}', '{t.FunctionTag}'";

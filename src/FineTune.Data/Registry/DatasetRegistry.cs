@@ -152,6 +152,11 @@ public sealed class DatasetRegistry
             { ValueKind: JsonValueKind.False } => false,
             var other => throw Bad("ranking", $"expected true or false, got {Show(other.Value)}."),
         };
+        // Checked once here rather than in every record: without these names no record can be read.
+        if (ranking && (columns.Chosen is null || columns.Rejected is null))
+            throw Bad("columns", $"ranking: true needs columns.chosen and columns.rejected (the columns holding the chosen and the rejected answer), e.g. \"columns\": {{\"chosen\": \"chosen\", \"rejected\": \"rejected\"}}.");
+        if (ranking && columns.KtoTag is not null)
+            throw Bad("columns.kto_tag", "a kto_tag dataset holds single answers tagged desirable or undesirable; it cannot also be ranking: true (chosen/rejected pairs). Register the two kinds as two datasets.");
         return new DatasetEntry
         {
             Name = name,

@@ -76,6 +76,13 @@ public sealed class RegisterStage : IStageExecutor
                     ["dropped_examples"] = new JsonArray(loaded.DroppedProblems.Select(p => (JsonNode?)p.ToString()).ToArray()),
                 });
                 notes.Add($"{name}: {loaded.Conversations.Count} samples" + (loaded.Dropped > 0 ? $", {loaded.Dropped} invalid records dropped (first: {loaded.DroppedProblems[0]})" : ""));
+                if (loaded.WarningCount > 0)
+                {
+                    // Only when there are warnings, so that register.json of clean data keeps its bytes (pipeline.lock).
+                    report[^1]!["warnings"] = loaded.WarningCount;
+                    report[^1]!["warning_examples"] = new JsonArray(loaded.Warnings.Select(p => (JsonNode?)p.ToString()).ToArray());
+                    notes.Add($"{name}: warning: {loaded.WarningCount} record{(loaded.WarningCount == 1 ? "" : "s")} to look at (first: {loaded.Warnings[0]})");
+                }
                 task.Increment(1);
             }
         }

@@ -37,17 +37,19 @@ public sealed class SplitStage : IStageExecutor
         var options = Options(config);
         var preprocessor = new Preprocessor(tokenizer, template, options);
 
+        // Pairs (ranking: true) and KTO samples (kto_tag) are told by the data itself; both splits are written as that kind.
+        var kind = Preprocessor.KindOf(conversations);
         var (train, val) = TrainValSplit.Split(conversations, config.ValSize, config.Seed);
         var watch = Stopwatch.StartNew();
         PreprocessResult trainResult, valResult;
         using (var task = ctx.Progress.Start("tokenize", 2))
         {
             task.SetDescription($"tokenize {train.Count} train samples");
-            trainResult = preprocessor.Process(train);
+            trainResult = preprocessor.Process(train, kind: kind);
             task.Increment(1);
             ctx.Cancellation.ThrowIfCancellationRequested();
             task.SetDescription($"tokenize {val.Count} val samples");
-            valResult = preprocessor.Process(val);
+            valResult = preprocessor.Process(val, kind: kind);
             task.Increment(1);
         }
         var seconds = watch.Elapsed.TotalSeconds;
@@ -63,6 +65,8 @@ public sealed class SplitStage : IStageExecutor
             // No timings here: the output must be a function of the inputs (its hash feeds every downstream
             // fingerprint). Throughput goes to the stage's notes and `finetune data bench`.
         };
+        // Only for pairs/KTO, so that a supervised split's stats.json (hashed into pipeline.lock) keeps its bytes.
+        if (kind != SampleKind.Supervised) stats["samples"] = kind == SampleKind.Pair ? "pairs" : "kto";
         File.WriteAllText(Path.Combine(ctx.OutputDirectory, "stats.json"), stats.ToJsonString(indented) + "\n");
         var tokenizerJson = Path.Combine(modelDir, "tokenizer.json");
         var templateDoc = new JsonObject
@@ -95,7 +99,8 @@ public sealed class SplitStage : IStageExecutor
             notes.Add($"{trainResult.Stats.Truncated + valResult.Stats.Truncated} samples truncated to cutoff_len {options.CutoffLen}");
         if (trainResult.Stats.Dropped + valResult.Stats.Dropped > 0)
             notes.Add($"{trainResult.Stats.Dropped + valResult.Stats.Dropped} samples dropped: nothing left to train after truncation");
-        return new StageResult(new Dictionary<string, double>
+        notes.AddRange(TwoSequenceNotes(kind, options, trainResult.Stats));
+        var metrics = new Dictionary<string, double>
         {
             ["train_samples"] = trainResult.Stats.Samples,
             ["val_samples"] = valResult.Stats.Samples,
@@ -103,8 +108,23 @@ public sealed class SplitStage : IStageExecutor
             ["trained_tokens"] = trainResult.Stats.TrainedTokens,
             ["truncated"] = trainResult.Stats.Truncated + valResult.Stats.Truncated,
             ["dropped"] = trainResult.Stats.Dropped + valResult.Stats.Dropped,
-        }, notes);
+        };
+        if (kind == SampleKind.Kto) metrics["train_desirable"] = trainResult.Stats.Desirable;
+        return new StageResult(metrics, notes);
     });
+
+    /// <summary>What a user of pairs/KTO data should know: packing does not apply, KTO wants both kinds of answers.</summary>
+    private static IEnumerable<string> TwoSequenceNotes(SampleKind kind, PreprocessOptions options, TokenizedDatasetStats train)
+    {
+        if (kind == SampleKind.Supervised) yield break;
+        yield return kind == SampleKind.Pair
+            ? $"{train.Samples} train pairs: chosen and rejected as two sequences of one row, each at most cutoff_len {options.CutoffLen}"
+            : $"{train.Samples} train KTO samples ({train.Desirable} desirable, {train.Samples - train.Desirable} undesirable), each with a KL sequence";
+        if (options.Packing)
+            yield return "packing does not apply to preference or KTO samples (as in LLaMA-Factory); they are written unpacked";
+        if (kind == SampleKind.Kto && train.Samples > 0 && (train.Desirable == 0 || train.Desirable == train.Samples))
+            yield return $"the KTO data has only {(train.Desirable == 0 ? "undesirable" : "desirable")} answers; KTO learns from both kinds";
+    }
 
     public static PreprocessOptions Options(SplitConfig config) => new()
     {
