@@ -38,7 +38,8 @@ public sealed partial class CausalLM
     /// Σ log p(label) and the labelled-token count of every (row, segment). <paramref name="forBackward"/>: the training
     /// forward (LoRA dropout, NEFTune, gradient checkpointing; <see cref="RandomCounter"/> advanced once), kept for
     /// <see cref="BackwardSequences"/>; false: the eval forward. <paramref name="adapters"/> false runs the base model
-    /// with every LoRA adapter skipped (PEFT's disable_adapter: the reference model of DPO/KTO for LoRA), eval only.
+    /// with every LoRA adapter skipped and additional_target modules at their base values (PEFT's disable_adapter: the
+    /// reference model of DPO/KTO for LoRA, without a second model in memory), eval only.
     /// The LM head runs over labelled rows only, ChunkRows at a time: no [tokens, vocab] logits exist at once.
     /// </summary>
     public SequenceScores ScoreSequences(TokenBatch batch, bool forBackward, bool adapters = true)
@@ -55,14 +56,33 @@ public sealed partial class CausalLM
             int i = _hostRows[j];
             keyOfRow[j] = i / batch.SeqLen * segments + batch.SegmentIds[i];
         }
-        TrainingPass? pass = forBackward ? TrainingForward(batch, n, RandomCounter++) : null;
-        if (!forBackward) RunForward(batch, n, adapters);
         var acts = _acts!;
-        FinalNormAndGather(n, m);
-        HeadChunks(m, grad: false, (logits, r0, cr) =>
-            Backend.LabelLogProbs(logits, acts.CompactLabels.View(r0, [cr]), acts.CompactLogProbs.View(r0, [cr]), null));
-        var logp = new float[m];
-        if (m > 0) Backend.Download(Head1(acts.CompactLogProbs, m), logp);
+        float[] Score()
+        {
+            FinalNormAndGather(n, m);
+            HeadChunks(m, grad: false, (logits, r0, cr) =>
+                Backend.LabelLogProbs(logits, acts.CompactLabels.View(r0, [cr]), acts.CompactLogProbs.View(r0, [cr]), null));
+            var host = new float[m];
+            if (m > 0) Backend.Download(Head1(acts.CompactLogProbs, m), host);
+            return host;
+        }
+        TrainingPass? pass = null;
+        float[] logp;
+        if (forBackward)
+        {
+            pass = TrainingForward(batch, n, RandomCounter++);
+            logp = Score();
+        }
+        else if (adapters)
+        {
+            RunForward(batch, n);
+            logp = Score();
+        }
+        else logp = WithoutAdapters(() =>
+        {
+            RunForward(batch, n);
+            return Score();
+        });
         var sum = new double[keys];
         var tokens = new int[keys];
         for (int j = 0; j < m; j++)

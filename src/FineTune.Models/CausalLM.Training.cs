@@ -99,23 +99,34 @@ public sealed partial class CausalLM
         return result;
     }
 
-    /// <summary>The eval forward through every layer; <paramref name="adapters"/> false skips every LoRA adapter (PEFT's disable_adapter).</summary>
-    private void RunForward(TokenBatch batch, int n, bool adapters = true)
+    private void RunForward(TokenBatch batch, int n)
     {
         var acts = _acts!;
         EmbedTokens(n, batch.SeqLen, 0, training: false);
         var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
-        _adaptersOff = !adapters;
-        try
-        {
-            for (int l = 0; l < _layers.Length; l++)
-                LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, 0, training: false);
-        }
-        finally { _adaptersOff = false; }
+        for (int l = 0; l < _layers.Length; l++)
+            LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, 0, training: false);
     }
 
-    /// <summary>True during a forward that runs the base model alone (every LoRA adapter skipped).</summary>
+    /// <summary>True inside <see cref="WithoutAdapters{T}"/>: LinearForward and SetForward skip every LoRA adapter.</summary>
     private bool _adaptersOff;
+
+    /// <summary>
+    /// Runs <paramref name="body"/> as the base model (PEFT's disable_adapter()): every LoRA adapter skipped and every
+    /// additional_target parameter reading its base value; the trained values are back when it returns.
+    /// </summary>
+    private T WithoutAdapters<T>(Func<T> body)
+    {
+        var swapped = _allParameters.Where(p => p.Original is not null).ToArray();
+        foreach (var p in swapped) (p.Value, p.Original) = (p.Original!, p.Value);
+        _adaptersOff = true;
+        try { return body(); }
+        finally
+        {
+            _adaptersOff = false;
+            foreach (var p in swapped) (p.Value, p.Original) = (p.Original!, p.Value);
+        }
+    }
 
     private Parameter HeadWeight => _lmHead ?? _embed;
 

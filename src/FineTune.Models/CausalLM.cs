@@ -115,6 +115,14 @@ public sealed partial class CausalLM : IDisposable
                 }
         var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
+        // PEFT's ModulesToSaveWrapper keeps the original module beside the trained copy, and disable_adapter() runs
+        // the original: the base values of LoRA's additional_target modules stay here for the adapter-disabled forward.
+        var originalHandles = new Dictionary<Parameter, int>();
+        if (setup.FinetuningType == FinetuningType.Lora)
+            foreach (var p in _allParameters)
+                if (trainableNames.Contains(p.Name) && p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB)
+                    && !ReferenceEquals(p, _valueHeadWeight) && !ReferenceEquals(p, _valueHeadBias))
+                    originalHandles[p] = builder.Add(p.Name + ".original", backend.ComputeDType, p.Shape);
         foreach (var p in _allParameters)
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
@@ -164,6 +172,11 @@ public sealed partial class CausalLM : IDisposable
         }
 
         LoadWeights(weights);
+        foreach (var (p, h) in originalHandles)
+        {
+            p.Original = _weights[h];
+            backend.Copy(p.Original, p.Value);
+        }
         LowestBackwardLayer = ComputeLowestBackwardLayer();
     }
 

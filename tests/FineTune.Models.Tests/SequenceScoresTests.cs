@@ -236,9 +236,12 @@ public sealed class SequenceScoresTests
         using var dir = new TempDir();
         string modelDir = dir.File("model"), adapterDir = dir.File("adapter");
         ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 32, IntermediateSize = 48, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 8, Seed = 5 }, modelDir);
-        using (var trained = CausalLM.Load(modelDir, new CpuBackend(2), new TrainingSetup { LoraRank = 2, LoraAlpha = 4 }))
+        // additional_target: the adapter also carries a trained final norm (PEFT modules_to_save), which the
+        // adapter-disabled model must not read: PEFT's disable_adapter() runs the original module.
+        using (var trained = CausalLM.Load(modelDir, new CpuBackend(2), new TrainingSetup { LoraRank = 2, LoraAlpha = 4, AdditionalTarget = ["norm"] }))
         {
             TinyModels.RandomizeLoraB(trained, 4);
+            trained.WriteParameter("model.norm.weight", Enumerable.Range(0, 32).Select(i => 0.5f + i / 16f).ToArray());
             trained.SaveAdapter(adapterDir);
         }
         using var withAdapter = CausalLM.Load(modelDir, new CpuBackend(2), TrainingSetup.Inference, adapterDir);
@@ -248,8 +251,13 @@ public sealed class SequenceScoresTests
         Assert.Equal(baseModel.ScoreSequences(batch, forBackward: false).SumLogProb, reference.SumLogProb);
         var policy = withAdapter.ScoreSequences(batch, forBackward: false);
         Assert.NotEqual(policy.SumLogProb[0], reference.SumLogProb[0], 3);
-        // The adapter is back on for the next forward.
+        // The adapter and the trained norm are back for the next forward.
         Assert.Equal(policy.SumLogProb, withAdapter.ScoreSequences(batch, forBackward: false).SumLogProb);
+        Assert.Equal(0.5f + 31 / 16f, withAdapter.ReadParameter("model.norm.weight")[31]);
+        // Training the LoRA model (its norm included) leaves the reference where the base model is.
+        using var training = CausalLM.Load(modelDir, new CpuBackend(2), new TrainingSetup { AdditionalTarget = ["norm"] }, adapterDir);
+        training.WriteParameter("model.norm.weight", new float[32]);
+        Assert.Equal(reference.SumLogProb, training.ScoreSequences(batch, forBackward: false, adapters: false).SumLogProb);
     }
 
     [Fact]
