@@ -148,6 +148,14 @@ public interface IBackend : IDisposable
     /// when <paramref name="computeGrad"/> they end as gradScale·(softmax − onehot) (zero rows for ignored labels).
     /// </summary>
     void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad);
+    /// <summary>
+    /// Per-row log-probability of the label: logProbs[r] = log_softmax(logits[r])[labels[r]] (F32 [N]; 0 where the
+    /// label is −100), over logits [N, V] in the compute dtype or F32 as <see cref="CrossEntropy"/> takes them. The
+    /// logits are scratch; when <paramref name="gradScales"/> (F32 [N]) is given they end as
+    /// gradScales[r]·(softmax − onehot) (zero rows for ignored labels): pass −∂L/∂logProb[r] for ∂L/∂logits, since
+    /// ∂logp/∂logits = onehot − softmax. The preference objectives' per-sequence log-probabilities come from here.
+    /// </summary>
+    void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales);
 
     // ---- randomness (counter-based, so the same seed reproduces the same mask on any backend) ----
     /// <summary>y = x ⊙ mask / (1 − p), mask_i = [u(seed, i) ≥ p]. The backward is the same call on dy.</summary>

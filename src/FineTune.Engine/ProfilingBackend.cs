@@ -62,6 +62,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void SwiGlu(Tensor h, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGlu(h, gate, up); End("SwiGlu", t); }
     public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGluBackward(dgate, dup, dh, gate, up); End("SwiGluBackward", t); }
     public void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) { var t = Begin(); _inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad); End("CrossEntropy", t); }
+    public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales) { var t = Begin(); _inner.LabelLogProbs(logits, labels, logProbs, gradScales); End("LabelLogProbs", t); }
     public void Dropout(Tensor y, Tensor x, float p, ulong seed) { var t = Begin(); _inner.Dropout(y, x, p, seed); End("Dropout", t); }
     public void AddUniformNoise(Tensor x, float magnitude, ulong seed) { var t = Begin(); _inner.AddUniformNoise(x, magnitude, seed); End("AddUniformNoise", t); }
     public void SumOfSquares(Tensor x, Tensor acc) { var t = Begin(); _inner.SumOfSquares(x, acc); End("SumOfSquares", t); }

@@ -27,6 +27,10 @@ public sealed partial class CausalLM
         var spec = TransformerSpec.FromConfig(config);
         AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
         if (adapter is not null) setup = adapter.Apply(setup);
+        // A reward model's value head lies beside its adapter (or its model), as LLaMA-Factory saves it.
+        string? valueHead = new[] { adapterDirectory, modelDirectory }.OfType<string>()
+            .Select(d => Path.Combine(d, ValueHeadFileName)).FirstOrDefault(File.Exists);
+        if (valueHead is not null) setup = setup with { ValueHead = true };
         using var reader = SafetensorsReader.Open(modelDirectory);
         var model = new CausalLM(spec, backend, setup, new SafetensorsWeights(reader, modelDirectory))
         {
@@ -34,8 +38,35 @@ public sealed partial class CausalLM
             ModelDirectory = Path.GetFullPath(modelDirectory),
         };
         if (adapter is not null) model.LoadAdapterWeights(adapter);
+        if (valueHead is not null) model.LoadValueHead(valueHead);
         return model;
     }
+
+    private void LoadValueHead(string file)
+    {
+        using var reader = SafetensorsReader.Open(file);
+        foreach (var p in new[] { _valueHeadWeight!, _valueHeadBias! })
+        {
+            if (!reader.Contains(p.Name))
+                throw new ModelFormatException(file, $"tensor \"{p.Name}\" is missing; a value head file holds {ValueHeadWeightName} [1, hidden] and {ValueHeadBiasName} [1].");
+            var values = new float[p.Length];
+            new SafetensorsWeights(reader, Path.GetDirectoryName(file)!).Read(p.Name, p.Shape, values);
+            WriteParameter(p.Name, values);
+        }
+    }
+
+    /// <summary>Writes value_head.safetensors (v_head.summary.weight [1, hidden], v_head.summary.bias [1], F32) when the model has a value head.</summary>
+    private void SaveValueHead(string directory)
+    {
+        if (_valueHeadWeight is null || _valueHeadBias is null) return;
+        var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
+        foreach (var p in new[] { _valueHeadWeight, _valueHeadBias })
+            writer.Add(p.Name, ReadParameter(p.Name), p.Shape.Select(x => (long)x).ToArray());
+        writer.Save(Path.Combine(directory, ValueHeadFileName));
+    }
+
+    private bool IsValueHead(TrainableParameter t) =>
+        ReferenceEquals(t, _valueHeadWeight?.Trainable) || ReferenceEquals(t, _valueHeadBias?.Trainable);
 
     private void LoadAdapterWeights(AdapterConfig adapter)
     {
@@ -64,14 +95,14 @@ public sealed partial class CausalLM
     /// <summary>
     /// Writes a PEFT adapter directory: adapter_model.safetensors (F32; keys such as
     /// base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight with A [r, in] and B [out, r], plus
-    /// modules_to_save tensors) and adapter_config.json with LoraConfig's keys.
+    /// modules_to_save tensors) and adapter_config.json with LoraConfig's keys; a value head goes to value_head.safetensors.
     /// </summary>
     public void SaveAdapter(string directory, string? baseModelNameOrPath = null)
     {
         if (Setup.FinetuningType != FinetuningType.Lora) throw new InvalidOperationException($"SaveAdapter needs finetuning_type lora; this model trains with {Setup.FinetuningType}: use SaveModel");
         Directory.CreateDirectory(directory);
         var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
-        foreach (var t in _trainable)
+        foreach (var t in _trainable.Where(t => !IsValueHead(t)))
         {
             var values = new float[t.Length];
             Backend.Download(t.Master, values);
@@ -81,7 +112,7 @@ public sealed partial class CausalLM
         var targets = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).Select(l => l.ShortName).Distinct().Order(StringComparer.Ordinal).ToList();
         // PEFT matches modules_to_save by plain suffix ("norm" would also wrap every q_norm and input_layernorm),
         // so the config names the full paths of the modules that were trained: model.norm, lm_head, ...
-        var modulesToSave = _trainable.Where(t => t.Role is not (ParameterRole.LoraA or ParameterRole.LoraB))
+        var modulesToSave = _trainable.Where(t => t.Role is not (ParameterRole.LoraA or ParameterRole.LoraB) && !IsValueHead(t))
             .Select(t => t.HfName[..t.HfName.LastIndexOf('.')]).Distinct().Order(StringComparer.Ordinal).ToList();
         var config = new JsonObject
         {
@@ -111,11 +142,13 @@ public sealed partial class CausalLM
             ["use_rslora"] = Setup.UseRslora,
         };
         AtomicFile.WriteAllText(Path.Combine(directory, AdapterConfig.FileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        SaveValueHead(directory);
     }
 
     /// <summary>
     /// Writes a complete HF model directory (config.json, model.safetensors in the config's torch_dtype, and the
-    /// tokenizer/generation files of the source directory). LoRA adapters are folded in: W + scale·B·A.
+    /// tokenizer/generation files of the source directory). LoRA adapters are folded in: W + scale·B·A. A value head
+    /// goes to value_head.safetensors beside it, as LLaMA-Factory saves a reward model.
     /// </summary>
     public void SaveModel(string directory, SafetensorsDType? dtype = null)
     {
@@ -124,13 +157,14 @@ public sealed partial class CausalLM
         var storeAs = dtype ?? SafetensorsDTypes.FromTorchDtype(config.TorchDtype) ?? SafetensorsDType.F32;
         var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
         var loraOf = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).ToDictionary(l => l.Weight.Name, l => l.Lora!);
-        foreach (var p in _allParameters.Where(p => p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB)))
+        foreach (var p in _allParameters.Where(p => p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB) && !IsValueHead(p)))
         {
             float[] values = ReadParameter(p.Name);
             if (loraOf.TryGetValue(p.Name, out var lora)) FoldLora(values, lora);
             writer.Add(p.Name, values, p.Shape.Select(x => (long)x).ToArray(), storeAs);
         }
         writer.Save(Path.Combine(directory, "model.safetensors"));
+        SaveValueHead(directory);
         (config with { TorchDtype = storeAs.ToTorchDtype() }).Save(Path.Combine(directory, "config.json"));
         if (ModelDirectory is not null && Path.GetFullPath(directory) != ModelDirectory)
             foreach (string f in CompanionFiles)

@@ -7,6 +7,8 @@ public sealed partial class CausalLM
     private int[] _hostRows = [];
     private int[] _hostLabels = [];
     private readonly float[] _hostLoss = new float[1];
+    /// <summary>Counts forwards into the activations: a backward checks that its forward is still the last one.</summary>
+    private long _forwardCount;
 
     /// <summary>
     /// Forward and backward of one micro-batch: accumulates lossScale·∂(Σ token losses)/∂θ into every
@@ -16,13 +18,38 @@ public sealed partial class CausalLM
     {
         int m = Prepare(batch, training: true);
         int n = batch.TokenCount;
+        var pass = TrainingForward(batch, n, RandomCounter++);
+        double loss = Head(n, m, lossScale, grad: true);
+        LayersBackward(pass);
+        return new LossResult(loss, m);
+    }
+
+    /// <summary>What the backward of a training forward needs besides the activations: the tokens, the attention shape, the draw.</summary>
+    private readonly record struct TrainingPass(int Tokens, AttentionShape Shape, ulong Seed);
+
+    /// <summary>
+    /// The training forward through every layer with LoRA dropout and NEFTune drawn at <paramref name="randomCounter"/>
+    /// (callers pass <see cref="RandomCounter"/>++); leaves res_L in the last residual for a head.
+    /// </summary>
+    private TrainingPass TrainingForward(TokenBatch batch, int n, long randomCounter)
+    {
         var acts = _acts!;
-        ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)RandomCounter++);
+        ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)randomCounter);
         EmbedTokens(n, batch.SeqLen, seed, training: true);
         var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
         for (int l = 0; l < _layers.Length; l++)
             LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
-        double loss = Head(n, m, lossScale, grad: true);
+        return new TrainingPass(n, shape, seed);
+    }
+
+    /// <summary>
+    /// From ∂L/∂res_L in Dres (a head's backward) down through the layers (recomputing each layer's forward under
+    /// gradient checkpointing) into the embeddings: accumulates every trainable gradient.
+    /// </summary>
+    private void LayersBackward(TrainingPass pass)
+    {
+        var acts = _acts!;
+        var (n, shape, seed) = (pass.Tokens, pass.Shape, pass.Seed);
         for (int l = _layers.Length - 1; l >= LowestBackwardLayer; l--)
         {
             var a = LayerActs(l);
@@ -31,7 +58,6 @@ public sealed partial class CausalLM
             LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
         }
         if (_embed.Grad is { } eg) Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
-        return new LossResult(loss, m);
     }
 
     /// <summary>Forward only (evaluation): the summed loss over labelled tokens, no dropout, no gradients.</summary>
@@ -50,14 +76,8 @@ public sealed partial class CausalLM
     internal double TrainingLoss(TokenBatch batch, long randomCounter)
     {
         int m = Prepare(batch, training: true);
-        int n = batch.TokenCount;
-        var acts = _acts!;
-        ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)randomCounter);
-        EmbedTokens(n, batch.SeqLen, seed, training: true);
-        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
-        for (int l = 0; l < _layers.Length; l++)
-            LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
-        return Head(n, m, 1f, grad: false);
+        TrainingForward(batch, batch.TokenCount, randomCounter);
+        return Head(batch.TokenCount, m, 1f, grad: false);
     }
 
     /// <summary>Logits [tokens, vocab] of every position (tests and small models; generation uses the KV cache).</summary>
@@ -88,6 +108,26 @@ public sealed partial class CausalLM
             LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, 0, training: false);
     }
 
+    /// <summary>True inside <see cref="WithoutAdapters{T}"/>: LinearForward and SetForward skip every LoRA adapter.</summary>
+    private bool _adaptersOff;
+
+    /// <summary>
+    /// Runs <paramref name="body"/> as the base model (PEFT's disable_adapter()): every LoRA adapter skipped and every
+    /// additional_target parameter reading its base value; the trained values are back when it returns.
+    /// </summary>
+    private T WithoutAdapters<T>(Func<T> body)
+    {
+        var swapped = _allParameters.Where(p => p.Original is not null).ToArray();
+        foreach (var p in swapped) (p.Value, p.Original) = (p.Original!, p.Value);
+        _adaptersOff = true;
+        try { return body(); }
+        finally
+        {
+            _adaptersOff = false;
+            foreach (var p in swapped) (p.Value, p.Original) = (p.Original!, p.Value);
+        }
+    }
+
     private Parameter HeadWeight => _lmHead ?? _embed;
 
     private LayerActivations LayerActs(int l) => _acts!.Layers[_acts.Layers.Length == 1 ? 0 : l];
@@ -99,6 +139,7 @@ public sealed partial class CausalLM
     private int Prepare(TokenBatch batch, bool training)
     {
         batch.Validate();
+        _forwardCount++;
         int n = batch.TokenCount;
         if (_acts is null || _acts.Capacity < n || (training && !_acts.Training))
         {
@@ -277,7 +318,7 @@ public sealed partial class CausalLM
     {
         var lins = L.InputSets[set];
         int first = DecoderLayer.FirstLinearOfSet[set];
-        if (L.LoraGroups[set] is not { } group || !GroupedLora(training))
+        if (L.LoraGroups[set] is not { } group || !GroupedLora(training) || _adaptersOff)
         {
             for (int j = 0; j < lins.Length; j++)
                 LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j), training);
@@ -345,7 +386,7 @@ public sealed partial class CausalLM
         var B = Backend;
         B.MatMul(y, x, false, lin.Weight.Value, true);
         if (lin.Bias is { } bias) B.AddBias(y, bias.Value);
-        if (lin.Lora is not { } lora) return;
+        if (lin.Lora is not { } lora || _adaptersOff) return;
         var xin = x;
         if (training && lora.Dropout > 0)
         {
@@ -390,39 +431,56 @@ public sealed partial class CausalLM
     {
         var B = Backend;
         var acts = _acts!;
-        int c = Spec.HiddenSize, v = Spec.VocabSize;
-        var last = Rows(acts.Residual[^1], n);
-        var lnf = Rows(acts.LnF, n);
-        var rstd = Head1(acts.RstdF, n);
-        B.RmsNorm(lnf, rstd, last, _finalNorm.Value, (float)Spec.RmsNormEps);
+        FinalNormAndGather(n, m);
         B.Zero(acts.LossSum);
-        var w = HeadWeight;
-        if (m > 0)
-        {
-            var rows = Head1(acts.CompactRows, m);
-            B.Embedding(acts.Hc.View(0, [m, c]), lnf, rows);
-            for (int r0 = 0; r0 < m; r0 += acts.ChunkRows)
-            {
-                int cr = Math.Min(acts.ChunkRows, m - r0);
-                var logits = acts.Logits.View(0, [cr, v]);
-                var h = acts.Hc.View((long)r0 * c, [cr, c]);
-                B.MatMul(logits, h, false, w.Value, true);
-                B.CrossEntropy(logits, acts.CompactLabels.View(r0, [cr]), acts.LossSum, lossScale, grad);
-                if (!grad) continue;
-                B.MatMul(acts.Dhc.View((long)r0 * c, [cr, c]), logits, false, w.Value, false);
-                if (w.Grad is { } dw) B.MatMul(dw, logits, true, h, false, 1f, accumulate: true);
-            }
-        }
-        if (grad)
-        {
-            var dln = Rows(acts.Dln, n);
-            B.Zero(dln);
-            if (m > 0) B.EmbeddingBackward(dln, acts.Dhc.View(0, [m, c]), Head1(acts.CompactRows, m));
-            var dres = Rows(acts.Dres, n);
-            B.Zero(dres);
-            B.RmsNormBackward(dres, _finalNorm.Grad, dln, last, _finalNorm.Value, rstd);
-        }
+        HeadChunks(m, grad, (logits, r0, cr) => B.CrossEntropy(logits, acts.CompactLabels.View(r0, [cr]), acts.LossSum, lossScale, grad));
+        if (grad) HeadBackwardTail(n, m);
         B.Download(acts.LossSum, _hostLoss);
         return _hostLoss[0];
+    }
+
+    /// <summary>lnf = rmsnorm(res_L) for every token, then Hc = the <paramref name="m"/> rows of lnf named by CompactRows.</summary>
+    private void FinalNormAndGather(int n, int m)
+    {
+        var acts = _acts!;
+        Backend.RmsNorm(Rows(acts.LnF, n), Head1(acts.RstdF, n), Rows(acts.Residual[^1], n), _finalNorm.Value, (float)Spec.RmsNormEps);
+        if (m > 0) Backend.Embedding(acts.Hc.View(0, [m, Spec.HiddenSize]), Rows(acts.LnF, n), Head1(acts.CompactRows, m));
+    }
+
+    /// <summary>
+    /// The LM head over Hc's <paramref name="m"/> rows, ChunkRows at a time (never [m, V] logits at once): logits = h·Wᵀ,
+    /// then <paramref name="loss"/>(logits, first row, rows), which with grad leaves ∂L/∂logits in the logits, from
+    /// which Dhc = ∂L/∂logits·W and dW += ∂L/∂logitsᵀ·h.
+    /// </summary>
+    private void HeadChunks(int m, bool grad, Action<Tensor, int, int> loss)
+    {
+        var B = Backend;
+        var acts = _acts!;
+        int c = Spec.HiddenSize, v = Spec.VocabSize;
+        var w = HeadWeight;
+        for (int r0 = 0; r0 < m; r0 += acts.ChunkRows)
+        {
+            int cr = Math.Min(acts.ChunkRows, m - r0);
+            var logits = acts.Logits.View(0, [cr, v]);
+            var h = acts.Hc.View((long)r0 * c, [cr, c]);
+            B.MatMul(logits, h, false, w.Value, true);
+            loss(logits, r0, cr);
+            if (!grad) continue;
+            B.MatMul(acts.Dhc.View((long)r0 * c, [cr, c]), logits, false, w.Value, false);
+            if (w.Grad is { } dw) B.MatMul(dw, logits, true, h, false, 1f, accumulate: true);
+        }
+    }
+
+    /// <summary>Scatters Dhc (∂L/∂Hc of the <paramref name="m"/> gathered rows) back to token rows and through the final norm into Dres.</summary>
+    private void HeadBackwardTail(int n, int m)
+    {
+        var B = Backend;
+        var acts = _acts!;
+        var dln = Rows(acts.Dln, n);
+        B.Zero(dln);
+        if (m > 0) B.EmbeddingBackward(dln, acts.Dhc.View(0, [m, Spec.HiddenSize]), Head1(acts.CompactRows, m));
+        var dres = Rows(acts.Dres, n);
+        B.Zero(dres);
+        B.RmsNormBackward(dres, _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n));
     }
 }

@@ -18,6 +18,7 @@ public sealed partial class CausalLM : IDisposable
     private readonly List<Parameter> _allParameters;
     private readonly List<TrainableParameter> _trainable;
     private readonly Tensor _gradNormSquared;
+    private readonly Parameter? _valueHeadWeight, _valueHeadBias;
     private ModelActivations? _acts;
     private TensorArena? _rope;
     private Tensor? _cos, _sin;
@@ -78,6 +79,16 @@ public sealed partial class CausalLM : IDisposable
                     trainableNames.Add(b.Name);
                 }
 
+        // TRL's AutoModelForCausalLMWithValueHead: v_head.summary = Linear(hidden, 1) on the final-normed hidden state,
+        // trained whatever the finetuning type (LLaMA-Factory's reward model trains it beside the adapter or the weights).
+        if (setup.ValueHead)
+        {
+            _valueHeadWeight = P(ValueHeadWeightName, ParameterRole.Weight, 1, c);
+            _valueHeadBias = P(ValueHeadBiasName, ParameterRole.Bias, 1);
+            trainableNames.Add(_valueHeadWeight.Name);
+            trainableNames.Add(_valueHeadBias.Name);
+        }
+
         // Adapters of linears that share an input form a group whose A values and A grads are one stacked tensor each.
         var stackedA = new Dictionary<Parameter, (LoraGroup Group, int Index)>();
         foreach (var layer in _layers)
@@ -104,6 +115,14 @@ public sealed partial class CausalLM : IDisposable
                 }
         var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
+        // PEFT's ModulesToSaveWrapper keeps the original module beside the trained copy, and disable_adapter() runs
+        // the original: the base values of LoRA's additional_target modules stay here for the adapter-disabled forward.
+        var originalHandles = new Dictionary<Parameter, int>();
+        if (setup.FinetuningType == FinetuningType.Lora)
+            foreach (var p in _allParameters)
+                if (trainableNames.Contains(p.Name) && p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB)
+                    && !ReferenceEquals(p, _valueHeadWeight) && !ReferenceEquals(p, _valueHeadBias))
+                    originalHandles[p] = builder.Add(p.Name + ".original", backend.ComputeDType, p.Shape);
         foreach (var p in _allParameters)
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
@@ -145,13 +164,19 @@ public sealed partial class CausalLM : IDisposable
                 if (hd.Grad >= 0) grad = _weights[hd.Grad];
             }
             if (!hd.Trainable) continue;
-            string saved = peftNames ? "base_model.model." + p.Name : p.Name;
+            // The value head is saved apart (value_head.safetensors) under its own names, never as a PEFT module.
+            string saved = peftNames && !IsValueHead(p) ? "base_model.model." + p.Name : p.Name;
             var master = separateMaster ? _weights[hd.Master] : p.Value;
             p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!, _weights[hd.M], _weights[hd.V]);
             _trainable.Add(p.Trainable);
         }
 
         LoadWeights(weights);
+        foreach (var (p, h) in originalHandles)
+        {
+            p.Original = _weights[h];
+            backend.Copy(p.Original, p.Value);
+        }
         LowestBackwardLayer = ComputeLowestBackwardLayer();
     }
 
@@ -217,6 +242,13 @@ public sealed partial class CausalLM : IDisposable
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }
             else if (p.Role == ParameterRole.LoraB) span.Clear();
+            else if (IsValueHead(p))
+            {
+                // torch nn.Linear's default for weight and bias alike: U(−1/√in, 1/√in), seeded per tensor name.
+                float bound = 1f / MathF.Sqrt(Spec.HiddenSize);
+                ulong s = Seeds.Mix((ulong)Setup.Seed, Seeds.Hash(p.Name));
+                for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
+            }
             else source.Read(p.Name, p.Shape, span);
             Backend.Upload(p.Value, span);
             if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);

@@ -35,6 +35,11 @@ internal sealed class ModelActivations : IDisposable
     public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dgate, Dup, Dact, Dxa, DropScratch;
     public Tensor? DqPre, DkPre;
     public Tensor LnF, RstdF, Hc, Dhc, Logits, LossSum;
+    /// <summary>
+    /// F32 per gathered row: log p(label) of each labelled row (or a value head's output), and the per-row gradient
+    /// scale of the sequence objectives' backward (or ∂L/∂value).
+    /// </summary>
+    public Tensor CompactLogProbs, CompactScales;
     public Tensor Ids, Labels, Positions, Segments, CompactRows, CompactLabels;
 
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows, int? residuals = null)
@@ -82,6 +87,7 @@ internal sealed class ModelActivations : IDisposable
         }
         Add("lnf", f, n, c); Add("rstdf", DType.F32, n); Add("hc", f, n, c); Add("dhc", f, training ? n : 1, c);
         Add("logits", f, chunkRows, spec.VocabSize); Add("loss", DType.F32, 1);
+        Add("clogp", DType.F32, n); Add("cscale", DType.F32, n);
         foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) Add(name, DType.I32, n);
         _arena = b.Build(backend);
 
@@ -114,6 +120,7 @@ internal sealed class ModelActivations : IDisposable
         Dgate = Opt("dgate"); Dup = Opt("dup"); Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
         DqPre = O("dqpre"); DkPre = O("dkpre");
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
+        CompactLogProbs = T("clogp"); CompactScales = T("cscale");
         Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
         Training = training;
     }

@@ -11,6 +11,8 @@ internal sealed class Parameter(string name, int[] shape, ParameterRole role)
     public long Length { get; } = shape.Aggregate(1L, (a, b) => a * b);
     public Tensor Value { get; set; } = null!;
     public TrainableParameter? Trainable { get; set; }
+    /// <summary>The base value of a LoRA additional_target (modules_to_save) parameter, for the adapter-disabled forward.</summary>
+    public Tensor? Original { get; set; }
     public Tensor? Grad => Trainable?.Grad;
     public bool IsTrainable => Trainable is not null;
 }

@@ -29,6 +29,13 @@ public sealed record TrainingSetup
     public int Seed { get; init; } = 42;
     /// <summary>Rows of logits materialised at once by the fused LM head + cross-entropy.</summary>
     public int LogitsChunkRows { get; init; } = 256;
+    /// <summary>
+    /// A value head (TRL's AutoModelForCausalLMWithValueHead, LLaMA-Factory's reward model): a trainable
+    /// Linear(hidden, 1) with bias, v_head.summary, on the final-normed hidden state, trained in every finetuning type.
+    /// </summary>
+    public bool ValueHead { get; init; }
+    /// <summary>Dropout on the hidden state the value head reads while training (TRL's summary_dropout_prob, 0.1 by default).</summary>
+    public double ValueHeadDropout { get; init; } = 0.1;
 
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 

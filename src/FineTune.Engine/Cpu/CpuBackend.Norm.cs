@@ -140,34 +140,61 @@ public sealed unsafe partial class CpuBackend
             ForRange(n, 1, (s, e) =>
             {
                 for (int r = s; r < e; r++)
-                {
-                    var row = new Span<float>(pl + (long)r * v, v);
-                    int label = py[r];
-                    if (label == -100)
-                    {
-                        rowLoss[r] = 0;
-                        if (computeGrad) row.Clear();
-                        continue;
-                    }
-                    if ((uint)label >= (uint)v) throw new ArgumentOutOfRangeException(nameof(labels), $"label {label} in row {r} is outside the vocabulary of {v}");
-                    float max = TensorPrimitives.Max(row);
-                    float target = row[label];
-                    // softmax in place: p = exp(x − max) / Σ
-                    TensorPrimitives.Subtract(row, max, row);
-                    TensorPrimitives.Exp(row, row);
-                    float sum = TensorPrimitives.Sum(row);
-                    rowLoss[r] = Math.Log(sum) + max - target;
-                    if (computeGrad)
-                    {
-                        TensorPrimitives.Multiply(row, gradScale / sum, row);
-                        row[label] -= gradScale;
-                    }
-                }
+                    rowLoss[r] = SoftmaxCrossEntropyRow(new Span<float>(pl + (long)r * v, v), py[r], r, gradScale, computeGrad);
             });
             double total = 0;
             for (int r = 0; r < n; r++) total += rowLoss[r];
             F(lossSum)[0] += (float)total;
         }
         finally { System.Buffers.ArrayPool<double>.Shared.Return(rowLoss); }
+    }
+
+    // logProbs[r] = log_softmax(logits[r])[labels[r]] = −(the row's cross-entropy); with gradScales the row ends as
+    // gradScales[r]·(softmax − onehot), the same scratch use as CrossEntropy (one row routine serves both).
+    public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales)
+    {
+        int v = logits.Cols, n = logits.Rows;
+        if (labels.Length != n) throw new ArgumentException($"labels {labels} do not match logits {logits}");
+        if (logProbs.DType != DType.F32 || logProbs.Length != n) throw new ArgumentException($"logProbs {logProbs} must be F32 with one value per row of {logits}");
+        if (gradScales is not null && (gradScales.DType != DType.F32 || gradScales.Length != n))
+            throw new ArgumentException($"gradScales {gradScales} must be F32 with one value per row of {logits}");
+        float* pl = F(logits), po = F(logProbs), ps = gradScales is null ? null : F(gradScales);
+        int* py = I(labels);
+        ForRange(n, 1, (s, e) =>
+        {
+            for (int r = s; r < e; r++)
+            {
+                double loss = SoftmaxCrossEntropyRow(new Span<float>(pl + (long)r * v, v), py[r], r, ps is null ? 0f : ps[r], ps is not null);
+                po[r] = py[r] == -100 ? 0f : -(float)loss;
+            }
+        });
+    }
+
+    /// <summary>
+    /// −log softmax(row)[label] (0 for label −100); the row is scratch and, with computeGrad, ends as
+    /// gradScale·(softmax − onehot) (zeros for an ignored label).
+    /// </summary>
+    private static double SoftmaxCrossEntropyRow(Span<float> row, int label, int r, float gradScale, bool computeGrad)
+    {
+        int v = row.Length;
+        if (label == -100)
+        {
+            if (computeGrad) row.Clear();
+            return 0;
+        }
+        if ((uint)label >= (uint)v) throw new ArgumentOutOfRangeException("labels", $"label {label} in row {r} is outside the vocabulary of {v}");
+        float max = TensorPrimitives.Max(row);
+        float target = row[label];
+        // softmax in place: p = exp(x − max) / Σ
+        TensorPrimitives.Subtract(row, max, row);
+        TensorPrimitives.Exp(row, row);
+        float sum = TensorPrimitives.Sum(row);
+        double loss = Math.Log(sum) + max - target;
+        if (computeGrad)
+        {
+            TensorPrimitives.Multiply(row, gradScale / sum, row);
+            row[label] -= gradScale;
+        }
+        return loss;
     }
 }

@@ -288,6 +288,22 @@ public sealed partial class CudaBackend : IBackend
             [P(logits), Dt(logits), P(labels), P(lossSum), n, v, gradScale, computeGrad ? 1 : 0]);
     }
 
+    public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales)
+    {
+        Need(labels, DType.I32); Need(logProbs, DType.F32);
+        int v = logits.Cols, n = logits.Rows;
+        if (labels.Length != n) throw new ArgumentException($"labels {labels} do not match logits {logits}");
+        if (logProbs.Length != n) throw new ArgumentException($"logProbs {logProbs} must hold one value per row of {logits}");
+        if (gradScales is not null)
+        {
+            Need(gradScales, DType.F32);
+            if (gradScales.Length != n) throw new ArgumentException($"gradScales {gradScales} must hold one value per row of {logits}");
+        }
+        if (n == 0) return;
+        Launch("cross_entropy.cu", "label_log_probs", (n, 1, 1), 512,
+            [P(logits), Dt(logits), P(labels), P(logProbs), gradScales is null ? 0UL : P(gradScales), n, v]);
+    }
+
     // ---- randomness ----
     public void Dropout(Tensor y, Tensor x, float p, ulong seed)
     {

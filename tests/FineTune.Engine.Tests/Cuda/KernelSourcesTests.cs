@@ -32,6 +32,8 @@ public sealed class KernelSourcesTests
         Assert.Contains("extern \"C\" __global__ void adamw_step(", s.Source("adamw.cu"));
         Assert.Contains("extern \"C\" __global__ void cached_attention_forward(", s.Source("kv_cache.cu"));
         Assert.Contains("extern \"C\" __global__ void argmax_rows(", s.Source("argmax.cu"));
+        Assert.Contains("extern \"C\" __global__ void cross_entropy(", s.Source("cross_entropy.cu"));
+        Assert.Contains("extern \"C\" __global__ void label_log_probs(", s.Source("cross_entropy.cu"));
     }
 
     static KernelSources Tiny(string body, string header = "#pragma once\n") =>

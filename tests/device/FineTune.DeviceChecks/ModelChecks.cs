@@ -178,6 +178,54 @@ public static class ModelChecks
                 Add($"model {name}", path, "lora after 3 steps", w.Count, Rel([.. w], [.. wr]), tol);
             }
         }
+        SequenceSeam(cpu, gpuF32, gpuBf16, Add);
         return rows;
+    }
+
+    /// <summary>
+    /// The objective seam on the same models and batch (row 0 packs two sequences and padding: a preference pair):
+    /// per-(row, segment) summed log-probs of the policy and of the adapter-disabled reference, the LoRA and value-head
+    /// gradients of Σ w_k·SumLogProb[k] and of Σ w_k·value[k] (fixed weights of both signs), and the values.
+    /// </summary>
+    static void SequenceSeam(CpuBackend cpu, CudaBackend gpuF32, CudaBackend gpuBf16, Action<string, string, string, long, double, double> add)
+    {
+        static float[] F(double[] x) => x.Select(v => (float)v).ToArray();
+        float[] Grads(CausalLM m) => m.TrainableParameters.SelectMany(p => Grad(m, p)).ToArray();
+        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen3", true) })
+            foreach (var (gpu, path, tol, ckpt) in new[] { (gpuF32, "f32", 1e-4, false), (gpuBf16, "bf16", 1e-2, false), (gpuBf16, "bf16", 1e-2, true) })
+            {
+                gpu.UseFlashAttention = true;
+                var spec = Spec(arch, tied);
+                var batch = Batch(spec.VocabSize);
+                string name = $"seam {arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}";
+                var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, GradientCheckpointing = ckpt, ValueHead = true };
+                using var refModel = CausalLM.Create(spec, cpu, setup with { GradientCheckpointing = false }, new RandomWeights(3, 0.1f));
+                using var model = CausalLM.Create(spec, gpu, setup, new RandomWeights(3, 0.1f));
+                RandomizeLoraB(refModel);
+                RandomizeLoraB(model);
+                var reference = refModel.ScoreSequences(batch, forBackward: false, adapters: false);
+                add(name, path, "ref logps", 6, Rel(F(model.ScoreSequences(batch, forBackward: false, adapters: false).SumLogProb), F(reference.SumLogProb)), tol);
+                var w = Enumerable.Range(0, reference.SumLogProb.Length).Select(k => (k % 3 - 1) * 0.5 + 0.25).ToArray();
+                refModel.ZeroGrad(); model.ZeroGrad();
+                var refScores = refModel.ScoreSequences(batch, forBackward: true);
+                var scores = model.ScoreSequences(batch, forBackward: true);
+                add(name, path, "logps", 6, Rel(F(scores.SumLogProb), F(refScores.SumLogProb)), tol);
+                refModel.BackwardSequences(w);
+                model.BackwardSequences(w);
+                var g = Grads(model); var rg = Grads(refModel);
+                add(name, path, "lora grads", g.Length, Rel(g, rg), tol);
+                refModel.ZeroGrad(); model.ZeroGrad();
+                var refValues = refModel.SequenceValues(batch, forBackward: true);
+                var values = model.SequenceValues(batch, forBackward: true);
+                add(name, path, "values", 6, Rel(F(values), F(refValues)), tol);
+                refModel.BackwardValues(w);
+                model.BackwardValues(w);
+                string[] head = ["v_head.summary.weight", "v_head.summary.bias"];
+                var vg = model.TrainableParameters.Where(p => head.Contains(p.Name)).SelectMany(p => Grad(model, p)).ToArray();
+                var rvg = refModel.TrainableParameters.Where(p => head.Contains(p.Name)).SelectMany(p => Grad(refModel, p)).ToArray();
+                add(name, path, "v_head grads", vg.Length, Rel(vg, rvg), tol);
+                g = Grads(model); rg = Grads(refModel);
+                add(name, path, "lora grads", g.Length, Rel(g, rg), tol);
+            }
     }
 }

@@ -492,6 +492,24 @@ public static class OpChecks
             c.Compare($"cross_entropy logits {lt}", "loss", loss, ms);
             c.Compare($"cross_entropy logits {lt}", "dlogits", logits, ms);
         }
+        // LabelLogProbs (the preference objectives' head): per-row log p(label) forward only, then with per-row
+        // gradient scales of both signs as BackwardSequences passes them (−∂L/∂logp), which also writes the gradient.
+        var scales = c.Pair(c.Rand(n, 2f), [n], DType.F32);
+        foreach (var lt in c.Act == DType.BF16 ? new[] { DType.F32, DType.BF16 } : new[] { DType.F32 })
+        {
+            float[] values = c.Rand(n * vocab, 8f);
+            var forward = c.Pair(values, [n, vocab], lt);
+            var logp = c.Zeros([n], DType.F32);
+            double ms = c.Time(() => c.Gpu.LabelLogProbs(forward.Gpu, lab.Gpu, logp.Gpu, null));
+            c.Cpu.LabelLogProbs(forward.Cpu, lab.Cpu, logp.Cpu, null);
+            c.Compare($"label_log_probs logits {lt}", "logp", logp, ms);
+            var logits = c.Pair(values, [n, vocab], lt);
+            var logpGrad = c.Zeros([n], DType.F32);
+            ms = c.Time(() => c.Gpu.LabelLogProbs(logits.Gpu, lab.Gpu, logpGrad.Gpu, scales.Gpu));
+            c.Cpu.LabelLogProbs(logits.Cpu, lab.Cpu, logpGrad.Cpu, scales.Cpu);
+            c.Compare($"label_log_probs logits {lt} scaled", "logp", logpGrad, ms);
+            c.Compare($"label_log_probs logits {lt} scaled", "dlogits", logits, ms);
+        }
     }
 
     static void Optimizer(Ctx c)

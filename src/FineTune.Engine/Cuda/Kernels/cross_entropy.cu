@@ -1,19 +1,19 @@
-// Softmax cross-entropy over rows of logits [N, V], one block per row, two passes over the row:
-// (1) online max and Σexp, (2) the gradient gradScale·(softmax − onehot) written over the logits.
-// loss_r = log Σ exp(x) − x[label]; lossSum += Σ_r loss_r. Label −100 = ignored (zero loss, zero gradient row).
+// Softmax cross-entropy and label log-probabilities over rows of logits [N, V], one block per row, two passes over
+// the row: (1) online max and Σexp, (2) the gradient scale·(softmax − onehot) written over the logits.
+// loss_r = log Σ exp(x) − x[label] = −log_softmax(x)[label]. Label −100 = ignored (zero loss, zero gradient row).
+// cross_entropy sums loss_r into one scalar (the SFT loss); label_log_probs writes −loss_r per row with a per-row
+// gradient scale (the preference objectives, whose ∂L/∂logp is one constant per sequence). Both run xent_row.
 #include "common.cuh"
 
-extern "C" __global__ void cross_entropy(void* logits, int dt, const int* labels, float* loss_sum, int rows, int vocab,
-                                         float grad_scale, int compute_grad)
+// The row's loss into *loss (every thread); false for an ignored label. With compute_grad the row ends as
+// grad_scale·(softmax − onehot) (zeros when ignored). The label is uniform over the block, so the early return is too.
+__device__ __forceinline__ bool xent_row(void* logits, int dt, i64 base, int label, int vocab, float grad_scale, int compute_grad,
+                                         float* loss)
 {
-    int r = blockIdx.x;
-    if (r >= rows) return;
-    i64 base = (i64)r * vocab;
-    int label = labels[r];
     if (label == -100 || label < 0 || label >= vocab)
     {
         if (compute_grad) for (int c = threadIdx.x; c < vocab; c += blockDim.x) st(logits, base + c, 0.0f, dt);
-        return;
+        return false;
     }
     // Online softmax statistics: per thread (m, s) with s = Σ exp(x − m), then merged.
     float m = -INFINITY, s = 0.0f;
@@ -26,13 +26,37 @@ extern "C" __global__ void cross_entropy(void* logits, int dt, const int* labels
     float gm = block_max(m);
     float gs = block_sum(m == -INFINITY ? 0.0f : s * expf(m - gm));
     float target = ld(logits, base + label, dt);
+    // Every thread has read the label's logit before any thread overwrites the row with the gradient.
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(loss_sum, logf(gs) + gm - target);
-    if (!compute_grad) return;
+    *loss = logf(gs) + gm - target;
+    if (!compute_grad) return true;
     float inv = grad_scale / gs;
     for (int c = threadIdx.x; c < vocab; c += blockDim.x)
     {
         float p = expf(ld(logits, base + c, dt) - gm) * inv;
         st(logits, base + c, c == label ? p - grad_scale : p, dt);
     }
+    return true;
+}
+
+extern "C" __global__ void cross_entropy(void* logits, int dt, const int* labels, float* loss_sum, int rows, int vocab,
+                                         float grad_scale, int compute_grad)
+{
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    float loss;
+    if (xent_row(logits, dt, (i64)r * vocab, labels[r], vocab, grad_scale, compute_grad, &loss) && threadIdx.x == 0)
+        atomicAdd(loss_sum, loss);
+}
+
+// log_probs[r] = log_softmax(logits[r])[labels[r]] (0 when ignored); grad_scales null = forward only.
+extern "C" __global__ void label_log_probs(void* logits, int dt, const int* labels, float* log_probs, const float* grad_scales,
+                                           int rows, int vocab)
+{
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    float loss = 0.0f;
+    int grad = grad_scales != nullptr;
+    bool labelled = xent_row(logits, dt, (i64)r * vocab, labels[r], vocab, grad ? grad_scales[r] : 0.0f, grad, &loss);
+    if (threadIdx.x == 0) log_probs[r] = labelled ? -loss : 0.0f;
 }
