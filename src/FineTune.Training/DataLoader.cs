@@ -84,14 +84,20 @@ public sealed class DataLoader
     public IReadOnlyList<TokenBatch> NextStep(int accumulation) => NextStep(accumulation, out _);
 
     /// <inheritdoc cref="NextStep(int)"/>
-    public IReadOnlyList<TokenBatch> NextStep(int accumulation, out long tokens)
+    public IReadOnlyList<TokenBatch> NextStep(int accumulation, out long tokens) =>
+        NextStepBatches(accumulation, out tokens).Select(b => b.Batch).ToList();
+
+    /// <summary>The micro-batches of the next optimizer step with the dataset index of each row (objectives that keep per-sample state, such as reference log-probs, look them up by it).</summary>
+    public IReadOnlyList<StepBatch> NextStepBatches(int accumulation, out long tokens)
     {
-        var batches = new List<TokenBatch>(accumulation);
+        var batches = new List<StepBatch>(accumulation);
         var pos = Position;
         tokens = 0;
         while (batches.Count < accumulation && pos.MicroBatch < MicroBatchesPerEpoch)
         {
-            batches.Add(MicroBatch(pos, out long t));
+            var order = EpochOrder(pos.Epoch);
+            int start = pos.MicroBatch * BatchSize, end = Math.Min(start + BatchSize, SampleCount);
+            batches.Add(new StepBatch(MicroBatch(pos, out long t), order[start..end]));
             tokens += t;
             pos = pos with { MicroBatch = pos.MicroBatch + 1 };
         }

@@ -20,9 +20,12 @@ public static class FineTuneRecipe
 
     /// <param name="checkpointWriteHook">Test hook called inside a checkpoint write, after the files are
     /// written and before the directory is renamed into place (throw from it to simulate a crash).</param>
+    /// <param name="objective">What the steps optimise: <see cref="TokenObjective"/> (pt, sft; the default) or <see cref="PreferenceTraining"/> (dpo, kto, rm).</param>
     public static TrainResult Train(CausalLM model, TrainingArguments args, DataLoader train, DataLoader? eval,
-        ITrainingMonitor monitor, CancellationToken cancellation = default, Action<string>? checkpointWriteHook = null)
+        ITrainingMonitor monitor, CancellationToken cancellation = default, Action<string>? checkpointWriteHook = null,
+        ITrainingObjective? objective = null)
     {
+        objective ??= TokenObjective.Instance;
         // ---- setup: steps, schedule, directories ----
         int accumulation = args.GradientAccumulationSteps;
         if (accumulation < 1) throw new TrainingException($"gradient_accumulation_steps must be at least 1, got {accumulation}.");
@@ -58,11 +61,13 @@ public static class FineTuneRecipe
             train.Position = new DataPosition(state.DataEpoch, state.DataMicroBatch);
             model.RandomCounter = state.RandomCounter;
             log.Reset(TrainerLog.Read(Path.Combine(resumedFrom, TrainerLog.FileName)));
+            objective.LoadState(resumedFrom, model, train, eval, monitor);
             monitor.Info($"Resumed from {resumedFrom} at step {step}.");
         }
         else
         {
             log.Reset([]);
+            objective.Prepare(model, train, eval, monitor);
         }
 
         monitor.Started(step, maxSteps);
@@ -73,6 +78,8 @@ public static class FineTuneRecipe
         int stepsSinceLog = 0;
         long tokensSinceLog = 0;
         double? lastLoggedLoss = null, lastEvalLoss = null;
+        var metricsSinceLog = new MetricWindow();
+        IReadOnlyDictionary<string, double>? lastMetrics = null, lastEvalMetrics = null;
         var gradNormHost = new float[1];
 
         // ---- the loop: one iteration per optimizer step ----
@@ -80,17 +87,13 @@ public static class FineTuneRecipe
         {
             cancellation.ThrowIfCancellationRequested();
 
-            // Forward and backward over the step's micro-batches; gradients add up in the trainable parameters.
-            // The step's loss is the mean over every labelled token of the step (not the mean of micro-batch
-            // means), so each backward is scaled by 1 / (labelled tokens of the whole step) and accumulating
-            // k micro-batches equals one batch k times as large.
-            var microBatches = train.NextStep(accumulation, out long stepTokens);
-            long labelled = microBatches.Sum(b => (long)b.LabelCount);
-            float lossScale = labelled == 0 ? 0f : 1f / labelled;
+            // Forward and backward over the step's micro-batches; gradients add up in the trainable parameters. The
+            // objective scales each backward so that accumulating k micro-batches equals one batch k times as large.
+            var microBatches = train.NextStepBatches(accumulation, out long stepTokens);
             model.ZeroGrad();
-            double sumLoss = 0;
-            foreach (var batch in microBatches) sumLoss += model.ForwardBackward(batch, lossScale).SumLoss;
-            double loss = labelled == 0 ? 0 : sumLoss / labelled;
+            var outcome = objective.Step(model, microBatches);
+            double loss = outcome.Loss;
+            metricsSinceLog.Add(outcome.Metrics);
             Tensor gradNormSquared = model.GradNormSquared();
             model.Backend.Download(gradNormSquared, gradNormHost);
             double gradNorm = Math.Sqrt(gradNormHost[0]);
@@ -129,10 +132,12 @@ public static class FineTuneRecipe
                 double meanLoss = lossSinceLog / stepsSinceLog;
                 // lr is logged as HF does: the rate of the next update (the scheduler has already stepped).
                 double nextLr = schedule.LearningRate(step);
+                var metrics = metricsSinceLog.TakeMeans();
                 log.Append(new TrainerLogEntry(step, maxSteps, Math.Round(meanLoss, 4), null, nextLr, Math.Round(epoch, 4),
                     TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText,
-                    GradNorm: gradNorm, Throughput: Math.Round(tokensPerSecond, 2), TotalTokens: totalTokens));
-                monitor.Logged(new StepReport(step, maxSteps, meanLoss, nextLr, gradNorm, tokensPerSecond, epoch, elapsedText, remainingText));
+                    GradNorm: gradNorm, Throughput: Math.Round(tokensPerSecond, 2), TotalTokens: totalTokens) { Metrics = TrainerLogEntry.Rounded(metrics) });
+                monitor.Logged(new StepReport(step, maxSteps, meanLoss, nextLr, gradNorm, tokensPerSecond, epoch, elapsedText, remainingText, metrics));
+                if (metrics.Count > 0) lastMetrics = metrics;
                 lastLoggedLoss = meanLoss;
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; lastLogTime = now;
             }
@@ -140,9 +145,11 @@ public static class FineTuneRecipe
             if (eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
             {
                 // Not cancellable half-way: a Ctrl-C during evaluation stops right after it, with the step saved.
-                lastEvalLoss = EvaluateLoss(model, eval, CancellationToken.None).MeanLoss;
+                var evaluated = objective.Evaluate(model, eval, CancellationToken.None);
+                lastEvalLoss = evaluated.Loss;
+                lastEvalMetrics = evaluated.Metrics.Count > 0 ? evaluated.Metrics.ToDictionary(kv => "eval_" + kv.Key, kv => kv.Value) : null;
                 log.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
-                    TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText));
+                    TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText) { Metrics = TrainerLogEntry.Rounded(lastEvalMetrics) });
                 monitor.Info($"step {step}: eval_loss {lastEvalLoss.Value:F4}");
             }
 
@@ -153,6 +160,7 @@ public static class FineTuneRecipe
                 string path = store.Save(step, dir =>
                 {
                     SaveCheckpoint(model, dir, state, schedule, log.Path, args.BaseModelNameOrPath);
+                    objective.SaveState(dir);
                     checkpointWriteHook?.Invoke(dir);
                 }, args.SaveTotalLimit ?? 0);
                 monitor.Info($"Saved {path}");
@@ -169,14 +177,14 @@ public static class FineTuneRecipe
 
             if (args.StopAfterStep == step)
                 return new TrainResult(step, maxSteps, epoch, lossSum / step, lastLoggedLoss, lastEvalLoss,
-                    elapsedBefore + clock.Elapsed.TotalSeconds, totalTokens, train.SampleCount, Stopped: true, resumedFrom);
+                    elapsedBefore + clock.Elapsed.TotalSeconds, totalTokens, train.SampleCount, Stopped: true, resumedFrom, lastMetrics, lastEvalMetrics);
         }
 
         // ---- final output: adapter or model, results, loss curve ----
         if (isLora) model.SaveAdapter(args.OutputDirectory, args.BaseModelNameOrPath); else model.SaveModel(args.OutputDirectory);
         double runtime = elapsedBefore + clock.Elapsed.TotalSeconds;
         var result = new TrainResult(step, maxSteps, (double)step / stepsPerEpoch, step == 0 ? 0 : lossSum / step, lastLoggedLoss,
-            lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom);
+            lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom, lastMetrics, lastEvalMetrics);
         WriteTrainResults(args.OutputDirectory, result);
         if (args.PlotLoss) LossPlot.Write(args.OutputDirectory, log.ReadAll());
         if (checkpointsApart) store.MarkFinished(step, maxSteps);
@@ -328,5 +336,29 @@ public static class FineTuneRecipe
             if (!ReferenceEquals(p.Value, p.Master)) model.Backend.Copy(p.Value, p.Master);
         }
         return state;
+    }
+
+    /// <summary>Sums of the objective's metrics since the last log line, for their means over the logged steps.</summary>
+    sealed class MetricWindow
+    {
+        readonly Dictionary<string, (double Sum, int Count)> _sums = [];
+        readonly List<string> _order = [];
+
+        public void Add(IReadOnlyDictionary<string, double> metrics)
+        {
+            foreach (var (k, v) in metrics)
+            {
+                if (!_sums.TryGetValue(k, out var acc)) { acc = (0, 0); _order.Add(k); }
+                _sums[k] = (acc.Sum + v, acc.Count + 1);
+            }
+        }
+
+        public IReadOnlyDictionary<string, double> TakeMeans()
+        {
+            var means = _order.ToDictionary(k => k, k => _sums[k].Sum / _sums[k].Count);
+            _sums.Clear();
+            _order.Clear();
+            return means;
+        }
     }
 }

@@ -6,7 +6,9 @@ namespace FineTune.Training;
 /// <summary>
 /// One line of <c>trainer_log.jsonl</c>, with LLaMA-Factory's field names (its LlamaBoard reads
 /// them): current_steps, total_steps, loss, eval_loss, lr, epoch, percentage, elapsed_time,
-/// remaining_time, plus grad_norm, throughput (trained tokens per second) and total_tokens.
+/// remaining_time, plus grad_norm, throughput (trained tokens per second), total_tokens and an objective's metrics
+/// under TRL's names (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, …; eval_… on
+/// evaluation lines).
 /// Absent values are left out of the line.
 /// </summary>
 public sealed record TrainerLogEntry(
@@ -23,6 +25,21 @@ public sealed record TrainerLogEntry(
     [property: JsonPropertyName("throughput")] double? Throughput = null,
     [property: JsonPropertyName("total_tokens")] long? TotalTokens = null)
 {
+    /// <summary>The objective's metrics, written as top-level keys of the line (TRL's names); null when there are none.</summary>
+    [JsonExtensionData] public Dictionary<string, object>? Metrics { get; init; }
+
+    /// <summary>An objective's metrics (rewards/chosen, …) as the log writes them: rounded to 4 places as the loss is; null when there are none.</summary>
+    public static Dictionary<string, object>? Rounded(IReadOnlyDictionary<string, double>? metrics) =>
+        metrics is null || metrics.Count == 0 ? null : metrics.ToDictionary(kv => kv.Key, kv => (object)Math.Round(kv.Value, 4));
+
+    /// <summary>A metric of the line (written by this run or read back from the file), or null.</summary>
+    public double? Metric(string name) => Metrics?.GetValueOrDefault(name) switch
+    {
+        double d => d,
+        JsonElement { ValueKind: JsonValueKind.Number } e => e.GetDouble(),
+        _ => null,
+    };
+
     static readonly JsonSerializerOptions Options = new()
     {
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,

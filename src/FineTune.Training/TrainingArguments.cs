@@ -57,11 +57,12 @@ public sealed record TrainingArguments
 
 /// <summary>What a finished run reports (HF's train_results.json fields, plus the last logged loss).</summary>
 public sealed record TrainResult(int GlobalStep, int MaxSteps, double Epoch, double TrainLoss, double? LastLoss,
-    double? EvalLoss, double RuntimeSeconds, long TotalTokens, int TrainSamples, bool Stopped, string? ResumedFrom);
+    double? EvalLoss, double RuntimeSeconds, long TotalTokens, int TrainSamples, bool Stopped, string? ResumedFrom,
+    IReadOnlyDictionary<string, double>? LastMetrics = null, IReadOnlyDictionary<string, double>? EvalMetrics = null);
 
 /// <summary>A logged step as the progress display sees it.</summary>
 public sealed record StepReport(int Step, int MaxSteps, double Loss, double LearningRate, double GradNorm, double TokensPerSecond,
-    double Epoch, string ElapsedTime, string RemainingTime);
+    double Epoch, string ElapsedTime, string RemainingTime, IReadOnlyDictionary<string, double>? Metrics = null);
 
 /// <summary>Receives progress from the loop (the pipeline draws a progress bar; tests pass <see cref="Silent"/>).</summary>
 public interface ITrainingMonitor

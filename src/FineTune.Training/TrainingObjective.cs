@@ -1,0 +1,59 @@
+using FineTune.Models;
+
+namespace FineTune.Training;
+
+/// <summary>One micro-batch of a step and the dataset indices of its rows (row r collates sample Samples[r]).</summary>
+public sealed record StepBatch(TokenBatch Batch, int[] Samples);
+
+/// <summary>A step's (or an evaluation's) mean loss and the objective's metrics under TRL's names (rewards/chosen, …).</summary>
+public sealed record ObjectiveOutcome(double Loss, IReadOnlyDictionary<string, double> Metrics)
+{
+    public static IReadOnlyDictionary<string, double> NoMetrics { get; } = new Dictionary<string, double>();
+}
+
+/// <summary>
+/// What the training loop optimises (LLaMA-Factory's <c>stage</c>): given the micro-batches of one optimizer step it runs
+/// the forward and backward passes, leaving ∂(step loss)/∂θ in the trainable gradients, and reports the step's loss.
+/// <see cref="TokenObjective"/> is pt/sft (next-token cross-entropy); <see cref="PreferenceTraining"/> runs dpo, kto and
+/// rm over the model's per-sequence scores. The loop (optimizer, schedule, logging, checkpoints) is the same for all.
+/// </summary>
+public interface ITrainingObjective
+{
+    /// <summary>Before the first step of a fresh run, with the model as training starts (e.g. reference log-probs).</summary>
+    void Prepare(CausalLM model, DataLoader train, DataLoader? eval, ITrainingMonitor monitor) { }
+
+    /// <summary>Saves what <see cref="Prepare"/> computed into a checkpoint directory, so a resumed run needs the start model never again.</summary>
+    void SaveState(string checkpointDirectory) { }
+
+    /// <summary>Restores <see cref="SaveState"/>'s files of a checkpoint a run resumes from.</summary>
+    void LoadState(string checkpointDirectory, CausalLM model, DataLoader train, DataLoader? eval, ITrainingMonitor monitor) =>
+        Prepare(model, train, eval, monitor);
+
+    /// <summary>Forward and backward over the step's micro-batches; gradients add up in the trainable parameters.</summary>
+    ObjectiveOutcome Step(CausalLM model, IReadOnlyList<StepBatch> microBatches);
+
+    /// <summary>The loss (and metrics) over one pass of <paramref name="eval"/>, no gradients.</summary>
+    ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation);
+}
+
+/// <summary>
+/// pt and sft: the mean next-token cross-entropy over every labelled token of the step. Each backward is scaled by
+/// 1 / (labelled tokens of the whole step), so accumulating k micro-batches equals one batch k times as large (not the
+/// mean of micro-batch means).
+/// </summary>
+public sealed class TokenObjective : ITrainingObjective
+{
+    public static TokenObjective Instance { get; } = new();
+
+    public ObjectiveOutcome Step(CausalLM model, IReadOnlyList<StepBatch> microBatches)
+    {
+        long labelled = microBatches.Sum(b => (long)b.Batch.LabelCount);
+        float lossScale = labelled == 0 ? 0f : 1f / labelled;
+        double sumLoss = 0;
+        foreach (var b in microBatches) sumLoss += model.ForwardBackward(b.Batch, lossScale).SumLoss;
+        return new ObjectiveOutcome(labelled == 0 ? 0 : sumLoss / labelled, ObjectiveOutcome.NoMetrics);
+    }
+
+    public ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation) =>
+        new(FineTuneRecipe.EvaluateLoss(model, eval, cancellation).MeanLoss, ObjectiveOutcome.NoMetrics);
+}
