@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using FineTune.Engine;
 using FineTune.Models;
 using FineTune.Pipeline;
@@ -18,17 +19,47 @@ public sealed class ForwardCommand : ICliCommand
     {
         var model = new Option<string>("--model") { Description = "HF model directory.", Required = true };
         var adapter = new Option<string?>("--adapter") { Description = "PEFT LoRA adapter directory, applied unmerged." };
-        var tokens = new Option<string>("--tokens") { Description = "JSON file with a list of token-id lists (one row each; rows are right-padded).", Required = true };
+        var tokens = new Option<string?>("--tokens") { Description = "JSON file with a list of token-id lists (one row each; rows are right-padded)." };
         var output = new Option<string>("--out") { Description = "Output .safetensors: logits [rows, seq, vocab], loss [1], and with --grads one gradient per trainable tensor.", Required = true };
         var device = new Option<string>("--device") { Description = "cpu, auto, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
         var grads = new Option<bool>("--grads") { Description = "Also run the backward pass and write the gradients of the adapter's tensors (loss = mean over labelled tokens)." };
+        var objective = new Option<string?>("--objective") { Description = "dpo, kto or rm: one step of that objective on --batch (tests/device/pref_reference.py's batch JSON); --out gets its JSON result." };
+        var batchFile = new Option<string?>("--batch") { Description = "With --objective: {\"pairs\": [{\"prompt\", \"chosen\", \"rejected\"}]} or {\"examples\": [{\"prompt\", \"completion\", \"kto_tag\", \"kl_completion\"}]}." };
+        var prefLoss = new Option<string>("--pref-loss") { DefaultValueFactory = _ => "sigmoid", Description = "With --objective dpo: sigmoid, hinge, ipo, orpo or simpo." };
+        var prefBeta = new Option<double>("--pref-beta") { DefaultValueFactory = _ => 0.1 };
+        var prefFtx = new Option<double>("--pref-ftx") { DefaultValueFactory = _ => 0.0 };
+        var smoothing = new Option<double>("--dpo-label-smoothing") { DefaultValueFactory = _ => 0.0 };
+        var simpoGamma = new Option<double>("--simpo-gamma") { DefaultValueFactory = _ => 0.5 };
+        var ktoChosen = new Option<double>("--kto-chosen-weight") { DefaultValueFactory = _ => 1.0 };
+        var ktoRejected = new Option<double>("--kto-rejected-weight") { DefaultValueFactory = _ => 1.0 };
         var command = new Command("forward", "Run one forward/backward pass on given tokens and write logits, loss and LoRA gradients (for equality checks against transformers/peft).")
         {
-            model, adapter, tokens, output, device, grads,
+            model, adapter, tokens, output, device, grads, objective, batchFile, prefLoss, prefBeta, prefFtx, smoothing, simpoGamma, ktoChosen, ktoRejected,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
-            string tokensPath = r.GetValue(tokens)!;
+            if (r.GetValue(objective) is { } stage)
+            {
+                if (r.GetValue(adapter) is not { } adapterPath)
+                    throw new PipelineUserException("--objective needs --adapter: the reference is the model with that adapter disabled, the gradients are the adapter's.");
+                string batchPath = r.GetValue(batchFile) ?? throw new PipelineUserException("--objective needs --batch (a JSON file of token ids).");
+                if (!Enum.TryParse<FineTune.Training.Objectives.PreferenceLoss>(r.GetValue(prefLoss), ignoreCase: true, out var lossKind))
+                    throw new PipelineUserException($"--pref-loss {r.GetValue(prefLoss)}: expected sigmoid, hinge, ipo, orpo or simpo.");
+                var settings = new FineTune.Training.Objectives.PreferenceSettings
+                {
+                    PrefLoss = lossKind, PrefBeta = r.GetValue(prefBeta), PrefFtx = r.GetValue(prefFtx), DpoLabelSmoothing = r.GetValue(smoothing),
+                    SimpoGamma = r.GetValue(simpoGamma), KtoChosenWeight = r.GetValue(ktoChosen), KtoRejectedWeight = r.GetValue(ktoRejected),
+                };
+                using var objectiveBackend = Backends.Create(r.GetValue(device)!, notice: Console.Error.WriteLine);
+                using var policy = CausalLM.Load(r.GetValue(model)!, objectiveBackend, new TrainingSetup { LoraDropout = 0, ValueHeadDropout = 0 }, adapterPath);
+                JsonObject result;
+                try { result = ObjectiveForward.Run(policy, stage, settings, batchPath); }
+                catch (FineTune.Training.TrainingException e) { throw new PipelineUserException(e.Message, e); }
+                File.WriteAllText(r.GetValue(output)!, result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                Console.WriteLine($"{stage} loss {(double)result["loss"]!:F8} grad_norm {(double)result["grad_norm"]!:E6}");
+                return 0;
+            }
+            string tokensPath = r.GetValue(tokens) ?? throw new PipelineUserException("forward needs --tokens (or --objective with --batch).");
             int[][] rows = ReadRows(tokensPath);
             int seqLen = rows.Max(x => x.Length);
             var batch = TokenBatch.FromSequences(rows, seqLen);
