@@ -67,7 +67,7 @@ public sealed record StagesSection
 
     /// <summary>
     /// Each stage's <see cref="StageInstance.Reads"/> by the provider rule (the stage <c>from</c> names, else the only one
-    /// of that kind), for a section built in code; the loader resolves (and checks) the same way.
+    /// of that kind, else the one named after the kind), for a section built in code; the loader resolves (and checks) the same way.
     /// </summary>
     public StagesSection Resolved() => this with { All = _all.Select(s => s with { Reads = StageProviders.Resolve(this, s, null) }).ToArray() };
 

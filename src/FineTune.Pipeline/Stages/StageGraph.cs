@@ -23,8 +23,9 @@ public static class StageGraph
 
 /// <summary>
 /// The provider rule: for each kind a stage reads, the stage of that kind its <c>from:</c> names, else the only stage of that
-/// kind in the pipeline; several without a <c>from:</c> is an error, as is a <c>from:</c> naming an unknown stage, itself, a
-/// kind the stage does not read, or a stage after it.
+/// kind in the pipeline, else the one named after the kind (<c>split</c> beside <c>pref_split</c>); several and none of them
+/// so named is an error, as is a <c>from:</c> naming an unknown stage, itself, a kind the stage does not read, or a stage
+/// after it.
 /// </summary>
 public static class StageProviders
 {
@@ -35,6 +36,7 @@ public static class StageProviders
         var path = $"$.stages.{stage.Name}";
         var order = stages.All.Select(s => s.Name).ToList();
         var named = new Dictionary<StageKind, string>();
+        var before = problems?.Count ?? 0;
         for (var i = 0; i < stage.From.Count; i++)
         {
             var name = stage.From[i];
@@ -51,8 +53,8 @@ public static class StageProviders
                     : $"the pipeline has: {string.Join(", ", others)}")));
             }
             else if (!d.Reads.Contains(up.Kind) && !d.ReadsWhenNamed.Contains(up.Kind))
-                problems?.Add((at, $"stage {stage.Name} does not read a {StageGraph.Name(up.Kind)} stage ('{name}' is one); a {d.Name} stage reads "
-                    + string.Join(", ", d.Reads.Concat(d.ReadsWhenNamed).Select(StageGraph.Name))));
+                problems?.Add((at, $"stage {stage.Name} does not read a {StageGraph.Name(up.Kind)} stage ('{name}' is one); it reads "
+                    + string.Join(", ", d.Reads.Concat(d.ReadsWhenNamed).Select(StageGraph.Name)) + " stages"));
             else if (order.IndexOf(name) > order.IndexOf(stage.Name))
                 problems?.Add((at, $"stage '{name}' comes after stage {stage.Name}; a stage reads only stages before it (in pipeline order, and in the file's order among stages of one kind)"));
             else if (named.TryGetValue(up.Kind, out var first))
@@ -61,6 +63,8 @@ public static class StageProviders
                 named[up.Kind] = name;
         }
 
+        // A wrong from: item is the error to fix first; what the stage would read without it follows from the fix.
+        var fromFailed = (problems?.Count ?? 0) > before;
         var reads = new Dictionary<StageKind, string>();
         foreach (var kind in d.Reads)
         {
@@ -69,6 +73,12 @@ public static class StageProviders
             var kindName = StageGraph.Name(kind);
             if (candidates.Count == 1)
                 reads[kind] = candidates[0].Name;
+            // Several: the one under the kind's own name is the default (a second register or split beside today's
+            // stages leaves those reading what they read before).
+            else if (candidates.FirstOrDefault(c => c.Name == kindName) is { } byName)
+                reads[kind] = byName.Name;
+            else if (fromFailed)
+                continue;
             else if (candidates.Count == 0)
                 problems?.Add((path, $"stage {stage.Name} needs stage {kindName}: add a '{kindName}:' block to stages"));
             else

@@ -160,6 +160,9 @@ public static partial class PipelineLoader
         public Dictionary<string, (int Line, int Column)> Positions { get; } = new(StringComparer.Ordinal);
         public string FilePath { get; } = filePath;
 
+        /// <summary>Stages whose key or kind was wrong (reported, not bound): a from: naming one is not reported again.</summary>
+        public HashSet<string> FailedStages { get; } = new(StringComparer.Ordinal);
+
         /// <summary>Paths whose value had an error and kept its default.</summary>
         private HashSet<string> Unbound { get; } = new(StringComparer.Ordinal);
 
@@ -260,11 +263,13 @@ public static partial class PipelineLoader
                     {
                         var text = (kindNode as YamlScalarNode)?.Value ?? "";
                         var suggestion = DidYouMean.Suggest(text, kindNames);
+                        FailedStages.Add(name);
                         Error(kindNode, $"{at}.kind", $"expected one of {string.Join(", ", kindNames)}, got {Describe(kindNode)}" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?"));
                         continue;
                     }
                     if (byName is { } k && k != kind)
                     {
+                        FailedStages.Add(name);
                         Error(kindNode, $"{at}.kind", $"stages.{name} is the {name} stage by its name; kind: {StageGraph.Name(kind)} contradicts it (give a {StageGraph.Name(kind)} stage another name)");
                         continue;
                     }
@@ -275,16 +280,15 @@ public static partial class PipelineLoader
                 {
                     var suggestion = DidYouMean.Suggest(name, kindNames);
                     // Close to a kind's name: most likely a typo of it. Otherwise a named stage that forgot its kind.
+                    FailedStages.Add(name);
                     Error(keyNode, at, suggestion is not null
                         ? $"unknown key '{name}' in stages; did you mean '{suggestion}'?"
                         : $"stage '{name}' needs kind: one of {string.Join(", ", kindNames)} (a key that is not a kind's name is a stage of the kind its kind: says)");
                     continue;
                 }
+                // Still bound: its keys are checked, and the stages reading it do not repeat this error.
                 if (!StageName().IsMatch(name))
-                {
                     Error(keyNode, at, $"stage name '{name}' must match [a-z][a-z0-9_]* (a lower-case letter, then lower-case letters, digits or _)");
-                    continue;
-                }
                 var type = StageTable.Of(kind).Block;
                 var bound = block is null ? Activator.CreateInstance(type)! : BindObject(block, type, at, StageStructure);
                 stages.Add(new StageInstance(name, kind, bound) { From = BindFrom(Child(block, StageKeys.From), $"{at}.from") });

@@ -62,7 +62,9 @@ internal static partial class SemanticChecks
         var problems = new List<(string JsonPath, string Message)>();
         var resolved = def.Stages.All.Select(s => s with { Reads = StageProviders.Resolve(def.Stages, s, problems) }).ToArray();
         foreach (var (path, message) in problems)
-            b.Error(path, message);
+            // A from: naming a stage whose own key was already reported wrong would only repeat that error.
+            if (!b.FailedStages.Any(f => message.StartsWith($"no stage named '{f}' ", StringComparison.Ordinal)))
+                b.Error(path, message);
         return def with { Stages = def.Stages with { All = resolved } };
     }
 
