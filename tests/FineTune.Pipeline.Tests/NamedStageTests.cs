@@ -250,6 +250,17 @@ public sealed class NamedStageTests : IDisposable
     }
 
     [Fact]
+    public void TheTrainStageRefusesToBuildOnAnotherTrainStageUntilTheRecipeCan()
+    {
+        var p = Load();
+        var dpo = p.Definition.Stages["dpo"]!;
+        var upstream = dpo.Reads.ToDictionary(r => r.Key, r => _dir.File(r.Value));
+        var ctx = new StageContext(p.Definition, p.Directory, upstream, _dir.File("out"), new NullStageProgress(), CancellationToken.None) { Stage = dpo };
+        var e = Assert.Throws<PipelineUserException>(() => new TrainStage().Execute(ctx));
+        Assert.Equal("stages.dpo.from: dpo builds on train stage sft, and training from another train stage's model is not implemented yet; remove it from from: to train on the downloaded model.", e.Message);
+    }
+
+    [Fact]
     public void ARegisterStageReadsItsOwnDatasets()
     {
         Write();

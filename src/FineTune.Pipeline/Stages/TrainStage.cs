@@ -31,6 +31,10 @@ public sealed class TrainStage : IStageExecutor
     {
         var cfg = ctx.Block<TrainConfig>();
         string name = ctx.StageName<TrainConfig>();
+        // The pipeline can say what a stage builds on; the recipe cannot start from another stage's weights yet, and
+        // training the base model instead would be a silent lie about what was trained.
+        if (TrainOutput.BuiltOn(ctx) is not null)
+            throw new PipelineUserException($"stages.{name}.from: {name} builds on train stage {ctx.Stage!.Reads[StageKind.Train]}, and training from another train stage's model is not implemented yet; remove it from from: to train on the downloaded model.");
         string modelDir = ModelOutput.Of(ctx).Directory;
         var split = SplitOutput.Of(ctx);
         string splitDir = split.Directory, trainPath = split.Train, valPath = split.Val;
