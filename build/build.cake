@@ -1,6 +1,7 @@
 // FineTune's Cake front end. `./build.sh` (no arguments) runs Demo: build, then the example pipeline.
 //   ./build.sh --target=Test
-//   ./build.sh --target=Split --pipeline=pipelines/identity      (one task per stage: runs it and what it needs)
+//   ./build.sh --target=Split --pipeline=pipelines/identity      (one task per stage kind: runs it and what it needs)
+//   ./build.sh --target=Stage --stage=dpo                        (a stage by its name, e.g. a second train stage)
 //   ./build.sh --target=Demo --force=true
 // Stage tasks and Demo call the `finetune` CLI, i.e. the same stage engine as `dotnet build pipelines/<name>`.
 // Cake starts in build/; every path below is relative to the repository root.
@@ -10,6 +11,7 @@ var target = Argument("target", "Demo");
 var configuration = Argument("configuration", "Release");
 var pipeline = Argument("pipeline", "pipelines/identity");
 var force = Argument("force", false);
+var stageName = Argument("stage", "");
 
 var cli = $"src/FineTune.Cli/bin/{configuration}/net10.0/finetune.dll";
 
@@ -40,6 +42,16 @@ foreach (var stage in new[] { "download", "register", "split", "train", "eval", 
         .IsDependentOn("Build")
         .Does(() => Finetune($"run \"{pipeline}\" --stage {stage}{(force ? " --force" : "")}"));
 }
+
+Task("Stage")
+    .Description("Run the stage --stage=NAME of --pipeline (and the stages it needs): any stage, by its name under stages.")
+    .IsDependentOn("Build")
+    .Does(() =>
+    {
+        if (stageName.Length == 0)
+            throw new CakeException(2, "--target=Stage needs --stage=NAME (a key under stages in the pipeline, e.g. dpo)");
+        Finetune($"run \"{pipeline}\" --stage {stageName}{(force ? " --force" : "")}");
+    });
 
 Task("Demo")
     .Description("Build, validate and run the example pipeline, then show its status.")

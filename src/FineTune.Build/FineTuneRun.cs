@@ -59,16 +59,16 @@ public sealed class FineTuneRun : MsTask, ICancelableTask
         using var onTerminate = OnSigterm(Cancel);
         try
         {
-            StageKind? stage = null;
+            string? stage = null;
             if (!string.IsNullOrEmpty(Stage))
             {
-                if (!StageGraph.TryParse(Stage, out var k))
+                if (loaded.Definition.Stages[Stage] is null && !loaded.Stages.Any(s => s.Name.Equals(Stage, StringComparison.OrdinalIgnoreCase)))
                 {
                     Log.LogError("FineTune", "FT0003", null, loaded.FilePath, 0, 0, 0, 0,
-                        "FineTuneStage={0}: no such stage; expected one of {1}", Stage, string.Join(", ", StageGraph.Order.Select(StageGraph.Name)));
+                        "FineTuneStage={0}: no such stage; expected one of {1}", Stage, string.Join(", ", loaded.Stages.Select(s => s.Name)));
                     return false;
                 }
-                stage = k;
+                stage = PipelineRunner.StageNamed(loaded, Stage, "FineTuneStage=");
             }
             var options = new RunOptions
             {
@@ -78,12 +78,12 @@ public sealed class FineTuneRun : MsTask, ICancelableTask
                 Verify = Verify,
                 LockTimeout = TimeSpan.FromSeconds(LockTimeoutSeconds),
                 OnInfo = line => Log.LogMessage(MessageImportance.High, "{0}: {1}", name, line),
-                OnStageStart = (k, why) => Log.LogMessage(MessageImportance.Normal, "{0}: {1} starting ({2})", name, StageGraph.Name(k), why),
+                OnStageStart = (stageName, why) => Log.LogMessage(MessageImportance.Normal, "{0}: {1} starting ({2})", name, stageName, why),
                 OnStageDone = o => Log.LogMessage(MessageImportance.High, "{0}: {1}", name, Describe(o)),
             };
             var report = PipelineRunner.CreateDefault().Run(loaded, options, new MsBuildProgress(Log, name), _cancel.Token);
             StagesRan = report.Stages.Count(s => s.State == StageState.Ran);
-            var missing = report.Stages.Where(s => s.State == StageState.NoExecutor).Select(s => StageGraph.Name(s.Kind)).ToArray();
+            var missing = report.Stages.Where(s => s.State == StageState.NoExecutor).Select(s => s.Name).ToArray();
             if (missing.Length > 0)
                 Log.LogMessage(MessageImportance.High, "{0}: no executor yet for {1}; the stages that need them were not run", name, string.Join(", ", missing));
             Log.LogMessage(MessageImportance.Normal, "{0}: FineTune overhead {1:0} ms, {2:0.#} MB hashed", name, report.OverheadSeconds * 1000, report.BytesHashed / 1e6);
@@ -136,11 +136,11 @@ public sealed class FineTuneRun : MsTask, ICancelableTask
 
     private static string Describe(StageOutcome o) => o.State switch
     {
-        StageState.Ran => $"{StageGraph.Name(o.Kind)} ran ({(o.Seconds < 1 ? $"{o.Seconds * 1000:0} ms" : $"{o.Seconds:0.0} s")})",
-        StageState.UpToDate => $"{StageGraph.Name(o.Kind)} up to date",
-        StageState.Stale => $"{StageGraph.Name(o.Kind)} would run: {o.Reason}",
-        StageState.NoExecutor => $"{StageGraph.Name(o.Kind)} skipped: no executor yet",
-        _ => $"{StageGraph.Name(o.Kind)} skipped: {o.Reason}",
+        StageState.Ran => $"{o.Name} ran ({(o.Seconds < 1 ? $"{o.Seconds * 1000:0} ms" : $"{o.Seconds:0.0} s")})",
+        StageState.UpToDate => $"{o.Name} up to date",
+        StageState.Stale => $"{o.Name} would run: {o.Reason}",
+        StageState.NoExecutor => $"{o.Name} skipped: no executor yet",
+        _ => $"{o.Name} skipped: {o.Reason}",
     };
 
     /// <summary>Progress as log lines at 25 % steps (MSBuild has no progress bars).</summary>

@@ -39,6 +39,25 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void DagAndStageOptionSpeakStageNames()
+    {
+        using var dir = new TempDir();
+        var yaml = TestPipelines.Full
+            .Replace("    max_steps: 10\n", "    max_steps: 10\n  dpo:\n    kind: train\n    from: train\n")
+            .Replace("  eval:\n", "  eval:\n    from: dpo\n").Replace("  merge:\n", "  merge: {from: dpo}\n");
+        var file = TestPipelines.Write(dir, yaml);
+        var (code, stdout, err) = Finetune("dag", dir.Path);
+        Assert.Equal("", err);
+        Assert.Equal(0, code);
+        Assert.Contains("dpo (train) ← download, split, train", stdout);
+        Assert.Contains("eval ← download, split, dpo", stdout);
+
+        (code, _, err) = Finetune("run", dir.Path, "--stage", "dpp", "--dry-run");
+        Assert.Equal(2, code);
+        Assert.Equal($"error: --stage dpp: no such stage in {file}; expected one of download, register, split, train, dpo, eval, merge, export; did you mean 'dpo'?\n", err);
+    }
+
+    [Fact]
     public void DamagedLockIsNoCrash_StatusIgnoresItAndCleanRefusesIt()
     {
         using var dir = new TempDir();

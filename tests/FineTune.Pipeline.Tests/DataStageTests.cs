@@ -182,12 +182,12 @@ public sealed class DataStageTests : IDisposable
               register: {}
             """);
         var runner = new PipelineRunner(StageRegistry.CreateDefault());
-        var first = runner.Run(PipelineLoader.Load(yaml), new RunOptions { Stage = StageKind.Register }, new NullStageProgress(), CancellationToken.None);
+        var first = runner.Run(PipelineLoader.Load(yaml), new RunOptions { Stage = "register" }, new NullStageProgress(), CancellationToken.None);
         var good = first.Stages.Single(s => s.Kind == StageKind.Register).OutputDirectory!;
         var goodBytes = File.ReadAllBytes(Path.Combine(good, "conversations.jsonl"));
 
         File.WriteAllText(Path.Combine(_dir, "data", "qa.jsonl"), "{\"instruction\": \"x\"}\n");
-        var e = Assert.ThrowsAny<Exception>(() => runner.Run(PipelineLoader.Load(yaml), new RunOptions { Stage = StageKind.Register }, new NullStageProgress(), CancellationToken.None));
+        var e = Assert.ThrowsAny<Exception>(() => runner.Run(PipelineLoader.Load(yaml), new RunOptions { Stage = "register" }, new NullStageProgress(), CancellationToken.None));
         Assert.Contains("qa.jsonl: record 1 (line 1), field 'output': missing column 'output' (the response)", e.Message);
         Assert.Equal(goodBytes, File.ReadAllBytes(Path.Combine(good, "conversations.jsonl")));
     }

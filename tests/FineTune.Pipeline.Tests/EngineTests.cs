@@ -61,7 +61,7 @@ public sealed class EngineTests : IDisposable
         Assert.Contains("\"reports\": [\n        \"log.jsonl\"\n      ]", before);
         Assert.DoesNotContain("train_runtime", before);
 
-        var report = Run(new RunOptions { Force = true, Stage = StageKind.Train }, WithTrainLog());
+        var report = Run(new RunOptions { Force = true, Stage = "train" }, WithTrainLog());
         Assert.Equal(StageState.Ran, report.Stages.Single(s => s.Kind == StageKind.Train).State);
         Assert.Equal(before, File.ReadAllText(lockPath));
         // Downstream stages see the same train output hash: nothing after train runs again.
@@ -79,7 +79,7 @@ public sealed class EngineTests : IDisposable
     public void CleanFreesFinishedTrainingRunsCheckpointsAndKeepsAnInterruptedOnes()
     {
         Run();
-        var runs = Path.Combine(StageCache.Beside(_dir.Path).WorkDirectory(StageKind.Train), "checkpoints");
+        var runs = Path.Combine(StageCache.Beside(_dir.Path).WorkDirectory("train"), "checkpoints");
         var finished = Path.Combine(runs, "aaaa", "checkpoint-4");
         var interrupted = Path.Combine(runs, "bbbb", "checkpoint-2");
         Directory.CreateDirectory(finished);
@@ -232,7 +232,7 @@ public sealed class EngineTests : IDisposable
     [Fact]
     public void StageOptionRunsOnlyWhatThatStageNeeds()
     {
-        var report = Run(new RunOptions { Stage = StageKind.Split });
+        var report = Run(new RunOptions { Stage = "split" });
         Assert.Equal([StageKind.Download, StageKind.Register, StageKind.Split], report.Stages.Select(s => s.Kind));
         Assert.Equal(["download", "register", "split"], FakeStage.Runs(_counter));
     }
@@ -241,7 +241,7 @@ public sealed class EngineTests : IDisposable
     public void ForceWithStageReRunsOnlyThatStage()
     {
         Run();
-        var report = Run(new RunOptions { Stage = StageKind.Train, Force = true });
+        var report = Run(new RunOptions { Stage = "train", Force = true });
         Assert.Equal([StageKind.Train], report.Stages.Where(s => s.State == StageState.Ran).Select(s => s.Kind));
         Assert.Equal("forced", report.Stages.Single(s => s.Kind == StageKind.Train).Reason);
     }
@@ -268,7 +268,7 @@ public sealed class EngineTests : IDisposable
         Assert.Equal(3, cache.Fingerprints().Count());
         Assert.Empty(Directory.EnumerateDirectories(cache.TempRoot));
         var locked = LockFile.Read(Path.Combine(_dir.Path, "pipeline.lock"));
-        Assert.Equal([StageKind.Download, StageKind.Register, StageKind.Split], locked.Stages.Keys.Order());
+        Assert.Equal(["download", "register", "split"], locked.Stages.Keys.Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -286,7 +286,7 @@ public sealed class EngineTests : IDisposable
     public void LockFileRecordsParametersHashesAndMetrics()
     {
         Run();
-        var locked = LockFile.Read(Path.Combine(_dir.Path, "pipeline.lock")).Stages[StageKind.Register];
+        var locked = LockFile.Read(Path.Combine(_dir.Path, "pipeline.lock")).Stages["register"];
         Assert.Equal(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(_dir.Path, "data/identity.json")))),
             locked.Inputs["data/identity.json"]);
         Assert.Equal("""{"data":{"dataset":["identity"],"placeholders":{"author":"Team","name":"Bot"},"stage":"sft"},"register":{"max_samples":null,"skip_invalid":false}}""",

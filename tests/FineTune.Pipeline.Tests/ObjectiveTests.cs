@@ -44,8 +44,8 @@ public sealed class ObjectiveTests
     }
 
     private static Dictionary<StageKind, string> Fingerprints(LoadedPipeline p) =>
-        p.Stages.Where(k => k is StageKind.Register or StageKind.Split or StageKind.Train)
-            .ToDictionary(k => k, k => ContentHasher.Sha256Hex(CanonicalJson.Serialize(StageFingerprint.ParametersOf(k, p.Definition))));
+        p.Stages.Where(s => s.Kind is StageKind.Register or StageKind.Split or StageKind.Train)
+            .ToDictionary(s => s.Kind, s => ContentHasher.Sha256Hex(CanonicalJson.Serialize(StageFingerprint.ParametersOf(s, p.Definition))));
 
     [Fact]
     public void TrainStagePtMeansWhatSplitStagePtMeantWithTheSameFingerprints()

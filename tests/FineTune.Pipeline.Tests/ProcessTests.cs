@@ -56,7 +56,7 @@ public sealed class ProcessTests : IDisposable
         var cache = StageCache.Beside(_dir.Path);
         var locked = LockFile.Read(Path.Combine(_dir.Path, "pipeline.lock"));
         // download, register, split finished; train was writing out.txt in tmp/ when killed.
-        Assert.Equal([StageKind.Download, StageKind.Register, StageKind.Split], locked.Stages.Keys.Order());
+        Assert.Equal(["download", "register", "split"], locked.Stages.Keys.Order(StringComparer.Ordinal));
         Assert.Equal(3, cache.Fingerprints().Count());
         Assert.Single(Directory.EnumerateDirectories(cache.TempRoot));
 

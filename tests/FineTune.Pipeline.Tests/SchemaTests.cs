@@ -58,6 +58,41 @@ public sealed class SchemaTests
         Assert.NotEmpty(await ValidateWithSchema(With("[q4_k_m, q9]")));
     }
 
+    private const string NamedStages = """
+        name: named
+        model: {source: scratch}
+        data: {dataset: [identity], template: qwen3}
+        stages:
+          download: {}
+          register: {}
+          split: {cutoff_len: 256}
+          sft: {kind: train, finetuning_type: lora}
+          pref_register: {kind: register, dataset: [identity_pref]}
+          pref_split: {kind: split, from: pref_register}
+          dpo: {kind: train, learning_rate: 0.001, from: [sft, pref_split]}
+          eval: {from: dpo}
+          merge: {kind: merge, from: dpo}
+          export: {}
+        """;
+
+    [Fact]
+    public async Task SchemaTakesNamedStagesWhoseKindPicksTheirKeys()
+    {
+        Assert.Empty(await ValidateWithSchema(NamedStages));
+        async Task<string[]> Kinds(string from, string to)
+        {
+            Assert.Contains(from, NamedStages);
+            return (await ValidateWithSchema(NamedStages.Replace(from, to))).SelectMany(Flatten).Select(e => $"{e.Kind} {e.Property}").Distinct().Order().ToArray();
+        }
+        // No kind: no alternative of the named form fits.
+        Assert.Contains("PropertyRequired kind", await Kinds("sft: {kind: train, finetuning_type: lora}", "sft: {finetuning_type: lora}"));
+        // A train key in a split stage, an unknown kind, a name outside [a-z][a-z0-9_]*, kind: contradicting a kind's name.
+        Assert.Contains("NoAdditionalPropertiesAllowed learning_rate", await Kinds("pref_split: {kind: split,", "pref_split: {kind: split, learning_rate: 0.1,"));
+        Assert.Contains("NotInEnumeration kind", await Kinds("sft: {kind: train,", "sft: {kind: trian,"));
+        Assert.Equal(["NoAdditionalPropertiesAllowed Sft"], await Kinds("sft: {kind: train,", "Sft: {kind: train,"));
+        Assert.Equal(["NotInEnumeration kind"], await Kinds("merge: {kind: merge,", "merge: {kind: eval,"));
+    }
+
     /// <summary>YAML 1.2 core schema: plain scalars that look like null/bool/number become those; the rest strings.</summary>
     private static JsonNode? ToJson(YamlNode node) => node switch
     {

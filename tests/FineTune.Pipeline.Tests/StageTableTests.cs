@@ -25,7 +25,8 @@ public sealed class StageTableTests
     public void ABlockIsFoundThroughTheTable()
     {
         var stages = new StagesSection { Train = new TrainConfig { LoraRank = 4 }, Export = new ExportConfig() };
-        Assert.Equal([StageKind.Train, StageKind.Export], StageGraph.Order.Where(k => stages.For(k) is not null));
-        Assert.Equal(4, ((TrainConfig)stages.For(StageKind.Train)!).LoraRank);
+        Assert.Equal([StageKind.Train, StageKind.Export], stages.All.Select(s => s.Kind));
+        Assert.Equal(4, ((TrainConfig)stages["train"]!.Block).LoraRank);
+        Assert.Equal(typeof(TrainConfig), StageTable.Of(StageKind.Train).Block);
     }
 }

@@ -19,7 +19,9 @@ public sealed class FakeStage(StageKind kind, string counterFile, Func<StageCont
     {
         var sb = new StringBuilder();
         sb.AppendLine(StageGraph.Name(Kind));
-        sb.AppendLine(Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(Kind, ctx.Pipeline)));
+        sb.AppendLine(Engine.CanonicalJson.Serialize(ctx.Stage is { } stage
+            ? Engine.StageFingerprint.ParametersOf(stage, ctx.Pipeline)
+            : Engine.StageFingerprint.ParametersOf(Kind, ctx.Pipeline)));
         foreach (var (up, dir) in ctx.UpstreamOutputs.OrderBy(u => u.Key))
             sb.Append(up).Append(": ").AppendLine(File.ReadAllText(Path.Combine(dir, "out.txt")));
         foreach (var input in ExternalInputs(ctx))
@@ -27,7 +29,7 @@ public sealed class FakeStage(StageKind kind, string counterFile, Func<StageCont
         File.WriteAllText(Path.Combine(ctx.OutputDirectory, "out.txt"), sb.ToString());
         during?.Invoke(ctx);
         lock (typeof(FakeStage))
-            File.AppendAllText(counterFile, StageGraph.Name(Kind) + "\n");
+            File.AppendAllText(counterFile, (ctx.Stage?.Name ?? StageGraph.Name(Kind)) + "\n");
         return new StageResult(new Dictionary<string, double> { ["bytes"] = sb.Length }, []);
     }
 

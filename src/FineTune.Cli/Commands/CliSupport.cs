@@ -134,8 +134,8 @@ public static class CliSupport
 
     public static void PrintMissingExecutors(RunReport report)
     {
-        var missing = report.Stages.Where(s => s.State == StageState.NoExecutor).Select(s => StageNames.Of(s.Kind)).ToArray();
-        var blocked = report.Stages.Where(s => s.State == StageState.Blocked).Select(s => StageNames.Of(s.Kind)).ToArray();
+        var missing = report.Stages.Where(s => s.State == StageState.NoExecutor).Select(s => s.Name).ToArray();
+        var blocked = report.Stages.Where(s => s.State == StageState.Blocked).Select(s => s.Name).ToArray();
         if (missing.Length == 0) return;
         AnsiConsole.MarkupLine($"[yellow]note:[/] no executor yet for: {string.Join(", ", missing)}" +
             (blocked.Length > 0 ? $"; not run because they need those: {string.Join(", ", blocked)}" : "") + ".");

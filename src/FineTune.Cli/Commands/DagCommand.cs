@@ -17,12 +17,14 @@ public sealed class DagCommand : ICliCommand
             var loaded = CliSupport.Load(r.GetValue(pipeline)!);
             var runner = PipelineRunner.CreateDefault();
             var tree = new Tree($"[bold]{Markup.Escape(loaded.Definition.Name)}[/]");
-            foreach (var kind in loaded.Stages)
+            foreach (var stage in loaded.Stages)
             {
-                var ups = StageGraph.Upstream(kind);
-                var label = $"{StageNames.Of(kind)}" +
-                    (ups.Count == 0 ? " [grey](source)[/]" : $" [grey]← {string.Join(", ", ups.Select(StageNames.Of))}[/]") +
-                    (runner.HasExecutor(kind) ? "" : " [yellow](no executor yet)[/]");
+                // Providers in the order of the kinds they are (download, split, train …); a named stage shows its kind.
+                var ups = stage.Reads.OrderBy(u => u.Key).Select(u => u.Value).ToArray();
+                var kind = StageNames.Of(stage.Kind);
+                var label = Markup.Escape(stage.Name) + (stage.Name == kind ? "" : $" [grey]({kind})[/]") +
+                    (ups.Length == 0 ? " [grey](source)[/]" : $" [grey]← {Markup.Escape(string.Join(", ", ups))}[/]") +
+                    (runner.HasExecutor(stage.Kind) ? "" : " [yellow](no executor yet)[/]");
                 tree.AddNode(label);
             }
             AnsiConsole.Write(tree);

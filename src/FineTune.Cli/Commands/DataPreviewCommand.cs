@@ -110,28 +110,31 @@ public sealed class DataPreviewCommand : ICliCommand
     {
         var loaded = CliSupport.Load(path);
         var def = loaded.Definition;
-        if (def.Stages.Register is null)
-            throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no stages.register block; add `register: {{}}` under stages.");
+        // The pipeline's first register stage, and the split that reads it (its settings shape the preview).
+        var register = def.Stages.OfKind(StageKind.Register).FirstOrDefault()
+            ?? throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no stages.register block; add `register: {{}}` under stages.");
+        var splitStage = def.Stages.Readers(register.Name).FirstOrDefault(s => s.Kind == StageKind.Split);
         var runner = PipelineRunner.CreateDefault();
-        string Output(StageKind kind)
+        string Output(string name)
         {
-            var report = runner.Run(loaded, new RunOptions { Stage = kind }, new NullStageProgress(), ct);
-            return report.Stages.Single(s => s.Kind == kind).OutputDirectory
-                   ?? throw new PipelineUserException($"stage {StageNames.Of(kind)} has no output; run `finetune run {path} --stage {StageNames.Of(kind)}`.");
+            var report = runner.Run(loaded, new RunOptions { Stage = name }, new NullStageProgress(), ct);
+            return report.Stages.Single(s => s.Name == name).OutputDirectory
+                   ?? throw new PipelineUserException($"stage {name} has no output; run `finetune run {path} --stage {name}`.");
         }
-        var conversations = ConversationFile.Read(new RegisterOutput(Output(StageKind.Register)).Conversations);
+        var conversations = ConversationFile.Read(new RegisterOutput(Output(register.Name)).Conversations);
         Tokenizer tokenizer;
         try
         {
             tokenizer = tokenizerOverride is not null
                 ? (Directory.Exists(tokenizerOverride) ? Tokenizer.FromDirectory(tokenizerOverride) : Tokenizer.FromFile(tokenizerOverride))
-                : Tokenizer.FromDirectory(Output(StageKind.Download));
+                : Tokenizer.FromDirectory(Output(def.Stages.OfKind(StageKind.Download).FirstOrDefault()?.Name
+                    ?? throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no stages.download block (the tokenizer comes from the model); add `download: {{}}` under stages or pass --tokenizer.")));
         }
         catch (TokenizerFormatException e)
         {
             throw new PipelineUserException(e.Message, e);
         }
-        var split = def.Stages.Split ?? new SplitConfig();
+        var split = splitStage?.Block as SplitConfig ?? new SplitConfig();
         try
         {
             return (loaded, conversations, tokenizer, ChatTemplate.Get(def.Data.Template ?? "empty", split.EnableThinking), SplitStage.Options(split));

@@ -13,16 +13,13 @@ public sealed class PathCommand : ICliCommand
     public Command Create()
     {
         var pipeline = CliSupport.PipelineArgument();
-        var stage = new Option<string>("--stage", "-s") { Description = "download, register, split, train, eval, merge or export.", Required = true };
+        var stage = new Option<string>("--stage", "-s") { Description = "The stage's name: download, register, split, train, eval, merge, export, or a stage's own name (dpo).", Required = true };
         var command = new Command("path", "Print the output directory of an up-to-date stage (exit 2 when it is stale: run it first).") { pipeline, stage };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
-            string name = r.GetValue(stage)!;
-            if (!StageGraph.TryParse(name, out var kind))
-                throw new PipelineUserException($"--stage {name}: not a stage; expected one of {string.Join(", ", StageGraph.Order.Select(StageGraph.Name))}.");
             var loaded = CliSupport.Load(r.GetValue(pipeline)!);
-            var outcome = PipelineRunner.CreateDefault().Status(loaded).Stages.FirstOrDefault(s => s.Kind == kind)
-                ?? throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no {name} stage.");
+            string name = PipelineRunner.StageNamed(loaded, r.GetValue(stage)!, "--stage");
+            var outcome = PipelineRunner.CreateDefault().Status(loaded).Stages.First(s => s.Name == name);
             if (outcome.State != StageState.UpToDate || outcome.OutputDirectory is null)
                 throw new PipelineUserException($"stage {name} is not up to date ({outcome.Reason}); run `finetune run {r.GetValue(pipeline)} --stage {name}` first.");
             Console.WriteLine(outcome.OutputDirectory);

@@ -11,7 +11,7 @@ public sealed class RunCommand : ICliCommand
     public Command Create()
     {
         var pipeline = CliSupport.PipelineArgument();
-        var stage = new Option<string?>("--stage", "-s") { Description = "Stop after this stage (download, register, split, train, eval, merge, export); runs the stages it needs." };
+        var stage = new Option<string?>("--stage", "-s") { Description = "Stop after this stage, by name (download, register, split, train, eval, merge, export, or a stage's own name such as dpo); runs the stages it needs." };
         var force = new Option<bool>("--force", "-f") { Description = "Re-run even if up to date (all stages, or only --stage when given)." };
         var dryRun = new Option<bool>("--dry-run", "-n") { Description = "Show what would run; run nothing." };
         var verify = new Option<bool>("--verify") { Description = "Re-hash every cached file instead of trusting the size+mtime index." };
@@ -25,13 +25,13 @@ public sealed class RunCommand : ICliCommand
             var loaded = CliSupport.Load(r.GetValue(pipeline)!);
             var options = new RunOptions
             {
-                Stage = ParseStage(r.GetValue(stage)),
+                Stage = r.GetValue(stage) is { } s ? PipelineRunner.StageNamed(loaded, s, "--stage") : null,
                 Force = r.GetValue(force),
                 DryRun = r.GetValue(dryRun),
                 Verify = r.GetValue(verify),
                 LockTimeout = TimeSpan.FromSeconds(r.GetValue(lockTimeout)),
                 OnInfo = line => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(line)}[/]"),
-                OnStageStart = (k, why) => AnsiConsole.MarkupLine($"[blue]▶ {StageNames.Of(k)}[/] [grey]({Markup.Escape(why)})[/]"),
+                OnStageStart = (name, why) => AnsiConsole.MarkupLine($"[blue]▶ {Markup.Escape(name)}[/] [grey]({Markup.Escape(why)})[/]"),
                 OnStageDone = o => AnsiConsole.MarkupLine(Line(o)),
             };
             AnsiConsole.MarkupLine($"[bold]{Markup.Escape(loaded.Definition.Name)}[/] [grey]{Markup.Escape(loaded.FilePath)}[/]{(options.DryRun ? " [yellow](dry run)[/]" : "")}");
@@ -43,18 +43,9 @@ public sealed class RunCommand : ICliCommand
         return command;
     }
 
-    public static StageKind? ParseStage(string? name)
-    {
-        if (name is null) return null;
-        if (StageGraph.TryParse(name, out var kind)) return kind;
-        var names = StageGraph.Order.Select(StageNames.Of).ToArray();
-        var suggestion = FineTune.Pipeline.Validation.DidYouMean.Suggest(name, names);
-        throw new PipelineUserException($"--stage {name}: no such stage; expected one of {string.Join(", ", names)}" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?"));
-    }
-
     private static string Line(StageOutcome o)
     {
-        var name = $"{StageNames.Of(o.Kind),-9}";
+        var name = Markup.Escape($"{o.Name,-9}");
         return o.State switch
         {
             StageState.Ran => $"  [blue]{name}[/] ran ({CliSupport.Seconds(o.Seconds)}) [grey]{Markup.Escape(CliSupport.Metrics(o.Metrics))}[/]",

@@ -42,10 +42,10 @@ public sealed class ServeCommand : ICliCommand
             if (pipelineArg is not null)
             {
                 var loaded = CliSupport.Load(pipelineArg);
-                var merge = PipelineRunner.CreateDefault().Status(loaded).Stages.FirstOrDefault(s => s.Kind == StageKind.Merge)
+                var merge = PipelineRunner.CreateDefault().Status(loaded).Stages.LastOrDefault(s => s.Kind == StageKind.Merge)
                     ?? throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no merge stage; serve --pipeline serves the merged model (or use --model with --adapter).");
                 if (merge.State != StageState.UpToDate || merge.OutputDirectory is null)
-                    throw new PipelineUserException($"{loaded.FilePath}: stage merge is not up to date ({merge.Reason}); run `finetune run {pipelineArg}` first, then serve it.");
+                    throw new PipelineUserException($"{loaded.FilePath}: stage {merge.Name} is not up to date ({merge.Reason}); run `finetune run {pipelineArg}` first, then serve it.");
                 modelDir = merge.OutputDirectory;
                 id ??= loaded.Definition.Name;
                 templateName ??= loaded.Definition.Data.Template;

@@ -20,7 +20,7 @@ public sealed class StatusCommand : ICliCommand
             table.AddColumn("stage").AddColumn("state").AddColumn("why").AddColumn("fingerprint").AddColumn("metrics");
             foreach (var s in report.Stages)
                 table.AddRow(
-                    StageNames.Of(s.Kind),
+                    Markup.Escape(s.Name),
                     CliSupport.StateText(s.State),
                     Markup.Escape(s.Reason),
                     s.Fingerprint is null ? "" : s.Fingerprint[..12],

@@ -13,7 +13,7 @@ public sealed class ValidateCommand : ICliCommand
         command.SetAction(r => CliSupport.Guard(_ =>
         {
             var loaded = CliSupport.Load(r.GetValue(pipeline)!);
-            AnsiConsole.MarkupLine($"[green]{Markup.Escape(loaded.FilePath)}: valid[/] ({loaded.Stages.Count} stages: {string.Join(" → ", loaded.Stages.Select(FineTune.Pipeline.StageGraph.Name))})");
+            AnsiConsole.MarkupLine($"[green]{Markup.Escape(loaded.FilePath)}: valid[/] ({loaded.Stages.Count} stages: {string.Join(" → ", loaded.Stages.Select(s => s.Name))})");
             return 0;
         }));
         return command;

@@ -28,3 +28,10 @@ public sealed class YamlNameAttribute(string name) : Attribute
 {
     public string Name { get; } = name;
 }
+
+/// <summary>
+/// A key that stays out of the fingerprint (and the lock) while it is unset, so that adding it to a record keeps the
+/// fingerprints and lock bytes of every pipeline that does not use it (<c>stages.register.dataset</c>).
+/// </summary>
+[AttributeUsage(AttributeTargets.Property)]
+public sealed class OmittedWhenUnsetAttribute : Attribute;

@@ -11,4 +11,10 @@ public sealed record RegisterConfig
 
     [Range(1, int.MaxValue), Description("Keep at most this many samples per dataset.")]
     public int? MaxSamples { get; init; }
+
+    [ScalarOrList, OmittedWhenUnset, Description("Datasets (names in dataset_info.json) this register stage reads instead of data.dataset: a second register stage for other data (pref_register: {kind: register, dataset: [identity_pref]}).")]
+    public IReadOnlyList<string>? Dataset { get; init; }
+
+    /// <summary>The datasets this stage reads: its own list, else data.dataset.</summary>
+    public IReadOnlyList<string> DatasetsOr(DataSection data) => Dataset ?? data.Dataset;
 }

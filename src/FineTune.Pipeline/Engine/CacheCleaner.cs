@@ -28,8 +28,11 @@ public static class CacheCleaner
             }
             cache.SweepTemp();
             int finished = 0;
-            var runs = Path.Combine(cache.WorkDirectory(StageKind.Train), "checkpoints");
-            if (!all && Directory.Exists(runs))
+            // Every train stage keeps its runs' checkpoints in its own work directory.
+            foreach (var train in p.Stages.Where(s => !all && s.Kind == StageKind.Train))
+            {
+                var runs = Path.Combine(cache.WorkDirectory(train.Name), "checkpoints");
+                if (!Directory.Exists(runs)) continue;
                 foreach (var run in Directory.EnumerateDirectories(runs).ToList())
                 {
                     if (!new FineTune.Training.CheckpointStore(run).IsFinished) continue;
@@ -37,6 +40,7 @@ public static class CacheCleaner
                     Directory.Delete(run, recursive: true);
                     finished++;
                 }
+            }
             if (all)
             {
                 foreach (var d in Directory.EnumerateDirectories(cache.Root))

@@ -19,6 +19,7 @@ public static class CanonicalJson
         foreach (var key in ConfigModel.Keys(record.GetType()).Where(k => k.Fingerprinted).OrderBy(k => k.Name, StringComparer.Ordinal))
         {
             var value = key.Property.GetValue(record);
+            if (value is null && key.OmittedWhenUnset) continue;
             obj[key.Name] = key.FingerprintOneAsScalar && value is System.Collections.IList { Count: 1 } one ? Value(one[0]) : Value(value);
         }
         return obj;

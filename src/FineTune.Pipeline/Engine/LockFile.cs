@@ -29,21 +29,28 @@ public sealed record LockedStage(
 /// <summary>
 /// pipeline.lock beside the pipeline (committed to git): per stage its fingerprint, the parameters and input hashes
 /// that made it, and the hashes of what it produced. Written as sorted, indented JSON so diffs are readable and
-/// the bytes depend only on content.
+/// the bytes depend only on content. Entries are keyed by stage name (the key under stages) and written in
+/// <see cref="Order"/> (the pipeline's order), then any others in the order they were read or added.
 /// </summary>
-public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages)
+public sealed record LockFile(IReadOnlyDictionary<string, LockedStage> Stages)
 {
     public const string FileName = "pipeline.lock";
     public const int Version = 1;
 
-    public static LockFile Empty { get; } = new(new Dictionary<StageKind, LockedStage>());
+    public static LockFile Empty { get; } = new(new Dictionary<string, LockedStage>());
+
+    /// <summary>The order entries are written in: the pipeline's stages (<see cref="Only"/> sets it).</summary>
+    public IReadOnlyList<string> Order { get; init; } = [];
+
+    // Entries in the order they were read or added: where Order says nothing.
+    private IReadOnlyList<string> Arrival { get; init; } = [];
 
     public static string PathBeside(string pipelineFile) => Path.Combine(Path.GetDirectoryName(pipelineFile)!, FileName);
 
     /// <summary>
     /// Reads the lock; a missing file is <see cref="Empty"/>. Every field is checked against what <see cref="Serialize"/>
     /// writes, so a truncated file, a merge conflict or a value of the wrong type is a <see cref="LockFileDamagedException"/>
-    /// naming the file and the field — never a crash. Entries of stage names this version does not know are skipped.
+    /// naming the file and the field — never a crash.
     /// </summary>
     public static LockFile Read(string path)
     {
@@ -73,13 +80,14 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
             throw r.Wrong("version", version, $"the number {Version}");
         if (!v.TryGetValue<int>(out var number) || number != Version)
             throw r.Fail($"\"version\" is {version.ToJsonString()}, expected {Version} (the lock format this FineTune reads and writes)");
-        var stages = new Dictionary<StageKind, LockedStage>();
+        var stages = new Dictionary<string, LockedStage>(StringComparer.Ordinal);
+        var arrival = new List<string>();
         foreach (var (name, node) in r.Object(r.Required(top, "", "stages"), "stages"))
         {
-            if (!StageGraph.TryParse(name, out var kind)) continue;
             var at = $"stages.{name}";
             var s = r.Object(node, at);
-            stages[kind] = new LockedStage(
+            arrival.Add(name);
+            stages[name] = new LockedStage(
                 r.String(s, at, "fingerprint"),
                 (JsonObject)r.Object(r.Required(s, at, "params"), at + ".params").DeepClone(),
                 r.Strings(s, at, "upstream"), r.Strings(s, at, "inputs"),
@@ -88,7 +96,7 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
                 r.Metrics(s, at, "metrics"),
                 r.OptionalStringList(s, at, "reports"));
         }
-        return new LockFile(stages);
+        return new LockFile(stages) { Arrival = arrival };
     }
 
     /// <summary>Field-by-field reading with the JSON path of whatever is wrong.</summary>
@@ -163,10 +171,10 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
     public string Serialize()
     {
         var stages = new JsonObject();
-        foreach (var kind in StageGraph.Order)
+        foreach (var name in Order.Concat(Arrival).Concat(Stages.Keys.Order(StringComparer.Ordinal)).Distinct(StringComparer.Ordinal))
         {
-            if (!Stages.TryGetValue(kind, out var s)) continue;
-            stages[StageNames.Of(kind)] = new JsonObject
+            if (!Stages.TryGetValue(name, out var s)) continue;
+            stages[name] = new JsonObject
             {
                 ["fingerprint"] = s.Fingerprint,
                 ["params"] = CanonicalJson.Sorted(s.Parameters),
@@ -177,7 +185,7 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
                 ["metrics"] = StageCache.MetricsNode(s.Metrics),
             };
             if (s.Reports is { Count: > 0 } reports)
-                stages[StageNames.Of(kind)]!["reports"] = new JsonArray(reports.Order(StringComparer.Ordinal).Select(r => (JsonNode?)JsonValue.Create(r)).ToArray());
+                stages[name]!["reports"] = new JsonArray(reports.Order(StringComparer.Ordinal).Select(r => (JsonNode?)JsonValue.Create(r)).ToArray());
         }
         var root = new JsonObject { ["version"] = Version, ["stages"] = stages };
         // Stages in pipeline order, everything inside sorted: the bytes depend only on content.
@@ -198,17 +206,19 @@ public sealed record LockFile(IReadOnlyDictionary<StageKind, LockedStage> Stages
         return true;
     }
 
-    public LockFile With(StageKind kind, LockedStage stage)
+    public LockFile With(string name, LockedStage stage)
     {
-        var d = Stages.ToDictionary();
-        d[kind] = stage;
-        return new LockFile(d);
+        var d = new Dictionary<string, LockedStage>(Stages, StringComparer.Ordinal) { [name] = stage };
+        return this with { Stages = d, Arrival = Arrival.Contains(name) ? Arrival : [.. Arrival, name] };
     }
 
-    /// <summary>Drops stages no longer in the pipeline.</summary>
-    public LockFile Only(IEnumerable<StageKind> kinds)
+    /// <summary>Writes entries in this order (the pipeline's stages) from now on.</summary>
+    public LockFile InOrder(IEnumerable<string> names) => this with { Order = names.ToArray() };
+
+    /// <summary>Drops stages no longer in the pipeline and writes the others in its order.</summary>
+    public LockFile Only(IEnumerable<string> names)
     {
-        var keep = kinds.ToHashSet();
-        return new LockFile(Stages.Where(s => keep.Contains(s.Key)).ToDictionary());
+        var keep = names.ToArray();
+        return new LockFile(Stages.Where(s => keep.Contains(s.Key)).ToDictionary(StringComparer.Ordinal)) { Order = keep, Arrival = Arrival.Where(keep.Contains).ToArray() };
     }
 }

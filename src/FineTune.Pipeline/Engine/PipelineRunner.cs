@@ -1,3 +1,4 @@
+using FineTune.Pipeline.Config;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using FineTune.Pipeline.Validation;
@@ -18,8 +19,10 @@ public enum StageState
     Blocked,
 }
 
+/// <param name="Name">The stage's name (its key under stages).</param>
 /// <param name="Reason">Why the stage is in this state: "up to date", "stages.train.learning_rate: 0.005 → 0.001", …</param>
 public sealed record StageOutcome(
+    string Name,
     StageKind Kind,
     StageState State,
     string Reason,
@@ -31,8 +34,8 @@ public sealed record StageOutcome(
 
 public sealed record RunOptions
 {
-    /// <summary>Run this stage and the stages it needs, nothing after it.</summary>
-    public StageKind? Stage { get; init; }
+    /// <summary>Run this stage (by name: <c>train</c>, <c>dpo</c>) and the stages it needs, nothing after it.</summary>
+    public string? Stage { get; init; }
     /// <summary>Re-run even when up to date: every selected stage, or only <see cref="Stage"/> when one is named.</summary>
     public bool Force { get; init; }
     /// <summary>Report what would run; execute nothing, write nothing.</summary>
@@ -40,7 +43,8 @@ public sealed record RunOptions
     /// <summary>Re-read every cached file instead of trusting the size+mtime hash index.</summary>
     public bool Verify { get; init; }
     public TimeSpan LockTimeout { get; init; } = TimeSpan.FromHours(1);
-    public Action<StageKind, string>? OnStageStart { get; init; }
+    /// <summary>A stage starts: its name and why it runs.</summary>
+    public Action<string, string>? OnStageStart { get; init; }
     public Action<StageOutcome>? OnStageDone { get; init; }
     public Action<string>? OnInfo { get; init; }
 }
@@ -56,9 +60,10 @@ public sealed record RunReport(IReadOnlyList<StageOutcome> Stages, double Overhe
 }
 
 /// <summary>A stage's executor threw something other than a user error.</summary>
-public sealed class StageFailedException(StageKind kind, Exception inner)
-    : Exception($"stage {StageNames.Of(kind)} failed: {inner.Message}", inner)
+public sealed class StageFailedException(string name, StageKind kind, Exception inner)
+    : Exception($"stage {name} failed: {inner.Message}", inner)
 {
+    public string Name { get; } = name;
     public StageKind Kind { get; } = kind;
 }
 
@@ -82,17 +87,38 @@ public sealed class PipelineRunner
 
     public bool HasExecutor(StageKind kind) => _executors.ContainsKey(kind);
 
-    /// <summary>Stages to consider: all present ones, or <paramref name="target"/> and its upstream closure.</summary>
-    public static IReadOnlyList<StageKind> Plan(LoadedPipeline p, StageKind? target)
+    /// <summary>Stages to consider, in pipeline order: all, or <paramref name="target"/> and the stages it reads, transitively.</summary>
+    public static IReadOnlyList<StageInstance> Plan(LoadedPipeline p, string? target)
     {
         var present = p.Stages;
-        if (target is not { } t) return present;
-        if (!present.Contains(t))
-            throw new PipelineUserException($"{p.FilePath}: stage '{StageNames.Of(t)}' is not in this pipeline (it has: {string.Join(", ", present.Select(StageNames.Of))}).");
-        var needed = new HashSet<StageKind>();
-        void Visit(StageKind k) { if (needed.Add(k)) foreach (var u in StageGraph.Upstream(k)) Visit(u); }
+        if (target is null) return present;
+        var t = p.Definition.Stages[target] ?? throw new PipelineUserException(NotInPipeline(p, target));
+        var needed = new HashSet<string>(StringComparer.Ordinal);
+        void Visit(StageInstance s) { if (needed.Add(s.Name)) foreach (var u in s.Reads.Values) Visit(p.Definition.Stages[u]!); }
         Visit(t);
-        return present.Where(needed.Contains).ToArray();
+        return present.Where(s => needed.Contains(s.Name)).ToArray();
+    }
+
+    /// <summary>
+    /// The stage a front end's option names (<c>--stage dpo</c>, <c>FineTuneStage=dpo</c>): its name, or a kind's name
+    /// in another case (<c>Train</c>, as the Cake tasks spell it); anything else is a user error with a did-you-mean.
+    /// </summary>
+    public static string StageNamed(LoadedPipeline p, string name, string option)
+    {
+        if (p.Definition.Stages[name] is not null) return name;
+        if (p.Stages.FirstOrDefault(s => s.Name.Equals(name, StringComparison.OrdinalIgnoreCase)) is { } other) return other.Name;
+        var names = p.Stages.Select(s => s.Name).ToArray();
+        var suggestion = DidYouMean.Suggest(name, names);
+        throw new PipelineUserException($"{option} {name}: no such stage in {p.FilePath}; expected one of {string.Join(", ", names)}"
+            + (suggestion is null ? "" : $"; did you mean '{suggestion}'?"));
+    }
+
+    /// <summary>"stage 'dpp' is not in this pipeline (it has: …); did you mean 'dpo'?"</summary>
+    public static string NotInPipeline(LoadedPipeline p, string name)
+    {
+        var names = p.Stages.Select(s => s.Name).ToArray();
+        var suggestion = DidYouMean.Suggest(name, names);
+        return $"{p.FilePath}: stage '{name}' is not in this pipeline (it has: {string.Join(", ", names)})" + (suggestion is null ? "." : $"; did you mean '{suggestion}'?");
     }
 
     /// <summary>Status of every stage without running or writing anything but the hash index.</summary>
@@ -114,19 +140,21 @@ public sealed class PipelineRunner
         }
         var hasher = new ContentHasher(cache.IndexPath, trustIndex: !options.Verify);
         var (lockFile, lockDamage) = ReadLock(lockPath, options);
-        var outcomes = new Dictionary<StageKind, StageOutcome>();
-        var outputHashes = new Dictionary<StageKind, string>();
+        // Entries written after each stage keep the pipeline's order, a stage added in the middle included.
+        lockFile = lockFile.InOrder(p.Stages.Select(s => s.Name));
+        var outcomes = new Dictionary<string, StageOutcome>(StringComparer.Ordinal);
+        var outputHashes = new Dictionary<string, string>(StringComparer.Ordinal);
         var stageSeconds = 0.0;
         var lockChanged = false;
         var inputFiles = new SortedSet<string>(StringComparer.Ordinal);
 
         try
         {
-            foreach (var kind in plan)
+            foreach (var stage in plan)
             {
                 ct.ThrowIfCancellationRequested();
-                var outcome = Resolve(kind);
-                outcomes[kind] = outcome;
+                var outcome = Resolve(stage);
+                outcomes[stage.Name] = outcome;
                 options.OnStageDone?.Invoke(outcome);
             }
         }
@@ -138,30 +166,31 @@ public sealed class PipelineRunner
         if (!options.DryRun)
         {
             // Forget stages the pipeline no longer has; keep entries of stages not selected this time.
-            var pruned = lockFile.Only(p.Stages);
+            var pruned = lockFile.Only(p.Stages.Select(s => s.Name));
             lockChanged |= pruned.WriteIfChanged(lockPath);
         }
 
-        return new RunReport(plan.Select(k => outcomes[k]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds, hasher.BytesHashed, lockChanged,
+        return new RunReport(plan.Select(s => outcomes[s.Name]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds, hasher.BytesHashed, lockChanged,
             inputFiles.ToArray());
 
-        StageOutcome Resolve(StageKind kind)
+        StageOutcome Resolve(StageInstance stage)
         {
-            var name = StageNames.Of(kind);
+            var (name, kind) = (stage.Name, stage.Kind);
             if (!_executors.TryGetValue(kind, out var executor))
-                return new StageOutcome(kind, StageState.NoExecutor, "no executor yet");
-            foreach (var up in StageGraph.Upstream(kind))
+                return new StageOutcome(name, kind, StageState.NoExecutor, "no executor yet");
+            foreach (var up in stage.Reads.Values)
             {
                 var u = outcomes[up];
                 if (u.State is StageState.NoExecutor or StageState.Blocked)
-                    return new StageOutcome(kind, StageState.Blocked, $"needs stage {StageNames.Of(up)}, which cannot run yet");
+                    return new StageOutcome(name, kind, StageState.Blocked, $"needs stage {up}, which cannot run yet");
                 if (u.State == StageState.Stale)
-                    return new StageOutcome(kind, StageState.Stale, $"upstream stage {StageNames.Of(up)} will run first");
+                    return new StageOutcome(name, kind, StageState.Stale, $"upstream stage {up} will run first");
             }
 
-            var upstreamDirs = StageGraph.Upstream(kind).ToDictionary(u => u, u => outcomes[u].OutputDirectory!);
-            var upstreamHashes = StageGraph.Upstream(kind).ToDictionary(u => u, u => outputHashes[u]);
-            var ctx = new StageContext(p.Definition, p.Directory, upstreamDirs, "", progress, ct, cache.WorkDirectory(kind), upstreamHashes);
+            // Providers keyed by kind: a stage reads at most one stage of each kind (a train stage built on another finds it under Train).
+            var upstreamDirs = stage.Reads.ToDictionary(u => u.Key, u => outcomes[u.Value].OutputDirectory!);
+            var upstreamHashes = stage.Reads.ToDictionary(u => u.Key, u => outputHashes[u.Value]);
+            var ctx = new StageContext(p.Definition, p.Directory, upstreamDirs, "", progress, ct, cache.WorkDirectory(name), upstreamHashes) { Stage = stage };
             var inputs = new List<(string Name, string Hash)>();
             foreach (var input in executor.ExternalInputs(ctx))
             {
@@ -172,32 +201,32 @@ public sealed class PipelineRunner
                 if (Directory.Exists(full)) inputFiles.UnionWith(Directory.EnumerateFiles(full, "*", SearchOption.AllDirectories));
                 else inputFiles.Add(full);
             }
-            var fp = new StageFingerprint(kind, StageFingerprint.ParametersOf(kind, p.Definition), upstreamHashes, inputs);
+            var fp = new StageFingerprint(kind, StageFingerprint.ParametersOf(stage, p.Definition), upstreamHashes, inputs);
             var fingerprint = fp.Hash;
             var check = cache.Check(fingerprint, hasher);
             if (check.Damaged && !options.DryRun)
                 options.OnInfo?.Invoke($"{cache.ManifestPath(fingerprint)}: {check.Problem} and rebuilt.");
-            var forced = options.Force && (options.Stage is null || options.Stage == kind);
+            var forced = options.Force && (options.Stage is null || options.Stage == name);
 
             if (check.Valid && !forced)
             {
                 var m = check.Manifest!;
-                outputHashes[kind] = m.OutputHash;
-                var reason = lockFile.Stages.TryGetValue(kind, out var locked) && locked.Fingerprint == fingerprint
+                outputHashes[name] = m.OutputHash;
+                var reason = lockFile.Stages.TryGetValue(name, out var locked) && locked.Fingerprint == fingerprint
                     ? "up to date"
                     : "up to date (output reused from the cache)";
-                Record(kind, fp, m);
-                return new StageOutcome(kind, StageState.UpToDate, reason, fingerprint, 0, cache.OutputDirectory(fingerprint), m.Metrics, m.Notes);
+                Record(stage, fp, m);
+                return new StageOutcome(name, kind, StageState.UpToDate, reason, fingerprint, 0, cache.OutputDirectory(fingerprint), m.Metrics, m.Notes);
             }
 
-            var why = forced ? "forced" : Explain(kind, fp, fingerprint, check);
+            var why = forced ? "forced" : Explain(stage, fp, fingerprint, check);
             if (executor.Resumable(ctx) is { } resumable)
                 why += "; " + resumable;
             if (options.DryRun)
-                return new StageOutcome(kind, StageState.Stale, why, fingerprint);
+                return new StageOutcome(name, kind, StageState.Stale, why, fingerprint);
 
-            options.OnStageStart?.Invoke(kind, why);
-            var temp = cache.CreateTemp(kind);
+            options.OnStageStart?.Invoke(name, why);
+            var temp = cache.CreateTemp(name);
             var clock = Stopwatch.StartNew();
             StageResult result;
             try
@@ -214,24 +243,25 @@ public sealed class PipelineRunner
                     // Keys a stage could only check once it ran (against the downloaded model): located like load-time errors.
                     PipelineKeyException k => new PipelineValidationException(k.Errors.Select(x => p.ErrorAt(x.JsonPath, x.Message)).ToArray()),
                     PipelineUserException => new PipelineUserException($"stage {name}: {e.Message}", e),
-                    _ => new StageFailedException(kind, e),
+                    _ => new StageFailedException(name, kind, e),
                 };
             }
             var seconds = clock.Elapsed.TotalSeconds;
             stageSeconds += seconds;
             var manifest = cache.Commit(temp, kind, fingerprint, result, seconds, hasher);
-            outputHashes[kind] = manifest.OutputHash;
-            Record(kind, fp, manifest);
+            outputHashes[name] = manifest.OutputHash;
+            Record(stage, fp, manifest);
             hasher.Save();
-            return new StageOutcome(kind, StageState.Ran, why, fingerprint, seconds, cache.OutputDirectory(fingerprint), manifest.Metrics, manifest.Notes);
+            return new StageOutcome(name, kind, StageState.Ran, why, fingerprint, seconds, cache.OutputDirectory(fingerprint), manifest.Metrics, manifest.Notes);
         }
 
-        void Record(StageKind kind, StageFingerprint fp, CacheManifest m)
+        void Record(StageInstance stage, StageFingerprint fp, CacheManifest m)
         {
             if (options.DryRun) return;
-            lockFile = lockFile.With(kind, new LockedStage(
+            lockFile = lockFile.With(stage.Name, new LockedStage(
                 fp.Hash, fp.Parameters,
-                fp.Upstream.ToDictionary(u => StageNames.Of(u.Key), u => u.Value),
+                // Keyed by the provider's name (the fingerprint keys them by kind: renaming a provider re-runs nothing).
+                fp.Upstream.ToDictionary(u => stage.Reads[u.Key], u => u.Value),
                 fp.Inputs.GroupBy(i => i.Name).ToDictionary(g => g.Key, g => g.First().Hash),
                 m.OutputHash,
                 m.ResultFiles.ToDictionary(f => f.Path, f => f.Sha256),
@@ -240,17 +270,17 @@ public sealed class PipelineRunner
             lockChanged |= lockFile.WriteIfChanged(lockPath);
         }
 
-        string Explain(StageKind kind, StageFingerprint fp, string fingerprint, CacheCheck check)
+        string Explain(StageInstance stage, StageFingerprint fp, string fingerprint, CacheCheck check)
         {
-            if (!lockFile.Stages.TryGetValue(kind, out var locked))
+            if (!lockFile.Stages.TryGetValue(stage.Name, out var locked))
                 return lockDamage is null ? "never ran (not in pipeline.lock)" : $"no record to compare with ({LockFile.FileName} is damaged and ignored)";
             if (locked.Fingerprint == fingerprint)
                 return check.Problem ?? "cached output missing";
             var reasons = new List<string>();
-            reasons.AddRange(ParameterChanges(locked.Parameters, fp.Parameters));
+            reasons.AddRange(ParameterChanges(locked.Parameters, fp.Parameters, stage));
             foreach (var (up, hash) in fp.Upstream)
-                if (!locked.Upstream.TryGetValue(StageNames.Of(up), out var old) || old != hash)
-                    reasons.Add($"output of upstream stage {StageNames.Of(up)} changed");
+                if (!locked.Upstream.TryGetValue(stage.Reads[up], out var old) || old != hash)
+                    reasons.Add($"output of upstream stage {stage.Reads[up]} changed");
             var now = fp.Inputs.GroupBy(i => i.Name).ToDictionary(g => g.Key, g => g.First().Hash);
             foreach (var (inputName, hash) in now)
                 if (!locked.Inputs.TryGetValue(inputName, out var old)) reasons.Add($"new input {inputName}");
@@ -282,8 +312,8 @@ public sealed class PipelineRunner
         }
     }
 
-    /// <summary>"stages.train.learning_rate: 0.005 → 0.001" for every leaf that differs.</summary>
-    public static IReadOnlyList<string> ParameterChanges(JsonObject before, JsonObject after)
+    /// <summary>"stages.train.learning_rate: 0.005 → 0.001" for every leaf that differs (<c>stages.dpo.…</c> for a stage named dpo).</summary>
+    public static IReadOnlyList<string> ParameterChanges(JsonObject before, JsonObject after, StageInstance? stage = null)
     {
         var a = Flatten(before);
         var b = Flatten(after);
@@ -292,14 +322,21 @@ public sealed class PipelineRunner
         {
             var x = a.GetValueOrDefault(key, "(unset)");
             var y = b.GetValueOrDefault(key, "(unset)");
-            if (x != y) changes.Add($"{Qualify(key)}: {x} → {y}");
+            if (x != y) changes.Add($"{Qualify(key, stage)}: {x} → {y}");
         }
         return changes;
     }
 
-    // Parameters are stored as {"train": {...}, "data": {...}}: stage blocks live under stages.* in the YAML.
-    private static string Qualify(string key) =>
-        key.StartsWith("model.", StringComparison.Ordinal) || key.StartsWith("data.", StringComparison.Ordinal) ? key : "stages." + key;
+    // Parameters are stored as {"train": {...}, "data": {...}}: the block under its kind's name, which in the YAML is
+    // stages.<the stage's name>.
+    private static string Qualify(string key, StageInstance? stage)
+    {
+        if (key.StartsWith("model.", StringComparison.Ordinal) || key.StartsWith("data.", StringComparison.Ordinal)) return key;
+        var kind = stage is null ? null : StageNames.Of(stage.Kind);
+        if (kind is not null && (key == kind || key.StartsWith(kind + ".", StringComparison.Ordinal)))
+            key = stage!.Name + key[kind.Length..];
+        return "stages." + key;
+    }
 
     private static Dictionary<string, string> Flatten(JsonNode? node, string prefix = "", Dictionary<string, string>? into = null)
     {

@@ -29,7 +29,7 @@ public sealed record CacheCheck(bool Valid, string? Problem, CacheManifest? Mani
 /// <summary>
 /// The .finetune/ directory beside a pipeline: <c>cache/&lt;fingerprint&gt;/{out/, manifest.json}</c> holds finished
 /// outputs keyed by fingerprint; <c>tmp/</c> the outputs being written (renamed into cache/ only when complete);
-/// <c>work/&lt;stage&gt;/</c> persistent scratch (partial downloads); <c>index.json</c> the hash index; <c>run.lock</c>
+/// <c>work/&lt;stage name&gt;/</c> persistent scratch (partial downloads); <c>index.json</c> the hash index; <c>run.lock</c>
 /// the inter-process lock.
 /// </summary>
 public sealed class StageCache(string root)
@@ -51,7 +51,8 @@ public sealed class StageCache(string root)
 
     public string EntryDirectory(string fingerprint) => Path.Combine(CacheRoot, fingerprint);
     public string OutputDirectory(string fingerprint) => Path.Combine(EntryDirectory(fingerprint), "out");
-    public string WorkDirectory(StageKind kind) => Path.Combine(Root, "work", StageNames.Of(kind));
+    /// <summary>The persistent scratch directory of the stage of this name (work/&lt;name&gt;).</summary>
+    public string WorkDirectory(string stageName) => Path.Combine(Root, "work", stageName);
 
     public string ManifestPath(string fingerprint) => Path.Combine(EntryDirectory(fingerprint), "manifest.json");
 
@@ -130,9 +131,9 @@ public sealed class StageCache(string root)
     }
 
     /// <summary>A fresh empty directory under tmp/ for a stage to write into (the "out" subdirectory is the output).</summary>
-    public string CreateTemp(StageKind kind)
+    public string CreateTemp(string stageName)
     {
-        var dir = Path.Combine(TempRoot, $"{StageNames.Of(kind)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        var dir = Path.Combine(TempRoot, $"{stageName}-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(Path.Combine(dir, "out"));
         return dir;
     }

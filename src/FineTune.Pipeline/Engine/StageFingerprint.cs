@@ -34,15 +34,22 @@ public sealed record StageFingerprint(
     /// The resolved settings a stage reads: its own block and the top-level keys it uses. Paths stay out
     /// (a local model directory is fingerprinted by content through <see cref="IStageExecutor.ExternalInputs"/>).
     /// </summary>
-    public static JsonObject ParametersOf(StageKind kind, PipelineDefinition p)
+    /// <remarks>
+    /// The block is keyed by the stage's kind, not its name: renaming a stage re-runs nothing, and two stages doing the same
+    /// work share one cache entry. Its name, <c>kind:</c> and <c>from:</c> are structure, covered by the upstream hashes.
+    /// </remarks>
+    public static JsonObject ParametersOf(StageInstance stage, PipelineDefinition p)
     {
-        var block = p.Stages.For(kind) ?? throw new InvalidOperationException($"stage {kind} is not in the pipeline");
-        var result = new JsonObject { [Engine.StageNames.Of(kind)] = CanonicalJson.FromRecord(block) };
-        if (StageTable.Of(kind).Settings is { } settings)
-            foreach (var (key, value) in settings(p))
+        var result = new JsonObject { [Engine.StageNames.Of(stage.Kind)] = CanonicalJson.FromRecord(stage.Block) };
+        if (StageTable.Of(stage.Kind).Settings is { } settings)
+            foreach (var (key, value) in settings(p, stage))
                 result[key] = value?.DeepClone();
         return result;
     }
+
+    /// <summary>The parameters of the pipeline's only stage of <paramref name="kind"/>.</summary>
+    public static JsonObject ParametersOf(StageKind kind, PipelineDefinition p) =>
+        ParametersOf(p.Stages.OfKind(kind) is [var only] ? only : throw new InvalidOperationException($"the pipeline has {p.Stages.OfKind(kind).Count} {kind} stages, not one"), p);
 }
 
 public static class StageNames

@@ -16,8 +16,8 @@ namespace FineTune.Pipeline;
 public sealed class DownloadStage(Func<string, string?>? environment = null, HttpMessageHandler? httpHandler = null) : IStageExecutor
 {
     /// <summary>Reads no stage; its fingerprint covers where the model comes from (a local directory by content, see ExternalInputs).</summary>
-    public static StageDescription Description { get; } = new(StageKind.Download, [], s => s.Download,
-        p => new()
+    public static StageDescription Description { get; } = new(StageKind.Download, [], typeof(DownloadConfig),
+        (p, _) => new()
     {
         ["model"] = new JsonObject
         {
@@ -42,7 +42,7 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
             return [store.SnapshotManifestPath(snapshot.RepoId, snapshot.Commit)];
         }
         var dir = LocalDirectory(ctx);
-        var include = GlobPattern.Matcher(ctx.Pipeline.Stages.Download?.AllowPatterns);
+        var include = GlobPattern.Matcher(ctx.Block<DownloadConfig>().AllowPatterns);
         return Directory.GetFiles(dir).Where(f => include(Path.GetFileName(f))).Order(StringComparer.Ordinal).ToArray();
     }
 
@@ -65,7 +65,7 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
             // between fingerprinting and downloading cannot slip another commit in.
             var snapshot = Run(() => store.Load(reference.RepoId, reference.Revision), reference.ToString())
                 ?? Run(() => client.SnapshotAsync(reference, store, ctx.Cancellation).GetAwaiter().GetResult(), reference.ToString());
-            var include = GlobPattern.Matcher(ctx.Pipeline.Stages.Download?.AllowPatterns);
+            var include = GlobPattern.Matcher(ctx.Block<DownloadConfig>().AllowPatterns);
             var files = Run(() => HubClient.Select(snapshot, include), reference.ToString());
             using (var progress = new ByteProgress(ctx.Progress.Start($"download {reference}", files.Sum(f => f.Size ?? 0))))
                 Run(() => { client.DownloadAsync(snapshot, store, ctx.OutputDirectory, include, progress, ctx.Cancellation).GetAwaiter().GetResult(); return 0; }, reference.ToString());
@@ -109,7 +109,7 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
     }
 
     private static HubModelReference Reference(StageContext ctx) =>
-        Run(() => HubModelReference.Parse(ctx.Pipeline.Model.Source, ctx.Pipeline.Stages.Download?.Revision), "model.source");
+        Run(() => HubModelReference.Parse(ctx.Pipeline.Model.Source, ctx.Block<DownloadConfig>().Revision), "model.source");
 
     private static HubStore Store(StageContext ctx)
     {

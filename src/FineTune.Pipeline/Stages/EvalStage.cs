@@ -20,7 +20,7 @@ namespace FineTune.Pipeline;
 public sealed class EvalStage : IStageExecutor
 {
     /// <summary>Reads the model, the split (val.ftds) and what train produced; generates with the chat template.</summary>
-    public static StageDescription Description { get; } = new(StageKind.Eval, [StageKind.Download, StageKind.Split, StageKind.Train], s => s.Eval,
+    public static StageDescription Description { get; } = new(StageKind.Eval, [StageKind.Download, StageKind.Split, StageKind.Train], typeof(EvalConfig),
         StageDescription.TemplateSetting, () => new EvalStage());
 
     public StageKind Kind => Description.Kind;
@@ -29,7 +29,7 @@ public sealed class EvalStage : IStageExecutor
 
     public StageResult Execute(StageContext ctx)
     {
-        var cfg = ctx.Pipeline.Stages.Eval ?? new EvalConfig();
+        var cfg = ctx.Block<EvalConfig>();
         string modelDir = ModelOutput.Of(ctx).Directory;
         var split = SplitOutput.Of(ctx);
         var train = TrainOutput.Of(ctx);
@@ -38,7 +38,7 @@ public sealed class EvalStage : IStageExecutor
             throw new PipelineUserException($"The eval stage needs validation data but {splitDir} has no val.ftds; set stages.split.val_size above 0.");
         var info = SplitTemplateInfo.Read(splitDir);
 
-        using var backend = StageBackends.Create(cfg.Device, "eval", ctx.Progress.Info);
+        using var backend = StageBackends.Create(cfg.Device, ctx.StageName<EvalConfig>(), ctx.Progress.Info);
         bool isAdapter = train.IsAdapter;
         using var model = TrainStage.Guard(() => isAdapter
             ? CausalLM.Load(modelDir, backend, TrainingSetup.Inference, adapterDirectory: trainDir)

@@ -14,7 +14,7 @@ namespace FineTune.Pipeline;
 public sealed class ExportStage : IStageExecutor
 {
     /// <summary>Reads the merged model; writes the chat template into the Modelfile.</summary>
-    public static StageDescription Description { get; } = new(StageKind.Export, [StageKind.Merge], s => s.Export,
+    public static StageDescription Description { get; } = new(StageKind.Export, [StageKind.Merge], typeof(ExportConfig),
         StageDescription.TemplateSetting, () => new ExportStage());
 
     public StageKind Kind => Description.Kind;
@@ -25,7 +25,7 @@ public sealed class ExportStage : IStageExecutor
     {
         if (!ctx.UpstreamOutputs.TryGetValue(StageKind.Merge, out var modelDir))
             throw new PipelineUserException("stages.export needs the merge stage's model; add a stages.merge block.");
-        var export = ctx.Pipeline.Stages.Export ?? new ExportConfig();
+        var export = ctx.Block<ExportConfig>();
         var metrics = new Dictionary<string, double>();
         var notes = new List<string>();
         try

@@ -11,7 +11,7 @@ namespace FineTune.Pipeline;
 public sealed class MergeStage : IStageExecutor
 {
     /// <summary>Reads the base model and what train produced.</summary>
-    public static StageDescription Description { get; } = new(StageKind.Merge, [StageKind.Download, StageKind.Train], s => s.Merge,
+    public static StageDescription Description { get; } = new(StageKind.Merge, [StageKind.Download, StageKind.Train], typeof(MergeConfig),
         null, () => new MergeStage());
 
     public StageKind Kind => Description.Kind;
@@ -25,7 +25,7 @@ public sealed class MergeStage : IStageExecutor
         if (TrainOutput.Find(ctx) is not { } train)
             throw new PipelineUserException("stages.merge needs the train stage's output; add a stages.train block or remove stages.merge.");
         string trainDir = train.Directory;
-        var dtype = (ctx.Pipeline.Stages.Merge ?? new MergeConfig()).ExportDtype switch
+        var dtype = ctx.Block<MergeConfig>().ExportDtype switch
         {
             ExportDtype.Bfloat16 => SafetensorsDType.BF16,
             ExportDtype.Float16 => SafetensorsDType.F16,

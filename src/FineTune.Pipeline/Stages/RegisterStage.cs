@@ -17,18 +17,36 @@ public sealed class RegisterStage : IStageExecutor
     /// <summary>Seed of num_samples sampling; fixed so that the output depends on the data and the pipeline only.</summary>
     public const int SampleSeed = 42;
 
-    /// <summary>Reads no stage; its fingerprint covers the datasets, their placeholders and what the records must hold (sft or pt).</summary>
-    public static StageDescription Description { get; } = new(StageKind.Register, [], s => s.Register,
-        p => new()
-    {
-        ["data"] = new JsonObject
+    /// <summary>
+    /// Reads no stage; its fingerprint covers the datasets, their placeholders and what the records must hold (sft or pt).
+    /// A stage with its own <c>dataset:</c> has it in its block, and data.dataset stays out of its fingerprint.
+    /// </summary>
+    public static StageDescription Description { get; } = new(StageKind.Register, [], typeof(RegisterConfig),
+        (p, stage) =>
         {
-            ["dataset"] = Engine.CanonicalJson.Value(p.Data.Dataset),
-            ["placeholders"] = Engine.CanonicalJson.Value(p.Data.Placeholders),
+            var data = new JsonObject();
+            if (((RegisterConfig)stage.Block).Dataset is null)
+                data["dataset"] = Engine.CanonicalJson.Value(p.Data.Dataset);
+            data["placeholders"] = Engine.CanonicalJson.Value(p.Data.Placeholders);
             // register checks records for what split will train: answers for sft, text only for pt.
-            ["stage"] = p.Stages.Split?.Stage == TrainingStage.Pt ? "pt" : "sft",
-        },
-    }, () => new RegisterStage());
+            data["stage"] = PurposeOf(p, stage) == DatasetPurpose.Pretrain ? "pt" : "sft";
+            return new JsonObject { ["data"] = data };
+        }, () => new RegisterStage());
+
+    /// <summary>What the records must hold: what the split stages reading this one tokenize for (sft when none reads it).</summary>
+    public static DatasetPurpose PurposeOf(PipelineDefinition p, StageInstance register)
+    {
+        // A section built in code has no providers resolved: the only split, as the loader would resolve it.
+        var readers = p.Stages.Readers(register.Name).Where(s => s.Kind == StageKind.Split).ToArray();
+        if (readers.Length == 0 && p.Stages.All.All(s => s.Reads.Count == 0)) readers = p.Stages.OfKind(StageKind.Split).ToArray();
+        return readers.FirstOrDefault()?.Block is SplitConfig { Stage: TrainingStage.Pt } ? DatasetPurpose.Pretrain : DatasetPurpose.Sft;
+    }
+
+    /// <summary>The datasets this stage reads: its own <c>dataset:</c>, else data.dataset.</summary>
+    public static IReadOnlyList<string> Datasets(StageContext ctx) => ctx.Block<RegisterConfig>().DatasetsOr(ctx.Pipeline.Data);
+
+    private static StageInstance Instance(StageContext ctx) =>
+        ctx.Stage ?? ctx.Pipeline.Stages.OfKind(StageKind.Register).FirstOrDefault() ?? new StageInstance("register", StageKind.Register, new RegisterConfig());
 
     public StageKind Kind => Description.Kind;
 
@@ -36,18 +54,19 @@ public sealed class RegisterStage : IStageExecutor
     {
         var registry = LoadRegistry(ctx);
         var inputs = new List<string> { registry.RegistryPath };
-        foreach (var name in ctx.Pipeline.Data.Dataset)
+        foreach (var name in Datasets(ctx))
             inputs.AddRange(registry.ResolveFiles(registry.Get(name)));
         return inputs.Distinct(StringComparer.Ordinal).ToList();
     });
 
     public StageResult Execute(StageContext ctx) => Guard(() =>
     {
-        var config = ctx.Pipeline.Stages.Register ?? new RegisterConfig();
+        var config = ctx.Block<RegisterConfig>();
+        var datasets = Datasets(ctx);
         var registry = LoadRegistry(ctx);
         var options = new DatasetLoadOptions
         {
-            Purpose = ctx.Pipeline.Stages.Split?.Stage == TrainingStage.Pt ? DatasetPurpose.Pretrain : DatasetPurpose.Sft,
+            Purpose = PurposeOf(ctx.Pipeline, Instance(ctx)),
             SkipInvalid = config.SkipInvalid,
             MaxSamples = config.MaxSamples,
             Placeholders = ctx.Pipeline.Data.Placeholders,
@@ -57,12 +76,12 @@ public sealed class RegisterStage : IStageExecutor
         var report = new JsonArray();
         var notes = new List<string>();
         long dropped = 0;
-        using (var task = ctx.Progress.Start("register", ctx.Pipeline.Data.Dataset.Count))
+        using (var task = ctx.Progress.Start(Instance(ctx).Name, datasets.Count))
         {
-            foreach (var name in ctx.Pipeline.Data.Dataset)
+            foreach (var name in datasets)
             {
                 ctx.Cancellation.ThrowIfCancellationRequested();
-                task.SetDescription($"register {name}");
+                task.SetDescription($"{Instance(ctx).Name} {name}");
                 var loaded = DatasetLoader.Load(registry, name, options);
                 all.AddRange(loaded.Conversations);
                 dropped += loaded.Dropped;
@@ -93,7 +112,7 @@ public sealed class RegisterStage : IStageExecutor
         {
             ["samples"] = all.Count,
             ["dropped"] = dropped,
-            ["datasets"] = ctx.Pipeline.Data.Dataset.Count,
+            ["datasets"] = datasets.Count,
         }, notes);
     });
 

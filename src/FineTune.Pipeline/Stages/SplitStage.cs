@@ -18,7 +18,7 @@ namespace FineTune.Pipeline;
 public sealed class SplitStage : IStageExecutor
 {
     /// <summary>Reads the model (its tokenizer) and the registered samples; renders the chat template.</summary>
-    public static StageDescription Description { get; } = new(StageKind.Split, [StageKind.Download, StageKind.Register], s => s.Split,
+    public static StageDescription Description { get; } = new(StageKind.Split, [StageKind.Download, StageKind.Register], typeof(SplitConfig),
         StageDescription.TemplateSetting, () => new SplitStage());
 
     public StageKind Kind => Description.Kind;
@@ -27,7 +27,7 @@ public sealed class SplitStage : IStageExecutor
 
     public StageResult Execute(StageContext ctx) => RegisterStage.Guard(() =>
     {
-        var config = ctx.Pipeline.Stages.Split ?? new SplitConfig();
+        var config = ctx.Block<SplitConfig>();
         var conversations = ConversationFile.Read(RegisterOutput.Of(ctx).Conversations);
         var modelDir = ModelOutput.Of(ctx).Directory;
         var output = new SplitOutput(ctx.OutputDirectory);

@@ -6,8 +6,9 @@ namespace FineTune.Pipeline;
 public enum StageKind { Download, Register, Split, Train, Eval, Merge, Export }
 
 /// <summary>
-/// Runs one kind of stage. One instance per kind is registered in <see cref="StageRegistry"/>;
-/// the engine decides whether it runs (fingerprint) and where its output goes (cache).
+/// Runs one kind of stage. One instance per kind is registered in <see cref="StageRegistry"/>; it runs every stage of
+/// its kind (<see cref="StageContext.Stage"/> says which, with its block); the engine decides whether it runs
+/// (fingerprint) and where its output goes (cache).
 /// </summary>
 public interface IStageExecutor
 {
@@ -38,11 +39,13 @@ public interface IStageExecutor
 
 /// <param name="Pipeline">The validated pipeline file, defaults applied.</param>
 /// <param name="PipelineDirectory">Absolute directory of the pipeline file; relative paths in it resolve against this.</param>
-/// <param name="UpstreamOutputs">Output directory (read-only, in the cache) of every stage this one depends on (see <see cref="StageGraph"/>).</param>
+/// <param name="UpstreamOutputs">Output directory (read-only, in the cache) of the stage this one reads for each kind (the
+/// provider <see cref="StageInstance.Reads"/> names: one stage per kind; a train stage built on another train stage finds
+/// that one's output under <see cref="StageKind.Train"/>).</param>
 /// <param name="OutputDirectory">Empty directory to write the output into ("" during <see cref="IStageExecutor.ExternalInputs"/>).</param>
 /// <param name="Progress">Progress bars and info lines (console, MSBuild log or nothing).</param>
 /// <param name="Cancellation">Set on Ctrl+C; stop soon and throw <see cref="OperationCanceledException"/>.</param>
-/// <param name="WorkDirectory">Persistent scratch directory of this stage kind under .finetune/work (kept across runs,
+/// <param name="WorkDirectory">Persistent scratch directory of this stage under .finetune/work/&lt;name&gt; (kept across runs,
 /// e.g. partial downloads for resume); not part of the output.</param>
 /// <param name="UpstreamHashes">Output hash (content) of every upstream stage, as its fingerprint records it; null when
 /// the stage is run outside the engine (tests), where a stage that needs them hashes the upstream directories itself.</param>
@@ -56,6 +59,31 @@ public sealed record StageContext(
     string WorkDirectory = "",
     IReadOnlyDictionary<StageKind, string>? UpstreamHashes = null)
 {
+    /// <summary>
+    /// The stage being run: its name, kind, block and providers. The engine always sets it; a context built by hand (a
+    /// stage run outside the engine) may leave it null, and then <see cref="Block{T}"/> takes the pipeline's only stage
+    /// whose block is a <typeparamref name="T"/>.
+    /// </summary>
+    public StageInstance? Stage { get; init; }
+
+    /// <summary>This stage's own block (defaults when the pipeline built in code has none).</summary>
+    public T Block<T>() where T : class, new()
+    {
+        if (Stage is not null)
+            return Stage.Block as T ?? throw new InvalidOperationException($"stage {Stage.Name} is a {Stage.Kind} stage, not configured by {typeof(T).Name}");
+        var candidates = Pipeline.Stages.All.Where(s => s.Block is T).ToArray();
+        return candidates.Length switch
+        {
+            0 => new T(),
+            1 => (T)candidates[0].Block,
+            _ => throw new InvalidOperationException($"the pipeline has {candidates.Length} stages configured by {typeof(T).Name}; set StageContext.Stage"),
+        };
+    }
+
+    /// <summary>The stage's name (its key under stages), for messages that point at its keys (<c>stages.dpo.device</c>).</summary>
+    public string StageName<T>() where T : class, new() =>
+        Stage?.Name ?? Pipeline.Stages.All.FirstOrDefault(s => s.Block is T)?.Name ?? StageTable.All.First(d => d.Block == typeof(T)).Name;
+
     /// <summary>Resolves a path written in the pipeline file (relative to it) to an absolute path.</summary>
     public string ResolvePath(string path) => Path.GetFullPath(Path.Combine(PipelineDirectory, path));
 }

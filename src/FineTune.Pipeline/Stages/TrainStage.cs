@@ -16,9 +16,12 @@ namespace FineTune.Pipeline;
 /// </summary>
 public sealed class TrainStage : IStageExecutor
 {
-    /// <summary>Reads the model and the tokenized split.</summary>
-    public static StageDescription Description { get; } = new(StageKind.Train, [StageKind.Download, StageKind.Split], s => s.Train,
-        null, () => new TrainStage());
+    /// <summary>
+    /// Reads the model and the tokenized split; a train stage whose from: names an earlier train stage also reads that
+    /// one's output (<see cref="TrainOutput.BuiltOn"/>), the model it builds on.
+    /// </summary>
+    public static StageDescription Description { get; } = new(StageKind.Train, [StageKind.Download, StageKind.Split], typeof(TrainConfig),
+        null, () => new TrainStage()) { ReadsWhenNamed = [StageKind.Train] };
 
     public StageKind Kind => Description.Kind;
 
@@ -26,7 +29,12 @@ public sealed class TrainStage : IStageExecutor
 
     public StageResult Execute(StageContext ctx)
     {
-        var cfg = ctx.Pipeline.Stages.Train ?? new TrainConfig();
+        var cfg = ctx.Block<TrainConfig>();
+        string name = ctx.StageName<TrainConfig>();
+        // The pipeline can say what a stage builds on; the recipe cannot start from another stage's weights yet, and
+        // training the base model instead would be a silent lie about what was trained.
+        if (TrainOutput.BuiltOn(ctx) is not null)
+            throw new PipelineUserException($"stages.{name}.from: {name} builds on train stage {ctx.Stage!.Reads[StageKind.Train]}, and training from another train stage's model is not implemented yet; remove it from from: to train on the downloaded model.");
         string modelDir = ModelOutput.Of(ctx).Directory;
         var split = SplitOutput.Of(ctx);
         string splitDir = split.Directory, trainPath = split.Train, valPath = split.Val;
@@ -34,7 +42,7 @@ public sealed class TrainStage : IStageExecutor
             throw new PipelineUserException($"The split stage's output {splitDir} has no train.ftds; re-run the split stage.");
 
         // Module names are checked against the downloaded model before anything is loaded or trained.
-        if (SpecOf(modelDir) is { } spec && ModuleNameChecks.Check(cfg, spec) is { Count: > 0 } wrong)
+        if (SpecOf(modelDir) is { } spec && ModuleNameChecks.Check(cfg, spec, name) is { Count: > 0 } wrong)
             throw new PipelineKeyException(wrong);
 
         var setup = Setup(cfg);
@@ -46,7 +54,7 @@ public sealed class TrainStage : IStageExecutor
             {
                 ["model"] = upstream[StageKind.Download],
                 ["data"] = upstream[StageKind.Split],
-                ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(StageKind.Train, ctx.Pipeline))),
+                ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Parameters(ctx))),
             },
             ResumeFromCheckpoint = ResolveResume(ctx, cfg.ResumeFromCheckpoint),
             // The model as the pipeline names it, not the cache path it was loaded from: the adapter's bytes (and so the
@@ -54,13 +62,13 @@ public sealed class TrainStage : IStageExecutor
             BaseModelNameOrPath = BaseModelName(ctx.Pipeline.Model),
         };
 
-        using var backend = StageBackends.Create(cfg.Device, "train", ctx.Progress.Info);
+        using var backend = StageBackends.Create(cfg.Device, name, ctx.Progress.Info);
         using var model = Guard(() => CausalLM.Load(modelDir, backend, setup), modelDir);
         int pad = SplitTemplateInfo.Read(splitDir).PadOrDefault;
         using var trainSet = Guard(() => TokenizedDataset.Open(trainPath), trainPath);
         using var valSet = cfg.EvalSteps is not null && File.Exists(valPath) ? Guard(() => TokenizedDataset.Open(valPath), valPath) : null;
         if (cfg.EvalSteps is not null && (valSet is null || valSet.Count == 0))
-            throw new PipelineUserException($"stages.train.eval_steps is set but {valPath} holds no validation samples; set stages.split.val_size above 0 or remove eval_steps.");
+            throw new PipelineUserException($"stages.{name}.eval_steps is set but {valPath} holds no validation samples; set val_size above 0 in the split stage it reads or remove eval_steps.");
 
         TrainResult result;
         using (var monitor = new ProgressMonitor(ctx.Progress))
@@ -152,7 +160,7 @@ public sealed class TrainStage : IStageExecutor
         try { state = TrainerState.Load(latest); }
         catch (TrainingException) { return null; }
         string what = $"{Path.GetFileName(latest)} (step {state.GlobalStep} of {state.MaxSteps})";
-        return CheckpointStore.IsLatest(ctx.Pipeline.Stages.Train?.ResumeFromCheckpoint)
+        return CheckpointStore.IsLatest(ctx.Block<TrainConfig>().ResumeFromCheckpoint)
             ? $"will resume from {what} ({latest})"
             : $"{what} can be resumed: set resume_from_checkpoint: true ({latest})";
     }
@@ -177,10 +185,13 @@ public sealed class TrainStage : IStageExecutor
     static string CheckpointDirectory(StageContext ctx)
     {
         string work = string.IsNullOrEmpty(ctx.WorkDirectory) ? Path.Combine(ctx.PipelineDirectory, ".finetune", "work", "train") : ctx.WorkDirectory;
-        var fingerprint = new Engine.StageFingerprint(StageKind.Train, Engine.StageFingerprint.ParametersOf(StageKind.Train, ctx.Pipeline),
-            UpstreamHashes(ctx), []);
+        var fingerprint = new Engine.StageFingerprint(StageKind.Train, Parameters(ctx), UpstreamHashes(ctx), []);
         return Path.Combine(work, "checkpoints", fingerprint.Hash[..16]);
     }
+
+    /// <summary>This stage's fingerprint parameters.</summary>
+    static System.Text.Json.Nodes.JsonObject Parameters(StageContext ctx) =>
+        ctx.Stage is { } stage ? Engine.StageFingerprint.ParametersOf(stage, ctx.Pipeline) : Engine.StageFingerprint.ParametersOf(StageKind.Train, ctx.Pipeline);
 
     /// <summary>The upstream output hashes the engine passed, or (a stage run on its own) the content hash of each upstream directory.</summary>
     static IReadOnlyDictionary<StageKind, string> UpstreamHashes(StageContext ctx) =>
@@ -235,4 +246,10 @@ public sealed record TrainOutput(string Directory)
 
     public static TrainOutput? Find(StageContext ctx) =>
         ctx.UpstreamOutputs.TryGetValue(StageKind.Train, out var dir) ? new(dir) : null;
+
+    /// <summary>
+    /// For a train stage: the earlier train stage it builds on (its from: names one), whose adapter or model is its starting
+    /// point; null when it starts from the downloaded model.
+    /// </summary>
+    public static TrainOutput? BuiltOn(StageContext ctx) => ctx.Stage?.Kind == StageKind.Train ? Find(ctx) : null;
 }

@@ -13,7 +13,8 @@ internal static class DatasetChecks
 {
     public static void Apply(PipelineDefinition def, PipelineLoader.Binder b)
     {
-        if (def.Stages.Register is null || def.Data.Dataset.Count == 0) return;
+        var registers = def.Stages.OfKind(StageKind.Register);
+        if (registers.Count == 0) return;
         var pipelineDir = Path.GetDirectoryName(b.FilePath)!;
         var registryPath = Path.Combine(def.Data.ResolveDatasetDir(pipelineDir), "dataset_info.json");
         if (!File.Exists(registryPath)) return;
@@ -27,32 +28,52 @@ internal static class DatasetChecks
             return;
         }
         var shown = Path.GetRelativePath(pipelineDir, registryPath);
-        for (var i = 0; i < def.Data.Dataset.Count; i++)
+        var checkedShared = false;
+        foreach (var register in registers)
         {
-            var name = def.Data.Dataset[i];
-            if (!registry.Names.Contains(name, StringComparer.Ordinal))
+            var own = ((RegisterConfig)register.Block).Dataset;
+            // data.dataset is checked once however many register stages read it.
+            if (own is null && checkedShared) continue;
+            checkedShared |= own is null;
+            var list = own ?? def.Data.Dataset;
+            var listPath = own is null ? "$.data.dataset" : $"$.stages.{register.Name}.dataset";
+            // The train stages that train on this register's records (through the split stages that read it).
+            var trains = def.Stages.OfKind(StageKind.Train)
+                .Where(t => def.Stages.Provider(t, StageKind.Split) is { } split && (own is null
+                    ? def.Stages.Provider(split, StageKind.Register) is { Block: RegisterConfig { Dataset: null } }
+                    : split.Reads.GetValueOrDefault(StageKind.Register) == register.Name))
+                .ToArray();
+            for (var i = 0; i < list.Count; i++)
             {
-                var suggestion = DidYouMean.Suggest(name, registry.Names);
-                b.Error($"$.data.dataset[{i}]", $"no dataset named '{name}' in {shown}; " + (suggestion is not null
-                    ? $"did you mean '{suggestion}'?"
-                    : $"registered: {string.Join(", ", registry.Names.Order(StringComparer.Ordinal))}"));
-                continue;
-            }
-            try
-            {
-                var entry = registry.Get(name);
-                if (DataProblem(def.Stages.Train, entry) is { } problem)
+                var name = list[i];
+                if (!registry.Names.Contains(name, StringComparer.Ordinal))
                 {
-                    var has = def.Stages.Train!.Objective == TrainingObjective.Kto ? "has no columns.kto_tag"
-                        : entry.Ranking ? "is a ranking dataset (ranking: true)" : "has no ranking: true";
-                    // At the objective where the pipeline writes one, else at the dataset that does not fit the default (sft).
-                    var at = b.Positions.ContainsKey("$.stages.train.stage") ? "$.stages.train.stage" : $"$.data.dataset[{i}]";
-                    b.Error(at, $"{problem}, but dataset '{name}' in {shown} {has}; name datasets that fit the objective in data.dataset");
+                    var suggestion = DidYouMean.Suggest(name, registry.Names);
+                    b.Error($"{listPath}[{i}]", $"no dataset named '{name}' in {shown}; " + (suggestion is not null
+                        ? $"did you mean '{suggestion}'?"
+                        : $"registered: {string.Join(", ", registry.Names.Order(StringComparer.Ordinal))}"));
+                    continue;
                 }
-            }
-            catch (DatasetException e)
-            {
-                b.Error($"$.data.dataset[{i}]", e.Message);
+                try
+                {
+                    var entry = registry.Get(name);
+                    foreach (var trainStage in trains)
+                    {
+                        var train = (TrainConfig)trainStage.Block;
+                        if (DataProblem(train, entry) is not { } problem) continue;
+                        var has = train.Objective == TrainingObjective.Kto ? "has no columns.kto_tag"
+                            : entry.Ranking ? "is a ranking dataset (ranking: true)" : "has no ranking: true";
+                        // At the objective where the pipeline writes one, else at the dataset that does not fit the default (sft).
+                        var objectivePath = $"$.stages.{trainStage.Name}.stage";
+                        var at = b.Positions.ContainsKey(objectivePath) ? objectivePath : $"{listPath}[{i}]";
+                        var fix = own is null ? "name datasets that fit the objective in data.dataset" : $"name datasets that fit the objective in stages.{register.Name}.dataset";
+                        b.Error(at, $"{problem}, but dataset '{name}' in {shown} {has}; {fix}");
+                    }
+                }
+                catch (DatasetException e)
+                {
+                    b.Error($"{listPath}[{i}]", e.Message);
+                }
             }
         }
     }

@@ -14,19 +14,22 @@ namespace FineTune.Pipeline.Validation;
 public static class ModuleNameChecks
 {
     /// <summary>Each wrong value as (JSON path, message with a "did you mean" where one is close).</summary>
-    public static IReadOnlyList<(string JsonPath, string Message)> Check(TrainConfig train, TransformerSpec model) =>
+    /// <param name="stageName">The train stage's name (its key under stages), where the paths point.</param>
+    public static IReadOnlyList<(string JsonPath, string Message)> Check(TrainConfig train, TransformerSpec model, string stageName = "train") =>
         TrainableModules.Check(model, TrainStage.Setup(train)).Select(p =>
         {
             var suggestion = DidYouMean.Suggest(p.Value, p.Candidates);
-            return ($"$.stages.train.{p.Option}[{p.Index}]",
+            return ($"$.stages.{stageName}.{p.Option}[{p.Index}]",
                 $"'{p.Value}' {p.Problem}" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?") + $" ({p.Expected})");
         }).ToList();
 
     internal static void Apply(PipelineDefinition def, PipelineLoader.Binder b)
     {
-        if (def.Stages.Train is not { } train || KnownModel(def, Path.GetDirectoryName(b.FilePath)!) is not { } model) return;
-        foreach (var (path, message) in Check(train, model))
-            b.Error(path, message);
+        var trains = def.Stages.OfKind(StageKind.Train);
+        if (trains.Count == 0 || KnownModel(def, Path.GetDirectoryName(b.FilePath)!) is not { } model) return;
+        foreach (var train in trains)
+            foreach (var (path, message) in Check((TrainConfig)train.Block, model, train.Name))
+                b.Error(path, message);
     }
 
     /// <summary>The model's shape when it is known without downloading anything; null otherwise (or when its files are broken:
@@ -66,9 +69,10 @@ public static class ModuleNameChecks
     /// <summary>config.json of a hub model the download stage has already fetched (its verified blob in .finetune/work/download/hub).</summary>
     private static string? DownloadedHubConfig(PipelineDefinition def, string pipelineDirectory)
     {
-        var reference = HubModelReference.Parse(def.Model.Source, def.Stages.Download?.Revision);
+        if (def.Stages.OfKind(StageKind.Download) is not [var download]) return null;
+        var reference = HubModelReference.Parse(def.Model.Source, ((DownloadConfig)download.Block).Revision);
         // The download stage's store: DownloadStage keeps it in its work directory, under hub/.
-        var store = new HubStore(Path.Combine(StageCache.Beside(pipelineDirectory).WorkDirectory(StageKind.Download), "hub"));
+        var store = new HubStore(Path.Combine(StageCache.Beside(pipelineDirectory).WorkDirectory(download.Name), "hub"));
         if (store.Load(reference.RepoId, reference.Revision) is not { } snapshot) return null;
         if (snapshot.Files.FirstOrDefault(f => f.Path == "config.json") is not { } file) return null;
         var blob = store.BlobPath(snapshot.RepoId, snapshot.Commit, file);

@@ -19,8 +19,8 @@ public sealed record LoadedPipeline(
 {
     public string Directory => Path.GetDirectoryName(FilePath)!;
 
-    /// <summary>The stages present in the file, in pipeline order.</summary>
-    public IReadOnlyList<StageKind> Stages => StageGraph.Order.Where(k => Definition.Stages.For(k) is not null).ToArray();
+    /// <summary>The stages present in the file, in pipeline order (by kind; stages of one kind in the file's order).</summary>
+    public IReadOnlyList<StageInstance> Stages => Definition.Stages.All;
 
     /// <summary>An error about the key at <paramref name="jsonPath"/>, located at it or its closest located ancestor.</summary>
     public PipelineError ErrorAt(string jsonPath, string message)
@@ -37,7 +37,7 @@ public sealed record LoadedPipeline(
 /// Reads pipeline.yaml with YamlDotNet's node model (which keeps line/column), checks every key against the
 /// configuration records (<see cref="ConfigModel"/>) and reports all errors at once.
 /// </summary>
-public static class PipelineLoader
+public static partial class PipelineLoader
 {
     public const string DefaultFileName = "pipeline.yaml";
 
@@ -154,11 +154,14 @@ public static class PipelineLoader
     }
 
     /// <summary>Walks the YAML nodes against the record types, collecting errors instead of stopping at the first.</summary>
-    internal sealed class Binder(string filePath)
+    internal sealed partial class Binder(string filePath)
     {
         public List<PipelineError> Errors { get; } = [];
         public Dictionary<string, (int Line, int Column)> Positions { get; } = new(StringComparer.Ordinal);
         public string FilePath { get; } = filePath;
+
+        /// <summary>Stages whose key or kind was wrong (reported, not bound): a from: naming one is not reported again.</summary>
+        public HashSet<string> FailedStages { get; } = new(StringComparer.Ordinal);
 
         /// <summary>Paths whose value had an error and kept its default.</summary>
         private HashSet<string> Unbound { get; } = new(StringComparer.Ordinal);
@@ -178,8 +181,11 @@ public static class PipelineLoader
             Errors.Add(new PipelineError(FilePath, line, col, path, message));
         }
 
-        public object BindObject(YamlMappingNode map, Type type, string path)
+        /// <param name="structure">Keys handled by the caller (a stage's kind and from), skipped here.</param>
+        public object BindObject(YamlMappingNode map, Type type, string path, IReadOnlySet<string>? structure = null)
         {
+            if (type == typeof(StagesSection))
+                return BindStages(map, path);
             Positions[path] = ((int)map.Start.Line, (int)map.Start.Column);
             var instance = Activator.CreateInstance(type)!;
             var keys = ConfigModel.Keys(type);
@@ -191,6 +197,8 @@ public static class PipelineLoader
                     Error(keyNode, path, "keys must be plain strings");
                     continue;
                 }
+                if (structure?.Contains(keyName) == true)
+                    continue;
                 var key = keys.FirstOrDefault(k => k.Name == keyName);
                 var childPath = $"{path}.{keyName}";
                 if (key is null)
@@ -213,6 +221,112 @@ public static class PipelineLoader
                 Error(map, $"{path}.{key.Name}", $"missing required key '{key.Name}'" + (key.Description is null ? "" : $" ({key.Description})"));
             return instance;
         }
+
+        private static readonly IReadOnlySet<string> StageStructure = new HashSet<string>(StringComparer.Ordinal) { StageKeys.Kind, StageKeys.From };
+
+        /// <summary>
+        /// <c>stages</c>: each key is a stage. A kind's name is a stage of that kind; any other name (<c>[a-z][a-z0-9_]*</c>)
+        /// says its kind with <c>kind:</c>. <c>kind</c> and <c>from</c> are read here; the rest binds to the kind's block record.
+        /// </summary>
+        private StagesSection BindStages(YamlMappingNode map, string path)
+        {
+            Positions[path] = ((int)map.Start.Line, (int)map.Start.Column);
+            var stages = new List<StageInstance>();
+            var kindNames = StageTable.All.Select(d => d.Name).ToArray();
+            foreach (var (keyNode, valueNode) in map.Children)
+            {
+                if (keyNode is not YamlScalarNode { Value: { } name })
+                {
+                    Error(keyNode, path, "keys must be plain strings");
+                    continue;
+                }
+                var at = $"{path}.{name}";
+                if (stages.Any(s => s.Name == name))
+                {
+                    Error(keyNode, at, $"duplicate key '{name}'");
+                    continue;
+                }
+                var block = valueNode as YamlMappingNode;
+                if (block is null && !IsNull(valueNode))
+                {
+                    Error(valueNode, at, $"expected a mapping, got {Describe(valueNode)}");
+                    continue;
+                }
+                Positions[at] = ((int)valueNode.Start.Line, (int)valueNode.Start.Column);
+                var byName = StageGraph.TryParse(name, out var named) && StageGraph.Name(named) == name ? named : (StageKind?)null;
+                var kindNode = Child(block, StageKeys.Kind);
+                StageKind kind;
+                if (kindNode is not null)
+                {
+                    Positions[$"{at}.kind"] = ((int)kindNode.Start.Line, (int)kindNode.Start.Column);
+                    if (kindNode is not YamlScalarNode { Value: { } kindText } || !StageGraph.TryParse(kindText, out kind) || StageGraph.Name(kind) != kindText)
+                    {
+                        var text = (kindNode as YamlScalarNode)?.Value ?? "";
+                        var suggestion = DidYouMean.Suggest(text, kindNames);
+                        FailedStages.Add(name);
+                        Error(kindNode, $"{at}.kind", $"expected one of {string.Join(", ", kindNames)}, got {Describe(kindNode)}" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?"));
+                        continue;
+                    }
+                    if (byName is { } k && k != kind)
+                    {
+                        FailedStages.Add(name);
+                        Error(kindNode, $"{at}.kind", $"stages.{name} is the {name} stage by its name; kind: {StageGraph.Name(kind)} contradicts it (give a {StageGraph.Name(kind)} stage another name)");
+                        continue;
+                    }
+                }
+                else if (byName is { } k)
+                    kind = k;
+                else
+                {
+                    var suggestion = DidYouMean.Suggest(name, kindNames);
+                    // Close to a kind's name: most likely a typo of it. Otherwise a named stage that forgot its kind.
+                    FailedStages.Add(name);
+                    Error(keyNode, at, suggestion is not null
+                        ? $"unknown key '{name}' in stages; did you mean '{suggestion}'?"
+                        : $"stage '{name}' needs kind: one of {string.Join(", ", kindNames)} (a key that is not a kind's name is a stage of the kind its kind: says)");
+                    continue;
+                }
+                // Still bound: its keys are checked, and the stages reading it do not repeat this error.
+                if (!StageName().IsMatch(name))
+                    Error(keyNode, at, $"stage name '{name}' must match [a-z][a-z0-9_]* (a lower-case letter, then lower-case letters, digits or _)");
+                var type = StageTable.Of(kind).Block;
+                var bound = block is null ? Activator.CreateInstance(type)! : BindObject(block, type, at, StageStructure);
+                stages.Add(new StageInstance(name, kind, bound) { From = BindFrom(Child(block, StageKeys.From), $"{at}.from") });
+            }
+            return new StagesSection { All = stages };
+        }
+
+        private static YamlNode? Child(YamlMappingNode? map, string key) =>
+            map?.Children.FirstOrDefault(c => c.Key is YamlScalarNode { Value: { } k } && k == key).Value;
+
+        /// <summary><c>from: sft</c> or <c>from: [sft, pref_split]</c>: the names, each located.</summary>
+        private IReadOnlyList<string> BindFrom(YamlNode? node, string path)
+        {
+            if (node is null) return [];
+            Positions[path] = ((int)node.Start.Line, (int)node.Start.Column);
+            if (node is YamlScalarNode { Value: { } one } && !IsNull(node))
+            {
+                Positions[$"{path}[0]"] = Positions[path];
+                return [one];
+            }
+            if (node is YamlSequenceNode seq)
+            {
+                var names = new List<string>();
+                for (var i = 0; i < seq.Children.Count; i++)
+                {
+                    var item = seq.Children[i];
+                    Positions[$"{path}[{i}]"] = ((int)item.Start.Line, (int)item.Start.Column);
+                    if (item is YamlScalarNode { Value: { } v } && !IsNull(item)) names.Add(v);
+                    else Error(item, $"{path}[{i}]", $"expected a stage name, got {Describe(item)}");
+                }
+                return names;
+            }
+            Error(node, path, $"expected a stage name or a list of them, got {Describe(node)}");
+            return [];
+        }
+
+        [GeneratedRegex("^[a-z][a-z0-9_]*$")]
+        private static partial Regex StageName();
 
         private static string UnknownKeyMessage(string keyName, IReadOnlyList<ConfigKey> keys, string path)
         {

@@ -42,7 +42,49 @@ public static class PipelineSchema
             if (key.Required)
                 schema.RequiredProperties.Add(key.Name);
         }
+        if (type == typeof(StagesSection))
+            AddNamedStages(schema);
         return schema;
+    }
+
+    /// <summary>
+    /// <c>stages</c>: the kind-named keys (each also takes <c>kind</c>, its own name, and <c>from</c>) and, under any other
+    /// name of the stage-name form, a block whose <c>kind</c> picks which kind's keys it takes (one alternative per kind).
+    /// </summary>
+    private static void AddNamedStages(JsonSchema stages)
+    {
+        foreach (var d in StageTable.All)
+            AddStructure(stages.Properties[d.Name], d, required: false);
+        var kinds = string.Join("|", StageTable.All.Select(d => d.Name));
+        var named = new JsonSchemaProperty
+        {
+            Description = "A stage under its own name; kind: says which kind it is (and so which keys it takes), from: which stages it reads.",
+        };
+        foreach (var d in StageTable.All)
+        {
+            var alternative = ObjectSchema(d.Block, new JsonSchema());
+            AddStructure(alternative, d, required: true);
+            named.OneOf.Add(alternative);
+        }
+        // The kind names are the properties above; a pattern property would apply to them too, so it leaves them out.
+        stages.PatternProperties[$"^(?!({kinds})$)[a-z][a-z0-9_]*$"] = named;
+    }
+
+    private static void AddStructure(JsonSchema block, StageDescription d, bool required)
+    {
+        var kind = new JsonSchemaProperty { Type = JsonObjectType.String, Description = required
+            ? "The stage's kind."
+            : $"The stage's kind; under the name {d.Name} it can only be {d.Name}." };
+        kind.Enumeration.Add(d.Name);
+        block.Properties[StageKeys.Kind] = kind;
+        block.Properties[StageKeys.From] = new JsonSchemaProperty
+        {
+            Type = JsonObjectType.String | JsonObjectType.Array,
+            Item = new JsonSchema { Type = JsonObjectType.String },
+            Description = "The stages it reads, by name (one or a list): needed where the pipeline has several stages of a kind it reads; a train stage naming an earlier train stage builds on its model.",
+        };
+        if (required)
+            block.RequiredProperties.Add(StageKeys.Kind);
     }
 
     private static string? TypeDescription(Type type) =>

@@ -10,29 +10,62 @@ internal static partial class SemanticChecks
     private static partial Regex HubSource();
 
     /// <summary>
-    /// The training objective in one place: stages.train.stage (LLaMA-Factory's key) or, when it is absent, the older
-    /// stages.split.stage. pt/sft are written onto both blocks, since split tokenizes for them and register checks the
-    /// records for them; a pipeline that sets both differently is told which to keep.
+    /// The training objective in one place, per train stage: its <c>stage</c> key (LLaMA-Factory's) or, when absent, the
+    /// older <c>stage</c> of the split stage it reads. pt/sft are written onto both blocks, since split tokenizes for them and
+    /// register checks the records for them; a pipeline that sets both differently is told which to keep, and two train
+    /// stages that want one split tokenized two ways are told to give one its own split.
     /// </summary>
     private static PipelineDefinition ResolveObjective(PipelineDefinition def, PipelineLoader.Binder b)
     {
-        var stages = def.Stages;
-        if (stages.Train is not { } train) return def;
-        if (train.Stage is not { } objective)
-            return def with { Stages = stages with { Train = train with { Stage = stages.Split?.Stage == TrainingStage.Pt ? TrainingObjective.Pt : TrainingObjective.Sft } } };
-        if (objective is not (TrainingObjective.Pt or TrainingObjective.Sft))
+        var claimed = new Dictionary<string, (string Train, TrainingStage Stage)>(StringComparer.Ordinal);
+        foreach (var name in def.Stages.OfKind(StageKind.Train).Select(t => t.Name).ToArray())
         {
-            b.Error("$.stages.train.stage", $"stage {Name(objective)} is not trained by this FineTune yet: it trains pt and sft (preference objectives are being added)");
-            return def;
+            var stages = def.Stages;
+            var trainStage = stages[name]!;
+            var train = (TrainConfig)trainStage.Block;
+            var splitStage = stages.Provider(trainStage, StageKind.Split);
+            var split = splitStage?.Block as SplitConfig;
+            var at = $"$.stages.{name}.stage";
+            if (train.Stage is not { } objective)
+            {
+                var implied = split?.Stage == TrainingStage.Pt ? TrainingObjective.Pt : TrainingObjective.Sft;
+                def = def with { Stages = stages.With(trainStage with { Block = train with { Stage = implied } }) };
+                if (splitStage is not null) claimed.TryAdd(splitStage.Name, (name, split!.Stage));
+                continue;
+            }
+            if (objective is not (TrainingObjective.Pt or TrainingObjective.Sft))
+            {
+                b.Error(at, $"stage {Name(objective)} is not trained by this FineTune yet: it trains pt and sft (preference objectives are being added)");
+                continue;
+            }
+            var wanted = objective == TrainingObjective.Pt ? TrainingStage.Pt : TrainingStage.Sft;
+            if (splitStage is null || split is null) continue;
+            if (split.Stage != wanted && b.Positions.ContainsKey($"$.stages.{splitStage.Name}.stage"))
+            {
+                b.Error(at, $"stage {Name(objective)} contradicts stages.{splitStage.Name}.stage: {Name(split.Stage)}; keep one (stages.{name}.stage is LLaMA-Factory's place, stages.{splitStage.Name}.stage the older one)");
+                continue;
+            }
+            if (claimed.TryGetValue(splitStage.Name, out var other) && other.Stage != wanted)
+            {
+                b.Error(at, $"stage {Name(objective)} needs stages.{splitStage.Name} tokenized for {Name(wanted)}, but stage {other.Train} trains {Name(other.Stage)} on it; give {name} a split stage of its own (from:)");
+                continue;
+            }
+            claimed[splitStage.Name] = (name, wanted);
+            def = def with { Stages = stages.With(splitStage with { Block = split with { Stage = wanted } }) };
         }
-        var wanted = objective == TrainingObjective.Pt ? TrainingStage.Pt : TrainingStage.Sft;
-        if (stages.Split is not { } split) return def;
-        if (split.Stage != wanted && b.Positions.ContainsKey("$.stages.split.stage"))
-        {
-            b.Error("$.stages.train.stage", $"stage {Name(objective)} contradicts stages.split.stage: {Name(split.Stage)}; keep one (stages.train.stage is LLaMA-Factory's place, stages.split.stage the older one)");
-            return def;
-        }
-        return def with { Stages = stages with { Split = split with { Stage = wanted } } };
+        return def;
+    }
+
+    /// <summary>Each stage's providers (<see cref="StageInstance.Reads"/>), with the provider rule's errors located at the stage or its from:.</summary>
+    private static PipelineDefinition ResolveProviders(PipelineDefinition def, PipelineLoader.Binder b)
+    {
+        var problems = new List<(string JsonPath, string Message)>();
+        var resolved = def.Stages.All.Select(s => s with { Reads = StageProviders.Resolve(def.Stages, s, problems) }).ToArray();
+        foreach (var (path, message) in problems)
+            // A from: naming a stage whose own key was already reported wrong would only repeat that error.
+            if (!b.FailedStages.Any(f => message.StartsWith($"no stage named '{f}' ", StringComparison.Ordinal)))
+                b.Error(path, message);
+        return def with { Stages = def.Stages with { All = resolved } };
     }
 
     private static string Name(Enum value) => value.ToString().ToLowerInvariant();
@@ -71,29 +104,30 @@ internal static partial class SemanticChecks
         if (def.Data.DatasetDir is { } dd && !Directory.Exists(Path.Combine(dir, dd)))
             b.Error("$.data.dataset_dir", $"dataset directory '{dd}' does not exist (relative to {Path.GetFileName(b.FilePath)})");
 
+        def = ResolveProviders(def, b);
         def = ResolveObjective(def, b);
         var stages = def.Stages;
-        if (stages.Register is not null && def.Data.Dataset.Count == 0)
-            b.Error("$.data.dataset", "stage register needs at least one dataset name in data.dataset");
-        if (stages.Split is { } split)
+        foreach (var register in stages.OfKind(StageKind.Register))
         {
+            var own = ((RegisterConfig)register.Block).Dataset;
+            if ((own ?? def.Data.Dataset).Count == 0)
+                b.Error(own is null ? "$.data.dataset" : $"$.stages.{register.Name}.dataset",
+                    own is null ? $"stage {register.Name} needs at least one dataset name in data.dataset" : $"stage {register.Name} needs at least one dataset name in its dataset");
+        }
+        foreach (var stage in stages.OfKind(StageKind.Split))
+        {
+            var split = (SplitConfig)stage.Block;
             if (split.ValSize >= 1 && split.ValSize != Math.Floor(split.ValSize))
-                b.Error("$.stages.split.val_size", $"{split.ValSize} is neither a fraction in [0, 1) nor a whole sample count");
+                b.Error($"$.stages.{stage.Name}.val_size", $"{split.ValSize} is neither a fraction in [0, 1) nor a whole sample count");
             if (split.Stage == TrainingStage.Sft && def.Data.Template is null)
-                b.Error("$.data.template", "stage split with stage: sft needs data.template (e.g. qwen3, chatml, llama3)");
+                b.Error("$.data.template", $"stage {stage.Name} with stage: sft needs data.template (e.g. qwen3, chatml, llama3)");
         }
-        if (stages.Export is { Formats.Count: 0 })
-            b.Error("$.stages.export.formats", "list at least one format: hf, gguf");
-        if (stages.Train is { EvalSteps: not null } && stages.Split is { ValSize: 0 })
-            b.Error("$.stages.train.eval_steps", "eval_steps needs a validation split: set stages.split.val_size > 0");
-
-        foreach (var kind in StageGraph.Order)
-        {
-            if (stages.For(kind) is null) continue;
-            foreach (var up in StageGraph.Upstream(kind))
-                if (stages.For(up) is null)
-                    b.Error($"$.stages.{StageGraph.Name(kind)}", $"stage {StageGraph.Name(kind)} needs stage {StageGraph.Name(up)}: add a '{StageGraph.Name(up)}:' block to stages");
-        }
+        foreach (var stage in stages.OfKind(StageKind.Export))
+            if (stage.Block is ExportConfig { Formats.Count: 0 })
+                b.Error($"$.stages.{stage.Name}.formats", "list at least one format: hf, gguf");
+        foreach (var stage in stages.OfKind(StageKind.Train))
+            if (stage.Block is TrainConfig { EvalSteps: not null } && stages.Provider(stage, StageKind.Split) is { Block: SplitConfig { ValSize: 0 } } split)
+                b.Error($"$.stages.{stage.Name}.eval_steps", $"eval_steps needs a validation split: set stages.{split.Name}.val_size > 0");
         ModuleNameChecks.Apply(def, b);
         return def;
     }
