@@ -111,6 +111,29 @@ public sealed record TrainConfig
     [NotFingerprinted, Description("true: continue from the latest checkpoint of this run (same model, data and train parameters) if there is one, else start fresh; or a checkpoint directory (relative to the pipeline file). Not part of the fingerprint: a resumed run ends as the uninterrupted one would.")]
     public string? ResumeFromCheckpoint { get; init; }
 
+    // Preference objectives' keys (LLaMA-Factory's names and defaults). Unset keys stay out of the fingerprint, so a
+    // pipeline that never names them keeps its lock; the defaults apply in TrainStage.Preference.
+    [Range(0.0, 1e6, MinimumIsExclusive = true), OmittedWhenUnset, Description("dpo/kto: β, the temperature of the implicit reward (orpo: the odds-ratio weight λ; simpo: β). Default 0.1.")]
+    public double? PrefBeta { get; init; }
+
+    [OmittedWhenUnset, Description("dpo: the pairwise loss: sigmoid (DPO), hinge, ipo, orpo (no reference model) or simpo (no reference model). Default sigmoid.")]
+    public Training.Objectives.PreferenceLoss? PrefLoss { get; init; }
+
+    [Range(0.0, 1e6), OmittedWhenUnset, Description("dpo/kto: weight of an SFT loss on the chosen (desirable) answers. Default 0.")]
+    public double? PrefFtx { get; init; }
+
+    [Range(0.0, 0.5), OmittedWhenUnset, Description("dpo with pref_loss sigmoid: cDPO's label smoothing, the probability that a pair's label is wrong. Default 0.")]
+    public double? DpoLabelSmoothing { get; init; }
+
+    [Range(0.0, 1e6), OmittedWhenUnset, Description("dpo with pref_loss simpo: the target reward margin γ. Default 0.5.")]
+    public double? SimpoGamma { get; init; }
+
+    [Range(0.0, 1e6, MinimumIsExclusive = true), OmittedWhenUnset, Description("kto: weight of the desirable answers' losses. Default 1.0.")]
+    public double? KtoChosenWeight { get; init; }
+
+    [Range(0.0, 1e6, MinimumIsExclusive = true), OmittedWhenUnset, Description("kto: weight of the undesirable answers' losses. Default 1.0.")]
+    public double? KtoRejectedWeight { get; init; }
+
     /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 }

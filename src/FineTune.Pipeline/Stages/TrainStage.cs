@@ -1,8 +1,10 @@
+using System.Text.Json.Nodes;
 using FineTune.Data.Preprocessing;
 using FineTune.Models;
 using FineTune.Pipeline.Config;
 using FineTune.Pipeline.Validation;
 using FineTune.Training;
+using FineTune.Training.Objectives;
 
 namespace FineTune.Pipeline;
 
@@ -21,7 +23,15 @@ public sealed class TrainStage : IStageExecutor
     /// one's output (<see cref="TrainOutput.BuiltOn"/>), the model it builds on.
     /// </summary>
     public static StageDescription Description { get; } = new(StageKind.Train, [StageKind.Download, StageKind.Split], typeof(TrainConfig),
-        null, () => new TrainStage()) { ReadsWhenNamed = [StageKind.Train] };
+        ObjectiveSetting, () => new TrainStage()) { ReadsWhenNamed = [StageKind.Train] };
+
+    /// <summary>
+    /// A preference objective enters the fingerprint as <c>{"objective": "dpo"}</c>: dpo and rm read the same pairs, so the
+    /// data alone does not tell them apart. pt and sft add nothing (they enter through what split tokenized), so their
+    /// fingerprints and lock files stay as they were.
+    /// </summary>
+    static JsonObject ObjectiveSetting(PipelineDefinition p, StageInstance stage) =>
+        stage.Block is TrainConfig { IsPreference: true } t ? new JsonObject { ["objective"] = t.Objective.ToString().ToLowerInvariant() } : [];
 
     public StageKind Kind => Description.Kind;
 
@@ -31,11 +41,13 @@ public sealed class TrainStage : IStageExecutor
     {
         var cfg = ctx.Block<TrainConfig>();
         string name = ctx.StageName<TrainConfig>();
-        // The pipeline can say what a stage builds on; the recipe cannot start from another stage's weights yet, and
-        // training the base model instead would be a silent lie about what was trained.
-        if (TrainOutput.BuiltOn(ctx) is not null)
-            throw new PipelineUserException($"stages.{name}.from: {name} builds on train stage {ctx.Stage!.Reads[StageKind.Train]}, and training from another train stage's model is not implemented yet; remove it from from: to train on the downloaded model.");
-        string modelDir = ModelOutput.Of(ctx).Directory;
+        // A stage that builds on an earlier train stage starts from its result: its adapter, trained on (over the same
+        // base), or its full/freeze model directory, loaded instead of the download.
+        var builtOn = TrainOutput.BuiltOn(ctx);
+        string modelDir = builtOn is { IsModel: true } ? builtOn.Directory : ModelOutput.Of(ctx).Directory;
+        string? startAdapter = builtOn is { IsAdapter: true } ? builtOn.Directory : null;
+        if (builtOn is not null && !builtOn.IsModel && !builtOn.IsAdapter)
+            throw new PipelineUserException($"stages.{name}.from: {ctx.Stage!.Reads[StageKind.Train]}'s output {builtOn.Directory} holds neither an adapter nor a model; re-run it.");
         var split = SplitOutput.Of(ctx);
         string splitDir = split.Directory, trainPath = split.Train, valPath = split.Val;
         if (!File.Exists(trainPath))
@@ -45,17 +57,19 @@ public sealed class TrainStage : IStageExecutor
         if (SpecOf(modelDir) is { } spec && ModuleNameChecks.Check(cfg, spec, name) is { Count: > 0 } wrong)
             throw new PipelineKeyException(wrong);
 
-        var setup = Setup(cfg);
+        var setup = Setup(cfg) with { ValueHead = cfg.Objective == TrainingObjective.Rm };
         var upstream = UpstreamHashes(ctx);
+        var trainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["model"] = upstream[StageKind.Download],
+            ["data"] = upstream[StageKind.Split],
+            ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Parameters(ctx))),
+        };
+        if (upstream.TryGetValue(StageKind.Train, out var builtOnHash)) trainedFrom["built_on"] = builtOnHash;
         var args = Arguments(cfg, ctx.OutputDirectory) with
         {
             CheckpointDirectory = CheckpointDirectory(ctx),
-            TrainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
-            {
-                ["model"] = upstream[StageKind.Download],
-                ["data"] = upstream[StageKind.Split],
-                ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Parameters(ctx))),
-            },
+            TrainedFrom = trainedFrom,
             ResumeFromCheckpoint = ResolveResume(ctx, cfg.ResumeFromCheckpoint),
             // The model as the pipeline names it, not the cache path it was loaded from: the adapter's bytes (and so the
             // stage's output hash and pipeline.lock) must not depend on where the checkout lives.
@@ -63,20 +77,23 @@ public sealed class TrainStage : IStageExecutor
         };
 
         using var backend = StageBackends.Create(cfg.Device, name, ctx.Progress.Info);
-        using var model = Guard(() => CausalLM.Load(modelDir, backend, setup), modelDir);
+        using var model = Guard(() => CausalLM.Load(modelDir, backend, setup, startAdapter), startAdapter ?? modelDir);
+        if (startAdapter is not null)
+            ctx.Progress.Info($"{name}: continues the adapter of {ctx.Stage!.Reads[StageKind.Train]} (its rank, alpha, targets and modules_to_save; this block's LoRA keys are not read).");
         int pad = SplitTemplateInfo.Read(splitDir).PadOrDefault;
         using var trainSet = Guard(() => TokenizedDataset.Open(trainPath), trainPath);
         using var valSet = cfg.EvalSteps is not null && File.Exists(valPath) ? Guard(() => TokenizedDataset.Open(valPath), valPath) : null;
         if (cfg.EvalSteps is not null && (valSet is null || valSet.Count == 0))
             throw new PipelineUserException($"stages.{name}.eval_steps is set but {valPath} holds no validation samples; set val_size above 0 in the split stage it reads or remove eval_steps.");
 
+        var objective = Guard(() => Objective(cfg, name, trainSet, valSet, freshAdapter: startAdapter is null && setup.FinetuningType == FinetuningType.Lora), trainPath);
         TrainResult result;
-        using (var monitor = new ProgressMonitor(ctx.Progress))
+        using (var monitor = new ProgressMonitor(ctx.Progress, cfg.Objective))
         {
             result = Guard(() => FineTuneRecipe.Train(model, args,
                 TokenizedDatasetLoader.Create(trainSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: true, pad),
                 valSet is null ? null : TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: false, pad),
-                monitor, ctx.Cancellation), ctx.OutputDirectory);
+                monitor, ctx.Cancellation, objective: objective), ctx.OutputDirectory);
         }
 
         var metrics = new Dictionary<string, double>
@@ -90,6 +107,8 @@ public sealed class TrainStage : IStageExecutor
         };
         if (result.LastLoss is double last) metrics["loss"] = Math.Round(last, 4);
         if (result.EvalLoss is double ev) metrics["eval_loss"] = Math.Round(ev, 4);
+        foreach (var (k, v) in (result.LastMetrics ?? ObjectiveOutcome.NoMetrics).Concat(result.EvalMetrics ?? ObjectiveOutcome.NoMetrics))
+            metrics[k] = Math.Round(v, 4);
         var notes = new List<string>
         {
             $"{result.GlobalStep} steps in {result.RuntimeSeconds:F1} s, final logged loss {result.LastLoss:F4}, train_loss {result.TrainLoss:F4}",
@@ -130,6 +149,56 @@ public sealed class TrainStage : IStageExecutor
         ResumeFromCheckpoint = cfg.ResumeFromCheckpoint,
         Seed = (ulong)cfg.Seed,
     };
+
+    /// <summary>The preference objectives' settings for a train block (LLaMA-Factory's defaults for unset keys).</summary>
+    public static PreferenceSettings Preference(TrainConfig cfg)
+    {
+        var d = new PreferenceSettings();
+        return new PreferenceSettings
+        {
+            PrefBeta = cfg.PrefBeta ?? d.PrefBeta,
+            PrefLoss = cfg.PrefLoss ?? d.PrefLoss,
+            PrefFtx = cfg.PrefFtx ?? d.PrefFtx,
+            DpoLabelSmoothing = cfg.DpoLabelSmoothing ?? d.DpoLabelSmoothing,
+            SimpoGamma = cfg.SimpoGamma ?? d.SimpoGamma,
+            KtoChosenWeight = cfg.KtoChosenWeight ?? d.KtoChosenWeight,
+            KtoRejectedWeight = cfg.KtoRejectedWeight ?? d.KtoRejectedWeight,
+        };
+    }
+
+    /// <summary>
+    /// What the loop optimises for the block's stage: next-token loss (pt, sft), or a preference objective over the split's
+    /// paired (dpo, rm) or KTO samples. A fresh LoRA adapter's reference is the base with the adapter disabled; otherwise
+    /// the model as the stage starts (an earlier stage's adapter or model).
+    /// </summary>
+    static ITrainingObjective Objective(TrainConfig cfg, string name, TokenizedDataset train, TokenizedDataset? val, bool freshAdapter)
+    {
+        if (!cfg.IsPreference)
+        {
+            if (train.IsPaired || train.IsKto)
+                throw new PipelineUserException($"stages.{name}.stage is {cfg.Objective.ToString().ToLowerInvariant()}, but {train.Path} holds {(train.IsKto ? "KTO samples" : "preference pairs")}; set stage: {(train.IsKto ? "kto" : "dpo or rm")} or train on a split of SFT data.");
+            return TokenObjective.Instance;
+        }
+        string stage = cfg.Objective.ToString().ToLowerInvariant();
+        bool kto = cfg.Objective == TrainingObjective.Kto;
+        if (kto ? !train.IsKto : !train.IsPaired)
+            throw new PipelineUserException($"stages.{name}.stage is {stage}, which trains on {(kto ? "KTO samples (a kto_tag column)" : "preference pairs (ranking: true)")}, but {train.Path} holds {(train.IsPaired ? "pairs" : train.IsKto ? "KTO samples" : "SFT samples")}; point the stage's from: at a split of such data.");
+        var settings = Preference(cfg);
+        var objective = cfg.Objective switch
+        {
+            TrainingObjective.Dpo => PreferenceObjectives.Dpo(settings),
+            TrainingObjective.Kto => PreferenceObjectives.Kto(settings),
+            _ => PreferenceObjectives.RewardModel(),
+        };
+        var layout = cfg.Objective switch
+        {
+            TrainingObjective.Kto => PreferenceLayout.Kto,
+            TrainingObjective.Rm => PreferenceLayout.Rewards,
+            _ => PreferenceLayout.Pairs,
+        };
+        return new PreferenceTraining(objective, layout, freshAdapter,
+            kto ? i => train.Tag(i) != 0 : null, kto && val is not null ? i => val.Tag(i) != 0 : null);
+    }
 
     /// <summary>The engine's training setup for a train block: the one mapping from config keys to the model's settings.</summary>
     public static TrainingSetup Setup(TrainConfig cfg) => new()
@@ -213,7 +282,7 @@ public sealed class TrainStage : IStageExecutor
     }
 
     /// <summary>Shows training on the pipeline's progress display: one bar over the steps, described by the last log line.</summary>
-    internal sealed class ProgressMonitor(IStageProgress progress) : ITrainingMonitor, IDisposable
+    internal sealed class ProgressMonitor(IStageProgress progress, TrainingObjective objective = TrainingObjective.Sft) : ITrainingMonitor, IDisposable
     {
         IProgressTask? _task;
 
@@ -226,7 +295,18 @@ public sealed class TrainStage : IStageExecutor
         public void Stepped(int step) => _task?.Increment(1);
 
         public void Logged(StepReport r) => _task?.SetDescription(
-            $"train loss {r.Loss:F4} lr {r.LearningRate:0.##E+0} grad {r.GradNorm:F2} {r.TokensPerSecond:F0} tok/s ETA {r.RemainingTime}");
+            $"{Name} loss {r.Loss:F4}{Rewards(r)} lr {r.LearningRate:0.##E+0} grad {r.GradNorm:F2} {r.TokensPerSecond:F0} tok/s ETA {r.RemainingTime}");
+
+        string Name => objective is TrainingObjective.Pt or TrainingObjective.Sft ? "train" : objective.ToString().ToLowerInvariant();
+
+        /// <summary>" acc 0.88 margin 1.23" (dpo), " acc 0.88" (rm): the preference metrics worth watching, as TRL's progress shows them.</summary>
+        static string Rewards(StepReport r) => r.Metrics switch
+        {
+            { } m when m.TryGetValue("rewards/accuracies", out var acc) => $" acc {acc:F2} margin {m.GetValueOrDefault("rewards/margins"):F2}",
+            { } m when m.TryGetValue("accuracy", out var acc) => $" acc {acc:F2}",
+            { } m when m.TryGetValue("kl", out var kl) => $" kl {kl:F3}",
+            _ => "",
+        };
 
         public void Info(string line) => progress.Info(line);
 

@@ -33,11 +33,8 @@ internal static partial class SemanticChecks
                 if (splitStage is not null) claimed.TryAdd(splitStage.Name, (name, split!.Stage));
                 continue;
             }
-            if (objective is not (TrainingObjective.Pt or TrainingObjective.Sft))
-            {
-                b.Error(at, $"stage {Name(objective)} is not trained by this FineTune yet: it trains pt and sft (preference objectives are being added)");
-                continue;
-            }
+            // dpo, kto and rm read pairs or tagged samples, which split writes from the data itself (DatasetChecks checks it).
+            if (objective is not (TrainingObjective.Pt or TrainingObjective.Sft)) continue;
             var wanted = objective == TrainingObjective.Pt ? TrainingStage.Pt : TrainingStage.Sft;
             if (splitStage is null || split is null) continue;
             if (split.Stage != wanted && b.Positions.ContainsKey($"$.stages.{splitStage.Name}.stage"))
