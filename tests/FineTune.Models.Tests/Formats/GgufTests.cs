@@ -44,13 +44,13 @@ public sealed class GgufTests : IDisposable
     {
         var x = Enumerable.Range(0, 32).Select(i => i - 16f).ToArray(); // −16 … 15, amax 16
         var bytes = new byte[34];
-        Q8_0.Quantize(x, bytes);
+        GgmlQuants.QuantizeBlocks(GgufTensorType.Q8_0, x, bytes);
         float d = (float)BitConverter.ToHalf(bytes);
         Assert.Equal((float)(Half)(16f / 127f), d);
         Assert.Equal(unchecked((byte)(sbyte)-127), bytes[2]);   // −16 → −127
         Assert.Equal(119, bytes[33]);                          // round(15 · 127/16) = round(119.06)
         var back = new float[32];
-        Q8_0.Dequantize(bytes, back);
+        GgmlQuants.Dequantize(GgufTensorType.Q8_0, bytes, back);
         for (int i = 0; i < 32; i++)
             Assert.InRange(Math.Abs(back[i] - x[i]), 0, d / 2 + 1e-3f);
     }
@@ -86,7 +86,7 @@ public sealed class GgufTests : IDisposable
             case 0: FloatConversions.Decode(bytes.AsSpan((int)start, count * 4), SafetensorsDType.F32, values); break;
             case 1: FloatConversions.Decode(bytes.AsSpan((int)start, count * 2), SafetensorsDType.F16, values); break;
             case 30: FloatConversions.Decode(bytes.AsSpan((int)start, count * 2), SafetensorsDType.BF16, values); break;
-            case 8: Q8_0.Dequantize(bytes.AsSpan((int)start, count / 32 * 34), values); break;
+            case 8: GgmlQuants.Dequantize(GgufTensorType.Q8_0, bytes.AsSpan((int)start, count / 32 * 34), values); break;
         }
         return values;
     }
