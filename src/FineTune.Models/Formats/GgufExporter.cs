@@ -11,6 +11,8 @@ public sealed record GgufExportResult(string Path, string Architecture, int Tens
 /// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges, special ids),
 /// and llama's Q/K row permutation (llama.cpp rotates interleaved pairs for the llama architecture, HF
 /// rotates halves; qwen2/qwen3 use the halves layout in llama.cpp too, so they are written as they are).
+/// Streaming: the writer asks for each tensor a chunk of rows at a time; a chunk is read from the memory-mapped
+/// safetensors, converted, permuted and quantized into buffers every chunk reuses, so memory holds one chunk, not the model.
 /// The file type picks each tensor's type as llama-quantize does (<see cref="GgufTypeMix"/>): 1-D tensors (norms,
 /// biases) stay F32, matrices take the mix's type, quantized with ggml's reference quantizers (<see cref="GgmlQuants"/>).
 /// </summary>
@@ -72,15 +74,21 @@ public static class GgufExporter
     /// </summary>
     public static float[] PermuteForInterleavedRope(ReadOnlySpan<float> w, int heads, int cols)
     {
+        var result = new float[w.Length];
+        PermuteForInterleavedRope(w, heads, cols, result);
+        return result;
+    }
+
+    /// <summary>The same permutation into <paramref name="result"/> (as long as <paramref name="w"/>).</summary>
+    public static void PermuteForInterleavedRope(ReadOnlySpan<float> w, int heads, int cols, Span<float> result)
+    {
         int rows = w.Length / cols, d = rows / heads, half = d / 2;
         if (rows % heads != 0 || d % 2 != 0)
             throw new ArgumentException($"{rows} rows do not split into {heads} heads of even size");
-        var result = new float[w.Length];
         for (int h = 0; h < heads; h++)
             for (int i = 0; i < half; i++)
                 for (int j = 0; j < 2; j++)
-                    w.Slice((h * d + j * half + i) * cols, cols).CopyTo(result.AsSpan((h * d + 2 * i + j) * cols, cols));
-        return result;
+                    w.Slice((h * d + j * half + i) * cols, cols).CopyTo(result.Slice((h * d + 2 * i + j) * cols, cols));
     }
 
     /// <summary>Exports with every matrix in <paramref name="type"/> (F32, F16, BF16 or Q8_0: the file types of one type).</summary>
@@ -94,12 +102,16 @@ public static class GgufExporter
             _ => throw new ArgumentOutOfRangeException(nameof(type), type, "use a GgufFileType for the quantized mixes"),
         }, modelName);
 
-    public static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName = null)
+    public static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName = null) =>
+        Export(modelDir, outputPath, fileType, modelName, GgufWriter.DefaultChunkValues);
+
+    /// <summary>The export with the writer's chunk size given (tests: many chunks per tensor on a tiny model).</summary>
+    internal static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName, int chunkValues)
     {
         var config = ModelConfig.Load(modelDir);
         var arch = ArchitectureName(config.Architecture);
         var notes = new List<string>();
-        var w = new GgufWriter();
+        var w = new GgufWriter(chunkValues: chunkValues);
         w.Add("general.architecture", arch);
         w.Add("general.type", "model");
         w.Add("general.name", modelName ?? new DirectoryInfo(modelDir).Name);
@@ -153,6 +165,7 @@ public static class GgufExporter
         var mix = new GgufTypeMix(fileType, arch, config.NumHiddenLayers, config.NumAttentionHeads, config.NumKeyValueHeads,
             tiedEmbeddings: !reader.Tensors.ContainsKey("lm_head.weight"));
         var fallbacks = new SortedDictionary<(long Row, GgufTensorType From, GgufTensorType To), int>();
+        var scratch = new RowScratch();
         foreach (var info in reader.Tensors.Values.OrderBy(t => t.Name, TensorNameComparer.Instance))
         {
             var ggufName = TensorName(info.Name)
@@ -166,13 +179,11 @@ public static class GgufExporter
             int? permuteHeads = arch == "llama" && name.Contains(".self_attn.q_proj.", StringComparison.Ordinal) ? config.NumAttentionHeads
                 : arch == "llama" && name.Contains(".self_attn.k_proj.", StringComparison.Ordinal) ? config.NumKeyValueHeads
                 : null;
-            w.AddTensor(ggufName, shape, tensorType, span =>
-            {
-                var values = reader.ReadAsFloat32(name);
-                if (permuteHeads is { } heads)
-                    values = PermuteForInterleavedRope(values, heads, shape.Count == 2 ? (int)shape[1] : 1);
-                GgmlQuants.Quantize(tensorType, values, shape[^1], span);
-            });
+            // Weights [heads·d, in] are permuted a whole number of heads at a time; a bias [heads·d] is one row.
+            int granule = permuteHeads is not null && shape.Count == 2 ? config.HeadDim : 1;
+            w.AddTensor(ggufName, shape, tensorType, (first, rows, destination) =>
+                EncodeRows(reader, info, first, rows, tensorType, permuteHeads is null ? null : shape.Count == 2 ? rows / config.HeadDim : permuteHeads, scratch, destination),
+                granule);
             Count(counts, tensorType);
             tensors++;
         }
@@ -182,6 +193,34 @@ public static class GgufExporter
                 : $"{n} tensors have rows of {row}, not a multiple of {GgmlQuants.BlockSize(from)}: written as {to} instead of {from} (as llama-quantize does)");
         w.Save(outputPath);
         return new GgufExportResult(outputPath, arch, tensors, new FileInfo(outputPath).Length, counts, notes);
+    }
+
+    /// <summary>Float buffers that every chunk reuses (the writer asks for one chunk at a time).</summary>
+    private sealed class RowScratch
+    {
+        private float[] _values = [], _permuted = [];
+        public Span<float> Values(int n) => (_values.Length >= n ? _values : _values = new float[n]).AsSpan(0, n);
+        public Span<float> Permuted(int n) => (_permuted.Length >= n ? _permuted : _permuted = new float[n]).AsSpan(0, n);
+    }
+
+    /// <summary>
+    /// Rows [first, first + rows) of a safetensors tensor, read from the memory map, converted to float32, permuted for
+    /// llama's interleaved RoPE when <paramref name="permuteHeads"/> is set (the heads these rows hold), and encoded.
+    /// </summary>
+    private static void EncodeRows(SafetensorsReader reader, SafetensorsTensorInfo info, long first, int rows, GgufTensorType type,
+        int? permuteHeads, RowScratch scratch, Span<byte> destination)
+    {
+        long rowLength = info.Shape[^1];
+        int n = checked((int)(rows * rowLength)), elemSize = info.DType.ElementSize();
+        var values = scratch.Values(n);
+        FloatConversions.Decode(reader.GetBytes(info.Name, first * rowLength * elemSize, n * elemSize), info.DType, values);
+        if (permuteHeads is { } heads)
+        {
+            var permuted = scratch.Permuted(n);
+            PermuteForInterleavedRope(values, heads, info.Shape.Count == 2 ? (int)rowLength : 1, permuted);
+            values = permuted;
+        }
+        GgmlQuants.Quantize(type, values, rowLength, destination);
     }
 
     private static void Count(Dictionary<GgufTensorType, int> counts, GgufTensorType t) => counts[t] = counts.GetValueOrDefault(t) + 1;

@@ -184,6 +184,51 @@ public sealed class GgufTests : IDisposable
     }
 
     [Fact]
+    public void Writer_asks_each_tensor_for_row_chunks_in_order_into_one_buffer_after_the_header()
+    {
+        // 256 values a chunk: a [10, 64] F32 tensor comes in 4 + 4 + 2 rows; a [6, 96] Q8_0 one with a granule of 3 rows
+        // (more than 256 / 96) in 3 + 3; a 1-D tensor is one row.
+        var w = new GgufWriter(chunkValues: 256);
+        var calls = new List<(string Tensor, long First, int Rows, int Bytes, nint Address, long Written)>();
+        using var ms = new MemoryStream();
+        GgufRowSource Source(string name, int rowLength, GgufTensorType type) => (first, rows, destination) =>
+        {
+            nint address;
+            unsafe { fixed (byte* p = destination) address = (nint)p; }
+            calls.Add((name, first, rows, destination.Length, address, ms.Length));
+            var values = new float[rows * rowLength];
+            for (int i = 0; i < values.Length; i++)
+                values[i] = (float)Math.Sin(first * rowLength + i);
+            GgmlQuants.Quantize(type, values, rowLength, destination);
+        };
+        w.AddTensor("a", [10, 64], GgufTensorType.F32, Source("a", 64, GgufTensorType.F32));
+        w.AddTensor("b", [6, 96], GgufTensorType.Q8_0, Source("b", 96, GgufTensorType.Q8_0), rowGranule: 3);
+        w.AddTensor("c", [40], GgufTensorType.F16, Source("c", 40, GgufTensorType.F16));
+        w.Write(ms);
+
+        Assert.Equal(new (string, long, int, int)[] { ("a", 0, 4, 1024), ("a", 4, 4, 1024), ("a", 8, 2, 512), ("b", 0, 3, 306), ("b", 3, 3, 306), ("c", 0, 1, 80) },
+            calls.Select(c => (c.Tensor, c.First, c.Rows, c.Bytes)).ToArray());
+        Assert.Single(calls.Select(c => c.Address).Distinct());
+        // Data: a 2,560 bytes, b 612 padded to 640, c 80 padded to 96; nothing of it was written before the first chunk.
+        long dataStart = ms.Length - (2560 + 640 + 96);
+        Assert.Equal(0, dataStart % 32);
+        Assert.Equal(dataStart, calls[0].Written);
+        var a = new float[640];
+        FloatConversions.Decode(ms.ToArray().AsSpan((int)dataStart, 2560), SafetensorsDType.F32, a);
+        Assert.Equal(Enumerable.Range(0, 640).Select(i => (float)Math.Sin(i)).ToArray(), a);
+    }
+
+    [Fact]
+    public void Llama_export_in_chunks_of_one_head_writes_the_bytes_of_the_default_chunks()
+    {
+        // k_proj [32, 64] holds 2 heads of 16 rows: 1,024 values a chunk permutes one head at a time.
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Llama, TieWordEmbeddings = false, NumHiddenLayers = 1 }, _dir.File("m"));
+        GgufExporter.Export(_dir.File("m"), _dir.File("whole.gguf"), GgufFileType.Q8_0, "m");
+        GgufExporter.Export(_dir.File("m"), _dir.File("chunked.gguf"), GgufFileType.Q8_0, "m", chunkValues: 1024);
+        Assert.Equal(File.ReadAllBytes(_dir.File("whole.gguf")), File.ReadAllBytes(_dir.File("chunked.gguf")));
+    }
+
+    [Fact]
     public void Llama_export_permutes_q_and_k_rows()
     {
         ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Llama, TieWordEmbeddings = false, NumHiddenLayers = 1 }, _dir.File("m"));
