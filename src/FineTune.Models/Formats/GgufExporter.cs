@@ -8,7 +8,8 @@ public sealed record GgufExportResult(string Path, string Architecture, int Tens
 /// <summary>
 /// Converts a Hugging Face model directory (llama, mistral, qwen2, qwen3) into one GGUF v3 file that
 /// llama.cpp and Ollama load: llama.cpp's architecture names and tensor names, its metadata keys, the
-/// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges, special ids),
+/// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges; or "llama" SentencePiece-style
+/// BPE: tokens, scores, token types, add_space_prefix, see <see cref="GgufSentencePiece"/>; special ids, add_bos/add_eos),
 /// and llama's Q/K row permutation (llama.cpp rotates interleaved pairs for the llama architecture, HF
 /// rotates halves; qwen2/qwen3 use the halves layout in llama.cpp too, so they are written as they are).
 /// Streaming: the writer asks for each tensor a chunk of rows at a time; a chunk is read from the memory-mapped
@@ -257,25 +258,44 @@ public static class GgufExporter
     {
         var tokPath = Path.Combine(modelDir, "tokenizer.json");
         var tok = HfTokenizerFile.Load(tokPath);
-        if (tok.ModelType != "BPE")
-            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType}; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, DeepSeek, …) only.");
-        var pre = GgufPreTokenizer.Detect(tokPath, tok.Root);
-        notes.AddRange(pre.Notes);
         if (tok.VocabSize > config.VocabSize)
             throw new ModelFormatException(tokPath, $"the tokenizer has {tok.VocabSize} tokens but the model's embedding only {config.VocabSize} rows.");
         var tokens = new string[config.VocabSize];
-        var types = new int[config.VocabSize];
         for (int i = 0; i < tokens.Length; i++)
+            tokens[i] = (i < tok.Tokens.Count ? tok.Tokens[i]?.Content : null) ?? $"[PAD{i}]";
+        var types = new int[config.VocabSize];
+        if (GgufSentencePiece.IsSentencePieceBpe(tok.Root))
         {
-            var t = i < tok.Tokens.Count ? tok.Tokens[i] : null;
-            tokens[i] = t?.Content ?? $"[PAD{i}]";
-            types[i] = t is null ? TokenUnused : !t.Added ? TokenNormal : t.Special ? TokenControl : TokenUserDefined;
+            var layout = GgufSentencePiece.Detect(tokPath, tok.Root);
+            for (int i = 0; i < types.Length; i++)
+                types[i] = GgufSentencePiece.TokenType(i < tok.Tokens.Count ? tok.Tokens[i] : null, layout.UnknownToken);
+            w.Add("tokenizer.ggml.model", "llama");
+            w.Add("tokenizer.ggml.tokens", tokens);
+            w.Add("tokenizer.ggml.scores", GgufSentencePiece.Scores(tok, config.VocabSize));
+            w.Add("tokenizer.ggml.token_type", types);
+            w.Add("tokenizer.ggml.add_space_prefix", layout.AddSpacePrefix);
+            if (layout.UnknownToken is { } unk && tok.IdOf(unk) is { } unkId)
+                w.Add("tokenizer.ggml.unknown_token_id", (uint)unkId);
         }
-        w.Add("tokenizer.ggml.model", "gpt2");
-        w.Add("tokenizer.ggml.pre", pre.Name);
-        w.Add("tokenizer.ggml.tokens", tokens);
-        w.Add("tokenizer.ggml.token_type", types);
-        w.Add("tokenizer.ggml.merges", tok.Merges);
+        else if (tok.ModelType == "BPE")
+        {
+            var pre = GgufPreTokenizer.Detect(tokPath, tok.Root);
+            notes.AddRange(pre.Notes);
+            for (int i = 0; i < types.Length; i++)
+            {
+                var t = i < tok.Tokens.Count ? tok.Tokens[i] : null;
+                types[i] = t is null ? TokenUnused : !t.Added ? TokenNormal : t.Special ? TokenControl : TokenUserDefined;
+            }
+            w.Add("tokenizer.ggml.model", "gpt2");
+            w.Add("tokenizer.ggml.pre", pre.Name);
+            w.Add("tokenizer.ggml.tokens", tokens);
+            w.Add("tokenizer.ggml.token_type", types);
+            w.Add("tokenizer.ggml.merges", tok.Merges);
+        }
+        else
+        {
+            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType}; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, DeepSeek, …) and SentencePiece-style BPE tokenizers with byte fallback (Llama 2, Mistral v1, Gemma 2/3) only.");
+        }
 
         var tcPath = Path.Combine(modelDir, "tokenizer_config.json");
         var tc = File.Exists(tcPath) ? JsonNode.Parse(File.ReadAllText(tcPath)) as JsonObject : null;
@@ -287,6 +307,8 @@ public static class GgufExporter
         if (eos is { } e) w.Add("tokenizer.ggml.eos_token_id", (uint)e);
         if (pad is { } p) w.Add("tokenizer.ggml.padding_token_id", (uint)p);
         w.Add("tokenizer.ggml.add_bos_token", tc?["add_bos_token"] is JsonValue ab && ab.TryGetValue<bool>(out var addBos) && addBos);
+        if (tc?["add_eos_token"] is JsonValue ae && ae.TryGetValue<bool>(out var addEos))
+            w.Add("tokenizer.ggml.add_eos_token", addEos);
         var template = ChatTemplateOf(modelDir);
         if (template is not null)
             w.Add("tokenizer.chat_template", template);
