@@ -248,24 +248,15 @@ public sealed class GgufTests : IDisposable
     }
 
     [Fact]
-    public void Modelfile_has_from_chatml_template_stops_and_system()
+    public void Modelfile_has_from_the_template_given_stops_once_each_and_system()
     {
-        var text = OllamaModelfile.Build("model-q8_0.gguf", "qwen3", null, ["<|im_end|>", "<|endoftext|>"], "You are FineTune.");
+        var text = OllamaModelfile.Build("model-q8_0.gguf", "{{ range .Messages }}{{ .Content }}{{ end }}", ["<|im_end|>", "<|endoftext|>", "<|im_end|>", "say \"stop\""], "You are FineTune.");
         Assert.Equal(
             "FROM ./model-q8_0.gguf\n" +
-            "TEMPLATE \"\"\"{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n\"\"\"\n" +
+            "TEMPLATE \"\"\"{{ range .Messages }}{{ .Content }}{{ end }}\"\"\"\n" +
             "PARAMETER stop \"<|im_end|>\"\n" +
-            "PARAMETER stop \"<|im_start|>\"\n" +
             "PARAMETER stop \"<|endoftext|>\"\n" +
+            "PARAMETER stop \"say \\\"stop\\\"\"\n" +
             "SYSTEM \"\"\"You are FineTune.\"\"\"\n", text);
-    }
-
-    [Fact]
-    public void Modelfile_recognises_llama3_from_the_jinja_template()
-    {
-        var text = OllamaModelfile.Build("m.gguf", null, "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}", [], null);
-        Assert.Contains("<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>", text);
-        Assert.Contains("PARAMETER stop \"<|eot_id|>\"", text);
-        Assert.DoesNotContain("SYSTEM", text);
     }
 }
