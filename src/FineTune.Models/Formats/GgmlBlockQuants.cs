@@ -19,9 +19,7 @@ public readonly struct Q4_0 : IGgmlBlockFormat
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        float amax = 0, max = 0;
-        foreach (var t in v)
-            if (amax < MathF.Abs(t)) { amax = MathF.Abs(t); max = t; }
+        float max = GgmlQuants.SignedMax(v, out _);
         float d = max / -8;
         float id = d != 0 ? 1.0f / d : 0.0f;
         GgmlQuants.WriteFp16(y, d);
@@ -60,9 +58,7 @@ public readonly struct Q5_0 : IGgmlBlockFormat
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        float amax = 0, max = 0;
-        foreach (var t in v)
-            if (amax < MathF.Abs(t)) { amax = MathF.Abs(t); max = t; }
+        float max = GgmlQuants.SignedMax(v, out _);
         float d = max / -16;
         float id = d != 0 ? 1.0f / d : 0.0f;
         GgmlQuants.WriteFp16(y, d);

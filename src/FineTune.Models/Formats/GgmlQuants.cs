@@ -186,6 +186,20 @@ public static class GgmlQuants
 
     internal static float ReadFp16(ReadOnlySpan<byte> source) => FromFp16((ushort)(source[0] | source[1] << 8));
 
+    /// <summary>The value of largest magnitude with its sign (the first of equal magnitudes); <paramref name="amax"/> its magnitude.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float SignedMax(ReadOnlySpan<float> x, out float amax)
+    {
+        float max = 0;
+        amax = 0;
+        foreach (var t in x)
+        {
+            float ax = MathF.Abs(t);
+            if (ax > amax) { amax = ax; max = t; }
+        }
+        return max;
+    }
+
     /// <summary>Values below this are treated as an all-zero group (GROUP_MAX_EPS).</summary>
     internal const float GroupMaxEps = 1e-15f;
 
@@ -197,12 +211,7 @@ public static class GgmlQuants
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQxQuants(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
     {
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; ++i)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
+        float max = SignedMax(x[..n], out float amax);
         if (amax < GroupMaxEps)
         {
             L[..n].Clear();
@@ -251,12 +260,7 @@ public static class GgmlQuants
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQ3Quants(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
     {
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; ++i)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
+        float max = SignedMax(x[..n], out float amax);
         if (amax < GroupMaxEps)
         {
             L[..n].Clear();

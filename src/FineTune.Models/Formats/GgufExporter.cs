@@ -19,8 +19,8 @@ public sealed record GgufExportResult(string Path, string Architecture, int Tens
 /// </summary>
 public static class GgufExporter
 {
-    /// <summary>llama.cpp's token types.</summary>
-    public const int TokenNormal = 1, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5;
+    /// <summary>llama.cpp's token types (llama_token_type).</summary>
+    public const int TokenNormal = 1, TokenUnknown = 2, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5, TokenByte = 6;
 
     /// <summary>llama.cpp's architecture name: mistral models load as llama.</summary>
     public static string ArchitectureName(ModelArchitecture a) => a switch

@@ -20,9 +20,6 @@ public sealed record GgufSentencePieceLayout(bool AddSpacePrefix, string? Unknow
 /// </summary>
 public static class GgufSentencePiece
 {
-    /// <summary>llama.cpp's token types (llama_token_type).</summary>
-    public const int TokenNormal = 1, TokenUnknown = 2, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5, TokenByte = 6;
-
     private const string Space = "\u2581";
 
     /// <summary>True when the tokenizer.json is a BPE model with byte fallback (the SentencePiece family, not byte-level BPE).</summary>
@@ -104,10 +101,10 @@ public static class GgufSentencePiece
     /// </summary>
     public static int TokenType(HfToken? t, string? unknownToken)
     {
-        if (t is null) return TokenUnused;
-        if (t.Content == unknownToken) return TokenUnknown;
-        if (t.Added) return t.Special ? TokenControl : TokenUserDefined;
-        return IsByteToken(t.Content) ? TokenByte : TokenNormal;
+        if (t is null) return GgufExporter.TokenUnused;
+        if (t.Content == unknownToken) return GgufExporter.TokenUnknown;
+        if (t.Added) return t.Special ? GgufExporter.TokenControl : GgufExporter.TokenUserDefined;
+        return IsByteToken(t.Content) ? GgufExporter.TokenByte : GgufExporter.TokenNormal;
     }
 
     private static bool IsByteToken(string s) =>
