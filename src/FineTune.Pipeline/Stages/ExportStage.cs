@@ -10,7 +10,8 @@ namespace FineTune.Pipeline;
 /// export: deployable files from the merged model. <c>hf</c> → <c>hf/</c>, safetensors shards of at most
 /// export_size GB with model.safetensors.index.json, plus config and tokenizer files; <c>gguf</c> →
 /// <c>gguf/model-&lt;type&gt;.gguf</c> for each gguf_type (float types, Q8_0, Q4_0/Q5_0 and llama-quantize's K-quant
-/// mixes; tokenizer embedded) and an Ollama Modelfile for each (<c>ollama create &lt;name&gt; -f Modelfile</c>).
+/// mixes; tokenizer embedded) and an Ollama Modelfile for each, its TEMPLATE derived from the pipeline's chat template
+/// (<see cref="OllamaTemplate"/>); the notes say the <c>ollama create &lt;name&gt; -f …/Modelfile</c> line.
 /// </summary>
 public sealed class ExportStage : IStageExecutor
 {
