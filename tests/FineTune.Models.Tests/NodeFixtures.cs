@@ -10,7 +10,9 @@ namespace FineTune.Models.Tests;
 /// </summary>
 internal static class NodeFixtures
 {
-    public static string FixturesDir { get; } = Path.Combine(FindRepoRoot(), "tests", "fixtures");
+    public static string RepoRoot { get; } = FindRepoRoot();
+
+    public static string FixturesDir { get; } = Path.Combine(RepoRoot, "tests", "fixtures");
 
     private static string FindRepoRoot()
     {
@@ -33,7 +35,27 @@ internal static class NodeFixtures
     {
         if (!File.Exists(Path.Combine(FixturesDir, "node_modules", "node-llama-cpp", "package.json")))
             throw new InvalidOperationException($"node-llama-cpp is missing. Install the fixtures with: (cd {FixturesDir} && npm ci)");
-        var psi = new ProcessStartInfo("node", [Path.Combine(FixturesDir, "llama-tokenize.mjs")])
+        var stdout = RunScript("llama-tokenize.mjs", JsonSerializer.Serialize(new { jobs = jobs.Select(j => new { gguf = j.Gguf, tokenizer = j.TokenizerJson, texts = j.Texts }) }));
+        int[][] Ids(JsonElement e) => e.EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+        using var doc = JsonDocument.Parse(stdout);
+        return doc.RootElement.GetProperty("results").EnumerateArray().Select(r => (Ids(r.GetProperty("llama")), Ids(r.GetProperty("hf")))).ToArray();
+    }
+
+    /// <summary>
+    /// llama.cpp loads each GGUF of <c>request.models</c> and greedy-decodes (from prompt ids or a prompt text parsed with
+    /// special tokens, until an end-of-generation token or maxTokens) or scores a text, through tests/fixtures/llama-generate.js.
+    /// </summary>
+    public static JsonArray LlamaGenerate(JsonObject request)
+    {
+        if (!File.Exists(Path.Combine(FixturesDir, "node_modules", "node-llama-cpp", "package.json")))
+            throw new InvalidOperationException($"node-llama-cpp is missing. Install the fixtures with: (cd {FixturesDir} && npm ci)");
+        return JsonNode.Parse(RunScript("llama-generate.js", request.ToJsonString()))!.AsArray();
+    }
+
+    /// <summary>Runs a node script of tests/fixtures with <paramref name="stdin"/> as its input (UTF-8) and returns its stdout.</summary>
+    public static string RunScript(string script, string stdin)
+    {
+        var psi = new ProcessStartInfo("node", [Path.Combine(FixturesDir, script)])
         {
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
@@ -44,15 +66,13 @@ internal static class NodeFixtures
         };
         using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start node");
         var stderr = p.StandardError.ReadToEndAsync();
-        p.StandardInput.Write(JsonSerializer.Serialize(new { jobs = jobs.Select(j => new { gguf = j.Gguf, tokenizer = j.TokenizerJson, texts = j.Texts }) }));
+        p.StandardInput.Write(stdin);
         p.StandardInput.Close();
         var stdout = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
         if (p.ExitCode != 0)
-            throw new InvalidOperationException($"llama-tokenize.mjs failed ({p.ExitCode}): {stderr.Result}");
-        int[][] Ids(JsonElement e) => e.EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
-        using var doc = JsonDocument.Parse(stdout);
-        return doc.RootElement.GetProperty("results").EnumerateArray().Select(r => (Ids(r.GetProperty("llama")), Ids(r.GetProperty("hf")))).ToArray();
+            throw new InvalidOperationException($"{script} failed ({p.ExitCode}): {stderr.Result}");
+        return stdout;
     }
 
     /// <summary>Parses a GGUF file with @huggingface/gguf through tests/fixtures/gguf-read.js.</summary>

@@ -11,95 +11,86 @@ namespace FineTune.Models;
 /// Q2_K (84 bytes / 256 values): 16 sub-blocks of 16, value = d·sc·q − dmin·m with q ∈ 0 … 3 and 4-bit sc, m.
 /// Layout: scales[16] (sc | m &lt;&lt; 4), qs[64] (four 2-bit levels per byte), d, dmin (f16).
 /// </summary>
-public static class Q2_K
+public readonly struct Q2_K : IGgmlBlockFormat
 {
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 16 + 64 + 2 + 2;
+    static int IGgmlBlockFormat.Values => BlockSize;
+    static int IGgmlBlockFormat.Bytes => BlockBytes;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
+    public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q2_K");
         Span<byte> L = stackalloc byte[BlockSize];
         Span<byte> laux = stackalloc byte[16];
         Span<float> weights = stackalloc float[16];
         Span<float> mins = stackalloc float[16];
         Span<float> scales = stackalloc float[16];
         const float q4scale = 15f;
-        for (int b = 0; b < x.Length / BlockSize; b++)
+        var ys = y[..16];
+        var qs = y.Slice(16, 64);
+        float maxScale = 0, maxMin = 0;
+        for (int j = 0; j < 16; ++j)
         {
-            var v = x.Slice(b * BlockSize, BlockSize);
-            var y = destination.Slice(b * BlockBytes, BlockBytes);
-            var ys = y[..16];
-            var qs = y.Slice(16, 64);
-            float maxScale = 0, maxMin = 0;
-            for (int j = 0; j < 16; ++j)
-            {
-                var sub = v.Slice(16 * j, 16);
-                for (int l = 0; l < 16; ++l) weights[l] = MathF.Abs(sub[l]);
-                scales[j] = GgmlQuants.MakeQkx2Quants(16, 3, sub, weights, L.Slice(16 * j, 16), out mins[j], laux, -0.5f, 0.1f, 15, true);
-                if (scales[j] > maxScale) maxScale = scales[j];
-                if (mins[j] > maxMin) maxMin = mins[j];
-            }
-            if (maxScale > 0)
-            {
-                float iscale = q4scale / maxScale;
-                for (int j = 0; j < 16; ++j)
-                    ys[j] = (byte)GgmlQuants.NearestInt(iscale * scales[j]);
-                GgmlQuants.WriteFp16(y[80..], maxScale / q4scale);
-            }
-            else
-            {
-                ys.Clear();
-                GgmlQuants.WriteFp16(y[80..], 0f);
-            }
-            if (maxMin > 0)
-            {
-                float iscale = q4scale / maxMin;
-                for (int j = 0; j < 16; ++j)
-                    ys[j] |= (byte)(GgmlQuants.NearestInt(iscale * mins[j]) << 4);
-                GgmlQuants.WriteFp16(y[82..], maxMin / q4scale);
-            }
-            else
-            {
-                GgmlQuants.WriteFp16(y[82..], 0f);
-            }
-            float dAll = GgmlQuants.ReadFp16(y[80..]), dminAll = GgmlQuants.ReadFp16(y[82..]);
-            for (int j = 0; j < 16; ++j)
-            {
-                float d = dAll * (ys[j] & 0xF);
-                if (d == 0) continue;
-                float dm = dminAll * (ys[j] >> 4);
-                for (int ii = 0; ii < 16; ++ii)
-                    L[16 * j + ii] = (byte)Math.Max(0, Math.Min(3, GgmlQuants.NearestInt((v[16 * j + ii] + dm) / d)));
-            }
-            for (int j = 0; j < BlockSize; j += 128)
-                for (int l = 0; l < 32; ++l)
-                    qs[j / 4 + l] = (byte)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+            var sub = v.Slice(16 * j, 16);
+            for (int l = 0; l < 16; ++l) weights[l] = MathF.Abs(sub[l]);
+            scales[j] = GgmlQuants.MakeQkx2Quants(16, 3, sub, weights, L.Slice(16 * j, 16), out mins[j], laux, -0.5f, 0.1f, 15, true);
+            if (scales[j] > maxScale) maxScale = scales[j];
+            if (mins[j] > maxMin) maxMin = mins[j];
         }
+        if (maxScale > 0)
+        {
+            float iscale = q4scale / maxScale;
+            for (int j = 0; j < 16; ++j)
+                ys[j] = (byte)GgmlQuants.NearestInt(iscale * scales[j]);
+            GgmlQuants.WriteFp16(y[80..], maxScale / q4scale);
+        }
+        else
+        {
+            ys.Clear();
+            GgmlQuants.WriteFp16(y[80..], 0f);
+        }
+        if (maxMin > 0)
+        {
+            float iscale = q4scale / maxMin;
+            for (int j = 0; j < 16; ++j)
+                ys[j] |= (byte)(GgmlQuants.NearestInt(iscale * mins[j]) << 4);
+            GgmlQuants.WriteFp16(y[82..], maxMin / q4scale);
+        }
+        else
+        {
+            GgmlQuants.WriteFp16(y[82..], 0f);
+        }
+        float dAll = GgmlQuants.ReadFp16(y[80..]), dminAll = GgmlQuants.ReadFp16(y[82..]);
+        for (int j = 0; j < 16; ++j)
+        {
+            float d = dAll * (ys[j] & 0xF);
+            if (d == 0) continue;
+            float dm = dminAll * (ys[j] >> 4);
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (byte)Math.Max(0, Math.Min(3, GgmlQuants.NearestInt((v[16 * j + ii] + dm) / d)));
+        }
+        for (int j = 0; j < BlockSize; j += 128)
+            for (int l = 0; l < 32; ++l)
+                qs[j / 4 + l] = (byte)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
+    public static void DequantizeBlock(ReadOnlySpan<byte> y, Span<float> o)
     {
-        for (int b = 0; b < destination.Length / BlockSize; b++)
+        float d = GgmlQuants.ReadFp16(y[80..]), min = GgmlQuants.ReadFp16(y[82..]);
+        int k = 0, sc = 0;
+        for (int n = 0; n < BlockSize; n += 128)
         {
-            var y = source.Slice(b * BlockBytes, BlockBytes);
-            var o = destination.Slice(b * BlockSize, BlockSize);
-            float d = GgmlQuants.ReadFp16(y[80..]), min = GgmlQuants.ReadFp16(y[82..]);
-            int k = 0, sc = 0;
-            for (int n = 0; n < BlockSize; n += 128)
-            {
-                var q = y.Slice(16 + n / 4, 32);
-                for (int shift = 0; shift < 8; shift += 2)
-                    for (int half = 0; half < 2; half++)
-                    {
-                        byte s = y[sc++];
-                        float dl = d * (s & 0xF), ml = min * (s >> 4);
-                        for (int l = 0; l < 16; ++l)
-                            o[k++] = dl * ((q[l + 16 * half] >> shift) & 3) - ml;
-                    }
-            }
+            var q = y.Slice(16 + n / 4, 32);
+            for (int shift = 0; shift < 8; shift += 2)
+                for (int half = 0; half < 2; half++)
+                {
+                    byte s = y[sc++];
+                    float dl = d * (s & 0xF), ml = min * (s >> 4);
+                    for (int l = 0; l < 16; ++l)
+                        o[k++] = dl * ((q[l + 16 * half] >> shift) & 3) - ml;
+                }
         }
     }
 }
@@ -109,117 +100,108 @@ public static class Q2_K
 /// Layout: hmask[32] (the third bit), qs[64] (the low two bits), scales[12] (6-bit scales, low nibbles then the
 /// high two bits), d (f16).
 /// </summary>
-public static class Q3_K
+public readonly struct Q3_K : IGgmlBlockFormat
 {
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 32 + 64 + 12 + 2;
+    static int IGgmlBlockFormat.Values => BlockSize;
+    static int IGgmlBlockFormat.Bytes => BlockBytes;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
+    public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q3_K");
         Span<sbyte> L = stackalloc sbyte[BlockSize];
         Span<float> scales = stackalloc float[16];
-        for (int b = 0; b < x.Length / BlockSize; b++)
+        var hmask = y[..32];
+        var qs = y.Slice(32, 64);
+        var ys = y.Slice(96, 12);
+        float maxScale = 0, amax = 0;
+        for (int j = 0; j < 16; ++j)
         {
-            var v = x.Slice(b * BlockSize, BlockSize);
-            var y = destination.Slice(b * BlockBytes, BlockBytes);
-            var hmask = y[..32];
-            var qs = y.Slice(32, 64);
-            var ys = y.Slice(96, 12);
-            float maxScale = 0, amax = 0;
-            for (int j = 0; j < 16; ++j)
-            {
-                scales[j] = GgmlQuants.MakeQ3Quants(16, 4, v.Slice(16 * j, 16), L.Slice(16 * j, 16));
-                float scale = MathF.Abs(scales[j]);
-                if (scale > amax) { amax = scale; maxScale = scales[j]; }
-            }
-            ys.Clear();
-            if (maxScale != 0)
-            {
-                float iscale = -32f / maxScale;
-                for (int j = 0; j < 16; ++j)
-                {
-                    // C stores nearest_int into an int8_t before clamping.
-                    sbyte l = (sbyte)GgmlQuants.NearestInt(iscale * scales[j]);
-                    l = (sbyte)(Math.Max((sbyte)-32, Math.Min((sbyte)31, l)) + 32);
-                    if (j < 8) ys[j] = (byte)(l & 0xF);
-                    else ys[j - 8] |= (byte)((l & 0xF) << 4);
-                    l >>= 4;
-                    ys[j % 4 + 8] |= (byte)(l << (2 * (j / 4)));
-                }
-                GgmlQuants.WriteFp16(y[108..], 1 / iscale);
-            }
-            else
-            {
-                GgmlQuants.WriteFp16(y[108..], 0f);
-            }
-            float dAll = GgmlQuants.ReadFp16(y[108..]);
-            for (int j = 0; j < 16; ++j)
-            {
-                int sc = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
-                sc = (sbyte)((sc | (((ys[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
-                float d = dAll * sc;
-                if (d == 0) continue;
-                for (int ii = 0; ii < 16; ++ii)
-                    L[16 * j + ii] = (sbyte)(Math.Max(-4, Math.Min(3, GgmlQuants.NearestInt(v[16 * j + ii] / d))) + 4);
-            }
-            hmask.Clear();
-            // The third bit of values 0–31 goes to bit 0 of hmask[0..31], of values 32–63 to bit 1, and so on.
-            int m = 0;
-            byte hm = 1;
-            for (int j = 0; j < BlockSize; ++j)
-            {
-                if (L[j] > 3)
-                {
-                    hmask[m] |= hm;
-                    L[j] -= 4;
-                }
-                if (++m == BlockSize / 8)
-                {
-                    m = 0;
-                    hm <<= 1;
-                }
-            }
-            // Every level is now 0 … 3.
-            var levels = System.Runtime.InteropServices.MemoryMarshal.Cast<sbyte, byte>(L);
-            for (int j = 0; j < BlockSize; j += 128)
-                for (int l = 0; l < 32; ++l)
-                    qs[j / 4 + l] = (byte)(levels[j + l] | (levels[j + l + 32] << 2) | (levels[j + l + 64] << 4) | (levels[j + l + 96] << 6));
+            scales[j] = GgmlQuants.MakeQ3Quants(16, 4, v.Slice(16 * j, 16), L.Slice(16 * j, 16));
+            float scale = MathF.Abs(scales[j]);
+            if (scale > amax) { amax = scale; maxScale = scales[j]; }
         }
+        ys.Clear();
+        if (maxScale != 0)
+        {
+            float iscale = -32f / maxScale;
+            for (int j = 0; j < 16; ++j)
+            {
+                // C stores nearest_int into an int8_t before clamping.
+                sbyte l = (sbyte)GgmlQuants.NearestInt(iscale * scales[j]);
+                l = (sbyte)(Math.Max((sbyte)-32, Math.Min((sbyte)31, l)) + 32);
+                if (j < 8) ys[j] = (byte)(l & 0xF);
+                else ys[j - 8] |= (byte)((l & 0xF) << 4);
+                l >>= 4;
+                ys[j % 4 + 8] |= (byte)(l << (2 * (j / 4)));
+            }
+            GgmlQuants.WriteFp16(y[108..], 1 / iscale);
+        }
+        else
+        {
+            GgmlQuants.WriteFp16(y[108..], 0f);
+        }
+        float dAll = GgmlQuants.ReadFp16(y[108..]);
+        for (int j = 0; j < 16; ++j)
+        {
+            int sc = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
+            sc = (sbyte)((sc | (((ys[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+            float d = dAll * sc;
+            if (d == 0) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (sbyte)(Math.Max(-4, Math.Min(3, GgmlQuants.NearestInt(v[16 * j + ii] / d))) + 4);
+        }
+        hmask.Clear();
+        // The third bit of values 0–31 goes to bit 0 of hmask[0..31], of values 32–63 to bit 1, and so on.
+        int m = 0;
+        byte hm = 1;
+        for (int j = 0; j < BlockSize; ++j)
+        {
+            if (L[j] > 3)
+            {
+                hmask[m] |= hm;
+                L[j] -= 4;
+            }
+            if (++m == BlockSize / 8)
+            {
+                m = 0;
+                hm <<= 1;
+            }
+        }
+        // Every level is now 0 … 3.
+        var levels = System.Runtime.InteropServices.MemoryMarshal.Cast<sbyte, byte>(L);
+        for (int j = 0; j < BlockSize; j += 128)
+            for (int l = 0; l < 32; ++l)
+                qs[j / 4 + l] = (byte)(levels[j + l] | (levels[j + l + 32] << 2) | (levels[j + l + 64] << 4) | (levels[j + l + 96] << 6));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
+    public static void DequantizeBlock(ReadOnlySpan<byte> y, Span<float> o)
     {
         Span<int> scales = stackalloc int[16];
-        for (int b = 0; b < destination.Length / BlockSize; b++)
+        var ys = y.Slice(96, 12);
+        float dAll = GgmlQuants.ReadFp16(y[108..]);
+        for (int j = 0; j < 16; ++j)
         {
-            var y = source.Slice(b * BlockBytes, BlockBytes);
-            var o = destination.Slice(b * BlockSize, BlockSize);
-            var ys = y.Slice(96, 12);
-            float dAll = GgmlQuants.ReadFp16(y[108..]);
-            for (int j = 0; j < 16; ++j)
-            {
-                int low = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
-                scales[j] = (low | (((ys[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
-            }
-            int k = 0, sc = 0;
-            byte m = 1;
-            for (int n = 0; n < BlockSize; n += 128)
-            {
-                var q = y.Slice(32 + n / 4, 32);
-                for (int shift = 0; shift < 8; shift += 2, m <<= 1)
-                    for (int half = 0; half < 2; half++)
+            int low = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
+            scales[j] = (low | (((ys[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        }
+        int k = 0, sc = 0;
+        byte m = 1;
+        for (int n = 0; n < BlockSize; n += 128)
+        {
+            var q = y.Slice(32 + n / 4, 32);
+            for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+                for (int half = 0; half < 2; half++)
+                {
+                    float dl = dAll * scales[sc++];
+                    for (int l = 0; l < 16; ++l)
                     {
-                        float dl = dAll * scales[sc++];
-                        for (int l = 0; l < 16; ++l)
-                        {
-                            int i = l + 16 * half;
-                            o[k++] = dl * (((q[i] >> shift) & 3) - ((y[i] & m) != 0 ? 0 : 4));
-                        }
+                        int i = l + 16 * half;
+                        o[k++] = dl * (((q[i] >> shift) & 3) - ((y[i] & m) != 0 ? 0 : 4));
                     }
-            }
+                }
         }
     }
 }
@@ -297,47 +279,38 @@ internal static class KQuantScales
 /// Q4_K (144 bytes / 256 values): d, dmin (f16), scales[12], qs[128]; each 64 values share 32 bytes, the first 32
 /// values in the low nibbles and the next 32 in the high nibbles. q ∈ 0 … 15.
 /// </summary>
-public static class Q4_K
+public readonly struct Q4_K : IGgmlBlockFormat
 {
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 2 + 2 + 12 + 128;
+    static int IGgmlBlockFormat.Values => BlockSize;
+    static int IGgmlBlockFormat.Bytes => BlockBytes;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
+    public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q4_K");
         Span<byte> L = stackalloc byte[BlockSize];
-        for (int b = 0; b < x.Length / BlockSize; b++)
-        {
-            var v = x.Slice(b * BlockSize, BlockSize);
-            var y = destination.Slice(b * BlockBytes, BlockBytes);
-            KQuantScales.FitAndPack(v, y, 15, -1f, 0.1f, 20, L);
-            KQuantScales.Requantize(v, y, 15, L);
-            var q = y[16..];
-            for (int j = 0; j < BlockSize; j += 64)
-                for (int l = 0; l < 32; ++l)
-                    q[j / 2 + l] = (byte)(L[j + l] | (L[j + l + 32] << 4));
-        }
+        KQuantScales.FitAndPack(v, y, 15, -1f, 0.1f, 20, L);
+        KQuantScales.Requantize(v, y, 15, L);
+        var q = y[16..];
+        for (int j = 0; j < BlockSize; j += 64)
+            for (int l = 0; l < 32; ++l)
+                q[j / 2 + l] = (byte)(L[j + l] | (L[j + l + 32] << 4));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
+    public static void DequantizeBlock(ReadOnlySpan<byte> y, Span<float> o)
     {
-        for (int b = 0; b < destination.Length / BlockSize; b++)
+        float d = GgmlQuants.ReadFp16(y), min = GgmlQuants.ReadFp16(y[2..]);
+        var ys = y.Slice(4, 12);
+        for (int j = 0, s = 0; j < BlockSize; j += 64, s += 2)
         {
-            var y = source.Slice(b * BlockBytes, BlockBytes);
-            var o = destination.Slice(b * BlockSize, BlockSize);
-            float d = GgmlQuants.ReadFp16(y), min = GgmlQuants.ReadFp16(y[2..]);
-            var ys = y.Slice(4, 12);
-            for (int j = 0, s = 0; j < BlockSize; j += 64, s += 2)
-            {
-                var q = y.Slice(16 + j / 2, 32);
-                GgmlQuants.ScaleMinK4(s, ys, out byte sc1, out byte m1);
-                GgmlQuants.ScaleMinK4(s + 1, ys, out byte sc2, out byte m2);
-                float d1 = d * sc1, mm1 = min * m1, d2 = d * sc2, mm2 = min * m2;
-                for (int l = 0; l < 32; ++l) o[j + l] = d1 * (q[l] & 0xF) - mm1;
-                for (int l = 0; l < 32; ++l) o[j + 32 + l] = d2 * (q[l] >> 4) - mm2;
-            }
+            var q = y.Slice(16 + j / 2, 32);
+            GgmlQuants.ScaleMinK4(s, ys, out byte sc1, out byte m1);
+            GgmlQuants.ScaleMinK4(s + 1, ys, out byte sc2, out byte m2);
+            float d1 = d * sc1, mm1 = min * m1, d2 = d * sc2, mm2 = min * m2;
+            for (int l = 0; l < 32; ++l) o[j + l] = d1 * (q[l] & 0xF) - mm1;
+            for (int l = 0; l < 32; ++l) o[j + 32 + l] = d2 * (q[l] >> 4) - mm2;
         }
     }
 }
@@ -346,62 +319,53 @@ public static class Q4_K
 /// Q5_K (176 bytes / 256 values): d, dmin (f16), scales[12], qh[32] (fifth bits: bit 2k for value l of the k-th
 /// group of 64, bit 2k+1 for value l + 32), qs[128] (low nibbles as Q4_K). q ∈ 0 … 31.
 /// </summary>
-public static class Q5_K
+public readonly struct Q5_K : IGgmlBlockFormat
 {
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 2 + 2 + 12 + 32 + 128;
+    static int IGgmlBlockFormat.Values => BlockSize;
+    static int IGgmlBlockFormat.Bytes => BlockBytes;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
+    public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q5_K");
         Span<byte> L = stackalloc byte[BlockSize];
-        for (int b = 0; b < x.Length / BlockSize; b++)
+        KQuantScales.FitAndPack(v, y, 31, -0.5f, 0.1f, 15, L);
+        KQuantScales.Requantize(v, y, 31, L);
+        var qh = y.Slice(16, 32);
+        var ql = y[48..];
+        qh.Clear();
+        byte m1 = 1, m2 = 2;
+        for (int n = 0; n < BlockSize; n += 64)
         {
-            var v = x.Slice(b * BlockSize, BlockSize);
-            var y = destination.Slice(b * BlockBytes, BlockBytes);
-            KQuantScales.FitAndPack(v, y, 31, -0.5f, 0.1f, 15, L);
-            KQuantScales.Requantize(v, y, 31, L);
-            var qh = y.Slice(16, 32);
-            var ql = y[48..];
-            qh.Clear();
-            byte m1 = 1, m2 = 2;
-            for (int n = 0; n < BlockSize; n += 64)
+            for (int j = 0; j < 32; ++j)
             {
-                for (int j = 0; j < 32; ++j)
-                {
-                    int l1 = L[n + j];
-                    if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
-                    int l2 = L[n + j + 32];
-                    if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
-                    ql[n / 2 + j] = (byte)(l1 | (l2 << 4));
-                }
-                m1 <<= 2;
-                m2 <<= 2;
+                int l1 = L[n + j];
+                if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+                int l2 = L[n + j + 32];
+                if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+                ql[n / 2 + j] = (byte)(l1 | (l2 << 4));
             }
+            m1 <<= 2;
+            m2 <<= 2;
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
+    public static void DequantizeBlock(ReadOnlySpan<byte> y, Span<float> o)
     {
-        for (int b = 0; b < destination.Length / BlockSize; b++)
+        float d = GgmlQuants.ReadFp16(y), min = GgmlQuants.ReadFp16(y[2..]);
+        var ys = y.Slice(4, 12);
+        var qh = y.Slice(16, 32);
+        byte u1 = 1, u2 = 2;
+        for (int j = 0, s = 0; j < BlockSize; j += 64, s += 2, u1 <<= 2, u2 <<= 2)
         {
-            var y = source.Slice(b * BlockBytes, BlockBytes);
-            var o = destination.Slice(b * BlockSize, BlockSize);
-            float d = GgmlQuants.ReadFp16(y), min = GgmlQuants.ReadFp16(y[2..]);
-            var ys = y.Slice(4, 12);
-            var qh = y.Slice(16, 32);
-            byte u1 = 1, u2 = 2;
-            for (int j = 0, s = 0; j < BlockSize; j += 64, s += 2, u1 <<= 2, u2 <<= 2)
-            {
-                var ql = y.Slice(48 + j / 2, 32);
-                GgmlQuants.ScaleMinK4(s, ys, out byte sc1, out byte m1);
-                GgmlQuants.ScaleMinK4(s + 1, ys, out byte sc2, out byte m2);
-                float d1 = d * sc1, mm1 = min * m1, d2 = d * sc2, mm2 = min * m2;
-                for (int l = 0; l < 32; ++l) o[j + l] = d1 * ((ql[l] & 0xF) + ((qh[l] & u1) != 0 ? 16 : 0)) - mm1;
-                for (int l = 0; l < 32; ++l) o[j + 32 + l] = d2 * ((ql[l] >> 4) + ((qh[l] & u2) != 0 ? 16 : 0)) - mm2;
-            }
+            var ql = y.Slice(48 + j / 2, 32);
+            GgmlQuants.ScaleMinK4(s, ys, out byte sc1, out byte m1);
+            GgmlQuants.ScaleMinK4(s + 1, ys, out byte sc2, out byte m2);
+            float d1 = d * sc1, mm1 = min * m1, d2 = d * sc2, mm2 = min * m2;
+            for (int l = 0; l < 32; ++l) o[j + l] = d1 * ((ql[l] & 0xF) + ((qh[l] & u1) != 0 ? 16 : 0)) - mm1;
+            for (int l = 0; l < 32; ++l) o[j + 32 + l] = d2 * ((ql[l] >> 4) + ((qh[l] & u2) != 0 ? 16 : 0)) - mm2;
         }
     }
 }
@@ -410,85 +374,76 @@ public static class Q5_K
 /// Q6_K (210 bytes / 256 values): 16 sub-blocks of 16, value = d·sc·(q − 32) with q ∈ 0 … 63 and int8 sc.
 /// Layout: ql[128] (low nibbles), qh[64] (high two bits), scales[16] (int8), d (f16).
 /// </summary>
-public static class Q6_K
+public readonly struct Q6_K : IGgmlBlockFormat
 {
     public const int BlockSize = GgmlQuants.QK_K;
     public const int BlockBytes = 128 + 64 + 16 + 2;
+    static int IGgmlBlockFormat.Values => BlockSize;
+    static int IGgmlBlockFormat.Bytes => BlockBytes;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Quantize(ReadOnlySpan<float> x, Span<byte> destination)
+    public static void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y)
     {
-        GgmlQuants.CheckBlocks(x.Length, BlockSize, "Q6_K");
         Span<sbyte> L = stackalloc sbyte[BlockSize];
         Span<float> scales = stackalloc float[16];
-        for (int b = 0; b < x.Length / BlockSize; b++)
+        float maxScale = 0, maxAbsScale = 0;
+        for (int ib = 0; ib < 16; ++ib)
         {
-            var v = x.Slice(b * BlockSize, BlockSize);
-            var y = destination.Slice(b * BlockBytes, BlockBytes);
-            float maxScale = 0, maxAbsScale = 0;
-            for (int ib = 0; ib < 16; ++ib)
-            {
-                float scale = GgmlQuants.MakeQxQuants(16, 32, v.Slice(16 * ib, 16), L.Slice(16 * ib, 16));
-                scales[ib] = scale;
-                float absScale = MathF.Abs(scale);
-                if (absScale > maxAbsScale) { maxAbsScale = absScale; maxScale = scale; }
-            }
-            if (maxAbsScale < GgmlQuants.GroupMaxEps)
-            {
-                y.Clear();
-                continue;
-            }
-            var ys = y.Slice(192, 16);
-            float iscale = -128f / maxScale;
-            GgmlQuants.WriteFp16(y[208..], 1 / iscale);
-            for (int ib = 0; ib < 16; ++ib)
-                ys[ib] = (byte)(sbyte)Math.Min(127, GgmlQuants.NearestInt(iscale * scales[ib]));
-            float dAll = GgmlQuants.ReadFp16(y[208..]);
-            for (int j = 0; j < 16; ++j)
-            {
-                float d = dAll * (sbyte)ys[j];
-                if (d == 0) continue;
-                for (int ii = 0; ii < 16; ++ii)
-                    L[16 * j + ii] = (sbyte)(Math.Max(-32, Math.Min(31, GgmlQuants.NearestInt(v[16 * j + ii] / d))) + 32);
-            }
-            var ql = y[..128];
-            var qh = y.Slice(128, 64);
-            for (int j = 0; j < BlockSize; j += 128)
-                for (int l = 0; l < 32; ++l)
-                {
-                    int q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
-                    ql[j / 2 + l] = (byte)(q1 | (q3 << 4));
-                    ql[j / 2 + l + 32] = (byte)(q2 | (q4 << 4));
-                    qh[j / 4 + l] = (byte)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
-                }
+            float scale = GgmlQuants.MakeQxQuants(16, 32, v.Slice(16 * ib, 16), L.Slice(16 * ib, 16));
+            scales[ib] = scale;
+            float absScale = MathF.Abs(scale);
+            if (absScale > maxAbsScale) { maxAbsScale = absScale; maxScale = scale; }
         }
+        if (maxAbsScale < GgmlQuants.GroupMaxEps)
+        {
+            y.Clear();
+            return;
+        }
+        var ys = y.Slice(192, 16);
+        float iscale = -128f / maxScale;
+        GgmlQuants.WriteFp16(y[208..], 1 / iscale);
+        for (int ib = 0; ib < 16; ++ib)
+            ys[ib] = (byte)(sbyte)Math.Min(127, GgmlQuants.NearestInt(iscale * scales[ib]));
+        float dAll = GgmlQuants.ReadFp16(y[208..]);
+        for (int j = 0; j < 16; ++j)
+        {
+            float d = dAll * (sbyte)ys[j];
+            if (d == 0) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (sbyte)(Math.Max(-32, Math.Min(31, GgmlQuants.NearestInt(v[16 * j + ii] / d))) + 32);
+        }
+        var ql = y[..128];
+        var qh = y.Slice(128, 64);
+        for (int j = 0; j < BlockSize; j += 128)
+            for (int l = 0; l < 32; ++l)
+            {
+                int q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+                ql[j / 2 + l] = (byte)(q1 | (q3 << 4));
+                ql[j / 2 + l + 32] = (byte)(q2 | (q4 << 4));
+                qh[j / 4 + l] = (byte)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
+            }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Dequantize(ReadOnlySpan<byte> source, Span<float> destination)
+    public static void DequantizeBlock(ReadOnlySpan<byte> y, Span<float> o)
     {
-        for (int b = 0; b < destination.Length / BlockSize; b++)
+        float d = GgmlQuants.ReadFp16(y[208..]);
+        for (int n = 0; n < BlockSize; n += 128)
         {
-            var y = source.Slice(b * BlockBytes, BlockBytes);
-            var o = destination.Slice(b * BlockSize, BlockSize);
-            float d = GgmlQuants.ReadFp16(y[208..]);
-            for (int n = 0; n < BlockSize; n += 128)
+            var ql = y.Slice(n / 2, 64);
+            var qh = y.Slice(128 + n / 4, 32);
+            var sc = y.Slice(192 + n / 16, 8);
+            for (int l = 0; l < 32; ++l)
             {
-                var ql = y.Slice(n / 2, 64);
-                var qh = y.Slice(128 + n / 4, 32);
-                var sc = y.Slice(192 + n / 16, 8);
-                for (int l = 0; l < 32; ++l)
-                {
-                    int s = l / 16;
-                    int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                    int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                    int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                    int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                    o[n + l] = d * (sbyte)sc[s] * q1;
-                    o[n + l + 32] = d * (sbyte)sc[s + 2] * q2;
-                    o[n + l + 64] = d * (sbyte)sc[s + 4] * q3;
-                    o[n + l + 96] = d * (sbyte)sc[s + 6] * q4;
-                }
+                int s = l / 16;
+                int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                o[n + l] = d * (sbyte)sc[s] * q1;
+                o[n + l + 32] = d * (sbyte)sc[s + 2] * q2;
+                o[n + l + 64] = d * (sbyte)sc[s + 4] * q3;
+                o[n + l + 96] = d * (sbyte)sc[s + 6] * q4;
             }
         }
     }

@@ -3,6 +3,18 @@ using System.Runtime.CompilerServices;
 namespace FineTune.Models;
 
 /// <summary>
+/// One of ggml's block formats: a block of <see cref="Values"/> floats ↔ <see cref="Bytes"/> bytes. Each format holds
+/// only its block code; the loop over a row's blocks is <see cref="GgmlQuants"/>' (one loop for every type).
+/// </summary>
+public interface IGgmlBlockFormat
+{
+    static abstract int Values { get; }
+    static abstract int Bytes { get; }
+    static abstract void QuantizeBlock(ReadOnlySpan<float> v, Span<byte> y);
+    static abstract void DequantizeBlock(ReadOnlySpan<byte> y, Span<float> o);
+}
+
+/// <summary>
 /// ggml's block formats: the sizes of each type and one entry point that quantizes or dequantizes whole rows.
 /// Every quantizer is the reference one (ggml's <c>quantize_row_*_ref</c>, what <c>llama-quantize</c> writes without
 /// an importance matrix), reproduced bit for bit: the same float operations in the same order, f16 scales rounded to
@@ -93,15 +105,15 @@ public static class GgmlQuants
             case GgufTensorType.F32: FloatConversions.Encode(x, SafetensorsDType.F32, destination); break;
             case GgufTensorType.F16: FloatConversions.Encode(x, SafetensorsDType.F16, destination); break;
             case GgufTensorType.BF16: FloatConversions.Encode(x, SafetensorsDType.BF16, destination); break;
-            case GgufTensorType.Q4_0: Q4_0.Quantize(x, destination); break;
-            case GgufTensorType.Q5_0: Q5_0.Quantize(x, destination); break;
-            case GgufTensorType.Q5_1: Q5_1.Quantize(x, destination); break;
-            case GgufTensorType.Q8_0: Q8_0.Quantize(x, destination); break;
-            case GgufTensorType.Q2_K: Q2_K.Quantize(x, destination); break;
-            case GgufTensorType.Q3_K: Q3_K.Quantize(x, destination); break;
-            case GgufTensorType.Q4_K: Q4_K.Quantize(x, destination); break;
-            case GgufTensorType.Q5_K: Q5_K.Quantize(x, destination); break;
-            case GgufTensorType.Q6_K: Q6_K.Quantize(x, destination); break;
+            case GgufTensorType.Q4_0: QuantizeEach<Q4_0>(x, destination); break;
+            case GgufTensorType.Q5_0: QuantizeEach<Q5_0>(x, destination); break;
+            case GgufTensorType.Q5_1: QuantizeEach<Q5_1>(x, destination); break;
+            case GgufTensorType.Q8_0: QuantizeEach<Q8_0>(x, destination); break;
+            case GgufTensorType.Q2_K: QuantizeEach<Q2_K>(x, destination); break;
+            case GgufTensorType.Q3_K: QuantizeEach<Q3_K>(x, destination); break;
+            case GgufTensorType.Q4_K: QuantizeEach<Q4_K>(x, destination); break;
+            case GgufTensorType.Q5_K: QuantizeEach<Q5_K>(x, destination); break;
+            case GgufTensorType.Q6_K: QuantizeEach<Q6_K>(x, destination); break;
             default: throw new ArgumentOutOfRangeException(nameof(type), type, null);
         }
     }
@@ -114,23 +126,34 @@ public static class GgmlQuants
             case GgufTensorType.F32: FloatConversions.Decode(source, SafetensorsDType.F32, destination); break;
             case GgufTensorType.F16: FloatConversions.Decode(source, SafetensorsDType.F16, destination); break;
             case GgufTensorType.BF16: FloatConversions.Decode(source, SafetensorsDType.BF16, destination); break;
-            case GgufTensorType.Q4_0: Q4_0.Dequantize(source, destination); break;
-            case GgufTensorType.Q5_0: Q5_0.Dequantize(source, destination); break;
-            case GgufTensorType.Q5_1: Q5_1.Dequantize(source, destination); break;
-            case GgufTensorType.Q8_0: Q8_0.Dequantize(source, destination); break;
-            case GgufTensorType.Q2_K: Q2_K.Dequantize(source, destination); break;
-            case GgufTensorType.Q3_K: Q3_K.Dequantize(source, destination); break;
-            case GgufTensorType.Q4_K: Q4_K.Dequantize(source, destination); break;
-            case GgufTensorType.Q5_K: Q5_K.Dequantize(source, destination); break;
-            case GgufTensorType.Q6_K: Q6_K.Dequantize(source, destination); break;
+            case GgufTensorType.Q4_0: DequantizeEach<Q4_0>(source, destination); break;
+            case GgufTensorType.Q5_0: DequantizeEach<Q5_0>(source, destination); break;
+            case GgufTensorType.Q5_1: DequantizeEach<Q5_1>(source, destination); break;
+            case GgufTensorType.Q8_0: DequantizeEach<Q8_0>(source, destination); break;
+            case GgufTensorType.Q2_K: DequantizeEach<Q2_K>(source, destination); break;
+            case GgufTensorType.Q3_K: DequantizeEach<Q3_K>(source, destination); break;
+            case GgufTensorType.Q4_K: DequantizeEach<Q4_K>(source, destination); break;
+            case GgufTensorType.Q5_K: DequantizeEach<Q5_K>(source, destination); break;
+            case GgufTensorType.Q6_K: DequantizeEach<Q6_K>(source, destination); break;
             default: throw new ArgumentOutOfRangeException(nameof(type), type, null);
         }
     }
 
-    internal static void CheckBlocks(int length, int blockSize, string format)
+    /// <summary>The row loop every block format shares: block b of <paramref name="x"/> into block b of <paramref name="destination"/>.</summary>
+    private static void QuantizeEach<TFormat>(ReadOnlySpan<float> x, Span<byte> destination) where TFormat : IGgmlBlockFormat
     {
-        if (length % blockSize != 0)
-            throw new ArgumentException($"{format} quantizes whole blocks of {blockSize} values; got {length}");
+        int values = TFormat.Values, bytes = TFormat.Bytes;
+        if (x.Length % values != 0)
+            throw new ArgumentException($"{typeof(TFormat).Name} quantizes whole blocks of {values} values; got {x.Length}");
+        for (int b = 0; b < x.Length / values; b++)
+            TFormat.QuantizeBlock(x.Slice(b * values, values), destination.Slice(b * bytes, bytes));
+    }
+
+    private static void DequantizeEach<TFormat>(ReadOnlySpan<byte> source, Span<float> destination) where TFormat : IGgmlBlockFormat
+    {
+        int values = TFormat.Values, bytes = TFormat.Bytes;
+        for (int b = 0; b < destination.Length / values; b++)
+            TFormat.DequantizeBlock(source.Slice(b * bytes, bytes), destination.Slice(b * values, values));
     }
 
     /// <summary>
@@ -163,6 +186,20 @@ public static class GgmlQuants
 
     internal static float ReadFp16(ReadOnlySpan<byte> source) => FromFp16((ushort)(source[0] | source[1] << 8));
 
+    /// <summary>The value of largest magnitude with its sign (the first of equal magnitudes); <paramref name="amax"/> its magnitude.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float SignedMax(ReadOnlySpan<float> x, out float amax)
+    {
+        float max = 0;
+        amax = 0;
+        foreach (var t in x)
+        {
+            float ax = MathF.Abs(t);
+            if (ax > amax) { amax = ax; max = t; }
+        }
+        return max;
+    }
+
     /// <summary>Values below this are treated as an all-zero group (GROUP_MAX_EPS).</summary>
     internal const float GroupMaxEps = 1e-15f;
 
@@ -174,12 +211,7 @@ public static class GgmlQuants
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQxQuants(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
     {
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; ++i)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
+        float max = SignedMax(x[..n], out float amax);
         if (amax < GroupMaxEps)
         {
             L[..n].Clear();
@@ -228,12 +260,7 @@ public static class GgmlQuants
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float MakeQ3Quants(int n, int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
     {
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; ++i)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
+        float max = SignedMax(x[..n], out float amax);
         if (amax < GroupMaxEps)
         {
             L[..n].Clear();

@@ -8,16 +8,19 @@ public sealed record GgufExportResult(string Path, string Architecture, int Tens
 /// <summary>
 /// Converts a Hugging Face model directory (llama, mistral, qwen2, qwen3) into one GGUF v3 file that
 /// llama.cpp and Ollama load: llama.cpp's architecture names and tensor names, its metadata keys, the
-/// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges, special ids),
+/// tokenizer embedded as tokenizer.ggml.* ("gpt2" byte-level BPE: tokens, token types, merges; or "llama" SentencePiece-style
+/// BPE: tokens, scores, token types, add_space_prefix, see <see cref="GgufSentencePiece"/>; special ids, add_bos/add_eos),
 /// and llama's Q/K row permutation (llama.cpp rotates interleaved pairs for the llama architecture, HF
 /// rotates halves; qwen2/qwen3 use the halves layout in llama.cpp too, so they are written as they are).
+/// Streaming: the writer asks for each tensor a chunk of rows at a time; a chunk is read from the memory-mapped
+/// safetensors, converted, permuted and quantized into buffers every chunk reuses, so memory holds one chunk, not the model.
 /// The file type picks each tensor's type as llama-quantize does (<see cref="GgufTypeMix"/>): 1-D tensors (norms,
 /// biases) stay F32, matrices take the mix's type, quantized with ggml's reference quantizers (<see cref="GgmlQuants"/>).
 /// </summary>
 public static class GgufExporter
 {
-    /// <summary>llama.cpp's token types.</summary>
-    public const int TokenNormal = 1, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5;
+    /// <summary>llama.cpp's token types (llama_token_type).</summary>
+    public const int TokenNormal = 1, TokenUnknown = 2, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5, TokenByte = 6;
 
     /// <summary>llama.cpp's architecture name: mistral models load as llama.</summary>
     public static string ArchitectureName(ModelArchitecture a) => a switch
@@ -72,15 +75,21 @@ public static class GgufExporter
     /// </summary>
     public static float[] PermuteForInterleavedRope(ReadOnlySpan<float> w, int heads, int cols)
     {
+        var result = new float[w.Length];
+        PermuteForInterleavedRope(w, heads, cols, result);
+        return result;
+    }
+
+    /// <summary>The same permutation into <paramref name="result"/> (as long as <paramref name="w"/>).</summary>
+    public static void PermuteForInterleavedRope(ReadOnlySpan<float> w, int heads, int cols, Span<float> result)
+    {
         int rows = w.Length / cols, d = rows / heads, half = d / 2;
         if (rows % heads != 0 || d % 2 != 0)
             throw new ArgumentException($"{rows} rows do not split into {heads} heads of even size");
-        var result = new float[w.Length];
         for (int h = 0; h < heads; h++)
             for (int i = 0; i < half; i++)
                 for (int j = 0; j < 2; j++)
-                    w.Slice((h * d + j * half + i) * cols, cols).CopyTo(result.AsSpan((h * d + 2 * i + j) * cols, cols));
-        return result;
+                    w.Slice((h * d + j * half + i) * cols, cols).CopyTo(result.Slice((h * d + 2 * i + j) * cols, cols));
     }
 
     /// <summary>Exports with every matrix in <paramref name="type"/> (F32, F16, BF16 or Q8_0: the file types of one type).</summary>
@@ -94,12 +103,16 @@ public static class GgufExporter
             _ => throw new ArgumentOutOfRangeException(nameof(type), type, "use a GgufFileType for the quantized mixes"),
         }, modelName);
 
-    public static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName = null)
+    public static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName = null) =>
+        Export(modelDir, outputPath, fileType, modelName, GgufWriter.DefaultChunkValues);
+
+    /// <summary>The export with the writer's chunk size given (tests: many chunks per tensor on a tiny model).</summary>
+    internal static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName, int chunkValues)
     {
         var config = ModelConfig.Load(modelDir);
         var arch = ArchitectureName(config.Architecture);
         var notes = new List<string>();
-        var w = new GgufWriter();
+        var w = new GgufWriter(chunkValues: chunkValues);
         w.Add("general.architecture", arch);
         w.Add("general.type", "model");
         w.Add("general.name", modelName ?? new DirectoryInfo(modelDir).Name);
@@ -153,6 +166,7 @@ public static class GgufExporter
         var mix = new GgufTypeMix(fileType, arch, config.NumHiddenLayers, config.NumAttentionHeads, config.NumKeyValueHeads,
             tiedEmbeddings: !reader.Tensors.ContainsKey("lm_head.weight"));
         var fallbacks = new SortedDictionary<(long Row, GgufTensorType From, GgufTensorType To), int>();
+        var scratch = new RowScratch();
         foreach (var info in reader.Tensors.Values.OrderBy(t => t.Name, TensorNameComparer.Instance))
         {
             var ggufName = TensorName(info.Name)
@@ -166,13 +180,11 @@ public static class GgufExporter
             int? permuteHeads = arch == "llama" && name.Contains(".self_attn.q_proj.", StringComparison.Ordinal) ? config.NumAttentionHeads
                 : arch == "llama" && name.Contains(".self_attn.k_proj.", StringComparison.Ordinal) ? config.NumKeyValueHeads
                 : null;
-            w.AddTensor(ggufName, shape, tensorType, span =>
-            {
-                var values = reader.ReadAsFloat32(name);
-                if (permuteHeads is { } heads)
-                    values = PermuteForInterleavedRope(values, heads, shape.Count == 2 ? (int)shape[1] : 1);
-                GgmlQuants.Quantize(tensorType, values, shape[^1], span);
-            });
+            // Weights [heads·d, in] are permuted a whole number of heads at a time; a bias [heads·d] is one row.
+            int granule = permuteHeads is not null && shape.Count == 2 ? config.HeadDim : 1;
+            w.AddTensor(ggufName, shape, tensorType, (first, rows, destination) =>
+                EncodeRows(reader, info, first, rows, tensorType, permuteHeads is null ? null : shape.Count == 2 ? rows / config.HeadDim : permuteHeads, scratch, destination),
+                granule);
             Count(counts, tensorType);
             tensors++;
         }
@@ -182,6 +194,34 @@ public static class GgufExporter
                 : $"{n} tensors have rows of {row}, not a multiple of {GgmlQuants.BlockSize(from)}: written as {to} instead of {from} (as llama-quantize does)");
         w.Save(outputPath);
         return new GgufExportResult(outputPath, arch, tensors, new FileInfo(outputPath).Length, counts, notes);
+    }
+
+    /// <summary>Float buffers that every chunk reuses (the writer asks for one chunk at a time).</summary>
+    private sealed class RowScratch
+    {
+        private float[] _values = [], _permuted = [];
+        public Span<float> Values(int n) => (_values.Length >= n ? _values : _values = new float[n]).AsSpan(0, n);
+        public Span<float> Permuted(int n) => (_permuted.Length >= n ? _permuted : _permuted = new float[n]).AsSpan(0, n);
+    }
+
+    /// <summary>
+    /// Rows [first, first + rows) of a safetensors tensor, read from the memory map, converted to float32, permuted for
+    /// llama's interleaved RoPE when <paramref name="permuteHeads"/> is set (the heads these rows hold), and encoded.
+    /// </summary>
+    private static void EncodeRows(SafetensorsReader reader, SafetensorsTensorInfo info, long first, int rows, GgufTensorType type,
+        int? permuteHeads, RowScratch scratch, Span<byte> destination)
+    {
+        long rowLength = info.Shape[^1];
+        int n = checked((int)(rows * rowLength)), elemSize = info.DType.ElementSize();
+        var values = scratch.Values(n);
+        FloatConversions.Decode(reader.GetBytes(info.Name, first * rowLength * elemSize, n * elemSize), info.DType, values);
+        if (permuteHeads is { } heads)
+        {
+            var permuted = scratch.Permuted(n);
+            PermuteForInterleavedRope(values, heads, info.Shape.Count == 2 ? (int)rowLength : 1, permuted);
+            values = permuted;
+        }
+        GgmlQuants.Quantize(type, values, rowLength, destination);
     }
 
     private static void Count(Dictionary<GgufTensorType, int> counts, GgufTensorType t) => counts[t] = counts.GetValueOrDefault(t) + 1;
@@ -218,25 +258,44 @@ public static class GgufExporter
     {
         var tokPath = Path.Combine(modelDir, "tokenizer.json");
         var tok = HfTokenizerFile.Load(tokPath);
-        if (tok.ModelType != "BPE")
-            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType}; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, DeepSeek, …) only.");
-        var pre = GgufPreTokenizer.Detect(tokPath, tok.Root);
-        notes.AddRange(pre.Notes);
         if (tok.VocabSize > config.VocabSize)
             throw new ModelFormatException(tokPath, $"the tokenizer has {tok.VocabSize} tokens but the model's embedding only {config.VocabSize} rows.");
         var tokens = new string[config.VocabSize];
-        var types = new int[config.VocabSize];
         for (int i = 0; i < tokens.Length; i++)
+            tokens[i] = (i < tok.Tokens.Count ? tok.Tokens[i]?.Content : null) ?? $"[PAD{i}]";
+        var types = new int[config.VocabSize];
+        if (GgufSentencePiece.IsSentencePieceBpe(tok.Root))
         {
-            var t = i < tok.Tokens.Count ? tok.Tokens[i] : null;
-            tokens[i] = t?.Content ?? $"[PAD{i}]";
-            types[i] = t is null ? TokenUnused : !t.Added ? TokenNormal : t.Special ? TokenControl : TokenUserDefined;
+            var layout = GgufSentencePiece.Detect(tokPath, tok.Root);
+            for (int i = 0; i < types.Length; i++)
+                types[i] = GgufSentencePiece.TokenType(i < tok.Tokens.Count ? tok.Tokens[i] : null, layout.UnknownToken);
+            w.Add("tokenizer.ggml.model", "llama");
+            w.Add("tokenizer.ggml.tokens", tokens);
+            w.Add("tokenizer.ggml.scores", GgufSentencePiece.Scores(tok, config.VocabSize));
+            w.Add("tokenizer.ggml.token_type", types);
+            w.Add("tokenizer.ggml.add_space_prefix", layout.AddSpacePrefix);
+            if (layout.UnknownToken is { } unk && tok.IdOf(unk) is { } unkId)
+                w.Add("tokenizer.ggml.unknown_token_id", (uint)unkId);
         }
-        w.Add("tokenizer.ggml.model", "gpt2");
-        w.Add("tokenizer.ggml.pre", pre.Name);
-        w.Add("tokenizer.ggml.tokens", tokens);
-        w.Add("tokenizer.ggml.token_type", types);
-        w.Add("tokenizer.ggml.merges", tok.Merges);
+        else if (tok.ModelType == "BPE")
+        {
+            var pre = GgufPreTokenizer.Detect(tokPath, tok.Root);
+            notes.AddRange(pre.Notes);
+            for (int i = 0; i < types.Length; i++)
+            {
+                var t = i < tok.Tokens.Count ? tok.Tokens[i] : null;
+                types[i] = t is null ? TokenUnused : !t.Added ? TokenNormal : t.Special ? TokenControl : TokenUserDefined;
+            }
+            w.Add("tokenizer.ggml.model", "gpt2");
+            w.Add("tokenizer.ggml.pre", pre.Name);
+            w.Add("tokenizer.ggml.tokens", tokens);
+            w.Add("tokenizer.ggml.token_type", types);
+            w.Add("tokenizer.ggml.merges", tok.Merges);
+        }
+        else
+        {
+            throw new ModelFormatException(tokPath, $"the tokenizer is {tok.ModelType}; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, DeepSeek, …) and SentencePiece-style BPE tokenizers with byte fallback (Llama 2, Mistral v1, Gemma 2/3) only.");
+        }
 
         var tcPath = Path.Combine(modelDir, "tokenizer_config.json");
         var tc = File.Exists(tcPath) ? JsonNode.Parse(File.ReadAllText(tcPath)) as JsonObject : null;
@@ -248,6 +307,8 @@ public static class GgufExporter
         if (eos is { } e) w.Add("tokenizer.ggml.eos_token_id", (uint)e);
         if (pad is { } p) w.Add("tokenizer.ggml.padding_token_id", (uint)p);
         w.Add("tokenizer.ggml.add_bos_token", tc?["add_bos_token"] is JsonValue ab && ab.TryGetValue<bool>(out var addBos) && addBos);
+        if (tc?["add_eos_token"] is JsonValue ae && ae.TryGetValue<bool>(out var addEos))
+            w.Add("tokenizer.ggml.add_eos_token", addEos);
         var template = ChatTemplateOf(modelDir);
         if (template is not null)
             w.Add("tokenizer.chat_template", template);

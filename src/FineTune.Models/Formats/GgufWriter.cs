@@ -17,24 +17,42 @@ public enum GgufValueType : uint
 }
 
 /// <summary>
+/// Encodes rows [<paramref name="firstRow"/>, <paramref name="firstRow"/> + <paramref name="rows"/>) of a tensor in its
+/// GGUF type into <paramref name="destination"/> (exactly those rows' bytes; the buffer is reused after the call).
+/// </summary>
+public delegate void GgufRowSource(long firstRow, int rows, Span<byte> destination);
+
+/// <summary>
 /// Writes GGUF v3: "GGUF", version 3, tensor count (u64), metadata count (u64), the metadata key/values
 /// (strings are u64 length + UTF-8), the tensor infos (name, dims innermost first, ggml type, offset),
 /// padding to the alignment, then each tensor's data at an aligned offset. Little-endian throughout.
+/// The writer streams: every offset follows from the shapes and types alone, so the header is written first and then
+/// each tensor's rows are asked of its <see cref="GgufRowSource"/> a chunk at a time (at most <see cref="ChunkValues"/>
+/// values) into one buffer that every chunk of every tensor reuses; a model of any size needs one chunk in memory.
 /// </summary>
 public sealed class GgufWriter
 {
     public const uint Version = 3;
+
+    /// <summary>Values per chunk by default: 4 Mi values, at most 16 MiB of encoded bytes in any type.</summary>
+    public const int DefaultChunkValues = 1 << 22;
+
     private readonly List<(string Key, GgufValueType Type, object Value)> _metadata = [];
     private readonly List<Tensor> _tensors = [];
 
-    public GgufWriter(uint alignment = 32)
+    public GgufWriter(uint alignment = 32, int chunkValues = DefaultChunkValues)
     {
         if (alignment == 0 || (alignment & (alignment - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(alignment), "alignment must be a power of two");
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkValues);
         Alignment = alignment;
+        ChunkValues = chunkValues;
     }
 
     public uint Alignment { get; }
+
+    /// <summary>The most values one chunk holds (fewer when a tensor's row granule asks for more than one row).</summary>
+    public int ChunkValues { get; }
 
     public IReadOnlyList<string> Keys => _metadata.Select(m => m.Key).ToArray();
 
@@ -56,13 +74,31 @@ public sealed class GgufWriter
 
     /// <summary>
     /// Adds a tensor; <paramref name="shape"/> is in PyTorch order (outermost first) and is written reversed,
-    /// as ggml counts dimensions from the innermost. <paramref name="fill"/> writes the encoded bytes.
+    /// as ggml counts dimensions from the innermost. A row is the innermost dimension; <paramref name="source"/> is
+    /// asked for consecutive chunks of rows, in order, while <see cref="Write"/> runs, each chunk's row count a
+    /// multiple of <paramref name="rowGranule"/> (a whole number of attention heads, say) except the tensor's last.
     /// </summary>
-    public void AddTensor(string name, IReadOnlyList<long> shape, GgufTensorType type, Action<Span<byte>> fill)
+    public void AddTensor(string name, IReadOnlyList<long> shape, GgufTensorType type, GgufRowSource source, int rowGranule = 1)
     {
         if (_tensors.Any(t => t.Name == name))
             throw new ArgumentException($"tensor \"{name}\" was added twice", nameof(name));
-        _tensors.Add(new Tensor(name, shape.ToArray(), type, ByteSize(shape, type), fill));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rowGranule);
+        _tensors.Add(new Tensor(name, shape.ToArray(), type, ByteSize(shape, type), source, rowGranule));
+    }
+
+    /// <summary>Adds a small tensor whose bytes <paramref name="fill"/> writes at once (one chunk of all its rows).</summary>
+    public void AddTensor(string name, IReadOnlyList<long> shape, GgufTensorType type, Action<Span<byte>> fill)
+    {
+        long rows = shape.Take(shape.Count - 1).Aggregate(1L, (a, b) => a * b);
+        AddTensor(name, shape, type, (_, _, destination) => fill(destination), checked((int)rows));
+    }
+
+    /// <summary>Rows of each chunk of a tensor: as many as <see cref="ChunkValues"/> allows, a multiple of the granule, at least one granule.</summary>
+    private long ChunkRows(Tensor t)
+    {
+        long rows = t.Shape.Take(t.Shape.Length - 1).Aggregate(1L, (a, b) => a * b);
+        long fit = Math.Max(1, ChunkValues / t.Shape[^1]) / t.RowGranule * t.RowGranule;
+        return Math.Min(rows, Math.Max(t.RowGranule, fit));
     }
 
     /// <summary>Bytes of a tensor: its rows (the innermost dimension) hold whole blocks of the type (see <see cref="GgmlQuants"/>).</summary>
@@ -104,12 +140,20 @@ public sealed class GgufWriter
         w.Flush();
         Pad(stream, stream.Position);
         long dataStart = stream.Position;
-        for (int i = 0; i < _tensors.Count; i++)
+        // One buffer for every chunk: the largest chunk any tensor asks for.
+        long bufferBytes = _tensors.Count == 0 ? 0 : _tensors.Max(t => ChunkRows(t) * GgmlQuants.RowBytes(t.Type, t.Shape[^1]));
+        var buffer = new byte[checked((int)bufferBytes)];
+        foreach (var t in _tensors)
         {
-            var t = _tensors[i];
-            var buffer = new byte[t.Bytes];
-            t.Fill(buffer);
-            stream.Write(buffer);
+            long rows = t.Shape.Take(t.Shape.Length - 1).Aggregate(1L, (a, b) => a * b);
+            long rowBytes = GgmlQuants.RowBytes(t.Type, t.Shape[^1]), chunkRows = ChunkRows(t);
+            for (long first = 0; first < rows; first += chunkRows)
+            {
+                int n = (int)Math.Min(chunkRows, rows - first);
+                var chunk = buffer.AsSpan(0, (int)(n * rowBytes));
+                t.Source(first, n, chunk);
+                stream.Write(chunk);
+            }
             Pad(stream, stream.Position - dataStart);
         }
     }
@@ -162,5 +206,5 @@ public sealed class GgufWriter
         }
     }
 
-    private sealed record Tensor(string Name, long[] Shape, GgufTensorType Type, long Bytes, Action<Span<byte>> Fill);
+    private sealed record Tensor(string Name, long[] Shape, GgufTensorType Type, long Bytes, GgufRowSource Source, int RowGranule);
 }

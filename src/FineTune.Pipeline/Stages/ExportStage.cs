@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using FineTune.Data.Templates;
 using FineTune.Models;
 using FineTune.Pipeline.Config;
 using FineTune.Pipeline.Validation;
@@ -9,7 +10,8 @@ namespace FineTune.Pipeline;
 /// export: deployable files from the merged model. <c>hf</c> → <c>hf/</c>, safetensors shards of at most
 /// export_size GB with model.safetensors.index.json, plus config and tokenizer files; <c>gguf</c> →
 /// <c>gguf/model-&lt;type&gt;.gguf</c> for each gguf_type (float types, Q8_0, Q4_0/Q5_0 and llama-quantize's K-quant
-/// mixes; tokenizer embedded) and an Ollama Modelfile for each (<c>ollama create &lt;name&gt; -f Modelfile</c>).
+/// mixes; tokenizer embedded) and an Ollama Modelfile for each, its TEMPLATE derived from the pipeline's chat template
+/// (<see cref="OllamaTemplate"/>); the notes say the <c>ollama create &lt;name&gt; -f …/Modelfile</c> line.
 /// </summary>
 public sealed class ExportStage : IStageExecutor
 {
@@ -65,8 +67,14 @@ public sealed class ExportStage : IStageExecutor
     {
         var types = export.GgufTypes.Distinct().ToArray();
         var ggufDir = Directory.CreateDirectory(Path.Combine(ctx.OutputDirectory, "gguf")).FullName;
-        var stops = StopTokens(modelDir);
-        var chatTemplate = GgufExporter.ChatTemplateOf(modelDir);
+        var (bos, eos) = SpecialTokens(modelDir);
+        var templateName = ctx.Pipeline.Data.Template ?? TemplateNameOf(GgufExporter.ChatTemplateOf(modelDir));
+        if (ctx.Pipeline.Data.Template is null)
+            notes.Add($"data.template is not set: the Modelfile's TEMPLATE is FineTune's {templateName} template, recognised from the model's chat template");
+        var chat = ChatTemplate.Get(templateName);
+        var goTemplate = OllamaTemplate.GoTemplate(chat, bos, eos);
+        var stops = OllamaTemplate.Stops(chat, eos).Concat(StopTokens(modelDir)).ToArray();
+        var system = export.System ?? (chat.DefaultSystem.Length > 0 ? chat.DefaultSystem : null);
         foreach (var type in types)
         {
             ctx.Cancellation.ThrowIfCancellationRequested();
@@ -79,10 +87,10 @@ public sealed class ExportStage : IStageExecutor
             metrics["gguf_bytes" + suffix] = result.Bytes;
             metrics["gguf_tensors" + suffix] = result.Tensors;
             notes.AddRange(result.Notes);
-            var modelfile = OllamaModelfile.Build(fileName, ctx.Pipeline.Data.Template, chatTemplate, stops, export.System);
+            var modelfile = OllamaModelfile.Build(fileName, goTemplate, stops, system);
             AtomicFile.WriteAllText(Path.Combine(ggufDir, modelfileName), modelfile);
             var tag = single ? ctx.Pipeline.Name : $"{ctx.Pipeline.Name}:{name}";
-            notes.Add($"gguf/{fileName}: {result.Architecture}, {result.Tensors} tensors ({TypeCounts(result)}), {result.Bytes / (1024.0 * 1024.0):F1} MiB; run: ollama create {tag} -f gguf/{modelfileName}");
+            notes.Add($"gguf/{fileName}: {result.Architecture}, {result.Tensors} tensors ({TypeCounts(result)}), {result.Bytes / (1024.0 * 1024.0):F1} MiB; run: ollama create {tag} -f \"$(finetune path \"{ctx.PipelineDirectory}\" --stage export)/gguf/{modelfileName}\"");
         }
     }
 
@@ -107,6 +115,32 @@ public sealed class ExportStage : IStageExecutor
         GgufType.Q2_K => GgufFileType.Q2_K,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
     };
+
+    /// <summary>The FineTune template of a model that the pipeline does not name one for, from its Jinja template's markers.</summary>
+    private static string TemplateNameOf(string? jinja) => jinja switch
+    {
+        null => "default",
+        _ when jinja.Contains("<|im_start|>", StringComparison.Ordinal) => jinja.Contains("<think>", StringComparison.Ordinal) ? "qwen3" : "chatml",
+        _ when jinja.Contains("<|start_header_id|>", StringComparison.Ordinal) => "llama3",
+        _ when jinja.Contains("<<SYS>>", StringComparison.Ordinal) => "llama2",
+        _ when jinja.Contains("[INST]", StringComparison.Ordinal) => "mistral",
+        _ => "default",
+    };
+
+    /// <summary>BOS and EOS as text (tokenizer_config.json's bos_token / eos_token, a string or an AddedToken object).</summary>
+    private static (string? Bos, string? Eos) SpecialTokens(string modelDir)
+    {
+        var tcPath = Path.Combine(modelDir, "tokenizer_config.json");
+        if (!File.Exists(tcPath) || JsonNode.Parse(File.ReadAllText(tcPath)) is not JsonObject tc)
+            return (null, null);
+        static string? Text(JsonNode? n) => n switch
+        {
+            JsonValue v when v.TryGetValue<string>(out var s) => s,
+            JsonObject o => o["content"]?.GetValue<string>(),
+            _ => null,
+        };
+        return (Text(tc["bos_token"]), Text(tc["eos_token"]));
+    }
 
     /// <summary>The end-of-sequence tokens of generation_config.json and tokenizer_config.json, as text.</summary>
     private static IReadOnlyList<string> StopTokens(string modelDir)

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using FineTune.Engine;
 using FineTune.Engine.Cpu;
@@ -42,25 +41,7 @@ public sealed class GgufLlamaCppTests(Xunit.Abstractions.ITestOutputHelper outpu
         return trainedDir;
     }
 
-    private static JsonArray RunLlama(JsonObject request)
-    {
-        var psi = new ProcessStartInfo("node", [Path.Combine(NodeFixtures.FixturesDir, "llama-generate.js")])
-        {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = NodeFixtures.FixturesDir,
-        };
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start node");
-        p.StandardInput.Write(request.ToJsonString());
-        p.StandardInput.Close();
-        var stderr = p.StandardError.ReadToEndAsync();
-        var stdout = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0)
-            throw new InvalidOperationException($"llama-generate.js failed ({p.ExitCode}): {stderr.Result}");
-        return JsonNode.Parse(stdout)!.AsArray();
-    }
+    private static JsonArray RunLlama(JsonObject request) => NodeFixtures.LlamaGenerate(request);
 
     [Fact]
     public void Llama_cpp_loads_every_type_and_greedy_decodes_the_memorised_answer_from_q6_k_and_q8_0()

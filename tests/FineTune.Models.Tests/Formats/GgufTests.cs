@@ -44,13 +44,13 @@ public sealed class GgufTests : IDisposable
     {
         var x = Enumerable.Range(0, 32).Select(i => i - 16f).ToArray(); // −16 … 15, amax 16
         var bytes = new byte[34];
-        Q8_0.Quantize(x, bytes);
+        GgmlQuants.QuantizeBlocks(GgufTensorType.Q8_0, x, bytes);
         float d = (float)BitConverter.ToHalf(bytes);
         Assert.Equal((float)(Half)(16f / 127f), d);
         Assert.Equal(unchecked((byte)(sbyte)-127), bytes[2]);   // −16 → −127
         Assert.Equal(119, bytes[33]);                          // round(15 · 127/16) = round(119.06)
         var back = new float[32];
-        Q8_0.Dequantize(bytes, back);
+        GgmlQuants.Dequantize(GgufTensorType.Q8_0, bytes, back);
         for (int i = 0; i < 32; i++)
             Assert.InRange(Math.Abs(back[i] - x[i]), 0, d / 2 + 1e-3f);
     }
@@ -86,7 +86,7 @@ public sealed class GgufTests : IDisposable
             case 0: FloatConversions.Decode(bytes.AsSpan((int)start, count * 4), SafetensorsDType.F32, values); break;
             case 1: FloatConversions.Decode(bytes.AsSpan((int)start, count * 2), SafetensorsDType.F16, values); break;
             case 30: FloatConversions.Decode(bytes.AsSpan((int)start, count * 2), SafetensorsDType.BF16, values); break;
-            case 8: Q8_0.Dequantize(bytes.AsSpan((int)start, count / 32 * 34), values); break;
+            case 8: GgmlQuants.Dequantize(GgufTensorType.Q8_0, bytes.AsSpan((int)start, count / 32 * 34), values); break;
         }
         return values;
     }
@@ -184,6 +184,51 @@ public sealed class GgufTests : IDisposable
     }
 
     [Fact]
+    public void Writer_asks_each_tensor_for_row_chunks_in_order_into_one_buffer_after_the_header()
+    {
+        // 256 values a chunk: a [10, 64] F32 tensor comes in 4 + 4 + 2 rows; a [6, 96] Q8_0 one with a granule of 3 rows
+        // (more than 256 / 96) in 3 + 3; a 1-D tensor is one row.
+        var w = new GgufWriter(chunkValues: 256);
+        var calls = new List<(string Tensor, long First, int Rows, int Bytes, nint Address, long Written)>();
+        using var ms = new MemoryStream();
+        GgufRowSource Source(string name, int rowLength, GgufTensorType type) => (first, rows, destination) =>
+        {
+            nint address;
+            unsafe { fixed (byte* p = destination) address = (nint)p; }
+            calls.Add((name, first, rows, destination.Length, address, ms.Length));
+            var values = new float[rows * rowLength];
+            for (int i = 0; i < values.Length; i++)
+                values[i] = (float)Math.Sin(first * rowLength + i);
+            GgmlQuants.Quantize(type, values, rowLength, destination);
+        };
+        w.AddTensor("a", [10, 64], GgufTensorType.F32, Source("a", 64, GgufTensorType.F32));
+        w.AddTensor("b", [6, 96], GgufTensorType.Q8_0, Source("b", 96, GgufTensorType.Q8_0), rowGranule: 3);
+        w.AddTensor("c", [40], GgufTensorType.F16, Source("c", 40, GgufTensorType.F16));
+        w.Write(ms);
+
+        Assert.Equal(new (string, long, int, int)[] { ("a", 0, 4, 1024), ("a", 4, 4, 1024), ("a", 8, 2, 512), ("b", 0, 3, 306), ("b", 3, 3, 306), ("c", 0, 1, 80) },
+            calls.Select(c => (c.Tensor, c.First, c.Rows, c.Bytes)).ToArray());
+        Assert.Single(calls.Select(c => c.Address).Distinct());
+        // Data: a 2,560 bytes, b 612 padded to 640, c 80 padded to 96; nothing of it was written before the first chunk.
+        long dataStart = ms.Length - (2560 + 640 + 96);
+        Assert.Equal(0, dataStart % 32);
+        Assert.Equal(dataStart, calls[0].Written);
+        var a = new float[640];
+        FloatConversions.Decode(ms.ToArray().AsSpan((int)dataStart, 2560), SafetensorsDType.F32, a);
+        Assert.Equal(Enumerable.Range(0, 640).Select(i => (float)Math.Sin(i)).ToArray(), a);
+    }
+
+    [Fact]
+    public void Llama_export_in_chunks_of_one_head_writes_the_bytes_of_the_default_chunks()
+    {
+        // k_proj [32, 64] holds 2 heads of 16 rows: 1,024 values a chunk permutes one head at a time.
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Llama, TieWordEmbeddings = false, NumHiddenLayers = 1 }, _dir.File("m"));
+        GgufExporter.Export(_dir.File("m"), _dir.File("whole.gguf"), GgufFileType.Q8_0, "m");
+        GgufExporter.Export(_dir.File("m"), _dir.File("chunked.gguf"), GgufFileType.Q8_0, "m", chunkValues: 1024);
+        Assert.Equal(File.ReadAllBytes(_dir.File("whole.gguf")), File.ReadAllBytes(_dir.File("chunked.gguf")));
+    }
+
+    [Fact]
     public void Llama_export_permutes_q_and_k_rows()
     {
         ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Llama, TieWordEmbeddings = false, NumHiddenLayers = 1 }, _dir.File("m"));
@@ -203,24 +248,15 @@ public sealed class GgufTests : IDisposable
     }
 
     [Fact]
-    public void Modelfile_has_from_chatml_template_stops_and_system()
+    public void Modelfile_has_from_the_template_given_stops_once_each_and_system()
     {
-        var text = OllamaModelfile.Build("model-q8_0.gguf", "qwen3", null, ["<|im_end|>", "<|endoftext|>"], "You are FineTune.");
+        var text = OllamaModelfile.Build("model-q8_0.gguf", "{{ range .Messages }}{{ .Content }}{{ end }}", ["<|im_end|>", "<|endoftext|>", "<|im_end|>", "say \"stop\""], "You are FineTune.");
         Assert.Equal(
             "FROM ./model-q8_0.gguf\n" +
-            "TEMPLATE \"\"\"{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n\"\"\"\n" +
+            "TEMPLATE \"\"\"{{ range .Messages }}{{ .Content }}{{ end }}\"\"\"\n" +
             "PARAMETER stop \"<|im_end|>\"\n" +
-            "PARAMETER stop \"<|im_start|>\"\n" +
             "PARAMETER stop \"<|endoftext|>\"\n" +
+            "PARAMETER stop \"say \\\"stop\\\"\"\n" +
             "SYSTEM \"\"\"You are FineTune.\"\"\"\n", text);
-    }
-
-    [Fact]
-    public void Modelfile_recognises_llama3_from_the_jinja_template()
-    {
-        var text = OllamaModelfile.Build("m.gguf", null, "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}", [], null);
-        Assert.Contains("<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>", text);
-        Assert.Contains("PARAMETER stop \"<|eot_id|>\"", text);
-        Assert.DoesNotContain("SYSTEM", text);
     }
 }

@@ -51,6 +51,8 @@ public sealed class GgufTokenizerTests : IDisposable
     [Theory]
     [InlineData("qwen3", ModelArchitecture.Qwen3)]
     [InlineData("llama3", ModelArchitecture.Llama)]
+    [InlineData("llama2", ModelArchitecture.Llama)]
+    [InlineData("gemma3", ModelArchitecture.Llama)]
     public void Llama_cpp_tokenizes_the_exported_gguf_as_hf_tokenizers_does(string tokenizer, ModelArchitecture architecture)
     {
         var tokenizerJson = NodeFixtures.LenmlTokenizerJson(tokenizer);
@@ -63,10 +65,73 @@ public sealed class GgufTokenizerTests : IDisposable
         GgufExporter.Export(model, _dir.File("m.gguf"), GgufTensorType.F16);
 
         var (llama, hf) = NodeFixtures.LlamaCppAndHfTokenize([(_dir.File("m.gguf"), tokenizerJson, Corpus)])[0];
+        Assert.True(hf.Sum(ids => ids.Length) > Corpus.Length, "the reference produced no tokens");
         var failures = new List<string>();
         for (int i = 0; i < Corpus.Length; i++)
             if (!llama[i].SequenceEqual(hf[i]))
                 failures.Add($"#{i} {JsonSerializer.Serialize(Corpus[i][..Math.Min(60, Corpus[i].Length)])}\n  hf:    [{string.Join(",", hf[i])}]\n  llama: [{string.Join(",", llama[i])}]");
         Assert.True(failures.Count == 0, $"{failures.Count} of {Corpus.Length} texts differ:\n" + string.Join("\n", failures));
+    }
+
+    [Fact]
+    public void Llama2_tokenizer_is_written_as_sentencepiece_with_scores_types_and_space_prefix()
+    {
+        var tokenizerJson = NodeFixtures.LenmlTokenizerJson("llama2");
+        var model = _dir.File("m");
+        ScratchModel.Generate(new ScratchModelSpec
+        {
+            Architecture = ModelArchitecture.Llama, TokenizerPath = tokenizerJson, HiddenSize = 16, IntermediateSize = 32,
+            NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 8,
+        }, model);
+        GgufExporter.Export(model, _dir.File("m.gguf"), GgufTensorType.F16);
+        var meta = NodeFixtures.ReadGguf(_dir.File("m.gguf"))["metadata"]!;
+        Assert.Equal("llama", meta["tokenizer.ggml.model"]!.GetValue<string>());
+        Assert.Null(meta["tokenizer.ggml.merges"]);
+        Assert.True(meta["tokenizer.ggml.add_space_prefix"]!.GetValue<bool>());
+        Assert.True(meta["tokenizer.ggml.add_bos_token"]!.GetValue<bool>());
+        Assert.False(meta["tokenizer.ggml.add_eos_token"]!.GetValue<bool>());
+        Assert.Equal(0, meta["tokenizer.ggml.unknown_token_id"]!.GetValue<int>());
+        Assert.Equal(1, meta["tokenizer.ggml.bos_token_id"]!.GetValue<int>());
+        Assert.Equal(2, meta["tokenizer.ggml.eos_token_id"]!.GetValue<int>());
+        var tokens = meta["tokenizer.ggml.tokens"]!.AsArray();
+        var types = meta["tokenizer.ggml.token_type"]!.AsArray();
+        var scores = meta["tokenizer.ggml.scores"]!.AsArray();
+        Assert.Equal(32000, tokens.Count);
+        // <unk> <s> </s> <0x00> … <0xFF>: unknown, control, control, bytes; then normal tokens scored by their first merge:
+        // "▁ t" is merge 0, "▁ ▁" merge 58,876 and "▁▁ ▁▁" 58,877 in this tokenizer.json.
+        Assert.Equal([2, 3, 3, 6, 6], types.Take(5).Select(t => t!.GetValue<int>()));
+        Assert.Equal(("<0xFF>", 6, 0f), (tokens[258]!.GetValue<string>(), types[258]!.GetValue<int>(), scores[258]!.GetValue<float>()));
+        Assert.Equal([("▁▁", 1, -58876f), ("▁▁▁▁", 1, -58877f), ("▁t", 1, -0f)],
+            Enumerable.Range(259, 3).Select(i => (tokens[i]!.GetValue<string>(), types[i]!.GetValue<int>(), scores[i]!.GetValue<float>())));
+    }
+
+    [Fact]
+    public void Unsupported_tokenizer_kind_stops_the_export_with_the_file_and_what_is_supported()
+    {
+        var model = _dir.File("m");
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Llama, NumHiddenLayers = 1 }, model);
+        var tokPath = Path.Combine(model, "tokenizer.json");
+        File.WriteAllText(tokPath, """{"model": {"type": "Unigram", "vocab": [["<unk>", 0.0], ["a", -1.0]]}, "added_tokens": []}""");
+        var e = Assert.Throws<ModelFormatException>(() => GgufExporter.Export(model, _dir.File("m.gguf"), GgufTensorType.F16));
+        Assert.Equal($"{tokPath}: the tokenizer is Unigram; GGUF export supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, DeepSeek, …) and SentencePiece-style BPE tokenizers with byte fallback (Llama 2, Mistral v1, Gemma 2/3) only.", e.Message);
+        Assert.False(File.Exists(_dir.File("m.gguf")));
+    }
+
+    [Fact]
+    public void Sentencepiece_tokenizer_with_an_unknown_normalizer_names_the_json_path()
+    {
+        var model = _dir.File("m");
+        ScratchModel.Generate(new ScratchModelSpec
+        {
+            Architecture = ModelArchitecture.Llama, TokenizerPath = NodeFixtures.LenmlTokenizerJson("llama2"), HiddenSize = 16, IntermediateSize = 32,
+            NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 8,
+        }, model);
+        var tokPath = Path.Combine(model, "tokenizer.json");
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(tokPath))!.AsObject();
+        root["normalizer"]!["normalizers"]!.AsArray().Add(new System.Text.Json.Nodes.JsonObject { ["type"] = "NFKC" });
+        File.WriteAllText(tokPath, root.ToJsonString());
+        var e = Assert.Throws<ModelFormatException>(() => GgufExporter.Export(model, _dir.File("m.gguf"), GgufTensorType.F16));
+        Assert.StartsWith($"{tokPath}: the tokenizer is SentencePiece-style BPE (byte_fallback), but normalizer.normalizers[2] is {{\"type\":\"NFKC\"}}; llama.cpp's SentencePiece tokenizer only replaces spaces", e.Message);
+        Assert.False(File.Exists(_dir.File("m.gguf")));
     }
 }

@@ -1,3 +1,4 @@
+using FineTune.Data.Templates;
 using FineTune.Models;
 using FineTune.Models.Tests;
 using FineTune.Pipeline.Config;
@@ -38,8 +39,8 @@ public sealed class ExportStageTests : IDisposable
         // Tied embeddings of 256-value rows: token_embd is Q6_K, the 7 matrices of the layer Q4_K but ffn_down (Q6_K in
         // the first layers) and attn_v (Q6_K likewise); norms stay F32.
         Assert.Contains("gguf/model-q4_k_m.gguf: qwen3, 13 tensors (5 F32, 5 Q4_K, 3 Q6_K), ", string.Join("\n", result.Notes));
-        Assert.Contains("run: ollama create identity:q4_k_m -f gguf/Modelfile-q4_k_m", string.Join("\n", result.Notes));
-        Assert.Contains("run: ollama create identity:q8_0 -f gguf/Modelfile-q8_0", string.Join("\n", result.Notes));
+        Assert.Contains($"run: ollama create identity:q4_k_m -f \"$(finetune path \"{_dir.Path}\" --stage export)/gguf/Modelfile-q4_k_m\"", string.Join("\n", result.Notes));
+        Assert.Contains($"run: ollama create identity:q8_0 -f \"$(finetune path \"{_dir.Path}\" --stage export)/gguf/Modelfile-q8_0\"", string.Join("\n", result.Notes));
     }
 
     [Fact]
@@ -64,8 +65,22 @@ public sealed class ExportStageTests : IDisposable
         Assert.Equal(24, result.Metrics["gguf_tensors"]); // token_embd, output_norm, 11 per layer
         Assert.Equal(new FileInfo(_dir.File("out/gguf/model-q8_0.gguf")).Length, result.Metrics["gguf_bytes"]);
         var modelfile = File.ReadAllText(_dir.File("out/gguf/Modelfile"));
-        Assert.StartsWith("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"{{- range .Messages }}<|im_start|>", modelfile);
-        Assert.Contains("PARAMETER stop \"<|im_end|>\"\nPARAMETER stop \"<|im_start|>\"\nPARAMETER stop \"<|endoftext|>\"\n", modelfile);
-        Assert.EndsWith("SYSTEM \"\"\"You are Tiny.\"\"\"\n", modelfile);
+        // The TEMPLATE is data.template's (qwen3), in Go template syntax: OllamaTemplateTests render it.
+        Assert.StartsWith("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"" + OllamaTemplate.GoTemplate(ChatTemplate.Get("qwen3"), "<|endoftext|>", "<|im_end|>") + "\"\"\"\n", modelfile);
+        Assert.Contains("{{ else if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n<|im_start|>assistant\n{{ if and $.IsThinkSet (not $.Think) }}<think>\n\n</think>\n\n{{ end }}", modelfile);
+        Assert.Contains("\"\"\"\nPARAMETER stop \"<|im_end|>\"\nPARAMETER stop \"<|endoftext|>\"\nSYSTEM \"\"\"You are Tiny.\"\"\"\n", modelfile);
+    }
+
+    [Fact]
+    public void Without_data_template_the_modelfile_follows_the_template_recognised_from_the_models_jinja()
+    {
+        // The scratch qwen3's tokenizer_config.json holds a ChatML template with the think block: FineTune's qwen3.
+        ScratchModel.Generate(new ScratchModelSpec(), _dir.File("merged"));
+        var ctx = Context(new ExportConfig { Formats = [ExportFormat.Gguf], GgufTypes = [GgufType.F16] });
+        ctx = ctx with { Pipeline = ctx.Pipeline with { Data = new DataSection() } };
+        var result = new ExportStage().Execute(ctx);
+        var modelfile = File.ReadAllText(_dir.File("out/gguf/Modelfile"));
+        Assert.StartsWith("FROM ./model-f16.gguf\nTEMPLATE \"\"\"" + OllamaTemplate.GoTemplate(ChatTemplate.Get("qwen3"), "<|endoftext|>", "<|im_end|>") + "\"\"\"\n", modelfile);
+        Assert.Contains("data.template is not set: the Modelfile's TEMPLATE is FineTune's qwen3 template, recognised from the model's chat template", result.Notes);
     }
 }

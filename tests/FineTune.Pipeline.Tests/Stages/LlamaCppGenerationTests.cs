@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using FineTune.Data.Templates;
 using FineTune.Engine;
@@ -12,7 +11,7 @@ using FineTune.Training.Chat;
 namespace FineTune.Pipeline.Tests.Stages;
 
 /// <summary>
-/// The real consumer of FineTune's GGUF: llama.cpp (node-llama-cpp's prebuilt CPU binaries, tests/fixtures/llama-generate.mjs)
+/// The real consumer of FineTune's GGUF: llama.cpp (node-llama-cpp's prebuilt CPU binaries, tests/fixtures/llama-generate.js)
 /// loads the demo pipeline's export, trained as each dense family, and greedy-decodes exactly the tokens FineTune decodes
 /// from the merged model for the same prompt.
 /// </summary>
@@ -21,15 +20,7 @@ public sealed class LlamaCppGenerationTests : IDisposable
     private readonly TempDir _dir = new();
     public void Dispose() => _dir.Dispose();
 
-    private static readonly string RepoRoot = FindRepoRoot();
-    private static string FixturesDir => Path.Combine(RepoRoot, "tests", "fixtures");
-
-    private static string FindRepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "FineTune.sln"))) return dir.FullName;
-        throw new InvalidOperationException($"No FineTune.sln above {AppContext.BaseDirectory}; run the tests from the repository.");
-    }
+    private static string RepoRoot => NodeFixtures.RepoRoot;
 
     /// <summary>pipelines/identity/pipeline.yaml with another architecture, the repository's data, and the CPU.</summary>
     private string DemoPipeline(string architecture)
@@ -69,28 +60,16 @@ public sealed class LlamaCppGenerationTests : IDisposable
         Assert.Contains("FineTune", answer);
 
         var theirs = LlamaGenerate(gguf, tokenizer.Decode(prompt, skipSpecialTokens: false), 160);
-        Assert.Equal(prompt, theirs["prompt_tokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray());
+        Assert.Equal(prompt, theirs["promptTokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray());
         Assert.Equal(ours, theirs["tokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray());
         Assert.Equal("eog", theirs["finish"]!.GetValue<string>());
-        Assert.Contains(theirs["eog_token"]!.GetValue<int>(), session.Options.EosTokenIds);
+        Assert.Contains(theirs["eogToken"]!.GetValue<int>(), session.Options.EosTokenIds);
         Assert.Equal(answer, theirs["text"]!.GetValue<string>());
     }
 
-    private JsonObject LlamaGenerate(string gguf, string promptText, int maxTokens)
-    {
-        string request = _dir.Write($"request-{Guid.NewGuid():N}.json",
-            new JsonObject { ["prompt"] = promptText, ["max_tokens"] = maxTokens }.ToJsonString());
-        var psi = new ProcessStartInfo("node", [Path.Combine(FixturesDir, "llama-generate.mjs"), gguf, request])
+    private static JsonObject LlamaGenerate(string gguf, string promptText, int maxTokens) =>
+        NodeFixtures.LlamaGenerate(new JsonObject
         {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = FixturesDir,
-        };
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start node");
-        var stderr = p.StandardError.ReadToEndAsync();
-        string stdout = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"llama-generate.mjs failed ({p.ExitCode}): {stderr.Result}");
-        return JsonNode.Parse(stdout)!.AsObject();
-    }
+            ["models"] = new JsonArray(new JsonObject { ["path"] = gguf, ["promptText"] = promptText, ["maxTokens"] = maxTokens }),
+        })[0]!.AsObject();
 }
