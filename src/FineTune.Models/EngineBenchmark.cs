@@ -52,9 +52,16 @@ public static class EngineBenchmark
     /// Times <paramref name="steps"/> LoRA steps after <paramref name="warmup"/> untimed ones. With
     /// <paramref name="profile"/> on CUDA, one more step is run with device-event timing per operation.
     /// </summary>
+    /// <param name="objective">"sft" (the default): next-token loss on <paramref name="batch"/> rows of <paramref name="seqLen"/>.
+    /// "dpo": <paramref name="batch"/> preference pairs, each a chosen and a rejected sequence of <paramref name="seqLen"/>
+    /// tokens (the first half prompt, the second half the answer) packed in one row, as the trainer feeds them; a step is
+    /// the reference model's scores (adapter disabled) then the policy's forward and backward and the DPO sigmoid loss
+    /// (β 0.1) — the work of a TRL DPO step, whose reference forward FineTune's trainer does once before training instead.</param>
     public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, bool checkpointing,
-        int steps, int warmup = 3, bool profile = false, int seed = 0)
+        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft")
     {
+        if (objective is not ("sft" or "dpo")) throw new ArgumentException($"objective must be sft or dpo (got {objective})");
+        bool dpo = objective == "dpo";
         var spec = ShapeOf(shape);
         if (steps < 1) throw new ArgumentException($"steps must be at least 1 (got {steps})");
         if (seqLen < 2 || batch < 1) throw new ArgumentException($"batch must be at least 1 and seq at least 2 (got {batch}×{seqLen})");
@@ -68,24 +75,27 @@ public static class EngineBenchmark
         var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, GradientCheckpointing = checkpointing, Seed = seed };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
-        int n = batch * seqLen;
+        int rowLen = dpo ? 2 * seqLen : seqLen;
+        int n = batch * rowLen;
         var ids = new int[n];
         var pos = new int[n];
         var seg = new int[n];
-        for (int i = 0; i < n; i++) { ids[i] = rng.Next(spec.VocabSize); pos[i] = i % seqLen; }
+        for (int i = 0; i < n; i++) { ids[i] = rng.Next(spec.VocabSize); pos[i] = i % seqLen; seg[i] = i % rowLen / seqLen; }
         var labels = new int[n];
-        for (int i = 0; i < n; i++) labels[i] = pos[i] == seqLen - 1 ? -100 : ids[i + 1];
-        var tb = new TokenBatch(batch, seqLen, ids, labels, pos, seg);
+        // sft: every next token; dpo: the answer half of each sequence (labels[t] = the token position t predicts).
+        for (int i = 0; i < n; i++)
+            labels[i] = pos[i] == seqLen - 1 || (dpo && pos[i] < seqLen / 2 - 1) ? -100 : ids[i + 1];
+        var tb = new TokenBatch(batch, rowLen, ids, labels, pos, seg);
         var adam = new AdamWStep(1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, 0, MaxGradNorm: 1f);
         int stepNo = 0;
         double Step()
         {
             model.ZeroGrad();
-            var loss = model.ForwardBackward(tb, 1f / tb.LabelCount);
+            double loss = dpo ? DpoStep(model, tb) : model.ForwardBackward(tb, 1f / tb.LabelCount).MeanLoss;
             var norm = model.GradNormSquared();
             stepNo++;
             foreach (var p in model.TrainableParameters) p.Step(adam with { Step = stepNo, WeightDecay = p.WeightDecay ? 0.01f : 0f }, norm);
-            return loss.MeanLoss;
+            return loss;
         }
         for (int i = 0; i < warmup; i++) Step();
         backend.Synchronize();
@@ -112,6 +122,28 @@ public static class EngineBenchmark
             flopPerToken * tokensPerSecond / 1e9, lastLoss,
             stats is null ? null : Math.Round(stats.PeakInUseBytes / (double)(1L << 30), 2),
             stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof);
+    }
+
+    /// <summary>One DPO sigmoid step on pairs packed as (chosen, rejected) segments of each row; returns the mean loss.</summary>
+    static double DpoStep(CausalLM model, TokenBatch tb)
+    {
+        const double beta = 0.1;
+        var reference = model.ScoreSequences(tb, forBackward: false, adapters: false);
+        var policy = model.ScoreSequences(tb, forBackward: true);
+        int k = policy.SegmentsPerRow;
+        var d = new double[policy.SumLogProb.Length];
+        double loss = 0;
+        for (int r = 0; r < tb.BatchSize; r++)
+        {
+            double z = beta * (policy.SumLogProb[r * k] - policy.SumLogProb[r * k + 1] - reference.SumLogProb[r * k] + reference.SumLogProb[r * k + 1]);
+            // −log σ(z) and its derivative −σ(−z), per pair, averaged over the pairs.
+            loss += (Math.Max(-z, 0) + Math.Log(1 + Math.Exp(-Math.Abs(z)))) / tb.BatchSize;
+            double g = -beta / (1 + Math.Exp(z)) / tb.BatchSize;
+            d[r * k] = g;
+            d[r * k + 1] = -g;
+        }
+        model.BackwardSequences(d);
+        return loss;
     }
 
     /// <summary>
