@@ -6,7 +6,7 @@
 # (1e-4 relative for fp32; the CUDA line is reported with a bf16 tolerance of 5e-2).
 set -uo pipefail
 ft=$(realpath "$1"); base=$2; adapter=$3; out=$4; rc=0
-mkdir -p "$out"
+mkdir -p "$out"; : >"$out/summary.txt"
 python3 - "$base" "$out/batch.json" "$out/kto.json" <<'PY'
 import json, random, sys
 vocab = json.load(open(sys.argv[1] + "/config.json"))["vocab_size"]
@@ -34,8 +34,8 @@ run() {  # name, stage, batch, adapter, extra args...
   for dev in cpu cuda; do
     "$ft" forward --model "$base" --adapter "$ad" --objective "$stage" --batch "$batch" --device $dev "$@" --out "$out/$name.$dev.json" >"$out/$name.$dev.txt" 2>&1 || { echo "$name $dev: finetune failed"; tail -5 "$out/$name.$dev.txt"; rc=1; continue; }
     tol=1e-4; [ $dev = cuda ] && tol=5e-2
-    echo "== $name ($dev, tolerance $tol)"
-    python3 tests/device/pref_compare.py "$out/$name.$dev.json" "$out/$name.ref.json" --tol $tol || { [ $dev = cpu ] && rc=1; }
+    echo "== $name ($dev, tolerance $tol)" | tee -a "$out/summary.txt"
+    python3 tests/device/pref_compare.py "$out/$name.$dev.json" "$out/$name.ref.json" --tol $tol | tee -a "$out/summary.txt" || { [ $dev = cpu ] && rc=1; }
   done
 }
 run dpo_sigmoid dpo "$out/batch.json" "$adapter" --pref-beta 0.1
