@@ -5,7 +5,7 @@
 Loss and metrics must agree within --tol (relative, at least absolute 1e-6); every gradient FineTune reports must
 have a reference of the same name (PEFT's parameter names without the adapter name "default" and the
 "modules_to_save" wrapper) whose norm and first values agree within --tol relative to the gradient's norm (at least
-1e-6 of the whole gradient's norm, for gradients that are zero in exact arithmetic).
+1e-4 of the whole gradient's norm, for gradients that are zero in exact arithmetic).
 Prints one line per check and exits 1 on any mismatch."""
 import json
 import math
@@ -39,7 +39,7 @@ def main():
     refs = {norm_name(n): g for n, g in ref["gradients"].items()}
     # A gradient that is zero in exact arithmetic (the reward model's bias: the loss reads only chosen − rejected scores)
     # is rounding noise in both; it is measured against the whole gradient's norm instead of its own.
-    floor = 1e-6 * ref["grad_norm"]
+    floor = 1e-4 * ref["grad_norm"]
     worst = 0.0
     for n, g in ft["gradients"].items():
         r = refs.get(norm_name(n))
