@@ -162,7 +162,6 @@ public sealed class NamedStageTests : IDisposable
     {
         Assert.Equal(
         [
-            "17:51: $.stages.dpo.stage: stage dpo is not trained by this FineTune yet: it trains pt and sft (preference objectives are being added)",
             "17:51: $.stages.dpo.stage: stage dpo trains on preference pairs (chosen and rejected answers), but dataset 'answers' in data/dataset_info.json has no ranking: true; name datasets that fit the objective in stages.pref_register.dataset",
         ],
             Errors(Named.Replace("learning_rate: 0.001,", "learning_rate: 0.001, stage: dpo,")));
@@ -250,14 +249,14 @@ public sealed class NamedStageTests : IDisposable
     }
 
     [Fact]
-    public void TheTrainStageRefusesToBuildOnAnotherTrainStageUntilTheRecipeCan()
+    public void ATrainStageBuildingOnAnOutputWithoutAdapterOrModelSaysSo()
     {
         var p = Load();
         var dpo = p.Definition.Stages["dpo"]!;
         var upstream = dpo.Reads.ToDictionary(r => r.Key, r => _dir.File(r.Value));
         var ctx = new StageContext(p.Definition, p.Directory, upstream, _dir.File("out"), new NullStageProgress(), CancellationToken.None) { Stage = dpo };
         var e = Assert.Throws<PipelineUserException>(() => new TrainStage().Execute(ctx));
-        Assert.Equal("stages.dpo.from: dpo builds on train stage sft, and training from another train stage's model is not implemented yet; remove it from from: to train on the downloaded model.", e.Message);
+        Assert.Equal($"stages.dpo.from: sft's output {_dir.File("sft")} holds neither an adapter nor a model; re-run it.", e.Message);
     }
 
     [Fact]

@@ -84,7 +84,6 @@ public sealed class ObjectiveTests
     {
         Assert.Equal(
         [
-            "pipeline.yaml:18:12: $.stages.train.stage: stage dpo is not trained by this FineTune yet: it trains pt and sft (preference objectives are being added)",
             "pipeline.yaml:18:12: $.stages.train.stage: stage dpo trains on preference pairs (chosen and rejected answers), but dataset 'identity' in data/dataset_info.json has no ranking: true; name datasets that fit the objective in data.dataset",
         ], Errors(Pipeline("", "    stage: dpo"), """{"identity": {"file_name": "identity.json"}}"""));
     }

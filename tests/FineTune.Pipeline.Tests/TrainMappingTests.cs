@@ -6,7 +6,7 @@ using FineTune.Training;
 
 namespace FineTune.Pipeline.Tests;
 
-/// <summary>stages.train maps onto the engine (TrainingSetup, TrainingArguments) through TrainStage.Setup/Arguments only.</summary>
+/// <summary>stages.train maps onto the engine (TrainingSetup, TrainingArguments, PreferenceSettings) through TrainStage.Setup/Arguments/Preference only.</summary>
 public sealed class TrainMappingTests
 {
     /// <summary>Keys that are no engine setting: they choose the backend, the data loader's batch, or the objective.</summary>
@@ -37,15 +37,25 @@ public sealed class TrainMappingTests
 
         var setup = TrainStage.Setup(cfg);
         var args = TrainStage.Arguments(cfg, "out");
+        var preference = TrainStage.Preference(cfg);
         foreach (var p in keys)
         {
             object? value;
             if (typeof(TrainingSetup).GetProperty(p.Name) is { } s) value = s.GetValue(setup);
             else if (typeof(TrainingArguments).GetProperty(p.Name) is { } a) value = a.GetValue(args);
+            else if (typeof(FineTune.Training.Objectives.PreferenceSettings).GetProperty(p.Name) is { } o) value = o.GetValue(preference);
             else { Assert.Fail($"stages.train key {p.Name} reaches no engine setting of that name"); return; }
             Assert.True(JsonSerializer.Serialize(p.GetValue(cfg)) == JsonSerializer.Serialize(value), $"{p.Name}: {JsonSerializer.Serialize(p.GetValue(cfg))} in stages.train, {JsonSerializer.Serialize(value)} in the engine");
         }
         Assert.Equal(["module" + Array.FindIndex(keys, k => k.Name == nameof(TrainConfig.FreezeExtraModules))], setup.FreezeExtraModules);
+    }
+
+    [Fact]
+    public void UnsetPreferenceKeysTakeLlamaFactorysDefaults()
+    {
+        var d = TrainStage.Preference(new TrainConfig());
+        Assert.Equal((0.1, FineTune.Training.Objectives.PreferenceLoss.Sigmoid, 0.0, 0.0, 0.5, 1.0, 1.0),
+            (d.PrefBeta, d.PrefLoss, d.PrefFtx, d.DpoLabelSmoothing, d.SimpoGamma, d.KtoChosenWeight, d.KtoRejectedWeight));
     }
 
     [Fact]

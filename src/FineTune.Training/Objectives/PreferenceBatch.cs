@@ -74,8 +74,8 @@ public sealed record ObjectiveResult(double Loss, PolicyGradients Gradients, IRe
 
 /// <summary>
 /// A training objective over per-example log-probs (or scores): pure arithmetic on arrays, so that every objective
-/// is one file and the model only has to yield log-prob sums and accept their gradients. The caller passes all
-/// examples of an optimizer step at once; the loss is their mean, so gradient accumulation equals one larger batch.
+/// is one file and the model only has to yield log-prob sums and accept their gradients. The loss is the mean over the
+/// examples given; <see cref="PreferenceTraining"/> passes one micro-batch at a time, weighted by its share of the step.
 /// </summary>
 public interface IPreferenceObjective
 {
