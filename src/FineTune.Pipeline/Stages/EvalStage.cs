@@ -15,7 +15,9 @@ namespace FineTune.Pipeline;
 /// The eval stage: loss and perplexity of the trained model (base + adapter, or the full model train wrote) on the
 /// split stage's <c>val.ftds</c> → <c>eval_results.json</c>. With <c>predict_with_generate</c> it also completes every
 /// validation prompt → <c>generated_predictions.jsonl</c> (prompt, label, predict) and scores the answers
-/// (BLEU-4, ROUGE-1/2/L, as LLaMA-Factory reports them) → <c>predict_results.json</c>. All numbers go into the lock file.
+/// (BLEU-4, ROUGE-1/2/L, as LLaMA-Factory reports them) → <c>predict_results.json</c>. A reward model (stage: rm, its
+/// value head beside the output) on a split of preference pairs is scored as LLaMA-Factory's rm eval scores it: pairwise
+/// loss and accuracy. All numbers go into the lock file.
 /// </summary>
 public sealed class EvalStage : IStageExecutor
 {
@@ -47,9 +49,14 @@ public sealed class EvalStage : IStageExecutor
         if (valSet.Count == 0)
             throw new PipelineUserException($"{valPath} holds no samples; set stages.split.val_size above 0 (or add data) to evaluate.");
 
-        // ---- loss and perplexity ----
         var clock = Stopwatch.StartNew();
         var loader = TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceEvalBatchSize, seed: 0, shuffle: false, info.PadOrDefault, cfg.MaxSamples);
+
+        // ---- a reward model on preference pairs: LLaMA-Factory's pairwise eval (loss and accuracy) ----
+        if (model.HasValueHead && valSet.IsPaired)
+            return RewardModelEval(ctx, model, loader, valPath, clock);
+
+        // ---- loss and perplexity ----
         LossResult loss;
         using (var task = ctx.Progress.Start("eval loss", 1))
         {
@@ -77,6 +84,32 @@ public sealed class EvalStage : IStageExecutor
         }
         // eval/predict_results.json carry runtimes (as HF writes them): reports; generated_predictions.jsonl is the result.
         return new StageResult(metrics, notes, ["eval_results.json", "predict_results.json"]);
+    }
+
+    /// <summary>
+    /// A reward model (a value head beside the trained adapter or model) on the validation pairs of its split: the pairwise
+    /// loss −log σ(s_chosen − s_rejected) and the share of pairs scored chosen above rejected, as LLaMA-Factory's rm eval
+    /// reports them (eval_loss, eval_accuracy) → eval_results.json.
+    /// </summary>
+    static StageResult RewardModelEval(StageContext ctx, CausalLM model, DataLoader loader, string valPath, Stopwatch clock)
+    {
+        ObjectiveOutcome outcome;
+        using (var task = ctx.Progress.Start("eval rewards", 1))
+        {
+            var rm = new PreferenceTraining(Training.Objectives.PreferenceObjectives.RewardModel(), PreferenceLayout.Rewards, referenceWithoutAdapters: true);
+            outcome = TrainStage.Guard(() => rm.Evaluate(model, loader, ctx.Cancellation), valPath);
+            task.Increment(1);
+        }
+        var metrics = new Dictionary<string, double>
+        {
+            ["eval_loss"] = Math.Round(outcome.Loss, 6),
+            ["eval_accuracy"] = Math.Round(outcome.Metrics["accuracy"], 6),
+            ["eval_samples"] = loader.SampleCount,
+            ["eval_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4),
+        };
+        WriteJson(Path.Combine(ctx.OutputDirectory, "eval_results.json"), new SortedDictionary<string, double>(metrics));
+        return new StageResult(metrics, [$"reward model: eval_accuracy {metrics["eval_accuracy"]:F4}, eval_loss {outcome.Loss:F4} over {loader.SampleCount} validation pairs"],
+            ["eval_results.json"]);
     }
 
     static Dictionary<string, double> Predict(StageContext ctx, EvalConfig cfg, CausalLM model, TokenizedDataset valSet, int sampleCount,
