@@ -1,4 +1,3 @@
-using FineTune.Engine.Cpu;
 using FineTune.Models;
 using FineTune.Training;
 
@@ -8,28 +7,15 @@ namespace FineTune.Training.Tests;
 public sealed class FineTuneRecipeTests : IDisposable
 {
     readonly string _root = Directory.CreateTempSubdirectory("ft-recipe-").FullName;
-    readonly List<IDisposable> _owned = [];
+    readonly TinyTrainingModels _models = new();
 
     public void Dispose()
     {
-        foreach (var d in _owned) d.Dispose();
+        _models.Dispose();
         Directory.Delete(_root, recursive: true);
     }
 
-    static readonly TransformerSpec Spec = new()
-    {
-        Architecture = "qwen3", VocabSize = 48, HiddenSize = 32, IntermediateSize = 64, NumLayers = 2,
-        NumHeads = 4, NumKvHeads = 2, HeadDimOverride = 8, QkNorm = true, TieWordEmbeddings = true, RopeTheta = 10000,
-    };
-
-    CausalLM Model(TrainingSetup? setup = null)
-    {
-        var backend = new CpuBackend(threads: 1);
-        var model = CausalLM.Create(Spec, backend, setup ?? new TrainingSetup { LoraRank = 4, LoraAlpha = 8, Seed = 5 }, new RandomWeights(11, std: 0.3f));
-        _owned.Add(model);
-        _owned.Add(backend);
-        return model;
-    }
+    CausalLM Model(TrainingSetup? setup = null) => _models.Create(setup);
 
     // 10 samples: a 2-token prompt (labels −100) and a response that repeats a per-sample pattern.
     static LoaderSample Sample(int i)
