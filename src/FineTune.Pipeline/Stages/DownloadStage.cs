@@ -111,13 +111,12 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
     private static HubModelReference Reference(StageContext ctx) =>
         Run(() => HubModelReference.Parse(ctx.Pipeline.Model.Source, ctx.Block<DownloadConfig>().Revision), "model.source");
 
-    private static HubStore Store(StageContext ctx)
-    {
-        var work = string.IsNullOrEmpty(ctx.WorkDirectory)
-            ? Path.Combine(ctx.PipelineDirectory, ".finetune", "work", "download")
-            : ctx.WorkDirectory;
-        return new HubStore(Path.Combine(work, "hub"));
-    }
+    private static HubStore Store(StageContext ctx) => StoreIn(string.IsNullOrEmpty(ctx.WorkDirectory)
+        ? Engine.StageCache.Beside(ctx.PipelineDirectory).WorkDirectory(ctx.Stage?.Name ?? Description.Name)
+        : ctx.WorkDirectory);
+
+    /// <summary>The hub store a download stage keeps in its work directory (blobs, snapshots, listings), also read by `validate`.</summary>
+    public static HubStore StoreIn(string workDirectory) => new(Path.Combine(workDirectory, "hub"));
 
     private static string LocalDirectory(StageContext ctx)
     {

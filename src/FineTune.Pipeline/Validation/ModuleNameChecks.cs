@@ -66,13 +66,12 @@ public static class ModuleNameChecks
         };
     }
 
-    /// <summary>config.json of a hub model the download stage has already fetched (its verified blob in .finetune/work/download/hub).</summary>
+    /// <summary>config.json of a hub model the download stage has already fetched (its verified blob in the download stage's hub store).</summary>
     private static string? DownloadedHubConfig(PipelineDefinition def, string pipelineDirectory)
     {
         if (def.Stages.OfKind(StageKind.Download) is not [var download]) return null;
         var reference = HubModelReference.Parse(def.Model.Source, ((DownloadConfig)download.Block).Revision);
-        // The download stage's store: DownloadStage keeps it in its work directory, under hub/.
-        var store = new HubStore(Path.Combine(StageCache.Beside(pipelineDirectory).WorkDirectory(download.Name), "hub"));
+        var store = DownloadStage.StoreIn(StageCache.Beside(pipelineDirectory).WorkDirectory(download.Name));
         if (store.Load(reference.RepoId, reference.Revision) is not { } snapshot) return null;
         if (snapshot.Files.FirstOrDefault(f => f.Path == "config.json") is not { } file) return null;
         var blob = store.BlobPath(snapshot.RepoId, snapshot.Commit, file);
