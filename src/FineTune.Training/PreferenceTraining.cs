@@ -144,8 +144,9 @@ public sealed class PreferenceTraining : ITrainingObjective
         RequireTwo(segments);
         var first = Column(scores.SumLogProb, segments, 0, n);
         var second = Column(scores.SumLogProb, segments, 1, n);
-        var firstTokens = Column(scores.Tokens.Select(t => (double)t).ToArray(), segments, 0, n);
-        var secondTokens = Column(scores.Tokens.Select(t => (double)t).ToArray(), segments, 1, n);
+        var tokens = Array.ConvertAll(scores.Tokens, t => (double)t);
+        var firstTokens = Column(tokens, segments, 0, n);
+        var secondTokens = Column(tokens, segments, 1, n);
         double[]? ref0 = reference is null ? null : samples.Select(i => reference[0][i]).ToArray();
         double[]? ref1 = reference is null ? null : samples.Select(i => reference[1][i]).ToArray();
         var input = _layout == PreferenceLayout.Kto

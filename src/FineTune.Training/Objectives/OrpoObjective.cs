@@ -17,11 +17,8 @@ public sealed class OrpoObjective(PreferenceSettings settings) : IPreferenceObje
 
     public ObjectiveResult Compute(PreferenceBatch batch)
     {
-        var pc = ObjectiveInputs.Require(batch.PolicyChosenLogps, nameof(batch.PolicyChosenLogps), Name);
+        var (pc, pr, nc, nr) = ObjectiveInputs.PolicyPairs(batch, Name);
         int n = pc.Length;
-        var pr = ObjectiveInputs.Require(batch.PolicyRejectedLogps, nameof(batch.PolicyRejectedLogps), Name, n);
-        var nc = ObjectiveInputs.RequireTokens(batch.ChosenTokens, nameof(batch.ChosenTokens), Name, n);
-        var nr = ObjectiveInputs.RequireTokens(batch.RejectedTokens, nameof(batch.RejectedTokens), Name, n);
 
         double beta = _settings.PrefBeta, ftx = _settings.PrefFtx;
         var gradChosen = new double[n];

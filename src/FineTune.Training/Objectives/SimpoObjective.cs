@@ -15,11 +15,8 @@ public sealed class SimpoObjective(PreferenceSettings settings) : IPreferenceObj
 
     public ObjectiveResult Compute(PreferenceBatch batch)
     {
-        var pc = ObjectiveInputs.Require(batch.PolicyChosenLogps, nameof(batch.PolicyChosenLogps), Name);
+        var (pc, pr, nc, nr) = ObjectiveInputs.PolicyPairs(batch, Name);
         int n = pc.Length;
-        var pr = ObjectiveInputs.Require(batch.PolicyRejectedLogps, nameof(batch.PolicyRejectedLogps), Name, n);
-        var nc = ObjectiveInputs.RequireTokens(batch.ChosenTokens, nameof(batch.ChosenTokens), Name, n);
-        var nr = ObjectiveInputs.RequireTokens(batch.RejectedTokens, nameof(batch.RejectedTokens), Name, n);
 
         double beta = _settings.PrefBeta, gamma = _settings.SimpoGamma, ftx = _settings.PrefFtx;
         var gradChosen = new double[n];

@@ -65,6 +65,16 @@ internal static class ObjectiveInputs
         return values;
     }
 
+    /// <summary>The policy's pair inputs every pairwise loss reads: chosen and rejected log-prob sums and token counts, one per pair.</summary>
+    public static (double[] Chosen, double[] Rejected, double[] ChosenTokens, double[] RejectedTokens) PolicyPairs(PreferenceBatch batch, string objective)
+    {
+        var pc = Require(batch.PolicyChosenLogps, nameof(batch.PolicyChosenLogps), objective);
+        int n = pc.Length;
+        return (pc, Require(batch.PolicyRejectedLogps, nameof(batch.PolicyRejectedLogps), objective, n),
+            RequireTokens(batch.ChosenTokens, nameof(batch.ChosenTokens), objective, n),
+            RequireTokens(batch.RejectedTokens, nameof(batch.RejectedTokens), objective, n));
+    }
+
     /// <summary>Token counts must be ≥ 1: a response that truncation emptied has no log-prob to train on.</summary>
     public static double[] RequireTokens(double[]? values, string name, string objective, int count)
     {
