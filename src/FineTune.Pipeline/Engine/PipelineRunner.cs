@@ -57,6 +57,9 @@ public sealed record RunReport(IReadOnlyList<StageOutcome> Stages, double Overhe
     IReadOnlyList<string> InputFiles)
 {
     public IReadOnlyList<StageOutcome> MissingExecutors => Stages.Where(s => s.State is StageState.NoExecutor or StageState.Blocked).ToArray();
+
+    /// <summary>The eval gates (<c>stages.eval.require</c>) checked in this run, passed and failed; none in a dry run.</summary>
+    public IReadOnlyList<GateResult> Gates { get; init; } = [];
 }
 
 /// <summary>A stage's executor threw something other than a user error.</summary>
@@ -148,6 +151,8 @@ public sealed class PipelineRunner
         var lockChanged = false;
         var inputFiles = new SortedSet<string>(StringComparer.Ordinal);
 
+        var gates = new List<GateResult>();
+        var gateFailed = false;
         try
         {
             foreach (var stage in plan)
@@ -156,6 +161,13 @@ public sealed class PipelineRunner
                 var outcome = Resolve(stage);
                 outcomes[stage.Name] = outcome;
                 options.OnStageDone?.Invoke(outcome);
+                // Gates judge the metrics of a stage that ran or was found up to date: changing a bound re-checks, never re-runs.
+                if (stage.Block is EvalConfig { Require.Count: > 0 } eval && outcome.State is StageState.Ran or StageState.UpToDate)
+                {
+                    var checkedGates = GateResult.Check(stage.Name, eval.Require, outcome.Metrics ?? new Dictionary<string, double>());
+                    gates.AddRange(checkedGates);
+                    if (checkedGates.Any(g => !g.Passed)) { gateFailed = true; break; }
+                }
             }
         }
         finally
@@ -170,8 +182,11 @@ public sealed class PipelineRunner
             lockChanged |= pruned.WriteIfChanged(lockPath);
         }
 
-        return new RunReport(plan.Select(s => outcomes[s.Name]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds, hasher.BytesHashed, lockChanged,
-            inputFiles.ToArray());
+        var report = new RunReport(plan.Where(s => outcomes.ContainsKey(s.Name)).Select(s => outcomes[s.Name]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds,
+            hasher.BytesHashed, lockChanged, inputFiles.ToArray()) { Gates = gates };
+        if (gateFailed)
+            throw new GateFailedException(gates.Where(g => !g.Passed).ToArray(), report);
+        return report;
 
         StageOutcome Resolve(StageInstance stage)
         {
