@@ -251,4 +251,40 @@ public sealed class CliTests
         Assert.Contains($"| eval | eval_loss | {FineTune.Cli.Commands.ExperimentTable.Number(evalLoss)} |\n", show);
         Assert.StartsWith("| stage | metric | value |\n|---|---|---|\n| download |", show);
     }
+
+    [Fact]
+    public void A_second_clone_pointed_at_a_shared_cache_runs_no_stage_and_gc_lists_what_no_lock_references()
+    {
+        using var root = new TempDir();
+        var env = new Dictionary<string, string> { ["FINETUNE_CACHE"] = root.File("shared") };
+        string Clone(string name)
+        {
+            root.Write($"{name}/data/identity.json", "[" + string.Join(", ", Enumerable.Range(0, 10).Select(i => $"{{\"instruction\": \"q{i}\", \"input\": \"\", \"output\": \"I am {{{{name}}}} {i}\"}}")) + "]");
+            root.Write($"{name}/data/dataset_info.json", """{"identity": {"file_name": "identity.json"}}""");
+            root.Write($"{name}/pipeline.yaml", TestPipelines.Full);
+            return root.File(name);
+        }
+        var (a, b) = (Clone("a"), Clone("b"));
+        var (code, _, err) = Finetune(env, "run", a);
+        Assert.Equal((0, ""), (code, err));
+        (code, var stdout, err) = Finetune(env, "run", b);
+        Assert.Equal((0, ""), (code, err));
+        foreach (var stage in new[] { "download", "register", "split", "train", "eval", "merge", "export" })
+            Assert.Contains($"  {stage,-9} up to date (output reused from the cache)\n", stdout);
+        Assert.DoesNotContain(" ran (", stdout);
+        Assert.Equal(File.ReadAllText(Path.Combine(a, "pipeline.lock")), File.ReadAllText(Path.Combine(b, "pipeline.lock")));
+
+        // b moves on; a's lock still holds the old train…export entries, so gc of b alone would remove exactly those four.
+        File.WriteAllText(Path.Combine(b, "pipeline.yaml"), TestPipelines.Full.Replace("learning_rate: 0.005", "learning_rate: 0.001"));
+        Assert.Equal(0, Finetune(env, "run", b).Code);
+        (code, stdout, err) = Finetune(env, "gc", a, b);
+        Assert.Equal((0, "", "removed 0 cache entries, 0 bytes; kept 11.\n"), (code, err, stdout));
+        (code, stdout, _) = Finetune(env, "gc", b, "--dry-run");
+        Assert.Equal(0, code);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(5, lines.Length);
+        Assert.All(lines[..4], l => Assert.Matches($@"^would remove [0-9a-f]{{12}} \((train|eval|merge|export), [0-9,]+ bytes\) from {System.Text.RegularExpressions.Regex.Escape(root.File("shared"))}$", l));
+        Assert.Matches(@"^would remove 4 cache entries, [0-9,]+ bytes; kept 7\.$", lines[4]);
+        Assert.Equal(11, Directory.GetDirectories(Path.Combine(root.File("shared"), "cache")).Length);
+    }
 }

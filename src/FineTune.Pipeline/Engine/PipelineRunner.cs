@@ -131,7 +131,7 @@ public sealed class PipelineRunner
     public RunReport Run(LoadedPipeline p, RunOptions options, IStageProgress progress, CancellationToken ct)
     {
         var wall = Stopwatch.StartNew();
-        var cache = StageCache.Beside(p.Directory);
+        var cache = StageCache.For(p);
         var lockPath = LockFile.PathBeside(p.FilePath);
         var plan = Plan(p, options.Stage);
 
@@ -221,6 +221,9 @@ public sealed class PipelineRunner
             var check = cache.Check(fingerprint, hasher);
             if (check.Damaged && !options.DryRun)
                 options.OnInfo?.Invoke($"{cache.ManifestPath(fingerprint)}: {check.Problem} and rebuilt.");
+            else if (!check.Valid && check.Manifest is not null && !options.DryRun)
+                // An entry whose files no longer hash to its manifest (edited, truncated, tampered with): never reused.
+                options.OnInfo?.Invoke($"warning: {cache.EntryDirectory(fingerprint)}: {check.Problem}; stage {name} runs again and replaces it.");
             var forced = options.Force && (options.Stage is null || options.Stage == name);
 
             if (check.Valid && !forced)
@@ -250,7 +253,7 @@ public sealed class PipelineRunner
             }
             catch (Exception e)
             {
-                TryDelete(temp);
+                cache.Discard(temp);
                 stageSeconds += clock.Elapsed.TotalSeconds;
                 throw e switch
                 {
@@ -362,10 +365,5 @@ public sealed class PipelineRunner
         else
             into[prefix] = node is null ? "null" : CanonicalJson.Serialize(node);
         return into;
-    }
-
-    private static void TryDelete(string dir)
-    {
-        try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 }
