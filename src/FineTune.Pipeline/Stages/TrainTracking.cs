@@ -123,9 +123,10 @@ internal sealed class TrainTracking
     private void Tracked(Action send)
     {
         try { send(); }
-        catch (MlflowException e)
+        // A field of the wrong type in an answer (InvalidOperationException, FormatException) is the server's fault too.
+        catch (Exception e) when (e is MlflowException or InvalidOperationException or FormatException or IOException)
         {
-            _progress.Info($"warning: {_stageName}: MLflow tracking stopped: {e.Message}; training goes on, the run is not tracked further.");
+            _progress.Info($"warning: {_stageName}: MLflow tracking stopped: {e.Message}; the trained result is kept, the run is not tracked further.");
             _run = null;
         }
     }
