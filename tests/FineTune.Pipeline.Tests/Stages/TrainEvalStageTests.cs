@@ -279,4 +279,21 @@ public sealed class TrainEvalStageTests : IDisposable
         Assert.Equal("stages.train.report_to is all, but MLFLOW_TRACKING_URI is not set; set it to the tracking server's URL (http://host:5000), or set report_to: none or tensorboard.", e.Message);
         Assert.False(File.Exists(Path.Combine(_dir.File("train-out"), TrainerLog.FileName)));
     }
+
+    [Fact]
+    public void A_cancelled_training_ends_its_mlflow_run_killed()
+    {
+        using var server = new Tracking.StandInMlflowServer();
+        var (model, split) = Upstream();
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        var ctx = Context(new StagesSection { Train = Train with { ReportTo = ReportTo.Mlflow } },
+            new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split }, _dir.File("train-out")) with { Cancellation = cancelled.Token };
+        Assert.ThrowsAny<OperationCanceledException>(() => new TrainStage(k => k == "MLFLOW_TRACKING_URI" ? server.Endpoint : null).Execute(ctx));
+        Assert.Equal(["GET experiments/get-by-name", "POST experiments/create", "POST runs/create", "POST runs/log-batch", "POST runs/update"], server.Calls);
+        var update = server.Requests.Last().Body!;
+        Assert.Equal(("run1", "KILLED"), ((string?)update["run_id"], (string?)update["status"]));
+        // No experiment name set: the pipeline's.
+        Assert.Equal("t", (string?)server.Requests.ElementAt(1).Body!["name"]);
+    }
 }
