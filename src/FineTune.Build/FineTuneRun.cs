@@ -102,6 +102,16 @@ public sealed class FineTuneRun : MsTask, ICancelableTask
             Log.LogError("FineTune", "FT0002", null, loaded.FilePath, 0, 0, 0, 0, "{0}", e.Message);
             return false;
         }
+        catch (GateFailedException e)
+        {
+            // The eval gates failed: the build fails, pointing at each gate's line in pipeline.yaml.
+            foreach (var g in e.Failed)
+            {
+                var at = loaded.ErrorAt($"$.stages.{g.Stage}.require.{g.Gate.Metric}", "");
+                Log.LogError("FineTune", "FT0005", null, at.File, at.Line, at.Column, 0, 0, "gate failed: {0}", g.Describe());
+            }
+            return false;
+        }
         catch (StageFailedException e)
         {
             Log.LogError("FineTune", "FT0004", null, loaded.FilePath, 0, 0, 0, 0, "{0}", e.Message);

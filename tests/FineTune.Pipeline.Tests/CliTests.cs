@@ -6,18 +6,23 @@ namespace FineTune.Pipeline.Tests;
 /// <summary>The `finetune` executable as users run it.</summary>
 public sealed class CliTests
 {
-    private static Process Start(params string[] args)
+    private static Process Start(params string[] args) => Start(null, args);
+
+    private static Process Start(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "finetune.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["NO_COLOR"] = "1";
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         return Process.Start(psi)!;
     }
 
-    private static (int Code, string Out, string Err) Finetune(params string[] args)
+    private static (int Code, string Out, string Err) Finetune(params string[] args) => Finetune(null, args);
+
+    private static (int Code, string Out, string Err) Finetune(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
-        using var p = Start(args);
+        using var p = Start(environment, args);
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEnd();
         p.WaitForExit();
@@ -213,5 +218,73 @@ public sealed class CliTests
         var forward = Finetune("forward", "--model", model, "--tokens", forwardTokens, "--out", dir.File("f.safetensors"), "--device", "auto");
         Assert.True(forward.Code == 0, forward.Err);
         Assert.Single(forward.Err.Split('\n'), l => l.StartsWith("device: auto → cpu (", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void A_failing_eval_gate_exits_three_naming_metric_value_and_bound_and_writes_the_step_summary()
+    {
+        using var dir = new TempDir();
+        // Ten samples: the split keeps one for validation, which eval scores.
+        dir.Write("data/identity.json", "[" + string.Join(", ", Enumerable.Range(0, 10).Select(i => $"{{\"instruction\": \"q{i}\", \"input\": \"\", \"output\": \"I am {{{{name}}}} {i}\"}}")) + "]");
+        TestPipelines.Write(dir, TestPipelines.Full.Replace("    max_new_tokens: 16\n", "    max_new_tokens: 16\n    require: {eval_loss: \"< 0.0001\"}\n"));
+        var summary = dir.File("summary.md");
+        var (code, _, err) = Finetune(new Dictionary<string, string> { ["GITHUB_STEP_SUMMARY"] = summary }, "run", dir.Path, "--stage", "eval");
+        Assert.Equal(3, code);
+        var evalLoss = FineTune.Pipeline.Engine.LockFile.Read(Path.Combine(dir.Path, "pipeline.lock")).Stages["eval"].Metrics["eval_loss"];
+        var value = evalLoss.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal($"gate failed: eval_loss = {value}, required < 0.0001 (stages.eval.require.eval_loss)\n" +
+            "the stages after it did not run; the metrics are in pipeline.lock (`finetune metrics show`).\n", err);
+        var md = File.ReadAllText(summary);
+        Assert.StartsWith("### FineTune: fake — gate failed\n\n| stage | state | why | metrics |\n|---|---|---|---|\n| download | ran (", md);
+        Assert.Contains($"| eval | eval_loss | {FineTune.Cli.Commands.ExperimentTable.Number(evalLoss)} | < 0.0001 | **FAIL** |\n", md);
+
+        // Loosening the bound re-checks the locked metrics: exit 0, nothing re-runs.
+        File.WriteAllText(Path.Combine(dir.Path, "pipeline.yaml"), File.ReadAllText(Path.Combine(dir.Path, "pipeline.yaml")).Replace("< 0.0001", "< 1000"));
+        (code, var stdout, err) = Finetune(new Dictionary<string, string> { ["GITHUB_STEP_SUMMARY"] = summary }, "run", dir.Path, "--stage", "eval");
+        Assert.Equal("", err);
+        Assert.Equal(0, code);
+        Assert.DoesNotContain(" ran (", stdout);
+        Assert.EndsWith($"| eval | eval_loss | {FineTune.Cli.Commands.ExperimentTable.Number(evalLoss)} | < 1000 | pass |\n\n", File.ReadAllText(summary));
+
+        var (showCode, show, _) = Finetune("metrics", "show", dir.Path, "--md");
+        Assert.Equal(0, showCode);
+        Assert.Contains($"| eval | eval_loss | {FineTune.Cli.Commands.ExperimentTable.Number(evalLoss)} |\n", show);
+        Assert.StartsWith("| stage | metric | value |\n|---|---|---|\n| download |", show);
+    }
+
+    [Fact]
+    public void A_second_clone_pointed_at_a_shared_cache_runs_no_stage_and_gc_lists_what_no_lock_references()
+    {
+        using var root = new TempDir();
+        var env = new Dictionary<string, string> { ["FINETUNE_CACHE"] = root.File("shared") };
+        string Clone(string name)
+        {
+            root.Write($"{name}/data/identity.json", "[" + string.Join(", ", Enumerable.Range(0, 10).Select(i => $"{{\"instruction\": \"q{i}\", \"input\": \"\", \"output\": \"I am {{{{name}}}} {i}\"}}")) + "]");
+            root.Write($"{name}/data/dataset_info.json", """{"identity": {"file_name": "identity.json"}}""");
+            root.Write($"{name}/pipeline.yaml", TestPipelines.Full);
+            return root.File(name);
+        }
+        var (a, b) = (Clone("a"), Clone("b"));
+        var (code, _, err) = Finetune(env, "run", a);
+        Assert.Equal((0, ""), (code, err));
+        (code, var stdout, err) = Finetune(env, "run", b);
+        Assert.Equal((0, ""), (code, err));
+        foreach (var stage in new[] { "download", "register", "split", "train", "eval", "merge", "export" })
+            Assert.Contains($"  {stage,-9} up to date (output reused from the cache)\n", stdout);
+        Assert.DoesNotContain(" ran (", stdout);
+        Assert.Equal(File.ReadAllText(Path.Combine(a, "pipeline.lock")), File.ReadAllText(Path.Combine(b, "pipeline.lock")));
+
+        // b moves on; a's lock still holds the old train…export entries, so gc of b alone would remove exactly those four.
+        File.WriteAllText(Path.Combine(b, "pipeline.yaml"), TestPipelines.Full.Replace("learning_rate: 0.005", "learning_rate: 0.001"));
+        Assert.Equal(0, Finetune(env, "run", b).Code);
+        (code, stdout, err) = Finetune(env, "gc", a, b);
+        Assert.Equal((0, "", "removed 0 cache entries, 0 bytes; kept 11.\n"), (code, err, stdout));
+        (code, stdout, _) = Finetune(env, "gc", b, "--dry-run");
+        Assert.Equal(0, code);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(5, lines.Length);
+        Assert.All(lines[..4], l => Assert.Matches($@"^would remove [0-9a-f]{{12}} \((train|eval|merge|export), [0-9,]+ bytes\) from {System.Text.RegularExpressions.Regex.Escape(root.File("shared"))}$", l));
+        Assert.Matches(@"^would remove 4 cache entries, [0-9,]+ bytes; kept 7\.$", lines[4]);
+        Assert.Equal(11, Directory.GetDirectories(Path.Combine(root.File("shared"), "cache")).Length);
     }
 }

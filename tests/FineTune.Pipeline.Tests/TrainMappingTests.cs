@@ -9,9 +9,9 @@ namespace FineTune.Pipeline.Tests;
 /// <summary>stages.train maps onto the engine (TrainingSetup, TrainingArguments, PreferenceSettings) through TrainStage.Setup/Arguments/Preference only.</summary>
 public sealed class TrainMappingTests
 {
-    /// <summary>Keys that are no engine setting: they choose the backend, the data loader's batch, or the objective.</summary>
+    /// <summary>Keys that are no engine setting: they choose the backend, the data loader's batch, the objective, or where the stage reports its log.</summary>
     private static readonly string[] NotEngineSettings =
-        [nameof(TrainConfig.Device), nameof(TrainConfig.PerDeviceTrainBatchSize), nameof(TrainConfig.Stage)];
+        [nameof(TrainConfig.Device), nameof(TrainConfig.PerDeviceTrainBatchSize), nameof(TrainConfig.Stage), nameof(TrainConfig.ReportTo)];
 
     /// <summary>A value of the property's type that differs from its default (and from other keys' values).</summary>
     private static object Changed(PropertyInfo p, object? current, int salt)

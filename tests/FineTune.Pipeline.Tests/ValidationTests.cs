@@ -69,7 +69,7 @@ public sealed class ValidationTests
     public void UnknownTopLevelKeyWithoutCloseMatchListsTheAllowedKeys()
     {
         var error = Assert.Single(Errors(TestPipelines.Full + "\nextras: 1\n"));
-        Assert.Equal("unknown key 'extras' at the top level; expected one of: name, model, data, stages", error.Message);
+        Assert.Equal("unknown key 'extras' at the top level; expected one of: name, model, data, cache, stages", error.Message);
         Assert.Equal((24, 1), (error.Line, error.Column));
     }
 

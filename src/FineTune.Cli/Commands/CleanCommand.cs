@@ -17,6 +17,8 @@ public sealed class CleanCommand : ICliCommand
             var loaded = CliSupport.Load(r.GetValue(pipeline)!);
             var report = CacheCleaner.Clean(loaded, r.GetValue(all), TimeSpan.FromSeconds(5));
             AnsiConsole.MarkupLine($"removed {report.EntriesRemoved} cached output(s) and the checkpoints of {report.FinishedRunsRemoved} finished training run(s), {report.BytesFreed / 1e6:0.##} MB; kept {report.EntriesKept}.");
+            if (report.SharedStore is { } store)
+                Console.WriteLine($"the stage outputs are in the shared cache {store}, which clean leaves alone: `finetune gc` with every pipeline that uses it removes what none of their locks references.");
             return 0;
         }));
         return command;

@@ -11,6 +11,8 @@ public static class CliSupport
 {
     public const int ExitUserError = 2;
     public const int ExitFailure = 1;
+    /// <summary>An eval gate (stages.eval.require) failed: the pipeline ran as asked, its result missed a bound.</summary>
+    public const int ExitGateFailed = 3;
 
     public static Argument<string> PipelineArgument() => new("pipeline")
     {
@@ -41,6 +43,11 @@ public static class CliSupport
         try
         {
             return body(cts.Token);
+        }
+        catch (GateFailedException e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return ExitGateFailed;
         }
         catch (PipelineValidationException e)
         {

@@ -35,7 +35,17 @@ public sealed class RunCommand : ICliCommand
                 OnStageDone = o => AnsiConsole.MarkupLine(Line(o)),
             };
             AnsiConsole.MarkupLine($"[bold]{Markup.Escape(loaded.Definition.Name)}[/] [grey]{Markup.Escape(loaded.FilePath)}[/]{(options.DryRun ? " [yellow](dry run)[/]" : "")}");
-            var report = ConsoleStageProgress.Run(progress => PipelineRunner.CreateDefault().Run(loaded, options, progress, ct));
+            RunReport report;
+            try
+            {
+                report = ConsoleStageProgress.Run(progress => PipelineRunner.CreateDefault().Run(loaded, options, progress, ct));
+            }
+            catch (GateFailedException e)
+            {
+                StepSummary.AppendIfSet(loaded, e.Report);
+                throw;
+            }
+            StepSummary.AppendIfSet(loaded, report);
             CliSupport.PrintMissingExecutors(report);
             AnsiConsole.MarkupLine($"[grey]FineTune overhead {CliSupport.Seconds(report.OverheadSeconds)}, {report.BytesHashed / 1e6:0.#} MB hashed{(report.LockChanged ? ", pipeline.lock updated" : "")}[/]");
             return 0;

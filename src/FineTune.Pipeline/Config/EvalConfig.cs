@@ -23,4 +23,9 @@ public sealed record EvalConfig
 
     [Range(1, int.MaxValue), Description("Evaluate at most this many validation samples.")]
     public int? MaxSamples { get; init; }
+
+    // A gate judges the result; it changes no byte of it. Kept out of the fingerprint, so changing a bound re-checks the
+    // locked metrics instead of re-running the evaluation.
+    [NotFingerprinted, Description("Gates on this stage's metrics, checked after it runs or is found up to date: metric → \"<op> <number>\" with op one of <, <=, >, >=, == (e.g. eval_loss: \"<= 0.2\", predict_bleu-4: \">= 40\"). A failing gate stops the run (exit code 3) before the stages after this one. Not part of the fingerprint.")]
+    public IReadOnlyDictionary<string, string>? Require { get; init; }
 }

@@ -17,6 +17,9 @@ public sealed record PipelineDefinition
     [Description("Datasets (LLaMA-Factory dataset_info.json registry) and the chat template.")]
     public DataSection Data { get; init; } = new();
 
+    [Description("Where stage outputs are stored: a directory several clones share (default: .finetune/cache beside the pipeline). FINETUNE_CACHE overrides it.")]
+    public CacheSection? Cache { get; init; }
+
     [Description("One block per stage; a stage runs when its block is present. Order: download, register, split, train, eval, merge, export.")]
     public StagesSection Stages { get; init; } = new();
 }

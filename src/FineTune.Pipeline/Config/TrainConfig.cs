@@ -14,6 +14,9 @@ namespace FineTune.Pipeline.Config;
 /// </summary>
 public enum TrainingObjective { Pt, Sft, Dpo, Kto, Rm }
 
+/// <summary>Where a train stage reports its log, as the HF Trainer's <c>report_to</c>: nowhere, TensorBoard event files, an MLflow server, or both.</summary>
+public enum ReportTo { None, Tensorboard, Mlflow, All }
+
 /// <summary><c>stages.train</c>: LLaMA-Factory's finetuning and Hugging Face training arguments.</summary>
 public sealed record TrainConfig
 {
@@ -104,6 +107,10 @@ public sealed record TrainConfig
 
     [NotFingerprinted, Description("Write training_loss.svg (and training_eval_loss.svg) into the output, as reports. Not part of the fingerprint: an up-to-date stage keeps the plots of the run that made it.")]
     public bool PlotLoss { get; init; }
+
+    // Tracking reports the run; it changes no byte of what is trained, so it stays out of the fingerprint.
+    [NotFingerprinted, Description("Report the training log (loss, learning_rate, grad_norm, epoch, eval_loss, … under the HF Trainer's names) to tensorboard (event files under runs/ in the output, as reports), mlflow (the REST API at MLFLOW_TRACKING_URI) or all. Not part of the fingerprint: an up-to-date stage is not re-run to report.")]
+    public ReportTo ReportTo { get; init; } = ReportTo.None;
 
     [Description("Recompute activations per layer in the backward pass to save memory.")]
     public bool GradientCheckpointing { get; init; } = true;

@@ -1,6 +1,7 @@
 namespace FineTune.Pipeline.Engine;
 
-public sealed record CleanReport(int EntriesRemoved, long BytesFreed, int EntriesKept, int FinishedRunsRemoved = 0);
+/// <param name="SharedStore">The shared store the pipeline's entries live in (clean leaves it to `finetune gc`), or null.</param>
+public sealed record CleanReport(int EntriesRemoved, long BytesFreed, int EntriesKept, int FinishedRunsRemoved = 0, string? SharedStore = null);
 
 /// <summary>
 /// `finetune clean`: drops cache entries that pipeline.lock does not reference and the checkpoints of training runs that
@@ -11,14 +12,17 @@ public static class CacheCleaner
 {
     public static CleanReport Clean(Validation.LoadedPipeline p, bool all, TimeSpan lockTimeout)
     {
-        var cache = StageCache.Beside(p.Directory);
-        if (!Directory.Exists(cache.Root)) return new CleanReport(0, 0, 0);
+        var cache = StageCache.For(p);
+        var shared = cache.IsShared ? cache.StoreRoot : null;
+        if (!Directory.Exists(cache.Root)) return new CleanReport(0, 0, 0, SharedStore: shared);
         using (RunLock.Acquire(cache.Root, lockTimeout, null, CancellationToken.None))
         {
             var keep = all ? [] : ReadLock(p).Stages.Values.Select(s => s.Fingerprint).ToHashSet();
             int removed = 0, kept = 0;
             long bytes = 0;
-            foreach (var fp in cache.Fingerprints().ToList())
+            // A shared store holds other clones' entries, which this lock knows nothing of: only `finetune gc`, given
+            // every pipeline that uses the store, decides what goes there.
+            foreach (var fp in shared is null ? cache.Fingerprints().ToList() : [])
             {
                 if (keep.Contains(fp)) { kept++; continue; }
                 var dir = cache.EntryDirectory(fp);
@@ -54,7 +58,7 @@ public static class CacheCleaner
                 hasher.Prune();
                 hasher.Save();
             }
-            return new CleanReport(removed, bytes, kept, finished);
+            return new CleanReport(removed, bytes, kept, finished, shared);
         }
     }
 

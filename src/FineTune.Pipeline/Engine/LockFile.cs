@@ -52,11 +52,13 @@ public sealed record LockFile(IReadOnlyDictionary<string, LockedStage> Stages)
     /// writes, so a truncated file, a merge conflict or a value of the wrong type is a <see cref="LockFileDamagedException"/>
     /// naming the file and the field — never a crash.
     /// </summary>
-    public static LockFile Read(string path)
+    public static LockFile Read(string path) => File.Exists(path) ? Parse(File.ReadAllText(path), path) : Empty;
+
+    /// <summary>Reads a lock's text; <paramref name="path"/> names it in messages (a file, or <c>HEAD:pipelines/x/pipeline.lock</c>).</summary>
+    public static LockFile Parse(string text, string path)
     {
-        if (!File.Exists(path)) return Empty;
         JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
+        try { root = JsonNode.Parse(text); }
         catch (System.Text.Json.JsonException e)
         {
             throw new LockFileDamagedException(path, $"not valid JSON ({e.Message})");

@@ -57,6 +57,9 @@ public sealed record RunReport(IReadOnlyList<StageOutcome> Stages, double Overhe
     IReadOnlyList<string> InputFiles)
 {
     public IReadOnlyList<StageOutcome> MissingExecutors => Stages.Where(s => s.State is StageState.NoExecutor or StageState.Blocked).ToArray();
+
+    /// <summary>The eval gates (<c>stages.eval.require</c>) checked in this run, passed and failed; none in a dry run.</summary>
+    public IReadOnlyList<GateResult> Gates { get; init; } = [];
 }
 
 /// <summary>A stage's executor threw something other than a user error.</summary>
@@ -128,7 +131,7 @@ public sealed class PipelineRunner
     public RunReport Run(LoadedPipeline p, RunOptions options, IStageProgress progress, CancellationToken ct)
     {
         var wall = Stopwatch.StartNew();
-        var cache = StageCache.Beside(p.Directory);
+        var cache = StageCache.For(p);
         var lockPath = LockFile.PathBeside(p.FilePath);
         var plan = Plan(p, options.Stage);
 
@@ -148,6 +151,8 @@ public sealed class PipelineRunner
         var lockChanged = false;
         var inputFiles = new SortedSet<string>(StringComparer.Ordinal);
 
+        var gates = new List<GateResult>();
+        var gateFailed = false;
         try
         {
             foreach (var stage in plan)
@@ -156,6 +161,13 @@ public sealed class PipelineRunner
                 var outcome = Resolve(stage);
                 outcomes[stage.Name] = outcome;
                 options.OnStageDone?.Invoke(outcome);
+                // Gates judge the metrics of a stage that ran or was found up to date: changing a bound re-checks, never re-runs.
+                if (stage.Block is EvalConfig { Require.Count: > 0 } eval && outcome.State is StageState.Ran or StageState.UpToDate)
+                {
+                    var checkedGates = GateResult.Check(stage.Name, eval.Require, outcome.Metrics ?? new Dictionary<string, double>());
+                    gates.AddRange(checkedGates);
+                    if (checkedGates.Any(g => !g.Passed)) { gateFailed = true; break; }
+                }
             }
         }
         finally
@@ -170,8 +182,11 @@ public sealed class PipelineRunner
             lockChanged |= pruned.WriteIfChanged(lockPath);
         }
 
-        return new RunReport(plan.Select(s => outcomes[s.Name]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds, hasher.BytesHashed, lockChanged,
-            inputFiles.ToArray());
+        var report = new RunReport(plan.Where(s => outcomes.ContainsKey(s.Name)).Select(s => outcomes[s.Name]).ToArray(), wall.Elapsed.TotalSeconds - stageSeconds,
+            hasher.BytesHashed, lockChanged, inputFiles.ToArray()) { Gates = gates };
+        if (gateFailed)
+            throw new GateFailedException(gates.Where(g => !g.Passed).ToArray(), report);
+        return report;
 
         StageOutcome Resolve(StageInstance stage)
         {
@@ -206,6 +221,9 @@ public sealed class PipelineRunner
             var check = cache.Check(fingerprint, hasher);
             if (check.Damaged && !options.DryRun)
                 options.OnInfo?.Invoke($"{cache.ManifestPath(fingerprint)}: {check.Problem} and rebuilt.");
+            else if (!check.Valid && check.Manifest is not null && !options.DryRun)
+                // An entry whose files no longer hash to its manifest (edited, truncated, tampered with): never reused.
+                options.OnInfo?.Invoke($"warning: {cache.EntryDirectory(fingerprint)}: {check.Problem}; stage {name} runs again and replaces it.");
             var forced = options.Force && (options.Stage is null || options.Stage == name);
 
             if (check.Valid && !forced)
@@ -235,7 +253,7 @@ public sealed class PipelineRunner
             }
             catch (Exception e)
             {
-                TryDelete(temp);
+                cache.Discard(temp);
                 stageSeconds += clock.Elapsed.TotalSeconds;
                 throw e switch
                 {
@@ -347,10 +365,5 @@ public sealed class PipelineRunner
         else
             into[prefix] = node is null ? "null" : CanonicalJson.Serialize(node);
         return into;
-    }
-
-    private static void TryDelete(string dir)
-    {
-        try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 }

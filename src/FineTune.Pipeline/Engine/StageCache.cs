@@ -32,7 +32,14 @@ public sealed record CacheCheck(bool Valid, string? Problem, CacheManifest? Mani
 /// <c>work/&lt;stage name&gt;/</c> persistent scratch (partial downloads); <c>index.json</c> the hash index; <c>run.lock</c>
 /// the inter-process lock.
 /// </summary>
-public sealed class StageCache(string root)
+/// <remarks>
+/// With a shared store (<c>cache: {dir}</c> or FINETUNE_CACHE) <c>cache/</c> and <c>tmp/</c> live there instead — tmp/
+/// beside cache/ so that the rename stays on one file system — and <c>locks/&lt;fingerprint&gt;.lock</c> serialises the
+/// writers and readers of one entry across clones (the per-pipeline run.lock cannot: each clone has its own). A temp
+/// directory is owned through <c>tmp/&lt;name&gt;.lock</c>, held while the stage writes, so sweeping leftovers never takes
+/// a directory another process is still writing.
+/// </remarks>
+public sealed class StageCache(string root, string? sharedRoot = null)
 {
     public const string DirectoryName = ".finetune";
 
@@ -42,12 +49,41 @@ public sealed class StageCache(string root)
         NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
 
+    private readonly Dictionary<string, FileStream> _tempOwners = new(StringComparer.Ordinal);
+
     public string Root { get; } = Path.GetFullPath(root);
-    public string CacheRoot => Path.Combine(Root, "cache");
-    public string TempRoot => Path.Combine(Root, "tmp");
+    /// <summary>Where entries are stored: the shared directory, or <see cref="Root"/>.</summary>
+    public string StoreRoot { get; } = Path.GetFullPath(sharedRoot ?? root);
+    public bool IsShared { get; } = sharedRoot is not null;
+    public string CacheRoot => Path.Combine(StoreRoot, "cache");
+    public string TempRoot => Path.Combine(StoreRoot, "tmp");
+    public string LocksRoot => Path.Combine(StoreRoot, "locks");
     public string IndexPath => Path.Combine(Root, "index.json");
 
+    /// <summary>Waits this long for another clone's hold on one entry (it hashes or renames one directory: seconds).</summary>
+    public TimeSpan EntryLockTimeout { get; init; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>The local cache beside a pipeline directory (no shared store).</summary>
     public static StageCache Beside(string pipelineDirectory) => new(Path.Combine(pipelineDirectory, DirectoryName));
+
+    /// <summary>
+    /// The pipeline's cache: .finetune/ beside it, its entries in the shared store that FINETUNE_CACHE or <c>cache.dir</c>
+    /// names (the variable first, so a CI runner can point every clone at its store without editing the file; either
+    /// relative to the pipeline file).
+    /// </summary>
+    public static StageCache For(Validation.LoadedPipeline p, Func<string, string?>? environment = null)
+    {
+        var shared = SharedDirectory(p, environment);
+        return new StageCache(Path.Combine(p.Directory, DirectoryName), shared);
+    }
+
+    /// <summary>The shared store's directory for this pipeline, or null when it keeps its cache beside it.</summary>
+    public static string? SharedDirectory(Validation.LoadedPipeline p, Func<string, string?>? environment = null)
+    {
+        var env = (environment ?? Environment.GetEnvironmentVariable)(Config.CacheSection.Variable);
+        var dir = env is { Length: > 0 } ? env : p.Definition.Cache?.Dir is { Length: > 0 } d ? d : null;
+        return dir is null ? null : Path.GetFullPath(dir, p.Directory);
+    }
 
     public string EntryDirectory(string fingerprint) => Path.Combine(CacheRoot, fingerprint);
     public string OutputDirectory(string fingerprint) => Path.Combine(EntryDirectory(fingerprint), "out");
@@ -62,6 +98,12 @@ public sealed class StageCache(string root)
     /// absent (<see cref="CacheCheck.Damaged"/>), so the stage is rebuilt and its commit replaces the entry.
     /// </summary>
     public CacheCheck Check(string fingerprint, ContentHasher hasher)
+    {
+        using var held = LockEntry(fingerprint);
+        return CheckHeld(fingerprint, hasher);
+    }
+
+    private CacheCheck CheckHeld(string fingerprint, ContentHasher hasher)
     {
         var manifestPath = ManifestPath(fingerprint);
         if (!File.Exists(manifestPath)) return CacheCheck.Missing;
@@ -134,13 +176,40 @@ public sealed class StageCache(string root)
     public string CreateTemp(string stageName)
     {
         var dir = Path.Combine(TempRoot, $"{stageName}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(TempRoot);
+        // Owned before it exists: a sweep that finds the directory finds its lock held.
+        _tempOwners[dir] = new FileStream(dir + ".lock", FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
         Directory.CreateDirectory(Path.Combine(dir, "out"));
         return dir;
     }
 
-    /// <summary>Hashes a finished temp output, writes its manifest and renames it into cache/ (replacing a damaged entry).</summary>
+    /// <summary>Deletes a temp output that will not be committed (the stage failed) and gives up its ownership.</summary>
+    public void Discard(string tempDir)
+    {
+        try { Directory.Delete(tempDir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        Release(tempDir);
+    }
+
+    private void Release(string tempDir)
+    {
+        if (!_tempOwners.Remove(tempDir, out var owner)) return;
+        owner.Dispose();
+        try { File.Delete(tempDir + ".lock"); } catch (IOException) { }
+    }
+
+    /// <summary>
+    /// Hashes a finished temp output, writes its manifest and renames it into cache/ (replacing a damaged entry). In a
+    /// shared store another clone may have committed the same fingerprint meanwhile: its valid entry is kept (equal
+    /// fingerprints give interchangeable outputs) and this one discarded.
+    /// </summary>
     public CacheManifest Commit(string tempDir, StageKind kind, string fingerprint, StageResult result, double seconds, ContentHasher hasher)
     {
+        using var held = LockEntry(fingerprint);
+        if (IsShared && CheckHeld(fingerprint, hasher) is { Valid: true, Manifest: { } theirs })
+        {
+            Discard(tempDir);
+            return theirs;
+        }
         var files = hasher.HashTree(Path.Combine(tempDir, "out"));
         var reports = (result.Reports ?? []).Where(r => files.Any(f => f.Path == r)).Order(StringComparer.Ordinal).ToList();
         var manifest = new CacheManifest(StageNames.Of(kind), fingerprint, ContentHasher.TreeHash(files.Where(f => !reports.Contains(f.Path))), files,
@@ -152,6 +221,7 @@ public sealed class StageCache(string root)
         if (Directory.Exists(entry))
             Remove(entry);
         Directory.Move(tempDir, entry);
+        Release(tempDir);
         // The renamed files keep size and mtime: record their hashes under the final paths instead of re-reading them.
         var outDir = OutputDirectory(fingerprint);
         foreach (var f in files)
@@ -176,7 +246,47 @@ public sealed class StageCache(string root)
         AtomicFile.SweepStale(IndexPath);
         if (!Directory.Exists(TempRoot)) return;
         foreach (var d in Directory.EnumerateDirectories(TempRoot))
+        {
+            if (_tempOwners.ContainsKey(d)) continue;
+            // A held lock is a live writer (another clone of a shared store); a lock nobody holds is a killed one's.
+            FileStream? owner = null;
+            if (File.Exists(d + ".lock"))
+            {
+                try { owner = new FileStream(d + ".lock", FileMode.Open, FileAccess.ReadWrite, FileShare.None); }
+                catch (IOException) { continue; }
+            }
             try { Directory.Delete(d, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            if (owner is not null)
+            {
+                owner.Dispose();
+                try { File.Delete(d + ".lock"); } catch (IOException) { }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Holds <c>locks/&lt;fingerprint&gt;.lock</c> in a shared store (null, nothing to hold, in a local one, whose run.lock
+    /// already admits one writer): checking, committing and removing an entry happen under it.
+    /// </summary>
+    public IDisposable? LockEntry(string fingerprint)
+    {
+        if (!IsShared) return null;
+        Directory.CreateDirectory(LocksRoot);
+        var path = Path.Combine(LocksRoot, fingerprint + ".lock");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            try { return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException) when (clock.Elapsed < EntryLockTimeout)
+            {
+                Thread.Sleep(50);
+            }
+            catch (IOException e)
+            {
+                throw new PipelineUserException($"{path}: another process has held this cache entry for {EntryLockTimeout.TotalSeconds:0} s; " +
+                    "if no finetune run uses the shared cache, delete the lock file and run again.", e);
+            }
+        }
     }
 
     public IEnumerable<string> Fingerprints() =>

@@ -16,8 +16,11 @@ namespace FineTune.Pipeline;
 /// hashes of the model and the split data, and the train parameters that change what is trained), so a killed run can
 /// continue with <c>resume_from_checkpoint: true</c> and a run of another model or data never picks its checkpoints up.
 /// </summary>
-public sealed class TrainStage : IStageExecutor
+/// <param name="environment">Reads the tracking variables (MLFLOW_TRACKING_URI, …); the process environment by default.</param>
+public sealed class TrainStage(Func<string, string?>? environment = null) : IStageExecutor
 {
+    private readonly Func<string, string?> _environment = environment ?? Environment.GetEnvironmentVariable;
+
     /// <summary>
     /// Reads the model and the tokenized split; a train stage whose from: names an earlier train stage also reads that
     /// one's output (<see cref="TrainOutput.BuiltOn"/>), the model it builds on.
@@ -87,14 +90,24 @@ public sealed class TrainStage : IStageExecutor
             throw new PipelineUserException($"stages.{name}.eval_steps is set but {valPath} holds no validation samples; set val_size above 0 in the split stage it reads or remove eval_steps.");
 
         var objective = Guard(() => Objective(cfg, name, trainSet, valSet, freshAdapter: startAdapter is null && setup.FinetuningType == FinetuningType.Lora), trainPath);
+        var tracking = TrainTracking.Start(ctx, cfg, name, new Engine.StageFingerprint(StageKind.Train, Parameters(ctx), upstream, []).Hash, _environment);
         TrainResult result;
         using (var monitor = new ProgressMonitor(ctx.Progress, cfg.Objective))
         {
-            result = Guard(() => FineTuneRecipe.Train(model, args,
-                TokenizedDatasetLoader.Create(trainSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: true, pad),
-                valSet is null ? null : TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: false, pad),
-                monitor, ctx.Cancellation, objective: objective), ctx.OutputDirectory);
+            try
+            {
+                result = Guard(() => FineTuneRecipe.Train(model, args,
+                    TokenizedDatasetLoader.Create(trainSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: true, pad),
+                    valSet is null ? null : TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: false, pad),
+                    monitor, ctx.Cancellation, objective: objective), ctx.OutputDirectory);
+            }
+            catch (Exception e)
+            {
+                tracking.Failed(e);
+                throw;
+            }
         }
+        var trackingReports = tracking.Finish(result, ctx.OutputDirectory);
 
         var metrics = new Dictionary<string, double>
         {
@@ -117,7 +130,8 @@ public sealed class TrainStage : IStageExecutor
         if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
         // The log and train_results.json carry wall times and throughput, the loss plots draw the log (logging_steps,
         // plot_loss): reports, not part of the result's hash, so the keys that shape them need not be fingerprinted.
-        return new StageResult(metrics, notes, [TrainerLog.FileName, FineTuneRecipe.TrainResultsFile, LossPlot.TrainFile, LossPlot.EvalFile]);
+        // report_to's event file is a report too.
+        return new StageResult(metrics, notes, [TrainerLog.FileName, FineTuneRecipe.TrainResultsFile, LossPlot.TrainFile, LossPlot.EvalFile, .. trackingReports]);
     }
 
     /// <summary>

@@ -445,7 +445,11 @@ public static partial class PipelineLoader
             foreach (var (k, v) in map.Children)
             {
                 if (k is YamlScalarNode { Value: { } ks } && v is YamlScalarNode { Value: { } vs })
+                {
                     dict[ks] = vs;
+                    // Each value located, so a rule about one entry (a malformed eval gate) points at its line.
+                    Positions[$"{path}.{ks}"] = ((int)v.Start.Line, (int)v.Start.Column);
+                }
                 else { Error(v, $"{path}.{(k as YamlScalarNode)?.Value}", $"expected a string, got {Describe(v)}"); ok = false; }
             }
             value = dict;

@@ -125,6 +125,10 @@ internal static partial class SemanticChecks
         foreach (var stage in stages.OfKind(StageKind.Train))
             if (stage.Block is TrainConfig { EvalSteps: not null } && stages.Provider(stage, StageKind.Split) is { Block: SplitConfig { ValSize: 0 } } split)
                 b.Error($"$.stages.{stage.Name}.eval_steps", $"eval_steps needs a validation split: set stages.{split.Name}.val_size > 0");
+        foreach (var stage in stages.OfKind(StageKind.Eval))
+            foreach (var (metric, text) in ((EvalConfig)stage.Block).Require ?? new Dictionary<string, string>())
+                if (!Engine.EvalGate.TryParse(metric, text, out _, out var problem))
+                    b.Error($"$.stages.{stage.Name}.require.{metric}", problem!);
         ModuleNameChecks.Apply(def, b);
         return def;
     }

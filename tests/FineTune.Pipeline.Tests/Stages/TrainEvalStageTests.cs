@@ -60,12 +60,12 @@ public sealed class TrainEvalStageTests : IDisposable
         LrSchedulerType = Training.LrSchedulerType.Cosine, WarmupSteps = 2, SaveSteps = 12, PlotLoss = true, Seed = 1,
     };
 
-    private (string Model, string Split, string Train, StageResult Result) RunTrain()
+    private (string Model, string Split, string Train, StageResult Result) RunTrain(TrainConfig? train = null, TrainStage? stage = null)
     {
         var (model, split) = Upstream();
         var up = new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split };
         string output = _dir.File("train-out");
-        var result = new TrainStage().Execute(Context(new StagesSection { Train = Train }, up, output));
+        var result = (stage ?? new TrainStage()).Execute(Context(new StagesSection { Train = train ?? Train }, up, output));
         return (model, split, output, result);
     }
 
@@ -175,5 +175,125 @@ public sealed class TrainEvalStageTests : IDisposable
         var e = Assert.Throws<PipelineUserException>(() =>
             new TrainStage().Execute(Context(new StagesSection { Train = Train with { EvalSteps = 4 } }, up, _dir.File("o"))));
         Assert.Contains("val_size", e.Message);
+    }
+
+    [Fact]
+    public void Report_to_tensorboard_writes_an_event_file_of_the_trainers_scalars_under_hf_tags()
+    {
+        var (_, _, output, result) = RunTrain(Train with { ReportTo = ReportTo.Tensorboard, EvalSteps = 12 });
+        Assert.Contains("runs/events.out.tfevents.finetune", result.Reports!);
+        var events = Tracking.TfRecordReader.Read(Path.Combine(output, "runs/events.out.tfevents.finetune"));
+        Assert.Equal("brain.Event:2", events[0].FileVersion);
+        Assert.Empty(events[0].Scalars);
+        var log = TrainerLog.Read(Path.Combine(output, TrainerLog.FileName));
+        // One event per log line, then the end of training; every value as the log has it, in float32 as TensorBoard keeps it.
+        Assert.Equal(log.Count + 2, events.Count);
+        var train = log.Where(e => e.Loss is not null).ToList();
+        Assert.Equal([4, 8, 12, 16, 20, 24], train.Select(e => e.CurrentSteps));
+        foreach (var (entry, ev) in log.Zip(events.Skip(1)))
+        {
+            Assert.Equal(entry.CurrentSteps, ev.Step);
+            var tags = ev.Scalars.ToDictionary(s => s.Tag, s => s.Value);
+            if (entry.Loss is double loss)
+            {
+                Assert.Equal(["train/epoch", "train/grad_norm", "train/learning_rate", "train/loss", "train/num_input_tokens_seen", "train/throughput"], tags.Keys.Order(StringComparer.Ordinal));
+                Assert.Equal((float)loss, tags["train/loss"]);
+                Assert.Equal((float)entry.LearningRate!.Value, tags["train/learning_rate"]);
+                Assert.Equal((float)entry.GradNorm!.Value, tags["train/grad_norm"]);
+                Assert.Equal((float)entry.Epoch!.Value, tags["train/epoch"]);
+            }
+            else
+            {
+                Assert.Equal(["eval/loss", "train/epoch"], tags.Keys.Order(StringComparer.Ordinal));
+                Assert.Equal((float)entry.EvalLoss!.Value, tags["eval/loss"]);
+            }
+        }
+        Assert.Equal([12, 24], log.Where(e => e.EvalLoss is not null).Select(e => e.CurrentSteps));
+        var end = events[^1];
+        Assert.Equal(24, end.Step);
+        Assert.Equal((float)result.Metrics["train_loss"], end.Scalars.Single(s => s.Tag == "train/train_loss").Value);
+        Assert.True(events.Skip(1).All(e => e.WallTime >= events[0].WallTime), "wall times count from the start");
+    }
+
+    [Fact]
+    public void Report_to_none_writes_no_event_file_and_leaves_the_fingerprint_of_every_report_to()
+    {
+        var (_, _, output, result) = RunTrain();
+        Assert.False(Directory.Exists(Path.Combine(output, "runs")));
+        Assert.DoesNotContain("runs/events.out.tfevents.finetune", result.Reports!);
+        var stages = new[] { ReportTo.None, ReportTo.Tensorboard, ReportTo.Mlflow, ReportTo.All }
+            .Select(r => Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(StageKind.Train,
+                new PipelineDefinition { Name = "t", Stages = new StagesSection { Train = Train with { ReportTo = r } } })))
+            .Distinct().ToList();
+        Assert.Single(stages);
+        Assert.DoesNotContain("report_to", stages[0]);
+    }
+
+    [Fact]
+    public void Report_to_mlflow_logs_params_tags_metrics_per_step_and_artifacts_to_the_tracking_server()
+    {
+        using var server = new Tracking.StandInMlflowServer();
+        var env = new Dictionary<string, string> { ["MLFLOW_TRACKING_URI"] = server.Endpoint, ["MLFLOW_EXPERIMENT_NAME"] = "identity-exp" };
+        var (model, split, output, result) = RunTrain(Train with { ReportTo = ReportTo.Mlflow }, new TrainStage(k => env.GetValueOrDefault(k)));
+        var artifactPut = "PUT artifacts/1/run1/artifacts/";
+        Assert.Equal(["GET experiments/get-by-name", "POST experiments/create", "POST runs/create", "POST runs/log-batch", "POST runs/log-batch",
+            artifactPut + "trainer_log.jsonl", artifactPut + "train_results.json", artifactPut + "training_loss.svg", "POST runs/update"], server.Calls);
+        var requests = server.Requests.ToList();
+        Assert.Equal("identity-exp", (string?)requests[1].Body!["name"]);
+        var create = requests[2].Body!;
+        Assert.Equal(("1", "t/train"), ((string?)create["experiment_id"], (string?)create["run_name"]));
+        var tags = create["tags"]!.AsArray().ToDictionary(t => (string)t!["key"]!, t => (string)t!["value"]!);
+        var fingerprint = new Engine.StageFingerprint(StageKind.Train, Engine.StageFingerprint.ParametersOf(StageKind.Train,
+            new PipelineDefinition { Name = "t", Model = new ModelSection { Source = "scratch" }, Stages = new StagesSection { Train = Train with { ReportTo = ReportTo.Mlflow } } }),
+            new Dictionary<StageKind, string>
+            {
+                [StageKind.Download] = Engine.ContentHasher.TreeHash(new Engine.ContentHasher(null).HashTree(model)),
+                [StageKind.Split] = Engine.ContentHasher.TreeHash(new Engine.ContentHasher(null).HashTree(split)),
+            }, []).Hash;
+        Assert.Equal(fingerprint, tags["finetune.fingerprint"]);
+        Assert.Equal(("t", "train"), (tags["finetune.pipeline"], tags["finetune.stage"]));
+
+        var parameters = requests[3].Body!["params"]!.AsArray().ToDictionary(p => (string)p!["key"]!, p => (string)p!["value"]!);
+        Assert.Equal("0.02", parameters["learning_rate"]);
+        Assert.Equal("4", parameters["lora_rank"]);
+        Assert.Equal("24", parameters["max_steps"]);
+        Assert.Equal("cosine", parameters["lr_scheduler_type"]);
+        Assert.Equal("[\"all\"]", parameters["lora_target"]);
+        Assert.Equal("mlflow", parameters["report_to"]);
+        Assert.Equal("scratch", parameters["model_name_or_path"]);
+
+        var metrics = requests[4].Body!["metrics"]!.AsArray().Select(m => ((string)m!["key"]!, (long)m["step"]!, (double)m["value"]!)).ToList();
+        var log = TrainerLog.Read(Path.Combine(output, TrainerLog.FileName));
+        Assert.Equal(log.Select(e => ((long)e.CurrentSteps, e.Loss!.Value)), metrics.Where(m => m.Item1 == "loss").Select(m => (m.Item2, m.Item3)));
+        Assert.Equal(log.Select(e => e.LearningRate!.Value), metrics.Where(m => m.Item1 == "learning_rate").Select(m => m.Item3));
+        Assert.Equal([(24L, result.Metrics["train_loss"])], metrics.Where(m => m.Item1 == "train_loss").Select(m => (m.Item2, m.Item3)));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(output, TrainerLog.FileName)), requests[5].Bytes);
+        var update = requests[^1].Body!;
+        Assert.Equal(("run1", "FINISHED"), ((string?)update["run_id"], (string?)update["status"]));
+    }
+
+    [Fact]
+    public void Report_to_mlflow_without_a_tracking_uri_stops_before_training_with_the_key_named()
+    {
+        var e = Assert.Throws<PipelineUserException>(() => RunTrain(Train with { ReportTo = ReportTo.All }, new TrainStage(_ => null)));
+        Assert.Equal("stages.train.report_to is all, but MLFLOW_TRACKING_URI is not set; set it to the tracking server's URL (http://host:5000), or set report_to: none or tensorboard.", e.Message);
+        Assert.False(File.Exists(Path.Combine(_dir.File("train-out"), TrainerLog.FileName)));
+    }
+
+    [Fact]
+    public void A_cancelled_training_ends_its_mlflow_run_killed()
+    {
+        using var server = new Tracking.StandInMlflowServer();
+        var (model, split) = Upstream();
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        var ctx = Context(new StagesSection { Train = Train with { ReportTo = ReportTo.Mlflow } },
+            new Dictionary<StageKind, string> { [StageKind.Download] = model, [StageKind.Split] = split }, _dir.File("train-out")) with { Cancellation = cancelled.Token };
+        Assert.ThrowsAny<OperationCanceledException>(() => new TrainStage(k => k == "MLFLOW_TRACKING_URI" ? server.Endpoint : null).Execute(ctx));
+        Assert.Equal(["GET experiments/get-by-name", "POST experiments/create", "POST runs/create", "POST runs/log-batch", "POST runs/update"], server.Calls);
+        var update = server.Requests.Last().Body!;
+        Assert.Equal(("run1", "KILLED"), ((string?)update["run_id"], (string?)update["status"]));
+        // No experiment name set: the pipeline's.
+        Assert.Equal("t", (string?)server.Requests.ElementAt(1).Body!["name"]);
     }
 }
