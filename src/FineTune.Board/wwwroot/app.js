@@ -24,7 +24,8 @@ async function api(path, body) {
 const P = (suffix = '') => `/api/pipelines/${encodeURIComponent(current())}${suffix}`;
 const stateClass = s => 's-' + String(s).replace(/ /g, '-');
 // States carry a symbol as well as a colour, so they read without colour too.
-const mark = s => ({ 'up to date': '✓', 'stale': '●', 'never ran': '○', 'running': '▶', 'failed': '✗', 'ran': '✓' }[s] || '·');
+const mark = s => ({ 'up to date': '✓', 'stale': '●', 'never ran': '○', 'running': '▶', 'failed': '✗', 'ran': '✓', 'succeeded': '✓', 'queued': '…',
+  'cancelled': '■', 'interrupted': '‼' }[s] || '·');
 const stateSpan = s => el('span', { class: 'state ' + stateClass(s), 'data-state': s }, `${mark(s)} ${s}`);
 const fmt = v => typeof v === 'number' ? (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : +v.toPrecision(5)) : String(v);
 
@@ -180,7 +181,9 @@ async function trainPage() {
   src.addEventListener('info', e => add(JSON.parse(e.data).line));
   src.addEventListener('stage_start', e => { const d = JSON.parse(e.data); add(`▶ ${d.stage} (${d.why})`); });
   src.addEventListener('stage_done', e => { const d = JSON.parse(e.data); add(`  ${d.stage}: ${d.state} ${d.seconds ? d.seconds + ' s' : ''} ${d.reason}`); });
-  src.addEventListener('state', e => { const d = JSON.parse(e.data); add(`[${d.state}] ${d.message || ''}`); const s = document.getElementById('run-state'); if (s) s.replaceChildren(stateSpan(d.state)); });
+  src.addEventListener('state', e => { const d = JSON.parse(e.data); add(`[${d.state}] ${d.message || ''}`);
+    if (['succeeded', 'failed', 'cancelled'].includes(d.state)) head.textContent = `run ${d.state}: trainer_log.jsonl as it was written`;
+    const s = document.getElementById('run-state'); if (s) s.replaceChildren(stateSpan(d.state)); });
   src.addEventListener('end', () => src.close());
   page().insertBefore(el('p', {}, `run ${info.run.id}: `, el('span', { id: 'run-state' }, stateSpan(info.run.state)), ' ',
     el('button', { onclick: () => api(`/api/runs/${info.run.id}/stop`, {}) }, 'Stop')), head);
