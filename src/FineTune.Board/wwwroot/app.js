@@ -211,18 +211,23 @@ async function dataPage() {
 async function evaluatePage() {
   const d = await api(P('/evaluate'));
   const root = el('div', {}, el('h2', {}, `Evaluate: ${current()}`));
+  // Across commits first: one row per stage metric, one column per commit (newest first), then what changed.
+  root.append(el('h3', {}, 'Metrics across commits (pipeline.lock history)'));
+  const names = [...new Set(d.commits.flatMap(c => Object.keys(c.stages)))];
+  const metricKeys = names.flatMap(n => [...new Set(d.commits.flatMap(c => Object.keys(c.stages[n]?.metrics || {})))].map(m => [n, m]));
+  root.append(el('table', { id: 'compare' }, el('tr', {}, el('th', {}, 'stage.metric'), d.commits.map(c => el('th', {}, c.title))),
+    metricKeys.map(([n, m]) => el('tr', {}, el('td', {}, `${n}.${m}`), d.commits.map((c, i) => {
+      const v = c.stages[n]?.metrics?.[m], older = d.commits[i + 1]?.stages[n]?.metrics?.[m];
+      return el('td', {}, v === undefined ? '' : fmt(v) + (older !== undefined && older !== v ? ` (was ${fmt(older)})` : ''));
+    }))),
+    el('tr', {}, el('td', {}, 'parameters changed from the commit before'), d.commits.map(c => el('td', { class: 'changed' },
+      Object.entries(c.stages).flatMap(([n, s]) => s.changed).filter((x, i, a) => a.indexOf(x) === i).join('; '))))));
   for (const e of d.evals) {
     root.append(el('h3', {}, `${e.stage}: `, stateSpan(e.state)), el('p', { class: 'muted' }, e.reason));
     for (const k of ['eval_results', 'predict_results']) if (e[k]) root.append(el('h4', {}, k + '.json'), el('table', {}, Object.entries(e[k]).map(([m, v]) => el('tr', {}, el('td', {}, m), el('td', {}, fmt(v))))));
     if (e.predictions) root.append(el('h4', {}, 'generated_predictions.jsonl (first 10)'), el('table', {}, el('tr', {}, el('th', {}, 'prompt'), el('th', {}, 'label'), el('th', {}, 'predict')),
       e.predictions.map(p => el('tr', {}, el('td', {}, String(p.prompt).slice(-120)), el('td', {}, p.label), el('td', {}, p.predict)))));
   }
-  root.append(el('h3', {}, 'Metrics across commits (pipeline.lock history)'));
-  const names = [...new Set(d.commits.flatMap(c => Object.keys(c.stages)))];
-  const metricKeys = names.flatMap(n => [...new Set(d.commits.flatMap(c => Object.keys(c.stages[n]?.metrics || {})))].map(m => [n, m]));
-  root.append(el('table', { id: 'compare' }, el('tr', {}, el('th', {}, 'commit'), metricKeys.map(([n, m]) => el('th', {}, `${n}.${m}`)), el('th', {}, 'parameters changed from the commit before')),
-    d.commits.map(c => el('tr', {}, el('td', {}, c.title), metricKeys.map(([n, m]) => el('td', {}, c.stages[n]?.metrics?.[m] === undefined ? '' : fmt(c.stages[n].metrics[m]))),
-      el('td', {}, Object.entries(c.stages).flatMap(([n, s]) => s.changed.map(x => `${n}: ${x}`)).join('; '))))));
   page().replaceChildren(root);
 }
 
