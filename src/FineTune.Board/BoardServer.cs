@@ -161,8 +161,9 @@ public sealed class BoardServer : IDisposable
         {
             var body = await Body(ctx);
             if (body is null) return Problem(400, "expected a JSON object {\"pipeline\": NAME, \"stage\": STAGE?, \"force\": false}");
-            var run = _runs.Enqueue(new RunRequest(body["pipeline"]?.GetValue<string>() ?? "", body["stage"]?.GetValue<string>(), body["force"]?.GetValue<bool>() ?? false));
-            return Results.Json(run.Summary());
+            var name = body["pipeline"]?.GetValue<string>() ?? "";
+            // A pipeline with errors, or a stage it does not have, is refused here with the located errors, not queued.
+            return WithPipeline(name, _ => Results.Json(_runs.Enqueue(new RunRequest(name, body["stage"]?.GetValue<string>(), body["force"]?.GetValue<bool>() ?? false)).Summary()));
         });
         app.MapPost("/api/runs/{id}/stop", (string id) => _runs.Stop(id) ? Results.Json(_runs.Get(id)!.Summary()) : Problem(409, $"run {id} is not queued or running"));
         app.MapGet("/api/runs/{id}", (string id) => _runs.Get(id) is { } r ? Results.Json(Full(r)) : Problem(404, $"no run {id}"));

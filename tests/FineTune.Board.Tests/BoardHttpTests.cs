@@ -214,3 +214,22 @@ public sealed class BoardHttpTests
         Assert.Equal(locked["train_loss"], commits[2]!["stages"]!["train"]!["metrics"]!["train_loss"]!.GetValue<double>());
     }
 }
+
+/// <summary>Run requests the board refuses before queueing them.</summary>
+public sealed class BoardRunRequestTests
+{
+    [Fact]
+    public async Task ARunOfAPipelineWithErrors_IsRefusedWithTheLocatedErrors()
+    {
+        using var demo = new DemoRoot(y => y.Replace("    lora_rank: 16", "    lora_rnk: 16"));
+        var (status, body) = await demo.Post("/api/runs", new { pipeline = "identity" });
+        Assert.Equal(422, status);
+        Assert.Equal("pipeline.yaml:39:5: error: $.stages.train.lora_rnk: unknown key 'lora_rnk' in stages.train; did you mean 'lora_rank'?",
+            body["errors"]![0]!["text"]!.GetValue<string>());
+        File.WriteAllText(demo.PipelineFile, File.ReadAllText(demo.PipelineFile).Replace("    lora_rnk: 16", "    lora_rank: 16"));
+        var (stageStatus, stageBody) = await demo.Post("/api/runs", new { pipeline = "identity", stage = "trian" });
+        Assert.Equal(422, stageStatus);
+        Assert.EndsWith("did you mean 'train'?", stageBody["error"]!.GetValue<string>());
+        Assert.Empty((await demo.Get("/api/runs"))["runs"]!.AsArray());
+    }
+}
