@@ -80,6 +80,31 @@ public sealed class BoardRunTests
             run["message"]!.GetValue<string>());
     }
 
+    [Fact]
+    public async Task ABoardRun_WaitsForTheRunLockACliRunHolds()
+    {
+        using var demo = new DemoRoot();
+        var cacheRoot = Path.Combine(demo.Root, "pipelines", "identity", ".finetune");
+        string id;
+        // The lock `finetune run` takes, held here as a CLI run in flight holds it.
+        using (FineTune.Pipeline.Engine.RunLock.Acquire(cacheRoot, TimeSpan.FromSeconds(5), null, CancellationToken.None))
+        {
+            var (_, run) = await demo.Post("/api/runs", new { pipeline = "identity", stage = "register" });
+            id = run["id"]!.GetValue<string>();
+            var clock = Stopwatch.StartNew();
+            JsonObject now;
+            do { await Task.Delay(100); now = await demo.Get($"/api/runs/{id}"); }
+            while (!now["events"]!.AsArray().Any(e => e!["type"]!.GetValue<string>() == "info") && clock.Elapsed < TimeSpan.FromSeconds(30));
+            var info = now["events"]!.AsArray().First(e => e!["type"]!.GetValue<string>() == "info")!["line"]!.GetValue<string>();
+            Assert.Matches(@"^waiting for another finetune run of this pipeline \(pid \d+ on .+ since .+ UTC\) to finish…$", info);
+            Assert.Equal("running", now["state"]!.GetValue<string>());
+            Assert.Null(now["stage"]); // no stage started while the lock is held
+        }
+        JsonObject done;
+        do { await Task.Delay(100); done = await demo.Get($"/api/runs/{id}"); } while (done["state"]!.GetValue<string>() == "running");
+        Assert.Equal("succeeded", done["state"]!.GetValue<string>());
+    }
+
     private static int Points(JsonObject run) => run["events"]!.AsArray().Count(e => e!["type"]!.GetValue<string>() == "metrics");
 
     private static async Task<JsonObject> NextEvent(StreamReader reader, string type)
