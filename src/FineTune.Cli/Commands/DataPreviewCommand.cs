@@ -34,39 +34,25 @@ public sealed class DataPreviewCommand : ICliCommand
         var command = new Command("preview", "Render samples with the chat template; trained tokens are highlighted.") { pipeline, dataset, count };
         command.SetAction(r => CliSupport.Guard(ct => DataErrors(() =>
         {
-            var (loaded, conversations, tokenizer, template, options) = Prepare(r.GetValue(pipeline)!, ct);
-            var name = r.GetValue(dataset);
-            if (name is not null && !loaded.Definition.Data.Dataset.Contains(name))
-                throw new PipelineUserException($"--dataset {name}: the pipeline's data.dataset lists {string.Join(", ", loaded.Definition.Data.Dataset)}.");
-            var chosen = conversations.Where(c => name is null || c.Source.StartsWith(name + ":", StringComparison.Ordinal)).Take(Math.Max(1, r.GetValue(count))).ToList();
+            var inputs = DataPreview.Prepare(CliSupport.Load(r.GetValue(pipeline)!), ct);
+            var (name, n) = (r.GetValue(dataset), r.GetValue(count));
+            var sequences = DataPreview.Samples(inputs, name, n);
+            var (tokenizer, template, options) = (inputs.Tokenizer, inputs.Template, inputs.Options);
             var preprocessor = new Preprocessor(tokenizer, template, options);
             AnsiConsole.MarkupLine($"template [bold]{Markup.Escape(template.Name)}[/]{(template.Reasoning ? $" (enable_thinking: {template.EnableThinking.ToString().ToLowerInvariant()})" : "")}, " +
                                    $"cutoff_len {options.CutoffLen}, eos {Markup.Escape(tokenizer.IdToToken(preprocessor.EosId) ?? "?")} — [green]trained[/] / [grey]masked[/]");
-            foreach (var c in chosen)
+            foreach (var sequence in sequences)
             {
-                // A KTO sample's KL sequence borrows the completion of the sample before it.
-                var at = IndexOf(conversations, c);
-                var previous = conversations[(at + conversations.Count - 1) % conversations.Count];
-                foreach (var sequence in SamplePreview.Sequences(preprocessor, options.Stage, c, previous))
-                {
-                    var trained = sequence.Labels.Count(l => l != TokenizedSample.IgnoreIndex);
-                    var title = sequence.Title.Length == 0 ? "" : $" [blue]{Markup.Escape(sequence.Title)}[/]";
-                    AnsiConsole.Write(new Rule($"[bold]{Markup.Escape(c.Source)}[/]{title} {sequence.InputIds.Length} tokens, {trained} trained{(sequence.Truncated ? ", [yellow]truncated[/]" : "")}").LeftJustified());
-                    foreach (var s in SamplePreview.Segments(tokenizer, sequence.InputIds, sequence.Labels))
-                        AnsiConsole.Markup(s.Trained ? $"[green]{Markup.Escape(s.Text)}[/]" : $"[grey]{Markup.Escape(s.Text)}[/]");
-                    AnsiConsole.WriteLine();
-                }
+                var title = sequence.Title.Length == 0 ? "" : $" [blue]{Markup.Escape(sequence.Title)}[/]";
+                AnsiConsole.Write(new Rule($"[bold]{Markup.Escape(sequence.Source)}[/]{title} {sequence.Tokens} tokens, {sequence.Trained} trained{(sequence.Truncated ? ", [yellow]truncated[/]" : "")}").LeftJustified());
+                foreach (var s in sequence.Segments)
+                    AnsiConsole.Markup(s.Trained ? $"[green]{Markup.Escape(s.Text)}[/]" : $"[grey]{Markup.Escape(s.Text)}[/]");
+                AnsiConsole.WriteLine();
             }
-            AnsiConsole.MarkupLine($"[grey]{chosen.Count} of {conversations.Count} samples shown.[/]");
+            AnsiConsole.MarkupLine($"[grey]{DataPreview.SampleCount(inputs, name, n)} of {inputs.Conversations.Count} samples shown.[/]");
             return 0;
         })));
         return command;
-    }
-
-    private static int IndexOf(IReadOnlyList<Conversation> all, Conversation c)
-    {
-        for (var i = 0; i < all.Count; i++) if (ReferenceEquals(all[i], c)) return i;
-        return 0;
     }
 
     private static Command Bench()
@@ -77,7 +63,7 @@ public sealed class DataPreviewCommand : ICliCommand
         var command = new Command("bench", "Measure preprocessing throughput (template + tokenize + labels) in samples/s.") { pipeline, samples, tokenizerPath };
         command.SetAction(r => CliSupport.Guard(ct => DataErrors(() =>
         {
-            var (_, conversations, tokenizer, template, options) = Prepare(r.GetValue(pipeline)!, ct, r.GetValue(tokenizerPath));
+            var (_, conversations, tokenizer, template, options) = DataPreview.Prepare(CliSupport.Load(r.GetValue(pipeline)!), ct, r.GetValue(tokenizerPath));
             var n = Math.Max(1, r.GetValue(samples));
             var input = Enumerable.Range(0, n).Select(i => conversations[i % conversations.Count]).ToList();
             var preprocessor = new Preprocessor(tokenizer, template, options);
@@ -98,46 +84,6 @@ public sealed class DataPreviewCommand : ICliCommand
         try
         {
             return body();
-        }
-        catch (DatasetException e)
-        {
-            throw new PipelineUserException(e.Message, e);
-        }
-    }
-
-    /// <summary>Brings download and register up to date (cached runs cost nothing) and loads what preprocessing needs.</summary>
-    private static (Pipeline.Validation.LoadedPipeline, IReadOnlyList<Conversation>, Tokenizer, ChatTemplate, PreprocessOptions) Prepare(string path, CancellationToken ct, string? tokenizerOverride = null)
-    {
-        var loaded = CliSupport.Load(path);
-        var def = loaded.Definition;
-        // The pipeline's first register stage, and the split that reads it (its settings shape the preview).
-        var register = def.Stages.OfKind(StageKind.Register).FirstOrDefault()
-            ?? throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no stages.register block; add `register: {{}}` under stages.");
-        var splitStage = def.Stages.Readers(register.Name).FirstOrDefault(s => s.Kind == StageKind.Split);
-        var runner = PipelineRunner.CreateDefault();
-        string Output(string name)
-        {
-            var report = runner.Run(loaded, new RunOptions { Stage = name }, new NullStageProgress(), ct);
-            return report.Stages.Single(s => s.Name == name).OutputDirectory
-                   ?? throw new PipelineUserException($"stage {name} has no output; run `finetune run {path} --stage {name}`.");
-        }
-        var conversations = ConversationFile.Read(new RegisterOutput(Output(register.Name)).Conversations);
-        Tokenizer tokenizer;
-        try
-        {
-            tokenizer = tokenizerOverride is not null
-                ? (Directory.Exists(tokenizerOverride) ? Tokenizer.FromDirectory(tokenizerOverride) : Tokenizer.FromFile(tokenizerOverride))
-                : Tokenizer.FromDirectory(Output(def.Stages.OfKind(StageKind.Download).FirstOrDefault()?.Name
-                    ?? throw new PipelineUserException($"{loaded.FilePath}: the pipeline has no stages.download block (the tokenizer comes from the model); add `download: {{}}` under stages or pass --tokenizer.")));
-        }
-        catch (TokenizerFormatException e)
-        {
-            throw new PipelineUserException(e.Message, e);
-        }
-        var split = splitStage?.Block as SplitConfig ?? new SplitConfig();
-        try
-        {
-            return (loaded, conversations, tokenizer, ChatTemplate.Get(def.Data.Template ?? "empty", split.EnableThinking), SplitStage.Options(split));
         }
         catch (DatasetException e)
         {
