@@ -41,29 +41,30 @@ public sealed partial class CausalLM : IDisposable
             new($"{prefix}.{shortName}", shortName, P($"{prefix}.{shortName}.weight", ParameterRole.Weight, outDim, inDim),
                 bias ? P($"{prefix}.{shortName}.bias", ParameterRole.Bias, outDim) : null);
 
-        _embed = P("model.embed_tokens.weight", ParameterRole.Embedding, spec.VocabSize, c);
+        var n = spec.Family.Names;
+        _embed = P($"{n.Embedding}.weight", ParameterRole.Embedding, spec.VocabSize, c);
         _layers = new DecoderLayer[spec.NumLayers];
         for (int l = 0; l < spec.NumLayers; l++)
         {
-            string pre = $"model.layers.{l}";
+            string pre = n.Layer(l), attn = $"{pre}.{n.Attention}", mlp = $"{pre}.{n.Mlp}";
             _layers[l] = new DecoderLayer
             {
                 Index = l,
-                InputNorm = P($"{pre}.input_layernorm.weight", ParameterRole.Norm, c),
-                Q = L($"{pre}.self_attn", "q_proj", qd, c, spec.QkvBias),
-                K = L($"{pre}.self_attn", "k_proj", kvd, c, spec.QkvBias),
-                V = L($"{pre}.self_attn", "v_proj", kvd, c, spec.QkvBias),
-                QNorm = spec.QkNorm ? P($"{pre}.self_attn.q_norm.weight", ParameterRole.Norm, spec.HeadDim) : null,
-                KNorm = spec.QkNorm ? P($"{pre}.self_attn.k_norm.weight", ParameterRole.Norm, spec.HeadDim) : null,
-                O = L($"{pre}.self_attn", "o_proj", c, qd, spec.OutputBias),
-                PostAttentionNorm = P($"{pre}.post_attention_layernorm.weight", ParameterRole.Norm, c),
-                Gate = L($"{pre}.mlp", "gate_proj", inter, c, false),
-                Up = L($"{pre}.mlp", "up_proj", inter, c, false),
-                Down = L($"{pre}.mlp", "down_proj", c, inter, false),
+                InputNorm = P($"{pre}.{n.InputNorm}.weight", ParameterRole.Norm, c),
+                Q = L(attn, n.Q, qd, c, spec.QkvBias),
+                K = L(attn, n.K, kvd, c, spec.QkvBias),
+                V = L(attn, n.V, kvd, c, spec.QkvBias),
+                QNorm = spec.QkNorm ? P($"{attn}.{n.QNorm}.weight", ParameterRole.Norm, spec.HeadDim) : null,
+                KNorm = spec.QkNorm ? P($"{attn}.{n.KNorm}.weight", ParameterRole.Norm, spec.HeadDim) : null,
+                O = L(attn, n.O, c, qd, spec.OutputBias),
+                PostAttentionNorm = P($"{pre}.{n.PostAttentionNorm}.weight", ParameterRole.Norm, c),
+                Gate = L(mlp, n.Gate, inter, c, false),
+                Up = L(mlp, n.Up, inter, c, false),
+                Down = L(mlp, n.Down, c, inter, false),
             };
         }
-        _finalNorm = P("model.norm.weight", ParameterRole.Norm, c);
-        _lmHead = spec.TieWordEmbeddings ? null : P("lm_head.weight", ParameterRole.Weight, spec.VocabSize, c);
+        _finalNorm = P($"{n.FinalNorm}.weight", ParameterRole.Norm, c);
+        _lmHead = spec.TieWordEmbeddings ? null : P($"{n.LmHead}.weight", ParameterRole.Weight, spec.VocabSize, c);
 
         var trainableNames = TrainableSelection.Select(spec, setup, _allParameters.Select(p => p.Name).ToList(), out var loraModules);
         foreach (var layer in _layers)

@@ -12,9 +12,10 @@ public sealed record RopeScalingSpec(
     double? AttentionFactor = null);
 
 /// <summary>
-/// The dimensions and variants of a decoder-only transformer the engine runs (llama, mistral, qwen2, qwen3).
-/// Architecture differences: qwen2 has biases on q/k/v; qwen3 normalises q and k per head (RMSNorm over
-/// head_dim) before RoPE; llama/qwen3 add biases on q/k/v/o when attention_bias is set.
+/// The dimensions and variants of a decoder-only transformer the engine runs. What differs between families is
+/// in the architecture table (<see cref="ModelArchitecture"/>, <see cref="Family"/>): e.g. qwen2 has biases on
+/// q/k/v; qwen3 normalises q and k per head (RMSNorm over head_dim) before RoPE; llama/qwen3 add biases on
+/// q/k/v/o when attention_bias is set.
 /// </summary>
 public sealed record TransformerSpec
 {
@@ -41,15 +42,20 @@ public sealed record TransformerSpec
     public int QDim => NumHeads * HeadDim;
     public int KvDim => NumKvHeads * HeadDim;
 
-    /// <summary>Architecture flags from HF config.json fields: model_type and attention_bias.</summary>
-    public static (bool QkvBias, bool OutputBias, bool QkNorm) Variant(string architecture, bool attentionBias) =>
-        architecture switch
-        {
-            "qwen2" => (true, false, false),
-            "qwen3" => (attentionBias, attentionBias, true),
-            "llama" or "mistral" => (attentionBias, attentionBias, false),
-            _ => throw new NotSupportedException($"architecture '{architecture}' is not supported; use llama, mistral, qwen2 or qwen3"),
-        };
+    /// <summary>The family's description in the architecture table.</summary>
+    public ModelArchitecture Family => FamilyOf(Architecture);
+
+    /// <summary>The family of a model_type, or NotSupportedException naming the families FineTune runs.</summary>
+    public static ModelArchitecture FamilyOf(string architecture) => ModelArchitecture.Find(architecture)
+        ?? throw new NotSupportedException($"architecture '{architecture}' is not supported; use one of {string.Join(", ", ModelArchitecture.All)}");
+
+    /// <summary>Architecture flags from HF config.json fields: model_type and attention_bias, by the family's bias rules.</summary>
+    public static (bool QkvBias, bool OutputBias, bool QkNorm) Variant(string architecture, bool attentionBias)
+    {
+        var family = FamilyOf(architecture);
+        bool Bias(BiasRule rule) => rule switch { BiasRule.Always => true, BiasRule.Never => false, _ => attentionBias };
+        return (Bias(family.QkvBias), Bias(family.OutputBias), family.Block.QkNorm);
+    }
 
     /// <summary>The engine's view of a parsed HF config.json.</summary>
     public static TransformerSpec FromConfig(ModelConfig config)

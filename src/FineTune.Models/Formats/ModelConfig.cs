@@ -5,9 +5,6 @@ using System.Text.Json.Nodes;
 
 namespace FineTune.Models;
 
-/// <summary>The decoder-only architectures FineTune reads and trains.</summary>
-public enum ModelArchitecture { Llama, Qwen2, Qwen3, Mistral }
-
 /// <summary>
 /// RoPE scaling as Hugging Face writes it under <c>rope_scaling</c> (transformers 4.x) or
 /// <c>rope_parameters</c> (transformers 5.x). <see cref="Type"/> is linear | dynamic | yarn | llama3.
@@ -32,8 +29,8 @@ public sealed record RopeScaling
 }
 
 /// <summary>
-/// A Hugging Face <c>config.json</c> for llama, qwen2, qwen3 and mistral models, with the defaults
-/// that transformers applies when a key is absent. Keys FineTune does not model are kept in
+/// A Hugging Face <c>config.json</c> of a family in <see cref="ModelArchitecture.All"/>, with the defaults
+/// that transformers applies when a key is absent (the family's <see cref="ModelArchitecture"/> holds them). Keys FineTune does not model are kept in
 /// <see cref="Extra"/> so that <see cref="Save"/> writes them back.
 /// </summary>
 public sealed record ModelConfig
@@ -68,40 +65,19 @@ public sealed record ModelConfig
 
     public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
 
-    /// <summary>Qwen3's per-head RMSNorm on queries and keys (q_norm, k_norm).</summary>
-    public bool HasQkNorm => Architecture == ModelArchitecture.Qwen3;
+    /// <summary>The family's per-head RMSNorm on queries and keys (q_norm, k_norm).</summary>
+    public bool HasQkNorm => Architecture.Block.QkNorm;
 
     /// <summary>HF's model_type string: llama, qwen2, qwen3, mistral.</summary>
-    public string ModelType => ModelTypeOf(Architecture);
+    public string ModelType => Architecture.ModelType;
 
     /// <summary>HF's class name in "architectures", e.g. Qwen3ForCausalLM.</summary>
-    public string ArchitectureClassName => Architecture switch
-    {
-        ModelArchitecture.Llama => "LlamaForCausalLM",
-        ModelArchitecture.Qwen2 => "Qwen2ForCausalLM",
-        ModelArchitecture.Qwen3 => "Qwen3ForCausalLM",
-        ModelArchitecture.Mistral => "MistralForCausalLM",
-        _ => throw new ArgumentOutOfRangeException(nameof(Architecture)),
-    };
+    public string ArchitectureClassName => Architecture.ClassName;
 
-    public static string ModelTypeOf(ModelArchitecture architecture) => architecture switch
-    {
-        ModelArchitecture.Llama => "llama",
-        ModelArchitecture.Qwen2 => "qwen2",
-        ModelArchitecture.Qwen3 => "qwen3",
-        ModelArchitecture.Mistral => "mistral",
-        _ => throw new ArgumentOutOfRangeException(nameof(architecture)),
-    };
+    public static string ModelTypeOf(ModelArchitecture architecture) => architecture.ModelType;
 
-    /// <summary>Parses llama | qwen2 | qwen3 | mistral (case-insensitive); null when unknown.</summary>
-    public static ModelArchitecture? ParseArchitecture(string modelType) => modelType.ToLowerInvariant() switch
-    {
-        "llama" => ModelArchitecture.Llama,
-        "qwen2" => ModelArchitecture.Qwen2,
-        "qwen3" => ModelArchitecture.Qwen3,
-        "mistral" => ModelArchitecture.Mistral,
-        _ => null,
-    };
+    /// <summary>The family of a model_type (case-insensitive); null when unknown.</summary>
+    public static ModelArchitecture? ParseArchitecture(string modelType) => ModelArchitecture.Find(modelType);
 
     /// <summary>The most FineTune reads of a config.json (they hold sizes and names, a few KB).</summary>
     public const long MaxConfigBytes = 16L << 20;
@@ -122,9 +98,9 @@ public sealed record ModelConfig
         var reader = new ConfigReader(obj, file);
         var modelType = reader.String("model_type");
         if (modelType is null)
-            throw new ModelFormatException(file, "missing \"model_type\"; FineTune supports llama, qwen2, qwen3 and mistral models.");
+            throw new ModelFormatException(file, $"missing \"model_type\"; FineTune supports {ModelArchitecture.SupportedList} models.");
         var arch = ParseArchitecture(modelType)
-            ?? throw new ModelFormatException(file, $"unsupported architecture \"{modelType}\" (model_type); FineTune supports llama, qwen2, qwen3 and mistral models.");
+            ?? throw new ModelFormatException(file, $"unsupported architecture \"{modelType}\" (model_type); FineTune supports {ModelArchitecture.SupportedList} models.");
 
         // Bounds well above every released model: a value outside them is a broken or hostile file, which would
         // otherwise pass download and fail in training with a negative dimension or an allocation of petabytes.
@@ -142,8 +118,8 @@ public sealed record ModelConfig
             if (headDim % 2 != 0)
                 throw new ModelFormatException(file, $"\"head_dim\" must be even (RoPE rotates pairs of dimensions), got {headDim}.");
         }
-        else if (arch == ModelArchitecture.Qwen3)
-            headDim = 128; // transformers: Qwen3Config defaults head_dim to 128; the others use hidden_size / num_attention_heads.
+        else if (arch.DefaultHeadDim is { } defaultHeadDim)
+            headDim = defaultHeadDim; // the family's config class default (Qwen3Config: 128); the others use hidden_size / num_attention_heads.
         else
         {
             if (hidden % heads != 0)
@@ -152,13 +128,8 @@ public sealed record ModelConfig
             if (headDim % 2 != 0)
                 throw new ModelFormatException(file, $"the head dimension \"hidden_size\" / \"num_attention_heads\" = {headDim} must be even (RoPE rotates pairs of dimensions); set \"head_dim\".");
         }
-        int vocab = reader.Range("vocab_size", reader.Int("vocab_size") ?? (arch is ModelArchitecture.Qwen2 or ModelArchitecture.Qwen3 ? 151936 : 32000), 1, MaxVocabSize);
-        int maxPositions = reader.Range("max_position_embeddings", reader.Int("max_position_embeddings") ?? arch switch
-        {
-            ModelArchitecture.Llama => 2048,
-            ModelArchitecture.Mistral => 131072,
-            _ => 32768,
-        }, 1, MaxPositions);
+        int vocab = reader.Range("vocab_size", reader.Int("vocab_size") ?? arch.DefaultVocabSize, 1, MaxVocabSize);
+        int maxPositions = reader.Range("max_position_embeddings", reader.Int("max_position_embeddings") ?? arch.DefaultMaxPositionEmbeddings, 1, MaxPositions);
 
         // transformers 5 moved rope_theta and rope_scaling into rope_parameters; read both layouts.
         var ropeParams = obj["rope_parameters"] as JsonObject;
@@ -173,11 +144,11 @@ public sealed record ModelConfig
         double rmsNormEps = reader.Double("rms_norm_eps") is { } eps ? reader.Range("rms_norm_eps", eps, 0, false, 1, false, "(0, 1)") : 1e-6;
         double initializerRange = reader.Double("initializer_range") is { } ir ? reader.Range("initializer_range", ir, 0, true, 1, true, "[0, 1]") : 0.02;
 
-        // Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases.
-        bool attentionBias = arch switch
+        // The family's rule (Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases).
+        bool attentionBias = arch.QkvBias switch
         {
-            ModelArchitecture.Qwen2 => true,
-            ModelArchitecture.Mistral => false,
+            BiasRule.Always => true,
+            BiasRule.Never => false,
             _ => reader.Bool("attention_bias") ?? false,
         };
 
@@ -209,7 +180,12 @@ public sealed record ModelConfig
             RopeScaling = scaling,
             TieWordEmbeddings = reader.Bool("tie_word_embeddings") ?? false,
             AttentionBias = attentionBias,
-            MlpBias = arch == ModelArchitecture.Llama && (reader.Bool("mlp_bias") ?? false),
+            MlpBias = arch.MlpBias switch
+            {
+                BiasRule.Always => true,
+                BiasRule.Never => false,
+                _ => reader.Bool("mlp_bias") ?? false,
+            },
             MaxPositionEmbeddings = maxPositions,
             HiddenAct = reader.String("hidden_act") ?? "silu",
             BosTokenId = reader.Int("bos_token_id"),
@@ -274,9 +250,10 @@ public sealed record ModelConfig
         entries["rope_theta"] = RopeTheta;
         entries["rope_scaling"] = RopeScaling is null ? null : RopeScalingJson(RopeScaling);
         entries["tie_word_embeddings"] = TieWordEmbeddings;
-        if (Architecture is ModelArchitecture.Llama or ModelArchitecture.Qwen3)
+        // The keys the family's config class has: attention_bias / mlp_bias where config.json decides the biases.
+        if (Architecture.QkvBias == BiasRule.FromConfig)
             entries["attention_bias"] = AttentionBias;
-        if (Architecture == ModelArchitecture.Llama)
+        if (Architecture.MlpBias == BiasRule.FromConfig)
             entries["mlp_bias"] = MlpBias;
         entries["max_position_embeddings"] = MaxPositionEmbeddings;
         entries["hidden_act"] = HiddenAct;
