@@ -25,6 +25,9 @@ public sealed partial class CausalLM
     {
         var config = ModelConfig.Load(Path.Combine(modelDirectory, "config.json"));
         var spec = TransformerSpec.FromConfig(config);
+        if (config.Architecture.EngineGap is { } gap)
+            throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
+                $"model_type \"{config.ModelType}\": {gap}; train or chat with one of {string.Join(", ", ModelArchitecture.All.Where(a => a.EngineGap is null))}.");
         AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
         if (adapter is not null) setup = adapter.Apply(setup);
         // A reward model's value head lies beside its adapter (or its model), as LLaMA-Factory saves it.

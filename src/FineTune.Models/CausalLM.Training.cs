@@ -183,9 +183,14 @@ public sealed partial class CausalLM
 
     private void EnsureRope(int positions)
     {
-        bool dynamic = Spec.RopeScaling?.Type == "dynamic" && positions > Spec.MaxPositionEmbeddings;
+        // dynamic NTK and longrope tables depend on the longest sequence: rebuilt for each length past the threshold.
+        bool dynamic = (Spec.RopeScaling?.Type == "dynamic" && positions > Spec.MaxPositionEmbeddings)
+            || (Spec.RopeScaling?.Type == "longrope" && (positions > RopeTables.LongRopeThreshold(Spec) || _ropeLength > RopeTables.LongRopeThreshold(Spec)));
         if (positions <= _ropeLength && !dynamic) return;
         int length = dynamic ? positions : Math.Max(positions, Math.Min(Math.Max(256, _ropeLength * 2), Math.Max(positions, Spec.MaxPositionEmbeddings)));
+        // A longrope table within the pre-training context must stay within it (its short factors hold only there).
+        if (Spec.RopeScaling?.Type == "longrope" && positions <= RopeTables.LongRopeThreshold(Spec))
+            length = Math.Min(length, RopeTables.LongRopeThreshold(Spec));
         if (dynamic && length == _ropeLength) return;
         int half = Spec.HeadDim / 2;
         var cos = new float[(long)length * half];

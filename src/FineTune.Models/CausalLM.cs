@@ -26,6 +26,8 @@ public sealed partial class CausalLM : IDisposable
 
     private CausalLM(TransformerSpec spec, IBackend backend, TrainingSetup setup, IWeightSource weights)
     {
+        // The architecture table says what of a family the engine does not run yet (Load reports it located first).
+        if (spec.Family.EngineGap is { } gap) throw new NotSupportedException(gap);
         Spec = spec;
         Backend = backend;
         Setup = setup;

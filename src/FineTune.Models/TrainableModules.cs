@@ -40,7 +40,7 @@ public static class TrainableModules
         {
             string pre = n.Layer(l), attn = $"{pre}.{n.Attention}", mlp = $"{pre}.{n.Mlp}";
             names.Add($"{pre}.{n.InputNorm}.weight");
-            foreach (string p in new[] { n.Q, n.K, n.V })
+            foreach (string p in spec.Family.Block.FusedQkv ? [n.Qkv] : new[] { n.Q, n.K, n.V })
             {
                 names.Add($"{attn}.{p}.weight");
                 if (spec.QkvBias) names.Add($"{attn}.{p}.bias");
@@ -49,7 +49,8 @@ public static class TrainableModules
             names.Add($"{attn}.{n.O}.weight");
             if (spec.OutputBias) names.Add($"{attn}.{n.O}.bias");
             names.Add($"{pre}.{n.PostAttentionNorm}.weight");
-            names.AddRange([$"{mlp}.{n.Gate}.weight", $"{mlp}.{n.Up}.weight", $"{mlp}.{n.Down}.weight"]);
+            names.AddRange(spec.Family.Block.FusedGateUp ? [$"{mlp}.{n.GateUp}.weight", $"{mlp}.{n.Down}.weight"]
+                : [$"{mlp}.{n.Gate}.weight", $"{mlp}.{n.Up}.weight", $"{mlp}.{n.Down}.weight"]);
         }
         names.Add($"{n.FinalNorm}.weight");
         if (!spec.TieWordEmbeddings) names.Add($"{n.LmHead}.weight");

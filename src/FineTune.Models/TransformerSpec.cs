@@ -1,6 +1,6 @@
 namespace FineTune.Models;
 
-/// <summary>rope_scaling of config.json: type default|linear|dynamic|yarn|llama3 and its parameters.</summary>
+/// <summary>rope_scaling of config.json: type default|linear|dynamic|yarn|llama3|longrope and its parameters.</summary>
 public sealed record RopeScalingSpec(
     string Type,
     double Factor = 1.0,
@@ -9,7 +9,14 @@ public sealed record RopeScalingSpec(
     double HighFreqFactor = 4.0,
     double BetaFast = 32.0,
     double BetaSlow = 1.0,
-    double? AttentionFactor = null);
+    double? AttentionFactor = null)
+{
+    /// <summary>longrope: the per-frequency divisors of inv_freq (short up to original_max_position_embeddings, long beyond).</summary>
+    public IReadOnlyList<double>? ShortFactor { get; init; }
+    public IReadOnlyList<double>? LongFactor { get; init; }
+    /// <summary>longrope: whether the factor was given; when not, it is max_position_embeddings / original_max_position_embeddings.</summary>
+    public bool HasFactor { get; init; } = true;
+}
 
 /// <summary>
 /// The dimensions and variants of a decoder-only transformer the engine runs. What differs between families is
@@ -67,6 +74,7 @@ public sealed record TransformerSpec
         RopeScalingSpec? rope = config.RopeScaling is { } r && r.Type != "default"
             ? new RopeScalingSpec(r.Type, r.Factor, r.OriginalMaxPositionEmbeddings, r.LowFreqFactor ?? 1.0, r.HighFreqFactor ?? 4.0,
                 r.BetaFast ?? 32.0, r.BetaSlow ?? 1.0, r.AttentionFactor)
+            { ShortFactor = r.ShortFactor, LongFactor = r.LongFactor, HasFactor = r.HasFactor || r.Type != "longrope" }
             : null;
         return new TransformerSpec
         {

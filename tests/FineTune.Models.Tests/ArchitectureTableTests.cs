@@ -9,10 +9,8 @@ public sealed class ArchitectureTableTests : IDisposable
     private readonly TempDir _dir = new();
     public void Dispose() => _dir.Dispose();
 
-    private static ModelConfig Minimal(string modelType) => ModelConfig.FromJson(new JsonObject
-    {
-        ["model_type"] = modelType, ["hidden_size"] = 64, ["intermediate_size"] = 128, ["num_hidden_layers"] = 1, ["num_attention_heads"] = 4,
-    }, "config.json");
+    private static ModelConfig Minimal(string modelType) => ModelConfig.FromJson(JsonNode.Parse(
+        $$"""{"model_type": "{{modelType}}", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}""")!.AsObject(), "config.json");
 
     [Theory]
     // model_type, class, head_dim default, vocab default, max positions default: transformers' config class defaults.
@@ -30,11 +28,11 @@ public sealed class ArchitectureTableTests : IDisposable
     [Fact]
     public void Every_family_is_found_by_its_model_type_in_any_case()
     {
-        Assert.Equal(["llama", "qwen2", "qwen3", "mistral"], ModelArchitecture.All.Select(a => a.ModelType));
+        Assert.Equal(["llama", "qwen2", "qwen3", "mistral", "phi3"], ModelArchitecture.All.Select(a => a.ModelType));
         foreach (var a in ModelArchitecture.All)
             Assert.Same(a, ModelArchitecture.Find(a.ModelType.ToUpperInvariant()));
         Assert.Null(ModelArchitecture.Find("gpt_neox"));
-        Assert.Equal("llama, qwen2, qwen3 and mistral", ModelArchitecture.SupportedList);
+        Assert.Equal("llama, qwen2, qwen3, mistral and phi3", ModelArchitecture.SupportedList);
     }
 
     [Theory]

@@ -124,6 +124,7 @@ public sealed class ModelArchitecture
     public int? DefaultHeadDim { get; init; }
     public required int DefaultVocabSize { get; init; }
     public required int DefaultMaxPositionEmbeddings { get; init; }
+    public double DefaultRmsNormEps { get; init; } = 1e-6;
     /// <summary>Biases of q/k/v; FromConfig reads attention_bias.</summary>
     public required BiasRule QkvBias { get; init; }
     /// <summary>Bias of o_proj; FromConfig reads attention_bias.</summary>
@@ -138,6 +139,8 @@ public sealed class ModelArchitecture
     public required string ScratchChatTemplate { get; init; }
     /// <summary>Keys a scratch model's config.json carries beyond the ones <see cref="ModelConfig"/> writes.</summary>
     public IReadOnlyDictionary<string, Func<JsonNode?>> ScratchExtraConfig { get; init; } = ScratchExtras.Common;
+    /// <summary>What of the family the engine does not run yet (null: all of it); CausalLM refuses such models with this text.</summary>
+    public string? EngineGap { get; init; }
 
     /// <summary>The linear modules LoRA may target, in PEFT's names (what lora_target and target_modules say).</summary>
     public IReadOnlyList<string> LoraTargets => _loraTargets ??=
@@ -155,16 +158,17 @@ public sealed class ModelArchitecture
     public static ModelArchitecture Qwen2 => Architectures.Qwen2.Architecture;
     public static ModelArchitecture Qwen3 => Architectures.Qwen3.Architecture;
     public static ModelArchitecture Mistral => Architectures.Mistral.Architecture;
+    public static ModelArchitecture Phi3 => Architectures.Phi3.Architecture;
 
     /// <summary>Every family FineTune reads and trains, in the order messages list them.</summary>
     public static IReadOnlyList<ModelArchitecture> All => AllFamilies.Value;
     // Lazy: the families' own static fields must be complete before the list reads them.
-    private static readonly Lazy<IReadOnlyList<ModelArchitecture>> AllFamilies = new(() => [Llama, Qwen2, Qwen3, Mistral]);
+    private static readonly Lazy<IReadOnlyList<ModelArchitecture>> AllFamilies = new(() => [Llama, Qwen2, Qwen3, Mistral, Phi3]);
 
     /// <summary>The family of an HF model_type (case-insensitive); null when FineTune does not know it.</summary>
     public static ModelArchitecture? Find(string modelType) =>
         All.FirstOrDefault(a => string.Equals(a.ModelType, modelType, StringComparison.OrdinalIgnoreCase));
 
-    /// <summary>"llama, qwen2, qwen3 and mistral": the families for messages.</summary>
+    /// <summary>"llama, qwen2, qwen3, mistral and phi3": the families for messages.</summary>
     public static string SupportedList => string.Join(", ", All.Take(All.Count - 1).Select(a => a.ModelType)) + " and " + All[^1].ModelType;
 }

@@ -111,9 +111,22 @@ public static class GgufExporter
         w.Add($"{arch}.rope.dimension_count", (uint)config.HeadDim);
         w.Add($"{arch}.rope.freq_base", (float)config.RopeTheta);
         w.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)config.RmsNormEps);
-        float[]? ropeFreqs = null;
+        var ropeTensors = new List<(string Name, float[] Values)>();
         switch (config.RopeScaling)
         {
+            case { Type: "longrope" } s:
+                {
+                    // convert_hf_to_gguf's Phi3: the factors as rope_factors_short/long tensors, the context lengths and
+                    // the attention factor transformers derives (√(1 + ln(max/original) / ln(original)) unless given).
+                    int original = s.OriginalMaxPositionEmbeddings ?? config.MaxPositionEmbeddings;
+                    double scale = s.HasFactor ? s.Factor : (double)config.MaxPositionEmbeddings / original;
+                    double attnFactor = s.AttentionFactor ?? (scale <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(scale) / Math.Log(original)));
+                    w.Add($"{arch}.rope.scaling.original_context_length", (uint)original);
+                    w.Add($"{arch}.rope.scaling.attn_factor", (float)attnFactor);
+                    ropeTensors.Add(("rope_factors_long.weight", s.LongFactor!.Select(v => (float)v).ToArray()));
+                    ropeTensors.Add(("rope_factors_short.weight", s.ShortFactor!.Select(v => (float)v).ToArray()));
+                    break;
+                }
             case { Type: "linear" } s:
                 w.Add($"{arch}.rope.scaling.type", "linear");
                 w.Add($"{arch}.rope.scaling.factor", (float)s.Factor);
@@ -125,7 +138,7 @@ public static class GgufExporter
                     w.Add($"{arch}.rope.scaling.original_context_length", (uint)omp);
                 break;
             case { Type: "llama3" } s:
-                ropeFreqs = Llama3RopeFactors(config, s);
+                ropeTensors.Add(("rope_freqs.weight", Llama3RopeFactors(config, s)));
                 break;
             case { Type: "dynamic" }:
                 notes.Add("rope_scaling dynamic has no GGUF equivalent; the file uses unscaled RoPE (set the context in the runtime)");
@@ -136,10 +149,9 @@ public static class GgufExporter
         using var reader = SafetensorsReader.Open(modelDir);
         var counts = new Dictionary<GgufTensorType, int>();
         int tensors = 0;
-        if (ropeFreqs is not null)
+        foreach (var (ropeName, freqs) in ropeTensors)
         {
-            var freqs = ropeFreqs;
-            w.AddTensor("rope_freqs.weight", [freqs.Length], GgufTensorType.F32, span => FloatConversions.Encode(freqs, SafetensorsDType.F32, span));
+            w.AddTensor(ropeName, [freqs.Length], GgufTensorType.F32, span => FloatConversions.Encode(freqs, SafetensorsDType.F32, span));
             Count(counts, GgufTensorType.F32);
             tensors++;
         }

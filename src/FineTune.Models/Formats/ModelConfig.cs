@@ -7,12 +7,17 @@ namespace FineTune.Models;
 
 /// <summary>
 /// RoPE scaling as Hugging Face writes it under <c>rope_scaling</c> (transformers 4.x) or
-/// <c>rope_parameters</c> (transformers 5.x). <see cref="Type"/> is linear | dynamic | yarn | llama3.
+/// <c>rope_parameters</c> (transformers 5.x). <see cref="Type"/> is linear | dynamic | yarn | llama3 | longrope ("su" reads as longrope).
 /// </summary>
 public sealed record RopeScaling
 {
     public required string Type { get; init; }
     public double Factor { get; init; } = 1.0;
+    /// <summary>Whether config.json gave the factor (longrope derives it from the context lengths when not).</summary>
+    public bool HasFactor { get; init; }
+    /// <summary>longrope: the per-frequency divisors of inv_freq up to and beyond original_max_position_embeddings.</summary>
+    public IReadOnlyList<double>? ShortFactor { get; init; }
+    public IReadOnlyList<double>? LongFactor { get; init; }
     /// <summary>yarn, llama3 and dynamic: the context length the model was pre-trained with.</summary>
     public int? OriginalMaxPositionEmbeddings { get; init; }
     /// <summary>llama3: wavelengths above original/low_freq_factor are divided by the factor.</summary>
@@ -25,7 +30,7 @@ public sealed record RopeScaling
     /// <summary>yarn: the attention temperature; HF's default is 0.1·ln(factor)+1.</summary>
     public double? AttentionFactor { get; init; }
 
-    public static readonly IReadOnlyList<string> KnownTypes = ["linear", "dynamic", "yarn", "llama3"];
+    public static readonly IReadOnlyList<string> KnownTypes = ["linear", "dynamic", "yarn", "llama3", "longrope"];
 }
 
 /// <summary>
@@ -141,7 +146,9 @@ public sealed record ModelConfig
         var scaling = scalingObj is not null ? ParseRopeScaling(scalingObj, file, "rope_scaling.")
             : ropeParams is not null ? ParseRopeScaling(ropeParams, file, "rope_parameters.")
             : null;
-        double rmsNormEps = reader.Double("rms_norm_eps") is { } eps ? reader.Range("rms_norm_eps", eps, 0, false, 1, false, "(0, 1)") : 1e-6;
+        double rmsNormEps = reader.Double("rms_norm_eps") is { } eps ? reader.Range("rms_norm_eps", eps, 0, false, 1, false, "(0, 1)") : arch.DefaultRmsNormEps;
+        if (scaling is { Type: "longrope" })
+            scaling = CheckLongRope(scaling, reader, file, scalingObj is not null ? "rope_scaling." : "rope_parameters.", headDim, maxPositions);
         double initializerRange = reader.Double("initializer_range") is { } ir ? reader.Range("initializer_range", ir, 0, true, 1, true, "[0, 1]") : 0.02;
 
         // The family's rule (Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases).
@@ -203,13 +210,17 @@ public sealed record ModelConfig
         var type = r.String("rope_type") ?? r.String("type");
         if (type is null or "default")
             return null;
+        if (type == "su") type = "longrope"; // Phi-3's first configs: transformers reads "su" as longrope.
         if (!RopeScaling.KnownTypes.Contains(type))
-            throw new ModelFormatException(file, $"unsupported rope_scaling type \"{type}\"; FineTune supports linear, dynamic, yarn and llama3.");
+            throw new ModelFormatException(file, $"unsupported rope_scaling type \"{type}\"; FineTune supports linear, dynamic, yarn, llama3 and longrope.");
         double? Positive(string key) => r.Double(key) is { } v ? r.Range(key, v, 0, false, MaxRopeFactor, true, "(0, 1e+06]") : null;
         var scaling = new RopeScaling
         {
             Type = type,
             Factor = Positive("factor") ?? 1.0,
+            HasFactor = type == "longrope" && r.Double("factor") is not null, // only longrope tells an absent factor from 1
+            ShortFactor = FactorList(o, "short_factor", file, prefix),
+            LongFactor = FactorList(o, "long_factor", file, prefix),
             OriginalMaxPositionEmbeddings = r.Int("original_max_position_embeddings") is { } omp ? r.Range("original_max_position_embeddings", omp, 1, MaxPositions) : null,
             LowFreqFactor = Positive("low_freq_factor"),
             HighFreqFactor = Positive("high_freq_factor"),
@@ -223,6 +234,33 @@ public sealed record ModelConfig
         if (type == "yarn" && (scaling.BetaFast ?? 32.0) <= (scaling.BetaSlow ?? 1.0))
             throw new ModelFormatException(file, $"\"{prefix}beta_fast\" ({Show(scaling.BetaFast ?? 32.0)}) must be larger than \"{prefix}beta_slow\" ({Show(scaling.BetaSlow ?? 1.0)}).");
         return scaling;
+    }
+
+    private static IReadOnlyList<double>? FactorList(JsonObject o, string key, string file, string prefix)
+    {
+        if (o[key] is null) return null;
+        if (o[key] is not JsonArray list)
+            throw new ModelFormatException(file, $"\"{prefix}{key}\" must be a list of numbers (one per rotary frequency).");
+        var values = new double[list.Count];
+        for (int i = 0; i < list.Count; i++)
+            values[i] = list[i] is JsonValue v && v.TryGetValue<double>(out var d) && d > 0 && double.IsFinite(d) ? d
+                : throw new ModelFormatException(file, $"\"{prefix}{key}\"[{i}] must be a positive number, got {list[i]?.ToJsonString() ?? "null"}.");
+        return values;
+    }
+
+    /// <summary>
+    /// longrope needs short_factor and long_factor with one value per rotary frequency (head_dim / 2) and the
+    /// pre-training context: original_max_position_embeddings of rope_scaling, or Phi3Config's top-level key.
+    /// </summary>
+    private static RopeScaling CheckLongRope(RopeScaling s, ConfigReader reader, string file, string prefix, int headDim, int maxPositions)
+    {
+        foreach (var (key, list) in new[] { ("short_factor", s.ShortFactor), ("long_factor", s.LongFactor) })
+            if (list is null || list.Count != headDim / 2)
+                throw new ModelFormatException(file, $"\"{prefix}{key}\" must list head_dim / 2 = {headDim / 2} numbers for longrope, " +
+                    (list is null ? "but is missing." : $"got {list.Count}."));
+        int original = s.OriginalMaxPositionEmbeddings
+            ?? (reader.Int("original_max_position_embeddings") is { } omp ? reader.Range("original_max_position_embeddings", omp, 1, MaxPositions) : maxPositions);
+        return s with { OriginalMaxPositionEmbeddings = original };
     }
 
     private const int MaxHiddenSize = 65536, MaxHeads = 1024, MaxLayers = 1024, MaxIntermediateSize = 262144, MaxHeadDim = 1024;
@@ -276,13 +314,17 @@ public sealed record ModelConfig
 
     private static JsonObject RopeScalingJson(RopeScaling s)
     {
-        var o = new JsonObject { ["rope_type"] = s.Type, ["factor"] = s.Factor };
+        var o = new JsonObject { ["rope_type"] = s.Type };
+        // longrope without a factor derives it from the context lengths: writing 1.0 would change the model.
+        if (s.HasFactor || s.Type != "longrope") o["factor"] = s.Factor;
         if (s.OriginalMaxPositionEmbeddings is { } omp) o["original_max_position_embeddings"] = omp;
         if (s.LowFreqFactor is { } lf) o["low_freq_factor"] = lf;
         if (s.HighFreqFactor is { } hf) o["high_freq_factor"] = hf;
         if (s.BetaFast is { } bf) o["beta_fast"] = bf;
         if (s.BetaSlow is { } bs) o["beta_slow"] = bs;
         if (s.AttentionFactor is { } af) o["attention_factor"] = af;
+        if (s.ShortFactor is { } sf) o["short_factor"] = new JsonArray(sf.Select(v => (JsonNode?)JsonValue.Create(v)).ToArray());
+        if (s.LongFactor is { } lf2) o["long_factor"] = new JsonArray(lf2.Select(v => (JsonNode?)JsonValue.Create(v)).ToArray());
         return o;
     }
 

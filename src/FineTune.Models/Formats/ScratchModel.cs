@@ -146,7 +146,8 @@ public static class ScratchModel
         {
             string pre = n.Layer(l), attn = $"{pre}.{n.Attention}", mlp = $"{pre}.{n.Mlp}";
             yield return ($"{pre}.{n.InputNorm}.weight", [h], Init.Ones);
-            foreach (var (proj, rows) in new[] { (n.Q, q), (n.K, kv), (n.V, kv) })
+            // Fused families store q, k, v as one [q + 2·kv, h] matrix (qkv_proj).
+            foreach (var (proj, rows) in c.Architecture.Block.FusedQkv ? [(n.Qkv, q + 2 * kv)] : new[] { (n.Q, q), (n.K, kv), (n.V, kv) })
             {
                 yield return ($"{attn}.{proj}.weight", [rows, h], Init.Normal);
                 if (c.AttentionBias)
@@ -159,8 +160,13 @@ public static class ScratchModel
                 yield return ($"{attn}.{n.KNorm}.weight", [c.HeadDim], Init.Ones);
             }
             yield return ($"{pre}.{n.PostAttentionNorm}.weight", [h], Init.Ones);
-            yield return ($"{mlp}.{n.Gate}.weight", [i, h], Init.Normal);
-            yield return ($"{mlp}.{n.Up}.weight", [i, h], Init.Normal);
+            if (c.Architecture.Block.FusedGateUp)
+                yield return ($"{mlp}.{n.GateUp}.weight", [2 * i, h], Init.Normal);
+            else
+            {
+                yield return ($"{mlp}.{n.Gate}.weight", [i, h], Init.Normal);
+                yield return ($"{mlp}.{n.Up}.weight", [i, h], Init.Normal);
+            }
             yield return ($"{mlp}.{n.Down}.weight", [h, i], Init.Normal);
         }
         yield return ($"{n.FinalNorm}.weight", [h], Init.Ones);
