@@ -326,7 +326,7 @@ public sealed partial class CausalLM
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training) || _adaptersOff)
         {
             for (int j = 0; j < lins.Length; j++)
-                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j), training);
+                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training);
             _stepLora?.Apply(L, set, ys, x);
             return;
         }
@@ -360,7 +360,7 @@ public sealed partial class CausalLM
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training: true))
         {
             for (int j = 0; j < lins.Length; j++)
-                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j));
+                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)));
             return;
         }
         var B = Backend;
@@ -372,7 +372,8 @@ public sealed partial class CausalLM
             int r = lora.Rank;
             long block = (long)group.RowOffset(group.IndexOf(lins[j])) * n;
             B.MatMul(lora.B.Grad!, dys[j], true, xaT.View(block, [r, n]), true, lora.Scale, accumulate: true);
-            B.MatMul(dxaT.View(block, [r, n]), lora.B.Value, true, dys[j], true, lora.Scale);
+            // The parts of a fused module share A's rows: their dxa add up.
+            B.MatMul(dxaT.View(block, [r, n]), lora.B.Value, true, dys[j], true, lora.Scale, accumulate: group.SharesRows(group.IndexOf(lins[j])));
         }
         B.MatMul(group.AGrad!, dxaT, false, x, false, 1f, accumulate: true);
         B.MatMul(dx, dxaT, true, group.A, false);
@@ -384,6 +385,13 @@ public sealed partial class CausalLM
             if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dys[j]);
         }
     }
+
+    /// <summary>
+    /// The linear whose seed draws linear j's dropout mask: its own, or for a part of a fused module the module's first
+    /// part, so that the module sees one mask as PEFT's lora_B(lora_A(dropout(x))) does.
+    /// </summary>
+    private static int DropoutIndex(LoraLinear[] lins, int j) =>
+        lins[j].FusedRow is null ? j : Array.FindIndex(lins, l => l.Module == lins[j].Module);
 
     // y = x·Wᵀ + b + scale·(drop(x)·Aᵀ)·Bᵀ; xa = drop(x)·Aᵀ is kept for the backward.
     private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training)

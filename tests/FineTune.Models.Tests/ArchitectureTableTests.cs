@@ -18,6 +18,7 @@ public sealed class ArchitectureTableTests : IDisposable
     [InlineData("mistral", "MistralForCausalLM", 16, 32000, 131072)]
     [InlineData("qwen2", "Qwen2ForCausalLM", 16, 151936, 32768)]
     [InlineData("qwen3", "Qwen3ForCausalLM", 128, 151936, 32768)]
+    [InlineData("phi3", "Phi3ForCausalLM", 16, 32064, 4096)]
     public void Config_defaults_come_from_the_family(string modelType, string className, int headDim, int vocab, int maxPositions)
     {
         var c = Minimal(modelType);
@@ -40,6 +41,7 @@ public sealed class ArchitectureTableTests : IDisposable
     [InlineData("mistral", "llama")]
     [InlineData("qwen2", "qwen2")]
     [InlineData("qwen3", "qwen3")]
+    [InlineData("phi3", "phi3")]
     public void The_scratch_file_holds_exactly_the_parameters_the_engine_names(string modelType, string ggufArchitecture)
     {
         var config = ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Find(modelType)!, NumHiddenLayers = 1, TieWordEmbeddings = false }, _dir.File(modelType));

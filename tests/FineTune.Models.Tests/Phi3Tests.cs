@@ -72,13 +72,116 @@ public sealed class Phi3Tests : IDisposable
         Assert.Equal("blk.0.ffn_up.weight", GgufExporter.TensorName("model.layers.0.mlp.gate_up_proj.weight", ModelArchitecture.Phi3));
     }
 
-    [Fact]
-    public void The_engine_refuses_phi3_with_a_located_message()
+    /// <summary>Reads a phi3 model's weights as a llama model's: q/k/v and gate/up are row blocks of the fused tensors.</summary>
+    private sealed class SplitFusedWeights(CausalLM phi3) : IWeightSource
     {
-        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Phi3, NumHiddenLayers = 1 }, _dir.Path);
-        var e = Assert.Throws<ModelFormatException>(() => CausalLM.Load(_dir.Path, new CpuBackend(1), new TrainingSetup()));
-        Assert.Equal($"{_dir.File("config.json")}: model_type \"phi3\": phi3's fused qkv_proj / gate_up_proj are not run by FineTune's engine yet " +
-            "(loading, merge, GGUF export and scratch generation work); train or chat with one of llama, qwen2, qwen3, mistral.", e.Message);
+        public bool Contains(string name) => true;
+
+        public void Read(string name, ReadOnlySpan<int> shape, Span<float> destination)
+        {
+            var spec = phi3.Spec;
+            int c = spec.HiddenSize, q = spec.QDim, kv = spec.KvDim, inter = spec.IntermediateSize;
+            (string Fused, int Row)? part = name switch
+            {
+                _ when name.EndsWith(".q_proj.weight", StringComparison.Ordinal) => (name.Replace(".q_proj.", ".qkv_proj.", StringComparison.Ordinal), 0),
+                _ when name.EndsWith(".k_proj.weight", StringComparison.Ordinal) => (name.Replace(".k_proj.", ".qkv_proj.", StringComparison.Ordinal), q),
+                _ when name.EndsWith(".v_proj.weight", StringComparison.Ordinal) => (name.Replace(".v_proj.", ".qkv_proj.", StringComparison.Ordinal), q + kv),
+                _ when name.EndsWith(".gate_proj.weight", StringComparison.Ordinal) => (name.Replace(".gate_proj.", ".gate_up_proj.", StringComparison.Ordinal), 0),
+                _ when name.EndsWith(".up_proj.weight", StringComparison.Ordinal) => (name.Replace(".up_proj.", ".gate_up_proj.", StringComparison.Ordinal), inter),
+                _ => null,
+            };
+            if (part is { } p)
+                phi3.ReadParameter(p.Fused).AsSpan(p.Row * c, shape[0] * c).CopyTo(destination);
+            else
+                phi3.ReadParameter(name).CopyTo(destination);
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Fused_lora_is_pefts_one_A_and_one_B_spanning_the_parts(bool perLinear)
+    {
+        // PEFT on qkv_proj: y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ with B [q + 2kv, r]. The llama model with the same weights split and
+        // LoRAs (A, B_q), (A, B_k), (A, B_v) computes the same function: equal losses, dA = Σ dA_part, dB = [dB_q; dB_k; dB_v].
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 4 };
+        using var phi3 = TinyModels.Create(TinyModels.Spec("phi3", false), setup);
+        phi3.PerLinearLora = perLinear;
+        TinyModels.RandomizeLoraB(phi3, 9);
+        using var llama = CausalLM.Create(TinyModels.Spec("llama", false), new CpuBackend(2), setup, new SplitFusedWeights(phi3));
+        var spec = phi3.Spec;
+        int q = spec.QDim, kv = spec.KvDim, inter = spec.IntermediateSize, r = 2;
+        var parts = new (string Fused, (string Name, int Row, int Rows)[] Parts)[]
+        {
+            ("self_attn.qkv_proj", [("self_attn.q_proj", 0, q), ("self_attn.k_proj", q, kv), ("self_attn.v_proj", q + kv, kv)]),
+            ("mlp.gate_up_proj", [("mlp.gate_proj", 0, inter), ("mlp.up_proj", inter, inter)]),
+            ("mlp.down_proj", [("mlp.down_proj", 0, spec.HiddenSize)]),
+            ("self_attn.o_proj", [("self_attn.o_proj", 0, spec.HiddenSize)]),
+        };
+        for (int l = 0; l < spec.NumLayers; l++)
+            foreach (var (fused, split) in parts)
+            {
+                var a = phi3.ReadParameter($"model.layers.{l}.{fused}.lora_A.weight");
+                var b = phi3.ReadParameter($"model.layers.{l}.{fused}.lora_B.weight");
+                foreach (var (name, row, rows) in split)
+                {
+                    llama.WriteParameter($"model.layers.{l}.{name}.lora_A.weight", a);
+                    llama.WriteParameter($"model.layers.{l}.{name}.lora_B.weight", b.AsSpan(row * r, rows * r));
+                }
+            }
+        var batch = TinyModels.PackedBatch();
+        phi3.ZeroGrad();
+        llama.ZeroGrad();
+        double phi3Loss = phi3.ForwardBackward(batch).SumLoss, llamaLoss = llama.ForwardBackward(batch).SumLoss;
+        Assert.Equal(llamaLoss, phi3Loss, tolerance: 1e-5);
+        float[] Grad(CausalLM m, string name) => TinyModels.Grad(m, m.TrainableParameters.Single(p => p.HfName == name));
+        for (int l = 0; l < spec.NumLayers; l++)
+            foreach (var (fused, split) in parts)
+            {
+                var dA = Grad(phi3, $"model.layers.{l}.{fused}.lora_A.weight");
+                var dB = Grad(phi3, $"model.layers.{l}.{fused}.lora_B.weight");
+                var sumA = new float[dA.Length];
+                foreach (var (name, row, rows) in split)
+                {
+                    var partA = Grad(llama, $"model.layers.{l}.{name}.lora_A.weight");
+                    for (int i = 0; i < sumA.Length; i++) sumA[i] += partA[i];
+                    var partB = Grad(llama, $"model.layers.{l}.{name}.lora_B.weight");
+                    for (int i = 0; i < partB.Length; i++) Assert.Equal(partB[i], dB[row * r + i], tolerance: 1e-5);
+                }
+                for (int i = 0; i < sumA.Length; i++) Assert.Equal(sumA[i], dA[i], tolerance: 1e-5);
+            }
+    }
+
+    [Fact]
+    public void A_trained_phi3_adapter_is_saved_with_pefts_fused_names_and_reloads()
+    {
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Phi3, NumHiddenLayers = 1 }, _dir.File("base"));
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 4 };
+        float[] logits;
+        using (var model = CausalLM.Load(_dir.File("base"), new CpuBackend(1), setup))
+        {
+            TinyModels.RandomizeLoraB(model, 2);
+            model.SaveAdapter(_dir.File("adapter"));
+            logits = model.ForwardLogits(TinyModels.PackedBatch());
+            model.SaveModel(_dir.File("merged"));
+        }
+        var config = JsonNode.Parse(File.ReadAllText(_dir.File("adapter/adapter_config.json")))!;
+        Assert.Equal(["down_proj", "gate_up_proj", "o_proj", "qkv_proj"], config["target_modules"]!.AsArray().Select(t => (string)t!));
+        using (var reader = SafetensorsReader.Open(_dir.File("adapter/adapter_model.safetensors")))
+        {
+            Assert.Equal([2L, 64], reader.Tensors["base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight"].Shape);
+            Assert.Equal([128L, 2], reader.Tensors["base_model.model.model.layers.0.self_attn.qkv_proj.lora_B.weight"].Shape);
+            Assert.Equal([256L, 2], reader.Tensors["base_model.model.model.layers.0.mlp.gate_up_proj.lora_B.weight"].Shape);
+        }
+        using var reloaded = CausalLM.Load(_dir.File("base"), new CpuBackend(1), TrainingSetup.Inference, _dir.File("adapter"));
+        using var merged = CausalLM.Load(_dir.File("merged"), new CpuBackend(1), TrainingSetup.Inference);
+        var again = reloaded.ForwardLogits(TinyModels.PackedBatch());
+        var folded = merged.ForwardLogits(TinyModels.PackedBatch());
+        for (int i = 0; i < logits.Length; i++)
+        {
+            Assert.Equal(logits[i], again[i], tolerance: 1e-5);
+            Assert.Equal(logits[i], folded[i], tolerance: 1e-4);
+        }
     }
 
     [Fact]

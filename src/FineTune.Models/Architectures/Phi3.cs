@@ -31,6 +31,5 @@ internal static class Phi3
             ("mlp.down_proj", "ffn_down"),
         ]),
         ScratchChatTemplate = ChatTemplates.ChatMl,
-        EngineGap = "phi3's fused qkv_proj / gate_up_proj are not run by FineTune's engine yet (loading, merge, GGUF export and scratch generation work)",
     };
 }
