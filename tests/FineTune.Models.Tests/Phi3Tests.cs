@@ -68,6 +68,10 @@ public sealed class Phi3Tests : IDisposable
         Assert.Equal([128L, 64], reader.Tensors["model.layers.0.self_attn.qkv_proj.weight"].Shape);
         Assert.Equal([256L, 64], reader.Tensors["model.layers.0.mlp.gate_up_proj.weight"].Shape);
         Assert.Equal(TrainableModules.ParameterNames(TransformerSpec.FromConfig(config)).Order(StringComparer.Ordinal), reader.Tensors.Keys.Order(StringComparer.Ordinal));
+        // Phi3Config defaults pad_token_id to 32000, its embedding's padding_idx: a small vocabulary needs its own.
+        Assert.Equal(config.PadTokenId, (int?)JsonNode.Parse(File.ReadAllText(_dir.File("config.json")))!["pad_token_id"]);
+        Assert.NotNull(config.PadTokenId);
+        Assert.True(config.PadTokenId < config.VocabSize);
         Assert.Equal("blk.0.attn_qkv.weight", GgufExporter.TensorName("model.layers.0.self_attn.qkv_proj.weight", ModelArchitecture.Phi3));
         Assert.Equal("blk.0.ffn_up.weight", GgufExporter.TensorName("model.layers.0.mlp.gate_up_proj.weight", ModelArchitecture.Phi3));
     }

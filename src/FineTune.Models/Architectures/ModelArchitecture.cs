@@ -139,6 +139,11 @@ public sealed class ModelArchitecture
     public required string ScratchChatTemplate { get; init; }
     /// <summary>Keys a scratch model's config.json carries beyond the ones <see cref="ModelConfig"/> writes.</summary>
     public IReadOnlyDictionary<string, Func<JsonNode?>> ScratchExtraConfig { get; init; } = ScratchExtras.Common;
+    /// <summary>
+    /// Whether a scratch config.json names pad_token_id: where the config class defaults it to an id beyond a small
+    /// vocabulary (Phi3Config: 32000, used as the embedding's padding_idx) transformers would not load the model otherwise.
+    /// </summary>
+    public bool ScratchWritesPadTokenId { get; init; }
     /// <summary>What of the family the engine does not run yet (null: all of it); CausalLM refuses such models with this text.</summary>
     public string? EngineGap { get; init; }
 

@@ -31,5 +31,6 @@ internal static class Phi3
             ("mlp.down_proj", "ffn_down"),
         ]),
         ScratchChatTemplate = ChatTemplates.ChatMl,
+        ScratchWritesPadTokenId = true,
     };
 }

@@ -100,6 +100,7 @@ public static class ScratchModel
             AttentionBias = spec.Architecture.QkvBias == BiasRule.Always,
             MaxPositionEmbeddings = spec.MaxPositionEmbeddings,
             BosTokenId = ids.Bos,
+            PadTokenId = spec.Architecture.ScratchWritesPadTokenId ? ids.Pad : null,
             EosTokenIds = ids.Eos.Count > 0 ? [ids.Eos[0]] : [],
             TorchDtype = spec.DType.ToTorchDtype(),
             InitializerRange = spec.InitializerRange,
