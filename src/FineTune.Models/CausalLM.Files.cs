@@ -25,8 +25,11 @@ public sealed partial class CausalLM
     {
         var config = ModelConfig.Load(Path.Combine(modelDirectory, "config.json"));
         var spec = TransformerSpec.FromConfig(config);
+        if (config.Architecture.EngineGap is { } gap)
+            throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
+                $"model_type \"{config.ModelType}\": {gap}; train or chat with one of {string.Join(", ", ModelArchitecture.All.Where(a => a.EngineGap is null))}.");
         AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
-        if (adapter is not null) setup = adapter.Apply(setup);
+        if (adapter is not null) setup = adapter.Apply(setup, TrainableModules.LinearModulesOf(spec));
         // A reward model's value head lies beside its adapter (or its model), as LLaMA-Factory saves it.
         string? valueHead = new[] { adapterDirectory, modelDirectory }.OfType<string>()
             .Select(d => Path.Combine(d, ValueHeadFileName)).FirstOrDefault(File.Exists);
@@ -156,7 +159,8 @@ public sealed partial class CausalLM
         Directory.CreateDirectory(directory);
         var storeAs = dtype ?? SafetensorsDTypes.FromTorchDtype(config.TorchDtype) ?? SafetensorsDType.F32;
         var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
-        var loraOf = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).ToDictionary(l => l.Weight.Name, l => l.Lora!);
+        // The parts of a fused module share its weight's name and one A/B pair: fold it once, over all its rows.
+        var loraOf = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).GroupBy(l => l.Weight.Name).ToDictionary(g => g.Key, g => g.First().Lora!);
         foreach (var p in _allParameters.Where(p => p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB) && !IsValueHead(p)))
         {
             float[] values = ReadParameter(p.Name);
@@ -178,7 +182,7 @@ public sealed partial class CausalLM
     private void FoldLora(float[] w, LoraAdapter lora)
     {
         float[] a = ReadParameter(lora.A.Name), b = ReadParameter(lora.B.Name);
-        int r = lora.Rank, outDim = lora.B.Shape[0], inDim = lora.A.Shape[1];
+        int r = lora.Rank, outDim = b.Length / r, inDim = lora.A.Shape[1]; // b by name: a fused module's whole B
         for (int o = 0; o < outDim; o++)
             for (int i = 0; i < inDim; i++)
             {

@@ -183,9 +183,14 @@ public sealed partial class CausalLM
 
     private void EnsureRope(int positions)
     {
-        bool dynamic = Spec.RopeScaling?.Type == "dynamic" && positions > Spec.MaxPositionEmbeddings;
+        // dynamic NTK and longrope tables depend on the longest sequence: rebuilt for each length past the threshold.
+        bool dynamic = (Spec.RopeScaling?.Type == "dynamic" && positions > Spec.MaxPositionEmbeddings)
+            || (Spec.RopeScaling?.Type == "longrope" && (positions > RopeTables.LongRopeThreshold(Spec) || _ropeLength > RopeTables.LongRopeThreshold(Spec)));
         if (positions <= _ropeLength && !dynamic) return;
         int length = dynamic ? positions : Math.Max(positions, Math.Min(Math.Max(256, _ropeLength * 2), Math.Max(positions, Spec.MaxPositionEmbeddings)));
+        // A longrope table within the pre-training context must stay within it (its short factors hold only there).
+        if (Spec.RopeScaling?.Type == "longrope" && positions <= RopeTables.LongRopeThreshold(Spec))
+            length = Math.Min(length, RopeTables.LongRopeThreshold(Spec));
         if (dynamic && length == _ropeLength) return;
         int half = Spec.HeadDim / 2;
         var cos = new float[(long)length * half];
@@ -321,7 +326,7 @@ public sealed partial class CausalLM
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training) || _adaptersOff)
         {
             for (int j = 0; j < lins.Length; j++)
-                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j), training);
+                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training);
             _stepLora?.Apply(L, set, ys, x);
             return;
         }
@@ -355,7 +360,7 @@ public sealed partial class CausalLM
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training: true))
         {
             for (int j = 0; j < lins.Length; j++)
-                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + j));
+                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)));
             return;
         }
         var B = Backend;
@@ -367,7 +372,8 @@ public sealed partial class CausalLM
             int r = lora.Rank;
             long block = (long)group.RowOffset(group.IndexOf(lins[j])) * n;
             B.MatMul(lora.B.Grad!, dys[j], true, xaT.View(block, [r, n]), true, lora.Scale, accumulate: true);
-            B.MatMul(dxaT.View(block, [r, n]), lora.B.Value, true, dys[j], true, lora.Scale);
+            // The parts of a fused module share A's rows: their dxa add up.
+            B.MatMul(dxaT.View(block, [r, n]), lora.B.Value, true, dys[j], true, lora.Scale, accumulate: group.SharesRows(group.IndexOf(lins[j])));
         }
         B.MatMul(group.AGrad!, dxaT, false, x, false, 1f, accumulate: true);
         B.MatMul(dx, dxaT, true, group.A, false);
@@ -379,6 +385,13 @@ public sealed partial class CausalLM
             if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dys[j]);
         }
     }
+
+    /// <summary>
+    /// The linear whose seed draws linear j's dropout mask: its own, or for a part of a fused module the module's first
+    /// part, so that the module sees one mask as PEFT's lora_B(lora_A(dropout(x))) does.
+    /// </summary>
+    private static int DropoutIndex(LoraLinear[] lins, int j) =>
+        lins[j].FusedRow is null ? j : Array.FindIndex(lins, l => l.Module == lins[j].Module);
 
     // y = x·Wᵀ + b + scale·(drop(x)·Aᵀ)·Bᵀ; xa = drop(x)·Aᵀ is kept for the backward.
     private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training)

@@ -26,6 +26,9 @@ public sealed partial class CausalLM : IDisposable
 
     private CausalLM(TransformerSpec spec, IBackend backend, TrainingSetup setup, IWeightSource weights)
     {
+        // The architecture table says what of a family the engine does not run yet (Load reports it located first).
+        if (spec.Family.EngineGap is { } gap) throw new NotSupportedException(gap);
+        var views = new List<Parameter>();
         Spec = spec;
         Backend = backend;
         Setup = setup;
@@ -40,38 +43,79 @@ public sealed partial class CausalLM : IDisposable
         LoraLinear L(string prefix, string shortName, int outDim, int inDim, bool bias) =>
             new($"{prefix}.{shortName}", shortName, P($"{prefix}.{shortName}.weight", ParameterRole.Weight, outDim, inDim),
                 bias ? P($"{prefix}.{shortName}.bias", ParameterRole.Bias, outDim) : null);
+        // A fused module (phi3's qkv_proj [q+2kv, c], gate_up_proj [2·inter, c]): one weight, one linear per part on its rows.
+        LoraLinear[] Fused(string prefix, string fusedName, int inDim, params int[] outDims)
+        {
+            var weight = P($"{prefix}.{fusedName}.weight", ParameterRole.Weight, outDims.Sum(), inDim);
+            var parts = new LoraLinear[outDims.Length];
+            for (int j = 0, row = 0; j < outDims.Length; row += outDims[j], j++)
+            {
+                var view = new Parameter(weight.Name, [outDims[j], inDim], ParameterRole.Weight) { ViewOf = (weight, row) };
+                views.Add(view);
+                parts[j] = new LoraLinear($"{prefix}.{fusedName}", fusedName, view, null) { FusedRow = row };
+            }
+            return parts;
+        }
 
-        _embed = P("model.embed_tokens.weight", ParameterRole.Embedding, spec.VocabSize, c);
+        var n = spec.Family.Names;
+        _embed = P($"{n.Embedding}.weight", ParameterRole.Embedding, spec.VocabSize, c);
         _layers = new DecoderLayer[spec.NumLayers];
         for (int l = 0; l < spec.NumLayers; l++)
         {
-            string pre = $"model.layers.{l}";
+            string pre = n.Layer(l), attn = $"{pre}.{n.Attention}", mlp = $"{pre}.{n.Mlp}";
+            // Parameters are declared in the order TrainableModules.ParameterNames lists them.
+            var inputNorm = P($"{pre}.{n.InputNorm}.weight", ParameterRole.Norm, c);
+            var qkv = spec.Family.Block.FusedQkv ? Fused(attn, n.Qkv, c, qd, kvd, kvd)
+                : [L(attn, n.Q, qd, c, spec.QkvBias), L(attn, n.K, kvd, c, spec.QkvBias), L(attn, n.V, kvd, c, spec.QkvBias)];
+            var qNorm = spec.QkNorm ? P($"{attn}.{n.QNorm}.weight", ParameterRole.Norm, spec.HeadDim) : null;
+            var kNorm = spec.QkNorm ? P($"{attn}.{n.KNorm}.weight", ParameterRole.Norm, spec.HeadDim) : null;
+            var o = L(attn, n.O, c, qd, spec.OutputBias);
+            var postAttentionNorm = P($"{pre}.{n.PostAttentionNorm}.weight", ParameterRole.Norm, c);
+            var gateUp = spec.Family.Block.FusedGateUp ? Fused(mlp, n.GateUp, c, inter, inter)
+                : [L(mlp, n.Gate, inter, c, false), L(mlp, n.Up, inter, c, false)];
             _layers[l] = new DecoderLayer
             {
                 Index = l,
-                InputNorm = P($"{pre}.input_layernorm.weight", ParameterRole.Norm, c),
-                Q = L($"{pre}.self_attn", "q_proj", qd, c, spec.QkvBias),
-                K = L($"{pre}.self_attn", "k_proj", kvd, c, spec.QkvBias),
-                V = L($"{pre}.self_attn", "v_proj", kvd, c, spec.QkvBias),
-                QNorm = spec.QkNorm ? P($"{pre}.self_attn.q_norm.weight", ParameterRole.Norm, spec.HeadDim) : null,
-                KNorm = spec.QkNorm ? P($"{pre}.self_attn.k_norm.weight", ParameterRole.Norm, spec.HeadDim) : null,
-                O = L($"{pre}.self_attn", "o_proj", c, qd, spec.OutputBias),
-                PostAttentionNorm = P($"{pre}.post_attention_layernorm.weight", ParameterRole.Norm, c),
-                Gate = L($"{pre}.mlp", "gate_proj", inter, c, false),
-                Up = L($"{pre}.mlp", "up_proj", inter, c, false),
-                Down = L($"{pre}.mlp", "down_proj", c, inter, false),
+                InputNorm = inputNorm,
+                Q = qkv[0],
+                K = qkv[1],
+                V = qkv[2],
+                QNorm = qNorm,
+                KNorm = kNorm,
+                O = o,
+                PostAttentionNorm = postAttentionNorm,
+                Gate = gateUp[0],
+                Up = gateUp[1],
+                Down = L(mlp, n.Down, c, inter, false),
             };
         }
-        _finalNorm = P("model.norm.weight", ParameterRole.Norm, c);
-        _lmHead = spec.TieWordEmbeddings ? null : P("lm_head.weight", ParameterRole.Weight, spec.VocabSize, c);
+        _finalNorm = P($"{n.FinalNorm}.weight", ParameterRole.Norm, c);
+        _lmHead = spec.TieWordEmbeddings ? null : P($"{n.LmHead}.weight", ParameterRole.Weight, spec.VocabSize, c);
 
         var trainableNames = TrainableSelection.Select(spec, setup, _allParameters.Select(p => p.Name).ToList(), out var loraModules);
+        // PEFT's LoRA on a fused module: one A [r, in], one B [all rows, r]; each part's adapter is A and its rows of B.
+        var fusedLora = new Dictionary<string, (Parameter A, Parameter B)>(StringComparer.Ordinal);
         foreach (var layer in _layers)
             foreach (var lin in layer.Linears)
                 if (loraModules.Contains(lin.ShortName))
                 {
                     int rank = setup.LoraRankFor(lin.Module);
                     if (rank <= 0) throw new ArgumentException($"{lin.Module}: the LoRA rank must be positive, got {rank}");
+                    if (lin.FusedRow is { } row)
+                    {
+                        if (!fusedLora.TryGetValue(lin.Module, out var ab))
+                        {
+                            ab = (P($"{lin.Module}.lora_A.weight", ParameterRole.LoraA, rank, lin.In),
+                                P($"{lin.Module}.lora_B.weight", ParameterRole.LoraB, lin.Weight.ViewOf!.Value.Source.Shape[0], rank));
+                            fusedLora[lin.Module] = ab;
+                            trainableNames.Add(ab.A.Name);
+                            trainableNames.Add(ab.B.Name);
+                        }
+                        var bRows = new Parameter(ab.B.Name, [lin.Out, rank], ParameterRole.LoraB) { ViewOf = (ab.B, row) };
+                        views.Add(bRows);
+                        lin.Lora = new LoraAdapter(ab.A, bRows, (float)setup.LoraScaleFor(lin.Module), (float)setup.LoraDropout);
+                        continue;
+                    }
                     var a = P($"{lin.Module}.lora_A.weight", ParameterRole.LoraA, rank, lin.In);
                     var b = P($"{lin.Module}.lora_B.weight", ParameterRole.LoraB, lin.Out, rank);
                     lin.Lora = new LoraAdapter(a, b, (float)setup.LoraScaleFor(lin.Module), (float)setup.LoraDropout);
@@ -109,7 +153,7 @@ public sealed partial class CausalLM : IDisposable
             for (int s = 0; s < DecoderLayer.InputSetCount; s++)
                 if (layer.LoraGroups[s] is { } g)
                 {
-                    string name = $"model.layers.{layer.Index}.lora_A.{string.Join('+', g.Linears.Select(l => l.ShortName))}";
+                    string name = $"model.layers.{layer.Index}.lora_A.{string.Join('+', g.Linears.Select(l => l.ShortName).Distinct())}";
                     groupHandles[g] = (builder.Add(name, backend.ComputeDType, g.Rows, g.In),
                         trainableNames.Contains(g.Linears[0].Lora!.A.Name) ? builder.Add(name + ".grad", DType.F32, g.Rows, g.In) : -1);
                 }
@@ -171,6 +215,7 @@ public sealed partial class CausalLM : IDisposable
             _trainable.Add(p.Trainable);
         }
 
+        foreach (var view in views) view.ResolveView();
         LoadWeights(weights);
         foreach (var (p, h) in originalHandles)
         {

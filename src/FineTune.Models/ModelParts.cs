@@ -13,8 +13,25 @@ internal sealed class Parameter(string name, int[] shape, ParameterRole role)
     public TrainableParameter? Trainable { get; set; }
     /// <summary>The base value of a LoRA additional_target (modules_to_save) parameter, for the adapter-disabled forward.</summary>
     public Tensor? Original { get; set; }
-    public Tensor? Grad => Trainable?.Grad;
-    public bool IsTrainable => Trainable is not null;
+    public Tensor? Grad => GradView ?? Trainable?.Grad;
+    public bool IsTrainable => Trainable is not null || (ViewOf?.Source.IsTrainable ?? false);
+
+    /// <summary>
+    /// A view of rows [Row, Row + Shape[0]) of another parameter (q of a fused qkv_proj, B_q of its LoRA): it has no
+    /// storage, name or optimizer state of its own; its value and gradient are row views of the source's.
+    /// </summary>
+    public (Parameter Source, int Row)? ViewOf { get; init; }
+    /// <summary>The gradient of a view: rows of the source's gradient.</summary>
+    public Tensor? GradView { get; set; }
+
+    /// <summary>Points a view's value and gradient at its rows of the source (after the source has both).</summary>
+    public void ResolveView()
+    {
+        var (source, row) = ViewOf!.Value;
+        long offset = (long)row * Shape[1];
+        Value = source.Value.View(offset, Shape, Name);
+        GradView = source.Grad?.View(offset, Shape, Name + ".grad");
+    }
 }
 
 /// <summary>PEFT LoRA on a linear layer: y += scale · B·A·dropout(x), A [r, in], B [out, r].</summary>
@@ -27,9 +44,14 @@ internal sealed class LoraAdapter(Parameter a, Parameter b, float scale, float d
     public int Rank => A.Shape[0];
 }
 
-/// <summary>y = x·Wᵀ (+ b) (+ LoRA). W is [out, in] as HF stores it.</summary>
+/// <summary>
+/// y = x·Wᵀ (+ b) (+ LoRA). W is [out, in] as HF stores it. In a fused module (phi3's qkv_proj, gate_up_proj) each
+/// part is a linear whose weight is a row view of the fused weight, <see cref="Module"/> and <see cref="ShortName"/>
+/// name the fused module (what PEFT targets) and <see cref="FusedRow"/> is the part's first row in it.
+/// </summary>
 internal sealed class LoraLinear(string module, string shortName, Parameter weight, Parameter? bias)
 {
+    public int? FusedRow { get; init; }
     public string Module { get; } = module;
     public string ShortName { get; } = shortName;
     public Parameter Weight { get; } = weight;
@@ -56,10 +78,20 @@ internal sealed class LoraGroup
         _rowOffsets = new int[linears.Length];
         for (int j = 0; j < linears.Length; j++)
         {
+            // The parts of a fused module share one A (PEFT's one lora_A per fused module): the same rows.
+            int shared = Array.FindIndex(linears, 0, j, l => ReferenceEquals(l.Lora!.A, linears[j].Lora!.A));
+            if (shared >= 0)
+            {
+                _rowOffsets[j] = _rowOffsets[shared];
+                continue;
+            }
             _rowOffsets[j] = Rows;
             Rows += linears[j].Lora!.Rank;
         }
     }
+
+    /// <summary>Whether linear <paramref name="index"/> reads the A rows of an earlier linear of the group (a fused module's part).</summary>
+    public bool SharesRows(int index) => Array.FindIndex(Linears, 0, index, l => ReferenceEquals(l.Lora!.A, Linears[index].Lora!.A)) >= 0;
 
     /// <summary>The adapted linears of the group, in layer order; linear j owns rows [RowOffset(j), RowOffset(j) + r_j).</summary>
     public LoraLinear[] Linears { get; }

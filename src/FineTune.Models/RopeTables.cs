@@ -62,11 +62,26 @@ public static class RopeTables
                     scaling = (float)(rs.AttentionFactor ?? (factor <= 1 ? 1.0 : 0.1 * Math.Log(factor) + 1.0));
                     break;
                 }
+            case "longrope":
+                {
+                    // transformers' _compute_longrope_parameters: inv_freq = 1 / (ext · base^(2i/d)) with ext the
+                    // long factors when the sequence outgrows the pre-training context, else the short ones; the
+                    // attention factor √(1 + ln(factor) / ln(original)), factor = max / original unless given.
+                    double f = rs!.HasFactor ? factor : (double)spec.MaxPositionEmbeddings / originalMax;
+                    var ext = seqLen > originalMax ? rs.LongFactor! : rs.ShortFactor!;
+                    for (int i = 0; i < half; i++)
+                        inv[i] = 1f / ((float)ext[i] * (float)Math.Pow(theta, (float)(2 * i) / d));
+                    scaling = (float)(rs.AttentionFactor ?? (f <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(f) / Math.Log(originalMax))));
+                    break;
+                }
             default:
-                throw new NotSupportedException($"rope_scaling type '{type}' is not supported; use linear, dynamic, yarn or llama3");
+                throw new NotSupportedException($"rope_scaling type '{type}' is not supported; use linear, dynamic, yarn, llama3 or longrope");
         }
         return (inv, scaling);
     }
+
+    /// <summary>longrope: the longest sequence the short factors serve (original_max_position_embeddings).</summary>
+    public static int LongRopeThreshold(TransformerSpec spec) => spec.RopeScaling?.OriginalMaxPositionEmbeddings ?? spec.MaxPositionEmbeddings;
 
     /// <summary>Fills cos and sin ([positions·d/2]) for positions 0 … positions−1.</summary>
     public static void Compute(TransformerSpec spec, int positions, Span<float> cos, Span<float> sin)

@@ -14,36 +14,50 @@ public sealed record ModuleNameProblem(string Option, int Index, string Value, s
 /// </summary>
 public static class TrainableModules
 {
-    public static readonly IReadOnlyList<string> LinearModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-    public static readonly IReadOnlyList<string> LayerModules = ["self_attn", "mlp", "input_layernorm", "post_attention_layernorm"];
+    /// <summary>The linear modules of the llama-style families (what PEFT's all-linear means for them).</summary>
+    public static IReadOnlyList<string> LinearModules => ModelArchitecture.Llama.LoraTargets;
+
+    /// <summary>The linear modules LoRA may target in a model of this family, in PEFT's names.</summary>
+    public static IReadOnlyList<string> LinearModulesOf(TransformerSpec spec) => spec.Family.LoraTargets;
+
+    /// <summary>A decoder layer's sub-modules and norms (the table's names).</summary>
+    public static IReadOnlyList<string> LayerModules(TransformerSpec spec)
+    {
+        var n = spec.Family.Names;
+        return [n.Attention, n.Mlp, n.InputNorm, n.PostAttentionNorm];
+    }
 
     /// <summary>The modules of a decoder layer that freeze_trainable_modules may name (q_norm/k_norm where the architecture has them).</summary>
     public static IReadOnlyList<string> DecoderLayerModules(TransformerSpec spec) =>
-        [.. LayerModules, .. LinearModules, .. spec.QkNorm ? new[] { "q_norm", "k_norm" } : []];
+        [.. LayerModules(spec), .. LinearModulesOf(spec), .. spec.QkNorm ? new[] { spec.Family.Names.QNorm, spec.Family.Names.KNorm } : []];
 
     /// <summary>HF names of every base weight of a model of this shape, in the order <see cref="CausalLM"/> holds them.</summary>
     public static IReadOnlyList<string> ParameterNames(TransformerSpec spec)
     {
-        var names = new List<string> { "model.embed_tokens.weight" };
+        var n = spec.Family.Names;
+        var names = new List<string> { $"{n.Embedding}.weight" };
         for (int l = 0; l < spec.NumLayers; l++)
         {
-            string pre = $"model.layers.{l}";
-            names.Add($"{pre}.input_layernorm.weight");
-            foreach (string p in new[] { "q_proj", "k_proj", "v_proj" })
+            string pre = n.Layer(l), attn = $"{pre}.{n.Attention}", mlp = $"{pre}.{n.Mlp}";
+            names.Add($"{pre}.{n.InputNorm}.weight");
+            foreach (string p in spec.Family.Block.FusedQkv ? [n.Qkv] : new[] { n.Q, n.K, n.V })
             {
-                names.Add($"{pre}.self_attn.{p}.weight");
-                if (spec.QkvBias) names.Add($"{pre}.self_attn.{p}.bias");
+                names.Add($"{attn}.{p}.weight");
+                if (spec.QkvBias) names.Add($"{attn}.{p}.bias");
             }
-            if (spec.QkNorm) names.AddRange([$"{pre}.self_attn.q_norm.weight", $"{pre}.self_attn.k_norm.weight"]);
-            names.Add($"{pre}.self_attn.o_proj.weight");
-            if (spec.OutputBias) names.Add($"{pre}.self_attn.o_proj.bias");
-            names.Add($"{pre}.post_attention_layernorm.weight");
-            names.AddRange([$"{pre}.mlp.gate_proj.weight", $"{pre}.mlp.up_proj.weight", $"{pre}.mlp.down_proj.weight"]);
+            if (spec.QkNorm) names.AddRange([$"{attn}.{n.QNorm}.weight", $"{attn}.{n.KNorm}.weight"]);
+            names.Add($"{attn}.{n.O}.weight");
+            if (spec.OutputBias) names.Add($"{attn}.{n.O}.bias");
+            names.Add($"{pre}.{n.PostAttentionNorm}.weight");
+            names.AddRange(spec.Family.Block.FusedGateUp ? [$"{mlp}.{n.GateUp}.weight", $"{mlp}.{n.Down}.weight"]
+                : [$"{mlp}.{n.Gate}.weight", $"{mlp}.{n.Up}.weight", $"{mlp}.{n.Down}.weight"]);
         }
-        names.Add("model.norm.weight");
-        if (!spec.TieWordEmbeddings) names.Add("lm_head.weight");
+        names.Add($"{n.FinalNorm}.weight");
+        if (!spec.TieWordEmbeddings) names.Add($"{n.LmHead}.weight");
         return names;
     }
+
+    private static string Leaf(string module) => module[(module.LastIndexOf('.') + 1)..];
 
     /// <summary>True when the parameter's module path is <paramref name="target"/> or ends with "." + <paramref name="target"/>.</summary>
     public static bool ModuleMatches(string parameter, string target)
@@ -59,10 +73,11 @@ public static class TrainableModules
         string model = $"this {spec.Architecture} model";
         var parameters = ParameterNames(spec);
         // Leaf module names (and "norm" for model.norm): what a user names in additional_target / freeze_extra_modules.
-        var leaves = new List<string> { "embed_tokens", "norm" };
-        if (!spec.TieWordEmbeddings) leaves.Add("lm_head");
-        leaves.AddRange(["input_layernorm", "post_attention_layernorm", .. LinearModules]);
-        if (spec.QkNorm) leaves.AddRange(["q_norm", "k_norm"]);
+        var n = spec.Family.Names;
+        var leaves = new List<string> { Leaf(n.Embedding), Leaf(n.FinalNorm) };
+        if (!spec.TieWordEmbeddings) leaves.Add(Leaf(n.LmHead));
+        leaves.AddRange([n.InputNorm, n.PostAttentionNorm, .. LinearModulesOf(spec)]);
+        if (spec.QkNorm) leaves.AddRange([n.QNorm, n.KNorm]);
         string modules = $"modules: {string.Join(", ", leaves)}" + (spec.TieWordEmbeddings ? "; the embeddings are tied, so there is no lm_head" : "");
 
         void Modules(string option, IReadOnlyList<string> values)
@@ -83,7 +98,7 @@ public static class TrainableModules
         switch (setup.FinetuningType)
         {
             case FinetuningType.Lora:
-                Names("lora_target", setup.LoraTarget, LinearModules, "a linear module");
+                Names("lora_target", setup.LoraTarget, LinearModulesOf(spec), "a linear module");
                 Modules("additional_target", setup.AdditionalTarget);
                 break;
             case FinetuningType.Freeze:

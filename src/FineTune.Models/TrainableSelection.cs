@@ -3,8 +3,6 @@ namespace FineTune.Models;
 /// <summary>Which base parameters train and which linear modules get LoRA, by LLaMA-Factory's rules.</summary>
 internal static class TrainableSelection
 {
-    private static IReadOnlyList<string> LinearModules => TrainableModules.LinearModules;
-
     /// <summary>
     /// The trainable parameter names and LoRA modules. Names that resolve to nothing throw here as a last guard; front ends
     /// report them earlier, located, through <see cref="TrainableModules.Check"/>.
@@ -13,6 +11,7 @@ internal static class TrainableSelection
     {
         var trainable = new HashSet<string>(StringComparer.Ordinal);
         loraModules = new HashSet<string>(StringComparer.Ordinal);
+        var linearModules = TrainableModules.LinearModulesOf(spec);
         switch (setup.FinetuningType)
         {
             case FinetuningType.Full:
@@ -22,9 +21,9 @@ internal static class TrainableSelection
                 if (setup.LoraRank <= 0) throw new ArgumentException($"lora_rank must be positive, got {setup.LoraRank}");
                 foreach (string t in setup.LoraTarget)
                 {
-                    if (t == "all") loraModules.UnionWith(LinearModules);
-                    else if (LinearModules.Contains(t)) loraModules.Add(t);
-                    else throw new ArgumentException($"lora_target '{t}' names no linear module of a {spec.Architecture} model; use 'all' or some of {string.Join(", ", LinearModules)}");
+                    if (t == "all") loraModules.UnionWith(linearModules);
+                    else if (linearModules.Contains(t)) loraModules.Add(t);
+                    else throw new ArgumentException($"lora_target '{t}' names no linear module of a {spec.Architecture} model; use 'all' or some of {string.Join(", ", linearModules)}");
                 }
                 AddModules(setup.AdditionalTarget, parameters, trainable, "additional_target");
                 break;
@@ -43,7 +42,7 @@ internal static class TrainableSelection
                         }
                     }
                     foreach (string p in parameters)
-                        if (p.StartsWith("model.layers.", StringComparison.Ordinal) && patterns.Any(pat => p.Contains(pat, StringComparison.Ordinal)))
+                        if (p.StartsWith(spec.Family.Names.Layers + ".", StringComparison.Ordinal) && patterns.Any(pat => p.Contains(pat, StringComparison.Ordinal)))
                             trainable.Add(p);
                     AddModules(setup.FreezeExtraModules, parameters, trainable, "freeze_extra_modules");
                     break;

@@ -1,6 +1,6 @@
 namespace FineTune.Models;
 
-/// <summary>rope_scaling of config.json: type default|linear|dynamic|yarn|llama3 and its parameters.</summary>
+/// <summary>rope_scaling of config.json: type default|linear|dynamic|yarn|llama3|longrope and its parameters.</summary>
 public sealed record RopeScalingSpec(
     string Type,
     double Factor = 1.0,
@@ -9,12 +9,20 @@ public sealed record RopeScalingSpec(
     double HighFreqFactor = 4.0,
     double BetaFast = 32.0,
     double BetaSlow = 1.0,
-    double? AttentionFactor = null);
+    double? AttentionFactor = null)
+{
+    /// <summary>longrope: the per-frequency divisors of inv_freq (short up to original_max_position_embeddings, long beyond).</summary>
+    public IReadOnlyList<double>? ShortFactor { get; init; }
+    public IReadOnlyList<double>? LongFactor { get; init; }
+    /// <summary>longrope: whether the factor was given; when not, it is max_position_embeddings / original_max_position_embeddings.</summary>
+    public bool HasFactor { get; init; } = true;
+}
 
 /// <summary>
-/// The dimensions and variants of a decoder-only transformer the engine runs (llama, mistral, qwen2, qwen3).
-/// Architecture differences: qwen2 has biases on q/k/v; qwen3 normalises q and k per head (RMSNorm over
-/// head_dim) before RoPE; llama/qwen3 add biases on q/k/v/o when attention_bias is set.
+/// The dimensions and variants of a decoder-only transformer the engine runs. What differs between families is
+/// in the architecture table (<see cref="ModelArchitecture"/>, <see cref="Family"/>): e.g. qwen2 has biases on
+/// q/k/v; qwen3 normalises q and k per head (RMSNorm over head_dim) before RoPE; llama/qwen3 add biases on
+/// q/k/v/o when attention_bias is set.
 /// </summary>
 public sealed record TransformerSpec
 {
@@ -41,15 +49,20 @@ public sealed record TransformerSpec
     public int QDim => NumHeads * HeadDim;
     public int KvDim => NumKvHeads * HeadDim;
 
-    /// <summary>Architecture flags from HF config.json fields: model_type and attention_bias.</summary>
-    public static (bool QkvBias, bool OutputBias, bool QkNorm) Variant(string architecture, bool attentionBias) =>
-        architecture switch
-        {
-            "qwen2" => (true, false, false),
-            "qwen3" => (attentionBias, attentionBias, true),
-            "llama" or "mistral" => (attentionBias, attentionBias, false),
-            _ => throw new NotSupportedException($"architecture '{architecture}' is not supported; use llama, mistral, qwen2 or qwen3"),
-        };
+    /// <summary>The family's description in the architecture table.</summary>
+    public ModelArchitecture Family => FamilyOf(Architecture);
+
+    /// <summary>The family of a model_type, or NotSupportedException naming the families FineTune runs.</summary>
+    public static ModelArchitecture FamilyOf(string architecture) => ModelArchitecture.Find(architecture)
+        ?? throw new NotSupportedException($"architecture '{architecture}' is not supported; use one of {string.Join(", ", ModelArchitecture.All)}");
+
+    /// <summary>Architecture flags from HF config.json fields: model_type and attention_bias, by the family's bias rules.</summary>
+    public static (bool QkvBias, bool OutputBias, bool QkNorm) Variant(string architecture, bool attentionBias)
+    {
+        var family = FamilyOf(architecture);
+        bool Bias(BiasRule rule) => rule switch { BiasRule.Always => true, BiasRule.Never => false, _ => attentionBias };
+        return (Bias(family.QkvBias), Bias(family.OutputBias), family.Block.QkNorm);
+    }
 
     /// <summary>The engine's view of a parsed HF config.json.</summary>
     public static TransformerSpec FromConfig(ModelConfig config)
@@ -61,6 +74,7 @@ public sealed record TransformerSpec
         RopeScalingSpec? rope = config.RopeScaling is { } r && r.Type != "default"
             ? new RopeScalingSpec(r.Type, r.Factor, r.OriginalMaxPositionEmbeddings, r.LowFreqFactor ?? 1.0, r.HighFreqFactor ?? 4.0,
                 r.BetaFast ?? 32.0, r.BetaSlow ?? 1.0, r.AttentionFactor)
+            { ShortFactor = r.ShortFactor, LongFactor = r.LongFactor, HasFactor = r.HasFactor || r.Type != "longrope" }
             : null;
         return new TransformerSpec
         {

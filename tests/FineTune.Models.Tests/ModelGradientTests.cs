@@ -61,6 +61,42 @@ public sealed class ModelGradientTests
     }
 
     [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void Phi3FusedLoraGradientsMatchFiniteDifferences(bool tied, bool perLinear)
+    {
+        // One lora_A and one lora_B per fused module (qkv_proj, gate_up_proj) as PEFT has them; both LoRA paths.
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 4 };
+        using var model = TinyModels.Create(TinyModels.Spec("phi3", tied), setup);
+        model.PerLinearLora = perLinear;
+        TinyModels.RandomizeLoraB(model, 3);
+        Assert.Equal(2 * 4 * 2, model.TrainableParameters.Count);
+        double err = CheckGradients(model, TinyModels.PackedBatch());
+        Assert.True(err < 1e-3, $"relative error {err}");
+    }
+
+    [Fact]
+    public void Phi3FusedLoraWithDropoutGradientsMatchFiniteDifferencesOfTheSameDraw()
+    {
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 4, LoraDropout = 0.3 };
+        using var model = TinyModels.Create(TinyModels.Spec("phi3", false), setup);
+        TinyModels.RandomizeLoraB(model, 4);
+        model.RandomCounter = 5;
+        double err = CheckGradients(model, TinyModels.PackedBatch(), stochastic: true, h: 3e-3f);
+        Assert.True(err < 1e-3, $"relative error {err}");
+    }
+
+    [Fact]
+    public void Phi3FullFinetuningGradientsMatchFiniteDifferencesOnFusedWeights()
+    {
+        using var model = TinyModels.Create(TinyModels.Spec("phi3", false), new TrainingSetup { FinetuningType = FinetuningType.Full });
+        Assert.Contains(model.TrainableParameters, p => p.HfName == "model.layers.0.self_attn.qkv_proj.weight");
+        double err = CheckGradients(model, TinyModels.PackedBatch(), perParameter: 2);
+        Assert.True(err < 1e-3, $"relative error {err}");
+    }
+
+    [Theory]
     [InlineData("qwen2", false)]
     [InlineData("qwen3", true)]
     public void FullFinetuningGradientsMatchFiniteDifferencesForEveryParameterKind(string architecture, bool tied)

@@ -16,9 +16,11 @@ fi
 stage_dir() { ft path "$1" --stage "$2"; }
 
 # flavour:architecture:tied:hidden:intermediate:head_dim -- the h256 ones have head_dim 64, so that on a GPU they
-# take the flash-attention kernels (the bf16 comparison (e) in hf_equality.py).
+# take the flash-attention kernels (the bf16 comparison (e) in hf_equality.py). phi3: fused qkv_proj / gate_up_proj,
+# PEFT's LoRA on the fused modules (peft must reproduce FineTune's adapter logits and gradients under those names).
 for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qwen3:false:64:160:16" \
-            "llama-h256:llama:false:256:512:64" "qwen2-h256:qwen2:true:256:512:64" "qwen3-h256:qwen3:false:256:512:64"; do
+            "llama-h256:llama:false:256:512:64" "qwen2-h256:qwen2:true:256:512:64" "qwen3-h256:qwen3:false:256:512:64" \
+            "mistral:mistral:false:64:160:16" "phi3:phi3:false:64:160:16" "phi3-h256:phi3:false:256:512:64"; do
   IFS=: read -r flavour arch tied hidden inter head_dim <<<"$spec"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
   cat >"$work/pipeline.yaml" <<YAML

@@ -86,6 +86,31 @@ internal static class ChatTemplates
             SystemInFirstUser = true,
         });
 
+        // Gemma 2/3: BOS up front, the system text prepended to the first user turn, the assistant's role is "model"
+        // (the Gemma 3 tokenizer_config.json's Jinja renders the same for contents without surrounding whitespace, which it trims).
+        var gemmaAssistant = SlotFormat.Of("{{content}}<end_of_turn>\n");
+        list.Add(new ChatTemplate
+        {
+            Name = "gemma", Prefix = SlotFormat.Of(Bos),
+            User = SlotFormat.Of("<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n"),
+            Assistant = gemmaAssistant,
+            System = SlotFormat.Of("{{content}}\n\n"),
+            Observation = SlotFormat.Of("<start_of_turn>tool\n{{content}}<end_of_turn>\n<start_of_turn>model\n"),
+            Function = gemmaAssistant, StopWords = ["<end_of_turn>"], ReplaceEos = true,
+            SystemInFirstUser = true,
+        });
+
+        // Phi-4: ChatML with <|im_sep|> after the role and no newlines between turns.
+        var phi4Assistant = SlotFormat.Of("{{content}}<|im_end|>");
+        var phi4User = SlotFormat.Of("<|im_start|>user<|im_sep|>{{content}}<|im_end|><|im_start|>assistant<|im_sep|>");
+        list.Add(new ChatTemplate
+        {
+            Name = "phi4", User = phi4User, Observation = phi4User,
+            Assistant = phi4Assistant,
+            System = SlotFormat.Of("<|im_start|>system<|im_sep|>{{content}}<|im_end|>"),
+            Function = phi4Assistant, StopWords = ["<|im_end|>"], ReplaceEos = true,
+        });
+
         return list.ToDictionary(t => t.Name, StringComparer.Ordinal);
     }
 }

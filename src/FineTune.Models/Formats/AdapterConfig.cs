@@ -91,12 +91,14 @@ public sealed record AdapterConfig(
     /// target must be a linear module of the engine's transformer: an adapter on embeddings or the output head can only
     /// be merged (merge folds those in).
     /// </summary>
-    public TrainingSetup Apply(TrainingSetup setup)
+    public TrainingSetup Apply(TrainingSetup setup, IReadOnlyList<string>? linearModules = null)
     {
-        var others = TargetModules.Where(t => !TrainableModules.LinearModules.Contains(t)).ToList();
+        // The model's family says which linears it has (phi3: the fused qkv_proj, gate_up_proj); default the llama set.
+        linearModules ??= TrainableModules.LinearModules;
+        var others = TargetModules.Where(t => !linearModules.Contains(t)).ToList();
         if (others.Count > 0)
             throw new ModelFormatException(FilePath, $"target_modules names {string.Join(", ", others.Select(t => $"'{t}'"))}, which FineTune cannot apply unmerged " +
-                $"(it applies adapters on {string.Join(", ", TrainableModules.LinearModules)}); merge the adapter into the model and use the merged model instead.");
+                $"(it applies adapters on {string.Join(", ", linearModules)}); merge the adapter into the model and use the merged model instead.");
         return setup with
         {
             FinetuningType = FinetuningType.Lora,

@@ -22,47 +22,27 @@ public static class GgufExporter
     /// <summary>llama.cpp's token types (llama_token_type).</summary>
     public const int TokenNormal = 1, TokenUnknown = 2, TokenControl = 3, TokenUserDefined = 4, TokenUnused = 5, TokenByte = 6;
 
-    /// <summary>llama.cpp's architecture name: mistral models load as llama.</summary>
-    public static string ArchitectureName(ModelArchitecture a) => a switch
-    {
-        ModelArchitecture.Llama or ModelArchitecture.Mistral => "llama",
-        ModelArchitecture.Qwen2 => "qwen2",
-        ModelArchitecture.Qwen3 => "qwen3",
-        _ => throw new ArgumentOutOfRangeException(nameof(a)),
-    };
+    /// <summary>llama.cpp's architecture name (the table's; mistral models load as llama).</summary>
+    public static string ArchitectureName(ModelArchitecture a) => a.Gguf.Architecture;
 
-    private static readonly (string Hf, string Gguf)[] LayerNames =
-    [
-        ("input_layernorm", "attn_norm"),
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("self_attn.q_norm", "attn_q_norm"),
-        ("self_attn.k_norm", "attn_k_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
-    ];
+    /// <summary>HF tensor name of a llama-style model → llama.cpp's (token_embd, blk.N.attn_q, output_norm, output …); null when unknown.</summary>
+    public static string? TensorName(string hf) => TensorName(hf, ModelArchitecture.Llama);
 
-    /// <summary>HF tensor name → llama.cpp's (token_embd, blk.N.attn_q, output_norm, output …); null when unknown.</summary>
-    public static string? TensorName(string hf)
+    /// <summary>HF tensor name → llama.cpp's, by the family's names in the architecture table; null when unknown.</summary>
+    public static string? TensorName(string hf, ModelArchitecture family)
     {
-        switch (hf)
-        {
-            case "model.embed_tokens.weight": return "token_embd.weight";
-            case "model.norm.weight": return "output_norm.weight";
-            case "lm_head.weight": return "output.weight";
-        }
-        const string layers = "model.layers.";
+        var n = family.Names;
+        if (hf == $"{n.Embedding}.weight") return "token_embd.weight";
+        if (hf == $"{n.FinalNorm}.weight") return "output_norm.weight";
+        if (hf == $"{n.LmHead}.weight") return "output.weight";
+        string layers = n.Layers + ".";
         if (!hf.StartsWith(layers, StringComparison.Ordinal))
             return null;
         int dot = hf.IndexOf('.', layers.Length);
         if (dot < 0 || !int.TryParse(hf.AsSpan(layers.Length, dot - layers.Length), out int layer))
             return null;
         var rest = hf[(dot + 1)..];
-        foreach (var (h, g) in LayerNames)
+        foreach (var (h, g) in family.Gguf.LayerTensors)
             if (rest.StartsWith(h + ".", StringComparison.Ordinal) && rest[(h.Length + 1)..] is "weight" or "bias")
                 return $"blk.{layer}.{g}.{rest[(h.Length + 1)..]}";
         return null;
@@ -110,7 +90,8 @@ public static class GgufExporter
     internal static GgufExportResult Export(string modelDir, string outputPath, GgufFileType fileType, string? modelName, int chunkValues)
     {
         var config = ModelConfig.Load(modelDir);
-        var arch = ArchitectureName(config.Architecture);
+        var family = config.Architecture;
+        var arch = family.Gguf.Architecture;
         var notes = new List<string>();
         var w = new GgufWriter(chunkValues: chunkValues);
         w.Add("general.architecture", arch);
@@ -130,9 +111,22 @@ public static class GgufExporter
         w.Add($"{arch}.rope.dimension_count", (uint)config.HeadDim);
         w.Add($"{arch}.rope.freq_base", (float)config.RopeTheta);
         w.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)config.RmsNormEps);
-        float[]? ropeFreqs = null;
+        var ropeTensors = new List<(string Name, float[] Values)>();
         switch (config.RopeScaling)
         {
+            case { Type: "longrope" } s:
+                {
+                    // convert_hf_to_gguf's Phi3: the factors as rope_factors_short/long tensors, the context lengths and
+                    // the attention factor transformers derives (√(1 + ln(max/original) / ln(original)) unless given).
+                    int original = s.OriginalMaxPositionEmbeddings ?? config.MaxPositionEmbeddings;
+                    double scale = s.HasFactor ? s.Factor : (double)config.MaxPositionEmbeddings / original;
+                    double attnFactor = s.AttentionFactor ?? (scale <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(scale) / Math.Log(original)));
+                    w.Add($"{arch}.rope.scaling.original_context_length", (uint)original);
+                    w.Add($"{arch}.rope.scaling.attn_factor", (float)attnFactor);
+                    ropeTensors.Add(("rope_factors_long.weight", s.LongFactor!.Select(v => (float)v).ToArray()));
+                    ropeTensors.Add(("rope_factors_short.weight", s.ShortFactor!.Select(v => (float)v).ToArray()));
+                    break;
+                }
             case { Type: "linear" } s:
                 w.Add($"{arch}.rope.scaling.type", "linear");
                 w.Add($"{arch}.rope.scaling.factor", (float)s.Factor);
@@ -144,7 +138,7 @@ public static class GgufExporter
                     w.Add($"{arch}.rope.scaling.original_context_length", (uint)omp);
                 break;
             case { Type: "llama3" } s:
-                ropeFreqs = Llama3RopeFactors(config, s);
+                ropeTensors.Add(("rope_freqs.weight", Llama3RopeFactors(config, s)));
                 break;
             case { Type: "dynamic" }:
                 notes.Add("rope_scaling dynamic has no GGUF equivalent; the file uses unscaled RoPE (set the context in the runtime)");
@@ -155,30 +149,30 @@ public static class GgufExporter
         using var reader = SafetensorsReader.Open(modelDir);
         var counts = new Dictionary<GgufTensorType, int>();
         int tensors = 0;
-        if (ropeFreqs is not null)
+        foreach (var (ropeName, freqs) in ropeTensors)
         {
-            var freqs = ropeFreqs;
-            w.AddTensor("rope_freqs.weight", [freqs.Length], GgufTensorType.F32, span => FloatConversions.Encode(freqs, SafetensorsDType.F32, span));
+            w.AddTensor(ropeName, [freqs.Length], GgufTensorType.F32, span => FloatConversions.Encode(freqs, SafetensorsDType.F32, span));
             Count(counts, GgufTensorType.F32);
             tensors++;
         }
         // llama.cpp treats the embeddings as tied when the file has no output.weight.
         var mix = new GgufTypeMix(fileType, arch, config.NumHiddenLayers, config.NumAttentionHeads, config.NumKeyValueHeads,
-            tiedEmbeddings: !reader.Tensors.ContainsKey("lm_head.weight"));
+            tiedEmbeddings: !reader.Tensors.ContainsKey($"{family.Names.LmHead}.weight"));
         var fallbacks = new SortedDictionary<(long Row, GgufTensorType From, GgufTensorType To), int>();
         var scratch = new RowScratch();
         foreach (var info in reader.Tensors.Values.OrderBy(t => t.Name, TensorNameComparer.Instance))
         {
-            var ggufName = TensorName(info.Name)
-                ?? throw new ModelFormatException(info.FilePath, $"tensor \"{info.Name}\" has no GGUF name; FineTune exports llama, mistral, qwen2 and qwen3 decoder weights only.");
+            var ggufName = TensorName(info.Name, family)
+                ?? throw new ModelFormatException(info.FilePath, $"tensor \"{info.Name}\" has no GGUF name; FineTune exports the decoder weights of {ModelArchitecture.SupportedList} models only.");
             var name = info.Name;
             var shape = info.Shape;
             var choice = mix.TypeOf(ggufName, shape);
             var tensorType = choice.Type;
             if (choice.FallbackFrom is { } from)
                 fallbacks[(shape[^1], from, tensorType)] = fallbacks.GetValueOrDefault((shape[^1], from, tensorType)) + 1;
-            int? permuteHeads = arch == "llama" && name.Contains(".self_attn.q_proj.", StringComparison.Ordinal) ? config.NumAttentionHeads
-                : arch == "llama" && name.Contains(".self_attn.k_proj.", StringComparison.Ordinal) ? config.NumKeyValueHeads
+            var names = family.Names;
+            int? permuteHeads = family.Gguf.PermuteQkRows && name.Contains($".{names.Attention}.{names.Q}.", StringComparison.Ordinal) ? config.NumAttentionHeads
+                : family.Gguf.PermuteQkRows && name.Contains($".{names.Attention}.{names.K}.", StringComparison.Ordinal) ? config.NumKeyValueHeads
                 : null;
             // Weights [heads·d, in] are permuted a whole number of heads at a time; a bias [heads·d] is one row.
             int granule = permuteHeads is not null && shape.Count == 2 ? config.HeadDim : 1;

@@ -5,17 +5,19 @@ using System.Text.Json.Nodes;
 
 namespace FineTune.Models;
 
-/// <summary>The decoder-only architectures FineTune reads and trains.</summary>
-public enum ModelArchitecture { Llama, Qwen2, Qwen3, Mistral }
-
 /// <summary>
 /// RoPE scaling as Hugging Face writes it under <c>rope_scaling</c> (transformers 4.x) or
-/// <c>rope_parameters</c> (transformers 5.x). <see cref="Type"/> is linear | dynamic | yarn | llama3.
+/// <c>rope_parameters</c> (transformers 5.x). <see cref="Type"/> is linear | dynamic | yarn | llama3 | longrope ("su" reads as longrope).
 /// </summary>
 public sealed record RopeScaling
 {
     public required string Type { get; init; }
     public double Factor { get; init; } = 1.0;
+    /// <summary>Whether config.json gave the factor (longrope derives it from the context lengths when not).</summary>
+    public bool HasFactor { get; init; }
+    /// <summary>longrope: the per-frequency divisors of inv_freq up to and beyond original_max_position_embeddings.</summary>
+    public IReadOnlyList<double>? ShortFactor { get; init; }
+    public IReadOnlyList<double>? LongFactor { get; init; }
     /// <summary>yarn, llama3 and dynamic: the context length the model was pre-trained with.</summary>
     public int? OriginalMaxPositionEmbeddings { get; init; }
     /// <summary>llama3: wavelengths above original/low_freq_factor are divided by the factor.</summary>
@@ -28,12 +30,12 @@ public sealed record RopeScaling
     /// <summary>yarn: the attention temperature; HF's default is 0.1·ln(factor)+1.</summary>
     public double? AttentionFactor { get; init; }
 
-    public static readonly IReadOnlyList<string> KnownTypes = ["linear", "dynamic", "yarn", "llama3"];
+    public static readonly IReadOnlyList<string> KnownTypes = ["linear", "dynamic", "yarn", "llama3", "longrope"];
 }
 
 /// <summary>
-/// A Hugging Face <c>config.json</c> for llama, qwen2, qwen3 and mistral models, with the defaults
-/// that transformers applies when a key is absent. Keys FineTune does not model are kept in
+/// A Hugging Face <c>config.json</c> of a family in <see cref="ModelArchitecture.All"/>, with the defaults
+/// that transformers applies when a key is absent (the family's <see cref="ModelArchitecture"/> holds them). Keys FineTune does not model are kept in
 /// <see cref="Extra"/> so that <see cref="Save"/> writes them back.
 /// </summary>
 public sealed record ModelConfig
@@ -68,40 +70,19 @@ public sealed record ModelConfig
 
     public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
 
-    /// <summary>Qwen3's per-head RMSNorm on queries and keys (q_norm, k_norm).</summary>
-    public bool HasQkNorm => Architecture == ModelArchitecture.Qwen3;
+    /// <summary>The family's per-head RMSNorm on queries and keys (q_norm, k_norm).</summary>
+    public bool HasQkNorm => Architecture.Block.QkNorm;
 
     /// <summary>HF's model_type string: llama, qwen2, qwen3, mistral.</summary>
-    public string ModelType => ModelTypeOf(Architecture);
+    public string ModelType => Architecture.ModelType;
 
     /// <summary>HF's class name in "architectures", e.g. Qwen3ForCausalLM.</summary>
-    public string ArchitectureClassName => Architecture switch
-    {
-        ModelArchitecture.Llama => "LlamaForCausalLM",
-        ModelArchitecture.Qwen2 => "Qwen2ForCausalLM",
-        ModelArchitecture.Qwen3 => "Qwen3ForCausalLM",
-        ModelArchitecture.Mistral => "MistralForCausalLM",
-        _ => throw new ArgumentOutOfRangeException(nameof(Architecture)),
-    };
+    public string ArchitectureClassName => Architecture.ClassName;
 
-    public static string ModelTypeOf(ModelArchitecture architecture) => architecture switch
-    {
-        ModelArchitecture.Llama => "llama",
-        ModelArchitecture.Qwen2 => "qwen2",
-        ModelArchitecture.Qwen3 => "qwen3",
-        ModelArchitecture.Mistral => "mistral",
-        _ => throw new ArgumentOutOfRangeException(nameof(architecture)),
-    };
+    public static string ModelTypeOf(ModelArchitecture architecture) => architecture.ModelType;
 
-    /// <summary>Parses llama | qwen2 | qwen3 | mistral (case-insensitive); null when unknown.</summary>
-    public static ModelArchitecture? ParseArchitecture(string modelType) => modelType.ToLowerInvariant() switch
-    {
-        "llama" => ModelArchitecture.Llama,
-        "qwen2" => ModelArchitecture.Qwen2,
-        "qwen3" => ModelArchitecture.Qwen3,
-        "mistral" => ModelArchitecture.Mistral,
-        _ => null,
-    };
+    /// <summary>The family of a model_type (case-insensitive); null when unknown.</summary>
+    public static ModelArchitecture? ParseArchitecture(string modelType) => ModelArchitecture.Find(modelType);
 
     /// <summary>The most FineTune reads of a config.json (they hold sizes and names, a few KB).</summary>
     public const long MaxConfigBytes = 16L << 20;
@@ -122,9 +103,9 @@ public sealed record ModelConfig
         var reader = new ConfigReader(obj, file);
         var modelType = reader.String("model_type");
         if (modelType is null)
-            throw new ModelFormatException(file, "missing \"model_type\"; FineTune supports llama, qwen2, qwen3 and mistral models.");
+            throw new ModelFormatException(file, $"missing \"model_type\"; FineTune supports {ModelArchitecture.SupportedList} models.");
         var arch = ParseArchitecture(modelType)
-            ?? throw new ModelFormatException(file, $"unsupported architecture \"{modelType}\" (model_type); FineTune supports llama, qwen2, qwen3 and mistral models.");
+            ?? throw new ModelFormatException(file, $"unsupported architecture \"{modelType}\" (model_type); FineTune supports {ModelArchitecture.SupportedList} models.");
 
         // Bounds well above every released model: a value outside them is a broken or hostile file, which would
         // otherwise pass download and fail in training with a negative dimension or an allocation of petabytes.
@@ -142,8 +123,8 @@ public sealed record ModelConfig
             if (headDim % 2 != 0)
                 throw new ModelFormatException(file, $"\"head_dim\" must be even (RoPE rotates pairs of dimensions), got {headDim}.");
         }
-        else if (arch == ModelArchitecture.Qwen3)
-            headDim = 128; // transformers: Qwen3Config defaults head_dim to 128; the others use hidden_size / num_attention_heads.
+        else if (arch.DefaultHeadDim is { } defaultHeadDim)
+            headDim = defaultHeadDim; // the family's config class default (Qwen3Config: 128); the others use hidden_size / num_attention_heads.
         else
         {
             if (hidden % heads != 0)
@@ -152,13 +133,8 @@ public sealed record ModelConfig
             if (headDim % 2 != 0)
                 throw new ModelFormatException(file, $"the head dimension \"hidden_size\" / \"num_attention_heads\" = {headDim} must be even (RoPE rotates pairs of dimensions); set \"head_dim\".");
         }
-        int vocab = reader.Range("vocab_size", reader.Int("vocab_size") ?? (arch is ModelArchitecture.Qwen2 or ModelArchitecture.Qwen3 ? 151936 : 32000), 1, MaxVocabSize);
-        int maxPositions = reader.Range("max_position_embeddings", reader.Int("max_position_embeddings") ?? arch switch
-        {
-            ModelArchitecture.Llama => 2048,
-            ModelArchitecture.Mistral => 131072,
-            _ => 32768,
-        }, 1, MaxPositions);
+        int vocab = reader.Range("vocab_size", reader.Int("vocab_size") ?? arch.DefaultVocabSize, 1, MaxVocabSize);
+        int maxPositions = reader.Range("max_position_embeddings", reader.Int("max_position_embeddings") ?? arch.DefaultMaxPositionEmbeddings, 1, MaxPositions);
 
         // transformers 5 moved rope_theta and rope_scaling into rope_parameters; read both layouts.
         var ropeParams = obj["rope_parameters"] as JsonObject;
@@ -170,14 +146,16 @@ public sealed record ModelConfig
         var scaling = scalingObj is not null ? ParseRopeScaling(scalingObj, file, "rope_scaling.")
             : ropeParams is not null ? ParseRopeScaling(ropeParams, file, "rope_parameters.")
             : null;
-        double rmsNormEps = reader.Double("rms_norm_eps") is { } eps ? reader.Range("rms_norm_eps", eps, 0, false, 1, false, "(0, 1)") : 1e-6;
+        double rmsNormEps = reader.Double("rms_norm_eps") is { } eps ? reader.Range("rms_norm_eps", eps, 0, false, 1, false, "(0, 1)") : arch.DefaultRmsNormEps;
+        if (scaling is { Type: "longrope" })
+            scaling = CheckLongRope(scaling, reader, file, scalingObj is not null ? "rope_scaling." : "rope_parameters.", headDim, maxPositions);
         double initializerRange = reader.Double("initializer_range") is { } ir ? reader.Range("initializer_range", ir, 0, true, 1, true, "[0, 1]") : 0.02;
 
-        // Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases.
-        bool attentionBias = arch switch
+        // The family's rule (Qwen2Attention builds q/k/v with bias=True whatever the config says; mistral never has biases).
+        bool attentionBias = arch.QkvBias switch
         {
-            ModelArchitecture.Qwen2 => true,
-            ModelArchitecture.Mistral => false,
+            BiasRule.Always => true,
+            BiasRule.Never => false,
             _ => reader.Bool("attention_bias") ?? false,
         };
 
@@ -209,7 +187,12 @@ public sealed record ModelConfig
             RopeScaling = scaling,
             TieWordEmbeddings = reader.Bool("tie_word_embeddings") ?? false,
             AttentionBias = attentionBias,
-            MlpBias = arch == ModelArchitecture.Llama && (reader.Bool("mlp_bias") ?? false),
+            MlpBias = arch.MlpBias switch
+            {
+                BiasRule.Always => true,
+                BiasRule.Never => false,
+                _ => reader.Bool("mlp_bias") ?? false,
+            },
             MaxPositionEmbeddings = maxPositions,
             HiddenAct = reader.String("hidden_act") ?? "silu",
             BosTokenId = reader.Int("bos_token_id"),
@@ -227,13 +210,17 @@ public sealed record ModelConfig
         var type = r.String("rope_type") ?? r.String("type");
         if (type is null or "default")
             return null;
+        if (type == "su") type = "longrope"; // Phi-3's first configs: transformers reads "su" as longrope.
         if (!RopeScaling.KnownTypes.Contains(type))
-            throw new ModelFormatException(file, $"unsupported rope_scaling type \"{type}\"; FineTune supports linear, dynamic, yarn and llama3.");
+            throw new ModelFormatException(file, $"unsupported rope_scaling type \"{type}\"; FineTune supports linear, dynamic, yarn, llama3 and longrope.");
         double? Positive(string key) => r.Double(key) is { } v ? r.Range(key, v, 0, false, MaxRopeFactor, true, "(0, 1e+06]") : null;
         var scaling = new RopeScaling
         {
             Type = type,
             Factor = Positive("factor") ?? 1.0,
+            HasFactor = type == "longrope" && r.Double("factor") is not null, // only longrope tells an absent factor from 1
+            ShortFactor = FactorList(o, "short_factor", file, prefix),
+            LongFactor = FactorList(o, "long_factor", file, prefix),
             OriginalMaxPositionEmbeddings = r.Int("original_max_position_embeddings") is { } omp ? r.Range("original_max_position_embeddings", omp, 1, MaxPositions) : null,
             LowFreqFactor = Positive("low_freq_factor"),
             HighFreqFactor = Positive("high_freq_factor"),
@@ -247,6 +234,33 @@ public sealed record ModelConfig
         if (type == "yarn" && (scaling.BetaFast ?? 32.0) <= (scaling.BetaSlow ?? 1.0))
             throw new ModelFormatException(file, $"\"{prefix}beta_fast\" ({Show(scaling.BetaFast ?? 32.0)}) must be larger than \"{prefix}beta_slow\" ({Show(scaling.BetaSlow ?? 1.0)}).");
         return scaling;
+    }
+
+    private static IReadOnlyList<double>? FactorList(JsonObject o, string key, string file, string prefix)
+    {
+        if (o[key] is null) return null;
+        if (o[key] is not JsonArray list)
+            throw new ModelFormatException(file, $"\"{prefix}{key}\" must be a list of numbers (one per rotary frequency).");
+        var values = new double[list.Count];
+        for (int i = 0; i < list.Count; i++)
+            values[i] = list[i] is JsonValue v && v.TryGetValue<double>(out var d) && d > 0 && double.IsFinite(d) ? d
+                : throw new ModelFormatException(file, $"\"{prefix}{key}\"[{i}] must be a positive number, got {list[i]?.ToJsonString() ?? "null"}.");
+        return values;
+    }
+
+    /// <summary>
+    /// longrope needs short_factor and long_factor with one value per rotary frequency (head_dim / 2) and the
+    /// pre-training context: original_max_position_embeddings of rope_scaling, or Phi3Config's top-level key.
+    /// </summary>
+    private static RopeScaling CheckLongRope(RopeScaling s, ConfigReader reader, string file, string prefix, int headDim, int maxPositions)
+    {
+        foreach (var (key, list) in new[] { ("short_factor", s.ShortFactor), ("long_factor", s.LongFactor) })
+            if (list is null || list.Count != headDim / 2)
+                throw new ModelFormatException(file, $"\"{prefix}{key}\" must list head_dim / 2 = {headDim / 2} numbers for longrope, " +
+                    (list is null ? "but is missing." : $"got {list.Count}."));
+        int original = s.OriginalMaxPositionEmbeddings
+            ?? (reader.Int("original_max_position_embeddings") is { } omp ? reader.Range("original_max_position_embeddings", omp, 1, MaxPositions) : maxPositions);
+        return s with { OriginalMaxPositionEmbeddings = original };
     }
 
     private const int MaxHiddenSize = 65536, MaxHeads = 1024, MaxLayers = 1024, MaxIntermediateSize = 262144, MaxHeadDim = 1024;
@@ -274,9 +288,10 @@ public sealed record ModelConfig
         entries["rope_theta"] = RopeTheta;
         entries["rope_scaling"] = RopeScaling is null ? null : RopeScalingJson(RopeScaling);
         entries["tie_word_embeddings"] = TieWordEmbeddings;
-        if (Architecture is ModelArchitecture.Llama or ModelArchitecture.Qwen3)
+        // The keys the family's config class has: attention_bias / mlp_bias where config.json decides the biases.
+        if (Architecture.QkvBias == BiasRule.FromConfig)
             entries["attention_bias"] = AttentionBias;
-        if (Architecture == ModelArchitecture.Llama)
+        if (Architecture.MlpBias == BiasRule.FromConfig)
             entries["mlp_bias"] = MlpBias;
         entries["max_position_embeddings"] = MaxPositionEmbeddings;
         entries["hidden_act"] = HiddenAct;
@@ -299,13 +314,17 @@ public sealed record ModelConfig
 
     private static JsonObject RopeScalingJson(RopeScaling s)
     {
-        var o = new JsonObject { ["rope_type"] = s.Type, ["factor"] = s.Factor };
+        var o = new JsonObject { ["rope_type"] = s.Type };
+        // longrope without a factor derives it from the context lengths: writing 1.0 would change the model.
+        if (s.HasFactor || s.Type != "longrope") o["factor"] = s.Factor;
         if (s.OriginalMaxPositionEmbeddings is { } omp) o["original_max_position_embeddings"] = omp;
         if (s.LowFreqFactor is { } lf) o["low_freq_factor"] = lf;
         if (s.HighFreqFactor is { } hf) o["high_freq_factor"] = hf;
         if (s.BetaFast is { } bf) o["beta_fast"] = bf;
         if (s.BetaSlow is { } bs) o["beta_slow"] = bs;
         if (s.AttentionFactor is { } af) o["attention_factor"] = af;
+        if (s.ShortFactor is { } sf) o["short_factor"] = new JsonArray(sf.Select(v => (JsonNode?)JsonValue.Create(v)).ToArray());
+        if (s.LongFactor is { } lf2) o["long_factor"] = new JsonArray(lf2.Select(v => (JsonNode?)JsonValue.Create(v)).ToArray());
         return o;
     }
 

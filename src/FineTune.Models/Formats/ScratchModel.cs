@@ -56,20 +56,8 @@ public static class ScratchModel
         ("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "u"), ("Ġ", "a"), ("r", "e"),
     ];
 
-    /// <summary>ChatML turns; for qwen3, enable_thinking=false adds an empty think block to the generation prompt.</summary>
-    public static string ChatTemplate(ModelArchitecture architecture)
-    {
-        var turns =
-            "{%- for message in messages %}" +
-            "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}" +
-            "{%- endfor %}";
-        var prompt = architecture == ModelArchitecture.Qwen3
-            ? "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}" +
-              "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}" +
-              "{%- endif %}"
-            : "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
-        return turns + prompt;
-    }
+    /// <summary>The chat template a scratch model of the family carries (the architecture table's).</summary>
+    public static string ChatTemplate(ModelArchitecture architecture) => architecture.ScratchChatTemplate;
 
     /// <summary>Writes the model into <paramref name="outputDirectory"/> (created if needed) and returns its config.</summary>
     public static ModelConfig Generate(ScratchModelSpec spec, string outputDirectory)
@@ -108,17 +96,15 @@ public static class ScratchModel
             RmsNormEps = spec.RmsNormEps,
             RopeTheta = spec.RopeTheta,
             TieWordEmbeddings = spec.TieWordEmbeddings,
-            AttentionBias = spec.Architecture == ModelArchitecture.Qwen2,
+            // Biases where the family always has them (qwen2's q/k/v); a config-decided bias stays off.
+            AttentionBias = spec.Architecture.QkvBias == BiasRule.Always,
             MaxPositionEmbeddings = spec.MaxPositionEmbeddings,
             BosTokenId = ids.Bos,
+            PadTokenId = spec.Architecture.ScratchWritesPadTokenId ? ids.Pad : null,
             EosTokenIds = ids.Eos.Count > 0 ? [ids.Eos[0]] : [],
             TorchDtype = spec.DType.ToTorchDtype(),
             InitializerRange = spec.InitializerRange,
-            Extra = new Dictionary<string, JsonNode?>
-            {
-                ["attention_dropout"] = 0.0,
-                ["use_cache"] = true,
-            },
+            Extra = spec.Architecture.ScratchExtraConfig.ToDictionary(e => e.Key, e => e.Value()),
         };
         config.Save(Path.Combine(outputDirectory, "config.json"));
         AtomicFile.WriteAllText(Path.Combine(outputDirectory, "generation_config.json"), GenerationConfigJson(ids));
@@ -151,38 +137,42 @@ public static class ScratchModel
 
     private enum Init { Normal, Ones }
 
-    /// <summary>HF's tensor names and shapes ([out, in] for linear weights) for a config.</summary>
+    /// <summary>HF's tensor names (the architecture table's) and shapes ([out, in] for linear weights) for a config.</summary>
     private static IEnumerable<(string Name, long[] Shape, Init Init)> TensorLayout(ModelConfig c)
     {
+        var n = c.Architecture.Names;
         long h = c.HiddenSize, q = (long)c.NumAttentionHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim, i = c.IntermediateSize;
-        yield return ("model.embed_tokens.weight", [c.VocabSize, h], Init.Normal);
+        yield return ($"{n.Embedding}.weight", [c.VocabSize, h], Init.Normal);
         for (int l = 0; l < c.NumHiddenLayers; l++)
         {
-            var p = $"model.layers.{l}.";
-            yield return (p + "input_layernorm.weight", [h], Init.Ones);
-            yield return (p + "self_attn.q_proj.weight", [q, h], Init.Normal);
-            yield return (p + "self_attn.k_proj.weight", [kv, h], Init.Normal);
-            yield return (p + "self_attn.v_proj.weight", [kv, h], Init.Normal);
-            if (c.AttentionBias)
+            string pre = n.Layer(l), attn = $"{pre}.{n.Attention}", mlp = $"{pre}.{n.Mlp}";
+            yield return ($"{pre}.{n.InputNorm}.weight", [h], Init.Ones);
+            // Fused families store q, k, v as one [q + 2·kv, h] matrix (qkv_proj).
+            foreach (var (proj, rows) in c.Architecture.Block.FusedQkv ? [(n.Qkv, q + 2 * kv)] : new[] { (n.Q, q), (n.K, kv), (n.V, kv) })
             {
-                yield return (p + "self_attn.q_proj.bias", [q], Init.Normal);
-                yield return (p + "self_attn.k_proj.bias", [kv], Init.Normal);
-                yield return (p + "self_attn.v_proj.bias", [kv], Init.Normal);
+                yield return ($"{attn}.{proj}.weight", [rows, h], Init.Normal);
+                if (c.AttentionBias)
+                    yield return ($"{attn}.{proj}.bias", [rows], Init.Normal);
             }
-            yield return (p + "self_attn.o_proj.weight", [h, q], Init.Normal);
+            yield return ($"{attn}.{n.O}.weight", [h, q], Init.Normal);
             if (c.HasQkNorm)
             {
-                yield return (p + "self_attn.q_norm.weight", [c.HeadDim], Init.Ones);
-                yield return (p + "self_attn.k_norm.weight", [c.HeadDim], Init.Ones);
+                yield return ($"{attn}.{n.QNorm}.weight", [c.HeadDim], Init.Ones);
+                yield return ($"{attn}.{n.KNorm}.weight", [c.HeadDim], Init.Ones);
             }
-            yield return (p + "post_attention_layernorm.weight", [h], Init.Ones);
-            yield return (p + "mlp.gate_proj.weight", [i, h], Init.Normal);
-            yield return (p + "mlp.up_proj.weight", [i, h], Init.Normal);
-            yield return (p + "mlp.down_proj.weight", [h, i], Init.Normal);
+            yield return ($"{pre}.{n.PostAttentionNorm}.weight", [h], Init.Ones);
+            if (c.Architecture.Block.FusedGateUp)
+                yield return ($"{mlp}.{n.GateUp}.weight", [2 * i, h], Init.Normal);
+            else
+            {
+                yield return ($"{mlp}.{n.Gate}.weight", [i, h], Init.Normal);
+                yield return ($"{mlp}.{n.Up}.weight", [i, h], Init.Normal);
+            }
+            yield return ($"{mlp}.{n.Down}.weight", [h, i], Init.Normal);
         }
-        yield return ("model.norm.weight", [h], Init.Ones);
+        yield return ($"{n.FinalNorm}.weight", [h], Init.Ones);
         if (!c.TieWordEmbeddings)
-            yield return ("lm_head.weight", [c.VocabSize, h], Init.Normal);
+            yield return ($"{n.LmHead}.weight", [c.VocabSize, h], Init.Normal);
     }
 
     /// <summary>Fills with std·N(0,1)-like values from the stream of (seed, name).</summary>

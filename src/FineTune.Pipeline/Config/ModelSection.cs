@@ -20,12 +20,13 @@ public sealed record ModelSection
     public bool IsHub => Source.StartsWith("hf://", StringComparison.Ordinal);
 }
 
-public enum ScratchArchitecture { Llama, Qwen2, Qwen3 }
+/// <summary>The families a scratch model may have: HF's model_type values, each a file in FineTune.Models/Architectures.</summary>
+public enum ScratchArchitecture { Llama, Qwen2, Qwen3, Mistral, Phi3 }
 
 /// <summary>A tiny model generated in Hugging Face format (config.json, model.safetensors, tokenizer.json).</summary>
 public sealed record ScratchConfig
 {
-    [Description("Architecture written into config.json.")]
+    [Description("HF model_type written into config.json (llama, qwen2, qwen3, mistral, phi3).")]
     public ScratchArchitecture Architecture { get; init; } = ScratchArchitecture.Qwen3;
 
     // The same bounds as ModelConfig's config.json check, so a scratch model that validates also loads.

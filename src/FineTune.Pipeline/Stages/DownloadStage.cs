@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using FineTune.Models;
 using FineTune.Models.Hub;
 using FineTune.Pipeline.Config;
+using FineTune.Pipeline.Validation;
 
 namespace FineTune.Pipeline;
 
@@ -133,12 +134,9 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
         var s = ctx.Pipeline.Model.Scratch ?? new ScratchConfig();
         return new ScratchModelSpec
         {
-            Architecture = s.Architecture switch
-            {
-                ScratchArchitecture.Llama => ModelArchitecture.Llama,
-                ScratchArchitecture.Qwen2 => ModelArchitecture.Qwen2,
-                _ => ModelArchitecture.Qwen3,
-            },
+            // The scratch block's architecture is HF's model_type, the architecture table's key.
+            Architecture = ModelArchitecture.Find(ConfigModel.EnumName(s.Architecture))
+                ?? throw new PipelineUserException($"model.scratch.architecture: \"{ConfigModel.EnumName(s.Architecture)}\" is not in the architecture table; use one of {string.Join(", ", ModelArchitecture.All)}."),
             HiddenSize = s.HiddenSize,
             IntermediateSize = s.IntermediateSize,
             NumHiddenLayers = s.NumHiddenLayers,

@@ -120,7 +120,9 @@ public sealed class ExportStage : IStageExecutor
     private static string TemplateNameOf(string? jinja) => jinja switch
     {
         null => "default",
+        _ when jinja.Contains("<|im_sep|>", StringComparison.Ordinal) => "phi4",
         _ when jinja.Contains("<|im_start|>", StringComparison.Ordinal) => jinja.Contains("<think>", StringComparison.Ordinal) ? "qwen3" : "chatml",
+        _ when jinja.Contains("<start_of_turn>", StringComparison.Ordinal) => "gemma",
         _ when jinja.Contains("<|start_header_id|>", StringComparison.Ordinal) => "llama3",
         _ when jinja.Contains("<<SYS>>", StringComparison.Ordinal) => "llama2",
         _ when jinja.Contains("[INST]", StringComparison.Ordinal) => "mistral",

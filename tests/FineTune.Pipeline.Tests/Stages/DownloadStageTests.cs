@@ -29,6 +29,14 @@ public sealed class DownloadStageTests : IDisposable
     }
 
     [Fact]
+    public void Scratch_architecture_is_the_hf_model_type_of_any_family_in_the_table()
+    {
+        new DownloadStage().Execute(Context(new ModelSection { Source = "scratch", Scratch = new ScratchConfig { Architecture = ScratchArchitecture.Mistral } }, Output("out")));
+        var config = ModelConfig.Load(_dir.File("out"));
+        Assert.Equal((ModelArchitecture.Mistral, "MistralForCausalLM"), (config.Architecture, config.ArchitectureClassName));
+    }
+
+    [Fact]
     public void Local_directory_model_files_are_the_inputs_and_are_copied()
     {
         ScratchModel.Generate(new ScratchModelSpec { NumHiddenLayers = 1 }, _dir.File("local"));

@@ -38,6 +38,8 @@ public sealed class LlamaCppGenerationTests : IDisposable
     [InlineData("qwen3")]
     [InlineData("qwen2")]
     [InlineData("llama")]
+    [InlineData("mistral")]
+    [InlineData("phi3")]
     public void Exported_gguf_greedy_decodes_the_same_answer_in_llama_cpp(string architecture)
     {
         var loaded = PipelineLoader.Load(DemoPipeline(architecture));
