@@ -126,7 +126,9 @@ public sealed partial class CausalLM : IDisposable
         foreach (var p in _allParameters)
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
-            int value = stacked ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            bool quantized = HeldQuantized(p, trainable);
+            if (quantized) PlanQuantized(builder, p);
+            int value = stacked || quantized ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
             int master = -1, grad = -1, m = -1, v = -1;
             if (trainable)
             {
@@ -137,8 +139,10 @@ public sealed partial class CausalLM : IDisposable
             }
             handles[p] = (trainable, value, master, grad, m, v);
         }
+        PlanDequantScratch(builder);
         int normHandle = builder.Add("grad_norm_squared", DType.F32, 1);
         _weights = builder.Build(backend);
+        BindQuantized();
         _gradNormSquared = _weights[normHandle];
         foreach (var (g, gh) in groupHandles)
         {
@@ -158,7 +162,7 @@ public sealed partial class CausalLM : IDisposable
                 p.Value = sa.Group.A.View(offset, p.Shape, p.Name);
                 if (sa.Group.AGrad is { } ag) grad = ag.View(offset, p.Shape, p.Name + ".grad");
             }
-            else
+            else if (hd.Value >= 0)
             {
                 p.Value = _weights[hd.Value];
                 if (hd.Grad >= 0) grad = _weights[hd.Grad];
@@ -234,6 +238,7 @@ public sealed partial class CausalLM : IDisposable
         {
             if ((int)p.Length > host.Length) host = new float[p.Length];
             var span = host.AsSpan(0, (int)p.Length);
+            if (_quantized.TryGetValue(p, out var slot)) { LoadQuantized(p, slot, source, span); continue; }
             if (p.Role == ParameterRole.LoraA)
             {
                 // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name.
@@ -275,6 +280,7 @@ public sealed partial class CausalLM : IDisposable
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         var host = new float[p.Length];
+        if (TryReadQuantized(p, host)) return host;
         Backend.Download(p.Trainable?.Master ?? p.Value, host);
         return host;
     }
@@ -284,6 +290,7 @@ public sealed partial class CausalLM : IDisposable
     {
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
+        if (TryWriteQuantized(p, values)) return;
         Backend.Upload(p.Value, values);
         if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, values);
     }

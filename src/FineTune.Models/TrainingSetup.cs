@@ -37,6 +37,9 @@ public sealed record TrainingSetup
     /// <summary>Dropout on the hidden state the value head reads while training (TRL's summary_dropout_prob, 0.1 by default).</summary>
     public double ValueHeadDropout { get; init; } = 0.1;
 
+    /// <summary>QLoRA: the frozen decoder linears held 4-bit or 8-bit (null: the compute dtype).</summary>
+    public Quantization.QuantizationSetup? Quantization { get; init; }
+
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 
     /// <summary>

@@ -1,0 +1,59 @@
+using FineTune.Engine;
+using FineTune.Engine.Cpu;
+using FineTune.Models.Quantization;
+using Xunit;
+
+namespace FineTune.Models.Tests.Quantization;
+
+/// <summary>A model whose frozen linears are held quantized computes exactly what the same model computes with the dequantized weights.</summary>
+public sealed class QLoraModelTests
+{
+    /// <summary>The base weights as the quantized model sees them: decoder linears quantized then dequantized.</summary>
+    private sealed class RoundTripped(IWeightSource inner, QuantizationSetup q) : IWeightSource
+    {
+        public bool Contains(string name) => inner.Contains(name);
+
+        public void Read(string name, ReadOnlySpan<int> shape, Span<float> destination)
+        {
+            inner.Read(name, shape, destination);
+            if (QuantizationSetup.IsQuantizedLinear(name)) q.RoundTrip(destination, shape[0], shape[1]).CopyTo(destination);
+        }
+    }
+
+    [Theory]
+    [InlineData(4, QuantFormat.Nf4, true)]
+    [InlineData(4, QuantFormat.Fp4, false)]
+    [InlineData(8, QuantFormat.Nf4, false)]
+    public void Loss_and_lora_gradients_equal_the_dense_model_on_dequantized_weights(int bits, QuantFormat type, bool doubleQuant)
+    {
+        var spec = TinyModels.Spec("qwen3", tied: false);
+        var q = new QuantizationSetup(bits, type, doubleQuant);
+        var setup = new TrainingSetup { LoraRank = 4, GradientCheckpointing = true };
+        using var quantized = CausalLM.Create(spec, new CpuBackend(2), setup with { Quantization = q }, new RandomWeights(1, 0.3f));
+        using var dense = CausalLM.Create(spec, new CpuBackend(2), setup, new RoundTripped(new RandomWeights(1, 0.3f), q));
+        TinyModels.RandomizeLoraB(quantized, 5);
+        TinyModels.RandomizeLoraB(dense, 5);
+        var batch = TinyModels.PackedBatch();
+        quantized.ZeroGrad(); dense.ZeroGrad();
+        var lq = quantized.ForwardBackward(batch);
+        var ld = dense.ForwardBackward(batch);
+        Assert.Equal(ld.SumLoss, lq.SumLoss);
+        foreach (var (pq, pd) in quantized.TrainableParameters.Zip(dense.TrainableParameters))
+            Assert.Equal(TinyModels.Grad(dense, pd), TinyModels.Grad(quantized, pq));
+        // The held weights are the dequantized ones, and they take less room than f32 values would.
+        const string name = "model.layers.1.mlp.down_proj.weight";
+        Assert.Equal(dense.ReadParameter(name), quantized.ReadParameter(name));
+        Assert.True(quantized.QuantizedWeightBytes > 0);
+    }
+
+    [Fact]
+    public void Lora_targets_train_against_the_quantized_base_and_the_base_stays_frozen()
+    {
+        var spec = TinyModels.Spec("llama", tied: true);
+        var setup = new TrainingSetup { LoraRank = 4, Quantization = new QuantizationSetup(4) };
+        using var model = TinyModels.Create(spec, setup);
+        // Only LoRA tensors train: no base linear has an F32 value to update.
+        Assert.All(model.TrainableParameters, t => Assert.True(t.Role is ParameterRole.LoraA or ParameterRole.LoraB));
+        Assert.Equal(14 * 2, model.TrainableParameters.Count);
+    }
+}
