@@ -115,6 +115,12 @@ public sealed class TrainStage : IStageExecutor
             $"checkpoints: {args.CheckpointDirectory}",
         };
         if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
+        if (setup.Quantization is { } quantization)
+        {
+            // The merge stage folds the adapter into the base the adapter was trained against: the dequantized weights.
+            Models.Quantization.QuantizedBaseFile.Write(ctx.OutputDirectory, quantization);
+            notes.Add($"QLoRA: frozen decoder linears held as {quantization.Describe()}, {model.QuantizedWeightBytes / 1048576.0:F1} MiB");
+        }
         // The log and train_results.json carry wall times and throughput, the loss plots draw the log (logging_steps,
         // plot_loss): reports, not part of the result's hash, so the keys that shape them need not be fingerprinted.
         return new StageResult(metrics, notes, [TrainerLog.FileName, FineTuneRecipe.TrainResultsFile, LossPlot.TrainFile, LossPlot.EvalFile]);
@@ -216,7 +222,13 @@ public sealed class TrainStage : IStageExecutor
         GradientCheckpointing = cfg.GradientCheckpointing,
         NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
         Seed = cfg.Seed,
+        Quantization = Quantization(cfg),
     };
+
+    /// <summary>QLoRA's base for a train block (LLaMA-Factory's defaults: nf4, double quantization on); null without quantization_bit.</summary>
+    public static Models.Quantization.QuantizationSetup? Quantization(TrainConfig cfg) => cfg.QuantizationBit is { } bits
+        ? new(bits, cfg.QuantizationType == Config.QuantizationType.Fp4 ? FineTune.Engine.QuantFormat.Fp4 : FineTune.Engine.QuantFormat.Nf4, cfg.DoubleQuantization ?? true)
+        : null;
 
     /// <summary>"checkpoint-3 (step 3 of 8) can be resumed: …" when this run (its fingerprint's folder) was interrupted.</summary>
     public string? Resumable(StageContext ctx)
