@@ -147,6 +147,7 @@ public sealed class TrainStage : IStageExecutor
         AdamEpsilon = cfg.AdamEpsilon,
         MaxGradNorm = cfg.MaxGradNorm,
         LoraplusLrRatio = cfg.LoraplusLrRatio,
+        Optim = (OptimizerKind)(int)(cfg.Optim ?? OptimizerName.AdamwTorch),
         LoggingSteps = cfg.LoggingSteps,
         SaveSteps = cfg.SaveSteps,
         SaveTotalLimit = cfg.SaveTotalLimit,
@@ -223,6 +224,7 @@ public sealed class TrainStage : IStageExecutor
         NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
         Seed = cfg.Seed,
         Quantization = Quantization(cfg),
+        EightBitOptimizerStates = cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit,
     };
 
     /// <summary>QLoRA's base for a train block (LLaMA-Factory's defaults: nf4, double quantization on); null without quantization_bit.</summary>
