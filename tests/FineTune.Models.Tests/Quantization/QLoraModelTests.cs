@@ -57,3 +57,18 @@ public sealed class QLoraModelTests
         Assert.Equal(14 * 2, model.TrainableParameters.Count);
     }
 }
+
+/// <summary>finetune bench --quantization-bit: the synthetic LoRA step on an NF4 base.</summary>
+public sealed class QLoraBenchmarkTests
+{
+    [Fact]
+    public void Bench_steps_run_on_a_4_bit_base_and_say_so()
+    {
+        using var cpu = new CpuBackend(threads: 1);
+        var r = EngineBenchmark.TrainSteps(cpu, "tiny", batch: 2, seqLen: 32, loraRank: 4, checkpointing: true, steps: 2, warmup: 1, quantizationBit: 4);
+        // NF4 of uniform random weights still gives near-uniform predictions: loss ≈ ln 512 = 6.238.
+        Assert.InRange(r.Loss, 6.1, 6.4);
+        Assert.Equal(4, r.QuantizationBit);
+        Assert.Throws<ArgumentException>(() => EngineBenchmark.TrainSteps(cpu, "tiny", 1, 8, 4, false, 1, 0, quantizationBit: 3));
+    }
+}
