@@ -8,6 +8,7 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 //   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
+//   FineTune.DeviceChecks quant [outDir]       write the files tests/device/bnb_reference.py compares (CPU only)
 // Exit code 1 when any check exceeds its tolerance.
 var cmd = args.Length > 0 ? args[0] : "ops";
 var outDir = Environment.GetEnvironmentVariable("OUT") ?? ".";
@@ -46,7 +47,10 @@ switch (cmd)
     }
     case "flashbench":
         return FlashBench.Run();
+    case "quant":
+        QuantChecks.WriteReferenceFiles(args.Length > 1 ? args[1] : outDir);
+        return 0;
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, models, bench or flashbench");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, models, bench, flashbench or quant");
         return 2;
 }
