@@ -41,7 +41,7 @@ public static partial class LoraMerge
         var baseConfig = ModelConfig.Load(baseModelDir);
         using var baseWeights = SafetensorsReader.Open(baseModelDir);
         if (adapterDir is null)
-            return Write(baseModelDir, baseConfig, baseWeights, null, "", new(), new(), null, outputDir, outputDType, maxShardBytes, null);
+            return Write(baseModelDir, baseConfig, baseWeights, null, "", new(), new(), null, outputDir, outputDType, maxShardBytes, quantizedBase);
         var adapter = AdapterConfig.Read(adapterDir);
         var adapterWeightsPath = Path.Combine(adapterDir, AdapterConfig.WeightsName);
         if (!File.Exists(adapterWeightsPath))
