@@ -115,7 +115,7 @@ public sealed class TrainStage : IStageExecutor
             $"checkpoints: {args.CheckpointDirectory}",
         };
         if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
-        if (setup.Quantization is { } quantization)
+        if (model.Quantization is { } quantization)
         {
             // The merge stage folds the adapter into the base the adapter was trained against: the dequantized weights.
             Models.Quantization.QuantizedBaseFile.Write(ctx.OutputDirectory, quantization);

@@ -72,3 +72,28 @@ public sealed class QLoraBenchmarkTests
         Assert.Throws<ArgumentException>(() => EngineBenchmark.TrainSteps(cpu, "tiny", 1, 8, 4, false, 1, 0, quantizationBit: 3));
     }
 }
+
+/// <summary>A QLoRA adapter loaded for inference (eval, chat, serve) runs on the quantized base it trained against.</summary>
+public sealed class QLoraAdapterLoadTests
+{
+    [Fact]
+    public void Loading_a_qlora_adapter_holds_the_base_as_its_quantization_config_says()
+    {
+        using var dir = new TempDir();
+        string modelDir = dir.File("model"), adapterDir = dir.File("adapter");
+        ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 64, IntermediateSize = 128, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16, Seed = 5 }, modelDir);
+        var q = new QuantizationSetup(4);
+        var batch = TinyModels.PackedBatch();
+        double trained;
+        using (var model = CausalLM.Load(modelDir, new CpuBackend(2), new TrainingSetup { LoraRank = 4, Quantization = q }))
+        {
+            TinyModels.RandomizeLoraB(model, 3);
+            trained = model.Forward(batch).SumLoss;
+            model.SaveAdapter(adapterDir);
+            QuantizedBaseFile.Write(adapterDir, q);
+        }
+        using var reloaded = CausalLM.Load(modelDir, new CpuBackend(2), TrainingSetup.Inference, adapterDir);
+        Assert.Equal(q, reloaded.Quantization);
+        Assert.Equal(trained, reloaded.Forward(batch).SumLoss);
+    }
+}
