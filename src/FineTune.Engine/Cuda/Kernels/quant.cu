@@ -60,6 +60,10 @@ extern "C" __global__ void dequantize_int8(void* out, int dt, const signed char*
     }
 }
 
+// Bit tests instead of isfinite/signbit, so the kernel needs no math header under NVRTC.
+__device__ __forceinline__ bool finite_f32(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+__device__ __forceinline__ bool negative_f32(float x) { return (__float_as_uint(x) >> 31) != 0u; }
+
 // bnb's quantize_2D (see Optimizer8bit.Quantize): binary search from the middle, then the nearer neighbour by midpoint.
 __device__ __forceinline__ unsigned char quantize_code(const float* code, float x, bool is_signed)
 {
@@ -102,7 +106,7 @@ extern "C" __global__ void adamw8bit_step(float* param, const float* grad, unsig
     bool inside = i < n;
     float g = inside ? grad[i] : 0.0f;
     unsigned char c1 = inside ? m8[i] : (unsigned char)128, c2 = inside ? v8[i] : (unsigned char)0;
-    bool finite = isfinite(g);
+    bool finite = finite_f32(g);
     float m = 0.0f, v = 0.0f;
     if (finite)
     {
@@ -127,7 +131,7 @@ extern "C" __global__ void adamw8bit_step(float* param, const float* grad, unsig
     }
     unsigned char q1 = quantize_code(s_code_m, __fdiv_rn(m, max1), true);
     // Keep m's sign through quantization (bnb): step one code towards it when the code's sign differs.
-    if (signbit(s_code_m[q1]) != signbit(m)) q1 = m > 0.0f ? (unsigned char)(q1 + 1) : (unsigned char)(q1 - 1);
+    if (negative_f32(s_code_m[q1]) != negative_f32(m)) q1 = m > 0.0f ? (unsigned char)(q1 + 1) : (unsigned char)(q1 - 1);
     m8[i] = q1;
     v8[i] = quantize_code(s_code_v, __fdiv_rn(v, max2), false);
 }
