@@ -173,4 +173,21 @@ public interface IBackend : IDisposable
     /// <paramref name="computeCopy"/> (e.g. the BF16 weight the forward reads) when given.
     /// </summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step);
+
+    /// <summary>
+    /// AdamW with 8-bit block-wise states as bitsandbytes' AdamW8bit (kOptimizerStatic8bit2StateBlockwise, blocks of
+    /// 256): per element m = codeM[qm]·absmaxM[b], v = codeV[qv]·absmaxV[b], then m = β1·m + (1−β1)·g,
+    /// v = β2·v + (1−β2)·g², p += −lr·√bc2/bc1 · m/(√v + √bc2·eps), p ·= 1 − lr·wd; then each block's new absmax and the
+    /// nearest codes (ties to the lower code, the sign of m kept). m8/v8 are I32-held bytes (see <see cref="QuantizedWeight"/>);
+    /// codeM is bnb's signed dynamic map, codeV its unsigned one (F32 [256] each). Gradient scaling and clipping as <see cref="AdamW"/>.
+    /// </summary>
+    void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
+        Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step);
+
+    // ---- quantized frozen weights (QLoRA) ----
+    /// <summary>
+    /// dst [Rows, Cols] (compute dtype) = the dequantized weight: 4-bit w = code[nibble]·absmax[block] (absmax itself
+    /// dequantized first when nested), int8 w = c·(SCB[row]·(1/127)); computed in f32, rounded once to dst's dtype.
+    /// </summary>
+    void Dequantize(Tensor dst, QuantizedWeight weight);
 }

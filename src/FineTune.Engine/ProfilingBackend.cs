@@ -67,4 +67,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void AddUniformNoise(Tensor x, float magnitude, ulong seed) { var t = Begin(); _inner.AddUniformNoise(x, magnitude, seed); End("AddUniformNoise", t); }
     public void SumOfSquares(Tensor x, Tensor acc) { var t = Begin(); _inner.SumOfSquares(x, acc); End("SumOfSquares", t); }
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW(param, grad, m, v, computeCopy, gradNormSquared, step); End("AdamW", t); }
+    public void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
+        Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW8bit(param, grad, m8, v8, absmaxM, absmaxV, codeM, codeV, computeCopy, gradNormSquared, step); End("AdamW8bit", t); }
+    public void Dequantize(Tensor dst, QuantizedWeight weight) { var t = Begin(); _inner.Dequantize(dst, weight); End("Dequantize", t); }
 }

@@ -30,6 +30,9 @@ public sealed partial class CausalLM
                 $"model_type \"{config.ModelType}\": {gap}; train or chat with one of {string.Join(", ", ModelArchitecture.All.Where(a => a.EngineGap is null))}.");
         AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
         if (adapter is not null) setup = adapter.Apply(setup, TrainableModules.LinearModulesOf(spec));
+        // A QLoRA adapter runs on the base it trained against: held quantized as its quantization_config.json says.
+        if (adapterDirectory is not null && setup.Quantization is null && FineTune.Models.Quantization.QuantizedBaseFile.Read(adapterDirectory) is { } quantization)
+            setup = setup with { Quantization = quantization };
         // A reward model's value head lies beside its adapter (or its model), as LLaMA-Factory saves it.
         string? valueHead = new[] { adapterDirectory, modelDirectory }.OfType<string>()
             .Select(d => Path.Combine(d, ValueHeadFileName)).FirstOrDefault(File.Exists);

@@ -170,19 +170,22 @@ public sealed partial class CausalLM : IDisposable
         foreach (var p in _allParameters)
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
-            int value = stacked ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            bool quantized = HeldQuantized(p, trainable);
+            if (quantized) PlanQuantized(builder, p);
+            int value = stacked || quantized ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
             int master = -1, grad = -1, m = -1, v = -1;
             if (trainable)
             {
                 if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
                 if (!stacked) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
-                m = builder.Add(p.Name + ".exp_avg", DType.F32, p.Shape);
-                v = builder.Add(p.Name + ".exp_avg_sq", DType.F32, p.Shape);
+                (m, v) = PlanMoments(builder, p);
             }
             handles[p] = (trainable, value, master, grad, m, v);
         }
+        PlanDequantScratch(builder);
         int normHandle = builder.Add("grad_norm_squared", DType.F32, 1);
         _weights = builder.Build(backend);
+        BindQuantized();
         _gradNormSquared = _weights[normHandle];
         foreach (var (g, gh) in groupHandles)
         {
@@ -202,7 +205,7 @@ public sealed partial class CausalLM : IDisposable
                 p.Value = sa.Group.A.View(offset, p.Shape, p.Name);
                 if (sa.Group.AGrad is { } ag) grad = ag.View(offset, p.Shape, p.Name + ".grad");
             }
-            else
+            else if (hd.Value >= 0)
             {
                 p.Value = _weights[hd.Value];
                 if (hd.Grad >= 0) grad = _weights[hd.Grad];
@@ -211,7 +214,10 @@ public sealed partial class CausalLM : IDisposable
             // The value head is saved apart (value_head.safetensors) under its own names, never as a PEFT module.
             string saved = peftNames && !IsValueHead(p) ? "base_model.model." + p.Name : p.Name;
             var master = separateMaster ? _weights[hd.Master] : p.Value;
-            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!, _weights[hd.M], _weights[hd.V]);
+            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!, _weights[hd.M], _weights[hd.V])
+            {
+                EightBit = EightBitMomentsOf(p),
+            };
             _trainable.Add(p.Trainable);
         }
 
@@ -279,6 +285,7 @@ public sealed partial class CausalLM : IDisposable
         {
             if ((int)p.Length > host.Length) host = new float[p.Length];
             var span = host.AsSpan(0, (int)p.Length);
+            if (_quantized.TryGetValue(p, out var slot)) { LoadQuantized(p, slot, source, span); continue; }
             if (p.Role == ParameterRole.LoraA)
             {
                 // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name.
@@ -320,6 +327,7 @@ public sealed partial class CausalLM : IDisposable
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         var host = new float[p.Length];
+        if (TryReadQuantized(p, host)) return host;
         Backend.Download(p.Trainable?.Master ?? p.Value, host);
         return host;
     }
@@ -329,6 +337,7 @@ public sealed partial class CausalLM : IDisposable
     {
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
+        if (TryWriteQuantized(p, values)) return;
         Backend.Upload(p.Value, values);
         if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, values);
     }

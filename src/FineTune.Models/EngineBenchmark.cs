@@ -11,7 +11,7 @@ namespace FineTune.Models;
 public sealed record TrainStepBenchmark(string Device, string Shape, int Batch, int SeqLen, int LoraRank, bool GradientCheckpointing,
     int Steps, double StepMs, double TokensPerSecond, double CpuSecondsPerStep, long Parameters, long TrainableParameters,
     double ModelGflopPerToken, double AchievedGflops, double Loss, double? PeakDeviceGib, long? SteadyStateMallocs, string? Gpu,
-    IReadOnlyDictionary<string, double>? ProfileMs);
+    IReadOnlyDictionary<string, double>? ProfileMs, int? QuantizationBit = null);
 
 /// <summary>Result of timing one matrix product C[M,N] = A[M,K]·B[N,K]ᵀ.</summary>
 public sealed record MatMulBenchmark(string Device, int M, int N, int K, int Repeats, double Ms, double Gflops);
@@ -43,6 +43,11 @@ public static class EngineBenchmark
             NumHeads = 28, NumKvHeads = 4, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
         ["llama3-8b"] = new() { Architecture = "llama", VocabSize = 128256, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32,
             NumHeads = 32, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 5e5, RmsNormEps = 1e-5, MaxPositionEmbeddings = 8192 },
+        // The QLoRA proof's big shapes (issue 16): they fit one H200 with a 4-bit base.
+        ["qwen2.5-32b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 5120, IntermediateSize = 27648, NumLayers = 64,
+            NumHeads = 40, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
+        ["qwen2.5-72b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 8192, IntermediateSize = 29568, NumLayers = 80,
+            NumHeads = 64, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
     };
 
     public static TransformerSpec ShapeOf(string name) => Shapes.TryGetValue(name, out var s) ? s
@@ -58,7 +63,7 @@ public static class EngineBenchmark
     /// the reference model's scores (adapter disabled) then the policy's forward and backward and the DPO sigmoid loss
     /// (β 0.1) — the work of a TRL DPO step, whose reference forward FineTune's trainer does once before training instead.</param>
     public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, bool checkpointing,
-        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft")
+        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null)
     {
         if (objective is not ("sft" or "dpo")) throw new ArgumentException($"objective must be sft or dpo (got {objective})");
         bool dpo = objective == "dpo";
@@ -72,7 +77,10 @@ public static class EngineBenchmark
             cuda.Device.Allocator.EmptyCache();
             cuda.Device.Allocator.ResetPeaks();
         }
-        var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, GradientCheckpointing = checkpointing, Seed = seed };
+        if (quantizationBit is not (null or 4 or 8)) throw new ArgumentException($"quantization bit must be 4 or 8 (got {quantizationBit})");
+        // QLoRA as LLaMA-Factory's quantization_bit: NF4 with double quantization (or LLM.int8) for the frozen linears.
+        var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, GradientCheckpointing = checkpointing, Seed = seed,
+            Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
         int rowLen = dpo ? 2 * seqLen : seqLen;
@@ -121,7 +129,7 @@ public static class EngineBenchmark
             tokensPerSecond, cpuSeconds / steps, spec.ParameterCount, model.TrainableParameters.Sum(p => p.Length), flopPerToken / 1e9,
             flopPerToken * tokensPerSecond / 1e9, lastLoss,
             stats is null ? null : Math.Round(stats.PeakInUseBytes / (double)(1L << 30), 2),
-            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof);
+            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit);
     }
 
     /// <summary>One DPO sigmoid step on pairs packed as (chosen, rejected) segments of each row; returns the mean loss.</summary>

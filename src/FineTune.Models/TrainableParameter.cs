@@ -41,7 +41,23 @@ public sealed class TrainableParameter
     /// <summary>HF Trainer's rule: no weight decay on biases and normalisation weights.</summary>
     public bool WeightDecay => Role is not (ParameterRole.Bias or ParameterRole.Norm);
 
+    /// <summary>adamw_8bit: M and V hold bitsandbytes' 8-bit codes (I32-held bytes) with these block absmax; null: F32 moments.</summary>
+    public EightBitMoments? EightBit { get; internal set; }
+
+    /// <summary>Bytes of optimizer state (the two moments and, when 8-bit, their block absmax).</summary>
+    public long StateBytes => EightBit is { } e ? 2 * Length + 4 * (e.AbsmaxM.Length + e.AbsmaxV.Length) : 8 * Length;
+
     /// <summary>One AdamW update (backend op); gradNormSquared feeds clipping when step.MaxGradNorm &gt; 0.</summary>
-    public void Step(AdamWStep step, Tensor? gradNormSquared = null) =>
-        Value.Backend.AdamW(Master, Grad, M, V, ReferenceEquals(Value, Master) ? null : Value, gradNormSquared, step);
+    public void Step(AdamWStep step, Tensor? gradNormSquared = null)
+    {
+        var copy = ReferenceEquals(Value, Master) ? null : Value;
+        if (EightBit is { } e) Value.Backend.AdamW8bit(Master, Grad, M, V, e.AbsmaxM, e.AbsmaxV, e.CodeM, e.CodeV, copy, gradNormSquared, step);
+        else Value.Backend.AdamW(Master, Grad, M, V, copy, gradNormSquared, step);
+    }
 }
+
+/// <summary>
+/// bitsandbytes' 8-bit block-wise moments of one parameter: absmax per 256 values (F32) and the code books, bnb's
+/// signed dynamic map for m and its unsigned one for v (F32 [256], shared by the model).
+/// </summary>
+public sealed record EightBitMoments(Tensor AbsmaxM, Tensor AbsmaxV, Tensor CodeM, Tensor CodeV);

@@ -37,6 +37,15 @@ public sealed record TrainingSetup
     /// <summary>Dropout on the hidden state the value head reads while training (TRL's summary_dropout_prob, 0.1 by default).</summary>
     public double ValueHeadDropout { get; init; } = 0.1;
 
+    /// <summary>
+    /// adamw_8bit / paged_adamw_8bit: AdamW's moments as bitsandbytes' 8-bit block-wise states for every trainable tensor
+    /// of at least 4096 values (bnb's min_8bit_size; smaller ones keep F32 moments, as bnb does).
+    /// </summary>
+    public bool EightBitOptimizerStates { get; init; }
+
+    /// <summary>QLoRA: the frozen decoder linears held 4-bit or 8-bit (null: the compute dtype).</summary>
+    public Quantization.QuantizationSetup? Quantization { get; init; }
+
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 
     /// <summary>

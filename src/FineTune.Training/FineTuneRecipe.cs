@@ -72,7 +72,8 @@ public static class FineTuneRecipe
 
         monitor.Started(step, maxSteps);
         monitor.Info($"{train.SampleCount} samples, {stepsPerEpoch} steps per epoch, {maxSteps} steps, warmup {warmup}, " +
-                     $"{model.TrainableParameters.Sum(p => p.Length):N0} trainable parameters.");
+                     $"{model.TrainableParameters.Sum(p => p.Length):N0} trainable parameters, optimizer states {model.OptimizerStateBytes / 1048576.0:F1} MiB " +
+                     $"({(model.TrainableParameters.Any(p => p.EightBit is not null) ? "8-bit block-wise, bitsandbytes' AdamW8bit" : "f32")}).");
         var clock = Stopwatch.StartNew();
         double lossSinceLog = 0, lastLogTime = 0;
         int stepsSinceLog = 0;
@@ -286,6 +287,20 @@ public static class FineTuneRecipe
             var host = new float[p.Length];
             model.Backend.Download(p.Master, host);
             writer.Add(p.Name, host, shape);
+            if (p.EightBit is { } e)
+            {
+                // 8-bit moments are saved as they are held: the codes (U8) and each block's absmax.
+                foreach (var (suffix, codes, absmax) in new[] { (".exp_avg", p.M, e.AbsmaxM), (".exp_avg_sq", p.V, e.AbsmaxV) })
+                {
+                    var words = new int[codes.Length];
+                    model.Backend.Download(codes, words);
+                    writer.AddRaw(p.Name + suffix, SafetensorsDType.U8, shape, System.Runtime.InteropServices.MemoryMarshal.AsBytes(words.AsSpan())[..(int)p.Length]);
+                    var am = new float[absmax.Length];
+                    model.Backend.Download(absmax, am);
+                    writer.Add(p.Name + suffix + ".absmax", am, [am.Length]);
+                }
+                continue;
+            }
             model.Backend.Download(p.M, host);
             writer.Add(p.Name + ".exp_avg", host, shape);
             model.Backend.Download(p.V, host);
@@ -325,6 +340,11 @@ public static class FineTuneRecipe
         {
             foreach (var (suffix, tensor) in new[] { ("", p.Master), (".exp_avg", p.M), (".exp_avg_sq", p.V) })
             {
+                if (suffix.Length > 0 && p.EightBit is { } e)
+                {
+                    LoadEightBitMoment(model, reader, optimizerPath, p.Name + suffix, tensor, suffix == ".exp_avg" ? e.AbsmaxM : e.AbsmaxV, p.Length);
+                    continue;
+                }
                 string name = p.Name + suffix;
                 if (!reader.Contains(name))
                     throw new TrainingException($"{optimizerPath} has no tensor '{name}'; the checkpoint belongs to a different model or finetuning setup.");
@@ -336,6 +356,20 @@ public static class FineTuneRecipe
             if (!ReferenceEquals(p.Value, p.Master)) model.Backend.Copy(p.Value, p.Master);
         }
         return state;
+    }
+
+    static void LoadEightBitMoment(CausalLM model, SafetensorsReader reader, string optimizerPath, string name, Tensor codes, Tensor absmax, long length)
+    {
+        if (!reader.Contains(name) || reader.Get(name).DType != SafetensorsDType.U8 || !reader.Contains(name + ".absmax"))
+            throw new TrainingException($"{optimizerPath} has no 8-bit moment '{name}' (U8 codes and '{name}.absmax'); the checkpoint was written with another optim — resume with the same optim.");
+        var bytes = reader.GetBytes(name);
+        var am = reader.ReadAsFloat32(name + ".absmax");
+        if (bytes.Length != length || am.Length != absmax.Length)
+            throw new TrainingException($"{optimizerPath}: 8-bit moment '{name}' has {bytes.Length} codes and {am.Length} absmax, the model expects {length} and {absmax.Length}; the checkpoint belongs to a different model.");
+        var words = new int[codes.Length];
+        bytes.CopyTo(System.Runtime.InteropServices.MemoryMarshal.AsBytes(words.AsSpan()));
+        model.Backend.Upload(codes, words);
+        model.Backend.Upload(absmax, am);
     }
 
     /// <summary>Sums of the objective's metrics since the last log line, for their means over the logged steps.</summary>

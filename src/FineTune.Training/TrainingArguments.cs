@@ -31,6 +31,11 @@ public sealed record TrainingArguments
     public double AdamEpsilon { get; init; } = 1e-8;
     /// <summary>Global gradient-norm clip; 0 disables it.</summary>
     public double MaxGradNorm { get; init; } = 1.0;
+    /// <summary>
+    /// transformers' optim: adamw_torch, or adamw_8bit / paged_adamw_8bit (bitsandbytes' 8-bit block-wise moments; the
+    /// model allocates them, TrainingSetup.EightBitOptimizerStates). Paging to host memory is not implemented.
+    /// </summary>
+    public OptimizerKind Optim { get; init; }
     /// <summary>LoRA+: the B matrices learn at learning_rate × this ratio.</summary>
     public double? LoraplusLrRatio { get; init; }
     public int LoggingSteps { get; init; } = 10;
@@ -65,6 +70,9 @@ public sealed record StepReport(int Step, int MaxSteps, double Loss, double Lear
     double Epoch, string ElapsedTime, string RemainingTime, IReadOnlyDictionary<string, double>? Metrics = null);
 
 /// <summary>Receives progress from the loop (the pipeline draws a progress bar; tests pass <see cref="Silent"/>).</summary>
+/// <summary>transformers' optim names FineTune implements (the pipeline's OptimizerName, member for member).</summary>
+public enum OptimizerKind { AdamwTorch, Adamw8bit, PagedAdamw8bit }
+
 public interface ITrainingMonitor
 {
     void Started(int startStep, int maxSteps);

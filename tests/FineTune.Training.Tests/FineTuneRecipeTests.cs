@@ -263,3 +263,94 @@ public sealed class FineTuneRecipeTests : IDisposable
         Assert.Equal(8, result.GlobalStep);
     }
 }
+
+/// <summary>optim: adamw_8bit in full fine-tuning: bitsandbytes' 8-bit states in the loop, its checkpoints and its resume.</summary>
+public sealed class EightBitOptimizerTests : IDisposable
+{
+    readonly string _root = Directory.CreateTempSubdirectory("ft-adam8-").FullName;
+    readonly List<IDisposable> _owned = [];
+
+    public void Dispose()
+    {
+        foreach (var d in _owned) d.Dispose();
+        Directory.Delete(_root, recursive: true);
+    }
+
+    // Hidden 64, intermediate 128: the MLP weights (8192 values) are above bnb's min_8bit_size, the norms below it.
+    string ModelDir()
+    {
+        string dir = Path.Combine(_root, "model");
+        if (!File.Exists(Path.Combine(dir, "config.json")))
+            ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 64, IntermediateSize = 128, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16, Seed = 5 }, dir);
+        return dir;
+    }
+
+    CausalLM Model()
+    {
+        var backend = new FineTune.Engine.Cpu.CpuBackend(threads: 1);
+        var model = CausalLM.Load(ModelDir(), backend, new TrainingSetup { FinetuningType = FinetuningType.Full, EightBitOptimizerStates = true });
+        _owned.Add(model);
+        _owned.Add(backend);
+        return model;
+    }
+
+    static LoaderSample Sample(int i)
+    {
+        int len = 6 + i % 4;
+        var ids = new int[len];
+        for (int t = 0; t < len; t++) ids[t] = t < 2 ? 1 + i : 10 + (i * 3 + t) % 30;
+        return new LoaderSample(ids, ids.Select((x, t) => t < 2 ? -100 : x).ToArray(), [len]);
+    }
+
+    static DataLoader Loader() => new(10, Sample, 2, seed: 9, shuffle: true, padTokenId: 0);
+
+    TrainingArguments Args(string name, int maxSteps) => new()
+    {
+        OutputDirectory = Path.Combine(_root, name), LearningRate = 1e-3, MaxSteps = maxSteps, LoggingSteps = 1, SaveSteps = 1000,
+        Seed = 9, Optim = OptimizerKind.Adamw8bit,
+    };
+
+    static float[] AllTrainable(CausalLM m) => m.TrainableParameters.SelectMany(p =>
+    {
+        var host = new float[p.Length];
+        m.Backend.Download(p.Master, host);
+        return host;
+    }).ToArray();
+
+    [Fact]
+    public void Large_tensors_hold_8_bit_states_and_the_loss_falls()
+    {
+        var model = Model();
+        var big = model.TrainableParameters.Single(p => p.HfName == "model.layers.0.mlp.down_proj.weight");
+        var norm = model.TrainableParameters.Single(p => p.HfName == "model.norm.weight");
+        Assert.NotNull(big.EightBit);
+        Assert.Null(norm.EightBit);
+        // 8192 values: two 1-byte moments and 2·32 absmax instead of 2·4 bytes each.
+        Assert.Equal(2 * 8192 + 4 * 64, big.StateBytes);
+        FineTuneRecipe.Train(model, Args("fall", 20), Loader(), null, ITrainingMonitor.Silent);
+        var log = TrainerLog.Read(Path.Combine(_root, "fall", TrainerLog.FileName));
+        Assert.True(log[^1].Loss < log[0].Loss * 0.9, string.Join(" ", log.Select(e => e.Loss)));
+    }
+
+    [Fact]
+    public void Resuming_from_a_checkpoint_with_8_bit_states_equals_the_uninterrupted_run()
+    {
+        var whole = Model();
+        FineTuneRecipe.Train(whole, Args("whole", 6), Loader(), null, ITrainingMonitor.Silent);
+        var first = Model();
+        var args = Args("half", 6) with { SaveSteps = 3 };
+        using var cts = new CancellationTokenSource();
+        Assert.Throws<TrainingCancelledException>(() => FineTuneRecipe.Train(first, args, Loader(), null, new CancelAfter(3, cts), cts.Token));
+        var resumed = Model();
+        FineTuneRecipe.Train(resumed, args with { ResumeFromCheckpoint = "true" }, Loader(), null, ITrainingMonitor.Silent);
+        Assert.Equal(AllTrainable(whole), AllTrainable(resumed));
+    }
+
+    sealed class CancelAfter(int at, CancellationTokenSource cts) : ITrainingMonitor
+    {
+        public void Started(int startStep, int maxSteps) { }
+        public void Stepped(int step) { if (step == at) cts.Cancel(); }
+        public void Logged(StepReport report) { }
+        public void Info(string line) { }
+    }
+}

@@ -24,6 +24,7 @@ public sealed class BenchCommand : ICliCommand
         var profile = new Option<bool>("--profile") { Description = "Also print time per operation: on CUDA device time per kernel (one more step, timed with events); on the CPU wall time per backend call." };
         var matmul = new Option<int>("--matmul-size") { Description = "Square size of the matrix product benchmark (0 skips it).", DefaultValueFactory = _ => 1024 };
         var objective = new Option<string>("--objective") { Description = "sft (next-token loss) or dpo: --batch pairs of a chosen and a rejected sequence of --seq tokens each (prompt half, answer half), with the reference model's forward (adapter disabled) in every step as TRL does.", DefaultValueFactory = _ => "sft" };
+        var quantizationBit = new Option<int?>("--quantization-bit") { Description = "QLoRA: hold the frozen linears as NF4 with double quantization (4) or LLM.int8 (8), as quantization_bit." };
         var generate = new Option<bool>("--generate") { Description = "Benchmark generation instead: prompts/s, tokens/s, time to first token and single-stream decode speed of --model at each of --batches." };
         var model = new Option<string?>("--model") { Description = "--generate: the HF model directory to decode with." };
         var batches = new Option<string>("--batches") { Description = "--generate: comma-separated batch sizes (sequences decoded at once).", DefaultValueFactory = _ => "1,8,64,256" };
@@ -32,7 +33,7 @@ public sealed class BenchCommand : ICliCommand
         var newTokens = new Option<int>("--new-tokens") { Description = "--generate: tokens generated per prompt (no EOS).", DefaultValueFactory = _ => 32 };
         var command = new Command("bench", "Measure training tokens/s of a model shape and the matrix multiply's GFLOP/s, or generation with --generate (JSON lines).")
         {
-            device, shape, batch, seq, rank, steps, warmup, checkpointing, threads, matmul, profile, objective, generate, model, batches, prompts, promptLen, newTokens,
+            device, shape, batch, seq, rank, steps, warmup, checkpointing, threads, matmul, profile, objective, quantizationBit, generate, model, batches, prompts, promptLen, newTokens,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
@@ -50,12 +51,12 @@ public sealed class BenchCommand : ICliCommand
             }
             int timed = r.GetValue(steps), warm = r.GetValue(warmup);
             var t = EngineBenchmark.TrainSteps(backend, r.GetValue(shape)!, r.GetValue(batch), r.GetValue(seq), r.GetValue(rank),
-                r.GetValue(checkpointing), timed, warm, profile: r.GetValue(profile), objective: r.GetValue(objective)!);
+                r.GetValue(checkpointing), timed, warm, profile: r.GetValue(profile), objective: r.GetValue(objective)!, quantizationBit: r.GetValue(quantizationBit));
             // The keys tests/device/bench_table.py joins with the peer's (shape, batch, seq, grad_ckpt, tokens_per_s, peak_gib).
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 bench = "train_step", engine = "finetune", objective = r.GetValue(objective), threads = Threads(backend), t.Device, t.Shape, t.Batch, seq = t.SeqLen,
-                lora_rank = t.LoraRank, grad_ckpt = t.GradientCheckpointing, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
+                lora_rank = t.LoraRank, grad_ckpt = t.GradientCheckpointing, quantization_bit = t.QuantizationBit, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
                 tokens_per_s = Math.Round(t.TokensPerSecond), cpu_seconds_per_step = Math.Round(t.CpuSecondsPerStep, 3), t.Parameters,
                 t.TrainableParameters, model_gflop_per_token = Math.Round(t.ModelGflopPerToken, 4), achieved_gflops = Math.Round(t.AchievedGflops, 1),
                 loss = Math.Round(t.Loss, 4), peak_gib = t.PeakDeviceGib,

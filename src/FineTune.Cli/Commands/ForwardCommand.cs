@@ -23,6 +23,7 @@ public sealed class ForwardCommand : ICliCommand
         var output = new Option<string>("--out") { Description = "Output .safetensors: logits [rows, seq, vocab], loss [1], and with --grads one gradient per trainable tensor.", Required = true };
         var device = new Option<string>("--device") { Description = "cpu, auto, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
         var grads = new Option<bool>("--grads") { Description = "Also run the backward pass and write the gradients of the adapter's tensors (loss = mean over labelled tokens)." };
+        var quantizationBit = new Option<int?>("--quantization-bit") { Description = "QLoRA: hold the model's decoder linears as NF4 with double quantization (4) or LLM.int8 (8) while running, as quantization_bit." };
         var objective = new Option<string?>("--objective") { Description = "dpo, kto or rm: one step of that objective on --batch (tests/device/pref_reference.py's batch JSON); --out gets its JSON result." };
         var batchFile = new Option<string?>("--batch") { Description = "With --objective: {\"pairs\": [{\"prompt\", \"chosen\", \"rejected\"}]} or {\"examples\": [{\"prompt\", \"completion\", \"kto_tag\", \"kl_completion\"}]}." };
         var prefLoss = new Option<string>("--pref-loss") { DefaultValueFactory = _ => "sigmoid", Description = "With --objective dpo: sigmoid, hinge, ipo, orpo or simpo." };
@@ -34,7 +35,7 @@ public sealed class ForwardCommand : ICliCommand
         var ktoRejected = new Option<double>("--kto-rejected-weight") { DefaultValueFactory = _ => 1.0 };
         var command = new Command("forward", "Run one forward/backward pass on given tokens and write logits, loss and LoRA gradients (for equality checks against transformers/peft).")
         {
-            model, adapter, tokens, output, device, grads, objective, batchFile, prefLoss, prefBeta, prefFtx, smoothing, simpoGamma, ktoChosen, ktoRejected,
+            model, adapter, tokens, output, device, grads, quantizationBit, objective, batchFile, prefLoss, prefBeta, prefFtx, smoothing, simpoGamma, ktoChosen, ktoRejected,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
@@ -70,6 +71,11 @@ public sealed class ForwardCommand : ICliCommand
 
             using var backend = Backends.Create(r.GetValue(device)!, notice: Console.Error.WriteLine);
             var setup = adapterDir is null ? TrainingSetup.Inference : new TrainingSetup { LoraDropout = 0 };
+            if (r.GetValue(quantizationBit) is { } bits)
+            {
+                if (bits is not (4 or 8)) throw new PipelineUserException($"--quantization-bit {bits}: use 4 (NF4) or 8 (LLM.int8).");
+                setup = setup with { Quantization = new FineTune.Models.Quantization.QuantizationSetup(bits) };
+            }
             using var lm = CausalLM.Load(r.GetValue(model)!, backend, setup, adapterDir);
             float[] logits = lm.ForwardLogits(batch);
             var loss = lm.Forward(batch);

@@ -31,13 +31,17 @@ public static partial class LoraMerge
     public static LoraMergeResult CopyModel(string modelDir, string outputDir, SafetensorsDType? outputDType = null, long maxShardBytes = 5L << 30) =>
         Merge(modelDir, null, outputDir, outputDType, maxShardBytes);
 
+    /// <param name="quantizedBase">
+    /// A QLoRA adapter's base: every decoder linear is folded as quantize→dequantize of the base weight (the values the
+    /// adapter trained against) plus s·B·A.
+    /// </param>
     public static LoraMergeResult Merge(string baseModelDir, string? adapterDir, string outputDir,
-        SafetensorsDType? outputDType = null, long maxShardBytes = 5L << 30)
+        SafetensorsDType? outputDType = null, long maxShardBytes = 5L << 30, Quantization.QuantizationSetup? quantizedBase = null)
     {
         var baseConfig = ModelConfig.Load(baseModelDir);
         using var baseWeights = SafetensorsReader.Open(baseModelDir);
         if (adapterDir is null)
-            return Write(baseModelDir, baseConfig, baseWeights, null, "", new(), new(), null, outputDir, outputDType, maxShardBytes);
+            return Write(baseModelDir, baseConfig, baseWeights, null, "", new(), new(), null, outputDir, outputDType, maxShardBytes, quantizedBase);
         var adapter = AdapterConfig.Read(adapterDir);
         var adapterWeightsPath = Path.Combine(adapterDir, AdapterConfig.WeightsName);
         if (!File.Exists(adapterWeightsPath))
@@ -91,13 +95,13 @@ public static partial class LoraMerge
             updates[weightName] = (a, b, embedding, adapter.ScaleFor(module));
         }
 
-        return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes);
+        return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes, quantizedBase);
     }
 
     private static LoraMergeResult Write(string baseModelDir, ModelConfig baseConfig, SafetensorsReader baseWeights,
         SafetensorsReader? adapterWeightsOrNull, string adapterWeightsPath,
         Dictionary<string, (string A, string B, bool Embedding, double Scale)> updates, Dictionary<string, string> replacements,
-        AdapterConfig? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes)
+        AdapterConfig? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes, Quantization.QuantizationSetup? quantizedBase)
     {
         Directory.CreateDirectory(outputDir);
         var writer = new SafetensorsWriter();
@@ -108,7 +112,10 @@ public static partial class LoraMerge
             var dtype = isFloat && outputDType is { } forced ? forced : info.DType;
             if (!isFloat && (updates.ContainsKey(name) || replacements.ContainsKey(name)))
                 throw new ModelFormatException(info.FilePath, $"tensor \"{name}\" is {info.DType.HeaderName()}; only floating-point weights can be merged.");
-            if (!updates.ContainsKey(name) && !replacements.ContainsKey(name) && dtype == info.DType)
+            bool dequantized = quantizedBase is not null && Quantization.QuantizationSetup.IsQuantizedLinear(name) && !replacements.ContainsKey(name);
+            if (!isFloat && dequantized)
+                throw new ModelFormatException(info.FilePath, $"tensor \"{name}\" is {info.DType.HeaderName()}; a QLoRA merge reads the unquantized base weights (download the bf16/fp16 model the adapter's base was quantized from).");
+            if (!updates.ContainsKey(name) && !replacements.ContainsKey(name) && !dequantized && dtype == info.DType)
             {
                 writer.AddDeferred(name, dtype, info.Shape, span => baseWeights.GetBytes(name).CopyTo(span));
                 continue;
@@ -126,6 +133,7 @@ public static partial class LoraMerge
                 }
                 else
                     values = baseWeights.ReadAsFloat32(name);
+                if (dequantized) values = quantizedBase!.RoundTrip(values, (int)info.Shape[0], (int)info.Shape[1]);
                 if (updates.TryGetValue(name, out var u))
                     AddLoraDelta(values, info.Shape, adapterWeights.ReadAsFloat32(u.A), adapterWeights.ReadAsFloat32(u.B), (int)adapterWeights.Get(u.A).Shape[0], (float)u.Scale, u.Embedding);
                 FloatConversions.Encode(values, dtype == SafetensorsDType.F64 ? SafetensorsDType.F32 : dtype, span);

@@ -141,6 +141,23 @@ public sealed record TrainConfig
     [Range(0.0, 1e6, MinimumIsExclusive = true), OmittedWhenUnset, Description("kto: weight of the undesirable answers' losses. Default 1.0.")]
     public double? KtoRejectedWeight { get; init; }
 
+    // QLoRA and the 8-bit optimizer (LLaMA-Factory's names). Unset keys stay out of the fingerprint, so pipelines that
+    // never name them keep their lock.
+    [Range(4, 8), OmittedWhenUnset, Description("QLoRA: hold the frozen decoder linears as bitsandbytes 4-bit (4) or LLM.int8 (8); lora only.")]
+    public int? QuantizationBit { get; init; }
+
+    [OmittedWhenUnset, Description("quantization_bit 4: nf4 (NormalFloat, default) or fp4.")]
+    public QuantizationType? QuantizationType { get; init; }
+
+    [OmittedWhenUnset, Description("quantization_bit 4: quantize the block absmax again in 8 bits (bnb's double quantization). Default true.")]
+    public bool? DoubleQuantization { get; init; }
+
+    [OmittedWhenUnset, Description("Quantization backend; only bnb (bitsandbytes' formats) is implemented.")]
+    public QuantizationMethod? QuantizationMethod { get; init; }
+
+    [OmittedWhenUnset, Description("adamw_torch (default), adamw_8bit or paged_adamw_8bit (bitsandbytes' 8-bit block-wise states; paging is not implemented, the update is adamw_8bit's).")]
+    public OptimizerName? Optim { get; init; }
+
     /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 }

@@ -39,8 +39,11 @@ public sealed class MergeStage : IStageExecutor
             using var task = ctx.Progress.Start("merge", 1);
             if (train.IsAdapter)
             {
-                result = LoraMerge.Merge(baseDir, trainDir, ctx.OutputDirectory, dtype);
+                var quantizedBase = Models.Quantization.QuantizedBaseFile.Read(trainDir);
+                result = LoraMerge.Merge(baseDir, trainDir, ctx.OutputDirectory, dtype, quantizedBase: quantizedBase);
                 notes.Add($"folded LoRA into {result.MergedWeights} weights (scale {result.Scale:G4}){(result.ReplacedWeights > 0 ? $", replaced {result.ReplacedWeights} trained modules" : "")}");
+                if (quantizedBase is not null)
+                    notes.Add($"QLoRA: folded into the dequantized {quantizedBase.Describe()} base, written as {dtype?.ToTorchDtype() ?? ModelConfig.Load(baseDir).TorchDtype} (every decoder linear is the base as the adapter saw it)");
             }
             else if (train.IsModel)
             {

@@ -128,6 +128,12 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             $"checkpoints: {args.CheckpointDirectory}",
         };
         if (result.ResumedFrom is not null) notes.Add($"resumed from {result.ResumedFrom}");
+        if (model.Quantization is { } quantization)
+        {
+            // The merge stage folds the adapter into the base the adapter was trained against: the dequantized weights.
+            Models.Quantization.QuantizedBaseFile.Write(ctx.OutputDirectory, quantization);
+            notes.Add($"QLoRA: frozen decoder linears held as {quantization.Describe()}, {model.QuantizedWeightBytes / 1048576.0:F1} MiB");
+        }
         // The log and train_results.json carry wall times and throughput, the loss plots draw the log (logging_steps,
         // plot_loss): reports, not part of the result's hash, so the keys that shape them need not be fingerprinted.
         // report_to's event file is a report too.
@@ -155,6 +161,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         AdamEpsilon = cfg.AdamEpsilon,
         MaxGradNorm = cfg.MaxGradNorm,
         LoraplusLrRatio = cfg.LoraplusLrRatio,
+        Optim = (OptimizerKind)(int)(cfg.Optim ?? OptimizerName.AdamwTorch),
         LoggingSteps = cfg.LoggingSteps,
         SaveSteps = cfg.SaveSteps,
         SaveTotalLimit = cfg.SaveTotalLimit,
@@ -230,7 +237,14 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         GradientCheckpointing = cfg.GradientCheckpointing,
         NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
         Seed = cfg.Seed,
+        Quantization = Quantization(cfg),
+        EightBitOptimizerStates = cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit,
     };
+
+    /// <summary>QLoRA's base for a train block (LLaMA-Factory's defaults: nf4, double quantization on); null without quantization_bit.</summary>
+    public static Models.Quantization.QuantizationSetup? Quantization(TrainConfig cfg) => cfg.QuantizationBit is { } bits
+        ? new(bits, cfg.QuantizationType == Config.QuantizationType.Fp4 ? FineTune.Engine.QuantFormat.Fp4 : FineTune.Engine.QuantFormat.Nf4, cfg.DoubleQuantization ?? true)
+        : null;
 
     /// <summary>"checkpoint-3 (step 3 of 8) can be resumed: …" when this run (its fingerprint's folder) was interrupted.</summary>
     public string? Resumable(StageContext ctx)

@@ -129,7 +129,29 @@ internal static partial class SemanticChecks
             foreach (var (metric, text) in ((EvalConfig)stage.Block).Require ?? new Dictionary<string, string>())
                 if (!Engine.EvalGate.TryParse(metric, text, out _, out var problem))
                     b.Error($"$.stages.{stage.Name}.require.{metric}", problem!);
+        foreach (var stage in stages.OfKind(StageKind.Train))
+            if (stage.Block is TrainConfig train) QuantizationChecks(stage.Name, train, b);
         ModuleNameChecks.Apply(def, b);
         return def;
+    }
+
+    /// <summary>QLoRA keys as LLaMA-Factory accepts them: 4 or 8 bits, bnb only, with LoRA only.</summary>
+    private static void QuantizationChecks(string stage, TrainConfig train, PipelineLoader.Binder b)
+    {
+        string at = $"$.stages.{stage}";
+        if (train.QuantizationMethod is { } method && method != QuantizationMethod.Bnb)
+            b.Error($"{at}.quantization_method", $"{ConfigModel.EnumName(method)} is not implemented; FineTune quantizes with bnb (bitsandbytes' NF4/FP4 and LLM.int8 formats): use quantization_method: bnb or remove the key");
+        if (train.QuantizationBit is not { } bits)
+        {
+            foreach (var (key, set) in new[] { ("quantization_type", train.QuantizationType is not null), ("double_quantization", train.DoubleQuantization is not null), ("quantization_method", train.QuantizationMethod is not null) })
+                if (set) b.Error($"{at}.{key}", $"{key} has no effect without quantization_bit: add quantization_bit: 4 (or 8), or remove {key}");
+            return;
+        }
+        if (bits is not (4 or 8))
+            b.Error($"{at}.quantization_bit", $"{bits} is not a bitsandbytes width: use 4 (NF4/FP4) or 8 (LLM.int8)");
+        if (train.FinetuningType != Models.FinetuningType.Lora)
+            b.Error($"{at}.quantization_bit", $"quantization_bit needs finetuning_type: lora (a quantized base cannot be trained; LLaMA-Factory allows it with LoRA only), got finetuning_type: {ConfigModel.EnumName(train.FinetuningType)}");
+        if (bits == 8 && (train.QuantizationType is not null || train.DoubleQuantization is not null))
+            b.Error($"{at}.{(train.QuantizationType is not null ? "quantization_type" : "double_quantization")}", "quantization_type and double_quantization apply to quantization_bit: 4; LLM.int8 (8) has neither");
     }
 }

@@ -8,6 +8,8 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 //   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
+//   FineTune.DeviceChecks quant [outDir]       write the files tests/device/bnb_reference.py compares (CPU only)
+//   FineTune.DeviceChecks quant-base <model> <out>   the model with its decoder linears NF4-quantized then dequantized (f32)
 // Exit code 1 when any check exceeds its tolerance.
 var cmd = args.Length > 0 ? args[0] : "ops";
 var outDir = Environment.GetEnvironmentVariable("OUT") ?? ".";
@@ -46,7 +48,14 @@ switch (cmd)
     }
     case "flashbench":
         return FlashBench.Run();
+    case "quant-base":
+        // quant-base <model dir> <out dir>: the model with every decoder linear NF4 (double-quantized) → dequantized, f32.
+        FineTune.Models.LoraMerge.Merge(args[1], null, args[2], FineTune.Models.SafetensorsDType.F32, quantizedBase: new FineTune.Models.Quantization.QuantizationSetup(4));
+        return 0;
+    case "quant":
+        QuantChecks.WriteReferenceFiles(args.Length > 1 ? args[1] : outDir);
+        return 0;
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, models, bench or flashbench");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, models, bench, flashbench or quant");
         return 2;
 }

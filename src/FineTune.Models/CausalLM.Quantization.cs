@@ -1,0 +1,166 @@
+using System.Runtime.InteropServices;
+using FineTune.Engine;
+using FineTune.Models.Quantization;
+
+namespace FineTune.Models;
+
+// QLoRA: frozen decoder linears held as bitsandbytes 4-bit or LLM.int8 on the backend. Each product that reads such a
+// weight (forward, recompute, input gradient) first dequantizes it into one scratch of the largest linear, in the
+// compute dtype, then runs the ordinary matrix product; the full-precision copy of a weight exists for one linear at a
+// time, never for the model.
+public sealed partial class CausalLM
+{
+    private sealed class QuantizedSlot
+    {
+        public int Codes = -1, Absmax = -1, Absmax2 = -1;
+        public QuantizedWeight Weight = null!;
+    }
+
+    private readonly Dictionary<Parameter, QuantizedSlot> _quantized = [];
+    private int _scratchHandle = -1, _dynamicCodeHandle = -1;
+    private Tensor? _dequantScratch, _dynamicCode;
+
+    /// <summary>How the frozen linears are held (null: compute dtype).</summary>
+    public QuantizationSetup? Quantization => Setup.Quantization;
+
+    /// <summary>Bytes of the quantized weights on the device (codes and statistics).</summary>
+    public long QuantizedWeightBytes => _quantized.Values.Sum(s => s.Weight.DeviceBytes);
+
+    private bool HeldQuantized(Parameter p, bool trainable) =>
+        Setup.Quantization is not null && !trainable && p.Role == ParameterRole.Weight && QuantizationSetup.IsQuantizedLinear(p.Name);
+
+    /// <summary>Declares the codes and statistics of a quantized weight in the arena (instead of its value).</summary>
+    private void PlanQuantized(TensorArena.Builder builder, Parameter p)
+    {
+        var q = Setup.Quantization!;
+        int rows = p.Shape[0], cols = p.Shape[1];
+        long n = (long)rows * cols;
+        var slot = new QuantizedSlot();
+        if (q.Bits == 8)
+        {
+            slot.Codes = builder.Add(p.Name + ".CB", DType.I32, QuantizedWeight.WordsFor(n));
+            slot.Absmax = builder.Add(p.Name + ".SCB", DType.F32, rows);
+        }
+        else
+        {
+            long blocks = (n + QuantizationSetup.BlockSize - 1) / QuantizationSetup.BlockSize;
+            slot.Codes = builder.Add(p.Name + ".codes", DType.I32, QuantizedWeight.WordsFor((n + 1) / 2));
+            if (q.DoubleQuantization)
+            {
+                slot.Absmax = builder.Add(p.Name + ".absmax", DType.I32, QuantizedWeight.WordsFor(blocks));
+                slot.Absmax2 = builder.Add(p.Name + ".nested_absmax", DType.F32, checked((int)((blocks + 255) / 256)));
+                if (_dynamicCodeHandle < 0) _dynamicCodeHandle = builder.Add("quantization.dynamic_map", DType.F32, 256);
+            }
+            else slot.Absmax = builder.Add(p.Name + ".absmax", DType.F32, checked((int)blocks));
+        }
+        _quantized[p] = slot;
+    }
+
+    /// <summary>After planning every weight: the dequantization scratch, sized for the largest quantized linear.</summary>
+    private void PlanDequantScratch(TensorArena.Builder builder)
+    {
+        if (_quantized.Count == 0) return;
+        long largest = _quantized.Keys.Max(p => p.Length);
+        _scratchHandle = builder.Add("quantization.dequantized", Backend.ComputeDType, checked((int)largest));
+    }
+
+    private void BindQuantized()
+    {
+        if (_quantized.Count == 0) return;
+        _dequantScratch = _weights[_scratchHandle];
+        if (_dynamicCodeHandle >= 0)
+        {
+            _dynamicCode = _weights[_dynamicCodeHandle];
+            Backend.Upload(_dynamicCode, BnbDynamicMap.Signed);
+        }
+    }
+
+    /// <summary>Quantizes (or takes pre-quantized) weight p and uploads its codes; p's offset is known only now.</summary>
+    private void LoadQuantized(Parameter p, QuantizedSlot slot, IWeightSource source, Span<float> host)
+    {
+        var q = Setup.Quantization!;
+        int rows = p.Shape[0], cols = p.Shape[1];
+        if (q.Bits == 8)
+        {
+            var rowsQ = (source as IQuantizedWeightSource)?.TryReadInt8(p.Name, p.Shape) ?? QuantizeInt8(p, source, host);
+            UploadInt8(slot, rowsQ, rows, cols);
+            return;
+        }
+        var pre = (source as IQuantizedWeightSource)?.TryReadFourBit(p.Name, p.Shape);
+        if (pre is null || pre.Format != q.FourBitType || pre.BlockSize != QuantizationSetup.BlockSize || (pre.Nested is not null) != q.DoubleQuantization
+            || (pre.Nested is { } pn && (pn.BlockSize != 256 || !pn.Code.AsSpan().SequenceEqual(BnbDynamicMap.Signed))))
+        {
+            // Quantized at load (or re-quantized from a checkpoint stored in another 4-bit layout).
+            source.Read(p.Name, p.Shape, host);
+            pre = BnbFourBitTensor.Quantize(host, p.Shape, q.FourBitType, q.DoubleQuantization, QuantizationSetup.BlockSize);
+        }
+        UploadFourBit(p, slot, pre);
+    }
+
+    private static Int8Rows QuantizeInt8(Parameter p, IWeightSource source, Span<float> host)
+    {
+        source.Read(p.Name, p.Shape, host);
+        return Int8Rows.Quantize(host, p.Shape[0], p.Shape[1]);
+    }
+
+    private void UploadInt8(QuantizedSlot slot, Int8Rows q, int rows, int cols)
+    {
+        var codes = _weights[slot.Codes];
+        var scb = _weights[slot.Absmax];
+        Backend.Upload(codes, Words(MemoryMarshal.AsBytes(q.CB.AsSpan())));
+        Backend.Upload(scb, q.SCB);
+        slot.Weight = new QuantizedWeight(QuantFormat.Int8, rows, cols, codes, scb);
+    }
+
+    private void UploadFourBit(Parameter p, QuantizedSlot slot, BnbFourBitTensor q)
+    {
+        var codes = _weights[slot.Codes];
+        var absmax = _weights[slot.Absmax];
+        Backend.Upload(codes, Words(q.Codes));
+        NestedAbsmax? nested = null;
+        if (q.Nested is { } n)
+        {
+            Backend.Upload(absmax, Words(n.Codes));
+            var absmax2 = _weights[slot.Absmax2];
+            Backend.Upload(absmax2, n.Absmax2);
+            nested = new NestedAbsmax(absmax2, _dynamicCode!, n.Offset, n.BlockSize);
+        }
+        else Backend.Upload(absmax, q.Absmax!);
+        slot.Weight = new QuantizedWeight(q.Format, p.Shape[0], p.Shape[1], codes, absmax, nested, q.BlockSize);
+    }
+
+    /// <summary>Bytes as the little-endian I32 words that hold them (zero-padded to a whole word).</summary>
+    private static int[] Words(ReadOnlySpan<byte> bytes)
+    {
+        var words = new int[QuantizedWeight.WordsFor(bytes.Length)];
+        bytes.CopyTo(MemoryMarshal.AsBytes(words.AsSpan()));
+        return words;
+    }
+
+    /// <summary>The weight a product reads: its value, or (held quantized) its dequantization into the shared scratch.</summary>
+    private Tensor WeightValue(LoraLinear lin)
+    {
+        if (!_quantized.TryGetValue(lin.Weight, out var slot)) return lin.Weight.Value;
+        var scratch = _dequantScratch!.View(0, lin.Weight.Shape, lin.Weight.Name + ".dequantized");
+        Backend.Dequantize(scratch, slot.Weight);
+        return scratch;
+    }
+
+    private bool TryReadQuantized(Parameter p, float[] host)
+    {
+        if (!_quantized.TryGetValue(p, out var slot)) return false;
+        var scratch = _dequantScratch!.View(0, p.Shape);
+        Backend.Dequantize(scratch, slot.Weight);
+        Backend.Download(scratch, host);
+        return true;
+    }
+
+    private bool TryWriteQuantized(Parameter p, ReadOnlySpan<float> values)
+    {
+        if (!_quantized.TryGetValue(p, out var slot)) return false;
+        var q = Setup.Quantization!;
+        if (q.Bits == 8) UploadInt8(slot, Int8Rows.Quantize(values, p.Shape[0], p.Shape[1]), p.Shape[0], p.Shape[1]);
+        else UploadFourBit(p, slot, BnbFourBitTensor.Quantize(values, p.Shape, q.FourBitType, q.DoubleQuantization, QuantizationSetup.BlockSize));
+        return true;
+    }
+}
