@@ -5,7 +5,7 @@ namespace FineTune.Models.Quantization;
 /// midpoints of a linear fraction grid in [0.1, 1], mirrored when signed, plus 0 and 1, sorted into 256 codes. It is the
 /// code of double-quantized 4-bit absmax (signed) and of the 8-bit optimizer's first (signed) and second (unsigned) moments.
 /// Computed in f32 as torch does it: linspace's scalar formula (start + step·i below the halfway point,
-/// end − step·(steps − 1 − i) from it), means (b[i] + b[i+1]) / 2, each scaled by f32(10^(i−6)).
+/// end − step·(steps − 1 − i) from it, each one fused multiply-add), means (b[i] + b[i+1]) / 2, each scaled by f32(10^(i−6)).
 /// </summary>
 public static class BnbDynamicMap
 {
@@ -46,7 +46,10 @@ public static class BnbDynamicMap
         var v = new float[steps];
         float step = (end - start) / (steps - 1);
         int halfway = steps / 2;
-        for (int i = 0; i < steps; i++) v[i] = i < halfway ? start + step * i : end - step * (steps - i - 1);
+        // torch's CPU kernel is compiled with FMA contraction: start + step·i and end − step·k round once (the device's
+        // reference saw 42 signed / 31 unsigned map entries differ from the twice-rounded formula).
+        for (int i = 0; i < steps; i++)
+            v[i] = i < halfway ? MathF.FusedMultiplyAdd(step, i, start) : MathF.FusedMultiplyAdd(-step, steps - i - 1, end);
         return v;
     }
 }

@@ -2,7 +2,7 @@ namespace FineTune.Models.Quantization;
 
 /// <summary>
 /// bitsandbytes' LLM.int8 weight storage (Int8Params: CB int8 [out, in] and SCB f32 [out]): the weight is cast to fp16
-/// (as Int8Params does before int8_vectorwise_quant), SCB[r] = max_j |w[r, j]|, CB = round_half_even(w·(127/SCB[r])).
+/// (as Int8Params does before int8_vectorwise_quant), SCB[r] = max_j |w[r, j]|, CB = round_half_even(w·((1/SCB[r])·127)).
 /// Dequantized as bnb's MatMul8bitLt backward does: w = CB·(SCB·(1/127)). No outlier columns are kept apart: bnb's
 /// backward through a frozen int8 weight uses CB alone too (threshold decomposition only changes bnb's int8 forward).
 /// </summary>
@@ -24,8 +24,9 @@ public sealed record Int8Rows(int Rows, int Cols, sbyte[] CB, float[] SCB)
                 max = MathF.Max(max, MathF.Abs(half[j]));
             }
             scb[r] = max;
-            // torch's default path: 127.0 / row_stats in f32, then round(A·scale) (half to even); a zero row gives 0·∞.
-            float scale = 127f / max;
+            // bnb's torch path: 127.0 / row_stats, which torch evaluates as row_stats.reciprocal() · 127 (Tensor.__rtruediv__),
+            // then round(A·scale) (half to even); a zero row gives 0·∞. 127f / max rounds differently at halves.
+            float scale = (1f / max) * 127f;
             for (int j = 0; j < cols; j++)
             {
                 float q = MathF.Round(half[j] * scale, MidpointRounding.ToEven);

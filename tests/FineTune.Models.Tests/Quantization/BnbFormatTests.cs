@@ -77,6 +77,25 @@ public sealed class BnbFormatTests
     }
 
     [Fact]
+    public void The_dynamic_map_takes_torch_linspaces_fused_multiply_add_values()
+    {
+        // torch.linspace(0.1, 1, 65) rounds start + step·i once (its CPU kernel is built with FMA contraction); the
+        // twice-rounded formula gave 0xbf3d6667 here, and 42 signed entries that torch's create_dynamic_map does not
+        // have (tests/device/bnb_reference.py on the H200, 2026-12-01).
+        Assert.Equal(0xbf3d6666u, BitConverter.SingleToUInt32Bits(BnbDynamicMap.Signed[18]));
+        Assert.Equal(0xbf363334u, BitConverter.SingleToUInt32Bits(BnbDynamicMap.Signed[20]));
+    }
+
+    [Fact]
+    public void Int8_scale_is_the_reciprocal_of_the_absmax_times_127_as_torch_divides_a_scalar_by_a_tensor()
+    {
+        // 127.0 / row_stats is row_stats.reciprocal() · 127 in torch: for absmax 1.0166015625 the half-absmax value
+        // lands just under 63.5 (→ 63), where an exact 127 / absmax gives 63.5 and rounds to 64.
+        var q = Int8Rows.Quantize([1.0166015625f, 0.50830078125f], 1, 2);
+        Assert.Equal(new sbyte[] { 127, 63 }, q.CB);
+    }
+
+    [Fact]
     public void Double_quantization_stores_absmax_minus_their_mean_in_8_bits()
     {
         // Three blocks with absmax 1, 2, 3: offset 2, centred [−1, 0, 1], absmax2 1 → codes [0, 127, 255];
