@@ -1,6 +1,7 @@
 using System.CommandLine;
 using FineTune.Pipeline;
 using FineTune.Pipeline.Engine;
+using FineTune.Pipeline.Import;
 using FineTune.Pipeline.Validation;
 using Spectre.Console;
 
@@ -141,5 +142,34 @@ public static class CliSupport
             (blocked.Length > 0 ? $"; not run because they need those: {string.Join(", ", blocked)}" : "") + ".");
     }
 
-    public static LoadedPipeline Load(string pipeline) => PipelineLoader.Load(pipeline);
+    /// <summary>
+    /// The pipeline file or folder; a LLaMA-Factory config (YAML/JSON or a llamafactory-cli command) is imported in memory,
+    /// anchored at its own directory (its .finetune/ cache and pipeline.lock go there), its notes on stderr.
+    /// </summary>
+    public static LoadedPipeline Load(string pipeline)
+    {
+        var full = Path.GetFullPath(pipeline);
+        if (!File.Exists(full) || !LlamaFactoryArguments.IsLlamaFactoryFile(full))
+            return PipelineLoader.Load(pipeline);
+        var imported = LlamaFactoryImport.Import(full, Path.GetDirectoryName(full)!, full);
+        Console.Error.WriteLine($"{pipeline}: a LLaMA-Factory config, imported in memory (`finetune import llamafactory` writes it as a pipeline).");
+        foreach (var note in imported.Notes)
+            Console.Error.WriteLine($"  {note}");
+        return imported.Pipeline;
+    }
+
+    /// <summary>What `finetune import` wrote and every argument it could not carry, once each.</summary>
+    public static void PrintImport(ImportedPipeline imported, string pipelineFile, string? project)
+    {
+        Console.WriteLine($"wrote {pipelineFile}" + (project is null ? "" : $" and {project}"));
+        if (project is null)
+            Console.WriteLine("  no FineTune checkout found above the folder or the finetune binary: no pipeline.proj written; run it with `finetune run`.");
+        var ignored = imported.Notes.Where(n => n.Fate == KeyFate.Ignored).ToArray();
+        var unsupported = imported.Notes.Where(n => n.Fate == KeyFate.Unsupported).ToArray();
+        Console.WriteLine($"{ignored.Length} ignored, {unsupported.Length} unsupported (every other argument is carried):");
+        foreach (var note in ignored.Concat(unsupported))
+            Console.WriteLine($"  {note}");
+        var stages = imported.Pipeline.Stages.Select(s => s.Name);
+        Console.WriteLine($"valid: {string.Join(" → ", stages)}");
+    }
 }
