@@ -167,4 +167,22 @@ public sealed class LlamaFactoryImportTests
             "unsupported deepspeed (line 7): DeepSpeed (FineTune trains on one GPU)",
         ], imported.Notes.Select(n => n.ToString()));
     }
+
+    [Fact]
+    public void LlamaFactoryKeysInTheWrongBlockSayWhereTheyBelongNotANearbyWrongKey()
+    {
+        using var dir = new TempDir();
+        var file = TestPipelines.Write(dir, TestPipelines.Full
+            .Replace("    val_size: 0.1\n", "    val_size: 0.1\n    stage: dpo\n")
+            .Replace("    max_steps: 10\n", "    max_steps: 10\n    per_device_eval_batch_size: 1\n    use_dora: true\n    bf16: true\n    disable_gradient_checkpointing: true\n    do_train: true\n"));
+        var e = Assert.Throws<PipelineValidationException>(() => PipelineLoader.Load(file));
+        Assert.Equal([
+            "$.stages.split.stage: expected one of sft, pt, got 'dpo'; dpo is a training objective: write stage: dpo in the train stage's block (stages.train.stage)",
+            "$.stages.train.per_device_eval_batch_size: unknown key 'per_device_eval_batch_size' in stages.train; it belongs in stages.eval",
+            "$.stages.train.use_dora: unknown key 'use_dora' in stages.train; LLaMA-Factory's use_dora is unsupported in FineTune (DoRA (FineTune trains plain LoRA and rsLoRA: use_rslora))",
+            "$.stages.train.bf16: unknown key 'bf16' in stages.train; LLaMA-Factory's bf16 is ignored in FineTune (FineTune's engine picks the precision: bf16 weights and activations with fp32 master weights on CUDA, fp32 on the CPU): remove it",
+            "$.stages.train.disable_gradient_checkpointing: unknown key 'disable_gradient_checkpointing' in stages.train; it belongs in stages.train as gradient_checkpointing (negated: LLaMA-Factory's disable_gradient_checkpointing: true is gradient_checkpointing: false)",
+            "$.stages.train.do_train: unknown key 'do_train' in stages.train; LLaMA-Factory's do_train is implied by the stages.train block: remove it",
+        ], e.Errors.Select(x => $"{x.JsonPath}: {x.Message}"));
+    }
 }

@@ -14,7 +14,8 @@ public enum KeyFate
 /// <summary>One LLaMA-Factory (or Hugging Face TrainingArguments) argument and where it goes in FineTune.</summary>
 /// <param name="Target">For a carried key: its place in the pipeline (<c>stages.train.learning_rate</c>).</param>
 /// <param name="Why">For an ignored or unsupported key: the reason, or the missing feature.</param>
-public sealed record LlamaFactoryKey(string Name, KeyFate Fate, string? Target, string? Why)
+/// <param name="Remark">For a carried key under another name: how the value translates.</param>
+public sealed record LlamaFactoryKey(string Name, KeyFate Fate, string? Target, string? Why, string? Remark = null)
 {
     /// <summary>The block a carried key belongs in (<c>stages.train</c>, <c>data</c>), or null.</summary>
     public string? Block => Target is null ? null : Target.Contains('.') ? Target[..Target.LastIndexOf('.')] : "(top level)";
@@ -22,12 +23,17 @@ public sealed record LlamaFactoryKey(string Name, KeyFate Fate, string? Target, 
     /// <summary>The key's name in its FineTune block (<c>gradient_checkpointing</c> for disable_gradient_checkpointing).</summary>
     public string? TargetKey => Target?[(Target.LastIndexOf('.') + 1)..];
 
-    /// <summary>"ignored in FineTune: …" / "unsupported in FineTune: …", for messages.</summary>
-    public string Verdict => Fate switch
+    /// <summary>
+    /// What to tell a user who put this key into a FineTune block where it is unknown: the block it belongs in (and its
+    /// FineTune name), or that FineTune ignores it or lacks the feature.
+    /// </summary>
+    public string Hint => Fate switch
     {
-        KeyFate.Ignored => $"ignored in FineTune ({Why})",
-        KeyFate.Unsupported => $"unsupported in FineTune ({Why})",
-        _ => $"belongs in {Target}",
+        KeyFate.Ignored => $"LLaMA-Factory's {Name} is ignored in FineTune ({Why}): remove it",
+        KeyFate.Unsupported => $"LLaMA-Factory's {Name} is unsupported in FineTune ({Why})",
+        _ when LlamaFactoryImport.TargetKey(Target!) is null => $"LLaMA-Factory's {Name} is implied by the {Target} block: remove it",
+        _ when TargetKey == Name => $"it belongs in {Block}",
+        _ => $"it belongs in {Block} as {TargetKey}" + (Remark is null ? "" : $" ({Remark})"),
     };
 }
 
@@ -155,7 +161,7 @@ public static class LlamaFactoryKeys
         C("kto_chosen_weight", "stages.train.kto_chosen_weight"),
         C("kto_rejected_weight", "stages.train.kto_rejected_weight"),
         C("plot_loss", "stages.train.plot_loss"),
-        C("disable_gradient_checkpointing", "stages.train.gradient_checkpointing"),
+        C("disable_gradient_checkpointing", "stages.train.gradient_checkpointing", "negated: LLaMA-Factory's disable_gradient_checkpointing: true is gradient_checkpointing: false"),
         U("use_dora", "DoRA (FineTune trains plain LoRA and rsLoRA: use_rslora)"),
         U("loraplus_lr_embedding", "a LoRA+ learning rate for embeddings"),
         U("pissa_init", "PiSSA initialisation"),
@@ -310,7 +316,7 @@ public static class LlamaFactoryKeys
     public static readonly IReadOnlySet<string> AdamW = new HashSet<string>(StringComparer.Ordinal)
         { "adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused" };
 
-    private static LlamaFactoryKey C(string name, string target) => new(name, KeyFate.Carried, target, null);
+    private static LlamaFactoryKey C(string name, string target, string? remark = null) => new(name, KeyFate.Carried, target, null, remark);
     private static LlamaFactoryKey I(string name, string why) => new(name, KeyFate.Ignored, null, why);
     private static LlamaFactoryKey U(string name, string feature) => new(name, KeyFate.Unsupported, null, feature);
 }

@@ -333,6 +333,9 @@ public static partial class PipelineLoader
             var names = keys.Select(k => k.Name).ToArray();
             var suggestion = DidYouMean.Suggest(keyName, names);
             var where = path == "$" ? "at the top level" : $"in {path[2..]}";
+            // A LLaMA-Factory argument: say where it goes (or that it is ignored/unsupported), not the nearest spelling here.
+            if (Import.LlamaFactoryKeys.Find(keyName) is { } lf)
+                return $"unknown key '{keyName}' {where}; {lf.Hint}";
             return suggestion is not null
                 ? $"unknown key '{keyName}' {where}; did you mean '{suggestion}'?"
                 : $"unknown key '{keyName}' {where}; expected one of: {string.Join(", ", names)}";
@@ -455,6 +458,9 @@ public static partial class PipelineLoader
         private static string EnumMessage(ConfigKey key, string text)
         {
             var names = key.EnumNames;
+            // split's older stage key takes pt/sft only; dpo, kto and rm are the train stage's objective (LLaMA-Factory's stage).
+            if (key.EnumType == typeof(TrainingStage) && ConfigModel.ParseEnum(typeof(TrainingObjective), text) is not null)
+                return $"expected one of {string.Join(", ", names)}, got '{text}'; {text} is a training objective: write stage: {text} in the train stage's block (stages.train.stage)";
             var suggestion = DidYouMean.Suggest(text, names);
             return $"expected one of {string.Join(", ", names)}, got '{text}'" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?");
         }
