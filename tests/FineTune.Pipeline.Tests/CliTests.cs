@@ -15,7 +15,7 @@ public sealed class CliTests
         return Process.Start(psi)!;
     }
 
-    private static (int Code, string Out, string Err) Finetune(params string[] args)
+    internal static (int Code, string Out, string Err) Finetune(params string[] args)
     {
         using var p = Start(args);
         var stdout = p.StandardOutput.ReadToEndAsync();

@@ -185,4 +185,38 @@ public sealed class LlamaFactoryImportTests
             "$.stages.train.do_train: unknown key 'do_train' in stages.train; LLaMA-Factory's do_train is implied by the stages.train block: remove it",
         ], e.Errors.Select(x => $"{x.JsonPath}: {x.Message}"));
     }
+
+    [Theory]
+    [InlineData("llama3_lora_sft.yaml")]
+    [InlineData("llama3_lora_dpo.yaml")]
+    [InlineData("llamaboard_qwen3_sft.txt")]
+    public void ExportedLlamaFactoryConfigImportsBackToTheSameStages(string fixture)
+    {
+        using var dir = new TempDir();
+        var (p, _) = ImportAndReload(dir, fixture);
+        var exported = dir.File("lf/exported.yaml");
+        Directory.CreateDirectory(dir.File("lf"));
+        var (yaml, notCarried) = LlamaFactoryExport.Export(p, "train", exported, null);
+        File.WriteAllText(exported, yaml);
+        Assert.Empty(notCarried);
+        using var back = new TempDir();
+        var again = LlamaFactoryImport.Import(exported, dir.File("lf"), back.File("pipeline.yaml")).Pipeline.Definition;
+        Assert.Equal(p.Definition.Model, again.Model);
+        Assert.Equal(p.Definition.Data.Dataset, again.Data.Dataset);
+        Assert.Equal(p.Definition.Data.Template, again.Data.Template);
+        Assert.Equal(p.Definition.Data.ResolveDatasetDir(p.Directory), again.Data.ResolveDatasetDir(back.Path));
+        // Records with list members compare lists by reference: compare their canonical fingerprint parameters instead.
+        foreach (var stage in p.Stages)
+            Assert.Equal(Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(stage, p.Definition)),
+                Engine.CanonicalJson.Serialize(Engine.StageFingerprint.ParametersOf(again.Stages[stage.Name]!, again)));
+    }
+
+    [Fact]
+    public void ExportWritesFloatsPyYamlReadsAsFloats()
+    {
+        Assert.Equal("5.0e-06", LlamaFactoryExport.Number(5e-6));
+        Assert.Equal("0.0001", LlamaFactoryExport.Number(1e-4));
+        Assert.Equal("1.5e+20", LlamaFactoryExport.Number(1.5e20));
+        Assert.Equal("3", LlamaFactoryExport.Number(3.0));
+    }
 }

@@ -27,7 +27,7 @@ public static partial class LlamaFactoryArguments
     /// <summary>True when the text is a LLaMA-Factory config rather than a FineTune pipeline.</summary>
     public static bool IsLlamaFactory(string text)
     {
-        if (CommandStart().IsMatch(text)) return true;
+        if (IsCommand(text)) return true;
         try
         {
             var stream = new YamlStream();
@@ -58,7 +58,23 @@ public static partial class LlamaFactoryArguments
             throw new PipelineValidationException([new PipelineError(file, line, column, "$", encoding)]);
         }
         var text = Encoding.UTF8.GetString(InputFile.WithoutByteOrderMark(bytes));
-        return CommandStart().IsMatch(text) ? ParseCommand(text, file) : ParseYaml(text, file);
+        return IsCommand(text) ? ParseCommand(text, file) : ParseYaml(text, file);
+    }
+
+    /// <summary>A command, not a YAML mapping that merely mentions one (in a comment, say).</summary>
+    private static bool IsCommand(string text)
+    {
+        if (!CommandStart().IsMatch(text)) return false;
+        try
+        {
+            var stream = new YamlStream();
+            stream.Load(new StringReader(text));
+            return stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode;
+        }
+        catch (YamlException)
+        {
+            return true;
+        }
     }
 
     /// <summary>A YAML (or JSON, which is YAML's flow style) mapping of arguments.</summary>
