@@ -13,6 +13,12 @@ public static class CliSupport
     public const int ExitUserError = 2;
     public const int ExitFailure = 1;
 
+    public static Argument<string[]> OverridesArgument() => new("overrides")
+    {
+        Description = "Values set over the pipeline file before validation, as dotted paths: stages.train.learning_rate=1e-4 data.dataset=[identity] (recorded in pipeline.lock).",
+        Arity = ArgumentArity.ZeroOrMore,
+    };
+
     public static Argument<string> PipelineArgument() => new("pipeline")
     {
         Description = "The pipeline.yaml, or the directory that holds it (default: the current directory).",
@@ -46,7 +52,8 @@ public static class CliSupport
         catch (PipelineValidationException e)
         {
             foreach (var error in e.Errors)
-                Console.Error.WriteLine($"{error.File}:{error.Line}:{error.Column}: error: {error.JsonPath}: {error.Message}");
+                Console.Error.WriteLine(error.Line == 0 ? $"{error.File}: error: {error.JsonPath}: {error.Message}"
+                    : $"{error.File}:{error.Line}:{error.Column}: error: {error.JsonPath}: {error.Message}");
             Console.Error.WriteLine($"{e.Errors.Count} error(s).");
             return ExitUserError;
         }
@@ -146,12 +153,15 @@ public static class CliSupport
     /// The pipeline file or folder; a LLaMA-Factory config (YAML/JSON or a llamafactory-cli command) is imported in memory,
     /// anchored at its own directory (its .finetune/ cache and pipeline.lock go there), its notes on stderr.
     /// </summary>
-    public static LoadedPipeline Load(string pipeline)
+    public static LoadedPipeline Load(string pipeline, IReadOnlyList<string>? overrides = null)
     {
+        // `finetune run stages.train.learning_rate=1e-4`: the first word is an override, the pipeline the current directory.
+        if (pipeline.Contains('=') && !File.Exists(pipeline) && !Directory.Exists(pipeline))
+            (pipeline, overrides) = (".", [pipeline, .. overrides ?? []]);
         var full = Path.GetFullPath(pipeline);
         if (!File.Exists(full) || !LlamaFactoryArguments.IsLlamaFactoryFile(full))
-            return PipelineLoader.Load(pipeline);
-        var imported = LlamaFactoryImport.Import(full, Path.GetDirectoryName(full)!, full);
+            return PipelineLoader.Load(pipeline, overrides);
+        var imported = LlamaFactoryImport.Import(full, Path.GetDirectoryName(full)!, full, overrides: overrides);
         Console.Error.WriteLine($"{pipeline}: a LLaMA-Factory config, imported in memory (`finetune import llamafactory` writes it as a pipeline).");
         foreach (var note in imported.Notes)
             Console.Error.WriteLine($"  {note}");

@@ -11,6 +11,7 @@ public sealed class RunCommand : ICliCommand
     public Command Create()
     {
         var pipeline = CliSupport.PipelineArgument();
+        var overrides = CliSupport.OverridesArgument();
         var stage = new Option<string?>("--stage", "-s") { Description = "Stop after this stage, by name (download, register, split, train, eval, merge, export, or a stage's own name such as dpo); runs the stages it needs." };
         var force = new Option<bool>("--force", "-f") { Description = "Re-run even if up to date (all stages, or only --stage when given)." };
         var dryRun = new Option<bool>("--dry-run", "-n") { Description = "Show what would run; run nothing." };
@@ -18,11 +19,11 @@ public sealed class RunCommand : ICliCommand
         var lockTimeout = new Option<int>("--lock-timeout") { Description = "Seconds to wait for another run of the same pipeline.", DefaultValueFactory = _ => 3600 };
         var command = new Command("run", "Run the pipeline: stages whose inputs changed run, the others are reused from .finetune/.")
         {
-            pipeline, stage, force, dryRun, verify, lockTimeout,
+            pipeline, overrides, stage, force, dryRun, verify, lockTimeout,
         };
         command.SetAction(r => CliSupport.Guard(ct =>
         {
-            var loaded = CliSupport.Load(r.GetValue(pipeline)!);
+            var loaded = CliSupport.Load(r.GetValue(pipeline)!, r.GetValue(overrides));
             var options = new RunOptions
             {
                 Stage = r.GetValue(stage) is { } s ? PipelineRunner.StageNamed(loaded, s, "--stage") : null,

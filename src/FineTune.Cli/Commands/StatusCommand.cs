@@ -10,11 +10,12 @@ public sealed class StatusCommand : ICliCommand
     public Command Create()
     {
         var pipeline = CliSupport.PipelineArgument();
+        var overrides = CliSupport.OverridesArgument();
         var verify = new Option<bool>("--verify") { Description = "Re-hash every cached file instead of trusting the size+mtime index." };
-        var command = new Command("status", "Show which stages are up to date and why the others are stale.") { pipeline, verify };
+        var command = new Command("status", "Show which stages are up to date and why the others are stale.") { pipeline, overrides, verify };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
-            var loaded = CliSupport.Load(r.GetValue(pipeline)!);
+            var loaded = CliSupport.Load(r.GetValue(pipeline)!, r.GetValue(overrides));
             var report = PipelineRunner.CreateDefault().Status(loaded, r.GetValue(verify));
             var table = new Table().Border(TableBorder.Rounded).Title($"{Markup.Escape(loaded.Definition.Name)}");
             table.AddColumn("stage").AddColumn("state").AddColumn("why").AddColumn("fingerprint").AddColumn("metrics");

@@ -30,14 +30,16 @@ public static partial class LlamaFactoryImport
     /// <param name="baseDirectory">Where LLaMA-Factory would have run: relative model and dataset paths start here.</param>
     /// <param name="pipelineFile">The pipeline.yaml to be (its directory anchors the relative paths written).</param>
     /// <param name="schemaFile">The pipeline JSON Schema, for the editor comment line; null leaves the line out.</param>
-    public static ImportedPipeline Import(string sourceFile, string baseDirectory, string pipelineFile, string? schemaFile = null)
+    /// <param name="overrides">Command-line overrides applied over the imported pipeline (FineTune paths).</param>
+    public static ImportedPipeline Import(string sourceFile, string baseDirectory, string pipelineFile, string? schemaFile = null, IReadOnlyList<string>? overrides = null)
     {
         sourceFile = Path.GetFullPath(sourceFile);
         var args = LlamaFactoryArguments.Read(sourceFile);
-        return Import(args, sourceFile, baseDirectory, pipelineFile, schemaFile);
+        return Import(args, sourceFile, baseDirectory, pipelineFile, schemaFile, overrides);
     }
 
-    public static ImportedPipeline Import(IReadOnlyList<LlamaFactoryArgument> args, string sourceFile, string baseDirectory, string pipelineFile, string? schemaFile)
+    public static ImportedPipeline Import(IReadOnlyList<LlamaFactoryArgument> args, string sourceFile, string baseDirectory, string pipelineFile, string? schemaFile,
+        IReadOnlyList<string>? overrides = null)
     {
         var mapping = new Mapping(args, sourceFile, Path.GetFullPath(baseDirectory), Path.GetFullPath(pipelineFile));
         mapping.Run();
@@ -47,11 +49,11 @@ public static partial class LlamaFactoryImport
         LoadedPipeline loaded;
         try
         {
-            loaded = PipelineLoader.Parse(yaml, pipelineFile);
+            loaded = PipelineLoader.Parse(yaml, pipelineFile, overrides);
         }
         catch (PipelineValidationException e)
         {
-            throw new PipelineValidationException(e.Errors.Select(mapping.Locate).ToArray());
+            throw new PipelineValidationException(e.Errors.Select(x => x.Line == 0 ? x : mapping.Locate(x)).ToArray());
         }
         return new ImportedPipeline(yaml, loaded, mapping.Notes);
     }
