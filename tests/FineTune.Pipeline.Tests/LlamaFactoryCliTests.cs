@@ -86,3 +86,45 @@ public sealed class LlamaFactoryCliTests
         Assert.Contains("not carried: data.placeholders", stdout);
     }
 }
+
+/// <summary>`finetune new NAME`: a folder that finetune and dotnet build run without a copied project file.</summary>
+public sealed class NewCommandTests
+{
+    [Fact]
+    public void NewWritesAValidPipelineAndAProjectImportingTheTargets()
+    {
+        using var dir = new TempDir();
+        // Outside the checkout the folder names FineTune's data/ (found from the finetune binary) as its dataset_dir.
+        var folder = dir.File("mine");
+        var (code, stdout, err) = CliTests.Finetune("new", folder, "--model", "hf://Qwen/Qwen3-0.6B", "--template", "qwen3_nothink");
+        Assert.Equal("", err);
+        Assert.Equal(0, code);
+        var outside = FineTune.Pipeline.Validation.PipelineLoader.Load(folder).Definition;
+        Assert.Equal("hf://Qwen/Qwen3-0.6B", outside.Model.Source);
+        Assert.Equal("qwen3_nothink", outside.Data.Template);
+        Assert.Equal(Path.Combine(RepoRoot.Path, "data"), outside.Data.ResolveDatasetDir(folder));
+        (code, _, err) = CliTests.Finetune("new", folder);
+        Assert.Equal(2, code);
+        Assert.Equal($"error: {folder}/pipeline.yaml exists; choose another folder.\n", err);
+
+        var inside = Path.Combine(RepoRoot.Path, "pipelines", $"new-test-{Guid.NewGuid():N}");
+        try
+        {
+            (code, stdout, err) = CliTests.Finetune("new", inside);
+            Assert.Equal("", err);
+            Assert.Equal(0, code);
+            Assert.Equal($"wrote {inside}/pipeline.yaml\nwrote {inside}/pipeline.proj (`dotnet build {inside}` runs the pipeline)\n" +
+                "valid: download → register → split → train → eval → merge → export\n", stdout);
+            Assert.Equal("<!-- `dotnet build` in this folder runs pipeline.yaml through FineTune's build/FineTune.targets. -->\n<Project DefaultTargets=\"Build\">\n" +
+                "  <Import Project=\"../../build/FineTune.targets\" />\n</Project>\n", File.ReadAllText(Path.Combine(inside, "pipeline.proj")));
+            var p = FineTune.Pipeline.Validation.PipelineLoader.Load(inside);
+            Assert.Equal(Path.GetFileName(inside), p.Definition.Name);
+            Assert.Equal("qwen3", p.Definition.Data.Template);
+            Assert.StartsWith("# yaml-language-server: $schema=../../schemas/pipeline.schema.json\n", File.ReadAllText(Path.Combine(inside, "pipeline.yaml")));
+        }
+        finally
+        {
+            if (Directory.Exists(inside)) Directory.Delete(inside, recursive: true);
+        }
+    }
+}
