@@ -10,6 +10,84 @@ namespace FineTune.Cli.Commands;
 /// <summary>Pieces shared by the commands: the pipeline argument, error handling, output.</summary>
 public static class CliSupport
 {
+    /// <summary>
+    /// Spectre.Console writing to <paramref name="output"/>: with colours and live progress on a terminal; plain text (no
+    /// ANSI codes, not even bold) when NO_COLOR is set or the output is redirected, and then no hard wraps either, so a
+    /// CI log or a file holds each line whole (a path is never split at column 80).
+    /// </summary>
+    public static void ConfigureConsole(TextWriter output)
+    {
+        var redirected = Console.IsOutputRedirected || !ReferenceEquals(output, Console.Out);
+        var noColor = !string.IsNullOrEmpty(Environment.GetEnvironmentVariable("NO_COLOR"));
+        if (!redirected && !noColor) return;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = AnsiSupport.No,
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+            Out = new AnsiConsoleOutput(output),
+        });
+        if (redirected) console.Profile.Width = 1 << 16;
+        AnsiConsole.Console = console;
+    }
+
+    /// <summary>The option `--json` of run and status: one JSON object on stdout, the human lines on stderr.</summary>
+    public static Option<bool> JsonOption() => new("--json") { Description = "Print one JSON object (stages, states, reasons, fingerprints, metrics) on stdout for machines; progress goes to stderr." };
+
+    /// <summary>
+    /// For `--json`: human output (Spectre and plain lines) goes to stderr from now on; returns the stdout writer the JSON goes to.
+    /// </summary>
+    public static TextWriter HumanOutputToStderr()
+    {
+        var stdout = Console.Out;
+        Console.SetOut(Console.Error);
+        ConfigureConsole(Console.Error);
+        return stdout;
+    }
+
+    /// <summary>A run or status report as JSON: metrics as numbers, states in the words `status` prints.</summary>
+    public static string ReportJson(LoadedPipeline pipeline, RunReport report)
+    {
+        var stages = new System.Text.Json.Nodes.JsonArray();
+        foreach (var s in report.Stages)
+        {
+            var metrics = new System.Text.Json.Nodes.JsonObject();
+            foreach (var (k, v) in (s.Metrics ?? new Dictionary<string, double>()).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                metrics[k] = double.IsFinite(v) ? v : null;
+            stages.Add(new System.Text.Json.Nodes.JsonObject
+            {
+                ["name"] = s.Name,
+                ["kind"] = FineTune.Pipeline.StageGraph.Name(s.Kind),
+                ["state"] = StateWord(s.State),
+                ["reason"] = s.Reason,
+                ["fingerprint"] = s.Fingerprint,
+                ["seconds"] = s.Seconds,
+                ["output"] = s.OutputDirectory,
+                ["metrics"] = metrics,
+            });
+        }
+        var root = new System.Text.Json.Nodes.JsonObject
+        {
+            ["pipeline"] = pipeline.Definition.Name,
+            ["file"] = pipeline.FilePath,
+            ["overrides"] = new System.Text.Json.Nodes.JsonArray(pipeline.Overrides.Select(o => (System.Text.Json.Nodes.JsonNode?)o).ToArray()),
+            ["stages"] = stages,
+            ["overhead_seconds"] = report.OverheadSeconds,
+            ["lock_changed"] = report.LockChanged,
+        };
+        return root.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n";
+    }
+
+    public static string StateWord(StageState s) => s switch
+    {
+        StageState.UpToDate => "up to date",
+        StageState.Ran => "ran",
+        StageState.Stale => "stale",
+        StageState.NoExecutor => "no executor yet",
+        StageState.Blocked => "blocked",
+        _ => s.ToString(),
+    };
+
     public const int ExitUserError = 2;
     public const int ExitFailure = 1;
 
@@ -136,9 +214,10 @@ public static class CliSupport
 
     public static string Seconds(double s) => s < 1 ? $"{s * 1000:0} ms" : s < 120 ? $"{s:0.0} s" : $"{s / 60:0.0} min";
 
+    /// <summary>Every metric of a stage, by name, numbers as <see cref="NumberText"/> writes them.</summary>
     public static string Metrics(IReadOnlyDictionary<string, double>? m) =>
-        m is null || m.Count == 0 ? "" : string.Join(", ", m.OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(4)
-            .Select(kv => $"{kv.Key}={kv.Value.ToString("G4", System.Globalization.CultureInfo.InvariantCulture)}"));
+        m is null || m.Count == 0 ? "" : string.Join(", ", m.OrderBy(kv => kv.Key, StringComparer.Ordinal)
+            .Select(kv => $"{kv.Key}={NumberText.Format(kv.Value)}"));
 
     public static void PrintMissingExecutors(RunReport report)
     {

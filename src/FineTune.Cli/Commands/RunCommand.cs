@@ -17,12 +17,14 @@ public sealed class RunCommand : ICliCommand
         var dryRun = new Option<bool>("--dry-run", "-n") { Description = "Show what would run; run nothing." };
         var verify = new Option<bool>("--verify") { Description = "Re-hash every cached file instead of trusting the size+mtime index." };
         var lockTimeout = new Option<int>("--lock-timeout") { Description = "Seconds to wait for another run of the same pipeline.", DefaultValueFactory = _ => 3600 };
+        var json = CliSupport.JsonOption();
         var command = new Command("run", "Run the pipeline: stages whose inputs changed run, the others are reused from .finetune/.")
         {
-            pipeline, overrides, stage, force, dryRun, verify, lockTimeout,
+            pipeline, overrides, stage, force, dryRun, verify, lockTimeout, json,
         };
         command.SetAction(r => CliSupport.Guard(ct =>
         {
+            var stdout = r.GetValue(json) ? CliSupport.HumanOutputToStderr() : null;
             var loaded = CliSupport.Load(r.GetValue(pipeline)!, r.GetValue(overrides));
             var options = new RunOptions
             {
@@ -39,6 +41,7 @@ public sealed class RunCommand : ICliCommand
             var report = ConsoleStageProgress.Run(progress => PipelineRunner.CreateDefault().Run(loaded, options, progress, ct));
             CliSupport.PrintMissingExecutors(report);
             AnsiConsole.MarkupLine($"[grey]FineTune overhead {CliSupport.Seconds(report.OverheadSeconds)}, {report.BytesHashed / 1e6:0.#} MB hashed{(report.LockChanged ? ", pipeline.lock updated" : "")}[/]");
+            stdout?.Write(CliSupport.ReportJson(loaded, report));
             return 0;
         }, stopOnSigterm: true));
         return command;
