@@ -219,4 +219,15 @@ public sealed class LlamaFactoryImportTests
         Assert.Equal("1.5e+20", LlamaFactoryExport.Number(1.5e20));
         Assert.Equal("3", LlamaFactoryExport.Number(3.0));
     }
+
+    [Fact]
+    public void ValuesAreQuotedWhereYamlWouldReadThemOtherwise()
+    {
+        Assert.Equal("hf://Qwen/Qwen3-0.6B", LlamaFactoryImport.Scalar("hf://Qwen/Qwen3-0.6B"));
+        Assert.Equal("-1", LlamaFactoryImport.Scalar("-1"));
+        Assert.Equal("1.0e-4", LlamaFactoryImport.Scalar("1.0e-4"));
+        Assert.Equal("\"@home/model\"", LlamaFactoryImport.Scalar("@home/model"));
+        Assert.Equal("\"-\"", LlamaFactoryImport.Scalar("-"));
+        Assert.Equal("\"a b: c\"", LlamaFactoryImport.Scalar("a b: c"));
+    }
 }

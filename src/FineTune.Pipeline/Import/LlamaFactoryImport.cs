@@ -71,7 +71,8 @@ public static partial class LlamaFactoryImport
     [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")]
     private static partial Regex HubId();
 
-    [GeneratedRegex(@"^[A-Za-z0-9_.@/+=-][A-Za-z0-9_.@/+:=-]*$")]
+    // YAML's indicators (@, -, ?, … at the start) need quotes; a leading - is safe before a non-space (-1).
+    [GeneratedRegex(@"^(?:[A-Za-z0-9_./]|-(?=\S))[A-Za-z0-9_.@/+:=-]*$")]
     private static partial Regex PlainScalar();
 
     /// <summary>A value as YAML: plain where it is safe, else double-quoted (JSON's escapes are YAML's).</summary>
