@@ -8,6 +8,7 @@ internal static class Program
 {
     private static int Main(string[] args)
     {
+        CliSupport.ConfigureConsole(Console.Out);
         var root = new RootCommand("FineTune: declarative, cached fine-tuning of LLMs (pipeline.yaml → download, register, split, train, eval, merge, export).");
         // Every ICliCommand in this assembly is a subcommand: adding a command is adding one file under Commands/.
         foreach (var type in typeof(Program).Assembly.GetTypes()

@@ -143,10 +143,16 @@ public sealed class ChatTemplateTests
     }
 
     [Fact]
+    public void Qwen3NothinkIsQwenWithoutDefaultSystemOrThinkBlocks() =>
+        // LLaMA-Factory's qwen3_nothink: the Qwen turns, no default system prompt, no <think> block before the answer.
+        Assert.Equal("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n",
+            Render("qwen3_nothink", TwoTurns(system: "")));
+
+    [Fact]
     public void UnknownTemplateListsKnownNames()
     {
         var e = Assert.Throws<DatasetException>(() => ChatTemplate.Get("qwen4"));
-        Assert.Equal("Unknown chat template 'qwen4'. Known templates: default, empty, chatml, qwen, qwen3, llama2, llama3, mistral, gemma, phi4.", e.Message);
+        Assert.Equal("Unknown chat template 'qwen4'. Known templates: default, empty, chatml, qwen, qwen3, qwen3_nothink, llama2, llama3, mistral, gemma, phi4.", e.Message);
     }
 
     [Fact]

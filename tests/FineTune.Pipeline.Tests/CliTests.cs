@@ -18,7 +18,7 @@ public sealed class CliTests
         return Process.Start(psi)!;
     }
 
-    private static (int Code, string Out, string Err) Finetune(params string[] args) => Finetune(null, args);
+    internal static (int Code, string Out, string Err) Finetune(params string[] args) => Finetune(null, args);
 
     private static (int Code, string Out, string Err) Finetune(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {

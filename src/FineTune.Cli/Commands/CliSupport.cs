@@ -1,6 +1,7 @@
 using System.CommandLine;
 using FineTune.Pipeline;
 using FineTune.Pipeline.Engine;
+using FineTune.Pipeline.Import;
 using FineTune.Pipeline.Validation;
 using Spectre.Console;
 
@@ -9,10 +10,94 @@ namespace FineTune.Cli.Commands;
 /// <summary>Pieces shared by the commands: the pipeline argument, error handling, output.</summary>
 public static class CliSupport
 {
+    /// <summary>
+    /// Spectre.Console writing to <paramref name="output"/>: with colours and live progress on a terminal; plain text (no
+    /// ANSI codes, not even bold) when NO_COLOR is set or the output is redirected, and then no hard wraps either, so a
+    /// CI log or a file holds each line whole (a path is never split at column 80).
+    /// </summary>
+    public static void ConfigureConsole(TextWriter output)
+    {
+        var redirected = Console.IsOutputRedirected || !ReferenceEquals(output, Console.Out);
+        var noColor = !string.IsNullOrEmpty(Environment.GetEnvironmentVariable("NO_COLOR"));
+        if (!redirected && !noColor) return;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = AnsiSupport.No,
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+            Out = new AnsiConsoleOutput(output),
+        });
+        if (redirected) console.Profile.Width = 1 << 16;
+        AnsiConsole.Console = console;
+    }
+
+    /// <summary>The option `--json` of run and status: one JSON object on stdout, the human lines on stderr.</summary>
+    public static Option<bool> JsonOption() => new("--json") { Description = "Print one JSON object (stages, states, reasons, fingerprints, metrics) on stdout for machines; progress goes to stderr." };
+
+    /// <summary>
+    /// For `--json`: human output (Spectre and plain lines) goes to stderr from now on; returns the stdout writer the JSON goes to.
+    /// </summary>
+    public static TextWriter HumanOutputToStderr()
+    {
+        var stdout = Console.Out;
+        Console.SetOut(Console.Error);
+        ConfigureConsole(Console.Error);
+        return stdout;
+    }
+
+    /// <summary>A run or status report as JSON: metrics as numbers, states in the words `status` prints.</summary>
+    public static string ReportJson(LoadedPipeline pipeline, RunReport report)
+    {
+        var stages = new System.Text.Json.Nodes.JsonArray();
+        foreach (var s in report.Stages)
+        {
+            var metrics = new System.Text.Json.Nodes.JsonObject();
+            foreach (var (k, v) in (s.Metrics ?? new Dictionary<string, double>()).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                metrics[k] = double.IsFinite(v) ? v : null;
+            stages.Add(new System.Text.Json.Nodes.JsonObject
+            {
+                ["name"] = s.Name,
+                ["kind"] = FineTune.Pipeline.StageGraph.Name(s.Kind),
+                ["state"] = StateWord(s.State),
+                ["reason"] = s.Reason,
+                ["fingerprint"] = s.Fingerprint,
+                ["seconds"] = s.Seconds,
+                ["output"] = s.OutputDirectory,
+                ["metrics"] = metrics,
+            });
+        }
+        var root = new System.Text.Json.Nodes.JsonObject
+        {
+            ["pipeline"] = pipeline.Definition.Name,
+            ["file"] = pipeline.FilePath,
+            ["overrides"] = new System.Text.Json.Nodes.JsonArray(pipeline.Overrides.Select(o => (System.Text.Json.Nodes.JsonNode?)o).ToArray()),
+            ["stages"] = stages,
+            ["overhead_seconds"] = report.OverheadSeconds,
+            ["lock_changed"] = report.LockChanged,
+        };
+        return root.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n";
+    }
+
+    public static string StateWord(StageState s) => s switch
+    {
+        StageState.UpToDate => "up to date",
+        StageState.Ran => "ran",
+        StageState.Stale => "stale",
+        StageState.NoExecutor => "no executor yet",
+        StageState.Blocked => "blocked",
+        _ => s.ToString(),
+    };
+
     public const int ExitUserError = 2;
     public const int ExitFailure = 1;
     /// <summary>An eval gate (stages.eval.require) failed: the pipeline ran as asked, its result missed a bound.</summary>
     public const int ExitGateFailed = 3;
+
+    public static Argument<string[]> OverridesArgument() => new("overrides")
+    {
+        Description = "Values set over the pipeline file before validation, as dotted paths: stages.train.learning_rate=1e-4 data.dataset=[identity] (recorded in pipeline.lock).",
+        Arity = ArgumentArity.ZeroOrMore,
+    };
 
     public static Argument<string> PipelineArgument() => new("pipeline")
     {
@@ -52,7 +137,8 @@ public static class CliSupport
         catch (PipelineValidationException e)
         {
             foreach (var error in e.Errors)
-                Console.Error.WriteLine($"{error.File}:{error.Line}:{error.Column}: error: {error.JsonPath}: {error.Message}");
+                Console.Error.WriteLine(error.Line == 0 ? $"{error.File}: error: {error.JsonPath}: {error.Message}"
+                    : $"{error.File}:{error.Line}:{error.Column}: error: {error.JsonPath}: {error.Message}");
             Console.Error.WriteLine($"{e.Errors.Count} error(s).");
             return ExitUserError;
         }
@@ -135,9 +221,10 @@ public static class CliSupport
 
     public static string Seconds(double s) => s < 1 ? $"{s * 1000:0} ms" : s < 120 ? $"{s:0.0} s" : $"{s / 60:0.0} min";
 
+    /// <summary>Every metric of a stage, by name, numbers as <see cref="NumberText"/> writes them.</summary>
     public static string Metrics(IReadOnlyDictionary<string, double>? m) =>
-        m is null || m.Count == 0 ? "" : string.Join(", ", m.OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(4)
-            .Select(kv => $"{kv.Key}={kv.Value.ToString("G4", System.Globalization.CultureInfo.InvariantCulture)}"));
+        m is null || m.Count == 0 ? "" : string.Join(", ", m.OrderBy(kv => kv.Key, StringComparer.Ordinal)
+            .Select(kv => $"{kv.Key}={NumberText.Format(kv.Value)}"));
 
     public static void PrintMissingExecutors(RunReport report)
     {
@@ -148,5 +235,37 @@ public static class CliSupport
             (blocked.Length > 0 ? $"; not run because they need those: {string.Join(", ", blocked)}" : "") + ".");
     }
 
-    public static LoadedPipeline Load(string pipeline) => PipelineLoader.Load(pipeline);
+    /// <summary>
+    /// The pipeline file or folder; a LLaMA-Factory config (YAML/JSON or a llamafactory-cli command) is imported in memory,
+    /// anchored at its own directory (its .finetune/ cache and pipeline.lock go there), its notes on stderr.
+    /// </summary>
+    public static LoadedPipeline Load(string pipeline, IReadOnlyList<string>? overrides = null)
+    {
+        // `finetune run stages.train.learning_rate=1e-4`: the first word is an override, the pipeline the current directory.
+        if (pipeline.Contains('=') && !File.Exists(pipeline) && !Directory.Exists(pipeline))
+            (pipeline, overrides) = (".", [pipeline, .. overrides ?? []]);
+        var full = Path.GetFullPath(pipeline);
+        if (!File.Exists(full) || !LlamaFactoryArguments.IsLlamaFactoryFile(full))
+            return PipelineLoader.Load(pipeline, overrides);
+        var imported = LlamaFactoryImport.Import(full, Path.GetDirectoryName(full)!, full, overrides: overrides);
+        Console.Error.WriteLine($"{pipeline}: a LLaMA-Factory config, imported in memory (`finetune import llamafactory` writes it as a pipeline).");
+        foreach (var note in imported.Notes)
+            Console.Error.WriteLine($"  {note}");
+        return imported.Pipeline;
+    }
+
+    /// <summary>What `finetune import` wrote and every argument it could not carry, once each.</summary>
+    public static void PrintImport(ImportedPipeline imported, string pipelineFile, string? project)
+    {
+        Console.WriteLine($"wrote {pipelineFile}" + (project is null ? "" : $" and {project}"));
+        if (project is null)
+            Console.WriteLine("  no FineTune checkout found above the folder or the finetune binary: no pipeline.proj written; run it with `finetune run`.");
+        var ignored = imported.Notes.Where(n => n.Fate == KeyFate.Ignored).ToArray();
+        var unsupported = imported.Notes.Where(n => n.Fate == KeyFate.Unsupported).ToArray();
+        Console.WriteLine($"{ignored.Length} ignored, {unsupported.Length} unsupported (every other argument is carried):");
+        foreach (var note in ignored.Concat(unsupported))
+            Console.WriteLine($"  {note}");
+        var stages = imported.Pipeline.Stages.Select(s => s.Name);
+        Console.WriteLine($"valid: {string.Join(" → ", stages)}");
+    }
 }

@@ -26,7 +26,8 @@ public sealed class ConsoleStageProgress : IStageProgress
         return AnsiConsole.Progress()
             .AutoClear(true)
             .HideCompleted(true)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            // No RemainingTimeColumn: the train stage's description carries the trainer's own ETA, and two ETAs disagree.
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn())
             .Start(ctx => body(new ConsoleStageProgress(ctx)));
     }
 

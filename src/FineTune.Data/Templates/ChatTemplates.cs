@@ -52,6 +52,8 @@ internal static class ChatTemplates
         };
         list.Add(qwen);
         list.Add(qwen with { Name = "qwen3", DefaultSystem = "", Reasoning = true });
+        // LLaMA-Factory's qwen3_nothink: the Qwen format with neither a default system prompt nor thinking blocks.
+        list.Add(qwen with { Name = "qwen3_nothink", DefaultSystem = "" });
 
         // Llama 2: BOS before every "[INST]", the system block inside the first user message.
         var llama2User = SlotFormat.Of(Bos, "[INST] {{content}} [/INST]");

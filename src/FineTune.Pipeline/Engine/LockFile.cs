@@ -39,6 +39,13 @@ public sealed record LockFile(IReadOnlyDictionary<string, LockedStage> Stages)
 
     public static LockFile Empty { get; } = new(new Dictionary<string, LockedStage>());
 
+    /// <summary>
+    /// The command-line overrides (<c>stages.train.learning_rate=1e-4</c>) the last run applied over the pipeline file: the
+    /// lock then records a pipeline the file alone does not say. Written only when there are any, so a run without
+    /// overrides keeps the lock's bytes.
+    /// </summary>
+    public IReadOnlyList<string> Overrides { get; init; } = [];
+
     /// <summary>The order entries are written in: the pipeline's stages (<see cref="Only"/> sets it).</summary>
     public IReadOnlyList<string> Order { get; init; } = [];
 
@@ -98,7 +105,7 @@ public sealed record LockFile(IReadOnlyDictionary<string, LockedStage> Stages)
                 r.Metrics(s, at, "metrics"),
                 r.OptionalStringList(s, at, "reports"));
         }
-        return new LockFile(stages) { Arrival = arrival };
+        return new LockFile(stages) { Arrival = arrival, Overrides = r.OptionalStringList(top, "", "overrides") ?? [] };
     }
 
     /// <summary>Field-by-field reading with the JSON path of whatever is wrong.</summary>
@@ -189,7 +196,10 @@ public sealed record LockFile(IReadOnlyDictionary<string, LockedStage> Stages)
             if (s.Reports is { Count: > 0 } reports)
                 stages[name]!["reports"] = new JsonArray(reports.Order(StringComparer.Ordinal).Select(r => (JsonNode?)JsonValue.Create(r)).ToArray());
         }
-        var root = new JsonObject { ["version"] = Version, ["stages"] = stages };
+        var root = new JsonObject { ["version"] = Version };
+        if (Overrides.Count > 0)
+            root["overrides"] = new JsonArray(Overrides.Select(o => (JsonNode?)JsonValue.Create(o)).ToArray());
+        root["stages"] = stages;
         // Stages in pipeline order, everything inside sorted: the bytes depend only on content.
         var text = CanonicalJson.Serialize(root, indented: true, sortKeys: false);
         return text + "\n";
@@ -221,6 +231,6 @@ public sealed record LockFile(IReadOnlyDictionary<string, LockedStage> Stages)
     public LockFile Only(IEnumerable<string> names)
     {
         var keep = names.ToArray();
-        return new LockFile(Stages.Where(s => keep.Contains(s.Key)).ToDictionary(StringComparer.Ordinal)) { Order = keep, Arrival = Arrival.Where(keep.Contains).ToArray() };
+        return new LockFile(Stages.Where(s => keep.Contains(s.Key)).ToDictionary(StringComparer.Ordinal)) { Order = keep, Arrival = Arrival.Where(keep.Contains).ToArray(), Overrides = Overrides };
     }
 }

@@ -144,7 +144,7 @@ public sealed class PipelineRunner
         var hasher = new ContentHasher(cache.IndexPath, trustIndex: !options.Verify);
         var (lockFile, lockDamage) = ReadLock(lockPath, options);
         // Entries written after each stage keep the pipeline's order, a stage added in the middle included.
-        lockFile = lockFile.InOrder(p.Stages.Select(s => s.Name));
+        lockFile = lockFile.InOrder(p.Stages.Select(s => s.Name)) with { Overrides = p.Overrides };
         var outcomes = new Dictionary<string, StageOutcome>(StringComparer.Ordinal);
         var outputHashes = new Dictionary<string, string>(StringComparer.Ordinal);
         var stageSeconds = 0.0;

@@ -323,7 +323,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         public void Stepped(int step) => _task?.Increment(1);
 
         public void Logged(StepReport r) => _task?.SetDescription(
-            $"{Name} loss {r.Loss:F4}{Rewards(r)} lr {r.LearningRate:0.##E+0} grad {r.GradNorm:F2} {r.TokensPerSecond:F0} tok/s ETA {r.RemainingTime}");
+            $"{Name} loss {r.Loss:F4}{Rewards(r)} lr {Engine.NumberText.Format(r.LearningRate)} grad {r.GradNorm:F2} {r.TokensPerSecond:F0} tok/s ETA {r.RemainingTime}");
 
         string Name => objective is TrainingObjective.Pt or TrainingObjective.Sft ? "train" : objective.ToString().ToLowerInvariant();
 

@@ -19,6 +19,9 @@ public sealed record LoadedPipeline(
 {
     public string Directory => Path.GetDirectoryName(FilePath)!;
 
+    /// <summary>The command-line overrides applied over the file (<c>stages.train.learning_rate=1e-4</c>), as given; recorded in the lock.</summary>
+    public IReadOnlyList<string> Overrides { get; init; } = [];
+
     /// <summary>The stages present in the file, in pipeline order (by kind; stages of one kind in the file's order).</summary>
     public IReadOnlyList<StageInstance> Stages => Definition.Stages.All;
 
@@ -63,7 +66,7 @@ public static partial class PipelineLoader
     /// <summary>How deep YAML may nest: a pipeline needs 4 levels; YamlDotNet builds nodes recursively, so 100,000 would overflow the stack.</summary>
     public const int MaxDepth = 64;
 
-    public static LoadedPipeline Load(string fileOrDirectory)
+    public static LoadedPipeline Load(string fileOrDirectory, IReadOnlyList<string>? overrides = null)
     {
         var file = ResolvePipelineFile(fileOrDirectory);
         var bytes = InputFile.ReadAllBytes(file, MaxPipelineBytes, "pipeline.yaml", p => new PipelineUserException($"{file}: {p.Text}; " +
@@ -73,11 +76,13 @@ public static partial class PipelineLoader
             var (line, column) = bad < 0 ? (1, 1) : InputFile.LineAndColumn(bytes, bad);
             throw new PipelineValidationException([new PipelineError(file, line, column, "$", encoding)]);
         }
-        return Parse(Encoding.UTF8.GetString(InputFile.WithoutByteOrderMark(bytes)), file);
+        return Parse(Encoding.UTF8.GetString(InputFile.WithoutByteOrderMark(bytes)), file, overrides);
     }
 
     /// <summary>Parses pipeline text; <paramref name="filePath"/> names the file in messages and anchors relative paths.</summary>
-    public static LoadedPipeline Parse(string yaml, string filePath)
+    /// <param name="overrides">Dotted-path assignments (<c>stages.train.learning_rate=1e-4</c>, values in YAML) applied
+    /// over the file before validation; errors about them name the override instead of a line.</param>
+    public static LoadedPipeline Parse(string yaml, string filePath, IReadOnlyList<string>? overrides = null)
     {
         filePath = Path.GetFullPath(filePath);
         var binder = new Binder(filePath);
@@ -117,12 +122,16 @@ public static partial class PipelineLoader
                 node is null ? 1 : (int)node.Start.Column, "$", "expected a mapping with keys name, model, data, stages")]);
         }
 
+        overrides ??= [];
+        var applied = PipelineOverrides.Apply(root, overrides);
+        if (applied.Errors.Count > 0)
+            throw new PipelineValidationException(applied.Errors);
         var definition = (PipelineDefinition)binder.BindObject(root, typeof(PipelineDefinition), "$");
         definition = SemanticChecks.Apply(definition, binder);
         DatasetChecks.Apply(definition, binder);
         if (binder.Errors.Count > 0)
-            throw new PipelineValidationException(binder.Errors.OrderBy(e => e.Line).ThenBy(e => e.Column).ToArray());
-        return new LoadedPipeline(definition, filePath, binder.Positions);
+            throw new PipelineValidationException(binder.Errors.Select(applied.Locate).OrderBy(e => e.Line).ThenBy(e => e.Column).ToArray());
+        return new LoadedPipeline(definition, filePath, binder.Positions) { Overrides = overrides.ToArray() };
     }
 
     private static PipelineValidationException SyntaxError(string file, Mark at, string message) =>
@@ -333,6 +342,9 @@ public static partial class PipelineLoader
             var names = keys.Select(k => k.Name).ToArray();
             var suggestion = DidYouMean.Suggest(keyName, names);
             var where = path == "$" ? "at the top level" : $"in {path[2..]}";
+            // A LLaMA-Factory argument: say where it goes (or that it is ignored/unsupported), not the nearest spelling here.
+            if (Import.LlamaFactoryKeys.Find(keyName) is { } lf)
+                return $"unknown key '{keyName}' {where}; {lf.Hint}";
             return suggestion is not null
                 ? $"unknown key '{keyName}' {where}; did you mean '{suggestion}'?"
                 : $"unknown key '{keyName}' {where}; expected one of: {string.Join(", ", names)}";
@@ -459,6 +471,9 @@ public static partial class PipelineLoader
         private static string EnumMessage(ConfigKey key, string text)
         {
             var names = key.EnumNames;
+            // split's older stage key takes pt/sft only; dpo, kto and rm are the train stage's objective (LLaMA-Factory's stage).
+            if (key.EnumType == typeof(TrainingStage) && ConfigModel.ParseEnum(typeof(TrainingObjective), text) is not null)
+                return $"expected one of {string.Join(", ", names)}, got '{text}'; {text} is a training objective: write stage: {text} in the train stage's block (stages.train.stage)";
             var suggestion = DidYouMean.Suggest(text, names);
             return $"expected one of {string.Join(", ", names)}, got '{text}'" + (suggestion is null ? "" : $"; did you mean '{suggestion}'?");
         }
