@@ -21,7 +21,7 @@ public sealed class GcCommand : ICliCommand
         command.SetAction(r => CliSupport.Guard(_ =>
         {
             var names = r.GetValue(pipelines) is { Length: > 0 } given ? given : ["."];
-            var loaded = names.Select(CliSupport.Load).ToList();
+            var loaded = names.Select(name => CliSupport.Load(name)).ToList();
             var report = CacheCollector.Collect(loaded, r.GetValue(dryRun));
             var verb = report.DryRun ? "would remove" : "removed";
             foreach (var e in report.Removed)
