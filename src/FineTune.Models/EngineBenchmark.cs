@@ -43,6 +43,9 @@ public static class EngineBenchmark
             NumHeads = 28, NumKvHeads = 4, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
         ["llama3-8b"] = new() { Architecture = "llama", VocabSize = 128256, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32,
             NumHeads = 32, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 5e5, RmsNormEps = 1e-5, MaxPositionEmbeddings = 8192 },
+        // Phi-4 (Phi3ForCausalLM): fused qkv_proj / gate_up_proj, the peer script's phi4 row (issue 12).
+        ["phi4"] = new() { Architecture = "phi3", VocabSize = 100352, HiddenSize = 5120, IntermediateSize = 17920, NumLayers = 40,
+            NumHeads = 40, NumKvHeads = 10, TieWordEmbeddings = false, RopeTheta = 250000, RmsNormEps = 1e-5, MaxPositionEmbeddings = 16384 },
         // The QLoRA proof's big shapes (issue 16): they fit one H200 with a 4-bit base.
         ["qwen2.5-32b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 5120, IntermediateSize = 27648, NumLayers = 64,
             NumHeads = 40, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
