@@ -229,11 +229,15 @@ public sealed class BoardRuns : IDisposable
                     run.SetState("running", stage: name);
                     run.Add("stage_start", new JsonObject { ["stage"] = name, ["why"] = why }, save: true);
                 },
-                OnStageDone = o => run.Add("stage_done", new JsonObject
+                OnStageDone = o =>
+                {
+                    watcher.Complete(o.Name, o.OutputDirectory);
+                    run.Add("stage_done", new JsonObject
                 {
                     ["stage"] = o.Name, ["state"] = StatusView.StateName(o.State), ["reason"] = o.Reason, ["seconds"] = Math.Round(o.Seconds, 3),
                     ["metrics"] = StatusView.Metrics(o.Metrics),
-                }, save: true),
+                    }, save: true);
+                },
             };
             var report = PipelineRunner.CreateDefault().Run(loaded, options, new BoardProgress(run), run.Cancel.Token);
             run.SetState("succeeded", message: $"FineTune overhead {report.OverheadSeconds:0.00} s{(report.LockChanged ? ", pipeline.lock updated" : "")}");

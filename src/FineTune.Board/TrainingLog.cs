@@ -49,6 +49,7 @@ internal sealed class TrainingLogWatcher : IDisposable
     private readonly Timer _timer;
     private readonly Lock _gate = new();
     private string? _file;
+    private string? _followedStage;
     private int _seen;
 
     public TrainingLogWatcher(BoardRun run, string cacheRoot)
@@ -70,7 +71,7 @@ internal sealed class TrainingLogWatcher : IDisposable
                 .Select(d => Path.Combine(d, "out", TrainerLog.FileName))
                 .FirstOrDefault(File.Exists);
             if (file is null) { Flush(); return; }
-            if (file != _file) { Flush(); _file = file; _seen = 0; _run.Add("metrics_reset", new JsonObject { ["stage"] = stage }); }
+            if (file != _file) { Flush(); _file = file; _seen = 0; _followedStage = stage; _run.Add("metrics_reset", new JsonObject { ["stage"] = stage }); }
             Follow();
         }
     }
@@ -87,6 +88,32 @@ internal sealed class TrainingLogWatcher : IDisposable
             }
         }
         catch (IOException) { } // the stage finished and its temp output was renamed into the cache between two looks
+    }
+
+    /// <summary>
+    /// A stage finished: the runner renamed its temp output into the cache, perhaps before a poll read the last lines,
+    /// so the rest is read from the cached trainer_log.jsonl (a stage never seen in flight sends its whole log).
+    /// </summary>
+    public void Complete(string stage, string? outputDirectory)
+    {
+        lock (_gate)
+        {
+            Follow();
+            var file = outputDirectory is null ? null : Path.Combine(outputDirectory, TrainerLog.FileName);
+            if (file is null || !File.Exists(file)) return;
+            if (_followedStage != stage)
+            {
+                _followedStage = stage;
+                _seen = 0;
+                _run.Add("metrics_reset", new JsonObject { ["stage"] = stage });
+            }
+            foreach (var line in TrainingLog.Read(file, _seen))
+            {
+                _seen++;
+                _run.Add("metrics", new JsonObject { ["stage"] = stage, ["entry"] = line });
+            }
+            _file = null;
+        }
     }
 
     private void Flush()

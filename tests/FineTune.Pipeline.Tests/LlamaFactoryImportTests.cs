@@ -143,10 +143,10 @@ public sealed class LlamaFactoryImportTests
     public void BrokenConfigGivesLocatedErrorsAtTheSourceArgument()
     {
         using var dir = new TempDir();
-        var source = dir.Write("broken.yaml", "model_name_or_path: Qwen/Qwen3-0.6B\nstage: sft\ndataset: identity\ntemplate: gemma\nlerning_rate: 1e-4\nlora_rank: many\n");
+        var source = dir.Write("broken.yaml", "model_name_or_path: Qwen/Qwen3-0.6B\nstage: sft\ndataset: identity\ntemplate: glm4\nlerning_rate: 1e-4\nlora_rank: many\n");
         var e = Assert.Throws<PipelineValidationException>(() => LlamaFactoryImport.Import(source, RepoRoot.Path, dir.File("out/pipeline.yaml")));
         Assert.Equal(
-            $"{source}:4:1: template: template 'gemma' has no FineTune chat template yet; FineTune has {string.Join(", ", FineTune.Data.Templates.ChatTemplate.Names)}\n" +
+            $"{source}:4:1: template: template 'glm4' has no FineTune chat template yet; FineTune has {string.Join(", ", FineTune.Data.Templates.ChatTemplate.Names)}\n" +
             $"{source}:5:1: lerning_rate: unknown argument 'lerning_rate'; did you mean 'learning_rate'?", string.Join("\n", e.Errors));
         Assert.False(Directory.Exists(dir.File("out")));
 

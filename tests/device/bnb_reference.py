@@ -130,9 +130,11 @@ def main():
 
     flat = w.reshape(-1)
     for signed, key in ((True, "dynamic_map_signed"), (False, "dynamic_map_unsigned")):
-        same(f"{key} (scalar linspace)", dynamic_map(signed, linspace_scalar), ft[key])
-        # torch.linspace itself (its vectorised path may round some boundaries differently)
+        # torch.linspace itself: its CPU kernel rounds start + step*i once (FMA contraction), so the twice-rounded
+        # formula (linspace_scalar) differs in 42 signed / 31 unsigned entries and is only printed.
         same(f"{key} (torch.linspace)", dynamic_map(signed, lambda s, e, n: torch.linspace(s, e, n, dtype=torch.float32)), ft[key])
+        scalar = dynamic_map(signed, linspace_scalar)
+        print(f"     {key}: the twice-rounded linspace formula differs from torch's in {int((scalar != ft[key]).sum())} entries")
     code = dynamic_map(True, lambda s, e, n: torch.linspace(s, e, n, dtype=torch.float32))
     for kind in ("nf4", "fp4"):
         packed, absmax = quantize_4bit(flat, kind)
