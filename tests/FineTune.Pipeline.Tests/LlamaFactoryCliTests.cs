@@ -16,14 +16,13 @@ public sealed class LlamaFactoryCliTests
         Assert.Equal(0, code);
         Assert.Equal(
             $"wrote {output}/pipeline.yaml and {output}/pipeline.proj\n" +
-            "9 ignored, 0 unsupported (every other argument is carried):\n" +
+            "8 ignored, 0 unsupported (every other argument is carried):\n" +
             "  ignored     trust_remote_code (line 4): FineTune runs no model code from the hub; it has its own implementations of the architectures it supports\n" +
             "  ignored     preprocessing_num_workers (line 18): FineTune's data loader is in-process and needs no workers\n" +
             "  ignored     dataloader_num_workers (line 19): FineTune's data loader is in-process and needs no workers\n" +
             "  ignored     output_dir (line 22): the stage cache (.finetune/) decides where outputs go; `finetune path PIPELINE --stage NAME` prints it\n" +
             "  ignored     overwrite_output_dir (line 26): the stage cache (.finetune/) decides where outputs go; `finetune path PIPELINE --stage NAME` prints it\n" +
             "  ignored     save_only_model (line 27): checkpoints in .finetune/work hold what resume needs; the stage output holds the model\n" +
-            "  ignored     report_to (line 28): experiment tracking is not in FineTune yet; it writes trainer_log.jsonl and training_loss.svg\n" +
             "  ignored     bf16 (line 37): FineTune's engine picks the precision: bf16 weights and activations with fp32 master weights on CUDA, fp32 on the CPU\n" +
             "  ignored     ddp_timeout (line 38): FineTune trains in one process on one device\n" +
             "valid: download → register → split → train\n", stdout);

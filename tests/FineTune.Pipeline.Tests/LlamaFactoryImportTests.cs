@@ -61,7 +61,8 @@ public sealed class LlamaFactoryImportTests
         Assert.Equal(1, d.Stages.Eval!.PerDeviceEvalBatchSize);
         Assert.Equal(["download", "register", "split", "train", "eval"], p.Stages.Select(s => s.Name));
         Assert.Equal(["trust_remote_code", "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "output_dir",
-            "overwrite_output_dir", "save_only_model", "report_to", "bf16", "ddp_timeout"], NoteKeys(imported, KeyFate.Ignored));
+            "overwrite_output_dir", "save_only_model", "bf16", "ddp_timeout"], NoteKeys(imported, KeyFate.Ignored));
+        Assert.Equal(ReportTo.None, t.ReportTo);
         Assert.Empty(NoteKeys(imported, KeyFate.Unsupported));
         Assert.StartsWith("# Imported from llama3_lora_sft.yaml (LLaMA-Factory) by `finetune import llamafactory`.\nname: llama3_lora_sft\n", imported.Yaml);
     }
@@ -135,7 +136,7 @@ public sealed class LlamaFactoryImportTests
         Assert.Equal(0.0, t.LoraDropout);
         Assert.Equal(100, t.EvalSteps);
         Assert.Equal(2, d.Stages.Eval!.PerDeviceEvalBatchSize);
-        Assert.Equal(["preprocessing_num_workers", "flash_attn", "report_to", "output_dir", "bf16", "trust_remote_code", "ddp_timeout",
+        Assert.Equal(["preprocessing_num_workers", "flash_attn", "output_dir", "bf16", "trust_remote_code", "ddp_timeout",
             "include_num_input_tokens_seen"], NoteKeys(imported, KeyFate.Ignored));
     }
 
@@ -159,13 +160,25 @@ public sealed class LlamaFactoryImportTests
     public void UnsupportedArgumentsAreNamedWithTheMissingFeature()
     {
         using var dir = new TempDir();
-        var source = dir.Write("q.yaml", "model_name_or_path: Qwen/Qwen3-0.6B\nstage: sft\ndataset: identity\ntemplate: qwen3\nquantization_bit: 4\nuse_dora: true\ndeepspeed: ds_z3_config.json\n");
+        var source = dir.Write("q.yaml", "model_name_or_path: Qwen/Qwen3-0.6B\nstage: sft\ndataset: identity\ntemplate: qwen3\nquantization_bit: 4\nuse_dora: true\ndeepspeed: ds_z3_config.json\nreport_to: wandb\n");
         var imported = LlamaFactoryImport.Import(source, RepoRoot.Path, dir.File("pipeline.yaml"));
         Assert.Equal([
-            "unsupported quantization_bit (line 5): QLoRA (quantized base weights) is not in FineTune yet",
             "unsupported use_dora (line 6): DoRA (FineTune trains plain LoRA and rsLoRA: use_rslora)",
             "unsupported deepspeed (line 7): DeepSpeed (FineTune trains on one GPU)",
+            "ignored     report_to (line 8): FineTune reports to tensorboard and mlflow only, not 'wandb'; trainer_log.jsonl and training_loss.svg are always written",
         ], imported.Notes.Select(n => n.ToString()));
+        // QLoRA's keys are carried since FineTune trains on quantized bases.
+        Assert.Contains("quantization_bit: 4", imported.Yaml);
+    }
+
+    [Fact]
+    public void EightBitAdamIsCarriedAsTheTrainStagesOptim()
+    {
+        using var dir = new TempDir();
+        var source = dir.Write("full.yaml", "model_name_or_path: Qwen/Qwen3-0.6B\nstage: sft\ndataset: identity\ntemplate: qwen3\nfinetuning_type: full\noptim: adamw_bnb_8bit\n");
+        var imported = LlamaFactoryImport.Import(source, RepoRoot.Path, dir.File("pipeline.yaml"));
+        Assert.Contains("optim: adamw_8bit", imported.Yaml);
+        Assert.Empty(NoteKeys(imported, KeyFate.Unsupported));
     }
 
     [Fact]

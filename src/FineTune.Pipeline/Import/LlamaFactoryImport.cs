@@ -164,6 +164,11 @@ public static partial class LlamaFactoryImport
                     continue;
                 }
                 if (key.Fate != KeyFate.Carried) { Note(a, key.Fate, key.Why!); continue; }
+                if (a.Key == "report_to" && a.Text is { } tracker && tracker is not ("none" or "tensorboard" or "mlflow" or "all"))
+                {
+                    Note(a, KeyFate.Ignored, $"FineTune reports to tensorboard and mlflow only, not '{tracker}'; trainer_log.jsonl and training_loss.svg are always written");
+                    continue;
+                }
                 if (key.Target!.StartsWith("stages.eval.", StringComparison.Ordinal) && !_present.Contains("stages.eval"))
                 {
                     Note(a, KeyFate.Ignored, "no evaluation in this config: FineTune's eval stage comes with val_size > 0 and do_eval, do_predict or eval_strategy");
@@ -270,8 +275,13 @@ public static partial class LlamaFactoryImport
             }
             if (Arg("disable_gradient_checkpointing") is { Text: { } disable } d)
                 Set("stages.train.gradient_checkpointing", Boolean(disable) is { } b ? (b == "true" ? "false" : "true") : Scalar(disable), d);
-            if (Arg("optim") is { Text: { } optim } o && !LlamaFactoryKeys.AdamW.Contains(optim))
-                Note(o, KeyFate.Unsupported, $"the optimizer {optim} (FineTune trains with AdamW: adamw_torch)");
+            if (Arg("optim") is { Text: { } optim } o)
+            {
+                // bitsandbytes' 8-bit AdamW states are FineTune's optim too; the torch AdamW variants are its default.
+                if (optim is "adamw_8bit" or "paged_adamw_8bit" or "adamw_bnb_8bit") Set("stages.train.optim", optim == "adamw_bnb_8bit" ? "adamw_8bit" : optim, o);
+                else if (!LlamaFactoryKeys.AdamW.Contains(optim))
+                    Note(o, KeyFate.Unsupported, $"the optimizer {optim} (FineTune trains with AdamW: adamw_torch, adamw_8bit, paged_adamw_8bit)");
+            }
         }
 
         private void Evaluation()

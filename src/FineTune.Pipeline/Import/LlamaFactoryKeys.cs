@@ -50,7 +50,6 @@ public static class LlamaFactoryKeys
     private const string Kernels = "FineTune's engine has its own fused kernels and attention";
     private const string OneProcess = "FineTune trains in one process on one device";
     private const string Loader = "FineTune's data loader is in-process and needs no workers";
-    private const string Tracking = "experiment tracking is not in FineTune yet; it writes trainer_log.jsonl and training_loss.svg";
     private const string Hub = "FineTune has no hub upload";
     private const string Multimodal = "FineTune trains text models only";
     private const string Inference = "FineTune's own generation engine serves and evaluates";
@@ -97,11 +96,11 @@ public static class LlamaFactoryKeys
         U("use_reentrant_gc", "choosing the checkpointing implementation"),
         U("block_diag_attn", "block-diagonal attention (neat_packing covers packed sequences)"),
         // quantization, export
-        U("quantization_bit", "QLoRA (quantized base weights) is not in FineTune yet"),
-        U("quantization_method", "QLoRA (quantized base weights) is not in FineTune yet"),
-        U("quantization_type", "QLoRA (quantized base weights) is not in FineTune yet"),
-        U("double_quantization", "QLoRA (quantized base weights) is not in FineTune yet"),
-        U("quantization_device_map", "QLoRA (quantized base weights) is not in FineTune yet"),
+        C("quantization_bit", "stages.train.quantization_bit"),
+        C("quantization_method", "stages.train.quantization_method"),
+        C("quantization_type", "stages.train.quantization_type"),
+        C("double_quantization", "stages.train.double_quantization"),
+        U("quantization_device_map", "device maps (FineTune holds the whole model on one device)"),
         C("export_dir", "stages.export"),
         C("export_size", "stages.export.export_size"),
         I("export_device", Engine),
@@ -208,7 +207,7 @@ public static class LlamaFactoryKeys
         I("freeze_multi_modal_projector", Multimodal),
         I("freeze_language_model", Multimodal),
         I("include_effective_tokens_per_second", "the train stage always logs tokens per second"),
-        I("use_swanlab", Tracking),
+        I("use_swanlab", "FineTune reports to tensorboard and mlflow only (report_to)"),
         // generating arguments
         C("do_sample", "stages.eval.do_sample"),
         C("temperature", "stages.eval.temperature"),
@@ -254,7 +253,7 @@ public static class LlamaFactoryKeys
         I("overwrite_output_dir", Cache),
         I("logging_dir", "trainer_log.jsonl is written into the train stage's output"),
         I("run_name", "the pipeline's name names the run"),
-        I("report_to", Tracking),
+        C("report_to", "stages.train.report_to", "none, tensorboard, mlflow or all; other trackers are ignored"),
         I("bf16", Engine),
         I("fp16", Engine),
         I("pure_bf16", Engine),
