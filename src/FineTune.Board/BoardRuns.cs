@@ -234,7 +234,7 @@ public sealed class BoardRuns : IDisposable
                     watcher.Complete(o.Name, o.OutputDirectory);
                     run.Add("stage_done", new JsonObject
                 {
-                    ["stage"] = o.Name, ["state"] = StatusView.StateName(o.State), ["reason"] = o.Reason, ["seconds"] = Math.Round(o.Seconds, 3),
+                    ["stage"] = o.Name, ["state"] = o.State.Word(), ["reason"] = o.Reason, ["seconds"] = Math.Round(o.Seconds, 3),
                     ["metrics"] = StatusView.Metrics(o.Metrics),
                     }, save: true);
                 },

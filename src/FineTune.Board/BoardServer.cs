@@ -394,7 +394,7 @@ public sealed class BoardServer : IDisposable
         var evals = new JsonArray();
         foreach (var s in status.Stages.Where(s => s.Kind == StageKind.Eval))
         {
-            var e = new JsonObject { ["stage"] = s.Name, ["state"] = StatusView.StateName(s.State), ["reason"] = s.Reason };
+            var e = new JsonObject { ["stage"] = s.Name, ["state"] = s.State.Word(), ["reason"] = s.Reason };
             if (s is { State: StageState.UpToDate, OutputDirectory: { } dir })
             {
                 foreach (var f in new[] { "eval_results.json", "predict_results.json" })

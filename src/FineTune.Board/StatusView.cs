@@ -46,7 +46,7 @@ public static class StatusView
         foreach (var s in report.Stages)
         {
             var instance = loaded.Definition.Stages[s.Name]!;
-            var (state, reason) = (StateName(s.State), s.Reason);
+            var (state, reason) = (s.State.Word(), s.Reason);
             if (s.State == StageState.Stale && s.Reason.StartsWith("never ran", StringComparison.Ordinal)) state = "never ran";
             // The newest run that reached this stage says whether it failed there (a later success clears it: the stage is up to date).
             var last = mine.FirstOrDefault(r => r.Done && (r.Stage == s.Name || r.FailedStage == s.Name));
@@ -80,15 +80,6 @@ public static class StatusView
             ["text"] = $"{Path.GetFileName(e.File)}:{e.Line}:{e.Column}: error: {e.JsonPath}: {e.Message}",
         }).ToArray());
 
-    public static string StateName(StageState s) => s switch
-    {
-        StageState.UpToDate => "up to date",
-        StageState.Ran => "ran",
-        StageState.Stale => "stale",
-        StageState.NoExecutor => "no executor yet",
-        StageState.Blocked => "blocked",
-        _ => s.ToString(),
-    };
 
     public static JsonObject Metrics(IReadOnlyDictionary<string, double>? m) =>
         new((m ?? new Dictionary<string, double>()).Where(kv => double.IsFinite(kv.Value)).OrderBy(kv => kv.Key, StringComparer.Ordinal)

@@ -58,7 +58,7 @@ public static class CliSupport
             {
                 ["name"] = s.Name,
                 ["kind"] = FineTune.Pipeline.StageGraph.Name(s.Kind),
-                ["state"] = StateWord(s.State),
+                ["state"] = s.State.Word(),
                 ["reason"] = s.Reason,
                 ["fingerprint"] = s.Fingerprint,
                 ["seconds"] = s.Seconds,
@@ -78,15 +78,6 @@ public static class CliSupport
         return root.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 
-    public static string StateWord(StageState s) => s switch
-    {
-        StageState.UpToDate => "up to date",
-        StageState.Ran => "ran",
-        StageState.Stale => "stale",
-        StageState.NoExecutor => "no executor yet",
-        StageState.Blocked => "blocked",
-        _ => s.ToString(),
-    };
 
     public const int ExitUserError = 2;
     public const int ExitFailure = 1;

@@ -19,6 +19,20 @@ public enum StageState
     Blocked,
 }
 
+public static class StageStates
+{
+    /// <summary>The words `status`, `run --json` and the board show for a state.</summary>
+    public static string Word(this StageState s) => s switch
+    {
+        StageState.UpToDate => "up to date",
+        StageState.Ran => "ran",
+        StageState.Stale => "stale",
+        StageState.NoExecutor => "no executor yet",
+        StageState.Blocked => "blocked",
+        _ => s.ToString(),
+    };
+}
+
 /// <param name="Name">The stage's name (its key under stages).</param>
 /// <param name="Reason">Why the stage is in this state: "up to date", "stages.train.learning_rate: 0.005 → 0.001", …</param>
 public sealed record StageOutcome(
