@@ -21,14 +21,23 @@ public static class FineTuneRecipe
     /// <param name="checkpointWriteHook">Test hook called inside a checkpoint write, after the files are
     /// written and before the directory is renamed into place (throw from it to simulate a crash).</param>
     /// <param name="objective">What the steps optimise: <see cref="TokenObjective"/> (pt, sft; the default) or <see cref="PreferenceTraining"/> (dpo, kto, rm).</param>
+    /// <param name="parallel">Several processes (data parallel, ZeRO-1/2): <see cref="TrainingArguments.GradientAccumulationSteps"/>
+    /// then counts the micro-batches of a step over all ranks (a multiple of the world size), each rank runs its share, and
+    /// only rank 0 writes (outputs, log, checkpoints). Null: one process.</param>
     public static TrainResult Train(CausalLM model, TrainingArguments args, DataLoader train, DataLoader? eval,
         ITrainingMonitor monitor, CancellationToken cancellation = default, Action<string>? checkpointWriteHook = null,
-        ITrainingObjective? objective = null)
+        ITrainingObjective? objective = null, DataParallel? parallel = null)
     {
         objective ??= TokenObjective.Instance;
         // ---- setup: steps, schedule, directories ----
         int accumulation = args.GradientAccumulationSteps;
         if (accumulation < 1) throw new TrainingException($"gradient_accumulation_steps must be at least 1, got {accumulation}.");
+        int world = parallel?.WorldSize ?? 1;
+        bool writer = parallel?.IsWriter ?? true;
+        if (accumulation % world != 0)
+            throw new TrainingException($"{accumulation} micro-batches per step do not split evenly over {world} ranks; the step's micro-batches (gradient_accumulation_steps over all ranks) must be a multiple of the world size.");
+        int perRank = accumulation / world;
+        parallel?.Attach(model);
         int stepsPerEpoch = train.StepsPerEpoch(accumulation);
         int maxSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         if (maxSteps <= 0)
@@ -37,20 +46,28 @@ public static class FineTuneRecipe
         var schedule = new LearningRateSchedule(args.LrSchedulerType, args.LearningRate, warmup, maxSteps);
         bool isLora = model.Setup.FinetuningType == FinetuningType.Lora;
 
-        Directory.CreateDirectory(args.OutputDirectory);
-        var store = new CheckpointStore(args.ResolvedCheckpointDirectory);
-        store.RemoveIncomplete();
         // Checkpoints kept apart from the output (a pipeline's work directory) only serve to resume this run; they are
         // marked finished at the end so that `finetune clean` may free them, and unmarked while a run is in progress.
         bool checkpointsApart = !string.Equals(Path.GetFullPath(args.ResolvedCheckpointDirectory), Path.GetFullPath(args.OutputDirectory), StringComparison.Ordinal);
-        if (checkpointsApart) store.MarkUnfinished();
-        var log = new TrainerLog(args.OutputDirectory);
+        CheckpointStore? store = null;
+        TrainerLog? log = null;
+        if (writer)
+        {
+            Directory.CreateDirectory(args.OutputDirectory);
+            store = new CheckpointStore(args.ResolvedCheckpointDirectory);
+            store.RemoveIncomplete();
+            if (checkpointsApart) store.MarkUnfinished();
+            log = new TrainerLog(args.OutputDirectory);
+        }
+        // The other ranks read the checkpoints rank 0 has tidied (they write nothing, so all resolve the same one).
+        parallel?.Collective.Barrier("the start of training");
+        if (!writer && Directory.Exists(args.ResolvedCheckpointDirectory)) store = new CheckpointStore(args.ResolvedCheckpointDirectory);
 
         int step = 0;
         long totalTokens = 0;
         double lossSum = 0, elapsedBefore = 0;
         train.Position = new DataPosition(0, 0);
-        string? resumedFrom = ResolveResume(store, args, monitor);
+        string? resumedFrom = store is null ? null : ResolveResume(store, args, monitor);
         if (resumedFrom is not null)
         {
             var state = LoadCheckpoint(model, resumedFrom, args.Seed, maxSteps);
@@ -60,13 +77,13 @@ public static class FineTuneRecipe
             elapsedBefore = state.ElapsedSeconds;
             train.Position = new DataPosition(state.DataEpoch, state.DataMicroBatch);
             model.RandomCounter = state.RandomCounter;
-            log.Reset(TrainerLog.Read(Path.Combine(resumedFrom, TrainerLog.FileName)));
+            log?.Reset(TrainerLog.Read(Path.Combine(resumedFrom, TrainerLog.FileName)));
             objective.LoadState(resumedFrom, model, train, eval, monitor);
             monitor.Info($"Resumed from {resumedFrom} at step {step}.");
         }
         else
         {
-            log.Reset([]);
+            log?.Reset([]);
             objective.Prepare(model, train, eval, monitor);
         }
 
@@ -92,26 +109,37 @@ public static class FineTuneRecipe
             // objective scales each backward so that accumulating k micro-batches equals one batch k times as large.
             var microBatches = train.NextStepBatches(accumulation, out long stepTokens);
             model.ZeroGrad();
-            var outcome = objective.Step(model, microBatches);
+            ObjectiveOutcome outcome;
+            bool stopAsked;
+            Tensor gradNormSquared;
+            if (parallel is null)
+            {
+                outcome = objective.Step(model, microBatches);
+                gradNormSquared = model.GradNormSquared();
+                stopAsked = cancellation.IsCancellationRequested;
+            }
+            else (outcome, gradNormSquared, stopAsked) = ParallelStep(model, objective, parallel, microBatches, perRank, step + 1, cancellation);
             double loss = outcome.Loss;
             metricsSinceLog.Add(outcome.Metrics);
-            Tensor gradNormSquared = model.GradNormSquared();
             model.Backend.Download(gradNormSquared, gradNormHost);
             double gradNorm = Math.Sqrt(gradNormHost[0]);
             if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
                 throw new TrainingException(
                     $"Training diverged at step {step + 1}: loss {loss}, gradient norm {gradNorm}. " +
-                    $"The last good checkpoint is {store.Latest() ?? "none (no checkpoint was saved yet)"}. " +
+                    $"The last good checkpoint is {store?.Latest() ?? "none (no checkpoint was saved yet)"}. " +
                     $"Lower learning_rate (now {args.LearningRate}), keep max_grad_norm > 0, or check the data for empty or broken samples.");
 
             // AdamW with clipping folded in (the backend scales by min(1, max_grad_norm / ‖g‖)); LoRA+ gives B a larger rate.
             double lr = schedule.LearningRate(step);
-            foreach (var p in model.TrainableParameters)
+            AdamWStep AdamW(TrainableParameter p)
             {
                 double paramLr = args.LoraplusLrRatio is { } ratio && p.Role == ParameterRole.LoraB ? lr * ratio : lr;
-                p.Step(new AdamWStep((float)paramLr, (float)args.AdamBeta1, (float)args.AdamBeta2, (float)args.AdamEpsilon,
-                    p.WeightDecay ? (float)args.WeightDecay : 0f, step + 1, 1f, (float)args.MaxGradNorm), gradNormSquared);
+                return new AdamWStep((float)paramLr, (float)args.AdamBeta1, (float)args.AdamBeta2, (float)args.AdamEpsilon,
+                    p.WeightDecay ? (float)args.WeightDecay : 0f, step + 1, 1f, (float)args.MaxGradNorm);
             }
+            if (parallel is null)
+                foreach (var p in model.TrainableParameters) p.Step(AdamW(p), gradNormSquared);
+            else parallel.OptimizerStep(AdamW, gradNormSquared, step + 1);
             step++;
             totalTokens += stepTokens;
             lossSum += loss;
@@ -134,7 +162,7 @@ public static class FineTuneRecipe
                 // lr is logged as HF does: the rate of the next update (the scheduler has already stepped).
                 double nextLr = schedule.LearningRate(step);
                 var metrics = metricsSinceLog.TakeMeans();
-                log.Append(new TrainerLogEntry(step, maxSteps, Math.Round(meanLoss, 4), null, nextLr, Math.Round(epoch, 4),
+                log?.Append(new TrainerLogEntry(step, maxSteps, Math.Round(meanLoss, 4), null, nextLr, Math.Round(epoch, 4),
                     TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText,
                     GradNorm: gradNorm, Throughput: Math.Round(tokensPerSecond, 2), TotalTokens: totalTokens) { Metrics = TrainerLogEntry.Rounded(metrics) });
                 monitor.Logged(new StepReport(step, maxSteps, meanLoss, nextLr, gradNorm, tokensPerSecond, epoch, elapsedText, remainingText, metrics));
@@ -143,24 +171,28 @@ public static class FineTuneRecipe
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; lastLogTime = now;
             }
 
-            if (eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
+            // Evaluation is rank 0's alone (it needs no collective): the others go on to the next step and wait there.
+            if (writer && eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
             {
                 // Not cancellable half-way: a Ctrl-C during evaluation stops right after it, with the step saved.
                 var evaluated = objective.Evaluate(model, eval, CancellationToken.None);
                 lastEvalLoss = evaluated.Loss;
                 lastEvalMetrics = evaluated.Metrics.Count > 0 ? evaluated.Metrics.ToDictionary(kv => "eval_" + kv.Key, kv => kv.Value) : null;
-                log.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
+                log!.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
                     TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText) { Metrics = TrainerLogEntry.Rounded(lastEvalMetrics) });
                 monitor.Info($"step {step}: eval_loss {lastEvalLoss.Value:F4}");
             }
 
             string SaveHere()
             {
+                // ZeRO: every rank gathers the moments it does not own, so rank 0 saves the single-process format.
+                parallel?.GatherOptimizerStates(step);
+                if (!writer) return "(rank 0 saves the checkpoints)";
                 var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
                     lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup, args.TrainedFrom);
-                string path = store.Save(step, dir =>
+                string path = store!.Save(step, dir =>
                 {
-                    SaveCheckpoint(model, dir, state, schedule, log.Path, args.BaseModelNameOrPath);
+                    SaveCheckpoint(model, dir, state, schedule, log!.Path, args.BaseModelNameOrPath);
                     objective.SaveState(dir);
                     checkpointWriteHook?.Invoke(dir);
                 }, args.SaveTotalLimit ?? 0);
@@ -173,7 +205,8 @@ public static class FineTuneRecipe
 
             // Ctrl-C (or a cancelled token) stops after the step in flight: its update is kept in a checkpoint,
             // so `resume_from_checkpoint: true` continues exactly where it stopped.
-            if (cancellation.IsCancellationRequested && step < maxSteps)
+            // Several ranks stop together: a rank's Ctrl-C reaches the others through the step's host all-reduce.
+            if (stopAsked && step < maxSteps)
                 throw new TrainingCancelledException(step, maxSteps, savedPath ?? SaveHere());
 
             if (args.StopAfterStep == step)
@@ -182,14 +215,38 @@ public static class FineTuneRecipe
         }
 
         // ---- final output: adapter or model, results, loss curve ----
+        if (!writer)
+            return new TrainResult(step, maxSteps, (double)step / stepsPerEpoch, step == 0 ? 0 : lossSum / step, lastLoggedLoss,
+                lastEvalLoss, elapsedBefore + clock.Elapsed.TotalSeconds, totalTokens, train.SampleCount, Stopped: false, resumedFrom, lastMetrics, lastEvalMetrics);
         if (isLora) model.SaveAdapter(args.OutputDirectory, args.BaseModelNameOrPath); else model.SaveModel(args.OutputDirectory);
         double runtime = elapsedBefore + clock.Elapsed.TotalSeconds;
         var result = new TrainResult(step, maxSteps, (double)step / stepsPerEpoch, step == 0 ? 0 : lossSum / step, lastLoggedLoss,
             lastEvalLoss, runtime, totalTokens, train.SampleCount, Stopped: false, resumedFrom, lastMetrics, lastEvalMetrics);
         WriteTrainResults(args.OutputDirectory, result);
-        if (args.PlotLoss) LossPlot.Write(args.OutputDirectory, log.ReadAll());
-        if (checkpointsApart) store.MarkFinished(step, maxSteps);
+        if (args.PlotLoss) LossPlot.Write(args.OutputDirectory, log!.ReadAll());
+        if (checkpointsApart) store!.MarkFinished(step, maxSteps);
         return result;
+    }
+
+    /// <summary>
+    /// One data-parallel step on this rank: its share of the step's micro-batches, forward and backward scaled by the
+    /// whole step's normaliser, each micro-batch drawing the dropout/NEFTune counter one process would give it; then the
+    /// gradient reduction, one host all-reduce of [summed loss, stop requested] (so the loss is the step's mean over all
+    /// ranks and a Ctrl-C on any rank stops every rank after the same step), and the clipping norm.
+    /// </summary>
+    static (ObjectiveOutcome Outcome, Tensor GradNormSquared, bool Stop) ParallelStep(CausalLM model, ITrainingObjective objective,
+        DataParallel parallel, IReadOnlyList<StepBatch> step, int perRank, int stepNumber, CancellationToken cancellation)
+    {
+        long counter = model.RandomCounter;
+        var share = parallel.Share(step, perRank);
+        model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
+        var outcome = objective.StepShare(model, share, step);
+        model.RandomCounter = counter + step.Count;
+        parallel.ReduceGradients(stepNumber);
+        Span<double> host = [outcome.SumLoss, cancellation.IsCancellationRequested ? 1 : 0];
+        parallel.Collective.AllReduceHost(host, $"the loss of step {stepNumber}");
+        var gradNormSquared = parallel.GradNormSquared(stepNumber);
+        return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, ObjectiveOutcome.NoMetrics), gradNormSquared, host[1] > 0);
     }
 
     /// <summary>

@@ -34,7 +34,18 @@ public interface ITrainingObjective
 
     /// <summary>The loss (and metrics) over one pass of <paramref name="eval"/>, no gradients.</summary>
     ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation);
+
+    /// <summary>
+    /// Data parallel: forward and backward over this rank's <paramref name="share"/> of a step, each backward scaled by
+    /// the normaliser of the <paramref name="wholeStep"/> (all ranks' micro-batches), so that the sum of the ranks'
+    /// gradients is the one-process gradient of that step. Returns the share's summed loss and the whole step's normaliser.
+    /// </summary>
+    ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep) =>
+        throw new TrainingException($"{GetType().Name} trains in one process only: several processes (data parallel) support pt and sft so far; run this stage without --nproc-per-node.");
 }
+
+/// <summary>A rank's part of a data-parallel step: its summed loss, and the labelled tokens of the whole step (the loss's divisor).</summary>
+public readonly record struct ShareOutcome(double SumLoss, long Labelled);
 
 /// <summary>
 /// pt and sft: the mean next-token cross-entropy over every labelled token of the step. Each backward is scaled by
@@ -56,4 +67,13 @@ public sealed class TokenObjective : ITrainingObjective
 
     public ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation) =>
         new(FineTuneRecipe.EvaluateLoss(model, eval, cancellation).MeanLoss, ObjectiveOutcome.NoMetrics);
+
+    public ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep)
+    {
+        long labelled = wholeStep.Sum(b => (long)b.Batch.LabelCount);
+        float lossScale = labelled == 0 ? 0f : 1f / labelled;
+        double sumLoss = 0;
+        foreach (var b in share) sumLoss += model.ForwardBackward(b.Batch, lossScale).SumLoss;
+        return new ShareOutcome(sumLoss, labelled);
+    }
 }

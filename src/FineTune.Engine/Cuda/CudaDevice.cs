@@ -143,6 +143,8 @@ public sealed unsafe class CudaDevice : IDisposable
     }
 
     public void Synchronize() => _driver.StreamSynchronize(Stream);
+    /// <summary>True when the stream has no work left (a collective's wait polls this beside NCCL's async error).</summary>
+    public bool StreamDone() => _driver.StreamDone(Stream);
 
     public ulong Allocate(long bytes) => Allocator.Allocate(bytes);
     public void Free(ulong pointer) => Allocator.Free(pointer);

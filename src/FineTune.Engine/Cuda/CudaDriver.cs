@@ -36,6 +36,7 @@ internal sealed unsafe class CudaDriver
     readonly delegate* unmanaged<nint*, uint, int> _cuStreamCreate;
     readonly delegate* unmanaged<nint, int> _cuStreamDestroy;
     readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
+    readonly delegate* unmanaged<nint, int> _cuStreamQuery;
     readonly delegate* unmanaged<ulong*, nuint, int> _cuMemAlloc;
     readonly delegate* unmanaged<ulong, int> _cuMemFree;
     readonly delegate* unmanaged<nuint*, nuint*, int> _cuMemGetInfo;
@@ -74,6 +75,7 @@ internal sealed unsafe class CudaDriver
         _cuStreamCreate = (delegate* unmanaged<nint*, uint, int>)lib.Export("cuStreamCreate");
         _cuStreamDestroy = (delegate* unmanaged<nint, int>)lib.Export("cuStreamDestroy_v2");
         _cuStreamSynchronize = (delegate* unmanaged<nint, int>)lib.Export("cuStreamSynchronize");
+        _cuStreamQuery = (delegate* unmanaged<nint, int>)lib.Export("cuStreamQuery");
         _cuMemAlloc = (delegate* unmanaged<ulong*, nuint, int>)lib.Export("cuMemAlloc_v2");
         _cuMemFree = (delegate* unmanaged<ulong, int>)lib.Export("cuMemFree_v2");
         _cuMemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)lib.Export("cuMemGetInfo_v2");
@@ -151,6 +153,8 @@ internal sealed unsafe class CudaDriver
     public nint StreamCreate() { nint s; Check(_cuStreamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate"); return s; }
     public void StreamDestroy(nint s) => Check(_cuStreamDestroy(s), "cuStreamDestroy");
     public void StreamSynchronize(nint s) => Check(_cuStreamSynchronize(s), "cuStreamSynchronize");
+    /// <summary>True when everything queued on the stream has finished (CUDA_ERROR_NOT_READY, 600: not yet).</summary>
+    public bool StreamDone(nint s) { int rc = _cuStreamQuery(s); if (rc == 600) return false; Check(rc, "cuStreamQuery"); return true; }
 
     /// <summary>Raw allocation; returns the CUresult so the caching allocator can react to out-of-memory.</summary>
     public int TryMemAlloc(long bytes, out ulong ptr) { ulong p; int rc = _cuMemAlloc(&p, (nuint)bytes); ptr = p; return rc; }

@@ -1,0 +1,249 @@
+using FineTune.Engine;
+using FineTune.Engine.Collectives;
+using FineTune.Models;
+
+namespace FineTune.Training;
+
+/// <summary>
+/// Data-parallel training over a <see cref="ICollective"/> (PyTorch DDP's contract, with DeepSpeed's ZeRO-1/2 as options):
+/// every rank holds the whole model; a step's global batch of micro-batches (per_device_train_batch_size ×
+/// gradient_accumulation_steps × world size) is cut into one contiguous share per rank; after the backward the gradients
+/// are summed across ranks. Each share's backward is scaled by 1 / (labelled tokens of the whole global step), the
+/// normalisation one process uses for that step, so the sum is one process's gradient and the ranks take identical steps.
+/// <para>
+/// Gradients are reduced in buckets of consecutive parameters (last first, the order the backward finishes them), each
+/// copied into one flat buffer, so NCCL or TCP sees a few large messages; the reduction runs after the backward (the
+/// model's layer backward has no hook yet), on the backend's stream for NCCL.
+/// </para>
+/// <para>
+/// ZeRO: each bucket is split into <see cref="WorldSize"/> equal chunks and rank r owns chunk r (DeepSpeed's flat
+/// partition). Stage 1: gradients all-reduced, each rank runs AdamW on the elements it owns, then the updated master
+/// weights are all-gathered. Stage 2: gradients reduce-scattered (each rank receives only the sum of its chunk), the
+/// clipping norm summed from the chunks, then as stage 1. The moments a rank does not own are never updated, and are
+/// gathered to every rank before a checkpoint, which therefore has the single-process format and resumes on any world
+/// size. Stage 3 (parameters sharded) is not implemented.
+/// </para>
+/// </summary>
+public sealed class DataParallel : IDisposable
+{
+    /// <summary>Bucket size: DDP's default of 25 MiB of F32 gradients.</summary>
+    public const long DefaultBucketElements = 25L << 20 >> 2;
+
+    readonly long _bucketElements;
+    CausalLM? _model;
+    Bucket[] _buckets = [];
+    DeviceBuffer? _scratch;
+    Tensor? _flat, _normSquared;
+
+    /// <param name="zeroStage">0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients).</param>
+    public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements)
+    {
+        if (zeroStage is < 0 or > 2)
+            throw new TrainingException($"zero_stage {zeroStage} is not implemented: 0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients); ZeRO-3 (parameters sharded) is not available yet.");
+        Collective = collective;
+        ZeroStage = zeroStage;
+        _bucketElements = Math.Max(1, bucketElements);
+    }
+
+    public ICollective Collective { get; }
+    public int Rank => Collective.Rank;
+    public int WorldSize => Collective.WorldSize;
+    public int ZeroStage { get; }
+    /// <summary>Rank 0 writes the outputs, logs and checkpoints; the others write nothing.</summary>
+    public bool IsWriter => Rank == 0;
+
+    /// <summary>One parameter's elements inside a bucket's flat layout.</summary>
+    readonly record struct Piece(TrainableParameter Parameter, long Offset);
+
+    /// <summary>Consecutive parameters reduced as one flat buffer; Chunk = ⌈length / world⌉, rank r owns [r·Chunk, (r+1)·Chunk).</summary>
+    sealed record Bucket(Piece[] Pieces, long Length, long Chunk);
+
+    /// <summary>Lays out the buckets of <paramref name="model"/> (once per run) and allocates the flat buffer they share.</summary>
+    public void Attach(CausalLM model)
+    {
+        if (ReferenceEquals(_model, model)) return;
+        if (ZeroStage > 0 && model.TrainableParameters.Any(p => p.EightBit is not null))
+            throw new TrainingException($"zero_stage {ZeroStage} with an 8-bit optimizer (optim: adamw_8bit) is not implemented: its moments are quantized in blocks of 256, which the flat partition would cut; use zero_stage: 0 or optim: adamw_torch.");
+        _model = model;
+        var buckets = new List<Bucket>();
+        var current = new List<Piece>();
+        long length = 0;
+        void Close()
+        {
+            if (current.Count == 0) return;
+            buckets.Add(new Bucket([.. current], length, (length + WorldSize - 1) / WorldSize));
+            current.Clear();
+            length = 0;
+        }
+        foreach (var p in model.TrainableParameters.Reverse())
+        {
+            if (length > 0 && length + p.Length > _bucketElements) Close();
+            current.Add(new Piece(p, length));
+            length += p.Length;
+        }
+        Close();
+        _buckets = [.. buckets];
+        long flat = _buckets.Length == 0 ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
+        _scratch = model.Backend.AllocateBuffer(4 * (flat + 1));
+        _flat = new Tensor(_scratch, 0, DType.F32, [checked((int)flat)], "data_parallel.bucket");
+        _normSquared = new Tensor(_scratch, flat, DType.F32, [1], "data_parallel.grad_norm_squared");
+    }
+
+    /// <summary>
+    /// This rank's share of a global step: micro-batches [rank·perRank, (rank+1)·perRank) of the step (fewer, or none, at
+    /// an epoch's end, where the step holds fewer micro-batches).
+    /// </summary>
+    public IReadOnlyList<StepBatch> Share(IReadOnlyList<StepBatch> step, int perRank) =>
+        step.Skip(Rank * perRank).Take(perRank).ToArray();
+
+    /// <summary>Σ over ranks of every gradient (stage 0, 1), or of each rank's own chunk (stage 2).</summary>
+    public void ReduceGradients(int step)
+    {
+        var model = Need();
+        string activity = $"the gradient {(ZeroStage == 2 ? "reduce-scatter" : "all-reduce")} of step {step}";
+        foreach (var b in _buckets)
+        {
+            var flat = Flat(b);
+            Gather(b, flat, p => p.Grad);
+            if (ZeroStage == 2)
+            {
+                var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
+                Collective.ReduceScatter(flat, own, ReduceOp.Sum, activity);
+                Scatter(b, flat, p => p.Grad, ownedOnly: true);
+            }
+            else
+            {
+                Collective.AllReduce(flat, ReduceOp.Sum, activity);
+                Scatter(b, flat, p => p.Grad, ownedOnly: false);
+            }
+        }
+        Collective.Wait(activity);
+    }
+
+    /// <summary>
+    /// Σ‖g‖² for clipping, on the device: the model's own sum where every rank holds the whole reduced gradient (stage
+    /// 0, 1: the same bits as one process's sum of that gradient); stage 2 sums each rank's chunks and adds the ranks.
+    /// </summary>
+    public Tensor GradNormSquared(int step)
+    {
+        var model = Need();
+        if (ZeroStage < 2) return model.GradNormSquared();
+        var backend = model.Backend;
+        backend.Zero(_normSquared!);
+        foreach (var (view, _) in Owned(p => p.Grad)) backend.SumOfSquares(view, _normSquared!);
+        var host = new float[1];
+        backend.Download(_normSquared!, host);
+        Span<double> total = [host[0]];
+        Collective.AllReduceHost(total, $"the gradient norm of step {step}");
+        backend.Upload(_normSquared!, [(float)total[0]]);
+        return _normSquared!;
+    }
+
+    /// <summary>
+    /// The optimizer step: every parameter (stage 0), or AdamW on the elements this rank owns followed by the all-gather
+    /// of the updated master weights (stage 1, 2). <paramref name="adamW"/> gives a parameter's hyper-parameters.
+    /// </summary>
+    public void OptimizerStep(Func<TrainableParameter, AdamWStep> adamW, Tensor gradNormSquared, int step)
+    {
+        var model = Need();
+        if (ZeroStage == 0)
+        {
+            foreach (var p in model.TrainableParameters) p.Step(adamW(p), gradNormSquared);
+            return;
+        }
+        var backend = model.Backend;
+        foreach (var b in _buckets)
+            foreach (var (p, start, count) in OwnedRanges(b))
+            {
+                int n = checked((int)count);
+                var copy = ReferenceEquals(p.Value, p.Master) ? null : p.Value.View(start, [n]);
+                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), p.M.View(start, [n]), p.V.View(start, [n]),
+                    copy, gradNormSquared, adamW(p));
+            }
+        AllGatherOwned(p => p.Master, $"the parameter all-gather of step {step}");
+        // The compute copy (BF16 on CUDA) from the gathered masters, on every rank alike.
+        foreach (var p in model.TrainableParameters)
+            if (!ReferenceEquals(p.Value, p.Master)) backend.Copy(p.Value, p.Master);
+    }
+
+    /// <summary>
+    /// Before a checkpoint (stage 1, 2): every rank gets the AdamW moments of every element, so rank 0 saves them whole.
+    /// </summary>
+    public void GatherOptimizerStates(int step)
+    {
+        if (ZeroStage == 0) return;
+        AllGatherOwned(p => p.M, $"gathering the optimizer moments for the checkpoint of step {step}");
+        AllGatherOwned(p => p.V, $"gathering the optimizer moments for the checkpoint of step {step}");
+    }
+
+    void AllGatherOwned(Func<TrainableParameter, Tensor> tensor, string activity)
+    {
+        foreach (var b in _buckets)
+        {
+            var flat = Flat(b);
+            Gather(b, flat, tensor);
+            Collective.AllGather(flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]), flat, activity);
+            Scatter(b, flat, tensor, ownedOnly: false);
+        }
+        Collective.Wait(activity);
+    }
+
+    CausalLM Need() => _model ?? throw new InvalidOperationException("DataParallel.Attach(model) first");
+
+    Tensor Flat(Bucket b) => _flat!.View(0, [checked((int)(b.Chunk * WorldSize))]);
+
+    /// <summary>Copies each piece's tensor into the flat buffer (zero padding past the bucket's end).</summary>
+    void Gather(Bucket b, Tensor flat, Func<TrainableParameter, Tensor> tensor)
+    {
+        var backend = Need().Backend;
+        if (flat.Length > b.Length) backend.Zero(flat.View(b.Length, [checked((int)(flat.Length - b.Length))]));
+        foreach (var piece in b.Pieces)
+        {
+            var t = tensor(piece.Parameter);
+            backend.Copy(flat.View(piece.Offset, [checked((int)t.Length)]), t.Reshape(checked((int)t.Length)));
+        }
+    }
+
+    /// <summary>Copies the flat buffer back into each piece's tensor (or only the elements this rank owns).</summary>
+    void Scatter(Bucket b, Tensor flat, Func<TrainableParameter, Tensor> tensor, bool ownedOnly)
+    {
+        var backend = Need().Backend;
+        if (!ownedOnly)
+        {
+            foreach (var piece in b.Pieces)
+            {
+                var t = tensor(piece.Parameter);
+                backend.Copy(t.Reshape(checked((int)t.Length)), flat.View(piece.Offset, [checked((int)t.Length)]));
+            }
+            return;
+        }
+        foreach (var (p, start, count) in OwnedRanges(b))
+            backend.Copy(tensor(p).View(start, [checked((int)count)]), flat.View(PieceOffset(b, p) + start, [checked((int)count)]));
+    }
+
+    static long PieceOffset(Bucket b, TrainableParameter p) => b.Pieces.First(x => ReferenceEquals(x.Parameter, p)).Offset;
+
+    /// <summary>The parts of parameters inside this rank's chunk of a bucket: (parameter, first element, count).</summary>
+    IEnumerable<(TrainableParameter Parameter, long Start, long Count)> OwnedRanges(Bucket b)
+    {
+        long lo = Rank * b.Chunk, hi = Math.Min(b.Length, lo + b.Chunk);
+        foreach (var piece in b.Pieces)
+        {
+            long s = Math.Max(lo, piece.Offset), e = Math.Min(hi, piece.Offset + piece.Parameter.Length);
+            if (s < e) yield return (piece.Parameter, s - piece.Offset, e - s);
+        }
+    }
+
+    IEnumerable<(Tensor View, TrainableParameter Parameter)> Owned(Func<TrainableParameter, Tensor> tensor)
+    {
+        foreach (var b in _buckets)
+            foreach (var (p, start, count) in OwnedRanges(b))
+                yield return (tensor(p).View(start, [checked((int)count)]), p);
+    }
+
+    public void Dispose()
+    {
+        _scratch?.Dispose();
+        _scratch = null;
+    }
+}
