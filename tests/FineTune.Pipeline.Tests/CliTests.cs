@@ -20,7 +20,7 @@ public sealed class CliTests
 
     internal static (int Code, string Out, string Err) Finetune(params string[] args) => Finetune(null, args);
 
-    private static (int Code, string Out, string Err) Finetune(IReadOnlyDictionary<string, string>? environment, params string[] args)
+    internal static (int Code, string Out, string Err) Finetune(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
         using var p = Start(environment, args);
         var stdout = p.StandardOutput.ReadToEndAsync();

@@ -11,7 +11,7 @@ public sealed class TrainMappingTests
 {
     /// <summary>Keys that are no engine setting: they choose the backend, the data loader's batch, the objective, or where the stage reports its log.</summary>
     private static readonly string[] NotEngineSettings =
-        [nameof(TrainConfig.Device), nameof(TrainConfig.PerDeviceTrainBatchSize), nameof(TrainConfig.Stage), nameof(TrainConfig.ReportTo),
+        [nameof(TrainConfig.Device), nameof(TrainConfig.Devices), nameof(TrainConfig.ZeroStage), nameof(TrainConfig.PerDeviceTrainBatchSize), nameof(TrainConfig.Stage), nameof(TrainConfig.ReportTo),
          // QLoRA's keys reach the engine together, as TrainingSetup.Quantization (QuantizationKeyTests checks that mapping).
          nameof(TrainConfig.QuantizationBit), nameof(TrainConfig.QuantizationType), nameof(TrainConfig.DoubleQuantization),
          nameof(TrainConfig.QuantizationMethod)];

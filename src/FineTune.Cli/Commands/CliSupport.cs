@@ -144,6 +144,12 @@ public static class CliSupport
             Console.Error.WriteLine($"error: {e.Message}");
             return ExitUserError;
         }
+        catch (FineTune.Engine.Collectives.CollectiveException e)
+        {
+            // A rank of a several-process run died, hung or diverged from the others: the message names it and the activity.
+            Console.Error.WriteLine($"error: {e.Message}");
+            return ExitFailure;
+        }
         catch (FineTune.Engine.Cuda.CudaException e)
         {
             // No driver/GPU for device: cuda, out of device memory (with the numbers and what to lower), a failed launch.

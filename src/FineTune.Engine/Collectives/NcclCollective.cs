@@ -188,6 +188,6 @@ public sealed unsafe class NcclCollective : ICollective
             else _commAbort(_comm);
             _comm = 0;
         }
-        _control.Dispose();
+        // The control group belongs to the caller (it outlives one training run); Abort closes it to end the peers.
     }
 }

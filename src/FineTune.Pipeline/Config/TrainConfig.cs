@@ -26,6 +26,12 @@ public sealed record TrainConfig
     [RegularExpression(DevicePattern), NotFingerprinted, Description("auto (CUDA when present), cpu, cuda or cuda:N. Not part of the fingerprint: where a stage runs does not change what it means.")]
     public string Device { get; init; } = "auto";
 
+    [ScalarOrList, NotFingerprinted, OmittedWhenUnset, Description("Several processes (`finetune run --nproc-per-node N`, torchrun): the GPU of each local rank, [0, 1, …] (local rank i trains on the i-th), or auto (local rank i on GPU i). Not part of the fingerprint.")]
+    public IReadOnlyList<string>? Devices { get; init; }
+
+    [Range(0, 3), NotFingerprinted, Description("Several processes: 0 plain data parallel (every rank keeps all optimizer states), 1 optimizer states sharded across ranks (ZeRO-1), 2 gradients too (ZeRO-2); 3 (parameters sharded) is not implemented yet. Not part of the fingerprint: the result is the same.")]
+    public int ZeroStage { get; init; }
+
     // Kept out of the block's fingerprint because it enters it resolved: pt and sft decide what the split stage
     // tokenizes (the loader writes the objective onto stages.split.stage, whose output train's fingerprint covers), so a
     // pipeline that moves `stage: sft` from split to train keeps its fingerprints and lock.

@@ -61,6 +61,8 @@ public sealed record RunOptions
     public Action<string, string>? OnStageStart { get; init; }
     public Action<StageOutcome>? OnStageDone { get; init; }
     public Action<string>? OnInfo { get; init; }
+    /// <summary>The processes of a several-process run (rank 0 runs the pipeline; train stages run on all); null: one process.</summary>
+    public TrainingRanks? Ranks { get; init; }
 }
 
 /// <param name="OverheadSeconds">Wall time of the run minus the stages' own execution: FineTune's bookkeeping.</param>
@@ -219,7 +221,7 @@ public sealed class PipelineRunner
             // Providers keyed by kind: a stage reads at most one stage of each kind (a train stage built on another finds it under Train).
             var upstreamDirs = stage.Reads.ToDictionary(u => u.Key, u => outcomes[u.Value].OutputDirectory!);
             var upstreamHashes = stage.Reads.ToDictionary(u => u.Key, u => outputHashes[u.Value]);
-            var ctx = new StageContext(p.Definition, p.Directory, upstreamDirs, "", progress, ct, cache.WorkDirectory(name), upstreamHashes) { Stage = stage };
+            var ctx = new StageContext(p.Definition, p.Directory, upstreamDirs, "", progress, ct, cache.WorkDirectory(name), upstreamHashes) { Stage = stage, Ranks = options.Ranks };
             var inputs = new List<(string Name, string Hash)>();
             foreach (var input in executor.ExternalInputs(ctx))
             {

@@ -66,6 +66,9 @@ public sealed record StageContext(
     /// </summary>
     public StageInstance? Stage { get; init; }
 
+    /// <summary>The processes of a several-process run, for the train stage (null: one process).</summary>
+    public TrainingRanks? Ranks { get; init; }
+
     /// <summary>This stage's own block (defaults when the pipeline built in code has none).</summary>
     public T Block<T>() where T : class, new()
     {

@@ -44,6 +44,13 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
     {
         var cfg = ctx.Block<TrainConfig>();
         string name = ctx.StageName<TrainConfig>();
+        // Several processes: rank 0 (which runs the pipeline) sends the others this stage's context, and all go through
+        // the same steps below; only rank 0 writes (the output, the checkpoints, tracking).
+        var ranks = ctx.Ranks;
+        bool writer = ranks is null || ranks.Rank == 0;
+        if (ranks is { WorldSize: > 1 } && cfg.IsPreference)
+            throw new PipelineUserException($"stages.{name}.stage is {cfg.Objective.ToString().ToLowerInvariant()}: several processes (data parallel) train pt and sft so far; run this stage in one process (without --nproc-per-node / torchrun).");
+        if (ranks is { Rank: 0 }) ranks.Send(new TrainJob(name, ctx.UpstreamOutputs, ctx.UpstreamHashes, ctx.WorkDirectory));
         // A stage that builds on an earlier train stage starts from its result: its adapter, trained on (over the same
         // base), or its full/freeze model directory, loaded instead of the download.
         var builtOn = TrainOutput.BuiltOn(ctx);
@@ -69,7 +76,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             ["parameters"] = Engine.ContentHasher.Sha256Hex(Engine.CanonicalJson.Serialize(Parameters(ctx))),
         };
         if (upstream.TryGetValue(StageKind.Train, out var builtOnHash)) trainedFrom["built_on"] = builtOnHash;
-        var args = Arguments(cfg, ctx.OutputDirectory) with
+        var args = Arguments(cfg, writer ? ctx.OutputDirectory : CheckpointDirectory(ctx)) with
         {
             CheckpointDirectory = CheckpointDirectory(ctx),
             TrainedFrom = trainedFrom,
@@ -79,7 +86,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             BaseModelNameOrPath = BaseModelName(ctx.Pipeline.Model),
         };
 
-        using var backend = StageBackends.Create(cfg.Device, name, ctx.Progress.Info);
+        using var backend = ranks is null ? StageBackends.Create(cfg.Device, name, ctx.Progress.Info) : ranks.CreateBackend(cfg, name, ctx.Progress.Info);
         using var model = Guard(() => CausalLM.Load(modelDir, backend, setup, startAdapter), startAdapter ?? modelDir);
         if (startAdapter is not null)
             ctx.Progress.Info($"{name}: continues the adapter of {ctx.Stage!.Reads[StageKind.Train]} (its rank, alpha, targets and modules_to_save; this block's LoRA keys are not read).");
@@ -90,24 +97,30 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             throw new PipelineUserException($"stages.{name}.eval_steps is set but {valPath} holds no validation samples; set val_size above 0 in the split stage it reads or remove eval_steps.");
 
         var objective = Guard(() => Objective(cfg, name, trainSet, valSet, freshAdapter: startAdapter is null && setup.FinetuningType == FinetuningType.Lora), trainPath);
-        var tracking = TrainTracking.Start(ctx, cfg, name, new Engine.StageFingerprint(StageKind.Train, Parameters(ctx), upstream, []).Hash, _environment);
+        using var collective = ranks?.CollectiveFor(backend);
+        using var parallel = collective is null ? null : Guard(() => new DataParallel(collective, cfg.ZeroStage), name);
+        if (ranks is { Rank: 0 })
+            ctx.Progress.Info($"{name}: {ranks.WorldSize} rank(s) over {collective!.Name}, global batch {cfg.PerDeviceTrainBatchSize} × {cfg.GradientAccumulationSteps / ranks.WorldSize} × {ranks.WorldSize}{(cfg.ZeroStage > 0 ? $", ZeRO-{cfg.ZeroStage}" : "")}");
+        var tracking = writer ? TrainTracking.Start(ctx, cfg, name, new Engine.StageFingerprint(StageKind.Train, Parameters(ctx), upstream, []).Hash, _environment) : null;
         TrainResult result;
-        using (var monitor = new ProgressMonitor(ctx.Progress, cfg.Objective))
+        using (var progress = new ProgressMonitor(ctx.Progress, cfg.Objective))
         {
+            ITrainingMonitor monitor = ranks?.FaultStep() is int faultStep ? new KillAfterStep(progress, faultStep) : progress;
             try
             {
                 result = Guard(() => FineTuneRecipe.Train(model, args,
                     TokenizedDatasetLoader.Create(trainSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: true, pad),
                     valSet is null ? null : TokenizedDatasetLoader.Create(valSet, cfg.PerDeviceTrainBatchSize, (ulong)cfg.Seed, shuffle: false, pad),
-                    monitor, ctx.Cancellation, objective: objective), ctx.OutputDirectory);
+                    monitor, ctx.Cancellation, objective: objective, parallel: parallel), ctx.OutputDirectory);
             }
             catch (Exception e)
             {
-                tracking.Failed(e);
+                tracking?.Failed(e);
                 throw;
             }
         }
-        var trackingReports = tracking.Finish(result, ctx.OutputDirectory);
+        if (!writer) return StageResult.Empty;
+        var trackingReports = tracking!.Finish(result, ctx.OutputDirectory);
 
         var metrics = new Dictionary<string, double>
         {
@@ -307,6 +320,25 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         catch (TrainingException e) { throw new PipelineUserException(e.Message, e); }
         catch (ModelFormatException e) { throw new PipelineUserException($"{where}: {e.Message}", e); }
         catch (InvalidDataException e) { throw new PipelineUserException($"{where}: {e.Message}", e); }
+    }
+
+    /// <summary>
+    /// The test hook <see cref="TrainingRanks.FaultVariable"/>: SIGKILL to this process right after a step, as a node failure
+    /// or the OOM killer ends a rank (no handler runs, the sockets close only because the kernel closes them).
+    /// </summary>
+    sealed class KillAfterStep(ITrainingMonitor inner, int step) : ITrainingMonitor
+    {
+        public void Started(int startStep, int maxSteps) => inner.Started(startStep, maxSteps);
+        public void Stepped(int s)
+        {
+            inner.Stepped(s);
+            if (s == step) _ = kill(Environment.ProcessId, 9);
+        }
+        public void Logged(StepReport report) => inner.Logged(report);
+        public void Info(string line) => inner.Info(line);
+
+        [System.Runtime.InteropServices.DllImport("libc")]
+        static extern int kill(int pid, int signal);
     }
 
     /// <summary>Shows training on the pipeline's progress display: one bar over the steps, described by the last log line.</summary>
