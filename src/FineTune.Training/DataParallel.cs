@@ -234,11 +234,15 @@ public sealed class DataParallel : IDisposable
         }
     }
 
+    /// <summary>
+    /// This rank's elements in the model's parameter order (the order of <see cref="CausalLM.GradNormSquared"/>'s sum, so
+    /// that one rank sums exactly as one process does).
+    /// </summary>
     IEnumerable<(Tensor View, TrainableParameter Parameter)> Owned(Func<TrainableParameter, Tensor> tensor)
     {
-        foreach (var b in _buckets)
-            foreach (var (p, start, count) in OwnedRanges(b))
-                yield return (tensor(p).View(start, [checked((int)count)]), p);
+        var order = Need().TrainableParameters.Select((p, i) => (p, i)).ToDictionary(x => x.p, x => x.i);
+        return _buckets.SelectMany(OwnedRanges).OrderBy(r => order[r.Parameter]).ThenBy(r => r.Start)
+            .Select(r => (tensor(r.Parameter).View(r.Start, [checked((int)r.Count)]), r.Parameter)).ToArray();
     }
 
     public void Dispose()

@@ -134,6 +134,7 @@ public static class OpChecks
             foreach (var b in ctx.Buffers) b.Dispose();
         }
         QuantChecks.Run(cpu, gpu, rows);
+        CollectiveChecks.Run(cpu, gpu, rows);
         Console.WriteLine($"NVRTC {gpu.Device.NvrtcLibrary}, cuBLASLt {gpu.Device.CublasLtLibrary}; kernels compiled {gpu.Device.KernelsCompiled}, from cache {gpu.Device.KernelsFromCache}, {gpu.Device.CompileSeconds:F2} s compiling/loading");
 
         // Steady state: the same op sequence again must not call cuMemAlloc (caching allocator).
