@@ -103,7 +103,8 @@ public static class FineTuneRecipe
         // ---- the loop: one iteration per optimizer step ----
         while (step < maxSteps)
         {
-            cancellation.ThrowIfCancellationRequested();
+            // Several ranks learn of a stop only through the step's host all-reduce, so that all stop after the same step.
+            if (parallel is null) cancellation.ThrowIfCancellationRequested();
 
             // Forward and backward over the step's micro-batches; gradients add up in the trainable parameters. The
             // objective scales each backward so that accumulating k micro-batches equals one batch k times as large.
@@ -116,7 +117,7 @@ public static class FineTuneRecipe
             {
                 outcome = objective.Step(model, microBatches);
                 gradNormSquared = model.GradNormSquared();
-                stopAsked = cancellation.IsCancellationRequested;
+                stopAsked = false; // one process reads its token after the step (below)
             }
             else (outcome, gradNormSquared, stopAsked) = ParallelStep(model, objective, parallel, microBatches, perRank, step + 1, cancellation);
             double loss = outcome.Loss;
@@ -187,7 +188,7 @@ public static class FineTuneRecipe
             {
                 // ZeRO: every rank gathers the moments it does not own, so rank 0 saves the single-process format.
                 parallel?.GatherOptimizerStates(step);
-                if (!writer) return "(rank 0 saves the checkpoints)";
+                if (!writer) return "by rank 0";
                 var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
                     lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup, args.TrainedFrom);
                 string path = store!.Save(step, dir =>
@@ -206,7 +207,7 @@ public static class FineTuneRecipe
             // Ctrl-C (or a cancelled token) stops after the step in flight: its update is kept in a checkpoint,
             // so `resume_from_checkpoint: true` continues exactly where it stopped.
             // Several ranks stop together: a rank's Ctrl-C reaches the others through the step's host all-reduce.
-            if (stopAsked && step < maxSteps)
+            if ((parallel is null ? cancellation.IsCancellationRequested : stopAsked) && step < maxSteps)
                 throw new TrainingCancelledException(step, maxSteps, savedPath ?? SaveHere());
 
             if (args.StopAfterStep == step)

@@ -8,7 +8,7 @@ public sealed class CliTests
 {
     private static Process Start(params string[] args) => Start(null, args);
 
-    private static Process Start(IReadOnlyDictionary<string, string>? environment, params string[] args)
+    internal static Process Start(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "finetune.dll"));

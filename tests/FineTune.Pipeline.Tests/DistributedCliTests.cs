@@ -84,4 +84,37 @@ public sealed class DistributedCliTests
         Assert.True(resumed.Code == 0, resumed.Err);
         Assert.Contains($"Resumed from {Path.Combine(checkpoints, "checkpoint-4")} at step 4.", resumed.Out);
     }
+
+    [Fact]
+    public async Task Sigterm_to_the_launcher_stops_every_rank_after_the_same_step_and_rank_0_saves_it()
+    {
+        using var dir = new TempDir();
+        Pipeline(dir, accumulation: 1, maxSteps: 100000, saveSteps: 100000, extra: "    logging_steps: 1");
+        using var p = CliTests.Start(null, "run", dir.Path, "--stage", "train", "--nproc-per-node", "2");
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        var tmp = Path.Combine(dir.Path, ".finetune", "tmp");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!(Directory.Exists(tmp) && Directory.EnumerateFiles(tmp, "trainer_log.jsonl", SearchOption.AllDirectories).Any(f => new FileInfo(f).Length > 0)))
+        {
+            if (p.HasExited) Assert.Fail("finetune exited before training: " + await stderr);
+            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(2), "training never started");
+            await Task.Delay(20);
+        }
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!)
+            kill.WaitForExit();
+        await Task.WhenAny(p.WaitForExitAsync(), Task.Delay(TimeSpan.FromMinutes(2)));
+        if (!p.HasExited)
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail("finetune was still running 2 minutes after SIGTERM");
+        }
+        // The launcher forwards it as Ctrl-C; the step's host all-reduce carries it to both ranks, which stop after the same step.
+        var err = await stderr;
+        Assert.Equal(130, p.ExitCode);
+        var saved = System.Text.RegularExpressions.Regex.Match(err, @"^cancelled: stopped after step (\d+) of 100000; saved (.*checkpoint-\1)\. Run again", System.Text.RegularExpressions.RegexOptions.Multiline);
+        Assert.True(saved.Success, err + await stdout);
+        Assert.Contains($"cancelled: stopped after step {saved.Groups[1].Value} of 100000; saved by rank 0. Run again with resume_from_checkpoint: true to continue from it.", err);
+        Assert.Equal(int.Parse(saved.Groups[1].Value), FineTune.Training.TrainerState.Load(saved.Groups[2].Value).GlobalStep);
+    }
 }
