@@ -50,12 +50,17 @@ public sealed partial class CausalLM
     private bool RecomputesLayer(int l) => CheckpointingPlanner.Recomputes(_acts!.Storage, l);
 
     /// <summary>
-    /// A selective layer's backward reads ln1 and act, which its forward wrote into a scratch the layers above have
-    /// since overwritten: ln1 = rmsnorm(x) and act = silu(gate)·up again, by the forward's own operations (same bits).
+    /// A selective layer's backward reads ln1, ln2 and act, which its forward wrote into a scratch the layers above have
+    /// since overwritten: ln1 = rmsnorm(x), ln2 = rmsnorm(resMid) and act = silu(gate)·up again. ln1 and act come from the
+    /// forward's own operations; the forward's ln2 came from the fused residual norm, which normalises the resMid it
+    /// stored with the same arithmetic in the same order as RmsNorm does (CPU: one row routine; CUDA: the same loop over
+    /// the stored bf16 values), so the bits are the same.
     /// </summary>
     private void RecomputeSelective(DecoderLayer L, LayerActivations a, Tensor xFull, int n)
     {
-        Backend.RmsNorm(Rows(a.Ln1, n), Head1(a.Rstd1, n), Rows(xFull, n), L.InputNorm.Value, (float)Spec.RmsNormEps);
+        float eps = (float)Spec.RmsNormEps;
+        Backend.RmsNorm(Rows(a.Ln1, n), Head1(a.Rstd1, n), Rows(xFull, n), L.InputNorm.Value, eps);
+        Backend.RmsNorm(Rows(a.Ln2, n), Head1(a.Rstd2, n), Rows(a.ResMid, n), L.PostAttentionNorm.Value, eps);
         Backend.SwiGlu(Rows(a.Act, n), Rows(a.Gate, n), Rows(a.Up, n));
     }
 }

@@ -14,8 +14,9 @@ public enum LayerStorage
     /// <summary>Nothing of its own: it runs in a scratch set shared with the other recomputed layers and its forward is
     /// run again before its backward (all its GEMMs a second time).</summary>
     Recompute,
-    /// <summary>The GEMM outputs (q, k, v, attention, o, ln2, gate, up) and the norm statistics; ln1 = rmsnorm(x) and
-    /// act = silu(gate)·up live in a shared scratch and are recomputed before its backward (two cheap elementwise passes).</summary>
+    /// <summary>The GEMM outputs (q, k, v, attention, resMid, gate, up, LoRA xa) and the norm statistics; ln1 = rmsnorm(x),
+    /// ln2 = rmsnorm(resMid) and act = silu(gate)·up live in a shared scratch and are recomputed before its backward
+    /// (three cheap elementwise passes).</summary>
     Selective,
     /// <summary>Every activation its backward reads.</summary>
     Full,
@@ -53,7 +54,7 @@ public sealed record CheckpointingPlan(
         get
         {
             var sb = new System.Text.StringBuilder($"checkpointing {Mode.ToString().ToLowerInvariant()}: keeping {KeptLayers}/{Layers.Count} layers");
-            if (SelectiveLayers > 0) sb.Append(CultureInfo.InvariantCulture, $" ({SelectiveLayers} selective: ln1 and SwiGLU recomputed)");
+            if (SelectiveLayers > 0) sb.Append(CultureInfo.InvariantCulture, $" ({SelectiveLayers} selective: norms and SwiGLU recomputed)");
             sb.Append(CultureInfo.InvariantCulture, $" at {Tokens} tokens, est. peak {Size(EstimatedPeakBytes)}");
             if (BudgetBytes is { } b)
                 sb.Append(CultureInfo.InvariantCulture, $" of a {Size(b)} budget{(FitsBudget ? "" : " (over it: no plan fits, every layer is recomputed)")}");
@@ -70,14 +71,14 @@ public sealed record CheckpointingPlan(
 /// <summary>Bytes of the activation arena for one run shape, split the way the plan spends them.</summary>
 /// <param name="Fixed">Residual stream, gradient scratch, LM-head chunk and token tensors: what every plan holds.</param>
 /// <param name="FullSet">One layer's full set of saved activations.</param>
-/// <param name="SelectiveSet">One layer's saved activations without ln1 and act.</param>
-/// <param name="SelectiveScratch">The shared ln1 and act a selective layer writes and recomputes into.</param>
+/// <param name="SelectiveSet">One layer's saved activations without ln1, ln2 and act.</param>
+/// <param name="SelectiveScratch">The shared ln1, ln2 and act a selective layer writes and recomputes into.</param>
 public readonly record struct ActivationBytes(long Fixed, long FullSet, long SelectiveSet, long SelectiveScratch);
 
 /// <summary>
 /// Chooses the layers' storage for gradient_checkpointing: auto. Recomputing a layer costs its forward GEMMs again;
-/// a selective layer removes all of them for (FullSet − ln1 − act) bytes, so it removes the most recomputed GEMM FLOPs
-/// per byte, and a full layer then removes only the two elementwise recomputes. The planner minimises, in order, the
+/// a selective layer removes all of them for (FullSet − ln1 − ln2 − act) bytes, so it removes the most recomputed GEMM FLOPs
+/// per byte, and a full layer then removes only the three elementwise recomputes. The planner minimises, in order, the
 /// layers whose GEMMs run twice, the selective layers (their elementwise recompute), and the bytes.
 /// </summary>
 public static class CheckpointingPlanner

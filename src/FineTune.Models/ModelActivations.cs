@@ -53,7 +53,7 @@ internal sealed class ModelActivations : IDisposable
 
     /// <summary>
     /// Carves the arena for <paramref name="storage"/>: one set per full or selective layer, one set shared by every
-    /// recomputed layer, and (with selective layers) one shared ln1 and act that those layers recompute before their backward.
+    /// recomputed layer, and (with selective layers) one shared ln1, ln2 and act that those layers recompute before their backward.
     /// </summary>
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, IReadOnlyList<LayerStorage> storage,
         bool training, int capacity, int chunkRows, int? residuals = null)
@@ -101,7 +101,7 @@ internal sealed class ModelActivations : IDisposable
             {
                 Ln1 = selective ? T("sel.ln1") : T($"{s}.ln1"), Rstd1 = T($"{s}.rstd1"), Q = T($"{s}.q"), K = T($"{s}.k"), V = T($"{s}.v"),
                 QPre = O($"{s}.qpre"), KPre = O($"{s}.kpre"), QRstd = O($"{s}.qrstd"), KRstd = O($"{s}.krstd"),
-                Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
+                Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = selective ? T("sel.ln2") : T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
                 Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = selective ? T("sel.act") : T($"{s}.act"),
             };
             var layer = layers[setLayer[s]];
@@ -151,7 +151,7 @@ internal sealed class ModelActivations : IDisposable
         for (int l = 0; l < residuals; l++) add($"res{l}", f, [n, spec.HiddenSize]);
     }
 
-    /// <summary>One layer's saved activations under <paramref name="prefix"/>; a selective set has no ln1 and act of its own.</summary>
+    /// <summary>One layer's saved activations under <paramref name="prefix"/>; a selective set has no ln1, ln2 and act of its own.</summary>
     private static void DeclareSet(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, DecoderLayer layer, string prefix, int n, bool selective)
     {
         int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
@@ -164,7 +164,9 @@ internal sealed class ModelActivations : IDisposable
             add($"{prefix}qrstd", DType.F32, [n * spec.NumHeads]); add($"{prefix}krstd", DType.F32, [n * spec.NumKvHeads]);
         }
         add($"{prefix}att", f, [n, qd]); add($"{prefix}lse", DType.F32, [n * spec.NumHeads]);
-        add($"{prefix}resmid", f, [n, c]); add($"{prefix}ln2", f, [n, c]); add($"{prefix}rstd2", DType.F32, [n]);
+        add($"{prefix}resmid", f, [n, c]);
+        if (!selective) add($"{prefix}ln2", f, [n, c]);
+        add($"{prefix}rstd2", DType.F32, [n]);
         add($"{prefix}gate", f, [n, inter]); add($"{prefix}up", f, [n, inter]);
         if (!selective) add($"{prefix}act", f, [n, inter]);
         for (int g = 0; g < DecoderLayer.InputSetCount; g++)
@@ -174,6 +176,7 @@ internal sealed class ModelActivations : IDisposable
     private static void DeclareSelectiveScratch(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, int n)
     {
         add("sel.ln1", f, [n, spec.HiddenSize]);
+        add("sel.ln2", f, [n, spec.HiddenSize]);
         add("sel.act", f, [n, spec.IntermediateSize]);
     }
 

@@ -31,7 +31,7 @@ public sealed class CheckpointingPlanTests
         Assert.Equal([.. Enumerable.Repeat(LayerStorage.Selective, 8), LayerStorage.Full, LayerStorage.Full], plan.Layers);
         Assert.Equal(0, plan.RecomputedLayers);
         Assert.Equal(3790 * MiB, plan.EstimatedPeakBytes);
-        Assert.Equal("checkpointing auto: keeping 10/10 layers (8 selective: ln1 and SwiGLU recomputed) at 4096 tokens, est. peak 3.7 GiB of a 3.7 GiB budget", plan.Summary);
+        Assert.Equal("checkpointing auto: keeping 10/10 layers (8 selective: norms and SwiGLU recomputed) at 4096 tokens, est. peak 3.7 GiB of a 3.7 GiB budget", plan.Summary);
     }
 
     [Fact]
@@ -81,14 +81,14 @@ public sealed class CheckpointingPlanTests
     public void MaxMemoryRejectsWhatIsNotASize(string text) => Assert.Null(CheckpointingPlanner.ParseBytes(text));
 
     [Fact]
-    public void ArenaBytesOfASelectiveLayerLackExactlyLn1AndAct()
+    public void ArenaBytesOfASelectiveLayerLackExactlyLn1Ln2AndAct()
     {
         var spec = TinyModels.Spec("qwen3", true);
         using var model = TinyModels.Create(spec, new TrainingSetup { LoraRank = 4 });
         var bytes = ModelActivations.Bytes(DType.F32, spec, model.Layers, training: true, capacity: 64, chunkRows: 256);
-        // 64 tokens: ln1 [64, 16] and act [64, 24] in F32, each already on a 256-byte boundary.
-        Assert.Equal(64 * 16 * 4 + 64 * 24 * 4, bytes.FullSet - bytes.SelectiveSet);
-        Assert.Equal(64 * 16 * 4 + 64 * 24 * 4, bytes.SelectiveScratch);
+        // 64 tokens: ln1 and ln2 [64, 16] and act [64, 24] in F32, each already on a 256-byte boundary.
+        Assert.Equal(2 * 64 * 16 * 4 + 64 * 24 * 4, bytes.FullSet - bytes.SelectiveSet);
+        Assert.Equal(2 * 64 * 16 * 4 + 64 * 24 * 4, bytes.SelectiveScratch);
     }
 
     private static float[] AllGrads(CausalLM model) => model.TrainableParameters.SelectMany(p => TinyModels.Grad(model, p)).ToArray();
