@@ -30,6 +30,12 @@ public readonly record struct CachedAttentionShape(int Tokens, int Slots, int Ca
     public float Scale => 1f / MathF.Sqrt(HeadDim);
 }
 
+/// <summary>
+/// Device memory in bytes: what the backend could still allocate (the driver's free memory plus its allocator's cached
+/// blocks), what it holds in use, and the device's total.
+/// </summary>
+public readonly record struct DeviceMemory(long AvailableBytes, long HeldBytes, long TotalBytes);
+
 /// <summary>Hyper-parameters of one decoupled AdamW update (Loshchilov &amp; Hutter; as torch.optim.AdamW).</summary>
 public readonly record struct AdamWStep(float LearningRate, float Beta1, float Beta2, float Epsilon, float WeightDecay, int Step,
     float GradScale = 1f, float MaxGradNorm = 0f);
@@ -56,6 +62,12 @@ public interface IBackend : IDisposable
     /// backend needs nothing.
     /// </summary>
     void BindToCurrentThread() { }
+
+    /// <summary>
+    /// The device's memory as this backend sees it, for planning how much to keep (gradient_checkpointing: auto); null
+    /// where tensors live in host memory (CPU).
+    /// </summary>
+    DeviceMemory? Memory => null;
 
     /// <summary>A zero-filled buffer of <paramref name="byteLength"/> bytes, to be carved into tensors.</summary>
     DeviceBuffer AllocateBuffer(long byteLength);

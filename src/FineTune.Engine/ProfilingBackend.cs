@@ -15,6 +15,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public DType ComputeDType => _inner.ComputeDType;
     public void BindToCurrentThread() => _inner.BindToCurrentThread();
     public IBackend Inner => _inner;
+    public DeviceMemory? Memory => _inner.Memory;
 
     /// <summary>Per operation: calls and total milliseconds, most expensive first.</summary>
     public IReadOnlyList<(string Op, long Calls, double Ms)> Report() =>

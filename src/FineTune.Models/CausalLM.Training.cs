@@ -53,8 +53,10 @@ public sealed partial class CausalLM
         for (int l = _layers.Length - 1; l >= LowestBackwardLayer; l--)
         {
             var a = LayerActs(l);
-            if (Setup.GradientCheckpointing && l != _layers.Length - 1)
+            if (RecomputesLayer(l))
                 LayerForward(_layers[l], a, acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+            else if (acts.Storage[l] == LayerStorage.Selective)
+                RecomputeSelective(_layers[l], a, acts.Residual[l], n);
             LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
         }
         if (_embed.Grad is { } eg) Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
@@ -130,7 +132,7 @@ public sealed partial class CausalLM
 
     private Parameter HeadWeight => _lmHead ?? _embed;
 
-    private LayerActivations LayerActs(int l) => _acts!.Layers[_acts.Layers.Length == 1 ? 0 : l];
+    private LayerActivations LayerActs(int l) => _acts!.Layers[l];
 
     private static Tensor Rows(Tensor t, int n) => t.View(0, [n, t.Cols]);
     private static Tensor Head1(Tensor t, long count) => t.View(0, [checked((int)count)]);
@@ -146,7 +148,9 @@ public sealed partial class CausalLM
             int capacity = Math.Max(n, _acts?.Capacity ?? 0);
             _acts?.Dispose();
             _acts = null;
-            _acts = new ModelActivations(Backend, Spec, _layers, Setup.GradientCheckpointing, training,
+            // Planned after the old arena is gone: auto counts what the device holds and could still give.
+            CheckpointingPlan = PlanActivations(capacity, training);
+            _acts = new ModelActivations(Backend, Spec, _layers, CheckpointingPlan.Layers, training,
                 capacity, Math.Max(1, Setup.LogitsChunkRows));
         }
         int maxPos = 0;

@@ -11,7 +11,7 @@ namespace FineTune.Models;
 public sealed record TrainStepBenchmark(string Device, string Shape, int Batch, int SeqLen, int LoraRank, bool GradientCheckpointing,
     int Steps, double StepMs, double TokensPerSecond, double CpuSecondsPerStep, long Parameters, long TrainableParameters,
     double ModelGflopPerToken, double AchievedGflops, double Loss, double? PeakDeviceGib, long? SteadyStateMallocs, string? Gpu,
-    IReadOnlyDictionary<string, double>? ProfileMs, int? QuantizationBit = null);
+    IReadOnlyDictionary<string, double>? ProfileMs, int? QuantizationBit = null, CheckpointingPlan? CheckpointingPlan = null);
 
 /// <summary>Result of timing one matrix product C[M,N] = A[M,K]·B[N,K]ᵀ.</summary>
 public sealed record MatMulBenchmark(string Device, int M, int N, int K, int Repeats, double Ms, double Gflops);
@@ -66,7 +66,13 @@ public static class EngineBenchmark
     /// the reference model's scores (adapter disabled) then the policy's forward and backward and the DPO sigmoid loss
     /// (β 0.1) — the work of a TRL DPO step, whose reference forward FineTune's trainer does once before training instead.</param>
     public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, bool checkpointing,
-        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null)
+        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null) =>
+        TrainSteps(backend, shape, batch, seqLen, loraRank, checkpointing ? CheckpointingMode.On : CheckpointingMode.Off, steps, warmup, profile,
+            seed, objective, quantizationBit);
+
+    /// <summary>As the overload above, with gradient checkpointing off, on or auto (within <paramref name="maxMemoryBytes"/> when given).</summary>
+    public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, CheckpointingMode checkpointing,
+        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null, long? maxMemoryBytes = null)
     {
         if (objective is not ("sft" or "dpo")) throw new ArgumentException($"objective must be sft or dpo (got {objective})");
         bool dpo = objective == "dpo";
@@ -82,7 +88,8 @@ public static class EngineBenchmark
         }
         if (quantizationBit is not (null or 4 or 8)) throw new ArgumentException($"quantization bit must be 4 or 8 (got {quantizationBit})");
         // QLoRA as LLaMA-Factory's quantization_bit: NF4 with double quantization (or LLM.int8) for the frozen linears.
-        var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, GradientCheckpointing = checkpointing, Seed = seed,
+        var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, Checkpointing = checkpointing,
+            MaxMemoryBytes = maxMemoryBytes, Seed = seed,
             Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
@@ -128,11 +135,11 @@ public static class EngineBenchmark
         double flopPerToken = ModelFlopsPerToken(spec, seqLen);
         double tokensPerSecond = n * steps / seconds;
         var stats = cuda?.Device.Allocator.Stats;
-        return new TrainStepBenchmark(backend.Name, shape, batch, seqLen, loraRank, checkpointing, steps, seconds * 1000 / steps,
+        return new TrainStepBenchmark(backend.Name, shape, batch, seqLen, loraRank, checkpointing != CheckpointingMode.Off, steps, seconds * 1000 / steps,
             tokensPerSecond, cpuSeconds / steps, spec.ParameterCount, model.TrainableParameters.Sum(p => p.Length), flopPerToken / 1e9,
             flopPerToken * tokensPerSecond / 1e9, lastLoss,
             stats is null ? null : Math.Round(stats.PeakInUseBytes / (double)(1L << 30), 2),
-            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit);
+            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit, model.CheckpointingPlan);
     }
 
     /// <summary>One DPO sigmoid step on pairs packed as (chosen, rejected) segments of each row; returns the mean loss.</summary>

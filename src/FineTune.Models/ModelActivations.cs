@@ -31,7 +31,10 @@ internal sealed class ModelActivations : IDisposable
     public int Capacity { get; }
     public int ChunkRows { get; }
     public Tensor[] Residual { get; }
+    /// <summary>Per decoder layer, its activations (the recomputed layers all share one set).</summary>
     public LayerActivations[] Layers { get; }
+    /// <summary>What each layer keeps (the plan this arena was carved for).</summary>
+    public IReadOnlyList<LayerStorage> Storage { get; }
     public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dgate, Dup, Dact, Dxa, DropScratch;
     public Tensor? DqPre, DkPre;
     public Tensor LnF, RstdF, Hc, Dhc, Logits, LossSum;
@@ -43,34 +46,145 @@ internal sealed class ModelActivations : IDisposable
     public Tensor Ids, Labels, Positions, Segments, CompactRows, CompactLabels;
 
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows, int? residuals = null)
+        : this(backend, spec, layers, Enumerable.Repeat(checkpointing ? LayerStorage.Recompute : LayerStorage.Full, spec.NumLayers).ToArray(),
+            training, capacity, chunkRows, residuals)
+    {
+    }
+
+    /// <summary>
+    /// Carves the arena for <paramref name="storage"/>: one set per full or selective layer, one set shared by every
+    /// recomputed layer, and (with selective layers) one shared ln1, ln2 and act that those layers recompute before their backward.
+    /// </summary>
+    public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, IReadOnlyList<LayerStorage> storage,
+        bool training, int capacity, int chunkRows, int? residuals = null)
     {
         Capacity = capacity;
         ChunkRows = chunkRows;
-        int n = capacity, c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        Storage = storage;
+        int n = capacity;
         DType f = backend.ComputeDType;
         var b = new TensorArena.Builder();
         var h = new Dictionary<string, int>();
         int Add(string name, DType dt, params int[] shape) => h[name] = b.Add(name, dt, shape);
 
-        int residualCount = residuals ?? spec.NumLayers + 1;
-        for (int l = 0; l < residualCount; l++) Add($"res{l}", f, n, c);
-        int sets = checkpointing ? 1 : spec.NumLayers;
-        int maxRows = 1, maxIn = 1;
-        for (int s = 0; s < sets; s++)
+        // Set s serves layer setLayer[s] (the shared recompute set: the first recomputed layer, whose LoRA groups it sizes).
+        var setOfLayer = new int[spec.NumLayers];
+        var setLayer = new List<int>();
+        int shared = -1;
+        for (int l = 0; l < spec.NumLayers; l++)
         {
-            Add($"{s}.ln1", f, n, c); Add($"{s}.rstd1", DType.F32, n);
-            Add($"{s}.q", f, n, qd); Add($"{s}.k", f, n, kvd); Add($"{s}.v", f, n, kvd);
-            if (spec.QkNorm)
+            if (storage[l] == LayerStorage.Recompute)
             {
-                Add($"{s}.qpre", f, n, qd); Add($"{s}.kpre", f, n, kvd);
-                Add($"{s}.qrstd", DType.F32, n * spec.NumHeads); Add($"{s}.krstd", DType.F32, n * spec.NumKvHeads);
+                if (shared < 0) { shared = setLayer.Count; setLayer.Add(l); }
+                setOfLayer[l] = shared;
+                continue;
             }
-            Add($"{s}.att", f, n, qd); Add($"{s}.lse", DType.F32, n * spec.NumHeads);
-            Add($"{s}.resmid", f, n, c); Add($"{s}.ln2", f, n, c); Add($"{s}.rstd2", DType.F32, n);
-            Add($"{s}.gate", f, n, inter); Add($"{s}.up", f, n, inter); Add($"{s}.act", f, n, inter);
-            for (int g = 0; g < DecoderLayer.InputSetCount; g++)
-                if (layers[s].LoraGroups[g] is { } group) Add($"{s}.xa{g}", f, group.Rows, n);
+            setOfLayer[l] = setLayer.Count;
+            setLayer.Add(l);
         }
+        bool anySelective = storage.Contains(LayerStorage.Selective);
+        DeclareFixedHead(Add, f, spec, residuals ?? spec.NumLayers + 1, n);
+        for (int s = 0; s < setLayer.Count; s++)
+            DeclareSet(Add, f, spec, layers[setLayer[s]], $"{s}.", n, storage[setLayer[s]] == LayerStorage.Selective);
+        if (anySelective) DeclareSelectiveScratch(Add, f, spec, n);
+        DeclareFixedTail(Add, f, spec, layers, training, n, chunkRows);
+        _arena = b.Build(backend);
+
+        Tensor T(string name) => _arena[h[name]];
+        Tensor? O(string name) => h.TryGetValue(name, out int i) ? _arena[i] : null;
+        Residual = Enumerable.Range(0, residuals ?? spec.NumLayers + 1).Select(l => T($"res{l}")).ToArray();
+        var sets = new LayerActivations[setLayer.Count];
+        for (int s = 0; s < sets.Length; s++)
+        {
+            bool selective = storage[setLayer[s]] == LayerStorage.Selective;
+            var a = new LayerActivations
+            {
+                Ln1 = selective ? T("sel.ln1") : T($"{s}.ln1"), Rstd1 = T($"{s}.rstd1"), Q = T($"{s}.q"), K = T($"{s}.k"), V = T($"{s}.v"),
+                QPre = O($"{s}.qpre"), KPre = O($"{s}.kpre"), QRstd = O($"{s}.qrstd"), KRstd = O($"{s}.krstd"),
+                Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = selective ? T("sel.ln2") : T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
+                Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = selective ? T("sel.act") : T($"{s}.act"),
+            };
+            var layer = layers[setLayer[s]];
+            var linears = layer.Linears.ToArray();
+            for (int g = 0; g < DecoderLayer.InputSetCount; g++)
+            {
+                if (layer.LoraGroups[g] is not { } group) continue;
+                var store = T($"{s}.xa{g}");
+                a.LoraXaT[g] = store;
+                for (int j = 0; j < group.Linears.Length; j++)
+                    a.LoraXa[Array.IndexOf(linears, group.Linears[j])] = store.View((long)group.RowOffset(j) * n, [n, group.Linears[j].Lora!.Rank]);
+            }
+            sets[s] = a;
+        }
+        Layers = setOfLayer.Select(s => sets[s]).ToArray();
+        Tensor Opt(string name) => O(name) ?? T("hc");
+        Dres = Opt("dres"); Dln = Opt("dln"); Dq = Opt("dq"); Dk = Opt("dk"); Dv = Opt("dv"); Datt = Opt("datt");
+        Dgate = Opt("dgate"); Dup = Opt("dup"); Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
+        DqPre = O("dqpre"); DkPre = O("dkpre");
+        LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
+        CompactLogProbs = T("clogp"); CompactScales = T("cscale");
+        Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
+        Training = training;
+    }
+
+    /// <summary>The arena's parts at <paramref name="capacity"/> tokens (exact up to each tensor's 256-byte alignment): what a plan spends.</summary>
+    public static ActivationBytes Bytes(DType computeDType, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int capacity, int chunkRows)
+    {
+        long Measure(Action<Func<string, DType, int[], int>> declare)
+        {
+            var b = new TensorArena.Builder();
+            declare((name, dt, shape) => b.Add(name, dt, shape));
+            return b.ByteLength;
+        }
+        int n = capacity;
+        // The largest layer's set: ranks may differ per layer (rank_pattern), and the estimate should not fall short.
+        var widest = layers.MaxBy(l => l.LoraGroups.Sum(g => g?.Rows ?? 0))!;
+        var f = computeDType;
+        long fixedBytes = Measure(add => { DeclareFixedHead(add, f, spec, spec.NumLayers + 1, n); DeclareFixedTail(add, f, spec, layers, training, n, chunkRows); });
+        long full = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: false));
+        long selective = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: true));
+        long scratch = Measure(add => DeclareSelectiveScratch(add, f, spec, n));
+        return new ActivationBytes(fixedBytes, full, selective, scratch);
+    }
+    private static void DeclareFixedHead(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, int residuals, int n)
+    {
+        for (int l = 0; l < residuals; l++) add($"res{l}", f, [n, spec.HiddenSize]);
+    }
+
+    /// <summary>One layer's saved activations under <paramref name="prefix"/>; a selective set has no ln1, ln2 and act of its own.</summary>
+    private static void DeclareSet(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, DecoderLayer layer, string prefix, int n, bool selective)
+    {
+        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        if (!selective) add($"{prefix}ln1", f, [n, c]);
+        add($"{prefix}rstd1", DType.F32, [n]);
+        add($"{prefix}q", f, [n, qd]); add($"{prefix}k", f, [n, kvd]); add($"{prefix}v", f, [n, kvd]);
+        if (spec.QkNorm)
+        {
+            add($"{prefix}qpre", f, [n, qd]); add($"{prefix}kpre", f, [n, kvd]);
+            add($"{prefix}qrstd", DType.F32, [n * spec.NumHeads]); add($"{prefix}krstd", DType.F32, [n * spec.NumKvHeads]);
+        }
+        add($"{prefix}att", f, [n, qd]); add($"{prefix}lse", DType.F32, [n * spec.NumHeads]);
+        add($"{prefix}resmid", f, [n, c]);
+        if (!selective) add($"{prefix}ln2", f, [n, c]);
+        add($"{prefix}rstd2", DType.F32, [n]);
+        add($"{prefix}gate", f, [n, inter]); add($"{prefix}up", f, [n, inter]);
+        if (!selective) add($"{prefix}act", f, [n, inter]);
+        for (int g = 0; g < DecoderLayer.InputSetCount; g++)
+            if (layer.LoraGroups[g] is { } group) add($"{prefix}xa{g}", f, [group.Rows, n]);
+    }
+
+    private static void DeclareSelectiveScratch(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, int n)
+    {
+        add("sel.ln1", f, [n, spec.HiddenSize]);
+        add("sel.ln2", f, [n, spec.HiddenSize]);
+        add("sel.act", f, [n, spec.IntermediateSize]);
+    }
+
+    /// <summary>Gradient scratch (training), the head's buffers and the token tensors.</summary>
+    private static void DeclareFixedTail(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int n, int chunkRows)
+    {
+        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        int maxRows = 1, maxIn = 1;
         foreach (var layer in layers)
         {
             foreach (var group in layer.LoraGroups)
@@ -80,49 +194,15 @@ internal sealed class ModelActivations : IDisposable
         }
         if (training)
         {
-            Add("dres", f, n, c); Add("dln", f, n, c); Add("dq", f, n, qd); Add("dk", f, n, kvd); Add("dv", f, n, kvd);
-            if (spec.QkNorm) { Add("dqpre", f, n, qd); Add("dkpre", f, n, kvd); }
-            Add("datt", f, n, qd); Add("dgate", f, n, inter); Add("dup", f, n, inter); Add("dact", f, n, inter);
-            Add("dxa", f, maxRows, n); Add("drop", f, n, maxIn);
+            add("dres", f, [n, c]); add("dln", f, [n, c]); add("dq", f, [n, qd]); add("dk", f, [n, kvd]); add("dv", f, [n, kvd]);
+            if (spec.QkNorm) { add("dqpre", f, [n, qd]); add("dkpre", f, [n, kvd]); }
+            add("datt", f, [n, qd]); add("dgate", f, [n, inter]); add("dup", f, [n, inter]); add("dact", f, [n, inter]);
+            add("dxa", f, [maxRows, n]); add("drop", f, [n, maxIn]);
         }
-        Add("lnf", f, n, c); Add("rstdf", DType.F32, n); Add("hc", f, n, c); Add("dhc", f, training ? n : 1, c);
-        Add("logits", f, chunkRows, spec.VocabSize); Add("loss", DType.F32, 1);
-        Add("clogp", DType.F32, n); Add("cscale", DType.F32, n);
-        foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) Add(name, DType.I32, n);
-        _arena = b.Build(backend);
-
-        Tensor T(string name) => _arena[h[name]];
-        Tensor? O(string name) => h.TryGetValue(name, out int i) ? _arena[i] : null;
-        Residual = Enumerable.Range(0, residualCount).Select(l => T($"res{l}")).ToArray();
-        Layers = new LayerActivations[sets];
-        for (int s = 0; s < sets; s++)
-        {
-            var a = new LayerActivations
-            {
-                Ln1 = T($"{s}.ln1"), Rstd1 = T($"{s}.rstd1"), Q = T($"{s}.q"), K = T($"{s}.k"), V = T($"{s}.v"),
-                QPre = O($"{s}.qpre"), KPre = O($"{s}.kpre"), QRstd = O($"{s}.qrstd"), KRstd = O($"{s}.krstd"),
-                Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
-                Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = T($"{s}.act"),
-            };
-            var linears = layers[s].Linears.ToArray();
-            for (int g = 0; g < DecoderLayer.InputSetCount; g++)
-            {
-                if (layers[s].LoraGroups[g] is not { } group) continue;
-                var store = T($"{s}.xa{g}");
-                a.LoraXaT[g] = store;
-                for (int j = 0; j < group.Linears.Length; j++)
-                    a.LoraXa[Array.IndexOf(linears, group.Linears[j])] = store.View((long)group.RowOffset(j) * n, [n, group.Linears[j].Lora!.Rank]);
-            }
-            Layers[s] = a;
-        }
-        Tensor Opt(string name) => O(name) ?? T("hc");
-        Dres = Opt("dres"); Dln = Opt("dln"); Dq = Opt("dq"); Dk = Opt("dk"); Dv = Opt("dv"); Datt = Opt("datt");
-        Dgate = Opt("dgate"); Dup = Opt("dup"); Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
-        DqPre = O("dqpre"); DkPre = O("dkpre");
-        LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
-        CompactLogProbs = T("clogp"); CompactScales = T("cscale");
-        Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
-        Training = training;
+        add("lnf", f, [n, c]); add("rstdf", DType.F32, [n]); add("hc", f, [n, c]); add("dhc", f, [training ? n : 1, c]);
+        add("logits", f, [chunkRows, spec.VocabSize]); add("loss", DType.F32, [1]);
+        add("clogp", DType.F32, [n]); add("cscale", DType.F32, [n]);
+        foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) add(name, DType.I32, [n]);
     }
 
     public bool Training { get; }

@@ -22,7 +22,22 @@ public sealed record TrainingSetup
     public int FreezeTrainableLayers { get; init; } = 2;
     public IReadOnlyList<string> FreezeTrainableModules { get; init; } = ["all"];
     public IReadOnlyList<string> FreezeExtraModules { get; init; } = [];
-    public bool GradientCheckpointing { get; init; }
+    /// <summary>off: keep every layer's activations; on: recompute every layer's forward in the backward; auto: keep what
+    /// fits <see cref="MaxMemoryBytes"/> (or the device's free memory less a margin) and recompute the rest.</summary>
+    public CheckpointingMode Checkpointing { get; init; }
+
+    /// <summary>true sets <see cref="Checkpointing"/> on, false off; reads whether any layer may be recomputed.</summary>
+    public bool GradientCheckpointing
+    {
+        get => Checkpointing != CheckpointingMode.Off;
+        init => Checkpointing = value ? CheckpointingMode.On : CheckpointingMode.Off;
+    }
+
+    /// <summary>
+    /// auto's ceiling for the device memory of a training step (weights, optimizer state, activations, scratch);
+    /// null: the free device memory less a margin, and on the CPU no ceiling (every layer kept).
+    /// </summary>
+    public long? MaxMemoryBytes { get; init; }
     /// <summary>NEFTune: uniform noise of magnitude alpha/sqrt(seq_len·hidden) on the embeddings while training.</summary>
     public double? NeftuneNoiseAlpha { get; init; }
     /// <summary>Seeds LoRA initialisation, LoRA dropout and NEFTune noise.</summary>

@@ -196,6 +196,18 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void TrainingWithCheckpointingAutoPrintsThePlanItChose()
+    {
+        using var dir = new TempDir();
+        // On the CPU auto keeps every layer unless max_memory is set; the one-layer model fits 1 MiB with its layer kept.
+        ResumeTests.WritePipeline(dir, ResumeTests.Yaml.Replace("train: {device: cpu,", "train: {device: cpu, gradient_checkpointing: auto, max_memory: 1MiB,"));
+        var (code, stdout, stderr) = Finetune("run", dir.Path);
+        Assert.True(code == 0, stderr);
+        var line = Assert.Single((stdout + stderr).Split('\n'), l => l.Contains("checkpointing auto: keeping", StringComparison.Ordinal));
+        Assert.Matches(@"^\s*train: checkpointing auto: keeping 1/1 layers at \d+ tokens, est\. peak 0\.\d MiB of a 1\.0 MiB budget$", line);
+    }
+
+    [Fact]
     public void DeviceAutoOnAMachineWithoutCudaSaysSoOncePerProcess()
     {
         using var dir = new TempDir();

@@ -14,7 +14,10 @@ public sealed class TrainMappingTests
         [nameof(TrainConfig.Device), nameof(TrainConfig.Devices), nameof(TrainConfig.ZeroStage), nameof(TrainConfig.PerDeviceTrainBatchSize), nameof(TrainConfig.Stage), nameof(TrainConfig.ReportTo),
          // QLoRA's keys reach the engine together, as TrainingSetup.Quantization (QuantizationKeyTests checks that mapping).
          nameof(TrainConfig.QuantizationBit), nameof(TrainConfig.QuantizationType), nameof(TrainConfig.DoubleQuantization),
-         nameof(TrainConfig.QuantizationMethod)];
+         nameof(TrainConfig.QuantizationMethod),
+         // gradient_checkpointing (false/true/auto) and max_memory reach the engine as TrainingSetup.Checkpointing and
+         // MaxMemoryBytes (CheckpointingKeyTests checks that mapping).
+         nameof(TrainConfig.GradientCheckpointing), nameof(TrainConfig.MaxMemory)];
 
     /// <summary>A value of the property's type that differs from its default (and from other keys' values).</summary>
     private static object Changed(PropertyInfo p, object? current, int salt)

@@ -19,7 +19,12 @@ public sealed class BenchCommand : ICliCommand
         var rank = new Option<int>("--lora-rank") { Description = "LoRA rank on all seven projections.", DefaultValueFactory = _ => 8 };
         var steps = new Option<int>("--steps") { Description = "Timed steps.", DefaultValueFactory = _ => 10 };
         var warmup = new Option<int>("--warmup") { Description = "Untimed steps before them.", DefaultValueFactory = _ => 3 };
-        var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "Recompute activations per layer in the backward." };
+        var checkpointing = new Option<string>("--gradient-checkpointing")
+        {
+            Description = "Recompute activations per layer in the backward: alone or true (every layer), auto (keep what fits --max-memory or the free device memory less a margin; the plan is in the JSON), false.",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var maxMemory = new Option<string?>("--max-memory") { Description = "With --gradient-checkpointing auto: the memory budget, e.g. 40GiB (default: the free device memory less a margin; on the CPU every layer is kept)." };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)." };
         var profile = new Option<bool>("--profile") { Description = "Also print time per operation: on CUDA device time per kernel (one more step, timed with events); on the CPU wall time per backend call." };
         var matmul = new Option<int>("--matmul-size") { Description = "Square size of the matrix product benchmark (0 skips it).", DefaultValueFactory = _ => 1024 };
@@ -33,7 +38,7 @@ public sealed class BenchCommand : ICliCommand
         var newTokens = new Option<int>("--new-tokens") { Description = "--generate: tokens generated per prompt (no EOS).", DefaultValueFactory = _ => 32 };
         var command = new Command("bench", "Measure training tokens/s of a model shape and the matrix multiply's GFLOP/s, or generation with --generate (JSON lines).")
         {
-            device, shape, batch, seq, rank, steps, warmup, checkpointing, threads, matmul, profile, objective, quantizationBit, generate, model, batches, prompts, promptLen, newTokens,
+            device, shape, batch, seq, rank, steps, warmup, checkpointing, maxMemory, threads, matmul, profile, objective, quantizationBit, generate, model, batches, prompts, promptLen, newTokens,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
@@ -50,13 +55,35 @@ public sealed class BenchCommand : ICliCommand
                 Console.WriteLine(JsonSerializer.Serialize(new { bench = "matmul", threads = Threads(backend), mm.Device, mm.M, mm.N, mm.K, mm.Ms, mm.Gflops }, Json));
             }
             int timed = r.GetValue(steps), warm = r.GetValue(warmup);
+            // The flag alone is true (as it was when it took no value).
+            var mode = (r.GetResult(checkpointing) is not { } given ? "false" : given.Tokens.Count == 0 ? "true" : given.Tokens[0].Value) switch
+            {
+                "true" => CheckpointingMode.On,
+                "false" => CheckpointingMode.Off,
+                "auto" => CheckpointingMode.Auto,
+                var other => throw new FineTune.Pipeline.PipelineUserException($"--gradient-checkpointing {other}: expected true, false or auto."),
+            };
+            long? budget = r.GetValue(maxMemory) is { } text
+                ? CheckpointingPlanner.ParseBytes(text) ?? throw new FineTune.Pipeline.PipelineUserException($"--max-memory {text}: expected a size such as 40GiB, 80GB or 1.5TiB.")
+                : null;
             var t = EngineBenchmark.TrainSteps(backend, r.GetValue(shape)!, r.GetValue(batch), r.GetValue(seq), r.GetValue(rank),
-                r.GetValue(checkpointing), timed, warm, profile: r.GetValue(profile), objective: r.GetValue(objective)!, quantizationBit: r.GetValue(quantizationBit));
+                mode, timed, warm, profile: r.GetValue(profile), objective: r.GetValue(objective)!, quantizationBit: r.GetValue(quantizationBit), maxMemoryBytes: budget);
+            var plan = t.CheckpointingPlan;
             // The keys tests/device/bench_table.py joins with the peer's (shape, batch, seq, grad_ckpt, tokens_per_s, peak_gib).
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 bench = "train_step", engine = "finetune", objective = r.GetValue(objective), threads = Threads(backend), t.Device, t.Shape, t.Batch, seq = t.SeqLen,
-                lora_rank = t.LoraRank, grad_ckpt = t.GradientCheckpointing, quantization_bit = t.QuantizationBit, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
+                lora_rank = t.LoraRank, grad_ckpt = t.GradientCheckpointing, grad_ckpt_mode = mode.ToString().ToLowerInvariant(),
+                // What each layer kept (auto's choice; off and on too) and the estimate behind it.
+                checkpointing_plan = plan is null ? null : new
+                {
+                    kept_layers = plan.KeptLayers, full_layers = plan.FullLayers, selective_layers = plan.SelectiveLayers,
+                    recomputed_layers = plan.RecomputedLayers, layers = plan.Layers.Count,
+                    est_peak_gib = Math.Round(plan.EstimatedPeakBytes / (double)(1L << 30), 2),
+                    budget_gib = plan.BudgetBytes is { } b ? Math.Round(b / (double)(1L << 30), 2) : (double?)null,
+                    summary = plan.Summary,
+                },
+                quantization_bit = t.QuantizationBit, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
                 tokens_per_s = Math.Round(t.TokensPerSecond), cpu_seconds_per_step = Math.Round(t.CpuSecondsPerStep, 3), t.Parameters,
                 t.TrainableParameters, model_gflop_per_token = Math.Round(t.ModelGflopPerToken, 4), achieved_gflops = Math.Round(t.AchievedGflops, 1),
                 loss = Math.Round(t.Loss, 4), peak_gib = t.PeakDeviceGib,

@@ -25,6 +25,16 @@ public sealed partial class CudaBackend : IBackend
     public DType ComputeDType { get; }
     public CudaDevice Device => _dev;
 
+    public DeviceMemory? Memory
+    {
+        get
+        {
+            var (free, total) = _dev.MemoryInfo();
+            var stats = _dev.Allocator.Stats;
+            return new DeviceMemory(free + stats.CachedBytes, stats.InUseBytes, total);
+        }
+    }
+
     public void BindToCurrentThread() => _dev.MakeCurrent();
     public CudaDeviceInfo Info => _dev.Info;
 

@@ -17,6 +17,12 @@ public enum TrainingObjective { Pt, Sft, Dpo, Kto, Rm }
 /// <summary>Where a train stage reports its log, as the HF Trainer's <c>report_to</c>: nowhere, TensorBoard event files, an MLflow server, or both.</summary>
 public enum ReportTo { None, Tensorboard, Mlflow, All }
 
+/// <summary>
+/// <c>gradient_checkpointing</c>: true and false as the YAML booleans they were (fingerprinted as booleans, so pipelines
+/// that set them keep their lock), or auto: the engine keeps what fits the memory budget and recomputes the rest.
+/// </summary>
+public enum GradientCheckpointingSetting { False, True, Auto }
+
 /// <summary><c>stages.train</c>: LLaMA-Factory's finetuning and Hugging Face training arguments.</summary>
 public sealed record TrainConfig
 {
@@ -118,8 +124,14 @@ public sealed record TrainConfig
     [NotFingerprinted, Description("Report the training log (loss, learning_rate, grad_norm, epoch, eval_loss, … under the HF Trainer's names) to tensorboard (event files under runs/ in the output, as reports), mlflow (the REST API at MLFLOW_TRACKING_URI) or all. Not part of the fingerprint: an up-to-date stage is not re-run to report.")]
     public ReportTo ReportTo { get; init; } = ReportTo.None;
 
-    [Description("Recompute activations per layer in the backward pass to save memory.")]
-    public bool GradientCheckpointing { get; init; } = true;
+    /// <summary>Pattern of max_memory: a size in bytes with an optional unit (CheckpointingPlanner.ParseBytes reads it).</summary>
+    public const string MemorySizePattern = @"^[0-9]+(\.[0-9]+)? ?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$";
+
+    [Description("Recompute activations in the backward to save memory: true (every layer), false (none) or auto (the default): keep as many layers' activations (or, per layer, its GEMM outputs: selective recompute) as fit max_memory, or the free device memory less a margin, and recompute the rest; the run prints its plan. On the CPU, auto keeps every layer unless max_memory is set. Gradients are the same bits either way.")]
+    public GradientCheckpointingSetting GradientCheckpointing { get; init; } = GradientCheckpointingSetting.Auto;
+
+    [RegularExpression(MemorySizePattern), NotFingerprinted, Description("gradient_checkpointing auto: the device memory a training step may use, e.g. 40GiB or 80GB (default: the free device memory less a margin). Not part of the fingerprint: it changes what is kept, not the result.")]
+    public string? MaxMemory { get; init; }
 
     [NotFingerprinted, Description("true: continue from the latest checkpoint of this run (same model, data and train parameters) if there is one, else start fresh; or a checkpoint directory (relative to the pipeline file). Not part of the fingerprint: a resumed run ends as the uninterrupted one would.")]
     public string? ResumeFromCheckpoint { get; init; }

@@ -32,7 +32,13 @@ public static class CanonicalJson
         bool b => JsonValue.Create(b),
         int i => JsonValue.Create(i),
         double d => JsonValue.Create(d),
-        Enum e => JsonValue.Create(ConfigModel.EnumName(e)),
+        // A setting whose values include YAML's true and false (gradient_checkpointing) records them as booleans.
+        Enum e => ConfigModel.EnumName(e) switch
+        {
+            "true" => JsonValue.Create(true),
+            "false" => JsonValue.Create(false),
+            var name => JsonValue.Create(name),
+        },
         IReadOnlyDictionary<string, string> map => new JsonObject(map.OrderBy(kv => kv.Key, StringComparer.Ordinal)
             .Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)JsonValue.Create(kv.Value)))),
         System.Collections.IEnumerable list => new JsonArray(list.Cast<object?>().Select(Value).ToArray()),

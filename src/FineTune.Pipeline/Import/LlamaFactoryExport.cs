@@ -76,7 +76,9 @@ public static class LlamaFactoryExport
             "max_steps", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
             "max_grad_norm", "neftune_noise_alpha", "seed"]);
         Line(sb, "optim", "adamw_torch");
-        Line(sb, "disable_gradient_checkpointing", trainConfig.GradientCheckpointing ? "false" : "true");
+        // LLaMA-Factory has no auto: left unwritten, it checkpoints every layer (its default), and the file imports back as auto.
+        if (trainConfig.GradientCheckpointing != GradientCheckpointingSetting.Auto)
+            Line(sb, "disable_gradient_checkpointing", trainConfig.GradientCheckpointing == GradientCheckpointingSetting.False ? "true" : "false");
         Line(sb, "bf16", "true");
 
         if (trainConfig.EvalSteps is not null || eval is not null)

@@ -90,6 +90,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
 
         using var backend = ranks is null ? StageBackends.Create(cfg.Device, name, ctx.Progress.Info) : ranks.CreateBackend(cfg, name, ctx.Progress.Info);
         using var model = Guard(() => CausalLM.Load(modelDir, backend, setup, startAdapter), startAdapter ?? modelDir);
+        model.CheckpointingNotice = text => ctx.Progress.Info($"{name}: {text}");
         if (startAdapter is not null)
             ctx.Progress.Info($"{name}: continues the adapter of {ctx.Stage!.Reads[StageKind.Train]} (its rank, alpha, targets and modules_to_save; this block's LoRA keys are not read).");
         int pad = SplitTemplateInfo.Read(splitDir).PadOrDefault;
@@ -249,7 +250,14 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         FreezeTrainableLayers = cfg.FreezeTrainableLayers,
         FreezeTrainableModules = cfg.FreezeTrainableModules,
         FreezeExtraModules = cfg.FreezeExtraModules ?? [],
-        GradientCheckpointing = cfg.GradientCheckpointing,
+        Checkpointing = cfg.GradientCheckpointing switch
+        {
+            GradientCheckpointingSetting.False => CheckpointingMode.Off,
+            GradientCheckpointingSetting.True => CheckpointingMode.On,
+            _ => CheckpointingMode.Auto,
+        },
+        // The loader checked the pattern, which ParseBytes reads.
+        MaxMemoryBytes = cfg.MaxMemory is { } memory ? CheckpointingPlanner.ParseBytes(memory) : null,
         NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
         Seed = cfg.Seed,
         Quantization = Quantization(cfg),

@@ -516,7 +516,8 @@ public static partial class PipelineLoader
                     value = d;
                     return true;
                 case ValueKind.Enum:
-                    value = ConfigModel.ParseEnum(key.EnumType!, text);
+                    // An enum with true and false among its values takes every YAML boolean spelling of them.
+                    value = ConfigModel.ParseEnum(key.EnumType!, text is "True" or "TRUE" or "False" or "FALSE" ? text.ToLowerInvariant() : text);
                     if (value is null) { Error(node, path, EnumMessage(key, text)); return false; }
                     return true;
                 default:

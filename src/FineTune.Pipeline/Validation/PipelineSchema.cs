@@ -113,6 +113,13 @@ public static class PipelineSchema
             case ValueKind.Boolean:
                 p.Type = JsonObjectType.Boolean;
                 break;
+            case ValueKind.Enum when key.EnumNames.Contains("true") && key.EnumNames.Contains("false"):
+                // true and false are YAML booleans (an editor sends them as such); the other values are strings.
+                p.AnyOf.Add(new JsonSchema { Type = JsonObjectType.Boolean });
+                var rest = new JsonSchema { Type = JsonObjectType.String };
+                foreach (var n in key.EnumNames.Where(n => n is not ("true" or "false"))) rest.Enumeration.Add(n);
+                p.AnyOf.Add(rest);
+                break;
             case ValueKind.Enum:
                 p.Type = JsonObjectType.String;
                 foreach (var n in key.EnumNames) p.Enumeration.Add(n);

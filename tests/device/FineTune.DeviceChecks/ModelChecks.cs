@@ -180,7 +180,46 @@ public static class ModelChecks
             }
         }
         SequenceSeam(cpu, gpuF32, gpuBf16, Add);
+        CheckpointingPlans(cpu, gpuBf16, Add);
         return rows;
+    }
+
+    /// <summary>
+    /// gradient_checkpointing auto on the GPU: a 6-layer model under budgets between on's and off's estimated peaks (a mix
+    /// of recomputed, selective and full layers), and without one (the H200 keeps every layer). The LoRA gradients must
+    /// equal CUDA's own without checkpointing (same kernels, recomputed in the same order: bound 1e-6, expected 0) and the
+    /// CPU fp32 reference within bf16's 1e-2.
+    /// </summary>
+    static void CheckpointingPlans(CpuBackend cpu, CudaBackend gpu, Action<string, string, string, long, double, double> add)
+    {
+        gpu.UseFlashAttention = true;
+        foreach (var arch in new[] { "llama", "qwen3" })
+        {
+            var spec = Spec(arch, false) with { NumLayers = 6 };
+            var batch = Batch(spec.VocabSize);
+            float[] Run(IBackend backend, TrainingSetup setup, out CheckpointingPlan plan)
+            {
+                using var m = CausalLM.Create(spec, backend, setup, new RandomWeights(3, 0.1f));
+                RandomizeLoraB(m);
+                m.ZeroGrad();
+                m.ForwardBackward(batch, 1f / batch.LabelCount);
+                plan = m.CheckpointingPlan!;
+                return m.TrainableParameters.SelectMany(p => Grad(m, p)).ToArray();
+            }
+            var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, Checkpointing = CheckpointingMode.Off };
+            var reference = Run(cpu, setup, out _);
+            var off = Run(gpu, setup, out var offPlan);
+            Run(gpu, setup with { Checkpointing = CheckpointingMode.On }, out var onPlan);
+            long?[] budgets = [null, (onPlan.EstimatedPeakBytes + offPlan.EstimatedPeakBytes) / 2, onPlan.EstimatedPeakBytes + (offPlan.EstimatedPeakBytes - onPlan.EstimatedPeakBytes) / 4];
+            foreach (var budget in budgets)
+            {
+                var g = Run(gpu, setup with { Checkpointing = CheckpointingMode.Auto, MaxMemoryBytes = budget }, out var plan);
+                string name = $"ckpt-auto {arch} {plan.FullLayers}F/{plan.SelectiveLayers}S/{plan.Layers.Count - plan.FullLayers - plan.SelectiveLayers}R";
+                Console.WriteLine($"       {plan.Summary}");
+                add(name, "bf16", "lora grads vs cuda off", g.Length, Rel(g, off), 1e-6);
+                add(name, "bf16", "lora grads vs cpu f32", g.Length, Rel(g, reference), 1e-2);
+            }
+        }
     }
 
     /// <summary>

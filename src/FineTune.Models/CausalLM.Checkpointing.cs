@@ -1,0 +1,66 @@
+using FineTune.Engine;
+
+namespace FineTune.Models;
+
+public sealed partial class CausalLM
+{
+    /// <summary>The plan the activations were last carved for (what each layer keeps, the memory estimate).</summary>
+    public CheckpointingPlan? CheckpointingPlan { get; private set; }
+
+    /// <summary>Told the summary of each new gradient_checkpointing: auto plan ("checkpointing auto: keeping 20/28 layers, …").</summary>
+    public Action<string>? CheckpointingNotice { get; set; }
+
+    /// <summary>
+    /// What each layer keeps for a batch of up to <paramref name="capacity"/> tokens. A forward without backward keeps
+    /// nothing per layer (one shared set); training follows the setup's mode, auto choosing by the memory estimate.
+    /// </summary>
+    private CheckpointingPlan PlanActivations(int capacity, bool training)
+    {
+        int chunkRows = Math.Max(1, Setup.LogitsChunkRows);
+        var bytes = ModelActivations.Bytes(Backend.ComputeDType, Spec, _layers, training, capacity, chunkRows);
+        var memory = Backend.Memory;
+        long held = memory?.HeldBytes ?? WeightBytes + (_rope?.ByteLength ?? 0);
+        long workspace = memory is null ? 0 : DeviceWorkspaceBytes(capacity);
+        long? budget = Setup.MaxMemoryBytes;
+        if (memory is { } m)
+        {
+            long device = m.HeldBytes + m.AvailableBytes - CheckpointingPlanner.Margin(m.TotalBytes);
+            budget = budget is { } b ? Math.Min(b, device) : device;
+        }
+        var mode = Setup.Checkpointing;
+        if (!training) return CheckpointingPlanner.Fixed(CheckpointingMode.On, _layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, null);
+        if (mode != CheckpointingMode.Auto) return CheckpointingPlanner.Fixed(mode, _layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, null);
+        var plan = CheckpointingPlanner.Choose(_layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, budget);
+        CheckpointingNotice?.Invoke(plan.Summary);
+        return plan;
+    }
+
+    /// <summary>
+    /// Scratch a CUDA step allocates inside operations besides the arenas: cuBLASLt's workspace, the attention
+    /// backward's row deltas and, with grouped-query attention, its per-query-head F32 dK/dV partials.
+    /// </summary>
+    private long DeviceWorkspaceBytes(int tokens)
+    {
+        long rows = (long)tokens * Spec.NumHeads;
+        long partials = Spec.NumHeads != Spec.NumKvHeads ? 2L * tokens * Spec.QDim * sizeof(float) : 0;
+        return Engine.Cuda.CudaDevice.CublasWorkspaceBytes + rows * sizeof(float) + partials;
+    }
+
+    /// <summary>Whether layer <paramref name="l"/>'s forward runs again before its backward.</summary>
+    private bool RecomputesLayer(int l) => CheckpointingPlanner.Recomputes(_acts!.Storage, l);
+
+    /// <summary>
+    /// A selective layer's backward reads ln1, ln2 and act, which its forward wrote into a scratch the layers above have
+    /// since overwritten: ln1 = rmsnorm(x), ln2 = rmsnorm(resMid) and act = silu(gate)·up again. ln1 and act come from the
+    /// forward's own operations; the forward's ln2 came from the fused residual norm, which normalises the resMid it
+    /// stored with the same arithmetic in the same order as RmsNorm does (CPU: one row routine; CUDA: the same loop over
+    /// the stored bf16 values), so the bits are the same.
+    /// </summary>
+    private void RecomputeSelective(DecoderLayer L, LayerActivations a, Tensor xFull, int n)
+    {
+        float eps = (float)Spec.RmsNormEps;
+        Backend.RmsNorm(Rows(a.Ln1, n), Head1(a.Rstd1, n), Rows(xFull, n), L.InputNorm.Value, eps);
+        Backend.RmsNorm(Rows(a.Ln2, n), Head1(a.Rstd2, n), Rows(a.ResMid, n), L.PostAttentionNorm.Value, eps);
+        Backend.SwiGlu(Rows(a.Act, n), Rows(a.Gate, n), Rows(a.Up, n));
+    }
+}
