@@ -8,6 +8,8 @@ internal sealed class LayerActivations
     public Tensor Ln1 = null!, Rstd1 = null!, Q = null!, K = null!, V = null!, Att = null!, Lse = null!;
     public Tensor? QPre, KPre, QRstd, KRstd;
     public Tensor ResMid = null!, Ln2 = null!, Rstd2 = null!, Gate = null!, Up = null!, Act = null!;
+    /// <summary>Sandwich blocks: o_proj's and down_proj's outputs before their post-norms, and those norms' rstd.</summary>
+    public Tensor? AttnOut, MlpOut, RstdPostAttn, RstdPostFf;
     /// <summary>
     /// Per input set with LoRA (<see cref="DecoderLayer.InputSets"/>), storage for the group's xa: the grouped path
     /// views it as xaᵀ [g·r, tokens] (adapter j's block [r, tokens] at j·r·tokens).
@@ -34,6 +36,10 @@ internal sealed class ModelActivations : IDisposable
     public LayerActivations[] Layers { get; }
     public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dgate, Dup, Dact, Dxa, DropScratch;
     public Tensor? DqPre, DkPre;
+    /// <summary>Sandwich blocks: ∂L/∂(a sub-layer's output before its post-norm).</summary>
+    public Tensor? DsubLayer;
+    /// <summary>Final logit soft-cap: the capped logits of a chunk (its backward reads them after the loss overwrote the logits).</summary>
+    public Tensor? CappedLogits;
     public Tensor LnF, RstdF, Hc, Dhc, Logits, LossSum;
     /// <summary>
     /// F32 per gathered row: log p(label) of each labelled row (or a value head's output), and the per-row gradient
@@ -68,6 +74,11 @@ internal sealed class ModelActivations : IDisposable
             Add($"{s}.att", f, n, qd); Add($"{s}.lse", DType.F32, n * spec.NumHeads);
             Add($"{s}.resmid", f, n, c); Add($"{s}.ln2", f, n, c); Add($"{s}.rstd2", DType.F32, n);
             Add($"{s}.gate", f, n, inter); Add($"{s}.up", f, n, inter); Add($"{s}.act", f, n, inter);
+            if (spec.Sandwich)
+            {
+                Add($"{s}.attnout", f, n, c); Add($"{s}.mlpout", f, n, c);
+                Add($"{s}.rstdpa", DType.F32, n); Add($"{s}.rstdpf", DType.F32, n);
+            }
             for (int g = 0; g < DecoderLayer.InputSetCount; g++)
                 if (layers[s].LoraGroups[g] is { } group) Add($"{s}.xa{g}", f, group.Rows, n);
         }
@@ -82,11 +93,13 @@ internal sealed class ModelActivations : IDisposable
         {
             Add("dres", f, n, c); Add("dln", f, n, c); Add("dq", f, n, qd); Add("dk", f, n, kvd); Add("dv", f, n, kvd);
             if (spec.QkNorm) { Add("dqpre", f, n, qd); Add("dkpre", f, n, kvd); }
+            if (spec.Sandwich) Add("dsub", f, n, c);
             Add("datt", f, n, qd); Add("dgate", f, n, inter); Add("dup", f, n, inter); Add("dact", f, n, inter);
             Add("dxa", f, maxRows, n); Add("drop", f, n, maxIn);
         }
         Add("lnf", f, n, c); Add("rstdf", DType.F32, n); Add("hc", f, n, c); Add("dhc", f, training ? n : 1, c);
         Add("logits", f, chunkRows, spec.VocabSize); Add("loss", DType.F32, 1);
+        if (spec.FinalLogitSoftcap > 0 && training) Add("cappedlogits", f, chunkRows, spec.VocabSize);
         Add("clogp", DType.F32, n); Add("cscale", DType.F32, n);
         foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) Add(name, DType.I32, n);
         _arena = b.Build(backend);
@@ -103,6 +116,7 @@ internal sealed class ModelActivations : IDisposable
                 QPre = O($"{s}.qpre"), KPre = O($"{s}.kpre"), QRstd = O($"{s}.qrstd"), KRstd = O($"{s}.krstd"),
                 Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
                 Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = T($"{s}.act"),
+                AttnOut = O($"{s}.attnout"), MlpOut = O($"{s}.mlpout"), RstdPostAttn = O($"{s}.rstdpa"), RstdPostFf = O($"{s}.rstdpf"),
             };
             var linears = layers[s].Linears.ToArray();
             for (int g = 0; g < DecoderLayer.InputSetCount; g++)
@@ -118,7 +132,7 @@ internal sealed class ModelActivations : IDisposable
         Tensor Opt(string name) => O(name) ?? T("hc");
         Dres = Opt("dres"); Dln = Opt("dln"); Dq = Opt("dq"); Dk = Opt("dk"); Dv = Opt("dv"); Datt = Opt("datt");
         Dgate = Opt("dgate"); Dup = Opt("dup"); Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
-        DqPre = O("dqpre"); DkPre = O("dkpre");
+        DqPre = O("dqpre"); DkPre = O("dkpre"); DsubLayer = O("dsub"); CappedLogits = O("cappedlogits");
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
         CompactLogProbs = T("clogp"); CompactScales = T("cscale");
         Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
