@@ -165,3 +165,61 @@ public sealed class GemmaTests : IDisposable
         Assert.Equal(a.ForwardLogits(batch), b.ForwardLogits(batch));
     }
 }
+
+/// <summary>Gemma's GGUF as convert_hf_to_gguf.py writes it, read back by @huggingface/gguf.</summary>
+public sealed class GemmaGgufTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public void Gemma2_export_has_the_softcaps_window_and_norms_stored_as_one_plus_w()
+    {
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Gemma2, HiddenSize = 32, IntermediateSize = 48, NumHiddenLayers = 2, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 16, QueryPreAttnScalar = 16, SlidingWindow = 8, Seed = 2 }, _dir.File("m"));
+        // Trained norms are not 0: give one a value so the +1 is seen on a non-trivial weight.
+        using (var r = SafetensorsReader.Open(_dir.File("m")))
+        {
+            var writer = new SafetensorsWriter();
+            foreach (var (name, info) in r.Tensors)
+            {
+                var v = r.ReadAsFloat32(name);
+                if (name == "model.layers.1.post_feedforward_layernorm.weight") for (int i = 0; i < v.Length; i++) v[i] = 0.01f * i - 0.1f;
+                writer.Add(name, v, info.Shape.ToArray());
+            }
+            writer.Save(_dir.File("m/model.safetensors.new"));
+        }
+        File.Move(_dir.File("m/model.safetensors.new"), _dir.File("m/model.safetensors"), overwrite: true);
+        var result = GgufExporter.Export(_dir.File("m"), _dir.File("m.gguf"), GgufTensorType.F32, "tiny");
+        Assert.DoesNotContain(result.Notes, n => n.Contains("query_pre_attn_scalar") || n.Contains("layer_types"));
+        var g = NodeFixtures.ReadGguf(_dir.File("m.gguf"));
+        var md = g["metadata"]!;
+        Assert.Equal("gemma2", md["general.architecture"]!.GetValue<string>());
+        Assert.Equal(8, md["gemma2.attention.sliding_window"]!.GetValue<int>());
+        Assert.Equal(50.0, md["gemma2.attn_logit_softcapping"]!.GetValue<double>());
+        Assert.Equal(30.0, md["gemma2.final_logit_softcapping"]!.GetValue<double>());
+        Assert.Equal(16, md["gemma2.attention.key_length"]!.GetValue<int>());
+        var names = g["tensorInfos"]!.AsArray().Select(t => t!["name"]!.GetValue<string>()).ToHashSet();
+        Assert.Superset(new HashSet<string> { "blk.0.attn_norm.weight", "blk.0.post_attention_norm.weight", "blk.0.ffn_norm.weight", "blk.0.post_ffw_norm.weight", "output_norm.weight" }, names);
+        Assert.DoesNotContain("output.weight", names); // tied
+        var table = new Formats.GgufTensorTable(_dir.File("m.gguf"));
+        var stored = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(table.Data("blk.1.post_ffw_norm.weight")).ToArray();
+        Assert.Equal(Enumerable.Range(0, 32).Select(i => 1f + (0.01f * i - 0.1f)).ToArray(), stored);
+        Assert.All(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(table.Data("blk.0.attn_norm.weight")).ToArray(), v => Assert.Equal(1f, v));
+    }
+
+    [Fact]
+    public void Gemma3_export_names_q_k_norms_and_notes_what_llama_cpp_fixes()
+    {
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Gemma3, HiddenSize = 32, IntermediateSize = 48, NumHiddenLayers = 2, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 16, LayerTypes = ["full_attention", "sliding_attention"], Seed = 2 }, _dir.File("m"));
+        var result = GgufExporter.Export(_dir.File("m"), _dir.File("m.gguf"), GgufTensorType.F16, "tiny");
+        Assert.Contains(result.Notes, n => n == "layer_types differ from gemma3's fixed pattern (every 6th layer global), which llama.cpp uses");
+        Assert.Contains(result.Notes, n => n == "query_pre_attn_scalar 256 is neither head_dim nor hidden_size / num_attention_heads; llama.cpp scales attention by one of those");
+        var md = NodeFixtures.ReadGguf(_dir.File("m.gguf"))["metadata"]!;
+        Assert.Equal("gemma3", md["general.architecture"]!.GetValue<string>());
+        Assert.Equal(4096, md["gemma3.attention.sliding_window"]!.GetValue<int>());
+        Assert.Null(md["gemma3.final_logit_softcapping"]);
+        var table = new Formats.GgufTensorTable(_dir.File("m.gguf"));
+        Assert.Equal(GgufTensorType.F32, table.Tensors["blk.1.attn_q_norm.weight"].Type);
+        Assert.All(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(table.Data("blk.1.attn_k_norm.weight")).ToArray(), v => Assert.Equal(1f, v));
+    }
+}
