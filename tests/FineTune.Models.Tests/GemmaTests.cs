@@ -223,3 +223,18 @@ public sealed class GemmaGgufTests : IDisposable
         Assert.All(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(table.Data("blk.1.attn_k_norm.weight")).ToArray(), v => Assert.Equal(1f, v));
     }
 }
+
+public sealed class GemmaGgufRefusalTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public void An_untied_gemma2_is_refused_before_any_file_is_written()
+    {
+        ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Gemma2, TieWordEmbeddings = false, HiddenSize = 32, IntermediateSize = 48, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 16 }, _dir.File("m"));
+        var e = Assert.Throws<ModelFormatException>(() => GgufExporter.Export(_dir.File("m"), _dir.File("m.gguf"), GgufTensorType.F16, "tiny"));
+        Assert.Equal($"{_dir.File("m/config.json")}: gemma2 sets tie_word_embeddings: false, but llama.cpp's gemma2 ties the output projection to the token embeddings; a GGUF would drop lm_head. Export the HF format, or train with tie_word_embeddings: true.", e.Message);
+        Assert.False(File.Exists(_dir.File("m.gguf")));
+    }
+}

@@ -144,7 +144,7 @@ public static class GgufExporter
                 notes.Add("rope_scaling dynamic has no GGUF equivalent; the file uses unscaled RoPE (set the context in the runtime)");
                 break;
         }
-        AddInterleavedAttention(w, arch, config, notes);
+        AddInterleavedAttention(w, arch, config, modelDir, notes);
         AddTokenizer(w, modelDir, config, notes);
 
         using var reader = SafetensorsReader.Open(modelDir);
@@ -228,9 +228,13 @@ public static class GgufExporter
     /// local/global pattern (gemma2: alternating, gemma3: every 6th global), gemma3's local rope base (10000) and the
     /// attention scale (head_dim^-½, or (hidden/heads)^-½ for the 27B models) — so a config that differs gets a note.
     /// </summary>
-    private static void AddInterleavedAttention(GgufWriter w, string arch, ModelConfig config, List<string> notes)
+    private static void AddInterleavedAttention(GgufWriter w, string arch, ModelConfig config, string modelDir, List<string> notes)
     {
         if (config.Architecture.Interleaved is not { } d) return;
+        // llama.cpp's gemma2 always projects with token_embd (convert_hf_to_gguf.py drops lm_head): an untied head would be lost.
+        if (arch == "gemma2" && !config.TieWordEmbeddings)
+            throw new ModelFormatException(Path.Combine(modelDir, "config.json"),
+                "gemma2 sets tie_word_embeddings: false, but llama.cpp's gemma2 ties the output projection to the token embeddings; a GGUF would drop lm_head. Export the HF format, or train with tie_word_embeddings: true.");
         w.Add($"{arch}.attention.sliding_window", (uint)(config.SlidingWindow ?? d.SlidingWindow));
         if (arch == "gemma2")
         {
