@@ -28,7 +28,8 @@ public sealed class LlamaCppGenerationTests : IDisposable
         string yaml = File.ReadAllText(Path.Combine(RepoRoot, "pipelines", "identity", "pipeline.yaml"));
         Assert.Contains("architecture: qwen3", yaml);
         Assert.Contains("device: auto", yaml);
-        if (tied) yaml = yaml.Replace("tie_word_embeddings: false", "tie_word_embeddings: true");
+        // Tied: no lm_head to train beside the adapter; the (shared) embeddings train instead.
+        if (tied) yaml = yaml.Replace("tie_word_embeddings: false", "tie_word_embeddings: true").Replace("lm_head]", "embed_tokens]");
         yaml = yaml.Replace("architecture: qwen3", $"architecture: {architecture}{scratchExtra}")
             .Replace("device: auto", "device: cpu")
             .Replace("data:\n", $"data:\n  dataset_dir: {Path.Combine(RepoRoot, "data")}\n");
