@@ -13,8 +13,22 @@ public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen
     public static AttentionShape Training(int batch, int seqLen, int queryHeads, int kvHeads, int headDim) =>
         new(batch, seqLen, seqLen, seqLen, queryHeads, kvHeads, headDim);
 
-    /// <summary>Softmax scale 1/sqrt(head_dim).</summary>
-    public float Scale => 1f / MathF.Sqrt(HeadDim);
+    /// <summary>Softmax scale: the variant's query scale when set (gemma's query_pre_attn_scalar^-½), else 1/sqrt(head_dim).</summary>
+    public float Scale => Variant.QueryScale ?? 1f / MathF.Sqrt(HeadDim);
+
+    /// <summary>The attention variant of the layer (sliding window, logit soft-cap, scale); none by default.</summary>
+    public AttentionVariant Variant { get; init; }
+}
+
+/// <summary>
+/// What a layer's attention computes beyond causal softmax(q·kᵀ·scale)·v. <see cref="Window"/> &gt; 0: key j is
+/// visible from the query at key position p only when p − j &lt; Window (HF's sliding-window mask; gemma's local
+/// layers, mistral). <see cref="SoftCap"/> &gt; 0: each scaled score s becomes cap·tanh(s/cap) before the softmax
+/// (gemma 2's attn_logit_softcapping). <see cref="QueryScale"/>: the score scale when it is not head_dim^-½.
+/// </summary>
+public readonly record struct AttentionVariant(int Window = 0, float SoftCap = 0f, float? QueryScale = null)
+{
+    public bool IsPlain => Window <= 0 && SoftCap <= 0f;
 }
 
 /// <summary>
@@ -26,8 +40,11 @@ public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen
 /// </summary>
 public readonly record struct CachedAttentionShape(int Tokens, int Slots, int Capacity, int QueryHeads, int KvHeads, int HeadDim)
 {
-    /// <summary>Softmax scale 1/sqrt(head_dim).</summary>
-    public float Scale => 1f / MathF.Sqrt(HeadDim);
+    /// <summary>Softmax scale: the variant's query scale when set, else 1/sqrt(head_dim).</summary>
+    public float Scale => Variant.QueryScale ?? 1f / MathF.Sqrt(HeadDim);
+
+    /// <summary>Sliding window and soft-cap as <see cref="AttentionShape.Variant"/> (the window counts cache positions).</summary>
+    public AttentionVariant Variant { get; init; }
 }
 
 /// <summary>
@@ -106,18 +123,20 @@ public interface IBackend : IDisposable
     /// <summary>Accumulates dtable[ids[i], :] += dout[i, :].</summary>
     void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids);
 
-    // ---- RMSNorm: y = x / sqrt(mean(x²) + eps) · w, rows of width w.Length; statistics in F32 ----
-    void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps);
+    // ---- RMSNorm: y = x / sqrt(mean(x²) + eps) · (weightOffset + w), rows of width w.Length; statistics in F32 ----
+    // weightOffset is 0 for llama-style norms and 1 for gemma's (1 + w), whose product is taken in F32 and rounded once.
+    void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f);
     /// <summary>
     /// resid = a + b, then y = RMSNorm(resid) of the sum as stored (rounded to resid's dtype), in one pass: the
     /// residual add and the next sub-layer's pre-norm fused. resid may be the same tensor as a or b; y may not.
     /// </summary>
-    void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps);
+    void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f);
     /// <summary>
     /// Accumulates dx += ∂L/∂x and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
-    /// with rstd from the forward: dx = rstd·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·rstd.
+    /// with rstd from the forward: dx = rstd·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·rstd, w read as weightOffset + w
+    /// (dweight is the same either way: ∂(offset + w)/∂w = 1).
     /// </summary>
-    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd);
+    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f);
 
     // ---- rotary position embedding (rotate-half convention of HF transformers), in place ----
     /// <summary>
@@ -152,6 +171,17 @@ public interface IBackend : IDisposable
     void SwiGlu(Tensor h, Tensor gate, Tensor up);
     /// <summary>Writes dgate and dup from dh.</summary>
     void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up);
+
+    // ---- GeGLU (gemma): h = gelu_tanh(gate) ⊙ up, gelu_tanh(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) ----
+    void GeGlu(Tensor h, Tensor gate, Tensor up);
+    /// <summary>Writes dgate and dup from dh.</summary>
+    void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up);
+
+    // ---- soft-capping (gemma's final_logit_softcapping) ----
+    /// <summary>y = cap·tanh(x/cap) elementwise (y may be x).</summary>
+    void SoftCap(Tensor y, Tensor x, float cap);
+    /// <summary>dx ⊙= 1 − (y/cap)², y the forward's output: the backward of <see cref="SoftCap"/> in place.</summary>
+    void SoftCapBackward(Tensor dx, Tensor y, float cap);
 
     // ---- loss ----
     /// <summary>

@@ -50,9 +50,9 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void BiasBackward(Tensor dbias, Tensor dy) { var t = Begin(); _inner.BiasBackward(dbias, dy); End("BiasBackward", t); }
     public void Embedding(Tensor output, Tensor table, Tensor ids) { var t = Begin(); _inner.Embedding(output, table, ids); End("Embedding", t); }
     public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) { var t = Begin(); _inner.EmbeddingBackward(dtable, doutput, ids); End("EmbeddingBackward", t); }
-    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps) { var t = Begin(); _inner.RmsNorm(y, rstd, x, weight, eps); End("RmsNorm", t); }
-    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps) { var t = Begin(); _inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps); End("ResidualRmsNorm", t); }
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) { var t = Begin(); _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd); End("RmsNormBackward", t); }
+    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f) { var t = Begin(); _inner.RmsNorm(y, rstd, x, weight, eps, weightOffset); End("RmsNorm", t); }
+    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f) { var t = Begin(); _inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset); End("ResidualRmsNorm", t); }
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f) { var t = Begin(); _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset); End("RmsNormBackward", t); }
     public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) { var t = Begin(); _inner.Rope(x, positions, cos, sin, headDim, inverse); End("Rope", t); }
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.Attention(output, lse, q, k, v, segmentIds, shape); End("Attention", t); }
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
@@ -62,6 +62,10 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void ArgMax(Tensor x, Tensor output) { var t = Begin(); _inner.ArgMax(x, output); End("ArgMax", t); }
     public void SwiGlu(Tensor h, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGlu(h, gate, up); End("SwiGlu", t); }
     public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGluBackward(dgate, dup, dh, gate, up); End("SwiGluBackward", t); }
+    public void GeGlu(Tensor h, Tensor gate, Tensor up) { var t = Begin(); _inner.GeGlu(h, gate, up); End("GeGlu", t); }
+    public void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) { var t = Begin(); _inner.GeGluBackward(dgate, dup, dh, gate, up); End("GeGluBackward", t); }
+    public void SoftCap(Tensor y, Tensor x, float cap) { var t = Begin(); _inner.SoftCap(y, x, cap); End("SoftCap", t); }
+    public void SoftCapBackward(Tensor dx, Tensor y, float cap) { var t = Begin(); _inner.SoftCapBackward(dx, y, cap); End("SoftCapBackward", t); }
     public void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) { var t = Begin(); _inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad); End("CrossEntropy", t); }
     public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales) { var t = Begin(); _inner.LabelLogProbs(logits, labels, logProbs, gradScales); End("LabelLogProbs", t); }
     public void Dropout(Tensor y, Tensor x, float p, ulong seed) { var t = Begin(); _inner.Dropout(y, x, p, seed); End("Dropout", t); }

@@ -30,7 +30,8 @@ public sealed partial class CausalLM
         var mode = Setup.Checkpointing;
         if (!training) return CheckpointingPlanner.Fixed(CheckpointingMode.On, _layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, null);
         if (mode != CheckpointingMode.Auto) return CheckpointingPlanner.Fixed(mode, _layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, null);
-        var plan = CheckpointingPlanner.Choose(_layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, budget);
+        var plan = CheckpointingPlanner.Choose(_layers.Length, LowestBackwardLayer, capacity, bytes, held, workspace, budget,
+            allowSelective: SelectiveRecomputeApplies);
         CheckpointingNotice?.Invoke(plan.Summary);
         return plan;
     }
@@ -45,6 +46,13 @@ public sealed partial class CausalLM
         long partials = Spec.NumHeads != Spec.NumKvHeads ? 2L * tokens * Spec.QDim * sizeof(float) : 0;
         return Engine.Cuda.CudaDevice.CublasWorkspaceBytes + rows * sizeof(float) + partials;
     }
+
+    /// <summary>
+    /// Selective recompute rebuilds ln1, ln2 and act with the llama block's operations (pre-norm RMSNorm, the fused residual
+    /// norm, SwiGLU); sandwich-norm (gemma) blocks, (1 + w) norms and GeGLU compute them otherwise, so their layers are kept
+    /// whole or recomputed whole.
+    /// </summary>
+    private bool SelectiveRecomputeApplies => !Spec.Sandwich && Spec.NormWeightOffset == 0 && Spec.Family.Block.Activation == MlpActivation.Silu;
 
     /// <summary>Whether layer <paramref name="l"/>'s forward runs again before its backward.</summary>
     private bool RecomputesLayer(int l) => CheckpointingPlanner.Recomputes(_acts!.Storage, l);

@@ -38,7 +38,9 @@ public sealed partial class CausalLM
             .Select(d => Path.Combine(d, ValueHeadFileName)).FirstOrDefault(File.Exists);
         if (valueHead is not null) setup = setup with { ValueHead = true };
         using var reader = SafetensorsReader.Open(modelDirectory);
-        var model = new CausalLM(spec, backend, setup, new SafetensorsWeights(reader, modelDirectory))
+        IWeightSource weights = new SafetensorsWeights(reader, modelDirectory);
+        if (config.LanguageModelWeights is { } layout) weights = new LanguageModelWeightSource(weights, layout);
+        var model = new CausalLM(spec, backend, setup, weights)
         {
             Config = config,
             ModelDirectory = Path.GetFullPath(modelDirectory),

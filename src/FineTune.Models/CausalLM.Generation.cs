@@ -92,6 +92,7 @@ public sealed partial class CausalLM
         var y = acts.Residual[1].View(0, [n, c]);
         foreach (var g in step.TokenGroups)
             B.Embedding(x.SliceRows(g.Start, g.Count), bank?.Embedding(g.Adapter) ?? _embed.Value, ids.View(g.Start, [g.Count]));
+        if (EmbeddingScale is { } es) B.Scale(x, es);
         var shape = new CachedAttentionShape(n, cache.Slots, cache.Capacity, s.NumHeads, s.NumKvHeads, s.HeadDim);
         var a = acts.Layers[0];
         _stepLora = bank is null ? null : new StepLora(bank, step.TokenGroups);
@@ -103,7 +104,7 @@ public sealed partial class CausalLM
                 B.ScatterRows(cache.K[l], k, cache.TokenRows.View(0, [n]));
                 B.ScatterRows(cache.V[l], v, cache.TokenRows.View(0, [n]));
                 var att = Rows(a.Att, n);
-                B.CachedAttention(att, q, cache.K[l], cache.V[l], cache.TokenSlots.View(0, [n]), pos, shape);
+                B.CachedAttention(att, q, cache.K[l], cache.V[l], cache.TokenSlots.View(0, [n]), pos, shape with { Variant = s.AttentionVariantOf(l) });
                 LayerTail(_layers[l], a, x, att, y, n, 0, false);
                 (x, y) = (y, x);
             }
@@ -118,8 +119,9 @@ public sealed partial class CausalLM
         foreach (var g in step.LogitGroups)
         {
             B.RmsNorm(normed.SliceRows(g.Start, g.Count), acts.RstdF.View(g.Start, [g.Count]), last.SliceRows(g.Start, g.Count),
-                bank?.FinalNorm(g.Adapter) ?? _finalNorm.Value, (float)s.RmsNormEps);
+                bank?.FinalNorm(g.Adapter) ?? _finalNorm.Value, (float)s.RmsNormEps, s.NormWeightOffset);
             B.MatMul(logits.SliceRows(g.Start, g.Count), normed.SliceRows(g.Start, g.Count), false, bank?.Head(g.Adapter) ?? HeadWeight.Value, true);
+            if (s.FinalLogitSoftcap > 0) B.SoftCap(logits.SliceRows(g.Start, g.Count), logits.SliceRows(g.Start, g.Count), (float)s.FinalLogitSoftcap);
         }
         return logits;
     }

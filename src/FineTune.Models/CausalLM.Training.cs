@@ -59,7 +59,11 @@ public sealed partial class CausalLM
                 RecomputeSelective(_layers[l], a, acts.Residual[l], n);
             LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
         }
-        if (_embed.Grad is { } eg) Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
+        if (_embed.Grad is { } eg)
+        {
+            if (EmbeddingScale is { } es) Backend.Scale(Rows(acts.Dres, n), es);
+            Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
+        }
     }
 
     /// <summary>Forward only (evaluation): the summed loss over labelled tokens, no dropout, no gradients.</summary>
@@ -89,13 +93,14 @@ public sealed partial class CausalLM
         int n = batch.TokenCount, v = Spec.VocabSize;
         RunForward(batch, n);
         var acts = _acts!;
-        Backend.RmsNorm(Rows(acts.LnF, n), Head1(acts.RstdF, n), Rows(acts.Residual[^1], n), _finalNorm.Value, (float)Spec.RmsNormEps);
+        Backend.RmsNorm(Rows(acts.LnF, n), Head1(acts.RstdF, n), Rows(acts.Residual[^1], n), _finalNorm.Value, (float)Spec.RmsNormEps, Spec.NormWeightOffset);
         var result = new float[(long)n * v];
         for (int r0 = 0; r0 < n; r0 += acts.ChunkRows)
         {
             int cr = Math.Min(acts.ChunkRows, n - r0);
             var logits = acts.Logits.View(0, [cr, v]);
             Backend.MatMul(logits, acts.LnF.View((long)r0 * Spec.HiddenSize, [cr, Spec.HiddenSize]), false, HeadWeight.Value, true);
+            if (Spec.FinalLogitSoftcap > 0) Backend.SoftCap(logits, logits, (float)Spec.FinalLogitSoftcap);
             Backend.Download(logits, result.AsSpan(r0 * v, cr * v));
         }
         return result;
@@ -203,11 +208,20 @@ public sealed partial class CausalLM
         _rope?.Dispose();
         var b = new TensorArena.Builder();
         int hc = b.Add("rope_cos", DType.F32, length, half), hs = b.Add("rope_sin", DType.F32, length, half);
+        bool local = Spec.LocalRopeTheta is not null;
+        int lc = local ? b.Add("rope_cos_local", DType.F32, length, half) : -1, ls = local ? b.Add("rope_sin_local", DType.F32, length, half) : -1;
         _rope = b.Build(Backend);
         _cos = _rope[hc];
         _sin = _rope[hs];
         Backend.Upload(_cos, cos);
         Backend.Upload(_sin, sin);
+        if (local)
+        {
+            LocalRopeTable(Spec, length, cos, sin);
+            (_cosLocal, _sinLocal) = (_rope[lc], _rope[ls]);
+            Backend.Upload(_cosLocal, cos);
+            Backend.Upload(_sinLocal, sin);
+        }
         _ropeLength = length;
     }
 
@@ -216,6 +230,7 @@ public sealed partial class CausalLM
         var acts = _acts!;
         var x = Rows(acts.Residual[0], n);
         Backend.Embedding(x, _embed.Value, Head1(acts.Ids, n));
+        if (EmbeddingScale is { } es) Backend.Scale(x, es);
         if (training && Setup.NeftuneNoiseAlpha is { } alpha && alpha > 0)
             Backend.AddUniformNoise(x, (float)(alpha / Math.Sqrt((double)seqLen * Spec.HiddenSize)), Seeds.Mix(seed, 0xE0E0));
     }
@@ -226,6 +241,7 @@ public sealed partial class CausalLM
     {
         var acts = _acts!;
         var x = Rows(xFull, n);
+        shape = shape with { Variant = Spec.AttentionVariantOf(L.Index) };
         var (q, k, v) = AttentionInputs(L, a, x, Head1(acts.Positions, n), n, seed, training);
         var att = Rows(a.Att, n);
         Backend.Attention(att, Head1(a.Lse, (long)n * Spec.NumHeads), q, k, v, Head1(acts.Segments, n), shape);
@@ -238,7 +254,7 @@ public sealed partial class CausalLM
         var B = Backend;
         float eps = (float)Spec.RmsNormEps;
         var ln1 = Rows(a.Ln1, n);
-        B.RmsNorm(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps);
+        B.RmsNorm(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, Spec.NormWeightOffset);
         var q = Rows(a.Q, n);
         var k = Rows(a.K, n);
         var v = Rows(a.V, n);
@@ -247,18 +263,20 @@ public sealed partial class CausalLM
             var qPre = Rows(a.QPre!, n);
             var kPre = Rows(a.KPre!, n);
             SetForward(L, 0, [qPre, kPre, v], ln1, a, n, seed, training);
-            B.RmsNorm(q, Head1(a.QRstd!, (long)n * Spec.NumHeads), qPre, L.QNorm!.Value, eps);
-            B.RmsNorm(k, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps);
+            B.RmsNorm(q, Head1(a.QRstd!, (long)n * Spec.NumHeads), qPre, L.QNorm!.Value, eps, Spec.NormWeightOffset);
+            B.RmsNorm(k, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps, Spec.NormWeightOffset);
         }
         else SetForward(L, 0, [q, k, v], ln1, a, n, seed, training);
-        B.Rope(q, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
-        B.Rope(k, pos, _cos!, _sin!, Spec.HeadDim, inverse: false);
+        var (cos, sin) = RopeTablesOf(L);
+        B.Rope(q, pos, cos, sin, Spec.HeadDim, inverse: false);
+        B.Rope(k, pos, cos, sin, Spec.HeadDim, inverse: false);
         return (q, k, v);
     }
 
     /// <summary>After attention: resMid = x + o(att), ln2 = rmsnorm(resMid), y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)).</summary>
     private void LayerTail(DecoderLayer L, LayerActivations a, Tensor x, Tensor att, Tensor y, int n, ulong seed, bool training)
     {
+        if (Spec.Sandwich) { SandwichTail(L, a, x, att, y, n, seed, training); return; }
         var B = Backend;
         var resMid = Rows(a.ResMid, n);
         SetForward(L, 1, [resMid], att, a, n, seed, training);
@@ -282,7 +300,46 @@ public sealed partial class CausalLM
         var x = Rows(xFull, n);
         var pos = Head1(acts.Positions, n);
         var dln = Rows(acts.Dln, n);
-        // MLP: y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)), ln2 = rmsnorm(resMid)
+        shape = shape with { Variant = Spec.AttentionVariantOf(L.Index) };
+        // ∂L/∂(o_proj's output): dres itself for a pre-norm block, through post_attention_layernorm for a sandwich one.
+        var dAttnOut = Spec.Sandwich ? SandwichTailBackward(L, a, n, seed) : MlpBackward(L, a, n, seed);
+        // Attention: resMid = x + o(attn(rope(q), rope(k), v)), q/k/v = proj(ln1), ln1 = rmsnorm(x)
+        var datt = Rows(acts.Datt, n);
+        SetBackward(L, 1, datt, [dAttnOut], Rows(a.Att, n), a, n, seed);
+        var dq = Rows(acts.Dq, n);
+        var dk = Rows(acts.Dk, n);
+        var dv = Rows(acts.Dv, n);
+        B.AttentionBackward(dq, dk, dv, datt, Rows(a.Att, n), Head1(a.Lse, (long)n * Spec.NumHeads),
+            Rows(a.Q, n), Rows(a.K, n), Rows(a.V, n), Head1(acts.Segments, n), shape);
+        var (cos, sin) = RopeTablesOf(L);
+        B.Rope(dq, pos, cos, sin, Spec.HeadDim, inverse: true);
+        B.Rope(dk, pos, cos, sin, Spec.HeadDim, inverse: true);
+        if (Spec.QkNorm)
+        {
+            var dqPre = Rows(acts.DqPre!, n);
+            var dkPre = Rows(acts.DkPre!, n);
+            B.Zero(dqPre);
+            B.Zero(dkPre);
+            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads), Spec.NormWeightOffset);
+            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), Spec.NormWeightOffset);
+            dq = dqPre;
+            dk = dkPre;
+        }
+        var ln1 = Rows(a.Ln1, n);
+        SetBackward(L, 0, dln, [dq, dk, dv], ln1, a, n, seed);
+        B.RmsNormBackward(dres, L.InputNorm.Grad, dln, x, L.InputNorm.Value, Head1(a.Rstd1, n), Spec.NormWeightOffset);
+    }
+
+    /// <summary>
+    /// MLP of a pre-norm block: y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)), ln2 = rmsnorm(resMid). From ∂L/∂y in Dres,
+    /// leaves ∂L/∂resMid there and returns it (the gradient of o_proj's output, which resMid adds).
+    /// </summary>
+    private Tensor MlpBackward(DecoderLayer L, LayerActivations a, int n, ulong seed)
+    {
+        var B = Backend;
+        var acts = _acts!;
+        var dres = Rows(acts.Dres, n);
+        var dln = Rows(acts.Dln, n);
         var dact = Rows(acts.Dact, n);
         SetBackward(L, 3, dact, [dres], Rows(a.Act, n), a, n, seed);
         var dgate = Rows(acts.Dgate, n);
@@ -291,30 +348,7 @@ public sealed partial class CausalLM
         var ln2 = Rows(a.Ln2, n);
         SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
         B.RmsNormBackward(dres, L.PostAttentionNorm.Grad, dln, Rows(a.ResMid, n), L.PostAttentionNorm.Value, Head1(a.Rstd2, n));
-        // Attention: resMid = x + o(attn(rope(q), rope(k), v)), q/k/v = proj(ln1), ln1 = rmsnorm(x)
-        var datt = Rows(acts.Datt, n);
-        SetBackward(L, 1, datt, [dres], Rows(a.Att, n), a, n, seed);
-        var dq = Rows(acts.Dq, n);
-        var dk = Rows(acts.Dk, n);
-        var dv = Rows(acts.Dv, n);
-        B.AttentionBackward(dq, dk, dv, datt, Rows(a.Att, n), Head1(a.Lse, (long)n * Spec.NumHeads),
-            Rows(a.Q, n), Rows(a.K, n), Rows(a.V, n), Head1(acts.Segments, n), shape);
-        B.Rope(dq, pos, _cos!, _sin!, Spec.HeadDim, inverse: true);
-        B.Rope(dk, pos, _cos!, _sin!, Spec.HeadDim, inverse: true);
-        if (Spec.QkNorm)
-        {
-            var dqPre = Rows(acts.DqPre!, n);
-            var dkPre = Rows(acts.DkPre!, n);
-            B.Zero(dqPre);
-            B.Zero(dkPre);
-            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads));
-            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads));
-            dq = dqPre;
-            dk = dkPre;
-        }
-        var ln1 = Rows(a.Ln1, n);
-        SetBackward(L, 0, dln, [dq, dk, dv], ln1, a, n, seed);
-        B.RmsNormBackward(dres, L.InputNorm.Grad, dln, x, L.InputNorm.Value, Head1(a.Rstd1, n));
+        return dres;
     }
 
     /// <summary>
@@ -460,7 +494,7 @@ public sealed partial class CausalLM
     private void FinalNormAndGather(int n, int m)
     {
         var acts = _acts!;
-        Backend.RmsNorm(Rows(acts.LnF, n), Head1(acts.RstdF, n), Rows(acts.Residual[^1], n), _finalNorm.Value, (float)Spec.RmsNormEps);
+        Backend.RmsNorm(Rows(acts.LnF, n), Head1(acts.RstdF, n), Rows(acts.Residual[^1], n), _finalNorm.Value, (float)Spec.RmsNormEps, Spec.NormWeightOffset);
         if (m > 0) Backend.Embedding(acts.Hc.View(0, [m, Spec.HiddenSize]), Rows(acts.LnF, n), Head1(acts.CompactRows, m));
     }
 
@@ -481,8 +515,20 @@ public sealed partial class CausalLM
             var logits = acts.Logits.View(0, [cr, v]);
             var h = acts.Hc.View((long)r0 * c, [cr, c]);
             B.MatMul(logits, h, false, w.Value, true);
+            // Final soft-cap (gemma): the loss sees cap·tanh(z/cap); its gradient goes back through 1 − (capped/cap)².
+            Tensor? capped = null;
+            if (Spec.FinalLogitSoftcap > 0)
+            {
+                B.SoftCap(logits, logits, (float)Spec.FinalLogitSoftcap);
+                if (grad)
+                {
+                    capped = acts.CappedLogits!.View(0, [cr, v]);
+                    B.Copy(capped, logits);
+                }
+            }
             loss(logits, r0, cr);
             if (!grad) continue;
+            if (capped is not null) B.SoftCapBackward(logits, capped, (float)Spec.FinalLogitSoftcap);
             B.MatMul(acts.Dhc.View((long)r0 * c, [cr, c]), logits, false, w.Value, false);
             if (w.Grad is { } dw) B.MatMul(dw, logits, true, h, false, 1f, accumulate: true);
         }
@@ -498,6 +544,6 @@ public sealed partial class CausalLM
         if (m > 0) B.EmbeddingBackward(dln, acts.Dhc.View(0, [m, Spec.HiddenSize]), Head1(acts.CompactRows, m));
         var dres = Rows(acts.Dres, n);
         B.Zero(dres);
-        B.RmsNormBackward(dres, _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n));
+        B.RmsNormBackward(dres, _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n), Spec.NormWeightOffset);
     }
 }

@@ -22,6 +22,8 @@ public sealed partial class CausalLM : IDisposable
     private ModelActivations? _acts;
     private TensorArena? _rope;
     private Tensor? _cos, _sin;
+    /// <summary>Gemma 3's local layers: the rope table of rope_local_base_freq (null where every layer shares _cos/_sin).</summary>
+    private Tensor? _cosLocal, _sinLocal;
     private int _ropeLength;
 
     private CausalLM(TransformerSpec spec, IBackend backend, TrainingSetup setup, IWeightSource weights)
@@ -71,6 +73,9 @@ public sealed partial class CausalLM : IDisposable
             var kNorm = spec.QkNorm ? P($"{attn}.{n.KNorm}.weight", ParameterRole.Norm, spec.HeadDim) : null;
             var o = L(attn, n.O, c, qd, spec.OutputBias);
             var postAttentionNorm = P($"{pre}.{n.PostAttentionNorm}.weight", ParameterRole.Norm, c);
+            // Sandwich (gemma): the MLP's own pre- and post-norms beside post_attention_layernorm (which norms the attention output).
+            var preFeedforwardNorm = spec.Sandwich ? P($"{pre}.{n.PreFeedforwardNorm}.weight", ParameterRole.Norm, c) : null;
+            var postFeedforwardNorm = spec.Sandwich ? P($"{pre}.{n.PostFeedforwardNorm}.weight", ParameterRole.Norm, c) : null;
             var gateUp = spec.Family.Block.FusedGateUp ? Fused(mlp, n.GateUp, c, inter, inter)
                 : [L(mlp, n.Gate, inter, c, false), L(mlp, n.Up, inter, c, false)];
             _layers[l] = new DecoderLayer
@@ -84,6 +89,8 @@ public sealed partial class CausalLM : IDisposable
                 KNorm = kNorm,
                 O = o,
                 PostAttentionNorm = postAttentionNorm,
+                PreFeedforwardNorm = preFeedforwardNorm,
+                PostFeedforwardNorm = postFeedforwardNorm,
                 Gate = gateUp[0],
                 Up = gateUp[1],
                 Down = L(mlp, n.Down, c, inter, false),

@@ -92,13 +92,14 @@ public static class CheckpointingPlanner
     /// <param name="heldBytes">What the process holds on the device besides the activations (weights, grads, optimizer state).</param>
     /// <param name="workspaceBytes">Scratch the operations allocate inside a step (attention backward, cuBLASLt).</param>
     /// <param name="budgetBytes">The ceiling for held + activations + workspace; null: no ceiling (keep every layer).</param>
+    /// <param name="allowSelective">Whether the block's selective recompute applies (llama-style pre-norm SwiGLU blocks).</param>
     public static CheckpointingPlan Choose(int layers, int lowestBackwardLayer, int tokens, ActivationBytes bytes, long heldBytes,
-        long workspaceBytes, long? budgetBytes)
+        long workspaceBytes, long? budgetBytes, bool allowSelective = true)
     {
         CheckpointingPlan? best = null;
         (int Recomputed, int Selective, long Bytes) bestKey = default;
         for (int r = 0; r <= layers; r++)
-            for (int s = 0; r + s <= layers; s++)
+            for (int s = 0; r + s <= (allowSelective ? layers : r); s++)
             {
                 var plan = Build(CheckpointingMode.Auto, layers, lowestBackwardLayer, tokens, r, s, bytes, heldBytes, workspaceBytes, budgetBytes);
                 if (!plan.FitsBudget) continue;

@@ -46,6 +46,12 @@ public static class EngineBenchmark
         // Phi-4 (Phi3ForCausalLM): fused qkv_proj / gate_up_proj, the peer script's phi4 row (issue 12).
         ["phi4"] = new() { Architecture = "phi3", VocabSize = 100352, HiddenSize = 5120, IntermediateSize = 17920, NumLayers = 40,
             NumHeads = 40, NumKvHeads = 10, TieWordEmbeddings = false, RopeTheta = 250000, RmsNormEps = 1e-5, MaxPositionEmbeddings = 16384 },
+        // Gemma 3 12B (Gemma3ForCausalLM) as the peer script's gemma3_12b: window 1024 on five local layers of six, local
+        // rope 10000, tied embeddings, Gemma3TextConfig's other defaults (no soft-caps).
+        ["gemma3-12b"] = new() { Architecture = "gemma3_text", VocabSize = 262208, HiddenSize = 3840, IntermediateSize = 15360, NumLayers = 48,
+            NumHeads = 16, NumKvHeads = 8, HeadDimOverride = 256, TieWordEmbeddings = true, RopeTheta = 1e6, RmsNormEps = 1e-6,
+            MaxPositionEmbeddings = 131072, QkNorm = true, QueryPreAttnScalar = 256, SlidingWindow = 1024,
+            SlidingLayers = Enumerable.Range(0, 48).Select(i => (i + 1) % 6 != 0).ToArray(), LocalRopeTheta = 10000 },
         // The QLoRA proof's big shapes (issue 16): they fit one H200 with a 4-bit base.
         ["qwen2.5-32b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 5120, IntermediateSize = 27648, NumLayers = 64,
             NumHeads = 40, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },

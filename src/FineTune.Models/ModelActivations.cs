@@ -8,6 +8,8 @@ internal sealed class LayerActivations
     public Tensor Ln1 = null!, Rstd1 = null!, Q = null!, K = null!, V = null!, Att = null!, Lse = null!;
     public Tensor? QPre, KPre, QRstd, KRstd;
     public Tensor ResMid = null!, Ln2 = null!, Rstd2 = null!, Gate = null!, Up = null!, Act = null!;
+    /// <summary>Sandwich blocks: o_proj's and down_proj's outputs before their post-norms, and those norms' rstd.</summary>
+    public Tensor? AttnOut, MlpOut, RstdPostAttn, RstdPostFf;
     /// <summary>
     /// Per input set with LoRA (<see cref="DecoderLayer.InputSets"/>), storage for the group's xa: the grouped path
     /// views it as xaᵀ [g·r, tokens] (adapter j's block [r, tokens] at j·r·tokens).
@@ -37,6 +39,10 @@ internal sealed class ModelActivations : IDisposable
     public IReadOnlyList<LayerStorage> Storage { get; }
     public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dgate, Dup, Dact, Dxa, DropScratch;
     public Tensor? DqPre, DkPre;
+    /// <summary>Sandwich blocks: ∂L/∂(a sub-layer's output before its post-norm).</summary>
+    public Tensor? DsubLayer;
+    /// <summary>Final logit soft-cap: the capped logits of a chunk (its backward reads them after the loss overwrote the logits).</summary>
+    public Tensor? CappedLogits;
     public Tensor LnF, RstdF, Hc, Dhc, Logits, LossSum;
     /// <summary>
     /// F32 per gathered row: log p(label) of each labelled row (or a value head's output), and the per-row gradient
@@ -103,6 +109,7 @@ internal sealed class ModelActivations : IDisposable
                 QPre = O($"{s}.qpre"), KPre = O($"{s}.kpre"), QRstd = O($"{s}.qrstd"), KRstd = O($"{s}.krstd"),
                 Att = T($"{s}.att"), Lse = T($"{s}.lse"), ResMid = T($"{s}.resmid"), Ln2 = selective ? T("sel.ln2") : T($"{s}.ln2"), Rstd2 = T($"{s}.rstd2"),
                 Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = selective ? T("sel.act") : T($"{s}.act"),
+                AttnOut = O($"{s}.attnout"), MlpOut = O($"{s}.mlpout"), RstdPostAttn = O($"{s}.rstdpa"), RstdPostFf = O($"{s}.rstdpf"),
             };
             var layer = layers[setLayer[s]];
             var linears = layer.Linears.ToArray();
@@ -120,7 +127,7 @@ internal sealed class ModelActivations : IDisposable
         Tensor Opt(string name) => O(name) ?? T("hc");
         Dres = Opt("dres"); Dln = Opt("dln"); Dq = Opt("dq"); Dk = Opt("dk"); Dv = Opt("dv"); Datt = Opt("datt");
         Dgate = Opt("dgate"); Dup = Opt("dup"); Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
-        DqPre = O("dqpre"); DkPre = O("dkpre");
+        DqPre = O("dqpre"); DkPre = O("dkpre"); DsubLayer = O("dsub"); CappedLogits = O("cappedlogits");
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
         CompactLogProbs = T("clogp"); CompactScales = T("cscale");
         Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
@@ -169,6 +176,11 @@ internal sealed class ModelActivations : IDisposable
         add($"{prefix}rstd2", DType.F32, [n]);
         add($"{prefix}gate", f, [n, inter]); add($"{prefix}up", f, [n, inter]);
         if (!selective) add($"{prefix}act", f, [n, inter]);
+        if (spec.Sandwich)
+        {
+            add($"{prefix}attnout", f, [n, c]); add($"{prefix}mlpout", f, [n, c]);
+            add($"{prefix}rstdpa", DType.F32, [n]); add($"{prefix}rstdpf", DType.F32, [n]);
+        }
         for (int g = 0; g < DecoderLayer.InputSetCount; g++)
             if (layer.LoraGroups[g] is { } group) add($"{prefix}xa{g}", f, [group.Rows, n]);
     }
@@ -196,11 +208,13 @@ internal sealed class ModelActivations : IDisposable
         {
             add("dres", f, [n, c]); add("dln", f, [n, c]); add("dq", f, [n, qd]); add("dk", f, [n, kvd]); add("dv", f, [n, kvd]);
             if (spec.QkNorm) { add("dqpre", f, [n, qd]); add("dkpre", f, [n, kvd]); }
+            if (spec.Sandwich) add("dsub", f, [n, c]);
             add("datt", f, [n, qd]); add("dgate", f, [n, inter]); add("dup", f, [n, inter]); add("dact", f, [n, inter]);
             add("dxa", f, [maxRows, n]); add("drop", f, [n, maxIn]);
         }
         add("lnf", f, [n, c]); add("rstdf", DType.F32, [n]); add("hc", f, [n, c]); add("dhc", f, [training ? n : 1, c]);
         add("logits", f, [chunkRows, spec.VocabSize]); add("loss", DType.F32, [1]);
+        if (spec.FinalLogitSoftcap > 0 && training) add("cappedlogits", f, [chunkRows, spec.VocabSize]);
         add("clogp", DType.F32, [n]); add("cscale", DType.F32, [n]);
         foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) add(name, DType.I32, [n]);
     }

@@ -116,6 +116,9 @@ internal sealed class DecoderLayer
     public required int Index { get; init; }
     public required Parameter InputNorm { get; init; }
     public required Parameter PostAttentionNorm { get; init; }
+    /// <summary>Sandwich blocks (gemma): the norms before and after the MLP.</summary>
+    public Parameter? PreFeedforwardNorm { get; init; }
+    public Parameter? PostFeedforwardNorm { get; init; }
     public Parameter? QNorm { get; init; }
     public Parameter? KNorm { get; init; }
     public required LoraLinear Q { get; init; }
@@ -149,6 +152,8 @@ internal sealed class DecoderLayer
             yield return O.Weight;
             if (O.Bias is not null) yield return O.Bias;
             yield return PostAttentionNorm;
+            if (PreFeedforwardNorm is not null) yield return PreFeedforwardNorm;
+            if (PostFeedforwardNorm is not null) yield return PostFeedforwardNorm;
             yield return Gate.Weight;
             yield return Up.Weight;
             yield return Down.Weight;

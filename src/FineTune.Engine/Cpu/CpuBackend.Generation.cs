@@ -42,7 +42,8 @@ public sealed unsafe partial class CpuBackend
         }
         runStart.Add(s.Tokens);
         int d = s.HeadDim, hq = s.QueryHeads, hkv = s.KvHeads, group = hq / hkv, runs = runStart.Count - 1;
-        float scale = s.Scale;
+        float scale = s.Scale, cap = s.Variant.SoftCap;
+        int window = s.Variant.Window;
         For(runs * hq, rh =>
         {
             int run = rh / hq, h = rh % hq, kh = h / group;
@@ -57,17 +58,18 @@ public sealed unsafe partial class CpuBackend
                 Transpose(pv + kvBase, hkv * d, len, d, vt);
                 for (int t = t0; t < t1; t++)
                 {
-                    int count = pp[t] + 1;
+                    int start = VisibleStart(0, pp[t], window), count = pp[t] - start + 1;
                     float* qi = pq + ((long)t * hq + h) * d;
                     float* oi = po + ((long)t * hq + h) * d;
                     var scores = buf.AsSpan(2 * d * len, count);
                     scores.Clear();
-                    for (int c = 0; c < d; c++) TensorPrimitives.MultiplyAdd(kt.Slice(c * len, count), qi[c] * scale, scores, scores);
+                    for (int c = 0; c < d; c++) TensorPrimitives.MultiplyAdd(kt.Slice(c * len + start, count), qi[c] * scale, scores, scores);
+                    if (cap > 0f) SoftCapScores(scores, cap, default);
                     float max = TensorPrimitives.Max(scores);
                     TensorPrimitives.Subtract(scores, max, scores);
                     TensorPrimitives.Exp(scores, scores);
                     float inv = 1f / TensorPrimitives.Sum(scores);
-                    for (int c = 0; c < d; c++) oi[c] = TensorPrimitives.Dot(scores, vt.Slice(c * len, count)) * inv;
+                    for (int c = 0; c < d; c++) oi[c] = TensorPrimitives.Dot(scores, vt.Slice(c * len + start, count)) * inv;
                 }
             }
             finally { ArrayPool<float>.Shared.Return(buf); }

@@ -4,17 +4,27 @@ namespace FineTune.Engine.Cpu;
 
 public sealed unsafe partial class CpuBackend
 {
-    // RMSNorm over rows of width C = weight.Length: rstd = 1/sqrt(mean(x²) + eps), y = x·rstd·w.
-    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps)
+    /// <summary>offset + w as a new array (gemma's (1 + w)), or null when the offset is 0 and w is used as it is.</summary>
+    private static float[]? ShiftedWeight(float* pw, int c, float offset)
+    {
+        if (offset == 0f) return null;
+        var shifted = new float[c];
+        TensorPrimitives.Add(new ReadOnlySpan<float>(pw, c), offset, shifted);
+        return shifted;
+    }
+
+    // RMSNorm over rows of width C = weight.Length: rstd = 1/sqrt(mean(x²) + eps), y = x·rstd·(offset + w).
+    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f)
     {
         int c = (int)weight.Length;
         int rows = (int)(x.Length / c);
         SameLength(y, x);
         if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
         float* py = F(y), px = F(x), pw = F(weight), pr = F(rstd);
+        float[]? shifted = ShiftedWeight(pw, c, weightOffset);
         ForRange(rows, Math.Max(1, 8192 / c), (s, e) =>
         {
-            var w = new ReadOnlySpan<float>(pw, c);
+            var w = shifted is null ? new ReadOnlySpan<float>(pw, c) : shifted;
             for (int r = s; r < e; r++)
             {
                 var xr = new ReadOnlySpan<float>(px + (long)r * c, c);
@@ -28,16 +38,17 @@ public sealed unsafe partial class CpuBackend
     }
 
     // resid = a + b, then RMSNorm of resid; per row, so the sum is still in cache when the norm reads it.
-    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps)
+    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f)
     {
         int c = (int)weight.Length;
         int rows = (int)(a.Length / c);
         SameLength(resid, a); SameLength(b, a); SameLength(y, a);
         if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
         float* pres = F(resid), py = F(y), pa = F(a), pb = F(b), pw = F(weight), pr = F(rstd);
+        float[]? shifted = ShiftedWeight(pw, c, weightOffset);
         ForRange(rows, Math.Max(1, 8192 / c), (s, e) =>
         {
-            var w = new ReadOnlySpan<float>(pw, c);
+            var w = shifted is null ? new ReadOnlySpan<float>(pw, c) : shifted;
             for (int r = s; r < e; r++)
             {
                 long at = (long)r * c;
@@ -54,19 +65,20 @@ public sealed unsafe partial class CpuBackend
     }
 
     // x̂ = x·rstd, g = w⊙dy: dx += rstd·(g − x̂·mean(g⊙x̂)); dw += Σ_rows dy⊙x̂.
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd)
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f)
     {
         int c = (int)weight.Length;
         int rows = (int)(x.Length / c);
         SameLength(dx, x); SameLength(dy, x);
         float* pdx = F(dx), pdy = F(dy), px = F(x), pw = F(weight), pr = F(rstd);
+        float[]? shifted = ShiftedWeight(pw, c, weightOffset);
         ForRange(rows, Math.Max(1, 4096 / c), (s, e) =>
         {
             float[] tmp = System.Buffers.ArrayPool<float>.Shared.Rent(c);
             try
             {
                 var g = new Span<float>(tmp, 0, c);
-                var w = new ReadOnlySpan<float>(pw, c);
+                var w = shifted is null ? new ReadOnlySpan<float>(pw, c) : shifted;
                 for (int r = s; r < e; r++)
                 {
                     var xr = new ReadOnlySpan<float>(px + (long)r * c, c);

@@ -233,6 +233,68 @@ public sealed unsafe partial class CpuBackend : IBackend
         });
     }
 
+    // ---- GeGLU ----
+    // gelu_tanh(g) = ½·g·(1 + t), t = tanh(u), u = √(2/π)·(g + 0.044715·g³);
+    // gelu_tanh'(g) = ½·(1 + t) + ½·g·(1 − t²)·√(2/π)·(1 + 3·0.044715·g²).
+    private const float GeluC = 0.7978845608028654f, GeluA = 0.044715f;
+
+    public void GeGlu(Tensor h, Tensor gate, Tensor up)
+    {
+        SameLength(h, gate); SameLength(h, up);
+        float* ph = F(h), pg = F(gate), pu = F(up);
+        ForRange((int)h.Length, 1 << 14, (s, e) =>
+        {
+            for (int i = s; i < e; i++)
+            {
+                float g = pg[i];
+                ph[i] = 0.5f * g * (1f + MathF.Tanh(GeluC * (g + GeluA * g * g * g))) * pu[i];
+            }
+        });
+    }
+
+    public void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up)
+    {
+        SameLength(dgate, dh); SameLength(dup, dh); SameLength(gate, dh); SameLength(up, dh);
+        float* pdg = F(dgate), pdu = F(dup), pdh = F(dh), pg = F(gate), pu = F(up);
+        ForRange((int)dh.Length, 1 << 14, (s, e) =>
+        {
+            for (int i = s; i < e; i++)
+            {
+                float g = pg[i], d = pdh[i];
+                float t = MathF.Tanh(GeluC * (g + GeluA * g * g * g));
+                pdu[i] = d * 0.5f * g * (1f + t);
+                pdg[i] = d * pu[i] * (0.5f * (1f + t) + 0.5f * g * (1f - t * t) * GeluC * (1f + 3f * GeluA * g * g));
+            }
+        });
+    }
+
+    // ---- soft-capping ----
+    public void SoftCap(Tensor y, Tensor x, float cap)
+    {
+        SameLength(y, x);
+        if (!(cap > 0f)) throw new ArgumentOutOfRangeException(nameof(cap), $"the soft-cap must be positive, got {cap}");
+        float* py = F(y), px = F(x);
+        ForRange((int)x.Length, 1 << 14, (s, e) =>
+        {
+            for (int i = s; i < e; i++) py[i] = cap * MathF.Tanh(px[i] / cap);
+        });
+    }
+
+    public void SoftCapBackward(Tensor dx, Tensor y, float cap)
+    {
+        SameLength(dx, y);
+        if (!(cap > 0f)) throw new ArgumentOutOfRangeException(nameof(cap), $"the soft-cap must be positive, got {cap}");
+        float* pd = F(dx), py = F(y);
+        ForRange((int)y.Length, 1 << 14, (s, e) =>
+        {
+            for (int i = s; i < e; i++)
+            {
+                float t = py[i] / cap;
+                pd[i] *= 1f - t * t;
+            }
+        });
+    }
+
     // ---- randomness ----
     /// <summary>SplitMix64 finaliser of (seed, index): a counter-based uniform in [0, 1) with 24 bits.</summary>
     internal static float Uniform(ulong seed, long index)

@@ -49,7 +49,8 @@ public sealed partial class CudaBackend
         CheckAttention(q, k, v, segmentIds, s);
         Need(lse, DType.F32);
         if (s.Batch == 0 || s.QueryLen == 0) return;
-        if (Flash(s.HeadDim, output, q, k, v))
+        // The flash kernels compute plain causal attention; sliding windows and soft-caps run the exact simple kernels.
+        if (s.Variant.IsPlain && Flash(s.HeadDim, output, q, k, v))
         {
             // Per stage: K and V tiles [64][D+8] and 64 segment ids.
             int stages = UseFlashPipeline ? 2 : 1;
@@ -63,7 +64,7 @@ public sealed partial class CudaBackend
         Launch("attention.cu", "attention_forward", grid, AttentionRowsPerBlock * 32,
         [
             P(output), Dt(output), P(lse), P(q), Dt(q), P(k), Dt(k), P(v), Dt(v), P(segmentIds),
-            s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+            s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
         ]);
     }
 
@@ -80,7 +81,7 @@ public sealed partial class CudaBackend
         {
             Launch("attention.cu", "attention_backward_delta", ((rows + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, 1, 1), AttentionRowsPerBlock * 32,
                 [delta, P(doutput), Dt(doutput), P(output), Dt(output), s.Batch, t, s.QueryHeads, s.HeadDim]);
-            if (Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
+            if (s.Variant.IsPlain && Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
             {
                 var tiles = FlashTiles ?? FlashBackwardTiles.Default;
                 int d = s.HeadDim, dqRows = 16 * tiles.DqWarps, dkvKeys = 16 * tiles.DkvWarps;
@@ -113,12 +114,12 @@ public sealed partial class CudaBackend
             Launch("attention.cu", "attention_backward_dq", (blocks, s.QueryHeads, s.Batch), AttentionRowsPerBlock * 32,
             [
                 P(dq), Dt(dq), P(doutput), Dt(doutput), P(lse), delta, P(q), Dt(q), P(k), Dt(k), P(v), Dt(v), P(segmentIds),
-                t, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+                t, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
             ]);
             Launch("attention.cu", "attention_backward_dkv", (blocks, s.KvHeads, s.Batch), AttentionRowsPerBlock * 32,
             [
                 P(dk), Dt(dk), P(dv), Dt(dv), P(doutput), Dt(doutput), P(lse), delta, P(q), Dt(q), P(k), Dt(k), P(v), Dt(v),
-                P(segmentIds), t, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+                P(segmentIds), t, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
             ]);
         }
         finally { _dev.Free(delta); }

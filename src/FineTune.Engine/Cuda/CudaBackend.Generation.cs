@@ -22,7 +22,7 @@ public sealed partial class CudaBackend
         Launch("kv_cache.cu", "cached_attention_forward", ((s.Tokens + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, s.QueryHeads, 1), AttentionRowsPerBlock * 32,
         [
             P(output), Dt(output), P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(slots), P(positions),
-            s.Tokens, s.Capacity, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale,
+            s.Tokens, s.Capacity, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
         ]);
     }
 

@@ -207,7 +207,7 @@ public sealed partial class CudaBackend : IBackend
     // ---- RMSNorm ----
     const int RowsPerBlock = Threads / 32;
 
-    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps)
+    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f)
     {
         int c = checked((int)weight.Length);
         int rows = checked((int)(x.Length / c));
@@ -216,14 +216,14 @@ public sealed partial class CudaBackend : IBackend
         if (rows == 0) return;
         if (V8(c, y, x, weight))
             Launch("rmsnorm.cu", "rmsnorm_forward_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(y), P(rstd), P(x), P(weight), rows, c, eps]);
+                [P(y), P(rstd), P(x), P(weight), rows, c, eps, weightOffset]);
         else
             Launch("rmsnorm.cu", "rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(y), Dt(y), P(rstd), P(x), Dt(x), P(weight), Dt(weight), rows, c, eps]);
+                [P(y), Dt(y), P(rstd), P(x), Dt(x), P(weight), Dt(weight), rows, c, eps, weightOffset]);
     }
 
     /// <summary>resid = a + b and y = RMSNorm(resid) in one pass (the pre-norm of the next sub-layer).</summary>
-    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps)
+    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f)
     {
         int c = checked((int)weight.Length);
         int rows = checked((int)(a.Length / c));
@@ -232,13 +232,13 @@ public sealed partial class CudaBackend : IBackend
         if (rows == 0) return;
         if (V8(c, resid, y, a, b, weight))
             Launch("rmsnorm.cu", "residual_rmsnorm_forward_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(resid), P(y), P(rstd), P(a), P(b), P(weight), rows, c, eps]);
+                [P(resid), P(y), P(rstd), P(a), P(b), P(weight), rows, c, eps, weightOffset]);
         else
             Launch("rmsnorm.cu", "residual_rmsnorm_forward", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(resid), Dt(resid), P(y), Dt(y), P(rstd), P(a), Dt(a), P(b), Dt(b), P(weight), Dt(weight), rows, c, eps]);
+                [P(resid), Dt(resid), P(y), Dt(y), P(rstd), P(a), Dt(a), P(b), Dt(b), P(weight), Dt(weight), rows, c, eps, weightOffset]);
     }
 
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd)
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f)
     {
         int c = checked((int)weight.Length);
         int rows = checked((int)(x.Length / c));
@@ -246,10 +246,10 @@ public sealed partial class CudaBackend : IBackend
         if (rows == 0) return;
         if (V8(c, dx, dy, x, weight))
             Launch("rmsnorm.cu", "rmsnorm_backward_dx_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(dx), P(dy), P(x), P(weight), P(rstd), rows, c]);
+                [P(dx), P(dy), P(x), P(weight), P(rstd), rows, c, weightOffset]);
         else
             Launch("rmsnorm.cu", "rmsnorm_backward_dx", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c]);
+                [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c, weightOffset]);
         if (dweight is not null)
             Launch("rmsnorm.cu", "rmsnorm_backward_dw", ((c + Threads - 1) / Threads, 1, 1), Threads,
                 [P(dweight), Dt(dweight), P(dy), Dt(dy), P(x), Dt(x), P(rstd), rows, c]);
@@ -285,6 +285,33 @@ public sealed partial class CudaBackend : IBackend
         else
             LaunchFlat("swiglu.cu", "swiglu_backward", dh.Length,
                 [P(dgate), Dt(dgate), P(dup), Dt(dup), P(dh), Dt(dh), P(gate), Dt(gate), P(up), Dt(up), dh.Length]);
+    }
+
+    public void GeGlu(Tensor h, Tensor gate, Tensor up)
+    {
+        SameLength(h, gate); SameLength(h, up);
+        LaunchFlat("geglu.cu", "geglu_forward", h.Length, [P(h), Dt(h), P(gate), Dt(gate), P(up), Dt(up), h.Length]);
+    }
+
+    public void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up)
+    {
+        SameLength(dgate, dh); SameLength(dup, dh); SameLength(gate, dh); SameLength(up, dh);
+        LaunchFlat("geglu.cu", "geglu_backward", dh.Length,
+            [P(dgate), Dt(dgate), P(dup), Dt(dup), P(dh), Dt(dh), P(gate), Dt(gate), P(up), Dt(up), dh.Length]);
+    }
+
+    public void SoftCap(Tensor y, Tensor x, float cap)
+    {
+        SameLength(y, x);
+        if (!(cap > 0f)) throw new ArgumentOutOfRangeException(nameof(cap), $"the soft-cap must be positive, got {cap}");
+        LaunchFlat("softcap.cu", "softcap_forward", x.Length, [P(y), Dt(y), P(x), Dt(x), cap, x.Length]);
+    }
+
+    public void SoftCapBackward(Tensor dx, Tensor y, float cap)
+    {
+        SameLength(dx, y);
+        if (!(cap > 0f)) throw new ArgumentOutOfRangeException(nameof(cap), $"the soft-cap must be positive, got {cap}");
+        LaunchFlat("softcap.cu", "softcap_backward", y.Length, [P(dx), Dt(dx), P(y), Dt(y), cap, y.Length]);
     }
 
     // ---- loss ----

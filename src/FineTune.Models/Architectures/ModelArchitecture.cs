@@ -47,6 +47,15 @@ public sealed record BlockOptions
 }
 
 /// <summary>
+/// The config.json defaults of a family with interleaved local (sliding-window) and global attention layers (gemma 2/3),
+/// as its transformers config class has them. A layer is local when (i + 1) % <see cref="SlidingWindowPattern"/> ≠ 0 (gemma 2:
+/// 2, alternating from a local layer 0; gemma 3: 6, every 6th layer global) unless config.json lists layer_types.
+/// <see cref="LocalRopeTheta"/>: rope_local_base_freq of the local layers (null: they share the global rope).
+/// </summary>
+public sealed record InterleavedAttentionDefaults(int SlidingWindowPattern, int SlidingWindow, double QueryPreAttnScalar,
+    double? AttnLogitSoftcapping, double? FinalLogitSoftcapping, double? LocalRopeTheta);
+
+/// <summary>
 /// The module names of a family's HF weights: model.embed_tokens, model.layers.N.{attention}.{q_proj…}, model.norm, lm_head.
 /// Every family FineTune knows uses the same paths; fused families name qkv_proj / gate_up_proj and sandwich families the
 /// extra norms.
@@ -88,6 +97,9 @@ public sealed record ModuleNames
 /// </summary>
 public sealed record GgufNaming(string Architecture, bool PermuteQkRows, IReadOnlyList<(string Hf, string Gguf)> LayerTensors)
 {
+    /// <summary>Added to every RMSNorm weight on export: gemma's (1 + w) norms are stored as 1 + w (llama.cpp multiplies by the stored value).</summary>
+    public float NormWeightOffset { get; init; }
+
     /// <summary>llama.cpp's names for the llama-style layer (convert_hf_to_gguf.py's tensor map).</summary>
     public static readonly IReadOnlyList<(string Hf, string Gguf)> StandardLayerTensors =
     [
@@ -125,6 +137,13 @@ public sealed class ModelArchitecture
     public required int DefaultVocabSize { get; init; }
     public required int DefaultMaxPositionEmbeddings { get; init; }
     public double DefaultRmsNormEps { get; init; } = 1e-6;
+    public double DefaultRopeTheta { get; init; } = 10000.0;
+    /// <summary>tie_word_embeddings when config.json has none (gemma: true).</summary>
+    public bool DefaultTieWordEmbeddings { get; init; }
+    /// <summary>hidden_act (gemma: hidden_activation) when config.json has none.</summary>
+    public string DefaultHiddenAct { get; init; } = "silu";
+    /// <summary>Gemma 2/3: sliding-window and global layers, soft-caps and query_pre_attn_scalar (null for the other families).</summary>
+    public InterleavedAttentionDefaults? Interleaved { get; init; }
     /// <summary>Biases of q/k/v; FromConfig reads attention_bias.</summary>
     public required BiasRule QkvBias { get; init; }
     /// <summary>Bias of o_proj; FromConfig reads attention_bias.</summary>
@@ -164,16 +183,18 @@ public sealed class ModelArchitecture
     public static ModelArchitecture Qwen3 => Architectures.Qwen3.Architecture;
     public static ModelArchitecture Mistral => Architectures.Mistral.Architecture;
     public static ModelArchitecture Phi3 => Architectures.Phi3.Architecture;
+    public static ModelArchitecture Gemma2 => Architectures.Gemma2.Architecture;
+    public static ModelArchitecture Gemma3 => Architectures.Gemma3.Architecture;
 
     /// <summary>Every family FineTune reads and trains, in the order messages list them.</summary>
     public static IReadOnlyList<ModelArchitecture> All => AllFamilies.Value;
     // Lazy: the families' own static fields must be complete before the list reads them.
-    private static readonly Lazy<IReadOnlyList<ModelArchitecture>> AllFamilies = new(() => [Llama, Qwen2, Qwen3, Mistral, Phi3]);
+    private static readonly Lazy<IReadOnlyList<ModelArchitecture>> AllFamilies = new(() => [Llama, Qwen2, Qwen3, Mistral, Phi3, Gemma2, Gemma3]);
 
     /// <summary>The family of an HF model_type (case-insensitive); null when FineTune does not know it.</summary>
     public static ModelArchitecture? Find(string modelType) =>
         All.FirstOrDefault(a => string.Equals(a.ModelType, modelType, StringComparison.OrdinalIgnoreCase));
 
-    /// <summary>"llama, qwen2, qwen3, mistral and phi3": the families for messages.</summary>
+    /// <summary>"llama, qwen2, qwen3, mistral, phi3, gemma2 and gemma3_text": the families for messages.</summary>
     public static string SupportedList => string.Join(", ", All.Take(All.Count - 1).Select(a => a.ModelType)) + " and " + All[^1].ModelType;
 }

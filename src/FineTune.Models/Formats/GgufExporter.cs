@@ -144,6 +144,7 @@ public static class GgufExporter
                 notes.Add("rope_scaling dynamic has no GGUF equivalent; the file uses unscaled RoPE (set the context in the runtime)");
                 break;
         }
+        AddInterleavedAttention(w, arch, config, modelDir, notes);
         AddTokenizer(w, modelDir, config, notes);
 
         using var reader = SafetensorsReader.Open(modelDir);
@@ -176,8 +177,10 @@ public static class GgufExporter
                 : null;
             // Weights [heads·d, in] are permuted a whole number of heads at a time; a bias [heads·d] is one row.
             int granule = permuteHeads is not null && shape.Count == 2 ? config.HeadDim : 1;
+            // Gemma's (1 + w) norms: llama.cpp multiplies by the stored weight, so the file holds 1 + w (convert_hf_to_gguf.py).
+            float addend = name.EndsWith("norm.weight", StringComparison.Ordinal) ? family.Gguf.NormWeightOffset : 0f;
             w.AddTensor(ggufName, shape, tensorType, (first, rows, destination) =>
-                EncodeRows(reader, info, first, rows, tensorType, permuteHeads is null ? null : shape.Count == 2 ? rows / config.HeadDim : permuteHeads, scratch, destination),
+                EncodeRows(reader, info, first, rows, tensorType, permuteHeads is null ? null : shape.Count == 2 ? rows / config.HeadDim : permuteHeads, addend, scratch, destination),
                 granule);
             Count(counts, tensorType);
             tensors++;
@@ -203,12 +206,13 @@ public static class GgufExporter
     /// llama's interleaved RoPE when <paramref name="permuteHeads"/> is set (the heads these rows hold), and encoded.
     /// </summary>
     private static void EncodeRows(SafetensorsReader reader, SafetensorsTensorInfo info, long first, int rows, GgufTensorType type,
-        int? permuteHeads, RowScratch scratch, Span<byte> destination)
+        int? permuteHeads, float addend, RowScratch scratch, Span<byte> destination)
     {
         long rowLength = info.Shape[^1];
         int n = checked((int)(rows * rowLength)), elemSize = info.DType.ElementSize();
         var values = scratch.Values(n);
         FloatConversions.Decode(reader.GetBytes(info.Name, first * rowLength * elemSize, n * elemSize), info.DType, values);
+        if (addend != 0f) System.Numerics.Tensors.TensorPrimitives.Add(values, addend, values);
         if (permuteHeads is { } heads)
         {
             var permuted = scratch.Permuted(n);
@@ -216,6 +220,36 @@ public static class GgufExporter
             values = permuted;
         }
         GgmlQuants.Quantize(type, values, rowLength, destination);
+    }
+
+    /// <summary>
+    /// Gemma 2/3's attention keys as convert_hf_to_gguf.py writes them: {arch}.attention.sliding_window, and gemma2's
+    /// {arch}.attn_logit_softcapping / {arch}.final_logit_softcapping. llama.cpp fixes what the file cannot say — the
+    /// local/global pattern (gemma2: alternating, gemma3: every 6th global), gemma3's local rope base (10000) and the
+    /// attention scale (head_dim^-½, or (hidden/heads)^-½ for the 27B models) — so a config that differs gets a note.
+    /// </summary>
+    private static void AddInterleavedAttention(GgufWriter w, string arch, ModelConfig config, string modelDir, List<string> notes)
+    {
+        if (config.Architecture.Interleaved is not { } d) return;
+        // llama.cpp's gemma2 always projects with token_embd (convert_hf_to_gguf.py drops lm_head): an untied head would be lost.
+        if (arch == "gemma2" && !config.TieWordEmbeddings)
+            throw new ModelFormatException(Path.Combine(modelDir, "config.json"),
+                "gemma2 sets tie_word_embeddings: false, but llama.cpp's gemma2 ties the output projection to the token embeddings; a GGUF would drop lm_head. Export the HF format, or train with tie_word_embeddings: true.");
+        w.Add($"{arch}.attention.sliding_window", (uint)(config.SlidingWindow ?? d.SlidingWindow));
+        if (arch == "gemma2")
+        {
+            if (config.AttnLogitSoftcapping is { } a) w.Add($"{arch}.attn_logit_softcapping", (float)a);
+            if (config.FinalLogitSoftcapping is { } f) w.Add($"{arch}.final_logit_softcapping", (float)f);
+        }
+        else if (config.AttnLogitSoftcapping is not null || config.FinalLogitSoftcapping is not null)
+            notes.Add($"{arch}: llama.cpp applies no logit soft-capping to this architecture; the config's soft-caps are not in the file");
+        var pattern = Enumerable.Range(0, config.NumHiddenLayers).Select(i => (i + 1) % d.SlidingWindowPattern != 0 ? "sliding_attention" : "full_attention");
+        if (config.LayerTypes is { } types && !types.SequenceEqual(pattern))
+            notes.Add($"layer_types differ from {arch}'s fixed pattern (every {d.SlidingWindowPattern}th layer global), which llama.cpp uses");
+        if (config.QueryPreAttnScalar is { } q && q != config.HeadDim && q != (double)config.HiddenSize / config.NumAttentionHeads)
+            notes.Add($"query_pre_attn_scalar {q} is neither head_dim nor hidden_size / num_attention_heads; llama.cpp scales attention by one of those");
+        if (d.LocalRopeTheta is { } local && config.RopeLocalBaseFreq is { } f2 && f2 != local)
+            notes.Add($"rope_local_base_freq {f2}: llama.cpp's {arch} rotates local layers with base {local}");
     }
 
     private static void Count(Dictionary<GgufTensorType, int> counts, GgufTensorType t) => counts[t] = counts.GetValueOrDefault(t) + 1;

@@ -34,6 +34,29 @@ public sealed record RopeScaling
 }
 
 /// <summary>
+/// Where a Gemma3ForConditionalGeneration checkpoint keeps its language model: HF text-model names model.X and
+/// lm_head.weight are stored as language_model.model.X / language_model.lm_head.weight (transformers 4) or
+/// model.language_model.X / lm_head.weight (transformers 5).
+/// </summary>
+public sealed record LanguageModelWeights
+{
+    /// <summary>The stored names to try for a text-model tensor name, in order.</summary>
+    public IEnumerable<string> StoredNames(string name)
+    {
+        if (name.StartsWith("model.", StringComparison.Ordinal))
+        {
+            yield return "language_model." + name;
+            yield return "model.language_model." + name["model.".Length..];
+        }
+        else
+        {
+            yield return "language_model." + name;
+            yield return name;
+        }
+    }
+}
+
+/// <summary>
 /// A Hugging Face <c>config.json</c> of a family in <see cref="ModelArchitecture.All"/>, with the defaults
 /// that transformers applies when a key is absent (the family's <see cref="ModelArchitecture"/> holds them). Keys FineTune does not model are kept in
 /// <see cref="Extra"/> so that <see cref="Save"/> writes them back.
@@ -65,6 +88,23 @@ public sealed record ModelConfig
     /// <summary>bfloat16 | float16 | float32 (torch_dtype, or dtype in transformers 5).</summary>
     public string TorchDtype { get; init; } = "float32";
     public double InitializerRange { get; init; } = 0.02;
+    /// <summary>Gemma 2/3: query_pre_attn_scalar (scores scaled by its ^-½); null for the other families.</summary>
+    public double? QueryPreAttnScalar { get; init; }
+    /// <summary>Gemma 2/3: sliding_window, the keys a local layer sees (p − j &lt; window).</summary>
+    public int? SlidingWindow { get; init; }
+    /// <summary>Gemma 2/3: per layer "sliding_attention" or "full_attention" (layer_types, or the family's pattern).</summary>
+    public IReadOnlyList<string>? LayerTypes { get; init; }
+    /// <summary>Gemma: attn_logit_softcapping and final_logit_softcapping (null: no capping).</summary>
+    public double? AttnLogitSoftcapping { get; init; }
+    public double? FinalLogitSoftcapping { get; init; }
+    /// <summary>Gemma 3: rope_local_base_freq, the rope base of the local layers (null: they use rope_theta).</summary>
+    public double? RopeLocalBaseFreq { get; init; }
+    /// <summary>
+    /// A Gemma3ForConditionalGeneration directory (model_type gemma3): the prefixes its language model's weights carry
+    /// ("language_model." before model.* and lm_head, or transformers 5's "model.language_model." for model.*); null for
+    /// a text-only model. Saving writes the text model alone (model_type gemma3_text).
+    /// </summary>
+    public LanguageModelWeights? LanguageModelWeights { get; init; }
     /// <summary>Keys of config.json that FineTune does not interpret, written back by <see cref="Save"/>.</summary>
     public IReadOnlyDictionary<string, JsonNode?> Extra { get; init; } = new Dictionary<string, JsonNode?>();
 
@@ -102,6 +142,9 @@ public sealed record ModelConfig
     {
         var reader = new ConfigReader(obj, file);
         var modelType = reader.String("model_type");
+        // Gemma 3's multimodal checkpoints: the language model is text_config (a Gemma3TextConfig); FineTune trains it alone.
+        if (modelType == "gemma3")
+            return ConditionalGeneration(obj, file);
         if (modelType is null)
             throw new ModelFormatException(file, $"missing \"model_type\"; FineTune supports {ModelArchitecture.SupportedList} models.");
         var arch = ParseArchitecture(modelType)
@@ -138,10 +181,17 @@ public sealed record ModelConfig
 
         // transformers 5 moved rope_theta and rope_scaling into rope_parameters; read both layouts.
         var ropeParams = obj["rope_parameters"] as JsonObject;
+        // Gemma 3 in transformers 5: rope_parameters per layer type; the global layers' entry is the model's rope.
+        JsonObject? localRopeParams = null;
+        if (ropeParams?["full_attention"] is JsonObject fullRope)
+        {
+            localRopeParams = ropeParams["sliding_attention"] as JsonObject;
+            ropeParams = fullRope;
+        }
         var ropeParamsReader = ropeParams is null ? null : new ConfigReader(ropeParams, file, "rope_parameters.");
         double ropeTheta = reader.Double("rope_theta") is { } rt ? reader.Range("rope_theta", rt, 1, false, MaxRopeTheta, true, "(1, 1e+12]")
             : ropeParamsReader?.Double("rope_theta") is { } rpt ? ropeParamsReader.Range("rope_theta", rpt, 1, false, MaxRopeTheta, true, "(1, 1e+12]")
-            : 10000.0;
+            : arch.DefaultRopeTheta;
         var scalingObj = obj["rope_scaling"] as JsonObject;
         var scaling = scalingObj is not null ? ParseRopeScaling(scalingObj, file, "rope_scaling.")
             : ropeParams is not null ? ParseRopeScaling(ropeParams, file, "rope_parameters.")
@@ -167,6 +217,8 @@ public sealed record ModelConfig
             "max_position_embeddings", "hidden_act", "bos_token_id", "eos_token_id", "pad_token_id",
             "torch_dtype", "dtype", "initializer_range",
         };
+        var interleaved = arch.Interleaved is { } defaults ? ReadInterleaved(obj, reader, file, defaults, layers, localRopeParams) : null;
+        if (interleaved is not null) known.UnionWith(InterleavedKeys);
         var extra = new SortedDictionary<string, JsonNode?>(StringComparer.Ordinal);
         foreach (var (key, value) in obj)
             if (!known.Contains(key))
@@ -185,7 +237,7 @@ public sealed record ModelConfig
             RmsNormEps = rmsNormEps,
             RopeTheta = ropeTheta,
             RopeScaling = scaling,
-            TieWordEmbeddings = reader.Bool("tie_word_embeddings") ?? false,
+            TieWordEmbeddings = reader.Bool("tie_word_embeddings") ?? arch.DefaultTieWordEmbeddings,
             AttentionBias = attentionBias,
             MlpBias = arch.MlpBias switch
             {
@@ -194,14 +246,73 @@ public sealed record ModelConfig
                 _ => reader.Bool("mlp_bias") ?? false,
             },
             MaxPositionEmbeddings = maxPositions,
-            HiddenAct = reader.String("hidden_act") ?? "silu",
+            // Gemma's config classes name it hidden_activation (checkpoints often carry hidden_act too).
+            HiddenAct = (arch.Interleaved is not null ? reader.String("hidden_activation") : null) ?? reader.String("hidden_act") ?? arch.DefaultHiddenAct,
             BosTokenId = reader.Int("bos_token_id"),
             EosTokenIds = reader.IntOrList("eos_token_id"),
             PadTokenId = reader.Int("pad_token_id"),
             TorchDtype = reader.String("torch_dtype") ?? reader.String("dtype") ?? "float32",
             InitializerRange = initializerRange,
+            QueryPreAttnScalar = interleaved?.QueryPreAttnScalar,
+            SlidingWindow = interleaved?.SlidingWindow,
+            LayerTypes = interleaved?.LayerTypes,
+            AttnLogitSoftcapping = interleaved?.AttnLogitSoftcapping,
+            FinalLogitSoftcapping = interleaved?.FinalLogitSoftcapping,
+            RopeLocalBaseFreq = interleaved?.RopeLocalBaseFreq,
             Extra = extra,
         };
+    }
+
+    private static readonly string[] InterleavedKeys =
+    [
+        "query_pre_attn_scalar", "sliding_window", "layer_types", "sliding_window_pattern", "attn_logit_softcapping",
+        "final_logit_softcapping", "rope_local_base_freq", "hidden_activation",
+    ];
+
+    private sealed record Interleaved(double QueryPreAttnScalar, int SlidingWindow, IReadOnlyList<string> LayerTypes,
+        double? AttnLogitSoftcapping, double? FinalLogitSoftcapping, double? RopeLocalBaseFreq);
+
+    /// <summary>Gemma's attention keys, with its config class's defaults where a key is absent (an explicit null turns a soft-cap off).</summary>
+    private static Interleaved ReadInterleaved(JsonObject obj, ConfigReader reader, string file, InterleavedAttentionDefaults d, int layers, JsonObject? localRopeParams)
+    {
+        double qpas = reader.Double("query_pre_attn_scalar") is { } q ? reader.Range("query_pre_attn_scalar", q, 0, false, 1e9, true, "(0, 1e+09]") : d.QueryPreAttnScalar;
+        int window = reader.Int("sliding_window") is { } w ? reader.Range("sliding_window", w, 1, MaxPositions) : d.SlidingWindow;
+        double? Cap(string key) => obj.ContainsKey(key) && obj[key] is null ? null
+            : reader.Double(key) is { } v ? reader.Range(key, v, 0, false, 1e9, true, "(0, 1e+09]") : key == "attn_logit_softcapping" ? d.AttnLogitSoftcapping : d.FinalLogitSoftcapping;
+        IReadOnlyList<string> types;
+        if (obj["layer_types"] is JsonArray list)
+        {
+            if (list.Count != layers)
+                throw new ModelFormatException(file, $"\"layer_types\" lists {list.Count} layers but \"num_hidden_layers\" is {layers}; give one entry per layer.");
+            types = list.Select((t, i) => t is JsonValue v && v.TryGetValue<string>(out var s) && s is "sliding_attention" or "full_attention" ? s
+                : throw new ModelFormatException(file, $"\"layer_types\"[{i}] must be \"sliding_attention\" or \"full_attention\", got {t?.ToJsonString() ?? "null"}.")).ToList();
+        }
+        else
+        {
+            int pattern = reader.Int("sliding_window_pattern") is { } p ? reader.Range("sliding_window_pattern", p, 1, MaxLayers) : d.SlidingWindowPattern;
+            // transformers: layer i is local when (i + 1) % pattern != 0.
+            types = Enumerable.Range(0, layers).Select(i => (i + 1) % pattern != 0 ? "sliding_attention" : "full_attention").ToList();
+        }
+        double? local = reader.Double("rope_local_base_freq") is { } lf ? reader.Range("rope_local_base_freq", lf, 1, false, MaxRopeTheta, true, "(1, 1e+12]")
+            : localRopeParams is not null && new ConfigReader(localRopeParams, file, "rope_parameters.sliding_attention.").Double("rope_theta") is { } lt ? lt
+            : d.LocalRopeTheta;
+        return new Interleaved(qpas, window, types, Cap("attn_logit_softcapping"), Cap("final_logit_softcapping"), local);
+    }
+
+    /// <summary>
+    /// A Gemma3ForConditionalGeneration config.json: its text_config read as a gemma3_text config (the language model's
+    /// own keys; tie_word_embeddings and the token ids from the top level where text_config has none), weights under the
+    /// language model's prefixes.
+    /// </summary>
+    private static ModelConfig ConditionalGeneration(JsonObject obj, string file)
+    {
+        if (obj["text_config"] is not JsonObject text)
+            throw new ModelFormatException(file, "model_type \"gemma3\" (Gemma3ForConditionalGeneration) needs a \"text_config\" object: FineTune trains its language model; point to a gemma3_text model or a complete gemma3 directory.");
+        var t = (JsonObject)text.DeepClone();
+        t["model_type"] = "gemma3_text";
+        foreach (var key in new[] { "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype" })
+            if (!t.ContainsKey(key) && obj[key] is { } v) t[key] = v.DeepClone();
+        return FromJson(t, file) with { LanguageModelWeights = new LanguageModelWeights() };
     }
 
     private static RopeScaling? ParseRopeScaling(JsonObject o, string file, string prefix)
@@ -306,6 +417,16 @@ public sealed record ModelConfig
             entries["pad_token_id"] = PadTokenId;
         entries["torch_dtype"] = TorchDtype;
         entries["initializer_range"] = InitializerRange;
+        if (Architecture.Interleaved is not null)
+        {
+            entries["hidden_activation"] = HiddenAct;
+            entries["query_pre_attn_scalar"] = QueryPreAttnScalar;
+            entries["sliding_window"] = SlidingWindow;
+            entries["layer_types"] = LayerTypes is null ? null : new JsonArray(LayerTypes.Select(x => (JsonNode?)JsonValue.Create(x)).ToArray());
+            entries["attn_logit_softcapping"] = AttnLogitSoftcapping;
+            entries["final_logit_softcapping"] = FinalLogitSoftcapping;
+            if (RopeLocalBaseFreq is { } local) entries["rope_local_base_freq"] = local;
+        }
         var obj = new JsonObject();
         foreach (var (k, v) in entries)
             obj[k] = v;

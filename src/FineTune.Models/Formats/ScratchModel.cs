@@ -27,6 +27,15 @@ public sealed record ScratchModelSpec
     public SafetensorsDType DType { get; init; } = SafetensorsDType.F32;
     /// <summary>A tokenizer.json to copy (a tokenizer_config.json beside it is copied too); null: the built-in byte-level BPE.</summary>
     public string? TokenizerPath { get; init; }
+
+    // Gemma 2/3 (HF's config keys; null: the family's config-class default).
+    public int? SlidingWindow { get; init; }
+    /// <summary>"sliding_attention" / "full_attention" per layer; null: the family's pattern.</summary>
+    public IReadOnlyList<string>? LayerTypes { get; init; }
+    public double? QueryPreAttnScalar { get; init; }
+    public double? AttnLogitSoftcapping { get; init; }
+    public double? FinalLogitSoftcapping { get; init; }
+    public double? RopeLocalBaseFreq { get; init; }
 }
 
 /// <summary>
@@ -104,8 +113,24 @@ public static class ScratchModel
             EosTokenIds = ids.Eos.Count > 0 ? [ids.Eos[0]] : [],
             TorchDtype = spec.DType.ToTorchDtype(),
             InitializerRange = spec.InitializerRange,
+            HiddenAct = spec.Architecture.DefaultHiddenAct,
             Extra = spec.Architecture.ScratchExtraConfig.ToDictionary(e => e.Key, e => e.Value()),
         };
+        if (spec.Architecture.Interleaved is { } d)
+        {
+            if (spec.LayerTypes is { } lt && (lt.Count != spec.NumHiddenLayers || lt.Any(t => t is not ("sliding_attention" or "full_attention"))))
+                throw new ArgumentException($"layer_types must list {spec.NumHiddenLayers} entries, each sliding_attention or full_attention.");
+            config = config with
+            {
+                SlidingWindow = spec.SlidingWindow ?? d.SlidingWindow,
+                LayerTypes = spec.LayerTypes ?? Enumerable.Range(0, spec.NumHiddenLayers)
+                    .Select(i => (i + 1) % d.SlidingWindowPattern != 0 ? "sliding_attention" : "full_attention").ToList(),
+                QueryPreAttnScalar = spec.QueryPreAttnScalar ?? d.QueryPreAttnScalar,
+                AttnLogitSoftcapping = spec.AttnLogitSoftcapping ?? d.AttnLogitSoftcapping,
+                FinalLogitSoftcapping = spec.FinalLogitSoftcapping ?? d.FinalLogitSoftcapping,
+                RopeLocalBaseFreq = spec.RopeLocalBaseFreq ?? d.LocalRopeTheta,
+            };
+        }
         config.Save(Path.Combine(outputDirectory, "config.json"));
         AtomicFile.WriteAllText(Path.Combine(outputDirectory, "generation_config.json"), GenerationConfigJson(ids));
 
@@ -114,7 +139,8 @@ public static class ScratchModel
         {
             var values = new float[shape.Aggregate(1L, (a, b) => a * b)];
             if (init == Init.Ones)
-                values.AsSpan().Fill(1f);
+                values.AsSpan().Fill(config.Architecture.Block.NormWeightOffset == 0 ? 1f : 0f); // gemma's (1 + w) norms start at w = 0
+
             else
                 FillNormal(values, spec.Seed, name, (float)spec.InitializerRange);
             writer.Add(name, values, shape, spec.DType);
@@ -161,6 +187,11 @@ public static class ScratchModel
                 yield return ($"{attn}.{n.KNorm}.weight", [c.HeadDim], Init.Ones);
             }
             yield return ($"{pre}.{n.PostAttentionNorm}.weight", [h], Init.Ones);
+            if (c.Architecture.Block.NormPlacement == NormPlacement.Sandwich)
+            {
+                yield return ($"{pre}.{n.PreFeedforwardNorm}.weight", [h], Init.Ones);
+                yield return ($"{pre}.{n.PostFeedforwardNorm}.weight", [h], Init.Ones);
+            }
             if (c.Architecture.Block.FusedGateUp)
                 yield return ($"{mlp}.{n.GateUp}.weight", [2 * i, h], Init.Normal);
             else

@@ -132,6 +132,15 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
     private static ScratchModelSpec ScratchSpec(StageContext ctx)
     {
         var s = ctx.Pipeline.Model.Scratch ?? new ScratchConfig();
+        var gemmaKeys = new (string Key, object? Value)[]
+        {
+            ("sliding_window", s.SlidingWindow), ("layer_types", s.LayerTypes), ("query_pre_attn_scalar", s.QueryPreAttnScalar),
+            ("attn_logit_softcapping", s.AttnLogitSoftcapping), ("final_logit_softcapping", s.FinalLogitSoftcapping), ("rope_local_base_freq", s.RopeLocalBaseFreq),
+        };
+        if (s.Architecture is not (ScratchArchitecture.Gemma2 or ScratchArchitecture.Gemma3Text) && gemmaKeys.FirstOrDefault(k => k.Value is not null) is { Key: { } key })
+            throw new PipelineUserException($"model.scratch.{key}: {ConfigModel.EnumName(s.Architecture)} has no {key} (a gemma2 / gemma3_text key); remove it or set architecture: gemma2 or gemma3_text.");
+        if (s.LayerTypes is { } lt && (lt.Count != s.NumHiddenLayers || lt.Any(t => t is not ("sliding_attention" or "full_attention"))))
+            throw new PipelineUserException($"model.scratch.layer_types: give {s.NumHiddenLayers} entries (num_hidden_layers), each sliding_attention or full_attention.");
         return new ScratchModelSpec
         {
             // The scratch block's architecture is HF's model_type, the architecture table's key.
@@ -149,6 +158,12 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
             TieWordEmbeddings = s.TieWordEmbeddings,
             Seed = s.Seed,
             TokenizerPath = s.Tokenizer is null ? null : ctx.ResolvePath(s.Tokenizer),
+            SlidingWindow = s.SlidingWindow,
+            LayerTypes = s.LayerTypes,
+            QueryPreAttnScalar = s.QueryPreAttnScalar,
+            AttnLogitSoftcapping = s.AttnLogitSoftcapping,
+            FinalLogitSoftcapping = s.FinalLogitSoftcapping,
+            RopeLocalBaseFreq = s.RopeLocalBaseFreq,
         };
     }
 

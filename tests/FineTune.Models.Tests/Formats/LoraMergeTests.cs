@@ -163,11 +163,14 @@ public sealed class LoraMergeTests(ITestOutputHelper output) : IDisposable
         Assert.Equal($"{Path.Combine(adapter, "adapter_model.safetensors")}: shapes do not fit: \"base_model.model.{Q}.lora_A.weight\" [1, 4], \"base_model.model.{Q}.lora_B.weight\" [2, 1], base \"{Q}.weight\" [2, 3]; the adapter was trained on another model.", e.Message);
     }
 
-    [Fact]
-    public void Merged_model_logits_equal_base_plus_adapter_logits()
+    [Theory]
+    [InlineData("qwen2")]
+    [InlineData("gemma2")]       // sandwich (1 + w) norms, soft-caps, window: merge folds the same linears
+    [InlineData("gemma3_text")]
+    public void Merged_model_logits_equal_base_plus_adapter_logits(string architecture)
     {
         var baseDir = _dir.File("scratch");
-        var config = ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Qwen2, Seed = 11 }, baseDir);
+        var config = ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Find(architecture)!, Seed = 11, SlidingWindow = 3, QueryPreAttnScalar = 16 }, baseDir);
         // A random adapter on q/k/v/o and the MLP of every layer, r = 4, alpha = 8.
         var adapterDir = Directory.CreateDirectory(_dir.File("lora")).FullName;
         string[] modules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];

@@ -23,12 +23,14 @@ public sealed class LlamaCppGenerationTests : IDisposable
     private static string RepoRoot => NodeFixtures.RepoRoot;
 
     /// <summary>pipelines/identity/pipeline.yaml with another architecture, the repository's data, and the CPU.</summary>
-    private string DemoPipeline(string architecture)
+    private string DemoPipeline(string architecture, string scratchExtra = "", bool tied = false)
     {
         string yaml = File.ReadAllText(Path.Combine(RepoRoot, "pipelines", "identity", "pipeline.yaml"));
         Assert.Contains("architecture: qwen3", yaml);
         Assert.Contains("device: auto", yaml);
-        yaml = yaml.Replace("architecture: qwen3", $"architecture: {architecture}")
+        // Tied: no lm_head to train beside the adapter; the (shared) embeddings train instead.
+        if (tied) yaml = yaml.Replace("tie_word_embeddings: false", "tie_word_embeddings: true").Replace("lm_head]", "embed_tokens]");
+        yaml = yaml.Replace("architecture: qwen3", $"architecture: {architecture}{scratchExtra}")
             .Replace("device: auto", "device: cpu")
             .Replace("data:\n", $"data:\n  dataset_dir: {Path.Combine(RepoRoot, "data")}\n");
         return _dir.Write($"{architecture}/pipeline.yaml", yaml);
@@ -40,9 +42,13 @@ public sealed class LlamaCppGenerationTests : IDisposable
     [InlineData("llama")]
     [InlineData("mistral")]
     [InlineData("phi3")]
-    public void Exported_gguf_greedy_decodes_the_same_answer_in_llama_cpp(string architecture)
+    // llama.cpp scales gemma's attention by head_dim^-½ whatever query_pre_attn_scalar says: the demo sets it to head_dim;
+    // its gemma2 always ties the output to token_embd (as every Gemma 2 checkpoint does), so that demo is tied.
+    [InlineData("gemma2", "\n    query_pre_attn_scalar: 32", true)]
+    [InlineData("gemma3_text", "\n    query_pre_attn_scalar: 32")]
+    public void Exported_gguf_greedy_decodes_the_same_answer_in_llama_cpp(string architecture, string scratchExtra = "", bool tied = false)
     {
-        var loaded = PipelineLoader.Load(DemoPipeline(architecture));
+        var loaded = PipelineLoader.Load(DemoPipeline(architecture, scratchExtra, tied));
         var report = new PipelineRunner(StageRegistry.CreateDefault())
             .Run(loaded, new RunOptions(), new NullStageProgress(), CancellationToken.None);
         string merged = report.Stages.Single(s => s.Kind == StageKind.Merge).OutputDirectory!;

@@ -17,12 +17,20 @@ public static class ModelChecks
     static TransformerSpec Spec(string arch, bool tied)
     {
         var (qkvBias, outputBias, qkNorm) = TransformerSpec.Variant(arch, attentionBias: false);
-        return new TransformerSpec
+        var spec = new TransformerSpec
         {
             Architecture = arch, VocabSize = 512, HiddenSize = 256, IntermediateSize = 384, NumLayers = 2,
             NumHeads = 4, NumKvHeads = 2, RopeTheta = 10000, MaxPositionEmbeddings = 256, TieWordEmbeddings = tied,
             QkvBias = qkvBias, OutputBias = outputBias, QkNorm = qkNorm, RmsNormEps = 1e-6,
         };
+        // Gemma: a window of 32 on layer 0 (the batch's sequences are 40–96 tokens), query_pre_attn_scalar ≠ head_dim,
+        // gemma2's soft-caps, gemma3's local rope base.
+        return arch is "gemma2" or "gemma3_text" ? spec with
+        {
+            QueryPreAttnScalar = 48, SlidingWindow = 32, SlidingLayers = [true, false],
+            AttnLogitSoftcap = arch == "gemma2" ? 20 : 0, FinalLogitSoftcap = arch == "gemma2" ? 15 : 0,
+            LocalRopeTheta = arch == "gemma3_text" ? 1000 : null,
+        } : spec;
     }
 
     /// <summary>Row 0 packs sequences of 40 and 50 tokens plus padding; row 1 holds one sequence of 96.</summary>
@@ -118,7 +126,7 @@ public static class ModelChecks
         using var cpu = new CpuBackend();
         using var gpuF32 = new CudaBackend(0, computeDType: DType.F32);
         using var gpuBf16 = new CudaBackend(0);
-        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false) })
+        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false), ("gemma2", true), ("gemma3_text", true) })
         {
             var spec = Spec(arch, tied);
             var batch = Batch(spec.VocabSize);

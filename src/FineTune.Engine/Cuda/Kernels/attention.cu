@@ -2,7 +2,8 @@
 // one warp per query row (forward, dq) or key row (dk, dv), keys or queries taken 32 at a time, one per lane,
 // with an online softmax, so the T×T score matrix never reaches device memory.
 // Layouts: q [B, QL, Hq, D]; k, v [B, KvCap, Hkv, D]; out like q; lse [B, Hq, QL] (F32); seg [B, KvCap] (I32).
-// Query i sits at key position p = KL − QL + i and attends to keys j ≤ p with seg[j] == seg[p].
+// Query i sits at key position p = KL − QL + i and attends to keys j ≤ p with seg[j] == seg[p] (and p − j < window
+// when window > 0: sliding-window layers). cap > 0 soft-caps the scaled scores: c = cap·tanh(s/cap), ∂c/∂s = 1 − tanh².
 // Query head h reads KV head h / (Hq / Hkv).
 #include "attention_row.cuh"
 
@@ -12,7 +13,7 @@
 
 extern "C" __global__ void attention_forward(void* out, int dt_o, float* lse, const void* q, int dt_q, const void* k, int dt_k,
                                              const void* v, int dt_v, const int* seg_ids,
-                                             int QL, int KL, int kv_cap, int Hq, int Hkv, int D, float scale)
+                                             int QL, int KL, int kv_cap, int Hq, int Hkv, int D, float scale, int window, float cap)
 {
     __shared__ float qs[ROWS_PER_BLOCK][MAX_D];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -22,12 +23,13 @@ extern "C" __global__ void attention_forward(void* out, int dt_o, float* lse, co
     int p = KL - QL + i;
     const int* seg = seg_ids + (i64)b * kv_cap;
     int start = segment_start(seg, p);
+    if (window > 0) start = max(start, p - window + 1);
     i64 qrow = (((i64)b * QL + i) * Hq + h) * D;
     for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     __syncwarp();
     i64 kstride = (i64)Hkv * D, kbase = (i64)b * kv_cap * kstride + (i64)kh * D;
     float acc[MAX_E], m, l;
-    attention_row(qs[warp], k, dt_k, v, dt_v, kbase, kstride, start, p, D, lane, acc, m, l);
+    attention_row(qs[warp], k, dt_k, v, dt_v, kbase, kstride, start, p, D, lane, cap, acc, m, l);
     float inv = 1.0f / l;
 #pragma unroll
     for (int e = 0; e < MAX_E; e++)
@@ -56,7 +58,7 @@ extern "C" __global__ void attention_backward_delta(float* delta, const void* do
 // dq_i = scale·Σ_j dS_ij·k_j. One warp per query row, keys 32 at a time.
 extern "C" __global__ void attention_backward_dq(void* dq, int dt_dq, const void* dout, int dt_do, const float* lse, const float* delta,
                                                  const void* q, int dt_q, const void* k, int dt_k, const void* v, int dt_v,
-                                                 const int* seg_ids, int T, int Hq, int Hkv, int D, float scale)
+                                                 const int* seg_ids, int T, int Hq, int Hkv, int D, float scale, int window, float cap)
 {
     __shared__ float qs[ROWS_PER_BLOCK][MAX_D];
     __shared__ float dos[ROWS_PER_BLOCK][MAX_D];
@@ -66,6 +68,7 @@ extern "C" __global__ void attention_backward_dq(void* dq, int dt_dq, const void
     int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
     const int* seg = seg_ids + (i64)b * T;
     int start = segment_start(seg, i);
+    if (window > 0) start = max(start, i - window + 1);
     i64 qrow = (((i64)b * T + i) * Hq + h) * D;
     for (int d = lane; d < D; d += 32) { qs[warp][d] = ld(q, qrow + d, dt_q) * scale; dos[warp][d] = ld(dout, qrow + d, dt_do); }
     __syncwarp();
@@ -83,7 +86,9 @@ extern "C" __global__ void attention_backward_dq(void* dq, int dt_dq, const void
             float s = 0.0f, dp = 0.0f;
             i64 krow = kbase + j * kstride;
             for (int d = 0; d < D; d++) { s += qs[warp][d] * ld(k, krow + d, dt_k); dp += dos[warp][d] * ld(v, krow + d, dt_v); }
-            ds = expf(s - li) * (dp - di) * scale;
+            float dc = 1.0f;
+            if (cap > 0.0f) { float t = tanhf(s / cap); s = cap * t; dc = 1.0f - t * t; }
+            ds = expf(s - li) * (dp - di) * dc * scale;
         }
         int count = min(32, i - j0 + 1);
         for (int jj = 0; jj < count; jj++)
@@ -105,7 +110,7 @@ extern "C" __global__ void attention_backward_dq(void* dq, int dt_dq, const void
 extern "C" __global__ void attention_backward_dkv(void* dk, int dt_dk, void* dv, int dt_dv, const void* dout, int dt_do,
                                                   const float* lse, const float* delta, const void* q, int dt_q,
                                                   const void* k, int dt_k, const void* v, int dt_v,
-                                                  const int* seg_ids, int T, int Hq, int Hkv, int D, float scale)
+                                                  const int* seg_ids, int T, int Hq, int Hkv, int D, float scale, int window, float cap)
 {
     __shared__ float ks[ROWS_PER_BLOCK][MAX_D];
     __shared__ float vs[ROWS_PER_BLOCK][MAX_D];
@@ -115,6 +120,7 @@ extern "C" __global__ void attention_backward_dkv(void* dk, int dt_dk, void* dv,
     int kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
     const int* seg = seg_ids + (i64)b * T;
     int end = segment_end(seg, j, T);
+    if (window > 0) end = min(end, j + window);   // queries i with i − j < window
     i64 krow = (((i64)b * T + j) * Hkv + kh) * D;
     for (int d = lane; d < D; d += 32) { ks[warp][d] = ld(k, krow + d, dt_k) * scale; vs[warp][d] = ld(v, krow + d, dt_v); }
     __syncwarp();
@@ -136,8 +142,10 @@ extern "C" __global__ void attention_backward_dkv(void* dk, int dt_dk, void* dv,
                 float s = 0.0f, dp = 0.0f;
                 i64 qrow = qbase + i * qstride;
                 for (int d = 0; d < D; d++) { s += ks[warp][d] * ld(q, qrow + d, dt_q); dp += vs[warp][d] * ld(dout, qrow + d, dt_do); }
+                float dc = 1.0f;
+                if (cap > 0.0f) { float t = tanhf(s / cap); s = cap * t; dc = 1.0f - t * t; }
                 pij = expf(s - lse_h[i]);
-                ds = pij * (dp - delta_h[i]) * scale;
+                ds = pij * (dp - delta_h[i]) * dc * scale;
             }
             int count = min(32, end - i0);
             for (int ii = 0; ii < count; ii++)

@@ -8,10 +8,10 @@
 #define ATTENTION_MAX_E (ATTENTION_MAX_D / 32)
 
 // qs: the query row, already multiplied by the softmax scale (shared memory of this warp). Key j's row starts at
-// kbase + j·kstride in k and v. Leaves acc (lane's output columns lane + 32·e, unnormalised), the running max m and
+// kbase + j·kstride in k and v. cap > 0 soft-caps each score s to cap·tanh(s/cap) (gemma 2) before the softmax. Leaves acc (lane's output columns lane + 32·e, unnormalised), the running max m and
 // the running sum l; the output is acc / l, the log-sum-exp m + log(l).
 __device__ __forceinline__ void attention_row(const float* qs, const void* k, int dt_k, const void* v, int dt_v,
-                                              i64 kbase, i64 kstride, int start, int p, int D, int lane,
+                                              i64 kbase, i64 kstride, int start, int p, int D, int lane, float cap,
                                               float (&acc)[ATTENTION_MAX_E], float& m, float& l)
 {
 #pragma unroll
@@ -27,6 +27,7 @@ __device__ __forceinline__ void attention_row(const float* qs, const void* k, in
             s = 0.0f;
             i64 krow = kbase + j * kstride;
             for (int d = 0; d < D; d++) s += qs[d] * ld(k, krow + d, dt_k);
+            if (cap > 0.0f) s = cap * tanhf(s / cap);
         }
         float mn = fmaxf(m, warp_max(s));
         float corr = expf(m - mn);

@@ -1,8 +1,9 @@
-// RMSNorm: rstd = 1/sqrt(mean(x²) + eps), y = x·rstd·w. One warp per row; statistics in fp32.
+// RMSNorm: rstd = 1/sqrt(mean(x²) + eps), y = x·rstd·(off + w). One warp per row; statistics in fp32.
+// off is 0 for llama-style norms, 1 for gemma's (1 + w); the product is taken in fp32 and rounded once.
 #include "common.cuh"
 
 extern "C" __global__ void rmsnorm_forward(void* y, int dt_y, float* rstd, const void* x, int dt_x, const void* w, int dt_w,
-                                           int rows, int cols, float eps)
+                                           int rows, int cols, float eps, float off)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -13,14 +14,14 @@ extern "C" __global__ void rmsnorm_forward(void* y, int dt_y, float* rstd, const
     ss = warp_sum(ss);
     float inv = rsqrtf(ss / cols + eps);
     if (lane == 0) rstd[row] = inv;
-    for (int c = lane; c < cols; c += 32) st(y, base + c, ld(x, base + c, dt_x) * inv * ld(w, c, dt_w), dt_y);
+    for (int c = lane; c < cols; c += 32) st(y, base + c, ld(x, base + c, dt_x) * inv * (ld(w, c, dt_w) + off), dt_y);
 }
 
 // Residual add fused with the norm (one pass fewer over the residual stream):
 // resid = a + b; y = rmsnorm(resid).
 extern "C" __global__ void residual_rmsnorm_forward(void* resid, int dt_r, void* y, int dt_y, float* rstd,
                                                     const void* a, int dt_a, const void* b, int dt_b, const void* w, int dt_w,
-                                                    int rows, int cols, float eps)
+                                                    int rows, int cols, float eps, float off)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -37,12 +38,12 @@ extern "C" __global__ void residual_rmsnorm_forward(void* resid, int dt_r, void*
     ss = warp_sum(ss);
     float inv = rsqrtf(ss / cols + eps);
     if (lane == 0) rstd[row] = inv;
-    for (int c = lane; c < cols; c += 32) st(y, base + c, ld(resid, base + c, dt_r) * inv * ld(w, c, dt_w), dt_y);
+    for (int c = lane; c < cols; c += 32) st(y, base + c, ld(resid, base + c, dt_r) * inv * (ld(w, c, dt_w) + off), dt_y);
 }
 
 // x̂ = x·rstd, g = w⊙dy: dx += rstd·(g − x̂·mean(g⊙x̂)) = rstd·g − rstd³·mean(g⊙x)·x.
 extern "C" __global__ void rmsnorm_backward_dx(void* dx, int dt_dx, const void* dy, int dt_dy, const void* x, int dt_x,
-                                               const void* w, int dt_w, const float* rstd, int rows, int cols)
+                                               const void* w, int dt_w, const float* rstd, int rows, int cols, float off)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -50,12 +51,12 @@ extern "C" __global__ void rmsnorm_backward_dx(void* dx, int dt_dx, const void* 
     i64 base = (i64)row * cols;
     float inv = rstd[row];
     float dot = 0.0f;
-    for (int c = lane; c < cols; c += 32) dot += ld(dy, base + c, dt_dy) * ld(w, c, dt_w) * ld(x, base + c, dt_x);
+    for (int c = lane; c < cols; c += 32) dot += ld(dy, base + c, dt_dy) * (ld(w, c, dt_w) + off) * ld(x, base + c, dt_x);
     dot = warp_sum(dot);
     float k = inv * inv * inv * dot / cols;
     for (int c = lane; c < cols; c += 32)
     {
-        float g = ld(dy, base + c, dt_dy) * ld(w, c, dt_w);
+        float g = ld(dy, base + c, dt_dy) * (ld(w, c, dt_w) + off);
         st(dx, base + c, ld(dx, base + c, dt_dx) + inv * g - k * ld(x, base + c, dt_x), dt_dx);
     }
 }
@@ -72,7 +73,7 @@ extern "C" __global__ void rmsnorm_backward_dw(void* dw, int dt_dw, const void* 
 }
 
 // bf16 fast paths: one warp per row, eight columns per lane and step (cols multiple of 8, rows 16-byte aligned).
-extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4* x, const uint4* w, int rows, int cols, float eps)
+extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4* x, const uint4* w, int rows, int cols, float eps, float off)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -94,13 +95,13 @@ extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4
     {
         float v[8], g[8]; unpack8(xr[c], v); unpack8(w[c], g);
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * g[j];
+        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * (g[j] + off);
         yr[c] = pack8(v);
     }
 }
 
 extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, float* rstd, const uint4* a, const uint4* b, const uint4* w,
-                                                       int rows, int cols, float eps)
+                                                       int rows, int cols, float eps, float off)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -126,12 +127,12 @@ extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, f
     {
         float v[8], g[8]; unpack8(resid[base + c], v); unpack8(w[c], g);
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * g[j];
+        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * (g[j] + off);
         y[base + c] = pack8(v);
     }
 }
 
-extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, const uint4* x, const uint4* w, const float* rstd, int rows, int cols)
+extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, const uint4* x, const uint4* w, const float* rstd, int rows, int cols, float off)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -144,7 +145,7 @@ extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, co
     {
         float d[8], g[8], v[8]; unpack8(dy[base + c], d); unpack8(w[c], g); unpack8(x[base + c], v);
 #pragma unroll
-        for (int j = 0; j < 8; j++) dot += d[j] * g[j] * v[j];
+        for (int j = 0; j < 8; j++) dot += d[j] * (g[j] + off) * v[j];
     }
     dot = warp_sum(dot);
     float k = inv * inv * inv * dot / cols;
@@ -152,7 +153,7 @@ extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, co
     {
         float d[8], g[8], v[8], o[8]; unpack8(dy[base + c], d); unpack8(w[c], g); unpack8(x[base + c], v); unpack8(dx[base + c], o);
 #pragma unroll
-        for (int j = 0; j < 8; j++) o[j] = o[j] + inv * (d[j] * g[j]) - k * v[j];
+        for (int j = 0; j < 8; j++) o[j] = o[j] + inv * (d[j] * (g[j] + off)) - k * v[j];
         dx[base + c] = pack8(o);
     }
 }
