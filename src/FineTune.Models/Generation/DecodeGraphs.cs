@@ -10,9 +10,11 @@ namespace FineTune.Models.Generation;
 /// activations, whose addresses live as long as the engine. The first step of a bucket runs eagerly (it compiles the
 /// kernels, plans the products and sizes the split-K scratch); the second records. A step that cannot be recorded
 /// (an operation that allocates or copies) runs eagerly, and graphs stay off for the engine from then on.
-/// Off with <see cref="GenerationEngineOptions.CudaGraphs"/> = false or FINETUNE_CUDA_GRAPHS=0.
+/// Off with <see cref="GenerationEngineOptions.CudaGraphs"/> = false or FINETUNE_CUDA_GRAPHS=0: decode steps are then
+/// still padded to their buckets and run eagerly, so graphs on and off compute the same products and give the same
+/// tokens.
 /// </summary>
-internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActivations acts, int maxSequences) : IDisposable
+internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActivations acts, int maxSequences, bool record) : IDisposable
 {
     private readonly Dictionary<int, IDeviceGraph> _graphs = [];
     private readonly HashSet<int> _warm = [];
@@ -23,12 +25,16 @@ internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActi
     public int Captured => _graphs.Count;
     public long Replays { get; private set; }
 
-    /// <summary>Whether a model can run on graphs at all: a rope table that never changes once built at full length.</summary>
-    public static bool Usable(CausalLM model, GenerationEngineOptions options) =>
-        options.CudaGraphs && Environment.GetEnvironmentVariable("FINETUNE_CUDA_GRAPHS") != "0"
-        && model.Backend.SupportsGraphs && model.Spec.RopeScaling?.Type is not ("dynamic" or "longrope");
+    /// <summary>
+    /// Whether a model can run on graphs at all: a backend that records them, a rope table that never changes once built
+    /// at full length.
+    /// </summary>
+    public static bool Usable(CausalLM model) =>
+        model.Backend.SupportsGraphs && model.Spec.RopeScaling?.Type is not ("dynamic" or "longrope");
 
-    public bool Enabled => Failure is null;
+    /// <summary>Whether the options (and FINETUNE_CUDA_GRAPHS) ask for graphs to be recorded.</summary>
+    public static bool Wanted(GenerationEngineOptions options) =>
+        options.CudaGraphs && Environment.GetEnvironmentVariable("FINETUNE_CUDA_GRAPHS") != "0";
 
     /// <summary>The bucket a decode step of <paramref name="sequences"/> rows is padded to.</summary>
     public int Bucket(int sequences)
@@ -48,6 +54,7 @@ internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActi
             _warm.Clear();
             _ropeVersion = model.RopeVersion;
         }
+        if (!record || Failure is not null) return Kernels(step);
         int bucket = step.Tokens;
         if (_graphs.TryGetValue(bucket, out var graph))
         {

@@ -66,10 +66,10 @@ public sealed class GenerationEngine : IDisposable
         _row = new float[model.Spec.VocabSize];
         _picks = new int[options.MaxSequences];
         _sampling = new SamplingBuffers(model.Backend, options.MaxSequences, model.Spec.VocabSize);
-        if (DecodeGraphs.Usable(model, options))
+        if (DecodeGraphs.Usable(model))
         {
             model.PrepareRope(options.MaxModelLength);
-            _graphs = new DecodeGraphs(model, _cache, _acts, options.MaxSequences);
+            _graphs = new DecodeGraphs(model, _cache, _acts, options.MaxSequences, DecodeGraphs.Wanted(options));
         }
     }
 
@@ -231,7 +231,7 @@ public sealed class GenerationEngine : IDisposable
     {
         if (_bank is not null) chunks = [.. chunks.OrderBy(c => c.Seq.Adapter)]; // stable: admission order within an adapter
         // A decode-only step on graphs is padded to its bucket: pad rows read and write the scratch block only.
-        bool graph = _graphs is { Enabled: true } && _bank is null
+        bool graph = _graphs is not null && _bank is null
             && chunks.All(c => c.Count == 1 && (c.Seq.Finish is not null || c.Seq.Computed == c.Seq.Tokens.Count - 1));
         int pad = graph ? _graphs!.Bucket(chunks.Count) - chunks.Count : 0;
         int n = chunks.Sum(c => c.Count) + pad;

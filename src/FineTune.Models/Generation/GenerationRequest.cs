@@ -17,7 +17,8 @@ public sealed record GenerationEngineOptions
     public int KvBlockSize { get; init; } = 16;
     /// <summary>
     /// Replay decode steps as CUDA graphs on backends that record them (<see cref="DecodeGraphs"/>); false (or
-    /// FINETUNE_CUDA_GRAPHS=0) runs every step eagerly.
+    /// FINETUNE_CUDA_GRAPHS=0) runs every step eagerly (decode steps still padded to their buckets, so the tokens are the
+    /// same either way).
     /// </summary>
     public bool CudaGraphs { get; init; } = true;
     /// <summary>

@@ -180,6 +180,7 @@ public static class ModelChecks
             }
         }
         SequenceSeam(cpu, gpuF32, gpuBf16, Add);
+        GenerationChecks.Run(gpuBf16, rows);
         return rows;
     }
 
