@@ -64,7 +64,12 @@ internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActi
         }
         if (_warm.Add(bucket)) return Kernels(step);
         var B = model.Backend;
-        B.BeginGraphCapture();
+        try { B.BeginGraphCapture(); }
+        catch (Exception e)
+        {
+            Failure = e.Message;
+            return Kernels(step);
+        }
         Tensor logits;
         try { logits = Kernels(step); }
         catch (Exception e)

@@ -270,6 +270,26 @@ public static class OpChecks
                 c.Compare($"matmul T{(ta ? 1 : 0)}{(tb ? 1 : 0)} acc ->{outType}", "c", cc, ms);
             }
         }
+        // Decode-step products (1 … 8 rows against a bf16 weight): the GEMV kernel against the CPU, timed beside cuBLASLt.
+        if (c.Act == DType.BF16)
+            foreach (var (gm, gn, gk) in new[] { (1, 2048, 2048), (5, 6144, 2048), (8, 2048, 6144), (3, 1000, 200) })
+            {
+                var x = c.Pair(c.Rand(gm * gk), [gm, gk]);
+                var w = c.Pair(c.Rand(gn * gk, 0.05f), [gn, gk]);
+                foreach (var outType in new[] { DType.BF16, DType.F32 })
+                {
+                    var y = c.Pair(c.Rand(gm * gn), [gm, gn], outType);
+                    c.Gpu.UseGemv = false;
+                    double blasMs = c.TimeRepeat(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true));
+                    c.Gpu.UseGemv = true;
+                    double ms = c.Time(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true, 0.5f, accumulate: true));
+                    c.Cpu.MatMul(y.Cpu, x.Cpu, false, w.Cpu, true);
+                    c.Cpu.MatMul(y.Cpu, x.Cpu, false, w.Cpu, true, 0.5f, accumulate: true);
+                    c.Compare($"gemv {gm}x{gn}x{gk} acc ->{outType}", "c", y, ms);
+                    double gemvMs = c.TimeRepeat(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true));
+                    Console.WriteLine($"     gemv {gm}x{gn}x{gk}: {gemvMs:F4} ms ({2.0 * gn * gk / gemvMs / 1e6:F0} GB/s of weight), cuBLASLt {blasMs:F4} ms");
+                }
+            }
         // Mixed operands: an F32 master against BF16 activations (rounded to BF16 on the GPU).
         if (c.Act == DType.BF16)
         {
