@@ -88,7 +88,7 @@ extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const v
 // Grid (splits, Hkv, T), block G·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D). Split s of token t
 // covers keys [s·chunk, min(p + 1, (s + 1)·chunk)), chunk = the key count / splits rounded up to 32, so a graph
 // captured for one step stays right for any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l).
-extern "C" __global__ void cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
+extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
                                                   const void* v, int dt_v, const int* seqs, const int* positions,
                                                   const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale)
 {

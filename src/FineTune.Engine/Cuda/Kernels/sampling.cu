@@ -69,7 +69,7 @@ __device__ int sample_exclusive_scan(int v, int* total)
 }
 
 // One block per row. params: SamplingRow.Ints (12) ints per row; scratch: F32 [rows, V].
-extern "C" __global__ void sample_rows(const void* x, int dt, const int* params, const int* seen, int* out, float* scratch, int V)
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(const void* x, int dt, const int* params, const int* seen, int* out, float* scratch, int V)
 {
     __shared__ unsigned hist[256];
     __shared__ unsigned ck[MAX_CAND];
