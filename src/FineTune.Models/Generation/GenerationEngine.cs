@@ -118,7 +118,10 @@ public sealed class GenerationEngine : IDisposable
         while (HasWork) Step();
     }
 
-    /// <summary>One iteration: drop cancelled requests, admit waiting ones into free slots, one forward, one pick per sequence.</summary>
+    /// <summary>
+    /// One iteration: drop cancelled requests, preempt if the pool is short, admit waiting ones, one forward (replayed as
+    /// a graph for a decode-only step where the backend records them), one pick per sequence.
+    /// </summary>
     public void Step()
     {
         DropCancelled();
@@ -157,7 +160,8 @@ public sealed class GenerationEngine : IDisposable
         if (_waiting.Any(s => s.Request.IsCancelled))
         {
             var keep = _waiting.Where(s => !s.Request.IsCancelled).ToList();
-            foreach (var s in _waiting.Where(s => s.Request.IsCancelled)) s.Request.OnFinished?.Invoke(new GeneratedSequence([], "cancelled"));
+            // A preempted sequence waits with the tokens it made so far; Finish reports them (none for a fresh request).
+            foreach (var s in _waiting.Where(s => s.Request.IsCancelled)) Finish(s, "cancelled");
             _waiting.Clear();
             foreach (var s in keep) _waiting.Enqueue(s);
         }
