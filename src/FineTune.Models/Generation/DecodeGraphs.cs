@@ -78,7 +78,13 @@ internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActi
             Failure = e.Message;
             return Kernels(step);
         }
-        graph = B.EndGraphCapture() ?? throw new InvalidOperationException("the backend returned no graph");
+        try { graph = B.EndGraphCapture() ?? throw new InvalidOperationException("the backend returned no graph"); }
+        catch (Exception e)
+        {
+            // The recording ended but could not be instantiated: nothing ran, so the step runs eagerly.
+            Failure = e.Message;
+            return Kernels(step);
+        }
         _graphs[bucket] = graph;
         graph.Launch();
         Replays++;
