@@ -180,7 +180,7 @@ public static class ModelChecks
             }
         }
         SequenceSeam(cpu, gpuF32, gpuBf16, Add);
-        try { GenerationChecks.Run(gpuBf16, rows); }
+        try { GenerationChecks.Run(cpu, gpuF32, gpuBf16, rows); }
         catch (Exception e)
         {
             // A failure here must not hide the rows above: report it as a failed check with its message.
