@@ -32,19 +32,29 @@ public readonly record struct AttentionVariant(int Window = 0, float SoftCap = 0
 }
 
 /// <summary>
-/// Shape of attention over a slot-based KV cache (generation). Q is [Tokens, QueryHeads·HeadDim]; the caches are
-/// [Slots·Capacity, KvHeads·HeadDim], slot s holding its sequence's keys at rows s·Capacity + position. Token t belongs
-/// to slot slots[t] at position positions[t] and attends to that slot's keys 0 … positions[t] (its own key included,
-/// so the caller writes the step's K/V into the cache first). Tokens of one step may come from any slots in any mix of
-/// prompt chunks and single decode tokens.
+/// Shape of attention over a paged KV cache (generation). Q is [Tokens, QueryHeads·HeadDim]; the caches are a pool of
+/// Blocks blocks of BlockSize positions, [Blocks·BlockSize, KvHeads·HeadDim]. A sequence's keys live in the blocks its
+/// row of the block table ([rows, TableWidth], I32) names: position j at cache row table[j / BlockSize]·BlockSize +
+/// j % BlockSize. Token t belongs to table row sequences[t] at position positions[t] and attends to that sequence's
+/// keys 0 … positions[t] (its own key included, so the caller writes the step's K/V into the cache first). Tokens of
+/// one step may come from any sequences in any mix of prompt chunks and single decode tokens. (Whole-length slots are
+/// the case BlockSize = capacity, TableWidth = 1, table row s = [s].)
 /// </summary>
-public readonly record struct CachedAttentionShape(int Tokens, int Slots, int Capacity, int QueryHeads, int KvHeads, int HeadDim)
+public readonly record struct CachedAttentionShape(int Tokens, int Blocks, int BlockSize, int TableWidth, int QueryHeads, int KvHeads, int HeadDim)
 {
     /// <summary>Softmax scale: the variant's query scale when set, else 1/sqrt(head_dim).</summary>
     public float Scale => Variant.QueryScale ?? 1f / MathF.Sqrt(HeadDim);
 
     /// <summary>Sliding window and soft-cap as <see cref="AttentionShape.Variant"/> (the window counts cache positions).</summary>
     public AttentionVariant Variant { get; init; }
+    /// <summary>The longest sequence the table can address.</summary>
+    public int MaxPositions => BlockSize * TableWidth;
+}
+
+/// <summary>A recorded sequence of operations (<see cref="IBackend.BeginGraphCapture"/>), replayed by <see cref="Launch"/>.</summary>
+public interface IDeviceGraph : IDisposable
+{
+    void Launch();
 }
 
 /// <summary>
@@ -85,6 +95,16 @@ public interface IBackend : IDisposable
     /// where tensors live in host memory (CPU).
     /// </summary>
     DeviceMemory? Memory => null;
+
+    /// <summary>
+    /// Whether <see cref="BeginGraphCapture"/> works: the backend can record a sequence of operations once and replay it
+    /// with one launch (CUDA graphs). Replays read and write the same tensors the recording named.
+    /// </summary>
+    bool SupportsGraphs => false;
+    /// <summary>Starts recording operations instead of running them (no transfer, synchronisation or allocation may follow).</summary>
+    void BeginGraphCapture() => throw new NotSupportedException($"the {Name} backend cannot record graphs");
+    /// <summary>Stops recording; returns the graph, or null with <paramref name="discard"/> (an operation failed while recording).</summary>
+    IDeviceGraph? EndGraphCapture(bool discard = false) => throw new NotSupportedException($"the {Name} backend cannot record graphs");
 
     /// <summary>A zero-filled buffer of <paramref name="byteLength"/> bytes, to be carved into tensors.</summary>
     DeviceBuffer AllocateBuffer(long byteLength);
@@ -156,16 +176,26 @@ public interface IBackend : IDisposable
     void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
         Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape);
 
-    // ---- generation: the slot-based KV cache and greedy picking ----
+    // ---- generation: the paged KV cache and picking ----
     /// <summary>dst[rows[i], :] = src[i, :] (the inverse of <see cref="Embedding"/>; rows must be distinct).</summary>
     void ScatterRows(Tensor dst, Tensor src, Tensor rows);
     /// <summary>
-    /// output [Tokens, QueryHeads·HeadDim] = softmax(q·kᵀ·scale)·v over each token's slot keys 0 … positions[t]
-    /// (see <see cref="CachedAttentionShape"/>). Query head h reads KV head h / (QueryHeads/KvHeads). Forward only.
+    /// output [Tokens, QueryHeads·HeadDim] = softmax(q·kᵀ·scale)·v over each token's keys 0 … positions[t], read through
+    /// its sequence's row of <paramref name="blockTables"/> (see <see cref="CachedAttentionShape"/>). Query head h reads
+    /// KV head h / (QueryHeads/KvHeads). Forward only.
     /// </summary>
-    void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor slots, Tensor positions, CachedAttentionShape shape);
+    void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape shape);
     /// <summary>output[r] = the index of the largest value of row r of x [rows, cols] (I32); ties go to the lowest index.</summary>
     void ArgMax(Tensor x, Tensor output);
+    /// <summary>
+    /// output[r] = the token row r of <paramref name="logits"/> [rows, V] picks with the settings in
+    /// <paramref name="parameters"/> (I32 [rows·<see cref="Sampling.SamplingRow.Ints"/>], <see cref="Sampling.SamplingRow"/>)
+    /// and the distinct ids <paramref name="seen"/> (I32) each row's repetition penalty reads, with exactly the
+    /// semantics of <see cref="Sampling.TokenSampling.Pick"/>; −1 where a device could not decide within its candidate
+    /// limit (the caller then picks that row on the host with the same uniform). <paramref name="scratch"/> is F32
+    /// [rows, V]. The logits are left as they were.
+    /// </summary>
+    void SampleRows(Tensor logits, Tensor parameters, Tensor seen, Tensor output, Tensor scratch);
 
     // ---- SwiGLU: h = silu(gate) ⊙ up ----
     void SwiGlu(Tensor h, Tensor gate, Tensor up);

@@ -58,8 +58,9 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
         Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.AttentionBackward(dq, dk, dv, doutput, output, lse, q, k, v, segmentIds, shape); End("AttentionBackward", t); }
     public void ScatterRows(Tensor dst, Tensor src, Tensor rows) { var t = Begin(); _inner.ScatterRows(dst, src, rows); End("ScatterRows", t); }
-    public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor slots, Tensor positions, CachedAttentionShape shape) { var t = Begin(); _inner.CachedAttention(output, q, kCache, vCache, slots, positions, shape); End("CachedAttention", t); }
+    public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape shape) { var t = Begin(); _inner.CachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, shape); End("CachedAttention", t); }
     public void ArgMax(Tensor x, Tensor output) { var t = Begin(); _inner.ArgMax(x, output); End("ArgMax", t); }
+    public void SampleRows(Tensor logits, Tensor parameters, Tensor seen, Tensor output, Tensor scratch) { var t = Begin(); _inner.SampleRows(logits, parameters, seen, output, scratch); End("SampleRows", t); }
     public void SwiGlu(Tensor h, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGlu(h, gate, up); End("SwiGlu", t); }
     public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) { var t = Begin(); _inner.SwiGluBackward(dgate, dup, dh, gate, up); End("SwiGluBackward", t); }
     public void GeGlu(Tensor h, Tensor gate, Tensor up) { var t = Begin(); _inner.GeGlu(h, gate, up); End("GeGlu", t); }

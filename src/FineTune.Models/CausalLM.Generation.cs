@@ -72,51 +72,72 @@ public sealed partial class CausalLM
         TokenSampler.Pick(logits, seen, o, rng);
 
     /// <summary>
-    /// One engine step through the model: the step's tokens (prompt chunks and decode tokens of any slots, grouped by
-    /// adapter) are embedded, each layer writes their K/V into the cache and attends over each token's slot, and the
-    /// rows in <see cref="StepBatch.LogitRows"/> get final norm and LM head. Returns the logits tensor [rows, vocab].
+    /// One engine step through the model: the step's inputs go to the device in one copy, then the step's tokens (prompt
+    /// chunks and decode tokens of any sequences, grouped by adapter) are embedded, each layer writes their K/V into the
+    /// paged cache and attends over each token's sequence through its block table, and the logit rows get the final
+    /// norm and LM head. Returns the logits tensor [rows, vocab].
     /// </summary>
-    internal Tensor ForwardStep(StepBatch step, KvCacheSlots cache, ModelActivations acts, AdapterBank? bank)
+    internal Tensor ForwardStep(StepBatch step, PagedKvCache cache, ModelActivations acts, AdapterBank? bank)
+    {
+        UploadStep(step, cache);
+        return StepKernels(step.Layout, step.TokenGroups, step.LogitGroups, cache, acts, bank);
+    }
+
+    /// <summary>The host side of a step: the rope tables long enough, the step's inputs in one copy.</summary>
+    internal void UploadStep(StepBatch step, PagedKvCache cache)
+    {
+        EnsureRope(step.MaxPosition + 1);
+        Backend.Upload(cache.StepInputs.View(0, [step.Layout.Length]), step.Inputs);
+    }
+
+    /// <summary>Builds the rope tables for <paramref name="positions"/> up front (before decode graphs record them).</summary>
+    internal void PrepareRope(int positions) => EnsureRope(positions);
+
+    /// <summary>
+    /// The device work of a step whose inputs are in <see cref="PagedKvCache.StepInputs"/>: launches only, no host
+    /// transfer and no allocation, so it can be captured as a CUDA graph and replayed.
+    /// </summary>
+    internal Tensor StepKernels(StepLayout layout, IReadOnlyList<RowGroup> tokenGroups, IReadOnlyList<RowGroup> logitGroups,
+        PagedKvCache cache, ModelActivations acts, AdapterBank? bank)
     {
         var B = Backend;
         var s = Spec;
-        int n = step.Tokens, c = s.HiddenSize, rows = step.LogitRows.Length;
-        EnsureRope(step.MaxPosition + 1);
-        var ids = acts.Ids.View(0, [n]);
-        var pos = acts.Positions.View(0, [n]);
-        B.Upload(ids, step.Ids);
-        B.Upload(pos, step.Positions);
-        B.Upload(cache.TokenSlots.View(0, [n]), step.Slots);
-        B.Upload(cache.TokenRows.View(0, [n]), step.CacheRows);
+        int n = layout.Tokens, c = s.HiddenSize, rows = layout.LogitRows;
+        var inputs = cache.StepInputs;
+        var ids = inputs.View(layout.Ids, [n]);
+        var pos = inputs.View(layout.Positions, [n]);
+        var seqs = inputs.View(layout.Sequences, [n]);
+        var cacheRows = inputs.View(layout.CacheRows, [n]);
+        var logitRows = inputs.View(layout.Logits, [rows]);
+        var tables = inputs.View(layout.Tables, [layout.TableRows * layout.TableWidth]);
         var x = acts.Residual[0].View(0, [n, c]);
         var y = acts.Residual[1].View(0, [n, c]);
-        foreach (var g in step.TokenGroups)
+        foreach (var g in tokenGroups)
             B.Embedding(x.SliceRows(g.Start, g.Count), bank?.Embedding(g.Adapter) ?? _embed.Value, ids.View(g.Start, [g.Count]));
         if (EmbeddingScale is { } es) B.Scale(x, es);
-        var shape = new CachedAttentionShape(n, cache.Slots, cache.Capacity, s.NumHeads, s.NumKvHeads, s.HeadDim);
+        var shape = new CachedAttentionShape(n, cache.Blocks, cache.BlockSize, cache.TableWidth, s.NumHeads, s.NumKvHeads, s.HeadDim);
         var a = acts.Layers[0];
-        _stepLora = bank is null ? null : new StepLora(bank, step.TokenGroups);
+        _stepLora = bank is null ? null : new StepLora(bank, tokenGroups);
         try
         {
             for (int l = 0; l < s.NumLayers; l++)
             {
                 var (q, k, v) = AttentionInputs(_layers[l], a, x, pos, n, 0, false);
-                B.ScatterRows(cache.K[l], k, cache.TokenRows.View(0, [n]));
-                B.ScatterRows(cache.V[l], v, cache.TokenRows.View(0, [n]));
+                B.ScatterRows(cache.K[l], k, cacheRows);
+                B.ScatterRows(cache.V[l], v, cacheRows);
                 var att = Rows(a.Att, n);
-                B.CachedAttention(att, q, cache.K[l], cache.V[l], cache.TokenSlots.View(0, [n]), pos, shape with { Variant = s.AttentionVariantOf(l) });
+                B.CachedAttention(att, q, cache.K[l], cache.V[l], seqs, pos, tables, shape with { Variant = s.AttentionVariantOf(l) });
                 LayerTail(_layers[l], a, x, att, y, n, 0, false);
                 (x, y) = (y, x);
             }
         }
         finally { _stepLora = null; }
         // x holds the last layer's output; gather the rows that need logits, norm, and project.
-        B.Upload(acts.CompactRows.View(0, [rows]), step.LogitRows);
         var last = acts.Hc.View(0, [rows, c]);
-        B.Embedding(last, x, acts.CompactRows.View(0, [rows]));
+        B.Embedding(last, x, logitRows);
         var normed = acts.LnF.View(0, [rows, c]);
         var logits = acts.Logits.View(0, [rows, s.VocabSize]);
-        foreach (var g in step.LogitGroups)
+        foreach (var g in logitGroups)
         {
             B.RmsNorm(normed.SliceRows(g.Start, g.Count), acts.RstdF.View(g.Start, [g.Count]), last.SliceRows(g.Start, g.Count),
                 bank?.FinalNorm(g.Adapter) ?? _finalNorm.Value, (float)s.RmsNormEps, s.NormWeightOffset);

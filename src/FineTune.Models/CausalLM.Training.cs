@@ -223,7 +223,11 @@ public sealed partial class CausalLM
             Backend.Upload(_sinLocal, sin);
         }
         _ropeLength = length;
+        RopeVersion++;
     }
+
+    /// <summary>Counts rebuilds of the rope tables: a recorded decode graph names the tables it was recorded with.</summary>
+    internal int RopeVersion { get; private set; }
 
     private void EmbedTokens(int n, int seqLen, ulong seed, bool training)
     {

@@ -75,6 +75,8 @@ public sealed class OpenAiServer : IDisposable
                 MaxSequences = options.MaxBatch,
                 MaxModelLength = maxLen,
                 MaxBatchTokens = Math.Max(options.MaxBatchTokens, options.MaxBatch),
+                KvCacheBlocks = options.KvCacheBlocks,
+                CudaGraphs = options.CudaGraphs,
             }, options.Adapters);
         }
         catch

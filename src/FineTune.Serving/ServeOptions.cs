@@ -21,8 +21,12 @@ public sealed record ServeOptions
     /// <summary>When set, every /v1 request needs "Authorization: Bearer &lt;key&gt;".</summary>
     public string? ApiKey { get; init; }
     public string Device { get; init; } = "auto";
-    /// <summary>Sequences decoded together (KV cache slots).</summary>
+    /// <summary>Sequences decoded together (vLLM's max_num_seqs).</summary>
     public int MaxBatch { get; init; } = 32;
+    /// <summary>Blocks of 16 positions in the KV cache's pool (vLLM's num_gpu_blocks); 0: every sequence at the full model length.</summary>
+    public int KvCacheBlocks { get; init; }
+    /// <summary>Replay decode steps as CUDA graphs (on CUDA); false runs them eagerly.</summary>
+    public bool CudaGraphs { get; init; } = true;
     /// <summary>Requests that may wait for a slot; more get 429.</summary>
     public int MaxQueue { get; init; } = 256;
     /// <summary>Prompt plus completion tokens per sequence (default: the model's max_position_embeddings, at most 4096).</summary>

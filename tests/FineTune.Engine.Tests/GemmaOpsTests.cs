@@ -138,8 +138,8 @@ public sealed class GemmaOpsTests
         Tensor o = _cpu.Allocate(DType.F32, t, hq * d), lse = _cpu.Allocate(DType.F32, hq * t);
         _cpu.Attention(o, lse, tq, tk, tv, _cpu.I32(new int[t], t), AttentionShape.Training(1, t, hq, hkv, d) with { Variant = variant });
         Tensor oc = _cpu.Allocate(DType.F32, t, hq * d);
-        _cpu.CachedAttention(oc, tq, tk, tv, _cpu.I32(new int[t], t), _cpu.I32(Enumerable.Range(0, t).ToArray(), t),
-            new CachedAttentionShape(t, 1, t, hq, hkv, d) { Variant = variant });
+        _cpu.CachedAttention(oc, tq, tk, tv, _cpu.I32(new int[t], t), _cpu.I32(Enumerable.Range(0, t).ToArray(), t), _cpu.I32([0], 1),
+            new CachedAttentionShape(t, 1, t, 1, hq, hkv, d) { Variant = variant });
         float[] a = _cpu.Read(o), c = _cpu.Read(oc);
         for (int i = 0; i < a.Length; i++) Assert.Equal(a[i], c[i], 5);
     }

@@ -32,9 +32,10 @@ public sealed class GenerationOpsTests
         (int Seq, int Pos)[] tokens = [(0, 4), (0, 5), (0, 6), (1, 4)];
         var qs = tokens.SelectMany(t => q[t.Seq].Skip(t.Pos * hq * d).Take(hq * d)).ToArray();
         var output = b.F32(new float[qs.Length], tokens.Length, hq * d);
+        // Whole-length slots are blocks of the full capacity, one per table row.
         b.CachedAttention(output, b.F32(qs, tokens.Length, hq * d), b.F32(kc, slots * cap, kvd), b.F32(vc, slots * cap, kvd),
             b.I32(tokens.Select(t => slotOf[t.Seq]).ToArray(), tokens.Length), b.I32(tokens.Select(t => t.Pos).ToArray(), tokens.Length),
-            new CachedAttentionShape(tokens.Length, slots, cap, hq, hkv, d));
+            b.I32([0, 1, 2], 3), new CachedAttentionShape(tokens.Length, slots, cap, 1, hq, hkv, d));
         var got = b.Read(output);
         for (int s = 0; s < 2; s++)
         {
@@ -47,6 +48,65 @@ public sealed class GenerationOpsTests
                 if (tokens[t].Seq == s)
                     Assert.Equal(want.Skip(tokens[t].Pos * hq * d).Take(hq * d), got.Skip(t * hq * d).Take(hq * d));
         }
+    }
+
+    [Fact]
+    public void CachedAttentionThroughScatteredBlocksEqualsPackedAttentionOfEachSequence()
+    {
+        var b = new CpuBackend(2);
+        int hq = 4, hkv = 2, d = 8, kvd = hkv * d, bs = 3, blocks = 9, width = 4;
+        // Sequences of 7 and 5 tokens in blocks of 3 positions, their blocks out of order and interleaved in the pool:
+        // sequence 0 in blocks 5, 1, 7; sequence 1 in blocks 8, 2 (block 0 unused, as the engine's scratch block).
+        int[] lens = [7, 5];
+        int[][] tables = [[5, 1, 7], [8, 2]];
+        var q = new List<float[]>();
+        var k = new List<float[]>();
+        var v = new List<float[]>();
+        var kc = new float[blocks * bs * kvd];
+        var vc = new float[blocks * bs * kvd];
+        for (int s = 0; s < 2; s++)
+        {
+            q.Add(TestTensors.Random(lens[s] * hq * d, 10 + s));
+            k.Add(TestTensors.Random(lens[s] * kvd, 20 + s));
+            v.Add(TestTensors.Random(lens[s] * kvd, 30 + s));
+            for (int p = 0; p < lens[s]; p++)
+            {
+                int row = tables[s][p / bs] * bs + p % bs;
+                Array.Copy(k[s], p * kvd, kc, row * kvd, kvd);
+                Array.Copy(v[s], p * kvd, vc, row * kvd, kvd);
+            }
+        }
+        var table = new int[2 * width];
+        for (int s = 0; s < 2; s++) tables[s].CopyTo(table, s * width);
+        (int Seq, int Pos)[] tokens = [(1, 4), (0, 2), (0, 3), (0, 4), (0, 5), (0, 6)];
+        var qs = tokens.SelectMany(t => q[t.Seq].Skip(t.Pos * hq * d).Take(hq * d)).ToArray();
+        var output = b.F32(new float[qs.Length], tokens.Length, hq * d);
+        b.CachedAttention(output, b.F32(qs, tokens.Length, hq * d), b.F32(kc, blocks * bs, kvd), b.F32(vc, blocks * bs, kvd),
+            b.I32(tokens.Select(t => t.Seq).ToArray(), tokens.Length), b.I32(tokens.Select(t => t.Pos).ToArray(), tokens.Length),
+            b.I32(table, 2 * width), new CachedAttentionShape(tokens.Length, blocks, bs, width, hq, hkv, d));
+        var got = b.Read(output);
+        for (int s = 0; s < 2; s++)
+        {
+            int n = lens[s];
+            var o = b.F32(new float[n * hq * d], n, hq * d);
+            b.Attention(o, b.F32(new float[n * hq], n * hq), b.F32(q[s], n, hq * d), b.F32(k[s], n, kvd), b.F32(v[s], n, kvd),
+                b.I32(new int[n], n), AttentionShape.Training(1, n, hq, hkv, d));
+            var want = b.Read(o);
+            for (int t = 0; t < tokens.Length; t++)
+                if (tokens[t].Seq == s)
+                    Assert.Equal(want.Skip(tokens[t].Pos * hq * d).Take(hq * d), got.Skip(t * hq * d).Take(hq * d));
+        }
+    }
+
+    [Fact]
+    public void CachedAttentionRefusesABlockOutsideThePool()
+    {
+        var b = new CpuBackend(1);
+        int d = 4;
+        var ex = Assert.Throws<ArgumentOutOfRangeException>(() => b.CachedAttention(b.F32(new float[d], 1, d), b.F32(new float[d], 1, d),
+            b.F32(new float[4 * 2 * d], 8, d), b.F32(new float[4 * 2 * d], 8, d), b.I32([0], 1), b.I32([3], 1), b.I32([1, 4], 2),
+            new CachedAttentionShape(1, 4, 2, 2, 1, 1, d)));
+        Assert.Contains("block 4 at table row 0, entry 1 is outside the pool of 4", ex.Message);
     }
 
     [Fact]

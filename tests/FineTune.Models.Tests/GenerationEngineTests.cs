@@ -166,4 +166,71 @@ public sealed class GenerationEngineTests
             Assert.Equal(ReferencePick((float[])logits.Clone(), o, new Random(trial)), TokenSampler.Pick((float[])logits.Clone(), null, o, new Random(trial)));
         }
     }
+
+    [Fact]
+    public void PagedCacheTakesABlockAtEachBoundaryAndFreesAllWhenTheSequenceFinishes()
+    {
+        using var model = TinyModels.Create(TinyModels.Spec("qwen3", true), TrainingSetup.Inference, std: 0.5f);
+        // Blocks of 4 positions, 2 sequences × 8 blocks + the scratch block: 16 to hand out.
+        using var engine = new GenerationEngine(model, new GenerationEngineOptions { MaxSequences = 2, MaxModelLength = 32, MaxBatchTokens = 32, KvBlockSize = 4 });
+        Assert.Equal(16, engine.FreeCacheBlocks);
+        GeneratedSequence? done = null;
+        engine.Add(new GenerationRequest([1, 2, 3, 4, 5, 6], new GenerationOptions { MaxNewTokens = 5 }) { OnFinished = s => done = s });
+        var free = new List<int>();
+        while (engine.HasWork) { engine.Step(); free.Add(engine.FreeCacheBlocks); }
+        // Prefill of 6 positions: 2 blocks; decodes at positions 6, 7 fit; position 8 takes a third; the finish frees all.
+        Assert.Equal([14, 14, 14, 13, 16], free);
+        Assert.Equal(5, done!.Tokens.Length);
+    }
+
+    [Fact]
+    public void ARequestWaitsWhileThePoolCannotHoldItsPrompt()
+    {
+        using var model = TinyModels.Create(TinyModels.Spec("qwen3", true), TrainingSetup.Inference, std: 0.5f);
+        // 6 blocks of 4 to hand out (24 positions): the first prompt of 20 tokens takes 5, the second (8 tokens, 2 blocks) waits.
+        using var engine = new GenerationEngine(model, new GenerationEngineOptions { MaxSequences = 2, MaxModelLength = 24, MaxBatchTokens = 32, KvBlockSize = 4, KvCacheBlocks = 7 });
+        var finished = new List<int>();
+        engine.Add(new GenerationRequest([.. Enumerable.Range(1, 20)], new GenerationOptions { MaxNewTokens = 2 }) { OnFinished = _ => finished.Add(0) });
+        engine.Add(new GenerationRequest([.. Enumerable.Range(20, 8)], new GenerationOptions { MaxNewTokens = 2 }) { OnFinished = _ => finished.Add(1) });
+        engine.Step();
+        Assert.Equal((1, 1, 1), (engine.Running, engine.Waiting, engine.FreeCacheBlocks));
+        engine.RunToCompletion();
+        Assert.Equal([0, 1], finished);
+        Assert.Equal((0L, 6), (engine.Preemptions, engine.FreeCacheBlocks));
+    }
+
+    [Fact]
+    public void AShortPoolPreemptsTheLatestSequenceWhichStillGetsItsAloneTokens()
+    {
+        using var model = TinyModels.Create(TinyModels.Spec("qwen3", true), TrainingSetup.Inference, std: 0.5f);
+        var o = new GenerationOptions { MaxNewTokens = 12 };
+        int[][] prompts = [[1, 2, 3, 4, 5], [7, 8, 9, 10], [11, 12, 13, 14, 15, 16]];
+        var alone = prompts.Select(p => model.Generate([p], o)[0].Tokens).ToList();
+        // 6 blocks of 4 for three sequences that each grow to 16-18 positions (5 blocks): decodes run the pool dry.
+        var got = RunEngine(model, new GenerationEngineOptions { MaxSequences = 3, MaxModelLength = 24, MaxBatchTokens = 32, KvBlockSize = 4, KvCacheBlocks = 7 },
+            prompts.Select(p => new GenerationRequest(p, o)), e => Assert.InRange(e.FreeCacheBlocks, 0, 6));
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(alone[i], got[i].Tokens);
+        using var engine = new GenerationEngine(model, new GenerationEngineOptions { MaxSequences = 3, MaxModelLength = 24, MaxBatchTokens = 32, KvBlockSize = 4, KvCacheBlocks = 7 });
+        foreach (var p in prompts) engine.Add(new GenerationRequest(p, o));
+        engine.RunToCompletion();
+        Assert.True(engine.Preemptions > 0, "the pool never ran short");
+    }
+
+    [Fact]
+    public void APoolThatCannotHoldOneFullSequenceIsRefused()
+    {
+        using var model = TinyModels.Create(TinyModels.Spec("qwen3", true), TrainingSetup.Inference, std: 0.5f);
+        var e = Assert.Throws<ArgumentException>(() => new GenerationEngine(model, new GenerationEngineOptions { MaxSequences = 2, MaxModelLength = 32, MaxBatchTokens = 32, KvCacheBlocks = 2 }));
+        Assert.Equal("a KV cache of 2 blocks of 16 cannot hold one sequence of 32 tokens (2 blocks, plus the scratch block); give it at least 3", e.Message);
+    }
+
+    [Fact]
+    public void TheCpuBackendRecordsNoGraphsAndPadsNothing()
+    {
+        using var model = TinyModels.Create(TinyModels.Spec("qwen3", true), TrainingSetup.Inference, std: 0.5f);
+        using var engine = new GenerationEngine(model, new GenerationEngineOptions { MaxSequences = 4, MaxModelLength = 32, MaxBatchTokens = 32 });
+        foreach (var p in Prompts.Take(3)) engine.Add(new GenerationRequest(p, new GenerationOptions { MaxNewTokens = 4 }));
+        engine.RunToCompletion();
+        Assert.Equal((0, 0L, (string?)null), engine.GraphStats);
+    }
 }

@@ -35,15 +35,16 @@ public sealed class BenchCommand : ICliCommand
         var batches = new Option<string>("--batches") { Description = "--generate: comma-separated batch sizes (sequences decoded at once).", DefaultValueFactory = _ => "1,8,64,256" };
         var prompts = new Option<int?>("--prompts") { Description = "--generate: prompts per row (default: 64, or the batch when larger)." };
         var promptLen = new Option<int>("--prompt-len") { Description = "--generate: tokens per prompt.", DefaultValueFactory = _ => 64 };
+        var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "--generate: run decode steps eagerly instead of replaying CUDA graphs." };
         var newTokens = new Option<int>("--new-tokens") { Description = "--generate: tokens generated per prompt (no EOS).", DefaultValueFactory = _ => 32 };
         var command = new Command("bench", "Measure training tokens/s of a model shape and the matrix multiply's GFLOP/s, or generation with --generate (JSON lines).")
         {
-            device, shape, batch, seq, rank, steps, warmup, checkpointing, maxMemory, threads, matmul, profile, objective, quantizationBit, generate, model, batches, prompts, promptLen, newTokens,
+            device, shape, batch, seq, rank, steps, warmup, checkpointing, maxMemory, threads, matmul, profile, objective, quantizationBit, generate, model, batches, prompts, promptLen, newTokens, noGraphs,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
             if (r.GetValue(generate))
-                return Generate(r.GetValue(device)!, r.GetValue(threads), r.GetValue(model), r.GetValue(batches)!, r.GetValue(prompts), r.GetValue(promptLen), r.GetValue(newTokens));
+                return Generate(r.GetValue(device)!, r.GetValue(threads), r.GetValue(model), r.GetValue(batches)!, r.GetValue(prompts), r.GetValue(promptLen), r.GetValue(newTokens), !r.GetValue(noGraphs));
             using var raw = Backends.Create(r.GetValue(device)!, r.GetValue(threads), Console.Error.WriteLine);
             var cuda = raw as FineTune.Engine.Cuda.CudaBackend;
             var profiler = r.GetValue(profile) && cuda is null ? new ProfilingBackend(raw) : null;
@@ -102,7 +103,7 @@ public sealed class BenchCommand : ICliCommand
     /// <summary>H200 HBM3e bandwidth: single-stream decode reads every weight once per token, so bytes ÷ this bounds tokens/s.</summary>
     private const double BandwidthBytesPerSecond = 4.8e12;
 
-    private static int Generate(string device, int? threads, string? modelDir, string batchList, int? prompts, int promptLen, int newTokens)
+    private static int Generate(string device, int? threads, string? modelDir, string batchList, int? prompts, int promptLen, int newTokens, bool cudaGraphs)
     {
         if (modelDir is null || !File.Exists(Path.Combine(modelDir, "config.json")))
             throw new FineTune.Pipeline.PipelineUserException($"bench --generate needs --model DIR with a config.json (got {modelDir ?? "none"}).");
@@ -110,16 +111,16 @@ public sealed class BenchCommand : ICliCommand
             .Select(x => int.TryParse(x, out int b) && b > 0 ? b : throw new FineTune.Pipeline.PipelineUserException($"--batches {batchList}: '{x}' is not a positive integer.")).ToList();
         using var backend = Backends.Create(device, threads, Console.Error.WriteLine);
         using var lm = CausalLM.Load(modelDir, backend, TrainingSetup.Inference);
-        FineTune.Models.Generation.GenerationBenchmark.Run(lm, 2, 2, Math.Min(promptLen, 8), 2); // warm-up: kernels compiled, products planned
+        FineTune.Models.Generation.GenerationBenchmark.Run(lm, 2, 2, Math.Min(promptLen, 8), 2, cudaGraphs); // warm-up: kernels compiled, products planned
         double limit = BandwidthBytesPerSecond / lm.WeightBytes;
         foreach (int b in sizes)
         {
-            var g = FineTune.Models.Generation.GenerationBenchmark.Run(lm, b, prompts ?? Math.Max(64, b), promptLen, newTokens);
+            var g = FineTune.Models.Generation.GenerationBenchmark.Run(lm, b, prompts ?? Math.Max(64, b), promptLen, newTokens, cudaGraphs);
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 bench = "generate", engine = "finetune", g.Device, g.Batch, g.Prompts, prompt_len = g.PromptLength, new_tokens = g.NewTokens,
                 seconds = Math.Round(g.Seconds, 4), prompts_per_s = Math.Round(g.PromptsPerSecond, 2), tokens_per_s = Math.Round(g.TokensPerSecond, 1),
-                ttft_ms = Math.Round(g.TimeToFirstTokenMs, 2), decode_tokens_per_s_per_seq = Math.Round(g.DecodeTokensPerSecondPerSequence, 1),
+                cuda_graphs = g.CudaGraphs, ttft_ms = Math.Round(g.TimeToFirstTokenMs, 2), decode_tokens_per_s_per_seq = Math.Round(g.DecodeTokensPerSecondPerSequence, 1),
                 weight_bytes = lm.WeightBytes, bandwidth_limit_tokens_per_s = Math.Round(limit, 1),
                 bandwidth_fraction = b == 1 ? Math.Round(g.DecodeTokensPerSecondPerSequence / limit, 3) : (double?)null,
             }, Json));

@@ -24,7 +24,9 @@ public sealed class ServeCommand : ICliCommand
         var port = new Option<int>("--port") { Description = "Port (0: any free port; the bound address is printed).", DefaultValueFactory = _ => 8000 };
         var apiKey = new Option<string?>("--api-key") { Description = "Require \"Authorization: Bearer KEY\" on /v1 requests (default: $FINETUNE_API_KEY)." };
         var device = new Option<string>("--device") { Description = "auto, cpu, cuda or cuda:N.", DefaultValueFactory = _ => "auto" };
-        var maxBatch = new Option<int>("--max-batch") { Description = "Sequences decoded together (KV cache slots).", DefaultValueFactory = _ => 32 };
+        var maxBatch = new Option<int>("--max-batch") { Description = "Sequences decoded together.", DefaultValueFactory = _ => 32 };
+        var kvBlocks = new Option<int>("--kv-cache-blocks") { Description = "Blocks of 16 positions in the paged KV cache (0: every sequence at the full model length; fewer let more sequences fit, the latest admitted is preempted and recomputed when the pool runs short).", DefaultValueFactory = _ => 0 };
+        var noGraphs = new Option<bool>("--no-cuda-graphs") { Description = "Run decode steps eagerly instead of replaying CUDA graphs (also FINETUNE_CUDA_GRAPHS=0)." };
         var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a slot; beyond, 429 with Retry-After.", DefaultValueFactory = _ => 256 };
         var maxLen = new Option<int?>("--max-model-len") { Description = "Prompt + completion tokens per sequence (default: max_position_embeddings, at most 4096)." };
         var maxBatchTokens = new Option<int>("--max-batch-tokens") { Description = "Tokens through the model per step (prompt chunks + decode tokens).", DefaultValueFactory = _ => 2048 };
@@ -32,7 +34,7 @@ public sealed class ServeCommand : ICliCommand
         var maxBytes = new Option<long>("--max-request-bytes") { Description = "The largest request body (413 beyond).", DefaultValueFactory = _ => 1 << 20 };
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API (vLLM's endpoints); SIGTERM drains in-flight requests, then exits.")
         {
-            model, pipeline, adapters, name, template, host, port, apiKey, device, maxBatch, maxQueue, maxLen, maxBatchTokens, maxTokens, maxBytes,
+            model, pipeline, adapters, name, template, host, port, apiKey, device, maxBatch, maxQueue, maxLen, maxBatchTokens, maxTokens, maxBytes, kvBlocks, noGraphs,
         };
         command.SetAction(r => CliSupport.Guard(ct =>
         {
@@ -66,6 +68,7 @@ public sealed class ServeCommand : ICliCommand
             Positive("--max-batch", r.GetValue(maxBatch));
             Positive("--max-batch-tokens", r.GetValue(maxBatchTokens));
             Positive("--max-request-bytes", r.GetValue(maxBytes));
+            if (r.GetValue(kvBlocks) < 0) throw new PipelineUserException($"--kv-cache-blocks {r.GetValue(kvBlocks)}: must be 0 (every sequence at the full model length) or more.");
             if (r.GetValue(maxQueue) < 0) throw new PipelineUserException($"--max-queue {r.GetValue(maxQueue)}: must be 0 or more.");
             if (r.GetValue(port) is < 0 or > 65535) throw new PipelineUserException($"--port {r.GetValue(port)}: must be in 0–65535.");
             if (r.GetValue(maxLen) is < 2) throw new PipelineUserException($"--max-model-len {r.GetValue(maxLen)}: must be at least 2.");
@@ -87,6 +90,8 @@ public sealed class ServeCommand : ICliCommand
                 MaxBatchTokens = r.GetValue(maxBatchTokens),
                 MaxTokensLimit = r.GetValue(maxTokens),
                 MaxRequestBytes = r.GetValue(maxBytes),
+                KvCacheBlocks = r.GetValue(kvBlocks),
+                CudaGraphs = !r.GetValue(noGraphs),
             };
             try
             {

@@ -10,20 +10,67 @@ public sealed partial class CudaBackend
         LaunchFlat("kv_cache.cu", "scatter_rows", src.Length, [P(dst), Dt(dst), P(src), Dt(src), P(rows), rows.Length, cols]);
     }
 
-    public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor slots, Tensor positions, CachedAttentionShape s)
+    const int SplitMaxHeadDim = 128, SplitMaxGroup = 16; // SPLIT_MAX_D, SPLIT_MAX_GROUP in kv_cache.cu
+    const int SplitMaxTokens = 512;
+
+    /// <summary>
+    /// Split-K decode attention (<c>cached_attention_split</c> + <c>cached_attention_combine</c>) for steps of up to
+    /// 512 tokens at head_dim ≤ 128 and GQA groups ≤ 16; off (FINETUNE_SPLITK_ATTENTION=0, or false here) keeps every
+    /// step on the warp-per-(token, head) kernel.
+    /// </summary>
+    public bool UseSplitKAttention { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_SPLITK_ATTENTION") != "0";
+
+    // The split kernel's partial results. Grown, never shrunk, and an outgrown block is kept until the backend is
+    // disposed: a captured CUDA graph may still name it.
+    ulong _splitPartials;
+    long _splitPartialsBytes;
+    readonly List<ulong> _retiredPartials = [];
+
+    public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape s)
     {
-        Need(slots, DType.I32);
+        Need(sequences, DType.I32);
         Need(positions, DType.I32);
+        Need(blockTables, DType.I32);
         if (s.QueryHeads % s.KvHeads != 0) throw new ArgumentException($"{s.QueryHeads} query heads are not a multiple of {s.KvHeads} KV heads");
         if (s.HeadDim > MaxHeadDim) throw new ArgumentException($"head_dim {s.HeadDim} exceeds the CUDA attention kernel's limit of {MaxHeadDim}");
         if (q.Length != (long)s.Tokens * s.QueryHeads * s.HeadDim || output.Length != q.Length) throw new ArgumentException($"q {q} / output {output} do not match {s}");
-        if (kCache.Length != (long)s.Slots * s.Capacity * s.KvHeads * s.HeadDim || vCache.Length != kCache.Length) throw new ArgumentException($"caches {kCache} {vCache} do not match {s}");
+        if (kCache.Length != (long)s.Blocks * s.BlockSize * s.KvHeads * s.HeadDim || vCache.Length != kCache.Length) throw new ArgumentException($"caches {kCache} {vCache} do not match {s}");
+        if (blockTables.Length % s.TableWidth != 0) throw new ArgumentException($"block tables {blockTables} are not rows of {s.TableWidth}");
         if (s.Tokens == 0) return;
+        int group = s.QueryHeads / s.KvHeads;
+        if (UseSplitKAttention && s.Tokens <= SplitMaxTokens && s.HeadDim <= SplitMaxHeadDim && group <= SplitMaxGroup)
+        {
+            int splits = SplitCount(s.Tokens, s.KvHeads);
+            long bytes = (long)s.Tokens * s.QueryHeads * splits * (s.HeadDim + 2) * sizeof(float);
+            ulong part = SplitPartials(bytes);
+            Launch("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), group * 32,
+            [
+                part, P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(sequences), P(positions), P(blockTables),
+                s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
+            ]);
+            Launch("kv_cache.cu", "cached_attention_combine", (s.Tokens, s.QueryHeads, 1), 32, [P(output), Dt(output), part, s.QueryHeads, s.HeadDim, splits]);
+            return;
+        }
         Launch("kv_cache.cu", "cached_attention_forward", ((s.Tokens + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, s.QueryHeads, 1), AttentionRowsPerBlock * 32,
         [
-            P(output), Dt(output), P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(slots), P(positions),
-            s.Tokens, s.Capacity, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
+            P(output), Dt(output), P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(sequences), P(positions), P(blockTables),
+            s.Tokens, s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
         ]);
+    }
+
+    /// <summary>
+    /// Key ranges per (token, kv head): enough blocks for two per SM, at most 32. A function of the step's shape only
+    /// (never of positions), so a graph captured for a decode step launches the right grid at every length.
+    /// </summary>
+    int SplitCount(int tokens, int kvHeads) => Math.Clamp((2 * _dev.Info.Multiprocessors + tokens * kvHeads - 1) / (tokens * kvHeads), 1, 32);
+
+    ulong SplitPartials(long bytes)
+    {
+        if (bytes <= _splitPartialsBytes) return _splitPartials;
+        if (_splitPartials != 0) _retiredPartials.Add(_splitPartials);
+        _splitPartialsBytes = Math.Max(bytes, 2 * _splitPartialsBytes);
+        _splitPartials = _dev.Allocate(_splitPartialsBytes);
+        return _splitPartials;
     }
 
     public void ArgMax(Tensor x, Tensor output)
@@ -32,5 +79,17 @@ public sealed partial class CudaBackend
         if (output.Length != x.Rows) throw new ArgumentException($"argmax of {x} into {output}: one output per row");
         if (x.Rows == 0) return;
         Launch("argmax.cu", "argmax_rows", (x.Rows, 1, 1), 256, [P(x), Dt(x), P(output), x.Cols]);
+    }
+
+    const int SampleThreads = 1024; // SAMPLE_THREADS in sampling.cu
+
+    public void SampleRows(Tensor logits, Tensor parameters, Tensor seen, Tensor output, Tensor scratch)
+    {
+        Need(parameters, DType.I32); Need(seen, DType.I32); Need(output, DType.I32); Need(scratch, DType.F32);
+        int rows = logits.Rows, v = logits.Cols;
+        if (output.Length != rows || parameters.Length < (long)rows * Sampling.SamplingRow.Ints || scratch.Length < (long)rows * v)
+            throw new ArgumentException($"sampling of {logits} with {parameters} into {output} (scratch {scratch}): one parameter row and one output per logit row");
+        if (rows == 0) return;
+        Launch("sampling.cu", "sample_rows", (rows, 1, 1), SampleThreads, [P(logits), Dt(logits), P(parameters), P(seen), P(output), P(scratch), v]);
     }
 }

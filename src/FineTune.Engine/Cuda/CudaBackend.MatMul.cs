@@ -18,6 +18,7 @@ public sealed partial class CudaBackend
         if (m == 0 || n == 0) return;
         if (k == 0) { if (!accumulate) Zero(c); return; }
         Dt(c);
+        if (Gemv(c, a, transA, b, transB, m, n, k, alpha, accumulate)) return;
 
         ulong pa = P(a), pb = P(b);
         ulong scratchA = 0, scratchB = 0;
@@ -66,5 +67,22 @@ public sealed partial class CudaBackend
         var t = x.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32;
         _dev.Blas.Gemm(false, true, m, n, k, P(x), x.Cols, P(weight), weight.Cols, P(y), y.Cols, t,
             y.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, 0f, _dev.Stream, bias: P(bias), epilogue: GemmEpilogue.Bias);
+    }
+
+    const int GemvMaxRows = 8, GemvWarps = 8; // GEMV_MAX_M, GEMV_WARPS in gemv.cu
+
+    /// <summary>
+    /// Products of at most 8 rows against a bf16 weight (y = x·Wᵀ of a decode step) on gemv.cu's warp-per-column kernel
+    /// instead of cuBLASLt; off with FINETUNE_GEMV=0 (or false here).
+    /// </summary>
+    public bool UseGemv { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GEMV") != "0";
+
+    bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
+    {
+        if (!UseGemv || m > GemvMaxRows || transA || !transB || a.DType != DType.BF16 || b.DType != DType.BF16 || (k & 7) != 0
+            || a.Cols != k || b.Cols != k || c.Cols != n || (P(a) & 15) != 0 || (P(b) & 15) != 0) return false;
+        Launch("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
+            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0]);
+        return true;
     }
 }

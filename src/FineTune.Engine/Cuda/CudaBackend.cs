@@ -40,6 +40,11 @@ public sealed partial class CudaBackend : IBackend
 
     public DeviceBuffer AllocateBuffer(long byteLength) => new CudaBuffer(this, _dev, byteLength);
 
+    /// <summary>Graphs need the driver's capture calls; profiling (an event per operation) keeps them off.</summary>
+    public bool SupportsGraphs => _dev.HasGraphs && !_dev.Profiling;
+    public void BeginGraphCapture() => _dev.BeginCapture();
+    public IDeviceGraph? EndGraphCapture(bool discard = false) => _dev.EndCapture(discard);
+
     public void Dispose() => _dev.Dispose();
 
     // ---- helpers ----

@@ -146,17 +146,52 @@ public sealed unsafe class CudaDevice : IDisposable
     /// <summary>True when the stream has no work left (a collective's wait polls this beside NCCL's async error).</summary>
     public bool StreamDone() => _driver.StreamDone(Stream);
 
-    public ulong Allocate(long bytes) => Allocator.Allocate(bytes);
+    // ---- CUDA graphs ----
+    public bool HasGraphs => _driver.HasGraphs;
+    /// <summary>True between <see cref="BeginCapture"/> and <see cref="EndCapture"/>: allocation is refused then.</summary>
+    public bool Capturing { get; private set; }
+
+    /// <summary>Starts recording the stream's work instead of running it.</summary>
+    public void BeginCapture()
+    {
+        if (Capturing) throw new InvalidOperationException("a CUDA graph capture is already in progress on this stream");
+        _driver.StreamBeginCapture(Stream);
+        Capturing = true;
+    }
+
+    /// <summary>
+    /// Stops recording and instantiates what was recorded. With <paramref name="discard"/> (an operation failed while
+    /// recording) the recording is thrown away and the stream is usable again.
+    /// </summary>
+    public CudaGraph? EndCapture(bool discard = false)
+    {
+        Capturing = false;
+        int rc = _driver.StreamEndCapture(Stream, out var graph);
+        if (discard || rc != CudaDriver.CUDA_SUCCESS)
+        {
+            if (graph != 0) { try { _driver.GraphDestroy(graph); } catch (CudaException) { } }
+            if (discard) return null;
+            _driver.Check(rc, "cuStreamEndCapture");
+        }
+        try { return new CudaGraph(_driver, _driver.GraphInstantiate(graph), Stream); }
+        finally { _driver.GraphDestroy(graph); }
+    }
+
+    public ulong Allocate(long bytes) => Capturing
+        ? throw new NotSupportedException($"an allocation of {bytes} bytes while a CUDA graph is being captured (the graph would keep a block the allocator hands on); this step runs without a graph")
+        : Allocator.Allocate(bytes);
     public void Free(ulong pointer) => Allocator.Free(pointer);
 
     public void CopyToDevice<T>(ulong dst, ReadOnlySpan<T> src) where T : unmanaged
     {
+        if (Capturing) throw new NotSupportedException("a host-to-device copy while a CUDA graph is being captured (the graph would keep the host address); inputs go in before the capture");
         fixed (T* p = src) _driver.CopyHtoD(dst, p, (long)src.Length * sizeof(T), Stream);
     }
 
     /// <summary>Copies device memory to the host; waits for the stream (the host needs the data now).</summary>
     public void CopyToHost<T>(Span<T> dst, ulong src) where T : unmanaged
     {
+        if (Capturing) throw new NotSupportedException("a device-to-host copy while a CUDA graph is being captured");
         fixed (T* p = dst)
         {
             _driver.CopyDtoH(p, src, (long)dst.Length * sizeof(T), Stream);
@@ -231,6 +266,29 @@ public sealed unsafe class CudaDevice : IDisposable
         foreach (var m in _modules.Values) { try { _driver.ModuleUnload(m); } catch (CudaException) { } }
         try { _driver.StreamDestroy(Stream); } catch (CudaException) { }
         try { _driver.PrimaryContextRelease(_device); } catch (CudaException) { }
+    }
+}
+
+/// <summary>An instantiated CUDA graph: the recorded work, replayed on the device's stream by <see cref="Launch"/>.</summary>
+public sealed class CudaGraph : IDeviceGraph
+{
+    readonly CudaDriver _driver;
+    readonly nint _stream;
+    nint _exec;
+
+    internal CudaGraph(CudaDriver driver, nint exec, nint stream) { _driver = driver; _exec = exec; _stream = stream; }
+
+    public void Launch()
+    {
+        ObjectDisposedException.ThrowIf(_exec == 0, this);
+        _driver.GraphLaunch(_exec, _stream);
+    }
+
+    public void Dispose()
+    {
+        if (_exec == 0) return;
+        try { _driver.GraphExecDestroy(_exec); } catch (CudaException) { }
+        _exec = 0;
     }
 }
 

@@ -56,6 +56,13 @@ internal sealed unsafe class CudaDriver
     readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
     readonly delegate* unmanaged<nint, int> _cuEventDestroy;
     readonly delegate* unmanaged<int, byte**, int> _cuGetErrorString;
+    // CUDA graphs (null where the driver lacks them: graphs are then off).
+    readonly delegate* unmanaged<nint, int, int> _cuStreamBeginCapture;
+    readonly delegate* unmanaged<nint, nint*, int> _cuStreamEndCapture;
+    readonly delegate* unmanaged<nint*, nint, ulong, int> _cuGraphInstantiateWithFlags;
+    readonly delegate* unmanaged<nint, nint, int> _cuGraphLaunch;
+    readonly delegate* unmanaged<nint, int> _cuGraphExecDestroy;
+    readonly delegate* unmanaged<nint, int> _cuGraphDestroy;
     readonly delegate* unmanaged<int, byte**, int> _cuGetErrorName;
 
     CudaDriver(NativeLibraryProbe lib)
@@ -98,6 +105,14 @@ internal sealed unsafe class CudaDriver
         _cuEventDestroy = (delegate* unmanaged<nint, int>)lib.Export("cuEventDestroy_v2");
         _cuGetErrorString = (delegate* unmanaged<int, byte**, int>)lib.Export("cuGetErrorString");
         _cuGetErrorName = (delegate* unmanaged<int, byte**, int>)lib.Export("cuGetErrorName");
+        // cuda.h maps cuStreamBeginCapture to its _v2 (with a capture mode) since CUDA 10.1.
+        var begin = lib.TryExport("cuStreamBeginCapture_v2");
+        _cuStreamBeginCapture = (delegate* unmanaged<nint, int, int>)(begin != 0 ? begin : lib.TryExport("cuStreamBeginCapture"));
+        _cuStreamEndCapture = (delegate* unmanaged<nint, nint*, int>)lib.TryExport("cuStreamEndCapture");
+        _cuGraphInstantiateWithFlags = (delegate* unmanaged<nint*, nint, ulong, int>)lib.TryExport("cuGraphInstantiateWithFlags");
+        _cuGraphLaunch = (delegate* unmanaged<nint, nint, int>)lib.TryExport("cuGraphLaunch");
+        _cuGraphExecDestroy = (delegate* unmanaged<nint, int>)lib.TryExport("cuGraphExecDestroy");
+        _cuGraphDestroy = (delegate* unmanaged<nint, int>)lib.TryExport("cuGraphDestroy");
     }
 
     /// <summary>Loads libcuda and runs cuInit; throws <see cref="CudaUnavailableException"/> when there is no driver or no device.</summary>
@@ -189,6 +204,21 @@ internal sealed unsafe class CudaDriver
 
     public int LaunchKernel(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args) =>
         _cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, args, null);
+
+    /// <summary>Whether the driver exports what stream capture and graph launch need.</summary>
+    public bool HasGraphs => _cuStreamBeginCapture != null && _cuStreamEndCapture != null && _cuGraphInstantiateWithFlags != null
+        && _cuGraphLaunch != null && _cuGraphExecDestroy != null && _cuGraphDestroy != null;
+
+    /// <summary>CU_STREAM_CAPTURE_MODE_THREAD_LOCAL: this thread's unsafe calls (cuMemAlloc, syncs) fail the capture instead of running.</summary>
+    public const int CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
+
+    public void StreamBeginCapture(nint stream) => Check(_cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture");
+    /// <summary>Ends the capture; returns the CUresult so a failed capture can be cleaned up and reported by the caller.</summary>
+    public int StreamEndCapture(nint stream, out nint graph) { nint g; int rc = _cuStreamEndCapture(stream, &g); graph = g; return rc; }
+    public nint GraphInstantiate(nint graph) { nint e; Check(_cuGraphInstantiateWithFlags(&e, graph, 0), "cuGraphInstantiateWithFlags"); return e; }
+    public void GraphLaunch(nint exec, nint stream) => Check(_cuGraphLaunch(exec, stream), "cuGraphLaunch");
+    public void GraphExecDestroy(nint exec) => Check(_cuGraphExecDestroy(exec), "cuGraphExecDestroy");
+    public void GraphDestroy(nint graph) => Check(_cuGraphDestroy(graph), "cuGraphDestroy");
 
     public nint EventCreate() { nint e; Check(_cuEventCreate(&e, 0), "cuEventCreate"); return e; }
     public void EventRecord(nint e, nint stream) => Check(_cuEventRecord(e, stream), "cuEventRecord");

@@ -1,4 +1,5 @@
 using FineTune.Engine;
+using FineTune.Engine.Sampling;
 
 namespace FineTune.Models.Generation;
 
@@ -14,9 +15,11 @@ namespace FineTune.Models.Generation;
 public sealed class GenerationEngine : IDisposable
 {
     private readonly CausalLM _model;
-    private readonly KvCacheSlots _cache;
+    private readonly PagedKvCache _cache;
     private readonly ModelActivations _acts;
     private readonly AdapterBank? _bank;
+    private readonly SamplingBuffers _sampling;
+    private readonly DecodeGraphs? _graphs;
     private readonly Queue<Sequence> _waiting = new();
     private readonly List<Sequence> _running = [];
     private readonly float[] _row;
@@ -32,7 +35,8 @@ public sealed class GenerationEngine : IDisposable
         public int PromptLength { get; } = request.Prompt.Length;
         public HashSet<int>? Seen { get; } = request.Options.RepetitionPenalty != 1.0 ? [.. request.Prompt] : null;
         public long Order { get; init; }
-        public int Slot { get; set; } = -1;
+        /// <summary>The sequence's block table: the cache blocks that hold its positions, in order.</summary>
+        public List<int> Blocks { get; } = [];
         /// <summary>Tokens whose K/V are in the cache.</summary>
         public int Computed { get; set; }
         public string? Finish { get; set; }
@@ -50,7 +54,7 @@ public sealed class GenerationEngine : IDisposable
         try
         {
             if (adapters is { Count: > 0 }) _bank = AdapterBank.Load(model, adapters, options.MaxBatchTokens);
-            _cache = new KvCacheSlots(model, options.MaxSequences, options.MaxModelLength, options.MaxBatchTokens);
+            _cache = new PagedKvCache(model, options.MaxSequences, options.MaxModelLength, options.KvCacheBlocks, options.KvBlockSize, options.MaxBatchTokens);
             _acts = model.CreateStepActivations(options.MaxBatchTokens, options.MaxSequences);
         }
         catch
@@ -61,7 +65,16 @@ public sealed class GenerationEngine : IDisposable
         }
         _row = new float[model.Spec.VocabSize];
         _picks = new int[options.MaxSequences];
+        _sampling = new SamplingBuffers(model.Backend, options.MaxSequences, model.Spec.VocabSize);
+        if (DecodeGraphs.Usable(model))
+        {
+            model.PrepareRope(options.MaxModelLength);
+            _graphs = new DecodeGraphs(model, _cache, _acts, options.MaxSequences, DecodeGraphs.Wanted(options));
+        }
     }
+
+    /// <summary>Decode graphs recorded and replayed so far, and why graphs went off (null while they are on or were never on).</summary>
+    public (int Captured, long Replays, string? Failure) GraphStats => _graphs is null ? (0, 0, null) : (_graphs.Captured, _graphs.Replays, _graphs.Failure);
 
     public GenerationEngineOptions Options { get; }
     public CausalLM Model => _model;
@@ -70,8 +83,12 @@ public sealed class GenerationEngine : IDisposable
     public int Running => _running.Count;
     public int Waiting => _waiting.Count;
     public bool HasWork => _running.Count > 0 || _waiting.Count > 0;
-    /// <summary>Bytes of the KV cache (all slots, all layers, K and V).</summary>
+    /// <summary>Bytes of the KV cache (the whole block pool, all layers, K and V) and the step's input buffer.</summary>
     public long CacheBytes => _cache.ByteLength;
+    /// <summary>Blocks of the pool no sequence holds (block 0, the scratch block, not counted).</summary>
+    public int FreeCacheBlocks => _cache.FreeBlocks;
+    /// <summary>Sequences sent back to the queue because the pool ran out of blocks (recomputed when readmitted).</summary>
+    public long Preemptions { get; private set; }
 
     /// <summary>Queues a request (validated here: a user's mistake is an ArgumentException naming it).</summary>
     public void Add(GenerationRequest request)
@@ -101,15 +118,24 @@ public sealed class GenerationEngine : IDisposable
         while (HasWork) Step();
     }
 
-    /// <summary>One iteration: drop cancelled requests, admit waiting ones into free slots, one forward, one pick per sequence.</summary>
+    /// <summary>
+    /// One iteration: drop cancelled requests, preempt if the pool is short, admit waiting ones, one forward (replayed as
+    /// a graph for a decode-only step where the backend records them), one pick per sequence.
+    /// </summary>
     public void Step()
     {
         DropCancelled();
         var chunks = Schedule();
         if (chunks.Count == 0) return;
         var step = Flatten(chunks, out var pickers);
-        var logits = _model.ForwardStep(step, _cache, _acts, _bank);
-        Pick(logits, step.LogitRows.Length, pickers);
+        Tensor logits;
+        if (step.DecodeOnly && _graphs is not null)
+        {
+            _model.UploadStep(step, _cache);
+            logits = _graphs.Run(step);
+        }
+        else logits = _model.ForwardStep(step, _cache, _acts, _bank);
+        Pick(logits, step.LogitRows, pickers);
         Retire();
     }
 
@@ -123,7 +149,7 @@ public sealed class GenerationEngine : IDisposable
             if (seq.Finish is null) Finish(seq, reason);
         foreach (var seq in _waiting) Finish(seq, reason);
         _waiting.Clear();
-        foreach (var seq in _running) _cache.Release(seq.Slot);
+        foreach (var seq in _running) _cache.Release(seq.Blocks);
         _running.Clear();
     }
 
@@ -134,7 +160,8 @@ public sealed class GenerationEngine : IDisposable
         if (_waiting.Any(s => s.Request.IsCancelled))
         {
             var keep = _waiting.Where(s => !s.Request.IsCancelled).ToList();
-            foreach (var s in _waiting.Where(s => s.Request.IsCancelled)) s.Request.OnFinished?.Invoke(new GeneratedSequence([], "cancelled"));
+            // A preempted sequence waits with the tokens it made so far; Finish reports them (none for a fresh request).
+            foreach (var s in _waiting.Where(s => s.Request.IsCancelled)) Finish(s, "cancelled");
             _waiting.Clear();
             foreach (var s in keep) _waiting.Enqueue(s);
         }
@@ -144,15 +171,21 @@ public sealed class GenerationEngine : IDisposable
     /// <summary>
     /// The step's work as (sequence, tokens to compute): decode tokens of running sequences first, then prompt chunks of
     /// sequences in their prefill, then newly admitted ones, within the token budget. A finished sequence that keeps
-    /// its row (static batching) contributes one throw-away token.
+    /// its row (static batching) contributes one throw-away token. A decode token that crosses into a new block takes
+    /// one from the pool; when the pool is short, the latest admitted sequence goes back to the front of the queue with
+    /// its blocks freed (vLLM's recompute preemption: readmitted, it computes its prompt and tokens so far again). A
+    /// waiting request is admitted when a sequence place is free and the pool holds its whole prompt.
     /// </summary>
     private List<(Sequence Seq, int Count)> Schedule()
     {
+        Preempt();
         var chunks = new List<(Sequence, int)>();
         int budget = Options.MaxBatchTokens;
         foreach (var seq in _running)
             if (seq.Finish is not null || seq.Computed == seq.Tokens.Count - 1)
             {
+                if (seq.Finish is null && !_cache.TryReserve(seq.Blocks, seq.Computed + 1))
+                    throw new InvalidOperationException("the KV block pool ran short after preemption"); // Preempt() freed enough
                 chunks.Add((seq, 1));
                 budget--;
             }
@@ -163,10 +196,11 @@ public sealed class GenerationEngine : IDisposable
                 chunks.Add((seq, n));
                 budget -= n;
             }
-        while (_waiting.Count > 0 && _cache.FreeSlots > 0 && budget > 0)
+        while (_waiting.Count > 0 && _running.Count < Options.MaxSequences && budget > 0)
         {
-            var seq = _waiting.Dequeue();
-            seq.Slot = _cache.Take();
+            var seq = _waiting.Peek();
+            if (!_cache.TryReserve(seq.Blocks, seq.Tokens.Count)) break;
+            _waiting.Dequeue();
             _running.Add(seq);
             int n = Math.Min(seq.Tokens.Count, budget);
             chunks.Add((seq, n));
@@ -175,43 +209,82 @@ public sealed class GenerationEngine : IDisposable
         return chunks;
     }
 
-    /// <summary>Token arrays of the step, grouped by adapter; the logit rows of chunks that reach their sequence's end.</summary>
+    /// <summary>Frees the blocks of the latest admitted sequences until every decode token of this step has its block.</summary>
+    private void Preempt()
+    {
+        int Needed() => _running.Count(s => s.Finish is null && s.Computed == s.Tokens.Count - 1 && _cache.BlocksFor(s.Computed + 1) > s.Blocks.Count);
+        while (Needed() > _cache.FreeBlocks)
+        {
+            var victim = _running.Where(s => s.Finish is null).MaxBy(s => s.Order)!;
+            _running.Remove(victim);
+            _cache.Release(victim.Blocks);
+            victim.Computed = 0;
+            var rest = _waiting.ToList();
+            _waiting.Clear();
+            _waiting.Enqueue(victim);
+            foreach (var w in rest) _waiting.Enqueue(w);
+            Preemptions++;
+        }
+    }
+
+    /// <summary>
+    /// The step's inputs packed in one I32 array (<see cref="StepLayout"/>), tokens grouped by adapter, one block-table
+    /// row per chunk; the logit rows of chunks that reach their sequence's end.
+    /// </summary>
     private StepBatch Flatten(List<(Sequence Seq, int Count)> chunks, out List<(Sequence Seq, int Row)> pickers)
     {
         if (_bank is not null) chunks = [.. chunks.OrderBy(c => c.Seq.Adapter)]; // stable: admission order within an adapter
-        int n = chunks.Sum(c => c.Count), cap = Options.MaxModelLength;
-        int[] ids = new int[n], pos = new int[n], slots = new int[n], rows = new int[n];
-        var logitRows = new List<int>();
+        // A decode-only step on graphs is padded to its bucket: pad rows read and write the scratch block only.
+        bool graph = _graphs is not null && _bank is null
+            && chunks.All(c => c.Count == 1 && (c.Seq.Finish is not null || c.Seq.Computed == c.Seq.Tokens.Count - 1));
+        int pad = graph ? _graphs!.Bucket(chunks.Count) - chunks.Count : 0;
+        int n = chunks.Sum(c => c.Count) + pad;
+        int logitRows = chunks.Count(c => c.Seq.Finish is not null || c.Seq.Computed + c.Count == c.Seq.Tokens.Count) + pad;
+        var layout = new StepLayout(n, logitRows, chunks.Count + pad, _cache.TableWidth);
+        var inputs = new int[layout.Length];
         var tokenGroups = new List<RowGroup>();
         var logitGroups = new List<RowGroup>();
         pickers = [];
-        int t = 0;
-        foreach (var (seq, count) in chunks)
+        int t = 0, logit = 0, maxPos = 0;
+        for (int c = 0; c < chunks.Count; c++)
         {
+            var (seq, count) = chunks[c];
             bool dummy = seq.Finish is not null;
+            var table = inputs.AsSpan(layout.Tables + c * layout.TableWidth, layout.TableWidth);
+            for (int j = 0; j < seq.Blocks.Count; j++) table[j] = seq.Blocks[j];
             for (int i = 0; i < count; i++, t++)
             {
-                int p = dummy ? Math.Min(seq.Computed, cap - 1) : seq.Computed + i;
-                ids[t] = dummy ? 0 : seq.Tokens[p];
-                pos[t] = p;
-                slots[t] = seq.Slot;
-                rows[t] = seq.Slot * cap + p;
+                // A throw-away token reads its sequence's last key and writes its own K/V into the scratch block.
+                int p = dummy ? Math.Max(0, seq.Computed - 1) : seq.Computed + i;
+                inputs[layout.Ids + t] = dummy ? 0 : seq.Tokens[p];
+                inputs[layout.Positions + t] = p;
+                inputs[layout.Sequences + t] = c;
+                inputs[layout.CacheRows + t] = dummy ? 0 : _cache.Row(seq.Blocks, p);
+                maxPos = Math.Max(maxPos, p);
             }
             AddToGroup(tokenGroups, seq.Adapter, count);
             if (!dummy) seq.Computed += count;
             if (dummy || seq.Computed == seq.Tokens.Count)
             {
-                if (!dummy) pickers.Add((seq, logitRows.Count));
-                logitRows.Add(t - 1);
+                if (!dummy) pickers.Add((seq, logit));
+                inputs[layout.Logits + logit++] = t - 1;
                 AddToGroup(logitGroups, seq.Adapter, 1);
             }
+        }
+        for (int c = chunks.Count; c < chunks.Count + pad; c++, t++)
+        {
+            // id 0 at position 0 of table row c (all scratch), K/V into the scratch block's first row.
+            inputs[layout.Sequences + t] = c;
+            inputs[layout.Logits + logit++] = t;
+            AddToGroup(tokenGroups, 0, 1);
+            AddToGroup(logitGroups, 0, 1);
         }
         // Sampling draws in admission order (a shared generator then gives the rows the draws HF generate gives them).
         pickers.Sort((a, b) => a.Seq.Order.CompareTo(b.Seq.Order));
         return new StepBatch
         {
-            Ids = ids, Positions = pos, Slots = slots, CacheRows = rows, LogitRows = [.. logitRows],
-            TokenGroups = tokenGroups, LogitGroups = logitGroups,
+            Layout = layout, Inputs = inputs, TokenGroups = tokenGroups, LogitGroups = logitGroups, MaxPosition = maxPos,
+            DecodeOnly = graph,
         };
     }
 
@@ -222,25 +295,52 @@ public sealed class GenerationEngine : IDisposable
     }
 
     /// <summary>
-    /// Greedy rows take the device's argmax (one int per row comes back); a row that samples or penalises repetition
-    /// downloads its logits and picks on the host.
+    /// One pick per logit row on the device, one int per row back: a step of plain greedy rows takes the argmax; a step
+    /// with a row that samples or penalises repetition runs <see cref="IBackend.SampleRows"/> over every row, each
+    /// sampling row with a uniform drawn here from its own generator (in admission order), so every backend draws the
+    /// same token. A row the device leaves undecided (−1) is picked on the host with that same uniform.
     /// </summary>
     private void Pick(Tensor logits, int rows, List<(Sequence Seq, int Row)> pickers)
     {
         if (pickers.Count == 0) return;
         var B = _model.Backend;
         var picks = _cache.Picks.View(0, [rows]);
-        B.ArgMax(logits, picks);
+        SamplingRow[]? settings = null;
+        int[]? seen = null;
+        if (pickers.All(p => p.Seq.Request.Options.PlainGreedy)) B.ArgMax(logits, picks);
+        else
+        {
+            int seenIds = pickers.Sum(p => p.Seq.Seen?.Count ?? 0);
+            _sampling.Ensure(seenIds);
+            var greedy = new SamplingRow(false, 1, 0, 1, 1, 0, 0, 0);
+            settings = new SamplingRow[rows];
+            Array.Fill(settings, greedy);
+            seen = new int[Math.Max(1, seenIds)];
+            int at = 0;
+            foreach (var (seq, row) in pickers)
+            {
+                var o = seq.Request.Options;
+                int count = 0;
+                if (seq.Seen is { } set && o.RepetitionPenalty != 1.0) { set.CopyTo(seen, at); count = set.Count; }
+                settings[row] = TokenSampler.Row(o, o.DoSample ? seq.Rng.NextDouble() : 0, at, count);
+                at += count;
+            }
+            var packed = new int[rows * SamplingRow.Ints];
+            for (int r = 0; r < rows; r++) settings[r].Write(packed.AsSpan(r * SamplingRow.Ints, SamplingRow.Ints));
+            var parameters = _sampling.Parameters.View(0, [packed.Length]);
+            B.Upload(parameters, packed);
+            B.Upload(_sampling.Seen.View(0, [seen.Length]), seen);
+            B.SampleRows(logits, parameters, _sampling.Seen, picks, _sampling.Scratch);
+        }
         B.Download(picks, _picks.AsSpan(0, rows));
         foreach (var (seq, row) in pickers)
         {
-            var o = seq.Request.Options;
-            int token;
-            if (o.PlainGreedy) token = _picks[row];
-            else
+            int token = _picks[row];
+            if (token < 0)
             {
+                var o = settings![row];
                 B.Download(logits.SliceRows(row, 1), _row);
-                token = TokenSampler.Pick(_row, seq.Seen, o, seq.Rng);
+                token = TokenSampling.Pick(_row, seen.AsSpan(o.SeenStart, o.SeenCount), o);
             }
             Accept(seq, token);
         }
@@ -262,21 +362,23 @@ public sealed class GenerationEngine : IDisposable
         seq.Request.OnFinished?.Invoke(new GeneratedSequence([.. seq.Tokens.Skip(seq.PromptLength)], reason));
     }
 
-    /// <summary>Frees the slots of finished sequences (under static batching only once every row has finished).</summary>
+    /// <summary>Frees the blocks of finished sequences (under static batching only once every row has finished).</summary>
     private void Retire()
     {
         if (Options.KeepFinishedRows && _running.Any(s => s.Finish is null)) return;
         for (int i = _running.Count - 1; i >= 0; i--)
         {
             if (_running[i].Finish is null) continue;
-            _cache.Release(_running[i].Slot);
+            _cache.Release(_running[i].Blocks);
             _running.RemoveAt(i);
         }
     }
 
     public void Dispose()
     {
+        _graphs?.Dispose();
         _acts.Dispose();
+        _sampling.Dispose();
         _cache.Dispose();
         _bank?.Dispose();
     }

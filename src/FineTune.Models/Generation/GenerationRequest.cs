@@ -3,10 +3,24 @@ namespace FineTune.Models.Generation;
 /// <summary>Sizes of a <see cref="GenerationEngine"/>: its KV cache and how much one step may carry.</summary>
 public sealed record GenerationEngineOptions
 {
-    /// <summary>Sequences decoded at once; the KV cache holds one slot per sequence (vLLM's max_num_seqs).</summary>
+    /// <summary>Sequences decoded at once (vLLM's max_num_seqs).</summary>
     public int MaxSequences { get; init; } = 8;
-    /// <summary>Tokens one slot holds, prompt and generated together (vLLM's max_model_len).</summary>
+    /// <summary>Tokens one sequence may hold, prompt and generated together (vLLM's max_model_len).</summary>
     public int MaxModelLength { get; init; } = 2048;
+    /// <summary>
+    /// Blocks in the KV cache's pool (vLLM's num_gpu_blocks), each <see cref="KvBlockSize"/> positions; 0: enough for
+    /// every sequence at the full model length (plus the scratch block). A smaller pool lets more sequences run than
+    /// fit at full length; when it runs short the latest admitted sequence is preempted and recomputed later.
+    /// </summary>
+    public int KvCacheBlocks { get; init; }
+    /// <summary>Positions per KV block (vLLM's block_size).</summary>
+    public int KvBlockSize { get; init; } = 16;
+    /// <summary>
+    /// Replay decode steps as CUDA graphs on backends that record them (<see cref="DecodeGraphs"/>); false (or
+    /// FINETUNE_CUDA_GRAPHS=0) runs every step eagerly (decode steps still padded to their buckets, so the tokens are the
+    /// same either way).
+    /// </summary>
+    public bool CudaGraphs { get; init; } = true;
     /// <summary>
     /// Tokens through the model in one step (vLLM's max_num_batched_tokens): each running sequence's decode token
     /// first, then prompt chunks of sequences still in their prefill, a long prompt spread over several steps.

@@ -1,118 +1,26 @@
+using FineTune.Engine.Sampling;
+
 namespace FineTune.Models.Generation;
 
 /// <summary>
 /// Picks the next token from one row of logits with Hugging Face generate()'s processors in order: repetition
 /// penalty, then greedy argmax, or temperature → top-k → top-p → a draw from the kept tokens. The kept tokens are
 /// ordered by descending logit with ties to the lower id, so a seed reproduces the same draw on every machine.
+/// The arithmetic is the engine's reference (<see cref="TokenSampling"/>), which the backends' SampleRows run too.
 /// </summary>
 public static class TokenSampler
 {
     public static int Pick(Span<float> logits, IReadOnlySet<int>? seen, GenerationOptions o, Random rng)
     {
-        if (o.RepetitionPenalty != 1.0 && seen is not null)
-            foreach (int id in seen)
-            {
-                if ((uint)id >= (uint)logits.Length) continue;
-                logits[id] = logits[id] < 0 ? (float)(logits[id] * o.RepetitionPenalty) : (float)(logits[id] / o.RepetitionPenalty);
-            }
-        if (!o.DoSample) return ArgMax(logits);
-        if (o.Temperature <= 0) throw new ArgumentException($"temperature must be positive when sampling, got {o.Temperature}");
-        int v = logits.Length;
-        float[] scaled = new float[v];
-        for (int i = 0; i < v; i++) scaled[i] = (float)(logits[i] / o.Temperature);
-        int[] order = o.TopK > 0 && o.TopK < v ? TopK(scaled, o.TopK) : SortedDescending(scaled);
-        int keep = order.Length;
-        double max = scaled[order[0]];
-        var probs = new double[keep];
-        double sum = 0;
-        for (int i = 0; i < keep; i++) sum += probs[i] = Math.Exp(scaled[order[i]] - max);
-        if (o.TopP < 1.0)
-        {
-            // Smallest prefix whose mass reaches top_p (at least one token).
-            double acc = 0;
-            int cut = keep;
-            for (int i = 0; i < keep; i++)
-            {
-                acc += probs[i] / sum;
-                if (acc >= o.TopP) { cut = i + 1; break; }
-            }
-            keep = Math.Max(1, cut);
-            sum = 0;
-            for (int i = 0; i < keep; i++) sum += probs[i];
-        }
-        double u = rng.NextDouble() * sum;
-        for (int i = 0; i < keep; i++)
-        {
-            u -= probs[i];
-            if (u < 0) return order[i];
-        }
-        return order[keep - 1];
+        if (o.DoSample && o.Temperature <= 0) throw new ArgumentException($"temperature must be positive when sampling, got {o.Temperature}");
+        int[] ids = o.RepetitionPenalty != 1.0 && seen is not null ? [.. seen] : [];
+        return TokenSampling.Pick(logits, ids, Row(o, o.DoSample ? rng.NextDouble() : 0, 0, ids.Length));
     }
+
+    /// <summary>The row settings of <paramref name="o"/> with the draw <paramref name="uniform"/>.</summary>
+    internal static SamplingRow Row(GenerationOptions o, double uniform, int seenStart, int seenCount) =>
+        new(o.DoSample, o.Temperature, o.TopK, o.TopP, o.RepetitionPenalty, uniform, seenStart, seenCount);
 
     /// <summary>The first index of the largest value (NaN never wins).</summary>
-    public static int ArgMax(ReadOnlySpan<float> logits)
-    {
-        int best = 0;
-        for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
-        return best;
-    }
-
-    /// <summary>x before y: larger value (float.CompareTo: NaN below everything), then lower id.</summary>
-    private static bool Before(float[] s, int x, int y) => s[x].CompareTo(s[y]) is var c && c != 0 ? c > 0 : x < y;
-
-    /// <summary>
-    /// The k best ids in order, through a heap of the k best seen so far (root = the worst kept): O(V log k) instead of
-    /// a sort of the whole vocabulary, with exactly the order the sort gives.
-    /// </summary>
-    private static int[] TopK(float[] s, int k)
-    {
-        var heap = new int[k];
-        for (int i = 0; i < k; i++)
-        {
-            heap[i] = i;
-            for (int c = i; c > 0;)
-            {
-                int p = (c - 1) / 2;
-                if (!Before(s, heap[p], heap[c])) break;
-                (heap[p], heap[c]) = (heap[c], heap[p]);
-                c = p;
-            }
-        }
-        for (int i = k; i < s.Length; i++)
-        {
-            if (!Before(s, i, heap[0])) continue;
-            heap[0] = i;
-            for (int p = 0; ;)
-            {
-                int l = 2 * p + 1, r = l + 1, worst = p;
-                if (l < k && Before(s, heap[worst], heap[l])) worst = l;
-                if (r < k && Before(s, heap[worst], heap[r])) worst = r;
-                if (worst == p) break;
-                (heap[p], heap[worst]) = (heap[worst], heap[p]);
-                p = worst;
-            }
-        }
-        Array.Sort(heap, (x, y) => x == y ? 0 : Before(s, x, y) ? -1 : 1);
-        return heap;
-    }
-
-    /// <summary>Every id in order: a primitive-key sort (ascending, NaN first), reversed, then each run of equal values by id.</summary>
-    private static int[] SortedDescending(float[] s)
-    {
-        int v = s.Length;
-        var keys = (float[])s.Clone();
-        var order = new int[v];
-        for (int i = 0; i < v; i++) order[i] = i;
-        Array.Sort(keys, order);
-        Array.Reverse(keys);
-        Array.Reverse(order);
-        for (int i = 0; i < v;)
-        {
-            int j = i + 1;
-            while (j < v && keys[j].CompareTo(keys[i]) == 0) j++;
-            if (j - i > 1) Array.Sort(order, i, j - i);
-            i = j;
-        }
-        return order;
-    }
+    public static int ArgMax(ReadOnlySpan<float> logits) => TokenSampling.ArgMax(logits);
 }

@@ -124,9 +124,12 @@ public static partial class OpChecks
             (4, 2, 256, new AttentionVariant(Window: 100, SoftCap: 3f, QueryScale: 1f / MathF.Sqrt(144f))),
         })
         {
+          // A prompt chunk with two decode tokens (the warp kernel), and the two decode tokens alone (split-K where it applies).
+          foreach (bool decodeOnly in new[] { false, true })
+          {
             int slots = 3, cap = 300, kvd = hkv * d;
-            var tokenSlots = Enumerable.Repeat(2, 260).Concat([0, 1]).ToArray();
-            var tokenPos = Enumerable.Range(0, 260).Concat([40, 299]).ToArray();
+            var tokenSlots = (decodeOnly ? [] : Enumerable.Repeat(2, 260)).Concat([0, 1]).ToArray();
+            var tokenPos = (decodeOnly ? [] : Enumerable.Range(0, 260)).Concat([40, 299]).ToArray();
             int n = tokenSlots.Length;
             var kc = c.Pair(c.Rand(slots * cap * kvd, 2f), [slots * cap, kvd]);
             var vc = c.Pair(c.Rand(slots * cap * kvd), [slots * cap, kvd]);
@@ -134,10 +137,13 @@ public static partial class OpChecks
             var o = c.Zeros([n, hq * d]);
             var sl = c.IntPair(tokenSlots, [n]);
             var ps = c.IntPair(tokenPos, [n]);
-            var shape = new CachedAttentionShape(n, slots, cap, hq, hkv, d) { Variant = variant };
-            double ms = c.Time(() => c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, shape));
-            c.Cpu.CachedAttention(o.Cpu, q.Cpu, kc.Cpu, vc.Cpu, sl.Cpu, ps.Cpu, shape);
+            // Whole-length slots: one block of cap positions per sequence, table row s = [s].
+            var tables = c.IntPair([0, 1, 2], [slots]);
+            var shape = new CachedAttentionShape(n, slots, cap, 1, hq, hkv, d) { Variant = variant };
+            double ms = c.Time(() => c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, tables.Gpu, shape));
+            c.Cpu.CachedAttention(o.Cpu, q.Cpu, kc.Cpu, vc.Cpu, sl.Cpu, ps.Cpu, tables.Cpu, shape);
             c.Compare($"cached_attention T{n} H{hq}/{hkv} D{d} window {variant.Window} cap {variant.SoftCap}", "out", o, ms);
+          }
         }
     }
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using FineTune.Engine;
 using FineTune.Engine.Cpu;
 using FineTune.Engine.Cuda;
+using FineTune.Engine.Sampling;
 
 namespace FineTune.DeviceChecks;
 
@@ -270,6 +271,26 @@ public static partial class OpChecks
                 c.Compare($"matmul T{(ta ? 1 : 0)}{(tb ? 1 : 0)} acc ->{outType}", "c", cc, ms);
             }
         }
+        // Decode-step products (1 … 8 rows against a bf16 weight): the GEMV kernel against the CPU, timed beside cuBLASLt.
+        if (c.Act == DType.BF16)
+            foreach (var (gm, gn, gk) in new[] { (1, 2048, 2048), (5, 6144, 2048), (8, 2048, 6144), (3, 1000, 200) })
+            {
+                var x = c.Pair(c.Rand(gm * gk), [gm, gk]);
+                var w = c.Pair(c.Rand(gn * gk, 0.05f), [gn, gk]);
+                foreach (var outType in new[] { DType.BF16, DType.F32 })
+                {
+                    var y = c.Pair(c.Rand(gm * gn), [gm, gn], outType);
+                    c.Gpu.UseGemv = false;
+                    double blasMs = c.TimeRepeat(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true));
+                    c.Gpu.UseGemv = true;
+                    double ms = c.Time(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true, 0.5f, accumulate: true));
+                    c.Cpu.MatMul(y.Cpu, x.Cpu, false, w.Cpu, true);
+                    c.Cpu.MatMul(y.Cpu, x.Cpu, false, w.Cpu, true, 0.5f, accumulate: true);
+                    c.Compare($"gemv {gm}x{gn}x{gk} acc ->{outType}", "c", y, ms);
+                    double gemvMs = c.TimeRepeat(() => c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true));
+                    Console.WriteLine($"     gemv {gm}x{gn}x{gk}: {gemvMs:F4} ms ({2.0 * gn * gk / gemvMs / 1e6:F0} GB/s of weight), cuBLASLt {blasMs:F4} ms");
+                }
+            }
         // Mixed operands: an F32 master against BF16 activations (rounded to BF16 on the GPU).
         if (c.Act == DType.BF16)
         {
@@ -359,38 +380,68 @@ public static partial class OpChecks
     }
 
     /// <summary>
-    /// The generation engine's operations: K/V rows scattered into a slot cache, attention of a step that mixes a prompt
-    /// chunk and decode tokens of several slots (GQA, head_dim 64 and 128), and the greedy argmax over a vocabulary row.
+    /// The generation engine's operations: K/V rows scattered into a paged cache, attention of a step that mixes a prompt
+    /// chunk and decode tokens of several sequences through block tables (blocks of 16, out of order; GQA, head_dim 64 and
+    /// 128), on the warp-per-head kernel and on the split-K kernel (decode tokens at long contexts: up to 4,000 keys), and
+    /// the greedy argmax over a vocabulary row.
     /// </summary>
     static void Generation(Ctx c)
     {
         foreach (var (hq, hkv, d) in new[] { (4, 2, 64), (16, 8, 128) })
         {
-            int slots = 3, cap = 300, kvd = hkv * d;
-            // Slot 2: positions 0..259 (a chunk of 260 after nothing); slot 0: one decode token at 40; slot 1: at 299.
-            var tokenSlots = Enumerable.Repeat(2, 260).Concat([0, 1]).ToArray();
-            var tokenPos = Enumerable.Range(0, 260).Concat([40, 299]).ToArray();
-            int n = tokenSlots.Length;
-            var kc = c.Pair(c.Rand(slots * cap * kvd), [slots * cap, kvd]);
-            var vc = c.Pair(c.Rand(slots * cap * kvd), [slots * cap, kvd]);
+            int bs = 16, width = 256, blocks = 3 * width + 1, kvd = hkv * d;
+            // Table rows: 0 a chunk of 260 prompt tokens (positions 0..259), 1 a decode token at 40, 2 one at 3,999.
+            // Blocks are handed out in a shuffled order so no sequence's blocks are contiguous.
+            var pool = Enumerable.Range(1, blocks - 1).OrderBy(i => (i * 7919) % 1009).ToArray();
+            var table = new int[3 * width];
+            for (int i = 0; i < table.Length; i++) table[i] = pool[i];
+            var tokenSeqs = Enumerable.Repeat(0, 260).Concat([1, 2]).ToArray();
+            var tokenPos = Enumerable.Range(0, 260).Concat([40, 3999]).ToArray();
+            int n = tokenSeqs.Length;
+            var kc = c.Pair(c.Rand((long)blocks * bs * kvd), [blocks * bs, kvd]);
+            var vc = c.Pair(c.Rand((long)blocks * bs * kvd), [blocks * bs, kvd]);
             var k = c.Pair(c.Rand(n * kvd), [n, kvd]);
             var v = c.Pair(c.Rand(n * kvd), [n, kvd]);
-            var rows = c.IntPair(tokenSlots.Select((s, i) => s * cap + tokenPos[i]).ToArray(), [n]);
+            var rows = c.IntPair(tokenSeqs.Select((s, i) => table[s * width + tokenPos[i] / bs] * bs + tokenPos[i] % bs).ToArray(), [n]);
             string tag = $"T{n} H{hq}/{hkv} D{d}";
             double ms = c.Time(() => { c.Gpu.ScatterRows(kc.Gpu, k.Gpu, rows.Gpu); c.Gpu.ScatterRows(vc.Gpu, v.Gpu, rows.Gpu); });
             c.Cpu.ScatterRows(kc.Cpu, k.Cpu, rows.Cpu);
             c.Cpu.ScatterRows(vc.Cpu, v.Cpu, rows.Cpu);
             c.Compare($"scatter_rows {tag}", "k_cache", kc, ms);
             c.Compare($"scatter_rows {tag}", "v_cache", vc, ms);
+            var tb = c.IntPair(table, [table.Length]);
             var q = c.Pair(c.Rand(n * hq * d), [n, hq * d]);
             var o = c.Zeros([n, hq * d]);
-            var sl = c.IntPair(tokenSlots, [n]);
+            var sl = c.IntPair(tokenSeqs, [n]);
             var ps = c.IntPair(tokenPos, [n]);
-            var shape = new CachedAttentionShape(n, slots, cap, hq, hkv, d);
-            c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, shape);
-            ms = c.TimeRepeat(() => c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, shape));
-            c.Cpu.CachedAttention(o.Cpu, q.Cpu, kc.Cpu, vc.Cpu, sl.Cpu, ps.Cpu, shape);
-            c.Compare($"cached_attention {tag}", "out", o, ms);
+            var shape = new CachedAttentionShape(n, blocks, bs, width, hq, hkv, d);
+            c.Gpu.UseSplitKAttention = false;
+            c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, tb.Gpu, shape);
+            ms = c.TimeRepeat(() => c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, tb.Gpu, shape));
+            c.Cpu.CachedAttention(o.Cpu, q.Cpu, kc.Cpu, vc.Cpu, sl.Cpu, ps.Cpu, tb.Cpu, shape);
+            c.Compare($"cached_attention paged {tag}", "out", o, ms);
+            c.Gpu.UseSplitKAttention = true;
+            c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, tb.Gpu, shape);
+            ms = c.TimeRepeat(() => c.Gpu.CachedAttention(o.Gpu, q.Gpu, kc.Gpu, vc.Gpu, sl.Gpu, ps.Gpu, tb.Gpu, shape));
+            c.Compare($"cached_attention split-k {tag}", "out", o, ms);
+
+            // Decode only (what split-K is for): 8 sequences, one token each, at 1 … 3,999 keys, split-K vs the warp kernel.
+            int[] decodePos = [0, 15, 16, 100, 1000, 2047, 3000, 3999];
+            var dq = c.Pair(c.Rand(decodePos.Length * hq * d), [decodePos.Length, hq * d]);
+            var dsl = c.IntPair([.. Enumerable.Range(0, decodePos.Length).Select(i => i % 3)], [decodePos.Length]);
+            var dps = c.IntPair(decodePos, [decodePos.Length]);
+            var warpOut = c.Zeros([decodePos.Length, hq * d]);
+            var splitOut = c.Zeros([decodePos.Length, hq * d]);
+            var dshape = shape with { Tokens = decodePos.Length };
+            c.Gpu.UseSplitKAttention = false;
+            double warpMs = c.TimeRepeat(() => c.Gpu.CachedAttention(warpOut.Gpu, dq.Gpu, kc.Gpu, vc.Gpu, dsl.Gpu, dps.Gpu, tb.Gpu, dshape));
+            c.Gpu.UseSplitKAttention = true;
+            double splitMs = c.TimeRepeat(() => c.Gpu.CachedAttention(splitOut.Gpu, dq.Gpu, kc.Gpu, vc.Gpu, dsl.Gpu, dps.Gpu, tb.Gpu, dshape));
+            c.Cpu.CachedAttention(warpOut.Cpu, dq.Cpu, kc.Cpu, vc.Cpu, dsl.Cpu, dps.Cpu, tb.Cpu, dshape);
+            c.Cpu.CachedAttention(splitOut.Cpu, dq.Cpu, kc.Cpu, vc.Cpu, dsl.Cpu, dps.Cpu, tb.Cpu, dshape);
+            c.Compare($"cached_attention decode warp {tag}", "out", warpOut, warpMs);
+            c.Compare($"cached_attention decode split-k {tag}", "out", splitOut, splitMs);
+            Console.WriteLine($"     decode attention {tag}: warp kernel {warpMs:F3} ms, split-K {splitMs:F3} ms");
         }
         int rowsN = 5, vocab = 151936;
         var logits = c.Rand(rowsN * vocab);
@@ -404,6 +455,71 @@ public static partial class OpChecks
         c.Cpu.Download(picks.Cpu, a);
         c.Gpu.Download(picks.Gpu, b);
         c.Check($"argmax {rowsN}x{vocab}", "indices", a.SequenceEqual(b) && b[3] == 7, t);
+        try { Sampling(c, vocab); }
+        catch (Exception e) when (e is CudaException or ArgumentException)
+        {
+            // A failed launch must not hide the checks after it: one failed row with the message.
+            c.Check($"sample_rows {vocab}: {e.GetType().Name}: {e.Message}", "tokens", false, 0);
+        }
+    }
+
+    /// <summary>
+    /// SampleRows on the GPU against the CPU backend (TokenSampling, the reference) for fixed uniforms: greedy with a
+    /// repetition penalty, temperature with top-k / top-p, a tie at the top, and top_k 0 (the candidate limit: the GPU
+    /// either gives the CPU's token or −1, which the engine hands to the host). Logits in F32 on both sides, so both
+    /// backends see the same values.
+    /// </summary>
+    static void Sampling(Ctx c, int vocab)
+    {
+        var settings = new List<SamplingRow>();
+        var seen = new List<int>();
+        var rng = new Random(77);
+        (bool Sample, double T, int K, double P, double Pen)[] kinds =
+        [
+            (false, 1, 0, 1, 1.3), (true, 0.7, 50, 0.9, 1), (true, 1.0, 20, 1, 1), (true, 0.95, 50, 0.7, 1.1),
+            (true, 1.0, 1, 1, 1), (true, 0.6, 1000, 0.95, 1), (true, 1.0, 0, 0.8, 1), (true, 1.0, 0, 1, 1), (true, 0.8, 4000, 0.9, 1.2),
+        ];
+        foreach (var kind in kinds)
+            foreach (double u in new[] { 0.0, 0.31, 0.5, 0.77, 0.999 })
+            {
+                int start = seen.Count, count = kind.Pen != 1 ? 40 : 0;
+                for (int i = 0; i < count; i++) seen.Add(i * 37 % vocab);
+                settings.Add(new SamplingRow(kind.Sample, kind.T, kind.K, kind.P, kind.Pen, u, start, count));
+            }
+        int rows = settings.Count;
+        var logits = new float[(long)rows * vocab];
+        for (int r = 0; r < rows; r++)
+        {
+            // A peaked row: noise, then 30 tokens well above it (so the nucleus of top_k 0 stays within the GPU's candidates).
+            for (int i = 0; i < vocab; i++) logits[(long)r * vocab + i] = (float)(rng.NextDouble() * 4 - 2);
+            for (int j = 0; j < 30; j++) logits[(long)r * vocab + (j * 4099 + r * 13) % vocab] = 12f + j * 0.25f;
+            if (r % 3 == 0) logits[(long)r * vocab + 5] = logits[(long)r * vocab + 9] = 30f; // a tie at the top
+        }
+        var packed = new int[rows * SamplingRow.Ints];
+        for (int r = 0; r < rows; r++) settings[r].Write(packed.AsSpan(r * SamplingRow.Ints, SamplingRow.Ints));
+        var x = c.Pair(logits, [rows, vocab], DType.F32);
+        var prm = c.IntPair(packed, [packed.Length]);
+        var sn = c.IntPair([.. seen], [seen.Count]);
+        var outT = c.IntPair(new int[rows], [rows]);
+        var scratch = c.Zeros([rows, vocab], DType.F32);
+        double ms = c.TimeRepeat(() => c.Gpu.SampleRows(x.Gpu, prm.Gpu, sn.Gpu, outT.Gpu, scratch.Gpu));
+        c.Cpu.SampleRows(x.Cpu, prm.Cpu, sn.Cpu, outT.Cpu, scratch.Cpu);
+        var want = new int[rows];
+        var got = new int[rows];
+        c.Cpu.Download(outT.Cpu, want);
+        c.Gpu.Download(outT.Gpu, got);
+        int equal = 0, deferred = 0, wrong = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            bool limit = settings[r].DoSample && (settings[r].TopK == 0 || settings[r].TopK > 1024);
+            if (got[r] == want[r]) equal++;
+            else if (got[r] == -1 && limit) deferred++;
+            else { wrong++; Console.WriteLine($"     sample row {r} ({settings[r]}): gpu {got[r]}, cpu {want[r]}"); }
+        }
+        Console.WriteLine($"     sample_rows: {equal} equal, {deferred} left to the host, {wrong} different");
+        c.Check($"sample_rows {rows}x{vocab}", "tokens", wrong == 0, ms);
+        // The logits are left as they were (the host fallback re-reads them).
+        c.Compare($"sample_rows {rows}x{vocab}", "logits kept", x, 0);
     }
 
     static void Attention(Ctx c)

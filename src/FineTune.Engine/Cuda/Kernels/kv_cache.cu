@@ -1,12 +1,22 @@
-// Generation over a slot-based KV cache: the step's K/V rows scattered into the cache, then attention of each
-// token over its slot's keys 0 … position (position − window + 1 … position in sliding-window layers) (one warp per (token, query head), keys 32 at a time with an online
-// softmax: attention_row.cuh, shared with attention.cu).
-// Layouts: q, out [T, Hq, D]; k_cache, v_cache [slots · cap, Hkv, D]; slots, positions [T] (I32).
+// Generation over a paged KV cache: the step's K/V rows scattered into the cache, then attention of each token over
+// its sequence's keys 0 … position (position − window + 1 … position in sliding-window layers; scores soft-capped
+// to cap·tanh(s/cap) where a cap is set), read through the sequence's block table (key j at cache row
+// table[j / bs]·bs + j % bs). Two forms:
+//   cached_attention_forward: one warp per (token, query head), keys 32 at a time (one per lane) with an online
+//     softmax, as attention_row.cuh does for contiguous keys;
+//   cached_attention_split + cached_attention_combine (split-K, for decode steps and long contexts): one block per
+//     (key range, kv head, token) whose warps are the kv head's query heads; each 32-key tile of K and V is read once
+//     into shared memory and used by every query head of the group; each block leaves (unnormalised acc, m, l) for
+//     its range, and the combine rescales them: out = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s, M = max_s m_s.
+// Layouts: q, out [T, Hq, D]; k_cache, v_cache [blocks · bs, Hkv, D]; seqs, positions [T]; tables [rows, W] (I32).
 #include "attention_row.cuh"
 
 #define ROWS_PER_BLOCK 8
 #define MAX_D ATTENTION_MAX_D
 #define MAX_E ATTENTION_MAX_E
+#define SPLIT_MAX_D 128
+#define SPLIT_MAX_E (SPLIT_MAX_D / 32)
+#define SPLIT_MAX_GROUP 16
 
 // dst[rows[i], :] = src[i, :].
 extern "C" __global__ void scatter_rows(void* dst, int dt_d, const void* src, int dt_s, const int* rows, i64 n, int cols)
@@ -19,9 +29,15 @@ extern "C" __global__ void scatter_rows(void* dst, int dt_d, const void* src, in
     }
 }
 
+__device__ __forceinline__ i64 paged_row(const int* table, int j, int bs)
+{
+    return (i64)table[j / bs] * bs + j % bs;
+}
+
 extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const void* q, int dt_q, const void* k, int dt_k,
-                                                    const void* v, int dt_v, const int* slots, const int* positions,
-                                                    int T, int cap, int Hq, int Hkv, int D, float scale, int window, float softcap)
+                                                    const void* v, int dt_v, const int* seqs, const int* positions,
+                                                    const int* tables, int T, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                    int window, float softcap)
 {
     __shared__ float qs[ROWS_PER_BLOCK][MAX_D];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -29,14 +45,147 @@ extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const v
     if (t >= T) return;                // whole warps leave; no block-wide barrier below
     int h = blockIdx.y, kh = h / (Hq / Hkv);
     int p = positions[t];
+    const int* table = tables + (i64)seqs[t] * W;
     i64 qrow = ((i64)t * Hq + h) * D;
     for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     __syncwarp();
-    i64 kstride = (i64)Hkv * D, kbase = (i64)slots[t] * cap * kstride + (i64)kh * D;
-    float acc[MAX_E], m, l;
-    attention_row(qs[warp], k, dt_k, v, dt_v, kbase, kstride, window > 0 ? max(0, p - window + 1) : 0, p, D, lane, softcap, acc, m, l);
+    i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
+    float acc[MAX_E];
+#pragma unroll
+    for (int e = 0; e < MAX_E; e++) acc[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    int lo = window > 0 ? max(0, p - window + 1) : 0;
+    for (int j0 = lo; j0 <= p; j0 += 32)
+    {
+        int j = j0 + lane;
+        float s = -INFINITY;
+        if (j <= p)
+        {
+            s = 0.0f;
+            i64 krow = paged_row(table, j, bs) * kstride + koff;
+            for (int d = 0; d < D; d++) s += qs[warp][d] * ld(k, krow + d, dt_k);
+            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+        }
+        float mn = fmaxf(m, warp_max(s));
+        float corr = expf(m - mn);
+        float pj = j <= p ? expf(s - mn) : 0.0f;
+        l = l * corr + warp_sum(pj);
+#pragma unroll
+        for (int e = 0; e < MAX_E; e++) acc[e] *= corr;
+        int count = min(32, p - j0 + 1);
+        for (int jj = 0; jj < count; jj++)
+        {
+            float pjj = __shfl_sync(FULL_MASK, pj, jj);
+            i64 vrow = paged_row(table, j0 + jj, bs) * kstride + koff;
+#pragma unroll
+            for (int e = 0; e < MAX_E; e++)
+                if (lane + 32 * e < D) acc[e] += pjj * ld(v, vrow + lane + 32 * e, dt_v);
+        }
+        m = mn;
+    }
     float inv = 1.0f / l;
 #pragma unroll
     for (int e = 0; e < MAX_E; e++)
         if (lane + 32 * e < D) st(out, qrow + lane + 32 * e, acc[e] * inv, dt_o);
+}
+
+// Grid (splits, Hkv, T), block G·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D). Split s of token t
+// covers keys [s·chunk, min(p + 1, (s + 1)·chunk)), chunk = the key count / splits rounded up to 32, so a graph
+// captured for one step stays right for any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l).
+extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
+                                                  const void* v, int dt_v, const int* seqs, const int* positions,
+                                                  const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                  int window, float softcap)
+{
+    __shared__ float ks[32][SPLIT_MAX_D + 1]; // +1: lanes read different keys of one column without bank conflicts
+    __shared__ float vs[32][SPLIT_MAX_D];
+    __shared__ float qs[SPLIT_MAX_GROUP][SPLIT_MAX_D];
+    int split = blockIdx.x, splits = gridDim.x, kh = blockIdx.y, t = blockIdx.z;
+    int G = Hq / Hkv, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int h = kh * G + warp;
+    int p = positions[t], len = p + 1;
+    const int* table = tables + (i64)seqs[t] * W;
+    int lo = window > 0 ? max(0, p - window + 1) : 0; // a sliding-window layer reads keys lo … p
+    int chunk = ((len - lo + splits - 1) / splits + 31) / 32 * 32;
+    int start = lo + split * chunk, end = min(len, start + chunk);
+    i64 qrow = ((i64)t * Hq + h) * D;
+    for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
+    i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
+    float acc[SPLIT_MAX_E];
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int j0 = start; j0 < end; j0 += 32)
+    {
+        __syncthreads(); // the previous tile is used up (and qs written, on the first pass)
+        for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x)
+        {
+            int jj = idx / D, d = idx - jj * D, j = j0 + jj;
+            if (j < end)
+            {
+                i64 row = paged_row(table, j, bs) * kstride + koff + d;
+                ks[jj][d] = ld(k, row, dt_k);
+                vs[jj][d] = ld(v, row, dt_v);
+            }
+        }
+        __syncthreads();
+        int j = j0 + lane;
+        float s = -INFINITY;
+        if (j < end)
+        {
+            s = 0.0f;
+            for (int d = 0; d < D; d++) s += qs[warp][d] * ks[lane][d];
+            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+        }
+        float mn = fmaxf(m, warp_max(s));
+        // A range whose first tile is empty keeps m = −inf; exp(−inf − (−inf)) would be NaN.
+        float corr = m == -INFINITY ? 0.0f : expf(m - mn);
+        float pj = j < end ? expf(s - mn) : 0.0f;
+        l = l * corr + warp_sum(pj);
+#pragma unroll
+        for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] *= corr;
+        int count = min(32, end - j0);
+        for (int jj = 0; jj < count; jj++)
+        {
+            float pjj = __shfl_sync(FULL_MASK, pj, jj);
+#pragma unroll
+            for (int e = 0; e < SPLIT_MAX_E; e++)
+                if (lane + 32 * e < D) acc[e] += pjj * vs[jj][lane + 32 * e];
+        }
+        m = mn;
+    }
+    float* dst = part + (((i64)t * Hq + h) * splits + split) * (D + 2);
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++)
+        if (lane + 32 * e < D) dst[lane + 32 * e] = acc[e];
+    if (lane == 0) { dst[D] = m; dst[D + 1] = l; }
+}
+
+// Grid (T, Hq), one warp per (token, query head): the splits' partial results rescaled to the common maximum.
+extern "C" __global__ void cached_attention_combine(void* out, int dt_o, const float* part, int Hq, int D, int splits)
+{
+    int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    const float* src = part + ((i64)t * Hq + h) * splits * (D + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, src[s * (D + 2) + D]);
+    float L = 0.0f;
+    float acc[SPLIT_MAX_E];
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
+    for (int s = 0; s < splits; s++)
+    {
+        const float* ps = src + s * (D + 2);
+        float ms = ps[D];
+        if (ms == -INFINITY) continue; // an empty range
+        float f = expf(ms - M);
+        L += f * ps[D + 1];
+#pragma unroll
+        for (int e = 0; e < SPLIT_MAX_E; e++)
+            if (lane + 32 * e < D) acc[e] += f * ps[lane + 32 * e];
+    }
+    float inv = 1.0f / L;
+    i64 orow = ((i64)t * Hq + h) * D;
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++)
+        if (lane + 32 * e < D) st(out, orow + lane + 32 * e, acc[e] * inv, dt_o);
 }
