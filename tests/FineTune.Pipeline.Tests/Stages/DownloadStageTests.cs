@@ -29,6 +29,26 @@ public sealed class DownloadStageTests : IDisposable
     }
 
     [Fact]
+    public void Scratch_gemma_keys_reach_config_json()
+    {
+        new DownloadStage().Execute(Context(new ModelSection { Source = "scratch", Scratch = new ScratchConfig
+        {
+            Architecture = ScratchArchitecture.Gemma3Text, SlidingWindow = 7, LayerTypes = ["full_attention", "sliding_attention"], QueryPreAttnScalar = 16,
+        } }, Output("out")));
+        var config = ModelConfig.Load(_dir.File("out"));
+        Assert.Equal(("Gemma3ForCausalLM", 7, 16.0, "gelu_pytorch_tanh"), (config.ArchitectureClassName, config.SlidingWindow!.Value, config.QueryPreAttnScalar!.Value, config.HiddenAct));
+        Assert.Equal(["full_attention", "sliding_attention"], config.LayerTypes);
+    }
+
+    [Fact]
+    public void A_gemma_key_on_another_family_is_a_user_error()
+    {
+        var e = Assert.Throws<PipelineUserException>(() => new DownloadStage().Execute(Context(new ModelSection { Source = "scratch", Scratch = new ScratchConfig { Architecture = ScratchArchitecture.Llama, SlidingWindow = 8 } }, Output("out"))));
+        Assert.Equal("model.scratch.sliding_window: llama has no sliding_window (a gemma2 / gemma3_text key); remove it or set architecture: gemma2 or gemma3_text.", e.Message);
+        Assert.False(File.Exists(_dir.File("out/config.json")));
+    }
+
+    [Fact]
     public void Scratch_architecture_is_the_hf_model_type_of_any_family_in_the_table()
     {
         new DownloadStage().Execute(Context(new ModelSection { Source = "scratch", Scratch = new ScratchConfig { Architecture = ScratchArchitecture.Mistral } }, Output("out")));
