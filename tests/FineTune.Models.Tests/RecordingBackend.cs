@@ -74,9 +74,9 @@ internal sealed class RecordingBackend(IBackend inner) : IBackend
     public void BiasBackward(Tensor dbias, Tensor dy) => Do(() => _inner.BiasBackward(dbias, dy));
     public void Embedding(Tensor output, Tensor table, Tensor ids) => Do(() => _inner.Embedding(output, table, ids));
     public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) => Do(() => _inner.EmbeddingBackward(dtable, doutput, ids));
-    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps) => Do(() => _inner.RmsNorm(y, rstd, x, weight, eps));
-    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps) => Do(() => _inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps));
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) => Do(() => _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd));
+    public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f) => Do(() => _inner.RmsNorm(y, rstd, x, weight, eps, weightOffset));
+    public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f) => Do(() => _inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset));
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f) => Do(() => _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset));
     public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) => Do(() => _inner.Rope(x, positions, cos, sin, headDim, inverse));
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) => Do(() => _inner.Attention(output, lse, q, k, v, segmentIds, shape));
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
@@ -87,6 +87,10 @@ internal sealed class RecordingBackend(IBackend inner) : IBackend
     public void SampleRows(Tensor logits, Tensor parameters, Tensor seen, Tensor output, Tensor scratch) => Do(() => _inner.SampleRows(logits, parameters, seen, output, scratch));
     public void SwiGlu(Tensor h, Tensor gate, Tensor up) => Do(() => _inner.SwiGlu(h, gate, up));
     public void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) => Do(() => _inner.SwiGluBackward(dgate, dup, dh, gate, up));
+    public void GeGlu(Tensor h, Tensor gate, Tensor up) => Do(() => _inner.GeGlu(h, gate, up));
+    public void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) => Do(() => _inner.GeGluBackward(dgate, dup, dh, gate, up));
+    public void SoftCap(Tensor y, Tensor x, float cap) => Do(() => _inner.SoftCap(y, x, cap));
+    public void SoftCapBackward(Tensor dx, Tensor y, float cap) => Do(() => _inner.SoftCapBackward(dx, y, cap));
     public void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) => Do(() => _inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad));
     public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales) => Do(() => _inner.LabelLogProbs(logits, labels, logProbs, gradScales));
     public void Dropout(Tensor y, Tensor x, float p, ulong seed) => Do(() => _inner.Dropout(y, x, p, seed));
