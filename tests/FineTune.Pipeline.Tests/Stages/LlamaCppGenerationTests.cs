@@ -28,9 +28,6 @@ public sealed class LlamaCppGenerationTests : IDisposable
         string yaml = File.ReadAllText(Path.Combine(RepoRoot, "pipelines", "identity", "pipeline.yaml"));
         Assert.Contains("architecture: qwen3", yaml);
         Assert.Contains("device: auto", yaml);
-        // Half the demo's epochs (CI time: one training per family): the answer is learnt by then (the test asserts it).
-        Assert.Contains("num_train_epochs: 60", yaml);
-        yaml = yaml.Replace("num_train_epochs: 60", "num_train_epochs: 40");
         // Tied: no lm_head to train beside the adapter; the (shared) embeddings train instead.
         if (tied) yaml = yaml.Replace("tie_word_embeddings: false", "tie_word_embeddings: true").Replace("lm_head]", "embed_tokens]");
         yaml = yaml.Replace("architecture: qwen3", $"architecture: {architecture}{scratchExtra}")
