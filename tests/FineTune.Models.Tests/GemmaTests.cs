@@ -82,6 +82,18 @@ public sealed class GemmaTests : IDisposable
         Assert.Equal((5, 20.0, "gelu_pytorch_tanh"), (back.SlidingWindow!.Value, back.AttnLogitSoftcapping!.Value, back.HiddenAct));
     }
 
+    [Fact]
+    public void Saved_gemma2_config_writes_its_float_keys_as_floats()
+    {
+        // transformers 5's Gemma2Config is a strict dataclass: final_logit_softcapping 30 (an int) fails to load there
+        // ("expected float, got int"; the H200 run of 2026-12-01 found it); 30.0 loads.
+        var c = ModelConfig.FromJson(Json("""{"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}"""), "config.json");
+        string text = c.ToJsonString();
+        Assert.Contains("\"attn_logit_softcapping\": 50.0,", text);
+        Assert.Contains("\"final_logit_softcapping\": 30.0,", text);
+        Assert.Contains("\"query_pre_attn_scalar\": 256,", text);
+    }
+
     [Theory]
     [InlineData("gemma2", true)]
     [InlineData("gemma2", false)]

@@ -423,14 +423,27 @@ public sealed record ModelConfig
             entries["query_pre_attn_scalar"] = QueryPreAttnScalar;
             entries["sliding_window"] = SlidingWindow;
             entries["layer_types"] = LayerTypes is null ? null : new JsonArray(LayerTypes.Select(x => (JsonNode?)JsonValue.Create(x)).ToArray());
-            entries["attn_logit_softcapping"] = AttnLogitSoftcapping;
-            entries["final_logit_softcapping"] = FinalLogitSoftcapping;
-            if (RopeLocalBaseFreq is { } local) entries["rope_local_base_freq"] = local;
+            entries["attn_logit_softcapping"] = FloatJson(AttnLogitSoftcapping);
+            entries["final_logit_softcapping"] = FloatJson(FinalLogitSoftcapping);
+            if (RopeLocalBaseFreq is { } local) entries["rope_local_base_freq"] = FloatJson(local);
         }
         var obj = new JsonObject();
         foreach (var (k, v) in entries)
             obj[k] = v;
         return obj;
+    }
+
+    /// <summary>
+    /// A float config key as Python writes it (30.0, not 30): transformers 5's strict config classes refuse an int for
+    /// a float field (Gemma2Config's final_logit_softcapping), and System.Text.Json writes a whole double without ".0".
+    /// </summary>
+    private static JsonNode? FloatJson(double? value)
+    {
+        if (value is not { } v) return null;
+        string text = double.IsInteger(v) && Math.Abs(v) < 1e15
+            ? v.ToString("0.0", System.Globalization.CultureInfo.InvariantCulture)
+            : v.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        return JsonNode.Parse(text);
     }
 
     private static JsonObject RopeScalingJson(RopeScaling s)
