@@ -223,8 +223,11 @@ public sealed class LoopbackHub : IDisposable
         if (_disposed)
             return;
         _disposed = true;
-        _listener.Stop();
-        _listener.Close();
+        // Close alone: after Stop, Close removes the prefix again and HttpListener re-binds the port to do it, which fails
+        // with "Address already in use" when another test process took the freed port in between (seen in CI, where the
+        // test projects run in parallel); a listener that cannot be re-bound has nothing left to release.
+        try { _listener.Close(); }
+        catch (HttpListenerException) { }
         try { _loop.Wait(TimeSpan.FromSeconds(5)); } catch (AggregateException) { }
     }
 }
