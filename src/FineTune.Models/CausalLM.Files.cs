@@ -168,6 +168,14 @@ public sealed partial class CausalLM
         {
             float[] values = ReadParameter(p.Name);
             if (loraOf.TryGetValue(p.Name, out var lora)) FoldLora(values, lora);
+            if (p.Shape.Length == 3 && ExpertBlock.IsStack(Spec.Family, p.Name))
+            {
+                // The hub layout, one tensor per expert, which transformers 4 and 5 both load.
+                int per = p.Shape[1] * p.Shape[2];
+                for (int e = 0; e < p.Shape[0]; e++)
+                    writer.Add(ExpertBlock.ExpertKey(p.Name, e), values.AsSpan(e * per, per).ToArray(), [p.Shape[1], p.Shape[2]], storeAs);
+                continue;
+            }
             writer.Add(p.Name, values, p.Shape.Select(x => (long)x).ToArray(), storeAs);
         }
         writer.Save(Path.Combine(directory, "model.safetensors"));

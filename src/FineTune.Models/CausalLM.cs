@@ -28,6 +28,8 @@ public sealed partial class CausalLM : IDisposable
     {
         // The architecture table says what of a family the engine does not run yet (Load reports it located first).
         if (spec.Family.EngineGap is { } gap) throw new NotSupportedException(gap);
+        if (spec.Moe is not null && setup.Quantization is not null)
+            throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
         var views = new List<Parameter>();
         Spec = spec;
         Backend = backend;
@@ -71,7 +73,8 @@ public sealed partial class CausalLM : IDisposable
             var kNorm = spec.QkNorm ? P($"{attn}.{n.KNorm}.weight", ParameterRole.Norm, spec.HeadDim) : null;
             var o = L(attn, n.O, c, qd, spec.OutputBias);
             var postAttentionNorm = P($"{pre}.{n.PostAttentionNorm}.weight", ParameterRole.Norm, c);
-            var gateUp = spec.Family.Block.FusedGateUp ? Fused(mlp, n.GateUp, c, inter, inter)
+            var experts = spec.IsSparseLayer(l) ? BuildExperts(mlp, c, P) : null;
+            var gateUp = experts is not null ? null : spec.Family.Block.FusedGateUp ? Fused(mlp, n.GateUp, c, inter, inter)
                 : [L(mlp, n.Gate, inter, c, false), L(mlp, n.Up, inter, c, false)];
             _layers[l] = new DecoderLayer
             {
@@ -84,9 +87,10 @@ public sealed partial class CausalLM : IDisposable
                 KNorm = kNorm,
                 O = o,
                 PostAttentionNorm = postAttentionNorm,
-                Gate = gateUp[0],
-                Up = gateUp[1],
-                Down = L(mlp, n.Down, c, inter, false),
+                Gate = gateUp?[0],
+                Up = gateUp?[1],
+                Down = experts is null ? L(mlp, n.Down, c, inter, false) : null,
+                Experts = experts,
             };
         }
         _finalNorm = P($"{n.FinalNorm}.weight", ParameterRole.Norm, c);
@@ -265,7 +269,7 @@ public sealed partial class CausalLM : IDisposable
 
     /// <summary>Bytes of weights, gradients and optimizer state; bytes of activations for the current capacity.</summary>
     public long WeightBytes => _weights.ByteLength;
-    public long ActivationBytes => _acts?.ByteLength ?? 0;
+    public long ActivationBytes => (_acts?.ByteLength ?? 0) + (_expertActs?.ByteLength ?? 0);
 
     /// <summary>Layers below this one need no backward (nothing trainable there or below).</summary>
     internal int LowestBackwardLayer { get; }
@@ -286,6 +290,8 @@ public sealed partial class CausalLM : IDisposable
             if ((int)p.Length > host.Length) host = new float[p.Length];
             var span = host.AsSpan(0, (int)p.Length);
             if (_quantized.TryGetValue(p, out var slot)) { LoadQuantized(p, slot, source, span); continue; }
+            if (p.Shape.Length == 3 && ExpertBlock.IsStack(Spec.Family, p.Name)) ReadExpertStack(source, p, span);
+            else
             if (p.Role == ParameterRole.LoraA)
             {
                 // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name.
@@ -348,6 +354,7 @@ public sealed partial class CausalLM : IDisposable
     public void Dispose()
     {
         _acts?.Dispose();
+        _expertActs?.Dispose();
         _rope?.Dispose();
         _weights.Dispose();
     }

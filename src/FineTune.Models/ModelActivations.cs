@@ -46,7 +46,8 @@ internal sealed class ModelActivations : IDisposable
     {
         Capacity = capacity;
         ChunkRows = chunkRows;
-        int n = capacity, c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        // A model whose every MLP is a mixture of experts keeps no dense MLP activations (the experts have their own).
+        int n = capacity, c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.HasDenseLayers ? spec.IntermediateSize : 1;
         DType f = backend.ComputeDType;
         var b = new TensorArena.Builder();
         var h = new Dictionary<string, int>();

@@ -12,6 +12,12 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
 {
     public int TokenCount => BatchSize * SeqLen;
 
+    /// <summary>
+    /// HF's attention_mask: 1 on tokens, 0 on padding (null: every position is a token). Attention reads the segment ids;
+    /// this mask only weighs the tokens of the mixture-of-experts load-balancing loss, as transformers' does.
+    /// </summary>
+    public int[]? AttentionMask { get; init; }
+
     /// <summary>Number of positions with a label other than -100 (the loss's denominator).</summary>
     public int LabelCount
     {
@@ -58,12 +64,21 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
                 else if (t + 1 < s.Length) lab[i] = s[t + 1];
             }
         }
-        return new TokenBatch(b, seqLen, ids, lab, pos, seg);
+        var mask = new int[b * seqLen];
+        for (int r = 0; r < b; r++)
+            for (int t = 0; t < Math.Min(seqLen, sequences[r].Length); t++) mask[r * seqLen + t] = 1;
+        return new TokenBatch(b, seqLen, ids, lab, pos, seg) { AttentionMask = mask };
     }
 }
 
 /// <summary>Summed token cross-entropy (nats) and the number of labelled tokens it sums over.</summary>
 public sealed record LossResult(double SumLoss, int TokenCount)
 {
+    /// <summary>
+    /// Mixture-of-experts models in training: the router load-balancing loss of the micro-batch (transformers' aux_loss,
+    /// before router_aux_loss_coef); its coefficient's multiple is in the gradient, not in <see cref="SumLoss"/>.
+    /// </summary>
+    public double? RouterAuxLoss { get; init; }
+
     public double MeanLoss => TokenCount == 0 ? 0 : SumLoss / TokenCount;
 }

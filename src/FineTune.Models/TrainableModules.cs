@@ -49,6 +49,12 @@ public static class TrainableModules
             names.Add($"{attn}.{n.O}.weight");
             if (spec.OutputBias) names.Add($"{attn}.{n.O}.bias");
             names.Add($"{pre}.{n.PostAttentionNorm}.weight");
+            if (spec.IsSparseLayer(l) && spec.Family.Experts is { } x)
+            {
+                // The router, then each projection of all experts as one stacked parameter (see ExpertBlock).
+                names.AddRange([$"{mlp}.{x.Router}.weight", $"{mlp}.{x.ExpertList}.{x.Gate}", $"{mlp}.{x.ExpertList}.{x.Up}", $"{mlp}.{x.ExpertList}.{x.Down}"]);
+                continue;
+            }
             names.AddRange(spec.Family.Block.FusedGateUp ? [$"{mlp}.{n.GateUp}.weight", $"{mlp}.{n.Down}.weight"]
                 : [$"{mlp}.{n.Gate}.weight", $"{mlp}.{n.Up}.weight", $"{mlp}.{n.Down}.weight"]);
         }
