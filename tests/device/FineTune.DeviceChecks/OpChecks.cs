@@ -13,7 +13,7 @@ public sealed record CheckRow(string Op, string Path, string Output, long Elemen
 /// random inputs. F32 path: every CUDA tensor F32, tolerance 1e-4. BF16 path: activations and weights BF16 on
 /// the GPU, the CPU fed the same BF16-rounded values in F32, tolerance 1e-2.
 /// </summary>
-public static class OpChecks
+public static partial class OpChecks
 {
     sealed class Ctx(CpuBackend cpu, CudaBackend gpu, DType act, string path, double tol, List<CheckRow> rows)
     {
@@ -154,8 +154,8 @@ public static class OpChecks
     {
         var sink = quiet ? new List<CheckRow>() : null;
         var target = sink is null ? c : new Ctx(c.Cpu, c.Gpu, c.Act, c.Path, c.Tol, sink);
-        if (sink is not null) { Elementwise(target); MatMuls(target); Norms(target); Attention(target); Generation(target); Loss(target); Optimizer(target); c.Buffers.AddRange(target.Buffers); return; }
-        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Generation(c); Loss(c); Optimizer(c);
+        if (sink is not null) { Elementwise(target); MatMuls(target); Norms(target); Attention(target); Generation(target); Loss(target); Optimizer(target); Experts(target); c.Buffers.AddRange(target.Buffers); return; }
+        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Generation(c); Loss(c); Optimizer(c); Experts(c);
     }
 
     static void Elementwise(Ctx c)
