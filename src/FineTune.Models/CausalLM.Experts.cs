@@ -83,6 +83,15 @@ public sealed partial class CausalLM
         source.Read(first, [rows, cols], values[..per]); // throws the source's located "missing tensor" message
     }
 
+    /// <summary>
+    /// The name a weight has in <paramref name="source"/>: its own, or for mixtral's router transformers 5's
+    /// (model.layers.N.mlp.gate where the hub checkpoints say block_sparse_moe.gate).
+    /// </summary>
+    private string SourceName(IWeightSource source, string name) =>
+        Spec.Family.Experts?.MoeModule is { } moeModule && name.Contains($".{moeModule}.", StringComparison.Ordinal) && !source.Contains(name)
+            && source.Contains(name.Replace($".{moeModule}.", ".mlp.", StringComparison.Ordinal))
+            ? name.Replace($".{moeModule}.", ".mlp.", StringComparison.Ordinal) : name;
+
     private void EnsureExpertActs(int n, bool training)
     {
         var moe = Spec.Moe!;

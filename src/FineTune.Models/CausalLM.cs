@@ -307,7 +307,7 @@ public sealed partial class CausalLM : IDisposable
                 ulong s = Seeds.Mix((ulong)Setup.Seed, Seeds.Hash(p.Name));
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }
-            else source.Read(p.Name, p.Shape, span);
+            else source.Read(SourceName(source, p.Name), p.Shape, span);
             Backend.Upload(p.Value, span);
             if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);
         }

@@ -36,6 +36,8 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
         if (BatchSize <= 0 || SeqLen <= 0) throw new ArgumentException($"token batch of {BatchSize}×{SeqLen} is empty");
         if (InputIds.Length != n || Labels.Length != n || PositionIds.Length != n || SegmentIds.Length != n)
             throw new ArgumentException($"token batch {BatchSize}×{SeqLen} needs {n} entries per array, got input_ids {InputIds.Length}, labels {Labels.Length}, position_ids {PositionIds.Length}, segment_ids {SegmentIds.Length}");
+        if (AttentionMask is { } mask && mask.Length != n)
+            throw new ArgumentException($"token batch {BatchSize}×{SeqLen} needs {n} attention_mask entries, got {mask.Length}");
     }
 
     /// <summary>

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using FineTune.Engine;
 using FineTune.Engine.Cpu;
+using FineTune.Models.Tests.Formats;
 
 namespace FineTune.Models.Tests;
 
@@ -187,5 +188,147 @@ public sealed class MoeTests : IDisposable
         Assert.Equal(0.3, model.RouterAuxLossCoef);
         double err = CheckGradients(model, TinyModels.PackedBatch(), lossScale: 0.1f, h: 3e-3f);
         Assert.True(err < 2e-3, $"relative error {err}");
+    }
+
+    private string Scratch(string name, ModelArchitecture arch, MoeConfig? moe = null, SafetensorsDType dtype = SafetensorsDType.F32)
+    {
+        ScratchModel.Generate(new ScratchModelSpec
+        {
+            Architecture = arch, HiddenSize = 32, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDim = 8, TieWordEmbeddings = false, Moe = moe, DType = dtype, InitializerRange = 0.2,
+        }, _dir.File(name));
+        return _dir.File(name);
+    }
+
+    [Theory]
+    [InlineData("qwen3_moe", "mlp", "gate_proj", "up_proj", "down_proj")]
+    [InlineData("mixtral", "block_sparse_moe", "w1", "w3", "w2")]
+    public void A_scratch_moe_model_stores_the_hub_layout_router_and_one_tensor_per_expert(string arch, string mlp, string gate, string up, string down)
+    {
+        var dir = Scratch(arch, ModelArchitecture.Find(arch)!);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
+        Assert.Equal(arch == "mixtral" ? 8 : 8, (int)config[arch == "mixtral" ? "num_local_experts" : "num_experts"]!);
+        Assert.Equal(2, (int)config["num_experts_per_tok"]!);
+        using var reader = SafetensorsReader.Open(dir);
+        Assert.Equal([8L, 32], reader.Tensors[$"model.layers.1.{mlp}.gate.weight"].Shape);
+        Assert.Equal([24L, 32], reader.Tensors[$"model.layers.1.{mlp}.experts.7.{gate}.weight"].Shape);
+        Assert.Equal([24L, 32], reader.Tensors[$"model.layers.1.{mlp}.experts.7.{up}.weight"].Shape);
+        Assert.Equal([32L, 24], reader.Tensors[$"model.layers.1.{mlp}.experts.7.{down}.weight"].Shape);
+        Assert.Equal(2 * (1 + 3 * 8) + 2 * 6 + 3 + (arch == "qwen3_moe" ? 4 : 0), reader.Tensors.Count);
+    }
+
+    [Fact]
+    public void A_saved_moe_model_writes_per_expert_tensors_and_reloads_to_the_same_logits()
+    {
+        var dir = Scratch("base", ModelArchitecture.Qwen3Moe);
+        float[] before;
+        using (var model = CausalLM.Load(dir, new CpuBackend(1), new TrainingSetup { FinetuningType = FinetuningType.Full }))
+        {
+            before = model.ForwardLogits(TinyModels.PackedBatch());
+            model.SaveModel(_dir.File("saved"));
+        }
+        using (var reader = SafetensorsReader.Open(_dir.File("saved")))
+            Assert.Equal(SafetensorsReader.Open(dir).Tensors.Keys.Order(StringComparer.Ordinal), reader.Tensors.Keys.Order(StringComparer.Ordinal));
+        using var again = CausalLM.Load(_dir.File("saved"), new CpuBackend(1), TrainingSetup.Inference);
+        Assert.Equal(before, again.ForwardLogits(TinyModels.PackedBatch()));
+    }
+
+    [Fact]
+    public void Transformers_5_fused_expert_parameters_load_as_the_per_expert_tensors_do()
+    {
+        // transformers 5 holds the experts as gate_up_proj [E, 2·inter, hidden] (gate rows first) and down_proj [E, hidden, inter].
+        var dir = Scratch("hub", ModelArchitecture.Mixtral);
+        var fused = Directory.CreateDirectory(_dir.File("fused")).FullName;
+        foreach (var f in new[] { "config.json", "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(dir, f), Path.Combine(fused, f));
+        var writer = new SafetensorsWriter();
+        using (var reader = SafetensorsReader.Open(dir))
+        {
+            var weights = new SafetensorsWeights(reader, dir);
+            float[] Read(string name)
+            {
+                var shape = reader.Tensors[name].Shape.Select(x => (int)x).ToArray();
+                var v = new float[shape.Aggregate(1, (a, b) => a * b)];
+                weights.Read(name, shape, v);
+                return v;
+            }
+            foreach (var name in reader.Tensors.Keys.Where(k => !k.Contains(".experts.", StringComparison.Ordinal)))
+                writer.Add(name.Replace(".block_sparse_moe.", ".mlp.", StringComparison.Ordinal), Read(name), reader.Tensors[name].Shape.ToArray());
+            for (int l = 0; l < 2; l++)
+            {
+                string p = $"model.layers.{l}.block_sparse_moe.experts";
+                var gateUp = Enumerable.Range(0, 8).SelectMany(e => Read($"{p}.{e}.w1.weight").Concat(Read($"{p}.{e}.w3.weight"))).ToArray();
+                var downs = Enumerable.Range(0, 8).SelectMany(e => Read($"{p}.{e}.w2.weight")).ToArray();
+                writer.Add($"model.layers.{l}.mlp.experts.gate_up_proj", gateUp, [8L, 48, 32]);
+                writer.Add($"model.layers.{l}.mlp.experts.down_proj", downs, [8L, 32, 24]);
+            }
+        }
+        writer.Save(Path.Combine(fused, "model.safetensors"));
+        using var hub = CausalLM.Load(dir, new CpuBackend(1), TrainingSetup.Inference);
+        using var v5 = CausalLM.Load(fused, new CpuBackend(1), TrainingSetup.Inference);
+        Assert.Equal(hub.ForwardLogits(TinyModels.PackedBatch()), v5.ForwardLogits(TinyModels.PackedBatch()));
+    }
+
+    [Fact]
+    public void An_attention_adapter_on_a_moe_model_saves_pefts_names_and_merges_to_the_same_logits()
+    {
+        var dir = Scratch("base", ModelArchitecture.Qwen3Moe);
+        var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 4 };
+        float[] logits;
+        using (var model = CausalLM.Load(dir, new CpuBackend(1), setup))
+        {
+            TinyModels.RandomizeLoraB(model, 2);
+            logits = model.ForwardLogits(TinyModels.PackedBatch());
+            model.SaveAdapter(_dir.File("adapter"));
+            model.SaveModel(_dir.File("merged"));
+        }
+        var config = JsonNode.Parse(File.ReadAllText(_dir.File("adapter/adapter_config.json")))!;
+        Assert.Equal(["k_proj", "o_proj", "q_proj", "v_proj"], config["target_modules"]!.AsArray().Select(t => (string)t!));
+        using var reloaded = CausalLM.Load(dir, new CpuBackend(1), TrainingSetup.Inference, _dir.File("adapter"));
+        using var merged = CausalLM.Load(_dir.File("merged"), new CpuBackend(1), TrainingSetup.Inference);
+        var again = reloaded.ForwardLogits(TinyModels.PackedBatch());
+        var folded = merged.ForwardLogits(TinyModels.PackedBatch());
+        for (int i = 0; i < logits.Length; i++)
+        {
+            Assert.Equal(logits[i], again[i], 1e-5f);
+            Assert.Equal(logits[i], folded[i], 1e-4f);
+        }
+    }
+
+    [Theory]
+    [InlineData("qwen3_moe", "qwen3moe")]
+    [InlineData("mixtral", "llama")]
+    public void Gguf_export_stacks_the_experts_as_llama_cpp_names_them(string arch, string ggufArch)
+    {
+        var dir = Scratch("base", ModelArchitecture.Find(arch)!);
+        var path = _dir.File("model.gguf");
+        GgufExporter.Export(dir, path, GgufTensorType.F32);
+        var gguf = new GgufTensorTable(path);
+        Assert.Equal(ggufArch, gguf.Metadata["general.architecture"]);
+        Assert.Equal(8u, gguf.Metadata[$"{ggufArch}.expert_count"]);
+        Assert.Equal(2u, gguf.Metadata[$"{ggufArch}.expert_used_count"]);
+        Assert.Equal(arch == "qwen3_moe", gguf.Metadata.ContainsKey($"{ggufArch}.expert_feed_forward_length"));
+        Assert.Equal([8L, 32], gguf.Tensors["blk.1.ffn_gate_inp.weight"].Shape);
+        Assert.Equal([8L, 24, 32], gguf.Tensors["blk.1.ffn_gate_exps.weight"].Shape);
+        Assert.Equal([8L, 24, 32], gguf.Tensors["blk.1.ffn_up_exps.weight"].Shape);
+        Assert.Equal([8L, 32, 24], gguf.Tensors["blk.1.ffn_down_exps.weight"].Shape);
+        Assert.DoesNotContain(gguf.Tensors.Keys, k => k.Contains("experts", StringComparison.Ordinal));
+        // Expert 5's up_proj is rows 5·24 … 6·24 of the stack, as it is in the checkpoint.
+        using var reader = SafetensorsReader.Open(dir);
+        var x = ModelArchitecture.Find(arch)!.Experts!;
+        string mlp = ModelArchitecture.Find(arch)!.Names.Mlp;
+        var expected = new float[24 * 32];
+        new SafetensorsWeights(reader, dir).Read($"model.layers.1.{mlp}.experts.5.{x.Up}.weight", [24, 32], expected);
+        var stack = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(gguf.Data("blk.1.ffn_up_exps.weight")).ToArray();
+        Assert.Equal(expected, stack.AsSpan(5 * 24 * 32, 24 * 32).ToArray());
+        Assert.Equal(GgufTensorType.F32, gguf.Tensors["blk.1.ffn_gate_inp.weight"].Type);
+    }
+
+    [Fact]
+    public void Gguf_export_refuses_a_qwen3_moe_model_llama_cpp_would_compute_differently()
+    {
+        var dir = Scratch("base", ModelArchitecture.Qwen3Moe, new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 8, NormTopKProb = false });
+        var e = Assert.Throws<ModelFormatException>(() => GgufExporter.Export(dir, _dir.File("model.gguf"), GgufTensorType.F16));
+        Assert.Equal($"{Path.Combine(dir, "config.json")}: \"norm_topk_prob\" is false, but llama.cpp's qwen3moe always renormalises the top-k router weights; the GGUF would compute another model (set norm_topk_prob: true, as the released Qwen3-MoE checkpoints do, or export hf only).", e.Message);
+        Assert.False(File.Exists(_dir.File("model.gguf")));
     }
 }

@@ -32,7 +32,7 @@ internal static class Mixtral
             Down = "w2",
             MoeModule = "block_sparse_moe",
         },
-        Gguf = new GgufNaming("llama", PermuteQkRows: true, GgufNaming.StandardLayerTensors),
+        Gguf = new GgufNaming("llama", PermuteQkRows: true, [.. GgufNaming.StandardLayerTensors, ("block_sparse_moe.gate", "ffn_gate_inp")]),
         ScratchChatTemplate = ChatTemplates.ChatMl,
         ScratchExtraConfig = new Dictionary<string, Func<System.Text.Json.Nodes.JsonNode?>>
         {

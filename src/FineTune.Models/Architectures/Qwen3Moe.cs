@@ -32,7 +32,7 @@ internal static class Qwen3Moe
             NormTopKFromConfig = true,
             SparseLayersFromConfig = true,
         },
-        Gguf = new GgufNaming("qwen3moe", PermuteQkRows: false, GgufNaming.StandardLayerTensors),
+        Gguf = new GgufNaming("qwen3moe", PermuteQkRows: false, [.. GgufNaming.StandardLayerTensors, ("mlp.gate", "ffn_gate_inp")]),
         ScratchChatTemplate = ChatTemplates.ChatMlWithThinkSwitch,
     };
 }

@@ -132,11 +132,18 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
     private static ScratchModelSpec ScratchSpec(StageContext ctx)
     {
         var s = ctx.Pipeline.Model.Scratch ?? new ScratchConfig();
+        // The scratch block's architecture is HF's model_type, the architecture table's key.
+        var architecture = ModelArchitecture.Find(ConfigModel.EnumName(s.Architecture))
+            ?? throw new PipelineUserException($"model.scratch.architecture: \"{ConfigModel.EnumName(s.Architecture)}\" is not in the architecture table; use one of {string.Join(", ", ModelArchitecture.All)}.");
+        if (architecture.Experts is null && s.HasExpertKeys)
+            throw new PipelineUserException($"model.scratch: num_experts, num_experts_per_tok and the other mixture-of-experts keys are for qwen3_moe and mixtral, not {architecture.ModelType}; remove them or set architecture: qwen3_moe.");
+        var moe = s.ExpertsFor(architecture);
+        if (moe is not null && moe.NumExpertsPerTok > moe.NumExperts)
+            throw new PipelineUserException($"model.scratch.num_experts_per_tok: {moe.NumExpertsPerTok} is more than the {moe.NumExperts} experts; route each token to at most num_experts.");
         return new ScratchModelSpec
         {
-            // The scratch block's architecture is HF's model_type, the architecture table's key.
-            Architecture = ModelArchitecture.Find(ConfigModel.EnumName(s.Architecture))
-                ?? throw new PipelineUserException($"model.scratch.architecture: \"{ConfigModel.EnumName(s.Architecture)}\" is not in the architecture table; use one of {string.Join(", ", ModelArchitecture.All)}."),
+            Architecture = architecture,
+            Moe = moe,
             HiddenSize = s.HiddenSize,
             IntermediateSize = s.IntermediateSize,
             NumHiddenLayers = s.NumHiddenLayers,

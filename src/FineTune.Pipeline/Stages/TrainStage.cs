@@ -236,6 +236,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         FreezeExtraModules = cfg.FreezeExtraModules ?? [],
         GradientCheckpointing = cfg.GradientCheckpointing,
         NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
+        MoeAuxLossCoef = cfg.MoeAuxLossCoef,
         Seed = cfg.Seed,
         Quantization = Quantization(cfg),
         EightBitOptimizerStates = cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit,
