@@ -46,6 +46,12 @@ public static class EngineBenchmark
         // Phi-4 (Phi3ForCausalLM): fused qkv_proj / gate_up_proj, the peer script's phi4 row (issue 12).
         ["phi4"] = new() { Architecture = "phi3", VocabSize = 100352, HiddenSize = 5120, IntermediateSize = 17920, NumLayers = 40,
             NumHeads = 40, NumKvHeads = 10, TieWordEmbeddings = false, RopeTheta = 250000, RmsNormEps = 1e-5, MaxPositionEmbeddings = 16384 },
+        // Qwen3-30B-A3B (Qwen3MoeForCausalLM): 128 experts of 768, top 8, renormalised; the peer script's qwen3_moe row,
+        // whose LoRA is on q, k, v, o only (issue 12).
+        ["qwen3-30b-a3b"] = new() { Architecture = "qwen3_moe", VocabSize = 151936, HiddenSize = 2048, IntermediateSize = 6144, NumLayers = 48,
+            NumHeads = 32, NumKvHeads = 4, HeadDimOverride = 128, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6,
+            MaxPositionEmbeddings = 40960, QkNorm = true,
+            Moe = new MoeConfig { NumExperts = 128, NumExpertsPerTok = 8, ExpertIntermediateSize = 768, NormTopKProb = true } },
         // The QLoRA proof's big shapes (issue 16): they fit one H200 with a 4-bit base.
         ["qwen2.5-32b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 5120, IntermediateSize = 27648, NumLayers = 64,
             NumHeads = 40, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
@@ -83,6 +89,8 @@ public static class EngineBenchmark
         if (quantizationBit is not (null or 4 or 8)) throw new ArgumentException($"quantization bit must be 4 or 8 (got {quantizationBit})");
         // QLoRA as LLaMA-Factory's quantization_bit: NF4 with double quantization (or LLM.int8) for the frozen linears.
         var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, GradientCheckpointing = checkpointing, Seed = seed,
+            // The peer's MoE rows put LoRA on the attention projections only.
+            LoraTarget = spec.Moe is null ? ["all"] : ["q_proj", "k_proj", "v_proj", "o_proj"],
             Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
@@ -165,7 +173,10 @@ public static class EngineBenchmark
     public static double ModelFlopsPerToken(TransformerSpec s, int seqLen)
     {
         double c = s.HiddenSize;
-        double linear = s.NumLayers * (2 * c * s.QDim + 2 * c * s.KvDim + 3 * c * s.IntermediateSize);
+        double linear = s.NumLayers * (2 * c * s.QDim + 2 * c * s.KvDim);
+        // A sparse layer's MLP: the router (E outputs) and the k chosen experts per token.
+        for (int l = 0; l < s.NumLayers; l++)
+            linear += s.IsSparseLayer(l) ? c * s.Moe!.NumExperts + 3.0 * c * s.Moe.ExpertIntermediateSize * s.Moe.NumExpertsPerTok : 3 * c * s.IntermediateSize;
         double head = (double)s.VocabSize * c;
         double attention = 2.0 * seqLen * s.HeadDim * s.NumHeads * s.NumLayers;
         return 4 * linear + 4 * head + 3 * attention;

@@ -18,7 +18,12 @@ public static class TrainableModules
     public static IReadOnlyList<string> LinearModules => ModelArchitecture.Llama.LoraTargets;
 
     /// <summary>The linear modules LoRA may target in a model of this family, in PEFT's names.</summary>
-    public static IReadOnlyList<string> LinearModulesOf(TransformerSpec spec) => spec.Family.LoraTargets;
+    /// <remarks>
+    /// A mixture-of-experts model's MLP linears exist only in its dense layers: without any, lora_target may name the
+    /// attention projections alone (the experts are not linear modules; PEFT reaches them only as target_parameters).
+    /// </remarks>
+    public static IReadOnlyList<string> LinearModulesOf(TransformerSpec spec) =>
+        spec.Moe is not null && !spec.HasDenseLayers ? spec.Family.LoraTargets.Take(spec.Family.Block.FusedQkv ? 2 : 4).ToList() : spec.Family.LoraTargets;
 
     /// <summary>A decoder layer's sub-modules and norms (the table's names).</summary>
     public static IReadOnlyList<string> LayerModules(TransformerSpec spec)

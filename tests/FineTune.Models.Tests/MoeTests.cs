@@ -331,4 +331,24 @@ public sealed class MoeTests : IDisposable
         Assert.Equal($"{Path.Combine(dir, "config.json")}: \"norm_topk_prob\" is false, but llama.cpp's qwen3moe always renormalises the top-k router weights; the GGUF would compute another model (set norm_topk_prob: true, as the released Qwen3-MoE checkpoints do, or export hf only).", e.Message);
         Assert.False(File.Exists(_dir.File("model.gguf")));
     }
+
+    [Fact]
+    public void Lora_target_names_no_mlp_linear_of_a_model_whose_every_layer_has_experts()
+    {
+        var problems = TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "gate_proj"] });
+        var p = Assert.Single(problems);
+        Assert.Equal(("lora_target", 1, "gate_proj", "is not a linear module of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
+        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj", p.Expected);
+        // With a dense layer (qwen3_moe's mlp_only_layers), its gate_proj is a target.
+        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe", mlpOnly: [1]), new TrainingSetup { LoraTarget = ["gate_proj"] }));
+    }
+
+    [Fact]
+    public void The_qwen3_30b_a3b_bench_shape_has_the_released_models_parameter_count()
+    {
+        var s = EngineBenchmark.ShapeOf("qwen3-30b-a3b");
+        // 2·151936·2048 embeddings/head + 48·(attention 18,878,464 incl. norms + 128·(2048 + 3·2048·768) experts) + 2048.
+        Assert.Equal(2L * 151936 * 2048 + 48L * (2048 * 4096 + 2 * 2048 * 512 + 4096 * 2048 + 2 * 2048 + 2 * 128 + 128L * (2048 + 3 * 2048 * 768)) + 2048, s.ParameterCount);
+        Assert.InRange(s.ParameterCount, 30.4e9, 30.6e9);
+    }
 }

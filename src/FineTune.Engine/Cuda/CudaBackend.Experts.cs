@@ -6,6 +6,12 @@ public sealed partial class CudaBackend
 {
     const int GroupedTile = 64;
 
+    /// <summary>
+    /// BF16 operands take the tensor-core kernels (grouped_gemm_tc, grouped_gemm_weight_grad_tc); F32 ones, or
+    /// FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
+    /// </summary>
+    readonly bool _simpleGroupedGemm = Environment.GetEnvironmentVariable("FINETUNE_MOE_SIMPLE_GEMM") == "1";
+
     /// <summary>Tokens (warps) per block of the router kernels: each warp keeps its token's E probabilities in shared memory.</summary>
     static int RouterWarps(int experts) => Math.Clamp(48 * 1024 / (experts * 4), 1, 8);
 
@@ -67,6 +73,12 @@ public sealed partial class CudaBackend
         if (rows == 0) return;
         // Each expert's rows cut into 64-row tiles: at most ceil(rows/64) + E tiles; tiles past the last exit at once.
         int tiles = (rows + GroupedTile - 1) / GroupedTile + e;
+        if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16)
+        {
+            Launch("experts.cu", "grouped_gemm_tc", ((outCols + GroupedTile - 1) / GroupedTile, tiles, 1), 128,
+                [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0]);
+            return;
+        }
         Launch("experts.cu", "grouped_gemm", ((outCols + GroupedTile - 1) / GroupedTile, tiles, 1), Threads,
             [P(c), Dt(c), P(a), Dt(a), P(w), Dt(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0]);
     }
@@ -78,6 +90,12 @@ public sealed partial class CudaBackend
         int e = dw.Dim(0), n = dw.Dim(1), k = dw.Dim(2);
         if (dc.Cols != n || a.Cols != k || a.Rows != dc.Rows || offsets.Length != e + 1)
             throw new ArgumentException($"grouped weight gradient {dw} += {dc}ᵀ·{a} by {offsets}: shapes do not agree");
+        if (!_simpleGroupedGemm && dc.DType == DType.BF16 && a.DType == DType.BF16)
+        {
+            Launch("experts.cu", "grouped_gemm_weight_grad_tc", ((k + GroupedTile - 1) / GroupedTile, (n + GroupedTile - 1) / GroupedTile, e), 128,
+                [P(dw), P(dc), P(a), P(offsets), n, k]);
+            return;
+        }
         Launch("experts.cu", "grouped_gemm_weight_grad", ((k + GroupedTile - 1) / GroupedTile, (n + GroupedTile - 1) / GroupedTile, e), Threads,
             [P(dw), P(dc), Dt(dc), P(a), Dt(a), P(offsets), n, k]);
     }

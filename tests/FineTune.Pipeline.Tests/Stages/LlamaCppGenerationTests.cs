@@ -23,12 +23,12 @@ public sealed class LlamaCppGenerationTests : IDisposable
     private static string RepoRoot => NodeFixtures.RepoRoot;
 
     /// <summary>pipelines/identity/pipeline.yaml with another architecture, the repository's data, and the CPU.</summary>
-    private string DemoPipeline(string architecture)
+    private string DemoPipeline(string architecture, string? scratchKeys = null)
     {
         string yaml = File.ReadAllText(Path.Combine(RepoRoot, "pipelines", "identity", "pipeline.yaml"));
         Assert.Contains("architecture: qwen3", yaml);
         Assert.Contains("device: auto", yaml);
-        yaml = yaml.Replace("architecture: qwen3", $"architecture: {architecture}")
+        yaml = yaml.Replace("architecture: qwen3", $"architecture: {architecture}" + (scratchKeys is null ? "" : $"\n    {scratchKeys}"))
             .Replace("device: auto", "device: cpu")
             .Replace("data:\n", $"data:\n  dataset_dir: {Path.Combine(RepoRoot, "data")}\n");
         return _dir.Write($"{architecture}/pipeline.yaml", yaml);
@@ -40,9 +40,12 @@ public sealed class LlamaCppGenerationTests : IDisposable
     [InlineData("llama")]
     [InlineData("mistral")]
     [InlineData("phi3")]
-    public void Exported_gguf_greedy_decodes_the_same_answer_in_llama_cpp(string architecture)
+    // Mixtures of 4 experts of 128, top 2: as much MLP work per token as the dense demo's 256.
+    [InlineData("qwen3_moe", "num_experts: 4\n    num_experts_per_tok: 2\n    moe_intermediate_size: 128")]
+    [InlineData("mixtral", "num_local_experts: 4\n    num_experts_per_tok: 2")]
+    public void Exported_gguf_greedy_decodes_the_same_answer_in_llama_cpp(string architecture, string? scratchKeys = null)
     {
-        var loaded = PipelineLoader.Load(DemoPipeline(architecture));
+        var loaded = PipelineLoader.Load(DemoPipeline(architecture, scratchKeys));
         var report = new PipelineRunner(StageRegistry.CreateDefault())
             .Run(loaded, new RunOptions(), new NullStageProgress(), CancellationToken.None);
         string merged = report.Stages.Single(s => s.Kind == StageKind.Merge).OutputDirectory!;

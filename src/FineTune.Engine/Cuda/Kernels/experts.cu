@@ -312,3 +312,167 @@ extern "C" __global__ void moe_gather_backward(void* dx, int dt_dx, const void* 
         st(dx, i, s, dt_dx);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Tensor-core grouped products (BF16 operands, fp32 accumulation; mma.sync m16n8k16 as flash_attention.cu uses it,
+// fragment layouts described there). A block computes a 64×64 tile of one expert with 4 warps of 32×32; operands are
+// staged in shared memory as bf16 (zero-filled past the ends), fragments read with ldmatrix.
+// ---------------------------------------------------------------------------------------------------------
+typedef unsigned short bf16_t;
+
+__device__ __forceinline__ void tc_mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned tc_smem(const void* p)
+{
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    return (unsigned)s;
+}
+
+__device__ __forceinline__ void tc_ldsm_x4(unsigned* r, const bf16_t* p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)));
+}
+
+__device__ __forceinline__ void tc_ldsm_x4_trans(unsigned* r, const bf16_t* p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)));
+}
+
+#define TC_K 32          // reduction step
+#define TC_AS 40         // row stride (bf16) of [row][k] tiles: 80 bytes, keeps ldmatrix rows 16-byte aligned
+#define TC_BS 72         // row stride of [k][n] tiles
+
+// The 64×64 tile's 4 warps: warp w covers rows (w/2)·32 … +32 and columns (w%2)·32 … +32 as 2×4 m16n8 accumulators.
+// A is As[row][k] (stride TC_AS); B is Bs[n][k] (stride TC_AS) when b_nk, else Bs[k][n] (stride TC_BS).
+__device__ __forceinline__ void tc_tile_products(float acc[2][4][4], const bf16_t* As, const bf16_t* Bs, bool b_nk, int warp, int lane)
+{
+    int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+#pragma unroll
+    for (int kk = 0; kk < TC_K; kk += 16)
+    {
+        unsigned a[2][4];
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            tc_ldsm_x4(a[i], As + (wm + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8) * TC_AS + kk + (lane >> 4) * 8);
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+        {
+            unsigned b[4];
+            int n0 = wn + 16 * j;
+            if (b_nk) tc_ldsm_x4(b, Bs + (n0 + (lane & 7) + (lane >> 4) * 8) * TC_AS + kk + ((lane >> 3) & 1) * 8);
+            else tc_ldsm_x4_trans(b, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * TC_BS + n0 + (lane >> 4) * 8);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+            {
+                tc_mma16816(acc[i][2 * j], a[i], b[0], b[1]);
+                tc_mma16816(acc[i][2 * j + 1], a[i], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// grouped_gemm on tensor cores: a, w bf16; c bf16 or f32 (written or accumulated). Same grid as grouped_gemm with
+// 128 threads.
+extern "C" __global__ void grouped_gemm_tc(void* c, int dt_c, const bf16_t* a, const bf16_t* w, const int* offsets,
+                                           int e, int n_out, int k_in, int trans_w, int accumulate)
+{
+    __shared__ __align__(16) bf16_t As[GT * TC_AS];
+    __shared__ __align__(16) bf16_t Bs[GT * TC_BS];
+    int expert, row0, row_end;
+    tile_of(offsets, e, blockIdx.y, &expert, &row0, &row_end);
+    if (expert < 0) return;
+    int col0 = blockIdx.x * GT, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const bf16_t* we = w + (i64)expert * n_out * k_in;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+    for (int k0 = 0; k0 < k_in; k0 += TC_K)
+    {
+        for (int idx = threadIdx.x; idx < GT * TC_K; idx += blockDim.x)
+        {
+            int r = idx / TC_K, kk = idx % TC_K, row = row0 + r, kg = k0 + kk;
+            As[r * TC_AS + kk] = (row < row_end && kg < k_in) ? a[(i64)row * k_in + kg] : (bf16_t)0;
+            if (trans_w)
+            {
+                int col = col0 + r; // Bs[n][k] = w_e[n, k]
+                Bs[r * TC_AS + kk] = (col < n_out && kg < k_in) ? we[(i64)col * k_in + kg] : (bf16_t)0;
+            }
+            else
+            {
+                int kr = idx / GT, n = idx % GT, kg2 = k0 + kr, col = col0 + n; // Bs[k][n] = w_e[k, n]
+                Bs[kr * TC_BS + n] = (kg2 < k_in && col < n_out) ? we[(i64)kg2 * n_out + col] : (bf16_t)0;
+            }
+        }
+        __syncthreads();
+        tc_tile_products(acc, As, Bs, trans_w != 0, warp, lane);
+        __syncthreads();
+    }
+    int wm = (warp >> 1) * 32, wn = (warp & 1) * 32, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+            {
+                int row = row0 + wm + 16 * i + g + (q >> 1) * 8, col = col0 + wn + 8 * j + 2 * t + (q & 1);
+                if (row >= row_end || col >= n_out) continue;
+                i64 o = (i64)row * n_out + col;
+                st(c, o, accumulate ? ld(c, o, dt_c) + acc[i][j][q] : acc[i][j][q], dt_c);
+            }
+}
+
+// grouped_gemm_weight_grad on tensor cores: dw_x[n, k] += Σ_p dc[p, n]·a[p, k] with dc, a bf16 and dw f32.
+// A = dc_xᵀ staged As[n][p]; B = a_x staged Bs[p][k]. Grid (ceil(K/64), ceil(N/64), E), 128 threads.
+extern "C" __global__ void grouped_gemm_weight_grad_tc(float* dw, const bf16_t* dc, const bf16_t* a, const int* offsets, int n_out, int k_in)
+{
+    __shared__ __align__(16) bf16_t As[GT * TC_AS];
+    __shared__ __align__(16) bf16_t Bs[GT * TC_BS];
+    int expert = blockIdx.z;
+    int r0 = offsets[expert], r1 = offsets[expert + 1];
+    if (r1 <= r0) return;
+    int n0 = blockIdx.y * GT, k0 = blockIdx.x * GT, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+    for (int p0 = r0; p0 < r1; p0 += TC_K)
+    {
+        for (int idx = threadIdx.x; idx < GT * TC_K; idx += blockDim.x)
+        {
+            int pp = idx / GT, col = idx % GT, p = p0 + pp;
+            As[col * TC_AS + pp] = (p < r1 && n0 + col < n_out) ? dc[(i64)p * n_out + n0 + col] : (bf16_t)0;
+            Bs[pp * TC_BS + col] = (p < r1 && k0 + col < k_in) ? a[(i64)p * k_in + k0 + col] : (bf16_t)0;
+        }
+        __syncthreads();
+        tc_tile_products(acc, As, Bs, false, warp, lane);
+        __syncthreads();
+    }
+    int wm = (warp >> 1) * 32, wn = (warp & 1) * 32, g = lane >> 2, t = lane & 3;
+    i64 base = (i64)expert * n_out * k_in;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+            {
+                int nn = n0 + wm + 16 * i + g + (q >> 1) * 8, kk = k0 + wn + 8 * j + 2 * t + (q & 1);
+                if (nn < n_out && kk < k_in) dw[base + (i64)nn * k_in + kk] += acc[i][j][q];
+            }
+}
