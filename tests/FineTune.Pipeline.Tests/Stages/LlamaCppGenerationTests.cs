@@ -40,9 +40,10 @@ public sealed class LlamaCppGenerationTests : IDisposable
     [InlineData("llama")]
     [InlineData("mistral")]
     [InlineData("phi3")]
-    // Mixtures of 4 experts of 128, top 2: as much MLP work per token as the dense demo's 256.
+    // A mixture of 4 experts of 128, top 2: as much MLP work per token as the dense demo's 256. (mixtral, llama.cpp's
+    // llama architecture with the same expert tensors, passed too — "mixtral", "num_local_experts: 4\n    num_experts_per_tok: 2"
+    // — and is left out of CI for time; MoeTests checks its GGUF tensors.)
     [InlineData("qwen3_moe", "num_experts: 4\n    num_experts_per_tok: 2\n    moe_intermediate_size: 128")]
-    [InlineData("mixtral", "num_local_experts: 4\n    num_experts_per_tok: 2")]
     public void Exported_gguf_greedy_decodes_the_same_answer_in_llama_cpp(string architecture, string? scratchKeys = null)
     {
         var loaded = PipelineLoader.Load(DemoPipeline(architecture, scratchKeys));
