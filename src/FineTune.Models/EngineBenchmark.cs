@@ -32,6 +32,10 @@ public static class EngineBenchmark
     {
         ["tiny"] = new() { Architecture = "qwen3", VocabSize = 512, HiddenSize = 64, IntermediateSize = 128, NumLayers = 2, NumHeads = 4,
             NumKvHeads = 2, HeadDimOverride = 16, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true },
+        // The tiny shape as a mixture of 4 experts of 64, top 2 (CPU tests of the MoE bench path).
+        ["tiny-moe"] = new() { Architecture = "qwen3_moe", VocabSize = 512, HiddenSize = 64, IntermediateSize = 128, NumLayers = 2, NumHeads = 4,
+            NumKvHeads = 2, HeadDimOverride = 16, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true,
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 64, NormTopKProb = true } },
         ["small"] = new() { Architecture = "qwen3", VocabSize = 32000, HiddenSize = 256, IntermediateSize = 768, NumLayers = 4, NumHeads = 8,
             NumKvHeads = 4, HeadDimOverride = 32, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true },
         ["qwen3-0.6b"] = new() { Architecture = "qwen3", VocabSize = 151936, HiddenSize = 1024, IntermediateSize = 3072, NumLayers = 28,

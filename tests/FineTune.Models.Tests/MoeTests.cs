@@ -351,4 +351,16 @@ public sealed class MoeTests : IDisposable
         Assert.Equal(2L * 151936 * 2048 + 48L * (2048 * 4096 + 2 * 2048 * 512 + 4096 * 2048 + 2 * 2048 + 2 * 128 + 128L * (2048 + 3 * 2048 * 768)) + 2048, s.ParameterCount);
         Assert.InRange(s.ParameterCount, 30.4e9, 30.6e9);
     }
+
+    [Fact]
+    public void The_moe_bench_trains_lora_on_the_attention_projections_and_counts_the_chosen_experts_flops()
+    {
+        using var cpu = new CpuBackend(threads: 1);
+        var r = EngineBenchmark.TrainSteps(cpu, "tiny-moe", batch: 2, seqLen: 32, loraRank: 4, checkpointing: true, steps: 2, warmup: 1);
+        Assert.InRange(r.Loss, 6.1, 6.4); // ≈ ln 512: uniform random weights
+        // LoRA r=4 on q, k, v, o of 2 layers: 4·((64+64) + (64+32)·2 + (64+64)) per layer.
+        Assert.Equal(2L * 4 * (128 + 96 * 2 + 128), r.TrainableParameters);
+        // Linears per layer: attention 64·64·2 + 64·32·2 = 12,288, router 64·4 = 256, 2 chosen experts 2·3·64·64 = 24,576.
+        Assert.Equal(4 * 2 * (12_288 + 256 + 24_576) + 4 * 32_768 + 3 * 2.0 * 32 * 16 * 4 * 2, EngineBenchmark.ModelFlopsPerToken(EngineBenchmark.ShapeOf("tiny-moe"), 32));
+    }
 }
