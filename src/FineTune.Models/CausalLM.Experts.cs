@@ -122,7 +122,8 @@ public sealed partial class CausalLM
         Backend.Upload(acts.Mask.View(0, [n]), mask);
         Backend.Zero(acts.Counts);
         Backend.Zero(acts.ProbSums);
-        _routerStatistics = true;
+        // Without the load-balancing loss nothing reads them: no statistics, no download after the step.
+        _routerStatistics = RouterAuxLossCoef != 0;
     }
 
     /// <summary>coef·E/(L·M)²: the weight of counts_e·mask_t in ∂(coef·aux)/∂p_te (0 without the loss).</summary>
@@ -226,7 +227,7 @@ public sealed partial class CausalLM
         int m = Prepare(batch, training: true);
         TrainingForward(batch, batch.TokenCount, RandomCounter);
         double ce = Head(batch.TokenCount, m, 1f, grad: false);
-        double aux = Spec.Moe is null ? 0 : RouterAuxLoss(batch);
+        double aux = RouterAuxLossCoef == 0 ? 0 : RouterAuxLoss(batch);
         return lossScale * ce + RouterAuxLossCoef * aux;
     }
 

@@ -23,7 +23,7 @@ public sealed partial class CausalLM
         _auxGradScale = AuxGradScale(batch);
         try { LayersBackward(pass); }
         finally { _auxGradScale = 0; }
-        return new LossResult(loss, m) { RouterAuxLoss = Spec.Moe is null ? null : RouterAuxLoss(batch) };
+        return new LossResult(loss, m) { RouterAuxLoss = RouterAuxLossCoef == 0 ? null : RouterAuxLoss(batch) };
     }
 
     /// <summary>What the backward of a training forward needs besides the activations: the tokens, the attention shape, the draw.</summary>

@@ -77,8 +77,9 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
 public sealed record LossResult(double SumLoss, int TokenCount)
 {
     /// <summary>
-    /// Mixture-of-experts models in training: the router load-balancing loss of the micro-batch (transformers' aux_loss,
-    /// before router_aux_loss_coef); its coefficient's multiple is in the gradient, not in <see cref="SumLoss"/>.
+    /// Mixture-of-experts models training with the load-balancing loss (<see cref="CausalLM.RouterAuxLossCoef"/> ≠ 0): the
+    /// micro-batch's router aux loss (transformers' aux_loss, before the coefficient); coefficient × it is in the gradient,
+    /// not in <see cref="SumLoss"/>. Null otherwise.
     /// </summary>
     public double? RouterAuxLoss { get; init; }
 

@@ -159,7 +159,7 @@ extern "C" __global__ void grouped_gemm(void* c, int dt_c, const void* a, int dt
 {
     __shared__ float as[GK][GT + 1];
     __shared__ float bs[GK][GT + 1];
-    int expert, row0, row_end;
+    int expert = -1, row0 = 0, row_end = 0;
     tile_of(offsets, e, blockIdx.y, &expert, &row0, &row_end);
     if (expert < 0) return;
     int col0 = blockIdx.x * GT;
@@ -386,7 +386,7 @@ extern "C" __global__ void grouped_gemm_tc(void* c, int dt_c, const bf16_t* a, c
 {
     __shared__ __align__(16) bf16_t As[GT * TC_AS];
     __shared__ __align__(16) bf16_t Bs[GT * TC_BS];
-    int expert, row0, row_end;
+    int expert = -1, row0 = 0, row_end = 0;
     tile_of(offsets, e, blockIdx.y, &expert, &row0, &row_end);
     if (expert < 0) return;
     int col0 = blockIdx.x * GT, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
