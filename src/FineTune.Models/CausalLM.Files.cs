@@ -24,6 +24,13 @@ public sealed partial class CausalLM
     public static CausalLM Load(string modelDirectory, IBackend backend, TrainingSetup setup, string? adapterDirectory = null)
     {
         var config = ModelConfig.Load(Path.Combine(modelDirectory, "config.json"));
+        // What the engine refuses of a mixture-of-experts model, located at its config.json (user errors, not crashes).
+        if (config.Moe is { RouterJitterNoise: > 0 } jittered)
+            throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
+                $"\"router_jitter_noise\" is {jittered.RouterJitterNoise}; FineTune's engine routes without jitter noise: set it to 0.0 to train or run this model.");
+        if (config.Moe is not null && setup.Quantization is not null)
+            throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
+                $"model_type \"{config.ModelType}\" is a mixture of experts, which FineTune does not train with QLoRA (quantization_bit) yet: remove quantization_bit.");
         var spec = TransformerSpec.FromConfig(config);
         if (config.Architecture.EngineGap is { } gap)
             throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),

@@ -363,4 +363,18 @@ public sealed class MoeTests : IDisposable
         // Linears per layer: attention 64·64·2 + 64·32·2 = 12,288, router 64·4 = 256, 2 chosen experts 2·3·64·64 = 24,576.
         Assert.Equal(4 * 2 * (12_288 + 256 + 24_576) + 4 * 32_768 + 3 * 2.0 * 32 * 16 * 4 * 2, EngineBenchmark.ModelFlopsPerToken(EngineBenchmark.ShapeOf("tiny-moe"), 32));
     }
+
+    [Fact]
+    public void Qlora_and_router_jitter_noise_on_a_moe_model_are_located_errors()
+    {
+        var dir = Scratch("base", ModelArchitecture.Mixtral);
+        var e = Assert.Throws<ModelFormatException>(() => CausalLM.Load(dir, new CpuBackend(1),
+            new TrainingSetup { Quantization = new FineTune.Models.Quantization.QuantizationSetup(4) }));
+        Assert.Equal($"{Path.Combine(dir, "config.json")}: model_type \"mixtral\" is a mixture of experts, which FineTune does not train with QLoRA (quantization_bit) yet: remove quantization_bit.", e.Message);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!.AsObject();
+        config["router_jitter_noise"] = 0.01;
+        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+        e = Assert.Throws<ModelFormatException>(() => CausalLM.Load(dir, new CpuBackend(1), TrainingSetup.Inference));
+        Assert.Equal($"{Path.Combine(dir, "config.json")}: \"router_jitter_noise\" is 0.01; FineTune's engine routes without jitter noise: set it to 0.0 to train or run this model.", e.Message);
+    }
 }
