@@ -190,6 +190,38 @@ public sealed class MoeTests : IDisposable
         Assert.True(err < 2e-3, $"relative error {err}");
     }
 
+    /// <summary>One ForwardBackward of full fine-tuning (router and experts trained, the aux loss on) of a 4-layer qwen3_moe with layer 1 dense.</summary>
+    private static (float[] Grads, CheckpointingPlan Plan) CheckpointedRun(CheckpointingMode mode, long? maxMemory = null)
+    {
+        var spec = Spec("qwen3_moe", mlpOnly: [1], auxCoef: 0.5, outputRouterLogits: true) with { NumLayers = 4 };
+        using var model = TinyModels.Create(spec, new TrainingSetup { FinetuningType = FinetuningType.Full, Checkpointing = mode, MaxMemoryBytes = maxMemory });
+        model.ForwardBackward(TinyModels.PackedBatch());
+        return (model.TrainableParameters.SelectMany(p => TinyModels.Grad(model, p)).ToArray(), model.CheckpointingPlan!);
+    }
+
+    [Fact]
+    public void Every_checkpointing_plan_of_a_moe_model_gives_the_gradients_of_no_checkpointing_and_none_is_selective()
+    {
+        var (off, _) = CheckpointedRun(CheckpointingMode.Off);
+        var (on, onPlan) = CheckpointedRun(CheckpointingMode.On);
+        Assert.Equal(3, onPlan.RecomputedLayers);
+        Assert.Equal(off, on);
+        // Auto on the CPU without max_memory keeps every layer: each sparse layer's backward needs its own routing.
+        var (auto, autoPlan) = CheckpointedRun(CheckpointingMode.Auto);
+        Assert.Equal(Enumerable.Repeat(LayerStorage.Full, 4), autoPlan.Layers);
+        Assert.Equal(off, auto);
+        // The budget of every layer selective: a dense model would get that plan; a MoE model recomputes some layers
+        // instead (selective recompute does not rebuild expert rows).
+        var spec = Spec("qwen3_moe", mlpOnly: [1]) with { NumLayers = 4 };
+        using var probe = TinyModels.Create(spec, new TrainingSetup { FinetuningType = FinetuningType.Full });
+        var bytes = ModelActivations.Bytes(DType.F32, spec, probe.Layers, training: true, capacity: 14, chunkRows: 256);
+        long budget = CheckpointingPlanner.Build(CheckpointingMode.Auto, 4, 0, 14, 0, 4, bytes, probe.WeightBytes, 0, null).EstimatedPeakBytes;
+        var (mixed, mixedPlan) = CheckpointedRun(CheckpointingMode.Auto, budget);
+        Assert.DoesNotContain(LayerStorage.Selective, mixedPlan.Layers);
+        Assert.Contains(LayerStorage.Recompute, mixedPlan.Layers);
+        Assert.Equal(off, mixed);
+    }
+
     private string Scratch(string name, ModelArchitecture arch, MoeConfig? moe = null, SafetensorsDType dtype = SafetensorsDType.F32)
     {
         ScratchModel.Generate(new ScratchModelSpec
