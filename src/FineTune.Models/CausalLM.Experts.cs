@@ -105,7 +105,11 @@ public sealed partial class CausalLM
         _expertActs?.Dispose();
         _expertActs = null;
         _expertActs = new ExpertActivations(Backend, capacity, sets, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+        ExpertBuffersVersion++;
     }
+
+    /// <summary>Bumped whenever the experts' buffers are carved anew (decode graphs recorded before name the old ones).</summary>
+    internal int ExpertBuffersVersion { get; private set; }
 
     private ExpertActivations.Layer ExpertActs(DecoderLayer L) => _expertActs!.Layers[_expertActs.Layers.Length == 1 ? 0 : L.Index];
 
