@@ -95,23 +95,48 @@ public sealed partial class CausalLM
     private void EnsureExpertActs(int n, bool training)
     {
         var moe = Spec.Moe!;
-        // One set per layer when the plan keeps some layer's activations (its backward reads its own routing and expert
-        // rows); one shared set when every layer is recomputed right before its backward.
-        int sets = training && (_acts?.Storage.Any(s => s != LayerStorage.Recompute) ?? true) ? _layers.Length : 1;
-        if (_expertActs is { } a && a.Capacity >= n && a.Layers.Length >= sets && (a.Training || !training)) return;
+        var setOf = ExpertSetOfLayer(training);
+        if (_expertActs is { } a && a.Capacity >= n && (a.Training || !training) && (!training || _expertSetOf.AsSpan().SequenceEqual(setOf))) return;
         int capacity = Math.Max(n, _expertActs?.Capacity ?? 0);
-        sets = Math.Max(sets, _expertActs?.Layers.Length ?? 0);
         training |= _expertActs?.Training ?? false;
         _expertActs?.Dispose();
         _expertActs = null;
-        _expertActs = new ExpertActivations(Backend, capacity, sets, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+        _expertActs = new ExpertActivations(Backend, capacity, setOf.Max() + 1, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+        _expertSetOf = setOf;
         ExpertBuffersVersion++;
+    }
+
+    /// <summary>Bytes of the activation arenas now carved: the layers' and the experts' (what a checkpointing plan estimates).</summary>
+    internal long ActivationArenaBytes => (_acts?.ByteLength ?? 0) + (_expertActs?.ByteLength ?? 0);
+
+    /// <summary>Per layer, the expert set it uses (see <see cref="ExpertSetOfLayer"/>).</summary>
+    private int[] _expertSetOf = [];
+
+    /// <summary>
+    /// As the activation arena's sets: for training, every layer the checkpointing plan keeps (full or selective) has its
+    /// own set (its backward reads its own routing and expert rows) and the recomputed layers share one; otherwise one set.
+    /// </summary>
+    private int[] ExpertSetOfLayer(bool training)
+    {
+        var setOf = new int[_layers.Length];
+        if (!training || _acts is not { Training: true } acts) return setOf;
+        int next = 0, shared = -1;
+        for (int l = 0; l < setOf.Length; l++)
+        {
+            if (acts.Storage[l] == LayerStorage.Recompute)
+            {
+                if (shared < 0) shared = next++;
+                setOf[l] = shared;
+            }
+            else setOf[l] = next++;
+        }
+        return setOf;
     }
 
     /// <summary>Bumped whenever the experts' buffers are carved anew (decode graphs recorded before name the old ones).</summary>
     internal int ExpertBuffersVersion { get; private set; }
 
-    private ExpertActivations.Layer ExpertActs(DecoderLayer L) => _expertActs!.Layers[_expertActs.Layers.Length == 1 ? 0 : L.Index];
+    private ExpertActivations.Layer ExpertActs(DecoderLayer L) => _expertActs!.Layers[_expertSetOf[L.Index]];
 
     /// <summary>
     /// Before a training forward of a model with experts: the buffers, the token mask (HF's attention mask: 0 on padding)

@@ -38,7 +38,7 @@ internal sealed class ExpertBlock
 
 /// <summary>
 /// What the expert blocks keep for their backward, for up to Capacity tokens and k choices each (rows = Capacity·k in
-/// expert-sorted order): per layer set (one under gradient checkpointing or without training) the router's logits,
+/// expert-sorted order): per set (one per layer the checkpointing plan keeps, one shared by the recomputed layers, one in all without training) the router's logits,
 /// probabilities and choices, the sort, the gathered inputs and the experts' gate/up/act/out; shared gradient scratch;
 /// and the load-balancing statistics (counts and probability sums per expert over a forward's sparse layers).
 /// </summary>
@@ -56,32 +56,16 @@ internal sealed class ExpertActivations : IDisposable
     {
         Capacity = capacity;
         Training = training;
-        int n = capacity, rows = capacity * topK;
-        var f = backend.ComputeDType;
         var b = new TensorArena.Builder();
-        var handles = new List<int[]>();
-        for (int s = 0; s < sets; s++)
-            handles.Add(
-            [
-                b.Add($"moe{s}.logits", f, n, experts), b.Add($"moe{s}.probs", DType.F32, n, experts),
-                b.Add($"moe{s}.topidx", DType.I32, n, topK), b.Add($"moe{s}.topw", DType.F32, n, topK),
-                b.Add($"moe{s}.offsets", DType.I32, experts + 1), b.Add($"moe{s}.sorted", DType.I32, rows), b.Add($"moe{s}.rowof", DType.I32, rows),
-                b.Add($"moe{s}.xs", f, rows, hidden), b.Add($"moe{s}.gate", f, rows, inter), b.Add($"moe{s}.up", f, rows, inter),
-                b.Add($"moe{s}.act", f, rows, inter), b.Add($"moe{s}.out", f, rows, hidden),
-            ]);
-        int g = training ? 1 : 0;
-        int[] grads = training
-            ? [b.Add("moe.dout", f, rows, hidden), b.Add("moe.dact", f, rows, inter), b.Add("moe.dgate", f, rows, inter), b.Add("moe.dup", f, rows, inter),
-               b.Add("moe.dxs", f, rows, hidden), b.Add("moe.dtopw", DType.F32, n, topK), b.Add("moe.dlogits", f, n, experts)]
-            : [];
-        int counts = b.Add("moe.counts", DType.F32, experts), probSums = b.Add("moe.probsums", DType.F32, experts), mask = b.Add("moe.mask", DType.F32, n);
+        var (handles, grads, counts, probSums, mask) = Declare((name, dt, shape) => b.Add(name, dt, shape), backend.ComputeDType,
+            capacity, sets, training, hidden, experts, topK, inter);
         _arena = b.Build(backend);
         Layers = handles.Select(h => new Layer
         {
             Logits = _arena[h[0]], Probs = _arena[h[1]], TopIdx = _arena[h[2]], TopWeight = _arena[h[3]], Offsets = _arena[h[4]],
             SortedToken = _arena[h[5]], RowOf = _arena[h[6]], Xs = _arena[h[7]], Gate = _arena[h[8]], Up = _arena[h[9]], Act = _arena[h[10]], Out = _arena[h[11]],
         }).ToArray();
-        if (g == 1)
+        if (training)
         {
             Dout = _arena[grads[0]]; Dact = _arena[grads[1]]; Dgate = _arena[grads[2]]; Dup = _arena[grads[3]];
             Dxs = _arena[grads[4]]; DtopWeight = _arena[grads[5]]; Dlogits = _arena[grads[6]];
@@ -89,6 +73,35 @@ internal sealed class ExpertActivations : IDisposable
         Counts = _arena[counts];
         ProbSums = _arena[probSums];
         Mask = _arena[mask];
+    }
+
+    /// <summary>The arena's bytes for <paramref name="sets"/> layer sets (exact up to each tensor's alignment): what a checkpointing plan spends on the experts.</summary>
+    public static long Bytes(DType computeDType, int capacity, int sets, bool training, int hidden, int experts, int topK, int inter)
+    {
+        var b = new TensorArena.Builder();
+        Declare((name, dt, shape) => b.Add(name, dt, shape), computeDType, capacity, sets, training, hidden, experts, topK, inter);
+        return b.ByteLength;
+    }
+
+    private static (List<int[]> Sets, int[] Grads, int Counts, int ProbSums, int Mask) Declare(Func<string, DType, int[], int> add, DType f,
+        int capacity, int sets, bool training, int hidden, int experts, int topK, int inter)
+    {
+        int n = capacity, rows = capacity * topK;
+        var handles = new List<int[]>();
+        for (int s = 0; s < sets; s++)
+            handles.Add(
+            [
+                add($"moe{s}.logits", f, [n, experts]), add($"moe{s}.probs", DType.F32, [n, experts]),
+                add($"moe{s}.topidx", DType.I32, [n, topK]), add($"moe{s}.topw", DType.F32, [n, topK]),
+                add($"moe{s}.offsets", DType.I32, [experts + 1]), add($"moe{s}.sorted", DType.I32, [rows]), add($"moe{s}.rowof", DType.I32, [rows]),
+                add($"moe{s}.xs", f, [rows, hidden]), add($"moe{s}.gate", f, [rows, inter]), add($"moe{s}.up", f, [rows, inter]),
+                add($"moe{s}.act", f, [rows, inter]), add($"moe{s}.out", f, [rows, hidden]),
+            ]);
+        int[] grads = training
+            ? [add("moe.dout", f, [rows, hidden]), add("moe.dact", f, [rows, inter]), add("moe.dgate", f, [rows, inter]), add("moe.dup", f, [rows, inter]),
+               add("moe.dxs", f, [rows, hidden]), add("moe.dtopw", DType.F32, [n, topK]), add("moe.dlogits", f, [n, experts])]
+            : [];
+        return (handles, grads, add("moe.counts", DType.F32, [experts]), add("moe.probsums", DType.F32, [experts]), add("moe.mask", DType.F32, [n]));
     }
 
     public int Capacity { get; }

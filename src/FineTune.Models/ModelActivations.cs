@@ -151,6 +151,16 @@ internal sealed class ModelActivations : IDisposable
         long full = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: false));
         long selective = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: true));
         long scratch = Measure(add => DeclareSelectiveScratch(add, f, spec, n));
+        if (spec.Moe is { } moe)
+        {
+            // The experts' arena follows the same plan (CausalLM.ExpertSetOfLayer): one set per kept layer, one shared by
+            // the recomputed ones, and its gradient scratch and statistics once.
+            long Experts(int sets) => ExpertActivations.Bytes(f, n, sets, training, spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+            long expertFixed = Experts(0), expertSet = Experts(1) - expertFixed;
+            fixedBytes += expertFixed;
+            full += expertSet;
+            selective += expertSet;
+        }
         return new ActivationBytes(fixedBytes, full, selective, scratch);
     }
     /// <summary>The dense MLP's width: a model whose every MLP is a mixture of experts keeps no dense MLP activations (the experts have their own).</summary>

@@ -222,6 +222,24 @@ public sealed class MoeTests : IDisposable
         Assert.Equal(off, mixed);
     }
 
+    [Fact]
+    public void A_checkpointing_plan_of_a_moe_model_estimates_the_arenas_it_carves_experts_included()
+    {
+        var spec = Spec("qwen3_moe", mlpOnly: [1]) with { NumLayers = 4 };
+        var setup = new TrainingSetup { FinetuningType = FinetuningType.Full, Checkpointing = CheckpointingMode.Auto };
+        using var probe = TinyModels.Create(spec, setup);
+        var bytes = ModelActivations.Bytes(DType.F32, spec, probe.Layers, training: true, capacity: 14, chunkRows: 256);
+        foreach (int recompute in new[] { 0, 2, 4 })
+        {
+            long budget = CheckpointingPlanner.Build(CheckpointingMode.Auto, 4, 0, 14, recompute, 0, bytes, probe.WeightBytes, 0, null).EstimatedPeakBytes;
+            using var model = TinyModels.Create(spec, setup with { MaxMemoryBytes = budget });
+            model.ForwardBackward(TinyModels.PackedBatch());
+            Assert.Equal(recompute, model.CheckpointingPlan!.Layers.Count(s => s == LayerStorage.Recompute));
+            // Exact up to the 256-byte alignment of the pieces measured apart (a few tensors' padding).
+            Assert.InRange(model.ActivationArenaBytes - model.CheckpointingPlan.ActivationBytes, -2048, 2048);
+        }
+    }
+
     private string Scratch(string name, ModelArchitecture arch, MoeConfig? moe = null, SafetensorsDType dtype = SafetensorsDType.F32)
     {
         ScratchModel.Generate(new ScratchModelSpec
