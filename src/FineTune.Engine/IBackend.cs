@@ -256,6 +256,45 @@ public interface IBackend : IDisposable
     void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
         Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step);
 
+    // ---- mixture of experts (router, expert-sorted rows, grouped products, weighted combine) ----
+    /// <summary>
+    /// The router of n tokens over E experts: probs [n, E] (F32) = softmax(logits [n, E]) computed in fp32; topIdx [n, k]
+    /// (I32) the k largest probabilities per row in descending order (ties to the lower index, as torch.topk on CUDA);
+    /// topWeight [n, k] (F32) their probabilities, divided by their sum when <paramref name="normalize"/>.
+    /// </summary>
+    void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize);
+    /// <summary>
+    /// Backward of <see cref="MoeRoute"/> (the top-k indices carry no gradient): dp_i = dw_i (or (dw_i − Σ_j dw_j·w_j)/S with
+    /// S the sum of the chosen probabilities when normalised) for chosen i, 0 elsewhere; plus, when <paramref name="auxGrad"/>
+    /// is given, dp[t, e] += auxScale·auxGrad[e]·tokenMask[t] (the load-balancing loss); then through the softmax
+    /// dlogits = p ⊙ (dp − Σ p·dp). Writes dlogits [n, E].
+    /// </summary>
+    void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize,
+        Tensor? auxGrad, Tensor? tokenMask, float auxScale);
+    /// <summary>
+    /// The load-balancing statistics of one layer, accumulated: counts[e] += Σ_t mask[t]·[e ∈ topIdx[t]], probSums[e] +=
+    /// Σ_t mask[t]·probs[t, e] (F32 [E] each; mask F32 [n]).
+    /// </summary>
+    void MoeRouterStatistics(Tensor counts, Tensor probSums, Tensor probs, Tensor topIdx, Tensor tokenMask);
+    /// <summary>
+    /// Sorts the n·k (token, slot) choices by expert, stably (token order within an expert): offsets [E + 1] (I32) the first
+    /// sorted row of each expert, sortedToken [n·k] the token of each sorted row, rowOf [n·k] the sorted row of choice t·k + j.
+    /// </summary>
+    void MoeSort(Tensor topIdx, Tensor offsets, Tensor sortedToken, Tensor rowOf);
+    /// <summary>
+    /// One product per expert over its rows [offsets[e], offsets[e + 1]) of a: c_e = a_e·w_eᵀ with w [E, N, K] when
+    /// <paramref name="transW"/>, else c_e = a_e·w_e with w [E, K, N]; c [rows, N], a [rows, K] (+ c when accumulate).
+    /// </summary>
+    void GroupedMatMul(Tensor c, Tensor a, Tensor w, bool transW, Tensor offsets, bool accumulate = false);
+    /// <summary>Accumulates dw_e += dc_eᵀ·a_e over each expert's rows: dw [E, N, K] (F32), dc [rows, N], a [rows, K].</summary>
+    void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets);
+    /// <summary>y[t] = Σ_j topWeight[t, j]·rows[rowOf[t·k + j]] (y [n, C], rows [n·k, C]).</summary>
+    void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf);
+    /// <summary>Backward of <see cref="MoeCombine"/>: drows[rowOf[t·k + j]] = topWeight[t, j]·dy[t] and dTopWeight[t, j] = dy[t]·rows[rowOf[t·k + j]] (F32).</summary>
+    void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf);
+    /// <summary>dx[t] = Σ_j drows[rowOf[t·k + j]]: the backward of gathering each token's row into its k sorted rows (writes dx).</summary>
+    void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf);
+
     // ---- quantized frozen weights (QLoRA) ----
     /// <summary>
     /// dst [Rows, Cols] (compute dtype) = the dequantized weight: 4-bit w = code[nibble]·absmax[block] (absmax itself

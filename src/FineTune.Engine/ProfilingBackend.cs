@@ -76,4 +76,14 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
         Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW8bit(param, grad, m8, v8, absmaxM, absmaxV, codeM, codeV, computeCopy, gradNormSquared, step); End("AdamW8bit", t); }
     public void Dequantize(Tensor dst, QuantizedWeight weight) { var t = Begin(); _inner.Dequantize(dst, weight); End("Dequantize", t); }
+    public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize) { var t = Begin(); _inner.MoeRoute(logits, probs, topIdx, topWeight, normalize); End("MoeRoute", t); }
+    public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize, Tensor? auxGrad, Tensor? tokenMask, float auxScale)
+    { var t = Begin(); _inner.MoeRouteBackward(dlogits, dTopWeight, probs, topIdx, topWeight, normalize, auxGrad, tokenMask, auxScale); End("MoeRouteBackward", t); }
+    public void MoeRouterStatistics(Tensor counts, Tensor probSums, Tensor probs, Tensor topIdx, Tensor tokenMask) { var t = Begin(); _inner.MoeRouterStatistics(counts, probSums, probs, topIdx, tokenMask); End("MoeRouterStatistics", t); }
+    public void MoeSort(Tensor topIdx, Tensor offsets, Tensor sortedToken, Tensor rowOf) { var t = Begin(); _inner.MoeSort(topIdx, offsets, sortedToken, rowOf); End("MoeSort", t); }
+    public void GroupedMatMul(Tensor c, Tensor a, Tensor w, bool transW, Tensor offsets, bool accumulate = false) { var t = Begin(); _inner.GroupedMatMul(c, a, w, transW, offsets, accumulate); End("GroupedMatMul", t); }
+    public void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets) { var t = Begin(); _inner.GroupedMatMulWeightGrad(dw, dc, a, offsets); End("GroupedMatMulWeightGrad", t); }
+    public void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombine(y, rows, topWeight, rowOf); End("MoeCombine", t); }
+    public void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombineBackward(drows, dTopWeight, dy, rows, topWeight, rowOf); End("MoeCombineBackward", t); }
+    public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf) { var t = Begin(); _inner.MoeGatherBackward(dx, drows, rowOf); End("MoeGatherBackward", t); }
 }

@@ -50,9 +50,11 @@ public sealed partial class CausalLM
     /// <summary>
     /// Selective recompute rebuilds ln1, ln2 and act with the llama block's operations (pre-norm RMSNorm, the fused residual
     /// norm, SwiGLU); sandwich-norm (gemma) blocks, (1 + w) norms and GeGLU compute them otherwise, so their layers are kept
-    /// whole or recomputed whole.
+    /// whole or recomputed whole. So are a mixture-of-experts model's: a sparse layer's MLP rows live in the expert
+    /// activations, not in the act this rebuilds.
     /// </summary>
-    private bool SelectiveRecomputeApplies => !Spec.Sandwich && Spec.NormWeightOffset == 0 && Spec.Family.Block.Activation == MlpActivation.Silu;
+    private bool SelectiveRecomputeApplies => !Spec.Sandwich && Spec.NormWeightOffset == 0 && Spec.Family.Block.Activation == MlpActivation.Silu
+        && Spec.Moe is null;
 
     /// <summary>Whether layer <paramref name="l"/>'s forward runs again before its backward.</summary>
     private bool RecomputesLayer(int l) => CheckpointingPlanner.Recomputes(_acts!.Storage, l);

@@ -24,6 +24,13 @@ public sealed partial class CausalLM
     public static CausalLM Load(string modelDirectory, IBackend backend, TrainingSetup setup, string? adapterDirectory = null)
     {
         var config = ModelConfig.Load(Path.Combine(modelDirectory, "config.json"));
+        // What the engine refuses of a mixture-of-experts model, located at its config.json (user errors, not crashes).
+        if (config.Moe is { RouterJitterNoise: > 0 } jittered)
+            throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
+                $"\"router_jitter_noise\" is {jittered.RouterJitterNoise}; FineTune's engine routes without jitter noise: set it to 0.0 to train or run this model.");
+        if (config.Moe is not null && setup.Quantization is not null)
+            throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
+                $"model_type \"{config.ModelType}\" is a mixture of experts, which FineTune does not train with QLoRA (quantization_bit) yet: remove quantization_bit.");
         var spec = TransformerSpec.FromConfig(config);
         if (config.Architecture.EngineGap is { } gap)
             throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
@@ -170,6 +177,14 @@ public sealed partial class CausalLM
         {
             float[] values = ReadParameter(p.Name);
             if (loraOf.TryGetValue(p.Name, out var lora)) FoldLora(values, lora);
+            if (p.Shape.Length == 3 && ExpertBlock.IsStack(Spec.Family, p.Name))
+            {
+                // The hub layout, one tensor per expert, which transformers 4 and 5 both load.
+                int per = p.Shape[1] * p.Shape[2];
+                for (int e = 0; e < p.Shape[0]; e++)
+                    writer.Add(ExpertBlock.ExpertKey(p.Name, e), values.AsSpan(e * per, per).ToArray(), [p.Shape[1], p.Shape[2]], storeAs);
+                continue;
+            }
             writer.Add(p.Name, values, p.Shape.Select(x => (long)x).ToArray(), storeAs);
         }
         writer.Save(Path.Combine(directory, "model.safetensors"));

@@ -148,8 +148,14 @@ public sealed partial class CausalLM
     }
 
     /// <summary>Activations for engine steps of up to <paramref name="tokens"/> tokens and <paramref name="logitRows"/> logit rows.</summary>
-    internal ModelActivations CreateStepActivations(int tokens, int logitRows) =>
-        new(Backend, Spec, _layers, checkpointing: true, training: false, Math.Max(tokens, logitRows), logitRows, residuals: 2);
+    internal ModelActivations CreateStepActivations(int tokens, int logitRows)
+    {
+        int capacity = Math.Max(tokens, logitRows);
+        // The experts' buffers at the engine's largest step now: a later, longer prefill must not reallocate the buffers
+        // that recorded decode graphs name.
+        if (Spec.Moe is not null) EnsureExpertActs(capacity, training: false);
+        return new(Backend, Spec, _layers, checkpointing: true, training: false, capacity, logitRows, residuals: 2);
+    }
 
     /// <summary>The decoder layers' linears, for adapters loaded beside the model.</summary>
     internal IReadOnlyList<DecoderLayer> DecoderLayers => _layers;

@@ -20,8 +20,10 @@ public sealed partial class CausalLM
         int n = batch.TokenCount;
         var pass = TrainingForward(batch, n, RandomCounter++);
         double loss = Head(n, m, lossScale, grad: true);
-        LayersBackward(pass);
-        return new LossResult(loss, m);
+        _auxGradScale = AuxGradScale(batch);
+        try { LayersBackward(pass); }
+        finally { _auxGradScale = 0; }
+        return new LossResult(loss, m) { RouterAuxLoss = RouterAuxLossCoef == 0 ? null : RouterAuxLoss(batch) };
     }
 
     /// <summary>What the backward of a training forward needs besides the activations: the tokens, the attention shape, the draw.</summary>
@@ -37,8 +39,13 @@ public sealed partial class CausalLM
         ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)randomCounter);
         EmbedTokens(n, batch.SeqLen, seed, training: true);
         var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
-        for (int l = 0; l < _layers.Length; l++)
-            LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+        BeginRouterStatistics(batch);
+        try
+        {
+            for (int l = 0; l < _layers.Length; l++)
+                LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+        }
+        finally { _routerStatistics = false; }
         return new TrainingPass(n, shape, seed);
     }
 
@@ -287,6 +294,12 @@ public sealed partial class CausalLM
         // resMid = x + o(att) and ln2 = rmsnorm(resMid) in one pass.
         var ln2 = Rows(a.Ln2, n);
         B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, (float)Spec.RmsNormEps);
+        if (L.Experts is not null)
+        {
+            ExpertsForward(L, ln2, y, n, training);
+            B.Add(y, resMid);
+            return;
+        }
         var gate = Rows(a.Gate, n);
         var up = Rows(a.Up, n);
         var act = Rows(a.Act, n);
@@ -344,13 +357,17 @@ public sealed partial class CausalLM
         var acts = _acts!;
         var dres = Rows(acts.Dres, n);
         var dln = Rows(acts.Dln, n);
-        var dact = Rows(acts.Dact, n);
-        SetBackward(L, 3, dact, [dres], Rows(a.Act, n), a, n, seed);
-        var dgate = Rows(acts.Dgate, n);
-        var dup = Rows(acts.Dup, n);
-        B.SwiGluBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
         var ln2 = Rows(a.Ln2, n);
-        SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
+        if (L.Experts is not null) ExpertsBackward(L, dln, dres, ln2, n);
+        else
+        {
+            var dact = Rows(acts.Dact, n);
+            SetBackward(L, 3, dact, [dres], Rows(a.Act, n), a, n, seed);
+            var dgate = Rows(acts.Dgate, n);
+            var dup = Rows(acts.Dup, n);
+            B.SwiGluBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
+            SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
+        }
         B.RmsNormBackward(dres, L.PostAttentionNorm.Grad, dln, Rows(a.ResMid, n), L.PostAttentionNorm.Value, Head1(a.Rstd2, n));
         return dres;
     }

@@ -30,6 +30,8 @@ public sealed partial class CausalLM : IDisposable
     {
         // The architecture table says what of a family the engine does not run yet (Load reports it located first).
         if (spec.Family.EngineGap is { } gap) throw new NotSupportedException(gap);
+        if (spec.Moe is not null && setup.Quantization is not null)
+            throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
         var views = new List<Parameter>();
         Spec = spec;
         Backend = backend;
@@ -76,7 +78,8 @@ public sealed partial class CausalLM : IDisposable
             // Sandwich (gemma): the MLP's own pre- and post-norms beside post_attention_layernorm (which norms the attention output).
             var preFeedforwardNorm = spec.Sandwich ? P($"{pre}.{n.PreFeedforwardNorm}.weight", ParameterRole.Norm, c) : null;
             var postFeedforwardNorm = spec.Sandwich ? P($"{pre}.{n.PostFeedforwardNorm}.weight", ParameterRole.Norm, c) : null;
-            var gateUp = spec.Family.Block.FusedGateUp ? Fused(mlp, n.GateUp, c, inter, inter)
+            var experts = spec.IsSparseLayer(l) ? BuildExperts(mlp, c, P) : null;
+            var gateUp = experts is not null ? null : spec.Family.Block.FusedGateUp ? Fused(mlp, n.GateUp, c, inter, inter)
                 : [L(mlp, n.Gate, inter, c, false), L(mlp, n.Up, inter, c, false)];
             _layers[l] = new DecoderLayer
             {
@@ -91,9 +94,10 @@ public sealed partial class CausalLM : IDisposable
                 PostAttentionNorm = postAttentionNorm,
                 PreFeedforwardNorm = preFeedforwardNorm,
                 PostFeedforwardNorm = postFeedforwardNorm,
-                Gate = gateUp[0],
-                Up = gateUp[1],
-                Down = L(mlp, n.Down, c, inter, false),
+                Gate = gateUp?[0],
+                Up = gateUp?[1],
+                Down = experts is null ? L(mlp, n.Down, c, inter, false) : null,
+                Experts = experts,
             };
         }
         _finalNorm = P($"{n.FinalNorm}.weight", ParameterRole.Norm, c);
@@ -272,7 +276,7 @@ public sealed partial class CausalLM : IDisposable
 
     /// <summary>Bytes of weights, gradients and optimizer state; bytes of activations for the current capacity.</summary>
     public long WeightBytes => _weights.ByteLength;
-    public long ActivationBytes => _acts?.ByteLength ?? 0;
+    public long ActivationBytes => (_acts?.ByteLength ?? 0) + (_expertActs?.ByteLength ?? 0);
 
     /// <summary>Layers below this one need no backward (nothing trainable there or below).</summary>
     internal int LowestBackwardLayer { get; }
@@ -293,6 +297,8 @@ public sealed partial class CausalLM : IDisposable
             if ((int)p.Length > host.Length) host = new float[p.Length];
             var span = host.AsSpan(0, (int)p.Length);
             if (_quantized.TryGetValue(p, out var slot)) { LoadQuantized(p, slot, source, span); continue; }
+            if (p.Shape.Length == 3 && ExpertBlock.IsStack(Spec.Family, p.Name)) ReadExpertStack(source, p, span);
+            else
             if (p.Role == ParameterRole.LoraA)
             {
                 // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name.
@@ -308,7 +314,7 @@ public sealed partial class CausalLM : IDisposable
                 ulong s = Seeds.Mix((ulong)Setup.Seed, Seeds.Hash(p.Name));
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }
-            else source.Read(p.Name, p.Shape, span);
+            else source.Read(SourceName(source, p.Name), p.Shape, span);
             Backend.Upload(p.Value, span);
             if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);
         }
@@ -355,6 +361,7 @@ public sealed partial class CausalLM : IDisposable
     public void Dispose()
     {
         _acts?.Dispose();
+        _expertActs?.Dispose();
         _rope?.Dispose();
         _weights.Dispose();
     }

@@ -32,6 +32,10 @@ public static class EngineBenchmark
     {
         ["tiny"] = new() { Architecture = "qwen3", VocabSize = 512, HiddenSize = 64, IntermediateSize = 128, NumLayers = 2, NumHeads = 4,
             NumKvHeads = 2, HeadDimOverride = 16, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true },
+        // The tiny shape as a mixture of 4 experts of 64, top 2 (CPU tests of the MoE bench path).
+        ["tiny-moe"] = new() { Architecture = "qwen3_moe", VocabSize = 512, HiddenSize = 64, IntermediateSize = 128, NumLayers = 2, NumHeads = 4,
+            NumKvHeads = 2, HeadDimOverride = 16, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true,
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 64, NormTopKProb = true } },
         ["small"] = new() { Architecture = "qwen3", VocabSize = 32000, HiddenSize = 256, IntermediateSize = 768, NumLayers = 4, NumHeads = 8,
             NumKvHeads = 4, HeadDimOverride = 32, TieWordEmbeddings = true, RopeTheta = 1e6, MaxPositionEmbeddings = 32768, QkNorm = true },
         ["qwen3-0.6b"] = new() { Architecture = "qwen3", VocabSize = 151936, HiddenSize = 1024, IntermediateSize = 3072, NumLayers = 28,
@@ -52,6 +56,12 @@ public static class EngineBenchmark
             NumHeads = 16, NumKvHeads = 8, HeadDimOverride = 256, TieWordEmbeddings = true, RopeTheta = 1e6, RmsNormEps = 1e-6,
             MaxPositionEmbeddings = 131072, QkNorm = true, QueryPreAttnScalar = 256, SlidingWindow = 1024,
             SlidingLayers = Enumerable.Range(0, 48).Select(i => (i + 1) % 6 != 0).ToArray(), LocalRopeTheta = 10000 },
+        // Qwen3-30B-A3B (Qwen3MoeForCausalLM): 128 experts of 768, top 8, renormalised; the peer script's qwen3_moe row,
+        // whose LoRA is on q, k, v, o only (issue 12).
+        ["qwen3-30b-a3b"] = new() { Architecture = "qwen3_moe", VocabSize = 151936, HiddenSize = 2048, IntermediateSize = 6144, NumLayers = 48,
+            NumHeads = 32, NumKvHeads = 4, HeadDimOverride = 128, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6,
+            MaxPositionEmbeddings = 40960, QkNorm = true,
+            Moe = new MoeConfig { NumExperts = 128, NumExpertsPerTok = 8, ExpertIntermediateSize = 768, NormTopKProb = true } },
         // The QLoRA proof's big shapes (issue 16): they fit one H200 with a 4-bit base.
         ["qwen2.5-32b"] = new() { Architecture = "qwen2", VocabSize = 152064, HiddenSize = 5120, IntermediateSize = 27648, NumLayers = 64,
             NumHeads = 40, NumKvHeads = 8, TieWordEmbeddings = false, RopeTheta = 1e6, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32768, QkvBias = true },
@@ -96,6 +106,8 @@ public static class EngineBenchmark
         // QLoRA as LLaMA-Factory's quantization_bit: NF4 with double quantization (or LLM.int8) for the frozen linears.
         var setup = new TrainingSetup { LoraRank = loraRank, LoraAlpha = 2 * loraRank, LoraDropout = 0, Checkpointing = checkpointing,
             MaxMemoryBytes = maxMemoryBytes, Seed = seed,
+            // The peer's MoE rows put LoRA on the attention projections only.
+            LoraTarget = spec.Moe is null ? ["all"] : ["q_proj", "k_proj", "v_proj", "o_proj"],
             Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
@@ -178,7 +190,10 @@ public static class EngineBenchmark
     public static double ModelFlopsPerToken(TransformerSpec s, int seqLen)
     {
         double c = s.HiddenSize;
-        double linear = s.NumLayers * (2 * c * s.QDim + 2 * c * s.KvDim + 3 * c * s.IntermediateSize);
+        double linear = s.NumLayers * (2 * c * s.QDim + 2 * c * s.KvDim);
+        // A sparse layer's MLP: the router (E outputs) and the k chosen experts per token.
+        for (int l = 0; l < s.NumLayers; l++)
+            linear += s.IsSparseLayer(l) ? c * s.Moe!.NumExperts + 3.0 * c * s.Moe.ExpertIntermediateSize * s.Moe.NumExpertsPerTok : 3 * c * s.IntermediateSize;
         double head = (double)s.VocabSize * c;
         double attention = 2.0 * seqLen * s.HeadDim * s.NumHeads * s.NumLayers;
         return 4 * linear + 4 * head + 3 * attention;

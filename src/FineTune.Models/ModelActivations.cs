@@ -151,8 +151,21 @@ internal sealed class ModelActivations : IDisposable
         long full = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: false));
         long selective = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: true));
         long scratch = Measure(add => DeclareSelectiveScratch(add, f, spec, n));
+        if (spec.Moe is { } moe)
+        {
+            // The experts' arena follows the same plan (CausalLM.ExpertSetOfLayer): one set per kept layer, one shared by
+            // the recomputed ones, and its gradient scratch and statistics once.
+            long Experts(int sets) => ExpertActivations.Bytes(f, n, sets, training, spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+            long expertFixed = Experts(0), expertSet = Experts(1) - expertFixed;
+            fixedBytes += expertFixed;
+            full += expertSet;
+            selective += expertSet;
+        }
         return new ActivationBytes(fixedBytes, full, selective, scratch);
     }
+    /// <summary>The dense MLP's width: a model whose every MLP is a mixture of experts keeps no dense MLP activations (the experts have their own).</summary>
+    private static int DenseIntermediate(TransformerSpec spec) => spec.HasDenseLayers ? spec.IntermediateSize : 1;
+
     private static void DeclareFixedHead(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, int residuals, int n)
     {
         for (int l = 0; l < residuals; l++) add($"res{l}", f, [n, spec.HiddenSize]);
@@ -161,7 +174,7 @@ internal sealed class ModelActivations : IDisposable
     /// <summary>One layer's saved activations under <paramref name="prefix"/>; a selective set has no ln1, ln2 and act of its own.</summary>
     private static void DeclareSet(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, DecoderLayer layer, string prefix, int n, bool selective)
     {
-        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = DenseIntermediate(spec);
         if (!selective) add($"{prefix}ln1", f, [n, c]);
         add($"{prefix}rstd1", DType.F32, [n]);
         add($"{prefix}q", f, [n, qd]); add($"{prefix}k", f, [n, kvd]); add($"{prefix}v", f, [n, kvd]);
@@ -189,13 +202,13 @@ internal sealed class ModelActivations : IDisposable
     {
         add("sel.ln1", f, [n, spec.HiddenSize]);
         add("sel.ln2", f, [n, spec.HiddenSize]);
-        add("sel.act", f, [n, spec.IntermediateSize]);
+        add("sel.act", f, [n, DenseIntermediate(spec)]);
     }
 
     /// <summary>Gradient scratch (training), the head's buffers and the token tensors.</summary>
     private static void DeclareFixedTail(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int n, int chunkRows)
     {
-        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = spec.IntermediateSize;
+        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = DenseIntermediate(spec);
         int maxRows = 1, maxIn = 1;
         foreach (var layer in layers)
         {

@@ -125,14 +125,20 @@ internal sealed class DecoderLayer
     public required LoraLinear K { get; init; }
     public required LoraLinear V { get; init; }
     public required LoraLinear O { get; init; }
-    public required LoraLinear Gate { get; init; }
-    public required LoraLinear Up { get; init; }
-    public required LoraLinear Down { get; init; }
+    /// <summary>The dense MLP's linears (null in a mixture-of-experts layer, whose MLP is <see cref="Experts"/>).</summary>
+    public LoraLinear? Gate { get; init; }
+    public LoraLinear? Up { get; init; }
+    public LoraLinear? Down { get; init; }
+    /// <summary>The layer's mixture of experts (qwen3_moe's sparse layers, every mixtral layer); null for a dense MLP.</summary>
+    public ExpertBlock? Experts { get; init; }
 
-    public IEnumerable<LoraLinear> Linears => [Q, K, V, O, Gate, Up, Down];
+    public IEnumerable<LoraLinear> Linears => Experts is null ? [Q, K, V, O, Gate!, Up!, Down!] : [Q, K, V, O];
 
-    /// <summary>Linears that read the same input: [q, k, v] (ln1), [o] (attention), [gate, up] (ln2), [down] (SwiGLU).</summary>
-    public LoraLinear[][] InputSets => _inputSets ??= [[Q, K, V], [O], [Gate, Up], [Down]];
+    /// <summary>
+    /// Linears that read the same input: [q, k, v] (ln1), [o] (attention), [gate, up] (ln2), [down] (SwiGLU); the MLP's
+    /// sets are empty in a mixture-of-experts layer.
+    /// </summary>
+    public LoraLinear[][] InputSets => _inputSets ??= Experts is null ? [[Q, K, V], [O], [Gate!, Up!], [Down!]] : [[Q, K, V], [O], [], []];
 
     /// <summary>Per input set, the group of its LoRA adapters (null where none of its linears is targeted).</summary>
     public LoraGroup?[] LoraGroups { get; } = new LoraGroup?[InputSetCount];
@@ -154,9 +160,14 @@ internal sealed class DecoderLayer
             yield return PostAttentionNorm;
             if (PreFeedforwardNorm is not null) yield return PreFeedforwardNorm;
             if (PostFeedforwardNorm is not null) yield return PostFeedforwardNorm;
-            yield return Gate.Weight;
-            yield return Up.Weight;
-            yield return Down.Weight;
+            if (Experts is not null)
+            {
+                foreach (var p in Experts.Parameters) yield return p;
+                yield break;
+            }
+            yield return Gate!.Weight;
+            yield return Up!.Weight;
+            yield return Down!.Weight;
         }
     }
 

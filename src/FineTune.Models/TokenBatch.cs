@@ -12,6 +12,12 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
 {
     public int TokenCount => BatchSize * SeqLen;
 
+    /// <summary>
+    /// HF's attention_mask: 1 on tokens, 0 on padding (null: every position is a token). Attention reads the segment ids;
+    /// this mask only weighs the tokens of the mixture-of-experts load-balancing loss, as transformers' does.
+    /// </summary>
+    public int[]? AttentionMask { get; init; }
+
     /// <summary>Number of positions with a label other than -100 (the loss's denominator).</summary>
     public int LabelCount
     {
@@ -30,6 +36,8 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
         if (BatchSize <= 0 || SeqLen <= 0) throw new ArgumentException($"token batch of {BatchSize}×{SeqLen} is empty");
         if (InputIds.Length != n || Labels.Length != n || PositionIds.Length != n || SegmentIds.Length != n)
             throw new ArgumentException($"token batch {BatchSize}×{SeqLen} needs {n} entries per array, got input_ids {InputIds.Length}, labels {Labels.Length}, position_ids {PositionIds.Length}, segment_ids {SegmentIds.Length}");
+        if (AttentionMask is { } mask && mask.Length != n)
+            throw new ArgumentException($"token batch {BatchSize}×{SeqLen} needs {n} attention_mask entries, got {mask.Length}");
     }
 
     /// <summary>
@@ -58,12 +66,22 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
                 else if (t + 1 < s.Length) lab[i] = s[t + 1];
             }
         }
-        return new TokenBatch(b, seqLen, ids, lab, pos, seg);
+        var mask = new int[b * seqLen];
+        for (int r = 0; r < b; r++)
+            for (int t = 0; t < Math.Min(seqLen, sequences[r].Length); t++) mask[r * seqLen + t] = 1;
+        return new TokenBatch(b, seqLen, ids, lab, pos, seg) { AttentionMask = mask };
     }
 }
 
 /// <summary>Summed token cross-entropy (nats) and the number of labelled tokens it sums over.</summary>
 public sealed record LossResult(double SumLoss, int TokenCount)
 {
+    /// <summary>
+    /// Mixture-of-experts models training with the load-balancing loss (<see cref="CausalLM.RouterAuxLossCoef"/> ≠ 0): the
+    /// micro-batch's router aux loss (transformers' aux_loss, before the coefficient); coefficient × it is in the gradient,
+    /// not in <see cref="SumLoss"/>. Null otherwise.
+    /// </summary>
+    public double? RouterAuxLoss { get; init; }
+
     public double MeanLoss => TokenCount == 0 ? 0 : SumLoss / TokenCount;
 }

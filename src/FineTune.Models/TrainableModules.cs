@@ -18,7 +18,12 @@ public static class TrainableModules
     public static IReadOnlyList<string> LinearModules => ModelArchitecture.Llama.LoraTargets;
 
     /// <summary>The linear modules LoRA may target in a model of this family, in PEFT's names.</summary>
-    public static IReadOnlyList<string> LinearModulesOf(TransformerSpec spec) => spec.Family.LoraTargets;
+    /// <remarks>
+    /// A mixture-of-experts model's MLP linears exist only in its dense layers: without any, lora_target may name the
+    /// attention projections alone (the experts are not linear modules; PEFT reaches them only as target_parameters).
+    /// </remarks>
+    public static IReadOnlyList<string> LinearModulesOf(TransformerSpec spec) =>
+        spec.Moe is not null && !spec.HasDenseLayers ? spec.Family.LoraTargets.Take(spec.Family.Block.FusedQkv ? 2 : 4).ToList() : spec.Family.LoraTargets;
 
     /// <summary>A decoder layer's sub-modules and norms (the table's names).</summary>
     public static IReadOnlyList<string> LayerModules(TransformerSpec spec)
@@ -51,6 +56,12 @@ public static class TrainableModules
             if (spec.OutputBias) names.Add($"{attn}.{n.O}.bias");
             names.Add($"{pre}.{n.PostAttentionNorm}.weight");
             if (spec.Sandwich) names.AddRange([$"{pre}.{n.PreFeedforwardNorm}.weight", $"{pre}.{n.PostFeedforwardNorm}.weight"]);
+            if (spec.IsSparseLayer(l) && spec.Family.Experts is { } x)
+            {
+                // The router, then each projection of all experts as one stacked parameter (see ExpertBlock).
+                names.AddRange([$"{mlp}.{x.Router}.weight", $"{mlp}.{x.ExpertList}.{x.Gate}", $"{mlp}.{x.ExpertList}.{x.Up}", $"{mlp}.{x.ExpertList}.{x.Down}"]);
+                continue;
+            }
             names.AddRange(spec.Family.Block.FusedGateUp ? [$"{mlp}.{n.GateUp}.weight", $"{mlp}.{n.Down}.weight"]
                 : [$"{mlp}.{n.Gate}.weight", $"{mlp}.{n.Up}.weight", $"{mlp}.{n.Down}.weight"]);
         }

@@ -61,6 +61,12 @@ public sealed record TrainingSetup
     /// <summary>QLoRA: the frozen decoder linears held 4-bit or 8-bit (null: the compute dtype).</summary>
     public Quantization.QuantizationSetup? Quantization { get; init; }
 
+    /// <summary>
+    /// LLaMA-Factory's moe_aux_loss_coef: when set and non-zero, mixture-of-experts models train with output_router_logits
+    /// on and this router_aux_loss_coef; null or 0 keeps config.json's (output_router_logits false: no load-balancing loss).
+    /// </summary>
+    public double? MoeAuxLossCoef { get; init; }
+
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
 
     /// <summary>

@@ -44,6 +44,14 @@ public sealed record TransformerSpec
     public bool QkNorm { get; init; }
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
+    /// <summary>The experts of a mixture-of-experts family (qwen3_moe, mixtral); null for dense models.</summary>
+    public MoeConfig? Moe { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/>'s MLP is a mixture of experts.</summary>
+    public bool IsSparseLayer(int layer) => Moe?.IsSparse(layer) ?? false;
+
+    /// <summary>Whether some layer has a dense gated MLP of intermediate_size.</summary>
+    public bool HasDenseLayers => Moe is null || Enumerable.Range(0, NumLayers).Any(l => !Moe.IsSparse(l));
 
     // Gemma 2/3 (the family's block options; defaults are the llama block's).
     /// <summary>Gemma: query_pre_attn_scalar; attention scores scale by its ^-½ instead of head_dim^-½.</summary>
@@ -95,6 +103,8 @@ public sealed record TransformerSpec
         else if (config.HiddenAct is not ("silu" or "swish"))
             throw new NotSupportedException($"config.json sets hidden_act '{config.HiddenAct}'; FineTune's engine supports SwiGLU (silu) MLPs only");
         var (qkvBias, outputBias, qkNorm) = Variant(config.ModelType, config.AttentionBias);
+        if (config.Moe is { RouterJitterNoise: > 0 } jittered)
+            throw new NotSupportedException($"config.json sets router_jitter_noise {jittered.RouterJitterNoise}; FineTune's engine routes without jitter noise (set it to 0.0)");
         RopeScalingSpec? rope = config.RopeScaling is { } r && r.Type != "default"
             ? new RopeScalingSpec(r.Type, r.Factor, r.OriginalMaxPositionEmbeddings, r.LowFreqFactor ?? 1.0, r.HighFreqFactor ?? 4.0,
                 r.BetaFast ?? 32.0, r.BetaSlow ?? 1.0, r.AttentionFactor)
@@ -126,6 +136,7 @@ public sealed record TransformerSpec
             AttnLogitSoftcap = config.AttnLogitSoftcapping ?? 0,
             FinalLogitSoftcap = config.FinalLogitSoftcapping ?? 0,
             LocalRopeTheta = config.RopeLocalBaseFreq,
+            Moe = config.Moe,
         };
     }
 
@@ -143,12 +154,15 @@ public sealed record TransformerSpec
     {
         get
         {
-            long c = HiddenSize, layer = c * QDim + 2 * c * KvDim + QDim * c + 3 * c * IntermediateSize + 2 * c;
+            long c = HiddenSize, layer = c * QDim + 2 * c * KvDim + QDim * c + 2 * c;
             if (QkvBias) layer += QDim + 2 * KvDim;
             if (OutputBias) layer += c;
             if (QkNorm) layer += 2 * HeadDim;
+            long mlps = 0;
+            for (int l = 0; l < NumLayers; l++)
+                mlps += IsSparseLayer(l) ? (long)Moe!.NumExperts * (c + 3 * c * Moe.ExpertIntermediateSize) : 3 * c * IntermediateSize;
             if (Sandwich) layer += 2 * c;
-            return VocabSize * c * (TieWordEmbeddings ? 1 : 2) + NumLayers * layer + c;
+            return VocabSize * c * (TieWordEmbeddings ? 1 : 2) + NumLayers * layer + mlps + c;
         }
     }
 }

@@ -133,6 +133,7 @@ public sealed class DataLoader
         var labels = new int[n];
         var positions = new int[n];
         var segments = new int[n];
+        var mask = new int[n]; // HF's attention_mask: 1 on tokens, 0 on padding (the MoE load-balancing loss reads it)
         for (int row = 0; row < b; row++)
         {
             var s = rows[row];
@@ -150,6 +151,7 @@ public sealed class DataLoader
                     labels[o + t] = i + 1 < len ? s.Labels[t + 1] : -100;
                     positions[o + t] = i;
                     segments[o + t] = seg;
+                    mask[o + t] = 1;
                 }
             }
             for (int p = 0; t < seqLen; t++, p++)
@@ -160,7 +162,7 @@ public sealed class DataLoader
                 segments[o + t] = s.SequenceLengths.Length;
             }
         }
-        return new TokenBatch(b, seqLen, ids, labels, positions, segments);
+        return new TokenBatch(b, seqLen, ids, labels, positions, segments) { AttentionMask = mask };
     }
 }
 

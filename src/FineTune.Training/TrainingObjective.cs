@@ -60,9 +60,19 @@ public sealed class TokenObjective : ITrainingObjective
     {
         long labelled = microBatches.Sum(b => (long)b.Batch.LabelCount);
         float lossScale = labelled == 0 ? 0f : 1f / labelled;
-        double sumLoss = 0;
-        foreach (var b in microBatches) sumLoss += model.ForwardBackward(b.Batch, lossScale).SumLoss;
-        return new ObjectiveOutcome(labelled == 0 ? 0 : sumLoss / labelled, ObjectiveOutcome.NoMetrics);
+        double sumLoss = 0, auxSum = 0;
+        foreach (var b in microBatches)
+        {
+            var r = model.ForwardBackward(b.Batch, lossScale);
+            sumLoss += r.SumLoss;
+            auxSum += r.RouterAuxLoss ?? 0;
+        }
+        // Mixture of experts with the load-balancing loss on: its mean over the micro-batches, logged as aux_loss (the
+        // gradient already holds router_aux_loss_coef × it per micro-batch, as transformers adds it to each forward's loss).
+        var metrics = model.RouterAuxLossCoef != 0 && microBatches.Count > 0
+            ? new Dictionary<string, double> { ["aux_loss"] = auxSum / microBatches.Count }
+            : ObjectiveOutcome.NoMetrics;
+        return new ObjectiveOutcome(labelled == 0 ? 0 : sumLoss / labelled, metrics);
     }
 
     public ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation) =>

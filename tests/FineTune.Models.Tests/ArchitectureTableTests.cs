@@ -19,6 +19,8 @@ public sealed class ArchitectureTableTests : IDisposable
     [InlineData("qwen2", "Qwen2ForCausalLM", 16, 151936, 32768)]
     [InlineData("qwen3", "Qwen3ForCausalLM", 128, 151936, 32768)]
     [InlineData("phi3", "Phi3ForCausalLM", 16, 32064, 4096)]
+    [InlineData("qwen3_moe", "Qwen3MoeForCausalLM", 16, 151936, 32768)]
+    [InlineData("mixtral", "MixtralForCausalLM", 16, 32000, 131072)]
     public void Config_defaults_come_from_the_family(string modelType, string className, int headDim, int vocab, int maxPositions)
     {
         var c = Minimal(modelType);
@@ -29,11 +31,11 @@ public sealed class ArchitectureTableTests : IDisposable
     [Fact]
     public void Every_family_is_found_by_its_model_type_in_any_case()
     {
-        Assert.Equal(["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"], ModelArchitecture.All.Select(a => a.ModelType));
+        Assert.Equal(["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "qwen3_moe", "mixtral"], ModelArchitecture.All.Select(a => a.ModelType));
         foreach (var a in ModelArchitecture.All)
             Assert.Same(a, ModelArchitecture.Find(a.ModelType.ToUpperInvariant()));
         Assert.Null(ModelArchitecture.Find("gpt_neox"));
-        Assert.Equal("llama, qwen2, qwen3, mistral, phi3, gemma2 and gemma3_text", ModelArchitecture.SupportedList);
+        Assert.Equal("llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, qwen3_moe and mixtral", ModelArchitecture.SupportedList);
     }
 
     [Theory]
@@ -42,14 +44,19 @@ public sealed class ArchitectureTableTests : IDisposable
     [InlineData("qwen2", "qwen2")]
     [InlineData("qwen3", "qwen3")]
     [InlineData("phi3", "phi3")]
+    [InlineData("qwen3_moe", "qwen3moe")]
+    [InlineData("mixtral", "llama")]
     public void The_scratch_file_holds_exactly_the_parameters_the_engine_names(string modelType, string ggufArchitecture)
     {
         var config = ScratchModel.Generate(new ScratchModelSpec { Architecture = ModelArchitecture.Find(modelType)!, NumHiddenLayers = 1, TieWordEmbeddings = false }, _dir.File(modelType));
         var spec = TransformerSpec.FromConfig(config);
         using var reader = SafetensorsReader.Open(_dir.File(modelType));
-        Assert.Equal(TrainableModules.ParameterNames(spec).Order(StringComparer.Ordinal), reader.Tensors.Keys.Order(StringComparer.Ordinal));
-        // Every tensor has a llama.cpp name, and the exporter writes the family's GGUF architecture.
-        Assert.All(reader.Tensors.Keys, n => Assert.NotNull(GgufExporter.TensorName(n, config.Architecture)));
+        // A stacked expert projection of the engine is one tensor per expert in the files (the hub layout).
+        var expected = TrainableModules.ParameterNames(spec).SelectMany(p => ExpertBlock.IsStack(config.Architecture, p)
+            ? Enumerable.Range(0, config.Moe!.NumExperts).Select(e => ExpertBlock.ExpertKey(p, e)) : [p]);
+        Assert.Equal(expected.Order(StringComparer.Ordinal), reader.Tensors.Keys.Order(StringComparer.Ordinal));
+        // Every tensor has a llama.cpp name (experts: the stacks MoeTests checks), and the exporter writes the family's GGUF architecture.
+        Assert.All(reader.Tensors.Keys.Where(n => !n.Contains(".experts.", StringComparison.Ordinal)), n => Assert.NotNull(GgufExporter.TensorName(n, config.Architecture)));
         Assert.Equal(ggufArchitecture, GgufExporter.ArchitectureName(config.Architecture));
         // The model loads onto the engine from its own files.
         using var model = CausalLM.Load(_dir.File(modelType), new CpuBackend(1), new TrainingSetup { FinetuningType = FinetuningType.Lora, LoraTarget = ["all"] });

@@ -91,6 +91,16 @@ internal sealed class RecordingBackend(IBackend inner) : IBackend
     public void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) => Do(() => _inner.GeGluBackward(dgate, dup, dh, gate, up));
     public void SoftCap(Tensor y, Tensor x, float cap) => Do(() => _inner.SoftCap(y, x, cap));
     public void SoftCapBackward(Tensor dx, Tensor y, float cap) => Do(() => _inner.SoftCapBackward(dx, y, cap));
+    public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize) => Do(() => _inner.MoeRoute(logits, probs, topIdx, topWeight, normalize));
+    public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize, Tensor? auxGrad, Tensor? tokenMask, float auxScale) =>
+        Do(() => _inner.MoeRouteBackward(dlogits, dTopWeight, probs, topIdx, topWeight, normalize, auxGrad, tokenMask, auxScale));
+    public void MoeRouterStatistics(Tensor counts, Tensor probSums, Tensor probs, Tensor topIdx, Tensor tokenMask) => Do(() => _inner.MoeRouterStatistics(counts, probSums, probs, topIdx, tokenMask));
+    public void MoeSort(Tensor topIdx, Tensor offsets, Tensor sortedToken, Tensor rowOf) => Do(() => _inner.MoeSort(topIdx, offsets, sortedToken, rowOf));
+    public void GroupedMatMul(Tensor c, Tensor a, Tensor w, bool transW, Tensor offsets, bool accumulate = false) => Do(() => _inner.GroupedMatMul(c, a, w, transW, offsets, accumulate));
+    public void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets) => Do(() => _inner.GroupedMatMulWeightGrad(dw, dc, a, offsets));
+    public void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf) => Do(() => _inner.MoeCombine(y, rows, topWeight, rowOf));
+    public void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf) => Do(() => _inner.MoeCombineBackward(drows, dTopWeight, dy, rows, topWeight, rowOf));
+    public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf) => Do(() => _inner.MoeGatherBackward(dx, drows, rowOf));
     public void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) => Do(() => _inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad));
     public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales) => Do(() => _inner.LabelLogProbs(logits, labels, logProbs, gradScales));
     public void Dropout(Tensor y, Tensor x, float p, ulong seed) => Do(() => _inner.Dropout(y, x, p, seed));

@@ -40,7 +40,7 @@ public sealed class ValidationTests
         var errors = Errors(FiveMistakes).Select(e => e.ToString()).ToArray();
         Assert.Equal(
         [
-            "pipeline.yaml:5:19: $.model.scratch.architecture: expected one of llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, got 'lama'; did you mean 'llama'?",
+            "pipeline.yaml:5:19: $.model.scratch.architecture: expected one of llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, qwen3_moe, mixtral, got 'lama'; did you mean 'llama'?",
             "pipeline.yaml:14:17: $.stages.split.cutoff_len: -5 is out of range: expected an integer ≥ 1",
             "pipeline.yaml:16:5: $.stages.train.lerning_rate: unknown key 'lerning_rate' in stages.train; did you mean 'learning_rate'?",
             "pipeline.yaml:17:16: $.stages.train.lora_rank: expected an integer in [1, 65536], got 'eight'",

@@ -15,7 +15,7 @@ else
 fi
 stage_dir() { ft path "$1" --stage "$2"; }
 
-# flavour:architecture:tied:hidden:intermediate:head_dim -- the h256 ones have head_dim 64, so that on a GPU they
+# flavour:architecture:tied:hidden:intermediate:head_dim[:scratch keys] -- the h256 ones have head_dim 64, so that on a GPU they
 # take the flash-attention kernels (the bf16 comparison (e) in hf_equality.py). phi3: fused qkv_proj / gate_up_proj,
 # PEFT's LoRA on the fused modules (peft must reproduce FineTune's adapter logits and gradients under those names).
 # gemma2 / gemma3: a window of 8 (the rows are 24 and 17 tokens), query_pre_attn_scalar ≠ head_dim and soft-caps that
@@ -27,18 +27,26 @@ gemma_keys() {
     *) echo "" ;;
   esac
 }
+# Mixtures of experts (transformers 5 fuses the hub's per-expert tensors on load; LoRA all = the attention projections,
+# plus gate/up/down of a dense layer): qwen3_moe renormalised, qwen3_moe-dense with layer 0 dense (decoder_sparse_step 2)
+# and norm_topk_prob false, mixtral. Scratch keys are key=value,… (written as YAML).
 for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qwen3:false:64:160:16" \
             "llama-h256:llama:false:256:512:64" "qwen2-h256:qwen2:true:256:512:64" "qwen3-h256:qwen3:false:256:512:64" \
             "mistral:mistral:false:64:160:16" "phi3:phi3:false:64:160:16" "phi3-h256:phi3:false:256:512:64" \
-            "gemma2:gemma2:true:64:160:16" "gemma3:gemma3_text:true:64:160:16" "gemma3-h256:gemma3_text:false:256:512:64"; do
-  IFS=: read -r flavour arch tied hidden inter head_dim <<<"$spec"
+            "gemma2:gemma2:true:64:160:16" "gemma3:gemma3_text:true:64:160:16" "gemma3-h256:gemma3_text:false:256:512:64" \
+            "qwen3_moe:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96" \
+            "qwen3_moe-dense:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96,decoder_sparse_step=2,norm_topk_prob=false" \
+            "qwen3_moe-h256:qwen3_moe:false:256:512:64:num_experts=8,num_experts_per_tok=2,moe_intermediate_size=128" \
+            "mixtral:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2"; do
+  IFS=: read -r flavour arch tied hidden inter head_dim keys <<<"$spec"
+  extra=""; [ -n "${keys:-}" ] && extra=", $(sed 's/=/: /g; s/,/, /g' <<<"$keys")"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
   cat >"$work/pipeline.yaml" <<YAML
 name: equality-$flavour
 model:
   source: scratch
   scratch: {architecture: $arch, hidden_size: $hidden, intermediate_size: $inter, num_hidden_layers: 2, num_attention_heads: 4,
-            num_key_value_heads: 2, head_dim: $head_dim, tie_word_embeddings: $tied, seed: 7$(gemma_keys "$flavour")}
+            num_key_value_heads: 2, head_dim: $head_dim, tie_word_embeddings: $tied, seed: 7$(gemma_keys "$flavour")$extra}
 data: {dataset_dir: $root/data, dataset: [identity], template: qwen, placeholders: {name: Eq, author: FineTune}}
 stages:
   download: {}

@@ -118,6 +118,36 @@ public sealed record GgufNaming(string Architecture, bool PermuteQkRows, IReadOn
 }
 
 /// <summary>
+/// A mixture-of-experts family's experts as config.json and the checkpoints name them. A layer's MLP module holds the
+/// router {mlp}.{Router}.weight [experts, hidden] and per expert {mlp}.{Experts}.E.{Gate|Up}.weight [moe_inter, hidden],
+/// {mlp}.{Experts}.E.{Down}.weight [hidden, moe_inter] (the hub checkpoints' layout, which transformers 5 converts into
+/// its fused gate_up_proj [E, 2·inter, hidden] / down_proj [E, hidden, inter] parameters on load). The engine holds each
+/// projection of all experts as one stacked parameter {mlp}.{Experts}.{Gate} [E, inter, hidden] (no ".weight").
+/// </summary>
+public sealed record ExpertLayout
+{
+    /// <summary>num_experts (qwen3_moe) or num_local_experts (mixtral).</summary>
+    public required string ExpertCountKey { get; init; }
+    public required int DefaultExpertCount { get; init; }
+    public required int DefaultTopK { get; init; }
+    /// <summary>The experts' intermediate size key: moe_intermediate_size (qwen3_moe); null: intermediate_size itself (mixtral).</summary>
+    public string? ExpertIntermediateKey { get; init; }
+    public int DefaultExpertIntermediate { get; init; }
+    /// <summary>Whether norm_topk_prob is a key (qwen3_moe, default false); otherwise the top-k weights are always renormalised (mixtral).</summary>
+    public bool NormTopKFromConfig { get; init; }
+    /// <summary>Whether decoder_sparse_step and mlp_only_layers pick dense layers (qwen3_moe); otherwise every layer is sparse.</summary>
+    public bool SparseLayersFromConfig { get; init; }
+    public double DefaultRouterAuxLossCoef { get; init; } = 0.001;
+    public string Router { get; init; } = "gate";
+    public string ExpertList { get; init; } = "experts";
+    public string Gate { get; init; } = "gate_proj";
+    public string Up { get; init; } = "up_proj";
+    public string Down { get; init; } = "down_proj";
+    /// <summary>The module of the MoE block in the checkpoints (mixtral: block_sparse_moe; transformers 5 renames it mlp).</summary>
+    public string? MoeModule { get; init; }
+}
+
+/// <summary>
 /// One model family, described once: everything config parsing, the engine's block, weight naming, LoRA targets,
 /// merge, GGUF export and scratch-model generation need to know about it. The families are the files of
 /// src/FineTune.Models/Architectures; adding one is one file there plus its entry in <see cref="All"/>.
@@ -165,6 +195,8 @@ public sealed class ModelArchitecture
     public bool ScratchWritesPadTokenId { get; init; }
     /// <summary>What of the family the engine does not run yet (null: all of it); CausalLM refuses such models with this text.</summary>
     public string? EngineGap { get; init; }
+    /// <summary>Mixture-of-experts families (Block.Mlp = MixtureOfExperts): config keys, defaults and weight names of the experts.</summary>
+    public ExpertLayout? Experts { get; init; }
 
     /// <summary>The linear modules LoRA may target, in PEFT's names (what lora_target and target_modules say).</summary>
     public IReadOnlyList<string> LoraTargets => _loraTargets ??=
@@ -185,16 +217,18 @@ public sealed class ModelArchitecture
     public static ModelArchitecture Phi3 => Architectures.Phi3.Architecture;
     public static ModelArchitecture Gemma2 => Architectures.Gemma2.Architecture;
     public static ModelArchitecture Gemma3 => Architectures.Gemma3.Architecture;
+    public static ModelArchitecture Qwen3Moe => Architectures.Qwen3Moe.Architecture;
+    public static ModelArchitecture Mixtral => Architectures.Mixtral.Architecture;
 
     /// <summary>Every family FineTune reads and trains, in the order messages list them.</summary>
     public static IReadOnlyList<ModelArchitecture> All => AllFamilies.Value;
     // Lazy: the families' own static fields must be complete before the list reads them.
-    private static readonly Lazy<IReadOnlyList<ModelArchitecture>> AllFamilies = new(() => [Llama, Qwen2, Qwen3, Mistral, Phi3, Gemma2, Gemma3]);
+    private static readonly Lazy<IReadOnlyList<ModelArchitecture>> AllFamilies = new(() => [Llama, Qwen2, Qwen3, Mistral, Phi3, Gemma2, Gemma3, Qwen3Moe, Mixtral]);
 
     /// <summary>The family of an HF model_type (case-insensitive); null when FineTune does not know it.</summary>
     public static ModelArchitecture? Find(string modelType) =>
         All.FirstOrDefault(a => string.Equals(a.ModelType, modelType, StringComparison.OrdinalIgnoreCase));
 
-    /// <summary>"llama, qwen2, qwen3, mistral, phi3, gemma2 and gemma3_text": the families for messages.</summary>
+    /// <summary>"llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, qwen3_moe and mixtral": the families for messages.</summary>
     public static string SupportedList => string.Join(", ", All.Take(All.Count - 1).Select(a => a.ModelType)) + " and " + All[^1].ModelType;
 }

@@ -111,6 +111,7 @@ public static class GgufExporter
         w.Add($"{arch}.rope.dimension_count", (uint)config.HeadDim);
         w.Add($"{arch}.rope.freq_base", (float)config.RopeTheta);
         w.Add($"{arch}.attention.layer_norm_rms_epsilon", (float)config.RmsNormEps);
+        if (config.Moe is { } moe) AddExpertMetadata(w, arch, config, moe, modelDir);
         var ropeTensors = new List<(string Name, float[] Values)>();
         switch (config.RopeScaling)
         {
@@ -161,8 +162,21 @@ public static class GgufExporter
             tiedEmbeddings: !reader.Tensors.ContainsKey($"{family.Names.LmHead}.weight"));
         var fallbacks = new SortedDictionary<(long Row, GgufTensorType From, GgufTensorType To), int>();
         var scratch = new RowScratch();
+        var experts = ExpertStacks.Of(reader, family);
         foreach (var info in reader.Tensors.Values.OrderBy(t => t.Name, TensorNameComparer.Instance))
         {
+            if (experts.TryGetValue(info.Name, out var stack))
+            {
+                // Expert 0's tensor stands for the stack [E, rows, cols]; the other experts' tensors are rows of it.
+                if (stack is null) continue;
+                var stackChoice = mix.TypeOf(stack.GgufName, stack.Shape);
+                if (stackChoice.FallbackFrom is { } f)
+                    fallbacks[(stack.Shape[^1], f, stackChoice.Type)] = fallbacks.GetValueOrDefault((stack.Shape[^1], f, stackChoice.Type)) + 1;
+                w.AddTensor(stack.GgufName, stack.Shape, stackChoice.Type, (first, rows, destination) => stack.EncodeRows(reader, first, rows, stackChoice.Type, scratch, destination));
+                Count(counts, stackChoice.Type);
+                tensors++;
+                continue;
+            }
             var ggufName = TensorName(info.Name, family)
                 ?? throw new ModelFormatException(info.FilePath, $"tensor \"{info.Name}\" has no GGUF name; FineTune exports the decoder weights of {ModelArchitecture.SupportedList} models only.");
             var name = info.Name;
@@ -191,6 +205,84 @@ public static class GgufExporter
                 : $"{n} tensors have rows of {row}, not a multiple of {GgmlQuants.BlockSize(from)}: written as {to} instead of {from} (as llama-quantize does)");
         w.Save(outputPath);
         return new GgufExportResult(outputPath, arch, tensors, new FileInfo(outputPath).Length, counts, notes);
+    }
+
+    /// <summary>
+    /// llama.cpp's expert keys (convert_hf_to_gguf: expert_count, expert_used_count, and for qwen3moe
+    /// expert_feed_forward_length). llama.cpp always renormalises the chosen weights and has no dense layers in these
+    /// architectures, so a model that differs is refused rather than exported to a file that computes something else.
+    /// </summary>
+    private static void AddExpertMetadata(GgufWriter w, string arch, ModelConfig config, MoeConfig moe, string modelDir)
+    {
+        string file = Path.Combine(modelDir, "config.json");
+        if (!moe.NormTopKProb)
+            throw new ModelFormatException(file, $"\"norm_topk_prob\" is false, but llama.cpp's {arch} always renormalises the top-k router weights; the GGUF would compute another model (set norm_topk_prob: true, as the released Qwen3-MoE checkpoints do, or export hf only).");
+        if (Enumerable.Range(0, config.NumHiddenLayers).FirstOrDefault(l => !moe.IsSparse(l), -1) is var dense and >= 0)
+            throw new ModelFormatException(file, $"layer {dense} is a dense MLP (mlp_only_layers / decoder_sparse_step), but llama.cpp's {arch} has experts in every layer; export hf only.");
+        w.Add($"{arch}.expert_count", (uint)moe.NumExperts);
+        w.Add($"{arch}.expert_used_count", (uint)moe.NumExpertsPerTok);
+        if (config.Architecture.Experts!.ExpertIntermediateKey is not null)
+            w.Add($"{arch}.expert_feed_forward_length", (uint)moe.ExpertIntermediateSize);
+    }
+
+    /// <summary>
+    /// One of llama.cpp's stacked expert tensors blk.N.ffn_{gate,up,down}_exps [E, rows, cols], made of the hub's
+    /// per-expert tensors {mlp}.experts.E.{proj}.weight [rows, cols] in expert order.
+    /// </summary>
+    private sealed class ExpertStacks(string ggufName, IReadOnlyList<SafetensorsTensorInfo> experts)
+    {
+        public string GgufName { get; } = ggufName;
+        public IReadOnlyList<long> Shape { get; } = [experts.Count, experts[0].Shape[0], experts[0].Shape[1]];
+
+        /// <summary>Per expert tensor name: its stack (expert 0) or null (the others, written as rows of expert 0's stack).</summary>
+        public static Dictionary<string, ExpertStacks?> Of(SafetensorsReader reader, ModelArchitecture family)
+        {
+            var result = new Dictionary<string, ExpertStacks?>(StringComparer.Ordinal);
+            if (family.Experts is not { } x) return result;
+            var pattern = new System.Text.RegularExpressions.Regex(
+                $@"^{System.Text.RegularExpressions.Regex.Escape(family.Names.Layers)}\.(\d+)\.{System.Text.RegularExpressions.Regex.Escape(family.Names.Mlp)}\.{x.ExpertList}\.(\d+)\.(\w+)\.weight$");
+            var groups = new Dictionary<(int Layer, string Proj), SortedDictionary<int, SafetensorsTensorInfo>>();
+            foreach (var info in reader.Tensors.Values)
+                if (pattern.Match(info.Name) is { Success: true } m)
+                {
+                    var key = (int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), m.Groups[3].Value);
+                    if (!groups.TryGetValue(key, out var g)) groups[key] = g = [];
+                    g[int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture)] = info;
+                }
+            foreach (var ((layer, proj), g) in groups)
+            {
+                string exps = proj == x.Gate ? "ffn_gate_exps" : proj == x.Up ? "ffn_up_exps" : proj == x.Down ? "ffn_down_exps"
+                    : throw new ModelFormatException(g.Values.First().FilePath, $"tensor \"{g.Values.First().Name}\" is no expert projection FineTune knows ({x.Gate}, {x.Up}, {x.Down}).");
+                var list = g.Values.ToList();
+                if (g.Keys.Last() != list.Count - 1 || list.Any(t => !t.Shape.SequenceEqual(list[0].Shape)))
+                    throw new ModelFormatException(list[0].FilePath, $"layer {layer}'s {proj} experts are not numbered 0 … {list.Count - 1} with one shape; the checkpoint is incomplete.");
+                var stack = new ExpertStacks($"blk.{layer}.{exps}.weight", list);
+                result[list[0].Name] = stack;
+                foreach (var t in list.Skip(1)) result[t.Name] = null;
+            }
+            return result;
+        }
+
+        private readonly IReadOnlyList<SafetensorsTensorInfo> _experts = experts;
+
+        /// <summary>Rows [first, first + rows) of the stack (row r is row r mod rows_e of expert r / rows_e), encoded.</summary>
+        public void EncodeRows(SafetensorsReader reader, long first, int rows, GgufTensorType type, RowScratch scratch, Span<byte> destination)
+        {
+            long perExpert = Shape[1], rowLength = Shape[2];
+            int n = checked((int)(rows * rowLength));
+            var values = scratch.Values(n);
+            for (long r = first, done = 0; done < rows;)
+            {
+                var info = _experts[(int)(r / perExpert)];
+                long within = r % perExpert;
+                int take = (int)Math.Min(rows - done, perExpert - within), elem = info.DType.ElementSize();
+                FloatConversions.Decode(reader.GetBytes(info.Name, within * rowLength * elem, checked((int)(take * rowLength * elem))), info.DType,
+                    values.Slice((int)(done * rowLength), (int)(take * rowLength)));
+                done += take;
+                r += take;
+            }
+            GgmlQuants.Quantize(type, values, rowLength, destination);
+        }
     }
 
     /// <summary>Float buffers that every chunk reuses (the writer asks for one chunk at a time).</summary>

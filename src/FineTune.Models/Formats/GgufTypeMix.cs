@@ -71,7 +71,9 @@ public sealed class GgufTypeMix
     /// <summary>The type of tensor <paramref name="ggufName"/> of <paramref name="shape"/> (outermost first).</summary>
     public GgufTensorChoice TypeOf(string ggufName, IReadOnlyList<long> shape)
     {
-        if (shape.Count < 2 || !ggufName.EndsWith("weight", StringComparison.Ordinal) || ggufName.Contains("_norm.weight", StringComparison.Ordinal))
+        // The router (ffn_gate_inp) stays F32, as convert_hf_to_gguf writes it and llama-quantize leaves it.
+        if (shape.Count < 2 || !ggufName.EndsWith("weight", StringComparison.Ordinal) || ggufName.Contains("_norm.weight", StringComparison.Ordinal)
+            || ggufName.Contains("ffn_gate_inp.weight", StringComparison.Ordinal))
             return new(GgufTensorType.F32);
         var type = DefaultType(FileType);
         if (!GgmlQuants.IsQuantized(type))

@@ -57,6 +57,38 @@ public sealed record LanguageModelWeights
 }
 
 /// <summary>
+/// The mixture-of-experts keys of a config.json (qwen3_moe: num_experts, num_experts_per_tok, moe_intermediate_size,
+/// norm_topk_prob, decoder_sparse_step, mlp_only_layers; mixtral: num_local_experts, num_experts_per_tok with the
+/// experts of intermediate_size and renormalised top-k weights), with router_aux_loss_coef and output_router_logits.
+/// </summary>
+public sealed record MoeConfig
+{
+    public required int NumExperts { get; init; }
+    public required int NumExpertsPerTok { get; init; }
+    public required int ExpertIntermediateSize { get; init; }
+    public bool NormTopKProb { get; init; }
+    public int DecoderSparseStep { get; init; } = 1;
+    public IReadOnlyList<int> MlpOnlyLayers { get; init; } = [];
+    public double RouterAuxLossCoef { get; init; } = 0.001;
+    public bool OutputRouterLogits { get; init; }
+    /// <summary>mixtral's router_jitter_noise (multiplicative noise on the router input while training; 0 = none).</summary>
+    public double RouterJitterNoise { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/> is a mixture of experts (Qwen3MoeDecoderLayer's rule; mixtral: every layer).</summary>
+    public bool IsSparse(int layer) => !MlpOnlyLayers.Contains(layer) && NumExperts > 0 && (layer + 1) % DecoderSparseStep == 0;
+
+    /// <summary>Every config.json key this record stands for, under the family's names.</summary>
+    public static IEnumerable<string> Keys(ExpertLayout layout) =>
+    [
+        "num_experts", "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "output_router_logits",
+        .. layout.ExpertIntermediateKey is { } k ? [k] : Array.Empty<string>(),
+        .. layout.NormTopKFromConfig ? ["norm_topk_prob"] : Array.Empty<string>(),
+        .. layout.SparseLayersFromConfig ? ["decoder_sparse_step", "mlp_only_layers"] : Array.Empty<string>(),
+        .. layout.MoeModule is not null ? ["router_jitter_noise"] : Array.Empty<string>(),
+    ];
+}
+
+/// <summary>
 /// A Hugging Face <c>config.json</c> of a family in <see cref="ModelArchitecture.All"/>, with the defaults
 /// that transformers applies when a key is absent (the family's <see cref="ModelArchitecture"/> holds them). Keys FineTune does not model are kept in
 /// <see cref="Extra"/> so that <see cref="Save"/> writes them back.
@@ -105,6 +137,8 @@ public sealed record ModelConfig
     /// a text-only model. Saving writes the text model alone (model_type gemma3_text).
     /// </summary>
     public LanguageModelWeights? LanguageModelWeights { get; init; }
+    /// <summary>The experts of a mixture-of-experts family (null for dense families).</summary>
+    public MoeConfig? Moe { get; init; }
     /// <summary>Keys of config.json that FineTune does not interpret, written back by <see cref="Save"/>.</summary>
     public IReadOnlyDictionary<string, JsonNode?> Extra { get; init; } = new Dictionary<string, JsonNode?>();
 
@@ -209,6 +243,8 @@ public sealed record ModelConfig
             _ => reader.Bool("attention_bias") ?? false,
         };
 
+        var moe = arch.Experts is { } layout ? ParseMoe(reader, layout, file, layers, intermediate) : null;
+
         var known = new HashSet<string>(StringComparer.Ordinal)
         {
             "model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -219,6 +255,7 @@ public sealed record ModelConfig
         };
         var interleaved = arch.Interleaved is { } defaults ? ReadInterleaved(obj, reader, file, defaults, layers, localRopeParams) : null;
         if (interleaved is not null) known.UnionWith(InterleavedKeys);
+        if (arch.Experts is { } expertLayout) known.UnionWith(MoeConfig.Keys(expertLayout));
         var extra = new SortedDictionary<string, JsonNode?>(StringComparer.Ordinal);
         foreach (var (key, value) in obj)
             if (!known.Contains(key))
@@ -259,6 +296,7 @@ public sealed record ModelConfig
             AttnLogitSoftcapping = interleaved?.AttnLogitSoftcapping,
             FinalLogitSoftcapping = interleaved?.FinalLogitSoftcapping,
             RopeLocalBaseFreq = interleaved?.RopeLocalBaseFreq,
+            Moe = moe,
             Extra = extra,
         };
     }
@@ -313,6 +351,40 @@ public sealed record ModelConfig
         foreach (var key in new[] { "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype" })
             if (!t.ContainsKey(key) && obj[key] is { } v) t[key] = v.DeepClone();
         return FromJson(t, file) with { LanguageModelWeights = new LanguageModelWeights() };
+    }
+
+    private const int MaxExperts = 4096;
+
+    private static MoeConfig ParseMoe(ConfigReader reader, ExpertLayout layout, string file, int layers, int intermediate)
+    {
+        // Qwen3MoeConfig maps num_experts onto num_local_experts (attribute_map), so a config.json may carry either.
+        string countKey = reader.Int(layout.ExpertCountKey) is not null ? layout.ExpertCountKey
+            : reader.Int("num_local_experts") is not null ? "num_local_experts" : reader.Int("num_experts") is not null ? "num_experts" : layout.ExpertCountKey;
+        int experts = reader.Range(countKey, reader.Int(countKey) ?? layout.DefaultExpertCount, 1, MaxExperts);
+        int topK = reader.Range("num_experts_per_tok", reader.Int("num_experts_per_tok") ?? layout.DefaultTopK, 1, experts);
+        int inter = layout.ExpertIntermediateKey is { } key
+            ? reader.Range(key, reader.Int(key) ?? layout.DefaultExpertIntermediate, 1, MaxIntermediateSize)
+            : intermediate;
+        int step = layout.SparseLayersFromConfig ? reader.Range("decoder_sparse_step", reader.Int("decoder_sparse_step") ?? 1, 1, MaxLayers) : 1;
+        var mlpOnly = layout.SparseLayersFromConfig ? reader.IntOrList("mlp_only_layers") : [];
+        foreach (int l in mlpOnly)
+            if (l < 0 || l >= layers)
+                throw new ModelFormatException(file, $"\"mlp_only_layers\" names layer {l}, but the model has layers 0 … {layers - 1}.");
+        double coef = reader.Double("router_aux_loss_coef") is { } c ? reader.Range("router_aux_loss_coef", c, 0, true, 1e6, true, "[0, 1e+06]") : layout.DefaultRouterAuxLossCoef;
+        double jitter = reader.Double("router_jitter_noise") is { } j ? reader.Range("router_jitter_noise", j, 0, true, 1, true, "[0, 1]") : 0;
+        return new MoeConfig
+        {
+            NumExperts = experts,
+            NumExpertsPerTok = topK,
+            ExpertIntermediateSize = inter,
+            // Mixtral always renormalises the top-k weights; qwen3_moe when norm_topk_prob (Qwen3MoeConfig: false).
+            NormTopKProb = layout.NormTopKFromConfig ? reader.Bool("norm_topk_prob") ?? false : true,
+            DecoderSparseStep = step,
+            MlpOnlyLayers = mlpOnly,
+            RouterAuxLossCoef = coef,
+            OutputRouterLogits = reader.Bool("output_router_logits") ?? false,
+            RouterJitterNoise = jitter,
+        };
     }
 
     private static RopeScaling? ParseRopeScaling(JsonObject o, string file, string prefix)
@@ -426,6 +498,21 @@ public sealed record ModelConfig
             entries["attn_logit_softcapping"] = FloatJson(AttnLogitSoftcapping);
             entries["final_logit_softcapping"] = FloatJson(FinalLogitSoftcapping);
             if (RopeLocalBaseFreq is { } local) entries["rope_local_base_freq"] = FloatJson(local);
+        }
+        if (Moe is { } moe && Architecture.Experts is { } layout)
+        {
+            entries[layout.ExpertCountKey] = moe.NumExperts;
+            entries["num_experts_per_tok"] = moe.NumExpertsPerTok;
+            if (layout.ExpertIntermediateKey is { } key) entries[key] = moe.ExpertIntermediateSize;
+            if (layout.NormTopKFromConfig) entries["norm_topk_prob"] = moe.NormTopKProb;
+            if (layout.SparseLayersFromConfig)
+            {
+                entries["decoder_sparse_step"] = moe.DecoderSparseStep;
+                entries["mlp_only_layers"] = new JsonArray(moe.MlpOnlyLayers.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
+            }
+            entries["router_aux_loss_coef"] = moe.RouterAuxLossCoef;
+            entries["output_router_logits"] = moe.OutputRouterLogits;
+            if (layout.MoeModule is not null) entries["router_jitter_noise"] = moe.RouterJitterNoise;
         }
         var obj = new JsonObject();
         foreach (var (k, v) in entries)

@@ -25,6 +25,8 @@ public sealed record ScratchModelSpec
     public double InitializerRange { get; init; } = 0.02;
     /// <summary>Stored weight type: F32, BF16 or F16.</summary>
     public SafetensorsDType DType { get; init; } = SafetensorsDType.F32;
+    /// <summary>The experts of a mixture-of-experts family (qwen3_moe, mixtral): HF's keys; null takes the family's config defaults.</summary>
+    public MoeConfig? Moe { get; init; }
     /// <summary>A tokenizer.json to copy (a tokenizer_config.json beside it is copied too); null: the built-in byte-level BPE.</summary>
     public string? TokenizerPath { get; init; }
 
@@ -115,6 +117,7 @@ public static class ScratchModel
             InitializerRange = spec.InitializerRange,
             HiddenAct = spec.Architecture.DefaultHiddenAct,
             Extra = spec.Architecture.ScratchExtraConfig.ToDictionary(e => e.Key, e => e.Value()),
+            Moe = spec.Architecture.Experts is { } layout ? spec.Moe ?? DefaultMoe(layout, spec.IntermediateSize) : null,
         };
         if (spec.Architecture.Interleaved is { } d)
         {
@@ -149,8 +152,33 @@ public static class ScratchModel
         return config;
     }
 
+    /// <summary>
+    /// A small scratch model's experts when the spec names none: 8 experts, top 2, each of the scratch intermediate_size,
+    /// top-k weights renormalised (as the released Qwen3-MoE checkpoints and every mixtral).
+    /// </summary>
+    private static MoeConfig DefaultMoe(ExpertLayout layout, int intermediate) => new()
+    {
+        NumExperts = Math.Min(8, layout.DefaultExpertCount),
+        NumExpertsPerTok = Math.Min(2, layout.DefaultTopK),
+        ExpertIntermediateSize = intermediate,
+        NormTopKProb = true,
+        RouterAuxLossCoef = layout.DefaultRouterAuxLossCoef,
+    };
+
     private static void Validate(ScratchModelSpec s)
     {
+        if (s.Moe is { } moe)
+        {
+            if (s.Architecture.Experts is not { } layout)
+                throw new ArgumentException($"{s.Architecture.ModelType} has no experts; num_experts and the other mixture-of-experts keys are for qwen3_moe and mixtral.");
+            if (moe.NumExperts < 1 || moe.NumExpertsPerTok < 1 || moe.NumExpertsPerTok > moe.NumExperts)
+                throw new ArgumentException($"num_experts_per_tok ({moe.NumExpertsPerTok}) must be between 1 and {layout.ExpertCountKey} ({moe.NumExperts}).");
+            if (moe.ExpertIntermediateSize < 1 || moe.DecoderSparseStep < 1)
+                throw new ArgumentException("the experts' intermediate size and decoder_sparse_step must be positive.");
+            foreach (int l in moe.MlpOnlyLayers)
+                if (l < 0 || l >= s.NumHiddenLayers)
+                    throw new ArgumentException($"mlp_only_layers names layer {l}, but the model has layers 0 … {s.NumHiddenLayers - 1}.");
+        }
         if (s.HiddenSize <= 0 || s.IntermediateSize <= 0 || s.NumHiddenLayers <= 0 || s.HeadDim <= 0)
             throw new ArgumentException("scratch sizes must be positive.");
         if (s.NumAttentionHeads <= 0 || s.NumKeyValueHeads <= 0 || s.NumAttentionHeads % s.NumKeyValueHeads != 0)
@@ -191,6 +219,19 @@ public static class ScratchModel
             {
                 yield return ($"{pre}.{n.PreFeedforwardNorm}.weight", [h], Init.Ones);
                 yield return ($"{pre}.{n.PostFeedforwardNorm}.weight", [h], Init.Ones);
+            }
+            if (c.Moe is { } moe && moe.IsSparse(l) && c.Architecture.Experts is { } x)
+            {
+                // The hub layout: the router, then gate/up/down per expert (transformers 5 fuses them on load).
+                long ei = moe.ExpertIntermediateSize;
+                yield return ($"{mlp}.{x.Router}.weight", [moe.NumExperts, h], Init.Normal);
+                for (int e = 0; e < moe.NumExperts; e++)
+                {
+                    yield return ($"{mlp}.{x.ExpertList}.{e}.{x.Gate}.weight", [ei, h], Init.Normal);
+                    yield return ($"{mlp}.{x.ExpertList}.{e}.{x.Up}.weight", [ei, h], Init.Normal);
+                    yield return ($"{mlp}.{x.ExpertList}.{e}.{x.Down}.weight", [h, ei], Init.Normal);
+                }
+                continue;
             }
             if (c.Architecture.Block.FusedGateUp)
                 yield return ($"{mlp}.{n.GateUp}.weight", [2 * i, h], Init.Normal);

@@ -19,6 +19,7 @@ internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActi
     private readonly Dictionary<int, IDeviceGraph> _graphs = [];
     private readonly HashSet<int> _warm = [];
     private int _ropeVersion = model.RopeVersion;
+    private int _expertVersion = model.ExpertBuffersVersion;
 
     /// <summary>Whether the last capture failed (graphs are then off).</summary>
     public string? Failure { get; private set; }
@@ -47,12 +48,14 @@ internal sealed class DecodeGraphs(CausalLM model, PagedKvCache cache, ModelActi
     /// <summary>Runs a decode step (inputs already uploaded) on its bucket's graph, recording it on the bucket's second step.</summary>
     public Tensor Run(StepBatch step)
     {
-        if (_ropeVersion != model.RopeVersion)
+        if (_ropeVersion != model.RopeVersion || _expertVersion != model.ExpertBuffersVersion)
         {
-            // The rope tables were rebuilt (another forward used a longer length): recorded graphs name the old ones.
+            // The rope tables (another forward used a longer length) or the experts' buffers (another forward had more
+            // tokens) were rebuilt: recorded graphs name the old ones.
             Dispose();
             _warm.Clear();
             _ropeVersion = model.RopeVersion;
+            _expertVersion = model.ExpertBuffersVersion;
         }
         if (!record || Failure is not null) return Kernels(step);
         int bucket = step.Tokens;

@@ -21,12 +21,12 @@ public sealed record ModelSection
 }
 
 /// <summary>The families a scratch model may have: HF's model_type values, each a file in FineTune.Models/Architectures.</summary>
-public enum ScratchArchitecture { Llama, Qwen2, Qwen3, Mistral, Phi3, Gemma2, Gemma3Text }
+public enum ScratchArchitecture { Llama, Qwen2, Qwen3, Mistral, Phi3, Gemma2, Gemma3Text, Qwen3Moe, Mixtral }
 
 /// <summary>A tiny model generated in Hugging Face format (config.json, model.safetensors, tokenizer.json).</summary>
 public sealed record ScratchConfig
 {
-    [Description("HF model_type written into config.json (llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text).")]
+    [Description("HF model_type written into config.json (llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, qwen3_moe, mixtral).")]
     public ScratchArchitecture Architecture { get; init; } = ScratchArchitecture.Qwen3;
 
     // The same bounds as ModelConfig's config.json check, so a scratch model that validates also loads.
@@ -68,6 +68,48 @@ public sealed record ScratchConfig
 
     [Range(1.0, 1e12), OmittedWhenUnset, Description("gemma3_text: rope base of the sliding-window layers (HF default 10000).")]
     public double? RopeLocalBaseFreq { get; init; }
+
+    // Mixture-of-experts keys, HF's names (qwen3_moe and mixtral only; unset: 8 experts, top 2, each of intermediate_size,
+    // top-k weights renormalised). Omitted from the fingerprint when unset, so dense pipelines keep theirs.
+    [Range(1, 4096), OmittedWhenUnset, Description("qwen3_moe: the number of experts per sparse layer (default 8).")]
+    public int? NumExperts { get; init; }
+
+    [Range(1, 4096), OmittedWhenUnset, Description("mixtral: the number of experts per layer (default 8).")]
+    public int? NumLocalExperts { get; init; }
+
+    [Range(1, 4096), OmittedWhenUnset, Description("qwen3_moe, mixtral: experts each token is routed to (default 2).")]
+    public int? NumExpertsPerTok { get; init; }
+
+    [Range(1, 262144), OmittedWhenUnset, Description("qwen3_moe: each expert's intermediate size (default intermediate_size; mixtral's experts are intermediate_size).")]
+    public int? MoeIntermediateSize { get; init; }
+
+    [OmittedWhenUnset, Description("qwen3_moe: renormalise the top-k router weights to sum 1 (default true, as the released Qwen3-MoE models; llama.cpp always does).")]
+    public bool? NormTopkProb { get; init; }
+
+    [Range(1, 1024), OmittedWhenUnset, Description("qwen3_moe: every n-th layer is sparse, the others dense MLPs of intermediate_size (default 1).")]
+    public int? DecoderSparseStep { get; init; }
+
+    [Range(0.0, 1e6), OmittedWhenUnset, Description("qwen3_moe, mixtral: config.json's router_aux_loss_coef (default 0.001).")]
+    public double? RouterAuxLossCoef { get; init; }
+
+    [OmittedWhenUnset, Description("qwen3_moe, mixtral: config.json's output_router_logits, which turns the load-balancing loss on in training (default false; moe_aux_loss_coef in the train stage turns it on too).")]
+    public bool? OutputRouterLogits { get; init; }
+
+    /// <summary>Whether any mixture-of-experts key is set.</summary>
+    public bool HasExpertKeys => NumExperts is not null || NumLocalExperts is not null || NumExpertsPerTok is not null || MoeIntermediateSize is not null
+        || NormTopkProb is not null || DecoderSparseStep is not null || RouterAuxLossCoef is not null || OutputRouterLogits is not null;
+
+    /// <summary>The experts of a scratch model of a mixture-of-experts family (null for the dense ones).</summary>
+    public FineTune.Models.MoeConfig? ExpertsFor(FineTune.Models.ModelArchitecture architecture) => architecture.Experts is not { } layout ? null : new()
+    {
+        NumExperts = NumExperts ?? NumLocalExperts ?? 8,
+        NumExpertsPerTok = NumExpertsPerTok ?? 2,
+        ExpertIntermediateSize = layout.ExpertIntermediateKey is null ? IntermediateSize : MoeIntermediateSize ?? IntermediateSize,
+        NormTopKProb = layout.NormTopKFromConfig ? NormTopkProb ?? true : true,
+        DecoderSparseStep = DecoderSparseStep ?? 1,
+        RouterAuxLossCoef = RouterAuxLossCoef ?? layout.DefaultRouterAuxLossCoef,
+        OutputRouterLogits = OutputRouterLogits ?? false,
+    };
 
     [NotFingerprinted, Description("Path to a tokenizer.json (relative to the pipeline file); default: a byte-level BPE of the 256 byte tokens plus the chat special tokens. Its content, not its path, enters the fingerprint.")]
     public string? Tokenizer { get; init; }

@@ -102,6 +102,9 @@ public sealed record TrainConfig
     [Range(0.0, 1e6), Description("NEFTune noise on the embeddings.")]
     public double? NeftuneNoiseAlpha { get; init; }
 
+    [Range(0.0, 1e6), OmittedWhenUnset, Description("Mixture-of-experts models (qwen3_moe, mixtral): the router load-balancing loss's coefficient, as LLaMA-Factory's moe_aux_loss_coef: set and non-zero, training turns output_router_logits on with this router_aux_loss_coef; unset or 0 keeps config.json's (output_router_logits false: no such loss). Default unset.")]
+    public double? MoeAuxLossCoef { get; init; }
+
     [Range(0, int.MaxValue)] public int Seed { get; init; } = 42;
     // What a run logs, plots and keeps on the side does not change the adapter it trains: these keys stay out of the
     // fingerprint (changing them re-runs nothing) and out of the checkpoint folder's key (a run resumes across them).

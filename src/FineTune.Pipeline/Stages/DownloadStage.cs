@@ -141,11 +141,18 @@ public sealed class DownloadStage(Func<string, string?>? environment = null, Htt
             throw new PipelineUserException($"model.scratch.{key}: {ConfigModel.EnumName(s.Architecture)} has no {key} (a gemma2 / gemma3_text key); remove it or set architecture: gemma2 or gemma3_text.");
         if (s.LayerTypes is { } lt && (lt.Count != s.NumHiddenLayers || lt.Any(t => t is not ("sliding_attention" or "full_attention"))))
             throw new PipelineUserException($"model.scratch.layer_types: give {s.NumHiddenLayers} entries (num_hidden_layers), each sliding_attention or full_attention.");
+        // The scratch block's architecture is HF's model_type, the architecture table's key.
+        var architecture = ModelArchitecture.Find(ConfigModel.EnumName(s.Architecture))
+            ?? throw new PipelineUserException($"model.scratch.architecture: \"{ConfigModel.EnumName(s.Architecture)}\" is not in the architecture table; use one of {string.Join(", ", ModelArchitecture.All)}.");
+        if (architecture.Experts is null && s.HasExpertKeys)
+            throw new PipelineUserException($"model.scratch: num_experts, num_experts_per_tok and the other mixture-of-experts keys are for qwen3_moe and mixtral, not {architecture.ModelType}; remove them or set architecture: qwen3_moe.");
+        var moe = s.ExpertsFor(architecture);
+        if (moe is not null && moe.NumExpertsPerTok > moe.NumExperts)
+            throw new PipelineUserException($"model.scratch.num_experts_per_tok: {moe.NumExpertsPerTok} is more than the {moe.NumExperts} experts; route each token to at most num_experts.");
         return new ScratchModelSpec
         {
-            // The scratch block's architecture is HF's model_type, the architecture table's key.
-            Architecture = ModelArchitecture.Find(ConfigModel.EnumName(s.Architecture))
-                ?? throw new PipelineUserException($"model.scratch.architecture: \"{ConfigModel.EnumName(s.Architecture)}\" is not in the architecture table; use one of {string.Join(", ", ModelArchitecture.All)}."),
+            Architecture = architecture,
+            Moe = moe,
             HiddenSize = s.HiddenSize,
             IntermediateSize = s.IntermediateSize,
             NumHiddenLayers = s.NumHiddenLayers,

@@ -259,6 +259,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         // The loader checked the pattern, which ParseBytes reads.
         MaxMemoryBytes = cfg.MaxMemory is { } memory ? CheckpointingPlanner.ParseBytes(memory) : null,
         NeftuneNoiseAlpha = cfg.NeftuneNoiseAlpha,
+        MoeAuxLossCoef = cfg.MoeAuxLossCoef,
         Seed = cfg.Seed,
         Quantization = Quantization(cfg),
         EightBitOptimizerStates = cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit,

@@ -63,6 +63,7 @@ public static class ModuleNameChecks
             Architecture = architecture, VocabSize = s.VocabSize ?? 1, HiddenSize = s.HiddenSize, IntermediateSize = s.IntermediateSize,
             NumLayers = s.NumHiddenLayers, NumHeads = s.NumAttentionHeads, NumKvHeads = s.NumKeyValueHeads, HeadDimOverride = s.HeadDim,
             TieWordEmbeddings = s.TieWordEmbeddings, QkvBias = qkvBias, OutputBias = outputBias, QkNorm = qkNorm,
+            Moe = s.ExpertsFor(TransformerSpec.FamilyOf(architecture)),
         };
     }
 

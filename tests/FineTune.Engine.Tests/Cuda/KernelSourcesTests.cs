@@ -10,7 +10,7 @@ public sealed class KernelSourcesTests
     public void Every_operation_kernel_is_embedded_as_its_own_program()
     {
         var programs = KernelSources.Embedded().Programs.ToArray();
-        Assert.Equal(["adamw.cu", "argmax.cu", "attention.cu", "cross_entropy.cu", "elementwise.cu", "embedding.cu", "geglu.cu", "gemv.cu", "kv_cache.cu", "quant.cu", "rmsnorm.cu", "rope.cu", "sampling.cu", "softcap.cu", "swiglu.cu"],
+        Assert.Equal(["adamw.cu", "argmax.cu", "attention.cu", "cross_entropy.cu", "elementwise.cu", "embedding.cu", "experts.cu", "geglu.cu", "gemv.cu", "kv_cache.cu", "quant.cu", "rmsnorm.cu", "rope.cu", "sampling.cu", "softcap.cu", "swiglu.cu"],
             programs.Where(p => !p.StartsWith("flash", StringComparison.Ordinal)).ToArray());
     }
 
@@ -40,6 +40,19 @@ public sealed class KernelSourcesTests
         Assert.Contains("extern \"C\" __global__ void argmax_rows(", s.Source("argmax.cu"));
         Assert.Contains("extern \"C\" __global__ void cross_entropy(", s.Source("cross_entropy.cu"));
         Assert.Contains("extern \"C\" __global__ void label_log_probs(", s.Source("cross_entropy.cu"));
+    }
+
+    [Fact]
+    public void Every_kernel_the_experts_launcher_names_is_defined_in_experts_cu()
+    {
+        // The launcher (CudaBackend.Experts.cs) names kernels by string: each must exist, or the GPU run fails on load.
+        var s = KernelSources.Embedded();
+        string launcher = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "FineTune.Engine", "Cuda", "CudaBackend.Experts.cs"));
+        var named = System.Text.RegularExpressions.Regex.Matches(launcher, "\"experts\\.cu\", \"(\\w+)\"").Select(m => m.Groups[1].Value).Distinct().Order().ToArray();
+        Assert.Equal(["grouped_gemm", "grouped_gemm_tc", "grouped_gemm_weight_grad", "grouped_gemm_weight_grad_tc", "moe_combine", "moe_combine_backward_rows",
+            "moe_combine_backward_weights", "moe_count", "moe_gather_backward", "moe_place", "moe_route", "moe_route_backward", "moe_router_stats", "moe_scan"], named);
+        foreach (var kernel in named)
+            Assert.Contains($"extern \"C\" __global__ void {kernel}(", s.Source("experts.cu"));
     }
 
     static KernelSources Tiny(string body, string header = "#pragma once\n") =>

@@ -92,7 +92,7 @@ public sealed class ModelConfigTests : IDisposable
     {
         var path = _dir.Write("config.json", """{"model_type": "gpt_neox", "hidden_size": 64}""");
         var e = Assert.Throws<ModelFormatException>(() => ModelConfig.Load(_dir.Path));
-        Assert.Equal($"{path}: unsupported architecture \"gpt_neox\" (model_type); FineTune supports llama, qwen2, qwen3, mistral, phi3, gemma2 and gemma3_text models.", e.Message);
+        Assert.Equal($"{path}: unsupported architecture \"gpt_neox\" (model_type); FineTune supports llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, qwen3_moe and mixtral models.", e.Message);
     }
 
     [Fact]

@@ -57,6 +57,28 @@ public sealed class DownloadStageTests : IDisposable
     }
 
     [Fact]
+    public void Scratch_moe_keys_are_hfs_config_keys_of_the_generated_model()
+    {
+        var scratch = new ScratchConfig { Architecture = ScratchArchitecture.Qwen3Moe, NumExperts = 4, NumExpertsPerTok = 2, MoeIntermediateSize = 32, DecoderSparseStep = 2 };
+        var result = new DownloadStage().Execute(Context(new ModelSection { Source = "scratch", Scratch = scratch }, Output("out")));
+        var config = ModelConfig.Load(_dir.File("out"));
+        Assert.Equal(("Qwen3MoeForCausalLM", 4, 2, 32, 2, true), (config.ArchitectureClassName, config.Moe!.NumExperts, config.Moe.NumExpertsPerTok,
+            config.Moe.ExpertIntermediateSize, config.Moe.DecoderSparseStep, config.Moe.NormTopKProb));
+        // embed 269·64 + 2 layers · attention (2·64 norms + 64·64 + 2·32·64 + 64·64 + 2·16) + layer 0 dense 3·128·64
+        // + layer 1 router 4·64 and 4 experts of 3·32·64 + norm 64.
+        Assert.Equal(269 * 64 + 2 * (128 + 4096 + 4096 + 4096 + 32) + 3 * 128 * 64 + 4 * 64 + 4 * 3 * 32 * 64 + 64, result.Metrics["parameters"]);
+    }
+
+    [Fact]
+    public void Scratch_moe_keys_on_a_dense_family_are_a_user_error()
+    {
+        var scratch = new ScratchConfig { Architecture = ScratchArchitecture.Qwen3, NumExperts = 4 };
+        var e = Assert.Throws<PipelineUserException>(() => new DownloadStage().Execute(Context(new ModelSection { Source = "scratch", Scratch = scratch }, Output("out"))));
+        Assert.Equal("model.scratch: num_experts, num_experts_per_tok and the other mixture-of-experts keys are for qwen3_moe and mixtral, not qwen3; remove them or set architecture: qwen3_moe.", e.Message);
+        Assert.Empty(Directory.GetFiles(_dir.File("out")));
+    }
+
+    [Fact]
     public void Local_directory_model_files_are_the_inputs_and_are_copied()
     {
         ScratchModel.Generate(new ScratchModelSpec { NumHiddenLayers = 1 }, _dir.File("local"));

@@ -22,6 +22,12 @@ public static class ModelChecks
             Architecture = arch, VocabSize = 512, HiddenSize = 256, IntermediateSize = 384, NumLayers = 2,
             NumHeads = 4, NumKvHeads = 2, RopeTheta = 10000, MaxPositionEmbeddings = 256, TieWordEmbeddings = tied,
             QkvBias = qkvBias, OutputBias = outputBias, QkNorm = qkNorm, RmsNormEps = 1e-6,
+            // Mixture-of-experts families: 8 experts of 192, top 2, the load-balancing loss on (its backward runs too).
+            Moe = TransformerSpec.FamilyOf(arch).Experts is null ? null : new MoeConfig
+            {
+                NumExperts = 8, NumExpertsPerTok = 2, ExpertIntermediateSize = 192, NormTopKProb = arch == "mixtral",
+                RouterAuxLossCoef = 0.01, OutputRouterLogits = true,
+            },
         };
         // Gemma: a window of 32 on layer 0 (the batch's sequences are 40–96 tokens), query_pre_attn_scalar ≠ head_dim,
         // gemma2's soft-caps, gemma3's local rope base.
@@ -126,7 +132,7 @@ public static class ModelChecks
         using var cpu = new CpuBackend();
         using var gpuF32 = new CudaBackend(0, computeDType: DType.F32);
         using var gpuBf16 = new CudaBackend(0);
-        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false), ("gemma2", true), ("gemma3_text", true) })
+        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false), ("gemma2", true), ("gemma3_text", true), ("qwen3_moe", false), ("mixtral", false) })
         {
             var spec = Spec(arch, tied);
             var batch = Batch(spec.VocabSize);

@@ -1,0 +1,129 @@
+namespace FineTune.Engine.Cuda;
+
+// Mixture of experts on the device (Kernels/experts.cu): every operation is one or a few launches whatever the number
+// of experts, and nothing waits for the host (the grouped products find each tile's expert from the offsets on the device).
+public sealed partial class CudaBackend
+{
+    const int GroupedTile = 64;
+
+    /// <summary>
+    /// BF16 operands take the tensor-core kernels (grouped_gemm_tc, grouped_gemm_weight_grad_tc); F32 ones, or
+    /// FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
+    /// </summary>
+    readonly bool _simpleGroupedGemm = Environment.GetEnvironmentVariable("FINETUNE_MOE_SIMPLE_GEMM") == "1";
+
+    /// <summary>Tokens (warps) per block of the router kernels: each warp keeps its token's E probabilities in shared memory.</summary>
+    static int RouterWarps(int experts) => Math.Clamp(48 * 1024 / (experts * 4), 1, 8);
+
+    public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize)
+    {
+        Need(probs, DType.F32); Need(topIdx, DType.I32); Need(topWeight, DType.F32);
+        int n = logits.Rows, e = logits.Cols, k = topIdx.Cols;
+        if (probs.Rows != n || probs.Cols != e || topIdx.Rows != n || topWeight.Rows != n || topWeight.Cols != k || k > e)
+            throw new ArgumentException($"router: probs {probs}, topIdx {topIdx}, topWeight {topWeight} do not match logits {logits}");
+        if (n == 0) return;
+        int warps = RouterWarps(e);
+        Launch("experts.cu", "moe_route", ((n + warps - 1) / warps, 1, 1), warps * 32,
+            [P(logits), Dt(logits), P(probs), P(topIdx), P(topWeight), n, e, k, normalize ? 1 : 0], warps * e * 4);
+    }
+
+    public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize,
+        Tensor? auxGrad, Tensor? tokenMask, float auxScale)
+    {
+        Need(dTopWeight, DType.F32); Need(probs, DType.F32); Need(topIdx, DType.I32); Need(topWeight, DType.F32);
+        if (auxGrad is not null) Need(auxGrad, DType.F32);
+        if (tokenMask is not null) Need(tokenMask, DType.F32);
+        int n = probs.Rows, e = probs.Cols, k = topIdx.Cols;
+        if (dlogits.Rows != n || dlogits.Cols != e || dTopWeight.Length != (long)n * k) throw new ArgumentException($"router backward: {dlogits}, {dTopWeight} do not match {probs}");
+        if (n == 0) return;
+        int warps = RouterWarps(e);
+        Launch("experts.cu", "moe_route_backward", ((n + warps - 1) / warps, 1, 1), warps * 32,
+        [
+            P(dlogits), Dt(dlogits), P(dTopWeight), P(probs), P(topIdx), P(topWeight),
+            auxGrad is null ? 0UL : P(auxGrad), tokenMask is null ? 0UL : P(tokenMask), auxScale, n, e, k, normalize ? 1 : 0,
+        ], warps * e * 4);
+    }
+
+    public void MoeRouterStatistics(Tensor counts, Tensor probSums, Tensor probs, Tensor topIdx, Tensor tokenMask)
+    {
+        Need(counts, DType.F32); Need(probSums, DType.F32); Need(probs, DType.F32); Need(topIdx, DType.I32); Need(tokenMask, DType.F32);
+        int n = probs.Rows, e = probs.Cols, k = topIdx.Cols;
+        if (counts.Length != e || probSums.Length != e || tokenMask.Length != n) throw new ArgumentException($"router statistics: {counts}, {probSums}, {tokenMask} do not match {probs}");
+        Launch("experts.cu", "moe_router_stats", ((e + Threads - 1) / Threads, 1, 1), Threads, [P(counts), P(probSums), P(probs), P(topIdx), P(tokenMask), n, e, k]);
+    }
+
+    public void MoeSort(Tensor topIdx, Tensor offsets, Tensor sortedToken, Tensor rowOf)
+    {
+        Need(topIdx, DType.I32); Need(offsets, DType.I32); Need(sortedToken, DType.I32); Need(rowOf, DType.I32);
+        int choices = checked((int)topIdx.Length), k = topIdx.Cols, e = checked((int)offsets.Length) - 1;
+        if (sortedToken.Length != choices || rowOf.Length != choices || e < 1) throw new ArgumentException($"expert sort: {topIdx}, {offsets}, {sortedToken}, {rowOf} do not agree");
+        Launch("experts.cu", "moe_count", (e, 1, 1), Threads, [P(topIdx), P(offsets), choices]);
+        Launch("experts.cu", "moe_scan", (1, 1, 1), 32, [P(offsets), e]);
+        Launch("experts.cu", "moe_place", (e, 1, 1), Threads, [P(topIdx), P(offsets), P(sortedToken), P(rowOf), choices, k]);
+    }
+
+    public void GroupedMatMul(Tensor c, Tensor a, Tensor w, bool transW, Tensor offsets, bool accumulate = false)
+    {
+        Need(offsets, DType.I32);
+        if (w.Rank != 3) throw new ArgumentException($"grouped product: {w} must be [experts, rows, cols]");
+        int e = w.Dim(0), outCols = transW ? w.Dim(1) : w.Dim(2), inCols = transW ? w.Dim(2) : w.Dim(1);
+        if (a.Cols != inCols || c.Cols != outCols || a.Rows != c.Rows || offsets.Length != e + 1)
+            throw new ArgumentException($"grouped product {c} = {a}·{w} by {offsets}: shapes do not agree");
+        int rows = a.Rows;
+        if (rows == 0) return;
+        // Each expert's rows cut into 64-row tiles: at most ceil(rows/64) + E tiles; tiles past the last exit at once.
+        int tiles = (rows + GroupedTile - 1) / GroupedTile + e;
+        if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16)
+        {
+            Launch("experts.cu", "grouped_gemm_tc", ((outCols + GroupedTile - 1) / GroupedTile, tiles, 1), 128,
+                [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0]);
+            return;
+        }
+        Launch("experts.cu", "grouped_gemm", ((outCols + GroupedTile - 1) / GroupedTile, tiles, 1), Threads,
+            [P(c), Dt(c), P(a), Dt(a), P(w), Dt(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0]);
+    }
+
+    public void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets)
+    {
+        Need(dw, DType.F32); Need(offsets, DType.I32);
+        if (dw.Rank != 3) throw new ArgumentException($"grouped weight gradient: {dw} must be [experts, rows, cols]");
+        int e = dw.Dim(0), n = dw.Dim(1), k = dw.Dim(2);
+        if (dc.Cols != n || a.Cols != k || a.Rows != dc.Rows || offsets.Length != e + 1)
+            throw new ArgumentException($"grouped weight gradient {dw} += {dc}ᵀ·{a} by {offsets}: shapes do not agree");
+        if (!_simpleGroupedGemm && dc.DType == DType.BF16 && a.DType == DType.BF16)
+        {
+            Launch("experts.cu", "grouped_gemm_weight_grad_tc", ((k + GroupedTile - 1) / GroupedTile, (n + GroupedTile - 1) / GroupedTile, e), 128,
+                [P(dw), P(dc), P(a), P(offsets), n, k]);
+            return;
+        }
+        Launch("experts.cu", "grouped_gemm_weight_grad", ((k + GroupedTile - 1) / GroupedTile, (n + GroupedTile - 1) / GroupedTile, e), Threads,
+            [P(dw), P(dc), Dt(dc), P(a), Dt(a), P(offsets), n, k]);
+    }
+
+    public void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf)
+    {
+        Need(topWeight, DType.F32); Need(rowOf, DType.I32);
+        int n = y.Rows, cols = y.Cols, k = topWeight.Cols;
+        if (rows.Cols != cols || topWeight.Rows != n || rowOf.Length != (long)n * k) throw new ArgumentException($"combine {y} from {rows} by {topWeight}: shapes do not agree");
+        LaunchFlat("experts.cu", "moe_combine", (long)n * cols, [P(y), Dt(y), P(rows), Dt(rows), P(topWeight), P(rowOf), n, cols, k]);
+    }
+
+    public void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf)
+    {
+        Need(dTopWeight, DType.F32); Need(topWeight, DType.F32); Need(rowOf, DType.I32);
+        int n = dy.Rows, cols = dy.Cols, k = topWeight.Cols;
+        if (rows.Cols != cols || drows.Cols != cols || topWeight.Rows != n || dTopWeight.Length != topWeight.Length || rowOf.Length != (long)n * k)
+            throw new ArgumentException($"combine backward {drows}, {dTopWeight} from {dy}: shapes do not agree");
+        if (n == 0) return;
+        LaunchFlat("experts.cu", "moe_combine_backward_rows", (long)n * k * cols, [P(drows), Dt(drows), P(dy), Dt(dy), P(topWeight), P(rowOf), n, cols, k]);
+        Launch("experts.cu", "moe_combine_backward_weights", (n * k, 1, 1), Threads, [P(dTopWeight), P(dy), Dt(dy), P(rows), Dt(rows), P(rowOf), cols, k]);
+    }
+
+    public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf)
+    {
+        Need(rowOf, DType.I32);
+        int n = dx.Rows, cols = dx.Cols, k = (int)(rowOf.Length / Math.Max(1, n));
+        if (drows.Cols != cols || rowOf.Length != (long)n * k) throw new ArgumentException($"gather backward {dx} from {drows}: shapes do not agree");
+        LaunchFlat("experts.cu", "moe_gather_backward", (long)n * cols, [P(dx), Dt(dx), P(drows), Dt(drows), P(rowOf), n, cols, k]);
+    }
+}

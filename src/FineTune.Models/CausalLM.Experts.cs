@@ -1,0 +1,276 @@
+using FineTune.Engine;
+
+namespace FineTune.Models;
+
+// The mixture-of-experts MLP (qwen3_moe, mixtral) as transformers computes it:
+//   logits = ln2·W_gateᵀ, p = softmax(logits) in fp32, (w, idx) = topk(p, k) (renormalised w /= Σw when the family says so),
+//   y_t = Σ_j w_tj · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) with e = idx_tj.
+// The n·k choices are sorted by expert (stable), the tokens' rows gathered into that order, and each projection runs as
+// one grouped product over all experts' row ranges. The load-balancing loss (transformers' load_balancing_loss_func over
+// the sparse layers' router logits, masked by the attention mask):
+//   aux = E · Σ_e F_e·P_e,  F_e = counts_e / (L·M),  P_e = probSums_e / (L·M),
+// with counts_e = Σ_{layer,t} mask_t·[e ∈ idx_t], probSums_e = Σ_{layer,t} mask_t·p_te, L sparse layers, M = Σ mask.
+// Only P carries a gradient (top-k and one_hot do not): ∂aux/∂p_te = E·counts_e·mask_t / (L·M)².
+public sealed partial class CausalLM
+{
+    private ExpertActivations? _expertActs;
+    /// <summary>True during a training forward: each sparse layer adds its router statistics for the load-balancing loss.</summary>
+    private bool _routerStatistics;
+    /// <summary>The load-balancing term's weight in the backward under way (0: none), as coef·E/(L·M)².</summary>
+    private float _auxGradScale;
+
+    /// <summary>Sparse layers of the model (the L of the load-balancing loss).</summary>
+    private int SparseLayerCount => _layers.Count(l => l.Experts is not null);
+
+    /// <summary>
+    /// The load-balancing loss's coefficient for training: LLaMA-Factory's moe_aux_loss_coef when set (non-zero; it also
+    /// turns output_router_logits on), else config.json's router_aux_loss_coef when its output_router_logits is true, else 0.
+    /// </summary>
+    public double RouterAuxLossCoef => Spec.Moe is not { } moe ? 0
+        : Setup.MoeAuxLossCoef is { } c && c != 0 ? c
+        : moe.OutputRouterLogits ? moe.RouterAuxLossCoef : 0;
+
+    private ExpertBlock BuildExperts(string mlp, int hidden, Func<string, ParameterRole, int[], Parameter> declare)
+    {
+        var moe = Spec.Moe!;
+        var x = Spec.Family.Experts!;
+        int e = moe.NumExperts, inter = moe.ExpertIntermediateSize;
+        return new ExpertBlock
+        {
+            Module = mlp,
+            Router = declare($"{mlp}.{x.Router}.weight", ParameterRole.Weight, [e, hidden]),
+            Gate = declare($"{mlp}.{x.ExpertList}.{x.Gate}", ParameterRole.Weight, [e, inter, hidden]),
+            Up = declare($"{mlp}.{x.ExpertList}.{x.Up}", ParameterRole.Weight, [e, inter, hidden]),
+            Down = declare($"{mlp}.{x.ExpertList}.{x.Down}", ParameterRole.Weight, [e, hidden, inter]),
+            TopK = moe.NumExpertsPerTok,
+            NormalizeTopK = moe.NormTopKProb,
+        };
+    }
+
+    /// <summary>
+    /// Reads a stacked expert projection from per-expert tensors ({mlp}.experts.E.gate_proj.weight, the hub layout) or
+    /// from transformers 5's fused parameters ({mlp}.experts.gate_up_proj [E, 2·inter, hidden], gate rows first;
+    /// {mlp}.experts.down_proj [E, hidden, inter]).
+    /// </summary>
+    private void ReadExpertStack(IWeightSource source, Parameter p, Span<float> values)
+    {
+        int e = p.Shape[0], rows = p.Shape[1], cols = p.Shape[2];
+        int per = rows * cols;
+        string first = ExpertBlock.ExpertKey(p.Name, 0);
+        if (source.Contains(first))
+        {
+            for (int x = 0; x < e; x++) source.Read(ExpertBlock.ExpertKey(p.Name, x), [rows, cols], values.Slice(x * per, per));
+            return;
+        }
+        var layout = Spec.Family.Experts!;
+        string list = p.Name[..p.Name.LastIndexOf('.')];
+        // transformers 5 names the mixtral block mlp, not block_sparse_moe.
+        if (layout.MoeModule is { } moeModule) list = list.Replace($".{moeModule}.", ".mlp.", StringComparison.Ordinal);
+        string leaf = p.Name[(p.Name.LastIndexOf('.') + 1)..];
+        if (leaf == layout.Down && source.Contains($"{list}.down_proj"))
+        {
+            source.Read($"{list}.down_proj", [e, rows, cols], values);
+            return;
+        }
+        if ((leaf == layout.Gate || leaf == layout.Up) && source.Contains($"{list}.gate_up_proj"))
+        {
+            var fused = new float[(long)e * 2 * per];
+            source.Read($"{list}.gate_up_proj", [e, 2 * rows, cols], fused);
+            int half = leaf == layout.Gate ? 0 : per;
+            for (int x = 0; x < e; x++) fused.AsSpan(x * 2 * per + half, per).CopyTo(values.Slice(x * per, per));
+            return;
+        }
+        source.Read(first, [rows, cols], values[..per]); // throws the source's located "missing tensor" message
+    }
+
+    /// <summary>
+    /// The name a weight has in <paramref name="source"/>: its own, or for mixtral's router transformers 5's
+    /// (model.layers.N.mlp.gate where the hub checkpoints say block_sparse_moe.gate).
+    /// </summary>
+    private string SourceName(IWeightSource source, string name) =>
+        Spec.Family.Experts?.MoeModule is { } moeModule && name.Contains($".{moeModule}.", StringComparison.Ordinal) && !source.Contains(name)
+            && source.Contains(name.Replace($".{moeModule}.", ".mlp.", StringComparison.Ordinal))
+            ? name.Replace($".{moeModule}.", ".mlp.", StringComparison.Ordinal) : name;
+
+    private void EnsureExpertActs(int n, bool training)
+    {
+        var moe = Spec.Moe!;
+        var setOf = ExpertSetOfLayer(training);
+        if (_expertActs is { } a && a.Capacity >= n && (a.Training || !training) && (!training || _expertSetOf.AsSpan().SequenceEqual(setOf))) return;
+        int capacity = Math.Max(n, _expertActs?.Capacity ?? 0);
+        training |= _expertActs?.Training ?? false;
+        _expertActs?.Dispose();
+        _expertActs = null;
+        _expertActs = new ExpertActivations(Backend, capacity, setOf.Max() + 1, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+        _expertSetOf = setOf;
+        ExpertBuffersVersion++;
+    }
+
+    /// <summary>Bytes of the activation arenas now carved: the layers' and the experts' (what a checkpointing plan estimates).</summary>
+    internal long ActivationArenaBytes => (_acts?.ByteLength ?? 0) + (_expertActs?.ByteLength ?? 0);
+
+    /// <summary>Per layer, the expert set it uses (see <see cref="ExpertSetOfLayer"/>).</summary>
+    private int[] _expertSetOf = [];
+
+    /// <summary>
+    /// As the activation arena's sets: for training, every layer the checkpointing plan keeps (full or selective) has its
+    /// own set (its backward reads its own routing and expert rows) and the recomputed layers share one; otherwise one set.
+    /// </summary>
+    private int[] ExpertSetOfLayer(bool training)
+    {
+        var setOf = new int[_layers.Length];
+        if (!training || _acts is not { Training: true } acts) return setOf;
+        int next = 0, shared = -1;
+        for (int l = 0; l < setOf.Length; l++)
+        {
+            if (acts.Storage[l] == LayerStorage.Recompute)
+            {
+                if (shared < 0) shared = next++;
+                setOf[l] = shared;
+            }
+            else setOf[l] = next++;
+        }
+        return setOf;
+    }
+
+    /// <summary>Bumped whenever the experts' buffers are carved anew (decode graphs recorded before name the old ones).</summary>
+    internal int ExpertBuffersVersion { get; private set; }
+
+    private ExpertActivations.Layer ExpertActs(DecoderLayer L) => _expertActs!.Layers[_expertSetOf[L.Index]];
+
+    /// <summary>
+    /// Before a training forward of a model with experts: the buffers, the token mask (HF's attention mask: 0 on padding)
+    /// and zeroed load-balancing statistics; the sparse layers of the forward then add theirs.
+    /// </summary>
+    private void BeginRouterStatistics(TokenBatch batch)
+    {
+        if (Spec.Moe is null) return;
+        int n = batch.TokenCount;
+        EnsureExpertActs(n, training: true);
+        var acts = _expertActs!;
+        var mask = new float[n];
+        for (int i = 0; i < n; i++) mask[i] = batch.AttentionMask is { } am ? am[i] : 1;
+        Backend.Upload(acts.Mask.View(0, [n]), mask);
+        Backend.Zero(acts.Counts);
+        Backend.Zero(acts.ProbSums);
+        // Without the load-balancing loss nothing reads them: no statistics, no download after the step.
+        _routerStatistics = RouterAuxLossCoef != 0;
+    }
+
+    /// <summary>coef·E/(L·M)²: the weight of counts_e·mask_t in ∂(coef·aux)/∂p_te (0 without the loss).</summary>
+    private float AuxGradScale(TokenBatch batch)
+    {
+        double coef = RouterAuxLossCoef;
+        if (coef == 0 || Spec.Moe is null) return 0;
+        double m = batch.AttentionMask is { } am ? am.Sum() : batch.TokenCount, lm = SparseLayerCount * m;
+        return lm == 0 ? 0 : (float)(coef * Spec.Moe.NumExperts / (lm * lm));
+    }
+
+    /// <summary>The load-balancing loss of the last training forward (without the coefficient): E·Σ_e counts_e·probSums_e/(L·M)².</summary>
+    private double RouterAuxLoss(TokenBatch batch)
+    {
+        var acts = _expertActs!;
+        int e = Spec.Moe!.NumExperts;
+        var counts = new float[e];
+        var sums = new float[e];
+        Backend.Download(acts.Counts, counts);
+        Backend.Download(acts.ProbSums, sums);
+        double m = batch.AttentionMask is { } am ? am.Sum() : batch.TokenCount, lm = SparseLayerCount * m;
+        if (lm == 0) return 0;
+        double s = 0;
+        for (int x = 0; x < e; x++) s += (double)counts[x] * sums[x];
+        return e * s / (lm * lm);
+    }
+
+    /// <summary>y = Σ_j w_j·expert_j(ln2) for each token (written; the caller adds the residual).</summary>
+    private void ExpertsForward(DecoderLayer L, Tensor ln2, Tensor y, int n, bool training)
+    {
+        var B = Backend;
+        var x = L.Experts!;
+        EnsureExpertActs(n, training && _acts is { Training: true });
+        var a = ExpertActs(L);
+        int k = x.TopK, rows = n * k, e = x.Count, inter = x.Intermediate, c = Spec.HiddenSize;
+        var logits = a.Logits.View(0, [n, e]);
+        var probs = a.Probs.View(0, [n, e]);
+        var topIdx = a.TopIdx.View(0, [n, k]);
+        var topW = a.TopWeight.View(0, [n, k]);
+        var sorted = a.SortedToken.View(0, [rows]);
+        var rowOf = a.RowOf.View(0, [rows]);
+        var xs = a.Xs.View(0, [rows, c]);
+        var gate = a.Gate.View(0, [rows, inter]);
+        var up = a.Up.View(0, [rows, inter]);
+        var act = a.Act.View(0, [rows, inter]);
+        var outRows = a.Out.View(0, [rows, c]);
+        B.MatMul(logits, ln2, false, x.Router.Value, true);
+        B.MoeRoute(logits, probs, topIdx, topW, x.NormalizeTopK);
+        if (_routerStatistics) B.MoeRouterStatistics(_expertActs!.Counts, _expertActs.ProbSums, probs, topIdx, _expertActs.Mask.View(0, [n]));
+        B.MoeSort(topIdx, a.Offsets, sorted, rowOf);
+        B.Embedding(xs, ln2, sorted);
+        B.GroupedMatMul(gate, xs, x.Gate.Value, true, a.Offsets);
+        B.GroupedMatMul(up, xs, x.Up.Value, true, a.Offsets);
+        B.SwiGlu(act, gate, up);
+        B.GroupedMatMul(outRows, act, x.Down.Value, true, a.Offsets);
+        B.MoeCombine(y, outRows, topW, rowOf);
+    }
+
+    /// <summary>From dy = ∂L/∂y of <see cref="ExpertsForward"/>: writes dln = ∂L/∂ln2 and accumulates the trainable experts' and router's gradients.</summary>
+    private void ExpertsBackward(DecoderLayer L, Tensor dln, Tensor dy, Tensor ln2, int n)
+    {
+        var B = Backend;
+        var x = L.Experts!;
+        var acts = _expertActs!;
+        var a = ExpertActs(L);
+        int k = x.TopK, rows = n * k, e = x.Count, inter = x.Intermediate, c = Spec.HiddenSize;
+        var topIdx = a.TopIdx.View(0, [n, k]);
+        var topW = a.TopWeight.View(0, [n, k]);
+        var rowOf = a.RowOf.View(0, [rows]);
+        var xs = a.Xs.View(0, [rows, c]);
+        var act = a.Act.View(0, [rows, inter]);
+        var dout = acts.Dout!.View(0, [rows, c]);
+        var dact = acts.Dact!.View(0, [rows, inter]);
+        var dgate = acts.Dgate!.View(0, [rows, inter]);
+        var dup = acts.Dup!.View(0, [rows, inter]);
+        var dxs = acts.Dxs!.View(0, [rows, c]);
+        var dtopW = acts.DtopWeight!.View(0, [n, k]);
+        var dlogits = acts.Dlogits!.View(0, [n, e]);
+        B.MoeCombineBackward(dout, dtopW, dy, a.Out.View(0, [rows, c]), topW, rowOf);
+        B.GroupedMatMul(dact, dout, x.Down.Value, false, a.Offsets);
+        if (x.Down.Grad is { } dDown) B.GroupedMatMulWeightGrad(dDown, dout, act, a.Offsets);
+        B.SwiGluBackward(dgate, dup, dact, a.Gate.View(0, [rows, inter]), a.Up.View(0, [rows, inter]));
+        B.GroupedMatMul(dxs, dgate, x.Gate.Value, false, a.Offsets);
+        B.GroupedMatMul(dxs, dup, x.Up.Value, false, a.Offsets, accumulate: true);
+        if (x.Gate.Grad is { } dGate) B.GroupedMatMulWeightGrad(dGate, dgate, xs, a.Offsets);
+        if (x.Up.Grad is { } dUp) B.GroupedMatMulWeightGrad(dUp, dup, xs, a.Offsets);
+        B.MoeGatherBackward(dln, dxs, rowOf);
+        bool aux = _auxGradScale != 0;
+        B.MoeRouteBackward(dlogits, dtopW, a.Probs.View(0, [n, e]), topIdx, topW, x.NormalizeTopK,
+            aux ? acts.Counts : null, aux ? acts.Mask.View(0, [n]) : null, _auxGradScale);
+        B.MatMul(dln, dlogits, false, x.Router.Value, false, 1f, accumulate: true);
+        if (x.Router.Grad is { } dRouter) B.MatMul(dRouter, dlogits, true, ln2, false, 1f, accumulate: true);
+    }
+
+    /// <summary>
+    /// The training objective of one micro-batch as ForwardBackward differentiates it: lossScale·Σ CE + coef·aux
+    /// (finite-difference checks of the router and the load-balancing loss).
+    /// </summary>
+    internal double TrainingObjective(TokenBatch batch, float lossScale)
+    {
+        int m = Prepare(batch, training: true);
+        TrainingForward(batch, batch.TokenCount, RandomCounter);
+        double ce = Head(batch.TokenCount, m, 1f, grad: false);
+        double aux = RouterAuxLossCoef == 0 ? 0 : RouterAuxLoss(batch);
+        return lossScale * ce + RouterAuxLossCoef * aux;
+    }
+
+    /// <summary>The router probabilities [n, E] and choices [n, k] layer <paramref name="layer"/> kept from the last forward (tests).</summary>
+    internal (float[] Probs, int[] TopIdx) RouterOutputs(int layer, int n)
+    {
+        var a = ExpertActs(_layers[layer]);
+        var moe = Spec.Moe!;
+        var probs = new float[n * moe.NumExperts];
+        var idx = new int[n * moe.NumExpertsPerTok];
+        Backend.Download(a.Probs.View(0, [n, moe.NumExperts]), probs);
+        Backend.Download(a.TopIdx.View(0, [n, moe.NumExpertsPerTok]), idx);
+        return (probs, idx);
+    }
+}
