@@ -94,6 +94,16 @@ public sealed class GemmaTests : IDisposable
         Assert.Contains("\"query_pre_attn_scalar\": 256,", text);
     }
 
+    [Fact]
+    public void Saved_mixtral_config_writes_its_router_floats_as_floats()
+    {
+        // MixtralConfig (transformers 5, strict) refused router_jitter_noise 0 ("expected float, got int"; H200, 2026-12-01).
+        var c = ModelConfig.FromJson(Json("""{"model_type": "mixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2, "router_jitter_noise": 0.0, "router_aux_loss_coef": 0.02}"""), "config.json");
+        string text = c.ToJsonString();
+        Assert.Contains("\"router_jitter_noise\": 0.0,", text);
+        Assert.Contains("\"router_aux_loss_coef\": 0.02,", text);
+    }
+
     [Theory]
     [InlineData("gemma2", true)]
     [InlineData("gemma2", false)]

@@ -510,9 +510,9 @@ public sealed record ModelConfig
                 entries["decoder_sparse_step"] = moe.DecoderSparseStep;
                 entries["mlp_only_layers"] = new JsonArray(moe.MlpOnlyLayers.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
             }
-            entries["router_aux_loss_coef"] = moe.RouterAuxLossCoef;
+            entries["router_aux_loss_coef"] = FloatJson(moe.RouterAuxLossCoef);
             entries["output_router_logits"] = moe.OutputRouterLogits;
-            if (layout.MoeModule is not null) entries["router_jitter_noise"] = moe.RouterJitterNoise;
+            if (layout.MoeModule is not null) entries["router_jitter_noise"] = FloatJson(moe.RouterJitterNoise);
         }
         var obj = new JsonObject();
         foreach (var (k, v) in entries)
