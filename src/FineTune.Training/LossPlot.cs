@@ -60,7 +60,8 @@ public static class LossPlot
         double yMin = Math.Min(points.Min(p => p.Value), smoothed.Min());
         double yMax = Math.Max(points.Max(p => p.Value), smoothed.Max());
         if (xMax == xMin) { xMin -= 1; xMax += 1; }
-        if (yMax == yMin) { yMin -= 0.5; yMax += 0.5; }
+        // Flat within rounding (one point: its smoothed value may be an ulp off it): a unit range around it.
+        if (yMax - yMin <= 1e-9 * Math.Max(1, Math.Abs(yMax))) { double mid = (yMin + yMax) / 2; yMin = mid - 0.5; yMax = mid + 0.5; }
         double pad = (yMax - yMin) * 0.05;
         yMin -= pad; yMax += pad;
         double X(double step) => left + (step - xMin) / (xMax - xMin) * plotW;

@@ -62,4 +62,14 @@ public sealed class TrainerLogTests : IDisposable
         Assert.Contains("<polyline id=\"smoothed\"", svg);
         Assert.StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\"", svg);
     }
+
+    [Fact]
+    public void Plot_of_a_single_logged_loss_draws_one_point()
+    {
+        // One entry (max_steps 4 with logging_steps 10): the smoothed value 2.2999999999999994 differs from 2.3 by an ulp,
+        // and tick spacing below an ulp never advanced (the loop grew until OutOfMemoryException).
+        string svg = LossPlot.Render([(4, 2.3)], "training loss", "loss");
+        Assert.Contains("<polyline id=\"original\" fill=\"none\" stroke=\"#1f77b4\" stroke-opacity=\"0.4\" stroke-width=\"1.5\" points=\"345,232.5\"/>", svg);
+        Assert.Contains(">2.2</text>", svg);
+    }
 }
