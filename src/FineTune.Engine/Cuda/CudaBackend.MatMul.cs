@@ -77,11 +77,13 @@ public sealed partial class CudaBackend
     /// </summary>
     public bool UseGemv { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GEMV") != "0";
 
+    readonly bool _gemvWide = Environment.GetEnvironmentVariable("FINETUNE_GEMV") == "2";
+
     bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
     {
         if (!UseGemv || m > GemvMaxRows || transA || !transB || a.DType != DType.BF16 || b.DType != DType.BF16 || (k & 7) != 0
             || a.Cols != k || b.Cols != k || c.Cols != n || (P(a) & 15) != 0 || (P(b) & 15) != 0) return false;
-        Launch("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
+        Launch("gemv.cu", _gemvWide ? "gemv_bf16_wide" : "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
             [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0]);
         return true;
     }
