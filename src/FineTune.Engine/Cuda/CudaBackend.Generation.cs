@@ -12,6 +12,7 @@ public sealed partial class CudaBackend
 
     const int SplitMaxHeadDim = 128, SplitMaxGroup = 16; // SPLIT_MAX_D, SPLIT_MAX_GROUP in kv_cache.cu
     const int SplitMaxTokens = 512;
+    const int SplitMinWarps = 4; // SPLIT_THREADS_MIN / 32 in kv_cache.cu
 
     /// <summary>
     /// Split-K decode attention (<c>cached_attention_split</c> + <c>cached_attention_combine</c>) for steps of up to
@@ -43,7 +44,7 @@ public sealed partial class CudaBackend
             int splits = SplitCount(s.Tokens, s.KvHeads);
             long bytes = (long)s.Tokens * s.QueryHeads * splits * (s.HeadDim + 2) * sizeof(float);
             ulong part = SplitPartials(bytes);
-            Launch("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), group * 32,
+            Launch("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), Math.Max(group, SplitMinWarps) * 32,
             [
                 part, P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(sequences), P(positions), P(blockTables),
                 s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
