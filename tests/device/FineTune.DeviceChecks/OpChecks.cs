@@ -471,7 +471,8 @@ public static partial class OpChecks
         }
         int rowsN = 5, vocab = 151936;
         var logits = c.Rand(rowsN * vocab);
-        logits[3 * vocab + 7] = logits[3 * vocab + 9] = 100f; // a tie: the lower index wins
+        // Ties: the lower index wins, within one block's part of the row and across parts (the split argmax).
+        logits[3 * vocab + 7] = logits[3 * vocab + 9] = logits[3 * vocab + 150000] = 100f;
         var x = c.Pair(logits, [rowsN, vocab], DType.F32); // F32 on both: bf16 rounding would tie values the CPU tells apart
         var picks = c.IntPair(new int[rowsN], [rowsN]);
         double t = c.TimeRepeat(() => c.Gpu.ArgMax(x.Gpu, picks.Gpu));
