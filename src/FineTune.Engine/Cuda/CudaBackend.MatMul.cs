@@ -78,10 +78,10 @@ public sealed partial class CudaBackend
     public bool UseGemv { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GEMV") != "0";
 
     /// <summary>
-    /// The most rows a product may have to take the GEMV (FINETUNE_GEMV_ROWS, 1 … 8): on the H200 it beats cuBLASLt at
-    /// one row and loses to it at eight (docs/cuda.md).
+    /// The most rows a product may have to take the GEMV (FINETUNE_GEMV_ROWS, 1 … 8): on the H200 the Qwen3-1.7B decode
+    /// step was fastest with 2 (GEMV at 1 and 2 rows, cuBLASLt from 4; docs/cuda.md).
     /// </summary>
-    public int GemvRows { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_GEMV_ROWS"), out int r) ? Math.Clamp(r, 1, GemvMaxRows) : 1;
+    public int GemvRows { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_GEMV_ROWS"), out int r) ? Math.Clamp(r, 1, GemvMaxRows) : 2;
 
     bool GemvFits(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k) =>
         UseGemv && m <= GemvRows && !transA && transB && a.DType == DType.BF16 && b.DType == DType.BF16 && (k & 7) == 0
