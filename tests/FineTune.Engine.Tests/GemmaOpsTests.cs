@@ -9,7 +9,6 @@ namespace FineTune.Engine.Tests;
 /// </summary>
 public sealed class GemmaOpsTests
 {
-    private const double Tolerance = 1e-3;
     private readonly CpuBackend _cpu = new(2);
 
     [Fact]
@@ -31,8 +30,8 @@ public sealed class GemmaOpsTests
         Assert.Equal(expected, _cpu.Read(y)[c + 5], 5);
         Tensor dx = _cpu.Allocate(DType.F32, rows, c), dw = _cpu.Allocate(DType.F32, c);
         _cpu.RmsNormBackward(dx, dw, _cpu.F32(dy, rows, c), tx, tw, rstd, weightOffset: 1f);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dx), TestTensors.NumericGradient(x, v => _cpu.Upload(tx, v), Loss)), 0, Tolerance);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dw), TestTensors.NumericGradient(w, v => _cpu.Upload(tw, v), Loss)), 0, Tolerance);
+        FiniteDifferences.AssertGradient(_cpu, dx, x, tx, Loss);
+        FiniteDifferences.AssertGradient(_cpu, dw, w, tw, Loss);
     }
 
     [Fact]
@@ -67,8 +66,8 @@ public sealed class GemmaOpsTests
         Assert.Equal(2 * 0.8411920071, _cpu.Read(h1)[0], 5);
         Tensor dg = _cpu.Allocate(DType.F32, n), du = _cpu.Allocate(DType.F32, n);
         _cpu.GeGluBackward(dg, du, _cpu.F32(dy, n), tg, tu);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dg), TestTensors.NumericGradient(g, x => _cpu.Upload(tg, x), Loss)), 0, Tolerance);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(du), TestTensors.NumericGradient(u, x => _cpu.Upload(tu, x), Loss)), 0, Tolerance);
+        FiniteDifferences.AssertGradient(_cpu, dg, g, tg, Loss);
+        FiniteDifferences.AssertGradient(_cpu, du, u, tu, Loss);
     }
 
     [Fact]
@@ -86,34 +85,17 @@ public sealed class GemmaOpsTests
         Assert.Equal(30 * Math.Tanh(x[3] / 30.0), _cpu.Read(y)[3], 4);
         var dx = _cpu.F32(dy, n);
         _cpu.SoftCapBackward(dx, y, 30f);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dx), TestTensors.NumericGradient(x, v => _cpu.Upload(tx, v), Loss)), 0, Tolerance);
+        FiniteDifferences.AssertGradient(_cpu, dx, x, tx, Loss);
     }
 
     [Theory]
     [InlineData(2, 0f)]
     [InlineData(0, 1.5f)]
     [InlineData(3, 0.8f)]
-    public void Windowed_softcapped_attention_backward_matches_finite_differences(int window, float cap)
-    {
-        int b = 2, t = 6, d = 4, qHeads = 4, kvHeads = 2;
-        var shape = AttentionShape.Training(b, t, qHeads, kvHeads, d) with { Variant = new AttentionVariant(window, cap, 0.7f) };
-        float[] q = TestTensors.Random(b * t * qHeads * d, 10, 2f), k = TestTensors.Random(b * t * kvHeads * d, 11, 2f), v = TestTensors.Random(b * t * kvHeads * d, 12);
-        float[] dy = TestTensors.Random(b * t * qHeads * d, 13);
-        Tensor seg = _cpu.I32([0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1], b * t);
-        Tensor tq = _cpu.F32(q, b * t, qHeads * d), tk = _cpu.F32(k, b * t, kvHeads * d), tv = _cpu.F32(v, b * t, kvHeads * d);
-        Tensor o = _cpu.Allocate(DType.F32, b * t, qHeads * d), lse = _cpu.Allocate(DType.F32, b * qHeads * t);
-        double Loss()
-        {
-            _cpu.Attention(o, lse, tq, tk, tv, seg, shape);
-            return TestTensors.Dot(_cpu.Read(o), dy);
-        }
-        Loss();
-        Tensor dq = _cpu.Allocate(DType.F32, b * t, qHeads * d), dk = _cpu.Allocate(DType.F32, b * t, kvHeads * d), dv = _cpu.Allocate(DType.F32, b * t, kvHeads * d);
-        _cpu.AttentionBackward(dq, dk, dv, _cpu.F32(dy, b * t, qHeads * d), o, lse, tq, tk, tv, seg, shape);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dq), TestTensors.NumericGradient(q, x => _cpu.Upload(tq, x), Loss)), 0, Tolerance);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dk), TestTensors.NumericGradient(k, x => _cpu.Upload(tk, x), Loss)), 0, Tolerance);
-        Assert.InRange(TestTensors.RelativeError(_cpu.Read(dv), TestTensors.NumericGradient(v, x => _cpu.Upload(tv, x), Loss)), 0, Tolerance);
-    }
+    public void Windowed_softcapped_attention_backward_matches_finite_differences(int window, float cap) =>
+        FiniteDifferences.AssertAttentionBackward(_cpu,
+            AttentionShape.Training(2, 6, 4, 2, 4) with { Variant = new AttentionVariant(window, cap, 0.7f) },
+            [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1], qkRange: 2f);
 
     [Fact]
     public void A_window_of_two_lets_a_query_see_itself_and_the_key_before_only()

@@ -13,15 +13,7 @@ public sealed class GenerationOpsTests
         // Two sequences of 7 and 5 tokens in slots 2 and 0; the step holds the last 3 tokens of the first (a chunk) and the
         // last token of the second (a decode), the earlier keys already in the cache.
         int[] lens = [7, 5], slotOf = [2, 0];
-        var q = new List<float[]>();
-        var k = new List<float[]>();
-        var v = new List<float[]>();
-        for (int s = 0; s < 2; s++)
-        {
-            q.Add(TestTensors.Random(lens[s] * hq * d, 10 + s));
-            k.Add(TestTensors.Random(lens[s] * kvd, 20 + s));
-            v.Add(TestTensors.Random(lens[s] * kvd, 30 + s));
-        }
+        var (q, k, v) = Sequences(lens, hq * d, kvd);
         var kc = new float[slots * cap * kvd];
         var vc = new float[slots * cap * kvd];
         for (int s = 0; s < 2; s++)
@@ -36,18 +28,7 @@ public sealed class GenerationOpsTests
         b.CachedAttention(output, b.F32(qs, tokens.Length, hq * d), b.F32(kc, slots * cap, kvd), b.F32(vc, slots * cap, kvd),
             b.I32(tokens.Select(t => slotOf[t.Seq]).ToArray(), tokens.Length), b.I32(tokens.Select(t => t.Pos).ToArray(), tokens.Length),
             b.I32([0, 1, 2], 3), new CachedAttentionShape(tokens.Length, slots, cap, 1, hq, hkv, d));
-        var got = b.Read(output);
-        for (int s = 0; s < 2; s++)
-        {
-            int n = lens[s];
-            var o = b.F32(new float[n * hq * d], n, hq * d);
-            b.Attention(o, b.F32(new float[n * hq], n * hq), b.F32(q[s], n, hq * d), b.F32(k[s], n, kvd), b.F32(v[s], n, kvd),
-                b.I32(new int[n], n), AttentionShape.Training(1, n, hq, hkv, d));
-            var want = b.Read(o);
-            for (int t = 0; t < tokens.Length; t++)
-                if (tokens[t].Seq == s)
-                    Assert.Equal(want.Skip(tokens[t].Pos * hq * d).Take(hq * d), got.Skip(t * hq * d).Take(hq * d));
-        }
+        AssertEqualsPackedAttention(b, b.Read(output), tokens, q, k, v, hq, hkv, d);
     }
 
     [Fact]
@@ -59,16 +40,11 @@ public sealed class GenerationOpsTests
         // sequence 0 in blocks 5, 1, 7; sequence 1 in blocks 8, 2 (block 0 unused, as the engine's scratch block).
         int[] lens = [7, 5];
         int[][] tables = [[5, 1, 7], [8, 2]];
-        var q = new List<float[]>();
-        var k = new List<float[]>();
-        var v = new List<float[]>();
+        var (q, k, v) = Sequences(lens, hq * d, kvd);
         var kc = new float[blocks * bs * kvd];
         var vc = new float[blocks * bs * kvd];
         for (int s = 0; s < 2; s++)
         {
-            q.Add(TestTensors.Random(lens[s] * hq * d, 10 + s));
-            k.Add(TestTensors.Random(lens[s] * kvd, 20 + s));
-            v.Add(TestTensors.Random(lens[s] * kvd, 30 + s));
             for (int p = 0; p < lens[s]; p++)
             {
                 int row = tables[s][p / bs] * bs + p % bs;
@@ -84,10 +60,23 @@ public sealed class GenerationOpsTests
         b.CachedAttention(output, b.F32(qs, tokens.Length, hq * d), b.F32(kc, blocks * bs, kvd), b.F32(vc, blocks * bs, kvd),
             b.I32(tokens.Select(t => t.Seq).ToArray(), tokens.Length), b.I32(tokens.Select(t => t.Pos).ToArray(), tokens.Length),
             b.I32(table, 2 * width), new CachedAttentionShape(tokens.Length, blocks, bs, width, hq, hkv, d));
-        var got = b.Read(output);
-        for (int s = 0; s < 2; s++)
+        AssertEqualsPackedAttention(b, b.Read(output), tokens, q, k, v, hq, hkv, d);
+    }
+
+    /// <summary>Random queries, keys and values of each sequence (seeds 10 + s, 20 + s, 30 + s).</summary>
+    private static (List<float[]> Q, List<float[]> K, List<float[]> V) Sequences(int[] lens, int queryWidth, int kvWidth) =>
+        (lens.Select((n, s) => TestTensors.Random(n * queryWidth, 10 + s)).ToList(),
+         lens.Select((n, s) => TestTensors.Random(n * kvWidth, 20 + s)).ToList(),
+         lens.Select((n, s) => TestTensors.Random(n * kvWidth, 30 + s)).ToList());
+
+    /// <summary>Each step token's output row equals its position's row of packed causal attention over its whole sequence.</summary>
+    private static void AssertEqualsPackedAttention(CpuBackend b, float[] got, (int Seq, int Pos)[] tokens,
+        List<float[]> q, List<float[]> k, List<float[]> v, int hq, int hkv, int d)
+    {
+        int kvd = hkv * d;
+        for (int s = 0; s < q.Count; s++)
         {
-            int n = lens[s];
+            int n = k[s].Length / kvd;
             var o = b.F32(new float[n * hq * d], n, hq * d);
             b.Attention(o, b.F32(new float[n * hq], n * hq), b.F32(q[s], n, hq * d), b.F32(k[s], n, kvd), b.F32(v[s], n, kvd),
                 b.I32(new int[n], n), AttentionShape.Training(1, n, hq, hkv, d));

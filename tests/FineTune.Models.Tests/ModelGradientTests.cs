@@ -13,34 +13,7 @@ public sealed class ModelGradientTests
         long counter = model.RandomCounter;
         model.ForwardBackward(batch);
         double Loss() => stochastic ? model.TrainingLoss(batch, counter) : model.Forward(batch).SumLoss;
-        var analytic = new List<float>();
-        var numeric = new List<double>();
-        var rng = new Random(7);
-        foreach (var p in model.TrainableParameters)
-        {
-            float[] g = TinyModels.Grad(model, p);
-            float[] value = model.ReadParameter(p.HfName);
-            for (int s = 0; s < Math.Min(perParameter, value.Length); s++)
-            {
-                int i = rng.Next(value.Length);
-                float keep = value[i];
-                value[i] = keep + h; model.WriteParameter(p.HfName, value);
-                double plus = Loss();
-                value[i] = keep - h; model.WriteParameter(p.HfName, value);
-                double minus = Loss();
-                value[i] = keep; model.WriteParameter(p.HfName, value);
-                analytic.Add(g[i]);
-                numeric.Add((plus - minus) / (2.0 * h));
-            }
-        }
-        double num = 0, den = 0;
-        for (int i = 0; i < analytic.Count; i++)
-        {
-            num += (analytic[i] - numeric[i]) * (analytic[i] - numeric[i]);
-            den += numeric[i] * numeric[i];
-        }
-        Assert.True(den > 1e-6, "gradients are all zero: the check would prove nothing");
-        return Math.Sqrt(num / den);
+        return ParameterGradientCheck.RelativeError(model, Loss, perParameter, h, seed: 7);
     }
 
     [Theory]

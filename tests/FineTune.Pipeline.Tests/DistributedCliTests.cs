@@ -14,17 +14,7 @@ public sealed class DistributedCliTests
     {
         dir.Write("data/identity.json", "[" + string.Join(", ", Enumerable.Range(0, 16).Select(i =>
             $"{{\"instruction\": \"{string.Concat(Enumerable.Repeat($"question {i} ", 1 + i % 3))}\", \"input\": \"\", \"output\": \"I am {{{{name}}}} number {i}\"}}")) + "]");
-        return TestPipelines.Write(dir, $$"""
-            name: dp
-            model:
-              source: scratch
-              scratch:
-                hidden_size: 32
-            data:
-              dataset_dir: data
-              dataset: [identity]
-              template: qwen3
-              placeholders: {name: Bot, author: Team}
+        return TestPipelines.Write(dir, TestPipelines.Scratch("dp") + $$"""
             stages:
               download: {}
               register: {}

@@ -12,16 +12,7 @@ namespace FineTune.Pipeline.Tests;
 /// </summary>
 public sealed class NamedStageTests : IDisposable
 {
-    private const string Named = """
-        name: named
-        model:
-          source: scratch
-          scratch:
-            hidden_size: 32
-        data:
-          dataset_dir: data
-          dataset: [identity]
-          template: qwen3
+    private static readonly string Named = TestPipelines.Scratch("named", placeholders: false) + """
         stages:
           download: {}
           register: {}
@@ -42,16 +33,16 @@ public sealed class NamedStageTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    private string Write(string yaml = Named)
+    private string Write(string? yaml = null)
     {
-        var file = TestPipelines.Write(_dir, yaml);
+        var file = TestPipelines.Write(_dir, yaml ?? Named);
         _dir.Write("data/dataset_info.json", """{"identity": {"file_name": "identity.json"}, "answers": {"file_name": "answers.json"}}""");
         if (!File.Exists(_dir.File("data/answers.json")))
             _dir.Write("data/answers.json", """[{"instruction": "2+2?", "input": "", "output": "4"}]""");
         return file;
     }
 
-    private LoadedPipeline Load(string yaml = Named) => PipelineLoader.Load(Write(yaml));
+    private LoadedPipeline Load(string? yaml = null) => PipelineLoader.Load(Write(yaml));
 
     private string[] Errors(string yaml)
     {

@@ -8,25 +8,16 @@ namespace FineTune.Pipeline.Tests;
 /// <summary>The training objective (stages.train.stage, LLaMA-Factory's key) and its older place, stages.split.stage.</summary>
 public sealed class ObjectiveTests
 {
-    private static string Pipeline(string split, string train) => $"""
-        name: objective
-        model:
-          source: scratch
-          scratch:
-            hidden_size: 32
-        data:
-          dataset_dir: data
-          dataset: [identity]
-          template: qwen3
+    private static string Pipeline(string split, string train) => TestPipelines.Scratch("objective", placeholders: false) + $$"""
         stages:
-          download: {"{}"}
-          register: {"{}"}
+          download: {}
+          register: {}
           split:
             val_size: 0.1
-        {split}
+        {{split}}
           train:
             max_steps: 2
-        {train}
+        {{train}}
         """;
 
     private static LoadedPipeline Load(TempDir dir, string yaml, string registry = """{"identity": {"file_name": "identity.json"}}""")

@@ -45,8 +45,12 @@ public sealed class FakeStage(StageKind kind, string counterFile, Func<StageCont
 
 public static class TestPipelines
 {
-    public const string Full = """
-        name: fake
+    /// <summary>
+    /// The top of every small test pipeline: its name, a 32-wide scratch model and the identity dataset of the directory
+    /// <see cref="Write"/> fills (with the placeholders Bot and Team, unless <paramref name="placeholders"/> is false).
+    /// </summary>
+    public static string Scratch(string name, bool placeholders = true) => $"""
+        name: {name}
         model:
           source: scratch
           scratch:
@@ -55,7 +59,10 @@ public static class TestPipelines
           dataset_dir: data
           dataset: [identity]
           template: qwen3
-          placeholders: {name: Bot, author: Team}
+
+        """ + (placeholders ? "  placeholders: {name: Bot, author: Team}\n" : "");
+
+    public static readonly string Full = Scratch("fake") + """
         stages:
           download: {}
           register: {}
@@ -71,12 +78,12 @@ public static class TestPipelines
             formats: [hf]
         """;
 
-    /// <summary>Writes pipeline.yaml and a small data directory; returns the pipeline file.</summary>
-    public static string Write(TempDir dir, string yaml = Full)
+    /// <summary>Writes pipeline.yaml (<see cref="Full"/> unless given) and a small data directory; returns the pipeline file.</summary>
+    public static string Write(TempDir dir, string? yaml = null)
     {
         dir.Write("data/dataset_info.json", """{"identity": {"file_name": "identity.json"}}""");
         if (!File.Exists(Path.Combine(dir.Path, "data/identity.json")))
             dir.Write("data/identity.json", """[{"instruction": "hi", "input": "", "output": "I am {{name}}"}]""");
-        return dir.Write("pipeline.yaml", yaml);
+        return dir.Write("pipeline.yaml", yaml ?? Full);
     }
 }
