@@ -32,8 +32,8 @@ public sealed class DataParallel : IDisposable
     readonly long _bucketElements;
     CausalLM? _model;
     Bucket[] _buckets = [];
-    DeviceBuffer? _scratch;
-    Tensor? _flat, _normSquared;
+    DeviceBuffer? _scratch, _shards;
+    Tensor? _flat, _normSquared, _shardM, _shardV;
 
     /// <param name="zeroStage">0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients).</param>
     public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements)
@@ -55,8 +55,14 @@ public sealed class DataParallel : IDisposable
     /// <summary>One parameter's elements inside a bucket's flat layout.</summary>
     readonly record struct Piece(TrainableParameter Parameter, long Offset);
 
-    /// <summary>Consecutive parameters reduced as one flat buffer; Chunk = ⌈length / world⌉, rank r owns [r·Chunk, (r+1)·Chunk).</summary>
-    sealed record Bucket(Piece[] Pieces, long Length, long Chunk);
+    /// <summary>
+    /// Consecutive parameters reduced as one flat buffer; Chunk = ⌈length / world⌉, rank r owns [r·Chunk, (r+1)·Chunk).
+    /// ShardOffset: where this bucket's owned chunk starts in the rank's moment shards (ZeRO: Σ of the earlier chunks).
+    /// </summary>
+    sealed record Bucket(Piece[] Pieces, long Length, long Chunk, long ShardOffset);
+
+    /// <summary>A parameter's whole AdamW moments on the host (gathered for a checkpoint, or read from one).</summary>
+    public sealed record HostMoments(float[] M, float[] V);
 
     /// <summary>Lays out the buckets of <paramref name="model"/> (once per run) and allocates the flat buffer they share.</summary>
     public void Attach(CausalLM model)
@@ -71,7 +77,8 @@ public sealed class DataParallel : IDisposable
         void Close()
         {
             if (current.Count == 0) return;
-            buckets.Add(new Bucket([.. current], length, (length + WorldSize - 1) / WorldSize));
+            long chunk = (length + WorldSize - 1) / WorldSize;
+            buckets.Add(new Bucket([.. current], length, chunk, buckets.Sum(b => b.Chunk)));
             current.Clear();
             length = 0;
         }
@@ -87,7 +94,27 @@ public sealed class DataParallel : IDisposable
         _scratch = model.Backend.AllocateBuffer(4 * (flat + 1));
         _flat = new Tensor(_scratch, 0, DType.F32, [checked((int)flat)], "data_parallel.bucket");
         _normSquared = new Tensor(_scratch, flat, DType.F32, [1], "data_parallel.grad_norm_squared");
+        if (ZeroStage > 0)
+        {
+            // The moments of this rank's chunks only (DeepSpeed's partitioned optimizer states): 8 bytes per owned element,
+            // zero at start as AdamW's are; padding past a bucket's end stays zero and is never stepped.
+            long owned = Math.Max(1, _buckets.Sum(b => b.Chunk));
+            _shards = model.Backend.AllocateBuffer(4 * 2 * owned);
+            _shardM = new Tensor(_shards, 0, DType.F32, [checked((int)owned)], "data_parallel.exp_avg_shard");
+            _shardV = new Tensor(_shards, owned, DType.F32, [checked((int)owned)], "data_parallel.exp_avg_sq_shard");
+            model.Backend.Zero(_shardM);
+            model.Backend.Zero(_shardV);
+        }
     }
+
+    /// <summary>
+    /// Bytes of AdamW state this rank holds: the model's own moments (stage 0, or a model built without
+    /// <see cref="TrainingSetup.ShardedOptimizerStates"/>) plus, with ZeRO, the moments of the chunks it owns.
+    /// </summary>
+    public long OptimizerStateBytes => Need().OptimizerStateBytes + (ZeroStage > 0 ? 8 * _buckets.Sum(b => b.Chunk) : 0);
+
+    /// <summary>Bytes of AdamW state of the whole model (F32 moments of every trainable element), as one process holds them.</summary>
+    public long FullOptimizerStateBytes => ZeroStage == 0 ? Need().OptimizerStateBytes : 8 * Need().TrainableParameters.Sum(p => p.Length);
 
     /// <summary>
     /// This rank's share of a global step: micro-batches [rank·perRank, (rank+1)·perRank) of the step (fewer, or none, at
@@ -153,11 +180,11 @@ public sealed class DataParallel : IDisposable
         }
         var backend = model.Backend;
         foreach (var b in _buckets)
-            foreach (var (p, start, count) in OwnedRanges(b))
+            foreach (var (p, start, count, shard) in OwnedRanges(b))
             {
                 int n = checked((int)count);
                 var copy = ReferenceEquals(p.Value, p.Master) ? null : p.Value.View(start, [n]);
-                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), p.M.View(start, [n]), p.V.View(start, [n]),
+                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
                     copy, gradNormSquared, adamW(p));
             }
         AllGatherOwned(p => p.Master, $"the parameter all-gather of step {step}");
@@ -167,13 +194,48 @@ public sealed class DataParallel : IDisposable
     }
 
     /// <summary>
-    /// Before a checkpoint (stage 1, 2): every rank gets the AdamW moments of every element, so rank 0 saves them whole.
+    /// Before a checkpoint (stage 1, 2): the ranks all-gather their moment shards, one bucket at a time through the flat
+    /// buffer, into host arrays of every parameter, so rank 0 saves them whole (the single-process format). Null for
+    /// stage 0, where the model holds its moments. The whole moments exist only here, on the host, while a checkpoint is written.
     /// </summary>
-    public void GatherOptimizerStates(int step)
+    public IReadOnlyDictionary<TrainableParameter, HostMoments>? GatherOptimizerStates(int step)
     {
-        if (ZeroStage == 0) return;
-        AllGatherOwned(p => p.M, $"gathering the optimizer moments for the checkpoint of step {step}");
-        AllGatherOwned(p => p.V, $"gathering the optimizer moments for the checkpoint of step {step}");
+        if (ZeroStage == 0) return null;
+        var model = Need();
+        var backend = model.Backend;
+        string activity = $"gathering the optimizer moments for the checkpoint of step {step}";
+        var whole = model.TrainableParameters.ToDictionary(p => p, p => new HostMoments(new float[p.Length], new float[p.Length]));
+        var host = new float[_flat!.Length];
+        foreach (var b in _buckets)
+            foreach (bool first in new[] { true, false })
+            {
+                var flat = Flat(b);
+                var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
+                backend.Copy(own, (first ? _shardM! : _shardV!).View(b.ShardOffset, [checked((int)b.Chunk)]));
+                Collective.AllGather(own, flat, activity);
+                Collective.Wait(activity);
+                backend.Download(flat, host.AsSpan(0, checked((int)flat.Length)));
+                foreach (var piece in b.Pieces)
+                {
+                    var m = whole[piece.Parameter];
+                    host.AsSpan(checked((int)piece.Offset), checked((int)piece.Parameter.Length)).CopyTo(first ? m.M : m.V);
+                }
+            }
+        return whole;
+    }
+
+    /// <summary>Resuming (stage 1, 2): this rank keeps, of a checkpoint's whole moments, the chunks it owns.</summary>
+    public void LoadOptimizerStates(IReadOnlyDictionary<TrainableParameter, HostMoments> whole)
+    {
+        if (ZeroStage == 0) throw new InvalidOperationException("stage 0 keeps its moments in the model");
+        var backend = Need().Backend;
+        foreach (var b in _buckets)
+            foreach (var (p, start, count, shard) in OwnedRanges(b))
+            {
+                int n = checked((int)count), s0 = checked((int)start);
+                backend.Upload(_shardM!.View(shard, [n]), whole[p].M.AsSpan(s0, n));
+                backend.Upload(_shardV!.View(shard, [n]), whole[p].V.AsSpan(s0, n));
+            }
     }
 
     void AllGatherOwned(Func<TrainableParameter, Tensor> tensor, string activity)
@@ -217,20 +279,21 @@ public sealed class DataParallel : IDisposable
             }
             return;
         }
-        foreach (var (p, start, count) in OwnedRanges(b))
-            backend.Copy(tensor(p).View(start, [checked((int)count)]), flat.View(PieceOffset(b, p) + start, [checked((int)count)]));
+        foreach (var (p, start, count, shard) in OwnedRanges(b))
+            backend.Copy(tensor(p).View(start, [checked((int)count)]), flat.View(shard - b.ShardOffset + Rank * b.Chunk, [checked((int)count)]));
     }
 
-    static long PieceOffset(Bucket b, TrainableParameter p) => b.Pieces.First(x => ReferenceEquals(x.Parameter, p)).Offset;
-
-    /// <summary>The parts of parameters inside this rank's chunk of a bucket: (parameter, first element, count).</summary>
-    IEnumerable<(TrainableParameter Parameter, long Start, long Count)> OwnedRanges(Bucket b)
+    /// <summary>
+    /// The parts of parameters inside this rank's chunk of a bucket: (parameter, first element, count, where they sit in
+    /// the rank's moment shards).
+    /// </summary>
+    IEnumerable<(TrainableParameter Parameter, long Start, long Count, long Shard)> OwnedRanges(Bucket b)
     {
         long lo = Rank * b.Chunk, hi = Math.Min(b.Length, lo + b.Chunk);
         foreach (var piece in b.Pieces)
         {
             long s = Math.Max(lo, piece.Offset), e = Math.Min(hi, piece.Offset + piece.Parameter.Length);
-            if (s < e) yield return (piece.Parameter, s - piece.Offset, e - s);
+            if (s < e) yield return (piece.Parameter, s - piece.Offset, e - s, b.ShardOffset + s - lo);
         }
     }
 
@@ -249,5 +312,7 @@ public sealed class DataParallel : IDisposable
     {
         _scratch?.Dispose();
         _scratch = null;
+        _shards?.Dispose();
+        _shards = null;
     }
 }

@@ -65,24 +65,33 @@ public sealed class DataParallelTests : IDisposable
         return Trainable(model);
     }
 
-    /// <summary>Trains on <paramref name="world"/> ranks; rank r writes under <c>name</c> for r = 0 and <c>name-rank{r}</c> otherwise.</summary>
-    (float[] Weights, Exception? Error)[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
-        Action<int, int>? afterStep = null)
+    /// <summary>What one rank ends with: its trainable weights, its error, its info lines and the state bytes it held.</summary>
+    sealed record RankResult(float[] Weights, Exception? Error, string[] Info, long OptimizerStateBytes, long FullOptimizerStateBytes, long ModelBytes);
+
+    /// <summary>
+    /// Trains on <paramref name="world"/> ranks; rank r writes under <c>name</c> for r = 0 and <c>name-rank{r}</c> otherwise.
+    /// With ZeRO the models are built as the train stage builds them: without moments of their own.
+    /// </summary>
+    RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
+        Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements)
     {
         int port = FreePort();
-        var results = new (float[], Exception?)[world];
+        var results = new RankResult[world];
         var threads = Enumerable.Range(0, world).Select(rank => new Thread(() =>
         {
             using var models = new TinyTrainingModels();
-            var model = models.Create(setup ?? Lora);
+            var model = models.Create((setup ?? Lora) with { ShardedOptimizerStates = zeroStage > 0 });
+            var monitor = new AfterStep(s => afterStep?.Invoke(rank, s));
+            long stateBytes = 0, fullBytes = 0;
             try
             {
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
-                using var parallel = new DataParallel(group, zeroStage);
-                FineTuneRecipe.Train(model, args(rank), Loader(), null, afterStep is null ? ITrainingMonitor.Silent : new AfterStep(s => afterStep(rank, s)), objective: null, parallel: parallel);
-                results[rank] = (Trainable(model), null);
+                using var parallel = new DataParallel(group, zeroStage, bucketElements);
+                FineTuneRecipe.Train(model, args(rank), Loader(), null, monitor, objective: null, parallel: parallel);
+                (stateBytes, fullBytes) = (parallel.OptimizerStateBytes, parallel.FullOptimizerStateBytes);
+                results[rank] = new(Trainable(model), null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes);
             }
-            catch (Exception e) { results[rank] = (Trainable(model), e); }
+            catch (Exception e) { results[rank] = new(Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes); }
         })).ToArray();
         foreach (var t in threads) t.Start();
         foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(120)), "a rank hung");
@@ -91,13 +100,14 @@ public sealed class DataParallelTests : IDisposable
 
     sealed class AfterStep(Action<int> stepped) : ITrainingMonitor
     {
+        public List<string> Lines { get; } = [];
         public void Started(int startStep, int maxSteps) { }
         public void Stepped(int step) => stepped(step);
         public void Logged(StepReport report) { }
-        public void Info(string line) { }
+        public void Info(string line) => Lines.Add(line);
     }
 
-    static float[][] Ok((float[] Weights, Exception? Error)[] results) =>
+    static float[][] Ok(RankResult[] results) =>
         results.Select(r => r.Error is null ? r.Weights : throw new Xunit.Sdk.XunitException(r.Error.ToString())).ToArray();
 
     [Fact]
@@ -124,6 +134,63 @@ public sealed class DataParallelTests : IDisposable
         var zero1 = Ok(Ranks(2, 1, r => Args($"zero1-{r}")));
         Assert.Equal(plain[0], zero1[0]);
         Assert.Equal(zero1[0], zero1[1]);
+    }
+
+    [Fact]
+    public void Zero_1_and_2_hold_the_moments_of_the_owned_chunks_only()
+    {
+        using var models = new TinyTrainingModels();
+        var whole = models.Create(Lora);
+        long n = whole.TrainableParameters.Sum(p => p.Length);
+        Assert.Equal(4096, n);
+        foreach (int stage in new[] { 1, 2 })
+        {
+            // Buckets of at most 500 elements: the 28 LoRA tensors fall into 10 buckets (6 of 384 elements, 4 of 448); over 3
+            // ranks each 448 pads to 450, so a rank owns 6·128 + 4·150 = 1368 elements (4096 / 3 plus 4 · 2/3 of padding)
+            // and holds their two F32 moments: 10,944 bytes, against 32,768 in one process.
+            var results = Ranks(3, stage, r => Args($"shard{stage}-{r}", 2) with { GradientAccumulationSteps = 3 }, bucketElements: 500);
+            Ok(results);
+            foreach (var r in results)
+            {
+                Assert.Equal(8 * 1368, r.OptimizerStateBytes);
+                Assert.Equal(8 * 4096, r.FullOptimizerStateBytes);
+                // The model itself allocated no moments at all: its arena is one process's less 8 bytes per trainable element.
+                Assert.Equal(whole.WeightBytes - 8 * 4096, r.ModelBytes);
+            }
+            Assert.Contains($"optimizer states: 0.010 MiB on this rank (of 0.031 MiB; ZeRO-{stage}, rank 1 of 3).", results[1].Info);
+        }
+    }
+
+    [Fact]
+    public void Zero_1_with_many_small_buckets_equals_plain_data_parallel_bit_for_bit()
+    {
+        var plain = Ok(Ranks(2, 0, r => Args($"plainb{r}")));
+        var zero1 = Ok(Ranks(2, 1, r => Args($"zero1b-{r}"), bucketElements: 500));
+        Assert.Equal(plain[0], zero1[0]);
+        Assert.Equal(plain[0], zero1[1]);
+    }
+
+    [Theory]
+    [InlineData(0, false)]
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(0, true)]
+    [InlineData(2, true)]
+    public void One_rank_through_data_parallel_is_the_plain_trainer_bit_for_bit(int zeroStage, bool full)
+    {
+        // The NCCL world-size-1 question on the CPU: the data-parallel path (bucket copies, the reduction, the loss's host
+        // sum, the clipping norm, the sharded AdamW) must not change one bit of one process's arithmetic.
+        var setup = full ? new TrainingSetup { FinetuningType = FinetuningType.Full, Seed = 5 } : Lora;
+        TrainingArguments A(string name) => full ? Args(name, 3) with { LearningRate = 1e-3, StopAfterStep = 3 } : Args(name);
+        var plain = OneProcess(A("plain1"), setup);
+        var one = Ok(Ranks(1, zeroStage, _ => A($"rank1-{zeroStage}"), setup));
+        Assert.Equal(plain, one[0]);
+        if (!full)
+        {
+            var plainLog = TrainerLog.Read(Path.Combine(_root, "plain1", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
+            var oneLog = TrainerLog.Read(Path.Combine(_root, $"rank1-{zeroStage}", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
+            Assert.Equal(plainLog, oneLog);
+        }
     }
 
     [Fact]

@@ -69,7 +69,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         if (SpecOf(modelDir) is { } spec && ModuleNameChecks.Check(cfg, spec, name) is { Count: > 0 } wrong)
             throw new PipelineKeyException(wrong);
 
-        var setup = Setup(cfg) with { ValueHead = cfg.Objective == TrainingObjective.Rm };
+        // ZeRO over several ranks: the model allocates no AdamW moments; DataParallel holds this rank's chunks of them.
+        var setup = Setup(cfg) with { ValueHead = cfg.Objective == TrainingObjective.Rm, ShardedOptimizerStates = ranks is not null && cfg.ZeroStage > 0 };
         var upstream = UpstreamHashes(ctx);
         var trainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
