@@ -36,8 +36,11 @@ public sealed class DataParallel : IDisposable
     Tensor? _flat, _normSquared, _shardM, _shardV;
 
     /// <param name="zeroStage">0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients).</param>
-    public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements)
+    /// <param name="overlap">Reduce each bucket as soon as the share's last backward has finished its gradients (see
+    /// <see cref="LastBackward{T}"/>), instead of all after the backward; the same bits either way.</param>
+    public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements, bool overlap = true)
     {
+        Overlap = overlap;
         if (zeroStage is < 0 or > 2)
             throw new TrainingException($"zero_stage {zeroStage} is not implemented: 0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients); ZeRO-3 (parameters sharded) is not available yet.");
         Collective = collective;
@@ -49,8 +52,15 @@ public sealed class DataParallel : IDisposable
     public int Rank => Collective.Rank;
     public int WorldSize => Collective.WorldSize;
     public int ZeroStage { get; }
+    public bool Overlap { get; }
     /// <summary>Rank 0 writes the outputs, logs and checkpoints; the others write nothing.</summary>
     public bool IsWriter => Rank == 0;
+
+    /// <summary>Buckets reduced (or queued) in the current step, in bucket order; the rest wait for <see cref="ReduceGradients"/>.</summary>
+    int _launched;
+    int _step;
+    /// <summary>The synchronous (TCP) collective's reductions run here, one bucket after another, while the backward goes on.</summary>
+    Task _inFlight = Task.CompletedTask;
 
     /// <summary>One parameter's elements inside a bucket's flat layout.</summary>
     readonly record struct Piece(TrainableParameter Parameter, long Offset);
@@ -59,7 +69,11 @@ public sealed class DataParallel : IDisposable
     /// Consecutive parameters reduced as one flat buffer; Chunk = ⌈length / world⌉, rank r owns [r·Chunk, (r+1)·Chunk).
     /// ShardOffset: where this bucket's owned chunk starts in the rank's moment shards (ZeRO: Σ of the earlier chunks).
     /// </summary>
-    sealed record Bucket(Piece[] Pieces, long Length, long Chunk, long ShardOffset);
+    sealed record Bucket(Piece[] Pieces, long Length, long Chunk, long ShardOffset)
+    {
+        /// <summary>The backward stage (<see cref="CausalLM.BackwardStage"/>) after which all of this bucket's gradients are final.</summary>
+        public int ReadyStage { get; init; }
+    }
 
     /// <summary>A parameter's whole AdamW moments on the host (gathered for a checkpoint, or read from one).</summary>
     public sealed record HostMoments(float[] M, float[] V);
@@ -78,7 +92,7 @@ public sealed class DataParallel : IDisposable
         {
             if (current.Count == 0) return;
             long chunk = (length + WorldSize - 1) / WorldSize;
-            buckets.Add(new Bucket([.. current], length, chunk, buckets.Sum(b => b.Chunk)));
+            buckets.Add(new Bucket([.. current], length, chunk, buckets.Sum(b => b.Chunk)) { ReadyStage = current.Max(x => model.BackwardStage(x.Parameter)) });
             current.Clear();
             length = 0;
         }
@@ -90,6 +104,7 @@ public sealed class DataParallel : IDisposable
         }
         Close();
         _buckets = [.. buckets];
+        _launchStages = new int[_buckets.Length];
         long flat = _buckets.Length == 0 ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
         _scratch = model.Backend.AllocateBuffer(4 * (flat + 1));
         _flat = new Tensor(_scratch, 0, DType.F32, [checked((int)flat)], "data_parallel.bucket");
@@ -123,28 +138,99 @@ public sealed class DataParallel : IDisposable
     public IReadOnlyList<StepBatch> Share(IReadOnlyList<StepBatch> step, int perRank) =>
         step.Skip(Rank * perRank).Take(perRank).ToArray();
 
-    /// <summary>Σ over ranks of every gradient (stage 0, 1), or of each rank's own chunk (stage 2).</summary>
-    public void ReduceGradients(int step)
+    /// <summary>Before a step's share: no bucket is reduced yet.</summary>
+    public void BeginStep(int step)
+    {
+        Need();
+        _step = step;
+        _launched = 0;
+    }
+
+    /// <summary>
+    /// Runs the share's last backward (the one after which the gradients are the share's sum) with the overlap on: each
+    /// time the model reports a backward stage done (<see cref="CausalLM.GradientsFinished"/>), the buckets whose
+    /// gradients are all final are reduced, in bucket order, while the backward goes on below them. A synchronous
+    /// collective (TCP) reduces on a worker thread, one bucket after another through the one flat buffer; NCCL enqueues
+    /// on the backend's stream between the layers' kernels (the same stream orders them; see docs/training.md).
+    /// Without overlap, or when an objective does not call this, <see cref="ReduceGradients"/> reduces every bucket.
+    /// </summary>
+    public T LastBackward<T>(Func<T> backward)
     {
         var model = Need();
-        string activity = $"the gradient {(ZeroStage == 2 ? "reduce-scatter" : "all-reduce")} of step {step}";
-        foreach (var b in _buckets)
+        if (!Overlap) return backward();
+        model.GradientsFinished = LaunchReady;
+        try { return backward(); }
+        finally { model.GradientsFinished = null; }
+    }
+
+    void LaunchReady(int stage)
+    {
+        while (_launched < _buckets.Length && _buckets[_launched].ReadyStage <= stage)
         {
-            var flat = Flat(b);
-            Gather(b, flat, p => p.Grad);
-            if (ZeroStage == 2)
-            {
-                var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
-                Collective.ReduceScatter(flat, own, ReduceOp.Sum, activity);
-                Scatter(b, flat, p => p.Grad, ownedOnly: true);
-            }
-            else
-            {
-                Collective.AllReduce(flat, ReduceOp.Sum, activity);
-                Scatter(b, flat, p => p.Grad, ownedOnly: false);
-            }
+            _launchStages[_launched] = stage;
+            Launch(_buckets[_launched++]);
         }
+    }
+
+    int[] _launchStages = [];
+
+    /// <summary>
+    /// Of the last step, per bucket: the backward stage at which its reduction started (<see cref="int.MaxValue"/>: after
+    /// the backward). Shows what the overlap did; the log and the tests read it.
+    /// </summary>
+    public IReadOnlyList<int> LaunchStages => _launchStages;
+
+    string ReduceActivity => $"the gradient {(ZeroStage == 2 ? "reduce-scatter" : "all-reduce")} of step {_step}";
+
+    void Launch(Bucket b)
+    {
+        string activity = ReduceActivity;
+        if (!Collective.Synchronous) { Reduce(b, activity); return; }
+        var before = _inFlight;
+        _inFlight = Task.Factory.StartNew(() =>
+        {
+            before.GetAwaiter().GetResult(); // one bucket after another: they share the flat buffer and the sockets
+            Reduce(b, activity);
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>
+    /// Σ over ranks of every gradient (stage 0, 1), or of each rank's own chunk (stage 2): reduces the buckets the
+    /// overlapped backward has not, then waits for all.
+    /// </summary>
+    public void ReduceGradients(int step)
+    {
+        Need();
+        if (_step != step) BeginStep(step);
+        string activity = ReduceActivity;
+        try { LaunchReady(int.MaxValue); }
+        finally { WaitInFlight(); }
         Collective.Wait(activity);
+    }
+
+    void WaitInFlight()
+    {
+        var inFlight = _inFlight;
+        _inFlight = Task.CompletedTask;
+        inFlight.GetAwaiter().GetResult();
+    }
+
+    /// <summary>One bucket: its gradients into the flat buffer, the collective, the (owned) sums back.</summary>
+    void Reduce(Bucket b, string activity)
+    {
+        var flat = Flat(b);
+        Gather(b, flat, p => p.Grad);
+        if (ZeroStage == 2)
+        {
+            var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
+            Collective.ReduceScatter(flat, own, ReduceOp.Sum, activity);
+            Scatter(b, flat, p => p.Grad, ownedOnly: true);
+        }
+        else
+        {
+            Collective.AllReduce(flat, ReduceOp.Sum, activity);
+            Scatter(b, flat, p => p.Grad, ownedOnly: false);
+        }
     }
 
     /// <summary>
@@ -310,6 +396,9 @@ public sealed class DataParallel : IDisposable
 
     public void Dispose()
     {
+        // A backward that failed half-way may leave a reduction in flight; it ends at the collective's time limit at worst.
+        try { WaitInFlight(); } catch (Exception) { }
+        if (_model is not null) _model.GradientsFinished = null;
         _scratch?.Dispose();
         _scratch = null;
         _shards?.Dispose();

@@ -243,7 +243,8 @@ public static class FineTuneRecipe
         long counter = model.RandomCounter;
         var share = parallel.Share(step, perRank);
         model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
-        var outcome = objective.StepShare(model, share, step);
+        parallel.BeginStep(stepNumber);
+        var outcome = objective.StepShare(model, share, step, parallel);
         model.RandomCounter = counter + step.Count;
         parallel.ReduceGradients(stepNumber);
         Span<double> host = [outcome.SumLoss, cancellation.IsCancellationRequested ? 1 : 0];

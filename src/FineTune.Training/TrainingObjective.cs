@@ -40,7 +40,9 @@ public interface ITrainingObjective
     /// the normaliser of the <paramref name="wholeStep"/> (all ranks' micro-batches), so that the sum of the ranks'
     /// gradients is the one-process gradient of that step. Returns the share's summed loss and the whole step's normaliser.
     /// </summary>
-    ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep) =>
+    /// <param name="parallel">Runs the share's last backward through <see cref="DataParallel.LastBackward{T}"/>, so the
+    /// gradient buckets are reduced as that backward finishes them (optional: without it they are reduced after).</param>
+    ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep, DataParallel? parallel = null) =>
         throw new TrainingException($"{GetType().Name} trains in one process only: several processes (data parallel) support pt and sft so far; run this stage without --nproc-per-node.");
 }
 
@@ -78,12 +80,18 @@ public sealed class TokenObjective : ITrainingObjective
     public ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation) =>
         new(FineTuneRecipe.EvaluateLoss(model, eval, cancellation).MeanLoss, ObjectiveOutcome.NoMetrics);
 
-    public ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep)
+    public ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep, DataParallel? parallel = null)
     {
         long labelled = wholeStep.Sum(b => (long)b.Batch.LabelCount);
         float lossScale = labelled == 0 ? 0f : 1f / labelled;
         double sumLoss = 0;
-        foreach (var b in share) sumLoss += model.ForwardBackward(b.Batch, lossScale).SumLoss;
+        for (int i = 0; i < share.Count; i++)
+        {
+            var batch = share[i].Batch;
+            sumLoss += i == share.Count - 1 && parallel is not null
+                ? parallel.LastBackward(() => model.ForwardBackward(batch, lossScale)).SumLoss
+                : model.ForwardBackward(batch, lossScale).SumLoss;
+        }
         return new ShareOutcome(sumLoss, labelled);
     }
 }

@@ -66,14 +66,17 @@ public sealed class DataParallelTests : IDisposable
     }
 
     /// <summary>What one rank ends with: its trainable weights, its error, its info lines and the state bytes it held.</summary>
-    sealed record RankResult(float[] Weights, Exception? Error, string[] Info, long OptimizerStateBytes, long FullOptimizerStateBytes, long ModelBytes);
+    sealed record RankResult(float[] Weights, Exception? Error, string[] Info, long OptimizerStateBytes, long FullOptimizerStateBytes, long ModelBytes)
+    {
+        public int[] LaunchStages { get; init; } = [];
+    }
 
     /// <summary>
     /// Trains on <paramref name="world"/> ranks; rank r writes under <c>name</c> for r = 0 and <c>name-rank{r}</c> otherwise.
     /// With ZeRO the models are built as the train stage builds them: without moments of their own.
     /// </summary>
     RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
-        Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements)
+        Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true)
     {
         int port = FreePort();
         var results = new RankResult[world];
@@ -86,10 +89,10 @@ public sealed class DataParallelTests : IDisposable
             try
             {
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
-                using var parallel = new DataParallel(group, zeroStage, bucketElements);
+                using var parallel = new DataParallel(group, zeroStage, bucketElements, overlap);
                 FineTuneRecipe.Train(model, args(rank), Loader(), null, monitor, objective: null, parallel: parallel);
                 (stateBytes, fullBytes) = (parallel.OptimizerStateBytes, parallel.FullOptimizerStateBytes);
-                results[rank] = new(Trainable(model), null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes);
+                results[rank] = new(Trainable(model), null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes) { LaunchStages = [.. parallel.LaunchStages] };
             }
             catch (Exception e) { results[rank] = new(Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes); }
         })).ToArray();
@@ -191,6 +194,40 @@ public sealed class DataParallelTests : IDisposable
             var oneLog = TrainerLog.Read(Path.Combine(_root, $"rank1-{zeroStage}", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
             Assert.Equal(plainLog, oneLog);
         }
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Buckets_reduced_during_the_backward_give_the_bits_of_buckets_reduced_after_it(int zeroStage)
+    {
+        // 2 micro-batches per rank: only the last backward of a share overlaps (the first one's gradients are partial sums).
+        TrainingArguments A(string name) => Args(name, 3) with { GradientAccumulationSteps = 4 };
+        var after = Ok(Ranks(2, zeroStage, r => A($"after{zeroStage}-{r}"), bucketElements: 500, overlap: false));
+        var during = Ranks(2, zeroStage, r => A($"during{zeroStage}-{r}"), bucketElements: 500);
+        Assert.Equal(after[0], Ok(during)[0]);
+        Assert.Equal(after[1], Ok(during)[1]);
+        // The 10 buckets in reverse parameter order: the first five hold layer 1's adapters and went out right after layer
+        // 1's backward (stage 1), the other five after layer 0's (stage 2), while the embedding backward still ran.
+        Assert.Equal([1, 1, 1, 1, 1, 2, 2, 2, 2, 2], during[0].LaunchStages);
+    }
+
+    [Fact]
+    public void Full_fine_tuning_overlapped_equals_the_reduction_after_the_backward()
+    {
+        // Full: the tied embedding is also the LM head, so its bucket waits for the embedding backward (stage 3), the last.
+        var full = new TrainingSetup { FinetuningType = FinetuningType.Full, Seed = 5 };
+        TrainingArguments A(string name) => Args(name, 3) with { LearningRate = 1e-3, StopAfterStep = 3 };
+        // Buckets of at most 40 elements: the final norm (32) alone, then about one tensor each.
+        var after = Ok(Ranks(2, 0, r => A($"fafter{r}"), full, bucketElements: 40, overlap: false));
+        var during = Ranks(2, 0, r => A($"fduring{r}"), full, bucketElements: 40);
+        Assert.Equal(after[0], Ok(during)[0]);
+        var stages = during[0].LaunchStages;
+        Assert.Equal(0, stages[0]);
+        Assert.Equal(3, stages[^1]);
+        Assert.Equal([0, 1, 2, 3], stages.Distinct());
+        Assert.Equal(stages.Order(), stages);
     }
 
     [Fact]
