@@ -247,10 +247,11 @@ public static class FineTuneRecipe
         var outcome = objective.StepShare(model, share, step, parallel);
         model.RandomCounter = counter + step.Count;
         parallel.ReduceGradients(stepNumber);
-        Span<double> host = [outcome.SumLoss, cancellation.IsCancellationRequested ? 1 : 0];
+        double[] host = [outcome.SumLoss, cancellation.IsCancellationRequested ? 1 : 0, .. outcome.Reduce];
         parallel.Collective.AllReduceHost(host, $"the loss of step {stepNumber}");
         var gradNormSquared = parallel.GradNormSquared(stepNumber);
-        return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, ObjectiveOutcome.NoMetrics), gradNormSquared, host[1] > 0);
+        var metrics = outcome.Metrics?.Invoke(host[2..]) ?? ObjectiveOutcome.NoMetrics;
+        return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, metrics), gradNormSquared, host[1] > 0);
     }
 
     /// <summary>

@@ -43,11 +43,19 @@ public interface ITrainingObjective
     /// <param name="parallel">Runs the share's last backward through <see cref="DataParallel.LastBackward{T}"/>, so the
     /// gradient buckets are reduced as that backward finishes them (optional: without it they are reduced after).</param>
     ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep, DataParallel? parallel = null) =>
-        throw new TrainingException($"{GetType().Name} trains in one process only: several processes (data parallel) support pt and sft so far; run this stage without --nproc-per-node.");
+        throw new TrainingException($"{GetType().Name} trains in one process only; run this stage without --nproc-per-node.");
 }
 
-/// <summary>A rank's part of a data-parallel step: its summed loss, and the labelled tokens of the whole step (the loss's divisor).</summary>
-public readonly record struct ShareOutcome(double SumLoss, long Labelled);
+/// <summary>
+/// A rank's part of a data-parallel step: its summed loss, and the whole step's divisor of it (pt/sft: its labelled
+/// tokens). <see cref="Reduce"/>: further numbers summed over the ranks in the step's host all-reduce;
+/// <see cref="Metrics"/> reads the step's metrics from their sums.
+/// </summary>
+public readonly record struct ShareOutcome(double SumLoss, long Labelled)
+{
+    public double[] Reduce { get; init; } = [];
+    public Func<double[], IReadOnlyDictionary<string, double>>? Metrics { get; init; }
+}
 
 /// <summary>
 /// pt and sft: the mean next-token cross-entropy over every labelled token of the step. Each backward is scaled by

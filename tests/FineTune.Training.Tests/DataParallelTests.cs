@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using FineTune.Engine.Collectives;
 using FineTune.Models;
+using FineTune.Training.Objectives;
 
 namespace FineTune.Training.Tests;
 
@@ -57,11 +58,11 @@ public sealed class DataParallelTests : IDisposable
         return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
-    float[] OneProcess(TrainingArguments args, TrainingSetup? setup = null)
+    float[] OneProcess(TrainingArguments args, TrainingSetup? setup = null, Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null)
     {
         using var models = new TinyTrainingModels();
         var model = models.Create(setup ?? Lora);
-        FineTuneRecipe.Train(model, args, Loader(), null, ITrainingMonitor.Silent);
+        FineTuneRecipe.Train(model, args, (loader ?? Loader)(), null, ITrainingMonitor.Silent, objective: objective?.Invoke());
         return Trainable(model);
     }
 
@@ -76,7 +77,8 @@ public sealed class DataParallelTests : IDisposable
     /// With ZeRO the models are built as the train stage builds them: without moments of their own.
     /// </summary>
     RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
-        Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true)
+        Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true,
+        Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null)
     {
         int port = FreePort();
         var results = new RankResult[world];
@@ -90,7 +92,7 @@ public sealed class DataParallelTests : IDisposable
             {
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
                 using var parallel = new DataParallel(group, zeroStage, bucketElements, overlap);
-                FineTuneRecipe.Train(model, args(rank), Loader(), null, monitor, objective: null, parallel: parallel);
+                FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), null, monitor, objective: objective?.Invoke(), parallel: parallel);
                 (stateBytes, fullBytes) = (parallel.OptimizerStateBytes, parallel.FullOptimizerStateBytes);
                 results[rank] = new(Trainable(model), null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes) { LaunchStages = [.. parallel.LaunchStages] };
             }
@@ -228,6 +230,47 @@ public sealed class DataParallelTests : IDisposable
         Assert.Equal(3, stages[^1]);
         Assert.Equal([0, 1, 2, 3], stages.Distinct());
         Assert.Equal(stages.Order(), stages);
+    }
+
+    public static TheoryData<string, int> PreferenceCases => new()
+    {
+        { "dpo", 2 }, { "dpo", 4 }, { "orpo", 2 }, { "simpo", 2 }, { "kto", 2 }, { "kto", 4 }, { "rm", 2 }, { "rm", 4 },
+    };
+
+    [Theory]
+    [MemberData(nameof(PreferenceCases))]
+    public void Preference_objectives_on_two_ranks_equal_one_process(string objective, int microBatches)
+    {
+        // 8 samples in micro-batches of 2; a step of 2 (one per rank) or 4 (two per rank) micro-batches.
+        ITrainingObjective Objective() => objective switch
+        {
+            "dpo" => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true),
+            "orpo" => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefLoss = PreferenceLoss.Orpo, PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true),
+            "simpo" => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefLoss = PreferenceLoss.Simpo, PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true),
+            "kto" => new PreferenceTraining(PreferenceObjectives.Kto(new PreferenceSettings { PrefBeta = 0.5 }), PreferenceLayout.Kto, referenceWithoutAdapters: true, trainTag: i => i % 2 == 0),
+            _ => new PreferenceTraining(PreferenceObjectives.RewardModel(), PreferenceLayout.Rewards, referenceWithoutAdapters: true),
+        };
+        DataLoader Data() => objective == "kto"
+            ? new DataLoader(8, PreferenceTrainingTests.Kto, 2, 9, true, 0)
+            : new DataLoader(8, PreferenceTrainingTests.Pair, 2, seed: 9, shuffle: true, padTokenId: 0);
+        var setup = Lora with { ValueHead = objective == "rm" };
+        TrainingArguments A(string name) => Args(name, 4) with { GradientAccumulationSteps = microBatches };
+        var one = OneProcess(A($"{objective}{microBatches}-one"), setup, Objective, Data);
+        var two = Ok(Ranks(2, 0, r => A(r == 0 ? $"{objective}{microBatches}-two" : $"{objective}{microBatches}-two-rank1"), setup, objective: Objective, loader: Data));
+        Assert.Equal(two[0], two[1]);
+        var oneLog = TrainerLog.Read(Path.Combine(_root, $"{objective}{microBatches}-one", TrainerLog.FileName));
+        var twoLog = TrainerLog.Read(Path.Combine(_root, $"{objective}{microBatches}-two", TrainerLog.FileName));
+        Assert.Equal(oneLog.Select(e => e.Loss), twoLog.Select(e => e.Loss));
+        Assert.Equal(oneLog.Select(e => string.Join(",", e.Metrics!.Select(kv => $"{kv.Key}={kv.Value}"))),
+            twoLog.Select(e => string.Join(",", e.Metrics!.Select(kv => $"{kv.Key}={kv.Value}"))));
+        if (microBatches == 2) Assert.Equal(one, two[0]);
+        else
+        {
+            // Two micro-batches per rank: one process adds 4 micro-batches' gradients in turn, the ranks add pairs and then
+            // the pairs' sums, so the F32 sums associate differently.
+            double rel = RelativeDifference(two[0], one);
+            Assert.True(rel < 1e-6, $"relative difference {rel:E2}");
+        }
     }
 
     [Fact]
