@@ -7,20 +7,22 @@ namespace FineTune.Training;
 /// <summary>
 /// Data-parallel training over a <see cref="ICollective"/> (PyTorch DDP's contract, with DeepSpeed's ZeRO-1/2 as options):
 /// every rank holds the whole model; a step's global batch of micro-batches (per_device_train_batch_size ×
-/// gradient_accumulation_steps × world size) is cut into one contiguous share per rank; after the backward the gradients
-/// are summed across ranks. Each share's backward is scaled by 1 / (labelled tokens of the whole global step), the
-/// normalisation one process uses for that step, so the sum is one process's gradient and the ranks take identical steps.
+/// gradient_accumulation_steps × world size) is cut into one contiguous share per rank; the gradients are summed across
+/// ranks. Each share's backward is scaled by 1 / (labelled tokens of the whole global step), the normalisation one process
+/// uses for that step, so the sum is one process's gradient and the ranks take identical steps.
 /// <para>
 /// Gradients are reduced in buckets of consecutive parameters (last first, the order the backward finishes them), each
-/// copied into one flat buffer, so NCCL or TCP sees a few large messages; the reduction runs after the backward (the
-/// model's layer backward has no hook yet), on the backend's stream for NCCL.
+/// copied into one flat buffer, so NCCL or TCP sees a few large messages. With <see cref="Overlap"/> a bucket is reduced
+/// as soon as the share's last backward has finished all its gradients (<see cref="LastBackward{T}"/>, from the model's
+/// <see cref="CausalLM.GradientsFinished"/> hook): TCP on a worker thread, NCCL enqueued on the backend's stream.
 /// </para>
 /// <para>
 /// ZeRO: each bucket is split into <see cref="WorldSize"/> equal chunks and rank r owns chunk r (DeepSpeed's flat
-/// partition). Stage 1: gradients all-reduced, each rank runs AdamW on the elements it owns, then the updated master
-/// weights are all-gathered. Stage 2: gradients reduce-scattered (each rank receives only the sum of its chunk), the
-/// clipping norm summed from the chunks, then as stage 1. The moments a rank does not own are never updated, and are
-/// gathered to every rank before a checkpoint, which therefore has the single-process format and resumes on any world
+/// partition); the rank holds AdamW's moments for its chunks only (the model, built with
+/// <see cref="TrainingSetup.ShardedOptimizerStates"/>, holds none). Stage 1: gradients all-reduced, each rank runs AdamW on
+/// the elements it owns, then the updated master weights are all-gathered. Stage 2: gradients reduce-scattered (each rank
+/// receives only the sum of its chunk), the clipping norm summed from the chunks, then as stage 1. Before a checkpoint the
+/// moments are all-gathered into host arrays, so the checkpoint has the single-process format and resumes on any world
 /// size. Stage 3 (parameters sharded) is not implemented.
 /// </para>
 /// </summary>
