@@ -92,14 +92,22 @@ public sealed class TokenObjective : ITrainingObjective
     {
         long labelled = wholeStep.Sum(b => (long)b.Batch.LabelCount);
         float lossScale = labelled == 0 ? 0f : 1f / labelled;
-        double sumLoss = 0;
+        double sumLoss = 0, auxSum = 0;
         for (int i = 0; i < share.Count; i++)
         {
             var batch = share[i].Batch;
-            sumLoss += i == share.Count - 1 && parallel is not null
-                ? parallel.LastBackward(() => model.ForwardBackward(batch, lossScale)).SumLoss
-                : model.ForwardBackward(batch, lossScale).SumLoss;
+            var r = i == share.Count - 1 && parallel is not null
+                ? parallel.LastBackward(() => model.ForwardBackward(batch, lossScale))
+                : model.ForwardBackward(batch, lossScale);
+            sumLoss += r.SumLoss;
+            auxSum += r.RouterAuxLoss ?? 0;
         }
-        return new ShareOutcome(sumLoss, labelled);
+        if (model.RouterAuxLossCoef == 0 || wholeStep.Count == 0) return new ShareOutcome(sumLoss, labelled);
+        // aux_loss as one process logs it: the mean over the whole step's micro-batches, from the ranks' summed shares.
+        return new ShareOutcome(sumLoss, labelled)
+        {
+            Reduce = [auxSum],
+            Metrics = summed => new Dictionary<string, double> { ["aux_loss"] = summed[0] / wholeStep.Count },
+        };
     }
 }

@@ -276,6 +276,46 @@ public sealed class DataParallelTests : IDisposable
     }
 
     [Fact]
+    public void A_mixture_of_experts_with_its_aux_loss_on_two_ranks_equals_one_process()
+    {
+        // qwen3_moe-style layers (4 experts, top 2) with the load-balancing loss on, full fine-tuning: the experts' and
+        // routers' gradients are reduced as each layer's backward ends, and aux_loss is logged as one process logs it.
+        var moe = TinyTrainingModels.Spec with
+        {
+            Architecture = "qwen3_moe",
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 12, RouterAuxLossCoef = 0.01, OutputRouterLogits = true },
+        };
+        var setup = new TrainingSetup { FinetuningType = FinetuningType.Full, Seed = 5 };
+        TrainingArguments A(string name) => Args(name, 3) with { LearningRate = 1e-3, StopAfterStep = 3 };
+        float[] one;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(setup, moe);
+            FineTuneRecipe.Train(model, A("moe-one"), Loader(), null, ITrainingMonitor.Silent);
+            one = Trainable(model);
+        }
+        int port = FreePort();
+        var two = new float[2][];
+        var threads = Enumerable.Range(0, 2).Select(rank => new Thread(() =>
+        {
+            using var models = new TinyTrainingModels();
+            var model = models.Create(setup, moe);
+            using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, 2, rank, 2), TimeSpan.FromSeconds(20));
+            using var parallel = new DataParallel(group, 0, bucketElements: 2000);
+            FineTuneRecipe.Train(model, A($"moe-two{rank}"), Loader(), null, ITrainingMonitor.Silent, parallel: parallel);
+            two[rank] = Trainable(model);
+        })).ToArray();
+        foreach (var t in threads) t.Start();
+        foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(120)), "a rank hung");
+        double rel = RelativeDifference(two[0], one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        var oneAux = TrainerLog.Read(Path.Combine(_root, "moe-one", TrainerLog.FileName)).Select(e => e.Metric("aux_loss")).ToArray();
+        var twoAux = TrainerLog.Read(Path.Combine(_root, "moe-two0", TrainerLog.FileName)).Select(e => e.Metric("aux_loss")).ToArray();
+        Assert.All(oneAux, a => Assert.NotNull(a));
+        Assert.Equal(oneAux, twoAux);
+    }
+
+    [Fact]
     public void Zero_2_equals_plain_data_parallel()
     {
         var plain = Ok(Ranks(2, 0, r => Args($"plain{r}")));
