@@ -57,6 +57,8 @@ public sealed partial class CausalLM
     {
         var acts = _acts!;
         var (n, shape, seed) = (pass.Tokens, pass.Shape, pass.Seed);
+        var finished = GradientsFinished;
+        finished?.Invoke(0); // every head's backward (lm_head, final norm, value head) ran before this
         for (int l = _layers.Length - 1; l >= LowestBackwardLayer; l--)
         {
             var a = LayerActs(l);
@@ -65,12 +67,48 @@ public sealed partial class CausalLM
             else if (acts.Storage[l] == LayerStorage.Selective)
                 RecomputeSelective(_layers[l], a, acts.Residual[l], n);
             LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
+            finished?.Invoke(_layers.Length - l);
         }
         if (_embed.Grad is { } eg)
         {
             if (EmbeddingScale is { } es) Backend.Scale(Rows(acts.Dres, n), es);
             Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
         }
+        finished?.Invoke(_layers.Length + 1);
+    }
+
+    /// <summary>
+    /// Data parallel's overlap hook: during a training backward, called each time a group of trainable gradients is final
+    /// for that backward, with the <see cref="BackwardStage"/> of the group: 0 when the layers' backward starts (the head's
+    /// gradients — lm_head, final norm, value head — are done), L − l after layer l's backward, and L + 1 after the
+    /// embeddings', always, as the last call (also when no layer needed a backward).
+    /// </summary>
+    public Action<int>? GradientsFinished { get; set; }
+
+    private Dictionary<TrainableParameter, int>? _backwardStages;
+
+    /// <summary>
+    /// The <see cref="GradientsFinished"/> stage after which <paramref name="p"/>'s gradient is final: 0 for the head's
+    /// parameters, L − l for layer l's (its norms, linears, experts and LoRA adapters), L + 1 for the embeddings (and a
+    /// tied LM head, which the embedding backward adds to last) and for anything this map does not place.
+    /// </summary>
+    public int BackwardStage(TrainableParameter p)
+    {
+        if (_backwardStages is null)
+        {
+            var stages = new Dictionary<TrainableParameter, int>();
+            foreach (var head in new[] { _finalNorm, _lmHead, _valueHeadWeight, _valueHeadBias })
+                if (head?.Trainable is { } t) stages[t] = 0;
+            foreach (var layer in _layers)
+            {
+                var own = layer.Parameters.Concat(layer.Linears.Where(x => x.Lora is not null).SelectMany(x => new[] { x.Lora!.A, x.Lora.B }));
+                foreach (var q in own)
+                    if ((q.ViewOf?.Source ?? q).Trainable is { } t) stages[t] = _layers.Length - layer.Index;
+            }
+            if (_embed.Trainable is { } e) stages[e] = _layers.Length + 1;
+            _backwardStages = stages;
+        }
+        return _backwardStages.TryGetValue(p, out int stage) ? stage : _layers.Length + 1;
     }
 
     /// <summary>Forward only (evaluation): the summed loss over labelled tokens, no dropout, no gradients.</summary>

@@ -189,7 +189,7 @@ public sealed partial class CausalLM : IDisposable
             {
                 if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
                 if (!stacked) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
-                (m, v) = PlanMoments(builder, p);
+                if (!setup.ShardedOptimizerStates) (m, v) = PlanMoments(builder, p);
             }
             handles[p] = (trainable, value, master, grad, m, v);
         }
@@ -225,7 +225,8 @@ public sealed partial class CausalLM : IDisposable
             // The value head is saved apart (value_head.safetensors) under its own names, never as a PEFT module.
             string saved = peftNames && !IsValueHead(p) ? "base_model.model." + p.Name : p.Name;
             var master = separateMaster ? _weights[hd.Master] : p.Value;
-            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!, _weights[hd.M], _weights[hd.V])
+            p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!,
+                hd.M >= 0 ? _weights[hd.M] : null, hd.V >= 0 ? _weights[hd.V] : null)
             {
                 EightBit = EightBitMomentsOf(p),
             };

@@ -9,11 +9,12 @@ public enum ParameterRole { Weight, Bias, Norm, Embedding, LoraA, LoraB }
 /// (base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight) for LoRA and modules_to_save, the HF key
 /// (model.layers.0.mlp.down_proj.weight) for full and freeze. <see cref="Value"/> is what the forward reads
 /// (compute dtype); <see cref="Master"/> is the F32 copy AdamW updates (the same tensor when the compute dtype is F32).
-/// <see cref="Grad"/>, <see cref="M"/>, <see cref="V"/> are F32 and zero at start.
+/// <see cref="Grad"/>, <see cref="M"/>, <see cref="V"/> are F32 and zero at start; a model built with
+/// <see cref="TrainingSetup.ShardedOptimizerStates"/> has no <see cref="M"/>, <see cref="V"/> (ZeRO holds them in shards).
 /// </summary>
 public sealed class TrainableParameter
 {
-    internal TrainableParameter(string name, string hfName, int[] shape, ParameterRole role, Tensor value, Tensor master, Tensor grad, Tensor m, Tensor v)
+    internal TrainableParameter(string name, string hfName, int[] shape, ParameterRole role, Tensor value, Tensor master, Tensor grad, Tensor? m, Tensor? v)
     {
         Name = name;
         HfName = hfName;
@@ -22,8 +23,8 @@ public sealed class TrainableParameter
         Value = value;
         Master = master;
         Grad = grad;
-        M = m;
-        V = v;
+        _m = m;
+        _v = v;
     }
 
     public string Name { get; }
@@ -34,8 +35,14 @@ public sealed class TrainableParameter
     public Tensor Value { get; }
     public Tensor Master { get; }
     public Tensor Grad { get; }
-    public Tensor M { get; }
-    public Tensor V { get; }
+    readonly Tensor? _m, _v;
+    public Tensor M => _m ?? throw NoMoments();
+    public Tensor V => _v ?? throw NoMoments();
+    /// <summary>False when the model was built with <see cref="TrainingSetup.ShardedOptimizerStates"/>.</summary>
+    public bool HasMoments => _m is not null;
+
+    InvalidOperationException NoMoments() =>
+        new($"{Name}: the model holds no optimizer moments (ShardedOptimizerStates: ZeRO's shards hold them); step it through DataParallel.");
     public long Length => Value.Length;
 
     /// <summary>HF Trainer's rule: no weight decay on biases and normalisation weights.</summary>
@@ -44,8 +51,8 @@ public sealed class TrainableParameter
     /// <summary>adamw_8bit: M and V hold bitsandbytes' 8-bit codes (I32-held bytes) with these block absmax; null: F32 moments.</summary>
     public EightBitMoments? EightBit { get; internal set; }
 
-    /// <summary>Bytes of optimizer state (the two moments and, when 8-bit, their block absmax).</summary>
-    public long StateBytes => EightBit is { } e ? 2 * Length + 4 * (e.AbsmaxM.Length + e.AbsmaxV.Length) : 8 * Length;
+    /// <summary>Bytes of optimizer state this model holds (the two moments and, when 8-bit, their block absmax; 0 when sharded).</summary>
+    public long StateBytes => !HasMoments ? 0 : EightBit is { } e ? 2 * Length + 4 * (e.AbsmaxM.Length + e.AbsmaxV.Length) : 8 * Length;
 
     /// <summary>One AdamW update (backend op); gradNormSquared feeds clipping when step.MaxGradNorm &gt; 0.</summary>
     public void Step(AdamWStep step, Tensor? gradNormSquared = null)

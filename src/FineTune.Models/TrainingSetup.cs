@@ -58,6 +58,12 @@ public sealed record TrainingSetup
     /// </summary>
     public bool EightBitOptimizerStates { get; init; }
 
+    /// <summary>
+    /// ZeRO-1/2 over several processes: the model allocates no AdamW moments; the data-parallel trainer holds, on each
+    /// rank, the moments of the chunks that rank owns (1/world of them). Such a model cannot run its own optimizer step.
+    /// </summary>
+    public bool ShardedOptimizerStates { get; init; }
+
     /// <summary>QLoRA: the frozen decoder linears held 4-bit or 8-bit (null: the compute dtype).</summary>
     public Quantization.QuantizationSetup? Quantization { get; init; }
 

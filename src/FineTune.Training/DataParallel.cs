@@ -7,20 +7,22 @@ namespace FineTune.Training;
 /// <summary>
 /// Data-parallel training over a <see cref="ICollective"/> (PyTorch DDP's contract, with DeepSpeed's ZeRO-1/2 as options):
 /// every rank holds the whole model; a step's global batch of micro-batches (per_device_train_batch_size ×
-/// gradient_accumulation_steps × world size) is cut into one contiguous share per rank; after the backward the gradients
-/// are summed across ranks. Each share's backward is scaled by 1 / (labelled tokens of the whole global step), the
-/// normalisation one process uses for that step, so the sum is one process's gradient and the ranks take identical steps.
+/// gradient_accumulation_steps × world size) is cut into one contiguous share per rank; the gradients are summed across
+/// ranks. Each share's backward is scaled by 1 / (labelled tokens of the whole global step), the normalisation one process
+/// uses for that step, so the sum is one process's gradient and the ranks take identical steps.
 /// <para>
 /// Gradients are reduced in buckets of consecutive parameters (last first, the order the backward finishes them), each
-/// copied into one flat buffer, so NCCL or TCP sees a few large messages; the reduction runs after the backward (the
-/// model's layer backward has no hook yet), on the backend's stream for NCCL.
+/// copied into one flat buffer, so NCCL or TCP sees a few large messages. With <see cref="Overlap"/> a bucket is reduced
+/// as soon as the share's last backward has finished all its gradients (<see cref="LastBackward{T}"/>, from the model's
+/// <see cref="CausalLM.GradientsFinished"/> hook): TCP on a worker thread, NCCL enqueued on the backend's stream.
 /// </para>
 /// <para>
 /// ZeRO: each bucket is split into <see cref="WorldSize"/> equal chunks and rank r owns chunk r (DeepSpeed's flat
-/// partition). Stage 1: gradients all-reduced, each rank runs AdamW on the elements it owns, then the updated master
-/// weights are all-gathered. Stage 2: gradients reduce-scattered (each rank receives only the sum of its chunk), the
-/// clipping norm summed from the chunks, then as stage 1. The moments a rank does not own are never updated, and are
-/// gathered to every rank before a checkpoint, which therefore has the single-process format and resumes on any world
+/// partition); the rank holds AdamW's moments for its chunks only (the model, built with
+/// <see cref="TrainingSetup.ShardedOptimizerStates"/>, holds none). Stage 1: gradients all-reduced, each rank runs AdamW on
+/// the elements it owns, then the updated master weights are all-gathered. Stage 2: gradients reduce-scattered (each rank
+/// receives only the sum of its chunk), the clipping norm summed from the chunks, then as stage 1. Before a checkpoint the
+/// moments are all-gathered into host arrays, so the checkpoint has the single-process format and resumes on any world
 /// size. Stage 3 (parameters sharded) is not implemented.
 /// </para>
 /// </summary>
@@ -32,12 +34,15 @@ public sealed class DataParallel : IDisposable
     readonly long _bucketElements;
     CausalLM? _model;
     Bucket[] _buckets = [];
-    DeviceBuffer? _scratch;
-    Tensor? _flat, _normSquared;
+    DeviceBuffer? _scratch, _shards;
+    Tensor? _flat, _normSquared, _shardM, _shardV;
 
     /// <param name="zeroStage">0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients).</param>
-    public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements)
+    /// <param name="overlap">Reduce each bucket as soon as the share's last backward has finished its gradients (see
+    /// <see cref="LastBackward{T}"/>), instead of all after the backward; the same bits either way.</param>
+    public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements, bool overlap = true)
     {
+        Overlap = overlap;
         if (zeroStage is < 0 or > 2)
             throw new TrainingException($"zero_stage {zeroStage} is not implemented: 0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients); ZeRO-3 (parameters sharded) is not available yet.");
         Collective = collective;
@@ -49,14 +54,31 @@ public sealed class DataParallel : IDisposable
     public int Rank => Collective.Rank;
     public int WorldSize => Collective.WorldSize;
     public int ZeroStage { get; }
+    public bool Overlap { get; }
     /// <summary>Rank 0 writes the outputs, logs and checkpoints; the others write nothing.</summary>
     public bool IsWriter => Rank == 0;
+
+    /// <summary>Buckets reduced (or queued) in the current step, in bucket order; the rest wait for <see cref="ReduceGradients"/>.</summary>
+    int _launched;
+    int _step;
+    /// <summary>The synchronous (TCP) collective's reductions run here, one bucket after another, while the backward goes on.</summary>
+    Task _inFlight = Task.CompletedTask;
 
     /// <summary>One parameter's elements inside a bucket's flat layout.</summary>
     readonly record struct Piece(TrainableParameter Parameter, long Offset);
 
-    /// <summary>Consecutive parameters reduced as one flat buffer; Chunk = ⌈length / world⌉, rank r owns [r·Chunk, (r+1)·Chunk).</summary>
-    sealed record Bucket(Piece[] Pieces, long Length, long Chunk);
+    /// <summary>
+    /// Consecutive parameters reduced as one flat buffer; Chunk = ⌈length / world⌉, rank r owns [r·Chunk, (r+1)·Chunk).
+    /// ShardOffset: where this bucket's owned chunk starts in the rank's moment shards (ZeRO: Σ of the earlier chunks).
+    /// </summary>
+    sealed record Bucket(Piece[] Pieces, long Length, long Chunk, long ShardOffset)
+    {
+        /// <summary>The backward stage (<see cref="CausalLM.BackwardStage"/>) after which all of this bucket's gradients are final.</summary>
+        public int ReadyStage { get; init; }
+    }
+
+    /// <summary>A parameter's whole AdamW moments on the host (gathered for a checkpoint, or read from one).</summary>
+    public sealed record HostMoments(float[] M, float[] V);
 
     /// <summary>Lays out the buckets of <paramref name="model"/> (once per run) and allocates the flat buffer they share.</summary>
     public void Attach(CausalLM model)
@@ -71,7 +93,8 @@ public sealed class DataParallel : IDisposable
         void Close()
         {
             if (current.Count == 0) return;
-            buckets.Add(new Bucket([.. current], length, (length + WorldSize - 1) / WorldSize));
+            long chunk = (length + WorldSize - 1) / WorldSize;
+            buckets.Add(new Bucket([.. current], length, chunk, buckets.Sum(b => b.Chunk)) { ReadyStage = current.Max(x => model.BackwardStage(x.Parameter)) });
             current.Clear();
             length = 0;
         }
@@ -83,11 +106,32 @@ public sealed class DataParallel : IDisposable
         }
         Close();
         _buckets = [.. buckets];
+        _launchStages = new int[_buckets.Length];
         long flat = _buckets.Length == 0 ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
         _scratch = model.Backend.AllocateBuffer(4 * (flat + 1));
         _flat = new Tensor(_scratch, 0, DType.F32, [checked((int)flat)], "data_parallel.bucket");
         _normSquared = new Tensor(_scratch, flat, DType.F32, [1], "data_parallel.grad_norm_squared");
+        if (ZeroStage > 0)
+        {
+            // The moments of this rank's chunks only (DeepSpeed's partitioned optimizer states): 8 bytes per owned element,
+            // zero at start as AdamW's are; padding past a bucket's end stays zero and is never stepped.
+            long owned = Math.Max(1, _buckets.Sum(b => b.Chunk));
+            _shards = model.Backend.AllocateBuffer(4 * 2 * owned);
+            _shardM = new Tensor(_shards, 0, DType.F32, [checked((int)owned)], "data_parallel.exp_avg_shard");
+            _shardV = new Tensor(_shards, owned, DType.F32, [checked((int)owned)], "data_parallel.exp_avg_sq_shard");
+            model.Backend.Zero(_shardM);
+            model.Backend.Zero(_shardV);
+        }
     }
+
+    /// <summary>
+    /// Bytes of AdamW state this rank holds: the model's own moments (stage 0, or a model built without
+    /// <see cref="TrainingSetup.ShardedOptimizerStates"/>) plus, with ZeRO, the moments of the chunks it owns.
+    /// </summary>
+    public long OptimizerStateBytes => Need().OptimizerStateBytes + (ZeroStage > 0 ? 8 * _buckets.Sum(b => b.Chunk) : 0);
+
+    /// <summary>Bytes of AdamW state of the whole model (F32 moments of every trainable element), as one process holds them.</summary>
+    public long FullOptimizerStateBytes => ZeroStage == 0 ? Need().OptimizerStateBytes : 8 * Need().TrainableParameters.Sum(p => p.Length);
 
     /// <summary>
     /// This rank's share of a global step: micro-batches [rank·perRank, (rank+1)·perRank) of the step (fewer, or none, at
@@ -96,28 +140,99 @@ public sealed class DataParallel : IDisposable
     public IReadOnlyList<StepBatch> Share(IReadOnlyList<StepBatch> step, int perRank) =>
         step.Skip(Rank * perRank).Take(perRank).ToArray();
 
-    /// <summary>Σ over ranks of every gradient (stage 0, 1), or of each rank's own chunk (stage 2).</summary>
-    public void ReduceGradients(int step)
+    /// <summary>Before a step's share: no bucket is reduced yet.</summary>
+    public void BeginStep(int step)
+    {
+        Need();
+        _step = step;
+        _launched = 0;
+    }
+
+    /// <summary>
+    /// Runs the share's last backward (the one after which the gradients are the share's sum) with the overlap on: each
+    /// time the model reports a backward stage done (<see cref="CausalLM.GradientsFinished"/>), the buckets whose
+    /// gradients are all final are reduced, in bucket order, while the backward goes on below them. A synchronous
+    /// collective (TCP) reduces on a worker thread, one bucket after another through the one flat buffer; NCCL enqueues
+    /// on the backend's stream between the layers' kernels (the same stream orders them; see docs/training.md).
+    /// Without overlap, or when an objective does not call this, <see cref="ReduceGradients"/> reduces every bucket.
+    /// </summary>
+    public T LastBackward<T>(Func<T> backward)
     {
         var model = Need();
-        string activity = $"the gradient {(ZeroStage == 2 ? "reduce-scatter" : "all-reduce")} of step {step}";
-        foreach (var b in _buckets)
+        if (!Overlap) return backward();
+        model.GradientsFinished = LaunchReady;
+        try { return backward(); }
+        finally { model.GradientsFinished = null; }
+    }
+
+    void LaunchReady(int stage)
+    {
+        while (_launched < _buckets.Length && _buckets[_launched].ReadyStage <= stage)
         {
-            var flat = Flat(b);
-            Gather(b, flat, p => p.Grad);
-            if (ZeroStage == 2)
-            {
-                var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
-                Collective.ReduceScatter(flat, own, ReduceOp.Sum, activity);
-                Scatter(b, flat, p => p.Grad, ownedOnly: true);
-            }
-            else
-            {
-                Collective.AllReduce(flat, ReduceOp.Sum, activity);
-                Scatter(b, flat, p => p.Grad, ownedOnly: false);
-            }
+            _launchStages[_launched] = stage;
+            Launch(_buckets[_launched++]);
         }
+    }
+
+    int[] _launchStages = [];
+
+    /// <summary>
+    /// Of the last step, per bucket: the backward stage at which its reduction started (<see cref="int.MaxValue"/>: after
+    /// the backward). Shows what the overlap did; the log and the tests read it.
+    /// </summary>
+    public IReadOnlyList<int> LaunchStages => _launchStages;
+
+    string ReduceActivity => $"the gradient {(ZeroStage == 2 ? "reduce-scatter" : "all-reduce")} of step {_step}";
+
+    void Launch(Bucket b)
+    {
+        string activity = ReduceActivity;
+        if (!Collective.Synchronous) { Reduce(b, activity); return; }
+        var before = _inFlight;
+        _inFlight = Task.Factory.StartNew(() =>
+        {
+            before.GetAwaiter().GetResult(); // one bucket after another: they share the flat buffer and the sockets
+            Reduce(b, activity);
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>
+    /// Σ over ranks of every gradient (stage 0, 1), or of each rank's own chunk (stage 2): reduces the buckets the
+    /// overlapped backward has not, then waits for all.
+    /// </summary>
+    public void ReduceGradients(int step)
+    {
+        Need();
+        if (_step != step) BeginStep(step);
+        string activity = ReduceActivity;
+        try { LaunchReady(int.MaxValue); }
+        finally { WaitInFlight(); }
         Collective.Wait(activity);
+    }
+
+    void WaitInFlight()
+    {
+        var inFlight = _inFlight;
+        _inFlight = Task.CompletedTask;
+        inFlight.GetAwaiter().GetResult();
+    }
+
+    /// <summary>One bucket: its gradients into the flat buffer, the collective, the (owned) sums back.</summary>
+    void Reduce(Bucket b, string activity)
+    {
+        var flat = Flat(b);
+        Gather(b, flat, p => p.Grad);
+        if (ZeroStage == 2)
+        {
+            var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
+            Collective.ReduceScatter(flat, own, ReduceOp.Sum, activity);
+            Scatter(b, flat, p => p.Grad, ownedOnly: true);
+        }
+        else
+        {
+            Collective.AllReduce(flat, ReduceOp.Sum, activity);
+            Scatter(b, flat, p => p.Grad, ownedOnly: false);
+        }
     }
 
     /// <summary>
@@ -153,11 +268,11 @@ public sealed class DataParallel : IDisposable
         }
         var backend = model.Backend;
         foreach (var b in _buckets)
-            foreach (var (p, start, count) in OwnedRanges(b))
+            foreach (var (p, start, count, shard) in OwnedRanges(b))
             {
                 int n = checked((int)count);
                 var copy = ReferenceEquals(p.Value, p.Master) ? null : p.Value.View(start, [n]);
-                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), p.M.View(start, [n]), p.V.View(start, [n]),
+                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
                     copy, gradNormSquared, adamW(p));
             }
         AllGatherOwned(p => p.Master, $"the parameter all-gather of step {step}");
@@ -167,13 +282,48 @@ public sealed class DataParallel : IDisposable
     }
 
     /// <summary>
-    /// Before a checkpoint (stage 1, 2): every rank gets the AdamW moments of every element, so rank 0 saves them whole.
+    /// Before a checkpoint (stage 1, 2): the ranks all-gather their moment shards, one bucket at a time through the flat
+    /// buffer, into host arrays of every parameter, so rank 0 saves them whole (the single-process format). Null for
+    /// stage 0, where the model holds its moments. The whole moments exist only here, on the host, while a checkpoint is written.
     /// </summary>
-    public void GatherOptimizerStates(int step)
+    public IReadOnlyDictionary<TrainableParameter, HostMoments>? GatherOptimizerStates(int step)
     {
-        if (ZeroStage == 0) return;
-        AllGatherOwned(p => p.M, $"gathering the optimizer moments for the checkpoint of step {step}");
-        AllGatherOwned(p => p.V, $"gathering the optimizer moments for the checkpoint of step {step}");
+        if (ZeroStage == 0) return null;
+        var model = Need();
+        var backend = model.Backend;
+        string activity = $"gathering the optimizer moments for the checkpoint of step {step}";
+        var whole = model.TrainableParameters.ToDictionary(p => p, p => new HostMoments(new float[p.Length], new float[p.Length]));
+        var host = new float[_flat!.Length];
+        foreach (var b in _buckets)
+            foreach (bool first in new[] { true, false })
+            {
+                var flat = Flat(b);
+                var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
+                backend.Copy(own, (first ? _shardM! : _shardV!).View(b.ShardOffset, [checked((int)b.Chunk)]));
+                Collective.AllGather(own, flat, activity);
+                Collective.Wait(activity);
+                backend.Download(flat, host.AsSpan(0, checked((int)flat.Length)));
+                foreach (var piece in b.Pieces)
+                {
+                    var m = whole[piece.Parameter];
+                    host.AsSpan(checked((int)piece.Offset), checked((int)piece.Parameter.Length)).CopyTo(first ? m.M : m.V);
+                }
+            }
+        return whole;
+    }
+
+    /// <summary>Resuming (stage 1, 2): this rank keeps, of a checkpoint's whole moments, the chunks it owns.</summary>
+    public void LoadOptimizerStates(IReadOnlyDictionary<TrainableParameter, HostMoments> whole)
+    {
+        if (ZeroStage == 0) throw new InvalidOperationException("stage 0 keeps its moments in the model");
+        var backend = Need().Backend;
+        foreach (var b in _buckets)
+            foreach (var (p, start, count, shard) in OwnedRanges(b))
+            {
+                int n = checked((int)count), s0 = checked((int)start);
+                backend.Upload(_shardM!.View(shard, [n]), whole[p].M.AsSpan(s0, n));
+                backend.Upload(_shardV!.View(shard, [n]), whole[p].V.AsSpan(s0, n));
+            }
     }
 
     void AllGatherOwned(Func<TrainableParameter, Tensor> tensor, string activity)
@@ -217,20 +367,21 @@ public sealed class DataParallel : IDisposable
             }
             return;
         }
-        foreach (var (p, start, count) in OwnedRanges(b))
-            backend.Copy(tensor(p).View(start, [checked((int)count)]), flat.View(PieceOffset(b, p) + start, [checked((int)count)]));
+        foreach (var (p, start, count, shard) in OwnedRanges(b))
+            backend.Copy(tensor(p).View(start, [checked((int)count)]), flat.View(shard - b.ShardOffset + Rank * b.Chunk, [checked((int)count)]));
     }
 
-    static long PieceOffset(Bucket b, TrainableParameter p) => b.Pieces.First(x => ReferenceEquals(x.Parameter, p)).Offset;
-
-    /// <summary>The parts of parameters inside this rank's chunk of a bucket: (parameter, first element, count).</summary>
-    IEnumerable<(TrainableParameter Parameter, long Start, long Count)> OwnedRanges(Bucket b)
+    /// <summary>
+    /// The parts of parameters inside this rank's chunk of a bucket: (parameter, first element, count, where they sit in
+    /// the rank's moment shards).
+    /// </summary>
+    IEnumerable<(TrainableParameter Parameter, long Start, long Count, long Shard)> OwnedRanges(Bucket b)
     {
         long lo = Rank * b.Chunk, hi = Math.Min(b.Length, lo + b.Chunk);
         foreach (var piece in b.Pieces)
         {
             long s = Math.Max(lo, piece.Offset), e = Math.Min(hi, piece.Offset + piece.Parameter.Length);
-            if (s < e) yield return (piece.Parameter, s - piece.Offset, e - s);
+            if (s < e) yield return (piece.Parameter, s - piece.Offset, e - s, b.ShardOffset + s - lo);
         }
     }
 
@@ -247,7 +398,12 @@ public sealed class DataParallel : IDisposable
 
     public void Dispose()
     {
+        // A backward that failed half-way may leave a reduction in flight; it ends at the collective's time limit at worst.
+        try { WaitInFlight(); } catch (Exception) { }
+        if (_model is not null) _model.GradientsFinished = null;
         _scratch?.Dispose();
         _scratch = null;
+        _shards?.Dispose();
+        _shards = null;
     }
 }

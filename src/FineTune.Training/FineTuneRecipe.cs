@@ -70,7 +70,7 @@ public static class FineTuneRecipe
         string? resumedFrom = store is null ? null : ResolveResume(store, args, monitor);
         if (resumedFrom is not null)
         {
-            var state = LoadCheckpoint(model, resumedFrom, args.Seed, maxSteps);
+            var state = LoadCheckpoint(model, resumedFrom, args.Seed, maxSteps, parallel);
             step = state.GlobalStep;
             totalTokens = state.TotalTokens;
             lossSum = state.TrainLossSum;
@@ -91,6 +91,8 @@ public static class FineTuneRecipe
         monitor.Info($"{train.SampleCount} samples, {stepsPerEpoch} steps per epoch, {maxSteps} steps, warmup {warmup}, " +
                      $"{model.TrainableParameters.Sum(p => p.Length):N0} trainable parameters, optimizer states {model.OptimizerStateBytes / 1048576.0:F1} MiB " +
                      $"({(model.TrainableParameters.Any(p => p.EightBit is not null) ? "8-bit block-wise, bitsandbytes' AdamW8bit" : "f32")}).");
+        if (parallel is { ZeroStage: > 0 })
+            monitor.Info($"optimizer states: {parallel.OptimizerStateBytes / 1048576.0:F3} MiB on this rank (of {parallel.FullOptimizerStateBytes / 1048576.0:F3} MiB; ZeRO-{parallel.ZeroStage}, rank {parallel.Rank} of {parallel.WorldSize}).");
         var clock = Stopwatch.StartNew();
         double lossSinceLog = 0, lastLogTime = 0;
         int stepsSinceLog = 0;
@@ -187,13 +189,13 @@ public static class FineTuneRecipe
             string SaveHere()
             {
                 // ZeRO: every rank gathers the moments it does not own, so rank 0 saves the single-process format.
-                parallel?.GatherOptimizerStates(step);
+                var gathered = parallel?.GatherOptimizerStates(step);
                 if (!writer) return "by rank 0";
                 var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
                     lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup, args.TrainedFrom);
                 string path = store!.Save(step, dir =>
                 {
-                    SaveCheckpoint(model, dir, state, schedule, log!.Path, args.BaseModelNameOrPath);
+                    SaveCheckpoint(model, dir, state, schedule, log!.Path, args.BaseModelNameOrPath, gathered);
                     objective.SaveState(dir);
                     checkpointWriteHook?.Invoke(dir);
                 }, args.SaveTotalLimit ?? 0);
@@ -241,13 +243,15 @@ public static class FineTuneRecipe
         long counter = model.RandomCounter;
         var share = parallel.Share(step, perRank);
         model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
-        var outcome = objective.StepShare(model, share, step);
+        parallel.BeginStep(stepNumber);
+        var outcome = objective.StepShare(model, share, step, parallel);
         model.RandomCounter = counter + step.Count;
         parallel.ReduceGradients(stepNumber);
-        Span<double> host = [outcome.SumLoss, cancellation.IsCancellationRequested ? 1 : 0];
+        double[] host = [outcome.SumLoss, cancellation.IsCancellationRequested ? 1 : 0, .. outcome.Reduce];
         parallel.Collective.AllReduceHost(host, $"the loss of step {stepNumber}");
         var gradNormSquared = parallel.GradNormSquared(stepNumber);
-        return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, ObjectiveOutcome.NoMetrics), gradNormSquared, host[1] > 0);
+        var metrics = outcome.Metrics?.Invoke(host[2..]) ?? ObjectiveOutcome.NoMetrics;
+        return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, metrics), gradNormSquared, host[1] > 0);
     }
 
     /// <summary>
@@ -335,7 +339,9 @@ public static class FineTuneRecipe
     /// AdamW moments (<c>optimizer.safetensors</c>: name, name.exp_avg, name.exp_avg_sq); the schedule; the random
     /// counter; the data position and counters (<c>trainer_state.json</c>); the trainer log so far.
     /// </summary>
-    static void SaveCheckpoint(CausalLM model, string dir, TrainerState state, LearningRateSchedule schedule, string logPath, string? baseModel = null)
+    /// <param name="gathered">ZeRO: the moments all-gathered from the ranks' shards (the model holds none of its own).</param>
+    static void SaveCheckpoint(CausalLM model, string dir, TrainerState state, LearningRateSchedule schedule, string logPath, string? baseModel,
+        IReadOnlyDictionary<TrainableParameter, DataParallel.HostMoments>? gathered)
     {
         if (model.Setup.FinetuningType == FinetuningType.Lora) model.SaveAdapter(dir, baseModel); else model.SaveModel(dir);
         var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "finetune-optimizer", ["step"] = state.GlobalStep.ToString(System.Globalization.CultureInfo.InvariantCulture) });
@@ -345,6 +351,12 @@ public static class FineTuneRecipe
             var host = new float[p.Length];
             model.Backend.Download(p.Master, host);
             writer.Add(p.Name, host, shape);
+            if (gathered is not null)
+            {
+                writer.Add(p.Name + ".exp_avg", gathered[p].M, shape);
+                writer.Add(p.Name + ".exp_avg_sq", gathered[p].V, shape);
+                continue;
+            }
             if (p.EightBit is { } e)
             {
                 // 8-bit moments are saved as they are held: the codes (U8) and each block's absmax.
@@ -383,7 +395,8 @@ public static class FineTuneRecipe
         if (File.Exists(logPath)) File.Copy(logPath, Path.Combine(dir, TrainerLog.FileName));
     }
 
-    static TrainerState LoadCheckpoint(CausalLM model, string dir, ulong seed, int maxSteps)
+    /// <param name="parallel">ZeRO: the moments go to the ranks' shards (each keeps the chunks it owns), not to the model.</param>
+    static TrainerState LoadCheckpoint(CausalLM model, string dir, ulong seed, int maxSteps, DataParallel? parallel)
     {
         var state = TrainerState.Load(dir);
         if (state.Seed != seed)
@@ -394,13 +407,18 @@ public static class FineTuneRecipe
         if (!File.Exists(optimizerPath))
             throw new TrainingException($"{optimizerPath} is missing; the checkpoint is incomplete — resume from an earlier one.");
         using var reader = SafetensorsReader.Open(optimizerPath);
+        bool sharded = parallel is { ZeroStage: > 0 };
+        var shards = new Dictionary<TrainableParameter, DataParallel.HostMoments>();
         foreach (var p in model.TrainableParameters)
         {
-            foreach (var (suffix, tensor) in new[] { ("", p.Master), (".exp_avg", p.M), (".exp_avg_sq", p.V) })
+            float[]? m = null;
+            foreach (var suffix in new[] { "", ".exp_avg", ".exp_avg_sq" })
             {
+                if (suffix.Length > 0 && sharded && p.EightBit is not null)
+                    throw new TrainingException($"{optimizerPath}: 8-bit moments cannot be resumed with zero_stage {parallel!.ZeroStage}; resume with zero_stage: 0.");
                 if (suffix.Length > 0 && p.EightBit is { } e)
                 {
-                    LoadEightBitMoment(model, reader, optimizerPath, p.Name + suffix, tensor, suffix == ".exp_avg" ? e.AbsmaxM : e.AbsmaxV, p.Length);
+                    LoadEightBitMoment(model, reader, optimizerPath, p.Name + suffix, suffix == ".exp_avg" ? p.M : p.V, suffix == ".exp_avg" ? e.AbsmaxM : e.AbsmaxV, p.Length);
                     continue;
                 }
                 string name = p.Name + suffix;
@@ -409,10 +427,14 @@ public static class FineTuneRecipe
                 var host = reader.ReadAsFloat32(name);
                 if (host.Length != p.Length)
                     throw new TrainingException($"{optimizerPath}: tensor '{name}' has {host.Length} values, the model expects {p.Length}; the checkpoint belongs to a different model or LoRA rank.");
-                model.Backend.Upload(tensor, host);
+                if (suffix.Length == 0) model.Backend.Upload(p.Master, host);
+                else if (!sharded) model.Backend.Upload(suffix == ".exp_avg" ? p.M : p.V, host);
+                else if (m is null) m = host;
+                else shards[p] = new DataParallel.HostMoments(m, host);
             }
             if (!ReferenceEquals(p.Value, p.Master)) model.Backend.Copy(p.Value, p.Master);
         }
+        if (sharded) parallel!.LoadOptimizerStates(shards);
         return state;
     }
 

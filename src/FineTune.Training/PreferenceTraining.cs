@@ -85,32 +85,115 @@ public sealed class PreferenceTraining : ITrainingObjective
     {
         int total = microBatches.Sum(b => b.Samples.Length);
         var mean = new WeightedMean();
+        // The loss is the mean over the step's examples: each micro-batch's mean enters with its share of them.
         foreach (var mb in microBatches)
         {
-            // The loss is the mean over the step's examples: each micro-batch's mean enters with its share of them.
             double share = (double)mb.Samples.Length / total;
-            var (result, segments) = Score(model, mb.Batch, mb.Samples, _trainReference, _trainTag, forBackward: true);
+            var (result, backward) = MicroBatch(model, mb, share);
             mean.Add(result, share);
-            var g = result.Gradients;
-            var d = new double[mb.Samples.Length * segments];
-            for (int r = 0; r < mb.Samples.Length; r++)
-            {
-                d[r * segments] = share * ((_layout switch
-                {
-                    PreferenceLayout.Rewards => g.ChosenScores,
-                    PreferenceLayout.Kto => g.PolicyTargetLogps,
-                    _ => g.PolicyChosenLogps,
-                })?[r] ?? 0);
-                d[r * segments + 1] = share * ((_layout switch
-                {
-                    PreferenceLayout.Rewards => g.RejectedScores,
-                    PreferenceLayout.Kto => g.PolicyKlLogps,
-                    _ => g.PolicyRejectedLogps,
-                })?[r] ?? 0);
-            }
-            if (_layout == PreferenceLayout.Rewards) model.BackwardValues(d); else model.BackwardSequences(d);
+            backward();
         }
         return mean.Outcome();
+    }
+
+    /// <summary>
+    /// Data parallel: this rank's micro-batches of the step, each weighted by its share of the whole step's examples as
+    /// one process weights it, so the ranks' gradients sum to one process's. Each micro-batch is its own batch for the
+    /// objective, as in one process: KTO's KL estimate z₀ is the mean over that micro-batch, so it needs no cross-rank
+    /// reduction and does not depend on the world size (TRL's DDP gathers z₀ over the ranks' concurrent micro-batches,
+    /// which would make a 2-rank run differ from one process with the same global batch). The loss and the metrics'
+    /// weighted sums travel in <see cref="ShareOutcome.Reduce"/> through the step's one host all-reduce (after the
+    /// gradient reduction, which may still use the collective from a worker thread while this runs).
+    /// </summary>
+    public ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep, DataParallel? parallel = null)
+    {
+        int total = wholeStep.Sum(b => b.Samples.Length);
+        int world = parallel?.WorldSize ?? 1, rank = parallel?.Rank ?? 0;
+        // Layout: per metric name [Σ weight·value, Σ weight], then per metric name and rank [1 + index in the step of the
+        // first micro-batch holding it] (that rank's slot only; 0 = none), to restore one process's order.
+        int names = MetricNames.Length;
+        var reduce = new double[2 * names + names * world];
+        double loss = 0;
+        for (int i = 0; i < share.Count; i++)
+        {
+            var mb = share[i];
+            double weight = (double)mb.Samples.Length / total;
+            var (result, backward) = MicroBatch(model, mb, weight);
+            loss += weight * result.Loss;
+            int index = IndexIn(wholeStep, mb);
+            foreach (var (k, v) in result.Metrics)
+            {
+                int m = Array.IndexOf(MetricNames, k);
+                if (m < 0) throw new InvalidOperationException($"{Name}: metric '{k}' is not in PreferenceTraining.MetricNames; add it there to train it data-parallel.");
+                reduce[2 * m] += weight * v;
+                reduce[1 + 2 * m] += weight;
+                ref double first = ref reduce[2 * names + m * world + rank];
+                if (first == 0) first = 1 + index;
+            }
+            if (i == share.Count - 1 && parallel is not null) parallel.LastBackward(() => { backward(); return 0; });
+            else backward();
+        }
+        // The loss is already the step's mean's share of this rank (divisor 1).
+        return new ShareOutcome(loss, 1) { Reduce = reduce, Metrics = MetricsOf };
+
+        IReadOnlyDictionary<string, double> MetricsOf(double[] summed)
+        {
+            var present = new List<(double First, int Name)>();
+            for (int m = 0; m < names; m++)
+            {
+                if (summed[1 + 2 * m] == 0) continue;
+                double first = double.MaxValue;
+                for (int r = 0; r < world; r++)
+                    if (summed[2 * names + m * world + r] is > 0 and var f) first = Math.Min(first, f);
+                present.Add((first, m));
+            }
+            // One process's order: first seen in step order; within one micro-batch, the objectives' order (MetricNames').
+            return present.OrderBy(x => x.First).ThenBy(x => x.Name)
+                .ToDictionary(x => MetricNames[x.Name], x => summed[2 * x.Name] / summed[1 + 2 * x.Name]);
+        }
+    }
+
+    /// <summary>
+    /// Every metric any preference objective reports, in the order the objectives emit them (data parallel sums them
+    /// under these slots and restores one process's order from it).
+    /// </summary>
+    public static readonly string[] MetricNames =
+    [
+        "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
+        "kl", "sft_loss", "odds_ratio_loss", "accuracy",
+    ];
+
+    static int IndexIn(IReadOnlyList<StepBatch> step, StepBatch mb)
+    {
+        for (int i = 0; i < step.Count; i++) if (ReferenceEquals(step[i], mb)) return i;
+        throw new ArgumentException("the micro-batch is not one of the step's");
+    }
+
+    /// <summary>
+    /// One micro-batch: its scores and the objective's result, and the backward of <paramref name="weight"/> × the
+    /// objective's loss (to run once the result is read; the scores' activations are kept until then).
+    /// </summary>
+    private (ObjectiveResult Result, Action Backward) MicroBatch(CausalLM model, StepBatch mb, double weight)
+    {
+        var (result, segments) = Score(model, mb.Batch, mb.Samples, _trainReference, _trainTag, forBackward: true);
+        var g = result.Gradients;
+        var d = new double[mb.Samples.Length * segments];
+        for (int r = 0; r < mb.Samples.Length; r++)
+        {
+            d[r * segments] = weight * ((_layout switch
+            {
+                PreferenceLayout.Rewards => g.ChosenScores,
+                PreferenceLayout.Kto => g.PolicyTargetLogps,
+                _ => g.PolicyChosenLogps,
+            })?[r] ?? 0);
+            d[r * segments + 1] = weight * ((_layout switch
+            {
+                PreferenceLayout.Rewards => g.RejectedScores,
+                PreferenceLayout.Kto => g.PolicyKlLogps,
+                _ => g.PolicyRejectedLogps,
+            })?[r] ?? 0);
+        }
+        return (result, () => { if (_layout == PreferenceLayout.Rewards) model.BackwardValues(d); else model.BackwardSequences(d); });
     }
 
     public ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation)

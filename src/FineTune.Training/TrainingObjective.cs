@@ -40,12 +40,22 @@ public interface ITrainingObjective
     /// the normaliser of the <paramref name="wholeStep"/> (all ranks' micro-batches), so that the sum of the ranks'
     /// gradients is the one-process gradient of that step. Returns the share's summed loss and the whole step's normaliser.
     /// </summary>
-    ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep) =>
-        throw new TrainingException($"{GetType().Name} trains in one process only: several processes (data parallel) support pt and sft so far; run this stage without --nproc-per-node.");
+    /// <param name="parallel">Runs the share's last backward through <see cref="DataParallel.LastBackward{T}"/>, so the
+    /// gradient buckets are reduced as that backward finishes them (optional: without it they are reduced after).</param>
+    ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep, DataParallel? parallel = null) =>
+        throw new TrainingException($"{GetType().Name} trains in one process only; run this stage without --nproc-per-node.");
 }
 
-/// <summary>A rank's part of a data-parallel step: its summed loss, and the labelled tokens of the whole step (the loss's divisor).</summary>
-public readonly record struct ShareOutcome(double SumLoss, long Labelled);
+/// <summary>
+/// A rank's part of a data-parallel step: its summed loss, and the whole step's divisor of it (pt/sft: its labelled
+/// tokens). <see cref="Reduce"/>: further numbers summed over the ranks in the step's host all-reduce;
+/// <see cref="Metrics"/> reads the step's metrics from their sums.
+/// </summary>
+public readonly record struct ShareOutcome(double SumLoss, long Labelled)
+{
+    public double[] Reduce { get; init; } = [];
+    public Func<double[], IReadOnlyDictionary<string, double>>? Metrics { get; init; }
+}
 
 /// <summary>
 /// pt and sft: the mean next-token cross-entropy over every labelled token of the step. Each backward is scaled by
@@ -78,12 +88,26 @@ public sealed class TokenObjective : ITrainingObjective
     public ObjectiveOutcome Evaluate(CausalLM model, DataLoader eval, CancellationToken cancellation) =>
         new(FineTuneRecipe.EvaluateLoss(model, eval, cancellation).MeanLoss, ObjectiveOutcome.NoMetrics);
 
-    public ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep)
+    public ShareOutcome StepShare(CausalLM model, IReadOnlyList<StepBatch> share, IReadOnlyList<StepBatch> wholeStep, DataParallel? parallel = null)
     {
         long labelled = wholeStep.Sum(b => (long)b.Batch.LabelCount);
         float lossScale = labelled == 0 ? 0f : 1f / labelled;
-        double sumLoss = 0;
-        foreach (var b in share) sumLoss += model.ForwardBackward(b.Batch, lossScale).SumLoss;
-        return new ShareOutcome(sumLoss, labelled);
+        double sumLoss = 0, auxSum = 0;
+        for (int i = 0; i < share.Count; i++)
+        {
+            var batch = share[i].Batch;
+            var r = i == share.Count - 1 && parallel is not null
+                ? parallel.LastBackward(() => model.ForwardBackward(batch, lossScale))
+                : model.ForwardBackward(batch, lossScale);
+            sumLoss += r.SumLoss;
+            auxSum += r.RouterAuxLoss ?? 0;
+        }
+        if (model.RouterAuxLossCoef == 0 || wholeStep.Count == 0) return new ShareOutcome(sumLoss, labelled);
+        // aux_loss as one process logs it: the mean over the whole step's micro-batches, from the ranks' summed shares.
+        return new ShareOutcome(sumLoss, labelled)
+        {
+            Reduce = [auxSum],
+            Metrics = summed => new Dictionary<string, double> { ["aux_loss"] = summed[0] / wholeStep.Count },
+        };
     }
 }

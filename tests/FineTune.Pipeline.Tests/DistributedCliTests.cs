@@ -55,6 +55,32 @@ public sealed class DistributedCliTests
     }
 
     [Fact]
+    public void Dpo_on_two_cpu_ranks_trains_the_adapter_and_lock_of_one_process()
+    {
+        // 8 preference pairs: the same questions, a chosen answer that names the bot and a rejected one that does not.
+        static void Preference(TempDir dir, int accumulation, string extra)
+        {
+            Pipeline(dir, accumulation, maxSteps: 4, saveSteps: 2, extra: "    stage: dpo\n" + extra);
+            dir.Write("data/dataset_info.json", """{"pref": {"file_name": "pref.json", "ranking": true, "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}}}""");
+            dir.Write("data/pref.json", "[" + string.Join(", ", Enumerable.Range(0, 8).Select(i =>
+                $"{{\"instruction\": \"question {i}\", \"chosen\": \"I am Bot number {i}\", \"rejected\": \"{string.Concat(Enumerable.Repeat("no ", 1 + i % 3))}\"}}")) + "]");
+            File.WriteAllText(Path.Combine(dir.Path, "pipeline.yaml"), File.ReadAllText(Path.Combine(dir.Path, "pipeline.yaml")).Replace("dataset: [identity]", "dataset: [pref]"));
+        }
+        using var one = new TempDir();
+        Preference(one, 2, "");
+        var single = CliTests.Finetune("run", one.Path, "--stage", "train");
+        Assert.True(single.Code == 0, single.Err + single.Out);
+
+        using var two = new TempDir();
+        Preference(two, 1, "    zero_stage: 1");
+        var parallel = CliTests.Finetune("run", two.Path, "--stage", "train", "--nproc-per-node", "2");
+        Assert.True(parallel.Code == 0, parallel.Err + parallel.Out);
+        Assert.Contains("train: 2 rank(s) over tcp, global batch 2 × 1 × 2, ZeRO-1", parallel.Out);
+        Assert.Equal(File.ReadAllText(Path.Combine(one.Path, "pipeline.lock")), File.ReadAllText(Path.Combine(two.Path, "pipeline.lock")));
+        Assert.Equal(File.ReadAllBytes(Adapter(one)), File.ReadAllBytes(Adapter(two)));
+    }
+
+    [Fact]
     public void A_rank_killed_mid_run_ends_every_rank_naming_it_and_the_last_checkpoint_resumes()
     {
         using var dir = new TempDir();

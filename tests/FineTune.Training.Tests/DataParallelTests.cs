@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using FineTune.Engine.Collectives;
 using FineTune.Models;
+using FineTune.Training.Objectives;
 
 namespace FineTune.Training.Tests;
 
@@ -57,32 +58,45 @@ public sealed class DataParallelTests : IDisposable
         return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
-    float[] OneProcess(TrainingArguments args, TrainingSetup? setup = null)
+    float[] OneProcess(TrainingArguments args, TrainingSetup? setup = null, Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null)
     {
         using var models = new TinyTrainingModels();
         var model = models.Create(setup ?? Lora);
-        FineTuneRecipe.Train(model, args, Loader(), null, ITrainingMonitor.Silent);
+        FineTuneRecipe.Train(model, args, (loader ?? Loader)(), null, ITrainingMonitor.Silent, objective: objective?.Invoke());
         return Trainable(model);
     }
 
-    /// <summary>Trains on <paramref name="world"/> ranks; rank r writes under <c>name</c> for r = 0 and <c>name-rank{r}</c> otherwise.</summary>
-    (float[] Weights, Exception? Error)[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
-        Action<int, int>? afterStep = null)
+    /// <summary>What one rank ends with: its trainable weights, its error, its info lines and the state bytes it held.</summary>
+    sealed record RankResult(float[] Weights, Exception? Error, string[] Info, long OptimizerStateBytes, long FullOptimizerStateBytes, long ModelBytes)
+    {
+        public int[] LaunchStages { get; init; } = [];
+    }
+
+    /// <summary>
+    /// Trains on <paramref name="world"/> ranks; rank r writes under <c>name</c> for r = 0 and <c>name-rank{r}</c> otherwise.
+    /// With ZeRO the models are built as the train stage builds them: without moments of their own.
+    /// </summary>
+    RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
+        Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true,
+        Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null)
     {
         int port = FreePort();
-        var results = new (float[], Exception?)[world];
+        var results = new RankResult[world];
         var threads = Enumerable.Range(0, world).Select(rank => new Thread(() =>
         {
             using var models = new TinyTrainingModels();
-            var model = models.Create(setup ?? Lora);
+            var model = models.Create((setup ?? Lora) with { ShardedOptimizerStates = zeroStage > 0 });
+            var monitor = new AfterStep(s => afterStep?.Invoke(rank, s));
+            long stateBytes = 0, fullBytes = 0;
             try
             {
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
-                using var parallel = new DataParallel(group, zeroStage);
-                FineTuneRecipe.Train(model, args(rank), Loader(), null, afterStep is null ? ITrainingMonitor.Silent : new AfterStep(s => afterStep(rank, s)), objective: null, parallel: parallel);
-                results[rank] = (Trainable(model), null);
+                using var parallel = new DataParallel(group, zeroStage, bucketElements, overlap);
+                FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), null, monitor, objective: objective?.Invoke(), parallel: parallel);
+                (stateBytes, fullBytes) = (parallel.OptimizerStateBytes, parallel.FullOptimizerStateBytes);
+                results[rank] = new(Trainable(model), null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes) { LaunchStages = [.. parallel.LaunchStages] };
             }
-            catch (Exception e) { results[rank] = (Trainable(model), e); }
+            catch (Exception e) { results[rank] = new(Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes); }
         })).ToArray();
         foreach (var t in threads) t.Start();
         foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(120)), "a rank hung");
@@ -91,13 +105,14 @@ public sealed class DataParallelTests : IDisposable
 
     sealed class AfterStep(Action<int> stepped) : ITrainingMonitor
     {
+        public List<string> Lines { get; } = [];
         public void Started(int startStep, int maxSteps) { }
         public void Stepped(int step) => stepped(step);
         public void Logged(StepReport report) { }
-        public void Info(string line) { }
+        public void Info(string line) => Lines.Add(line);
     }
 
-    static float[][] Ok((float[] Weights, Exception? Error)[] results) =>
+    static float[][] Ok(RankResult[] results) =>
         results.Select(r => r.Error is null ? r.Weights : throw new Xunit.Sdk.XunitException(r.Error.ToString())).ToArray();
 
     [Fact]
@@ -124,6 +139,180 @@ public sealed class DataParallelTests : IDisposable
         var zero1 = Ok(Ranks(2, 1, r => Args($"zero1-{r}")));
         Assert.Equal(plain[0], zero1[0]);
         Assert.Equal(zero1[0], zero1[1]);
+    }
+
+    [Fact]
+    public void Zero_1_and_2_hold_the_moments_of_the_owned_chunks_only()
+    {
+        using var models = new TinyTrainingModels();
+        var whole = models.Create(Lora);
+        long n = whole.TrainableParameters.Sum(p => p.Length);
+        Assert.Equal(4096, n);
+        foreach (int stage in new[] { 1, 2 })
+        {
+            // Buckets of at most 500 elements: the 28 LoRA tensors fall into 10 buckets (6 of 384 elements, 4 of 448); over 3
+            // ranks each 448 pads to 450, so a rank owns 6·128 + 4·150 = 1368 elements (4096 / 3 plus 4 · 2/3 of padding)
+            // and holds their two F32 moments: 10,944 bytes, against 32,768 in one process.
+            var results = Ranks(3, stage, r => Args($"shard{stage}-{r}", 2) with { GradientAccumulationSteps = 3 }, bucketElements: 500);
+            Ok(results);
+            foreach (var r in results)
+            {
+                Assert.Equal(8 * 1368, r.OptimizerStateBytes);
+                Assert.Equal(8 * 4096, r.FullOptimizerStateBytes);
+                // The model itself allocated no moments at all: its arena is one process's less 8 bytes per trainable element.
+                Assert.Equal(whole.WeightBytes - 8 * 4096, r.ModelBytes);
+            }
+            Assert.Contains($"optimizer states: 0.010 MiB on this rank (of 0.031 MiB; ZeRO-{stage}, rank 1 of 3).", results[1].Info);
+        }
+    }
+
+    [Fact]
+    public void Zero_1_with_many_small_buckets_equals_plain_data_parallel_bit_for_bit()
+    {
+        var plain = Ok(Ranks(2, 0, r => Args($"plainb{r}")));
+        var zero1 = Ok(Ranks(2, 1, r => Args($"zero1b-{r}"), bucketElements: 500));
+        Assert.Equal(plain[0], zero1[0]);
+        Assert.Equal(plain[0], zero1[1]);
+    }
+
+    [Theory]
+    [InlineData(0, false)]
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(0, true)]
+    [InlineData(2, true)]
+    public void One_rank_through_data_parallel_is_the_plain_trainer_bit_for_bit(int zeroStage, bool full)
+    {
+        // The NCCL world-size-1 question on the CPU: the data-parallel path (bucket copies, the reduction, the loss's host
+        // sum, the clipping norm, the sharded AdamW) must not change one bit of one process's arithmetic.
+        var setup = full ? new TrainingSetup { FinetuningType = FinetuningType.Full, Seed = 5 } : Lora;
+        TrainingArguments A(string name) => full ? Args(name, 3) with { LearningRate = 1e-3, StopAfterStep = 3 } : Args(name);
+        var plain = OneProcess(A("plain1"), setup);
+        var one = Ok(Ranks(1, zeroStage, _ => A($"rank1-{zeroStage}"), setup));
+        Assert.Equal(plain, one[0]);
+        if (!full)
+        {
+            var plainLog = TrainerLog.Read(Path.Combine(_root, "plain1", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
+            var oneLog = TrainerLog.Read(Path.Combine(_root, $"rank1-{zeroStage}", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
+            Assert.Equal(plainLog, oneLog);
+        }
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Buckets_reduced_during_the_backward_give_the_bits_of_buckets_reduced_after_it(int zeroStage)
+    {
+        // 2 micro-batches per rank: only the last backward of a share overlaps (the first one's gradients are partial sums).
+        TrainingArguments A(string name) => Args(name, 3) with { GradientAccumulationSteps = 4 };
+        var after = Ok(Ranks(2, zeroStage, r => A($"after{zeroStage}-{r}"), bucketElements: 500, overlap: false));
+        var during = Ranks(2, zeroStage, r => A($"during{zeroStage}-{r}"), bucketElements: 500);
+        Assert.Equal(after[0], Ok(during)[0]);
+        Assert.Equal(after[1], Ok(during)[1]);
+        // The 10 buckets in reverse parameter order: the first five hold layer 1's adapters and went out right after layer
+        // 1's backward (stage 1), the other five after layer 0's (stage 2), while the embedding backward still ran.
+        Assert.Equal([1, 1, 1, 1, 1, 2, 2, 2, 2, 2], during[0].LaunchStages);
+    }
+
+    [Fact]
+    public void Full_fine_tuning_overlapped_equals_the_reduction_after_the_backward()
+    {
+        // Full: the tied embedding is also the LM head, so its bucket waits for the embedding backward (stage 3), the last.
+        var full = new TrainingSetup { FinetuningType = FinetuningType.Full, Seed = 5 };
+        TrainingArguments A(string name) => Args(name, 3) with { LearningRate = 1e-3, StopAfterStep = 3 };
+        // Buckets of at most 40 elements: the final norm (32) alone, then about one tensor each.
+        var after = Ok(Ranks(2, 0, r => A($"fafter{r}"), full, bucketElements: 40, overlap: false));
+        var during = Ranks(2, 0, r => A($"fduring{r}"), full, bucketElements: 40);
+        Assert.Equal(after[0], Ok(during)[0]);
+        var stages = during[0].LaunchStages;
+        Assert.Equal(0, stages[0]);
+        Assert.Equal(3, stages[^1]);
+        Assert.Equal([0, 1, 2, 3], stages.Distinct());
+        Assert.Equal(stages.Order(), stages);
+    }
+
+    public static TheoryData<string, int, int> PreferenceCases => new()
+    {
+        { "dpo", 2, 0 }, { "dpo", 4, 0 }, { "dpo", 2, 1 }, { "orpo", 2, 0 }, { "simpo", 2, 0 }, { "kto", 2, 0 }, { "kto", 4, 0 },
+        { "kto", 2, 1 }, { "rm", 2, 0 }, { "rm", 4, 0 }, { "rm", 2, 1 },
+    };
+
+    [Theory]
+    [MemberData(nameof(PreferenceCases))]
+    public void Preference_objectives_on_two_ranks_equal_one_process(string objective, int microBatches, int zeroStage)
+    {
+        // 8 samples in micro-batches of 2; a step of 2 (one per rank) or 4 (two per rank) micro-batches.
+        ITrainingObjective Objective() => objective switch
+        {
+            "dpo" => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true),
+            "orpo" => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefLoss = PreferenceLoss.Orpo, PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true),
+            "simpo" => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefLoss = PreferenceLoss.Simpo, PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true),
+            "kto" => new PreferenceTraining(PreferenceObjectives.Kto(new PreferenceSettings { PrefBeta = 0.5 }), PreferenceLayout.Kto, referenceWithoutAdapters: true, trainTag: i => i % 2 == 0),
+            _ => new PreferenceTraining(PreferenceObjectives.RewardModel(), PreferenceLayout.Rewards, referenceWithoutAdapters: true),
+        };
+        DataLoader Data() => objective == "kto"
+            ? new DataLoader(8, PreferenceTrainingTests.Kto, 2, 9, true, 0)
+            : new DataLoader(8, PreferenceTrainingTests.Pair, 2, seed: 9, shuffle: true, padTokenId: 0);
+        var setup = Lora with { ValueHead = objective == "rm" };
+        TrainingArguments A(string name) => Args(name, 4) with { GradientAccumulationSteps = microBatches };
+        var one = OneProcess(A($"{objective}{microBatches}-one"), setup, Objective, Data);
+        // (ZeRO-1 cases: the value head's and the adapters' moments live in the ranks' shards.)
+        var two = Ok(Ranks(2, zeroStage, r => A(r == 0 ? $"{objective}{microBatches}-two" : $"{objective}{microBatches}-two-rank1"), setup, objective: Objective, loader: Data));
+        Assert.Equal(two[0], two[1]);
+        var oneLog = TrainerLog.Read(Path.Combine(_root, $"{objective}{microBatches}-one", TrainerLog.FileName));
+        var twoLog = TrainerLog.Read(Path.Combine(_root, $"{objective}{microBatches}-two", TrainerLog.FileName));
+        Assert.Equal(oneLog.Select(e => e.Loss), twoLog.Select(e => e.Loss));
+        Assert.Equal(oneLog.Select(e => string.Join(",", e.Metrics!.Select(kv => $"{kv.Key}={kv.Value}"))),
+            twoLog.Select(e => string.Join(",", e.Metrics!.Select(kv => $"{kv.Key}={kv.Value}"))));
+        if (microBatches == 2) Assert.Equal(one, two[0]);
+        else
+        {
+            // Two micro-batches per rank: one process adds 4 micro-batches' gradients in turn, the ranks add pairs and then
+            // the pairs' sums, so the F32 sums associate differently.
+            double rel = RelativeDifference(two[0], one);
+            Assert.True(rel < 1e-6, $"relative difference {rel:E2}");
+        }
+    }
+
+    [Fact]
+    public void A_mixture_of_experts_with_its_aux_loss_on_two_ranks_equals_one_process()
+    {
+        // qwen3_moe-style layers (4 experts, top 2) with the load-balancing loss on, full fine-tuning: the experts' and
+        // routers' gradients are reduced as each layer's backward ends, and aux_loss is logged as one process logs it.
+        var moe = TinyTrainingModels.Spec with
+        {
+            Architecture = "qwen3_moe",
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 12, RouterAuxLossCoef = 0.01, OutputRouterLogits = true },
+        };
+        var setup = new TrainingSetup { FinetuningType = FinetuningType.Full, Seed = 5 };
+        TrainingArguments A(string name) => Args(name, 3) with { LearningRate = 1e-3, StopAfterStep = 3 };
+        float[] one;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(setup, moe);
+            FineTuneRecipe.Train(model, A("moe-one"), Loader(), null, ITrainingMonitor.Silent);
+            one = Trainable(model);
+        }
+        int port = FreePort();
+        var two = new float[2][];
+        var threads = Enumerable.Range(0, 2).Select(rank => new Thread(() =>
+        {
+            using var models = new TinyTrainingModels();
+            var model = models.Create(setup, moe);
+            using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, 2, rank, 2), TimeSpan.FromSeconds(20));
+            using var parallel = new DataParallel(group, 0, bucketElements: 2000);
+            FineTuneRecipe.Train(model, A($"moe-two{rank}"), Loader(), null, ITrainingMonitor.Silent, parallel: parallel);
+            two[rank] = Trainable(model);
+        })).ToArray();
+        foreach (var t in threads) t.Start();
+        foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(120)), "a rank hung");
+        double rel = RelativeDifference(two[0], one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        var oneAux = TrainerLog.Read(Path.Combine(_root, "moe-one", TrainerLog.FileName)).Select(e => e.Metric("aux_loss")).ToArray();
+        var twoAux = TrainerLog.Read(Path.Combine(_root, "moe-two0", TrainerLog.FileName)).Select(e => e.Metric("aux_loss")).ToArray();
+        Assert.All(oneAux, a => Assert.NotNull(a));
+        Assert.Equal(oneAux, twoAux);
     }
 
     [Fact]

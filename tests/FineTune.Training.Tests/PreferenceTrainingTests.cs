@@ -20,7 +20,7 @@ public sealed class PreferenceTrainingTests : IDisposable
 
     // Pair i: a 2-token prompt, then a chosen answer counting up from 10 + i and a rejected one counting down from 40 − i
     // (lengths differ, so the two segments are not mirror images).
-    static LoaderSample Pair(int i)
+    internal static LoaderSample Pair(int i)
     {
         int[] prompt = [1 + i % 5, 7];
         int[] chosen = [.. prompt, .. Enumerable.Range(0, 3 + i % 3).Select(t => 10 + (i + t) % 12)];
@@ -184,23 +184,24 @@ public sealed class PreferenceTrainingTests : IDisposable
         Assert.True(evals[^1].Metric("eval_rewards/margins") > evals[0].Metric("eval_rewards/margins"));
     }
 
+    // Sample i: its completion (chosen answer when i is even, desirable; rejected when odd), then a KL sequence:
+    // the same prompt with sample i−1's completion.
+    internal static LoaderSample Kto(int i)
+    {
+        var pair = Pair(i);
+        int c = pair.SequenceLengths[0], r = pair.SequenceLengths[1];
+        bool desirable = i % 2 == 0;
+        int[] target = desirable ? pair.InputIds[..c] : pair.InputIds[c..];
+        int[] targetLabels = desirable ? pair.Labels[..c] : pair.Labels[c..];
+        var other = Pair(i + 1);
+        int[] kl = other.InputIds[..other.SequenceLengths[0]];
+        int[] klLabels = other.Labels[..other.SequenceLengths[0]];
+        return new LoaderSample([.. target, .. kl], [.. targetLabels, .. klLabels], [target.Length, kl.Length]);
+    }
+
     [Fact]
     public void Kto_learns_desirable_from_undesirable_completions()
     {
-        // Sample i: its completion (chosen answer when i is even, desirable; rejected when odd), then a KL sequence:
-        // the same prompt with sample i−1's completion.
-        static LoaderSample Kto(int i)
-        {
-            var pair = Pair(i);
-            int c = pair.SequenceLengths[0], r = pair.SequenceLengths[1];
-            bool desirable = i % 2 == 0;
-            int[] target = desirable ? pair.InputIds[..c] : pair.InputIds[c..];
-            int[] targetLabels = desirable ? pair.Labels[..c] : pair.Labels[c..];
-            var other = Pair(i + 1);
-            int[] kl = other.InputIds[..other.SequenceLengths[0]];
-            int[] klLabels = other.Labels[..other.SequenceLengths[0]];
-            return new LoaderSample([.. target, .. kl], [.. targetLabels, .. klLabels], [target.Length, kl.Length]);
-        }
         var training = new PreferenceTraining(PreferenceObjectives.Kto(new PreferenceSettings { PrefBeta = 0.5 }), PreferenceLayout.Kto,
             referenceWithoutAdapters: true, trainTag: i => i % 2 == 0);
         FineTuneRecipe.Train(Model(), Args("kto", 12), new DataLoader(8, Kto, 4, 9, true, 0), null, ITrainingMonitor.Silent, objective: training);

@@ -14,11 +14,11 @@ internal sealed class TinyTrainingModels : IDisposable
 
     private readonly List<IDisposable> _owned = [];
 
-    /// <summary>A fresh model: LoRA r4/α8 (seed 5) unless <paramref name="setup"/> says otherwise, weights N(0, 0.3) from seed 11.</summary>
-    public CausalLM Create(TrainingSetup? setup = null)
+    /// <summary>A fresh model (of <see cref="Spec"/> unless <paramref name="spec"/> is given): LoRA r4/α8 (seed 5) unless <paramref name="setup"/> says otherwise, weights N(0, 0.3) from seed 11.</summary>
+    public CausalLM Create(TrainingSetup? setup = null, TransformerSpec? spec = null)
     {
         var backend = new CpuBackend(threads: 1);
-        var model = CausalLM.Create(Spec, backend, setup ?? new TrainingSetup { LoraRank = 4, LoraAlpha = 8, Seed = 5 }, new RandomWeights(11, std: 0.3f));
+        var model = CausalLM.Create(spec ?? Spec, backend, setup ?? new TrainingSetup { LoraRank = 4, LoraAlpha = 8, Seed = 5 }, new RandomWeights(11, std: 0.3f));
         _owned.Add(model);
         _owned.Add(backend);
         return model;

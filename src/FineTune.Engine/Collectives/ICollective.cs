@@ -46,6 +46,13 @@ public interface ICollective : IDisposable
     /// limit are checked here); the TCP collective is synchronous and returns at once.
     /// </summary>
     void Wait(string activity) { }
+
+    /// <summary>
+    /// True when every call returns only once its values are there (TCP); false when calls queue work and
+    /// <see cref="Wait"/> completes it (NCCL on the stream). Data parallel overlaps a synchronous collective with the
+    /// backward on a worker thread, and enqueues an asynchronous one from the backward itself.
+    /// </summary>
+    bool Synchronous => true;
 }
 
 /// <summary>

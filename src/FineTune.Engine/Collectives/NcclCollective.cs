@@ -43,6 +43,7 @@ public sealed unsafe class NcclCollective : ICollective
     public int Rank => _control.Rank;
     public int WorldSize => _control.WorldSize;
     public string Name => "nccl";
+    public bool Synchronous => false;
     public TcpCollective Control => _control;
 
     /// <param name="control">The TCP group of the same rendezvous: carries the unique id, host numbers and barriers.</param>

@@ -50,8 +50,6 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         bool writer = ranks is null || ranks.Rank == 0;
         if (cfg.ZeroStage == 3)
             throw new PipelineUserException($"stages.{name}.zero_stage: 3 (parameters sharded, gathered per layer) is not implemented yet; use 1 (optimizer states sharded) or 2 (and gradients).");
-        if (ranks is { WorldSize: > 1 } && cfg.IsPreference)
-            throw new PipelineUserException($"stages.{name}.stage is {cfg.Objective.ToString().ToLowerInvariant()}: several processes (data parallel) train pt and sft so far; run this stage in one process (without --nproc-per-node / torchrun).");
         if (ranks is { Rank: 0 }) ranks.Send(new TrainJob(name, ctx.UpstreamOutputs, ctx.UpstreamHashes, ctx.WorkDirectory));
         // A stage that builds on an earlier train stage starts from its result: its adapter, trained on (over the same
         // base), or its full/freeze model directory, loaded instead of the download.
@@ -69,7 +67,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         if (SpecOf(modelDir) is { } spec && ModuleNameChecks.Check(cfg, spec, name) is { Count: > 0 } wrong)
             throw new PipelineKeyException(wrong);
 
-        var setup = Setup(cfg) with { ValueHead = cfg.Objective == TrainingObjective.Rm };
+        // ZeRO over several ranks: the model allocates no AdamW moments; DataParallel holds this rank's chunks of them.
+        var setup = Setup(cfg) with { ValueHead = cfg.Objective == TrainingObjective.Rm, ShardedOptimizerStates = ranks is not null && cfg.ZeroStage > 0 };
         var upstream = UpstreamHashes(ctx);
         var trainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
