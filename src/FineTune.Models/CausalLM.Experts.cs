@@ -98,6 +98,19 @@ public sealed partial class CausalLM
         }
     }
 
+    /// <summary>Folds the experts' LoRA into a stacked expert parameter's values (merge): LoraMerge's PEFT fold per expert.</summary>
+    private void FoldExpertLora(Parameter stack, float[] values)
+    {
+        var x = _layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault(b => b.Gate == stack || b.Up == stack || b.Down == stack);
+        if (x is null) return;
+        var (lora, part) = stack == x.Down ? (x.DownLora, 0) : (x.GateUpLora, stack == x.Gate ? 0 : 1);
+        if (lora is null) return;
+        float[] a = ReadParameter(lora.A.Name), b = ExpertLora.ToPeftB(ReadParameter(lora.B.Name), lora.Parts, lora.Experts, lora.Out, lora.Rank);
+        int outDim = stack.Shape[1], inDim = stack.Shape[2], per = outDim * inDim;
+        for (int e = 0; e < lora.Experts; e++)
+            LoraMerge.AddExpertLoraDelta(values.AsSpan(e * per, per), outDim, inDim, a, b, e, lora.Experts, part, lora.Rank, lora.Scale);
+    }
+
     /// <summary>The expert LoRA whose B is <paramref name="p"/> (null when p is no expert LoRA B).</summary>
     private ExpertLora? ExpertLoraOfB(Parameter p) =>
         _layers.Select(l => l.Experts).OfType<ExpertBlock>().SelectMany(x => new[] { x.GateUpLora, x.DownLora }).OfType<ExpertLora>()

@@ -195,6 +195,7 @@ public sealed partial class CausalLM
             if (loraOf.TryGetValue(p.Name, out var lora)) FoldLora(values, lora);
             if (p.Shape.Length == 3 && ExpertBlock.IsStack(Spec.Family, p.Name))
             {
+                FoldExpertLora(p, values);
                 // The hub layout, one tensor per expert, which transformers 4 and 5 both load.
                 int per = p.Shape[1] * p.Shape[2];
                 for (int e = 0; e < p.Shape[0]; e++)

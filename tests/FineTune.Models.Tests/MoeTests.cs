@@ -127,7 +127,7 @@ public sealed class MoeTests : IDisposable
     }
 
     /// <summary>‖g − ĝ‖/‖ĝ‖ over a few coordinates of every trainable parameter, ĝ from central differences of the training objective.</summary>
-    private static double CheckGradients(CausalLM model, TokenBatch batch, float lossScale, int perParameter = 3, float h = 1e-2f)
+    internal static double CheckGradients(CausalLM model, TokenBatch batch, float lossScale, int perParameter = 3, float h = 1e-2f)
     {
         model.ZeroGrad();
         model.ForwardBackward(batch, lossScale);
