@@ -383,14 +383,17 @@ public sealed class MoeTests : IDisposable
     }
 
     [Fact]
-    public void Lora_target_names_no_mlp_linear_of_a_model_whose_every_layer_has_experts()
+    public void Lora_target_on_a_moe_model_names_attention_projections_or_the_familys_expert_projections()
     {
+        // mixtral's experts are w1, w3, w2 (PEFT's transformers 5 conversion maps those names, not gate_proj).
         var problems = TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "gate_proj"] });
         var p = Assert.Single(problems);
-        Assert.Equal(("lora_target", 1, "gate_proj", "is not a linear module of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
-        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj", p.Expected);
-        // With a dense layer (qwen3_moe's mlp_only_layers), its gate_proj is a target.
-        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe", mlpOnly: [1]), new TrainingSetup { LoraTarget = ["gate_proj"] }));
+        Assert.Equal(("lora_target", 1, "gate_proj", "is not an attention projection or expert projection of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
+        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj, w1, w3, w2", p.Expected);
+        Assert.Empty(TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "w1", "w3"] }));
+        // qwen3_moe's gate_proj + up_proj reach the experts, with or without a dense layer.
+        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe", mlpOnly: [1]), new TrainingSetup { LoraTarget = ["gate_proj", "up_proj"] }));
+        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe"), new TrainingSetup { LoraTarget = ["down_proj"] }));
     }
 
     [Fact]
