@@ -164,4 +164,28 @@ public sealed class MoeLoraTests : IDisposable
         var mergedLogits = folded.ForwardLogits(TinyModels.PackedBatch());
         for (int i = 0; i < logits.Length; i++) Assert.Equal(logits[i], mergedLogits[i], 1e-4f);
     }
+
+    [Fact]
+    public void An_adapter_config_with_other_target_parameters_or_another_gate_up_rank_is_a_located_error()
+    {
+        string dir = _dir.File("bad");
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, "adapter_config.json");
+        File.WriteAllText(path, """{"peft_type": "LORA", "r": 2, "lora_alpha": 3, "target_modules": ["q_proj"], "target_parameters": ["gate.weight"]}""");
+        var e = Assert.Throws<ModelFormatException>(() => AdapterConfig.Read(dir));
+        Assert.Equal($"{path}: target_parameters names 'gate.weight': FineTune applies LoRA on the experts' gate_up_proj and down_proj of a mixture-of-experts model only.", e.Message);
+        // PEFT's own target_parameters gate_up_proj without the conversion's rank pattern has rank r, not 2r.
+        File.WriteAllText(path, """{"peft_type": "LORA", "r": 2, "lora_alpha": 3, "target_modules": ["q_proj"], "target_parameters": ["gate_up_proj"]}""");
+        var config = AdapterConfig.Read(dir);
+        var spec = MoeTests.Spec("qwen3_moe");
+        var a = Assert.Throws<ModelFormatException>(() => config.Apply(TrainingSetup.Inference, TrainableModules.LoraTargetsOf(spec), TrainableModules.ExpertTargets(spec)));
+        Assert.StartsWith($"{path}: target_parameters has gate_up_proj of rank 2 and alpha 3; FineTune applies it with rank 2·r = 4 and alpha 2·lora_alpha = 6", a.Message);
+        // With the conversion's patterns, it maps back to gate_proj + up_proj and drops the patterns.
+        File.WriteAllText(path, """{"peft_type": "LORA", "r": 2, "lora_alpha": 3, "target_modules": ["q_proj"], "target_parameters": ["gate_up_proj", "down_proj"],""" +
+            """ "rank_pattern": {".*\\.gate_up_proj": 4}, "alpha_pattern": {".*\\.gate_up_proj": 6}}""");
+        var setup = AdapterConfig.Read(dir).Apply(TrainingSetup.Inference, TrainableModules.LoraTargetsOf(spec), TrainableModules.ExpertTargets(spec));
+        Assert.Equal(["q_proj", "gate_proj", "up_proj", "down_proj"], setup.LoraTarget);
+        Assert.Empty(setup.LoraRankPattern);
+        Assert.Empty(setup.LoraAlphaPattern);
+    }
 }
