@@ -222,11 +222,16 @@ public sealed class MoeTests : IDisposable
         Assert.Equal(off, mixed);
     }
 
-    [Fact]
-    public void A_checkpointing_plan_of_a_moe_model_estimates_the_arenas_it_carves_experts_included()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_checkpointing_plan_of_a_moe_model_estimates_the_arenas_it_carves_experts_included(bool expertLora)
     {
         var spec = Spec("qwen3_moe", mlpOnly: [1]) with { NumLayers = 4 };
-        var setup = new TrainingSetup { FinetuningType = FinetuningType.Full, Checkpointing = CheckpointingMode.Auto };
+        // With LoRA on the experts each kept layer also holds s·x·Aᵀ of gate_up and down.
+        var setup = expertLora
+            ? new TrainingSetup { LoraRank = 8, LoraAlpha = 16, LoraTarget = ["q_proj", "gate_proj", "up_proj", "down_proj"], Checkpointing = CheckpointingMode.Auto }
+            : new TrainingSetup { FinetuningType = FinetuningType.Full, Checkpointing = CheckpointingMode.Auto };
         using var probe = TinyModels.Create(spec, setup);
         var bytes = ModelActivations.Bytes(DType.F32, spec, probe.Layers, training: true, capacity: 14, chunkRows: 256);
         foreach (int recompute in new[] { 0, 2, 4 })
