@@ -38,6 +38,19 @@ public sealed class MoeLoraTests : IDisposable
     }
 
     [Fact]
+    public void Lora_on_the_experts_alone_trains_every_layer()
+    {
+        // No attention LoRA: the layers' backward must still run down to layer 0 for its experts' adapters.
+        using var model = TinyModels.Create(MoeTests.Spec("qwen3_moe"), new TrainingSetup { LoraRank = 2, LoraAlpha = 4, LoraTarget = ["down_proj"] });
+        TinyModels.RandomizeLoraB(model, 4);
+        Assert.Equal(["model.layers.0.mlp.experts.lora_A.weight", "model.layers.0.mlp.experts.lora_B.weight",
+            "model.layers.1.mlp.experts.lora_A.weight", "model.layers.1.mlp.experts.lora_B.weight"], model.TrainableParameters.Select(p => p.HfName));
+        double err = MoeTests.CheckGradients(model, TinyModels.PackedBatch(), lossScale: 0.1f, perParameter: 8, h: 3e-3f);
+        Assert.True(err < 2e-3, $"relative error {err}");
+        Assert.Contains(TinyModels.Grad(model, model.TrainableParameters[0]), g => g != 0);
+    }
+
+    [Fact]
     public void Lora_target_all_on_a_moe_model_with_a_dense_layer_reaches_the_experts_and_not_the_dense_mlp_as_peft_does()
     {
         // LLaMA-Factory resolves all into the nn.Linear names (q, k, v, o and the dense layer's gate/up/down); PEFT on
