@@ -112,7 +112,7 @@ public static class TrainableModules
         string gate = experts[0], up = experts[1];
         if (resolved.Contains(gate) != resolved.Contains(up))
             problems.Add(new ModuleNameProblem("lora_target", at, value,
-                $"reaches the experts' fused {ExpertBlock.PeftGateUp} of {model}, which needs both {gate} and {up}", [gate, up],
+                $"reaches the experts' fused {ExpertBlock.PeftGateUp} of {model}, which needs both {gate} and {up}", [],
                 $"name both {gate} and {up} (PEFT trains them as one gate_up_proj), or neither"));
         if (setup.LoraDropout > 0)
             problems.Add(new ModuleNameProblem("lora_target", at, value,
