@@ -48,6 +48,104 @@ public sealed partial class CausalLM
     }
 
     /// <summary>
+    /// The PEFT module that holds an expert LoRA of <paramref name="x"/>: transformers 5's {layer}.mlp.experts (mixtral's
+    /// block renamed mlp), nested as PEFT nests two ParamWrappers on one module — the parameter wrapped first
+    /// (gate_up_proj, declared first) is the inner one, {…}.experts.base_layer, the other the outer {…}.experts.
+    /// </summary>
+    internal string ExpertLoraModule(ExpertBlock x, bool gateUp, bool both)
+    {
+        string mlp = Spec.Family.Experts!.MoeModule is { } moeModule ? x.Module[..^moeModule.Length] + "mlp" : x.Module;
+        return $"{mlp}.{Spec.Family.Experts!.ExpertList}" + (gateUp && both ? ".base_layer" : "");
+    }
+
+    /// <summary>
+    /// Declares PEFT's LoRA on a layer's experts for the targeted projections (gate and up together as gate_up_proj of
+    /// rank 2r and alpha 2α, as PEFT's transformers 5 conversion rewrites gate_proj + up_proj; down_proj of rank r).
+    /// </summary>
+    private IEnumerable<Parameter> AddExpertLora(ExpertBlock x, IReadOnlySet<string> loraModules, Func<string, ParameterRole, int[], Parameter> declare)
+    {
+        var names = Spec.Family.Experts!;
+        if (Setup.LoraDropout > 0)
+            throw new ArgumentException($"{x.Module}: LoRA on the experts trains without dropout, as PEFT's ParamWrapper does (lora_dropout is {Setup.LoraDropout}): set lora_dropout to 0");
+        bool gateUp = loraModules.Contains(names.Gate) && loraModules.Contains(names.Up), down = loraModules.Contains(names.Down);
+        int r = Setup.LoraRank, e = x.Count, inter = x.Intermediate, c = Spec.HiddenSize;
+        double alpha = Setup.ResolvedLoraAlpha;
+        if (gateUp)
+        {
+            string m = ExpertLoraModule(x, gateUp: true, both: down);
+            x.GateUpLora = new ExpertLora
+            {
+                A = declare($"{m}.lora_A.weight", ParameterRole.LoraA, [e, 2 * r, c]),
+                B = declare($"{m}.lora_B.weight", ParameterRole.LoraB, [2 * e, inter, 2 * r]),
+                Scale = (float)PeftPattern.Scale(2 * alpha, 2 * r, Setup.UseRslora),
+                Parts = 2,
+            };
+            yield return x.GateUpLora.A;
+            yield return x.GateUpLora.B;
+        }
+        if (down)
+        {
+            string m = ExpertLoraModule(x, gateUp: false, both: gateUp);
+            x.DownLora = new ExpertLora
+            {
+                A = declare($"{m}.lora_A.weight", ParameterRole.LoraA, [e, r, inter]),
+                B = declare($"{m}.lora_B.weight", ParameterRole.LoraB, [e, c, r]),
+                Scale = (float)PeftPattern.Scale(alpha, r, Setup.UseRslora),
+                Parts = 1,
+            };
+            yield return x.DownLora.A;
+            yield return x.DownLora.B;
+        }
+    }
+
+    /// <summary>Folds the experts' LoRA into a stacked expert parameter's values (merge): LoraMerge's PEFT fold per expert.</summary>
+    private void FoldExpertLora(Parameter stack, float[] values)
+    {
+        var x = _layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault(b => b.Gate == stack || b.Up == stack || b.Down == stack);
+        if (x is null) return;
+        var (lora, part) = stack == x.Down ? (x.DownLora, 0) : (x.GateUpLora, stack == x.Gate ? 0 : 1);
+        if (lora is null) return;
+        float[] a = ReadParameter(lora.A.Name), b = ExpertLora.ToPeftB(ReadParameter(lora.B.Name), lora.Parts, lora.Experts, lora.Out, lora.Rank);
+        int outDim = stack.Shape[1], inDim = stack.Shape[2], per = outDim * inDim;
+        for (int e = 0; e < lora.Experts; e++)
+            LoraMerge.AddExpertLoraDelta(values.AsSpan(e * per, per), outDim, inDim, a, b, e, lora.Experts, part, lora.Rank, lora.Scale);
+    }
+
+    /// <summary>The expert LoRA whose B is <paramref name="p"/> (null when p is no expert LoRA B).</summary>
+    private ExpertLora? ExpertLoraOfB(Parameter p) =>
+        _layers.Select(l => l.Experts).OfType<ExpertBlock>().SelectMany(x => new[] { x.GateUpLora, x.DownLora }).OfType<ExpertLora>()
+            .FirstOrDefault(lora => ReferenceEquals(lora.B, p));
+
+    /// <summary>A parameter's values as the PEFT file holds them (an expert LoRA's B regrouped; everything else as it is).</summary>
+    internal (float[] Values, long[] Shape) ToFileLayout(string hfName, float[] values)
+    {
+        var p = _allParameters.First(q => q.Name == hfName);
+        if (ExpertLoraOfB(p) is { } lora)
+            return (ExpertLora.ToPeftB(values, lora.Parts, lora.Experts, lora.Out, lora.Rank), lora.PeftBShape.Select(d => (long)d).ToArray());
+        if (p.Role == ParameterRole.LoraA && p.Shape.Length == 3) return (values, [(long)p.Shape[0] * p.Shape[1], p.Shape[2]]);
+        return (values, p.Shape.Select(d => (long)d).ToArray());
+    }
+
+    /// <summary>
+    /// A trainable parameter's gradient in the layout its file holds it (PEFT's for LoRA: an expert LoRA's lora_B
+    /// [out·parts, R·E]), with that shape: what <c>finetune forward --grads</c> writes under "grad." + its name.
+    /// </summary>
+    public (float[] Values, long[] Shape) GradientInFileLayout(TrainableParameter t)
+    {
+        var g = new float[t.Length];
+        Backend.Download(t.Grad, g);
+        return ToFileLayout(t.HfName, g);
+    }
+
+    /// <summary>The shape a parameter has in a PEFT file (see <see cref="ToFileLayout"/>).</summary>
+    private int[] FileShape(Parameter p) =>
+        ExpertLoraOfB(p) is { } lora ? lora.PeftBShape : p.Role == ParameterRole.LoraA && p.Shape.Length == 3 ? [p.Shape[0] * p.Shape[1], p.Shape[2]] : p.Shape;
+
+    /// <summary>Values read from a PEFT file into the engine's layout (inverse of <see cref="ToFileLayout"/>).</summary>
+    private float[] FromFileLayout(Parameter p, float[] values) =>
+        ExpertLoraOfB(p) is { } lora ? ExpertLora.FromPeftB(values, lora.Parts, lora.Experts, lora.Out, lora.Rank) : values;
+
+    /// <summary>
     /// Reads a stacked expert projection from per-expert tensors ({mlp}.experts.E.gate_proj.weight, the hub layout) or
     /// from transformers 5's fused parameters ({mlp}.experts.gate_up_proj [E, 2·inter, hidden], gate rows first;
     /// {mlp}.experts.down_proj [E, hidden, inter]).
@@ -101,10 +199,15 @@ public sealed partial class CausalLM
         training |= _expertActs?.Training ?? false;
         _expertActs?.Dispose();
         _expertActs = null;
-        _expertActs = new ExpertActivations(Backend, capacity, setOf.Max() + 1, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+        _expertActs = new ExpertActivations(Backend, capacity, setOf.Max() + 1, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize,
+            ExpertLoraRanks.GateUp, ExpertLoraRanks.Down);
         _expertSetOf = setOf;
         ExpertBuffersVersion++;
     }
+
+    /// <summary>The experts' LoRA ranks (gate_up R = 2r, down r; 0 where none), the same in every sparse layer.</summary>
+    internal (int GateUp, int Down) ExpertLoraRanks =>
+        _layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault() is { } x ? (x.GateUpLora?.Rank ?? 0, x.DownLora?.Rank ?? 0) : (0, 0);
 
     /// <summary>Bytes of the activation arenas now carved: the layers' and the experts' (what a checkpointing plan estimates).</summary>
     internal long ActivationArenaBytes => (_acts?.ByteLength ?? 0) + (_expertActs?.ByteLength ?? 0);
@@ -208,8 +311,25 @@ public sealed partial class CausalLM
         B.Embedding(xs, ln2, sorted);
         B.GroupedMatMul(gate, xs, x.Gate.Value, true, a.Offsets);
         B.GroupedMatMul(up, xs, x.Up.Value, true, a.Offsets);
+        bool lora = !_adaptersOff;
+        if (lora && x.GateUpLora is { } gu)
+        {
+            // PEFT's ParamWrapper: W_e + s·B_e·A_e, applied as (s·x·A_eᵀ)·B_eᵀ over each expert's rows.
+            var xa = a.XaGateUp!.View(0, [rows, gu.Rank]);
+            B.GroupedMatMul(xa, xs, gu.A.Value, true, a.Offsets);
+            B.Scale(xa, gu.Scale);
+            B.GroupedMatMul(gate, xa, gu.BPart(0), true, a.Offsets, accumulate: true);
+            B.GroupedMatMul(up, xa, gu.BPart(1), true, a.Offsets, accumulate: true);
+        }
         B.SwiGlu(act, gate, up);
         B.GroupedMatMul(outRows, act, x.Down.Value, true, a.Offsets);
+        if (lora && x.DownLora is { } dl)
+        {
+            var xa = a.XaDown!.View(0, [rows, dl.Rank]);
+            B.GroupedMatMul(xa, act, dl.A.Value, true, a.Offsets);
+            B.Scale(xa, dl.Scale);
+            B.GroupedMatMul(outRows, xa, dl.BPart(0), true, a.Offsets, accumulate: true);
+        }
         B.MoeCombine(y, outRows, topW, rowOf);
     }
 
@@ -236,11 +356,36 @@ public sealed partial class CausalLM
         B.MoeCombineBackward(dout, dtopW, dy, a.Out.View(0, [rows, c]), topW, rowOf);
         B.GroupedMatMul(dact, dout, x.Down.Value, false, a.Offsets);
         if (x.Down.Grad is { } dDown) B.GroupedMatMulWeightGrad(dDown, dout, act, a.Offsets);
+        bool lora = !_adaptersOff;
+        if (lora && x.DownLora is { } dl)
+        {
+            // out += xa·B_eᵀ with xa = s·act·A_eᵀ: dB_e += dout_eᵀ·xa_e, dxa = dout·B_e, dA_e += (s·dxa_e)ᵀ·act_e, dact += s·dxa·A_e.
+            var xa = a.XaDown!.View(0, [rows, dl.Rank]);
+            var dxa = acts.Dxa!.View(0, [rows, dl.Rank]);
+            if (dl.BPartGrad(0) is { } dB) B.GroupedMatMulWeightGrad(dB, dout, xa, a.Offsets);
+            B.GroupedMatMul(dxa, dout, dl.BPart(0), false, a.Offsets);
+            B.Scale(dxa, dl.Scale);
+            if (dl.A.Grad is { } dA) B.GroupedMatMulWeightGrad(dA, dxa, act, a.Offsets);
+            B.GroupedMatMul(dact, dxa, dl.A.Value, false, a.Offsets, accumulate: true);
+        }
         B.SwiGluBackward(dgate, dup, dact, a.Gate.View(0, [rows, inter]), a.Up.View(0, [rows, inter]));
         B.GroupedMatMul(dxs, dgate, x.Gate.Value, false, a.Offsets);
         B.GroupedMatMul(dxs, dup, x.Up.Value, false, a.Offsets, accumulate: true);
         if (x.Gate.Grad is { } dGate) B.GroupedMatMulWeightGrad(dGate, dgate, xs, a.Offsets);
         if (x.Up.Grad is { } dUp) B.GroupedMatMulWeightGrad(dUp, dup, xs, a.Offsets);
+        if (lora && x.GateUpLora is { } gu)
+        {
+            // gate/up += xa·B_{gate|up,e}ᵀ with the shared xa = s·xs·A_eᵀ: dxa = dgate·B_gate,e + dup·B_up,e.
+            var xa = a.XaGateUp!.View(0, [rows, gu.Rank]);
+            var dxa = acts.Dxa!.View(0, [rows, gu.Rank]);
+            if (gu.BPartGrad(0) is { } dBg) B.GroupedMatMulWeightGrad(dBg, dgate, xa, a.Offsets);
+            if (gu.BPartGrad(1) is { } dBu) B.GroupedMatMulWeightGrad(dBu, dup, xa, a.Offsets);
+            B.GroupedMatMul(dxa, dgate, gu.BPart(0), false, a.Offsets);
+            B.GroupedMatMul(dxa, dup, gu.BPart(1), false, a.Offsets, accumulate: true);
+            B.Scale(dxa, gu.Scale);
+            if (gu.A.Grad is { } dA) B.GroupedMatMulWeightGrad(dA, dxa, xs, a.Offsets);
+            B.GroupedMatMul(dxs, dxa, gu.A.Value, false, a.Offsets, accumulate: true);
+        }
         B.MoeGatherBackward(dln, dxs, rowOf);
         bool aux = _auxGradScale != 0;
         B.MoeRouteBackward(dlogits, dtopW, a.Probs.View(0, [n, e]), topIdx, topW, x.NormalizeTopK,

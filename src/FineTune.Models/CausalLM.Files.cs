@@ -36,7 +36,8 @@ public sealed partial class CausalLM
             throw new ModelFormatException(Path.Combine(modelDirectory, "config.json"),
                 $"model_type \"{config.ModelType}\": {gap}; train or chat with one of {string.Join(", ", ModelArchitecture.All.Where(a => a.EngineGap is null))}.");
         AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
-        if (adapter is not null) setup = adapter.Apply(setup, TrainableModules.LinearModulesOf(spec));
+        if (adapter is not null)
+            setup = adapter.Apply(setup, spec.Moe is null ? TrainableModules.LinearModulesOf(spec) : TrainableModules.LoraTargetsOf(spec), TrainableModules.ExpertTargets(spec));
         // A QLoRA adapter runs on the base it trained against: held quantized as its quantization_config.json says.
         if (adapterDirectory is not null && setup.Quantization is null && FineTune.Models.Quantization.QuantizedBaseFile.Read(adapterDirectory) is { } quantization)
             setup = setup with { Quantization = quantization };
@@ -93,8 +94,8 @@ public sealed partial class CausalLM
                 throw new ModelFormatException(Path.Combine(adapter.Directory, AdapterConfig.WeightsName),
                     $"tensor \"{key}\" is missing; the adapter's target_modules do not match its weights.");
             var values = new float[p.Length];
-            new SafetensorsWeights(reader, adapter.Directory).Read(key, p.Shape, values);
-            WriteParameter(p.Name, values);
+            new SafetensorsWeights(reader, adapter.Directory).Read(key, FileShape(p), values);
+            WriteParameter(p.Name, FromFileLayout(p, values));
         }
         foreach (string module in adapter.ModulesToSave)
             foreach (var p in _allParameters.Where(p => p.Name.StartsWith(module + ".", StringComparison.Ordinal) || p.Name.Contains("." + module + ".", StringComparison.Ordinal)))
@@ -121,17 +122,31 @@ public sealed partial class CausalLM
         {
             var values = new float[t.Length];
             Backend.Download(t.Master, values);
-            writer.Add(t.Name, values, t.Shape.Select(x => (long)x).ToArray());
+            var (fileValues, shape) = ToFileLayout(t.HfName, values);
+            writer.Add(t.Name, fileValues, shape);
         }
         writer.Save(Path.Combine(directory, AdapterConfig.WeightsName));
         var targets = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).Select(l => l.ShortName).Distinct().Order(StringComparer.Ordinal).ToList();
+        // LoRA on the experts is written as PEFT's transformers 5 conversion leaves gate_proj/up_proj/down_proj: target_parameters
+        // gate_up_proj (rank 2r, alpha 2α through the patterns) and down_proj, so peft builds exactly these adapters.
+        var experts = _layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault();
+        var targetParameters = new List<string>();
+        var rankPattern = Setup.LoraRankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value)).ToList();
+        var alphaPattern = Setup.LoraAlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value)).ToList();
+        if (experts?.DownLora is not null) targetParameters.Add(ExpertBlock.PeftDown);
+        if (experts?.GateUpLora is { } gu)
+        {
+            targetParameters.Add(ExpertBlock.PeftGateUp);
+            rankPattern.Add(KeyValuePair.Create(AdapterConfig.GateUpPatternKey, (JsonNode?)gu.Rank));
+            alphaPattern.Add(KeyValuePair.Create(AdapterConfig.GateUpPatternKey, (JsonNode?)(2 * Setup.ResolvedLoraAlpha)));
+        }
         // PEFT matches modules_to_save by plain suffix ("norm" would also wrap every q_norm and input_layernorm),
         // so the config names the full paths of the modules that were trained: model.norm, lm_head, ...
         var modulesToSave = _trainable.Where(t => t.Role is not (ParameterRole.LoraA or ParameterRole.LoraB) && !IsValueHead(t))
             .Select(t => t.HfName[..t.HfName.LastIndexOf('.')]).Distinct().Order(StringComparer.Ordinal).ToList();
         var config = new JsonObject
         {
-            ["alpha_pattern"] = new JsonObject(Setup.LoraAlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
+            ["alpha_pattern"] = new JsonObject(alphaPattern),
             ["auto_mapping"] = null,
             ["base_model_name_or_path"] = baseModelNameOrPath ?? ModelDirectory,
             ["bias"] = "none",
@@ -149,13 +164,14 @@ public sealed partial class CausalLM
             ["modules_to_save"] = modulesToSave.Count == 0 ? null : new JsonArray(modulesToSave.Select(x => (JsonNode?)x).ToArray()),
             ["peft_type"] = "LORA",
             ["r"] = Setup.LoraRank,
-            ["rank_pattern"] = new JsonObject(Setup.LoraRankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value))),
+            ["rank_pattern"] = new JsonObject(rankPattern),
             ["revision"] = null,
             ["target_modules"] = new JsonArray(targets.Select(x => (JsonNode?)x).ToArray()),
             ["task_type"] = "CAUSAL_LM",
             ["use_dora"] = false,
             ["use_rslora"] = Setup.UseRslora,
         };
+        if (targetParameters.Count > 0) config["target_parameters"] = new JsonArray(targetParameters.Select(x => (JsonNode?)x).ToArray());
         AtomicFile.WriteAllText(Path.Combine(directory, AdapterConfig.FileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         SaveValueHead(directory);
     }
@@ -179,6 +195,7 @@ public sealed partial class CausalLM
             if (loraOf.TryGetValue(p.Name, out var lora)) FoldLora(values, lora);
             if (p.Shape.Length == 3 && ExpertBlock.IsStack(Spec.Family, p.Name))
             {
+                FoldExpertLora(p, values);
                 // The hub layout, one tensor per expert, which transformers 4 and 5 both load.
                 int per = p.Shape[1] * p.Shape[2];
                 for (int e = 0; e < p.Shape[0]; e++)

@@ -106,9 +106,11 @@ public sealed partial class CausalLM : IDisposable
         var trainableNames = TrainableSelection.Select(spec, setup, _allParameters.Select(p => p.Name).ToList(), out var loraModules);
         // PEFT's LoRA on a fused module: one A [r, in], one B [all rows, r]; each part's adapter is A and its rows of B.
         var fusedLora = new Dictionary<string, (Parameter A, Parameter B)>(StringComparer.Ordinal);
+        // On a mixture-of-experts model the MLP names reach the experts (PEFT on transformers 5), never a dense layer's MLP.
+        var expertTargets = TrainableModules.ExpertTargets(spec);
         foreach (var layer in _layers)
             foreach (var lin in layer.Linears)
-                if (loraModules.Contains(lin.ShortName))
+                if (loraModules.Contains(lin.ShortName) && !(expertTargets.Contains(lin.ShortName) && lin != layer.Q && lin != layer.K && lin != layer.V && lin != layer.O))
                 {
                     int rank = setup.LoraRankFor(lin.Module);
                     if (rank <= 0) throw new ArgumentException($"{lin.Module}: the LoRA rank must be positive, got {rank}");
@@ -133,6 +135,11 @@ public sealed partial class CausalLM : IDisposable
                     trainableNames.Add(a.Name);
                     trainableNames.Add(b.Name);
                 }
+
+        if (expertTargets.Count > 0 && loraModules.Overlaps(expertTargets))
+            foreach (var layer in _layers)
+                if (layer.Experts is { } x)
+                    foreach (var p in AddExpertLora(x, loraModules, P)) trainableNames.Add(p.Name);
 
         // TRL's AutoModelForCausalLMWithValueHead: v_head.summary = Linear(hidden, 1) on the final-normed hidden state,
         // trained whatever the finetuning type (LLaMA-Factory's reward model trains it beside the adapter or the weights).
@@ -302,8 +309,8 @@ public sealed partial class CausalLM : IDisposable
             else
             if (p.Role == ParameterRole.LoraA)
             {
-                // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name.
-                float bound = 1f / MathF.Sqrt(p.Shape[1]);
+                // PEFT: kaiming_uniform_(a=√5) ⇒ U(−1/√fan_in, 1/√fan_in), seeded per tensor name (an expert A [E, R, in]: fan_in = in).
+                float bound = 1f / MathF.Sqrt(p.Shape[^1]);
                 ulong s = Seeds.Mix((ulong)Setup.Seed, Seeds.Hash(p.Name));
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }

@@ -155,7 +155,11 @@ internal sealed class ModelActivations : IDisposable
         {
             // The experts' arena follows the same plan (CausalLM.ExpertSetOfLayer): one set per kept layer, one shared by
             // the recomputed ones, and its gradient scratch and statistics once.
-            long Experts(int sets) => ExpertActivations.Bytes(f, n, sets, training, spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize);
+            // With LoRA on the experts, each set also keeps s·x·Aᵀ of gate_up and down.
+            var x = layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault();
+            int gateUpRank = x?.GateUpLora?.Rank ?? 0, downRank = x?.DownLora?.Rank ?? 0;
+            long Experts(int sets) => ExpertActivations.Bytes(f, n, sets, training, spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize,
+                gateUpRank, downRank);
             long expertFixed = Experts(0), expertSet = Experts(1) - expertFixed;
             fixedBytes += expertFixed;
             full += expertSet;

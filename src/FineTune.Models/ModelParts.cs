@@ -171,5 +171,5 @@ internal sealed class DecoderLayer
         }
     }
 
-    public bool HasTrainable => Parameters.Any(p => p.IsTrainable) || Linears.Any(l => l.Lora is not null);
+    public bool HasTrainable => Parameters.Any(p => p.IsTrainable) || Linears.Any(l => l.Lora is not null) || (Experts?.HasTrainable ?? false);
 }

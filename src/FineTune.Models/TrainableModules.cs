@@ -23,7 +23,33 @@ public static class TrainableModules
     /// attention projections alone (the experts are not linear modules; PEFT reaches them only as target_parameters).
     /// </remarks>
     public static IReadOnlyList<string> LinearModulesOf(TransformerSpec spec) =>
-        spec.Moe is not null && !spec.HasDenseLayers ? spec.Family.LoraTargets.Take(spec.Family.Block.FusedQkv ? 2 : 4).ToList() : spec.Family.LoraTargets;
+        spec.Moe is not null && !spec.HasDenseLayers ? AttentionTargets(spec) : spec.Family.LoraTargets;
+
+    private static List<string> AttentionTargets(TransformerSpec spec) => spec.Family.LoraTargets.Take(spec.Family.Block.FusedQkv ? 2 : 4).ToList();
+
+    /// <summary>
+    /// The expert projections' names lora_target may use on a mixture-of-experts model (qwen3_moe: gate_proj, up_proj,
+    /// down_proj; mixtral: w1, w3, w2): the names PEFT on transformers 5 turns into the experts' target_parameters
+    /// gate_up_proj and down_proj. Empty for a dense family.
+    /// </summary>
+    public static IReadOnlyList<string> ExpertTargets(TransformerSpec spec) =>
+        spec.Moe is not null && spec.Family.Experts is { } x ? [x.Gate, x.Up, x.Down] : [];
+
+    /// <summary>
+    /// The names lora_target may use: the linear modules, and on a mixture-of-experts model the attention projections
+    /// and the expert names (<see cref="ExpertTargets"/>); "all" is <see cref="AllLoraTargets"/>.
+    /// </summary>
+    public static IReadOnlyList<string> LoraTargetsOf(TransformerSpec spec) =>
+        spec.Moe is null ? spec.Family.LoraTargets : [.. AttentionTargets(spec), .. ExpertTargets(spec)];
+
+    /// <summary>
+    /// What lora_target "all" means, as LLaMA-Factory resolves it (the nn.Linear leaf names of the transformers 5 model)
+    /// and PEFT then reads it: on a mixture-of-experts model the attention projections, plus gate_proj, up_proj, down_proj
+    /// where some layer is dense — and PEFT (transformers 5) turns those MLP names into the experts' target_parameters,
+    /// leaving the dense layers' MLP without LoRA. FineTune does the same, so its adapter is the one PEFT builds.
+    /// </summary>
+    public static IReadOnlyList<string> AllLoraTargets(TransformerSpec spec) =>
+        spec.Moe is null ? spec.Family.LoraTargets : spec.HasDenseLayers ? LoraTargetsOf(spec) : AttentionTargets(spec);
 
     /// <summary>A decoder layer's sub-modules and norms (the table's names).</summary>
     public static IReadOnlyList<string> LayerModules(TransformerSpec spec)
@@ -70,6 +96,44 @@ public static class TrainableModules
         return names;
     }
 
+    /// <summary>
+    /// What PEFT's ParamWrapper (LoRA on the experts' 3-D parameters) refuses or its transformers 5 conversion cannot
+    /// express, reported at the lora_target entry that reaches the experts: gate and up without each other (they are one
+    /// fused gate_up_proj), lora_dropout, rank/alpha patterns (the conversion writes its own for gate_up_proj).
+    /// </summary>
+    private static void ExpertProblems(TransformerSpec spec, TrainingSetup setup, List<ModuleNameProblem> problems)
+    {
+        var experts = ExpertTargets(spec);
+        if (experts.Count == 0) return;
+        var resolved = ResolveLoraTargets(spec, setup.LoraTarget);
+        int at = Enumerable.Range(0, setup.LoraTarget.Count).FirstOrDefault(i => setup.LoraTarget[i] == "all" || experts.Contains(setup.LoraTarget[i]), -1);
+        if (at < 0 || !resolved.Overlaps(experts)) return;
+        string value = setup.LoraTarget[at], model = $"this {spec.Architecture} model";
+        string gate = experts[0], up = experts[1];
+        if (resolved.Contains(gate) != resolved.Contains(up))
+            problems.Add(new ModuleNameProblem("lora_target", at, value,
+                $"reaches the experts' fused {ExpertBlock.PeftGateUp} of {model}, which needs both {gate} and {up}", [],
+                $"name both {gate} and {up} (PEFT trains them as one gate_up_proj), or neither"));
+        if (setup.LoraDropout > 0)
+            problems.Add(new ModuleNameProblem("lora_target", at, value,
+                $"reaches the experts of {model}, which PEFT's ParamWrapper trains without dropout (lora_dropout is {setup.LoraDropout})", [],
+                "set lora_dropout: 0, or leave the expert projections out of lora_target"));
+        if (setup.LoraRankPattern.Count > 0 || setup.LoraAlphaPattern.Count > 0)
+            problems.Add(new ModuleNameProblem("lora_target", at, value,
+                $"reaches the experts of {model}, whose ranks FineTune sets as PEFT's transformers 5 conversion does (gate_up_proj 2·r, down_proj r); lora_rank_pattern / lora_alpha_pattern are not applied to them", [],
+                "remove lora_rank_pattern and lora_alpha_pattern, or leave the expert projections out of lora_target"));
+    }
+
+    /// <summary>lora_target with "all" expanded (<see cref="AllLoraTargets"/>); names outside the model are kept (Check reports them).</summary>
+    public static HashSet<string> ResolveLoraTargets(TransformerSpec spec, IReadOnlyList<string> targets)
+    {
+        var set = new HashSet<string>(StringComparer.Ordinal);
+        foreach (string t in targets)
+            if (t == "all") set.UnionWith(AllLoraTargets(spec));
+            else set.Add(t);
+        return set;
+    }
+
     private static string Leaf(string module) => module[(module.LastIndexOf('.') + 1)..];
 
     /// <summary>True when the parameter's module path is <paramref name="target"/> or ends with "." + <paramref name="target"/>.</summary>
@@ -112,7 +176,8 @@ public static class TrainableModules
         switch (setup.FinetuningType)
         {
             case FinetuningType.Lora:
-                Names("lora_target", setup.LoraTarget, LinearModulesOf(spec), "a linear module");
+                Names("lora_target", setup.LoraTarget, LoraTargetsOf(spec), spec.Moe is null ? "a linear module" : "an attention projection or expert projection");
+                ExpertProblems(spec, setup, problems);
                 Modules("additional_target", setup.AdditionalTarget);
                 break;
             case FinetuningType.Freeze:

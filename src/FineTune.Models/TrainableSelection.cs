@@ -11,7 +11,6 @@ internal static class TrainableSelection
     {
         var trainable = new HashSet<string>(StringComparer.Ordinal);
         loraModules = new HashSet<string>(StringComparer.Ordinal);
-        var linearModules = TrainableModules.LinearModulesOf(spec);
         switch (setup.FinetuningType)
         {
             case FinetuningType.Full:
@@ -19,12 +18,14 @@ internal static class TrainableSelection
                 break;
             case FinetuningType.Lora:
                 if (setup.LoraRank <= 0) throw new ArgumentException($"lora_rank must be positive, got {setup.LoraRank}");
-                foreach (string t in setup.LoraTarget)
+                var allowed = TrainableModules.LoraTargetsOf(spec);
+                foreach (string t in TrainableModules.ResolveLoraTargets(spec, setup.LoraTarget))
                 {
-                    if (t == "all") loraModules.UnionWith(linearModules);
-                    else if (linearModules.Contains(t)) loraModules.Add(t);
-                    else throw new ArgumentException($"lora_target '{t}' names no linear module of a {spec.Architecture} model; use 'all' or some of {string.Join(", ", linearModules)}");
+                    if (allowed.Contains(t)) loraModules.Add(t);
+                    else throw new ArgumentException($"lora_target '{t}' names no linear module of a {spec.Architecture} model; use 'all' or some of {string.Join(", ", allowed)}");
                 }
+                if (TrainableModules.Check(spec, setup).FirstOrDefault(p => p.Option == "lora_target") is { } problem)
+                    throw new ArgumentException($"lora_target '{problem.Value}' {problem.Problem}; {problem.Expected}");
                 AddModules(setup.AdditionalTarget, parameters, trainable, "additional_target");
                 break;
             case FinetuningType.Freeze:

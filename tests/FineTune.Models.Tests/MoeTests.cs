@@ -127,7 +127,7 @@ public sealed class MoeTests : IDisposable
     }
 
     /// <summary>‖g − ĝ‖/‖ĝ‖ over a few coordinates of every trainable parameter, ĝ from central differences of the training objective.</summary>
-    private static double CheckGradients(CausalLM model, TokenBatch batch, float lossScale, int perParameter = 3, float h = 1e-2f)
+    internal static double CheckGradients(CausalLM model, TokenBatch batch, float lossScale, int perParameter = 3, float h = 1e-2f)
     {
         model.ZeroGrad();
         model.ForwardBackward(batch, lossScale);
@@ -195,11 +195,16 @@ public sealed class MoeTests : IDisposable
         Assert.Equal(off, mixed);
     }
 
-    [Fact]
-    public void A_checkpointing_plan_of_a_moe_model_estimates_the_arenas_it_carves_experts_included()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_checkpointing_plan_of_a_moe_model_estimates_the_arenas_it_carves_experts_included(bool expertLora)
     {
         var spec = Spec("qwen3_moe", mlpOnly: [1]) with { NumLayers = 4 };
-        var setup = new TrainingSetup { FinetuningType = FinetuningType.Full, Checkpointing = CheckpointingMode.Auto };
+        // With LoRA on the experts each kept layer also holds s·x·Aᵀ of gate_up and down.
+        var setup = expertLora
+            ? new TrainingSetup { LoraRank = 8, LoraAlpha = 16, LoraTarget = ["q_proj", "gate_proj", "up_proj", "down_proj"], Checkpointing = CheckpointingMode.Auto }
+            : new TrainingSetup { FinetuningType = FinetuningType.Full, Checkpointing = CheckpointingMode.Auto };
         using var probe = TinyModels.Create(spec, setup);
         var bytes = ModelActivations.Bytes(DType.F32, spec, probe.Layers, training: true, capacity: 14, chunkRows: 256);
         foreach (int recompute in new[] { 0, 2, 4 })
@@ -356,14 +361,17 @@ public sealed class MoeTests : IDisposable
     }
 
     [Fact]
-    public void Lora_target_names_no_mlp_linear_of_a_model_whose_every_layer_has_experts()
+    public void Lora_target_on_a_moe_model_names_attention_projections_or_the_familys_expert_projections()
     {
+        // mixtral's experts are w1, w3, w2 (PEFT's transformers 5 conversion maps those names, not gate_proj).
         var problems = TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "gate_proj"] });
         var p = Assert.Single(problems);
-        Assert.Equal(("lora_target", 1, "gate_proj", "is not a linear module of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
-        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj", p.Expected);
-        // With a dense layer (qwen3_moe's mlp_only_layers), its gate_proj is a target.
-        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe", mlpOnly: [1]), new TrainingSetup { LoraTarget = ["gate_proj"] }));
+        Assert.Equal(("lora_target", 1, "gate_proj", "is not an attention projection or expert projection of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
+        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj, w1, w3, w2", p.Expected);
+        Assert.Empty(TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "w1", "w3"] }));
+        // qwen3_moe's gate_proj + up_proj reach the experts, with or without a dense layer.
+        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe", mlpOnly: [1]), new TrainingSetup { LoraTarget = ["gate_proj", "up_proj"] }));
+        Assert.Empty(TrainableModules.Check(Spec("qwen3_moe"), new TrainingSetup { LoraTarget = ["down_proj"] }));
     }
 
     [Fact]

@@ -27,9 +27,20 @@ gemma_keys() {
     *) echo "" ;;
   esac
 }
-# Mixtures of experts (transformers 5 fuses the hub's per-expert tensors on load; LoRA all = the attention projections,
-# plus gate/up/down of a dense layer): qwen3_moe renormalised, qwen3_moe-dense with layer 0 dense (decoder_sparse_step 2)
-# and norm_topk_prob false, mixtral. Scratch keys are key=value,… (written as YAML).
+# Mixtures of experts (transformers 5 fuses the hub's per-expert tensors on load): qwen3_moe renormalised, qwen3_moe-dense
+# with layer 0 dense (decoder_sparse_step 2) and norm_topk_prob false, mixtral. LoRA all = the attention projections, plus
+# gate/up/down where a layer is dense (LLaMA-Factory's nn.Linear names) -- which PEFT on transformers 5 turns into the
+# experts' target_parameters gate_up_proj / down_proj, so qwen3_moe-dense trains the experts (not the dense MLP), and so
+# does FineTune. The -experts flavours name the expert projections explicitly (qwen3_moe gate_proj/up_proj/down_proj,
+# mixtral w1/w3/w2): PEFT's ParamWrapper on the experts, FineTune's adapter written with target_parameters.
+# Scratch keys are key=value,… (written as YAML).
+lora_target_of() {
+  case "$1" in
+    qwen3_moe-experts) echo "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]" ;;
+    mixtral-experts) echo "[q_proj, k_proj, v_proj, o_proj, w1, w3, w2]" ;;
+    *) echo "all" ;;
+  esac
+}
 for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qwen3:false:64:160:16" \
             "llama-h256:llama:false:256:512:64" "qwen2-h256:qwen2:true:256:512:64" "qwen3-h256:qwen3:false:256:512:64" \
             "mistral:mistral:false:64:160:16" "phi3:phi3:false:64:160:16" "phi3-h256:phi3:false:256:512:64" \
@@ -37,7 +48,9 @@ for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qw
             "qwen3_moe:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96" \
             "qwen3_moe-dense:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96,decoder_sparse_step=2,norm_topk_prob=false" \
             "qwen3_moe-h256:qwen3_moe:false:256:512:64:num_experts=8,num_experts_per_tok=2,moe_intermediate_size=128" \
-            "mixtral:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2"; do
+            "mixtral:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2" \
+            "qwen3_moe-experts:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96" \
+            "mixtral-experts:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2"; do
   IFS=: read -r flavour arch tied hidden inter head_dim keys <<<"$spec"
   extra=""; [ -n "${keys:-}" ] && extra=", $(sed 's/=/: /g; s/,/, /g' <<<"$keys")"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
@@ -52,7 +65,7 @@ stages:
   download: {}
   register: {}
   split: {val_size: 0.1, seed: 1, cutoff_len: 128}
-  train: {device: cpu, finetuning_type: lora, lora_rank: 4, lora_alpha: 8, lora_target: all, learning_rate: 1.0e-2,
+  train: {device: cpu, finetuning_type: lora, lora_rank: 4, lora_alpha: 8, lora_target: $(lora_target_of "$flavour"), learning_rate: 1.0e-2,
           max_steps: 20, per_device_train_batch_size: 4, lr_scheduler_type: constant, logging_steps: 5, seed: 3}
   merge: {export_dtype: float32}
 YAML

@@ -89,9 +89,9 @@ public sealed class ForwardCommand : ICliCommand
                 lm.ForwardBackward(batch, 1f / batch.LabelCount);
                 foreach (var p in lm.TrainableParameters)
                 {
-                    var g = new float[p.Length];
-                    backend.Download(p.Grad, g);
-                    writer.Add("grad." + p.Name, g, p.Shape.Select(d => (long)d).ToArray());
+                    // PEFT's layout and shape (an expert LoRA's B is regrouped in the engine).
+                    var (g, shape) = lm.GradientInFileLayout(p);
+                    writer.Add("grad." + p.Name, g, shape);
                 }
             }
             writer.Save(r.GetValue(output)!);

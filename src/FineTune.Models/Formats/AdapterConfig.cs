@@ -22,6 +22,15 @@ public sealed record AdapterConfig(
     IReadOnlyList<KeyValuePair<string, int>> RankPattern,
     IReadOnlyList<KeyValuePair<string, double>> AlphaPattern)
 {
+    /// <summary>
+    /// target_parameters: transformers 5's stacked expert parameters LoRA adapts (gate_up_proj, down_proj; PEFT's
+    /// ParamWrapper), empty for an adapter of linear modules only.
+    /// </summary>
+    public IReadOnlyList<string> TargetParameters { get; init; } = [];
+
+    /// <summary>The rank_pattern / alpha_pattern key PEFT's transformers 5 conversion writes for the fused gate_up_proj (rank 2r, alpha 2α).</summary>
+    public const string GateUpPatternKey = @".*\.gate_up_proj";
+
     public const string FileName = "adapter_config.json";
     public const string WeightsName = "adapter_model.safetensors";
 
@@ -66,7 +75,9 @@ public sealed record AdapterConfig(
             keys.Refuse("layers_to_transform is set: FineTune applies adapters on every layer of their target_modules only");
         if (keys.IsSet("exclude_modules"))
             keys.Refuse("exclude_modules is set: FineTune applies adapters on every module their target_modules name");
-        if (keys.IsSet("target_parameters")) keys.Refuse("target_parameters is set: FineTune applies adapters of linear modules only");
+        IReadOnlyList<string> targetParameters = keys.IsSet("target_parameters") ? keys.Strings("target_parameters") : [];
+        if (targetParameters.FirstOrDefault(t => t is not (ExpertBlock.PeftGateUp or ExpertBlock.PeftDown)) is { } other)
+            keys.Refuse($"target_parameters names '{other}': FineTune applies LoRA on the experts' {ExpertBlock.PeftGateUp} and {ExpertBlock.PeftDown} of a mixture-of-experts model only");
         if (keys.IsSet("trainable_token_indices")) keys.Refuse("trainable_token_indices is set: FineTune applies adapters without trainable tokens");
 
         int rank = keys.Int("r") ?? DefaultRank;
@@ -78,12 +89,16 @@ public sealed record AdapterConfig(
             JsonValue v when v.GetValueKind() == JsonValueKind.String && v.GetValue<string>() == "all-linear" => [.. TrainableModules.LinearModules],
             JsonValue v when v.GetValueKind() == JsonValueKind.String =>
                 throw keys.Error($"target_modules is the regular expression '{v.GetValue<string>()}': FineTune reads a list of module names"),
+            null when targetParameters.Count > 0 => [],
             _ => throw keys.Error("target_modules is missing: PEFT writes the list of adapted module names there"),
         };
         return new AdapterConfig(directory, rank, keys.Double("lora_alpha") ?? DefaultAlpha, keys.Double("lora_dropout") ?? 0,
             keys.Bool("use_rslora") ?? false, targets, keys.Strings("modules_to_save"),
             keys.Pattern("rank_pattern", (r, k) => r.Int(k)).Select(p => p.Value > 0 ? p : throw keys.Error($"rank_pattern '{p.Key}' is {p.Value}: the LoRA rank must be positive")).ToList(),
-            keys.Pattern("alpha_pattern", (r, k) => r.Double(k)));
+            keys.Pattern("alpha_pattern", (r, k) => r.Double(k)))
+        {
+            TargetParameters = targetParameters,
+        };
     }
 
     /// <summary>
@@ -91,24 +106,51 @@ public sealed record AdapterConfig(
     /// target must be a linear module of the engine's transformer: an adapter on embeddings or the output head can only
     /// be merged (merge folds those in).
     /// </summary>
-    public TrainingSetup Apply(TrainingSetup setup, IReadOnlyList<string>? linearModules = null)
+    /// <param name="expertTargets">
+    /// The family's expert names (qwen3_moe gate_proj, up_proj, down_proj; mixtral w1, w3, w2) that target_parameters
+    /// gate_up_proj / down_proj map back to; empty for a dense model.
+    /// </param>
+    public TrainingSetup Apply(TrainingSetup setup, IReadOnlyList<string>? linearModules = null, IReadOnlyList<string>? expertTargets = null)
     {
         // The model's family says which linears it has (phi3: the fused qkv_proj, gate_up_proj); default the llama set.
         linearModules ??= TrainableModules.LinearModules;
+        expertTargets ??= [];
         var others = TargetModules.Where(t => !linearModules.Contains(t)).ToList();
         if (others.Count > 0)
             throw new ModelFormatException(FilePath, $"target_modules names {string.Join(", ", others.Select(t => $"'{t}'"))}, which FineTune cannot apply unmerged " +
                 $"(it applies adapters on {string.Join(", ", linearModules)}); merge the adapter into the model and use the merged model instead.");
+        var targets = TargetModules.ToList();
+        var rankPattern = RankPattern;
+        var alphaPattern = AlphaPattern;
+        if (TargetParameters.Count > 0)
+        {
+            if (expertTargets.Count != 3)
+                throw new ModelFormatException(FilePath, $"target_parameters names {string.Join(", ", TargetParameters)}, the experts of a mixture-of-experts model; this model has none.");
+            if (TargetParameters.Contains(ExpertBlock.PeftGateUp))
+            {
+                // FineTune trains gate_up_proj as PEFT's conversion of gate_proj + up_proj leaves it: rank 2r, alpha 2α.
+                int? r = PeftPattern.Lookup(RankPattern, "model.layers.0.mlp.experts." + ExpertBlock.PeftGateUp);
+                double a = PeftPattern.Lookup(AlphaPattern, "model.layers.0.mlp.experts." + ExpertBlock.PeftGateUp) ?? Alpha;
+                if (r != 2 * Rank || a != 2 * Alpha)
+                    throw new ModelFormatException(FilePath, $"target_parameters has {ExpertBlock.PeftGateUp} of rank {r ?? Rank} and alpha {a}; FineTune applies it with rank 2·r = {2 * Rank} and alpha 2·lora_alpha = {2 * Alpha} " +
+                        $"(rank_pattern and alpha_pattern \"{GateUpPatternKey}\", as PEFT's transformers 5 conversion of gate_proj + up_proj writes them); merge the adapter into the model instead.");
+                targets.AddRange([expertTargets[0], expertTargets[1]]);
+                rankPattern = RankPattern.Where(p => p.Key != GateUpPatternKey).ToList();
+                alphaPattern = AlphaPattern.Where(p => p.Key != GateUpPatternKey).ToList();
+            }
+            if (TargetParameters.Contains(ExpertBlock.PeftDown)) targets.Add(expertTargets[2]);
+        }
         return setup with
         {
             FinetuningType = FinetuningType.Lora,
             LoraRank = Rank,
             LoraAlpha = Alpha,
-            LoraTarget = TargetModules,
+            LoraTarget = targets,
             UseRslora = UseRslora,
             AdditionalTarget = ModulesToSave,
-            LoraRankPattern = RankPattern,
-            LoraAlphaPattern = AlphaPattern,
+            LoraRankPattern = rankPattern,
+            LoraAlphaPattern = alphaPattern,
+            LoraDropout = TargetParameters.Count > 0 ? 0 : setup.LoraDropout,
         };
     }
 }

@@ -75,10 +75,16 @@ public static partial class LoraMerge
         }
 
         var updates = new Dictionary<string, (string A, string B, bool Embedding, double Scale)>(StringComparer.Ordinal);
+        var expertUpdates = new Dictionary<string, ExpertDelta>(StringComparer.Ordinal);
         foreach (var (module, (a, b, embedding)) in pairs)
         {
             if (a is null || b is null)
                 throw new ModelFormatException(adapterWeightsPath, $"module \"{module}\" has {(a is null ? "lora_B but no lora_A" : "lora_A but no lora_B")}; the adapter file is incomplete.");
+            if (adapter.TargetParameters.Count > 0 && ExpertParameterOf(module, adapter) is { } parameter)
+            {
+                AddExpertUpdates(baseConfig, baseWeights, adapterWeights, adapterWeightsPath, adapter, module, parameter, a, b, expertUpdates);
+                continue;
+            }
             var weightName = module + ".weight";
             if (!baseWeights.Contains(weightName))
                 throw new ModelFormatException(adapterWeightsPath, $"tensor \"{a}\" adapts \"{weightName}\", which the base model {baseModelDir} does not have; the adapter was trained on another model.");
@@ -95,14 +101,80 @@ public static partial class LoraMerge
             updates[weightName] = (a, b, embedding, adapter.ScaleFor(module));
         }
 
-        return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes, quantizedBase);
+        return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes, quantizedBase, expertUpdates);
+    }
+
+    /// <summary>One expert's slice of an expert LoRA (PEFT's ParamWrapper on gate_up_proj or down_proj) to fold into its hub-layout tensor.</summary>
+    private sealed record ExpertDelta(string A, string B, int Expert, int Experts, int Part, int Rank, float Scale);
+
+    /// <summary>
+    /// Which target_parameter a PEFT expert module holds: {…}.experts.base_layer is the inner wrapper (gate_up_proj, wrapped
+    /// first) when both are targeted; {…}.experts is down_proj then, or the only one targeted. Null for any other module.
+    /// </summary>
+    private static string? ExpertParameterOf(string module, AdapterConfig adapter)
+    {
+        bool both = adapter.TargetParameters.Contains(ExpertBlock.PeftGateUp) && adapter.TargetParameters.Contains(ExpertBlock.PeftDown);
+        if (module.EndsWith(".experts.base_layer", StringComparison.Ordinal)) return both ? ExpertBlock.PeftGateUp : null;
+        if (!module.EndsWith(".experts", StringComparison.Ordinal)) return null;
+        return both ? ExpertBlock.PeftDown : adapter.TargetParameters[0];
+    }
+
+    /// <summary>The per-expert hub tensors ({mlp}.experts.E.gate_proj.weight, …) an expert LoRA module updates, with their slices.</summary>
+    private static void AddExpertUpdates(ModelConfig baseConfig, SafetensorsReader baseWeights, SafetensorsReader adapterWeights, string adapterWeightsPath,
+        AdapterConfig adapter, string module, string parameter, string a, string b, Dictionary<string, ExpertDelta> expertUpdates)
+    {
+        var layout = baseConfig.Architecture.Experts ?? throw new ModelFormatException(adapter.FilePath,
+            $"target_parameters names the experts' {parameter}, but the base model ({baseConfig.ModelType}) has no experts; the adapter was trained on another model.");
+        int experts = baseConfig.Moe!.NumExperts;
+        // transformers 5 names the block mlp; the hub files (mixtral) block_sparse_moe.
+        string list = module.EndsWith(".base_layer", StringComparison.Ordinal) ? module[..^".base_layer".Length] : module;
+        if (layout.MoeModule is { } moeModule) list = list.Replace(".mlp.", $".{moeModule}.", StringComparison.Ordinal);
+        string[] leaves = parameter == ExpertBlock.PeftGateUp ? [layout.Gate, layout.Up] : [layout.Down];
+        var ai = adapterWeights.Get(a);
+        var bi = adapterWeights.Get(b);
+        string fused = $"{module[..module.IndexOf(".experts", StringComparison.Ordinal)]}.experts.{parameter}";
+        int rank = adapter.RankFor(fused);
+        double scale = adapter.ScaleFor(fused);
+        for (int part = 0; part < leaves.Length; part++)
+            for (int e = 0; e < experts; e++)
+            {
+                string weightName = $"{list}.{e}.{leaves[part]}.weight";
+                if (!baseWeights.Contains(weightName))
+                    throw new ModelFormatException(adapterWeightsPath, $"tensor \"{a}\" adapts the experts' \"{weightName}\", which the base model does not have (FineTune merges into the hub's per-expert tensors); the adapter was trained on another model.");
+                var w = baseWeights.Get(weightName);
+                if (ai.Shape.Count != 2 || bi.Shape.Count != 2 || ai.Shape[0] != (long)rank * experts || ai.Shape[1] != w.Shape[1]
+                    || bi.Shape[0] != leaves.Length * w.Shape[0] || bi.Shape[1] != (long)rank * experts)
+                    throw new ModelFormatException(adapterWeightsPath, $"shapes do not fit: \"{a}\" [{string.Join(", ", ai.Shape)}], \"{b}\" [{string.Join(", ", bi.Shape)}] for {experts} experts of rank {rank}, base \"{weightName}\" [{string.Join(", ", w.Shape)}]; the adapter was trained on another model.");
+                expertUpdates[weightName] = new ExpertDelta(a, b, e, experts, part, rank, (float)scale);
+            }
+    }
+
+    /// <summary>
+    /// PEFT's ParamWrapper fold of one expert e of a stacked [E, out, in] parameter (part p of a fused one):
+    /// W_e[o, i] += s · Σ_ρ lora_B[p·out + o, ρ·E + e] · lora_A[e·R + ρ, i], lora_A [R·E, in], lora_B [parts·out, R·E].
+    /// </summary>
+    public static void AddExpertLoraDelta(Span<float> w, int outDim, int inDim, ReadOnlySpan<float> a, ReadOnlySpan<float> b,
+        int expert, int experts, int part, int rank, float scale)
+    {
+        int bCols = rank * experts;
+        for (int o = 0; o < outDim; o++)
+        {
+            var row = w.Slice(o * inDim, inDim);
+            for (int r = 0; r < rank; r++)
+            {
+                float coef = scale * b[(part * outDim + o) * bCols + r * experts + expert];
+                if (coef != 0f) TensorPrimitives.MultiplyAdd(a.Slice((expert * rank + r) * inDim, inDim), coef, row, row);
+            }
+        }
     }
 
     private static LoraMergeResult Write(string baseModelDir, ModelConfig baseConfig, SafetensorsReader baseWeights,
         SafetensorsReader? adapterWeightsOrNull, string adapterWeightsPath,
         Dictionary<string, (string A, string B, bool Embedding, double Scale)> updates, Dictionary<string, string> replacements,
-        AdapterConfig? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes, Quantization.QuantizationSetup? quantizedBase)
+        AdapterConfig? adapter, string outputDir, SafetensorsDType? outputDType, long maxShardBytes, Quantization.QuantizationSetup? quantizedBase,
+        Dictionary<string, ExpertDelta>? expertUpdates = null)
     {
+        expertUpdates ??= new();
         Directory.CreateDirectory(outputDir);
         var writer = new SafetensorsWriter();
         foreach (var info in baseWeights.Tensors.Values)
@@ -110,12 +182,12 @@ public static partial class LoraMerge
             var name = info.Name;
             bool isFloat = info.DType is SafetensorsDType.F32 or SafetensorsDType.BF16 or SafetensorsDType.F16 or SafetensorsDType.F64;
             var dtype = isFloat && outputDType is { } forced ? forced : info.DType;
-            if (!isFloat && (updates.ContainsKey(name) || replacements.ContainsKey(name)))
+            if (!isFloat && (updates.ContainsKey(name) || replacements.ContainsKey(name) || expertUpdates.ContainsKey(name)))
                 throw new ModelFormatException(info.FilePath, $"tensor \"{name}\" is {info.DType.HeaderName()}; only floating-point weights can be merged.");
             bool dequantized = quantizedBase is not null && Quantization.QuantizationSetup.IsQuantizedLinear(name) && !replacements.ContainsKey(name);
             if (!isFloat && dequantized)
                 throw new ModelFormatException(info.FilePath, $"tensor \"{name}\" is {info.DType.HeaderName()}; a QLoRA merge reads the unquantized base weights (download the bf16/fp16 model the adapter's base was quantized from).");
-            if (!updates.ContainsKey(name) && !replacements.ContainsKey(name) && !dequantized && dtype == info.DType)
+            if (!updates.ContainsKey(name) && !replacements.ContainsKey(name) && !expertUpdates.ContainsKey(name) && !dequantized && dtype == info.DType)
             {
                 writer.AddDeferred(name, dtype, info.Shape, span => baseWeights.GetBytes(name).CopyTo(span));
                 continue;
@@ -136,6 +208,9 @@ public static partial class LoraMerge
                 if (dequantized) values = quantizedBase!.RoundTrip(values, (int)info.Shape[0], (int)info.Shape[1]);
                 if (updates.TryGetValue(name, out var u))
                     AddLoraDelta(values, info.Shape, adapterWeights.ReadAsFloat32(u.A), adapterWeights.ReadAsFloat32(u.B), (int)adapterWeights.Get(u.A).Shape[0], (float)u.Scale, u.Embedding);
+                if (expertUpdates.TryGetValue(name, out var x))
+                    AddExpertLoraDelta(values, (int)info.Shape[0], (int)info.Shape[1], adapterWeights.ReadAsFloat32(x.A), adapterWeights.ReadAsFloat32(x.B),
+                        x.Expert, x.Experts, x.Part, x.Rank, x.Scale);
                 FloatConversions.Encode(values, dtype == SafetensorsDType.F64 ? SafetensorsDType.F32 : dtype, span);
             });
         }
@@ -155,7 +230,7 @@ public static partial class LoraMerge
         }
         double anyScale = updates.Count > 0 ? updates.Values.First().Scale
             : adapter is null ? 0 : PeftPattern.Scale(adapter.Alpha, adapter.Rank, adapter.UseRslora);
-        return new LoraMergeResult(updates.Count, replacements.Count, baseWeights.Tensors.Count, anyScale, outputDType, files);
+        return new LoraMergeResult(updates.Count + expertUpdates.Count, replacements.Count, baseWeights.Tensors.Count, anyScale, outputDType, files);
     }
 
     /// <summary>

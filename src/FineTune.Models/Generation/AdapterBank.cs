@@ -69,6 +69,8 @@ internal sealed class AdapterBank : IDisposable
             var file = AdapterConfig.Read(named.Directory);
             string weights = Path.Combine(named.Directory, AdapterConfig.WeightsName);
             if (!File.Exists(weights)) throw new ModelFormatException(weights, "not found; an adapter directory holds adapter_config.json and adapter_model.safetensors as PEFT writes them.");
+            if (file.TargetParameters.Count > 0)
+                throw new ModelFormatException(file.FilePath, $"target_parameters names the experts' {string.Join(", ", file.TargetParameters)}: several adapters served side by side cover linear modules only; load this adapter alone, or merge it into the model.");
             file.Apply(model.Setup); // refuses targets that can only be merged (embeddings, the head), as chat and eval do
             var targets = file.TargetModules.ToHashSet(StringComparer.Ordinal);
             if (targets.Count == 0) throw new ModelFormatException(file.FilePath, $"target_modules is empty; name some of {string.Join(", ", TrainableModules.LinearModules)}.");

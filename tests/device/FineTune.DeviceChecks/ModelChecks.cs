@@ -132,9 +132,16 @@ public static class ModelChecks
         using var cpu = new CpuBackend();
         using var gpuF32 = new CudaBackend(0, computeDType: DType.F32);
         using var gpuBf16 = new CudaBackend(0);
-        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false), ("gemma2", true), ("gemma3_text", true), ("qwen3_moe", false), ("mixtral", false) })
+        // "+experts": LoRA on the experts too (PEFT's ParamWrapper on gate_up_proj and down_proj: the grouped products
+        // x·A_eᵀ then ·B_eᵀ over each expert's rows, and their backward).
+        foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false), ("gemma2", true), ("gemma3_text", true), ("qwen3_moe", false), ("mixtral", false),
+                     ("qwen3_moe+experts", false), ("mixtral+experts", false) })
         {
-            var spec = Spec(arch, tied);
+            bool expertLora = arch.EndsWith("+experts", StringComparison.Ordinal);
+            string family = expertLora ? arch[..^"+experts".Length] : arch;
+            var spec = Spec(family, tied);
+            IReadOnlyList<string> loraTarget = !expertLora ? ["all"]
+                : family == "mixtral" ? ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w3", "w2"] : ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
             var batch = Batch(spec.VocabSize);
             var runs = new List<(CudaBackend, string, double, bool, bool, bool)>
             {
@@ -146,7 +153,7 @@ public static class ModelChecks
             {
                 gpu.UseFlashAttention = flash;
                 string name = $"{arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}{(flash ? "" : " simple-attn")}{(bf16Weights ? " bf16-weights" : "")}";
-                var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, GradientCheckpointing = ckpt };
+                var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, GradientCheckpointing = ckpt, LoraTarget = loraTarget };
                 IWeightSource Weights() => bf16Weights ? new Bf16Weights(new RandomWeights(3, 0.1f)) : new RandomWeights(3, 0.1f);
                 using var refModel = CausalLM.Create(spec, cpu, setup with { GradientCheckpointing = false }, Weights());
                 using var model = CausalLM.Create(spec, gpu, setup, Weights());
