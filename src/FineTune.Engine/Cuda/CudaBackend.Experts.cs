@@ -5,12 +5,28 @@ namespace FineTune.Engine.Cuda;
 public sealed partial class CudaBackend
 {
     const int GroupedTile = 64;
+    const int GroupedMmaTile = 128;                       // GM_ROWS = GM_COLS in experts.cu
+    const int GroupedMmaSharedBytes = 3 * 2 * 128 * 40 * 2; // GM_STAGES × GM_STAGE bf16: 61,440 bytes
 
     /// <summary>
-    /// BF16 operands take the tensor-core kernels (grouped_gemm_tc, grouped_gemm_weight_grad_tc); F32 ones, or
-    /// FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
+    /// BF16 operands take the tensor-core kernels (grouped_gemm_mma, grouped_gemm_tc, grouped_gemm_weight_grad_tc); F32
+    /// ones, or FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
     /// </summary>
     readonly bool _simpleGroupedGemm = Environment.GetEnvironmentVariable("FINETUNE_MOE_SIMPLE_GEMM") == "1";
+
+    /// <summary>
+    /// The pipelined 128×128 grouped product (grouped_gemm_mma) where its preconditions hold; false (or
+    /// FINETUNE_GROUPED_GEMM=old) keeps the 64×64 grouped_gemm_tc, for A/B runs and the device checks.
+    /// </summary>
+    public bool UseGroupedGemmMma { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GROUPED_GEMM") != "old";
+
+    /// <summary>
+    /// grouped_gemm_mma copies 16-byte chunks (8 bf16) with cp.async and stores column pairs: every row of a, w and c
+    /// must start 16-byte aligned and end on a whole chunk.
+    /// </summary>
+    bool GroupedMmaFits(Tensor c, Tensor a, Tensor w, int outCols, int inCols) =>
+        UseGroupedGemmMma && inCols % 8 == 0 && outCols % 8 == 0 && (c.DType is DType.BF16 or DType.F32)
+        && (P(a) & 15) == 0 && (P(w) & 15) == 0 && (P(c) & 15) == 0;
 
     /// <summary>Tokens (warps) per block of the router kernels: each warp keeps its token's E probabilities in shared memory.</summary>
     static int RouterWarps(int experts) => Math.Clamp(48 * 1024 / (experts * 4), 1, 8);
@@ -71,6 +87,16 @@ public sealed partial class CudaBackend
             throw new ArgumentException($"grouped product {c} = {a}·{w} by {offsets}: shapes do not agree");
         int rows = a.Rows;
         if (rows == 0) return;
+        if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16 && GroupedMmaFits(c, a, w, outCols, inCols))
+        {
+            // Each expert's rows cut into 128-row tiles: at most ceil(rows/128) + E tiles; tiles past the last exit at once.
+            var fn = _dev.Function("experts.cu", "grouped_gemm_mma");
+            if (_sharedRaised.Add(fn)) _dev.SetDynamicSharedMemory(fn, GroupedMmaSharedBytes);
+            _dev.Launch(fn, ((outCols + GroupedMmaTile - 1) / GroupedMmaTile, (rows + GroupedMmaTile - 1) / GroupedMmaTile + e, 1), (256, 1, 1),
+                GroupedMmaSharedBytes, [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0], "grouped_gemm_mma");
+            if (_dev.Profiling) _dev.Mark("grouped_gemm_mma");
+            return;
+        }
         // Each expert's rows cut into 64-row tiles: at most ceil(rows/64) + E tiles; tiles past the last exit at once.
         int tiles = (rows + GroupedTile - 1) / GroupedTile + e;
         if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16)
