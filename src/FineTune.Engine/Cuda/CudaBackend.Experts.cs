@@ -5,28 +5,64 @@ namespace FineTune.Engine.Cuda;
 public sealed partial class CudaBackend
 {
     const int GroupedTile = 64;
-    const int GroupedMmaTile = 128;                       // GM_ROWS = GM_COLS in experts.cu
-    const int GroupedMmaSharedBytes = 3 * 2 * 128 * 40 * 2; // GM_STAGES × GM_STAGE bf16: 61,440 bytes
+    const int GroupedMmaTile = 128; // GM_ROWS = GM_COLS in experts.cu
 
     /// <summary>
-    /// BF16 operands take the tensor-core kernels (grouped_gemm_mma, grouped_gemm_tc, grouped_gemm_weight_grad_tc); F32
-    /// ones, or FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
+    /// BF16 operands take the tensor-core kernels (<see cref="GroupedGemm"/>, grouped_gemm_weight_grad_tc); F32 ones, or
+    /// FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
     /// </summary>
     readonly bool _simpleGroupedGemm = Environment.GetEnvironmentVariable("FINETUNE_MOE_SIMPLE_GEMM") == "1";
 
     /// <summary>
-    /// The pipelined 128×128 grouped product (grouped_gemm_mma) where its preconditions hold; false (or
-    /// FINETUNE_GROUPED_GEMM=old) keeps the 64×64 grouped_gemm_tc, for A/B runs and the device checks.
+    /// The BF16 grouped product's kernel: by default the pipelined 128×128 grouped_gemm_mma_k64s3 where its
+    /// preconditions hold (<see cref="GroupedMmaFits"/>); FINETUNE_GROUPED_GEMM=old | k64s3 | k32s3 | k32s4 picks one
+    /// for A/B runs (old: the 64×64 grouped_gemm_tc, also the fallback when the preconditions fail).
     /// </summary>
-    public bool UseGroupedGemmMma { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GROUPED_GEMM") != "old";
+    public GroupedGemmKernel GroupedGemm { get; set; } = GroupedGemmFromEnvironment(Environment.GetEnvironmentVariable("FINETUNE_GROUPED_GEMM"));
+
+    static GroupedGemmKernel GroupedGemmFromEnvironment(string? value) => value switch
+    {
+        null or "" or "k64s3" => GroupedGemmKernel.Tile128K64Stages3,
+        "k32s3" => GroupedGemmKernel.Tile128K32Stages3,
+        "k32s4" => GroupedGemmKernel.Tile128K32Stages4,
+        "old" => GroupedGemmKernel.Tile64,
+        _ => throw new ArgumentException($"FINETUNE_GROUPED_GEMM={value}: expected old, k64s3, k32s3 or k32s4 (or unset for k64s3)"),
+    };
+
+    /// <summary>The grouped_gemm_mma instantiation of a kernel choice: its name, k-step and shared-memory stages.</summary>
+    static (string Name, int KStep, int Stages) GroupedMmaVariant(GroupedGemmKernel kernel) => kernel switch
+    {
+        GroupedGemmKernel.Tile128K64Stages3 => ("grouped_gemm_mma_k64s3", 64, 3),
+        GroupedGemmKernel.Tile128K32Stages3 => ("grouped_gemm_mma_k32s3", 32, 3),
+        GroupedGemmKernel.Tile128K32Stages4 => ("grouped_gemm_mma_k32s4", 32, 4),
+        _ => throw new ArgumentOutOfRangeException(nameof(kernel), kernel, "not a grouped_gemm_mma variant"),
+    };
 
     /// <summary>
     /// grouped_gemm_mma copies 16-byte chunks (8 bf16) with cp.async and stores column pairs: every row of a, w and c
     /// must start 16-byte aligned and end on a whole chunk.
     /// </summary>
     bool GroupedMmaFits(Tensor c, Tensor a, Tensor w, int outCols, int inCols) =>
-        UseGroupedGemmMma && inCols % 8 == 0 && outCols % 8 == 0 && (c.DType is DType.BF16 or DType.F32)
+        GroupedGemm != GroupedGemmKernel.Tile64 && inCols % 8 == 0 && outCols % 8 == 0 && (c.DType is DType.BF16 or DType.F32)
         && (P(a) & 15) == 0 && (P(w) & 15) == 0 && (P(c) & 15) == 0;
+
+    // grouped_gemm_mma: grid (column tiles, row tiles), each expert's rows cut into 128-row tiles: at most
+    // ceil(rows/128) + E of them; tiles past the last exit at once. Shared memory: STAGES × (A + B) tiles of
+    // 128 × (BK + 8) bf16 (61,440 to 110,592 bytes, above the 48 KiB default), two blocks per multiprocessor.
+    void LaunchGroupedMma(Tensor c, Tensor a, Tensor w, Tensor offsets, int e, int outCols, int inCols, bool transW, bool accumulate)
+    {
+        var (name, kStep, stages) = GroupedMmaVariant(GroupedGemm);
+        int sharedBytes = stages * 2 * GroupedMmaTile * (kStep + 8) * 2;
+        var fn = _dev.Function("experts.cu", name);
+        if (_sharedRaised.Add(fn))
+        {
+            _dev.SetDynamicSharedMemory(fn, sharedBytes);
+            _dev.PreferMaxSharedMemory(fn);
+        }
+        _dev.Launch(fn, ((outCols + GroupedMmaTile - 1) / GroupedMmaTile, (a.Rows + GroupedMmaTile - 1) / GroupedMmaTile + e, 1), (256, 1, 1),
+            sharedBytes, [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0], name);
+        if (_dev.Profiling) _dev.Mark(name);
+    }
 
     /// <summary>Tokens (warps) per block of the router kernels: each warp keeps its token's E probabilities in shared memory.</summary>
     static int RouterWarps(int experts) => Math.Clamp(48 * 1024 / (experts * 4), 1, 8);
@@ -89,12 +125,7 @@ public sealed partial class CudaBackend
         if (rows == 0) return;
         if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16 && GroupedMmaFits(c, a, w, outCols, inCols))
         {
-            // Each expert's rows cut into 128-row tiles: at most ceil(rows/128) + E tiles; tiles past the last exit at once.
-            var fn = _dev.Function("experts.cu", "grouped_gemm_mma");
-            if (_sharedRaised.Add(fn)) _dev.SetDynamicSharedMemory(fn, GroupedMmaSharedBytes);
-            _dev.Launch(fn, ((outCols + GroupedMmaTile - 1) / GroupedMmaTile, (rows + GroupedMmaTile - 1) / GroupedMmaTile + e, 1), (256, 1, 1),
-                GroupedMmaSharedBytes, [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0], "grouped_gemm_mma");
-            if (_dev.Profiling) _dev.Mark("grouped_gemm_mma");
+            LaunchGroupedMma(c, a, w, offsets, e, outCols, inCols, transW, accumulate);
             return;
         }
         // Each expert's rows cut into 64-row tiles: at most ceil(rows/64) + E tiles; tiles past the last exit at once.
@@ -153,3 +184,9 @@ public sealed partial class CudaBackend
         LaunchFlat("experts.cu", "moe_gather_backward", (long)n * cols, [P(dx), Dt(dx), P(drows), Dt(drows), P(rowOf), n, cols, k]);
     }
 }
+
+/// <summary>
+/// A BF16 grouped-product kernel of experts.cu: <see cref="Tile64"/> is grouped_gemm_tc (64×64 tiles, one stage,
+/// scalar copies); the others are grouped_gemm_mma (128×128 tiles, cp.async pipeline) with k-step and stage count.
+/// </summary>
+public enum GroupedGemmKernel { Tile128K64Stages3, Tile128K32Stages3, Tile128K32Stages4, Tile64 }

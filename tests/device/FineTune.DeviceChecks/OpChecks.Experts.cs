@@ -1,4 +1,5 @@
 using FineTune.Engine;
+using FineTune.Engine.Cuda;
 
 namespace FineTune.DeviceChecks;
 
@@ -17,7 +18,7 @@ public static partial class OpChecks
     /// The grouped product's kernels against the CPU on ragged groups: an empty expert, a 1-row expert, 300 rows (three
     /// 128-row tiles, the last of 44), 128 and 129 rows (a tile edge), 37 rows; N 200 and K 264 end inside a column tile
     /// and a k-step. Both layouts, c bf16 written and c f32 accumulated. On the BF16 path each case runs the 128×128
-    /// grouped_gemm_mma and the 64×64 grouped_gemm_tc; on the F32 path the fp32 tile kernel.
+    /// grouped_gemm_mma variants and the 64×64 grouped_gemm_tc; on the F32 path the fp32 tile kernel.
     /// </summary>
     static void GroupedGemmChecks(Ctx c)
     {
@@ -30,15 +31,15 @@ public static partial class OpChecks
         var wT = c.Pair(c.Rand((long)e * n * k, 0.2f), [e, n, k]);   // trans_w: w_x [N, K]
         var wN = c.Pair(c.Rand((long)e * k * n, 0.2f), [e, k, n]);   // w_x [K, N]
         var init = c.Rand((long)rows * n);
-        bool prior = c.Gpu.UseGroupedGemmMma;
-        foreach (bool mma in c.Act == DType.BF16 ? new[] { true, false } : new[] { prior })
+        var prior = c.Gpu.GroupedGemm;
+        foreach (var kernel in c.Act == DType.BF16 ? Enum.GetValues<GroupedGemmKernel>() : [prior])
         {
-            c.Gpu.UseGroupedGemmMma = mma;
-            string kernel = c.Act != DType.BF16 ? "grouped_gemm" : mma ? "grouped_gemm_mma" : "grouped_gemm_tc";
+            c.Gpu.GroupedGemm = kernel;
+            string name = c.Act != DType.BF16 ? "grouped_gemm" : KernelName(kernel);
             foreach (bool transW in new[] { true, false })
             {
                 var w = transW ? wT : wN;
-                string tag = $"{kernel} {(transW ? "x·Wᵀ" : "dy·W")} groups 0,1,300,128,129,37 N{n} K{k}";
+                string tag = $"{name} {(transW ? "x·Wᵀ" : "dy·W")} groups 0,1,300,128,129,37 N{n} K{k}";
                 var written = c.Pair(c.Rand((long)rows * n), [rows, n], DType.BF16);
                 double ms = c.Time(() => c.Gpu.GroupedMatMul(written.Gpu, a.Gpu, w.Gpu, transW, offsets.Gpu));
                 c.Cpu.GroupedMatMul(written.Cpu, a.Cpu, w.Cpu, transW, offsets.Cpu);
@@ -49,14 +50,22 @@ public static partial class OpChecks
                 c.Compare($"{tag} c f32 +=", "c", summed, ms);
             }
         }
-        c.Gpu.UseGroupedGemmMma = prior;
+        c.Gpu.GroupedGemm = prior;
     }
 
+    static string KernelName(GroupedGemmKernel kernel) => kernel switch
+    {
+        GroupedGemmKernel.Tile64 => "grouped_gemm_tc",
+        GroupedGemmKernel.Tile128K64Stages3 => "grouped_gemm_mma_k64s3",
+        GroupedGemmKernel.Tile128K32Stages3 => "grouped_gemm_mma_k32s3",
+        _ => "grouped_gemm_mma_k32s4",
+    };
+
     /// <summary>
-    /// grouped_gemm_tc (old) against grouped_gemm_mma (new) at qwen3-30b-a3b's MoE shape: 16,384 routed rows over 128
+    /// grouped_gemm_tc (old) against each grouped_gemm_mma variant (new) at qwen3-30b-a3b's MoE shape: 16,384 routed rows over 128
     /// experts, 64 to 192 rows each (seeded), the products one layer runs (gate and up, down, the two input gradients)
     /// plus gate and up fused into one N 1536 product. Prints device ms (mean of 5 after a warm-up) and TFLOP/s
-    /// (2·rows·N·K) for each; the new output must match the old one (relative L2 within the bf16 tolerance).
+    /// (2·rows·N·K) for each kernel; each new output must match the old one (relative L2 within the bf16 tolerance).
     /// </summary>
     static void GroupedGemmTiming(Ctx c)
     {
@@ -82,7 +91,7 @@ public static partial class OpChecks
             c.Gpu.AddUniformNoise(t, 0.1f, seed);
             return t;
         }
-        bool prior = c.Gpu.UseGroupedGemmMma;
+        var prior = c.Gpu.GroupedGemm;
         foreach (var (label, n, k, transW, accumulate) in new[]
         {
             ("gate|up x·Wᵀ", 768, 2048, true, false), ("gate_up fused x·Wᵀ", 1536, 2048, true, false),
@@ -92,30 +101,40 @@ public static partial class OpChecks
         {
             var a = Noise([rows, k], 1);
             var w = Noise(transW ? [e, n, k] : [e, k, n], 2);
-            var outOld = Noise([rows, n], 3);
-            var outNew = Noise([rows, n], 3);
-            double Ms(bool mma, Tensor y)
-            {
-                c.Gpu.UseGroupedGemmMma = mma;
-                c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate); // warm-up (and compile)
-                if (accumulate) { c.Gpu.Zero(y); c.Gpu.AddUniformNoise(y, 0.1f, 3); }
-                double ms = accumulate
-                    ? c.TimeRepeat(() => c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate)) // c drifts, time only
-                    : c.TimeRepeat(() => c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu));
-                if (accumulate) { c.Gpu.Zero(y); c.Gpu.AddUniformNoise(y, 0.1f, 3); c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate); }
-                return ms;
-            }
-            double oldMs = Ms(false, outOld), newMs = Ms(true, outNew);
-            c.Gpu.UseGroupedGemmMma = prior;
             double tflop = 2.0 * rows * n * k / 1e12;
-            var x0 = c.Download(outOld);
-            var x1 = c.Download(outNew);
-            double num = 0, den = 0;
-            for (int i = 0; i < x0.Length; i++) { double d = (double)x1[i] - x0[i]; num += d * d; den += (double)x0[i] * x0[i]; }
-            double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
             string op = $"grouped_gemm {label} rows {rows} E {e} N{n} K{k} trans_w {(transW ? 1 : 0)}";
-            Console.WriteLine($"time {op}: old {oldMs:F3} ms ({tflop / (oldMs / 1e3):F1} TFLOP/s), new {newMs:F3} ms ({tflop / (newMs / 1e3):F1} TFLOP/s), {oldMs / newMs:F2}×, rel {rel:E2}");
-            c.Rows.Add(new CheckRow($"{op} new = old", c.Path, "c", x0.Length, rel, c.Tol, float.IsFinite((float)rel) && rel <= c.Tol, newMs));
+            float[]? reference = null;
+            double oldMs = 0;
+            // Tile64 (the old kernel) first: its output is the reference for the others.
+            foreach (var kernel in Enum.GetValues<GroupedGemmKernel>().OrderBy(x => x == GroupedGemmKernel.Tile64 ? 0 : 1))
+            {
+                c.Gpu.GroupedGemm = kernel;
+                var y = Noise([rows, n], 3);
+                c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate); // warm-up (and compile)
+                // Accumulating five times drifts c: time only, then one accumulate from the same start for the comparison.
+                double ms = c.TimeRepeat(() => c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate));
+                if (accumulate)
+                {
+                    c.Gpu.Zero(y);
+                    c.Gpu.AddUniformNoise(y, 0.1f, 3);
+                    c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate);
+                }
+                var got = c.Download(y);
+                string name = KernelName(kernel);
+                if (reference is null)
+                {
+                    reference = got;
+                    oldMs = ms;
+                    Console.WriteLine($"time {op}: {name} {ms:F3} ms ({tflop / (ms / 1e3):F1} TFLOP/s)");
+                    continue;
+                }
+                double num = 0, den = 0;
+                for (int i = 0; i < got.Length; i++) { double d = (double)got[i] - reference[i]; num += d * d; den += (double)reference[i] * reference[i]; }
+                double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
+                Console.WriteLine($"time {op}: {name} {ms:F3} ms ({tflop / (ms / 1e3):F1} TFLOP/s), {oldMs / ms:F2}× grouped_gemm_tc, rel {rel:E2}");
+                c.Rows.Add(new CheckRow($"{op} {name} = grouped_gemm_tc", c.Path, "c", got.Length, rel, c.Tol, double.IsFinite(rel) && rel <= c.Tol, ms));
+            }
+            c.Gpu.GroupedGemm = prior;
         }
     }
 

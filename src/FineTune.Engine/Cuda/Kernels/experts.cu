@@ -412,34 +412,68 @@ extern "C" __global__ void grouped_gemm_tc(void* c, int dt_c, const bf16_t* a, c
 // row tile usually covers a whole expert and each weight tile is read from memory about once per expert (a 64-row
 // tile would read it twice); 128 columns halve the re-reads of the rows' tile against 64. Per-expert products are
 // near the machine's balance point (each weight element is used by ~128 rows), so the weight stream must not stall:
-// operands arrive by 16-byte cp.async copies into GM_STAGES = 3 shared buffers — the copies of k-steps s+1 and s+2
-// are in flight while step s is multiplied. Requires k_in % 8 == 0, n_out % 8 == 0 and 16-byte aligned a, w, c (a
+// operands arrive by 16-byte cp.async copies into STAGES shared buffers — the copies of the next STAGES−1 k-steps
+// are in flight while one is multiplied. Requires k_in % 8 == 0, n_out % 8 == 0 and 16-byte aligned a, w, c (a
 // 16-byte chunk is then wholly inside or wholly past a row's end, and zero-filled past it by src-size 0).
 //
 // Block: 8 warps, 4 (rows) × 2 (columns); warp w owns rows wm = (w/2)·32 … +32 and columns wn = (w%2)·64 … +64 of
 // the tile: 2 m16 × 8 n8 accumulators (64 floats per thread). A warp whose 32 rows all lie past the group's end
 // (a short expert's tile) skips its products but still copies its share and meets every barrier.
-// Shared memory per stage (bf16): A [128][GM_SA] (rows × k), then B as [128][GM_SA] (n × k, trans_w) or
-// [32][GM_SB] (k × n, read with ldmatrix.trans); strides padded by 8 so the 8 rows of an ldmatrix fall in 8
-// different 16-byte bank groups (80 and 272 bytes: rows land 80·r mod 128 and 16·r mod 128 apart).
-// 3 stages × (5,120 + 5,120) bf16 = 61,440 bytes of dynamic shared memory (two blocks per multiprocessor).
+// Shared memory per stage (bf16): A [128][BK+8] (rows × k), then B as [128][BK+8] (n × k, trans_w) or [BK][136]
+// (k × n, read with ldmatrix.trans; BK·136 ≤ 128·(BK+8) for BK ≤ 64). The pad of 8 puts the 8 rows of an
+// ldmatrix in 8 different 16-byte bank groups: strides 80, 144 and 272 bytes step 80, 16 and 16 bytes mod 128.
 // Grid (ceil(N/128), ceil(rows/128) + E); column tiles vary fastest, so the blocks of one row tile run together
 // and share its rows in L2, and an expert's second row tile follows a few blocks later while its weights are in L2.
+// Instantiated (BK, STAGES): (64, 3) the default, (32, 3), (32, 4); two blocks per multiprocessor for each
+// (110,592, 61,440 and 81,920 bytes of dynamic shared memory).
 // ---------------------------------------------------------------------------------------------------------
 #define GM_ROWS 128
 #define GM_COLS 128
-#define GM_K 32
-#define GM_STAGES 3
 #define GM_THREADS 256
-#define GM_SA 40                          // row stride (bf16) of [row][k] and [n][k] tiles
-#define GM_SB 136                         // row stride of [k][n] tiles
-#define GM_B_OFFSET (GM_ROWS * GM_SA)     // B after A within a stage; 32·136 = 4,352 ≤ 128·40 = 5,120
-#define GM_STAGE (2 * GM_ROWS * GM_SA)    // bf16 per stage
+#define GM_SB 136                         // row stride (bf16) of [k][n] tiles
 
-template <bool TRANS>
+// tile_of for one warp, 32 experts at a time: lane x holds expert base + x's tile count, a warp scan gives the
+// tiles before it, and the lane whose range holds `tile` answers. Same result as tile_of; E/32 steps, not E.
+__device__ __forceinline__ void tile_of_warp(const int* offsets, int e, int tile, int tile_rows, int lane, int* expert, int* row0, int* row_end)
+{
+    int seen = 0;
+    *expert = -1;
+    for (int base = 0; base < e; base += 32)
+    {
+        const int x = base + lane;
+        const int r0 = x < e ? offsets[x] : 0, r1 = x < e ? offsets[x + 1] : 0;
+        const int tiles = (r1 - r0 + tile_rows - 1) / tile_rows;
+        int upto = tiles;                                   // inclusive scan of the tile counts
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            const int v = __shfl_up_sync(FULL_MASK, upto, o);
+            if (lane >= o) upto += v;
+        }
+        const int before = seen + upto - tiles;
+        const unsigned hit = __ballot_sync(FULL_MASK, tile >= before && tile < before + tiles);
+        if (hit)
+        {
+            const int src = __ffs(hit) - 1;
+            *expert = base + src;
+            *row0 = __shfl_sync(FULL_MASK, r0 + (tile - before) * tile_rows, src);
+            *row_end = __shfl_sync(FULL_MASK, r1, src);
+            return;
+        }
+        seen += __shfl_sync(FULL_MASK, upto, 31);
+    }
+}
+
+template <int BK, int STAGES, bool TRANS>
 __device__ __forceinline__ void grouped_mma_tile(void* c, int dt_c, const bf16_t* a, const bf16_t* w, int expert, int row0,
                                                  int row_end, int n_out, int k_in, int accumulate)
 {
+    constexpr int SA = BK + 8;                          // row stride of [row][k] and [n][k] tiles
+    constexpr int B_OFFSET = GM_ROWS * SA;              // B after A within a stage
+    constexpr int STAGE = 2 * GM_ROWS * SA;             // bf16 per stage
+    constexpr int CPR = BK / 8;                         // 16-byte chunks per k-step row of A (and of B [n][k])
+    constexpr int COPIES = GM_ROWS * CPR / GM_THREADS;  // chunks per thread per operand: BK/16 (B [k][n]: BK·16 chunks)
+    static_assert(BK * GM_SB <= GM_ROWS * SA, "B [k][n] fits its stage slot");
     extern __shared__ __align__(16) unsigned char gm_smem[];
     bf16_t* sm = (bf16_t*)gm_smem;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -447,27 +481,26 @@ __device__ __forceinline__ void grouped_mma_tile(void* c, int dt_c, const bf16_t
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 64;
     const bool busy = row0 + wm < row_end;
     const bf16_t* we = w + (i64)expert * n_out * k_in;
-    const int ktiles = (k_in + GM_K - 1) / GM_K;
+    const int ktiles = (k_in + BK - 1) / BK;
 
-    // k-step kt into stage buffer `stage`: A is 128 rows × 4 chunks of 8, B (either layout) 512 chunks; 2 of each
-    // per thread. Chunks past the group's last row, past N or past K are zero-filled.
+    // k-step kt into stage buffer `stage`. Chunks past the group's last row, past N or past K are zero-filled.
     auto issue = [&](int stage, int kt)
     {
-        bf16_t* As = sm + stage * GM_STAGE;
-        bf16_t* Bs = As + GM_B_OFFSET;
-        const int k0 = kt * GM_K;
+        bf16_t* As = sm + stage * STAGE;
+        bf16_t* Bs = As + B_OFFSET;
+        const int k0 = kt * BK;
 #pragma unroll
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < COPIES; i++)
         {
             const int idx = tid + i * GM_THREADS;
-            const int r = idx >> 2, kc = (idx & 3) * 8, row = row0 + r, kg = k0 + kc;
+            const int r = idx / CPR, kc = (idx % CPR) * 8, row = row0 + r, kg = k0 + kc;
             const bool ok = row < row_end && kg < k_in;
-            cp_async16(As + r * GM_SA + kc, ok ? a + (i64)row * k_in + kg : a, ok);
+            cp_async16(As + r * SA + kc, ok ? a + (i64)row * k_in + kg : a, ok);
             if (TRANS)
             {
                 const int col = col0 + r;                                  // Bs[n][k] = w_x[n, k]
                 const bool okb = col < n_out && kg < k_in;
-                cp_async16(Bs + r * GM_SA + kc, okb ? we + (i64)col * k_in + kg : w, okb);
+                cp_async16(Bs + r * SA + kc, okb ? we + (i64)col * k_in + kg : w, okb);
             }
             else
             {
@@ -487,37 +520,37 @@ __device__ __forceinline__ void grouped_mma_tile(void* c, int dt_c, const bf16_t
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
-    // One commit group per k-step (empty past the end), so wait_group<STAGES-2> at step kt always means "steps up to
-    // kt have landed": before it, groups 0 … kt+1 were committed.
+    // One commit group per k-step (empty past the end), so wait_group<STAGES−2> at step kt always means "steps up to
+    // kt have landed": before it, groups 0 … kt+STAGES−2 were committed.
 #pragma unroll
-    for (int s = 0; s < GM_STAGES - 1; s++)
+    for (int s = 0; s < STAGES - 1; s++)
     {
         if (s < ktiles) issue(s, s);
         cp_async_commit();
     }
     for (int kt = 0; kt < ktiles; kt++)
     {
-        cp_async_wait<GM_STAGES - 2>();
+        cp_async_wait<STAGES - 2>();
         // Every thread's copies of step kt are visible, and every warp is done multiplying step kt−1, whose buffer
         // ((kt + STAGES − 1) mod STAGES) the next copies overwrite.
         __syncthreads();
-        const int next = kt + GM_STAGES - 1;
-        if (next < ktiles) issue(next % GM_STAGES, next);
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) issue(next % STAGES, next);
         cp_async_commit();
         if (!busy) continue;
-        const bf16_t* As = sm + (kt % GM_STAGES) * GM_STAGE;
-        const bf16_t* Bs = As + GM_B_OFFSET;
+        const bf16_t* As = sm + (kt % STAGES) * STAGE;
+        const bf16_t* Bs = As + B_OFFSET;
 #pragma unroll
-        for (int kk = 0; kk < GM_K; kk += 16)
+        for (int kk = 0; kk < BK; kk += 16)
         {
             unsigned af[2][4];
-            frag_a(af[0], As, GM_SA, wm, kk, lane);
-            frag_a(af[1], As, GM_SA, wm + 16, kk, lane);
+            frag_a(af[0], As, SA, wm, kk, lane);
+            frag_a(af[1], As, SA, wm + 16, kk, lane);
 #pragma unroll
             for (int j = 0; j < 4; j++)
             {
                 unsigned bfr[4];   // n8 tiles 2j (bfr[0], bfr[1]) and 2j+1 (bfr[2], bfr[3]) of the warp's 64 columns
-                if (TRANS) frag_b_nk(bfr, Bs, GM_SA, wn + 16 * j, kk, lane);
+                if (TRANS) frag_b_nk(bfr, Bs, SA, wn + 16 * j, kk, lane);
                 else frag_b_kn(bfr, Bs, GM_SB, wn + 16 * j, kk, lane);
 #pragma unroll
                 for (int i = 0; i < 2; i++)
@@ -574,18 +607,22 @@ __device__ __forceinline__ void grouped_mma_tile(void* c, int dt_c, const bf16_t
         }
 }
 
-// a, w bf16; c bf16 or f32 (written or accumulated). 256 threads, GM_STAGES · GM_STAGE · 2 bytes of dynamic shared
-// memory (CudaBackend raises the 48 KiB default). Two blocks per multiprocessor: at most 128 registers a thread.
-extern "C" __global__ void __launch_bounds__(GM_THREADS, 2) grouped_gemm_mma(void* c, int dt_c, const bf16_t* a, const bf16_t* w,
-                                                                            const int* offsets, int e, int n_out, int k_in,
-                                                                            int trans_w, int accumulate)
-{
-    int expert = -1, row0 = 0, row_end = 0;
-    tile_of(offsets, e, blockIdx.y, GM_ROWS, &expert, &row0, &row_end);
-    if (expert < 0) return;
-    if (trans_w) grouped_mma_tile<true>(c, dt_c, a, w, expert, row0, row_end, n_out, k_in, accumulate);
-    else grouped_mma_tile<false>(c, dt_c, a, w, expert, row0, row_end, n_out, k_in, accumulate);
-}
+// a, w bf16; c bf16 or f32 (written or accumulated). 256 threads and STAGES · 2 · 128 · (BK+8) · 2 bytes of dynamic
+// shared memory (CudaBackend raises the 48 KiB default). Two blocks per multiprocessor: at most 128 registers a thread.
+#define GROUPED_GEMM_MMA(BK, STAGES)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(GM_THREADS, 2) grouped_gemm_mma_k##BK##s##STAGES(                      \
+        void* c, int dt_c, const bf16_t* a, const bf16_t* w, const int* offsets, int e, int n_out, int k_in, int trans_w, \
+        int accumulate)                                                                                                  \
+    {                                                                                                                    \
+        int expert = -1, row0 = 0, row_end = 0;                                                                          \
+        tile_of_warp(offsets, e, blockIdx.y, GM_ROWS, threadIdx.x & 31, &expert, &row0, &row_end);                      \
+        if (expert < 0) return;                                                                                          \
+        if (trans_w) grouped_mma_tile<BK, STAGES, true>(c, dt_c, a, w, expert, row0, row_end, n_out, k_in, accumulate);  \
+        else grouped_mma_tile<BK, STAGES, false>(c, dt_c, a, w, expert, row0, row_end, n_out, k_in, accumulate);         \
+    }
+GROUPED_GEMM_MMA(64, 3)
+GROUPED_GEMM_MMA(32, 3)
+GROUPED_GEMM_MMA(32, 4)
 
 // grouped_gemm_weight_grad on tensor cores: dw_x[n, k] += Σ_p dc[p, n]·a[p, k] with dc, a bf16 and dw f32.
 // A = dc_xᵀ staged As[n][p]; B = a_x staged Bs[p][k]. Grid (ceil(K/64), ceil(N/64), E), 128 threads.
