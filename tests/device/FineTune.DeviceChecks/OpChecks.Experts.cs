@@ -17,7 +17,7 @@ public static partial class OpChecks
     /// <summary>
     /// The grouped product's kernels against the CPU on ragged groups: an empty expert, a 1-row expert, 300 rows (three
     /// 128-row tiles, the last of 44), 128 and 129 rows (a tile edge), 37 rows; N 200 and K 264 end inside a column tile
-    /// and a k-step. Both layouts, c bf16 written and c f32 accumulated. On the BF16 path each case runs the 128×128
+    /// and a k-step. Both layouts, c written (the path's dtype: bf16 on the BF16 path) and c f32 accumulated. On the BF16 path each case runs the 128×128
     /// grouped_gemm_mma variants and the 64×64 grouped_gemm_tc; on the F32 path the fp32 tile kernel.
     /// </summary>
     static void GroupedGemmChecks(Ctx c)
@@ -40,10 +40,10 @@ public static partial class OpChecks
             {
                 var w = transW ? wT : wN;
                 string tag = $"{name} {(transW ? "x·Wᵀ" : "dy·W")} groups 0,1,300,128,129,37 N{n} K{k}";
-                var written = c.Pair(c.Rand((long)rows * n), [rows, n], DType.BF16);
+                var written = c.Pair(c.Rand((long)rows * n), [rows, n]);   // the path's dtype: bf16 on the BF16 path
                 double ms = c.Time(() => c.Gpu.GroupedMatMul(written.Gpu, a.Gpu, w.Gpu, transW, offsets.Gpu));
                 c.Cpu.GroupedMatMul(written.Cpu, a.Cpu, w.Cpu, transW, offsets.Cpu);
-                c.Compare($"{tag} c bf16", "c", written, ms);
+                c.Compare($"{tag} c {(c.Act == DType.BF16 ? "bf16" : "f32")}", "c", written, ms);
                 var summed = c.Pair(init, [rows, n], DType.F32);
                 ms = c.Time(() => c.Gpu.GroupedMatMul(summed.Gpu, a.Gpu, w.Gpu, transW, offsets.Gpu, accumulate: true));
                 c.Cpu.GroupedMatMul(summed.Cpu, a.Cpu, w.Cpu, transW, offsets.Cpu, accumulate: true);
