@@ -16,7 +16,8 @@ public sealed partial class CudaBackend
     /// <summary>
     /// The BF16 grouped product's kernel: by default the pipelined 128×128 grouped_gemm_mma_k64s3 where its
     /// preconditions hold (<see cref="GroupedMmaFits"/>); FINETUNE_GROUPED_GEMM=old | k64s3 | k32s3 | k32s4 picks one
-    /// for A/B runs (old: the 64×64 grouped_gemm_tc, also the fallback when the preconditions fail).
+    /// for A/B runs (old: the 64×64 grouped_gemm_tc, also the fallback when the preconditions fail). Every choice but
+    /// old also takes grouped_gemm_weight_grad_mma for the weight gradient (old: grouped_gemm_weight_grad_tc).
     /// </summary>
     public GroupedGemmKernel GroupedGemm { get; set; } = GroupedGemmFromEnvironment(Environment.GetEnvironmentVariable("FINETUNE_GROUPED_GEMM"));
 
@@ -147,6 +148,23 @@ public sealed partial class CudaBackend
         int e = dw.Dim(0), n = dw.Dim(1), k = dw.Dim(2);
         if (dc.Cols != n || a.Cols != k || a.Rows != dc.Rows || offsets.Length != e + 1)
             throw new ArgumentException($"grouped weight gradient {dw} += {dc}ᵀ·{a} by {offsets}: shapes do not agree");
+        if (!_simpleGroupedGemm && dc.DType == DType.BF16 && a.DType == DType.BF16 && GroupedGemm != GroupedGemmKernel.Tile64
+            && n % 8 == 0 && k % 8 == 0 && (P(dw) & 15) == 0 && (P(dc) & 15) == 0 && (P(a) & 15) == 0)
+        {
+            // grouped_gemm_weight_grad_mma: 128 (n) × 128 (k) tiles of one expert, 3 stages of 32 rows p; preconditions as
+            // grouped_gemm_mma's. FINETUNE_GROUPED_GEMM=old keeps grouped_gemm_weight_grad_tc.
+            const int sharedBytes = 3 * 2 * 32 * 136 * 2; // 52,224
+            var fn = _dev.Function("experts.cu", "grouped_gemm_weight_grad_mma");
+            if (_sharedRaised.Add(fn))
+            {
+                _dev.SetDynamicSharedMemory(fn, sharedBytes);
+                _dev.PreferMaxSharedMemory(fn);
+            }
+            _dev.Launch(fn, ((k + GroupedMmaTile - 1) / GroupedMmaTile, (n + GroupedMmaTile - 1) / GroupedMmaTile, e), (256, 1, 1), sharedBytes,
+                [P(dw), P(dc), P(a), P(offsets), n, k], "grouped_gemm_weight_grad_mma");
+            if (_dev.Profiling) _dev.Mark("grouped_gemm_weight_grad_mma");
+            return;
+        }
         if (!_simpleGroupedGemm && dc.DType == DType.BF16 && a.DType == DType.BF16)
         {
             Launch("experts.cu", "grouped_gemm_weight_grad_tc", ((k + GroupedTile - 1) / GroupedTile, (n + GroupedTile - 1) / GroupedTile, e), 128,

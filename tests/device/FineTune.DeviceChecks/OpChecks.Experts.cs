@@ -49,6 +49,14 @@ public static partial class OpChecks
                 c.Cpu.GroupedMatMul(summed.Cpu, a.Cpu, w.Cpu, transW, offsets.Cpu, accumulate: true);
                 c.Compare($"{tag} c f32 +=", "c", summed, ms);
             }
+            // The weight gradient of the first layout: dw_x [N, K] += dc_xᵀ·a_x (Tile64: grouped_gemm_weight_grad_tc,
+            // the others grouped_gemm_weight_grad_mma).
+            var dc = c.Pair(c.Rand((long)rows * n), [rows, n]);
+            var dw = c.Pair(c.Rand((long)e * n * k, 0.1f), [e, n, k], DType.F32);
+            string wname = c.Act != DType.BF16 ? "grouped_gemm_weight_grad" : kernel == GroupedGemmKernel.Tile64 ? "grouped_gemm_weight_grad_tc" : "grouped_gemm_weight_grad_mma";
+            double wms = c.Time(() => c.Gpu.GroupedMatMulWeightGrad(dw.Gpu, dc.Gpu, a.Gpu, offsets.Gpu));
+            c.Cpu.GroupedMatMulWeightGrad(dw.Cpu, dc.Cpu, a.Cpu, offsets.Cpu);
+            c.Compare($"{wname} ({name}) groups 0,1,300,128,129,37 N{n} K{k}", "dw", dw, wms);
         }
         c.Gpu.GroupedGemm = prior;
     }
@@ -135,6 +143,36 @@ public static partial class OpChecks
                 c.Rows.Add(new CheckRow($"{op} {name} = grouped_gemm_tc", c.Path, "c", got.Length, rel, c.Tol, double.IsFinite(rel) && rel <= c.Tol, ms));
             }
             c.Gpu.GroupedGemm = prior;
+        }
+        // The experts' weight gradient (full fine-tuning; not in the LoRA bench row): dW_gate [E, 768, 2048] f32 += dgateᵀ·xs.
+        {
+            const int n = 768, k = 2048;
+            var dc = Noise([rows, n], 4);
+            var a = Noise([rows, k], 5);
+            double tflop = 2.0 * rows * n * k / 1e12;
+            string op = $"grouped_gemm_weight_grad dW rows {rows} E {e} N{n} K{k}";
+            var results = new List<(string Name, double Ms, float[] Dw)>();
+            foreach (var kernel in new[] { GroupedGemmKernel.Tile64, GroupedGemmKernel.Tile128K64Stages3 })
+            {
+                c.Gpu.GroupedGemm = kernel;
+                var buf = c.Gpu.AllocateBuffer((long)e * n * k * 4);
+                c.Buffers.Add(buf);
+                var dw = new Tensor(buf, 0, DType.F32, [e, n, k]);
+                c.Gpu.Zero(dw);
+                c.Gpu.GroupedMatMulWeightGrad(dw, dc, a, offsets.Gpu); // warm-up (and compile); dw grows, time only
+                double ms = c.TimeRepeat(() => c.Gpu.GroupedMatMulWeightGrad(dw, dc, a, offsets.Gpu));
+                c.Gpu.Zero(dw);
+                c.Gpu.GroupedMatMulWeightGrad(dw, dc, a, offsets.Gpu);
+                results.Add((kernel == GroupedGemmKernel.Tile64 ? "grouped_gemm_weight_grad_tc" : "grouped_gemm_weight_grad_mma", ms, c.Download(dw)));
+            }
+            c.Gpu.GroupedGemm = prior;
+            var (oldName, oldMs, oldDw) = results[0];
+            var (newName, newMs, newDw) = results[1];
+            double num = 0, den = 0;
+            for (int i = 0; i < oldDw.Length; i++) { double d = (double)newDw[i] - oldDw[i]; num += d * d; den += (double)oldDw[i] * oldDw[i]; }
+            double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
+            Console.WriteLine($"time {op}: {oldName} {oldMs:F3} ms ({tflop / (oldMs / 1e3):F1} TFLOP/s), {newName} {newMs:F3} ms ({tflop / (newMs / 1e3):F1} TFLOP/s), {oldMs / newMs:F2}×, rel {rel:E2}");
+            c.Rows.Add(new CheckRow($"{op} {newName} = {oldName}", c.Path, "dw", newDw.Length, rel, 1e-4, double.IsFinite(rel) && rel <= 1e-4, newMs));
         }
     }
 

@@ -666,3 +666,124 @@ extern "C" __global__ void grouped_gemm_weight_grad_tc(float* dw, const bf16_t* 
                 if (nn < n_out && kk < k_in) dw[base + (i64)nn * k_in + kk] += acc[i][j][q];
             }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// grouped_gemm_weight_grad_mma: dw_x[n, k] += Σ_{p ∈ rows of x} dc[p, n]·a[p, k] (dc, a bf16; dw f32), the pipeline of
+// grouped_gemm_mma with the reduction over the group's rows p. Block: a 128 (n) × 128 (k) tile of one expert, 8 warps
+// as there (warp: n wm … +32, k wn … +64). Both operands are staged as they lie in memory, rows p: As[p][n] from dc and
+// Bs[p][k] from a, stride 136; A = dc_xᵀ is read with ldmatrix.trans (frag_a_kn), B with frag_b_kn. Rows past the
+// group's end, columns past N or K are zero-filled, so a partial step adds nothing. Requires n_out % 8 == 0,
+// k_in % 8 == 0 and 16-byte aligned dw, dc, a. Each dw element has one owner block: no atomics, deterministic.
+// Grid (ceil(K/128), ceil(N/128), E), 256 threads, STAGES · 2 · BK · 136 · 2 bytes (BK 32, 3 stages: 52,224).
+// ---------------------------------------------------------------------------------------------------------
+
+// A fragment (m rows m0..m0+15, k0..k0+15) of a tile stored [k][m] (rows are k), transposed by ldmatrix: matrices
+// 0..3 are (k +0, m +0), (k +0, m +8), (k +8, m +0), (k +8, m +8) = a0 … a3.
+__device__ __forceinline__ void frag_a_kn(unsigned* a, const bf16_t* tile, int stride, int m0, int k0, int lane)
+{
+    ldsm_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * stride + m0 + ((lane >> 3) & 1) * 8);
+}
+
+template <int BK, int STAGES>
+__device__ __forceinline__ void grouped_weight_grad_mma(float* dw, const bf16_t* dc, const bf16_t* a, const int* offsets, int n_out, int k_in)
+{
+    constexpr int STAGE = 2 * BK * GM_SB;               // bf16 per stage: As [BK][136], then Bs [BK][136]
+    constexpr int COPIES = BK * 16 / GM_THREADS;        // 16-byte chunks per thread per operand
+    extern __shared__ __align__(16) unsigned char gw_smem[];
+    bf16_t* sm = (bf16_t*)gw_smem;
+    const int expert = blockIdx.z, r0 = offsets[expert], r1 = offsets[expert + 1];
+    if (r1 <= r0) return;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.y * GM_ROWS, k0 = blockIdx.x * GM_COLS;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 64;
+    const int steps = (r1 - r0 + BK - 1) / BK;
+
+    auto issue = [&](int stage, int s)
+    {
+        bf16_t* As = sm + stage * STAGE;
+        bf16_t* Bs = As + BK * GM_SB;
+#pragma unroll
+        for (int i = 0; i < COPIES; i++)
+        {
+            const int idx = tid + i * GM_THREADS;
+            const int pr = idx >> 4, c8 = (idx & 15) * 8, p = r0 + s * BK + pr;
+            const bool okn = p < r1 && n0 + c8 < n_out, okk = p < r1 && k0 + c8 < k_in;
+            cp_async16(As + pr * GM_SB + c8, okn ? dc + (i64)p * n_out + n0 + c8 : dc, okn);
+            cp_async16(Bs + pr * GM_SB + c8, okk ? a + (i64)p * k_in + k0 + c8 : a, okk);
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+
+    // Commit groups and barriers exactly as grouped_mma_tile.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++)
+    {
+        if (s < steps) issue(s, s);
+        cp_async_commit();
+    }
+    for (int s = 0; s < steps; s++)
+    {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = s + STAGES - 1;
+        if (next < steps) issue(next % STAGES, next);
+        cp_async_commit();
+        const bf16_t* As = sm + (s % STAGES) * STAGE;
+        const bf16_t* Bs = As + BK * GM_SB;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16)
+        {
+            unsigned af[2][4];
+            frag_a_kn(af[0], As, GM_SB, wm, kk, lane);
+            frag_a_kn(af[1], As, GM_SB, wm + 16, kk, lane);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+            {
+                unsigned bfr[4];
+                frag_b_kn(bfr, Bs, GM_SB, wn + 16 * j, kk, lane);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                {
+                    mma16816(acc[i][2 * j], af[i], bfr[0], bfr[1]);
+                    mma16816(acc[i][2 * j + 1], af[i], bfr[2], bfr[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // acc[i][j][2h], [2h+1]: dw row n0 + wm + 16i + g + 8h, columns k0 + wn + 8j + 2t and +1 (one 8-byte pair).
+    const i64 base = (i64)expert * n_out * k_in;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+        {
+            const int nn = n0 + wm + 16 * i + g + 8 * h;
+            if (nn >= n_out) continue;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                const int kk = k0 + wn + 8 * j + 2 * t;
+                if (kk >= k_in) continue;
+                float2* p = (float2*)(dw + base + (i64)nn * k_in + kk);
+                float2 v = *p;
+                v.x += acc[i][j][2 * h];
+                v.y += acc[i][j][2 * h + 1];
+                *p = v;
+            }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(GM_THREADS, 2) grouped_gemm_weight_grad_mma(float* dw, const bf16_t* dc, const bf16_t* a,
+                                                                                        const int* offsets, int n_out, int k_in)
+{
+    grouped_weight_grad_mma<32, 3>(dw, dc, a, offsets, n_out, k_in);
+}
