@@ -8,7 +8,8 @@ public sealed partial class CudaBackend
     const int GroupedMmaTile = 128; // GM_ROWS = GM_COLS in experts.cu
 
     /// <summary>
-    /// BF16 operands take the tensor-core kernels (<see cref="GroupedGemm"/>, grouped_gemm_weight_grad_tc); F32 ones, or
+    /// BF16 operands take the tensor-core kernels (<see cref="GroupedGemm"/>: grouped_gemm_mma / grouped_gemm_tc and
+    /// grouped_gemm_weight_grad_mma / grouped_gemm_weight_grad_tc); F32 ones, or
     /// FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
     /// </summary>
     readonly bool _simpleGroupedGemm = Environment.GetEnvironmentVariable("FINETUNE_MOE_SIMPLE_GEMM") == "1";
