@@ -5,12 +5,66 @@ namespace FineTune.Engine.Cuda;
 public sealed partial class CudaBackend
 {
     const int GroupedTile = 64;
+    const int GroupedMmaTile = 128; // GM_ROWS = GM_COLS in experts.cu
 
     /// <summary>
-    /// BF16 operands take the tensor-core kernels (grouped_gemm_tc, grouped_gemm_weight_grad_tc); F32 ones, or
+    /// BF16 operands take the tensor-core kernels (<see cref="GroupedGemm"/>: grouped_gemm_mma / grouped_gemm_tc and
+    /// grouped_gemm_weight_grad_mma / grouped_gemm_weight_grad_tc); F32 ones, or
     /// FINETUNE_MOE_SIMPLE_GEMM=1, the fp32 tile kernels (the DeviceChecks' F32 rows test those, the BF16 rows the others).
     /// </summary>
     readonly bool _simpleGroupedGemm = Environment.GetEnvironmentVariable("FINETUNE_MOE_SIMPLE_GEMM") == "1";
+
+    /// <summary>
+    /// The BF16 grouped product's kernel: by default the pipelined 128×128 grouped_gemm_mma_k64s3 where its
+    /// preconditions hold (<see cref="GroupedMmaFits"/>); FINETUNE_GROUPED_GEMM=old | k64s3 | k32s3 | k32s4 picks one
+    /// for A/B runs (old: the 64×64 grouped_gemm_tc, also the fallback when the preconditions fail). Every choice but
+    /// old also takes grouped_gemm_weight_grad_mma for the weight gradient (old: grouped_gemm_weight_grad_tc).
+    /// </summary>
+    public GroupedGemmKernel GroupedGemm { get; set; } = GroupedGemmFromEnvironment(Environment.GetEnvironmentVariable("FINETUNE_GROUPED_GEMM"));
+
+    static GroupedGemmKernel GroupedGemmFromEnvironment(string? value) => value switch
+    {
+        null or "" or "k64s3" => GroupedGemmKernel.Tile128K64Stages3,
+        "k32s3" => GroupedGemmKernel.Tile128K32Stages3,
+        "k32s4" => GroupedGemmKernel.Tile128K32Stages4,
+        "old" => GroupedGemmKernel.Tile64,
+        _ => throw new ArgumentException($"FINETUNE_GROUPED_GEMM={value}: expected old, k64s3, k32s3 or k32s4 (or unset for k64s3)"),
+    };
+
+    /// <summary>The grouped_gemm_mma instantiation of a kernel choice: its name, k-step and shared-memory stages.</summary>
+    static (string Name, int KStep, int Stages) GroupedMmaVariant(GroupedGemmKernel kernel) => kernel switch
+    {
+        GroupedGemmKernel.Tile128K64Stages3 => ("grouped_gemm_mma_k64s3", 64, 3),
+        GroupedGemmKernel.Tile128K32Stages3 => ("grouped_gemm_mma_k32s3", 32, 3),
+        GroupedGemmKernel.Tile128K32Stages4 => ("grouped_gemm_mma_k32s4", 32, 4),
+        _ => throw new ArgumentOutOfRangeException(nameof(kernel), kernel, "not a grouped_gemm_mma variant"),
+    };
+
+    /// <summary>
+    /// grouped_gemm_mma copies 16-byte chunks (8 bf16) with cp.async and stores column pairs: every row of a, w and c
+    /// must start 16-byte aligned and end on a whole chunk.
+    /// </summary>
+    bool GroupedMmaFits(Tensor c, Tensor a, Tensor w, int outCols, int inCols) =>
+        GroupedGemm != GroupedGemmKernel.Tile64 && inCols % 8 == 0 && outCols % 8 == 0 && (c.DType is DType.BF16 or DType.F32)
+        && (P(a) & 15) == 0 && (P(w) & 15) == 0 && (P(c) & 15) == 0;
+
+    // grouped_gemm_mma: grid (column tiles, row tiles), each expert's rows cut into 128-row tiles: at most
+    // ceil(rows/128) + E of them; tiles past the last exit at once. Shared memory: STAGES × (A + B) tiles of
+    // 128 × (BK + 8) bf16 (61,440 to 110,592 bytes, above the 48 KiB default), two blocks per multiprocessor.
+    void LaunchGroupedMma(Tensor c, Tensor a, Tensor w, Tensor offsets, int e, int outCols, int inCols, bool transW, bool accumulate)
+    {
+        var (name, kStep, stages) = GroupedMmaVariant(GroupedGemm);
+        int sharedBytes = stages * 2 * GroupedMmaTile * (kStep + 8) * 2;
+        var fn = _dev.Function("experts.cu", name);
+        if (_sharedRaised.Add(fn))
+        {
+            _dev.SetDynamicSharedMemory(fn, sharedBytes);
+            _dev.PreferMaxSharedMemory(fn);
+        }
+        _dev.Launch(fn, ((outCols + GroupedMmaTile - 1) / GroupedMmaTile, (a.Rows + GroupedMmaTile - 1) / GroupedMmaTile + e, 1), (256, 1, 1),
+            sharedBytes, [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0], name);
+        if (_dev.Profiling) _dev.Mark(name);
+    }
 
     /// <summary>Tokens (warps) per block of the router kernels: each warp keeps its token's E probabilities in shared memory.</summary>
     static int RouterWarps(int experts) => Math.Clamp(48 * 1024 / (experts * 4), 1, 8);
@@ -71,6 +125,11 @@ public sealed partial class CudaBackend
             throw new ArgumentException($"grouped product {c} = {a}·{w} by {offsets}: shapes do not agree");
         int rows = a.Rows;
         if (rows == 0) return;
+        if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16 && GroupedMmaFits(c, a, w, outCols, inCols))
+        {
+            LaunchGroupedMma(c, a, w, offsets, e, outCols, inCols, transW, accumulate);
+            return;
+        }
         // Each expert's rows cut into 64-row tiles: at most ceil(rows/64) + E tiles; tiles past the last exit at once.
         int tiles = (rows + GroupedTile - 1) / GroupedTile + e;
         if (!_simpleGroupedGemm && a.DType == DType.BF16 && w.DType == DType.BF16)
@@ -90,6 +149,23 @@ public sealed partial class CudaBackend
         int e = dw.Dim(0), n = dw.Dim(1), k = dw.Dim(2);
         if (dc.Cols != n || a.Cols != k || a.Rows != dc.Rows || offsets.Length != e + 1)
             throw new ArgumentException($"grouped weight gradient {dw} += {dc}ᵀ·{a} by {offsets}: shapes do not agree");
+        if (!_simpleGroupedGemm && dc.DType == DType.BF16 && a.DType == DType.BF16 && GroupedGemm != GroupedGemmKernel.Tile64
+            && n % 8 == 0 && k % 8 == 0 && (P(dw) & 15) == 0 && (P(dc) & 15) == 0 && (P(a) & 15) == 0)
+        {
+            // grouped_gemm_weight_grad_mma: 128 (n) × 128 (k) tiles of one expert, 3 stages of 32 rows p; preconditions as
+            // grouped_gemm_mma's. FINETUNE_GROUPED_GEMM=old keeps grouped_gemm_weight_grad_tc.
+            const int sharedBytes = 3 * 2 * 32 * 136 * 2; // 52,224
+            var fn = _dev.Function("experts.cu", "grouped_gemm_weight_grad_mma");
+            if (_sharedRaised.Add(fn))
+            {
+                _dev.SetDynamicSharedMemory(fn, sharedBytes);
+                _dev.PreferMaxSharedMemory(fn);
+            }
+            _dev.Launch(fn, ((k + GroupedMmaTile - 1) / GroupedMmaTile, (n + GroupedMmaTile - 1) / GroupedMmaTile, e), (256, 1, 1), sharedBytes,
+                [P(dw), P(dc), P(a), P(offsets), n, k], "grouped_gemm_weight_grad_mma");
+            if (_dev.Profiling) _dev.Mark("grouped_gemm_weight_grad_mma");
+            return;
+        }
         if (!_simpleGroupedGemm && dc.DType == DType.BF16 && a.DType == DType.BF16)
         {
             Launch("experts.cu", "grouped_gemm_weight_grad_tc", ((k + GroupedTile - 1) / GroupedTile, (n + GroupedTile - 1) / GroupedTile, e), 128,
@@ -127,3 +203,9 @@ public sealed partial class CudaBackend
         LaunchFlat("experts.cu", "moe_gather_backward", (long)n * cols, [P(dx), Dt(dx), P(drows), Dt(drows), P(rowOf), n, cols, k]);
     }
 }
+
+/// <summary>
+/// A BF16 grouped-product kernel of experts.cu: <see cref="Tile64"/> is grouped_gemm_tc (64×64 tiles, one stage,
+/// scalar copies); the others are grouped_gemm_mma (128×128 tiles, cp.async pipeline) with k-step and stage count.
+/// </summary>
+public enum GroupedGemmKernel { Tile128K64Stages3, Tile128K32Stages3, Tile128K32Stages4, Tile64 }

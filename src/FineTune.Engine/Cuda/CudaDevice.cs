@@ -125,6 +125,13 @@ public sealed unsafe class CudaDevice : IDisposable
     public void SetDynamicSharedMemory(nint function, int bytes) =>
         _driver.FuncSetAttribute(function, CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
 
+    /// <summary>
+    /// Asks for the largest shared-memory share of the multiprocessor's L1/shared storage for a kernel (a hint), so
+    /// blocks that each need over half of it can still run two at a time.
+    /// </summary>
+    public void PreferMaxSharedMemory(nint function) =>
+        _driver.FuncSetAttribute(function, CudaDriver.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100);
+
     public int MaxSharedMemoryPerBlock => _driver.Attribute(_device, CudaDriver.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
 
     /// <summary>

@@ -43,16 +43,48 @@ public sealed class KernelSourcesTests
     }
 
     [Fact]
+    public void The_tensor_core_helpers_are_defined_once_in_mma_cuh_and_both_tensor_core_programs_include_it()
+    {
+        var s = KernelSources.Embedded();
+        Assert.Contains("mma.cuh", s.Headers.Keys);
+        var texts = s.Programs.Select(p => (Name: p, Text: s.Source(p))).Concat(s.Headers.Select(h => (Name: h.Key, Text: h.Value))).ToArray();
+        foreach (var helper in new[] { "void mma16816(", "unsigned smem_addr(", "void ldsm_x4(", "void ldsm_x4_trans(", "void cp_async16(", "void cp_async_commit(", "void cp_async_wait(", "void frag_b_kn(" })
+            Assert.Equal(["mma.cuh"], texts.Where(t => t.Text.Contains(helper)).Select(t => t.Name).ToArray());
+        Assert.DoesNotContain(texts, t => t.Text.Contains("tc_ldsm_x4") || t.Text.Contains("tc_mma16816"));
+        foreach (var program in new[] { "flash_attention.cu", "experts.cu" })
+            Assert.Contains("#include \"mma.cuh\"", s.Source(program));
+    }
+
+    [Fact]
+    public void Every_grouped_gemm_mma_variant_the_launcher_names_is_instantiated_in_experts_cu()
+    {
+        // GroupedMmaVariant maps each GroupedGemmKernel to ("grouped_gemm_mma_k{K}s{S}", K, S); experts.cu makes each with
+        // GROUPED_GEMM_MMA(K, S), whose extern "C" name is pasted from the two numbers.
+        var s = KernelSources.Embedded();
+        string launcher = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "FineTune.Engine", "Cuda", "CudaBackend.Experts.cs"));
+        var variants = System.Text.RegularExpressions.Regex.Matches(launcher, "\\(\"grouped_gemm_mma_k(\\d+)s(\\d+)\", (\\d+), (\\d+)\\)")
+            .Select(m => (Name: $"k{m.Groups[1].Value}s{m.Groups[2].Value}", K: m.Groups[3].Value, S: m.Groups[4].Value)).ToArray();
+        Assert.Equal(["k64s3", "k32s3", "k32s4"], variants.Select(v => v.Name).ToArray());
+        string experts = s.Source("experts.cu");
+        Assert.Contains("grouped_gemm_mma_k##BK##s##STAGES(", experts);
+        foreach (var v in variants)
+        {
+            Assert.Equal($"k{v.K}s{v.S}", v.Name);
+            Assert.Contains($"\nGROUPED_GEMM_MMA({v.K}, {v.S})\n", experts);
+        }
+    }
+
+    [Fact]
     public void Every_kernel_the_experts_launcher_names_is_defined_in_experts_cu()
     {
         // The launcher (CudaBackend.Experts.cs) names kernels by string: each must exist, or the GPU run fails on load.
         var s = KernelSources.Embedded();
         string launcher = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "FineTune.Engine", "Cuda", "CudaBackend.Experts.cs"));
         var named = System.Text.RegularExpressions.Regex.Matches(launcher, "\"experts\\.cu\", \"(\\w+)\"").Select(m => m.Groups[1].Value).Distinct().Order().ToArray();
-        Assert.Equal(["grouped_gemm", "grouped_gemm_tc", "grouped_gemm_weight_grad", "grouped_gemm_weight_grad_tc", "moe_combine", "moe_combine_backward_rows",
+        Assert.Equal(["grouped_gemm", "grouped_gemm_tc", "grouped_gemm_weight_grad", "grouped_gemm_weight_grad_mma", "grouped_gemm_weight_grad_tc", "moe_combine", "moe_combine_backward_rows",
             "moe_combine_backward_weights", "moe_count", "moe_gather_backward", "moe_place", "moe_route", "moe_route_backward", "moe_router_stats", "moe_scan"], named);
-        foreach (var kernel in named)
-            Assert.Contains($"extern \"C\" __global__ void {kernel}(", s.Source("experts.cu"));
+        foreach (var kernel in named) // with or without __launch_bounds__
+            Assert.Matches($"extern \"C\" __global__ void (__launch_bounds__\\([^)]*\\) )?{kernel}\\(", s.Source("experts.cu"));
     }
 
     static KernelSources Tiny(string body, string header = "#pragma once\n") =>

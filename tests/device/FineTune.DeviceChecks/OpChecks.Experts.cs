@@ -1,4 +1,5 @@
 using FineTune.Engine;
+using FineTune.Engine.Cuda;
 
 namespace FineTune.DeviceChecks;
 
@@ -10,6 +11,169 @@ public static partial class OpChecks
     {
         foreach (var (n, e, k, normalize) in new[] { (300, 16, 2, true), (257, 128, 8, false) })
             ExpertChecks(c, n, e, k, normalize);
+        GroupedGemmChecks(c);
+    }
+
+    /// <summary>
+    /// The grouped product's kernels against the CPU on ragged groups: an empty expert, a 1-row expert, 300 rows (three
+    /// 128-row tiles, the last of 44), 128 and 129 rows (a tile edge), 37 rows; N 200 and K 264 end inside a column tile
+    /// and a k-step. Both layouts, c written (the path's dtype: bf16 on the BF16 path) and c f32 accumulated. On the BF16 path each case runs the 128×128
+    /// grouped_gemm_mma variants and the 64×64 grouped_gemm_tc; on the F32 path the fp32 tile kernel.
+    /// </summary>
+    static void GroupedGemmChecks(Ctx c)
+    {
+        int[] sizes = [0, 1, 300, 128, 129, 37];
+        int e = sizes.Length, rows = sizes.Sum(), n = 200, k = 264;
+        var offs = new int[e + 1];
+        for (int x = 0; x < e; x++) offs[x + 1] = offs[x] + sizes[x];
+        var offsets = c.IntPair(offs, [e + 1]);
+        var a = c.Pair(c.Rand((long)rows * k), [rows, k]);
+        var wT = c.Pair(c.Rand((long)e * n * k, 0.2f), [e, n, k]);   // trans_w: w_x [N, K]
+        var wN = c.Pair(c.Rand((long)e * k * n, 0.2f), [e, k, n]);   // w_x [K, N]
+        var init = c.Rand((long)rows * n);
+        var prior = c.Gpu.GroupedGemm;
+        foreach (var kernel in c.Act == DType.BF16 ? Enum.GetValues<GroupedGemmKernel>() : [prior])
+        {
+            c.Gpu.GroupedGemm = kernel;
+            string name = c.Act != DType.BF16 ? "grouped_gemm" : KernelName(kernel);
+            foreach (bool transW in new[] { true, false })
+            {
+                var w = transW ? wT : wN;
+                string tag = $"{name} {(transW ? "x·Wᵀ" : "dy·W")} groups 0,1,300,128,129,37 N{n} K{k}";
+                var written = c.Pair(c.Rand((long)rows * n), [rows, n]);   // the path's dtype: bf16 on the BF16 path
+                double ms = c.Time(() => c.Gpu.GroupedMatMul(written.Gpu, a.Gpu, w.Gpu, transW, offsets.Gpu));
+                c.Cpu.GroupedMatMul(written.Cpu, a.Cpu, w.Cpu, transW, offsets.Cpu);
+                c.Compare($"{tag} c {(c.Act == DType.BF16 ? "bf16" : "f32")}", "c", written, ms);
+                var summed = c.Pair(init, [rows, n], DType.F32);
+                ms = c.Time(() => c.Gpu.GroupedMatMul(summed.Gpu, a.Gpu, w.Gpu, transW, offsets.Gpu, accumulate: true));
+                c.Cpu.GroupedMatMul(summed.Cpu, a.Cpu, w.Cpu, transW, offsets.Cpu, accumulate: true);
+                c.Compare($"{tag} c f32 +=", "c", summed, ms);
+            }
+            // The weight gradient of the first layout: dw_x [N, K] += dc_xᵀ·a_x (Tile64: grouped_gemm_weight_grad_tc,
+            // the others grouped_gemm_weight_grad_mma).
+            var dc = c.Pair(c.Rand((long)rows * n), [rows, n]);
+            var dw = c.Pair(c.Rand((long)e * n * k, 0.1f), [e, n, k], DType.F32);
+            string wname = c.Act != DType.BF16 ? "grouped_gemm_weight_grad" : kernel == GroupedGemmKernel.Tile64 ? "grouped_gemm_weight_grad_tc" : "grouped_gemm_weight_grad_mma";
+            double wms = c.Time(() => c.Gpu.GroupedMatMulWeightGrad(dw.Gpu, dc.Gpu, a.Gpu, offsets.Gpu));
+            c.Cpu.GroupedMatMulWeightGrad(dw.Cpu, dc.Cpu, a.Cpu, offsets.Cpu);
+            c.Compare($"{wname} ({name}) groups 0,1,300,128,129,37 N{n} K{k}", "dw", dw, wms);
+        }
+        c.Gpu.GroupedGemm = prior;
+    }
+
+    static string KernelName(GroupedGemmKernel kernel) => kernel switch
+    {
+        GroupedGemmKernel.Tile64 => "grouped_gemm_tc",
+        GroupedGemmKernel.Tile128K64Stages3 => "grouped_gemm_mma_k64s3",
+        GroupedGemmKernel.Tile128K32Stages3 => "grouped_gemm_mma_k32s3",
+        _ => "grouped_gemm_mma_k32s4",
+    };
+
+    /// <summary>
+    /// grouped_gemm_tc (old) against each grouped_gemm_mma variant (new) at qwen3-30b-a3b's MoE shape: 16,384 routed rows over 128
+    /// experts, 64 to 192 rows each (seeded), the products one layer runs (gate and up, down, the two input gradients)
+    /// plus gate and up fused into one N 1536 product. Prints device ms (mean of 5 after a warm-up) and TFLOP/s
+    /// (2·rows·N·K) for each kernel; each new output must match the old one (relative L2 within the bf16 tolerance).
+    /// </summary>
+    static void GroupedGemmTiming(Ctx c)
+    {
+        const int rows = 16_384, e = 128;
+        var rng = new Random(30);
+        var counts = Enumerable.Range(0, e).Select(_ => 64 + rng.Next(129)).ToArray();
+        for (int x = 0, diff = rows - counts.Sum(); diff != 0; x = (x + 1) % e)
+        {
+            int step = Math.Sign(diff);
+            if (counts[x] + step < 1) continue;
+            counts[x] += step; diff -= step;
+        }
+        var offs = new int[e + 1];
+        for (int x = 0; x < e; x++) offs[x + 1] = offs[x] + counts[x];
+        var offsets = c.IntPair(offs, [e + 1]);
+        Tensor Noise(int[] shape, ulong seed)
+        {
+            long len = shape.Aggregate(1L, (p, d) => p * d);
+            var buf = c.Gpu.AllocateBuffer(len * 2);
+            c.Buffers.Add(buf);
+            var t = new Tensor(buf, 0, DType.BF16, shape);
+            c.Gpu.Zero(t);
+            c.Gpu.AddUniformNoise(t, 0.1f, seed);
+            return t;
+        }
+        var prior = c.Gpu.GroupedGemm;
+        foreach (var (label, n, k, transW, accumulate) in new[]
+        {
+            ("gate|up x·Wᵀ", 768, 2048, true, false), ("gate_up fused x·Wᵀ", 1536, 2048, true, false),
+            ("down x·Wᵀ", 2048, 768, true, false), ("dact = dout·W_down", 768, 2048, false, false),
+            ("dxs += dgate·W_gate", 2048, 768, false, true),
+        })
+        {
+            var a = Noise([rows, k], 1);
+            var w = Noise(transW ? [e, n, k] : [e, k, n], 2);
+            double tflop = 2.0 * rows * n * k / 1e12;
+            string op = $"grouped_gemm {label} rows {rows} E {e} N{n} K{k} trans_w {(transW ? 1 : 0)}";
+            float[]? reference = null;
+            double oldMs = 0;
+            // Tile64 (the old kernel) first: its output is the reference for the others.
+            foreach (var kernel in Enum.GetValues<GroupedGemmKernel>().OrderBy(x => x == GroupedGemmKernel.Tile64 ? 0 : 1))
+            {
+                c.Gpu.GroupedGemm = kernel;
+                var y = Noise([rows, n], 3);
+                c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate); // warm-up (and compile)
+                // Accumulating five times drifts c: time only, then one accumulate from the same start for the comparison.
+                double ms = c.TimeRepeat(() => c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate));
+                if (accumulate)
+                {
+                    c.Gpu.Zero(y);
+                    c.Gpu.AddUniformNoise(y, 0.1f, 3);
+                    c.Gpu.GroupedMatMul(y, a, w, transW, offsets.Gpu, accumulate);
+                }
+                var got = c.Download(y);
+                string name = KernelName(kernel);
+                if (reference is null)
+                {
+                    reference = got;
+                    oldMs = ms;
+                    Console.WriteLine($"time {op}: {name} {ms:F3} ms ({tflop / (ms / 1e3):F1} TFLOP/s)");
+                    continue;
+                }
+                double num = 0, den = 0;
+                for (int i = 0; i < got.Length; i++) { double d = (double)got[i] - reference[i]; num += d * d; den += (double)reference[i] * reference[i]; }
+                double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
+                Console.WriteLine($"time {op}: {name} {ms:F3} ms ({tflop / (ms / 1e3):F1} TFLOP/s), {oldMs / ms:F2}× grouped_gemm_tc, rel {rel:E2}");
+                c.Rows.Add(new CheckRow($"{op} {name} = grouped_gemm_tc", c.Path, "c", got.Length, rel, c.Tol, double.IsFinite(rel) && rel <= c.Tol, ms));
+            }
+            c.Gpu.GroupedGemm = prior;
+        }
+        // The experts' weight gradient (full fine-tuning; not in the LoRA bench row): dW_gate [E, 768, 2048] f32 += dgateᵀ·xs.
+        {
+            const int n = 768, k = 2048;
+            var dc = Noise([rows, n], 4);
+            var a = Noise([rows, k], 5);
+            double tflop = 2.0 * rows * n * k / 1e12;
+            string op = $"grouped_gemm_weight_grad dW rows {rows} E {e} N{n} K{k}";
+            var results = new List<(string Name, double Ms, float[] Dw)>();
+            foreach (var kernel in new[] { GroupedGemmKernel.Tile64, GroupedGemmKernel.Tile128K64Stages3 })
+            {
+                c.Gpu.GroupedGemm = kernel;
+                var buf = c.Gpu.AllocateBuffer((long)e * n * k * 4);
+                c.Buffers.Add(buf);
+                var dw = new Tensor(buf, 0, DType.F32, [e, n, k]);
+                c.Gpu.Zero(dw);
+                c.Gpu.GroupedMatMulWeightGrad(dw, dc, a, offsets.Gpu); // warm-up (and compile); dw grows, time only
+                double ms = c.TimeRepeat(() => c.Gpu.GroupedMatMulWeightGrad(dw, dc, a, offsets.Gpu));
+                c.Gpu.Zero(dw);
+                c.Gpu.GroupedMatMulWeightGrad(dw, dc, a, offsets.Gpu);
+                results.Add((kernel == GroupedGemmKernel.Tile64 ? "grouped_gemm_weight_grad_tc" : "grouped_gemm_weight_grad_mma", ms, c.Download(dw)));
+            }
+            c.Gpu.GroupedGemm = prior;
+            var (oldName, oldMs, oldDw) = results[0];
+            var (newName, newMs, newDw) = results[1];
+            double num = 0, den = 0;
+            for (int i = 0; i < oldDw.Length; i++) { double d = (double)newDw[i] - oldDw[i]; num += d * d; den += (double)oldDw[i] * oldDw[i]; }
+            double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
+            Console.WriteLine($"time {op}: {oldName} {oldMs:F3} ms ({tflop / (oldMs / 1e3):F1} TFLOP/s), {newName} {newMs:F3} ms ({tflop / (newMs / 1e3):F1} TFLOP/s), {oldMs / newMs:F2}×, rel {rel:E2}");
+            c.Rows.Add(new CheckRow($"{op} {newName} = {oldName}", c.Path, "dw", newDw.Length, rel, 1e-4, double.IsFinite(rel) && rel <= 1e-4, newMs));
+        }
     }
 
     static void ExpertChecks(Ctx c, int n, int e, int k, bool normalize)

@@ -2,7 +2,7 @@
 // its backward, the load-balancing statistics, the stable sort of the (token, slot) choices by expert, the grouped
 // products (one launch per projection over every expert's rows; the expert of a tile is found from the offsets on the
 // device, so no host round trip), and the weighted combine with its backward. CPU reference: CpuBackend.Experts.cs.
-#include "common.cuh"
+#include "mma.cuh"
 
 // One warp per token; p in shared memory (e floats per warp).
 // p = softmax(logits); for s < k: idx_s = argmax over untaken p (lowest index on ties), w_s = p[idx_s]; w /= Σw if normalize.
@@ -138,16 +138,16 @@ extern "C" __global__ void moe_place(const int* top_idx, const int* offsets, int
 #define GT 64   // tile rows and columns
 #define GK 16   // reduction step
 
-// The expert and first row of tile `tile` when each expert's rows [offsets[x], offsets[x+1]) are cut into GT-row tiles
-// in expert order; expert −1 past the last tile.
-__device__ __forceinline__ void tile_of(const int* offsets, int e, int tile, int* expert, int* row0, int* row_end)
+// The expert and first row of tile `tile` when each expert's rows [offsets[x], offsets[x+1]) are cut into
+// tile_rows-row tiles in expert order; expert −1 past the last tile.
+__device__ __forceinline__ void tile_of(const int* offsets, int e, int tile, int tile_rows, int* expert, int* row0, int* row_end)
 {
     int seen = 0;
     *expert = -1;
     for (int x = 0; x < e; x++)
     {
-        int r0 = offsets[x], r1 = offsets[x + 1], tiles = (r1 - r0 + GT - 1) / GT;
-        if (tile < seen + tiles) { *expert = x; *row0 = r0 + (tile - seen) * GT; *row_end = r1; return; }
+        int r0 = offsets[x], r1 = offsets[x + 1], tiles = (r1 - r0 + tile_rows - 1) / tile_rows;
+        if (tile < seen + tiles) { *expert = x; *row0 = r0 + (tile - seen) * tile_rows; *row_end = r1; return; }
         seen += tiles;
     }
 }
@@ -160,7 +160,7 @@ extern "C" __global__ void grouped_gemm(void* c, int dt_c, const void* a, int dt
     __shared__ float as[GK][GT + 1];
     __shared__ float bs[GK][GT + 1];
     int expert = -1, row0 = 0, row_end = 0;
-    tile_of(offsets, e, blockIdx.y, &expert, &row0, &row_end);
+    tile_of(offsets, e, blockIdx.y, GT, &expert, &row0, &row_end);
     if (expert < 0) return;
     int col0 = blockIdx.x * GT;
     int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -315,37 +315,9 @@ extern "C" __global__ void moe_gather_backward(void* dx, int dt_dx, const void* 
 
 // ---------------------------------------------------------------------------------------------------------
 // Tensor-core grouped products (BF16 operands, fp32 accumulation; mma.sync m16n8k16 as flash_attention.cu uses it,
-// fragment layouts described there). A block computes a 64×64 tile of one expert with 4 warps of 32×32; operands are
+// fragment layouts in mma.cuh). A block computes a 64×64 tile of one expert with 4 warps of 32×32; operands are
 // staged in shared memory as bf16 (zero-filled past the ends), fragments read with ldmatrix.
 // ---------------------------------------------------------------------------------------------------------
-typedef unsigned short bf16_t;
-
-__device__ __forceinline__ void tc_mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ unsigned tc_smem(const void* p)
-{
-    unsigned long long s;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
-    return (unsigned)s;
-}
-
-__device__ __forceinline__ void tc_ldsm_x4(unsigned* r, const bf16_t* p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)));
-}
-
-__device__ __forceinline__ void tc_ldsm_x4_trans(unsigned* r, const bf16_t* p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tc_smem(p)));
-}
-
 #define TC_K 32          // reduction step
 #define TC_AS 40         // row stride (bf16) of [row][k] tiles: 80 bytes, keeps ldmatrix rows 16-byte aligned
 #define TC_BS 72         // row stride of [k][n] tiles
@@ -361,19 +333,19 @@ __device__ __forceinline__ void tc_tile_products(float acc[2][4][4], const bf16_
         unsigned a[2][4];
 #pragma unroll
         for (int i = 0; i < 2; i++)
-            tc_ldsm_x4(a[i], As + (wm + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8) * TC_AS + kk + (lane >> 4) * 8);
+            ldsm_x4(a[i], As + (wm + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8) * TC_AS + kk + (lane >> 4) * 8);
 #pragma unroll
         for (int j = 0; j < 2; j++)
         {
             unsigned b[4];
             int n0 = wn + 16 * j;
-            if (b_nk) tc_ldsm_x4(b, Bs + (n0 + (lane & 7) + (lane >> 4) * 8) * TC_AS + kk + ((lane >> 3) & 1) * 8);
-            else tc_ldsm_x4_trans(b, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * TC_BS + n0 + (lane >> 4) * 8);
+            if (b_nk) ldsm_x4(b, Bs + (n0 + (lane & 7) + (lane >> 4) * 8) * TC_AS + kk + ((lane >> 3) & 1) * 8);
+            else ldsm_x4_trans(b, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * TC_BS + n0 + (lane >> 4) * 8);
 #pragma unroll
             for (int i = 0; i < 2; i++)
             {
-                tc_mma16816(acc[i][2 * j], a[i], b[0], b[1]);
-                tc_mma16816(acc[i][2 * j + 1], a[i], b[2], b[3]);
+                mma16816(acc[i][2 * j], a[i], b[0], b[1]);
+                mma16816(acc[i][2 * j + 1], a[i], b[2], b[3]);
             }
         }
     }
@@ -387,7 +359,7 @@ extern "C" __global__ void grouped_gemm_tc(void* c, int dt_c, const bf16_t* a, c
     __shared__ __align__(16) bf16_t As[GT * TC_AS];
     __shared__ __align__(16) bf16_t Bs[GT * TC_BS];
     int expert = -1, row0 = 0, row_end = 0;
-    tile_of(offsets, e, blockIdx.y, &expert, &row0, &row_end);
+    tile_of(offsets, e, blockIdx.y, GT, &expert, &row0, &row_end);
     if (expert < 0) return;
     int col0 = blockIdx.x * GT, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bf16_t* we = w + (i64)expert * n_out * k_in;
@@ -434,6 +406,224 @@ extern "C" __global__ void grouped_gemm_tc(void* c, int dt_c, const bf16_t* a, c
             }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// grouped_gemm_mma: the same product as grouped_gemm_tc (c[p, :] (+)= a[p, :]·op(w_x)), pipelined for throughput.
+// Tile 128 rows × 128 columns: at qwen3-30b-a3b's shape an expert holds about 128 of the 16,384 routed rows, so one
+// row tile usually covers a whole expert and each weight tile is read from memory about once per expert (a 64-row
+// tile would read it twice); 128 columns halve the re-reads of the rows' tile against 64. Per-expert products are
+// near the machine's balance point (each weight element is used by ~128 rows), so the weight stream must not stall:
+// operands arrive by 16-byte cp.async copies into STAGES shared buffers — the copies of the next STAGES−1 k-steps
+// are in flight while one is multiplied. Requires k_in % 8 == 0, n_out % 8 == 0 and 16-byte aligned a, w, c (a
+// 16-byte chunk is then wholly inside or wholly past a row's end, and zero-filled past it by src-size 0).
+//
+// Block: 8 warps, 4 (rows) × 2 (columns); warp w owns rows wm = (w/2)·32 … +32 and columns wn = (w%2)·64 … +64 of
+// the tile: 2 m16 × 8 n8 accumulators (64 floats per thread). A warp whose 32 rows all lie past the group's end
+// (a short expert's tile) skips its products but still copies its share and meets every barrier.
+// Shared memory per stage (bf16): A [128][BK+8] (rows × k), then B as [128][BK+8] (n × k, trans_w) or [BK][136]
+// (k × n, read with ldmatrix.trans; BK·136 ≤ 128·(BK+8) for BK ≤ 64). The pad of 8 puts the 8 rows of an
+// ldmatrix in 8 different 16-byte bank groups: strides 80, 144 and 272 bytes step 80, 16 and 16 bytes mod 128.
+// Grid (ceil(N/128), ceil(rows/128) + E); column tiles vary fastest, so the blocks of one row tile run together
+// and share its rows in L2, and an expert's second row tile follows a few blocks later while its weights are in L2.
+// Instantiated (BK, STAGES): (64, 3) the default, (32, 3), (32, 4); two blocks per multiprocessor for each
+// (110,592, 61,440 and 81,920 bytes of dynamic shared memory).
+// ---------------------------------------------------------------------------------------------------------
+#define GM_ROWS 128
+#define GM_COLS 128
+#define GM_THREADS 256
+#define GM_SB 136                         // row stride (bf16) of [k][n] tiles
+
+// tile_of for one warp, 32 experts at a time: lane x holds expert base + x's tile count, a warp scan gives the
+// tiles before it, and the lane whose range holds `tile` answers. Same result as tile_of; E/32 steps, not E.
+__device__ __forceinline__ void tile_of_warp(const int* offsets, int e, int tile, int tile_rows, int lane, int* expert, int* row0, int* row_end)
+{
+    int seen = 0;
+    *expert = -1;
+    for (int base = 0; base < e; base += 32)
+    {
+        const int x = base + lane;
+        const int r0 = x < e ? offsets[x] : 0, r1 = x < e ? offsets[x + 1] : 0;
+        const int tiles = (r1 - r0 + tile_rows - 1) / tile_rows;
+        int upto = tiles;                                   // inclusive scan of the tile counts
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            const int v = __shfl_up_sync(FULL_MASK, upto, o);
+            if (lane >= o) upto += v;
+        }
+        const int before = seen + upto - tiles;
+        const unsigned hit = __ballot_sync(FULL_MASK, tile >= before && tile < before + tiles);
+        if (hit)
+        {
+            const int src = __ffs(hit) - 1;
+            *expert = base + src;
+            *row0 = __shfl_sync(FULL_MASK, r0 + (tile - before) * tile_rows, src);
+            *row_end = __shfl_sync(FULL_MASK, r1, src);
+            return;
+        }
+        seen += __shfl_sync(FULL_MASK, upto, 31);
+    }
+}
+
+template <int BK, int STAGES, bool TRANS>
+__device__ __forceinline__ void grouped_mma_tile(void* c, int dt_c, const bf16_t* a, const bf16_t* w, int expert, int row0,
+                                                 int row_end, int n_out, int k_in, int accumulate)
+{
+    constexpr int SA = BK + 8;                          // row stride of [row][k] and [n][k] tiles
+    constexpr int B_OFFSET = GM_ROWS * SA;              // B after A within a stage
+    constexpr int STAGE = 2 * GM_ROWS * SA;             // bf16 per stage
+    constexpr int CPR = BK / 8;                         // 16-byte chunks per k-step row of A (and of B [n][k])
+    constexpr int COPIES = GM_ROWS * CPR / GM_THREADS;  // chunks per thread per operand: BK/16 (B [k][n]: BK·16 chunks)
+    static_assert(BK * GM_SB <= GM_ROWS * SA, "B [k][n] fits its stage slot");
+    extern __shared__ __align__(16) unsigned char gm_smem[];
+    bf16_t* sm = (bf16_t*)gm_smem;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int col0 = blockIdx.x * GM_COLS;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 64;
+    const bool busy = row0 + wm < row_end;
+    const bf16_t* we = w + (i64)expert * n_out * k_in;
+    const int ktiles = (k_in + BK - 1) / BK;
+
+    // k-step kt into stage buffer `stage`. Chunks past the group's last row, past N or past K are zero-filled.
+    auto issue = [&](int stage, int kt)
+    {
+        bf16_t* As = sm + stage * STAGE;
+        bf16_t* Bs = As + B_OFFSET;
+        const int k0 = kt * BK;
+#pragma unroll
+        for (int i = 0; i < COPIES; i++)
+        {
+            const int idx = tid + i * GM_THREADS;
+            const int r = idx / CPR, kc = (idx % CPR) * 8, row = row0 + r, kg = k0 + kc;
+            const bool ok = row < row_end && kg < k_in;
+            cp_async16(As + r * SA + kc, ok ? a + (i64)row * k_in + kg : a, ok);
+            if (TRANS)
+            {
+                const int col = col0 + r;                                  // Bs[n][k] = w_x[n, k]
+                const bool okb = col < n_out && kg < k_in;
+                cp_async16(Bs + r * SA + kc, okb ? we + (i64)col * k_in + kg : w, okb);
+            }
+            else
+            {
+                const int kr = idx >> 4, nc = (idx & 15) * 8;              // Bs[k][n] = w_x[k, n]
+                const int kgb = k0 + kr, col = col0 + nc;
+                const bool okb = kgb < k_in && col < n_out;
+                cp_async16(Bs + kr * GM_SB + nc, okb ? we + (i64)kgb * n_out + col : w, okb);
+            }
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+
+    // One commit group per k-step (empty past the end), so wait_group<STAGES−2> at step kt always means "steps up to
+    // kt have landed": before it, groups 0 … kt+STAGES−2 were committed.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++)
+    {
+        if (s < ktiles) issue(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; kt++)
+    {
+        cp_async_wait<STAGES - 2>();
+        // Every thread's copies of step kt are visible, and every warp is done multiplying step kt−1, whose buffer
+        // ((kt + STAGES − 1) mod STAGES) the next copies overwrite.
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) issue(next % STAGES, next);
+        cp_async_commit();
+        if (!busy) continue;
+        const bf16_t* As = sm + (kt % STAGES) * STAGE;
+        const bf16_t* Bs = As + B_OFFSET;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16)
+        {
+            unsigned af[2][4];
+            frag_a(af[0], As, SA, wm, kk, lane);
+            frag_a(af[1], As, SA, wm + 16, kk, lane);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+            {
+                unsigned bfr[4];   // n8 tiles 2j (bfr[0], bfr[1]) and 2j+1 (bfr[2], bfr[3]) of the warp's 64 columns
+                if (TRANS) frag_b_nk(bfr, Bs, SA, wn + 16 * j, kk, lane);
+                else frag_b_kn(bfr, Bs, GM_SB, wn + 16 * j, kk, lane);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                {
+                    mma16816(acc[i][2 * j], af[i], bfr[0], bfr[1]);
+                    mma16816(acc[i][2 * j + 1], af[i], bfr[2], bfr[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    if (!busy) return;
+
+    // C fragment: acc[i][j][2h], acc[i][j][2h+1] are row wm + 16i + g + 8h, columns wn + 8j + 2t and +1 — an adjacent
+    // pair, wholly inside the row since n_out is a multiple of 8; written as one 4-byte (bf16) or 8-byte (f32) store.
+    // Accumulation reads c, adds in fp32 and rounds once, as grouped_gemm does.
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+        {
+            const int row = row0 + wm + 16 * i + g + 8 * h;
+            if (row >= row_end) continue;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                const int col = col0 + wn + 8 * j + 2 * t;
+                if (col >= n_out) continue;
+                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                const i64 o = (i64)row * n_out + col;
+                if (dt_c == FT_BF16)
+                {
+                    unsigned* p = (unsigned*)((bf16_t*)c + o);
+                    if (accumulate)
+                    {
+                        const unsigned old = *p;
+                        v0 = bf16_to_f32((unsigned short)(old & 0xffffu)) + v0;
+                        v1 = bf16_to_f32((unsigned short)(old >> 16)) + v1;
+                    }
+                    *p = pack_bf16(v0, v1);
+                }
+                else
+                {
+                    float2* p = (float2*)((float*)c + o);
+                    if (accumulate)
+                    {
+                        const float2 old = *p;
+                        v0 = old.x + v0;
+                        v1 = old.y + v1;
+                    }
+                    *p = make_float2(v0, v1);
+                }
+            }
+        }
+}
+
+// a, w bf16; c bf16 or f32 (written or accumulated). 256 threads and STAGES · 2 · 128 · (BK+8) · 2 bytes of dynamic
+// shared memory (CudaBackend raises the 48 KiB default). Two blocks per multiprocessor: at most 128 registers a thread.
+#define GROUPED_GEMM_MMA(BK, STAGES)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(GM_THREADS, 2) grouped_gemm_mma_k##BK##s##STAGES(                      \
+        void* c, int dt_c, const bf16_t* a, const bf16_t* w, const int* offsets, int e, int n_out, int k_in, int trans_w, \
+        int accumulate)                                                                                                  \
+    {                                                                                                                    \
+        int expert = -1, row0 = 0, row_end = 0;                                                                          \
+        tile_of_warp(offsets, e, blockIdx.y, GM_ROWS, threadIdx.x & 31, &expert, &row0, &row_end);                      \
+        if (expert < 0) return;                                                                                          \
+        if (trans_w) grouped_mma_tile<BK, STAGES, true>(c, dt_c, a, w, expert, row0, row_end, n_out, k_in, accumulate);  \
+        else grouped_mma_tile<BK, STAGES, false>(c, dt_c, a, w, expert, row0, row_end, n_out, k_in, accumulate);         \
+    }
+GROUPED_GEMM_MMA(64, 3)
+GROUPED_GEMM_MMA(32, 3)
+GROUPED_GEMM_MMA(32, 4)
+
 // grouped_gemm_weight_grad on tensor cores: dw_x[n, k] += Σ_p dc[p, n]·a[p, k] with dc, a bf16 and dw f32.
 // A = dc_xᵀ staged As[n][p]; B = a_x staged Bs[p][k]. Grid (ceil(K/64), ceil(N/64), E), 128 threads.
 extern "C" __global__ void grouped_gemm_weight_grad_tc(float* dw, const bf16_t* dc, const bf16_t* a, const int* offsets, int n_out, int k_in)
@@ -475,4 +665,125 @@ extern "C" __global__ void grouped_gemm_weight_grad_tc(float* dw, const bf16_t* 
                 int nn = n0 + wm + 16 * i + g + (q >> 1) * 8, kk = k0 + wn + 8 * j + 2 * t + (q & 1);
                 if (nn < n_out && kk < k_in) dw[base + (i64)nn * k_in + kk] += acc[i][j][q];
             }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// grouped_gemm_weight_grad_mma: dw_x[n, k] += Σ_{p ∈ rows of x} dc[p, n]·a[p, k] (dc, a bf16; dw f32), the pipeline of
+// grouped_gemm_mma with the reduction over the group's rows p. Block: a 128 (n) × 128 (k) tile of one expert, 8 warps
+// as there (warp: n wm … +32, k wn … +64). Both operands are staged as they lie in memory, rows p: As[p][n] from dc and
+// Bs[p][k] from a, stride 136; A = dc_xᵀ is read with ldmatrix.trans (frag_a_kn), B with frag_b_kn. Rows past the
+// group's end, columns past N or K are zero-filled, so a partial step adds nothing. Requires n_out % 8 == 0,
+// k_in % 8 == 0 and 16-byte aligned dw, dc, a. Each dw element has one owner block: no atomics, deterministic.
+// Grid (ceil(K/128), ceil(N/128), E), 256 threads, STAGES · 2 · BK · 136 · 2 bytes (BK 32, 3 stages: 52,224).
+// ---------------------------------------------------------------------------------------------------------
+
+// A fragment (m rows m0..m0+15, k0..k0+15) of a tile stored [k][m] (rows are k), transposed by ldmatrix: matrices
+// 0..3 are (k +0, m +0), (k +0, m +8), (k +8, m +0), (k +8, m +8) = a0 … a3.
+__device__ __forceinline__ void frag_a_kn(unsigned* a, const bf16_t* tile, int stride, int m0, int k0, int lane)
+{
+    ldsm_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * stride + m0 + ((lane >> 3) & 1) * 8);
+}
+
+template <int BK, int STAGES>
+__device__ __forceinline__ void grouped_weight_grad_mma(float* dw, const bf16_t* dc, const bf16_t* a, const int* offsets, int n_out, int k_in)
+{
+    constexpr int STAGE = 2 * BK * GM_SB;               // bf16 per stage: As [BK][136], then Bs [BK][136]
+    constexpr int COPIES = BK * 16 / GM_THREADS;        // 16-byte chunks per thread per operand
+    extern __shared__ __align__(16) unsigned char gw_smem[];
+    bf16_t* sm = (bf16_t*)gw_smem;
+    const int expert = blockIdx.z, r0 = offsets[expert], r1 = offsets[expert + 1];
+    if (r1 <= r0) return;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.y * GM_ROWS, k0 = blockIdx.x * GM_COLS;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 64;
+    const int steps = (r1 - r0 + BK - 1) / BK;
+
+    auto issue = [&](int stage, int s)
+    {
+        bf16_t* As = sm + stage * STAGE;
+        bf16_t* Bs = As + BK * GM_SB;
+#pragma unroll
+        for (int i = 0; i < COPIES; i++)
+        {
+            const int idx = tid + i * GM_THREADS;
+            const int pr = idx >> 4, c8 = (idx & 15) * 8, p = r0 + s * BK + pr;
+            const bool okn = p < r1 && n0 + c8 < n_out, okk = p < r1 && k0 + c8 < k_in;
+            cp_async16(As + pr * GM_SB + c8, okn ? dc + (i64)p * n_out + n0 + c8 : dc, okn);
+            cp_async16(Bs + pr * GM_SB + c8, okk ? a + (i64)p * k_in + k0 + c8 : a, okk);
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+
+    // Commit groups and barriers exactly as grouped_mma_tile.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++)
+    {
+        if (s < steps) issue(s, s);
+        cp_async_commit();
+    }
+    for (int s = 0; s < steps; s++)
+    {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = s + STAGES - 1;
+        if (next < steps) issue(next % STAGES, next);
+        cp_async_commit();
+        const bf16_t* As = sm + (s % STAGES) * STAGE;
+        const bf16_t* Bs = As + BK * GM_SB;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16)
+        {
+            unsigned af[2][4];
+            frag_a_kn(af[0], As, GM_SB, wm, kk, lane);
+            frag_a_kn(af[1], As, GM_SB, wm + 16, kk, lane);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+            {
+                unsigned bfr[4];
+                frag_b_kn(bfr, Bs, GM_SB, wn + 16 * j, kk, lane);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                {
+                    mma16816(acc[i][2 * j], af[i], bfr[0], bfr[1]);
+                    mma16816(acc[i][2 * j + 1], af[i], bfr[2], bfr[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // acc[i][j][2h], [2h+1]: dw row n0 + wm + 16i + g + 8h, columns k0 + wn + 8j + 2t and +1 (one 8-byte pair).
+    const i64 base = (i64)expert * n_out * k_in;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+        {
+            const int nn = n0 + wm + 16 * i + g + 8 * h;
+            if (nn >= n_out) continue;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                const int kk = k0 + wn + 8 * j + 2 * t;
+                if (kk >= k_in) continue;
+                float2* p = (float2*)(dw + base + (i64)nn * k_in + kk);
+                float2 v = *p;
+                v.x += acc[i][j][2 * h];
+                v.y += acc[i][j][2 * h + 1];
+                *p = v;
+            }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(GM_THREADS, 2) grouped_gemm_weight_grad_mma(float* dw, const bf16_t* dc, const bf16_t* a,
+                                                                                        const int* offsets, int n_out, int k_in)
+{
+    grouped_weight_grad_mma<32, 3>(dw, dc, a, offsets, n_out, k_in);
 }
