@@ -12,13 +12,23 @@ public sealed record FlashBackwardTiles(int DqWarps, int DqKeys, int DkvWarps, i
     public static FlashBackwardTiles Default { get; } = new(4, 64, 4, 64);
 
     /// <summary>
-    /// The only shape instantiated for head_dim 256: streamed tiles of 32, so S and dP (16 × 32 per warp) fit beside
-    /// the 128-float dQ accumulator, and beside the two 64-float halves of dK/dV.
+    /// The default for head_dim 256: streamed tiles of 32, so S and dP (16 × 32 per warp) fit beside the 128-float dQ
+    /// accumulator, and beside the two 64-float halves of dK/dV (135 KB of shared memory: one block per multiprocessor).
     /// </summary>
     public static FlashBackwardTiles HeadDim256 { get; } = new(4, 32, 4, 32);
 
-    /// <summary>The tiles used at <paramref name="headDim"/>: <paramref name="chosen"/> (or the default) up to 128, the 256 shape above.</summary>
-    public static FlashBackwardTiles For(int headDim, FlashBackwardTiles? chosen) => headDim > 128 ? HeadDim256 : chosen ?? Default;
+    /// <summary>
+    /// Every shape instantiated for head_dim 256, the default first; the second (8 warps, 203 KB) holds twice the warps
+    /// per multiprocessor at the same registers per thread. Which is faster is for `flashbench` to say.
+    /// </summary>
+    public static IReadOnlyList<FlashBackwardTiles> HeadDim256Shapes { get; } = [HeadDim256, new(8, 32, 8, 32)];
+
+    /// <summary>
+    /// The tiles used at <paramref name="headDim"/>: <paramref name="chosen"/> (or the default) up to 128; above, chosen
+    /// when it is one of <see cref="HeadDim256Shapes"/>, else <see cref="HeadDim256"/>.
+    /// </summary>
+    public static FlashBackwardTiles For(int headDim, FlashBackwardTiles? chosen) =>
+        headDim <= 128 ? chosen ?? Default : chosen is not null && HeadDim256Shapes.Contains(chosen) ? chosen : HeadDim256;
 
     /// <summary>Kernel names; <paramref name="variant"/>: the instantiation that applies a sliding window and soft-cap.</summary>
     public string DqKernel(int headDim, bool variant = false) => $"flash_backward_dq_d{headDim}_w{DqWarps}_n{DqKeys}{(variant ? "_var" : "")}";

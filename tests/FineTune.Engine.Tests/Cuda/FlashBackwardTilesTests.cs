@@ -70,4 +70,23 @@ public sealed class FlashBackwardTilesTests
         const int hopperBlockLimit = 227 * 1024;
         Assert.True(t.DkvSharedBytes(256) <= hopperBlockLimit && t.DqSharedBytes(256) <= hopperBlockLimit);
     }
+
+    [Fact]
+    public void Every_head_dim_256_tile_shape_is_instantiated_chosen_by_name_and_fits_a_block()
+    {
+        string source = KernelSources.Embedded().Source("flash_attention.cu");
+        var eight = new FlashBackwardTiles(8, 32, 8, 32);
+        Assert.Equal([FlashBackwardTiles.HeadDim256, eight], FlashBackwardTiles.HeadDim256Shapes);
+        Assert.Same(eight, FlashBackwardTiles.For(256, eight));
+        Assert.Equal("flash_backward_dq_d256_w8_n32_var", eight.DqKernel(256, variant: true));
+        // dQ: 2 × (K, V [32][264] + 32 ids) + Q, dO [128][264]; dK/dV: K, V [128][264] + 2 × (Q, dO [32][264] + 96 words).
+        Assert.Equal(67_840 + 135_168, eight.DqSharedBytes(256));
+        Assert.Equal(135_168 + 68_352, eight.DkvSharedBytes(256));
+        foreach (var t in FlashBackwardTiles.HeadDim256Shapes)
+        {
+            Assert.Contains($"FLASH_DQ(256, {t.DqWarps}, {t.DqKeys})", source);
+            Assert.Contains($"FLASH_DKV(256, {t.DkvWarps}, {t.DkvQueries})", source);
+            Assert.True(t.DqSharedBytes(256) <= 227 * 1024 && t.DkvSharedBytes(256) <= 227 * 1024);
+        }
+    }
 }

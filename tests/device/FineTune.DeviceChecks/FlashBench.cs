@@ -70,8 +70,8 @@ public static class FlashBench
             gpu.Attention(o, lse, q, k, v, seg, s);
 
             float[]? refDq = null, refDk = null, refDv = null;
-            // head_dim 256 has one tile shape (FlashBackwardTiles.For).
-            foreach (var tiles in d <= 128 ? Variants : [FlashBackwardTiles.HeadDim256])
+            // head_dim 256 has its own tile shapes (FlashBackwardTiles.HeadDim256Shapes).
+            foreach (var tiles in d <= 128 ? (IEnumerable<FlashBackwardTiles>)Variants : FlashBackwardTiles.HeadDim256Shapes)
             {
                 gpu.FlashTiles = tiles;
                 void Backward() => gpu.AttentionBackward(dq, dk, dv, dout, o, lse, q, k, v, seg, s);

@@ -75,7 +75,7 @@ public static partial class OpChecks
 
             // Each backward takes its own forward's O and lse, as training does (the simple one took the simple kernels').
             c.Cpu.AttentionBackward(dq.Cpu, dk.Cpu, dv.Cpu, dout.Cpu, o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
-            foreach (var tiles in d <= 128 ? FlashBench.Variants : [FlashBackwardTiles.HeadDim256])
+            foreach (var tiles in d <= 128 ? (IEnumerable<FlashBackwardTiles>)FlashBench.Variants : FlashBackwardTiles.HeadDim256Shapes)
             {
                 c.Gpu.FlashTiles = tiles;
                 string tileTag = $" dq{tiles.DqWarps}x{tiles.DqKeys} kv{tiles.DkvWarps}x{tiles.DkvQueries}";

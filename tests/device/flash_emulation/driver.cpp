@@ -1,6 +1,6 @@
 // Runs flash_attention.cu's forward, dQ and dK/dV kernels in the CPU emulation (emu.h, emu_ops.h) on random bf16 inputs and
 // prints each output's relative L2 error against a double-precision reference. Arguments:
-//   B T Hq Hkv D window cap packed(0/1) magnitude [streamed tile 32/64]
+//   B T Hq Hkv D window cap packed(0/1) magnitude [streamed tile 32/64] [warps 4/8, head_dim 256 only]
 #define __device__
 #define __global__
 #define __shared__
@@ -65,6 +65,7 @@ int main(int argc, char** argv)
     int B = atoi(argv[1]), T = atoi(argv[2]), Hq = atoi(argv[3]), Hkv = atoi(argv[4]), D = atoi(argv[5]), window = atoi(argv[6]);
     float cap = atof(argv[7]); int segs = atoi(argv[8]); float mag = argc > 9 ? atof(argv[9]) : 1.0f;
     int tilesN = argc > 10 ? atoi(argv[10]) : (D > 128 ? 32 : 64);
+    int W = D > 128 && argc > 11 ? atoi(argv[11]) : 4;
     bool var = window > 0 || cap > 0;
     float scale = 1.0f / sqrtf((float)D);
     std::mt19937 rng(42);
@@ -124,24 +125,26 @@ int main(int argc, char** argv)
     { double s = 0; size_t o = ((size_t)(b * T + i) * Hq + h) * D; for (int d = 0; d < D; d++) s += (double)DO[o + d] * O[o + d]; delta[((size_t)b * Hq + h) * T + i] = (float)s; }
     std::vector<u16> dq(q.size(), 0xffff), dk(k.size(), 0xffff), dv(v.size(), 0xffff);
     int BN = tilesN;
-    size_t dqsh = 2 * (2 * BN * (D + 8) * 2 + BN * 4) + (D > 128 ? 2 * 64 * (D + 8) * 2 : 0);
-    launch({(unsigned)((T + 63) / 64), (unsigned)Hq, (unsigned)B}, 128, dqsh, [&] {
+    size_t dqsh = 2 * (2 * BN * (D + 8) * 2 + BN * 4) + (D > 128 ? 2 * 16 * W * (D + 8) * 2 : 0);
+    launch({(unsigned)((T + 16 * W - 1) / (16 * W)), (unsigned)Hq, (unsigned)B}, 32 * W, dqsh, [&] {
         decltype(&flash_backward_dq<64, 4, 64, false>) f;
         if (D == 64) f = BN == 64 ? (var ? flash_backward_dq<64, 4, 64, true> : flash_backward_dq<64, 4, 64, false>) : (var ? flash_backward_dq<64, 4, 32, true> : flash_backward_dq<64, 4, 32, false>);
         else if (D == 128) f = BN == 64 ? (var ? flash_backward_dq<128, 4, 64, true> : flash_backward_dq<128, 4, 64, false>) : (var ? flash_backward_dq<128, 4, 32, true> : flash_backward_dq<128, 4, 32, false>);
-        else f = var ? flash_backward_dq<256, 4, 32, true> : flash_backward_dq<256, 4, 32, false>;
+        else if (W == 4) f = var ? flash_backward_dq<256, 4, 32, true> : flash_backward_dq<256, 4, 32, false>;
+        else f = var ? flash_backward_dq<256, 8, 32, true> : flash_backward_dq<256, 8, 32, false>;
         f(dq.data(), dout.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), seg.data(), T, Hq, Hkv, scale, window, cap);
     });
     printf("dq rel %.3e\n", rel(rdq, tof(dq)));
     bool grouped = Hq != Hkv;
     std::vector<float> dkp(grouped ? q.size() : 0, NAN), dvp(grouped ? q.size() : 0, NAN);
     int BM = tilesN, splits = D > 128 ? 2 : 1;
-    size_t dkvsh = 2 * 64 * (D + 8) * 2 + 2 * (2 * BM * (D + 8) * 2 + 3 * BM * 4);
-    launch({(unsigned)((T + 63) / 64 * splits), (unsigned)Hq, (unsigned)B}, 128, dkvsh, [&] {
+    size_t dkvsh = 2 * 16 * W * (D + 8) * 2 + 2 * (2 * BM * (D + 8) * 2 + 3 * BM * 4);
+    launch({(unsigned)((T + 16 * W - 1) / (16 * W) * splits), (unsigned)Hq, (unsigned)B}, 32 * W, dkvsh, [&] {
         decltype(&flash_backward_dkv<64, 4, 64, 64, false>) f;
         if (D == 64) f = BM == 64 ? (var ? flash_backward_dkv<64, 4, 64, 64, true> : flash_backward_dkv<64, 4, 64, 64, false>) : (var ? flash_backward_dkv<64, 4, 32, 64, true> : flash_backward_dkv<64, 4, 32, 64, false>);
         else if (D == 128) f = BM == 64 ? (var ? flash_backward_dkv<128, 4, 64, 128, true> : flash_backward_dkv<128, 4, 64, 128, false>) : (var ? flash_backward_dkv<128, 4, 32, 128, true> : flash_backward_dkv<128, 4, 32, 128, false>);
-        else f = var ? flash_backward_dkv<256, 4, 32, FLASH_DKV_DA(256), true> : flash_backward_dkv<256, 4, 32, FLASH_DKV_DA(256), false>;
+        else if (W == 4) f = var ? flash_backward_dkv<256, 4, 32, FLASH_DKV_DA(256), true> : flash_backward_dkv<256, 4, 32, FLASH_DKV_DA(256), false>;
+        else f = var ? flash_backward_dkv<256, 8, 32, FLASH_DKV_DA(256), true> : flash_backward_dkv<256, 8, 32, FLASH_DKV_DA(256), false>;
         f(dk.data(), dv.data(), grouped ? dkp.data() : nullptr, grouped ? dvp.data() : nullptr, dout.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), seg.data(), T, Hq, Hkv, scale, window, cap);
     });
     if (grouped)

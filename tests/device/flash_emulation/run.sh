@@ -11,7 +11,7 @@ echo "clang: $(grep -c '^.visible .entry' "$build/flash.ptx") kernels"
 python3 "$here/prep.py" "$build/flash_emu.inc"
 g++ -O2 -std=c++17 -w -I"$here" -I"$build" -o "$build/emu" "$here/driver.cpp"
 g++ -O2 -std=c++17 -w -I"$here" -I"$build" -o "$build/fwd_cache" "$here/fwd_cache.cpp"
-# B T Hq Hkv D window cap packed magnitude [tile]
+# B T Hq Hkv D window cap packed magnitude [tile] [warps, head_dim 256]
 while read -r c; do echo "== $c"; "$build/emu" $c; done <<'CASES'
 1 130 2 1 64 0 0 1 1
 2 300 4 2 64 100 20 1 4
@@ -22,6 +22,8 @@ while read -r c; do echo "== $c"; "$build/emu" $c; done <<'CASES'
 2 250 4 2 256 70 0 1 1
 1 250 4 2 256 50 30 1 5
 1 190 2 2 256 33 5 1 3
+2 300 4 2 256 70 30 1 4 32 8
+1 190 2 2 256 0 0 1 1 32 8
 CASES
 # QL KL D window cap
 for c in "3 600 256 256 50" "70 300 64 90 10" "100 400 256 130 0"; do "$build/fwd_cache" $c; done

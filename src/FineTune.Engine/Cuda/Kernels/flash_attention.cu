@@ -579,6 +579,7 @@ FLASH_DQ(64, 4, 64)
 FLASH_DQ(128, 4, 32)
 FLASH_DQ(128, 4, 64)
 FLASH_DQ(256, 4, 32)
+FLASH_DQ(256, 8, 32)
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward, dK and dV. Block: WARPS warps × 16 key rows of one (batch, query head); query tiles of BM (Q, dO,
@@ -816,6 +817,7 @@ FLASH_DKV(64, 4, 64)
 FLASH_DKV(128, 4, 32)
 FLASH_DKV(128, 4, 64)
 FLASH_DKV(256, 4, 32)
+FLASH_DKV(256, 8, 32)
 
 // dk[b, j, kh, :] = Σ_{h in group kh} dk_part[b, j, h, :] (and dv), rounded to bf16 once.
 extern "C" __global__ void flash_dkv_reduce(bf16_t* dk, bf16_t* dv, const float* dk_part, const float* dv_part, i64 rows, int Hq, int Hkv, int D)
