@@ -26,8 +26,10 @@ public sealed partial class CudaBackend
     /// </summary>
     public bool UseFlashPipeline { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_PIPELINE") == "1";
 
+    // Every variant (causal, GQA, packed segments, sliding window, soft-cap) runs on the flash kernels when the
+    // tensors are BF16 and the head size is one they are instantiated for.
     bool Flash(int headDim, params Tensor[] tensors) =>
-        UseFlashAttention && headDim is 64 or 128 && tensors.All(t => t.DType == DType.BF16);
+        UseFlashAttention && headDim is 64 or 128 or 256 && tensors.All(t => t.DType == DType.BF16);
 
     /// <summary>Tile shapes of the flash backward kernels; null takes <see cref="FlashBackwardTiles.Default"/>.</summary>
     public FlashBackwardTiles? FlashTiles { get; set; }
@@ -49,14 +51,13 @@ public sealed partial class CudaBackend
         CheckAttention(q, k, v, segmentIds, s);
         Need(lse, DType.F32);
         if (s.Batch == 0 || s.QueryLen == 0) return;
-        // The flash kernels compute plain causal attention; sliding windows and soft-caps run the exact simple kernels.
-        if (s.Variant.IsPlain && Flash(s.HeadDim, output, q, k, v))
+        if (Flash(s.HeadDim, output, q, k, v))
         {
-            // Per stage: K and V tiles [64][D+8] and 64 segment ids.
-            int stages = UseFlashPipeline ? 2 : 1;
-            string kernel = UseFlashPipeline ? $"flash_forward_pipe_d{s.HeadDim}" : $"flash_forward_d{s.HeadDim}";
-            LaunchFlash(kernel, ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128, stages * (2 * 64 * (s.HeadDim + 8) * 2 + 64 * 4),
-                [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale],
+            // Plain layers take the plain kernels (window and cap ignored); windowed or soft-capped ones the _var kernels.
+            string kernel = FlashBackwardTiles.ForwardKernel(s.HeadDim, UseFlashPipeline, variant: !s.Variant.IsPlain);
+            LaunchFlash(kernel, ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128, FlashBackwardTiles.ForwardSharedBytes(s.HeadDim, UseFlashPipeline),
+                [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale,
+                 s.Variant.Window, s.Variant.SoftCap],
                 kernel);
             return;
         }
@@ -81,12 +82,15 @@ public sealed partial class CudaBackend
         {
             Launch("attention.cu", "attention_backward_delta", ((rows + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, 1, 1), AttentionRowsPerBlock * 32,
                 [delta, P(doutput), Dt(doutput), P(output), Dt(output), s.Batch, t, s.QueryHeads, s.HeadDim]);
-            if (s.Variant.IsPlain && Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
+            if (Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
             {
-                var tiles = FlashTiles ?? FlashBackwardTiles.Default;
+                var tiles = FlashBackwardTiles.For(s.HeadDim, FlashTiles);
                 int d = s.HeadDim, dqRows = 16 * tiles.DqWarps, dkvKeys = 16 * tiles.DkvWarps;
-                LaunchFlash(tiles.DqKernel(d), ((t + dqRows - 1) / dqRows, s.QueryHeads, s.Batch), 32 * tiles.DqWarps, tiles.DqSharedBytes(d),
-                    [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
+                bool variant = !s.Variant.IsPlain;
+                int window = s.Variant.Window;
+                float cap = s.Variant.SoftCap;
+                LaunchFlash(tiles.DqKernel(d, variant), ((t + dqRows - 1) / dqRows, s.QueryHeads, s.Batch), 32 * tiles.DqWarps, tiles.DqSharedBytes(d),
+                    [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale, window, cap],
                     $"flash_backward_dq_d{d}");
                 // Grouped-query: per-query-head F32 partials, summed over each group afterwards (deterministic).
                 bool grouped = s.QueryHeads != s.KvHeads;
@@ -94,8 +98,10 @@ public sealed partial class CudaBackend
                 ulong dkPart = grouped ? _dev.Allocate(partLen * 4) : 0, dvPart = grouped ? _dev.Allocate(partLen * 4) : 0;
                 try
                 {
-                    LaunchFlash(tiles.DkvKernel(d), ((t + dkvKeys - 1) / dkvKeys, s.QueryHeads, s.Batch), 32 * tiles.DkvWarps, tiles.DkvSharedBytes(d),
-                        [P(dk), P(dv), dkPart, dvPart, P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale],
+                    int keyBlocks = (t + dkvKeys - 1) / dkvKeys * FlashBackwardTiles.DkvColumnSplits(d);
+                    LaunchFlash(tiles.DkvKernel(d, variant), (keyBlocks, s.QueryHeads, s.Batch), 32 * tiles.DkvWarps, tiles.DkvSharedBytes(d),
+                        [P(dk), P(dv), dkPart, dvPart, P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale,
+                         window, cap],
                         "flash_backward_dkv");
                     if (grouped)
                     {

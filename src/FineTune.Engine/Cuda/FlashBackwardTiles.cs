@@ -11,14 +11,60 @@ public sealed record FlashBackwardTiles(int DqWarps, int DqKeys, int DkvWarps, i
     /// <summary>The measured best for head_dim 64 and 128 (docs/cuda.md): 64-row blocks, 64-wide streamed tiles.</summary>
     public static FlashBackwardTiles Default { get; } = new(4, 64, 4, 64);
 
-    public string DqKernel(int headDim) => $"flash_backward_dq_d{headDim}_w{DqWarps}_n{DqKeys}";
+    /// <summary>
+    /// The default for head_dim 256: streamed tiles of 32, so S and dP (16 × 32 per warp) fit beside the 128-float dQ
+    /// accumulator, and beside the two 64-float halves of dK/dV (135 KB of shared memory: one block per multiprocessor).
+    /// </summary>
+    public static FlashBackwardTiles HeadDim256 { get; } = new(4, 32, 4, 32);
 
-    public string DkvKernel(int headDim) => $"flash_backward_dkv_d{headDim}_w{DkvWarps}_m{DkvQueries}";
+    /// <summary>
+    /// Every shape instantiated for head_dim 256, the default first; the second (8 warps, 203 KB) holds twice the warps
+    /// per multiprocessor at the same registers per thread. Which is faster is for `flashbench` to say.
+    /// </summary>
+    public static IReadOnlyList<FlashBackwardTiles> HeadDim256Shapes { get; } = [HeadDim256, new(8, 32, 8, 32)];
 
-    /// <summary>Two stages of K and V tiles [DqKeys][D+8] (bf16) and DqKeys segment ids.</summary>
-    public int DqSharedBytes(int headDim) => 2 * (2 * DqKeys * (headDim + 8) * 2 + DqKeys * 4);
+    /// <summary>
+    /// The tiles used at <paramref name="headDim"/>: <paramref name="chosen"/> (or the default) up to 128; above, chosen
+    /// when it is one of <see cref="HeadDim256Shapes"/>, else <see cref="HeadDim256"/>.
+    /// </summary>
+    public static FlashBackwardTiles For(int headDim, FlashBackwardTiles? chosen) =>
+        headDim <= 128 ? chosen ?? Default : chosen is not null && HeadDim256Shapes.Contains(chosen) ? chosen : HeadDim256;
+
+    /// <summary>Kernel names; <paramref name="variant"/>: the instantiation that applies a sliding window and soft-cap.</summary>
+    public string DqKernel(int headDim, bool variant = false) => $"flash_backward_dq_d{headDim}_w{DqWarps}_n{DqKeys}{(variant ? "_var" : "")}";
+
+    public string DkvKernel(int headDim, bool variant = false) => $"flash_backward_dkv_d{headDim}_w{DkvWarps}_m{DkvQueries}{(variant ? "_var" : "")}";
+
+    /// <summary>
+    /// Blocks per key tile of the dK/dV kernel: at head_dim 256 each of two blocks accumulates 128 of the head dims
+    /// (FLASH_DKV_DA in the kernel file: the two accumulators of all 256 would not fit in registers).
+    /// </summary>
+    public static int DkvColumnSplits(int headDim) => headDim > 128 ? 2 : 1;
+
+    /// <summary>
+    /// Two stages of K and V tiles [DqKeys][D+8] (bf16) and DqKeys segment ids; above head_dim 128 also the block's
+    /// Q and dO tiles [16·DqWarps][D+8], read from shared memory rather than held in registers.
+    /// </summary>
+    public int DqSharedBytes(int headDim) =>
+        2 * (2 * DqKeys * (headDim + 8) * 2 + DqKeys * 4) + (headDim > 128 ? 2 * 16 * DqWarps * (headDim + 8) * 2 : 0);
 
     /// <summary>K, V tiles [16·DkvWarps][D+8]; two stages of Q, dO tiles [DkvQueries][D+8] and lse, delta, segment ids.</summary>
     public int DkvSharedBytes(int headDim) =>
         2 * 16 * DkvWarps * (headDim + 8) * 2 + 2 * (2 * DkvQueries * (headDim + 8) * 2 + 3 * DkvQueries * 4);
+
+    /// <summary>
+    /// The forward kernel's name: single-stage or double-buffered (<paramref name="pipeline"/>, head_dim 64/128 only),
+    /// plain or with window and soft-cap (<paramref name="variant"/>).
+    /// </summary>
+    public static string ForwardKernel(int headDim, bool pipeline, bool variant) =>
+        $"flash_forward{(pipeline && headDim <= 128 ? "_pipe" : "")}_d{headDim}{(variant ? "_var" : "")}";
+
+    /// <summary>
+    /// Per stage K and V tiles [64][D+8] and 64 segment ids; above head_dim 128 (single stage) also the block's Q tile [64][D+8].
+    /// </summary>
+    public static int ForwardSharedBytes(int headDim, bool pipeline)
+    {
+        int stages = pipeline && headDim <= 128 ? 2 : 1;
+        return stages * (2 * 64 * (headDim + 8) * 2 + 64 * 4) + (headDim > 128 ? 64 * (headDim + 8) * 2 : 0);
+    }
 }

@@ -6,8 +6,9 @@ namespace FineTune.DeviceChecks;
 
 /// <summary>
 /// Times the flash-attention kernels alone at the attention shapes of the bench models (causal, one segment per
-/// row), for each backward tile shape: device ms per kernel (profile marks, mean of 5 calls after a warm-up) and
-/// TFLOP/s, counting the causal half of 4·T²·D·Hq for the forward and 2.5 times that for the backward. Each
+/// row; gemma's with their windows and soft-caps), for each backward tile shape: device ms per kernel (profile marks,
+/// mean of 5 calls after a warm-up) and TFLOP/s, counting 4·D·Hq per visible (query, key) pair (the causal half of
+/// T², less with a window) for the forward and 2.5 times that for the backward. Each
 /// shape's gradients are compared with the default tiles' (relative L2), so a broken variant shows at full size.
 /// One JSON line per (shape, tiles).
 /// </summary>
@@ -16,19 +17,24 @@ public static class FlashBench
     /// <summary>Every tile shape instantiated in flash_attention.cu, the default first.</summary>
     public static readonly FlashBackwardTiles[] Variants = [FlashBackwardTiles.Default, new(4, 32, 4, 32)];
 
-    static readonly (string Name, int B, int T, int Hq, int Hkv, int D)[] Shapes =
+    static readonly (string Name, int B, int T, int Hq, int Hkv, int D, AttentionVariant V)[] Shapes =
     [
-        ("llama3-8b", 1, 4096, 32, 8, 128), ("qwen2.5-7b", 1, 2048, 28, 4, 128), ("qwen3-0.6b", 1, 2048, 16, 8, 128),
-        ("qwen2.5-0.5b", 4, 2048, 14, 2, 64),
+        ("llama3-8b", 1, 4096, 32, 8, 128, default), ("qwen2.5-7b", 1, 2048, 28, 4, 128, default), ("qwen3-0.6b", 1, 2048, 16, 8, 128, default),
+        ("qwen2.5-0.5b", 4, 2048, 14, 2, 64, default),
+        // gemma3-12b: five sliding layers (window 1024) to one global, head_dim 256, query_pre_attn_scalar 256.
+        ("gemma3-12b local", 1, 2048, 16, 8, 256, new AttentionVariant(Window: 1024, QueryScale: 1f / 16f)),
+        ("gemma3-12b global", 1, 2048, 16, 8, 256, new AttentionVariant(QueryScale: 1f / 16f)),
+        // gemma2-9b: attn_logit_softcapping 50 on every layer, window 4096 on half (no effect at 2048).
+        ("gemma2-9b", 1, 2048, 16, 8, 256, new AttentionVariant(Window: 4096, SoftCap: 50f, QueryScale: 1f / 16f)),
     ];
 
     public static int Run()
     {
         using var gpu = new CudaBackend(0);
         var rng = new Random(7);
-        foreach (var (name, b, t, hq, hkv, d) in Shapes)
+        foreach (var (name, b, t, hq, hkv, d, variant) in Shapes)
         {
-            var s = AttentionShape.Training(b, t, hq, hkv, d);
+            var s = AttentionShape.Training(b, t, hq, hkv, d) with { Variant = variant };
             Tensor Rand(int rows, int cols)
             {
                 var x = gpu.Allocate(DType.BF16, rows, cols);
@@ -45,7 +51,13 @@ public static class FlashBench
             var dq = gpu.Allocate(DType.BF16, b * t, hq * d);
             var dk = gpu.Allocate(DType.BF16, b * t, hkv * d);
             var dv = gpu.Allocate(DType.BF16, b * t, hkv * d);
-            double flopsFwd = 2.0 * b * hq * (double)t * t * d; // causal half of 4·T²·D per head
+            // 4·D FLOPs per visible (query, key) pair and head: the causal half of T², or with a window W < T
+            // W(W+1)/2 + (T − W)·W pairs.
+            double pairs = variant.Window > 0 && variant.Window < t
+                ? variant.Window * (variant.Window + 1.0) / 2 + (double)(t - variant.Window) * variant.Window
+                : (double)t * t / 2;
+            double flopsFwd = 4.0 * b * hq * pairs * d;
+            string forwardKernel = FlashBackwardTiles.ForwardKernel(d, pipeline: false, variant: !variant.IsPlain);
 
             var fwd = new Dictionary<string, double>();
             foreach (bool pipe in new[] { true, false })
@@ -58,7 +70,8 @@ public static class FlashBench
             gpu.Attention(o, lse, q, k, v, seg, s);
 
             float[]? refDq = null, refDk = null, refDv = null;
-            foreach (var tiles in Variants)
+            // head_dim 256 has its own tile shapes (FlashBackwardTiles.HeadDim256Shapes).
+            foreach (var tiles in d <= 128 ? (IEnumerable<FlashBackwardTiles>)Variants : FlashBackwardTiles.HeadDim256Shapes)
             {
                 gpu.FlashTiles = tiles;
                 void Backward() => gpu.AttentionBackward(dq, dk, dv, dout, o, lse, q, k, v, seg, s);
@@ -69,10 +82,10 @@ public static class FlashBench
                 double bwd = prof.Values.Sum();
                 var row = new
                 {
-                    shape = name, batch = b, seq = t, heads = $"{hq}/{hkv}", head_dim = d,
+                    shape = name, batch = b, seq = t, heads = $"{hq}/{hkv}", head_dim = d, window = variant.Window, softcap = variant.SoftCap,
                     tiles = $"dq w{tiles.DqWarps} n{tiles.DqKeys}, dkv w{tiles.DkvWarps} m{tiles.DkvQueries}",
                     forward_ms = fwd.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
-                    forward_tflops = Math.Round(flopsFwd / (fwd[$"flash_forward_d{d}"] * 1e9), 1),
+                    forward_tflops = Math.Round(flopsFwd / (fwd[forwardKernel] * 1e9), 1),
                     backward_ms = prof.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
                     backward_tflops = Math.Round(2.5 * flopsFwd / (bwd * 1e9), 1),
                     rel_to_first = new { dq = Rel(gq, refDq), dk = Rel(gk, refDk!), dv = Rel(gv, refDv!) },

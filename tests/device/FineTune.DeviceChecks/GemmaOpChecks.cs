@@ -4,8 +4,9 @@ namespace FineTune.DeviceChecks;
 
 // The operations and options gemma 2/3 add: (1 + w) RMSNorm (plain, fused residual, backward), GeGLU (tanh GELU)
 // forward/backward, soft-capping forward/backward, and attention with a sliding window and/or logit soft-cap and a
-// query_pre_attn_scalar scale (the simple kernels: training forward and backward at head_dim 256 and 64, and the
-// KV-cache path), each against the CPU reference.
+// query_pre_attn_scalar scale (training forward and backward at head_dim 256 and 64 on the flash and the simple
+// kernels, the flash kernels at training lengths in OpChecks.FlashVariants.cs, and the KV-cache path), each against
+// the CPU reference.
 public static partial class OpChecks
 {
     static void GemmaOps(Ctx c)
@@ -14,6 +15,7 @@ public static partial class OpChecks
         foreach (int m in new[] { 4099, 4096 }) GeGluChecks(c, m);
         SoftCapChecks(c);
         GemmaAttention(c);
+        FlashVariantAttention(c);
         GemmaCachedAttention(c);
     }
 

@@ -7,6 +7,7 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks ops [outDir]         CUDA vs CPU backend, op by op, F32 and BF16 paths
 //   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
+//   FineTune.DeviceChecks flash [outDir]       only the BF16 attention checks of `ops` (plain, gemma's windows/soft-caps, head_dim 256) → flash.json
 //   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
 //   FineTune.DeviceChecks quant [outDir]       write the files tests/device/bnb_reference.py compares (CPU only)
 //   FineTune.DeviceChecks quant-base <model> <out>   the model with its decoder linears NF4-quantized then dequantized (f32)
@@ -29,6 +30,14 @@ switch (cmd)
         var rows = OpChecks.Run();
         Directory.CreateDirectory(outDir);
         File.WriteAllText(Path.Combine(outDir, "ops.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        return rows.All(r => r.Pass) ? 0 : 1;
+    }
+    case "flash":
+    {
+        if (args.Length > 1) outDir = args[1];
+        var rows = OpChecks.RunFlash();
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "flash.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
         return rows.All(r => r.Pass) ? 0 : 1;
     }
     case "models":
@@ -56,6 +65,6 @@ switch (cmd)
         QuantChecks.WriteReferenceFiles(args.Length > 1 ? args[1] : outDir);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, models, bench, flashbench or quant");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, models, bench, flashbench or quant");
         return 2;
 }

@@ -1,12 +1,26 @@
 // Flash attention on tensor cores (mma.sync m16n8k16, bf16 operands, fp32 accumulators), forward and backward,
-// for BF16 q/k/v and head_dim 64 or 128. Causal, grouped-query, segment-masked exactly like attention.cu, whose
-// simple kernels remain the reference and the fallback (F32 tensors, other head sizes).
+// for BF16 q/k/v and head_dim 64, 128 or 256. Causal, grouped-query, segment-masked, and optionally windowed and
+// soft-capped (gemma 2/3) exactly like attention.cu, whose simple kernels remain the reference and the fallback
+// (F32 tensors, other head sizes).
 // Scores live only in registers: S = QKᵀ for a 16-row slice per warp and a tile of keys, an online softmax
 // (FlashAttention-2), then P·V with P re-packed from the accumulator layout straight into an A operand.
 // Backward without atomics (bit-reproducible): one kernel walks key tiles per query slice for dQ, another walks
 // query tiles per key slice for dK and dV (F32 partials per query head, summed over the KV group by a third),
 // both recomputing P from the saved lse. Every streamed tile arrives by cp.async; the backward kernels
 // double-buffer theirs. Tile shapes are template parameters; the instantiated ones are listed after each kernel.
+//
+// Sliding windows and soft-caps (attention.cu's semantics): key j is visible from key position p when j <= p, same
+// segment, and p − j < window (window > 0); with cap > 0 the scaled score s = scale·q·k becomes cap·tanh(s/cap)
+// before the softmax (lse is taken over the capped scores) and the backward multiplies dS by ∂c/∂s = 1 − tanh².
+// Each kernel is instantiated twice: VARIANT = false is plain causal attention, whose instructions ignore window and
+// cap (the code of the plain kernels before windows existed, so plain layers keep their bits and their speed);
+// VARIANT = true (kernel names ending in `_var`) tests the window and applies the cap at run time.
+//
+// head_dim 256 (gemma3-12b, gemma2-9b) does not fit the D ≤ 128 register plan (Q fragments D/16×4 and the output
+// accumulator D/8×4 per lane = 64 + 128 registers before S): there Q (and dO in the dQ kernel) are read from shared
+// memory at each k-step instead of being held in registers, the backward walks tiles of 32, and the dK/dV kernel
+// splits the accumulated head dims across blocks (see flash_backward_dkv).
+//
 // The mma/ldmatrix/cp.async helpers and the fragment layouts they follow are in mma.cuh (shared with experts.cu).
 #include "mma.cuh"
 
@@ -95,24 +109,62 @@ __device__ __forceinline__ void zero_acc(float (*c)[4])
     for (int i = 0; i < N; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.0f;
 }
 
+// Window and soft-cap of the VARIANT kernels. `win` is the window, or 2^30 (no window) so `p − j < win` always holds.
+struct ScoreVariant
+{
+    int win;
+    float cap;        // > 0: soft-capped
+    float cap_l2;     // cap·log2(e)
+    float scale_cap;  // scale / cap
+};
+
+__device__ __forceinline__ ScoreVariant score_variant(int window, float cap, float scale)
+{
+    ScoreVariant v;
+    v.win = window > 0 ? window : (1 << 30);
+    v.cap = cap;
+    v.cap_l2 = cap * LOG2E;
+    v.scale_cap = cap > 0.0f ? scale / cap : 0.0f;
+    return v;
+}
+
+// The softmax logit in log2 units of a raw product r = q·k: r·scale·log2(e), or soft-capped
+// cap·tanh(r·scale/cap)·log2(e); dcap ← ∂(capped)/∂(scaled) = 1 − tanh² (1 without a cap).
+__device__ __forceinline__ float variant_logit2(const ScoreVariant& v, float raw, float sl2, float& dcap)
+{
+    if (v.cap > 0.0f)
+    {
+        float th = tanhf(raw * v.scale_cap);
+        dcap = 1.0f - th * th;
+        return v.cap_l2 * th;
+    }
+    dcap = 1.0f;
+    return raw * sl2;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64 through STAGES
 // shared buffers (1: the default, the whole tile's copies in flight at once, two blocks per multiprocessor;
 // 2: double buffering, FINETUNE_FLASH_PIPELINE=1, measured slower on an H100). The last row blocks (most keys
-// under the causal mask) are scheduled first. Dynamic shared memory: STAGES × (K, V tiles + 64 segment ids).
+// under the causal mask) are scheduled first. With a window the key loop starts at the first tile the block's
+// first row can reach. Dynamic shared memory: STAGES × (K, V tiles + 64 segment ids), and for head_dim 256 the
+// block's Q tile [64][D+8] (Q_SMEM: fragments read per k-step, which leaves the registers to the 128-float output
+// accumulator).
 // ---------------------------------------------------------------------------------------------------------
 #define FWD_BM 64
 #define FWD_BN 64
 
-template <int D, int STAGES>
+template <int D, int STAGES, bool VARIANT>
 __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
-                              int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)
+                              int QL, int KL, int kv_cap, int Hq, int Hkv, float scale, int window, float cap)
 {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int SD = D + 8, THREADS = 128;
+    constexpr bool Q_SMEM = D > 128;
     bf16_t* KsBase = (bf16_t*)smem;                          // [STAGES][FWD_BN][SD]
     bf16_t* VsBase = KsBase + STAGES * FWD_BN * SD;          // [STAGES][FWD_BN][SD]
     int* segkBase = (int*)(VsBase + STAGES * FWD_BN * SD);   // [STAGES][FWD_BN]
+    bf16_t* Qs = (bf16_t*)(segkBase + STAGES * FWD_BN);      // [FWD_BM][SD], Q_SMEM only
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
     const int off = KL - QL;
@@ -123,7 +175,9 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
     const int sid_lo = r_lo < QL ? seg[p_lo] : -3, sid_hi = r_hi < QL ? seg[p_hi] : -3;
     const float sl2 = scale * LOG2E;
     const int last_row = min(QL - 1, row0 + FWD_BM - 1);
-    const int start = segment_start(seg, off + row0) & ~(FWD_BN - 1);
+    int first_key = segment_start(seg, off + row0);
+    if (VARIANT && window > 0) first_key = max(first_key, off + row0 - window + 1);
+    const int start = first_key & ~(FWD_BN - 1);
     const int p_last = off + last_row;
     const i64 kv_row_base = (i64)b * kv_cap;
     // Keys past KL are zero-filled with segment id 0; the causal test (j <= p, p < KL) masks them.
@@ -133,14 +187,18 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
         cp_tile<D, FWD_BN, THREADS>(VsBase + stage * FWD_BN * SD, v, kv_row_base, j, KL, Hkv, kh);
         cp_row32<FWD_BN, THREADS>(segkBase + stage * FWD_BN, seg, j, KL);
     };
+    // Q's copy is its own group, committed first: the first tile's wait covers it.
+    if constexpr (Q_SMEM) { cp_tile<D, FWD_BM, THREADS>(Qs, q, (i64)b * QL, row0, QL, Hq, h); cp_async_commit(); }
     if (STAGES == 2) { issue(0, start); cp_async_commit(); }
 
-    unsigned qa[D / 16][4];
-    ld_rows_a<D>(qa, r_lo < QL ? q + (((i64)b * QL + r_lo) * Hq + h) * D : nullptr,
-                 r_hi < QL ? q + (((i64)b * QL + r_hi) * Hq + h) * D : nullptr, t);
+    unsigned qa[Q_SMEM ? 1 : D / 16][4];
+    if constexpr (!Q_SMEM)
+        ld_rows_a<D>(qa, r_lo < QL ? q + (((i64)b * QL + r_lo) * Hq + h) * D : nullptr,
+                     r_hi < QL ? q + (((i64)b * QL + r_hi) * Hq + h) * D : nullptr, t);
     float o[D / 8][4];
     zero_acc<D / 8>(o);
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+    const ScoreVariant var = score_variant(window, cap, scale);
 
     int it = 0;
     for (int j0 = start; j0 <= p_last; j0 += FWD_BN, it++)
@@ -167,14 +225,23 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
         zero_acc<FWD_BN / 8>(s);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
+        {
+            unsigned qf[4];
+            if constexpr (Q_SMEM) frag_a(qf, Qs, SD, warp * 16, kk * 16, lane);
+            else
+            {
+#pragma unroll
+                for (int r = 0; r < 4; r++) qf[r] = qa[kk][r];
+            }
 #pragma unroll
             for (int np = 0; np < FWD_BN / 16; np++)
             {
                 unsigned bb[4];
                 frag_b_nk(bb, Ks, SD, np * 16, kk * 16, lane);
-                mma16816(s[2 * np], qa[kk], bb[0], bb[1]);
-                mma16816(s[2 * np + 1], qa[kk], bb[2], bb[3]);
+                mma16816(s[2 * np], qf, bb[0], bb[1]);
+                mma16816(s[2 * np + 1], qf, bb[2], bb[3]);
             }
+        }
         float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < FWD_BN / 8; nt++)
@@ -183,8 +250,20 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
             {
                 int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
                 bool lo = e < 2;
-                bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
-                float val = ok ? s[nt][e] * sl2 : -INFINITY;
+                float val;
+                if constexpr (VARIANT)
+                {
+                    int p = lo ? p_lo : p_hi;
+                    bool ok = j <= p && p - j < var.win && segk[col] == (lo ? sid_lo : sid_hi);
+                    float dcap;
+                    float x = variant_logit2(var, s[nt][e], sl2, dcap);
+                    val = ok ? x : -INFINITY;
+                }
+                else
+                {
+                    bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
+                    val = ok ? s[nt][e] * sl2 : -INFINITY;
+                }
                 s[nt][e] = val;
                 if (lo) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
             }
@@ -237,39 +316,54 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
 }
 
 // MINB: blocks per multiprocessor to fit in registers (3 for the pipelined ones: 12 warps, 3 × 70 KiB shared at head_dim 128).
+// Each line defines NAME (plain) and NAME_var (window and soft-cap).
 #define FLASH_FORWARD(NAME, D, STAGES, MINB)                                                                                \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(bf16_t* out, float* lse, const bf16_t* q,               \
-        const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale)      \
-    { flash_forward<D, STAGES>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale); }
+        const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale,      \
+        int window, float cap)                                                                                             \
+    { flash_forward<D, STAGES, false>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale, window, cap); }            \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME##_var(bf16_t* out, float* lse, const bf16_t* q,         \
+        const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale,      \
+        int window, float cap)                                                                                             \
+    { flash_forward<D, STAGES, true>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale, window, cap); }
 FLASH_FORWARD(flash_forward_d64, 64, 1, 1)
 FLASH_FORWARD(flash_forward_d128, 128, 1, 1)
+FLASH_FORWARD(flash_forward_d256, 256, 1, 1)
 FLASH_FORWARD(flash_forward_pipe_d64, 64, 2, 3)
 FLASH_FORWARD(flash_forward_pipe_d128, 128, 2, 3)
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward, dQ. Block: WARPS warps × 16 query rows of one (batch, head); key tiles of BN, double-buffered by
 // cp.async. Needs lse and delta = rowsum(dO ⊙ O).
-// P = exp(scale·QKᵀ − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − delta), dQ = scale·dS·K.
-// A key tile wholly below the diagonal and inside the block's segment skips the mask (block-uniform test:
-// segments are contiguous runs, so seg[j0] == seg[last row] puts everything between in one segment).
-// Dynamic shared memory: 2 × (K, V tiles [BN][D+8] + BN segment ids).
+// P = exp(c − lse) with c the (capped) scaled score, dP = dO·Vᵀ, dS = P ⊙ (dP − delta) (⊙ ∂c/∂s), dQ = scale·dS·K.
+// A key tile wholly below the diagonal, inside the block's segment (and inside every row's window) skips the mask
+// (block-uniform test: segments are contiguous runs, so seg[j0] == seg[last row] puts everything between in one
+// segment). With a window the key loop starts at the first tile the block's first row can reach.
+// Dynamic shared memory: 2 × (K, V tiles [BN][D+8] + BN segment ids), and for head_dim 256 the block's Q and dO
+// tiles [16·WARPS][D+8] (QD_SMEM: read per k-step, so the registers hold only dQ's 128-float accumulator and S, dP).
 // ---------------------------------------------------------------------------------------------------------
-template <int D, int WARPS, int BN>
+template <int D, int WARPS, int BN, bool VARIANT>
 __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,
-                                  const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale)
+                                  const bf16_t* k, const bf16_t* v, const int* seg_ids, int T, int Hq, int Hkv, float scale,
+                                  int window, float cap)
 {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int SD = D + 8, BM = WARPS * 16, THREADS = WARPS * 32;
+    constexpr bool QD_SMEM = D > 128;
     bf16_t* KsBase = (bf16_t*)smem;                      // [2][BN][SD]
     bf16_t* VsBase = KsBase + 2 * BN * SD;               // [2][BN][SD]
     int* segkBase = (int*)(VsBase + 2 * BN * SD);        // [2][BN]
+    bf16_t* Qs = (bf16_t*)(segkBase + 2 * BN);           // [BM][SD], QD_SMEM only
+    bf16_t* Dos = Qs + BM * SD;                          // [BM][SD], QD_SMEM only (dO)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
     const int row0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
     const int last_row = min(T - 1, row0 + BM - 1);
-    const int start = segment_start(seg, row0) & ~(BN - 1);
+    int first_key = segment_start(seg, row0);
+    if (VARIANT && window > 0) first_key = max(first_key, row0 - window + 1);
+    const int start = first_key & ~(BN - 1);
     const i64 kv_row_base = (i64)b * T;
     // Keys past T are zero-filled with segment id 0; the causal test (j <= r < T) masks them.
     auto issue = [&](int stage, int j)
@@ -279,6 +373,12 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
         cp_row32<BN, THREADS>(segkBase + stage * BN, seg, j, T);
     };
     issue(0, start);
+    if constexpr (QD_SMEM)
+    {
+        // In the first tile's group: the first wait covers them.
+        cp_tile<D, BM, THREADS>(Qs, q, (i64)b * T, row0, T, Hq, h);
+        cp_tile<D, BM, THREADS>(Dos, dout, (i64)b * T, row0, T, Hq, h);
+    }
     cp_async_commit();
 
     const int sid_lo = r_lo < T ? seg[r_lo] : -3, sid_hi = r_hi < T ? seg[r_hi] : -3, sid_last = seg[last_row];
@@ -287,7 +387,8 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
     const float* delta_h = delta + ((i64)b * Hq + h) * T;
     const float l2_lo = r_lo < T ? lse_h[r_lo] * LOG2E : 0.0f, l2_hi = r_hi < T ? lse_h[r_hi] * LOG2E : 0.0f;
     const float dl_lo = r_lo < T ? delta_h[r_lo] : 0.0f, dl_hi = r_hi < T ? delta_h[r_hi] : 0.0f;
-    unsigned qa[D / 16][4], da[D / 16][4];
+    unsigned qa[QD_SMEM ? 1 : D / 16][4], da[QD_SMEM ? 1 : D / 16][4];
+    if constexpr (!QD_SMEM)
     {
         i64 olo = (((i64)b * T + r_lo) * Hq + h) * D, ohi = (((i64)b * T + r_hi) * Hq + h) * D;
         ld_rows_a<D>(qa, r_lo < T ? q + olo : nullptr, r_hi < T ? q + ohi : nullptr, t);
@@ -295,6 +396,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
     }
     float acc[D / 8][4];
     zero_acc<D / 8>(acc);
+    const ScoreVariant var = score_variant(window, cap, scale);
 
     int it = 0;
     for (int j0 = start; j0 <= last_row; j0 += BN, it++)
@@ -313,18 +415,50 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
         zero_acc<BN / 8>(dp);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
+        {
+            unsigned qf[4], df[4];
+            if constexpr (QD_SMEM)
+            {
+                frag_a(qf, Qs, SD, warp * 16, kk * 16, lane);
+                frag_a(df, Dos, SD, warp * 16, kk * 16, lane);
+            }
+            else
+            {
+#pragma unroll
+                for (int r = 0; r < 4; r++) { qf[r] = qa[kk][r]; df[r] = da[kk][r]; }
+            }
 #pragma unroll
             for (int np = 0; np < BN / 16; np++)
             {
                 unsigned bk[4], bv[4];
                 frag_b_nk(bk, Ks, SD, np * 16, kk * 16, lane);
                 frag_b_nk(bv, Vs, SD, np * 16, kk * 16, lane);
-                mma16816(s[2 * np], qa[kk], bk[0], bk[1]);
-                mma16816(s[2 * np + 1], qa[kk], bk[2], bk[3]);
-                mma16816(dp[2 * np], da[kk], bv[0], bv[1]);
-                mma16816(dp[2 * np + 1], da[kk], bv[2], bv[3]);
+                mma16816(s[2 * np], qf, bk[0], bk[1]);
+                mma16816(s[2 * np + 1], qf, bk[2], bk[3]);
+                mma16816(dp[2 * np], df, bv[0], bv[1]);
+                mma16816(dp[2 * np + 1], df, bv[2], bv[3]);
             }
-        if (j0 + BN - 1 <= row0 && segk[0] == sid_last)
+        }
+        if constexpr (VARIANT)
+        {
+            // Whole tile visible: below the diagonal, one segment, and its first key inside the last row's window.
+            const bool whole = j0 + BN - 1 <= row0 && segk[0] == sid_last && row0 + BM - 1 - j0 < var.win;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
+                    bool lo = e < 2;
+                    int r = lo ? r_lo : r_hi;
+                    bool ok = whole || (j <= r && r - j < var.win && segk[col] == (lo ? sid_lo : sid_hi));
+                    float dcap;
+                    float x = variant_logit2(var, s[nt][e], sl2, dcap);
+                    float p = ok ? exp2f(x - (lo ? l2_lo : l2_hi)) : 0.0f;
+                    s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)) * dcap; // dS (w.r.t. the scaled score)
+                }
+        }
+        else if (j0 + BN - 1 <= row0 && segk[0] == sid_last)
         {
 #pragma unroll
             for (int nt = 0; nt < BN / 8; nt++)
@@ -370,16 +504,19 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
     st_rows_bf16<D>(r_lo < T ? dq + olo : nullptr, r_hi < T ? dq + ohi : nullptr, acc, scale, scale, t);
 }
 
-// flash_backward_dq_d<D>_w<warps>_n<key tile>
-#define FLASH_DQ(D, W, BN)                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(W * 32) flash_backward_dq_d##D##_w##W##_n##BN(bf16_t* dq,              \
+// flash_backward_dq_d<D>_w<warps>_n<key tile>, and the same name ending in _var (window and soft-cap).
+#define FLASH_DQ_KERNEL(D, W, BN, SUFFIX, VARIANT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(W * 32) flash_backward_dq_d##D##_w##W##_n##BN##SUFFIX(bf16_t* dq,      \
         const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
-        const int* seg, int T, int Hq, int Hkv, float scale)                                                                \
-    { flash_backward_dq<D, W, BN>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+        const int* seg, int T, int Hq, int Hkv, float scale, int window, float cap)                                        \
+    { flash_backward_dq<D, W, BN, VARIANT>(dq, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale, window, cap); }
+#define FLASH_DQ(D, W, BN) FLASH_DQ_KERNEL(D, W, BN, , false) FLASH_DQ_KERNEL(D, W, BN, _var, true)
 FLASH_DQ(64, 4, 32)
 FLASH_DQ(64, 4, 64)
 FLASH_DQ(128, 4, 32)
 FLASH_DQ(128, 4, 64)
+FLASH_DQ(256, 4, 32)
+FLASH_DQ(256, 8, 32)
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward, dK and dV. Block: WARPS warps × 16 key rows of one (batch, query head); query tiles of BM (Q, dO,
@@ -387,15 +524,23 @@ FLASH_DQ(128, 4, 64)
 // dV_h = Pᵀ·dO, dK_h = scale·dSᵀ·Q. With grouped-query attention each query head's share goes to F32
 // partials [B, T, Hq, D] that flash_dkv_reduce sums over the group (one block per query head keeps the GPU full
 // and the sums deterministic); without grouping it is written directly. For head_dim 64 the warp's K and V
-// fragments stay in registers. Dynamic shared memory: K, V [16·WARPS][D+8] + 2 × (Q, dO [BM][D+8] + 3·BM words).
+// fragments stay in registers. With a window the query loop stops after the last query that sees the block's
+// last key (i − j < window). Dynamic shared memory: K, V [16·WARPS][D+8] + 2 × (Q, dO [BM][D+8] + 3·BM words).
+//
+// DA: the head dims whose dK, dV this block accumulates (columns DA·c … DA·c + DA−1, c = blockIdx.x % (D/DA)).
+// DA = D below 256. At head_dim 256 the two accumulators of 16 keys × 256 would take 256 floats per lane, more than
+// the 255 registers a thread has, so DA = 128: two blocks per key tile, each computing S and dP over all of D
+// (the tile's Q and dO come from L2 twice) but accumulating half of dK and dV. That keeps every warp's code the
+// D ≤ 128 kernel's, at the cost of doing the two score products twice; accumulating in shared memory instead would
+// need 128 KiB of fp32 per block beside the tiles and a read-modify-write of it per query tile.
 // ---------------------------------------------------------------------------------------------------------
-template <int D, int WARPS, int BM>
+template <int D, int WARPS, int BM, int DA, bool VARIANT>
 __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float* dv_part, const bf16_t* dout, const float* lse,
                                    const float* delta, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
-                                   int T, int Hq, int Hkv, float scale)
+                                   int T, int Hq, int Hkv, float scale, int window, float cap)
 {
     extern __shared__ __align__(16) unsigned char smem[];
-    constexpr int SD = D + 8, BN = WARPS * 16, THREADS = WARPS * 32;
+    constexpr int SD = D + 8, BN = WARPS * 16, THREADS = WARPS * 32, SPLITS = D / DA;
     constexpr bool KV_REGS = D <= 64;
     bf16_t* Ks = (bf16_t*)smem;                       // [BN][SD]
     bf16_t* Vs = Ks + BN * SD;                        // [BN][SD]
@@ -407,7 +552,7 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, group = Hq / Hkv, kh = h / group;
-    const int j0 = blockIdx.x * BN;
+    const int j0 = (blockIdx.x / SPLITS) * BN, col0 = (blockIdx.x % SPLITS) * DA;
     const int j_lo = j0 + warp * 16 + g, j_hi = j_lo + 8;
     const int* seg = seg_ids + (i64)b * T;
     const i64 row_base = (i64)b * T;
@@ -430,11 +575,13 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
     const int sid_lo = j_lo < T ? seg[j_lo] : -3, sid_hi = j_hi < T ? seg[j_hi] : -3, sid_first = seg[j0];
     const float sl2 = scale * LOG2E;
     const int last_key = min(T - 1, j0 + BN - 1);
-    const int q_end = segment_end(seg, last_key, T);
-    float dka[D / 8][4], dva[D / 8][4];
-    zero_acc<D / 8>(dka);
-    zero_acc<D / 8>(dva);
+    int q_end = segment_end(seg, last_key, T);
+    if (VARIANT && window > 0) q_end = min(q_end, last_key + window);
+    float dka[DA / 8][4], dva[DA / 8][4];
+    zero_acc<DA / 8>(dka);
+    zero_acc<DA / 8>(dva);
     unsigned kreg[KV_REGS ? D / 16 : 1][4], vreg[KV_REGS ? D / 16 : 1][4];
+    const ScoreVariant var = score_variant(window, cap, scale);
 
     int it = 0;
     for (int i0 = j0; i0 < q_end; i0 += BM, it++)
@@ -491,8 +638,28 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
                 mma16816(dp[2 * np + 1], va, bd[2], bd[3]);
             }
         }
+        if constexpr (VARIANT)
+        {
+            // Whole tile visible: as below, and the tile's last query inside the first key's window.
+            const bool whole = i0 >= j0 + BN - 1 && i0 + BM <= q_end && segq[BM - 1] == sid_first && i0 + BM - 1 - j0 < var.win;
+#pragma unroll
+            for (int nt = 0; nt < BM / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
+                    bool lo = e < 2;
+                    int j = lo ? j_lo : j_hi;
+                    bool ok = whole || (i < q_end && i >= j && i - j < var.win && segq[col] == (lo ? sid_lo : sid_hi));
+                    float dcap;
+                    float x = variant_logit2(var, s[nt][e], sl2, dcap);
+                    float p = ok ? exp2f(x - lse_s[col] * LOG2E) : 0.0f;
+                    s[nt][e] = p;
+                    dp[nt][e] = p * (dp[nt][e] - del_s[col]) * dcap;
+                }
+        }
         // Whole tile visible: every query at or after every key of the block, all valid, one segment.
-        if (i0 >= j0 + BN - 1 && i0 + BM <= q_end && segq[BM - 1] == sid_first)
+        else if (i0 >= j0 + BN - 1 && i0 + BM <= q_end && segq[BM - 1] == sid_first)
         {
 #pragma unroll
             for (int nt = 0; nt < BM / 8; nt++)
@@ -527,11 +694,11 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
             acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
             acc_to_a(da, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
-            for (int dp2 = 0; dp2 < D / 16; dp2++)
+            for (int dp2 = 0; dp2 < DA / 16; dp2++)
             {
                 unsigned bd[4], bq[4];
-                frag_b_kn(bd, Ds, SD, dp2 * 16, kk * 16, lane);
-                frag_b_kn(bq, Qs, SD, dp2 * 16, kk * 16, lane);
+                frag_b_kn(bd, Ds, SD, col0 + dp2 * 16, kk * 16, lane);
+                frag_b_kn(bq, Qs, SD, col0 + dp2 * 16, kk * 16, lane);
                 mma16816(dva[2 * dp2], pa, bd[0], bd[1]);
                 mma16816(dva[2 * dp2 + 1], pa, bd[2], bd[3]);
                 mma16816(dka[2 * dp2], da, bq[0], bq[1]);
@@ -548,9 +715,9 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
         int e0 = half * 2;
         if (dk_part != nullptr)
         {
-            i64 o = (((i64)b * T + j) * Hq + h) * D;
+            i64 o = (((i64)b * T + j) * Hq + h) * D + col0;
 #pragma unroll
-            for (int d = 0; d < D / 8; d++)
+            for (int d = 0; d < DA / 8; d++)
             {
                 *(float2*)(dk_part + o + d * 8 + 2 * t) = make_float2(dka[d][e0] * scale, dka[d][e0 + 1] * scale);
                 *(float2*)(dv_part + o + d * 8 + 2 * t) = make_float2(dva[d][e0], dva[d][e0 + 1]);
@@ -558,9 +725,9 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
         }
         else
         {
-            i64 o = (((i64)b * T + j) * Hkv + kh) * D;
+            i64 o = (((i64)b * T + j) * Hkv + kh) * D + col0;
 #pragma unroll
-            for (int d = 0; d < D / 8; d++)
+            for (int d = 0; d < DA / 8; d++)
             {
                 *(unsigned*)(dk + o + d * 8 + 2 * t) = pack_bf16(dka[d][e0] * scale, dka[d][e0 + 1] * scale);
                 *(unsigned*)(dv + o + d * 8 + 2 * t) = pack_bf16(dva[d][e0], dva[d][e0 + 1]);
@@ -569,16 +736,25 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
     }
 }
 
-// flash_backward_dkv_d<D>_w<warps>_m<query tile>
-#define FLASH_DKV(D, W, BM)                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(W * 32) flash_backward_dkv_d##D##_w##W##_m##BM(bf16_t* dk, bf16_t* dv, \
-        float* dk_part, float* dv_part, const bf16_t* dout, const float* lse, const float* delta, const bf16_t* q,         \
-        const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale)                             \
-    { flash_backward_dkv<D, W, BM>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg, T, Hq, Hkv, scale); }
+// flash_backward_dkv_d<D>_w<warps>_m<query tile>, and the same name ending in _var (window and soft-cap).
+// Grid x: key tiles × D/DA (FlashBackwardTiles.DkvColumnSplits).
+#define FLASH_DKV_DA(D) ((D) > 128 ? 128 : (D))
+#define FLASH_DKV_KERNEL(D, W, BM, SUFFIX, VARIANT)                                                                         \
+    extern "C" __global__ void __launch_bounds__(W * 32) flash_backward_dkv_d##D##_w##W##_m##BM##SUFFIX(bf16_t* dk,     \
+        bf16_t* dv, float* dk_part, float* dv_part, const bf16_t* dout, const float* lse, const float* delta,             \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int T, int Hq, int Hkv, float scale,           \
+        int window, float cap)                                                                                             \
+    {                                                                                                                      \
+        flash_backward_dkv<D, W, BM, FLASH_DKV_DA(D), VARIANT>(dk, dv, dk_part, dv_part, dout, lse, delta, q, k, v, seg,  \
+                                                               T, Hq, Hkv, scale, window, cap);                            \
+    }
+#define FLASH_DKV(D, W, BM) FLASH_DKV_KERNEL(D, W, BM, , false) FLASH_DKV_KERNEL(D, W, BM, _var, true)
 FLASH_DKV(64, 4, 32)
 FLASH_DKV(64, 4, 64)
 FLASH_DKV(128, 4, 32)
 FLASH_DKV(128, 4, 64)
+FLASH_DKV(256, 4, 32)
+FLASH_DKV(256, 8, 32)
 
 // dk[b, j, kh, :] = Σ_{h in group kh} dk_part[b, j, h, :] (and dv), rounded to bf16 once.
 extern "C" __global__ void flash_dkv_reduce(bf16_t* dk, bf16_t* dv, const float* dk_part, const float* dv_part, i64 rows, int Hq, int Hkv, int D)
