@@ -399,9 +399,9 @@ public sealed partial class CausalLM
             {
                 var xaTj = xaT.View((long)group.RowOffset(group.IndexOf(lin)) * n, [lora.Rank, n]);
                 B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
-                B.MatMul(ys[j], x, false, WeightValue(lin), true, 1f, accumulate: true);
+                FrozenProduct(ys[j], x, lin, accumulate: true);
             }
-            else B.MatMul(ys[j], x, false, WeightValue(lin), true);
+            else FrozenProduct(ys[j], x, lin);
             if (lin.Bias is { } bias) B.AddBias(ys[j], bias.Value);
         }
         _stepLora?.Apply(L, set, ys, x);
@@ -439,7 +439,7 @@ public sealed partial class CausalLM
         for (int j = 0; j < lins.Length; j++)
         {
             var lin = lins[j];
-            B.MatMul(dx, dys[j], false, WeightValue(lin), false, 1f, accumulate: true);
+            FrozenInputGradient(dx, dys[j], lin, accumulate: true);
             if (lin.Weight.Grad is { } dw) B.MatMul(dw, dys[j], true, x, false, 1f, accumulate: true);
             if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dys[j]);
         }
@@ -456,7 +456,7 @@ public sealed partial class CausalLM
     private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training)
     {
         var B = Backend;
-        B.MatMul(y, x, false, WeightValue(lin), true);
+        FrozenProduct(y, x, lin);
         if (lin.Bias is { } bias) B.AddBias(y, bias.Value);
         if (lin.Lora is not { } lora || _adaptersOff) return;
         var xin = x;
@@ -474,7 +474,7 @@ public sealed partial class CausalLM
     private void LinearBackward(LoraLinear lin, Tensor dx, bool accumulateDx, Tensor dy, Tensor x, Tensor? xaFull, int n, ulong seed)
     {
         var B = Backend;
-        B.MatMul(dx, dy, false, WeightValue(lin), false, 1f, accumulateDx);
+        FrozenInputGradient(dx, dy, lin, accumulateDx);
         if (lin.Weight.Grad is { } dw) B.MatMul(dw, dy, true, x, false, 1f, accumulate: true);
         if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dy);
         if (lin.Lora is not { } lora) return;

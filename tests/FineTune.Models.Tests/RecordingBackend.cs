@@ -110,4 +110,7 @@ internal sealed class RecordingBackend(IBackend inner) : IBackend
     public void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
         Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) => Do(() => _inner.AdamW8bit(param, grad, m8, v8, absmaxM, absmaxV, codeM, codeV, computeCopy, gradNormSquared, step));
     public void Dequantize(Tensor dst, QuantizedWeight weight) => Do(() => _inner.Dequantize(dst, weight));
+    public string? Fp8Refusal => _inner.Fp8Refusal;
+    public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) => Do(() => _inner.QuantizeFp8(codes, scaleInverse, x, format));
+    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false) => Do(() => _inner.Fp8MatMul(c, a, w, inputGradient, accumulate));
 }

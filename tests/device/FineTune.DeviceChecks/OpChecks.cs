@@ -135,6 +135,7 @@ public static partial class OpChecks
             foreach (var b in ctx.Buffers) b.Dispose();
         }
         QuantChecks.Run(cpu, gpu, rows);
+        Fp8Checks.Run(cpu, gpu, rows);
         CollectiveChecks.Run(cpu, gpu, rows);
         Console.WriteLine($"NVRTC {gpu.Device.NvrtcLibrary}, cuBLASLt {gpu.Device.CublasLtLibrary}; kernels compiled {gpu.Device.KernelsCompiled}, from cache {gpu.Device.KernelsFromCache}, {gpu.Device.CompileSeconds:F2} s compiling/loading");
 
