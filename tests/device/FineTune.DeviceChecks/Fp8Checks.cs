@@ -51,7 +51,7 @@ public static class Fp8Checks
         float max = Fp8.Max(f);
         var v = new float[n];
         for (int i = 0; i < n; i++) v[i] = (float)((rng.NextDouble() * 2 - 1) * Math.Pow(2, -rng.NextDouble() * 24));
-        // amax = max makes s = 1 exactly, so the special values below reach the cast unchanged.
+        // amax = max makes s = 1 exactly, so the special values below reach the cast unchanged (saturation: SaturationInputs).
         v[0] = max;
         var codes = Enumerable.Range(0, 256).Select(c => Fp8.Decode((byte)c, f)).Where(float.IsFinite).ToArray();
         int at = 1;
@@ -59,10 +59,18 @@ public static class Fp8Checks
         {
             if (at + 3 >= n) break;
             v[at++] = c;
+            if (MathF.Abs(c) == max) continue; // past the largest value lies saturation, which would move amax
             v[at++] = c * (1 + MathF.ScaleB(1f, f == Fp8Format.E4M3 ? -4 : -3)); // the midway above c
             v[at++] = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(c) + 1);
         }
         return v;
+    }
+
+    /// <summary>An infinite amax leaves s = 1, so values past the format's largest reach the cast and must saturate.</summary>
+    static float[] SaturationInputs(Fp8Format f)
+    {
+        float max = Fp8.Max(f);
+        return [float.PositiveInfinity, float.NegativeInfinity, max, -max, max * 1.03f, max * 1.0625f, max * 1.2f, -max * 1.5f, 1e30f, -3e38f, 1f, -0.5f, 0f, -0f, 1e-30f, 7f, 500f, 464f, 65536f, 61440f];
     }
 
     public static void Run(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows)
@@ -80,10 +88,10 @@ public static class Fp8Checks
     static void Casts(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned)
     {
         foreach (var f in new[] { Fp8Format.E4M3, Fp8Format.E5M2 })
-            foreach (var dt in new[] { DType.F32, DType.BF16 })
+            foreach (var (dt, saturation) in new[] { (DType.F32, false), (DType.BF16, false), (DType.F32, true) })
             {
-                int n = 100_003;
-                var v = CastInputs(f, n, 11);
+                var v = saturation ? SaturationInputs(f) : CastInputs(f, 100_003, 11);
+                int n = v.Length;
                 if (dt == DType.BF16) v = v.Select(x => Bf16.ToFloat(Bf16.FromFloat(x))).ToArray();
                 var xc = Put(cpu, owned, DType.F32, v, n);
                 var xg = Put(gpu, owned, dt, v, n);
@@ -105,8 +113,8 @@ public static class Fp8Checks
                     var s1 = new float[1]; var s2 = new float[1];
                     cpu.Download(sc, s1); gpu.Download(sg, s2);
                     bool scaleSame = BitConverter.SingleToInt32Bits(s1[0]) == BitConverter.SingleToInt32Bits(s2[0]);
-                    Row(rows, $"fp8 quantize {f} (codes bit for bit)", dt == DType.BF16 ? "bf16" : "f32", "codes differing", n, differ, 0, ms);
-                    Row(rows, $"fp8 quantize {f} (scale inverse)", dt == DType.BF16 ? "bf16" : "f32", "bits differ", 1, scaleSame ? 0 : 1, 0, 0);
+                    Row(rows, $"fp8 quantize {f}{(saturation ? " saturating" : "")} (codes bit for bit)", dt == DType.BF16 ? "bf16" : "f32", "codes differing", n, differ, 0, ms);
+                    Row(rows, $"fp8 quantize {f}{(saturation ? " saturating" : "")} (scale inverse)", dt == DType.BF16 ? "bf16" : "f32", "bits differ", 1, scaleSame ? 0 : 1, 0, 0);
                 }
             }
 
