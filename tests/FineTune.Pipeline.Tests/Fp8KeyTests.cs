@@ -50,6 +50,31 @@ public sealed class Fp8KeyTests
     }
 
     [Fact]
+    public void A_llama_factory_config_with_fp8_imports_and_exports_it()
+    {
+        using var dir = new TempDir();
+        var source = dir.Write("lf.yaml", """
+            model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct
+            stage: sft
+            do_train: true
+            finetuning_type: lora
+            dataset: identity
+            template: llama3
+            output_dir: saves/x
+            fp8: true
+            fp8_backend: te
+            """);
+        var file = dir.File("pipeline.yaml");
+        var imported = LlamaFactoryImport.Import(source, RepoRoot.Path, file);
+        File.WriteAllText(file, imported.Yaml);
+        var p = PipelineLoader.Load(file);
+        Assert.True(((TrainConfig)p.Stages["train"]!.Block).Fp8);
+        Assert.Contains(imported.Notes, n => n.Key == "fp8_backend" && n.Fate == KeyFate.Ignored);
+        var (yaml, _) = LlamaFactoryExport.Export(p, "train", dir.File("exported.yaml"), null);
+        Assert.Contains("\nfp8: true\n", yaml);
+    }
+
+    [Fact]
     public void A_train_stage_with_fp8_on_a_backend_without_fp8_tensor_cores_stops_before_loading_the_model()
     {
         // device: auto resolves to the CPU on the machines that run these tests (no CUDA driver there).
