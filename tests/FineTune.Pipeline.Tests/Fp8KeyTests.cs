@@ -68,7 +68,7 @@ public sealed class Fp8KeyTests
         var imported = LlamaFactoryImport.Import(source, RepoRoot.Path, file);
         File.WriteAllText(file, imported.Yaml);
         var p = PipelineLoader.Load(file);
-        Assert.True(((TrainConfig)p.Stages["train"]!.Block).Fp8);
+        Assert.True(((TrainConfig)p.Stages.Single(s => s.Name == "train").Block).Fp8);
         Assert.Contains(imported.Notes, n => n.Key == "fp8_backend" && n.Fate == KeyFate.Ignored);
         var (yaml, _) = LlamaFactoryExport.Export(p, "train", dir.File("exported.yaml"), null);
         Assert.Contains("\nfp8: true\n", yaml);
