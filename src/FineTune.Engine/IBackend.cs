@@ -322,4 +322,9 @@ public interface IBackend : IDisposable
     /// when accumulate). No gradient of W is formed: it is frozen.
     /// </summary>
     void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false);
+    /// <summary>
+    /// The forward products of several FP8 weights that read one input (a layer's q, k, v or gate, up): cs[i] = a·Wᵢᵀ
+    /// (+ cs[i] when accumulate), a cast to E4M3 once for all of them; each product otherwise as <see cref="Fp8MatMul"/>.
+    /// </summary>
+    void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false);
 }

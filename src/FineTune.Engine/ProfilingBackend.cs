@@ -79,6 +79,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public string? Fp8Refusal => _inner.Fp8Refusal;
     public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) { var t = Begin(); _inner.QuantizeFp8(codes, scaleInverse, x, format); End("QuantizeFp8", t); }
     public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMul(c, a, w, inputGradient, accumulate); End("Fp8MatMul", t); }
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMulShared(cs, a, ws, accumulate); End("Fp8MatMulShared", t); }
     public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize) { var t = Begin(); _inner.MoeRoute(logits, probs, topIdx, topWeight, normalize); End("MoeRoute", t); }
     public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize, Tensor? auxGrad, Tensor? tokenMask, float auxScale)
     { var t = Begin(); _inner.MoeRouteBackward(dlogits, dTopWeight, probs, topIdx, topWeight, normalize, auxGrad, tokenMask, auxScale); End("MoeRouteBackward", t); }

@@ -182,6 +182,28 @@ public sealed partial class CausalLM
         else Backend.MatMul(y, x, false, WeightValue(lin), true, 1f, accumulate);
     }
 
+    /// <summary>
+    /// fp8: the base products of a set's linears (all read x) that are held in FP8, with x cast to E4M3 once for all of
+    /// them: ys[j] (+)= x·W_jᵀ, accumulating where <paramref name="accumulate"/>(j). Returns which j it computed; null when
+    /// fewer than two are in FP8 (then each linear's own product casts x, as <see cref="FrozenProduct"/> does).
+    /// </summary>
+    private bool[]? SharedFp8Products(LoraLinear[] lins, Tensor[] ys, Tensor x, Func<int, bool> accumulate)
+    {
+        var fp8 = new List<int>();
+        for (int j = 0; j < lins.Length; j++)
+            if (_quantized.TryGetValue(lins[j].Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3) fp8.Add(j);
+        if (fp8.Count < 2) return null;
+        var done = new bool[lins.Length];
+        foreach (bool acc in new[] { false, true })
+        {
+            int[] part = [.. fp8.Where(j => accumulate(j) == acc)];
+            if (part.Length == 0) continue;
+            Backend.Fp8MatMulShared([.. part.Select(j => ys[j])], x, [.. part.Select(j => _quantized[lins[j].Weight].Weight)], acc);
+            foreach (int j in part) done[j] = true;
+        }
+        return done;
+    }
+
     /// <summary>dx = dy·W (+ dx when accumulate): the input gradient through a linear's weight, in FP8 when held so.</summary>
     private void FrozenInputGradient(Tensor dx, Tensor dy, LoraLinear lin, bool accumulate)
     {

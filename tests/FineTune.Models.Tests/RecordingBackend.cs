@@ -113,4 +113,5 @@ internal sealed class RecordingBackend(IBackend inner) : IBackend
     public string? Fp8Refusal => _inner.Fp8Refusal;
     public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) => Do(() => _inner.QuantizeFp8(codes, scaleInverse, x, format));
     public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false) => Do(() => _inner.Fp8MatMul(c, a, w, inputGradient, accumulate));
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) => Do(() => _inner.Fp8MatMulShared(cs, a, ws, accumulate));
 }

@@ -30,6 +30,13 @@ public sealed unsafe partial class CpuBackend
         MatMul(c, aq, false, wq, !inputGradient, 1f, accumulate);
     }
 
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    {
+        if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
+        // The cast of a is a function of a alone: each product casting it again gives the same bits.
+        for (int i = 0; i < cs.Count; i++) Fp8MatMul(cs[i], a, ws[i], inputGradient: false, accumulate);
+    }
+
     private void DequantizeFp8(float* o, QuantizedWeight w)
     {
         byte* codes = Bytes(w.Codes);

@@ -52,4 +52,35 @@ public sealed partial class CudaBackend
         }
         finally { _dev.Free(block); }
     }
+
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    {
+        if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
+        if (Fp8Refusal is { } why) throw new NotSupportedException(why);
+        int m = a.Rows, k = a.Cols;
+        for (int i = 0; i < ws.Count; i++)
+        {
+            var w = ws[i];
+            if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
+            if (w.Cols != k || cs[i].Cols != w.Rows || cs[i].Rows != m)
+                throw new ArgumentException($"FP8 product shapes do not agree: c {cs[i]} = a {a}·Wᵀ [{w.Rows}, {w.Cols}]");
+            Need(w.Codes, DType.I32); Need(w.Absmax, DType.F32);
+        }
+        if (m == 0 || ws.Count == 0) return;
+        long codeBytes = ((long)m * k + 255) / 256 * 256;
+        ulong block = _dev.Allocate(codeBytes + 256);
+        try
+        {
+            ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
+            Quantize(block, scaleInv, amax, a, Fp8Format.E4M3);
+            for (int i = 0; i < ws.Count; i++)
+            {
+                var c = cs[i];
+                _dev.Blas.GemmFp8(m, ws[i].Rows, k, block, GpuDType.E4M3, scaleInv, P(ws[i].Codes), GpuDType.E4M3, P(ws[i].Absmax),
+                    P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream);
+                if (_dev.Profiling) _dev.Mark("gemm fp8");
+            }
+        }
+        finally { _dev.Free(block); }
+    }
 }

@@ -57,6 +57,22 @@ public sealed class Fp8ModelTests
     }
 
     [Fact]
+    public void The_linears_of_a_set_cast_their_shared_input_once()
+    {
+        var spec = Spec();
+        var profiler = new ProfilingBackend(new CpuBackend(2));
+        using var model = CausalLM.Create(spec, profiler, new TrainingSetup { LoraRank = 4, Fp8 = true, GradientCheckpointing = false }, new RandomWeights(1, 0.3f));
+        TinyModels.RandomizeLoraB(model, 5);
+        model.ZeroGrad();
+        var loss = model.ForwardBackward(TinyModels.PackedBatch());
+        var calls = profiler.Report().ToDictionary(r => r.Op, r => r.Calls);
+        // Per layer: one shared cast for q, k, v and one for gate, up; o_proj and down_proj forward alone.
+        Assert.Equal(2 * spec.NumLayers, calls["Fp8MatMulShared"]);
+        Assert.True(calls["Fp8MatMul"] >= 2 * spec.NumLayers);
+        Assert.True(double.IsFinite(loss.SumLoss));
+    }
+
+    [Fact]
     public void Linears_whose_dimensions_are_not_multiples_of_16_stay_in_the_compute_dtype()
     {
         // hidden 16, intermediate 24, kv dim 8: only q_proj and o_proj ([16, 16]) qualify, in each of 2 layers.

@@ -163,6 +163,30 @@ public static class Fp8Checks
     {
         var rng = new Random(21);
         float[] Rand(int n, float s) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * s).ToArray();
+        {
+            // Fp8MatMulShared: q, k, v-like products of one input, x cast once; each must equal its own Fp8MatMul bit for bit.
+            int m = 300, k = 512;
+            int[] ns = [512, 128, 128];
+            var x = Rand(m * k, 1f).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray();
+            var xg = Put(gpu, owned, DType.BF16, x, m, k);
+            var ws = ns.Select(n => { var w = Rand(n * k, 0.05f); var q = Fp8.QuantizeWeight(w, n, k); return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, n, k); }).ToArray();
+            var shared = ns.Select(n => Alloc(gpu, owned, DType.BF16, m, n)).ToArray();
+            var single = ns.Select(n => Alloc(gpu, owned, DType.BF16, m, n)).ToArray();
+            gpu.Synchronize();
+            using var timer = gpu.Device.StartTimer();
+            gpu.Fp8MatMulShared(shared, xg, ws);
+            double ms = timer.StopMs();
+            for (int i = 0; i < ns.Length; i++) gpu.Fp8MatMul(single[i], xg, ws[i], inputGradient: false);
+            int differ = 0, total = 0;
+            for (int i = 0; i < ns.Length; i++)
+            {
+                var a = new float[m * ns[i]]; var b = new float[m * ns[i]];
+                gpu.Download(shared[i], a); gpu.Download(single[i], b);
+                total += a.Length;
+                for (int e = 0; e < a.Length; e++) if (BitConverter.SingleToInt32Bits(a[e]) != BitConverter.SingleToInt32Bits(b[e])) differ++;
+            }
+            Row(rows, "fp8 matmul shared input (3 weights, x cast once)", "bf16", "vs separate (bits)", total, differ, 0, ms);
+        }
         foreach (var (m, n, k) in new[] { (77, 192, 256), (2048, 1024, 896) })
         {
             var w = Rand(n * k, 0.05f);
