@@ -132,6 +132,16 @@ public interface IBackend : IDisposable
     /// A linear layer y = x·Wᵀ is MatMul(y, x, false, W, true).
     /// </summary>
     void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false);
+
+    /// <summary>
+    /// c_j = a·b_jᵀ for up to three weights that read the same input (a layer's q/k/v, or gate/up): one launch where the
+    /// backend can (CUDA's decode-step GEMV), else one <see cref="MatMul"/> each — the same values either way.
+    /// </summary>
+    void MatMulShared(ReadOnlySpan<Tensor> cs, Tensor a, ReadOnlySpan<Tensor> bs)
+    {
+        if (cs.Length != bs.Length) throw new ArgumentException($"{cs.Length} outputs for {bs.Length} weights");
+        for (int j = 0; j < cs.Length; j++) MatMul(cs[j], a, false, bs[j], true);
+    }
     /// <summary>y[r, :] += bias for every row r.</summary>
     void AddBias(Tensor y, Tensor bias);
     /// <summary>Accumulates dbias += Σ_r dy[r, :].</summary>

@@ -384,6 +384,17 @@ public sealed partial class CausalLM
         int first = DecoderLayer.FirstLinearOfSet[set];
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training) || _adaptersOff)
         {
+            if (lins.All(l => (l.Lora is null || _adaptersOff) && !_quantized.ContainsKey(l.Weight)))
+            {
+                // Plain products of one input (a decode step's q/k/v or gate/up): one launch where the backend fuses them.
+                Span<Tensor> weights = new Tensor[lins.Length];
+                for (int j = 0; j < lins.Length; j++) weights[j] = lins[j].Weight.Value;
+                Backend.MatMulShared(ys, x, weights);
+                for (int j = 0; j < lins.Length; j++)
+                    if (lins[j].Bias is { } b) Backend.AddBias(ys[j], b.Value);
+                _stepLora?.Apply(L, set, ys, x);
+                return;
+            }
             var baseDone = SharedFp8Products(lins, ys, x, _ => false);
             for (int j = 0; j < lins.Length; j++)
                 LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training,

@@ -26,7 +26,7 @@ public sealed class BenchCommand : ICliCommand
         };
         var maxMemory = new Option<string?>("--max-memory") { Description = "With --gradient-checkpointing auto: the memory budget, e.g. 40GiB (default: the free device memory less a margin; on the CPU every layer is kept)." };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)." };
-        var profile = new Option<bool>("--profile") { Description = "Also print time per operation: on CUDA device time per kernel (one more step, timed with events); on the CPU wall time per backend call." };
+        var profile = new Option<bool>("--profile") { Description = "Also print time per operation: on CUDA device time per kernel (one more step, timed with events); on the CPU wall time per backend call. With --generate: per batch, the decode step's host phases, one decode graph's device time and kernel times of an eager run." };
         var matmul = new Option<int>("--matmul-size") { Description = "Square size of the matrix product benchmark (0 skips it).", DefaultValueFactory = _ => 1024 };
         var objective = new Option<string>("--objective") { Description = "sft (next-token loss) or dpo: --batch pairs of a chosen and a rejected sequence of --seq tokens each (prompt half, answer half), with the reference model's forward (adapter disabled) in every step as TRL does.", DefaultValueFactory = _ => "sft" };
         var quantizationBit = new Option<int?>("--quantization-bit") { Description = "QLoRA: hold the frozen linears as NF4 with double quantization (4) or LLM.int8 (8), as quantization_bit." };
@@ -45,7 +45,7 @@ public sealed class BenchCommand : ICliCommand
         command.SetAction(r => CliSupport.Guard(_ =>
         {
             if (r.GetValue(generate))
-                return Generate(r.GetValue(device)!, r.GetValue(threads), r.GetValue(model), r.GetValue(batches)!, r.GetValue(prompts), r.GetValue(promptLen), r.GetValue(newTokens), !r.GetValue(noGraphs));
+                return Generate(r.GetValue(device)!, r.GetValue(threads), r.GetValue(model), r.GetValue(batches)!, r.GetValue(prompts), r.GetValue(promptLen), r.GetValue(newTokens), !r.GetValue(noGraphs), r.GetValue(profile));
             using var raw = Backends.Create(r.GetValue(device)!, r.GetValue(threads), Console.Error.WriteLine);
             var cuda = raw as FineTune.Engine.Cuda.CudaBackend;
             var profiler = r.GetValue(profile) && cuda is null ? new ProfilingBackend(raw) : null;
@@ -108,7 +108,7 @@ public sealed class BenchCommand : ICliCommand
     /// <summary>H200 HBM3e bandwidth: single-stream decode reads every weight once per token, so bytes ÷ this bounds tokens/s.</summary>
     private const double BandwidthBytesPerSecond = 4.8e12;
 
-    private static int Generate(string device, int? threads, string? modelDir, string batchList, int? prompts, int promptLen, int newTokens, bool cudaGraphs)
+    private static int Generate(string device, int? threads, string? modelDir, string batchList, int? prompts, int promptLen, int newTokens, bool cudaGraphs, bool profile)
     {
         if (modelDir is null || !File.Exists(Path.Combine(modelDir, "config.json")))
             throw new FineTune.Pipeline.PipelineUserException($"bench --generate needs --model DIR with a config.json (got {modelDir ?? "none"}).");
@@ -128,6 +128,16 @@ public sealed class BenchCommand : ICliCommand
                 cuda_graphs = g.CudaGraphs, ttft_ms = Math.Round(g.TimeToFirstTokenMs, 2), decode_tokens_per_s_per_seq = Math.Round(g.DecodeTokensPerSecondPerSequence, 1),
                 weight_bytes = lm.WeightBytes, bandwidth_limit_tokens_per_s = Math.Round(limit, 1),
                 bandwidth_fraction = b == 1 ? Math.Round(g.DecodeTokensPerSecondPerSequence / limit, 3) : (double?)null,
+            }, Json));
+            if (!profile) continue;
+            var p = FineTune.Models.Generation.GenerationBenchmark.Profile(lm, b, promptLen, newTokens);
+            Console.WriteLine(JsonSerializer.Serialize(new
+            {
+                bench = "generate_profile", p.Batch, schedule_ms = Math.Round(p.ScheduleMs, 4), launch_ms = Math.Round(p.LaunchMs, 4),
+                pick_ms = Math.Round(p.PickMs, 4), graph_replay_ms = p.GraphReplayMs is { } r ? Math.Round(r, 4) : (double?)null,
+                graph_replay_bandwidth_fraction = p.GraphReplayMs is { } rr && b == 1 ? Math.Round(1000 / rr / limit, 3) : (double?)null,
+                eager_kernel_ms = Math.Round(p.KernelMs.Values.Sum(), 4),
+                kernels = p.KernelMs.OrderByDescending(kv => kv.Value).ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 4)),
             }, Json));
         }
         return 0;

@@ -12,6 +12,7 @@ public sealed partial class CudaBackend
 
     const int SplitMaxHeadDim = 128, SplitMaxGroup = 16; // SPLIT_MAX_D, SPLIT_MAX_GROUP in kv_cache.cu
     const int SplitMaxTokens = 512;
+    const int SplitMinWarps = 4; // SPLIT_THREADS_MIN / 32 in kv_cache.cu
 
     /// <summary>
     /// Split-K decode attention (<c>cached_attention_split</c> + <c>cached_attention_combine</c>) for steps of up to
@@ -43,7 +44,7 @@ public sealed partial class CudaBackend
             int splits = SplitCount(s.Tokens, s.KvHeads);
             long bytes = (long)s.Tokens * s.QueryHeads * splits * (s.HeadDim + 2) * sizeof(float);
             ulong part = SplitPartials(bytes);
-            Launch("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), group * 32,
+            Launch("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), Math.Max(group, SplitMinWarps) * 32,
             [
                 part, P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(sequences), P(positions), P(blockTables),
                 s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
@@ -78,7 +79,32 @@ public sealed partial class CudaBackend
         Need(output, DType.I32);
         if (output.Length != x.Rows) throw new ArgumentException($"argmax of {x} into {output}: one output per row");
         if (x.Rows == 0) return;
+        // Few long rows (a decode step's logits): split each row over blocks so the read uses the whole device.
+        int parts = Math.Clamp(2 * _dev.Info.Multiprocessors / x.Rows, 1, 64);
+        if (parts > 1 && x.Cols >= 4096)
+        {
+            int span = (x.Cols + parts - 1) / parts;
+            ulong scratch = ArgMaxScratch((long)x.Rows * parts * 8);
+            ulong partI = scratch + (ulong)((long)x.Rows * parts * 4);
+            Launch("argmax.cu", "argmax_partial", (parts, x.Rows, 1), 256, [P(x), Dt(x), scratch, partI, x.Cols, span]);
+            Launch("argmax.cu", "argmax_finish", (x.Rows, 1, 1), 32, [scratch, partI, P(output), parts]);
+            return;
+        }
         Launch("argmax.cu", "argmax_rows", (x.Rows, 1, 1), 256, [P(x), Dt(x), P(output), x.Cols]);
+    }
+
+    // argmax_partial's (value, index) pairs; grown, never shrunk (an outgrown block is kept until disposal, as a graph
+    // may name it).
+    ulong _argMaxScratch;
+    long _argMaxScratchBytes;
+
+    ulong ArgMaxScratch(long bytes)
+    {
+        if (bytes <= _argMaxScratchBytes) return _argMaxScratch;
+        if (_argMaxScratch != 0) _retiredPartials.Add(_argMaxScratch);
+        _argMaxScratchBytes = Math.Max(bytes, 2 * _argMaxScratchBytes);
+        _argMaxScratch = _dev.Allocate(_argMaxScratchBytes);
+        return _argMaxScratch;
     }
 
     const int SampleThreads = 1024; // SAMPLE_THREADS in sampling.cu

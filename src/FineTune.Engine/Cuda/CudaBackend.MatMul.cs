@@ -72,17 +72,56 @@ public sealed partial class CudaBackend
     const int GemvMaxRows = 8, GemvWarps = 8; // GEMV_MAX_M, GEMV_WARPS in gemv.cu
 
     /// <summary>
-    /// Products of at most 8 rows against a bf16 weight (y = x·Wᵀ of a decode step) on gemv.cu's warp-per-column kernel
-    /// instead of cuBLASLt; off with FINETUNE_GEMV=0 (or false here).
+    /// Products of at most <see cref="GemvRows"/> rows against a bf16 weight (y = x·Wᵀ of a decode step) on gemv.cu's
+    /// warp-per-column kernel instead of cuBLASLt; off with FINETUNE_GEMV=0 (or false here).
     /// </summary>
     public bool UseGemv { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GEMV") != "0";
 
+    /// <summary>
+    /// The most rows a product may have to take the GEMV (FINETUNE_GEMV_ROWS, 1 … 8): on the H200 the Qwen3-1.7B decode
+    /// step was fastest with 2 (GEMV at 1 and 2 rows, cuBLASLt from 4; docs/cuda.md).
+    /// </summary>
+    public int GemvRows { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_GEMV_ROWS"), out int r) ? Math.Clamp(r, 1, GemvMaxRows) : 2;
+
+    bool GemvFits(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k) =>
+        UseGemv && m <= GemvRows && !transA && transB && a.DType == DType.BF16 && b.DType == DType.BF16 && (k & 7) == 0
+        && a.Cols == k && b.Cols == k && c.Cols == n && (P(a) & 15) == 0 && (P(b) & 15) == 0;
+
     bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
     {
-        if (!UseGemv || m > GemvMaxRows || transA || !transB || a.DType != DType.BF16 || b.DType != DType.BF16 || (k & 7) != 0
-            || a.Cols != k || b.Cols != k || c.Cols != n || (P(a) & 15) != 0 || (P(b) & 15) != 0) return false;
+        if (!GemvFits(c, a, transA, b, transB, m, n, k)) return false;
         Launch("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
             [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0]);
         return true;
+    }
+
+    /// <summary>A decode step's q/k/v (or gate/up) products in one GEMV launch when each would take the GEMV alone.</summary>
+    public void MatMulShared(ReadOnlySpan<Tensor> cs, Tensor a, ReadOnlySpan<Tensor> bs)
+    {
+        if (cs.Length != bs.Length) throw new ArgumentException($"{cs.Length} outputs for {bs.Length} weights");
+        bool fused = cs.Length is >= 1 and <= 3;
+        for (int j = 0; j < cs.Length && fused; j++)
+        {
+            var (c, b) = (cs[j], bs[j]);
+            fused = c.Rows == a.Rows && b.Cols == a.Cols && c.Cols == b.Rows && c.Rows > 0 && GemvFits(c, a, false, b, true, c.Rows, c.Cols, a.Cols);
+        }
+        if (!fused)
+        {
+            for (int j = 0; j < cs.Length; j++) MatMul(cs[j], a, false, bs[j], true);
+            return;
+        }
+        var args = new KernelArg[16];
+        args[0] = P(a); args[1] = a.Rows; args[2] = a.Cols; args[3] = cs.Length;
+        int total = 0;
+        for (int j = 0; j < 3; j++)
+        {
+            bool used = j < cs.Length;
+            args[4 + 4 * j] = used ? P(cs[j]) : 0UL;
+            args[5 + 4 * j] = used ? Dt(cs[j]) : 0;
+            args[6 + 4 * j] = used ? P(bs[j]) : 0UL;
+            args[7 + 4 * j] = used ? cs[j].Cols : 0;
+            if (used) total += cs[j].Cols;
+        }
+        Launch("gemv.cu", "gemv_bf16_set", ((total + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32, args);
     }
 }

@@ -326,8 +326,14 @@ public sealed partial class CudaBackend : IBackend
         int v = logits.Cols, n = logits.Rows;
         if (labels.Length != n) throw new ArgumentException($"labels {labels} do not match logits {logits}");
         if (n == 0) return;
-        Launch("cross_entropy.cu", "cross_entropy", (n, 1, 1), 512,
-            [P(logits), Dt(logits), P(labels), P(lossSum), n, v, gradScale, computeGrad ? 1 : 0]);
+        ulong rowLoss = _dev.Allocate((long)n * sizeof(float));
+        try
+        {
+            Launch("cross_entropy.cu", "cross_entropy", (n, 1, 1), 512,
+                [P(logits), Dt(logits), P(labels), rowLoss, n, v, gradScale, computeGrad ? 1 : 0]);
+            Launch("cross_entropy.cu", "cross_entropy_sum", (1, 1, 1), 1024, [rowLoss, n, P(lossSum)]);
+        }
+        finally { _dev.Free(rowLoss); }
     }
 
     public void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales)
@@ -360,7 +366,16 @@ public sealed partial class CudaBackend : IBackend
     public void SumOfSquares(Tensor x, Tensor acc)
     {
         Need(acc, DType.F32);
-        LaunchFlat("adamw.cu", "sum_of_squares", x.Length, [P(x), Dt(x), x.Length, P(acc)]);
+        if (x.Length == 0) return;
+        // Block sums, then one block adds them in order: no atomics, so the norm is the same bits every run.
+        int blocks = Blocks(x.Length);
+        ulong partial = _dev.Allocate((long)blocks * sizeof(float));
+        try
+        {
+            Launch("adamw.cu", "sum_of_squares_partial", (blocks, 1, 1), Threads, [P(x), Dt(x), x.Length, partial]);
+            Launch("adamw.cu", "sum_into", (1, 1, 1), 1024, [partial, (long)blocks, P(acc)]);
+        }
+        finally { _dev.Free(partial); }
     }
 
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step)

@@ -57,4 +57,53 @@ public static class GenerationBenchmark
         return new GenerateBenchmark(model.Backend.Name, batch, prompts, promptLength, newTokens, seconds, prompts / seconds,
             (double)prompts * newTokens / seconds, first.Take(admitted).Average(), decode, engine.GraphStats.Captured);
     }
+
+    /// <summary>
+    /// Where a decode step's time goes (`bench --generate --profile`), for <paramref name="batch"/> sequences decoding
+    /// <paramref name="newTokens"/> tokens: the host phases of the engine's steps on graphs, the device time of one decode
+    /// graph replayed back to back, and device milliseconds per kernel per decode step from an eager run timed with events
+    /// (eager launches leave gaps the events count, so small kernels read high there; the replay time is the device's).
+    /// </summary>
+    public static GenerateProfile Profile(CausalLM model, int batch, int promptLength, int newTokens)
+    {
+        var o = new GenerationEngineOptions
+        {
+            MaxSequences = batch, MaxModelLength = promptLength + newTokens + 1,
+            MaxBatchTokens = Math.Max(batch, Math.Min(16384, batch * promptLength)),
+        };
+        var options = new GenerationOptions { MaxNewTokens = newTokens };
+        int[] Prompt(int i) => [.. Enumerable.Range(0, promptLength).Select(t => PromptToken(i, t, model.Spec.VocabSize))];
+        StepTimes times;
+        double? replay;
+        using (var engine = new GenerationEngine(model, o))
+        {
+            for (int i = 0; i < batch; i++) engine.Add(new GenerationRequest(Prompt(i), options));
+            engine.Step(); // the prefill, outside the phase times
+            var before = engine.Times;
+            while (engine.Running > 0 && engine.Times.Steps - before.Steps < newTokens - 2) engine.Step();
+            var after = engine.Times;
+            times = new StepTimes(after.Steps - before.Steps, after.ScheduleTicks - before.ScheduleTicks,
+                after.LaunchTicks - before.LaunchTicks, after.PickTicks - before.PickTicks);
+            replay = engine.DecodeReplayMs(50);
+        }
+        var kernels = new Dictionary<string, double>();
+        if (model.Backend is FineTune.Engine.Cuda.CudaBackend cuda)
+        {
+            using var engine = new GenerationEngine(model, o with { CudaGraphs = false });
+            for (int i = 0; i < batch; i++) engine.Add(new GenerationRequest(Prompt(i), options));
+            engine.Step();
+            engine.Step(); // first decode step: kernels compiled, products planned
+            cuda.Synchronize();
+            cuda.Device.BeginProfile();
+            long steps = 0;
+            while (engine.Running > 0) { engine.Step(); steps++; }
+            foreach (var (op, ms) in cuda.Device.EndProfile()) kernels[op] = ms / Math.Max(1, steps);
+        }
+        return new GenerateProfile(batch, times.MsPerStep(times.ScheduleTicks), times.MsPerStep(times.LaunchTicks),
+            times.MsPerStep(times.PickTicks), replay, kernels);
+    }
 }
+
+/// <summary>One `bench --generate --profile` row: host milliseconds per decode step by phase, the replayed graph's device time, kernels' eager device time.</summary>
+public sealed record GenerateProfile(int Batch, double ScheduleMs, double LaunchMs, double PickMs, double? GraphReplayMs,
+    IReadOnlyDictionary<string, double> KernelMs);

@@ -124,19 +124,52 @@ public sealed class GenerationEngine : IDisposable
     /// </summary>
     public void Step()
     {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         DropCancelled();
         var chunks = Schedule();
         if (chunks.Count == 0) return;
         var step = Flatten(chunks, out var pickers);
+        long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
         Tensor logits;
         if (step.DecodeOnly && _graphs is not null)
         {
             _model.UploadStep(step, _cache);
             logits = _graphs.Run(step);
+            _lastDecode = step;
         }
         else logits = _model.ForwardStep(step, _cache, _acts, _bank);
+        long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
         Pick(logits, step.LogitRows, pickers);
         Retire();
+        long t3 = System.Diagnostics.Stopwatch.GetTimestamp();
+        Times = new StepTimes(Times.Steps + 1, Times.ScheduleTicks + (t1 - t0), Times.LaunchTicks + (t2 - t1), Times.PickTicks + (t3 - t2));
+    }
+
+    private StepBatch? _lastDecode;
+
+    /// <summary>
+    /// Host time of the steps so far, split where the host waits differently: scheduling and packing the inputs; the
+    /// upload and the step's launches (a replayed graph or eager kernels); the picks (which wait for the device to
+    /// finish the step, then download). For `finetune bench --generate --profile`.
+    /// </summary>
+    public StepTimes Times { get; private set; } = new(0, 0, 0, 0);
+
+    /// <summary>
+    /// Device time of one decode step alone: the last recorded decode graph replayed <paramref name="replays"/> times back
+    /// to back (no host work between them), milliseconds per replay; null before a decode graph exists. The replays
+    /// rewrite that step's cache rows with the same values, so the engine's state is unchanged.
+    /// </summary>
+    internal double? DecodeReplayMs(int replays)
+    {
+        if (_graphs is null || _lastDecode is not { } step || _graphs.Captured == 0) return null;
+        var B = _model.Backend;
+        _model.UploadStep(step, _cache);
+        _graphs.Run(step);
+        B.Synchronize();
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        for (int i = 0; i < replays; i++) _graphs.Run(step);
+        B.Synchronize();
+        return System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds / replays;
     }
 
     /// <summary>
@@ -382,4 +415,10 @@ public sealed class GenerationEngine : IDisposable
         _cache.Dispose();
         _bank?.Dispose();
     }
+}
+
+/// <summary>Accumulated host time of <see cref="GenerationEngine.Step"/> by phase, in Stopwatch ticks.</summary>
+public readonly record struct StepTimes(long Steps, long ScheduleTicks, long LaunchTicks, long PickTicks)
+{
+    public double MsPerStep(long ticks) => Steps == 0 ? 0 : ticks * 1000.0 / System.Diagnostics.Stopwatch.Frequency / Steps;
 }

@@ -272,9 +272,12 @@ public static partial class OpChecks
                 c.Compare($"matmul T{(ta ? 1 : 0)}{(tb ? 1 : 0)} acc ->{outType}", "c", cc, ms);
             }
         }
-        // Decode-step products (1 … 8 rows against a bf16 weight): the GEMV kernel against the CPU, timed beside cuBLASLt.
+        // Decode-step products (1 … 8 rows against a bf16 weight): the GEMV kernel against the CPU, timed beside cuBLASLt
+        // (every row count here takes the GEMV, whatever FINETUNE_GEMV_ROWS sends to it by default).
+        int gemvRows = c.Gpu.GemvRows;
+        c.Gpu.GemvRows = 8;
         if (c.Act == DType.BF16)
-            foreach (var (gm, gn, gk) in new[] { (1, 2048, 2048), (5, 6144, 2048), (8, 2048, 6144), (3, 1000, 200) })
+            foreach (var (gm, gn, gk) in new[] { (1, 2048, 2048), (2, 2048, 2048), (4, 2048, 2048), (5, 6144, 2048), (8, 2048, 6144), (3, 1000, 200) })
             {
                 var x = c.Pair(c.Rand(gm * gk), [gm, gk]);
                 var w = c.Pair(c.Rand(gn * gk, 0.05f), [gn, gk]);
@@ -292,6 +295,29 @@ public static partial class OpChecks
                     Console.WriteLine($"     gemv {gm}x{gn}x{gk}: {gemvMs:F4} ms ({2.0 * gn * gk / gemvMs / 1e6:F0} GB/s of weight), cuBLASLt {blasMs:F4} ms");
                 }
             }
+        // q/k/v in one launch (MatMulShared): the CPU's values, and the bits of three separate GEMV launches.
+        if (c.Act == DType.BF16)
+            foreach (int gm in new[] { 1, 4 })
+            {
+                int gk = 2048;
+                var x = c.Pair(c.Rand(gm * gk), [gm, gk]);
+                int[] outs = [2048, 1024, 1000];
+                var ws = outs.Select(o => c.Pair(c.Rand(o * gk, 0.05f), [o, gk])).ToArray();
+                var ys = outs.Select(o => c.Zeros([gm, o])).ToArray();
+                var single = outs.Select(o => c.Zeros([gm, o])).ToArray();
+                double ms = c.Time(() => c.Gpu.MatMulShared(ys.Select(y => y.Gpu).ToArray(), x.Gpu, ws.Select(w => w.Gpu).ToArray()));
+                for (int j = 0; j < outs.Length; j++)
+                {
+                    c.Gpu.MatMul(single[j].Gpu, x.Gpu, false, ws[j].Gpu, true);
+                    c.Cpu.MatMul(ys[j].Cpu, x.Cpu, false, ws[j].Cpu, true);
+                    c.Compare($"gemv set {gm}x{outs[j]}x{gk} [{j}]", "c", ys[j], ms);
+                    c.Check($"gemv set {gm}x{outs[j]}x{gk} [{j}] = separate launch", "bits", c.Download(ys[j].Gpu).SequenceEqual(c.Download(single[j].Gpu)), ms);
+                }
+                double setMs = c.TimeRepeat(() => c.Gpu.MatMulShared(ys.Select(y => y.Gpu).ToArray(), x.Gpu, ws.Select(w => w.Gpu).ToArray()));
+                double sepMs = c.TimeRepeat(() => { for (int j = 0; j < outs.Length; j++) c.Gpu.MatMul(single[j].Gpu, x.Gpu, false, ws[j].Gpu, true); });
+                Console.WriteLine($"     gemv set {gm} rows x (2048+1024+1000) x 2048: one launch {setMs:F4} ms, three {sepMs:F4} ms");
+            }
+        c.Gpu.GemvRows = gemvRows;
         // Mixed operands: an F32 master against BF16 activations (rounded to BF16 on the GPU).
         if (c.Act == DType.BF16)
         {
@@ -446,7 +472,8 @@ public static partial class OpChecks
         }
         int rowsN = 5, vocab = 151936;
         var logits = c.Rand(rowsN * vocab);
-        logits[3 * vocab + 7] = logits[3 * vocab + 9] = 100f; // a tie: the lower index wins
+        // Ties: the lower index wins, within one block's part of the row and across parts (the split argmax).
+        logits[3 * vocab + 7] = logits[3 * vocab + 9] = logits[3 * vocab + 150000] = 100f;
         var x = c.Pair(logits, [rowsN, vocab], DType.F32); // F32 on both: bf16 rounding would tie values the CPU tells apart
         var picks = c.IntPair(new int[rowsN], [rowsN]);
         double t = c.TimeRepeat(() => c.Gpu.ArgMax(x.Gpu, picks.Gpu));

@@ -2,13 +2,21 @@
 // and the squared-norm reduction it needs.
 #include "common.cuh"
 
-// acc[0] += Σ x²
-extern "C" __global__ void sum_of_squares(const void* x, int dt, i64 n, float* acc)
+// partial[block] = Σ x² over the block's grid-stride share; sum_into then adds the blocks' sums to acc[0] in block
+// order, so the clipping norm — and with it every weight — is the same bits run to run.
+extern "C" __global__ void sum_of_squares_partial(const void* x, int dt, i64 n, float* partial)
 {
     float v = 0.0f;
     GRID_STRIDE(i, n) { float a = ld(x, i, dt); v += a * a; }
     v = block_sum(v);
-    if (threadIdx.x == 0) atomicAdd(acc, v);
+    if (threadIdx.x == 0) partial[blockIdx.x] = v;
+}
+
+// acc[0] += Σ partial[0 .. count) (one block).
+extern "C" __global__ void sum_into(const float* partial, i64 count, float* acc)
+{
+    float v = ordered_sum(partial, count);
+    if (threadIdx.x == 0) acc[0] += v;
 }
 
 // g' = g·scale, scale = grad_scale·min(1, max_norm/(grad_scale·‖g‖ + 1e-6)) when clipping;

@@ -59,6 +59,16 @@ __device__ __forceinline__ float block_sum(float v)
     return warp_sum(v);
 }
 
+// Σ v[0 .. count) by one block in an order fixed by count and blockDim alone (thread i sums i, i+blockDim, …, then
+// block_sum's tree): the reductions that used to add block results with atomicAdd — whose order followed the blocks'
+// timing, so a training run's last bits changed run to run — go through this instead.
+__device__ __forceinline__ float ordered_sum(const float* v, i64 count)
+{
+    float s = 0.0f;
+    for (i64 i = threadIdx.x; i < count; i += blockDim.x) s += v[i];
+    return block_sum(s);
+}
+
 __device__ __forceinline__ float block_max(float v)
 {
     __shared__ float partial[32];

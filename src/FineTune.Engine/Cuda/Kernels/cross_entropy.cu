@@ -39,14 +39,23 @@ __device__ __forceinline__ bool xent_row(void* logits, int dt, i64 base, int lab
     return true;
 }
 
-extern "C" __global__ void cross_entropy(void* logits, int dt, const int* labels, float* loss_sum, int rows, int vocab,
+// row_loss[r] = the row's loss (0 when ignored); cross_entropy_sum adds them to loss_sum in row order afterwards
+// (not atomically per row: the logged loss is then the same bits run to run).
+extern "C" __global__ void cross_entropy(void* logits, int dt, const int* labels, float* row_loss, int rows, int vocab,
                                          float grad_scale, int compute_grad)
 {
     int r = blockIdx.x;
     if (r >= rows) return;
     float loss;
-    if (xent_row(logits, dt, (i64)r * vocab, labels[r], vocab, grad_scale, compute_grad, &loss) && threadIdx.x == 0)
-        atomicAdd(loss_sum, loss);
+    bool labelled = xent_row(logits, dt, (i64)r * vocab, labels[r], vocab, grad_scale, compute_grad, &loss);
+    if (threadIdx.x == 0) row_loss[r] = labelled ? loss : 0.0f;
+}
+
+// loss_sum[0] += Σ row_loss[0 .. rows) (one block).
+extern "C" __global__ void cross_entropy_sum(const float* row_loss, int rows, float* loss_sum)
+{
+    float v = ordered_sum(row_loss, rows);
+    if (threadIdx.x == 0) loss_sum[0] += v;
 }
 
 // log_probs[r] = log_softmax(logits[r])[labels[r]] (0 when ignored); grad_scales null = forward only.

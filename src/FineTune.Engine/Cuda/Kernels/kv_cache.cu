@@ -89,9 +89,12 @@ extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const v
         if (lane + 32 * e < D) st(out, qrow + lane + 32 * e, acc[e] * inv, dt_o);
 }
 
-// Grid (splits, Hkv, T), block G·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D). Split s of token t
-// covers keys [s·chunk, min(p + 1, (s + 1)·chunk)), chunk = the key count / splits rounded up to 32, so a graph
-// captured for one step stays right for any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l).
+// Grid (splits, Hkv, T), block max(G, 4)·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D): warp w < G
+// computes query head kh·G + w, and every warp helps copy the key tiles (at G = 2, two warps alone left the copies
+// latency-bound: 46 µs a layer for 100 keys on an H200). Split s of token t covers keys [s·chunk, min(p + 1,
+// (s + 1)·chunk)), chunk = the key count / splits rounded up to 32, so a graph captured for one step stays right for
+// any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l).
+#define SPLIT_THREADS_MIN 128
 extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
                                                   const void* v, int dt_v, const int* seqs, const int* positions,
                                                   const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
@@ -102,15 +105,20 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
     __shared__ float qs[SPLIT_MAX_GROUP][SPLIT_MAX_D];
     int split = blockIdx.x, splits = gridDim.x, kh = blockIdx.y, t = blockIdx.z;
     int G = Hq / Hkv, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int h = kh * G + warp;
+    bool computes = warp < G;
+    int h = kh * G + (computes ? warp : 0);
     int p = positions[t], len = p + 1;
     const int* table = tables + (i64)seqs[t] * W;
     int lo = window > 0 ? max(0, p - window + 1) : 0; // a sliding-window layer reads keys lo … p
     int chunk = ((len - lo + splits - 1) / splits + 31) / 32 * 32;
     int start = lo + split * chunk, end = min(len, start + chunk);
     i64 qrow = ((i64)t * Hq + h) * D;
-    for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
+    if (computes)
+        for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
+    // BF16 caches with D % 8 == 0 copy 16 bytes (8 values) per load, all of a thread's loads issued before any store.
+    const bool vec = dt_k == FT_BF16 && dt_v == FT_BF16 && (D & 7) == 0;
+    const int cpr = D >> 3; // 16-byte chunks per key row
     float acc[SPLIT_MAX_E];
 #pragma unroll
     for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
@@ -118,17 +126,50 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
     for (int j0 = start; j0 < end; j0 += 32)
     {
         __syncthreads(); // the previous tile is used up (and qs written, on the first pass)
-        for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x)
+        if (vec)
         {
-            int jj = idx / D, d = idx - jj * D, j = j0 + jj;
-            if (j < end)
+            // 32 keys × cpr chunks ≤ 512 = SPLIT_THREADS_MIN × 4 copies per thread.
+            constexpr int U = 32 * (SPLIT_MAX_D / 8) / SPLIT_THREADS_MIN;
+            uint4 kr[U], vr[U];
+#pragma unroll
+            for (int u = 0; u < U; u++)
             {
-                i64 row = paged_row(table, j, bs) * kstride + koff + d;
-                ks[jj][d] = ld(k, row, dt_k);
-                vs[jj][d] = ld(v, row, dt_v);
+                int idx = threadIdx.x + u * blockDim.x, jj = idx / cpr, j = j0 + jj;
+                if (idx < 32 * cpr && j < end)
+                {
+                    i64 row = paged_row(table, j, bs) * kstride + koff + (idx - jj * cpr) * 8;
+                    kr[u] = *(const uint4*)((const unsigned short*)k + row);
+                    vr[u] = *(const uint4*)((const unsigned short*)v + row);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+            {
+                int idx = threadIdx.x + u * blockDim.x, jj = idx / cpr, j = j0 + jj;
+                if (idx < 32 * cpr && j < end)
+                {
+                    int d0 = (idx - jj * cpr) * 8;
+                    float kf[8], vf[8];
+                    unpack8(kr[u], kf);
+                    unpack8(vr[u], vf);
+#pragma unroll
+                    for (int i = 0; i < 8; i++) { ks[jj][d0 + i] = kf[i]; vs[jj][d0 + i] = vf[i]; }
+                }
             }
         }
+        else
+            for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x)
+            {
+                int jj = idx / D, d = idx - jj * D, j = j0 + jj;
+                if (j < end)
+                {
+                    i64 row = paged_row(table, j, bs) * kstride + koff + d;
+                    ks[jj][d] = ld(k, row, dt_k);
+                    vs[jj][d] = ld(v, row, dt_v);
+                }
+            }
         __syncthreads();
+        if (!computes) continue;
         int j = j0 + lane;
         float s = -INFINITY;
         if (j < end)
@@ -154,6 +195,7 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
         }
         m = mn;
     }
+    if (!computes) return;
     float* dst = part + (((i64)t * Hq + h) * splits + split) * (D + 2);
 #pragma unroll
     for (int e = 0; e < SPLIT_MAX_E; e++)
