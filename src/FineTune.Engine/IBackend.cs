@@ -311,4 +311,30 @@ public interface IBackend : IDisposable
     /// dequantized first when nested), int8 w = c·(SCB[row]·(1/127)); computed in f32, rounded once to dst's dtype.
     /// </summary>
     void Dequantize(Tensor dst, QuantizedWeight weight);
+
+    // ---- FP8 frozen weights (fp8: true; Hopper's FP8 tensor cores) ----
+    /// <summary>
+    /// Why training with fp8: true is refused on this backend (null: it runs FP8 tensor-core products). The CPU backend
+    /// emulates <see cref="Fp8MatMul"/> exactly, as the reference for tests, but trains nothing in FP8.
+    /// </summary>
+    string? Fp8Refusal => $"fp8 trains on the CUDA backend of a Hopper GPU (sm_90); the {Name} backend has no FP8 tensor cores. Set device: cuda or remove fp8: true";
+    /// <summary>
+    /// Per-tensor current scaling, exactly <see cref="Fp8.Quantize"/>: amax = max |x| and s = max/amax (1 when amax is 0
+    /// or not finite) computed on the device, codes (I32-held bytes, x.Length of them) = cast(x·s) rounded to nearest even
+    /// and saturated, scaleInverse (F32 [1]) = 1/s.
+    /// </summary>
+    void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format);
+    /// <summary>
+    /// A product with a frozen <see cref="QuantFormat.Fp8E4M3"/> weight W [N, K]: c [M, N] = a·Wᵀ (the forward, a quantized
+    /// to E4M3) or, with <paramref name="inputGradient"/>, c [M, K] = a·W (a = ∂L/∂y quantized to E5M2, whose range holds
+    /// gradients; Transformer Engine's and torchao's choice). a is quantized per call as <see cref="QuantizeFp8"/> does;
+    /// the products of the codes are summed in f32, multiplied by both scale inverses and rounded once to c's dtype (+ c
+    /// when accumulate). No gradient of W is formed: it is frozen.
+    /// </summary>
+    void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false);
+    /// <summary>
+    /// The forward products of several FP8 weights that read one input (a layer's q, k, v or gate, up): cs[i] = a·Wᵢᵀ
+    /// (+ cs[i] when accumulate), a cast to E4M3 once for all of them; each product otherwise as <see cref="Fp8MatMul"/>.
+    /// </summary>
+    void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false);
 }

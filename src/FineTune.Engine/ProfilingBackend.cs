@@ -76,6 +76,10 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
         Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW8bit(param, grad, m8, v8, absmaxM, absmaxV, codeM, codeV, computeCopy, gradNormSquared, step); End("AdamW8bit", t); }
     public void Dequantize(Tensor dst, QuantizedWeight weight) { var t = Begin(); _inner.Dequantize(dst, weight); End("Dequantize", t); }
+    public string? Fp8Refusal => _inner.Fp8Refusal;
+    public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) { var t = Begin(); _inner.QuantizeFp8(codes, scaleInverse, x, format); End("QuantizeFp8", t); }
+    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMul(c, a, w, inputGradient, accumulate); End("Fp8MatMul", t); }
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMulShared(cs, a, ws, accumulate); End("Fp8MatMulShared", t); }
     public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize) { var t = Begin(); _inner.MoeRoute(logits, probs, topIdx, topWeight, normalize); End("MoeRoute", t); }
     public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize, Tensor? auxGrad, Tensor? tokenMask, float auxScale)
     { var t = Begin(); _inner.MoeRouteBackward(dlogits, dTopWeight, probs, topIdx, topWeight, normalize, auxGrad, tokenMask, auxScale); End("MoeRouteBackward", t); }

@@ -1,11 +1,15 @@
 namespace FineTune.Engine;
 
-/// <summary>How a frozen weight is stored: bitsandbytes' 4-bit NF4 / FP4 (blocks with an absmax) or LLM.int8 rows.</summary>
+/// <summary>
+/// How a frozen weight is stored: bitsandbytes' 4-bit NF4 / FP4 (blocks with an absmax), LLM.int8 rows, or FP8 E4M3
+/// with one per-tensor scale (products on Hopper's FP8 tensor cores, <see cref="IBackend.Fp8MatMul"/>).
+/// </summary>
 public enum QuantFormat
 {
     Nf4,
     Fp4,
     Int8,
+    Fp8E4M3,
 }
 
 /// <summary>
@@ -24,15 +28,23 @@ public sealed record NestedAbsmax(Tensor Absmax2, Tensor Code, float Offset, int
 /// 4-bit: Codes holds Rows·Cols/2 bytes, element 2i in the high nibble of byte i and 2i+1 in the low one (bnb's order);
 /// Absmax is F32 [blocks] of <see cref="BlockSize"/> elements, or, when <see cref="Nested"/>, I32-held u8 codes [blocks].
 /// Int8: Codes holds Rows·Cols signed bytes, Absmax is F32 [Rows] (bnb's SCB), w = c·(SCB·(1/127)).
+/// Fp8E4M3: Codes holds the Rows·Cols E4M3 codes of W row-major, <see cref="Transposed"/> those of Wᵀ (Cols·Rows, row-major:
+/// cuBLASLt's FP8 products read both operands along the reduced dimension, so dx = dy·W needs Wᵀ stored), Absmax is F32 [1]
+/// holding 1/s with s = 448/amax(|W|), w = decode(c)·(1/s).
 /// </summary>
 public sealed record QuantizedWeight(QuantFormat Format, int Rows, int Cols, Tensor Codes, Tensor Absmax, NestedAbsmax? Nested = null,
-    int BlockSize = 64)
+    int BlockSize = 64, Tensor? Transposed = null)
 {
     public long Length => (long)Rows * Cols;
-    public long Blocks => Format == QuantFormat.Int8 ? Rows : (Length + BlockSize - 1) / BlockSize;
+    public long Blocks => Format switch
+    {
+        QuantFormat.Int8 => Rows,
+        QuantFormat.Fp8E4M3 => 1,
+        _ => (Length + BlockSize - 1) / BlockSize,
+    };
 
     /// <summary>Bytes the weight occupies on the device (codes, absmax and nested statistics; the shared code book not counted).</summary>
-    public long DeviceBytes => Codes.Length * 4 + Absmax.Length * 4 + (Nested is { } n ? n.Absmax2.Length * 4 : 0);
+    public long DeviceBytes => Codes.Length * 4 + Absmax.Length * 4 + (Nested is { } n ? n.Absmax2.Length * 4 : 0) + (Transposed?.Length ?? 0) * 4;
 
     /// <summary>I32 elements that hold <paramref name="bytes"/> bytes.</summary>
     public static int WordsFor(long bytes) => checked((int)((bytes + 3) / 4));

@@ -7,12 +7,13 @@ namespace FineTune.Models;
 // QLoRA: frozen decoder linears held as bitsandbytes 4-bit or LLM.int8 on the backend. Each product that reads such a
 // weight (forward, recompute, input gradient) first dequantizes it into one scratch of the largest linear, in the
 // compute dtype, then runs the ordinary matrix product; the full-precision copy of a weight exists for one linear at a
-// time, never for the model.
+// time, never for the model. fp8: the same linears held as FP8 E4M3 codes (and their transpose) with a per-tensor scale;
+// their products run on the FP8 tensor cores directly (IBackend.Fp8MatMul), with no dequantized copy.
 public sealed partial class CausalLM
 {
     private sealed class QuantizedSlot
     {
-        public int Codes = -1, Absmax = -1, Absmax2 = -1;
+        public int Codes = -1, Absmax = -1, Absmax2 = -1, Transposed = -1;
         public QuantizedWeight Weight = null!;
     }
 
@@ -27,16 +28,33 @@ public sealed partial class CausalLM
     public long QuantizedWeightBytes => _quantized.Values.Sum(s => s.Weight.DeviceBytes);
 
     private bool HeldQuantized(Parameter p, bool trainable) =>
-        Setup.Quantization is not null && !trainable && p.Role == ParameterRole.Weight && QuantizationSetup.IsQuantizedLinear(p.Name);
+        (Setup.Quantization is not null || HeldFp8(p)) && !trainable && p.Role == ParameterRole.Weight && QuantizationSetup.IsQuantizedLinear(p.Name);
+
+    /// <summary>
+    /// fp8 holds a frozen decoder linear in FP8 when both its dimensions are multiples of 16 (cuBLASLt's FP8 products need
+    /// them; every released model's are); any other stays in the compute dtype.
+    /// </summary>
+    private bool HeldFp8(Parameter p) => Setup.Fp8 && p.Shape.Length == 2 && p.Shape[0] % 16 == 0 && p.Shape[1] % 16 == 0;
+
+    /// <summary>Bytes of the frozen linears held in FP8 (codes of W and Wᵀ, scales); 0 without fp8.</summary>
+    public long Fp8WeightBytes => _quantized.Values.Where(s => s.Weight.Format == QuantFormat.Fp8E4M3).Sum(s => s.Weight.DeviceBytes);
+
+    /// <summary>How many frozen linears are held in FP8.</summary>
+    public int Fp8Linears => _quantized.Values.Count(s => s.Weight.Format == QuantFormat.Fp8E4M3);
 
     /// <summary>Declares the codes and statistics of a quantized weight in the arena (instead of its value).</summary>
     private void PlanQuantized(TensorArena.Builder builder, Parameter p)
     {
-        var q = Setup.Quantization!;
         int rows = p.Shape[0], cols = p.Shape[1];
         long n = (long)rows * cols;
         var slot = new QuantizedSlot();
-        if (q.Bits == 8)
+        if (Setup.Quantization is not { } q)
+        {
+            slot.Codes = builder.Add(p.Name + ".fp8", DType.I32, QuantizedWeight.WordsFor(n));
+            slot.Transposed = builder.Add(p.Name + ".fp8_transposed", DType.I32, QuantizedWeight.WordsFor(n));
+            slot.Absmax = builder.Add(p.Name + ".fp8_scale_inv", DType.F32, 1);
+        }
+        else if (q.Bits == 8)
         {
             slot.Codes = builder.Add(p.Name + ".CB", DType.I32, QuantizedWeight.WordsFor(n));
             slot.Absmax = builder.Add(p.Name + ".SCB", DType.F32, rows);
@@ -78,7 +96,12 @@ public sealed partial class CausalLM
     /// <summary>Quantizes (or takes pre-quantized) weight p and uploads its codes; p's offset is known only now.</summary>
     private void LoadQuantized(Parameter p, QuantizedSlot slot, IWeightSource source, Span<float> host)
     {
-        var q = Setup.Quantization!;
+        if (Setup.Quantization is not { } q)
+        {
+            source.Read(p.Name, p.Shape, host);
+            UploadFp8(p, slot, host);
+            return;
+        }
         int rows = p.Shape[0], cols = p.Shape[1];
         if (q.Bits == 8)
         {
@@ -129,12 +152,64 @@ public sealed partial class CausalLM
         slot.Weight = new QuantizedWeight(q.Format, p.Shape[0], p.Shape[1], codes, absmax, nested, q.BlockSize);
     }
 
+    /// <summary>W as FP8 E4M3 with one scale (quantized from the source's f32 values: one rounding), W and Wᵀ uploaded.</summary>
+    private void UploadFp8(Parameter p, QuantizedSlot slot, ReadOnlySpan<float> values)
+    {
+        int rows = p.Shape[0], cols = p.Shape[1];
+        var (codes, transposed, inverse) = Fp8.QuantizeWeight(values, rows, cols);
+        var c = _weights[slot.Codes];
+        var t = _weights[slot.Transposed];
+        var s = _weights[slot.Absmax];
+        Backend.Upload(c, Words(codes));
+        Backend.Upload(t, Words(transposed));
+        Backend.Upload(s, [inverse]);
+        slot.Weight = new QuantizedWeight(QuantFormat.Fp8E4M3, rows, cols, c, s, Transposed: t);
+    }
+
     /// <summary>Bytes as the little-endian I32 words that hold them (zero-padded to a whole word).</summary>
     private static int[] Words(ReadOnlySpan<byte> bytes)
     {
         var words = new int[QuantizedWeight.WordsFor(bytes.Length)];
         bytes.CopyTo(MemoryMarshal.AsBytes(words.AsSpan()));
         return words;
+    }
+
+    /// <summary>y = x·Wᵀ (+ y when accumulate) for a linear's frozen or trainable weight, on the FP8 tensor cores when held in FP8.</summary>
+    private void FrozenProduct(Tensor y, Tensor x, LoraLinear lin, bool accumulate = false)
+    {
+        if (_quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3)
+            Backend.Fp8MatMul(y, x, slot.Weight, inputGradient: false, accumulate);
+        else Backend.MatMul(y, x, false, WeightValue(lin), true, 1f, accumulate);
+    }
+
+    /// <summary>
+    /// fp8: the base products of a set's linears (all read x) that are held in FP8, with x cast to E4M3 once for all of
+    /// them: ys[j] (+)= x·W_jᵀ, accumulating where <paramref name="accumulate"/>(j). Returns which j it computed; null when
+    /// fewer than two are in FP8 (then each linear's own product casts x, as <see cref="FrozenProduct"/> does).
+    /// </summary>
+    private bool[]? SharedFp8Products(LoraLinear[] lins, Tensor[] ys, Tensor x, Func<int, bool> accumulate)
+    {
+        var fp8 = new List<int>();
+        for (int j = 0; j < lins.Length; j++)
+            if (_quantized.TryGetValue(lins[j].Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3) fp8.Add(j);
+        if (fp8.Count < 2) return null;
+        var done = new bool[lins.Length];
+        foreach (bool acc in new[] { false, true })
+        {
+            int[] part = [.. fp8.Where(j => accumulate(j) == acc)];
+            if (part.Length == 0) continue;
+            Backend.Fp8MatMulShared([.. part.Select(j => ys[j])], x, [.. part.Select(j => _quantized[lins[j].Weight].Weight)], acc);
+            foreach (int j in part) done[j] = true;
+        }
+        return done;
+    }
+
+    /// <summary>dx = dy·W (+ dx when accumulate): the input gradient through a linear's weight, in FP8 when held so.</summary>
+    private void FrozenInputGradient(Tensor dx, Tensor dy, LoraLinear lin, bool accumulate)
+    {
+        if (_quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3)
+            Backend.Fp8MatMul(dx, dy, slot.Weight, inputGradient: true, accumulate);
+        else Backend.MatMul(dx, dy, false, WeightValue(lin), false, 1f, accumulate);
     }
 
     /// <summary>The weight a product reads: its value, or (held quantized) its dequantization into the shared scratch.</summary>
@@ -158,8 +233,8 @@ public sealed partial class CausalLM
     private bool TryWriteQuantized(Parameter p, ReadOnlySpan<float> values)
     {
         if (!_quantized.TryGetValue(p, out var slot)) return false;
-        var q = Setup.Quantization!;
-        if (q.Bits == 8) UploadInt8(slot, Int8Rows.Quantize(values, p.Shape[0], p.Shape[1]), p.Shape[0], p.Shape[1]);
+        if (Setup.Quantization is not { } q) UploadFp8(p, slot, values);
+        else if (q.Bits == 8) UploadInt8(slot, Int8Rows.Quantize(values, p.Shape[0], p.Shape[1]), p.Shape[0], p.Shape[1]);
         else UploadFourBit(p, slot, BnbFourBitTensor.Quantize(values, p.Shape, q.FourBitType, q.DoubleQuantization, QuantizationSetup.BlockSize));
         return true;
     }

@@ -433,8 +433,10 @@ public sealed partial class CausalLM
                 _stepLora?.Apply(L, set, ys, x);
                 return;
             }
+            var baseDone = SharedFp8Products(lins, ys, x, _ => false);
             for (int j = 0; j < lins.Length; j++)
-                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training);
+                LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training,
+                    baseDone?[j] ?? false);
             _stepLora?.Apply(L, set, ys, x);
             return;
         }
@@ -442,15 +444,17 @@ public sealed partial class CausalLM
         var xaT = a.LoraXaT[set]!.View(0, [group.Rows, n]);
         B.MatMul(xaT, group.A, false, x, true);
         for (int j = 0; j < lins.Length; j++)
+            if (lins[j].Lora is { } lora)
+            {
+                var xaTj = xaT.View((long)group.RowOffset(group.IndexOf(lins[j])) * n, [lora.Rank, n]);
+                B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
+            }
+        // Each y is its own: the base products may follow all the LoRA ones (and share one FP8 cast of x) without changing a value.
+        var done = SharedFp8Products(lins, ys, x, j => lins[j].Lora is not null);
+        for (int j = 0; j < lins.Length; j++)
         {
             var lin = lins[j];
-            if (lin.Lora is { } lora)
-            {
-                var xaTj = xaT.View((long)group.RowOffset(group.IndexOf(lin)) * n, [lora.Rank, n]);
-                B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
-                B.MatMul(ys[j], x, false, WeightValue(lin), true, 1f, accumulate: true);
-            }
-            else B.MatMul(ys[j], x, false, WeightValue(lin), true);
+            if (done?[j] != true) FrozenProduct(ys[j], x, lin, accumulate: lin.Lora is not null);
             if (lin.Bias is { } bias) B.AddBias(ys[j], bias.Value);
         }
         _stepLora?.Apply(L, set, ys, x);
@@ -488,7 +492,7 @@ public sealed partial class CausalLM
         for (int j = 0; j < lins.Length; j++)
         {
             var lin = lins[j];
-            B.MatMul(dx, dys[j], false, WeightValue(lin), false, 1f, accumulate: true);
+            FrozenInputGradient(dx, dys[j], lin, accumulate: true);
             if (lin.Weight.Grad is { } dw) B.MatMul(dw, dys[j], true, x, false, 1f, accumulate: true);
             if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dys[j]);
         }
@@ -502,10 +506,10 @@ public sealed partial class CausalLM
         lins[j].FusedRow is null ? j : Array.FindIndex(lins, l => l.Module == lins[j].Module);
 
     // y = x·Wᵀ + b + scale·(drop(x)·Aᵀ)·Bᵀ; xa = drop(x)·Aᵀ is kept for the backward.
-    private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training)
+    private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training, bool baseDone = false)
     {
         var B = Backend;
-        B.MatMul(y, x, false, WeightValue(lin), true);
+        if (!baseDone) FrozenProduct(y, x, lin);
         if (lin.Bias is { } bias) B.AddBias(y, bias.Value);
         if (lin.Lora is not { } lora || _adaptersOff) return;
         var xin = x;
@@ -523,7 +527,7 @@ public sealed partial class CausalLM
     private void LinearBackward(LoraLinear lin, Tensor dx, bool accumulateDx, Tensor dy, Tensor x, Tensor? xaFull, int n, ulong seed)
     {
         var B = Backend;
-        B.MatMul(dx, dy, false, WeightValue(lin), false, 1f, accumulateDx);
+        FrozenInputGradient(dx, dy, lin, accumulateDx);
         if (lin.Weight.Grad is { } dw) B.MatMul(dw, dy, true, x, false, 1f, accumulate: true);
         if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dy);
         if (lin.Lora is not { } lora) return;

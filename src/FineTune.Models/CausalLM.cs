@@ -30,6 +30,8 @@ public sealed partial class CausalLM : IDisposable
     {
         // The architecture table says what of a family the engine does not run yet (Load reports it located first).
         if (spec.Family.EngineGap is { } gap) throw new NotSupportedException(gap);
+        if (setup.Fp8 && setup.Quantization is not null)
+            throw new NotSupportedException("fp8 and QLoRA (quantization_bit) both choose how the frozen base is held: use one of them");
         if (spec.Moe is not null && setup.Quantization is not null)
             throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
         var views = new List<Parameter>();

@@ -11,7 +11,8 @@ namespace FineTune.Models;
 public sealed record TrainStepBenchmark(string Device, string Shape, int Batch, int SeqLen, int LoraRank, bool GradientCheckpointing,
     int Steps, double StepMs, double TokensPerSecond, double CpuSecondsPerStep, long Parameters, long TrainableParameters,
     double ModelGflopPerToken, double AchievedGflops, double Loss, double? PeakDeviceGib, long? SteadyStateMallocs, string? Gpu,
-    IReadOnlyDictionary<string, double>? ProfileMs, int? QuantizationBit = null, CheckpointingPlan? CheckpointingPlan = null);
+    IReadOnlyDictionary<string, double>? ProfileMs, int? QuantizationBit = null, CheckpointingPlan? CheckpointingPlan = null, bool Fp8 = false,
+    int Fp8Linears = 0);
 
 /// <summary>Result of timing one matrix product C[M,N] = A[M,K]·B[N,K]ᵀ.</summary>
 public sealed record MatMulBenchmark(string Device, int M, int N, int K, int Repeats, double Ms, double Gflops);
@@ -82,13 +83,14 @@ public static class EngineBenchmark
     /// the reference model's scores (adapter disabled) then the policy's forward and backward and the DPO sigmoid loss
     /// (β 0.1) — the work of a TRL DPO step, whose reference forward FineTune's trainer does once before training instead.</param>
     public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, bool checkpointing,
-        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null) =>
+        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null, bool fp8 = false) =>
         TrainSteps(backend, shape, batch, seqLen, loraRank, checkpointing ? CheckpointingMode.On : CheckpointingMode.Off, steps, warmup, profile,
-            seed, objective, quantizationBit);
+            seed, objective, quantizationBit, fp8: fp8);
 
     /// <summary>As the overload above, with gradient checkpointing off, on or auto (within <paramref name="maxMemoryBytes"/> when given).</summary>
     public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, CheckpointingMode checkpointing,
-        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null, long? maxMemoryBytes = null)
+        int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null, long? maxMemoryBytes = null,
+        bool fp8 = false)
     {
         if (objective is not ("sft" or "dpo")) throw new ArgumentException($"objective must be sft or dpo (got {objective})");
         bool dpo = objective == "dpo";
@@ -108,7 +110,9 @@ public static class EngineBenchmark
             MaxMemoryBytes = maxMemoryBytes, Seed = seed,
             // The peer's MoE rows put LoRA on the attention projections only.
             LoraTarget = spec.Moe is null ? ["all"] : ["q_proj", "k_proj", "v_proj", "o_proj"],
-            Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null };
+            Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null,
+            // fp8: the frozen linears in FP8 E4M3, their products on the FP8 tensor cores (emulated on the CPU).
+            Fp8 = fp8 };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
         int rowLen = dpo ? 2 * seqLen : seqLen;
@@ -157,7 +161,7 @@ public static class EngineBenchmark
             tokensPerSecond, cpuSeconds / steps, spec.ParameterCount, model.TrainableParameters.Sum(p => p.Length), flopPerToken / 1e9,
             flopPerToken * tokensPerSecond / 1e9, lastLoss,
             stats is null ? null : Math.Round(stats.PeakInUseBytes / (double)(1L << 30), 2),
-            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit, model.CheckpointingPlan);
+            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit, model.CheckpointingPlan, fp8, model.Fp8Linears);
     }
 
     /// <summary>One DPO sigmoid step on pairs packed as (chosen, rejected) segments of each row; returns the mean loss.</summary>

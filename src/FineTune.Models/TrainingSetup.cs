@@ -64,6 +64,13 @@ public sealed record TrainingSetup
     /// </summary>
     public bool ShardedOptimizerStates { get; init; }
 
+    /// <summary>
+    /// fp8 (LLaMA-Factory's fp8: true): the frozen decoder linears (q, k, v, o, gate, up, down) held as FP8 E4M3 with a
+    /// per-tensor scale, their products on Hopper's FP8 tensor cores with activations quantized per step to E4M3 and output
+    /// gradients to E5M2; LoRA, activations and everything else stay in the compute dtype. Not with <see cref="Quantization"/>.
+    /// </summary>
+    public bool Fp8 { get; init; }
+
     /// <summary>QLoRA: the frozen decoder linears held 4-bit or 8-bit (null: the compute dtype).</summary>
     public Quantization.QuantizationSetup? Quantization { get; init; }
 

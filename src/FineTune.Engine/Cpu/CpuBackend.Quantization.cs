@@ -15,6 +15,7 @@ public sealed unsafe partial class CpuBackend
     {
         if (dst.Length != w.Length) throw new ArgumentException($"dequantize of {w.Rows}×{w.Cols} into {dst}");
         float* o = F(dst);
+        if (w.Format == QuantFormat.Fp8E4M3) { DequantizeFp8(o, w); return; }
         byte* codes = Bytes(w.Codes);
         if (w.Format == QuantFormat.Int8)
         {

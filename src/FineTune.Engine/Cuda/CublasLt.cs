@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace FineTune.Engine.Cuda;
 
 /// <summary>Element types the GPU kernels and cuBLASLt see.</summary>
-public enum GpuDType { F32, BF16, I32 }
+public enum GpuDType { F32, BF16, I32, E4M3, E5M2 }
 
 /// <summary>cuBLASLt epilogues FineTune uses: plain, or + bias broadcast over rows (a Linear layer's bias).</summary>
 public enum GemmEpilogue { None, Bias }
@@ -22,8 +22,9 @@ internal sealed unsafe class CublasLt : IDisposable
         : ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so"];
 
     const int CUBLAS_COMPUTE_32F = 68;
-    const int CUDA_R_32F = 0, CUDA_R_16BF = 14;
+    const int CUDA_R_32F = 0, CUDA_R_16BF = 14, CUDA_R_8F_E4M3 = 28, CUDA_R_8F_E5M2 = 29;
     const int DESC_SCALE_TYPE = 1, DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8, DESC_BIAS_DATA_TYPE = 26;
+    const int DESC_A_SCALE_POINTER = 17, DESC_B_SCALE_POINTER = 18;
     const int LAYOUT_BATCH_COUNT = 5, LAYOUT_STRIDED_BATCH_OFFSET = 6;
     const int PREF_MAX_WORKSPACE_BYTES = 1, PREF_MIN_ALIGNMENT_A = 5, PREF_MIN_ALIGNMENT_B = 6, PREF_MIN_ALIGNMENT_C = 7, PREF_MIN_ALIGNMENT_D = 8;
     const int EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4;
@@ -62,7 +63,7 @@ internal sealed unsafe class CublasLt : IDisposable
     public string LibraryName => _lib.LoadedName;
 
     readonly record struct PlanKey(bool TransA, bool TransB, int M, int N, int K, int Lda, int Ldb, int Ldc,
-        GpuDType AB, GpuDType C, int Batch, long StrideA, long StrideB, long StrideC, GemmEpilogue Epilogue,
+        GpuDType A, GpuDType B, GpuDType C, int Batch, long StrideA, long StrideB, long StrideC, GemmEpilogue Epilogue,
         uint AlignA, uint AlignB, uint AlignC);
 
     /// <summary>Largest power of two (at most 256) dividing the address: views into arenas need not be 256-aligned.</summary>
@@ -113,6 +114,8 @@ internal sealed unsafe class CublasLt : IDisposable
     {
         GpuDType.F32 => CUDA_R_32F,
         GpuDType.BF16 => CUDA_R_16BF,
+        GpuDType.E4M3 => CUDA_R_8F_E4M3,
+        GpuDType.E5M2 => CUDA_R_8F_E5M2,
         _ => throw new ArgumentException($"cuBLASLt matmul does not take {t}"),
     };
 
@@ -125,9 +128,39 @@ internal sealed unsafe class CublasLt : IDisposable
         float alpha, float beta, nint stream, int batch = 1, long strideA = 0, long strideB = 0, long strideC = 0,
         ulong bias = 0, GemmEpilogue epilogue = GemmEpilogue.None)
     {
-        var key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldc, abType, cType, batch, strideA, strideB, strideC, epilogue,
+        var key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldc, abType, abType, cType, batch, strideA, strideB, strideC, epilogue,
             Alignment(a), Alignment(b), Alignment(c));
-        if (!_plans.TryGetValue(key, out var plan)) _plans[key] = plan = CreatePlan(key);
+        Run(key, a, b, c, alpha, beta, stream, bias, 0, 0);
+    }
+
+    /// <summary>
+    /// Row-major C[m,n] = alpha·(scaleA·A)[m,k]·(scaleB·B)[n,k]ᵀ + beta·C with FP8 A and B (E4M3 or E5M2, not both E5M2),
+    /// C BF16 or F32, f32 accumulation. scaleA/scaleB are device pointers to one f32 each. Both operands are read along k
+    /// (cuBLASLt's FP8 kernels take only its "TN" form, which is this one after the operand swap of the class comment);
+    /// k and n must be multiples of 16, the operands 16-byte aligned.
+    /// </summary>
+    public void GemmFp8(int m, int n, int k, ulong a, GpuDType aType, ulong scaleA, ulong b, GpuDType bType, ulong scaleB,
+        ulong c, int ldc, GpuDType cType, float alpha, float beta, nint stream)
+    {
+        if (aType is not (GpuDType.E4M3 or GpuDType.E5M2) || bType is not (GpuDType.E4M3 or GpuDType.E5M2) || (aType == GpuDType.E5M2 && bType == GpuDType.E5M2))
+            throw new ArgumentException($"cuBLASLt FP8 products take E4M3·E4M3 or one E5M2 operand, not {aType}·{bType}");
+        if (k % 16 != 0 || n % 16 != 0) throw new ArgumentException($"cuBLASLt FP8 products need k and n multiples of 16, got k={k} n={n}");
+        var key = new PlanKey(false, true, m, n, k, k, k, ldc, aType, bType, cType, 1, 0, 0, 0, GemmEpilogue.None,
+            Alignment(a), Alignment(b), Alignment(c));
+        Run(key, a, b, c, alpha, beta, stream, 0, scaleA, scaleB);
+    }
+
+    void Run(PlanKey key, ulong a, ulong b, ulong c, float alpha, float beta, nint stream, ulong bias, ulong scaleA, ulong scaleB)
+    {
+        if (!_plans.TryGetValue(key, out var plan)) _plans[key] = plan = CreatePlan(key, scaleA, scaleB);
+        var epilogue = key.Epilogue;
+        int m = key.M, n = key.N, k = key.K, batch = key.Batch;
+        if (scaleA != 0)
+        {
+            // cuBLASLt's A is our B and its B our A (see the class comment).
+            Check(_descSet(plan.Desc, DESC_A_SCALE_POINTER, &scaleB, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
+            Check(_descSet(plan.Desc, DESC_B_SCALE_POINTER, &scaleA, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+        }
         if (epilogue == GemmEpilogue.Bias)
             Check(_descSet(plan.Desc, DESC_BIAS_POINTER, &bias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
         var h = plan.Heuristic;
@@ -136,7 +169,7 @@ internal sealed unsafe class CublasLt : IDisposable
             h.Algo, _workspace, (nuint)_workspaceBytes, stream), $"cublasLtMatmul(m={m}, n={n}, k={k}, batch={batch})");
     }
 
-    Plan CreatePlan(PlanKey key)
+    Plan CreatePlan(PlanKey key, ulong scaleA, ulong scaleB)
     {
         var p = new Plan();
         nint desc;
@@ -149,14 +182,19 @@ internal sealed unsafe class CublasLt : IDisposable
         Check(_descSet(desc, DESC_TRANSB, &opSecond, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSB)");
         uint epi = key.Epilogue == GemmEpilogue.Bias ? (uint)EPILOGUE_BIAS : EPILOGUE_DEFAULT;
         Check(_descSet(desc, DESC_EPILOGUE, &epi, sizeof(uint)), "cublasLtMatmulDescSetAttribute(EPILOGUE)");
+        if (scaleA != 0)
+        {
+            Check(_descSet(desc, DESC_A_SCALE_POINTER, &scaleB, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
+            Check(_descSet(desc, DESC_B_SCALE_POINTER, &scaleA, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+        }
         if (key.Epilogue == GemmEpilogue.Bias)
         {
             int bt = CudaType(key.C);
             Check(_descSet(desc, DESC_BIAS_DATA_TYPE, &bt, sizeof(int)), "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)");
         }
         // Column-major views: our B is cuBLAS's A, our A is cuBLAS's B, C is [n rows, m cols].
-        p.LayoutB = Layout(key.AB, key.TransB ? key.K : key.N, key.TransB ? key.N : key.K, key.Ldb, key.Batch, key.StrideB);
-        p.LayoutA = Layout(key.AB, key.TransA ? key.M : key.K, key.TransA ? key.K : key.M, key.Lda, key.Batch, key.StrideA);
+        p.LayoutB = Layout(key.B, key.TransB ? key.K : key.N, key.TransB ? key.N : key.K, key.Ldb, key.Batch, key.StrideB);
+        p.LayoutA = Layout(key.A, key.TransA ? key.M : key.K, key.TransA ? key.K : key.M, key.Lda, key.Batch, key.StrideA);
         p.LayoutC = Layout(key.C, key.N, key.M, key.Ldc, key.Batch, key.StrideC);
 
         nint pref;
@@ -175,7 +213,7 @@ internal sealed unsafe class CublasLt : IDisposable
             int returned = 0;
             Check(_heuristic(_handle, desc, p.LayoutB, p.LayoutA, p.LayoutC, p.LayoutC, pref, 1, &r, &returned), "cublasLtMatmulAlgoGetHeuristic");
             if (returned == 0)
-                throw new CudaException($"cuBLASLt has no algorithm for m={key.M} n={key.N} k={key.K} {key.AB}->{key.C} transA={key.TransA} transB={key.TransB}");
+                throw new CudaException($"cuBLASLt has no algorithm for m={key.M} n={key.N} k={key.K} {key.A}·{key.B}->{key.C} transA={key.TransA} transB={key.TransB}");
             p.Heuristic = r;
         }
         finally { _prefDestroy(pref); }

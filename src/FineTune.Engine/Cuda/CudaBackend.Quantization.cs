@@ -8,6 +8,12 @@ public sealed partial class CudaBackend
     {
         if (dst.Length != w.Length) throw new ArgumentException($"dequantize of {w.Rows}×{w.Cols} into {dst}");
         Need(w.Codes, DType.I32);
+        if (w.Format == QuantFormat.Fp8E4M3)
+        {
+            Need(w.Absmax, DType.F32);
+            LaunchFlat("fp8.cu", "fp8_dequantize", w.Length, [P(dst), Dt(dst), P(w.Codes), P(w.Absmax), w.Length, FormatCode(Fp8Format.E4M3)]);
+            return;
+        }
         if (w.Format == QuantFormat.Int8)
         {
             Need(w.Absmax, DType.F32);

@@ -176,6 +176,10 @@ public sealed record TrainConfig
     [OmittedWhenUnset, Description("Quantization backend; only bnb (bitsandbytes' formats) is implemented.")]
     public QuantizationMethod? QuantizationMethod { get; init; }
 
+    // FP8 frozen base (LLaMA-Factory's fp8). Unset stays out of the fingerprint, so pipelines that never name it keep their lock.
+    [OmittedWhenUnset, Description("Hold the frozen decoder linears as FP8 E4M3 (per-tensor scale) and run their products on Hopper's FP8 tensor cores (activations E4M3, gradients E5M2, scaled per step); LoRA and everything else stay bf16. lora or freeze, device cuda on an sm_90 GPU, not with quantization_bit. Default false.")]
+    public bool? Fp8 { get; init; }
+
     [OmittedWhenUnset, Description("adamw_torch (default), adamw_8bit or paged_adamw_8bit (bitsandbytes' 8-bit block-wise states; paging is not implemented, the update is adamw_8bit's).")]
     public OptimizerName? Optim { get; init; }
 

@@ -74,7 +74,7 @@ public static class LlamaFactoryExport
         sb.Append("\n### train\n");
         Section(sb, blocks, "stages.train", ["per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs",
             "max_steps", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
-            "max_grad_norm", "neftune_noise_alpha", "moe_aux_loss_coef", "seed"]);
+            "max_grad_norm", "neftune_noise_alpha", "moe_aux_loss_coef", "seed", "fp8"]);
         Line(sb, "optim", "adamw_torch");
         // LLaMA-Factory has no auto: left unwritten, it checkpoints every layer (its default), and the file imports back as auto.
         if (trainConfig.GradientCheckpointing != GradientCheckpointingSetting.Auto)

@@ -88,6 +88,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         };
 
         using var backend = ranks is null ? StageBackends.Create(cfg.Device, name, ctx.Progress.Info) : ranks.CreateBackend(cfg, name, ctx.Progress.Info);
+        if (setup.Fp8 && backend.Fp8Refusal is { } fp8Refusal)
+            throw new PipelineUserException($"stages.{name}.fp8: {fp8Refusal}.");
         using var model = Guard(() => CausalLM.Load(modelDir, backend, setup, startAdapter), startAdapter ?? modelDir);
         model.CheckpointingNotice = text => ctx.Progress.Info($"{name}: {text}");
         if (startAdapter is not null)
@@ -149,6 +151,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             Models.Quantization.QuantizedBaseFile.Write(ctx.OutputDirectory, quantization);
             notes.Add($"QLoRA: frozen decoder linears held as {quantization.Describe()}, {model.QuantizedWeightBytes / 1048576.0:F1} MiB");
         }
+        if (setup.Fp8)
+            notes.Add($"fp8: {model.Fp8Linears} frozen decoder linears held as FP8 E4M3 (W and Wᵀ), {model.Fp8WeightBytes / 1048576.0:F1} MiB");
         // The log and train_results.json carry wall times and throughput, the loss plots draw the log (logging_steps,
         // plot_loss): reports, not part of the result's hash, so the keys that shape them need not be fingerprinted.
         // report_to's event file is a report too.
@@ -261,6 +265,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         MoeAuxLossCoef = cfg.MoeAuxLossCoef,
         Seed = cfg.Seed,
         Quantization = Quantization(cfg),
+        Fp8 = cfg.Fp8 == true,
         EightBitOptimizerStates = cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit,
     };
 

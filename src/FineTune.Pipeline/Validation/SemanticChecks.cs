@@ -130,9 +130,25 @@ internal static partial class SemanticChecks
                 if (!Engine.EvalGate.TryParse(metric, text, out _, out var problem))
                     b.Error($"$.stages.{stage.Name}.require.{metric}", problem!);
         foreach (var stage in stages.OfKind(StageKind.Train))
-            if (stage.Block is TrainConfig train) QuantizationChecks(stage.Name, train, b);
+            if (stage.Block is TrainConfig train) { QuantizationChecks(stage.Name, train, b); Fp8Checks(stage.Name, train, b); }
         ModuleNameChecks.Apply(def, b);
         return def;
+    }
+
+    /// <summary>
+    /// fp8 holds a frozen base on FP8 tensor cores: it needs frozen linears (lora or freeze), a CUDA device (the GPU's
+    /// architecture is checked when the stage opens it) and no other way of holding the base (quantization_bit).
+    /// </summary>
+    private static void Fp8Checks(string stage, TrainConfig train, PipelineLoader.Binder b)
+    {
+        if (train.Fp8 != true) return;
+        string at = $"$.stages.{stage}.fp8";
+        if (train.FinetuningType == Models.FinetuningType.Full)
+            b.Error(at, "fp8 holds the frozen base weights in FP8, and finetuning_type: full trains every weight: use finetuning_type: lora (or freeze), or remove fp8");
+        if (train.QuantizationBit is not null)
+            b.Error(at, "fp8 and quantization_bit both choose how the frozen base is held (FP8 tensor cores, or bitsandbytes QLoRA): remove one of them");
+        if (train.Device == "cpu")
+            b.Error(at, "fp8 runs on the FP8 tensor cores of a Hopper GPU (sm_90) and the stage says device: cpu: set device: cuda (or auto on a GPU machine), or remove fp8");
     }
 
     /// <summary>QLoRA keys as LLaMA-Factory accepts them: 4 or 8 bits, bnb only, with LoRA only.</summary>

@@ -10,7 +10,7 @@ public sealed class KernelSourcesTests
     public void Every_operation_kernel_is_embedded_as_its_own_program()
     {
         var programs = KernelSources.Embedded().Programs.ToArray();
-        Assert.Equal(["adamw.cu", "argmax.cu", "attention.cu", "cross_entropy.cu", "elementwise.cu", "embedding.cu", "experts.cu", "geglu.cu", "gemv.cu", "kv_cache.cu", "quant.cu", "rmsnorm.cu", "rope.cu", "sampling.cu", "softcap.cu", "swiglu.cu"],
+        Assert.Equal(["adamw.cu", "argmax.cu", "attention.cu", "cross_entropy.cu", "elementwise.cu", "embedding.cu", "experts.cu", "fp8.cu", "geglu.cu", "gemv.cu", "kv_cache.cu", "quant.cu", "rmsnorm.cu", "rope.cu", "sampling.cu", "softcap.cu", "swiglu.cu"],
             programs.Where(p => !p.StartsWith("flash", StringComparison.Ordinal)).ToArray());
     }
 
@@ -36,6 +36,9 @@ public sealed class KernelSourcesTests
         Assert.Contains("extern \"C\" __global__ void adamw_step(", s.Source("adamw.cu"));
         foreach (var kernel in new[] { "dequantize_4bit", "dequantize_int8", "adamw8bit_step" })
             Assert.Contains($"extern \"C\" __global__ void {kernel}(", s.Source("quant.cu"));
+        // fp8: the launchers in CudaBackend.Fp8.cs / CudaBackend.Quantization.cs name these three.
+        foreach (var kernel in new[] { "fp8_amax", "fp8_quantize", "fp8_dequantize" })
+            Assert.Contains($"extern \"C\" __global__ void {kernel}(", s.Source("fp8.cu"));
         Assert.Contains("extern \"C\" __global__ void cached_attention_forward(", s.Source("kv_cache.cu"));
         Assert.Contains("extern \"C\" __global__ void argmax_rows(", s.Source("argmax.cu"));
         Assert.Contains("extern \"C\" __global__ void cross_entropy(", s.Source("cross_entropy.cu"));

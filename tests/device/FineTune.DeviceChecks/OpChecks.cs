@@ -139,6 +139,7 @@ public static partial class OpChecks
         GroupedGemmTiming(timing);
         foreach (var b in timing.Buffers) b.Dispose();
         QuantChecks.Run(cpu, gpu, rows);
+        Fp8Checks.Run(cpu, gpu, rows);
         CollectiveChecks.Run(cpu, gpu, rows);
         Console.WriteLine($"NVRTC {gpu.Device.NvrtcLibrary}, cuBLASLt {gpu.Device.CublasLtLibrary}; kernels compiled {gpu.Device.KernelsCompiled}, from cache {gpu.Device.KernelsFromCache}, {gpu.Device.CompileSeconds:F2} s compiling/loading");
 

@@ -9,6 +9,7 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 //   FineTune.DeviceChecks flash [outDir]       only the BF16 attention checks of `ops` (plain, gemma's windows/soft-caps, head_dim 256) → flash.json
 //   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
+//   FineTune.DeviceChecks fp8 [outDir]         FP8 frozen weights only: casts, products, a LoRA step fp8 vs bf16 (also in ops/models)
 //   FineTune.DeviceChecks quant [outDir]       write the files tests/device/bnb_reference.py compares (CPU only)
 //   FineTune.DeviceChecks quant-base <model> <out>   the model with its decoder linears NF4-quantized then dequantized (f32)
 // Exit code 1 when any check exceeds its tolerance.
@@ -55,6 +56,20 @@ switch (cmd)
         bool profile = args.Contains("--profile");
         return Bench.RunAll(args.Skip(1).Where(a => a != "--profile").ToArray(), profile);
     }
+    case "fp8":
+    {
+        if (args.Length > 1) outDir = args[1];
+        var rows = new List<CheckRow>();
+        using (var cpu = new FineTune.Engine.Cpu.CpuBackend())
+        using (var gpu = new CudaBackend(0))
+            Fp8Checks.Run(cpu, gpu, rows);
+        rows.AddRange(ModelChecks.Fp8TrainStep());
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "fp8.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        int failed = rows.Count(r => !r.Pass);
+        Console.WriteLine($"fp8 checks: {rows.Count - failed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
     case "flashbench":
         return FlashBench.Run();
     case "quant-base":
@@ -65,6 +80,6 @@ switch (cmd)
         QuantChecks.WriteReferenceFiles(args.Length > 1 ? args[1] : outDir);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, models, bench, flashbench or quant");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, models, fp8, bench, flashbench or quant");
         return 2;
 }

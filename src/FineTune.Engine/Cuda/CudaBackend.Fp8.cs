@@ -1,0 +1,86 @@
+namespace FineTune.Engine.Cuda;
+
+// Launchers of Cuda/Kernels/fp8.cu and the FP8 products of frozen weights (fp8: true) on cuBLASLt.
+public sealed partial class CudaBackend
+{
+    /// <summary>FP8 tensor-core products are offered on Hopper (compute capability 9.x), the architecture they are checked on.</summary>
+    public string? Fp8Refusal => _dev.Info.ComputeMajor == 9 ? null
+        : $"fp8 needs a Hopper GPU (sm_90); {Name} is {_dev.Info.Name} ({_dev.Info.Architecture}). Remove fp8: true or train on an H100/H200";
+
+    static int FormatCode(Fp8Format f) => f == Fp8Format.E4M3 ? 0 : 1;
+
+    public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format)
+    {
+        Need(codes, DType.I32); Need(scaleInverse, DType.F32);
+        if (codes.Length * 4 < x.Length) throw new ArgumentException($"FP8 codes {codes} cannot hold {x.Length} bytes");
+        ulong amax = _dev.Allocate(4);
+        try { Quantize(P(codes), P(scaleInverse), amax, x, format); }
+        finally { _dev.Free(amax); }
+    }
+
+    // amax → scale → cast, all on the stream (amax is a 4-byte device word the caller owns).
+    void Quantize(ulong codes, ulong scaleInverse, ulong amax, Tensor x, Fp8Format format)
+    {
+        _dev.Zero(amax, 4);
+        LaunchFlat("fp8.cu", "fp8_amax", x.Length, [P(x), Dt(x), x.Length, amax]);
+        LaunchFlat("fp8.cu", "fp8_quantize", x.Length, [codes, scaleInverse, P(x), Dt(x), x.Length, amax, FormatCode(format)]);
+    }
+
+    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false)
+    {
+        if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
+        if (Fp8Refusal is { } why) throw new NotSupportedException(why);
+        // Forward y = x·Wᵀ reads W [N, K] along K; the input gradient dx = dy·W reads Wᵀ [K, N] along N.
+        int k = inputGradient ? w.Rows : w.Cols, n = inputGradient ? w.Cols : w.Rows, m = a.Rows;
+        if (a.Cols != k || c.Cols != n || c.Rows != m)
+            throw new ArgumentException($"FP8 product shapes do not agree: c {c} = a {a}·W{(inputGradient ? "" : "ᵀ")} [{w.Rows}, {w.Cols}]");
+        var weight = inputGradient ? w.Transposed ?? throw new ArgumentException($"FP8 weight [{w.Rows}, {w.Cols}] has no transposed codes for dx = dy·W") : w.Codes;
+        Need(weight, DType.I32); Need(w.Absmax, DType.F32);
+        if (m == 0) return;
+        var format = inputGradient ? Fp8Format.E5M2 : Fp8Format.E4M3;
+        // One block: a's codes, then (256-aligned) amax and a's scale inverse.
+        long codeBytes = ((long)m * k + 255) / 256 * 256;
+        ulong block = _dev.Allocate(codeBytes + 256);
+        try
+        {
+            ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
+            Quantize(block, scaleInv, amax, a, format);
+            _dev.Blas.GemmFp8(m, n, k, block, format == Fp8Format.E4M3 ? GpuDType.E4M3 : GpuDType.E5M2, scaleInv,
+                P(weight), GpuDType.E4M3, P(w.Absmax), P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
+                1f, accumulate ? 1f : 0f, _dev.Stream);
+            if (_dev.Profiling) _dev.Mark(inputGradient ? "gemm fp8 (input gradient)" : "gemm fp8");
+        }
+        finally { _dev.Free(block); }
+    }
+
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    {
+        if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
+        if (Fp8Refusal is { } why) throw new NotSupportedException(why);
+        int m = a.Rows, k = a.Cols;
+        for (int i = 0; i < ws.Count; i++)
+        {
+            var w = ws[i];
+            if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
+            if (w.Cols != k || cs[i].Cols != w.Rows || cs[i].Rows != m)
+                throw new ArgumentException($"FP8 product shapes do not agree: c {cs[i]} = a {a}·Wᵀ [{w.Rows}, {w.Cols}]");
+            Need(w.Codes, DType.I32); Need(w.Absmax, DType.F32);
+        }
+        if (m == 0 || ws.Count == 0) return;
+        long codeBytes = ((long)m * k + 255) / 256 * 256;
+        ulong block = _dev.Allocate(codeBytes + 256);
+        try
+        {
+            ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
+            Quantize(block, scaleInv, amax, a, Fp8Format.E4M3);
+            for (int i = 0; i < ws.Count; i++)
+            {
+                var c = cs[i];
+                _dev.Blas.GemmFp8(m, ws[i].Rows, k, block, GpuDType.E4M3, scaleInv, P(ws[i].Codes), GpuDType.E4M3, P(ws[i].Absmax),
+                    P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream);
+                if (_dev.Profiling) _dev.Mark("gemm fp8");
+            }
+        }
+        finally { _dev.Free(block); }
+    }
+}

@@ -1,0 +1,89 @@
+// FP8 frozen weights (fp8: true): per-tensor "current scaling" of activations and gradients before cuBLASLt's FP8
+// products, and the weight's dequantization. Math of every step (Fp8.cs is the CPU reference, bit for bit):
+//   amax = max_i |x_i|            (fmaxf: NaN ignored)
+//   s    = max_fmt / amax         (1 when amax is 0 or not finite; max_fmt = 448 for E4M3, 57344 for E5M2)
+//   q_i  = cast_fmt(x_i · s)      (round to nearest even, finite values past max_fmt saturate)
+//   scale_inv = 1 / s             (cuBLASLt's A/B scale: the product reads x ≈ q · scale_inv)
+// Two launches per tensor (amax by atomicMax on the float's bits, which order as unsigned for |x| ≥ 0, then the cast
+// reading amax from device memory): no host round trip inside a training step.
+#include "common.cuh"
+
+#define FP8_E4M3 0
+#define FP8_E5M2 1
+
+// Integer form of the cast, for architectures without the FP8 cvt (the kernels still compile for them; the products
+// are refused before they run). Same arithmetic as Fp8.Encode.
+__device__ __forceinline__ unsigned char fp8_encode_soft(float v, int fmt)
+{
+    unsigned bits = __float_as_uint(v);
+    unsigned sign = (bits >> 24) & 0x80u;
+    unsigned mag = bits & 0x7fffffffu;
+    if (mag > 0x7f800000u) return (unsigned char)(sign | 0x7fu);
+    int m = fmt == FP8_E4M3 ? 3 : 2, emin = fmt == FP8_E4M3 ? -6 : -14, maxcode = fmt == FP8_E4M3 ? 0x7e : 0x7b;
+    int e = (int)(mag >> 23) - 127;
+    int code;
+    if (e < emin)
+    {
+        float scaled = __fmul_rn(__uint_as_float(mag), __uint_as_float((unsigned)(127 + m - emin) << 23));
+        code = (int)rintf(scaled);
+    }
+    else
+    {
+        int drop = 23 - m;
+        unsigned mant = mag & 0x7fffffu, kept = mant >> drop, rest = mant & ((1u << drop) - 1u), half = 1u << (drop - 1);
+        code = ((e - emin + 1) << m) + (int)kept;
+        if (rest > half || (rest == half && (kept & 1u))) code++;
+    }
+    return (unsigned char)(sign | (unsigned)min(code, maxcode));
+}
+
+// f32 → FP8 code: the hardware cvt on sm_89 and later (the value lands in the low byte of the pair).
+__device__ __forceinline__ unsigned char fp8_encode(float v, int fmt)
+{
+#if __CUDA_ARCH__ >= 890
+    unsigned short r;
+    if (fmt == FP8_E4M3) asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(v));
+    else asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(v));
+    return (unsigned char)(r & 0xff);
+#else
+    return fp8_encode_soft(v, fmt);
+#endif
+}
+
+// FP8 code → its exact f32 value, built from the bits (E4M3 has no infinities; S.1111.111 is NaN).
+__device__ __forceinline__ float fp8_decode(unsigned char c, int fmt)
+{
+    int m = fmt == FP8_E4M3 ? 3 : 2, emin = fmt == FP8_E4M3 ? -6 : -14;
+    int e = (c & 0x7f) >> m, mant = c & ((1 << m) - 1);
+    unsigned sign = (unsigned)(c & 0x80) << 24;
+    if ((fmt == FP8_E4M3 && e == 15 && mant == 7) || (fmt == FP8_E5M2 && e == 31 && mant != 0)) return __uint_as_float(sign | 0x7fc00000u);
+    if (fmt == FP8_E5M2 && e == 31) return __uint_as_float(sign | 0x7f800000u);
+    if (e == 0) return __uint_as_float(sign | __float_as_uint(__fmul_rn((float)mant, __uint_as_float((unsigned)(127 + emin - m) << 23))));
+    return __uint_as_float(sign | ((unsigned)(e - 1 + emin + 127) << 23) | ((unsigned)mant << (23 - m)));
+}
+
+// amax[0] = max(amax[0], max_i |x_i|) as float bits; the caller zeroes amax first.
+extern "C" __global__ void fp8_amax(const void* x, int dt, i64 n, unsigned* amax)
+{
+    float m = 0.0f;
+    GRID_STRIDE(i, n) m = fmaxf(m, fabsf(ld(x, i, dt)));
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
+}
+
+// q_i = cast(x_i · s), s from amax as above; block 0's thread 0 also stores 1/s.
+extern "C" __global__ void fp8_quantize(unsigned char* q, float* scale_inv, const void* x, int dt, i64 n, const unsigned* amax, int fmt)
+{
+    float a = __uint_as_float(*amax);
+    float maxv = fmt == FP8_E4M3 ? 448.0f : 57344.0f;
+    float s = (a > 0.0f && a <= 3.402823466e38f) ? __fdiv_rn(maxv, a) : 1.0f;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
+    GRID_STRIDE(i, n) q[i] = fp8_encode(__fmul_rn(ld(x, i, dt), s), fmt);
+}
+
+// out_i = decode(q_i) · scale_inv[0], rounded once to out's dtype (a frozen FP8 weight read back: merge, checks).
+extern "C" __global__ void fp8_dequantize(void* out, int dt, const unsigned char* q, const float* scale_inv, i64 n, int fmt)
+{
+    float inv = *scale_inv;
+    GRID_STRIDE(i, n) st(out, i, __fmul_rn(fp8_decode(q[i], fmt), inv), dt);
+}

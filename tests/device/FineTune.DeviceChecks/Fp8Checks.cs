@@ -1,0 +1,230 @@
+using System.Runtime.InteropServices;
+using FineTune.Engine;
+using FineTune.Engine.Cpu;
+using FineTune.Engine.Cuda;
+
+namespace FineTune.DeviceChecks;
+
+/// <summary>
+/// FP8 frozen weights (fp8: true), CUDA against the CPU emulation (Engine/Fp8.cs): the device cast (amax → scale → PTX
+/// cvt.rn.satfinite) bit for bit in E4M3 and E5M2 from F32 and BF16 inputs, the weight's dequantization bit for bit, and
+/// cuBLASLt's FP8 products (forward E4M3·E4M3, input gradient E5M2·E4M3, with and without accumulation) against the CPU
+/// product of the same dequantized operands. Those differ only by f32 summation order and the bf16 rounding of the output:
+/// tolerance 4e-3 relative (bf16's half ulp is 2^-9 ≈ 2e-3). A report-only row gives the FP8 product's distance from the
+/// unquantized bf16 product (the precision FP8 costs), tolerance 0.1.
+/// </summary>
+public static class Fp8Checks
+{
+    static int[] Words(ReadOnlySpan<byte> bytes)
+    {
+        var w = new int[QuantizedWeight.WordsFor(bytes.Length)];
+        bytes.CopyTo(MemoryMarshal.AsBytes(w.AsSpan()));
+        return w;
+    }
+
+    static Tensor Alloc(IBackend b, List<DeviceBuffer> owned, DType t, params int[] shape)
+    {
+        long n = 1; foreach (var d in shape) n *= d;
+        var buf = b.AllocateBuffer(Math.Max(16, n * t.ByteSize()));
+        owned.Add(buf);
+        return new Tensor(buf, 0, t, shape);
+    }
+
+    static Tensor Put(IBackend b, List<DeviceBuffer> owned, DType t, float[] v, params int[] shape)
+    {
+        var x = Alloc(b, owned, t, shape);
+        b.Upload(x, v);
+        return x;
+    }
+
+    static void Row(List<CheckRow> rows, string op, string path, string output, long n, double err, double tol, double ms)
+    {
+        bool pass = double.IsFinite(err) && err <= tol;
+        rows.Add(new CheckRow(op, path, output, n, err, tol, pass, ms));
+        Console.WriteLine($"{(pass ? "ok  " : "FAIL")} {path,-5} {op,-44} {output,-12} n={n,-9} err={err:E2} (tol {tol:E0}) gpu {ms:F3} ms");
+    }
+
+    /// <summary>Values that exercise the cast: random magnitudes over the format's range, midways, sub-normals, saturation.</summary>
+    static float[] CastInputs(Fp8Format f, int n, int seed)
+    {
+        var rng = new Random(seed);
+        float max = Fp8.Max(f);
+        var v = new float[n];
+        for (int i = 0; i < n; i++) v[i] = (float)((rng.NextDouble() * 2 - 1) * Math.Pow(2, -rng.NextDouble() * 24));
+        // amax = max makes s = 1 exactly, so the special values below reach the cast unchanged (saturation: SaturationInputs).
+        v[0] = max;
+        var codes = Enumerable.Range(0, 256).Select(c => Fp8.Decode((byte)c, f)).Where(float.IsFinite).ToArray();
+        int at = 1;
+        foreach (float c in codes)
+        {
+            if (at + 3 >= n) break;
+            v[at++] = c;
+            if (MathF.Abs(c) == max) continue; // past the largest value lies saturation, which would move amax
+            v[at++] = c * (1 + MathF.ScaleB(1f, f == Fp8Format.E4M3 ? -4 : -3)); // the midway above c
+            v[at++] = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(c) + 1);
+        }
+        return v;
+    }
+
+    /// <summary>An infinite amax leaves s = 1, so values past the format's largest reach the cast and must saturate.</summary>
+    static float[] SaturationInputs(Fp8Format f)
+    {
+        float max = Fp8.Max(f);
+        return [float.PositiveInfinity, float.NegativeInfinity, max, -max, max * 1.03f, max * 1.0625f, max * 1.2f, -max * 1.5f, 1e30f, -3e38f, 1f, -0.5f, 0f, -0f, 1e-30f, 7f, 500f, 464f, 65536f, 61440f];
+    }
+
+    public static void Run(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows)
+    {
+        if (gpu.Fp8Refusal is { } why) { Console.WriteLine($"skip fp8 checks: {why}"); return; }
+        var owned = new List<DeviceBuffer>();
+        try
+        {
+            Casts(cpu, gpu, rows, owned);
+            Products(cpu, gpu, rows, owned);
+        }
+        finally { foreach (var b in owned) b.Dispose(); }
+    }
+
+    static void Casts(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned)
+    {
+        foreach (var f in new[] { Fp8Format.E4M3, Fp8Format.E5M2 })
+            foreach (var (dt, saturation) in new[] { (DType.F32, false), (DType.BF16, false), (DType.F32, true) })
+            {
+                var v = saturation ? SaturationInputs(f) : CastInputs(f, 100_003, 11);
+                int n = v.Length;
+                if (dt == DType.BF16) v = v.Select(x => Bf16.ToFloat(Bf16.FromFloat(x))).ToArray();
+                var xc = Put(cpu, owned, DType.F32, v, n);
+                var xg = Put(gpu, owned, dt, v, n);
+                int words = QuantizedWeight.WordsFor(n);
+                var qc = Alloc(cpu, owned, DType.I32, words); var sc = Alloc(cpu, owned, DType.F32, 1);
+                var qg = Alloc(gpu, owned, DType.I32, words); var sg = Alloc(gpu, owned, DType.F32, 1);
+                cpu.QuantizeFp8(qc, sc, xc, f);
+                gpu.Synchronize();
+                using (var timer = gpu.Device.StartTimer())
+                {
+                    gpu.QuantizeFp8(qg, sg, xg, f);
+                    double ms = timer.StopMs();
+                    var a = new int[words]; var b = new int[words];
+                    cpu.Download(qc, a); gpu.Download(qg, b);
+                    var ab = MemoryMarshal.AsBytes(a.AsSpan())[..n]; var bb = MemoryMarshal.AsBytes(b.AsSpan())[..n];
+                    int differ = 0, first = -1;
+                    for (int i = 0; i < n; i++) if (ab[i] != bb[i]) { differ++; if (first < 0) first = i; }
+                    if (first >= 0) Console.WriteLine($"     first difference at {first}: x={v[first]:R} cpu 0x{ab[first]:X2} gpu 0x{bb[first]:X2}");
+                    var s1 = new float[1]; var s2 = new float[1];
+                    cpu.Download(sc, s1); gpu.Download(sg, s2);
+                    bool scaleSame = BitConverter.SingleToInt32Bits(s1[0]) == BitConverter.SingleToInt32Bits(s2[0]);
+                    Row(rows, $"fp8 quantize {f}{(saturation ? " saturating" : "")} (codes bit for bit)", dt == DType.BF16 ? "bf16" : "f32", "codes differing", n, differ, 0, ms);
+                    Row(rows, $"fp8 quantize {f}{(saturation ? " saturating" : "")} (scale inverse)", dt == DType.BF16 ? "bf16" : "f32", "bits differ", 1, scaleSame ? 0 : 1, 0, 0);
+                }
+            }
+
+        // The weight's dequantization: codes made on the host, read back on the device bit for bit.
+        const int r = 896, c = 4864;
+        var w = new float[r * c];
+        new FineTune.Models.RandomWeights(3, 0.02f).Read("w", [r, c], w);
+        var (codes, transposed, inv) = Fp8.QuantizeWeight(w, r, c);
+        foreach (var dt in new[] { DType.F32, DType.BF16 })
+        {
+            var wc = UploadWeight(cpu, owned, codes, transposed, inv, r, c);
+            var wg = UploadWeight(gpu, owned, codes, transposed, inv, r, c);
+            var oc = Alloc(cpu, owned, DType.F32, r, c);
+            var og = Alloc(gpu, owned, dt, r, c);
+            cpu.Dequantize(oc, wc);
+            gpu.Synchronize();
+            using var timer = gpu.Device.StartTimer();
+            gpu.Dequantize(og, wg);
+            double ms = timer.StopMs();
+            var want = new float[r * c]; var got = new float[r * c];
+            cpu.Download(oc, want); gpu.Download(og, got);
+            if (dt == DType.BF16) want = want.Select(x => Bf16.ToFloat(Bf16.FromFloat(x))).ToArray();
+            int differ = 0;
+            for (int i = 0; i < want.Length; i++) if (BitConverter.SingleToInt32Bits(want[i]) != BitConverter.SingleToInt32Bits(got[i])) differ++;
+            Row(rows, "fp8 dequantize E4M3 weight (bit for bit)", dt == DType.BF16 ? "bf16" : "f32", "values differ", r * c, differ, 0, ms);
+        }
+    }
+
+    public static QuantizedWeight UploadWeight(IBackend b, List<DeviceBuffer> owned, byte[] codes, byte[] transposed, float inverse, int rows, int cols)
+    {
+        var cw = Alloc(b, owned, DType.I32, QuantizedWeight.WordsFor(codes.Length));
+        var tw = Alloc(b, owned, DType.I32, QuantizedWeight.WordsFor(transposed.Length));
+        var sw = Alloc(b, owned, DType.F32, 1);
+        b.Upload(cw, Words(codes)); b.Upload(tw, Words(transposed)); b.Upload(sw, [inverse]);
+        return new QuantizedWeight(QuantFormat.Fp8E4M3, rows, cols, cw, sw, Transposed: tw);
+    }
+
+    static double Rel(float[] got, float[] want)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < got.Length; i++) { double d = (double)got[i] - want[i]; num += d * d; den += (double)want[i] * want[i]; }
+        return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
+    }
+
+    static void Products(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned)
+    {
+        var rng = new Random(21);
+        float[] Rand(int n, float s) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * s).ToArray();
+        {
+            // Fp8MatMulShared: q, k, v-like products of one input, x cast once; each must equal its own Fp8MatMul bit for bit.
+            int m = 300, k = 512;
+            int[] ns = [512, 128, 128];
+            var x = Rand(m * k, 1f).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray();
+            var xg = Put(gpu, owned, DType.BF16, x, m, k);
+            var ws = ns.Select(n => { var w = Rand(n * k, 0.05f); var q = Fp8.QuantizeWeight(w, n, k); return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, n, k); }).ToArray();
+            var shared = ns.Select(n => Alloc(gpu, owned, DType.BF16, m, n)).ToArray();
+            var single = ns.Select(n => Alloc(gpu, owned, DType.BF16, m, n)).ToArray();
+            gpu.Synchronize();
+            using var timer = gpu.Device.StartTimer();
+            gpu.Fp8MatMulShared(shared, xg, ws);
+            double ms = timer.StopMs();
+            for (int i = 0; i < ns.Length; i++) gpu.Fp8MatMul(single[i], xg, ws[i], inputGradient: false);
+            int differ = 0, total = 0;
+            for (int i = 0; i < ns.Length; i++)
+            {
+                var a = new float[m * ns[i]]; var b = new float[m * ns[i]];
+                gpu.Download(shared[i], a); gpu.Download(single[i], b);
+                total += a.Length;
+                for (int e = 0; e < a.Length; e++) if (BitConverter.SingleToInt32Bits(a[e]) != BitConverter.SingleToInt32Bits(b[e])) differ++;
+            }
+            Row(rows, "fp8 matmul shared input (3 weights, x cast once)", "bf16", "vs separate (bits)", total, differ, 0, ms);
+        }
+        foreach (var (m, n, k) in new[] { (77, 192, 256), (2048, 1024, 896) })
+        {
+            var w = Rand(n * k, 0.05f);
+            var (codes, transposed, inv) = Fp8.QuantizeWeight(w, n, k);
+            var wc = UploadWeight(cpu, owned, codes, transposed, inv, n, k);
+            var wg = UploadWeight(gpu, owned, codes, transposed, inv, n, k);
+            var x = Rand(m * k, 1f).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray();
+            var dy = Rand(m * n, 1e-3f).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray();
+            var start = Rand(m * n, 0.5f).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray();
+            string shape = $"{m}x{n}x{k}";
+            foreach (bool grad in new[] { false, true })
+                foreach (bool acc in new[] { false, true })
+                {
+                    var a = grad ? dy : x;
+                    int cols = grad ? k : n;
+                    var init = grad ? Rand(m * k, 0.5f).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray() : start;
+                    var ac = Put(cpu, owned, DType.F32, a, m, grad ? n : k);
+                    var ag = Put(gpu, owned, DType.BF16, a, m, grad ? n : k);
+                    var cc = Put(cpu, owned, DType.F32, init, m, cols);
+                    var cg = Put(gpu, owned, DType.BF16, init, m, cols);
+                    cpu.Fp8MatMul(cc, ac, wc, grad, acc);
+                    gpu.Synchronize();
+                    using var timer = gpu.Device.StartTimer();
+                    gpu.Fp8MatMul(cg, ag, wg, grad, acc);
+                    double ms = timer.StopMs();
+                    var want = new float[m * cols]; var got = new float[m * cols];
+                    cpu.Download(cc, want); gpu.Download(cg, got);
+                    string op = $"fp8 matmul {(grad ? "dx = dy·W (E5M2·E4M3)" : "y = x·Wᵀ (E4M3·E4M3)")}{(acc ? " +=" : "")} {shape}";
+                    Row(rows, op, "bf16", "vs cpu emulation", want.Length, Rel(got, want), 4e-3, ms);
+                    if (acc) continue;
+                    // The cost of FP8: the same product with the unquantized bf16 weight and input.
+                    var wb = Put(gpu, owned, DType.BF16, w, n, k);
+                    var cb = Alloc(gpu, owned, DType.BF16, m, cols);
+                    gpu.MatMul(cb, ag, false, wb, !grad);
+                    var plain = new float[m * cols];
+                    gpu.Download(cb, plain);
+                    Row(rows, op, "bf16", "vs bf16 product", want.Length, Rel(got, plain), 0.1, 0);
+                }
+        }
+    }
+}
