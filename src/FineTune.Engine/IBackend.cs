@@ -137,10 +137,10 @@ public interface IBackend : IDisposable
     /// c_j = a·b_jᵀ for up to three weights that read the same input (a layer's q/k/v, or gate/up): one launch where the
     /// backend can (CUDA's decode-step GEMV), else one <see cref="MatMul"/> each — the same values either way.
     /// </summary>
-    void MatMulShared(ReadOnlySpan<Tensor> cs, Tensor a, ReadOnlySpan<Tensor> bs)
+    void MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<Tensor> bs)
     {
-        if (cs.Length != bs.Length) throw new ArgumentException($"{cs.Length} outputs for {bs.Length} weights");
-        for (int j = 0; j < cs.Length; j++) MatMul(cs[j], a, false, bs[j], true);
+        if (cs.Count != bs.Count) throw new ArgumentException($"{cs.Count} outputs for {bs.Count} weights");
+        for (int j = 0; j < cs.Count; j++) MatMul(cs[j], a, false, bs[j], true);
     }
     /// <summary>y[r, :] += bias for every row r.</summary>
     void AddBias(Tensor y, Tensor bias);

@@ -425,9 +425,7 @@ public sealed partial class CausalLM
             if (lins.All(l => (l.Lora is null || _adaptersOff) && !_quantized.ContainsKey(l.Weight)))
             {
                 // Plain products of one input (a decode step's q/k/v or gate/up): one launch where the backend fuses them.
-                Span<Tensor> weights = new Tensor[lins.Length];
-                for (int j = 0; j < lins.Length; j++) weights[j] = lins[j].Weight.Value;
-                Backend.MatMulShared(ys, x, weights);
+                Backend.MatMulShared(ys, x, [.. lins.Select(l => l.Weight.Value)]);
                 for (int j = 0; j < lins.Length; j++)
                     if (lins[j].Bias is { } b) Backend.AddBias(ys[j], b.Value);
                 _stepLora?.Apply(L, set, ys, x);

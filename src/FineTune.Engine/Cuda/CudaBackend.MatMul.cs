@@ -96,26 +96,26 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>A decode step's q/k/v (or gate/up) products in one GEMV launch when each would take the GEMV alone.</summary>
-    public void MatMulShared(ReadOnlySpan<Tensor> cs, Tensor a, ReadOnlySpan<Tensor> bs)
+    public void MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<Tensor> bs)
     {
-        if (cs.Length != bs.Length) throw new ArgumentException($"{cs.Length} outputs for {bs.Length} weights");
-        bool fused = cs.Length is >= 1 and <= 3;
-        for (int j = 0; j < cs.Length && fused; j++)
+        if (cs.Count != bs.Count) throw new ArgumentException($"{cs.Count} outputs for {bs.Count} weights");
+        bool fused = cs.Count is >= 1 and <= 3;
+        for (int j = 0; j < cs.Count && fused; j++)
         {
             var (c, b) = (cs[j], bs[j]);
             fused = c.Rows == a.Rows && b.Cols == a.Cols && c.Cols == b.Rows && c.Rows > 0 && GemvFits(c, a, false, b, true, c.Rows, c.Cols, a.Cols);
         }
         if (!fused)
         {
-            for (int j = 0; j < cs.Length; j++) MatMul(cs[j], a, false, bs[j], true);
+            for (int j = 0; j < cs.Count; j++) MatMul(cs[j], a, false, bs[j], true);
             return;
         }
         var args = new KernelArg[16];
-        args[0] = P(a); args[1] = a.Rows; args[2] = a.Cols; args[3] = cs.Length;
+        args[0] = P(a); args[1] = a.Rows; args[2] = a.Cols; args[3] = cs.Count;
         int total = 0;
         for (int j = 0; j < 3; j++)
         {
-            bool used = j < cs.Length;
+            bool used = j < cs.Count;
             args[4 + 4 * j] = used ? P(cs[j]) : 0UL;
             args[5 + 4 * j] = used ? Dt(cs[j]) : 0;
             args[6 + 4 * j] = used ? P(bs[j]) : 0UL;
