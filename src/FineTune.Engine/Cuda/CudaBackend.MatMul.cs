@@ -90,7 +90,7 @@ public sealed partial class CudaBackend
     bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
     {
         if (!GemvFits(c, a, transA, b, transB, m, n, k)) return false;
-        Launch("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
+        LaunchDependent("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
             [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0]);
         return true;
     }
@@ -122,6 +122,6 @@ public sealed partial class CudaBackend
             args[7 + 4 * j] = used ? cs[j].Cols : 0;
             if (used) total += cs[j].Cols;
         }
-        Launch("gemv.cu", "gemv_bf16_set", ((total + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32, args);
+        LaunchDependent("gemv.cu", "gemv_bf16_set", ((total + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32, args);
     }
 }

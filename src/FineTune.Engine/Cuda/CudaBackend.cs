@@ -95,6 +95,20 @@ public sealed partial class CudaBackend : IBackend
         if (_dev.Profiling) _dev.Mark(kernel);
     }
 
+    /// <summary>
+    /// Programmatic dependent launch for the GEMV (FINETUNE_PDL=1; off by default until measured): the decode step's
+    /// GEMVs start streaming their weight while the kernel before them finishes (gemv.cu waits before reading its input;
+    /// the norms, SwiGLU and the attention combine trigger their dependents at their start).
+    /// </summary>
+    public bool UseDependentLaunch { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_PDL") == "1";
+
+    void LaunchDependent(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args)
+    {
+        if (!UseDependentLaunch) { Launch(program, kernel, grid, block, args); return; }
+        _dev.LaunchDependent(_dev.Function(program, kernel), grid, (block, 1, 1), 0, args, kernel);
+        if (_dev.Profiling) _dev.Mark(kernel);
+    }
+
     void LaunchFlat(string program, string kernel, long n, ReadOnlySpan<KernelArg> args)
     {
         if (n == 0) return;

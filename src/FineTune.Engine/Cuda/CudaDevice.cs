@@ -149,6 +149,24 @@ public sealed unsafe class CudaDevice : IDisposable
             throw new CudaException($"launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
     }
 
+    /// <summary>
+    /// As <see cref="Launch(nint, ValueTuple{int, int, int}, ValueTuple{int, int, int}, int, ReadOnlySpan{KernelArg}, string)"/>,
+    /// but the kernel may start while the previous one on the stream finishes (programmatic dependent launch, Hopper):
+    /// only for kernels that wait (griddepcontrol.wait) before reading the previous kernel's output. Falls back to a plain
+    /// launch on a driver without cuLaunchKernelEx.
+    /// </summary>
+    public void LaunchDependent(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
+    {
+        if (!_driver.HasLaunchEx) { Launch(function, grid, block, sharedBytes, args, name); return; }
+        var values = stackalloc ulong[args.Length];
+        var ptrs = stackalloc void*[args.Length];
+        for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
+        int rc = _driver.LaunchKernelDependent(function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
+            (uint)sharedBytes, Stream, ptrs);
+        if (rc != 0)
+            throw new CudaException($"dependent launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
+    }
+
     public void Synchronize() => _driver.StreamSynchronize(Stream);
     /// <summary>True when the stream has no work left (a collective's wait polls this beside NCCL's async error).</summary>
     public bool StreamDone() => _driver.StreamDone(Stream);

@@ -51,6 +51,7 @@ internal sealed unsafe class CudaDriver
     readonly delegate* unmanaged<nint*, nint, byte*, int> _cuModuleGetFunction;
     readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
     readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
+    readonly delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> _cuLaunchKernelEx;
     readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
     readonly delegate* unmanaged<nint, nint, int> _cuEventRecord;
     readonly delegate* unmanaged<nint, int> _cuEventSynchronize;
@@ -97,6 +98,7 @@ internal sealed unsafe class CudaDriver
         _cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)lib.Export("cuModuleGetFunction");
         _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)lib.Export("cuFuncSetAttribute");
         _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)lib.Export("cuLaunchKernel");
+        _cuLaunchKernelEx = (delegate* unmanaged<LaunchConfig*, nint, void**, void**, int>)lib.TryExport("cuLaunchKernelEx");
         _cuEventCreate = (delegate* unmanaged<nint*, uint, int>)lib.Export("cuEventCreate");
         _cuEventRecord = (delegate* unmanaged<nint, nint, int>)lib.Export("cuEventRecord");
         _cuEventSynchronize = (delegate* unmanaged<nint, int>)lib.Export("cuEventSynchronize");
@@ -205,6 +207,44 @@ internal sealed unsafe class CudaDriver
 
     public int LaunchKernel(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args) =>
         _cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, args, null);
+
+    /// <summary>Whether the driver has cuLaunchKernelEx (CUDA 12+), which programmatic dependent launch needs.</summary>
+    public bool HasLaunchEx => _cuLaunchKernelEx != null;
+
+    // CUlaunchConfig and one CUlaunchAttribute (id, padding to 8 bytes, a 64-byte value union) as cuda.h lays them out.
+    [StructLayout(LayoutKind.Sequential)]
+    struct LaunchConfig
+    {
+        public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+        public nint Stream;
+        public LaunchAttribute* Attrs;
+        public uint NumAttrs;
+    }
+
+    [StructLayout(LayoutKind.Sequential, Size = 72)]
+    struct LaunchAttribute
+    {
+        public int Id;
+        public int Pad;
+        public int Value; // the union's first int: programmaticStreamSerializationAllowed
+    }
+
+    const int LaunchAttributeProgrammaticStreamSerialization = 6; // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+    /// <summary>
+    /// A launch that may begin before the previous kernel on the stream has finished (programmatic dependent launch):
+    /// the kernel must execute griddepcontrol.wait before it reads anything the previous kernel writes.
+    /// </summary>
+    public int LaunchKernelDependent(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args)
+    {
+        var attr = new LaunchAttribute { Id = LaunchAttributeProgrammaticStreamSerialization, Value = 1 };
+        var config = new LaunchConfig
+        {
+            GridX = gx, GridY = gy, GridZ = gz, BlockX = bx, BlockY = by, BlockZ = bz, SharedBytes = smem, Stream = stream,
+            Attrs = &attr, NumAttrs = 1,
+        };
+        return _cuLaunchKernelEx(&config, f, args, null);
+    }
 
     /// <summary>Whether the driver exports what stream capture and graph launch need.</summary>
     public bool HasGraphs => _cuStreamBeginCapture != null && _cuStreamEndCapture != null && _cuGraphInstantiateWithFlags != null

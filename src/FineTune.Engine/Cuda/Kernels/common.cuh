@@ -59,6 +59,23 @@ __device__ __forceinline__ float block_sum(float v)
     return warp_sum(v);
 }
 
+// Programmatic dependent launch (Hopper; CudaBackend.UseDependentLaunch): a kernel launched as dependent may start
+// while the previous kernel on the stream finishes, and must pdl_wait() before it reads anything that kernel writes
+// (it may read constants, e.g. a frozen weight, before); a kernel calls pdl_trigger() to let its dependent start that
+// early (once every block of it has called it). Both are no-ops below sm_90 and for kernels launched plainly.
+__device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 // Σ v[0 .. count) by one block in an order fixed by count and blockDim alone (thread i sums i, i+blockDim, …, then
 // block_sum's tree): the reductions that used to add block results with atomicAdd — whose order followed the blocks'
 // timing, so a training run's last bits changed run to run — go through this instead.

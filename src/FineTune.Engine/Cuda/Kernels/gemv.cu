@@ -30,6 +30,9 @@ __device__ __forceinline__ void gemv_column(void* c, int dt_c, const unsigned sh
             int q = q0 + u * 32 + lane;
             w[u] = q < chunks ? __ldcs(brow + q) : make_uint4(0u, 0u, 0u, 0u);
         }
+        // Launched as a dependent (CudaBackend.UseDependentLaunch), the weight's first loads overlap the previous
+        // kernel; A and C are read only after it has finished.
+        if (q0 == 0) pdl_wait();
 #pragma unroll
         for (int u = 0; u < GEMV_U; u++)
         {

@@ -206,6 +206,7 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
 // Grid (T, Hq), one warp per (token, query head): the splits' partial results rescaled to the common maximum.
 extern "C" __global__ void cached_attention_combine(void* out, int dt_o, const float* part, int Hq, int D, int splits)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     const float* src = part + ((i64)t * Hq + h) * splits * (D + 2);
     float M = -INFINITY;

@@ -5,6 +5,7 @@
 extern "C" __global__ void rmsnorm_forward(void* y, int dt_y, float* rstd, const void* x, int dt_x, const void* w, int dt_w,
                                            int rows, int cols, float eps, float off)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -23,6 +24,7 @@ extern "C" __global__ void residual_rmsnorm_forward(void* resid, int dt_r, void*
                                                     const void* a, int dt_a, const void* b, int dt_b, const void* w, int dt_w,
                                                     int rows, int cols, float eps, float off)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -75,6 +77,7 @@ extern "C" __global__ void rmsnorm_backward_dw(void* dw, int dt_dw, const void* 
 // bf16 fast paths: one warp per row, eight columns per lane and step (cols multiple of 8, rows 16-byte aligned).
 extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4* x, const uint4* w, int rows, int cols, float eps, float off)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -103,6 +106,7 @@ extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4
 extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, float* rstd, const uint4* a, const uint4* b, const uint4* w,
                                                        int rows, int cols, float eps, float off)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= rows) return;

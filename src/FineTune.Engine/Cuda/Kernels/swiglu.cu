@@ -3,6 +3,7 @@
 
 extern "C" __global__ void swiglu_forward(void* h, int dt_h, const void* gate, int dt_g, const void* up, int dt_u, i64 n)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     GRID_STRIDE(i, n)
     {
         float g = ld(gate, i, dt_g);
@@ -27,6 +28,7 @@ extern "C" __global__ void swiglu_backward(void* dgate, int dt_dg, void* dup, in
 // bf16 fast paths, eight elements per thread and step (n8 = n / 8).
 extern "C" __global__ void swiglu_forward_v8(uint4* h, const uint4* gate, const uint4* up, i64 n8)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
     GRID_STRIDE(i, n8)
     {
         float g[8], u[8], r[8];
