@@ -12,7 +12,7 @@ namespace FineTune.Cli.Commands;
 /// launcher flags removed) with torchrun's variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK,
 /// LOCAL_WORLD_SIZE), forwards Ctrl-C and SIGTERM to them (they stop after the same step and rank 0 saves it), and when
 /// one dies before the others it gives them a few seconds to stop on their own (they see its closed connection at once
-/// and say so), then kills the rest; the exit code is the first failed rank's.
+/// and say so), then kills the rest; the exit code is the first failed rank's (a rank killed by a signal before one that exited).
 /// </summary>
 public static class RankLauncher
 {
@@ -55,13 +55,19 @@ public static class RankLauncher
                 forwarded = true;
                 foreach (var c in children) if (!c.HasExited) _ = kill(c.Id, 2);
             }
-            for (int i = 0; i < children.Length && failed is null; i++)
-                if (children[i].HasExited && children[i].ExitCode != 0 && !forwarded)
+            if (failed is null && !forwarded)
+            {
+                // Several ranks may have ended by this poll: a rank killed by a signal is the cause (the others then fail
+                // on its closed connection, within milliseconds), so it is the one reported, whatever its rank.
+                var ended = Enumerable.Range(0, children.Length).Where(i => children[i].HasExited && children[i].ExitCode != 0).ToList();
+                if (ended.Count > 0)
                 {
+                    int i = ended.FirstOrDefault(j => children[j].ExitCode > 128, ended[0]);
                     failed = i;
                     sinceFailure = Stopwatch.StartNew();
                     Console.Error.WriteLine($"finetune run: rank {Rank(i)} (pid {children[i].Id}) {Ending(children[i].ExitCode)}; stopping the other ranks.");
                 }
+            }
             if (children.All(c => c.HasExited)) break;
             if (sinceFailure is { } t && t.Elapsed > TimeSpan.FromSeconds(GraceSeconds))
             {
