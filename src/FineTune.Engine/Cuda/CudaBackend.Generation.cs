@@ -65,13 +65,16 @@ public sealed partial class CudaBackend
     /// </summary>
     int SplitCount(int tokens, int kvHeads) => Math.Clamp((2 * _dev.Info.Multiprocessors + tokens * kvHeads - 1) / (tokens * kvHeads), 1, 32);
 
-    ulong SplitPartials(long bytes)
+    ulong SplitPartials(long bytes) => Grown(ref _splitPartials, ref _splitPartialsBytes, bytes);
+
+    // A scratch block grown (doubling), never shrunk; an outgrown block is kept until disposal, as a graph may name it.
+    ulong Grown(ref ulong block, ref long capacity, long bytes)
     {
-        if (bytes <= _splitPartialsBytes) return _splitPartials;
-        if (_splitPartials != 0) _retiredPartials.Add(_splitPartials);
-        _splitPartialsBytes = Math.Max(bytes, 2 * _splitPartialsBytes);
-        _splitPartials = _dev.Allocate(_splitPartialsBytes);
-        return _splitPartials;
+        if (bytes <= capacity) return block;
+        if (block != 0) _retiredPartials.Add(block);
+        capacity = Math.Max(bytes, 2 * capacity);
+        block = _dev.Allocate(capacity);
+        return block;
     }
 
     public void ArgMax(Tensor x, Tensor output)
@@ -98,14 +101,7 @@ public sealed partial class CudaBackend
     ulong _argMaxScratch;
     long _argMaxScratchBytes;
 
-    ulong ArgMaxScratch(long bytes)
-    {
-        if (bytes <= _argMaxScratchBytes) return _argMaxScratch;
-        if (_argMaxScratch != 0) _retiredPartials.Add(_argMaxScratch);
-        _argMaxScratchBytes = Math.Max(bytes, 2 * _argMaxScratchBytes);
-        _argMaxScratch = _dev.Allocate(_argMaxScratchBytes);
-        return _argMaxScratch;
-    }
+    ulong ArgMaxScratch(long bytes) => Grown(ref _argMaxScratch, ref _argMaxScratchBytes, bytes);
 
     const int SampleThreads = 1024; // SAMPLE_THREADS in sampling.cu
 
