@@ -285,6 +285,44 @@ public sealed partial class CausalLM
         return e * s / (lm * lm);
     }
 
+    /// <summary>
+    /// Test hook (the device checks compare CUDA with the CPU reference under like routing): per layer index, the [n·k]
+    /// expert choices every forward uses instead of its own top-k while set; a null entry (or null) leaves a layer's
+    /// routing its own. The weights stay the model's: w_j = p[idx_j] of its own probabilities (÷ Σ_j p[idx_j] when the
+    /// family renormalises), as transformers computes them given those indices; the load-balancing counts and the
+    /// backward use the fixed choices too. A host round trip per sparse layer: not for training, not in decode graphs.
+    /// </summary>
+    internal int[]?[]? RoutingOverride { get; set; }
+
+    /// <summary>Test hook: while non-null (one entry per layer), every forward stores each sparse layer's [n·k] choices (after any override) at its index.</summary>
+    internal int[]?[]? RoutingRecord { get; set; }
+
+    /// <summary>Replaces a layer's top-k choices with <paramref name="choices"/> and recomputes their weights from the probabilities (see <see cref="RoutingOverride"/>).</summary>
+    private void FixRouting(ExpertBlock x, int[] choices, Tensor probs, Tensor topIdx, Tensor topW, int n)
+    {
+        int e = x.Count, k = x.TopK;
+        if (choices.Length != n * k)
+            throw new ArgumentException($"{x.Module}: the routing override holds {choices.Length} choices, but this forward routes {n} tokens to {k} experts each ({n * k})");
+        var p = new float[n * e];
+        Backend.Download(probs, p);
+        var w = new float[n * k];
+        for (int t = 0; t < n; t++)
+        {
+            // In MoeRoute's order (w_s = p[idx_s], S summed over s, then w_s /= S): the model's own choices give its own weights bit for bit.
+            float chosen = 0;
+            for (int s = 0; s < k; s++)
+            {
+                int j = choices[t * k + s];
+                if ((uint)j >= (uint)e) throw new ArgumentException($"{x.Module}: the routing override sends token {t} to expert {j}, but the layer has experts 0 … {e - 1}");
+                w[t * k + s] = p[(long)t * e + j];
+                chosen += w[t * k + s];
+            }
+            if (x.NormalizeTopK) for (int s = 0; s < k; s++) w[t * k + s] /= chosen;
+        }
+        Backend.Upload(topIdx, choices);
+        Backend.Upload(topW, w);
+    }
+
     /// <summary>y = Σ_j w_j·expert_j(ln2) for each token (written; the caller adds the residual).</summary>
     private void ExpertsForward(DecoderLayer L, Tensor ln2, Tensor y, int n, bool training)
     {
@@ -306,6 +344,8 @@ public sealed partial class CausalLM
         var outRows = a.Out.View(0, [rows, c]);
         B.MatMul(logits, ln2, false, x.Router.Value, true);
         B.MoeRoute(logits, probs, topIdx, topW, x.NormalizeTopK);
+        if (RoutingOverride?[L.Index] is { } fixedChoices) FixRouting(x, fixedChoices, probs, topIdx, topW, n);
+        if (RoutingRecord is { } record) { record[L.Index] = new int[n * k]; B.Download(topIdx, record[L.Index]); }
         if (_routerStatistics) B.MoeRouterStatistics(_expertActs!.Counts, _expertActs.ProbSums, probs, topIdx, _expertActs.Mask.View(0, [n]));
         B.MoeSort(topIdx, a.Offsets, sorted, rowOf);
         B.Embedding(xs, ln2, sorted);
@@ -407,15 +447,20 @@ public sealed partial class CausalLM
         return lossScale * ce + RouterAuxLossCoef * aux;
     }
 
-    /// <summary>The router probabilities [n, E] and choices [n, k] layer <paramref name="layer"/> kept from the last forward (tests).</summary>
-    internal (float[] Probs, int[] TopIdx) RouterOutputs(int layer, int n)
+    /// <summary>
+    /// The router probabilities [n, E], choices [n, k] and their weights [n, k] that layer <paramref name="layer"/> kept
+    /// from the last forward (tests; after a forward without training every layer shares one set: the last sparse layer's).
+    /// </summary>
+    internal (float[] Probs, int[] TopIdx, float[] TopWeight) RouterOutputs(int layer, int n)
     {
         var a = ExpertActs(_layers[layer]);
         var moe = Spec.Moe!;
         var probs = new float[n * moe.NumExperts];
         var idx = new int[n * moe.NumExpertsPerTok];
+        var w = new float[n * moe.NumExpertsPerTok];
         Backend.Download(a.Probs.View(0, [n, moe.NumExperts]), probs);
         Backend.Download(a.TopIdx.View(0, [n, moe.NumExpertsPerTok]), idx);
-        return (probs, idx);
+        Backend.Download(a.TopWeight.View(0, [n, moe.NumExpertsPerTok]), w);
+        return (probs, idx, w);
     }
 }

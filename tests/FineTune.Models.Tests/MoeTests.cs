@@ -111,7 +111,7 @@ public sealed class MoeTests : IDisposable
         int masked = 12, layers = 2;
         for (int l = 0; l < layers; l++)
         {
-            var (probs, idx) = model.RouterOutputs(l, 14);
+            var (probs, idx, _) = model.RouterOutputs(l, 14);
             for (int t = 0; t < 14; t++)
             {
                 int m = batch.AttentionMask![t];
