@@ -140,15 +140,21 @@ public static class ModelChecks
         using var gpuF32 = new CudaBackend(0, computeDType: DType.F32);
         using var gpuBf16 = new CudaBackend(0);
         // "+experts": LoRA on the experts too (PEFT's ParamWrapper on gate_up_proj and down_proj: the grouped products
-        // x·A_eᵀ then ·B_eᵀ over each expert's rows, and their backward).
+        // x·A_eᵀ then ·B_eᵀ over each expert's rows, and their backward). "+router": LoRA on the router (lora_target gate,
+        // PEFT's ParamWrapper on gate.weight: logits += s·(x·Aᵀ)·Bᵀ and its backward, plain products).
         foreach (var (arch, tied) in new[] { ("llama", false), ("qwen2", true), ("qwen3", true), ("mistral", false), ("gemma2", true), ("gemma3_text", true), ("qwen3_moe", false), ("mixtral", false),
-                     ("qwen3_moe+experts", false), ("mixtral+experts", false) })
+                     ("qwen3_moe+experts", false), ("mixtral+experts", false), ("qwen3_moe+router", false), ("mixtral+router", false) })
         {
-            bool expertLora = arch.EndsWith("+experts", StringComparison.Ordinal);
-            string family = expertLora ? arch[..^"+experts".Length] : arch;
+            int plus = arch.IndexOf('+');
+            string family = plus < 0 ? arch : arch[..plus], variant = plus < 0 ? "" : arch[(plus + 1)..];
             var spec = Spec(family, tied);
-            IReadOnlyList<string> loraTarget = !expertLora ? ["all"]
-                : family == "mixtral" ? ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w3", "w2"] : ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+            IReadOnlyList<string> loraTarget = variant switch
+            {
+                "experts" when family == "mixtral" => ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w3", "w2"],
+                "experts" => ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "router" => ["q_proj", "k_proj", "v_proj", "o_proj", "gate"],
+                _ => ["all"],
+            };
             var batch = Batch(spec.VocabSize);
             var runs = new List<(CudaBackend, string, double, bool, bool, bool)>
             {
