@@ -186,6 +186,16 @@ public sealed class RouterLoraTests : IDisposable
     }
 
     [Fact]
+    public void A_model_with_only_router_lora_counts_as_having_its_own_adapter()
+    {
+        // Adapters served side by side cover linear modules only: a base with its own router LoRA cannot take them.
+        using var model = TinyModels.Create(MoeTests.Spec("qwen3_moe"), new TrainingSetup { LoraRank = 2, LoraTarget = ["gate"] });
+        Assert.True(model.HasOwnLora);
+        var e = Assert.Throws<ArgumentException>(() => Generation.AdapterBank.Load(model, [new Generation.NamedAdapter("a", _dir.File("none"))], 16));
+        Assert.Equal("named adapters need a base model loaded without an adapter of its own", e.Message);
+    }
+
+    [Fact]
     public void A_router_adapter_on_a_dense_model_is_a_located_error()
     {
         string dir = _dir.File("adapter");
