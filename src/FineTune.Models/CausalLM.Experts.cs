@@ -3,7 +3,8 @@ using FineTune.Engine;
 namespace FineTune.Models;
 
 // The mixture-of-experts MLP (qwen3_moe, mixtral) as transformers computes it:
-//   logits = ln2·W_gateᵀ, p = softmax(logits) in fp32, (w, idx) = topk(p, k) (renormalised w /= Σw when the family says so),
+//   logits = ln2·W_gateᵀ (+ s·(ln2·Aᵀ)·Bᵀ with LoRA on the router), p = softmax(logits) in fp32, (w, idx) = topk(p, k)
+//   (renormalised w /= Σw when the family says so),
 //   y_t = Σ_j w_tj · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) with e = idx_tj.
 // The n·k choices are sorted by expert (stable), the tokens' rows gathered into that order, and each projection runs as
 // one grouped product over all experts' row ranges. The load-balancing loss (transformers' load_balancing_loss_func over
