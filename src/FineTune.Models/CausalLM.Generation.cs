@@ -215,7 +215,8 @@ public sealed partial class CausalLM
     internal Tensor EmbeddingWeight => _embed.Value;
     internal Tensor FinalNormWeight => _finalNorm.Value;
     internal Tensor LmHeadWeight => HeadWeight.Value;
-    internal bool HasOwnLora => _layers.Any(l => l.Linears.Any(x => x.Lora is not null));
+    internal bool HasOwnLora => _layers.Any(l => l.Linears.Any(x => x.Lora is not null)
+        || l.Experts is { } e && (e.GateUpLora is not null || e.DownLora is not null || e.RouterLora is not null));
 
     /// <summary>
     /// The named adapters of the step in flight (null outside <see cref="ForwardStep"/>): SetForward adds each token
