@@ -92,10 +92,17 @@ public sealed partial class CudaBackend
              eps, 0f, P(positions), P(cos), P(sin), cos.Rows, P(kCache), P(vCache), P(cacheRows), m, hq, hkv, d]);
     }
 
+    /// <summary>
+    /// FINETUNE_DECODE_LB=3 takes the product kernels' <c>_lb3</c> entry points (__launch_bounds__(256, 3): three blocks
+    /// of 8 warps an SM instead of the two ~95 registers a thread allow); the same arithmetic.
+    /// </summary>
+    public int DecodeBlocksPerSm { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_LB") == "3" ? 3 : 0;
+
     /// <summary>One warp per output column, <see cref="DecodeWarps"/> to a block; a programmatic dependent launch when that is on.</summary>
     void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
     {
         int warps = DecodeWarps;
+        if (DecodeBlocksPerSm == 3 && warps <= 8) kernel += "_lb3";
         var grid = ((columns + warps - 1) / warps, 1, 1);
         var function = _dev.Function("decode.cu", kernel);
         if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);

@@ -113,13 +113,12 @@ __device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const u
 
 // ln = rmsnorm(x); c_i = ln·B_iᵀ for up to three weights B_i [N_i, K]; warp w of the grid takes column w of the
 // products laid end to end (as gemv_bf16_set). Dynamic shared memory: M·K bf16.
-extern "C" __global__ void gemv_norm_set(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
-                                         int M, int K, int count,
-                                         unsigned short* c0, const uint4* b0, int n0,
-                                         unsigned short* c1, const uint4* b1, int n1,
-                                         unsigned short* c2, const uint4* b2, int n2)
+__device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
+                                                   int M, int K, int count,
+                                                   unsigned short* c0, const uint4* b0, int n0,
+                                                   unsigned short* c1, const uint4* b1, int n1,
+                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs)
 {
-    extern __shared__ uint4 xs[];
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
     int n = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -147,11 +146,10 @@ extern "C" __global__ void gemv_norm_set(const uint4* x, const uint4* nw, float 
 
 // ln = rmsnorm(x); gate = ln·Gᵀ, up = ln·Uᵀ (G, U [N, K]), h = silu(gate)⊙up, each rounded to bf16 where the unfused
 // chain stores it. One warp per column j reads row j of both weights.
-extern "C" __global__ void gemv_norm_swiglu(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
-                                            int M, int K, int N, const uint4* g, const uint4* u,
-                                            unsigned short* gate, unsigned short* up, unsigned short* h)
+__device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
+                                                      int M, int K, int N, const uint4* g, const uint4* u,
+                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs)
 {
-    extern __shared__ uint4 xs[];
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
     int n = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -191,7 +189,7 @@ extern "C" __global__ void gemv_norm_swiglu(const uint4* x, const uint4* nw, flo
 }
 
 // y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj).
-extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+__device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
 {
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
@@ -215,6 +213,26 @@ extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, cons
         }
     }
 }
+
+// The entry points: each product kernel as is (the compiler's register choice: ~95 a thread, two 256-thread blocks an
+// SM) and as _lb3 with __launch_bounds__(256, 3) (at most 85 registers: three blocks an SM, half as many weight loads
+// in flight again), the same arithmetic (CudaBackend.DecodeBlocksPerSm picks).
+#define DEC_SMEM extern __shared__ uint4 xs[];
+#define NORM_SET_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int count, \
+    unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2)
+#define NORM_SET_ARGS (x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs)
+#define NORM_SWIGLU_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int N, \
+    const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h)
+#define NORM_SWIGLU_ARGS (x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs)
+#define RESIDUAL_PARAMS (unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+#define RESIDUAL_ARGS (y, a, b, r, M, N, K)
+
+extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_body NORM_SET_ARGS; }
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_set_lb3 NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_body NORM_SET_ARGS; }
+extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS { DEC_SMEM gemv_norm_swiglu_body NORM_SWIGLU_ARGS; }
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_swiglu_lb3 NORM_SWIGLU_PARAMS { DEC_SMEM gemv_norm_swiglu_body NORM_SWIGLU_ARGS; }
+extern "C" __global__ void gemv_residual RESIDUAL_PARAMS { gemv_residual_body RESIDUAL_ARGS; }
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_residual_lb3 RESIDUAL_PARAMS { gemv_residual_body RESIDUAL_ARGS; }
 
 // For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim
 // when a norm weight is given (qwen3's q_norm/k_norm), rotated (rope_apply's rotate-half arithmetic on the rounded
