@@ -46,7 +46,8 @@ public sealed partial class CudaBackend
             args[11 + 3 * j] = used ? cs[j].Cols : 0;
             if (used) total += cs[j].Cols;
         }
-        LaunchDecode("gemv_norm_set", total, m * k * 2, args);
+        if (UseAsyncWeightCopies) LaunchDecode("gemv_norm_set_ca", total, AsyncShared(m * k * 2), args);
+        else LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
     public void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight)
@@ -65,7 +66,8 @@ public sealed partial class CudaBackend
         int m = a.Rows, k = a.Cols;
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+        if (UseAsyncWeightCopies) LaunchDecode("gemv_residual_ca", y.Cols, AsyncShared(0), [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+        else LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
     }
 
     public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
@@ -98,13 +100,31 @@ public sealed partial class CudaBackend
     /// </summary>
     public int DecodeBlocksPerSm { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_LB") == "3" ? 3 : 0;
 
+    /// <summary>
+    /// FINETUNE_DECODE_CA=1: the q/k/v and residual products stream their weight rows through shared memory with cp.async
+    /// (decode.cu's _ca kernels, DEC_STAGES batches of 4 KiB a warp) instead of registers; the same arithmetic.
+    /// </summary>
+    public bool UseAsyncWeightCopies { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_CA") == "1";
+
+    const int DecodeStageBytes = 4 * 32 * 8 * 16; // DEC_STAGES × DEC_STAGE uint4 in decode.cu
+
+    readonly HashSet<nint> _decodeSharedRaised = [];
+
+    /// <summary>The shared memory a _ca kernel's warps stage their weight batches in, past <paramref name="rowsBytes"/>.</summary>
+    int AsyncShared(int rowsBytes) => rowsBytes + DecodeWarps * DecodeStageBytes;
+
     /// <summary>One warp per output column, <see cref="DecodeWarps"/> to a block; a programmatic dependent launch when that is on.</summary>
     void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
     {
         int warps = DecodeWarps;
-        if (DecodeBlocksPerSm == 3 && warps <= 8) kernel += "_lb3";
+        if (DecodeBlocksPerSm == 3 && warps <= 8 && !kernel.EndsWith("_ca", StringComparison.Ordinal)) kernel += "_lb3";
         var grid = ((columns + warps - 1) / warps, 1, 1);
         var function = _dev.Function("decode.cu", kernel);
+        if (sharedBytes > 48 << 10 && _decodeSharedRaised.Add(function))
+        {
+            _dev.SetDynamicSharedMemory(function, _dev.MaxSharedMemoryPerBlock);
+            _dev.PreferMaxSharedMemory(function);
+        }
         if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         else _dev.Launch(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         if (_dev.Profiling) _dev.Mark(kernel);
