@@ -11,7 +11,10 @@ public sealed partial class CudaBackend
 
     public bool UseFusedDecode { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FUSED_DECODE") != "0";
 
-    /// <summary>Warps per block of the fused GEMVs (one output column each): FINETUNE_DECODE_WARPS, 2 … 32, default 8.</summary>
+    /// <summary>
+    /// Warps per block of the fused GEMVs (one output column each): FINETUNE_DECODE_WARPS, 2 … 32, default 8 (H200,
+    /// 2026-12-02: 4 and 16 were slower at batch 1 on both bench shapes).
+    /// </summary>
     public int DecodeWarps { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_DECODE_WARPS"), out int w) ? Math.Clamp(w, 2, 32) : 8;
 
     /// <summary>x [M, K] with M ≤ two rows (and the GEMV's row limit), K a multiple of 8 up to 8192; every tensor bf16, 16-byte aligned.</summary>
@@ -46,8 +49,7 @@ public sealed partial class CudaBackend
             args[11 + 3 * j] = used ? cs[j].Cols : 0;
             if (used) total += cs[j].Cols;
         }
-        if (UseAsyncWeightCopies) LaunchDecode("gemv_norm_set_ca", total, AsyncShared(m * k * 2), args);
-        else LaunchDecode("gemv_norm_set", total, m * k * 2, args);
+        LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
     public void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight)
@@ -66,8 +68,7 @@ public sealed partial class CudaBackend
         int m = a.Rows, k = a.Cols;
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        if (UseAsyncWeightCopies) LaunchDecode("gemv_residual_ca", y.Cols, AsyncShared(0), [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
-        else LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
     }
 
     public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
@@ -94,37 +95,12 @@ public sealed partial class CudaBackend
              eps, 0f, P(positions), P(cos), P(sin), cos.Rows, P(kCache), P(vCache), P(cacheRows), m, hq, hkv, d]);
     }
 
-    /// <summary>
-    /// FINETUNE_DECODE_LB=3 takes the product kernels' <c>_lb3</c> entry points (__launch_bounds__(256, 3): three blocks
-    /// of 8 warps an SM instead of the two ~95 registers a thread allow); the same arithmetic.
-    /// </summary>
-    public int DecodeBlocksPerSm { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_LB") == "3" ? 3 : 0;
-
-    /// <summary>
-    /// FINETUNE_DECODE_CA=1: the q/k/v and residual products stream their weight rows through shared memory with cp.async
-    /// (decode.cu's _ca kernels, DEC_STAGES batches of 4 KiB a warp) instead of registers; the same arithmetic.
-    /// </summary>
-    public bool UseAsyncWeightCopies { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_CA") == "1";
-
-    const int DecodeStageBytes = 4 * 32 * 8 * 16; // DEC_STAGES × DEC_STAGE uint4 in decode.cu
-
-    readonly HashSet<nint> _decodeSharedRaised = [];
-
-    /// <summary>The shared memory a _ca kernel's warps stage their weight batches in, past <paramref name="rowsBytes"/>.</summary>
-    int AsyncShared(int rowsBytes) => rowsBytes + DecodeWarps * DecodeStageBytes;
-
     /// <summary>One warp per output column, <see cref="DecodeWarps"/> to a block; a programmatic dependent launch when that is on.</summary>
     void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
     {
         int warps = DecodeWarps;
-        if (DecodeBlocksPerSm == 3 && warps <= 8 && !kernel.EndsWith("_ca", StringComparison.Ordinal)) kernel += "_lb3";
         var grid = ((columns + warps - 1) / warps, 1, 1);
         var function = _dev.Function("decode.cu", kernel);
-        if (sharedBytes > 48 << 10 && _decodeSharedRaised.Add(function))
-        {
-            _dev.SetDynamicSharedMemory(function, _dev.MaxSharedMemoryPerBlock);
-            _dev.PreferMaxSharedMemory(function);
-        }
         if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         else _dev.Launch(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         if (_dev.Profiling) _dev.Mark(kernel);

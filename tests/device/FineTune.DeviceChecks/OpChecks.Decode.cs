@@ -47,7 +47,7 @@ public static partial class OpChecks
             c.Gpu.GemvRows = gemvRows;
             c.Gpu.UseFusedDecode = true;
         }
-        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"), ("decode.cu", "gemv_norm_set_lb3"), ("decode.cu", "gemv_norm_swiglu_lb3"), ("decode.cu", "gemv_residual_lb3"), ("decode.cu", "gemv_norm_set_ca"), ("decode.cu", "gemv_residual_ca"), ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
+        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
     }
 

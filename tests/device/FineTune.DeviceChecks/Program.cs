@@ -5,7 +5,7 @@ using FineTune.Engine.Cuda;
 // Usage:
 //   FineTune.DeviceChecks compile [sm_90]      compile every kernel with NVRTC (no GPU needed)
 //   FineTune.DeviceChecks ops [outDir]         CUDA vs CPU backend, op by op, F32 and BF16 paths
-//   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
+//   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU (DEVICECHECKS_MODELS=a,b: only those flavours)
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 //   FineTune.DeviceChecks flash [outDir]       only the BF16 attention checks of `ops` (plain, gemma's windows/soft-caps, head_dim 256) → flash.json
 //   FineTune.DeviceChecks decode [outDir]      only the fused decode-layer operations of `ops` (decode.cu) → decode.json

@@ -12,7 +12,6 @@
 // while the previous kernel drains. Warps per block: blockDim.x / 32 (CudaBackend.DecodeWarps). The
 // normed rows live in shared memory, computed once per block (a row of x is at most DEC_MAX_K values).
 #include "common.cuh"
-#include "mma.cuh"
 
 #define DEC_MAX_M 2
 #define DEC_U 8
@@ -69,54 +68,6 @@ __device__ __forceinline__ void dec_dot(float (&acc)[DEC_MAX_M], uint4 (&w)[DEC_
 #pragma unroll
             for (int u = 0; u < DEC_U; u++) w[u] = next[u];
         }
-    }
-}
-
-// The _ca variants stream a weight row through shared memory instead: lane l copies its DEC_U chunks of each batch into
-// its own slots with cp.async, DEC_STAGES − 1 batches ahead of the one it multiplies, and reads back only what it copied
-// (so no barrier); the loads in flight no longer live in registers. The arithmetic is dec_dot's.
-#define DEC_STAGES 4
-#define DEC_STAGE (32 * DEC_U)
-
-__device__ __forceinline__ void dec_issue(uint4* wsm, const uint4* brow, int b, int chunks, int lane)
-{
-    if (brow == nullptr) return;
-    uint4* stage = wsm + (b % DEC_STAGES) * DEC_STAGE;
-#pragma unroll
-    for (int u = 0; u < DEC_U; u++)
-    {
-        int q = b * DEC_STAGE + u * 32 + lane;
-        cp_async16(stage + u * 32 + lane, q < chunks ? brow + q : brow, q < chunks);
-    }
-}
-
-// The first DEC_STAGES − 1 batches on their way (before anything that reads the previous kernel's output).
-__device__ __forceinline__ void dec_prefetch_ca(uint4* wsm, const uint4* brow, int chunks, int lane)
-{
-    int batches = (chunks + DEC_STAGE - 1) / DEC_STAGE;
-#pragma unroll
-    for (int b = 0; b < DEC_STAGES - 1; b++)
-    {
-        if (b < batches) dec_issue(wsm, brow, b, chunks, lane);
-        cp_async_commit();
-    }
-}
-
-__device__ __forceinline__ void dec_dot_ca(float (&acc)[DEC_MAX_M], uint4* wsm, const uint4* brow, const uint4* a, int M, int chunks, int lane)
-{
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++) acc[m] = 0.0f;
-    int batches = (chunks + DEC_STAGE - 1) / DEC_STAGE;
-    for (int b = 0; b < batches; b++)
-    {
-        if (b + DEC_STAGES - 1 < batches) dec_issue(wsm, brow, b + DEC_STAGES - 1, chunks, lane);
-        cp_async_commit();
-        cp_async_wait<DEC_STAGES - 1>(); // batch b has landed
-        const uint4* stage = wsm + (b % DEC_STAGES) * DEC_STAGE;
-        uint4 w[DEC_U];
-#pragma unroll
-        for (int u = 0; u < DEC_U; u++) w[u] = stage[u * 32 + lane];
-        dec_fma(acc, w, a, M, b * DEC_STAGE, chunks, lane);
     }
 }
 
@@ -263,85 +214,27 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
     }
 }
 
-// gemv_norm_set and gemv_residual with the weight streamed through shared memory (dec_dot_ca). Shared memory: the normed
-// rows (norm_set; M·K bf16, rounded up to 16 bytes), then DEC_STAGES batches of 4 KiB per warp.
-__device__ __forceinline__ void gemv_norm_set_ca_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
-                                                      int M, int K, int count,
-                                                      unsigned short* c0, const uint4* b0, int n0,
-                                                      unsigned short* c1, const uint4* b1, int n1,
-                                                      unsigned short* c2, const uint4* b2, int n2, uint4* xs)
-{
-    pdl_trigger();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
-    int n = blockIdx.x * (blockDim.x >> 5) + warp;
-    unsigned short* c = nullptr;
-    const uint4* brow = nullptr;
-    int N = 0;
-    if (n < n0) { c = c0; N = n0; brow = b0 + (i64)n * chunks; }
-    else if (count > 1 && n - n0 < n1) { n -= n0; c = c1; N = n1; brow = b1 + (i64)n * chunks; }
-    else if (count > 2 && n - n0 - n1 < n2) { n -= n0 + n1; c = c2; N = n2; brow = b2 + (i64)n * chunks; }
-    uint4* wsm = xs + M * chunks + warp * DEC_STAGES * DEC_STAGE;
-    dec_prefetch_ca(wsm, brow, chunks, lane);
-    pdl_wait();
-    dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
-    if (brow == nullptr) return;
-    float acc[DEC_MAX_M];
-    dec_dot_ca(acc, wsm, brow, xs, M, chunks, lane);
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++)
-    {
-        if (m >= M) break;
-        float s = warp_sum(acc[m]);
-        if (lane == 0) c[(i64)m * N + n] = f32_to_bf16(s);
-    }
-}
-
-__device__ __forceinline__ void gemv_residual_ca_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, uint4* xs)
-{
-    pdl_trigger();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
-    int n = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (n >= N) return;
-    const uint4* brow = b + (i64)n * chunks;
-    uint4* wsm = xs + warp * DEC_STAGES * DEC_STAGE;
-    dec_prefetch_ca(wsm, brow, chunks, lane);
-    pdl_wait();
-    float acc[DEC_MAX_M];
-    dec_dot_ca(acc, wsm, brow, a, M, chunks, lane);
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++)
-    {
-        if (m >= M) break;
-        float s = warp_sum(acc[m]);
-        if (lane == 0)
-        {
-            i64 i = (i64)m * N + n;
-            y[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r[i]));
-        }
-    }
-}
-
-// The entry points: each product kernel as is (the compiler's register choice: ~95 a thread, two 256-thread blocks an
-// SM) and as _lb3 with __launch_bounds__(256, 3) (at most 85 registers: three blocks an SM, half as many weight loads
-// in flight again), the same arithmetic (CudaBackend.DecodeBlocksPerSm picks).
+// The entry points (each body also took __launch_bounds__(256, 3) and a cp.async-through-shared-memory form on the H200,
+// 2026-12-02: the bounded one was slower — 80 registers, 166 against 183.5 tokens/s on the Llama-3-8B shape — and
+// neither is kept; docs/serving.md).
 #define DEC_SMEM extern __shared__ uint4 xs[];
 #define NORM_SET_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int count, \
     unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2)
-#define NORM_SET_ARGS (x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs)
 #define NORM_SWIGLU_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int N, \
     const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h)
-#define NORM_SWIGLU_ARGS (x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs)
-#define RESIDUAL_PARAMS (unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
-#define RESIDUAL_ARGS (y, a, b, r, M, N, K)
 
-extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_body NORM_SET_ARGS; }
-extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_set_lb3 NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_body NORM_SET_ARGS; }
-extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS { DEC_SMEM gemv_norm_swiglu_body NORM_SWIGLU_ARGS; }
-extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_swiglu_lb3 NORM_SWIGLU_PARAMS { DEC_SMEM gemv_norm_swiglu_body NORM_SWIGLU_ARGS; }
-extern "C" __global__ void gemv_residual RESIDUAL_PARAMS { gemv_residual_body RESIDUAL_ARGS; }
-extern "C" __global__ void __launch_bounds__(256, 3) gemv_residual_lb3 RESIDUAL_PARAMS { gemv_residual_body RESIDUAL_ARGS; }
-extern "C" __global__ void gemv_norm_set_ca NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_ca_body NORM_SET_ARGS; }
-extern "C" __global__ void gemv_residual_ca RESIDUAL_PARAMS { DEC_SMEM gemv_residual_ca_body(y, a, b, r, M, N, K, xs); }
+extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS
+{
+    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs);
+}
+extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS
+{
+    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs);
+}
+extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+{
+    gemv_residual_body(y, a, b, r, M, N, K);
+}
 
 // For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim
 // when a norm weight is given (qwen3's q_norm/k_norm), rotated (rope_apply's rotate-half arithmetic on the rounded
