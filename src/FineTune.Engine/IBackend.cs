@@ -302,6 +302,14 @@ public interface IBackend : IDisposable
     void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf);
     /// <summary>Backward of <see cref="MoeCombine"/>: drows[rowOf[t·k + j]] = topWeight[t, j]·dy[t] and dTopWeight[t, j] = dy[t]·rows[rowOf[t·k + j]] (F32).</summary>
     void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf);
+    /// <summary>
+    /// Backward of <see cref="MoeCombine"/> carried through the experts' down product, for when its output rows were not
+    /// kept: with h[r] = dy[t]·W_down,e (dy's rows gathered unscaled into the sorted order and multiplied by the chosen
+    /// expert's down weight, the product the old backward ran on the scaled rows), dTopWeight[t, j] = h[r]·act[r] (F32;
+    /// = dy[t]·rows[r], since rows[r] = act[r]·W_down,eᵀ) and dact[r] = topWeight[t, j]·h[r], with r = rowOf[t·k + j].
+    /// dact, h, act [n·k, I].
+    /// </summary>
+    void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf);
     /// <summary>dx[t] = Σ_j drows[rowOf[t·k + j]]: the backward of gathering each token's row into its k sorted rows (writes dx).</summary>
     void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf);
 

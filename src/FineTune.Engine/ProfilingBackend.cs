@@ -89,5 +89,6 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets) { var t = Begin(); _inner.GroupedMatMulWeightGrad(dw, dc, a, offsets); End("GroupedMatMulWeightGrad", t); }
     public void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombine(y, rows, topWeight, rowOf); End("MoeCombine", t); }
     public void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombineBackward(drows, dTopWeight, dy, rows, topWeight, rowOf); End("MoeCombineBackward", t); }
+    public void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombineDownBackward(dact, dTopWeight, h, act, topWeight, rowOf); End("MoeCombineDownBackward", t); }
     public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf) { var t = Begin(); _inner.MoeGatherBackward(dx, drows, rowOf); End("MoeGatherBackward", t); }
 }

@@ -75,6 +75,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets) => Run(() => Inner.GroupedMatMulWeightGrad(dw, dc, a, offsets));
     public virtual void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf) => Run(() => Inner.MoeCombine(y, rows, topWeight, rowOf));
     public virtual void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf) => Run(() => Inner.MoeCombineBackward(drows, dTopWeight, dy, rows, topWeight, rowOf));
+    public virtual void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf) => Run(() => Inner.MoeCombineDownBackward(dact, dTopWeight, h, act, topWeight, rowOf));
     public virtual void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf) => Run(() => Inner.MoeGatherBackward(dx, drows, rowOf));
     public virtual void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) => Run(() => Inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad));
     public virtual void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales) => Run(() => Inner.LabelLogProbs(logits, labels, logProbs, gradScales));

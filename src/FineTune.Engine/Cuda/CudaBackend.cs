@@ -212,7 +212,11 @@ public sealed partial class CudaBackend : IBackend
         int cols = table.Cols;
         long n = ids.Length;
         if (output.Length != n * cols) throw new ArgumentException($"embedding output {output} does not hold {n}×{cols}");
-        LaunchFlat("embedding.cu", "embedding_forward", n * cols, [P(output), Dt(output), P(table), Dt(table), P(ids), n, cols, table.Rows]);
+        if (n == 0) return;
+        if (V8(cols, output, table))
+            Launch("embedding.cu", "embedding_forward_v8", (checked((int)((n + RowsPerBlock - 1) / RowsPerBlock)), 1, 1), Threads,
+                [P(output), P(table), P(ids), n, cols / 8, table.Rows]);
+        else LaunchFlat("embedding.cu", "embedding_forward", n * cols, [P(output), Dt(output), P(table), Dt(table), P(ids), n, cols, table.Rows]);
     }
 
     public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids)
