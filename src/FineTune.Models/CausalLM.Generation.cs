@@ -127,7 +127,7 @@ public sealed partial class CausalLM
                 B.ScatterRows(cache.V[l], v, cacheRows);
                 var att = Rows(a.Att, n);
                 B.CachedAttention(att, q, cache.K[l], cache.V[l], seqs, pos, tables, shape with { Variant = s.AttentionVariantOf(l) });
-                LayerTail(_layers[l], a, x, att, y, n, 0, false);
+                LayerTail(_layers[l], a, x, att, y, n, 0, training: false, recompute: false);
                 (x, y) = (y, x);
             }
         }
