@@ -162,11 +162,12 @@ public interface IBackend : IDisposable
     /// </summary>
     void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f);
     /// <summary>
-    /// Accumulates dx += ∂L/∂x and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
+    /// Accumulates dx += ∂L/∂x (or, without <paramref name="accumulate"/>, writes dx = ∂L/∂x: the bits of zeroing dx
+    /// first, without the memset) and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
     /// with rstd from the forward: dx = rstd·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·rstd, w read as weightOffset + w
     /// (dweight is the same either way: ∂(offset + w)/∂w = 1).
     /// </summary>
-    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f);
+    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true);
 
     // ---- rotary position embedding (rotate-half convention of HF transformers), in place ----
     /// <summary>

@@ -389,10 +389,8 @@ public sealed partial class CausalLM
         {
             var dqPre = Rows(acts.DqPre!, n);
             var dkPre = Rows(acts.DkPre!, n);
-            B.Zero(dqPre);
-            B.Zero(dkPre);
-            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads), Spec.NormWeightOffset);
-            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), Spec.NormWeightOffset);
+            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads), Spec.NormWeightOffset, accumulate: false);
+            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), Spec.NormWeightOffset, accumulate: false);
             dq = dqPre;
             dk = dkPre;
         }
@@ -659,8 +657,7 @@ public sealed partial class CausalLM
         var dln = Rows(acts.Dln, n);
         B.Zero(dln);
         if (m > 0) B.EmbeddingBackward(dln, acts.Dhc.View(0, [m, Spec.HiddenSize]), Head1(acts.CompactRows, m));
-        var dres = Rows(acts.Dres, n);
-        B.Zero(dres);
-        B.RmsNormBackward(dres, _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n), Spec.NormWeightOffset);
+        B.RmsNormBackward(Rows(acts.Dres, n), _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n), Spec.NormWeightOffset,
+            accumulate: false);
     }
 }

@@ -370,6 +370,14 @@ public static partial class OpChecks
         c.Cpu.RmsNormBackward(dx.Cpu, dw.Cpu, dy.Cpu, x.Cpu, w.Cpu, rstd.Cpu);
         c.Compare("rmsnorm_backward" + tag, "dx", dx, ms);
         c.Compare("rmsnorm_backward" + tag, "dweight", dw, ms);
+        // Written (accumulate: false) over garbage: the bits of zeroing dx first and accumulating.
+        var written = c.Pair(c.Rand(rows * cols, 7f), [rows, cols]);
+        var zeroed = c.Zeros([rows, cols]);
+        ms = c.Time(() => c.Gpu.RmsNormBackward(written.Gpu, null, dy.Gpu, x.Gpu, w.Gpu, rstd.Gpu, accumulate: false));
+        c.Gpu.RmsNormBackward(zeroed.Gpu, null, dy.Gpu, x.Gpu, w.Gpu, rstd.Gpu);
+        c.Cpu.RmsNormBackward(written.Cpu, null, dy.Cpu, x.Cpu, w.Cpu, rstd.Cpu, accumulate: false);
+        c.Compare("rmsnorm_backward written" + tag, "dx", written, ms);
+        c.Check("rmsnorm_backward written = zeroed + accumulated" + tag, "dx bits", c.Download(written.Gpu).AsSpan().SequenceEqual(c.Download(zeroed.Gpu)), ms);
 
         // Fused residual + norm against add-then-norm on the CPU.
         var a = c.Pair(c.Rand(rows * cols), [rows, cols]);
