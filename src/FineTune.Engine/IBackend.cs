@@ -162,11 +162,12 @@ public interface IBackend : IDisposable
     /// </summary>
     void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f);
     /// <summary>
-    /// Accumulates dx += ∂L/∂x and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
+    /// Accumulates dx += ∂L/∂x (or, without <paramref name="accumulate"/>, writes dx = ∂L/∂x: the bits of zeroing dx
+    /// first, without the memset) and (when <paramref name="dweight"/> is given) dweight += ∂L/∂w,
     /// with rstd from the forward: dx = rstd·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·rstd, w read as weightOffset + w
     /// (dweight is the same either way: ∂(offset + w)/∂w = 1).
     /// </summary>
-    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f);
+    void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true);
 
     // ---- rotary position embedding (rotate-half convention of HF transformers), in place ----
     /// <summary>
@@ -323,6 +324,14 @@ public interface IBackend : IDisposable
     void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf);
     /// <summary>Backward of <see cref="MoeCombine"/>: drows[rowOf[t·k + j]] = topWeight[t, j]·dy[t] and dTopWeight[t, j] = dy[t]·rows[rowOf[t·k + j]] (F32).</summary>
     void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf);
+    /// <summary>
+    /// Backward of <see cref="MoeCombine"/> carried through the experts' down product, for when its output rows were not
+    /// kept: with h[r] = dy[t]·W_down,e (dy's rows gathered unscaled into the sorted order and multiplied by the chosen
+    /// expert's down weight, the product the old backward ran on the scaled rows), dTopWeight[t, j] = h[r]·act[r] (F32;
+    /// = dy[t]·rows[r], since rows[r] = act[r]·W_down,eᵀ) and dact[r] = topWeight[t, j]·h[r], with r = rowOf[t·k + j].
+    /// dact, h, act [n·k, I].
+    /// </summary>
+    void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf);
     /// <summary>dx[t] = Σ_j drows[rowOf[t·k + j]]: the backward of gathering each token's row into its k sorted rows (writes dx).</summary>
     void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf);
 

@@ -52,7 +52,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) { var t = Begin(); _inner.EmbeddingBackward(dtable, doutput, ids); End("EmbeddingBackward", t); }
     public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f) { var t = Begin(); _inner.RmsNorm(y, rstd, x, weight, eps, weightOffset); End("RmsNorm", t); }
     public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f) { var t = Begin(); _inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset); End("ResidualRmsNorm", t); }
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f) { var t = Begin(); _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset); End("RmsNormBackward", t); }
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true) { var t = Begin(); _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset, accumulate); End("RmsNormBackward", t); }
     public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) { var t = Begin(); _inner.Rope(x, positions, cos, sin, headDim, inverse); End("Rope", t); }
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.Attention(output, lse, q, k, v, segmentIds, shape); End("Attention", t); }
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
@@ -98,5 +98,6 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets) { var t = Begin(); _inner.GroupedMatMulWeightGrad(dw, dc, a, offsets); End("GroupedMatMulWeightGrad", t); }
     public void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombine(y, rows, topWeight, rowOf); End("MoeCombine", t); }
     public void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombineBackward(drows, dTopWeight, dy, rows, topWeight, rowOf); End("MoeCombineBackward", t); }
+    public void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf) { var t = Begin(); _inner.MoeCombineDownBackward(dact, dTopWeight, h, act, topWeight, rowOf); End("MoeCombineDownBackward", t); }
     public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf) { var t = Begin(); _inner.MoeGatherBackward(dx, drows, rowOf); End("MoeGatherBackward", t); }
 }

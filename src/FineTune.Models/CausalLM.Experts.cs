@@ -358,8 +358,19 @@ public sealed partial class CausalLM
         Backend.Upload(topW, w);
     }
 
-    /// <summary>y = Σ_j w_j·expert_j(ln2) for each token (written; the caller adds the residual).</summary>
-    private void ExpertsForward(DecoderLayer L, Tensor ln2, Tensor y, int n, bool training)
+    /// <summary>
+    /// Whether the backward takes the combine's gradient through the down product (<see cref="IBackend.MoeCombineDownBackward"/>)
+    /// and so never reads the expert outputs: when nothing trains down_proj (no expert LoRA on it, no full fine-tuning of it).
+    /// Otherwise dout = w·dy feeds down's gradients and dtopW = dy·out reads the outputs, as transformers' autograd has it.
+    /// </summary>
+    private static bool CombineBackwardThroughDown(ExpertBlock x) => x.Down.Grad is null && x.DownLora is null;
+
+    /// <summary>
+    /// y = Σ_j w_j·expert_j(ln2) for each token (written; the caller adds the residual). A <paramref name="recompute"/>
+    /// (gradient checkpointing, before the layer's backward) writes no y — the layer's output is its stored checkpoint —
+    /// and, where <see cref="CombineBackwardThroughDown"/>, stops after act (the backward reads routing, xs, gate, up, act).
+    /// </summary>
+    private void ExpertsForward(DecoderLayer L, Tensor ln2, Tensor y, int n, bool training, bool recompute = false)
     {
         var B = Backend;
         var x = L.Experts!;
@@ -404,6 +415,7 @@ public sealed partial class CausalLM
             B.GroupedMatMul(up, xa, gu.BPart(1), true, a.Offsets, accumulate: true);
         }
         B.SwiGlu(act, gate, up);
+        if (recompute && CombineBackwardThroughDown(x)) return;
         B.GroupedMatMul(outRows, act, x.Down.Value, true, a.Offsets);
         if (lora && x.DownLora is { } dl)
         {
@@ -412,7 +424,7 @@ public sealed partial class CausalLM
             B.Scale(xa, dl.Scale);
             B.GroupedMatMul(outRows, xa, dl.BPart(0), true, a.Offsets, accumulate: true);
         }
-        B.MoeCombine(y, outRows, topW, rowOf);
+        if (!recompute) B.MoeCombine(y, outRows, topW, rowOf);
     }
 
     /// <summary>From dy = ∂L/∂y of <see cref="ExpertsForward"/>: writes dln = ∂L/∂ln2 and accumulates the trainable experts' and router's gradients.</summary>
@@ -435,10 +447,23 @@ public sealed partial class CausalLM
         var dxs = acts.Dxs!.View(0, [rows, c]);
         var dtopW = acts.DtopWeight!.View(0, [n, k]);
         var dlogits = acts.Dlogits!.View(0, [n, e]);
-        B.MoeCombineBackward(dout, dtopW, dy, a.Out.View(0, [rows, c]), topW, rowOf);
-        B.GroupedMatMul(dact, dout, x.Down.Value, false, a.Offsets);
-        if (x.Down.Grad is { } dDown) B.GroupedMatMulWeightGrad(dDown, dout, act, a.Offsets);
         bool lora = !_adaptersOff;
+        if (CombineBackwardThroughDown(x))
+        {
+            // out_r = act_r·W_downᵀ, so dtopW_tj = dy_t·out_r = (dy_t·W_down)·act_r: the input-gradient product on dy's rows
+            // gathered unscaled gives h_r = dy_t·W_down, then dtopW = h·act and dact = w·h (one row pass). The expert outputs
+            // are never read (a recompute skips them). h lives in dgate until the SwiGLU backward writes it.
+            var h = dgate;
+            B.Embedding(dout, dy, a.SortedToken.View(0, [rows]));
+            B.GroupedMatMul(h, dout, x.Down.Value, false, a.Offsets);
+            B.MoeCombineDownBackward(dact, dtopW, h, act, topW, rowOf);
+        }
+        else
+        {
+            B.MoeCombineBackward(dout, dtopW, dy, a.Out.View(0, [rows, c]), topW, rowOf);
+            B.GroupedMatMul(dact, dout, x.Down.Value, false, a.Offsets);
+            if (x.Down.Grad is { } dDown) B.GroupedMatMulWeightGrad(dDown, dout, act, a.Offsets);
+        }
         if (lora && x.DownLora is { } dl)
         {
             // out += xa·B_eᵀ with xa = s·act·A_eᵀ: dB_e += dout_eᵀ·xa_e, dxa = dout·B_e, dA_e += (s·dxa_e)ᵀ·act_e, dact += s·dxa·A_e.

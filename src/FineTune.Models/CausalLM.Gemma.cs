@@ -80,8 +80,7 @@ public sealed partial class CausalLM
         var dres = Rows(acts.Dres, n);
         var dln = Rows(acts.Dln, n);
         var dsub = Rows(acts.DsubLayer!, n);
-        B.Zero(dsub);
-        B.RmsNormBackward(dsub, L.PostFeedforwardNorm!.Grad, dres, Rows(a.MlpOut!, n), L.PostFeedforwardNorm.Value, Head1(a.RstdPostFf!, n), off);
+        B.RmsNormBackward(dsub, L.PostFeedforwardNorm!.Grad, dres, Rows(a.MlpOut!, n), L.PostFeedforwardNorm.Value, Head1(a.RstdPostFf!, n), off, accumulate: false);
         var dact = Rows(acts.Dact, n);
         SetBackward(L, 3, dact, [dsub], Rows(a.Act, n), a, n, seed);
         var dgate = Rows(acts.Dgate, n);
@@ -89,8 +88,7 @@ public sealed partial class CausalLM
         ActivateBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
         SetBackward(L, 2, dln, [dgate, dup], Rows(a.Ln2, n), a, n, seed);
         B.RmsNormBackward(dres, L.PreFeedforwardNorm!.Grad, dln, Rows(a.ResMid, n), L.PreFeedforwardNorm.Value, Head1(a.Rstd2, n), off);
-        B.Zero(dsub);
-        B.RmsNormBackward(dsub, L.PostAttentionNorm.Grad, dres, Rows(a.AttnOut!, n), L.PostAttentionNorm.Value, Head1(a.RstdPostAttn!, n), off);
+        B.RmsNormBackward(dsub, L.PostAttentionNorm.Grad, dres, Rows(a.AttnOut!, n), L.PostAttentionNorm.Value, Head1(a.RstdPostAttn!, n), off, accumulate: false);
         return dsub;
     }
 }

@@ -135,7 +135,7 @@ public sealed partial class CausalLM
                     B.ScatterRows(cache.V[l], v, cacheRows);
                     var att = Rows(a.Att, n);
                     B.CachedAttention(att, q, cache.K[l], cache.V[l], seqs, pos, tables, layerShape);
-                    LayerTail(L, a, x, att, y, n, 0, false);
+                    LayerTail(L, a, x, att, y, n, 0, training: false, recompute: false);
                 }
                 (x, y) = (y, x);
             }

@@ -63,7 +63,7 @@ public sealed partial class CausalLM
         {
             var a = LayerActs(l);
             if (RecomputesLayer(l))
-                LayerForward(_layers[l], a, acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+                LayerForward(_layers[l], a, acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true, recompute: true);
             else if (acts.Storage[l] == LayerStorage.Selective)
                 RecomputeSelective(_layers[l], a, acts.Residual[l], n);
             LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
@@ -286,7 +286,14 @@ public sealed partial class CausalLM
 
     private static ulong LinearSeed(ulong seed, int layer, int linear) => Seeds.Mix(seed, (ulong)(layer * 8 + linear + 1));
 
-    private void LayerForward(DecoderLayer L, LayerActivations a, Tensor xFull, Tensor yFull, int n, AttentionShape shape, ulong seed, bool training)
+    /// <summary>
+    /// The layer's forward from res_l in <paramref name="xFull"/> to res_{l+1} in <paramref name="yFull"/>. A
+    /// <paramref name="recompute"/> (gradient checkpointing, just before the layer's backward) computes only what the
+    /// backward reads: res_{l+1} is the stored checkpoint already, so a pre-norm block skips the MLP's frozen down
+    /// product and the residual add (<see cref="LayerTail"/>).
+    /// </summary>
+    private void LayerForward(DecoderLayer L, LayerActivations a, Tensor xFull, Tensor yFull, int n, AttentionShape shape, ulong seed, bool training,
+        bool recompute = false)
     {
         var acts = _acts!;
         var x = Rows(xFull, n);
@@ -294,7 +301,7 @@ public sealed partial class CausalLM
         var (q, k, v) = AttentionInputs(L, a, x, Head1(acts.Positions, n), n, seed, training);
         var att = Rows(a.Att, n);
         Backend.Attention(att, Head1(a.Lse, (long)n * Spec.NumHeads), q, k, v, Head1(acts.Segments, n), shape);
-        LayerTail(L, a, x, att, Rows(yFull, n), n, seed, training);
+        LayerTail(L, a, x, att, Rows(yFull, n), n, seed, training, recompute);
     }
 
     /// <summary>ln1 = rmsnorm(x); q, k, v = projections of ln1 (q/k normed for qwen3), RoPE applied to q and k.</summary>
@@ -322,8 +329,12 @@ public sealed partial class CausalLM
         return (q, k, v);
     }
 
-    /// <summary>After attention: resMid = x + o(att), ln2 = rmsnorm(resMid), y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)).</summary>
-    private void LayerTail(DecoderLayer L, LayerActivations a, Tensor x, Tensor att, Tensor y, int n, ulong seed, bool training)
+    /// <summary>
+    /// After attention: resMid = x + o(att), ln2 = rmsnorm(resMid), y = resMid + down(silu(gate(ln2)) ⊙ up(ln2)). A
+    /// recompute stops at act: the backward of down reads only act and down's LoRA input xa (<see cref="SetLoraInputs"/>),
+    /// and y is the checkpoint. The sandwich block's post-feedforward norm reads down's output, so it runs whole.
+    /// </summary>
+    private void LayerTail(DecoderLayer L, LayerActivations a, Tensor x, Tensor att, Tensor y, int n, ulong seed, bool training, bool recompute)
     {
         if (Spec.Sandwich) { SandwichTail(L, a, x, att, y, n, seed, training); return; }
         var B = Backend;
@@ -334,8 +345,8 @@ public sealed partial class CausalLM
         B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, (float)Spec.RmsNormEps);
         if (L.Experts is not null)
         {
-            ExpertsForward(L, ln2, y, n, training);
-            B.Add(y, resMid);
+            ExpertsForward(L, ln2, y, n, training, recompute);
+            if (!recompute) B.Add(y, resMid);
             return;
         }
         var gate = Rows(a.Gate, n);
@@ -343,6 +354,11 @@ public sealed partial class CausalLM
         var act = Rows(a.Act, n);
         SetForward(L, 2, [gate, up], ln2, a, n, seed, training);
         B.SwiGlu(act, gate, up);
+        if (recompute)
+        {
+            SetLoraInputs(L, 3, act, a, n, seed);
+            return;
+        }
         SetForward(L, 3, [y], act, a, n, seed, training);
         B.Add(y, resMid);
     }
@@ -373,10 +389,8 @@ public sealed partial class CausalLM
         {
             var dqPre = Rows(acts.DqPre!, n);
             var dkPre = Rows(acts.DkPre!, n);
-            B.Zero(dqPre);
-            B.Zero(dkPre);
-            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads), Spec.NormWeightOffset);
-            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), Spec.NormWeightOffset);
+            B.RmsNormBackward(dqPre, L.QNorm!.Grad, dq, Rows(a.QPre!, n), L.QNorm.Value, Head1(a.QRstd!, (long)n * Spec.NumHeads), Spec.NormWeightOffset, accumulate: false);
+            B.RmsNormBackward(dkPre, L.KNorm!.Grad, dk, Rows(a.KPre!, n), L.KNorm.Value, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), Spec.NormWeightOffset, accumulate: false);
             dq = dqPre;
             dk = dkPre;
         }
@@ -456,6 +470,35 @@ public sealed partial class CausalLM
             if (lin.Bias is { } bias) B.AddBias(ys[j], bias.Value);
         }
         _stepLora?.Apply(L, set, ys, x);
+    }
+
+    /// <summary>
+    /// What <see cref="SetBackward"/> reads of a training <see cref="SetForward"/>, without the set's outputs (a recompute
+    /// whose outputs are not needed): the LoRA inputs, xaᵀ = A_group·xᵀ for a grouped set, else xa = drop(x)·Aᵀ per adapted
+    /// linear — the same products as the forward's, so the same bits. The frozen products, biases and B products are skipped.
+    /// </summary>
+    private void SetLoraInputs(DecoderLayer L, int set, Tensor x, LayerActivations a, int n, ulong seed)
+    {
+        if (_adaptersOff) return;
+        var B = Backend;
+        var lins = L.InputSets[set];
+        if (L.LoraGroups[set] is { } group && GroupedLora(training: true))
+        {
+            B.MatMul(a.LoraXaT[set]!.View(0, [group.Rows, n]), group.A, false, x, true);
+            return;
+        }
+        int first = DecoderLayer.FirstLinearOfSet[set];
+        for (int j = 0; j < lins.Length; j++)
+        {
+            if (lins[j].Lora is not { } lora) continue;
+            var xin = x;
+            if (lora.Dropout > 0)
+            {
+                xin = _acts!.DropScratch.View(0, [n, lins[j].In]);
+                B.Dropout(xin, x, lora.Dropout, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)));
+            }
+            B.MatMul(Rows(a.LoraXa[first + j]!, n), xin, false, lora.A.Value, true);
+        }
     }
 
     /// <summary>
@@ -614,8 +657,7 @@ public sealed partial class CausalLM
         var dln = Rows(acts.Dln, n);
         B.Zero(dln);
         if (m > 0) B.EmbeddingBackward(dln, acts.Dhc.View(0, [m, Spec.HiddenSize]), Head1(acts.CompactRows, m));
-        var dres = Rows(acts.Dres, n);
-        B.Zero(dres);
-        B.RmsNormBackward(dres, _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n), Spec.NormWeightOffset);
+        B.RmsNormBackward(Rows(acts.Dres, n), _finalNorm.Grad, dln, Rows(acts.Residual[^1], n), _finalNorm.Value, Head1(acts.RstdF, n), Spec.NormWeightOffset,
+            accumulate: false);
     }
 }

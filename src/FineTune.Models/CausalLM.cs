@@ -18,6 +18,8 @@ public sealed partial class CausalLM : IDisposable
     private readonly List<Parameter> _allParameters;
     private readonly List<TrainableParameter> _trainable;
     private readonly Tensor _gradNormSquared;
+    /// <summary>The arena's run of gradients (every trainable grad and the groups' stacked A grads, nothing else between), in pieces of at most 2³⁰ floats.</summary>
+    private readonly Tensor[] _gradRun;
     private readonly Parameter? _valueHeadWeight, _valueHeadBias;
     private ModelActivations? _acts;
     private TensorArena? _rope;
@@ -169,17 +171,18 @@ public sealed partial class CausalLM : IDisposable
                 for (int j = 0; j < adapted.Length; j++) stackedA[adapted[j].Lora!.A] = (group, j);
             }
 
-        // One arena: values (compute dtype), then per trainable parameter master (unless F32 compute), grad, m, v;
-        // a stacked LoRA A has its value and grad in its group's tensors and only master, m, v of its own.
+        // One arena: values (compute dtype), then per trainable parameter master (unless F32 compute), m, v, then every
+        // gradient in one run (ZeroGrad zeroes it with one memset, not one per tensor); a stacked LoRA A has its value and
+        // grad in its group's tensors and only master, m, v of its own.
         var builder = new TensorArena.Builder();
         var groupHandles = new Dictionary<LoraGroup, (int Value, int Grad)>();
+        var groupNames = new Dictionary<LoraGroup, string>();
         foreach (var layer in _layers)
             for (int s = 0; s < DecoderLayer.InputSetCount; s++)
                 if (layer.LoraGroups[s] is { } g)
                 {
-                    string name = $"model.layers.{layer.Index}.lora_A.{string.Join('+', g.Linears.Select(l => l.ShortName).Distinct())}";
-                    groupHandles[g] = (builder.Add(name, backend.ComputeDType, g.Rows, g.In),
-                        trainableNames.Contains(g.Linears[0].Lora!.A.Name) ? builder.Add(name + ".grad", DType.F32, g.Rows, g.In) : -1);
+                    groupNames[g] = $"model.layers.{layer.Index}.lora_A.{string.Join('+', g.Linears.Select(l => l.ShortName).Distinct())}";
+                    groupHandles[g] = (builder.Add(groupNames[g], backend.ComputeDType, g.Rows, g.In), -1);
                 }
         var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
@@ -197,20 +200,34 @@ public sealed partial class CausalLM : IDisposable
             bool quantized = HeldQuantized(p, trainable);
             if (quantized) PlanQuantized(builder, p);
             int value = stacked || quantized ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
-            int master = -1, grad = -1, m = -1, v = -1;
+            int master = -1, m = -1, v = -1;
             if (trainable)
             {
                 if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
-                if (!stacked) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
                 if (!setup.ShardedOptimizerStates) (m, v) = PlanMoments(builder, p);
             }
-            handles[p] = (trainable, value, master, grad, m, v);
+            handles[p] = (trainable, value, master, -1, m, v);
         }
+        var gradHandles = new List<int>();
+        foreach (var (g, name) in groupNames)
+            if (trainableNames.Contains(g.Linears[0].Lora!.A.Name))
+            {
+                groupHandles[g] = (groupHandles[g].Value, builder.Add(name + ".grad", DType.F32, g.Rows, g.In));
+                gradHandles.Add(groupHandles[g].Grad);
+            }
+        foreach (var p in _allParameters)
+            if (handles[p] is { Trainable: true } h && !stackedA.ContainsKey(p))
+            {
+                h.Grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
+                handles[p] = h;
+                gradHandles.Add(h.Grad);
+            }
         PlanDequantScratch(builder);
         int normHandle = builder.Add("grad_norm_squared", DType.F32, 1);
         _weights = builder.Build(backend);
         BindQuantized();
         _gradNormSquared = _weights[normHandle];
+        _gradRun = GradientRun(_weights, gradHandles);
         foreach (var (g, gh) in groupHandles)
         {
             g.A = _weights[gh.Value];
@@ -334,10 +351,27 @@ public sealed partial class CausalLM : IDisposable
         }
     }
 
-    /// <summary>Zeroes every trainable gradient.</summary>
+    /// <summary>Zeroes every trainable gradient: one memset over the arena's run of gradients (per piece of 2³⁰ floats).</summary>
     public void ZeroGrad()
     {
-        foreach (var t in _trainable) Backend.Zero(t.Grad);
+        foreach (var piece in _gradRun) Backend.Zero(piece);
+    }
+
+    /// <summary>
+    /// F32 views covering the gradients declared consecutively as <paramref name="handles"/> (and the alignment padding
+    /// between them, which nothing else uses), in pieces a tensor's int shape can hold.
+    /// </summary>
+    private static Tensor[] GradientRun(TensorArena arena, List<int> handles)
+    {
+        if (handles.Count == 0) return [];
+        var first = arena[handles[0]];
+        var last = arena[handles[^1]];
+        long start = first.Offset, end = last.Offset + last.Length;
+        const long Piece = 1L << 30;
+        var pieces = new List<Tensor>();
+        for (long at = start; at < end; at += Piece)
+            pieces.Add(new Tensor(arena.Buffer, at, DType.F32, [(int)Math.Min(Piece, end - at)], "gradients"));
+        return [.. pieces];
     }
 
     /// <summary>Σ‖grad‖² over trainable parameters, left on the device (F32 scalar) for AdamW's clipping.</summary>

@@ -41,6 +41,19 @@ public sealed class GradientCheckTests
     }
 
     [Fact]
+    public void RmsNormBackwardWithoutAccumulateWritesTheBitsOfAZeroedGradient()
+    {
+        float[] x = TestTensors.Random(24, 4), w = TestTensors.Random(8, 5), dy = TestTensors.Random(24, 6);
+        Tensor tx = _cpu.F32(x, 3, 8), tw = _cpu.F32(w, 8), y = _cpu.Allocate(DType.F32, 3, 8), rstd = _cpu.Allocate(DType.F32, 3), tdy = _cpu.F32(dy, 3, 8);
+        _cpu.RmsNorm(y, rstd, tx, tw, 1e-6f);
+        Tensor zeroed = _cpu.Allocate(DType.F32, 3, 8), written = _cpu.F32(TestTensors.Random(24, 9, 100f), 3, 8);
+        _cpu.RmsNormBackward(zeroed, null, tdy, tx, tw, rstd);
+        _cpu.RmsNormBackward(written, null, tdy, tx, tw, rstd, accumulate: false);
+        Assert.Equal(_cpu.Read(zeroed), _cpu.Read(written));
+        Assert.Contains(_cpu.Read(written), v => v != 0);
+    }
+
+    [Fact]
     public void InverseRopeIsTheBackwardOfRope()
     {
         int n = 4, heads = 2, d = 8, half = d / 2, maxPos = 16;

@@ -21,6 +21,37 @@ public sealed class CausalLMBehaviourTests
         Assert.Equal(Run(false), Run(true));
     }
 
+    [Theory]
+    [InlineData(FinetuningType.Lora)]
+    [InlineData(FinetuningType.Full)]
+    public void ZeroGradIsOneMemsetThatZeroesEveryGradientAndNothingElse(FinetuningType type)
+    {
+        // The gradients are one run of the arena (the groups' stacked A grads and every other grad), masters and moments
+        // elsewhere: after a step, ZeroGrad's single Zero leaves every gradient 0 and the values, masters and moments as
+        // they were (the next step's loss and update are those of zeroing each gradient by itself).
+        var profiler = new ProfilingBackend(new CpuBackend(2));
+        using var model = CausalLM.Create(TinyModels.Spec("qwen3", true), profiler, new TrainingSetup { FinetuningType = type, LoraRank = 4 }, new RandomWeights(2, 0.3f));
+        TinyModels.RandomizeLoraB(model, 1);
+        model.ForwardBackward(TinyModels.PackedBatch(), 0.1f);
+        foreach (var p in model.TrainableParameters) p.Step(new AdamWStep(1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 1, 1f, 1f), model.GradNormSquared());
+        Assert.Contains(AllGrads(model), g => g != 0);
+        var values = model.TrainableParameters.SelectMany(p => model.ReadParameter(p.HfName)).ToArray();
+        var moments = model.TrainableParameters.SelectMany(p => Read(model, p.Master).Concat(Read(model, p.M)).Concat(Read(model, p.V))).ToArray();
+        profiler.Reset();
+        model.ZeroGrad();
+        Assert.Equal(1, profiler.Report().Single(r => r.Op == "Zero").Calls);
+        Assert.All(AllGrads(model), g => Assert.Equal(0f, g));
+        Assert.Equal(values, model.TrainableParameters.SelectMany(p => model.ReadParameter(p.HfName)).ToArray());
+        Assert.Equal(moments, model.TrainableParameters.SelectMany(p => Read(model, p.Master).Concat(Read(model, p.M)).Concat(Read(model, p.V))).ToArray());
+
+        static float[] Read(CausalLM model, Tensor t)
+        {
+            var a = new float[t.Length];
+            model.Backend.Download(t, a);
+            return a;
+        }
+    }
+
     [Fact]
     public void IdenticalRunsAreBitIdenticalAndThreadCountDoesNotMatter()
     {

@@ -113,6 +113,33 @@ public sealed class CheckpointingPlanTests
     };
 
     [Theory]
+    [InlineData(new[] { "all" }, 0.0)]
+    [InlineData(new[] { "all" }, 0.1)]
+    [InlineData(new[] { "q_proj", "v_proj" }, 0.0)]
+    public void A_recompute_runs_no_frozen_down_product_and_the_gradients_stay_those_of_no_checkpointing(string[] target, double dropout)
+    {
+        // 5 layers, checkpointing on: layers 0–3 run their forward again before their backward. down_proj's frozen
+        // product runs once forward and once for the input gradient per layer, recomputed or not (the recompute's
+        // output is the stored checkpoint); with LoRA on down the recompute still computes its xa.
+        var spec = TinyModels.Spec("llama", false) with { NumLayers = 5 };
+        float[] Grads(CheckpointingMode mode, out int downProducts)
+        {
+            var counting = new ProductCountingBackend(new FineTune.Engine.Cpu.CpuBackend(2), "mlp.down_proj.weight");
+            using var model = CausalLM.Create(spec, counting, new TrainingSetup { LoraRank = 4, LoraDropout = dropout, LoraTarget = target, Checkpointing = mode },
+                new RandomWeights(1, 0.3f));
+            TinyModels.RandomizeLoraB(model, 1);
+            model.ForwardBackward(TinyModels.PackedBatch());
+            downProducts = counting.Products;
+            return AllGrads(model);
+        }
+        var off = Grads(CheckpointingMode.Off, out int offProducts);
+        var on = Grads(CheckpointingMode.On, out int onProducts);
+        Assert.Equal(2 * 5, offProducts);
+        Assert.Equal(2 * 5, onProducts);
+        Assert.Equal(off, on);
+    }
+
+    [Theory]
     [InlineData("qwen3", 0.0)]
     [InlineData("qwen3", 0.1)]
     [InlineData("qwen2", 0.0)]

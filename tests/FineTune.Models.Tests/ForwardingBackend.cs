@@ -51,7 +51,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) => Run(() => Inner.EmbeddingBackward(dtable, doutput, ids));
     public virtual void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f) => Run(() => Inner.RmsNorm(y, rstd, x, weight, eps, weightOffset));
     public virtual void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f) => Run(() => Inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset));
-    public virtual void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f) => Run(() => Inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset));
+    public virtual void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true) => Run(() => Inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset, accumulate));
     public virtual void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) => Run(() => Inner.Rope(x, positions, cos, sin, headDim, inverse));
     public virtual void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) => Run(() => Inner.Attention(output, lse, q, k, v, segmentIds, shape));
     public virtual void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
@@ -83,6 +83,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void GroupedMatMulWeightGrad(Tensor dw, Tensor dc, Tensor a, Tensor offsets) => Run(() => Inner.GroupedMatMulWeightGrad(dw, dc, a, offsets));
     public virtual void MoeCombine(Tensor y, Tensor rows, Tensor topWeight, Tensor rowOf) => Run(() => Inner.MoeCombine(y, rows, topWeight, rowOf));
     public virtual void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf) => Run(() => Inner.MoeCombineBackward(drows, dTopWeight, dy, rows, topWeight, rowOf));
+    public virtual void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf) => Run(() => Inner.MoeCombineDownBackward(dact, dTopWeight, h, act, topWeight, rowOf));
     public virtual void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf) => Run(() => Inner.MoeGatherBackward(dx, drows, rowOf));
     public virtual void CrossEntropy(Tensor logits, Tensor labels, Tensor lossSum, float gradScale, bool computeGrad) => Run(() => Inner.CrossEntropy(logits, labels, lossSum, gradScale, computeGrad));
     public virtual void LabelLogProbs(Tensor logits, Tensor labels, Tensor logProbs, Tensor? gradScales) => Run(() => Inner.LabelLogProbs(logits, labels, logProbs, gradScales));

@@ -172,6 +172,33 @@ public sealed class MoeTests : IDisposable
         return (model.TrainableParameters.SelectMany(p => TinyModels.Grad(model, p)).ToArray(), model.CheckpointingPlan!);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_moe_recompute_skips_the_combine_and_without_down_lora_the_down_product(bool downLora)
+    {
+        // 4 sparse layers, checkpointing on: layers 0–2 are recomputed. LoRA on attention: the backward takes the
+        // combine's gradient through the down product, so down runs once forward and once backward per layer and the
+        // recompute stops at act. LoRA on down too: its backward reads the expert outputs, so the recompute computes
+        // them (down again) but still writes no combine.
+        var spec = Spec("qwen3_moe", auxCoef: 0.5, outputRouterLogits: true) with { NumLayers = 4 };
+        string[] target = downLora ? ["q_proj", "v_proj", "down_proj"] : ["q_proj", "v_proj"];
+        (float[] Grads, int Down, int Combines) Run(CheckpointingMode mode)
+        {
+            var counting = new ProductCountingBackend(new CpuBackend(2), "experts.down_proj");
+            using var model = CausalLM.Create(spec, counting, new TrainingSetup { LoraRank = 2, LoraAlpha = 4, LoraTarget = target, Checkpointing = mode },
+                new RandomWeights(1, 0.3f));
+            TinyModels.RandomizeLoraB(model, 2);
+            model.ForwardBackward(TinyModels.PackedBatch());
+            return (model.TrainableParameters.SelectMany(p => TinyModels.Grad(model, p)).ToArray(), counting.Products, counting.Combines);
+        }
+        var off = Run(CheckpointingMode.Off);
+        var on = Run(CheckpointingMode.On);
+        Assert.Equal((2 * 4, 4), (off.Down, off.Combines));
+        Assert.Equal((downLora ? 2 * 4 + 3 : 2 * 4, 4), (on.Down, on.Combines));
+        Assert.Equal(off.Grads, on.Grads);
+    }
+
     [Fact]
     public void Every_checkpointing_plan_of_a_moe_model_gives_the_gradients_of_no_checkpointing_and_none_is_selective()
     {

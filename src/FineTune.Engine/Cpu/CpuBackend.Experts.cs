@@ -177,6 +177,24 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    public void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf)
+    {
+        int choices = checked((int)rowOf.Length), inter = h.Cols;
+        if (act.Cols != inter || dact.Cols != inter || h.Rows != choices || act.Rows != choices || dact.Rows != choices
+            || topWeight.Length != choices || dTopWeight.Length != choices)
+            throw new ArgumentException($"combine backward through down {dact}, {dTopWeight} from {h}, {act} by {rowOf}: shapes do not agree");
+        float* pda = F(dact), pdw = F(dTopWeight), ph = F(h), pa = F(act), pw = F(topWeight);
+        int* po = I(rowOf);
+        For(choices, c =>
+        {
+            long r = po[c];
+            float* hr = ph + r * inter, ar = pa + r * inter, dr = pda + r * inter;
+            float wt = pw[c], dot = 0;
+            for (int i = 0; i < inter; i++) { dot += hr[i] * ar[i]; dr[i] = wt * hr[i]; }
+            pdw[c] = dot;
+        });
+    }
+
     public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf)
     {
         int n = dx.Rows, cols = dx.Cols, k = (int)(rowOf.Length / Math.Max(1, n));

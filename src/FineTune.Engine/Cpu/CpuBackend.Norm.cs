@@ -65,7 +65,7 @@ public sealed unsafe partial class CpuBackend
     }
 
     // x̂ = x·rstd, g = w⊙dy: dx += rstd·(g − x̂·mean(g⊙x̂)); dw += Σ_rows dy⊙x̂.
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f)
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true)
     {
         int c = (int)weight.Length;
         int rows = (int)(x.Length / c);
@@ -85,6 +85,7 @@ public sealed unsafe partial class CpuBackend
                     var dyr = new ReadOnlySpan<float>(pdy + (long)r * c, c);
                     var dxr = new Span<float>(pdx + (long)r * c, c);
                     float inv = pr[r];
+                    if (!accumulate) dxr.Clear();
                     TensorPrimitives.Multiply(dyr, w, g);
                     float mean = TensorPrimitives.Dot(g, xr) * inv / c; // mean(g⊙x̂)
                     // dx += inv·g − (inv²·mean)·x

@@ -5,6 +5,7 @@ namespace FineTune.Engine.Cuda;
 public sealed partial class CudaBackend
 {
     const int GroupedTile = 64;
+    const int SortThreads = 1024; // moe_count / moe_place block: at most 32 warps (moe_place's warp_totals[32])
     const int GroupedMmaTile = 128; // GM_ROWS = GM_COLS in experts.cu
 
     /// <summary>
@@ -111,9 +112,11 @@ public sealed partial class CudaBackend
         Need(topIdx, DType.I32); Need(offsets, DType.I32); Need(sortedToken, DType.I32); Need(rowOf, DType.I32);
         int choices = checked((int)topIdx.Length), k = topIdx.Cols, e = checked((int)offsets.Length) - 1;
         if (sortedToken.Length != choices || rowOf.Length != choices || e < 1) throw new ArgumentException($"expert sort: {topIdx}, {offsets}, {sortedToken}, {rowOf} do not agree");
-        Launch("experts.cu", "moe_count", (e, 1, 1), Threads, [P(topIdx), P(offsets), choices]);
+        // One block per expert, each reading every choice: 1024 threads take a quarter of 256's passes (and __syncthreads).
+        int threads = Math.Clamp((choices + 31) / 32 * 32, 32, SortThreads);
+        Launch("experts.cu", "moe_count", (e, 1, 1), threads, [P(topIdx), P(offsets), choices]);
         Launch("experts.cu", "moe_scan", (1, 1, 1), 32, [P(offsets), e]);
-        Launch("experts.cu", "moe_place", (e, 1, 1), Threads, [P(topIdx), P(offsets), P(sortedToken), P(rowOf), choices, k]);
+        Launch("experts.cu", "moe_place", (e, 1, 1), threads, [P(topIdx), P(offsets), P(sortedToken), P(rowOf), choices, k]);
     }
 
     public void GroupedMatMul(Tensor c, Tensor a, Tensor w, bool transW, Tensor offsets, bool accumulate = false)
@@ -181,7 +184,10 @@ public sealed partial class CudaBackend
         Need(topWeight, DType.F32); Need(rowOf, DType.I32);
         int n = y.Rows, cols = y.Cols, k = topWeight.Cols;
         if (rows.Cols != cols || topWeight.Rows != n || rowOf.Length != (long)n * k) throw new ArgumentException($"combine {y} from {rows} by {topWeight}: shapes do not agree");
-        LaunchFlat("experts.cu", "moe_combine", (long)n * cols, [P(y), Dt(y), P(rows), Dt(rows), P(topWeight), P(rowOf), n, cols, k]);
+        if (n == 0) return;
+        if (V8(cols, y, rows))
+            Launch("experts.cu", "moe_combine_v8", (WarpBlocks(n), 1, 1), Threads, [P(y), P(rows), P(topWeight), P(rowOf), n, cols / 8, k]);
+        else LaunchFlat("experts.cu", "moe_combine", (long)n * cols, [P(y), Dt(y), P(rows), Dt(rows), P(topWeight), P(rowOf), n, cols, k]);
     }
 
     public void MoeCombineBackward(Tensor drows, Tensor dTopWeight, Tensor dy, Tensor rows, Tensor topWeight, Tensor rowOf)
@@ -191,8 +197,30 @@ public sealed partial class CudaBackend
         if (rows.Cols != cols || drows.Cols != cols || topWeight.Rows != n || dTopWeight.Length != topWeight.Length || rowOf.Length != (long)n * k)
             throw new ArgumentException($"combine backward {drows}, {dTopWeight} from {dy}: shapes do not agree");
         if (n == 0) return;
+        if (V8(cols, drows, dy, rows))
+        {
+            Launch("experts.cu", "moe_combine_backward_v8", (WarpBlocks(n * k), 1, 1), Threads,
+                [P(drows), P(dTopWeight), P(dy), P(rows), P(topWeight), P(rowOf), n * k, cols / 8, k]);
+            return;
+        }
         LaunchFlat("experts.cu", "moe_combine_backward_rows", (long)n * k * cols, [P(drows), Dt(drows), P(dy), Dt(dy), P(topWeight), P(rowOf), n, cols, k]);
         Launch("experts.cu", "moe_combine_backward_weights", (n * k, 1, 1), Threads, [P(dTopWeight), P(dy), Dt(dy), P(rows), Dt(rows), P(rowOf), cols, k]);
+    }
+
+    public void MoeCombineDownBackward(Tensor dact, Tensor dTopWeight, Tensor h, Tensor act, Tensor topWeight, Tensor rowOf)
+    {
+        Need(dTopWeight, DType.F32); Need(topWeight, DType.F32); Need(rowOf, DType.I32);
+        int choices = checked((int)rowOf.Length), inter = h.Cols;
+        if (act.Cols != inter || dact.Cols != inter || h.Rows != choices || act.Rows != choices || dact.Rows != choices
+            || topWeight.Length != choices || dTopWeight.Length != choices)
+            throw new ArgumentException($"combine backward through down {dact}, {dTopWeight} from {h}, {act}: shapes do not agree");
+        if (choices == 0) return;
+        if (V8(inter, dact, h, act))
+            Launch("experts.cu", "moe_combine_down_backward_v8", (WarpBlocks(choices), 1, 1), Threads,
+                [P(dact), P(dTopWeight), P(h), P(act), P(topWeight), P(rowOf), choices, inter / 8]);
+        else
+            Launch("experts.cu", "moe_combine_down_backward", (choices, 1, 1), Threads,
+                [P(dact), Dt(dact), P(dTopWeight), P(h), Dt(h), P(act), Dt(act), P(topWeight), P(rowOf), inter]);
     }
 
     public void MoeGatherBackward(Tensor dx, Tensor drows, Tensor rowOf)
@@ -200,8 +228,14 @@ public sealed partial class CudaBackend
         Need(rowOf, DType.I32);
         int n = dx.Rows, cols = dx.Cols, k = (int)(rowOf.Length / Math.Max(1, n));
         if (drows.Cols != cols || rowOf.Length != (long)n * k) throw new ArgumentException($"gather backward {dx} from {drows}: shapes do not agree");
-        LaunchFlat("experts.cu", "moe_gather_backward", (long)n * cols, [P(dx), Dt(dx), P(drows), Dt(drows), P(rowOf), n, cols, k]);
+        if (n == 0) return;
+        if (V8(cols, dx, drows))
+            Launch("experts.cu", "moe_gather_backward_v8", (WarpBlocks(n), 1, 1), Threads, [P(dx), P(drows), P(rowOf), n, cols / 8, k]);
+        else LaunchFlat("experts.cu", "moe_gather_backward", (long)n * cols, [P(dx), Dt(dx), P(drows), Dt(drows), P(rowOf), n, cols, k]);
     }
+
+    /// <summary>Blocks of <see cref="Threads"/> for one warp per item (the *_v8 row kernels).</summary>
+    static int WarpBlocks(int items) => (items + RowsPerBlock - 1) / RowsPerBlock;
 }
 
 /// <summary>

@@ -212,7 +212,11 @@ public sealed partial class CudaBackend : IBackend
         int cols = table.Cols;
         long n = ids.Length;
         if (output.Length != n * cols) throw new ArgumentException($"embedding output {output} does not hold {n}×{cols}");
-        LaunchFlat("embedding.cu", "embedding_forward", n * cols, [P(output), Dt(output), P(table), Dt(table), P(ids), n, cols, table.Rows]);
+        if (n == 0) return;
+        if (V8(cols, output, table))
+            Launch("embedding.cu", "embedding_forward_v8", (checked((int)((n + RowsPerBlock - 1) / RowsPerBlock)), 1, 1), Threads,
+                [P(output), P(table), P(ids), n, cols / 8, table.Rows]);
+        else LaunchFlat("embedding.cu", "embedding_forward", n * cols, [P(output), Dt(output), P(table), Dt(table), P(ids), n, cols, table.Rows]);
     }
 
     public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids)
@@ -257,7 +261,7 @@ public sealed partial class CudaBackend : IBackend
                 [P(resid), Dt(resid), P(y), Dt(y), P(rstd), P(a), Dt(a), P(b), Dt(b), P(weight), Dt(weight), rows, c, eps, weightOffset]);
     }
 
-    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f)
+    public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true)
     {
         int c = checked((int)weight.Length);
         int rows = checked((int)(x.Length / c));
@@ -265,10 +269,10 @@ public sealed partial class CudaBackend : IBackend
         if (rows == 0) return;
         if (V8(c, dx, dy, x, weight))
             Launch("rmsnorm.cu", "rmsnorm_backward_dx_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(dx), P(dy), P(x), P(weight), P(rstd), rows, c, weightOffset]);
+                [P(dx), P(dy), P(x), P(weight), P(rstd), rows, c, weightOffset, accumulate ? 1 : 0]);
         else
             Launch("rmsnorm.cu", "rmsnorm_backward_dx", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
-                [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c, weightOffset]);
+                [P(dx), Dt(dx), P(dy), Dt(dy), P(x), Dt(x), P(weight), Dt(weight), P(rstd), rows, c, weightOffset, accumulate ? 1 : 0]);
         if (dweight is not null)
             Launch("rmsnorm.cu", "rmsnorm_backward_dw", ((c + Threads - 1) / Threads, 1, 1), Threads,
                 [P(dweight), Dt(dweight), P(dy), Dt(dy), P(x), Dt(x), P(rstd), rows, c]);

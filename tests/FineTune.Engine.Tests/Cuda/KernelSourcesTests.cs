@@ -10,7 +10,7 @@ public sealed class KernelSourcesTests
     public void Every_operation_kernel_is_embedded_as_its_own_program()
     {
         var programs = KernelSources.Embedded().Programs.ToArray();
-        Assert.Equal(["adamw.cu", "argmax.cu", "attention.cu", "cross_entropy.cu", "elementwise.cu", "embedding.cu", "experts.cu", "fp8.cu", "geglu.cu", "gemv.cu", "kv_cache.cu", "quant.cu", "rmsnorm.cu", "rope.cu", "sampling.cu", "softcap.cu", "swiglu.cu"],
+        Assert.Equal(["adamw.cu", "argmax.cu", "attention.cu", "cross_entropy.cu", "decode.cu", "elementwise.cu", "embedding.cu", "experts.cu", "fp8.cu", "geglu.cu", "gemv.cu", "kv_cache.cu", "quant.cu", "rmsnorm.cu", "rope.cu", "sampling.cu", "softcap.cu", "swiglu.cu"],
             programs.Where(p => !p.StartsWith("flash", StringComparison.Ordinal)).ToArray());
     }
 
@@ -85,9 +85,57 @@ public sealed class KernelSourcesTests
         string launcher = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "FineTune.Engine", "Cuda", "CudaBackend.Experts.cs"));
         var named = System.Text.RegularExpressions.Regex.Matches(launcher, "\"experts\\.cu\", \"(\\w+)\"").Select(m => m.Groups[1].Value).Distinct().Order().ToArray();
         Assert.Equal(["grouped_gemm", "grouped_gemm_tc", "grouped_gemm_weight_grad", "grouped_gemm_weight_grad_mma", "grouped_gemm_weight_grad_tc", "moe_combine", "moe_combine_backward_rows",
-            "moe_combine_backward_weights", "moe_count", "moe_gather_backward", "moe_place", "moe_route", "moe_route_backward", "moe_router_stats", "moe_scan"], named);
+            "moe_combine_backward_v8", "moe_combine_backward_weights", "moe_combine_down_backward", "moe_combine_down_backward_v8", "moe_combine_v8", "moe_count",
+            "moe_gather_backward", "moe_gather_backward_v8", "moe_place", "moe_route", "moe_route_backward", "moe_router_stats", "moe_scan"], named);
         foreach (var kernel in named) // with or without __launch_bounds__
             Assert.Matches($"extern \"C\" __global__ void (__launch_bounds__\\([^)]*\\) )?{kernel}\\(", s.Source("experts.cu"));
+    }
+
+    [Fact]
+    public void Every_kernel_a_launcher_names_exists_and_takes_as_many_parameters_as_the_launch_passes()
+    {
+        // Launch("x.cu", "name", grid, block, [args]) and LaunchFlat("x.cu", "name", n, [args]) in CudaBackend*.cs: the
+        // kernel must be extern "C" in that program, and a wrong argument count would read garbage on the GPU, unseen here.
+        var s = KernelSources.Embedded();
+        string dir = Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "FineTune.Engine", "Cuda");
+        int checkedLaunches = 0;
+        foreach (var file in Directory.GetFiles(dir, "CudaBackend*.cs"))
+        {
+            string text = File.ReadAllText(file);
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(text, "\\bLaunch(Flat|Dependent)?\\(\"(\\w+\\.cu)\", \"(\\w+)\""))
+            {
+                string program = m.Groups[2].Value, kernel = m.Groups[3].Value;
+                var call = Arguments(text, m.Index + m.Length - m.Value.Length + m.Value.IndexOf('('));
+                string? list = call.FirstOrDefault(a => a.StartsWith('['));
+                if (list is null) continue; // arguments built in a variable (gemv_bf16_set): not countable here
+                int passed = Arguments(list, 0, '[', ']').Count(a => a.Length > 0);
+                var def = System.Text.RegularExpressions.Regex.Match(s.Source(program), $"extern \"C\" __global__ void (__launch_bounds__\\([^)]*\\) )?{kernel}\\(");
+                Assert.True(def.Success, $"{kernel} is not defined in {program}");
+                int declared = Arguments(s.Source(program), def.Index + def.Length - 1).Count(a => a.Length > 0);
+                Assert.True(passed == declared, $"{kernel} ({program}) declares {declared} parameters; {Path.GetFileName(file)} passes {passed}");
+                checkedLaunches++;
+            }
+        }
+        Assert.True(checkedLaunches > 60, $"only {checkedLaunches} launches found");
+    }
+
+    /// <summary>The top-level comma-separated parts between the bracket at <paramref name="open"/> and its match, trimmed.</summary>
+    static List<string> Arguments(string text, int open, char left = '(', char right = ')')
+    {
+        Assert.Equal(left, text[open]);
+        var parts = new List<string>();
+        int depth = 0, start = open + 1;
+        for (int i = open; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (c is '(' or '[' or '{') depth++;
+            else if (c is ')' or ']' or '}')
+            {
+                if (--depth == 0) { parts.Add(text[start..i].Trim()); return parts; }
+            }
+            else if (c == ',' && depth == 1) { parts.Add(text[start..i].Trim()); start = i + 1; }
+        }
+        throw new InvalidOperationException($"no closing {right} after {open}");
     }
 
     static KernelSources Tiny(string body, string header = "#pragma once\n") =>

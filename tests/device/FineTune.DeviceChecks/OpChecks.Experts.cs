@@ -267,5 +267,94 @@ public static partial class OpChecks
         ms = c.Time(() => c.Gpu.MoeGatherBackward(dx.Gpu, drows.Gpu, rowOf.Gpu));
         c.Cpu.MoeGatherBackward(dx.Cpu, drows.Cpu, rowOf.Cpu);
         c.Compare($"moe_gather_backward {tag}", "dx", dx, ms);
+
+        // The combine's backward through the down product (the recompute-free path): h = dy gathered unscaled · W_down.
+        var dyRows = c.Zeros([rows, hidden]);
+        c.Gpu.Embedding(dyRows.Gpu, dy.Gpu, sorted.Gpu);
+        c.Cpu.Embedding(dyRows.Cpu, dy.Cpu, sorted.Cpu);
+        var h = c.Zeros([rows, inter]);
+        c.Gpu.GroupedMatMul(h.Gpu, dyRows.Gpu, wDown.Gpu, false, offsets.Gpu);
+        c.Cpu.GroupedMatMul(h.Cpu, dyRows.Cpu, wDown.Cpu, false, offsets.Cpu);
+        var dact = c.Zeros([rows, inter]);
+        var dw3 = c.Zeros([n, k], DType.F32);
+        ms = c.Time(() => c.Gpu.MoeCombineDownBackward(dact.Gpu, dw3.Gpu, h.Gpu, g.Gpu, topW.Gpu, rowOf.Gpu));
+        c.Cpu.MoeCombineDownBackward(dact.Cpu, dw3.Cpu, h.Cpu, g.Cpu, topW.Cpu, rowOf.Cpu);
+        c.Compare($"moe_combine_down_backward {tag}", "dact", dact, ms);
+        c.Compare($"moe_combine_down_backward {tag}", "dtop_weight", dw3, ms);
+        // The same dtop_weight as through the expert outputs (GPU against the CPU's old formula).
+        var viaOut = c.Zeros([n, k], DType.F32);
+        c.Cpu.MoeCombineBackward(drows.Cpu, viaOut.Cpu, dy.Cpu, outRows.Cpu, topW.Cpu, rowOf.Cpu);
+        c.Gpu.Copy(viaOut.Gpu, dw3.Gpu);
+        c.Compare($"moe_combine_down_backward {tag}", "dtop_weight = dy·out", viaOut, ms);
+        if (c.Act == DType.BF16) RowKernelBits(c, tag, n, k, hidden, inter, sorted.Gpu, rowOf.Gpu, topW.Gpu);
+    }
+
+    /// <summary>
+    /// bf16: the *_v8 row kernels (16-byte aligned operands) against the scalar ones (the same values one element off
+    /// alignment): the gather, combine, combine backward's rows and the gather backward bit for bit; the dot products
+    /// (dtop_weight) within 1e-5 relative (lane partials and a warp tree against a block-wide sum).
+    /// </summary>
+    static void RowKernelBits(Ctx c, string tag, int n, int k, int hidden, int inter, Tensor sorted, Tensor rowOf, Tensor topW)
+    {
+        int rows = n * k;
+        // Returns an aligned tensor and a misaligned (offset one element) one holding the same bf16 values.
+        (Tensor Aligned, Tensor Odd) Twin(int r, int cols, float[]? values = null)
+        {
+            long len = (long)r * cols;
+            var buf = c.Gpu.AllocateBuffer((len + 8) * 2);
+            var odd = c.Gpu.AllocateBuffer((len + 8) * 2);
+            c.Buffers.Add(buf); c.Buffers.Add(odd);
+            var a = new Tensor(buf, 0, DType.BF16, [r, cols]);
+            var o = new Tensor(odd, 1, DType.BF16, [r, cols]);
+            c.Gpu.Upload(a, values ?? c.Rand(len));
+            c.Gpu.Copy(o, a);
+            return (a, o);
+        }
+        void Same(string op, string output, Tensor a, Tensor b, double gpuMs)
+        {
+            var x = c.Download(a);
+            var y = c.Download(b);
+            c.Check($"{op} v8 = scalar {tag}", output, x.AsSpan().SequenceEqual(y), gpuMs);
+        }
+        var table = Twin(n, hidden);
+        var xs = Twin(rows, hidden);
+        double ms = c.Time(() => c.Gpu.Embedding(xs.Aligned, table.Aligned, sorted));
+        c.Gpu.Embedding(xs.Odd, table.Odd, sorted);
+        Same("embedding (row gather)", "out", xs.Aligned, xs.Odd, ms);
+        var y = Twin(n, hidden);
+        ms = c.Time(() => c.Gpu.MoeCombine(y.Aligned, xs.Aligned, topW, rowOf));
+        c.Gpu.MoeCombine(y.Odd, xs.Odd, topW, rowOf);
+        Same("moe_combine", "y", y.Aligned, y.Odd, ms);
+        var drows = Twin(rows, hidden);
+        var dwV8 = c.Zeros([n, k], DType.F32);
+        var dwScalar = c.Zeros([n, k], DType.F32);
+        ms = c.Time(() => c.Gpu.MoeCombineBackward(drows.Aligned, dwV8.Gpu, table.Aligned, xs.Aligned, topW, rowOf));
+        c.Gpu.MoeCombineBackward(drows.Odd, dwScalar.Gpu, table.Odd, xs.Odd, topW, rowOf);
+        Same("moe_combine_backward", "drows", drows.Aligned, drows.Odd, ms);
+        CompareGpu(c, $"moe_combine_backward v8 ≈ scalar {tag}", "dtop_weight", dwV8.Gpu, dwScalar.Gpu, ms, 1e-5);
+        var dx = Twin(n, hidden);
+        ms = c.Time(() => c.Gpu.MoeGatherBackward(dx.Aligned, drows.Aligned, rowOf));
+        c.Gpu.MoeGatherBackward(dx.Odd, drows.Odd, rowOf);
+        Same("moe_gather_backward", "dx", dx.Aligned, dx.Odd, ms);
+        var h = Twin(rows, inter);
+        var act = Twin(rows, inter);
+        var dact = Twin(rows, inter);
+        ms = c.Time(() => c.Gpu.MoeCombineDownBackward(dact.Aligned, dwV8.Gpu, h.Aligned, act.Aligned, topW, rowOf));
+        c.Gpu.MoeCombineDownBackward(dact.Odd, dwScalar.Gpu, h.Odd, act.Odd, topW, rowOf);
+        Same("moe_combine_down_backward", "dact", dact.Aligned, dact.Odd, ms);
+        CompareGpu(c, $"moe_combine_down_backward v8 ≈ scalar {tag}", "dtop_weight", dwV8.Gpu, dwScalar.Gpu, ms, 1e-5);
+    }
+
+    /// <summary>Relative L2 error of one GPU tensor against another (two kernels for the same result).</summary>
+    static void CompareGpu(Ctx c, string op, string output, Tensor got, Tensor reference, double gpuMs, double tol)
+    {
+        var a = c.Download(reference);
+        var b = c.Download(got);
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++) { double d = (double)b[i] - a[i]; num += d * d; den += (double)a[i] * a[i]; }
+        double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
+        bool pass = double.IsFinite(rel) && rel <= tol;
+        c.Rows.Add(new CheckRow(op, c.Path, output, a.Length, rel, tol, pass, gpuMs));
+        Console.WriteLine($"{(pass ? "ok  " : "FAIL")} {c.Path,-5} {op,-44} {output,-12} n={a.Length,-9} rel={rel:E2} (tol {tol:E0}) gpu {gpuMs:F3} ms");
     }
 }

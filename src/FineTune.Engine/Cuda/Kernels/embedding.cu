@@ -13,6 +13,20 @@ extern "C" __global__ void embedding_forward(void* out, int dt_out, const void* 
     }
 }
 
+// embedding_forward with out and table BF16, cols % 8 == 0 and 16-byte aligned rows (cols8 = cols / 8): one warp per
+// row, 16 bytes per load and store. A copy, so the same bits as the scalar kernel (whose widen-and-round is exact).
+// It is also the experts' row gather (xs = ln2[sorted_token], rows × hidden), hence the care.
+extern "C" __global__ void embedding_forward_v8(uint4* out, const uint4* table, const int* ids, i64 n, int cols8, int vocab)
+{
+    i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= n) return;
+    int id = ids[row];
+    bool valid = id >= 0 && id < vocab;
+    const uint4* src = table + (valid ? (i64)id * cols8 : 0);
+    uint4* dst = out + row * cols8;
+    for (int c = threadIdx.x & 31; c < cols8; c += 32) dst[c] = valid ? src[c] : make_uint4(0u, 0u, 0u, 0u);
+}
+
 // BF16 atomic add through a compare-and-swap on the aligned 32-bit word that holds the half-word.
 __device__ __forceinline__ void atomic_add_bf16(unsigned short* addr, float v)
 {

@@ -313,6 +313,110 @@ extern "C" __global__ void moe_gather_backward(void* dx, int dt_dx, const void* 
     }
 }
 
+// dact[row_of[i], :] = w[i]·h[row_of[i], :] and dtop_w[i] = h[row_of[i]]·act[row_of[i]], one block per choice i = t·k + j:
+// the combine's backward carried through the down product (h = dy[t]·W_down of the choice's expert, on the unscaled
+// gathered dy rows), so the expert outputs rows = act·W_downᵀ need not exist: dy[t]·rows[r] = (dy[t]·W_down)·act[r].
+extern "C" __global__ void moe_combine_down_backward(void* dact, int dt_da, float* dtop_w, const void* h, int dt_h, const void* act, int dt_a,
+                                                     const float* top_w, const int* row_of, int inter)
+{
+    i64 choice = blockIdx.x, r = row_of[choice];
+    float w = top_w[choice], s = 0.0f;
+    for (int c = threadIdx.x; c < inter; c += blockDim.x)
+    {
+        float hv = ld(h, r * inter + c, dt_h);
+        s += hv * ld(act, r * inter + c, dt_a);
+        st(dact, r * inter + c, w * hv, dt_da);
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) dtop_w[choice] = s;
+}
+
+// The row kernels above with every row tensor BF16, cols % 8 == 0 and 16-byte aligned (cols8 = cols / 8): one warp per
+// token (or per choice), 16 bytes per load and store. Each output element's arithmetic is the scalar kernel's, in the
+// same order, so moe_combine_v8, moe_combine_backward_rows' half of moe_combine_backward_v8 and moe_gather_backward_v8
+// give its bits; the dot products (dtop_w) sum lane partials and then a warp tree, so their last bits differ from the
+// block-wide sums of moe_combine_backward_weights / moe_combine_down_backward.
+
+// y[t, :] = Σ_j w[t, j]·rows[row_of[t·k + j], :], slots in order.
+extern "C" __global__ void moe_combine_v8(uint4* y, const uint4* rows, const float* top_w, const int* row_of, int n, int cols8, int k)
+{
+    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t >= n) return;
+    for (int c = threadIdx.x & 31; c < cols8; c += 32)
+    {
+        float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = 0; j < k; j++)
+        {
+            float w = top_w[(i64)t * k + j], v[8];
+            unpack8(rows[(i64)row_of[(i64)t * k + j] * cols8 + c], v);
+#pragma unroll
+            for (int i = 0; i < 8; i++) s[i] += w * v[i];
+        }
+        y[(i64)t * cols8 + c] = pack8(s);
+    }
+}
+
+// One warp per choice i = t·k + j: drows[row_of[i], :] = w[i]·dy[t, :] and dtop_w[i] = dy[t]·rows[row_of[i]] in one pass.
+extern "C" __global__ void moe_combine_backward_v8(uint4* drows, float* dtop_w, const uint4* dy, const uint4* rows, const float* top_w,
+                                                   const int* row_of, int choices, int cols8, int k)
+{
+    int choice = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (choice >= choices) return;
+    i64 t = choice / k, r = row_of[choice];
+    float w = top_w[choice], s = 0.0f;
+    for (int c = lane; c < cols8; c += 32)
+    {
+        float g[8], v[8], d[8];
+        unpack8(dy[t * cols8 + c], g);
+        unpack8(rows[r * cols8 + c], v);
+#pragma unroll
+        for (int i = 0; i < 8; i++) { d[i] = w * g[i]; s += g[i] * v[i]; }
+        drows[r * cols8 + c] = pack8(d);
+    }
+    s = warp_sum(s);
+    if (lane == 0) dtop_w[choice] = s;
+}
+
+// One warp per choice: dact[row_of[i], :] = w[i]·h[row_of[i], :] and dtop_w[i] = h[row_of[i]]·act[row_of[i]] (moe_combine_down_backward).
+extern "C" __global__ void moe_combine_down_backward_v8(uint4* dact, float* dtop_w, const uint4* h, const uint4* act, const float* top_w,
+                                                        const int* row_of, int choices, int inter8)
+{
+    int choice = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (choice >= choices) return;
+    i64 r = row_of[choice];
+    float w = top_w[choice], s = 0.0f;
+    for (int c = lane; c < inter8; c += 32)
+    {
+        float hv[8], a[8], d[8];
+        unpack8(h[r * inter8 + c], hv);
+        unpack8(act[r * inter8 + c], a);
+#pragma unroll
+        for (int i = 0; i < 8; i++) { s += hv[i] * a[i]; d[i] = w * hv[i]; }
+        dact[r * inter8 + c] = pack8(d);
+    }
+    s = warp_sum(s);
+    if (lane == 0) dtop_w[choice] = s;
+}
+
+// dx[t, :] = Σ_j drows[row_of[t·k + j], :], slots in order.
+extern "C" __global__ void moe_gather_backward_v8(uint4* dx, const uint4* drows, const int* row_of, int n, int cols8, int k)
+{
+    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t >= n) return;
+    for (int c = threadIdx.x & 31; c < cols8; c += 32)
+    {
+        float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = 0; j < k; j++)
+        {
+            float v[8];
+            unpack8(drows[(i64)row_of[(i64)t * k + j] * cols8 + c], v);
+#pragma unroll
+            for (int i = 0; i < 8; i++) s[i] += v[i];
+        }
+        dx[(i64)t * cols8 + c] = pack8(s);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Tensor-core grouped products (BF16 operands, fp32 accumulation; mma.sync m16n8k16 as flash_attention.cu uses it,
 // fragment layouts in mma.cuh). A block computes a 64×64 tile of one expert with 4 warps of 32×32; operands are

@@ -45,7 +45,7 @@ extern "C" __global__ void residual_rmsnorm_forward(void* resid, int dt_r, void*
 
 // x̂ = x·rstd, g = w⊙dy: dx += rstd·(g − x̂·mean(g⊙x̂)) = rstd·g − rstd³·mean(g⊙x)·x.
 extern "C" __global__ void rmsnorm_backward_dx(void* dx, int dt_dx, const void* dy, int dt_dy, const void* x, int dt_x,
-                                               const void* w, int dt_w, const float* rstd, int rows, int cols, float off)
+                                               const void* w, int dt_w, const float* rstd, int rows, int cols, float off, int accumulate)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -59,7 +59,9 @@ extern "C" __global__ void rmsnorm_backward_dx(void* dx, int dt_dx, const void* 
     for (int c = lane; c < cols; c += 32)
     {
         float g = ld(dy, base + c, dt_dy) * (ld(w, c, dt_w) + off);
-        st(dx, base + c, ld(dx, base + c, dt_dx) + inv * g - k * ld(x, base + c, dt_x), dt_dx);
+        // Written, not accumulated: 0 in place of dx's old value, the same arithmetic (and bits) as on a zeroed dx.
+        float prior = accumulate ? ld(dx, base + c, dt_dx) : 0.0f;
+        st(dx, base + c, prior + inv * g - k * ld(x, base + c, dt_x), dt_dx);
     }
 }
 
@@ -136,7 +138,8 @@ extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, f
     }
 }
 
-extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, const uint4* x, const uint4* w, const float* rstd, int rows, int cols, float off)
+extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, const uint4* x, const uint4* w, const float* rstd, int rows, int cols, float off,
+                                                  int accumulate)
 {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -155,7 +158,9 @@ extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, co
     float k = inv * inv * inv * dot / cols;
     for (int c = lane; c < c8; c += 32)
     {
-        float d[8], g[8], v[8], o[8]; unpack8(dy[base + c], d); unpack8(w[c], g); unpack8(x[base + c], v); unpack8(dx[base + c], o);
+        float d[8], g[8], v[8], o[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        unpack8(dy[base + c], d); unpack8(w[c], g); unpack8(x[base + c], v);
+        if (accumulate) unpack8(dx[base + c], o);
 #pragma unroll
         for (int j = 0; j < 8; j++) o[j] = o[j] + inv * (d[j] * (g[j] + off)) - k * v[j];
         dx[base + c] = pack8(o);
