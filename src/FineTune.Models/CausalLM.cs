@@ -34,6 +34,7 @@ public sealed partial class CausalLM : IDisposable
             throw new NotSupportedException("fp8 and QLoRA (quantization_bit) both choose how the frozen base is held: use one of them");
         if (spec.Moe is not null && setup.Quantization is not null)
             throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
+        if (setup.ShardedParameters is not null) CheckShardable(setup);
         var views = new List<Parameter>();
         Spec = spec;
         Backend = backend;
@@ -179,6 +180,9 @@ public sealed partial class CausalLM : IDisposable
                 }
         var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
+        // ZeRO-3: the trainable parameters' values and gradients live in gather windows, their masters in this rank's shards.
+        var shardPlan = setup.ShardedParameters is { } sharding ? PlanShards(builder, backend, _allParameters, _layers, trainableNames, sharding) : default;
+        bool noMoments = setup.ShardedOptimizerStates || setup.ShardedParameters is not null;
         // PEFT's ModulesToSaveWrapper keeps the original module beside the trained copy, and disable_adapter() runs
         // the original: the base values of LoRA's additional_target modules stay here for the adapter-disabled forward.
         var originalHandles = new Dictionary<Parameter, int>();
@@ -191,15 +195,16 @@ public sealed partial class CausalLM : IDisposable
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
             bool quantized = HeldQuantized(p, trainable);
+            bool sharded = trainable && shardPlan.Groups is not null;
             if (quantized) PlanQuantized(builder, p);
-            int value = stacked || quantized ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            int value = stacked || quantized || sharded ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
             int master = -1, grad = -1, m = -1, v = -1;
-            if (trainable)
+            if (trainable && !sharded)
             {
                 if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
                 if (!stacked) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
-                if (!setup.ShardedOptimizerStates) (m, v) = PlanMoments(builder, p);
             }
+            if (trainable && !noMoments) (m, v) = PlanMoments(builder, p);
             handles[p] = (trainable, value, master, grad, m, v);
         }
         PlanDequantScratch(builder);
@@ -207,6 +212,7 @@ public sealed partial class CausalLM : IDisposable
         _weights = builder.Build(backend);
         BindQuantized();
         _gradNormSquared = _weights[normHandle];
+        var places = shardPlan.Groups is { } planned ? BindShards(planned, shardPlan.Shards, shardPlan.Windows) : new Dictionary<Parameter, ParameterShard>();
         foreach (var (g, gh) in groupHandles)
         {
             g.A = _weights[gh.Value];
@@ -230,16 +236,30 @@ public sealed partial class CausalLM : IDisposable
                 p.Value = _weights[hd.Value];
                 if (hd.Grad >= 0) grad = _weights[hd.Grad];
             }
+            var place = places.GetValueOrDefault(p);
+            if (place is not null)
+            {
+                p.Value = place.Group.Window.View(place.Offset, p.Shape, p.Name);
+                grad = place.Group.GradWindow.View(place.Offset, p.Shape, p.Name + ".grad");
+            }
             if (!hd.Trainable) continue;
             // The value head is saved apart (value_head.safetensors) under its own names, never as a PEFT module.
             string saved = peftNames && !IsValueHead(p) ? "base_model.model." + p.Name : p.Name;
-            var master = separateMaster ? _weights[hd.Master] : p.Value;
+            var master = place is not null ? null : separateMaster ? _weights[hd.Master] : p.Value;
             p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!,
                 hd.M >= 0 ? _weights[hd.M] : null, hd.V >= 0 ? _weights[hd.V] : null)
             {
                 EightBit = EightBitMomentsOf(p),
+                Shard = place,
             };
             _trainable.Add(p.Trainable);
+            place?.Group._parameters.Add(p.Trainable);
+        }
+        if (shardPlan.Groups is { } groups)
+        {
+            _shardedGroups = [.. groups];
+            _outerGroup = groups.FirstOrDefault(g => g.Slot == 0);
+            _layerGroups = _layers.Select(l => groups.FirstOrDefault(g => g.Layer == l.Index)).ToArray();
         }
 
         foreach (var view in views) view.ResolveView();
@@ -325,6 +345,7 @@ public sealed partial class CausalLM : IDisposable
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }
             else source.Read(SourceName(source, p.Name), p.Shape, span);
+            if (p.Trainable is { Shard: not null } shardedParameter) { LoadMaster(shardedParameter, span); continue; }
             Backend.Upload(p.Value, span);
             if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);
         }
@@ -351,6 +372,9 @@ public sealed partial class CausalLM : IDisposable
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         var host = new float[p.Length];
         if (TryReadQuantized(p, host)) return host;
+        if (p.Trainable is { Shard: not null } sharded)
+            return GatheredParameters?.GetValueOrDefault(sharded)?.ToArray() ?? throw new InvalidOperationException(
+                $"{hfName}: under ZeRO-3 no rank holds the whole parameter; read it inside DataParallel.GatherParameters.");
         Backend.Download(p.Trainable?.Master ?? p.Value, host);
         return host;
     }
@@ -361,6 +385,7 @@ public sealed partial class CausalLM : IDisposable
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         if (TryWriteQuantized(p, values)) return;
+        if (p.Trainable is { Shard: not null } sharded) { LoadMaster(sharded, values); return; }
         Backend.Upload(p.Value, values);
         if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, values);
     }
