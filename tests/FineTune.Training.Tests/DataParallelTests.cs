@@ -89,7 +89,8 @@ public sealed class DataParallelTests : IDisposable
     /// </summary>
     RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
         Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true,
-        Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null, Func<TinyTrainingModels, TrainingSetup, CausalLM>? load = null)
+        Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null, Func<TinyTrainingModels, TrainingSetup, CausalLM>? load = null,
+        Func<DataLoader>? eval = null)
     {
         int port = FreePort();
         var results = new RankResult[world];
@@ -108,7 +109,7 @@ public sealed class DataParallelTests : IDisposable
             {
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
                 using var parallel = new DataParallel(group, zeroStage, bucketElements, overlap);
-                FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), null, monitor, objective: objective?.Invoke(), parallel: parallel);
+                FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), eval?.Invoke(), monitor, objective: objective?.Invoke(), parallel: parallel);
                 (stateBytes, fullBytes) = (parallel.OptimizerStateBytes, parallel.FullOptimizerStateBytes);
                 var weights = zeroStage == 3 ? Gathered(model, parallel) : Trainable(model);
                 results[rank] = new(weights, null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes)
@@ -447,6 +448,31 @@ public sealed class DataParallelTests : IDisposable
         var z3Log = TrainerLog.Read(Path.Combine(_root, "z3e-0", TrainerLog.FileName)).Select(e => e.Loss!.Value).ToArray();
         Assert.Equal(4, z3Log.Length);
         for (int i = 0; i < z2Log.Length; i++) Assert.Equal(z2Log[i], z3Log[i], 1e-4);
+    }
+
+    [Fact]
+    public void Zero_3_of_freeze_fine_tuning_shards_the_trained_layer_and_every_rank_evaluates()
+    {
+        // freeze_trainable_layers 1: only layer 1 trains, so layer 1 is the one group; layer 0 and the embeddings stay whole.
+        var freeze = new TrainingSetup { FinetuningType = FinetuningType.Freeze, FreezeTrainableLayers = 1, Seed = 5 };
+        TrainingArguments A(string name) => FullArgs(name) with { EvalSteps = 2 };
+        float[] one;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(freeze);
+            FineTuneRecipe.Train(model, A("z3f-one"), Loader(), Loader(), ITrainingMonitor.Silent);
+            one = Trainable(model);
+        }
+        var two = Ranks(2, 3, r => A($"z3f-{r}"), freeze, eval: Loader);
+        Assert.Equal(9296, Ok(two)[0].Length);
+        double rel = RelativeDifference(two[0].Weights, one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        // Evaluation forwards gather the layer too, so both ranks ran it; rank 0 logged the loss one process logs.
+        var oneEval = TrainerLog.Read(Path.Combine(_root, "z3f-one", TrainerLog.FileName)).Where(e => e.EvalLoss is not null).Select(e => e.EvalLoss!.Value).ToArray();
+        var twoEval = TrainerLog.Read(Path.Combine(_root, "z3f-0", TrainerLog.FileName)).Where(e => e.EvalLoss is not null).Select(e => e.EvalLoss!.Value).ToArray();
+        Assert.Single(twoEval);
+        Assert.Equal(oneEval[0], twoEval[0], 1e-4);
+        Assert.Equal((4 * (4648 + 9296), 4 * (4648 + 9296), 8 * 4648), two[1].Held);
     }
 
     [Fact]
