@@ -54,6 +54,34 @@ public sealed class DistributedCliTests
         Assert.Equal(File.ReadAllBytes(Adapter(one)), File.ReadAllBytes(Adapter(two)));
     }
 
+    /// <summary>The train stage's output model (full fine-tuning): the model.safetensors beside train_results.json.</summary>
+    static string TrainedModel(TempDir dir) =>
+        Directory.GetFiles(StageCache.Beside(dir.Path).CacheRoot, "model.safetensors", SearchOption.AllDirectories)
+            .Single(f => File.Exists(Path.Combine(Path.GetDirectoryName(f)!, "train_results.json")));
+
+    [Fact]
+    public void Zero_3_on_two_cpu_ranks_trains_the_model_and_lock_of_one_process()
+    {
+        // Freeze fine-tuning of every layer's MLP: the trained weights' gradients are products alone, which one process
+        // accumulates as C + A·B and the ranks' reduce-scatter sums in the same order, so the bytes match. (Full fine-tuning
+        // adds norm and embedding gradients row by row, which associate differently: DataParallelTests bound that at 1e-7.)
+        const string freeze = "    finetuning_type: freeze\n    freeze_trainable_modules: mlp";
+        using var one = new TempDir();
+        Pipeline(one, accumulation: 2, maxSteps: 4, saveSteps: 2, extra: freeze);
+        var single = CliTests.Finetune("run", one.Path, "--stage", "train");
+        Assert.True(single.Code == 0, single.Err);
+
+        using var two = new TempDir();
+        Pipeline(two, accumulation: 1, maxSteps: 4, saveSteps: 2, extra: freeze + "\n    zero_stage: 3");
+        var parallel = CliTests.Finetune("run", two.Path, "--stage", "train", "--nproc-per-node", "2");
+        Assert.True(parallel.Code == 0, parallel.Err + parallel.Out);
+        Assert.Contains("train: 2 rank(s) over tcp, global batch 2 × 1 × 2, ZeRO-3", parallel.Out);
+        Assert.Matches(@"trainable parameters [\d.]+ MiB, gradients [\d.]+ MiB, optimizer states [\d.]+ MiB on this rank \(unsharded [\d.]+, [\d.]+, [\d.]+ MiB; ZeRO-3, rank 0 of 2;", parallel.Out);
+        // Checkpoints and the output model come from the gathered masters: the same lock and model bytes as one process.
+        Assert.Equal(File.ReadAllText(Path.Combine(one.Path, "pipeline.lock")), File.ReadAllText(Path.Combine(two.Path, "pipeline.lock")));
+        Assert.Equal(File.ReadAllBytes(TrainedModel(one)), File.ReadAllBytes(TrainedModel(two)));
+    }
+
     [Fact]
     public void Dpo_on_two_cpu_ranks_trains_the_adapter_and_lock_of_one_process()
     {
