@@ -83,6 +83,18 @@ public sealed class DistributedCliTests
     }
 
     [Fact]
+    public void Zero_3_of_lora_is_refused_naming_the_key_and_what_to_use()
+    {
+        using var dir = new TempDir();
+        Pipeline(dir, accumulation: 1, maxSteps: 2, extra: "    zero_stage: 3");
+        var run = CliTests.Finetune("run", dir.Path, "--stage", "train");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("stages.train.zero_stage: 3 (parameters sharded, gathered per layer) shards the weights of finetuning_type full and freeze; " +
+            "LoRA's adapters are small and its base stays whole on every rank: use zero_stage: 2 with lora.", run.Err);
+        Assert.DoesNotContain("   at ", run.Err);
+    }
+
+    [Fact]
     public void Dpo_on_two_cpu_ranks_trains_the_adapter_and_lock_of_one_process()
     {
         // 8 preference pairs: the same questions, a chosen answer that names the bot and a rejected one that does not.
