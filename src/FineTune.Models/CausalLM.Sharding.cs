@@ -4,8 +4,8 @@ namespace FineTune.Models;
 
 /// <summary>
 /// ZeRO-3 (<see cref="TrainingSetup.ShardedParameters"/>): trainable parameters gathered together — one decoder layer's,
-/// or the embeddings' with the final norm, the LM head and the value head — laid out flat in model order and padded to
-/// <see cref="Chunk"/> × world; rank r owns elements [r·Chunk, (r+1)·Chunk) of that layout. The rank holds only its chunk
+/// or the embeddings' with the final norm, the LM head and the value head — laid out flat in model order (each tensor at a
+/// multiple of <see cref="CausalLM.ShardAlignment"/> elements) and padded to <see cref="Chunk"/> × world; rank r owns elements [r·Chunk, (r+1)·Chunk) of that layout. The rank holds only its chunk
 /// (<see cref="MasterShard"/>, <see cref="ValueShard"/>, <see cref="GradShard"/>); the parameters' Value and Grad are
 /// views of <see cref="Window"/> and <see cref="GradWindow"/>, which every layer group shares (the embeddings' group has
 /// its own pair), valid while the group is gathered.
@@ -31,9 +31,9 @@ public sealed class ShardedGroup
     public IReadOnlyList<TrainableParameter> Parameters => _parameters;
     internal readonly List<TrainableParameter> _parameters = [];
     internal readonly List<(Parameter Parameter, long Offset)> _planned = [];
-    /// <summary>Elements of the layout without padding.</summary>
+    /// <summary>Elements of the layout up to the last tensor's end (the gaps between tensors included, the padding not).</summary>
     public long Length { get; internal set; }
-    /// <summary>⌈Length / world⌉: the elements each rank owns.</summary>
+    /// <summary>⌈Length / world⌉ rounded up to a multiple of <see cref="CausalLM.ShardAlignment"/>: the elements each rank owns.</summary>
     public long Chunk { get; internal set; }
     /// <summary>Compute dtype [Chunk·world]: the whole values while the group is gathered (an all-gather of the ranks' ValueShards).</summary>
     public Tensor Window { get; internal set; } = null!;
@@ -98,7 +98,8 @@ public sealed partial class CausalLM
         }
     }
 
-    private bool IsSharded => _shardedGroups.Length > 0;
+    /// <summary>Elements each tensor's place in a group's layout and each rank's chunk are a multiple of.</summary>
+    public const int ShardAlignment = 64;
 
     /// <summary>Generation, merging and other whole-model paths: refused while the parameters are sharded.</summary>
     private void RequireWholeParameters(string what)
@@ -132,18 +133,22 @@ public sealed partial class CausalLM
             foreach (var q in layer.Parameters) layerOf[q.ViewOf?.Source ?? q] = layer.Index;
         var outer = new ShardedGroup("embeddings and head", -1, numLayers + 1);
         var perLayer = layers.Select(l => new ShardedGroup($"layer {l.Index}", l.Index, numLayers - l.Index)).ToArray();
+        // Every tensor and every chunk starts at a multiple of 64 elements (128 bytes in bf16), so that views of the windows
+        // and shards keep the alignment the vectorised kernels and cuBLASLt look for; the gaps stay zero and unread.
+        static long Aligned(long elements) => (elements + ShardAlignment - 1) / ShardAlignment * ShardAlignment;
         foreach (var p in parameters.Where(p => trainable.Contains(p.Name)))
         {
             var g = layerOf.TryGetValue(p, out int l) ? perLayer[l] : outer;
-            g._planned.Add((p, g.Length));
-            g.Length += p.Length;
+            long offset = Aligned(g.Length);
+            g._planned.Add((p, offset));
+            g.Length = offset + p.Length;
         }
         var groups = new[] { outer }.Concat(perLayer).Where(g => g.Length > 0).ToList();
         var shards = new Dictionary<ShardedGroup, (int, int, int)>();
         bool separate = backend.ComputeDType != DType.F32;
         foreach (var g in groups)
         {
-            g.Chunk = (g.Length + world - 1) / world;
+            g.Chunk = Aligned((g.Length + world - 1) / world);
             int chunk = checked((int)g.Chunk);
             int master = builder.Add($"zero3.{g.Name}.master_shard", DType.F32, chunk);
             int value = separate ? builder.Add($"zero3.{g.Name}.value_shard", backend.ComputeDType, chunk) : master;

@@ -465,6 +465,7 @@ public sealed class DataParallelTests : IDisposable
         }
         var two = Ranks(2, 3, r => A($"z3f-{r}"), freeze, eval: Loader);
         Assert.Equal(9296, Ok(two)[0].Length);
+        // Layer 1's 9472-element layout (9296 and the alignment gaps) in two chunks of 4736, one layer window of 9472.
         double rel = RelativeDifference(two[0].Weights, one);
         Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
         // Evaluation forwards gather the layer too, so both ranks ran it; rank 0 logged the loss one process logs.
@@ -472,7 +473,7 @@ public sealed class DataParallelTests : IDisposable
         var twoEval = TrainerLog.Read(Path.Combine(_root, "z3f-0", TrainerLog.FileName)).Where(e => e.EvalLoss is not null).Select(e => e.EvalLoss!.Value).ToArray();
         Assert.Single(twoEval);
         Assert.Equal(oneEval[0], twoEval[0], 1e-4);
-        Assert.Equal((4 * (4648 + 9296), 4 * (4648 + 9296), 8 * 4648), two[1].Held);
+        Assert.Equal((4 * (4736 + 9472), 4 * (4736 + 9472), 8 * 4736), two[1].Held);
     }
 
     [Fact]
@@ -491,13 +492,15 @@ public sealed class DataParallelTests : IDisposable
         using var models = new TinyTrainingModels();
         var whole = models.Create(Full);
         long n = whole.TrainableParameters.Sum(p => p.Length);
-        // The embeddings' group: the tied embedding 48×32 and the final norm, 1568 elements; a layer's: 9296 (norms 32 + 32 +
-        // 8 + 8, q 1024, k 512, v 512, o 1024, gate, up, down 2048 each). Over 3 ranks they pad to 1569 and 9297: a rank
-        // owns 523 + 2·3099 = 6721 elements, a third of 20,160 and 1 of padding per group.
+        // The embeddings' group: the tied embedding 48×32 and the final norm (1568 elements); a layer's: norms 32 + 8 + 8 + 32,
+        // q 1024, k 512, v 512, o 1024, gate, up, down 2048 each (9296), each tensor starting at a multiple of 64 elements:
+        // 9472 with the gaps after the norms. Over 3 ranks the chunks round up to multiples of 64 too, 576 and 3200: a rank
+        // owns 576 + 2·3200 = 6976 elements (a third of 20,160 is 6720; the rest is alignment, small in a real model),
+        // and the windows hold 3·576 = 1728 and 3·3200 = 9600.
         Assert.Equal(20160, n);
         var results = Ranks(3, 3, r => FullArgs($"z3b-{r}", 1), Full);
         Ok(results);
-        const long owned = 6721, windows = 1569 + 9297;
+        const long owned = 6976, windows = 1728 + 9600;
         foreach (var r in results)
         {
             Assert.Equal(8 * owned, r.OptimizerStateBytes);
@@ -506,13 +509,13 @@ public sealed class DataParallelTests : IDisposable
             Assert.Equal((4 * (owned + windows), 4 * (owned + windows), 8 * owned), r.Held);
             Assert.Equal((4 * n, 4 * n, 8 * n), r.Unsharded);
             // The model's arena: the master and gradient chunk of each group, the four windows and the 4-byte norm scalar, each
-            // placed at a multiple of 256 bytes (142,340 bytes; one process's arena holds the whole values, gradients and moments).
+            // placed at a multiple of 256 bytes (146,436 bytes; one process's arena holds the whole values, gradients and moments).
             static long Aligned(long bytes) => (bytes + 255) / 256 * 256;
-            long arena = new long[] { 523, 523, 3099, 3099, 3099, 3099, 1569, 1569, 9297, 9297 }.Sum(x => Aligned(4 * x)) + 4;
+            long arena = new long[] { 576, 576, 3200, 3200, 3200, 3200, 1728, 1728, 9600, 9600 }.Sum(x => Aligned(4 * x)) + 4;
             Assert.Equal(arena, r.ModelBytes);
             Assert.True(r.ModelBytes < whole.WeightBytes / 2, $"{r.ModelBytes} of {whole.WeightBytes}");
         }
-        Assert.Contains("trainable parameters 0.067 MiB, gradients 0.067 MiB, optimizer states 0.051 MiB on this rank (unsharded 0.077, 0.077, 0.154 MiB; " +
+        Assert.Contains("trainable parameters 0.070 MiB, gradients 0.070 MiB, optimizer states 0.053 MiB on this rank (unsharded 0.077, 0.077, 0.154 MiB; " +
             "ZeRO-3, rank 1 of 3; the parameters' chunks and one layer's gather window, the embeddings' and head's apart).", results[1].Info);
     }
 
