@@ -12,12 +12,19 @@ namespace FineTune.Models;
 /// </summary>
 public sealed class ShardedGroup
 {
-    internal ShardedGroup(string name, int layer, int readyStage)
+    internal ShardedGroup(string name, int layer, int readyStage, bool shardsValues)
     {
         Name = name;
         Layer = layer;
         ReadyStage = readyStage;
+        ShardsValues = shardsValues;
     }
+
+    /// <summary>
+    /// ZeRO-3: the values are sharded too (windows and master/value chunks). False under ZeRO-2's sharded gradients, where
+    /// only <see cref="GradWindow"/> and <see cref="GradShard"/> exist and the parameters' values and masters are whole.
+    /// </summary>
+    public bool ShardsValues { get; }
 
     /// <summary>"layer 3", or "embeddings and head".</summary>
     public string Name { get; }
@@ -35,13 +42,13 @@ public sealed class ShardedGroup
     public long Length { get; internal set; }
     /// <summary>⌈Length / world⌉ rounded up to a multiple of <see cref="CausalLM.ShardAlignment"/>: the elements each rank owns.</summary>
     public long Chunk { get; internal set; }
-    /// <summary>Compute dtype [Chunk·world]: the whole values while the group is gathered (an all-gather of the ranks' ValueShards).</summary>
+    /// <summary>Compute dtype [Chunk·world]: the whole values while the group is gathered (an all-gather of the ranks' ValueShards); ZeRO-3 only.</summary>
     public Tensor Window { get; internal set; } = null!;
     /// <summary>F32 [Chunk·world]: one backward's gradients of the group, zero outside that backward.</summary>
     public Tensor GradWindow { get; internal set; } = null!;
-    /// <summary>F32 [Chunk]: the owned chunk of the master weights (padding past Length stays zero).</summary>
+    /// <summary>F32 [Chunk]: the owned chunk of the master weights (padding past Length stays zero); ZeRO-3 only.</summary>
     public Tensor MasterShard { get; internal set; } = null!;
-    /// <summary>Compute dtype [Chunk]: the owned chunk of the compute copy (the master shard itself when computing in F32).</summary>
+    /// <summary>Compute dtype [Chunk]: the owned chunk of the compute copy (the master shard itself when computing in F32); ZeRO-3 only.</summary>
     public Tensor ValueShard { get; internal set; } = null!;
     /// <summary>F32 [Chunk]: the step's gradient of the owned chunk (the micro-batches' reduce-scatters added up).</summary>
     public Tensor GradShard { get; internal set; } = null!;
@@ -77,13 +84,16 @@ public sealed partial class CausalLM
     /// <summary>After the shards changed (an optimizer step, a checkpoint loaded): every window's values are stale.</summary>
     public void ShardsChanged() => Array.Clear(_gathered);
 
-    /// <summary>Bytes this rank holds for the trainable parameters under ZeRO-3: values (windows and shards) and gradients (windows and shards).</summary>
+    /// <summary>
+    /// Bytes this rank holds in <see cref="ShardedGroups"/>: values (ZeRO-3's windows and shards; 0 with ZeRO-2's sharded
+    /// gradients, whose values are whole) and gradients (windows and shards).
+    /// </summary>
     public (long Parameters, long Gradients) ShardedBytes
     {
         get
         {
             long values = 0, grads = 0;
-            foreach (var window in _shardedGroups.GroupBy(g => g.Slot).Select(s => s.MaxBy(g => g.Window.Length)!))
+            foreach (var window in _shardedGroups.GroupBy(g => g.Slot).Select(s => s.MaxBy(g => g.GradWindow.Length)!))
             {
                 values += Bytes(window.Window);
                 grads += Bytes(window.GradWindow);
@@ -94,7 +104,7 @@ public sealed partial class CausalLM
                 grads += Bytes(g.GradShard);
             }
             return (values, grads);
-            static long Bytes(Tensor t) => t.Length * t.DType.ByteSize();
+            static long Bytes(Tensor? t) => t is null ? 0 : t.Length * t.DType.ByteSize();
         }
     }
 
@@ -112,7 +122,7 @@ public sealed partial class CausalLM
     private static void CheckShardable(TrainingSetup setup)
     {
         if (setup.FinetuningType == FinetuningType.Lora)
-            throw new NotSupportedException("ZeRO-3 (zero_stage: 3) shards the weights of full and freeze fine-tuning; LoRA's adapters are small and its base is frozen whole: use zero_stage 2 for LoRA.");
+            throw new NotSupportedException("ZeRO-3 (and ZeRO-2's per-layer gradients) shard the weights of full and freeze fine-tuning; LoRA's adapters are small and its base is frozen whole: use zero_stage 2 with whole gradients for LoRA.");
         if (setup.Quantization is not null || setup.Fp8)
             throw new NotSupportedException("ZeRO-3 (zero_stage: 3) with a quantized or fp8 base is not supported: use zero_stage 2.");
         if (setup.EightBitOptimizerStates)
@@ -125,14 +135,14 @@ public sealed partial class CausalLM
     /// </summary>
     private static (List<ShardedGroup> Groups, Dictionary<ShardedGroup, (int Master, int Value, int Grad)> Shards, int[] Windows)
         PlanShards(TensorArena.Builder builder, IBackend backend, IReadOnlyList<Parameter> parameters, DecoderLayer[] layers,
-            ISet<string> trainable, ParameterSharding sharding)
+            ISet<string> trainable, ParameterSharding sharding, bool values)
     {
         int world = sharding.WorldSize, numLayers = layers.Length;
         var layerOf = new Dictionary<Parameter, int>();
         foreach (var layer in layers)
             foreach (var q in layer.Parameters) layerOf[q.ViewOf?.Source ?? q] = layer.Index;
-        var outer = new ShardedGroup("embeddings and head", -1, numLayers + 1);
-        var perLayer = layers.Select(l => new ShardedGroup($"layer {l.Index}", l.Index, numLayers - l.Index)).ToArray();
+        var outer = new ShardedGroup("embeddings and head", -1, numLayers + 1, values);
+        var perLayer = layers.Select(l => new ShardedGroup($"layer {l.Index}", l.Index, numLayers - l.Index, values)).ToArray();
         // Every tensor and every chunk starts at a multiple of 64 elements (128 bytes in bf16), so that views of the windows
         // and shards keep the alignment the vectorised kernels and cuBLASLt look for; the gaps stay zero and unread.
         static long Aligned(long elements) => (elements + ShardAlignment - 1) / ShardAlignment * ShardAlignment;
@@ -150,8 +160,8 @@ public sealed partial class CausalLM
         {
             g.Chunk = Aligned((g.Length + world - 1) / world);
             int chunk = checked((int)g.Chunk);
-            int master = builder.Add($"zero3.{g.Name}.master_shard", DType.F32, chunk);
-            int value = separate ? builder.Add($"zero3.{g.Name}.value_shard", backend.ComputeDType, chunk) : master;
+            int master = values ? builder.Add($"zero3.{g.Name}.master_shard", DType.F32, chunk) : -1;
+            int value = values && separate ? builder.Add($"zero3.{g.Name}.value_shard", backend.ComputeDType, chunk) : master;
             shards[g] = (master, value, builder.Add($"zero3.{g.Name}.grad_shard", DType.F32, chunk));
         }
         var windows = new int[4];
@@ -159,7 +169,7 @@ public sealed partial class CausalLM
         {
             long size = groups.Where(g => g.Slot == slot).Select(g => g.Chunk * world).DefaultIfEmpty(0).Max();
             string name = slot == 0 ? "zero3.outer" : "zero3.layer";
-            windows[2 * slot] = size == 0 ? -1 : builder.Add(name + "_window", backend.ComputeDType, checked((int)size));
+            windows[2 * slot] = size == 0 || !values ? -1 : builder.Add(name + "_window", backend.ComputeDType, checked((int)size));
             windows[2 * slot + 1] = size == 0 ? -1 : builder.Add(name + "_grad_window", DType.F32, checked((int)size));
         }
         return (groups, shards, windows);
@@ -168,20 +178,24 @@ public sealed partial class CausalLM
     /// <summary>After the arena is built: each group's window views and shards, each planned parameter's place.</summary>
     private Dictionary<Parameter, ParameterShard> BindShards(List<ShardedGroup> groups, Dictionary<ShardedGroup, (int Master, int Value, int Grad)> shards, int[] windows)
     {
-        int world = Setup.ShardedParameters!.WorldSize;
+        int world = (Setup.ShardedParameters ?? Setup.ShardedGradients)!.WorldSize;
         var places = new Dictionary<Parameter, ParameterShard>();
         foreach (var g in groups)
         {
             int padded = checked((int)(g.Chunk * world));
-            g.Window = _weights[windows[2 * g.Slot]].View(0, [padded], $"zero3.{g.Name}.window");
             g.GradWindow = _weights[windows[2 * g.Slot + 1]].View(0, [padded], $"zero3.{g.Name}.grad_window");
-            (g.MasterShard, g.ValueShard, g.GradShard) = (_weights[shards[g].Master], _weights[shards[g].Value], _weights[shards[g].Grad]);
-            foreach (var (p, offset) in g._planned) places[p] = new ParameterShard(g, offset);
-            Backend.Zero(g.Window);
+            g.GradShard = _weights[shards[g].Grad];
             Backend.Zero(g.GradWindow);
-            Backend.Zero(g.MasterShard);
-            Backend.Zero(g.ValueShard);
             Backend.Zero(g.GradShard);
+            if (g.ShardsValues)
+            {
+                g.Window = _weights[windows[2 * g.Slot]].View(0, [padded], $"zero3.{g.Name}.window");
+                (g.MasterShard, g.ValueShard) = (_weights[shards[g].Master], _weights[shards[g].Value]);
+                Backend.Zero(g.Window);
+                Backend.Zero(g.MasterShard);
+                Backend.Zero(g.ValueShard);
+            }
+            foreach (var (p, offset) in g._planned) places[p] = new ParameterShard(g, offset);
         }
         return places;
     }
@@ -189,7 +203,7 @@ public sealed partial class CausalLM
     /// <summary>Right before <paramref name="group"/> computes: its whole values in its window (gathered unless they already are).</summary>
     private void Gather(ShardedGroup? group)
     {
-        if (group is null || ReferenceEquals(_gathered[group.Slot], group)) return;
+        if (group is not { ShardsValues: true } || ReferenceEquals(_gathered[group.Slot], group)) return;
         var gather = GatherParameters ?? throw new InvalidOperationException(
             $"{group.Name}: the model's parameters are sharded (ZeRO-3); train it through DataParallel, which gathers them.");
         _gathered[group.Slot] = null;
@@ -211,7 +225,7 @@ public sealed partial class CausalLM
     /// </summary>
     public void LoadMaster(TrainableParameter p, ReadOnlySpan<float> values)
     {
-        if (p.Shard is not { } place)
+        if (p.Shard is not { Group.ShardsValues: true } place)
         {
             Backend.Upload(p.Master, values);
             if (!ReferenceEquals(p.Value, p.Master)) Backend.Copy(p.Value, p.Master);

@@ -34,7 +34,7 @@ public sealed partial class CausalLM : IDisposable
             throw new NotSupportedException("fp8 and QLoRA (quantization_bit) both choose how the frozen base is held: use one of them");
         if (spec.Moe is not null && setup.Quantization is not null)
             throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
-        if (setup.ShardedParameters is not null) CheckShardable(setup);
+        if (setup.ShardedParameters is not null || setup.ShardedGradients is not null) CheckShardable(setup);
         var views = new List<Parameter>();
         Spec = spec;
         Backend = backend;
@@ -181,7 +181,10 @@ public sealed partial class CausalLM : IDisposable
         var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
         // ZeRO-3: the trainable parameters' values and gradients live in gather windows, their masters in this rank's shards.
-        var shardPlan = setup.ShardedParameters is { } sharding ? PlanShards(builder, backend, _allParameters, _layers, trainableNames, sharding) : default;
+        // ZeRO-2 with ShardedGradients: only the gradients live in windows, the values and masters stay whole.
+        bool valuesSharded = setup.ShardedParameters is not null;
+        var shardPlan = (setup.ShardedParameters ?? setup.ShardedGradients) is { } sharding
+            ? PlanShards(builder, backend, _allParameters, _layers, trainableNames, sharding, valuesSharded) : default;
         bool noMoments = setup.ShardedOptimizerStates || setup.ShardedParameters is not null;
         // PEFT's ModulesToSaveWrapper keeps the original module beside the trained copy, and disable_adapter() runs
         // the original: the base values of LoRA's additional_target modules stay here for the adapter-disabled forward.
@@ -195,15 +198,12 @@ public sealed partial class CausalLM : IDisposable
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
             bool quantized = HeldQuantized(p, trainable);
-            bool sharded = trainable && shardPlan.Groups is not null;
+            bool gradInWindow = trainable && shardPlan.Groups is not null, valueInWindow = gradInWindow && valuesSharded;
             if (quantized) PlanQuantized(builder, p);
-            int value = stacked || quantized || sharded ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            int value = stacked || quantized || valueInWindow ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
             int master = -1, grad = -1, m = -1, v = -1;
-            if (trainable && !sharded)
-            {
-                if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
-                if (!stacked) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
-            }
+            if (trainable && !valueInWindow && separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
+            if (trainable && !stacked && !gradInWindow) grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
             if (trainable && !noMoments) (m, v) = PlanMoments(builder, p);
             handles[p] = (trainable, value, master, grad, m, v);
         }
@@ -239,13 +239,13 @@ public sealed partial class CausalLM : IDisposable
             var place = places.GetValueOrDefault(p);
             if (place is not null)
             {
-                p.Value = place.Group.Window.View(place.Offset, p.Shape, p.Name);
+                if (valuesSharded) p.Value = place.Group.Window.View(place.Offset, p.Shape, p.Name);
                 grad = place.Group.GradWindow.View(place.Offset, p.Shape, p.Name + ".grad");
             }
             if (!hd.Trainable) continue;
             // The value head is saved apart (value_head.safetensors) under its own names, never as a PEFT module.
             string saved = peftNames && !IsValueHead(p) ? "base_model.model." + p.Name : p.Name;
-            var master = place is not null ? null : separateMaster ? _weights[hd.Master] : p.Value;
+            var master = place is not null && valuesSharded ? null : separateMaster ? _weights[hd.Master] : p.Value;
             p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!,
                 hd.M >= 0 ? _weights[hd.M] : null, hd.V >= 0 ? _weights[hd.V] : null)
             {
@@ -345,7 +345,7 @@ public sealed partial class CausalLM : IDisposable
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }
             else source.Read(SourceName(source, p.Name), p.Shape, span);
-            if (p.Trainable is { Shard: not null } shardedParameter) { LoadMaster(shardedParameter, span); continue; }
+            if (p.Trainable is { Shard.Group.ShardsValues: true } shardedParameter) { LoadMaster(shardedParameter, span); continue; }
             Backend.Upload(p.Value, span);
             if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);
         }
@@ -372,7 +372,7 @@ public sealed partial class CausalLM : IDisposable
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         var host = new float[p.Length];
         if (TryReadQuantized(p, host)) return host;
-        if (p.Trainable is { Shard: not null } sharded)
+        if (p.Trainable is { Shard.Group.ShardsValues: true } sharded)
             return GatheredParameters?.GetValueOrDefault(sharded)?.ToArray() ?? throw new InvalidOperationException(
                 $"{hfName}: under ZeRO-3 no rank holds the whole parameter; read it inside DataParallel.GatherParameters.");
         Backend.Download(p.Trainable?.Master ?? p.Value, host);
@@ -385,7 +385,7 @@ public sealed partial class CausalLM : IDisposable
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         if (TryWriteQuantized(p, values)) return;
-        if (p.Trainable is { Shard: not null } sharded) { LoadMaster(sharded, values); return; }
+        if (p.Trainable is { Shard.Group.ShardsValues: true } sharded) { LoadMaster(sharded, values); return; }
         Backend.Upload(p.Value, values);
         if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, values);
     }

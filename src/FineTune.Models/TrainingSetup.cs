@@ -75,6 +75,13 @@ public sealed record TrainingSetup
     public ParameterSharding? ShardedParameters { get; init; }
 
     /// <summary>
+    /// ZeRO-2 without whole gradients (full and freeze): the trainable tensors' gradients are views of one layer's gradient
+    /// window (<see cref="CausalLM.ShardedGroups"/>), handed on after every backward, and the rank keeps its chunk of the
+    /// step's gradient; values and masters stay whole. <see cref="ShardedParameters"/> shards the gradients so as well.
+    /// </summary>
+    public ParameterSharding? ShardedGradients { get; init; }
+
+    /// <summary>
     /// fp8 (LLaMA-Factory's fp8: true): the frozen decoder linears (q, k, v, o, gate, up, down) held as FP8 E4M3 with a
     /// per-tensor scale, their products on Hopper's FP8 tensor cores with activations quantized per step to E4M3 and output
     /// gradients to E5M2; LoRA, activations and everything else stay in the compute dtype. Not with <see cref="Quantization"/>.

@@ -97,12 +97,15 @@ public sealed class DataParallel : IDisposable
         if (ReferenceEquals(_model, model)) return;
         if (ZeroStage > 0 && model.TrainableParameters.Any(p => p.EightBit is not null))
             throw new TrainingException($"zero_stage {ZeroStage} with an 8-bit optimizer (optim: adamw_8bit) is not implemented: its moments are quantized in blocks of 256, which the flat partition would cut; use zero_stage: 0 or optim: adamw_torch.");
-        if (ZeroStage == 3 && model.Setup.ShardedParameters != new ParameterSharding(Rank, WorldSize))
+        var sharding = new ParameterSharding(Rank, WorldSize);
+        if (ZeroStage == 3 && model.Setup.ShardedParameters != sharding)
             throw new InvalidOperationException($"zero_stage 3: build the model with TrainingSetup.ShardedParameters = (rank {Rank}, world size {WorldSize})");
         if (ZeroStage < 3 && model.Setup.ShardedParameters is not null)
             throw new InvalidOperationException($"zero_stage {ZeroStage}: the model's parameters are sharded (ZeRO-3); build it whole");
-        if (ZeroStage == 3 && model.RouterAuxLossCoef != 0)
-            throw new TrainingException("zero_stage 3 with a mixture of experts' load-balancing loss (moe_aux_loss_coef) is not supported: a rank whose share of a step ends early runs label-free micro-batches, whose aux loss would add gradients; use zero_stage 2.");
+        if (ZeroStage == 2 && model.Setup.ShardedGradients is { } gradients && gradients != sharding || ZeroStage < 2 && model.Setup.ShardedGradients is not null)
+            throw new InvalidOperationException($"zero_stage {ZeroStage}: TrainingSetup.ShardedGradients is for zero_stage 2 with (rank {Rank}, world size {WorldSize})");
+        if (model.ShardedGroups.Count > 0 && model.RouterAuxLossCoef != 0)
+            throw new TrainingException($"zero_stage {ZeroStage} with per-layer gradient windows and a mixture of experts' load-balancing loss (moe_aux_loss_coef) is not supported: a rank whose share of a step ends early runs label-free micro-batches, whose aux loss would add gradients; use zero_stage 2 with whole gradients.");
         _model = model;
         var buckets = new List<Bucket>();
         var current = new List<Piece>();
@@ -115,7 +118,7 @@ public sealed class DataParallel : IDisposable
             current.Clear();
             length = 0;
         }
-        if (ZeroStage == 3)
+        if (model.ShardedGroups.Count > 0)
             foreach (var g in model.ShardedGroups)
                 buckets.Add(new Bucket([.. g.Parameters.Select(p => new Piece(p, p.Shard!.Offset))], g.Length, g.Chunk, buckets.Sum(b => b.Chunk))
                     { ReadyStage = g.ReadyStage, Group = g });
@@ -131,8 +134,8 @@ public sealed class DataParallel : IDisposable
         }
         _buckets = [.. buckets];
         _launchStages = new int[_buckets.Length];
-        // ZeRO-3 reduces in the groups' own gradient windows; the flat buffer is not needed.
-        long flat = _buckets.Length == 0 || ZeroStage == 3 ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
+        // The model's groups reduce in their own gradient windows; the flat buffer is not needed.
+        long flat = _buckets.Length == 0 || ReducesEveryBackward ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
         _scratch = model.Backend.AllocateBuffer(4 * (flat + 1));
         _flat = new Tensor(_scratch, 0, DType.F32, [checked((int)flat)], "data_parallel.bucket");
         _normSquared = new Tensor(_scratch, flat, DType.F32, [1], "data_parallel.grad_norm_squared");
@@ -147,12 +150,16 @@ public sealed class DataParallel : IDisposable
             model.Backend.Zero(_shardM);
             model.Backend.Zero(_shardV);
         }
-        if (ZeroStage == 3)
-        {
-            model.GatherParameters = GatherGroup;
-            model.GradientsFinished = ReduceScatterGroups;
-        }
+        if (ZeroStage == 3) model.GatherParameters = GatherGroup;
+        if (ReducesEveryBackward) model.GradientsFinished = ReduceScatterGroups;
     }
+
+    /// <summary>
+    /// The model holds its gradients one layer at a time (<see cref="CausalLM.ShardedGroups"/>: ZeRO-3, or ZeRO-2 built with
+    /// <see cref="TrainingSetup.ShardedGradients"/>): every backward's are reduce-scattered as each layer finishes, so every
+    /// rank must run the same number of backwards in a step.
+    /// </summary>
+    public bool ReducesEveryBackward => Need().ShardedGroups.Count > 0;
 
     /// <summary>ZeRO-3: the group's whole values into its window, from every rank's chunk of the compute copy.</summary>
     void GatherGroup(ShardedGroup g)
@@ -186,9 +193,8 @@ public sealed class DataParallel : IDisposable
         get
         {
             var model = Need();
-            if (ZeroStage == 3) return (model.ShardedBytes.Parameters, model.ShardedBytes.Gradients, OptimizerStateBytes);
             var (values, grads) = Whole(model);
-            return (values, grads, OptimizerStateBytes);
+            return (ZeroStage == 3 ? model.ShardedBytes.Parameters : values, ReducesEveryBackward ? model.ShardedBytes.Gradients : grads, OptimizerStateBytes);
         }
     }
 
@@ -231,7 +237,7 @@ public sealed class DataParallel : IDisposable
         var model = Need();
         _step = step;
         _launched = 0;
-        if (ZeroStage == 3)
+        if (ReducesEveryBackward)
             foreach (var b in _buckets) model.Backend.Zero(b.Group!.GradShard);
     }
 
@@ -246,7 +252,7 @@ public sealed class DataParallel : IDisposable
     public T LastBackward<T>(Func<T> backward)
     {
         var model = Need();
-        if (!Overlap || ZeroStage == 3) return backward(); // ZeRO-3 reduces during every backward
+        if (!Overlap || ReducesEveryBackward) return backward(); // the model's groups are reduced during every backward
         model.GradientsFinished = LaunchReady;
         try { return backward(); }
         finally { model.GradientsFinished = null; }
@@ -292,7 +298,7 @@ public sealed class DataParallel : IDisposable
         Need();
         if (_step != step) BeginStep(step);
         string activity = ReduceActivity;
-        if (ZeroStage < 3)
+        if (!ReducesEveryBackward)
         {
             try { LaunchReady(int.MaxValue); }
             finally { WaitInFlight(); }
@@ -378,7 +384,9 @@ public sealed class DataParallel : IDisposable
             {
                 int n = checked((int)count);
                 var copy = ReferenceEquals(p.Value, p.Master) ? null : p.Value.View(start, [n]);
-                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
+                // ZeRO-2 with the model's groups: the step's gradient of the owned chunk is the group's gradient chunk.
+                var grad = b.Group is { } g ? g.GradShard.View(shard - b.ShardOffset, [n]) : p.Grad.View(start, [n]);
+                backend.AdamW(p.Master.View(start, [n]), grad, _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
                     copy, gradNormSquared, adamW(p));
             }
         AllGatherOwned(p => p.Master, $"the parameter all-gather of step {step}");
@@ -464,6 +472,7 @@ public sealed class DataParallel : IDisposable
             Gather(b, flat, tensor);
             Collective.AllGather(flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]), flat, activity);
             Scatter(b, flat, tensor, ownedOnly: false);
+            if (b.Group is not null) Need().Backend.Zero(flat); // a gradient window is zero outside a backward
         }
         Collective.Wait(activity);
     }

@@ -93,12 +93,12 @@ public static class FineTuneRecipe
                      $"({(model.TrainableParameters.Any(p => p.EightBit is not null) ? "8-bit block-wise, bitsandbytes' AdamW8bit" : "f32")}).");
         if (parallel is { ZeroStage: > 0 })
             monitor.Info($"optimizer states: {parallel.OptimizerStateBytes / 1048576.0:F3} MiB on this rank (of {parallel.FullOptimizerStateBytes / 1048576.0:F3} MiB; ZeRO-{parallel.ZeroStage}, rank {parallel.Rank} of {parallel.WorldSize}).");
-        if (parallel is { ZeroStage: 3 })
+        if (parallel is { ReducesEveryBackward: true })
         {
+            // The chunks and one layer's window (the embeddings' and head's apart): of the parameters under ZeRO-3, of the gradients under both.
             var (held, whole) = (parallel.HeldBytes, parallel.UnshardedBytes);
             monitor.Info($"trainable parameters {held.Parameters / 1048576.0:F3} MiB, gradients {held.Gradients / 1048576.0:F3} MiB, optimizer states {held.OptimizerStates / 1048576.0:F3} MiB on this rank " +
-                $"(unsharded {whole.Parameters / 1048576.0:F3}, {whole.Gradients / 1048576.0:F3}, {whole.OptimizerStates / 1048576.0:F3} MiB; ZeRO-3, rank {parallel.Rank} of {parallel.WorldSize}; " +
-                "the parameters' chunks and one layer's gather window, the embeddings' and head's apart).");
+                $"(unsharded {whole.Parameters / 1048576.0:F3}, {whole.Gradients / 1048576.0:F3}, {whole.OptimizerStates / 1048576.0:F3} MiB; ZeRO-{parallel.ZeroStage}, rank {parallel.Rank} of {parallel.WorldSize}).");
         }
         var clock = Stopwatch.StartNew();
         double lossSinceLog = 0, lastLogTime = 0;
@@ -253,9 +253,10 @@ public static class FineTuneRecipe
     {
         long counter = model.RandomCounter;
         var share = parallel.Share(step, perRank);
-        // ZeRO-3: every pass gathers each layer from all ranks, so every rank runs perRank passes; a share cut short at an
-        // epoch's end is topped up with label-free micro-batches, whose loss and gradients are zero.
-        if (parallel.ZeroStage == 3 && share.Count < perRank)
+        // ZeRO-3 (and ZeRO-2's per-layer gradients): every backward reduce-scatters each layer across all ranks, so every
+        // rank runs perRank passes; a share cut short at an epoch's end is topped up with label-free micro-batches, whose
+        // loss and gradients are zero.
+        if (parallel.ReducesEveryBackward && share.Count < perRank)
             share = [.. share, .. Enumerable.Repeat(LabelFree(step[0]), perRank - share.Count)];
         model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
         parallel.BeginStep(stepNumber);

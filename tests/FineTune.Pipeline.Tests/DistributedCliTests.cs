@@ -76,7 +76,7 @@ public sealed class DistributedCliTests
         var parallel = CliTests.Finetune("run", two.Path, "--stage", "train", "--nproc-per-node", "2");
         Assert.True(parallel.Code == 0, parallel.Err + parallel.Out);
         Assert.Contains("train: 2 rank(s) over tcp, global batch 2 × 1 × 2, ZeRO-3", parallel.Out);
-        Assert.Matches(@"trainable parameters [\d.]+ MiB, gradients [\d.]+ MiB, optimizer states [\d.]+ MiB on this rank \(unsharded [\d.]+, [\d.]+, [\d.]+ MiB; ZeRO-3, rank 0 of 2;", parallel.Out);
+        Assert.Matches(@"trainable parameters [\d.]+ MiB, gradients [\d.]+ MiB, optimizer states [\d.]+ MiB on this rank \(unsharded [\d.]+, [\d.]+, [\d.]+ MiB; ZeRO-3, rank 0 of 2\)", parallel.Out);
         // Checkpoints and the output model come from the gathered masters: the same lock and model bytes as one process.
         Assert.Equal(File.ReadAllText(Path.Combine(one.Path, "pipeline.lock")), File.ReadAllText(Path.Combine(two.Path, "pipeline.lock")));
         Assert.Equal(File.ReadAllBytes(TrainedModel(one)), File.ReadAllBytes(TrainedModel(two)));

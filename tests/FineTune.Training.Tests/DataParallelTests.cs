@@ -90,7 +90,7 @@ public sealed class DataParallelTests : IDisposable
     RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
         Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true,
         Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null, Func<TinyTrainingModels, TrainingSetup, CausalLM>? load = null,
-        Func<DataLoader>? eval = null)
+        Func<DataLoader>? eval = null, bool layerGradients = false)
     {
         int port = FreePort();
         var results = new RankResult[world];
@@ -101,6 +101,7 @@ public sealed class DataParallelTests : IDisposable
             {
                 ShardedOptimizerStates = zeroStage > 0,
                 ShardedParameters = zeroStage == 3 ? new ParameterSharding(rank, world) : null,
+                ShardedGradients = layerGradients ? new ParameterSharding(rank, world) : null,
             };
             var model = load is null ? models.Create(rankSetup) : load(models, rankSetup);
             var monitor = new AfterStep(s => afterStep?.Invoke(rank, s));
@@ -516,7 +517,7 @@ public sealed class DataParallelTests : IDisposable
             Assert.True(r.ModelBytes < whole.WeightBytes / 2, $"{r.ModelBytes} of {whole.WeightBytes}");
         }
         Assert.Contains("trainable parameters 0.070 MiB, gradients 0.070 MiB, optimizer states 0.053 MiB on this rank (unsharded 0.077, 0.077, 0.154 MiB; " +
-            "ZeRO-3, rank 1 of 3; the parameters' chunks and one layer's gather window, the embeddings' and head's apart).", results[1].Info);
+            "ZeRO-3, rank 1 of 3).", results[1].Info);
     }
 
     /// <summary>A scratch qwen3 model directory (config.json: full fine-tuning saves a model into every checkpoint).</summary>
@@ -582,5 +583,24 @@ public sealed class DataParallelTests : IDisposable
         var store = new CheckpointStore(Path.Combine(_root, "z3dies"));
         Assert.Equal([2], store.List().Select(c => c.Step));
         Assert.True(File.Exists(Path.Combine(store.Latest()!, FineTuneRecipe.OptimizerFile)));
+    }
+
+    [Fact]
+    public void Zero_2_with_per_layer_gradients_equals_whole_gradients_and_holds_one_layers()
+    {
+        // TrainingSetup.ShardedGradients: the gradients live in the layer's window (reduce-scattered after every backward)
+        // and in the owned chunk; the values and masters stay whole, as ZeRO-2 keeps them.
+        var whole = Ok(Ranks(3, 2, r => FullArgs($"z2w-{r}"), Full));
+        var perLayer = Ranks(3, 2, r => FullArgs($"z2l-{r}"), Full, layerGradients: true);
+        Assert.Equal(Ok(perLayer)[0], perLayer[2].Weights);
+        // Rounding apart (the micro-batches' sums associate as ZeRO-3's do).
+        double rel = RelativeDifference(perLayer[0].Weights, whole[0]);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        // The layout of the ZeRO-3 test: 6976 owned elements, windows of 1728 and 9600; the values whole (20,160 F32).
+        Assert.Equal((4 * 20160, 4 * (6976 + 1728 + 9600), 8 * 6976), perLayer[1].Held);
+        Assert.Contains("trainable parameters 0.077 MiB, gradients 0.070 MiB, optimizer states 0.053 MiB on this rank (unsharded 0.077, 0.077, 0.154 MiB; ZeRO-2, rank 1 of 3).", perLayer[1].Info);
+        // One rank with one micro-batch a step: the plain trainer's bits.
+        TrainingArguments A(string name) => FullArgs(name) with { GradientAccumulationSteps = 1 };
+        Assert.Equal(OneProcess(A("z2l-plain"), Full), Ok(Ranks(1, 2, _ => A("z2l-one"), Full, layerGradients: true))[0]);
     }
 }

@@ -83,6 +83,9 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             ValueHead = cfg.Objective == TrainingObjective.Rm,
             ShardedOptimizerStates = ranks is not null && cfg.ZeroStage > 0,
             ShardedParameters = ranks is not null && cfg.ZeroStage == 3 ? new ParameterSharding(ranks.Rank, ranks.WorldSize) : null,
+            // ZeRO-2 keeps one layer's gradients at a time wherever ZeRO-3 could shard (full/freeze pt/sft); elsewhere (LoRA,
+            // preference objectives, …) the model keeps whole gradients, which ZeRO-2 reduce-scatters after the backward.
+            ShardedGradients = ranks is not null && cfg.ZeroStage == 2 && ZeroThreeRefusal(cfg) is null ? new ParameterSharding(ranks.Rank, ranks.WorldSize) : null,
         };
         var upstream = UpstreamHashes(ctx);
         var trainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
