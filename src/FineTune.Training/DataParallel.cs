@@ -33,6 +33,8 @@ namespace FineTune.Training;
 /// backward (not only the last of a share) through <see cref="CausalLM.GradientsFinished"/>: they are reduce-scattered
 /// and added into the owned chunk's gradient. AdamW then steps the owned chunks; nothing is all-gathered after the step,
 /// the next forward gathers each group when it needs it. Checkpoints gather the masters as the moments.
+/// ZeRO-2 of a model built with <see cref="TrainingSetup.ShardedGradients"/> reduces the same per-layer gradient windows
+/// after every backward, while its values and masters stay whole (stepped and all-gathered as stage 1).
 /// </para>
 /// </summary>
 public sealed class DataParallel : IDisposable
@@ -84,7 +86,7 @@ public sealed class DataParallel : IDisposable
     {
         /// <summary>The backward stage (<see cref="CausalLM.BackwardStage"/>) after which all of this bucket's gradients are final.</summary>
         public int ReadyStage { get; init; }
-        /// <summary>ZeRO-3: the model's group this bucket is (its windows and shards); null below stage 3.</summary>
+        /// <summary>The model's group this bucket is (its windows and shards: ZeRO-3, or ZeRO-2 with per-layer gradients); null otherwise.</summary>
         public ShardedGroup? Group { get; init; }
     }
 
@@ -168,9 +170,9 @@ public sealed class DataParallel : IDisposable
     }
 
     /// <summary>
-    /// ZeRO-3, after each backward stage of every backward: the groups whose gradients that stage completed are
-    /// reduce-scattered in their gradient window (each rank receives the ranks' sum of its chunk) and added into the
-    /// owned chunk's gradient of the step; the model zeroes the window after this returns.
+    /// ZeRO-3 and ZeRO-2 with per-layer gradients, after each backward stage of every backward: the groups whose gradients
+    /// that stage completed are reduce-scattered in their gradient window (each rank receives the ranks' sum of its chunk)
+    /// and added into the owned chunk's gradient of the step; the model zeroes the window after this returns.
     /// </summary>
     void ReduceScatterGroups(int stage)
     {
@@ -187,7 +189,7 @@ public sealed class DataParallel : IDisposable
         }
     }
 
-    /// <summary>Bytes this rank holds for the trainable parameters: values, gradients and AdamW state (ZeRO-3: chunks and windows).</summary>
+    /// <summary>Bytes this rank holds for the trainable parameters: values, gradients and AdamW state (chunks and windows where the model's groups hold them).</summary>
     public (long Parameters, long Gradients, long OptimizerStates) HeldBytes
     {
         get
