@@ -212,6 +212,27 @@ public interface IBackend : IDisposable
     /// <summary>Writes dgate and dup from dh.</summary>
     void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up);
 
+    // ---- a decode step's layer, fused: each is exactly the composition in DecodeComposition (same outputs, same
+    // bits); CUDA runs it as one kernel for steps of one or two tokens (decode.cu), every backend else composes it ----
+    /// <summary>ln = RMSNorm(x) (rstd written), then cs[j] = ln·bs[j]ᵀ for up to three weights (a layer's q/k/v).</summary>
+    void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs) =>
+        DecodeComposition.NormMatMulShared(this, cs, ln, rstd, x, normWeight, eps, bs);
+    /// <summary>ln = RMSNorm(x), gate = ln·gateWeightᵀ, up = ln·upWeightᵀ, h = silu(gate) ⊙ up (a llama MLP's first half).</summary>
+    void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight) =>
+        DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight);
+    /// <summary>y = a·weightᵀ, rounded to y's dtype, then y += residual (o_proj or down_proj and the residual add).</summary>
+    void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual) =>
+        DecodeComposition.MatMulResidual(this, y, a, weight, residual);
+    /// <summary>
+    /// A step's attention inputs into the cache: with norm weights (qwen3's q_norm/k_norm) q = RMSNorm(qIn) and
+    /// k = RMSNorm(kIn) per head (qRstd/kRstd written), else q and k are qIn and kIn (the same tensors); then RoPE on q
+    /// and k (<see cref="Rope"/>), and k's and v's rows scattered into the caches at <paramref name="cacheRows"/>
+    /// (<see cref="ScatterRows"/>).
+    /// </summary>
+    void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
+        Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows) =>
+        DecodeComposition.QkRopeCache(this, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows);
+
     // ---- GeGLU (gemma): h = gelu_tanh(gate) ⊙ up, gelu_tanh(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) ----
     void GeGlu(Tensor h, Tensor gate, Tensor up);
     /// <summary>Writes dgate and dup from dh.</summary>

@@ -1,3 +1,4 @@
 using System.Runtime.CompilerServices;
 
 [assembly: InternalsVisibleTo("FineTune.Models.Tests")]
+[assembly: InternalsVisibleTo("FineTune.DeviceChecks")]

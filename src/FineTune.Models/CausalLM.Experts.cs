@@ -3,7 +3,8 @@ using FineTune.Engine;
 namespace FineTune.Models;
 
 // The mixture-of-experts MLP (qwen3_moe, mixtral) as transformers computes it:
-//   logits = ln2·W_gateᵀ, p = softmax(logits) in fp32, (w, idx) = topk(p, k) (renormalised w /= Σw when the family says so),
+//   logits = ln2·W_gateᵀ (+ s·(ln2·Aᵀ)·Bᵀ with LoRA on the router), p = softmax(logits) in fp32, (w, idx) = topk(p, k)
+//   (renormalised w /= Σw when the family says so),
 //   y_t = Σ_j w_tj · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) with e = idx_tj.
 // The n·k choices are sorted by expert (stable), the tokens' rows gathered into that order, and each projection runs as
 // one grouped product over all experts' row ranges. The load-balancing loss (transformers' load_balancing_loss_func over
@@ -52,10 +53,34 @@ public sealed partial class CausalLM
     /// block renamed mlp), nested as PEFT nests two ParamWrappers on one module — the parameter wrapped first
     /// (gate_up_proj, declared first) is the inner one, {…}.experts.base_layer, the other the outer {…}.experts.
     /// </summary>
-    internal string ExpertLoraModule(ExpertBlock x, bool gateUp, bool both)
+    internal string ExpertLoraModule(ExpertBlock x, bool gateUp, bool both) =>
+        $"{PeftMlpModule(x)}.{Spec.Family.Experts!.ExpertList}" + (gateUp && both ? ".base_layer" : "");
+
+    /// <summary>The MoE block's module in transformers 5 (mixtral's block_sparse_moe renamed mlp), where PEFT's names of its adapters begin.</summary>
+    private string PeftMlpModule(ExpertBlock x) =>
+        Spec.Family.Experts!.MoeModule is { } moeModule ? x.Module[..^moeModule.Length] + "mlp" : x.Module;
+
+    /// <summary>
+    /// The PEFT module of the router's LoRA: transformers 5's {layer}.mlp.gate (a TopKRouter holding its weight as a bare
+    /// parameter, so PEFT's conversion of lora_target gate makes it target_parameters gate.weight, a ParamWrapper).
+    /// </summary>
+    internal string RouterLoraModule(ExpertBlock x) => $"{PeftMlpModule(x)}.{Spec.Family.Experts!.Router}";
+
+    /// <summary>
+    /// Declares PEFT's LoRA on a layer's router: lora_A [r, hidden], lora_B [E, r] under {mlp}.gate, with the rank and
+    /// alpha that rank_pattern / alpha_pattern give PEFT's key of the targeted parameter, {mlp}.gate.weight.
+    /// </summary>
+    private IEnumerable<Parameter> AddRouterLora(ExpertBlock x, Func<string, ParameterRole, int[], Parameter> declare)
     {
-        string mlp = Spec.Family.Experts!.MoeModule is { } moeModule ? x.Module[..^moeModule.Length] + "mlp" : x.Module;
-        return $"{mlp}.{Spec.Family.Experts!.ExpertList}" + (gateUp && both ? ".base_layer" : "");
+        if (Setup.LoraDropout > 0)
+            throw new ArgumentException($"{x.Module}: LoRA on the router trains without dropout, as PEFT's ParamWrapper does (lora_dropout is {Setup.LoraDropout}): set lora_dropout to 0");
+        string m = RouterLoraModule(x), key = m + ".weight";
+        int r = Setup.LoraRankFor(key);
+        if (r <= 0) throw new ArgumentException($"{m}: the LoRA rank must be positive, got {r}");
+        var a = declare($"{m}.lora_A.weight", ParameterRole.LoraA, [r, Spec.HiddenSize]);
+        var b = declare($"{m}.lora_B.weight", ParameterRole.LoraB, [x.Count, r]);
+        x.RouterLora = new LoraAdapter(a, b, (float)Setup.LoraScaleFor(key), 0);
+        return [a, b];
     }
 
     /// <summary>
@@ -199,15 +224,25 @@ public sealed partial class CausalLM
         training |= _expertActs?.Training ?? false;
         _expertActs?.Dispose();
         _expertActs = null;
+        var ranks = ExpertLoraRanks;
         _expertActs = new ExpertActivations(Backend, capacity, setOf.Max() + 1, training, Spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize,
-            ExpertLoraRanks.GateUp, ExpertLoraRanks.Down);
+            ranks.GateUp, ranks.Down, ranks.Router);
         _expertSetOf = setOf;
         ExpertBuffersVersion++;
     }
 
-    /// <summary>The experts' LoRA ranks (gate_up R = 2r, down r; 0 where none), the same in every sparse layer.</summary>
-    internal (int GateUp, int Down) ExpertLoraRanks =>
-        _layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault() is { } x ? (x.GateUpLora?.Rank ?? 0, x.DownLora?.Rank ?? 0) : (0, 0);
+    /// <summary>
+    /// The experts' LoRA ranks (gate_up R = 2r, down r; 0 where none), the same in every sparse layer, and the router's
+    /// (the largest over the layers: rank_pattern may differ per layer).
+    /// </summary>
+    internal (int GateUp, int Down, int Router) ExpertLoraRanks => RanksOf(_layers);
+
+    internal static (int GateUp, int Down, int Router) RanksOf(IEnumerable<DecoderLayer> layers)
+    {
+        var blocks = layers.Select(l => l.Experts).OfType<ExpertBlock>().ToList();
+        if (blocks.Count == 0) return (0, 0, 0);
+        return (blocks[0].GateUpLora?.Rank ?? 0, blocks[0].DownLora?.Rank ?? 0, blocks.Max(x => x.RouterLora?.Rank ?? 0));
+    }
 
     /// <summary>Bytes of the activation arenas now carved: the layers' and the experts' (what a checkpointing plan estimates).</summary>
     internal long ActivationArenaBytes => (_acts?.ByteLength ?? 0) + (_expertActs?.ByteLength ?? 0);
@@ -285,6 +320,44 @@ public sealed partial class CausalLM
         return e * s / (lm * lm);
     }
 
+    /// <summary>
+    /// Test hook (the device checks compare CUDA with the CPU reference under like routing): per layer index, the [n·k]
+    /// expert choices every forward uses instead of its own top-k while set; a null entry (or null) leaves a layer's
+    /// routing its own. The weights stay the model's: w_j = p[idx_j] of its own probabilities (÷ Σ_j p[idx_j] when the
+    /// family renormalises), as transformers computes them given those indices; the load-balancing counts and the
+    /// backward use the fixed choices too. A host round trip per sparse layer: not for training, not in decode graphs.
+    /// </summary>
+    internal int[]?[]? RoutingOverride { get; set; }
+
+    /// <summary>Test hook: while non-null (one entry per layer), every forward stores each sparse layer's [n·k] choices (after any override) at its index.</summary>
+    internal int[]?[]? RoutingRecord { get; set; }
+
+    /// <summary>Replaces a layer's top-k choices with <paramref name="choices"/> and recomputes their weights from the probabilities (see <see cref="RoutingOverride"/>).</summary>
+    private void FixRouting(ExpertBlock x, int[] choices, Tensor probs, Tensor topIdx, Tensor topW, int n)
+    {
+        int e = x.Count, k = x.TopK;
+        if (choices.Length != n * k)
+            throw new ArgumentException($"{x.Module}: the routing override holds {choices.Length} choices, but this forward routes {n} tokens to {k} experts each ({n * k})");
+        var p = new float[n * e];
+        Backend.Download(probs, p);
+        var w = new float[n * k];
+        for (int t = 0; t < n; t++)
+        {
+            // In MoeRoute's order (w_s = p[idx_s], S summed over s, then w_s /= S): the model's own choices give its own weights bit for bit.
+            float chosen = 0;
+            for (int s = 0; s < k; s++)
+            {
+                int j = choices[t * k + s];
+                if ((uint)j >= (uint)e) throw new ArgumentException($"{x.Module}: the routing override sends token {t} to expert {j}, but the layer has experts 0 … {e - 1}");
+                w[t * k + s] = p[(long)t * e + j];
+                chosen += w[t * k + s];
+            }
+            if (x.NormalizeTopK) for (int s = 0; s < k; s++) w[t * k + s] /= chosen;
+        }
+        Backend.Upload(topIdx, choices);
+        Backend.Upload(topW, w);
+    }
+
     /// <summary>y = Σ_j w_j·expert_j(ln2) for each token (written; the caller adds the residual).</summary>
     private void ExpertsForward(DecoderLayer L, Tensor ln2, Tensor y, int n, bool training)
     {
@@ -305,13 +378,22 @@ public sealed partial class CausalLM
         var act = a.Act.View(0, [rows, inter]);
         var outRows = a.Out.View(0, [rows, c]);
         B.MatMul(logits, ln2, false, x.Router.Value, true);
+        bool lora = !_adaptersOff;
+        if (lora && x.RouterLora is { } rl)
+        {
+            // PEFT's ParamWrapper: W_gate + s·B·A, applied as logits += s·(ln2·Aᵀ)·Bᵀ.
+            var xa = a.XaRouter!.View(0, [n, rl.Rank]);
+            B.MatMul(xa, ln2, false, rl.A.Value, true);
+            B.MatMul(logits, xa, false, rl.B.Value, true, rl.Scale, accumulate: true);
+        }
         B.MoeRoute(logits, probs, topIdx, topW, x.NormalizeTopK);
+        if (RoutingOverride?[L.Index] is { } fixedChoices) FixRouting(x, fixedChoices, probs, topIdx, topW, n);
+        if (RoutingRecord is { } record) { record[L.Index] = new int[n * k]; B.Download(topIdx, record[L.Index]); }
         if (_routerStatistics) B.MoeRouterStatistics(_expertActs!.Counts, _expertActs.ProbSums, probs, topIdx, _expertActs.Mask.View(0, [n]));
         B.MoeSort(topIdx, a.Offsets, sorted, rowOf);
         B.Embedding(xs, ln2, sorted);
         B.GroupedMatMul(gate, xs, x.Gate.Value, true, a.Offsets);
         B.GroupedMatMul(up, xs, x.Up.Value, true, a.Offsets);
-        bool lora = !_adaptersOff;
         if (lora && x.GateUpLora is { } gu)
         {
             // PEFT's ParamWrapper: W_e + s·B_e·A_e, applied as (s·x·A_eᵀ)·B_eᵀ over each expert's rows.
@@ -392,6 +474,16 @@ public sealed partial class CausalLM
             aux ? acts.Counts : null, aux ? acts.Mask.View(0, [n]) : null, _auxGradScale);
         B.MatMul(dln, dlogits, false, x.Router.Value, false, 1f, accumulate: true);
         if (x.Router.Grad is { } dRouter) B.MatMul(dRouter, dlogits, true, ln2, false, 1f, accumulate: true);
+        if (lora && x.RouterLora is { } rl)
+        {
+            // logits += s·xa·Bᵀ with xa = ln2·Aᵀ: dB += s·dlogitsᵀ·xa, dxa = s·dlogits·B, dA += dxaᵀ·ln2, dln += dxa·A.
+            var xa = a.XaRouter!.View(0, [n, rl.Rank]);
+            var dxa = acts.DxaRouter!.View(0, [n, rl.Rank]);
+            if (rl.B.Grad is { } dB) B.MatMul(dB, dlogits, true, xa, false, rl.Scale, accumulate: true);
+            B.MatMul(dxa, dlogits, false, rl.B.Value, false, rl.Scale);
+            if (rl.A.Grad is { } dA) B.MatMul(dA, dxa, true, ln2, false, 1f, accumulate: true);
+            B.MatMul(dln, dxa, false, rl.A.Value, false, 1f, accumulate: true);
+        }
     }
 
     /// <summary>
@@ -407,15 +499,20 @@ public sealed partial class CausalLM
         return lossScale * ce + RouterAuxLossCoef * aux;
     }
 
-    /// <summary>The router probabilities [n, E] and choices [n, k] layer <paramref name="layer"/> kept from the last forward (tests).</summary>
-    internal (float[] Probs, int[] TopIdx) RouterOutputs(int layer, int n)
+    /// <summary>
+    /// The router probabilities [n, E], choices [n, k] and their weights [n, k] that layer <paramref name="layer"/> kept
+    /// from the last forward (tests; after a forward without training every layer shares one set: the last sparse layer's).
+    /// </summary>
+    internal (float[] Probs, int[] TopIdx, float[] TopWeight) RouterOutputs(int layer, int n)
     {
         var a = ExpertActs(_layers[layer]);
         var moe = Spec.Moe!;
         var probs = new float[n * moe.NumExperts];
         var idx = new int[n * moe.NumExpertsPerTok];
+        var w = new float[n * moe.NumExpertsPerTok];
         Backend.Download(a.Probs.View(0, [n, moe.NumExperts]), probs);
         Backend.Download(a.TopIdx.View(0, [n, moe.NumExpertsPerTok]), idx);
-        return (probs, idx);
+        Backend.Download(a.TopWeight.View(0, [n, moe.NumExpertsPerTok]), w);
+        return (probs, idx, w);
     }
 }

@@ -37,7 +37,8 @@ public sealed partial class CausalLM
                 $"model_type \"{config.ModelType}\": {gap}; train or chat with one of {string.Join(", ", ModelArchitecture.All.Where(a => a.EngineGap is null))}.");
         AdapterConfig? adapter = adapterDirectory is null ? null : AdapterConfig.Read(adapterDirectory);
         if (adapter is not null)
-            setup = adapter.Apply(setup, spec.Moe is null ? TrainableModules.LinearModulesOf(spec) : TrainableModules.LoraTargetsOf(spec), TrainableModules.ExpertTargets(spec));
+            setup = adapter.Apply(setup, spec.Moe is null ? TrainableModules.LinearModulesOf(spec) : TrainableModules.LoraTargetsOf(spec), TrainableModules.ExpertTargets(spec),
+                TrainableModules.RouterTarget(spec));
         // A QLoRA adapter runs on the base it trained against: held quantized as its quantization_config.json says.
         if (adapterDirectory is not null && setup.Quantization is null && FineTune.Models.Quantization.QuantizedBaseFile.Read(adapterDirectory) is { } quantization)
             setup = setup with { Quantization = quantization };
@@ -90,6 +91,9 @@ public sealed partial class CausalLM
         foreach (var p in _allParameters.Where(p => p.Role is ParameterRole.LoraA or ParameterRole.LoraB))
         {
             string key = "base_model.model." + p.Name;
+            // A router adapter of PEFT on transformers 4 (an nn.Linear gate, the same A and B) names mixtral's block block_sparse_moe.
+            if (!reader.Contains(key) && Spec.Family.Experts?.MoeModule is { } moeModule && key.Replace(".mlp.", $".{moeModule}.", StringComparison.Ordinal) is var v4 && reader.Contains(v4))
+                key = v4;
             if (!reader.Contains(key))
                 throw new ModelFormatException(Path.Combine(adapter.Directory, AdapterConfig.WeightsName),
                     $"tensor \"{key}\" is missing; the adapter's target_modules do not match its weights.");
@@ -134,6 +138,8 @@ public sealed partial class CausalLM
         var rankPattern = Setup.LoraRankPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value)).ToList();
         var alphaPattern = Setup.LoraAlphaPattern.Select(p => KeyValuePair.Create(p.Key, (JsonNode?)p.Value)).ToList();
         if (experts?.DownLora is not null) targetParameters.Add(ExpertBlock.PeftDown);
+        // LoRA on the router: target_parameters gate.weight, as the conversion leaves lora_target gate (sorted between the two).
+        if (experts?.RouterLora is not null) targetParameters.Add(AdapterConfig.RouterParameter);
         if (experts?.GateUpLora is { } gu)
         {
             targetParameters.Add(ExpertBlock.PeftGateUp);
@@ -189,6 +195,8 @@ public sealed partial class CausalLM
         var writer = new SafetensorsWriter(new Dictionary<string, string> { ["format"] = "pt" });
         // The parts of a fused module share its weight's name and one A/B pair: fold it once, over all its rows.
         var loraOf = _layers.SelectMany(l => l.Linears).Where(l => l.Lora is not null).GroupBy(l => l.Weight.Name).ToDictionary(g => g.Key, g => g.First().Lora!);
+        foreach (var x in _layers.Select(l => l.Experts).OfType<ExpertBlock>())
+            if (x.RouterLora is { } router) loraOf[x.Router.Name] = router;
         foreach (var p in _allParameters.Where(p => p.Role is not (ParameterRole.LoraA or ParameterRole.LoraB) && !IsValueHead(p)))
         {
             float[] values = ReadParameter(p.Name);

@@ -121,14 +121,23 @@ public sealed partial class CausalLM
         _stepLora = bank is null ? null : new StepLora(bank, tokenGroups);
         try
         {
+            // Named adapters of the step add their LoRA terms after each product set (SetForward): not in the fused layer.
+            bool fused = FusedDecodeLayers && tokenGroups.All(g => g.Adapter == 0);
             for (int l = 0; l < s.NumLayers; l++)
             {
-                var (q, k, v) = AttentionInputs(_layers[l], a, x, pos, n, 0, false);
-                B.ScatterRows(cache.K[l], k, cacheRows);
-                B.ScatterRows(cache.V[l], v, cacheRows);
-                var att = Rows(a.Att, n);
-                B.CachedAttention(att, q, cache.K[l], cache.V[l], seqs, pos, tables, shape with { Variant = s.AttentionVariantOf(l) });
-                LayerTail(_layers[l], a, x, att, y, n, 0, false);
+                var L = _layers[l];
+                var layerShape = shape with { Variant = s.AttentionVariantOf(l) };
+                if (fused && FusedDecodeApplies(L))
+                    DecodeLayer(L, a, x, y, n, pos, cacheRows, cache.K[l], cache.V[l], seqs, tables, layerShape);
+                else
+                {
+                    var (q, k, v) = AttentionInputs(L, a, x, pos, n, 0, false);
+                    B.ScatterRows(cache.K[l], k, cacheRows);
+                    B.ScatterRows(cache.V[l], v, cacheRows);
+                    var att = Rows(a.Att, n);
+                    B.CachedAttention(att, q, cache.K[l], cache.V[l], seqs, pos, tables, layerShape);
+                    LayerTail(L, a, x, att, y, n, 0, false);
+                }
                 (x, y) = (y, x);
             }
         }
@@ -148,6 +157,49 @@ public sealed partial class CausalLM
         return logits;
     }
 
+    /// <summary>
+    /// Engine steps run llama-style layers through IBackend's fused decode operations (<see cref="DecodeLayer"/>; the
+    /// same values, fewer launches on CUDA); false (or FINETUNE_FUSED_DECODE=0 on CUDA) keeps the step's plain operations.
+    /// </summary>
+    public bool FusedDecodeLayers { get; set; } = true;
+
+    /// <summary>
+    /// Whether <see cref="DecodeLayer"/> computes layer <paramref name="L"/> as AttentionInputs + ScatterRows +
+    /// LayerTail do: a pre-norm block (llama-style norms, no sandwich), a dense SwiGLU MLP, and every linear a plain
+    /// weight (no bias, no LoRA of the model's own, not quantized or FP8).
+    /// </summary>
+    private bool FusedDecodeApplies(DecoderLayer L) =>
+        !Spec.Sandwich && Spec.NormWeightOffset == 0 && Spec.Family.Block.Activation == MlpActivation.Silu && L.Experts is null
+        && (L.QNorm is null) == (L.KNorm is null)
+        && L.Linears.All(x => x.Lora is null && x.Bias is null && !_quantized.ContainsKey(x.Weight));
+
+    /// <summary>
+    /// One layer of an engine step in five operations: ln1 + q/k/v products; q/k norms + RoPE + K/V into the cache;
+    /// attention over the cache; o_proj + residual; ln2 + gate/up + SwiGLU; down_proj + residual. Each is IBackend's
+    /// fused operation, defined as the composition the unfused step runs (DecodeComposition), so the values are the same.
+    /// </summary>
+    private void DecodeLayer(DecoderLayer L, LayerActivations a, Tensor x, Tensor y, int n, Tensor pos, Tensor cacheRows,
+        Tensor kCache, Tensor vCache, Tensor seqs, Tensor tables, CachedAttentionShape shape)
+    {
+        var B = Backend;
+        float eps = (float)Spec.RmsNormEps;
+        var (q, k, v) = (Rows(a.Q, n), Rows(a.K, n), Rows(a.V, n));
+        var (qIn, kIn) = L.QNorm is null ? (q, k) : (Rows(a.QPre!, n), Rows(a.KPre!, n));
+        B.NormMatMulShared([qIn, kIn, v], Rows(a.Ln1, n), Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, [L.Q.Weight.Value, L.K.Weight.Value, L.V.Weight.Value]);
+        var (cos, sin) = RopeTablesOf(L);
+        B.QkRopeCache(q, k, qIn, kIn, v, L.QNorm?.Value, L.KNorm?.Value,
+            L.QNorm is null ? null : Head1(a.QRstd!, (long)n * Spec.NumHeads), L.KNorm is null ? null : Head1(a.KRstd!, (long)n * Spec.NumKvHeads),
+            eps, pos, cos, sin, Spec.HeadDim, kCache, vCache, cacheRows);
+        var att = Rows(a.Att, n);
+        B.CachedAttention(att, q, kCache, vCache, seqs, pos, tables, shape);
+        var resMid = Rows(a.ResMid, n);
+        B.MatMulResidual(resMid, att, L.O.Weight.Value, x);
+        var act = Rows(a.Act, n);
+        B.NormSwiGluMatMul(act, Rows(a.Gate, n), Rows(a.Up, n), Rows(a.Ln2, n), Head1(a.Rstd2, n), resMid, L.PostAttentionNorm.Value, eps,
+            L.Gate!.Weight.Value, L.Up!.Weight.Value);
+        B.MatMulResidual(y, act, L.Down!.Weight.Value, resMid);
+    }
+
     /// <summary>Activations for engine steps of up to <paramref name="tokens"/> tokens and <paramref name="logitRows"/> logit rows.</summary>
     internal ModelActivations CreateStepActivations(int tokens, int logitRows)
     {
@@ -164,7 +216,8 @@ public sealed partial class CausalLM
     internal Tensor EmbeddingWeight => _embed.Value;
     internal Tensor FinalNormWeight => _finalNorm.Value;
     internal Tensor LmHeadWeight => HeadWeight.Value;
-    internal bool HasOwnLora => _layers.Any(l => l.Linears.Any(x => x.Lora is not null));
+    internal bool HasOwnLora => _layers.Any(l => l.Linears.Any(x => x.Lora is not null)
+        || l.Experts is { } e && (e.GateUpLora is not null || e.DownLora is not null || e.RouterLora is not null));
 
     /// <summary>
     /// The named adapters of the step in flight (null outside <see cref="ForwardStep"/>): SetForward adds each token

@@ -143,6 +143,10 @@ public sealed partial class CausalLM : IDisposable
             foreach (var layer in _layers)
                 if (layer.Experts is { } x)
                     foreach (var p in AddExpertLora(x, loraModules, P)) trainableNames.Add(p.Name);
+        if (TrainableModules.RouterTarget(spec) is { } router && loraModules.Contains(router))
+            foreach (var layer in _layers)
+                if (layer.Experts is { } x)
+                    foreach (var p in AddRouterLora(x, P)) trainableNames.Add(p.Name);
 
         // TRL's AutoModelForCausalLMWithValueHead: v_head.summary = Linear(hidden, 1) on the final-normed hidden state,
         // trained whatever the finetuning type (LLaMA-Factory's reward model trains it beside the adapter or the weights).

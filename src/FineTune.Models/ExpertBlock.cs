@@ -22,11 +22,16 @@ internal sealed class ExpertBlock
     public ExpertLora? GateUpLora { get; set; }
     /// <summary>LoRA on down (PEFT's target_parameter down_proj), null without.</summary>
     public ExpertLora? DownLora { get; set; }
+    /// <summary>
+    /// LoRA on the router (lora_target gate; PEFT's ParamWrapper on transformers 5's {mlp}.gate.weight): logits +=
+    /// s·(x·Aᵀ)·Bᵀ, A [r, hidden], B [E, r]; null without.
+    /// </summary>
+    public LoraAdapter? RouterLora { get; set; }
 
     public int Count => Router.Shape[0];
     public int Intermediate => Gate.Shape[1];
     public IEnumerable<Parameter> Parameters => [Router, Gate, Up, Down];
-    public bool HasTrainable => Parameters.Any(p => p.IsTrainable) || GateUpLora is not null || DownLora is not null;
+    public bool HasTrainable => Parameters.Any(p => p.IsTrainable) || GateUpLora is not null || DownLora is not null || RouterLora is not null;
 
     /// <summary>transformers 5's fused parameter names, which PEFT's target_parameters name.</summary>
     public const string PeftGateUp = "gate_up_proj", PeftDown = "down_proj";
@@ -107,7 +112,8 @@ internal sealed class ExpertLora
 /// What the expert blocks keep for their backward, for up to Capacity tokens and k choices each (rows = Capacity·k in
 /// expert-sorted order): per set (one per layer the checkpointing plan keeps, one shared by the recomputed layers, one in all without training) the router's logits,
 /// probabilities and choices, the sort, the gathered inputs and the experts' gate/up/act/out; shared gradient scratch;
-/// and the load-balancing statistics (counts and probability sums per expert over a forward's sparse layers).
+/// and the load-balancing statistics (counts and probability sums per expert over a forward's sparse layers); with LoRA
+/// on the router, its x·Aᵀ per set and the gradient's scratch.
 /// </summary>
 internal sealed class ExpertActivations : IDisposable
 {
@@ -117,30 +123,33 @@ internal sealed class ExpertActivations : IDisposable
         public Tensor Xs = null!, Gate = null!, Up = null!, Act = null!, Out = null!;
         /// <summary>s·x_rows·A_eᵀ of the experts' LoRA (gate_up [rows, R], down [rows, r]); null without.</summary>
         public Tensor? XaGateUp, XaDown;
+        /// <summary>x·Aᵀ of the router's LoRA, [n, r]; null without.</summary>
+        public Tensor? XaRouter;
     }
 
     private readonly TensorArena _arena;
 
     public ExpertActivations(IBackend backend, int capacity, int sets, bool training, int hidden, int experts, int topK, int inter,
-        int gateUpRank = 0, int downRank = 0)
+        int gateUpRank = 0, int downRank = 0, int routerRank = 0)
     {
         Capacity = capacity;
         Training = training;
         var b = new TensorArena.Builder();
         var (handles, grads, counts, probSums, mask) = Declare((name, dt, shape) => b.Add(name, dt, shape), backend.ComputeDType,
-            capacity, sets, training, hidden, experts, topK, inter, gateUpRank, downRank);
+            capacity, sets, training, hidden, experts, topK, inter, gateUpRank, downRank, routerRank);
         _arena = b.Build(backend);
         Layers = handles.Select(h => new Layer
         {
             Logits = _arena[h[0]], Probs = _arena[h[1]], TopIdx = _arena[h[2]], TopWeight = _arena[h[3]], Offsets = _arena[h[4]],
             SortedToken = _arena[h[5]], RowOf = _arena[h[6]], Xs = _arena[h[7]], Gate = _arena[h[8]], Up = _arena[h[9]], Act = _arena[h[10]], Out = _arena[h[11]],
-            XaGateUp = h[12] >= 0 ? _arena[h[12]] : null, XaDown = h[13] >= 0 ? _arena[h[13]] : null,
+            XaGateUp = h[12] >= 0 ? _arena[h[12]] : null, XaDown = h[13] >= 0 ? _arena[h[13]] : null, XaRouter = h[14] >= 0 ? _arena[h[14]] : null,
         }).ToArray();
         if (training)
         {
             Dout = _arena[grads[0]]; Dact = _arena[grads[1]]; Dgate = _arena[grads[2]]; Dup = _arena[grads[3]];
             Dxs = _arena[grads[4]]; DtopWeight = _arena[grads[5]]; Dlogits = _arena[grads[6]];
             if (grads[7] >= 0) Dxa = _arena[grads[7]];
+            if (grads[8] >= 0) DxaRouter = _arena[grads[8]];
         }
         Counts = _arena[counts];
         ProbSums = _arena[probSums];
@@ -149,15 +158,15 @@ internal sealed class ExpertActivations : IDisposable
 
     /// <summary>The arena's bytes for <paramref name="sets"/> layer sets (exact up to each tensor's alignment): what a checkpointing plan spends on the experts.</summary>
     public static long Bytes(DType computeDType, int capacity, int sets, bool training, int hidden, int experts, int topK, int inter,
-        int gateUpRank = 0, int downRank = 0)
+        int gateUpRank = 0, int downRank = 0, int routerRank = 0)
     {
         var b = new TensorArena.Builder();
-        Declare((name, dt, shape) => b.Add(name, dt, shape), computeDType, capacity, sets, training, hidden, experts, topK, inter, gateUpRank, downRank);
+        Declare((name, dt, shape) => b.Add(name, dt, shape), computeDType, capacity, sets, training, hidden, experts, topK, inter, gateUpRank, downRank, routerRank);
         return b.ByteLength;
     }
 
     private static (List<int[]> Sets, int[] Grads, int Counts, int ProbSums, int Mask) Declare(Func<string, DType, int[], int> add, DType f,
-        int capacity, int sets, bool training, int hidden, int experts, int topK, int inter, int gateUpRank, int downRank)
+        int capacity, int sets, bool training, int hidden, int experts, int topK, int inter, int gateUpRank, int downRank, int routerRank)
     {
         int n = capacity, rows = capacity * topK;
         var handles = new List<int[]>();
@@ -171,11 +180,13 @@ internal sealed class ExpertActivations : IDisposable
                 add($"moe{s}.act", f, [rows, inter]), add($"moe{s}.out", f, [rows, hidden]),
                 gateUpRank > 0 ? add($"moe{s}.xa_gate_up", f, [rows, gateUpRank]) : -1,
                 downRank > 0 ? add($"moe{s}.xa_down", f, [rows, downRank]) : -1,
+                routerRank > 0 ? add($"moe{s}.xa_router", f, [n, routerRank]) : -1,
             ]);
         int[] grads = training
             ? [add("moe.dout", f, [rows, hidden]), add("moe.dact", f, [rows, inter]), add("moe.dgate", f, [rows, inter]), add("moe.dup", f, [rows, inter]),
                add("moe.dxs", f, [rows, hidden]), add("moe.dtopw", DType.F32, [n, topK]), add("moe.dlogits", f, [n, experts]),
-               gateUpRank + downRank > 0 ? add("moe.dxa", f, [rows, Math.Max(gateUpRank, downRank)]) : -1]
+               gateUpRank + downRank > 0 ? add("moe.dxa", f, [rows, Math.Max(gateUpRank, downRank)]) : -1,
+               routerRank > 0 ? add("moe.dxa_router", f, [n, routerRank]) : -1]
             : [];
         return (handles, grads, add("moe.counts", DType.F32, [experts]), add("moe.probsums", DType.F32, [experts]), add("moe.mask", DType.F32, [n]));
     }
@@ -186,6 +197,8 @@ internal sealed class ExpertActivations : IDisposable
     public Tensor? Dout, Dact, Dgate, Dup, Dxs, DtopWeight, Dlogits;
     /// <summary>∂L/∂(s·x·Aᵀ) of the experts' LoRA, [rows, max R] (null without expert LoRA).</summary>
     public Tensor? Dxa;
+    /// <summary>∂L/∂(x·Aᵀ) of the router's LoRA, [n, r] (null without).</summary>
+    public Tensor? DxaRouter;
     public Tensor Counts, ProbSums, Mask;
     public long ByteLength => _arena.ByteLength;
 

@@ -155,11 +155,10 @@ internal sealed class ModelActivations : IDisposable
         {
             // The experts' arena follows the same plan (CausalLM.ExpertSetOfLayer): one set per kept layer, one shared by
             // the recomputed ones, and its gradient scratch and statistics once.
-            // With LoRA on the experts, each set also keeps s·x·Aᵀ of gate_up and down.
-            var x = layers.Select(l => l.Experts).OfType<ExpertBlock>().FirstOrDefault();
-            int gateUpRank = x?.GateUpLora?.Rank ?? 0, downRank = x?.DownLora?.Rank ?? 0;
+            // With LoRA on the experts, each set also keeps s·x·Aᵀ of gate_up and down; with LoRA on the router, x·Aᵀ.
+            var (gateUpRank, downRank, routerRank) = CausalLM.RanksOf(layers);
             long Experts(int sets) => ExpertActivations.Bytes(f, n, sets, training, spec.HiddenSize, moe.NumExperts, moe.NumExpertsPerTok, moe.ExpertIntermediateSize,
-                gateUpRank, downRank);
+                gateUpRank, downRank, routerRank);
             long expertFixed = Experts(0), expertSet = Experts(1) - expertFixed;
             fixedBytes += expertFixed;
             full += expertSet;

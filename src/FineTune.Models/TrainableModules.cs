@@ -36,20 +36,29 @@ public static class TrainableModules
         spec.Moe is not null && spec.Family.Experts is { } x ? [x.Gate, x.Up, x.Down] : [];
 
     /// <summary>
-    /// The names lora_target may use: the linear modules, and on a mixture-of-experts model the attention projections
-    /// and the expert names (<see cref="ExpertTargets"/>); "all" is <see cref="AllLoraTargets"/>.
+    /// The router's name lora_target may use on a mixture-of-experts model (gate, qwen3_moe's mlp.gate and mixtral's
+    /// block_sparse_moe.gate): an nn.Linear in transformers 4, a TopKRouter with a bare weight in transformers 5, whose
+    /// lora_target gate PEFT's conversion turns into target_parameters gate.weight. Null for a dense family.
+    /// </summary>
+    public static string? RouterTarget(TransformerSpec spec) => spec.Moe is not null ? spec.Family.Experts?.Router : null;
+
+    /// <summary>
+    /// The names lora_target may use: the linear modules, and on a mixture-of-experts model the attention projections,
+    /// the expert names (<see cref="ExpertTargets"/>) and the router (<see cref="RouterTarget"/>); "all" is <see cref="AllLoraTargets"/>.
     /// </summary>
     public static IReadOnlyList<string> LoraTargetsOf(TransformerSpec spec) =>
-        spec.Moe is null ? spec.Family.LoraTargets : [.. AttentionTargets(spec), .. ExpertTargets(spec)];
+        spec.Moe is null ? spec.Family.LoraTargets : [.. AttentionTargets(spec), .. ExpertTargets(spec), .. RouterTarget(spec) is { } r ? new[] { r } : []];
 
     /// <summary>
     /// What lora_target "all" means, as LLaMA-Factory resolves it (the nn.Linear leaf names of the transformers 5 model)
     /// and PEFT then reads it: on a mixture-of-experts model the attention projections, plus gate_proj, up_proj, down_proj
     /// where some layer is dense — and PEFT (transformers 5) turns those MLP names into the experts' target_parameters,
-    /// leaving the dense layers' MLP without LoRA. FineTune does the same, so its adapter is the one PEFT builds.
+    /// leaving the dense layers' MLP without LoRA. FineTune does the same, so its adapter is the one PEFT builds. The router
+    /// is never in it: LLaMA-Factory's find_all_linear_modules takes modules whose class name holds "Linear", and
+    /// transformers 5's Qwen3MoeTopKRouter / MixtralTopKRouter does not (name gate to train it).
     /// </summary>
     public static IReadOnlyList<string> AllLoraTargets(TransformerSpec spec) =>
-        spec.Moe is null ? spec.Family.LoraTargets : spec.HasDenseLayers ? LoraTargetsOf(spec) : AttentionTargets(spec);
+        spec.Moe is null ? spec.Family.LoraTargets : spec.HasDenseLayers ? [.. AttentionTargets(spec), .. ExpertTargets(spec)] : AttentionTargets(spec);
 
     /// <summary>A decoder layer's sub-modules and norms (the table's names).</summary>
     public static IReadOnlyList<string> LayerModules(TransformerSpec spec)
@@ -124,6 +133,17 @@ public static class TrainableModules
                 "remove lora_rank_pattern and lora_alpha_pattern, or leave the expert projections out of lora_target"));
     }
 
+    /// <summary>What PEFT's ParamWrapper refuses on the router (lora_target gate): lora_dropout, reported at that entry.</summary>
+    private static void RouterProblems(TransformerSpec spec, TrainingSetup setup, List<ModuleNameProblem> problems)
+    {
+        if (RouterTarget(spec) is not { } router || setup.LoraDropout <= 0) return;
+        int at = setup.LoraTarget.ToList().IndexOf(router);
+        if (at < 0) return;
+        problems.Add(new ModuleNameProblem("lora_target", at, router,
+            $"reaches the router of this {spec.Architecture} model, which PEFT's ParamWrapper (transformers 5's router is no nn.Linear) trains without dropout (lora_dropout is {setup.LoraDropout})", [],
+            $"set lora_dropout: 0, or leave {router} out of lora_target"));
+    }
+
     /// <summary>lora_target with "all" expanded (<see cref="AllLoraTargets"/>); names outside the model are kept (Check reports them).</summary>
     public static HashSet<string> ResolveLoraTargets(TransformerSpec spec, IReadOnlyList<string> targets)
     {
@@ -176,8 +196,9 @@ public static class TrainableModules
         switch (setup.FinetuningType)
         {
             case FinetuningType.Lora:
-                Names("lora_target", setup.LoraTarget, LoraTargetsOf(spec), spec.Moe is null ? "a linear module" : "an attention projection or expert projection");
+                Names("lora_target", setup.LoraTarget, LoraTargetsOf(spec), spec.Moe is null ? "a linear module" : "an attention projection, expert projection or the router");
                 ExpertProblems(spec, setup, problems);
+                RouterProblems(spec, setup, problems);
                 Modules("additional_target", setup.AdditionalTarget);
                 break;
             case FinetuningType.Freeze:

@@ -62,6 +62,14 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void SampleRows(Tensor logits, Tensor parameters, Tensor seen, Tensor output, Tensor scratch) => Run(() => Inner.SampleRows(logits, parameters, seen, output, scratch));
     public virtual void SwiGlu(Tensor h, Tensor gate, Tensor up) => Run(() => Inner.SwiGlu(h, gate, up));
     public virtual void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) => Run(() => Inner.SwiGluBackward(dgate, dup, dh, gate, up));
+    public virtual void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs) =>
+        Run(() => Inner.NormMatMulShared(cs, ln, rstd, x, normWeight, eps, bs));
+    public virtual void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight) =>
+        Run(() => Inner.NormSwiGluMatMul(h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight));
+    public virtual void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual) => Run(() => Inner.MatMulResidual(y, a, weight, residual));
+    public virtual void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
+        Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows) =>
+        Run(() => Inner.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows));
     public virtual void GeGlu(Tensor h, Tensor gate, Tensor up) => Run(() => Inner.GeGlu(h, gate, up));
     public virtual void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) => Run(() => Inner.GeGluBackward(dgate, dup, dh, gate, up));
     public virtual void SoftCap(Tensor y, Tensor x, float cap) => Run(() => Inner.SoftCap(y, x, cap));

@@ -81,8 +81,8 @@ public sealed class MoeLoraTests : IDisposable
         Assert.StartsWith("reaches the experts of this mixtral model, whose ranks FineTune sets as PEFT's transformers 5 conversion does", r.Problem);
         // gate_proj is qwen3_moe's name, not mixtral's.
         var n = Assert.Single(TrainableModules.Check(spec, new TrainingSetup { LoraTarget = ["gate_proj"] }));
-        Assert.Equal("is not an attention projection or expert projection of this mixtral model", n.Problem);
-        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj, w1, w3, w2", n.Expected);
+        Assert.Equal("is not an attention projection, expert projection or the router of this mixtral model", n.Problem);
+        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj, w1, w3, w2, gate", n.Expected);
         var e = Assert.Throws<ArgumentException>(() => TinyModels.Create(spec, new TrainingSetup { LoraTarget = ["w2"], LoraDropout = 0.05 }));
         Assert.StartsWith("lora_target 'w2' reaches the experts of this mixtral model, which PEFT's ParamWrapper trains without dropout", e.Message);
     }
@@ -184,9 +184,9 @@ public sealed class MoeLoraTests : IDisposable
         string dir = _dir.File("bad");
         Directory.CreateDirectory(dir);
         string path = Path.Combine(dir, "adapter_config.json");
-        File.WriteAllText(path, """{"peft_type": "LORA", "r": 2, "lora_alpha": 3, "target_modules": ["q_proj"], "target_parameters": ["gate.weight"]}""");
+        File.WriteAllText(path, """{"peft_type": "LORA", "r": 2, "lora_alpha": 3, "target_modules": ["q_proj"], "target_parameters": ["embed_tokens.weight"]}""");
         var e = Assert.Throws<ModelFormatException>(() => AdapterConfig.Read(dir));
-        Assert.Equal($"{path}: target_parameters names 'gate.weight': FineTune applies LoRA on the experts' gate_up_proj and down_proj of a mixture-of-experts model only.", e.Message);
+        Assert.Equal($"{path}: target_parameters names 'embed_tokens.weight': FineTune applies LoRA on the experts' gate_up_proj and down_proj and the router's gate.weight of a mixture-of-experts model only.", e.Message);
         // PEFT's own target_parameters gate_up_proj without the conversion's rank pattern has rank r, not 2r.
         File.WriteAllText(path, """{"peft_type": "LORA", "r": 2, "lora_alpha": 3, "target_modules": ["q_proj"], "target_parameters": ["gate_up_proj"]}""");
         var config = AdapterConfig.Read(dir);

@@ -111,7 +111,7 @@ public sealed class MoeTests : IDisposable
         int masked = 12, layers = 2;
         for (int l = 0; l < layers; l++)
         {
-            var (probs, idx) = model.RouterOutputs(l, 14);
+            var (probs, idx, _) = model.RouterOutputs(l, 14);
             for (int t = 0; t < 14; t++)
             {
                 int m = batch.AttentionMask![t];
@@ -366,8 +366,8 @@ public sealed class MoeTests : IDisposable
         // mixtral's experts are w1, w3, w2 (PEFT's transformers 5 conversion maps those names, not gate_proj).
         var problems = TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "gate_proj"] });
         var p = Assert.Single(problems);
-        Assert.Equal(("lora_target", 1, "gate_proj", "is not an attention projection or expert projection of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
-        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj, w1, w3, w2", p.Expected);
+        Assert.Equal(("lora_target", 1, "gate_proj", "is not an attention projection, expert projection or the router of this mixtral model"), (p.Option, p.Index, p.Value, p.Problem));
+        Assert.Equal("expected all, or some of q_proj, k_proj, v_proj, o_proj, w1, w3, w2, gate", p.Expected);
         Assert.Empty(TrainableModules.Check(Spec("mixtral"), new TrainingSetup { LoraTarget = ["q_proj", "w1", "w3"] }));
         // qwen3_moe's gate_proj + up_proj reach the experts, with or without a dense layer.
         Assert.Empty(TrainableModules.Check(Spec("qwen3_moe", mlpOnly: [1]), new TrainingSetup { LoraTarget = ["gate_proj", "up_proj"] }));

@@ -6,7 +6,8 @@ bf16, sdpa attention, left padding (all prompts have one length, so there is non
   python3 hf_generate_bench.py <model dir> [--batches 1,8] [--prompts 64] [--prompt-len 64] [--new-tokens 32]
 
 With --make-model DIR it first writes a random-weight Qwen3-1.7B-shaped model directory there (bf16 safetensors,
-config.json) for both engines to load, and exits.
+config.json) for both engines to load, and exits; --shape llama3-8b writes a Llama-3-8B-shaped one instead (16 GB: the
+single-stream bandwidth row on a model whose products are large).
 """
 import argparse, json, sys, time
 
@@ -17,8 +18,19 @@ def prompt_token(i, t, vocab):
     return (17 + 1009 * i + 9176 * t) % vocab
 
 
-def make_model(path):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def make_model(path, shape="qwen3-1.7b"):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    if shape == "llama3-8b":
+        config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
+                             rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="bfloat16", bos_token_id=128000,
+                             eos_token_id=128001)
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(path, safe_serialization=True)
+        print(json.dumps({"made": path, "shape": shape, "parameters": sum(p.numel() for p in model.parameters())}))
+        return
     config = Qwen3Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                          num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                          rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, torch_dtype="bfloat16",
@@ -34,13 +46,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--make-model", action="store_true")
+    ap.add_argument("--shape", default="qwen3-1.7b", choices=["qwen3-1.7b", "llama3-8b"])
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=32)
     a = ap.parse_args()
     if a.make_model:
-        make_model(a.model)
+        make_model(a.model, a.shape)
         return
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()

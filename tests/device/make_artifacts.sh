@@ -32,12 +32,15 @@ gemma_keys() {
 # gate/up/down where a layer is dense (LLaMA-Factory's nn.Linear names) -- which PEFT on transformers 5 turns into the
 # experts' target_parameters gate_up_proj / down_proj, so qwen3_moe-dense trains the experts (not the dense MLP), and so
 # does FineTune. The -experts flavours name the expert projections explicitly (qwen3_moe gate_proj/up_proj/down_proj,
-# mixtral w1/w3/w2): PEFT's ParamWrapper on the experts, FineTune's adapter written with target_parameters.
-# Scratch keys are key=value,… (written as YAML).
+# mixtral w1/w3/w2): PEFT's ParamWrapper on the experts, FineTune's adapter written with target_parameters. The -router
+# flavours name the router, gate (transformers 5's TopKRouter: PEFT's conversion makes it target_parameters gate.weight),
+# mixtral-router beside the experts. Scratch keys are key=value,… (written as YAML).
 lora_target_of() {
   case "$1" in
     qwen3_moe-experts) echo "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]" ;;
     mixtral-experts) echo "[q_proj, k_proj, v_proj, o_proj, w1, w3, w2]" ;;
+    qwen3_moe-router) echo "[q_proj, k_proj, v_proj, o_proj, gate]" ;;
+    mixtral-router) echo "[q_proj, v_proj, gate, w1, w3, w2]" ;;
     *) echo "all" ;;
   esac
 }
@@ -50,7 +53,9 @@ for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qw
             "qwen3_moe-h256:qwen3_moe:false:256:512:64:num_experts=8,num_experts_per_tok=2,moe_intermediate_size=128" \
             "mixtral:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2" \
             "qwen3_moe-experts:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96" \
-            "mixtral-experts:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2"; do
+            "mixtral-experts:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2" \
+            "qwen3_moe-router:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96" \
+            "mixtral-router:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2"; do
   IFS=: read -r flavour arch tied hidden inter head_dim keys <<<"$spec"
   extra=""; [ -n "${keys:-}" ] && extra=", $(sed 's/=/: /g; s/,/, /g' <<<"$keys")"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"

@@ -99,6 +99,9 @@ public sealed unsafe class CudaDevice : IDisposable
         [$"--gpu-architecture=sm_{Info.ComputeMajor}{Info.ComputeMinor}", "--std=c++17", "-default-device"];
 
     /// <summary>Kernel <paramref name="function"/> of program <paramref name="program"/> (e.g. "rmsnorm.cu").</summary>
+    /// <summary>cuFuncGetAttribute of a loaded kernel (e.g. 4: registers per thread).</summary>
+    public int FunctionAttribute(nint function, int attribute) => _driver.FuncGetAttribute(function, attribute);
+
     public nint Function(string program, string function)
     {
         if (_functions.TryGetValue((program, function), out var f)) return f;

@@ -50,6 +50,7 @@ internal sealed unsafe class CudaDriver
     readonly delegate* unmanaged<nint, int> _cuModuleUnload;
     readonly delegate* unmanaged<nint*, nint, byte*, int> _cuModuleGetFunction;
     readonly delegate* unmanaged<nint, int, int, int> _cuFuncSetAttribute;
+    readonly delegate* unmanaged<int*, int, nint, int> _cuFuncGetAttribute;
     readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
     readonly delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> _cuLaunchKernelEx;
     readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
@@ -97,6 +98,7 @@ internal sealed unsafe class CudaDriver
         _cuModuleUnload = (delegate* unmanaged<nint, int>)lib.Export("cuModuleUnload");
         _cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)lib.Export("cuModuleGetFunction");
         _cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)lib.Export("cuFuncSetAttribute");
+        _cuFuncGetAttribute = (delegate* unmanaged<int*, int, nint, int>)lib.Export("cuFuncGetAttribute");
         _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)lib.Export("cuLaunchKernel");
         _cuLaunchKernelEx = (delegate* unmanaged<LaunchConfig*, nint, void**, void**, int>)lib.TryExport("cuLaunchKernelEx");
         _cuEventCreate = (delegate* unmanaged<nint*, uint, int>)lib.Export("cuEventCreate");
@@ -204,6 +206,13 @@ internal sealed unsafe class CudaDriver
     }
 
     public void FuncSetAttribute(nint f, int attribute, int value) => Check(_cuFuncSetAttribute(f, attribute, value), "cuFuncSetAttribute");
+
+    public int FuncGetAttribute(nint f, int attribute)
+    {
+        int value;
+        Check(_cuFuncGetAttribute(&value, attribute, f), "cuFuncGetAttribute");
+        return value;
+    }
 
     public int LaunchKernel(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args) =>
         _cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, args, null);

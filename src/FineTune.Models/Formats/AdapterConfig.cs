@@ -23,10 +23,16 @@ public sealed record AdapterConfig(
     IReadOnlyList<KeyValuePair<string, double>> AlphaPattern)
 {
     /// <summary>
-    /// target_parameters: transformers 5's stacked expert parameters LoRA adapts (gate_up_proj, down_proj; PEFT's
-    /// ParamWrapper), empty for an adapter of linear modules only.
+    /// target_parameters: transformers 5's parameters LoRA adapts through PEFT's ParamWrapper — the stacked experts'
+    /// gate_up_proj and down_proj, the router's gate.weight — empty for an adapter of linear modules only.
     /// </summary>
     public IReadOnlyList<string> TargetParameters { get; init; } = [];
+
+    /// <summary>The router's weight as target_parameters names it (PEFT's conversion of lora_target gate on transformers 5).</summary>
+    public const string RouterParameter = "gate.weight";
+
+    /// <summary>The experts' entries of <see cref="TargetParameters"/> (gate_up_proj, down_proj), in file order.</summary>
+    public IReadOnlyList<string> ExpertParameters => TargetParameters.Where(t => t is ExpertBlock.PeftGateUp or ExpertBlock.PeftDown).ToList();
 
     /// <summary>The rank_pattern / alpha_pattern key PEFT's transformers 5 conversion writes for the fused gate_up_proj (rank 2r, alpha 2α).</summary>
     public const string GateUpPatternKey = @".*\.gate_up_proj";
@@ -76,8 +82,8 @@ public sealed record AdapterConfig(
         if (keys.IsSet("exclude_modules"))
             keys.Refuse("exclude_modules is set: FineTune applies adapters on every module their target_modules name");
         IReadOnlyList<string> targetParameters = keys.IsSet("target_parameters") ? keys.Strings("target_parameters") : [];
-        if (targetParameters.FirstOrDefault(t => t is not (ExpertBlock.PeftGateUp or ExpertBlock.PeftDown)) is { } other)
-            keys.Refuse($"target_parameters names '{other}': FineTune applies LoRA on the experts' {ExpertBlock.PeftGateUp} and {ExpertBlock.PeftDown} of a mixture-of-experts model only");
+        if (targetParameters.FirstOrDefault(t => t is not (ExpertBlock.PeftGateUp or ExpertBlock.PeftDown or RouterParameter)) is { } other)
+            keys.Refuse($"target_parameters names '{other}': FineTune applies LoRA on the experts' {ExpertBlock.PeftGateUp} and {ExpertBlock.PeftDown} and the router's {RouterParameter} of a mixture-of-experts model only");
         if (keys.IsSet("trainable_token_indices")) keys.Refuse("trainable_token_indices is set: FineTune applies adapters without trainable tokens");
 
         int rank = keys.Int("r") ?? DefaultRank;
@@ -110,7 +116,8 @@ public sealed record AdapterConfig(
     /// The family's expert names (qwen3_moe gate_proj, up_proj, down_proj; mixtral w1, w3, w2) that target_parameters
     /// gate_up_proj / down_proj map back to; empty for a dense model.
     /// </param>
-    public TrainingSetup Apply(TrainingSetup setup, IReadOnlyList<string>? linearModules = null, IReadOnlyList<string>? expertTargets = null)
+    /// <param name="routerTarget">The router's lora_target name (gate) that target_parameters gate.weight maps back to; null for a dense model.</param>
+    public TrainingSetup Apply(TrainingSetup setup, IReadOnlyList<string>? linearModules = null, IReadOnlyList<string>? expertTargets = null, string? routerTarget = null)
     {
         // The model's family says which linears it has (phi3: the fused qkv_proj, gate_up_proj); default the llama set.
         linearModules ??= TrainableModules.LinearModules;
@@ -122,10 +129,16 @@ public sealed record AdapterConfig(
         var targets = TargetModules.ToList();
         var rankPattern = RankPattern;
         var alphaPattern = AlphaPattern;
-        if (TargetParameters.Count > 0)
+        if (TargetParameters.Contains(RouterParameter))
+        {
+            if (routerTarget is null)
+                throw new ModelFormatException(FilePath, $"target_parameters names {RouterParameter}, the router of a mixture-of-experts model; this model has none.");
+            targets.Add(routerTarget);
+        }
+        if (ExpertParameters.Count > 0)
         {
             if (expertTargets.Count != 3)
-                throw new ModelFormatException(FilePath, $"target_parameters names {string.Join(", ", TargetParameters)}, the experts of a mixture-of-experts model; this model has none.");
+                throw new ModelFormatException(FilePath, $"target_parameters names {string.Join(", ", ExpertParameters)}, the experts of a mixture-of-experts model; this model has none.");
             if (TargetParameters.Contains(ExpertBlock.PeftGateUp))
             {
                 // FineTune trains gate_up_proj as PEFT's conversion of gate_proj + up_proj leaves it: rank 2r, alpha 2α.

@@ -14,7 +14,8 @@ public sealed record LoraMergeResult(int MergedWeights, int ReplacedWeights, int
 /// override r and alpha per module as PEFT does), for an adapted embedding E' = E + s·(B·A)ᵀ, and
 /// modules_to_save tensors replace the base tensors. The result is a complete HF model directory in the
 /// base model's dtype (or <c>outputDType</c>): config.json, tokenizer and generation files copied, weights
-/// streamed one tensor at a time (memory stays at the size of the largest tensor).
+/// streamed one tensor at a time (memory stays at the size of the largest tensor). PEFT's ParamWrapper on a MoE model
+/// folds as PEFT does: the experts per expert (<see cref="AddExpertLoraDelta"/>), the router (gate.weight) as a linear.
 /// </summary>
 public static partial class LoraMerge
 {
@@ -86,6 +87,11 @@ public static partial class LoraMerge
                 continue;
             }
             var weightName = module + ".weight";
+            // The router's ParamWrapper (target_parameters gate.weight) is named as transformers 5 names it: mixtral's mlp.gate is block_sparse_moe.gate in the hub files.
+            bool router = adapter.TargetParameters.Contains(AdapterConfig.RouterParameter) && baseConfig.Architecture.Experts is { } layout
+                && module.EndsWith("." + layout.Router, StringComparison.Ordinal);
+            if (router && !baseWeights.Contains(weightName) && baseConfig.Architecture.Experts!.MoeModule is { } moeModule)
+                weightName = module.Replace(".mlp.", $".{moeModule}.", StringComparison.Ordinal) + ".weight";
             if (!baseWeights.Contains(weightName))
                 throw new ModelFormatException(adapterWeightsPath, $"tensor \"{a}\" adapts \"{weightName}\", which the base model {baseModelDir} does not have; the adapter was trained on another model.");
             var w = baseWeights.Get(weightName);
@@ -96,9 +102,11 @@ public static partial class LoraMerge
             long rows = embedding ? w.Shape[1] : w.Shape[0], cols = embedding ? w.Shape[0] : w.Shape[1];
             if (w.Shape.Count != 2 || ai.Shape.Count != 2 || bi.Shape.Count != 2 || ai.Shape[1] != cols || bi.Shape[0] != rows || bi.Shape[1] != rank)
                 throw new ModelFormatException(adapterWeightsPath, $"shapes do not fit: \"{a}\" [{string.Join(", ", ai.Shape)}], \"{b}\" [{string.Join(", ", bi.Shape)}], base \"{weightName}\" [{string.Join(", ", w.Shape)}]; the adapter was trained on another model.");
-            if (adapter.RankFor(module) != rank)
-                throw new ModelFormatException(adapter.FilePath, $"module \"{module}\": lora_A has rank {rank} but the config says r = {adapter.RankFor(module)}; the adapter files do not belong together.");
-            updates[weightName] = (a, b, embedding, adapter.ScaleFor(module));
+            // PEFT looks a ParamWrapper's rank and alpha up by its parameter's key ({mlp}.gate.weight), a module's by the module.
+            string patternKey = router ? module + ".weight" : module;
+            if (adapter.RankFor(patternKey) != rank)
+                throw new ModelFormatException(adapter.FilePath, $"module \"{module}\": lora_A has rank {rank} but the config says r = {adapter.RankFor(patternKey)}; the adapter files do not belong together.");
+            updates[weightName] = (a, b, embedding, adapter.ScaleFor(patternKey));
         }
 
         return Write(baseModelDir, baseConfig, baseWeights, adapterWeights, adapterWeightsPath, updates, replacements, adapter, outputDir, outputDType, maxShardBytes, quantizedBase, expertUpdates);
@@ -113,10 +121,12 @@ public static partial class LoraMerge
     /// </summary>
     private static string? ExpertParameterOf(string module, AdapterConfig adapter)
     {
-        bool both = adapter.TargetParameters.Contains(ExpertBlock.PeftGateUp) && adapter.TargetParameters.Contains(ExpertBlock.PeftDown);
+        var experts = adapter.ExpertParameters;
+        if (experts.Count == 0) return null;
+        bool both = experts.Contains(ExpertBlock.PeftGateUp) && experts.Contains(ExpertBlock.PeftDown);
         if (module.EndsWith(".experts.base_layer", StringComparison.Ordinal)) return both ? ExpertBlock.PeftGateUp : null;
         if (!module.EndsWith(".experts", StringComparison.Ordinal)) return null;
-        return both ? ExpertBlock.PeftDown : adapter.TargetParameters[0];
+        return both ? ExpertBlock.PeftDown : experts[0];
     }
 
     /// <summary>The per-expert hub tensors ({mlp}.experts.E.gate_proj.weight, …) an expert LoRA module updates, with their slices.</summary>

@@ -70,7 +70,7 @@ internal sealed class AdapterBank : IDisposable
             string weights = Path.Combine(named.Directory, AdapterConfig.WeightsName);
             if (!File.Exists(weights)) throw new ModelFormatException(weights, "not found; an adapter directory holds adapter_config.json and adapter_model.safetensors as PEFT writes them.");
             if (file.TargetParameters.Count > 0)
-                throw new ModelFormatException(file.FilePath, $"target_parameters names the experts' {string.Join(", ", file.TargetParameters)}: several adapters served side by side cover linear modules only; load this adapter alone, or merge it into the model.");
+                throw new ModelFormatException(file.FilePath, $"target_parameters names {string.Join(", ", file.TargetParameters)} (PEFT's ParamWrapper on the experts or the router): several adapters served side by side cover linear modules only; load this adapter alone, or merge it into the model.");
             file.Apply(model.Setup); // refuses targets that can only be merged (embeddings, the head), as chat and eval do
             var targets = file.TargetModules.ToHashSet(StringComparer.Ordinal);
             if (targets.Count == 0) throw new ModelFormatException(file.FilePath, $"target_modules is empty; name some of {string.Join(", ", TrainableModules.LinearModules)}.");

@@ -44,6 +44,15 @@ public static class GenerationChecks
             Console.WriteLine($"{(same ? "ok  " : "FAIL")} bf16  generate graphs vs eager ({name}, 3×32)      tokens");
             Console.WriteLine($"{(used ? "ok  " : "FAIL")} bf16  generate graphs used ({name})                 graphs");
 
+            // The fused decode layers (decode.cu, steps of one or two tokens) against the plain kernels: the same bits, so the same tokens.
+            model.FusedDecodeLayers = false;
+            var (plainLayers, _) = Decode(model, prompts, options, graphs: true);
+            model.FusedDecodeLayers = true;
+            bool fusedSame = graphed.Zip(plainLayers).All(p => p.First.SequenceEqual(p.Second));
+            Console.WriteLine($"{(fusedSame ? "ok  " : "FAIL")} bf16  generate fused layers vs plain ({name}, 3×32) tokens" +
+                (fusedSame ? "" : $": fused [{string.Join(' ', graphed[0].Take(8))} …], plain [{string.Join(' ', plainLayers[0].Take(8))} …]"));
+            rows.Add(new CheckRow($"generate fused layers vs plain ({name}, 3×32)", "bf16", "tokens", graphed.Sum(e => e.Length), fusedSame ? 0 : 1, 0, fusedSame, 0));
+
             var (onCpu, _) = Decode(cpuModel, prompts, options, graphs: false);
             var (onGpu, f32Stats) = Decode(f32Model, prompts, options, graphs: true);
             bool equal = onCpu.Zip(onGpu).All(p => p.First.SequenceEqual(p.Second));

@@ -162,7 +162,7 @@ public static partial class OpChecks
         var sink = quiet ? new List<CheckRow>() : null;
         var target = sink is null ? c : new Ctx(c.Cpu, c.Gpu, c.Act, c.Path, c.Tol, sink);
         if (sink is not null) { Elementwise(target); MatMuls(target); Norms(target); Attention(target); Generation(target); Loss(target); Optimizer(target); GemmaOps(target); Experts(target); c.Buffers.AddRange(target.Buffers); return; }
-        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Generation(c); Loss(c); Optimizer(c); GemmaOps(c); Experts(c);
+        Elementwise(c); MatMuls(c); Norms(c); Attention(c); Generation(c); DecodeOps(c); Loss(c); Optimizer(c); GemmaOps(c); Experts(c);
     }
 
     static void Elementwise(Ctx c)

@@ -8,6 +8,7 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 //   FineTune.DeviceChecks flash [outDir]       only the BF16 attention checks of `ops` (plain, gemma's windows/soft-caps, head_dim 256) → flash.json
+//   FineTune.DeviceChecks decode [outDir]      only the fused decode-layer operations of `ops` (decode.cu) → decode.json
 //   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
 //   FineTune.DeviceChecks fp8 [outDir]         FP8 frozen weights only: casts, products, a LoRA step fp8 vs bf16 (also in ops/models)
 //   FineTune.DeviceChecks quant [outDir]       write the files tests/device/bnb_reference.py compares (CPU only)
@@ -39,6 +40,14 @@ switch (cmd)
         var rows = OpChecks.RunFlash();
         Directory.CreateDirectory(outDir);
         File.WriteAllText(Path.Combine(outDir, "flash.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        return rows.All(r => r.Pass) ? 0 : 1;
+    }
+    case "decode":
+    {
+        if (args.Length > 1) outDir = args[1];
+        var rows = OpChecks.RunDecode();
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "decode.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
         return rows.All(r => r.Pass) ? 0 : 1;
     }
     case "models":

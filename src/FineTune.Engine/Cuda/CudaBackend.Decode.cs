@@ -1,0 +1,135 @@
+namespace FineTune.Engine.Cuda;
+
+/// <summary>
+/// A decode step's fused layer operations (decode.cu): for steps of at most two tokens, with bf16 operands, each one
+/// launch with the bits of its <see cref="DecodeComposition"/>; anything else runs the composition. Off with
+/// FINETUNE_FUSED_DECODE=0 (or <see cref="UseFusedDecode"/> false): the A/B of the generation benchmark.
+/// </summary>
+public sealed partial class CudaBackend
+{
+    const int DecodeMaxRows = 2, DecodeMaxK = 8192; // DEC_MAX_M, DEC_MAX_K in decode.cu
+
+    public bool UseFusedDecode { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FUSED_DECODE") != "0";
+
+    /// <summary>Warps per block of the fused GEMVs (one output column each): FINETUNE_DECODE_WARPS, 2 … 32, default 8.</summary>
+    public int DecodeWarps { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_DECODE_WARPS"), out int w) ? Math.Clamp(w, 2, 32) : 8;
+
+    /// <summary>x [M, K] with M ≤ two rows (and the GEMV's row limit), K a multiple of 8 up to 8192; every tensor bf16, 16-byte aligned.</summary>
+    bool DecodeFits(Tensor x, params ReadOnlySpan<Tensor> others)
+    {
+        if (!UseFusedDecode || !UseGemv || x.Rows < 1 || x.Rows > Math.Min(DecodeMaxRows, GemvRows) || x.Cols > DecodeMaxK) return false;
+        if (!V8(x.Cols, x)) return false;
+        foreach (var t in others)
+            if (!V8(8, t)) return false;
+        return true;
+    }
+
+    /// <summary>Whether <paramref name="w"/> is a [n, k] weight whose products land in <paramref name="c"/> [m, n] from an input of m rows.</summary>
+    static bool ProductShape(Tensor c, Tensor w, int m, int k) => w.Cols == k && c.Rows == m && c.Cols == w.Rows;
+
+    public void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs)
+    {
+        int m = x.Rows, k = x.Cols;
+        bool fused = cs.Count == bs.Count && cs.Count is >= 1 and <= 3 && normWeight.Length == k && ln.Rows == m && ln.Cols == k
+            && rstd.DType == DType.F32 && rstd.Length >= m && DecodeFits(x, [ln, normWeight, .. cs, .. bs]);
+        for (int j = 0; j < cs.Count && fused; j++) fused = ProductShape(cs[j], bs[j], m, k);
+        if (!fused) { DecodeComposition.NormMatMulShared(this, cs, ln, rstd, x, normWeight, eps, bs); return; }
+        var args = new KernelArg[18];
+        args[0] = P(x); args[1] = P(normWeight); args[2] = eps; args[3] = 0f; args[4] = P(ln); args[5] = P(rstd);
+        args[6] = m; args[7] = k; args[8] = cs.Count;
+        int total = 0;
+        for (int j = 0; j < 3; j++)
+        {
+            bool used = j < cs.Count;
+            args[9 + 3 * j] = used ? P(cs[j]) : 0UL;
+            args[10 + 3 * j] = used ? P(bs[j]) : 0UL;
+            args[11 + 3 * j] = used ? cs[j].Cols : 0;
+            if (used) total += cs[j].Cols;
+        }
+        if (UseAsyncWeightCopies) LaunchDecode("gemv_norm_set_ca", total, AsyncShared(m * k * 2), args);
+        else LaunchDecode("gemv_norm_set", total, m * k * 2, args);
+    }
+
+    public void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight)
+    {
+        int m = x.Rows, k = x.Cols, n = gateWeight.Rows;
+        bool fused = normWeight.Length == k && ln.Rows == m && ln.Cols == k && rstd.DType == DType.F32 && rstd.Length >= m
+            && ProductShape(gate, gateWeight, m, k) && ProductShape(up, upWeight, m, k) && h.Rows == m && h.Cols == n
+            && DecodeFits(x, ln, normWeight, gate, up, h, gateWeight, upWeight);
+        if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
+        LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
+            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h)]);
+    }
+
+    public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
+    {
+        int m = a.Rows, k = a.Cols;
+        bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, y, weight, residual);
+        if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
+        if (UseAsyncWeightCopies) LaunchDecode("gemv_residual_ca", y.Cols, AsyncShared(0), [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+        else LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+    }
+
+    public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
+        Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
+    {
+        int m = q.Rows, d = headDim;
+        bool normed = qNorm is not null && kNorm is not null && qRstd is { DType: DType.F32 } && kRstd is { DType: DType.F32 };
+        int hq = q.Cols / Math.Max(1, d), hkv = k.Cols / Math.Max(1, d);
+        bool fused = d is 64 or 128 or 256 && q.Cols == hq * d && k.Cols == hkv * d && v.Cols == k.Cols && qIn.Cols == q.Cols && kIn.Cols == k.Cols
+            && k.Rows == m && v.Rows == m && qIn.Rows == m && kIn.Rows == m && positions.Length == m && cacheRows.Length == m
+            && positions.DType == DType.I32 && cacheRows.DType == DType.I32 && cos.DType == DType.F32 && sin.DType == DType.F32
+            && cos.Cols == d / 2 && sin.Cols == d / 2 && kCache.Cols == k.Cols && vCache.Cols == k.Cols
+            && (normed ? qNorm!.Length == d && kNorm!.Length == d && qRstd!.Length >= (long)m * hq && kRstd!.Length >= (long)m * hkv
+                : qNorm is null && kNorm is null && DecodeComposition.SameStorage(q, qIn) && DecodeComposition.SameStorage(k, kIn))
+            && DecodeFits(q, [k, qIn, kIn, v, kCache, vCache, .. (normed ? new[] { qNorm!, kNorm! } : [])]);
+        if (!fused)
+        {
+            DecodeComposition.QkRopeCache(this, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows);
+            return;
+        }
+        int warps = m * (hq + hkv);
+        LaunchDependent("decode.cu", "qk_rope_cache", ((warps + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+            [P(q), P(k), P(qIn), P(kIn), P(v), normed ? P(qNorm!) : 0UL, normed ? P(kNorm!) : 0UL, normed ? P(qRstd!) : 0UL, normed ? P(kRstd!) : 0UL,
+             eps, 0f, P(positions), P(cos), P(sin), cos.Rows, P(kCache), P(vCache), P(cacheRows), m, hq, hkv, d]);
+    }
+
+    /// <summary>
+    /// FINETUNE_DECODE_LB=3 takes the product kernels' <c>_lb3</c> entry points (__launch_bounds__(256, 3): three blocks
+    /// of 8 warps an SM instead of the two ~95 registers a thread allow); the same arithmetic.
+    /// </summary>
+    public int DecodeBlocksPerSm { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_LB") == "3" ? 3 : 0;
+
+    /// <summary>
+    /// FINETUNE_DECODE_CA=1: the q/k/v and residual products stream their weight rows through shared memory with cp.async
+    /// (decode.cu's _ca kernels, DEC_STAGES batches of 4 KiB a warp) instead of registers; the same arithmetic.
+    /// </summary>
+    public bool UseAsyncWeightCopies { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_DECODE_CA") == "1";
+
+    const int DecodeStageBytes = 4 * 32 * 8 * 16; // DEC_STAGES × DEC_STAGE uint4 in decode.cu
+
+    readonly HashSet<nint> _decodeSharedRaised = [];
+
+    /// <summary>The shared memory a _ca kernel's warps stage their weight batches in, past <paramref name="rowsBytes"/>.</summary>
+    int AsyncShared(int rowsBytes) => rowsBytes + DecodeWarps * DecodeStageBytes;
+
+    /// <summary>One warp per output column, <see cref="DecodeWarps"/> to a block; a programmatic dependent launch when that is on.</summary>
+    void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
+    {
+        int warps = DecodeWarps;
+        if (DecodeBlocksPerSm == 3 && warps <= 8 && !kernel.EndsWith("_ca", StringComparison.Ordinal)) kernel += "_lb3";
+        var grid = ((columns + warps - 1) / warps, 1, 1);
+        var function = _dev.Function("decode.cu", kernel);
+        if (sharedBytes > 48 << 10 && _decodeSharedRaised.Add(function))
+        {
+            _dev.SetDynamicSharedMemory(function, _dev.MaxSharedMemoryPerBlock);
+            _dev.PreferMaxSharedMemory(function);
+        }
+        if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
+        else _dev.Launch(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
+        if (_dev.Profiling) _dev.Mark(kernel);
+    }
+
+    /// <summary>Registers per thread of a kernel (cuFuncGetAttribute; DeviceChecks print them beside the decode kernels' times).</summary>
+    public int KernelRegisters(string program, string kernel) => _dev.FunctionAttribute(_dev.Function(program, kernel), 4 /* CU_FUNC_ATTRIBUTE_NUM_REGS */);
+}

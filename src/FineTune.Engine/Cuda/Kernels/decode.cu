@@ -1,0 +1,420 @@
+// A decode step's fused layer kernels (steps of one or two tokens: CausalLM.DecodeLayer, CudaBackend.Decode.cs). Each
+// replaces a chain of small launches with one and keeps the chain's arithmetic and rounding points, so the fused and
+// the unfused step give the same bits:
+//   gemv_norm_set     ln = rmsnorm(x), c_j = ln·B_jᵀ (up to three: q/k/v)     rmsnorm_forward_v8 + gemv_bf16_set
+//   gemv_norm_swiglu  ln = rmsnorm(x), h = silu(ln·Gᵀ)⊙(ln·Uᵀ)                rmsnorm_forward_v8 + gemv_bf16_set + swiglu_forward_v8
+//   gemv_residual     y = round(a·Bᵀ) + r                                     gemv_bf16 + ft_add_v8
+//   qk_rope_cache     per-head q/k RMSNorm (qwen3), RoPE, K/V into the cache  rmsnorm_forward_v8 ×2 + rope_apply ×2 + scatter_rows ×2
+// The products follow gemv.cu (one warp per output column, 16-byte streaming loads of the weight, fp32 sums in the
+// same order); the weight's first loads are issued before anything that reads the previous kernel's output. Each
+// kernel lets its dependent launch at once (pdl_trigger) and waits (pdl_wait) before reading what the kernel before it
+// wrote: with programmatic dependent launch on (CudaBackend.UseDependentLaunch) a step's chain of GEMVs streams weights
+// while the previous kernel drains. Warps per block: blockDim.x / 32 (CudaBackend.DecodeWarps). The
+// normed rows live in shared memory, computed once per block (a row of x is at most DEC_MAX_K values).
+#include "common.cuh"
+#include "mma.cuh"
+
+#define DEC_MAX_M 2
+#define DEC_U 8
+#define DEC_MAX_K 8192
+
+// One batch of a weight row's 16-byte chunks, DEC_U per lane (zeros past the row or for a warp without a column).
+__device__ __forceinline__ void dec_load(uint4 (&w)[DEC_U], const uint4* brow, int q0, int chunks, int lane)
+{
+#pragma unroll
+    for (int u = 0; u < DEC_U; u++)
+    {
+        int q = q0 + u * 32 + lane;
+        w[u] = brow != nullptr && q < chunks ? __ldcs(brow + q) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// acc[m] += the batch's dot products with rows m of a ([M, chunks] uint4), in gemv_column's order.
+__device__ __forceinline__ void dec_fma(float (&acc)[DEC_MAX_M], const uint4 (&w)[DEC_U], const uint4* a, int M, int q0, int chunks, int lane)
+{
+#pragma unroll
+    for (int u = 0; u < DEC_U; u++)
+    {
+        int q = q0 + u * 32 + lane;
+        if (q >= chunks) continue;
+        float wv[8];
+        unpack8(w[u], wv);
+#pragma unroll
+        for (int m = 0; m < DEC_MAX_M; m++)
+        {
+            if (m >= M) break;
+            float av[8];
+            unpack8(a[(i64)m * chunks + q], av);
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += wv[j] * av[j];
+            acc[m] += s;
+        }
+    }
+}
+
+// The whole dot product of one weight row with rows 0 … M−1 of a, the first batch already in w.
+__device__ __forceinline__ void dec_dot(float (&acc)[DEC_MAX_M], uint4 (&w)[DEC_U], const uint4* brow, const uint4* a, int M, int chunks, int lane)
+{
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++) acc[m] = 0.0f;
+    for (int q0 = 0; q0 < chunks; q0 += 32 * DEC_U)
+    {
+        bool more = q0 + 32 * DEC_U < chunks;
+        uint4 next[DEC_U];
+        if (more) dec_load(next, brow, q0 + 32 * DEC_U, chunks, lane);
+        dec_fma(acc, w, a, M, q0, chunks, lane);
+        if (more)
+        {
+#pragma unroll
+            for (int u = 0; u < DEC_U; u++) w[u] = next[u];
+        }
+    }
+}
+
+// The _ca variants stream a weight row through shared memory instead: lane l copies its DEC_U chunks of each batch into
+// its own slots with cp.async, DEC_STAGES − 1 batches ahead of the one it multiplies, and reads back only what it copied
+// (so no barrier); the loads in flight no longer live in registers. The arithmetic is dec_dot's.
+#define DEC_STAGES 4
+#define DEC_STAGE (32 * DEC_U)
+
+__device__ __forceinline__ void dec_issue(uint4* wsm, const uint4* brow, int b, int chunks, int lane)
+{
+    if (brow == nullptr) return;
+    uint4* stage = wsm + (b % DEC_STAGES) * DEC_STAGE;
+#pragma unroll
+    for (int u = 0; u < DEC_U; u++)
+    {
+        int q = b * DEC_STAGE + u * 32 + lane;
+        cp_async16(stage + u * 32 + lane, q < chunks ? brow + q : brow, q < chunks);
+    }
+}
+
+// The first DEC_STAGES − 1 batches on their way (before anything that reads the previous kernel's output).
+__device__ __forceinline__ void dec_prefetch_ca(uint4* wsm, const uint4* brow, int chunks, int lane)
+{
+    int batches = (chunks + DEC_STAGE - 1) / DEC_STAGE;
+#pragma unroll
+    for (int b = 0; b < DEC_STAGES - 1; b++)
+    {
+        if (b < batches) dec_issue(wsm, brow, b, chunks, lane);
+        cp_async_commit();
+    }
+}
+
+__device__ __forceinline__ void dec_dot_ca(float (&acc)[DEC_MAX_M], uint4* wsm, const uint4* brow, const uint4* a, int M, int chunks, int lane)
+{
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++) acc[m] = 0.0f;
+    int batches = (chunks + DEC_STAGE - 1) / DEC_STAGE;
+    for (int b = 0; b < batches; b++)
+    {
+        if (b + DEC_STAGES - 1 < batches) dec_issue(wsm, brow, b + DEC_STAGES - 1, chunks, lane);
+        cp_async_commit();
+        cp_async_wait<DEC_STAGES - 1>(); // batch b has landed
+        const uint4* stage = wsm + (b % DEC_STAGES) * DEC_STAGE;
+        uint4 w[DEC_U];
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) w[u] = stage[u * 32 + lane];
+        dec_fma(acc, w, a, M, b * DEC_STAGE, chunks, lane);
+    }
+}
+
+// xs = rmsnorm(x) for rows 0 … M−1 of x [M, K] (weight nw [K]) with rmsnorm_forward_v8's arithmetic: warp m sums row
+// m's squares lane by lane, the block then scales every value. Block 0 also writes ln and rstd (what RmsNorm writes).
+// Called by every thread of the block.
+__device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const uint4* nw, int M, int K, float eps, float off,
+                                              uint4* ln, float* rstd)
+{
+    __shared__ float inv_s[DEC_MAX_M];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c8 = K >> 3;
+    if (warp < M)
+    {
+        const uint4* xr = x + (i64)warp * c8;
+        float ss = 0.0f;
+        for (int c = lane; c < c8; c += 32)
+        {
+            float v[8]; unpack8(xr[c], v);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += v[j] * v[j];
+        }
+        ss = warp_sum(ss);
+        float inv = rsqrtf(ss / K + eps);
+        if (lane == 0)
+        {
+            inv_s[warp] = inv;
+            if (blockIdx.x == 0) rstd[warp] = inv;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < M * c8; i += blockDim.x)
+    {
+        int m = i / c8, c = i - m * c8;
+        float v[8], g[8]; unpack8(x[i], v); unpack8(nw[c], g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = v[j] * inv_s[m] * (g[j] + off);
+        uint4 packed = pack8(v);
+        xs[i] = packed;
+        if (blockIdx.x == 0) ln[i] = packed;
+    }
+    __syncthreads();
+}
+
+// ln = rmsnorm(x); c_i = ln·B_iᵀ for up to three weights B_i [N_i, K]; warp w of the grid takes column w of the
+// products laid end to end (as gemv_bf16_set). Dynamic shared memory: M·K bf16.
+__device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
+                                                   int M, int K, int count,
+                                                   unsigned short* c0, const uint4* b0, int n0,
+                                                   unsigned short* c1, const uint4* b1, int n1,
+                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs)
+{
+    pdl_trigger();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int n = blockIdx.x * (blockDim.x >> 5) + warp;
+    unsigned short* c = nullptr;
+    const uint4* brow = nullptr;
+    int N = 0;
+    if (n < n0) { c = c0; N = n0; brow = b0 + (i64)n * chunks; }
+    else if (count > 1 && n - n0 < n1) { n -= n0; c = c1; N = n1; brow = b1 + (i64)n * chunks; }
+    else if (count > 2 && n - n0 - n1 < n2) { n -= n0 + n1; c = c2; N = n2; brow = b2 + (i64)n * chunks; }
+    uint4 w[DEC_U];
+    dec_load(w, brow, 0, chunks, lane);
+    pdl_wait();
+    dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
+    if (brow == nullptr) return;
+    float acc[DEC_MAX_M];
+    dec_dot(acc, w, brow, xs, M, chunks, lane);
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++)
+    {
+        if (m >= M) break;
+        float s = warp_sum(acc[m]);
+        if (lane == 0) c[(i64)m * N + n] = f32_to_bf16(s);
+    }
+}
+
+// ln = rmsnorm(x); gate = ln·Gᵀ, up = ln·Uᵀ (G, U [N, K]), h = silu(gate)⊙up, each rounded to bf16 where the unfused
+// chain stores it. One warp per column j reads row j of both weights.
+__device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
+                                                      int M, int K, int N, const uint4* g, const uint4* u,
+                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs)
+{
+    pdl_trigger();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int n = blockIdx.x * (blockDim.x >> 5) + warp;
+    bool active = n < N;
+    const uint4* grow = active ? g + (i64)n * chunks : nullptr;
+    const uint4* urow = active ? u + (i64)n * chunks : nullptr;
+    uint4 wg[DEC_U], wu[DEC_U];
+    dec_load(wg, grow, 0, chunks, lane);
+    dec_load(wu, urow, 0, chunks, lane);
+    pdl_wait();
+    dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
+    if (!active) return;
+    float ag[DEC_MAX_M], au[DEC_MAX_M];
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++) { ag[m] = 0.0f; au[m] = 0.0f; }
+    for (int q0 = 0; q0 < chunks; q0 += 32 * DEC_U)
+    {
+        if (q0 > 0) { dec_load(wg, grow, q0, chunks, lane); dec_load(wu, urow, q0, chunks, lane); }
+        dec_fma(ag, wg, xs, M, q0, chunks, lane);
+        dec_fma(au, wu, xs, M, q0, chunks, lane);
+    }
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++)
+    {
+        if (m >= M) break;
+        float sg = warp_sum(ag[m]), su = warp_sum(au[m]);
+        if (lane == 0)
+        {
+            i64 i = (i64)m * N + n;
+            unsigned short gb = f32_to_bf16(sg), ub = f32_to_bf16(su);
+            gate[i] = gb;
+            up[i] = ub;
+            float gv = bf16_to_f32(gb), uv = bf16_to_f32(ub);
+            h[i] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+        }
+    }
+}
+
+// y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj).
+__device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+{
+    pdl_trigger();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int n = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (n >= N) return;
+    const uint4* brow = b + (i64)n * chunks;
+    uint4 w[DEC_U];
+    dec_load(w, brow, 0, chunks, lane);
+    pdl_wait();
+    float acc[DEC_MAX_M];
+    dec_dot(acc, w, brow, a, M, chunks, lane);
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++)
+    {
+        if (m >= M) break;
+        float s = warp_sum(acc[m]);
+        if (lane == 0)
+        {
+            i64 i = (i64)m * N + n;
+            y[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r[i]));
+        }
+    }
+}
+
+// gemv_norm_set and gemv_residual with the weight streamed through shared memory (dec_dot_ca). Shared memory: the normed
+// rows (norm_set; M·K bf16, rounded up to 16 bytes), then DEC_STAGES batches of 4 KiB per warp.
+__device__ __forceinline__ void gemv_norm_set_ca_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
+                                                      int M, int K, int count,
+                                                      unsigned short* c0, const uint4* b0, int n0,
+                                                      unsigned short* c1, const uint4* b1, int n1,
+                                                      unsigned short* c2, const uint4* b2, int n2, uint4* xs)
+{
+    pdl_trigger();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int n = blockIdx.x * (blockDim.x >> 5) + warp;
+    unsigned short* c = nullptr;
+    const uint4* brow = nullptr;
+    int N = 0;
+    if (n < n0) { c = c0; N = n0; brow = b0 + (i64)n * chunks; }
+    else if (count > 1 && n - n0 < n1) { n -= n0; c = c1; N = n1; brow = b1 + (i64)n * chunks; }
+    else if (count > 2 && n - n0 - n1 < n2) { n -= n0 + n1; c = c2; N = n2; brow = b2 + (i64)n * chunks; }
+    uint4* wsm = xs + M * chunks + warp * DEC_STAGES * DEC_STAGE;
+    dec_prefetch_ca(wsm, brow, chunks, lane);
+    pdl_wait();
+    dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
+    if (brow == nullptr) return;
+    float acc[DEC_MAX_M];
+    dec_dot_ca(acc, wsm, brow, xs, M, chunks, lane);
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++)
+    {
+        if (m >= M) break;
+        float s = warp_sum(acc[m]);
+        if (lane == 0) c[(i64)m * N + n] = f32_to_bf16(s);
+    }
+}
+
+__device__ __forceinline__ void gemv_residual_ca_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, uint4* xs)
+{
+    pdl_trigger();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int n = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (n >= N) return;
+    const uint4* brow = b + (i64)n * chunks;
+    uint4* wsm = xs + warp * DEC_STAGES * DEC_STAGE;
+    dec_prefetch_ca(wsm, brow, chunks, lane);
+    pdl_wait();
+    float acc[DEC_MAX_M];
+    dec_dot_ca(acc, wsm, brow, a, M, chunks, lane);
+#pragma unroll
+    for (int m = 0; m < DEC_MAX_M; m++)
+    {
+        if (m >= M) break;
+        float s = warp_sum(acc[m]);
+        if (lane == 0)
+        {
+            i64 i = (i64)m * N + n;
+            y[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r[i]));
+        }
+    }
+}
+
+// The entry points: each product kernel as is (the compiler's register choice: ~95 a thread, two 256-thread blocks an
+// SM) and as _lb3 with __launch_bounds__(256, 3) (at most 85 registers: three blocks an SM, half as many weight loads
+// in flight again), the same arithmetic (CudaBackend.DecodeBlocksPerSm picks).
+#define DEC_SMEM extern __shared__ uint4 xs[];
+#define NORM_SET_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int count, \
+    unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2)
+#define NORM_SET_ARGS (x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs)
+#define NORM_SWIGLU_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int N, \
+    const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h)
+#define NORM_SWIGLU_ARGS (x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs)
+#define RESIDUAL_PARAMS (unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+#define RESIDUAL_ARGS (y, a, b, r, M, N, K)
+
+extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_body NORM_SET_ARGS; }
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_set_lb3 NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_body NORM_SET_ARGS; }
+extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS { DEC_SMEM gemv_norm_swiglu_body NORM_SWIGLU_ARGS; }
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_norm_swiglu_lb3 NORM_SWIGLU_PARAMS { DEC_SMEM gemv_norm_swiglu_body NORM_SWIGLU_ARGS; }
+extern "C" __global__ void gemv_residual RESIDUAL_PARAMS { gemv_residual_body RESIDUAL_ARGS; }
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_residual_lb3 RESIDUAL_PARAMS { gemv_residual_body RESIDUAL_ARGS; }
+extern "C" __global__ void gemv_norm_set_ca NORM_SET_PARAMS { DEC_SMEM gemv_norm_set_ca_body NORM_SET_ARGS; }
+extern "C" __global__ void gemv_residual_ca RESIDUAL_PARAMS { DEC_SMEM gemv_residual_ca_body(y, a, b, r, M, N, K, xs); }
+
+// For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim
+// when a norm weight is given (qwen3's q_norm/k_norm), rotated (rope_apply's rotate-half arithmetic on the rounded
+// normed values) and stored to q / k; a k head's warp also writes its rotated K row and the V row into the cache at
+// cache_rows[t]. One warp per head, lane l holding elements 8l … 8l+7 (D = 64, 128 or 256: D/8 lanes, the rotation's
+// partner half D/16 lanes away).
+extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, const uint4* kin, const uint4* v,
+                                         const uint4* qn, const uint4* kn, float* qrstd, float* krstd, float eps, float off,
+                                         const int* positions, const float* cos_t, const float* sin_t, int max_pos,
+                                         uint4* kcache, uint4* vcache, const int* cache_rows, int M, int Hq, int Hkv, int D)
+{
+    pdl_trigger();
+    int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int heads = Hq + Hkv;
+    pdl_wait(); // q/k/v come from the kernel before (nothing here is a constant worth reading early)
+    if (warp >= M * heads) return;
+    int t = warp / heads, h = warp - t * heads;
+    bool isq = h < Hq;
+    if (!isq) h -= Hq;
+    int c8 = D >> 3, half = D >> 1, hc = c8 >> 1;
+    int width = (isq ? Hq : Hkv) * c8;
+    i64 at = (i64)t * width + (i64)h * c8 + lane;
+    const uint4* src = isq ? qin : kin;
+    const uint4* nw = isq ? qn : kn;
+    float x[8];
+    bool mine = lane < c8;
+    if (mine) unpack8(src[at], x);
+    else
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) x[j] = 0.0f;
+    }
+    if (nw != nullptr)
+    {
+        float ss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += x[j] * x[j];
+        ss = warp_sum(ss);
+        float inv = rsqrtf(ss / D + eps);
+        if (lane == 0) (isq ? qrstd : krstd)[(i64)t * (isq ? Hq : Hkv) + h] = inv;
+        if (mine)
+        {
+            float g[8]; unpack8(nw[lane], g);
+#pragma unroll
+            for (int j = 0; j < 8; j++) x[j] = x[j] * inv * (g[j] + off);
+            unpack8(pack8(x), x); // the normed head as stored
+        }
+    }
+    float p[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) p[j] = __shfl_xor_sync(FULL_MASK, x[j], hc);
+    int pos = positions[t];
+    if (mine && pos >= 0 && pos < max_pos)
+    {
+        bool first = lane < hc;
+        int i0 = (first ? lane : lane - hc) * 8;
+        const float* co = cos_t + (i64)pos * half + i0;
+        const float* si = sin_t + (i64)pos * half + i0;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            float s = 1.0f * si[j];
+            // first half: x_i·cos − x_{i+h}·sin; second half: x_{i+h}·cos + x_i·sin (x is this lane's, p the partner's)
+            x[j] = first ? x[j] * co[j] - p[j] * s : x[j] * co[j] + p[j] * s;
+        }
+    }
+    if (!mine) return;
+    uint4 out = pack8(x);
+    (isq ? q : k)[at] = out;
+    if (!isq)
+    {
+        i64 row = (i64)cache_rows[t] * Hkv * c8 + (i64)h * c8 + lane;
+        kcache[row] = out;
+        vcache[row] = v[at];
+    }
+}

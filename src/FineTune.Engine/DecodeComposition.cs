@@ -1,0 +1,50 @@
+namespace FineTune.Engine;
+
+/// <summary>
+/// The definitions of <see cref="IBackend"/>'s fused decode-layer operations as compositions of its plain ones: what
+/// every backend runs unless it fuses them (CUDA does for steps of one or two tokens, with the same bits), and what a
+/// fused kernel is checked against. The norms here are llama-style (weight offset 0).
+/// </summary>
+public static class DecodeComposition
+{
+    public static void NormMatMulShared(IBackend b, IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs)
+    {
+        b.RmsNorm(ln, rstd, x, normWeight, eps);
+        b.MatMulShared(cs, ln, bs);
+    }
+
+    public static void NormSwiGluMatMul(IBackend b, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps,
+        Tensor gateWeight, Tensor upWeight)
+    {
+        b.RmsNorm(ln, rstd, x, normWeight, eps);
+        b.MatMulShared([gate, up], ln, [gateWeight, upWeight]);
+        b.SwiGlu(h, gate, up);
+    }
+
+    public static void MatMulResidual(IBackend b, Tensor y, Tensor a, Tensor weight, Tensor residual)
+    {
+        b.MatMul(y, a, false, weight, true);
+        b.Add(y, residual);
+    }
+
+    public static void QkRopeCache(IBackend b, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
+        float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
+    {
+        if (qNorm is not null || kNorm is not null)
+        {
+            if (qNorm is null || kNorm is null || qRstd is null || kRstd is null)
+                throw new ArgumentException("q and k are normed together (q_norm and k_norm, each with its rstd) or not at all");
+            b.RmsNorm(q, qRstd, qIn, qNorm, eps);
+            b.RmsNorm(k, kRstd, kIn, kNorm, eps);
+        }
+        else if (!SameStorage(q, qIn) || !SameStorage(k, kIn))
+            throw new ArgumentException("without q/k norms q and k are rotated in place: pass qIn = q and kIn = k");
+        b.Rope(q, positions, cos, sin, headDim, inverse: false);
+        b.Rope(k, positions, cos, sin, headDim, inverse: false);
+        b.ScatterRows(kCache, k, cacheRows);
+        b.ScatterRows(vCache, v, cacheRows);
+    }
+
+    /// <summary>Whether two tensors name the same elements (views of one buffer at one offset).</summary>
+    public static bool SameStorage(Tensor a, Tensor b) => a.Buffer == b.Buffer && a.Offset == b.Offset && a.Length == b.Length;
+}

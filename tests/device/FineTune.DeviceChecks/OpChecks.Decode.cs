@@ -1,0 +1,173 @@
+using FineTune.Engine;
+
+namespace FineTune.DeviceChecks;
+
+// A decode step's fused layer operations (decode.cu) on the BF16 path: each against the CPU's composition (values) and
+// against the CUDA composition of plain kernels (bits: every output, ln and rstd included), at one and two rows; a
+// three-row step must take the composition. Times: fused launch vs the composition's launches.
+public static partial class OpChecks
+{
+    /// <summary>`decode`: only these checks (also part of `ops`).</summary>
+    public static List<CheckRow> RunDecode()
+    {
+        var rows = new List<CheckRow>();
+        using var cpu = new FineTune.Engine.Cpu.CpuBackend();
+        using var gpu = new FineTune.Engine.Cuda.CudaBackend(0);
+        var ctx = new Ctx(cpu, gpu, DType.BF16, "bf16", 1e-2, rows);
+        DecodeOps(ctx);
+        foreach (var b in ctx.Buffers) b.Dispose();
+        int failed = rows.Count(r => !r.Pass);
+        Console.WriteLine($"decode checks: {rows.Count - failed} passed, {failed} failed");
+        return rows;
+    }
+
+    static void DecodeOps(Ctx c)
+    {
+        if (c.Act != DType.BF16) return;
+        int gemvRows = c.Gpu.GemvRows;
+        c.Gpu.GemvRows = 2;
+        try
+        {
+            foreach (int m in new[] { 1, 2, 3 })
+            {
+                NormSetCheck(c, m, 2048, [2048, 1024, 1024]);
+                NormSwiGluCheck(c, m, 2048, 6144);
+                ResidualCheck(c, m, 2048, 2048);
+                ResidualCheck(c, m, 6144, 2048);
+            }
+            NormSetCheck(c, 1, 4096, [4096, 1024, 1024]);
+            NormSetCheck(c, 2, 1000, [200]);
+            NormSwiGluCheck(c, 1, 4096, 14336);
+            ResidualCheck(c, 1, 14336, 4096);
+            foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
+                QkRopeCheck(c, m, d, hq, hkv, normed);
+        }
+        finally
+        {
+            c.Gpu.GemvRows = gemvRows;
+            c.Gpu.UseFusedDecode = true;
+        }
+        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"), ("decode.cu", "gemv_norm_set_lb3"), ("decode.cu", "gemv_norm_swiglu_lb3"), ("decode.cu", "gemv_residual_lb3"), ("decode.cu", "gemv_norm_set_ca"), ("decode.cu", "gemv_residual_ca"), ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
+            Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
+    }
+
+    /// <summary>Runs <paramref name="op"/> fused and as the composition, checks each output pair's bits; returns (fused, composed) ms.</summary>
+    static void FusedVsComposed(Ctx c, string name, Action<bool> op, (Tensor Fused, Tensor Composed)[] outputs, string[] names)
+    {
+        c.Gpu.UseFusedDecode = true;
+        double ms = c.Time(() => op(true));
+        c.Gpu.UseFusedDecode = false;
+        op(false);
+        for (int i = 0; i < outputs.Length; i++)
+            c.Check($"{name} = composition", names[i] + " bits", c.Download(outputs[i].Fused).SequenceEqual(c.Download(outputs[i].Composed)), ms);
+        c.Gpu.UseFusedDecode = true;
+        double fused = c.TimeRepeat(() => op(true));
+        c.Gpu.UseFusedDecode = false;
+        double composed = c.TimeRepeat(() => op(false));
+        c.Gpu.UseFusedDecode = true;
+        Console.WriteLine($"     {name}: fused {fused:F4} ms, composition {composed:F4} ms");
+    }
+
+    static void NormSetCheck(Ctx c, int m, int k, int[] outs)
+    {
+        var x = c.Pair(c.Rand((long)m * k, 2f), [m, k]);
+        var nw = c.Pair(c.Rand(k), [k]);
+        var ws = outs.Select(o => c.Pair(c.Rand((long)o * k, 0.05f), [o, k])).ToArray();
+        (Tensor Cpu, Tensor Gpu)[] Outs() => outs.Select(o => c.Zeros([m, o])).ToArray();
+        var (ys, ys2) = (Outs(), Outs());
+        var (ln, ln2) = (c.Zeros([m, k]), c.Zeros([m, k]));
+        var (rs, rs2) = (c.Zeros([m], DType.F32), c.Zeros([m], DType.F32));
+        string name = $"norm+qkv {m}x[{string.Join('+', outs)}]x{k}";
+        FusedVsComposed(c, name, fused =>
+        {
+            var (y, l, r) = fused ? (ys, ln, rs) : (ys2, ln2, rs2);
+            c.Gpu.NormMatMulShared([.. y.Select(t => t.Gpu)], l.Gpu, r.Gpu, x.Gpu, nw.Gpu, 1e-6f, [.. ws.Select(w => w.Gpu)]);
+        }, [.. ys.Zip(ys2, (a, b) => (a.Gpu, b.Gpu)), (ln.Gpu, ln2.Gpu), (rs.Gpu, rs2.Gpu)], [.. outs.Select((_, j) => $"c{j}"), "ln", "rstd"]);
+        DecodeComposition.NormMatMulShared(c.Cpu, [.. ys.Select(t => t.Cpu)], ln.Cpu, rs.Cpu, x.Cpu, nw.Cpu, 1e-6f, [.. ws.Select(w => w.Cpu)]);
+        for (int j = 0; j < outs.Length; j++) c.Compare(name, $"c{j}", ys[j], 0);
+    }
+
+    static void NormSwiGluCheck(Ctx c, int m, int k, int n)
+    {
+        var x = c.Pair(c.Rand((long)m * k, 2f), [m, k]);
+        var nw = c.Pair(c.Rand(k), [k]);
+        var g = c.Pair(c.Rand((long)n * k, 0.05f), [n, k]);
+        var u = c.Pair(c.Rand((long)n * k, 0.05f), [n, k]);
+        (Tensor Cpu, Tensor Gpu)[] Set() => [c.Zeros([m, n]), c.Zeros([m, n]), c.Zeros([m, n]), c.Zeros([m, k]), c.Zeros([m], DType.F32)];
+        var (a, b) = (Set(), Set());
+        string name = $"norm+gate/up+swiglu {m}x{n}x{k}";
+        FusedVsComposed(c, name, fused =>
+        {
+            var s = fused ? a : b;
+            c.Gpu.NormSwiGluMatMul(s[0].Gpu, s[1].Gpu, s[2].Gpu, s[3].Gpu, s[4].Gpu, x.Gpu, nw.Gpu, 1e-6f, g.Gpu, u.Gpu);
+        }, [.. a.Zip(b, (p, q) => (p.Gpu, q.Gpu))], ["h", "gate", "up", "ln", "rstd"]);
+        DecodeComposition.NormSwiGluMatMul(c.Cpu, a[0].Cpu, a[1].Cpu, a[2].Cpu, a[3].Cpu, a[4].Cpu, x.Cpu, nw.Cpu, 1e-6f, g.Cpu, u.Cpu);
+        c.Compare(name, "h", a[0], 0);
+    }
+
+    static void ResidualCheck(Ctx c, int m, int k, int n)
+    {
+        var x = c.Pair(c.Rand((long)m * k), [m, k]);
+        var w = c.Pair(c.Rand((long)n * k, 0.05f), [n, k]);
+        var r = c.Pair(c.Rand((long)m * n), [m, n]);
+        var (y, y2) = (c.Zeros([m, n]), c.Zeros([m, n]));
+        string name = $"matmul+residual {m}x{n}x{k}";
+        FusedVsComposed(c, name, fused => c.Gpu.MatMulResidual((fused ? y : y2).Gpu, x.Gpu, w.Gpu, r.Gpu), [(y.Gpu, y2.Gpu)], ["y"]);
+        DecodeComposition.MatMulResidual(c.Cpu, y.Cpu, x.Cpu, w.Cpu, r.Cpu);
+        c.Compare(name, "y", y, 0);
+    }
+
+    static void QkRopeCheck(Ctx c, int m, int d, int hq, int hkv, bool normed)
+    {
+        int half = d / 2, maxPos = 40, cacheRows = 16;
+        var cosv = new float[maxPos * half];
+        var sinv = new float[maxPos * half];
+        for (int p = 0; p < maxPos; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double theta = p * Math.Pow(10000, -2.0 * i / d);
+                cosv[p * half + i] = (float)Math.Cos(theta);
+                sinv[p * half + i] = (float)Math.Sin(theta);
+            }
+        var cos = c.Pair(cosv, [maxPos, half], DType.F32);
+        var sin = c.Pair(sinv, [maxPos, half], DType.F32);
+        int[] positions = [.. Enumerable.Range(0, m).Select(i => 5 + 17 * i)];
+        int[] rows = [.. Enumerable.Range(0, m).Select(i => 11 - 3 * i)];
+        var pos = c.IntPair(positions, [m]);
+        var crow = c.IntPair(rows, [m]);
+        var qIn = c.Pair(c.Rand((long)m * hq * d, 2f), [m, hq * d]);
+        var kIn = c.Pair(c.Rand((long)m * hkv * d, 2f), [m, hkv * d]);
+        var v = c.Pair(c.Rand((long)m * hkv * d), [m, hkv * d]);
+        var qn = c.Pair(c.Rand(d), [d]);
+        var kn = c.Pair(c.Rand(d), [d]);
+        var kcBase = c.Rand((long)cacheRows * hkv * d);
+        (Tensor Cpu, Tensor Gpu)[] Set() => normed
+            ? [c.Zeros([m, hq * d]), c.Zeros([m, hkv * d]), c.Pair(kcBase, [cacheRows, hkv * d]), c.Pair(kcBase, [cacheRows, hkv * d]),
+               c.Zeros([m * hq], DType.F32), c.Zeros([m * hkv], DType.F32)]
+            : [c.Pair(c.Download(qIn.Gpu), [m, hq * d]), c.Pair(c.Download(kIn.Gpu), [m, hkv * d]), c.Pair(kcBase, [cacheRows, hkv * d]), c.Pair(kcBase, [cacheRows, hkv * d])];
+        var (a, b) = (Set(), Set());
+        string name = $"qk{(normed ? "-norm" : "")}+rope+cache {m}x(H{hq}/{hkv} D{d})";
+        // Without norms q and k rotate in place: each run starts from fresh copies of the inputs.
+        var qStart = c.Download(qIn.Gpu);
+        var kStart = c.Download(kIn.Gpu);
+        void Op(bool fused)
+        {
+            var s = fused ? a : b;
+            if (normed)
+                c.Gpu.QkRopeCache(s[0].Gpu, s[1].Gpu, qIn.Gpu, kIn.Gpu, v.Gpu, qn.Gpu, kn.Gpu, s[4].Gpu, s[5].Gpu, 1e-6f, pos.Gpu, cos.Gpu, sin.Gpu, d, s[2].Gpu, s[3].Gpu, crow.Gpu);
+            else
+            {
+                c.Gpu.Upload(s[0].Gpu, qStart);
+                c.Gpu.Upload(s[1].Gpu, kStart);
+                c.Gpu.QkRopeCache(s[0].Gpu, s[1].Gpu, s[0].Gpu, s[1].Gpu, v.Gpu, null, null, null, null, 1e-6f, pos.Gpu, cos.Gpu, sin.Gpu, d, s[2].Gpu, s[3].Gpu, crow.Gpu);
+            }
+        }
+        FusedVsComposed(c, name, Op, [.. a.Zip(b, (p, q) => (p.Gpu, q.Gpu))], normed ? ["q", "k", "kcache", "vcache", "qrstd", "krstd"] : ["q", "k", "kcache", "vcache"]);
+        if (normed)
+            DecodeComposition.QkRopeCache(c.Cpu, a[0].Cpu, a[1].Cpu, qIn.Cpu, kIn.Cpu, v.Cpu, qn.Cpu, kn.Cpu, a[4].Cpu, a[5].Cpu, 1e-6f, pos.Cpu, cos.Cpu, sin.Cpu, d, a[2].Cpu, a[3].Cpu, crow.Cpu);
+        else
+            DecodeComposition.QkRopeCache(c.Cpu, a[0].Cpu, a[1].Cpu, a[0].Cpu, a[1].Cpu, v.Cpu, null, null, null, null, 1e-6f, pos.Cpu, cos.Cpu, sin.Cpu, d, a[2].Cpu, a[3].Cpu, crow.Cpu);
+        c.Compare(name, "q", a[0], 0);
+        c.Compare(name, "kcache", a[2], 0);
+    }
+}
