@@ -603,4 +603,26 @@ public sealed class DataParallelTests : IDisposable
         TrainingArguments A(string name) => FullArgs(name) with { GradientAccumulationSteps = 1 };
         Assert.Equal(OneProcess(A("z2l-plain"), Full), Ok(Ranks(1, 2, _ => A("z2l-one"), Full, layerGradients: true))[0]);
     }
+
+    [Fact]
+    public void Zero_3_of_a_mixture_of_experts_gives_one_processs_weights()
+    {
+        // qwen3_moe-style layers (4 experts, top 2), no aux loss: the expert stacks and the router are the layer's group.
+        var moe = TinyTrainingModels.Spec with
+        {
+            Architecture = "qwen3_moe",
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 12 },
+        };
+        float[] one;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(Full, moe);
+            FineTuneRecipe.Train(model, FullArgs("z3moe-one"), Loader(), null, ITrainingMonitor.Silent);
+            one = Trainable(model);
+        }
+        var two = Ok(Ranks(2, 3, r => FullArgs($"z3moe-{r}"), Full, load: (models, setup) => models.Create(setup, moe)));
+        Assert.Equal(two[0], two[1]);
+        double rel = RelativeDifference(two[0], one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+    }
 }
