@@ -83,6 +83,21 @@ public sealed class DistributedCliTests
     }
 
     [Fact]
+    public void A_rank_killed_under_zero_3_ends_every_rank_at_the_next_gather()
+    {
+        using var dir = new TempDir();
+        Pipeline(dir, accumulation: 1, maxSteps: 6, saveSteps: 2, extra: "    finetuning_type: freeze\n    freeze_trainable_modules: mlp\n    zero_stage: 3");
+        // Rank 1 kills itself right after step 3 (checkpoint-2 written from both ranks' chunks); rank 0's next collective is
+        // step 4's gather of layer 0's MLP.
+        var killed = CliTests.Finetune(new Dictionary<string, string> { ["FINETUNE_FAULT_KILL"] = "1:3" }, "run", dir.Path, "--stage", "train", "--nproc-per-node", "2");
+        Assert.Equal(137, killed.Code);
+        Assert.Contains("error: stage train failed: rank 0: rank 1 closed its connection during the parameter all-gather of layer 0 in step 4 (it exited, crashed or was killed; its own output says why); stopping this rank.",
+            killed.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        var checkpoints = Directory.GetDirectories(Path.Combine(dir.Path, ".finetune", "work", "train", "checkpoints")).Single();
+        Assert.True(File.Exists(Path.Combine(checkpoints, "checkpoint-2", "model.safetensors")));
+    }
+
+    [Fact]
     public void Zero_3_of_lora_is_refused_naming_the_key_and_what_to_use()
     {
         using var dir = new TempDir();
