@@ -41,6 +41,7 @@ public sealed partial class CausalLM
     public IReadOnlyList<GeneratedSequence> Generate(IReadOnlyList<int[]> prompts, GenerationOptions options, Func<int, int, bool>? onToken = null)
     {
         if (prompts.Count == 0) return [];
+        RequireWholeParameters("generation");
         if (prompts.Any(p => p.Length == 0)) throw new ArgumentException("every prompt needs at least one token");
         int b = prompts.Count, promptLen = prompts.Max(p => p.Length);
         var engineOptions = new GenerationEngineOptions

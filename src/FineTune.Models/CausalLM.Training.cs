@@ -37,13 +37,17 @@ public sealed partial class CausalLM
     {
         var acts = _acts!;
         ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)randomCounter);
+        Gather(_outerGroup); // ZeRO-3: the embeddings and head stay gathered through the pass and its backward
         EmbedTokens(n, batch.SeqLen, seed, training: true);
         var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
         BeginRouterStatistics(batch);
         try
         {
             for (int l = 0; l < _layers.Length; l++)
+            {
+                Gather(LayerGroup(l));
                 LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true);
+            }
         }
         finally { _routerStatistics = false; }
         return new TrainingPass(n, shape, seed);
@@ -62,12 +66,14 @@ public sealed partial class CausalLM
         for (int l = _layers.Length - 1; l >= LowestBackwardLayer; l--)
         {
             var a = LayerActs(l);
+            Gather(LayerGroup(l)); // ZeRO-3: again, for the recompute and the backward (the window held another layer)
             if (RecomputesLayer(l))
                 LayerForward(_layers[l], a, acts.Residual[l], acts.Residual[l + 1], n, shape, seed, training: true, recompute: true);
             else if (acts.Storage[l] == LayerStorage.Selective)
                 RecomputeSelective(_layers[l], a, acts.Residual[l], n);
             LayerBackward(_layers[l], a, acts.Residual[l], n, shape, seed);
             finished?.Invoke(_layers.Length - l);
+            ReleaseGradients(LayerGroup(l));
         }
         if (_embed.Grad is { } eg)
         {
@@ -75,6 +81,7 @@ public sealed partial class CausalLM
             Backend.EmbeddingBackward(eg, Rows(acts.Dres, n), Head1(acts.Ids, n));
         }
         finished?.Invoke(_layers.Length + 1);
+        ReleaseGradients(_outerGroup);
     }
 
     /// <summary>
@@ -154,10 +161,14 @@ public sealed partial class CausalLM
     private void RunForward(TokenBatch batch, int n)
     {
         var acts = _acts!;
+        Gather(_outerGroup);
         EmbedTokens(n, batch.SeqLen, 0, training: false);
         var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
         for (int l = 0; l < _layers.Length; l++)
+        {
+            Gather(LayerGroup(l));
             LayerForward(_layers[l], LayerActs(l), acts.Residual[l], acts.Residual[l + 1], n, shape, 0, training: false);
+        }
     }
 
     /// <summary>True inside <see cref="WithoutAdapters{T}"/>: LinearForward and SetForward skip every LoRA adapter.</summary>

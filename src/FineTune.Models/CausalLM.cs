@@ -20,6 +20,8 @@ public sealed partial class CausalLM : IDisposable
     private readonly Tensor _gradNormSquared;
     /// <summary>The arena's run of gradients (every trainable grad and the groups' stacked A grads, nothing else between), in pieces of at most 2³⁰ floats.</summary>
     private readonly Tensor[] _gradRun;
+    /// <summary>ZeRO's windows (or shards) hold the trainable gradients: they are zeroed one by one, not as the run.</summary>
+    private readonly bool _gradientsInWindows;
     private readonly Parameter? _valueHeadWeight, _valueHeadBias;
     private ModelActivations? _acts;
     private TensorArena? _rope;
@@ -36,6 +38,7 @@ public sealed partial class CausalLM : IDisposable
             throw new NotSupportedException("fp8 and QLoRA (quantization_bit) both choose how the frozen base is held: use one of them");
         if (spec.Moe is not null && setup.Quantization is not null)
             throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
+        if (setup.ShardedParameters is not null || setup.ShardedGradients is not null) CheckShardable(setup);
         var views = new List<Parameter>();
         Spec = spec;
         Backend = backend;
@@ -186,6 +189,12 @@ public sealed partial class CausalLM : IDisposable
                 }
         var handles = new Dictionary<Parameter, (bool Trainable, int Value, int Master, int Grad, int M, int V)>();
         bool separateMaster = backend.ComputeDType != DType.F32;
+        // ZeRO-3: the trainable parameters' values and gradients live in gather windows, their masters in this rank's shards.
+        // ZeRO-2 with ShardedGradients: only the gradients live in windows, the values and masters stay whole.
+        bool valuesSharded = setup.ShardedParameters is not null;
+        var shardPlan = (setup.ShardedParameters ?? setup.ShardedGradients) is { } sharding
+            ? PlanShards(builder, backend, _allParameters, _layers, trainableNames, sharding, valuesSharded) : default;
+        bool noMoments = setup.ShardedOptimizerStates || setup.ShardedParameters is not null;
         // PEFT's ModulesToSaveWrapper keeps the original module beside the trained copy, and disable_adapter() runs
         // the original: the base values of LoRA's additional_target modules stay here for the adapter-disabled forward.
         var originalHandles = new Dictionary<Parameter, int>();
@@ -198,14 +207,12 @@ public sealed partial class CausalLM : IDisposable
         {
             bool stacked = stackedA.ContainsKey(p), trainable = trainableNames.Contains(p.Name);
             bool quantized = HeldQuantized(p, trainable);
+            bool gradInWindow = trainable && shardPlan.Groups is not null, valueInWindow = gradInWindow && valuesSharded;
             if (quantized) PlanQuantized(builder, p);
-            int value = stacked || quantized ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
+            int value = stacked || quantized || valueInWindow ? -1 : builder.Add(p.Name, backend.ComputeDType, p.Shape);
             int master = -1, m = -1, v = -1;
-            if (trainable)
-            {
-                if (separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
-                if (!setup.ShardedOptimizerStates) (m, v) = PlanMoments(builder, p);
-            }
+            if (trainable && !valueInWindow && separateMaster) master = builder.Add(p.Name + ".master", DType.F32, p.Shape);
+            if (trainable && !noMoments) (m, v) = PlanMoments(builder, p);
             handles[p] = (trainable, value, master, -1, m, v);
         }
         var gradHandles = new List<int>();
@@ -215,8 +222,9 @@ public sealed partial class CausalLM : IDisposable
                 groupHandles[g] = (groupHandles[g].Value, builder.Add(name + ".grad", DType.F32, g.Rows, g.In));
                 gradHandles.Add(groupHandles[g].Grad);
             }
+        // The gradients in one run of the arena (one memset zeroes them all), except where ZeRO's windows hold them.
         foreach (var p in _allParameters)
-            if (handles[p] is { Trainable: true } h && !stackedA.ContainsKey(p))
+            if (handles[p] is { Trainable: true } h && !stackedA.ContainsKey(p) && shardPlan.Groups is null)
             {
                 h.Grad = builder.Add(p.Name + ".grad", DType.F32, p.Shape);
                 handles[p] = h;
@@ -228,6 +236,8 @@ public sealed partial class CausalLM : IDisposable
         BindQuantized();
         _gradNormSquared = _weights[normHandle];
         _gradRun = GradientRun(_weights, gradHandles);
+        _gradientsInWindows = shardPlan.Groups is not null;
+        var places = shardPlan.Groups is { } planned ? BindShards(planned, shardPlan.Shards, shardPlan.Windows) : new Dictionary<Parameter, ParameterShard>();
         foreach (var (g, gh) in groupHandles)
         {
             g.A = _weights[gh.Value];
@@ -251,16 +261,30 @@ public sealed partial class CausalLM : IDisposable
                 p.Value = _weights[hd.Value];
                 if (hd.Grad >= 0) grad = _weights[hd.Grad];
             }
+            var place = places.GetValueOrDefault(p);
+            if (place is not null)
+            {
+                if (valuesSharded) p.Value = place.Group.Window.View(place.Offset, p.Shape, p.Name);
+                grad = place.Group.GradWindow.View(place.Offset, p.Shape, p.Name + ".grad");
+            }
             if (!hd.Trainable) continue;
             // The value head is saved apart (value_head.safetensors) under its own names, never as a PEFT module.
             string saved = peftNames && !IsValueHead(p) ? "base_model.model." + p.Name : p.Name;
-            var master = separateMaster ? _weights[hd.Master] : p.Value;
+            var master = place is not null && valuesSharded ? null : separateMaster ? _weights[hd.Master] : p.Value;
             p.Trainable = new TrainableParameter(saved, p.Name, p.Shape, p.Role, p.Value, master, grad!,
                 hd.M >= 0 ? _weights[hd.M] : null, hd.V >= 0 ? _weights[hd.V] : null)
             {
                 EightBit = EightBitMomentsOf(p),
+                Shard = place,
             };
             _trainable.Add(p.Trainable);
+            place?.Group._parameters.Add(p.Trainable);
+        }
+        if (shardPlan.Groups is { } groups)
+        {
+            _shardedGroups = [.. groups];
+            _outerGroup = groups.FirstOrDefault(g => g.Slot == 0);
+            _layerGroups = _layers.Select(l => groups.FirstOrDefault(g => g.Layer == l.Index)).ToArray();
         }
 
         foreach (var view in views) view.ResolveView();
@@ -346,15 +370,21 @@ public sealed partial class CausalLM : IDisposable
                 for (int i = 0; i < span.Length; i++) span[i] = (float)((2 * Seeds.Uniform(s, i) - 1) * bound);
             }
             else source.Read(SourceName(source, p.Name), p.Shape, span);
+            if (p.Trainable is { Shard.Group.ShardsValues: true } shardedParameter) { LoadMaster(shardedParameter, span); continue; }
             Backend.Upload(p.Value, span);
             if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, span);
         }
     }
 
-    /// <summary>Zeroes every trainable gradient: one memset over the arena's run of gradients (per piece of 2³⁰ floats).</summary>
+    /// <summary>
+    /// Zeroes every trainable gradient: one memset over the arena's run of gradients (per piece of 2³⁰ floats); under
+    /// ZeRO's per-layer windows, each trainable gradient (its window view or owned chunk) in turn.
+    /// </summary>
     public void ZeroGrad()
     {
         foreach (var piece in _gradRun) Backend.Zero(piece);
+        if (_gradientsInWindows)
+            foreach (var t in _trainable) Backend.Zero(t.Grad);
     }
 
     /// <summary>
@@ -389,6 +419,9 @@ public sealed partial class CausalLM : IDisposable
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         var host = new float[p.Length];
         if (TryReadQuantized(p, host)) return host;
+        if (p.Trainable is { Shard.Group.ShardsValues: true } sharded)
+            return GatheredParameters?.GetValueOrDefault(sharded)?.ToArray() ?? throw new InvalidOperationException(
+                $"{hfName}: under ZeRO-3 no rank holds the whole parameter; read it inside DataParallel.GatherParameters.");
         Backend.Download(p.Trainable?.Master ?? p.Value, host);
         return host;
     }
@@ -399,6 +432,7 @@ public sealed partial class CausalLM : IDisposable
         var p = _allParameters.FirstOrDefault(x => x.Name == hfName)
             ?? throw new KeyNotFoundException($"the model has no parameter '{hfName}'");
         if (TryWriteQuantized(p, values)) return;
+        if (p.Trainable is { Shard.Group.ShardsValues: true } sharded) { LoadMaster(sharded, values); return; }
         Backend.Upload(p.Value, values);
         if (p.Trainable is { } t && !ReferenceEquals(t.Master, t.Value)) Backend.Upload(t.Master, values);
     }

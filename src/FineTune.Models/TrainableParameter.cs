@@ -10,18 +10,21 @@ public enum ParameterRole { Weight, Bias, Norm, Embedding, LoraA, LoraB }
 /// (model.layers.0.mlp.down_proj.weight) for full and freeze. <see cref="Value"/> is what the forward reads
 /// (compute dtype); <see cref="Master"/> is the F32 copy AdamW updates (the same tensor when the compute dtype is F32).
 /// <see cref="Grad"/>, <see cref="M"/>, <see cref="V"/> are F32 and zero at start; a model built with
-/// <see cref="TrainingSetup.ShardedOptimizerStates"/> has no <see cref="M"/>, <see cref="V"/> (ZeRO holds them in shards).
+/// <see cref="TrainingSetup.ShardedOptimizerStates"/> has no <see cref="M"/>, <see cref="V"/> (ZeRO holds them in shards);
+/// one built with <see cref="TrainingSetup.ShardedParameters"/> (ZeRO-3) has no whole <see cref="Master"/> either: its
+/// <see cref="Value"/> and <see cref="Grad"/> are views of its group's gather windows, valid while the group is gathered
+/// (<see cref="Shard"/>), and its master lives in the group's shards.
 /// </summary>
 public sealed class TrainableParameter
 {
-    internal TrainableParameter(string name, string hfName, int[] shape, ParameterRole role, Tensor value, Tensor master, Tensor grad, Tensor? m, Tensor? v)
+    internal TrainableParameter(string name, string hfName, int[] shape, ParameterRole role, Tensor value, Tensor? master, Tensor grad, Tensor? m, Tensor? v)
     {
         Name = name;
         HfName = hfName;
         Shape = shape;
         Role = role;
         Value = value;
-        Master = master;
+        _master = master;
         Grad = grad;
         _m = m;
         _v = v;
@@ -33,8 +36,13 @@ public sealed class TrainableParameter
     public IReadOnlyList<int> Shape { get; }
     public ParameterRole Role { get; }
     public Tensor Value { get; }
-    public Tensor Master { get; }
+    public Tensor Master => _master ?? throw new InvalidOperationException(
+        $"{Name}: under ZeRO-3 no rank holds the whole master weights; gather them through DataParallel.GatherParameters.");
+    readonly Tensor? _master;
     public Tensor Grad { get; }
+    /// <summary>ZeRO-3: the group this parameter is gathered with and where it starts in the group's flat layout; null when whole.</summary>
+    public ParameterShard? Shard { get; internal init; }
+
     readonly Tensor? _m, _v;
     public Tensor M => _m ?? throw NoMoments();
     public Tensor V => _v ?? throw NoMoments();
@@ -62,6 +70,9 @@ public sealed class TrainableParameter
         else Value.Backend.AdamW(Master, Grad, M, V, copy, gradNormSquared, step);
     }
 }
+
+/// <summary>A ZeRO-3 parameter's place: elements [Offset, Offset + Length) of <paramref name="Group"/>'s flat layout.</summary>
+public sealed record ParameterShard(ShardedGroup Group, long Offset);
 
 /// <summary>
 /// bitsandbytes' 8-bit block-wise moments of one parameter: absmax per 256 values (F32) and the code books, bnb's

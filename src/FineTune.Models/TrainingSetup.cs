@@ -2,6 +2,9 @@ namespace FineTune.Models;
 
 public enum FinetuningType { Lora, Freeze, Full }
 
+/// <summary>ZeRO-3's partition: rank <see cref="Rank"/> of <see cref="WorldSize"/> owns chunk Rank of each group's flat layout.</summary>
+public sealed record ParameterSharding(int Rank, int WorldSize);
+
 /// <summary>
 /// Which parameters train and how, with LLaMA-Factory's meanings:
 /// lora_target "all" = every linear layer but the output head; freeze_trainable_layers n &gt; 0 trains the
@@ -63,6 +66,20 @@ public sealed record TrainingSetup
     /// rank, the moments of the chunks that rank owns (1/world of them). Such a model cannot run its own optimizer step.
     /// </summary>
     public bool ShardedOptimizerStates { get; init; }
+
+    /// <summary>
+    /// ZeRO-3 over several processes: this rank holds, of every trainable tensor, only its chunk of the F32 master (and of
+    /// the compute copy); the whole values exist one layer at a time, gathered into a window before the layer computes
+    /// (see <see cref="CausalLM.ShardedGroups"/>). Implies <see cref="ShardedOptimizerStates"/>. Full and freeze only.
+    /// </summary>
+    public ParameterSharding? ShardedParameters { get; init; }
+
+    /// <summary>
+    /// ZeRO-2 without whole gradients (full and freeze): the trainable tensors' gradients are views of one layer's gradient
+    /// window (<see cref="CausalLM.ShardedGroups"/>), handed on after every backward, and the rank keeps its chunk of the
+    /// step's gradient; values and masters stay whole. <see cref="ShardedParameters"/> shards the gradients so as well.
+    /// </summary>
+    public ParameterSharding? ShardedGradients { get; init; }
 
     /// <summary>
     /// fp8 (LLaMA-Factory's fp8: true): the frozen decoder linears (q, k, v, o, gate, up, down) held as FP8 E4M3 with a

@@ -23,7 +23,18 @@ namespace FineTune.Training;
 /// the elements it owns, then the updated master weights are all-gathered. Stage 2: gradients reduce-scattered (each rank
 /// receives only the sum of its chunk), the clipping norm summed from the chunks, then as stage 1. Before a checkpoint the
 /// moments are all-gathered into host arrays, so the checkpoint has the single-process format and resumes on any world
-/// size. Stage 3 (parameters sharded) is not implemented.
+/// size.
+/// </para>
+/// <para>
+/// Stage 3 (parameters sharded, the model built with <see cref="TrainingSetup.ShardedParameters"/>): the buckets are the
+/// model's <see cref="CausalLM.ShardedGroups"/> (a decoder layer each, and the embeddings with the head), each rank holding
+/// its chunk of their masters, gradients and moments. The model asks for a group's whole values right before it computes
+/// (<see cref="CausalLM.GatherParameters"/>: an all-gather into the group's window) and reports its gradients of every
+/// backward (not only the last of a share) through <see cref="CausalLM.GradientsFinished"/>: they are reduce-scattered
+/// and added into the owned chunk's gradient. AdamW then steps the owned chunks; nothing is all-gathered after the step,
+/// the next forward gathers each group when it needs it. Checkpoints gather the masters as the moments.
+/// ZeRO-2 of a model built with <see cref="TrainingSetup.ShardedGradients"/> reduces the same per-layer gradient windows
+/// after every backward, while its values and masters stay whole (stepped and all-gathered as stage 1).
 /// </para>
 /// </summary>
 public sealed class DataParallel : IDisposable
@@ -37,14 +48,14 @@ public sealed class DataParallel : IDisposable
     DeviceBuffer? _scratch, _shards;
     Tensor? _flat, _normSquared, _shardM, _shardV;
 
-    /// <param name="zeroStage">0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients).</param>
+    /// <param name="zeroStage">0 (plain data parallel), 1 (optimizer states sharded), 2 (and gradients) or 3 (and parameters).</param>
     /// <param name="overlap">Reduce each bucket as soon as the share's last backward has finished its gradients (see
     /// <see cref="LastBackward{T}"/>), instead of all after the backward; the same bits either way.</param>
     public DataParallel(ICollective collective, int zeroStage = 0, long bucketElements = DefaultBucketElements, bool overlap = true)
     {
         Overlap = overlap;
-        if (zeroStage is < 0 or > 2)
-            throw new TrainingException($"zero_stage {zeroStage} is not implemented: 0 (plain data parallel), 1 (optimizer states sharded) or 2 (and gradients); ZeRO-3 (parameters sharded) is not available yet.");
+        if (zeroStage is < 0 or > 3)
+            throw new TrainingException($"zero_stage {zeroStage} does not exist: 0 (plain data parallel), 1 (optimizer states sharded), 2 (and gradients) or 3 (and parameters).");
         Collective = collective;
         ZeroStage = zeroStage;
         _bucketElements = Math.Max(1, bucketElements);
@@ -75,6 +86,8 @@ public sealed class DataParallel : IDisposable
     {
         /// <summary>The backward stage (<see cref="CausalLM.BackwardStage"/>) after which all of this bucket's gradients are final.</summary>
         public int ReadyStage { get; init; }
+        /// <summary>The model's group this bucket is (its windows and shards: ZeRO-3, or ZeRO-2 with per-layer gradients); null otherwise.</summary>
+        public ShardedGroup? Group { get; init; }
     }
 
     /// <summary>A parameter's whole AdamW moments on the host (gathered for a checkpoint, or read from one).</summary>
@@ -86,6 +99,15 @@ public sealed class DataParallel : IDisposable
         if (ReferenceEquals(_model, model)) return;
         if (ZeroStage > 0 && model.TrainableParameters.Any(p => p.EightBit is not null))
             throw new TrainingException($"zero_stage {ZeroStage} with an 8-bit optimizer (optim: adamw_8bit) is not implemented: its moments are quantized in blocks of 256, which the flat partition would cut; use zero_stage: 0 or optim: adamw_torch.");
+        var sharding = new ParameterSharding(Rank, WorldSize);
+        if (ZeroStage == 3 && model.Setup.ShardedParameters != sharding)
+            throw new InvalidOperationException($"zero_stage 3: build the model with TrainingSetup.ShardedParameters = (rank {Rank}, world size {WorldSize})");
+        if (ZeroStage < 3 && model.Setup.ShardedParameters is not null)
+            throw new InvalidOperationException($"zero_stage {ZeroStage}: the model's parameters are sharded (ZeRO-3); build it whole");
+        if (ZeroStage == 2 && model.Setup.ShardedGradients is { } gradients && gradients != sharding || ZeroStage < 2 && model.Setup.ShardedGradients is not null)
+            throw new InvalidOperationException($"zero_stage {ZeroStage}: TrainingSetup.ShardedGradients is for zero_stage 2 with (rank {Rank}, world size {WorldSize})");
+        if (model.ShardedGroups.Count > 0 && model.RouterAuxLossCoef != 0)
+            throw new TrainingException($"zero_stage {ZeroStage} with per-layer gradient windows and a mixture of experts' load-balancing loss (moe_aux_loss_coef) is not supported: a rank whose share of a step ends early runs label-free micro-batches, whose aux loss would add gradients; use zero_stage 2 with whole gradients.");
         _model = model;
         var buckets = new List<Bucket>();
         var current = new List<Piece>();
@@ -98,16 +120,24 @@ public sealed class DataParallel : IDisposable
             current.Clear();
             length = 0;
         }
-        foreach (var p in model.TrainableParameters.Reverse())
+        if (model.ShardedGroups.Count > 0)
+            foreach (var g in model.ShardedGroups)
+                buckets.Add(new Bucket([.. g.Parameters.Select(p => new Piece(p, p.Shard!.Offset))], g.Length, g.Chunk, buckets.Sum(b => b.Chunk))
+                    { ReadyStage = g.ReadyStage, Group = g });
+        else
         {
-            if (length > 0 && length + p.Length > _bucketElements) Close();
-            current.Add(new Piece(p, length));
-            length += p.Length;
+            foreach (var p in model.TrainableParameters.Reverse())
+            {
+                if (length > 0 && length + p.Length > _bucketElements) Close();
+                current.Add(new Piece(p, length));
+                length += p.Length;
+            }
+            Close();
         }
-        Close();
         _buckets = [.. buckets];
         _launchStages = new int[_buckets.Length];
-        long flat = _buckets.Length == 0 ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
+        // The model's groups reduce in their own gradient windows; the flat buffer is not needed.
+        long flat = _buckets.Length == 0 || ReducesEveryBackward ? 1 : _buckets.Max(b => b.Chunk * WorldSize);
         _scratch = model.Backend.AllocateBuffer(4 * (flat + 1));
         _flat = new Tensor(_scratch, 0, DType.F32, [checked((int)flat)], "data_parallel.bucket");
         _normSquared = new Tensor(_scratch, flat, DType.F32, [1], "data_parallel.grad_norm_squared");
@@ -122,6 +152,69 @@ public sealed class DataParallel : IDisposable
             model.Backend.Zero(_shardM);
             model.Backend.Zero(_shardV);
         }
+        if (ZeroStage == 3) model.GatherParameters = GatherGroup;
+        if (ReducesEveryBackward) model.GradientsFinished = ReduceScatterGroups;
+    }
+
+    /// <summary>
+    /// The model holds its gradients one layer at a time (<see cref="CausalLM.ShardedGroups"/>: ZeRO-3, or ZeRO-2 built with
+    /// <see cref="TrainingSetup.ShardedGradients"/>): every backward's are reduce-scattered as each layer finishes, so every
+    /// rank must run the same number of backwards in a step.
+    /// </summary>
+    public bool ReducesEveryBackward => Need().ShardedGroups.Count > 0;
+
+    /// <summary>ZeRO-3: the group's whole values into its window, from every rank's chunk of the compute copy.</summary>
+    void GatherGroup(ShardedGroup g)
+    {
+        Collective.AllGather(g.ValueShard, g.Window, $"the parameter all-gather of {g.Name} in step {_step}");
+    }
+
+    /// <summary>
+    /// ZeRO-3 and ZeRO-2 with per-layer gradients, after each backward stage of every backward: the groups whose gradients
+    /// that stage completed are reduce-scattered in their gradient window (each rank receives the ranks' sum of its chunk)
+    /// and added into the owned chunk's gradient of the step; the model zeroes the window after this returns.
+    /// </summary>
+    void ReduceScatterGroups(int stage)
+    {
+        var backend = Need().Backend;
+        for (int i = 0; i < _buckets.Length; i++)
+        {
+            var b = _buckets[i];
+            if (b.ReadyStage != stage) continue;
+            var g = b.Group!;
+            var own = g.GradWindow.View(Rank * g.Chunk, [checked((int)g.Chunk)]);
+            Collective.ReduceScatter(g.GradWindow, own, ReduceOp.Sum, $"the gradient reduce-scatter of {g.Name} in step {_step}");
+            backend.Add(g.GradShard, own);
+            _launchStages[i] = stage;
+        }
+    }
+
+    /// <summary>Bytes this rank holds for the trainable parameters: values, gradients and AdamW state (chunks and windows where the model's groups hold them).</summary>
+    public (long Parameters, long Gradients, long OptimizerStates) HeldBytes
+    {
+        get
+        {
+            var model = Need();
+            var (values, grads) = Whole(model);
+            return (ZeroStage == 3 ? model.ShardedBytes.Parameters : values, ReducesEveryBackward ? model.ShardedBytes.Gradients : grads, OptimizerStateBytes);
+        }
+    }
+
+    /// <summary>What one process holds for the same parameters: values (and F32 masters), F32 gradients, F32 moments.</summary>
+    public (long Parameters, long Gradients, long OptimizerStates) UnshardedBytes
+    {
+        get
+        {
+            var (values, grads) = Whole(Need());
+            return (values, grads, FullOptimizerStateBytes);
+        }
+    }
+
+    static (long Values, long Grads) Whole(CausalLM model)
+    {
+        long n = model.TrainableParameters.Sum(p => p.Length);
+        int compute = model.Backend.ComputeDType.ByteSize();
+        return (n * (compute == 4 ? 4 : compute + 4), 4 * n);
     }
 
     /// <summary>
@@ -143,9 +236,11 @@ public sealed class DataParallel : IDisposable
     /// <summary>Before a step's share: no bucket is reduced yet.</summary>
     public void BeginStep(int step)
     {
-        Need();
+        var model = Need();
         _step = step;
         _launched = 0;
+        if (ReducesEveryBackward)
+            foreach (var b in _buckets) model.Backend.Zero(b.Group!.GradShard);
     }
 
     /// <summary>
@@ -159,7 +254,7 @@ public sealed class DataParallel : IDisposable
     public T LastBackward<T>(Func<T> backward)
     {
         var model = Need();
-        if (!Overlap) return backward();
+        if (!Overlap || ReducesEveryBackward) return backward(); // the model's groups are reduced during every backward
         model.GradientsFinished = LaunchReady;
         try { return backward(); }
         finally { model.GradientsFinished = null; }
@@ -182,7 +277,7 @@ public sealed class DataParallel : IDisposable
     /// </summary>
     public IReadOnlyList<int> LaunchStages => _launchStages;
 
-    string ReduceActivity => $"the gradient {(ZeroStage == 2 ? "reduce-scatter" : "all-reduce")} of step {_step}";
+    string ReduceActivity => $"the gradient {(ZeroStage >= 2 ? "reduce-scatter" : "all-reduce")} of step {_step}";
 
     void Launch(Bucket b)
     {
@@ -205,8 +300,11 @@ public sealed class DataParallel : IDisposable
         Need();
         if (_step != step) BeginStep(step);
         string activity = ReduceActivity;
-        try { LaunchReady(int.MaxValue); }
-        finally { WaitInFlight(); }
+        if (!ReducesEveryBackward)
+        {
+            try { LaunchReady(int.MaxValue); }
+            finally { WaitInFlight(); }
+        }
         Collective.Wait(activity);
     }
 
@@ -245,7 +343,7 @@ public sealed class DataParallel : IDisposable
         if (ZeroStage < 2) return model.GradNormSquared();
         var backend = model.Backend;
         backend.Zero(_normSquared!);
-        foreach (var (view, _) in Owned(p => p.Grad)) backend.SumOfSquares(view, _normSquared!);
+        foreach (var view in OwnedGradients()) backend.SumOfSquares(view, _normSquared!);
         var host = new float[1];
         backend.Download(_normSquared!, host);
         Span<double> total = [host[0]];
@@ -267,12 +365,30 @@ public sealed class DataParallel : IDisposable
             return;
         }
         var backend = model.Backend;
+        if (ZeroStage == 3)
+        {
+            foreach (var b in _buckets)
+                foreach (var (p, _, count, shard) in OwnedRanges(b))
+                {
+                    // The owned chunk's master, gradient and compute copy, at the same place in the group's shards.
+                    var g = b.Group!;
+                    int n = checked((int)count);
+                    long at = shard - b.ShardOffset;
+                    var copy = ReferenceEquals(g.ValueShard, g.MasterShard) ? null : g.ValueShard.View(at, [n]);
+                    backend.AdamW(g.MasterShard.View(at, [n]), g.GradShard.View(at, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
+                        copy, gradNormSquared, adamW(p));
+                }
+            model.ShardsChanged(); // the windows are stale: the next forward gathers the updated chunks
+            return;
+        }
         foreach (var b in _buckets)
             foreach (var (p, start, count, shard) in OwnedRanges(b))
             {
                 int n = checked((int)count);
                 var copy = ReferenceEquals(p.Value, p.Master) ? null : p.Value.View(start, [n]);
-                backend.AdamW(p.Master.View(start, [n]), p.Grad.View(start, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
+                // ZeRO-2 with the model's groups: the step's gradient of the owned chunk is the group's gradient chunk.
+                var grad = b.Group is { } g ? g.GradShard.View(shard - b.ShardOffset, [n]) : p.Grad.View(start, [n]);
+                backend.AdamW(p.Master.View(start, [n]), grad, _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
                     copy, gradNormSquared, adamW(p));
             }
         AllGatherOwned(p => p.Master, $"the parameter all-gather of step {step}");
@@ -282,33 +398,57 @@ public sealed class DataParallel : IDisposable
     }
 
     /// <summary>
-    /// Before a checkpoint (stage 1, 2): the ranks all-gather their moment shards, one bucket at a time through the flat
-    /// buffer, into host arrays of every parameter, so rank 0 saves them whole (the single-process format). Null for
-    /// stage 0, where the model holds its moments. The whole moments exist only here, on the host, while a checkpoint is written.
+    /// Before a checkpoint (stage 1, 2, 3): the ranks all-gather their moment shards, one bucket at a time through the flat
+    /// buffer (ZeRO-3: the group's gradient window), into host arrays of every parameter, so rank 0 saves them whole (the
+    /// single-process format). Null for stage 0, where the model holds its moments. The whole moments exist only here, on
+    /// the host, while a checkpoint is written.
     /// </summary>
     public IReadOnlyDictionary<TrainableParameter, HostMoments>? GatherOptimizerStates(int step)
     {
         if (ZeroStage == 0) return null;
-        var model = Need();
-        var backend = model.Backend;
         string activity = $"gathering the optimizer moments for the checkpoint of step {step}";
-        var whole = model.TrainableParameters.ToDictionary(p => p, p => new HostMoments(new float[p.Length], new float[p.Length]));
-        var host = new float[_flat!.Length];
+        var m = GatherShards(b => _shardM!.View(b.ShardOffset, [checked((int)b.Chunk)]), activity);
+        var v = GatherShards(b => _shardV!.View(b.ShardOffset, [checked((int)b.Chunk)]), activity);
+        return m.ToDictionary(kv => kv.Key, kv => new HostMoments(kv.Value, v[kv.Key]));
+    }
+
+    /// <summary>
+    /// ZeRO-3, before a checkpoint or the output is written (every rank calls it): the master shards all-gathered, one group
+    /// at a time, into host arrays of every trainable parameter, which the model's <see cref="CausalLM.ReadParameter"/>
+    /// serves until the returned scope is disposed. Null below stage 3, where every rank holds the whole masters.
+    /// </summary>
+    public IDisposable? GatherParameters(int step)
+    {
+        if (ZeroStage < 3) return null;
+        var model = Need();
+        model.GatheredParameters = GatherShards(b => b.Group!.MasterShard, $"gathering the weights for the checkpoint or output of step {step}");
+        return new GatheredScope(model);
+    }
+
+    sealed class GatheredScope(CausalLM model) : IDisposable
+    {
+        public void Dispose() => model.GatheredParameters = null;
+    }
+
+    /// <summary>Every bucket's chunks of one F32 shard (<paramref name="shardOf"/>) all-gathered and cut into whole host arrays per parameter.</summary>
+    Dictionary<TrainableParameter, float[]> GatherShards(Func<Bucket, Tensor> shardOf, string activity)
+    {
+        var backend = Need().Backend;
+        var whole = new Dictionary<TrainableParameter, float[]>();
+        var host = Array.Empty<float>();
         foreach (var b in _buckets)
-            foreach (bool first in new[] { true, false })
-            {
-                var flat = Flat(b);
-                var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
-                backend.Copy(own, (first ? _shardM! : _shardV!).View(b.ShardOffset, [checked((int)b.Chunk)]));
-                Collective.AllGather(own, flat, activity);
-                Collective.Wait(activity);
-                backend.Download(flat, host.AsSpan(0, checked((int)flat.Length)));
-                foreach (var piece in b.Pieces)
-                {
-                    var m = whole[piece.Parameter];
-                    host.AsSpan(checked((int)piece.Offset), checked((int)piece.Parameter.Length)).CopyTo(first ? m.M : m.V);
-                }
-            }
+        {
+            var flat = Flat(b);
+            if (host.Length < flat.Length) host = new float[flat.Length];
+            var own = flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]);
+            backend.Copy(own, shardOf(b));
+            Collective.AllGather(own, flat, activity);
+            Collective.Wait(activity);
+            backend.Download(flat, host.AsSpan(0, checked((int)flat.Length)));
+            if (b.Group is not null) backend.Zero(flat); // a gradient window is zero outside a backward
+            foreach (var piece in b.Pieces)
+                whole[piece.Parameter] = host.AsSpan(checked((int)piece.Offset), checked((int)piece.Parameter.Length)).ToArray();
+        }
         return whole;
     }
 
@@ -334,13 +474,14 @@ public sealed class DataParallel : IDisposable
             Gather(b, flat, tensor);
             Collective.AllGather(flat.View(Rank * b.Chunk, [checked((int)b.Chunk)]), flat, activity);
             Scatter(b, flat, tensor, ownedOnly: false);
+            if (b.Group is not null) Need().Backend.Zero(flat); // a gradient window is zero outside a backward
         }
         Collective.Wait(activity);
     }
 
     CausalLM Need() => _model ?? throw new InvalidOperationException("DataParallel.Attach(model) first");
 
-    Tensor Flat(Bucket b) => _flat!.View(0, [checked((int)(b.Chunk * WorldSize))]);
+    Tensor Flat(Bucket b) => b.Group?.GradWindow ?? _flat!.View(0, [checked((int)(b.Chunk * WorldSize))]);
 
     /// <summary>Copies each piece's tensor into the flat buffer (zero padding past the bucket's end).</summary>
     void Gather(Bucket b, Tensor flat, Func<TrainableParameter, Tensor> tensor)
@@ -386,21 +527,28 @@ public sealed class DataParallel : IDisposable
     }
 
     /// <summary>
-    /// This rank's elements in the model's parameter order (the order of <see cref="CausalLM.GradNormSquared"/>'s sum, so
-    /// that one rank sums exactly as one process does).
+    /// The gradients of this rank's elements in the model's parameter order (the order of <see cref="CausalLM.GradNormSquared"/>'s
+    /// sum, so that one rank sums exactly as one process does): views of the parameters' gradients (stage 2) or of the
+    /// groups' owned gradient chunks (stage 3).
     /// </summary>
-    IEnumerable<(Tensor View, TrainableParameter Parameter)> Owned(Func<TrainableParameter, Tensor> tensor)
+    Tensor[] OwnedGradients()
     {
         var order = Need().TrainableParameters.Select((p, i) => (p, i)).ToDictionary(x => x.p, x => x.i);
-        return _buckets.SelectMany(OwnedRanges).OrderBy(r => order[r.Parameter]).ThenBy(r => r.Start)
-            .Select(r => (tensor(r.Parameter).View(r.Start, [checked((int)r.Count)]), r.Parameter)).ToArray();
+        return _buckets.SelectMany(b => OwnedRanges(b).Select(r => (b, r))).OrderBy(x => order[x.r.Parameter]).ThenBy(x => x.r.Start)
+            .Select(x => x.b.Group is { } g
+                ? g.GradShard.View(x.r.Shard - x.b.ShardOffset, [checked((int)x.r.Count)])
+                : x.r.Parameter.Grad.View(x.r.Start, [checked((int)x.r.Count)])).ToArray();
     }
 
     public void Dispose()
     {
         // A backward that failed half-way may leave a reduction in flight; it ends at the collective's time limit at worst.
         try { WaitInFlight(); } catch (Exception) { }
-        if (_model is not null) _model.GradientsFinished = null;
+        if (_model is not null)
+        {
+            _model.GradientsFinished = null;
+            _model.GatherParameters = null;
+        }
         _scratch?.Dispose();
         _scratch = null;
         _shards?.Dispose();

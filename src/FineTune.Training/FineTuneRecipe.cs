@@ -93,6 +93,13 @@ public static class FineTuneRecipe
                      $"({(model.TrainableParameters.Any(p => p.EightBit is not null) ? "8-bit block-wise, bitsandbytes' AdamW8bit" : "f32")}).");
         if (parallel is { ZeroStage: > 0 })
             monitor.Info($"optimizer states: {parallel.OptimizerStateBytes / 1048576.0:F3} MiB on this rank (of {parallel.FullOptimizerStateBytes / 1048576.0:F3} MiB; ZeRO-{parallel.ZeroStage}, rank {parallel.Rank} of {parallel.WorldSize}).");
+        if (parallel is { ReducesEveryBackward: true })
+        {
+            // The chunks and one layer's window (the embeddings' and head's apart): of the parameters under ZeRO-3, of the gradients under both.
+            var (held, whole) = (parallel.HeldBytes, parallel.UnshardedBytes);
+            monitor.Info($"trainable parameters {held.Parameters / 1048576.0:F3} MiB, gradients {held.Gradients / 1048576.0:F3} MiB, optimizer states {held.OptimizerStates / 1048576.0:F3} MiB on this rank " +
+                $"(unsharded {whole.Parameters / 1048576.0:F3}, {whole.Gradients / 1048576.0:F3}, {whole.OptimizerStates / 1048576.0:F3} MiB; ZeRO-{parallel.ZeroStage}, rank {parallel.Rank} of {parallel.WorldSize}).");
+        }
         var clock = Stopwatch.StartNew();
         double lossSinceLog = 0, lastLogTime = 0;
         int stepsSinceLog = 0;
@@ -174,22 +181,25 @@ public static class FineTuneRecipe
                 lossSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0; lastLogTime = now;
             }
 
-            // Evaluation is rank 0's alone (it needs no collective): the others go on to the next step and wait there.
-            if (writer && eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
+            // Evaluation is rank 0's alone (it needs no collective): the others go on to the next step and wait there. Under
+            // ZeRO-3 every forward gathers each layer from all ranks, so all of them evaluate and rank 0 logs.
+            bool evaluates = writer || parallel is { ZeroStage: 3 };
+            if (evaluates && eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
             {
                 // Not cancellable half-way: a Ctrl-C during evaluation stops right after it, with the step saved.
                 var evaluated = objective.Evaluate(model, eval, CancellationToken.None);
                 lastEvalLoss = evaluated.Loss;
                 lastEvalMetrics = evaluated.Metrics.Count > 0 ? evaluated.Metrics.ToDictionary(kv => "eval_" + kv.Key, kv => kv.Value) : null;
-                log!.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
+                log?.Append(new TrainerLogEntry(step, maxSteps, null, Math.Round(lastEvalLoss.Value, 4), null, Math.Round(epoch, 4),
                     TrainerLogEntry.PercentageOf(step, maxSteps), elapsedText, remainingText) { Metrics = TrainerLogEntry.Rounded(lastEvalMetrics) });
-                monitor.Info($"step {step}: eval_loss {lastEvalLoss.Value:F4}");
+                if (writer) monitor.Info($"step {step}: eval_loss {lastEvalLoss.Value:F4}");
             }
 
             string SaveHere()
             {
-                // ZeRO: every rank gathers the moments it does not own, so rank 0 saves the single-process format.
+                // ZeRO: every rank gathers the moments (ZeRO-3: and weights) it does not own, so rank 0 saves the single-process format.
                 var gathered = parallel?.GatherOptimizerStates(step);
+                using var weights = parallel?.GatherParameters(step);
                 if (!writer) return "by rank 0";
                 var state = new TrainerState(step, maxSteps, epoch, train.Position.Epoch, train.Position.MicroBatch, totalTokens,
                     lossSum, model.RandomCounter, args.Seed, elapsed, args.LearningRate, args.LrSchedulerType.ToString(), warmup, args.TrainedFrom);
@@ -218,6 +228,7 @@ public static class FineTuneRecipe
         }
 
         // ---- final output: adapter or model, results, loss curve ----
+        using var finalWeights = parallel?.GatherParameters(step);
         if (!writer)
             return new TrainResult(step, maxSteps, (double)step / stepsPerEpoch, step == 0 ? 0 : lossSum / step, lastLoggedLoss,
                 lastEvalLoss, elapsedBefore + clock.Elapsed.TotalSeconds, totalTokens, train.SampleCount, Stopped: false, resumedFrom, lastMetrics, lastEvalMetrics);
@@ -242,6 +253,11 @@ public static class FineTuneRecipe
     {
         long counter = model.RandomCounter;
         var share = parallel.Share(step, perRank);
+        // ZeRO-3 (and ZeRO-2's per-layer gradients): every backward reduce-scatters each layer across all ranks, so every
+        // rank runs perRank passes; a share cut short at an epoch's end is topped up with label-free micro-batches, whose
+        // loss and gradients are zero.
+        if (parallel.ReducesEveryBackward && share.Count < perRank)
+            share = [.. share, .. Enumerable.Repeat(LabelFree(step[0]), perRank - share.Count)];
         model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
         parallel.BeginStep(stepNumber);
         var outcome = objective.StepShare(model, share, step, parallel);
@@ -253,6 +269,8 @@ public static class FineTuneRecipe
         var metrics = outcome.Metrics?.Invoke(host[2..]) ?? ObjectiveOutcome.NoMetrics;
         return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, metrics), gradNormSquared, host[1] > 0);
     }
+
+    static StepBatch LabelFree(StepBatch b) => new(b.Batch with { Labels = [.. b.Batch.Labels.Select(_ => -100)] }, []);
 
     /// <summary>
     /// resume_from_checkpoint: <c>true</c> resumes the latest checkpoint of this run if there is one, else starts fresh and
@@ -348,8 +366,7 @@ public static class FineTuneRecipe
         foreach (var p in model.TrainableParameters)
         {
             var shape = p.Shape.Select(d => (long)d).ToArray();
-            var host = new float[p.Length];
-            model.Backend.Download(p.Master, host);
+            var host = model.ReadParameter(p.HfName); // the F32 master (ZeRO-3: gathered from the ranks)
             writer.Add(p.Name, host, shape);
             if (gathered is not null)
             {
@@ -427,12 +444,11 @@ public static class FineTuneRecipe
                 var host = reader.ReadAsFloat32(name);
                 if (host.Length != p.Length)
                     throw new TrainingException($"{optimizerPath}: tensor '{name}' has {host.Length} values, the model expects {p.Length}; the checkpoint belongs to a different model or LoRA rank.");
-                if (suffix.Length == 0) model.Backend.Upload(p.Master, host);
+                if (suffix.Length == 0) model.LoadMaster(p, host);
                 else if (!sharded) model.Backend.Upload(suffix == ".exp_avg" ? p.M : p.V, host);
                 else if (m is null) m = host;
                 else shards[p] = new DataParallel.HostMoments(m, host);
             }
-            if (!ReferenceEquals(p.Value, p.Master)) model.Backend.Copy(p.Value, p.Master);
         }
         if (sharded) parallel!.LoadOptimizerStates(shards);
         return state;

@@ -54,6 +54,61 @@ public sealed class DistributedCliTests
         Assert.Equal(File.ReadAllBytes(Adapter(one)), File.ReadAllBytes(Adapter(two)));
     }
 
+    /// <summary>The train stage's output model (full fine-tuning): the model.safetensors beside train_results.json.</summary>
+    static string TrainedModel(TempDir dir) =>
+        Directory.GetFiles(StageCache.Beside(dir.Path).CacheRoot, "model.safetensors", SearchOption.AllDirectories)
+            .Single(f => File.Exists(Path.Combine(Path.GetDirectoryName(f)!, "train_results.json")));
+
+    [Fact]
+    public void Zero_3_on_two_cpu_ranks_trains_the_model_and_lock_of_one_process()
+    {
+        // Freeze fine-tuning of every layer's MLP: the trained weights' gradients are products alone, which one process
+        // accumulates as C + A·B and the ranks' reduce-scatter sums in the same order, so the bytes match. (Full fine-tuning
+        // adds norm and embedding gradients row by row, which associate differently: DataParallelTests bound that at 1e-7.)
+        const string freeze = "    finetuning_type: freeze\n    freeze_trainable_modules: mlp";
+        using var one = new TempDir();
+        Pipeline(one, accumulation: 2, maxSteps: 4, saveSteps: 2, extra: freeze);
+        var single = CliTests.Finetune("run", one.Path, "--stage", "train");
+        Assert.True(single.Code == 0, single.Err);
+
+        using var two = new TempDir();
+        Pipeline(two, accumulation: 1, maxSteps: 4, saveSteps: 2, extra: freeze + "\n    zero_stage: 3");
+        var parallel = CliTests.Finetune("run", two.Path, "--stage", "train", "--nproc-per-node", "2");
+        Assert.True(parallel.Code == 0, parallel.Err + parallel.Out);
+        Assert.Contains("train: 2 rank(s) over tcp, global batch 2 × 1 × 2, ZeRO-3", parallel.Out);
+        Assert.Matches(@"trainable parameters [\d.]+ MiB, gradients [\d.]+ MiB, optimizer states [\d.]+ MiB on this rank \(unsharded [\d.]+, [\d.]+, [\d.]+ MiB; ZeRO-3, rank 0 of 2\)", parallel.Out);
+        // Checkpoints and the output model come from the gathered masters: the same lock and model bytes as one process.
+        Assert.Equal(File.ReadAllText(Path.Combine(one.Path, "pipeline.lock")), File.ReadAllText(Path.Combine(two.Path, "pipeline.lock")));
+        Assert.Equal(File.ReadAllBytes(TrainedModel(one)), File.ReadAllBytes(TrainedModel(two)));
+    }
+
+    [Fact]
+    public void A_rank_killed_under_zero_3_ends_every_rank_at_the_next_gather()
+    {
+        using var dir = new TempDir();
+        Pipeline(dir, accumulation: 1, maxSteps: 6, saveSteps: 2, extra: "    finetuning_type: freeze\n    freeze_trainable_modules: mlp\n    zero_stage: 3");
+        // Rank 1 kills itself right after step 3 (checkpoint-2 written from both ranks' chunks); rank 0's next collective is
+        // step 4's gather of layer 0's MLP.
+        var killed = CliTests.Finetune(new Dictionary<string, string> { ["FINETUNE_FAULT_KILL"] = "1:3" }, "run", dir.Path, "--stage", "train", "--nproc-per-node", "2");
+        Assert.Equal(137, killed.Code);
+        Assert.Contains("error: stage train failed: rank 0: rank 1 closed its connection during the parameter all-gather of layer 0 in step 4 (it exited, crashed or was killed; its own output says why); stopping this rank.",
+            killed.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        var checkpoints = Directory.GetDirectories(Path.Combine(dir.Path, ".finetune", "work", "train", "checkpoints")).Single();
+        Assert.True(File.Exists(Path.Combine(checkpoints, "checkpoint-2", "model.safetensors")));
+    }
+
+    [Fact]
+    public void Zero_3_of_lora_is_refused_naming_the_key_and_what_to_use()
+    {
+        using var dir = new TempDir();
+        Pipeline(dir, accumulation: 1, maxSteps: 2, extra: "    zero_stage: 3");
+        var run = CliTests.Finetune("run", dir.Path, "--stage", "train");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("stages.train.zero_stage: 3 (parameters sharded, gathered per layer) shards the weights of finetuning_type full and freeze; " +
+            "LoRA's adapters are small and its base stays whole on every rank: use zero_stage: 2 with lora.", run.Err);
+        Assert.DoesNotContain("   at ", run.Err);
+    }
+
     [Fact]
     public void Dpo_on_two_cpu_ranks_trains_the_adapter_and_lock_of_one_process()
     {

@@ -164,11 +164,30 @@ public sealed class LlamaFactoryImportTests
         var imported = LlamaFactoryImport.Import(source, RepoRoot.Path, dir.File("pipeline.yaml"));
         Assert.Equal([
             "unsupported use_dora (line 6): DoRA (FineTune trains plain LoRA and rsLoRA: use_rslora)",
-            "unsupported deepspeed (line 7): DeepSpeed (FineTune trains on one GPU)",
             "ignored     report_to (line 8): FineTune reports to tensorboard and mlflow only, not 'wandb'; trainer_log.jsonl and training_loss.svg are always written",
         ], imported.Notes.Select(n => n.ToString()));
         // QLoRA's keys are carried since FineTune trains on quantized bases.
         Assert.Contains("quantization_bit: 4", imported.Yaml);
+    }
+
+    [Fact]
+    public void A_deepspeed_config_becomes_the_train_stages_zero_stage()
+    {
+        using var dir = new TempDir();
+        const string head = "model_name_or_path: Qwen/Qwen3-0.6B\nstage: sft\ndataset: identity\ntemplate: qwen3\nfinetuning_type: full\n";
+        // LLaMA-Factory's example by name (the file is not here).
+        var byName = LlamaFactoryImport.Import(dir.Write("a.yaml", head + "deepspeed: examples/deepspeed/ds_z3_config.json\n"), RepoRoot.Path, dir.File("a/pipeline.yaml"));
+        Assert.Contains("zero_stage: 3", byName.Yaml);
+        Assert.Empty(byName.Notes);
+        // A config beside the YAML is read: its zero_optimization.stage, and its offload named as unsupported.
+        dir.Write("ds.json", """{"train_batch_size": "auto", "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}""");
+        var byFile = LlamaFactoryImport.Import(dir.Write("b.yaml", head + "deepspeed: ds.json\n"), RepoRoot.Path, dir.File("b/pipeline.yaml"));
+        Assert.Contains("zero_stage: 2", byFile.Yaml);
+        Assert.Equal(["unsupported deepspeed (line 6): ZeRO offload to the CPU (zero_stage: 2 is carried; every shard stays on its GPU)"], byFile.Notes.Select(n => n.ToString()));
+        var unknown = LlamaFactoryImport.Import(dir.Write("c.yaml", head + "deepspeed: mine.json\n"), RepoRoot.Path, dir.File("c/pipeline.yaml"));
+        Assert.DoesNotContain("zero_stage", unknown.Yaml);
+        Assert.Equal(["unsupported deepspeed (line 6): the DeepSpeed config mine.json: no ZeRO stage 0–3 found (the file is not here and its name is not ds_z<N>_config.json); set stages.train.zero_stage"],
+            unknown.Notes.Select(n => n.ToString()));
     }
 
     [Fact]

@@ -7,7 +7,7 @@ using FineTune.Training.Objectives;
 namespace FineTune.Training.Tests;
 
 /// <summary>
-/// Data parallel and ZeRO-1/2 on the tiny model: each rank a thread of this process with its own CPU backend and model,
+/// Data parallel and ZeRO-1/2/3 on the tiny model: each rank a thread of this process with its own CPU backend and model,
 /// talking over real loopback sockets (TcpCollective), against one process with the same global batch.
 /// </summary>
 public sealed class DataParallelTests : IDisposable
@@ -44,6 +44,13 @@ public sealed class DataParallelTests : IDisposable
         return host;
     }).ToArray();
 
+    /// <summary>ZeRO-3: every rank takes part in gathering the masters (a collective); each ends with the whole weights.</summary>
+    static float[] Gathered(CausalLM m, DataParallel parallel)
+    {
+        using (parallel.GatherParameters(0))
+            return m.TrainableParameters.SelectMany(p => m.ReadParameter(p.HfName)).ToArray();
+    }
+
     static double RelativeDifference(float[] a, float[] b)
     {
         double diff = 0, norm = 0;
@@ -70,33 +77,48 @@ public sealed class DataParallelTests : IDisposable
     sealed record RankResult(float[] Weights, Exception? Error, string[] Info, long OptimizerStateBytes, long FullOptimizerStateBytes, long ModelBytes)
     {
         public int[] LaunchStages { get; init; } = [];
+        public (long Parameters, long Gradients, long OptimizerStates) Held { get; init; }
+        public (long Parameters, long Gradients, long OptimizerStates) Unsharded { get; init; }
     }
 
     /// <summary>
     /// Trains on <paramref name="world"/> ranks; rank r writes under <c>name</c> for r = 0 and <c>name-rank{r}</c> otherwise.
-    /// With ZeRO the models are built as the train stage builds them: without moments of their own.
+    /// With ZeRO the models are built as the train stage builds them: without moments of their own (ZeRO-3: nor whole
+    /// trainable weights; the weights returned are gathered after training). <paramref name="load"/> builds the model
+    /// from a model directory instead of the tiny random one (checkpoints of full fine-tuning need its config.json).
     /// </summary>
     RankResult[] Ranks(int world, int zeroStage, Func<int, TrainingArguments> args, TrainingSetup? setup = null,
         Action<int, int>? afterStep = null, long bucketElements = DataParallel.DefaultBucketElements, bool overlap = true,
-        Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null)
+        Func<ITrainingObjective>? objective = null, Func<DataLoader>? loader = null, Func<TinyTrainingModels, TrainingSetup, CausalLM>? load = null,
+        Func<DataLoader>? eval = null, bool layerGradients = false)
     {
         int port = FreePort();
         var results = new RankResult[world];
         var threads = Enumerable.Range(0, world).Select(rank => new Thread(() =>
         {
             using var models = new TinyTrainingModels();
-            var model = models.Create((setup ?? Lora) with { ShardedOptimizerStates = zeroStage > 0 });
+            var rankSetup = (setup ?? Lora) with
+            {
+                ShardedOptimizerStates = zeroStage > 0,
+                ShardedParameters = zeroStage == 3 ? new ParameterSharding(rank, world) : null,
+                ShardedGradients = layerGradients ? new ParameterSharding(rank, world) : null,
+            };
+            var model = load is null ? models.Create(rankSetup) : load(models, rankSetup);
             var monitor = new AfterStep(s => afterStep?.Invoke(rank, s));
             long stateBytes = 0, fullBytes = 0;
             try
             {
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
                 using var parallel = new DataParallel(group, zeroStage, bucketElements, overlap);
-                FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), null, monitor, objective: objective?.Invoke(), parallel: parallel);
+                FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), eval?.Invoke(), monitor, objective: objective?.Invoke(), parallel: parallel);
                 (stateBytes, fullBytes) = (parallel.OptimizerStateBytes, parallel.FullOptimizerStateBytes);
-                results[rank] = new(Trainable(model), null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes) { LaunchStages = [.. parallel.LaunchStages] };
+                var weights = zeroStage == 3 ? Gathered(model, parallel) : Trainable(model);
+                results[rank] = new(weights, null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes)
+                {
+                    LaunchStages = [.. parallel.LaunchStages], Held = parallel.HeldBytes, Unsharded = parallel.UnshardedBytes,
+                };
             }
-            catch (Exception e) { results[rank] = new(Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes); }
+            catch (Exception e) { results[rank] = new(zeroStage == 3 ? [] : Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes); }
         })).ToArray();
         foreach (var t in threads) t.Start();
         foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(120)), "a rank hung");
@@ -366,5 +388,241 @@ public sealed class DataParallelTests : IDisposable
         var store = new CheckpointStore(Path.Combine(_root, "dies"));
         Assert.Equal([2], store.List().Select(c => c.Step));
         Assert.True(File.Exists(Path.Combine(store.Latest()!, FineTuneRecipe.OptimizerFile)));
+    }
+
+    // ---- ZeRO-3: parameters sharded, gathered a layer at a time ----
+
+    static readonly TrainingSetup Full = new() { FinetuningType = FinetuningType.Full, Seed = 5 };
+
+    /// <summary>A step of 6 micro-batches (a multiple of 1, 2 and 3 ranks): the whole epoch of 12 samples in pairs.</summary>
+    TrainingArguments FullArgs(string name, int maxSteps = 3) =>
+        Args(name, maxSteps) with { LearningRate = 1e-3, GradientAccumulationSteps = 6, StopAfterStep = maxSteps };
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Zero_3_on_several_ranks_gives_one_processs_weights(int world)
+    {
+        var one = OneProcess(FullArgs("z3-one"), Full);
+        var ranks = Ok(Ranks(world, 3, r => FullArgs($"z3-{world}-{r}"), Full));
+        for (int r = 1; r < world; r++) Assert.Equal(ranks[0], ranks[r]);
+        // Not to the bit: one process adds the 6 micro-batches' gradients in turn (norm weights and the embedding row by row
+        // inside the backward), the ranks reduce-scatter each micro-batch's and add the sums, so the F32 sums associate
+        // differently; the clipping norm is summed from the chunks. Both are rounding: 6e-9 relative here, 2 and 3 ranks.
+        double rel = RelativeDifference(ranks[0], one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+    }
+
+    [Fact]
+    public void One_rank_of_zero_3_is_the_plain_trainer_bit_for_bit_with_one_micro_batch_a_step()
+    {
+        // One micro-batch a step: the gathered window is the whole model, each backward writes a zeroed gradient window, the
+        // reduce-scatter of one rank is the identity and 0 + g = g, so AdamW sees one process's gradient and norm.
+        TrainingArguments A(string name, int accumulation) => FullArgs(name) with { GradientAccumulationSteps = accumulation };
+        var plain = OneProcess(A("z3p1", 1), Full);
+        var one = Ok(Ranks(1, 3, _ => A("z3o1", 1), Full));
+        Assert.Equal(plain, one[0]);
+        var plainLog = TrainerLog.Read(Path.Combine(_root, "z3p1", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
+        var oneLog = TrainerLog.Read(Path.Combine(_root, "z3o1", TrainerLog.FileName)).Select(e => (e.Loss, e.GradNorm)).ToArray();
+        Assert.Equal(plainLog, oneLog);
+        // Two: one process accumulates the second micro-batch into the first's gradient inside the backward (norms and
+        // embedding row by row), ZeRO-3 adds the second's whole gradient to the first's: rounding apart (1e-9 relative here).
+        var plain2 = OneProcess(A("z3p2", 2), Full);
+        var one2 = Ok(Ranks(1, 3, _ => A("z3o2", 2), Full));
+        double rel = RelativeDifference(one2[0], plain2);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+    }
+
+    [Fact]
+    public void Zero_3_equals_zero_2_to_rounding_and_tops_up_a_short_share_at_the_epoch_end()
+    {
+        // 6 micro-batches an epoch, 4 a step: step 2 holds 2, both rank 0's; rank 1 runs 2 label-free passes beside it.
+        TrainingArguments A(string name) => Args(name, 4) with { LearningRate = 1e-3, GradientAccumulationSteps = 4, StopAfterStep = 4 };
+        var zero2 = Ok(Ranks(2, 2, r => A($"z2e-{r}"), Full));
+        var zero3 = Ok(Ranks(2, 3, r => A($"z3e-{r}"), Full));
+        Assert.Equal(zero3[0], zero3[1]);
+        // ZeRO-2 sums each rank's micro-batches in its gradients and then the ranks; ZeRO-3 the ranks per micro-batch and
+        // then the micro-batches (6e-9 relative here).
+        double rel = RelativeDifference(zero3[0], zero2[0]);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        var z2Log = TrainerLog.Read(Path.Combine(_root, "z2e-0", TrainerLog.FileName)).Select(e => e.Loss!.Value).ToArray();
+        var z3Log = TrainerLog.Read(Path.Combine(_root, "z3e-0", TrainerLog.FileName)).Select(e => e.Loss!.Value).ToArray();
+        Assert.Equal(4, z3Log.Length);
+        for (int i = 0; i < z2Log.Length; i++) Assert.Equal(z2Log[i], z3Log[i], 1e-4);
+    }
+
+    [Fact]
+    public void Zero_3_of_freeze_fine_tuning_shards_the_trained_layer_and_every_rank_evaluates()
+    {
+        // freeze_trainable_layers 1: only layer 1 trains, so layer 1 is the one group; layer 0 and the embeddings stay whole.
+        var freeze = new TrainingSetup { FinetuningType = FinetuningType.Freeze, FreezeTrainableLayers = 1, Seed = 5 };
+        TrainingArguments A(string name) => FullArgs(name) with { EvalSteps = 2 };
+        float[] one;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(freeze);
+            FineTuneRecipe.Train(model, A("z3f-one"), Loader(), Loader(), ITrainingMonitor.Silent);
+            one = Trainable(model);
+        }
+        var two = Ranks(2, 3, r => A($"z3f-{r}"), freeze, eval: Loader);
+        Assert.Equal(9296, Ok(two)[0].Length);
+        // Layer 1's 9472-element layout (9296 and the alignment gaps) in two chunks of 4736, one layer window of 9472.
+        double rel = RelativeDifference(two[0].Weights, one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        // Evaluation forwards gather the layer too, so both ranks ran it; rank 0 logged the loss one process logs.
+        var oneEval = TrainerLog.Read(Path.Combine(_root, "z3f-one", TrainerLog.FileName)).Where(e => e.EvalLoss is not null).Select(e => e.EvalLoss!.Value).ToArray();
+        var twoEval = TrainerLog.Read(Path.Combine(_root, "z3f-0", TrainerLog.FileName)).Where(e => e.EvalLoss is not null).Select(e => e.EvalLoss!.Value).ToArray();
+        Assert.Single(twoEval);
+        Assert.Equal(oneEval[0], twoEval[0], 1e-4);
+        Assert.Equal((4 * (4736 + 9472), 4 * (4736 + 9472), 8 * 4736), two[1].Held);
+    }
+
+    [Fact]
+    public void Zero_3_with_gradient_checkpointing_gives_the_weights_without_it()
+    {
+        // The recompute gathers each layer again before its backward; the arithmetic is the same as keeping the activations.
+        var kept = Ok(Ranks(2, 3, r => FullArgs($"z3k-{r}"), Full));
+        var recomputed = Ok(Ranks(2, 3, r => FullArgs($"z3c-{r}"), Full with { GradientCheckpointing = true }));
+        Assert.Equal(kept[0], recomputed[0]);
+        Assert.Equal(kept[1], recomputed[1]);
+    }
+
+    [Fact]
+    public void Zero_3_holds_the_owned_chunks_and_one_layers_window_only()
+    {
+        using var models = new TinyTrainingModels();
+        var whole = models.Create(Full);
+        long n = whole.TrainableParameters.Sum(p => p.Length);
+        // The embeddings' group: the tied embedding 48×32 and the final norm (1568 elements); a layer's: norms 32 + 8 + 8 + 32,
+        // q 1024, k 512, v 512, o 1024, gate, up, down 2048 each (9296), each tensor starting at a multiple of 64 elements:
+        // 9472 with the gaps after the norms. Over 3 ranks the chunks round up to multiples of 64 too, 576 and 3200: a rank
+        // owns 576 + 2·3200 = 6976 elements (a third of 20,160 is 6720; the rest is alignment, small in a real model),
+        // and the windows hold 3·576 = 1728 and 3·3200 = 9600.
+        Assert.Equal(20160, n);
+        var results = Ranks(3, 3, r => FullArgs($"z3b-{r}", 1), Full);
+        Ok(results);
+        const long owned = 6976, windows = 1728 + 9600;
+        foreach (var r in results)
+        {
+            Assert.Equal(8 * owned, r.OptimizerStateBytes);
+            Assert.Equal(8 * n, r.FullOptimizerStateBytes);
+            // F32 on the CPU: the master chunk is the compute chunk; the two windows hold the embeddings' group and one layer.
+            Assert.Equal((4 * (owned + windows), 4 * (owned + windows), 8 * owned), r.Held);
+            Assert.Equal((4 * n, 4 * n, 8 * n), r.Unsharded);
+            // The model's arena: the master and gradient chunk of each group, the four windows and the 4-byte norm scalar, each
+            // placed at a multiple of 256 bytes (146,436 bytes; one process's arena holds the whole values, gradients and moments).
+            static long Aligned(long bytes) => (bytes + 255) / 256 * 256;
+            long arena = new long[] { 576, 576, 3200, 3200, 3200, 3200, 1728, 1728, 9600, 9600 }.Sum(x => Aligned(4 * x)) + 4;
+            Assert.Equal(arena, r.ModelBytes);
+            Assert.True(r.ModelBytes < whole.WeightBytes / 2, $"{r.ModelBytes} of {whole.WeightBytes}");
+        }
+        Assert.Contains("trainable parameters 0.070 MiB, gradients 0.070 MiB, optimizer states 0.053 MiB on this rank (unsharded 0.077, 0.077, 0.154 MiB; " +
+            "ZeRO-3, rank 1 of 3).", results[1].Info);
+    }
+
+    /// <summary>A scratch qwen3 model directory (config.json: full fine-tuning saves a model into every checkpoint).</summary>
+    string ModelDir()
+    {
+        string dir = Path.Combine(_root, "model");
+        if (!File.Exists(Path.Combine(dir, "config.json")))
+            ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 32, IntermediateSize = 64, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 8, Seed = 5 }, dir);
+        return dir;
+    }
+
+    CausalLM LoadModel(TinyTrainingModels models, TrainingSetup setup)
+    {
+        var backend = new FineTune.Engine.Cpu.CpuBackend(threads: 1);
+        var model = CausalLM.Load(ModelDir(), backend, setup);
+        models.Own(model, backend);
+        return model;
+    }
+
+    float[] Run(int world, string name, Func<TrainingArguments, TrainingArguments> args)
+    {
+        // The ranks share rank 0's checkpoints, as the train stage's ranks share its work directory.
+        if (world > 1)
+            return Ok(Ranks(world, 3, r => args(FullArgs(r == 0 ? name : $"{name}-rank{r}", 4)) with { CheckpointDirectory = Path.Combine(_root, name) }, Full, load: LoadModel))[0];
+        using var models = new TinyTrainingModels();
+        var model = LoadModel(models, Full);
+        FineTuneRecipe.Train(model, args(FullArgs(name, 4)), Loader(), null, ITrainingMonitor.Silent);
+        return Trainable(model);
+    }
+
+    [Theory]
+    [InlineData(2, 1)]
+    [InlineData(1, 2)]
+    [InlineData(2, 3)]
+    public void A_zero_3_checkpoint_resumes_on_another_world_size(int savedOn, int resumedOn)
+    {
+        ModelDir();
+        var whole = Run(1, $"z3r-whole-{savedOn}{resumedOn}", a => a with { StopAfterStep = 0 });
+        // Stopped after step 3 (as if killed) with checkpoint-2 saved in the single-process format, then resumed.
+        string name = $"z3r-{savedOn}{resumedOn}";
+        Run(savedOn, name, a => a with { SaveSteps = 2, StopAfterStep = 3 });
+        Assert.True(File.Exists(Path.Combine(_root, name, "checkpoint-2", "model.safetensors")));
+        var resumed = Run(resumedOn, name, a => a with { SaveSteps = 2, StopAfterStep = 0, ResumeFromCheckpoint = "true" });
+        // Rounding only (1e-8 relative here): the gradients of 6 micro-batches summed in another order on each world size.
+        double rel = RelativeDifference(resumed, whole);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        // Rank 0 wrote the final model from the gathered weights: the bytes of the weights it holds.
+        using var reader = SafetensorsReader.Open(Path.Combine(_root, name, "model.safetensors"));
+        var embedding = reader.ReadAsFloat32("model.embed_tokens.weight");
+        Assert.Equal(resumed[..embedding.Length], embedding);
+    }
+
+    [Fact]
+    public void A_rank_that_dies_under_zero_3_ends_the_other_with_a_clear_error_and_the_checkpoint_intact()
+    {
+        var results = Ranks(2, 3, r => FullArgs(r == 0 ? "z3dies" : "z3dies-rank1", 6) with { SaveSteps = 2, StopAfterStep = 0 },
+            Full, afterStep: (rank, step) => { if (rank == 1 && step == 3) throw new InvalidOperationException("rank 1 killed after step 3"); },
+            load: LoadModel);
+        Assert.Equal("rank 1 killed after step 3", results[1].Error!.Message);
+        var e = Assert.IsType<CollectiveException>(results[0].Error);
+        // Rank 0 is inside step 4's first forward, gathering the embeddings' group, when rank 1's socket closes.
+        Assert.StartsWith("rank 0: rank 1 closed its connection during the parameter all-gather of embeddings and head in step 4", e.Message);
+        var store = new CheckpointStore(Path.Combine(_root, "z3dies"));
+        Assert.Equal([2], store.List().Select(c => c.Step));
+        Assert.True(File.Exists(Path.Combine(store.Latest()!, FineTuneRecipe.OptimizerFile)));
+    }
+
+    [Fact]
+    public void Zero_2_with_per_layer_gradients_equals_whole_gradients_and_holds_one_layers()
+    {
+        // TrainingSetup.ShardedGradients: the gradients live in the layer's window (reduce-scattered after every backward)
+        // and in the owned chunk; the values and masters stay whole, as ZeRO-2 keeps them.
+        var whole = Ok(Ranks(3, 2, r => FullArgs($"z2w-{r}"), Full));
+        var perLayer = Ranks(3, 2, r => FullArgs($"z2l-{r}"), Full, layerGradients: true);
+        Assert.Equal(Ok(perLayer)[0], perLayer[2].Weights);
+        // Rounding apart (the micro-batches' sums associate as ZeRO-3's do).
+        double rel = RelativeDifference(perLayer[0].Weights, whole[0]);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
+        // The layout of the ZeRO-3 test: 6976 owned elements, windows of 1728 and 9600; the values whole (20,160 F32).
+        Assert.Equal((4 * 20160, 4 * (6976 + 1728 + 9600), 8 * 6976), perLayer[1].Held);
+        Assert.Contains("trainable parameters 0.077 MiB, gradients 0.070 MiB, optimizer states 0.053 MiB on this rank (unsharded 0.077, 0.077, 0.154 MiB; ZeRO-2, rank 1 of 3).", perLayer[1].Info);
+        // One rank with one micro-batch a step: the plain trainer's bits.
+        TrainingArguments A(string name) => FullArgs(name) with { GradientAccumulationSteps = 1 };
+        Assert.Equal(OneProcess(A("z2l-plain"), Full), Ok(Ranks(1, 2, _ => A("z2l-one"), Full, layerGradients: true))[0]);
+    }
+
+    [Fact]
+    public void Zero_3_of_a_mixture_of_experts_gives_one_processs_weights()
+    {
+        // qwen3_moe-style layers (4 experts, top 2), no aux loss: the expert stacks and the router are the layer's group.
+        var moe = TinyTrainingModels.Spec with
+        {
+            Architecture = "qwen3_moe",
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 12 },
+        };
+        float[] one;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(Full, moe);
+            FineTuneRecipe.Train(model, FullArgs("z3moe-one"), Loader(), null, ITrainingMonitor.Silent);
+            one = Trainable(model);
+        }
+        var two = Ok(Ranks(2, 3, r => FullArgs($"z3moe-{r}"), Full, load: (models, setup) => models.Create(setup, moe)));
+        Assert.Equal(two[0], two[1]);
+        double rel = RelativeDifference(two[0], one);
+        Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
     }
 }

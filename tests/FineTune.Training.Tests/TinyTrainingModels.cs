@@ -24,6 +24,9 @@ internal sealed class TinyTrainingModels : IDisposable
         return model;
     }
 
+    /// <summary>Disposes these with the rest (a model loaded elsewhere and its backend).</summary>
+    public void Own(params IDisposable[] owned) => _owned.AddRange(owned);
+
     public void Dispose()
     {
         foreach (var d in _owned) d.Dispose();

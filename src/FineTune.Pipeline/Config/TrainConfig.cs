@@ -35,7 +35,7 @@ public sealed record TrainConfig
     [ScalarOrList, NotFingerprinted, OmittedWhenUnset, Description("Several processes (`finetune run --nproc-per-node N`, torchrun): the GPU of each local rank, [0, 1, …] (local rank i trains on the i-th), or auto (local rank i on GPU i). Not part of the fingerprint.")]
     public IReadOnlyList<string>? Devices { get; init; }
 
-    [Range(0, 3), NotFingerprinted, Description("Several processes: 0 plain data parallel (every rank keeps all optimizer states), 1 optimizer states sharded across ranks (ZeRO-1), 2 gradients too (ZeRO-2); 3 (parameters sharded) is not implemented yet. Not part of the fingerprint: the result is the same.")]
+    [Range(0, 3), NotFingerprinted, Description("Several processes: 0 plain data parallel (every rank keeps all optimizer states), 1 optimizer states sharded across ranks (ZeRO-1), 2 gradients too (ZeRO-2), 3 parameters too (ZeRO-3: each rank holds its chunk of every trained weight and gathers one layer at a time; full and freeze, pt and sft). Not part of the fingerprint: the result is the same.")]
     public int ZeroStage { get; init; }
 
     // Kept out of the block's fingerprint because it enters it resolved: pt and sft decide what the split stage

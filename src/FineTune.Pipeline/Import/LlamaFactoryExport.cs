@@ -80,6 +80,10 @@ public static class LlamaFactoryExport
         if (trainConfig.GradientCheckpointing != GradientCheckpointingSetting.Auto)
             Line(sb, "disable_gradient_checkpointing", trainConfig.GradientCheckpointing == GradientCheckpointingSetting.False ? "true" : "false");
         Line(sb, "bf16", "true");
+        // ZeRO: LLaMA-Factory's example DeepSpeed configs (examples/deepspeed) exist for stages 0, 2 and 3.
+        if (trainConfig.ZeroStage is 2 or 3) Line(sb, "deepspeed", $"examples/deepspeed/ds_z{trainConfig.ZeroStage}_config.json");
+        else if (trainConfig.ZeroStage == 1)
+            notCarried.Add($"stages.{trainStage}.zero_stage: 1 (LLaMA-Factory's examples have no ZeRO-1 DeepSpeed config: write one with zero_optimization.stage 1 and pass it as deepspeed)");
 
         if (trainConfig.EvalSteps is not null || eval is not null)
         {

@@ -144,13 +144,14 @@ public static partial class LlamaFactoryImport
             Model();
             Datasets();
             Objective();
+            DeepSpeed();
             Evaluation();
             Export();
             var handled = new HashSet<string>(StringComparer.Ordinal)
             {
                 "model_name_or_path", "model_revision", "dataset", "dataset_dir", "template", "stage", "finetuning_type", "seed",
                 "disable_gradient_checkpointing", "optim", "do_train", "do_eval", "do_predict", "eval_strategy", "evaluation_strategy",
-                "eval_steps", "export_dir", "infer_dtype",
+                "eval_steps", "export_dir", "infer_dtype", "deepspeed",
             };
             foreach (var a in args)
             {
@@ -282,6 +283,42 @@ public static partial class LlamaFactoryImport
                 else if (!LlamaFactoryKeys.AdamW.Contains(optim))
                     Note(o, KeyFate.Unsupported, $"the optimizer {optim} (FineTune trains with AdamW: adamw_torch, adamw_8bit, paged_adamw_8bit)");
             }
+        }
+
+        /// <summary>
+        /// deepspeed names a DeepSpeed JSON config; FineTune takes its ZeRO stage (zero_optimization.stage) as
+        /// stages.train.zero_stage, read from the file where it exists (beside the config or under --base-dir), else from
+        /// the name of LLaMA-Factory's examples (examples/deepspeed/ds_z3_config.json, ds_z3_offload_config.json, …).
+        /// </summary>
+        private void DeepSpeed()
+        {
+            if (Arg("deepspeed") is not { Text: { } file } d) return;
+            int? stage = null;
+            bool offload = false;
+            var path = new[] { Path.Combine(Path.GetDirectoryName(Path.GetFullPath(sourceFile))!, file), Path.Combine(baseDir, file) }.FirstOrDefault(File.Exists);
+            if (path is not null)
+            {
+                try
+                {
+                    var zero = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))?["zero_optimization"];
+                    stage = zero?["stage"]?.GetValue<int>();
+                    offload = zero?["offload_optimizer"] is not null || zero?["offload_param"] is not null;
+                }
+                catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+                {
+                    Error(d, $"deepspeed: {path} is not a DeepSpeed JSON config FineTune can read ({e.Message}); set stages.train.zero_stage instead");
+                    return;
+                }
+            }
+            else if (Regex.Match(Path.GetFileName(file), @"^ds_z([0-3])(_offload)?_config\.json$") is { Success: true } m)
+                (stage, offload) = (m.Groups[1].Value[0] - '0', m.Groups[2].Success);
+            if (stage is not (>= 0 and <= 3))
+            {
+                Note(d, KeyFate.Unsupported, $"the DeepSpeed config {file}: no ZeRO stage 0–3 found (the file is not here and its name is not ds_z<N>_config.json); set stages.train.zero_stage");
+                return;
+            }
+            if (offload) Note(d, KeyFate.Unsupported, $"ZeRO offload to the CPU (zero_stage: {stage} is carried; every shard stays on its GPU)");
+            Set("stages.train.zero_stage", stage.Value.ToString(CultureInfo.InvariantCulture), d);
         }
 
         private void Evaluation()

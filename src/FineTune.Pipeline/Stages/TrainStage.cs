@@ -38,6 +38,15 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
 
     public StageKind Kind => Description.Kind;
 
+    /// <summary>What ZeRO-3 does not cover (the rest of the sentence after "zero_stage: 3 …"), or null when the block can use it.</summary>
+    static string? ZeroThreeRefusal(TrainConfig cfg) =>
+        cfg.FinetuningType == FinetuningType.Lora ? "shards the weights of finetuning_type full and freeze; LoRA's adapters are small and its base stays whole on every rank: use zero_stage: 2 with lora."
+        : cfg.QuantizationBit is not null || cfg.Fp8 == true ? "does not shard a quantized or fp8 base: remove quantization_bit/fp8 or use zero_stage: 2."
+        : cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit ? "with an 8-bit optimizer is not supported (its moments are quantized in blocks of 256, which the flat partition would cut): use optim: adamw_torch or zero_stage: 0."
+        : cfg.IsPreference ? $"trains pt and sft only; {cfg.Objective.ToString().ToLowerInvariant()} is not supported with it yet: use zero_stage: 2."
+        : cfg.MoeAuxLossCoef is { } coef && coef != 0 ? "with a mixture of experts' load-balancing loss (moe_aux_loss_coef) is not supported: use zero_stage: 2."
+        : null;
+
     public IReadOnlyList<string> ExternalInputs(StageContext ctx) => [];
 
     public StageResult Execute(StageContext ctx)
@@ -48,8 +57,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         // the same steps below; only rank 0 writes (the output, the checkpoints, tracking).
         var ranks = ctx.Ranks;
         bool writer = ranks is null || ranks.Rank == 0;
-        if (cfg.ZeroStage == 3)
-            throw new PipelineUserException($"stages.{name}.zero_stage: 3 (parameters sharded, gathered per layer) is not implemented yet; use 1 (optimizer states sharded) or 2 (and gradients).");
+        if (cfg.ZeroStage == 3 && ZeroThreeRefusal(cfg) is { } refusal)
+            throw new PipelineUserException($"stages.{name}.zero_stage: 3 (parameters sharded, gathered per layer) {refusal}");
         if (ranks is { Rank: 0 }) ranks.Send(new TrainJob(name, ctx.UpstreamOutputs, ctx.UpstreamHashes, ctx.WorkDirectory));
         // A stage that builds on an earlier train stage starts from its result: its adapter, trained on (over the same
         // base), or its full/freeze model directory, loaded instead of the download.
@@ -68,7 +77,16 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             throw new PipelineKeyException(wrong);
 
         // ZeRO over several ranks: the model allocates no AdamW moments; DataParallel holds this rank's chunks of them.
-        var setup = Setup(cfg) with { ValueHead = cfg.Objective == TrainingObjective.Rm, ShardedOptimizerStates = ranks is not null && cfg.ZeroStage > 0 };
+        // ZeRO-3: nor whole trainable weights; the model holds this rank's chunk of each and gathers a layer at a time.
+        var setup = Setup(cfg) with
+        {
+            ValueHead = cfg.Objective == TrainingObjective.Rm,
+            ShardedOptimizerStates = ranks is not null && cfg.ZeroStage > 0,
+            ShardedParameters = ranks is not null && cfg.ZeroStage == 3 ? new ParameterSharding(ranks.Rank, ranks.WorldSize) : null,
+            // ZeRO-2 keeps one layer's gradients at a time wherever ZeRO-3 could shard (full/freeze pt/sft); elsewhere (LoRA,
+            // preference objectives, …) the model keeps whole gradients, which ZeRO-2 reduce-scatters after the backward.
+            ShardedGradients = ranks is not null && cfg.ZeroStage == 2 && ZeroThreeRefusal(cfg) is null ? new ParameterSharding(ranks.Rank, ranks.WorldSize) : null,
+        };
         var upstream = UpstreamHashes(ctx);
         var trainedFrom = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
