@@ -87,17 +87,6 @@ public sealed class MoeLoraTests : IDisposable
         Assert.StartsWith("lora_target 'w2' reaches the experts of this mixtral model, which PEFT's ParamWrapper trains without dropout", e.Message);
     }
 
-    private string Scratch(ModelArchitecture arch)
-    {
-        string dir = _dir.File("base-" + arch.ModelType);
-        ScratchModel.Generate(new ScratchModelSpec
-        {
-            Architecture = arch, HiddenSize = 32, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
-            HeadDim = 8, TieWordEmbeddings = false, InitializerRange = 0.2,
-        }, dir);
-        return dir;
-    }
-
     [Theory]
     [InlineData("qwen3_moe")]
     [InlineData("mixtral")]
@@ -105,16 +94,9 @@ public sealed class MoeLoraTests : IDisposable
     {
         var family = ModelArchitecture.Find(arch)!;
         var x = family.Experts!;
-        string dir = Scratch(family), adapter = _dir.File("adapter"), again = _dir.File("again"), merged = _dir.File("merged"), fileMerged = _dir.File("file-merged");
+        string dir = MoeAdapterFiles.Scratch(_dir, family), adapter = _dir.File("adapter"), again = _dir.File("again"), merged = _dir.File("merged"), fileMerged = _dir.File("file-merged");
         var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 3, LoraTarget = arch == "mixtral" ? MixtralExperts : QwenExperts };
-        float[] logits;
-        using (var model = CausalLM.Load(dir, new CpuBackend(1), setup))
-        {
-            TinyModels.RandomizeLoraB(model, 9);
-            logits = model.ForwardLogits(TinyModels.PackedBatch());
-            model.SaveAdapter(adapter);
-            model.SaveModel(merged);
-        }
+        float[] logits = MoeAdapterFiles.SaveAdapterAndMerged(dir, setup, adapter, merged);
 
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))!;
         Assert.Equal(["q_proj", "v_proj"], config["target_modules"]!.AsArray().Select(t => (string)t!));
@@ -131,12 +113,7 @@ public sealed class MoeLoraTests : IDisposable
         Assert.Equal([32L, 16], file.Get($"{pre}.lora_B.weight").Shape);
 
         // Reload: the same logits, and saved again the same bytes.
-        using (var reloaded = CausalLM.Load(dir, new CpuBackend(1), TrainingSetup.Inference, adapter))
-        {
-            Assert.Equal(logits, reloaded.ForwardLogits(TinyModels.PackedBatch()));
-            reloaded.SaveAdapter(again);
-        }
-        Assert.Equal(File.ReadAllBytes(Path.Combine(adapter, "adapter_model.safetensors")), File.ReadAllBytes(Path.Combine(again, "adapter_model.safetensors")));
+        MoeAdapterFiles.AssertReloadsByteForByte(dir, adapter, again, logits);
 
         // Merge: expert 5's up projection of layer 1 is W + s·Σ_ρ B[24 + o, ρ·8 + 5]·A[5·4 + ρ, i] (up = part 1), s = 6/4.
         LoraMerge.Merge(dir, adapter, fileMerged);

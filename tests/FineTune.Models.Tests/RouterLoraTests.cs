@@ -86,34 +86,16 @@ public sealed class RouterLoraTests : IDisposable
         Assert.Equal("is not a linear module of this llama model", dense.Problem);
     }
 
-    private string Scratch(ModelArchitecture arch)
-    {
-        string dir = _dir.File("base-" + arch.ModelType);
-        ScratchModel.Generate(new ScratchModelSpec
-        {
-            Architecture = arch, HiddenSize = 32, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
-            HeadDim = 8, TieWordEmbeddings = false, InitializerRange = 0.2,
-        }, dir);
-        return dir;
-    }
-
     [Theory]
     [InlineData("qwen3_moe")]
     [InlineData("mixtral")]
     public void A_router_adapter_saves_pefts_names_reloads_byte_for_byte_and_merges_to_w_plus_s_b_a(string arch)
     {
         var family = ModelArchitecture.Find(arch)!;
-        string dir = Scratch(family), adapter = _dir.File("adapter"), again = _dir.File("again"), merged = _dir.File("merged"), fileMerged = _dir.File("file-merged");
+        string dir = MoeAdapterFiles.Scratch(_dir, family), adapter = _dir.File("adapter"), again = _dir.File("again"), merged = _dir.File("merged"), fileMerged = _dir.File("file-merged");
         string down = family.Experts!.Down;
         var setup = new TrainingSetup { LoraRank = 2, LoraAlpha = 3, LoraTarget = ["q_proj", "gate", down] };
-        float[] logits;
-        using (var model = CausalLM.Load(dir, new CpuBackend(1), setup))
-        {
-            TinyModels.RandomizeLoraB(model, 9);
-            logits = model.ForwardLogits(TinyModels.PackedBatch());
-            model.SaveAdapter(adapter);
-            model.SaveModel(merged);
-        }
+        float[] logits = MoeAdapterFiles.SaveAdapterAndMerged(dir, setup, adapter, merged);
 
         // As PEFT's conversion leaves lora_target gate: not a target module but the parameter gate.weight.
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))!;
@@ -124,12 +106,7 @@ public sealed class RouterLoraTests : IDisposable
         Assert.Equal([2L, 32], file.Get($"{pre}.lora_A.weight").Shape);
         Assert.Equal([8L, 2], file.Get($"{pre}.lora_B.weight").Shape);
 
-        using (var reloaded = CausalLM.Load(dir, new CpuBackend(1), TrainingSetup.Inference, adapter))
-        {
-            Assert.Equal(logits, reloaded.ForwardLogits(TinyModels.PackedBatch()));
-            reloaded.SaveAdapter(again);
-        }
-        Assert.Equal(File.ReadAllBytes(Path.Combine(adapter, "adapter_model.safetensors")), File.ReadAllBytes(Path.Combine(again, "adapter_model.safetensors")));
+        MoeAdapterFiles.AssertReloadsByteForByte(dir, adapter, again, logits);
 
         // Merge: the hub's router of layer 1 (mixtral: block_sparse_moe.gate) is W + s·B·A, s = 3/2.
         LoraMerge.Merge(dir, adapter, fileMerged);
@@ -157,7 +134,7 @@ public sealed class RouterLoraTests : IDisposable
     {
         // PEFT on transformers 4 wrapped mixtral's nn.Linear block_sparse_moe.gate: target_modules gate, the same A and B.
         var family = ModelArchitecture.Mixtral;
-        string dir = Scratch(family), adapter = _dir.File("v5"), v4 = _dir.File("v4");
+        string dir = MoeAdapterFiles.Scratch(_dir, family), adapter = _dir.File("v5"), v4 = _dir.File("v4");
         float[] logits;
         using (var model = CausalLM.Load(dir, new CpuBackend(1), new TrainingSetup { LoraRank = 2, LoraAlpha = 3, LoraTarget = ["q_proj", "gate"] }))
         {
