@@ -20,11 +20,10 @@ public sealed partial class CudaBackend
     public bool UseFlashAttention { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_ATTENTION") != "0";
 
     /// <summary>
-    /// The forward with double-buffered K/V tiles (FINETUNE_FLASH_PIPELINE=1). Off by default: the single-stage forward,
-    /// whose cp.async copies of a whole tile are all in flight at once with two blocks per multiprocessor, measured faster
-    /// on an H100 at every bench shape (docs/cuda.md).
+    /// Shape of the flash forward kernel; null takes <see cref="FlashForwardTiles.For"/>'s default for the head size.
+    /// `FINETUNE_FLASH_FORWARD=w4s1` (any instantiated shape) sets it from the environment.
     /// </summary>
-    public bool UseFlashPipeline { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FLASH_PIPELINE") == "1";
+    public FlashForwardTiles? FlashForward { get; set; } = FlashForwardTiles.Parse(Environment.GetEnvironmentVariable("FINETUNE_FLASH_FORWARD"));
 
     // Every variant (causal, GQA, packed segments, sliding window, soft-cap) runs on the flash kernels when the
     // tensors are BF16 and the head size is one they are instantiated for.
@@ -54,8 +53,9 @@ public sealed partial class CudaBackend
         if (Flash(s.HeadDim, output, q, k, v))
         {
             // Plain layers take the plain kernels (window and cap ignored); windowed or soft-capped ones the _var kernels.
-            string kernel = FlashBackwardTiles.ForwardKernel(s.HeadDim, UseFlashPipeline, variant: !s.Variant.IsPlain);
-            LaunchFlash(kernel, ((s.QueryLen + 63) / 64, s.QueryHeads, s.Batch), 128, FlashBackwardTiles.ForwardSharedBytes(s.HeadDim, UseFlashPipeline),
+            var tiles = FlashForwardTiles.For(s.HeadDim, FlashForward);
+            string kernel = tiles.Kernel(s.HeadDim, variant: !s.Variant.IsPlain);
+            LaunchFlash(kernel, ((s.QueryLen + tiles.Rows - 1) / tiles.Rows, s.QueryHeads, s.Batch), 32 * tiles.Warps, tiles.SharedBytes(s.HeadDim),
                 [P(output), P(lse), P(q), P(k), P(v), P(segmentIds), s.QueryLen, s.KeyLen, s.KvCapacity, s.QueryHeads, s.KvHeads, s.Scale,
                  s.Variant.Window, s.Variant.SoftCap],
                 kernel);

@@ -51,20 +51,4 @@ public sealed record FlashBackwardTiles(int DqWarps, int DqKeys, int DkvWarps, i
     /// <summary>K, V tiles [16·DkvWarps][D+8]; two stages of Q, dO tiles [DkvQueries][D+8] and lse, delta, segment ids.</summary>
     public int DkvSharedBytes(int headDim) =>
         2 * 16 * DkvWarps * (headDim + 8) * 2 + 2 * (2 * DkvQueries * (headDim + 8) * 2 + 3 * DkvQueries * 4);
-
-    /// <summary>
-    /// The forward kernel's name: single-stage or double-buffered (<paramref name="pipeline"/>, head_dim 64/128 only),
-    /// plain or with window and soft-cap (<paramref name="variant"/>).
-    /// </summary>
-    public static string ForwardKernel(int headDim, bool pipeline, bool variant) =>
-        $"flash_forward{(pipeline && headDim <= 128 ? "_pipe" : "")}_d{headDim}{(variant ? "_var" : "")}";
-
-    /// <summary>
-    /// Per stage K and V tiles [64][D+8] and 64 segment ids; above head_dim 128 (single stage) also the block's Q tile [64][D+8].
-    /// </summary>
-    public static int ForwardSharedBytes(int headDim, bool pipeline)
-    {
-        int stages = pipeline && headDim <= 128 ? 2 : 1;
-        return stages * (2 * 64 * (headDim + 8) * 2 + 64 * 4) + (headDim > 128 ? 64 * (headDim + 8) * 2 : 0);
-    }
 }

@@ -36,10 +36,6 @@ public sealed class FlashBackwardTilesTests
         // Gemma's sliding-window and soft-capped layers take the _var instantiations; plain layers keep the plain names.
         string source = KernelSources.Embedded().Source("flash_attention.cu");
         var t = FlashBackwardTiles.For(headDim, null);
-        Assert.Equal($"flash_forward_d{headDim}_var", FlashBackwardTiles.ForwardKernel(headDim, pipeline: false, variant: true));
-        Assert.Equal($"flash_forward_d{headDim}", FlashBackwardTiles.ForwardKernel(headDim, pipeline: false, variant: false));
-        Assert.Contains($"FLASH_FORWARD(flash_forward_d{headDim}, {headDim}, 1, 1)", source);
-        Assert.Contains("NAME##_var(", source);
         Assert.Equal($"flash_backward_dq_d{headDim}_w{t.DqWarps}_n{t.DqKeys}_var", t.DqKernel(headDim, variant: true));
         Assert.Equal($"flash_backward_dkv_d{headDim}_w{t.DkvWarps}_m{t.DkvQueries}_var", t.DkvKernel(headDim, variant: true));
         Assert.Contains($"FLASH_DQ({headDim}, {t.DqWarps}, {t.DqKeys})", source);
@@ -58,11 +54,6 @@ public sealed class FlashBackwardTilesTests
         Assert.Equal(1, FlashBackwardTiles.DkvColumnSplits(128));
         Assert.Contains("#define FLASH_DKV_DA(D) ((D) > 128 ? 128 : (D))", KernelSources.Embedded().Source("flash_attention.cu"));
         var t = FlashBackwardTiles.HeadDim256;
-        // Forward: K, V [64][264] bf16 + 64 segment ids + the block's Q [64][264] = 67,584 + 256 + 33,792.
-        Assert.Equal(101_632, FlashBackwardTiles.ForwardSharedBytes(256, pipeline: false));
-        Assert.Equal(101_632, FlashBackwardTiles.ForwardSharedBytes(256, pipeline: true)); // no double-buffered 256 kernel
-        Assert.Equal("flash_forward_d256", FlashBackwardTiles.ForwardKernel(256, pipeline: true, variant: false));
-        Assert.Equal(2 * (2 * 64 * 136 * 2 + 256), FlashBackwardTiles.ForwardSharedBytes(128, pipeline: true));
         // dQ: 2 stages × (K, V [32][264] + 32 ids) + Q, dO [64][264] = 2 × (33,792 + 128) + 67,584.
         Assert.Equal(135_424, t.DqSharedBytes(256));
         // dK/dV: K, V [64][264] + 2 stages × (Q, dO [32][264] + 3 × 32 words) = 67,584 + 2 × (33,792 + 384).

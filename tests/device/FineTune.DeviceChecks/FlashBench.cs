@@ -57,17 +57,17 @@ public static class FlashBench
                 ? variant.Window * (variant.Window + 1.0) / 2 + (double)(t - variant.Window) * variant.Window
                 : (double)t * t / 2;
             double flopsFwd = 4.0 * b * hq * pairs * d;
-            string forwardKernel = FlashBackwardTiles.ForwardKernel(d, pipeline: false, variant: !variant.IsPlain);
-
+            // Every instantiated forward shape (FlashForwardTiles), the default last so its outputs feed the backward;
+            // forward_tflops is the default's.
+            string forwardKernel = FlashForwardTiles.For(d, null).Kernel(d, variant: !variant.IsPlain);
             var fwd = new Dictionary<string, double>();
-            foreach (bool pipe in new[] { true, false })
+            foreach (var ft in FlashForwardTiles.Instantiated(d).Reverse())
             {
-                gpu.UseFlashPipeline = pipe;
+                gpu.FlashForward = ft;
                 gpu.Attention(o, lse, q, k, v, seg, s);
                 foreach (var (key, ms) in Profile(gpu, () => gpu.Attention(o, lse, q, k, v, seg, s))) fwd[key] = ms;
             }
-            gpu.UseFlashPipeline = false;
-            gpu.Attention(o, lse, q, k, v, seg, s);
+            gpu.FlashForward = null;
 
             float[]? refDq = null, refDk = null, refDv = null;
             // head_dim 256 has its own tile shapes (FlashBackwardTiles.HeadDim256Shapes).
@@ -86,6 +86,7 @@ public static class FlashBench
                     tiles = $"dq w{tiles.DqWarps} n{tiles.DqKeys}, dkv w{tiles.DkvWarps} m{tiles.DkvQueries}",
                     forward_ms = fwd.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
                     forward_tflops = Math.Round(flopsFwd / (fwd[forwardKernel] * 1e9), 1),
+                    forward_tflops_by_shape = fwd.ToDictionary(kv => kv.Key, kv => Math.Round(flopsFwd / (kv.Value * 1e9), 1)),
                     backward_ms = prof.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
                     backward_tflops = Math.Round(2.5 * flopsFwd / (bwd * 1e9), 1),
                     rel_to_first = new { dq = Rel(gq, refDq), dk = Rel(gk, refDk!), dv = Rel(gv, refDv!) },

@@ -72,6 +72,7 @@ public static partial class OpChecks
             c.Compare($"attention {tag}", "lse", lse, ms);
             CompareToSimple(c, $"attention {tag} vs simple", "out", simpleOut, o.Gpu, ms);
             CompareToSimple(c, $"attention {tag} vs simple", "lse", simpleLse, lse.Gpu, ms);
+            ForwardShapesBitEqual(c, $"attention {tag}", s, o, lse, q, k, v, segT);
 
             // Each backward takes its own forward's O and lse, as training does (the simple one took the simple kernels').
             c.Cpu.AttentionBackward(dq.Cpu, dk.Cpu, dv.Cpu, dout.Cpu, o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);

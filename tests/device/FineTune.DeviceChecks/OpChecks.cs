@@ -566,15 +566,12 @@ public static partial class OpChecks
     {
         var shapes = new List<(int B, int T, int Hq, int Hkv, int D)> { (2, 77, 4, 2, 64), (1, 130, 2, 1, 128), (2, 300, 8, 2, 128) };
         if (c.Act == DType.BF16) shapes.Add((1, 2048, 16, 8, 128));
-        var variants = c.Act == DType.BF16
-            ? new[] { ("flash", true, false), ("flash-pipe", true, true), ("simple", false, false) }
-            : new[] { ("simple", false, false) };
-        foreach (var (variant, flash, pipeline) in variants)
+        var variants = c.Act == DType.BF16 ? new[] { ("flash", true), ("simple", false) } : new[] { ("simple", false) };
+        foreach (var (variant, flash) in variants)
             foreach (var (batch, t, hq, hkv, d) in shapes)
             {
                 if (!flash && t > 1000) continue;
                 c.Gpu.UseFlashAttention = flash;
-                c.Gpu.UseFlashPipeline = pipeline;
                 var s = AttentionShape.Training(batch, t, hq, hkv, d);
                 var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
                 var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
@@ -592,6 +589,7 @@ public static partial class OpChecks
                 c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
                 c.Compare($"attention {tag}", "out", o, ms);
                 c.Compare($"attention {tag}", "lse", lse, ms);
+                if (flash) ForwardShapesBitEqual(c, $"attention {tag}", s, o, lse, q, k, v, segT);
                 var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
                 var dq = c.Zeros([batch * t, hq * d]); var dk = c.Zeros([batch * t, hkv * d]); var dv = c.Zeros([batch * t, hkv * d]);
                 c.Cpu.AttentionBackward(dq.Cpu, dk.Cpu, dv.Cpu, dout.Cpu, o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
@@ -632,7 +630,29 @@ public static partial class OpChecks
             c.Compare($"attention kv-cache {(flash ? "flash" : "simple")} Q3 K20/32", "lse", lse, ms);
         }
         c.Gpu.UseFlashAttention = true;
-        c.Gpu.UseFlashPipeline = false;
+    }
+
+    /// <summary>
+    /// Every other instantiated forward tile shape (FlashForwardTiles) on the same inputs: out and lse the same bits as
+    /// the default shape's (already in <paramref name="o"/>, <paramref name="lse"/>), each after NaN poisoning, with its time.
+    /// </summary>
+    static void ForwardShapesBitEqual(Ctx c, string tag, AttentionShape s, (Tensor Cpu, Tensor Gpu) o, (Tensor Cpu, Tensor Gpu) lse,
+        (Tensor Cpu, Tensor Gpu) q, (Tensor Cpu, Tensor Gpu) k, (Tensor Cpu, Tensor Gpu) v, (Tensor Cpu, Tensor Gpu) seg)
+    {
+        var baseTiles = FlashForwardTiles.For(s.HeadDim, c.Gpu.FlashForward);
+        var refOut = c.Download(o.Gpu); var refLse = c.Download(lse.Gpu);
+        foreach (var tiles in FlashForwardTiles.Instantiated(s.HeadDim).Where(x => x != baseTiles))
+        {
+            c.Gpu.FlashForward = tiles;
+            foreach (var g in new[] { o.Gpu, lse.Gpu }) c.Gpu.Upload(g, Enumerable.Repeat(float.NaN, (int)g.Length).ToArray());
+            c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, seg.Gpu, s);
+            double ms = c.TimeRepeat(() => c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, seg.Gpu, s));
+            bool same = c.Download(o.Gpu).AsSpan().SequenceEqual(refOut) && c.Download(lse.Gpu).AsSpan().SequenceEqual(refLse);
+            c.Check($"{tag} forward {tiles} vs {baseTiles}", "bits", same, ms);
+        }
+        c.Gpu.FlashForward = null;
+        // Leave the default shape's outputs in place for the backward that follows.
+        c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, seg.Gpu, s);
     }
 
     static void Loss(Ctx c)

@@ -20,6 +20,8 @@ __device__ int __shfl_xor_sync(unsigned, int, int);
 __device__ float __shfl_sync(unsigned, float, int);
 __device__ int __shfl_sync(unsigned, int, int);
 __device__ unsigned __ballot_sync(unsigned, int);
+__device__ int __any_sync(unsigned, int);
+__device__ float fmaf(float, float, float);
 __device__ int __ffs(int);
 __device__ int __popc(unsigned);
 __device__ void __syncthreads();

@@ -41,6 +41,7 @@ inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return
 inline float __shfl_xor_sync(unsigned, float v, int o) { my_slot().f = v; warp_bar(); float r = slot(lane_id() ^ o).f; warp_bar(); return r; }
 inline float __shfl_sync(unsigned, float v, int src) { my_slot().f = v; warp_bar(); float r = slot(src).f; warp_bar(); return r; }
 inline unsigned __ballot_sync(unsigned, int pred) { my_slot().u[0] = pred ? 1 : 0; warp_bar(); unsigned r = 0; for (int l = 0; l < 32; l++) if (slot(l).u[0]) r |= 1u << l; warp_bar(); return r; }
+inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

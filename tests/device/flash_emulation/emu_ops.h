@@ -58,3 +58,10 @@ inline void cp_async16(void* dst, const void* src, bool valid) { check_smem(dst,
 inline void cp_async4(void* dst, const void* src, bool valid) { check_smem(dst, 4); if (valid) memcpy(dst, src, 4); else memset(dst, 0, 4); }
 inline void cp_async_commit() {}
 template <int N> inline void cp_async_wait() {}
+// The 32-bit shared-address forms (mma.cuh): an address is the byte offset into the emulated shared memory.
+inline unsigned smem_addr(const void* p) { return (unsigned)((const unsigned char*)p - smem); }
+inline void ldsm_x4_at(unsigned* r, unsigned addr) { ldsm_any(r, (const bf16_t*)(smem + addr), false); }
+inline void ldsm_x4_trans_at(unsigned* r, unsigned addr) { ldsm_any(r, (const bf16_t*)(smem + addr), true); }
+inline void cp_async16_at(unsigned dst, const void* src, bool valid) { cp_async16(smem + dst, src, valid); }
+inline float exp2_ftz(float x) { float r = exp2f(x); return r < 1.17549435e-38f ? 0.0f : r; }
+inline unsigned pack_bf16(float lo, float hi) { return (unsigned)f32_to_bf16_emu(lo) | ((unsigned)f32_to_bf16_emu(hi) << 16); }

@@ -28,11 +28,6 @@ int main(int argc, char** argv)
         rL[((size_t)b * Hq + h) * QL + i] = mx + log(sum);
         for (int d = 0; d < D; d++) { double o = 0; for (int j = 0; j <= p; j++) if (c[j] > -INFINITY) o += exp(c[j] - mx) / sum * V[((size_t)(b * kvcap + j) * Hkv + kh) * D + d]; rO[((size_t)(b * QL + i) * Hq + h) * D + d] = o; }
     }
-    size_t fsh = (size_t)(2 * 64 * (D + 8) * 2 + 64 * 4) + (D > 128 ? 64 * (D + 8) * 2 : 0);
-    launch({(unsigned)((QL + 63) / 64), (unsigned)Hq, (unsigned)B}, 128, fsh, [&] {
-        auto f = D == 64 ? (var ? flash_forward<64, 1, true> : flash_forward<64, 1, false>) : D == 128 ? (var ? flash_forward<128, 1, true> : flash_forward<128, 1, false>) : (var ? flash_forward<256, 1, true> : flash_forward<256, 1, false>);
-        f(out.data(), lse.data(), q.data(), k.data(), v.data(), seg.data(), QL, KL, kvcap, Hq, Hkv, scale, window, cap);
-    });
-    std::vector<float> lsef(lse.begin(), lse.end());
-    printf("kv-cache forward QL %d KL %d D %d window %d cap %g: out rel %.3e lse rel %.3e\n", QL, KL, D, window, cap, rel(rO, tof(out)), rel(rL, lsef));
+    printf("kv-cache forward QL %d KL %d D %d window %d cap %g:\n", QL, KL, D, window, cap);
+    run_forwards(D, var, out, lse, q, k, v, seg, QL, KL, kvcap, B, Hq, Hkv, scale, window, cap, rO, rL);
 }

@@ -74,6 +74,41 @@ __device__ __forceinline__ void cp_row32(void* dst, const void* src, int r0, int
     }
 }
 
+// cp_tile's copies with their per-thread arithmetic done once: with THREADS a multiple of D/8, every thread copies the
+// same 16-byte column `c8` of rows rr0, rr0 + STEP, … of each tile, so a tile costs each thread one 64-bit address,
+// then per copy an add, a compare and the cp.async. Used by the forward (its K and V tiles, every key tile).
+template <int D, int ROWS, int THREADS>
+struct TileCopy
+{
+    static constexpr int CHUNKS = D / 8, STEP = THREADS / CHUNKS, PER = ROWS / STEP;
+    static_assert(THREADS % CHUNKS == 0 && ROWS % STEP == 0, "threads must tile the rows evenly");
+    const bf16_t* base;   // the tensor at (row 0 of row_base, head h, column c8)
+    i64 row_stride;       // elements between consecutive rows (heads·D)
+    unsigned dst0;        // shared address of this thread's first chunk in stage 0
+    int rr0;
+
+    __device__ __forceinline__ TileCopy(const bf16_t* src, i64 row_base, int heads, int h, unsigned tile_addr)
+    {
+        int c8 = (threadIdx.x % CHUNKS) * 8;
+        rr0 = threadIdx.x / CHUNKS;
+        row_stride = (i64)heads * D;
+        base = src + (row_base * heads + h) * D + c8;
+        dst0 = tile_addr + (unsigned)(rr0 * (D + 8) + c8) * 2;
+    }
+
+    // Rows [r0, r0 + ROWS) into the tile at byte offset `stage_off` from stage 0; rows at or past `limit` become zeros.
+    __device__ __forceinline__ void copy(unsigned stage_off, int r0, int limit, const bf16_t* fallback) const
+    {
+        const bf16_t* src = base + (i64)(r0 + rr0) * row_stride;
+#pragma unroll
+        for (int i = 0; i < PER; i++)
+        {
+            bool ok = r0 + rr0 + i * STEP < limit;
+            cp_async16_at(dst0 + stage_off + (unsigned)(i * STEP * (D + 8) * 2), ok ? src + i * STEP * row_stride : fallback, ok);
+        }
+    }
+};
+
 // A fragments (k = 0..D) of one warp's 16 rows read straight from global memory: rows `lo` and `lo + 8` of the
 // fragment layout; a null row (past the end) gives zeros.
 template <int D>
@@ -143,53 +178,70 @@ __device__ __forceinline__ float variant_logit2(const ScoreVariant& v, float raw
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Forward. Block: 4 warps × 16 query rows = 64 rows of one (batch, head); key tiles of 64 through STAGES
-// shared buffers (1: the default, the whole tile's copies in flight at once, two blocks per multiprocessor;
-// 2: double buffering, FINETUNE_FLASH_PIPELINE=1, measured slower on an H100). The last row blocks (most keys
-// under the causal mask) are scheduled first. With a window the key loop starts at the first tile the block's
-// first row can reach. Dynamic shared memory: STAGES × (K, V tiles + 64 segment ids), and for head_dim 256 the
-// block's Q tile [64][D+8] (Q_SMEM: fragments read per k-step, which leaves the registers to the 128-float output
-// accumulator).
+// Forward. Block: WARPS warps × 16 query rows = BM rows of one (batch, head); key tiles of 64. The last row blocks
+// (most keys under the causal mask) are scheduled first. With a window the key loop starts at the first tile the
+// block's first row can reach. A key tile wholly visible from every row of the block (below the diagonal, inside the
+// block's segment, and with a window inside every row's reach) skips the per-element mask; its scores are the same
+// bits as the masked path's. STAGES:
+//   1: the tile's K, V and segment ids copied, waited for, then multiplied (every copy of a tile in flight at once;
+//      the latency is hidden only by the other blocks on the multiprocessor);
+//   2: double-buffered with separate waits for K and V: tile n+1's copies are issued as soon as tile n's K has
+//      arrived, S = Q·Kᵀ and the softmax run while V is still in flight, and P·V waits only for V.
+// Each row's arithmetic is the same in every shape (the same key tiles in the same order, the same rounding
+// points): all shapes give the same bits. Dynamic shared memory: STAGES × (K, V tiles [64][D+8] + 64 segment ids),
+// and for head_dim 256 the block's Q tile [BM][D+8] (Q_SMEM: fragments read per k-step, which leaves the registers
+// to the 128-float output accumulator). FlashForwardTiles (C#) names the instantiated shapes.
 // ---------------------------------------------------------------------------------------------------------
-#define FWD_BM 64
 #define FWD_BN 64
 
-template <int D, int STAGES, bool VARIANT>
+template <int D, int WARPS, int STAGES, bool VARIANT>
 __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg_ids,
                               int QL, int KL, int kv_cap, int Hq, int Hkv, float scale, int window, float cap)
 {
     extern __shared__ __align__(16) unsigned char smem[];
-    constexpr int SD = D + 8, THREADS = 128;
+    constexpr int SD = D + 8, BM = 16 * WARPS, THREADS = 32 * WARPS;
     constexpr bool Q_SMEM = D > 128;
+    static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
     bf16_t* KsBase = (bf16_t*)smem;                          // [STAGES][FWD_BN][SD]
     bf16_t* VsBase = KsBase + STAGES * FWD_BN * SD;          // [STAGES][FWD_BN][SD]
     int* segkBase = (int*)(VsBase + STAGES * FWD_BN * SD);   // [STAGES][FWD_BN]
-    bf16_t* Qs = (bf16_t*)(segkBase + STAGES * FWD_BN);      // [FWD_BM][SD], Q_SMEM only
+    bf16_t* Qs = (bf16_t*)(segkBase + STAGES * FWD_BN);      // [BM][SD], Q_SMEM only
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
     const int off = KL - QL;
-    const int row0 = (gridDim.x - 1 - blockIdx.x) * FWD_BM;
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
     const int* seg = seg_ids + (i64)b * kv_cap;
     const int p_lo = off + r_lo, p_hi = off + r_hi;
     const int sid_lo = r_lo < QL ? seg[p_lo] : -3, sid_hi = r_hi < QL ? seg[p_hi] : -3;
     const float sl2 = scale * LOG2E;
-    const int last_row = min(QL - 1, row0 + FWD_BM - 1);
-    int first_key = segment_start(seg, off + row0);
-    if (VARIANT && window > 0) first_key = max(first_key, off + row0 - window + 1);
+    const int last_row = min(QL - 1, row0 + BM - 1);
+    const int p_first = off + row0, p_last = off + last_row, sid_last = seg[p_last];
+    int first_key = segment_start(seg, p_first);
+    if (VARIANT && window > 0) first_key = max(first_key, p_first - window + 1);
     const int start = first_key & ~(FWD_BN - 1);
-    const int p_last = off + last_row;
     const i64 kv_row_base = (i64)b * kv_cap;
+    // Shared addresses kept in registers: this lane's ldmatrix row in the K, V (stage 0) and Q tiles.
+    constexpr unsigned STAGE_BYTES = FWD_BN * SD * 2;
+    const unsigned k_lane = smem_addr(KsBase) + lane_off_b_nk(SD, lane) * 2, v_lane = smem_addr(VsBase) + lane_off_a(SD, lane) * 2;
+    const unsigned q_lane = smem_addr(Qs) + (warp * 16 * SD + lane_off_a(SD, lane)) * 2;
+    const TileCopy<D, FWD_BN, THREADS> kcopy(k, kv_row_base, Hkv, kh, smem_addr(KsBase)), vcopy(v, kv_row_base, Hkv, kh, smem_addr(VsBase));
     // Keys past KL are zero-filled with segment id 0; the causal test (j <= p, p < KL) masks them.
-    auto issue = [&](int stage, int j)
+    auto issue_k = [&](int stage, int j)
     {
-        cp_tile<D, FWD_BN, THREADS>(KsBase + stage * FWD_BN * SD, k, kv_row_base, j, KL, Hkv, kh);
-        cp_tile<D, FWD_BN, THREADS>(VsBase + stage * FWD_BN * SD, v, kv_row_base, j, KL, Hkv, kh);
+        kcopy.copy(stage * STAGE_BYTES, j, KL, k);
         cp_row32<FWD_BN, THREADS>(segkBase + stage * FWD_BN, seg, j, KL);
     };
-    // Q's copy is its own group, committed first: the first tile's wait covers it.
-    if constexpr (Q_SMEM) { cp_tile<D, FWD_BM, THREADS>(Qs, q, (i64)b * QL, row0, QL, Hq, h); cp_async_commit(); }
-    if (STAGES == 2) { issue(0, start); cp_async_commit(); }
+    auto issue_v = [&](int stage, int j) { vcopy.copy(stage * STAGE_BYTES, j, KL, v); };
+    // Q's copy joins the first group (STAGES 2: the first K wait covers it; STAGES 1: the first tile's).
+    if constexpr (Q_SMEM) cp_tile<D, BM, THREADS>(Qs, q, (i64)b * QL, row0, QL, Hq, h);
+    if constexpr (STAGES == 2)
+    {
+        issue_k(0, start);
+        cp_async_commit();
+        issue_v(0, start);
+        cp_async_commit();
+    }
 
     unsigned qa[Q_SMEM ? 1 : D / 16][4];
     if constexpr (!Q_SMEM)
@@ -204,21 +256,25 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
     for (int j0 = start; j0 <= p_last; j0 += FWD_BN, it++)
     {
         const int cur = STAGES == 2 ? (it & 1) : 0;
-        if (STAGES == 2)
+        if constexpr (STAGES == 2)
         {
-            if (j0 + FWD_BN <= p_last) issue(cur ^ 1, j0 + FWD_BN);
+            cp_async_wait<1>(); // this tile's K (and everything before it); its V may still be in flight
+            __syncthreads();    // ... for every thread, and every warp is done with the other stage (tile n−1)
+            const bool more = j0 + FWD_BN <= p_last;
+            if (more) issue_k(cur ^ 1, j0 + FWD_BN);
             cp_async_commit();
-            cp_async_wait<1>();
+            if (more) issue_v(cur ^ 1, j0 + FWD_BN);
+            cp_async_commit();
         }
         else
         {
-            issue(0, j0);
+            issue_k(0, j0);
+            issue_v(0, j0);
             cp_async_commit();
             cp_async_wait<0>();
+            __syncthreads();
         }
-        __syncthreads();
-        const bf16_t* Ks = KsBase + cur * FWD_BN * SD;
-        const bf16_t* Vs = VsBase + cur * FWD_BN * SD;
+        const unsigned ks = k_lane + cur * STAGE_BYTES, vs = v_lane + cur * STAGE_BYTES;
         const int* segk = segkBase + cur * FWD_BN;
 
         float s[FWD_BN / 8][4];
@@ -227,7 +283,7 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
         for (int kk = 0; kk < D / 16; kk++)
         {
             unsigned qf[4];
-            if constexpr (Q_SMEM) frag_a(qf, Qs, SD, warp * 16, kk * 16, lane);
+            if constexpr (Q_SMEM) ldsm_x4_at(qf, q_lane + kk * 16 * 2);
             else
             {
 #pragma unroll
@@ -237,57 +293,96 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
             for (int np = 0; np < FWD_BN / 16; np++)
             {
                 unsigned bb[4];
-                frag_b_nk(bb, Ks, SD, np * 16, kk * 16, lane);
+                ldsm_x4_at(bb, ks + (np * 16 * SD + kk * 16) * 2);
                 mma16816(s[2 * np], qf, bb[0], bb[1]);
                 mma16816(s[2 * np + 1], qf, bb[2], bb[3]);
             }
         }
+        // Whole tile visible from every row: segments are contiguous runs, so seg[j0] == seg[last row] puts every
+        // key of the tile and every row of the block in one segment.
+        bool whole = j0 + FWD_BN - 1 <= p_first && segk[0] == sid_last;
+        if constexpr (VARIANT) whole = whole && p_last - j0 < var.win;
+        // Plain layers keep the raw products q·k here (masked ones −inf) and fold the scale into the exponent's FMA;
+        // the VARIANT kernels hold the (capped) logits in log2 units.
         float mx_lo = -INFINITY, mx_hi = -INFINITY;
+        if (whole)
+        {
 #pragma unroll
-        for (int nt = 0; nt < FWD_BN / 8; nt++)
+            for (int nt = 0; nt < FWD_BN / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
-                bool lo = e < 2;
-                float val;
-                if constexpr (VARIANT)
+                for (int e = 0; e < 4; e++)
                 {
-                    int p = lo ? p_lo : p_hi;
-                    bool ok = j <= p && p - j < var.win && segk[col] == (lo ? sid_lo : sid_hi);
-                    float dcap;
-                    float x = variant_logit2(var, s[nt][e], sl2, dcap);
-                    val = ok ? x : -INFINITY;
+                    float val = s[nt][e];
+                    if constexpr (VARIANT)
+                    {
+                        float dcap;
+                        val = variant_logit2(var, val, sl2, dcap);
+                        s[nt][e] = val;
+                    }
+                    if (e < 2) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
                 }
-                else
+        }
+        else
+        {
+#pragma unroll
+            for (int nt = 0; nt < FWD_BN / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
                 {
-                    bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
-                    val = ok ? s[nt][e] * sl2 : -INFINITY;
+                    int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
+                    bool lo = e < 2;
+                    float val;
+                    if constexpr (VARIANT)
+                    {
+                        int p = lo ? p_lo : p_hi;
+                        bool ok = j <= p && p - j < var.win && segk[col] == (lo ? sid_lo : sid_hi);
+                        float dcap;
+                        float x = variant_logit2(var, s[nt][e], sl2, dcap);
+                        val = ok ? x : -INFINITY;
+                    }
+                    else
+                    {
+                        bool ok = lo ? (j <= p_lo && segk[col] == sid_lo) : (j <= p_hi && segk[col] == sid_hi);
+                        val = ok ? s[nt][e] : -INFINITY;
+                    }
+                    s[nt][e] = val;
+                    if (lo) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
                 }
-                s[nt][e] = val;
-                if (lo) mx_lo = fmaxf(mx_lo, val); else mx_hi = fmaxf(mx_hi, val);
-            }
+        }
         mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 1));
         mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 2));
         mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 1));
         mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 2));
+        // The scale is positive, so scaling the raw maximum gives the maximum of the scaled scores.
+        if constexpr (!VARIANT) { mx_lo *= sl2; mx_hi *= sl2; }
         float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
         float ref_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, ref_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
-        float c_lo = exp2f(m_lo - ref_lo), c_hi = exp2f(m_hi - ref_hi);
+        float c_lo = exp2_ftz(m_lo - ref_lo), c_hi = exp2_ftz(m_hi - ref_hi);
         float sum_lo = 0.0f, sum_hi = 0.0f;
+        // exp2(scale·log2e·s − ref) as one FMA and one MUFU per score (plain), or exp2(logit − ref) (VARIANT).
+        const float mul = VARIANT ? 1.0f : sl2;
 #pragma unroll
         for (int nt = 0; nt < FWD_BN / 8; nt++)
         {
-            s[nt][0] = exp2f(s[nt][0] - ref_lo); s[nt][1] = exp2f(s[nt][1] - ref_lo);
-            s[nt][2] = exp2f(s[nt][2] - ref_hi); s[nt][3] = exp2f(s[nt][3] - ref_hi);
+            s[nt][0] = exp2_ftz(fmaf(s[nt][0], mul, -ref_lo)); s[nt][1] = exp2_ftz(fmaf(s[nt][1], mul, -ref_lo));
+            s[nt][2] = exp2_ftz(fmaf(s[nt][2], mul, -ref_hi)); s[nt][3] = exp2_ftz(fmaf(s[nt][3], mul, -ref_hi));
             sum_lo += s[nt][0] + s[nt][1];
             sum_hi += s[nt][2] + s[nt][3];
         }
         l_lo = l_lo * c_lo + sum_lo;
         l_hi = l_hi * c_hi + sum_hi;
         m_lo = mn_lo; m_hi = mn_hi;
+        // Once the row maxima stop growing every factor is exactly 1: the warp skips the multiplications (same bits).
+        if (__any_sync(FULL_MASK, c_lo != 1.0f || c_hi != 1.0f))
+        {
 #pragma unroll
-        for (int d = 0; d < D / 8; d++) { o[d][0] *= c_lo; o[d][1] *= c_lo; o[d][2] *= c_hi; o[d][3] *= c_hi; }
+            for (int d = 0; d < D / 8; d++) { o[d][0] *= c_lo; o[d][1] *= c_lo; o[d][2] *= c_hi; o[d][3] *= c_hi; }
+        }
+        if constexpr (STAGES == 2)
+        {
+            cp_async_wait<2>(); // this tile's V (tile n+1's K and V may still be in flight)
+            __syncthreads();
+        }
 #pragma unroll
         for (int kk = 0; kk < FWD_BN / 16; kk++)
         {
@@ -297,12 +392,12 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
             for (int dp = 0; dp < D / 16; dp++)
             {
                 unsigned bb[4];
-                frag_b_kn(bb, Vs, SD, dp * 16, kk * 16, lane);
+                ldsm_x4_trans_at(bb, vs + (kk * 16 * SD + dp * 16) * 2);
                 mma16816(o[2 * dp], pa, bb[0], bb[1]);
                 mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
             }
         }
-        __syncthreads(); // every warp is done with stage `cur` before it is refilled
+        if constexpr (STAGES == 1) __syncthreads(); // every warp is done with the stage before it is refilled
     }
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
@@ -315,22 +410,22 @@ __device__ void flash_forward(bf16_t* out, float* lse, const bf16_t* q, const bf
     if (t == 0 && r_hi < QL) lse[((i64)b * Hq + h) * QL + r_hi] = (m_hi + log2f(l_hi)) * LN2;
 }
 
-// MINB: blocks per multiprocessor to fit in registers (3 for the pipelined ones: 12 warps, 3 × 70 KiB shared at head_dim 128).
-// Each line defines NAME (plain) and NAME_var (window and soft-cap).
-#define FLASH_FORWARD(NAME, D, STAGES, MINB)                                                                                \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(bf16_t* out, float* lse, const bf16_t* q,               \
-        const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale,      \
-        int window, float cap)                                                                                             \
-    { flash_forward<D, STAGES, false>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale, window, cap); }            \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME##_var(bf16_t* out, float* lse, const bf16_t* q,         \
-        const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap, int Hq, int Hkv, float scale,      \
-        int window, float cap)                                                                                             \
-    { flash_forward<D, STAGES, true>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale, window, cap); }
-FLASH_FORWARD(flash_forward_d64, 64, 1, 1)
-FLASH_FORWARD(flash_forward_d128, 128, 1, 1)
-FLASH_FORWARD(flash_forward_d256, 256, 1, 1)
-FLASH_FORWARD(flash_forward_pipe_d64, 64, 2, 3)
-FLASH_FORWARD(flash_forward_pipe_d128, 128, 2, 3)
+// flash_forward_d<D>_w<warps>_s<stages>, and the same name ending in _var (window and soft-cap). Four-warp blocks
+// ask for two blocks per multiprocessor (255 registers), eight-warp ones for one.
+#define FLASH_FORWARD_KERNEL(D, W, S, SUFFIX, VARIANT)                                                                      \
+    extern "C" __global__ void __launch_bounds__(W * 32, 8 / W) flash_forward_d##D##_w##W##_s##S##SUFFIX(bf16_t* out,   \
+        float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const int* seg, int QL, int KL, int kv_cap,       \
+        int Hq, int Hkv, float scale, int window, float cap)                                                               \
+    { flash_forward<D, W, S, VARIANT>(out, lse, q, k, v, seg, QL, KL, kv_cap, Hq, Hkv, scale, window, cap); }
+#define FLASH_FORWARD(D, W, S) FLASH_FORWARD_KERNEL(D, W, S, , false) FLASH_FORWARD_KERNEL(D, W, S, _var, true)
+FLASH_FORWARD(64, 4, 1)
+FLASH_FORWARD(64, 4, 2)
+FLASH_FORWARD(64, 8, 2)
+FLASH_FORWARD(128, 4, 1)
+FLASH_FORWARD(128, 4, 2)
+FLASH_FORWARD(128, 8, 2)
+FLASH_FORWARD(256, 4, 1)
+FLASH_FORWARD(256, 4, 2)
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward, dQ. Block: WARPS warps × 16 query rows of one (batch, head); key tiles of BN, double-buffered by
