@@ -68,6 +68,12 @@ public readonly record struct AdamWStep(float LearningRate, float Beta1, float B
     float GradScale = 1f, float MaxGradNorm = 0f);
 
 /// <summary>
+/// The tensors of one parameter's AdamW update (<see cref="IBackend.AdamWMany"/>): the F32 master, its gradient and
+/// moments, and the compute copy the update is also written to (null: none).
+/// </summary>
+public readonly record struct AdamWTensors(Tensor Param, Tensor Grad, Tensor M, Tensor V, Tensor? ComputeCopy);
+
+/// <summary>
 /// The operations the transformer needs, each with its backward, on one device. The model code drives
 /// every backend through this interface alone, so CPU and CUDA run the same model. Operations are
 /// enqueued in order on the backend's stream; only <see cref="Download(Tensor, Span{float})"/> and
@@ -271,12 +277,33 @@ public interface IBackend : IDisposable
     /// <summary>Accumulates acc[0] += Σ x² (F32 scalar) — the squared gradient norm.</summary>
     void SumOfSquares(Tensor x, Tensor acc);
     /// <summary>
+    /// <see cref="SumOfSquares"/> of each tensor in list order into the same acc: the same bits as those calls in turn
+    /// (the clipping norm over every trainable tensor; CUDA runs the whole list in two launches).
+    /// </summary>
+    void SumOfSquaresMany(IReadOnlyList<Tensor> xs, Tensor acc)
+    {
+        foreach (var x in xs) SumOfSquares(x, acc);
+    }
+    /// <summary>
     /// One AdamW update of the F32 master <paramref name="param"/> from <paramref name="grad"/> (scaled by
     /// step.GradScale, and further by min(1, MaxGradNorm/(‖g‖+1e-6)) with ‖g‖² = gradNormSquared[0] when
     /// MaxGradNorm &gt; 0, so clipping needs no host round trip). Writes the updated weight also into
     /// <paramref name="computeCopy"/> (e.g. the BF16 weight the forward reads) when given.
     /// </summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step);
+    /// <summary>
+    /// <see cref="AdamW"/> of tensors[i] with steps[i] for every i, all reading one <paramref name="gradNormSquared"/>:
+    /// the same bits as those calls in turn (CUDA: one launch for the list). The entries' tensors must not overlap.
+    /// </summary>
+    void AdamWMany(IReadOnlyList<AdamWTensors> tensors, IReadOnlyList<AdamWStep> steps, Tensor? gradNormSquared)
+    {
+        if (tensors.Count != steps.Count) throw new ArgumentException($"{tensors.Count} AdamW updates for {steps.Count} steps");
+        for (int i = 0; i < tensors.Count; i++)
+        {
+            var t = tensors[i];
+            AdamW(t.Param, t.Grad, t.M, t.V, t.ComputeCopy, gradNormSquared, steps[i]);
+        }
+    }
 
     /// <summary>
     /// AdamW with 8-bit block-wise states as bitsandbytes' AdamW8bit (kOptimizerStatic8bit2StateBlockwise, blocks of

@@ -72,7 +72,9 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void Dropout(Tensor y, Tensor x, float p, ulong seed) { var t = Begin(); _inner.Dropout(y, x, p, seed); End("Dropout", t); }
     public void AddUniformNoise(Tensor x, float magnitude, ulong seed) { var t = Begin(); _inner.AddUniformNoise(x, magnitude, seed); End("AddUniformNoise", t); }
     public void SumOfSquares(Tensor x, Tensor acc) { var t = Begin(); _inner.SumOfSquares(x, acc); End("SumOfSquares", t); }
+    public void SumOfSquaresMany(IReadOnlyList<Tensor> xs, Tensor acc) { var t = Begin(); _inner.SumOfSquaresMany(xs, acc); End("SumOfSquaresMany", t); }
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW(param, grad, m, v, computeCopy, gradNormSquared, step); End("AdamW", t); }
+    public void AdamWMany(IReadOnlyList<AdamWTensors> tensors, IReadOnlyList<AdamWStep> steps, Tensor? gradNormSquared) { var t = Begin(); _inner.AdamWMany(tensors, steps, gradNormSquared); End("AdamWMany", t); }
     public void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
         Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) { var t = Begin(); _inner.AdamW8bit(param, grad, m8, v8, absmaxM, absmaxV, codeM, codeV, computeCopy, gradNormSquared, step); End("AdamW8bit", t); }
     public void Dequantize(Tensor dst, QuantizedWeight weight) { var t = Begin(); _inner.Dequantize(dst, weight); End("Dequantize", t); }

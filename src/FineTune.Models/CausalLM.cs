@@ -18,6 +18,12 @@ public sealed partial class CausalLM : IDisposable
     private readonly List<Parameter> _allParameters;
     private readonly List<TrainableParameter> _trainable;
     private readonly Tensor _gradNormSquared;
+    /// <summary>The trainable gradients in model order: the list the clipping norm sums (one SumOfSquaresMany).</summary>
+    private readonly Tensor[] _trainableGrads;
+    /// <summary>The parameters with F32 moments, their AdamW tensors and this step's hyper-parameters (built at the first step).</summary>
+    private TrainableParameter[]? _f32Stepped;
+    private AdamWTensors[]? _f32Tensors;
+    private AdamWStep[]? _f32Steps;
     /// <summary>The arena's run of gradients (every trainable grad and the groups' stacked A grads, nothing else between), in pieces of at most 2³⁰ floats.</summary>
     private readonly Tensor[] _gradRun;
     /// <summary>ZeRO's windows (or shards) hold the trainable gradients: they are zeroed one by one, not as the run.</summary>
@@ -280,6 +286,7 @@ public sealed partial class CausalLM : IDisposable
             _trainable.Add(p.Trainable);
             place?.Group._parameters.Add(p.Trainable);
         }
+        _trainableGrads = [.. _trainable.Select(t => t.Grad)];
         if (shardPlan.Groups is { } groups)
         {
             _shardedGroups = [.. groups];
@@ -408,8 +415,24 @@ public sealed partial class CausalLM : IDisposable
     public Tensor GradNormSquared()
     {
         Backend.Zero(_gradNormSquared);
-        foreach (var t in _trainable) Backend.SumOfSquares(t.Grad, _gradNormSquared);
+        Backend.SumOfSquaresMany(_trainableGrads, _gradNormSquared);
         return _gradNormSquared;
+    }
+
+    /// <summary>
+    /// One AdamW update of every trainable parameter, each with its hyper-parameters from <paramref name="adamW"/>: the
+    /// ones with F32 moments through one <see cref="IBackend.AdamWMany"/> (one launch on CUDA), 8-bit ones one by one.
+    /// The same bits as <see cref="TrainableParameter.Step"/> of each in turn.
+    /// </summary>
+    public void OptimizerStep(Func<TrainableParameter, AdamWStep> adamW, Tensor? gradNormSquared)
+    {
+        _f32Stepped ??= [.. _trainable.Where(t => t.EightBit is null)];
+        _f32Tensors ??= [.. _f32Stepped.Select(t => t.AdamWTensors)];
+        _f32Steps ??= new AdamWStep[_f32Stepped.Length];
+        for (int i = 0; i < _f32Stepped.Length; i++) _f32Steps[i] = adamW(_f32Stepped[i]);
+        Backend.AdamWMany(_f32Tensors, _f32Steps, gradNormSquared);
+        foreach (var t in _trainable)
+            if (t.EightBit is not null) t.Step(adamW(t), gradNormSquared);
     }
 
     /// <summary>Host copy of a parameter's current value by HF name (tests, merging, export).</summary>

@@ -134,7 +134,7 @@ public static class EngineBenchmark
             double loss = dpo ? DpoStep(model, tb) : model.ForwardBackward(tb, 1f / tb.LabelCount).MeanLoss;
             var norm = model.GradNormSquared();
             stepNo++;
-            foreach (var p in model.TrainableParameters) p.Step(adam with { Step = stepNo, WeightDecay = p.WeightDecay ? 0.01f : 0f }, norm);
+            model.OptimizerStep(p => adam with { Step = stepNo, WeightDecay = p.WeightDecay ? 0.01f : 0f }, norm);
             return loss;
         }
         for (int i = 0; i < warmup; i++) Step();

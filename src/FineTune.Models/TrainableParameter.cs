@@ -62,12 +62,22 @@ public sealed class TrainableParameter
     /// <summary>Bytes of optimizer state this model holds (the two moments and, when 8-bit, their block absmax; 0 when sharded).</summary>
     public long StateBytes => !HasMoments ? 0 : EightBit is { } e ? 2 * Length + 4 * (e.AbsmaxM.Length + e.AbsmaxV.Length) : 8 * Length;
 
-    /// <summary>One AdamW update (backend op); gradNormSquared feeds clipping when step.MaxGradNorm &gt; 0.</summary>
+    /// <summary>What an F32 AdamW update of this parameter reads and writes: master, gradient, moments and, when the forward reads another dtype, <see cref="Value"/>.</summary>
+    public AdamWTensors AdamWTensors => new(Master, Grad, M, V, ReferenceEquals(Value, Master) ? null : Value);
+
+    /// <summary>
+    /// One AdamW update (backend op); gradNormSquared feeds clipping when step.MaxGradNorm &gt; 0. A whole model steps
+    /// through <see cref="CausalLM.OptimizerStep"/> (one launch for every F32 parameter).
+    /// </summary>
     public void Step(AdamWStep step, Tensor? gradNormSquared = null)
     {
         var copy = ReferenceEquals(Value, Master) ? null : Value;
         if (EightBit is { } e) Value.Backend.AdamW8bit(Master, Grad, M, V, e.AbsmaxM, e.AbsmaxV, e.CodeM, e.CodeV, copy, gradNormSquared, step);
-        else Value.Backend.AdamW(Master, Grad, M, V, copy, gradNormSquared, step);
+        else
+        {
+            var t = AdamWTensors;
+            Value.Backend.AdamW(t.Param, t.Grad, t.M, t.V, t.ComputeCopy, gradNormSquared, step);
+        }
     }
 }
 

@@ -343,7 +343,7 @@ public sealed class DataParallel : IDisposable
         if (ZeroStage < 2) return model.GradNormSquared();
         var backend = model.Backend;
         backend.Zero(_normSquared!);
-        foreach (var view in OwnedGradients()) backend.SumOfSquares(view, _normSquared!);
+        backend.SumOfSquaresMany(OwnedGradients(), _normSquared!);
         var host = new float[1];
         backend.Download(_normSquared!, host);
         Span<double> total = [host[0]];
@@ -361,10 +361,14 @@ public sealed class DataParallel : IDisposable
         var model = Need();
         if (ZeroStage == 0)
         {
-            foreach (var p in model.TrainableParameters) p.Step(adamW(p), gradNormSquared);
+            model.OptimizerStep(adamW, gradNormSquared);
             return;
         }
         var backend = model.Backend;
+        // The owned chunks, each an AdamW update of its own (views of the parameter and of this rank's moment shards),
+        // stepped in one AdamWMany: one launch on CUDA.
+        var chunks = new List<AdamWTensors>();
+        var steps = new List<AdamWStep>();
         if (ZeroStage == 3)
         {
             foreach (var b in _buckets)
@@ -375,9 +379,10 @@ public sealed class DataParallel : IDisposable
                     int n = checked((int)count);
                     long at = shard - b.ShardOffset;
                     var copy = ReferenceEquals(g.ValueShard, g.MasterShard) ? null : g.ValueShard.View(at, [n]);
-                    backend.AdamW(g.MasterShard.View(at, [n]), g.GradShard.View(at, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
-                        copy, gradNormSquared, adamW(p));
+                    chunks.Add(new(g.MasterShard.View(at, [n]), g.GradShard.View(at, [n]), _shardM!.View(shard, [n]), _shardV!.View(shard, [n]), copy));
+                    steps.Add(adamW(p));
                 }
+            backend.AdamWMany(chunks, steps, gradNormSquared);
             model.ShardsChanged(); // the windows are stale: the next forward gathers the updated chunks
             return;
         }
@@ -388,9 +393,10 @@ public sealed class DataParallel : IDisposable
                 var copy = ReferenceEquals(p.Value, p.Master) ? null : p.Value.View(start, [n]);
                 // ZeRO-2 with the model's groups: the step's gradient of the owned chunk is the group's gradient chunk.
                 var grad = b.Group is { } g ? g.GradShard.View(shard - b.ShardOffset, [n]) : p.Grad.View(start, [n]);
-                backend.AdamW(p.Master.View(start, [n]), grad, _shardM!.View(shard, [n]), _shardV!.View(shard, [n]),
-                    copy, gradNormSquared, adamW(p));
+                chunks.Add(new(p.Master.View(start, [n]), grad, _shardM!.View(shard, [n]), _shardV!.View(shard, [n]), copy));
+                steps.Add(adamW(p));
             }
+        backend.AdamWMany(chunks, steps, gradNormSquared);
         AllGatherOwned(p => p.Master, $"the parameter all-gather of step {step}");
         // The compute copy (BF16 on CUDA) from the gathered masters, on every rank alike.
         foreach (var p in model.TrainableParameters)

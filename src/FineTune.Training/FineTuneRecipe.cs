@@ -147,8 +147,7 @@ public static class FineTuneRecipe
                 return new AdamWStep((float)paramLr, (float)args.AdamBeta1, (float)args.AdamBeta2, (float)args.AdamEpsilon,
                     p.WeightDecay ? (float)args.WeightDecay : 0f, step + 1, 1f, (float)args.MaxGradNorm);
             }
-            if (parallel is null)
-                foreach (var p in model.TrainableParameters) p.Step(AdamW(p), gradNormSquared);
+            if (parallel is null) model.OptimizerStep(AdamW, gradNormSquared);
             else parallel.OptimizerStep(AdamW, gradNormSquared, step + 1);
             step++;
             totalTokens += stepTokens;

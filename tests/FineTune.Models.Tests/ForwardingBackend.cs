@@ -90,7 +90,9 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void Dropout(Tensor y, Tensor x, float p, ulong seed) => Run(() => Inner.Dropout(y, x, p, seed));
     public virtual void AddUniformNoise(Tensor x, float magnitude, ulong seed) => Run(() => Inner.AddUniformNoise(x, magnitude, seed));
     public virtual void SumOfSquares(Tensor x, Tensor acc) => Run(() => Inner.SumOfSquares(x, acc));
+    public virtual void SumOfSquaresMany(IReadOnlyList<Tensor> xs, Tensor acc) => Run(() => Inner.SumOfSquaresMany(xs, acc));
     public virtual void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) => Run(() => Inner.AdamW(param, grad, m, v, computeCopy, gradNormSquared, step));
+    public virtual void AdamWMany(IReadOnlyList<AdamWTensors> tensors, IReadOnlyList<AdamWStep> steps, Tensor? gradNormSquared) => Run(() => Inner.AdamWMany(tensors, steps, gradNormSquared));
     public virtual void AdamW8bit(Tensor param, Tensor grad, Tensor m8, Tensor v8, Tensor absmaxM, Tensor absmaxV, Tensor codeM, Tensor codeV,
         Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step) => Run(() => Inner.AdamW8bit(param, grad, m8, v8, absmaxM, absmaxV, codeM, codeV, computeCopy, gradNormSquared, step));
     public virtual void Dequantize(Tensor dst, QuantizedWeight weight) => Run(() => Inner.Dequantize(dst, weight));

@@ -6,6 +6,7 @@ public sealed partial class CudaBackend
 {
     const int GroupedTile = 64;
     const int SortThreads = 1024; // moe_count / moe_place block: at most 32 warps (moe_place's warp_totals[32])
+    const int PlaceRun = 4;       // PLACE_RUN in experts.cu: consecutive choices per moe_place thread
     const int GroupedMmaTile = 128; // GM_ROWS = GM_COLS in experts.cu
 
     /// <summary>
@@ -112,11 +113,13 @@ public sealed partial class CudaBackend
         Need(topIdx, DType.I32); Need(offsets, DType.I32); Need(sortedToken, DType.I32); Need(rowOf, DType.I32);
         int choices = checked((int)topIdx.Length), k = topIdx.Cols, e = checked((int)offsets.Length) - 1;
         if (sortedToken.Length != choices || rowOf.Length != choices || e < 1) throw new ArgumentException($"expert sort: {topIdx}, {offsets}, {sortedToken}, {rowOf} do not agree");
-        // One block per expert, each reading every choice: 1024 threads take a quarter of 256's passes (and __syncthreads).
+        // One block per expert, each reading every choice: 1024 threads (moe_place: 4 choices each) take a sixteenth of
+        // 256 threads' passes over them, each pass with its __syncthreads.
         int threads = Math.Clamp((choices + 31) / 32 * 32, 32, SortThreads);
         Launch("experts.cu", "moe_count", (e, 1, 1), threads, [P(topIdx), P(offsets), choices]);
         Launch("experts.cu", "moe_scan", (1, 1, 1), 32, [P(offsets), e]);
-        Launch("experts.cu", "moe_place", (e, 1, 1), threads, [P(topIdx), P(offsets), P(sortedToken), P(rowOf), choices, k]);
+        Launch("experts.cu", "moe_place", (e, 1, 1), Math.Clamp((choices + PlaceRun * 32 - 1) / (PlaceRun * 32) * 32, 32, SortThreads),
+            [P(topIdx), P(offsets), P(sortedToken), P(rowOf), choices, k]);
     }
 
     public void GroupedMatMul(Tensor c, Tensor a, Tensor w, bool transW, Tensor offsets, bool accumulate = false)

@@ -379,36 +379,4 @@ public sealed partial class CudaBackend : IBackend
 
     public void AddUniformNoise(Tensor x, float magnitude, ulong seed) =>
         LaunchFlat("elementwise.cu", "ft_uniform_noise", x.Length, [P(x), Dt(x), magnitude, (KernelArg)seed, x.Length]);
-
-    // ---- optimizer ----
-    public void SumOfSquares(Tensor x, Tensor acc)
-    {
-        Need(acc, DType.F32);
-        if (x.Length == 0) return;
-        // Block sums, then one block adds them in order: no atomics, so the norm is the same bits every run.
-        int blocks = Blocks(x.Length);
-        ulong partial = _dev.Allocate((long)blocks * sizeof(float));
-        try
-        {
-            Launch("adamw.cu", "sum_of_squares_partial", (blocks, 1, 1), Threads, [P(x), Dt(x), x.Length, partial]);
-            Launch("adamw.cu", "sum_into", (1, 1, 1), 1024, [partial, (long)blocks, P(acc)]);
-        }
-        finally { _dev.Free(partial); }
-    }
-
-    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor? computeCopy, Tensor? gradNormSquared, AdamWStep step)
-    {
-        SameLength(param, grad); SameLength(param, m); SameLength(param, v);
-        Need(param, DType.F32); Need(grad, DType.F32); Need(m, DType.F32); Need(v, DType.F32);
-        if (computeCopy is not null) SameLength(param, computeCopy);
-        // Bias corrections in float, exactly as the CPU backend computes them.
-        float bc1 = 1f - MathF.Pow(step.Beta1, step.Step);
-        float bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(step.Beta2, step.Step));
-        LaunchFlat("adamw.cu", "adamw_step", param.Length,
-        [
-            P(param), P(grad), P(m), P(v), computeCopy is null ? 0UL : P(computeCopy), computeCopy is null ? 0 : Dt(computeCopy),
-            gradNormSquared is null ? 0UL : P(gradNormSquared), param.Length, step.LearningRate, step.Beta1, step.Beta2, step.Epsilon,
-            step.WeightDecay, bc1, bc2Sqrt, step.GradScale, step.MaxGradNorm,
-        ]);
-    }
 }

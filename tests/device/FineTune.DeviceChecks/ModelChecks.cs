@@ -227,7 +227,7 @@ public static class ModelChecks
                             m.ForwardBackward(batch, 1f / batch.LabelCount);
                         }
                         var norm = m.GradNormSquared();
-                        foreach (var p in m.TrainableParameters) p.Step(step with { Step = s }, norm);
+                        m.OptimizerStep(_ => step with { Step = s }, norm);
                     }
                 }
                 float[] Lora(CausalLM m) => m.TrainableParameters.SelectMany(p => m.ReadParameter(p.HfName)).ToArray();
@@ -341,7 +341,7 @@ public static class ModelChecks
             {
                 if (s > 1) { m.ZeroGrad(); m.ForwardBackward(batch, 1f / batch.LabelCount); }
                 var norm = m.GradNormSquared();
-                foreach (var p in m.TrainableParameters) p.Step(step with { Step = s }, norm);
+                m.OptimizerStep(_ => step with { Step = s }, norm);
             }
             m.ZeroGrad();
             after[i] = m.ForwardBackward(batch, 1f / batch.LabelCount).SumLoss;

@@ -11,7 +11,41 @@ public static partial class OpChecks
     {
         foreach (var (n, e, k, normalize) in new[] { (300, 16, 2, true), (257, 128, 8, false) })
             ExpertChecks(c, n, e, k, normalize);
+        foreach (var (n, e, k) in new[] { (1537, 128, 8), (5001, 3, 1) })
+            MoeSortPasses(c, n, e, k);
         GroupedGemmChecks(c);
+    }
+
+    /// <summary>
+    /// moe_sort over more choices than one pass of moe_place covers (1024 threads × 4 choices): 12,296 choices (three
+    /// passes, the last partial, each token's k experts distinct) and 5,001 choices over 3 experts (thousands of matches
+    /// per expert, runs of 4 that hit several times); offsets, sorted tokens and rows against the CPU's stable sort.
+    /// </summary>
+    static void MoeSortPasses(Ctx c, int n, int e, int k)
+    {
+        var rng = new Random(n);
+        var chosen = new int[n * k];
+        for (int t = 0; t < n; t++)
+        {
+            var experts = Enumerable.Range(0, e).OrderBy(_ => rng.Next()).Take(k).ToArray();
+            experts.CopyTo(chosen, t * k);
+        }
+        var ids = c.IntPair(chosen, [n, k]);
+        var offsets = c.IntPair(new int[e + 1], [e + 1]);
+        var sorted = c.IntPair(new int[n * k], [n * k]);
+        var rowOf = c.IntPair(new int[n * k], [n * k]);
+        double ms = c.Time(() => c.Gpu.MoeSort(ids.Gpu, offsets.Gpu, sorted.Gpu, rowOf.Gpu));
+        c.Cpu.MoeSort(ids.Cpu, offsets.Cpu, sorted.Cpu, rowOf.Cpu);
+        bool same = true;
+        foreach (var t in new[] { offsets, sorted, rowOf })
+        {
+            var a = new int[t.Cpu.Length];
+            var b = new int[t.Gpu.Length];
+            c.Cpu.Download(t.Cpu, a);
+            c.Gpu.Download(t.Gpu, b);
+            same &= a.SequenceEqual(b);
+        }
+        c.Check($"moe_sort T{n} E{e} k{k} (several moe_place passes)", "order", same, ms);
     }
 
     /// <summary>

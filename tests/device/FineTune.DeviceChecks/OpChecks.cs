@@ -709,5 +709,57 @@ public static partial class OpChecks
         c.Compare("adamw (clipped)", "m", m, ms);
         c.Compare("adamw (clipped)", "v", v, ms);
         c.Compare("adamw (clipped)", "copy", copy, ms);
+        MultiTensorOptimizer(c);
+    }
+
+    /// <summary>
+    /// SumOfSquaresMany and AdamWMany (one launch for the list) against the per-tensor calls, bit for bit, on 51 F32
+    /// gradients of random odd lengths (one past the block cap, so its blocks stride); AdamW with and without a compute
+    /// copy (the path's dtype), with and without clipping, each tensor with its own rate and decay. Prints both timings.
+    /// </summary>
+    static void MultiTensorOptimizer(Ctx c)
+    {
+        // Lengths from a generator of their own: every pass (the allocator's steady-state pass too) uses the same ones.
+        var sizes = new Random(51);
+        int[] lengths = [.. Enumerable.Range(0, 50).Select(_ => 2 * sizes.Next(0, 10_000) + 1), 600_001];
+        var grads = lengths.Select(n => c.Pair(c.Rand(n, 3f), [n], DType.F32).Gpu).ToArray();
+        var perTensor = c.Pair([0.25f], [1], DType.F32).Gpu;
+        var many = c.Pair([0.25f], [1], DType.F32).Gpu;
+        double loopMs = c.Time(() => { foreach (var g in grads) c.Gpu.SumOfSquares(g, perTensor); });
+        double manyMs = c.Time(() => c.Gpu.SumOfSquaresMany(grads, many));
+        c.Check("sum_of_squares_many = per-tensor", "acc bits", Bits(c.Download(many)).SequenceEqual(Bits(c.Download(perTensor))), manyMs);
+        Console.WriteLine($"     {lengths.Length} tensors: sum_of_squares per-tensor {loopMs:F3} ms, many {manyMs:F3} ms " +
+            $"(again: {c.Time(() => c.Gpu.SumOfSquaresMany(grads, many)):F3} ms)");
+
+        // The norm the clipped updates read: large enough that min(1, max_norm/‖g‖) scales.
+        var norm = c.Pair([c.Download(perTensor)[0]], [1], DType.F32).Gpu;
+        AdamWStep Step(int i, bool clip) => new(i % 3 == 0 ? 2e-3f : 1e-3f, 0.9f, 0.999f, 1e-8f, i % 2 == 0 ? 0.01f : 0f, 5,
+            GradScale: 0.5f, MaxGradNorm: clip ? 1f : 0f);
+        foreach (bool withCopy in new[] { false, true })
+            foreach (bool clip in new[] { false, true })
+            {
+                AdamWTensors[] States() => [.. lengths.Select((n, i) => new AdamWTensors(
+                    c.Pair(c.Rand(n), [n], DType.F32).Gpu, grads[i], c.Pair(c.Rand(n, 0.01f), [n], DType.F32).Gpu,
+                    c.Pair([.. c.Rand(n, 0.01f).Select(Math.Abs)], [n], DType.F32).Gpu, withCopy ? c.Zeros([n]).Gpu : null))];
+                var loop = States();
+                var fused = States();
+                foreach (var (t, i) in fused.Select((t, i) => (t, i)))
+                    foreach (var (dst, src) in new[] { (t.Param, loop[i].Param), (t.M, loop[i].M), (t.V, loop[i].V) }) c.Gpu.Copy(dst, src);
+                var steps = lengths.Select((_, i) => Step(i, clip)).ToArray();
+                loopMs = c.Time(() => { for (int i = 0; i < loop.Length; i++) { var t = loop[i]; c.Gpu.AdamW(t.Param, t.Grad, t.M, t.V, t.ComputeCopy, norm, steps[i]); } });
+                manyMs = c.Time(() => c.Gpu.AdamWMany(fused, steps, norm));
+                bool same = true;
+                for (int i = 0; i < loop.Length && same; i++)
+                    same = Bits(c.Download(loop[i].Param)).SequenceEqual(Bits(c.Download(fused[i].Param)))
+                        && Bits(c.Download(loop[i].M)).SequenceEqual(Bits(c.Download(fused[i].M)))
+                        && Bits(c.Download(loop[i].V)).SequenceEqual(Bits(c.Download(fused[i].V)))
+                        && (!withCopy || Bits(c.Download(loop[i].ComputeCopy!)).SequenceEqual(Bits(c.Download(fused[i].ComputeCopy!))));
+                string name = $"adamw_many = per-tensor{(withCopy ? $" ({c.Path} copy)" : "")}{(clip ? " (clipped)" : "")}";
+                c.Check(name, "p, m, v bits", same, manyMs);
+                Console.WriteLine($"     {lengths.Length} tensors: adamw per-tensor {loopMs:F3} ms, many {manyMs:F3} ms " +
+                    $"(again: {c.Time(() => c.Gpu.AdamWMany(fused, steps, norm)):F3} ms)");
+            }
+
+        static int[] Bits(float[] a) => [.. a.Select(BitConverter.SingleToInt32Bits)];
     }
 }

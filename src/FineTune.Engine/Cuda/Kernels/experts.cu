@@ -106,7 +106,11 @@ extern "C" __global__ void moe_scan(int* offsets, int e)
     for (int x = 0; x < e; x++) offsets[x + 1] += offsets[x];
 }
 
-// One block per expert: its choices in order get rows offsets[x], offsets[x] + 1, … (a block-wide scan of the matches).
+#define PLACE_RUN 4 // consecutive choices per thread and pass of moe_place
+
+// One block per expert: its choices in order get rows offsets[x], offsets[x] + 1, … Each pass covers blockDim·PLACE_RUN
+// choices, thread t the run t·PLACE_RUN …: its matches' rank is the block-wide exclusive scan of the runs' counts
+// (a warp scan by shuffles, then the warps' totals), so the order is the choices' order, as one thread per choice had it.
 extern "C" __global__ void moe_place(const int* top_idx, const int* offsets, int* sorted_token, int* row_of, int choices, int k)
 {
     __shared__ int warp_totals[32];
@@ -114,21 +118,28 @@ extern "C" __global__ void moe_place(const int* top_idx, const int* offsets, int
     int x = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     if (threadIdx.x == 0) base = offsets[x];
     __syncthreads();
-    for (int i0 = 0; i0 < choices; i0 += blockDim.x)
+    for (int i0 = 0; i0 < choices; i0 += blockDim.x * PLACE_RUN)
     {
-        int i = i0 + threadIdx.x;
-        bool hit = i < choices && top_idx[i] == x;
-        unsigned ballot = __ballot_sync(FULL_MASK, hit);
-        if (lane == 0) warp_totals[warp] = __popc(ballot);
+        int i = i0 + threadIdx.x * PLACE_RUN;
+        bool hit[PLACE_RUN];
+        int count = 0;
+#pragma unroll
+        for (int q = 0; q < PLACE_RUN; q++) { hit[q] = i + q < choices && top_idx[i + q] == x; count += hit[q] ? 1 : 0; }
+        int incl = count; // inclusive scan over the warp's lanes
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            int v = __shfl_up_sync(FULL_MASK, incl, o);
+            if (lane >= o) incl += v;
+        }
+        if (lane == 31) warp_totals[warp] = incl;
         __syncthreads();
         int before = 0, total = 0;
         for (int w = 0; w < warps; w++) { if (w < warp) before += warp_totals[w]; total += warp_totals[w]; }
-        if (hit)
-        {
-            int row = base + before + __popc(ballot & ((1u << lane) - 1u));
-            sorted_token[row] = i / k;
-            row_of[i] = row;
-        }
+        int row = base + before + incl - count;
+#pragma unroll
+        for (int q = 0; q < PLACE_RUN; q++)
+            if (hit[q]) { sorted_token[row] = (i + q) / k; row_of[i + q] = row; row++; }
         __syncthreads();
         if (threadIdx.x == 0) base += total;
         __syncthreads();
