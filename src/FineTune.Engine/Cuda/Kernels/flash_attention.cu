@@ -460,11 +460,18 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
     if (VARIANT && window > 0) first_key = max(first_key, row0 - window + 1);
     const int start = first_key & ~(BN - 1);
     const i64 kv_row_base = (i64)b * T;
+    // Shared addresses kept in registers (as the forward): this lane's ldmatrix rows in stage 0 of K ([n][k] and
+    // [k][n] reads) and V, and in the Q, dO tiles.
+    constexpr unsigned STAGE_BYTES = BN * SD * 2;
+    const unsigned k_nk = smem_addr(KsBase) + lane_off_b_nk(SD, lane) * 2, k_kn = smem_addr(KsBase) + lane_off_a(SD, lane) * 2;
+    const unsigned v_nk = smem_addr(VsBase) + lane_off_b_nk(SD, lane) * 2;
+    const unsigned q_a = smem_addr(Qs) + (warp * 16 * SD + lane_off_a(SD, lane)) * 2, d_a = q_a + BM * SD * 2;
+    const TileCopy<D, BN, THREADS> kcopy(k, kv_row_base, Hkv, kh, smem_addr(KsBase)), vcopy(v, kv_row_base, Hkv, kh, smem_addr(VsBase));
     // Keys past T are zero-filled with segment id 0; the causal test (j <= r < T) masks them.
     auto issue = [&](int stage, int j)
     {
-        cp_tile<D, BN, THREADS>(KsBase + stage * BN * SD, k, kv_row_base, j, T, Hkv, kh);
-        cp_tile<D, BN, THREADS>(VsBase + stage * BN * SD, v, kv_row_base, j, T, Hkv, kh);
+        kcopy.copy(stage * STAGE_BYTES, j, T, k);
+        vcopy.copy(stage * STAGE_BYTES, j, T, v);
         cp_row32<BN, THREADS>(segkBase + stage * BN, seg, j, T);
     };
     issue(0, start);
@@ -501,8 +508,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        const bf16_t* Ks = KsBase + cur * BN * SD;
-        const bf16_t* Vs = VsBase + cur * BN * SD;
+        const unsigned so = cur * STAGE_BYTES;
         const int* segk = segkBase + cur * BN;
 
         float s[BN / 8][4], dp[BN / 8][4];
@@ -514,8 +520,8 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
             unsigned qf[4], df[4];
             if constexpr (QD_SMEM)
             {
-                frag_a(qf, Qs, SD, warp * 16, kk * 16, lane);
-                frag_a(df, Dos, SD, warp * 16, kk * 16, lane);
+                ldsm_x4_at(qf, q_a + kk * 16 * 2);
+                ldsm_x4_at(df, d_a + kk * 16 * 2);
             }
             else
             {
@@ -526,8 +532,8 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
             for (int np = 0; np < BN / 16; np++)
             {
                 unsigned bk[4], bv[4];
-                frag_b_nk(bk, Ks, SD, np * 16, kk * 16, lane);
-                frag_b_nk(bv, Vs, SD, np * 16, kk * 16, lane);
+                ldsm_x4_at(bk, k_nk + so + (np * 16 * SD + kk * 16) * 2);
+                ldsm_x4_at(bv, v_nk + so + (np * 16 * SD + kk * 16) * 2);
                 mma16816(s[2 * np], qf, bk[0], bk[1]);
                 mma16816(s[2 * np + 1], qf, bk[2], bk[3]);
                 mma16816(dp[2 * np], df, bv[0], bv[1]);
@@ -549,7 +555,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
                     bool ok = whole || (j <= r && r - j < var.win && segk[col] == (lo ? sid_lo : sid_hi));
                     float dcap;
                     float x = variant_logit2(var, s[nt][e], sl2, dcap);
-                    float p = ok ? exp2f(x - (lo ? l2_lo : l2_hi)) : 0.0f;
+                    float p = ok ? exp2_ftz(x - (lo ? l2_lo : l2_hi)) : 0.0f;
                     s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)) * dcap; // dS (w.r.t. the scaled score)
                 }
         }
@@ -561,7 +567,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
                 for (int e = 0; e < 4; e++)
                 {
                     bool lo = e < 2;
-                    float p = exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi));
+                    float p = exp2_ftz(fmaf(s[nt][e], sl2, -(lo ? l2_lo : l2_hi)));
                     s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
                 }
         }
@@ -575,7 +581,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
                     int col = nt * 8 + 2 * t + (e & 1), j = j0 + col;
                     bool lo = e < 2;
                     bool ok = lo ? (j <= r_lo && segk[col] == sid_lo) : (j <= r_hi && segk[col] == sid_hi);
-                    float p = ok ? exp2f(s[nt][e] * sl2 - (lo ? l2_lo : l2_hi)) : 0.0f;
+                    float p = ok ? exp2_ftz(fmaf(s[nt][e], sl2, -(lo ? l2_lo : l2_hi))) : 0.0f;
                     s[nt][e] = p * (dp[nt][e] - (lo ? dl_lo : dl_hi)); // dS
                 }
         }
@@ -588,7 +594,7 @@ __device__ void flash_backward_dq(bf16_t* dq, const bf16_t* dout, const float* l
             for (int dp2 = 0; dp2 < D / 16; dp2++)
             {
                 unsigned bb[4];
-                frag_b_kn(bb, Ks, SD, dp2 * 16, kk * 16, lane);
+                ldsm_x4_trans_at(bb, k_kn + so + (kk * 16 * SD + dp2 * 16) * 2);
                 mma16816(acc[2 * dp2], a, bb[0], bb[1]);
                 mma16816(acc[2 * dp2 + 1], a, bb[2], bb[3]);
             }
@@ -653,11 +659,18 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
     const i64 row_base = (i64)b * T;
     const float* lse_h = lse + ((i64)b * Hq + h) * T;
     const float* delta_h = delta + ((i64)b * Hq + h) * T;
+    // Shared addresses kept in registers (as the forward): this lane's ldmatrix rows in the K, V tiles and in stage 0
+    // of the Q and dO tiles ([n][k] and [k][n] reads).
+    constexpr unsigned STAGE_BYTES = BM * SD * 2;
+    const unsigned k_a = smem_addr(Ks) + (warp * 16 * SD + lane_off_a(SD, lane)) * 2, v_a = k_a + BN * SD * 2;
+    const unsigned q_nk = smem_addr(QsBase) + lane_off_b_nk(SD, lane) * 2, q_kn = smem_addr(QsBase) + lane_off_a(SD, lane) * 2;
+    const unsigned d_nk = smem_addr(DsBase) + lane_off_b_nk(SD, lane) * 2, d_kn = smem_addr(DsBase) + lane_off_a(SD, lane) * 2;
+    const TileCopy<D, BM, THREADS> qcopy(q, row_base, Hq, h, smem_addr(QsBase)), dcopy(dout, row_base, Hq, h, smem_addr(DsBase));
     // Queries past T are zero-filled (Q, dO, lse, delta, segment id 0); `i < q_end` masks them.
     auto issue = [&](int stage, int i)
     {
-        cp_tile<D, BM, THREADS>(QsBase + stage * BM * SD, q, row_base, i, T, Hq, h);
-        cp_tile<D, BM, THREADS>(DsBase + stage * BM * SD, dout, row_base, i, T, Hq, h);
+        qcopy.copy(stage * STAGE_BYTES, i, T, q);
+        dcopy.copy(stage * STAGE_BYTES, i, T, dout);
         cp_row32<BM, THREADS>(lseBase + stage * BM, lse_h, i, T);
         cp_row32<BM, THREADS>(delBase + stage * BM, delta_h, i, T);
         cp_row32<BM, THREADS>(segqBase + stage * BM, seg, i, T);
@@ -693,13 +706,12 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
 #pragma unroll
                 for (int kk = 0; kk < D / 16; kk++)
                 {
-                    frag_a(kreg[kk], Ks, SD, warp * 16, kk * 16, lane);
-                    frag_a(vreg[kk], Vs, SD, warp * 16, kk * 16, lane);
+                    ldsm_x4_at(kreg[kk], k_a + kk * 16 * 2);
+                    ldsm_x4_at(vreg[kk], v_a + kk * 16 * 2);
                 }
             }
         }
-        const bf16_t* Qs = QsBase + cur * BM * SD;
-        const bf16_t* Ds = DsBase + cur * BM * SD;
+        const unsigned so = cur * STAGE_BYTES;
         const float* lse_s = lseBase + cur * BM;
         const float* del_s = delBase + cur * BM;
         const int* segq = segqBase + cur * BM;
@@ -718,15 +730,15 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
             }
             else
             {
-                frag_a(ka, Ks, SD, warp * 16, kk * 16, lane);
-                frag_a(va, Vs, SD, warp * 16, kk * 16, lane);
+                ldsm_x4_at(ka, k_a + kk * 16 * 2);
+                ldsm_x4_at(va, v_a + kk * 16 * 2);
             }
 #pragma unroll
             for (int np = 0; np < BM / 16; np++)
             {
                 unsigned bq[4], bd[4];
-                frag_b_nk(bq, Qs, SD, np * 16, kk * 16, lane);
-                frag_b_nk(bd, Ds, SD, np * 16, kk * 16, lane);
+                ldsm_x4_at(bq, q_nk + so + (np * 16 * SD + kk * 16) * 2);
+                ldsm_x4_at(bd, d_nk + so + (np * 16 * SD + kk * 16) * 2);
                 mma16816(s[2 * np], ka, bq[0], bq[1]);
                 mma16816(s[2 * np + 1], ka, bq[2], bq[3]);
                 mma16816(dp[2 * np], va, bd[0], bd[1]);
@@ -748,7 +760,7 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
                     bool ok = whole || (i < q_end && i >= j && i - j < var.win && segq[col] == (lo ? sid_lo : sid_hi));
                     float dcap;
                     float x = variant_logit2(var, s[nt][e], sl2, dcap);
-                    float p = ok ? exp2f(x - lse_s[col] * LOG2E) : 0.0f;
+                    float p = ok ? exp2_ftz(x - lse_s[col] * LOG2E) : 0.0f;
                     s[nt][e] = p;
                     dp[nt][e] = p * (dp[nt][e] - del_s[col]) * dcap;
                 }
@@ -762,7 +774,7 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
                 for (int e = 0; e < 4; e++)
                 {
                     int col = nt * 8 + 2 * t + (e & 1);
-                    float p = exp2f(s[nt][e] * sl2 - lse_s[col] * LOG2E);
+                    float p = exp2_ftz(fmaf(s[nt][e], sl2, -lse_s[col] * LOG2E));
                     s[nt][e] = p;
                     dp[nt][e] = p * (dp[nt][e] - del_s[col]);
                 }
@@ -777,7 +789,7 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
                     int col = nt * 8 + 2 * t + (e & 1), i = i0 + col;
                     bool lo = e < 2;
                     bool ok = i < q_end && (lo ? (i >= j_lo && segq[col] == sid_lo) : (i >= j_hi && segq[col] == sid_hi));
-                    float p = ok ? exp2f(s[nt][e] * sl2 - lse_s[col] * LOG2E) : 0.0f;
+                    float p = ok ? exp2_ftz(fmaf(s[nt][e], sl2, -lse_s[col] * LOG2E)) : 0.0f;
                     s[nt][e] = p;
                     dp[nt][e] = p * (dp[nt][e] - del_s[col]);
                 }
@@ -792,8 +804,8 @@ __device__ void flash_backward_dkv(bf16_t* dk, bf16_t* dv, float* dk_part, float
             for (int dp2 = 0; dp2 < DA / 16; dp2++)
             {
                 unsigned bd[4], bq[4];
-                frag_b_kn(bd, Ds, SD, col0 + dp2 * 16, kk * 16, lane);
-                frag_b_kn(bq, Qs, SD, col0 + dp2 * 16, kk * 16, lane);
+                ldsm_x4_trans_at(bd, d_kn + so + (kk * 16 * SD + col0 + dp2 * 16) * 2);
+                ldsm_x4_trans_at(bq, q_kn + so + (kk * 16 * SD + col0 + dp2 * 16) * 2);
                 mma16816(dva[2 * dp2], pa, bd[0], bd[1]);
                 mma16816(dva[2 * dp2 + 1], pa, bd[2], bd[3]);
                 mma16816(dka[2 * dp2], da, bq[0], bq[1]);
