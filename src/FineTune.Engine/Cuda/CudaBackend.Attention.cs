@@ -34,6 +34,10 @@ public sealed partial class CudaBackend
     public FlashBackwardTiles? FlashTiles { get; set; }
 
     readonly HashSet<nint> _sharedRaised = [];
+    int _sharedLimit;
+
+    /// <summary>The device's opt-in shared-memory limit a block (read once).</summary>
+    int SharedLimit => _sharedLimit != 0 ? _sharedLimit : _sharedLimit = _dev.MaxSharedMemoryPerBlock;
 
     // Launches a flash kernel with dynamic shared memory (raising the 48 KiB default once per kernel where needed);
     // `mark` names it in the profile.
@@ -84,7 +88,7 @@ public sealed partial class CudaBackend
                 [delta, P(doutput), Dt(doutput), P(output), Dt(output), s.Batch, t, s.QueryHeads, s.HeadDim]);
             if (Flash(s.HeadDim, dq, dk, dv, doutput, q, k, v))
             {
-                var tiles = FlashBackwardTiles.For(s.HeadDim, FlashTiles);
+                var tiles = FlashBackwardTiles.For(s.HeadDim, FlashTiles, SharedLimit);
                 int d = s.HeadDim, dqRows = 16 * tiles.DqWarps, dkvKeys = 16 * tiles.DkvWarps;
                 bool variant = !s.Variant.IsPlain;
                 int window = s.Variant.Window;

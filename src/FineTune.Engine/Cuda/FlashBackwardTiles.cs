@@ -12,23 +12,34 @@ public sealed record FlashBackwardTiles(int DqWarps, int DqKeys, int DkvWarps, i
     public static FlashBackwardTiles Default { get; } = new(4, 64, 4, 64);
 
     /// <summary>
-    /// The default for head_dim 256: streamed tiles of 32, so S and dP (16 × 32 per warp) fit beside the 128-float dQ
-    /// accumulator, and beside the two 64-float halves of dK/dV (135 KB of shared memory: one block per multiprocessor).
+    /// The head_dim 256 shape every target fits: streamed tiles of 32, so S and dP (16 × 32 per warp) fit beside the
+    /// 128-float dQ accumulator, and beside the two 64-float halves of dK/dV (135 KB of shared memory: one block per
+    /// multiprocessor). The default where <see cref="HeadDim256Wide"/> does not fit a block.
     /// </summary>
     public static FlashBackwardTiles HeadDim256 { get; } = new(4, 32, 4, 32);
 
     /// <summary>
-    /// Every shape instantiated for head_dim 256, the default first; the second (8 warps, 203 KB) holds twice the warps
-    /// per multiprocessor at the same registers per thread. Which is faster is for `flashbench` to say.
+    /// 8 warps with tiles of 32 at head_dim 256 (203 KB a block: twice the warps per multiprocessor at the same registers
+    /// per thread), the same bits as <see cref="HeadDim256"/>; the default where a block may have that much shared memory
+    /// (Hopper's 227 KB, not an A100's 163 KB): on the H200 its backward ran 9–14 % faster (flashbench, 2026-12-02).
     /// </summary>
-    public static IReadOnlyList<FlashBackwardTiles> HeadDim256Shapes { get; } = [HeadDim256, new(8, 32, 8, 32)];
+    public static FlashBackwardTiles HeadDim256Wide { get; } = new(8, 32, 8, 32);
+
+    /// <summary>Every shape instantiated for head_dim 256; `flashbench` times each, the checks run each.</summary>
+    public static IReadOnlyList<FlashBackwardTiles> HeadDim256Shapes { get; } = [HeadDim256, HeadDim256Wide];
 
     /// <summary>
     /// The tiles used at <paramref name="headDim"/>: <paramref name="chosen"/> (or the default) up to 128; above, chosen
-    /// when it is one of <see cref="HeadDim256Shapes"/>, else <see cref="HeadDim256"/>.
+    /// when it is one of <see cref="HeadDim256Shapes"/>, else <see cref="HeadDim256Wide"/> when both its kernels fit
+    /// <paramref name="sharedLimit"/> bytes of shared memory a block (the device's opt-in limit), else <see cref="HeadDim256"/>.
     /// </summary>
-    public static FlashBackwardTiles For(int headDim, FlashBackwardTiles? chosen) =>
-        headDim <= 128 ? chosen ?? Default : chosen is not null && HeadDim256Shapes.Contains(chosen) ? chosen : HeadDim256;
+    public static FlashBackwardTiles For(int headDim, FlashBackwardTiles? chosen, int sharedLimit = int.MaxValue)
+    {
+        if (headDim <= 128) return chosen ?? Default;
+        if (chosen is not null && HeadDim256Shapes.Contains(chosen)) return chosen;
+        var wide = HeadDim256Wide;
+        return wide.DqSharedBytes(headDim) <= sharedLimit && wide.DkvSharedBytes(headDim) <= sharedLimit ? wide : HeadDim256;
+    }
 
     /// <summary>Kernel names; <paramref name="variant"/>: the instantiation that applies a sliding window and soft-cap.</summary>
     public string DqKernel(int headDim, bool variant = false) => $"flash_backward_dq_d{headDim}_w{DqWarps}_n{DqKeys}{(variant ? "_var" : "")}";

@@ -47,7 +47,10 @@ public sealed class FlashBackwardTilesTests
     [Fact]
     public void Head_dim_256_takes_tiles_of_32_two_column_blocks_for_dk_dv_and_fits_shared_memory()
     {
-        Assert.Equal(new FlashBackwardTiles(4, 32, 4, 32), FlashBackwardTiles.For(256, FlashBackwardTiles.Default));
+        // Not a head_dim 256 shape: the wide one where it fits a block (Hopper: 227 KB), the 4-warp one where not (A100: 163 KB).
+        Assert.Equal(new FlashBackwardTiles(8, 32, 8, 32), FlashBackwardTiles.For(256, FlashBackwardTiles.Default, 227 * 1024));
+        Assert.Equal(new FlashBackwardTiles(4, 32, 4, 32), FlashBackwardTiles.For(256, null, 163 * 1024));
+        Assert.Equal(new FlashBackwardTiles(4, 32, 4, 32), FlashBackwardTiles.For(256, FlashBackwardTiles.HeadDim256, 227 * 1024));
         Assert.Equal(FlashBackwardTiles.Default, FlashBackwardTiles.For(128, null));
         Assert.Equal(new FlashBackwardTiles(4, 32, 4, 32), FlashBackwardTiles.For(64, new FlashBackwardTiles(4, 32, 4, 32)));
         Assert.Equal(2, FlashBackwardTiles.DkvColumnSplits(256));
