@@ -30,6 +30,16 @@ public static partial class OpChecks
             var experts = Enumerable.Range(0, e).OrderBy(_ => rng.Next()).Take(k).ToArray();
             experts.CopyTo(chosen, t * k);
         }
+        CheckMoeSort(c, chosen, n, k, e, $"T{n} E{e} k{k} (several moe_place passes)");
+    }
+
+    /// <summary>
+    /// moe_sort of <paramref name="chosen"/> ([n, k] expert ids) on both backends: offsets, sorted tokens and rows must be
+    /// equal. Returns the pairs (the grouped-product checks go on from them).
+    /// </summary>
+    static ((Tensor Cpu, Tensor Gpu) Offsets, (Tensor Cpu, Tensor Gpu) Sorted, (Tensor Cpu, Tensor Gpu) RowOf) CheckMoeSort(
+        Ctx c, int[] chosen, int n, int k, int e, string tag)
+    {
         var ids = c.IntPair(chosen, [n, k]);
         var offsets = c.IntPair(new int[e + 1], [e + 1]);
         var sorted = c.IntPair(new int[n * k], [n * k]);
@@ -45,7 +55,8 @@ public static partial class OpChecks
             c.Gpu.Download(t.Gpu, b);
             same &= a.SequenceEqual(b);
         }
-        c.Check($"moe_sort T{n} E{e} k{k} (several moe_place passes)", "order", same, ms);
+        c.Check($"moe_sort {tag}", "order", same, ms);
+        return (offsets, sorted, rowOf);
     }
 
     /// <summary>
@@ -248,22 +259,7 @@ public static partial class OpChecks
 
         // Expert 0 never chosen below: the grouped products must skip an empty group.
         var chosen = idxCpu.Select(x => x == 0 ? 1 : x).ToArray();
-        var ids = c.IntPair(chosen, [n, k]);
-        var offsets = c.IntPair(new int[e + 1], [e + 1]);
-        var sorted = c.IntPair(new int[n * k], [n * k]);
-        var rowOf = c.IntPair(new int[n * k], [n * k]);
-        ms = c.Time(() => c.Gpu.MoeSort(ids.Gpu, offsets.Gpu, sorted.Gpu, rowOf.Gpu));
-        c.Cpu.MoeSort(ids.Cpu, offsets.Cpu, sorted.Cpu, rowOf.Cpu);
-        bool same = true;
-        foreach (var t in new[] { offsets, sorted, rowOf })
-        {
-            var a = new int[t.Cpu.Length];
-            var b = new int[t.Gpu.Length];
-            c.Cpu.Download(t.Cpu, a);
-            c.Gpu.Download(t.Gpu, b);
-            same &= a.SequenceEqual(b);
-        }
-        c.Check($"moe_sort {tag}", "order", same, ms);
+        var (offsets, sorted, rowOf) = CheckMoeSort(c, chosen, n, k, e, tag);
 
         int rows = n * k, hidden = 96, inter = 40;
         var xs = c.Pair(c.Rand((long)rows * hidden), [rows, hidden]);
