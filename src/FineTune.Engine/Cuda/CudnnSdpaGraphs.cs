@@ -1,0 +1,158 @@
+namespace FineTune.Engine.Cuda;
+
+/// <summary>
+/// One causal attention problem for cuDNN: batch B, sequence S (queries = keys), Hq query heads over Hkv key/value
+/// heads (GQA when Hkv &lt; Hq), head size D, softmax scale. Q/K/V/O are bf16 in FineTune's layout, [B·S, H·D]
+/// row-major; the softmax statistics f32 [B, Hq, S] in natural log (FineTune's lse).
+/// </summary>
+internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, int KvHeads, int HeadDim, float Scale)
+{
+    public override string ToString() => $"B{Batch} T{Seq} H{QueryHeads}/{KvHeads} D{HeadDim}";
+}
+
+/// <summary>
+/// The cuDNN graphs of causal SDPA, as cuDNN's fused flash-attention engines recognise them (the pattern the
+/// cudnn-frontend's SDPA nodes expand to): built from matmuls, pointwise operations and reductions, described here
+/// without native calls so tests can check every dimension and stride.
+/// <para>Forward: S = Q·Kᵀ; S·scale; causal mask (row ≥ column kept, else −∞); M = max S; E = exp(S − M); L = Σ E;
+/// Stats = M + ln L; P = E / L (bf16); O = P·V.</para>
+/// <para>Backward: Δ = Σ_d dO∘O (f32, in memory); S = Q·Kᵀ·scale − Stats, masked; P = exp S; dV = Pᵀ·dO;
+/// dP = dO·Vᵀ; dS = P∘(dP − Δ)·scale; dK = dSᵀ·Q; dQ = dS·K (accumulated in f32 memory, then converted).
+/// With GQA, dK and dV are first computed per query head and summed over each KV head's group.</para>
+/// </summary>
+internal static class CudnnSdpaGraphs
+{
+    public const string Q = "Q", K = "K", V = "V", O = "O", Stats = "Stats";
+    public const string dO = "dO", dQ = "dQ", dK = "dK", dV = "dV";
+    /// <summary>Backward's f32 intermediates in memory: Δ = rowsum(dO∘O) [B,Hq,S,1] and the dQ accumulator [B,Hq,S,D].</summary>
+    public const string SoftmaxSum = "SoftmaxSum", DqAccum = "dQAccum";
+
+    /// <summary>
+    /// [B, H, S, D] view of a [B·S, H·D] row-major buffer: element (b, h, s, d) at b·S·H·D + s·H·D + h·D + d.
+    /// </summary>
+    public static (long[] Dims, long[] Strides) RowMajorHeads(int b, int s, int h, int d) =>
+        ([b, h, s, d], [(long)s * h * d, d, (long)h * d, 1]);
+
+    /// <summary>The same buffer as [B, H, D, S] (the transpose of the last two dimensions): Kᵀ and Vᵀ.</summary>
+    public static (long[] Dims, long[] Strides) Transposed((long[] Dims, long[] Strides) t) =>
+        ([t.Dims[0], t.Dims[1], t.Dims[3], t.Dims[2]], [t.Strides[0], t.Strides[1], t.Strides[3], t.Strides[2]]);
+
+    /// <summary>FineTune's lse [B, H, S] as the [B, H, S, 1] statistics tensor.</summary>
+    public static (long[] Dims, long[] Strides) StatsLayout(int b, int s, int h) => ([b, h, s, 1], [(long)h * s, s, 1, 1]);
+
+    /// <summary>
+    /// The value masked scores take: −∞, except before cuDNN 9.1, which wanted the most negative finite float
+    /// (what the frontend does for those versions).
+    /// </summary>
+    public static float MaskValue(long cudnnVersion) => cudnnVersion < 90100 ? float.MinValue : float.NegativeInfinity;
+
+    public static CudnnGraph Forward(SdpaShape p, long cudnnVersion)
+    {
+        var g = new CudnnGraph();
+        int b = p.Batch, s = p.Seq, hq = p.QueryHeads, hk = p.KvHeads, d = p.HeadDim;
+        var (qDims, qStrides) = RowMajorHeads(b, s, hq, d);
+        var kLayout = RowMajorHeads(b, s, hk, d);
+        var (ktDims, ktStrides) = Transposed(kLayout);
+        var (vDims, vStrides) = RowMajorHeads(b, s, hk, d);
+        var (statsDims, statsStrides) = StatsLayout(b, s, hq);
+        var q = g.Memory(Q, qDims, qStrides, CudnnDataType.BFLOAT16);
+        var kt = g.Memory(K, ktDims, ktStrides, CudnnDataType.BFLOAT16);
+        var v = g.Memory(V, vDims, vStrides, CudnnDataType.BFLOAT16);
+        var o = g.Memory(O, qDims, qStrides, CudnnDataType.BFLOAT16);
+        var stats = g.Memory(Stats, statsDims, statsStrides, CudnnDataType.FLOAT);
+        var scale = g.Scalar("attn_scale", p.Scale);
+        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion));
+
+        long[] scoreDims = [b, hq, s, s], scoreStrides = CudnnGraph.Packed(scoreDims);
+        long[] rowDims = [b, hq, s, 1], rowStrides = CudnnGraph.Packed(rowDims);
+        var scores = g.Matmul("bmm1 Q·Kt", q, kt, g.Virtual("S", scoreDims, scoreStrides));
+        var scaled = g.Pointwise("attn_scale", CudnnPointwiseMode.MUL, scores, scale, g.VirtualLike("S_scaled", scores));
+        var masked = CausalMask(g, scaled, maskValue, "S_masked");
+        var max = g.Reduce("softmax max", CudnnReduction.MAX, masked, g.Virtual("M", rowDims, rowStrides));
+        var centred = g.Pointwise("softmax sub", CudnnPointwiseMode.SUB, masked, max, g.VirtualLike("S_minus_M", masked));
+        var exp = g.Pointwise("softmax exp", CudnnPointwiseMode.EXP, centred, null, g.VirtualLike("E", masked));
+        var sum = g.Reduce("softmax sum", CudnnReduction.ADD, exp, g.Virtual("L", rowDims, rowStrides));
+        var logSum = g.Pointwise("softmax log", CudnnPointwiseMode.LOG, sum, null, g.VirtualLike("lnL", sum));
+        g.Pointwise("softmax stats", CudnnPointwiseMode.ADD, max, logSum, stats);
+        // P is the second matmul's A operand: the backend wants it in the inputs' type.
+        var probs = g.Pointwise("softmax div", CudnnPointwiseMode.DIV, exp, sum, g.VirtualLike("P", masked, CudnnDataType.BFLOAT16));
+        g.Matmul("bmm2 P·V", probs, v, o);
+        return g;
+    }
+
+    public static CudnnGraph Backward(SdpaShape p, long cudnnVersion)
+    {
+        var g = new CudnnGraph();
+        int b = p.Batch, s = p.Seq, hq = p.QueryHeads, hk = p.KvHeads, d = p.HeadDim;
+        var (qDims, qStrides) = RowMajorHeads(b, s, hq, d);
+        var kLayout = RowMajorHeads(b, s, hk, d);
+        var (ktDims, ktStrides) = Transposed(kLayout);
+        var (vtDims, vtStrides) = Transposed(kLayout);
+        var (statsDims, statsStrides) = StatsLayout(b, s, hq);
+        var q = g.Memory(Q, qDims, qStrides, CudnnDataType.BFLOAT16);
+        var kt = g.Memory(K, ktDims, ktStrides, CudnnDataType.BFLOAT16);
+        var vt = g.Memory(V, vtDims, vtStrides, CudnnDataType.BFLOAT16);
+        var o = g.Memory(O, qDims, qStrides, CudnnDataType.BFLOAT16);
+        var dout = g.Memory(dO, qDims, qStrides, CudnnDataType.BFLOAT16);
+        var stats = g.Memory(Stats, statsDims, statsStrides, CudnnDataType.FLOAT);
+        var dq = g.Memory(dQ, qDims, qStrides, CudnnDataType.BFLOAT16);
+        var dk = g.Memory(dK, kLayout.Dims, kLayout.Strides, CudnnDataType.BFLOAT16);
+        var dv = g.Memory(dV, kLayout.Dims, kLayout.Strides, CudnnDataType.BFLOAT16);
+        long[] rowDims = [b, hq, s, 1], rowStrides = CudnnGraph.Packed(rowDims);
+        long[] accDims = [b, hq, s, d];
+        var softmaxSum = g.Memory(SoftmaxSum, rowDims, rowStrides, CudnnDataType.FLOAT);
+        var dqAccum = g.Memory(DqAccum, accDims, CudnnGraph.Packed(accDims), CudnnDataType.FLOAT);
+        var one = g.Scalar("one", 1f);
+        var scale = g.Scalar("attn_scale", p.Scale);
+        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion));
+
+        // Δ = Σ_d dO∘O, stored (the engine reads it per key tile).
+        var dOO = g.Pointwise("mul dO·O", CudnnPointwiseMode.MUL, dout, o, g.Virtual("dO_O", qDims, qStrides));
+        var rowSum = g.Reduce("reduce dO·O", CudnnReduction.ADD, dOO, g.Virtual("dO_O_sum", rowDims, rowStrides));
+        g.Pointwise("softmax_sum", CudnnPointwiseMode.MUL, rowSum, one, softmaxSum);
+
+        // P recomputed from the saved statistics.
+        long[] scoreDims = [b, hq, s, s], scoreStrides = CudnnGraph.Packed(scoreDims);
+        var scores = g.Matmul("matmul Q·Kt", q, kt, g.Virtual("S", scoreDims, scoreStrides));
+        var scaled = g.Pointwise("mul S·scale", CudnnPointwiseMode.MUL, scores, scale, g.VirtualLike("S_scaled", scores));
+        var centred = g.Pointwise("sub S−Stats", CudnnPointwiseMode.SUB, scaled, stats, g.VirtualLike("S_minus_stats", scores));
+        var masked = CausalMask(g, centred, maskValue, "S_masked");
+        var probs = g.Pointwise("exp", CudnnPointwiseMode.EXP, masked, null, g.VirtualLike("P", scores));
+
+        // [B, Hq, S_kv, S_q] views of P and dS, with the S_q·S_kv tensors' strides transposed.
+        long[] tDims = [b, hq, s, s], tStrides = [scoreStrides[0], scoreStrides[1], 1, s];
+        var probsT = g.Reshape("reshape P", probs, g.Virtual("Pt", tDims, tStrides, CudnnDataType.BFLOAT16));
+        PerKvHead(g, "matmul Pt·dO", probsT, dout, dv, hq, hk, s, d);
+
+        var dP = g.Matmul("matmul dO·Vt", dout, vt, g.Virtual("dP", scoreDims, scoreStrides));
+        var dPc = g.Pointwise("sub dP−Δ", CudnnPointwiseMode.SUB, dP, softmaxSum, g.VirtualLike("dP_minus_sum", dP));
+        var dS = g.Pointwise("mul ·P", CudnnPointwiseMode.MUL, dPc, probs, g.VirtualLike("dS_unscaled", dP));
+        var dSs = g.Pointwise("mul dS·scale", CudnnPointwiseMode.MUL, dS, scale, g.VirtualLike("dS", dP));
+        var dST = g.Reshape("reshape dS", dSs, g.Virtual("dSt", tDims, tStrides, CudnnDataType.BFLOAT16));
+        PerKvHead(g, "matmul dSt·Q", dST, q, dk, hq, hk, s, d);
+
+        var k = g.Reshape("reshape Kt", kt, g.Virtual("K_view", kLayout.Dims, kLayout.Strides, CudnnDataType.BFLOAT16));
+        g.Matmul("matmul dS·K", dSs, k, dqAccum);
+        g.Pointwise("identity dQ", CudnnPointwiseMode.IDENTITY, dqAccum, null, dq);
+        return g;
+    }
+
+    // Top-left causal mask: keeps score (row i, column j) where i ≥ j, else the mask value.
+    static CudnnTensor CausalMask(CudnnGraph g, CudnnTensor scores, CudnnTensor maskValue, string name)
+    {
+        var row = g.Pointwise("gen_row_index", CudnnPointwiseMode.GEN_INDEX, scores, null, g.VirtualLike("row", scores, CudnnDataType.INT32), axis: 2);
+        var col = g.Pointwise("gen_col_index", CudnnPointwiseMode.GEN_INDEX, scores, null, g.VirtualLike("col", scores, CudnnDataType.INT32), axis: 3);
+        var keep = g.Pointwise("row>=col", CudnnPointwiseMode.CMP_GE, row, col, g.VirtualLike("causal", scores, CudnnDataType.BOOLEAN),
+            compute: CudnnDataType.BOOLEAN);
+        return g.Pointwise("causal select", CudnnPointwiseMode.BINARY_SELECT, scores, maskValue, g.VirtualLike(name, scores), t: keep);
+    }
+
+    // out[B, Hkv, S_kv, D] = a[B, Hq, S_kv, S_q]·bm[B, Hq, S_q, D], summed over each KV head's group of query heads.
+    static void PerKvHead(CudnnGraph g, string name, CudnnTensor a, CudnnTensor bm, CudnnTensor output, int hq, int hk, int s, int d)
+    {
+        if (hq == hk) { g.Matmul(name, a, bm, output); return; }
+        long[] fullDims = [a.Dims[0], hq, s, d];
+        var full = g.Matmul(name, a, bm, g.Virtual(output.Name + "_per_query_head", fullDims, CudnnGraph.Packed(fullDims), CudnnDataType.BFLOAT16));
+        g.Reduce("sum " + output.Name + " over group", CudnnReduction.ADD, full, output);
+    }
+}
