@@ -10,6 +10,8 @@ using FineTune.Engine.Cuda;
 //   FineTune.DeviceChecks flash [outDir]       only the BF16 attention checks of `ops` (plain, gemma's windows/soft-caps, head_dim 256) → flash.json
 //   FineTune.DeviceChecks decode [outDir]      only the fused decode-layer operations of `ops` (decode.cu) → decode.json
 //   FineTune.DeviceChecks flashbench           flash kernels alone at the bench models' attention shapes, per tile shape
+//   FineTune.DeviceChecks cudnn [outDir]       cuDNN's fused attention (backend graph API) vs the flash kernels: values, times,
+//                                              cuDNN's refusals and errors → cudnn.json (FINETUNE_CUDNN=<libcudnn file> picks the library)
 //   FineTune.DeviceChecks fp8 [outDir]         FP8 frozen weights only: casts, products, a LoRA step fp8 vs bf16 (also in ops/models)
 //   FineTune.DeviceChecks quant [outDir]       write the files tests/device/bnb_reference.py compares (CPU only)
 //   FineTune.DeviceChecks quant-base <model> <out>   the model with its decoder linears NF4-quantized then dequantized (f32)
@@ -81,6 +83,9 @@ switch (cmd)
     }
     case "flashbench":
         return FlashBench.Run();
+    case "cudnn":
+        if (args.Length > 1) outDir = args[1];
+        return CudnnChecks.Run(outDir);
     case "quant-base":
         // quant-base <model dir> <out dir>: the model with every decoder linear NF4 (double-quantized) → dequantized, f32.
         FineTune.Models.LoraMerge.Merge(args[1], null, args[2], FineTune.Models.SafetensorsDType.F32, quantizedBase: new FineTune.Models.Quantization.QuantizationSetup(4));
@@ -89,6 +94,6 @@ switch (cmd)
         QuantChecks.WriteReferenceFiles(args.Length > 1 ? args[1] : outDir);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, models, fp8, bench, flashbench or quant");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, models, fp8, bench, flashbench, cudnn or quant");
         return 2;
 }

@@ -1,0 +1,171 @@
+using System.Text.Json;
+using FineTune.Engine;
+using FineTune.Engine.Cuda;
+
+namespace FineTune.DeviceChecks;
+
+/// <summary>
+/// `cudnn`: cuDNN's fused attention (<see cref="CudnnAttention"/>, causal GQA bf16 through the backend graph API)
+/// against FineTune's flash kernels at small and bench shapes. Prints the cuDNN libraries found and the one loaded
+/// (FINETUNE_CUDNN=path picks another), its version; per shape the engine each plan took, the configurations cuDNN
+/// refused and why, the relative L2 of O, lse, dQ, dK, dV against the flash kernels (bf16 tolerance 1e-2) and both
+/// sides' device time and TFLOP/s (profile marks, mean of 5 calls after a warm-up; 4·D·Hq FLOPs per causal
+/// (query, key) pair forward, 2.5 times that backward, as <see cref="FlashBench"/> counts). A refused or failing
+/// case prints cuDNN's status, the descriptor and attribute, and cuDNN's last error, then the next case runs.
+/// cuDNN's own error log goes to stderr (<see cref="Cudnn.EnableDiagnosticLogging"/>). One JSON line per shape;
+/// all rows → cudnn.json. Exit 1 when any case fails or misses its tolerance.
+/// </summary>
+public static class CudnnChecks
+{
+    const double Tolerance = 1e-2;
+
+    static readonly (string Name, int B, int T, int Hq, int Hkv, int D)[] Shapes =
+    [
+        ("small", 1, 300, 4, 2, 128), ("small d64", 1, 300, 4, 2, 64), ("mha d128", 1, 512, 4, 4, 128),
+        ("qwen3-0.6b", 1, 2048, 16, 8, 128), ("qwen2.5-0.5b d64", 4, 2048, 14, 2, 64), ("llama3-8b", 1, 4096, 32, 8, 128),
+    ];
+
+    public static int Run(string outDir)
+    {
+        Cudnn.EnableDiagnosticLogging(); // before libcudnn loads: it reads the variables once
+        var files = Cudnn.FindLibraryFiles();
+        Console.WriteLine($"libcudnn files found: {(files.Count == 0 ? "none outside the loader's path" : string.Join(", ", files))}");
+        var chosen = Environment.GetEnvironmentVariable("FINETUNE_CUDNN");
+        using var gpu = new CudaBackend(0);
+        CudnnAttention dnn;
+        try { dnn = new CudnnAttention(gpu.Device, string.IsNullOrEmpty(chosen) ? null : chosen); }
+        catch (CudaException e)
+        {
+            Console.WriteLine($"cuDNN did not load: {e.Message}");
+            return 1;
+        }
+        Console.WriteLine($"cuDNN {dnn.Library.VersionText} (cudnnGetVersion {dnn.Library.Version}) loaded from {dnn.Library.LibraryName}" +
+            (files.Count > 1 ? "; FINETUNE_CUDNN=<file> runs another" : ""));
+        var rows = new List<object>();
+        bool ok = true;
+        using (dnn)
+        {
+            foreach (var shape in Shapes)
+            {
+                var (row, pass) = RunShape(gpu, dnn, shape);
+                Console.WriteLine(JsonSerializer.Serialize(row));
+                rows.Add(row);
+                ok &= pass;
+            }
+        }
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "cudnn.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        return ok ? 0 : 1;
+    }
+
+    static (object Row, bool Pass) RunShape(CudaBackend gpu, CudnnAttention dnn, (string Name, int B, int T, int Hq, int Hkv, int D) c)
+    {
+        var (name, b, t, hq, hkv, d) = c;
+        var s = AttentionShape.Training(b, t, hq, hkv, d);
+        var ss = new SdpaShape(b, t, hq, hkv, d, s.Scale);
+        var rng = new Random(11);
+        var made = new List<Tensor>();
+        Tensor Alloc(DType type, params int[] dims) { var x = gpu.Allocate(type, dims); made.Add(x); return x; }
+        Tensor Rand(int rows, int cols)
+        {
+            var x = Alloc(DType.BF16, rows, cols);
+            var v = new float[(long)rows * cols];
+            for (long i = 0; i < v.Length; i++) v[i] = (float)(rng.NextDouble() * 2 - 1);
+            gpu.Upload(x, v);
+            return x;
+        }
+        var q = Rand(b * t, hq * d); var k = Rand(b * t, hkv * d); var v = Rand(b * t, hkv * d); var dout = Rand(b * t, hq * d);
+        var seg = Alloc(DType.I32, b, t);
+        gpu.Upload(seg, new int[b * t]);
+        Tensor Out(int cols) => Alloc(DType.BF16, b * t, cols);
+        var (o, lse, dq, dk, dv) = (Out(hq * d), Alloc(DType.F32, b, hq, t), Out(hq * d), Out(hkv * d), Out(hkv * d));
+        var (o2, lse2, dq2, dk2, dv2) = (Out(hq * d), Alloc(DType.F32, b, hq, t), Out(hq * d), Out(hkv * d), Out(hkv * d));
+        ulong P(Tensor x) => gpu.DevicePointer(x);
+
+        double flopsFwd = 4.0 * b * hq * ((double)t * t / 2) * d;
+        double Tflops(double flops, double ms) => ms > 0 ? Math.Round(flops / (ms * 1e9), 1) : 0;
+        var errors = new List<string>();
+        var refusals = new Dictionary<string, List<string>>();
+        var engines = new Dictionary<string, object>();
+        var rel = new Dictionary<string, double>();
+
+        // FineTune's flash kernels: the reference outputs and the times to beat.
+        gpu.Attention(o, lse, q, k, v, seg, s);
+        double flashFwd = Profile(gpu, () => gpu.Attention(o, lse, q, k, v, seg, s));
+        gpu.AttentionBackward(dq, dk, dv, dout, o, lse, q, k, v, seg, s);
+        double flashBwd = Profile(gpu, () => gpu.AttentionBackward(dq, dk, dv, dout, o, lse, q, k, v, seg, s));
+
+        double dnnFwd = 0, dnnBwd = 0;
+        bool forwardRan = Try("forward", () =>
+        {
+            var plan = dnn.Plan(ss, backward: false);
+            engines["forward"] = new { engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
+            if (plan.Refusals.Count > 0) refusals["forward"] = plan.Refusals;
+            dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss);
+            gpu.Synchronize();
+            dnnFwd = Profile(gpu, () => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss));
+            rel["o"] = Rel(Download(gpu, o2), Download(gpu, o));
+            rel["lse"] = Rel(Download(gpu, lse2), Download(gpu, lse));
+        });
+        // The backward takes FineTune's forward outputs, so it is checked even when cuDNN's forward was refused.
+        Try("backward", () =>
+        {
+            var plan = dnn.Plan(ss, backward: true);
+            engines["backward"] = new { engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
+            if (plan.Refusals.Count > 0) refusals["backward"] = plan.Refusals;
+            void Backward() => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss);
+            Backward();
+            gpu.Synchronize();
+            dnnBwd = Profile(gpu, Backward);
+            rel["dq"] = Rel(Download(gpu, dq2), Download(gpu, dq));
+            rel["dk"] = Rel(Download(gpu, dk2), Download(gpu, dk));
+            rel["dv"] = Rel(Download(gpu, dv2), Download(gpu, dv));
+        });
+        foreach (var x in made) x.Buffer.Dispose();
+
+        bool pass = errors.Count == 0 && rel.Count == 5 && rel.Values.All(r => r <= Tolerance);
+        var row = new
+        {
+            shape = name, batch = b, seq = t, heads = $"{hq}/{hkv}", head_dim = d, pass, forward_ran = forwardRan,
+            rel_l2 = rel, tolerance = Tolerance, engines, refusals, errors,
+            flash = new { forward_ms = Math.Round(flashFwd, 3), backward_ms = Math.Round(flashBwd, 3), forward_tflops = Tflops(flopsFwd, flashFwd), backward_tflops = Tflops(2.5 * flopsFwd, flashBwd) },
+            cudnn = new { forward_ms = Math.Round(dnnFwd, 3), backward_ms = Math.Round(dnnBwd, 3), forward_tflops = Tflops(flopsFwd, dnnFwd), backward_tflops = Tflops(2.5 * flopsFwd, dnnBwd) },
+        };
+        return (row, pass);
+
+        bool Try(string direction, Action work)
+        {
+            try { work(); return true; }
+            catch (Exception e) when (e is CudaException or ArgumentException)
+            {
+                // A failed launch can leave the stream in error; later cases then fail too, which the log shows.
+                errors.Add($"{direction}: {e.Message}");
+                Console.Error.WriteLine($"[cudnn {name} {direction}] {e.Message}");
+                return false;
+            }
+        }
+    }
+
+    // Device milliseconds per call: everything queued in the 5 calls, over 5.
+    static double Profile(CudaBackend gpu, Action work)
+    {
+        gpu.Synchronize();
+        gpu.Device.BeginProfile();
+        for (int i = 0; i < 5; i++) work();
+        return gpu.Device.EndProfile().Values.Sum() / 5;
+    }
+
+    static float[] Download(CudaBackend gpu, Tensor x)
+    {
+        var a = new float[x.Length];
+        gpu.Download(x, a);
+        return a;
+    }
+
+    static double Rel(float[] a, float[] r)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++) { double e = (double)a[i] - r[i]; num += e * e; den += (double)r[i] * r[i]; }
+        return double.IsFinite(num) ? Math.Round(Math.Sqrt(num / Math.Max(den, 1e-30)), 7) : double.NaN;
+    }
+}
