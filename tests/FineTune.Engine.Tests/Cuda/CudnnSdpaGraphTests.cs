@@ -1,0 +1,160 @@
+using FineTune.Engine.Cpu;
+using FineTune.Engine.Cuda;
+
+namespace FineTune.Engine.Tests.Cuda;
+
+/// <summary>
+/// The cuDNN attention graphs without cuDNN: their tensor layouts address FineTune's buffers, they are well formed,
+/// and, evaluated on the CPU (<see cref="CudnnGraphInterpreter"/>), they compute what the CPU backend's attention
+/// and its backward compute. Whether cuDNN accepts them is the device checks' `cudnn` command's question.
+/// </summary>
+public sealed class CudnnSdpaGraphTests
+{
+    const long Version = 90100;
+
+    [Fact]
+    public void Row_major_heads_view_addresses_each_element_of_the_token_major_buffer()
+    {
+        int b = 2, s = 3, h = 4, d = 5;
+        var (dims, strides) = CudnnSdpaGraphs.RowMajorHeads(b, s, h, d);
+        Assert.Equal([2L, 4, 3, 5], dims);
+        Assert.Equal([60L, 5, 20, 1], strides);
+        for (int bi = 0; bi < b; bi++)
+            for (int hi = 0; hi < h; hi++)
+                for (int si = 0; si < s; si++)
+                    for (int di = 0; di < d; di++)
+                        // FineTune's [B·S, H·D]: row b·S + s, column h·D + d.
+                        Assert.Equal((long)(bi * s + si) * h * d + hi * d + di, bi * strides[0] + hi * strides[1] + si * strides[2] + di * strides[3]);
+    }
+
+    [Fact]
+    public void Transposed_view_swaps_the_last_two_dimensions_and_their_strides()
+    {
+        var (dims, strides) = CudnnSdpaGraphs.Transposed(CudnnSdpaGraphs.RowMajorHeads(1, 7, 2, 8));
+        Assert.Equal([1L, 2, 8, 7], dims);
+        Assert.Equal([112L, 8, 1, 16], strides);
+    }
+
+    [Fact]
+    public void Stats_are_lse_b_h_s_with_a_unit_last_dimension()
+    {
+        var (dims, strides) = CudnnSdpaGraphs.StatsLayout(2, 300, 4);
+        Assert.Equal([2L, 4, 300, 1], dims);
+        Assert.Equal([1200L, 300, 1, 1], strides);
+    }
+
+    [Fact]
+    public void Forward_graph_is_the_sdpa_pattern_in_order()
+    {
+        var g = CudnnSdpaGraphs.Forward(new SdpaShape(1, 300, 4, 2, 128, 0.088f), Version);
+        Assert.Empty(g.Problems());
+        Assert.Equal(["bmm1 Q·Kt", "attn_scale", "gen_row_index", "gen_col_index", "row>=col", "causal select", "softmax max",
+            "softmax sub", "softmax exp", "softmax sum", "softmax log", "softmax stats", "softmax div", "bmm2 P·V"], g.Operations.Select(o => o.Name));
+        Assert.Equal(["Q", "K", "V", "O", "Stats"], g.Bound.Select(t => t.Name));
+        var bmm1 = (CudnnMatmul)g.Operations[0];
+        Assert.Equal([1L, 2, 128, 300], bmm1.B.Dims);        // Kᵀ over the 2 KV heads
+        Assert.Equal([1L, 4, 300, 300], bmm1.C.Dims);        // scores over the 4 query heads
+        var bmm2 = (CudnnMatmul)g.Operations[^1];
+        Assert.Equal(CudnnDataType.BFLOAT16, bmm2.A.Type);   // P in the inputs' type
+        Assert.Equal(CudnnDataType.FLOAT, g["Stats"].Type);
+        Assert.Equal(0.088f, g["attn_scale"].Value);
+    }
+
+    [Fact]
+    public void Mask_value_is_minus_infinity_from_cudnn_9_1_and_the_lowest_float_before()
+    {
+        Assert.Equal(float.NegativeInfinity, CudnnSdpaGraphs.MaskValue(90100));
+        Assert.Equal(float.MinValue, CudnnSdpaGraphs.MaskValue(90000));
+    }
+
+    [Fact]
+    public void Backward_graph_sums_gqa_key_and_value_gradients_over_each_group()
+    {
+        var g = CudnnSdpaGraphs.Backward(new SdpaShape(1, 64, 4, 2, 32, 0.2f), Version);
+        Assert.Empty(g.Problems());
+        Assert.Equal(["Q", "K", "V", "O", "dO", "Stats", "dQ", "dK", "dV", "SoftmaxSum", "dQAccum"], g.Bound.Select(t => t.Name));
+        var dkWriter = g.Operations.Single(o => o.Output.Name == "dK");
+        var dvWriter = g.Operations.Single(o => o.Output.Name == "dV");
+        Assert.IsType<CudnnReduce>(dkWriter);
+        Assert.IsType<CudnnReduce>(dvWriter);
+        Assert.Equal([1L, 4, 64, 32], ((CudnnReduce)dkWriter).X.Dims);
+    }
+
+    [Fact]
+    public void Backward_graph_without_gqa_writes_key_and_value_gradients_from_the_matmuls()
+    {
+        var g = CudnnSdpaGraphs.Backward(new SdpaShape(1, 64, 4, 4, 32, 0.2f), Version);
+        Assert.Empty(g.Problems());
+        Assert.IsType<CudnnMatmul>(g.Operations.Single(o => o.Output.Name == "dK"));
+        Assert.IsType<CudnnMatmul>(g.Operations.Single(o => o.Output.Name == "dV"));
+    }
+
+    [Fact]
+    public void Problems_name_a_read_before_write_and_an_unread_virtual_tensor()
+    {
+        var g = new CudnnGraph();
+        var x = g.Memory("x", [1, 1, 2, 2], [4, 4, 2, 1], CudnnDataType.FLOAT);
+        var early = g.Virtual("early", [1, 1, 2, 2], [4, 4, 2, 1]);
+        g.Pointwise("uses early", CudnnPointwiseMode.ADD, x, early, g.VirtualLike("unread", x));
+        g.Pointwise("writes early", CudnnPointwiseMode.EXP, x, null, early);
+        var problems = g.Problems();
+        Assert.Contains("uses early reads early before any operation writes it", problems);
+        Assert.Contains("virtual unread is never read", problems);
+    }
+
+    [Theory]
+    [InlineData(1, 9, 2, 1, 8)]
+    [InlineData(2, 7, 4, 2, 4)]
+    [InlineData(1, 6, 2, 2, 4)]
+    public void Forward_graph_computes_the_cpu_backends_causal_attention(int b, int t, int hq, int hk, int d)
+    {
+        var (shape, mem, cpu, o, lse, _, _, _) = Reference(b, t, hq, hk, d);
+        CudnnGraphInterpreter.Run(CudnnSdpaGraphs.Forward(shape, Version), mem);
+        AssertClose(cpu.Read(o), mem[CudnnSdpaGraphs.O]);
+        AssertClose(cpu.Read(lse), mem[CudnnSdpaGraphs.Stats]);
+    }
+
+    [Theory]
+    [InlineData(1, 9, 2, 1, 8)]
+    [InlineData(2, 7, 4, 2, 4)]
+    [InlineData(1, 6, 2, 2, 4)]
+    public void Backward_graph_computes_the_cpu_backends_attention_gradients(int b, int t, int hq, int hk, int d)
+    {
+        var (shape, mem, cpu, o, lse, dq, dk, dv) = Reference(b, t, hq, hk, d);
+        mem[CudnnSdpaGraphs.O] = cpu.Read(o);
+        mem[CudnnSdpaGraphs.Stats] = cpu.Read(lse);
+        CudnnGraphInterpreter.Run(CudnnSdpaGraphs.Backward(shape, Version), mem);
+        AssertClose(cpu.Read(dq), mem[CudnnSdpaGraphs.dQ]);
+        AssertClose(cpu.Read(dk), mem[CudnnSdpaGraphs.dK]);
+        AssertClose(cpu.Read(dv), mem[CudnnSdpaGraphs.dV]);
+    }
+
+    // Random Q, K, V, dO; the CPU backend's forward and backward; the graph's memory holding the inputs.
+    static (SdpaShape, Dictionary<string, float[]>, CpuBackend, Tensor O, Tensor Lse, Tensor Dq, Tensor Dk, Tensor Dv) Reference(int b, int t, int hq, int hk, int d)
+    {
+        var cpu = new CpuBackend();
+        var s = AttentionShape.Training(b, t, hq, hk, d);
+        int rows = b * t;
+        float[] q = TestTensors.Random(rows * hq * d, 1), k = TestTensors.Random(rows * hk * d, 2), v = TestTensors.Random(rows * hk * d, 3);
+        float[] dy = TestTensors.Random(rows * hq * d, 4);
+        Tensor tq = cpu.F32(q, rows, hq * d), tk = cpu.F32(k, rows, hk * d), tv = cpu.F32(v, rows, hk * d), seg = cpu.I32(new int[rows], rows);
+        Tensor o = cpu.Allocate(DType.F32, rows, hq * d), lse = cpu.Allocate(DType.F32, b, hq, t);
+        cpu.Attention(o, lse, tq, tk, tv, seg, s);
+        Tensor dq = cpu.Allocate(DType.F32, rows, hq * d), dk = cpu.Allocate(DType.F32, rows, hk * d), dv = cpu.Allocate(DType.F32, rows, hk * d);
+        cpu.AttentionBackward(dq, dk, dv, cpu.F32(dy, rows, hq * d), o, lse, tq, tk, tv, seg, s);
+        var mem = new Dictionary<string, float[]>
+        {
+            [CudnnSdpaGraphs.Q] = q, [CudnnSdpaGraphs.K] = k, [CudnnSdpaGraphs.V] = v, [CudnnSdpaGraphs.dO] = dy,
+        };
+        return (new SdpaShape(b, t, hq, hk, d, s.Scale), mem, cpu, o, lse, dq, dk, dv);
+    }
+
+    static void AssertClose(float[] expected, float[] actual)
+    {
+        Assert.True(actual.Length >= expected.Length, $"graph output has {actual.Length} elements, expected {expected.Length}");
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++) { double e = actual[i] - expected[i]; num += e * e; den += (double)expected[i] * expected[i]; }
+        double rel = Math.Sqrt(num / Math.Max(den, 1e-30));
+        Assert.True(rel < 1e-5, $"relative L2 {rel:G3}");
+    }
+}
