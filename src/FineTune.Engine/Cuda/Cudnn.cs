@@ -145,28 +145,40 @@ internal sealed unsafe class Cudnn : IDisposable
     {
         NativeLibraryProbe? lib;
         string tried;
-        if (path is not null) lib = LoadFile(path, out tried);
+        var preloaded = new List<string>();
+        if (path is not null) lib = LoadFile(path, out tried, preloaded);
         else
         {
             lib = NativeLibraryProbe.TryLoad(LibraryNames, out tried);
             foreach (var file in lib is null ? FindLibraryFiles() : [])
             {
-                lib = LoadFile(file, out var t);
+                lib = LoadFile(file, out var t, preloaded);
                 tried += ", " + t;
                 if (lib is not null) break;
             }
         }
-        return new Cudnn(lib ?? throw new CudaUnavailableException($"no cuDNN 9: none of [{tried}] could be loaded"));
+        var dnn = new Cudnn(lib ?? throw new CudaUnavailableException($"no cuDNN 9: none of [{tried}] could be loaded"));
+        dnn.Preloaded.AddRange(preloaded);
+        return dnn;
     }
 
-    static NativeLibraryProbe? LoadFile(string path, out string tried)
+    // A wheel's cuDNN (site-packages/nvidia/cudnn/lib) finds its CUDA 12 dependencies in sibling wheels
+    // (nvidia/cublas/lib, nvidia/cuda_nvrtc/lib; its runtime-compiled engines open NVRTC by name), which the loader
+    // does not search; those are loaded first too, by path.
+    static readonly (string Wheel, string File)[] WheelDependencies =
+        [("cublas", "libcublasLt.so.12"), ("cublas", "libcublas.so.12"), ("cuda_nvrtc", "libnvrtc.so.12"), ("cuda_nvrtc", "libnvrtc-builtins.so.12")];
+
+    /// <summary>Libraries loaded by path before the cuDNN file (its sub-libraries and a wheel's dependencies).</summary>
+    public List<string> Preloaded { get; } = [];
+
+    static NativeLibraryProbe? LoadFile(string path, out string tried, List<string>? preloaded = null)
     {
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        foreach (var sub in SubLibraries)
-        {
-            var p = Path.Combine(dir, sub);
-            if (File.Exists(p)) NativeLibrary.TryLoad(p, out _);
-        }
+        var wheels = Path.GetDirectoryName(Path.GetDirectoryName(dir)); // …/nvidia when dir is …/nvidia/cudnn/lib
+        var candidates = WheelDependencies.Select(w => wheels is null ? "" : Path.Combine(wheels, w.Wheel, "lib", w.File))
+            .Concat(SubLibraries.Select(sub => Path.Combine(dir, sub)));
+        foreach (var p in candidates)
+            if (p.Length > 0 && File.Exists(p) && NativeLibrary.TryLoad(p, out _)) preloaded?.Add(p);
         return NativeLibraryProbe.TryLoad([path], out tried);
     }
 
@@ -195,6 +207,20 @@ internal sealed unsafe class Cudnn : IDisposable
                     Add(Path.Combine(py, packages, "nvidia", "cudnn", "lib", "libcudnn.so.9"));
         }
         return found;
+    }
+
+    /// <summary>
+    /// The files of cuDNN, cuBLAS and NVRTC mapped into this process (Linux, from /proc/self/maps): which copies the
+    /// loader actually took, sub-libraries (opened lazily) included.
+    /// </summary>
+    public static List<string> MappedFiles()
+    {
+        const string maps = "/proc/self/maps";
+        if (!File.Exists(maps)) return [];
+        return File.ReadLines(maps)
+            .Select(l => l.IndexOf('/') is int i and >= 0 ? l[i..] : "")
+            .Where(p => Path.GetFileName(p) is var f && (f.StartsWith("libcudnn") || f.StartsWith("libnvrtc") || f.StartsWith("libcublas")))
+            .Distinct().ToList();
     }
 
     /// <summary>

@@ -41,6 +41,7 @@ public static class CudnnChecks
         }
         Console.WriteLine($"cuDNN {dnn.Library.VersionText} (cudnnGetVersion {dnn.Library.Version}) loaded from {dnn.Library.LibraryName}" +
             (files.Count > 1 ? "; FINETUNE_CUDNN=<file> runs another" : ""));
+        if (dnn.Library.Preloaded.Count > 0) Console.WriteLine($"loaded first, by path: {string.Join(", ", dnn.Library.Preloaded)}");
         var rows = new List<object>();
         bool ok = true;
         using (dnn)
@@ -53,6 +54,7 @@ public static class CudnnChecks
                 ok &= pass;
             }
         }
+        Console.WriteLine($"cuDNN/cuBLAS/NVRTC files mapped after the run: {string.Join(", ", Cudnn.MappedFiles())}");
         Directory.CreateDirectory(outDir);
         File.WriteAllText(Path.Combine(outDir, "cudnn.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
         return ok ? 0 : 1;
