@@ -141,6 +141,11 @@ internal sealed class CudnnGraph
         return problems;
     }
 
+    /// <summary>The graph as text, one operation a line with its tensors (what a refused graph was, for the log).</summary>
+    public string Describe() => string.Join("\n", _operations.Select(op =>
+        $"{op.Name} ({op.GetType().Name[5..]}{(op is CudnnPointwise p ? $" {p.Mode} compute {p.Compute}{(p.Axis is long a ? $" axis {a}" : "")}" : op is CudnnReduce r ? $" {r.Mode}" : "")}): " +
+        $"{string.Join(", ", op.Inputs)} -> {op.Output}"));
+
     /// <summary>Strides of a densely packed tensor, last dimension fastest.</summary>
     public static long[] Packed(params long[] dims)
     {

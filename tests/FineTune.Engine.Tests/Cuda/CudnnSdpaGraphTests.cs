@@ -61,6 +61,16 @@ public sealed class CudnnSdpaGraphTests
     }
 
     [Fact]
+    public void Describe_lists_each_operation_with_its_mode_and_tensors()
+    {
+        var lines = CudnnSdpaGraphs.Forward(new SdpaShape(1, 300, 4, 2, 128, 0.088f), Version).Describe().Split('\n');
+        Assert.Equal(14, lines.Length);
+        Assert.StartsWith("gen_row_index (Pointwise GEN_INDEX compute FLOAT axis 2): S_scaled#", lines[2]);
+        Assert.EndsWith("-> row#10 INT32 [1,4,300,300] strides [360000,90000,300,1] virtual", lines[2]);
+        Assert.StartsWith("softmax max (Reduce MAX): ", lines[6]);
+    }
+
+    [Fact]
     public void Mask_value_is_minus_infinity_from_cudnn_9_1_and_the_lowest_float_before()
     {
         Assert.Equal(float.NegativeInfinity, CudnnSdpaGraphs.MaskValue(90100));

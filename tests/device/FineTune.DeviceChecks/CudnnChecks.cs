@@ -44,11 +44,12 @@ public static class CudnnChecks
         if (dnn.Library.Preloaded.Count > 0) Console.WriteLine($"loaded first, by path: {string.Join(", ", dnn.Library.Preloaded)}");
         var rows = new List<object>();
         bool ok = true;
+        var described = new HashSet<string>(); // directions whose graph was printed after a failure: once each
         using (dnn)
         {
             foreach (var shape in Shapes)
             {
-                var (row, pass) = RunShape(gpu, dnn, shape);
+                var (row, pass) = RunShape(gpu, dnn, shape, described);
                 Console.WriteLine(JsonSerializer.Serialize(row));
                 rows.Add(row);
                 ok &= pass;
@@ -60,7 +61,7 @@ public static class CudnnChecks
         return ok ? 0 : 1;
     }
 
-    static (object Row, bool Pass) RunShape(CudaBackend gpu, CudnnAttention dnn, (string Name, int B, int T, int Hq, int Hkv, int D) c)
+    static (object Row, bool Pass) RunShape(CudaBackend gpu, CudnnAttention dnn, (string Name, int B, int T, int Hq, int Hkv, int D) c, HashSet<string> described)
     {
         var (name, b, t, hq, hkv, d) = c;
         var s = AttentionShape.Training(b, t, hq, hkv, d);
@@ -143,6 +144,11 @@ public static class CudnnChecks
                 // A failed launch can leave the stream in error; later cases then fail too, which the log shows.
                 errors.Add($"{direction}: {e.Message}");
                 Console.Error.WriteLine($"[cudnn {name} {direction}] {e.Message}");
+                if (described.Add(direction))
+                {
+                    var graph = direction == "forward" ? CudnnSdpaGraphs.Forward(ss, dnn.Library.Version) : CudnnSdpaGraphs.Backward(ss, dnn.Library.Version);
+                    Console.Error.WriteLine($"[cudnn {name} {direction}] the graph sent:\n{graph.Describe()}");
+                }
                 return false;
             }
         }
