@@ -9,7 +9,7 @@ namespace FineTune.Engine.Cuda;
 internal sealed class CudnnAttention : IDisposable
 {
     readonly CudaDevice _dev;
-    readonly Dictionary<(SdpaShape Shape, bool Backward), CudnnPlan> _plans = [];
+    readonly Dictionary<(SdpaShape Shape, bool Backward, SdpaGraphOptions Options), CudnnPlan> _plans = [];
     ulong _workspace;
     long _workspaceBytes;
 
@@ -25,19 +25,20 @@ internal sealed class CudnnAttention : IDisposable
     }
 
     /// <summary>The shape's plan, built (and cached) on first use; throws <see cref="CudnnException"/> when cuDNN refuses.</summary>
-    public CudnnPlan Plan(SdpaShape s, bool backward)
+    public CudnnPlan Plan(SdpaShape s, bool backward, SdpaGraphOptions? options = null)
     {
-        if (_plans.TryGetValue((s, backward), out var plan)) return plan;
-        var graph = backward ? CudnnSdpaGraphs.Backward(s, Library.Version) : CudnnSdpaGraphs.Forward(s, Library.Version);
-        plan = new CudnnPlan(Library, graph, $"cuDNN SDPA {(backward ? "backward" : "forward")} {s}");
-        _plans[(s, backward)] = plan;
+        options ??= SdpaGraphOptions.Default;
+        if (_plans.TryGetValue((s, backward, options), out var plan)) return plan;
+        var graph = backward ? CudnnSdpaGraphs.Backward(s, Library.Version, options) : CudnnSdpaGraphs.Forward(s, Library.Version, options);
+        plan = new CudnnPlan(Library, graph, $"cuDNN SDPA {(backward ? "backward" : "forward")} {s} ({options})");
+        _plans[(s, backward, options)] = plan;
         return plan;
     }
 
     /// <summary>O = softmax(causal(Q·Kᵀ·scale))·V and lse = the softmax's log-sum-exp per (batch, head, row).</summary>
-    public void Forward(ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s)
+    public void Forward(ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s, SdpaGraphOptions? options = null)
     {
-        var plan = Plan(s, backward: false);
+        var plan = Plan(s, backward: false, options);
         plan.Execute(new Dictionary<string, ulong>
         {
             [CudnnSdpaGraphs.Q] = q, [CudnnSdpaGraphs.K] = k, [CudnnSdpaGraphs.V] = v,
@@ -50,9 +51,10 @@ internal sealed class CudnnAttention : IDisposable
     /// dQ, dK, dV (overwritten) from dO, the forward's O and lse, and Q, K, V. The graph's two f32 intermediates
     /// (Δ = rowsum(dO∘O) and the dQ accumulator, which is zeroed first) sit after the plan's workspace.
     /// </summary>
-    public void Backward(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s)
+    public void Backward(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s,
+        SdpaGraphOptions? options = null)
     {
-        var plan = Plan(s, backward: true);
+        var plan = Plan(s, backward: true, options);
         long planBytes = Align(plan.WorkspaceBytes);
         long sumBytes = Align((long)s.Batch * s.QueryHeads * s.Seq * sizeof(float));
         long accBytes = (long)s.Batch * s.QueryHeads * s.Seq * s.HeadDim * sizeof(float);

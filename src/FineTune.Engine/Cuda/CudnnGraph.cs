@@ -80,8 +80,9 @@ internal sealed class CudnnGraph
     /// <summary>A tensor in device memory (an input, an output or a workspace intermediate).</summary>
     public CudnnTensor Memory(string name, long[] dims, long[] strides, CudnnDataType type) => Add(name, dims, strides, type, false);
 
-    /// <summary>An f32 scalar passed by value, shaped [1,1,1,1] so it broadcasts against 4-d tensors.</summary>
-    public CudnnTensor Scalar(string name, float value) => Add(name, [1, 1, 1, 1], [1, 1, 1, 1], CudnnDataType.FLOAT, false, value);
+    /// <summary>An f32 scalar passed by value: dims and strides of <paramref name="rank"/> ones (it broadcasts).</summary>
+    public CudnnTensor Scalar(string name, float value, int rank = 1) =>
+        Add(name, Enumerable.Repeat(1L, rank).ToArray(), Enumerable.Repeat(1L, rank).ToArray(), CudnnDataType.FLOAT, false, value);
 
     public CudnnTensor Virtual(string name, long[] dims, long[] strides, CudnnDataType type = CudnnDataType.FLOAT) => Add(name, dims, strides, type, true);
 

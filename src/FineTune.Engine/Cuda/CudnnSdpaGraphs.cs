@@ -11,6 +11,22 @@ internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, in
 }
 
 /// <summary>
+/// Details of the SDPA graphs that cuDNN versions may judge differently, to try in turn when a graph is refused:
+/// the rank of the by-value scalars (the frontend sends rank 1, its older samples [1,1,1,1]) and the compute type
+/// of the causal mask's GEN_INDEX operations (the frontend leaves it at the graph's f32; its padding masks use INT32).
+/// </summary>
+internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexCompute = CudnnDataType.FLOAT)
+{
+    public static readonly SdpaGraphOptions Default = new();
+
+    /// <summary>The default first, then the other combinations.</summary>
+    public static IReadOnlyList<SdpaGraphOptions> Alternatives { get; } =
+        [Default, new(ScalarRank: 4), new(IndexCompute: CudnnDataType.INT32), new(4, CudnnDataType.INT32)];
+
+    public override string ToString() => $"scalars rank {ScalarRank}, GEN_INDEX compute {IndexCompute}";
+}
+
+/// <summary>
 /// The cuDNN graphs of causal SDPA, as cuDNN's fused flash-attention engines recognise them (the pattern the
 /// cudnn-frontend's SDPA nodes expand to): built from matmuls, pointwise operations and reductions, described here
 /// without native calls so tests can check every dimension and stride.
@@ -46,8 +62,9 @@ internal static class CudnnSdpaGraphs
     /// </summary>
     public static float MaskValue(long cudnnVersion) => cudnnVersion < 90100 ? float.MinValue : float.NegativeInfinity;
 
-    public static CudnnGraph Forward(SdpaShape p, long cudnnVersion)
+    public static CudnnGraph Forward(SdpaShape p, long cudnnVersion, SdpaGraphOptions? options = null)
     {
+        options ??= SdpaGraphOptions.Default;
         var g = new CudnnGraph();
         int b = p.Batch, s = p.Seq, hq = p.QueryHeads, hk = p.KvHeads, d = p.HeadDim;
         var (qDims, qStrides) = RowMajorHeads(b, s, hq, d);
@@ -60,14 +77,14 @@ internal static class CudnnSdpaGraphs
         var v = g.Memory(V, vDims, vStrides, CudnnDataType.BFLOAT16);
         var o = g.Memory(O, qDims, qStrides, CudnnDataType.BFLOAT16);
         var stats = g.Memory(Stats, statsDims, statsStrides, CudnnDataType.FLOAT);
-        var scale = g.Scalar("attn_scale", p.Scale);
-        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion));
+        var scale = g.Scalar("attn_scale", p.Scale, options.ScalarRank);
+        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion), options.ScalarRank);
 
         long[] scoreDims = [b, hq, s, s], scoreStrides = CudnnGraph.Packed(scoreDims);
         long[] rowDims = [b, hq, s, 1], rowStrides = CudnnGraph.Packed(rowDims);
         var scores = g.Matmul("bmm1 Q·Kt", q, kt, g.Virtual("S", scoreDims, scoreStrides));
         var scaled = g.Pointwise("attn_scale", CudnnPointwiseMode.MUL, scores, scale, g.VirtualLike("S_scaled", scores));
-        var masked = CausalMask(g, scaled, maskValue, "S_masked");
+        var masked = CausalMask(g, scaled, maskValue, "S_masked", options.IndexCompute);
         var max = g.Reduce("softmax max", CudnnReduction.MAX, masked, g.Virtual("M", rowDims, rowStrides));
         var centred = g.Pointwise("softmax sub", CudnnPointwiseMode.SUB, masked, max, g.VirtualLike("S_minus_M", masked));
         var exp = g.Pointwise("softmax exp", CudnnPointwiseMode.EXP, centred, null, g.VirtualLike("E", masked));
@@ -80,8 +97,9 @@ internal static class CudnnSdpaGraphs
         return g;
     }
 
-    public static CudnnGraph Backward(SdpaShape p, long cudnnVersion)
+    public static CudnnGraph Backward(SdpaShape p, long cudnnVersion, SdpaGraphOptions? options = null)
     {
+        options ??= SdpaGraphOptions.Default;
         var g = new CudnnGraph();
         int b = p.Batch, s = p.Seq, hq = p.QueryHeads, hk = p.KvHeads, d = p.HeadDim;
         var (qDims, qStrides) = RowMajorHeads(b, s, hq, d);
@@ -102,9 +120,9 @@ internal static class CudnnSdpaGraphs
         long[] accDims = [b, hq, s, d];
         var softmaxSum = g.Memory(SoftmaxSum, rowDims, rowStrides, CudnnDataType.FLOAT);
         var dqAccum = g.Memory(DqAccum, accDims, CudnnGraph.Packed(accDims), CudnnDataType.FLOAT);
-        var one = g.Scalar("one", 1f);
-        var scale = g.Scalar("attn_scale", p.Scale);
-        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion));
+        var one = g.Scalar("one", 1f, options.ScalarRank);
+        var scale = g.Scalar("attn_scale", p.Scale, options.ScalarRank);
+        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion), options.ScalarRank);
 
         // Δ = Σ_d dO∘O, stored (the engine reads it per key tile).
         var dOO = g.Pointwise("mul dO·O", CudnnPointwiseMode.MUL, dout, o, g.Virtual("dO_O", qDims, qStrides));
@@ -116,7 +134,7 @@ internal static class CudnnSdpaGraphs
         var scores = g.Matmul("matmul Q·Kt", q, kt, g.Virtual("S", scoreDims, scoreStrides));
         var scaled = g.Pointwise("mul S·scale", CudnnPointwiseMode.MUL, scores, scale, g.VirtualLike("S_scaled", scores));
         var centred = g.Pointwise("sub S−Stats", CudnnPointwiseMode.SUB, scaled, stats, g.VirtualLike("S_minus_stats", scores));
-        var masked = CausalMask(g, centred, maskValue, "S_masked");
+        var masked = CausalMask(g, centred, maskValue, "S_masked", options.IndexCompute);
         var probs = g.Pointwise("exp", CudnnPointwiseMode.EXP, masked, null, g.VirtualLike("P", scores));
 
         // [B, Hq, S_kv, S_q] views of P and dS, with the S_q·S_kv tensors' strides transposed.
@@ -138,10 +156,12 @@ internal static class CudnnSdpaGraphs
     }
 
     // Top-left causal mask: keeps score (row i, column j) where i ≥ j, else the mask value.
-    static CudnnTensor CausalMask(CudnnGraph g, CudnnTensor scores, CudnnTensor maskValue, string name)
+    static CudnnTensor CausalMask(CudnnGraph g, CudnnTensor scores, CudnnTensor maskValue, string name, CudnnDataType indexCompute)
     {
-        var row = g.Pointwise("gen_row_index", CudnnPointwiseMode.GEN_INDEX, scores, null, g.VirtualLike("row", scores, CudnnDataType.INT32), axis: 2);
-        var col = g.Pointwise("gen_col_index", CudnnPointwiseMode.GEN_INDEX, scores, null, g.VirtualLike("col", scores, CudnnDataType.INT32), axis: 3);
+        var row = g.Pointwise("gen_row_index", CudnnPointwiseMode.GEN_INDEX, scores, null, g.VirtualLike("row", scores, CudnnDataType.INT32),
+            compute: indexCompute, axis: 2);
+        var col = g.Pointwise("gen_col_index", CudnnPointwiseMode.GEN_INDEX, scores, null, g.VirtualLike("col", scores, CudnnDataType.INT32),
+            compute: indexCompute, axis: 3);
         var keep = g.Pointwise("row>=col", CudnnPointwiseMode.CMP_GE, row, col, g.VirtualLike("causal", scores, CudnnDataType.BOOLEAN),
             compute: CudnnDataType.BOOLEAN);
         return g.Pointwise("causal select", CudnnPointwiseMode.BINARY_SELECT, scores, maskValue, g.VirtualLike(name, scores), t: keep);

@@ -99,6 +99,8 @@ internal static class CudnnGraphInterpreter
     // Address of the element of t that index idx (over dims `over`) maps to: size-1 dims broadcast, n of m grouped.
     static long Offset(CudnnTensor t, long[] idx, long[] over)
     {
+        if (t.Dims.Length != idx.Length)
+            return t.Dims.All(d => d == 1) ? 0 : throw new NotSupportedException($"{t.Name}: rank {t.Dims.Length} against {idx.Length}");
         long off = 0;
         for (int i = 0; i < idx.Length; i++)
         {

@@ -139,6 +139,33 @@ public sealed class CudnnSdpaGraphTests
         AssertClose(cpu.Read(dv), mem[CudnnSdpaGraphs.dV]);
     }
 
+    [Fact]
+    public void Every_graph_variant_computes_the_same_attention_and_gradients()
+    {
+        foreach (var options in SdpaGraphOptions.Alternatives)
+        {
+            var (shape, mem, cpu, o, lse, dq, _, _) = Reference(1, 5, 2, 1, 4);
+            var forward = CudnnSdpaGraphs.Forward(shape, Version, options);
+            Assert.Equal(options.ScalarRank, forward["attn_scale"].Dims.Length);
+            CudnnGraphInterpreter.Run(forward, mem);
+            AssertClose(cpu.Read(o), mem[CudnnSdpaGraphs.O]);
+            CudnnGraphInterpreter.Run(CudnnSdpaGraphs.Backward(shape, Version, options), mem);
+            AssertClose(cpu.Read(dq), mem[CudnnSdpaGraphs.dQ]);
+        }
+    }
+
+    [Fact]
+    public void Default_variant_is_the_frontends_rank_1_scalars_and_f32_index_compute()
+    {
+        var g = CudnnSdpaGraphs.Forward(new SdpaShape(1, 8, 2, 2, 8, 0.3f), Version);
+        Assert.Equal([1L], g["attn_scale"].Dims);
+        var genIndex = g.Operations.OfType<CudnnPointwise>().Where(p => p.Mode == CudnnPointwiseMode.GEN_INDEX).ToList();
+        Assert.Equal(2, genIndex.Count);
+        Assert.All(genIndex, p => Assert.Equal(CudnnDataType.FLOAT, p.Compute));
+        var int32 = CudnnSdpaGraphs.Forward(new SdpaShape(1, 8, 2, 2, 8, 0.3f), Version, new SdpaGraphOptions(IndexCompute: CudnnDataType.INT32));
+        Assert.All(int32.Operations.OfType<CudnnPointwise>().Where(p => p.Mode == CudnnPointwiseMode.GEN_INDEX), p => Assert.Equal(CudnnDataType.INT32, p.Compute));
+    }
+
     // Random Q, K, V, dO; the CPU backend's forward and backward; the graph's memory holding the inputs.
     static (SdpaShape, Dictionary<string, float[]>, CpuBackend, Tensor O, Tensor Lse, Tensor Dq, Tensor Dk, Tensor Dv) Reference(int b, int t, int hq, int hk, int d)
     {

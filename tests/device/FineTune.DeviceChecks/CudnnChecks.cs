@@ -7,9 +7,9 @@ namespace FineTune.DeviceChecks;
 /// <summary>
 /// `cudnn`: cuDNN's fused attention (<see cref="CudnnAttention"/>, causal GQA bf16 through the backend graph API)
 /// against FineTune's flash kernels at small and bench shapes. Prints the cuDNN libraries found and the one loaded
-/// (FINETUNE_CUDNN=path picks another), its version; per shape the engine each plan took, the configurations cuDNN
-/// refused and why, the relative L2 of O, lse, dQ, dK, dV against the flash kernels (bf16 tolerance 1e-2) and both
-/// sides' device time and TFLOP/s (profile marks, mean of 5 calls after a warm-up; 4·D·Hq FLOPs per causal
+/// (FINETUNE_CUDNN=path picks another), its version; per shape the graph variant (<see cref="SdpaGraphOptions"/>) and
+/// engine each plan took, the variants and engine configurations cuDNN refused and why, the relative L2 of O, lse,
+/// dQ, dK, dV against the flash kernels (bf16 tolerance 1e-2) and both sides' device time and TFLOP/s (profile marks, mean of 5 calls after a warm-up; 4·D·Hq FLOPs per causal
 /// (query, key) pair forward, 2.5 times that backward, as <see cref="FlashBench"/> counts). A refused or failing
 /// case prints cuDNN's status, the descriptor and attribute, and cuDNN's last error, then the next case runs.
 /// cuDNN's own error log goes to stderr (<see cref="Cudnn.EnableDiagnosticLogging"/>). One JSON line per shape;
@@ -88,6 +88,7 @@ public static class CudnnChecks
         double flopsFwd = 4.0 * b * hq * ((double)t * t / 2) * d;
         double Tflops(double flops, double ms) => ms > 0 ? Math.Round(flops / (ms * 1e9), 1) : 0;
         var errors = new List<string>();
+        var refusedGraphs = new List<string>();
         var refusals = new Dictionary<string, List<string>>();
         var engines = new Dictionary<string, object>();
         var rel = new Dictionary<string, double>();
@@ -101,22 +102,22 @@ public static class CudnnChecks
         double dnnFwd = 0, dnnBwd = 0;
         bool forwardRan = Try("forward", () =>
         {
-            var plan = dnn.Plan(ss, backward: false);
-            engines["forward"] = new { engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
+            var (plan, opt) = FirstPlan("forward", backward: false);
+            engines["forward"] = new { graph = opt.ToString(), engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
             if (plan.Refusals.Count > 0) refusals["forward"] = plan.Refusals;
-            dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss);
+            dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, opt);
             gpu.Synchronize();
-            dnnFwd = Profile(gpu, () => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss));
+            dnnFwd = Profile(gpu, () => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, opt));
             rel["o"] = Rel(Download(gpu, o2), Download(gpu, o));
             rel["lse"] = Rel(Download(gpu, lse2), Download(gpu, lse));
         });
         // The backward takes FineTune's forward outputs, so it is checked even when cuDNN's forward was refused.
         Try("backward", () =>
         {
-            var plan = dnn.Plan(ss, backward: true);
-            engines["backward"] = new { engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
+            var (plan, opt) = FirstPlan("backward", backward: true);
+            engines["backward"] = new { graph = opt.ToString(), engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
             if (plan.Refusals.Count > 0) refusals["backward"] = plan.Refusals;
-            void Backward() => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss);
+            void Backward() => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss, opt);
             Backward();
             gpu.Synchronize();
             dnnBwd = Profile(gpu, Backward);
@@ -130,11 +131,32 @@ public static class CudnnChecks
         var row = new
         {
             shape = name, batch = b, seq = t, heads = $"{hq}/{hkv}", head_dim = d, pass, forward_ran = forwardRan,
-            rel_l2 = rel, tolerance = Tolerance, engines, refusals, errors,
+            rel_l2 = rel, tolerance = Tolerance, engines, refusals, refused_graphs = refusedGraphs, errors,
             flash = new { forward_ms = Math.Round(flashFwd, 3), backward_ms = Math.Round(flashBwd, 3), forward_tflops = Tflops(flopsFwd, flashFwd), backward_tflops = Tflops(2.5 * flopsFwd, flashBwd) },
             cudnn = new { forward_ms = Math.Round(dnnFwd, 3), backward_ms = Math.Round(dnnBwd, 3), forward_tflops = Tflops(flopsFwd, dnnFwd), backward_tflops = Tflops(2.5 * flopsFwd, dnnBwd) },
         };
         return (row, pass);
+
+        // The plan of the first graph variant cuDNN accepts (SdpaGraphOptions.Alternatives, the default first); each
+        // refused variant's error goes to the row's refused_graphs, and its graph is printed (once per direction).
+        (CudnnPlan, SdpaGraphOptions) FirstPlan(string direction, bool backward)
+        {
+            foreach (var opt in SdpaGraphOptions.Alternatives)
+            {
+                try { return (dnn.Plan(ss, backward, opt), opt); }
+                catch (CudnnException e)
+                {
+                    refusedGraphs.Add($"{direction} ({opt}): {e.Message}");
+                    Console.Error.WriteLine($"[cudnn {name} {direction} ({opt})] {e.Message}");
+                    if (described.Add(direction))
+                    {
+                        var graph = backward ? CudnnSdpaGraphs.Backward(ss, dnn.Library.Version, opt) : CudnnSdpaGraphs.Forward(ss, dnn.Library.Version, opt);
+                        Console.Error.WriteLine($"[cudnn {name} {direction}] the graph sent:\n{graph.Describe()}");
+                    }
+                }
+            }
+            throw new CudnnException($"{direction}: cuDNN refused every graph variant", 3000);
+        }
 
         bool Try(string direction, Action work)
         {
@@ -144,11 +166,6 @@ public static class CudnnChecks
                 // A failed launch can leave the stream in error; later cases then fail too, which the log shows.
                 errors.Add($"{direction}: {e.Message}");
                 Console.Error.WriteLine($"[cudnn {name} {direction}] {e.Message}");
-                if (described.Add(direction))
-                {
-                    var graph = direction == "forward" ? CudnnSdpaGraphs.Forward(ss, dnn.Library.Version) : CudnnSdpaGraphs.Backward(ss, dnn.Library.Version);
-                    Console.Error.WriteLine($"[cudnn {name} {direction}] the graph sent:\n{graph.Describe()}");
-                }
                 return false;
             }
         }
