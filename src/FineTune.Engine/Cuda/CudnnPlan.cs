@@ -16,6 +16,9 @@ internal sealed unsafe class CudnnPlan : IDisposable
     readonly nint _plan;
     float* _scalars; // by-value scalars' host copies, one per by-value tensor, in graph order
     readonly long[] _uids;
+    nint _pack;
+    nint[] _packPointers = [];
+    ulong _packWorkspace;
 
     public CudnnGraph Graph { get; }
     public long WorkspaceBytes { get; }
@@ -205,7 +208,8 @@ internal sealed unsafe class CudnnPlan : IDisposable
 
     /// <summary>
     /// Runs the plan on the handle's stream. <paramref name="pointers"/> gives a device pointer for every bound
-    /// tensor of the graph, by name; <paramref name="workspace"/> holds at least <see cref="WorkspaceBytes"/>.
+    /// tensor of the graph, by name; <paramref name="workspace"/> holds at least <see cref="WorkspaceBytes"/>. The variant
+    /// pack is rebuilt only when a pointer changes.
     /// </summary>
     public void Execute(IReadOnlyDictionary<string, ulong> pointers, ulong workspace, string what)
     {
@@ -218,10 +222,18 @@ internal sealed unsafe class CudnnPlan : IDisposable
             else if (pointers.TryGetValue(t.Name, out var p) && p != 0) ptrs[i] = (nint)p;
             else throw new ArgumentException($"{what}: no device pointer for the graph's tensor {t.Name}");
         }
+        // The last variant pack is kept and reused while the pointers stay the same (a repeated step's case).
+        if (_pack != 0 && workspace == _packWorkspace && ptrs.AsSpan().SequenceEqual(_packPointers))
+        {
+            _dnn.Execute(_plan, _pack, what);
+            return;
+        }
+        _dnn.Destroy(_pack);
+        _pack = 0;
         var pack = _dnn.Create(CudnnDescriptorType.VariantPack);
+        var ws = (nint)workspace;
         try
         {
-            var ws = (nint)workspace;
             fixed (long* u = _uids)
             fixed (nint* p = ptrs)
             {
@@ -229,14 +241,21 @@ internal sealed unsafe class CudnnPlan : IDisposable
                 _dnn.Set(pack, $"{what} variant pack", CudnnAttribute.VARIANT_PACK_DATA_POINTERS, CudnnAttributeType.VOID_PTR, ptrs.Length, p);
                 _dnn.Set(pack, $"{what} variant pack", CudnnAttribute.VARIANT_PACK_WORKSPACE, CudnnAttributeType.VOID_PTR, 1, &ws);
                 _dnn.Finalize(pack, $"{what} variant pack");
-                _dnn.Execute(_plan, pack, what);
             }
         }
-        finally { _dnn.Destroy(pack); }
+        catch
+        {
+            _dnn.Destroy(pack);
+            throw;
+        }
+        (_pack, _packPointers, _packWorkspace) = (pack, ptrs, workspace);
+        _dnn.Execute(_plan, pack, what);
     }
 
     public void Dispose()
     {
+        _dnn.Destroy(_pack);
+        _pack = 0;
         for (int i = _owned.Count - 1; i >= 0; i--) _dnn.Destroy(_owned[i]);
         _owned.Clear();
         if (_scalars != null) NativeMemory.Free(_scalars);
