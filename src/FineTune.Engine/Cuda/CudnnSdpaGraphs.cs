@@ -12,18 +12,22 @@ internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, in
 
 /// <summary>
 /// Details of the SDPA graphs that cuDNN versions may judge differently, to try in turn when a graph is refused:
-/// the rank of the by-value scalars (the frontend sends rank 1, its older samples [1,1,1,1]) and the compute type
-/// of the causal mask's GEN_INDEX operations (the frontend leaves it at the graph's f32; its padding masks use INT32).
+/// the rank of the by-value scalars (the frontend sends rank 1; its older samples [1,1,1,1]), the compute type of the
+/// causal mask's GEN_INDEX operations (frontend 1.23 leaves it at the graph's f32; 1.8 set INT32), and whether masked
+/// scores take the lowest finite float (frontend 1.8, and 1.23 before cuDNN 9.1) instead of −∞.
 /// </summary>
-internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexCompute = CudnnDataType.FLOAT)
+internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexCompute = CudnnDataType.FLOAT, bool LowestMask = false)
 {
     public static readonly SdpaGraphOptions Default = new();
 
-    /// <summary>The default first, then the other combinations.</summary>
+    /// <summary>The default (frontend 1.23's form) first, then frontend 1.8's causal mask, then both with 4-d scalars.</summary>
     public static IReadOnlyList<SdpaGraphOptions> Alternatives { get; } =
-        [Default, new(ScalarRank: 4), new(IndexCompute: CudnnDataType.INT32), new(4, CudnnDataType.INT32)];
+    [
+        Default, new(IndexCompute: CudnnDataType.INT32, LowestMask: true),
+        new(ScalarRank: 4), new(ScalarRank: 4, IndexCompute: CudnnDataType.INT32, LowestMask: true),
+    ];
 
-    public override string ToString() => $"scalars rank {ScalarRank}, GEN_INDEX compute {IndexCompute}";
+    public override string ToString() => $"scalars rank {ScalarRank}, GEN_INDEX compute {IndexCompute}, mask {(LowestMask ? "lowest float" : "by version")}";
 }
 
 /// <summary>
@@ -60,7 +64,7 @@ internal static class CudnnSdpaGraphs
     /// The value masked scores take: −∞, except before cuDNN 9.1, which wanted the most negative finite float
     /// (what the frontend does for those versions).
     /// </summary>
-    public static float MaskValue(long cudnnVersion) => cudnnVersion < 90100 ? float.MinValue : float.NegativeInfinity;
+    public static float MaskValue(long cudnnVersion, bool lowest = false) => lowest || cudnnVersion < 90100 ? float.MinValue : float.NegativeInfinity;
 
     public static CudnnGraph Forward(SdpaShape p, long cudnnVersion, SdpaGraphOptions? options = null)
     {
@@ -78,7 +82,7 @@ internal static class CudnnSdpaGraphs
         var o = g.Memory(O, qDims, qStrides, CudnnDataType.BFLOAT16);
         var stats = g.Memory(Stats, statsDims, statsStrides, CudnnDataType.FLOAT);
         var scale = g.Scalar("attn_scale", p.Scale, options.ScalarRank);
-        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion), options.ScalarRank);
+        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion, options.LowestMask), options.ScalarRank);
 
         long[] scoreDims = [b, hq, s, s], scoreStrides = CudnnGraph.Packed(scoreDims);
         long[] rowDims = [b, hq, s, 1], rowStrides = CudnnGraph.Packed(rowDims);
@@ -122,7 +126,7 @@ internal static class CudnnSdpaGraphs
         var dqAccum = g.Memory(DqAccum, accDims, CudnnGraph.Packed(accDims), CudnnDataType.FLOAT);
         var one = g.Scalar("one", 1f, options.ScalarRank);
         var scale = g.Scalar("attn_scale", p.Scale, options.ScalarRank);
-        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion), options.ScalarRank);
+        var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion, options.LowestMask), options.ScalarRank);
 
         // Δ = Σ_d dO∘O, stored (the engine reads it per key tile).
         var dOO = g.Pointwise("mul dO·O", CudnnPointwiseMode.MUL, dout, o, g.Virtual("dO_O", qDims, qStrides));

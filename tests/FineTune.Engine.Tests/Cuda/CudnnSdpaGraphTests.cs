@@ -75,6 +75,8 @@ public sealed class CudnnSdpaGraphTests
     {
         Assert.Equal(float.NegativeInfinity, CudnnSdpaGraphs.MaskValue(90100));
         Assert.Equal(float.MinValue, CudnnSdpaGraphs.MaskValue(90000));
+        Assert.Equal(float.MinValue, CudnnSdpaGraphs.MaskValue(90600, lowest: true));
+        Assert.Equal(float.MinValue, CudnnSdpaGraphs.Forward(new SdpaShape(1, 8, 2, 2, 8, 0.3f), 90600, new SdpaGraphOptions(LowestMask: true))["mask_value"].Value);
     }
 
     [Fact]
