@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using FineTune.Engine;
 using FineTune.Engine.Cuda;
 
@@ -18,6 +19,9 @@ namespace FineTune.DeviceChecks;
 public static class CudnnChecks
 {
     const double Tolerance = 1e-2;
+
+    // A broken output's relative error is NaN, which plain JSON cannot hold: written as "NaN".
+    static readonly JsonSerializerOptions Json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     static readonly (string Name, int B, int T, int Hq, int Hkv, int D)[] Shapes =
     [
@@ -50,14 +54,14 @@ public static class CudnnChecks
             foreach (var shape in Shapes)
             {
                 var (row, pass) = RunShape(gpu, dnn, shape, described);
-                Console.WriteLine(JsonSerializer.Serialize(row));
+                Console.WriteLine(JsonSerializer.Serialize(row, Json));
                 rows.Add(row);
                 ok &= pass;
             }
         }
         Console.WriteLine($"cuDNN/cuBLAS/NVRTC files mapped after the run: {string.Join(", ", Cudnn.MappedFiles())}");
         Directory.CreateDirectory(outDir);
-        File.WriteAllText(Path.Combine(outDir, "cudnn.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(outDir, "cudnn.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions(Json) { WriteIndented = true }));
         return ok ? 0 : 1;
     }
 
