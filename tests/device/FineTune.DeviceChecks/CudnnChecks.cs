@@ -106,8 +106,9 @@ public static class CudnnChecks
         double dnnFwd = 0, dnnBwd = 0;
         bool forwardRan = Try("forward", () =>
         {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             var (plan, opt) = FirstPlan("forward", backward: false);
-            engines["forward"] = new { graph = opt.ToString(), engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
+            engines["forward"] = new { graph = opt.ToString(), engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes, build_s = Math.Round(clock.Elapsed.TotalSeconds, 2) };
             if (plan.Refusals.Count > 0) refusals["forward"] = plan.Refusals;
             dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, opt);
             gpu.Synchronize();
@@ -118,8 +119,9 @@ public static class CudnnChecks
         // The backward takes FineTune's forward outputs, so it is checked even when cuDNN's forward was refused.
         Try("backward", () =>
         {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             var (plan, opt) = FirstPlan("backward", backward: true);
-            engines["backward"] = new { graph = opt.ToString(), engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes };
+            engines["backward"] = new { graph = opt.ToString(), engine = plan.Engine, workspace_bytes = plan.WorkspaceBytes, build_s = Math.Round(clock.Elapsed.TotalSeconds, 2) };
             if (plan.Refusals.Count > 0) refusals["backward"] = plan.Refusals;
             void Backward() => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss, opt);
             Backward();
