@@ -45,6 +45,8 @@ public static class CudnnChecks
         }
         Console.WriteLine($"cuDNN {dnn.Library.VersionText} (cudnnGetVersion {dnn.Library.Version}) loaded from {dnn.Library.LibraryName}" +
             (files.Count > 1 ? "; FINETUNE_CUDNN=<file> runs another" : ""));
+        if (dnn.Library.Version is 91000 or 91001)
+            Console.WriteLine("warning: cudnn-frontend refuses the bf16 SDPA backward on cuDNN 9.10.0/9.10.1 (known bugs); expect its dQ/dK/dV to be wrong here");
         if (dnn.Library.Preloaded.Count > 0) Console.WriteLine($"loaded first, by path: {string.Join(", ", dnn.Library.Preloaded)}");
         var rows = new List<object>();
         bool ok = true;
