@@ -114,6 +114,9 @@ internal sealed unsafe class Cudnn : IDisposable
     /// <summary>cudnnGetVersion: major·10000 + minor·100 + patch for cuDNN 9 (e.g. 90100 is 9.1.0).</summary>
     public long Version { get; }
 
+    /// <summary>cudnnGetCudartVersion: the CUDA runtime cuDNN was built with (e.g. 12080), 0 when not exported.</summary>
+    public long CudartVersion { get; }
+
     public string VersionText => $"{Version / 10000}.{Version / 100 % 100}.{Version % 100}";
 
     Cudnn(NativeLibraryProbe lib)
@@ -132,6 +135,11 @@ internal sealed unsafe class Cudnn : IDisposable
         _finalize = (delegate* unmanaged<nint, int>)lib.Export("cudnnBackendFinalize");
         _execute = (delegate* unmanaged<nint, nint, nint, int>)lib.Export("cudnnBackendExecute");
         Version = (long)_getVersion();
+        var cudart = (delegate* unmanaged<nuint>)lib.TryExport("cudnnGetCudartVersion");
+        CudartVersion = cudart != null ? (long)cudart() : 0;
+        // cuDNN 9 is a shim over sub-libraries: a mix of copies (a wheel's and the system's) fails here, named.
+        var versionCheck = (delegate* unmanaged<int>)lib.TryExport("cudnnGraphVersionCheck");
+        if (versionCheck != null) Check(versionCheck(), "cudnnGraphVersionCheck");
         nint h;
         Check(_create(&h), "cudnnCreate");
         Handle = h;

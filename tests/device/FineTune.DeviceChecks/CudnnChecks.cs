@@ -43,7 +43,7 @@ public static class CudnnChecks
             Console.WriteLine($"cuDNN did not load: {e.Message}");
             return 1;
         }
-        Console.WriteLine($"cuDNN {dnn.Library.VersionText} (cudnnGetVersion {dnn.Library.Version}) loaded from {dnn.Library.LibraryName}" +
+        Console.WriteLine($"cuDNN {dnn.Library.VersionText} (cudnnGetVersion {dnn.Library.Version}, built for CUDA runtime {dnn.Library.CudartVersion}) loaded from {dnn.Library.LibraryName}" +
             (files.Count > 1 ? "; FINETUNE_CUDNN=<file> runs another" : ""));
         if (dnn.Library.Version is 91000 or 91001)
             Console.WriteLine("warning: cudnn-frontend refuses the bf16 SDPA backward on cuDNN 9.10.0/9.10.1 (known bugs); expect its dQ/dK/dV to be wrong here");
