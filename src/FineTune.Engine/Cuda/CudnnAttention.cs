@@ -30,7 +30,7 @@ internal sealed class CudnnAttention : IDisposable
         options ??= SdpaGraphOptions.Default;
         if (_plans.TryGetValue((s, backward, options), out var plan)) return plan;
         var graph = backward ? CudnnSdpaGraphs.Backward(s, Library.Version, options) : CudnnSdpaGraphs.Forward(s, Library.Version, options);
-        plan = new CudnnPlan(Library, graph, $"cuDNN SDPA {(backward ? "backward" : "forward")} {s} ({options})");
+        plan = new CudnnPlan(Library, graph, $"cuDNN SDPA {(backward ? "backward" : "forward")} {s} ({options})", options.Engine);
         _plans[(s, backward, options)] = plan;
         return plan;
     }

@@ -29,7 +29,9 @@ internal sealed unsafe class CudnnPlan : IDisposable
     /// <summary>One line per engine configuration that would not finalize (before the one taken).</summary>
     public List<string> Refusals { get; } = [];
 
-    public CudnnPlan(Cudnn dnn, CudnnGraph graph, string what)
+    /// <param name="skip">How many configurations that finalize to pass over (0: the heuristics' first that does);
+    /// the device checks time the later ones.</param>
+    public CudnnPlan(Cudnn dnn, CudnnGraph graph, string what, int skip = 0)
     {
         _dnn = dnn;
         Graph = graph;
@@ -49,7 +51,7 @@ internal sealed unsafe class CudnnPlan : IDisposable
             fixed (nint* p = ops)
                 dnn.Set(opGraph, $"{what} operation graph", CudnnAttribute.OPERATIONGRAPH_OPS, CudnnAttributeType.BACKEND_DESCRIPTOR, ops.Length, p);
             dnn.Finalize(opGraph, $"{what} operation graph of {ops.Length} operations");
-            (_plan, Engine) = FirstPlan(opGraph, what);
+            (_plan, Engine) = FirstPlan(opGraph, what, skip);
             WorkspaceBytes = dnn.GetInt64(_plan, $"{what} execution plan", CudnnAttribute.EXECUTION_PLAN_WORKSPACE_SIZE);
         }
         catch
@@ -146,9 +148,11 @@ internal sealed unsafe class CudnnPlan : IDisposable
         }
     }
 
-    // Heuristics mode A's configurations in order, then the fallback list's; the first whose plan finalizes wins.
-    (nint Plan, string Engine) FirstPlan(nint opGraph, string what)
+    // Heuristics mode A's configurations in order, then the fallback list's; the first whose plan finalizes wins
+    // (after `skip` others that do).
+    (nint Plan, string Engine) FirstPlan(nint opGraph, string what, int skip)
     {
+        int finalized = 0;
         foreach (var mode in new[] { CudnnHeuristicMode.A, CudnnHeuristicMode.FALLBACK })
         {
             var heur = Own(CudnnDescriptorType.EngineHeuristics);
@@ -180,15 +184,22 @@ internal sealed unsafe class CudnnPlan : IDisposable
                 _dnn.SetDescriptor(plan, $"{hw} plan", CudnnAttribute.EXECUTION_PLAN_ENGINE_CONFIG, cfg);
                 st = _dnn.TryFinalize(plan);
                 string engine = EngineIndex(cfg) is long e ? $" (engine {e})" : "";
-                if (st == Cudnn.StatusSuccess)
+                if (st == Cudnn.StatusSuccess && finalized++ >= skip)
                 {
                     _owned.Add(plan);
                     return (plan, $"heuristics {mode} #{i} of {got}{engine}");
+                }
+                if (st == Cudnn.StatusSuccess)
+                {
+                    _dnn.Destroy(plan);
+                    continue;
                 }
                 Refusals.Add($"heuristics {mode} #{i}{engine}: {_dnn.Error(st, "cudnnBackendFinalize(execution plan)").Message}");
                 _dnn.Destroy(plan);
             }
         }
+        if (finalized > 0)
+            throw new CudnnException($"{what}: only {finalized} engine configuration(s) finalize, none to take after skipping {skip}", 3000);
         throw new CudnnException($"{what}: no engine configuration of cuDNN {_dnn.VersionText} finalizes this graph:\n  " +
             string.Join("\n  ", Refusals), 3000);
     }

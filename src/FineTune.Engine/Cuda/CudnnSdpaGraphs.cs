@@ -16,7 +16,9 @@ internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, in
 /// causal mask's GEN_INDEX operations (frontend 1.23 leaves it at the graph's f32; 1.8 set INT32), and whether masked
 /// scores take the lowest finite float (frontend 1.8, and 1.23 before cuDNN 9.1) instead of −∞.
 /// </summary>
-internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexCompute = CudnnDataType.FLOAT, bool LowestMask = false)
+/// <param name="Engine">Not a graph detail: how many engine configurations that finalize to pass over (0: the
+/// heuristics' first), so the device checks can time the others.</param>
+internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexCompute = CudnnDataType.FLOAT, bool LowestMask = false, int Engine = 0)
 {
     public static readonly SdpaGraphOptions Default = new();
 
@@ -27,7 +29,8 @@ internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexC
         new(ScalarRank: 4), new(ScalarRank: 4, IndexCompute: CudnnDataType.INT32, LowestMask: true),
     ];
 
-    public override string ToString() => $"scalars rank {ScalarRank}, GEN_INDEX compute {IndexCompute}, mask {(LowestMask ? "lowest float" : "by version")}";
+    public override string ToString() => $"scalars rank {ScalarRank}, GEN_INDEX compute {IndexCompute}, mask {(LowestMask ? "lowest float" : "by version")}" +
+        (Engine > 0 ? $", engine choice {Engine}" : "");
 }
 
 /// <summary>

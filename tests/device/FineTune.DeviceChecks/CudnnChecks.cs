@@ -50,12 +50,13 @@ public static class CudnnChecks
         if (dnn.Library.Preloaded.Count > 0) Console.WriteLine($"loaded first, by path: {string.Join(", ", dnn.Library.Preloaded)}");
         var rows = new List<object>();
         bool ok = true;
+        int otherEngineCount = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_CUDNN_ENGINES"), out var n) ? n : 0;
         var described = new HashSet<string>(); // directions whose graph was printed after a failure: once each
         using (dnn)
         {
             foreach (var shape in Shapes)
             {
-                var (row, pass) = RunShape(gpu, dnn, shape, described);
+                var (row, pass) = RunShape(gpu, dnn, shape, described, otherEngineCount);
                 Console.WriteLine(JsonSerializer.Serialize(row, Json));
                 rows.Add(row);
                 ok &= pass;
@@ -67,7 +68,8 @@ public static class CudnnChecks
         return ok ? 0 : 1;
     }
 
-    static (object Row, bool Pass) RunShape(CudaBackend gpu, CudnnAttention dnn, (string Name, int B, int T, int Hq, int Hkv, int D) c, HashSet<string> described)
+    static (object Row, bool Pass) RunShape(CudaBackend gpu, CudnnAttention dnn, (string Name, int B, int T, int Hq, int Hkv, int D) c, HashSet<string> described,
+        int otherEngineCount)
     {
         var (name, b, t, hq, hkv, d) = c;
         var s = AttentionShape.Training(b, t, hq, hkv, d);
@@ -95,6 +97,7 @@ public static class CudnnChecks
         double Tflops(double flops, double ms) => ms > 0 ? Math.Round(flops / (ms * 1e9), 1) : 0;
         var errors = new List<string>();
         var refusedGraphs = new List<string>();
+        var otherEngines = new List<object>();
         var refusals = new Dictionary<string, List<string>>();
         var engines = new Dictionary<string, object>();
         var rel = new Dictionary<string, double>();
@@ -117,6 +120,7 @@ public static class CudnnChecks
             dnnFwd = Profile(gpu, () => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, opt));
             rel["o"] = Rel(Download(gpu, o2), Download(gpu, o));
             rel["lse"] = Rel(Download(gpu, lse2), Download(gpu, lse));
+            OtherEngines("forward", false, opt, flopsFwd, x => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, x), () => Rel(Download(gpu, o2), Download(gpu, o)));
         });
         // The backward takes FineTune's forward outputs, so it is checked even when cuDNN's forward was refused.
         Try("backward", () =>
@@ -132,6 +136,8 @@ public static class CudnnChecks
             rel["dq"] = Rel(Download(gpu, dq2), Download(gpu, dq));
             rel["dk"] = Rel(Download(gpu, dk2), Download(gpu, dk));
             rel["dv"] = Rel(Download(gpu, dv2), Download(gpu, dv));
+            OtherEngines("backward", true, opt, 2.5 * flopsFwd, x => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss, x),
+                () => Rel(Download(gpu, dq2), Download(gpu, dq)));
         });
         foreach (var x in made) x.Buffer.Dispose();
 
@@ -139,11 +145,34 @@ public static class CudnnChecks
         var row = new
         {
             shape = name, batch = b, seq = t, heads = $"{hq}/{hkv}", head_dim = d, pass, forward_ran = forwardRan,
-            rel_l2 = rel, tolerance = Tolerance, engines, refusals, refused_graphs = refusedGraphs, errors,
+            rel_l2 = rel, tolerance = Tolerance, engines, refusals, refused_graphs = refusedGraphs, other_engines = otherEngines, errors,
             flash = new { forward_ms = Math.Round(flashFwd, 3), backward_ms = Math.Round(flashBwd, 3), forward_tflops = Tflops(flopsFwd, flashFwd), backward_tflops = Tflops(2.5 * flopsFwd, flashBwd) },
             cudnn = new { forward_ms = Math.Round(dnnFwd, 3), backward_ms = Math.Round(dnnBwd, 3), forward_tflops = Tflops(flopsFwd, dnnFwd), backward_tflops = Tflops(2.5 * flopsFwd, dnnBwd) },
         };
         return (row, pass);
+
+        // With FINETUNE_CUDNN_ENGINES=n, the next n engine configurations that finalize, each timed and checked
+        // (rel: O's or dQ's relative L2) — whether the heuristics' first choice is the fastest.
+        void OtherEngines(string direction, bool backward, SdpaGraphOptions opt, double flops, Action<SdpaGraphOptions> run, Func<double> relError)
+        {
+            for (int e = 1; e <= otherEngineCount; e++)
+            {
+                var alt = opt with { Engine = e };
+                try
+                {
+                    var plan = dnn.Plan(ss, backward, alt);
+                    run(alt);
+                    gpu.Synchronize();
+                    double ms = Profile(gpu, () => run(alt));
+                    otherEngines.Add(new { direction, engine = plan.Engine, ms = Math.Round(ms, 3), tflops = Tflops(flops, ms), rel = relError() });
+                }
+                catch (CudaException ex)
+                {
+                    otherEngines.Add(new { direction, choice = e, error = ex.Message });
+                    break;
+                }
+            }
+        }
 
         // The plan of the first graph variant cuDNN accepts (SdpaGraphOptions.Alternatives, the default first); each
         // refused variant's error goes to the row's refused_graphs, and its graph is printed (once per direction).
