@@ -18,9 +18,10 @@ public sealed record FlashForwardTiles(int Warps, int Stages)
     /// <summary>The default for head_dim 256 (the Q tile lives in shared memory beside K and V).</summary>
     public static FlashForwardTiles HeadDim256 { get; } = new(4, 1);
 
+    static readonly FlashForwardTiles[] Up128 = [Default, new(4, 1), new(8, 2)], At256 = [HeadDim256, new(4, 2)];
+
     /// <summary>Every shape instantiated for a head size, its default first.</summary>
-    public static IReadOnlyList<FlashForwardTiles> Instantiated(int headDim) =>
-        headDim > 128 ? [HeadDim256, new(4, 2)] : [Default, new(4, 1), new(8, 2)];
+    public static IReadOnlyList<FlashForwardTiles> Instantiated(int headDim) => headDim > 128 ? At256 : Up128;
 
     /// <summary>Query rows per block.</summary>
     public int Rows => 16 * Warps;

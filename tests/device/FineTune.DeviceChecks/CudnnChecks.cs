@@ -209,25 +209,9 @@ public static class CudnnChecks
     }
 
     // Device milliseconds per call: everything queued in the 5 calls, over 5.
-    static double Profile(CudaBackend gpu, Action work)
-    {
-        gpu.Synchronize();
-        gpu.Device.BeginProfile();
-        for (int i = 0; i < 5; i++) work();
-        return gpu.Device.EndProfile().Values.Sum() / 5;
-    }
+    static double Profile(CudaBackend gpu, Action work) => FlashBench.Profile(gpu, work).Values.Sum();
 
-    static float[] Download(CudaBackend gpu, Tensor x)
-    {
-        var a = new float[x.Length];
-        gpu.Download(x, a);
-        return a;
-    }
+    static float[] Download(CudaBackend gpu, Tensor x) => FlashBench.Download(gpu, x);
 
-    static double Rel(float[] a, float[] r)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < a.Length; i++) { double e = (double)a[i] - r[i]; num += e * e; den += (double)r[i] * r[i]; }
-        return double.IsFinite(num) ? Math.Round(Math.Sqrt(num / Math.Max(den, 1e-30)), 7) : double.NaN;
-    }
+    static double Rel(float[] a, float[] r) => FlashBench.Rel(a, r);
 }

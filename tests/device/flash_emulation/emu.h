@@ -37,6 +37,7 @@ inline Slot& my_slot() { return g_slots[warp_id()][lane_id()]; }
 inline Slot& slot(int l) { return g_slots[warp_id()][l]; }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); } // common.cuh's RMSNorm helpers (unused by the flash kernels)
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 inline float __shfl_xor_sync(unsigned, float v, int o) { my_slot().f = v; warp_bar(); float r = slot(lane_id() ^ o).f; warp_bar(); return r; }
 inline float __shfl_sync(unsigned, float v, int src) { my_slot().f = v; warp_bar(); float r = slot(src).f; warp_bar(); return r; }

@@ -117,6 +117,30 @@ __device__ __forceinline__ uint4 pack8(const float* f)
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// RMSNorm of bf16 rows eight values at a time (cols a multiple of 8), shared by rmsnorm_forward_v8 and the decode
+// kernels so both give the same bits: a row's 1/sqrt(mean(x²) + eps) summed by one warp (lane c, c + 32, …), and one
+// 16-byte chunk of the output x·inv·(w + off).
+__device__ __forceinline__ float rms_rstd_v8(const uint4* xr, int cols, float eps, int lane)
+{
+    float ss = 0.0f;
+    for (int c = lane; c < (cols >> 3); c += 32)
+    {
+        float v[8]; unpack8(xr[c], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += v[j] * v[j];
+    }
+    ss = warp_sum(ss);
+    return rsqrtf(ss / cols + eps);
+}
+
+__device__ __forceinline__ uint4 rms_scale_v8(uint4 x, uint4 w, float inv, float off)
+{
+    float v[8], g[8]; unpack8(x, v); unpack8(w, g);
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = v[j] * inv * (g[j] + off);
+    return pack8(v);
+}
+
 // Packed sequences: segment ids mark which sequence each position belongs to (contiguous runs). Both helpers are
 // called by a whole warp (ballots over 32 positions at a time) and return the same value in every lane.
 // First position of the segment holding position p.

@@ -81,16 +81,7 @@ __device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const u
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c8 = K >> 3;
     if (warp < M)
     {
-        const uint4* xr = x + (i64)warp * c8;
-        float ss = 0.0f;
-        for (int c = lane; c < c8; c += 32)
-        {
-            float v[8]; unpack8(xr[c], v);
-#pragma unroll
-            for (int j = 0; j < 8; j++) ss += v[j] * v[j];
-        }
-        ss = warp_sum(ss);
-        float inv = rsqrtf(ss / K + eps);
+        float inv = rms_rstd_v8(x + (i64)warp * c8, K, eps, lane);
         if (lane == 0)
         {
             inv_s[warp] = inv;
@@ -101,10 +92,7 @@ __device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const u
     for (int i = threadIdx.x; i < M * c8; i += blockDim.x)
     {
         int m = i / c8, c = i - m * c8;
-        float v[8], g[8]; unpack8(x[i], v); unpack8(nw[c], g);
-#pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = v[j] * inv_s[m] * (g[j] + off);
-        uint4 packed = pack8(v);
+        uint4 packed = rms_scale_v8(x[i], nw[c], inv_s[m], off);
         xs[i] = packed;
         if (blockIdx.x == 0) ln[i] = packed;
     }

@@ -85,24 +85,10 @@ extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4
     if (row >= rows) return;
     int c8 = cols >> 3;
     const uint4* xr = x + (i64)row * c8;
-    float ss = 0.0f;
-    for (int c = lane; c < c8; c += 32)
-    {
-        float v[8]; unpack8(xr[c], v);
-#pragma unroll
-        for (int j = 0; j < 8; j++) ss += v[j] * v[j];
-    }
-    ss = warp_sum(ss);
-    float inv = rsqrtf(ss / cols + eps);
+    float inv = rms_rstd_v8(xr, cols, eps, lane);
     if (lane == 0) rstd[row] = inv;
     uint4* yr = y + (i64)row * c8;
-    for (int c = lane; c < c8; c += 32)
-    {
-        float v[8], g[8]; unpack8(xr[c], v); unpack8(w[c], g);
-#pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * (g[j] + off);
-        yr[c] = pack8(v);
-    }
+    for (int c = lane; c < c8; c += 32) yr[c] = rms_scale_v8(xr[c], w[c], inv, off);
 }
 
 extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, float* rstd, const uint4* a, const uint4* b, const uint4* w,
@@ -129,13 +115,7 @@ extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, f
     ss = warp_sum(ss);
     float inv = rsqrtf(ss / cols + eps);
     if (lane == 0) rstd[row] = inv;
-    for (int c = lane; c < c8; c += 32)
-    {
-        float v[8], g[8]; unpack8(resid[base + c], v); unpack8(w[c], g);
-#pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = v[j] * inv * (g[j] + off);
-        y[base + c] = pack8(v);
-    }
+    for (int c = lane; c < c8; c += 32) y[base + c] = rms_scale_v8(resid[base + c], w[c], inv, off);
 }
 
 extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, const uint4* x, const uint4* w, const float* rstd, int rows, int cols, float off,
