@@ -18,6 +18,14 @@ public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen
 
     /// <summary>The attention variant of the layer (sliding window, logit soft-cap, scale); none by default.</summary>
     public AttentionVariant Variant { get; init; }
+
+    /// <summary>
+    /// Set by the caller when every row holds one sequence, at most followed by padding that no loss reaches (no packed
+    /// sequences): then plain causal attention over the whole row gives every token of the sequence what the segment ids
+    /// give it, and a backend may run a kernel that ignores them (CUDA: cuDNN's fused attention). Padding rows may then
+    /// see the sequence's keys; their outputs carry no loss and their gradients are zero either way.
+    /// </summary>
+    public bool Unpacked { get; init; }
 }
 
 /// <summary>

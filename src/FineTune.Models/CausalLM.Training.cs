@@ -39,7 +39,7 @@ public sealed partial class CausalLM
         ulong seed = Seeds.Mix((ulong)Setup.Seed, (ulong)randomCounter);
         Gather(_outerGroup); // ZeRO-3: the embeddings and head stay gathered through the pass and its backward
         EmbedTokens(n, batch.SeqLen, seed, training: true);
-        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
+        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim) with { Unpacked = batch.RowsAreSingleSequences };
         BeginRouterStatistics(batch);
         try
         {
@@ -163,7 +163,7 @@ public sealed partial class CausalLM
         var acts = _acts!;
         Gather(_outerGroup);
         EmbedTokens(n, batch.SeqLen, 0, training: false);
-        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim);
+        var shape = AttentionShape.Training(batch.BatchSize, batch.SeqLen, Spec.NumHeads, Spec.NumKvHeads, Spec.HeadDim) with { Unpacked = batch.RowsAreSingleSequences };
         for (int l = 0; l < _layers.Length; l++)
         {
             Gather(LayerGroup(l));

@@ -12,7 +12,13 @@ public sealed record TrainStepBenchmark(string Device, string Shape, int Batch, 
     int Steps, double StepMs, double TokensPerSecond, double CpuSecondsPerStep, long Parameters, long TrainableParameters,
     double ModelGflopPerToken, double AchievedGflops, double Loss, double? PeakDeviceGib, long? SteadyStateMallocs, string? Gpu,
     IReadOnlyDictionary<string, double>? ProfileMs, int? QuantizationBit = null, CheckpointingPlan? CheckpointingPlan = null, bool Fp8 = false,
-    int Fp8Linears = 0);
+    int Fp8Linears = 0, AttentionReport? Attention = null);
+
+/// <summary>
+/// Which kernels ran attention in a CUDA benchmark (<see cref="CudaBackend.AttentionKernels"/>): the setting, the calls
+/// cuDNN took over all the steps, and cuDNN's notes (its version, or why a shape took the flash kernels).
+/// </summary>
+public sealed record AttentionReport(string Kernels, int CudnnForwardCalls, int CudnnBackwardCalls, IReadOnlyList<string> Notes);
 
 /// <summary>Result of timing one matrix product C[M,N] = A[M,K]·B[N,K]ᵀ.</summary>
 public sealed record MatMulBenchmark(string Device, int M, int N, int K, int Repeats, double Ms, double Gflops);
@@ -161,7 +167,8 @@ public static class EngineBenchmark
             tokensPerSecond, cpuSeconds / steps, spec.ParameterCount, model.TrainableParameters.Sum(p => p.Length), flopPerToken / 1e9,
             flopPerToken * tokensPerSecond / 1e9, lastLoss,
             stats is null ? null : Math.Round(stats.PeakInUseBytes / (double)(1L << 30), 2),
-            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit, model.CheckpointingPlan, fp8, model.Fp8Linears);
+            stats is null ? null : stats.RawAllocations - mallocs, cuda?.Info.Name, prof, quantizationBit, model.CheckpointingPlan, fp8, model.Fp8Linears,
+            cuda is null ? null : new AttentionReport(AttentionKernelsSetting.Name(cuda.AttentionKernels), cuda.CudnnCalls.Forward, cuda.CudnnCalls.Backward, [.. cuda.CudnnNotes]));
     }
 
     /// <summary>One DPO sigmoid step on pairs packed as (chosen, rejected) segments of each row; returns the mean loss.</summary>

@@ -18,6 +18,29 @@ public sealed record TokenBatch(int BatchSize, int SeqLen, int[] InputIds, int[]
     /// </summary>
     public int[]? AttentionMask { get; init; }
 
+    /// <summary>
+    /// True when every row is one sequence (one segment id throughout), or one sequence followed by padding: a last
+    /// segment that <see cref="AttentionMask"/> marks 0 everywhere and that carries no label. Attention over such rows
+    /// may ignore the segment ids (<see cref="FineTune.Engine.AttentionShape.Unpacked"/>).
+    /// </summary>
+    public bool RowsAreSingleSequences
+    {
+        get
+        {
+            for (int r = 0; r < BatchSize; r++)
+            {
+                int o = r * SeqLen, t = 1;
+                while (t < SeqLen && SegmentIds[o + t] == SegmentIds[o]) t++;
+                if (t == SeqLen) continue;
+                if (AttentionMask is not { } mask) return false;
+                for (int p = t; p < SeqLen; p++)
+                    if (SegmentIds[o + p] != SegmentIds[o + t] || mask[o + p] != 0 || Labels[o + p] != -100) return false;
+                // The sequence's last position predicts nothing into the padding either (collators write -100 there).
+            }
+            return true;
+        }
+    }
+
     /// <summary>Number of positions with a label other than -100 (the loss's denominator).</summary>
     public int LabelCount
     {

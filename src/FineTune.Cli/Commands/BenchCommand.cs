@@ -95,7 +95,9 @@ public sealed class BenchCommand : ICliCommand
                 loss = Math.Round(t.Loss, 4), peak_gib = t.PeakDeviceGib,
                 // MFU against the dense bf16 peak of an H100/H200 (GPU only).
                 mfu = cuda is null ? (double?)null : Math.Round(t.AchievedGflops / 1000 / EngineBenchmark.GpuPeakTflops, 3),
-                steady_state_mallocs = t.SteadyStateMallocs, gpu = t.Gpu, profile_ms = t.ProfileMs,
+                steady_state_mallocs = t.SteadyStateMallocs, gpu = t.Gpu,
+                attention = t.Attention is { } a ? new { kernels = a.Kernels, cudnn_forward_calls = a.CudnnForwardCalls, cudnn_backward_calls = a.CudnnBackwardCalls, notes = a.Notes } : null,
+                profile_ms = t.ProfileMs,
             }, Json));
             if (profiler is not null)
                 foreach (var (op, calls, ms) in profiler.Report())

@@ -30,6 +30,93 @@ public sealed partial class CudaBackend
     bool Flash(int headDim, params Tensor[] tensors) =>
         UseFlashAttention && headDim is 64 or 128 or 256 && tensors.All(t => t.DType == DType.BF16);
 
+    /// <summary>
+    /// Which kernels run the unpacked causal layers (<see cref="AttentionShape.Unpacked"/>, no window or soft-cap, head
+    /// size 64 or 128, bf16): see <see cref="Cuda.AttentionKernels"/>. `FINETUNE_ATTENTION=flash|cudnn|cudnn-fast` sets it
+    /// from the environment. Packed sequences, windows, soft-caps and head size 256 always take the flash kernels.
+    /// </summary>
+    public AttentionKernels AttentionKernels { get; set; } = AttentionKernelsSetting.Parse(Environment.GetEnvironmentVariable("FINETUNE_ATTENTION"));
+
+    /// <summary>
+    /// Under <see cref="AttentionKernels.Cudnn"/>, the most device bytes cuDNN's deterministic backward may borrow (its
+    /// dP workspace is B·Hq·S²·2 bytes); a larger call takes the flash backward. `FINETUNE_CUDNN_WORKSPACE_MIB` sets it.
+    /// </summary>
+    public long CudnnDeterministicWorkspaceLimit { get; set; } =
+        (long.TryParse(Environment.GetEnvironmentVariable("FINETUNE_CUDNN_WORKSPACE_MIB"), out var mib) ? mib : 1024) << 20;
+
+    CudnnAttention? _cudnn;
+    bool _cudnnFailed;
+    readonly HashSet<(SdpaShape, bool)> _cudnnRefused = [];
+
+    /// <summary>Attention calls cuDNN ran (forward, backward) in this backend.</summary>
+    public (int Forward, int Backward) CudnnCalls { get; private set; }
+
+    /// <summary>What cuDNN's attention did in this backend: the library once loaded, or why it did not, and refused shapes.</summary>
+    public List<string> CudnnNotes { get; } = [];
+
+    /// <summary>The unpacked-causal shape cuDNN takes, or null when this call stays on the flash kernels.</summary>
+    SdpaShape? CudnnShape(AttentionShape s, params Tensor[] tensors)
+    {
+        if (AttentionKernels == AttentionKernels.Flash || !s.Unpacked || !s.Variant.IsPlain || s.HeadDim is not (64 or 128)) return null;
+        if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity || tensors.Any(t => t.DType != DType.BF16)) return null;
+        return new SdpaShape(s.Batch, s.QueryLen, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale);
+    }
+
+    CudnnAttention? Cudnn()
+    {
+        if (_cudnn != null || _cudnnFailed) return _cudnn;
+        try
+        {
+            _cudnn = new CudnnAttention(_dev, Environment.GetEnvironmentVariable("FINETUNE_CUDNN") is { Length: > 0 } f ? f : null);
+            CudnnNotes.Add($"cuDNN {_cudnn.Library.VersionText} from {_cudnn.Library.LibraryName}");
+        }
+        catch (CudaException e)
+        {
+            _cudnnFailed = true;
+            CudnnNotes.Add($"cuDNN did not load ({e.Message}): the flash kernels run every layer");
+            Console.Error.WriteLine($"finetune: {CudnnNotes[^1]}");
+        }
+        return _cudnn;
+    }
+
+    // Runs one cuDNN call; a graph cuDNN refuses for this shape is remembered (and noted) and the caller runs flash.
+    bool TryCudnn(SdpaShape shape, bool backward, Action<CudnnAttention> call)
+    {
+        if (_cudnnRefused.Contains((shape, backward)) || Cudnn() is not { } dnn) return false;
+        try { call(dnn); return true; }
+        catch (CudnnException e)
+        {
+            _cudnnRefused.Add((shape, backward));
+            CudnnNotes.Add($"cuDNN refused the {(backward ? "backward" : "forward")} of {shape}: {e.Message}");
+            Console.Error.WriteLine($"finetune: {CudnnNotes[^1]}; the flash kernels run it");
+            return false;
+        }
+    }
+
+    // The backward's graph variant: deterministic dQ under Cudnn (null when its workspace passes the limit: the flash
+    // backward runs, also deterministic), cuDNN's atomic dQ under CudnnFast.
+    SdpaGraphOptions? CudnnBackwardFits(SdpaShape shape)
+    {
+        if (AttentionKernels == AttentionKernels.CudnnFast) return SdpaGraphOptions.Default;
+        var options = SdpaGraphOptions.Default with { DeterministicDq = true };
+        if (_cudnnRefused.Contains((shape, true)) || Cudnn() is not { } dnn) return null;
+        long bytes;
+        try { bytes = dnn.BackwardWorkspaceBytes(shape, options); }
+        catch (CudnnException e)
+        {
+            _cudnnRefused.Add((shape, true));
+            CudnnNotes.Add($"cuDNN refused the deterministic backward of {shape}: {e.Message}");
+            Console.Error.WriteLine($"finetune: {CudnnNotes[^1]}; the flash kernels run it");
+            return null;
+        }
+        if (bytes <= CudnnDeterministicWorkspaceLimit) return options;
+        if (_cudnnLarge.Add(shape))
+            CudnnNotes.Add($"cuDNN's deterministic backward of {shape} needs {bytes >> 20} MiB of workspace, more than FINETUNE_CUDNN_WORKSPACE_MIB={CudnnDeterministicWorkspaceLimit >> 20}: the flash backward runs it");
+        return null;
+    }
+
+    readonly HashSet<SdpaShape> _cudnnLarge = [];
+
     /// <summary>Tile shapes of the flash backward kernels; null takes <see cref="FlashBackwardTiles.Default"/>.</summary>
     public FlashBackwardTiles? FlashTiles { get; set; }
 
@@ -54,6 +141,11 @@ public sealed partial class CudaBackend
         CheckAttention(q, k, v, segmentIds, s);
         Need(lse, DType.F32);
         if (s.Batch == 0 || s.QueryLen == 0) return;
+        if (CudnnShape(s, output, q, k, v) is { } ds && TryCudnn(ds, false, d => d.Forward(P(output), P(lse), P(q), P(k), P(v), ds)))
+        {
+            CudnnCalls = (CudnnCalls.Forward + 1, CudnnCalls.Backward);
+            return;
+        }
         if (Flash(s.HeadDim, output, q, k, v))
         {
             // Plain layers take the plain kernels (window and cap ignored); windowed or soft-capped ones the _var kernels.
@@ -80,6 +172,12 @@ public sealed partial class CudaBackend
         Need(lse, DType.F32);
         if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity) throw new ArgumentException($"attention backward needs QueryLen == KeyLen == KvCapacity: {s}");
         if (s.Batch == 0 || s.QueryLen == 0) return;
+        if (CudnnShape(s, dq, dk, dv, doutput, output, q, k, v) is { } ds && CudnnBackwardFits(ds) is { } options
+            && TryCudnn(ds, true, d => d.Backward(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, options)))
+        {
+            CudnnCalls = (CudnnCalls.Forward, CudnnCalls.Backward + 1);
+            return;
+        }
         int t = s.QueryLen, rows = s.Batch * t * s.QueryHeads;
         ulong delta = _dev.Allocate((long)rows * sizeof(float));
         try

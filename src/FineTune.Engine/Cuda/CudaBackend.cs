@@ -45,7 +45,12 @@ public sealed partial class CudaBackend : IBackend
     public void BeginGraphCapture() => _dev.BeginCapture();
     public IDeviceGraph? EndGraphCapture(bool discard = false) => _dev.EndCapture(discard);
 
-    public void Dispose() => _dev.Dispose();
+    public void Dispose()
+    {
+        _cudnn?.Dispose();
+        _cudnn = null;
+        _dev.Dispose();
+    }
 
     // ---- helpers ----
     ulong P(Tensor t)

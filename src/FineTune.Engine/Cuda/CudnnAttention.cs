@@ -2,16 +2,15 @@ namespace FineTune.Engine.Cuda;
 
 /// <summary>
 /// Causal GQA attention through cuDNN's fused flash-attention engines (issue 13), on FineTune's bf16 layouts:
-/// Q/O [B·S, Hq·D], K/V [B·S, Hkv·D], lse f32 [B, Hq, S]. Not part of the training path: only the device checks'
-/// `cudnn` command calls it, to compare it with FineTune's flash kernels and time both. One plan per shape and
-/// direction, built on first use; one workspace from the device's allocator, grown when a plan needs more.
+/// Q/O [B·S, Hq·D], K/V [B·S, Hkv·D], lse f32 [B, Hq, S]. <see cref="CudaBackend"/> takes it for unpacked causal
+/// layers (<see cref="CudaBackend.AttentionKernels"/>); the device checks' `cudnn` command compares it with FineTune's
+/// flash kernels. One plan per shape, direction and graph variant, built on first use; each call's workspace comes
+/// from the device's caching allocator and goes back to it when the call is queued (stream order keeps it valid).
 /// </summary>
 internal sealed class CudnnAttention : IDisposable
 {
     readonly CudaDevice _dev;
     readonly Dictionary<(SdpaShape Shape, bool Backward, SdpaGraphOptions Options), CudnnPlan> _plans = [];
-    ulong _workspace;
-    long _workspaceBytes;
 
     public Cudnn Library { get; }
 
@@ -39,17 +38,33 @@ internal sealed class CudnnAttention : IDisposable
     public void Forward(ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s, SdpaGraphOptions? options = null)
     {
         var plan = Plan(s, backward: false, options);
-        plan.Execute(new Dictionary<string, ulong>
+        ulong ws = _dev.Allocate(Math.Max(plan.WorkspaceBytes, 256));
+        try
         {
-            [CudnnSdpaGraphs.Q] = q, [CudnnSdpaGraphs.K] = k, [CudnnSdpaGraphs.V] = v,
-            [CudnnSdpaGraphs.O] = o, [CudnnSdpaGraphs.Stats] = lse,
-        }, Workspace(plan.WorkspaceBytes), $"cuDNN SDPA forward {s}");
+            plan.Execute(new Dictionary<string, ulong>
+            {
+                [CudnnSdpaGraphs.Q] = q, [CudnnSdpaGraphs.K] = k, [CudnnSdpaGraphs.V] = v,
+                [CudnnSdpaGraphs.O] = o, [CudnnSdpaGraphs.Stats] = lse,
+            }, ws, $"cuDNN SDPA forward {s}");
+        }
+        finally { _dev.Free(ws); }
         if (_dev.Profiling) _dev.Mark("cudnn_sdpa_forward");
     }
 
+    /// <summary>Device bytes a backward call borrows for its workspace (the plan's, Δ, and the f32 dQ accumulator unless deterministic).</summary>
+    public long BackwardWorkspaceBytes(SdpaShape s, SdpaGraphOptions? options = null)
+    {
+        options ??= SdpaGraphOptions.Default;
+        var plan = Plan(s, backward: true, options);
+        long sumBytes = Align((long)s.Batch * s.QueryHeads * s.Seq * sizeof(float));
+        long accBytes = options.DeterministicDq ? 0 : (long)s.Batch * s.QueryHeads * s.Seq * s.HeadDim * sizeof(float);
+        return Align(plan.WorkspaceBytes) + sumBytes + accBytes;
+    }
+
     /// <summary>
-    /// dQ, dK, dV (overwritten) from dO, the forward's O and lse, and Q, K, V. The graph's two f32 intermediates
-    /// (Δ = rowsum(dO∘O) and the dQ accumulator, which is zeroed first) sit after the plan's workspace.
+    /// dQ, dK, dV (overwritten) from dO, the forward's O and lse, and Q, K, V. The graph's f32 intermediates
+    /// (Δ = rowsum(dO∘O) and, unless <see cref="SdpaGraphOptions.DeterministicDq"/>, the dQ accumulator, zeroed first)
+    /// sit after the plan's workspace.
     /// </summary>
     public void Backward(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s,
         SdpaGraphOptions? options = null)
@@ -57,38 +72,31 @@ internal sealed class CudnnAttention : IDisposable
         var plan = Plan(s, backward: true, options);
         long planBytes = Align(plan.WorkspaceBytes);
         long sumBytes = Align((long)s.Batch * s.QueryHeads * s.Seq * sizeof(float));
-        long accBytes = (long)s.Batch * s.QueryHeads * s.Seq * s.HeadDim * sizeof(float);
-        ulong ws = Workspace(planBytes + sumBytes + accBytes);
-        ulong softmaxSum = ws + (ulong)planBytes, dqAccum = softmaxSum + (ulong)sumBytes;
-        _dev.Zero(dqAccum, accBytes);
-        plan.Execute(new Dictionary<string, ulong>
+        options ??= SdpaGraphOptions.Default;
+        long accBytes = options.DeterministicDq ? 0 : (long)s.Batch * s.QueryHeads * s.Seq * s.HeadDim * sizeof(float);
+        ulong ws = _dev.Allocate(planBytes + sumBytes + Math.Max(accBytes, 256));
+        try
         {
-            [CudnnSdpaGraphs.Q] = q, [CudnnSdpaGraphs.K] = k, [CudnnSdpaGraphs.V] = v, [CudnnSdpaGraphs.O] = o,
-            [CudnnSdpaGraphs.dO] = dout, [CudnnSdpaGraphs.Stats] = lse,
-            [CudnnSdpaGraphs.dQ] = dq, [CudnnSdpaGraphs.dK] = dk, [CudnnSdpaGraphs.dV] = dv,
-            [CudnnSdpaGraphs.SoftmaxSum] = softmaxSum, [CudnnSdpaGraphs.DqAccum] = dqAccum,
-        }, ws, $"cuDNN SDPA backward {s}");
+            ulong softmaxSum = ws + (ulong)planBytes, dqAccum = softmaxSum + (ulong)sumBytes;
+            if (accBytes > 0) _dev.Zero(dqAccum, accBytes);
+            plan.Execute(new Dictionary<string, ulong>
+            {
+                [CudnnSdpaGraphs.Q] = q, [CudnnSdpaGraphs.K] = k, [CudnnSdpaGraphs.V] = v, [CudnnSdpaGraphs.O] = o,
+                [CudnnSdpaGraphs.dO] = dout, [CudnnSdpaGraphs.Stats] = lse,
+                [CudnnSdpaGraphs.dQ] = dq, [CudnnSdpaGraphs.dK] = dk, [CudnnSdpaGraphs.dV] = dv,
+                [CudnnSdpaGraphs.SoftmaxSum] = softmaxSum, [CudnnSdpaGraphs.DqAccum] = dqAccum,
+            }, ws, $"cuDNN SDPA backward {s}");
+        }
+        finally { _dev.Free(ws); }
         if (_dev.Profiling) _dev.Mark("cudnn_sdpa_backward");
     }
 
     static long Align(long bytes) => (bytes + 255) / 256 * 256;
 
-    ulong Workspace(long bytes)
-    {
-        bytes = Math.Max(bytes, 256);
-        if (bytes <= _workspaceBytes) return _workspace;
-        if (_workspace != 0) _dev.Free(_workspace);
-        _workspace = _dev.Allocate(bytes);
-        _workspaceBytes = bytes;
-        return _workspace;
-    }
-
     public void Dispose()
     {
         foreach (var p in _plans.Values) p.Dispose();
         _plans.Clear();
-        if (_workspace != 0) _dev.Free(_workspace);
-        _workspace = 0;
         Library.Dispose();
     }
 }

@@ -18,19 +18,24 @@ internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, in
 /// </summary>
 /// <param name="Engine">Not a graph detail: how many engine configurations that finalize to pass over (0: the
 /// heuristics' first), so the device checks can time the others.</param>
-internal sealed record SdpaGraphOptions(int ScalarRank = 1, CudnnDataType IndexCompute = CudnnDataType.FLOAT, bool LowestMask = false, int Engine = 0)
+/// <param name="DeterministicDq">Backward only: dQ = dS·K written straight to dQ instead of accumulated in an f32
+/// buffer. cuDNN then takes its "dP workspace" engine (dP materialised in the workspace, B·Hq·S²·2 bytes), whose dQ
+/// needs no atomic additions; the default accumulates dQ with atomics, in an order that varies run to run.</param>
+internal sealed record SdpaGraphOptions(int ScalarRank = 4, CudnnDataType IndexCompute = CudnnDataType.FLOAT, bool LowestMask = false, int Engine = 0,
+    bool DeterministicDq = false)
 {
+    /// <summary>4-d scalars: cuDNN 9.14 refuses rank-1 ones (attn_scale: "xDesc.getNbDims() != bDesc.getNbDims()", H200, 2026-12-02).</summary>
     public static readonly SdpaGraphOptions Default = new();
 
-    /// <summary>The default (frontend 1.23's form) first, then frontend 1.8's causal mask, then both with 4-d scalars.</summary>
+    /// <summary>The default first, then frontend 1.8's causal mask, then both with the rank-1 scalars of frontend 1.23.</summary>
     public static IReadOnlyList<SdpaGraphOptions> Alternatives { get; } =
     [
         Default, new(IndexCompute: CudnnDataType.INT32, LowestMask: true),
-        new(ScalarRank: 4), new(ScalarRank: 4, IndexCompute: CudnnDataType.INT32, LowestMask: true),
+        new(ScalarRank: 1), new(ScalarRank: 1, IndexCompute: CudnnDataType.INT32, LowestMask: true),
     ];
 
     public override string ToString() => $"scalars rank {ScalarRank}, GEN_INDEX compute {IndexCompute}, mask {(LowestMask ? "lowest float" : "by version")}" +
-        (Engine > 0 ? $", engine choice {Engine}" : "");
+        (DeterministicDq ? ", dQ without atomics" : "") + (Engine > 0 ? $", engine choice {Engine}" : "");
 }
 
 /// <summary>
@@ -126,7 +131,6 @@ internal static class CudnnSdpaGraphs
         long[] rowDims = [b, hq, s, 1], rowStrides = CudnnGraph.Packed(rowDims);
         long[] accDims = [b, hq, s, d];
         var softmaxSum = g.Memory(SoftmaxSum, rowDims, rowStrides, CudnnDataType.FLOAT);
-        var dqAccum = g.Memory(DqAccum, accDims, CudnnGraph.Packed(accDims), CudnnDataType.FLOAT);
         var one = g.Scalar("one", 1f, options.ScalarRank);
         var scale = g.Scalar("attn_scale", p.Scale, options.ScalarRank);
         var maskValue = g.Scalar("mask_value", MaskValue(cudnnVersion, options.LowestMask), options.ScalarRank);
@@ -157,6 +161,12 @@ internal static class CudnnSdpaGraphs
         PerKvHead(g, "matmul dSt·Q", dST, q, dk, hq, hk, s, d);
 
         var k = g.Reshape("reshape Kt", kt, g.Virtual("K_view", kLayout.Dims, kLayout.Strides, CudnnDataType.BFLOAT16));
+        if (options.DeterministicDq)
+        {
+            g.Matmul("matmul dS·K", dSs, k, dq);
+            return g;
+        }
+        var dqAccum = g.Memory(DqAccum, accDims, CudnnGraph.Packed(accDims), CudnnDataType.FLOAT);
         g.Matmul("matmul dS·K", dSs, k, dqAccum);
         g.Pointwise("identity dQ", CudnnPointwiseMode.IDENTITY, dqAccum, null, dq);
         return g;

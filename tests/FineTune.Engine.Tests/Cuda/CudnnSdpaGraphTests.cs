@@ -157,15 +157,34 @@ public sealed class CudnnSdpaGraphTests
     }
 
     [Fact]
-    public void Default_variant_is_the_frontends_rank_1_scalars_and_f32_index_compute()
+    public void Default_variant_has_4d_scalars_and_f32_index_compute()
     {
         var g = CudnnSdpaGraphs.Forward(new SdpaShape(1, 8, 2, 2, 8, 0.3f), Version);
-        Assert.Equal([1L], g["attn_scale"].Dims);
+        Assert.Equal([1L, 1, 1, 1], g["attn_scale"].Dims);
         var genIndex = g.Operations.OfType<CudnnPointwise>().Where(p => p.Mode == CudnnPointwiseMode.GEN_INDEX).ToList();
         Assert.Equal(2, genIndex.Count);
         Assert.All(genIndex, p => Assert.Equal(CudnnDataType.FLOAT, p.Compute));
         var int32 = CudnnSdpaGraphs.Forward(new SdpaShape(1, 8, 2, 2, 8, 0.3f), Version, new SdpaGraphOptions(IndexCompute: CudnnDataType.INT32));
         Assert.All(int32.Operations.OfType<CudnnPointwise>().Where(p => p.Mode == CudnnPointwiseMode.GEN_INDEX), p => Assert.Equal(CudnnDataType.INT32, p.Compute));
+        Assert.Equal([1L], CudnnSdpaGraphs.Forward(new SdpaShape(1, 8, 2, 2, 8, 0.3f), Version, new SdpaGraphOptions(ScalarRank: 1))["attn_scale"].Dims);
+    }
+
+    [Theory]
+    [InlineData(1, 9, 2, 1, 8)]
+    [InlineData(2, 7, 4, 2, 4)]
+    public void Deterministic_dq_backward_writes_dq_from_the_matmul_and_computes_the_same_gradients(int b, int t, int hq, int hk, int d)
+    {
+        var (shape, mem, cpu, o, lse, dq, dk, dv) = Reference(b, t, hq, hk, d);
+        mem[CudnnSdpaGraphs.O] = cpu.Read(o);
+        mem[CudnnSdpaGraphs.Stats] = cpu.Read(lse);
+        var g = CudnnSdpaGraphs.Backward(shape, Version, new SdpaGraphOptions(DeterministicDq: true));
+        Assert.DoesNotContain(g.Tensors, x => x.Name == CudnnSdpaGraphs.DqAccum);
+        var dqMatmul = g.Operations.OfType<CudnnMatmul>().Single(m => m.C.Name == CudnnSdpaGraphs.dQ);
+        Assert.Equal(CudnnDataType.BFLOAT16, dqMatmul.C.Type);
+        CudnnGraphInterpreter.Run(g, mem);
+        AssertClose(cpu.Read(dq), mem[CudnnSdpaGraphs.dQ]);
+        AssertClose(cpu.Read(dk), mem[CudnnSdpaGraphs.dK]);
+        AssertClose(cpu.Read(dv), mem[CudnnSdpaGraphs.dV]);
     }
 
     // Random Q, K, V, dO; the CPU backend's forward and backward; the graph's memory holding the inputs.

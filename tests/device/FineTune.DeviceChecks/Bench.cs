@@ -26,7 +26,7 @@ public static class Bench
                     engine = "finetune-cuda", shape = name, batch = b, seq = s, grad_ckpt = c, step_s = Math.Round(t.StepMs / 1000, 4),
                     tokens_per_s = Math.Round(t.TokensPerSecond), peak_gib = t.PeakDeviceGib, loss = Math.Round(t.Loss, 4),
                     mfu = Math.Round(t.AchievedGflops / 1000 / EngineBenchmark.GpuPeakTflops, 3), steady_state_mallocs = t.SteadyStateMallocs,
-                    gpu = t.Gpu, profile_ms = t.ProfileMs,
+                    gpu = t.Gpu, attention = t.Attention, profile_ms = t.ProfileMs,
                 }));
             }
             catch (CudaOutOfMemoryException e)

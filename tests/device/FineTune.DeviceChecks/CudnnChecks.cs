@@ -101,6 +101,8 @@ public static class CudnnChecks
         var refusals = new Dictionary<string, List<string>>();
         var engines = new Dictionary<string, object>();
         var rel = new Dictionary<string, double>();
+        var repeat = new Dictionary<string, bool>(); // a second call's outputs the same bits as the first's
+        object? deterministic = null;
 
         // FineTune's flash kernels: the reference outputs and the times to beat.
         gpu.Attention(o, lse, q, k, v, seg, s);
@@ -119,6 +121,9 @@ public static class CudnnChecks
             gpu.Synchronize();
             dnnFwd = Profile(gpu, () => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, opt));
             rel["o"] = Rel(Download(gpu, o2), Download(gpu, o));
+            var firstO = Download(gpu, o2);
+            dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, opt);
+            repeat["forward"] = Download(gpu, o2).AsSpan().SequenceEqual(firstO);
             rel["lse"] = Rel(Download(gpu, lse2), Download(gpu, lse));
             OtherEngines("forward", false, opt, flopsFwd, x => dnn.Forward(P(o2), P(lse2), P(q), P(k), P(v), ss, x), () => Rel(Download(gpu, o2), Download(gpu, o)));
         });
@@ -136,6 +141,27 @@ public static class CudnnChecks
             rel["dq"] = Rel(Download(gpu, dq2), Download(gpu, dq));
             rel["dk"] = Rel(Download(gpu, dk2), Download(gpu, dk));
             rel["dv"] = Rel(Download(gpu, dv2), Download(gpu, dv));
+            var firstBits = new[] { dq2, dk2, dv2 }.Select(x => Download(gpu, x)).ToArray();
+            Backward();
+            repeat["backward"] = new[] { dq2, dk2, dv2 }.Select((x, i) => Download(gpu, x).AsSpan().SequenceEqual(firstBits[i])).All(e => e);
+            // The form without atomic additions (dQ straight from the matmul; cuDNN's dP-workspace engine).
+            var det = opt with { DeterministicDq = true };
+            try
+            {
+                var dplan = dnn.Plan(ss, true, det);
+                void Det() => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss, det);
+                Det();
+                gpu.Synchronize();
+                double ms = Profile(gpu, Det);
+                var dRel = new[] { (dq2, dq), (dk2, dk), (dv2, dv) }.Select(p => Rel(Download(gpu, p.Item1), Download(gpu, p.Item2))).ToArray();
+                var bits = new[] { dq2, dk2, dv2 }.Select(x => Download(gpu, x)).ToArray();
+                Det();
+                bool same = new[] { dq2, dk2, dv2 }.Select((x, i) => Download(gpu, x).AsSpan().SequenceEqual(bits[i])).All(e => e);
+                deterministic = new { engine = dplan.Engine, workspace_bytes = dnn.BackwardWorkspaceBytes(ss, det), ms = Math.Round(ms, 3),
+                    tflops = Tflops(2.5 * flopsFwd, ms), rel_dq = dRel[0], rel_dk = dRel[1], rel_dv = dRel[2], bit_repeat = same };
+                if (!same || dRel.Any(r => !(r <= Tolerance))) errors.Add("deterministic backward: bits differ run to run or outside the tolerance");
+            }
+            catch (CudaException e) { deterministic = new { error = e.Message }; }
             OtherEngines("backward", true, opt, 2.5 * flopsFwd, x => dnn.Backward(P(dq2), P(dk2), P(dv2), P(dout), P(o), P(lse), P(q), P(k), P(v), ss, x),
                 () => Rel(Download(gpu, dq2), Download(gpu, dq)));
         });
@@ -145,7 +171,7 @@ public static class CudnnChecks
         var row = new
         {
             shape = name, batch = b, seq = t, heads = $"{hq}/{hkv}", head_dim = d, pass, forward_ran = forwardRan,
-            rel_l2 = rel, tolerance = Tolerance, engines, refusals, refused_graphs = refusedGraphs, other_engines = otherEngines, errors,
+            rel_l2 = rel, tolerance = Tolerance, bit_repeat = repeat, deterministic_backward = deterministic, engines, refusals, refused_graphs = refusedGraphs, other_engines = otherEngines, errors,
             flash = new { forward_ms = Math.Round(flashFwd, 3), backward_ms = Math.Round(flashBwd, 3), forward_tflops = Tflops(flopsFwd, flashFwd), backward_tflops = Tflops(2.5 * flopsFwd, flashBwd) },
             cudnn = new { forward_ms = Math.Round(dnnFwd, 3), backward_ms = Math.Round(dnnBwd, 3), forward_tflops = Tflops(flopsFwd, dnnFwd), backward_tflops = Tflops(2.5 * flopsFwd, dnnBwd) },
         };

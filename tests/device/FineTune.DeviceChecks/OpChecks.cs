@@ -630,6 +630,7 @@ public static partial class OpChecks
             c.Compare($"attention kv-cache {(flash ? "flash" : "simple")} Q3 K20/32", "lse", lse, ms);
         }
         c.Gpu.UseFlashAttention = true;
+        if (c.Act == DType.BF16) CudnnAttentionRows(c);
     }
 
     /// <summary>

@@ -1,0 +1,58 @@
+using FineTune.Engine;
+using FineTune.Engine.Cuda;
+
+namespace FineTune.DeviceChecks;
+
+// Unpacked causal attention through cuDNN (CudaBackend.AttentionKernels = Cudnn and CudnnFast) against the CPU
+// reference: forward out and lse, dq/dk/dv after NaN poisoning, that cuDNN (not the flash fallback) ran each call,
+// and the bits of repeated calls — required under Cudnn (the deterministic backward), reported under CudnnFast.
+public static partial class OpChecks
+{
+    static void CudnnAttentionRows(Ctx c)
+    {
+        var shapes = new List<(int B, int T, int Hq, int Hkv, int D)> { (2, 77, 4, 2, 64), (1, 130, 2, 1, 128), (2, 300, 8, 2, 128), (1, 2048, 16, 8, 128) };
+        var before = c.Gpu.AttentionKernels;
+        foreach (var kernels in new[] { AttentionKernels.Cudnn, AttentionKernels.CudnnFast })
+            foreach (var (batch, t, hq, hkv, d) in shapes)
+            {
+                c.Gpu.AttentionKernels = kernels;
+                var s = AttentionShape.Training(batch, t, hq, hkv, d) with { Unpacked = true };
+                string tag = $"{AttentionKernelsSetting.Name(kernels)} B{batch} T{t} H{hq}/{hkv} D{d}";
+                var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+                var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
+                var v = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
+                var segT = c.IntPair(new int[batch * t], [batch, t]);
+                var o = c.Zeros([batch * t, hq * d]);
+                var lse = c.Zeros([batch, hq, t], DType.F32);
+                var calls = c.Gpu.CudnnCalls;
+                c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s); // builds the plan
+                bool ranForward = c.Gpu.CudnnCalls.Forward == calls.Forward + 1;
+                var firstO = c.Download(o.Gpu);
+                double ms = c.TimeRepeat(() => c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
+                c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+                c.Check($"attention {tag}", "ran on cuDNN", ranForward, ms);
+                c.Compare($"attention {tag}", "out", o, ms);
+                c.Compare($"attention {tag}", "lse", lse, ms);
+                c.Check($"attention {tag}", "bit-repeat", c.Download(o.Gpu).AsSpan().SequenceEqual(firstO), ms);
+
+                var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+                var dq = c.Zeros([batch * t, hq * d]); var dk = c.Zeros([batch * t, hkv * d]); var dv = c.Zeros([batch * t, hkv * d]);
+                c.Cpu.AttentionBackward(dq.Cpu, dk.Cpu, dv.Cpu, dout.Cpu, o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+                foreach (var g in new[] { dq.Gpu, dk.Gpu, dv.Gpu }) c.Gpu.Upload(g, Enumerable.Repeat(float.NaN, (int)g.Length).ToArray());
+                calls = c.Gpu.CudnnCalls;
+                c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+                bool ranBackward = c.Gpu.CudnnCalls.Backward == calls.Backward + 1;
+                var first = new[] { dq.Gpu, dk.Gpu, dv.Gpu }.Select(g => c.Download(g)).ToArray();
+                ms = c.TimeRepeat(() => c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
+                c.Check($"attention_backward {tag}", "ran on cuDNN", ranBackward, ms);
+                c.Compare($"attention_backward {tag}", "dq", dq, ms);
+                c.Compare($"attention_backward {tag}", "dk", dk, ms);
+                c.Compare($"attention_backward {tag}", "dv", dv, ms);
+                bool same = new[] { dq.Gpu, dk.Gpu, dv.Gpu }.Select((g, i) => c.Download(g).AsSpan().SequenceEqual(first[i])).All(x => x);
+                if (kernels == AttentionKernels.Cudnn) c.Check($"attention_backward {tag}", "bit-repeat", same, ms);
+                else Console.WriteLine($"info attention_backward {tag}: the sixth run's dq/dk/dv bits {(same ? "equal" : "differ from")} the first's");
+            }
+        c.Gpu.AttentionKernels = before;
+        foreach (var note in c.Gpu.CudnnNotes) Console.WriteLine($"info cuDNN: {note}");
+    }
+}
