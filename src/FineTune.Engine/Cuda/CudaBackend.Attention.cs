@@ -38,8 +38,9 @@ public sealed partial class CudaBackend
     public AttentionKernels AttentionKernels { get; set; } = AttentionKernelsSetting.Parse(Environment.GetEnvironmentVariable("FINETUNE_ATTENTION"));
 
     /// <summary>
-    /// Under <see cref="AttentionKernels.Cudnn"/>, the most device bytes cuDNN's deterministic backward may borrow (its
-    /// dP workspace is B·Hq·S²·2 bytes); a larger call takes the flash backward. `FINETUNE_CUDNN_WORKSPACE_MIB` sets it.
+    /// Under <see cref="AttentionKernels.Cudnn"/>, the most device bytes one call of cuDNN's deterministic backward may
+    /// borrow (its dP workspace is B·Hq·S²·2 bytes): a larger problem runs in slices of sequences and key/value heads,
+    /// and one whose single sequence and head does not fit takes the flash backward. `FINETUNE_CUDNN_WORKSPACE_MIB`.
     /// </summary>
     public long CudnnDeterministicWorkspaceLimit { get; set; } =
         (long.TryParse(Environment.GetEnvironmentVariable("FINETUNE_CUDNN_WORKSPACE_MIB"), out var mib) ? mib : 1024) << 20;
@@ -93,15 +94,15 @@ public sealed partial class CudaBackend
         }
     }
 
-    // The backward's graph variant: deterministic dQ under Cudnn (null when its workspace passes the limit: the flash
-    // backward runs, also deterministic), cuDNN's atomic dQ under CudnnFast.
-    SdpaGraphOptions? CudnnBackwardFits(SdpaShape shape)
+    // Under Cudnn, the slice of the problem cuDNN's deterministic backward runs at a time within the workspace limit
+    // (null: not even one sequence and key/value head fits, and the flash backward runs, also deterministic); under
+    // CudnnFast, the whole problem (its atomic dQ needs only an f32 accumulator).
+    SdpaShape? CudnnBackwardSlice(SdpaShape shape)
     {
-        if (AttentionKernels == AttentionKernels.CudnnFast) return SdpaGraphOptions.Default;
-        var options = SdpaGraphOptions.Default with { DeterministicDq = true };
+        if (AttentionKernels == AttentionKernels.CudnnFast) return shape;
         if (_cudnnRefused.Contains((shape, true)) || Cudnn() is not { } dnn) return null;
-        long bytes;
-        try { bytes = dnn.BackwardWorkspaceBytes(shape, options); }
+        SdpaShape? slice;
+        try { slice = dnn.DeterministicSlice(shape, CudnnDeterministicWorkspaceLimit); }
         catch (CudnnException e)
         {
             _cudnnRefused.Add((shape, true));
@@ -109,13 +110,14 @@ public sealed partial class CudaBackend
             Console.Error.WriteLine($"finetune: {CudnnNotes[^1]}; the flash kernels run it");
             return null;
         }
-        if (bytes <= CudnnDeterministicWorkspaceLimit) return options;
-        if (_cudnnLarge.Add(shape))
-            CudnnNotes.Add($"cuDNN's deterministic backward of {shape} needs {bytes >> 20} MiB of workspace, more than FINETUNE_CUDNN_WORKSPACE_MIB={CudnnDeterministicWorkspaceLimit >> 20}: the flash backward runs it");
-        return null;
+        if (_cudnnSliced.Add(shape))
+            CudnnNotes.Add(slice is { } x
+                ? $"backward of {shape}: cuDNN without atomics, {shape.Batch / x.Batch * (shape.KvHeads / x.KvHeads)} call(s) of {x.Batch} sequence(s) × {x.KvHeads} key/value head(s)"
+                : $"backward of {shape}: one sequence and key/value head needs more than FINETUNE_CUDNN_WORKSPACE_MIB={CudnnDeterministicWorkspaceLimit >> 20} MiB of cuDNN workspace; the flash backward runs it");
+        return slice;
     }
 
-    readonly HashSet<SdpaShape> _cudnnLarge = [];
+    readonly HashSet<SdpaShape> _cudnnSliced = [];
 
     /// <summary>Tile shapes of the flash backward kernels; null takes <see cref="FlashBackwardTiles.Default"/>.</summary>
     public FlashBackwardTiles? FlashTiles { get; set; }
@@ -172,8 +174,14 @@ public sealed partial class CudaBackend
         Need(lse, DType.F32);
         if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity) throw new ArgumentException($"attention backward needs QueryLen == KeyLen == KvCapacity: {s}");
         if (s.Batch == 0 || s.QueryLen == 0) return;
-        if (CudnnShape(s, dq, dk, dv, doutput, output, q, k, v) is { } ds && CudnnBackwardFits(ds) is { } options
-            && TryCudnn(ds, true, d => d.Backward(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, options)))
+        if (CudnnShape(s, dq, dk, dv, doutput, output, q, k, v) is { } ds && CudnnBackwardSlice(ds) is { } slice
+            && TryCudnn(ds, true, d =>
+            {
+                if (AttentionKernels == AttentionKernels.CudnnFast)
+                    d.Backward(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds);
+                else
+                    d.BackwardDeterministic(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, slice);
+            }))
         {
             CudnnCalls = (CudnnCalls.Forward, CudnnCalls.Backward + 1);
             return;

@@ -91,6 +91,55 @@ internal sealed class CudnnAttention : IDisposable
         if (_dev.Profiling) _dev.Mark("cudnn_sdpa_backward");
     }
 
+    /// <summary>
+    /// The deterministic backward (<see cref="SdpaGraphOptions.DeterministicDq"/>) of <paramref name="s"/> in slices of
+    /// sequences and key/value heads whose workspace stays within <paramref name="limitBytes"/> (the dP workspace grows
+    /// with B·Hq·S²): the largest slice that fits, chosen from the workspace cuDNN states for it. Null when not even one
+    /// sequence and one key/value head fits: the caller runs another backward.
+    /// </summary>
+    public SdpaShape? DeterministicSlice(SdpaShape s, long limitBytes)
+    {
+        if (_slices.TryGetValue((s, limitBytes), out var known)) return known;
+        var options = SdpaGraphOptions.Default with { DeterministicDq = true };
+        SdpaShape? chosen = null;
+        // Candidates: divisors of the batch and of the key/value heads, most work first; each fits or is too large
+        // by cuDNN's own count (a plan per candidate tried, built once and kept).
+        var candidates = Divisors(s.Batch).SelectMany(b => Divisors(s.KvHeads).Select(h => (b, h)))
+            .OrderByDescending(c => (long)c.b * c.h).ThenByDescending(c => c.h);
+        foreach (var (b, h) in candidates)
+        {
+            var slice = s.Slice(b, h);
+            // The dP workspace alone is B·Hq·S²·2 bytes: skip plans that cannot fit.
+            if ((long)b * slice.QueryHeads * s.Seq * s.Seq * 2 > limitBytes) continue;
+            if (BackwardWorkspaceBytes(slice, options) <= limitBytes) { chosen = slice; break; }
+        }
+        _slices[(s, limitBytes)] = chosen;
+        return chosen;
+    }
+
+    readonly Dictionary<(SdpaShape, long), SdpaShape?> _slices = [];
+
+    static IEnumerable<int> Divisors(int n) => Enumerable.Range(1, n).Where(d => n % d == 0);
+
+    /// <summary>
+    /// <see cref="Backward"/> without atomics, as consecutive calls on the slices of <paramref name="slice"/>'s size
+    /// (from <see cref="DeterministicSlice"/>): each reads and writes its own sequences' and heads' elements of the
+    /// whole problem's buffers, so the result is the one call's bits whatever the slicing.
+    /// </summary>
+    public void BackwardDeterministic(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape whole,
+        SdpaShape slice)
+    {
+        var options = SdpaGraphOptions.Default with { DeterministicDq = true };
+        for (int b0 = 0; b0 < whole.Batch; b0 += slice.Batch)
+            for (int kv0 = 0; kv0 < whole.KvHeads; kv0 += slice.KvHeads)
+            {
+                var (qo, kvo, lo) = whole.Offsets(b0, kv0);
+                ulong Q(ulong p) => p + (ulong)(qo * 2);
+                ulong K(ulong p) => p + (ulong)(kvo * 2);
+                Backward(Q(dq), K(dk), K(dv), Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options);
+            }
+    }
+
     static long Align(long bytes) => (bytes + 255) / 256 * 256;
 
     public void Dispose()

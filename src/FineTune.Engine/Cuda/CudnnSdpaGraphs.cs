@@ -5,9 +5,38 @@ namespace FineTune.Engine.Cuda;
 /// heads (GQA when Hkv &lt; Hq), head size D, softmax scale. Q/K/V/O are bf16 in FineTune's layout, [B·S, H·D]
 /// row-major; the softmax statistics f32 [B, Hq, S] in natural log (FineTune's lse).
 /// </summary>
+/// A shape may be a slice of a larger problem's heads (<see cref="Slice"/>): its rows then hold
+/// <see cref="QueryRowHeads"/> and <see cref="KvRowHeads"/> heads, of which it reads and writes its own, and its
+/// lse rows belong to a [B, QueryRowHeads, S] buffer.
 internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, int KvHeads, int HeadDim, float Scale)
 {
-    public override string ToString() => $"B{Batch} T{Seq} H{QueryHeads}/{KvHeads} D{HeadDim}";
+    readonly int _queryRowHeads, _kvRowHeads;
+
+    /// <summary>Heads in a row of Q, O, dO, dQ (and in the lse buffer): <see cref="QueryHeads"/> unless a slice.</summary>
+    public int QueryRowHeads { get => _queryRowHeads == 0 ? QueryHeads : _queryRowHeads; init => _queryRowHeads = value == QueryHeads ? 0 : value; }
+    /// <summary>Heads in a row of K, V, dK, dV: <see cref="KvHeads"/> unless a slice.</summary>
+    public int KvRowHeads { get => _kvRowHeads == 0 ? KvHeads : _kvRowHeads; init => _kvRowHeads = value == KvHeads ? 0 : value; }
+
+    /// <summary>
+    /// The problem of <paramref name="batch"/> sequences and <paramref name="kvHeads"/> key/value heads (with their
+    /// query heads) of this one, addressed in this one's buffers at offsets <see cref="Offsets"/> gives.
+    /// </summary>
+    public SdpaShape Slice(int batch, int kvHeads) =>
+        new(batch, Seq, kvHeads * (QueryHeads / KvHeads), kvHeads, HeadDim, Scale) { QueryRowHeads = QueryRowHeads, KvRowHeads = KvRowHeads };
+
+    /// <summary>
+    /// Element offsets of the slice starting at sequence <paramref name="b0"/> and key/value head <paramref name="kv0"/>:
+    /// into Q-shaped buffers, K-shaped buffers, and lse.
+    /// </summary>
+    public (long Query, long Kv, long Lse) Offsets(int b0, int kv0)
+    {
+        long q0 = (long)kv0 * (QueryHeads / KvHeads);
+        return ((long)b0 * Seq * QueryRowHeads * HeadDim + q0 * HeadDim, (long)b0 * Seq * KvRowHeads * HeadDim + (long)kv0 * HeadDim,
+            (long)b0 * QueryRowHeads * Seq + q0 * Seq);
+    }
+
+    public override string ToString() => $"B{Batch} T{Seq} H{QueryHeads}/{KvHeads} D{HeadDim}" +
+        (QueryRowHeads != QueryHeads ? $" (of rows of {QueryRowHeads}/{KvRowHeads} heads)" : "");
 }
 
 /// <summary>
@@ -56,17 +85,22 @@ internal static class CudnnSdpaGraphs
     public const string SoftmaxSum = "SoftmaxSum", DqAccum = "dQAccum";
 
     /// <summary>
-    /// [B, H, S, D] view of a [B·S, H·D] row-major buffer: element (b, h, s, d) at b·S·H·D + s·H·D + h·D + d.
+    /// [B, H, S, D] view of a [B·S, R·D] row-major buffer (R = <paramref name="rowHeads"/>, H when 0): element
+    /// (b, h, s, d) at b·S·R·D + s·R·D + h·D + d.
     /// </summary>
-    public static (long[] Dims, long[] Strides) RowMajorHeads(int b, int s, int h, int d) =>
-        ([b, h, s, d], [(long)s * h * d, d, (long)h * d, 1]);
+    public static (long[] Dims, long[] Strides) RowMajorHeads(int b, int s, int h, int d, int rowHeads = 0)
+    {
+        long r = rowHeads == 0 ? h : rowHeads;
+        return ([b, h, s, d], [s * r * d, d, r * d, 1]);
+    }
 
     /// <summary>The same buffer as [B, H, D, S] (the transpose of the last two dimensions): Kᵀ and Vᵀ.</summary>
     public static (long[] Dims, long[] Strides) Transposed((long[] Dims, long[] Strides) t) =>
         ([t.Dims[0], t.Dims[1], t.Dims[3], t.Dims[2]], [t.Strides[0], t.Strides[1], t.Strides[3], t.Strides[2]]);
 
-    /// <summary>FineTune's lse [B, H, S] as the [B, H, S, 1] statistics tensor.</summary>
-    public static (long[] Dims, long[] Strides) StatsLayout(int b, int s, int h) => ([b, h, s, 1], [(long)h * s, s, 1, 1]);
+    /// <summary>FineTune's lse [B, R, S] (R = <paramref name="rowHeads"/>, H when 0) as the [B, H, S, 1] statistics tensor.</summary>
+    public static (long[] Dims, long[] Strides) StatsLayout(int b, int s, int h, int rowHeads = 0) =>
+        ([b, h, s, 1], [(long)(rowHeads == 0 ? h : rowHeads) * s, s, 1, 1]);
 
     /// <summary>
     /// The value masked scores take: −∞, except before cuDNN 9.1, which wanted the most negative finite float
@@ -79,11 +113,11 @@ internal static class CudnnSdpaGraphs
         options ??= SdpaGraphOptions.Default;
         var g = new CudnnGraph();
         int b = p.Batch, s = p.Seq, hq = p.QueryHeads, hk = p.KvHeads, d = p.HeadDim;
-        var (qDims, qStrides) = RowMajorHeads(b, s, hq, d);
-        var kLayout = RowMajorHeads(b, s, hk, d);
+        var (qDims, qStrides) = RowMajorHeads(b, s, hq, d, p.QueryRowHeads);
+        var kLayout = RowMajorHeads(b, s, hk, d, p.KvRowHeads);
         var (ktDims, ktStrides) = Transposed(kLayout);
-        var (vDims, vStrides) = RowMajorHeads(b, s, hk, d);
-        var (statsDims, statsStrides) = StatsLayout(b, s, hq);
+        var (vDims, vStrides) = RowMajorHeads(b, s, hk, d, p.KvRowHeads);
+        var (statsDims, statsStrides) = StatsLayout(b, s, hq, p.QueryRowHeads);
         var q = g.Memory(Q, qDims, qStrides, CudnnDataType.BFLOAT16);
         var kt = g.Memory(K, ktDims, ktStrides, CudnnDataType.BFLOAT16);
         var v = g.Memory(V, vDims, vStrides, CudnnDataType.BFLOAT16);
@@ -114,11 +148,11 @@ internal static class CudnnSdpaGraphs
         options ??= SdpaGraphOptions.Default;
         var g = new CudnnGraph();
         int b = p.Batch, s = p.Seq, hq = p.QueryHeads, hk = p.KvHeads, d = p.HeadDim;
-        var (qDims, qStrides) = RowMajorHeads(b, s, hq, d);
-        var kLayout = RowMajorHeads(b, s, hk, d);
+        var (qDims, qStrides) = RowMajorHeads(b, s, hq, d, p.QueryRowHeads);
+        var kLayout = RowMajorHeads(b, s, hk, d, p.KvRowHeads);
         var (ktDims, ktStrides) = Transposed(kLayout);
         var (vtDims, vtStrides) = Transposed(kLayout);
-        var (statsDims, statsStrides) = StatsLayout(b, s, hq);
+        var (statsDims, statsStrides) = StatsLayout(b, s, hq, p.QueryRowHeads);
         var q = g.Memory(Q, qDims, qStrides, CudnnDataType.BFLOAT16);
         var kt = g.Memory(K, ktDims, ktStrides, CudnnDataType.BFLOAT16);
         var vt = g.Memory(V, vtDims, vtStrides, CudnnDataType.BFLOAT16);

@@ -187,6 +187,56 @@ public sealed class CudnnSdpaGraphTests
         AssertClose(cpu.Read(dv), mem[CudnnSdpaGraphs.dV]);
     }
 
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(2, 1)]
+    [InlineData(1, 2)]
+    public void Slices_of_sequences_and_kv_heads_compute_the_whole_problems_gradients(int sliceBatch, int sliceKv)
+    {
+        // What CudnnAttention.BackwardDeterministic does on the GPU: one graph per slice, on the whole buffers at the
+        // slice's offsets (here: each buffer's tail from that offset, written back after the slice ran).
+        const int b = 2, t = 5, hq = 4, hk = 2, d = 4;
+        var (whole, mem, cpu, o, lse, dq, dk, dv) = Reference(b, t, hq, hk, d);
+        var full = new Dictionary<string, float[]>(mem)
+        {
+            [CudnnSdpaGraphs.O] = cpu.Read(o), [CudnnSdpaGraphs.Stats] = cpu.Read(lse),
+            [CudnnSdpaGraphs.dQ] = new float[b * t * hq * d], [CudnnSdpaGraphs.dK] = new float[b * t * hk * d], [CudnnSdpaGraphs.dV] = new float[b * t * hk * d],
+        };
+        var slice = whole.Slice(sliceBatch, sliceKv);
+        Assert.Equal((sliceKv * 2, hq, hk), (slice.QueryHeads, slice.QueryRowHeads, slice.KvRowHeads));
+        var graph = CudnnSdpaGraphs.Backward(slice, Version, new SdpaGraphOptions(DeterministicDq: true));
+        string[] queryShaped = [CudnnSdpaGraphs.Q, CudnnSdpaGraphs.O, CudnnSdpaGraphs.dO, CudnnSdpaGraphs.dQ];
+        string[] kvShaped = [CudnnSdpaGraphs.K, CudnnSdpaGraphs.V, CudnnSdpaGraphs.dK, CudnnSdpaGraphs.dV];
+        for (int b0 = 0; b0 < b; b0 += sliceBatch)
+            for (int kv0 = 0; kv0 < hk; kv0 += sliceKv)
+            {
+                var (qo, kvo, lo) = whole.Offsets(b0, kv0);
+                long OffsetOf(string name) => queryShaped.Contains(name) ? qo : kvShaped.Contains(name) ? kvo : lo;
+                var views = full.ToDictionary(kv => kv.Key, kv => kv.Value[(int)OffsetOf(kv.Key)..]);
+                CudnnGraphInterpreter.Run(graph, views);
+                foreach (var name in new[] { CudnnSdpaGraphs.dQ, CudnnSdpaGraphs.dK, CudnnSdpaGraphs.dV })
+                    views[name].CopyTo(full[name], (int)OffsetOf(name));
+            }
+        AssertClose(cpu.Read(dq), full[CudnnSdpaGraphs.dQ]);
+        AssertClose(cpu.Read(dk), full[CudnnSdpaGraphs.dK]);
+        AssertClose(cpu.Read(dv), full[CudnnSdpaGraphs.dV]);
+    }
+
+    [Fact]
+    public void A_slice_addresses_its_heads_in_the_whole_problems_rows()
+    {
+        var whole = new SdpaShape(3, 10, 8, 2, 16, 0.25f);
+        var slice = whole.Slice(1, 1);
+        Assert.Equal((1, 4, 1), (slice.Batch, slice.QueryHeads, slice.KvHeads));
+        // Sequence 2, kv head 1: its query heads start at head 4.
+        Assert.Equal((2L * 10 * 8 * 16 + 4 * 16, 2L * 10 * 2 * 16 + 16, 2L * 8 * 10 + 4 * 10), whole.Offsets(2, 1));
+        var (dims, strides) = CudnnSdpaGraphs.RowMajorHeads(slice.Batch, slice.Seq, slice.QueryHeads, slice.HeadDim, slice.QueryRowHeads);
+        Assert.Equal([1L, 4, 10, 16], dims);
+        Assert.Equal([10L * 8 * 16, 16, 8 * 16, 1], strides);
+        Assert.Equal([8L * 10, 10, 1, 1], CudnnSdpaGraphs.StatsLayout(1, 10, 4, slice.QueryRowHeads).Strides);
+        Assert.Equal(whole, whole.Slice(3, 2));
+    }
+
     // Random Q, K, V, dO; the CPU backend's forward and backward; the graph's memory holding the inputs.
     static (SdpaShape, Dictionary<string, float[]>, CpuBackend, Tensor O, Tensor Lse, Tensor Dq, Tensor Dk, Tensor Dv) Reference(int b, int t, int hq, int hk, int d)
     {

@@ -52,6 +52,44 @@ public static partial class OpChecks
                 if (kernels == AttentionKernels.Cudnn) c.Check($"attention_backward {tag}", "bit-repeat", same, ms);
                 else Console.WriteLine($"info attention_backward {tag}: the sixth run's dq/dk/dv bits {(same ? "equal" : "differ from")} the first's");
             }
+        // The deterministic backward in slices (a workspace limit of about one sequence and key/value head): against the
+        // CPU, the bits of a repeat, and (info) whether the slices give the whole call's bits.
+        long limitBefore = c.Gpu.CudnnDeterministicWorkspaceLimit;
+        c.Gpu.AttentionKernels = AttentionKernels.Cudnn;
+        foreach (var (batch, t, hq, hkv, d) in new[] { (2, 300, 8, 2, 128), (2, 1024, 16, 4, 64) })
+        {
+            var s = AttentionShape.Training(batch, t, hq, hkv, d) with { Unpacked = true };
+            string tag = $"cudnn sliced B{batch} T{t} H{hq}/{hkv} D{d}";
+            var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+            var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
+            var v = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
+            var segT = c.IntPair(new int[batch * t], [batch, t]);
+            var o = c.Zeros([batch * t, hq * d]);
+            var lse = c.Zeros([batch, hq, t], DType.F32);
+            c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+            c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+            var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+            var dq = c.Zeros([batch * t, hq * d]); var dk = c.Zeros([batch * t, hkv * d]); var dv = c.Zeros([batch * t, hkv * d]);
+            c.Cpu.AttentionBackward(dq.Cpu, dk.Cpu, dv.Cpu, dout.Cpu, o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
+            c.Gpu.CudnnDeterministicWorkspaceLimit = limitBefore;
+            c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+            var whole = new[] { dq.Gpu, dk.Gpu, dv.Gpu }.Select(g => c.Download(g)).ToArray();
+            c.Gpu.CudnnDeterministicWorkspaceLimit = (long)(hq / hkv) * t * t * 2 * 3 / 2 + (1 << 20);
+            foreach (var g in new[] { dq.Gpu, dk.Gpu, dv.Gpu }) c.Gpu.Upload(g, Enumerable.Repeat(float.NaN, (int)g.Length).ToArray());
+            var calls = c.Gpu.CudnnCalls;
+            c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+            bool ran = c.Gpu.CudnnCalls.Backward == calls.Backward + 1;
+            var first = new[] { dq.Gpu, dk.Gpu, dv.Gpu }.Select(g => c.Download(g)).ToArray();
+            double ms = c.TimeRepeat(() => c.Gpu.AttentionBackward(dq.Gpu, dk.Gpu, dv.Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s));
+            c.Check($"attention_backward {tag}", "ran on cuDNN", ran, ms);
+            c.Compare($"attention_backward {tag}", "dq", dq, ms);
+            c.Compare($"attention_backward {tag}", "dk", dk, ms);
+            c.Compare($"attention_backward {tag}", "dv", dv, ms);
+            c.Check($"attention_backward {tag}", "bit-repeat", new[] { dq.Gpu, dk.Gpu, dv.Gpu }.Select((g, i) => c.Download(g).AsSpan().SequenceEqual(first[i])).All(x => x), ms);
+            bool asWhole = first.Select((x, i) => x.AsSpan().SequenceEqual(whole[i])).All(x => x);
+            Console.WriteLine($"info attention_backward {tag}: the sliced calls' bits {(asWhole ? "equal" : "differ from")} the one call's");
+        }
+        c.Gpu.CudnnDeterministicWorkspaceLimit = limitBefore;
         c.Gpu.AttentionKernels = before;
         foreach (var note in c.Gpu.CudnnNotes) Console.WriteLine($"info cuDNN: {note}");
     }
