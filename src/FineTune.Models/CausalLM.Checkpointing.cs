@@ -38,13 +38,26 @@ public sealed partial class CausalLM
 
     /// <summary>
     /// Scratch a CUDA step allocates inside operations besides the arenas: cuBLASLt's workspace, the attention
-    /// backward's row deltas and, with grouped-query attention, its per-query-head F32 dK/dV partials.
+    /// backward's row deltas and the larger of the flash backward's per-query-head F32 dK/dV partials (grouped-query
+    /// attention) and cuDNN's backward workspace where cuDNN runs attention: its f32 dQ accumulator (cudnn-fast), or
+    /// the deterministic backward's dP workspace, at most the workspace limit its slices keep to (an upper bound: the
+    /// batch's sequence length is not known here, so the whole capacity is taken as one sequence).
     /// </summary>
     private long DeviceWorkspaceBytes(int tokens)
     {
         long rows = (long)tokens * Spec.NumHeads;
-        long partials = Spec.NumHeads != Spec.NumKvHeads ? 2L * tokens * Spec.QDim * sizeof(float) : 0;
-        return Engine.Cuda.CudaDevice.CublasWorkspaceBytes + rows * sizeof(float) + partials;
+        long attention = Spec.NumHeads != Spec.NumKvHeads ? 2L * tokens * Spec.QDim * sizeof(float) : 0;
+        var backend = Backend is ProfilingBackend pb ? pb.Inner : Backend;
+        if (backend is Engine.Cuda.CudaBackend { AttentionKernels: var kernels } cuda && kernels != Engine.Cuda.AttentionKernels.Flash
+            && Spec.HeadDim is 64 or 128)
+        {
+            long dqAccumulator = (long)tokens * Spec.QDim * sizeof(float);
+            long cudnn = kernels == Engine.Cuda.AttentionKernels.CudnnFast
+                ? dqAccumulator
+                : Math.Min(cuda.CudnnDeterministicWorkspaceLimit, 2L * Spec.NumHeads * tokens * tokens + dqAccumulator);
+            attention = Math.Max(attention, cudnn);
+        }
+        return Engine.Cuda.CudaDevice.CublasWorkspaceBytes + rows * sizeof(float) + attention;
     }
 
     /// <summary>
