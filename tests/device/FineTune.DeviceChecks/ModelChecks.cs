@@ -62,6 +62,32 @@ public static class ModelChecks
         return new TokenBatch(2, s, ids, labels, pos, seg);
     }
 
+    /// <summary>
+    /// Unpacked rows, as the data loader collates them without packing: row 0 one sequence of 80 tokens then 16 of
+    /// padding (its own segment, attention mask 0, no labels), row 1 one sequence of 96. On CUDA in bf16 at head_dim
+    /// 64/128 these layers run cuDNN's fused attention (TokenBatch.RowsAreSingleSequences).
+    /// </summary>
+    static TokenBatch UnpackedBatch(int vocab)
+    {
+        const int s = 96, real = 80;
+        var rng = new Random(9);
+        var ids = new int[2 * s]; var labels = new int[2 * s]; var pos = new int[2 * s]; var seg = new int[2 * s]; var mask = new int[2 * s];
+        for (int r = 0; r < 2; r++)
+            for (int t = 0; t < s; t++)
+            {
+                int i = r * s + t;
+                bool pad = r == 0 && t >= real;
+                ids[i] = pad ? 0 : rng.Next(vocab);
+                (seg[i], pos[i], mask[i]) = pad ? (1, t - real, 0) : (0, t, 1);
+            }
+        for (int i = 0; i < 2 * s; i++)
+        {
+            bool last = (i + 1) % s == 0 || seg[i + 1] != seg[i];
+            labels[i] = last || mask[i] == 0 || pos[i] < 5 ? -100 : ids[i + 1];
+        }
+        return new TokenBatch(2, s, ids, labels, pos, seg) { AttentionMask = mask };
+    }
+
     static void RandomizeLoraB(CausalLM model)
     {
         var r = new Random(11);
@@ -159,25 +185,36 @@ public static class ModelChecks
                 "router" => ["q_proj", "k_proj", "v_proj", "o_proj", "gate"],
                 _ => ["all"],
             };
-            var batch = Batch(spec.VocabSize);
-            var runs = new List<(CudaBackend, string, double, bool, bool, bool)>
+            var packedBatch = Batch(spec.VocabSize);
+            var runs = new List<(CudaBackend, string, double, bool, bool, bool, bool)>
             {
-                (gpuF32, "f32", 1e-4, false, true, false), (gpuBf16, "bf16", 1e-2, false, true, false), (gpuBf16, "bf16", 1e-2, true, true, false),
-                (gpuBf16, "bf16", 1e-2, false, true, true), (gpuBf16, "bf16", 1e-2, true, true, true),
+                (gpuF32, "f32", 1e-4, false, true, false, false), (gpuBf16, "bf16", 1e-2, false, true, false, false), (gpuBf16, "bf16", 1e-2, true, true, false, false),
+                (gpuBf16, "bf16", 1e-2, false, true, true, false), (gpuBf16, "bf16", 1e-2, true, true, true, false),
             };
-            if (arch == "llama") runs.Add((gpuBf16, "bf16", 1e-2, false, false, true)); // the simple fp32-softmax attention kernels: is the error flash's?
-            foreach (var (gpu, path, tol, ckpt, flash, bf16Weights) in runs)
+            if (arch == "llama") runs.Add((gpuBf16, "bf16", 1e-2, false, false, true, false)); // the simple fp32-softmax attention kernels: is the error flash's?
+            // Unpacked rows (cuDNN's attention on CUDA bf16): dense models, with and without checkpointing.
+            if (spec.Moe is null && spec.HeadDim is 64 or 128)
+            {
+                runs.Add((gpuBf16, "bf16", 1e-2, false, true, true, true));
+                runs.Add((gpuBf16, "bf16", 1e-2, true, true, true, true));
+            }
+            foreach (var (gpu, path, tol, ckpt, flash, bf16Weights, unpacked) in runs)
             {
                 gpu.UseFlashAttention = flash;
-                string name = $"{arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}{(flash ? "" : " simple-attn")}{(bf16Weights ? " bf16-weights" : "")}";
+                string name = $"{arch}{(tied ? " tied" : "")}{(ckpt ? " grad-ckpt" : "")}{(flash ? "" : " simple-attn")}{(bf16Weights ? " bf16-weights" : "")}{(unpacked ? " unpacked" : "")}";
+                var batch = unpacked ? UnpackedBatch(spec.VocabSize) : packedBatch;
+                var cudnnCalls = gpu.CudnnCalls;
                 var setup = new TrainingSetup { LoraRank = 8, LoraAlpha = 16, GradientCheckpointing = ckpt, LoraTarget = loraTarget };
                 IWeightSource Weights() => bf16Weights ? new Bf16Weights(new RandomWeights(3, 0.1f)) : new RandomWeights(3, 0.1f);
                 using var refModel = CausalLM.Create(spec, cpu, setup with { GradientCheckpointing = false }, Weights());
                 using var model = CausalLM.Create(spec, gpu, setup, Weights());
                 // MoE: the CUDA model follows the reference's routing in every forward below, and a second one routes freely.
                 using var free = spec.Moe is null ? null : CausalLM.Create(spec, gpu, setup, Weights());
+                // Unpacked rows: a second CUDA model trained the same way must end with the same bits (cuDNN's backward
+                // without atomics keeps training reproducible).
+                using var again = unpacked ? CausalLM.Create(spec, gpu, setup, Weights()) : null;
                 var fixedRouting = spec.Moe is null ? null : new FixedRouting(refModel, model, free!);
-                foreach (var m in new[] { refModel, model, free }.OfType<CausalLM>())
+                foreach (var m in new[] { refModel, model, free, again }.OfType<CausalLM>())
                 {
                     RandomizeLoraB(m);
                     if (bf16Weights) RoundTrainable(m);
@@ -186,6 +223,13 @@ public static class ModelChecks
                 var refLogits = refModel.ForwardLogits(batch);
                 fixedRouting?.Follow();
                 var logits = model.ForwardLogits(batch);
+                if (batch.AttentionMask is { } am)
+                {
+                    // Padding positions carry no loss; cuDNN lets them see the sequence's keys, the CPU only the padding's.
+                    int v = spec.VocabSize;
+                    for (int t = 0; t < am.Length; t++)
+                        if (am[t] == 0) { Array.Clear(logits, t * v, v); Array.Clear(refLogits, t * v, v); }
+                }
                 if (fixedRouting is not null)
                 {
                     free!.ForwardLogits(batch);
@@ -216,9 +260,10 @@ public static class ModelChecks
                 // so that each step's CUDA forward follows the routing of the reference's forward of that step.
                 var step = new AdamWStep(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, MaxGradNorm: 1f);
                 if (free is not null) { free.ZeroGrad(); free.ForwardBackward(batch, 1f / batch.LabelCount); }
+                if (again is not null) { again.ZeroGrad(); again.ForwardBackward(batch, 1f / batch.LabelCount); }
                 for (int s = 1; s <= 3; s++)
                 {
-                    foreach (var m in new[] { refModel, model, free }.OfType<CausalLM>())
+                    foreach (var m in new[] { refModel, model, free, again }.OfType<CausalLM>())
                     {
                         if (s > 1)
                         {
@@ -236,6 +281,15 @@ public static class ModelChecks
                 if (free is not null)
                     Info($"model {name}", path, "lora after 3 steps, free routing", wr.Length, Rel(Lora(free), wr),
                         "the free CUDA model's weights: flipped tokens send their whole row to another expert");
+                if (again is not null)
+                {
+                    float[] w1 = Lora(model), w2 = Lora(again);
+                    int differ = w1.Where((x, i) => BitConverter.SingleToInt32Bits(x) != BitConverter.SingleToInt32Bits(w2[i])).Count();
+                    Add($"model {name}", path, "lora bits, run twice", w1.Length, (double)differ / w1.Length, 0);
+                    // The unpacked rows are there to run cuDNN: fail when the flash fallback took them instead.
+                    int ran = gpu.CudnnCalls.Forward - cudnnCalls.Forward;
+                    Add($"model {name}", path, "cuDNN forward calls", ran, ran > 0 ? 0 : 1, 0);
+                }
             }
         }
         if (only is null)
