@@ -111,9 +111,11 @@ public sealed partial class CudaBackend
             return null;
         }
         if (_cudnnSliced.Add(shape))
-            CudnnNotes.Add(slice is { } x
+            CudnnNotes.Add(slice is { PartialKv: true } h
+                ? $"backward of {shape}: cuDNN without atomics, {shape.Batch * shape.QueryHeads / h.QueryHeads} call(s) of 1 sequence × {h.QueryHeads} query head(s), dK/dV partials summed in f32"
+                : slice is { } x
                 ? $"backward of {shape}: cuDNN without atomics, {shape.Batch / x.Batch * (shape.KvHeads / x.KvHeads)} call(s) of {x.Batch} sequence(s) × {x.KvHeads} key/value head(s)"
-                : $"backward of {shape}: one sequence and key/value head needs more than FINETUNE_CUDNN_WORKSPACE_MIB={CudnnDeterministicWorkspaceLimit >> 20} MiB of cuDNN workspace; the flash backward runs it");
+                : $"backward of {shape}: one sequence and query head needs more than FINETUNE_CUDNN_WORKSPACE_MIB={CudnnDeterministicWorkspaceLimit >> 20} MiB of cuDNN workspace; the flash backward runs it");
         return slice;
     }
 
@@ -180,7 +182,9 @@ public sealed partial class CudaBackend
                 if (AttentionKernels == AttentionKernels.CudnnFast)
                     d.Backward(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds);
                 else
-                    d.BackwardDeterministic(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, slice);
+                    d.BackwardDeterministic(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, slice,
+                        (dkAt, dvAt, dkParts, dvParts, parts, rows, ld) => LaunchFlat("flash_attention.cu", "sum_head_partials", rows * ds.HeadDim,
+                            [dkAt, dvAt, dkParts, dvParts, parts, rows, ds.HeadDim, ld]));
             }))
         {
             CudnnCalls = (CudnnCalls.Forward, CudnnCalls.Backward + 1);

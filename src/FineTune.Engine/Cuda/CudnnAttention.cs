@@ -92,26 +92,29 @@ internal sealed class CudnnAttention : IDisposable
     }
 
     /// <summary>
-    /// The deterministic backward (<see cref="SdpaGraphOptions.DeterministicDq"/>) of <paramref name="s"/> in slices of
-    /// sequences and key/value heads whose workspace stays within <paramref name="limitBytes"/> (the dP workspace grows
-    /// with B·Hq·S²): the largest slice that fits, chosen from the workspace cuDNN states for it. Null when not even one
-    /// sequence and one key/value head fits: the caller runs another backward.
+    /// The deterministic backward (<see cref="SdpaGraphOptions.DeterministicDq"/>) of <paramref name="s"/> in slices
+    /// whose workspace stays within <paramref name="limitBytes"/> (the dP workspace grows with B·Hq·S²): the largest
+    /// slice of sequences and key/value heads that fits (<see cref="SdpaShape.Slice"/>; the slices give the one call's
+    /// bits), else, for sequences so long that one key/value head's group does not fit, the largest slice of one
+    /// sequence and some of one group's query heads (<see cref="SdpaShape.HeadSlice"/>: their dK/dV partials are summed
+    /// afterwards, so the bits differ from one call's by that rounding). Chosen from the workspace cuDNN states for each
+    /// candidate. Null when not even one query head fits: the caller runs another backward.
     /// </summary>
     public SdpaShape? DeterministicSlice(SdpaShape s, long limitBytes)
     {
         if (_slices.TryGetValue((s, limitBytes), out var known)) return known;
         var options = SdpaGraphOptions.Default with { DeterministicDq = true };
+        int group = s.QueryHeads / s.KvHeads;
+        // Most work first: sequences × key/value heads, then one sequence and fewer query heads.
+        var candidates = Divisors(s.Batch).SelectMany(b => Divisors(s.KvHeads).Select(h => s.Slice(b, h)))
+            .OrderByDescending(c => (long)c.Batch * c.KvHeads).ThenByDescending(c => c.KvHeads)
+            .Concat(Divisors(group).Where(n => n < group).OrderDescending().Select(s.HeadSlice));
         SdpaShape? chosen = null;
-        // Candidates: divisors of the batch and of the key/value heads, most work first; each fits or is too large
-        // by cuDNN's own count (a plan per candidate tried, built once and kept).
-        var candidates = Divisors(s.Batch).SelectMany(b => Divisors(s.KvHeads).Select(h => (b, h)))
-            .OrderByDescending(c => (long)c.b * c.h).ThenByDescending(c => c.h);
-        foreach (var (b, h) in candidates)
+        foreach (var slice in candidates)
         {
-            var slice = s.Slice(b, h);
             // The dP workspace alone is B·Hq·S²·2 bytes: skip plans that cannot fit.
-            if ((long)b * slice.QueryHeads * s.Seq * s.Seq * 2 > limitBytes) continue;
-            if (BackwardWorkspaceBytes(slice, options) <= limitBytes) { chosen = slice; break; }
+            if ((long)slice.Batch * slice.QueryHeads * s.Seq * s.Seq * 2 > limitBytes) continue;
+            if (BackwardWorkspaceBytes(slice, options) + PartialBytes(slice) <= limitBytes) { chosen = slice; break; }
         }
         _slices[(s, limitBytes)] = chosen;
         return chosen;
@@ -121,23 +124,57 @@ internal sealed class CudnnAttention : IDisposable
 
     static IEnumerable<int> Divisors(int n) => Enumerable.Range(1, n).Where(d => n % d == 0);
 
+    // A head slice's dK and dV partials of one key/value head: bf16 [group / n][S][D] each.
+    static long PartialBytes(SdpaShape slice) => slice.PartialKv ? 2L * slice.Seq * slice.HeadDim * 2 : 0;
+
     /// <summary>
     /// <see cref="Backward"/> without atomics, as consecutive calls on the slices of <paramref name="slice"/>'s size
     /// (from <see cref="DeterministicSlice"/>): each reads and writes its own sequences' and heads' elements of the
-    /// whole problem's buffers, so the result is the one call's bits whatever the slicing.
+    /// whole problem's buffers. Head slices write their dK/dV partials into scratch, which
+    /// <paramref name="sumPartials"/> (dk, dv, dk partials, dv partials, count, rows, row stride in elements) adds up
+    /// into the key/value head's columns once its group is done.
     /// </summary>
     public void BackwardDeterministic(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape whole,
-        SdpaShape slice)
+        SdpaShape slice, Action<ulong, ulong, ulong, ulong, int, long, int> sumPartials)
     {
         var options = SdpaGraphOptions.Default with { DeterministicDq = true };
-        for (int b0 = 0; b0 < whole.Batch; b0 += slice.Batch)
-            for (int kv0 = 0; kv0 < whole.KvHeads; kv0 += slice.KvHeads)
-            {
-                var (qo, kvo, lo) = whole.Offsets(b0, kv0);
-                ulong Q(ulong p) => p + (ulong)(qo * 2);
-                ulong K(ulong p) => p + (ulong)(kvo * 2);
-                Backward(Q(dq), K(dk), K(dv), Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options);
-            }
+        if (!slice.PartialKv)
+        {
+            for (int b0 = 0; b0 < whole.Batch; b0 += slice.Batch)
+                for (int kv0 = 0; kv0 < whole.KvHeads; kv0 += slice.KvHeads)
+                {
+                    var (qo, kvo, lo) = whole.Offsets(b0, kv0);
+                    ulong Q(ulong p) => p + (ulong)(qo * 2);
+                    ulong K(ulong p) => p + (ulong)(kvo * 2);
+                    Backward(Q(dq), K(dk), K(dv), Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options);
+                }
+            return;
+        }
+        int group = whole.QueryHeads / whole.KvHeads, parts = group / slice.QueryHeads;
+        long partElems = (long)whole.Seq * whole.HeadDim;
+        ulong dkParts = _dev.Allocate(parts * partElems * 2), dvParts = _dev.Allocate(parts * partElems * 2);
+        try
+        {
+            for (int b0 = 0; b0 < whole.Batch; b0++)
+                for (int kv0 = 0; kv0 < whole.KvHeads; kv0++)
+                {
+                    for (int part = 0; part < parts; part++)
+                    {
+                        var (qo, kvo, lo) = whole.HeadOffsets(b0, kv0 * group + part * slice.QueryHeads);
+                        ulong Q(ulong p) => p + (ulong)(qo * 2);
+                        ulong K(ulong p) => p + (ulong)(kvo * 2);
+                        ulong partOffset = (ulong)(part * partElems * 2);
+                        Backward(Q(dq), dkParts + partOffset, dvParts + partOffset, Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options);
+                    }
+                    ulong kvAt = (ulong)(whole.Offsets(b0, kv0).Kv * 2);
+                    sumPartials(dk + kvAt, dv + kvAt, dkParts, dvParts, parts, whole.Seq, whole.KvRowHeads * whole.HeadDim);
+                }
+        }
+        finally
+        {
+            _dev.Free(dkParts);
+            _dev.Free(dvParts);
+        }
     }
 
     static long Align(long bytes) => (bytes + 255) / 256 * 256;

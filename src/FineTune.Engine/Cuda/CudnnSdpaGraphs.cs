@@ -18,6 +18,27 @@ internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, in
     public int KvRowHeads { get => _kvRowHeads == 0 ? KvHeads : _kvRowHeads; init => _kvRowHeads = value == KvHeads ? 0 : value; }
 
     /// <summary>
+    /// A slice of some query heads of one key/value head (<see cref="HeadSlice"/>): its dK and dV are that key/value
+    /// head's partial gradients from these query heads, written packed, [B·S, D], for the caller to sum.
+    /// </summary>
+    public bool PartialKv { get; init; }
+
+    /// <summary>
+    /// The problem of one sequence, one key/value head and <paramref name="queryHeads"/> of its query heads (a divisor of
+    /// the group) of this one: for sequences so long that a whole group's dP workspace passes the limit.
+    /// </summary>
+    public SdpaShape HeadSlice(int queryHeads) =>
+        new(1, Seq, queryHeads, 1, HeadDim, Scale) { QueryRowHeads = QueryRowHeads, KvRowHeads = KvRowHeads, PartialKv = true };
+
+    /// <summary>Element offset of query head <paramref name="h"/> (of key/value head h / group) in sequence <paramref name="b0"/>.</summary>
+    public (long Query, long Kv, long Lse) HeadOffsets(int b0, int h)
+    {
+        int kv = h / (QueryHeads / KvHeads);
+        return ((long)b0 * Seq * QueryRowHeads * HeadDim + (long)h * HeadDim, (long)b0 * Seq * KvRowHeads * HeadDim + (long)kv * HeadDim,
+            (long)b0 * QueryRowHeads * Seq + (long)h * Seq);
+    }
+
+    /// <summary>
     /// The problem of <paramref name="batch"/> sequences and <paramref name="kvHeads"/> key/value heads (with their
     /// query heads) of this one, addressed in this one's buffers at offsets <see cref="Offsets"/> gives.
     /// </summary>
@@ -36,7 +57,7 @@ internal readonly record struct SdpaShape(int Batch, int Seq, int QueryHeads, in
     }
 
     public override string ToString() => $"B{Batch} T{Seq} H{QueryHeads}/{KvHeads} D{HeadDim}" +
-        (QueryRowHeads != QueryHeads ? $" (of rows of {QueryRowHeads}/{KvRowHeads} heads)" : "");
+        (QueryRowHeads != QueryHeads ? $" (of rows of {QueryRowHeads}/{KvRowHeads} heads{(PartialKv ? ", partial dK/dV" : "")})" : "");
 }
 
 /// <summary>
@@ -160,8 +181,9 @@ internal static class CudnnSdpaGraphs
         var dout = g.Memory(dO, qDims, qStrides, CudnnDataType.BFLOAT16);
         var stats = g.Memory(Stats, statsDims, statsStrides, CudnnDataType.FLOAT);
         var dq = g.Memory(dQ, qDims, qStrides, CudnnDataType.BFLOAT16);
-        var dk = g.Memory(dK, kLayout.Dims, kLayout.Strides, CudnnDataType.BFLOAT16);
-        var dv = g.Memory(dV, kLayout.Dims, kLayout.Strides, CudnnDataType.BFLOAT16);
+        var gradLayout = p.PartialKv ? RowMajorHeads(b, s, hk, d) : kLayout;
+        var dk = g.Memory(dK, gradLayout.Dims, gradLayout.Strides, CudnnDataType.BFLOAT16);
+        var dv = g.Memory(dV, gradLayout.Dims, gradLayout.Strides, CudnnDataType.BFLOAT16);
         long[] rowDims = [b, hq, s, 1], rowStrides = CudnnGraph.Packed(rowDims);
         long[] accDims = [b, hq, s, d];
         var softmaxSum = g.Memory(SoftmaxSum, rowDims, rowStrides, CudnnDataType.FLOAT);

@@ -222,6 +222,53 @@ public sealed class CudnnSdpaGraphTests
         AssertClose(cpu.Read(dv), full[CudnnSdpaGraphs.dV]);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Query_head_slices_with_summed_kv_partials_compute_the_whole_problems_gradients(int headsPerSlice)
+    {
+        // What BackwardDeterministic does for very long sequences: per sequence, key/value head and group of query
+        // heads one graph, whose dK/dV land packed in partial buffers, summed afterwards (sum_head_partials).
+        const int b = 2, t = 6, hq = 4, hk = 1, d = 4;
+        var (whole, mem, cpu, o, lse, dq, dk, dv) = Reference(b, t, hq, hk, d);
+        var full = new Dictionary<string, float[]>(mem)
+        {
+            [CudnnSdpaGraphs.O] = cpu.Read(o), [CudnnSdpaGraphs.Stats] = cpu.Read(lse), [CudnnSdpaGraphs.dQ] = new float[b * t * hq * d],
+        };
+        float[] dkAll = new float[b * t * hk * d], dvAll = new float[b * t * hk * d];
+        var slice = whole.HeadSlice(headsPerSlice);
+        Assert.True(slice.PartialKv);
+        var graph = CudnnSdpaGraphs.Backward(slice, Version, new SdpaGraphOptions(DeterministicDq: true));
+        Assert.Equal([(long)d, 1], graph[CudnnSdpaGraphs.dK].Strides[2..]);
+        int group = hq / hk;
+        for (int b0 = 0; b0 < b; b0++)
+            for (int kv0 = 0; kv0 < hk; kv0++)
+                for (int h = kv0 * group; h < (kv0 + 1) * group; h += headsPerSlice)
+                {
+                    var (qo, kvo, lo) = whole.HeadOffsets(b0, h);
+                    var views = new Dictionary<string, float[]>
+                    {
+                        [CudnnSdpaGraphs.Q] = full[CudnnSdpaGraphs.Q][(int)qo..], [CudnnSdpaGraphs.O] = full[CudnnSdpaGraphs.O][(int)qo..],
+                        [CudnnSdpaGraphs.dO] = full[CudnnSdpaGraphs.dO][(int)qo..], [CudnnSdpaGraphs.dQ] = full[CudnnSdpaGraphs.dQ][(int)qo..],
+                        [CudnnSdpaGraphs.K] = full[CudnnSdpaGraphs.K][(int)kvo..], [CudnnSdpaGraphs.V] = full[CudnnSdpaGraphs.V][(int)kvo..],
+                        [CudnnSdpaGraphs.Stats] = full[CudnnSdpaGraphs.Stats][(int)lo..],
+                    };
+                    CudnnGraphInterpreter.Run(graph, views);
+                    views[CudnnSdpaGraphs.dQ].CopyTo(full[CudnnSdpaGraphs.dQ], (int)qo);
+                    // The partials, packed [S, D], added into the key/value head's columns.
+                    for (int r = 0; r < t; r++)
+                        for (int c = 0; c < d; c++)
+                        {
+                            long at = kvo + (long)r * hk * d + c;
+                            dkAll[at] += views[CudnnSdpaGraphs.dK][r * d + c];
+                            dvAll[at] += views[CudnnSdpaGraphs.dV][r * d + c];
+                        }
+                }
+        AssertClose(cpu.Read(dq), full[CudnnSdpaGraphs.dQ]);
+        AssertClose(cpu.Read(dk), dkAll);
+        AssertClose(cpu.Read(dv), dvAll);
+    }
+
     [Fact]
     public void A_slice_addresses_its_heads_in_the_whole_problems_rows()
     {

@@ -880,3 +880,24 @@ extern "C" __global__ void flash_dkv_reduce(bf16_t* dk, bf16_t* dv, const float*
         dv[e] = f32_to_bf16(c);
     }
 }
+
+// cuDNN's deterministic backward in query-head slices (CudnnAttention.BackwardDeterministic, long sequences): the
+// slices' bf16 dK and dV partials of one key/value head, [parts][rows][D] each, summed in slice order in f32 into
+// that head's columns of dk and dv (rows ld elements apart). Deterministic: no atomics, a fixed order.
+extern "C" __global__ void sum_head_partials(bf16_t* dk, bf16_t* dv, const bf16_t* dk_parts, const bf16_t* dv_parts, int parts, i64 rows, int D,
+                                             int ld)
+{
+    GRID_STRIDE(e, rows * D)
+    {
+        i64 r = e / D;
+        int d = (int)(e % D);
+        float a = 0.0f, c = 0.0f;
+        for (int p = 0; p < parts; p++)
+        {
+            a += bf16_to_f32(dk_parts[(i64)p * rows * D + e]);
+            c += bf16_to_f32(dv_parts[(i64)p * rows * D + e]);
+        }
+        dk[r * ld + d] = f32_to_bf16(a);
+        dv[r * ld + d] = f32_to_bf16(c);
+    }
+}
