@@ -37,7 +37,7 @@ public sealed partial class CudaBackend
             && rstd.DType == DType.F32 && rstd.Length >= m && DecodeFits(x, [ln, normWeight, .. cs, .. bs]);
         for (int j = 0; j < cs.Count && fused; j++) fused = ProductShape(cs[j], bs[j], m, k);
         if (!fused) { DecodeComposition.NormMatMulShared(this, cs, ln, rstd, x, normWeight, eps, bs); return; }
-        var args = new KernelArg[18];
+        var args = new KernelArg[19];
         args[0] = P(x); args[1] = P(normWeight); args[2] = eps; args[3] = 0f; args[4] = P(ln); args[5] = P(rstd);
         args[6] = m; args[7] = k; args[8] = cs.Count;
         int total = 0;
@@ -49,6 +49,7 @@ public sealed partial class CudaBackend
             args[11 + 3 * j] = used ? cs[j].Cols : 0;
             if (used) total += cs[j].Cols;
         }
+        args[18] = PrefetchFlag;
         LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
@@ -60,7 +61,7 @@ public sealed partial class CudaBackend
             && DecodeFits(x, ln, normWeight, gate, up, h, gateWeight, upWeight);
         if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
         LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
-            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h)]);
+            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag]);
     }
 
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
@@ -68,7 +69,7 @@ public sealed partial class CudaBackend
         int m = a.Rows, k = a.Cols;
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag]);
     }
 
     public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,

@@ -21,11 +21,23 @@ public sealed partial class CudaBackend
     /// </summary>
     public bool UseSplitKAttention { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_SPLITK_ATTENTION") != "0";
 
+    /// <summary>
+    /// The split-K attention and its combine as one launch (the last block of each (token, kv head) combines, in split
+    /// order: the bits of the separate combine); FINETUNE_SPLITK_ONE_KERNEL=0 (or false here) launches
+    /// <c>cached_attention_combine</c> after the split kernel instead.
+    /// </summary>
+    public bool UseSplitKOneKernel { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_SPLITK_ONE_KERNEL") != "0";
+
     // The split kernel's partial results. Grown, never shrunk, and an outgrown block is kept until the backend is
     // disposed: a captured CUDA graph may still name it.
     ulong _splitPartials;
     long _splitPartialsBytes;
     readonly List<ulong> _retiredPartials = [];
+
+    // The one-kernel form's arrival counters, one per (token, kv head): zeroed when allocated, and each launch leaves
+    // them at zero again.
+    ulong _splitCounters;
+    long _splitCountersBytes;
 
     public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape s)
     {
@@ -44,12 +56,15 @@ public sealed partial class CudaBackend
             int splits = SplitCount(s.Tokens, s.KvHeads);
             long bytes = (long)s.Tokens * s.QueryHeads * splits * (s.HeadDim + 2) * sizeof(float);
             ulong part = SplitPartials(bytes);
-            Launch("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), Math.Max(group, SplitMinWarps) * 32,
+            ulong counters = UseSplitKOneKernel ? SplitCounters((long)s.Tokens * s.KvHeads * sizeof(uint)) : 0UL;
+            LaunchDependent("kv_cache.cu", "cached_attention_split", (splits, s.KvHeads, s.Tokens), Math.Max(group, SplitMinWarps) * 32,
             [
                 part, P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(sequences), P(positions), P(blockTables),
                 s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
+                P(output), Dt(output), counters,
             ]);
-            Launch("kv_cache.cu", "cached_attention_combine", (s.Tokens, s.QueryHeads, 1), 32, [P(output), Dt(output), part, s.QueryHeads, s.HeadDim, splits]);
+            if (counters == 0)
+                LaunchDependent("kv_cache.cu", "cached_attention_combine", (s.Tokens, s.QueryHeads, 1), 32, [P(output), Dt(output), part, s.QueryHeads, s.HeadDim, splits]);
             return;
         }
         Launch("kv_cache.cu", "cached_attention_forward", ((s.Tokens + AttentionRowsPerBlock - 1) / AttentionRowsPerBlock, s.QueryHeads, 1), AttentionRowsPerBlock * 32,
@@ -66,6 +81,14 @@ public sealed partial class CudaBackend
     int SplitCount(int tokens, int kvHeads) => Math.Clamp((2 * _dev.Info.Multiprocessors + tokens * kvHeads - 1) / (tokens * kvHeads), 1, 32);
 
     ulong SplitPartials(long bytes) => Grown(ref _splitPartials, ref _splitPartialsBytes, bytes);
+
+    ulong SplitCounters(long bytes)
+    {
+        bool grows = bytes > _splitCountersBytes;
+        ulong block = Grown(ref _splitCounters, ref _splitCountersBytes, bytes);
+        if (grows) _dev.Zero(block, _splitCountersBytes);
+        return block;
+    }
 
     // A scratch block grown (doubling), never shrunk; an outgrown block is kept until disposal, as a graph may name it.
     ulong Grown(ref ulong block, ref long capacity, long bytes)

@@ -4,7 +4,11 @@ namespace FineTune.DeviceChecks;
 
 // A decode step's fused layer operations (decode.cu) on the BF16 path: each against the CPU's composition (values) and
 // against the CUDA composition of plain kernels (bits: every output, ln and rstd included), at one and two rows; a
-// three-row step must take the composition. Times: fused launch vs the composition's launches.
+// three-row step must take the composition. Each fused operation also runs in the other launch mode (programmatic
+// dependent launch with the weight's L2 prefetch before the wait, FINETUNE_PDL, against plain launches): the same bits.
+// Then the split-K decode attention in one kernel against the split kernel and its separate combine (bits), in both
+// launch modes, repeated (its counters must re-arm). Times: fused launch vs the composition's launches; five fused
+// launches back to back in each launch mode (under PDL each overlaps the one before).
 public static partial class OpChecks
 {
     /// <summary>`decode`: only these checks (also part of `ops`).</summary>
@@ -41,11 +45,14 @@ public static partial class OpChecks
             ResidualCheck(c, 1, 14336, 4096);
             foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
                 QkRopeCheck(c, m, d, hq, hkv, normed);
+            foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
+                SplitOneKernelCheck(c, t, d, hq, hkv);
         }
         finally
         {
             c.Gpu.GemvRows = gemvRows;
             c.Gpu.UseFusedDecode = true;
+            c.Gpu.UseSplitKOneKernel = true;
         }
         foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
@@ -54,18 +61,73 @@ public static partial class OpChecks
     /// <summary>Runs <paramref name="op"/> fused and as the composition, checks each output pair's bits; returns (fused, composed) ms.</summary>
     static void FusedVsComposed(Ctx c, string name, Action<bool> op, (Tensor Fused, Tensor Composed)[] outputs, string[] names)
     {
+        bool pdl = c.Gpu.UseDependentLaunch;
         c.Gpu.UseFusedDecode = true;
         double ms = c.Time(() => op(true));
+        // The fused operation in the other launch mode, into the composition's outputs: the same bits.
+        c.Gpu.UseDependentLaunch = !pdl;
+        op(false);
+        c.Gpu.UseDependentLaunch = pdl;
+        string other = pdl ? "plain launch" : "dependent launch + prefetch";
+        for (int i = 0; i < outputs.Length; i++)
+            c.Check($"{name} = {other}", names[i] + " bits", c.Download(outputs[i].Fused).SequenceEqual(c.Download(outputs[i].Composed)), ms);
         c.Gpu.UseFusedDecode = false;
         op(false);
         for (int i = 0; i < outputs.Length; i++)
             c.Check($"{name} = composition", names[i] + " bits", c.Download(outputs[i].Fused).SequenceEqual(c.Download(outputs[i].Composed)), ms);
         c.Gpu.UseFusedDecode = true;
         double fused = c.TimeRepeat(() => op(true));
+        c.Gpu.UseDependentLaunch = !pdl;
+        double fusedOther = c.TimeRepeat(() => op(true));
+        c.Gpu.UseDependentLaunch = pdl;
         c.Gpu.UseFusedDecode = false;
         double composed = c.TimeRepeat(() => op(false));
         c.Gpu.UseFusedDecode = true;
-        Console.WriteLine($"     {name}: fused {fused:F4} ms, composition {composed:F4} ms");
+        var (plainMs, pdlMs) = pdl ? (fusedOther, fused) : (fused, fusedOther);
+        Console.WriteLine($"     {name}: fused {plainMs:F4} ms (dependent launch + prefetch {pdlMs:F4} ms), composition {composed:F4} ms");
+    }
+
+    /// <summary>
+    /// Decode attention over a paged cache, split-K: one kernel (the last block of each (token, kv head) combines)
+    /// against the split kernel + cached_attention_combine, bit for bit, in both launch modes and again after five
+    /// launches (each launch must leave its counters at zero); and against the CPU.
+    /// </summary>
+    static void SplitOneKernelCheck(Ctx c, int t, int d, int hq, int hkv)
+    {
+        int bs = 16, width = 16, blocks = t * width + 1, kvd = hkv * d;
+        var pool = Enumerable.Range(1, blocks - 1).OrderBy(i => (i * 7919) % 1009).ToArray();
+        int[] table = [.. Enumerable.Range(0, t * width).Select(i => pool[i])];
+        int[] positions = [.. Enumerable.Range(0, t).Select(i => new[] { 100, 7, 255, 31, 64, 0, 200, 129 }[i % 8])];
+        var kc = c.Pair(c.Rand((long)blocks * bs * kvd), [blocks * bs, kvd]);
+        var vc = c.Pair(c.Rand((long)blocks * bs * kvd), [blocks * bs, kvd]);
+        var q = c.Pair(c.Rand((long)t * hq * d), [t, hq * d]);
+        var seqs = c.IntPair([.. Enumerable.Range(0, t)], [t]);
+        var pos = c.IntPair(positions, [t]);
+        var tb = c.IntPair(table, [table.Length]);
+        var shape = new CachedAttentionShape(t, blocks, bs, width, hq, hkv, d);
+        var (one, two) = (c.Zeros([t, hq * d]), c.Zeros([t, hq * d]));
+        void Run(Tensor o, bool oneKernel)
+        {
+            c.Gpu.UseSplitKOneKernel = oneKernel;
+            c.Gpu.CachedAttention(o, q.Gpu, kc.Gpu, vc.Gpu, seqs.Gpu, pos.Gpu, tb.Gpu, shape);
+        }
+        string name = $"decode attention one kernel T{t} H{hq}/{hkv} D{d}";
+        bool pdl = c.Gpu.UseDependentLaunch;
+        Run(two.Gpu, false);
+        var separate = c.Download(two.Gpu);
+        double ms = c.Time(() => Run(one.Gpu, true));
+        c.Check($"{name} = split + combine", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
+        c.Gpu.UseDependentLaunch = !pdl;
+        Run(one.Gpu, true);
+        c.Check($"{name} = split + combine, {(pdl ? "plain launch" : "dependent launch")}", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
+        double otherMs = c.TimeRepeat(() => Run(one.Gpu, true));
+        c.Gpu.UseDependentLaunch = pdl;
+        double oneMs = c.TimeRepeat(() => Run(one.Gpu, true));
+        c.Check($"{name} = split + combine, after 10 launches", "out bits", c.Download(one.Gpu).SequenceEqual(separate), oneMs);
+        double twoMs = c.TimeRepeat(() => Run(two.Gpu, false));
+        c.Cpu.CachedAttention(one.Cpu, q.Cpu, kc.Cpu, vc.Cpu, seqs.Cpu, pos.Cpu, tb.Cpu, shape);
+        c.Compare(name, "out", one, oneMs);
+        Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms ({(pdl ? "plain launch" : "dependent launch")} {otherMs:F4} ms), split + combine {twoMs:F4} ms");
     }
 
     static void NormSetCheck(Ctx c, int m, int k, int[] outs)

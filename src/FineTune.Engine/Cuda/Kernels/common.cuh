@@ -76,6 +76,19 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+// Warms L2 with bytes [p, p + bytes) of a constant (a frozen weight), one prefetch.global.L2 per 128-byte line (the
+// PTX ISA: the line holding the address), lane l taking lines l, l + 32, …: what a dependent-launched kernel does
+// before pdl_wait() with the weight it will stream, so that DRAM works for it while the kernel before it drains. A
+// hint only, no value read or written changes; a no-op below sm_90 (no dependent launches there).
+#define PREFETCH_LINE 128
+__device__ __forceinline__ void prefetch_l2(const void* p, i64 bytes, int lane)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    for (i64 o = (i64)lane * PREFETCH_LINE; o < bytes; o += 32 * PREFETCH_LINE)
+        asm volatile("prefetch.global.L2 [%0];" :: "l"((const char*)p + o));
+#endif
+}
+
 // Σ v[0 .. count) by one block in an order fixed by count and blockDim alone (thread i sums i, i+blockDim, …, then
 // block_sum's tree): the reductions that used to add block results with atomicAdd — whose order followed the blocks'
 // timing, so a training run's last bits changed run to run — go through this instead.

@@ -8,6 +8,10 @@
 //     (key range, kv head, token) whose warps are the kv head's query heads; each 32-key tile of K and V is read once
 //     into shared memory and used by every query head of the group; each block leaves (unnormalised acc, m, l) for
 //     its range, and the combine rescales them: out = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s, M = max_s m_s.
+//     Given a counter per (token, kv head), the split kernel combines too (one launch, not two): the last of a
+//     (token, kv head)'s blocks to finish runs the combine's arithmetic over every split in split order, so the bits
+//     are the separate combine's, and sets the counter back to 0 for the next launch (a CUDA graph replays it).
+//     Both are programmatic-dependent-launch aware (common.cuh): they trigger their dependent and wait at their start.
 // Layouts: q, out [T, Hq, D]; k_cache, v_cache [blocks · bs, Hkv, D]; seqs, positions [T]; tables [rows, W] (I32).
 #include "attention_row.cuh"
 
@@ -89,17 +93,48 @@ extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const v
         if (lane + 32 * e < D) st(out, qrow + lane + 32 * e, acc[e] * inv, dt_o);
 }
 
+// Row orow of out (one query head of one token) from its splits' partial results src [splits, D + 2] (acc, m, l), by
+// one warp: the splits rescaled to the common maximum, in split order. L1-bypassing loads: in the one-kernel form other
+// blocks of the same launch wrote them.
+__device__ __forceinline__ void split_combine_row(void* out, int dt_o, const float* src, i64 orow, int D, int splits, int lane)
+{
+    float M = -INFINITY;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(src + s * (D + 2) + D));
+    float L = 0.0f;
+    float acc[SPLIT_MAX_E];
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
+    for (int s = 0; s < splits; s++)
+    {
+        const float* ps = src + s * (D + 2);
+        float ms = __ldcg(ps + D);
+        if (ms == -INFINITY) continue; // an empty range
+        float f = expf(ms - M);
+        L += f * __ldcg(ps + D + 1);
+#pragma unroll
+        for (int e = 0; e < SPLIT_MAX_E; e++)
+            if (lane + 32 * e < D) acc[e] += f * __ldcg(ps + lane + 32 * e);
+    }
+    float inv = 1.0f / L;
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++)
+        if (lane + 32 * e < D) st(out, orow + lane + 32 * e, acc[e] * inv, dt_o);
+}
+
 // Grid (splits, Hkv, T), block max(G, 4)·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D): warp w < G
 // computes query head kh·G + w, and every warp helps copy the key tiles (at G = 2, two warps alone left the copies
 // latency-bound: 46 µs a layer for 100 keys on an H200). Split s of token t covers keys [s·chunk, min(p + 1,
 // (s + 1)·chunk)), chunk = the key count / splits rounded up to 32, so a graph captured for one step stays right for
-// any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l).
+// any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l). counters: null (cached_attention_combine follows), or
+// [T, Hkv] zeros, and the last block of each (t, kh) writes out [T, Hq, D] itself.
 #define SPLIT_THREADS_MIN 128
 extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
                                                   const void* v, int dt_v, const int* seqs, const int* positions,
                                                   const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
-                                                  int window, float softcap)
+                                                  int window, float softcap, void* out, int dt_o, unsigned* counters)
 {
+    pdl_trigger(); // the next GEMV may start streaming its weight
+    pdl_wait();    // q and the cache's newest rows come from the kernel before
     __shared__ float ks[32][SPLIT_MAX_D + 1]; // +1: lanes read different keys of one column without bank conflicts
     __shared__ float vs[32][SPLIT_MAX_D];
     __shared__ float qs[SPLIT_MAX_GROUP][SPLIT_MAX_D];
@@ -195,40 +230,35 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
         }
         m = mn;
     }
-    if (!computes) return;
-    float* dst = part + (((i64)t * Hq + h) * splits + split) * (D + 2);
+    if (computes)
+    {
+        float* dst = part + (((i64)t * Hq + h) * splits + split) * (D + 2);
 #pragma unroll
-    for (int e = 0; e < SPLIT_MAX_E; e++)
-        if (lane + 32 * e < D) dst[lane + 32 * e] = acc[e];
-    if (lane == 0) { dst[D] = m; dst[D + 1] = l; }
+        for (int e = 0; e < SPLIT_MAX_E; e++)
+            if (lane + 32 * e < D) dst[lane + 32 * e] = acc[e];
+        if (lane == 0) { dst[D] = m; dst[D + 1] = l; }
+    }
+    if (counters == nullptr) return;
+    __shared__ bool last;
+    __threadfence(); // this block's partials reach L2 before its count does
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        unsigned* count = counters + (i64)t * Hkv + kh;
+        last = atomicAdd(count, 1u) == (unsigned)splits - 1;
+        if (last) *count = 0u; // every other block of (t, kh) has counted
+    }
+    __syncthreads();
+    if (!last || !computes) return;
+    __threadfence();
+    split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, splits, lane);
 }
 
 // Grid (T, Hq), one warp per (token, query head): the splits' partial results rescaled to the common maximum.
 extern "C" __global__ void cached_attention_combine(void* out, int dt_o, const float* part, int Hq, int D, int splits)
 {
     pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
-    int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
-    const float* src = part + ((i64)t * Hq + h) * splits * (D + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < splits; s++) M = fmaxf(M, src[s * (D + 2) + D]);
-    float L = 0.0f;
-    float acc[SPLIT_MAX_E];
-#pragma unroll
-    for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
-    for (int s = 0; s < splits; s++)
-    {
-        const float* ps = src + s * (D + 2);
-        float ms = ps[D];
-        if (ms == -INFINITY) continue; // an empty range
-        float f = expf(ms - M);
-        L += f * ps[D + 1];
-#pragma unroll
-        for (int e = 0; e < SPLIT_MAX_E; e++)
-            if (lane + 32 * e < D) acc[e] += f * ps[lane + 32 * e];
-    }
-    float inv = 1.0f / L;
-    i64 orow = ((i64)t * Hq + h) * D;
-#pragma unroll
-    for (int e = 0; e < SPLIT_MAX_E; e++)
-        if (lane + 32 * e < D) st(out, orow + lane + 32 * e, acc[e] * inv, dt_o);
+    pdl_wait();    // the partials come from the split kernel
+    int t = blockIdx.x, h = blockIdx.y;
+    split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, splits, threadIdx.x);
 }
