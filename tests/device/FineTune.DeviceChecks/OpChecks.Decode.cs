@@ -29,6 +29,7 @@ public static partial class OpChecks
     {
         if (c.Act != DType.BF16) return;
         int gemvRows = c.Gpu.GemvRows;
+        bool oneKernel = c.Gpu.UseSplitKOneKernel;
         c.Gpu.GemvRows = 2;
         try
         {
@@ -52,7 +53,7 @@ public static partial class OpChecks
         {
             c.Gpu.GemvRows = gemvRows;
             c.Gpu.UseFusedDecode = true;
-            c.Gpu.UseSplitKOneKernel = true;
+            c.Gpu.UseSplitKOneKernel = oneKernel;
         }
         foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
