@@ -41,15 +41,14 @@ public sealed partial class CudaBackend
 
     public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape s)
     {
-        Need(sequences, DType.I32);
+        CheckCachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, s);
+        if (s.Tokens == 0) return;
         Need(positions, DType.I32);
         Need(blockTables, DType.I32);
         if (s.QueryHeads % s.KvHeads != 0) throw new ArgumentException($"{s.QueryHeads} query heads are not a multiple of {s.KvHeads} KV heads");
         if (s.HeadDim > MaxHeadDim) throw new ArgumentException($"head_dim {s.HeadDim} exceeds the CUDA attention kernel's limit of {MaxHeadDim}");
         if (q.Length != (long)s.Tokens * s.QueryHeads * s.HeadDim || output.Length != q.Length) throw new ArgumentException($"q {q} / output {output} do not match {s}");
         if (kCache.Length != (long)s.Blocks * s.BlockSize * s.KvHeads * s.HeadDim || vCache.Length != kCache.Length) throw new ArgumentException($"caches {kCache} {vCache} do not match {s}");
-        if (blockTables.Length % s.TableWidth != 0) throw new ArgumentException($"block tables {blockTables} are not rows of {s.TableWidth}");
-        if (s.Tokens == 0) return;
         int group = s.QueryHeads / s.KvHeads;
         if (UseSplitKAttention && s.Tokens <= SplitMaxTokens && s.HeadDim <= SplitMaxHeadDim && group <= SplitMaxGroup)
         {
@@ -72,6 +71,18 @@ public sealed partial class CudaBackend
             P(output), Dt(output), P(q), Dt(q), P(kCache), Dt(kCache), P(vCache), Dt(vCache), P(sequences), P(positions), P(blockTables),
             s.Tokens, s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale, s.Variant.Window, s.Variant.SoftCap,
         ]);
+    }
+
+    void CheckCachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape s)
+    {
+        Need(sequences, DType.I32);
+        Need(positions, DType.I32);
+        Need(blockTables, DType.I32);
+        if (s.QueryHeads % s.KvHeads != 0) throw new ArgumentException($"{s.QueryHeads} query heads are not a multiple of {s.KvHeads} KV heads");
+        if (s.HeadDim > MaxHeadDim) throw new ArgumentException($"head_dim {s.HeadDim} exceeds the CUDA attention kernel's limit of {MaxHeadDim}");
+        if (q.Length != (long)s.Tokens * s.QueryHeads * s.HeadDim || output.Length != q.Length) throw new ArgumentException($"q {q} / output {output} do not match {s}");
+        if (kCache.Length != (long)s.Blocks * s.BlockSize * s.KvHeads * s.HeadDim || vCache.Length != kCache.Length) throw new ArgumentException($"caches {kCache} {vCache} do not match {s}");
+        if (blockTables.Length % s.TableWidth != 0) throw new ArgumentException($"block tables {blockTables} are not rows of {s.TableWidth}");
     }
 
     /// <summary>

@@ -7,7 +7,8 @@ namespace FineTune.DeviceChecks;
 // three-row step must take the composition. Each fused operation also runs in the other launch mode (programmatic
 // dependent launch with the weight's L2 prefetch before the wait, FINETUNE_PDL, against plain launches): the same bits.
 // Then the split-K decode attention in one kernel against the split kernel and its separate combine (bits), in both
-// launch modes, repeated (its counters must re-arm). Times: fused launch vs the composition's launches; five fused
+// launch modes, repeated (its counters must re-arm); and a one-token step's q/k norms + RoPE + K/V rows + attention as
+// one kernel against qk_rope_cache + the split kernels and against the plain kernels (bits of every output). Times: fused launch vs the composition's launches; five fused
 // launches back to back in each launch mode (under PDL each overlaps the one before).
 public static partial class OpChecks
 {
@@ -48,6 +49,8 @@ public static partial class OpChecks
                 QkRopeCheck(c, m, d, hq, hkv, normed);
             foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
                 SplitOneKernelCheck(c, t, d, hq, hkv);
+            foreach (var (d, hq, hkv, normed, p) in new[] { (128, 16, 8, true, 100), (128, 16, 8, true, 0), (128, 32, 8, false, 255), (64, 8, 2, false, 37), (128, 4, 1, true, 200) })
+                RopeAttentionCheck(c, d, hq, hkv, normed, p);
         }
         finally
         {
@@ -129,6 +132,89 @@ public static partial class OpChecks
         c.Cpu.CachedAttention(one.Cpu, q.Cpu, kc.Cpu, vc.Cpu, seqs.Cpu, pos.Cpu, tb.Cpu, shape);
         c.Compare(name, "out", one, oneMs);
         Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms ({(pdl ? "plain launch" : "dependent launch")} {otherMs:F4} ms), split + combine {twoMs:F4} ms");
+    }
+
+    /// <summary>
+    /// A one-token step's QkRopeCacheAttention: the one kernel (cached_attention_rope_split) against qk_rope_cache + the
+    /// split-K kernels (its one-kernel combine off) and against the plain kernels, every output bit for bit, the one
+    /// kernel also in the other launch mode; attention against the CPU's composition.
+    /// </summary>
+    static void RopeAttentionCheck(Ctx c, int d, int hq, int hkv, bool normed, int position)
+    {
+        int half = d / 2, maxPos = 300, bs = 16, width = 16, blocks = width + 1, kvd = hkv * d;
+        var cosv = new float[maxPos * half];
+        var sinv = new float[maxPos * half];
+        for (int p = 0; p < maxPos; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double theta = p * Math.Pow(10000, -2.0 * i / d);
+                cosv[p * half + i] = (float)Math.Cos(theta);
+                sinv[p * half + i] = (float)Math.Sin(theta);
+            }
+        var cos = c.Pair(cosv, [maxPos, half], DType.F32);
+        var sin = c.Pair(sinv, [maxPos, half], DType.F32);
+        int[] table = [.. Enumerable.Range(1, width).OrderBy(i => (i * 7919) % 1009)];
+        var tb = c.IntPair(table, [width]);
+        var pos = c.IntPair([position], [1]);
+        var seqs = c.IntPair([0], [1]);
+        var rows = c.IntPair([table[position / bs] * bs + position % bs], [1]);
+        var qIn = c.Rand((long)hq * d, 2f);
+        var kIn = c.Rand(kvd, 2f);
+        var v = c.Pair(c.Rand(kvd), [1, kvd]);
+        var qn = c.Pair(c.Rand(d), [d]);
+        var kn = c.Pair(c.Rand(d), [d]);
+        var kcBase = c.Rand((long)blocks * bs * kvd);
+        var vcBase = c.Rand((long)blocks * bs * kvd);
+        var shape = new CachedAttentionShape(1, blocks, bs, width, hq, hkv, d);
+        // Per configuration: att, q, k, qIn, kIn (q and k themselves without norms: rotated in place), caches, rstds.
+        (Tensor Cpu, Tensor Gpu)[] Set() =>
+        [
+            c.Zeros([1, hq * d]), c.Zeros([1, hq * d]), c.Zeros([1, kvd]), c.Pair(qIn, [1, hq * d]), c.Pair(kIn, [1, kvd]),
+            c.Pair(kcBase, [blocks * bs, kvd]), c.Pair(vcBase, [blocks * bs, kvd]), c.Zeros([hq], DType.F32), c.Zeros([hkv], DType.F32),
+        ];
+        // fresh: without norms q and k rotate in place, so a checked run starts from the inputs again (timed runs need not).
+        void Op(IBackend b, (Tensor Cpu, Tensor Gpu)[] set, bool fresh = true)
+        {
+            Tensor T(int i) => b is FineTune.Engine.Cpu.CpuBackend ? set[i].Cpu : set[i].Gpu;
+            bool gpu = b is not FineTune.Engine.Cpu.CpuBackend;
+            Tensor X((Tensor Cpu, Tensor Gpu) t) => gpu ? t.Gpu : t.Cpu;
+            if (gpu && !normed && fresh)
+            {
+                c.Gpu.Upload(T(3), qIn);
+                c.Gpu.Upload(T(4), kIn);
+            }
+            var (q, k) = normed ? (T(1), T(2)) : (T(3), T(4));
+            b.QkRopeCacheAttention(T(0), q, k, T(3), T(4), X(v), normed ? X(qn) : null, normed ? X(kn) : null, normed ? T(7) : null, normed ? T(8) : null,
+                1e-6f, X(pos), X(cos), X(sin), d, T(5), T(6), X(rows), X(seqs), X(tb), shape);
+        }
+        int[] outputs = normed ? [0, 1, 2, 5, 6, 7, 8] : [0, 3, 4, 5, 6];
+        string[] names = ["att", "q", "k", "q (in place)", "k (in place)", "kcache", "vcache", "qrstd", "krstd"];
+        string name = $"qk{(normed ? "-norm" : "")}+rope+cache+attention T1 H{hq}/{hkv} D{d} p{position}";
+        bool pdl = c.Gpu.UseDependentLaunch, fusedDecode = c.Gpu.UseFusedDecode, oneKernel = c.Gpu.UseSplitKOneKernel;
+        var (one, other, pieces, plain) = (Set(), Set(), Set(), Set());
+        double ms = c.Time(() => Op(c.Gpu, one));
+        var att = c.Download(one[0].Gpu);
+        c.Gpu.UseDependentLaunch = !pdl;
+        Op(c.Gpu, other);
+        c.Gpu.UseDependentLaunch = pdl;
+        c.Gpu.UseSplitKOneKernel = false;
+        Op(c.Gpu, pieces);
+        c.Gpu.UseSplitKOneKernel = oneKernel;
+        c.Gpu.UseFusedDecode = false;
+        Op(c.Gpu, plain);
+        c.Gpu.UseFusedDecode = fusedDecode;
+        foreach (var (label, set) in new[] { (pdl ? "plain launch" : "dependent launch", other), ("qk_rope_cache + split + combine", pieces), ("plain kernels", plain) })
+            foreach (int i in outputs)
+                c.Check($"{name} = {label}", names[i] + " bits", c.Download(one[i].Gpu).SequenceEqual(c.Download(set[i].Gpu)), ms);
+        double oneMs = c.TimeRepeat(() => Op(c.Gpu, one, fresh: false));
+        c.Gpu.UseSplitKOneKernel = false;
+        double piecesMs = c.TimeRepeat(() => Op(c.Gpu, pieces, fresh: false));
+        c.Gpu.UseSplitKOneKernel = oneKernel;
+        Op(c.Gpu, one);
+        c.Check($"{name}, again after 5 launches", "att bits", c.Download(one[0].Gpu).SequenceEqual(att), oneMs);
+        Op(c.Cpu, one);
+        c.Compare(name, "att", one[0], oneMs);
+        Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms, qk_rope_cache + split + combine {piecesMs:F4} ms");
     }
 
     static void NormSetCheck(Ctx c, int m, int k, int[] outs)

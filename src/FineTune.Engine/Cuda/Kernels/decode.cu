@@ -250,7 +250,7 @@ extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, cons
 // when a norm weight is given (qwen3's q_norm/k_norm), rotated (rope_apply's rotate-half arithmetic on the rounded
 // normed values) and stored to q / k; a k head's warp also writes its rotated K row and the V row into the cache at
 // cache_rows[t]. One warp per head, lane l holding elements 8l … 8l+7 (D = 64, 128 or 256: D/8 lanes, the rotation's
-// partner half D/16 lanes away).
+// partner half D/16 lanes away; head_norm_rope_v8 in common.cuh).
 extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, const uint4* kin, const uint4* v,
                                          const uint4* qn, const uint4* kn, float* qrstd, float* krstd, float eps, float off,
                                          const int* positions, const float* cos_t, const float* sin_t, int max_pos,
@@ -264,54 +264,14 @@ extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, c
     int t = warp / heads, h = warp - t * heads;
     bool isq = h < Hq;
     if (!isq) h -= Hq;
-    int c8 = D >> 3, half = D >> 1, hc = c8 >> 1;
+    int c8 = D >> 3;
     int width = (isq ? Hq : Hkv) * c8;
     i64 at = (i64)t * width + (i64)h * c8 + lane;
-    const uint4* src = isq ? qin : kin;
     const uint4* nw = isq ? qn : kn;
-    float x[8];
-    bool mine = lane < c8;
-    if (mine) unpack8(src[at], x);
-    else
-    {
-#pragma unroll
-        for (int j = 0; j < 8; j++) x[j] = 0.0f;
-    }
-    if (nw != nullptr)
-    {
-        float ss = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; j++) ss += x[j] * x[j];
-        ss = warp_sum(ss);
-        float inv = rsqrtf(ss / D + eps);
-        if (lane == 0) (isq ? qrstd : krstd)[(i64)t * (isq ? Hq : Hkv) + h] = inv;
-        if (mine)
-        {
-            float g[8]; unpack8(nw[lane], g);
-#pragma unroll
-            for (int j = 0; j < 8; j++) x[j] = x[j] * inv * (g[j] + off);
-            unpack8(pack8(x), x); // the normed head as stored
-        }
-    }
-    float p[8];
-#pragma unroll
-    for (int j = 0; j < 8; j++) p[j] = __shfl_xor_sync(FULL_MASK, x[j], hc);
-    int pos = positions[t];
-    if (mine && pos >= 0 && pos < max_pos)
-    {
-        bool first = lane < hc;
-        int i0 = (first ? lane : lane - hc) * 8;
-        const float* co = cos_t + (i64)pos * half + i0;
-        const float* si = sin_t + (i64)pos * half + i0;
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-        {
-            float s = 1.0f * si[j];
-            // first half: x_i·cos − x_{i+h}·sin; second half: x_{i+h}·cos + x_i·sin (x is this lane's, p the partner's)
-            x[j] = first ? x[j] * co[j] - p[j] * s : x[j] * co[j] + p[j] * s;
-        }
-    }
-    if (!mine) return;
+    float x[8], inv;
+    head_norm_rope_v8(x, (isq ? qin : kin) + at, nw, eps, off, D, lane, &inv, positions[t], cos_t, sin_t, max_pos);
+    if (nw != nullptr && lane == 0) (isq ? qrstd : krstd)[(i64)t * (isq ? Hq : Hkv) + h] = inv;
+    if (lane >= c8) return;
     uint4 out = pack8(x);
     (isq ? q : k)[at] = out;
     if (!isq)

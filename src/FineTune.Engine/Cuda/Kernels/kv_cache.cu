@@ -12,6 +12,12 @@
 //     (token, kv head)'s blocks to finish runs the combine's arithmetic over every split in split order, so the bits
 //     are the separate combine's, and sets the counter back to 0 for the next launch (a CUDA graph replays it).
 //     Both are programmatic-dependent-launch aware (common.cuh): they trigger their dependent and wait at their start.
+//   cached_attention_rope_split (a one-token decode step, one kernel for decode.cu's qk_rope_cache and the attention):
+//     each block normes and rotates its query heads itself (head_norm_rope_v8, qk_rope_cache's arithmetic), the block
+//     whose key range holds the new position does the kv head's k and writes its K and V rows into the cache before
+//     reading its tiles (no other block reads that key), and the combining block stores q and q's rstd (last: without
+//     q/k norms q is rotated in place, and every block of the kv head has read it by then). The same bits as
+//     qk_rope_cache followed by the split kernel.
 // Layouts: q, out [T, Hq, D]; k_cache, v_cache [blocks · bs, Hkv, D]; seqs, positions [T]; tables [rows, W] (I32).
 #include "attention_row.cuh"
 
@@ -128,10 +134,25 @@ __device__ __forceinline__ void split_combine_row(void* out, int dt_o, const flo
 // any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l). counters: null (cached_attention_combine follows), or
 // [T, Hkv] zeros, and the last block of each (t, kh) writes out [T, Hq, D] itself.
 #define SPLIT_THREADS_MIN 128
-extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
-                                                  const void* v, int dt_v, const int* seqs, const int* positions,
-                                                  const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
-                                                  int window, float softcap, void* out, int dt_o, unsigned* counters)
+
+// The rope-and-attention form's own inputs and outputs (qin null: the split kernel, q given already rotated). Layouts
+// as qk_rope_cache's (bf16, 16-byte chunks): qin, qout [T, Hq·D/8]; kin, kout, vin [T, Hkv·D/8]; kcache, vcache the
+// caches k and v; qrstd [T, Hq], krstd [T, Hkv] (written only with norms).
+struct SplitRope
+{
+    const uint4 *qin, *kin, *vin, *qn, *kn;
+    float *qrstd, *krstd;
+    float eps, off;
+    const float *cos_t, *sin_t;
+    int max_pos;
+    uint4 *qout, *kout, *kcache, *vcache;
+    const int* cache_rows;
+};
+
+__device__ __forceinline__ void split_attention(float* part, const void* q, int dt_q, const void* k, int dt_k,
+                                                const void* v, int dt_v, const int* seqs, const int* positions,
+                                                const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                int window, float softcap, void* out, int dt_o, unsigned* counters, const SplitRope& r)
 {
     pdl_trigger(); // the next GEMV may start streaming its weight
     pdl_wait();    // q and the cache's newest rows come from the kernel before
@@ -148,7 +169,42 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
     int chunk = ((len - lo + splits - 1) / splits + 31) / 32 * 32;
     int start = lo + split * chunk, end = min(len, start + chunk);
     i64 qrow = ((i64)t * Hq + h) * D;
-    if (computes)
+    const bool rope = r.qin != nullptr;
+    uint4 qrot = make_uint4(0u, 0u, 0u, 0u); // rope: this lane's chunk of its q head, rotated and rounded
+    float qinv = 0.0f;
+    if (rope)
+    {
+        int c8 = D >> 3;
+        float x[8], xr[8];
+        if (computes)
+        {
+            head_norm_rope_v8(x, r.qin + (i64)t * Hq * c8 + (i64)h * c8 + lane, r.qn, r.eps, r.off, D, lane, &qinv, p, r.cos_t, r.sin_t, r.max_pos);
+            if (lane < c8)
+            {
+                qrot = pack8(x);
+                unpack8(qrot, xr); // q as qk_rope_cache stores it and the split kernel reads it
+#pragma unroll
+                for (int j = 0; j < 8; j++) qs[warp][lane * 8 + j] = xr[j] * scale;
+            }
+        }
+        if (warp == 0 && start < end && end == len) // this block's range holds the new key p
+        {
+            i64 at = (i64)t * Hkv * c8 + (i64)kh * c8 + lane;
+            float kinv;
+            head_norm_rope_v8(x, r.kin + at, r.kn, r.eps, r.off, D, lane, &kinv, p, r.cos_t, r.sin_t, r.max_pos);
+            if (r.kn != nullptr && lane == 0) r.krstd[(i64)t * Hkv + kh] = kinv;
+            if (lane < c8)
+            {
+                uint4 kr = pack8(x);
+                r.kout[at] = kr;
+                i64 row = (i64)r.cache_rows[t] * Hkv * c8 + (i64)kh * c8 + lane;
+                r.kcache[row] = kr;
+                r.vcache[row] = r.vin[at];
+            }
+        }
+        // The loop's first barrier makes the K/V rows (global) and qs visible to the whole block.
+    }
+    else if (computes)
         for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
     // BF16 caches with D % 8 == 0 copy 16 bytes (8 values) per load, all of a thread's loads issued before any store.
@@ -252,6 +308,33 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
     if (!last || !computes) return;
     __threadfence();
     split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, splits, lane);
+    if (rope)
+    {
+        int c8 = D >> 3;
+        if (lane < c8) r.qout[(i64)t * Hq * c8 + (i64)h * c8 + lane] = qrot;
+        if (r.qn != nullptr && lane == 0) r.qrstd[(i64)t * Hq + h] = qinv;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
+                                                  const void* v, int dt_v, const int* seqs, const int* positions,
+                                                  const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                  int window, float softcap, void* out, int dt_o, unsigned* counters)
+{
+    SplitRope none = {};
+    split_attention(part, q, dt_q, k, dt_k, v, dt_v, seqs, positions, tables, bs, W, Hq, Hkv, D, scale, window, softcap, out, dt_o, counters, none);
+}
+
+// Grid (splits, Hkv, 1), one token, bf16 caches, D = 64 or 128, counters given (the combining block stores q).
+extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_rope_split(float* part, uint4* k, uint4* v, const int* seqs,
+                                                  const int* positions, const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                  int window, float softcap, void* out, int dt_o, unsigned* counters,
+                                                  const uint4* qin, const uint4* kin, const uint4* vin, const uint4* qn, const uint4* kn,
+                                                  float* qrstd, float* krstd, float eps, float off, const float* cos_t, const float* sin_t,
+                                                  int max_pos, uint4* qout, uint4* kout, const int* cache_rows)
+{
+    SplitRope r = {qin, kin, vin, qn, kn, qrstd, krstd, eps, off, cos_t, sin_t, max_pos, qout, kout, k, v, cache_rows};
+    split_attention(part, nullptr, FT_BF16, k, FT_BF16, v, FT_BF16, seqs, positions, tables, bs, W, Hq, Hkv, D, scale, window, softcap, out, dt_o, counters, r);
 }
 
 // Grid (T, Hq), one warp per (token, query head): the splits' partial results rescaled to the common maximum.
