@@ -19,7 +19,8 @@ export FINETUNE_KERNEL_CACHE=${FINETUNE_KERNEL_CACHE:-$out/kernel-cache}
 # with PDL on against off (graphs and eager) and the two-kernel attention.
 FINETUNE_PDL=1 "$dc" decode "$out/decode" 2>&1 | tee "$out/decode.txt" || rc=1
 FINETUNE_PDL=1 "$dc" generate "$out/generate" 2>&1 | tee "$out/generate.txt" || rc=1
-# Single stream (batch 1, graphs), the measure: PDL off / on; and the attention as two launches (PDL off).
+# Single stream (batch 1, graphs), the measure: PDL off / on; and the 7-launch layer of before
+# (FINETUNE_SPLITK_ONE_KERNEL=0: qk_rope_cache, split, combine as three launches; PDL off) for the launch-count A/B.
 bench() { # name model prompts env...
     local name=$1 model=$2 prompts=$3; shift 3
     env "$@" "$ft" bench --generate --device cuda --model "$model" --batches 1 --prompts "$prompts" --prompt-len 64 \
