@@ -93,12 +93,15 @@ public sealed partial class CudaBackend
 
     ulong SplitPartials(long bytes) => Grown(ref _splitPartials, ref _splitPartialsBytes, bytes);
 
-    ulong SplitCounters(long bytes)
+    ulong SplitCounters(long bytes) => ZeroedScratch(ref _splitCounters, ref _splitCountersBytes, bytes);
+
+    // As Grown, and zeroed when (re)allocated: a kernel's arrival counters, which each launch leaves at zero.
+    ulong ZeroedScratch(ref ulong block, ref long capacity, long bytes)
     {
-        bool grows = bytes > _splitCountersBytes;
-        ulong block = Grown(ref _splitCounters, ref _splitCountersBytes, bytes);
-        if (grows) _dev.Zero(block, _splitCountersBytes);
-        return block;
+        bool grows = bytes > capacity;
+        ulong b = Grown(ref block, ref capacity, bytes);
+        if (grows) _dev.Zero(b, capacity);
+        return b;
     }
 
     // A scratch block grown (doubling), never shrunk; an outgrown block is kept until disposal, as a graph may name it.
@@ -123,8 +126,8 @@ public sealed partial class CudaBackend
             int span = (x.Cols + parts - 1) / parts;
             ulong scratch = ArgMaxScratch((long)x.Rows * parts * 8);
             ulong partI = scratch + (ulong)((long)x.Rows * parts * 4);
-            Launch("argmax.cu", "argmax_partial", (parts, x.Rows, 1), 256, [P(x), Dt(x), scratch, partI, x.Cols, span]);
-            Launch("argmax.cu", "argmax_finish", (x.Rows, 1, 1), 32, [scratch, partI, P(output), parts]);
+            ulong counters = ZeroedScratch(ref _argMaxCounters, ref _argMaxCountersBytes, (long)x.Rows * sizeof(uint));
+            LaunchDependent("argmax.cu", "argmax_partial", (parts, x.Rows, 1), 256, [P(x), Dt(x), scratch, partI, x.Cols, span, P(output), counters]);
             return;
         }
         Launch("argmax.cu", "argmax_rows", (x.Rows, 1, 1), 256, [P(x), Dt(x), P(output), x.Cols]);
@@ -134,6 +137,9 @@ public sealed partial class CudaBackend
     // may name it).
     ulong _argMaxScratch;
     long _argMaxScratchBytes;
+    // argmax_partial's arrival counters, one per row (zeroed when allocated; each launch leaves them at zero).
+    ulong _argMaxCounters;
+    long _argMaxCountersBytes;
 
     ulong ArgMaxScratch(long bytes) => Grown(ref _argMaxScratch, ref _argMaxScratchBytes, bytes);
 

@@ -51,6 +51,8 @@ public static partial class OpChecks
                 SplitOneKernelCheck(c, t, d, hq, hkv);
             foreach (var (d, hq, hkv, normed, p) in new[] { (128, 16, 8, true, 100), (128, 16, 8, true, 0), (128, 32, 8, false, 255), (64, 8, 2, false, 37), (128, 4, 1, true, 200) })
                 RopeAttentionCheck(c, d, hq, hkv, normed, p);
+            foreach (int rows in new[] { 1, 2, 5 })
+                ArgMaxCheck(c, rows, 151936); // a step's greedy pick (one launch)
         }
         finally
         {
@@ -127,6 +129,8 @@ public static partial class OpChecks
         double otherMs = c.TimeRepeat(() => Run(one.Gpu, true));
         c.Gpu.UseDependentLaunch = pdl;
         double oneMs = c.TimeRepeat(() => Run(one.Gpu, true));
+        c.Gpu.Zero(one.Gpu); // a launch whose combine did not run would leave the last one's output
+        Run(one.Gpu, true);
         c.Check($"{name} = split + combine, after 10 launches", "out bits", c.Download(one.Gpu).SequenceEqual(separate), oneMs);
         double twoMs = c.TimeRepeat(() => Run(two.Gpu, false));
         c.Cpu.CachedAttention(one.Cpu, q.Cpu, kc.Cpu, vc.Cpu, seqs.Cpu, pos.Cpu, tb.Cpu, shape);
@@ -210,6 +214,7 @@ public static partial class OpChecks
         c.Gpu.UseSplitKOneKernel = false;
         double piecesMs = c.TimeRepeat(() => Op(c.Gpu, pieces, fresh: false));
         c.Gpu.UseSplitKOneKernel = oneKernel;
+        c.Gpu.Zero(one[0].Gpu); // a launch whose combine did not run would leave the last one's output
         Op(c.Gpu, one);
         c.Check($"{name}, again after 5 launches", "att bits", c.Download(one[0].Gpu).SequenceEqual(att), oneMs);
         Op(c.Cpu, one);
