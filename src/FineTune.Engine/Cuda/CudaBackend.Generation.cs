@@ -43,12 +43,6 @@ public sealed partial class CudaBackend
     {
         CheckCachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, s);
         if (s.Tokens == 0) return;
-        Need(positions, DType.I32);
-        Need(blockTables, DType.I32);
-        if (s.QueryHeads % s.KvHeads != 0) throw new ArgumentException($"{s.QueryHeads} query heads are not a multiple of {s.KvHeads} KV heads");
-        if (s.HeadDim > MaxHeadDim) throw new ArgumentException($"head_dim {s.HeadDim} exceeds the CUDA attention kernel's limit of {MaxHeadDim}");
-        if (q.Length != (long)s.Tokens * s.QueryHeads * s.HeadDim || output.Length != q.Length) throw new ArgumentException($"q {q} / output {output} do not match {s}");
-        if (kCache.Length != (long)s.Blocks * s.BlockSize * s.KvHeads * s.HeadDim || vCache.Length != kCache.Length) throw new ArgumentException($"caches {kCache} {vCache} do not match {s}");
         int group = s.QueryHeads / s.KvHeads;
         if (UseSplitKAttention && s.Tokens <= SplitMaxTokens && s.HeadDim <= SplitMaxHeadDim && group <= SplitMaxGroup)
         {
