@@ -60,7 +60,8 @@ public static partial class OpChecks
             c.Gpu.UseFusedDecode = true;
             c.Gpu.UseSplitKOneKernel = oneKernel;
         }
-        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
+        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set"),
+                     ("kv_cache.cu", "cached_attention_split"), ("kv_cache.cu", "cached_attention_rope_split"), ("argmax.cu", "argmax_partial") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
     }
 
