@@ -45,6 +45,14 @@ public static class DecodeComposition
         b.ScatterRows(vCache, v, cacheRows);
     }
 
+    public static void QkRopeCacheAttention(IBackend b, Tensor output, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm,
+        Tensor? qRstd, Tensor? kRstd, float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows,
+        Tensor sequences, Tensor blockTables, CachedAttentionShape shape)
+    {
+        b.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows);
+        b.CachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, shape);
+    }
+
     /// <summary>Whether two tensors name the same elements (views of one buffer at one offset).</summary>
     public static bool SameStorage(Tensor a, Tensor b) => a.Buffer == b.Buffer && a.Offset == b.Offset && a.Length == b.Length;
 }

@@ -247,6 +247,15 @@ public interface IBackend : IDisposable
     void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
         Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows) =>
         DecodeComposition.QkRopeCache(this, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows);
+    /// <summary>
+    /// <see cref="QkRopeCache"/>, then <see cref="CachedAttention"/> of q over the caches into <paramref name="output"/>
+    /// (a decode layer's attention up to o_proj); CUDA runs a one-token step as one kernel (kv_cache.cu).
+    /// </summary>
+    void QkRopeCacheAttention(Tensor output, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
+        float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows, Tensor sequences, Tensor blockTables,
+        CachedAttentionShape shape) =>
+        DecodeComposition.QkRopeCacheAttention(this, output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache,
+            cacheRows, sequences, blockTables, shape);
 
     // ---- GeGLU (gemma): h = gelu_tanh(gate) ⊙ up, gelu_tanh(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) ----
     void GeGlu(Tensor h, Tensor gate, Tensor up);

@@ -174,7 +174,7 @@ public sealed partial class CausalLM
         && L.Linears.All(x => x.Lora is null && x.Bias is null && !_quantized.ContainsKey(x.Weight));
 
     /// <summary>
-    /// One layer of an engine step in five operations: ln1 + q/k/v products; q/k norms + RoPE + K/V into the cache;
+    /// One layer of an engine step in five operations: ln1 + q/k/v products; q/k norms + RoPE + K/V into the cache and
     /// attention over the cache; o_proj + residual; ln2 + gate/up + SwiGLU; down_proj + residual. Each is IBackend's
     /// fused operation, defined as the composition the unfused step runs (DecodeComposition), so the values are the same.
     /// </summary>
@@ -187,11 +187,10 @@ public sealed partial class CausalLM
         var (qIn, kIn) = L.QNorm is null ? (q, k) : (Rows(a.QPre!, n), Rows(a.KPre!, n));
         B.NormMatMulShared([qIn, kIn, v], Rows(a.Ln1, n), Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, [L.Q.Weight.Value, L.K.Weight.Value, L.V.Weight.Value]);
         var (cos, sin) = RopeTablesOf(L);
-        B.QkRopeCache(q, k, qIn, kIn, v, L.QNorm?.Value, L.KNorm?.Value,
-            L.QNorm is null ? null : Head1(a.QRstd!, (long)n * Spec.NumHeads), L.KNorm is null ? null : Head1(a.KRstd!, (long)n * Spec.NumKvHeads),
-            eps, pos, cos, sin, Spec.HeadDim, kCache, vCache, cacheRows);
         var att = Rows(a.Att, n);
-        B.CachedAttention(att, q, kCache, vCache, seqs, pos, tables, shape);
+        B.QkRopeCacheAttention(att, q, k, qIn, kIn, v, L.QNorm?.Value, L.KNorm?.Value,
+            L.QNorm is null ? null : Head1(a.QRstd!, (long)n * Spec.NumHeads), L.KNorm is null ? null : Head1(a.KRstd!, (long)n * Spec.NumKvHeads),
+            eps, pos, cos, sin, Spec.HeadDim, kCache, vCache, cacheRows, seqs, tables, shape);
         var resMid = Rows(a.ResMid, n);
         B.MatMulResidual(resMid, att, L.O.Weight.Value, x);
         var act = Rows(a.Act, n);

@@ -70,6 +70,11 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
         Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows) =>
         Run(() => Inner.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows));
+    public virtual void QkRopeCacheAttention(Tensor output, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
+        float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows, Tensor sequences, Tensor blockTables,
+        CachedAttentionShape shape) =>
+        Run(() => Inner.QkRopeCacheAttention(output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows,
+            sequences, blockTables, shape));
     public virtual void GeGlu(Tensor h, Tensor gate, Tensor up) => Run(() => Inner.GeGlu(h, gate, up));
     public virtual void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up) => Run(() => Inner.GeGluBackward(dgate, dup, dh, gate, up));
     public virtual void SoftCap(Tensor y, Tensor x, float cap) => Run(() => Inner.SoftCap(y, x, cap));

@@ -18,9 +18,14 @@ public sealed class FusedDecodeLayerTests
 
         public override void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs)
         { QkvSets++; base.NormMatMulShared(cs, ln, rstd, x, normWeight, eps, bs); }
-        public override void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
-            Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
-        { Ropes++; base.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows); }
+        public override void QkRopeCacheAttention(Tensor output, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd,
+            Tensor? kRstd, float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows, Tensor sequences,
+            Tensor blockTables, CachedAttentionShape shape)
+        {
+            Ropes++;
+            base.QkRopeCacheAttention(output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows,
+                sequences, blockTables, shape);
+        }
         public override void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual) { Residuals++; base.MatMulResidual(y, a, weight, residual); }
         public override void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight)
         { SwiGlus++; base.NormSwiGluMatMul(h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); }

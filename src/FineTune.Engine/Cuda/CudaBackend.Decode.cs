@@ -37,7 +37,7 @@ public sealed partial class CudaBackend
             && rstd.DType == DType.F32 && rstd.Length >= m && DecodeFits(x, [ln, normWeight, .. cs, .. bs]);
         for (int j = 0; j < cs.Count && fused; j++) fused = ProductShape(cs[j], bs[j], m, k);
         if (!fused) { DecodeComposition.NormMatMulShared(this, cs, ln, rstd, x, normWeight, eps, bs); return; }
-        var args = new KernelArg[18];
+        var args = new KernelArg[19];
         args[0] = P(x); args[1] = P(normWeight); args[2] = eps; args[3] = 0f; args[4] = P(ln); args[5] = P(rstd);
         args[6] = m; args[7] = k; args[8] = cs.Count;
         int total = 0;
@@ -49,6 +49,7 @@ public sealed partial class CudaBackend
             args[11 + 3 * j] = used ? cs[j].Cols : 0;
             if (used) total += cs[j].Cols;
         }
+        args[18] = PrefetchFlag;
         LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
@@ -60,7 +61,7 @@ public sealed partial class CudaBackend
             && DecodeFits(x, ln, normWeight, gate, up, h, gateWeight, upWeight);
         if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
         LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
-            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h)]);
+            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag]);
     }
 
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
@@ -68,31 +69,73 @@ public sealed partial class CudaBackend
         int m = a.Rows, k = a.Cols;
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k]);
+        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag]);
     }
 
-    public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
-        Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
+    /// <summary>Whether qk_rope_cache (or the rope-and-attention kernel) takes these operands; <paramref name="normed"/>: q/k norms given.</summary>
+    bool QkRopeFits(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
+        Tensor positions, Tensor cos, Tensor sin, int d, Tensor kCache, Tensor vCache, Tensor cacheRows, out bool normed)
     {
-        int m = q.Rows, d = headDim;
-        bool normed = qNorm is not null && kNorm is not null && qRstd is { DType: DType.F32 } && kRstd is { DType: DType.F32 };
+        int m = q.Rows;
+        normed = qNorm is not null && kNorm is not null && qRstd is { DType: DType.F32 } && kRstd is { DType: DType.F32 };
         int hq = q.Cols / Math.Max(1, d), hkv = k.Cols / Math.Max(1, d);
-        bool fused = d is 64 or 128 or 256 && q.Cols == hq * d && k.Cols == hkv * d && v.Cols == k.Cols && qIn.Cols == q.Cols && kIn.Cols == k.Cols
+        return d is 64 or 128 or 256 && q.Cols == hq * d && k.Cols == hkv * d && v.Cols == k.Cols && qIn.Cols == q.Cols && kIn.Cols == k.Cols
             && k.Rows == m && v.Rows == m && qIn.Rows == m && kIn.Rows == m && positions.Length == m && cacheRows.Length == m
             && positions.DType == DType.I32 && cacheRows.DType == DType.I32 && cos.DType == DType.F32 && sin.DType == DType.F32
             && cos.Cols == d / 2 && sin.Cols == d / 2 && kCache.Cols == k.Cols && vCache.Cols == k.Cols
             && (normed ? qNorm!.Length == d && kNorm!.Length == d && qRstd!.Length >= (long)m * hq && kRstd!.Length >= (long)m * hkv
                 : qNorm is null && kNorm is null && DecodeComposition.SameStorage(q, qIn) && DecodeComposition.SameStorage(k, kIn))
             && DecodeFits(q, [k, qIn, kIn, v, kCache, vCache, .. (normed ? new[] { qNorm!, kNorm! } : [])]);
-        if (!fused)
+    }
+
+    public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
+        Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
+    {
+        int m = q.Rows, d = headDim;
+        if (!QkRopeFits(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, positions, cos, sin, d, kCache, vCache, cacheRows, out bool normed))
         {
             DecodeComposition.QkRopeCache(this, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows);
             return;
         }
+        int hq = q.Cols / d, hkv = k.Cols / d;
         int warps = m * (hq + hkv);
         LaunchDependent("decode.cu", "qk_rope_cache", ((warps + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
             [P(q), P(k), P(qIn), P(kIn), P(v), normed ? P(qNorm!) : 0UL, normed ? P(kNorm!) : 0UL, normed ? P(qRstd!) : 0UL, normed ? P(kRstd!) : 0UL,
              eps, 0f, P(positions), P(cos), P(sin), cos.Rows, P(kCache), P(vCache), P(cacheRows), m, hq, hkv, d]);
+    }
+
+    /// <summary>
+    /// A one-token step's q/k norms, RoPE, K/V rows and split-K attention as one launch (<c>cached_attention_rope_split</c>:
+    /// each block rotates its query heads itself, the block holding the new key writes it, the combining block stores
+    /// q), with the bits of qk_rope_cache and the split kernel; anything else (more tokens, the split-K attention or its
+    /// one-kernel combine off, head_dim 256) runs <see cref="DecodeComposition.QkRopeCacheAttention"/>.
+    /// </summary>
+    public void QkRopeCacheAttention(Tensor output, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
+        float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows, Tensor sequences, Tensor blockTables,
+        CachedAttentionShape s)
+    {
+        int d = headDim, group = s.KvHeads > 0 ? s.QueryHeads / s.KvHeads : 0;
+        bool fused = QkRopeFits(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, positions, cos, sin, d, kCache, vCache, cacheRows, out bool normed)
+            && s.Tokens == 1 && q.Rows == 1 && d == s.HeadDim && d is 64 or 128 && UseSplitKAttention && UseSplitKOneKernel
+            && s.KvHeads > 0 && s.QueryHeads % s.KvHeads == 0 && group <= SplitMaxGroup && q.Cols == s.QueryHeads * d && k.Cols == s.KvHeads * d
+            && output.DType == DType.BF16 && output.Length == q.Length;
+        if (!fused)
+        {
+            DecodeComposition.QkRopeCacheAttention(this, output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache,
+                cacheRows, sequences, blockTables, s);
+            return;
+        }
+        CheckCachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, s);
+        int splits = SplitCount(1, s.KvHeads);
+        ulong part = SplitPartials((long)s.QueryHeads * splits * (d + 2) * sizeof(float));
+        ulong counters = SplitCounters(s.KvHeads * sizeof(uint));
+        LaunchDependent("kv_cache.cu", "cached_attention_rope_split", (splits, s.KvHeads, 1), Math.Max(group, SplitMinWarps) * 32,
+        [
+            part, P(kCache), P(vCache), P(sequences), P(positions), P(blockTables), s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, d, s.Scale,
+            s.Variant.Window, s.Variant.SoftCap, P(output), Dt(output), counters,
+            P(qIn), P(kIn), P(v), normed ? P(qNorm!) : 0UL, normed ? P(kNorm!) : 0UL, normed ? P(qRstd!) : 0UL, normed ? P(kRstd!) : 0UL, eps, 0f,
+            P(cos), P(sin), cos.Rows, P(q), P(k), P(cacheRows),
+        ]);
     }
 
     /// <summary>One warp per output column, <see cref="DecodeWarps"/> to a block; a programmatic dependent launch when that is on.</summary>

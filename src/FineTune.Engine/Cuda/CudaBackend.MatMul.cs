@@ -91,7 +91,7 @@ public sealed partial class CudaBackend
     {
         if (!GemvFits(c, a, transA, b, transB, m, n, k)) return false;
         LaunchDependent("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
-            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0]);
+            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag]);
         return true;
     }
 
@@ -110,7 +110,7 @@ public sealed partial class CudaBackend
             for (int j = 0; j < cs.Count; j++) MatMul(cs[j], a, false, bs[j], true);
             return;
         }
-        var args = new KernelArg[16];
+        var args = new KernelArg[17];
         args[0] = P(a); args[1] = a.Rows; args[2] = a.Cols; args[3] = cs.Count;
         int total = 0;
         for (int j = 0; j < 3; j++)
@@ -122,6 +122,7 @@ public sealed partial class CudaBackend
             args[7 + 4 * j] = used ? cs[j].Cols : 0;
             if (used) total += cs[j].Cols;
         }
+        args[16] = PrefetchFlag;
         LaunchDependent("gemv.cu", "gemv_bf16_set", ((total + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32, args);
     }
 }

@@ -100,12 +100,21 @@ public sealed partial class CudaBackend : IBackend
         if (_dev.Profiling) _dev.Mark(kernel);
     }
 
+    /// <summary>The default of <see cref="UseDependentLaunch"/> when FINETUNE_PDL is unset (flip here once measured).</summary>
+    const bool DependentLaunchByDefault = false;
+
     /// <summary>
-    /// Programmatic dependent launch for the GEMV (FINETUNE_PDL=1; off by default until measured): the decode step's
-    /// GEMVs start streaming their weight while the kernel before them finishes (gemv.cu waits before reading its input;
-    /// the norms, SwiGLU and the attention combine trigger their dependents at their start).
+    /// Programmatic dependent launch for a decode step's kernels (FINETUNE_PDL=1 on, 0 off, unset
+    /// <see cref="DependentLaunchByDefault"/>): the GEMVs (gemv.cu, the fused decode.cu layers, the LM head) and the
+    /// split-K attention start while the kernel before them finishes. Each lets its own dependent launch at its start,
+    /// and before it waits for its input (griddepcontrol.wait) a GEMV loads its weight's first batch into registers
+    /// and prefetches the rest of its rows (and a norm's weight) into L2 (<see cref="PrefetchFlag"/>); the norms and
+    /// SwiGLU trigger their dependents at their start.
     /// </summary>
-    public bool UseDependentLaunch { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_PDL") == "1";
+    public bool UseDependentLaunch { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_PDL") is { Length: > 0 } pdl ? pdl == "1" : DependentLaunchByDefault;
+
+    /// <summary>The GEMV kernels' pf argument: prefetch the weight into L2 before the dependency wait, only when launched as dependents.</summary>
+    int PrefetchFlag => UseDependentLaunch ? 1 : 0;
 
     void LaunchDependent(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args)
     {

@@ -94,29 +94,47 @@ public sealed class KernelSourcesTests
     [Fact]
     public void Every_kernel_a_launcher_names_exists_and_takes_as_many_parameters_as_the_launch_passes()
     {
-        // Launch("x.cu", "name", grid, block, [args]) and LaunchFlat("x.cu", "name", n, [args]) in CudaBackend*.cs: the
-        // kernel must be extern "C" in that program, and a wrong argument count would read garbage on the GPU, unseen here.
+        // Launch("x.cu", "name", grid, block, [args]), LaunchFlat("x.cu", "name", n, [args]), LaunchDependent(…) and
+        // LaunchDecode("name", columns, shared, [args]) (decode.cu) in CudaBackend*.cs: the kernel must be extern "C" in
+        // that program, and a wrong argument count would read garbage on the GPU, unseen here. Arguments built in a
+        // variable count as the nearest `new KernelArg[n]` before the launch; a kernel's parameters may be a macro
+        // (decode.cu's NORM_SET_PARAMS).
         var s = KernelSources.Embedded();
         string dir = Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "src", "FineTune.Engine", "Cuda");
-        int checkedLaunches = 0;
+        int checkedLaunches = 0, fromVariables = 0, decode = 0;
         foreach (var file in Directory.GetFiles(dir, "CudaBackend*.cs"))
         {
             string text = File.ReadAllText(file);
-            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(text, "\\bLaunch(Flat|Dependent)?\\(\"(\\w+\\.cu)\", \"(\\w+)\""))
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(text, "\\bLaunch(?:(?:Flat|Dependent)?\\(\"(\\w+\\.cu)\", \"(\\w+)\"|Decode\\(\"(\\w+)\")"))
             {
-                string program = m.Groups[2].Value, kernel = m.Groups[3].Value;
-                var call = Arguments(text, m.Index + m.Length - m.Value.Length + m.Value.IndexOf('('));
+                bool isDecode = m.Groups[3].Success;
+                string program = isDecode ? "decode.cu" : m.Groups[1].Value, kernel = isDecode ? m.Groups[3].Value : m.Groups[2].Value;
+                var call = Arguments(text, m.Index + m.Value.IndexOf('('));
                 string? list = call.FirstOrDefault(a => a.StartsWith('['));
-                if (list is null) continue; // arguments built in a variable (gemv_bf16_set): not countable here
-                int passed = Arguments(list, 0, '[', ']').Count(a => a.Length > 0);
-                var def = System.Text.RegularExpressions.Regex.Match(s.Source(program), $"extern \"C\" __global__ void (__launch_bounds__\\([^)]*\\) )?{kernel}\\(");
+                int passed;
+                if (list is not null) passed = Arguments(list, 0, '[', ']').Count(a => a.Length > 0);
+                else
+                {
+                    Assert.Equal("args", call[^1]);
+                    var sized = System.Text.RegularExpressions.Regex.Matches(text[..m.Index], "new KernelArg\\[(\\d+)\\]");
+                    Assert.True(sized.Count > 0, $"{kernel}: its argument array is not sized in {Path.GetFileName(file)}");
+                    passed = int.Parse(sized[^1].Groups[1].Value);
+                    fromVariables++;
+                }
+                string source = s.Source(program);
+                var def = System.Text.RegularExpressions.Regex.Match(source, $"extern \"C\" __global__ void (__launch_bounds__\\([^)]*\\) )?{kernel}(\\(| (\\w+)\n)");
                 Assert.True(def.Success, $"{kernel} is not defined in {program}");
-                int declared = Arguments(s.Source(program), def.Index + def.Length - 1).Count(a => a.Length > 0);
+                int open = def.Groups[3].Success
+                    ? source.IndexOf('(', source.IndexOf($"#define {def.Groups[3].Value} (", StringComparison.Ordinal))
+                    : def.Index + def.Length - 1;
+                int declared = Arguments(source, open).Count(a => a.Length > 0);
                 Assert.True(passed == declared, $"{kernel} ({program}) declares {declared} parameters; {Path.GetFileName(file)} passes {passed}");
                 checkedLaunches++;
+                if (isDecode) decode++;
             }
         }
         Assert.True(checkedLaunches > 60, $"only {checkedLaunches} launches found");
+        Assert.True(fromVariables >= 2 && decode == 3, $"{fromVariables} launches with an argument variable, {decode} LaunchDecode calls found");
     }
 
     /// <summary>The top-level comma-separated parts between the bracket at <paramref name="open"/> and its match, trimmed.</summary>

@@ -12,7 +12,9 @@ namespace FineTune.DeviceChecks;
 /// sampling with top-k / top-p / repetition penalty) on an engine of 4 sequences, so the decode steps run in the
 /// padded bucket of 4, then 2 and 1 as sequences finish. Graphs must have been recorded and replayed, and every
 /// sequence's tokens must be the eager run's. Then the whole engine (paged cache, device sampling, graphs) on the CUDA
-/// backend in F32 against the CPU backend: the same tokens, greedy and seeded sampling.
+/// backend in F32 against the CPU backend: the same tokens, greedy and seeded sampling. The decode steps' launch modes
+/// must not change a token either: programmatic dependent launch with the GEMVs' L2 prefetch (FINETUNE_PDL) against
+/// plain launches, graphs and eager, and the split-K attention as one kernel against the split kernel + its combine.
 /// </summary>
 public static class GenerationChecks
 {
@@ -52,6 +54,28 @@ public static class GenerationChecks
             Console.WriteLine($"{(fusedSame ? "ok  " : "FAIL")} bf16  generate fused layers vs plain ({name}, 3×32) tokens" +
                 (fusedSame ? "" : $": fused [{string.Join(' ', graphed[0].Take(8))} …], plain [{string.Join(' ', plainLayers[0].Take(8))} …]"));
             rows.Add(new CheckRow($"generate fused layers vs plain ({name}, 3×32)", "bf16", "tokens", graphed.Sum(e => e.Length), fusedSame ? 0 : 1, 0, fusedSame, 0));
+
+            bool pdl = gpu.UseDependentLaunch;
+            string other = pdl ? "plain launch" : "dependent launch";
+            gpu.UseDependentLaunch = !pdl;
+            var (otherGraphs, otherStats) = Decode(model, prompts, options, graphs: true);
+            var (otherEager, _) = Decode(model, prompts, options, graphs: false);
+            gpu.UseDependentLaunch = pdl;
+            bool oneKernel = gpu.UseSplitKOneKernel;
+            gpu.UseSplitKOneKernel = !oneKernel;
+            var (otherAttention, _) = Decode(model, prompts, options, graphs: true);
+            gpu.UseSplitKOneKernel = oneKernel;
+            // A graph row counts only if graphs were replayed (a capture that failed would leave eager steps).
+            foreach (var (what, tokens, replayed) in new[] { ($"{other}, graphs", otherGraphs, otherStats.Replays > 0 && otherStats.Failure is null),
+                         ($"{other}, eager", otherEager, true), (oneKernel ? "split-K attention as split + combine" : "split-K attention in one kernel", otherAttention, true) })
+            {
+                bool agrees = eager.Zip(tokens).All(p => p.First.SequenceEqual(p.Second)) && replayed;
+                string label = $"generate {what} ({name}, 3×32)";
+                Console.WriteLine($"{(agrees ? "ok  " : "FAIL")} bf16  {label,-48} tokens" + (agrees ? "" : replayed
+                    ? $": [{string.Join(' ', tokens[0].Take(8))} …] against eager [{string.Join(' ', eager[0].Take(8))} …]"
+                    : $": no graph replays ({otherStats.Failure})"));
+                rows.Add(new CheckRow(label, "bf16", "tokens", tokens.Sum(e => e.Length), agrees ? 0 : 1, 0, agrees, 0));
+            }
 
             var (onCpu, _) = Decode(cpuModel, prompts, options, graphs: false);
             var (onGpu, f32Stats) = Decode(f32Model, prompts, options, graphs: true);

@@ -4,7 +4,12 @@ namespace FineTune.DeviceChecks;
 
 // A decode step's fused layer operations (decode.cu) on the BF16 path: each against the CPU's composition (values) and
 // against the CUDA composition of plain kernels (bits: every output, ln and rstd included), at one and two rows; a
-// three-row step must take the composition. Times: fused launch vs the composition's launches.
+// three-row step must take the composition. Each fused operation also runs in the other launch mode (programmatic
+// dependent launch with the weight's L2 prefetch before the wait, FINETUNE_PDL, against plain launches): the same bits.
+// Then the split-K decode attention in one kernel against the split kernel and its separate combine (bits), in both
+// launch modes, repeated (its counters must re-arm); and a one-token step's q/k norms + RoPE + K/V rows + attention as
+// one kernel against qk_rope_cache + the split kernels and against the plain kernels (bits of every output). Times: fused launch vs the composition's launches; five fused
+// launches back to back in each launch mode (under PDL each overlaps the one before).
 public static partial class OpChecks
 {
     /// <summary>`decode`: only these checks (also part of `ops`).</summary>
@@ -25,6 +30,7 @@ public static partial class OpChecks
     {
         if (c.Act != DType.BF16) return;
         int gemvRows = c.Gpu.GemvRows;
+        bool oneKernel = c.Gpu.UseSplitKOneKernel;
         c.Gpu.GemvRows = 2;
         try
         {
@@ -41,31 +47,180 @@ public static partial class OpChecks
             ResidualCheck(c, 1, 14336, 4096);
             foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
                 QkRopeCheck(c, m, d, hq, hkv, normed);
+            foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
+                SplitOneKernelCheck(c, t, d, hq, hkv);
+            foreach (var (d, hq, hkv, normed, p) in new[] { (128, 16, 8, true, 100), (128, 16, 8, true, 0), (128, 32, 8, false, 255), (64, 8, 2, false, 37), (128, 4, 1, true, 200) })
+                RopeAttentionCheck(c, d, hq, hkv, normed, p);
+            foreach (int rows in new[] { 1, 2, 5 })
+                ArgMaxCheck(c, rows, 151936); // a step's greedy pick (one launch)
         }
         finally
         {
             c.Gpu.GemvRows = gemvRows;
             c.Gpu.UseFusedDecode = true;
+            c.Gpu.UseSplitKOneKernel = oneKernel;
         }
-        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set") })
+        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set"),
+                     ("kv_cache.cu", "cached_attention_split"), ("kv_cache.cu", "cached_attention_rope_split"), ("argmax.cu", "argmax_partial") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
     }
 
     /// <summary>Runs <paramref name="op"/> fused and as the composition, checks each output pair's bits; returns (fused, composed) ms.</summary>
     static void FusedVsComposed(Ctx c, string name, Action<bool> op, (Tensor Fused, Tensor Composed)[] outputs, string[] names)
     {
+        bool pdl = c.Gpu.UseDependentLaunch;
         c.Gpu.UseFusedDecode = true;
         double ms = c.Time(() => op(true));
+        // The fused operation in the other launch mode, into the composition's outputs: the same bits.
+        c.Gpu.UseDependentLaunch = !pdl;
+        op(false);
+        c.Gpu.UseDependentLaunch = pdl;
+        string other = pdl ? "plain launch" : "dependent launch + prefetch";
+        for (int i = 0; i < outputs.Length; i++)
+            c.Check($"{name} = {other}", names[i] + " bits", c.Download(outputs[i].Fused).SequenceEqual(c.Download(outputs[i].Composed)), ms);
         c.Gpu.UseFusedDecode = false;
         op(false);
         for (int i = 0; i < outputs.Length; i++)
             c.Check($"{name} = composition", names[i] + " bits", c.Download(outputs[i].Fused).SequenceEqual(c.Download(outputs[i].Composed)), ms);
         c.Gpu.UseFusedDecode = true;
         double fused = c.TimeRepeat(() => op(true));
+        c.Gpu.UseDependentLaunch = !pdl;
+        double fusedOther = c.TimeRepeat(() => op(true));
+        c.Gpu.UseDependentLaunch = pdl;
         c.Gpu.UseFusedDecode = false;
         double composed = c.TimeRepeat(() => op(false));
         c.Gpu.UseFusedDecode = true;
-        Console.WriteLine($"     {name}: fused {fused:F4} ms, composition {composed:F4} ms");
+        var (plainMs, pdlMs) = pdl ? (fusedOther, fused) : (fused, fusedOther);
+        Console.WriteLine($"     {name}: fused {plainMs:F4} ms (dependent launch + prefetch {pdlMs:F4} ms), composition {composed:F4} ms");
+    }
+
+    /// <summary>
+    /// Decode attention over a paged cache, split-K: one kernel (the last block of each (token, kv head) combines)
+    /// against the split kernel + cached_attention_combine, bit for bit, in both launch modes and again after five
+    /// launches (each launch must leave its counters at zero); and against the CPU.
+    /// </summary>
+    static void SplitOneKernelCheck(Ctx c, int t, int d, int hq, int hkv)
+    {
+        int bs = 16, width = 16, blocks = t * width + 1, kvd = hkv * d;
+        var pool = Enumerable.Range(1, blocks - 1).OrderBy(i => (i * 7919) % 1009).ToArray();
+        int[] table = [.. Enumerable.Range(0, t * width).Select(i => pool[i])];
+        int[] positions = [.. Enumerable.Range(0, t).Select(i => new[] { 100, 7, 255, 31, 64, 0, 200, 129 }[i % 8])];
+        var kc = c.Pair(c.Rand((long)blocks * bs * kvd), [blocks * bs, kvd]);
+        var vc = c.Pair(c.Rand((long)blocks * bs * kvd), [blocks * bs, kvd]);
+        var q = c.Pair(c.Rand((long)t * hq * d), [t, hq * d]);
+        var seqs = c.IntPair([.. Enumerable.Range(0, t)], [t]);
+        var pos = c.IntPair(positions, [t]);
+        var tb = c.IntPair(table, [table.Length]);
+        var shape = new CachedAttentionShape(t, blocks, bs, width, hq, hkv, d);
+        var (one, two) = (c.Zeros([t, hq * d]), c.Zeros([t, hq * d]));
+        void Run(Tensor o, bool oneKernel)
+        {
+            c.Gpu.UseSplitKOneKernel = oneKernel;
+            c.Gpu.CachedAttention(o, q.Gpu, kc.Gpu, vc.Gpu, seqs.Gpu, pos.Gpu, tb.Gpu, shape);
+        }
+        string name = $"decode attention one kernel T{t} H{hq}/{hkv} D{d}";
+        bool pdl = c.Gpu.UseDependentLaunch;
+        Run(two.Gpu, false);
+        var separate = c.Download(two.Gpu);
+        double ms = c.Time(() => Run(one.Gpu, true));
+        c.Check($"{name} = split + combine", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
+        c.Gpu.UseDependentLaunch = !pdl;
+        Run(one.Gpu, true);
+        c.Check($"{name} = split + combine, {(pdl ? "plain launch" : "dependent launch")}", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
+        double otherMs = c.TimeRepeat(() => Run(one.Gpu, true));
+        c.Gpu.UseDependentLaunch = pdl;
+        double oneMs = c.TimeRepeat(() => Run(one.Gpu, true));
+        c.Gpu.Zero(one.Gpu); // a launch whose combine did not run would leave the last one's output
+        Run(one.Gpu, true);
+        c.Check($"{name} = split + combine, after 10 launches", "out bits", c.Download(one.Gpu).SequenceEqual(separate), oneMs);
+        double twoMs = c.TimeRepeat(() => Run(two.Gpu, false));
+        c.Cpu.CachedAttention(one.Cpu, q.Cpu, kc.Cpu, vc.Cpu, seqs.Cpu, pos.Cpu, tb.Cpu, shape);
+        c.Compare(name, "out", one, oneMs);
+        Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms ({(pdl ? "plain launch" : "dependent launch")} {otherMs:F4} ms), split + combine {twoMs:F4} ms");
+    }
+
+    /// <summary>
+    /// A one-token step's QkRopeCacheAttention: the one kernel (cached_attention_rope_split) against qk_rope_cache + the
+    /// split-K kernels (its one-kernel combine off) and against the plain kernels, every output bit for bit, the one
+    /// kernel also in the other launch mode; attention against the CPU's composition.
+    /// </summary>
+    static void RopeAttentionCheck(Ctx c, int d, int hq, int hkv, bool normed, int position)
+    {
+        int half = d / 2, maxPos = 300, bs = 16, width = 16, blocks = width + 1, kvd = hkv * d;
+        var cosv = new float[maxPos * half];
+        var sinv = new float[maxPos * half];
+        for (int p = 0; p < maxPos; p++)
+            for (int i = 0; i < half; i++)
+            {
+                double theta = p * Math.Pow(10000, -2.0 * i / d);
+                cosv[p * half + i] = (float)Math.Cos(theta);
+                sinv[p * half + i] = (float)Math.Sin(theta);
+            }
+        var cos = c.Pair(cosv, [maxPos, half], DType.F32);
+        var sin = c.Pair(sinv, [maxPos, half], DType.F32);
+        int[] table = [.. Enumerable.Range(1, width).OrderBy(i => (i * 7919) % 1009)];
+        var tb = c.IntPair(table, [width]);
+        var pos = c.IntPair([position], [1]);
+        var seqs = c.IntPair([0], [1]);
+        var rows = c.IntPair([table[position / bs] * bs + position % bs], [1]);
+        var qIn = c.Rand((long)hq * d, 2f);
+        var kIn = c.Rand(kvd, 2f);
+        var v = c.Pair(c.Rand(kvd), [1, kvd]);
+        var qn = c.Pair(c.Rand(d), [d]);
+        var kn = c.Pair(c.Rand(d), [d]);
+        var kcBase = c.Rand((long)blocks * bs * kvd);
+        var vcBase = c.Rand((long)blocks * bs * kvd);
+        var shape = new CachedAttentionShape(1, blocks, bs, width, hq, hkv, d);
+        // Per configuration: att, q, k, qIn, kIn (q and k themselves without norms: rotated in place), caches, rstds.
+        (Tensor Cpu, Tensor Gpu)[] Set() =>
+        [
+            c.Zeros([1, hq * d]), c.Zeros([1, hq * d]), c.Zeros([1, kvd]), c.Pair(qIn, [1, hq * d]), c.Pair(kIn, [1, kvd]),
+            c.Pair(kcBase, [blocks * bs, kvd]), c.Pair(vcBase, [blocks * bs, kvd]), c.Zeros([hq], DType.F32), c.Zeros([hkv], DType.F32),
+        ];
+        // fresh: without norms q and k rotate in place, so a checked run starts from the inputs again (timed runs need not).
+        void Op(IBackend b, (Tensor Cpu, Tensor Gpu)[] set, bool fresh = true)
+        {
+            Tensor T(int i) => b is FineTune.Engine.Cpu.CpuBackend ? set[i].Cpu : set[i].Gpu;
+            bool gpu = b is not FineTune.Engine.Cpu.CpuBackend;
+            Tensor X((Tensor Cpu, Tensor Gpu) t) => gpu ? t.Gpu : t.Cpu;
+            if (gpu && !normed && fresh)
+            {
+                c.Gpu.Upload(T(3), qIn);
+                c.Gpu.Upload(T(4), kIn);
+            }
+            var (q, k) = normed ? (T(1), T(2)) : (T(3), T(4));
+            b.QkRopeCacheAttention(T(0), q, k, T(3), T(4), X(v), normed ? X(qn) : null, normed ? X(kn) : null, normed ? T(7) : null, normed ? T(8) : null,
+                1e-6f, X(pos), X(cos), X(sin), d, T(5), T(6), X(rows), X(seqs), X(tb), shape);
+        }
+        int[] outputs = normed ? [0, 1, 2, 5, 6, 7, 8] : [0, 3, 4, 5, 6];
+        string[] names = ["att", "q", "k", "q (in place)", "k (in place)", "kcache", "vcache", "qrstd", "krstd"];
+        string name = $"qk{(normed ? "-norm" : "")}+rope+cache+attention T1 H{hq}/{hkv} D{d} p{position}";
+        bool pdl = c.Gpu.UseDependentLaunch, fusedDecode = c.Gpu.UseFusedDecode, oneKernel = c.Gpu.UseSplitKOneKernel;
+        var (one, other, pieces, plain) = (Set(), Set(), Set(), Set());
+        double ms = c.Time(() => Op(c.Gpu, one));
+        var att = c.Download(one[0].Gpu);
+        c.Gpu.UseDependentLaunch = !pdl;
+        Op(c.Gpu, other);
+        c.Gpu.UseDependentLaunch = pdl;
+        c.Gpu.UseSplitKOneKernel = false;
+        Op(c.Gpu, pieces);
+        c.Gpu.UseSplitKOneKernel = oneKernel;
+        c.Gpu.UseFusedDecode = false;
+        Op(c.Gpu, plain);
+        c.Gpu.UseFusedDecode = fusedDecode;
+        foreach (var (label, set) in new[] { (pdl ? "plain launch" : "dependent launch", other), ("qk_rope_cache + split + combine", pieces), ("plain kernels", plain) })
+            foreach (int i in outputs)
+                c.Check($"{name} = {label}", names[i] + " bits", c.Download(one[i].Gpu).SequenceEqual(c.Download(set[i].Gpu)), ms);
+        double oneMs = c.TimeRepeat(() => Op(c.Gpu, one, fresh: false));
+        c.Gpu.UseSplitKOneKernel = false;
+        double piecesMs = c.TimeRepeat(() => Op(c.Gpu, pieces, fresh: false));
+        c.Gpu.UseSplitKOneKernel = oneKernel;
+        c.Gpu.Zero(one[0].Gpu); // a launch whose combine did not run would leave the last one's output
+        Op(c.Gpu, one);
+        c.Check($"{name}, again after 5 launches", "att bits", c.Download(one[0].Gpu).SequenceEqual(att), oneMs);
+        Op(c.Cpu, one);
+        c.Compare(name, "att", one[0], oneMs);
+        Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms, qk_rope_cache + split + combine {piecesMs:F4} ms");
     }
 
     static void NormSetCheck(Ctx c, int m, int k, int[] outs)

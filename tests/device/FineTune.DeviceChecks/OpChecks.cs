@@ -120,6 +120,29 @@ public static partial class OpChecks
         }
     }
 
+    /// <summary>
+    /// The greedy argmax over vocabulary rows (the split form: parts of a row over blocks, the last part to finish
+    /// picking), against the CPU, ties included; five launches back to back first (each must leave its counters at 0).
+    /// </summary>
+    static void ArgMaxCheck(Ctx c, int rowsN, int vocab)
+    {
+        var logits = c.Rand(rowsN * vocab);
+        // Ties: the lower index wins, within one block's part of the row and across parts (the split argmax).
+        int tied = Math.Min(3, rowsN - 1);
+        logits[tied * vocab + 7] = logits[tied * vocab + 9] = logits[tied * vocab + 150000] = 100f;
+        var x = c.Pair(logits, [rowsN, vocab], DType.F32); // F32 on both: bf16 rounding would tie values the CPU tells apart
+        var picks = c.IntPair(new int[rowsN], [rowsN]);
+        double t = c.TimeRepeat(() => c.Gpu.ArgMax(x.Gpu, picks.Gpu));
+        c.Gpu.Upload(picks.Gpu, Enumerable.Repeat(-1, rowsN).ToArray()); // a launch that picked nothing would leave these
+        c.Gpu.ArgMax(x.Gpu, picks.Gpu);
+        c.Cpu.ArgMax(x.Cpu, picks.Cpu);
+        var a = new int[rowsN];
+        var b = new int[rowsN];
+        c.Cpu.Download(picks.Cpu, a);
+        c.Gpu.Download(picks.Gpu, b);
+        c.Check($"argmax {rowsN}x{vocab}", "indices", a.SequenceEqual(b) && b[tied] == 7, t);
+    }
+
     public static List<CheckRow> Run()
     {
         var rows = new List<CheckRow>();
@@ -482,19 +505,8 @@ public static partial class OpChecks
             c.Compare($"cached_attention decode split-k {tag}", "out", splitOut, splitMs);
             Console.WriteLine($"     decode attention {tag}: warp kernel {warpMs:F3} ms, split-K {splitMs:F3} ms");
         }
-        int rowsN = 5, vocab = 151936;
-        var logits = c.Rand(rowsN * vocab);
-        // Ties: the lower index wins, within one block's part of the row and across parts (the split argmax).
-        logits[3 * vocab + 7] = logits[3 * vocab + 9] = logits[3 * vocab + 150000] = 100f;
-        var x = c.Pair(logits, [rowsN, vocab], DType.F32); // F32 on both: bf16 rounding would tie values the CPU tells apart
-        var picks = c.IntPair(new int[rowsN], [rowsN]);
-        double t = c.TimeRepeat(() => c.Gpu.ArgMax(x.Gpu, picks.Gpu));
-        c.Cpu.ArgMax(x.Cpu, picks.Cpu);
-        var a = new int[rowsN];
-        var b = new int[rowsN];
-        c.Cpu.Download(picks.Cpu, a);
-        c.Gpu.Download(picks.Gpu, b);
-        c.Check($"argmax {rowsN}x{vocab}", "indices", a.SequenceEqual(b) && b[3] == 7, t);
+        int vocab = 151936;
+        ArgMaxCheck(c, 5, vocab);
         try { Sampling(c, vocab); }
         catch (Exception e) when (e is CudaException or ArgumentException)
         {

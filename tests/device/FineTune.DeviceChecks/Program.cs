@@ -3,9 +3,10 @@ using FineTune.DeviceChecks;
 using FineTune.Engine.Cuda;
 
 // Usage:
-//   FineTune.DeviceChecks compile [sm_90]      compile every kernel with NVRTC (no GPU needed)
+//   FineTune.DeviceChecks compile [sm_90] [a.cu,b.cu]   compile every kernel program (or those named) with NVRTC (no GPU needed)
 //   FineTune.DeviceChecks ops [outDir]         CUDA vs CPU backend, op by op, F32 and BF16 paths
 //   FineTune.DeviceChecks models [outDir]      whole tiny models of each flavour, CUDA vs CPU (DEVICECHECKS_MODELS=a,b: only those flavours)
+//   FineTune.DeviceChecks generate [outDir]    only the generation engine rows of `models` (graphs, fused layers, launch modes) → generate.json
 //   FineTune.DeviceChecks bench [--profile] shape:batch:seq:ckpt ...   LoRA step throughput (JSON lines)
 //   FineTune.DeviceChecks flash [outDir]       only the BF16 attention checks of `ops` (plain, gemma's windows/soft-caps, head_dim 256) → flash.json
 //   FineTune.DeviceChecks decode [outDir]      only the fused decode-layer operations of `ops` (decode.cu) → decode.json
@@ -23,7 +24,13 @@ switch (cmd)
     case "compile":
     {
         var arch = args.Length > 1 ? args[1] : "sm_90";
-        var (lib, ver, results) = KernelCompiler.CompileAll(arch);
+        var only = args.Length > 2 ? args[2].Split(',', StringSplitOptions.RemoveEmptyEntries) : null;
+        var (lib, ver, results) = KernelCompiler.CompileAll(arch, only: only);
+        if (only is not null && results.Count != only.Length)
+        {
+            Console.Error.WriteLine($"compile: unknown program among '{args[2]}' (programs are the .cu files of src/FineTune.Engine/Cuda/Kernels)");
+            return 2;
+        }
         Console.WriteLine($"NVRTC {ver} ({lib}) for {arch}:");
         foreach (var r in results) Console.WriteLine($"  {r.Program,-20} {r.CubinBytes,8} B  {r.Seconds:F2} s");
         return 0;
@@ -62,6 +69,20 @@ switch (cmd)
         Console.WriteLine($"model checks: {rows.Count - failed} passed, {failed} failed");
         return failed == 0 ? 0 : 1;
     }
+    case "generate":
+    {
+        if (args.Length > 1) outDir = args[1];
+        var rows = new List<CheckRow>();
+        using (var cpu = new FineTune.Engine.Cpu.CpuBackend())
+        using (var gpuF32 = new CudaBackend(0, computeDType: FineTune.Engine.DType.F32))
+        using (var gpu = new CudaBackend(0))
+            GenerationChecks.Run(cpu, gpuF32, gpu, rows);
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "generate.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+        int failed = rows.Count(r => !r.Pass);
+        Console.WriteLine($"generate checks: {rows.Count - failed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
     case "bench":
     {
         bool profile = args.Contains("--profile");
@@ -94,6 +115,6 @@ switch (cmd)
         QuantChecks.WriteReferenceFiles(args.Length > 1 ? args[1] : outDir);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, models, fp8, bench, flashbench, cudnn or quant");
+        Console.Error.WriteLine($"unknown command '{cmd}': use compile, ops, flash, decode, models, generate, fp8, bench, flashbench, cudnn or quant");
         return 2;
 }

@@ -76,6 +76,19 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+// Warms L2 with bytes [p, p + bytes) of a constant (a frozen weight), one prefetch.global.L2 per 128-byte line (the
+// PTX ISA: the line holding the address), lane l taking lines l, l + 32, …: what a dependent-launched kernel does
+// before pdl_wait() with the weight it will stream, so that DRAM works for it while the kernel before it drains. A
+// hint only, no value read or written changes; a no-op below sm_90 (no dependent launches there).
+#define PREFETCH_LINE 128
+__device__ __forceinline__ void prefetch_l2(const void* p, i64 bytes, int lane)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    for (i64 o = (i64)lane * PREFETCH_LINE; o < bytes; o += 32 * PREFETCH_LINE)
+        asm volatile("prefetch.global.L2 [%0];" :: "l"((const char*)p + o));
+#endif
+}
+
 // Σ v[0 .. count) by one block in an order fixed by count and blockDim alone (thread i sums i, i+blockDim, …, then
 // block_sum's tree): the reductions that used to add block results with atomicAdd — whose order followed the blocks'
 // timing, so a training run's last bits changed run to run — go through this instead.
@@ -139,6 +152,57 @@ __device__ __forceinline__ uint4 rms_scale_v8(uint4 x, uint4 w, float inv, float
 #pragma unroll
     for (int j = 0; j < 8; j++) v[j] = v[j] * inv * (g[j] + off);
     return pack8(v);
+}
+
+// One head of a decode step's q or k, by one warp (decode.cu's qk_rope_cache and kv_cache.cu's rope-and-attention
+// form share it, so both give the same bits): lane l < D/8 holds elements 8l … 8l+7 (its chunk src, read when the
+// lane has one; D = 64, 128 or 256), RMS-normed over the head when nw is given (qwen3's q_norm/k_norm; 1/rms left in
+// *inv, else 0) and rounded as stored, then rotated at position pos by rope_apply's rotate-half arithmetic (the partner
+// half D/16 lanes away; a position outside [0, max_pos) leaves the head unrotated). Every lane calls it (shuffles).
+__device__ __forceinline__ void head_norm_rope_v8(float (&x)[8], const uint4* src, const uint4* nw, float eps, float off, int D, int lane,
+                                                  float* inv, int pos, const float* cos_t, const float* sin_t, int max_pos)
+{
+    int c8 = D >> 3, half = D >> 1, hc = c8 >> 1;
+    bool mine = lane < c8;
+    if (mine) unpack8(*src, x);
+    else
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) x[j] = 0.0f;
+    }
+    *inv = 0.0f;
+    if (nw != nullptr)
+    {
+        float ss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += x[j] * x[j];
+        ss = warp_sum(ss);
+        *inv = rsqrtf(ss / D + eps);
+        if (mine)
+        {
+            float g[8]; unpack8(nw[lane], g);
+#pragma unroll
+            for (int j = 0; j < 8; j++) x[j] = x[j] * *inv * (g[j] + off);
+            unpack8(pack8(x), x); // the normed head as stored
+        }
+    }
+    float p[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) p[j] = __shfl_xor_sync(FULL_MASK, x[j], hc);
+    if (mine && pos >= 0 && pos < max_pos)
+    {
+        bool first = lane < hc;
+        int i0 = (first ? lane : lane - hc) * 8;
+        const float* co = cos_t + (i64)pos * half + i0;
+        const float* si = sin_t + (i64)pos * half + i0;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            float s = 1.0f * si[j];
+            // first half: x_i·cos − x_{i+h}·sin; second half: x_{i+h}·cos + x_i·sin (x is this lane's, p the partner's)
+            x[j] = first ? x[j] * co[j] - p[j] * s : x[j] * co[j] + p[j] * s;
+        }
+    }
 }
 
 // Packed sequences: segment ids mark which sequence each position belongs to (contiguous runs). Both helpers are

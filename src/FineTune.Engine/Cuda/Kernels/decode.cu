@@ -9,8 +9,11 @@
 // same order); the weight's first loads are issued before anything that reads the previous kernel's output. Each
 // kernel lets its dependent launch at once (pdl_trigger) and waits (pdl_wait) before reading what the kernel before it
 // wrote: with programmatic dependent launch on (CudaBackend.UseDependentLaunch) a step's chain of GEMVs streams weights
-// while the previous kernel drains. Warps per block: blockDim.x / 32 (CudaBackend.DecodeWarps). The
-// normed rows live in shared memory, computed once per block (a row of x is at most DEC_MAX_K values).
+// while the previous kernel drains. Launched so (pf = 1), a block also prefetches into L2, before it waits, the rest of
+// its warps' weight rows (past the first batch its registers hold) and the norm weight (dec_prefetch): weights never
+// depend on the kernel before, and the prefetch only warms L2, so the bits are those of a plain launch. Warps per
+// block: blockDim.x / 32 (CudaBackend.DecodeWarps). The normed rows live in shared memory, computed once per block (a
+// row of x is at most DEC_MAX_K values).
 #include "common.cuh"
 
 #define DEC_MAX_M 2
@@ -26,6 +29,19 @@ __device__ __forceinline__ void dec_load(uint4 (&w)[DEC_U], const uint4* brow, i
         int q = q0 + u * 32 + lane;
         w[u] = brow != nullptr && q < chunks ? __ldcs(brow + q) : make_uint4(0u, 0u, 0u, 0u);
     }
+}
+
+// With pf: the part of a weight row past the batch dec_load put in registers (the whole of a row up to 32·DEC_U
+// chunks is already on its way), into L2 before pdl_wait.
+__device__ __forceinline__ void dec_prefetch(const uint4* brow, int chunks, int lane, int pf)
+{
+    if (pf && brow != nullptr && chunks > 32 * DEC_U) prefetch_l2(brow + 32 * DEC_U, (i64)(chunks - 32 * DEC_U) * 16, lane);
+}
+
+// With pf: warp 0 prefetches the norm weight (K bf16), the first thing dec_norm_rows reads after the wait besides x.
+__device__ __forceinline__ void dec_prefetch_norm(const uint4* nw, int K, int pf)
+{
+    if (pf && threadIdx.x < 32) prefetch_l2(nw, (i64)K * 2, threadIdx.x);
 }
 
 // acc[m] += the batch's dot products with rows m of a ([M, chunks] uint4), in gemv_column's order.
@@ -105,7 +121,7 @@ __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* 
                                                    int M, int K, int count,
                                                    unsigned short* c0, const uint4* b0, int n0,
                                                    unsigned short* c1, const uint4* b1, int n1,
-                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs)
+                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs, int pf)
 {
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
@@ -118,6 +134,8 @@ __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* 
     else if (count > 2 && n - n0 - n1 < n2) { n -= n0 + n1; c = c2; N = n2; brow = b2 + (i64)n * chunks; }
     uint4 w[DEC_U];
     dec_load(w, brow, 0, chunks, lane);
+    dec_prefetch(brow, chunks, lane, pf);
+    dec_prefetch_norm(nw, K, pf);
     pdl_wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
     if (brow == nullptr) return;
@@ -136,7 +154,7 @@ __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* 
 // chain stores it. One warp per column j reads row j of both weights.
 __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
                                                       int M, int K, int N, const uint4* g, const uint4* u,
-                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs)
+                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs, int pf)
 {
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
@@ -147,6 +165,9 @@ __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint
     uint4 wg[DEC_U], wu[DEC_U];
     dec_load(wg, grow, 0, chunks, lane);
     dec_load(wu, urow, 0, chunks, lane);
+    dec_prefetch(grow, chunks, lane, pf);
+    dec_prefetch(urow, chunks, lane, pf);
+    dec_prefetch_norm(nw, K, pf);
     pdl_wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
     if (!active) return;
@@ -177,7 +198,7 @@ __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint
 }
 
 // y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj).
-__device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+__device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf)
 {
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
@@ -186,6 +207,7 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
     const uint4* brow = b + (i64)n * chunks;
     uint4 w[DEC_U];
     dec_load(w, brow, 0, chunks, lane);
+    dec_prefetch(brow, chunks, lane, pf);
     pdl_wait();
     float acc[DEC_MAX_M];
     dec_dot(acc, w, brow, a, M, chunks, lane);
@@ -207,28 +229,28 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
 // neither is kept; docs/serving.md).
 #define DEC_SMEM extern __shared__ uint4 xs[];
 #define NORM_SET_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int count, \
-    unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2)
+    unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2, int pf)
 #define NORM_SWIGLU_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int N, \
-    const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h)
+    const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h, int pf)
 
 extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS
 {
-    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs);
+    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs, pf);
 }
 extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS
 {
-    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs);
+    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs, pf);
 }
-extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K)
+extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf)
 {
-    gemv_residual_body(y, a, b, r, M, N, K);
+    gemv_residual_body(y, a, b, r, M, N, K, pf);
 }
 
 // For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim
 // when a norm weight is given (qwen3's q_norm/k_norm), rotated (rope_apply's rotate-half arithmetic on the rounded
 // normed values) and stored to q / k; a k head's warp also writes its rotated K row and the V row into the cache at
 // cache_rows[t]. One warp per head, lane l holding elements 8l … 8l+7 (D = 64, 128 or 256: D/8 lanes, the rotation's
-// partner half D/16 lanes away).
+// partner half D/16 lanes away; head_norm_rope_v8 in common.cuh).
 extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, const uint4* kin, const uint4* v,
                                          const uint4* qn, const uint4* kn, float* qrstd, float* krstd, float eps, float off,
                                          const int* positions, const float* cos_t, const float* sin_t, int max_pos,
@@ -242,54 +264,14 @@ extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, c
     int t = warp / heads, h = warp - t * heads;
     bool isq = h < Hq;
     if (!isq) h -= Hq;
-    int c8 = D >> 3, half = D >> 1, hc = c8 >> 1;
+    int c8 = D >> 3;
     int width = (isq ? Hq : Hkv) * c8;
     i64 at = (i64)t * width + (i64)h * c8 + lane;
-    const uint4* src = isq ? qin : kin;
     const uint4* nw = isq ? qn : kn;
-    float x[8];
-    bool mine = lane < c8;
-    if (mine) unpack8(src[at], x);
-    else
-    {
-#pragma unroll
-        for (int j = 0; j < 8; j++) x[j] = 0.0f;
-    }
-    if (nw != nullptr)
-    {
-        float ss = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; j++) ss += x[j] * x[j];
-        ss = warp_sum(ss);
-        float inv = rsqrtf(ss / D + eps);
-        if (lane == 0) (isq ? qrstd : krstd)[(i64)t * (isq ? Hq : Hkv) + h] = inv;
-        if (mine)
-        {
-            float g[8]; unpack8(nw[lane], g);
-#pragma unroll
-            for (int j = 0; j < 8; j++) x[j] = x[j] * inv * (g[j] + off);
-            unpack8(pack8(x), x); // the normed head as stored
-        }
-    }
-    float p[8];
-#pragma unroll
-    for (int j = 0; j < 8; j++) p[j] = __shfl_xor_sync(FULL_MASK, x[j], hc);
-    int pos = positions[t];
-    if (mine && pos >= 0 && pos < max_pos)
-    {
-        bool first = lane < hc;
-        int i0 = (first ? lane : lane - hc) * 8;
-        const float* co = cos_t + (i64)pos * half + i0;
-        const float* si = sin_t + (i64)pos * half + i0;
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-        {
-            float s = 1.0f * si[j];
-            // first half: x_i·cos − x_{i+h}·sin; second half: x_{i+h}·cos + x_i·sin (x is this lane's, p the partner's)
-            x[j] = first ? x[j] * co[j] - p[j] * s : x[j] * co[j] + p[j] * s;
-        }
-    }
-    if (!mine) return;
+    float x[8], inv;
+    head_norm_rope_v8(x, (isq ? qin : kin) + at, nw, eps, off, D, lane, &inv, positions[t], cos_t, sin_t, max_pos);
+    if (nw != nullptr && lane == 0) (isq ? qrstd : krstd)[(i64)t * (isq ? Hq : Hkv) + h] = inv;
+    if (lane >= c8) return;
     uint4 out = pack8(x);
     (isq ? q : k)[at] = out;
     if (!isq)

@@ -8,6 +8,16 @@
 //     (key range, kv head, token) whose warps are the kv head's query heads; each 32-key tile of K and V is read once
 //     into shared memory and used by every query head of the group; each block leaves (unnormalised acc, m, l) for
 //     its range, and the combine rescales them: out = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s, M = max_s m_s.
+//     Given a counter per (token, kv head), the split kernel combines too (one launch, not two): the last of a
+//     (token, kv head)'s blocks to finish runs the combine's arithmetic over every split in split order, so the bits
+//     are the separate combine's, and sets the counter back to 0 for the next launch (a CUDA graph replays it).
+//     Both are programmatic-dependent-launch aware (common.cuh): they trigger their dependent and wait at their start.
+//   cached_attention_rope_split (a one-token decode step, one kernel for decode.cu's qk_rope_cache and the attention):
+//     each block normes and rotates its query heads itself (head_norm_rope_v8, qk_rope_cache's arithmetic), the block
+//     whose key range holds the new position does the kv head's k and writes its K and V rows into the cache before
+//     reading its tiles (no other block reads that key), and the combining block stores q and q's rstd (last: without
+//     q/k norms q is rotated in place, and every block of the kv head has read it by then). The same bits as
+//     qk_rope_cache followed by the split kernel.
 // Layouts: q, out [T, Hq, D]; k_cache, v_cache [blocks · bs, Hkv, D]; seqs, positions [T]; tables [rows, W] (I32).
 #include "attention_row.cuh"
 
@@ -89,17 +99,63 @@ extern "C" __global__ void cached_attention_forward(void* out, int dt_o, const v
         if (lane + 32 * e < D) st(out, qrow + lane + 32 * e, acc[e] * inv, dt_o);
 }
 
+// Row orow of out (one query head of one token) from its splits' partial results src [splits, D + 2] (acc, m, l), by
+// one warp: the splits rescaled to the common maximum, in split order. L1-bypassing loads: in the one-kernel form other
+// blocks of the same launch wrote them.
+__device__ __forceinline__ void split_combine_row(void* out, int dt_o, const float* src, i64 orow, int D, int splits, int lane)
+{
+    float M = -INFINITY;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(src + s * (D + 2) + D));
+    float L = 0.0f;
+    float acc[SPLIT_MAX_E];
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
+    for (int s = 0; s < splits; s++)
+    {
+        const float* ps = src + s * (D + 2);
+        float ms = __ldcg(ps + D);
+        if (ms == -INFINITY) continue; // an empty range
+        float f = expf(ms - M);
+        L += f * __ldcg(ps + D + 1);
+#pragma unroll
+        for (int e = 0; e < SPLIT_MAX_E; e++)
+            if (lane + 32 * e < D) acc[e] += f * __ldcg(ps + lane + 32 * e);
+    }
+    float inv = 1.0f / L;
+#pragma unroll
+    for (int e = 0; e < SPLIT_MAX_E; e++)
+        if (lane + 32 * e < D) st(out, orow + lane + 32 * e, acc[e] * inv, dt_o);
+}
+
 // Grid (splits, Hkv, T), block max(G, 4)·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D): warp w < G
 // computes query head kh·G + w, and every warp helps copy the key tiles (at G = 2, two warps alone left the copies
 // latency-bound: 46 µs a layer for 100 keys on an H200). Split s of token t covers keys [s·chunk, min(p + 1,
 // (s + 1)·chunk)), chunk = the key count / splits rounded up to 32, so a graph captured for one step stays right for
-// any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l).
+// any positions. part: [T, Hq, splits, D + 2] F32 (acc, m, l). counters: null (cached_attention_combine follows), or
+// [T, Hkv] zeros, and the last block of each (t, kh) writes out [T, Hq, D] itself.
 #define SPLIT_THREADS_MIN 128
-extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
-                                                  const void* v, int dt_v, const int* seqs, const int* positions,
-                                                  const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
-                                                  int window, float softcap)
+
+// The rope-and-attention form's own inputs and outputs (qin null: the split kernel, q given already rotated). Layouts
+// as qk_rope_cache's (bf16, 16-byte chunks): qin, qout [T, Hq·D/8]; kin, kout, vin [T, Hkv·D/8]; kcache, vcache the
+// caches k and v; qrstd [T, Hq], krstd [T, Hkv] (written only with norms).
+struct SplitRope
 {
+    const uint4 *qin, *kin, *vin, *qn, *kn;
+    float *qrstd, *krstd;
+    float eps, off;
+    const float *cos_t, *sin_t;
+    int max_pos;
+    uint4 *qout, *kout, *kcache, *vcache;
+    const int* cache_rows;
+};
+
+__device__ __forceinline__ void split_attention(float* part, const void* q, int dt_q, const void* k, int dt_k,
+                                                const void* v, int dt_v, const int* seqs, const int* positions,
+                                                const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                int window, float softcap, void* out, int dt_o, unsigned* counters, const SplitRope& r)
+{
+    pdl_trigger(); // the next GEMV may start streaming its weight
+    pdl_wait();    // q and the cache's newest rows come from the kernel before
     __shared__ float ks[32][SPLIT_MAX_D + 1]; // +1: lanes read different keys of one column without bank conflicts
     __shared__ float vs[32][SPLIT_MAX_D];
     __shared__ float qs[SPLIT_MAX_GROUP][SPLIT_MAX_D];
@@ -113,7 +169,42 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
     int chunk = ((len - lo + splits - 1) / splits + 31) / 32 * 32;
     int start = lo + split * chunk, end = min(len, start + chunk);
     i64 qrow = ((i64)t * Hq + h) * D;
-    if (computes)
+    const bool rope = r.qin != nullptr;
+    uint4 qrot = make_uint4(0u, 0u, 0u, 0u); // rope: this lane's chunk of its q head, rotated and rounded
+    float qinv = 0.0f;
+    if (rope)
+    {
+        int c8 = D >> 3;
+        float x[8], xr[8];
+        if (computes)
+        {
+            head_norm_rope_v8(x, r.qin + (i64)t * Hq * c8 + (i64)h * c8 + lane, r.qn, r.eps, r.off, D, lane, &qinv, p, r.cos_t, r.sin_t, r.max_pos);
+            if (lane < c8)
+            {
+                qrot = pack8(x);
+                unpack8(qrot, xr); // q as qk_rope_cache stores it and the split kernel reads it
+#pragma unroll
+                for (int j = 0; j < 8; j++) qs[warp][lane * 8 + j] = xr[j] * scale;
+            }
+        }
+        if (warp == 0 && start < end && end == len) // this block's range holds the new key p
+        {
+            i64 at = (i64)t * Hkv * c8 + (i64)kh * c8 + lane;
+            float kinv;
+            head_norm_rope_v8(x, r.kin + at, r.kn, r.eps, r.off, D, lane, &kinv, p, r.cos_t, r.sin_t, r.max_pos);
+            if (r.kn != nullptr && lane == 0) r.krstd[(i64)t * Hkv + kh] = kinv;
+            if (lane < c8)
+            {
+                uint4 kr = pack8(x);
+                r.kout[at] = kr;
+                i64 row = (i64)r.cache_rows[t] * Hkv * c8 + (i64)kh * c8 + lane;
+                r.kcache[row] = kr;
+                r.vcache[row] = r.vin[at];
+            }
+        }
+        // The loop's first barrier makes the K/V rows (global) and qs visible to the whole block.
+    }
+    else if (computes)
         for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
     i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
     // BF16 caches with D % 8 == 0 copy 16 bytes (8 values) per load, all of a thread's loads issued before any store.
@@ -195,40 +286,62 @@ extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attent
         }
         m = mn;
     }
-    if (!computes) return;
-    float* dst = part + (((i64)t * Hq + h) * splits + split) * (D + 2);
+    if (computes)
+    {
+        float* dst = part + (((i64)t * Hq + h) * splits + split) * (D + 2);
 #pragma unroll
-    for (int e = 0; e < SPLIT_MAX_E; e++)
-        if (lane + 32 * e < D) dst[lane + 32 * e] = acc[e];
-    if (lane == 0) { dst[D] = m; dst[D + 1] = l; }
+        for (int e = 0; e < SPLIT_MAX_E; e++)
+            if (lane + 32 * e < D) dst[lane + 32 * e] = acc[e];
+        if (lane == 0) { dst[D] = m; dst[D + 1] = l; }
+    }
+    if (counters == nullptr) return;
+    __shared__ bool last;
+    __threadfence(); // this block's partials reach L2 before its count does
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        unsigned* count = counters + (i64)t * Hkv + kh;
+        last = atomicAdd(count, 1u) == (unsigned)splits - 1;
+        if (last) *count = 0u; // every other block of (t, kh) has counted
+    }
+    __syncthreads();
+    if (!last || !computes) return;
+    __threadfence();
+    split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, splits, lane);
+    if (rope)
+    {
+        int c8 = D >> 3;
+        if (lane < c8) r.qout[(i64)t * Hq * c8 + (i64)h * c8 + lane] = qrot;
+        if (r.qn != nullptr && lane == 0) r.qrstd[(i64)t * Hq + h] = qinv;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_split(float* part, const void* q, int dt_q, const void* k, int dt_k,
+                                                  const void* v, int dt_v, const int* seqs, const int* positions,
+                                                  const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                  int window, float softcap, void* out, int dt_o, unsigned* counters)
+{
+    SplitRope none = {};
+    split_attention(part, q, dt_q, k, dt_k, v, dt_v, seqs, positions, tables, bs, W, Hq, Hkv, D, scale, window, softcap, out, dt_o, counters, none);
+}
+
+// Grid (splits, Hkv, 1), one token, bf16 caches, D = 64 or 128, counters given (the combining block stores q).
+extern "C" __global__ void __launch_bounds__(SPLIT_MAX_GROUP * 32) cached_attention_rope_split(float* part, uint4* k, uint4* v, const int* seqs,
+                                                  const int* positions, const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale,
+                                                  int window, float softcap, void* out, int dt_o, unsigned* counters,
+                                                  const uint4* qin, const uint4* kin, const uint4* vin, const uint4* qn, const uint4* kn,
+                                                  float* qrstd, float* krstd, float eps, float off, const float* cos_t, const float* sin_t,
+                                                  int max_pos, uint4* qout, uint4* kout, const int* cache_rows)
+{
+    SplitRope r = {qin, kin, vin, qn, kn, qrstd, krstd, eps, off, cos_t, sin_t, max_pos, qout, kout, k, v, cache_rows};
+    split_attention(part, nullptr, FT_BF16, k, FT_BF16, v, FT_BF16, seqs, positions, tables, bs, W, Hq, Hkv, D, scale, window, softcap, out, dt_o, counters, r);
 }
 
 // Grid (T, Hq), one warp per (token, query head): the splits' partial results rescaled to the common maximum.
 extern "C" __global__ void cached_attention_combine(void* out, int dt_o, const float* part, int Hq, int D, int splits)
 {
     pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
-    int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
-    const float* src = part + ((i64)t * Hq + h) * splits * (D + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < splits; s++) M = fmaxf(M, src[s * (D + 2) + D]);
-    float L = 0.0f;
-    float acc[SPLIT_MAX_E];
-#pragma unroll
-    for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
-    for (int s = 0; s < splits; s++)
-    {
-        const float* ps = src + s * (D + 2);
-        float ms = ps[D];
-        if (ms == -INFINITY) continue; // an empty range
-        float f = expf(ms - M);
-        L += f * ps[D + 1];
-#pragma unroll
-        for (int e = 0; e < SPLIT_MAX_E; e++)
-            if (lane + 32 * e < D) acc[e] += f * ps[lane + 32 * e];
-    }
-    float inv = 1.0f / L;
-    i64 orow = ((i64)t * Hq + h) * D;
-#pragma unroll
-    for (int e = 0; e < SPLIT_MAX_E; e++)
-        if (lane + 32 * e < D) st(out, orow + lane + 32 * e, acc[e] * inv, dt_o);
+    pdl_wait();    // the partials come from the split kernel
+    int t = blockIdx.x, h = blockIdx.y;
+    split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, splits, threadIdx.x);
 }
