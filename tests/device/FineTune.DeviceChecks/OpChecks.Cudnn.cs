@@ -8,6 +8,13 @@ namespace FineTune.DeviceChecks;
 // and the bits of repeated calls — required under Cudnn (the deterministic backward), reported under CudnnFast.
 public static partial class OpChecks
 {
+    // Random q, k, v of one segment per row, and zeroed out and lse.
+    static ((Tensor Cpu, Tensor Gpu) Q, (Tensor Cpu, Tensor Gpu) K, (Tensor Cpu, Tensor Gpu) V, (Tensor Cpu, Tensor Gpu) Seg, (Tensor Cpu, Tensor Gpu) O,
+        (Tensor Cpu, Tensor Gpu) Lse) UnpackedInputs(Ctx c, int batch, int t, int hq, int hkv, int d) =>
+        (c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]), c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]),
+         c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]), c.IntPair(new int[batch * t], [batch, t]),
+         c.Zeros([batch * t, hq * d]), c.Zeros([batch, hq, t], DType.F32));
+
     static void CudnnAttentionRows(Ctx c)
     {
         var shapes = new List<(int B, int T, int Hq, int Hkv, int D)> { (2, 77, 4, 2, 64), (1, 130, 2, 1, 128), (2, 300, 8, 2, 128), (1, 2048, 16, 8, 128) };
@@ -18,12 +25,7 @@ public static partial class OpChecks
                 c.Gpu.AttentionKernels = kernels;
                 var s = AttentionShape.Training(batch, t, hq, hkv, d) with { Unpacked = true };
                 string tag = $"{AttentionKernelsSetting.Name(kernels)} B{batch} T{t} H{hq}/{hkv} D{d}";
-                var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
-                var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
-                var v = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
-                var segT = c.IntPair(new int[batch * t], [batch, t]);
-                var o = c.Zeros([batch * t, hq * d]);
-                var lse = c.Zeros([batch, hq, t], DType.F32);
+                var (q, k, v, segT, o, lse) = UnpackedInputs(c, batch, t, hq, hkv, d);
                 var calls = c.Gpu.CudnnCalls;
                 c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s); // builds the plan
                 bool ranForward = c.Gpu.CudnnCalls.Forward == calls.Forward + 1;
@@ -62,12 +64,7 @@ public static partial class OpChecks
         {
             var s = AttentionShape.Training(batch, t, hq, hkv, d) with { Unpacked = true };
             string tag = $"cudnn {(headSlice ? "head-sliced" : "sliced")} B{batch} T{t} H{hq}/{hkv} D{d}";
-            var q = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
-            var k = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
-            var v = c.Pair(c.Rand(batch * t * hkv * d), [batch * t, hkv * d]);
-            var segT = c.IntPair(new int[batch * t], [batch, t]);
-            var o = c.Zeros([batch * t, hq * d]);
-            var lse = c.Zeros([batch, hq, t], DType.F32);
+            var (q, k, v, segT, o, lse) = UnpackedInputs(c, batch, t, hq, hkv, d);
             c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
             c.Cpu.Attention(o.Cpu, lse.Cpu, q.Cpu, k.Cpu, v.Cpu, segT.Cpu, s);
             var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);

@@ -147,17 +147,7 @@ public static partial class OpChecks
     static void RopeAttentionCheck(Ctx c, int d, int hq, int hkv, bool normed, int position)
     {
         int half = d / 2, maxPos = 300, bs = 16, width = 16, blocks = width + 1, kvd = hkv * d;
-        var cosv = new float[maxPos * half];
-        var sinv = new float[maxPos * half];
-        for (int p = 0; p < maxPos; p++)
-            for (int i = 0; i < half; i++)
-            {
-                double theta = p * Math.Pow(10000, -2.0 * i / d);
-                cosv[p * half + i] = (float)Math.Cos(theta);
-                sinv[p * half + i] = (float)Math.Sin(theta);
-            }
-        var cos = c.Pair(cosv, [maxPos, half], DType.F32);
-        var sin = c.Pair(sinv, [maxPos, half], DType.F32);
+        var (cos, sin) = RopeTables(c, maxPos, d);
         int[] table = [.. Enumerable.Range(1, width).OrderBy(i => (i * 7919) % 1009)];
         var tb = c.IntPair(table, [width]);
         var pos = c.IntPair([position], [1]);
@@ -272,9 +262,10 @@ public static partial class OpChecks
         c.Compare(name, "y", y, 0);
     }
 
-    static void QkRopeCheck(Ctx c, int m, int d, int hq, int hkv, bool normed)
+    // Rotary tables [maxPos, d/2] at base 10000, on both backends.
+    static ((Tensor Cpu, Tensor Gpu) Cos, (Tensor Cpu, Tensor Gpu) Sin) RopeTables(Ctx c, int maxPos, int d)
     {
-        int half = d / 2, maxPos = 40, cacheRows = 16;
+        int half = d / 2;
         var cosv = new float[maxPos * half];
         var sinv = new float[maxPos * half];
         for (int p = 0; p < maxPos; p++)
@@ -284,8 +275,13 @@ public static partial class OpChecks
                 cosv[p * half + i] = (float)Math.Cos(theta);
                 sinv[p * half + i] = (float)Math.Sin(theta);
             }
-        var cos = c.Pair(cosv, [maxPos, half], DType.F32);
-        var sin = c.Pair(sinv, [maxPos, half], DType.F32);
+        return (c.Pair(cosv, [maxPos, half], DType.F32), c.Pair(sinv, [maxPos, half], DType.F32));
+    }
+
+    static void QkRopeCheck(Ctx c, int m, int d, int hq, int hkv, bool normed)
+    {
+        int half = d / 2, maxPos = 40, cacheRows = 16;
+        var (cos, sin) = RopeTables(c, maxPos, d);
         int[] positions = [.. Enumerable.Range(0, m).Select(i => 5 + 17 * i)];
         int[] rows = [.. Enumerable.Range(0, m).Select(i => 11 - 3 * i)];
         var pos = c.IntPair(positions, [m]);
