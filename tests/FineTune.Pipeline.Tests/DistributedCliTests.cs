@@ -179,8 +179,10 @@ public sealed class DistributedCliTests
         await Task.WhenAny(p.WaitForExitAsync(), Task.Delay(TimeSpan.FromMinutes(2)));
         if (!p.HasExited)
         {
+            var tree = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("ps", "-eo pid,ppid,stat,etime,args") { RedirectStandardOutput = true })!;
+            string processes = await tree.StandardOutput.ReadToEndAsync();
             p.Kill(entireProcessTree: true);
-            Assert.Fail("finetune was still running 2 minutes after SIGTERM");
+            Assert.Fail($"finetune was still running 2 minutes after SIGTERM; its stderr:\n{await stderr}\nprocesses then:\n{processes}");
         }
         // The launcher forwards it as Ctrl-C; the step's host all-reduce carries it to both ranks, which stop after the same step.
         var err = await stderr;
