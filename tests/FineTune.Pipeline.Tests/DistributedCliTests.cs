@@ -158,12 +158,17 @@ public sealed class DistributedCliTests
         Assert.Contains($"Resumed from {Path.Combine(checkpoints, "checkpoint-4")} at step 4.", resumed.Out);
     }
 
-    [Fact]
-    public async Task Sigterm_to_the_launcher_stops_every_rank_after_the_same_step_and_rank_0_saves_it()
+    // sigintIgnored: the launcher starts as a background job of a non-interactive shell does (CI scripts, `cmd &`):
+    // with SIGINT ignored, which its children inherit and .NET keeps (a SIGINT forwarded to them would change nothing).
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Sigterm_to_the_launcher_stops_every_rank_after_the_same_step_and_rank_0_saves_it(bool sigintIgnored)
     {
         using var dir = new TempDir();
         Pipeline(dir, accumulation: 1, maxSteps: 100000, saveSteps: 100000, extra: "    logging_steps: 1");
-        using var p = CliTests.Start(null, "run", dir.Path, "--stage", "train", "--nproc-per-node", "2");
+        string[] args = ["run", dir.Path, "--stage", "train", "--nproc-per-node", "2"];
+        using var p = sigintIgnored ? StartWithSigintIgnored(args) : CliTests.Start(null, args);
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         var tmp = Path.Combine(dir.Path, ".finetune", "tmp");
@@ -184,12 +189,26 @@ public sealed class DistributedCliTests
             p.Kill(entireProcessTree: true);
             Assert.Fail($"finetune was still running 2 minutes after SIGTERM; its stderr:\n{await stderr}\nprocesses then:\n{processes}");
         }
-        // The launcher forwards it as Ctrl-C; the step's host all-reduce carries it to both ranks, which stop after the same step.
+        // The launcher forwards it as SIGTERM (a SIGINT may reach the ranks ignored: see the next test); the step's host
+        // all-reduce carries it to both ranks, which stop after the same step; the launcher exits as they do.
         var err = await stderr;
-        Assert.Equal(130, p.ExitCode);
+        Assert.Equal(143, p.ExitCode);
         var saved = System.Text.RegularExpressions.Regex.Match(err, @"^cancelled: stopped after step (\d+) of 100000; saved (.*checkpoint-\1)\. Run again", System.Text.RegularExpressions.RegexOptions.Multiline);
         Assert.True(saved.Success, err + await stdout);
         Assert.Contains($"cancelled: stopped after step {saved.Groups[1].Value} of 100000; saved by rank 0. Run again with resume_from_checkpoint: true to continue from it.", err);
         Assert.Equal(int.Parse(saved.Groups[1].Value), FineTune.Training.TrainerState.Load(saved.Groups[2].Value).GlobalStep);
+    }
+
+    // `trap "" INT; exec dotnet finetune.dll …`: the same process (exec keeps the pid the test signals), SIGINT ignored.
+    static System.Diagnostics.Process StartWithSigintIgnored(string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add("trap '' INT; exec dotnet \"$@\"");
+        psi.ArgumentList.Add("bash");
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "finetune.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["NO_COLOR"] = "1";
+        return System.Diagnostics.Process.Start(psi)!;
     }
 }

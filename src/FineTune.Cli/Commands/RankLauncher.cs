@@ -10,7 +10,9 @@ namespace FineTune.Cli.Commands;
 /// <summary>
 /// `finetune run P --nproc-per-node N`: torchrun's job for FineTune. Starts N child processes of this same command (the
 /// launcher flags removed) with torchrun's variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK,
-/// LOCAL_WORLD_SIZE), forwards Ctrl-C and SIGTERM to them (they stop after the same step and rank 0 saves it), and when
+/// LOCAL_WORLD_SIZE), forwards Ctrl-C and SIGTERM to them as SIGTERM (they stop after the same step and rank 0 saves
+/// it; not as SIGINT, which a job started in the background of a non-interactive shell inherits as ignored, and .NET
+/// then keeps ignoring: its ranks would never stop), and when
 /// one dies before the others it gives them a few seconds to stop on their own (they see its closed connection at once
 /// and say so), then kills the rest; the exit code is the first failed rank's (a rank killed by a signal before one that exited).
 /// </summary>
@@ -53,7 +55,7 @@ public static class RankLauncher
             if (ct.IsCancellationRequested && !forwarded)
             {
                 forwarded = true;
-                foreach (var c in children) if (!c.HasExited) _ = kill(c.Id, 2);
+                foreach (var c in children) if (!c.HasExited) _ = kill(c.Id, 15); // SIGTERM: see the summary
             }
             if (failed is null && !forwarded)
             {
