@@ -17,7 +17,9 @@ public sealed class TrainMappingTests
          nameof(TrainConfig.QuantizationMethod),
          // gradient_checkpointing (false/true/auto) and max_memory reach the engine as TrainingSetup.Checkpointing and
          // MaxMemoryBytes (CheckpointingKeyTests checks that mapping).
-         nameof(TrainConfig.GradientCheckpointing), nameof(TrainConfig.MaxMemory)];
+         nameof(TrainConfig.GradientCheckpointing), nameof(TrainConfig.MaxMemory),
+         // attention chooses the CUDA backend's kernels (AttentionKeyTests checks that mapping).
+         nameof(TrainConfig.Attention)];
 
     /// <summary>A value of the property's type that differs from its default (and from other keys' values).</summary>
     private static object Changed(PropertyInfo p, object? current, int salt)

@@ -60,8 +60,27 @@ public sealed partial class CudaBackend
     {
         if (AttentionKernels == AttentionKernels.Flash || !s.Unpacked || !s.Variant.IsPlain || s.HeadDim is not (64 or 128)) return null;
         if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity || tensors.Any(t => t.DType != DType.BF16)) return null;
-        return new SdpaShape(s.Batch, s.QueryLen, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale);
+        var shape = new SdpaShape(s.Batch, s.QueryLen, s.QueryHeads, s.KvHeads, s.HeadDim, s.Scale);
+        if (_cudnnShapes.Contains(shape)) return shape;
+        if (_cudnnShapes.Count >= CudnnMaxShapes)
+        {
+            if (!_cudnnShapesFull && (_cudnnShapesFull = true))
+                CudnnNotes.Add($"more than {CudnnMaxShapes} distinct attention shapes (FINETUNE_CUDNN_MAX_SHAPES): later new shapes run the flash kernels");
+            return null;
+        }
+        _cudnnShapes.Add(shape);
+        return shape;
     }
+
+    /// <summary>
+    /// The most distinct shapes (batch, length, heads) cuDNN takes in this backend: each costs plans built on first use
+    /// (~0.1–0.3 s on the H200), which batches padded to their longest row would pay at almost every step; later new
+    /// shapes run the flash kernels (the same choice on every run of the same data). `FINETUNE_CUDNN_MAX_SHAPES`.
+    /// </summary>
+    public int CudnnMaxShapes { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_CUDNN_MAX_SHAPES"), out var n) ? n : 64;
+
+    readonly HashSet<SdpaShape> _cudnnShapes = [];
+    bool _cudnnShapesFull;
 
     CudnnAttention? Cudnn()
     {

@@ -180,9 +180,21 @@ public sealed record TrainConfig
     [OmittedWhenUnset, Description("Hold the frozen decoder linears as FP8 E4M3 (per-tensor scale) and run their products on Hopper's FP8 tensor cores (activations E4M3, gradients E5M2, scaled per step); LoRA and everything else stay bf16. lora or freeze, device cuda on an sm_90 GPU, not with quantization_bit. Default false.")]
     public bool? Fp8 { get; init; }
 
+    // Which CUDA kernels run attention. Unset stays out of the fingerprint, so pipelines that never name it keep their lock.
+    [OmittedWhenUnset, Description("CUDA attention kernels of the unpacked causal layers: cudnn (cuDNN's fused attention with its backward without atomic additions: bit-reproducible; FineTune's flash kernels where libcudnn 9 is missing or refuses a shape), cudnn_fast (cuDNN's atomic backward: faster at long sequences, not bit-reproducible run to run) or flash (FineTune's flash kernels for every layer: the same bits whether or not the machine has cuDNN). Packed sequences, sliding windows, soft-caps and head_dim 256 always run the flash kernels. Unset: the FINETUNE_ATTENTION environment variable, else cudnn.")]
+    public AttentionChoice? Attention { get; init; }
+
     [OmittedWhenUnset, Description("adamw_torch (default), adamw_8bit or paged_adamw_8bit (bitsandbytes' 8-bit block-wise states; paging is not implemented, the update is adamw_8bit's).")]
     public OptimizerName? Optim { get; init; }
 
     /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
+}
+
+/// <summary>The train stage's <c>attention</c>: which CUDA kernels run attention (CudaBackend.AttentionKernels).</summary>
+public enum AttentionChoice
+{
+    [YamlName("cudnn")] Cudnn,
+    [YamlName("cudnn_fast")] CudnnFast,
+    [YamlName("flash")] Flash,
 }

@@ -108,6 +108,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         using var backend = ranks is null ? StageBackends.Create(cfg.Device, name, ctx.Progress.Info) : ranks.CreateBackend(cfg, name, ctx.Progress.Info);
         if (setup.Fp8 && backend.Fp8Refusal is { } fp8Refusal)
             throw new PipelineUserException($"stages.{name}.fp8: {fp8Refusal}.");
+        var cuda = (backend is FineTune.Engine.ProfilingBackend pb ? pb.Inner : backend) as FineTune.Engine.Cuda.CudaBackend;
+        if (cuda is not null && cfg.Attention is { } attention) cuda.AttentionKernels = AttentionKernelsOf(attention);
         using var model = Guard(() => CausalLM.Load(modelDir, backend, setup, startAdapter), startAdapter ?? modelDir);
         model.CheckpointingNotice = text => ctx.Progress.Info($"{name}: {text}");
         if (startAdapter is not null)
@@ -171,11 +173,22 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         }
         if (setup.Fp8)
             notes.Add($"fp8: {model.Fp8Linears} frozen decoder linears held as FP8 E4M3 (W and Wᵀ), {model.Fp8WeightBytes / 1048576.0:F1} MiB");
+        if (cuda is not null)
+            notes.Add($"attention: {FineTune.Engine.Cuda.AttentionKernelsSetting.Name(cuda.AttentionKernels)}, cuDNN ran {cuda.CudnnCalls.Forward} forward and {cuda.CudnnCalls.Backward} backward calls" +
+                (cuda.CudnnNotes.Count > 0 ? $" ({string.Join("; ", cuda.CudnnNotes)})" : ""));
         // The log and train_results.json carry wall times and throughput, the loss plots draw the log (logging_steps,
         // plot_loss): reports, not part of the result's hash, so the keys that shape them need not be fingerprinted.
         // report_to's event file is a report too.
         return new StageResult(metrics, notes, [TrainerLog.FileName, FineTuneRecipe.TrainResultsFile, LossPlot.TrainFile, LossPlot.EvalFile, .. trackingReports]);
     }
+
+    /// <summary>stages.train.attention as the CUDA backend's setting.</summary>
+    public static FineTune.Engine.Cuda.AttentionKernels AttentionKernelsOf(AttentionChoice choice) => choice switch
+    {
+        AttentionChoice.Flash => FineTune.Engine.Cuda.AttentionKernels.Flash,
+        AttentionChoice.CudnnFast => FineTune.Engine.Cuda.AttentionKernels.CudnnFast,
+        _ => FineTune.Engine.Cuda.AttentionKernels.Cudnn,
+    };
 
     /// <summary>
     /// The training loop's arguments for a train block: with <see cref="Setup"/>, the one mapping from config keys to the
