@@ -64,8 +64,11 @@ public sealed partial class CudaBackend
         if (_cudnnShapes.Contains(shape)) return shape;
         if (_cudnnShapes.Count >= CudnnMaxShapes)
         {
-            if (!_cudnnShapesFull && (_cudnnShapesFull = true))
+            if (!_cudnnShapesFull)
+            {
+                _cudnnShapesFull = true;
                 CudnnNotes.Add($"more than {CudnnMaxShapes} distinct attention shapes (FINETUNE_CUDNN_MAX_SHAPES): later new shapes run the flash kernels");
+            }
             return null;
         }
         _cudnnShapes.Add(shape);
