@@ -224,7 +224,7 @@ public interface IBackend : IDisposable
 
     // ---- SwiGLU: h = silu(gate) ⊙ up ----
     void SwiGlu(Tensor h, Tensor gate, Tensor up);
-    /// <summary>Writes dgate and dup from dh.</summary>
+    /// <summary>Writes dgate and dup from dh; in place is allowed (dgate the same tensor as gate, dup as up).</summary>
     void SwiGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up);
 
     // ---- a decode step's layer, fused: each is exactly the composition in DecodeComposition (same outputs, same
@@ -259,7 +259,7 @@ public interface IBackend : IDisposable
 
     // ---- GeGLU (gemma): h = gelu_tanh(gate) ⊙ up, gelu_tanh(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) ----
     void GeGlu(Tensor h, Tensor gate, Tensor up);
-    /// <summary>Writes dgate and dup from dh.</summary>
+    /// <summary>Writes dgate and dup from dh; in place is allowed (dgate the same tensor as gate, dup as up).</summary>
     void GeGluBackward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up);
 
     // ---- soft-capping (gemma's final_logit_softcapping) ----

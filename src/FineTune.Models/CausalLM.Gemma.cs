@@ -83,9 +83,9 @@ public sealed partial class CausalLM
         B.RmsNormBackward(dsub, L.PostFeedforwardNorm!.Grad, dres, Rows(a.MlpOut!, n), L.PostFeedforwardNorm.Value, Head1(a.RstdPostFf!, n), off, accumulate: false);
         var dact = Rows(acts.Dact, n);
         SetBackward(L, 3, dact, [dsub], Rows(a.Act, n), a, n, seed);
-        var dgate = Rows(acts.Dgate, n);
-        var dup = Rows(acts.Dup, n);
-        ActivateBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
+        // In place, as the pre-norm MLP's backward (gate and up are not read again).
+        var (dgate, dup) = (Rows(a.Gate, n), Rows(a.Up, n));
+        ActivateBackward(dgate, dup, dact, dgate, dup);
         SetBackward(L, 2, dln, [dgate, dup], Rows(a.Ln2, n), a, n, seed);
         B.RmsNormBackward(dres, L.PreFeedforwardNorm!.Grad, dln, Rows(a.ResMid, n), L.PreFeedforwardNorm.Value, Head1(a.Rstd2, n), off);
         B.RmsNormBackward(dsub, L.PostAttentionNorm.Grad, dres, Rows(a.AttnOut!, n), L.PostAttentionNorm.Value, Head1(a.RstdPostAttn!, n), off, accumulate: false);

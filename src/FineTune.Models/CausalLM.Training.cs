@@ -426,9 +426,10 @@ public sealed partial class CausalLM
         {
             var dact = Rows(acts.Dact, n);
             SetBackward(L, 3, dact, [dres], Rows(a.Act, n), a, n, seed);
-            var dgate = Rows(acts.Dgate, n);
-            var dup = Rows(acts.Dup, n);
-            B.SwiGluBackward(dgate, dup, dact, Rows(a.Gate, n), Rows(a.Up, n));
+            // In place: gate and up are read here for the last time, so their buffers take dgate and dup (no [n, inter]
+            // gradient scratch of their own: ~0.6 GiB at 7B × 8192 tokens).
+            var (dgate, dup) = (Rows(a.Gate, n), Rows(a.Up, n));
+            B.SwiGluBackward(dgate, dup, dact, dgate, dup);
             SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
         }
         B.RmsNormBackward(dres, L.PostAttentionNorm.Grad, dln, Rows(a.ResMid, n), L.PostAttentionNorm.Value, Head1(a.Rstd2, n));

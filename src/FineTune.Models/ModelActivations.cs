@@ -37,7 +37,7 @@ internal sealed class ModelActivations : IDisposable
     public LayerActivations[] Layers { get; }
     /// <summary>What each layer keeps (the plan this arena was carved for).</summary>
     public IReadOnlyList<LayerStorage> Storage { get; }
-    public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dgate, Dup, Dact, Dxa, DropScratch;
+    public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dact, Dxa, DropScratch;
     public Tensor? DqPre, DkPre;
     /// <summary>Sandwich blocks: ∂L/∂(a sub-layer's output before its post-norm).</summary>
     public Tensor? DsubLayer;
@@ -126,7 +126,7 @@ internal sealed class ModelActivations : IDisposable
         Layers = setOfLayer.Select(s => sets[s]).ToArray();
         Tensor Opt(string name) => O(name) ?? T("hc");
         Dres = Opt("dres"); Dln = Opt("dln"); Dq = Opt("dq"); Dk = Opt("dk"); Dv = Opt("dv"); Datt = Opt("datt");
-        Dgate = Opt("dgate"); Dup = Opt("dup"); Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
+        Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
         DqPre = O("dqpre"); DkPre = O("dkpre"); DsubLayer = O("dsub"); CappedLogits = O("cappedlogits");
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
         CompactLogProbs = T("clogp"); CompactScales = T("cscale");
@@ -225,7 +225,7 @@ internal sealed class ModelActivations : IDisposable
             add("dres", f, [n, c]); add("dln", f, [n, c]); add("dq", f, [n, qd]); add("dk", f, [n, kvd]); add("dv", f, [n, kvd]);
             if (spec.QkNorm) { add("dqpre", f, [n, qd]); add("dkpre", f, [n, kvd]); }
             if (spec.Sandwich) add("dsub", f, [n, c]);
-            add("datt", f, [n, qd]); add("dgate", f, [n, inter]); add("dup", f, [n, inter]); add("dact", f, [n, inter]);
+            add("datt", f, [n, qd]); add("dact", f, [n, inter]); // dgate/dup: in place over gate/up
             add("dxa", f, [maxRows, n]); add("drop", f, [n, maxIn]);
         }
         add("lnf", f, [n, c]); add("rstdf", DType.F32, [n]); add("hc", f, [n, c]); add("dhc", f, [training ? n : 1, c]);

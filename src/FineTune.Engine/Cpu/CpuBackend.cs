@@ -224,11 +224,11 @@ public sealed unsafe partial class CpuBackend : IBackend
         {
             for (int i = s; i < e; i++)
             {
-                float g = pg[i], d = pdh[i];
+                float g = pg[i], d = pdh[i], u = pu[i]; // read before the stores: in place is allowed
                 float sig = 1f / (1f + MathF.Exp(-g));
                 float silu = g * sig;
                 pdu[i] = d * silu;
-                pdg[i] = d * pu[i] * sig * (1f + g * (1f - sig));
+                pdg[i] = d * u * sig * (1f + g * (1f - sig));
             }
         });
     }
@@ -260,10 +260,10 @@ public sealed unsafe partial class CpuBackend : IBackend
         {
             for (int i = s; i < e; i++)
             {
-                float g = pg[i], d = pdh[i];
+                float g = pg[i], d = pdh[i], u = pu[i]; // read before the stores: in place is allowed
                 float t = MathF.Tanh(GeluC * (g + GeluA * g * g * g));
                 pdu[i] = d * 0.5f * g * (1f + t);
-                pdg[i] = d * pu[i] * (0.5f * (1f + t) + 0.5f * g * (1f - t * t) * GeluC * (1f + 3f * GeluA * g * g));
+                pdg[i] = d * u * (0.5f * (1f + t) + 0.5f * g * (1f - t * t) * GeluC * (1f + 3f * GeluA * g * g));
             }
         });
     }

@@ -24,7 +24,7 @@ internal sealed unsafe class CublasLt : IDisposable
     const int CUBLAS_COMPUTE_32F = 68;
     const int CUDA_R_32F = 0, CUDA_R_16BF = 14, CUDA_R_8F_E4M3 = 28, CUDA_R_8F_E5M2 = 29;
     const int DESC_SCALE_TYPE = 1, DESC_TRANSA = 3, DESC_TRANSB = 4, DESC_EPILOGUE = 7, DESC_BIAS_POINTER = 8, DESC_BIAS_DATA_TYPE = 26;
-    const int DESC_A_SCALE_POINTER = 17, DESC_B_SCALE_POINTER = 18;
+    const int DESC_A_SCALE_POINTER = 17, DESC_B_SCALE_POINTER = 18, DESC_FAST_ACCUM = 25;
     const int LAYOUT_BATCH_COUNT = 5, LAYOUT_STRIDED_BATCH_OFFSET = 6;
     const int PREF_MAX_WORKSPACE_BYTES = 1, PREF_MIN_ALIGNMENT_A = 5, PREF_MIN_ALIGNMENT_B = 6, PREF_MIN_ALIGNMENT_C = 7, PREF_MIN_ALIGNMENT_D = 8;
     const int EPILOGUE_DEFAULT = 1, EPILOGUE_BIAS = 4;
@@ -64,7 +64,7 @@ internal sealed unsafe class CublasLt : IDisposable
 
     readonly record struct PlanKey(bool TransA, bool TransB, int M, int N, int K, int Lda, int Ldb, int Ldc,
         GpuDType A, GpuDType B, GpuDType C, int Batch, long StrideA, long StrideB, long StrideC, GemmEpilogue Epilogue,
-        uint AlignA, uint AlignB, uint AlignC);
+        uint AlignA, uint AlignB, uint AlignC, bool FastAccum = false);
 
     /// <summary>Largest power of two (at most 256) dividing the address: views into arenas need not be 256-aligned.</summary>
     static uint Alignment(ulong p) => p == 0 ? 256u : (uint)Math.Min(256UL, p & (~p + 1));
@@ -137,16 +137,19 @@ internal sealed unsafe class CublasLt : IDisposable
     /// Row-major C[m,n] = alpha·(scaleA·A)[m,k]·(scaleB·B)[n,k]ᵀ + beta·C with FP8 A and B (E4M3 or E5M2, not both E5M2),
     /// C BF16 or F32, f32 accumulation. scaleA/scaleB are device pointers to one f32 each. Both operands are read along k
     /// (cuBLASLt's FP8 kernels take only its "TN" form, which is this one after the operand swap of the class comment);
-    /// k and n must be multiples of 16, the operands 16-byte aligned.
+    /// k and n must be multiples of 16, the operands 16-byte aligned. <paramref name="fastAccum"/> lets the FP8 tensor
+    /// cores accumulate in their own reduced-precision accumulator for the whole k loop instead of adding into f32 every
+    /// few k blocks (cuBLASLt's FAST_ACCUM): faster, less exact; Transformer Engine's recipes take it for forward products
+    /// only, as the training code here does.
     /// </summary>
     public void GemmFp8(int m, int n, int k, ulong a, GpuDType aType, ulong scaleA, ulong b, GpuDType bType, ulong scaleB,
-        ulong c, int ldc, GpuDType cType, float alpha, float beta, nint stream)
+        ulong c, int ldc, GpuDType cType, float alpha, float beta, nint stream, bool fastAccum = false)
     {
         if (aType is not (GpuDType.E4M3 or GpuDType.E5M2) || bType is not (GpuDType.E4M3 or GpuDType.E5M2) || (aType == GpuDType.E5M2 && bType == GpuDType.E5M2))
             throw new ArgumentException($"cuBLASLt FP8 products take E4M3·E4M3 or one E5M2 operand, not {aType}·{bType}");
         if (k % 16 != 0 || n % 16 != 0) throw new ArgumentException($"cuBLASLt FP8 products need k and n multiples of 16, got k={k} n={n}");
         var key = new PlanKey(false, true, m, n, k, k, k, ldc, aType, bType, cType, 1, 0, 0, 0, GemmEpilogue.None,
-            Alignment(a), Alignment(b), Alignment(c));
+            Alignment(a), Alignment(b), Alignment(c), fastAccum);
         Run(key, a, b, c, alpha, beta, stream, 0, scaleA, scaleB);
     }
 
@@ -186,6 +189,11 @@ internal sealed unsafe class CublasLt : IDisposable
         {
             Check(_descSet(desc, DESC_A_SCALE_POINTER, &scaleB, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
             Check(_descSet(desc, DESC_B_SCALE_POINTER, &scaleA, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+            // The attribute is an int8_t (cublasLt.h); older headers documented it as int32.
+            sbyte fast = key.FastAccum ? (sbyte)1 : (sbyte)0;
+            int fast32 = fast;
+            if (_descSet(desc, DESC_FAST_ACCUM, &fast, sizeof(sbyte)) != 0)
+                Check(_descSet(desc, DESC_FAST_ACCUM, &fast32, sizeof(int)), "cublasLtMatmulDescSetAttribute(FAST_ACCUM)");
         }
         if (key.Epilogue == GemmEpilogue.Bias)
         {

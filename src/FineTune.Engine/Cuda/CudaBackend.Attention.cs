@@ -45,6 +45,13 @@ public sealed partial class CudaBackend
     public long CudnnDeterministicWorkspaceLimit { get; set; } =
         (long.TryParse(Environment.GetEnvironmentVariable("FINETUNE_CUDNN_WORKSPACE_MIB"), out var mib) ? mib : 1024) << 20;
 
+    /// <summary>
+    /// The deterministic backward runs one sequence a call once one sequence fills the GPU (its workspace then grows with
+    /// one sequence, not the batch: <see cref="CudnnAttention.DeterministicSlice"/>); `FINETUNE_CUDNN_SEQUENCE_SLICES=0`
+    /// takes the widest slice within the limit instead. Both give the same bits.
+    /// </summary>
+    public bool CudnnSequenceSlices { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_CUDNN_SEQUENCE_SLICES") != "0";
+
     CudnnAttention? _cudnn;
     bool _cudnnFailed;
     readonly HashSet<(SdpaShape, bool)> _cudnnRefused = [];
@@ -124,7 +131,7 @@ public sealed partial class CudaBackend
         if (AttentionKernels == AttentionKernels.CudnnFast) return shape;
         if (_cudnnRefused.Contains((shape, true)) || Cudnn() is not { } dnn) return null;
         SdpaShape? slice;
-        try { slice = dnn.DeterministicSlice(shape, CudnnDeterministicWorkspaceLimit); }
+        try { slice = dnn.DeterministicSlice(shape, CudnnDeterministicWorkspaceLimit, CudnnSequenceSlices ? 2 * _dev.Info.Multiprocessors : 0); }
         catch (CudnnException e)
         {
             _cudnnRefused.Add((shape, true));

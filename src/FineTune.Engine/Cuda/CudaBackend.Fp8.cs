@@ -7,6 +7,13 @@ public sealed partial class CudaBackend
     public string? Fp8Refusal => _dev.Info.ComputeMajor == 9 ? null
         : $"fp8 needs a Hopper GPU (sm_90); {Name} is {_dev.Info.Name} ({_dev.Info.Architecture}). Remove fp8: true or train on an H100/H200";
 
+    /// <summary>
+    /// Forward FP8 products accumulate in the tensor cores' fast mode (cuBLASLt FAST_ACCUM), the input gradients
+    /// (E5M2 output gradients) with f32 promotion, as Transformer Engine's recipes do. FINETUNE_FP8_FAST_ACCUM=0 turns
+    /// the fast mode off everywhere.
+    /// </summary>
+    public bool Fp8FastAccumulation { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FAST_ACCUM") != "0";
+
     static int FormatCode(Fp8Format f) => f == Fp8Format.E4M3 ? 0 : 1;
 
     public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format)
@@ -47,7 +54,7 @@ public sealed partial class CudaBackend
             Quantize(block, scaleInv, amax, a, format);
             _dev.Blas.GemmFp8(m, n, k, block, format == Fp8Format.E4M3 ? GpuDType.E4M3 : GpuDType.E5M2, scaleInv,
                 P(weight), GpuDType.E4M3, P(w.Absmax), P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
-                1f, accumulate ? 1f : 0f, _dev.Stream);
+                1f, accumulate ? 1f : 0f, _dev.Stream, fastAccum: Fp8FastAccumulation && !inputGradient);
             if (_dev.Profiling) _dev.Mark(inputGradient ? "gemm fp8 (input gradient)" : "gemm fp8");
         }
         finally { _dev.Free(block); }
@@ -77,7 +84,8 @@ public sealed partial class CudaBackend
             {
                 var c = cs[i];
                 _dev.Blas.GemmFp8(m, ws[i].Rows, k, block, GpuDType.E4M3, scaleInv, P(ws[i].Codes), GpuDType.E4M3, P(ws[i].Absmax),
-                    P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream);
+                    P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream,
+                    fastAccum: Fp8FastAccumulation);
                 if (_dev.Profiling) _dev.Mark("gemm fp8");
             }
         }

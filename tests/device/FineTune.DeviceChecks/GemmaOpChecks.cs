@@ -48,8 +48,9 @@ public static partial class OpChecks
 
     static void GeGluChecks(Ctx c, int m)
     {
-        var g = c.Pair(c.Rand(m, 4f), [m]);
-        var u = c.Pair(c.Rand(m, 2f), [m]);
+        float[] gHost = c.Rand(m, 4f), uHost = c.Rand(m, 2f);
+        var g = c.Pair(gHost, [m]);
+        var u = c.Pair(uHost, [m]);
         var h = c.Zeros([m]);
         double ms = c.Time(() => c.Gpu.GeGlu(h.Gpu, g.Gpu, u.Gpu));
         c.Cpu.GeGlu(h.Cpu, g.Cpu, u.Cpu);
@@ -60,6 +61,7 @@ public static partial class OpChecks
         c.Cpu.GeGluBackward(dg.Cpu, du.Cpu, dh.Cpu, g.Cpu, u.Cpu);
         c.Compare($"geglu_backward {m}", "dgate", dg, ms);
         c.Compare($"geglu_backward {m}", "dup", du, ms);
+        InPlaceGluBits(c, $"geglu_backward {m}", c.Gpu.GeGluBackward, gHost, uHost, dh.Gpu, dg.Gpu, du.Gpu);
     }
 
     static void SoftCapChecks(Ctx c)

@@ -90,7 +90,73 @@ public static partial class OpChecks
             if (!headSlice) c.Check($"attention_backward {tag}", "bits of the one call", asWhole, ms);
         }
         c.Gpu.CudnnDeterministicWorkspaceLimit = limitBefore;
+        CudnnSequenceSliceRows(c);
+        CudnnShapeCapRows(c);
         c.Gpu.AttentionKernels = before;
         foreach (var note in c.Gpu.CudnnNotes) Console.WriteLine($"info cuDNN: {note}");
+    }
+
+    // One sequence a call (CudaBackend.CudnnSequenceSlices, the default) against the widest slice the limit allows: the
+    // same bits, the times of both (info), and the notes say how it was sliced. 32 heads × 16 query tiles fill the H200.
+    static void CudnnSequenceSliceRows(Ctx c)
+    {
+        const int batch = 4, t = 2048, hq = 32, hkv = 8, d = 128;
+        c.Gpu.AttentionKernels = AttentionKernels.Cudnn;
+        var s = AttentionShape.Training(batch, t, hq, hkv, d) with { Unpacked = true };
+        string tag = $"cudnn sequence slices B{batch} T{t} H{hq}/{hkv} D{d}";
+        var (q, k, v, segT, o, lse) = UnpackedInputs(c, batch, t, hq, hkv, d);
+        c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+        var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+        var grads = new[] { c.Zeros([batch * t, hq * d]), c.Zeros([batch * t, hkv * d]), c.Zeros([batch * t, hkv * d]) };
+        (float[][] Bits, double Ms) Run(bool perSequence, long limit)
+        {
+            c.Gpu.CudnnSequenceSlices = perSequence;
+            c.Gpu.CudnnDeterministicWorkspaceLimit = limit;
+            foreach (var g in grads) c.Gpu.Upload(g.Gpu, Enumerable.Repeat(float.NaN, (int)g.Gpu.Length).ToArray());
+            void Backward() => c.Gpu.AttentionBackward(grads[0].Gpu, grads[1].Gpu, grads[2].Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, s);
+            Backward();
+            var bits = grads.Select(g => c.Download(g.Gpu)).ToArray();
+            return (bits, c.TimeRepeat(Backward));
+        }
+        long limitBefore = c.Gpu.CudnnDeterministicWorkspaceLimit;
+        bool before = c.Gpu.CudnnSequenceSlices;
+        var calls = c.Gpu.CudnnCalls;
+        var (wide, wideMs) = Run(false, 4096L << 20);
+        var (one, oneMs) = Run(true, 4096L << 20);
+        bool ran = c.Gpu.CudnnCalls.Backward >= calls.Backward + 2;
+        c.Gpu.CudnnSequenceSlices = before;
+        c.Gpu.CudnnDeterministicWorkspaceLimit = limitBefore;
+        c.Check($"attention_backward {tag}", "ran on cuDNN", ran, oneMs);
+        c.Check($"attention_backward {tag}", "bits of the widest slice", one.Select((x, i) => x.AsSpan().SequenceEqual(wide[i])).All(x => x), oneMs);
+        c.Check($"attention_backward {tag}", "noted as 4 calls of 1 sequence", c.Gpu.CudnnNotes.Any(n => n.Contains($"B{batch} T{t}") && n.Contains("4 call(s) of 1 sequence(s)")), oneMs);
+        Console.WriteLine($"info attention_backward {tag}: one sequence a call {oneMs:F3} ms, the widest slice {wideMs:F3} ms");
+    }
+
+    // The shape cap (CudaBackend.CudnnMaxShapes): with the cap reached, a new shape runs the flash kernels (their bits,
+    // no cuDNN call, a note), and a shape cuDNN already took still runs on cuDNN.
+    static void CudnnShapeCapRows(Ctx c)
+    {
+        int capBefore = c.Gpu.CudnnMaxShapes;
+        c.Gpu.AttentionKernels = AttentionKernels.Cudnn;
+        var known = AttentionShape.Training(2, 77, 4, 2, 64) with { Unpacked = true }; // taken by the rows above
+        var fresh = AttentionShape.Training(3, 96, 4, 2, 64) with { Unpacked = true };
+        var (q, k, v, segT, o, lse) = UnpackedInputs(c, 3, 96, 4, 2, 64);
+        c.Gpu.AttentionKernels = AttentionKernels.Flash;
+        c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, fresh);
+        var flashBits = c.Download(o.Gpu);
+        c.Gpu.AttentionKernels = AttentionKernels.Cudnn;
+        c.Gpu.CudnnMaxShapes = 0;
+        var calls = c.Gpu.CudnnCalls;
+        c.Gpu.Upload(o.Gpu, Enumerable.Repeat(float.NaN, (int)o.Gpu.Length).ToArray());
+        c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, fresh);
+        bool flashRan = c.Gpu.CudnnCalls.Forward == calls.Forward && c.Download(o.Gpu).AsSpan().SequenceEqual(flashBits);
+        var (kq, kk, kv, kseg, ko, klse) = UnpackedInputs(c, 2, 77, 4, 2, 64);
+        calls = c.Gpu.CudnnCalls;
+        c.Gpu.Attention(ko.Gpu, klse.Gpu, kq.Gpu, kk.Gpu, kv.Gpu, kseg.Gpu, known);
+        bool knownOnCudnn = c.Gpu.CudnnCalls.Forward == calls.Forward + 1;
+        c.Gpu.CudnnMaxShapes = capBefore;
+        c.Check("attention cudnn shape cap", "a new shape past the cap runs flash (its bits)", flashRan, 0);
+        c.Check("attention cudnn shape cap", "a shape already taken stays on cuDNN", knownOnCudnn, 0);
+        c.Check("attention cudnn shape cap", "noted", c.Gpu.CudnnNotes.Any(n => n.Contains("FINETUNE_CUDNN_MAX_SHAPES")), 0);
     }
 }

@@ -254,8 +254,9 @@ public static partial class OpChecks
     {
         string tag = m % 8 == 0 ? " (v8)" : "";
         double ms;
-        var g = c.Pair(c.Rand(m, 4f), [m]);
-        var u = c.Pair(c.Rand(m, 2f), [m]);
+        float[] gHost = c.Rand(m, 4f), uHost = c.Rand(m, 2f);
+        var g = c.Pair(gHost, [m]);
+        var u = c.Pair(uHost, [m]);
         var h = c.Zeros([m]);
         ms = c.Time(() => c.Gpu.SwiGlu(h.Gpu, g.Gpu, u.Gpu));
         c.Cpu.SwiGlu(h.Cpu, g.Cpu, u.Cpu);
@@ -266,6 +267,18 @@ public static partial class OpChecks
         c.Cpu.SwiGluBackward(dg.Cpu, du.Cpu, dh.Cpu, g.Cpu, u.Cpu);
         c.Compare("swiglu_backward" + tag, "dgate", dg, ms);
         c.Compare("swiglu_backward" + tag, "dup", du, ms);
+        InPlaceGluBits(c, "swiglu_backward" + tag, c.Gpu.SwiGluBackward, gHost, uHost, dh.Gpu, dg.Gpu, du.Gpu);
+    }
+
+    /// <summary>The training MLP's backward writes dgate over gate and dup over up: those bits must be the out-of-place call's.</summary>
+    static void InPlaceGluBits(Ctx c, string op, Action<Tensor, Tensor, Tensor, Tensor, Tensor> backward, float[] gHost, float[] uHost,
+        Tensor dh, Tensor dgate, Tensor dup)
+    {
+        var g = c.Pair(gHost, [gHost.Length]).Gpu;
+        var u = c.Pair(uHost, [uHost.Length]).Gpu;
+        backward(g, u, dh, g, u);
+        c.Check(op, "in place: the out-of-place bits",
+            c.Download(g).AsSpan().SequenceEqual(c.Download(dgate)) && c.Download(u).AsSpan().SequenceEqual(c.Download(dup)), 0);
     }
 
     static void DropoutChecks(Ctx c, int m)

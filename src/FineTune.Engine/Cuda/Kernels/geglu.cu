@@ -31,8 +31,9 @@ extern "C" __global__ void geglu_backward(void* dgate, int dt_dg, void* dup, int
 {
     GRID_STRIDE(i, n)
     {
-        float g = ld(gate, i, dt_g), d = ld(dh, i, dt_dh);
+        // Inputs read before the stores: dgate may be gate and dup may be up (in place).
+        float g = ld(gate, i, dt_g), d = ld(dh, i, dt_dh), u = ld(up, i, dt_u);
         st(dup, i, d * gelu_tanh(g), dt_du);
-        st(dgate, i, d * ld(up, i, dt_u) * gelu_tanh_grad(g), dt_dg);
+        st(dgate, i, d * u * gelu_tanh_grad(g), dt_dg);
     }
 }

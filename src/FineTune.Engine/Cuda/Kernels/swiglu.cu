@@ -18,10 +18,11 @@ extern "C" __global__ void swiglu_backward(void* dgate, int dt_dg, void* dup, in
 {
     GRID_STRIDE(i, n)
     {
-        float g = ld(gate, i, dt_g), d = ld(dh, i, dt_dh);
+        // Every input is read before either output is stored: dgate may be gate and dup may be up (in place).
+        float g = ld(gate, i, dt_g), d = ld(dh, i, dt_dh), u = ld(up, i, dt_u);
         float sig = 1.0f / (1.0f + expf(-g));
         st(dup, i, d * g * sig, dt_du);
-        st(dgate, i, d * ld(up, i, dt_u) * sig * (1.0f + g * (1.0f - sig)), dt_dg);
+        st(dgate, i, d * u * sig * (1.0f + g * (1.0f - sig)), dt_dg);
     }
 }
 
