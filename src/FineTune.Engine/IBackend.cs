@@ -148,6 +148,16 @@ public interface IBackend : IDisposable
     void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false);
 
     /// <summary>
+    /// C = alpha·op(A)·op(B) + bias (broadcast over C's rows, one value per column): the bias rides along with a product
+    /// that writes C (CUDA: in cuBLASLt's epilogue, no second pass over C). Composed from MatMul and AddBias by default.
+    /// </summary>
+    void MatMulBias(Tensor c, Tensor a, bool transA, Tensor b, bool transB, Tensor bias, float alpha = 1f)
+    {
+        MatMul(c, a, transA, b, transB, alpha);
+        AddBias(c, bias);
+    }
+
+    /// <summary>
     /// c_j = a·b_jᵀ for up to three weights that read the same input (a layer's q/k/v, or gate/up): one launch where the
     /// backend can (CUDA's decode-step GEMV), else one <see cref="MatMul"/> each — the same values either way.
     /// </summary>

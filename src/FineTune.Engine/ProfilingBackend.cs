@@ -46,6 +46,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void Add(Tensor y, Tensor x, float alpha = 1f) { var t = Begin(); _inner.Add(y, x, alpha); End("Add", t); }
     public void Scale(Tensor x, float s) { var t = Begin(); _inner.Scale(x, s); End("Scale", t); }
     public void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false) { var t = Begin(); _inner.MatMul(c, a, transA, b, transB, alpha, accumulate); End("MatMul", t); }
+    public void MatMulBias(Tensor c, Tensor a, bool transA, Tensor b, bool transB, Tensor bias, float alpha = 1f) { var t = Begin(); _inner.MatMulBias(c, a, transA, b, transB, bias, alpha); End("MatMulBias", t); }
     public void AddBias(Tensor y, Tensor bias) { var t = Begin(); _inner.AddBias(y, bias); End("AddBias", t); }
     public void BiasBackward(Tensor dbias, Tensor dy) { var t = Begin(); _inner.BiasBackward(dbias, dy); End("BiasBackward", t); }
     public void Embedding(Tensor output, Tensor table, Tensor ids) { var t = Begin(); _inner.Embedding(output, table, ids); End("Embedding", t); }

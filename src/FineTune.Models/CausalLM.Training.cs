@@ -440,7 +440,8 @@ public sealed partial class CausalLM
     /// The linears of input set <paramref name="set"/> of layer L (<see cref="DecoderLayer.InputSets"/>), all reading x,
     /// writing ys in set order. Grouped LoRA: xaᵀ = A_group·xᵀ for every adapter of the set in one product (one pass
     /// over x), then per linear y = scale·xa·Bᵀ (a skinny product that writes y without reading it) and y += x·Wᵀ (the
-    /// big product does the accumulating, where reading C is nearly free), then the bias.
+    /// big product does the accumulating, where reading C is nearly free); an adapted linear's bias rides with its skinny
+    /// product (IBackend.MatMulBias), any other's follows.
     /// </summary>
     private void SetForward(DecoderLayer L, int set, Tensor[] ys, Tensor x, LayerActivations a, int n, ulong seed, bool training)
     {
@@ -471,7 +472,9 @@ public sealed partial class CausalLM
             if (lins[j].Lora is { } lora)
             {
                 var xaTj = xaT.View((long)group.RowOffset(group.IndexOf(lins[j])) * n, [lora.Rank, n]);
-                B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
+                // The bias (qwen2's q/k/v) rides with the skinny product, which writes y anyway.
+                if (lins[j].Bias is { } bias) B.MatMulBias(ys[j], xaTj, true, lora.B.Value, true, bias.Value, lora.Scale);
+                else B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
             }
         // Each y is its own: the base products may follow all the LoRA ones (and share one FP8 cast of x) without changing a value.
         var done = SharedFp8Products(lins, ys, x, j => lins[j].Lora is not null);
@@ -479,7 +482,7 @@ public sealed partial class CausalLM
         {
             var lin = lins[j];
             if (done?[j] != true) FrozenProduct(ys[j], x, lin, accumulate: lin.Lora is not null);
-            if (lin.Bias is { } bias) B.AddBias(ys[j], bias.Value);
+            if (lin.Bias is { } bias && lin.Lora is null) B.AddBias(ys[j], bias.Value);
         }
         _stepLora?.Apply(L, set, ys, x);
     }

@@ -40,6 +40,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void Add(Tensor y, Tensor x, float alpha = 1f) => Run(() => Inner.Add(y, x, alpha));
     public virtual void Scale(Tensor x, float s) => Run(() => Inner.Scale(x, s));
     public virtual void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false) => Run(() => Inner.MatMul(c, a, transA, b, transB, alpha, accumulate));
+    public virtual void MatMulBias(Tensor c, Tensor a, bool transA, Tensor b, bool transB, Tensor bias, float alpha = 1f) => Run(() => Inner.MatMulBias(c, a, transA, b, transB, bias, alpha));
     public virtual void MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<Tensor> bs) => Run(() => Inner.MatMulShared(cs, a, bs));
     public virtual string? Fp8Refusal => Inner.Fp8Refusal;
     public virtual void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) => Run(() => Inner.QuantizeFp8(codes, scaleInverse, x, format));

@@ -46,9 +46,9 @@ public sealed partial class CudaBackend
         (long.TryParse(Environment.GetEnvironmentVariable("FINETUNE_CUDNN_WORKSPACE_MIB"), out var mib) ? mib : 1024) << 20;
 
     /// <summary>
-    /// The deterministic backward runs one sequence a call once one sequence fills the GPU (its workspace then grows with
-    /// one sequence, not the batch: <see cref="CudnnAttention.DeterministicSlice"/>); `FINETUNE_CUDNN_SEQUENCE_SLICES=0`
-    /// takes the widest slice within the limit instead. Both give the same bits.
+    /// The deterministic backward runs no more sequences a call than fill the GPU (its workspace then grows with those,
+    /// not the batch: <see cref="CudnnAttention.DeterministicSlice"/>); `FINETUNE_CUDNN_SEQUENCE_SLICES=0` takes the
+    /// widest slice within the limit instead. Both give the same bits.
     /// </summary>
     public bool CudnnSequenceSlices { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_CUDNN_SEQUENCE_SLICES") != "0";
 
@@ -131,7 +131,7 @@ public sealed partial class CudaBackend
         if (AttentionKernels == AttentionKernels.CudnnFast) return shape;
         if (_cudnnRefused.Contains((shape, true)) || Cudnn() is not { } dnn) return null;
         SdpaShape? slice;
-        try { slice = dnn.DeterministicSlice(shape, CudnnDeterministicWorkspaceLimit, CudnnSequenceSlices ? 2 * _dev.Info.Multiprocessors : 0); }
+        try { slice = dnn.DeterministicSlice(shape, CudnnDeterministicWorkspaceLimit, CudnnSequenceSlices ? 4 * _dev.Info.Multiprocessors : 0); }
         catch (CudnnException e)
         {
             _cudnnRefused.Add((shape, true));

@@ -29,6 +29,12 @@ public sealed partial class CudaBackend
     void Quantize(ulong codes, ulong scaleInverse, ulong amax, Tensor x, Fp8Format format)
     {
         _dev.Zero(amax, 4);
+        if (V8(8, x) && (codes & 7) == 0)
+        {
+            LaunchFlat("fp8.cu", "fp8_amax_v8", x.Length / 8, [P(x), x.Length / 8, amax]);
+            LaunchFlat("fp8.cu", "fp8_quantize_v8", x.Length / 8, [codes, scaleInverse, P(x), x.Length / 8, amax, FormatCode(format)]);
+            return;
+        }
         LaunchFlat("fp8.cu", "fp8_amax", x.Length, [P(x), Dt(x), x.Length, amax]);
         LaunchFlat("fp8.cu", "fp8_quantize", x.Length, [codes, scaleInverse, P(x), Dt(x), x.Length, amax, FormatCode(format)]);
     }

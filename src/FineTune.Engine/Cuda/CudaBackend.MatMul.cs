@@ -7,7 +7,18 @@ public sealed partial class CudaBackend
     /// the other BF16 (an F32 master against BF16 activations), the F32 one is rounded to BF16 in a scratch block.
     /// F32·F32 runs in exact fp32 (no TF32), so the F32 path matches the CPU backend to ~1e-6.
     /// </summary>
-    public void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false)
+    public void MatMul(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha = 1f, bool accumulate = false) =>
+        MatMulCore(c, a, transA, b, transB, alpha, accumulate, null);
+
+    /// <summary>C = alpha·op(A)·op(B) + bias[n], the bias added in cuBLASLt's epilogue where C and the bias are one dtype.</summary>
+    public void MatMulBias(Tensor c, Tensor a, bool transA, Tensor b, bool transB, Tensor bias, float alpha = 1f)
+    {
+        if (bias.Length != c.Cols) throw new ArgumentException($"bias {bias} does not match C {c}'s {c.Cols} columns");
+        if (bias.DType != c.DType) { MatMul(c, a, transA, b, transB, alpha); AddBias(c, bias); return; }
+        MatMulCore(c, a, transA, b, transB, alpha, false, bias);
+    }
+
+    void MatMulCore(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha, bool accumulate, Tensor? bias)
     {
         int m = c.Rows, n = c.Cols;
         int k = transA ? a.Rows : a.Cols;
@@ -16,9 +27,14 @@ public sealed partial class CudaBackend
         if (am != m || bk != k || bn != n)
             throw new ArgumentException($"matmul shapes do not agree: C {c} = op(A {a}, T={transA})·op(B {b}, T={transB})");
         if (m == 0 || n == 0) return;
-        if (k == 0) { if (!accumulate) Zero(c); return; }
+        if (k == 0)
+        {
+            if (!accumulate) Zero(c);
+            if (bias is not null) AddBias(c, bias);
+            return;
+        }
         Dt(c);
-        if (Gemv(c, a, transA, b, transB, m, n, k, alpha, accumulate)) return;
+        if (bias is null && Gemv(c, a, transA, b, transB, m, n, k, alpha, accumulate)) return;
 
         ulong pa = P(a), pb = P(b);
         ulong scratchA = 0, scratchB = 0;
@@ -33,7 +49,7 @@ public sealed partial class CudaBackend
             }
             _dev.Blas.Gemm(transA, transB, m, n, k, pa, a.Cols, pb, b.Cols, P(c), c.Cols,
                 abType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
-                alpha, accumulate ? 1f : 0f, _dev.Stream);
+                alpha, accumulate ? 1f : 0f, _dev.Stream, bias: bias is null ? 0 : P(bias), epilogue: bias is null ? GemmEpilogue.None : GemmEpilogue.Bias);
             // Rank-sized: r (or g·r for a grouped LoRA product, up to 3r) is one of the three dimensions.
             if (_dev.Profiling) _dev.Mark(Math.Min(m, Math.Min(n, k)) <= 64 ? "gemm (lora, rank-sized)" : "gemm");
         }

@@ -379,6 +379,17 @@ public static partial class OpChecks
             c.Cpu.AddBias(y.Cpu, bias.Cpu);
             c.Compare("linear+bias epilogue", "y", y, ms);
         }
+        {
+            // The LoRA form of the training forward: y = scale·xaᵀᵀ·Bᵀ + bias with xaᵀ stored [r, m] (qwen2's q/k/v).
+            const int r = 8;
+            var xaT = c.Pair(c.Rand(r * m), [r, m]);
+            var bw = c.Pair(c.Rand(n * r), [n, r]);
+            var bias = c.Pair(c.Rand(n), [n]);
+            var y = c.Zeros([m, n]);
+            double ms = c.Time(() => c.Gpu.MatMulBias(y.Gpu, xaT.Gpu, true, bw.Gpu, true, bias.Gpu, 0.5f));
+            ((IBackend)c.Cpu).MatMulBias(y.Cpu, xaT.Cpu, true, bw.Cpu, true, bias.Cpu, 0.5f);
+            c.Compare("matmul+bias epilogue (transposed A, scaled)", "y", y, ms);
+        }
     }
 
     static void Norms(Ctx c)

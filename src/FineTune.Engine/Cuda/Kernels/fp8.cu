@@ -87,3 +87,41 @@ extern "C" __global__ void fp8_dequantize(void* out, int dt, const unsigned char
     float inv = *scale_inv;
     GRID_STRIDE(i, n) st(out, i, __fmul_rn(fp8_decode(q[i], fmt), inv), dt);
 }
+
+// bf16 fast paths of fp8_amax and fp8_quantize, eight elements per thread and step (n8 = n / 8, x 16-byte aligned,
+// q 8-byte aligned): the same per-element arithmetic, so the same amax and codes as the scalar kernels, at full width
+// (the scalar cast's one-byte stores left these passes at about half the memory bandwidth, 57 of 446 ms of a 7B step).
+extern "C" __global__ void fp8_amax_v8(const uint4* x, i64 n8, unsigned* amax)
+{
+    float m = 0.0f;
+    GRID_STRIDE(i, n8)
+    {
+        float v[8];
+        unpack8(x[i], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(v[j]));
+    }
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
+}
+
+extern "C" __global__ void fp8_quantize_v8(uint2* q, float* scale_inv, const uint4* x, i64 n8, const unsigned* amax, int fmt)
+{
+    float a = __uint_as_float(*amax);
+    float maxv = fmt == FP8_E4M3 ? 448.0f : 57344.0f;
+    float s = (a > 0.0f && a <= 3.402823466e38f) ? __fdiv_rn(maxv, a) : 1.0f;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
+    GRID_STRIDE(i, n8)
+    {
+        float v[8];
+        unpack8(x[i], v);
+        unsigned lo = 0u, hi = 0u;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            lo |= (unsigned)fp8_encode(__fmul_rn(v[j], s), fmt) << (8 * j);
+            hi |= (unsigned)fp8_encode(__fmul_rn(v[j + 4], s), fmt) << (8 * j);
+        }
+        q[i] = make_uint2(lo, hi);
+    }
+}
