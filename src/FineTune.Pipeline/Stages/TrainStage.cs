@@ -172,7 +172,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
             notes.Add($"QLoRA: frozen decoder linears held as {quantization.Describe()}, {model.QuantizedWeightBytes / 1048576.0:F1} MiB");
         }
         if (setup.Fp8)
-            notes.Add($"fp8: {model.Fp8Linears} frozen decoder linears held as FP8 E4M3 (W and Wᵀ), {model.Fp8WeightBytes / 1048576.0:F1} MiB");
+            notes.Add($"fp8: {model.Fp8Linears} frozen decoder linears held as FP8 E4M3 (W and Wᵀ), {model.Fp8WeightBytes / 1048576.0:F1} MiB" +
+                (cuda is { Fp8FastAccumulation: var fast } ? $"; forward products with {(fast ? "fast" : "f32-promoted")} accumulation (FINETUNE_FP8_FAST_ACCUM)" : ""));
         if (cuda is not null)
             notes.Add($"attention: {FineTune.Engine.Cuda.AttentionKernelsSetting.Name(cuda.AttentionKernels)}, cuDNN ran {cuda.CudnnCalls.Forward} forward and {cuda.CudnnCalls.Backward} backward calls" +
                 (cuda.CudnnNotes.Count > 0 ? $" ({string.Join("; ", cuda.CudnnNotes)})" : ""));
