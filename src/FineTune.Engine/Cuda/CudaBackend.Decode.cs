@@ -17,10 +17,14 @@ public sealed partial class CudaBackend
     /// </summary>
     public int DecodeWarps { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_DECODE_WARPS"), out int w) ? Math.Clamp(w, 2, 32) : 8;
 
-    /// <summary>x [M, K] with M ≤ two rows (and the GEMV's row limit), K a multiple of 8 up to 8192; every tensor bf16, 16-byte aligned.</summary>
-    bool DecodeFits(Tensor x, params ReadOnlySpan<Tensor> others)
+    /// <summary>
+    /// x [M, K] with M ≤ two rows (and the GEMV's row limit), K a multiple of 8 up to <paramref name="maxK"/>; every
+    /// tensor bf16, 16-byte aligned. The kernels that keep normed rows of x in shared memory take K ≤ DecodeMaxK;
+    /// gemv_residual reads its input straight from global memory and takes any K (down_proj's 14336 at Llama-3-8B).
+    /// </summary>
+    bool DecodeFits(Tensor x, int maxK, params ReadOnlySpan<Tensor> others)
     {
-        if (!UseFusedDecode || !UseGemv || x.Rows < 1 || x.Rows > Math.Min(DecodeMaxRows, GemvRows) || x.Cols > DecodeMaxK) return false;
+        if (!UseFusedDecode || !UseGemv || x.Rows < 1 || x.Rows > Math.Min(DecodeMaxRows, GemvRows) || x.Cols > maxK) return false;
         if (!V8(x.Cols, x)) return false;
         foreach (var t in others)
             if (!V8(8, t)) return false;
@@ -34,7 +38,7 @@ public sealed partial class CudaBackend
     {
         int m = x.Rows, k = x.Cols;
         bool fused = cs.Count == bs.Count && cs.Count is >= 1 and <= 3 && normWeight.Length == k && ln.Rows == m && ln.Cols == k
-            && rstd.DType == DType.F32 && rstd.Length >= m && DecodeFits(x, [ln, normWeight, .. cs, .. bs]);
+            && rstd.DType == DType.F32 && rstd.Length >= m && DecodeFits(x, DecodeMaxK, [ln, normWeight, .. cs, .. bs]);
         for (int j = 0; j < cs.Count && fused; j++) fused = ProductShape(cs[j], bs[j], m, k);
         if (!fused) { DecodeComposition.NormMatMulShared(this, cs, ln, rstd, x, normWeight, eps, bs); return; }
         var args = new KernelArg[19];
@@ -58,7 +62,7 @@ public sealed partial class CudaBackend
         int m = x.Rows, k = x.Cols, n = gateWeight.Rows;
         bool fused = normWeight.Length == k && ln.Rows == m && ln.Cols == k && rstd.DType == DType.F32 && rstd.Length >= m
             && ProductShape(gate, gateWeight, m, k) && ProductShape(up, upWeight, m, k) && h.Rows == m && h.Cols == n
-            && DecodeFits(x, ln, normWeight, gate, up, h, gateWeight, upWeight);
+            && DecodeFits(x, DecodeMaxK, ln, normWeight, gate, up, h, gateWeight, upWeight);
         if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
         LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
             [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag]);
@@ -67,7 +71,7 @@ public sealed partial class CudaBackend
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
     {
         int m = a.Rows, k = a.Cols;
-        bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, y, weight, residual);
+        bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
         LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag]);
     }
@@ -85,7 +89,7 @@ public sealed partial class CudaBackend
             && cos.Cols == d / 2 && sin.Cols == d / 2 && kCache.Cols == k.Cols && vCache.Cols == k.Cols
             && (normed ? qNorm!.Length == d && kNorm!.Length == d && qRstd!.Length >= (long)m * hq && kRstd!.Length >= (long)m * hkv
                 : qNorm is null && kNorm is null && DecodeComposition.SameStorage(q, qIn) && DecodeComposition.SameStorage(k, kIn))
-            && DecodeFits(q, [k, qIn, kIn, v, kCache, vCache, .. (normed ? new[] { qNorm!, kNorm! } : [])]);
+            && DecodeFits(q, DecodeMaxK, [k, qIn, kIn, v, kCache, vCache, .. (normed ? new[] { qNorm!, kNorm! } : [])]);
     }
 
     public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,

@@ -44,7 +44,8 @@ public static partial class OpChecks
             NormSetCheck(c, 1, 4096, [4096, 1024, 1024]);
             NormSetCheck(c, 2, 1000, [200]);
             NormSwiGluCheck(c, 1, 4096, 14336);
-            ResidualCheck(c, 1, 14336, 4096);
+            ResidualCheck(c, 1, 14336, 4096); // Llama-3-8B down_proj
+            ResidualCheck(c, 2, 14336, 4096);
             foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
                 QkRopeCheck(c, m, d, hq, hkv, normed);
             foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
@@ -258,6 +259,12 @@ public static partial class OpChecks
         var (y, y2) = (c.Zeros([m, n]), c.Zeros([m, n]));
         string name = $"matmul+residual {m}x{n}x{k}";
         FusedVsComposed(c, name, fused => c.Gpu.MatMulResidual((fused ? y : y2).Gpu, x.Gpu, w.Gpu, r.Gpu), [(y.Gpu, y2.Gpu)], ["y"]);
+        // At one or two rows the fused kernel must run, at any K (down_proj's K = 14336 at Llama-3-8B once took
+        // gemv_bf16 + ft_add: the shared-memory K cap of the normed kernels was applied here too).
+        c.Gpu.Device.BeginProfile();
+        c.Gpu.MatMulResidual(y2.Gpu, x.Gpu, w.Gpu, r.Gpu);
+        bool ran = c.Gpu.Device.EndProfile().ContainsKey("gemv_residual");
+        c.Check($"{name} launches gemv_residual iff m <= 2", "kernel", ran == (m <= 2), 0);
         DecodeComposition.MatMulResidual(c.Cpu, y.Cpu, x.Cpu, w.Cpu, r.Cpu);
         c.Compare(name, "y", y, 0);
     }
