@@ -5,16 +5,9 @@
 #   tests/device/decode_gemv.sh <finetune single-file binary> <FineTune.DeviceChecks single-file binary> <out dir> [qwen3-1.7b dir] [llama3-8b dir]
 # A model dir not given (or without config.json) is written first by hf_generate_bench.py --make-model (random weights,
 # bf16; the 8B one is 16 GB and takes minutes; "-" as the 8B dir skips that shape). Each step's output is kept under
-# <out dir>; the exit code is 1 when a check failed. The FINETUNE_GEMV_PIPELINE A/B of the brief is not here: that
-# kernel change was not made (see docs/cuda.md); FINETUNE_FUSED_DECODE=0 is the A/B of the fused layer instead.
-set -uo pipefail
-ft=$(realpath "$1"); dc=$(realpath "$2"); out=$3; here=$(dirname "$0"); rc=0
-mkdir -p "$out"
-m17=${4:-$out/m17}; m8=${5:-$out/m8}
-[ -f "$m17/config.json" ] || python3 "$here/hf_generate_bench.py" "$m17" --make-model | tee "$out/m17.json"
-[ "$m8" = - ] || [ -f "$m8/config.json" ] || python3 "$here/hf_generate_bench.py" "$m8" --make-model --shape llama3-8b | tee "$out/m8.json"
-export FINETUNE_KERNEL_CACHE=${FINETUNE_KERNEL_CACHE:-$out/kernel-cache}
-"$dc" compile sm_90 decode.cu,gemv.cu,kv_cache.cu 2>&1 | tee "$out/compile.txt" || rc=1
+# <out dir>; the exit code is 1 when a check failed. FINETUNE_FUSED_DECODE=0 (every fused decode op off) is the A/B of
+# the fused layer on the 8B shape.
+source "$(dirname "$0")/decode_setup.sh"
 # Bits: each fused decode op against the composition and the other launch mode; matmul+residual at K = 14336 must
 # launch gemv_residual at one and two rows. Tokens: the generation engine's checks (graphs and eager).
 "$dc" decode "$out/decode" 2>&1 | tee "$out/decode.txt" || rc=1

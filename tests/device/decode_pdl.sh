@@ -6,14 +6,7 @@
 # A model dir not given (or without config.json) is written first by hf_generate_bench.py --make-model (random weights,
 # bf16; the 8B one is 16 GB and takes minutes; "-" as the 8B dir skips that shape). Each step's output is kept under
 # <out dir>; the exit code is 1 when a check failed.
-set -uo pipefail
-ft=$(realpath "$1"); dc=$(realpath "$2"); out=$3; here=$(dirname "$0"); rc=0
-mkdir -p "$out"
-m17=${4:-$out/m17}; m8=${5:-$out/m8}
-[ -f "$m17/config.json" ] || python3 "$here/hf_generate_bench.py" "$m17" --make-model | tee "$out/m17.json"
-[ "$m8" = - ] || [ -f "$m8/config.json" ] || python3 "$here/hf_generate_bench.py" "$m8" --make-model --shape llama3-8b | tee "$out/m8.json"
-export FINETUNE_KERNEL_CACHE=${FINETUNE_KERNEL_CACHE:-$out/kernel-cache}
-"$dc" compile sm_90 decode.cu,gemv.cu,kv_cache.cu 2>&1 | tee "$out/compile.txt" || rc=1
+source "$(dirname "$0")/decode_setup.sh"
 # Bits: each fused decode op, launched as a dependent (with the prefetch) against plain launches and against the
 # composition; split-K attention in one kernel against split + combine, in both modes. Tokens: the generation engine
 # with PDL on against off (graphs and eager) and the two-kernel attention.
