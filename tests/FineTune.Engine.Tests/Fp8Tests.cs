@@ -88,6 +88,27 @@ public sealed class Fp8Tests
     }
 
     [Fact]
+    public void QuantizeWeightOnAllCoresGivesTheSerialCodesAndTheirTranspose()
+    {
+        // 3 × 700,001 values: more than two of QuantizeWeight's 2^20-value blocks, the last one partial; the largest
+        // magnitude sits in the last block, so the blocks' maxima must be combined.
+        const int rows = 3, cols = 700_001;
+        var rng = new Random(5);
+        var w = new float[rows * cols];
+        for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() * 2 - 1);
+        w[^2] = -7.25f;
+        var serial = new byte[w.Length];
+        float inverse = Fp8.Quantize(w, serial, Fp8Format.E4M3);
+        var (codes, transposed, scaleInverse) = Fp8.QuantizeWeight(w, rows, cols);
+        Assert.Equal(inverse, scaleInverse);
+        Assert.Equal(7.25f / 448f, scaleInverse);
+        Assert.True(codes.AsSpan().SequenceEqual(serial));
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < cols; j += 99_991)
+                Assert.Equal(codes[(long)r * cols + j], transposed[(long)j * rows + r]);
+    }
+
+    [Fact]
     public void CpuFp8ProductIsTheProductOfTheQuantizedOperands()
     {
         var cpu = new CpuBackend(2);

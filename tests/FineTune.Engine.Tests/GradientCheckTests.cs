@@ -120,6 +120,24 @@ public sealed class GradientCheckTests
     }
 
     [Fact]
+    public void SwiGluAndGeGluBackwardInPlaceGiveTheOutOfPlaceBits()
+    {
+        // The training MLP writes dgate over gate and dup over up (CausalLM.MlpBackward).
+        int n = 1000;
+        float[] g = TestTensors.Random(n, 40, 3f), u = TestTensors.Random(n, 41), dy = TestTensors.Random(n, 42);
+        var dh = _cpu.F32(dy, n);
+        foreach (var backward in new Action<Tensor, Tensor, Tensor, Tensor, Tensor>[] { _cpu.SwiGluBackward, _cpu.GeGluBackward })
+        {
+            Tensor dg = _cpu.Allocate(DType.F32, n), du = _cpu.Allocate(DType.F32, n);
+            backward(dg, du, dh, _cpu.F32(g, n), _cpu.F32(u, n));
+            Tensor gate = _cpu.F32(g, n), up = _cpu.F32(u, n);
+            backward(gate, up, dh, gate, up);
+            Assert.Equal(_cpu.Read(dg), _cpu.Read(gate));
+            Assert.Equal(_cpu.Read(du), _cpu.Read(up));
+        }
+    }
+
+    [Fact]
     public void CrossEntropyGradientMatchesFiniteDifferencesAndIgnoresMinus100()
     {
         int n = 3, v = 7;
