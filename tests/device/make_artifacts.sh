@@ -2,7 +2,7 @@
 # Makes the artifacts tests/device/hf_equality.py compares (runs here, on any machine with .NET; CPU backend):
 # for each flavour a scratch model, a LoRA adapter trained for a few steps (so B is not zero), the merged model,
 # and FineTune's own logits / loss / LoRA gradients on fixed random tokens (`finetune forward`).
-#   tests/device/make_artifacts.sh <out_dir>
+#   [FLAVOURS=a,b] tests/device/make_artifacts.sh <out_dir>
 # With FINETUNE=<a published finetune binary> it uses that instead of building (the GPU machine has no .NET SDK).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,6 +57,8 @@ for spec in "llama:llama:false:64:160:16" "qwen2:qwen2:true:64:160:16" "qwen3:qw
             "qwen3_moe-router:qwen3_moe:false:64:160:16:num_experts=4,num_experts_per_tok=2,moe_intermediate_size=96" \
             "mixtral-router:mixtral:false:64:160:16:num_local_experts=4,num_experts_per_tok=2"; do
   IFS=: read -r flavour arch tied hidden inter head_dim keys <<<"$spec"
+  # FLAVOURS=llama-h256,qwen2-h256 makes only those (a short device run checks the kernels it changed on them).
+  [ -z "${FLAVOURS:-}" ] || [[ ",$FLAVOURS," == *",$flavour,"* ]] || continue
   extra=""; [ -n "${keys:-}" ] && extra=", $(sed 's/=/: /g; s/,/, /g' <<<"$keys")"
   work="$out/$flavour/pipeline"; rm -rf "$out/$flavour"; mkdir -p "$work"
   cat >"$work/pipeline.yaml" <<YAML

@@ -189,11 +189,8 @@ internal sealed unsafe class CublasLt : IDisposable
         {
             Check(_descSet(desc, DESC_A_SCALE_POINTER, &scaleB, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
             Check(_descSet(desc, DESC_B_SCALE_POINTER, &scaleA, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
-            // The attribute is an int8_t (cublasLt.h); older headers documented it as int32.
-            sbyte fast = key.FastAccum ? (sbyte)1 : (sbyte)0;
-            int fast32 = fast;
-            if (_descSet(desc, DESC_FAST_ACCUM, &fast, sizeof(sbyte)) != 0)
-                Check(_descSet(desc, DESC_FAST_ACCUM, &fast32, sizeof(int)), "cublasLtMatmulDescSetAttribute(FAST_ACCUM)");
+            sbyte fast = key.FastAccum ? (sbyte)1 : (sbyte)0; // an int8_t attribute
+            Check(_descSet(desc, DESC_FAST_ACCUM, &fast, sizeof(sbyte)), "cublasLtMatmulDescSetAttribute(FAST_ACCUM)");
         }
         if (key.Epilogue == GemmEpilogue.Bias)
         {
