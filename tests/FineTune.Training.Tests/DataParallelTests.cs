@@ -103,11 +103,13 @@ public sealed class DataParallelTests : IDisposable
                 ShardedParameters = zeroStage == 3 ? new ParameterSharding(rank, world) : null,
                 ShardedGradients = layerGradients ? new ParameterSharding(rank, world) : null,
             };
-            var model = load is null ? models.Create(rankSetup) : load(models, rankSetup);
             var monitor = new AfterStep(s => afterStep?.Invoke(rank, s));
             long stateBytes = 0, fullBytes = 0;
+            CausalLM? model = null;
             try
             {
+                // Inside the try: an error building a rank's model is that rank's result, not an unhandled thread exception.
+                model = load is null ? models.Create(rankSetup) : load(models, rankSetup);
                 using var group = TcpCollective.Connect(new Rendezvous("127.0.0.1", port, rank, world, rank, world), TimeSpan.FromSeconds(20));
                 using var parallel = new DataParallel(group, zeroStage, bucketElements, overlap);
                 FineTuneRecipe.Train(model, args(rank), (loader ?? Loader)(), eval?.Invoke(), monitor, objective: objective?.Invoke(), parallel: parallel);
@@ -118,7 +120,10 @@ public sealed class DataParallelTests : IDisposable
                     LaunchStages = [.. parallel.LaunchStages], Held = parallel.HeldBytes, Unsharded = parallel.UnshardedBytes,
                 };
             }
-            catch (Exception e) { results[rank] = new(zeroStage == 3 ? [] : Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes); }
+            catch (Exception e)
+            {
+                results[rank] = new(zeroStage == 3 || model is null ? [] : Trainable(model), e, [.. monitor.Lines], stateBytes, fullBytes, model?.WeightBytes ?? 0);
+            }
         })).ToArray();
         foreach (var t in threads) t.Start();
         foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(120)), "a rank hung");
@@ -520,14 +525,22 @@ public sealed class DataParallelTests : IDisposable
             "ZeRO-3, rank 1 of 3).", results[1].Info);
     }
 
-    /// <summary>A scratch qwen3 model directory (config.json: full fine-tuning saves a model into every checkpoint).</summary>
+    /// <summary>
+    /// A scratch qwen3 model directory (config.json: full fine-tuning saves a model into every checkpoint). Ranks call it
+    /// from their threads at once: one writes it (config.json lands before the weights), the others wait for it.
+    /// </summary>
     string ModelDir()
     {
         string dir = Path.Combine(_root, "model");
-        if (!File.Exists(Path.Combine(dir, "config.json")))
-            ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 32, IntermediateSize = 64, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 8, Seed = 5 }, dir);
+        lock (_modelLock)
+        {
+            if (!File.Exists(Path.Combine(dir, "config.json")))
+                ScratchModel.Generate(new ScratchModelSpec { HiddenSize = 32, IntermediateSize = 64, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 8, Seed = 5 }, dir);
+        }
         return dir;
     }
+
+    readonly Lock _modelLock = new();
 
     CausalLM LoadModel(TinyTrainingModels models, TrainingSetup setup)
     {
