@@ -89,10 +89,17 @@ public static class Fp8
     /// Per-tensor quantization: codes[i] = cast(values[i]·s) with s = <see cref="Scale"/>(amax); returns 1/s, the
     /// factor that turns codes back into values (cuBLASLt's A/B scale).
     /// </summary>
-    public static float Quantize(ReadOnlySpan<float> values, Span<byte> codes, Fp8Format format)
+    public static float Quantize(ReadOnlySpan<float> values, Span<byte> codes, Fp8Format format) =>
+        QuantizeWith(values, codes, format, Amax(values));
+
+    /// <summary>
+    /// codes[i] = cast(values[i]·s) with s = <see cref="Scale"/>(<paramref name="amax"/>), an amax measured elsewhere
+    /// (delayed scaling: the site's history, <see cref="Fp8DelayedScale"/>); values past it saturate. Returns 1/s.
+    /// </summary>
+    public static float QuantizeWith(ReadOnlySpan<float> values, Span<byte> codes, Fp8Format format, float amax)
     {
         if (codes.Length != values.Length) throw new ArgumentException($"{codes.Length} codes for {values.Length} values");
-        float s = Scale(Amax(values), format);
+        float s = Scale(amax, format);
         for (int i = 0; i < values.Length; i++) codes[i] = Encode(values[i] * s, format);
         return 1f / s;
     }

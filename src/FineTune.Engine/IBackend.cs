@@ -413,12 +413,21 @@ public interface IBackend : IDisposable
     /// to E4M3) or, with <paramref name="inputGradient"/>, c [M, K] = a·W (a = ∂L/∂y quantized to E5M2, whose range holds
     /// gradients; Transformer Engine's and torchao's choice). a is quantized per call as <see cref="QuantizeFp8"/> does;
     /// the products of the codes are summed in f32, multiplied by both scale inverses and rounded once to c's dtype (+ c
-    /// when accumulate). No gradient of W is formed: it is frozen.
+    /// when accumulate). No gradient of W is formed: it is frozen. With <paramref name="delayed"/> the cast takes its scale
+    /// from that site's history instead (<see cref="Fp8DelayedScale"/>: one pass over a, its amax recorded for the next
+    /// advance).
     /// </summary>
-    void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false);
+    void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null);
     /// <summary>
     /// The forward products of several FP8 weights that read one input (a layer's q, k, v or gate, up): cs[i] = a·Wᵢᵀ
     /// (+ cs[i] when accumulate), a cast to E4M3 once for all of them; each product otherwise as <see cref="Fp8MatMul"/>.
     /// </summary>
-    void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false);
+    void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null);
+    /// <summary>
+    /// Ends a pass of delayed scaling for the first <paramref name="sites"/> sites of <paramref name="states"/> (F32,
+    /// <see cref="Fp8DelayedScale.Stride"/>(history) values each): every site whose pass amax is non-zero pushes it into
+    /// its ring, each site's scale amax becomes its ring's largest value, the pass amaxes return to 0
+    /// (<see cref="Fp8DelayedScale.Advance"/>, bit for bit). One launch for the whole model.
+    /// </summary>
+    void Fp8AdvanceHistories(Tensor states, int sites, int history);
 }

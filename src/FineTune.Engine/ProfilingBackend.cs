@@ -81,7 +81,8 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void Dequantize(Tensor dst, QuantizedWeight weight) { var t = Begin(); _inner.Dequantize(dst, weight); End("Dequantize", t); }
     public string? Fp8Refusal => _inner.Fp8Refusal;
     public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) { var t = Begin(); _inner.QuantizeFp8(codes, scaleInverse, x, format); End("QuantizeFp8", t); }
-    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMul(c, a, w, inputGradient, accumulate); End("Fp8MatMul", t); }
+    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null) { var t = Begin(); _inner.Fp8MatMul(c, a, w, inputGradient, accumulate, delayed); End("Fp8MatMul", t); }
+    public void Fp8AdvanceHistories(Tensor states, int sites, int history) { var t = Begin(); _inner.Fp8AdvanceHistories(states, sites, history); End("Fp8AdvanceHistories", t); }
     public void MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<Tensor> bs) { var t = Begin(); _inner.MatMulShared(cs, a, bs); End("MatMulShared", t); }
     public void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs)
     { var t = Begin(); _inner.NormMatMulShared(cs, ln, rstd, x, normWeight, eps, bs); End("NormMatMulShared", t); }
@@ -99,7 +100,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
         _inner.QkRopeCacheAttention(output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows, sequences, blockTables, shape);
         End("QkRopeCacheAttention", t);
     }
-    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMulShared(cs, a, ws, accumulate); End("Fp8MatMulShared", t); }
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null) { var t = Begin(); _inner.Fp8MatMulShared(cs, a, ws, accumulate, delayed); End("Fp8MatMulShared", t); }
     public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize) { var t = Begin(); _inner.MoeRoute(logits, probs, topIdx, topWeight, normalize); End("MoeRoute", t); }
     public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize, Tensor? auxGrad, Tensor? tokenMask, float auxScale)
     { var t = Begin(); _inner.MoeRouteBackward(dlogits, dTopWeight, probs, topIdx, topWeight, normalize, auxGrad, tokenMask, auxScale); End("MoeRouteBackward", t); }

@@ -14,7 +14,58 @@ public sealed partial class CausalLM
     private sealed class QuantizedSlot
     {
         public int Codes = -1, Absmax = -1, Absmax2 = -1, Transposed = -1;
+        /// <summary>fp8_scaling: delayed: the linear's cast sites are 2·Site (forward input) and 2·Site + 1 (output gradient).</summary>
+        public int Site = -1;
+        /// <summary>How it is held, known when planned (<see cref="Weight"/> is built when the weights load).</summary>
+        public QuantFormat Format;
         public QuantizedWeight Weight = null!;
+    }
+
+    // Delayed FP8 scaling (Fp8DelayedScale): the sites' arena, which sites have been advanced at least once since they
+    // were first used (their scale comes from the history), which were used in the pass running now.
+    private int _fp8Sites, _fp8StatesHandle = -1;
+    private Tensor? _fp8States;
+    private bool[] _fp8Ready = [], _fp8Used = [];
+    private long _fp8Advances;
+
+    /// <summary>fp8_scaling: delayed: how many passes have ended (history advances) so far.</summary>
+    public long Fp8HistoryAdvances => _fp8Advances;
+
+    /// <summary>The delayed-scaling site of a linear's cast (null under current scaling), marked used in this pass.</summary>
+    private Fp8DelayedScale? Fp8Site(QuantizedSlot slot, bool outputGradient)
+    {
+        if (_fp8States is null || slot.Site < 0) return null;
+        int i = 2 * slot.Site + (outputGradient ? 1 : 0), stride = Fp8DelayedScale.Stride(Setup.Fp8AmaxHistory);
+        _fp8Used[i] = true;
+        return new Fp8DelayedScale(_fp8States.View((long)i * stride, [stride], "fp8.site"), _fp8Ready[i]);
+    }
+
+    /// <summary>
+    /// Called as every pass starts (Prepare): when the pass before cast anything, one launch pushes each site's pass amax
+    /// into its history, and the sites it used take their scales from the history from now on. A backward (and its
+    /// recomputes) always continues the last pass, so it casts with that pass's scales.
+    /// </summary>
+    private void AdvanceFp8Histories()
+    {
+        if (_fp8States is null || !_fp8Used.Contains(true)) return;
+        Backend.Fp8AdvanceHistories(_fp8States, 2 * _fp8Sites, Setup.Fp8AmaxHistory);
+        _fp8Advances++;
+        for (int i = 0; i < _fp8Used.Length; i++)
+        {
+            _fp8Ready[i] |= _fp8Used[i];
+            _fp8Used[i] = false;
+        }
+    }
+
+    /// <summary>The F32 values of delayed-scaling site i (<see cref="Fp8DelayedScale"/>'s layout), for tests.</summary>
+    internal float[] ReadFp8Site(string weightName, bool outputGradient)
+    {
+        var slot = _quantized.Single(kv => kv.Key.Name == weightName).Value;
+        var site = Fp8Site(slot, outputGradient) ?? throw new InvalidOperationException("fp8_scaling is not delayed");
+        _fp8Used[2 * slot.Site + (outputGradient ? 1 : 0)] = false; // reading is not a use
+        var host = new float[site.State.Length];
+        Backend.Download(site.State, host);
+        return host;
     }
 
     private readonly Dictionary<Parameter, QuantizedSlot> _quantized = [];
@@ -53,6 +104,7 @@ public sealed partial class CausalLM
             slot.Codes = builder.Add(p.Name + ".fp8", DType.I32, QuantizedWeight.WordsFor(n));
             slot.Transposed = builder.Add(p.Name + ".fp8_transposed", DType.I32, QuantizedWeight.WordsFor(n));
             slot.Absmax = builder.Add(p.Name + ".fp8_scale_inv", DType.F32, 1);
+            slot.Format = QuantFormat.Fp8E4M3;
         }
         else if (q.Bits == 8)
         {
@@ -74,17 +126,33 @@ public sealed partial class CausalLM
         _quantized[p] = slot;
     }
 
-    /// <summary>After planning every weight: the dequantization scratch, sized for the largest quantized linear.</summary>
+    /// <summary>
+    /// After planning every weight: the dequantization scratch, sized for the largest quantized linear, and with
+    /// fp8_scaling: delayed the cast sites' histories (two per FP8 linear: its forward input and its output gradient).
+    /// </summary>
     private void PlanDequantScratch(TensorArena.Builder builder)
     {
         if (_quantized.Count == 0) return;
         long largest = _quantized.Keys.Max(p => p.Length);
         _scratchHandle = builder.Add("quantization.dequantized", Backend.ComputeDType, checked((int)largest));
+        if (Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed)
+        {
+            foreach (var slot in _quantized.Values.Where(s => s.Format == QuantFormat.Fp8E4M3))
+                slot.Site = _fp8Sites++;
+            _fp8StatesHandle = builder.Add("fp8.amax_histories", DType.F32, checked(2 * _fp8Sites * Fp8DelayedScale.Stride(Setup.Fp8AmaxHistory)));
+            _fp8Ready = new bool[2 * _fp8Sites];
+            _fp8Used = new bool[2 * _fp8Sites];
+        }
     }
 
     private void BindQuantized()
     {
         if (_quantized.Count == 0) return;
+        if (_fp8StatesHandle >= 0)
+        {
+            _fp8States = _weights[_fp8StatesHandle];
+            Backend.Zero(_fp8States);
+        }
         _dequantScratch = _weights[_scratchHandle];
         if (_dynamicCodeHandle >= 0)
         {
@@ -178,7 +246,7 @@ public sealed partial class CausalLM
     private void FrozenProduct(Tensor y, Tensor x, LoraLinear lin, bool accumulate = false)
     {
         if (_quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3)
-            Backend.Fp8MatMul(y, x, slot.Weight, inputGradient: false, accumulate);
+            Backend.Fp8MatMul(y, x, slot.Weight, inputGradient: false, accumulate, Fp8Site(slot, outputGradient: false));
         else Backend.MatMul(y, x, false, WeightValue(lin), true, 1f, accumulate);
     }
 
@@ -198,7 +266,9 @@ public sealed partial class CausalLM
         {
             int[] part = [.. fp8.Where(j => accumulate(j) == acc)];
             if (part.Length == 0) continue;
-            Backend.Fp8MatMulShared([.. part.Select(j => ys[j])], x, [.. part.Select(j => _quantized[lins[j].Weight].Weight)], acc);
+            // The set's one cast of x is the site of its first linear's forward input.
+            Backend.Fp8MatMulShared([.. part.Select(j => ys[j])], x, [.. part.Select(j => _quantized[lins[j].Weight].Weight)], acc,
+                Fp8Site(_quantized[lins[part[0]].Weight], outputGradient: false));
             foreach (int j in part) done[j] = true;
         }
         return done;
@@ -208,7 +278,7 @@ public sealed partial class CausalLM
     private void FrozenInputGradient(Tensor dx, Tensor dy, LoraLinear lin, bool accumulate)
     {
         if (_quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3)
-            Backend.Fp8MatMul(dx, dy, slot.Weight, inputGradient: true, accumulate);
+            Backend.Fp8MatMul(dx, dy, slot.Weight, inputGradient: true, accumulate, Fp8Site(slot, outputGradient: true));
         else Backend.MatMul(dx, dy, false, WeightValue(lin), false, 1f, accumulate);
     }
 

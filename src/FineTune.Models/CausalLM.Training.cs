@@ -203,6 +203,7 @@ public sealed partial class CausalLM
     {
         batch.Validate();
         _forwardCount++;
+        AdvanceFp8Histories();
         int n = batch.TokenCount;
         if (_acts is null || _acts.Capacity < n || (training && !_acts.Training))
         {

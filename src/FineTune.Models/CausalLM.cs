@@ -42,6 +42,8 @@ public sealed partial class CausalLM : IDisposable
         if (spec.Family.EngineGap is { } gap) throw new NotSupportedException(gap);
         if (setup.Fp8 && setup.Quantization is not null)
             throw new NotSupportedException("fp8 and QLoRA (quantization_bit) both choose how the frozen base is held: use one of them");
+        if (setup.Fp8AmaxHistory < 1)
+            throw new ArgumentException($"fp8_amax_history must be at least 1 pass, got {setup.Fp8AmaxHistory}");
         if (spec.Moe is not null && setup.Quantization is not null)
             throw new NotSupportedException($"{spec.Architecture}: QLoRA (quantization_bit) on a mixture-of-experts model is not supported yet; train it without quantization_bit");
         if (setup.ShardedParameters is not null || setup.ShardedGradients is not null) CheckShardable(setup);

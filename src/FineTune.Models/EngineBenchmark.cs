@@ -96,7 +96,7 @@ public static class EngineBenchmark
     /// <summary>As the overload above, with gradient checkpointing off, on or auto (within <paramref name="maxMemoryBytes"/> when given).</summary>
     public static TrainStepBenchmark TrainSteps(IBackend backend, string shape, int batch, int seqLen, int loraRank, CheckpointingMode checkpointing,
         int steps, int warmup = 3, bool profile = false, int seed = 0, string objective = "sft", int? quantizationBit = null, long? maxMemoryBytes = null,
-        bool fp8 = false)
+        bool fp8 = false, Fp8Scaling fp8Scaling = Fp8Scaling.Current)
     {
         if (objective is not ("sft" or "dpo")) throw new ArgumentException($"objective must be sft or dpo (got {objective})");
         bool dpo = objective == "dpo";
@@ -118,7 +118,7 @@ public static class EngineBenchmark
             LoraTarget = spec.Moe is null ? ["all"] : ["q_proj", "k_proj", "v_proj", "o_proj"],
             Quantization = quantizationBit is { } bits ? new Quantization.QuantizationSetup(bits) : null,
             // fp8: the frozen linears in FP8 E4M3, their products on the FP8 tensor cores (emulated on the CPU).
-            Fp8 = fp8 };
+            Fp8 = fp8, Fp8Scaling = fp8Scaling };
         using var model = CausalLM.Create(spec, backend, setup, new UniformRandomWeights((ulong)seed));
         var rng = new Random(seed);
         int rowLen = dpo ? 2 * seqLen : seqLen;

@@ -1,3 +1,5 @@
+using FineTune.Engine;
+
 namespace FineTune.Models;
 
 public enum FinetuningType { Lora, Freeze, Full }
@@ -87,6 +89,16 @@ public sealed record TrainingSetup
     /// gradients to E5M2; LoRA, activations and everything else stay in the compute dtype. Not with <see cref="Quantization"/>.
     /// </summary>
     public bool Fp8 { get; init; }
+
+    /// <summary>
+    /// fp8: how the activations and output gradients are scaled before their casts. Current (the default): each tensor
+    /// by its own amax (two passes over it). Delayed (Transformer Engine's DelayedScaling): each cast site by the largest
+    /// amax of its last <see cref="Fp8AmaxHistory"/> passes, recording the tensor's amax as it casts (one pass).
+    /// </summary>
+    public Fp8Scaling Fp8Scaling { get; init; } = Fp8Scaling.Current;
+
+    /// <summary>fp8 with delayed scaling: passes of amax history per cast site (TE's amax_history_len, default 1024).</summary>
+    public int Fp8AmaxHistory { get; init; } = Fp8DelayedScale.DefaultHistory;
 
     /// <summary>QLoRA: the frozen decoder linears held 4-bit or 8-bit (null: the compute dtype).</summary>
     public Quantization.QuantizationSetup? Quantization { get; init; }

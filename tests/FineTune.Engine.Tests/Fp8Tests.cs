@@ -164,6 +164,63 @@ public sealed class Fp8Tests
         Assert.Equal(1f / 448f, cpu.Read(inv)[0]);
     }
 
+    [Fact]
+    public void Delayed_scaling_casts_with_the_history_amax_and_records_each_pass_amax()
+    {
+        var cpu = new CpuBackend(1);
+        int m = 2, n = 16, k = 16;
+        float[] w = TestTensors.Random(n * k, 2, 0.05f);
+        var wCodes = new byte[n * k];
+        float wInv = Fp8.Quantize(w, wCodes, Fp8Format.E4M3);
+        var weight = new QuantizedWeight(QuantFormat.Fp8E4M3, n, k, cpu.I32(Words(wCodes), n * k / 4), cpu.F32([wInv], 1));
+        const int history = 3;
+        var states = cpu.Allocate(DType.F32, Fp8DelayedScale.Stride(history));
+        cpu.Zero(states);
+        float[] Input(float amax)
+        {
+            var x = TestTensors.Random(m * k, 7, 0.5f);
+            x[5] = -amax; // the largest magnitude (the random values stay under 0.5)
+            return x;
+        }
+        float[] Product(float[] x, Fp8DelayedScale? delayed)
+        {
+            var y = cpu.Allocate(DType.F32, m, n);
+            cpu.Fp8MatMul(y, cpu.F32(x, m, k), weight, inputGradient: false, delayed: delayed);
+            return cpu.Read(y);
+        }
+
+        // Not yet advanced: current scaling's bits, the amax recorded (twice the same input: a recompute records it again).
+        var x1 = Input(2f);
+        var first = Product(x1, new Fp8DelayedScale(states, Ready: false));
+        Assert.Equal(Product(x1, null), first);
+        Product(x1, new Fp8DelayedScale(states, Ready: false));
+        Assert.Equal([0f, 2f, 0f, 0f, 0f, 0f], cpu.Read(states));
+        cpu.Fp8AdvanceHistories(states, 1, history);
+        Assert.Equal([2f, 0f, BitConverter.Int32BitsToSingle(1), 2f, 0f, 0f], cpu.Read(states));
+
+        // Ready: the scale is 448/2 whatever this input's amax (4: its largest values saturate at ±448·(2/448) = ±2).
+        var x2 = Input(4f);
+        var delayed = Product(x2, new Fp8DelayedScale(states, Ready: true));
+        var clipped = x2.Select(v => Math.Clamp(v, -2f, 2f)).ToArray();
+        Assert.Equal(Product(clipped, new Fp8DelayedScale(states, Ready: true)), delayed);
+        Assert.NotEqual(Product(x2, null), delayed);
+        Assert.Equal(4f, cpu.Read(states)[1]); // the pass amax is the largest of its casts (4, then the clipped 2)
+
+        // The ring after 2, then 4, 1, 3: [3, 4, 1] (2 overwritten); a pass that cast nothing (amax 0) pushes nothing.
+        cpu.Fp8AdvanceHistories(states, 1, history);
+        Assert.Equal(4f, cpu.Read(states)[0]);
+        foreach (float a in new[] { 1f, 3f })
+        {
+            Product(Input(a), new Fp8DelayedScale(states, Ready: true));
+            cpu.Fp8AdvanceHistories(states, 1, history);
+        }
+        cpu.Fp8AdvanceHistories(states, 1, history);
+        Assert.Equal([4f, 0f, BitConverter.Int32BitsToSingle(4), 3f, 4f, 1f], cpu.Read(states));
+        Product(Input(0.75f), new Fp8DelayedScale(states, Ready: true));
+        cpu.Fp8AdvanceHistories(states, 1, history);
+        Assert.Equal([3f, 0f, BitConverter.Int32BitsToSingle(5), 3f, 0.75f, 1f], cpu.Read(states));
+    }
+
     private static double[] Dequantized(float[] values, Fp8Format format)
     {
         var codes = new byte[values.Length];

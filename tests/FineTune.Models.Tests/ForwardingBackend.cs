@@ -44,8 +44,9 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<Tensor> bs) => Run(() => Inner.MatMulShared(cs, a, bs));
     public virtual string? Fp8Refusal => Inner.Fp8Refusal;
     public virtual void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) => Run(() => Inner.QuantizeFp8(codes, scaleInverse, x, format));
-    public virtual void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false) => Run(() => Inner.Fp8MatMul(c, a, w, inputGradient, accumulate));
-    public virtual void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) => Run(() => Inner.Fp8MatMulShared(cs, a, ws, accumulate));
+    public virtual void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null) => Run(() => Inner.Fp8MatMul(c, a, w, inputGradient, accumulate, delayed));
+    public virtual void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null) => Run(() => Inner.Fp8MatMulShared(cs, a, ws, accumulate, delayed));
+    public virtual void Fp8AdvanceHistories(Tensor states, int sites, int history) => Run(() => Inner.Fp8AdvanceHistories(states, sites, history));
     public virtual void AddBias(Tensor y, Tensor bias) => Run(() => Inner.AddBias(y, bias));
     public virtual void BiasBackward(Tensor dbias, Tensor dy) => Run(() => Inner.BiasBackward(dbias, dy));
     public virtual void Embedding(Tensor output, Tensor table, Tensor ids) => Run(() => Inner.Embedding(output, table, ids));

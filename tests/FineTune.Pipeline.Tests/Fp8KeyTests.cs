@@ -50,6 +50,39 @@ public sealed class Fp8KeyTests
     }
 
     [Fact]
+    public void Fp8_scaling_keys_without_fp8_or_delayed_scaling_are_located_errors()
+    {
+        Assert.Equal(["$.stages.train.fp8_scaling: fp8_scaling has no effect without fp8: add fp8: true, or remove fp8_scaling",
+                      "$.stages.train.fp8_amax_history: fp8_amax_history has no effect without fp8: add fp8: true, or remove fp8_amax_history"],
+            Errors("    fp8_scaling: delayed\n    fp8_amax_history: 16\n"));
+        Assert.Equal(["$.stages.train.fp8_amax_history: fp8_amax_history is the history of delayed scaling: add fp8_scaling: delayed, or remove fp8_amax_history"],
+            Errors("    fp8: true\n    device: cuda\n    fp8_amax_history: 16\n"));
+        Assert.Contains(Errors("    fp8: true\n    device: cuda\n    fp8_scaling: delayed\n    fp8_amax_history: 0\n"), e => e.StartsWith("$.stages.train.fp8_amax_history"));
+        Assert.Contains(Errors("    fp8: true\n    device: cuda\n    fp8_scaling: late\n"), e => e.StartsWith("$.stages.train.fp8_scaling"));
+    }
+
+    [Fact]
+    public void Fp8_scaling_maps_to_the_engines_recipe_and_enters_the_fingerprint_only_when_set()
+    {
+        var plain = TrainStage.Setup(new TrainConfig { Fp8 = true });
+        Assert.Equal((FineTune.Engine.Fp8Scaling.Current, 1024), (plain.Fp8Scaling, plain.Fp8AmaxHistory));
+        var delayed = TrainStage.Setup(new TrainConfig { Fp8 = true, Fp8Scaling = Fp8ScalingChoice.Delayed, Fp8AmaxHistory = 16 });
+        Assert.Equal((FineTune.Engine.Fp8Scaling.Delayed, 16), (delayed.Fp8Scaling, delayed.Fp8AmaxHistory));
+        // A pipeline that never names the keys keeps its fingerprint; naming one (even its default) changes it.
+        System.Text.Json.Nodes.JsonObject Fingerprint(string keys)
+        {
+            using var dir = new TempDir();
+            var file = TestPipelines.Write(dir, TestPipelines.Full.Replace("    learning_rate: 0.005\n", "    learning_rate: 0.005\n" + keys));
+            return CanonicalJson.FromRecord(PipelineLoader.Load(file).Definition.Stages.Train!);
+        }
+        var without = Fingerprint("    fp8: true\n    device: cuda\n");
+        Assert.False(without.ContainsKey("fp8_scaling") || without.ContainsKey("fp8_amax_history"));
+        var named = Fingerprint("    fp8: true\n    device: cuda\n    fp8_scaling: delayed\n    fp8_amax_history: 16\n");
+        Assert.Equal("\"delayed\"", CanonicalJson.Serialize(named["fp8_scaling"]));
+        Assert.Equal("16", CanonicalJson.Serialize(named["fp8_amax_history"]));
+    }
+
+    [Fact]
     public void A_llama_factory_config_with_fp8_imports_and_exports_it()
     {
         using var dir = new TempDir();

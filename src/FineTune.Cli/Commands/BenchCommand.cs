@@ -31,6 +31,7 @@ public sealed class BenchCommand : ICliCommand
         var objective = new Option<string>("--objective") { Description = "sft (next-token loss) or dpo: --batch pairs of a chosen and a rejected sequence of --seq tokens each (prompt half, answer half), with the reference model's forward (adapter disabled) in every step as TRL does.", DefaultValueFactory = _ => "sft" };
         var quantizationBit = new Option<int?>("--quantization-bit") { Description = "QLoRA: hold the frozen linears as NF4 with double quantization (4) or LLM.int8 (8), as quantization_bit." };
         var fp8 = new Option<bool>("--fp8") { Description = "Hold the frozen linears as FP8 E4M3 and run their products on the FP8 tensor cores, as fp8: true (CUDA on an sm_90 GPU)." };
+        var fp8Scaling = new Option<string>("--fp8-scaling") { Description = "With --fp8: current (each tensor by its own amax) or delayed (each cast site by its amax history of 1024 passes, one pass over the tensor), as fp8_scaling.", DefaultValueFactory = _ => "current" };
         var generate = new Option<bool>("--generate") { Description = "Benchmark generation instead: prompts/s, tokens/s, time to first token and single-stream decode speed of --model at each of --batches." };
         var model = new Option<string?>("--model") { Description = "--generate: the HF model directory to decode with." };
         var batches = new Option<string>("--batches") { Description = "--generate: comma-separated batch sizes (sequences decoded at once).", DefaultValueFactory = _ => "1,8,64,256" };
@@ -40,7 +41,7 @@ public sealed class BenchCommand : ICliCommand
         var newTokens = new Option<int>("--new-tokens") { Description = "--generate: tokens generated per prompt (no EOS).", DefaultValueFactory = _ => 32 };
         var command = new Command("bench", "Measure training tokens/s of a model shape and the matrix multiply's GFLOP/s, or generation with --generate (JSON lines).")
         {
-            device, shape, batch, seq, rank, steps, warmup, checkpointing, maxMemory, threads, matmul, profile, objective, quantizationBit, fp8, generate, model, batches, prompts, promptLen, newTokens, noGraphs,
+            device, shape, batch, seq, rank, steps, warmup, checkpointing, maxMemory, threads, matmul, profile, objective, quantizationBit, fp8, fp8Scaling, generate, model, batches, prompts, promptLen, newTokens, noGraphs,
         };
         command.SetAction(r => CliSupport.Guard(_ =>
         {
@@ -54,6 +55,14 @@ public sealed class BenchCommand : ICliCommand
                 throw new FineTune.Pipeline.PipelineUserException($"--fp8: {why}.");
             if (r.GetValue(fp8) && r.GetValue(quantizationBit) is not null)
                 throw new FineTune.Pipeline.PipelineUserException("--fp8 and --quantization-bit both choose how the frozen base is held: use one of them.");
+            var scaling = r.GetValue(fp8Scaling) switch
+            {
+                "current" => Fp8Scaling.Current,
+                "delayed" => Fp8Scaling.Delayed,
+                var other => throw new FineTune.Pipeline.PipelineUserException($"--fp8-scaling {other}: expected current or delayed."),
+            };
+            if (scaling == Fp8Scaling.Delayed && !r.GetValue(fp8))
+                throw new FineTune.Pipeline.PipelineUserException("--fp8-scaling delayed scales FP8 casts: add --fp8.");
             int size = r.GetValue(matmul);
             if (size > 0)
             {
@@ -73,7 +82,7 @@ public sealed class BenchCommand : ICliCommand
                 ? CheckpointingPlanner.ParseBytes(text) ?? throw new FineTune.Pipeline.PipelineUserException($"--max-memory {text}: expected a size such as 40GiB, 80GB or 1.5TiB.")
                 : null;
             var t = EngineBenchmark.TrainSteps(backend, r.GetValue(shape)!, r.GetValue(batch), r.GetValue(seq), r.GetValue(rank),
-                mode, timed, warm, profile: r.GetValue(profile), objective: r.GetValue(objective)!, quantizationBit: r.GetValue(quantizationBit), maxMemoryBytes: budget, fp8: r.GetValue(fp8));
+                mode, timed, warm, profile: r.GetValue(profile), objective: r.GetValue(objective)!, quantizationBit: r.GetValue(quantizationBit), maxMemoryBytes: budget, fp8: r.GetValue(fp8), fp8Scaling: scaling);
             var plan = t.CheckpointingPlan;
             // The keys tests/device/bench_table.py joins with the peer's (shape, batch, seq, grad_ckpt, tokens_per_s, peak_gib).
             Console.WriteLine(JsonSerializer.Serialize(new
@@ -90,7 +99,8 @@ public sealed class BenchCommand : ICliCommand
                     summary = plan.Summary,
                 },
                 quantization_bit = t.QuantizationBit, fp8 = t.Fp8, fp8_linears = t.Fp8 ? t.Fp8Linears : (int?)null,
-                fp8_fast_accum = t.Fp8 && cuda is not null ? cuda.Fp8FastAccumulation : (bool?)null, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
+                fp8_fast_accum = t.Fp8 && cuda is not null ? cuda.Fp8FastAccumulation : (bool?)null,
+                fp8_scaling = t.Fp8 ? scaling.ToString().ToLowerInvariant() : null, t.Steps, step_s = Math.Round(t.StepMs / 1000, 4),
                 tokens_per_s = Math.Round(t.TokensPerSecond), cpu_seconds_per_step = Math.Round(t.CpuSecondsPerStep, 3), t.Parameters,
                 t.TrainableParameters, model_gflop_per_token = Math.Round(t.ModelGflopPerToken, 4), achieved_gflops = Math.Round(t.AchievedGflops, 1),
                 loss = Math.Round(t.Loss, 4), peak_gib = t.PeakDeviceGib,

@@ -12,7 +12,7 @@ public sealed unsafe partial class CpuBackend
         F(scaleInverse)[0] = Fp8.Quantize(values, bytes, format);
     }
 
-    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false)
+    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null)
     {
         if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
         int k = inputGradient ? w.Rows : w.Cols;
@@ -23,18 +23,39 @@ public sealed unsafe partial class CpuBackend
         var wq = new Tensor(scratch, a.Length, DType.F32, [w.Rows, w.Cols], "fp8.weight");
         var format = inputGradient ? Fp8Format.E5M2 : Fp8Format.E4M3;
         var codes = new byte[a.Length];
-        float aInv = Fp8.Quantize(FS(a), codes, format);
+        float aInv = Cast(FS(a), codes, format, delayed);
         float* pa = F(aq);
         for (long i = 0; i < codes.Length; i++) pa[i] = Fp8.Decode(codes[i], format) * aInv;
         Dequantize(wq, w);
         MatMul(c, aq, false, wq, !inputGradient, 1f, accumulate);
     }
 
-    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null)
     {
         if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
-        // The cast of a is a function of a alone: each product casting it again gives the same bits.
-        for (int i = 0; i < cs.Count; i++) Fp8MatMul(cs[i], a, ws[i], inputGradient: false, accumulate);
+        // The cast of a is a function of a (and the site's scale, fixed through the pass) alone: each product casting it
+        // again gives the same bits, and records the same amax.
+        for (int i = 0; i < cs.Count; i++) Fp8MatMul(cs[i], a, ws[i], inputGradient: false, accumulate, delayed);
+    }
+
+    /// <summary>The cast of a product's input: current scaling, or the delayed site's (recording the input's amax).</summary>
+    private float Cast(ReadOnlySpan<float> values, byte[] codes, Fp8Format format, Fp8DelayedScale? delayed)
+    {
+        if (delayed is not { } d) return Fp8.Quantize(values, codes, format);
+        var site = new Span<float>(F(d.State), 2);
+        float amax = Fp8.Amax(values);
+        float inverse = Fp8.QuantizeWith(values, codes, format, d.Ready ? site[0] : amax);
+        site[1] = MathF.Max(site[1], amax);
+        return inverse;
+    }
+
+    public void Fp8AdvanceHistories(Tensor states, int sites, int history)
+    {
+        int stride = Fp8DelayedScale.Stride(history);
+        if (states.DType != DType.F32 || states.Length < (long)sites * stride)
+            throw new ArgumentException($"FP8 histories {states} cannot hold {sites} sites of {stride} values");
+        float* p = F(states);
+        for (int i = 0; i < sites; i++) Fp8DelayedScale.Advance(new Span<float>(p + (long)i * stride, stride), history);
     }
 
     private void DequantizeFp8(float* o, QuantizedWeight w)

@@ -21,25 +21,50 @@ public sealed partial class CudaBackend
         Need(codes, DType.I32); Need(scaleInverse, DType.F32);
         if (codes.Length * 4 < x.Length) throw new ArgumentException($"FP8 codes {codes} cannot hold {x.Length} bytes");
         ulong amax = _dev.Allocate(4);
-        try { Quantize(P(codes), P(scaleInverse), amax, x, format); }
+        try { Quantize(P(codes), P(scaleInverse), amax, x, format, null); }
         finally { _dev.Free(amax); }
     }
 
-    // amax → scale → cast, all on the stream (amax is a 4-byte device word the caller owns).
-    void Quantize(ulong codes, ulong scaleInverse, ulong amax, Tensor x, Fp8Format format)
+    // Current scaling: amax → scale → cast, all on the stream (amax is a 4-byte device word the caller owns); a delayed
+    // site not yet advanced also records amax. Delayed scaling: the one-launch cast from the site's history amax.
+    void Quantize(ulong codes, ulong scaleInverse, ulong amax, Tensor x, Fp8Format format, Fp8DelayedScale? delayed)
     {
-        _dev.Zero(amax, 4);
-        if (V8(8, x) && (codes & 7) == 0)
+        bool v8 = V8(8, x) && (codes & 7) == 0;
+        long n = v8 ? x.Length / 8 : x.Length;
+        if (delayed is { } d)
         {
-            LaunchFlat("fp8.cu", "fp8_amax_v8", x.Length / 8, [P(x), x.Length / 8, amax]);
-            LaunchFlat("fp8.cu", "fp8_quantize_v8", x.Length / 8, [codes, scaleInverse, P(x), x.Length / 8, amax, FormatCode(format)]);
+            Need(d.State, DType.F32);
+            if (d.State.Length < Fp8DelayedScale.Stride(1)) throw new ArgumentException($"FP8 delayed-scaling site {d.State} holds no history");
+            if (d.Ready)
+            {
+                if (v8) LaunchFlat("fp8.cu", "fp8_quantize_delayed_v8", n, [codes, scaleInverse, P(x), n, P(d.State), FormatCode(format)]);
+                else LaunchFlat("fp8.cu", "fp8_quantize_delayed", n, [codes, scaleInverse, P(x), Dt(x), n, P(d.State), FormatCode(format)]);
+                return;
+            }
+        }
+        ulong record = delayed is { } r ? P(r.State) + 4 : 0UL;
+        _dev.Zero(amax, 4);
+        if (v8)
+        {
+            LaunchFlat("fp8.cu", "fp8_amax_v8", n, [P(x), n, amax]);
+            LaunchFlat("fp8.cu", "fp8_quantize_v8", n, [codes, scaleInverse, P(x), n, amax, FormatCode(format), record]);
             return;
         }
-        LaunchFlat("fp8.cu", "fp8_amax", x.Length, [P(x), Dt(x), x.Length, amax]);
-        LaunchFlat("fp8.cu", "fp8_quantize", x.Length, [codes, scaleInverse, P(x), Dt(x), x.Length, amax, FormatCode(format)]);
+        LaunchFlat("fp8.cu", "fp8_amax", n, [P(x), Dt(x), n, amax]);
+        LaunchFlat("fp8.cu", "fp8_quantize", n, [codes, scaleInverse, P(x), Dt(x), n, amax, FormatCode(format), record]);
     }
 
-    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false)
+    public void Fp8AdvanceHistories(Tensor states, int sites, int history)
+    {
+        Need(states, DType.F32);
+        if (history < 1 || states.Length < (long)sites * Fp8DelayedScale.Stride(history))
+            throw new ArgumentException($"FP8 histories {states} cannot hold {sites} sites of {Fp8DelayedScale.Stride(history)} values");
+        if (sites == 0) return;
+        Launch("fp8.cu", "fp8_history_advance", (sites, 1, 1), 128, [P(states), sites, history]);
+        if (_dev.Profiling) _dev.Mark("fp8 history advance");
+    }
+
+    public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null)
     {
         if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
         if (Fp8Refusal is { } why) throw new NotSupportedException(why);
@@ -57,7 +82,7 @@ public sealed partial class CudaBackend
         try
         {
             ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
-            Quantize(block, scaleInv, amax, a, format);
+            Quantize(block, scaleInv, amax, a, format, delayed);
             _dev.Blas.GemmFp8(m, n, k, block, format == Fp8Format.E4M3 ? GpuDType.E4M3 : GpuDType.E5M2, scaleInv,
                 P(weight), GpuDType.E4M3, P(w.Absmax), P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
                 1f, accumulate ? 1f : 0f, _dev.Stream, fastAccum: Fp8FastAccumulation && !inputGradient);
@@ -66,7 +91,7 @@ public sealed partial class CudaBackend
         finally { _dev.Free(block); }
     }
 
-    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null)
     {
         if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
         if (Fp8Refusal is { } why) throw new NotSupportedException(why);
@@ -85,7 +110,7 @@ public sealed partial class CudaBackend
         try
         {
             ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
-            Quantize(block, scaleInv, amax, a, Fp8Format.E4M3);
+            Quantize(block, scaleInv, amax, a, Fp8Format.E4M3, delayed);
             for (int i = 0; i < ws.Count; i++)
             {
                 var c = cs[i];

@@ -180,6 +180,12 @@ public sealed record TrainConfig
     [OmittedWhenUnset, Description("Hold the frozen decoder linears as FP8 E4M3 (per-tensor scale) and run their products on Hopper's FP8 tensor cores (activations E4M3, gradients E5M2, scaled per step); LoRA and everything else stay bf16. lora or freeze, device cuda on an sm_90 GPU, not with quantization_bit. Default false.")]
     public bool? Fp8 { get; init; }
 
+    [OmittedWhenUnset, Description("fp8: how activations and gradients are scaled before their FP8 casts. current (default): each tensor by its own amax, two passes over it (Transformer Engine's current scaling). delayed: each cast site by the largest amax of its last fp8_amax_history passes, the tensor's amax recorded as it casts, one pass (Transformer Engine's DelayedScaling recipe; values past the scale saturate). Other bits than current.")]
+    public Fp8ScalingChoice? Fp8Scaling { get; init; }
+
+    [OmittedWhenUnset, Range(1, 65536), Description("fp8_scaling: delayed: the passes of amax history per cast site (Transformer Engine's amax_history_len). Default 1024.")]
+    public int? Fp8AmaxHistory { get; init; }
+
     // Which CUDA kernels run attention. Unset stays out of the fingerprint, so pipelines that never name it keep their lock.
     [OmittedWhenUnset, Description("CUDA attention kernels of the unpacked causal layers: cudnn (cuDNN's fused attention with its backward without atomic additions: bit-reproducible; FineTune's flash kernels where libcudnn 9 is missing or refuses a shape), cudnn_fast (cuDNN's atomic backward: faster at long sequences, not bit-reproducible run to run) or flash (FineTune's flash kernels for every layer: the same bits whether or not the machine has cuDNN). Packed sequences, sliding windows, soft-caps and head_dim 256 always run the flash kernels. Unset: the FINETUNE_ATTENTION environment variable, else cudnn.")]
     public AttentionChoice? Attention { get; init; }
@@ -189,6 +195,13 @@ public sealed record TrainConfig
 
     /// <summary>Effective LoRA alpha (LLaMA-Factory: defaults to twice the rank).</summary>
     public double ResolvedLoraAlpha => LoraAlpha ?? LoraRank * 2.0;
+}
+
+/// <summary>The train stage's <c>fp8_scaling</c> (Engine.Fp8Scaling).</summary>
+public enum Fp8ScalingChoice
+{
+    [YamlName("current")] Current,
+    [YamlName("delayed")] Delayed,
 }
 
 /// <summary>The train stage's <c>attention</c>: which CUDA kernels run attention (CudaBackend.AttentionKernels).</summary>

@@ -173,6 +173,7 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         }
         if (setup.Fp8)
             notes.Add($"fp8: {model.Fp8Linears} frozen decoder linears held as FP8 E4M3 (W and Wᵀ), {model.Fp8WeightBytes / 1048576.0:F1} MiB" +
+                (setup.Fp8Scaling == FineTune.Engine.Fp8Scaling.Delayed ? $"; delayed scaling over {setup.Fp8AmaxHistory} passes of amax history" : "; current scaling") +
                 (cuda is { Fp8FastAccumulation: var fast } ? $"; forward products with {(fast ? "fast" : "f32-promoted")} accumulation (FINETUNE_FP8_FAST_ACCUM)" : ""));
         if (cuda is not null)
             notes.Add($"attention: {FineTune.Engine.Cuda.AttentionKernelsSetting.Name(cuda.AttentionKernels)}, cuDNN ran {cuda.CudnnCalls.Forward} forward and {cuda.CudnnCalls.Backward} backward calls" +
@@ -298,6 +299,8 @@ public sealed class TrainStage(Func<string, string?>? environment = null) : ISta
         Seed = cfg.Seed,
         Quantization = Quantization(cfg),
         Fp8 = cfg.Fp8 == true,
+        Fp8Scaling = cfg.Fp8Scaling == Fp8ScalingChoice.Delayed ? FineTune.Engine.Fp8Scaling.Delayed : FineTune.Engine.Fp8Scaling.Current,
+        Fp8AmaxHistory = cfg.Fp8AmaxHistory ?? FineTune.Engine.Fp8DelayedScale.DefaultHistory,
         EightBitOptimizerStates = cfg.Optim is OptimizerName.Adamw8bit or OptimizerName.PagedAdamw8bit,
     };
 

@@ -141,7 +141,14 @@ internal static partial class SemanticChecks
     /// </summary>
     private static void Fp8Checks(string stage, TrainConfig train, PipelineLoader.Binder b)
     {
-        if (train.Fp8 != true) return;
+        if (train.Fp8 != true)
+        {
+            foreach (var (key, set) in new[] { ("fp8_scaling", train.Fp8Scaling is not null), ("fp8_amax_history", train.Fp8AmaxHistory is not null) })
+                if (set) b.Error($"$.stages.{stage}.{key}", $"{key} has no effect without fp8: add fp8: true, or remove {key}");
+            return;
+        }
+        if (train.Fp8AmaxHistory is not null && train.Fp8Scaling != Fp8ScalingChoice.Delayed)
+            b.Error($"$.stages.{stage}.fp8_amax_history", "fp8_amax_history is the history of delayed scaling: add fp8_scaling: delayed, or remove fp8_amax_history");
         string at = $"$.stages.{stage}.fp8";
         if (train.FinetuningType == Models.FinetuningType.Full)
             b.Error(at, "fp8 holds the frozen base weights in FP8, and finetuning_type: full trains every weight: use finetuning_type: lora (or freeze), or remove fp8");

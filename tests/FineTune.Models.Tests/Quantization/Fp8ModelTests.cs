@@ -72,6 +72,104 @@ public sealed class Fp8ModelTests
         Assert.True(double.IsFinite(loss.SumLoss));
     }
 
+    // Delayed scaling (fp8_scaling: delayed): each cast site's scale comes from its history of pass amaxes.
+    private static TokenBatch OtherBatch()
+    {
+        int[] ids = [3, 11, 30, 2, 19, 6, 6, 21, 13, 1, 24, 8, 17, 29];
+        int[] labels = [11, 30, 2, 19, 6, 6, -100, 13, 1, 24, 8, 17, 29, -100];
+        int[] pos = [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6];
+        return new TokenBatch(2, 7, ids, labels, pos, new int[14]);
+    }
+
+    /// <summary>Loss and every LoRA gradient of one ForwardBackward (gradients zeroed first).</summary>
+    private static (double Loss, float[] Grads) Pass(CausalLM model, TokenBatch batch)
+    {
+        model.ZeroGrad();
+        double loss = model.ForwardBackward(batch).SumLoss;
+        return (loss, model.TrainableParameters.SelectMany(p => TinyModels.Grad(model, p)).ToArray());
+    }
+
+    private static CausalLM Fp8Model(Fp8Scaling scaling, bool checkpointing = true, int history = Fp8DelayedScale.DefaultHistory)
+    {
+        var model = CausalLM.Create(Spec(), new CpuBackend(2), new TrainingSetup
+        {
+            LoraRank = 4, Fp8 = true, Fp8Scaling = scaling, Fp8AmaxHistory = history, GradientCheckpointing = checkpointing,
+        }, new RandomWeights(1, 0.3f));
+        TinyModels.RandomizeLoraB(model, 5);
+        return model;
+    }
+
+    [Fact]
+    public void Delayed_scaling_on_a_repeated_batch_gives_current_scalings_bits()
+    {
+        // The same batch and weights every pass: each site's history holds exactly the amax current scaling measures.
+        using var current = Fp8Model(Fp8Scaling.Current);
+        using var delayed = Fp8Model(Fp8Scaling.Delayed);
+        var batch = TinyModels.PackedBatch();
+        for (int pass = 0; pass < 3; pass++)
+        {
+            var (lc, gc) = Pass(current, batch);
+            var (ld, gd) = Pass(delayed, batch);
+            Assert.Equal(lc, ld);
+            Assert.Equal(gc, gd);
+        }
+        Assert.Equal(2, delayed.Fp8HistoryAdvances); // as the second and third passes started
+        // q_proj's forward input (layer 0's normed hidden state, shared with k and v) and its output gradient: pushed twice.
+        foreach (bool gradient in new[] { false, true })
+        {
+            var site = delayed.ReadFp8Site("model.layers.0.self_attn.q_proj.weight", gradient);
+            Assert.Equal(2, BitConverter.SingleToInt32Bits(site[2]));
+            Assert.True(site[0] > 0f && site[0] == site[3] && site[3] == site[4], string.Join(", ", site.Take(6)));
+            Assert.Equal(site[0], site[1]); // the third pass (not yet advanced) recorded the same amax again
+        }
+    }
+
+    [Fact]
+    public void Delayed_scaling_casts_a_pass_with_the_history_of_the_passes_before_and_its_recompute_with_the_same_scales()
+    {
+        // Pass 2 reads another batch: its casts take pass 1's amaxes, so it differs from current scaling; with
+        // checkpointing its recomputed layers cast exactly as its forward did (the bits of keeping every activation).
+        using var current = Fp8Model(Fp8Scaling.Current);
+        using var kept = Fp8Model(Fp8Scaling.Delayed, checkpointing: false);
+        using var recomputed = Fp8Model(Fp8Scaling.Delayed, checkpointing: true);
+        foreach (var batch in new[] { TinyModels.PackedBatch(), OtherBatch(), TinyModels.PackedBatch() })
+        {
+            var (lc, gc) = Pass(current, batch);
+            var (lk, gk) = Pass(kept, batch);
+            var (lr, gr) = Pass(recomputed, batch);
+            Assert.Equal(lk, lr);
+            Assert.Equal(gk, gr);
+            // Rounding apart, the same training: the loss within a few per cent of current scaling's.
+            Assert.InRange(Math.Abs(lk - lc) / lc, 0, 0.05);
+        }
+        var (l2c, _) = Pass(current, OtherBatch());
+        var (l2d, _) = Pass(kept, OtherBatch());
+        Assert.NotEqual(l2c, l2d); // pass 4 casts OtherBatch with a scale from the max of passes 1-3, not its own amax
+    }
+
+    [Fact]
+    public void A_history_of_one_pass_forgets_an_earlier_batch_and_settles_on_current_scaling()
+    {
+        // History 1 (TE's amax_history_len 1): after a pass on A, passes on B take B's amaxes. Each pass makes the sites
+        // one step further down the layers exact (a site's input comes from the casts before it), so repeated passes
+        // on B end with current scaling's bits on B; the default history still scales by A's larger amaxes.
+        using var current = Fp8Model(Fp8Scaling.Current);
+        using var one = Fp8Model(Fp8Scaling.Delayed, history: 1);
+        using var long_ = Fp8Model(Fp8Scaling.Delayed);
+        var reference = Pass(current, OtherBatch());
+        Pass(one, TinyModels.PackedBatch());
+        Pass(long_, TinyModels.PackedBatch());
+        for (int pass = 0; pass < 30; pass++) { Pass(one, OtherBatch()); Pass(long_, OtherBatch()); }
+        Assert.Equal(reference, Pass(one, OtherBatch()), new PassComparer());
+        Assert.NotEqual(reference, Pass(long_, OtherBatch()), new PassComparer());
+    }
+
+    private sealed class PassComparer : IEqualityComparer<(double Loss, float[] Grads)>
+    {
+        public bool Equals((double Loss, float[] Grads) a, (double Loss, float[] Grads) b) => a.Loss == b.Loss && a.Grads.AsSpan().SequenceEqual(b.Grads);
+        public int GetHashCode((double Loss, float[] Grads) p) => p.Loss.GetHashCode();
+    }
+
     [Fact]
     public void Linears_whose_dimensions_are_not_multiples_of_16_stay_in_the_compute_dtype()
     {

@@ -11,7 +11,10 @@ namespace FineTune.DeviceChecks;
 /// cuBLASLt's FP8 products (forward E4M3·E4M3, input gradient E5M2·E4M3, with and without accumulation) against the CPU
 /// product of the same dequantized operands. Those differ only by f32 summation order and the bf16 rounding of the output:
 /// tolerance 4e-3 relative (bf16's half ulp is 2^-9 ≈ 2e-3). A report-only row gives the FP8 product's distance from the
-/// unquantized bf16 product (the precision FP8 costs), tolerance 0.1.
+/// unquantized bf16 product (the precision FP8 costs), tolerance 0.1. Delayed scaling (Fp8DelayedScale): a site not
+/// yet advanced casts as current scaling (product bits equal), its recorded amax and the history advance equal the CPU's
+/// bit for bit, a ready site's one-pass cast (saturating past the history's amax) gives the CPU emulation's product;
+/// timings of a 7B-sized product with each scaling.
 /// </summary>
 public static class Fp8Checks
 {
@@ -81,6 +84,7 @@ public static class Fp8Checks
         {
             Casts(cpu, gpu, rows, owned);
             Products(cpu, gpu, rows, owned);
+            Delayed(cpu, gpu, rows, owned);
         }
         finally { foreach (var b in owned) b.Dispose(); }
     }
@@ -159,6 +163,100 @@ public static class Fp8Checks
         double num = 0, den = 0;
         for (int i = 0; i < got.Length; i++) { double d = (double)got[i] - want[i]; num += d * d; den += (double)want[i] * want[i]; }
         return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
+    }
+
+    static int BitsDiffer(float[] a, float[] b)
+    {
+        int d = 0;
+        for (int i = 0; i < a.Length; i++) if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i])) d++;
+        return d;
+    }
+
+    static float[] Read(IBackend b, Tensor t)
+    {
+        var v = new float[t.Length];
+        b.Download(t, v);
+        return v;
+    }
+
+    static void Delayed(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned)
+    {
+        var rng = new Random(33);
+        float[] Rand(int n, float s) => Enumerable.Range(0, n).Select(_ => Bf16.ToFloat(Bf16.FromFloat((float)(rng.NextDouble() * 2 - 1) * s))).ToArray();
+        const int history = 4, sites = 3;
+        int stride = Fp8DelayedScale.Stride(history);
+        // m·k = 77·256 (bf16: the eight-wide kernels) and f32 (the scalar ones); site 0 forward, 1 output gradient.
+        int m = 77, n = 192, k = 256;
+        var w = Rand(n * k, 0.05f);
+        var (codes, transposed, inv) = Fp8.QuantizeWeight(w, n, k);
+        var wc = UploadWeight(cpu, owned, codes, transposed, inv, n, k);
+        var wg = UploadWeight(gpu, owned, codes, transposed, inv, n, k);
+        foreach (var dt in new[] { DType.BF16, DType.F32 })
+        {
+            string path = dt == DType.BF16 ? "bf16" : "f32";
+            var sc = Put(cpu, owned, DType.F32, new float[sites * stride], sites * stride);
+            var sg = Put(gpu, owned, DType.F32, new float[sites * stride], sites * stride);
+            Fp8DelayedScale Site(Tensor arena, int i, bool ready) => new(arena.View((long)i * stride, [stride]), ready);
+            for (int pass = 0; pass < 6; pass++)
+            {
+                bool ready = pass > 0;
+                // Inputs whose amax moves from pass to pass (pass 3 past the history's: its large values saturate).
+                float scale = pass == 3 ? 4f : 1f + 0.25f * pass;
+                foreach (bool grad in new[] { false, true })
+                {
+                    var a = Rand(m * (grad ? n : k), grad ? 1e-3f * scale : scale);
+                    int cols = grad ? k : n;
+                    var ac = Put(cpu, owned, DType.F32, a, m, grad ? n : k);
+                    var ag = Put(gpu, owned, dt, a, m, grad ? n : k);
+                    var cc = Alloc(cpu, owned, DType.F32, m, cols);
+                    var cg = Alloc(gpu, owned, DType.BF16, m, cols);
+                    int site = grad ? 1 : 0;
+                    cpu.Fp8MatMul(cc, ac, wc, grad, delayed: Site(sc, site, ready));
+                    gpu.Fp8MatMul(cg, ag, wg, grad, delayed: Site(sg, site, ready));
+                    string op = $"fp8 delayed {(grad ? "dx (E5M2)" : "y (E4M3)")} pass {pass}{(ready ? "" : " (not yet advanced)")}";
+                    if (!ready)
+                    {
+                        var cur = Alloc(gpu, owned, DType.BF16, m, cols);
+                        gpu.Fp8MatMul(cur, ag, wg, grad);
+                        Row(rows, op, path, "vs current (bits)", m * cols, BitsDiffer(Read(gpu, cg), Read(gpu, cur)), 0, 0);
+                    }
+                    else Row(rows, op, path, "vs cpu emulation", m * cols, Rel(Read(gpu, cg), Read(cpu, cc).Select(v => Bf16.ToFloat(Bf16.FromFloat(v))).ToArray()), 4e-3, 0);
+                }
+                Row(rows, $"fp8 delayed sites after pass {pass}'s casts", path, "bits differ", sites * stride, BitsDiffer(Read(gpu, sg), Read(cpu, sc)), 0, 0);
+                cpu.Fp8AdvanceHistories(sc, sites, history);
+                gpu.Fp8AdvanceHistories(sg, sites, history);
+                Row(rows, $"fp8 history advance after pass {pass}", path, "bits differ", sites * stride, BitsDiffer(Read(gpu, sg), Read(cpu, sc)), 0, 0);
+            }
+        }
+
+        // The cost of each scaling at a 7B shape (4×2048 tokens into a 4096×4096 weight, bf16): current casts in two
+        // passes over x, delayed in one. Report only (tolerance: the two products agree within FP8's scale choice).
+        {
+            int M = 8192, N = 4096, K = 4096;
+            var wBig = new float[N * K];
+            new FineTune.Models.RandomWeights(5, 0.02f).Read("w", [N, K], wBig);
+            var q = Fp8.QuantizeWeight(wBig, N, K);
+            var wb = UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, N, K);
+            var x = Alloc(gpu, owned, DType.BF16, M, K);
+            gpu.Upload(x, Rand(M * K, 1f));
+            var y1 = Alloc(gpu, owned, DType.BF16, M, N);
+            var y2 = Alloc(gpu, owned, DType.BF16, M, N);
+            var st = Put(gpu, owned, DType.F32, new float[stride], stride);
+            gpu.Fp8MatMul(y2, x, wb, false, delayed: new Fp8DelayedScale(st, false));
+            gpu.Fp8AdvanceHistories(st, 1, history);
+            double Time(Action op)
+            {
+                op();
+                gpu.Synchronize();
+                using var timer = gpu.Device.StartTimer();
+                for (int i = 0; i < 10; i++) op();
+                return timer.StopMs() / 10;
+            }
+            double current = Time(() => gpu.Fp8MatMul(y1, x, wb, false));
+            double delayed = Time(() => gpu.Fp8MatMul(y2, x, wb, false, delayed: new Fp8DelayedScale(st, true)));
+            Console.WriteLine($"     fp8 product {M}x{N}x{K} with its cast: current scaling {current:F3} ms, delayed {delayed:F3} ms");
+            Row(rows, $"fp8 delayed vs current {M}x{N}x{K} (same amax)", "bf16", "vs current", (long)M * N, Rel(Read(gpu, y2), Read(gpu, y1)), 1e-6, delayed);
+        }
     }
 
     static void Products(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned)

@@ -6,6 +6,10 @@
 //   scale_inv = 1 / s             (cuBLASLt's A/B scale: the product reads x ≈ q · scale_inv)
 // Two launches per tensor (amax by atomicMax on the float's bits, which order as unsigned for |x| ≥ 0, then the cast
 // reading amax from device memory): no host round trip inside a training step.
+// Delayed scaling (Fp8DelayedScale.cs: a site's F32 slice [history amax, pass amax, pushes, ring…]) is one launch: the
+// cast takes amax = site[0] (the largest amax of the site's last passes, fixed through a pass) and max-es the tensor's
+// own amax into site[1] as it goes; fp8_history_advance ends the pass for every site at once. A site not yet advanced
+// casts with current scaling and records its amax through the `record` argument of the two-launch form.
 #include "common.cuh"
 
 #define FP8_E4M3 0
@@ -71,14 +75,61 @@ extern "C" __global__ void fp8_amax(const void* x, int dt, i64 n, unsigned* amax
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
-// q_i = cast(x_i · s), s from amax as above; block 0's thread 0 also stores 1/s.
-extern "C" __global__ void fp8_quantize(unsigned char* q, float* scale_inv, const void* x, int dt, i64 n, const unsigned* amax, int fmt)
+// s = max_fmt / a (1 when a is 0 or not finite); block 0's thread 0 stores 1/s. With record (a delayed-scaling site's
+// pass amax, not yet advanced), that thread also max-es amax into it.
+__device__ __forceinline__ float fp8_scale(float a, int fmt, float* scale_inv)
 {
-    float a = __uint_as_float(*amax);
     float maxv = fmt == FP8_E4M3 ? 448.0f : 57344.0f;
     float s = (a > 0.0f && a <= 3.402823466e38f) ? __fdiv_rn(maxv, a) : 1.0f;
     if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
+    return s;
+}
+
+// q_i = cast(x_i · s), s from amax as above.
+extern "C" __global__ void fp8_quantize(unsigned char* q, float* scale_inv, const void* x, int dt, i64 n, const unsigned* amax, int fmt, unsigned* record)
+{
+    float s = fp8_scale(__uint_as_float(*amax), fmt, scale_inv);
+    if (record != nullptr && blockIdx.x == 0 && threadIdx.x == 0) atomicMax(record, *amax);
     GRID_STRIDE(i, n) q[i] = fp8_encode(__fmul_rn(ld(x, i, dt), s), fmt);
+}
+
+// Delayed scaling: q_i = cast(x_i · s) with s from the site's history amax, and site[1] = max(site[1], max_i |x_i|).
+extern "C" __global__ void fp8_quantize_delayed(unsigned char* q, float* scale_inv, const void* x, int dt, i64 n, float* site, int fmt)
+{
+    float s = fp8_scale(site[0], fmt, scale_inv);
+    float m = 0.0f;
+    GRID_STRIDE(i, n)
+    {
+        float v = ld(x, i, dt);
+        m = fmaxf(m, fabsf(v));
+        q[i] = fp8_encode(__fmul_rn(v, s), fmt);
+    }
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax((unsigned*)(site + 1), __float_as_uint(m));
+}
+
+// The end of a pass for sites 0 … sites−1 (one block each; Fp8DelayedScale.Advance is the reference): a non-zero pass
+// amax is pushed into the ring at pushes % history, site[0] becomes the ring's largest value, site[1] returns to 0.
+extern "C" __global__ void fp8_history_advance(float* states, int sites, int history)
+{
+    if (blockIdx.x >= sites) return;
+    float* site = states + (i64)blockIdx.x * (3 + history);
+    float pending = site[1];
+    if (threadIdx.x == 0 && pending > 0.0f)
+    {
+        int pushes = __float_as_int(site[2]);
+        site[3 + pushes % history] = pending;
+        site[2] = __int_as_float(pushes + 1);
+    }
+    __syncthreads();
+    float m = 0.0f;
+    for (int i = threadIdx.x; i < history; i += blockDim.x) m = fmaxf(m, site[3 + i]);
+    m = block_max(m); // its barriers order every thread's reads of site[1] and the ring before the stores below
+    if (threadIdx.x == 0)
+    {
+        site[0] = m;
+        site[1] = 0.0f;
+    }
 }
 
 // out_i = decode(q_i) · scale_inv[0], rounded once to out's dtype (a frozen FP8 weight read back: merge, checks).
@@ -105,23 +156,44 @@ extern "C" __global__ void fp8_amax_v8(const uint4* x, i64 n8, unsigned* amax)
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
-extern "C" __global__ void fp8_quantize_v8(uint2* q, float* scale_inv, const uint4* x, i64 n8, const unsigned* amax, int fmt)
+// Eight bf16 values → eight codes (one uint2), each as fp8_quantize's element.
+__device__ __forceinline__ uint2 fp8_encode8(const float (&v)[8], float s, int fmt)
 {
-    float a = __uint_as_float(*amax);
-    float maxv = fmt == FP8_E4M3 ? 448.0f : 57344.0f;
-    float s = (a > 0.0f && a <= 3.402823466e38f) ? __fdiv_rn(maxv, a) : 1.0f;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
+    unsigned lo = 0u, hi = 0u;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+    {
+        lo |= (unsigned)fp8_encode(__fmul_rn(v[j], s), fmt) << (8 * j);
+        hi |= (unsigned)fp8_encode(__fmul_rn(v[j + 4], s), fmt) << (8 * j);
+    }
+    return make_uint2(lo, hi);
+}
+
+extern "C" __global__ void fp8_quantize_v8(uint2* q, float* scale_inv, const uint4* x, i64 n8, const unsigned* amax, int fmt, unsigned* record)
+{
+    float s = fp8_scale(__uint_as_float(*amax), fmt, scale_inv);
+    if (record != nullptr && blockIdx.x == 0 && threadIdx.x == 0) atomicMax(record, *amax);
     GRID_STRIDE(i, n8)
     {
         float v[8];
         unpack8(x[i], v);
-        unsigned lo = 0u, hi = 0u;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-        {
-            lo |= (unsigned)fp8_encode(__fmul_rn(v[j], s), fmt) << (8 * j);
-            hi |= (unsigned)fp8_encode(__fmul_rn(v[j + 4], s), fmt) << (8 * j);
-        }
-        q[i] = make_uint2(lo, hi);
+        q[i] = fp8_encode8(v, s, fmt);
     }
+}
+
+// fp8_quantize_delayed, eight bf16 values per thread and step: one read of x where current scaling reads it twice.
+extern "C" __global__ void fp8_quantize_delayed_v8(uint2* q, float* scale_inv, const uint4* x, i64 n8, float* site, int fmt)
+{
+    float s = fp8_scale(site[0], fmt, scale_inv);
+    float m = 0.0f;
+    GRID_STRIDE(i, n8)
+    {
+        float v[8];
+        unpack8(x[i], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(v[j]));
+        q[i] = fp8_encode8(v, s, fmt);
+    }
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax((unsigned*)(site + 1), __float_as_uint(m));
 }
