@@ -10,7 +10,8 @@ namespace FineTune.DeviceChecks;
 // launch modes, repeated (its counters must re-arm); and a one-token step's q/k norms + RoPE + K/V rows + attention as
 // one kernel against qk_rope_cache + the split kernels and against the plain kernels (bits of every output). Times: fused launch vs the composition's launches; five fused
 // launches back to back in each launch mode (under PDL each overlaps the one before). Each fused GEMV at one and two
-// rows also runs with C = 2, 3, 4, 8 columns a warp (CudaBackend.DecodeColumns): C = 1's bits, and a GB/s line per C.
+// rows also runs with C = 2, 3, 4, 8 columns a warp (CudaBackend.DecodeColumns): C = 1's bits, and a GB/s line per C;
+// so do gemv.cu's gemv_bf16 (the LM head's 151936 × 2048 among its shapes) and gemv_bf16_set.
 public static partial class OpChecks
 {
     /// <summary>`decode`: only these checks (also part of `ops`).</summary>
@@ -59,6 +60,11 @@ public static partial class OpChecks
                 RopeAttentionCheck(c, d, hq, hkv, normed, p);
             foreach (int rows in new[] { 1, 2, 5 })
                 ArgMaxCheck(c, rows, 151936); // a step's greedy pick (one launch)
+            GemvColumnsCheck(c, 1, 151936, 2048, DType.F32); // the LM head (Qwen3-1.7B), where cross-column pipelining matters most
+            GemvColumnsCheck(c, 2, 151936, 2048, DType.F32);
+            GemvColumnsCheck(c, 1, 1000, 2048, DType.BF16, accumulate: true);
+            GemvSetColumnsCheck(c, 1, 2048, [2048, 1024, 1024]);
+            GemvSetColumnsCheck(c, 2, 1000, [1000, 200, 8]);
         }
         finally
         {
@@ -261,6 +267,39 @@ public static partial class OpChecks
         Op(c.Cpu, one);
         c.Compare(name, "att", one[0], oneMs);
         Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms, qk_rope_cache + split + combine {piecesMs:F4} ms");
+    }
+
+    /// <summary>gemv.cu's gemv_bf16 (MatMul at ≤ 2 rows) with C columns a warp: C = 1's bits and GB/s per C; it must launch gemv_bf16.</summary>
+    static void GemvColumnsCheck(Ctx c, int m, int n, int k, DType output, bool accumulate = false)
+    {
+        var x = c.Pair(c.Rand((long)m * k), [m, k]);
+        var w = c.Pair(c.Rand((long)n * k, 0.05f), [n, k]);
+        var y = c.Zeros([m, n], output);
+        var start = c.Rand((long)m * n);
+        string name = $"gemv {m}x{n}x{k}{(accumulate ? " (accumulate)" : "")} → {output}";
+        void Op()
+        {
+            if (accumulate) c.Gpu.Upload(y.Gpu, start); // C += A·Bᵀ: each run from the same C
+            c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true, 0.5f, accumulate);
+        }
+        c.Gpu.Device.BeginProfile();
+        Op();
+        c.Check($"{name} launches gemv_bf16", "kernel", c.Gpu.Device.EndProfile().ContainsKey("gemv_bf16"), 0);
+        ColumnsVsOne(c, name, Op, [y.Gpu], ["y"], (long)n * k * 2);
+    }
+
+    /// <summary>gemv.cu's gemv_bf16_set (MatMulShared) with C columns a warp: C = 1's bits (a warp's columns cross products) and GB/s per C.</summary>
+    static void GemvSetColumnsCheck(Ctx c, int m, int k, int[] outs)
+    {
+        var x = c.Pair(c.Rand((long)m * k), [m, k]);
+        var ws = outs.Select(o => c.Pair(c.Rand((long)o * k, 0.05f), [o, k])).ToArray();
+        var ys = outs.Select(o => c.Zeros([m, o])).ToArray();
+        string name = $"gemv set {m}x[{string.Join('+', outs)}]x{k}";
+        void Op() => c.Gpu.MatMulShared([.. ys.Select(t => t.Gpu)], x.Gpu, [.. ws.Select(w => w.Gpu)]);
+        c.Gpu.Device.BeginProfile();
+        Op();
+        c.Check($"{name} launches gemv_bf16_set", "kernel", c.Gpu.Device.EndProfile().ContainsKey("gemv_bf16_set"), 0);
+        ColumnsVsOne(c, name, Op, [.. ys.Select(t => t.Gpu)], [.. outs.Select((_, j) => $"c{j}")], (long)outs.Sum() * k * 2);
     }
 
     static void NormSetCheck(Ctx c, int m, int k, int[] outs)
