@@ -84,8 +84,11 @@ __device__ __forceinline__ void dec_fma(float (&acc)[DEC_MAX_M], const uint4 (&w
 // One row a column (R = 1) double-buffers within the column (the next batch loads during this batch's arithmetic), so
 // at the column's last batch the next column's first batch goes into that buffer before the arithmetic. Two rows a
 // column (R = 2: gate and up) keep one buffer a row, as that kernel always has (a second pair would cost 64 registers a
-// thread at every C): at the last batch each row's next-column batch is loaded right after that row's arithmetic — the
-// gate's before the up row's arithmetic, both before warp_sum and the stores.
+// thread at every C): a row's buffer is refilled right after that row's arithmetic — with its next batch, or at the
+// column's last batch with the next column's first — so the gate's loads go out before the up row's arithmetic and
+// both before warp_sum and the stores. (Before, the gate/up kernel loaded both rows' batch at the top of the next
+// iteration: the same loads, the gate's now a little earlier.) One load site a row, the source picked before it: two
+// sites (this column's next batch, the next column's first) cost 10–15 registers a thread more (NVRTC 11.8, sm_90).
 // rows(col, r): row r of column col; done(col, acc): the column's sums acc[r][m] (warp_sum, store). On entry w holds the
 // first column's first batch (loaded before pdl_wait).
 template <int R, class Rows, class Done>
@@ -110,8 +113,8 @@ __device__ __forceinline__ void dec_columns(uint4 (&w)[R][DEC_U], Rows rows, Don
             if constexpr (R == 1)
             {
                 uint4 next[DEC_U];
-                if (more) dec_load(next, brow[0], q0 + 32 * DEC_U, chunks, lane);
-                else if (next_col) dec_load(next, rows(ncol, 0), 0, chunks, lane);
+                const uint4* src = more ? brow[0] : next_col ? rows(ncol, 0) : nullptr;
+                if (src != nullptr) dec_load(next, src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
                 dec_fma(acc[0], w[0], a, M, q0, chunks, lane);
                 if (more || next_col)
                 {
@@ -121,16 +124,12 @@ __device__ __forceinline__ void dec_columns(uint4 (&w)[R][DEC_U], Rows rows, Don
             }
             else
             {
-                if (q0 > 0)
-                {
-#pragma unroll
-                    for (int r = 0; r < R; r++) dec_load(w[r], brow[r], q0, chunks, lane);
-                }
 #pragma unroll
                 for (int r = 0; r < R; r++)
                 {
                     dec_fma(acc[r], w[r], a, M, q0, chunks, lane);
-                    if (!more && next_col) dec_load(w[r], rows(ncol, r), 0, chunks, lane);
+                    const uint4* src = more ? brow[r] : next_col ? rows(ncol, r) : nullptr;
+                    if (src != nullptr) dec_load(w[r], src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
                 }
             }
         }
