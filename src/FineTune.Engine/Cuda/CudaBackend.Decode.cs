@@ -21,7 +21,7 @@ public sealed partial class CudaBackend
 
     /// <summary>
     /// Output columns a warp of the fused GEMVs (and gemv.cu's) takes, C: FINETUNE_DECODE_COLUMNS, 1 … 8, default 1 (one
-    /// column a warp, the kernels as before). With C &gt; 1 a warp streams the columns n, n + G, n + 2G, … (G: the grid's
+    /// column a warp, the grid of before). With C &gt; 1 a warp streams the columns n, n + G, n + 2G, … (G: the grid's
     /// warps) and loads the next column's first batch before finishing the current one, so its loads stay in flight across
     /// columns (decode.cu, dec_columns); every C gives the bits of C = 1. Not yet measured on the GPU: the default stays 1
     /// until a GPU session does (the `decode` checks print GB/s per kernel and C).

@@ -5,8 +5,8 @@
 //   gemv_norm_swiglu  ln = rmsnorm(x), h = silu(ln·Gᵀ)⊙(ln·Uᵀ)                rmsnorm_forward_v8 + gemv_bf16_set + swiglu_forward_v8
 //   gemv_residual     y = round(a·Bᵀ) + r                                     gemv_bf16 + ft_add_v8
 //   qk_rope_cache     per-head q/k RMSNorm (qwen3), RoPE, K/V into the cache  rmsnorm_forward_v8 ×2 + rope_apply ×2 + scatter_rows ×2
-// The products follow gemv.cu (one warp per output column, 16-byte streaming loads of the weight, fp32 sums in the
-// same order); the weight's first loads are issued before anything that reads the previous kernel's output. Each
+// The products follow gemv.cu (one warp per output column — or C of them, dec_columns — 16-byte streaming loads of the
+// weight, fp32 sums in the same order); the weight's first loads are issued before anything that reads the previous kernel's output. Each
 // kernel lets its dependent launch at once (pdl_trigger) and waits (pdl_wait) before reading what the kernel before it
 // wrote: with programmatic dependent launch on (CudaBackend.UseDependentLaunch) a step's chain of GEMVs streams weights
 // while the previous kernel drains. Launched so (pf = 1), a block also prefetches into L2, before it waits, the rest of
@@ -79,8 +79,8 @@ __device__ __forceinline__ void dec_fma(float (&acc)[DEC_MAX_M], const uint4 (&w
 // Same bits for every C: a column's sums depend on the column alone — acc starts at 0, takes dec_fma of batch q0 =
 // 0, 32·DEC_U, … in order from the same 16-byte chunks (whichever buffer the batch was loaded into, and whether before
 // or after pdl_wait: the weight does not depend on the kernel before), then the same warp_sum and the same store. Only
-// when a load is issued moves, never an fp32 operation, so C > 1 gives C = 1's bits, and C = 1 is the kernel as before
-// (no next column: the loop runs once and never takes the next-column load).
+// when a load is issued moves, never an fp32 operation, so C > 1 gives C = 1's bits, and C = 1 computes each column as
+// before (no next column: the loop runs once and never takes the next-column load).
 // One row a column (R = 1) double-buffers within the column (the next batch loads during this batch's arithmetic), so
 // at the column's last batch the next column's first batch goes into that buffer before the arithmetic. Two rows a
 // column (R = 2: gate and up) keep one buffer a row, as that kernel always has (a second pair would cost 64 registers a

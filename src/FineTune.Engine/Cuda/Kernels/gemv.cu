@@ -1,5 +1,6 @@
 // Products with few rows (decode steps: one row per sequence): C[m, n] = alpha·Σ_k A[m, k]·B[n, k] (+ C), A [M, K] and
-// the weight B [N, K] in bf16, fp32 accumulation, C bf16 or f32. One warp per output column n reads B's row n once, 16
+// the weight B [N, K] in bf16, fp32 accumulation, C bf16 or f32. One warp per output column n (or C of them in turn,
+// CudaBackend.DecodeColumns: gemv_columns) reads B's row n once, 16
 // bytes per lane per load (the weight is the traffic; A's few rows stay in L1), for all M ≤ GEMV_MAX_M rows at once,
 // then a warp sum per row. Every lane issues GEMV_U loads of the weight (through the streaming, L1-bypassing path)
 // before any arithmetic, so a multiprocessor holding one block of 8 warps keeps 32 KiB of the weight on the way: a
