@@ -6,7 +6,8 @@
 # A model dir not given (or without config.json) is written first by hf_generate_bench.py --make-model (random weights,
 # bf16; the 8B one is 16 GB and takes minutes; "-" as the 8B dir skips that shape). Each step's output is kept under
 # <out dir>; the exit code is 1 when a check failed. FINETUNE_FUSED_DECODE=0 (every fused decode op off) is the A/B of
-# the fused layer on the 8B shape.
+# the fused layer on the 8B shape; FINETUNE_DECODE_COLUMNS=2 and 4 (the GEMVs' columns a warp) beside the default 1 on
+# both shapes.
 source "$(dirname "$0")/decode_setup.sh"
 # Bits: each fused decode op against the composition and the other launch mode; matmul+residual at K = 14336 must
 # launch gemv_residual at one and two rows. Tokens: the generation engine's checks (graphs and eager).
@@ -18,9 +19,14 @@ bench() { # name model prompts env...
         --new-tokens 64 --profile 2>&1 | tee "$out/gen_$name.jsonl" | grep -E '"bench":"generate(_profile)?"|rror'
 }
 bench m17 "$m17" 8
+# Cross-column GEMVs (FINETUNE_DECODE_COLUMNS, default 1; the `decode` output above has their GB/s per kernel and C).
+bench m17_cols2 "$m17" 8 FINETUNE_DECODE_COLUMNS=2
+bench m17_cols4 "$m17" 8 FINETUNE_DECODE_COLUMNS=4
 if [ "$m8" != - ]; then
     # The 8B profile should show gemv_residual at ~2× the 1.7B share and no ft_add_v8 (before: 0.127 ms a step).
     bench m8 "$m8" 4
     bench m8_unfused "$m8" 4 FINETUNE_FUSED_DECODE=0
+    bench m8_cols2 "$m8" 4 FINETUNE_DECODE_COLUMNS=2
+    bench m8_cols4 "$m8" 4 FINETUNE_DECODE_COLUMNS=4
 fi
 exit $rc

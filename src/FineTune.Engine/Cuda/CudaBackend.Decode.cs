@@ -17,6 +17,33 @@ public sealed partial class CudaBackend
     /// </summary>
     public int DecodeWarps { get; set; } = int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_DECODE_WARPS"), out int w) ? Math.Clamp(w, 2, 32) : 8;
 
+    public const int DecodeMaxColumns = 8;
+
+    /// <summary>
+    /// Output columns a warp of the fused GEMVs (and gemv.cu's) takes, C: FINETUNE_DECODE_COLUMNS, 1 … 8, default 1 (one
+    /// column a warp, the grid of before). With C &gt; 1 a warp streams the columns n, n + G, n + 2G, … (G: the grid's
+    /// warps) and loads the next column's first batch before finishing the current one, so its loads stay in flight across
+    /// columns (decode.cu, dec_columns); every C gives the bits of C = 1. Not yet measured on the GPU: the default stays 1
+    /// until a GPU session does (the `decode` checks print GB/s per kernel and C).
+    /// </summary>
+    public int DecodeColumns { get => _decodeColumns; set => _decodeColumns = Math.Clamp(value, 1, DecodeMaxColumns); }
+
+    int _decodeColumns = ParseDecodeColumns(Environment.GetEnvironmentVariable("FINETUNE_DECODE_COLUMNS"));
+
+    /// <summary>FINETUNE_DECODE_COLUMNS's value: an integer clamped to 1 … <see cref="DecodeMaxColumns"/>; 1 when unset or not a number.</summary>
+    public static int ParseDecodeColumns(string? value) => int.TryParse(value, out int c) ? Math.Clamp(c, 1, DecodeMaxColumns) : 1;
+
+    /// <summary>
+    /// Blocks of a GEMV grid of <paramref name="warps"/> warps a block, <paramref name="perWarp"/> columns a warp:
+    /// ceil(columns / (warps · perWarp)). The kernels' warp g (of G = blocks · warps) takes columns g, g + G, …, at most
+    /// perWarp of them below columns: every column exactly once, since G · perWarp ≥ columns.
+    /// </summary>
+    public static int GemvBlocks(int columns, int warps, int perWarp)
+    {
+        long per = (long)warps * Math.Clamp(perWarp, 1, DecodeMaxColumns);
+        return (int)((columns + per - 1) / per);
+    }
+
     /// <summary>
     /// x [M, K] with M ≤ two rows (and the GEMV's row limit), K a multiple of 8 up to <paramref name="maxK"/>; every
     /// tensor bf16, 16-byte aligned. The kernels that keep normed rows of x in shared memory take K ≤ DecodeMaxK;
@@ -41,7 +68,7 @@ public sealed partial class CudaBackend
             && rstd.DType == DType.F32 && rstd.Length >= m && DecodeFits(x, DecodeMaxK, [ln, normWeight, .. cs, .. bs]);
         for (int j = 0; j < cs.Count && fused; j++) fused = ProductShape(cs[j], bs[j], m, k);
         if (!fused) { DecodeComposition.NormMatMulShared(this, cs, ln, rstd, x, normWeight, eps, bs); return; }
-        var args = new KernelArg[19];
+        var args = new KernelArg[20];
         args[0] = P(x); args[1] = P(normWeight); args[2] = eps; args[3] = 0f; args[4] = P(ln); args[5] = P(rstd);
         args[6] = m; args[7] = k; args[8] = cs.Count;
         int total = 0;
@@ -54,6 +81,7 @@ public sealed partial class CudaBackend
             if (used) total += cs[j].Cols;
         }
         args[18] = PrefetchFlag;
+        args[19] = DecodeColumns;
         LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
@@ -65,7 +93,7 @@ public sealed partial class CudaBackend
             && DecodeFits(x, DecodeMaxK, ln, normWeight, gate, up, h, gateWeight, upWeight);
         if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
         LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
-            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag]);
+            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag, DecodeColumns]);
     }
 
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
@@ -73,7 +101,7 @@ public sealed partial class CudaBackend
         int m = a.Rows, k = a.Cols;
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag]);
+        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumns]);
     }
 
     /// <summary>Whether qk_rope_cache (or the rope-and-attention kernel) takes these operands; <paramref name="normed"/>: q/k norms given.</summary>
@@ -142,11 +170,14 @@ public sealed partial class CudaBackend
         ]);
     }
 
-    /// <summary>One warp per output column, <see cref="DecodeWarps"/> to a block; a programmatic dependent launch when that is on.</summary>
+    /// <summary>
+    /// <see cref="DecodeColumns"/> output columns a warp (the kernel's last argument), <see cref="DecodeWarps"/> warps a
+    /// block; a programmatic dependent launch when that is on.
+    /// </summary>
     void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
     {
         int warps = DecodeWarps;
-        var grid = ((columns + warps - 1) / warps, 1, 1);
+        var grid = (GemvBlocks(columns, warps, DecodeColumns), 1, 1);
         var function = _dev.Function("decode.cu", kernel);
         if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         else _dev.Launch(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);

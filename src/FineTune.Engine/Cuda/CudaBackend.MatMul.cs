@@ -106,8 +106,8 @@ public sealed partial class CudaBackend
     bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
     {
         if (!GemvFits(c, a, transA, b, transB, m, n, k)) return false;
-        LaunchDependent("gemv.cu", "gemv_bf16", ((n + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32,
-            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag]);
+        LaunchDependent("gemv.cu", "gemv_bf16", (GemvBlocks(n, GemvWarps, DecodeColumns), 1, 1), GemvWarps * 32,
+            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag, DecodeColumns]);
         return true;
     }
 
@@ -126,7 +126,7 @@ public sealed partial class CudaBackend
             for (int j = 0; j < cs.Count; j++) MatMul(cs[j], a, false, bs[j], true);
             return;
         }
-        var args = new KernelArg[17];
+        var args = new KernelArg[18];
         args[0] = P(a); args[1] = a.Rows; args[2] = a.Cols; args[3] = cs.Count;
         int total = 0;
         for (int j = 0; j < 3; j++)
@@ -139,6 +139,7 @@ public sealed partial class CudaBackend
             if (used) total += cs[j].Cols;
         }
         args[16] = PrefetchFlag;
-        LaunchDependent("gemv.cu", "gemv_bf16_set", ((total + GemvWarps - 1) / GemvWarps, 1, 1), GemvWarps * 32, args);
+        args[17] = DecodeColumns;
+        LaunchDependent("gemv.cu", "gemv_bf16_set", (GemvBlocks(total, GemvWarps, DecodeColumns), 1, 1), GemvWarps * 32, args);
     }
 }

@@ -9,7 +9,9 @@ namespace FineTune.DeviceChecks;
 // Then the split-K decode attention in one kernel against the split kernel and its separate combine (bits), in both
 // launch modes, repeated (its counters must re-arm); and a one-token step's q/k norms + RoPE + K/V rows + attention as
 // one kernel against qk_rope_cache + the split kernels and against the plain kernels (bits of every output). Times: fused launch vs the composition's launches; five fused
-// launches back to back in each launch mode (under PDL each overlaps the one before).
+// launches back to back in each launch mode (under PDL each overlaps the one before). Each fused GEMV at one and two
+// rows also runs with C = 2, 3, 4, 8 columns a warp (CudaBackend.DecodeColumns): C = 1's bits, and a GB/s line per C;
+// so do gemv.cu's gemv_bf16 (the LM head's 151936 × 2048 among its shapes) and gemv_bf16_set.
 public static partial class OpChecks
 {
     /// <summary>`decode`: only these checks (also part of `ops`).</summary>
@@ -43,9 +45,13 @@ public static partial class OpChecks
             }
             NormSetCheck(c, 1, 4096, [4096, 1024, 1024]);
             NormSetCheck(c, 2, 1000, [200]);
+            NormSetCheck(c, 1, 2048, [1000, 200, 8]); // N not a multiple of warps·C, a product narrower than a warp's stride
             NormSwiGluCheck(c, 1, 4096, 14336);
+            NormSwiGluCheck(c, 2, 1000, 200);
             ResidualCheck(c, 1, 14336, 4096); // Llama-3-8B down_proj
             ResidualCheck(c, 2, 14336, 4096);
+            ResidualCheck(c, 1, 14336, 1000);
+            ResidualCheck(c, 2, 1000, 200);
             foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
                 QkRopeCheck(c, m, d, hq, hkv, normed);
             foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
@@ -54,6 +60,10 @@ public static partial class OpChecks
                 RopeAttentionCheck(c, d, hq, hkv, normed, p);
             foreach (int rows in new[] { 1, 2, 5 })
                 ArgMaxCheck(c, rows, 151936); // a step's greedy pick (one launch)
+            GemvColumnsCheck(c, [1, 2], 151936, 2048, DType.F32); // the LM head (Qwen3-1.7B), where cross-column pipelining matters most
+            GemvColumnsCheck(c, [1, 2], 1000, 2048, DType.BF16, accumulate: true);
+            GemvSetColumnsCheck(c, 1, 2048, [2048, 1024, 1024]);
+            GemvSetColumnsCheck(c, 2, 1000, [1000, 200, 8]);
         }
         finally
         {
@@ -93,6 +103,50 @@ public static partial class OpChecks
         c.Gpu.UseFusedDecode = true;
         var (plainMs, pdlMs) = pdl ? (fusedOther, fused) : (fused, fusedOther);
         Console.WriteLine($"     {name}: fused {plainMs:F4} ms (dependent launch + prefetch {pdlMs:F4} ms), composition {composed:F4} ms");
+    }
+
+    static readonly int[] DecodeColumnCounts = [2, 3, 4, 8];
+
+    /// <summary>
+    /// The cross-column GEMV (CudaBackend.DecodeColumns = C, FineTune issue 14): <paramref name="op"/> (the fused kernel)
+    /// at C = 2, 3, 4, 8 into zeroed outputs gives C = 1's bits, in this launch mode and the other (the later columns' L2
+    /// prefetch); and a time per C as GB/s of the weight's bytes, to pick the default from.
+    /// </summary>
+    static void ColumnsVsOne(Ctx c, string name, Action op, Tensor[] outputs, string[] names, long weightBytes)
+    {
+        int columns = c.Gpu.DecodeColumns;
+        bool pdl = c.Gpu.UseDependentLaunch;
+        try
+        {
+            c.Gpu.DecodeColumns = 1;
+            op();
+            var want = outputs.Select(c.Download).ToArray();
+            var times = new List<string>();
+            double one = c.TimeRepeat(op);
+            times.Add($"C1 {one:F4} ms {weightBytes / one / 1e6:F0} GB/s");
+            foreach (int cols in DecodeColumnCounts)
+            {
+                c.Gpu.DecodeColumns = cols;
+                foreach (bool other in new[] { false, true })
+                {
+                    c.Gpu.UseDependentLaunch = other ? !pdl : pdl;
+                    foreach (var o in outputs) c.Gpu.Zero(o);
+                    double ms = c.Time(op);
+                    string mode = other ? (pdl ? ", plain launch" : ", dependent launch + prefetch") : "";
+                    for (int i = 0; i < outputs.Length; i++)
+                        c.Check($"{name} C{cols}{mode} = C1", names[i] + " bits", c.Download(outputs[i]).SequenceEqual(want[i]), ms);
+                }
+                c.Gpu.UseDependentLaunch = pdl;
+                double t = c.TimeRepeat(op);
+                times.Add($"C{cols} {t:F4} ms {weightBytes / t / 1e6:F0} GB/s");
+            }
+            Console.WriteLine($"     {name} columns a warp ({(pdl ? "dependent launch + prefetch" : "plain launch")}, {c.Gpu.DecodeWarps} warps a block): {string.Join(", ", times)}");
+        }
+        finally
+        {
+            c.Gpu.DecodeColumns = columns;
+            c.Gpu.UseDependentLaunch = pdl;
+        }
     }
 
     /// <summary>
@@ -214,6 +268,42 @@ public static partial class OpChecks
         Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms, qk_rope_cache + split + combine {piecesMs:F4} ms");
     }
 
+    /// <summary>gemv.cu's gemv_bf16 (MatMul at ≤ 2 rows) with C columns a warp: C = 1's bits and GB/s per C; it must launch gemv_bf16.</summary>
+    static void GemvColumnsCheck(Ctx c, int[] rows, int n, int k, DType output, bool accumulate = false)
+    {
+        var w = c.Pair(c.Rand((long)n * k, 0.05f), [n, k]); // one weight for every row count (the LM head's is 622 MB)
+        foreach (int m in rows)
+        {
+            var x = c.Pair(c.Rand((long)m * k), [m, k]);
+            var y = c.Zeros([m, n], output);
+            var start = c.Rand((long)m * n);
+            string name = $"gemv {m}x{n}x{k}{(accumulate ? " (accumulate)" : "")} → {output}";
+            void Op()
+            {
+                if (accumulate) c.Gpu.Upload(y.Gpu, start); // C += A·Bᵀ: each run from the same C
+                c.Gpu.MatMul(y.Gpu, x.Gpu, false, w.Gpu, true, 0.5f, accumulate);
+            }
+            c.Gpu.Device.BeginProfile();
+            Op();
+            c.Check($"{name} launches gemv_bf16", "kernel", c.Gpu.Device.EndProfile().ContainsKey("gemv_bf16"), 0);
+            ColumnsVsOne(c, name, Op, [y.Gpu], ["y"], (long)n * k * 2);
+        }
+    }
+
+    /// <summary>gemv.cu's gemv_bf16_set (MatMulShared) with C columns a warp: C = 1's bits (a warp's columns cross products) and GB/s per C.</summary>
+    static void GemvSetColumnsCheck(Ctx c, int m, int k, int[] outs)
+    {
+        var x = c.Pair(c.Rand((long)m * k), [m, k]);
+        var ws = outs.Select(o => c.Pair(c.Rand((long)o * k, 0.05f), [o, k])).ToArray();
+        var ys = outs.Select(o => c.Zeros([m, o])).ToArray();
+        string name = $"gemv set {m}x[{string.Join('+', outs)}]x{k}";
+        void Op() => c.Gpu.MatMulShared([.. ys.Select(t => t.Gpu)], x.Gpu, [.. ws.Select(w => w.Gpu)]);
+        c.Gpu.Device.BeginProfile();
+        Op();
+        c.Check($"{name} launches gemv_bf16_set", "kernel", c.Gpu.Device.EndProfile().ContainsKey("gemv_bf16_set"), 0);
+        ColumnsVsOne(c, name, Op, [.. ys.Select(t => t.Gpu)], [.. outs.Select((_, j) => $"c{j}")], (long)outs.Sum() * k * 2);
+    }
+
     static void NormSetCheck(Ctx c, int m, int k, int[] outs)
     {
         var x = c.Pair(c.Rand((long)m * k, 2f), [m, k]);
@@ -229,6 +319,9 @@ public static partial class OpChecks
             var (y, l, r) = fused ? (ys, ln, rs) : (ys2, ln2, rs2);
             c.Gpu.NormMatMulShared([.. y.Select(t => t.Gpu)], l.Gpu, r.Gpu, x.Gpu, nw.Gpu, 1e-6f, [.. ws.Select(w => w.Gpu)]);
         }, [.. ys.Zip(ys2, (a, b) => (a.Gpu, b.Gpu)), (ln.Gpu, ln2.Gpu), (rs.Gpu, rs2.Gpu)], [.. outs.Select((_, j) => $"c{j}"), "ln", "rstd"]);
+        if (m <= 2)
+            ColumnsVsOne(c, name, () => c.Gpu.NormMatMulShared([.. ys2.Select(t => t.Gpu)], ln2.Gpu, rs2.Gpu, x.Gpu, nw.Gpu, 1e-6f, [.. ws.Select(w => w.Gpu)]),
+                [.. ys2.Select(t => t.Gpu), ln2.Gpu, rs2.Gpu], [.. outs.Select((_, j) => $"c{j}"), "ln", "rstd"], (long)outs.Sum() * k * 2);
         DecodeComposition.NormMatMulShared(c.Cpu, [.. ys.Select(t => t.Cpu)], ln.Cpu, rs.Cpu, x.Cpu, nw.Cpu, 1e-6f, [.. ws.Select(w => w.Cpu)]);
         for (int j = 0; j < outs.Length; j++) c.Compare(name, $"c{j}", ys[j], 0);
     }
@@ -247,6 +340,9 @@ public static partial class OpChecks
             var s = fused ? a : b;
             c.Gpu.NormSwiGluMatMul(s[0].Gpu, s[1].Gpu, s[2].Gpu, s[3].Gpu, s[4].Gpu, x.Gpu, nw.Gpu, 1e-6f, g.Gpu, u.Gpu);
         }, [.. a.Zip(b, (p, q) => (p.Gpu, q.Gpu))], ["h", "gate", "up", "ln", "rstd"]);
+        if (m <= 2)
+            ColumnsVsOne(c, name, () => c.Gpu.NormSwiGluMatMul(b[0].Gpu, b[1].Gpu, b[2].Gpu, b[3].Gpu, b[4].Gpu, x.Gpu, nw.Gpu, 1e-6f, g.Gpu, u.Gpu),
+                [.. b.Select(t => t.Gpu)], ["h", "gate", "up", "ln", "rstd"], 2L * n * k * 2);
         DecodeComposition.NormSwiGluMatMul(c.Cpu, a[0].Cpu, a[1].Cpu, a[2].Cpu, a[3].Cpu, a[4].Cpu, x.Cpu, nw.Cpu, 1e-6f, g.Cpu, u.Cpu);
         c.Compare(name, "h", a[0], 0);
     }
@@ -259,6 +355,7 @@ public static partial class OpChecks
         var (y, y2) = (c.Zeros([m, n]), c.Zeros([m, n]));
         string name = $"matmul+residual {m}x{n}x{k}";
         FusedVsComposed(c, name, fused => c.Gpu.MatMulResidual((fused ? y : y2).Gpu, x.Gpu, w.Gpu, r.Gpu), [(y.Gpu, y2.Gpu)], ["y"]);
+        if (m <= 2) ColumnsVsOne(c, name, () => c.Gpu.MatMulResidual(y2.Gpu, x.Gpu, w.Gpu, r.Gpu), [y2.Gpu], ["y"], (long)n * k * 2);
         // At one or two rows the fused kernel must run, at any K (down_proj's K = 14336 at Llama-3-8B once took
         // gemv_bf16 + ft_add: the shared-memory K cap of the normed kernels was applied here too).
         c.Gpu.Device.BeginProfile();

@@ -5,8 +5,8 @@
 //   gemv_norm_swiglu  ln = rmsnorm(x), h = silu(ln·Gᵀ)⊙(ln·Uᵀ)                rmsnorm_forward_v8 + gemv_bf16_set + swiglu_forward_v8
 //   gemv_residual     y = round(a·Bᵀ) + r                                     gemv_bf16 + ft_add_v8
 //   qk_rope_cache     per-head q/k RMSNorm (qwen3), RoPE, K/V into the cache  rmsnorm_forward_v8 ×2 + rope_apply ×2 + scatter_rows ×2
-// The products follow gemv.cu (one warp per output column, 16-byte streaming loads of the weight, fp32 sums in the
-// same order); the weight's first loads are issued before anything that reads the previous kernel's output. Each
+// The products follow gemv.cu (one warp per output column — or C of them, dec_columns — 16-byte streaming loads of the
+// weight, fp32 sums in the same order); the weight's first loads are issued before anything that reads the previous kernel's output. Each
 // kernel lets its dependent launch at once (pdl_trigger) and waits (pdl_wait) before reading what the kernel before it
 // wrote: with programmatic dependent launch on (CudaBackend.UseDependentLaunch) a step's chain of GEMVs streams weights
 // while the previous kernel drains. Launched so (pf = 1), a block also prefetches into L2, before it waits, the rest of
@@ -68,23 +68,86 @@ __device__ __forceinline__ void dec_fma(float (&acc)[DEC_MAX_M], const uint4 (&w
     }
 }
 
-// The whole dot product of one weight row with rows 0 … M−1 of a, the first batch already in w.
-__device__ __forceinline__ void dec_dot(float (&acc)[DEC_MAX_M], uint4 (&w)[DEC_U], const uint4* brow, const uint4* a, int M, int chunks, int lane)
+// Cross-column pipelining (CudaBackend.DecodeColumns, C; FineTune issue 14). With one column a warp, a column of K =
+// 2048 … 4096 is one or two batches: each warp pays a whole memory latency at its start (nothing in flight before its
+// first batch) and at its end (warp_sum and the store with nothing in flight). With C > 1 a warp takes the columns
+// col, col + G, col + 2G, … (G: the grid's warps; at most C of them, all below N) and issues the next column's first
+// batch before the current column's last batch arithmetic, warp_sum and store, so its loads stay in flight from column
+// to column. Strided rather than a contiguous range: each round of the grid still covers G adjacent columns, the rows
+// that C = 1's grid of G warps would read together (the same DRAM pattern), and the tail of an N that is not a
+// multiple of G·C idles warps of every block alike instead of whole blocks at the end.
+// Same bits for every C: a column's sums depend on the column alone — acc starts at 0, takes dec_fma of batch q0 =
+// 0, 32·DEC_U, … in order from the same 16-byte chunks (whichever buffer the batch was loaded into, and whether before
+// or after pdl_wait: the weight does not depend on the kernel before), then the same warp_sum and the same store. Only
+// when a load is issued moves, never an fp32 operation, so C > 1 gives C = 1's bits, and C = 1 computes each column as
+// before (no next column: the loop runs once and never takes the next-column load).
+// One row a column (R = 1) double-buffers within the column (the next batch loads during this batch's arithmetic), so
+// at the column's last batch the next column's first batch goes into that buffer before the arithmetic. Two rows a
+// column (R = 2: gate and up) keep one buffer a row, as that kernel always has (a second pair would cost 64 registers a
+// thread at every C): a row's buffer is refilled right after that row's arithmetic — with its next batch, or at the
+// column's last batch with the next column's first — so the gate's loads go out before the up row's arithmetic and
+// both before warp_sum and the stores. (Before, the gate/up kernel loaded both rows' batch at the top of the next
+// iteration: the same loads, the gate's now a little earlier.) One load site a row, the source picked before it: two
+// sites (this column's next batch, the next column's first) cost 10–15 registers a thread more (NVRTC 11.8, sm_90).
+// rows(col, r): row r of column col; done(col, acc): the column's sums acc[r][m] (warp_sum, store). On entry w holds the
+// first column's first batch (loaded before pdl_wait).
+template <int R, class Rows, class Done>
+__device__ __forceinline__ void dec_columns(uint4 (&w)[R][DEC_U], Rows rows, Done done, const uint4* a, int M, int chunks, int lane,
+                                            int col, int N, int G, int C)
 {
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++) acc[m] = 0.0f;
-    for (int q0 = 0; q0 < chunks; q0 += 32 * DEC_U)
+    for (int i = 0;; i++)
     {
-        bool more = q0 + 32 * DEC_U < chunks;
-        uint4 next[DEC_U];
-        if (more) dec_load(next, brow, q0 + 32 * DEC_U, chunks, lane);
-        dec_fma(acc, w, a, M, q0, chunks, lane);
-        if (more)
-        {
+        const uint4* brow[R];
 #pragma unroll
-            for (int u = 0; u < DEC_U; u++) w[u] = next[u];
+        for (int r = 0; r < R; r++) brow[r] = rows(col, r);
+        int ncol = col + G;
+        bool next_col = i + 1 < C && ncol < N;
+        float acc[R][DEC_MAX_M];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int m = 0; m < DEC_MAX_M; m++) acc[r][m] = 0.0f;
+        for (int q0 = 0; q0 < chunks; q0 += 32 * DEC_U)
+        {
+            bool more = q0 + 32 * DEC_U < chunks;
+            if constexpr (R == 1)
+            {
+                uint4 next[DEC_U];
+                const uint4* src = more ? brow[0] : next_col ? rows(ncol, 0) : nullptr;
+                if (src != nullptr) dec_load(next, src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
+                dec_fma(acc[0], w[0], a, M, q0, chunks, lane);
+                if (more || next_col)
+                {
+#pragma unroll
+                    for (int u = 0; u < DEC_U; u++) w[0][u] = next[u];
+                }
+            }
+            else
+            {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                {
+                    dec_fma(acc[r], w[r], a, M, q0, chunks, lane);
+                    const uint4* src = more ? brow[r] : next_col ? rows(ncol, r) : nullptr;
+                    if (src != nullptr) dec_load(w[r], src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
+                }
+            }
         }
+        done(col, acc);
+        if (!next_col) return;
+        col = ncol;
     }
+}
+
+// With pf: the warp's later columns' rows (whole: no batch of them is in registers yet) into L2 before pdl_wait, as
+// dec_prefetch does for the first column's.
+template <int R, class Rows>
+__device__ __forceinline__ void dec_prefetch_columns(Rows rows, int chunks, int lane, int col, int N, int G, int C, int pf)
+{
+    if (!pf) return;
+    for (int i = 1; i < C && col + i * G < N; i++)
+#pragma unroll
+        for (int r = 0; r < R; r++) prefetch_l2(rows(col + i * G, r), (i64)chunks * 16, lane);
 }
 
 // xs = rmsnorm(x) for rows 0 … M−1 of x [M, K] (weight nw [K]) with rmsnorm_forward_v8's arithmetic: warp m sums row
@@ -115,113 +178,126 @@ __device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const u
     __syncthreads();
 }
 
-// ln = rmsnorm(x); c_i = ln·B_iᵀ for up to three weights B_i [N_i, K]; warp w of the grid takes column w of the
-// products laid end to end (as gemv_bf16_set). Dynamic shared memory: M·K bf16.
+// ln = rmsnorm(x); c_i = ln·B_iᵀ for up to three weights B_i [N_i, K]; the columns of the products laid end to end (as
+// gemv_bf16_set), C to a warp (dec_columns). Dynamic shared memory: M·K bf16.
 __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
                                                    int M, int K, int count,
                                                    unsigned short* c0, const uint4* b0, int n0,
                                                    unsigned short* c1, const uint4* b1, int n1,
-                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs, int pf)
+                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs, int pf, int C)
 {
     pdl_trigger();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
-    int n = blockIdx.x * (blockDim.x >> 5) + warp;
-    unsigned short* c = nullptr;
-    const uint4* brow = nullptr;
-    int N = 0;
-    if (n < n0) { c = c0; N = n0; brow = b0 + (i64)n * chunks; }
-    else if (count > 1 && n - n0 < n1) { n -= n0; c = c1; N = n1; brow = b1 + (i64)n * chunks; }
-    else if (count > 2 && n - n0 - n1 < n2) { n -= n0 + n1; c = c2; N = n2; brow = b2 + (i64)n * chunks; }
-    uint4 w[DEC_U];
-    dec_load(w, brow, 0, chunks, lane);
-    dec_prefetch(brow, chunks, lane, pf);
+    int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
+    int total = n0 + (count > 1 ? n1 : 0) + (count > 2 ? n2 : 0);
+    // Column col of the products end to end is column col − n0 − … of the product it falls in (below total, so a
+    // product past count is never reached).
+    auto row = [&](int col, int) -> const uint4*
+    {
+        if (col >= total) return nullptr;
+        if (col < n0) return b0 + (i64)col * chunks;
+        col -= n0;
+        return col < n1 ? b1 + (i64)col * chunks : b2 + (i64)(col - n1) * chunks;
+    };
+    auto done = [&](int col, float (&acc)[1][DEC_MAX_M])
+    {
+        unsigned short* c = c0;
+        int N = n0;
+        if (col >= n0)
+        {
+            col -= n0; c = c1; N = n1;
+            if (col >= n1) { col -= n1; c = c2; N = n2; }
+        }
+#pragma unroll
+        for (int m = 0; m < DEC_MAX_M; m++)
+        {
+            if (m >= M) break;
+            float s = warp_sum(acc[0][m]);
+            if (lane == 0) c[(i64)m * N + col] = f32_to_bf16(s);
+        }
+    };
+    uint4 w[1][DEC_U];
+    dec_load(w[0], row(n, 0), 0, chunks, lane);
+    dec_prefetch(row(n, 0), chunks, lane, pf);
+    dec_prefetch_columns<1>(row, chunks, lane, n, total, G, C, pf);
     dec_prefetch_norm(nw, K, pf);
     pdl_wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
-    if (brow == nullptr) return;
-    float acc[DEC_MAX_M];
-    dec_dot(acc, w, brow, xs, M, chunks, lane);
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++)
-    {
-        if (m >= M) break;
-        float s = warp_sum(acc[m]);
-        if (lane == 0) c[(i64)m * N + n] = f32_to_bf16(s);
-    }
+    if (n >= total) return;
+    dec_columns<1>(w, row, done, xs, M, chunks, lane, n, total, G, C);
 }
 
 // ln = rmsnorm(x); gate = ln·Gᵀ, up = ln·Uᵀ (G, U [N, K]), h = silu(gate)⊙up, each rounded to bf16 where the unfused
-// chain stores it. One warp per column j reads row j of both weights.
+// chain stores it. Column j reads row j of both weights; C columns to a warp (dec_columns, both rows pipelined).
 __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
                                                       int M, int K, int N, const uint4* g, const uint4* u,
-                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs, int pf)
+                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs, int pf, int C)
 {
     pdl_trigger();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
-    int n = blockIdx.x * (blockDim.x >> 5) + warp;
-    bool active = n < N;
-    const uint4* grow = active ? g + (i64)n * chunks : nullptr;
-    const uint4* urow = active ? u + (i64)n * chunks : nullptr;
-    uint4 wg[DEC_U], wu[DEC_U];
-    dec_load(wg, grow, 0, chunks, lane);
-    dec_load(wu, urow, 0, chunks, lane);
-    dec_prefetch(grow, chunks, lane, pf);
-    dec_prefetch(urow, chunks, lane, pf);
+    int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
+    auto row = [&](int col, int r) -> const uint4* { return col < N ? (r == 0 ? g : u) + (i64)col * chunks : nullptr; };
+    auto done = [&](int col, float (&acc)[2][DEC_MAX_M])
+    {
+#pragma unroll
+        for (int m = 0; m < DEC_MAX_M; m++)
+        {
+            if (m >= M) break;
+            float sg = warp_sum(acc[0][m]), su = warp_sum(acc[1][m]);
+            if (lane == 0)
+            {
+                i64 i = (i64)m * N + col;
+                unsigned short gb = f32_to_bf16(sg), ub = f32_to_bf16(su);
+                gate[i] = gb;
+                up[i] = ub;
+                float gv = bf16_to_f32(gb), uv = bf16_to_f32(ub);
+                h[i] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+            }
+        }
+    };
+    uint4 w[2][DEC_U];
+    dec_load(w[0], row(n, 0), 0, chunks, lane);
+    dec_load(w[1], row(n, 1), 0, chunks, lane);
+    dec_prefetch(row(n, 0), chunks, lane, pf);
+    dec_prefetch(row(n, 1), chunks, lane, pf);
+    dec_prefetch_columns<2>(row, chunks, lane, n, N, G, C, pf);
     dec_prefetch_norm(nw, K, pf);
     pdl_wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
-    if (!active) return;
-    float ag[DEC_MAX_M], au[DEC_MAX_M];
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++) { ag[m] = 0.0f; au[m] = 0.0f; }
-    for (int q0 = 0; q0 < chunks; q0 += 32 * DEC_U)
-    {
-        if (q0 > 0) { dec_load(wg, grow, q0, chunks, lane); dec_load(wu, urow, q0, chunks, lane); }
-        dec_fma(ag, wg, xs, M, q0, chunks, lane);
-        dec_fma(au, wu, xs, M, q0, chunks, lane);
-    }
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++)
-    {
-        if (m >= M) break;
-        float sg = warp_sum(ag[m]), su = warp_sum(au[m]);
-        if (lane == 0)
-        {
-            i64 i = (i64)m * N + n;
-            unsigned short gb = f32_to_bf16(sg), ub = f32_to_bf16(su);
-            gate[i] = gb;
-            up[i] = ub;
-            float gv = bf16_to_f32(gb), uv = bf16_to_f32(ub);
-            h[i] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
-        }
-    }
+    if (n >= N) return;
+    dec_columns<2>(w, row, done, xs, M, chunks, lane, n, N, G, C);
 }
 
-// y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj).
-__device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf)
+// y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj); C columns to
+// a warp (dec_columns).
+__device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K,
+                                                   int pf, int C)
 {
     pdl_trigger();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
-    int n = blockIdx.x * (blockDim.x >> 5) + warp;
+    int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
+    int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
     if (n >= N) return;
-    const uint4* brow = b + (i64)n * chunks;
-    uint4 w[DEC_U];
-    dec_load(w, brow, 0, chunks, lane);
-    dec_prefetch(brow, chunks, lane, pf);
-    pdl_wait();
-    float acc[DEC_MAX_M];
-    dec_dot(acc, w, brow, a, M, chunks, lane);
-#pragma unroll
-    for (int m = 0; m < DEC_MAX_M; m++)
+    auto row = [&](int col, int) -> const uint4* { return b + (i64)col * chunks; }; // col < N: dec_columns' bound
+    auto done = [&](int col, float (&acc)[1][DEC_MAX_M])
     {
-        if (m >= M) break;
-        float s = warp_sum(acc[m]);
-        if (lane == 0)
+#pragma unroll
+        for (int m = 0; m < DEC_MAX_M; m++)
         {
-            i64 i = (i64)m * N + n;
-            y[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r[i]));
+            if (m >= M) break;
+            float s = warp_sum(acc[0][m]);
+            if (lane == 0)
+            {
+                i64 i = (i64)m * N + col;
+                y[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r[i]));
+            }
         }
-    }
+    };
+    uint4 w[1][DEC_U];
+    dec_load(w[0], row(n, 0), 0, chunks, lane);
+    dec_prefetch(row(n, 0), chunks, lane, pf);
+    dec_prefetch_columns<1>(row, chunks, lane, n, N, G, C, pf);
+    pdl_wait();
+    dec_columns<1>(w, row, done, a, M, chunks, lane, n, N, G, C);
 }
 
 // The entry points (each body also took __launch_bounds__(256, 3) and a cp.async-through-shared-memory form on the H200,
@@ -229,21 +305,21 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
 // neither is kept; docs/serving.md).
 #define DEC_SMEM extern __shared__ uint4 xs[];
 #define NORM_SET_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int count, \
-    unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2, int pf)
+    unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2, int pf, int C)
 #define NORM_SWIGLU_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int N, \
-    const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h, int pf)
+    const uint4* g, const uint4* u, unsigned short* gate, unsigned short* up, unsigned short* h, int pf, int C)
 
 extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS
 {
-    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs, pf);
+    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs, pf, C);
 }
 extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS
 {
-    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs, pf);
+    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs, pf, C);
 }
-extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf)
+extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf, int C)
 {
-    gemv_residual_body(y, a, b, r, M, N, K, pf);
+    gemv_residual_body(y, a, b, r, M, N, K, pf, C);
 }
 
 // For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim
