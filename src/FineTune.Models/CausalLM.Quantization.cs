@@ -57,14 +57,14 @@ public sealed partial class CausalLM
         }
     }
 
-    /// <summary>The F32 values of delayed-scaling site i (<see cref="Fp8DelayedScale"/>'s layout), for tests.</summary>
+    /// <summary>The F32 values of a linear's delayed-scaling site (<see cref="Fp8DelayedScale"/>'s layout), for tests; not a use.</summary>
     internal float[] ReadFp8Site(string weightName, bool outputGradient)
     {
         var slot = _quantized.Single(kv => kv.Key.Name == weightName).Value;
-        var site = Fp8Site(slot, outputGradient) ?? throw new InvalidOperationException("fp8_scaling is not delayed");
-        _fp8Used[2 * slot.Site + (outputGradient ? 1 : 0)] = false; // reading is not a use
-        var host = new float[site.State.Length];
-        Backend.Download(site.State, host);
+        if (_fp8States is null || slot.Site < 0) throw new InvalidOperationException("fp8_scaling is not delayed");
+        int stride = Fp8DelayedScale.Stride(Setup.Fp8AmaxHistory);
+        var host = new float[stride];
+        Backend.Download(_fp8States.View((long)(2 * slot.Site + (outputGradient ? 1 : 0)) * stride, [stride]), host);
         return host;
     }
 
