@@ -50,8 +50,10 @@ public sealed partial class CudaBackend
             _dev.Blas.Gemm(transA, transB, m, n, k, pa, a.Cols, pb, b.Cols, P(c), c.Cols,
                 abType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
                 alpha, accumulate ? 1f : 0f, _dev.Stream, bias: bias is null ? 0 : P(bias), epilogue: bias is null ? GemmEpilogue.None : GemmEpilogue.Bias);
-            // Rank-sized: r (or g·r for a grouped LoRA product, up to 3r) is one of the three dimensions.
-            if (_dev.Profiling) _dev.Mark(Math.Min(m, Math.Min(n, k)) <= 64 ? "gemm (lora, rank-sized)" : "gemm");
+            // Rank-sized: r (or g·r for a grouped LoRA product, up to 3r) is one of the three dimensions. "expand": r is the
+            // reduction (s·xa·Bᵀ, dxa·A: they write a [tokens, features] output); "reduce": r is an output dimension and the
+            // long reduction is over tokens or features (x·Aᵀ, dB, dxa, dA: they read one).
+            if (_dev.Profiling) _dev.Mark(k <= 64 ? "gemm (lora, rank-sized: expand)" : Math.Min(m, n) <= 64 ? "gemm (lora, rank-sized: reduce)" : "gemm");
         }
         finally
         {

@@ -302,8 +302,12 @@ public sealed partial class CudaBackend : IBackend
         int width = checked((int)(x.Length / n));
         int heads = width / headDim;
         if (cos.Cols != half || sin.Cols != half) throw new ArgumentException($"rope tables {cos}/{sin} must have headDim/2 = {half} columns");
-        LaunchFlat("rope.cu", "rope_apply", (long)n * heads * half,
-            [P(x), Dt(x), P(positions), P(cos), P(sin), n, heads, headDim, cos.Rows, inverse ? -1f : 1f]);
+        if ((half & 7) == 0 && V8(width, x) && (P(cos) & 15) == 0 && (P(sin) & 15) == 0)
+            LaunchFlat("rope.cu", "rope_apply_v8", (long)n * heads * (half / 8),
+                [P(x), P(positions), P(cos), P(sin), n, heads, headDim, cos.Rows, inverse ? -1f : 1f]);
+        else
+            LaunchFlat("rope.cu", "rope_apply", (long)n * heads * half,
+                [P(x), Dt(x), P(positions), P(cos), P(sin), n, heads, headDim, cos.Rows, inverse ? -1f : 1f]);
     }
 
     // ---- SwiGLU ----
@@ -361,8 +365,11 @@ public sealed partial class CudaBackend : IBackend
         ulong rowLoss = _dev.Allocate((long)n * sizeof(float));
         try
         {
-            Launch("cross_entropy.cu", "cross_entropy", (n, 1, 1), 512,
-                [P(logits), Dt(logits), P(labels), rowLoss, n, v, gradScale, computeGrad ? 1 : 0]);
+            if (V8(v, logits))
+                Launch("cross_entropy.cu", "cross_entropy_v8", (n, 1, 1), 512, [P(logits), P(labels), rowLoss, n, v, gradScale, computeGrad ? 1 : 0]);
+            else
+                Launch("cross_entropy.cu", "cross_entropy", (n, 1, 1), 512,
+                    [P(logits), Dt(logits), P(labels), rowLoss, n, v, gradScale, computeGrad ? 1 : 0]);
             Launch("cross_entropy.cu", "cross_entropy_sum", (1, 1, 1), 1024, [rowLoss, n, P(lossSum)]);
         }
         finally { _dev.Free(rowLoss); }
@@ -380,8 +387,12 @@ public sealed partial class CudaBackend : IBackend
             if (gradScales.Length != n) throw new ArgumentException($"gradScales {gradScales} must hold one value per row of {logits}");
         }
         if (n == 0) return;
-        Launch("cross_entropy.cu", "label_log_probs", (n, 1, 1), 512,
-            [P(logits), Dt(logits), P(labels), P(logProbs), gradScales is null ? 0UL : P(gradScales), n, v]);
+        if (V8(v, logits))
+            Launch("cross_entropy.cu", "label_log_probs_v8", (n, 1, 1), 512,
+                [P(logits), P(labels), P(logProbs), gradScales is null ? 0UL : P(gradScales), n, v]);
+        else
+            Launch("cross_entropy.cu", "label_log_probs", (n, 1, 1), 512,
+                [P(logits), Dt(logits), P(labels), P(logProbs), gradScales is null ? 0UL : P(gradScales), n, v]);
     }
 
     // ---- randomness ----

@@ -463,6 +463,39 @@ public static partial class OpChecks
         ms = c.Time(() => c.Gpu.Rope(q.Gpu, pos.Gpu, cosT.Gpu, sinT.Gpu, headDim, true));
         c.Cpu.Rope(q.Cpu, pos.Cpu, cosT.Cpu, sinT.Cpu, headDim, true);
         c.Compare("rope inverse", "x", q, ms);
+        if (c.Act == DType.BF16) RopeVectorBits(c, cosT.Gpu, sinT.Gpu, maxPos, headDim);
+    }
+
+    /// <summary>
+    /// rope_apply_v8 against the scalar rope_apply, bit for bit: the same bf16 rows once 16-byte aligned and once one
+    /// element off (which takes the scalar kernel), forward then inverse; then the time of a qwen2.5-7b q at 8192 tokens.
+    /// </summary>
+    static void RopeVectorBits(Ctx c, Tensor cos, Tensor sin, int maxPos, int headDim)
+    {
+        int tokens = 77, heads = 5, width = heads * headDim;
+        long n = (long)tokens * width;
+        var values = c.Rand(n, 3f);
+        var pos = c.IntPair([.. Enumerable.Range(0, tokens).Select(t => (t * 7) % maxPos)], [tokens]);
+        var buf = c.Gpu.AllocateBuffer((n + 8) * 2);
+        c.Buffers.Add(buf);
+        var aligned = new Tensor(buf, 0, DType.BF16, [tokens, width]);
+        var offset = new Tensor(buf, 0, DType.BF16, [(int)n + 8]).View(n + 1, [tokens, width]);
+        foreach (bool inverse in new[] { false, true })
+        {
+            c.Gpu.Upload(aligned, values);
+            c.Gpu.Upload(offset, values);
+            c.Gpu.Rope(aligned, pos.Gpu, cos, sin, headDim, inverse);
+            c.Gpu.Rope(offset, pos.Gpu, cos, sin, headDim, inverse);
+            c.Check($"rope_apply_v8 = rope_apply{(inverse ? " (inverse)" : "")}", "bits", c.Download(aligned).AsSpan().SequenceEqual(c.Download(offset)), 0);
+        }
+        int bigTokens = 8192, bigWidth = 3584; // qwen2.5-7b's q width
+        var big = c.Gpu.AllocateBuffer((long)bigTokens * bigWidth * 2);
+        c.Buffers.Add(big);
+        var q = new Tensor(big, 0, DType.BF16, [bigTokens, bigWidth]);
+        var bigPos = c.IntPair([.. Enumerable.Range(0, bigTokens).Select(t => t % maxPos)], [bigTokens]);
+        c.Gpu.Rope(q, bigPos.Gpu, cos, sin, headDim, false);
+        double ms = c.TimeRepeat(() => c.Gpu.Rope(q, bigPos.Gpu, cos, sin, headDim, false));
+        Console.WriteLine($"     rope {bigTokens}x{bigWidth} bf16 (head_dim {headDim}): {ms:F3} ms ({(double)bigTokens * bigWidth * 4 / ms / 1e6:F0} GB/s)");
     }
 
     /// <summary>
@@ -694,7 +727,36 @@ public static partial class OpChecks
 
     static void Loss(Ctx c)
     {
-        int n = 37, vocab = 5003;
+        // 5003: the scalar kernels; 5008 (a multiple of 8): the bf16 rows' eight-wide kernels (xent_row_v8).
+        foreach (int vocab in new[] { 5003, 5008 }) Loss(c, vocab);
+        if (c.Act == DType.BF16) LossBandwidth(c, 256, 152064);
+    }
+
+    /// <summary>
+    /// Time of the loss over one LM-head chunk of bf16 logits (TrainingSetup.LogitsChunkRows rows of Qwen2's vocabulary):
+    /// forward only (one read of the logits) and with the gradient (two reads, one write), as GB/s.
+    /// </summary>
+    static void LossBandwidth(Ctx c, int rows, int vocab)
+    {
+        long n = (long)rows * vocab;
+        var buf = c.Gpu.AllocateBuffer(n * 2);
+        c.Buffers.Add(buf);
+        var logits = new Tensor(buf, 0, DType.BF16, [rows, vocab]);
+        var values = new float[n];
+        for (long i = 0; i < n; i++) values[i] = (float)(c.Rng.NextDouble() * 16 - 8);
+        c.Gpu.Upload(logits, values);
+        var lab = c.IntPair([.. Enumerable.Range(0, rows).Select(i => c.Rng.Next(vocab))], [rows]);
+        var loss = c.Zeros([1], DType.F32);
+        c.Gpu.CrossEntropy(logits, lab.Gpu, loss.Gpu, 1f, false);
+        double forward = c.TimeRepeat(() => c.Gpu.CrossEntropy(logits, lab.Gpu, loss.Gpu, 1f, false));
+        double withGrad = c.Time(() => c.Gpu.CrossEntropy(logits, lab.Gpu, loss.Gpu, 1f, true));
+        Console.WriteLine($"     cross_entropy {rows}x{vocab} bf16: forward {forward:F3} ms ({n * 2 / forward / 1e6:F0} GB/s), " +
+                          $"with gradient {withGrad:F3} ms ({n * 6 / withGrad / 1e6:F0} GB/s)");
+    }
+
+    static void Loss(Ctx c, int vocab)
+    {
+        int n = 37;
         var labels = Enumerable.Range(0, n).Select(i => i % 7 == 3 ? -100 : c.Rng.Next(vocab)).ToArray();
         var lab = c.IntPair(labels, [n]);
         // Logits live in F32 on both paths' GPU side here (the model computes them with an F32 output GEMM).
@@ -704,8 +766,8 @@ public static partial class OpChecks
             var loss = c.Zeros([1], DType.F32);
             double ms = c.Time(() => c.Gpu.CrossEntropy(logits.Gpu, lab.Gpu, loss.Gpu, 1f / 31, true));
             c.Cpu.CrossEntropy(logits.Cpu, lab.Cpu, loss.Cpu, 1f / 31, true);
-            c.Compare($"cross_entropy logits {lt}", "loss", loss, ms);
-            c.Compare($"cross_entropy logits {lt}", "dlogits", logits, ms);
+            c.Compare($"cross_entropy logits {lt} V={vocab}", "loss", loss, ms);
+            c.Compare($"cross_entropy logits {lt} V={vocab}", "dlogits", logits, ms);
         }
         // LabelLogProbs (the preference objectives' head): per-row log p(label) forward only, then with per-row
         // gradient scales of both signs as BackwardSequences passes them (−∂L/∂logp), which also writes the gradient.
@@ -717,13 +779,13 @@ public static partial class OpChecks
             var logp = c.Zeros([n], DType.F32);
             double ms = c.Time(() => c.Gpu.LabelLogProbs(forward.Gpu, lab.Gpu, logp.Gpu, null));
             c.Cpu.LabelLogProbs(forward.Cpu, lab.Cpu, logp.Cpu, null);
-            c.Compare($"label_log_probs logits {lt}", "logp", logp, ms);
+            c.Compare($"label_log_probs logits {lt} V={vocab}", "logp", logp, ms);
             var logits = c.Pair(values, [n, vocab], lt);
             var logpGrad = c.Zeros([n], DType.F32);
             ms = c.Time(() => c.Gpu.LabelLogProbs(logits.Gpu, lab.Gpu, logpGrad.Gpu, scales.Gpu));
             c.Cpu.LabelLogProbs(logits.Cpu, lab.Cpu, logpGrad.Cpu, scales.Cpu);
-            c.Compare($"label_log_probs logits {lt} scaled", "logp", logpGrad, ms);
-            c.Compare($"label_log_probs logits {lt} scaled", "dlogits", logits, ms);
+            c.Compare($"label_log_probs logits {lt} V={vocab} scaled", "logp", logpGrad, ms);
+            c.Compare($"label_log_probs logits {lt} V={vocab} scaled", "dlogits", logits, ms);
         }
     }
 
