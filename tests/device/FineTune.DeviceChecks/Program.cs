@@ -88,6 +88,9 @@ switch (cmd)
         bool profile = args.Contains("--profile");
         return Bench.RunAll(args.Skip(1).Where(a => a != "--profile").ToArray(), profile);
     }
+    case "lora":
+        LoraTimes.Run();
+        return 0;
     case "fp8":
     {
         if (args.Length > 1) outDir = args[1];
