@@ -67,6 +67,18 @@ public static class LoraTimes
             ms = Ms(() => gpu.MatMul(dx, dxaT, true, aGroup, false)); Line(name, "dx = dxa·A (expand)", ms, (long)n * k * 2); total += ms;
         }
         Console.WriteLine($"     lora: one layer's products {total:F3} ms (xaT twice: forward and recompute), × 28 layers {total * 28:F1} ms");
+        // xaT = A·xᵀ by the stacked rows m (g·r), K = 3584: one cuBLASLt product against CudaBackend's split rows.
+        var xs = T(tokens, 3584);
+        foreach (int m in new[] { 8, 16, 24, 32, 40, 48, 56, 64 })
+        {
+            var a = T(m, 3584);
+            var c = T(m, tokens);
+            gpu.SplitRankRowProducts = false;
+            double one = Ms(() => gpu.MatMul(c, a, false, xs, true));
+            gpu.SplitRankRowProducts = true;
+            double split = Ms(() => gpu.MatMul(c, a, false, xs, true));
+            Console.WriteLine($"     lora xaT = A·xᵀ, {m,2} rows: one product {one:F4} ms ({(long)tokens * 3584 * 2 / one / 1e6:F0} GB/s), split rows {split:F4} ms");
+        }
         foreach (var b in owned) b.Dispose();
     }
 }

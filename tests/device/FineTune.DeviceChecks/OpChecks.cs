@@ -476,10 +476,11 @@ public static partial class OpChecks
         long n = (long)tokens * width;
         var values = c.Rand(n, 3f);
         var pos = c.IntPair([.. Enumerable.Range(0, tokens).Select(t => (t * 7) % maxPos)], [tokens]);
-        var buf = c.Gpu.AllocateBuffer((n + 8) * 2);
+        var buf = c.Gpu.AllocateBuffer((2 * n + 16) * 2);
         c.Buffers.Add(buf);
-        var aligned = new Tensor(buf, 0, DType.BF16, [tokens, width]);
-        var offset = new Tensor(buf, 0, DType.BF16, [(int)n + 8]).View(n + 1, [tokens, width]);
+        var whole = new Tensor(buf, 0, DType.BF16, [(int)(2 * n + 16)]);
+        var aligned = whole.View(0, [tokens, width]);
+        var offset = whole.View(n + 1, [tokens, width]);
         foreach (bool inverse in new[] { false, true })
         {
             c.Gpu.Upload(aligned, values);
