@@ -64,7 +64,7 @@ public sealed partial class CausalLM
     /// </summary>
     internal bool FusedFp8Casts { get; set; } = true;
 
-    /// <summary>fp8_scaling: delayed holds the fused casts' codes in the activation arena (ModelActivations.ActCodes, DupCodes).</summary>
+    /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes).</summary>
     private bool Fp8CodesInArena => Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed && Spec.HasDenseLayers;
 
     /// <summary>

@@ -371,9 +371,11 @@ public sealed partial class CausalLM
             SetLoraInputs(L, 3, act, a, n, seed);
             return;
         }
-        // fp8_scaling: delayed, down_proj's input site ready: SwiGLU writes act's E4M3 codes too, and down's base product reads them.
+        // A training forward with fp8_scaling: delayed, down_proj's input site ready: SwiGLU writes act's E4M3 codes too,
+        // and down's base product reads them (into the pass's arena: an evaluation or a generation step, whose
+        // activations may be another arena, casts as before).
         Fp8Operand? actCodes = null;
-        if (_acts!.ActCodes is { } codes && FusedFp8Site(L.Down!, outputGradient: false) is { } site)
+        if (training && _acts!.ActCodes is { } codes && FusedFp8Site(L.Down!, outputGradient: false) is { } site)
         {
             B.SwiGluFp8(act, gate, up, codes, site);
             actCodes = codes;

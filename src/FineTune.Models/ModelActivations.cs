@@ -51,9 +51,9 @@ internal sealed class ModelActivations : IDisposable
     public Tensor CompactLogProbs, CompactScales;
     public Tensor Ids, Labels, Positions, Segments, CompactRows, CompactLabels;
     /// <summary>
-    /// fp8_scaling: delayed: the FP8 codes that SwiGLU's fused casts write ([capacity, intermediate] bytes in I32 words, and
-    /// a scale inverse): <see cref="ActCodes"/> holds act's in the forward (read by down_proj's product) and dgate's in
-    /// the backward (gate_proj's input gradient), <see cref="DupCodes"/> dup's (up_proj's; training only). Null otherwise.
+    /// fp8_scaling: delayed, training: the FP8 codes that SwiGLU's fused casts write ([capacity, intermediate] bytes in I32
+    /// words, and a scale inverse): <see cref="ActCodes"/> holds act's in the forward (read by down_proj's product) and
+    /// dgate's in the backward (gate_proj's input gradient), <see cref="DupCodes"/> dup's (up_proj's). Null otherwise.
     /// </summary>
     public Fp8Operand? ActCodes, DupCodes;
 
@@ -67,7 +67,7 @@ internal sealed class ModelActivations : IDisposable
     /// <summary>
     /// Carves the arena for <paramref name="storage"/>: one set per full or selective layer, one set shared by every
     /// recomputed layer, and (with selective layers) one shared ln1, ln2 and act that those layers recompute before their backward.
-    /// <paramref name="fp8Codes"/> (fp8_scaling: delayed) adds <see cref="ActCodes"/> and <see cref="DupCodes"/>.
+    /// <paramref name="fp8Codes"/> (fp8_scaling: delayed) adds <see cref="ActCodes"/> and <see cref="DupCodes"/> to a training arena.
     /// </summary>
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, IReadOnlyList<LayerStorage> storage,
         bool training, int capacity, int chunkRows, int? residuals = null, bool fp8Codes = false)
@@ -101,7 +101,7 @@ internal sealed class ModelActivations : IDisposable
         for (int s = 0; s < setLayer.Count; s++)
             DeclareSet(Add, f, spec, layers[setLayer[s]], $"{s}.", n, storage[setLayer[s]] == LayerStorage.Selective);
         if (anySelective) DeclareSelectiveScratch(Add, f, spec, n);
-        if (fp8Codes) DeclareFp8Codes(Add, spec, training, n);
+        if (fp8Codes && training) DeclareFp8Codes(Add, spec, n);
         DeclareFixedTail(Add, f, spec, layers, training, n, chunkRows);
         _arena = b.Build(backend);
 
@@ -140,10 +140,10 @@ internal sealed class ModelActivations : IDisposable
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
         CompactLogProbs = T("clogp"); CompactScales = T("cscale");
         Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
-        if (fp8Codes)
+        if (fp8Codes && training)
         {
             ActCodes = new Fp8Operand(T("fp8.act_codes"), T("fp8.act_scale_inv"));
-            if (training) DupCodes = new Fp8Operand(T("fp8.dup_codes"), T("fp8.dup_scale_inv"));
+            DupCodes = new Fp8Operand(T("fp8.dup_codes"), T("fp8.dup_scale_inv"));
         }
         Training = training;
     }
@@ -165,7 +165,7 @@ internal sealed class ModelActivations : IDisposable
         long fixedBytes = Measure(add =>
         {
             DeclareFixedHead(add, f, spec, spec.NumLayers + 1, n);
-            if (fp8Codes) DeclareFp8Codes(add, spec, training, n);
+            if (fp8Codes && training) DeclareFp8Codes(add, spec, n);
             DeclareFixedTail(add, f, spec, layers, training, n, chunkRows);
         });
         long full = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: false));
@@ -255,12 +255,12 @@ internal sealed class ModelActivations : IDisposable
         foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) add(name, DType.I32, [n]);
     }
 
-    /// <summary>The fused FP8 casts' codes: one byte per [n, intermediate] value of act (then dgate) and, training, of dup.</summary>
-    private static void DeclareFp8Codes(Func<string, DType, int[], int> add, TransformerSpec spec, bool training, int n)
+    /// <summary>The fused FP8 casts' codes: one byte per [n, intermediate] value of act (then dgate), and of dup.</summary>
+    private static void DeclareFp8Codes(Func<string, DType, int[], int> add, TransformerSpec spec, int n)
     {
         int words = QuantizedWeight.WordsFor((long)n * DenseIntermediate(spec));
         add("fp8.act_codes", DType.I32, [words]); add("fp8.act_scale_inv", DType.F32, [1]);
-        if (training) { add("fp8.dup_codes", DType.I32, [words]); add("fp8.dup_scale_inv", DType.F32, [1]); }
+        add("fp8.dup_codes", DType.I32, [words]); add("fp8.dup_scale_inv", DType.F32, [1]);
     }
 
     public bool Training { get; }
