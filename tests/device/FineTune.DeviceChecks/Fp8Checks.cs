@@ -284,7 +284,8 @@ public static class Fp8Checks
     /// bf16 77×192 and 2048×18944 take the fused kernels, f32 the composition they fall back to. Then the time of each at
     /// 8192×18944 (a 7B step's [tokens, intermediate]).
     /// </summary>
-    static void Fused(CpuBackend cpu, CudaBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned)
+    /// <remarks>Any backend as <paramref name="gpu"/> (the timing runs on CUDA only), so the checks themselves can be tried on the CPU.</remarks>
+    static void Fused(CpuBackend cpu, IBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned, (DType, int, int)[]? shapes = null)
     {
         var rng = new Random(47);
         float[] Rand(long count, float s)
@@ -294,6 +295,8 @@ public static class Fp8Checks
             return v;
         }
         const int history = 4, n = 256;
+        // The products write bf16 as training's do (the CPU backend, trying these checks, holds F32 only).
+        var products = gpu is CudaBackend ? DType.BF16 : DType.F32;
         int stride = Fp8DelayedScale.Stride(history);
         // [history max, pass amax, pushes, ring]: six pushes into a ring of four.
         float[] SiteValues(float historyMax, float passAmax) =>
@@ -319,7 +322,7 @@ public static class Fp8Checks
             Row(rows, op, path, "site vs cpu", stride, BitsDiffer(Read(gpu, site.State), wantSite), 0, 0);
         }
 
-        foreach (var (dt, m, cols) in new[] { (DType.BF16, 77, 192), (DType.BF16, 2048, 18944), (DType.F32, 77, 192) })
+        foreach (var (dt, m, cols) in shapes ?? [(DType.BF16, 77, 192), (DType.BF16, 2048, 18944), (DType.F32, 77, 192)])
         {
             string path = dt == DType.BF16 ? "bf16" : "f32", shape = $"{m}x{cols}";
             long count = (long)m * cols;
@@ -339,7 +342,7 @@ public static class Fp8Checks
             var hCodes = Operand(count);
             gpu.SwiGluFp8(h, gate, up, hCodes, site);
             gpu.SwiGlu(hSeparate, gate, up);
-            var (y, ySeparate) = (Alloc(gpu, owned, DType.BF16, m, n), Alloc(gpu, owned, DType.BF16, m, n));
+            var (y, ySeparate) = (Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n));
             gpu.Fp8MatMulCodes(y, hCodes, down, inputGradient: false);
             gpu.Fp8MatMul(ySeparate, hSeparate, down, inputGradient: false, delayed: siteSeparate);
             string op = $"swiglu fp8 fused cast {shape}";
@@ -369,7 +372,7 @@ public static class Fp8Checks
                 ("dup", dup, dupSeparate, upCodes, upSite, upSiteSeparate, upSiteValues),
             })
             {
-                var (dx, dxSeparate) = (Alloc(gpu, owned, DType.BF16, m, n), Alloc(gpu, owned, DType.BF16, m, n));
+                var (dx, dxSeparate) = (Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n));
                 gpu.Fp8MatMulCodes(dx, codes, inputGradient, inputGradient: true);
                 gpu.Fp8MatMul(dxSeparate, xSeparate, inputGradient, inputGradient: true, delayed: s2);
                 Row(rows, $"{op} {name}", path, "vs backward (bits)", count, BitsDiffer(Read(gpu, x), Read(gpu, xSeparate)), 0, 0);
@@ -385,6 +388,7 @@ public static class Fp8Checks
 
         // The time of each at a 7B MLP's [tokens, intermediate] (bf16, out of place), with a 16-column product after it
         // (the products read the codes either way; the fused side skips the cast's read of the output).
+        if (gpu is CudaBackend cuda)
         {
             int M = 8192, C = 18944, N = 16;
             long count = (long)M * C;
@@ -393,7 +397,15 @@ public static class Fp8Checks
             var dh = Alloc(gpu, owned, DType.BF16, M, C);
             var h = Alloc(gpu, owned, DType.BF16, M, C);
             var dup = Alloc(gpu, owned, DType.BF16, M, C);
-            foreach (var (t, scale) in new[] { (gate, 4f), (up, 2f), (dh, 1e-2f) }) gpu.Upload(t, Rand(count, scale));
+            // A random block repeated (the time does not depend on the values, and 3 × 155 M draws would take seconds).
+            float[] Tiled(float scale)
+            {
+                var block = Rand(1 << 20, scale);
+                var v = new float[count];
+                for (long i = 0; i < count; i += block.Length) block.AsSpan(0, (int)Math.Min(block.Length, count - i)).CopyTo(v.AsSpan((int)i));
+                return v;
+            }
+            foreach (var (t, scale) in new[] { (gate, 4f), (up, 2f), (dh, 1e-2f) }) gpu.Upload(t, Tiled(scale));
             var down = Weight(N, C);
             var inputGradient = Weight(C, N);
             var (hCodes, upCodes) = (Operand(count), Operand(count));
@@ -403,7 +415,7 @@ public static class Fp8Checks
             {
                 op();
                 gpu.Synchronize();
-                using var timer = gpu.Device.StartTimer();
+                using var timer = cuda.Device.StartTimer();
                 for (int i = 0; i < 10; i++) op();
                 return timer.StopMs() / 10;
             }
