@@ -4,10 +4,10 @@
 // scale inverse and the recorded amax are those of the separate cast, which would read the outputs back once more.
 #include "fp8.cuh"
 
-// h's element before rounding, shared by every forward kernel (the same bits in each).
+// h's element before rounding, shared by the bf16 forward kernels (the same code in each).
 __device__ __forceinline__ float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
 
-// du = dh·silu(g); dg = dh·u·silu'(g), silu'(g) = σ(g)·(1 + g·(1 − σ(g))); shared by every backward kernel.
+// dgate's and dup's elements as swiglu_backward computes them (its formula below), shared by the bf16 backward kernels.
 __device__ __forceinline__ void swiglu_gradients(float g, float u, float d, float& dg, float& du)
 {
     float sig = 1.0f / (1.0f + expf(-g));
@@ -18,19 +18,25 @@ __device__ __forceinline__ void swiglu_gradients(float g, float u, float d, floa
 extern "C" __global__ void swiglu_forward(void* h, int dt_h, const void* gate, int dt_g, const void* up, int dt_u, i64 n)
 {
     pdl_trigger(); // the next GEMV may start streaming its weight (common.cuh)
-    GRID_STRIDE(i, n) st(h, i, swiglu_value(ld(gate, i, dt_g), ld(up, i, dt_u)), dt_h);
+    GRID_STRIDE(i, n)
+    {
+        float g = ld(gate, i, dt_g);
+        float sig = 1.0f / (1.0f + expf(-g));
+        st(h, i, g * sig * ld(up, i, dt_u), dt_h);
+    }
 }
 
+// du = dh·silu(g); dg = dh·u·silu'(g), silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
 extern "C" __global__ void swiglu_backward(void* dgate, int dt_dg, void* dup, int dt_du, const void* dh, int dt_dh,
                                            const void* gate, int dt_g, const void* up, int dt_u, i64 n)
 {
     GRID_STRIDE(i, n)
     {
         // Every input is read before either output is stored: dgate may be gate and dup may be up (in place).
-        float dg, du;
-        swiglu_gradients(ld(gate, i, dt_g), ld(up, i, dt_u), ld(dh, i, dt_dh), dg, du);
-        st(dup, i, du, dt_du);
-        st(dgate, i, dg, dt_dg);
+        float g = ld(gate, i, dt_g), d = ld(dh, i, dt_dh), u = ld(up, i, dt_u);
+        float sig = 1.0f / (1.0f + expf(-g));
+        st(dup, i, d * g * sig, dt_du);
+        st(dgate, i, d * u * sig * (1.0f + g * (1.0f - sig)), dt_dg);
     }
 }
 
