@@ -53,3 +53,12 @@ public readonly record struct Fp8DelayedScale(Tensor State, bool Ready)
         site[1] = 0f;
     }
 }
+
+/// <summary>
+/// An FP8 operand cast before its product (fp8_scaling: delayed): the kernel that writes a tensor also writes its codes
+/// with a ready site's scale (<see cref="IBackend.SwiGluFp8"/>, <see cref="IBackend.SwiGluBackwardFp8"/>), and
+/// <see cref="IBackend.Fp8MatMulCodes"/> reads them instead of casting again.
+/// </summary>
+/// <param name="Codes">I32 words holding the codes, one byte per value in row-major order (as <see cref="IBackend.QuantizeFp8"/> writes them).</param>
+/// <param name="ScaleInverse">F32 [1]: 1/s, the factor that turns the codes back into values.</param>
+public readonly record struct Fp8Operand(Tensor Codes, Tensor ScaleInverse);

@@ -430,4 +430,23 @@ public interface IBackend : IDisposable
     /// (<see cref="Fp8DelayedScale.Advance"/>, bit for bit). One launch for the whole model.
     /// </summary>
     void Fp8AdvanceHistories(Tensor states, int sites, int history);
+    /// <summary>
+    /// <see cref="SwiGlu"/> that also casts its output for the next product (fp8_scaling: delayed, a <paramref name="site"/>
+    /// already advanced): h = silu(gate) ⊙ up exactly as SwiGlu writes it, <paramref name="hCodes"/> = the E4M3 codes of h
+    /// as stored (rounded to h's dtype) with the site's scale, and max |h| max-ed into the site's pass amax. The bits of
+    /// SwiGlu then <see cref="Fp8MatMul"/>'s delayed cast of h, without reading h again.
+    /// </summary>
+    void SwiGluFp8(Tensor h, Tensor gate, Tensor up, Fp8Operand hCodes, Fp8DelayedScale site);
+    /// <summary>
+    /// <see cref="SwiGluBackward"/> (in place allowed as there) that also casts each output to E5M2 with its own ready
+    /// site, as the delayed cast of the gate's and the up projection's input gradients would: the codes of dgate and dup
+    /// as stored, each amax recorded into its site.
+    /// </summary>
+    void SwiGluBackwardFp8(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, Fp8Operand dgateCodes, Fp8DelayedScale dgateSite,
+        Fp8Operand dupCodes, Fp8DelayedScale dupSite);
+    /// <summary>
+    /// <see cref="Fp8MatMul"/> from an operand cast already (c.Rows × the product's K codes, E4M3 for the forward, E5M2 with
+    /// <paramref name="inputGradient"/>): the same product and accumulation, no cast inside.
+    /// </summary>
+    void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false);
 }

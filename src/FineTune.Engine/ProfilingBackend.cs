@@ -83,6 +83,11 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) { var t = Begin(); _inner.QuantizeFp8(codes, scaleInverse, x, format); End("QuantizeFp8", t); }
     public void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null) { var t = Begin(); _inner.Fp8MatMul(c, a, w, inputGradient, accumulate, delayed); End("Fp8MatMul", t); }
     public void Fp8AdvanceHistories(Tensor states, int sites, int history) { var t = Begin(); _inner.Fp8AdvanceHistories(states, sites, history); End("Fp8AdvanceHistories", t); }
+    public void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMulCodes(c, a, w, inputGradient, accumulate); End("Fp8MatMulCodes", t); }
+    public void SwiGluFp8(Tensor h, Tensor gate, Tensor up, Fp8Operand hCodes, Fp8DelayedScale site) { var t = Begin(); _inner.SwiGluFp8(h, gate, up, hCodes, site); End("SwiGluFp8", t); }
+    public void SwiGluBackwardFp8(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, Fp8Operand dgateCodes, Fp8DelayedScale dgateSite,
+        Fp8Operand dupCodes, Fp8DelayedScale dupSite)
+    { var t = Begin(); _inner.SwiGluBackwardFp8(dgate, dup, dh, gate, up, dgateCodes, dgateSite, dupCodes, dupSite); End("SwiGluBackwardFp8", t); }
     public void MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<Tensor> bs) { var t = Begin(); _inner.MatMulShared(cs, a, bs); End("MatMulShared", t); }
     public void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs)
     { var t = Begin(); _inner.NormMatMulShared(cs, ln, rstd, x, normWeight, eps, bs); End("NormMatMulShared", t); }

@@ -17,7 +17,7 @@ public sealed partial class CausalLM
     private CheckpointingPlan PlanActivations(int capacity, bool training)
     {
         int chunkRows = Math.Max(1, Setup.LogitsChunkRows);
-        var bytes = ModelActivations.Bytes(Backend.ComputeDType, Spec, _layers, training, capacity, chunkRows);
+        var bytes = ModelActivations.Bytes(Backend.ComputeDType, Spec, _layers, training, capacity, chunkRows, Fp8CodesInArena);
         var memory = Backend.Memory;
         long held = memory?.HeldBytes ?? WeightBytes + (_rope?.ByteLength ?? 0);
         long workspace = memory is null ? 0 : DeviceWorkspaceBytes(capacity);

@@ -57,6 +57,27 @@ public sealed partial class CausalLM
         }
     }
 
+    /// <summary>
+    /// fp8_scaling: delayed: SwiGLU casts its outputs for the MLP's FP8 products itself (<see cref="IBackend.SwiGluFp8"/>,
+    /// <see cref="IBackend.SwiGluBackwardFp8"/>: the same bits, one pass over each [tokens, intermediate] tensor fewer).
+    /// False (tests) casts each in its product as before.
+    /// </summary>
+    internal bool FusedFp8Casts { get; set; } = true;
+
+    /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes).</summary>
+    private bool Fp8CodesInArena => Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed && Spec.HasDenseLayers;
+
+    /// <summary>
+    /// The site of a linear's cast when the producer of its input may cast for it: fp8_scaling: delayed, the weight in FP8,
+    /// the site advanced at least once (a first pass scales currently, which needs its amax before the cast) and
+    /// <see cref="FusedFp8Casts"/>; marked used as <see cref="Fp8Site"/> marks it. Null: the product casts its input itself.
+    /// </summary>
+    private Fp8DelayedScale? FusedFp8Site(LoraLinear lin, bool outputGradient)
+    {
+        if (!FusedFp8Casts || _fp8States is null || !_quantized.TryGetValue(lin.Weight, out var slot) || slot.Site < 0) return null;
+        return _fp8Ready[2 * slot.Site + (outputGradient ? 1 : 0)] ? Fp8Site(slot, outputGradient) : null;
+    }
+
     /// <summary>The F32 values of a linear's delayed-scaling site (<see cref="Fp8DelayedScale"/>'s layout), for tests; not a use.</summary>
     internal float[] ReadFp8Site(string weightName, bool outputGradient)
     {
@@ -242,11 +263,18 @@ public sealed partial class CausalLM
         return words;
     }
 
-    /// <summary>y = x·Wᵀ (+ y when accumulate) for a linear's frozen or trainable weight, on the FP8 tensor cores when held in FP8.</summary>
-    private void FrozenProduct(Tensor y, Tensor x, LoraLinear lin, bool accumulate = false)
+    /// <summary>
+    /// y = x·Wᵀ (+ y when accumulate) for a linear's frozen or trainable weight, on the FP8 tensor cores when held in FP8
+    /// (from <paramref name="xCodes"/> when x's producer cast it already: <see cref="FusedFp8Site"/>).
+    /// </summary>
+    private void FrozenProduct(Tensor y, Tensor x, LoraLinear lin, bool accumulate = false, Fp8Operand? xCodes = null)
     {
         if (_quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3)
-            Backend.Fp8MatMul(y, x, slot.Weight, inputGradient: false, accumulate, Fp8Site(slot, outputGradient: false));
+        {
+            if (xCodes is { } codes) Backend.Fp8MatMulCodes(y, codes, slot.Weight, inputGradient: false, accumulate);
+            else Backend.Fp8MatMul(y, x, slot.Weight, inputGradient: false, accumulate, Fp8Site(slot, outputGradient: false));
+        }
+        else if (xCodes is not null) throw new InvalidOperationException($"pre-cast FP8 input for {lin.Weight.Name}, which is not held in FP8");
         else Backend.MatMul(y, x, false, WeightValue(lin), true, 1f, accumulate);
     }
 
@@ -274,11 +302,18 @@ public sealed partial class CausalLM
         return done;
     }
 
-    /// <summary>dx = dy·W (+ dx when accumulate): the input gradient through a linear's weight, in FP8 when held so.</summary>
-    private void FrozenInputGradient(Tensor dx, Tensor dy, LoraLinear lin, bool accumulate)
+    /// <summary>
+    /// dx = dy·W (+ dx when accumulate): the input gradient through a linear's weight, in FP8 when held so (from
+    /// <paramref name="dyCodes"/> when dy's producer cast it already).
+    /// </summary>
+    private void FrozenInputGradient(Tensor dx, Tensor dy, LoraLinear lin, bool accumulate, Fp8Operand? dyCodes = null)
     {
         if (_quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3)
-            Backend.Fp8MatMul(dx, dy, slot.Weight, inputGradient: true, accumulate, Fp8Site(slot, outputGradient: true));
+        {
+            if (dyCodes is { } codes) Backend.Fp8MatMulCodes(dx, codes, slot.Weight, inputGradient: true, accumulate);
+            else Backend.Fp8MatMul(dx, dy, slot.Weight, inputGradient: true, accumulate, Fp8Site(slot, outputGradient: true));
+        }
+        else if (dyCodes is not null) throw new InvalidOperationException($"pre-cast FP8 output gradient for {lin.Weight.Name}, which is not held in FP8");
         else Backend.MatMul(dx, dy, false, WeightValue(lin), false, 1f, accumulate);
     }
 

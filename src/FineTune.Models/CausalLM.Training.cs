@@ -213,7 +213,7 @@ public sealed partial class CausalLM
             // Planned after the old arena is gone: auto counts what the device holds and could still give.
             CheckpointingPlan = PlanActivations(capacity, training);
             _acts = new ModelActivations(Backend, Spec, _layers, CheckpointingPlan.Layers, training,
-                capacity, Math.Max(1, Setup.LogitsChunkRows));
+                capacity, Math.Max(1, Setup.LogitsChunkRows), fp8Codes: Fp8CodesInArena);
         }
         int maxPos = 0;
         foreach (int p in batch.PositionIds)
@@ -365,13 +365,23 @@ public sealed partial class CausalLM
         var up = Rows(a.Up, n);
         var act = Rows(a.Act, n);
         SetForward(L, 2, [gate, up], ln2, a, n, seed, training);
-        B.SwiGlu(act, gate, up);
         if (recompute)
         {
+            B.SwiGlu(act, gate, up);
             SetLoraInputs(L, 3, act, a, n, seed);
             return;
         }
-        SetForward(L, 3, [y], act, a, n, seed, training);
+        // A training forward with fp8_scaling: delayed, down_proj's input site ready: SwiGLU writes act's E4M3 codes too,
+        // and down's base product reads them (into the pass's arena: an evaluation or a generation step, whose
+        // activations may be another arena, casts as before).
+        Fp8Operand? actCodes = null;
+        if (training && _acts!.ActCodes is { } codes && FusedFp8Site(L.Down!, outputGradient: false) is { } site)
+        {
+            B.SwiGluFp8(act, gate, up, codes, site);
+            actCodes = codes;
+        }
+        else B.SwiGlu(act, gate, up);
+        SetForward(L, 3, [y], act, a, n, seed, training, actCodes);
         B.Add(y, resMid);
     }
 
@@ -430,8 +440,19 @@ public sealed partial class CausalLM
             // In place: gate and up are read here for the last time, so their buffers take dgate and dup (no [n, inter]
             // gradient scratch of their own: ~0.6 GiB at 7B × 8192 tokens).
             var (dgate, dup) = (Rows(a.Gate, n), Rows(a.Up, n));
-            B.SwiGluBackward(dgate, dup, dact, dgate, dup);
-            SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
+            // fp8_scaling: delayed, both output-gradient sites ready: the backward writes dgate's and dup's E5M2 codes too,
+            // and gate's and up's input-gradient products read them.
+            if (acts.ActCodes is { } gateCodes && acts.DupCodes is { } upCodes
+                && FusedFp8Site(L.Gate!, outputGradient: true) is { } gateSite && FusedFp8Site(L.Up!, outputGradient: true) is { } upSite)
+            {
+                B.SwiGluBackwardFp8(dgate, dup, dact, dgate, dup, gateCodes, gateSite, upCodes, upSite);
+                SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed, [gateCodes, upCodes]);
+            }
+            else
+            {
+                B.SwiGluBackward(dgate, dup, dact, dgate, dup);
+                SetBackward(L, 2, dln, [dgate, dup], ln2, a, n, seed);
+            }
         }
         B.RmsNormBackward(dres, L.PostAttentionNorm.Grad, dln, Rows(a.ResMid, n), L.PostAttentionNorm.Value, Head1(a.Rstd2, n));
         return dres;
@@ -442,11 +463,13 @@ public sealed partial class CausalLM
     /// writing ys in set order. Grouped LoRA: xaᵀ = A_group·xᵀ for every adapter of the set in one product (one pass
     /// over x), then per linear y = scale·xa·Bᵀ (a skinny product that writes y without reading it) and y += x·Wᵀ (the
     /// big product does the accumulating, where reading C is nearly free); an adapted linear's bias rides with its skinny
-    /// product (IBackend.MatMulBias), any other's follows.
+    /// product (IBackend.MatMulBias), any other's follows. <paramref name="xCodes"/>: x's FP8 codes cast by its producer,
+    /// which the base product of the set's one linear reads (<see cref="FrozenProduct"/>).
     /// </summary>
-    private void SetForward(DecoderLayer L, int set, Tensor[] ys, Tensor x, LayerActivations a, int n, ulong seed, bool training)
+    private void SetForward(DecoderLayer L, int set, Tensor[] ys, Tensor x, LayerActivations a, int n, ulong seed, bool training, Fp8Operand? xCodes = null)
     {
         var lins = L.InputSets[set];
+        if (xCodes is not null && lins.Length != 1) throw new InvalidOperationException($"pre-cast FP8 input for input set {set} of {lins.Length} linears");
         int first = DecoderLayer.FirstLinearOfSet[set];
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training) || _adaptersOff)
         {
@@ -462,7 +485,7 @@ public sealed partial class CausalLM
             var baseDone = SharedFp8Products(lins, ys, x, _ => false);
             for (int j = 0; j < lins.Length; j++)
                 LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training,
-                    baseDone?[j] ?? false);
+                    baseDone?[j] ?? false, xCodes);
             _stepLora?.Apply(L, set, ys, x);
             return;
         }
@@ -482,7 +505,7 @@ public sealed partial class CausalLM
         for (int j = 0; j < lins.Length; j++)
         {
             var lin = lins[j];
-            if (done?[j] != true) FrozenProduct(ys[j], x, lin, accumulate: lin.Lora is not null);
+            if (done?[j] != true) FrozenProduct(ys[j], x, lin, accumulate: lin.Lora is not null, xCodes);
             if (lin.Bias is { } bias && lin.Lora is null) B.AddBias(ys[j], bias.Value);
         }
         _stepLora?.Apply(L, set, ys, x);
@@ -521,15 +544,16 @@ public sealed partial class CausalLM
     /// Backward of <see cref="SetForward"/>: writes dx (the set's linears all read x, so their input gradients sum).
     /// Grouped LoRA: per adapter dB += scale·dyᵀ·xa and dxaᵀ = scale·Bᵀ·dyᵀ into a stacked [g·r, n] scratch, then one
     /// dA_group += dxaᵀ·x and one dx = dxa·A_group (writes dx), then every dx += dy·W with the big product accumulating.
+    /// <paramref name="dyCodes"/>: each dy's E5M2 codes cast by its producer, read by its input-gradient product.
     /// </summary>
-    private void SetBackward(DecoderLayer L, int set, Tensor dx, Tensor[] dys, Tensor x, LayerActivations a, int n, ulong seed)
+    private void SetBackward(DecoderLayer L, int set, Tensor dx, Tensor[] dys, Tensor x, LayerActivations a, int n, ulong seed, Fp8Operand[]? dyCodes = null)
     {
         var lins = L.InputSets[set];
         int first = DecoderLayer.FirstLinearOfSet[set];
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training: true))
         {
             for (int j = 0; j < lins.Length; j++)
-                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)));
+                LinearBackward(lins[j], dx, j > 0, dys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), dyCodes?[j]);
             return;
         }
         var B = Backend;
@@ -549,7 +573,7 @@ public sealed partial class CausalLM
         for (int j = 0; j < lins.Length; j++)
         {
             var lin = lins[j];
-            FrozenInputGradient(dx, dys[j], lin, accumulate: true);
+            FrozenInputGradient(dx, dys[j], lin, accumulate: true, dyCodes?[j]);
             if (lin.Weight.Grad is { } dw) B.MatMul(dw, dys[j], true, x, false, 1f, accumulate: true);
             if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dys[j]);
         }
@@ -563,10 +587,11 @@ public sealed partial class CausalLM
         lins[j].FusedRow is null ? j : Array.FindIndex(lins, l => l.Module == lins[j].Module);
 
     // y = x·Wᵀ + b + scale·(drop(x)·Aᵀ)·Bᵀ; xa = drop(x)·Aᵀ is kept for the backward.
-    private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training, bool baseDone = false)
+    private void LinearForward(LoraLinear lin, Tensor y, Tensor x, Tensor? xaFull, int n, ulong seed, bool training, bool baseDone = false,
+        Fp8Operand? xCodes = null)
     {
         var B = Backend;
-        if (!baseDone) FrozenProduct(y, x, lin);
+        if (!baseDone) FrozenProduct(y, x, lin, xCodes: xCodes);
         if (lin.Bias is { } bias) B.AddBias(y, bias.Value);
         if (lin.Lora is not { } lora || _adaptersOff) return;
         var xin = x;
@@ -581,10 +606,10 @@ public sealed partial class CausalLM
     }
 
     // dx (+)= dy·W + drop'(scale·dy·B·A); dW += dyᵀ·x; db += Σ dy; dB += scale·dyᵀ·xa; dA += (scale·dy·B)ᵀ·drop(x).
-    private void LinearBackward(LoraLinear lin, Tensor dx, bool accumulateDx, Tensor dy, Tensor x, Tensor? xaFull, int n, ulong seed)
+    private void LinearBackward(LoraLinear lin, Tensor dx, bool accumulateDx, Tensor dy, Tensor x, Tensor? xaFull, int n, ulong seed, Fp8Operand? dyCodes = null)
     {
         var B = Backend;
-        FrozenInputGradient(dx, dy, lin, accumulateDx);
+        FrozenInputGradient(dx, dy, lin, accumulateDx, dyCodes);
         if (lin.Weight.Grad is { } dw) B.MatMul(dw, dy, true, x, false, 1f, accumulate: true);
         if (lin.Bias?.Grad is { } db) B.BiasBackward(db, dy);
         if (lin.Lora is not { } lora) return;

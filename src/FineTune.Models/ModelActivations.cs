@@ -50,19 +50,27 @@ internal sealed class ModelActivations : IDisposable
     /// </summary>
     public Tensor CompactLogProbs, CompactScales;
     public Tensor Ids, Labels, Positions, Segments, CompactRows, CompactLabels;
+    /// <summary>
+    /// fp8_scaling: delayed, training: the FP8 codes that SwiGLU's fused casts write ([capacity, intermediate] bytes in I32
+    /// words, and a scale inverse): <see cref="ActCodes"/> holds act's in the forward (read by down_proj's product) and
+    /// dgate's in the backward (gate_proj's input gradient), <see cref="DupCodes"/> dup's (up_proj's). Null otherwise.
+    /// </summary>
+    public Fp8Operand? ActCodes, DupCodes;
 
-    public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows, int? residuals = null)
+    public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows, int? residuals = null,
+        bool fp8Codes = false)
         : this(backend, spec, layers, Enumerable.Repeat(checkpointing ? LayerStorage.Recompute : LayerStorage.Full, spec.NumLayers).ToArray(),
-            training, capacity, chunkRows, residuals)
+            training, capacity, chunkRows, residuals, fp8Codes)
     {
     }
 
     /// <summary>
     /// Carves the arena for <paramref name="storage"/>: one set per full or selective layer, one set shared by every
     /// recomputed layer, and (with selective layers) one shared ln1, ln2 and act that those layers recompute before their backward.
+    /// <paramref name="fp8Codes"/> (fp8_scaling: delayed) adds <see cref="ActCodes"/> and <see cref="DupCodes"/> to a training arena.
     /// </summary>
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, IReadOnlyList<LayerStorage> storage,
-        bool training, int capacity, int chunkRows, int? residuals = null)
+        bool training, int capacity, int chunkRows, int? residuals = null, bool fp8Codes = false)
     {
         Capacity = capacity;
         ChunkRows = chunkRows;
@@ -93,6 +101,7 @@ internal sealed class ModelActivations : IDisposable
         for (int s = 0; s < setLayer.Count; s++)
             DeclareSet(Add, f, spec, layers[setLayer[s]], $"{s}.", n, storage[setLayer[s]] == LayerStorage.Selective);
         if (anySelective) DeclareSelectiveScratch(Add, f, spec, n);
+        if (fp8Codes && training) DeclareFp8Codes(Add, spec, n);
         DeclareFixedTail(Add, f, spec, layers, training, n, chunkRows);
         _arena = b.Build(backend);
 
@@ -131,11 +140,17 @@ internal sealed class ModelActivations : IDisposable
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
         CompactLogProbs = T("clogp"); CompactScales = T("cscale");
         Ids = T("ids"); Labels = T("labels"); Positions = T("pos"); Segments = T("seg"); CompactRows = T("crow"); CompactLabels = T("clab");
+        if (fp8Codes && training)
+        {
+            ActCodes = new Fp8Operand(T("fp8.act_codes"), T("fp8.act_scale_inv"));
+            DupCodes = new Fp8Operand(T("fp8.dup_codes"), T("fp8.dup_scale_inv"));
+        }
         Training = training;
     }
 
     /// <summary>The arena's parts at <paramref name="capacity"/> tokens (exact up to each tensor's 256-byte alignment): what a plan spends.</summary>
-    public static ActivationBytes Bytes(DType computeDType, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int capacity, int chunkRows)
+    public static ActivationBytes Bytes(DType computeDType, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int capacity, int chunkRows,
+        bool fp8Codes = false)
     {
         long Measure(Action<Func<string, DType, int[], int>> declare)
         {
@@ -147,7 +162,12 @@ internal sealed class ModelActivations : IDisposable
         // The largest layer's set: ranks may differ per layer (rank_pattern), and the estimate should not fall short.
         var widest = layers.MaxBy(l => l.LoraGroups.Sum(g => g?.Rows ?? 0))!;
         var f = computeDType;
-        long fixedBytes = Measure(add => { DeclareFixedHead(add, f, spec, spec.NumLayers + 1, n); DeclareFixedTail(add, f, spec, layers, training, n, chunkRows); });
+        long fixedBytes = Measure(add =>
+        {
+            DeclareFixedHead(add, f, spec, spec.NumLayers + 1, n);
+            if (fp8Codes && training) DeclareFp8Codes(add, spec, n);
+            DeclareFixedTail(add, f, spec, layers, training, n, chunkRows);
+        });
         long full = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: false));
         long selective = Measure(add => DeclareSet(add, f, spec, widest, "", n, selective: true));
         long scratch = Measure(add => DeclareSelectiveScratch(add, f, spec, n));
@@ -233,6 +253,14 @@ internal sealed class ModelActivations : IDisposable
         if (spec.FinalLogitSoftcap > 0 && training) add("cappedlogits", f, [chunkRows, spec.VocabSize]);
         add("clogp", DType.F32, [n]); add("cscale", DType.F32, [n]);
         foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) add(name, DType.I32, [n]);
+    }
+
+    /// <summary>The fused FP8 casts' codes: one byte per [n, intermediate] value of act (then dgate), and of dup.</summary>
+    private static void DeclareFp8Codes(Func<string, DType, int[], int> add, TransformerSpec spec, int n)
+    {
+        int words = QuantizedWeight.WordsFor((long)n * DenseIntermediate(spec));
+        add("fp8.act_codes", DType.I32, [words]); add("fp8.act_scale_inv", DType.F32, [1]);
+        add("fp8.dup_codes", DType.I32, [words]); add("fp8.dup_scale_inv", DType.F32, [1]);
     }
 
     public bool Training { get; }

@@ -47,6 +47,10 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null) => Run(() => Inner.Fp8MatMul(c, a, w, inputGradient, accumulate, delayed));
     public virtual void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null) => Run(() => Inner.Fp8MatMulShared(cs, a, ws, accumulate, delayed));
     public virtual void Fp8AdvanceHistories(Tensor states, int sites, int history) => Run(() => Inner.Fp8AdvanceHistories(states, sites, history));
+    public virtual void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false) => Run(() => Inner.Fp8MatMulCodes(c, a, w, inputGradient, accumulate));
+    public virtual void SwiGluFp8(Tensor h, Tensor gate, Tensor up, Fp8Operand hCodes, Fp8DelayedScale site) => Run(() => Inner.SwiGluFp8(h, gate, up, hCodes, site));
+    public virtual void SwiGluBackwardFp8(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, Fp8Operand dgateCodes, Fp8DelayedScale dgateSite,
+        Fp8Operand dupCodes, Fp8DelayedScale dupSite) => Run(() => Inner.SwiGluBackwardFp8(dgate, dup, dh, gate, up, dgateCodes, dgateSite, dupCodes, dupSite));
     public virtual void AddBias(Tensor y, Tensor bias) => Run(() => Inner.AddBias(y, bias));
     public virtual void BiasBackward(Tensor dbias, Tensor dy) => Run(() => Inner.BiasBackward(dbias, dy));
     public virtual void Embedding(Tensor output, Tensor table, Tensor ids) => Run(() => Inner.Embedding(output, table, ids));

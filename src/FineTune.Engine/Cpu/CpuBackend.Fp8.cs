@@ -18,16 +18,66 @@ public sealed unsafe partial class CpuBackend
         int k = inputGradient ? w.Rows : w.Cols;
         if (a.Cols != k || c.Cols != (inputGradient ? w.Cols : w.Rows) || a.Rows != c.Rows)
             throw new ArgumentException($"FP8 product shapes do not agree: c {c} = a {a}·W{(inputGradient ? "" : "ᵀ")} [{w.Rows}, {w.Cols}]");
-        using var scratch = new CpuBuffer(this, (a.Length + w.Length) * 4 + 4);
-        var aq = new Tensor(scratch, 0, DType.F32, [a.Rows, a.Cols], "fp8.activation");
-        var wq = new Tensor(scratch, a.Length, DType.F32, [w.Rows, w.Cols], "fp8.weight");
-        var format = inputGradient ? Fp8Format.E5M2 : Fp8Format.E4M3;
         var codes = new byte[a.Length];
-        float aInv = Cast(FS(a), codes, format, delayed);
+        float aInv = Cast(FS(a), codes, inputGradient ? Fp8Format.E5M2 : Fp8Format.E4M3, delayed);
+        ProductOfCodes(c, codes, aInv, a.Rows, a.Cols, w, inputGradient, accumulate);
+    }
+
+    public void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false)
+    {
+        if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
+        int m = c.Rows, k = inputGradient ? w.Rows : w.Cols;
+        if (c.Cols != (inputGradient ? w.Cols : w.Rows))
+            throw new ArgumentException($"FP8 product shapes do not agree: c {c} = a [{m}, {k}]·W{(inputGradient ? "" : "ᵀ")} [{w.Rows}, {w.Cols}]");
+        CheckOperand(a, (long)m * k);
+        ProductOfCodes(c, new ReadOnlySpan<byte>(Bytes(a.Codes), checked(m * k)), F(a.ScaleInverse)[0], m, k, w, inputGradient, accumulate);
+    }
+
+    /// <summary>c (+)= (codes·aInv)·W(ᵀ): the f32 product of the dequantized operands, what the tensor cores sum.</summary>
+    private void ProductOfCodes(Tensor c, ReadOnlySpan<byte> codes, float aInv, int rows, int cols, QuantizedWeight w, bool inputGradient, bool accumulate)
+    {
+        using var scratch = new CpuBuffer(this, ((long)rows * cols + w.Length) * 4 + 4);
+        var aq = new Tensor(scratch, 0, DType.F32, [rows, cols], "fp8.activation");
+        var wq = new Tensor(scratch, (long)rows * cols, DType.F32, [w.Rows, w.Cols], "fp8.weight");
+        var format = inputGradient ? Fp8Format.E5M2 : Fp8Format.E4M3;
         float* pa = F(aq);
-        for (long i = 0; i < codes.Length; i++) pa[i] = Fp8.Decode(codes[i], format) * aInv;
+        for (int i = 0; i < codes.Length; i++) pa[i] = Fp8.Decode(codes[i], format) * aInv;
         Dequantize(wq, w);
         MatMul(c, aq, false, wq, !inputGradient, 1f, accumulate);
+    }
+
+    // The fused casts are the composition itself here: the output as written, then the delayed cast of Fp8MatMul.
+    public void SwiGluFp8(Tensor h, Tensor gate, Tensor up, Fp8Operand hCodes, Fp8DelayedScale site)
+    {
+        CheckFusedCast(hCodes, h, site);
+        SwiGlu(h, gate, up);
+        CastInto(hCodes, h, Fp8Format.E4M3, site);
+    }
+
+    public void SwiGluBackwardFp8(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, Fp8Operand dgateCodes, Fp8DelayedScale dgateSite,
+        Fp8Operand dupCodes, Fp8DelayedScale dupSite)
+    {
+        CheckFusedCast(dgateCodes, dgate, dgateSite);
+        CheckFusedCast(dupCodes, dup, dupSite);
+        SwiGluBackward(dgate, dup, dh, gate, up);
+        CastInto(dgateCodes, dgate, Fp8Format.E5M2, dgateSite);
+        CastInto(dupCodes, dup, Fp8Format.E5M2, dupSite);
+    }
+
+    private void CastInto(Fp8Operand into, Tensor x, Fp8Format format, Fp8DelayedScale site) =>
+        F(into.ScaleInverse)[0] = Cast(FS(x), new Span<byte>(Bytes(into.Codes), checked((int)x.Length)), format, site);
+
+    private static void CheckFusedCast(Fp8Operand codes, Tensor x, Fp8DelayedScale site)
+    {
+        // A site's first pass scales currently (its amax first, then the cast): that takes the unfused path.
+        if (!site.Ready) throw new ArgumentException($"a cast fused into its producer needs a delayed-scaling site already advanced; {site.State} is not");
+        CheckOperand(codes, x.Length);
+    }
+
+    private static void CheckOperand(Fp8Operand a, long values)
+    {
+        if (a.Codes.DType != DType.I32 || a.Codes.Length * 4 < values || a.ScaleInverse.DType != DType.F32 || a.ScaleInverse.Length < 1)
+            throw new ArgumentException($"FP8 operand {a.Codes} (scale inverse {a.ScaleInverse}) cannot hold {values} codes");
     }
 
     public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null)
@@ -39,7 +89,7 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>The cast of a product's input: current scaling, or the delayed site's (recording the input's amax).</summary>
-    private float Cast(ReadOnlySpan<float> values, byte[] codes, Fp8Format format, Fp8DelayedScale? delayed)
+    private float Cast(ReadOnlySpan<float> values, Span<byte> codes, Fp8Format format, Fp8DelayedScale? delayed)
     {
         if (delayed is not { } d) return Fp8.Quantize(values, codes, format);
         var site = new Span<float>(F(d.State), 2);

@@ -1,6 +1,7 @@
 namespace FineTune.Engine.Cuda;
 
-// Launchers of Cuda/Kernels/fp8.cu and the FP8 products of frozen weights (fp8: true) on cuBLASLt.
+// Launchers of Cuda/Kernels/fp8.cu, the FP8 products of frozen weights (fp8: true) on cuBLASLt, and SwiGLU with its
+// output's cast fused in (swiglu.cu's *_fp8_v8, fp8_scaling: delayed).
 public sealed partial class CudaBackend
 {
     /// <summary>FP8 tensor-core products are offered on Hopper (compute capability 9.x), the architecture they are checked on.</summary>
@@ -89,6 +90,73 @@ public sealed partial class CudaBackend
             if (_dev.Profiling) _dev.Mark(inputGradient ? "gemm fp8 (input gradient)" : "gemm fp8");
         }
         finally { _dev.Free(block); }
+    }
+
+    public void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false)
+    {
+        if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
+        if (Fp8Refusal is { } why) throw new NotSupportedException(why);
+        int k = inputGradient ? w.Rows : w.Cols, n = inputGradient ? w.Cols : w.Rows, m = c.Rows;
+        if (c.Cols != n)
+            throw new ArgumentException($"FP8 product shapes do not agree: c {c} = a [{m}, {k}]·W{(inputGradient ? "" : "ᵀ")} [{w.Rows}, {w.Cols}]");
+        NeedOperand(a, (long)m * k);
+        var weight = inputGradient ? w.Transposed ?? throw new ArgumentException($"FP8 weight [{w.Rows}, {w.Cols}] has no transposed codes for dx = dy·W") : w.Codes;
+        Need(weight, DType.I32); Need(w.Absmax, DType.F32);
+        if (m == 0) return;
+        // Fp8MatMul's product on codes cast already: the same call, the same fast-accumulation rule.
+        _dev.Blas.GemmFp8(m, n, k, P(a.Codes), inputGradient ? GpuDType.E5M2 : GpuDType.E4M3, P(a.ScaleInverse),
+            P(weight), GpuDType.E4M3, P(w.Absmax), P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
+            1f, accumulate ? 1f : 0f, _dev.Stream, fastAccum: Fp8FastAccumulation && !inputGradient);
+        if (_dev.Profiling) _dev.Mark(inputGradient ? "gemm fp8 (input gradient)" : "gemm fp8");
+    }
+
+    public void SwiGluFp8(Tensor h, Tensor gate, Tensor up, Fp8Operand hCodes, Fp8DelayedScale site)
+    {
+        SameLength(h, gate); SameLength(h, up);
+        NeedFusedCast(hCodes, h, site);
+        if (V8(8, h, gate, up) && (P(hCodes.Codes) & 7) == 0)
+        {
+            long n8 = h.Length / 8;
+            LaunchFlat("swiglu.cu", "swiglu_forward_fp8_v8", n8, [P(h), P(hCodes.Codes), P(hCodes.ScaleInverse), P(site.State), P(gate), P(up), n8]);
+            return;
+        }
+        // Other dtypes and alignments: the composition itself.
+        SwiGlu(h, gate, up);
+        Quantize(P(hCodes.Codes), P(hCodes.ScaleInverse), 0UL, h, Fp8Format.E4M3, site);
+    }
+
+    public void SwiGluBackwardFp8(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, Fp8Operand dgateCodes, Fp8DelayedScale dgateSite,
+        Fp8Operand dupCodes, Fp8DelayedScale dupSite)
+    {
+        SameLength(dgate, dh); SameLength(dup, dh); SameLength(gate, dh); SameLength(up, dh);
+        NeedFusedCast(dgateCodes, dgate, dgateSite);
+        NeedFusedCast(dupCodes, dup, dupSite);
+        if (V8(8, dgate, dup, dh, gate, up) && (P(dgateCodes.Codes) & 7) == 0 && (P(dupCodes.Codes) & 7) == 0)
+        {
+            long n8 = dh.Length / 8;
+            LaunchFlat("swiglu.cu", "swiglu_backward_fp8_v8", n8, [P(dgate), P(dup), P(dh), P(gate), P(up), n8,
+                P(dgateCodes.Codes), P(dgateCodes.ScaleInverse), P(dgateSite.State), P(dupCodes.Codes), P(dupCodes.ScaleInverse), P(dupSite.State)]);
+            return;
+        }
+        SwiGluBackward(dgate, dup, dh, gate, up);
+        Quantize(P(dgateCodes.Codes), P(dgateCodes.ScaleInverse), 0UL, dgate, Fp8Format.E5M2, dgateSite);
+        Quantize(P(dupCodes.Codes), P(dupCodes.ScaleInverse), 0UL, dup, Fp8Format.E5M2, dupSite);
+    }
+
+    static void NeedOperand(Fp8Operand a, long values)
+    {
+        Need(a.Codes, DType.I32); Need(a.ScaleInverse, DType.F32);
+        if (a.Codes.Length * 4 < values || a.ScaleInverse.Length < 1)
+            throw new ArgumentException($"FP8 operand {a.Codes} (scale inverse {a.ScaleInverse}) cannot hold {values} codes");
+    }
+
+    static void NeedFusedCast(Fp8Operand codes, Tensor x, Fp8DelayedScale site)
+    {
+        // A site's first pass scales currently (its amax, then the cast: two passes), which only the unfused path does.
+        if (!site.Ready) throw new ArgumentException($"a cast fused into its producer needs a delayed-scaling site already advanced; {site.State} is not");
+        Need(site.State, DType.F32);
+        if (site.State.Length < Fp8DelayedScale.Stride(1)) throw new ArgumentException($"FP8 delayed-scaling site {site.State} holds no history");
+        NeedOperand(codes, x.Length);
     }
 
     public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null)

@@ -170,6 +170,74 @@ public sealed class Fp8ModelTests
         public int GetHashCode((double Loss, float[] Grads) p) => p.Loss.GetHashCode();
     }
 
+    // Fused casts (fp8_scaling: delayed, a ready site): SwiGLU writes the codes of act, dgate and dup for the MLP's products.
+    private static AdamWStep Hyper(int step) => new(1e-2f, 0.9f, 0.999f, 1e-8f, 0f, step, 1f, 1f);
+
+    /// <summary>Four AdamW steps on changing batches: each step's loss, then every LoRA gradient and value after the last.</summary>
+    private static (double[] Losses, float[] Grads, float[] Weights, Dictionary<string, long> Calls) Train(bool fused, bool checkpointing)
+    {
+        var profiler = new ProfilingBackend(new CpuBackend(2));
+        using var model = CausalLM.Create(Spec(), profiler, new TrainingSetup
+        {
+            LoraRank = 4, Fp8 = true, Fp8Scaling = Fp8Scaling.Delayed, GradientCheckpointing = checkpointing,
+        }, new RandomWeights(1, 0.3f));
+        TinyModels.RandomizeLoraB(model, 5);
+        model.FusedFp8Casts = fused;
+        var batches = new[] { TinyModels.PackedBatch(), OtherBatch(), OtherBatch(), TinyModels.PackedBatch() };
+        var losses = new double[batches.Length];
+        for (int step = 1; step <= batches.Length; step++)
+        {
+            model.ZeroGrad();
+            losses[step - 1] = model.ForwardBackward(batches[step - 1]).SumLoss;
+            model.OptimizerStep(_ => Hyper(step), model.GradNormSquared());
+        }
+        var grads = model.TrainableParameters.SelectMany(p => TinyModels.Grad(model, p)).ToArray();
+        var weights = model.TrainableParameters.SelectMany(p => model.ReadParameter(p.HfName)).ToArray();
+        return (losses, grads, weights, profiler.Report().ToDictionary(r => r.Op, r => r.Calls));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Fused_swiglu_casts_train_with_the_bits_of_the_separate_casts(bool checkpointing)
+    {
+        var fused = Train(fused: true, checkpointing);
+        var separate = Train(fused: false, checkpointing);
+        Assert.Equal(separate.Losses, fused.Losses);
+        Assert.Equal(separate.Grads, fused.Grads);
+        Assert.Equal(separate.Weights, fused.Weights);
+        Assert.Equal(4, fused.Losses.Distinct().Count()); // the steps trained: each loss its own
+        // The first pass casts currently (no site is ready), the three after it fuse: per layer one forward SwiGLU (a
+        // recompute stops at act and casts nothing), one backward, and down's, gate's and up's products from the codes.
+        int layers = Spec().NumLayers;
+        Assert.Equal(3 * layers, fused.Calls["SwiGluFp8"]);
+        Assert.Equal(3 * layers, fused.Calls["SwiGluBackwardFp8"]);
+        Assert.Equal(3 * 3 * layers, fused.Calls["Fp8MatMulCodes"]);
+        // Unfused SwiGLU: the first forward's, and with checkpointing each pass's recompute of the layers below the top one
+        // (the top layer's set still holds its forward when its backward runs).
+        Assert.Equal(layers + (checkpointing ? 4 * (layers - 1) : 0), fused.Calls["SwiGlu"]);
+        Assert.Equal(separate.Calls["Fp8MatMul"] - 3 * 3 * layers, fused.Calls["Fp8MatMul"]);
+        Assert.False(separate.Calls.ContainsKey("SwiGluFp8") || separate.Calls.ContainsKey("Fp8MatMulCodes"));
+    }
+
+    [Fact]
+    public void Delayed_scaling_adds_the_fused_casts_codes_to_the_activation_estimate()
+    {
+        var spec = Spec();
+        using var model = Fp8Model(Fp8Scaling.Delayed);
+        model.ForwardBackward(TinyModels.PackedBatch());
+        var with = ModelActivations.Bytes(DType.F32, spec, model.Layers, training: true, capacity: 14, chunkRows: 256, fp8Codes: true);
+        var without = ModelActivations.Bytes(DType.F32, spec, model.Layers, training: true, capacity: 14, chunkRows: 256);
+        // Two [14, 64] byte buffers (act/dgate, dup: 896 bytes each, on 256-byte boundaries) and two scale inverses.
+        Assert.Equal(2 * 1024 + 2 * 256, with.Fixed - without.Fixed);
+        Assert.Equal(without.FullSet, with.FullSet);
+        // The arena and the plan's estimate (est_peak) both grow by exactly that over current scaling's.
+        using var current = Fp8Model(Fp8Scaling.Current);
+        current.ForwardBackward(TinyModels.PackedBatch());
+        Assert.Equal(2 * 1024 + 2 * 256, model.ActivationArenaBytes - current.ActivationArenaBytes);
+        Assert.Equal(2 * 1024 + 2 * 256, model.CheckpointingPlan!.ActivationBytes - current.CheckpointingPlan!.ActivationBytes);
+    }
+
     [Fact]
     public void Linears_whose_dimensions_are_not_multiples_of_16_stay_in_the_compute_dtype()
     {

@@ -14,7 +14,8 @@ namespace FineTune.DeviceChecks;
 /// unquantized bf16 product (the precision FP8 costs), tolerance 0.1. Delayed scaling (Fp8DelayedScale): a site not
 /// yet advanced casts as current scaling (product bits equal), its recorded amax and the history advance equal the CPU's
 /// bit for bit, a ready site's one-pass cast (saturating past the history's amax) gives the CPU emulation's product;
-/// timings of a 7B-sized product with each scaling.
+/// timings of a 7B-sized product with each scaling. Fused casts (SwiGluFp8, SwiGluBackwardFp8, Fp8MatMulCodes): the
+/// device's fused kernels against its own composition and against the CPU's cast, and their time at a 7B MLP's shape.
 /// </summary>
 public static class Fp8Checks
 {
@@ -85,6 +86,7 @@ public static class Fp8Checks
             Casts(cpu, gpu, rows, owned);
             Products(cpu, gpu, rows, owned);
             Delayed(cpu, gpu, rows, owned);
+            Fused(cpu, gpu, rows, owned);
         }
         finally { foreach (var b in owned) b.Dispose(); }
     }
@@ -256,6 +258,183 @@ public static class Fp8Checks
             double delayed = Time(() => gpu.Fp8MatMul(y2, x, wb, false, delayed: new Fp8DelayedScale(st, true)));
             Console.WriteLine($"     fp8 product {M}x{N}x{K} with its cast: current scaling {current:F3} ms, delayed {delayed:F3} ms");
             Row(rows, $"fp8 delayed vs current {M}x{N}x{K} (same amax)", "bf16", "vs current", (long)M * N, Rel(Read(gpu, y2), Read(gpu, y1)), 1e-6, delayed);
+        }
+    }
+
+    static byte[] CodeBytes(IBackend b, Tensor codes, long count)
+    {
+        var words = new int[codes.Length];
+        b.Download(codes, words);
+        return MemoryMarshal.AsBytes(words.AsSpan())[..checked((int)count)].ToArray();
+    }
+
+    static int BytesDiffer(byte[] a, byte[] b)
+    {
+        int d = 0;
+        for (int i = 0; i < a.Length; i++) if (a[i] != b[i]) d++;
+        return d;
+    }
+
+    /// <summary>
+    /// SwiGLU with its outputs' FP8 casts fused in (fp8_scaling: delayed), from ready sites with a non-trivial history
+    /// (the history's amax under the pass's own, so values saturate; a pass amax recorded already). Against the device's
+    /// composition (SwiGlu / SwiGluBackward, then Fp8MatMul's delayed cast): the outputs, the sites and the products from
+    /// the codes bit for bit. Against the CPU: the codes, scale inverses and sites bit for bit (the CPU's delayed cast of
+    /// the device's stored outputs: what a separate cast reads), the outputs within bf16 rounding of the CPU's f32 ones.
+    /// bf16 77×192 and 2048×18944 take the fused kernels, f32 the composition they fall back to. Then the time of each at
+    /// 8192×18944 (a 7B step's [tokens, intermediate]).
+    /// </summary>
+    /// <remarks>Any backend as <paramref name="gpu"/> (the timing runs on CUDA only), so the checks themselves can be tried on the CPU.</remarks>
+    static void Fused(CpuBackend cpu, IBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned, (DType, int, int)[]? shapes = null)
+    {
+        var rng = new Random(47);
+        float[] Rand(long count, float s)
+        {
+            var v = new float[count];
+            for (long i = 0; i < count; i++) v[i] = Bf16.ToFloat(Bf16.FromFloat((float)(rng.NextDouble() * 2 - 1) * s));
+            return v;
+        }
+        const int history = 4, n = 256;
+        // The products write bf16 as training's do (the CPU backend, trying these checks, holds F32 only).
+        var products = gpu is CudaBackend ? DType.BF16 : DType.F32;
+        int stride = Fp8DelayedScale.Stride(history);
+        // [history max, pass amax, pushes, ring]: six pushes into a ring of four.
+        float[] SiteValues(float historyMax, float passAmax) =>
+            [historyMax, passAmax, BitConverter.Int32BitsToSingle(6), historyMax * 0.5f, historyMax, historyMax * 0.75f, historyMax * 0.25f];
+        Fp8DelayedScale Site(float[] v) => new(Put(gpu, owned, DType.F32, v, stride), Ready: true);
+        Fp8Operand Operand(long count) => new(Alloc(gpu, owned, DType.I32, QuantizedWeight.WordsFor(count)), Alloc(gpu, owned, DType.F32, 1));
+        QuantizedWeight Weight(int r, int c)
+        {
+            var q = Fp8.QuantizeWeight(Rand((long)r * c, 0.05f), r, c);
+            return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, r, c);
+        }
+
+        // The CPU's delayed cast of the device's stored tensor x from a site holding v: codes, scale inverse and site bit for bit.
+        void VsCpuCast(string op, string path, Tensor x, Fp8Operand codes, Fp8DelayedScale site, float[] v, Fp8Format format)
+        {
+            var stored = Read(gpu, x);
+            var want = new byte[stored.Length];
+            float inverse = Fp8.QuantizeWith(stored, want, format, v[0]);
+            var wantSite = (float[])v.Clone();
+            wantSite[1] = MathF.Max(v[1], Fp8.Amax(stored));
+            Row(rows, op, path, "codes vs cpu cast", want.Length, BytesDiffer(CodeBytes(gpu, codes.Codes, want.Length), want), 0, 0);
+            Row(rows, op, path, "scale inv vs cpu", 1, BitsDiffer(Read(gpu, codes.ScaleInverse), [inverse]), 0, 0);
+            Row(rows, op, path, "site vs cpu", stride, BitsDiffer(Read(gpu, site.State), wantSite), 0, 0);
+        }
+
+        foreach (var (dt, m, cols) in shapes ?? [(DType.BF16, 77, 192), (DType.BF16, 2048, 18944), (DType.F32, 77, 192)])
+        {
+            string path = dt == DType.BF16 ? "bf16" : "f32", shape = $"{m}x{cols}";
+            long count = (long)m * cols;
+            float[] g = Rand(count, 4f), u = Rand(count, 2f), d = Rand(count, 1e-2f);
+            var gate = Put(gpu, owned, dt, g, m, cols);
+            var up = Put(gpu, owned, dt, u, m, cols);
+            var dh = Put(gpu, owned, dt, d, m, cols);
+            var gc = Put(cpu, owned, DType.F32, g, m, cols);
+            var uc = Put(cpu, owned, DType.F32, u, m, cols);
+            var dhc = Put(cpu, owned, DType.F32, d, m, cols);
+
+            // Forward: act and down_proj's product (E4M3) from its codes.
+            var down = Weight(n, cols);
+            float[] actSite = SiteValues(1f, 0.5f);
+            var (h, hSeparate) = (Alloc(gpu, owned, dt, m, cols), Alloc(gpu, owned, dt, m, cols));
+            var (site, siteSeparate) = (Site(actSite), Site(actSite));
+            var hCodes = Operand(count);
+            gpu.SwiGluFp8(h, gate, up, hCodes, site);
+            gpu.SwiGlu(hSeparate, gate, up);
+            var (y, ySeparate) = (Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n));
+            gpu.Fp8MatMulCodes(y, hCodes, down, inputGradient: false);
+            gpu.Fp8MatMul(ySeparate, hSeparate, down, inputGradient: false, delayed: siteSeparate);
+            string op = $"swiglu fp8 fused cast {shape}";
+            Row(rows, op, path, "h vs swiglu (bits)", count, BitsDiffer(Read(gpu, h), Read(gpu, hSeparate)), 0, 0);
+            Row(rows, op, path, "y vs delayed (bits)", (long)m * n, BitsDiffer(Read(gpu, y), Read(gpu, ySeparate)), 0, 0);
+            Row(rows, op, path, "site vs delayed (bits)", stride, BitsDiffer(Read(gpu, site.State), Read(gpu, siteSeparate.State)), 0, 0);
+            VsCpuCast(op, path, h, hCodes, site, actSite, Fp8Format.E4M3);
+            var hc = Alloc(cpu, owned, DType.F32, m, cols);
+            cpu.SwiGlu(hc, gc, uc);
+            Row(rows, op, path, "h vs cpu", count, Rel(Read(gpu, h), Read(cpu, hc)), 4e-3, 0);
+
+            // Backward, in place as the training MLP runs it (dgate over a copy of gate, dup over one of up), and the
+            // gate's and up's input-gradient products (E5M2) from the codes.
+            var inputGradient = Weight(cols, n);
+            float[] gateSiteValues = SiteValues(0.01f, 1e-3f), upSiteValues = SiteValues(0.02f, 0.05f);
+            var (dgate, dup) = (Put(gpu, owned, dt, g, m, cols), Put(gpu, owned, dt, u, m, cols));
+            var (dgateSeparate, dupSeparate) = (Alloc(gpu, owned, dt, m, cols), Alloc(gpu, owned, dt, m, cols));
+            var (gateSite, upSite) = (Site(gateSiteValues), Site(upSiteValues));
+            var (gateSiteSeparate, upSiteSeparate) = (Site(gateSiteValues), Site(upSiteValues));
+            var (gateCodes, upCodes) = (Operand(count), Operand(count));
+            gpu.SwiGluBackwardFp8(dgate, dup, dh, dgate, dup, gateCodes, gateSite, upCodes, upSite);
+            gpu.SwiGluBackward(dgateSeparate, dupSeparate, dh, gate, up);
+            op = $"swiglu_backward fp8 fused casts {shape}";
+            foreach (var (name, x, xSeparate, codes, s1, s2, v) in new[]
+            {
+                ("dgate", dgate, dgateSeparate, gateCodes, gateSite, gateSiteSeparate, gateSiteValues),
+                ("dup", dup, dupSeparate, upCodes, upSite, upSiteSeparate, upSiteValues),
+            })
+            {
+                var (dx, dxSeparate) = (Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n));
+                gpu.Fp8MatMulCodes(dx, codes, inputGradient, inputGradient: true);
+                gpu.Fp8MatMul(dxSeparate, xSeparate, inputGradient, inputGradient: true, delayed: s2);
+                Row(rows, $"{op} {name}", path, "vs backward (bits)", count, BitsDiffer(Read(gpu, x), Read(gpu, xSeparate)), 0, 0);
+                Row(rows, $"{op} {name}", path, "dx vs delayed (bits)", (long)m * n, BitsDiffer(Read(gpu, dx), Read(gpu, dxSeparate)), 0, 0);
+                Row(rows, $"{op} {name}", path, "site vs delayed (bits)", stride, BitsDiffer(Read(gpu, s1.State), Read(gpu, s2.State)), 0, 0);
+                VsCpuCast($"{op} {name}", path, x, codes, s1, v, Fp8Format.E5M2);
+            }
+            var (dgc, duc) = (Alloc(cpu, owned, DType.F32, m, cols), Alloc(cpu, owned, DType.F32, m, cols));
+            cpu.SwiGluBackward(dgc, duc, dhc, gc, uc);
+            Row(rows, $"{op} dgate", path, "vs cpu", count, Rel(Read(gpu, dgate), Read(cpu, dgc)), 4e-3, 0);
+            Row(rows, $"{op} dup", path, "vs cpu", count, Rel(Read(gpu, dup), Read(cpu, duc)), 4e-3, 0);
+        }
+
+        // The time of each at a 7B MLP's [tokens, intermediate] (bf16, out of place), with a 16-column product after it
+        // (the products read the codes either way; the fused side skips the cast's read of the output).
+        if (gpu is CudaBackend cuda)
+        {
+            int M = 8192, C = 18944, N = 16;
+            long count = (long)M * C;
+            var gate = Alloc(gpu, owned, DType.BF16, M, C);
+            var up = Alloc(gpu, owned, DType.BF16, M, C);
+            var dh = Alloc(gpu, owned, DType.BF16, M, C);
+            var h = Alloc(gpu, owned, DType.BF16, M, C);
+            var dup = Alloc(gpu, owned, DType.BF16, M, C);
+            // A random block repeated (the time does not depend on the values, and 3 × 155 M draws would take seconds).
+            float[] Tiled(float scale)
+            {
+                var block = Rand(1 << 20, scale);
+                var v = new float[count];
+                for (long i = 0; i < count; i += block.Length) block.AsSpan(0, (int)Math.Min(block.Length, count - i)).CopyTo(v.AsSpan((int)i));
+                return v;
+            }
+            foreach (var (t, scale) in new[] { (gate, 4f), (up, 2f), (dh, 1e-2f) }) gpu.Upload(t, Tiled(scale));
+            var down = Weight(N, C);
+            var inputGradient = Weight(C, N);
+            var (hCodes, upCodes) = (Operand(count), Operand(count));
+            var (actSite, gateSite, upSite) = (Site(SiteValues(8f, 0f)), Site(SiteValues(0.02f, 0f)), Site(SiteValues(0.04f, 0f)));
+            var (y, dx) = (Alloc(gpu, owned, DType.BF16, M, N), Alloc(gpu, owned, DType.BF16, M, N));
+            double Time(Action op)
+            {
+                op();
+                gpu.Synchronize();
+                using var timer = cuda.Device.StartTimer();
+                for (int i = 0; i < 10; i++) op();
+                return timer.StopMs() / 10;
+            }
+            double forwardFused = Time(() => { gpu.SwiGluFp8(h, gate, up, hCodes, actSite); gpu.Fp8MatMulCodes(y, hCodes, down, false); });
+            double forwardSeparate = Time(() => { gpu.SwiGlu(h, gate, up); gpu.Fp8MatMul(y, h, down, false, delayed: actSite); });
+            // dgate into h's buffer: gate and up stay the inputs from call to call.
+            double backwardFused = Time(() =>
+            {
+                gpu.SwiGluBackwardFp8(h, dup, dh, gate, up, hCodes, gateSite, upCodes, upSite);
+                gpu.Fp8MatMulCodes(dx, hCodes, inputGradient, true);
+                gpu.Fp8MatMulCodes(dx, upCodes, inputGradient, true, accumulate: true);
+            });
+            double backwardSeparate = Time(() =>
+            {
+                gpu.SwiGluBackward(h, dup, dh, gate, up);
+                gpu.Fp8MatMul(dx, h, inputGradient, true, delayed: gateSite);
+                gpu.Fp8MatMul(dx, dup, inputGradient, true, accumulate: true, delayed: upSite);
+            });
+            Console.WriteLine($"     swiglu fused cast vs composition ms ({M}x{C} bf16, with a {N}-column product): forward {forwardFused:F3} vs {forwardSeparate:F3}, backward {backwardFused:F3} vs {backwardSeparate:F3}");
         }
     }
 

@@ -10,49 +10,7 @@
 // cast takes amax = site[0] (the largest amax of the site's last passes, fixed through a pass) and max-es the tensor's
 // own amax into site[1] as it goes; fp8_history_advance ends the pass for every site at once. A site not yet advanced
 // casts with current scaling and records its amax through the `record` argument of the two-launch form.
-#include "common.cuh"
-
-#define FP8_E4M3 0
-#define FP8_E5M2 1
-
-// Integer form of the cast, for architectures without the FP8 cvt (the kernels still compile for them; the products
-// are refused before they run). Same arithmetic as Fp8.Encode.
-__device__ __forceinline__ unsigned char fp8_encode_soft(float v, int fmt)
-{
-    unsigned bits = __float_as_uint(v);
-    unsigned sign = (bits >> 24) & 0x80u;
-    unsigned mag = bits & 0x7fffffffu;
-    if (mag > 0x7f800000u) return (unsigned char)(sign | 0x7fu);
-    int m = fmt == FP8_E4M3 ? 3 : 2, emin = fmt == FP8_E4M3 ? -6 : -14, maxcode = fmt == FP8_E4M3 ? 0x7e : 0x7b;
-    int e = (int)(mag >> 23) - 127;
-    int code;
-    if (e < emin)
-    {
-        float scaled = __fmul_rn(__uint_as_float(mag), __uint_as_float((unsigned)(127 + m - emin) << 23));
-        code = (int)rintf(scaled);
-    }
-    else
-    {
-        int drop = 23 - m;
-        unsigned mant = mag & 0x7fffffu, kept = mant >> drop, rest = mant & ((1u << drop) - 1u), half = 1u << (drop - 1);
-        code = ((e - emin + 1) << m) + (int)kept;
-        if (rest > half || (rest == half && (kept & 1u))) code++;
-    }
-    return (unsigned char)(sign | (unsigned)min(code, maxcode));
-}
-
-// f32 → FP8 code: the hardware cvt on sm_89 and later (the value lands in the low byte of the pair).
-__device__ __forceinline__ unsigned char fp8_encode(float v, int fmt)
-{
-#if __CUDA_ARCH__ >= 890
-    unsigned short r;
-    if (fmt == FP8_E4M3) asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(v));
-    else asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(v));
-    return (unsigned char)(r & 0xff);
-#else
-    return fp8_encode_soft(v, fmt);
-#endif
-}
+#include "fp8.cuh"
 
 // FP8 code → its exact f32 value, built from the bits (E4M3 has no infinities; S.1111.111 is NaN).
 __device__ __forceinline__ float fp8_decode(unsigned char c, int fmt)
@@ -75,17 +33,8 @@ extern "C" __global__ void fp8_amax(const void* x, int dt, i64 n, unsigned* amax
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
-// s = max_fmt / a (1 when a is 0 or not finite); block 0's thread 0 stores 1/s. With record (a delayed-scaling site's
-// pass amax, not yet advanced), that thread also max-es amax into it.
-__device__ __forceinline__ float fp8_scale(float a, int fmt, float* scale_inv)
-{
-    float maxv = fmt == FP8_E4M3 ? 448.0f : 57344.0f;
-    float s = (a > 0.0f && a <= 3.402823466e38f) ? __fdiv_rn(maxv, a) : 1.0f;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *scale_inv = __fdiv_rn(1.0f, s);
-    return s;
-}
-
-// q_i = cast(x_i · s), s from amax as above.
+// q_i = cast(x_i · s), s from amax as above. With record (a delayed-scaling site's pass amax, not yet advanced), block
+// 0's thread 0 also max-es amax into it.
 extern "C" __global__ void fp8_quantize(unsigned char* q, float* scale_inv, const void* x, int dt, i64 n, const unsigned* amax, int fmt, unsigned* record)
 {
     float s = fp8_scale(__uint_as_float(*amax), fmt, scale_inv);
@@ -104,8 +53,7 @@ extern "C" __global__ void fp8_quantize_delayed(unsigned char* q, float* scale_i
         m = fmaxf(m, fabsf(v));
         q[i] = fp8_encode(__fmul_rn(v, s), fmt);
     }
-    m = block_max(m);
-    if (threadIdx.x == 0) atomicMax((unsigned*)(site + 1), __float_as_uint(m));
+    fp8_record_amax(site, m);
 }
 
 // The end of a pass for sites 0 … sites−1 (one block each; Fp8DelayedScale.Advance is the reference): a non-zero pass
@@ -156,19 +104,6 @@ extern "C" __global__ void fp8_amax_v8(const uint4* x, i64 n8, unsigned* amax)
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
-// Eight bf16 values → eight codes (one uint2), each as fp8_quantize's element.
-__device__ __forceinline__ uint2 fp8_encode8(const float (&v)[8], float s, int fmt)
-{
-    unsigned lo = 0u, hi = 0u;
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-    {
-        lo |= (unsigned)fp8_encode(__fmul_rn(v[j], s), fmt) << (8 * j);
-        hi |= (unsigned)fp8_encode(__fmul_rn(v[j + 4], s), fmt) << (8 * j);
-    }
-    return make_uint2(lo, hi);
-}
-
 extern "C" __global__ void fp8_quantize_v8(uint2* q, float* scale_inv, const uint4* x, i64 n8, const unsigned* amax, int fmt, unsigned* record)
 {
     float s = fp8_scale(__uint_as_float(*amax), fmt, scale_inv);
@@ -194,6 +129,5 @@ extern "C" __global__ void fp8_quantize_delayed_v8(uint2* q, float* scale_inv, c
         for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(v[j]));
         q[i] = fp8_encode8(v, s, fmt);
     }
-    m = block_max(m);
-    if (threadIdx.x == 0) atomicMax((unsigned*)(site + 1), __float_as_uint(m));
+    fp8_record_amax(site, m);
 }
