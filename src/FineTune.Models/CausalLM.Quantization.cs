@@ -60,9 +60,9 @@ public sealed partial class CausalLM
     /// <summary>
     /// fp8_scaling: delayed: SwiGLU casts its outputs for the MLP's FP8 products itself (<see cref="IBackend.SwiGluFp8"/>,
     /// <see cref="IBackend.SwiGluBackwardFp8"/>: the same bits, one pass over each [tokens, intermediate] tensor fewer).
-    /// False (tests) casts each in its product as before.
+    /// False (tests; FINETUNE_FP8_FUSED_CASTS=0 for an A/B) casts each in its product as before.
     /// </summary>
-    internal bool FusedFp8Casts { get; set; } = true;
+    internal bool FusedFp8Casts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_CASTS") != "0";
 
     /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes).</summary>
     private bool Fp8CodesInArena => Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed && Spec.HasDenseLayers;
