@@ -672,7 +672,7 @@ public sealed class DataParallelTests : IDisposable
         int[] used = [.. Enumerable.Range(0, sites).Where(s => own0[s] > 0)];
         Assert.Equal(22, used.Length);
         Assert.Equal(used, Enumerable.Range(0, sites).Where(s => own1[s] > 0));
-        Assert.True(used.Count(s => own0[s] != own1[s]) >= 20, "the ranks' pass amaxes should differ at most sites");
+        Assert.Equal(22, used.Count(s => own0[s] != own1[s])); // the ranks' micro-batches differ, so does every amax
         for (int s = 0; s < sites; s++) Assert.Equal(0, Pushes(first[0].Fp8States, s));
 
         // Three steps: the first pass's push (ring slot 0) is, on both ranks, the larger of the two ranks' amaxes; the
