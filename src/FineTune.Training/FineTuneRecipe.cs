@@ -258,7 +258,7 @@ public static class FineTuneRecipe
         // ZeRO-3 (and ZeRO-2's per-layer gradients): every backward reduce-scatters each layer across all ranks, and with
         // fp8_scaling: delayed every pass start all-reduces the FP8 amaxes, so every rank runs perRank passes; a share cut
         // short at an epoch's end is topped up with label-free micro-batches, whose loss and gradients are zero (their
-        // forward's amaxes join the histories, the same on every rank).
+        // forward's amaxes join the ranks' maximum).
         if ((parallel.ReducesEveryBackward || parallel.ReducesFp8Amaxes) && share.Count < perRank)
             share = [.. share, .. Enumerable.Repeat(LabelFree(step[0]), perRank - share.Count)];
         model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
