@@ -743,6 +743,27 @@ public sealed class DataParallelTests : IDisposable
     }
 
     [Fact]
+    public void Fp8_delayed_with_a_load_balancing_loss_runs_on_whole_epoch_steps_and_refuses_a_short_one()
+    {
+        // qwen3_moe-style layers: the attention's linears are FP8, the experts stay in the compute dtype.
+        var moe = TinyTrainingModels.Spec with
+        {
+            Architecture = "qwen3_moe",
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 12, RouterAuxLossCoef = 0.01, OutputRouterLogits = true },
+        };
+        CausalLM Load(TinyTrainingModels models, TrainingSetup setup) => models.Create(setup, moe);
+        // 6 micro-batches an epoch, 2 a step: no share is ever short.
+        var whole = Succeeded(Ranks(2, 0, r => Args($"fp8moe-{r}", 3), Fp8Lora, load: Load));
+        Assert.Equal(2 * 2 * 4, whole[0].Fp8States.Length / Fp8Stride); // q, k, v, o of two layers
+        Assert.Equal(whole[0].Weights, whole[1].Weights);
+        EqualBesidesPending(whole[0].Fp8States, whole[1].Fp8States);
+        // 4 a step: the epoch's second step leaves rank 1 nothing, and a label-free micro-batch would add aux-loss gradients.
+        var shortStep = Ranks(2, 0, r => Args($"fp8moe4-{r}", 3) with { GradientAccumulationSteps = 4 }, Fp8Lora, load: Load);
+        foreach (var r in shortStep)
+            Assert.Contains("whose short shares with a mixture of experts' load-balancing loss (moe_aux_loss_coef) cannot be topped up", Assert.IsType<TrainingException>(r.Error).Message);
+    }
+
+    [Fact]
     public void Fp8_delayed_on_one_rank_through_data_parallel_is_the_plain_trainer_bit_for_bit()
     {
         float[] weights, arena;
