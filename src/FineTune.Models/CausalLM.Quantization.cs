@@ -40,6 +40,19 @@ public sealed partial class CausalLM
         return new Fp8DelayedScale(_fp8States.View((long)i * stride, [stride], "fp8.site"), _fp8Ready[i]);
     }
 
+    /// <summary>True when the model keeps FP8 delayed-scaling histories (fp8_scaling: delayed and at least one FP8 linear).</summary>
+    public bool HasFp8Histories => _fp8States is not null;
+
+    /// <summary>
+    /// fp8_scaling: delayed under data parallelism: called as every pass starts, before its histories advance, with the
+    /// sites' arena (<see cref="Fp8DelayedScale"/>'s layout, on the backend) and which sites the pass before used; it
+    /// makes both the same on every rank (DataParallel: the arena's element-wise maximum and the flags' union over the
+    /// ranks, Transformer Engine's amax reduction), so that every rank pushes the largest amax any rank cast at a site
+    /// and all cast with the same scales. It is called at every pass start, whether the pass before cast anything or
+    /// not, since a collective needs every rank; so every rank must run the same passes. Null: one process.
+    /// </summary>
+    public Action<Tensor, bool[]>? Fp8AmaxReduction { get; set; }
+
     /// <summary>
     /// Called as every pass starts (Prepare): when the pass before cast anything, one launch pushes each site's pass amax
     /// into its history, and the sites it used take their scales from the history from now on. A backward (and its
@@ -47,7 +60,9 @@ public sealed partial class CausalLM
     /// </summary>
     private void AdvanceFp8Histories()
     {
-        if (_fp8States is null || !_fp8Used.Contains(true)) return;
+        if (_fp8States is null) return;
+        Fp8AmaxReduction?.Invoke(_fp8States, _fp8Used);
+        if (!_fp8Used.Contains(true)) return;
         Backend.Fp8AdvanceHistories(_fp8States, 2 * _fp8Sites, Setup.Fp8AmaxHistory);
         _fp8Advances++;
         for (int i = 0; i < _fp8Used.Length; i++)
@@ -86,6 +101,15 @@ public sealed partial class CausalLM
         int stride = Fp8DelayedScale.Stride(Setup.Fp8AmaxHistory);
         var host = new float[stride];
         Backend.Download(_fp8States.View((long)(2 * slot.Site + (outputGradient ? 1 : 0)) * stride, [stride]), host);
+        return host;
+    }
+
+    /// <summary>The whole arena of delayed-scaling sites (site i at i·<see cref="Fp8DelayedScale.Stride"/>), for tests.</summary>
+    internal float[] ReadFp8States()
+    {
+        if (_fp8States is null) throw new InvalidOperationException("fp8_scaling is not delayed");
+        var host = new float[_fp8States.Length];
+        Backend.Download(_fp8States, host);
         return host;
     }
 

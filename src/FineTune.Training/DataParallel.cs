@@ -154,6 +154,38 @@ public sealed class DataParallel : IDisposable
         }
         if (ZeroStage == 3) model.GatherParameters = GatherGroup;
         if (ReducesEveryBackward) model.GradientsFinished = ReduceScatterGroups;
+        // On one rank too: the maximum over one rank is its own arena, bit for bit.
+        if (model.HasFp8Histories) model.Fp8AmaxReduction = ReduceFp8Amaxes;
+    }
+
+    /// <summary>
+    /// fp8_scaling: delayed on several ranks: every pass start all-reduces the FP8 amaxes (<see cref="ReduceFp8Amaxes"/>),
+    /// so every rank must run the same passes in the same order: the trainer tops a short share up with label-free
+    /// micro-batches (as for <see cref="ReducesEveryBackward"/>) and every rank evaluates.
+    /// </summary>
+    public bool ReducesFp8Amaxes => WorldSize > 1 && Need().HasFp8Histories;
+
+    double[] _fp8Used = [];
+
+    /// <summary>
+    /// fp8_scaling: delayed, as each pass's histories advance (<see cref="CausalLM.Fp8AmaxReduction"/>): the sites' arena
+    /// all-reduced with the element-wise maximum, and the sites used joined over the ranks (a site used on any rank takes
+    /// its scale from the history on every rank). The whole arena is reduced, not only each site's pass amax: the rest
+    /// (the history's largest value, the push count, the ring) is already equal on every rank, since every rank has
+    /// advanced with the same reduced values since the arena was zeroed, and the maximum of equal values is that value
+    /// bit for bit. The push count is an I32 in an F32's bits, a small positive subnormal: the TCP maximum keeps
+    /// subnormals, and NCCL is built without flush-to-zero. The pass amaxes are non-negative floats, whose maximum is
+    /// exact. One message of 4·(3 + history) bytes per site per pass (1.3 MB at 7B), and the flags as host numbers.
+    /// </summary>
+    void ReduceFp8Amaxes(Tensor states, bool[] used)
+    {
+        WaitInFlight(); // TCP: a bucket reduced on the worker thread would share the sockets
+        string activity = $"the FP8 amax all-reduce (fp8_scaling: delayed) at step {_step}";
+        Collective.AllReduce(states, ReduceOp.Max, activity);
+        if (_fp8Used.Length != used.Length) _fp8Used = new double[used.Length];
+        for (int i = 0; i < used.Length; i++) _fp8Used[i] = used[i] ? 1 : 0;
+        Collective.AllReduceHost(_fp8Used, activity);
+        for (int i = 0; i < used.Length; i++) used[i] = _fp8Used[i] > 0;
     }
 
     /// <summary>
@@ -554,6 +586,7 @@ public sealed class DataParallel : IDisposable
         {
             _model.GradientsFinished = null;
             _model.GatherParameters = null;
+            _model.Fp8AmaxReduction = null;
         }
         _scratch?.Dispose();
         _scratch = null;

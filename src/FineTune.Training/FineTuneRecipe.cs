@@ -38,6 +38,7 @@ public static class FineTuneRecipe
             throw new TrainingException($"{accumulation} micro-batches per step do not split evenly over {world} ranks; the step's micro-batches (gradient_accumulation_steps over all ranks) must be a multiple of the world size.");
         int perRank = accumulation / world;
         parallel?.Attach(model);
+        RefuseShortSharesUnderAmaxReduction(model, train, accumulation, objective, parallel);
         int stepsPerEpoch = train.StepsPerEpoch(accumulation);
         int maxSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * stepsPerEpoch);
         if (maxSteps <= 0)
@@ -181,8 +182,10 @@ public static class FineTuneRecipe
             }
 
             // Evaluation is rank 0's alone (it needs no collective): the others go on to the next step and wait there. Under
-            // ZeRO-3 every forward gathers each layer from all ranks, so all of them evaluate and rank 0 logs.
-            bool evaluates = writer || parallel is { ZeroStage: 3 };
+            // ZeRO-3 every forward gathers each layer from all ranks, and with fp8_scaling: delayed every pass reduces the
+            // FP8 amaxes over all ranks (the same eval passes give every rank the same histories), so all of them evaluate
+            // and rank 0 logs.
+            bool evaluates = writer || parallel is { ZeroStage: 3 } || parallel is { ReducesFp8Amaxes: true };
             if (evaluates && eval is not null && args.EvalSteps is int evalSteps && step % evalSteps == 0)
             {
                 // Not cancellable half-way: a Ctrl-C during evaluation stops right after it, with the step saved.
@@ -252,10 +255,11 @@ public static class FineTuneRecipe
     {
         long counter = model.RandomCounter;
         var share = parallel.Share(step, perRank);
-        // ZeRO-3 (and ZeRO-2's per-layer gradients): every backward reduce-scatters each layer across all ranks, so every
-        // rank runs perRank passes; a share cut short at an epoch's end is topped up with label-free micro-batches, whose
-        // loss and gradients are zero.
-        if (parallel.ReducesEveryBackward && share.Count < perRank)
+        // ZeRO-3 (and ZeRO-2's per-layer gradients): every backward reduce-scatters each layer across all ranks, and with
+        // fp8_scaling: delayed every pass start all-reduces the FP8 amaxes, so every rank runs perRank passes; a share cut
+        // short at an epoch's end is topped up with label-free micro-batches, whose loss and gradients are zero (their
+        // forward's amaxes join the ranks' maximum).
+        if ((parallel.ReducesEveryBackward || parallel.ReducesFp8Amaxes) && share.Count < perRank)
             share = [.. share, .. Enumerable.Repeat(LabelFree(step[0]), perRank - share.Count)];
         model.RandomCounter = counter + Math.Min(step.Count, parallel.Rank * perRank);
         parallel.BeginStep(stepNumber);
@@ -267,6 +271,25 @@ public static class FineTuneRecipe
         var gradNormSquared = parallel.GradNormSquared(stepNumber);
         var metrics = outcome.Metrics?.Invoke(host[2..]) ?? ObjectiveOutcome.NoMetrics;
         return (new ObjectiveOutcome(outcome.Labelled == 0 ? 0 : host[0] / outcome.Labelled, metrics), gradNormSquared, host[1] > 0);
+    }
+
+    /// <summary>
+    /// fp8_scaling: delayed on several ranks needs every rank to run the same passes; where an epoch's last step leaves a
+    /// rank's share short, the trainer tops it up with label-free micro-batches, which only the token objective without a
+    /// load-balancing loss can take (a preference objective weighs micro-batches by their samples, and the aux loss of a
+    /// label-free micro-batch has gradients). Refused before the first step, not at the epoch's end.
+    /// </summary>
+    static void RefuseShortSharesUnderAmaxReduction(CausalLM model, DataLoader train, int accumulation, ITrainingObjective objective, DataParallel? parallel)
+    {
+        int left = train.MicroBatchesPerEpoch % accumulation;
+        if (parallel is not { ReducesFp8Amaxes: true } || left == 0) return;
+        string? why = objective is PreferenceTraining p ? $"of the {p.Name} objective" : objective is not TokenObjective ? "of this objective"
+            : model.RouterAuxLossCoef != 0 ? "with a mixture of experts' load-balancing loss (moe_aux_loss_coef)" : null;
+        if (why is null) return;
+        throw new TrainingException(
+            $"fp8_scaling: delayed on {parallel.WorldSize} ranks reduces the FP8 amaxes over the ranks at every pass, so every rank runs the same passes; " +
+            $"an epoch of {train.MicroBatchesPerEpoch} micro-batches ends with a step of {left} of {accumulation}, whose short shares {why} cannot be topped up with label-free micro-batches. " +
+            $"Make the training samples a multiple of {(long)train.BatchSize * accumulation} (per_device_train_batch_size × gradient_accumulation_steps), or use fp8_scaling: current.");
     }
 
     static StepBatch LabelFree(StepBatch b) => new(b.Batch with { Labels = [.. b.Batch.Labels.Select(_ => -100)] }, []);

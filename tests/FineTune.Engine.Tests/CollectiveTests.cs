@@ -95,6 +95,67 @@ public sealed class CollectiveTests
     }
 
     [Fact]
+    public void All_reduce_max_gives_every_rank_each_elements_largest_value_bit_for_bit()
+    {
+        // Per element over the three ranks: mixed signs, +0 against −0 (IEEE maximum: +0), a subnormal (an I32 push count
+        // 5 in an F32's bits) against a smaller one, equal values, the largest finite float. No NaN anywhere.
+        float count5 = BitConverter.Int32BitsToSingle(5), count3 = BitConverter.Int32BitsToSingle(3);
+        float[][] rows =
+        [
+            [1.5f, -2f, -0f, count5, 7f, float.MaxValue],
+            [0.25f, -1f, 0f, count3, 7f, 1f],
+            [3f, -8f, -0f, count5, 7f, -float.MaxValue],
+        ];
+        float[] expected = [3f, -1f, 0f, count5, 7f, float.MaxValue];
+        // Every arrangement of the rows over the ranks gives the same bits.
+        int[][] orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]];
+        foreach (var order in orders)
+        {
+            var results = Values(OnRanks(3, (g, b) =>
+            {
+                var t = b.F32(rows[order[g.Rank]], 6);
+                g.AllReduce(t, ReduceOp.Max, "test");
+                return b.Read(t);
+            }));
+            foreach (var r in results)
+            {
+                Assert.Equal(expected.Select(BitConverter.SingleToInt32Bits), r.Select(BitConverter.SingleToInt32Bits));
+                Assert.DoesNotContain(r, float.IsNaN);
+            }
+        }
+    }
+
+    [Fact]
+    public void Reduce_scatter_max_gives_each_rank_the_maximum_of_its_segment()
+    {
+        var results = Values(OnRanks(2, (g, b) =>
+        {
+            // rank 0: [1 20 | 3 −4], rank 1: [10 2 | −30 −40]
+            float[] values = g.Rank == 0 ? [1f, 20f, 3f, -4f] : [10f, 2f, -30f, -40f];
+            var input = b.F32(values, 4);
+            var output = b.F32([0f, 0f], 2);
+            g.ReduceScatter(input, output, ReduceOp.Max, "test");
+            return b.Read(output);
+        }));
+        Assert.Equal([10f, 20f], results[0]);
+        Assert.Equal([3f, -4f], results[1]);
+    }
+
+    [Fact]
+    public void A_rank_taking_the_maximum_while_another_sums_fails_at_once()
+    {
+        var results = OnRanks(2, (g, b) =>
+        {
+            var t = b.F32([1f, 2f], 2);
+            g.AllReduce(t, g.Rank == 0 ? ReduceOp.Sum : ReduceOp.Max, "step 4");
+            return 0;
+        });
+        var e = Assert.IsType<CollectiveException>(results[0].Error);
+        Assert.Equal("rank 0: rank 1 called max all-reduce (collective #2) while this rank called all-reduce (collective #2) during step 4; the ranks ran different code paths.", e.Message);
+        Assert.IsType<CollectiveException>(results[1].Error);
+    }
+
+    [Fact]
     public void Reduction_order_is_fixed_so_runs_give_the_same_bits()
     {
         // Values whose float sum depends on the order: ((1e8 + 1) + −1e8) = 0 in F32, (1e8 + −1e8) + 1 = 1.

@@ -77,6 +77,8 @@ public sealed class DataParallelTests : IDisposable
     sealed record RankResult(float[] Weights, Exception? Error, string[] Info, long OptimizerStateBytes, long FullOptimizerStateBytes, long ModelBytes)
     {
         public int[] LaunchStages { get; init; } = [];
+        /// <summary>fp8_scaling: delayed: the rank's whole site arena at the end (empty otherwise).</summary>
+        public float[] Fp8States { get; init; } = [];
         public (long Parameters, long Gradients, long OptimizerStates) Held { get; init; }
         public (long Parameters, long Gradients, long OptimizerStates) Unsharded { get; init; }
     }
@@ -118,6 +120,7 @@ public sealed class DataParallelTests : IDisposable
                 results[rank] = new(weights, null, [.. monitor.Lines], stateBytes, fullBytes, model.WeightBytes)
                 {
                     LaunchStages = [.. parallel.LaunchStages], Held = parallel.HeldBytes, Unsharded = parallel.UnshardedBytes,
+                    Fp8States = model.HasFp8Histories ? model.ReadFp8States() : [],
                 };
             }
             catch (Exception e)
@@ -638,4 +641,143 @@ public sealed class DataParallelTests : IDisposable
         double rel = RelativeDifference(two[0], one);
         Assert.True(rel < 1e-7, $"relative difference {rel:E2}");
     }
+
+    // ---- fp8_scaling: delayed: the ranks reduce their amaxes (Transformer Engine's reduce_amax) ----
+
+    const int Fp8History = 8;
+    static readonly int Fp8Stride = Engine.Fp8DelayedScale.Stride(Fp8History);
+    static readonly TrainingSetup Fp8Lora = Lora with { Fp8 = true, Fp8Scaling = Engine.Fp8Scaling.Delayed, Fp8AmaxHistory = Fp8History };
+
+    static int Pushes(float[] arena, int site) => BitConverter.SingleToInt32Bits(arena[site * Fp8Stride + 2]);
+
+    /// <summary>Every value of two arenas bit for bit, except each site's pass amax ([1]: the last pass's, reduced only as the next pass starts).</summary>
+    static void EqualBesidesPending(float[] a, float[] b)
+    {
+        Assert.Equal(a.Length, b.Length);
+        for (int i = 0; i < a.Length; i++)
+            if (i % Fp8Stride != 1) Assert.True(BitConverter.SingleToInt32Bits(a[i]) == BitConverter.SingleToInt32Bits(b[i]), $"arena value {i} (site {i / Fp8Stride}, slot {i % Fp8Stride}): {a[i]} against {b[i]}");
+    }
+
+    [Fact]
+    public void Fp8_delayed_ranks_push_the_largest_amax_any_rank_cast_and_keep_the_same_histories()
+    {
+        // One micro-batch a rank a step. After one step each rank's arena holds its own pass amaxes, not yet pushed: the
+        // ranks' micro-batches differ, so do their amaxes.
+        var first = Succeeded(Ranks(2, 0, r => Args($"fp8a1-{r}", 1), Fp8Lora));
+        int sites = first[0].Fp8States.Length / Fp8Stride;
+        Assert.Equal(2 * 2 * 7, sites); // two per FP8 linear (forward input, output gradient), seven linears a layer, two layers
+        float[] own0 = [.. Enumerable.Range(0, sites).Select(s => first[0].Fp8States[s * Fp8Stride + 1])];
+        float[] own1 = [.. Enumerable.Range(0, sites).Select(s => first[1].Fp8States[s * Fp8Stride + 1])];
+        // k, v and up cast no input of their own (q/k/v and gate/up share one cast, at q's and gate's site): 22 sites used.
+        int[] used = [.. Enumerable.Range(0, sites).Where(s => own0[s] > 0)];
+        Assert.Equal(22, used.Length);
+        Assert.Equal(used, Enumerable.Range(0, sites).Where(s => own1[s] > 0));
+        Assert.Equal(22, used.Count(s => own0[s] != own1[s])); // the ranks' micro-batches differ, so does every amax
+        for (int s = 0; s < sites; s++) Assert.Equal(0, Pushes(first[0].Fp8States, s));
+
+        // Three steps: the first pass's push (ring slot 0) is, on both ranks, the larger of the two ranks' amaxes; the
+        // arenas agree bit for bit (but for the third pass's amaxes, pushed as a next pass starts); the LoRA weights too.
+        var three = Succeeded(Ranks(2, 0, r => Args($"fp8a3-{r}", 3), Fp8Lora));
+        Assert.Equal(three[0].Weights, three[1].Weights);
+        EqualBesidesPending(three[0].Fp8States, three[1].Fp8States);
+        foreach (int s in used)
+        {
+            var site = three[0].Fp8States.AsSpan(s * Fp8Stride, Fp8Stride);
+            Assert.Equal(2, Pushes(three[0].Fp8States, s));
+            Assert.Equal(Math.Max(own0[s], own1[s]), site[3]);
+            Assert.Equal(Math.Max(site[3], site[4]), site[0]);
+        }
+        // The push is not a rank's own amax alone: where rank 1's was the larger, rank 0 pushed rank 1's, and the reverse.
+        Assert.Contains(used, s => own1[s] > own0[s] && three[0].Fp8States[s * Fp8Stride + 3] == own1[s]);
+        Assert.Contains(used, s => own0[s] > own1[s] && three[1].Fp8States[s * Fp8Stride + 3] == own0[s]);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Fp8_delayed_ranks_stay_in_step_through_accumulation_evaluation_and_a_short_last_share(int zeroStage)
+    {
+        // 6 micro-batches an epoch, 4 a step (2 a rank): the epoch's second step holds 2, both rank 0's, and rank 1 tops its
+        // share up with 2 label-free passes; every rank evaluates (6 micro-batches, 6 passes) after steps 2 and 4. (ZeRO-3
+        // and ZeRO-2's per-layer gradients refuse an fp8 base when the model is built.)
+        TrainingArguments A(string name) => Args(name, 4) with { GradientAccumulationSteps = 4, EvalSteps = 2 };
+        var ranks = Succeeded(Ranks(2, zeroStage, r => A($"fp8s{zeroStage}-{r}"), Fp8Lora, eval: Loader));
+        Assert.Equal(ranks[0].Weights, ranks[1].Weights);
+        // Eval passes cast every rank's same batches with the same scales: their amaxes agree too, the pending ones included.
+        Assert.Equal(ranks[0].Fp8States, ranks[1].Fp8States);
+        // A forward-input site (q/k/v's shared cast) saw 8 training and 12 eval passes: 19 pushed, the last one pending.
+        Assert.Equal(19, Pushes(ranks[0].Fp8States, 0));
+        // Its output-gradient site only the 8 training passes (evaluation has no backward), each pushed as the pass after
+        // it (the next, or an evaluation's first) started.
+        Assert.Equal(8, Pushes(ranks[0].Fp8States, 1));
+        var evalLoss = TrainerLog.Read(Path.Combine(_root, $"fp8s{zeroStage}-0", TrainerLog.FileName)).Count(e => e.EvalLoss is not null);
+        Assert.Equal(2, evalLoss);
+    }
+
+    [Fact]
+    public void Fp8_delayed_dpo_on_two_ranks_keeps_one_history_and_refuses_an_epoch_it_cannot_top_up()
+    {
+        ITrainingObjective Dpo() => new PreferenceTraining(PreferenceObjectives.Dpo(new PreferenceSettings { PrefBeta = 0.5 }), PreferenceLayout.Pairs, referenceWithoutAdapters: true);
+        TrainingArguments A(string name) => Args(name, 2);
+        // 8 pairs, 4 micro-batches an epoch, 2 a step: every rank runs the reference passes and one pass a step alike.
+        var even = Succeeded(Ranks(2, 0, r => A($"fp8dpo-{r}"), Fp8Lora, objective: Dpo,
+            loader: () => new DataLoader(8, PreferenceTrainingTests.Pair, 2, seed: 9, shuffle: true, padTokenId: 0)));
+        Assert.Equal(even[0].Weights, even[1].Weights);
+        EqualBesidesPending(even[0].Fp8States, even[1].Fp8States);
+        // q/k/v's input cast: 4 reference passes (the adapter off) and 2 training passes, the last pending; its output
+        // gradient: the first training pass's.
+        Assert.Equal(5, Pushes(even[0].Fp8States, 0));
+        Assert.Equal(1, Pushes(even[0].Fp8States, 1));
+        // 6 pairs: 3 micro-batches an epoch, so rank 1's share of the second step is empty, and a preference micro-batch
+        // cannot be label-free; both ranks refuse before training.
+        var odd = Ranks(2, 0, r => A($"fp8dpo-odd-{r}"), Fp8Lora, objective: Dpo,
+            loader: () => new DataLoader(6, PreferenceTrainingTests.Pair, 2, seed: 9, shuffle: true, padTokenId: 0));
+        foreach (var r in odd)
+        {
+            var e = Assert.IsType<TrainingException>(r.Error);
+            Assert.Equal("fp8_scaling: delayed on 2 ranks reduces the FP8 amaxes over the ranks at every pass, so every rank runs the same passes; " +
+                "an epoch of 3 micro-batches ends with a step of 1 of 2, whose short shares of the dpo/sigmoid objective cannot be topped up with label-free micro-batches. " +
+                "Make the training samples a multiple of 4 (per_device_train_batch_size × gradient_accumulation_steps), or use fp8_scaling: current.", e.Message);
+        }
+    }
+
+    [Fact]
+    public void Fp8_delayed_with_a_load_balancing_loss_runs_on_whole_epoch_steps_and_refuses_a_short_one()
+    {
+        // qwen3_moe-style layers: the attention's linears are FP8, the experts stay in the compute dtype.
+        var moe = TinyTrainingModels.Spec with
+        {
+            Architecture = "qwen3_moe",
+            Moe = new MoeConfig { NumExperts = 4, NumExpertsPerTok = 2, ExpertIntermediateSize = 12, RouterAuxLossCoef = 0.01, OutputRouterLogits = true },
+        };
+        CausalLM Load(TinyTrainingModels models, TrainingSetup setup) => models.Create(setup, moe);
+        // 6 micro-batches an epoch, 2 a step: no share is ever short.
+        var whole = Succeeded(Ranks(2, 0, r => Args($"fp8moe-{r}", 3), Fp8Lora, load: Load));
+        Assert.Equal(2 * 2 * 4, whole[0].Fp8States.Length / Fp8Stride); // q, k, v, o of two layers
+        Assert.Equal(whole[0].Weights, whole[1].Weights);
+        EqualBesidesPending(whole[0].Fp8States, whole[1].Fp8States);
+        // 4 a step: the epoch's second step leaves rank 1 nothing, and a label-free micro-batch would add aux-loss gradients.
+        var shortStep = Ranks(2, 0, r => Args($"fp8moe4-{r}", 3) with { GradientAccumulationSteps = 4 }, Fp8Lora, load: Load);
+        foreach (var r in shortStep)
+            Assert.Contains("whose short shares with a mixture of experts' load-balancing loss (moe_aux_loss_coef) cannot be topped up", Assert.IsType<TrainingException>(r.Error).Message);
+    }
+
+    [Fact]
+    public void Fp8_delayed_on_one_rank_through_data_parallel_is_the_plain_trainer_bit_for_bit()
+    {
+        float[] weights, arena;
+        using (var models = new TinyTrainingModels())
+        {
+            var model = models.Create(Fp8Lora);
+            FineTuneRecipe.Train(model, Args("fp8one-plain", 3), Loader(), null, ITrainingMonitor.Silent);
+            (weights, arena) = (Trainable(model), model.ReadFp8States());
+        }
+        var one = Succeeded(Ranks(1, 0, _ => Args("fp8one-dp", 3), Fp8Lora))[0];
+        Assert.Equal(weights, one.Weights);
+        Assert.Equal(arena, one.Fp8States);
+    }
+
+    static RankResult[] Succeeded(RankResult[] results) =>
+        results.Select(r => r.Error is null ? r : throw new Xunit.Sdk.XunitException(r.Error.ToString())).ToArray();
 }

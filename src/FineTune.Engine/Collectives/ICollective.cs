@@ -1,7 +1,10 @@
 namespace FineTune.Engine.Collectives;
 
-/// <summary>How a collective combines the ranks' values: their sum, or their mean (the sum divided by the world size).</summary>
-public enum ReduceOp { Sum, Average }
+/// <summary>
+/// How a collective combines the ranks' values: their sum, their mean (the sum divided by the world size), or their
+/// element-wise maximum (FP8 delayed scaling's amaxes: every rank takes the largest any rank measured).
+/// </summary>
+public enum ReduceOp { Sum, Average, Max }
 
 /// <summary>
 /// The collective operations data-parallel and sharded training need, over tensors (F32 or BF16) of one backend, between
@@ -18,11 +21,11 @@ public interface ICollective : IDisposable
     /// <summary>"tcp" or "nccl".</summary>
     string Name { get; }
 
-    /// <summary>buffer ← Σ over ranks (or the mean) of every rank's buffer, on every rank.</summary>
+    /// <summary>buffer ← Σ over ranks (the mean, or the element-wise maximum) of every rank's buffer, on every rank.</summary>
     void AllReduce(Tensor buffer, ReduceOp op, string activity);
 
     /// <summary>
-    /// input is WorldSize equal segments; rank r's output ← Σ over ranks (or the mean) of every rank's segment r.
+    /// input is WorldSize equal segments; rank r's output ← Σ over ranks (the mean, or the maximum) of every rank's segment r.
     /// </summary>
     void ReduceScatter(Tensor input, Tensor output, ReduceOp op, string activity);
 

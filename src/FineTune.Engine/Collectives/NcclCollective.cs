@@ -19,7 +19,8 @@ public sealed unsafe class NcclCollective : ICollective
 
     const int NcclSuccess = 0, NcclInProgress = 7;
     const int NcclFloat32 = 7, NcclBfloat16 = 9;
-    const int NcclSum = 0, NcclAvg = 4;
+    // ncclRedOp_t in nccl.h: ncclSum 0, ncclProd 1, ncclMax 2, ncclMin 3, ncclAvg 4.
+    const int NcclSum = 0, NcclMax = 2, NcclAvg = 4;
 
     [StructLayout(LayoutKind.Sequential, Size = 128)]
     struct UniqueId { public fixed byte Internal[128]; }
@@ -99,7 +100,17 @@ public sealed unsafe class NcclCollective : ICollective
 
     nint Ptr(Tensor t) => (nint)_backend.DevicePointer(t);
     nint Stream => _backend.Device.Stream;
-    static int Op(ReduceOp op) => op == ReduceOp.Sum ? NcclSum : NcclAvg;
+    /// <summary>
+    /// NCCL's operation. Max is exact (no rounding) and takes F32 and BF16 alike; not yet run on several GPUs (no
+    /// multi-GPU machine was at hand when it was added), while the TCP collective's Max is tested.
+    /// </summary>
+    static int Op(ReduceOp op) => op switch
+    {
+        ReduceOp.Sum => NcclSum,
+        ReduceOp.Average => NcclAvg,
+        ReduceOp.Max => NcclMax,
+        _ => throw new ArgumentOutOfRangeException(nameof(op), op, "no NCCL operation for it"),
+    };
 
     void Ready(string activity)
     {

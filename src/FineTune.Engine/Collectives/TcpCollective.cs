@@ -25,7 +25,7 @@ public sealed class TcpCollective : ICollective
     enum Op
     {
         Hello = 1, AllReduceSum, AllReduceAverage, ReduceScatterSum, ReduceScatterAverage, AllGather, Broadcast, Barrier,
-        HostSum, Bytes,
+        HostSum, Bytes, AllReduceMax, ReduceScatterMax,
     }
 
     readonly Socket?[] _peers;
@@ -161,9 +161,9 @@ public sealed class TcpCollective : ICollective
     public void AllReduce(Tensor buffer, ReduceOp op, string activity)
     {
         var values = Download(buffer);
-        var result = Exchange(op == ReduceOp.Sum ? Op.AllReduceSum : Op.AllReduceAverage, Bytes(values), all =>
+        var result = Exchange(op switch { ReduceOp.Sum => Op.AllReduceSum, ReduceOp.Average => Op.AllReduceAverage, _ => Op.AllReduceMax }, Bytes(values), all =>
         {
-            var sum = Sum(all, op);
+            var sum = Combine(all, op);
             return Enumerable.Repeat(sum, all.Length).ToArray();
         }, activity);
         buffer.Backend.Upload(buffer, MemoryMarshal.Cast<byte, float>(result));
@@ -175,9 +175,9 @@ public sealed class TcpCollective : ICollective
             throw new ArgumentException($"reduce-scatter: input of {input.Length} values is not {WorldSize} segments of the output's {output.Length}");
         var values = Download(input);
         int segmentBytes = checked((int)output.Length * 4);
-        var result = Exchange(op == ReduceOp.Sum ? Op.ReduceScatterSum : Op.ReduceScatterAverage, Bytes(values), all =>
+        var result = Exchange(op switch { ReduceOp.Sum => Op.ReduceScatterSum, ReduceOp.Average => Op.ReduceScatterAverage, _ => Op.ReduceScatterMax }, Bytes(values), all =>
         {
-            var sum = Sum(all, op);
+            var sum = Combine(all, op);
             return Enumerable.Range(0, all.Length).Select(r => sum.AsSpan(r * segmentBytes, segmentBytes).ToArray()).ToArray();
         }, activity);
         output.Backend.Upload(output, MemoryMarshal.Cast<byte, float>(result));
@@ -306,7 +306,9 @@ public sealed class TcpCollective : ICollective
     static string Describe(Op op) => op switch
     {
         Op.AllReduceSum or Op.AllReduceAverage => "all-reduce",
+        Op.AllReduceMax => "max all-reduce",
         Op.ReduceScatterSum or Op.ReduceScatterAverage => "reduce-scatter",
+        Op.ReduceScatterMax => "max reduce-scatter",
         Op.AllGather => "all-gather",
         Op.Broadcast or Op.Bytes => "broadcast",
         Op.Barrier => "barrier",
@@ -373,15 +375,19 @@ public sealed class TcpCollective : ICollective
 
     static byte[] Bytes(float[] values) => MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
 
-    /// <summary>Σ in rank order 0, 1, …, N−1 (then ÷ N for the mean), in F32 as NCCL sums.</summary>
-    static byte[] Sum(byte[][] all, ReduceOp op)
+    /// <summary>
+    /// Σ in rank order 0, 1, …, N−1 (then ÷ N for the mean), in F32 as NCCL sums; or the element-wise maximum, which is
+    /// exact and the same in any rank order (IEEE 754 maximum: +0 above −0, and a NaN on any rank gives NaN).
+    /// </summary>
+    static byte[] Combine(byte[][] all, ReduceOp op)
     {
         var acc = MemoryMarshal.Cast<byte, float>(all[0]).ToArray();
         for (int r = 1; r < all.Length; r++)
         {
             var x = MemoryMarshal.Cast<byte, float>(all[r]);
             if (x.Length != acc.Length) throw new CollectiveException($"rank 0: rank {r} reduced {x.Length} values, rank 0 {acc.Length}.");
-            TensorPrimitives.Add(acc, x, acc);
+            if (op == ReduceOp.Max) TensorPrimitives.Max(acc, x, acc);
+            else TensorPrimitives.Add(acc, x, acc);
         }
         if (op == ReduceOp.Average) TensorPrimitives.Divide(acc, all.Length, acc);
         return MemoryMarshal.AsBytes(acc.AsSpan()).ToArray();

@@ -60,10 +60,26 @@ public static class CollectiveChecks
                 }
                 Row("nccl all_reduce sum (world 1)", (i, o) => { gpu.Copy(o, i); nccl.AllReduce(o, ReduceOp.Sum, "check"); });
                 Row("nccl all_reduce avg (world 1)", (i, o) => { gpu.Copy(o, i); nccl.AllReduce(o, ReduceOp.Average, "check"); });
+                Row("nccl all_reduce max (world 1)", (i, o) => { gpu.Copy(o, i); nccl.AllReduce(o, ReduceOp.Max, "check"); });
                 Row("nccl reduce_scatter out of place (world 1)", (i, o) => nccl.ReduceScatter(i, o, ReduceOp.Sum, "check"));
                 Row("nccl reduce_scatter in place (world 1)", (i, o) => { gpu.Copy(o, i); nccl.ReduceScatter(o, o.View(0, [n]), ReduceOp.Sum, "check"); });
                 Row("nccl all_gather (world 1)", (i, o) => nccl.AllGather(i, o, "check"));
                 Row("nccl broadcast (world 1)", (i, o) => { gpu.Copy(o, i); nccl.Broadcast(o, 0, "check"); });
+            }
+            {
+                // An FP8 delayed-scaling arena's values through ncclMax: push counts (I32 bits, F32 subnormals), amaxes, zeros
+                // keep their bits. World 1 only shows the binding; several GPUs would run NCCL's reduction kernel on them.
+                float[] arena = [BitConverter.Int32BitsToSingle(1), BitConverter.Int32BitsToSingle(1023), 0.75f, 0f, 448f];
+                var t = Alloc(gpu, DType.F32, arena.Length);
+                gpu.Upload(t, arena);
+                string? error = null;
+                try { nccl.AllReduce(t, ReduceOp.Max, "check"); nccl.Wait("check"); }
+                catch (CollectiveException e) { error = e.Message; }
+                var got = new float[arena.Length];
+                gpu.Download(t, got);
+                bool pass = error is null && got.Select(BitConverter.SingleToInt32Bits).SequenceEqual(arena.Select(BitConverter.SingleToInt32Bits));
+                rows.Add(new CheckRow("nccl all_reduce max, fp8 arena bits (world 1)", "f32", "bits", arena.Length, pass ? 0 : 1, 0, pass, 0));
+                Console.WriteLine($"{(pass ? "ok  " : "FAIL")} f32   {"nccl all_reduce max, fp8 arena bits (world 1)",-44} {"bits",-12} n={arena.Length,-9} {(pass ? "equal" : error ?? "differ")}");
             }
             // The TCP collective of world size 1 on the CPU: the same identities, the reference path of the CPU tests.
             var cpuT = Alloc(cpu, DType.F32, 3);
