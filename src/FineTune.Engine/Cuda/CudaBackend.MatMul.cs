@@ -35,7 +35,6 @@ public sealed partial class CudaBackend
         }
         Dt(c);
         if (bias is null && Gemv(c, a, transA, b, transB, m, n, k, alpha, accumulate)) return;
-        if (SplitRankRows(c, a, transA, b, transB, alpha, accumulate, bias)) return;
 
         ulong pa = P(a), pb = P(b);
         ulong scratchA = 0, scratchB = 0;
@@ -63,25 +62,6 @@ public sealed partial class CudaBackend
             if (scratchB != 0) _dev.Free(scratchB);
         }
     }
-
-    /// <summary>
-    /// C [m, n] = A·Bᵀ with a row-major A [m, k] and m between 17 and 63, not a multiple of 16 (a grouped LoRA's stacked
-    /// A of q/k/v at r = 8: m = 24): cuBLASLt's choice for m = 24 streamed x at ~550 GB/s where m = 16 and m = 8 reach
-    /// 2.3–2.7 TB/s (H200, `FineTune.DeviceChecks lora`), so such a product runs as the multiple-of-16 rows, then the rest:
-    /// each row of C is the same dot products (rows are independent), in two launches that each read B once.
-    /// </summary>
-    bool SplitRankRows(Tensor c, Tensor a, bool transA, Tensor b, bool transB, float alpha, bool accumulate, Tensor? bias)
-    {
-        int m = c.Rows, k = a.Cols;
-        if (!SplitRankRowProducts || transA || !transB || m <= 16 || m >= 64 || m % 16 == 0 || bias is not null) return false;
-        int head = m / 16 * 16;
-        MatMulCore(c.View(0, [head, c.Cols]), a.View(0, [head, k]), false, b, transB, alpha, accumulate, null);
-        MatMulCore(c.View((long)head * c.Cols, [m - head, c.Cols]), a.View((long)head * k, [m - head, k]), false, b, transB, alpha, accumulate, null);
-        return true;
-    }
-
-    /// <summary>Whether <see cref="SplitRankRows"/> applies (default; FINETUNE_SPLIT_RANK_ROWS=0 turns it off).</summary>
-    public bool SplitRankRowProducts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_SPLIT_RANK_ROWS") != "0";
 
     ulong CastToBf16(Tensor t)
     {

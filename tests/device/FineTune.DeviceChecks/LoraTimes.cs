@@ -37,6 +37,15 @@ public static class LoraTimes
         }
         void Line(string set, string product, double ms, long bytes) =>
             Console.WriteLine($"     lora {set,-8} {product,-34} {ms,8:F4} ms  {bytes / 1e6,8:F1} MB  {bytes / ms / 1e6,6:F0} GB/s");
+        // The GPU's clocks ramp up under load: a second of products first, or the first lines read slow (a q/k/v xaT
+        // measured 0.108 ms first and 0.020 ms later in the same process).
+        {
+            var wx = T(tokens, 3584);
+            var wa = T(24, 3584);
+            var wc = T(24, tokens);
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            while (sw.ElapsedMilliseconds < 1000) { gpu.MatMul(wc, wa, false, wx, true); gpu.Synchronize(); }
+        }
         // (set, K = the set's input features, the linears' output features)
         var sets = new (string Name, int K, int[] Outs)[] { ("q/k/v", 3584, [3584, 512, 512]), ("o", 3584, [3584]), ("gate/up", 3584, [18944, 18944]), ("down", 18944, [3584]) };
         double total = 0;
@@ -67,17 +76,14 @@ public static class LoraTimes
             ms = Ms(() => gpu.MatMul(dx, dxaT, true, aGroup, false)); Line(name, "dx = dxa·A (expand)", ms, (long)n * k * 2); total += ms;
         }
         Console.WriteLine($"     lora: one layer's products {total:F3} ms (xaT twice: forward and recompute), × 28 layers {total * 28:F1} ms");
-        // xaT = A·xᵀ by the stacked rows m (g·r), K = 3584: one cuBLASLt product against CudaBackend's split rows.
+        // xaT = A·xᵀ by the stacked rows m (g·r), K = 3584.
         var xs = T(tokens, 3584);
-        foreach (int m in new[] { 8, 16, 24, 32, 40, 48, 56, 64 })
+        foreach (int m in new[] { 8, 16, 24, 32, 48, 64 })
         {
             var a = T(m, 3584);
             var c = T(m, tokens);
-            gpu.SplitRankRowProducts = false;
             double one = Ms(() => gpu.MatMul(c, a, false, xs, true));
-            gpu.SplitRankRowProducts = true;
-            double split = Ms(() => gpu.MatMul(c, a, false, xs, true));
-            Console.WriteLine($"     lora xaT = A·xᵀ, {m,2} rows: one product {one:F4} ms ({(long)tokens * 3584 * 2 / one / 1e6:F0} GB/s), split rows {split:F4} ms");
+            Console.WriteLine($"     lora xaT = A·xᵀ, {m,2} rows: {one:F4} ms ({(long)tokens * 3584 * 2 / one / 1e6:F0} GB/s)");
         }
         foreach (var b in owned) b.Dispose();
     }
