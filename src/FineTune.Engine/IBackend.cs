@@ -449,4 +449,22 @@ public interface IBackend : IDisposable
     /// <paramref name="inputGradient"/>): the same product and accumulation, no cast inside.
     /// </summary>
     void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false);
+    /// <summary>
+    /// <see cref="RmsNorm"/> that also casts its output for the next products (fp8_scaling: delayed, a ready
+    /// <paramref name="site"/>: ln1 for q/k/v, as <see cref="SwiGluFp8"/> does for down): y and rstd exactly as RmsNorm
+    /// writes them, <paramref name="yCodes"/> = the E4M3 codes of y as stored with the site's scale, max |y| max-ed into the
+    /// site's pass amax. The bits of RmsNorm then <see cref="Fp8MatMulShared"/>'s delayed cast of y, without reading y again.
+    /// </summary>
+    void RmsNormFp8(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes, Fp8DelayedScale site);
+    /// <summary>
+    /// <see cref="ResidualRmsNorm"/> (resid may be a or b, as there) that also casts y for the next products as
+    /// <see cref="RmsNormFp8"/> does (ln2 for gate/up).
+    /// </summary>
+    void ResidualRmsNormFp8(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes,
+        Fp8DelayedScale site);
+    /// <summary>
+    /// <see cref="Fp8MatMulShared"/> from an input cast already (E4M3 codes of cs[i].Rows × Wᵢ.Cols values, all alike):
+    /// the same products and accumulation, no cast inside.
+    /// </summary>
+    void Fp8MatMulSharedCodes(IReadOnlyList<Tensor> cs, Fp8Operand a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false);
 }

@@ -53,6 +53,11 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) { var t = Begin(); _inner.EmbeddingBackward(dtable, doutput, ids); End("EmbeddingBackward", t); }
     public void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f) { var t = Begin(); _inner.RmsNorm(y, rstd, x, weight, eps, weightOffset); End("RmsNorm", t); }
     public void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f) { var t = Begin(); _inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset); End("ResidualRmsNorm", t); }
+    public void RmsNormFp8(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes, Fp8DelayedScale site)
+    { var t = Begin(); _inner.RmsNormFp8(y, rstd, x, weight, eps, weightOffset, yCodes, site); End("RmsNormFp8", t); }
+    public void ResidualRmsNormFp8(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes,
+        Fp8DelayedScale site)
+    { var t = Begin(); _inner.ResidualRmsNormFp8(resid, y, rstd, a, b, weight, eps, weightOffset, yCodes, site); End("ResidualRmsNormFp8", t); }
     public void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true) { var t = Begin(); _inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset, accumulate); End("RmsNormBackward", t); }
     public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) { var t = Begin(); _inner.Rope(x, positions, cos, sin, headDim, inverse); End("Rope", t); }
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.Attention(output, lse, q, k, v, segmentIds, shape); End("Attention", t); }
@@ -106,6 +111,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
         End("QkRopeCacheAttention", t);
     }
     public void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null) { var t = Begin(); _inner.Fp8MatMulShared(cs, a, ws, accumulate, delayed); End("Fp8MatMulShared", t); }
+    public void Fp8MatMulSharedCodes(IReadOnlyList<Tensor> cs, Fp8Operand a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) { var t = Begin(); _inner.Fp8MatMulSharedCodes(cs, a, ws, accumulate); End("Fp8MatMulSharedCodes", t); }
     public void MoeRoute(Tensor logits, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize) { var t = Begin(); _inner.MoeRoute(logits, probs, topIdx, topWeight, normalize); End("MoeRoute", t); }
     public void MoeRouteBackward(Tensor dlogits, Tensor dTopWeight, Tensor probs, Tensor topIdx, Tensor topWeight, bool normalize, Tensor? auxGrad, Tensor? tokenMask, float auxScale)
     { var t = Begin(); _inner.MoeRouteBackward(dlogits, dTopWeight, probs, topIdx, topWeight, normalize, auxGrad, tokenMask, auxScale); End("MoeRouteBackward", t); }

@@ -74,12 +74,14 @@ public sealed partial class CausalLM
 
     /// <summary>
     /// fp8_scaling: delayed: SwiGLU casts its outputs for the MLP's FP8 products itself (<see cref="IBackend.SwiGluFp8"/>,
-    /// <see cref="IBackend.SwiGluBackwardFp8"/>: the same bits, one pass over each [tokens, intermediate] tensor fewer).
-    /// False (tests; FINETUNE_FP8_FUSED_CASTS=0 for an A/B) casts each in its product as before.
+    /// <see cref="IBackend.SwiGluBackwardFp8"/>: the same bits, one pass over each [tokens, intermediate] tensor fewer), and
+    /// the pre-norms cast ln1 and ln2 for q/k/v's and gate/up's shared products (<see cref="IBackend.RmsNormFp8"/>,
+    /// <see cref="IBackend.ResidualRmsNormFp8"/>). False (tests; FINETUNE_FP8_FUSED_CASTS=0 for an A/B) casts each in its
+    /// product as before.
     /// </summary>
     internal bool FusedFp8Casts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_CASTS") != "0";
 
-    /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes).</summary>
+    /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes, NormCodes).</summary>
     private bool Fp8CodesInArena => Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed && Spec.HasDenseLayers;
 
     /// <summary>
@@ -92,6 +94,19 @@ public sealed partial class CausalLM
         if (!FusedFp8Casts || _fp8States is null || !_quantized.TryGetValue(lin.Weight, out var slot) || slot.Site < 0) return null;
         return _fp8Ready[2 * slot.Site + (outputGradient ? 1 : 0)] ? Fp8Site(slot, outputGradient) : null;
     }
+
+    /// <summary>
+    /// The site of a set's one shared cast (<see cref="SharedFp8Products"/>: its first FP8 linear's forward input) when the
+    /// producer of the set's input may cast for it, as <see cref="FusedFp8Site"/>. Null when fewer than two of the set's
+    /// linears are held in FP8 (each product then casts for itself) or the site is not ready.
+    /// </summary>
+    private Fp8DelayedScale? SharedFp8Site(LoraLinear[] lins)
+    {
+        var fp8 = Array.FindAll(lins, IsFp8);
+        return fp8.Length < 2 ? null : FusedFp8Site(fp8[0], outputGradient: false);
+    }
+
+    private bool IsFp8(LoraLinear lin) => _quantized.TryGetValue(lin.Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3;
 
     /// <summary>The F32 values of a linear's delayed-scaling site (<see cref="Fp8DelayedScale"/>'s layout), for tests; not a use.</summary>
     internal float[] ReadFp8Site(string weightName, bool outputGradient)
@@ -306,21 +321,26 @@ public sealed partial class CausalLM
     /// fp8: the base products of a set's linears (all read x) that are held in FP8, with x cast to E4M3 once for all of
     /// them: ys[j] (+)= x·W_jᵀ, accumulating where <paramref name="accumulate"/>(j). Returns which j it computed; null when
     /// fewer than two are in FP8 (then each linear's own product casts x, as <see cref="FrozenProduct"/> does).
+    /// <paramref name="xCodes"/>: x cast by its producer with <see cref="SharedFp8Site"/>'s site, read by the products
+    /// that cast with that site instead of casting x again.
     /// </summary>
-    private bool[]? SharedFp8Products(LoraLinear[] lins, Tensor[] ys, Tensor x, Func<int, bool> accumulate)
+    private bool[]? SharedFp8Products(LoraLinear[] lins, Tensor[] ys, Tensor x, Func<int, bool> accumulate, Fp8Operand? xCodes = null)
     {
         var fp8 = new List<int>();
         for (int j = 0; j < lins.Length; j++)
-            if (_quantized.TryGetValue(lins[j].Weight, out var slot) && slot.Weight.Format == QuantFormat.Fp8E4M3) fp8.Add(j);
-        if (fp8.Count < 2) return null;
+            if (IsFp8(lins[j])) fp8.Add(j);
+        if (fp8.Count < 2)
+            return xCodes is null ? null : throw new InvalidOperationException($"pre-cast FP8 input for a set of {lins.Length} linears, {fp8.Count} of them in FP8");
         var done = new bool[lins.Length];
         foreach (bool acc in new[] { false, true })
         {
             int[] part = [.. fp8.Where(j => accumulate(j) == acc)];
             if (part.Length == 0) continue;
-            // The set's one cast of x is the site of its first linear's forward input.
-            Backend.Fp8MatMulShared([.. part.Select(j => ys[j])], x, [.. part.Select(j => _quantized[lins[j].Weight].Weight)], acc,
-                Fp8Site(_quantized[lins[part[0]].Weight], outputGradient: false));
+            var weights = part.Select(j => _quantized[lins[j].Weight].Weight).ToArray();
+            // The set's one cast of x is the site of its first linear's forward input (a set split by accumulation casts
+            // once per part, each with its first linear's site: the part holding the set's first FP8 linear may read xCodes).
+            if (xCodes is { } codes && part[0] == fp8[0]) Backend.Fp8MatMulSharedCodes([.. part.Select(j => ys[j])], codes, weights, acc);
+            else Backend.Fp8MatMulShared([.. part.Select(j => ys[j])], x, weights, acc, Fp8Site(_quantized[lins[part[0]].Weight], outputGradient: false));
             foreach (int j in part) done[j] = true;
         }
         return done;

@@ -322,7 +322,16 @@ public sealed partial class CausalLM
         var B = Backend;
         float eps = (float)Spec.RmsNormEps;
         var ln1 = Rows(a.Ln1, n);
-        B.RmsNorm(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, Spec.NormWeightOffset);
+        // A training forward or recompute with fp8_scaling: delayed, q/k/v's shared cast site ready: the norm writes ln1's
+        // E4M3 codes too, and the set's FP8 products read them (the site's scale is fixed through the pass, so a
+        // recompute writes the forward's codes).
+        Fp8Operand? ln1Codes = null;
+        if (training && _acts!.NormCodes is { } codes && SharedFp8Site(L.InputSets[0]) is { } site)
+        {
+            B.RmsNormFp8(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, Spec.NormWeightOffset, codes, site);
+            ln1Codes = codes;
+        }
+        else B.RmsNorm(ln1, Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, Spec.NormWeightOffset);
         var q = Rows(a.Q, n);
         var k = Rows(a.K, n);
         var v = Rows(a.V, n);
@@ -330,11 +339,11 @@ public sealed partial class CausalLM
         {
             var qPre = Rows(a.QPre!, n);
             var kPre = Rows(a.KPre!, n);
-            SetForward(L, 0, [qPre, kPre, v], ln1, a, n, seed, training);
+            SetForward(L, 0, [qPre, kPre, v], ln1, a, n, seed, training, ln1Codes);
             B.RmsNorm(q, Head1(a.QRstd!, (long)n * Spec.NumHeads), qPre, L.QNorm!.Value, eps, Spec.NormWeightOffset);
             B.RmsNorm(k, Head1(a.KRstd!, (long)n * Spec.NumKvHeads), kPre, L.KNorm!.Value, eps, Spec.NormWeightOffset);
         }
-        else SetForward(L, 0, [q, k, v], ln1, a, n, seed, training);
+        else SetForward(L, 0, [q, k, v], ln1, a, n, seed, training, ln1Codes);
         var (cos, sin) = RopeTablesOf(L);
         B.Rope(q, pos, cos, sin, Spec.HeadDim, inverse: false);
         B.Rope(k, pos, cos, sin, Spec.HeadDim, inverse: false);
@@ -352,9 +361,16 @@ public sealed partial class CausalLM
         var B = Backend;
         var resMid = Rows(a.ResMid, n);
         SetForward(L, 1, [resMid], att, a, n, seed, training);
-        // resMid = x + o(att) and ln2 = rmsnorm(resMid) in one pass.
+        // resMid = x + o(att) and ln2 = rmsnorm(resMid) in one pass; in a training forward or recompute with gate/up's
+        // shared cast site ready (fp8_scaling: delayed), ln2's E4M3 codes too, which gate's and up's products read.
         var ln2 = Rows(a.Ln2, n);
-        B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, (float)Spec.RmsNormEps);
+        Fp8Operand? ln2Codes = null;
+        if (training && L.Experts is null && _acts!.NormCodes is { } normCodes && SharedFp8Site(L.InputSets[2]) is { } normSite)
+        {
+            B.ResidualRmsNormFp8(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, (float)Spec.RmsNormEps, 0f, normCodes, normSite);
+            ln2Codes = normCodes;
+        }
+        else B.ResidualRmsNorm(resMid, ln2, Head1(a.Rstd2, n), resMid, x, L.PostAttentionNorm.Value, (float)Spec.RmsNormEps);
         if (L.Experts is not null)
         {
             ExpertsForward(L, ln2, y, n, training, recompute);
@@ -364,7 +380,7 @@ public sealed partial class CausalLM
         var gate = Rows(a.Gate, n);
         var up = Rows(a.Up, n);
         var act = Rows(a.Act, n);
-        SetForward(L, 2, [gate, up], ln2, a, n, seed, training);
+        SetForward(L, 2, [gate, up], ln2, a, n, seed, training, ln2Codes);
         if (recompute)
         {
             B.SwiGlu(act, gate, up);
@@ -464,12 +480,13 @@ public sealed partial class CausalLM
     /// over x), then per linear y = scale·xa·Bᵀ (a skinny product that writes y without reading it) and y += x·Wᵀ (the
     /// big product does the accumulating, where reading C is nearly free); an adapted linear's bias rides with its skinny
     /// product (IBackend.MatMulBias), any other's follows. <paramref name="xCodes"/>: x's FP8 codes cast by its producer,
-    /// which the base product of the set's one linear reads (<see cref="FrozenProduct"/>).
+    /// which the base product of a set of one linear reads (<see cref="FrozenProduct"/>), or a larger set's shared FP8
+    /// products (<see cref="SharedFp8Products"/>, cast with <see cref="SharedFp8Site"/>'s site).
     /// </summary>
     private void SetForward(DecoderLayer L, int set, Tensor[] ys, Tensor x, LayerActivations a, int n, ulong seed, bool training, Fp8Operand? xCodes = null)
     {
         var lins = L.InputSets[set];
-        if (xCodes is not null && lins.Length != 1) throw new InvalidOperationException($"pre-cast FP8 input for input set {set} of {lins.Length} linears");
+        var (ownCodes, sharedCodes) = lins.Length == 1 ? (xCodes, (Fp8Operand?)null) : (null, xCodes);
         int first = DecoderLayer.FirstLinearOfSet[set];
         if (L.LoraGroups[set] is not { } group || !GroupedLora(training) || _adaptersOff)
         {
@@ -482,10 +499,10 @@ public sealed partial class CausalLM
                 _stepLora?.Apply(L, set, ys, x);
                 return;
             }
-            var baseDone = SharedFp8Products(lins, ys, x, _ => false);
+            var baseDone = SharedFp8Products(lins, ys, x, _ => false, sharedCodes);
             for (int j = 0; j < lins.Length; j++)
                 LinearForward(lins[j], ys[j], x, a.LoraXa[first + j], n, LinearSeed(seed, L.Index, first + DropoutIndex(lins, j)), training,
-                    baseDone?[j] ?? false, xCodes);
+                    baseDone?[j] ?? false, ownCodes);
             _stepLora?.Apply(L, set, ys, x);
             return;
         }
@@ -501,11 +518,11 @@ public sealed partial class CausalLM
                 else B.MatMul(ys[j], xaTj, true, lora.B.Value, true, lora.Scale);
             }
         // Each y is its own: the base products may follow all the LoRA ones (and share one FP8 cast of x) without changing a value.
-        var done = SharedFp8Products(lins, ys, x, j => lins[j].Lora is not null);
+        var done = SharedFp8Products(lins, ys, x, j => lins[j].Lora is not null, sharedCodes);
         for (int j = 0; j < lins.Length; j++)
         {
             var lin = lins[j];
-            if (done?[j] != true) FrozenProduct(ys[j], x, lin, accumulate: lin.Lora is not null, xCodes);
+            if (done?[j] != true) FrozenProduct(ys[j], x, lin, accumulate: lin.Lora is not null, ownCodes);
             if (lin.Bias is { } bias && lin.Lora is null) B.AddBias(ys[j], bias.Value);
         }
         _stepLora?.Apply(L, set, ys, x);

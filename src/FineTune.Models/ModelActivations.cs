@@ -53,9 +53,11 @@ internal sealed class ModelActivations : IDisposable
     /// <summary>
     /// fp8_scaling: delayed, training: the FP8 codes that SwiGLU's fused casts write ([capacity, intermediate] bytes in I32
     /// words, and a scale inverse): <see cref="ActCodes"/> holds act's in the forward (read by down_proj's product) and
-    /// dgate's in the backward (gate_proj's input gradient), <see cref="DupCodes"/> dup's (up_proj's). Null otherwise.
+    /// dgate's in the backward (gate_proj's input gradient), <see cref="DupCodes"/> dup's (up_proj's); <see cref="NormCodes"/>
+    /// ([capacity, hidden] bytes) those the RMSNorms' fused casts write, ln1's for q/k/v's products and then ln2's for
+    /// gate/up's (each read right after it is written, in the forward and in a recompute). Null otherwise.
     /// </summary>
-    public Fp8Operand? ActCodes, DupCodes;
+    public Fp8Operand? ActCodes, DupCodes, NormCodes;
 
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool checkpointing, bool training, int capacity, int chunkRows, int? residuals = null,
         bool fp8Codes = false)
@@ -67,7 +69,8 @@ internal sealed class ModelActivations : IDisposable
     /// <summary>
     /// Carves the arena for <paramref name="storage"/>: one set per full or selective layer, one set shared by every
     /// recomputed layer, and (with selective layers) one shared ln1, ln2 and act that those layers recompute before their backward.
-    /// <paramref name="fp8Codes"/> (fp8_scaling: delayed) adds <see cref="ActCodes"/> and <see cref="DupCodes"/> to a training arena.
+    /// <paramref name="fp8Codes"/> (fp8_scaling: delayed) adds <see cref="ActCodes"/>, <see cref="DupCodes"/> and
+    /// <see cref="NormCodes"/> to a training arena.
     /// </summary>
     public ModelActivations(IBackend backend, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, IReadOnlyList<LayerStorage> storage,
         bool training, int capacity, int chunkRows, int? residuals = null, bool fp8Codes = false)
@@ -144,6 +147,7 @@ internal sealed class ModelActivations : IDisposable
         {
             ActCodes = new Fp8Operand(T("fp8.act_codes"), T("fp8.act_scale_inv"));
             DupCodes = new Fp8Operand(T("fp8.dup_codes"), T("fp8.dup_scale_inv"));
+            NormCodes = new Fp8Operand(T("fp8.norm_codes"), T("fp8.norm_scale_inv"));
         }
         Training = training;
     }
@@ -255,12 +259,16 @@ internal sealed class ModelActivations : IDisposable
         foreach (var name in new[] { "ids", "labels", "pos", "seg", "crow", "clab" }) add(name, DType.I32, [n]);
     }
 
-    /// <summary>The fused FP8 casts' codes: one byte per [n, intermediate] value of act (then dgate), and of dup.</summary>
+    /// <summary>
+    /// The fused FP8 casts' codes: one byte per [n, intermediate] value of act (then dgate), and of dup; one per [n, hidden]
+    /// value of ln1 (then ln2).
+    /// </summary>
     private static void DeclareFp8Codes(Func<string, DType, int[], int> add, TransformerSpec spec, int n)
     {
         int words = QuantizedWeight.WordsFor((long)n * DenseIntermediate(spec));
         add("fp8.act_codes", DType.I32, [words]); add("fp8.act_scale_inv", DType.F32, [1]);
         add("fp8.dup_codes", DType.I32, [words]); add("fp8.dup_scale_inv", DType.F32, [1]);
+        add("fp8.norm_codes", DType.I32, [QuantizedWeight.WordsFor((long)n * spec.HiddenSize)]); add("fp8.norm_scale_inv", DType.F32, [1]);
     }
 
     public bool Training { get; }

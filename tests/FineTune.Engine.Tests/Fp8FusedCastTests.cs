@@ -4,8 +4,9 @@ using FineTune.Engine.Cpu;
 namespace FineTune.Engine.Tests;
 
 /// <summary>
-/// fp8_scaling: delayed: SwiGLU casting its own outputs for the next FP8 product (IBackend.SwiGluFp8, SwiGluBackwardFp8)
-/// and the product from those codes (Fp8MatMulCodes) give the bits of SwiGLU, then the delayed cast inside Fp8MatMul.
+/// fp8_scaling: delayed: SwiGLU and the RMSNorms casting their own outputs for the next FP8 products (IBackend.SwiGluFp8,
+/// SwiGluBackwardFp8, RmsNormFp8, ResidualRmsNormFp8) and the products from those codes (Fp8MatMulCodes,
+/// Fp8MatMulSharedCodes) give the bits of the plain operation, then the delayed cast inside Fp8MatMul(Shared).
 /// </summary>
 public sealed class Fp8FusedCastTests
 {
@@ -153,6 +154,110 @@ public sealed class Fp8FusedCastTests
         var state = cpu.F32(new float[Fp8DelayedScale.Stride(History)], Fp8DelayedScale.Stride(History));
         var e = Assert.Throws<ArgumentException>(() =>
             cpu.SwiGluFp8(h, cpu.F32(Gate(), Rows, Inter), cpu.F32(Up(), Rows, Inter), Operand(cpu, Rows * Inter), new Fp8DelayedScale(state, Ready: false)));
+        Assert.StartsWith("a cast fused into its producer needs a delayed-scaling site already advanced", e.Message);
+        Assert.Equal(new float[Fp8DelayedScale.Stride(History)], cpu.Read(state));
+    }
+
+    static float[] NormInput(int seed) => TestTensors.Random(Rows * Hidden, seed, 2f);
+    static float[] NormWeight() => TestTensors.Random(Hidden, 12, 0.5f).Select(w => 1f + w).ToArray();
+
+    /// <summary>The codes, scale inverse and site the separate delayed cast of <paramref name="y"/> gives (Fp8MatMul's, from the same site).</summary>
+    static void AssertDelayedCastOf(CpuBackend cpu, float[] y, Fp8Operand codes, Fp8DelayedScale site, float historyMax, float passAmax)
+    {
+        float amax = Fp8.Amax(y);
+        Assert.True(amax > historyMax, $"max |y| = {amax}: some values must saturate");
+        var want = new byte[y.Length];
+        float inverse = Fp8.QuantizeWith(y, want, Fp8Format.E4M3, historyMax);
+        Assert.Equal(want, Codes(cpu, codes, y.Length));
+        Assert.Contains(want, c => (c & 0x7F) == 0x7E); // ±448: the values past the history's amax
+        Assert.Equal(historyMax / 448f, inverse);
+        Assert.Equal(inverse, cpu.Read(codes.ScaleInverse)[0]);
+        Assert.Equal(SiteValues(historyMax, MathF.Max(passAmax, amax)), cpu.Read(site.State));
+        var separate = Site(cpu, historyMax, passAmax);
+        cpu.Fp8MatMulShared([cpu.Allocate(DType.F32, Rows, Inter), cpu.Allocate(DType.F32, Rows, Inter)], cpu.F32(y, Rows, Hidden),
+            [Weight(cpu, Inter, Hidden, 13), Weight(cpu, Inter, Hidden, 14)], delayed: separate);
+        Assert.Equal(cpu.Read(separate.State), cpu.Read(site.State));
+    }
+
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(1f)]
+    public void RmsNormFp8_writes_the_bits_of_RmsNorm_and_the_codes_and_site_of_the_delayed_cast(float weightOffset)
+    {
+        var cpu = new CpuBackend(1);
+        var x = cpu.F32(NormInput(11), Rows, Hidden);
+        var weight = cpu.F32(NormWeight(), Hidden);
+        var (y, rstd) = (cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows));
+        var codes = Operand(cpu, Rows * Hidden);
+        var site = Site(cpu, 1.25f, 0.5f);
+        cpu.RmsNormFp8(y, rstd, x, weight, 1e-6f, weightOffset, codes, site);
+
+        var (wantY, wantRstd) = (cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows));
+        cpu.RmsNorm(wantY, wantRstd, x, weight, 1e-6f, weightOffset);
+        var yv = cpu.Read(wantY);
+        Assert.Equal(yv, cpu.Read(y));
+        Assert.Equal(cpu.Read(wantRstd), cpu.Read(rstd));
+        AssertDelayedCastOf(cpu, yv, codes, site, 1.25f, 0.5f);
+    }
+
+    [Fact]
+    public void ResidualRmsNormFp8_in_place_writes_the_bits_of_ResidualRmsNorm_and_the_codes_and_site_of_the_delayed_cast()
+    {
+        var cpu = new CpuBackend(1);
+        float[] a = NormInput(15), b = NormInput(16);
+        var weight = cpu.F32(NormWeight(), Hidden);
+        // In place as LayerTail runs it: resMid = resMid + x.
+        var resid = cpu.F32(a, Rows, Hidden);
+        var bt = cpu.F32(b, Rows, Hidden);
+        var (y, rstd) = (cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows));
+        var codes = Operand(cpu, Rows * Hidden);
+        var site = Site(cpu, 1.25f, 0f);
+        cpu.ResidualRmsNormFp8(resid, y, rstd, resid, bt, weight, 1e-6f, 0f, codes, site);
+
+        var (wantResid, wantY, wantRstd) = (cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows));
+        cpu.ResidualRmsNorm(wantResid, wantY, wantRstd, cpu.F32(a, Rows, Hidden), bt, weight, 1e-6f);
+        var yv = cpu.Read(wantY);
+        Assert.Equal(cpu.Read(wantResid), cpu.Read(resid));
+        Assert.Equal(yv, cpu.Read(y));
+        Assert.Equal(cpu.Read(wantRstd), cpu.Read(rstd));
+        AssertDelayedCastOf(cpu, yv, codes, site, 1.25f, 0f);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Fp8MatMulSharedCodes_from_a_norms_codes_gives_the_bits_of_Fp8MatMulShared_with_the_same_ready_site(bool accumulate)
+    {
+        var cpu = new CpuBackend(1);
+        var x = cpu.F32(NormInput(17), Rows, Hidden);
+        var weight = cpu.F32(NormWeight(), Hidden);
+        QuantizedWeight[] ws = [Weight(cpu, Inter, Hidden, 18), Weight(cpu, Hidden, Hidden, 19)];
+        float[] start0 = TestTensors.Random(Rows * Inter, 20, 0.5f), start1 = TestTensors.Random(Rows * Hidden, 21, 0.5f);
+
+        var (ln, rstd) = (cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows));
+        var codes = Operand(cpu, Rows * Hidden);
+        var fusedSite = Site(cpu, 1.25f, 0f);
+        cpu.RmsNormFp8(ln, rstd, x, weight, 1e-6f, 0f, codes, fusedSite);
+        Tensor[] fused = [cpu.F32(start0, Rows, Inter), cpu.F32(start1, Rows, Hidden)];
+        cpu.Fp8MatMulSharedCodes(fused, codes, ws, accumulate);
+
+        var separateSite = Site(cpu, 1.25f, 0f);
+        Tensor[] separate = [cpu.F32(start0, Rows, Inter), cpu.F32(start1, Rows, Hidden)];
+        cpu.Fp8MatMulShared(separate, ln, ws, accumulate, separateSite);
+        Assert.Equal(cpu.Read(separate[0]), cpu.Read(fused[0]));
+        Assert.Equal(cpu.Read(separate[1]), cpu.Read(fused[1]));
+        Assert.NotEqual(start0, cpu.Read(fused[0]));
+        // The fused cast recorded what the product's own cast records; reading codes records nothing more.
+        Assert.Equal(cpu.Read(separateSite.State), cpu.Read(fusedSite.State));
+    }
+
+    [Fact]
+    public void A_fused_norm_cast_refuses_a_site_not_yet_advanced()
+    {
+        var cpu = new CpuBackend(1);
+        var state = cpu.F32(new float[Fp8DelayedScale.Stride(History)], Fp8DelayedScale.Stride(History));
+        var e = Assert.Throws<ArgumentException>(() => cpu.RmsNormFp8(cpu.Allocate(DType.F32, Rows, Hidden), cpu.Allocate(DType.F32, Rows),
+            cpu.F32(NormInput(22), Rows, Hidden), cpu.F32(NormWeight(), Hidden), 1e-6f, 0f, Operand(cpu, Rows * Hidden), new Fp8DelayedScale(state, Ready: false)));
         Assert.StartsWith("a cast fused into its producer needs a delayed-scaling site already advanced", e.Message);
         Assert.Equal(new float[Fp8DelayedScale.Stride(History)], cpu.Read(state));
     }

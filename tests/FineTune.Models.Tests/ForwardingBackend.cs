@@ -46,6 +46,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void QuantizeFp8(Tensor codes, Tensor scaleInverse, Tensor x, Fp8Format format) => Run(() => Inner.QuantizeFp8(codes, scaleInverse, x, format));
     public virtual void Fp8MatMul(Tensor c, Tensor a, QuantizedWeight w, bool inputGradient, bool accumulate = false, Fp8DelayedScale? delayed = null) => Run(() => Inner.Fp8MatMul(c, a, w, inputGradient, accumulate, delayed));
     public virtual void Fp8MatMulShared(IReadOnlyList<Tensor> cs, Tensor a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false, Fp8DelayedScale? delayed = null) => Run(() => Inner.Fp8MatMulShared(cs, a, ws, accumulate, delayed));
+    public virtual void Fp8MatMulSharedCodes(IReadOnlyList<Tensor> cs, Fp8Operand a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false) => Run(() => Inner.Fp8MatMulSharedCodes(cs, a, ws, accumulate));
     public virtual void Fp8AdvanceHistories(Tensor states, int sites, int history) => Run(() => Inner.Fp8AdvanceHistories(states, sites, history));
     public virtual void Fp8MatMulCodes(Tensor c, Fp8Operand a, QuantizedWeight w, bool inputGradient, bool accumulate = false) => Run(() => Inner.Fp8MatMulCodes(c, a, w, inputGradient, accumulate));
     public virtual void SwiGluFp8(Tensor h, Tensor gate, Tensor up, Fp8Operand hCodes, Fp8DelayedScale site) => Run(() => Inner.SwiGluFp8(h, gate, up, hCodes, site));
@@ -57,6 +58,10 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void EmbeddingBackward(Tensor dtable, Tensor doutput, Tensor ids) => Run(() => Inner.EmbeddingBackward(dtable, doutput, ids));
     public virtual void RmsNorm(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset = 0f) => Run(() => Inner.RmsNorm(y, rstd, x, weight, eps, weightOffset));
     public virtual void ResidualRmsNorm(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset = 0f) => Run(() => Inner.ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset));
+    public virtual void RmsNormFp8(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes, Fp8DelayedScale site) =>
+        Run(() => Inner.RmsNormFp8(y, rstd, x, weight, eps, weightOffset, yCodes, site));
+    public virtual void ResidualRmsNormFp8(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes,
+        Fp8DelayedScale site) => Run(() => Inner.ResidualRmsNormFp8(resid, y, rstd, a, b, weight, eps, weightOffset, yCodes, site));
     public virtual void RmsNormBackward(Tensor dx, Tensor? dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd, float weightOffset = 0f, bool accumulate = true) => Run(() => Inner.RmsNormBackward(dx, dweight, dy, x, weight, rstd, weightOffset, accumulate));
     public virtual void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) => Run(() => Inner.Rope(x, positions, cos, sin, headDim, inverse));
     public virtual void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) => Run(() => Inner.Attention(output, lse, q, k, v, segmentIds, shape));

@@ -64,6 +64,21 @@ public sealed unsafe partial class CpuBackend
         CastInto(dupCodes, dup, Fp8Format.E5M2, dupSite);
     }
 
+    public void RmsNormFp8(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes, Fp8DelayedScale site)
+    {
+        CheckFusedCast(yCodes, y, site);
+        RmsNorm(y, rstd, x, weight, eps, weightOffset);
+        CastInto(yCodes, y, Fp8Format.E4M3, site);
+    }
+
+    public void ResidualRmsNormFp8(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes,
+        Fp8DelayedScale site)
+    {
+        CheckFusedCast(yCodes, y, site);
+        ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset);
+        CastInto(yCodes, y, Fp8Format.E4M3, site);
+    }
+
     private void CastInto(Fp8Operand into, Tensor x, Fp8Format format, Fp8DelayedScale site) =>
         F(into.ScaleInverse)[0] = Cast(FS(x), new Span<byte>(Bytes(into.Codes), checked((int)x.Length)), format, site);
 
@@ -86,6 +101,17 @@ public sealed unsafe partial class CpuBackend
         // The cast of a is a function of a (and the site's scale, fixed through the pass) alone: each product casting it
         // again gives the same bits, and records the same amax.
         for (int i = 0; i < cs.Count; i++) Fp8MatMul(cs[i], a, ws[i], inputGradient: false, accumulate, delayed);
+    }
+
+    public void Fp8MatMulSharedCodes(IReadOnlyList<Tensor> cs, Fp8Operand a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    {
+        if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
+        for (int i = 0; i < cs.Count; i++)
+        {
+            if (ws[i].Cols != ws[0].Cols || cs[i].Rows != cs[0].Rows)
+                throw new ArgumentException($"FP8 products of one input: c {cs[i]} = a·Wᵀ [{ws[i].Rows}, {ws[i].Cols}] reads another input than c {cs[0]} = a·Wᵀ [{ws[0].Rows}, {ws[0].Cols}]");
+            Fp8MatMulCodes(cs[i], a, ws[i], inputGradient: false, accumulate);
+        }
     }
 
     /// <summary>The cast of a product's input: current scaling, or the delayed site's (recording the input's amax).</summary>

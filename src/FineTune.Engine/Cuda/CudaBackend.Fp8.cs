@@ -1,7 +1,7 @@
 namespace FineTune.Engine.Cuda;
 
-// Launchers of Cuda/Kernels/fp8.cu, the FP8 products of frozen weights (fp8: true) on cuBLASLt, and SwiGLU with its
-// output's cast fused in (swiglu.cu's *_fp8_v8, fp8_scaling: delayed).
+// Launchers of Cuda/Kernels/fp8.cu, the FP8 products of frozen weights (fp8: true) on cuBLASLt, and SwiGLU and the
+// RMSNorms with their output's cast fused in (swiglu.cu's and rmsnorm.cu's *_fp8_v8, fp8_scaling: delayed).
 public sealed partial class CudaBackend
 {
     /// <summary>FP8 tensor-core products are offered on Hopper (compute capability 9.x), the architecture they are checked on.</summary>
@@ -143,6 +143,42 @@ public sealed partial class CudaBackend
         Quantize(P(dupCodes.Codes), P(dupCodes.ScaleInverse), 0UL, dup, Fp8Format.E5M2, dupSite);
     }
 
+    public void RmsNormFp8(Tensor y, Tensor rstd, Tensor x, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes, Fp8DelayedScale site)
+    {
+        int c = checked((int)weight.Length);
+        int rows = checked((int)(x.Length / c));
+        SameLength(y, x); Need(rstd, DType.F32);
+        if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
+        NeedFusedCast(yCodes, y, site);
+        if (rows > 0 && V8(c, y, x, weight) && (P(yCodes.Codes) & 7) == 0)
+        {
+            Launch("rmsnorm.cu", "rmsnorm_forward_fp8_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(y), P(rstd), P(yCodes.Codes), P(yCodes.ScaleInverse), P(site.State), P(x), P(weight), rows, c, eps, weightOffset]);
+            return;
+        }
+        // Other dtypes and alignments: the composition itself.
+        RmsNorm(y, rstd, x, weight, eps, weightOffset);
+        Quantize(P(yCodes.Codes), P(yCodes.ScaleInverse), 0UL, y, Fp8Format.E4M3, site);
+    }
+
+    public void ResidualRmsNormFp8(Tensor resid, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps, float weightOffset, Fp8Operand yCodes,
+        Fp8DelayedScale site)
+    {
+        int c = checked((int)weight.Length);
+        int rows = checked((int)(a.Length / c));
+        SameLength(resid, a); SameLength(b, a); SameLength(y, a); Need(rstd, DType.F32);
+        if (rstd.Length < rows) throw new ArgumentException($"rstd {rstd} has fewer than {rows} rows");
+        NeedFusedCast(yCodes, y, site);
+        if (rows > 0 && V8(c, resid, y, a, b, weight) && (P(yCodes.Codes) & 7) == 0)
+        {
+            Launch("rmsnorm.cu", "residual_rmsnorm_forward_fp8_v8", ((rows + RowsPerBlock - 1) / RowsPerBlock, 1, 1), Threads,
+                [P(resid), P(y), P(rstd), P(yCodes.Codes), P(yCodes.ScaleInverse), P(site.State), P(a), P(b), P(weight), rows, c, eps, weightOffset]);
+            return;
+        }
+        ResidualRmsNorm(resid, y, rstd, a, b, weight, eps, weightOffset);
+        Quantize(P(yCodes.Codes), P(yCodes.ScaleInverse), 0UL, y, Fp8Format.E4M3, site);
+    }
+
     static void NeedOperand(Fp8Operand a, long values)
     {
         Need(a.Codes, DType.I32); Need(a.ScaleInverse, DType.F32);
@@ -189,5 +225,32 @@ public sealed partial class CudaBackend
             }
         }
         finally { _dev.Free(block); }
+    }
+
+    public void Fp8MatMulSharedCodes(IReadOnlyList<Tensor> cs, Fp8Operand a, IReadOnlyList<QuantizedWeight> ws, bool accumulate = false)
+    {
+        if (cs.Count != ws.Count) throw new ArgumentException($"{cs.Count} outputs for {ws.Count} FP8 weights");
+        if (Fp8Refusal is { } why) throw new NotSupportedException(why);
+        if (ws.Count == 0) return;
+        int m = cs[0].Rows, k = ws[0].Cols;
+        for (int i = 0; i < ws.Count; i++)
+        {
+            var w = ws[i];
+            if (w.Format != QuantFormat.Fp8E4M3) throw new ArgumentException($"FP8 product with a {w.Format} weight");
+            if (w.Cols != k || cs[i].Cols != w.Rows || cs[i].Rows != m)
+                throw new ArgumentException($"FP8 product shapes do not agree: c {cs[i]} = a [{m}, {k}]·Wᵀ [{w.Rows}, {w.Cols}]");
+            Need(w.Codes, DType.I32); Need(w.Absmax, DType.F32);
+        }
+        NeedOperand(a, (long)m * k);
+        if (m == 0) return;
+        // Fp8MatMulShared's products on codes cast already: the same calls.
+        for (int i = 0; i < ws.Count; i++)
+        {
+            var c = cs[i];
+            _dev.Blas.GemmFp8(m, ws[i].Rows, k, P(a.Codes), GpuDType.E4M3, P(a.ScaleInverse), P(ws[i].Codes), GpuDType.E4M3, P(ws[i].Absmax),
+                P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream,
+                fastAccum: Fp8FastAccumulation);
+            if (_dev.Profiling) _dev.Mark("gemm fp8");
+        }
     }
 }

@@ -170,16 +170,23 @@ public sealed class Fp8ModelTests
         public int GetHashCode((double Loss, float[] Grads) p) => p.Loss.GetHashCode();
     }
 
-    // Fused casts (fp8_scaling: delayed, a ready site): SwiGLU writes the codes of act, dgate and dup for the MLP's products.
+    // Fused casts (fp8_scaling: delayed, a ready site): SwiGLU writes the codes of act, dgate and dup for the MLP's products,
+    // the pre-norms those of ln1 and ln2 for q/k/v's and gate/up's shared products.
     private static AdamWStep Hyper(int step) => new(1e-2f, 0.9f, 0.999f, 1e-8f, 0f, step, 1f, 1f);
 
-    /// <summary>Four AdamW steps on changing batches: each step's loss, then every LoRA gradient and value after the last.</summary>
-    private static (double[] Losses, float[] Grads, float[] Weights, Dictionary<string, long> Calls) Train(bool fused, bool checkpointing)
+    /// <summary>
+    /// Four AdamW steps on changing batches: each step's loss, then every LoRA gradient and value after the last.
+    /// <paramref name="someAdapted"/>: LoRA on q, v and up only, so q/k/v's and gate/up's shared products split in two parts
+    /// (k's and gate's written, q/v's and up's accumulated onto their LoRA outputs), each part casting with its first linear's site.
+    /// </summary>
+    private static (double[] Losses, float[] Grads, float[] Weights, Dictionary<string, long> Calls) Train(bool fused, bool checkpointing,
+        bool someAdapted = false)
     {
         var profiler = new ProfilingBackend(new CpuBackend(2));
         using var model = CausalLM.Create(Spec(), profiler, new TrainingSetup
         {
             LoraRank = 4, Fp8 = true, Fp8Scaling = Fp8Scaling.Delayed, GradientCheckpointing = checkpointing,
+            LoraTarget = someAdapted ? ["q_proj", "v_proj", "up_proj"] : ["all"],
         }, new RandomWeights(1, 0.3f));
         TinyModels.RandomizeLoraB(model, 5);
         model.FusedFp8Casts = fused;
@@ -197,12 +204,14 @@ public sealed class Fp8ModelTests
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void Fused_swiglu_casts_train_with_the_bits_of_the_separate_casts(bool checkpointing)
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    [InlineData(false, true)]
+    public void Fused_swiglu_and_norm_casts_train_with_the_bits_of_the_separate_casts(bool checkpointing, bool someAdapted)
     {
-        var fused = Train(fused: true, checkpointing);
-        var separate = Train(fused: false, checkpointing);
+        var fused = Train(fused: true, checkpointing, someAdapted);
+        var separate = Train(fused: false, checkpointing, someAdapted);
         Assert.Equal(separate.Losses, fused.Losses);
         Assert.Equal(separate.Grads, fused.Grads);
         Assert.Equal(separate.Weights, fused.Weights);
@@ -218,6 +227,21 @@ public sealed class Fp8ModelTests
         Assert.Equal(layers + (checkpointing ? 4 * (layers - 1) : 0), fused.Calls["SwiGlu"]);
         Assert.Equal(separate.Calls["Fp8MatMul"] - 3 * 3 * layers, fused.Calls["Fp8MatMul"]);
         Assert.False(separate.Calls.ContainsKey("SwiGluFp8") || separate.Calls.ContainsKey("Fp8MatMulCodes"));
+        // The norms fuse in the three later passes too, and again in each recompute (which runs q/k/v's and gate/up's
+        // products): per layer and pass one RmsNormFp8 (ln1) and one ResidualRmsNormFp8 (ln2), each read by one shared product
+        // (with some linears adapted, the part holding the set's first linear; the other part still casts for itself).
+        int normCasts = 3 * (layers + (checkpointing ? layers - 1 : 0));
+        Assert.Equal(normCasts, fused.Calls["RmsNormFp8"]);
+        Assert.Equal(normCasts, fused.Calls["ResidualRmsNormFp8"]);
+        Assert.Equal(2 * normCasts, fused.Calls["Fp8MatMulSharedCodes"]);
+        Assert.Equal(separate.Calls["Fp8MatMulShared"] - 2 * normCasts, fused.Calls["Fp8MatMulShared"]);
+        // Casting shared products left: the first pass's two sets (two parts each with some adapted), and with some adapted
+        // the second parts of the later passes.
+        Assert.Equal((someAdapted ? 4 + 3 * 2 : 2) * (normCasts / 3), fused.Calls["Fp8MatMulShared"]);
+        Assert.Equal(separate.Calls["RmsNorm"] - normCasts, fused.Calls["RmsNorm"]);
+        Assert.Equal(separate.Calls["ResidualRmsNorm"] - normCasts, fused.Calls["ResidualRmsNorm"]);
+        Assert.False(separate.Calls.ContainsKey("RmsNormFp8") || separate.Calls.ContainsKey("ResidualRmsNormFp8")
+            || separate.Calls.ContainsKey("Fp8MatMulSharedCodes"));
     }
 
     [Fact]
@@ -228,14 +252,16 @@ public sealed class Fp8ModelTests
         model.ForwardBackward(TinyModels.PackedBatch());
         var with = ModelActivations.Bytes(DType.F32, spec, model.Layers, training: true, capacity: 14, chunkRows: 256, fp8Codes: true);
         var without = ModelActivations.Bytes(DType.F32, spec, model.Layers, training: true, capacity: 14, chunkRows: 256);
-        // Two [14, 64] byte buffers (act/dgate, dup: 896 bytes each, on 256-byte boundaries) and two scale inverses.
-        Assert.Equal(2 * 1024 + 2 * 256, with.Fixed - without.Fixed);
+        // Two [14, 64] byte buffers (act/dgate, dup: 896 bytes each, on 256-byte boundaries), one [14, 32] (ln1/ln2: 448
+        // bytes) and three scale inverses.
+        const long codes = 2 * 1024 + 512 + 3 * 256;
+        Assert.Equal(codes, with.Fixed - without.Fixed);
         Assert.Equal(without.FullSet, with.FullSet);
         // The arena and the plan's estimate (est_peak) both grow by exactly that over current scaling's.
         using var current = Fp8Model(Fp8Scaling.Current);
         current.ForwardBackward(TinyModels.PackedBatch());
-        Assert.Equal(2 * 1024 + 2 * 256, model.ActivationArenaBytes - current.ActivationArenaBytes);
-        Assert.Equal(2 * 1024 + 2 * 256, model.CheckpointingPlan!.ActivationBytes - current.CheckpointingPlan!.ActivationBytes);
+        Assert.Equal(codes, model.ActivationArenaBytes - current.ActivationArenaBytes);
+        Assert.Equal(codes, model.CheckpointingPlan!.ActivationBytes - current.CheckpointingPlan!.ActivationBytes);
     }
 
     [Fact]

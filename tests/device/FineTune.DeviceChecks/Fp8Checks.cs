@@ -14,8 +14,9 @@ namespace FineTune.DeviceChecks;
 /// unquantized bf16 product (the precision FP8 costs), tolerance 0.1. Delayed scaling (Fp8DelayedScale): a site not
 /// yet advanced casts as current scaling (product bits equal), its recorded amax and the history advance equal the CPU's
 /// bit for bit, a ready site's one-pass cast (saturating past the history's amax) gives the CPU emulation's product;
-/// timings of a 7B-sized product with each scaling. Fused casts (SwiGluFp8, SwiGluBackwardFp8, Fp8MatMulCodes): the
-/// device's fused kernels against its own composition and against the CPU's cast, and their time at a 7B MLP's shape.
+/// timings of a 7B-sized product with each scaling. Fused casts (SwiGluFp8, SwiGluBackwardFp8, Fp8MatMulCodes; RmsNormFp8,
+/// ResidualRmsNormFp8, Fp8MatMulSharedCodes): the device's fused kernels against its own composition and against the
+/// CPU's cast, and their time at a 7B MLP's and a 7B layer's [tokens, hidden] shapes.
 /// </summary>
 public static class Fp8Checks
 {
@@ -87,6 +88,7 @@ public static class Fp8Checks
             Products(cpu, gpu, rows, owned);
             Delayed(cpu, gpu, rows, owned);
             Fused(cpu, gpu, rows, owned);
+            FusedNorms(cpu, gpu, rows, owned);
         }
         finally { foreach (var b in owned) b.Dispose(); }
     }
@@ -435,6 +437,143 @@ public static class Fp8Checks
                 gpu.Fp8MatMul(dx, dup, inputGradient, true, accumulate: true, delayed: upSite);
             });
             Console.WriteLine($"     swiglu fused cast vs composition ms ({M}x{C} bf16, with a {N}-column product): forward {forwardFused:F3} vs {forwardSeparate:F3}, backward {backwardFused:F3} vs {backwardSeparate:F3}");
+        }
+    }
+
+    /// <summary>
+    /// The pre-norms with ln1's and ln2's FP8 casts fused in (RmsNormFp8, ResidualRmsNormFp8 in place as LayerTail runs it)
+    /// and the shared products from their codes (Fp8MatMulSharedCodes, two weights as q/k/v's and gate/up's), from ready
+    /// sites whose history amax is under the pass's own (values saturate) with a pass amax recorded already. Against the
+    /// device's composition (RmsNorm / ResidualRmsNorm, then Fp8MatMulShared's delayed cast): y, rstd, resid, the sites and
+    /// the products bit for bit. Against the CPU: the codes, scale inverse and site bit for bit (the CPU's delayed cast of
+    /// the device's stored y), y and resid within bf16 rounding of the CPU's f32 ones, rstd within f32 summation order.
+    /// bf16 77×192 (also with gemma's 1 + w) and 2048×3584 take the fused kernels, f32 the composition they fall back to.
+    /// Then the time of each at 8192×3584 (a 7B step's [tokens, hidden]) with a 16-column product pair after it.
+    /// </summary>
+    /// <remarks>Any backend as <paramref name="gpu"/> (the timing runs on CUDA only), so the checks themselves can be tried on the CPU.</remarks>
+    internal static void FusedNorms(CpuBackend cpu, IBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned, (DType, int, int, float)[]? shapes = null)
+    {
+        var rng = new Random(53);
+        float[] Rand(long count, float s, float centre = 0f)
+        {
+            var v = new float[count];
+            for (long i = 0; i < count; i++) v[i] = Bf16.ToFloat(Bf16.FromFloat(centre + (float)(rng.NextDouble() * 2 - 1) * s));
+            return v;
+        }
+        const int history = 4, n = 256;
+        const float eps = 1e-6f;
+        var products = gpu is CudaBackend ? DType.BF16 : DType.F32;
+        int stride = Fp8DelayedScale.Stride(history);
+        float[] SiteValues(float historyMax, float passAmax) =>
+            [historyMax, passAmax, BitConverter.Int32BitsToSingle(6), historyMax * 0.5f, historyMax, historyMax * 0.75f, historyMax * 0.25f];
+        Fp8DelayedScale Site(float[] v) => new(Put(gpu, owned, DType.F32, v, stride), Ready: true);
+        Fp8Operand Operand(long count) => new(Alloc(gpu, owned, DType.I32, QuantizedWeight.WordsFor(count)), Alloc(gpu, owned, DType.F32, 1));
+        QuantizedWeight Weight(int r, int c)
+        {
+            var q = Fp8.QuantizeWeight(Rand((long)r * c, 0.05f), r, c);
+            return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, r, c);
+        }
+        // The products after the norm: two outputs of one input, from the codes and from the composition's own cast.
+        void SharedProducts(string op, string path, int m, int cols, Tensor y, Tensor ySeparate, Fp8Operand codes, Fp8DelayedScale site,
+            Fp8DelayedScale siteSeparate)
+        {
+            QuantizedWeight[] ws = [Weight(n, cols), Weight(n / 2, cols)];
+            Tensor[] fused = [Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n / 2)];
+            Tensor[] separate = [Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n / 2)];
+            gpu.Fp8MatMulSharedCodes(fused, codes, ws);
+            gpu.Fp8MatMulShared(separate, ySeparate, ws, delayed: siteSeparate);
+            for (int i = 0; i < 2; i++)
+                Row(rows, op, path, $"c{i} vs shared (bits)", fused[i].Length, BitsDiffer(Read(gpu, fused[i]), Read(gpu, separate[i])), 0, 0);
+            Row(rows, op, path, "site vs shared (bits)", stride, BitsDiffer(Read(gpu, site.State), Read(gpu, siteSeparate.State)), 0, 0);
+        }
+        void VsCpuCast(string op, string path, Tensor y, Fp8Operand codes, Fp8DelayedScale site, float[] v)
+        {
+            var stored = Read(gpu, y);
+            var want = new byte[stored.Length];
+            float inverse = Fp8.QuantizeWith(stored, want, Fp8Format.E4M3, v[0]);
+            var wantSite = (float[])v.Clone();
+            wantSite[1] = MathF.Max(v[1], Fp8.Amax(stored));
+            Row(rows, op, path, "codes vs cpu cast", want.Length, BytesDiffer(CodeBytes(gpu, codes.Codes, want.Length), want), 0, 0);
+            Row(rows, op, path, "scale inv vs cpu", 1, BitsDiffer(Read(gpu, codes.ScaleInverse), [inverse]), 0, 0);
+            Row(rows, op, path, "site vs cpu", stride, BitsDiffer(Read(gpu, site.State), wantSite), 0, 0);
+            // Some values lie past the history's amax (saturating at ±448): the check covers the clamp.
+            Row(rows, op, path, "saturated codes", want.Length, want.Any(c => (c & 0x7F) == 0x7E) ? 0 : 1, 0, 0);
+        }
+
+        foreach (var (dt, m, cols, off) in shapes ?? [(DType.BF16, 77, 192, 0f), (DType.BF16, 77, 192, 1f), (DType.BF16, 2048, 3584, 0f), (DType.F32, 77, 192, 0f)])
+        {
+            string path = dt == DType.BF16 ? "bf16" : "f32", shape = $"{m}x{cols}{(off != 0f ? " (1 + w)" : "")}";
+            long count = (long)m * cols;
+            float[] xv = Rand(count, 2f), bv = Rand(count, 1f), wv = off != 0f ? Rand(cols, 0.25f) : Rand(cols, 0.5f, 1f);
+            var x = Put(gpu, owned, dt, xv, m, cols);
+            var b = Put(gpu, owned, dt, bv, m, cols);
+            var w = Put(gpu, owned, dt, wv, cols);
+            var (xc, bc, wc) = (Put(cpu, owned, DType.F32, xv, m, cols), Put(cpu, owned, DType.F32, bv, m, cols), Put(cpu, owned, DType.F32, wv, cols));
+            float[] siteValues = SiteValues(1f, 0.5f);
+
+            // ln1 = rmsnorm(x) and its codes.
+            var (y, ySeparate) = (Alloc(gpu, owned, dt, m, cols), Alloc(gpu, owned, dt, m, cols));
+            var (rstd, rstdSeparate) = (Alloc(gpu, owned, DType.F32, m), Alloc(gpu, owned, DType.F32, m));
+            var (site, siteSeparate) = (Site(siteValues), Site(siteValues));
+            var codes = Operand(count);
+            gpu.RmsNormFp8(y, rstd, x, w, eps, off, codes, site);
+            gpu.RmsNorm(ySeparate, rstdSeparate, x, w, eps, off);
+            string op = $"rmsnorm fp8 fused cast {shape}";
+            Row(rows, op, path, "y vs rmsnorm (bits)", count, BitsDiffer(Read(gpu, y), Read(gpu, ySeparate)), 0, 0);
+            Row(rows, op, path, "rstd vs rmsnorm (bits)", m, BitsDiffer(Read(gpu, rstd), Read(gpu, rstdSeparate)), 0, 0);
+            VsCpuCast(op, path, y, codes, site, siteValues);
+            SharedProducts(op, path, m, cols, y, ySeparate, codes, site, siteSeparate);
+            var (yc, rc) = (Alloc(cpu, owned, DType.F32, m, cols), Alloc(cpu, owned, DType.F32, m));
+            cpu.RmsNorm(yc, rc, xc, wc, eps, off);
+            Row(rows, op, path, "y vs cpu", count, Rel(Read(gpu, y), Read(cpu, yc)), 4e-3, 0);
+            Row(rows, op, path, "rstd vs cpu", m, Rel(Read(gpu, rstd), Read(cpu, rc)), 1e-5, 0);
+
+            // ln2: resid = resid + b in place (LayerTail's resMid += x), y = rmsnorm(resid) and its codes.
+            var resid = Put(gpu, owned, dt, xv, m, cols);
+            var residSeparate = Alloc(gpu, owned, dt, m, cols);
+            (site, siteSeparate) = (Site(siteValues), Site(siteValues));
+            codes = Operand(count);
+            gpu.ResidualRmsNormFp8(resid, y, rstd, resid, b, w, eps, off, codes, site);
+            gpu.ResidualRmsNorm(residSeparate, ySeparate, rstdSeparate, x, b, w, eps, off);
+            op = $"residual_rmsnorm fp8 fused cast {shape}";
+            Row(rows, op, path, "resid vs residual (bits)", count, BitsDiffer(Read(gpu, resid), Read(gpu, residSeparate)), 0, 0);
+            Row(rows, op, path, "y vs residual (bits)", count, BitsDiffer(Read(gpu, y), Read(gpu, ySeparate)), 0, 0);
+            Row(rows, op, path, "rstd vs residual (bits)", m, BitsDiffer(Read(gpu, rstd), Read(gpu, rstdSeparate)), 0, 0);
+            VsCpuCast(op, path, y, codes, site, siteValues);
+            SharedProducts(op, path, m, cols, y, ySeparate, codes, site, siteSeparate);
+            var residc = Alloc(cpu, owned, DType.F32, m, cols);
+            cpu.ResidualRmsNorm(residc, yc, rc, xc, bc, wc, eps, off);
+            Row(rows, op, path, "resid vs cpu", count, Rel(Read(gpu, resid), Read(cpu, residc)), 4e-3, 0);
+            Row(rows, op, path, "y vs cpu", count, Rel(Read(gpu, y), Read(cpu, yc)), 4e-3, 0);
+        }
+
+        // The time of each at a 7B layer's [tokens, hidden] (bf16), with two 16-column products after it (both read
+        // codes; the fused side skips the cast's read of y).
+        if (gpu is CudaBackend cuda)
+        {
+            int M = 8192, C = 3584, N = 16;
+            var x = Put(gpu, owned, DType.BF16, Rand((long)M * C, 2f), M, C);
+            var b = Put(gpu, owned, DType.BF16, Rand((long)M * C, 1f), M, C);
+            var w = Put(gpu, owned, DType.BF16, Rand(C, 0.5f, 1f), C);
+            var (y, resid, rstd) = (Alloc(gpu, owned, DType.BF16, M, C), Alloc(gpu, owned, DType.BF16, M, C), Alloc(gpu, owned, DType.F32, M));
+            QuantizedWeight[] ws = [Weight(N, C), Weight(N, C)];
+            Tensor[] cs = [Alloc(gpu, owned, DType.BF16, M, N), Alloc(gpu, owned, DType.BF16, M, N)];
+            var codes = Operand((long)M * C);
+            var site = Site(SiteValues(4f, 0f));
+            double Time(Action op)
+            {
+                op();
+                gpu.Synchronize();
+                using var timer = cuda.Device.StartTimer();
+                for (int i = 0; i < 10; i++) op();
+                return timer.StopMs() / 10;
+            }
+            double normFused = Time(() => { gpu.RmsNormFp8(y, rstd, x, w, eps, 0f, codes, site); gpu.Fp8MatMulSharedCodes(cs, codes, ws); });
+            double normSeparate = Time(() => { gpu.RmsNorm(y, rstd, x, w, eps); gpu.Fp8MatMulShared(cs, y, ws, delayed: site); });
+            // Out of place (resid apart from x): x and b stay the inputs from call to call.
+            double residualFused = Time(() => { gpu.ResidualRmsNormFp8(resid, y, rstd, x, b, w, eps, 0f, codes, site); gpu.Fp8MatMulSharedCodes(cs, codes, ws); });
+            double residualSeparate = Time(() => { gpu.ResidualRmsNorm(resid, y, rstd, x, b, w, eps); gpu.Fp8MatMulShared(cs, y, ws, delayed: site); });
+            Console.WriteLine($"     norm fused cast vs composition ms ({M}x{C} bf16, with two {N}-column products): rmsnorm {normFused:F3} vs {normSeparate:F3}, residual {residualFused:F3} vs {residualSeparate:F3}");
         }
     }
 

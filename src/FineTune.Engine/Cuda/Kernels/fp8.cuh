@@ -1,6 +1,6 @@
 // The FP8 cast's device arithmetic (fp8.cu's header has the math; Fp8.cs is the CPU reference, bit for bit), shared by
-// fp8.cu's casts and the kernels that cast their own output for the next product (swiglu.cu's *_fp8_v8, fp8_scaling:
-// delayed): one definition, so a fused cast writes the codes of the separate one by construction.
+// fp8.cu's casts and the kernels that cast their own output for the next product (swiglu.cu's and rmsnorm.cu's
+// *_fp8_v8, fp8_scaling: delayed): one definition, so a fused cast writes the codes of the separate one by construction.
 #pragma once
 #include "common.cuh"
 
@@ -66,6 +66,14 @@ __device__ __forceinline__ uint2 fp8_encode8(const float (&v)[8], float s, int f
         hi |= (unsigned)fp8_encode(__fmul_rn(v[j + 4], s), fmt) << (8 * j);
     }
     return make_uint2(lo, hi);
+}
+
+// The bf16 values a stored uint4 holds, their max |v| folded into m: what a cast reading the output back would see.
+__device__ __forceinline__ void stored8(uint4 packed, float (&v)[8], float& m)
+{
+    unpack8(packed, v);
+#pragma unroll
+    for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(v[j]));
 }
 
 // Delayed scaling: site[1] = max(site[1], the block's max |x|), m being this thread's; every thread of the block calls it.

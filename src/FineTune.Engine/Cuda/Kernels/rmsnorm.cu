@@ -1,6 +1,10 @@
 // RMSNorm: rstd = 1/sqrt(mean(x²) + eps), y = x·rstd·(off + w). One warp per row; statistics in fp32.
 // off is 0 for llama-style norms, 1 for gemma's (1 + w); the product is taken in fp32 and rounded once.
-#include "common.cuh"
+// fp8_scaling: delayed (a ready site's scale is known before the kernel runs): the *_fp8_v8 kernels also write the E4M3
+// codes of y as stored for the next FP8 product (q/k/v's from ln1, gate/up's from ln2), with fp8.cuh's cast of
+// fp8_quantize_delayed_v8, so the codes, the scale inverse and the recorded amax are those of the separate cast, which
+// would read y back once more.
+#include "fp8.cuh"
 
 extern "C" __global__ void rmsnorm_forward(void* y, int dt_y, float* rstd, const void* x, int dt_x, const void* w, int dt_w,
                                            int rows, int cols, float eps, float off)
@@ -76,6 +80,25 @@ extern "C" __global__ void rmsnorm_backward_dw(void* dw, int dt_dw, const void* 
     st(dw, c, ld(dw, c, dt_dw) + acc, dt_dw);
 }
 
+// One row's resid = a + b (stored as bf16), and this lane's part of Σ resid² over the values as stored: the residual
+// norm's first pass, shared by residual_rmsnorm_forward_v8 and its fp8 form (the same bits in each).
+__device__ __forceinline__ float residual_row_v8(uint4* resid, const uint4* a, const uint4* b, i64 base, int c8, int lane)
+{
+    float ss = 0.0f;
+    for (int c = lane; c < c8; c += 32)
+    {
+        float u[8], v[8]; unpack8(a[base + c], u); unpack8(b[base + c], v);
+#pragma unroll
+        for (int j = 0; j < 8; j++) u[j] += v[j];
+        uint4 packed = pack8(u);
+        resid[base + c] = packed;
+        unpack8(packed, u); // normalise what was stored, as an unfused add then norm would
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += u[j] * u[j];
+    }
+    return ss;
+}
+
 // bf16 fast paths: one warp per row, eight columns per lane and step (cols multiple of 8, rows 16-byte aligned).
 extern "C" __global__ void rmsnorm_forward_v8(uint4* y, float* rstd, const uint4* x, const uint4* w, int rows, int cols, float eps, float off)
 {
@@ -100,19 +123,7 @@ extern "C" __global__ void residual_rmsnorm_forward_v8(uint4* resid, uint4* y, f
     if (row >= rows) return;
     int c8 = cols >> 3;
     i64 base = (i64)row * c8;
-    float ss = 0.0f;
-    for (int c = lane; c < c8; c += 32)
-    {
-        float u[8], v[8]; unpack8(a[base + c], u); unpack8(b[base + c], v);
-#pragma unroll
-        for (int j = 0; j < 8; j++) u[j] += v[j];
-        uint4 packed = pack8(u);
-        resid[base + c] = packed;
-        unpack8(packed, u); // normalise what was stored, as an unfused add then norm would
-#pragma unroll
-        for (int j = 0; j < 8; j++) ss += u[j] * u[j];
-    }
-    ss = warp_sum(ss);
+    float ss = warp_sum(residual_row_v8(resid, a, b, base, c8, lane));
     float inv = rsqrtf(ss / cols + eps);
     if (lane == 0) rstd[row] = inv;
     for (int c = lane; c < c8; c += 32) y[base + c] = rms_scale_v8(resid[base + c], w[c], inv, off);
@@ -145,4 +156,61 @@ extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, co
         for (int j = 0; j < 8; j++) o[j] = o[j] + inv * (d[j] * (g[j] + off)) - k * v[j];
         dx[base + c] = pack8(o);
     }
+}
+
+// rmsnorm_forward_v8, and q = the E4M3 codes of y as stored with the ready site's scale (site[0]); max |y| is max-ed
+// into site[1] and block 0 writes scale_inv (fp8_quantize_delayed_v8 of y, without its read of y). q 8-byte aligned.
+// A warp past the last row skips the row but not the block's amax reduction, which every thread joins.
+extern "C" __global__ void rmsnorm_forward_fp8_v8(uint4* y, float* rstd, uint2* q, float* scale_inv, float* site, const uint4* x, const uint4* w,
+                                                  int rows, int cols, float eps, float off)
+{
+    float s = fp8_scale(site[0], FP8_E4M3, scale_inv);
+    float m = 0.0f;
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row < rows)
+    {
+        int c8 = cols >> 3;
+        const uint4* xr = x + (i64)row * c8;
+        float inv = rms_rstd_v8(xr, cols, eps, lane);
+        if (lane == 0) rstd[row] = inv;
+        uint4* yr = y + (i64)row * c8;
+        uint2* qr = q + (i64)row * c8;
+        for (int c = lane; c < c8; c += 32)
+        {
+            uint4 packed = rms_scale_v8(xr[c], w[c], inv, off);
+            yr[c] = packed;
+            float v[8];
+            stored8(packed, v, m);
+            qr[c] = fp8_encode8(v, s, FP8_E4M3);
+        }
+    }
+    fp8_record_amax(site, m);
+}
+
+// residual_rmsnorm_forward_v8 (resid may be a: in place), and y's E4M3 codes as stored with the ready site, as above.
+extern "C" __global__ void residual_rmsnorm_forward_fp8_v8(uint4* resid, uint4* y, float* rstd, uint2* q, float* scale_inv, float* site,
+                                                           const uint4* a, const uint4* b, const uint4* w, int rows, int cols, float eps, float off)
+{
+    float s = fp8_scale(site[0], FP8_E4M3, scale_inv);
+    float m = 0.0f;
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row < rows)
+    {
+        int c8 = cols >> 3;
+        i64 base = (i64)row * c8;
+        float ss = warp_sum(residual_row_v8(resid, a, b, base, c8, lane));
+        float inv = rsqrtf(ss / cols + eps);
+        if (lane == 0) rstd[row] = inv;
+        for (int c = lane; c < c8; c += 32)
+        {
+            uint4 packed = rms_scale_v8(resid[base + c], w[c], inv, off);
+            y[base + c] = packed;
+            float v[8];
+            stored8(packed, v, m);
+            q[base + c] = fp8_encode8(v, s, FP8_E4M3);
+        }
+    }
+    fp8_record_amax(site, m);
 }

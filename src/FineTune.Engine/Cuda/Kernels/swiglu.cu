@@ -67,14 +67,6 @@ extern "C" __global__ void swiglu_backward_v8(uint4* dgate, uint4* dup, const ui
     }
 }
 
-// The bf16 values a stored uint4 holds, their max |v| folded into m: what a cast reading the output back would see.
-__device__ __forceinline__ void stored8(uint4 packed, float (&v)[8], float& m)
-{
-    unpack8(packed, v);
-#pragma unroll
-    for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(v[j]));
-}
-
 // swiglu_forward_v8, and q = the E4M3 codes of h as stored with the ready site's scale (site[0]); max |h| is max-ed
 // into site[1] and block 0 writes scale_inv (fp8_quantize_delayed_v8 of h, without its read of h). q 8-byte aligned.
 extern "C" __global__ void swiglu_forward_fp8_v8(uint4* h, uint2* q, float* scale_inv, float* site, const uint4* gate, const uint4* up, i64 n8)
