@@ -81,6 +81,13 @@ public sealed partial class CausalLM
     /// </summary>
     internal bool FusedFp8Casts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_CASTS") != "0";
 
+    /// <summary>
+    /// Whether the pre-norms' casts fuse too (with <see cref="FusedFp8Casts"/>). Off by default until their kernels
+    /// (rmsnorm.cu's *_fp8_v8) have run on a GPU: written 2026-12-03 without device time, proven on the CPU only.
+    /// FINETUNE_FP8_FUSED_NORMS=1 turns it on (`FineTune.DeviceChecks fp8` checks them first).
+    /// </summary>
+    internal bool FusedFp8NormCasts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_NORMS") == "1";
+
     /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes, NormCodes).</summary>
     private bool Fp8CodesInArena => Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed && Spec.HasDenseLayers;
 
@@ -102,6 +109,7 @@ public sealed partial class CausalLM
     /// </summary>
     private Fp8DelayedScale? SharedFp8Site(LoraLinear[] lins)
     {
+        if (!FusedFp8NormCasts) return null;
         var fp8 = Array.FindAll(lins, IsFp8);
         return fp8.Length < 2 ? null : FusedFp8Site(fp8[0], outputGradient: false);
     }

@@ -190,6 +190,7 @@ public sealed class Fp8ModelTests
         }, new RandomWeights(1, 0.3f));
         TinyModels.RandomizeLoraB(model, 5);
         model.FusedFp8Casts = fused;
+        model.FusedFp8NormCasts = fused;
         var batches = new[] { TinyModels.PackedBatch(), OtherBatch(), OtherBatch(), TinyModels.PackedBatch() };
         var losses = new double[batches.Length];
         for (int step = 1; step <= batches.Length; step++)
