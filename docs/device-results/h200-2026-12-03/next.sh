@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# For the next GPU session (one device call, ~6 min warm): what this day's code left unmeasured. Carry a self-contained
+# For the next GPU session (one or two device calls: ~4 min for 1–3, ~4 more for 4): what this day's code left unmeasured. Carry a self-contained
 # publish of finetune + FineTune.DeviceChecks as .device/s1/pub.tar.xz (see run1.sh) and this script.
 #   1. DeviceChecks fp8: the fused ln1/ln2 casts (FusedNorms rows, written without device time) against the device's
 #      composition and the CPU, bit for bit; if they pass, make CausalLM.FusedFp8NormCasts default on.
 #   2. The FP8 row with the norm fusion on and off in one job (and current scaling beside it).
 #   3. The bf16 rows not re-measured since cross_entropy_v8 / rope_apply_v8.
+#   4. (may need its own call) decode_gemv.sh with the per-kernel FINETUNE_DECODE_COLUMNS mixes.
 set -u
 t0=$(date +%s)
 [ -x /tmp/ft/finetune ] || { mkdir -p /tmp/ft && tar -xJf .device/s1/pub.tar.xz -C /tmp/ft; }
@@ -30,4 +31,8 @@ b b7_1x2k 60 X=1 -- --shape qwen2.5-7b --batch 1 --seq 2048 --gradient-checkpoin
 b b7_1x8k 60 X=1 -- --shape qwen2.5-7b --batch 1 --seq 8192 --gradient-checkpointing --steps 4 --warmup 2
 b l8_1x4k 60 X=1 -- --shape llama3-8b --batch 1 --seq 4096 --gradient-checkpointing --steps 4 --warmup 2
 b b7_1x16k 120 X=1 -- --shape qwen2.5-7b --batch 1 --seq 16384 --gradient-checkpointing --steps 3 --warmup 1
+# 4. Single-stream decode with per-kernel columns a warp (FINETUNE_DECODE_COLUMNS=kernel=C) beside C = 1 (~3 min with the
+#    model dirs made here; the 8B one is 16 GB).
+timeout 300 bash tests/device/decode_gemv.sh $FT/finetune $FT/FineTune.DeviceChecks $OUT/dec /tmp/m17 /tmp/m8 > $OUT/decode_gemv.txt 2>&1; echo "decode rc=$?"
+grep -E "FAIL|checks:" $OUT/decode_gemv.txt | head; grep -E '"bench":"generate"' $OUT/decode_gemv.txt | cut -c1-300
 echo "== done $(( $(date +%s) - t0 ))s"

@@ -23,15 +23,49 @@ public sealed partial class CudaBackend
     /// Output columns a warp of the fused GEMVs (and gemv.cu's) takes, C: FINETUNE_DECODE_COLUMNS, 1 … 8, default 1 (one
     /// column a warp, the grid of before). With C &gt; 1 a warp streams the columns n, n + G, n + 2G, … (G: the grid's
     /// warps) and loads the next column's first batch before finishing the current one, so its loads stay in flight across
-    /// columns (decode.cu, dec_columns); every C gives the bits of C = 1. Not yet measured on the GPU: the default stays 1
-    /// until a GPU session does (the `decode` checks print GB/s per kernel and C).
+    /// columns (decode.cu, dec_columns); every C gives the bits of C = 1. Measured on the H200 (2026-12-03): C = 2 and 4
+    /// for every kernel were slower end to end on both bench shapes, so the default stays 1. The variable also takes
+    /// per-kernel values (<see cref="ParseDecodeColumnOverrides"/>: "gemv_norm_set=2,gemv_residual=1"), which
+    /// <see cref="DecodeColumnsOf"/> applies; setting this property clears them.
     /// </summary>
-    public int DecodeColumns { get => _decodeColumns; set => _decodeColumns = Math.Clamp(value, 1, DecodeMaxColumns); }
+    public int DecodeColumns
+    {
+        get => _decodeColumns;
+        set { _decodeColumns = Math.Clamp(value, 1, DecodeMaxColumns); _decodeColumnsByKernel = new Dictionary<string, int>(); }
+    }
 
-    int _decodeColumns = ParseDecodeColumns(Environment.GetEnvironmentVariable("FINETUNE_DECODE_COLUMNS"));
+    static readonly (int Default, IReadOnlyDictionary<string, int> ByKernel) ColumnsFromEnvironment =
+        ParseDecodeColumnOverrides(Environment.GetEnvironmentVariable("FINETUNE_DECODE_COLUMNS"));
+    int _decodeColumns = ColumnsFromEnvironment.Default;
+    IReadOnlyDictionary<string, int> _decodeColumnsByKernel = ColumnsFromEnvironment.ByKernel;
 
-    /// <summary>FINETUNE_DECODE_COLUMNS's value: an integer clamped to 1 … <see cref="DecodeMaxColumns"/>; 1 when unset or not a number.</summary>
-    public static int ParseDecodeColumns(string? value) => int.TryParse(value, out int c) ? Math.Clamp(c, 1, DecodeMaxColumns) : 1;
+    /// <summary>The kernels whose columns a warp FINETUNE_DECODE_COLUMNS can set one by one.</summary>
+    public static readonly string[] DecodeColumnKernels = ["gemv_norm_set", "gemv_norm_swiglu", "gemv_residual", "gemv_bf16", "gemv_bf16_set"];
+
+    /// <summary>C for one of <see cref="DecodeColumnKernels"/>: its own value where FINETUNE_DECODE_COLUMNS names it, else <see cref="DecodeColumns"/>.</summary>
+    public int DecodeColumnsOf(string kernel) => _decodeColumnsByKernel.TryGetValue(kernel, out int c) ? c : _decodeColumns;
+
+    /// <summary>FINETUNE_DECODE_COLUMNS's value as one C for every kernel: an integer clamped to 1 … <see cref="DecodeMaxColumns"/>; 1 when unset or not a number.</summary>
+    public static int ParseDecodeColumns(string? value) => ParseDecodeColumnOverrides(value).Default;
+
+    /// <summary>
+    /// FINETUNE_DECODE_COLUMNS as comma-separated items, each "C" (every kernel's default) or "kernel=C" (one of
+    /// <see cref="DecodeColumnKernels"/>), C clamped to 1 … <see cref="DecodeMaxColumns"/>; items that are neither (an
+    /// unknown kernel, not a number) are ignored, and the last item for a kernel wins. Default 1.
+    /// </summary>
+    public static (int Default, IReadOnlyDictionary<string, int> ByKernel) ParseDecodeColumnOverrides(string? value)
+    {
+        int all = 1;
+        var byKernel = new Dictionary<string, int>();
+        foreach (var raw in (value ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            int eq = raw.IndexOf('=');
+            if (eq < 0) { if (int.TryParse(raw, out int c)) all = Math.Clamp(c, 1, DecodeMaxColumns); continue; }
+            string kernel = raw[..eq].Trim();
+            if (Array.IndexOf(DecodeColumnKernels, kernel) >= 0 && int.TryParse(raw[(eq + 1)..], out int k)) byKernel[kernel] = Math.Clamp(k, 1, DecodeMaxColumns);
+        }
+        return (all, byKernel);
+    }
 
     /// <summary>
     /// Blocks of a GEMV grid of <paramref name="warps"/> warps a block, <paramref name="perWarp"/> columns a warp:
@@ -81,7 +115,7 @@ public sealed partial class CudaBackend
             if (used) total += cs[j].Cols;
         }
         args[18] = PrefetchFlag;
-        args[19] = DecodeColumns;
+        args[19] = DecodeColumnsOf("gemv_norm_set");
         LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
@@ -93,7 +127,7 @@ public sealed partial class CudaBackend
             && DecodeFits(x, DecodeMaxK, ln, normWeight, gate, up, h, gateWeight, upWeight);
         if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
         LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
-            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag, DecodeColumns]);
+            [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag, DecodeColumnsOf("gemv_norm_swiglu")]);
     }
 
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
@@ -101,7 +135,7 @@ public sealed partial class CudaBackend
         int m = a.Rows, k = a.Cols;
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual);
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumns]);
+        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumnsOf("gemv_residual")]);
     }
 
     /// <summary>Whether qk_rope_cache (or the rope-and-attention kernel) takes these operands; <paramref name="normed"/>: q/k norms given.</summary>
@@ -171,13 +205,13 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>
-    /// <see cref="DecodeColumns"/> output columns a warp (the kernel's last argument), <see cref="DecodeWarps"/> warps a
-    /// block; a programmatic dependent launch when that is on.
+    /// <see cref="DecodeColumnsOf"/>(kernel) output columns a warp (the kernel's last argument, which the caller passes the
+    /// same), <see cref="DecodeWarps"/> warps a block; a programmatic dependent launch when that is on.
     /// </summary>
     void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
     {
         int warps = DecodeWarps;
-        var grid = (GemvBlocks(columns, warps, DecodeColumns), 1, 1);
+        var grid = (GemvBlocks(columns, warps, DecodeColumnsOf(kernel)), 1, 1);
         var function = _dev.Function("decode.cu", kernel);
         if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         else _dev.Launch(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);

@@ -108,8 +108,9 @@ public sealed partial class CudaBackend
     bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
     {
         if (!GemvFits(c, a, transA, b, transB, m, n, k)) return false;
-        LaunchDependent("gemv.cu", "gemv_bf16", (GemvBlocks(n, GemvWarps, DecodeColumns), 1, 1), GemvWarps * 32,
-            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag, DecodeColumns]);
+        int columns = DecodeColumnsOf("gemv_bf16");
+        LaunchDependent("gemv.cu", "gemv_bf16", (GemvBlocks(n, GemvWarps, columns), 1, 1), GemvWarps * 32,
+            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag, columns]);
         return true;
     }
 
@@ -141,7 +142,8 @@ public sealed partial class CudaBackend
             if (used) total += cs[j].Cols;
         }
         args[16] = PrefetchFlag;
-        args[17] = DecodeColumns;
-        LaunchDependent("gemv.cu", "gemv_bf16_set", (GemvBlocks(total, GemvWarps, DecodeColumns), 1, 1), GemvWarps * 32, args);
+        int columns = DecodeColumnsOf("gemv_bf16_set");
+        args[17] = columns;
+        LaunchDependent("gemv.cu", "gemv_bf16_set", (GemvBlocks(total, GemvWarps, columns), 1, 1), GemvWarps * 32, args);
     }
 }

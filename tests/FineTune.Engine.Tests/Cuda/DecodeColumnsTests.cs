@@ -3,7 +3,7 @@ using Xunit;
 
 namespace FineTune.Engine.Tests.Cuda;
 
-// FINETUNE_DECODE_COLUMNS (CudaBackend.DecodeColumns): its parsing, and the GEMV grid for C columns a warp against the
+// FINETUNE_DECODE_COLUMNS (CudaBackend.DecodeColumns, DecodeColumnsOf): its parsing, one C or per kernel, and the GEMV grid for C columns a warp against the
 // kernels' strided assignment (decode.cu dec_columns, gemv.cu gemv_columns: warp g of G takes g, g + G, … below N, at
 // most C of them).
 public class DecodeColumnsTests
@@ -20,6 +20,24 @@ public class DecodeColumnsTests
     [InlineData("9", 8)]
     public void Parses_clamped_to_one_through_eight_default_one(string? text, int expected) =>
         Assert.Equal(expected, CudaBackend.ParseDecodeColumns(text));
+
+    [Fact]
+    public void Takes_per_kernel_values_beside_a_default()
+    {
+        var (all, byKernel) = CudaBackend.ParseDecodeColumnOverrides("3, gemv_norm_set=2,gemv_residual=1, gemv_bf16=12");
+        Assert.Equal(3, all);
+        Assert.Equal(new Dictionary<string, int> { ["gemv_norm_set"] = 2, ["gemv_residual"] = 1, ["gemv_bf16"] = 8 }, byKernel);
+    }
+
+    [Fact]
+    public void Ignores_unknown_kernels_and_non_numbers_and_keeps_the_last_value()
+    {
+        var (all, byKernel) = CudaBackend.ParseDecodeColumnOverrides("flash=4,gemv_norm_swiglu=x,gemv_norm_swiglu=3,gemv_norm_swiglu=2,=5");
+        Assert.Equal(1, all);
+        Assert.Equal(new Dictionary<string, int> { ["gemv_norm_swiglu"] = 2 }, byKernel);
+        Assert.Equal(2, CudaBackend.ParseDecodeColumns("gemv_bf16_set=4,2"));
+        Assert.Empty(CudaBackend.ParseDecodeColumnOverrides(null).ByKernel);
+    }
 
     [Theory]
     [InlineData(1, 8, 1)]
