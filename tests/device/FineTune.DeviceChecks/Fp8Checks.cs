@@ -289,46 +289,16 @@ public static class Fp8Checks
     /// <remarks>Any backend as <paramref name="gpu"/> (the timing runs on CUDA only), so the checks themselves can be tried on the CPU.</remarks>
     static void Fused(CpuBackend cpu, IBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned, (DType, int, int)[]? shapes = null)
     {
-        var rng = new Random(47);
-        float[] Rand(long count, float s)
-        {
-            var v = new float[count];
-            for (long i = 0; i < count; i++) v[i] = Bf16.ToFloat(Bf16.FromFloat((float)(rng.NextDouble() * 2 - 1) * s));
-            return v;
-        }
-        const int history = 4, n = 256;
-        // The products write bf16 as training's do (the CPU backend, trying these checks, holds F32 only).
-        var products = gpu is CudaBackend ? DType.BF16 : DType.F32;
-        int stride = Fp8DelayedScale.Stride(history);
-        // [history max, pass amax, pushes, ring]: six pushes into a ring of four.
-        float[] SiteValues(float historyMax, float passAmax) =>
-            [historyMax, passAmax, BitConverter.Int32BitsToSingle(6), historyMax * 0.5f, historyMax, historyMax * 0.75f, historyMax * 0.25f];
-        Fp8DelayedScale Site(float[] v) => new(Put(gpu, owned, DType.F32, v, stride), Ready: true);
-        Fp8Operand Operand(long count) => new(Alloc(gpu, owned, DType.I32, QuantizedWeight.WordsFor(count)), Alloc(gpu, owned, DType.F32, 1));
-        QuantizedWeight Weight(int r, int c)
-        {
-            var q = Fp8.QuantizeWeight(Rand((long)r * c, 0.05f), r, c);
-            return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, r, c);
-        }
-
-        // The CPU's delayed cast of the device's stored tensor x from a site holding v: codes, scale inverse and site bit for bit.
-        void VsCpuCast(string op, string path, Tensor x, Fp8Operand codes, Fp8DelayedScale site, float[] v, Fp8Format format)
-        {
-            var stored = Read(gpu, x);
-            var want = new byte[stored.Length];
-            float inverse = Fp8.QuantizeWith(stored, want, format, v[0]);
-            var wantSite = (float[])v.Clone();
-            wantSite[1] = MathF.Max(v[1], Fp8.Amax(stored));
-            Row(rows, op, path, "codes vs cpu cast", want.Length, BytesDiffer(CodeBytes(gpu, codes.Codes, want.Length), want), 0, 0);
-            Row(rows, op, path, "scale inv vs cpu", 1, BitsDiffer(Read(gpu, codes.ScaleInverse), [inverse]), 0, 0);
-            Row(rows, op, path, "site vs cpu", stride, BitsDiffer(Read(gpu, site.State), wantSite), 0, 0);
-        }
+        var f = new FusedCastFixture(gpu, owned, rows, seed: 47);
+        const int n = 256;
+        int stride = f.Stride;
+        var products = f.Products;
 
         foreach (var (dt, m, cols) in shapes ?? [(DType.BF16, 77, 192), (DType.BF16, 2048, 18944), (DType.F32, 77, 192)])
         {
             string path = dt == DType.BF16 ? "bf16" : "f32", shape = $"{m}x{cols}";
             long count = (long)m * cols;
-            float[] g = Rand(count, 4f), u = Rand(count, 2f), d = Rand(count, 1e-2f);
+            float[] g = f.Rand(count, 4f), u = f.Rand(count, 2f), d = f.Rand(count, 1e-2f);
             var gate = Put(gpu, owned, dt, g, m, cols);
             var up = Put(gpu, owned, dt, u, m, cols);
             var dh = Put(gpu, owned, dt, d, m, cols);
@@ -337,11 +307,11 @@ public static class Fp8Checks
             var dhc = Put(cpu, owned, DType.F32, d, m, cols);
 
             // Forward: act and down_proj's product (E4M3) from its codes.
-            var down = Weight(n, cols);
-            float[] actSite = SiteValues(1f, 0.5f);
+            var down = f.Weight(n, cols);
+            float[] actSite = f.SiteValues(1f, 0.5f);
             var (h, hSeparate) = (Alloc(gpu, owned, dt, m, cols), Alloc(gpu, owned, dt, m, cols));
-            var (site, siteSeparate) = (Site(actSite), Site(actSite));
-            var hCodes = Operand(count);
+            var (site, siteSeparate) = (f.Site(actSite), f.Site(actSite));
+            var hCodes = f.Operand(count);
             gpu.SwiGluFp8(h, gate, up, hCodes, site);
             gpu.SwiGlu(hSeparate, gate, up);
             var (y, ySeparate) = (Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n));
@@ -351,20 +321,20 @@ public static class Fp8Checks
             Row(rows, op, path, "h vs swiglu (bits)", count, BitsDiffer(Read(gpu, h), Read(gpu, hSeparate)), 0, 0);
             Row(rows, op, path, "y vs delayed (bits)", (long)m * n, BitsDiffer(Read(gpu, y), Read(gpu, ySeparate)), 0, 0);
             Row(rows, op, path, "site vs delayed (bits)", stride, BitsDiffer(Read(gpu, site.State), Read(gpu, siteSeparate.State)), 0, 0);
-            VsCpuCast(op, path, h, hCodes, site, actSite, Fp8Format.E4M3);
+            f.VsCpuCast(op, path, h, hCodes, site, actSite, Fp8Format.E4M3);
             var hc = Alloc(cpu, owned, DType.F32, m, cols);
             cpu.SwiGlu(hc, gc, uc);
             Row(rows, op, path, "h vs cpu", count, Rel(Read(gpu, h), Read(cpu, hc)), 4e-3, 0);
 
             // Backward, in place as the training MLP runs it (dgate over a copy of gate, dup over one of up), and the
             // gate's and up's input-gradient products (E5M2) from the codes.
-            var inputGradient = Weight(cols, n);
-            float[] gateSiteValues = SiteValues(0.01f, 1e-3f), upSiteValues = SiteValues(0.02f, 0.05f);
+            var inputGradient = f.Weight(cols, n);
+            float[] gateSiteValues = f.SiteValues(0.01f, 1e-3f), upSiteValues = f.SiteValues(0.02f, 0.05f);
             var (dgate, dup) = (Put(gpu, owned, dt, g, m, cols), Put(gpu, owned, dt, u, m, cols));
             var (dgateSeparate, dupSeparate) = (Alloc(gpu, owned, dt, m, cols), Alloc(gpu, owned, dt, m, cols));
-            var (gateSite, upSite) = (Site(gateSiteValues), Site(upSiteValues));
-            var (gateSiteSeparate, upSiteSeparate) = (Site(gateSiteValues), Site(upSiteValues));
-            var (gateCodes, upCodes) = (Operand(count), Operand(count));
+            var (gateSite, upSite) = (f.Site(gateSiteValues), f.Site(upSiteValues));
+            var (gateSiteSeparate, upSiteSeparate) = (f.Site(gateSiteValues), f.Site(upSiteValues));
+            var (gateCodes, upCodes) = (f.Operand(count), f.Operand(count));
             gpu.SwiGluBackwardFp8(dgate, dup, dh, dgate, dup, gateCodes, gateSite, upCodes, upSite);
             gpu.SwiGluBackward(dgateSeparate, dupSeparate, dh, gate, up);
             op = $"swiglu_backward fp8 fused casts {shape}";
@@ -380,7 +350,7 @@ public static class Fp8Checks
                 Row(rows, $"{op} {name}", path, "vs backward (bits)", count, BitsDiffer(Read(gpu, x), Read(gpu, xSeparate)), 0, 0);
                 Row(rows, $"{op} {name}", path, "dx vs delayed (bits)", (long)m * n, BitsDiffer(Read(gpu, dx), Read(gpu, dxSeparate)), 0, 0);
                 Row(rows, $"{op} {name}", path, "site vs delayed (bits)", stride, BitsDiffer(Read(gpu, s1.State), Read(gpu, s2.State)), 0, 0);
-                VsCpuCast($"{op} {name}", path, x, codes, s1, v, Fp8Format.E5M2);
+                f.VsCpuCast($"{op} {name}", path, x, codes, s1, v, Fp8Format.E5M2);
             }
             var (dgc, duc) = (Alloc(cpu, owned, DType.F32, m, cols), Alloc(cpu, owned, DType.F32, m, cols));
             cpu.SwiGluBackward(dgc, duc, dhc, gc, uc);
@@ -402,16 +372,16 @@ public static class Fp8Checks
             // A random block repeated (the time does not depend on the values, and 3 × 155 M draws would take seconds).
             float[] Tiled(float scale)
             {
-                var block = Rand(1 << 20, scale);
+                var block = f.Rand(1 << 20, scale);
                 var v = new float[count];
                 for (long i = 0; i < count; i += block.Length) block.AsSpan(0, (int)Math.Min(block.Length, count - i)).CopyTo(v.AsSpan((int)i));
                 return v;
             }
             foreach (var (t, scale) in new[] { (gate, 4f), (up, 2f), (dh, 1e-2f) }) gpu.Upload(t, Tiled(scale));
-            var down = Weight(N, C);
-            var inputGradient = Weight(C, N);
-            var (hCodes, upCodes) = (Operand(count), Operand(count));
-            var (actSite, gateSite, upSite) = (Site(SiteValues(8f, 0f)), Site(SiteValues(0.02f, 0f)), Site(SiteValues(0.04f, 0f)));
+            var down = f.Weight(N, C);
+            var inputGradient = f.Weight(C, N);
+            var (hCodes, upCodes) = (f.Operand(count), f.Operand(count));
+            var (actSite, gateSite, upSite) = (f.Site(f.SiteValues(8f, 0f)), f.Site(f.SiteValues(0.02f, 0f)), f.Site(f.SiteValues(0.04f, 0f)));
             var (y, dx) = (Alloc(gpu, owned, DType.BF16, M, N), Alloc(gpu, owned, DType.BF16, M, N));
             double Time(Action op)
             {
@@ -453,31 +423,16 @@ public static class Fp8Checks
     /// <remarks>Any backend as <paramref name="gpu"/> (the timing runs on CUDA only), so the checks themselves can be tried on the CPU.</remarks>
     internal static void FusedNorms(CpuBackend cpu, IBackend gpu, List<CheckRow> rows, List<DeviceBuffer> owned, (DType, int, int, float)[]? shapes = null)
     {
-        var rng = new Random(53);
-        float[] Rand(long count, float s, float centre = 0f)
-        {
-            var v = new float[count];
-            for (long i = 0; i < count; i++) v[i] = Bf16.ToFloat(Bf16.FromFloat(centre + (float)(rng.NextDouble() * 2 - 1) * s));
-            return v;
-        }
-        const int history = 4, n = 256;
+        var f = new FusedCastFixture(gpu, owned, rows, seed: 53);
+        const int n = 256;
         const float eps = 1e-6f;
-        var products = gpu is CudaBackend ? DType.BF16 : DType.F32;
-        int stride = Fp8DelayedScale.Stride(history);
-        float[] SiteValues(float historyMax, float passAmax) =>
-            [historyMax, passAmax, BitConverter.Int32BitsToSingle(6), historyMax * 0.5f, historyMax, historyMax * 0.75f, historyMax * 0.25f];
-        Fp8DelayedScale Site(float[] v) => new(Put(gpu, owned, DType.F32, v, stride), Ready: true);
-        Fp8Operand Operand(long count) => new(Alloc(gpu, owned, DType.I32, QuantizedWeight.WordsFor(count)), Alloc(gpu, owned, DType.F32, 1));
-        QuantizedWeight Weight(int r, int c)
-        {
-            var q = Fp8.QuantizeWeight(Rand((long)r * c, 0.05f), r, c);
-            return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, r, c);
-        }
+        int stride = f.Stride;
+        var products = f.Products;
         // The products after the norm: two outputs of one input, from the codes and from the composition's own cast.
         void SharedProducts(string op, string path, int m, int cols, Tensor y, Tensor ySeparate, Fp8Operand codes, Fp8DelayedScale site,
             Fp8DelayedScale siteSeparate)
         {
-            QuantizedWeight[] ws = [Weight(n, cols), Weight(n / 2, cols)];
+            QuantizedWeight[] ws = [f.Weight(n, cols), f.Weight(n / 2, cols)];
             Tensor[] fused = [Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n / 2)];
             Tensor[] separate = [Alloc(gpu, owned, products, m, n), Alloc(gpu, owned, products, m, n / 2)];
             gpu.Fp8MatMulSharedCodes(fused, codes, ws);
@@ -488,14 +443,7 @@ public static class Fp8Checks
         }
         void VsCpuCast(string op, string path, Tensor y, Fp8Operand codes, Fp8DelayedScale site, float[] v)
         {
-            var stored = Read(gpu, y);
-            var want = new byte[stored.Length];
-            float inverse = Fp8.QuantizeWith(stored, want, Fp8Format.E4M3, v[0]);
-            var wantSite = (float[])v.Clone();
-            wantSite[1] = MathF.Max(v[1], Fp8.Amax(stored));
-            Row(rows, op, path, "codes vs cpu cast", want.Length, BytesDiffer(CodeBytes(gpu, codes.Codes, want.Length), want), 0, 0);
-            Row(rows, op, path, "scale inv vs cpu", 1, BitsDiffer(Read(gpu, codes.ScaleInverse), [inverse]), 0, 0);
-            Row(rows, op, path, "site vs cpu", stride, BitsDiffer(Read(gpu, site.State), wantSite), 0, 0);
+            var want = f.VsCpuCast(op, path, y, codes, site, v, Fp8Format.E4M3);
             // Some values lie past the history's amax (saturating at ±448): the check covers the clamp.
             Row(rows, op, path, "saturated codes", want.Length, want.Any(c => (c & 0x7F) == 0x7E) ? 0 : 1, 0, 0);
         }
@@ -504,18 +452,18 @@ public static class Fp8Checks
         {
             string path = dt == DType.BF16 ? "bf16" : "f32", shape = $"{m}x{cols}{(off != 0f ? " (1 + w)" : "")}";
             long count = (long)m * cols;
-            float[] xv = Rand(count, 2f), bv = Rand(count, 1f), wv = off != 0f ? Rand(cols, 0.25f) : Rand(cols, 0.5f, 1f);
+            float[] xv = f.Rand(count, 2f), bv = f.Rand(count, 1f), wv = off != 0f ? f.Rand(cols, 0.25f) : f.Rand(cols, 0.5f, 1f);
             var x = Put(gpu, owned, dt, xv, m, cols);
             var b = Put(gpu, owned, dt, bv, m, cols);
             var w = Put(gpu, owned, dt, wv, cols);
             var (xc, bc, wc) = (Put(cpu, owned, DType.F32, xv, m, cols), Put(cpu, owned, DType.F32, bv, m, cols), Put(cpu, owned, DType.F32, wv, cols));
-            float[] siteValues = SiteValues(1f, 0.5f);
+            float[] siteValues = f.SiteValues(1f, 0.5f);
 
             // ln1 = rmsnorm(x) and its codes.
             var (y, ySeparate) = (Alloc(gpu, owned, dt, m, cols), Alloc(gpu, owned, dt, m, cols));
             var (rstd, rstdSeparate) = (Alloc(gpu, owned, DType.F32, m), Alloc(gpu, owned, DType.F32, m));
-            var (site, siteSeparate) = (Site(siteValues), Site(siteValues));
-            var codes = Operand(count);
+            var (site, siteSeparate) = (f.Site(siteValues), f.Site(siteValues));
+            var codes = f.Operand(count);
             gpu.RmsNormFp8(y, rstd, x, w, eps, off, codes, site);
             gpu.RmsNorm(ySeparate, rstdSeparate, x, w, eps, off);
             string op = $"rmsnorm fp8 fused cast {shape}";
@@ -531,8 +479,8 @@ public static class Fp8Checks
             // ln2: resid = resid + b in place (LayerTail's resMid += x), y = rmsnorm(resid) and its codes.
             var resid = Put(gpu, owned, dt, xv, m, cols);
             var residSeparate = Alloc(gpu, owned, dt, m, cols);
-            (site, siteSeparate) = (Site(siteValues), Site(siteValues));
-            codes = Operand(count);
+            (site, siteSeparate) = (f.Site(siteValues), f.Site(siteValues));
+            codes = f.Operand(count);
             gpu.ResidualRmsNormFp8(resid, y, rstd, resid, b, w, eps, off, codes, site);
             gpu.ResidualRmsNorm(residSeparate, ySeparate, rstdSeparate, x, b, w, eps, off);
             op = $"residual_rmsnorm fp8 fused cast {shape}";
@@ -552,14 +500,14 @@ public static class Fp8Checks
         if (gpu is CudaBackend cuda)
         {
             int M = 8192, C = 3584, N = 16;
-            var x = Put(gpu, owned, DType.BF16, Rand((long)M * C, 2f), M, C);
-            var b = Put(gpu, owned, DType.BF16, Rand((long)M * C, 1f), M, C);
-            var w = Put(gpu, owned, DType.BF16, Rand(C, 0.5f, 1f), C);
+            var x = Put(gpu, owned, DType.BF16, f.Rand((long)M * C, 2f), M, C);
+            var b = Put(gpu, owned, DType.BF16, f.Rand((long)M * C, 1f), M, C);
+            var w = Put(gpu, owned, DType.BF16, f.Rand(C, 0.5f, 1f), C);
             var (y, resid, rstd) = (Alloc(gpu, owned, DType.BF16, M, C), Alloc(gpu, owned, DType.BF16, M, C), Alloc(gpu, owned, DType.F32, M));
-            QuantizedWeight[] ws = [Weight(N, C), Weight(N, C)];
+            QuantizedWeight[] ws = [f.Weight(N, C), f.Weight(N, C)];
             Tensor[] cs = [Alloc(gpu, owned, DType.BF16, M, N), Alloc(gpu, owned, DType.BF16, M, N)];
-            var codes = Operand((long)M * C);
-            var site = Site(SiteValues(4f, 0f));
+            var codes = f.Operand((long)M * C);
+            var site = f.Site(f.SiteValues(4f, 0f));
             double Time(Action op)
             {
                 op();
@@ -643,6 +591,65 @@ public static class Fp8Checks
                     gpu.Download(cb, plain);
                     Row(rows, op, "bf16", "vs bf16 product", want.Length, Rel(got, plain), 0.1, 0);
                 }
+        }
+    }
+
+    /// <summary>
+    /// What the fused-cast checks (<see cref="Fused"/>, <see cref="FusedNorms"/>) build their cases from on the backend under
+    /// test: bf16-exact random values, ready delayed-scaling sites with a non-trivial history of four, code buffers, FP8
+    /// weights, and the CPU's delayed cast of a stored tensor compared bit for bit.
+    /// </summary>
+    sealed class FusedCastFixture(IBackend gpu, List<DeviceBuffer> owned, List<CheckRow> rows, int seed)
+    {
+        const int History = 4;
+        readonly Random _rng = new(seed);
+
+        public int Stride { get; } = Fp8DelayedScale.Stride(History);
+
+        /// <summary>The products write bf16 as training's do (the CPU backend, trying these checks, holds F32 only).</summary>
+        public DType Products { get; } = gpu is CudaBackend ? DType.BF16 : DType.F32;
+
+        /// <summary>Values centre ± s, each exact in bf16.</summary>
+        public float[] Rand(long count, float s, float centre = 0f)
+        {
+            var v = new float[count];
+            for (long i = 0; i < count; i++)
+            {
+                float r = (float)(_rng.NextDouble() * 2 - 1) * s;
+                v[i] = Bf16.ToFloat(Bf16.FromFloat(centre == 0f ? r : centre + r));
+            }
+            return v;
+        }
+
+        /// <summary>[history max, pass amax, pushes, ring]: six pushes into a ring of four.</summary>
+        public float[] SiteValues(float historyMax, float passAmax) =>
+            [historyMax, passAmax, BitConverter.Int32BitsToSingle(6), historyMax * 0.5f, historyMax, historyMax * 0.75f, historyMax * 0.25f];
+
+        public Fp8DelayedScale Site(float[] v) => new(Put(gpu, owned, DType.F32, v, Stride), Ready: true);
+
+        public Fp8Operand Operand(long count) => new(Alloc(gpu, owned, DType.I32, QuantizedWeight.WordsFor(count)), Alloc(gpu, owned, DType.F32, 1));
+
+        public QuantizedWeight Weight(int r, int c)
+        {
+            var q = Fp8.QuantizeWeight(Rand((long)r * c, 0.05f), r, c);
+            return UploadWeight(gpu, owned, q.Codes, q.Transposed, q.ScaleInverse, r, c);
+        }
+
+        /// <summary>
+        /// The CPU's delayed cast of the device's stored tensor x from a site holding v: codes, scale inverse and site bit
+        /// for bit. Returns the CPU's codes.
+        /// </summary>
+        public byte[] VsCpuCast(string op, string path, Tensor x, Fp8Operand codes, Fp8DelayedScale site, float[] v, Fp8Format format)
+        {
+            var stored = Read(gpu, x);
+            var want = new byte[stored.Length];
+            float inverse = Fp8.QuantizeWith(stored, want, format, v[0]);
+            var wantSite = (float[])v.Clone();
+            wantSite[1] = MathF.Max(v[1], Fp8.Amax(stored));
+            Row(rows, op, path, "codes vs cpu cast", want.Length, BytesDiffer(CodeBytes(gpu, codes.Codes, want.Length), want), 0, 0);
+            Row(rows, op, path, "scale inv vs cpu", 1, BitsDiffer(Read(gpu, codes.ScaleInverse), [inverse]), 0, 0);
+            Row(rows, op, path, "site vs cpu", Stride, BitsDiffer(Read(gpu, site.State), wantSite), 0, 0);
+            return want;
         }
     }
 }
