@@ -158,6 +158,21 @@ extern "C" __global__ void rmsnorm_backward_dx_v8(uint4* dx, const uint4* dy, co
     }
 }
 
+// One row of a fused norm-and-cast: y = x·inv·(w + off) as rms_scale_v8 stores it, and its E4M3 codes with scale s;
+// max |y| into m (the lane's running amax).
+__device__ __forceinline__ void rms_store_fp8_row_v8(uint4* yr, uint2* qr, const uint4* xr, const uint4* w, int c8, float inv, float off,
+                                                     float s, float& m, int lane)
+{
+    for (int c = lane; c < c8; c += 32)
+    {
+        uint4 packed = rms_scale_v8(xr[c], w[c], inv, off);
+        yr[c] = packed;
+        float v[8];
+        stored8(packed, v, m);
+        qr[c] = fp8_encode8(v, s, FP8_E4M3);
+    }
+}
+
 // rmsnorm_forward_v8, and q = the E4M3 codes of y as stored with the ready site's scale (site[0]); max |y| is max-ed
 // into site[1] and block 0 writes scale_inv (fp8_quantize_delayed_v8 of y, without its read of y). q 8-byte aligned.
 // A warp past the last row skips the row but not the block's amax reduction, which every thread joins.
@@ -174,16 +189,7 @@ extern "C" __global__ void rmsnorm_forward_fp8_v8(uint4* y, float* rstd, uint2* 
         const uint4* xr = x + (i64)row * c8;
         float inv = rms_rstd_v8(xr, cols, eps, lane);
         if (lane == 0) rstd[row] = inv;
-        uint4* yr = y + (i64)row * c8;
-        uint2* qr = q + (i64)row * c8;
-        for (int c = lane; c < c8; c += 32)
-        {
-            uint4 packed = rms_scale_v8(xr[c], w[c], inv, off);
-            yr[c] = packed;
-            float v[8];
-            stored8(packed, v, m);
-            qr[c] = fp8_encode8(v, s, FP8_E4M3);
-        }
+        rms_store_fp8_row_v8(y + (i64)row * c8, q + (i64)row * c8, xr, w, c8, inv, off, s, m, lane);
     }
     fp8_record_amax(site, m);
 }
@@ -203,14 +209,7 @@ extern "C" __global__ void residual_rmsnorm_forward_fp8_v8(uint4* resid, uint4* 
         float ss = warp_sum(residual_row_v8(resid, a, b, base, c8, lane));
         float inv = rsqrtf(ss / cols + eps);
         if (lane == 0) rstd[row] = inv;
-        for (int c = lane; c < c8; c += 32)
-        {
-            uint4 packed = rms_scale_v8(resid[base + c], w[c], inv, off);
-            y[base + c] = packed;
-            float v[8];
-            stored8(packed, v, m);
-            q[base + c] = fp8_encode8(v, s, FP8_E4M3);
-        }
+        rms_store_fp8_row_v8(y + base, q + base, resid + base, w, c8, inv, off, s, m, lane);
     }
     fp8_record_amax(site, m);
 }
