@@ -84,10 +84,7 @@ public sealed partial class CudaBackend
         {
             ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
             Quantize(block, scaleInv, amax, a, format, delayed);
-            _dev.Blas.GemmFp8(m, n, k, block, format == Fp8Format.E4M3 ? GpuDType.E4M3 : GpuDType.E5M2, scaleInv,
-                P(weight), GpuDType.E4M3, P(w.Absmax), P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
-                1f, accumulate ? 1f : 0f, _dev.Stream, fastAccum: Fp8FastAccumulation && !inputGradient);
-            if (_dev.Profiling) _dev.Mark(inputGradient ? "gemm fp8 (input gradient)" : "gemm fp8");
+            GemmFromCodes(c, block, scaleInv, w, weight, inputGradient, accumulate);
         }
         finally { _dev.Free(block); }
     }
@@ -103,8 +100,18 @@ public sealed partial class CudaBackend
         var weight = inputGradient ? w.Transposed ?? throw new ArgumentException($"FP8 weight [{w.Rows}, {w.Cols}] has no transposed codes for dx = dy·W") : w.Codes;
         Need(weight, DType.I32); Need(w.Absmax, DType.F32);
         if (m == 0) return;
-        // Fp8MatMul's product on codes cast already: the same call, the same fast-accumulation rule.
-        _dev.Blas.GemmFp8(m, n, k, P(a.Codes), inputGradient ? GpuDType.E5M2 : GpuDType.E4M3, P(a.ScaleInverse),
+        GemmFromCodes(c, P(a.Codes), P(a.ScaleInverse), w, weight, inputGradient, accumulate);
+    }
+
+    /// <summary>
+    /// c (+)= a·Wᵀ (forward, a E4M3) or a·W (input gradient, a E5M2, <paramref name="weight"/> = Wᵀ's codes) from a's codes
+    /// and scale inverse on the device: the one cuBLASLt call of <see cref="Fp8MatMul"/> and <see cref="Fp8MatMulCodes"/>,
+    /// fast accumulation in the forward only.
+    /// </summary>
+    void GemmFromCodes(Tensor c, ulong codes, ulong scaleInverse, QuantizedWeight w, Tensor weight, bool inputGradient, bool accumulate)
+    {
+        int k = inputGradient ? w.Rows : w.Cols, n = inputGradient ? w.Cols : w.Rows;
+        _dev.Blas.GemmFp8(c.Rows, n, k, codes, inputGradient ? GpuDType.E5M2 : GpuDType.E4M3, scaleInverse,
             P(weight), GpuDType.E4M3, P(w.Absmax), P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32,
             1f, accumulate ? 1f : 0f, _dev.Stream, fastAccum: Fp8FastAccumulation && !inputGradient);
         if (_dev.Profiling) _dev.Mark(inputGradient ? "gemm fp8 (input gradient)" : "gemm fp8");
@@ -215,14 +222,7 @@ public sealed partial class CudaBackend
         {
             ulong amax = block + (ulong)codeBytes, scaleInv = amax + 16;
             Quantize(block, scaleInv, amax, a, Fp8Format.E4M3, delayed);
-            for (int i = 0; i < ws.Count; i++)
-            {
-                var c = cs[i];
-                _dev.Blas.GemmFp8(m, ws[i].Rows, k, block, GpuDType.E4M3, scaleInv, P(ws[i].Codes), GpuDType.E4M3, P(ws[i].Absmax),
-                    P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream,
-                    fastAccum: Fp8FastAccumulation);
-                if (_dev.Profiling) _dev.Mark("gemm fp8");
-            }
+            for (int i = 0; i < ws.Count; i++) GemmFromCodes(cs[i], block, scaleInv, ws[i], ws[i].Codes, inputGradient: false, accumulate);
         }
         finally { _dev.Free(block); }
     }
@@ -244,13 +244,6 @@ public sealed partial class CudaBackend
         NeedOperand(a, (long)m * k);
         if (m == 0) return;
         // Fp8MatMulShared's products on codes cast already: the same calls.
-        for (int i = 0; i < ws.Count; i++)
-        {
-            var c = cs[i];
-            _dev.Blas.GemmFp8(m, ws[i].Rows, k, P(a.Codes), GpuDType.E4M3, P(a.ScaleInverse), P(ws[i].Codes), GpuDType.E4M3, P(ws[i].Absmax),
-                P(c), c.Cols, c.DType == DType.BF16 ? GpuDType.BF16 : GpuDType.F32, 1f, accumulate ? 1f : 0f, _dev.Stream,
-                fastAccum: Fp8FastAccumulation);
-            if (_dev.Profiling) _dev.Mark("gemm fp8");
-        }
+        for (int i = 0; i < ws.Count; i++) GemmFromCodes(cs[i], P(a.Codes), P(a.ScaleInverse), ws[i], ws[i].Codes, inputGradient: false, accumulate);
     }
 }
