@@ -207,9 +207,14 @@ public interface IBackend : IDisposable
     /// log-sum-exp of each softmax row for the backward. Query head h reads KV head h / (QueryHeads/KvHeads).
     /// </summary>
     void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape);
-    /// <summary>Writes dq, dk, dv (QueryLen == KeyLen == KvCapacity) from dout and the forward's output and lse.</summary>
+    /// <summary>
+    /// Writes dq, dk, dv (QueryLen == KeyLen == KvCapacity) from dout and the forward's output and lse.
+    /// <paramref name="scratch"/>: device memory no later operation reads before writing it (the caller's spent
+    /// activations), which the call may overwrite: a backend puts the workspace it would otherwise borrow there where it
+    /// fits (CUDA: cuDNN's backward, the flash backward's F32 partials), so the step's peak does not grow by it.
+    /// </summary>
     void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
-        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape);
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape, Tensor? scratch = null);
 
     // ---- generation: the paged KV cache and picking ----
     /// <summary>dst[rows[i], :] = src[i, :] (the inverse of <see cref="Embedding"/>; rows must be distinct).</summary>

@@ -62,7 +62,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) { var t = Begin(); _inner.Rope(x, positions, cos, sin, headDim, inverse); End("Rope", t); }
     public void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.Attention(output, lse, q, k, v, segmentIds, shape); End("Attention", t); }
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
-        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) { var t = Begin(); _inner.AttentionBackward(dq, dk, dv, doutput, output, lse, q, k, v, segmentIds, shape); End("AttentionBackward", t); }
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape, Tensor? scratch = null) { var t = Begin(); _inner.AttentionBackward(dq, dk, dv, doutput, output, lse, q, k, v, segmentIds, shape, scratch); End("AttentionBackward", t); }
     public void ScatterRows(Tensor dst, Tensor src, Tensor rows) { var t = Begin(); _inner.ScatterRows(dst, src, rows); End("ScatterRows", t); }
     public void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape shape) { var t = Begin(); _inner.CachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, shape); End("CachedAttention", t); }
     public void ArgMax(Tensor x, Tensor output) { var t = Begin(); _inner.ArgMax(x, output); End("ArgMax", t); }

@@ -41,20 +41,26 @@ public sealed partial class CausalLM
     /// backward's row deltas and the larger of the flash backward's per-query-head F32 dK/dV partials (grouped-query
     /// attention) and cuDNN's backward workspace where cuDNN runs attention: its f32 dQ accumulator (cudnn-fast), or
     /// the deterministic backward's dP workspace, at most the workspace limit its slices keep to (an upper bound: the
-    /// batch's sequence length is not known here, so the whole capacity is taken as one sequence).
+    /// batch's sequence length is not known here, so the whole capacity is taken as one sequence). What fits the layer's
+    /// spent MLP activations (<see cref="LayerActivations.SpentAfterMlpBackward"/>, where the backward puts it) costs nothing.
     /// </summary>
     private long DeviceWorkspaceBytes(int tokens)
     {
         long rows = (long)tokens * Spec.NumHeads;
-        long attention = Spec.NumHeads != Spec.NumKvHeads ? 2L * tokens * Spec.QDim * sizeof(float) : 0;
         var backend = Backend is ProfilingBackend pb ? pb.Inner : Backend;
-        if (backend is Engine.Cuda.CudaBackend { AttentionKernels: var kernels } cuda && kernels != Engine.Cuda.AttentionKernels.Flash
-            && Spec.HeadDim is 64 or 128)
+        var cuda = backend as Engine.Cuda.CudaBackend;
+        long spent = cuda is { AttentionScratch: true } ? ModelActivations.SpentAfterMlpBackwardBytes(Backend.ComputeDType, Spec, tokens) : 0;
+        long Unless(long bytes, long fitting) => fitting + 256 <= spent ? 0 : bytes;
+        long partials = 2L * tokens * Spec.QDim * sizeof(float);
+        long attention = Spec.NumHeads != Spec.NumKvHeads ? Unless(partials, partials) : 0;
+        if (cuda is { AttentionKernels: var kernels } && kernels != Engine.Cuda.AttentionKernels.Flash && Spec.HeadDim is 64 or 128)
         {
             long dqAccumulator = (long)tokens * Spec.QDim * sizeof(float);
+            // The deterministic backward's smallest slice of the same bits: one sequence and one key/value head's group.
+            long oneGroup = 2L * (Spec.NumHeads / Spec.NumKvHeads) * tokens * tokens + rows * sizeof(float);
             long cudnn = kernels == Engine.Cuda.AttentionKernels.CudnnFast
-                ? dqAccumulator
-                : Math.Min(cuda.CudnnDeterministicWorkspaceLimit, 2L * Spec.NumHeads * tokens * tokens + dqAccumulator);
+                ? Unless(dqAccumulator + rows * sizeof(float), dqAccumulator + rows * sizeof(float))
+                : Unless(Math.Min(cuda.CudnnDeterministicWorkspaceLimit, 2L * Spec.NumHeads * tokens * tokens + dqAccumulator), oneGroup);
             attention = Math.Max(attention, cudnn);
         }
         return Engine.Cuda.CudaDevice.CublasWorkspaceBytes + rows * sizeof(float) + attention;

@@ -81,9 +81,9 @@ public sealed partial class CausalLM
         var dln = Rows(acts.Dln, n);
         var dsub = Rows(acts.DsubLayer!, n);
         B.RmsNormBackward(dsub, L.PostFeedforwardNorm!.Grad, dres, Rows(a.MlpOut!, n), L.PostFeedforwardNorm.Value, Head1(a.RstdPostFf!, n), off, accumulate: false);
-        var dact = Rows(acts.Dact, n);
-        SetBackward(L, 3, dact, [dsub], Rows(a.Act, n), a, n, seed);
-        // In place, as the pre-norm MLP's backward (gate and up are not read again).
+        // In place, as the pre-norm MLP's backward: dact over act, dgate and dup over gate and up (none is read again).
+        var dact = Rows(a.Act, n);
+        SetBackward(L, 3, dact, [dsub], dact, a, n, seed);
         var (dgate, dup) = (Rows(a.Gate, n), Rows(a.Up, n));
         ActivateBackward(dgate, dup, dact, dgate, dup);
         SetBackward(L, 2, dln, [dgate, dup], Rows(a.Ln2, n), a, n, seed);

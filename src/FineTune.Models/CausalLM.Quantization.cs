@@ -82,11 +82,11 @@ public sealed partial class CausalLM
     internal bool FusedFp8Casts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_CASTS") != "0";
 
     /// <summary>
-    /// Whether the pre-norms' casts fuse too (with <see cref="FusedFp8Casts"/>). Off by default until their kernels
-    /// (rmsnorm.cu's *_fp8_v8) have run on a GPU: written 2026-12-03 without device time, proven on the CPU only.
-    /// FINETUNE_FP8_FUSED_NORMS=1 turns it on (`FineTune.DeviceChecks fp8` checks them first).
+    /// Whether the pre-norms' casts fuse too (with <see cref="FusedFp8Casts"/>): rmsnorm.cu's *_fp8_v8 kernels write ln1's and
+    /// ln2's E4M3 codes beside the bf16 rows. The same bits as the separate cast (`FineTune.DeviceChecks fp8`, 240 rows on
+    /// the H200, 2026-12-03); FINETUNE_FP8_FUSED_NORMS=0 casts separately (the A/B: 20,232 vs 20,226 tok/s, one job).
     /// </summary>
-    internal bool FusedFp8NormCasts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_NORMS") == "1";
+    internal bool FusedFp8NormCasts { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_FP8_FUSED_NORMS") != "0";
 
     /// <summary>fp8_scaling: delayed holds the fused casts' codes in a training activation arena (ModelActivations.ActCodes, DupCodes, NormCodes).</summary>
     private bool Fp8CodesInArena => Setup.Fp8 && Setup.Fp8Scaling == Fp8Scaling.Delayed && Spec.HasDenseLayers;

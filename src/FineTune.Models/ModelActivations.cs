@@ -20,6 +20,13 @@ internal sealed class LayerActivations
     /// (null without LoRA): views of the same storage, adapter j's at j·r·capacity.
     /// </summary>
     public Tensor?[] LoraXa = new Tensor?[7];
+    /// <summary>
+    /// The set's bytes from resMid to its last MLP activation (resMid, ln2, rstd2, gate, up, act; a selective set's
+    /// resMid, rstd2, gate, up), contiguous in the arena, as F32 words: once the layer's MLP backward is done nothing
+    /// reads them before they are written again, so its attention backward may use them as workspace
+    /// (<see cref="IBackend.AttentionBackward"/>'s scratch).
+    /// </summary>
+    public Tensor SpentAfterMlpBackward = null!;
 }
 
 /// <summary>
@@ -37,7 +44,7 @@ internal sealed class ModelActivations : IDisposable
     public LayerActivations[] Layers { get; }
     /// <summary>What each layer keeps (the plan this arena was carved for).</summary>
     public IReadOnlyList<LayerStorage> Storage { get; }
-    public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dact, Dxa, DropScratch;
+    public Tensor Dres, Dln, Dq, Dk, Dv, Datt, Dxa, DropScratch;
     public Tensor? DqPre, DkPre;
     /// <summary>Sandwich blocks: ∂L/∂(a sub-layer's output before its post-norm).</summary>
     public Tensor? DsubLayer;
@@ -123,6 +130,7 @@ internal sealed class ModelActivations : IDisposable
                 Gate = T($"{s}.gate"), Up = T($"{s}.up"), Act = selective ? T("sel.act") : T($"{s}.act"),
                 AttnOut = O($"{s}.attnout"), MlpOut = O($"{s}.mlpout"), RstdPostAttn = O($"{s}.rstdpa"), RstdPostFf = O($"{s}.rstdpf"),
             };
+            a.SpentAfterMlpBackward = Span(a.ResMid, selective ? a.Up : a.Act, $"{s}.spent");
             var layer = layers[setLayer[s]];
             var linears = layer.Linears.ToArray();
             for (int g = 0; g < DecoderLayer.InputSetCount; g++)
@@ -138,7 +146,7 @@ internal sealed class ModelActivations : IDisposable
         Layers = setOfLayer.Select(s => sets[s]).ToArray();
         Tensor Opt(string name) => O(name) ?? T("hc");
         Dres = Opt("dres"); Dln = Opt("dln"); Dq = Opt("dq"); Dk = Opt("dk"); Dv = Opt("dv"); Datt = Opt("datt");
-        Dact = Opt("dact"); Dxa = Opt("dxa"); DropScratch = Opt("drop");
+        Dxa = Opt("dxa"); DropScratch = Opt("drop");
         DqPre = O("dqpre"); DkPre = O("dkpre"); DsubLayer = O("dsub"); CappedLogits = O("cappedlogits");
         LnF = T("lnf"); RstdF = T("rstdf"); Hc = T("hc"); Dhc = T("dhc"); Logits = T("logits"); LossSum = T("loss");
         CompactLogProbs = T("clogp"); CompactScales = T("cscale");
@@ -151,6 +159,18 @@ internal sealed class ModelActivations : IDisposable
         }
         Training = training;
     }
+
+    // [first, last] of one arena as F32 words (every tensor starts on a 256-byte boundary, so the span's start is 4-aligned).
+    private static Tensor Span(Tensor first, Tensor last, string name)
+    {
+        long start = first.Offset * first.DType.ByteSize(), end = (last.Offset + last.Length) * last.DType.ByteSize();
+        long words = (end - start) / sizeof(float);
+        return new Tensor(first.Buffer, start / sizeof(float), DType.F32, [checked((int)(words / 64)), 64], name);
+    }
+
+    /// <summary>Bytes of <see cref="LayerActivations.SpentAfterMlpBackward"/> at <paramref name="capacity"/> tokens (a selective set's, the smaller).</summary>
+    public static long SpentAfterMlpBackwardBytes(DType computeDType, TransformerSpec spec, int capacity) =>
+        (long)capacity * (spec.HiddenSize + 2L * DenseIntermediate(spec)) * computeDType.ByteSize();
 
     /// <summary>The arena's parts at <paramref name="capacity"/> tokens (exact up to each tensor's 256-byte alignment): what a plan spends.</summary>
     public static ActivationBytes Bytes(DType computeDType, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int capacity, int chunkRows,
@@ -235,7 +255,7 @@ internal sealed class ModelActivations : IDisposable
     /// <summary>Gradient scratch (training), the head's buffers and the token tensors.</summary>
     private static void DeclareFixedTail(Func<string, DType, int[], int> add, DType f, TransformerSpec spec, IReadOnlyList<DecoderLayer> layers, bool training, int n, int chunkRows)
     {
-        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim, inter = DenseIntermediate(spec);
+        int c = spec.HiddenSize, qd = spec.QDim, kvd = spec.KvDim;
         int maxRows = 1, maxIn = 1;
         foreach (var layer in layers)
         {
@@ -249,7 +269,7 @@ internal sealed class ModelActivations : IDisposable
             add("dres", f, [n, c]); add("dln", f, [n, c]); add("dq", f, [n, qd]); add("dk", f, [n, kvd]); add("dv", f, [n, kvd]);
             if (spec.QkNorm) { add("dqpre", f, [n, qd]); add("dkpre", f, [n, kvd]); }
             if (spec.Sandwich) add("dsub", f, [n, c]);
-            add("datt", f, [n, qd]); add("dact", f, [n, inter]); // dgate/dup: in place over gate/up
+            add("datt", f, [n, qd]); // dact, dgate, dup: in place over act, gate, up
             add("dxa", f, [maxRows, n]); add("drop", f, [n, maxIn]);
         }
         add("lnf", f, [n, c]); add("rstdf", DType.F32, [n]); add("hc", f, [n, c]); add("dhc", f, [training ? n : 1, c]);

@@ -66,7 +66,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void Rope(Tensor x, Tensor positions, Tensor cos, Tensor sin, int headDim, bool inverse) => Run(() => Inner.Rope(x, positions, cos, sin, headDim, inverse));
     public virtual void Attention(Tensor output, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) => Run(() => Inner.Attention(output, lse, q, k, v, segmentIds, shape));
     public virtual void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
-        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape) => Run(() => Inner.AttentionBackward(dq, dk, dv, doutput, output, lse, q, k, v, segmentIds, shape));
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape shape, Tensor? scratch = null) => Run(() => Inner.AttentionBackward(dq, dk, dv, doutput, output, lse, q, k, v, segmentIds, shape, scratch));
     public virtual void ScatterRows(Tensor dst, Tensor src, Tensor rows) => Run(() => Inner.ScatterRows(dst, src, rows));
     public virtual void CachedAttention(Tensor output, Tensor q, Tensor kCache, Tensor vCache, Tensor sequences, Tensor positions, Tensor blockTables, CachedAttentionShape shape) => Run(() => Inner.CachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, shape));
     public virtual void ArgMax(Tensor x, Tensor output) => Run(() => Inner.ArgMax(x, output));

@@ -100,8 +100,9 @@ public sealed unsafe partial class CpuBackend
     // With P = exp(s − lse), dP_j = dO·v_j, D = dO·O, dS = P⊙(dP − D)·scale:
     // dq_i = Σ_j dS_ij k_j, dk_j = Σ_i dS_ij q_i, dv_j = Σ_i P_ij dO_i.
     // One task owns a (batch, KV head) pair and every query head of its group, so no two tasks write the same dk/dv.
+    // It borrows no workspace, so it leaves the scratch alone.
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
-        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s, Tensor? scratch = null)
     {
         CheckAttention(q, k, v, segmentIds, s);
         if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity) throw new ArgumentException($"attention backward needs QueryLen == KeyLen == KvCapacity: {s}");

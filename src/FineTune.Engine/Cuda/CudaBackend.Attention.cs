@@ -150,6 +150,40 @@ public sealed partial class CudaBackend
 
     readonly HashSet<SdpaShape> _cudnnSliced = [];
 
+    /// <summary>
+    /// Whether a backward's workspace goes into the caller's scratch (<see cref="IBackend.AttentionBackward"/>) where it
+    /// fits; `FINETUNE_ATTENTION_SCRATCH=0` borrows it from the allocator as before (the A/B of the peak it saves).
+    /// </summary>
+    public bool AttentionScratch { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_ATTENTION_SCRATCH") != "0";
+
+    // The cuDNN backward's slice (CudnnBackwardSlice) and whether its workspace fits the caller's scratch of
+    // scratchBytes. When the usual slice's does not, the widest slice of whole sequences and key/value heads whose
+    // workspace fits the scratch runs instead (more calls, the same bits); when none does (or the usual slice already
+    // splits a group's query heads, whose bits depend on the split), the usual slice borrows its workspace.
+    (SdpaShape Slice, bool InScratch)? CudnnBackwardPlan(SdpaShape shape, long scratchBytes)
+    {
+        if (CudnnBackwardSlice(shape) is not { } slice) return null;
+        if (scratchBytes <= 0 || _cudnn is not { } dnn) return (slice, false);
+        if (AttentionKernels == AttentionKernels.CudnnFast)
+            return (slice, dnn.BackwardWorkspaceBytes(shape) + 256 <= scratchBytes);
+        var deterministic = SdpaGraphOptions.Default with { DeterministicDq = true };
+        if (dnn.BackwardWorkspaceBytes(slice, deterministic) + 256 <= scratchBytes) return Noted(slice);
+        if (slice.PartialKv) return (slice, false);
+        var fits = dnn.DeterministicSlice(shape, Math.Min(scratchBytes - 256, CudnnDeterministicWorkspaceLimit),
+            CudnnSequenceSlices ? 4 * _dev.Info.Multiprocessors : 0);
+        return fits is { PartialKv: false } f ? Noted(f) : (slice, false);
+
+        (SdpaShape, bool) Noted(SdpaShape chosen)
+        {
+            if (_cudnnScratched.Add((shape, chosen)))
+                CudnnNotes.Add($"backward of {shape}: workspace in the layer's spent activations ({scratchBytes >> 20} MiB), "
+                    + $"{shape.Batch / chosen.Batch * (shape.KvHeads / chosen.KvHeads)} call(s) of {chosen.Batch} sequence(s) × {chosen.KvHeads} key/value head(s)");
+            return (chosen, true);
+        }
+    }
+
+    readonly HashSet<(SdpaShape, SdpaShape)> _cudnnScratched = [];
+
     /// <summary>Tile shapes of the flash backward kernels; null takes <see cref="FlashBackwardTiles.Default"/>.</summary>
     public FlashBackwardTiles? FlashTiles { get; set; }
 
@@ -199,21 +233,23 @@ public sealed partial class CudaBackend
     }
 
     public void AttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor doutput, Tensor output, Tensor lse,
-        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s)
+        Tensor q, Tensor k, Tensor v, Tensor segmentIds, AttentionShape s, Tensor? scratch = null)
     {
         CheckAttention(q, k, v, segmentIds, s);
         Need(lse, DType.F32);
         if (s.QueryLen != s.KeyLen || s.KeyLen != s.KvCapacity) throw new ArgumentException($"attention backward needs QueryLen == KeyLen == KvCapacity: {s}");
         if (s.Batch == 0 || s.QueryLen == 0) return;
-        if (CudnnShape(s, dq, dk, dv, doutput, output, q, k, v) is { } ds && CudnnBackwardSlice(ds) is { } slice
+        var (scratchAt, scratchBytes) = scratch is { } w && AttentionScratch ? (P(w), w.Length * w.DType.ByteSize()) : (0UL, 0L);
+        if (CudnnShape(s, dq, dk, dv, doutput, output, q, k, v) is { } ds && CudnnBackwardPlan(ds, scratchBytes) is { } plan
             && TryCudnn(ds, true, d =>
             {
+                ulong workspace = plan.InScratch ? scratchAt : 0;
                 if (AttentionKernels == AttentionKernels.CudnnFast)
-                    d.Backward(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds);
+                    d.Backward(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, workspace: workspace);
                 else
-                    d.BackwardDeterministic(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, slice,
+                    d.BackwardDeterministic(P(dq), P(dk), P(dv), P(doutput), P(output), P(lse), P(q), P(k), P(v), ds, plan.Slice,
                         (dkAt, dvAt, dkParts, dvParts, parts, rows, ld) => LaunchFlat("flash_attention.cu", "sum_head_partials", rows * ds.HeadDim,
-                            [dkAt, dvAt, dkParts, dvParts, parts, rows, ds.HeadDim, ld]));
+                            [dkAt, dvAt, dkParts, dvParts, parts, rows, ds.HeadDim, ld]), workspace);
             }))
         {
             CudnnCalls = (CudnnCalls.Forward, CudnnCalls.Backward + 1);
@@ -236,9 +272,12 @@ public sealed partial class CudaBackend
                     [P(dq), P(doutput), P(lse), delta, P(q), P(k), P(v), P(segmentIds), t, s.QueryHeads, s.KvHeads, s.Scale, window, cap],
                     $"flash_backward_dq_d{d}");
                 // Grouped-query: per-query-head F32 partials, summed over each group afterwards (deterministic).
+                // In the caller's scratch where both fit.
                 bool grouped = s.QueryHeads != s.KvHeads;
                 long partLen = grouped ? (long)s.Batch * t * s.QueryHeads * s.HeadDim : 0;
-                ulong dkPart = grouped ? _dev.Allocate(partLen * 4) : 0, dvPart = grouped ? _dev.Allocate(partLen * 4) : 0;
+                bool partsInScratch = grouped && 2 * partLen * 4 <= scratchBytes;
+                ulong dkPart = !grouped ? 0 : partsInScratch ? scratchAt : _dev.Allocate(partLen * 4);
+                ulong dvPart = !grouped ? 0 : partsInScratch ? scratchAt + (ulong)(partLen * 4) : _dev.Allocate(partLen * 4);
                 try
                 {
                     int keyBlocks = (t + dkvKeys - 1) / dkvKeys * FlashBackwardTiles.DkvColumnSplits(d);
@@ -255,7 +294,7 @@ public sealed partial class CudaBackend
                 }
                 finally
                 {
-                    if (grouped) { _dev.Free(dkPart); _dev.Free(dvPart); }
+                    if (grouped && !partsInScratch) { _dev.Free(dkPart); _dev.Free(dvPart); }
                 }
                 return;
             }

@@ -64,17 +64,18 @@ internal sealed class CudnnAttention : IDisposable
     /// <summary>
     /// dQ, dK, dV (overwritten) from dO, the forward's O and lse, and Q, K, V. The graph's f32 intermediates
     /// (Δ = rowsum(dO∘O) and, unless <see cref="SdpaGraphOptions.DeterministicDq"/>, the dQ accumulator, zeroed first)
-    /// sit after the plan's workspace.
+    /// sit after the plan's workspace. <paramref name="workspace"/>: device memory of at least
+    /// <see cref="BackwardWorkspaceBytes"/> to hold all of them (0: borrowed from the allocator for the call).
     /// </summary>
     public void Backward(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s,
-        SdpaGraphOptions? options = null)
+        SdpaGraphOptions? options = null, ulong workspace = 0)
     {
         var plan = Plan(s, backward: true, options);
         long planBytes = Align(plan.WorkspaceBytes);
         long sumBytes = Align((long)s.Batch * s.QueryHeads * s.Seq * sizeof(float));
         options ??= SdpaGraphOptions.Default;
         long accBytes = options.DeterministicDq ? 0 : (long)s.Batch * s.QueryHeads * s.Seq * s.HeadDim * sizeof(float);
-        ulong ws = _dev.Allocate(planBytes + sumBytes + Math.Max(accBytes, 256));
+        ulong ws = workspace != 0 ? workspace : _dev.Allocate(planBytes + sumBytes + Math.Max(accBytes, 256));
         try
         {
             ulong softmaxSum = ws + (ulong)planBytes, dqAccum = softmaxSum + (ulong)sumBytes;
@@ -87,7 +88,10 @@ internal sealed class CudnnAttention : IDisposable
                 [CudnnSdpaGraphs.SoftmaxSum] = softmaxSum, [CudnnSdpaGraphs.DqAccum] = dqAccum,
             }, ws, $"cuDNN SDPA backward {s}");
         }
-        finally { _dev.Free(ws); }
+        finally
+        {
+            if (workspace == 0) _dev.Free(ws);
+        }
         if (_dev.Profiling) _dev.Mark("cudnn_sdpa_backward");
     }
 
@@ -139,10 +143,11 @@ internal sealed class CudnnAttention : IDisposable
     /// (from <see cref="DeterministicSlice"/>): each reads and writes its own sequences' and heads' elements of the
     /// whole problem's buffers. Head slices write their dK/dV partials into scratch, which
     /// <paramref name="sumPartials"/> (dk, dv, dk partials, dv partials, count, rows, row stride in elements) adds up
-    /// into the key/value head's columns once its group is done.
+    /// into the key/value head's columns once its group is done. <paramref name="workspace"/>: as in <see cref="Backward"/>,
+    /// for one slice's call (every call reuses it).
     /// </summary>
     public void BackwardDeterministic(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape whole,
-        SdpaShape slice, Action<ulong, ulong, ulong, ulong, int, long, int> sumPartials)
+        SdpaShape slice, Action<ulong, ulong, ulong, ulong, int, long, int> sumPartials, ulong workspace = 0)
     {
         var options = SdpaGraphOptions.Default with { DeterministicDq = true };
         if (!slice.PartialKv)
@@ -153,7 +158,7 @@ internal sealed class CudnnAttention : IDisposable
                     var (qo, kvo, lo) = whole.Offsets(b0, kv0);
                     ulong Q(ulong p) => p + (ulong)(qo * 2);
                     ulong K(ulong p) => p + (ulong)(kvo * 2);
-                    Backward(Q(dq), K(dk), K(dv), Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options);
+                    Backward(Q(dq), K(dk), K(dv), Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options, workspace);
                 }
             return;
         }
@@ -171,7 +176,7 @@ internal sealed class CudnnAttention : IDisposable
                         ulong Q(ulong p) => p + (ulong)(qo * 2);
                         ulong K(ulong p) => p + (ulong)(kvo * 2);
                         ulong partOffset = (ulong)(part * partElems * 2);
-                        Backward(Q(dq), dkParts + partOffset, dvParts + partOffset, Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options);
+                        Backward(Q(dq), dkParts + partOffset, dvParts + partOffset, Q(dout), Q(o), lse + (ulong)(lo * 4), Q(q), K(k), K(v), slice, options, workspace);
                     }
                     ulong kvAt = (ulong)(whole.Offsets(b0, kv0).Kv * 2);
                     sumPartials(dk + kvAt, dv + kvAt, dkParts, dvParts, parts, whole.Seq, whole.KvRowHeads * whole.HeadDim);

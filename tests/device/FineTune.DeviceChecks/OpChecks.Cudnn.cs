@@ -91,6 +91,7 @@ public static partial class OpChecks
         }
         c.Gpu.CudnnDeterministicWorkspaceLimit = limitBefore;
         CudnnSequenceSliceRows(c);
+        AttentionScratchRows(c);
         CudnnShapeCapRows(c);
         c.Gpu.AttentionKernels = before;
         foreach (var note in c.Gpu.CudnnNotes) Console.WriteLine($"info cuDNN: {note}");
@@ -133,6 +134,59 @@ public static partial class OpChecks
         c.Check($"attention_backward {tag}", $"noted as {batch / perCall} calls of {perCall} sequence(s)",
             c.Gpu.CudnnNotes.Any(n => n.Contains($"B{batch} T{t} H{hq}/{hkv}") && n.Contains($"{batch / perCall} call(s) of {perCall} sequence(s)")), oneMs);
         Console.WriteLine($"info attention_backward {tag}: sequence slices {oneMs:F3} ms, the widest slice {wideMs:F3} ms");
+    }
+
+    // The backward's workspace in the caller's scratch (IBackend.AttentionBackward; the model passes a layer's spent MLP
+    // activations): cuDNN's deterministic backward with a scratch that holds the usual slice's workspace, one that holds
+    // only a smaller slice's (more calls), one too small (borrowed as before), and the flash backward's F32 partials of a
+    // packed (grouped-query) batch. Scratch and gradients are NaN first; every case must give the bits of no scratch.
+    static void AttentionScratchRows(Ctx c)
+    {
+        const int batch = 2, t = 1024, hq = 16, hkv = 4, d = 64;
+        var before = c.Gpu.AttentionKernels;
+        var (q, k, v, segT, o, lse) = UnpackedInputs(c, batch, t, hq, hkv, d);
+        var dout = c.Pair(c.Rand(batch * t * hq * d), [batch * t, hq * d]);
+        var grads = new[] { c.Zeros([batch * t, hq * d]), c.Zeros([batch * t, hkv * d]), c.Zeros([batch * t, hkv * d]) };
+        var packedSeg = c.IntPair(Enumerable.Range(0, batch * t).Select(i => i % t < 300 ? 0 : 1).ToArray(), [batch, t]);
+        float[][] Backward(AttentionShape s, (Tensor Cpu, Tensor Gpu) seg, long scratchBytes)
+        {
+            Tensor? scratch = null;
+            if (scratchBytes > 0)
+            {
+                scratch = new Tensor(c.Gpu.AllocateBuffer(scratchBytes), 0, DType.F32, [(int)(scratchBytes / 256), 64], "scratch");
+                c.Gpu.Upload(scratch, Enumerable.Repeat(float.NaN, (int)scratch.Length).ToArray());
+            }
+            foreach (var g in grads) c.Gpu.Upload(g.Gpu, Enumerable.Repeat(float.NaN, (int)g.Gpu.Length).ToArray());
+            c.Gpu.AttentionBackward(grads[0].Gpu, grads[1].Gpu, grads[2].Gpu, dout.Gpu, o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, seg.Gpu, s, scratch);
+            var bits = grads.Select(g => c.Download(g.Gpu)).ToArray();
+            scratch?.Buffer.Dispose();
+            return bits;
+        }
+        bool Same(float[][] a, float[][] b) => a.Select((x, i) => x.AsSpan().SequenceEqual(b[i])).All(x => x);
+
+        c.Gpu.AttentionKernels = AttentionKernels.Cudnn;
+        var unpacked = AttentionShape.Training(batch, t, hq, hkv, d) with { Unpacked = true };
+        c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, segT.Gpu, unpacked);
+        var reference = Backward(unpacked, segT, 0);
+        string tag = $"cudnn scratch B{batch} T{t} H{hq}/{hkv} D{d}";
+        // The whole problem's dP is 2·16·1024²·2 bytes = 64 MiB; one sequence and key/value head's 8 MiB.
+        foreach (var (what, bytes, calls) in new[] { ("ample", 96L << 20, 1), ("one group's", 12L << 20, batch * hkv), ("too small", 1L << 20, 0) })
+        {
+            int notes = c.Gpu.CudnnNotes.Count;
+            var calls0 = c.Gpu.CudnnCalls;
+            var bits = Backward(unpacked, segT, bytes);
+            c.Check($"attention_backward {tag}", $"{what} scratch: ran on cuDNN", c.Gpu.CudnnCalls.Backward == calls0.Backward + 1, 0);
+            c.Check($"attention_backward {tag}", $"{what} scratch: the bits of no scratch", Same(bits, reference), 0);
+            bool noted = c.Gpu.CudnnNotes.Skip(notes).Any(n => n.Contains("spent activations") && n.Contains($"{calls} call(s)"));
+            if (calls > 0) c.Check($"attention_backward {tag}", $"{what} scratch: noted as {calls} call(s) in it", noted, 0);
+        }
+        // The flash backward of a packed batch (two segments a row): its dK/dV partials in the scratch.
+        var packed = AttentionShape.Training(batch, t, hq, hkv, d);
+        c.Gpu.Attention(o.Gpu, lse.Gpu, q.Gpu, k.Gpu, v.Gpu, packedSeg.Gpu, packed);
+        var flashReference = Backward(packed, packedSeg, 0);
+        var flashBits = Backward(packed, packedSeg, 2L * batch * t * hq * d * 4 + 256);
+        c.Check($"attention_backward flash scratch B{batch} T{t} H{hq}/{hkv} D{d} packed", "the bits of no scratch", Same(flashBits, flashReference), 0);
+        c.Gpu.AttentionKernels = before;
     }
 
     // The shape cap (CudaBackend.CudnnMaxShapes): with the cap reached, a new shape runs the flash kernels (their bits,
