@@ -30,6 +30,17 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void PerKernelDecodeColumnsInTheEnvironmentLeaveTheCudaBackendUsable()
+    {
+        // CudaBackend's static initializer parses FINETUNE_DECODE_COLUMNS; a per-kernel item once met a kernel list not yet
+        // initialized and every CUDA run crashed. Without a GPU the run ends in the located "no CUDA driver" error.
+        var (_, _, err) = Finetune(new Dictionary<string, string> { ["FINETUNE_DECODE_COLUMNS"] = "gemv_norm_set=2,gemv_residual=3" },
+            "bench", "--device", "cuda", "--shape", "qwen3-0.6b", "--steps", "1", "--warmup", "0", "--matmul-size", "0");
+        Assert.DoesNotContain("TypeInitializationException", err);
+        Assert.DoesNotContain("Unhandled exception", err);
+    }
+
+    [Fact]
     public void ValidateReportsAllErrorsWithoutStackTraceAndExitsTwo()
     {
         using var dir = new TempDir();

@@ -176,8 +176,9 @@ public sealed partial class CudaBackend
         (SdpaShape, bool) Noted(SdpaShape chosen)
         {
             if (_cudnnScratched.Add((shape, chosen)))
-                CudnnNotes.Add($"backward of {shape}: workspace in the layer's spent activations ({scratchBytes >> 20} MiB), "
-                    + $"{shape.Batch / chosen.Batch * (shape.KvHeads / chosen.KvHeads)} call(s) of {chosen.Batch} sequence(s) × {chosen.KvHeads} key/value head(s)");
+                CudnnNotes.Add($"backward of {shape}: workspace in the layer's spent activations ({scratchBytes >> 20} MiB), " + (chosen.PartialKv
+                    ? $"{shape.Batch * shape.QueryHeads / chosen.QueryHeads} call(s) of 1 sequence × {chosen.QueryHeads} query head(s)"
+                    : $"{shape.Batch / chosen.Batch * (shape.KvHeads / chosen.KvHeads)} call(s) of {chosen.Batch} sequence(s) × {chosen.KvHeads} key/value head(s)"));
             return (chosen, true);
         }
     }

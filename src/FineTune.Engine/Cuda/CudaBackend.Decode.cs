@@ -34,13 +34,14 @@ public sealed partial class CudaBackend
         set { _decodeColumns = Math.Clamp(value, 1, DecodeMaxColumns); _decodeColumnsByKernel = new Dictionary<string, int>(); }
     }
 
+    /// <summary>The kernels whose columns a warp FINETUNE_DECODE_COLUMNS can set one by one. Declared before
+    /// <see cref="ColumnsFromEnvironment"/>, whose initializer parses with it (static initializers run in text order).</summary>
+    public static readonly string[] DecodeColumnKernels = ["gemv_norm_set", "gemv_norm_swiglu", "gemv_residual", "gemv_bf16", "gemv_bf16_set"];
+
     static readonly (int Default, IReadOnlyDictionary<string, int> ByKernel) ColumnsFromEnvironment =
         ParseDecodeColumnOverrides(Environment.GetEnvironmentVariable("FINETUNE_DECODE_COLUMNS"));
     int _decodeColumns = ColumnsFromEnvironment.Default;
     IReadOnlyDictionary<string, int> _decodeColumnsByKernel = ColumnsFromEnvironment.ByKernel;
-
-    /// <summary>The kernels whose columns a warp FINETUNE_DECODE_COLUMNS can set one by one.</summary>
-    public static readonly string[] DecodeColumnKernels = ["gemv_norm_set", "gemv_norm_swiglu", "gemv_residual", "gemv_bf16", "gemv_bf16_set"];
 
     /// <summary>C for one of <see cref="DecodeColumnKernels"/>: its own value where FINETUNE_DECODE_COLUMNS names it, else <see cref="DecodeColumns"/>.</summary>
     public int DecodeColumnsOf(string kernel) => _decodeColumnsByKernel.TryGetValue(kernel, out int c) ? c : _decodeColumns;
