@@ -82,8 +82,9 @@ public sealed partial class CausalLM
         var dsub = Rows(acts.DsubLayer!, n);
         B.RmsNormBackward(dsub, L.PostFeedforwardNorm!.Grad, dres, Rows(a.MlpOut!, n), L.PostFeedforwardNorm.Value, Head1(a.RstdPostFf!, n), off, accumulate: false);
         // In place, as the pre-norm MLP's backward: dact over act, dgate and dup over gate and up (none is read again).
-        var dact = Rows(a.Act, n);
-        SetBackward(L, 3, dact, [dsub], dact, a, n, seed);
+        var act = Rows(a.Act, n);
+        var dact = act;
+        SetBackward(L, 3, dact, [dsub], act, a, n, seed);
         var (dgate, dup) = (Rows(a.Gate, n), Rows(a.Up, n));
         ActivateBackward(dgate, dup, dact, dgate, dup);
         SetBackward(L, 2, dln, [dgate, dup], Rows(a.Ln2, n), a, n, seed);

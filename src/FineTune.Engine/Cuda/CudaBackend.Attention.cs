@@ -165,10 +165,11 @@ public sealed partial class CudaBackend
         if (CudnnBackwardSlice(shape) is not { } slice) return null;
         if (scratchBytes <= 0 || _cudnn is not { } dnn) return (slice, false);
         if (AttentionKernels == AttentionKernels.CudnnFast)
-            return (slice, dnn.BackwardWorkspaceBytes(shape) + 256 <= scratchBytes);
+            return (slice, dnn.BackwardCallBytes(shape) <= scratchBytes);
         var deterministic = SdpaGraphOptions.Default with { DeterministicDq = true };
-        if (dnn.BackwardWorkspaceBytes(slice, deterministic) + 256 <= scratchBytes) return Noted(slice);
+        if (dnn.BackwardCallBytes(slice, deterministic) <= scratchBytes) return Noted(slice);
         if (slice.PartialKv) return (slice, false);
+        // DeterministicSlice's limit is on BackwardWorkspaceBytes, which a deterministic call's bytes exceed by 256.
         var fits = dnn.DeterministicSlice(shape, Math.Min(scratchBytes - 256, CudnnDeterministicWorkspaceLimit),
             CudnnSequenceSlices ? 4 * _dev.Info.Multiprocessors : 0);
         return fits is { PartialKv: false } f ? Noted(f) : (slice, false);

@@ -61,11 +61,16 @@ internal sealed class CudnnAttention : IDisposable
         return Align(plan.WorkspaceBytes) + sumBytes + accBytes;
     }
 
+    /// <summary>The bytes one <see cref="Backward"/> call takes as its workspace (what it borrows when given none).
+    /// A deterministic call has no dQ accumulator but still points one, 256 bytes, past Δ.</summary>
+    public long BackwardCallBytes(SdpaShape s, SdpaGraphOptions? options = null) =>
+        BackwardWorkspaceBytes(s, options) + ((options ?? SdpaGraphOptions.Default).DeterministicDq ? 256 : 0);
+
     /// <summary>
     /// dQ, dK, dV (overwritten) from dO, the forward's O and lse, and Q, K, V. The graph's f32 intermediates
     /// (Δ = rowsum(dO∘O) and, unless <see cref="SdpaGraphOptions.DeterministicDq"/>, the dQ accumulator, zeroed first)
     /// sit after the plan's workspace. <paramref name="workspace"/>: device memory of at least
-    /// <see cref="BackwardWorkspaceBytes"/> to hold all of them (0: borrowed from the allocator for the call).
+    /// <see cref="BackwardCallBytes"/> to hold all of them (0: borrowed from the allocator for the call).
     /// </summary>
     public void Backward(ulong dq, ulong dk, ulong dv, ulong dout, ulong o, ulong lse, ulong q, ulong k, ulong v, SdpaShape s,
         SdpaGraphOptions? options = null, ulong workspace = 0)
@@ -75,7 +80,7 @@ internal sealed class CudnnAttention : IDisposable
         long sumBytes = Align((long)s.Batch * s.QueryHeads * s.Seq * sizeof(float));
         options ??= SdpaGraphOptions.Default;
         long accBytes = options.DeterministicDq ? 0 : (long)s.Batch * s.QueryHeads * s.Seq * s.HeadDim * sizeof(float);
-        ulong ws = workspace != 0 ? workspace : _dev.Allocate(planBytes + sumBytes + Math.Max(accBytes, 256));
+        ulong ws = workspace != 0 ? workspace : _dev.Allocate(BackwardCallBytes(s, options));
         try
         {
             ulong softmaxSum = ws + (ulong)planBytes, dqAccum = softmaxSum + (ulong)sumBytes;
