@@ -82,7 +82,8 @@ public sealed partial class CudaBackend
     /// <summary>
     /// x [M, K] with M ≤ two rows (and the GEMV's row limit), K a multiple of 8 up to <paramref name="maxK"/>; every
     /// tensor bf16, 16-byte aligned. The kernels that keep normed rows of x in shared memory take K ≤ DecodeMaxK;
-    /// gemv_residual reads its input straight from global memory and takes any K (down_proj's 14336 at Llama-3-8B).
+    /// gemv_residual copies its input into shared memory as it is (M·K bf16 up to GemvMaxSharedBytes: down_proj's K =
+    /// 14,336 at Llama-3-8B, 29,568 at Qwen2.5-72B for one row).
     /// </summary>
     bool DecodeFits(Tensor x, int maxK, params ReadOnlySpan<Tensor> others)
     {
@@ -127,16 +128,17 @@ public sealed partial class CudaBackend
             && ProductShape(gate, gateWeight, m, k) && ProductShape(up, upWeight, m, k) && h.Rows == m && h.Cols == n
             && DecodeFits(x, DecodeMaxK, ln, normWeight, gate, up, h, gateWeight, upWeight);
         if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
-        LaunchDecode("gemv_norm_swiglu", n, m * k * 2,
+        LaunchDecode("gemv_norm_swiglu", n, m * k * 2, SwiGluWarps, 2,
             [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag, DecodeColumnsOf("gemv_norm_swiglu")]);
     }
 
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
     {
         int m = a.Rows, k = a.Cols;
-        bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual);
+        bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual)
+            && GemvSharedBytes(m, k) > 0;
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, 0, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumnsOf("gemv_residual")]);
+        LaunchDecode("gemv_residual", y.Cols, GemvSharedBytes(m, k), [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumnsOf("gemv_residual")]);
     }
 
     /// <summary>Whether qk_rope_cache (or the rope-and-attention kernel) takes these operands; <paramref name="normed"/>: q/k norms given.</summary>
@@ -209,10 +211,21 @@ public sealed partial class CudaBackend
     /// <see cref="DecodeColumnsOf"/>(kernel) output columns a warp (the kernel's last argument, which the caller passes the
     /// same), <see cref="DecodeWarps"/> warps a block; a programmatic dependent launch when that is on.
     /// </summary>
-    void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args)
+    void LaunchDecode(string kernel, int columns, int sharedBytes, ReadOnlySpan<KernelArg> args) =>
+        LaunchDecode(kernel, columns, sharedBytes, DecodeWarps, 1, args);
+
+    /// <summary>
+    /// Warps a block of gemv_norm_swiglu, whose warps work in pairs (the gate row and the up row of a column):
+    /// <see cref="DecodeWarps"/> rounded down to even, at most 2 · DEC_PAIRS (decode.cu; the pairs' barrier ids).
+    /// </summary>
+    int SwiGluWarps => Math.Clamp(DecodeWarps & ~1, 2, 2 * DecodePairs);
+
+    const int DecodePairs = 8; // DEC_PAIRS in decode.cu
+
+    /// <summary>As above with <paramref name="warps"/> a block, <paramref name="warpsPerColumn"/> of them on each column.</summary>
+    void LaunchDecode(string kernel, int columns, int sharedBytes, int warps, int warpsPerColumn, ReadOnlySpan<KernelArg> args)
     {
-        int warps = DecodeWarps;
-        var grid = (GemvBlocks(columns, warps, DecodeColumnsOf(kernel)), 1, 1);
+        var grid = (GemvBlocks(columns, warps / warpsPerColumn, DecodeColumnsOf(kernel)), 1, 1);
         var function = _dev.Function("decode.cu", kernel);
         if (UseDependentLaunch) _dev.LaunchDependent(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);
         else _dev.Launch(function, grid, (warps * 32, 1, 1), sharedBytes, args, kernel);

@@ -90,6 +90,23 @@ public sealed partial class CudaBackend
     const int GemvMaxRows = 8, GemvWarps = 8; // GEMV_MAX_M, GEMV_WARPS in gemv.cu
 
     /// <summary>
+    /// The most shared memory a GEMV block takes to hold its input rows (gemv.cu's staged, decode.cu's gemv_residual):
+    /// M·K bf16 up to this is copied once a block and read from there, faster than from global memory on every decode
+    /// shape measured (docs/serving.md); larger inputs are read from global memory (gemv_bf16) or take the unfused
+    /// composition (gemv_residual). 96 KiB: two blocks still fit a multiprocessor's 228 KiB.
+    /// </summary>
+    public const int GemvMaxSharedBytes = 96 * 1024;
+
+    /// <summary>
+    /// Whether GEMVs stage their input in shared memory (FINETUNE_GEMV_STAGE=0: off, for A/B runs; then gemv_bf16 reads
+    /// A from global memory and the decode step's matmul + residual takes the composition, gemv_bf16 + add).
+    /// </summary>
+    public bool UseGemvStaging { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_GEMV_STAGE") != "0";
+
+    /// <summary>Shared memory for a GEMV's staged input of <paramref name="m"/> × <paramref name="k"/> bf16; 0 when it is read from global memory.</summary>
+    int GemvSharedBytes(int m, int k) => UseGemvStaging && (long)m * k * 2 is var bytes && bytes <= GemvMaxSharedBytes ? (int)bytes : 0;
+
+    /// <summary>
     /// Products of at most <see cref="GemvRows"/> rows against a bf16 weight (y = x·Wᵀ of a decode step) on gemv.cu's
     /// warp-per-column kernel instead of cuBLASLt; off with FINETUNE_GEMV=0 (or false here).
     /// </summary>
@@ -108,9 +125,9 @@ public sealed partial class CudaBackend
     bool Gemv(Tensor c, Tensor a, bool transA, Tensor b, bool transB, int m, int n, int k, float alpha, bool accumulate)
     {
         if (!GemvFits(c, a, transA, b, transB, m, n, k)) return false;
-        int columns = DecodeColumnsOf("gemv_bf16");
+        int columns = DecodeColumnsOf("gemv_bf16"), shared = GemvSharedBytes(m, k);
         LaunchDependent("gemv.cu", "gemv_bf16", (GemvBlocks(n, GemvWarps, columns), 1, 1), GemvWarps * 32,
-            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag, columns]);
+            [P(c), Dt(c), P(a), P(b), m, n, k, alpha, accumulate ? 1 : 0, PrefetchFlag, columns, shared > 0 ? 1 : 0], shared);
         return true;
     }
 
@@ -129,7 +146,7 @@ public sealed partial class CudaBackend
             for (int j = 0; j < cs.Count; j++) MatMul(cs[j], a, false, bs[j], true);
             return;
         }
-        var args = new KernelArg[18];
+        var args = new KernelArg[19];
         args[0] = P(a); args[1] = a.Rows; args[2] = a.Cols; args[3] = cs.Count;
         int total = 0;
         for (int j = 0; j < 3; j++)
@@ -142,8 +159,9 @@ public sealed partial class CudaBackend
             if (used) total += cs[j].Cols;
         }
         args[16] = PrefetchFlag;
-        int columns = DecodeColumnsOf("gemv_bf16_set");
+        int columns = DecodeColumnsOf("gemv_bf16_set"), shared = GemvSharedBytes(a.Rows, a.Cols);
         args[17] = columns;
-        LaunchDependent("gemv.cu", "gemv_bf16_set", (GemvBlocks(total, GemvWarps, columns), 1, 1), GemvWarps * 32, args);
+        args[18] = shared > 0 ? 1 : 0;
+        LaunchDependent("gemv.cu", "gemv_bf16_set", (GemvBlocks(total, GemvWarps, columns), 1, 1), GemvWarps * 32, args, shared);
     }
 }

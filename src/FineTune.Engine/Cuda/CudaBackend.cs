@@ -116,10 +116,10 @@ public sealed partial class CudaBackend : IBackend
     /// <summary>The GEMV kernels' pf argument: prefetch the weight into L2 before the dependency wait, only when launched as dependents.</summary>
     int PrefetchFlag => UseDependentLaunch ? 1 : 0;
 
-    void LaunchDependent(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args)
+    void LaunchDependent(string program, string kernel, (int, int, int) grid, int block, ReadOnlySpan<KernelArg> args, int sharedBytes = 0)
     {
-        if (!UseDependentLaunch) { Launch(program, kernel, grid, block, args); return; }
-        _dev.LaunchDependent(_dev.Function(program, kernel), grid, (block, 1, 1), 0, args, kernel);
+        if (!UseDependentLaunch) { Launch(program, kernel, grid, block, args, sharedBytes); return; }
+        _dev.LaunchDependent(_dev.Function(program, kernel), grid, (block, 1, 1), sharedBytes, args, kernel);
         if (_dev.Profiling) _dev.Mark(kernel);
     }
 

@@ -23,6 +23,7 @@ public sealed unsafe class CudaDevice : IDisposable
     readonly KernelCache _cache;
     readonly Dictionary<string, nint> _modules = new(StringComparer.Ordinal);
     readonly Dictionary<(string, string), nint> _functions = new();
+    readonly Dictionary<nint, int> _sharedLimits = new();
     Nvrtc? _nvrtc;
     CublasLt? _blas;
     ulong _blasWorkspace;
@@ -98,10 +99,10 @@ public sealed unsafe class CudaDevice : IDisposable
     public IReadOnlyList<string> CompileOptions =>
         [$"--gpu-architecture=sm_{Info.ComputeMajor}{Info.ComputeMinor}", "--std=c++17", "-default-device"];
 
-    /// <summary>Kernel <paramref name="function"/> of program <paramref name="program"/> (e.g. "rmsnorm.cu").</summary>
     /// <summary>cuFuncGetAttribute of a loaded kernel (e.g. 4: registers per thread).</summary>
     public int FunctionAttribute(nint function, int attribute) => _driver.FuncGetAttribute(function, attribute);
 
+    /// <summary>Kernel <paramref name="function"/> of program <paramref name="program"/> (e.g. "rmsnorm.cu").</summary>
     public nint Function(string program, string function)
     {
         if (_functions.TryGetValue((program, function), out var f)) return f;
@@ -143,6 +144,7 @@ public sealed unsafe class CudaDevice : IDisposable
     /// </summary>
     public void Launch(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
     {
+        AllowDynamicShared(function, sharedBytes);
         var values = stackalloc ulong[args.Length];
         var ptrs = stackalloc void*[args.Length];
         for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
@@ -161,6 +163,7 @@ public sealed unsafe class CudaDevice : IDisposable
     public void LaunchDependent(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
     {
         if (!_driver.HasLaunchEx) { Launch(function, grid, block, sharedBytes, args, name); return; }
+        AllowDynamicShared(function, sharedBytes);
         var values = stackalloc ulong[args.Length];
         var ptrs = stackalloc void*[args.Length];
         for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
@@ -168,6 +171,17 @@ public sealed unsafe class CudaDevice : IDisposable
             (uint)sharedBytes, Stream, ptrs);
         if (rc != 0)
             throw new CudaException($"dependent launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
+    }
+
+    /// <summary>
+    /// A launch with more than 48 KiB of dynamic shared memory needs the kernel's limit raised first
+    /// (<see cref="SetDynamicSharedMemory"/>): done here, once per kernel and size, for every launch that asks for more.
+    /// </summary>
+    void AllowDynamicShared(nint function, int sharedBytes)
+    {
+        if (sharedBytes <= 48 * 1024 || (_sharedLimits.TryGetValue(function, out int limit) && limit >= sharedBytes)) return;
+        SetDynamicSharedMemory(function, sharedBytes);
+        _sharedLimits[function] = sharedBytes;
     }
 
     public void Synchronize() => _driver.StreamSynchronize(Stream);

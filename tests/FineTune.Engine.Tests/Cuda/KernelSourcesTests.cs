@@ -115,7 +115,7 @@ public sealed class KernelSourcesTests
                 if (list is not null) passed = Arguments(list, 0, '[', ']').Count(a => a.Length > 0);
                 else
                 {
-                    Assert.Equal("args", call[^1]);
+                    Assert.Contains("args", call); // last, or before the shared-memory size
                     var sized = System.Text.RegularExpressions.Regex.Matches(text[..m.Index], "new KernelArg\\[(\\d+)\\]");
                     Assert.True(sized.Count > 0, $"{kernel}: its argument array is not sized in {Path.GetFileName(file)}");
                     passed = int.Parse(sized[^1].Groups[1].Value);

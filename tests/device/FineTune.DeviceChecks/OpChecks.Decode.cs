@@ -11,7 +11,8 @@ namespace FineTune.DeviceChecks;
 // one kernel against qk_rope_cache + the split kernels and against the plain kernels (bits of every output). Times: fused launch vs the composition's launches; five fused
 // launches back to back in each launch mode (under PDL each overlaps the one before). Each fused GEMV at one and two
 // rows also runs with C = 2, 3, 4, 8 columns a warp (CudaBackend.DecodeColumns): C = 1's bits, and a GB/s line per C;
-// so do gemv.cu's gemv_bf16 (the LM head's 151936 × 2048 among its shapes) and gemv_bf16_set.
+// so do gemv.cu's gemv_bf16 (the LM head's 151936 × 2048 among its shapes) and gemv_bf16_set. The GEMVs with their input
+// staged in shared memory (the default) also run reading it from global memory: the same bits, and both times.
 public static partial class OpChecks
 {
     /// <summary>`decode`: only these checks (also part of `ops`).</summary>
@@ -52,6 +53,7 @@ public static partial class OpChecks
             ResidualCheck(c, 2, 14336, 4096);
             ResidualCheck(c, 1, 14336, 1000);
             ResidualCheck(c, 2, 1000, 200);
+            ResidualCheck(c, 2, 28672, 1000); // two rows past GemvMaxSharedBytes: the composition, A from global memory
             foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
                 QkRopeCheck(c, m, d, hq, hkv, normed);
             foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
@@ -147,6 +149,32 @@ public static partial class OpChecks
             c.Gpu.DecodeColumns = columns;
             c.Gpu.UseDependentLaunch = pdl;
         }
+    }
+
+    /// <summary>
+    /// The GEMVs' input rows staged in shared memory (CudaBackend.UseGemvStaging, the default) against A read from
+    /// global memory (staging off; a matmul + residual then runs as gemv_bf16 + add): the same bits, and both times as
+    /// GB/s of the weight's bytes.
+    /// </summary>
+    static void StagedVsGlobal(Ctx c, string name, Action op, Tensor[] outputs, string[] names, long weightBytes)
+    {
+        bool staging = c.Gpu.UseGemvStaging;
+        try
+        {
+            c.Gpu.UseGemvStaging = true;
+            foreach (var o in outputs) c.Gpu.Zero(o);
+            op();
+            var want = outputs.Select(c.Download).ToArray();
+            double staged = c.TimeRepeat(op);
+            c.Gpu.UseGemvStaging = false;
+            foreach (var o in outputs) c.Gpu.Zero(o);
+            double ms = c.Time(op);
+            for (int i = 0; i < outputs.Length; i++)
+                c.Check($"{name} A from global memory = staged", names[i] + " bits", c.Download(outputs[i]).SequenceEqual(want[i]), ms);
+            double global = c.TimeRepeat(op);
+            Console.WriteLine($"     {name}: A staged in shared memory {staged:F4} ms {weightBytes / staged / 1e6:F0} GB/s, from global memory {global:F4} ms {weightBytes / global / 1e6:F0} GB/s");
+        }
+        finally { c.Gpu.UseGemvStaging = staging; }
     }
 
     /// <summary>
@@ -287,6 +315,7 @@ public static partial class OpChecks
             Op();
             c.Check($"{name} launches gemv_bf16", "kernel", c.Gpu.Device.EndProfile().ContainsKey("gemv_bf16"), 0);
             ColumnsVsOne(c, name, Op, [y.Gpu], ["y"], (long)n * k * 2);
+            StagedVsGlobal(c, name, Op, [y.Gpu], ["y"], (long)n * k * 2);
         }
     }
 
@@ -302,6 +331,7 @@ public static partial class OpChecks
         Op();
         c.Check($"{name} launches gemv_bf16_set", "kernel", c.Gpu.Device.EndProfile().ContainsKey("gemv_bf16_set"), 0);
         ColumnsVsOne(c, name, Op, [.. ys.Select(t => t.Gpu)], [.. outs.Select((_, j) => $"c{j}")], (long)outs.Sum() * k * 2);
+        StagedVsGlobal(c, name, Op, [.. ys.Select(t => t.Gpu)], [.. outs.Select((_, j) => $"c{j}")], (long)outs.Sum() * k * 2);
     }
 
     static void NormSetCheck(Ctx c, int m, int k, int[] outs)
@@ -356,12 +386,14 @@ public static partial class OpChecks
         string name = $"matmul+residual {m}x{n}x{k}";
         FusedVsComposed(c, name, fused => c.Gpu.MatMulResidual((fused ? y : y2).Gpu, x.Gpu, w.Gpu, r.Gpu), [(y.Gpu, y2.Gpu)], ["y"]);
         if (m <= 2) ColumnsVsOne(c, name, () => c.Gpu.MatMulResidual(y2.Gpu, x.Gpu, w.Gpu, r.Gpu), [y2.Gpu], ["y"], (long)n * k * 2);
-        // At one or two rows the fused kernel must run, at any K (down_proj's K = 14336 at Llama-3-8B once took
-        // gemv_bf16 + ft_add: the shared-memory K cap of the normed kernels was applied here too).
+        if (m <= 2) StagedVsGlobal(c, name, () => c.Gpu.MatMulResidual(y2.Gpu, x.Gpu, w.Gpu, r.Gpu), [y2.Gpu], ["y"], (long)n * k * 2);
+        // At one or two rows the fused kernel must run whenever its input rows fit shared memory (down_proj's K = 14336
+        // at Llama-3-8B once took gemv_bf16 + ft_add: the normed kernels' K cap was applied here too).
+        bool fits = (long)m * k * 2 <= FineTune.Engine.Cuda.CudaBackend.GemvMaxSharedBytes;
         c.Gpu.Device.BeginProfile();
         c.Gpu.MatMulResidual(y2.Gpu, x.Gpu, w.Gpu, r.Gpu);
         bool ran = c.Gpu.Device.EndProfile().ContainsKey("gemv_residual");
-        c.Check($"{name} launches gemv_residual iff m <= 2", "kernel", ran == (m <= 2), 0);
+        c.Check($"{name} launches gemv_residual iff m <= 2 and its rows fit shared memory", "kernel", ran == (m <= 2 && fits), 0);
         DecodeComposition.MatMulResidual(c.Cpu, y.Cpu, x.Cpu, w.Cpu, r.Cpu);
         c.Compare(name, "y", y, 0);
     }

@@ -81,14 +81,13 @@ __device__ __forceinline__ void dec_fma(float (&acc)[DEC_MAX_M], const uint4 (&w
 // or after pdl_wait: the weight does not depend on the kernel before), then the same warp_sum and the same store. Only
 // when a load is issued moves, never an fp32 operation, so C > 1 gives C = 1's bits, and C = 1 computes each column as
 // before (no next column: the loop runs once and never takes the next-column load).
-// One row a column (R = 1) double-buffers within the column (the next batch loads during this batch's arithmetic), so
-// at the column's last batch the next column's first batch goes into that buffer before the arithmetic. Two rows a
-// column (R = 2: gate and up) keep one buffer a row, as that kernel always has (a second pair would cost 64 registers a
-// thread at every C): a row's buffer is refilled right after that row's arithmetic — with its next batch, or at the
-// column's last batch with the next column's first — so the gate's loads go out before the up row's arithmetic and
-// both before warp_sum and the stores. (Before, the gate/up kernel loaded both rows' batch at the top of the next
-// iteration: the same loads, the gate's now a little earlier.) One load site a row, the source picked before it: two
+// One buffer a row (R rows a column; every kernel here takes R = 1 since gemv_norm_swiglu splits gate and up between
+// a pair of warps, 2026-12-04): a row's buffer is refilled right after that row's arithmetic — with its next batch,
+// or at the column's last batch with the next column's first. One load site a row, the source picked before it: two
 // sites (this column's next batch, the next column's first) cost 10–15 registers a thread more (NVRTC 11.8, sm_90).
+// R = 1 double-buffered within the column until 2026-12-04 (the next batch loading during this batch's arithmetic):
+// with the input in shared memory the single buffer is faster on every decode shape measured (H200,
+// docs/device-results/h200-2026-12-04/gemv_lab.py: 4096×14336 32.0 against 33.5 µs) and takes fewer registers.
 // rows(col, r): row r of column col; done(col, acc): the column's sums acc[r][m] (warp_sum, store). On entry w holds the
 // first column's first batch (loaded before pdl_wait).
 template <int R, class Rows, class Done>
@@ -110,27 +109,12 @@ __device__ __forceinline__ void dec_columns(uint4 (&w)[R][DEC_U], Rows rows, Don
         for (int q0 = 0; q0 < chunks; q0 += 32 * DEC_U)
         {
             bool more = q0 + 32 * DEC_U < chunks;
-            if constexpr (R == 1)
-            {
-                uint4 next[DEC_U];
-                const uint4* src = more ? brow[0] : next_col ? rows(ncol, 0) : nullptr;
-                if (src != nullptr) dec_load(next, src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
-                dec_fma(acc[0], w[0], a, M, q0, chunks, lane);
-                if (more || next_col)
-                {
 #pragma unroll
-                    for (int u = 0; u < DEC_U; u++) w[0][u] = next[u];
-                }
-            }
-            else
+            for (int r = 0; r < R; r++)
             {
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                {
-                    dec_fma(acc[r], w[r], a, M, q0, chunks, lane);
-                    const uint4* src = more ? brow[r] : next_col ? rows(ncol, r) : nullptr;
-                    if (src != nullptr) dec_load(w[r], src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
-                }
+                dec_fma(acc[r], w[r], a, M, q0, chunks, lane);
+                const uint4* src = more ? brow[r] : next_col ? rows(ncol, r) : nullptr;
+                if (src != nullptr) dec_load(w[r], src, more ? q0 + 32 * DEC_U : 0, chunks, lane);
             }
         }
         done(col, acc);
@@ -177,6 +161,9 @@ __device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const u
     }
     __syncthreads();
 }
+// (Tried 2026-12-04 and not kept: every thread copying x and nw into shared memory first, then summing and scaling
+// from there, one round trip to L2 instead of several: on the H200 the 8B shape's gate/up and q/k/v kernels ran 65.6
+// and 22.0 µs against 62.6 and 20.7, single stream ~2 % slower; docs/device-results/h200-2026-12-04/run3.)
 
 // ln = rmsnorm(x); c_i = ln·B_iᵀ for up to three weights B_i [N_i, K]; the columns of the products laid end to end (as
 // gemv_bf16_set), C to a warp (dec_columns). Dynamic shared memory: M·K bf16.
@@ -228,56 +215,74 @@ __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* 
 }
 
 // ln = rmsnorm(x); gate = ln·Gᵀ, up = ln·Uᵀ (G, U [N, K]), h = silu(gate)⊙up, each rounded to bf16 where the unfused
-// chain stores it. Column j reads row j of both weights; C columns to a warp (dec_columns, both rows pipelined).
+// chain stores it. A pair of warps takes a column: the even warp streams its gate row, the odd one its up row (each one
+// row a warp, dec_columns<1>, C columns a pair), each stores its rounded sum and leaves it in shared memory, and after the
+// pair's barrier the even warp computes h. One row a warp streams faster than both rows a warp (the pair split, H200
+// 2026-12-04: docs/serving.md), and a row's sums are its own either way, so the bits are the same. The launch takes
+// an even number of warps a block, at most 2·DEC_PAIRS (CudaBackend.SwiGluWarps).
+#define DEC_PAIRS 8
 __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
                                                       int M, int K, int N, const uint4* g, const uint4* u,
                                                       unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs, int pf, int C)
 {
+    // A pair's rounded sums of one column, two slots by column parity: a warp writes slot p of column i + 2 only after
+    // the barrier of column i + 1, which its partner reaches only after it has read column i's values from slot p.
+    __shared__ unsigned short sums[2][DEC_PAIRS][2][DEC_MAX_M];
     pdl_trigger();
     int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
-    int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
-    auto row = [&](int col, int r) -> const uint4* { return col < N ? (r == 0 ? g : u) + (i64)col * chunks : nullptr; };
-    auto done = [&](int col, float (&acc)[2][DEC_MAX_M])
+    int pair = warp >> 1, half = warp & 1;
+    int G = gridDim.x * (warps >> 1), n = blockIdx.x * (warps >> 1) + pair;
+    const uint4* weight = half == 0 ? g : u;
+    unsigned short* out = half == 0 ? gate : up;
+    int parity = 0;
+    auto row = [&](int col, int) -> const uint4* { return col < N ? weight + (i64)col * chunks : nullptr; };
+    auto done = [&](int col, float (&acc)[1][DEC_MAX_M])
     {
 #pragma unroll
         for (int m = 0; m < DEC_MAX_M; m++)
         {
             if (m >= M) break;
-            float sg = warp_sum(acc[0][m]), su = warp_sum(acc[1][m]);
+            float s = warp_sum(acc[0][m]);
             if (lane == 0)
             {
-                i64 i = (i64)m * N + col;
-                unsigned short gb = f32_to_bf16(sg), ub = f32_to_bf16(su);
-                gate[i] = gb;
-                up[i] = ub;
-                float gv = bf16_to_f32(gb), uv = bf16_to_f32(ub);
-                h[i] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+                unsigned short v = f32_to_bf16(s);
+                out[(i64)m * N + col] = v;
+                sums[parity][pair][half][m] = v;
             }
         }
+        // The pair's barrier (id 1 + pair; 0 is __syncthreads'): both warps of a pair take the same columns.
+        asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
+        if (half == 0 && lane == 0)
+            for (int m = 0; m < M; m++)
+            {
+                float gv = bf16_to_f32(sums[parity][pair][0][m]), uv = bf16_to_f32(sums[parity][pair][1][m]);
+                h[(i64)m * N + col] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+            }
+        parity ^= 1;
     };
-    uint4 w[2][DEC_U];
+    uint4 w[1][DEC_U];
     dec_load(w[0], row(n, 0), 0, chunks, lane);
-    dec_load(w[1], row(n, 1), 0, chunks, lane);
     dec_prefetch(row(n, 0), chunks, lane, pf);
-    dec_prefetch(row(n, 1), chunks, lane, pf);
-    dec_prefetch_columns<2>(row, chunks, lane, n, N, G, C, pf);
+    dec_prefetch_columns<1>(row, chunks, lane, n, N, G, C, pf);
     dec_prefetch_norm(nw, K, pf);
     pdl_wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
     if (n >= N) return;
-    dec_columns<2>(w, row, done, xs, M, chunks, lane, n, N, G, C);
+    dec_columns<1>(w, row, done, xs, M, chunks, lane, n, N, G, C);
 }
 
 // y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj); C columns to
-// a warp (dec_columns).
+// a warp (dec_columns). The block copies a's rows into shared memory (as [M, K/8] uint4, dynamic shared memory M·K
+// bf16) after its warps' first weight loads are issued: read from global memory, each lane's a chunks queued behind
+// the weight's streaming loads and the product ran at ~2.8 TB/s at down_proj's K = 14,336 against ~3.7 TB/s from
+// shared memory (H200, 2026-12-04, docs/serving.md). The arithmetic is the same either way: the bits are gemv_bf16's.
 __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K,
-                                                   int pf, int C)
+                                                   uint4* as, int pf, int C)
 {
     pdl_trigger();
     int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
     int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
-    if (n >= N) return;
-    auto row = [&](int col, int) -> const uint4* { return b + (i64)col * chunks; }; // col < N: dec_columns' bound
+    auto row = [&](int col, int) -> const uint4* { return col < N ? b + (i64)col * chunks : nullptr; };
     auto done = [&](int col, float (&acc)[1][DEC_MAX_M])
     {
 #pragma unroll
@@ -297,7 +302,10 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
     dec_prefetch(row(n, 0), chunks, lane, pf);
     dec_prefetch_columns<1>(row, chunks, lane, n, N, G, C, pf);
     pdl_wait();
-    dec_columns<1>(w, row, done, a, M, chunks, lane, n, N, G, C);
+    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) as[i] = a[i];
+    __syncthreads();
+    if (n >= N) return;
+    dec_columns<1>(w, row, done, as, M, chunks, lane, n, N, G, C);
 }
 
 // The entry points (each body also took __launch_bounds__(256, 3) and a cp.async-through-shared-memory form on the H200,
@@ -319,7 +327,7 @@ extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS
 }
 extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf, int C)
 {
-    gemv_residual_body(y, a, b, r, M, N, K, pf, C);
+    DEC_SMEM gemv_residual_body(y, a, b, r, M, N, K, xs, pf, C);
 }
 
 // For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim

@@ -9,6 +9,10 @@
 // backend sends only the smallest M here (CudaBackend.MatMul.cs). Under programmatic dependent launch (pf = 1,
 // CudaBackend.UseDependentLaunch) a warp also prefetches the rest of its weight row into L2 before it waits for the
 // kernel before it (a hint: the bits are a plain launch's), and every kernel here lets its own dependent launch at once.
+// With staged (the launcher's choice: M·K bf16 within CudaBackend.GemvMaxSharedBytes) a block first copies A into
+// shared memory and the products read it there: from global memory each lane's A loads queue behind the weight's
+// streaming loads (H200, 2026-12-04: the LM head's 151,936×2,048 at one row 137 against 147 µs, 4,096×14,336 32
+// against 41 µs; docs/serving.md). Only where A is read from changes, so staged or not the bits are the same.
 #include "common.cuh"
 
 #define GEMV_MAX_M 8
@@ -26,7 +30,7 @@ __device__ __forceinline__ void gemv_load(uint4 (&w)[GEMV_U], const uint4* brow,
     }
 }
 
-// acc[m] += the batch's dot products with rows m of A.
+// acc[m] += the batch's dot products with rows m of A (A [M, K] in global or, staged, in shared memory: the same sums).
 __device__ __forceinline__ void gemv_fma(float (&acc)[GEMV_MAX_M], const uint4 (&w)[GEMV_U], const unsigned short* a, int M, int K, int q0,
                                          int chunks, int lane)
 {
@@ -51,31 +55,13 @@ __device__ __forceinline__ void gemv_fma(float (&acc)[GEMV_MAX_M], const uint4 (
     }
 }
 
-// Columns col, col + G, col + 2G, … (G: the grid's warps; at most C of them, all below N) of C for rows 0 … M−1, by
-// one warp (C = CudaBackend.DecodeColumns; 1: one column a warp, the kernel as before). rows(col): column col's weight
-// row; done(col, acc): its sums (warp_sum, store). Requires K % 8 == 0 and A, B 16-byte aligned (the launcher checks).
-// With C > 1 the next column's first batch is loaded right after the current column's last batch arithmetic, so it is
-// in flight during that column's warp_sum and store instead of being issued after them (a column of the LM head's K =
-// 2048 is one batch: one column a warp paid a whole memory latency per column with nothing in flight). The batch loads
-// into the buffer the arithmetic has just finished with (a second buffer would cost GEMV_U·4 registers a thread at
-// every C). Same bits for every C: a column's acc starts at 0 and takes its batches in order from the same chunks,
-// with the same warp_sum and store; only when a load is issued moves (decode.cu's dec_columns makes the same argument).
+// The column loop of gemv_columns from its first column on (w: that column's first batch), A read at a.
 template <class Rows, class Done>
-__device__ __forceinline__ void gemv_columns(Rows rows, Done done, const unsigned short* a, int M, int K, int col, int N, int G, int C,
-                                             int lane, int pf)
+__device__ __forceinline__ void gemv_column_loop(uint4 (&w)[GEMV_U], Rows rows, Done done, const unsigned short* a, int M, int K, int col, int N,
+                                                 int G, int C, int lane)
 {
     int chunks = K >> 3;
     const uint4* brow = rows(col);
-    uint4 w[GEMV_U];
-    gemv_load(w, brow, 0, chunks, lane);
-    // Launched as a dependent (CudaBackend.UseDependentLaunch), the weight's first loads (and with pf the rest of the
-    // warp's rows, into L2) overlap the previous kernel; A and C are read only after it has finished.
-    if (pf)
-    {
-        if (chunks > 32 * GEMV_U) prefetch_l2(brow + 32 * GEMV_U, (i64)(chunks - 32 * GEMV_U) * 16, lane);
-        for (int i = 1; i < C && col + i * G < N; i++) prefetch_l2(rows(col + i * G), (i64)chunks * 16, lane);
-    }
-    pdl_wait();
     for (int i = 0;; i++)
     {
         int ncol = col + G;
@@ -94,6 +80,45 @@ __device__ __forceinline__ void gemv_columns(Rows rows, Done done, const unsigne
         col = ncol;
         brow = rows(col);
     }
+}
+
+// Columns col, col + G, col + 2G, … (G: the grid's warps; at most C of them, all below N) of C for rows 0 … M−1, by
+// one warp (C = CudaBackend.DecodeColumns; 1: one column a warp, the kernel as before). rows(col): column col's weight
+// row; done(col, acc): its sums (warp_sum, store). Requires K % 8 == 0 and A, B 16-byte aligned (the launcher checks).
+// Called by every warp of the block (a warp with col ≥ N helps stage A, then returns). With C > 1 the next column's
+// first batch is loaded right after the current column's last batch arithmetic, so it is
+// in flight during that column's warp_sum and store instead of being issued after them (a column of the LM head's K =
+// 2048 is one batch: one column a warp paid a whole memory latency per column with nothing in flight). The batch loads
+// into the buffer the arithmetic has just finished with (a second buffer would cost GEMV_U·4 registers a thread at
+// every C). Same bits for every C: a column's acc starts at 0 and takes its batches in order from the same chunks,
+// with the same warp_sum and store; only when a load is issued moves (decode.cu's dec_columns makes the same argument).
+template <class Rows, class Done>
+__device__ __forceinline__ void gemv_columns(Rows rows, Done done, const unsigned short* a, uint4* as, int staged, int M, int K, int col, int N,
+                                             int G, int C, int lane, int pf)
+{
+    int chunks = K >> 3;
+    uint4 w[GEMV_U];
+    if (col < N)
+    {
+        const uint4* brow = rows(col);
+        gemv_load(w, brow, 0, chunks, lane);
+        // Launched as a dependent (CudaBackend.UseDependentLaunch), the weight's first loads (and with pf the rest of
+        // the warp's rows, into L2) overlap the previous kernel; A and C are read only after it has finished.
+        if (pf)
+        {
+            if (chunks > 32 * GEMV_U) prefetch_l2(brow + 32 * GEMV_U, (i64)(chunks - 32 * GEMV_U) * 16, lane);
+            for (int i = 1; i < C && col + i * G < N; i++) prefetch_l2(rows(col + i * G), (i64)chunks * 16, lane);
+        }
+    }
+    pdl_wait();
+    if (staged)
+    {
+        const uint4* a4 = (const uint4*)a;
+        for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) as[i] = a4[i];
+        __syncthreads();
+        if (col < N) gemv_column_loop(w, rows, done, (const unsigned short*)as, M, K, col, N, G, C, lane);
+    }
+    else if (col < N) gemv_column_loop(w, rows, done, a, M, K, col, N, G, C, lane);
 }
 
 // Column col's sums into C: alpha·s (+ C).
@@ -115,15 +140,15 @@ __device__ __forceinline__ void gemv_store(void* c, int dt_c, int M, int N, int 
 }
 
 extern "C" __global__ void gemv_bf16(void* c, int dt_c, const unsigned short* a, const unsigned short* b, int M, int N, int K,
-                                     float alpha, int accumulate, int pf, int C)
+                                     float alpha, int accumulate, int pf, int C, int staged)
 {
+    extern __shared__ uint4 as[];
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int n = blockIdx.x * GEMV_WARPS + warp, G = gridDim.x * GEMV_WARPS;
-    if (n >= N) return;
     auto row = [&](int col) { return (const uint4*)(b + (i64)col * K); };
     auto done = [&](int col, const float (&acc)[GEMV_MAX_M]) { gemv_store(c, dt_c, M, N, col, alpha, accumulate, acc, lane); };
-    gemv_columns(row, done, a, M, K, n, N, G, C, lane, pf);
+    gemv_columns(row, done, a, as, staged, M, K, n, N, G, C, lane, pf);
 }
 
 // Up to three products sharing A (a layer's q/k/v, or gate/up) in one launch: C_i = A·B_iᵀ, B_i [N_i, K]; the columns
@@ -132,13 +157,13 @@ extern "C" __global__ void gemv_bf16(void* c, int dt_c, const unsigned short* a,
 extern "C" __global__ void gemv_bf16_set(const unsigned short* a, int M, int K, int count,
                                          void* c0, int dt_c0, const unsigned short* b0, int n0,
                                          void* c1, int dt_c1, const unsigned short* b1, int n1,
-                                         void* c2, int dt_c2, const unsigned short* b2, int n2, int pf, int C)
+                                         void* c2, int dt_c2, const unsigned short* b2, int n2, int pf, int C, int staged)
 {
+    extern __shared__ uint4 as[];
     pdl_trigger();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int n = blockIdx.x * GEMV_WARPS + warp, G = gridDim.x * GEMV_WARPS;
     int total = n0 + (count > 1 ? n1 : 0) + (count > 2 ? n2 : 0);
-    if (n >= total) return;
     // Column col (< total) of the products end to end: product j's column col − n0 − ….
     auto row = [&](int col)
     {
@@ -153,5 +178,5 @@ extern "C" __global__ void gemv_bf16_set(const unsigned short* a, int M, int K, 
         if (col < n1) gemv_store(c1, dt_c1, M, n1, col, 1.0f, 0, acc, lane);
         else gemv_store(c2, dt_c2, M, n2, col - n1, 1.0f, 0, acc, lane);
     };
-    gemv_columns(row, done, a, M, K, n, total, G, C, lane, pf);
+    gemv_columns(row, done, a, as, staged, M, K, n, total, G, C, lane, pf);
 }

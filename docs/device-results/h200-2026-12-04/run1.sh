@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# 2026-12-04, call 3: decode_staged.sh on both shapes, FT_BASE = the build before (621a412's FineTune.Engine.dll in a
+# copy of this publish).
+set -u
+t0=$(date +%s)
+rm -rf /tmp/x && mkdir -p /tmp/x && tar -xJf .device/s1/pub.tar.xz -C /tmp/x
+cp -r /tmp/x/pub /tmp/x/base && cp /tmp/x/old/FineTune.Engine.dll /tmp/x/base/
+export FINETUNE_KERNEL_CACHE=/tmp/kc
+FT_BASE=/tmp/x/base/finetune timeout 570 bash tests/device/decode_staged.sh /tmp/x/pub/finetune /tmp/x/pub/FineTune.DeviceChecks /tmp/r1 /tmp/m17 /tmp/m8 2>&1 | grep -v "^ok "
+echo "rc=$? $(( $(date +%s) - t0 ))s"
+rm -rf /tmp/r1/kernel-cache /tmp/r1/m17 /tmp/r1/m8 /tmp/r1/decode /tmp/r1/generate; tar -cJf $OUT/run1.tar.xz -C /tmp/r1 .
