@@ -189,18 +189,16 @@ public sealed partial class CudaBackend
     /// <summary>Tile shapes of the flash backward kernels; null takes <see cref="FlashBackwardTiles.Default"/>.</summary>
     public FlashBackwardTiles? FlashTiles { get; set; }
 
-    readonly HashSet<nint> _sharedRaised = [];
     int _sharedLimit;
 
     /// <summary>The device's opt-in shared-memory limit a block (read once).</summary>
     int SharedLimit => _sharedLimit != 0 ? _sharedLimit : _sharedLimit = _dev.MaxSharedMemoryPerBlock;
 
-    // Launches a flash kernel with dynamic shared memory (raising the 48 KiB default once per kernel where needed);
+    // Launches a flash kernel with dynamic shared memory (CudaDevice.Launch raises the 48 KiB default where needed);
     // `mark` names it in the profile.
     void LaunchFlash(string kernel, (int, int, int) grid, int threads, int sharedBytes, ReadOnlySpan<KernelArg> args, string mark)
     {
         var fn = _dev.Function("flash_attention.cu", kernel);
-        if (sharedBytes > 48 * 1024 && _sharedRaised.Add(fn)) _dev.SetDynamicSharedMemory(fn, sharedBytes);
         _dev.Launch(fn, grid, (threads, 1, 1), sharedBytes, args, kernel);
         if (_dev.Profiling) _dev.Mark(mark);
     }

@@ -50,6 +50,8 @@ public sealed partial class CudaBackend
         GroupedGemm != GroupedGemmKernel.Tile64 && inCols % 8 == 0 && outCols % 8 == 0 && (c.DType is DType.BF16 or DType.F32)
         && (P(a) & 15) == 0 && (P(w) & 15) == 0 && (P(c) & 15) == 0;
 
+    readonly HashSet<nint> _carveoutSet = []; // kernels whose shared-memory carveout preference is already set
+
     // grouped_gemm_mma: grid (column tiles, row tiles), each expert's rows cut into 128-row tiles: at most
     // ceil(rows/128) + E of them; tiles past the last exit at once. Shared memory: STAGES × (A + B) tiles of
     // 128 × (BK + 8) bf16 (61,440 to 110,592 bytes, above the 48 KiB default), two blocks per multiprocessor.
@@ -58,11 +60,7 @@ public sealed partial class CudaBackend
         var (name, kStep, stages) = GroupedMmaVariant(GroupedGemm);
         int sharedBytes = stages * 2 * GroupedMmaTile * (kStep + 8) * 2;
         var fn = _dev.Function("experts.cu", name);
-        if (_sharedRaised.Add(fn))
-        {
-            _dev.SetDynamicSharedMemory(fn, sharedBytes);
-            _dev.PreferMaxSharedMemory(fn);
-        }
+        if (_carveoutSet.Add(fn)) _dev.PreferMaxSharedMemory(fn); // CudaDevice.Launch raises the 48 KiB limit itself
         _dev.Launch(fn, ((outCols + GroupedMmaTile - 1) / GroupedMmaTile, (a.Rows + GroupedMmaTile - 1) / GroupedMmaTile + e, 1), (256, 1, 1),
             sharedBytes, [P(c), Dt(c), P(a), P(w), P(offsets), e, outCols, inCols, transW ? 1 : 0, accumulate ? 1 : 0], name);
         if (_dev.Profiling) _dev.Mark(name);
@@ -162,11 +160,7 @@ public sealed partial class CudaBackend
             // grouped_gemm_mma's. FINETUNE_GROUPED_GEMM=old keeps grouped_gemm_weight_grad_tc.
             const int sharedBytes = 3 * 2 * 32 * 136 * 2; // 52,224
             var fn = _dev.Function("experts.cu", "grouped_gemm_weight_grad_mma");
-            if (_sharedRaised.Add(fn))
-            {
-                _dev.SetDynamicSharedMemory(fn, sharedBytes);
-                _dev.PreferMaxSharedMemory(fn);
-            }
+            if (_carveoutSet.Add(fn)) _dev.PreferMaxSharedMemory(fn);
             _dev.Launch(fn, ((k + GroupedMmaTile - 1) / GroupedMmaTile, (n + GroupedMmaTile - 1) / GroupedMmaTile, e), (256, 1, 1), sharedBytes,
                 [P(dw), P(dc), P(a), P(offsets), n, k], "grouped_gemm_weight_grad_mma");
             if (_dev.Profiling) _dev.Mark("grouped_gemm_weight_grad_mma");
