@@ -12,8 +12,9 @@
 // while the previous kernel drains. Launched so (pf = 1), a block also prefetches into L2, before it waits, the rest of
 // its warps' weight rows (past the first batch its registers hold) and the norm weight (dec_prefetch): weights never
 // depend on the kernel before, and the prefetch only warms L2, so the bits are those of a plain launch. Warps per
-// block: blockDim.x / 32 (CudaBackend.DecodeWarps). The normed rows live in shared memory, computed once per block (a
-// row of x is at most DEC_MAX_K values).
+// block: blockDim.x / 32 (CudaBackend.DecodeWarps; gemv_norm_swiglu's in pairs, CudaBackend.SwiGluWarps). The normed
+// rows live in shared memory, computed once per block (a row of x is at most DEC_MAX_K values); gemv_residual copies
+// its input rows there as they are.
 #include "common.cuh"
 
 #define DEC_MAX_M 2
