@@ -135,10 +135,11 @@ public sealed partial class CudaBackend
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
     {
         int m = a.Rows, k = a.Cols;
+        int shared = GemvSharedBytes(m, k); // the input rows, staged: 0 when they do not fit
         bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual)
-            && GemvSharedBytes(m, k) > 0;
+            && shared > 0;
         if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
-        LaunchDecode("gemv_residual", y.Cols, GemvSharedBytes(m, k), [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumnsOf("gemv_residual")]);
+        LaunchDecode("gemv_residual", y.Cols, shared, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumnsOf("gemv_residual")]);
     }
 
     /// <summary>Whether qk_rope_cache (or the rope-and-attention kernel) takes these operands; <paramref name="normed"/>: q/k norms given.</summary>

@@ -76,6 +76,14 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+// dst[0 … count) = src[0 … count) by every thread of the block, then a barrier: a GEMV block's input rows copied into
+// its shared memory once (decode.cu's gemv_residual, gemv.cu's staged form), read from there by every warp.
+__device__ __forceinline__ void block_stage(uint4* dst, const uint4* src, int count)
+{
+    for (int i = threadIdx.x; i < count; i += blockDim.x) dst[i] = src[i];
+    __syncthreads();
+}
+
 // Warms L2 with bytes [p, p + bytes) of a constant (a frozen weight), one prefetch.global.L2 per 128-byte line (the
 // PTX ISA: the line holding the address), lane l taking lines l, l + 32, …: what a dependent-launched kernel does
 // before pdl_wait() with the weight it will stream, so that DRAM works for it while the kernel before it drains. A

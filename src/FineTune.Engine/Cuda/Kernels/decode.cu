@@ -303,8 +303,7 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
     dec_prefetch(row(n, 0), chunks, lane, pf);
     dec_prefetch_columns<1>(row, chunks, lane, n, N, G, C, pf);
     pdl_wait();
-    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) as[i] = a[i];
-    __syncthreads();
+    block_stage(as, a, M * chunks);
     if (n >= N) return;
     dec_columns<1>(w, row, done, as, M, chunks, lane, n, N, G, C);
 }

@@ -113,9 +113,7 @@ __device__ __forceinline__ void gemv_columns(Rows rows, Done done, const unsigne
     pdl_wait();
     if (staged)
     {
-        const uint4* a4 = (const uint4*)a;
-        for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) as[i] = a4[i];
-        __syncthreads();
+        block_stage(as, (const uint4*)a, M * chunks);
         if (col < N) gemv_column_loop(w, rows, done, (const unsigned short*)as, M, K, col, N, G, C, lane);
     }
     else if (col < N) gemv_column_loop(w, rows, done, a, M, K, col, N, G, C, lane);
