@@ -10,7 +10,9 @@
 //     its range, and the combine rescales them: out = Σ_s e^(m_s − M)·acc_s / Σ_s e^(m_s − M)·l_s, M = max_s m_s.
 //     Given a counter per (token, kv head), the split kernel combines too (one launch, not two): the last of a
 //     (token, kv head)'s blocks to finish runs the combine's arithmetic over every split in split order, so the bits
-//     are the separate combine's, and sets the counter back to 0 for the next launch (a CUDA graph replays it).
+//     are the separate combine's, and sets the counter back to 0 for the next launch (a CUDA graph replays it). Only
+//     the splits whose range holds keys take part (the others return at once: the grid is fixed when a graph is
+//     captured, the context grows step by step).
 //     Both are programmatic-dependent-launch aware (common.cuh): they trigger their dependent and wait at their start.
 //   cached_attention_rope_split (a one-token decode step, one kernel for decode.cu's qk_rope_cache and the attention):
 //     each block normes and rotates its query heads itself (head_norm_rope_v8, qk_rope_cache's arithmetic), the block
@@ -190,8 +192,39 @@ __device__ __forceinline__ void split_attention(float* part, const void* q, int 
     int lo = window > 0 ? max(0, p - window + 1) : 0; // a sliding-window layer reads keys lo … p
     int chunk = ((len - lo + splits - 1) / splits + 31) / 32 * 32;
     int start = lo + split * chunk, end = min(len, start + chunk);
+    // With counters (one launch), a range past the keys (a short context: at ~100 keys 4 of 32 ranges hold any)
+    // neither writes partials nor counts: the combine counts and reads the `active` ranges that hold keys — the empty
+    // ones it skipped anyway (m = −inf), so the bits are those of every range counted.
+    int active = (len - lo + chunk - 1) / chunk;
+    if (counters != nullptr && start >= end) return;
     i64 qrow = ((i64)t * Hq + h) * D;
     const bool rope = r.qin != nullptr;
+    i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
+    // BF16 caches with D % 8 == 0 copy 16 bytes (8 values) per load, all of a thread's loads issued before any store.
+    const bool vec = dt_k == FT_BF16 && dt_v == FT_BF16 && (D & 7) == 0;
+    const int cpr = D >> 3; // 16-byte chunks per key row
+    // 32 keys × cpr chunks ≤ 512 = SPLIT_THREADS_MIN × 4 copies per thread.
+    constexpr int U = 32 * (SPLIT_MAX_D / 8) / SPLIT_THREADS_MIN;
+    uint4 kr[U], vr[U];
+    // Tile j0's K and V chunks into kr/vr: every key but skip, or (only ≥ 0) key only alone. Key p, which the rope
+    // form writes in this launch, is loaded after the barrier that follows its write.
+    auto load_tile = [&](int j0, int skip, int only)
+    {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+        {
+            int idx = threadIdx.x + u * blockDim.x, jj = idx / cpr, j = j0 + jj;
+            if (idx < 32 * cpr && j < end && j != skip && (only < 0 || j == only))
+            {
+                i64 row = paged_row(table, j, bs) * kstride + koff + (idx - jj * cpr) * 8;
+                kr[u] = *(const uint4*)((const unsigned short*)k + row);
+                vr[u] = *(const uint4*)((const unsigned short*)v + row);
+            }
+        }
+    };
+    // The first tile's keys (all written by earlier steps but p) go out before the rope work that q waits on.
+    const int late = rope ? p : -1;
+    if (vec) load_tile(start, late, -1);
     uint4 qrot = make_uint4(0u, 0u, 0u, 0u); // rope: this lane's chunk of its q head, rotated and rounded
     float qinv = 0.0f;
     if (rope)
@@ -228,10 +261,6 @@ __device__ __forceinline__ void split_attention(float* part, const void* q, int 
     }
     else if (computes)
         for (int d = lane; d < D; d += 32) qs[warp][d] = ld(q, qrow + d, dt_q) * scale;
-    i64 kstride = (i64)Hkv * D, koff = (i64)kh * D;
-    // BF16 caches with D % 8 == 0 copy 16 bytes (8 values) per load, all of a thread's loads issued before any store.
-    const bool vec = dt_k == FT_BF16 && dt_v == FT_BF16 && (D & 7) == 0;
-    const int cpr = D >> 3; // 16-byte chunks per key row
     float acc[SPLIT_MAX_E];
 #pragma unroll
     for (int e = 0; e < SPLIT_MAX_E; e++) acc[e] = 0.0f;
@@ -241,20 +270,8 @@ __device__ __forceinline__ void split_attention(float* part, const void* q, int 
         __syncthreads(); // the previous tile is used up (and qs written, on the first pass)
         if (vec)
         {
-            // 32 keys × cpr chunks ≤ 512 = SPLIT_THREADS_MIN × 4 copies per thread.
-            constexpr int U = 32 * (SPLIT_MAX_D / 8) / SPLIT_THREADS_MIN;
-            uint4 kr[U], vr[U];
-#pragma unroll
-            for (int u = 0; u < U; u++)
-            {
-                int idx = threadIdx.x + u * blockDim.x, jj = idx / cpr, j = j0 + jj;
-                if (idx < 32 * cpr && j < end)
-                {
-                    i64 row = paged_row(table, j, bs) * kstride + koff + (idx - jj * cpr) * 8;
-                    kr[u] = *(const uint4*)((const unsigned short*)k + row);
-                    vr[u] = *(const uint4*)((const unsigned short*)v + row);
-                }
-            }
+            if (j0 != start) load_tile(j0, -1, -1);
+            else if (late >= start && late < end) load_tile(j0, -1, late); // the rest came before the rope work
 #pragma unroll
             for (int u = 0; u < U; u++)
             {
@@ -323,13 +340,13 @@ __device__ __forceinline__ void split_attention(float* part, const void* q, int 
     if (threadIdx.x == 0)
     {
         unsigned* count = counters + (i64)t * Hkv + kh;
-        last = atomicAdd(count, 1u) == (unsigned)splits - 1;
+        last = atomicAdd(count, 1u) == (unsigned)active - 1;
         if (last) *count = 0u; // every other block of (t, kh) has counted
     }
     __syncthreads();
     if (!last || !computes) return;
     __threadfence();
-    split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, splits, lane);
+    split_combine_row(out, dt_o, part + ((i64)t * Hq + h) * splits * (D + 2), ((i64)t * Hq + h) * D, D, active, lane);
     if (rope)
     {
         int c8 = D >> 3;
