@@ -27,6 +27,14 @@ public static class DecodeComposition
         b.Add(y, residual);
     }
 
+    public static void AttentionOutputMlp(IBackend b, Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att,
+        Tensor oWeight, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight)
+    {
+        b.MatMulResidual(mid, att, oWeight, x);
+        b.NormSwiGluMatMul(h, gate, up, ln, rstd, mid, normWeight, eps, gateWeight, upWeight);
+        b.MatMulResidual(y, h, downWeight, mid);
+    }
+
     public static void QkRopeCache(IBackend b, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
         float eps, Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
     {

@@ -254,6 +254,14 @@ public interface IBackend : IDisposable
     void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual) =>
         DecodeComposition.MatMulResidual(this, y, a, weight, residual);
     /// <summary>
+    /// A layer after its attention: mid = att·oWeightᵀ + x (<see cref="MatMulResidual"/>), then
+    /// <see cref="NormSwiGluMatMul"/> of mid into h, then y = h·downWeightᵀ + mid; CUDA may run the three as one
+    /// cooperative launch (decode.cu's decode_mlp_tail, <c>CudaBackend.UsePersistentMlp</c>).
+    /// </summary>
+    void AttentionOutputMlp(Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att, Tensor oWeight, Tensor x,
+        Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight) =>
+        DecodeComposition.AttentionOutputMlp(this, y, mid, h, gate, up, ln, rstd, att, oWeight, x, normWeight, eps, gateWeight, upWeight, downWeight);
+    /// <summary>
     /// A step's attention inputs into the cache: with norm weights (qwen3's q_norm/k_norm) q = RMSNorm(qIn) and
     /// k = RMSNorm(kIn) per head (qRstd/kRstd written), else q and k are qIn and kIn (the same tensors); then RoPE on q
     /// and k (<see cref="Rope"/>), and k's and v's rows scattered into the caches at <paramref name="cacheRows"/>

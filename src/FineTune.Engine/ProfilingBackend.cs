@@ -99,6 +99,13 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
     public void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight)
     { var t = Begin(); _inner.NormSwiGluMatMul(h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); End("NormSwiGluMatMul", t); }
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual) { var t = Begin(); _inner.MatMulResidual(y, a, weight, residual); End("MatMulResidual", t); }
+    public void AttentionOutputMlp(Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att, Tensor oWeight, Tensor x,
+        Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight)
+    {
+        var t = Begin();
+        _inner.AttentionOutputMlp(y, mid, h, gate, up, ln, rstd, att, oWeight, x, normWeight, eps, gateWeight, upWeight, downWeight);
+        End("AttentionOutputMlp", t);
+    }
     public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
         Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
     { var t = Begin(); _inner.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows); End("QkRopeCache", t); }

@@ -174,9 +174,11 @@ public sealed partial class CausalLM
         && L.Linears.All(x => x.Lora is null && x.Bias is null && !_quantized.ContainsKey(x.Weight));
 
     /// <summary>
-    /// One layer of an engine step in five operations: ln1 + q/k/v products; q/k norms + RoPE + K/V into the cache and
-    /// attention over the cache; o_proj + residual; ln2 + gate/up + SwiGLU; down_proj + residual. Each is IBackend's
-    /// fused operation, defined as the composition the unfused step runs (DecodeComposition), so the values are the same.
+    /// One layer of an engine step in three operations: ln1 + q/k/v products; q/k norms + RoPE + K/V into the cache and
+    /// attention over the cache; then o_proj + residual, ln2 + gate/up + SwiGLU and down_proj + residual
+    /// (AttentionOutputMlp, itself the three fused operations on every backend but CUDA's persistent form). Each is
+    /// IBackend's fused operation, defined as the composition the unfused step runs (DecodeComposition), so the values
+    /// are the same.
     /// </summary>
     private void DecodeLayer(DecoderLayer L, LayerActivations a, Tensor x, Tensor y, int n, Tensor pos, Tensor cacheRows,
         Tensor kCache, Tensor vCache, Tensor seqs, Tensor tables, CachedAttentionShape shape)
@@ -191,12 +193,8 @@ public sealed partial class CausalLM
         B.QkRopeCacheAttention(att, q, k, qIn, kIn, v, L.QNorm?.Value, L.KNorm?.Value,
             L.QNorm is null ? null : Head1(a.QRstd!, (long)n * Spec.NumHeads), L.KNorm is null ? null : Head1(a.KRstd!, (long)n * Spec.NumKvHeads),
             eps, pos, cos, sin, Spec.HeadDim, kCache, vCache, cacheRows, seqs, tables, shape);
-        var resMid = Rows(a.ResMid, n);
-        B.MatMulResidual(resMid, att, L.O.Weight.Value, x);
-        var act = Rows(a.Act, n);
-        B.NormSwiGluMatMul(act, Rows(a.Gate, n), Rows(a.Up, n), Rows(a.Ln2, n), Head1(a.Rstd2, n), resMid, L.PostAttentionNorm.Value, eps,
-            L.Gate!.Weight.Value, L.Up!.Weight.Value);
-        B.MatMulResidual(y, act, L.Down!.Weight.Value, resMid);
+        B.AttentionOutputMlp(y, Rows(a.ResMid, n), Rows(a.Act, n), Rows(a.Gate, n), Rows(a.Up, n), Rows(a.Ln2, n), Head1(a.Rstd2, n), att,
+            L.O.Weight.Value, x, L.PostAttentionNorm.Value, eps, L.Gate!.Weight.Value, L.Up!.Weight.Value, L.Down!.Weight.Value);
     }
 
     /// <summary>Activations for engine steps of up to <paramref name="tokens"/> tokens and <paramref name="logitRows"/> logit rows.</summary>

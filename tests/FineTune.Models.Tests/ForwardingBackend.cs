@@ -78,6 +78,9 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight) =>
         Run(() => Inner.NormSwiGluMatMul(h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight));
     public virtual void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual) => Run(() => Inner.MatMulResidual(y, a, weight, residual));
+    public virtual void AttentionOutputMlp(Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att, Tensor oWeight, Tensor x,
+        Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight) =>
+        Run(() => Inner.AttentionOutputMlp(y, mid, h, gate, up, ln, rstd, att, oWeight, x, normWeight, eps, gateWeight, upWeight, downWeight));
     public virtual void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
         Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows) =>
         Run(() => Inner.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows));

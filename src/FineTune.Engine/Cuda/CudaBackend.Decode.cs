@@ -121,25 +121,96 @@ public sealed partial class CudaBackend
         LaunchDecode("gemv_norm_set", total, m * k * 2, args);
     }
 
+    bool NormSwiGluFits(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, Tensor gateWeight, Tensor upWeight)
+    {
+        int m = x.Rows, k = x.Cols, n = gateWeight.Rows;
+        return normWeight.Length == k && ln.Rows == m && ln.Cols == k && rstd.DType == DType.F32 && rstd.Length >= m
+            && ProductShape(gate, gateWeight, m, k) && ProductShape(up, upWeight, m, k) && h.Rows == m && h.Cols == n
+            && DecodeFits(x, DecodeMaxK, ln, normWeight, gate, up, h, gateWeight, upWeight);
+    }
+
     public void NormSwiGluMatMul(Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight)
     {
         int m = x.Rows, k = x.Cols, n = gateWeight.Rows;
-        bool fused = normWeight.Length == k && ln.Rows == m && ln.Cols == k && rstd.DType == DType.F32 && rstd.Length >= m
-            && ProductShape(gate, gateWeight, m, k) && ProductShape(up, upWeight, m, k) && h.Rows == m && h.Cols == n
-            && DecodeFits(x, DecodeMaxK, ln, normWeight, gate, up, h, gateWeight, upWeight);
-        if (!fused) { DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight); return; }
+        if (!NormSwiGluFits(h, gate, up, ln, rstd, x, normWeight, gateWeight, upWeight))
+        {
+            DecodeComposition.NormSwiGluMatMul(this, h, gate, up, ln, rstd, x, normWeight, eps, gateWeight, upWeight);
+            return;
+        }
         LaunchDecode("gemv_norm_swiglu", n, m * k * 2, SwiGluWarps, 2,
             [P(x), P(normWeight), eps, 0f, P(ln), P(rstd), m, k, n, P(gateWeight), P(upWeight), P(gate), P(up), P(h), PrefetchFlag, DecodeColumnsOf("gemv_norm_swiglu")]);
+    }
+
+    /// <summary>Whether gemv_residual takes these operands; <paramref name="shared"/>: its staged input rows' bytes.</summary>
+    bool ResidualFits(Tensor y, Tensor a, Tensor weight, Tensor residual, out int shared)
+    {
+        int m = a.Rows, k = a.Cols;
+        shared = GemvSharedBytes(m, k); // the input rows, staged: 0 when they do not fit
+        return ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual)
+            && shared > 0;
     }
 
     public void MatMulResidual(Tensor y, Tensor a, Tensor weight, Tensor residual)
     {
         int m = a.Rows, k = a.Cols;
-        int shared = GemvSharedBytes(m, k); // the input rows, staged: 0 when they do not fit
-        bool fused = ProductShape(y, weight, m, k) && residual.Rows == m && residual.Cols == y.Cols && DecodeFits(a, int.MaxValue, y, weight, residual)
-            && shared > 0;
-        if (!fused) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
+        if (!ResidualFits(y, a, weight, residual, out int shared)) { DecodeComposition.MatMulResidual(this, y, a, weight, residual); return; }
         LaunchDecode("gemv_residual", y.Cols, shared, [P(y), P(a), P(weight), P(residual), m, y.Cols, k, PrefetchFlag, DecodeColumnsOf("gemv_residual")]);
+    }
+
+    /// <summary>The default of <see cref="UsePersistentMlp"/> when FINETUNE_PERSISTENT_MLP is unset (flip here once measured).</summary>
+    const bool PersistentMlpByDefault = false;
+
+    /// <summary>
+    /// A layer's o_proj + residual, ln2 + gate/up + SwiGLU and down_proj + residual as one cooperative launch
+    /// (decode.cu's decode_mlp_tail: the three kernels' bodies with grid barriers between them, the same bits) instead
+    /// of three (FINETUNE_PERSISTENT_MLP=1 on, 0 off, unset <see cref="PersistentMlpByDefault"/>).
+    /// </summary>
+    public bool UsePersistentMlp { get; set; } =
+        Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_MLP") is { Length: > 0 } pm ? pm == "1" : PersistentMlpByDefault;
+
+    /// <summary>
+    /// decode_mlp_tail's block shape: warps a block (even, at most 2 · DEC_PAIRS; 0: <see cref="SwiGluWarps"/>) and blocks an
+    /// SM (0: as many as fit), for measurement (FINETUNE_PERSISTENT_MLP_WARPS, FINETUNE_PERSISTENT_MLP_BLOCKS).
+    /// </summary>
+    public (int Warps, int BlocksPerSm) PersistentMlpGrid { get; set; } =
+        (int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_MLP_WARPS"), out int pw) ? pw : 0,
+         int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_MLP_BLOCKS"), out int pb) ? pb : 0);
+
+    /// <summary>
+    /// Whether decode_mlp_tail is also a programmatic dependent launch (its blocks start while the attention finishes and
+    /// issue their first o_proj weight loads; FINETUNE_PERSISTENT_MLP_PDL=0 off), when <see cref="UseDependentLaunch"/> is on.
+    /// </summary>
+    public bool PersistentMlpDependent { get; set; } = Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_MLP_PDL") != "0";
+
+    ulong _mlpBarrier;
+    long _mlpBarrierBytes;
+
+    public void AttentionOutputMlp(Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att, Tensor oWeight, Tensor x,
+        Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight)
+    {
+        int m = x.Rows, hidden = x.Cols, inter = gateWeight.Rows, sharedA = 0, sharedH = 0;
+        int warps = PersistentMlpGrid.Warps > 0 ? Math.Clamp(PersistentMlpGrid.Warps & ~1, 2, 2 * DecodePairs) : SwiGluWarps;
+        bool persistent = UsePersistentMlp && UseFusedDecode && _dev.HasCooperativeLaunch
+            && ResidualFits(mid, att, oWeight, x, out sharedA) && ResidualFits(y, h, downWeight, mid, out sharedH)
+            && NormSwiGluFits(h, gate, up, ln, rstd, mid, normWeight, gateWeight, upWeight) && mid.Rows == m && mid.Cols == hidden && y.Cols == hidden;
+        if (!persistent)
+        {
+            DecodeComposition.AttentionOutputMlp(this, y, mid, h, gate, up, ln, rstd, att, oWeight, x, normWeight, eps, gateWeight, upWeight, downWeight);
+            return;
+        }
+        int shared = Math.Max(Math.Max(sharedA, sharedH), m * hidden * 2);
+        var function = _dev.Function("decode.cu", "decode_mlp_tail");
+        int perSm = Math.Max(1, _dev.MaxActiveBlocksPerSm(function, warps * 32, shared));
+        if (PersistentMlpGrid.BlocksPerSm > 0) perSm = Math.Min(perSm, PersistentMlpGrid.BlocksPerSm);
+        int blocks = _dev.Info.Multiprocessors * perSm;
+        ulong bar = ZeroedScratch(ref _mlpBarrier, ref _mlpBarrierBytes, 2 * sizeof(uint));
+        bool dependent = UseDependentLaunch && PersistentMlpDependent;
+        _dev.LaunchCooperative(function, (blocks, 1, 1), (warps * 32, 1, 1), shared,
+        [
+            P(mid), P(att), P(oWeight), P(x), att.Cols, P(normWeight), eps, P(ln), P(rstd), inter, P(gateWeight), P(upWeight),
+            P(gate), P(up), P(h), P(y), P(downWeight), m, hidden, bar, dependent ? 1 : 0,
+        ], "decode_mlp_tail", dependent);
+        if (_dev.Profiling) _dev.Mark("decode_mlp_tail");
     }
 
     /// <summary>Whether qk_rope_cache (or the rope-and-attention kernel) takes these operands; <paramref name="normed"/>: q/k norms given.</summary>

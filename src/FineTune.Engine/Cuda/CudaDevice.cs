@@ -173,6 +173,33 @@ public sealed unsafe class CudaDevice : IDisposable
             throw new CudaException($"dependent launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
     }
 
+    /// <summary>Whether cooperative launches (<see cref="LaunchCooperative"/>) are available.</summary>
+    public bool HasCooperativeLaunch => _driver.HasCooperativeLaunch;
+
+    /// <summary>Blocks of <paramref name="threads"/> threads with <paramref name="sharedBytes"/> dynamic shared memory one SM holds at once.</summary>
+    public int MaxActiveBlocksPerSm(nint function, int threads, int sharedBytes)
+    {
+        AllowDynamicShared(function, sharedBytes);
+        return _driver.MaxActiveBlocksPerSm(function, threads, sharedBytes);
+    }
+
+    /// <summary>
+    /// A cooperative launch (every block resident at once: the kernel may meet at grid barriers); <paramref name="dependent"/>:
+    /// also programmatic (<see cref="LaunchDependent"/>: the kernel executes griddepcontrol.wait before its first read).
+    /// </summary>
+    public void LaunchCooperative(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name,
+        bool dependent = false)
+    {
+        AllowDynamicShared(function, sharedBytes);
+        var values = stackalloc ulong[args.Length];
+        var ptrs = stackalloc void*[args.Length];
+        for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
+        int rc = _driver.LaunchKernelCooperative(dependent, function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
+            (uint)sharedBytes, Stream, ptrs);
+        if (rc != 0)
+            throw new CudaException($"cooperative{(dependent ? " dependent" : "")} launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
+    }
+
     /// <summary>
     /// A launch with more than 48 KiB of dynamic shared memory needs the kernel's limit raised first
     /// (<see cref="SetDynamicSharedMemory"/>): done here, once per kernel and size, for every launch that asks for more.

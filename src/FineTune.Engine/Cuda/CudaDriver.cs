@@ -53,6 +53,7 @@ internal sealed unsafe class CudaDriver
     readonly delegate* unmanaged<int*, int, nint, int> _cuFuncGetAttribute;
     readonly delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> _cuLaunchKernel;
     readonly delegate* unmanaged<LaunchConfig*, nint, void**, void**, int> _cuLaunchKernelEx;
+    readonly delegate* unmanaged<int*, nint, int, nuint, int> _cuOccupancyMaxActiveBlocksPerMultiprocessor;
     readonly delegate* unmanaged<nint*, uint, int> _cuEventCreate;
     readonly delegate* unmanaged<nint, nint, int> _cuEventRecord;
     readonly delegate* unmanaged<nint, int> _cuEventSynchronize;
@@ -101,6 +102,8 @@ internal sealed unsafe class CudaDriver
         _cuFuncGetAttribute = (delegate* unmanaged<int*, int, nint, int>)lib.Export("cuFuncGetAttribute");
         _cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)lib.Export("cuLaunchKernel");
         _cuLaunchKernelEx = (delegate* unmanaged<LaunchConfig*, nint, void**, void**, int>)lib.TryExport("cuLaunchKernelEx");
+        _cuOccupancyMaxActiveBlocksPerMultiprocessor =
+            (delegate* unmanaged<int*, nint, int, nuint, int>)lib.TryExport("cuOccupancyMaxActiveBlocksPerMultiprocessor");
         _cuEventCreate = (delegate* unmanaged<nint*, uint, int>)lib.Export("cuEventCreate");
         _cuEventRecord = (delegate* unmanaged<nint, nint, int>)lib.Export("cuEventRecord");
         _cuEventSynchronize = (delegate* unmanaged<nint, int>)lib.Export("cuEventSynchronize");
@@ -238,19 +241,46 @@ internal sealed unsafe class CudaDriver
         public int Value; // the union's first int: programmaticStreamSerializationAllowed
     }
 
+    const int LaunchAttributeCooperative = 2; // CU_LAUNCH_ATTRIBUTE_COOPERATIVE
     const int LaunchAttributeProgrammaticStreamSerialization = 6; // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
     /// <summary>
     /// A launch that may begin before the previous kernel on the stream has finished (programmatic dependent launch):
     /// the kernel must execute griddepcontrol.wait before it reads anything the previous kernel writes.
     /// </summary>
-    public int LaunchKernelDependent(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args)
+    public int LaunchKernelDependent(nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args) =>
+        LaunchKernelWith(LaunchAttributeProgrammaticStreamSerialization, 0, f, gx, gy, gz, bx, by, bz, smem, stream, args);
+
+    /// <summary>
+    /// A cooperative launch: every block of the grid resident at once (the driver refuses a grid that cannot be), so the
+    /// blocks may wait for each other (a grid barrier); <paramref name="dependent"/>: also a programmatic dependent launch
+    /// (<see cref="LaunchKernelDependent"/>).
+    /// </summary>
+    public int LaunchKernelCooperative(bool dependent, nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args) =>
+        LaunchKernelWith(LaunchAttributeCooperative, dependent ? LaunchAttributeProgrammaticStreamSerialization : 0, f, gx, gy, gz, bx, by, bz, smem,
+            stream, args);
+
+    /// <summary>Whether the driver has what a cooperative launch through cuLaunchKernelEx and its occupancy query need.</summary>
+    public bool HasCooperativeLaunch => _cuLaunchKernelEx != null && _cuOccupancyMaxActiveBlocksPerMultiprocessor != null;
+
+    /// <summary>Blocks of <paramref name="blockSize"/> threads that one SM holds at once (cuOccupancyMaxActiveBlocksPerMultiprocessor).</summary>
+    public int MaxActiveBlocksPerSm(nint f, int blockSize, int sharedBytes)
     {
-        var attr = new LaunchAttribute { Id = LaunchAttributeProgrammaticStreamSerialization, Value = 1 };
+        int blocks;
+        Check(_cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, f, blockSize, (nuint)sharedBytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+        return blocks;
+    }
+
+    /// <summary>cuLaunchKernelEx with one or two attributes set to 1 (<paramref name="second"/> 0: none).</summary>
+    int LaunchKernelWith(int first, int second, nint f, uint gx, uint gy, uint gz, uint bx, uint by, uint bz, uint smem, nint stream, void** args)
+    {
+        var attrs = stackalloc LaunchAttribute[2];
+        attrs[0] = new LaunchAttribute { Id = first, Value = 1 };
+        attrs[1] = new LaunchAttribute { Id = second, Value = 1 };
         var config = new LaunchConfig
         {
             GridX = gx, GridY = gy, GridZ = gz, BlockX = bx, BlockY = by, BlockZ = bz, SharedBytes = smem, Stream = stream,
-            Attrs = &attr, NumAttrs = 1,
+            Attrs = attrs, NumAttrs = second == 0 ? 1u : 2u,
         };
         return _cuLaunchKernelEx(&config, f, args, null);
     }

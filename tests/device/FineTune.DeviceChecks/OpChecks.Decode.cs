@@ -54,6 +54,8 @@ public static partial class OpChecks
             ResidualCheck(c, 1, 14336, 1000);
             ResidualCheck(c, 2, 1000, 200);
             ResidualCheck(c, 2, 28672, 1000); // two rows past GemvMaxSharedBytes: the composition, A from global memory
+            foreach (var (m, ka, hidden, inter) in new[] { (1, 2048, 2048, 6144), (2, 2048, 2048, 6144), (1, 4096, 4096, 14336), (2, 1024, 512, 1000) })
+                MlpTailCheck(c, m, ka, hidden, inter);
             foreach (var (m, d, hq, hkv, normed) in new[] { (1, 128, 16, 8, true), (2, 128, 16, 8, true), (1, 128, 32, 8, false), (2, 64, 8, 2, false), (1, 256, 8, 4, true), (3, 128, 4, 2, true) })
                 QkRopeCheck(c, m, d, hq, hkv, normed);
             foreach (var (t, d, hq, hkv) in new[] { (1, 128, 16, 8), (2, 128, 16, 8), (1, 128, 32, 8), (8, 64, 8, 2), (3, 128, 4, 1) })
@@ -73,7 +75,7 @@ public static partial class OpChecks
             c.Gpu.UseFusedDecode = true;
             c.Gpu.UseSplitKOneKernel = oneKernel;
         }
-        foreach (var (program, kernel) in new[] { ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set"),
+        foreach (var (program, kernel) in new[] { ("decode.cu", "decode_mlp_tail"), ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set"),
                      ("kv_cache.cu", "cached_attention_split"), ("kv_cache.cu", "cached_attention_rope_split"), ("argmax.cu", "argmax_partial") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
     }
@@ -375,6 +377,62 @@ public static partial class OpChecks
                 [.. b.Select(t => t.Gpu)], ["h", "gate", "up", "ln", "rstd"], 2L * n * k * 2);
         DecodeComposition.NormSwiGluMatMul(c.Cpu, a[0].Cpu, a[1].Cpu, a[2].Cpu, a[3].Cpu, a[4].Cpu, x.Cpu, nw.Cpu, 1e-6f, g.Cpu, u.Cpu);
         c.Compare(name, "h", a[0], 0);
+    }
+
+    /// <summary>
+    /// AttentionOutputMlp as one cooperative launch (decode_mlp_tail, UsePersistentMlp) against its three fused kernels:
+    /// every output's bits, the launch twice in a row (the grid barrier left ready), and the times of both forms.
+    /// </summary>
+    static void MlpTailCheck(Ctx c, int m, int ka, int hidden, int inter)
+    {
+        var att = c.Pair(c.Rand((long)m * ka), [m, ka]);
+        var x = c.Pair(c.Rand((long)m * hidden, 2f), [m, hidden]);
+        var wo = c.Pair(c.Rand((long)hidden * ka, 0.05f), [hidden, ka]);
+        var nw = c.Pair(c.Rand(hidden), [hidden]);
+        var wg = c.Pair(c.Rand((long)inter * hidden, 0.05f), [inter, hidden]);
+        var wu = c.Pair(c.Rand((long)inter * hidden, 0.05f), [inter, hidden]);
+        var wd = c.Pair(c.Rand((long)hidden * inter, 0.05f), [hidden, inter]);
+        // y, mid, h, gate, up, ln, rstd
+        (Tensor Cpu, Tensor Gpu)[] Set() =>
+        [
+            c.Zeros([m, hidden]), c.Zeros([m, hidden]), c.Zeros([m, inter]), c.Zeros([m, inter]), c.Zeros([m, inter]), c.Zeros([m, hidden]),
+            c.Zeros([m], DType.F32),
+        ];
+        string[] names = ["y", "mid", "h", "gate", "up", "ln", "rstd"];
+        var (one, three, again, dependent) = (Set(), Set(), Set(), Set());
+        bool persistent = c.Gpu.UsePersistentMlp, pdl = c.Gpu.UseDependentLaunch;
+        void Op((Tensor Cpu, Tensor Gpu)[] s, bool tail, bool asDependent = false)
+        {
+            c.Gpu.UsePersistentMlp = tail;
+            c.Gpu.UseDependentLaunch = asDependent;
+            c.Gpu.AttentionOutputMlp(s[0].Gpu, s[1].Gpu, s[2].Gpu, s[3].Gpu, s[4].Gpu, s[5].Gpu, s[6].Gpu, att.Gpu, wo.Gpu, x.Gpu, nw.Gpu, 1e-6f,
+                wg.Gpu, wu.Gpu, wd.Gpu);
+            c.Gpu.UsePersistentMlp = persistent;
+            c.Gpu.UseDependentLaunch = pdl;
+        }
+        string name = $"o_proj+residual+norm+swiglu+down+residual {m}x{hidden} (attention {ka}, intermediate {inter})";
+        c.Gpu.Device.BeginProfile();
+        Op(one, true);
+        bool ran = c.Gpu.Device.EndProfile().ContainsKey("decode_mlp_tail");
+        c.Check($"{name} launches decode_mlp_tail", "kernel", ran, 0);
+        Op(again, true);
+        Op(dependent, true, asDependent: true);
+        Op(three, false);
+        for (int i = 0; i < names.Length; i++)
+        {
+            var bits = c.Download(one[i].Gpu);
+            c.Check($"{name} one launch = three kernels", names[i] + " bits", bits.SequenceEqual(c.Download(three[i].Gpu)), 0);
+            c.Check($"{name} one launch, again", names[i] + " bits", bits.SequenceEqual(c.Download(again[i].Gpu)), 0);
+            c.Check($"{name} one launch, dependent (PDL)", names[i] + " bits", bits.SequenceEqual(c.Download(dependent[i].Gpu)), 0);
+        }
+        double oneMs = c.TimeRepeat(() => Op(again, true));
+        double threeMs = c.TimeRepeat(() => Op(again, false));
+        double dependentMs = c.TimeRepeat(() => Op(dependent, true, asDependent: true));
+        DecodeComposition.AttentionOutputMlp(c.Cpu, one[0].Cpu, one[1].Cpu, one[2].Cpu, one[3].Cpu, one[4].Cpu, one[5].Cpu, one[6].Cpu, att.Cpu, wo.Cpu,
+            x.Cpu, nw.Cpu, 1e-6f, wg.Cpu, wu.Cpu, wd.Cpu);
+        c.Compare(name, "y", one[0], oneMs);
+        long bytes = 2L * ((long)hidden * ka + 3L * inter * hidden);
+        Console.WriteLine($"     {name}: one launch {oneMs:F4} ms ({bytes / oneMs / 1e6:F0} GB/s), three kernels {threeMs:F4} ms ({bytes / threeMs / 1e6:F0} GB/s), one dependent launch {dependentMs:F4} ms");
     }
 
     static void ResidualCheck(Ctx c, int m, int k, int n)

@@ -168,11 +168,12 @@ __device__ __forceinline__ void dec_norm_rows(uint4* xs, const uint4* x, const u
 
 // ln = rmsnorm(x); c_i = ln·B_iᵀ for up to three weights B_i [N_i, K]; the columns of the products laid end to end (as
 // gemv_bf16_set), C to a warp (dec_columns). Dynamic shared memory: M·K bf16.
+template <class Wait>
 __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
                                                    int M, int K, int count,
                                                    unsigned short* c0, const uint4* b0, int n0,
                                                    unsigned short* c1, const uint4* b1, int n1,
-                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs, int pf, int C)
+                                                   unsigned short* c2, const uint4* b2, int n2, uint4* xs, int pf, int C, Wait wait)
 {
     pdl_trigger();
     int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
@@ -209,10 +210,9 @@ __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* 
     dec_prefetch(row(n, 0), chunks, lane, pf);
     dec_prefetch_columns<1>(row, chunks, lane, n, total, G, C, pf);
     dec_prefetch_norm(nw, K, pf);
-    pdl_wait();
+    wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
-    if (n >= total) return;
-    dec_columns<1>(w, row, done, xs, M, chunks, lane, n, total, G, C);
+    if (n < total) dec_columns<1>(w, row, done, xs, M, chunks, lane, n, total, G, C);
 }
 
 // ln = rmsnorm(x); gate = ln·Gᵀ, up = ln·Uᵀ (G, U [N, K]), h = silu(gate)⊙up, each rounded to bf16 where the unfused
@@ -222,9 +222,10 @@ __device__ __forceinline__ void gemv_norm_set_body(const uint4* x, const uint4* 
 // 2026-12-04: docs/serving.md), and a row's sums are its own either way, so the bits are the same. The launch takes
 // an even number of warps a block, at most 2·DEC_PAIRS (CudaBackend.SwiGluWarps).
 #define DEC_PAIRS 8
+template <class Wait>
 __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd,
                                                       int M, int K, int N, const uint4* g, const uint4* u,
-                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs, int pf, int C)
+                                                      unsigned short* gate, unsigned short* up, unsigned short* h, uint4* xs, int pf, int C, Wait wait)
 {
     // A pair's rounded sums of one column, two slots by column parity: a warp writes slot p of column i + 2 only after
     // the barrier of column i + 1, which its partner reaches only after it has read column i's values from slot p.
@@ -266,10 +267,9 @@ __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint
     dec_prefetch(row(n, 0), chunks, lane, pf);
     dec_prefetch_columns<1>(row, chunks, lane, n, N, G, C, pf);
     dec_prefetch_norm(nw, K, pf);
-    pdl_wait();
+    wait();
     dec_norm_rows(xs, x, nw, M, K, eps, off, ln, rstd);
-    if (n >= N) return;
-    dec_columns<1>(w, row, done, xs, M, chunks, lane, n, N, G, C);
+    if (n < N) dec_columns<1>(w, row, done, xs, M, chunks, lane, n, N, G, C);
 }
 
 // y = round(a·Bᵀ) + r: a [M, K], B [N, K], r and y [M, N] (the residual add after o_proj and down_proj); C columns to
@@ -277,8 +277,9 @@ __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint
 // bf16) after its warps' first weight loads are issued: read from global memory, each lane's a chunks queued behind
 // the weight's streaming loads and the product ran at ~2.8 TB/s at down_proj's K = 14,336 against ~3.7 TB/s from
 // shared memory (H200, 2026-12-04, docs/serving.md). The arithmetic is the same either way: the bits are gemv_bf16's.
+template <class Wait>
 __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K,
-                                                   uint4* as, int pf, int C)
+                                                   uint4* as, int pf, int C, Wait wait)
 {
     pdl_trigger();
     int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = K >> 3;
@@ -302,16 +303,20 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
     dec_load(w[0], row(n, 0), 0, chunks, lane);
     dec_prefetch(row(n, 0), chunks, lane, pf);
     dec_prefetch_columns<1>(row, chunks, lane, n, N, G, C, pf);
-    pdl_wait();
+    wait();
     block_stage(as, a, M * chunks);
-    if (n >= N) return;
-    dec_columns<1>(w, row, done, as, M, chunks, lane, n, N, G, C);
+    if (n < N) dec_columns<1>(w, row, done, as, M, chunks, lane, n, N, G, C);
 }
 
 // The entry points (each body also took __launch_bounds__(256, 3) and a cp.async-through-shared-memory form on the H200,
 // 2026-12-02: the bounded one was slower — 80 registers, 166 against 183.5 tokens/s on the Llama-3-8B shape — and
 // neither is kept; docs/serving.md).
 #define DEC_SMEM extern __shared__ uint4 xs[];
+// What a body calls where it first reads what the kernel before it wrote (decode_mlp_tail's later stages: the grid barrier).
+struct PdlWait
+{
+    __device__ void operator()() const { pdl_wait(); }
+};
 #define NORM_SET_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int count, \
     unsigned short* c0, const uint4* b0, int n0, unsigned short* c1, const uint4* b1, int n1, unsigned short* c2, const uint4* b2, int n2, int pf, int C)
 #define NORM_SWIGLU_PARAMS (const uint4* x, const uint4* nw, float eps, float off, uint4* ln, float* rstd, int M, int K, int N, \
@@ -319,15 +324,60 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
 
 extern "C" __global__ void gemv_norm_set NORM_SET_PARAMS
 {
-    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs, pf, C);
+    DEC_SMEM gemv_norm_set_body(x, nw, eps, off, ln, rstd, M, K, count, c0, b0, n0, c1, b1, n1, c2, b2, n2, xs, pf, C, PdlWait{});
 }
 extern "C" __global__ void gemv_norm_swiglu NORM_SWIGLU_PARAMS
 {
-    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs, pf, C);
+    DEC_SMEM gemv_norm_swiglu_body(x, nw, eps, off, ln, rstd, M, K, N, g, u, gate, up, h, xs, pf, C, PdlWait{});
 }
 extern "C" __global__ void gemv_residual(unsigned short* y, const uint4* a, const uint4* b, const unsigned short* r, int M, int N, int K, int pf, int C)
 {
-    DEC_SMEM gemv_residual_body(y, a, b, r, M, N, K, xs, pf, C);
+    DEC_SMEM gemv_residual_body(y, a, b, r, M, N, K, xs, pf, C, PdlWait{});
+}
+
+// Every block of the grid meets here (a cooperative launch: all of them resident). bar[0] counts the blocks in, bar[1]
+// is the generation: the last to arrive sets the count back to 0 and moves the generation on, which the others wait
+// for, so the barrier is ready again for the next use and the next launch (a CUDA graph replays it). The fences make
+// every write before the barrier visible to every block after it.
+__device__ __forceinline__ void grid_barrier(unsigned* bar)
+{
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        volatile unsigned* generation = bar + 1;
+        unsigned g = *generation; // read before arriving: it moves only once every block has arrived
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x - 1)
+        {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        }
+        else
+            while (*generation == g) {}
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// A layer's work after its attention in one launch (CausalLM.DecodeLayer's last three operations): mid = round(att·Woᵀ)
+// + x; ln, rstd = rmsnorm(mid), h = silu(ln·Gᵀ)⊙(ln·Uᵀ); y = round(h·Dᵀ) + mid — the three kernels' bodies in turn,
+// with a grid barrier where each waited for the kernel before (so the same bits), on a grid that stays resident (as
+// many blocks as fit the SMs at once: every warp takes columns strided by the grid, C = ⌈N / grid warps⌉). A warp's
+// first weight batch of each stage is loaded before it waits at the barrier: weights never depend on the stage
+// before. Launched cooperatively (CudaDevice.LaunchCooperative), with pf as a dependent launch too (o_proj's rows then
+// prefetched into L2 before its wait, as gemv_residual). Dynamic shared memory: M·max(Ka, I) bf16.
+extern "C" __global__ void decode_mlp_tail(unsigned short* mid, const uint4* att, const uint4* wo, const unsigned short* x, int Ka,
+                                           const uint4* nw, float eps, uint4* ln, float* rstd, int I, const uint4* wg, const uint4* wu,
+                                           unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd,
+                                           int M, int H, unsigned* bar, int pf)
+{
+    DEC_SMEM
+    int warps = blockDim.x >> 5, grid = gridDim.x * warps, pairs = gridDim.x * (warps >> 1);
+    auto barrier = [bar] { grid_barrier(bar); };
+    gemv_residual_body(mid, att, wo, x, M, H, Ka, xs, pf, (H + grid - 1) / grid, PdlWait{});
+    gemv_norm_swiglu_body((const uint4*)mid, nw, eps, 0.0f, ln, rstd, M, H, I, wg, wu, gate, up, h, xs, 0, (I + pairs - 1) / pairs, barrier);
+    gemv_residual_body(y, (const uint4*)h, wd, mid, M, H, I, xs, 0, (H + grid - 1) / grid, barrier);
 }
 
 // For token t and head h of a step: q heads (h < Hq) and k heads (h < Hkv, after them) are RMS-normed over head_dim
