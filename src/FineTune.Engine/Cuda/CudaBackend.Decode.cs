@@ -184,6 +184,7 @@ public sealed partial class CudaBackend
 
     ulong _mlpBarrier;
     long _mlpBarrierBytes;
+    (int Warps, int Shared, int PerSm) _mlpGrid;
 
     public void AttentionOutputMlp(Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att, Tensor oWeight, Tensor x,
         Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight)
@@ -200,8 +201,9 @@ public sealed partial class CudaBackend
         }
         int shared = Math.Max(Math.Max(sharedA, sharedH), m * hidden * 2);
         var function = _dev.Function("decode.cu", "decode_mlp_tail");
-        int perSm = Math.Max(1, _dev.MaxActiveBlocksPerSm(function, warps * 32, shared));
-        if (PersistentMlpGrid.BlocksPerSm > 0) perSm = Math.Min(perSm, PersistentMlpGrid.BlocksPerSm);
+        if (_mlpGrid.Warps != warps || _mlpGrid.Shared != shared) // the occupancy query once a shape, not every layer
+            _mlpGrid = (warps, shared, Math.Max(1, _dev.MaxActiveBlocksPerSm(function, warps * 32, shared)));
+        int perSm = PersistentMlpGrid.BlocksPerSm > 0 ? Math.Min(_mlpGrid.PerSm, PersistentMlpGrid.BlocksPerSm) : _mlpGrid.PerSm;
         int blocks = _dev.Info.Multiprocessors * perSm;
         ulong bar = ZeroedScratch(ref _mlpBarrier, ref _mlpBarrierBytes, 2 * sizeof(uint));
         bool dependent = UseDependentLaunch && PersistentMlpDependent;

@@ -142,17 +142,8 @@ public sealed unsafe class CudaDevice : IDisposable
     /// Queues a kernel. Each argument occupies an 8-byte slot; the driver reads as many bytes as the kernel's
     /// parameter has (4 for int/float, 8 for pointers), and x86-64/arm64 are little-endian.
     /// </summary>
-    public void Launch(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
-    {
-        AllowDynamicShared(function, sharedBytes);
-        var values = stackalloc ulong[args.Length];
-        var ptrs = stackalloc void*[args.Length];
-        for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
-        int rc = _driver.LaunchKernel(function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
-            (uint)sharedBytes, Stream, ptrs);
-        if (rc != 0)
-            throw new CudaException($"launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
-    }
+    public void Launch(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name) =>
+        Queue(LaunchMode.Plain, function, grid, block, sharedBytes, args, name);
 
     /// <summary>
     /// As <see cref="Launch(nint, ValueTuple{int, int, int}, ValueTuple{int, int, int}, int, ReadOnlySpan{KernelArg}, string)"/>,
@@ -160,18 +151,8 @@ public sealed unsafe class CudaDevice : IDisposable
     /// only for kernels that wait (griddepcontrol.wait) before reading the previous kernel's output. Falls back to a plain
     /// launch on a driver without cuLaunchKernelEx.
     /// </summary>
-    public void LaunchDependent(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
-    {
-        if (!_driver.HasLaunchEx) { Launch(function, grid, block, sharedBytes, args, name); return; }
-        AllowDynamicShared(function, sharedBytes);
-        var values = stackalloc ulong[args.Length];
-        var ptrs = stackalloc void*[args.Length];
-        for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
-        int rc = _driver.LaunchKernelDependent(function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
-            (uint)sharedBytes, Stream, ptrs);
-        if (rc != 0)
-            throw new CudaException($"dependent launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
-    }
+    public void LaunchDependent(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name) =>
+        Queue(_driver.HasLaunchEx ? LaunchMode.Dependent : LaunchMode.Plain, function, grid, block, sharedBytes, args, name);
 
     /// <summary>Whether cooperative launches (<see cref="LaunchCooperative"/>) are available.</summary>
     public bool HasCooperativeLaunch => _driver.HasCooperativeLaunch;
@@ -188,16 +169,31 @@ public sealed unsafe class CudaDevice : IDisposable
     /// also programmatic (<see cref="LaunchDependent"/>: the kernel executes griddepcontrol.wait before its first read).
     /// </summary>
     public void LaunchCooperative(nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name,
-        bool dependent = false)
+        bool dependent = false) =>
+        Queue(dependent ? LaunchMode.CooperativeDependent : LaunchMode.Cooperative, function, grid, block, sharedBytes, args, name);
+
+    enum LaunchMode { Plain, Dependent, Cooperative, CooperativeDependent }
+
+    void Queue(LaunchMode mode, nint function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, ReadOnlySpan<KernelArg> args, string name)
     {
         AllowDynamicShared(function, sharedBytes);
         var values = stackalloc ulong[args.Length];
         var ptrs = stackalloc void*[args.Length];
         for (int i = 0; i < args.Length; i++) { values[i] = args[i].Bits; ptrs[i] = &values[i]; }
-        int rc = _driver.LaunchKernelCooperative(dependent, function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
-            (uint)sharedBytes, Stream, ptrs);
-        if (rc != 0)
-            throw new CudaException($"cooperative{(dependent ? " dependent" : "")} launch of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
+        var (gx, gy, gz, bx, by, bz, smem) = ((uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z, (uint)sharedBytes);
+        int rc = mode switch
+        {
+            LaunchMode.Plain => _driver.LaunchKernel(function, gx, gy, gz, bx, by, bz, smem, Stream, ptrs),
+            LaunchMode.Dependent => _driver.LaunchKernelDependent(function, gx, gy, gz, bx, by, bz, smem, Stream, ptrs),
+            _ => _driver.LaunchKernelCooperative(mode == LaunchMode.CooperativeDependent, function, gx, gy, gz, bx, by, bz, smem, Stream, ptrs),
+        };
+        if (rc == 0) return;
+        string kind = mode switch
+        {
+            LaunchMode.Plain => "launch", LaunchMode.Dependent => "dependent launch", LaunchMode.Cooperative => "cooperative launch",
+            _ => "cooperative dependent launch",
+        };
+        throw new CudaException($"{kind} of kernel '{name}' (grid {grid}, block {block}, {sharedBytes} B shared) failed: {_driver.Describe(rc)}");
     }
 
     /// <summary>
