@@ -61,6 +61,15 @@ public static class DecodeComposition
         b.CachedAttention(output, q, kCache, vCache, sequences, positions, blockTables, shape);
     }
 
+    /// <summary>A whole decode layer: ln1 + q/k/v, q/k norms + RoPE + cache + attention, o_proj + MLP (CausalLM's fused layer).</summary>
+    public static void DecodeLayer(IBackend b, DecodeLayerTensors t)
+    {
+        b.NormMatMulShared([t.QIn, t.KIn, t.V], t.Ln1, t.Rstd1, t.X, t.InputNorm, t.Eps, [t.QWeight, t.KWeight, t.VWeight]);
+        b.QkRopeCacheAttention(t.Att, t.Q, t.K, t.QIn, t.KIn, t.V, t.QNorm, t.KNorm, t.QRstd, t.KRstd, t.Eps, t.Positions, t.Cos, t.Sin, t.HeadDim,
+            t.KCache, t.VCache, t.CacheRows, t.Sequences, t.BlockTables, t.Shape);
+        b.AttentionOutputMlp(t.Y, t.Mid, t.H, t.Gate, t.Up, t.Ln2, t.Rstd2, t.Att, t.OWeight, t.X, t.PostNorm, t.Eps, t.GateWeight, t.UpWeight, t.DownWeight);
+    }
+
     /// <summary>Whether two tensors name the same elements (views of one buffer at one offset).</summary>
     public static bool SameStorage(Tensor a, Tensor b) => a.Buffer == b.Buffer && a.Offset == b.Offset && a.Length == b.Length;
 }

@@ -280,6 +280,13 @@ public interface IBackend : IDisposable
         DecodeComposition.QkRopeCacheAttention(this, output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache,
             cacheRows, sequences, blockTables, shape);
 
+    /// <summary>
+    /// A whole decode layer (<see cref="DecodeComposition.DecodeLayer"/>: <see cref="NormMatMulShared"/> of x into q/k/v,
+    /// <see cref="QkRopeCacheAttention"/>, <see cref="AttentionOutputMlp"/> into y); CUDA may run a one-token step's
+    /// layer as one persistent launch (decode.cu's decode_layer, <c>CudaBackend.UsePersistentLayer</c>).
+    /// </summary>
+    void DecodeLayer(DecodeLayerTensors t) => DecodeComposition.DecodeLayer(this, t);
+
     // ---- GeGLU (gemma): h = gelu_tanh(gate) ⊙ up, gelu_tanh(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) ----
     void GeGlu(Tensor h, Tensor gate, Tensor up);
     /// <summary>Writes dgate and dup from dh; in place is allowed (dgate the same tensor as gate, dup as up).</summary>

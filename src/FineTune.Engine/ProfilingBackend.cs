@@ -106,6 +106,7 @@ public sealed class ProfilingBackend(IBackend inner) : IBackend
         _inner.AttentionOutputMlp(y, mid, h, gate, up, ln, rstd, att, oWeight, x, normWeight, eps, gateWeight, upWeight, downWeight);
         End("AttentionOutputMlp", t);
     }
+    public void DecodeLayer(DecodeLayerTensors layer) { var t = Begin(); _inner.DecodeLayer(layer); End("DecodeLayer", t); }
     public void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
         Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows)
     { var t = Begin(); _inner.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows); End("QkRopeCache", t); }

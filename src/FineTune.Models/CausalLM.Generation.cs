@@ -174,11 +174,10 @@ public sealed partial class CausalLM
         && L.Linears.All(x => x.Lora is null && x.Bias is null && !_quantized.ContainsKey(x.Weight));
 
     /// <summary>
-    /// One layer of an engine step in three operations: ln1 + q/k/v products; q/k norms + RoPE + K/V into the cache and
-    /// attention over the cache; then o_proj + residual, ln2 + gate/up + SwiGLU and down_proj + residual
-    /// (AttentionOutputMlp, itself the three fused operations on every backend but CUDA's persistent form). Each is
-    /// IBackend's fused operation, defined as the composition the unfused step runs (DecodeComposition), so the values
-    /// are the same.
+    /// One layer of an engine step as IBackend.DecodeLayer: three operations (ln1 + q/k/v products; q/k norms + RoPE +
+    /// K/V into the cache and attention over the cache; o_proj + residual, ln2 + gate/up + SwiGLU and down_proj +
+    /// residual), or CUDA's one persistent launch. Each is IBackend's fused operation, defined as the composition the
+    /// unfused step runs (DecodeComposition), so the values are the same.
     /// </summary>
     private void DecodeLayer(DecoderLayer L, LayerActivations a, Tensor x, Tensor y, int n, Tensor pos, Tensor cacheRows,
         Tensor kCache, Tensor vCache, Tensor seqs, Tensor tables, CachedAttentionShape shape)
@@ -187,14 +186,20 @@ public sealed partial class CausalLM
         float eps = (float)Spec.RmsNormEps;
         var (q, k, v) = (Rows(a.Q, n), Rows(a.K, n), Rows(a.V, n));
         var (qIn, kIn) = L.QNorm is null ? (q, k) : (Rows(a.QPre!, n), Rows(a.KPre!, n));
-        B.NormMatMulShared([qIn, kIn, v], Rows(a.Ln1, n), Head1(a.Rstd1, n), x, L.InputNorm.Value, eps, [L.Q.Weight.Value, L.K.Weight.Value, L.V.Weight.Value]);
         var (cos, sin) = RopeTablesOf(L);
-        var att = Rows(a.Att, n);
-        B.QkRopeCacheAttention(att, q, k, qIn, kIn, v, L.QNorm?.Value, L.KNorm?.Value,
-            L.QNorm is null ? null : Head1(a.QRstd!, (long)n * Spec.NumHeads), L.KNorm is null ? null : Head1(a.KRstd!, (long)n * Spec.NumKvHeads),
-            eps, pos, cos, sin, Spec.HeadDim, kCache, vCache, cacheRows, seqs, tables, shape);
-        B.AttentionOutputMlp(y, Rows(a.ResMid, n), Rows(a.Act, n), Rows(a.Gate, n), Rows(a.Up, n), Rows(a.Ln2, n), Head1(a.Rstd2, n), att,
-            L.O.Weight.Value, x, L.PostAttentionNorm.Value, eps, L.Gate!.Weight.Value, L.Up!.Weight.Value, L.Down!.Weight.Value);
+        B.DecodeLayer(new DecodeLayerTensors
+        {
+            X = x, Y = y, Eps = eps,
+            Ln1 = Rows(a.Ln1, n), Rstd1 = Head1(a.Rstd1, n), InputNorm = L.InputNorm.Value, QIn = qIn, KIn = kIn, V = v,
+            QWeight = L.Q.Weight.Value, KWeight = L.K.Weight.Value, VWeight = L.V.Weight.Value,
+            Q = q, K = k, QNorm = L.QNorm?.Value, KNorm = L.KNorm?.Value,
+            QRstd = L.QNorm is null ? null : Head1(a.QRstd!, (long)n * Spec.NumHeads), KRstd = L.KNorm is null ? null : Head1(a.KRstd!, (long)n * Spec.NumKvHeads),
+            Positions = pos, Cos = cos, Sin = sin, HeadDim = Spec.HeadDim, KCache = kCache, VCache = vCache, CacheRows = cacheRows,
+            Sequences = seqs, BlockTables = tables, Shape = shape, Att = Rows(a.Att, n),
+            OWeight = L.O.Weight.Value, Mid = Rows(a.ResMid, n), Ln2 = Rows(a.Ln2, n), Rstd2 = Head1(a.Rstd2, n), PostNorm = L.PostAttentionNorm.Value,
+            Gate = Rows(a.Gate, n), Up = Rows(a.Up, n), H = Rows(a.Act, n),
+            GateWeight = L.Gate!.Weight.Value, UpWeight = L.Up!.Weight.Value, DownWeight = L.Down!.Weight.Value,
+        });
     }
 
     /// <summary>Activations for engine steps of up to <paramref name="tokens"/> tokens and <paramref name="logitRows"/> logit rows.</summary>

@@ -81,6 +81,7 @@ internal abstract class ForwardingBackend(IBackend inner) : IBackend
     public virtual void AttentionOutputMlp(Tensor y, Tensor mid, Tensor h, Tensor gate, Tensor up, Tensor ln, Tensor rstd, Tensor att, Tensor oWeight, Tensor x,
         Tensor normWeight, float eps, Tensor gateWeight, Tensor upWeight, Tensor downWeight) =>
         Run(() => Inner.AttentionOutputMlp(y, mid, h, gate, up, ln, rstd, att, oWeight, x, normWeight, eps, gateWeight, upWeight, downWeight));
+    public virtual void DecodeLayer(DecodeLayerTensors layer) => Run(() => Inner.DecodeLayer(layer));
     public virtual void QkRopeCache(Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd, float eps,
         Tensor positions, Tensor cos, Tensor sin, int headDim, Tensor kCache, Tensor vCache, Tensor cacheRows) =>
         Run(() => Inner.QkRopeCache(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache, cacheRows));

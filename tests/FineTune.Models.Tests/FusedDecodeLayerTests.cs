@@ -13,8 +13,11 @@ public sealed class FusedDecodeLayerTests
     /// <summary>Counts the fused operations and keeps every logits row the engine picks from (ArgMax / SampleRows inputs).</summary>
     private sealed class Probe(IBackend inner) : ForwardingBackend(inner)
     {
-        public int QkvSets, Ropes, Tails;
+        public int Layers, QkvSets, Ropes, Tails;
         public readonly List<float[]> Logits = [];
+
+        // The whole layer, composed through this probe (as every backend but CUDA's persistent launch runs it), so its three operations count too.
+        public override void DecodeLayer(DecodeLayerTensors t) { Layers++; DecodeComposition.DecodeLayer(this, t); }
 
         public override void NormMatMulShared(IReadOnlyList<Tensor> cs, Tensor ln, Tensor rstd, Tensor x, Tensor normWeight, float eps, IReadOnlyList<Tensor> bs)
         { QkvSets++; base.NormMatMulShared(cs, ln, rstd, x, normWeight, eps, bs); }
@@ -77,6 +80,8 @@ public sealed class FusedDecodeLayerTests
         Assert.Equal(0, fused.Probe.QkvSets % spec.NumLayers);
         Assert.Equal(fused.Probe.QkvSets, fused.Probe.Ropes);
         Assert.Equal(fused.Probe.QkvSets, fused.Probe.Tails);
+        Assert.Equal(fused.Probe.QkvSets, fused.Probe.Layers);
+        Assert.Equal(0, plain.Probe.Layers);
         Assert.Equal(plain.Probe.Logits.Count, fused.Probe.Logits.Count);
         for (int s = 0; s < plain.Probe.Logits.Count; s++)
             Assert.Equal(plain.Probe.Logits[s], fused.Probe.Logits[s]);

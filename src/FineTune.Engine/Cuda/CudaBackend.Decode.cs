@@ -247,6 +247,17 @@ public sealed partial class CudaBackend
              eps, 0f, P(positions), P(cos), P(sin), cos.Rows, P(kCache), P(vCache), P(cacheRows), m, hq, hkv, d]);
     }
 
+    /// <summary>Whether cached_attention_rope_split (and decode_layer's attention stage) takes these operands.</summary>
+    bool RopeSplitFits(Tensor output, Tensor q, Tensor k, Tensor qIn, Tensor kIn, Tensor v, Tensor? qNorm, Tensor? kNorm, Tensor? qRstd, Tensor? kRstd,
+        Tensor positions, Tensor cos, Tensor sin, int d, Tensor kCache, Tensor vCache, Tensor cacheRows, CachedAttentionShape s, out bool normed)
+    {
+        int group = s.KvHeads > 0 ? s.QueryHeads / s.KvHeads : 0;
+        return QkRopeFits(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, positions, cos, sin, d, kCache, vCache, cacheRows, out normed)
+            && s.Tokens == 1 && q.Rows == 1 && d == s.HeadDim && d is 64 or 128 && UseSplitKAttention && UseSplitKOneKernel
+            && s.KvHeads > 0 && s.QueryHeads % s.KvHeads == 0 && group <= SplitMaxGroup && q.Cols == s.QueryHeads * d && k.Cols == s.KvHeads * d
+            && output.DType == DType.BF16 && output.Length == q.Length;
+    }
+
     /// <summary>
     /// A one-token step's q/k norms, RoPE, K/V rows and split-K attention as one launch (<c>cached_attention_rope_split</c>:
     /// each block rotates its query heads itself, the block holding the new key writes it, the combining block stores
@@ -258,11 +269,7 @@ public sealed partial class CudaBackend
         CachedAttentionShape s)
     {
         int d = headDim, group = s.KvHeads > 0 ? s.QueryHeads / s.KvHeads : 0;
-        bool fused = QkRopeFits(q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, positions, cos, sin, d, kCache, vCache, cacheRows, out bool normed)
-            && s.Tokens == 1 && q.Rows == 1 && d == s.HeadDim && d is 64 or 128 && UseSplitKAttention && UseSplitKOneKernel
-            && s.KvHeads > 0 && s.QueryHeads % s.KvHeads == 0 && group <= SplitMaxGroup && q.Cols == s.QueryHeads * d && k.Cols == s.KvHeads * d
-            && output.DType == DType.BF16 && output.Length == q.Length;
-        if (!fused)
+        if (!RopeSplitFits(output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, positions, cos, sin, d, kCache, vCache, cacheRows, s, out bool normed))
         {
             DecodeComposition.QkRopeCacheAttention(this, output, q, k, qIn, kIn, v, qNorm, kNorm, qRstd, kRstd, eps, positions, cos, sin, headDim, kCache, vCache,
                 cacheRows, sequences, blockTables, s);
@@ -279,6 +286,88 @@ public sealed partial class CudaBackend
             P(qIn), P(kIn), P(v), normed ? P(qNorm!) : 0UL, normed ? P(kNorm!) : 0UL, normed ? P(qRstd!) : 0UL, normed ? P(kRstd!) : 0UL, eps, 0f,
             P(cos), P(sin), cos.Rows, P(q), P(k), P(cacheRows),
         ]);
+    }
+
+    /// <summary>The default of <see cref="UsePersistentLayer"/> when FINETUNE_PERSISTENT_LAYER is unset.</summary>
+    const bool PersistentLayerByDefault = false;
+
+    /// <summary>
+    /// A one-token step's whole decode layer as one cooperative launch (decode.cu's decode_layer: the five stages with
+    /// grid barriers between them and every warp's weight rows streaming through a cp.async FIFO in shared memory ahead
+    /// of its arithmetic, the same bits as the three operations); FINETUNE_PERSISTENT_LAYER=1 on, 0 off, unset
+    /// <see cref="PersistentLayerByDefault"/>.
+    /// </summary>
+    public bool UsePersistentLayer { get; set; } =
+        Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER") is { Length: > 0 } pl ? pl == "1" : PersistentLayerByDefault;
+
+    /// <summary>
+    /// decode_layer's warps a block (even, 4 … 16; FINETUNE_PERSISTENT_LAYER_WARPS, default 8) and its FIFO's pieces a warp
+    /// (FINETUNE_PERSISTENT_LAYER_DEPTH, 2 … 8; 0: as many as the shared memory holds), for measurement.
+    /// </summary>
+    public (int Warps, int Depth) PersistentLayerShape { get; set; } =
+        (int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER_WARPS"), out int lw) ? Math.Clamp(lw & ~1, 4, 16) : 8,
+         int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER_DEPTH"), out int ld) ? Math.Clamp(ld, 0, LayerMaxDepth) : 0);
+
+    const int LayerPieceBytes = 32 * 8 * 16, LayerMaxDepth = 8; // DL_PIECE · 16, DL_MAX_P in decode.cu
+
+    ulong _layerBarrier;
+    long _layerBarrierBytes;
+    int _layerStaticShared = -1;
+
+    /// <summary>The FIFO depth decode_layer gets at <paramref name="warps"/> warps with <paramref name="inputBytes"/> of input row (0: it does not fit).</summary>
+    public static int PersistentLayerDepth(int sharedLimit, int staticShared, int inputBytes, int warps, int wanted)
+    {
+        int room = sharedLimit - staticShared - inputBytes;
+        int depth = Math.Min(LayerMaxDepth, room / (warps * LayerPieceBytes));
+        if (wanted > 0) depth = Math.Min(depth, wanted);
+        return depth >= 2 ? depth : 0;
+    }
+
+    public void DecodeLayer(DecodeLayerTensors t)
+    {
+        var s = t.Shape;
+        int hidden = t.X.Cols, inter = t.GateWeight.Rows, d = t.HeadDim, warps = PersistentLayerShape.Warps;
+        int group = s.KvHeads > 0 ? s.QueryHeads / s.KvHeads : 0;
+        bool normed = false;
+        bool fits = UsePersistentLayer && UseFusedDecode && _dev.HasCooperativeLaunch && t.X.Rows == 1 && t.Y.Rows == 1 && t.Y.Cols == hidden
+            && group <= warps
+            && RopeSplitFits(t.Att, t.Q, t.K, t.QIn, t.KIn, t.V, t.QNorm, t.KNorm, t.QRstd, t.KRstd, t.Positions, t.Cos, t.Sin, d, t.KCache, t.VCache,
+                t.CacheRows, s, out normed)
+            && t.InputNorm.Length == hidden && t.Ln1.Rows == 1 && t.Ln1.Cols == hidden && t.Rstd1.DType == DType.F32
+            && ProductShape(t.QIn, t.QWeight, 1, hidden) && ProductShape(t.KIn, t.KWeight, 1, hidden) && ProductShape(t.V, t.VWeight, 1, hidden)
+            && DecodeFits(t.X, DecodeMaxK, [t.Ln1, t.InputNorm, t.QIn, t.KIn, t.V, t.QWeight, t.KWeight, t.VWeight, t.Y])
+            && ResidualFits(t.Mid, t.Att, t.OWeight, t.X, out _) && ResidualFits(t.Y, t.H, t.DownWeight, t.Mid, out _)
+            && NormSwiGluFits(t.H, t.Gate, t.Up, t.Ln2, t.Rstd2, t.Mid, t.PostNorm, t.GateWeight, t.UpWeight) && t.Mid.Cols == hidden;
+        var function = fits ? _dev.Function("decode.cu", "decode_layer") : 0;
+        int kmax = Math.Max(Math.Max(hidden, t.Att.Cols), inter), inputBytes = (kmax * 2 + 127) / 128 * 128, depth = 0;
+        if (fits)
+        {
+            if (_layerStaticShared < 0) _layerStaticShared = _dev.FunctionAttribute(function, 1 /* CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES */);
+            depth = PersistentLayerDepth(SharedLimit, _layerStaticShared, inputBytes, warps, PersistentLayerShape.Depth);
+        }
+        int shared = inputBytes + warps * depth * LayerPieceBytes;
+        if (depth == 0 || _dev.MaxActiveBlocksPerSm(function, warps * 32, shared) < 1)
+        {
+            DecodeComposition.DecodeLayer(this, t);
+            return;
+        }
+        CheckCachedAttention(t.Att, t.Q, t.KCache, t.VCache, t.Sequences, t.Positions, t.BlockTables, s);
+        int splits = SplitCount(1, s.KvHeads);
+        ulong part = SplitPartials((long)s.QueryHeads * splits * (d + 2) * sizeof(float));
+        ulong counters = SplitCounters(s.KvHeads * sizeof(uint));
+        ulong bar = ZeroedScratch(ref _layerBarrier, ref _layerBarrierBytes, 2 * sizeof(uint));
+        bool dependent = UseDependentLaunch && PersistentMlpDependent;
+        _dev.LaunchCooperative(function, (_dev.Info.Multiprocessors, 1, 1), (warps * 32, 1, 1), shared,
+        [
+            P(t.X), P(t.InputNorm), t.Eps, P(t.Ln1), P(t.Rstd1), hidden, P(t.QIn), P(t.KIn), P(t.V), P(t.QWeight), P(t.KWeight), P(t.VWeight),
+            part, P(t.KCache), P(t.VCache), P(t.Sequences), P(t.Positions), P(t.BlockTables), s.BlockSize, s.TableWidth, s.QueryHeads, s.KvHeads, d,
+            s.Scale, s.Variant.Window, s.Variant.SoftCap, P(t.Att), counters,
+            normed ? P(t.QNorm!) : 0UL, normed ? P(t.KNorm!) : 0UL, normed ? P(t.QRstd!) : 0UL, normed ? P(t.KRstd!) : 0UL, P(t.Cos), P(t.Sin), t.Cos.Rows,
+            P(t.Q), P(t.K), P(t.CacheRows), splits,
+            P(t.Mid), P(t.OWeight), P(t.PostNorm), P(t.Ln2), P(t.Rstd2), inter, P(t.GateWeight), P(t.UpWeight), P(t.Gate), P(t.Up), P(t.H),
+            P(t.Y), P(t.DownWeight), bar, depth,
+        ], "decode_layer", dependent);
+        if (_dev.Profiling) _dev.Mark("decode_layer");
     }
 
     /// <summary>

@@ -20,11 +20,22 @@ public sealed class KernelSourcesTests
         var s = KernelSources.Embedded();
         Assert.Contains("common.cuh", s.Headers.Keys);
         Assert.Contains("cvt.rn.bf16.f32", s.Headers["common.cuh"]);
-        // Directly, or through a shared header that includes it (attention_row.cuh).
+        // Directly, or through shared headers that include it (split_attention.cuh → attention_row.cuh → common.cuh).
         foreach (var p in s.Programs)
-            Assert.True(s.Source(p).Contains("#include \"common.cuh\"")
-                || s.Headers.Any(h => s.Source(p).Contains($"#include \"{h.Key}\"") && h.Value.Contains("#include \"common.cuh\"")), p);
-        Assert.Contains("#include \"attention_row.cuh\"", s.Source("kv_cache.cu"));
+            Assert.Contains("common.cuh", Includes(s, s.Source(p)));
+        Assert.Contains("attention_row.cuh", Includes(s, s.Source("kv_cache.cu")));
+        Assert.Contains("split_attention.cuh", Includes(s, s.Source("decode.cu"))); // decode_layer's attention stage is kv_cache.cu's
+    }
+
+    /// <summary>The headers a source includes, directly or through the headers it includes.</summary>
+    static HashSet<string> Includes(KernelSources s, string source)
+    {
+        var found = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Stack<string>([source]);
+        while (pending.TryPop(out var text))
+            foreach (var h in s.Headers)
+                if (text.Contains($"#include \"{h.Key}\"") && found.Add(h.Key)) pending.Push(h.Value);
+        return found;
     }
 
     [Fact]

@@ -65,9 +65,14 @@ public static class GenerationChecks
             gpu.UseSplitKOneKernel = !oneKernel;
             var (otherAttention, _) = Decode(model, prompts, options, graphs: true);
             gpu.UseSplitKOneKernel = oneKernel;
+            bool layer = gpu.UsePersistentLayer;
+            gpu.UsePersistentLayer = !layer;
+            var (otherLayer, layerStats) = Decode(model, prompts, options, graphs: true);
+            gpu.UsePersistentLayer = layer;
             // A graph row counts only if graphs were replayed (a capture that failed would leave eager steps).
             foreach (var (what, tokens, replayed) in new[] { ($"{other}, graphs", otherGraphs, otherStats.Replays > 0 && otherStats.Failure is null),
-                         ($"{other}, eager", otherEager, true), (oneKernel ? "split-K attention as split + combine" : "split-K attention in one kernel", otherAttention, true) })
+                         ($"{other}, eager", otherEager, true), (oneKernel ? "split-K attention as split + combine" : "split-K attention in one kernel", otherAttention, true),
+                         (layer ? "layers as three operations, graphs" : "layers as one persistent launch, graphs", otherLayer, layerStats.Replays > 0 && layerStats.Failure is null) })
             {
                 bool agrees = eager.Zip(tokens).All(p => p.First.SequenceEqual(p.Second)) && replayed;
                 string label = $"generate {what} ({name}, 3×32)";

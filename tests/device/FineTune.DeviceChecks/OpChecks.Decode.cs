@@ -62,6 +62,10 @@ public static partial class OpChecks
                 SplitOneKernelCheck(c, t, d, hq, hkv);
             foreach (var (d, hq, hkv, normed, p) in new[] { (128, 16, 8, true, 100), (128, 16, 8, true, 0), (128, 32, 8, false, 255), (64, 8, 2, false, 37), (128, 4, 1, true, 200) })
                 RopeAttentionCheck(c, d, hq, hkv, normed, p);
+            // Qwen3-1.7B's layer (the bench's single-stream shape) at a short and a long context, Llama-3-8B's, a plain one
+            foreach (var (hidden, inter, d, hq, hkv, normed, p) in new[] { (2048, 6144, 128, 16, 8, true, 100), (2048, 6144, 128, 16, 8, true, 1000),
+                         (4096, 14336, 128, 32, 8, false, 300), (512, 1000, 64, 8, 2, false, 37) })
+                DecodeLayerCheck(c, hidden, inter, d, hq, hkv, normed, p);
             foreach (int rows in new[] { 1, 2, 5 })
                 ArgMaxCheck(c, rows, 151936); // a step's greedy pick (one launch)
             GemvColumnsCheck(c, [1, 2], 151936, 2048, DType.F32); // the LM head (Qwen3-1.7B), where cross-column pipelining matters most
@@ -75,7 +79,7 @@ public static partial class OpChecks
             c.Gpu.UseFusedDecode = true;
             c.Gpu.UseSplitKOneKernel = oneKernel;
         }
-        foreach (var (program, kernel) in new[] { ("decode.cu", "decode_mlp_tail"), ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set"),
+        foreach (var (program, kernel) in new[] { ("decode.cu", "decode_layer"), ("decode.cu", "decode_mlp_tail"), ("decode.cu", "gemv_norm_set"), ("decode.cu", "gemv_norm_swiglu"), ("decode.cu", "gemv_residual"),  ("decode.cu", "qk_rope_cache"), ("gemv.cu", "gemv_bf16"), ("gemv.cu", "gemv_bf16_set"),
                      ("kv_cache.cu", "cached_attention_split"), ("kv_cache.cu", "cached_attention_rope_split"), ("argmax.cu", "argmax_partial") })
             Console.WriteLine($"     {kernel}: {c.Gpu.KernelRegisters(program, kernel)} registers a thread");
     }

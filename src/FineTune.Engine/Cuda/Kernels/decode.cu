@@ -15,7 +15,8 @@
 // block: blockDim.x / 32 (CudaBackend.DecodeWarps; gemv_norm_swiglu's in pairs, CudaBackend.SwiGluWarps). The normed
 // rows live in shared memory, computed once per block (a row of x is at most DEC_MAX_K values); gemv_residual copies
 // its input rows there as they are.
-#include "common.cuh"
+#include "mma.cuh"             // common.cuh, and the cp.async helpers decode_layer streams its weights with
+#include "split_attention.cuh" // decode_layer's attention stage
 
 #define DEC_MAX_M 2
 #define DEC_U 8
@@ -414,4 +415,214 @@ extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, c
         kcache[row] = out;
         vcache[row] = v[at];
     }
+}
+
+// ---- decode_layer: a whole one-token decode layer in one persistent launch ----
+// CausalLM's fused decode layer (IBackend.DecodeLayer: NormMatMulShared, QkRopeCacheAttention, AttentionOutputMlp)
+// as five stages of one cooperative grid (one block an SM), with a grid barrier where each stage reads what the one
+// before wrote: (1) ln1 = rmsnorm(x), q/k/v = ln1·W_{q,k,v}ᵀ; (2) q/k norms, RoPE, the new K/V rows and the split-K
+// attention over the cache (split_attention, the grid's blocks taking its (range, kv head) items); (3) mid = round(att
+// ·W_oᵀ) + x; (4) ln2 = rmsnorm(mid), h = silu(ln2·W_gᵀ)⊙(ln2·W_uᵀ); (5) y = round(h·W_dᵀ) + mid.
+// The weights stream without waiting for the stages: every warp knows, from the launch alone, the rows it will use
+// in all four products (its columns, strided by the grid, as dec_columns takes them) and reads them through a FIFO of
+// P pieces in shared memory (a piece: one batch of a row, 32·DEC_U 16-byte chunks) filled by cp.async, P pieces ahead
+// of its arithmetic — also across the grid barriers and the attention, where the previous kernels' warps had nothing in
+// flight. A lane copies exactly the chunks it will multiply (chunk q0 + 32u + lane of its piece), so it waits only for
+// its own copies (cp.async.wait_group) and no warp synchronises with another over the FIFO. The arithmetic is the
+// unfused kernels': each column's chunks in dec_fma's order, warp_sum, the same roundings and stores, so the same bits.
+// M = 1 (one token). Dynamic shared memory: K_max bf16 (the stage's input row: normed x or mid, att, h) then
+// warps·P pieces.
+#define DL_PIECE (32 * DEC_U) // 16-byte chunks of a piece
+#define DL_MAX_P 8
+
+// The rows one warp streams through a layer: stage s ∈ {q/k/v, o, gate or up, down} has n[s] columns of this warp
+// (col0[s], col0[s] + stride[s], …), each B[s] pieces of a row of chunks[s] 16-byte chunks; the pieces in that order.
+struct DlStream
+{
+    const uint4 *wq, *wk, *wv, *wo, *wgu, *wd;
+    int nq, nkv, col0[4], stride[4], n[4], chunks[4], B[4], start[5];
+
+    __device__ const uint4* row(int s, int col) const
+    {
+        if (s == 0) return col < nq ? wq + (i64)col * chunks[0] : col < nq + nkv ? wk + (i64)(col - nq) * chunks[0] : wv + (i64)(col - nq - nkv) * chunks[0];
+        return (s == 1 ? wo : s == 2 ? wgu : wd) + (i64)col * chunks[s];
+    }
+    // Piece i's copies by this lane into slot (DEC_U chunks, lane's at u·32 + lane); nothing past the stream.
+    __device__ void issue(uint4* slot, int i, int lane) const
+    {
+        if (i < start[4])
+        {
+            int s = i < start[1] ? 0 : i < start[2] ? 1 : i < start[3] ? 2 : 3;
+            int j = i - start[s], k = j / B[s], b = j - k * B[s];
+            const uint4* r = row(s, col0[s] + k * stride[s]) + b * DL_PIECE;
+            int left = chunks[s] - b * DL_PIECE;
+#pragma unroll
+            for (int u = 0; u < DEC_U; u++)
+                if (u * 32 + lane < left) cp_async16(slot + u * 32 + lane, r + u * 32 + lane, true);
+        }
+        cp_async_commit(); // an empty group past the end keeps "P − 1 groups newer than the one consumed" true
+    }
+};
+
+// The FIFO of one warp: consume() hands out the pieces in stream order; each is in registers (w) once the lane's copies
+// of it have landed, and its slot is refilled with the piece P further on.
+struct DlFifo
+{
+    const DlStream& st;
+    uint4* slots; // this warp's P slots of DL_PIECE chunks
+    int P, lane, next = 0;
+
+    __device__ void start() const
+    {
+        for (int i = 0; i < P; i++) st.issue(slots + i * DL_PIECE, i, lane);
+    }
+    // The next piece's chunks q0 + 32u + lane (those below chunks) into w, its slot refilled.
+    __device__ void consume(uint4 (&w)[DEC_U], int q0, int chunks)
+    {
+        cp_async_wait_n(P - 1);
+        uint4* slot = slots + (next % P) * DL_PIECE;
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) w[u] = q0 + u * 32 + lane < chunks ? slot[u * 32 + lane] : make_uint4(0u, 0u, 0u, 0u);
+        // The refill is issued after w's values are used (dec_fma follows at once), see the caller.
+        pending = slot;
+    }
+    __device__ void refill()
+    {
+        asm volatile("" ::: "memory"); // the slot's loads stay before the copies that overwrite it
+        st.issue(pending, next + P, lane);
+        next++;
+    }
+    uint4* pending = nullptr;
+};
+
+// One stage's product for this warp: its n columns, each its pieces through the FIFO into dec_fma, then done(col, s).
+template <class Done>
+__device__ __forceinline__ void dl_product(DlFifo& fifo, int s, const uint4* a, int lane, Done done)
+{
+    const DlStream& st = fifo.st;
+    int chunks = st.chunks[s];
+    for (int k = 0; k < st.n[s]; k++)
+    {
+        float acc[DEC_MAX_M] = {};
+        for (int q0 = 0; q0 < chunks; q0 += DL_PIECE)
+        {
+            uint4 w[DEC_U];
+            fifo.consume(w, q0, chunks);
+            dec_fma(acc, w, a, 1, q0, chunks, lane);
+            fifo.refill();
+        }
+        done(st.col0[s] + k * st.stride[s], warp_sum(acc[0]));
+    }
+}
+
+__device__ __forceinline__ void decode_layer_body(
+    const uint4* x, const uint4* nw1, float eps, uint4* ln1, float* rstd1, int H, unsigned short* qkv0, unsigned short* qkv1, unsigned short* qkv2,
+    const uint4* wq, const uint4* wk, const uint4* wv, float* part, uint4* kcache, uint4* vcache, const int* seqs, const int* positions,
+    const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale, int window, float softcap, unsigned short* att, unsigned* counters,
+    const uint4* qn, const uint4* kn, float* qrstd, float* krstd, const float* cos_t, const float* sin_t, int max_pos, uint4* qout, uint4* kout,
+    const int* cache_rows, int splits, unsigned short* mid, const uint4* wo, const uint4* nw2, uint4* ln2, float* rstd2, int I,
+    const uint4* wg, const uint4* wu, unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd,
+    unsigned* bar, uint4* xs, uint4* fifo_smem, int P)
+{
+    __shared__ unsigned short sums[2][DEC_PAIRS][2];
+    pdl_trigger();
+    int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
+    int pair = warp >> 1, half = warp & 1, Gp = gridDim.x * (warps >> 1), np = blockIdx.x * (warps >> 1) + pair;
+    int nq = Hq * D, nkv = Hkv * D, Ka = nq;
+    DlStream st;
+    st.wq = wq; st.wk = wk; st.wv = wv; st.wo = wo; st.wgu = half == 0 ? wg : wu; st.wd = wd; st.nq = nq; st.nkv = nkv;
+    const int cols[4] = {nq + 2 * nkv, H, I, H}, ks[4] = {H, Ka, H, I};
+    for (int s = 0; s < 4; s++)
+    {
+        int c0 = s == 2 ? np : n, g = s == 2 ? Gp : G;
+        st.col0[s] = c0; st.stride[s] = g;
+        st.n[s] = c0 < cols[s] ? (cols[s] - 1 - c0) / g + 1 : 0;
+        st.chunks[s] = ks[s] >> 3;
+        st.B[s] = (st.chunks[s] + DL_PIECE - 1) / DL_PIECE;
+    }
+    st.start[0] = 0;
+    for (int s = 0; s < 4; s++) st.start[s + 1] = st.start[s] + st.n[s] * st.B[s];
+    DlFifo fifo{st, fifo_smem + (i64)warp * P * DL_PIECE, P, lane};
+    fifo.start();
+    pdl_wait(); // x comes from the kernel before
+    auto barrier = [bar] { grid_barrier(bar); };
+
+    // (1) ln1, q/k/v (gemv_norm_set's arithmetic and stores).
+    dec_norm_rows(xs, x, nw1, 1, H, eps, 0.0f, ln1, rstd1);
+    dl_product(fifo, 0, xs, lane, [&](int col, float s)
+    {
+        if (lane != 0) return;
+        if (col < nq) qkv0[col] = f32_to_bf16(s);
+        else if (col < nq + nkv) qkv1[col - nq] = f32_to_bf16(s);
+        else qkv2[col - nq - nkv] = f32_to_bf16(s);
+    });
+    barrier();
+
+    // (2) q/k norms, RoPE, the new K/V rows, split-K attention (cached_attention_rope_split's blocks, as work items).
+    SplitRope r = {(const uint4*)qkv0, (const uint4*)qkv1, (const uint4*)qkv2, qn, kn, qrstd, krstd, eps, 0.0f, cos_t, sin_t, max_pos,
+                   qout, kout, kcache, vcache, cache_rows};
+    for (int item = blockIdx.x; item < splits * Hkv; item += gridDim.x)
+        split_attention(part, nullptr, FT_BF16, kcache, FT_BF16, vcache, FT_BF16, seqs, positions, tables, bs, W, Hq, Hkv, D, scale, window,
+                        softcap, att, FT_BF16, counters, r, item / Hkv, splits, item % Hkv, 0);
+    barrier();
+
+    // (3) mid = round(att·W_oᵀ) + x (gemv_residual's).
+    block_stage(xs, (const uint4*)att, Ka >> 3);
+    dl_product(fifo, 1, xs, lane, [&](int col, float s)
+    {
+        if (lane == 0) mid[col] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(((const unsigned short*)x)[col]));
+    });
+    barrier();
+
+    // (4) ln2, gate/up by warp pairs, h (gemv_norm_swiglu's).
+    dec_norm_rows(xs, (const uint4*)mid, nw2, 1, H, eps, 0.0f, ln2, rstd2);
+    int parity = 0;
+    dl_product(fifo, 2, xs, lane, [&](int col, float s)
+    {
+        if (lane == 0)
+        {
+            unsigned short v = f32_to_bf16(s);
+            (half == 0 ? gate : up)[col] = v;
+            sums[parity][pair][half] = v;
+        }
+        asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
+        if (half == 0 && lane == 0)
+        {
+            float gv = bf16_to_f32(sums[parity][pair][0]), uv = bf16_to_f32(sums[parity][pair][1]);
+            h[col] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+        }
+        parity ^= 1;
+    });
+    barrier();
+
+    // (5) y = round(h·W_dᵀ) + mid.
+    block_stage(xs, (const uint4*)h, I >> 3);
+    dl_product(fifo, 3, xs, lane, [&](int col, float s)
+    {
+        if (lane == 0) y[col] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(mid[col]));
+    });
+    cp_async_wait<0>(); // nothing left in flight (the stream's tail is empty groups)
+}
+
+#define DECODE_LAYER_PARAMS (const uint4* x, const uint4* nw1, float eps, uint4* ln1, float* rstd1, int H, unsigned short* qkv0, unsigned short* qkv1, \
+    unsigned short* qkv2, const uint4* wq, const uint4* wk, const uint4* wv, float* part, uint4* kcache, uint4* vcache, const int* seqs, const int* positions, \
+    const int* tables, int bs, int W, int Hq, int Hkv, int D, float scale, int window, float softcap, unsigned short* att, unsigned* counters, \
+    const uint4* qn, const uint4* kn, float* qrstd, float* krstd, const float* cos_t, const float* sin_t, int max_pos, uint4* qout, uint4* kout, \
+    const int* cache_rows, int splits, unsigned short* mid, const uint4* wo, const uint4* nw2, uint4* ln2, float* rstd2, int I, \
+    const uint4* wg, const uint4* wu, unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd, \
+    unsigned* bar, int P)
+
+// Launched cooperatively, one block an SM, an even number of warps (at least max(G, 4): split_attention's), P the
+// FIFO's depth (2 … DL_MAX_P: CudaBackend.DecodeLayerDepth, from the shared memory left). Dynamic shared memory:
+// K_max bf16 + warps·P·DL_PIECE·16 bytes.
+extern "C" __global__ void decode_layer DECODE_LAYER_PARAMS
+{
+    extern __shared__ uint4 dyn[];
+    int kmax = max(max(H, Hq * D), I);
+    uint4* xs = dyn;
+    uint4* fifo = dyn + ((kmax >> 3) + 7) / 8 * 8; // slots 128-byte aligned
+    decode_layer_body(x, nw1, eps, ln1, rstd1, H, qkv0, qkv1, qkv2, wq, wk, wv, part, kcache, vcache, seqs, positions, tables, bs, W, Hq, Hkv, D,
+                      scale, window, softcap, att, counters, qn, kn, qrstd, krstd, cos_t, sin_t, max_pos, qout, kout, cache_rows, splits, mid, wo,
+                      nw2, ln2, rstd2, I, wg, wu, gate, up, h, y, wd, bar, xs, fifo, min(max(P, 1), DL_MAX_P));
 }
