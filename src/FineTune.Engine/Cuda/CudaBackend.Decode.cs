@@ -301,14 +301,19 @@ public sealed partial class CudaBackend
         Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER") is { Length: > 0 } pl ? pl == "1" : PersistentLayerByDefault;
 
     /// <summary>
-    /// decode_layer's warps a block (even, 4 … 16; FINETUNE_PERSISTENT_LAYER_WARPS, default 8) and its FIFO's pieces a warp
-    /// (FINETUNE_PERSISTENT_LAYER_DEPTH, 2 … 8; 0: as many as the shared memory holds), for measurement.
+    /// decode_layer's warps a block (even, 4 … 16; FINETUNE_PERSISTENT_LAYER_WARPS, default 8), its FIFO's pieces a warp
+    /// (FINETUNE_PERSISTENT_LAYER_DEPTH, 2 … 8; 0: as many as the shared memory holds) and the megabytes of the weights
+    /// after the FIFO prefetched into L2 before the attention (FINETUNE_PERSISTENT_LAYER_L2, default 24), for measurement.
     /// </summary>
-    public (int Warps, int Depth) PersistentLayerShape { get; set; } =
+    public (int Warps, int Depth, int L2Megabytes) PersistentLayerShape { get; set; } =
         (int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER_WARPS"), out int lw) ? Math.Clamp(lw & ~1, 4, 16) : 8,
-         int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER_DEPTH"), out int ld) ? Math.Clamp(ld, 0, LayerMaxDepth) : 0);
+         int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER_DEPTH"), out int ld) ? Math.Clamp(ld, 0, LayerMaxDepth) : 0,
+         int.TryParse(Environment.GetEnvironmentVariable("FINETUNE_PERSISTENT_LAYER_L2"), out int l2) ? Math.Clamp(l2, 0, 256) : 24);
 
     const int LayerPieceBytes = 32 * 8 * 16, LayerMaxDepth = 8; // DL_PIECE · 16, DL_MAX_P in decode.cu
+
+    /// <summary>Why the last <see cref="DecodeLayer"/> call composed the three operations instead of decode_layer (null: it launched).</summary>
+    public string? PersistentLayerRefusal { get; private set; }
 
     ulong _layerBarrier;
     long _layerBarrierBytes;
@@ -346,7 +351,10 @@ public sealed partial class CudaBackend
             depth = PersistentLayerDepth(SharedLimit, _layerStaticShared, inputBytes, warps, PersistentLayerShape.Depth);
         }
         int shared = inputBytes + warps * depth * LayerPieceBytes;
-        if (depth == 0 || _dev.MaxActiveBlocksPerSm(function, warps * 32, shared) < 1)
+        PersistentLayerRefusal = !UsePersistentLayer ? "off" : !fits ? "operands or settings outside decode_layer's (one token, bf16, the fused operations' shapes)"
+            : depth == 0 ? $"no room for a FIFO of 2 pieces a warp ({SharedLimit} B shared, {_layerStaticShared} static, {inputBytes} input)"
+            : _dev.MaxActiveBlocksPerSm(function, warps * 32, shared) < 1 ? $"no block of {warps} warps and {shared} B fits an SM" : null;
+        if (PersistentLayerRefusal is not null)
         {
             DecodeComposition.DecodeLayer(this, t);
             return;
@@ -365,7 +373,7 @@ public sealed partial class CudaBackend
             normed ? P(t.QNorm!) : 0UL, normed ? P(t.KNorm!) : 0UL, normed ? P(t.QRstd!) : 0UL, normed ? P(t.KRstd!) : 0UL, P(t.Cos), P(t.Sin), t.Cos.Rows,
             P(t.Q), P(t.K), P(t.CacheRows), splits,
             P(t.Mid), P(t.OWeight), P(t.PostNorm), P(t.Ln2), P(t.Rstd2), inter, P(t.GateWeight), P(t.UpWeight), P(t.Gate), P(t.Up), P(t.H),
-            P(t.Y), P(t.DownWeight), bar, depth,
+            P(t.Y), P(t.DownWeight), bar, depth, (int)((long)PersistentLayerShape.L2Megabytes * 1_000_000 / ((long)_dev.Info.Multiprocessors * warps * LayerPieceBytes)),
         ], "decode_layer", dependent);
         if (_dev.Profiling) _dev.Mark("decode_layer");
     }

@@ -435,73 +435,115 @@ extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, c
 #define DL_PIECE (32 * DEC_U) // 16-byte chunks of a piece
 #define DL_MAX_P 8
 
-// The rows one warp streams through a layer: stage s ∈ {q/k/v, o, gate or up, down} has n[s] columns of this warp
-// (col0[s], col0[s] + stride[s], …), each B[s] pieces of a row of chunks[s] 16-byte chunks; the pieces in that order.
+// One product of a layer as one warp streams it: n columns (col0, col0 + stride, …), each B pieces of a row of chunks
+// 16-byte chunks (base + col·chunks; q/k/v's rows are three weights', DlStream::row).
+struct DlStage
+{
+    const uint4* base;
+    int col0, stride, n, chunks, B;
+};
+
+// The rows one warp streams through a layer, stage s ∈ {q/k/v, o, gate or up, down} in turn, and the cursor of the
+// next piece to copy (stage is, column ik, piece ib). Scalars selected by stage, never an array indexed at run time:
+// that would put the stream in local memory, which with the shared memory this kernel takes has little L1 to live in.
 struct DlStream
 {
-    const uint4 *wq, *wk, *wv, *wo, *wgu, *wd;
-    int nq, nkv, col0[4], stride[4], n[4], chunks[4], B[4], start[5];
+    DlStage s0, s1, s2, s3;
+    const uint4 *wk, *wv;
+    int nq, nkv;
+    int is = 0, ik = 0, ib = 0;
 
-    __device__ const uint4* row(int s, int col) const
+#define DL_SEL(f) (s == 0 ? s0.f : s == 1 ? s1.f : s == 2 ? s2.f : s3.f)
+    __device__ void skip_empty()
     {
-        if (s == 0) return col < nq ? wq + (i64)col * chunks[0] : col < nq + nkv ? wk + (i64)(col - nq) * chunks[0] : wv + (i64)(col - nq - nkv) * chunks[0];
-        return (s == 1 ? wo : s == 2 ? wgu : wd) + (i64)col * chunks[s];
+        for (int s = is; s < 4 && ik >= DL_SEL(n); s = ++is) ik = 0;
     }
-    // Piece i's copies by this lane into slot (DEC_U chunks, lane's at u·32 + lane); nothing past the stream.
-    __device__ void issue(uint4* slot, int i, int lane) const
+    // The cursor's piece: its first chunk, and how many of its chunks the row has left (up to DL_PIECE).
+    __device__ const uint4* piece(int& left) const
     {
-        if (i < start[4])
+        int s = is;
+        int chunks = DL_SEL(chunks), col = DL_SEL(col0) + ik * DL_SEL(stride);
+        const uint4* r = s == 0 ? (col < nq ? s0.base + (i64)col * chunks : col < nq + nkv ? wk + (i64)(col - nq) * chunks : wv + (i64)(col - nq - nkv) * chunks)
+                                : DL_SEL(base) + (i64)col * chunks;
+        left = chunks - ib * DL_PIECE;
+        return r + ib * DL_PIECE;
+    }
+    __device__ void advance()
+    {
+        int s = is;
+        if (++ib == DL_SEL(B))
         {
-            int s = i < start[1] ? 0 : i < start[2] ? 1 : i < start[3] ? 2 : 3;
-            int j = i - start[s], k = j / B[s], b = j - k * B[s];
-            const uint4* r = row(s, col0[s] + k * stride[s]) + b * DL_PIECE;
-            int left = chunks[s] - b * DL_PIECE;
+            ib = 0;
+            ik++;
+            skip_empty();
+        }
+    }
+    // This lane's copies of the cursor's piece into slot (DEC_U chunks, lane's at u·32 + lane), the cursor moved on;
+    // past the stream an empty group ("P − 1 groups newer than the one consumed" stays true to the end).
+    __device__ void issue(uint4* slot, int lane)
+    {
+        if (is < 4)
+        {
+            int left;
+            const uint4* r = piece(left);
 #pragma unroll
             for (int u = 0; u < DEC_U; u++)
                 if (u * 32 + lane < left) cp_async16(slot + u * 32 + lane, r + u * 32 + lane, true);
+            advance();
         }
-        cp_async_commit(); // an empty group past the end keeps "P − 1 groups newer than the one consumed" true
+        cp_async_commit();
     }
+    // The next `pieces` pieces past the cursor into L2 (prefetch_l2: a hint, no value changes), the cursor left as it is.
+    __device__ void prefetch(int pieces, int lane) const
+    {
+        DlStream c = *this;
+        for (int i = 0; i < pieces && c.is < 4; i++)
+        {
+            int left;
+            const uint4* r = c.piece(left);
+            prefetch_l2(r, (i64)min(left, DL_PIECE) * 16, lane);
+            c.advance();
+        }
+    }
+#undef DL_SEL
 };
 
-// The FIFO of one warp: consume() hands out the pieces in stream order; each is in registers (w) once the lane's copies
-// of it have landed, and its slot is refilled with the piece P further on.
+// The FIFO of one warp: consume() hands out the pieces in stream order, each in registers (w) once the lane's copies
+// of it have landed; refill() then copies the piece P further on into its slot.
 struct DlFifo
 {
-    const DlStream& st;
+    DlStream& st;
     uint4* slots; // this warp's P slots of DL_PIECE chunks
-    int P, lane, next = 0;
+    int P, lane, slot = 0;
 
-    __device__ void start() const
+    __device__ void start()
     {
-        for (int i = 0; i < P; i++) st.issue(slots + i * DL_PIECE, i, lane);
+        st.skip_empty();
+        for (int i = 0; i < P; i++) st.issue(slots + i * DL_PIECE, lane);
     }
-    // The next piece's chunks q0 + 32u + lane (those below chunks) into w, its slot refilled.
+    // The next piece's chunks q0 + 32u + lane (those below chunks) into w.
     __device__ void consume(uint4 (&w)[DEC_U], int q0, int chunks)
     {
         cp_async_wait_n(P - 1);
-        uint4* slot = slots + (next % P) * DL_PIECE;
+        const uint4* from = slots + slot * DL_PIECE;
 #pragma unroll
-        for (int u = 0; u < DEC_U; u++) w[u] = q0 + u * 32 + lane < chunks ? slot[u * 32 + lane] : make_uint4(0u, 0u, 0u, 0u);
-        // The refill is issued after w's values are used (dec_fma follows at once), see the caller.
-        pending = slot;
+        for (int u = 0; u < DEC_U; u++) w[u] = q0 + u * 32 + lane < chunks ? from[u * 32 + lane] : make_uint4(0u, 0u, 0u, 0u);
     }
+    // After w's arithmetic (so the slot's loads have completed): the slot refilled, the FIFO moved on.
     __device__ void refill()
     {
         asm volatile("" ::: "memory"); // the slot's loads stay before the copies that overwrite it
-        st.issue(pending, next + P, lane);
-        next++;
+        st.issue(slots + slot * DL_PIECE, lane);
+        slot = slot + 1 == P ? 0 : slot + 1;
     }
-    uint4* pending = nullptr;
 };
 
 // One stage's product for this warp: its n columns, each its pieces through the FIFO into dec_fma, then done(col, s).
 template <class Done>
-__device__ __forceinline__ void dl_product(DlFifo& fifo, int s, const uint4* a, int lane, Done done)
+__device__ __forceinline__ void dl_product(DlFifo& fifo, const DlStage& stage, const uint4* a, int lane, Done done)
 {
-    const DlStream& st = fifo.st;
-    int chunks = st.chunks[s];
-    for (int k = 0; k < st.n[s]; k++)
+    int chunks = stage.chunks;
+    for (int k = 0; k < stage.n; k++)
     {
         float acc[DEC_MAX_M] = {};
         for (int q0 = 0; q0 < chunks; q0 += DL_PIECE)
@@ -511,7 +553,7 @@ __device__ __forceinline__ void dl_product(DlFifo& fifo, int s, const uint4* a, 
             dec_fma(acc, w, a, 1, q0, chunks, lane);
             fifo.refill();
         }
-        done(st.col0[s] + k * st.stride[s], warp_sum(acc[0]));
+        done(stage.col0 + k * stage.stride, warp_sum(acc[0]));
     }
 }
 
@@ -522,7 +564,7 @@ __device__ __forceinline__ void decode_layer_body(
     const uint4* qn, const uint4* kn, float* qrstd, float* krstd, const float* cos_t, const float* sin_t, int max_pos, uint4* qout, uint4* kout,
     const int* cache_rows, int splits, unsigned short* mid, const uint4* wo, const uint4* nw2, uint4* ln2, float* rstd2, int I,
     const uint4* wg, const uint4* wu, unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd,
-    unsigned* bar, uint4* xs, uint4* fifo_smem, int P)
+    unsigned* bar, uint4* xs, uint4* fifo_smem, int P, int ahead)
 {
     __shared__ unsigned short sums[2][DEC_PAIRS][2];
     pdl_trigger();
@@ -531,18 +573,12 @@ __device__ __forceinline__ void decode_layer_body(
     int pair = warp >> 1, half = warp & 1, Gp = gridDim.x * (warps >> 1), np = blockIdx.x * (warps >> 1) + pair;
     int nq = Hq * D, nkv = Hkv * D, Ka = nq;
     DlStream st;
-    st.wq = wq; st.wk = wk; st.wv = wv; st.wo = wo; st.wgu = half == 0 ? wg : wu; st.wd = wd; st.nq = nq; st.nkv = nkv;
-    const int cols[4] = {nq + 2 * nkv, H, I, H}, ks[4] = {H, Ka, H, I};
-    for (int s = 0; s < 4; s++)
-    {
-        int c0 = s == 2 ? np : n, g = s == 2 ? Gp : G;
-        st.col0[s] = c0; st.stride[s] = g;
-        st.n[s] = c0 < cols[s] ? (cols[s] - 1 - c0) / g + 1 : 0;
-        st.chunks[s] = ks[s] >> 3;
-        st.B[s] = (st.chunks[s] + DL_PIECE - 1) / DL_PIECE;
-    }
-    st.start[0] = 0;
-    for (int s = 0; s < 4; s++) st.start[s + 1] = st.start[s] + st.n[s] * st.B[s];
+    auto stage = [&](const uint4* base, int c0, int g, int cols, int k) { return DlStage{base, c0, g, c0 < cols ? (cols - 1 - c0) / g + 1 : 0, k >> 3, ((k >> 3) + DL_PIECE - 1) / DL_PIECE}; };
+    st.s0 = stage(wq, n, G, nq + 2 * nkv, H);
+    st.s1 = stage(wo, n, G, H, Ka);
+    st.s2 = stage(half == 0 ? wg : wu, np, Gp, I, H);
+    st.s3 = stage(wd, n, G, H, I);
+    st.wk = wk; st.wv = wv; st.nq = nq; st.nkv = nkv;
     DlFifo fifo{st, fifo_smem + (i64)warp * P * DL_PIECE, P, lane};
     fifo.start();
     pdl_wait(); // x comes from the kernel before
@@ -550,13 +586,14 @@ __device__ __forceinline__ void decode_layer_body(
 
     // (1) ln1, q/k/v (gemv_norm_set's arithmetic and stores).
     dec_norm_rows(xs, x, nw1, 1, H, eps, 0.0f, ln1, rstd1);
-    dl_product(fifo, 0, xs, lane, [&](int col, float s)
+    dl_product(fifo, st.s0, xs, lane, [&](int col, float s)
     {
         if (lane != 0) return;
         if (col < nq) qkv0[col] = f32_to_bf16(s);
         else if (col < nq + nkv) qkv1[col - nq] = f32_to_bf16(s);
         else qkv2[col - nq - nkv] = f32_to_bf16(s);
     });
+    st.prefetch(ahead, lane); // the attention stalls the FIFO: the rows after it go to L2 meanwhile
     barrier();
 
     // (2) q/k norms, RoPE, the new K/V rows, split-K attention (cached_attention_rope_split's blocks, as work items).
@@ -569,7 +606,7 @@ __device__ __forceinline__ void decode_layer_body(
 
     // (3) mid = round(att·W_oᵀ) + x (gemv_residual's).
     block_stage(xs, (const uint4*)att, Ka >> 3);
-    dl_product(fifo, 1, xs, lane, [&](int col, float s)
+    dl_product(fifo, st.s1, xs, lane, [&](int col, float s)
     {
         if (lane == 0) mid[col] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(((const unsigned short*)x)[col]));
     });
@@ -578,7 +615,7 @@ __device__ __forceinline__ void decode_layer_body(
     // (4) ln2, gate/up by warp pairs, h (gemv_norm_swiglu's).
     dec_norm_rows(xs, (const uint4*)mid, nw2, 1, H, eps, 0.0f, ln2, rstd2);
     int parity = 0;
-    dl_product(fifo, 2, xs, lane, [&](int col, float s)
+    dl_product(fifo, st.s2, xs, lane, [&](int col, float s)
     {
         if (lane == 0)
         {
@@ -598,7 +635,7 @@ __device__ __forceinline__ void decode_layer_body(
 
     // (5) y = round(h·W_dᵀ) + mid.
     block_stage(xs, (const uint4*)h, I >> 3);
-    dl_product(fifo, 3, xs, lane, [&](int col, float s)
+    dl_product(fifo, st.s3, xs, lane, [&](int col, float s)
     {
         if (lane == 0) y[col] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(mid[col]));
     });
@@ -611,10 +648,11 @@ __device__ __forceinline__ void decode_layer_body(
     const uint4* qn, const uint4* kn, float* qrstd, float* krstd, const float* cos_t, const float* sin_t, int max_pos, uint4* qout, uint4* kout, \
     const int* cache_rows, int splits, unsigned short* mid, const uint4* wo, const uint4* nw2, uint4* ln2, float* rstd2, int I, \
     const uint4* wg, const uint4* wu, unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd, \
-    unsigned* bar, int P)
+    unsigned* bar, int P, int ahead)
 
 // Launched cooperatively, one block an SM, an even number of warps (at least max(G, 4): split_attention's), P the
-// FIFO's depth (2 … DL_MAX_P: CudaBackend.DecodeLayerDepth, from the shared memory left). Dynamic shared memory:
+// FIFO's depth (2 … DL_MAX_P: CudaBackend.PersistentLayerDepth, from the shared memory left), ahead the pieces a warp
+// prefetches into L2 past its FIFO before the attention (CudaBackend.PersistentLayerShape). Dynamic shared memory:
 // K_max bf16 + warps·P·DL_PIECE·16 bytes.
 extern "C" __global__ void decode_layer DECODE_LAYER_PARAMS
 {
@@ -624,5 +662,5 @@ extern "C" __global__ void decode_layer DECODE_LAYER_PARAMS
     uint4* fifo = dyn + ((kmax >> 3) + 7) / 8 * 8; // slots 128-byte aligned
     decode_layer_body(x, nw1, eps, ln1, rstd1, H, qkv0, qkv1, qkv2, wq, wk, wv, part, kcache, vcache, seqs, positions, tables, bs, W, Hq, Hkv, D,
                       scale, window, softcap, att, counters, qn, kn, qrstd, krstd, cos_t, sin_t, max_pos, qout, kout, cache_rows, splits, mid, wo,
-                      nw2, ln2, rstd2, I, wg, wu, gate, up, h, y, wd, bar, xs, fifo, min(max(P, 1), DL_MAX_P));
+                      nw2, ln2, rstd2, I, wg, wu, gate, up, h, y, wd, bar, xs, fifo, min(max(P, 1), DL_MAX_P), ahead);
 }
