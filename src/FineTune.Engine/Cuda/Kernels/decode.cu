@@ -594,6 +594,8 @@ __device__ __forceinline__ void decode_layer_body(
         else qkv2[col - nq - nkv] = f32_to_bf16(s);
     });
     st.prefetch(ahead, lane); // the attention stalls the FIFO: the rows after it go to L2 meanwhile
+    for (int item = blockIdx.x; item < splits * Hkv; item += gridDim.x)
+        split_prefetch(kcache, vcache, seqs, positions, tables, bs, W, Hkv, D, window, item / Hkv, splits, item % Hkv, 0);
     barrier();
 
     // (2) q/k norms, RoPE, the new K/V rows, split-K attention (cached_attention_rope_split's blocks, as work items).

@@ -64,6 +64,29 @@ __device__ __forceinline__ void split_combine_row(void* out, int dt_o, const flo
         if (lane + 32 * e < D) st(out, orow + lane + 32 * e, acc[e] * inv, dt_o);
 }
 
+// The K and V rows split_attention(…, split, splits, kh, t) will read (its first tile's: up to 32 keys) into L2, by
+// every thread of the block, one 128-byte line each (prefetch_l2's hint: no value changes). decode.cu's decode_layer
+// issues it before the grid barrier its attention stage waits at, so the cache rows come from DRAM meanwhile.
+__device__ __forceinline__ void split_prefetch(const void* k, const void* v, const int* seqs, const int* positions, const int* tables, int bs, int W,
+                                               int Hkv, int D, int window, int split, int splits, int kh, int t)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    int p = positions[t], len = p + 1;
+    const int* table = tables + (i64)seqs[t] * W;
+    int lo = window > 0 ? max(0, p - window + 1) : 0;
+    int chunk = ((len - lo + splits - 1) / splits + 31) / 32 * 32;
+    int start = lo + split * chunk, end = min(min(len, start + chunk), start + 32);
+    int lines = (D * 2 + PREFETCH_LINE - 1) / PREFETCH_LINE; // a key row's lines (bf16)
+    for (int i = threadIdx.x; i < (end - start) * lines * 2; i += blockDim.x)
+    {
+        int j = start + i / (2 * lines), r = i % (2 * lines);
+        i64 row = (paged_row(table, j, bs) * Hkv + kh) * D;
+        const unsigned short* base = (const unsigned short*)(r < lines ? k : v) + row;
+        asm volatile("prefetch.global.L2 [%0];" :: "l"((const char*)base + (r % lines) * PREFETCH_LINE));
+    }
+#endif
+}
+
 // Grid (splits, Hkv, T), block max(G, 4)·32 threads (G = Hq / Hkv ≤ SPLIT_MAX_GROUP, D ≤ SPLIT_MAX_D): warp w < G
 // computes query head kh·G + w, and every warp helps copy the key tiles (at G = 2, two warps alone left the copies
 // latency-bound: 46 µs a layer for 100 keys on an H200). Split s of token t covers keys [s·chunk, min(p + 1,
