@@ -14,7 +14,7 @@ for cfg in "0 8 0 24" "1 8 0 24" "1 8 0 0" "1 8 0 48" "1 8 3 24" "1 16 2 24" "0 
   FINETUNE_PERSISTENT_LAYER=$1 FINETUNE_PERSISTENT_LAYER_WARPS=$2 FINETUNE_PERSISTENT_LAYER_DEPTH=$3 FINETUNE_PERSISTENT_LAYER_L2=$4 timeout 60 $FT $B > $R/gen_$1_$2_$3_$4.jsonl 2>&1
   echo "m17 layer=$1 warps=$2 depth=$3 l2=$4MB $(grep -o '"decode_tokens_per_s_per_seq":[0-9.]*' $R/gen_$1_$2_$3_$4.jsonl)"
 done
-FINETUNE_PERSISTENT_LAYER=1 timeout 200 ncu --set full --import-source no --kernel-name decode_layer --launch-skip 400 --launch-count 1 \
+FINETUNE_PERSISTENT_LAYER=1 timeout 200 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SourceCounters --section LaunchStats --import-source no --kernel-name decode_layer --launch-skip 400 --launch-count 1 \
   -o $R/dl -f $FT bench --generate --device cuda --model /tmp/m17 --batches 1 --prompts 2 --prompt-len 64 --new-tokens 64 > $R/ncu.out 2>&1
 echo "ncu rc=$?"; tail -3 $R/ncu.out
 ncu -i $R/dl.ncu-rep --page details --csv > $R/details.csv 2>&1
