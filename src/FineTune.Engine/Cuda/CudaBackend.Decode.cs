@@ -318,6 +318,15 @@ public sealed partial class CudaBackend
     ulong _layerBarrier;
     long _layerBarrierBytes;
     int _layerStaticShared = -1;
+    (int Warps, int Shared, bool Fits) _layerOccupancy;
+
+    // The occupancy query once a block shape, not every layer (as decode_mlp_tail's).
+    bool LayerBlockFits(nint function, int warps, int shared)
+    {
+        if (_layerOccupancy.Warps != warps || _layerOccupancy.Shared != shared)
+            _layerOccupancy = (warps, shared, _dev.MaxActiveBlocksPerSm(function, warps * 32, shared) >= 1);
+        return _layerOccupancy.Fits;
+    }
 
     /// <summary>The FIFO depth decode_layer gets at <paramref name="warps"/> warps with <paramref name="inputBytes"/> of input row (0: it does not fit).</summary>
     public static int PersistentLayerDepth(int sharedLimit, int staticShared, int inputBytes, int warps, int wanted)
@@ -353,7 +362,7 @@ public sealed partial class CudaBackend
         int shared = inputBytes + warps * depth * LayerPieceBytes;
         PersistentLayerRefusal = !UsePersistentLayer ? "off" : !fits ? "operands or settings outside decode_layer's (one token, bf16, the fused operations' shapes)"
             : depth == 0 ? $"no room for a FIFO of 2 pieces a warp ({SharedLimit} B shared, {_layerStaticShared} static, {inputBytes} input)"
-            : _dev.MaxActiveBlocksPerSm(function, warps * 32, shared) < 1 ? $"no block of {warps} warps and {shared} B fits an SM" : null;
+            : !LayerBlockFits(function, warps, shared) ? $"no block of {warps} warps and {shared} B fits an SM" : null;
         if (PersistentLayerRefusal is not null)
         {
             DecodeComposition.DecodeLayer(this, t);

@@ -237,11 +237,7 @@ public static partial class OpChecks
     {
         int half = d / 2, maxPos = 300, bs = 16, width = 16, blocks = width + 1, kvd = hkv * d;
         var (cos, sin) = RopeTables(c, maxPos, d);
-        int[] table = [.. Enumerable.Range(1, width).OrderBy(i => (i * 7919) % 1009)];
-        var tb = c.IntPair(table, [width]);
-        var pos = c.IntPair([position], [1]);
-        var seqs = c.IntPair([0], [1]);
-        var rows = c.IntPair([table[position / bs] * bs + position % bs], [1]);
+        var (tb, pos, seqs, rows) = OneTokenStep(c, width, bs, position);
         var qIn = c.Rand((long)hq * d, 2f);
         var kIn = c.Rand(kvd, 2f);
         var v = c.Pair(c.Rand(kvd), [1, kvd]);
@@ -458,6 +454,17 @@ public static partial class OpChecks
         c.Check($"{name} launches gemv_residual iff m <= 2 and its rows fit shared memory", "kernel", ran == (m <= 2 && fits), 0);
         DecodeComposition.MatMulResidual(c.Cpu, y.Cpu, x.Cpu, w.Cpu, r.Cpu);
         c.Compare(name, "y", y, 0);
+    }
+
+    /// <summary>
+    /// A one-token decode step of sequence 0 at <paramref name="position"/> over a paged cache: a block table of
+    /// <paramref name="width"/> shuffled blocks (block 0 unused), the position, the sequence and the new key's cache row.
+    /// </summary>
+    static ((Tensor Cpu, Tensor Gpu) Table, (Tensor Cpu, Tensor Gpu) Positions, (Tensor Cpu, Tensor Gpu) Sequences, (Tensor Cpu, Tensor Gpu) CacheRows)
+        OneTokenStep(Ctx c, int width, int bs, int position)
+    {
+        int[] table = [.. Enumerable.Range(1, width).OrderBy(i => (i * 7919) % 1009)];
+        return (c.IntPair(table, [width]), c.IntPair([position], [1]), c.IntPair([0], [1]), c.IntPair([table[position / bs] * bs + position % bs], [1]));
     }
 
     // Rotary tables [maxPos, d/2] at base 10000, on both backends.

@@ -13,11 +13,7 @@ public static partial class OpChecks
     {
         int maxPos = 1100, bs = 16, width = 72, blocks = width + 1, kvd = hkv * d, qd = hq * d;
         var (cos, sin) = RopeTables(c, maxPos, d);
-        int[] table = [.. Enumerable.Range(1, width).OrderBy(i => (i * 7919) % 1009)];
-        var tb = c.IntPair(table, [width]);
-        var pos = c.IntPair([position], [1]);
-        var seqs = c.IntPair([0], [1]);
-        var rows = c.IntPair([table[position / bs] * bs + position % bs], [1]);
+        var (tb, pos, seqs, rows) = OneTokenStep(c, width, bs, position);
         var x = c.Pair(c.Rand(hidden, 2f), [1, hidden]);
         var nw1 = c.Pair(c.Rand(hidden), [hidden]);
         var nw2 = c.Pair(c.Rand(hidden), [hidden]);

@@ -136,6 +136,17 @@ __device__ __forceinline__ void dec_prefetch_columns(Rows rows, int chunks, int 
         for (int r = 0; r < R; r++) prefetch_l2(rows(col + i * G, r), (i64)chunks * 16, lane);
 }
 
+// A product's sum rounded as the unfused MatMul stores it, plus the residual as ft_add adds it (gemv_residual, decode_layer).
+__device__ __forceinline__ unsigned short dec_residual(float s, unsigned short r)
+{
+    return f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r));
+}
+// h = silu(gate)·up from the rounded gate and up, swiglu.cu's swiglu_value rounded to bf16 (gemv_norm_swiglu, decode_layer).
+__device__ __forceinline__ unsigned short dec_swiglu(float gv, float uv)
+{
+    return f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+}
+
 // xs = rmsnorm(x) for rows 0 … M−1 of x [M, K] (weight nw [K]) with rmsnorm_forward_v8's arithmetic: warp m sums row
 // m's squares lane by lane, the block then scales every value. Block 0 also writes ln and rstd (what RmsNorm writes).
 // Called by every thread of the block.
@@ -259,7 +270,7 @@ __device__ __forceinline__ void gemv_norm_swiglu_body(const uint4* x, const uint
             for (int m = 0; m < M; m++)
             {
                 float gv = bf16_to_f32(sums[parity][pair][0][m]), uv = bf16_to_f32(sums[parity][pair][1][m]);
-                h[(i64)m * N + col] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+                h[(i64)m * N + col] = dec_swiglu(gv, uv);
             }
         parity ^= 1;
     };
@@ -296,7 +307,7 @@ __device__ __forceinline__ void gemv_residual_body(unsigned short* y, const uint
             if (lane == 0)
             {
                 i64 i = (i64)m * N + col;
-                y[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(r[i]));
+                y[i] = dec_residual(s, r[i]);
             }
         }
     };
@@ -610,7 +621,7 @@ __device__ __forceinline__ void decode_layer_body(
     block_stage(xs, (const uint4*)att, Ka >> 3);
     dl_product(fifo, st.s1, xs, lane, [&](int col, float s)
     {
-        if (lane == 0) mid[col] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(((const unsigned short*)x)[col]));
+        if (lane == 0) mid[col] = dec_residual(s, ((const unsigned short*)x)[col]);
     });
     barrier();
 
@@ -629,7 +640,7 @@ __device__ __forceinline__ void decode_layer_body(
         if (half == 0 && lane == 0)
         {
             float gv = bf16_to_f32(sums[parity][pair][0]), uv = bf16_to_f32(sums[parity][pair][1]);
-            h[col] = f32_to_bf16(gv * (1.0f / (1.0f + expf(-gv))) * uv);
+            h[col] = dec_swiglu(gv, uv);
         }
         parity ^= 1;
     });
@@ -639,7 +650,7 @@ __device__ __forceinline__ void decode_layer_body(
     block_stage(xs, (const uint4*)h, I >> 3);
     dl_product(fifo, st.s3, xs, lane, [&](int col, float s)
     {
-        if (lane == 0) y[col] = f32_to_bf16(bf16_to_f32(f32_to_bf16(s)) + 1.0f * bf16_to_f32(mid[col]));
+        if (lane == 0) y[col] = dec_residual(s, mid[col]);
     });
     cp_async_wait<0>(); // nothing left in flight (the stream's tail is empty groups)
 }
