@@ -315,6 +315,26 @@ public sealed partial class CudaBackend
     /// <summary>Why the last <see cref="DecodeLayer"/> call composed the three operations instead of decode_layer (null: it launched).</summary>
     public string? PersistentLayerRefusal { get; private set; }
 
+    /// <summary>
+    /// Where a decode_layer launch's time goes (DeviceChecks): an I32 tensor of at least 2 · <see cref="PersistentLayerStamps"/>
+    /// · SMs values into which every block writes its nanosecond clock (as 64-bit values) at entry, at each stage's end
+    /// and at each grid barrier's release; null (the default) writes nothing.
+    /// </summary>
+    public Tensor? PersistentLayerTrace
+    {
+        get => _layerTrace;
+        set
+        {
+            if (value is not null && (value.DType != DType.I32 || value.Length < 2L * PersistentLayerStamps * _dev.Info.Multiprocessors))
+                throw new ArgumentException($"a decode_layer trace needs {2 * PersistentLayerStamps * _dev.Info.Multiprocessors} I32 values, not {value}");
+            _layerTrace = value;
+        }
+    }
+
+    /// <summary>The points of a block's trace: entry; q/k/v done, barrier; attention done, barrier; o_proj done, barrier; gate/up done, barrier; down_proj done.</summary>
+    public const int PersistentLayerStamps = 10; // DL_STAMPS in decode.cu
+
+    Tensor? _layerTrace;
     ulong _layerBarrier;
     long _layerBarrierBytes;
     int _layerStaticShared = -1;
@@ -383,6 +403,7 @@ public sealed partial class CudaBackend
             P(t.Q), P(t.K), P(t.CacheRows), splits,
             P(t.Mid), P(t.OWeight), P(t.PostNorm), P(t.Ln2), P(t.Rstd2), inter, P(t.GateWeight), P(t.UpWeight), P(t.Gate), P(t.Up), P(t.H),
             P(t.Y), P(t.DownWeight), bar, depth, (int)((long)PersistentLayerShape.L2Megabytes * 1_000_000 / ((long)_dev.Info.Multiprocessors * warps * LayerPieceBytes)),
+            PersistentLayerTrace is { } trace ? P(trace) : 0UL,
         ], "decode_layer", dependent);
         if (_dev.Profiling) _dev.Mark("decode_layer");
     }

@@ -208,24 +208,28 @@ public static partial class OpChecks
             c.Gpu.CachedAttention(o, q.Gpu, kc.Gpu, vc.Gpu, seqs.Gpu, pos.Gpu, tb.Gpu, shape);
         }
         string name = $"decode attention one kernel T{t} H{hq}/{hkv} D{d}";
-        bool pdl = c.Gpu.UseDependentLaunch;
-        Run(two.Gpu, false);
-        var separate = c.Download(two.Gpu);
-        double ms = c.Time(() => Run(one.Gpu, true));
-        c.Check($"{name} = split + combine", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
-        c.Gpu.UseDependentLaunch = !pdl;
-        Run(one.Gpu, true);
-        c.Check($"{name} = split + combine, {(pdl ? "plain launch" : "dependent launch")}", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
-        double otherMs = c.TimeRepeat(() => Run(one.Gpu, true));
-        c.Gpu.UseDependentLaunch = pdl;
-        double oneMs = c.TimeRepeat(() => Run(one.Gpu, true));
-        c.Gpu.Zero(one.Gpu); // a launch whose combine did not run would leave the last one's output
-        Run(one.Gpu, true);
-        c.Check($"{name} = split + combine, after 10 launches", "out bits", c.Download(one.Gpu).SequenceEqual(separate), oneMs);
-        double twoMs = c.TimeRepeat(() => Run(two.Gpu, false));
-        c.Cpu.CachedAttention(one.Cpu, q.Cpu, kc.Cpu, vc.Cpu, seqs.Cpu, pos.Cpu, tb.Cpu, shape);
-        c.Compare(name, "out", one, oneMs);
-        Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms ({(pdl ? "plain launch" : "dependent launch")} {otherMs:F4} ms), split + combine {twoMs:F4} ms");
+        bool pdl = c.Gpu.UseDependentLaunch, setting = c.Gpu.UseSplitKOneKernel;
+        try
+        {
+            Run(two.Gpu, false);
+            var separate = c.Download(two.Gpu);
+            double ms = c.Time(() => Run(one.Gpu, true));
+            c.Check($"{name} = split + combine", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
+            c.Gpu.UseDependentLaunch = !pdl;
+            Run(one.Gpu, true);
+            c.Check($"{name} = split + combine, {(pdl ? "plain launch" : "dependent launch")}", "out bits", c.Download(one.Gpu).SequenceEqual(separate), ms);
+            double otherMs = c.TimeRepeat(() => Run(one.Gpu, true));
+            c.Gpu.UseDependentLaunch = pdl;
+            double oneMs = c.TimeRepeat(() => Run(one.Gpu, true));
+            c.Gpu.Zero(one.Gpu); // a launch whose combine did not run would leave the last one's output
+            Run(one.Gpu, true);
+            c.Check($"{name} = split + combine, after 10 launches", "out bits", c.Download(one.Gpu).SequenceEqual(separate), oneMs);
+            double twoMs = c.TimeRepeat(() => Run(two.Gpu, false));
+            c.Cpu.CachedAttention(one.Cpu, q.Cpu, kc.Cpu, vc.Cpu, seqs.Cpu, pos.Cpu, tb.Cpu, shape);
+            c.Compare(name, "out", one, oneMs);
+            Console.WriteLine($"     {name}: one kernel {oneMs:F4} ms ({(pdl ? "plain launch" : "dependent launch")} {otherMs:F4} ms), split + combine {twoMs:F4} ms");
+        }
+        finally { c.Gpu.UseSplitKOneKernel = setting; } // the checks after this one (the decode layer's) run with the default
     }
 
     /// <summary>

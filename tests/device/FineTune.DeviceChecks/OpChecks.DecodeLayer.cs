@@ -1,4 +1,6 @@
+using System.Runtime.InteropServices;
 using FineTune.Engine;
+using FineTune.Engine.Cuda;
 
 namespace FineTune.DeviceChecks;
 
@@ -101,5 +103,39 @@ public static partial class OpChecks
         c.Compare(name, "y", one[0], oneMs);
         long bytes = 2L * hidden * (qd + 2L * kvd + qd + 3L * inter);
         Console.WriteLine($"     {name}: one launch {oneMs:F4} ms ({bytes / oneMs / 1e6:F0} GB/s), three operations {threeMs:F4} ms ({bytes / threeMs / 1e6:F0} GB/s)");
+        if (ran) LayerTrace(c, name, () => Op(again, true));
+    }
+
+    // Where one decode_layer launch's time goes: every block's clock at its stage ends and barrier releases
+    // (CudaBackend.PersistentLayerTrace), as µs after the first block's entry — the first block to get there and the
+    // last — the median of five launches.
+    static void LayerTrace(Ctx c, string name, Action launch)
+    {
+        int sms = c.Gpu.Device.Info.Multiprocessors, stamps = CudaBackend.PersistentLayerStamps;
+        var raw = new int[2 * stamps * sms];
+        var trace = c.IntPair(raw, [raw.Length]).Gpu;
+        var runs = new List<(double First, double Last)[]>();
+        c.Gpu.PersistentLayerTrace = trace;
+        try
+        {
+            for (int run = 0; run < 5; run++)
+            {
+                launch();
+                c.Gpu.Download(trace, raw);
+                var ns = MemoryMarshal.Cast<int, ulong>(raw).ToArray();
+                ulong start = ulong.MaxValue;
+                for (int b = 0; b < sms; b++) start = Math.Min(start, ns[b * stamps]);
+                runs.Add([.. Enumerable.Range(0, stamps).Select(k =>
+                {
+                    var at = Enumerable.Range(0, sms).Select(b => (ns[b * stamps + k] - start) / 1000.0).ToArray();
+                    return (at.Min(), at.Max());
+                })]);
+            }
+        }
+        finally { c.Gpu.PersistentLayerTrace = null; }
+        string[] points = ["entry", "q/k/v done", "barrier", "attention done", "barrier", "o_proj done", "barrier", "gate/up done", "barrier", "down done"];
+        double Median(Func<(double First, double Last)[], double> f) => runs.Select(f).OrderBy(v => v).ElementAt(runs.Count / 2);
+        Console.WriteLine($"     {name}: trace, µs after the first entry (first block / last block): " + string.Join(", ",
+            points.Select((p, k) => $"{p} {Median(r => r[k].First):F1}/{Median(r => r[k].Last):F1}")));
     }
 }

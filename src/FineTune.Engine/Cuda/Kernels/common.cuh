@@ -76,6 +76,14 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+// The GPU's nanosecond clock, the same on every SM (a kernel's trace points: decode.cu's decode_layer).
+__device__ __forceinline__ unsigned long long globaltimer_ns()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 // dst[0 … count) = src[0 … count) by every thread of the block, then a barrier: a GEMV block's input rows copied into
 // its shared memory once (decode.cu's gemv_residual, gemv.cu's staged form), read from there by every warp.
 __device__ __forceinline__ void block_stage(uint4* dst, const uint4* src, int count)

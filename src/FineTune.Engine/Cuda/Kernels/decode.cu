@@ -445,6 +445,7 @@ extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, c
 // warps·P pieces.
 #define DL_PIECE (32 * DEC_U) // 16-byte chunks of a piece
 #define DL_MAX_P 8
+#define DL_STAMPS 10 // a trace's points a block (decode_layer_body's stamp)
 
 // One product of a layer as one warp streams it: n columns (col0, col0 + stride, …), each B pieces of a row of chunks
 // 16-byte chunks (base + col·chunks; q/k/v's rows are three weights', DlStream::row).
@@ -575,10 +576,19 @@ __device__ __forceinline__ void decode_layer_body(
     const uint4* qn, const uint4* kn, float* qrstd, float* krstd, const float* cos_t, const float* sin_t, int max_pos, uint4* qout, uint4* kout,
     const int* cache_rows, int splits, unsigned short* mid, const uint4* wo, const uint4* nw2, uint4* ln2, float* rstd2, int I,
     const uint4* wg, const uint4* wu, unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd,
-    unsigned* bar, uint4* xs, uint4* fifo_smem, int P, int ahead)
+    unsigned* bar, uint4* xs, uint4* fifo_smem, int P, int ahead, unsigned long long* trace)
 {
     __shared__ unsigned short sums[2][DEC_PAIRS][2];
     pdl_trigger();
+    // With a trace buffer (DeviceChecks only): the block's globaltimer at DL_STAMPS points — entry, then each stage's
+    // end (its last warp done) and each barrier's release — so a check can say where a layer's time goes.
+    auto stamp = [trace](int k, bool whole)
+    {
+        if (trace == nullptr) return;
+        if (whole) __syncthreads();
+        if (threadIdx.x == 0) trace[blockIdx.x * DL_STAMPS + k] = globaltimer_ns();
+    };
+    stamp(0, false);
     int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int G = gridDim.x * warps, n = blockIdx.x * warps + warp;
     int pair = warp >> 1, half = warp & 1, Gp = gridDim.x * (warps >> 1), np = blockIdx.x * (warps >> 1) + pair;
@@ -604,10 +614,12 @@ __device__ __forceinline__ void decode_layer_body(
         else if (col < nq + nkv) qkv1[col - nq] = f32_to_bf16(s);
         else qkv2[col - nq - nkv] = f32_to_bf16(s);
     });
+    stamp(1, true);
     st.prefetch(ahead, lane); // the attention stalls the FIFO: the rows after it go to L2 meanwhile
     for (int item = blockIdx.x; item < splits * Hkv; item += gridDim.x)
         split_prefetch(kcache, vcache, seqs, positions, tables, bs, W, Hkv, D, window, item / Hkv, splits, item % Hkv, 0);
     barrier();
+    stamp(2, false);
 
     // (2) q/k norms, RoPE, the new K/V rows, split-K attention (cached_attention_rope_split's blocks, as work items).
     SplitRope r = {(const uint4*)qkv0, (const uint4*)qkv1, (const uint4*)qkv2, qn, kn, qrstd, krstd, eps, 0.0f, cos_t, sin_t, max_pos,
@@ -615,7 +627,9 @@ __device__ __forceinline__ void decode_layer_body(
     for (int item = blockIdx.x; item < splits * Hkv; item += gridDim.x)
         split_attention(part, nullptr, FT_BF16, kcache, FT_BF16, vcache, FT_BF16, seqs, positions, tables, bs, W, Hq, Hkv, D, scale, window,
                         softcap, att, FT_BF16, counters, r, item / Hkv, splits, item % Hkv, 0);
+    stamp(3, true);
     barrier();
+    stamp(4, false);
 
     // (3) mid = round(att·W_oᵀ) + x (gemv_residual's).
     block_stage(xs, (const uint4*)att, Ka >> 3);
@@ -623,7 +637,9 @@ __device__ __forceinline__ void decode_layer_body(
     {
         if (lane == 0) mid[col] = dec_residual(s, ((const unsigned short*)x)[col]);
     });
+    stamp(5, true);
     barrier();
+    stamp(6, false);
 
     // (4) ln2, gate/up by warp pairs, h (gemv_norm_swiglu's).
     dec_norm_rows(xs, (const uint4*)mid, nw2, 1, H, eps, 0.0f, ln2, rstd2);
@@ -644,7 +660,9 @@ __device__ __forceinline__ void decode_layer_body(
         }
         parity ^= 1;
     });
+    stamp(7, true);
     barrier();
+    stamp(8, false);
 
     // (5) y = round(h·W_dᵀ) + mid.
     block_stage(xs, (const uint4*)h, I >> 3);
@@ -653,6 +671,7 @@ __device__ __forceinline__ void decode_layer_body(
         if (lane == 0) y[col] = dec_residual(s, mid[col]);
     });
     cp_async_wait<0>(); // nothing left in flight (the stream's tail is empty groups)
+    stamp(9, true);
 }
 
 #define DECODE_LAYER_PARAMS (const uint4* x, const uint4* nw1, float eps, uint4* ln1, float* rstd1, int H, unsigned short* qkv0, unsigned short* qkv1, \
@@ -661,7 +680,7 @@ __device__ __forceinline__ void decode_layer_body(
     const uint4* qn, const uint4* kn, float* qrstd, float* krstd, const float* cos_t, const float* sin_t, int max_pos, uint4* qout, uint4* kout, \
     const int* cache_rows, int splits, unsigned short* mid, const uint4* wo, const uint4* nw2, uint4* ln2, float* rstd2, int I, \
     const uint4* wg, const uint4* wu, unsigned short* gate, unsigned short* up, unsigned short* h, unsigned short* y, const uint4* wd, \
-    unsigned* bar, int P, int ahead)
+    unsigned* bar, int P, int ahead, unsigned long long* trace)
 
 // Launched cooperatively, one block an SM, an even number of warps (at least max(G, 4): split_attention's), P the
 // FIFO's depth (2 … DL_MAX_P: CudaBackend.PersistentLayerDepth, from the shared memory left), ahead the pieces a warp
@@ -675,5 +694,5 @@ extern "C" __global__ void decode_layer DECODE_LAYER_PARAMS
     uint4* fifo = dyn + ((kmax >> 3) + 7) / 8 * 8; // slots 128-byte aligned
     decode_layer_body(x, nw1, eps, ln1, rstd1, H, qkv0, qkv1, qkv2, wq, wk, wv, part, kcache, vcache, seqs, positions, tables, bs, W, Hq, Hkv, D,
                       scale, window, softcap, att, counters, qn, kn, qrstd, krstd, cos_t, sin_t, max_pos, qout, kout, cache_rows, splits, mid, wo,
-                      nw2, ln2, rstd2, I, wg, wu, gate, up, h, y, wd, bar, xs, fifo, min(max(P, 1), DL_MAX_P), ahead);
+                      nw2, ln2, rstd2, I, wg, wu, gate, up, h, y, wd, bar, xs, fifo, min(max(P, 1), DL_MAX_P), ahead, trace);
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Call 1 (2026-12-06, evening session): the decode checks with the one-kernel setting no longer left off by the
+# split-attention check before them (so the decode_layer rows really launch it), decode_layer's stage trace, the
+# generate checks, and single-stream decode A/B over decode_layer's warps a block (8, 10, 12) and its L2 prefetch.
+set -u
+rm -rf /tmp/x && mkdir -p /tmp/x && tar -xJf .device/s1/pub.tar.xz -C /tmp/x
+export FINETUNE_KERNEL_CACHE=/tmp/kc
+FT=/tmp/x/pub/finetune; DC=/tmp/x/pub/FineTune.DeviceChecks; R=/tmp/r; mkdir -p $R
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+timeout 240 $DC decode $R/decode > $R/decode.txt 2>&1; echo "decode rc=$?"
+grep -E "checks:|FAIL|decode layer H.*(one launch [0-9]|not launched|trace)|decode_layer:" $R/decode.txt | head -30
+timeout 120 $DC generate $R/generate > $R/generate.txt 2>&1; echo "generate rc=$?"; grep -E "checks:|FAIL" $R/generate.txt | head
+[ -f /tmp/m17/config.json ] || python3 tests/device/hf_generate_bench.py /tmp/m17 --make-model > $R/m17.json 2>&1
+B="bench --generate --device cuda --model /tmp/m17 --batches 1 --prompts 8 --prompt-len 64 --new-tokens 64"
+for cfg in "0 8 0 24" "1 8 0 24" "1 8 0 0" "1 10 0 0" "1 12 0 0" "1 12 0 24" "0 8 0 24" "1 8 0 0"; do
+  set -- $cfg
+  FINETUNE_PERSISTENT_LAYER=$1 FINETUNE_PERSISTENT_LAYER_WARPS=$2 FINETUNE_PERSISTENT_LAYER_DEPTH=$3 FINETUNE_PERSISTENT_LAYER_L2=$4 timeout 60 $FT $B > $R/gen_$1_$2_$3_$4.jsonl 2>&1
+  echo "m17 layer=$1 warps=$2 depth=$3 l2=$4MB $(grep -o '"decode_tokens_per_s_per_seq":[0-9.]*' $R/gen_$1_$2_$3_$4.jsonl)"
+done
+rm -rf $R/decode $R/generate; tar -cJf $OUT/call1.tar.xz -C $R .
