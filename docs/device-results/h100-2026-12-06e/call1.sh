@@ -17,4 +17,12 @@ for cfg in "0 8 0 24" "1 8 0 24" "1 8 0 0" "1 10 0 0" "1 12 0 0" "1 12 0 24" "0 
   FINETUNE_PERSISTENT_LAYER=$1 FINETUNE_PERSISTENT_LAYER_WARPS=$2 FINETUNE_PERSISTENT_LAYER_DEPTH=$3 FINETUNE_PERSISTENT_LAYER_L2=$4 timeout 60 $FT $B > $R/gen_$1_$2_$3_$4.jsonl 2>&1
   echo "m17 layer=$1 warps=$2 depth=$3 l2=$4MB $(grep -o '"decode_tokens_per_s_per_seq":[0-9.]*' $R/gen_$1_$2_$3_$4.jsonl)"
 done
-rm -rf $R/decode $R/generate; tar -cJf $OUT/call1.tar.xz -C $R .
+# The decode graph's kernels as they run in the replayed graph (Nsight Systems node trace), composed and with decode_layer.
+NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys /opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys 2>/dev/null | head -1); echo "nsys: $NSYS"
+for L in 0 1; do
+  FINETUNE_PERSISTENT_LAYER=$L FINETUNE_PERSISTENT_LAYER_L2=0 timeout 100 $NSYS profile --trace=cuda --cuda-graph-trace=node --sample=none --cpuctxsw=none -o $R/dec$L -f true \
+    $FT bench --generate --device cuda --model /tmp/m17 --batches 1 --prompts 1 --prompt-len 64 --new-tokens 48 > $R/nsys$L.out 2>&1; echo "nsys $L rc=$?"
+  timeout 90 $NSYS stats --report cuda_gpu_trace --format csv --output $R/trace$L $R/dec$L.nsys-rep > $R/stats$L.out 2>&1; echo "stats $L rc=$?"
+  python3 tests/device/graph_trace_summary.py $R/trace${L}_cuda_gpu_trace.csv 2>&1 | head -30
+done
+rm -rf $R/decode $R/generate $R/*.nsys-rep $R/*.sqlite $R/*.qdstrm; tar -cJf $OUT/call1.tar.xz -C $R .
