@@ -447,8 +447,8 @@ extern "C" __global__ void qk_rope_cache(uint4* q, uint4* k, const uint4* qin, c
 #define DL_MAX_P 8
 #define DL_STAMPS 10 // a trace's points a block (decode_layer_body's stamp)
 
-// One product of a layer as one warp streams it: n columns (col0, col0 + stride, …), each B pieces of a row of chunks
-// 16-byte chunks (base + col·chunks; q/k/v's rows are three weights', DlStream::row).
+// One product of a layer as one warp streams it: n columns (col0, col0 + stride, …), each a row of `chunks` 16-byte
+// chunks (base + col·chunks; q/k/v's rows come from three weights, DlStream::piece) in B pieces.
 struct DlStage
 {
     const uint4* base;
